@@ -1,0 +1,4 @@
+"""Allow ``python -m meshvpn``."""
+from meshvpn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Exceptions shared across subsystems, named by the interfaces that raise them."""
+
+
+class MeshVPNError(Exception):
+    """Base of every MeshVPN error."""
+
+
+class ConfigError(MeshVPNError):
+    """A config key or value is wrong; the message names the key and what was expected."""
+
+
+class KeyFileError(MeshVPNError):
+    """A key file is unreadable, corrupt, or too permissive; the message names the file."""
+
+
+class DHTError(MeshVPNError):
+    """A DHT operation could not complete."""
+
+
+class PunchFailed(MeshVPNError):
+    """UDP hole punching found no working address pair before its deadline."""
+
+
+class RelayError(MeshVPNError):
+    """A TURN-style relay refused a request."""
+
+
+class LinkError(MeshVPNError):
+    """A link could not be opened or its peer is not who it should be."""
+
+
+class NoPath(MeshVPNError):
+    """No suitable relays are known to build a circuit."""
+
+
+class StreamRefused(MeshVPNError):
+    """The exit ended a stream; C{reason} holds the END reason."""
+
+    def __init__(self, reason, message=""):
+        super().__init__(message or f"stream refused: {reason}")
+        self.reason = reason

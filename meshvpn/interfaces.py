@@ -1,0 +1,492 @@
+"""Every contract between MeshVPN's subsystems.
+
+Layers only call downward (client/exit -> onion -> link -> nat, dht -> identity)
+and only through these interfaces, so tests swap in fakes and third parties
+swap in plugins.  Each method says what its arguments are, what the Deferred
+it returns fires with, and which errors it fails with.
+
+Conventions used throughout:
+
+- A *node id* is ``bytes`` of length 32 (see L{meshvpn.identity}).
+- An *address* is a C{(host: str, port: int)} tuple, the form Twisted's UDP
+  transports use.
+- "Fails with X" means the returned Deferred errbacks with X.
+"""
+
+from zope.interface import Attribute, Interface
+from twisted.plugin import IPlugin
+
+
+# --------------------------------------------------------------------------
+# identity
+
+
+class INodeIdentity(Interface):
+    """
+    A node's long-term keys: an Ed25519 identity key and X25519 onion key(s).
+    """
+
+    nodeId = Attribute("C{bytes}, 32: SHA-256 of the Ed25519 public key.")
+    identityPublicKey = Attribute("C{bytes}, 32: raw Ed25519 public key.")
+    onionPublicKey = Attribute("C{bytes}, 32: raw X25519 public key of the current onion key.")
+
+    def sign(message):
+        """
+        Sign C{message} (bytes) with the identity key.
+
+        @return: the 64-byte Ed25519 signature.
+        """
+
+    def onionPrivateKey():
+        """
+        @return: the current X25519 private key object (L{nacl.public.PrivateKey}).
+            Never logged, never serialised outside its key file.
+        """
+
+
+# --------------------------------------------------------------------------
+# the one UDP socket
+
+
+class IDatagramHandler(Interface):
+    """
+    Something that consumes datagrams of one protocol (STUN, DHT, link, ...).
+    """
+
+    def datagramReceived(data, addr):
+        """
+        Handle one datagram that the multiplexer routed here.
+
+        @param data: the datagram, C{bytes}.
+        @param addr: the sender's address.
+        @return: ignored.  Exceptions are caught and counted by the
+            multiplexer; a handler must still never let one peer's input
+            harm another's.
+        """
+
+
+class IDatagramMultiplexer(Interface):
+    """
+    The node's single UDP socket, shared by STUN, the DHT and datagram links
+    (one socket, so the mapping STUN observes is the one hole punching and the
+    DHT use).  Datagrams are routed by their first byte (RFC 7983 style;
+    the table is in doc/protocol.md).
+    """
+
+    def register(name, firstBytes, handler, accept=None):
+        """
+        Route datagrams whose first byte is in C{firstBytes} to C{handler}.
+
+        @param name: a short label used in counters, e.g. C{"dht"}.
+        @param firstBytes: an iterable of ints in 0..255.
+        @param handler: an L{IDatagramHandler}.
+        @param accept: optional C{callable(bytes) -> bool}; a datagram whose
+            first byte matches but that C{accept} refuses is dropped as unknown
+            (e.g. STUN requires the magic cookie).
+        @raise ValueError: a first byte is already registered.
+        """
+
+    def unregister(name):
+        """
+        Stop routing to the handler registered as C{name}.
+
+        @raise KeyError: nothing is registered under C{name}.
+        """
+
+    def sendDatagram(data, addr):
+        """
+        Send C{data} from the node's socket to C{addr}.  Never raises for
+        network errors (UDP is lossy); they are counted.
+        """
+
+    def getHost():
+        """
+        @return: the L{twisted.internet.interfaces.IAddress} the socket is bound to.
+        """
+
+    def counters():
+        """
+        @return: a C{dict} of counters: datagrams routed per handler name,
+            C{"dropped_unknown"}, C{"handler_errors"}, C{"send_errors"}.
+        """
+
+
+# --------------------------------------------------------------------------
+# discovery (dht/)
+
+
+class IDHT(Interface):
+    """
+    A Kademlia DHT node storing signed, expiring values (BEP 44 model).
+    """
+
+    def bootstrap(addresses):
+        """
+        Join the network through C{addresses} (a list of addresses).
+
+        @return: a Deferred firing with the number of contacts in the routing
+            table afterwards.  Fails with L{meshvpn.errors.DHTError} if no
+            bootstrap node answered and the saved table is empty.
+        """
+
+    def findNode(nodeId):
+        """
+        Iterative lookup (alpha parallel queries) of the k closest live nodes.
+
+        @return: a Deferred firing with a list of contacts, closest first.
+        """
+
+    def get(key):
+        """
+        Fetch and verify the signed value stored under C{key} (32 bytes).
+
+        @return: a Deferred firing with the verified value with the highest
+            sequence number, or C{None} if none was found.  Values that fail
+            verification are discarded, never returned.
+        """
+
+    def put(value):
+        """
+        Store a signed value on the k nodes closest to its key.
+
+        @return: a Deferred firing with the number of nodes that stored it.
+            Fails with L{meshvpn.errors.DHTError} if none did.
+        """
+
+
+class IRelayDirectory(Interface):
+    """
+    The decentralized relay directory: signed relay descriptors published in
+    and read from the DHT.  No central list exists.
+    """
+
+    def publish(descriptor):
+        """
+        Publish this node's own signed descriptor under its node id and
+        announce it under the keys of its roles.
+
+        @return: a Deferred firing with C{None} when stored on at least one node.
+        """
+
+    def lookup(nodeId):
+        """
+        @return: a Deferred firing with the verified, unexpired descriptor of
+            C{nodeId}, or C{None}.
+        """
+
+    def sample(role, count):
+        """
+        Sample up to C{count} relays announcing C{role} ("guard", "middle",
+        "exit", "stun", "nat-relay", "bootstrap").
+
+        @return: a Deferred firing with a list of verified descriptors.
+        """
+
+
+# --------------------------------------------------------------------------
+# connectivity (nat/)
+
+
+class INATProbe(Interface):
+    """
+    Learns this node's NAT situation with STUN (RFC 8489, RFC 5780).
+    """
+
+    def probe(servers):
+        """
+        Run binding requests and RFC 5780 behaviour discovery against
+        C{servers} (a list of addresses).
+
+        @return: a Deferred firing with a report: mapped addresses, mapping
+            and filtering behaviour, hairpinning, which servers answered and
+            their round-trip times.  Never fails: an unreachable network is
+            reported as "udp-blocked".
+        """
+
+
+class IHolePuncher(Interface):
+    """
+    Coordinated UDP hole punching between two peers.
+    """
+
+    def punch(peerId, localCandidates, remoteCandidates):
+        """
+        Send probes to every remote candidate address, with retries and
+        spread timing, until one pair answers.
+
+        @return: a Deferred firing with the remote address that worked.
+            Fails with L{meshvpn.errors.PunchFailed} after the deadline.
+        """
+
+
+class IRelayAllocation(Interface):
+    """
+    A TURN-shaped (RFC 8656) allocation on a relay, for peers that cannot punch.
+    """
+
+    relayedAddress = Attribute("The address the relay allocated for us.")
+
+    def createPermission(peerAddress):
+        """
+        Allow C{peerAddress} to send to us through the relay.
+
+        @return: a Deferred firing with C{None}; fails with
+            L{meshvpn.errors.RelayError} if the relay refused.
+        """
+
+    def send(peerAddress, data):
+        """
+        Send C{data} to C{peerAddress} through the relay.  Fire-and-forget.
+        """
+
+    def refresh(lifetime):
+        """
+        @return: a Deferred firing with the granted lifetime in seconds.
+        """
+
+    def release():
+        """
+        @return: a Deferred firing when the allocation is deleted.
+        """
+
+
+# --------------------------------------------------------------------------
+# links (link/)
+
+
+class ILink(Interface):
+    """
+    An authenticated, encrypted channel to a peer whose identity key is
+    known, carrying cells.
+    """
+
+    peerId = Attribute("C{bytes}: node id of the authenticated peer.")
+
+    def sendCells(cells):
+        """
+        Queue encoded cells (a list of C{bytes}) for the peer; written in one
+        batch.  Backpressure reaches the caller through
+        L{twisted.internet.interfaces.IConsumer} on the link.
+        """
+
+    def setCellReceiver(receiver):
+        """
+        C{receiver(cells: list[bytes])} is called with each batch of cells.
+        """
+
+    def close(reason):
+        """
+        Close the link.  Every circuit on it is torn down with C{reason}.
+        """
+
+    def whenClosed():
+        """
+        @return: a Deferred firing with the reason once the link is closed.
+        """
+
+
+class IPluggableTransport(IPlugin):
+    """
+    A way to carry a link, found with C{twisted.plugin.getPlugins} and chosen
+    by name in config (the model is tahoe-lafs' storage plugins).  The
+    built-in TLS-over-TCP and datagram links are themselves such plugins;
+    doc/plugins.md shows how a third party writes one.
+    """
+
+    name = Attribute("C{str}: the transport's name in config and descriptors.")
+
+    def clientEndpoint(reactor, address, options):
+        """
+        @return: an L{twisted.internet.interfaces.IStreamClientEndpoint} that
+            reaches a relay announcing C{address} (the transport's own string
+            from the descriptor).
+        """
+
+    def serverEndpoint(reactor, options):
+        """
+        @return: an L{twisted.internet.interfaces.IStreamServerEndpoint} on
+            which this node accepts links over the transport, and the address
+            string to put in its descriptor, as a tuple.
+        """
+
+
+class ILinkManager(Interface):
+    """
+    Keeps at most one link per peer, shared by many circuits (Arti's channel
+    manager).
+    """
+
+    def getLink(descriptor):
+        """
+        @return: a Deferred firing with an open L{ILink} to the relay that
+            C{descriptor} describes, reusing an existing one.  Fails with
+            L{meshvpn.errors.LinkError} if the peer's identity is not the one
+            in the descriptor or it cannot be reached.
+        """
+
+
+# --------------------------------------------------------------------------
+# circuits (onion/)
+
+
+class ICircuit(Interface):
+    """
+    An origin-side onion circuit through a path of relays.
+    """
+
+    path = Attribute("The list of relay descriptors, guard first.")
+
+    def openStream(host, port, isolation=None):
+        """
+        BEGIN a stream to C{host}:C{port} at the exit.
+
+        @return: a Deferred firing with an L{IStream} once CONNECTED; fails
+            with L{meshvpn.errors.StreamRefused} carrying the END reason.
+        """
+
+    def sendPacket(packet):
+        """
+        Send one IP packet in packet mode (the exit writes it to its TUN).
+        """
+
+    def close(reason):
+        """
+        Send DESTROY and tear the circuit down.
+        """
+
+    def whenClosed():
+        """
+        @return: a Deferred firing with the reason once the circuit is gone.
+        """
+
+
+class IStream(Interface):
+    """
+    A TCP-like stream carried on a circuit.
+    """
+
+    def write(data):
+        """
+        Send C{data}; honours the stream window (backpressure, not drops).
+        """
+
+    def halfClose():
+        """
+        Send END for our direction, keep reading.
+        """
+
+    def close(reason):
+        """
+        Send END with C{reason}.
+        """
+
+
+class ICircuitManager(Interface):
+    """
+    Picks paths from DHT descriptors, builds ahead of need, rebuilds when a
+    hop dies.
+    """
+
+    def getCircuit(target=None, isolation=None):
+        """
+        @param target: C{(host, port)} the circuit's exit must accept, or
+            C{None} for packet mode.
+        @param isolation: a hashable isolation key; streams with different
+            keys never share a circuit.
+        @return: a Deferred firing with an open L{ICircuit}.  Fails with
+            L{meshvpn.errors.NoPath} when no suitable relays are known.
+        """
+
+    def circuits():
+        """
+        @return: a list of the open circuits, for status.
+        """
+
+
+# --------------------------------------------------------------------------
+# edges (exit/, client/)
+
+
+class IExitPolicy(Interface):
+    """
+    Tor's accept/reject policy; first match wins.
+    """
+
+    def allows(address, port, protocol="tcp"):
+        """
+        @param address: an IPv4 or IPv6 address string (already resolved).
+        @return: C{True} if the policy accepts the target.
+        """
+
+    def summary():
+        """
+        @return: a compact C{str} for the descriptor (accepted port ranges).
+        """
+
+
+class ITokenBucket(Interface):
+    """
+    A rate limiter driven by C{IReactorTime}.
+    """
+
+    def consume(amount):
+        """
+        @return: the number of seconds to wait before C{amount} bytes may be
+            sent (0 if they may go now).  The tokens are taken either way.
+        """
+
+
+class ITunDevice(Interface):
+    """
+    A TUN network device, read and written through the reactor.
+    """
+
+    name = Attribute("C{str}: interface name.")
+    mtu = Attribute("C{int}: the device MTU.")
+
+    def setPacketReceiver(receiver):
+        """
+        C{receiver(packets: list[bytes])} gets every batch of IP packets read.
+        """
+
+    def writePackets(packets):
+        """
+        Write IP packets (a list of C{bytes}) to the device.
+        """
+
+    def close():
+        """
+        Close the fd; the kernel removes the device.
+        """
+
+
+class IRouteController(Interface):
+    """
+    Privileged routing changes for whole-system VPN mode: capture, kill
+    switch, DNS, restore.  Kept behind an interface so everything above it
+    runs without root.
+    """
+
+    def capture(tun, keepRoutes):
+        """
+        Route all traffic into C{tun} except to C{keepRoutes} (the guards).
+
+        @return: a Deferred firing when routes and the kill switch are in place.
+        """
+
+    def restore():
+        """
+        @return: a Deferred firing when everything changed by L{capture} is
+            undone.
+        """
+
+
+class IStatusSource(Interface):
+    """
+    Something that contributes to ``meshvpn status``.
+    """
+
+    def status():
+        """
+        @return: a JSON-serialisable C{dict}.  No key material, no payload.
+        """

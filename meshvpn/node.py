@@ -1,0 +1,164 @@
+"""A MeshVPN node: the MultiService every role is built from.
+
+A role (relay, client, ...) is a choice of which child services to start.
+The node always owns its identity and its one UDP socket; later subsystems
+register their datagram handlers on C{node.udp} and add themselves as child
+services.  While running, the node writes C{node.json} in its data dir (its
+id and bound addresses) so local tools can find it; it is removed on stop.
+"""
+
+import json
+import os
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from meshvpn.config import formatHostPort
+from meshvpn.identity import NodeIdentity
+from meshvpn.secretfile import writeSecretFile
+from meshvpn.udpmux import DatagramMultiplexer
+
+NODE_FILE = "node.json"
+
+
+class UDPPortService(service.Service):
+    """Binds the node's one UDP socket to its multiplexer for the service's lifetime."""
+
+    def __init__(self, reactor, mux, host, port):
+        self._reactor = reactor
+        self.mux = mux
+        self._host, self._port = host, port
+        self.port = None
+
+    def privilegedStartService(self):
+        # Bound before privileges are dropped, so low ports work under twistd -u.
+        self.port = self._reactor.listenUDP(self._port, self.mux, interface=self._host)
+        super().privilegedStartService()
+
+    def startService(self):
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+
+    def address(self):
+        host = self.port.getHost()
+        return formatHostPort(host.host, host.port)
+
+
+class _NotYetSpeaking(Protocol):
+    """Stand-in until link/ registers the link factory: close at once."""
+
+    def connectionMade(self):
+        self.transport.loseConnection()
+
+
+class StreamListenerService(service.Service):
+    """Listens on a Twisted server endpoint string and remembers the bound port."""
+
+    log = Logger()
+
+    def __init__(self, reactor, description, factory):
+        self._endpoint = endpoints.serverFromString(reactor, description)
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        d = self._endpoint.listen(self.factory)
+
+        def listening(port):
+            self.port = port
+            return port
+
+        self.whenListening = d.addCallback(listening)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+
+    def address(self):
+        host = self.port.getHost()
+        return formatHostPort(host.host, host.port)
+
+
+class Node(service.MultiService):
+    """
+    One MeshVPN node.  C{makeService} of each role builds one of these and
+    adds the role's services.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, role, settings, identity=None):
+        super().__init__()
+        self.reactor = reactor
+        self.role = role
+        self.settings = settings
+        self.dataDir = settings["data_dir"]
+        self.identity = identity or NodeIdentity.loadOrCreate(self.dataDir)
+        self.udp = DatagramMultiplexer()
+        host, port = settings["udp"]
+        self.udpService = UDPPortService(reactor, self.udp, host, port)
+        self.udpService.setServiceParent(self)
+        self.streamListener = None
+
+    def listenStream(self, description, factory=None):
+        """Accept TCP (or other stream) connections on C{description}."""
+        self.streamListener = StreamListenerService(
+            self.reactor, description, factory or Factory.forProtocol(_NotYetSpeaking)
+        )
+        self.streamListener.setServiceParent(self)
+
+    def startService(self):
+        super().startService()
+        running = defer.Deferred()
+        # node.json announces readiness, so it is written only once the
+        # reactor runs (and every child's startup trigger, e.g. the SIGTERM
+        # handler, has run).
+        self.reactor.callWhenRunning(running.callback, None)
+        waits = [running] + ([self.streamListener.whenListening] if self.streamListener else [])
+        self.whenStarted = defer.gatherResults(waits, consumeErrors=True).addCallback(self._announceStarted)
+        self.whenStarted.addErrback(self._failedToStart)
+
+    def _announceStarted(self, _):
+        info = self.addresses()
+        self.log.info(
+            "meshvpn {role} started: node id {nodeId}; udp {udp}; stream {stream}",
+            role=self.role,
+            nodeId=self.identity.nodeIdHex,
+            udp=info["udp"],
+            stream=info.get("stream", "-"),
+        )
+        info.update(role=self.role, node_id=self.identity.nodeIdHex, pid=os.getpid())
+        writeSecretFile(os.path.join(self.dataDir, NODE_FILE), json.dumps(info, indent=1).encode())
+        return info
+
+    def _failedToStart(self, failure):
+        self.log.failure("meshvpn {role} failed to start", failure, role=self.role)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def addresses(self):
+        info = {"udp": self.udpService.address()}
+        if self.streamListener is not None and self.streamListener.port is not None:
+            info["stream"] = self.streamListener.address()
+        return info
+
+    def stopService(self):
+        try:
+            os.unlink(os.path.join(self.dataDir, NODE_FILE))
+        except FileNotFoundError:
+            pass
+        self.log.info("meshvpn {role} {nodeId} stopping", role=self.role, nodeId=self.identity.nodeIdHex)
+        return super().stopService()

@@ -1,0 +1,1 @@
+"""Tests for MeshVPN, run with trial."""

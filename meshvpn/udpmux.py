@@ -1,0 +1,88 @@
+"""The node's one UDP socket, shared by STUN, the DHT and datagram links.
+
+It must be one socket: the NAT mapping that STUN observes is the mapping that
+hole punching and the DHT then use.  Datagrams are routed by their first byte
+through a 256-entry table (one list index per datagram, RFC 7983 style); the
+byte ranges each protocol owns are in doc/protocol.md.  Unknown datagrams
+and handler failures are dropped and counted, never raised into the reactor.
+"""
+
+from collections import Counter
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import IDatagramMultiplexer
+
+# First-byte ranges, fixed here so every subsystem registers the same table.
+STUN_BYTES = range(0x00, 0x04)  # RFC 7983: STUN's top two bits are 0
+TURN_CHANNEL_BYTES = range(0x40, 0x50)  # RFC 7983: TURN ChannelData
+DHT_BYTES = range(0x80, 0x90)  # MeshVPN DHT messages
+LINK_BYTES = range(0x90, 0xA0)  # MeshVPN datagram link
+
+
+@implementer(IDatagramMultiplexer)
+class DatagramMultiplexer(DatagramProtocol):
+    """
+    Routes each datagram on the node's socket to the handler registered for
+    its first byte.
+    """
+
+    log = Logger()
+
+    def __init__(self):
+        self._routes = [None] * 256
+        self._names = {}
+        self._counters = Counter()
+        self._loggedError = set()
+
+    def register(self, name, firstBytes, handler, accept=None):
+        firstBytes = list(firstBytes)
+        if name in self._names:
+            raise ValueError(f"a handler named {name!r} is already registered")
+        for b in firstBytes:
+            if not 0 <= b <= 255:
+                raise ValueError(f"first byte {b} is outside 0..255")
+            if self._routes[b] is not None:
+                raise ValueError(f"first byte 0x{b:02x} is already routed to {self._routes[b][0]!r}")
+        route = (name, handler.datagramReceived, accept)
+        for b in firstBytes:
+            self._routes[b] = route
+        self._names[name] = firstBytes
+
+    def unregister(self, name):
+        for b in self._names.pop(name):
+            self._routes[b] = None
+
+    def datagramReceived(self, data, addr):
+        route = self._routes[data[0]] if data else None
+        if route is None:
+            self._counters["dropped_unknown"] += 1
+            return
+        name, receive, accept = route
+        if accept is not None and not accept(data):
+            self._counters["dropped_unknown"] += 1
+            return
+        self._counters[name] += 1
+        try:
+            receive(data, addr)
+        except Exception:
+            self._counters["handler_errors"] += 1
+            # Log the first failure of each handler only: a hostile peer must
+            # not be able to flood the log.  Never the payload.
+            if name not in self._loggedError:
+                self._loggedError.add(name)
+                self.log.failure("{name} handler failed on a datagram; further failures only counted", name=name)
+
+    def sendDatagram(self, data, addr):
+        try:
+            self.transport.write(data, addr)
+        except OSError:
+            self._counters["send_errors"] += 1
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    def counters(self):
+        return dict(self._counters)
