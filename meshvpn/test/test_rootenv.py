@@ -1,0 +1,29 @@
+"""The root-only test machinery itself: namespaces joined by veth, nftables inside, full cleanup."""
+
+import subprocess
+
+from twisted.trial import unittest
+
+from meshvpn.test.rootenv import Netns, requireRoot, run
+
+
+class NetnsTests(unittest.TestCase):
+    def test_vethPingAndNftables(self):
+        """
+        Two namespaces joined by a veth pair on 198.18.0.0/15 reach each other,
+        nftables works inside one, and cleanup removes both namespaces.
+        """
+        requireRoot(self)
+        net = Netns(self)
+        a, b = net.add("a"), net.add("b")
+        net.veth(a, "198.18.0.1/24", b, "198.18.0.2/24")
+        out = net.exec(a, "ping", "-c", "1", "-W", "2", "198.18.0.2")
+        self.assertIn("1 received", out)
+        net.exec(b, "nft", "add", "table", "inet", "t")
+        self.assertIn("table inet t", net.exec(b, "nft", "list", "ruleset"))
+
+        def gone():
+            listed = run("ip", "netns", "list")
+            self.assertNotIn(net.tag, listed)
+
+        self.addCleanup(gone)  # runs after the namespace cleanups (LIFO)
