@@ -15,15 +15,14 @@ class NetnsTests(unittest.TestCase):
         """
         requireRoot(self)
         net = Netns(self)
+
+        def gone():
+            self.assertNotIn(net.tag, run("ip", "netns", "list"))
+
+        self.addCleanup(gone)  # cleanups run last-in first-out: this one after the deletions
         a, b = net.add("a"), net.add("b")
         net.veth(a, "198.18.0.1/24", b, "198.18.0.2/24")
         out = net.exec(a, "ping", "-c", "1", "-W", "2", "198.18.0.2")
         self.assertIn("1 received", out)
         net.exec(b, "nft", "add", "table", "inet", "t")
         self.assertIn("table inet t", net.exec(b, "nft", "list", "ruleset"))
-
-        def gone():
-            listed = run("ip", "netns", "list")
-            self.assertNotIn(net.tag, listed)
-
-        self.addCleanup(gone)  # runs after the namespace cleanups (LIFO)
