@@ -56,3 +56,27 @@ class TestnetCommandTests(unittest.TestCase):
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         self.assertIn("testnet: stopped", out.stdout)
+
+
+class StatusCommandTests(unittest.TestCase):
+    def test_statusOfRunningNode(self):
+        from meshvpn.processes import NodeProcess
+
+        node = NodeProcess("client", os.path.abspath(self.mktemp()))
+        self.addCleanup(node.stop)
+        node.start().waitReady()
+        import time
+
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(node.dataDir, "status.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir])
+        self.assertEqual(code, 0)
+        self.assertIn("role client", out)
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir, "--json"])
+        self.assertEqual(json.loads(out)["node"]["role"], "client")
+
+    def test_statusWithoutNode(self):
+        code, out, err = runMain(["status", "--data-dir", self.mktemp()])
+        self.assertEqual(code, 1)
+        self.assertIn("no status", err)
