@@ -180,25 +180,31 @@ class CircuitStream:
             self.write(data)
 
     def _flush(self):
-        maxData = self.mux.maxData
-        send = self.mux.sendRelay
+        mux = self.mux
+        maxData = mux.maxData
+        send = mux.sendRelay
         sid = self.streamId
         while self._pending and self.packageWindow > 0:
+            room = min(self.packageWindow, mux.circuitRoom())
+            if room <= 0:
+                mux._blocked[sid] = self  # flushed again when the circuit window opens
+                break
             chunk = self._pending[0]
-            if len(chunk) > maxData:
+            if len(chunk) >= maxData:
                 # Send whole cells from the front; keep the remainder queued.
                 view = memoryview(chunk)
-                cells = min(len(chunk) // maxData, self.packageWindow)
+                cells = min(len(chunk) // maxData, room)
                 for k in range(cells):
                     send(DATA, sid, view[k * maxData : (k + 1) * maxData])
                 self.packageWindow -= cells
                 sent = cells * maxData
-                self._pending[0] = chunk[sent:]
+                rest = chunk[sent:]
+                if rest:
+                    self._pending[0] = rest
+                else:
+                    self._pending.pop(0)
                 self._pendingBytes -= sent
                 self.bytesSent += sent
-                if self._pending[0]:
-                    continue
-                self._pending.pop(0)
                 continue
             # Coalesce small writes into one cell.
             body, size = [], 0
@@ -206,8 +212,12 @@ class CircuitStream:
                 piece = self._pending.pop(0)
                 body.append(piece)
                 size += len(piece)
-            if not body:
-                continue
+            if self._pending and size < maxData:
+                # Fill the cell with the front of the next chunk.
+                head = self._pending[0]
+                body.append(head[: maxData - size])
+                self._pending[0] = head[maxData - size :]
+                size = maxData
             send(DATA, sid, b"".join(body))
             self.packageWindow -= 1
             self._pendingBytes -= size
@@ -348,9 +358,12 @@ class StreamMux:
         RESOLVED answers; C{None} at the origin.
     """
 
-    def __init__(self, sendRelay, maxData, accept=None, resolve=None):
+    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None):
         self.sendRelay = sendRelay
         self.maxData = maxData
+        if circuitRoom is not None:
+            self.circuitRoom = circuitRoom
+        self._blocked = {}  # streams waiting for the circuit window
         self._accept = accept
         self._resolve = resolve
         self.streams = {}
@@ -361,6 +374,18 @@ class StreamMux:
 
     def peerAddress(self, stream):
         return None
+
+    @staticmethod
+    def circuitRoom():
+        """DATA cells the circuit's own window takes now (unlimited unless given)."""
+        return 1 << 30
+
+    def circuitWindowOpened(self):
+        """The circuit got a SENDME: streams that waited for it send again, in turn."""
+        blocked, self._blocked = self._blocked, {}
+        for stream in blocked.values():
+            if stream.state is not StreamState.CLOSED:
+                stream._flush()
 
     def _allocateId(self):
         if len(self.streams) + len(self._waiting) >= MAX_STREAMS:

@@ -274,3 +274,25 @@ class MemoryStreamTests(unittest.TestCase):
         except sm.StreamProtocolError:
             return
         self.assertEqual(sm.encodeResolved(answers), body)
+
+
+class CircuitWindowTests(unittest.TestCase):
+    def test_streamsWaitForCircuitWindow(self):
+        sent = []
+        room = [3]
+
+        def send(command, sid, body):
+            if command == sm.DATA:
+                room[0] -= 1
+            sent.append((command, bytes(body)))
+
+        mux = sm.StreamMux(send, MAX_DATA, circuitRoom=lambda: room[0])
+        stream = sm.CircuitStream(mux, 1, sm.StreamState.OPEN)
+        mux.streams[1] = stream
+        stream.attach(Collect())
+        stream.write(b"a" * (MAX_DATA * 5 + 10))
+        self.assertEqual(len([c for c, _ in sent if c == sm.DATA]), 3)
+        room[0] = 10
+        mux.circuitWindowOpened()
+        data = b"".join(b for c, b in sent if c == sm.DATA)
+        self.assertEqual(data, b"a" * (MAX_DATA * 5 + 10))
