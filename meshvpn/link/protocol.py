@@ -154,6 +154,8 @@ class LinkProtocol(Protocol):
         if self.state is State.CLOSED:
             return
         self._enterClosed(reason)
+        # TLS waits for a registered producer to go before it shuts down.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def whenClosed(self):
