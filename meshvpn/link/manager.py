@@ -61,11 +61,13 @@ class _LinkFactory(Factory):
         self._initiator = initiator
         self._expectedId = expectedId
         self._transportName = transportName
+        self.built = None
 
     def buildProtocol(self, addr):
         m = self._manager
         link = LinkProtocol(m.reactor, m.identity, m.settings, self._initiator, self._expectedId, self._transportName)
         m._linkBuilt(link)
+        self.built = link
         return link
 
 
@@ -163,12 +165,11 @@ class LinkManager(service.Service):
                 continue
             try:
                 endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
-                factory = TLSMemoryBIOFactory(
-                    self._tls, True, _LinkFactory(self, True, target.nodeId, name), clock=self.reactor
-                )
-                tlsProto = await endpoint.connect(factory)
-                link = tlsProto.wrappedProtocol
-                return await link.whenOpen()
+                links = _LinkFactory(self, True, target.nodeId, name)
+                # Whatever the transport wraps around it, the link is the
+                # protocol our factory built.
+                await endpoint.connect(TLSMemoryBIOFactory(self._tls, True, links, clock=self.reactor))
+                return await links.built.whenOpen()
             except Exception as e:
                 errors.append(f"{name}: {e}")
         raise LinkError(f"no link to {target.nodeId.hex()[:16]}: " + "; ".join(errors))
