@@ -53,6 +53,21 @@ class LinkTarget:
         return cls(nodeId, addresses)
 
 
+class _BoundedTLSFactory(TLSMemoryBIOFactory):
+    """Refuses connections (closes them at once) while the manager is full."""
+
+    def __init__(self, manager, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._manager = manager
+
+    def buildProtocol(self, addr):
+        m = self._manager
+        if len(m._all) >= m.settings.maxLinks:
+            m.counters["refused_full"] += 1
+            return None
+        return super().buildProtocol(addr)
+
+
 class _LinkFactory(Factory):
     """Builds LinkProtocols for one direction; wrapped in TLS by the manager."""
 
@@ -93,7 +108,7 @@ class LinkManager(service.Service):
         self._all = set()
         self._handler = None
         self._announced = set()
-        self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "cells_unhandled": 0}
+        self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "cells_unhandled": 0}
 
     # ---- ILinkManager
 
@@ -121,7 +136,9 @@ class LinkManager(service.Service):
 
     def serverFactory(self, transportName="tls"):
         """The protocol factory to listen with on a server endpoint of C{transportName}."""
-        return TLSMemoryBIOFactory(self._tls, False, _LinkFactory(self, False, transportName=transportName), clock=self.reactor)
+        return _BoundedTLSFactory(
+            self, self._tls, False, _LinkFactory(self, False, transportName=transportName), clock=self.reactor
+        )
 
     def links(self):
         """Every link not yet closed (including handshaking and anonymous ones)."""
@@ -166,12 +183,19 @@ class LinkManager(service.Service):
             try:
                 endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
                 links = _LinkFactory(self, True, target.nodeId, name)
+                connecting = endpoint.connect(_BoundedTLSFactory(self, self._tls, True, links, clock=self.reactor))
+                connecting.addTimeout(self.settings.connectTimeout, self.reactor)
+                await connecting
+                if links.built is None:
+                    raise LinkError("too many links")
                 # Whatever the transport wraps around it, the link is the
-                # protocol our factory built.
-                await endpoint.connect(TLSMemoryBIOFactory(self._tls, True, links, clock=self.reactor))
+                # protocol our factory built; its own handshake timer bounds
+                # the rest.
                 return await links.built.whenOpen()
+            except defer.TimeoutError:
+                errors.append(f"{name}: timed out after {self.settings.connectTimeout:g}s")
             except Exception as e:
-                errors.append(f"{name}: {e}")
+                errors.append(f"{name}: {e or type(e).__name__}")
         raise LinkError(f"no link to {target.nodeId.hex()[:16]}: " + "; ".join(errors))
 
     def _attemptDone(self, result, nodeId):
@@ -179,10 +203,12 @@ class LinkManager(service.Service):
         if isinstance(result, Failure):
             self.counters["failed"] += 1
             for d in waiters:
-                d.errback(result.value)
+                if not d.called:  # a caller may have cancelled its wait
+                    d.errback(result.value)
             return None
         for d in waiters:
-            d.callback(result)
+            if not d.called:
+                d.callback(result)
         return None
 
     # ---- link lifecycle

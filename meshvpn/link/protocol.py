@@ -58,6 +58,10 @@ class LinkSettings:
     authenticate: bool = True
     # Responder: accept anonymous initiators (clients).
     acceptAnonymous: bool = True
+    # Links (any state) a manager keeps at once; more incoming are refused.
+    maxLinks: int = 10000
+    # An outgoing attempt (transport connect + handshake) gives up after this.
+    connectTimeout: float = 30.0
 
 
 @implementer(IPushProducer)

@@ -177,3 +177,46 @@ class LinkManagerTests(unittest.TestCase):
         self.assertTrue(stopped.called)
         self.assertIs(result(d).state, State.CLOSED)
         self.assertEqual(h.managers[0].status()["links_open"], 0)
+
+
+class _NeverEndpoint:
+    def connect(self, factory):
+        from twisted.internet import defer
+
+        return defer.Deferred()
+
+
+class _HangingTransport:
+    name, kind = "tls", "stream"
+
+    def clientEndpoint(self, reactor, address, options):
+        return _NeverEndpoint()
+
+
+class LinkManagerLimitsTests(unittest.TestCase):
+    def test_connectTimeout(self):
+        clock = task.Clock()
+        m = LinkManager(clock, NodeIdentity.generate(), LinkSettings(connectTimeout=30), transports={"tls": _HangingTransport()})
+        d = m.getLink(LinkTarget(b"\x02" * 32, (("tls", "x"),)))
+        clock.advance(29)
+        self.assertFalse(d.called)
+        clock.advance(1)
+        err = result(d).value
+        self.assertIsInstance(err, LinkError)
+        self.assertIn("timed out after 30s", str(err))
+
+    def test_cancelledWaiterDoesNotBreakOthers(self):
+        h = Harness(2)
+        d1, d2 = h.managers[0].getLink(h.target(1)), h.managers[0].getLink(h.target(1))
+        d1.cancel()
+        result(d1)  # consume the CancelledError
+        h.net.flush()
+        self.assertEqual(result(d2).peerId, h.ids[1].nodeId)
+
+    def test_fullManagerRefusesIncoming(self):
+        h = Harness(3, LinkSettings(maxLinks=1))
+        d1 = h.managers[0].getLink(h.target(1))
+        h.net.flush()
+        self.assertEqual(result(d1).peerId, h.ids[1].nodeId)
+        self.assertIsNone(h.net.servers["mem:1"].buildProtocol(None))
+        self.assertEqual(h.managers[1].counters["refused_full"], 1)
