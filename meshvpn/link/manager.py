@@ -56,6 +56,8 @@ class LinkTarget:
 class _BoundedTLSFactory(TLSMemoryBIOFactory):
     """Refuses connections (closes them at once) while the manager is full."""
 
+    noisy = False  # no log line per outgoing link
+
     def __init__(self, manager, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._manager = manager
@@ -70,6 +72,8 @@ class _BoundedTLSFactory(TLSMemoryBIOFactory):
 
 class _LinkFactory(Factory):
     """Builds LinkProtocols for one direction; wrapped in TLS by the manager."""
+
+    noisy = False
 
     def __init__(self, manager, initiator, expectedId=None, transportName="tls"):
         self._manager = manager
