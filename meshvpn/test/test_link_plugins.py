@@ -144,3 +144,26 @@ class ThirdPartyPluginTests(unittest.TestCase):
         plain = LinkManager(reactor, NodeIdentity.generate())
         self.addCleanup(plain.stopService)
         yield self.assertFailure(plain.getLink(LinkTarget(nodeId, (("tls", info["stream"]),))), LinkError)
+
+
+class RoleWiringTests(unittest.TestCase):
+    def test_relayListensWithLinks(self):
+        from meshvpn.interfaces import ILinkManager
+        from meshvpn.roles import relay
+
+        opts = relay.Options()
+        opts.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--listen", "tcp:0:interface=127.0.0.1"])
+        node = relay.makeService(opts)
+        verifyObject(ILinkManager, node.links)
+        self.assertTrue(node.links.settings.authenticate)
+        self.assertIn(node.links, list(node))
+        self.assertIs(node.streamListener.factory.wrappedFactory._manager, node.links)
+
+    def test_clientIsAnonymous(self):
+        from meshvpn.roles import client
+
+        opts = client.Options()
+        opts.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0"])
+        node = client.makeService(opts)
+        self.assertFalse(node.links.settings.authenticate)
+        self.assertIsNone(node.streamListener)

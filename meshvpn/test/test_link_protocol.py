@@ -292,3 +292,20 @@ class BackpressureTests(unittest.TestCase):
         client, server, pump, _, _ = linkPair()
         self.assertRaises(ValueError, client.sendCells, [b"short"])
         self.assertIs(client.state, State.OPEN)
+
+
+class ReceiverFailureTests(unittest.TestCase):
+    def test_buggyReceiverClosesOnlyThatLink(self):
+        client, server, pump, _, _ = linkPair()
+        other = linkPair()
+
+        def boom(cells):
+            raise RuntimeError("bug in the onion layer")
+
+        server.setCellReceiver(boom)
+        client.sendCells([cell(1)])
+        pump.flush()
+        self.assertIs(server.state, State.CLOSED)
+        self.assertIn("cell receiver failed", str(server.closeReason))
+        self.assertIs(other[1].state, State.OPEN)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
