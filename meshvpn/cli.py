@@ -67,6 +67,7 @@ def buildParser():
     p.add_argument("--cells", type=int, default=200_000, help="cells to send each way (default 200000)")
     p.add_argument("--batch", type=int, default=64, help="cells per sendCells call (default 64)")
     p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
+    p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
     p.set_defaults(func=_benchLinkCommand)
     return parser
 

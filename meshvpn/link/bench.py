@@ -1,14 +1,17 @@
 """``meshvpn bench link``: cells per second over one TLS link on loopback.
 
-Both ends live in this process on the real reactor (so they share one CPU
-core: the number is a floor for two processes).  The sender is a push
+By default both ends live in this process on the real reactor (so they
+share one CPU core); with C{--processes} the receiver is a child process.  The sender is a push
 producer registered on the link, so it runs exactly as fast as the link's
 backpressure lets it; the clock stops when the last cell is delivered.
 """
 
+import json
+import os
+import sys
 import time
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, protocol
 from zope.interface import implementer
 
 from meshvpn.identity import NodeIdentity
@@ -134,16 +137,89 @@ async def runLinkBench(reactor, cells=100_000, batch=64, bidirectional=False):
     }
 
 
+class _SinkProcess(protocol.ProcessProtocol):
+    """Reads the sink's JSON lines: first where it listens, then when it is done."""
+
+    def __init__(self):
+        self.lines = []
+        self._buf = b""
+        self._waiting = []
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.lines.append(json.loads(line))
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(self.lines[-1])
+
+    def nextLine(self):
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def processEnded(self, reason):
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(reason)
+        self.ended.callback(None)
+
+
+async def runLinkBenchProcesses(reactor, cells=100_000, batch=64):
+    """
+    Like L{runLinkBench}, but the receiving end is a separate Python process
+    (so each end has its own core): the clock runs from the first cell sent
+    to the sink's report that it has them all.
+    """
+    sink = _SinkProcess()
+    reactor.spawnProcess(
+        sink, sys.executable, [sys.executable, "-m", "meshvpn.link.benchsink", str(cells)], env=os.environ
+    )
+    try:
+        where = await sink.nextLine()
+        client = LinkManager(reactor, NodeIdentity.generate(), transports={"tls": TCPTransport()})
+        t0 = time.perf_counter()
+        target = LinkTarget(bytes.fromhex(where["node_id"]), (("tls", f"127.0.0.1:{where['port']}"),))
+        link = await client.getLink(target)
+        handshake = time.perf_counter() - t0
+        finished = sink.nextLine()
+        t0 = time.perf_counter()
+        _Sender(link, cells, batch).start()
+        report = await finished
+        elapsed = time.perf_counter() - t0
+        await client.stopService()
+        await sink.ended
+    except BaseException:
+        if sink.transport is not None and sink.transport.pid:
+            sink.transport.signalProcess("KILL")
+        raise
+    return {
+        "benchmark": "link",
+        "transport": "tls",
+        "processes": 2,
+        "cell_size": CELL_SIZE,
+        "cells": report["received"],
+        "batch": batch,
+        "seconds": round(elapsed, 4),
+        "cells_per_s": round(report["received"] / elapsed),
+        "mbps": round(report["received"] * CELL_SIZE * 8 / elapsed / 1e6, 1),
+        "handshake_ms": round(handshake * 1000, 2),
+    }
+
+
 def main(args):
     """Run on the real reactor; print one JSON object (or a line) and return 0."""
-    import json
-
     from twisted.internet import reactor
 
     out = {}
 
     async def run(reactor):
-        out.update(await runLinkBench(reactor, args.cells, args.batch, args.bidirectional))
+        if args.processes:
+            out.update(await runLinkBenchProcesses(reactor, args.cells, args.batch))
+        else:
+            out.update(await runLinkBench(reactor, args.cells, args.batch, args.bidirectional))
 
     d = defer.Deferred.fromCoroutine(run(reactor))
     failures = []

@@ -39,6 +39,16 @@ class LoopbackTests(unittest.TestCase):
         self.assertGreater(result["cells_per_s"], 0)
         self.assertGreater(result["mbps"], 0)
 
+    @defer.inlineCallbacks
+    def test_benchCommandRunsWithTwoProcesses(self):
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "meshvpn", "bench", "link", "--json", "--processes", "--cells", "300"], env=os.environ
+        )
+        self.assertEqual(code, 0, err)
+        result = json.loads(out)
+        self.assertEqual((result["cells"], result["processes"]), (300, 2))
+        self.assertGreater(result["cells_per_s"], 0)
+
 
 class RelayProcessTests(unittest.TestCase):
     """A real ``twistd meshvpn-relay`` accepts links on its stream port."""
