@@ -250,4 +250,4 @@ class LinkManager(service.Service):
         if link in self._announced:
             self._announced.discard(link)
             if self._handler is not None:
-                    self._handler.linkClosed(link, reason)
+                self._handler.linkClosed(link, reason)
