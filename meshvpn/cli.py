@@ -75,7 +75,22 @@ def buildParser():
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
+    bench = sub.add_parser("bench", help="run a benchmark and print its numbers", description="Benchmarks (loopback only).")
+    benchSub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p = benchSub.add_parser("link", help="cells/s and Mbps over one TLS link on loopback")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to send each way (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per sendCells call (default 64)")
+    p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
+    p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
+    p.set_defaults(func=_benchLinkCommand)
     return parser
+
+
+def _benchLinkCommand(args):
+    from meshvpn.link import bench
+
+    return bench.main(args)
 
 
 def _testnetDoc():
