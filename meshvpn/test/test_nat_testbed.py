@@ -22,3 +22,16 @@ class ClassificationTests(unittest.TestCase):
                 # the mapped address is the box's WAN address (or our own)
                 self.assertEqual(rep["mapped_address"].split(":")[0], tb.hosts[r["host"]].publicAddress)
                 self.assertEqual(rep["rfc5780_server"], f"{server[0]}:{server[1]}")
+                if rep["nat"]:
+                    self.assertIs(rep["hairpinning"], nattestbed.HAIRPINNING.get(r["host"], False), r["host"])
+
+    def test_classifiedMatrixForBench(self):
+        requireRoot(self)
+        rows = nattestbed.classifiedMatrix(natTypes=("port-restricted", "udp-blocked"))
+        self.assertEqual(
+            rows,
+            [
+                {"host": "port-restricted", "expected": "port-restricted", "detected": "port-restricted", "server": "meshvpn"},
+                {"host": "udp-blocked", "expected": "udp-blocked", "detected": "udp-blocked", "server": "meshvpn"},
+            ],
+        )
