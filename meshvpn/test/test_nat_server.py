@@ -1,6 +1,5 @@
 """The STUN server: Binding answers, RFC 5780 socket choice, amplification bound, rate limit."""
 
-import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,4 +163,3 @@ class RelayRoleTests(unittest.TestCase):
         self.assertTrue(o.settings["stun_server"])
 
 
-del struct
