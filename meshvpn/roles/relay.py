@@ -4,7 +4,7 @@ It binds the node's UDP socket and a stream listening port for links.
 Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseServerEndpoint, parseText
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.roles.common import buildNode
 
 
@@ -20,6 +20,14 @@ class Options(RoleOptions):
     schema = commonSettings("relay", ("0.0.0.0", 9000)) + [
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
+        Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
+        Setting(
+            "stun-alternate",
+            parseHostPort,
+            None,
+            "IP:PORT of a second address for RFC 5780 NAT behaviour discovery "
+            "(needs --udp on a specific IP; both IP and port must differ from it).",
+        ),
     ]
 
 
@@ -29,4 +37,13 @@ def makeService(options):
     node = buildNode("relay", options.settings)
     attachLinks(node, authenticate=True)
     listenForLinks(node, options.settings["link_transport"], options.settings["listen"])
+    if options.settings["stun_server"]:
+        from meshvpn.nat.server import StunServerService, checkAlternate
+
+        try:
+            checkAlternate(options.settings["udp"], options.settings["stun_alternate"])
+        except ValueError as e:
+            raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
+
+        StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
     return node
