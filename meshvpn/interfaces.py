@@ -418,7 +418,8 @@ class IStream(Interface):
 
     def close(reason):
         """
-        Send END with C{reason}.
+        Send END with C{reason}.  Idempotent: closing a closed stream does
+        nothing (the SOCKS side may close it both as consumer and protocol).
         """
 
 
