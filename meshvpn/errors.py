@@ -48,7 +48,10 @@ class ResolveFailed(MeshVPNError):
     private answers); it picks the RESOLVED error type sent back.
     """
 
-    def __init__(self, name, transient, message=""):
+    def __init__(self, name, transient, message="", refused=False):
         super().__init__(message or f"cannot resolve {name!r}")
         self.name = name
         self.transient = transient
+        # True when answers existed but the exit policy refused them all
+        # (a public name pointing at a private address).
+        self.refused = refused

@@ -102,6 +102,8 @@ class SOCKSServerProtocol(Protocol):
         self._pausedForEarly = False
         self._pending = None
         self._timer = None
+        self._readDone = False
+        self._writeDone = False
 
     # ---- connection lifetime
 
@@ -314,13 +316,18 @@ class SOCKSServerProtocol(Protocol):
     # ---- IHalfCloseableProtocol
 
     def readConnectionLost(self):
-        if self.state == State.STREAMING:
+        self._readDone = True
+        if self.state == State.STREAMING and not self._writeDone:
             self.stream.halfClose()
         else:
+            # Both halves are done (or nothing was streaming): Twisted does
+            # not close a half-closeable connection by itself.
             self._close()
 
     def writeConnectionLost(self):
-        pass
+        self._writeDone = True
+        if self._readDone:
+            self._close()
 
 
 @implementer(IStatusSource)

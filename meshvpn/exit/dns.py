@@ -109,7 +109,7 @@ class ExitResolver:
         if literal is None:
             return defer.fail(ResolveFailed(str(address)[:64], False, "not an IP address"))
         if self.policy is not None and not self.policy.allowsAddress(literal):
-            return defer.fail(ResolveFailed(literal, False, "address refused by the exit policy"))
+            return defer.fail(ResolveFailed(literal, False, "address refused by the exit policy", refused=True))
         return self._cached(("PTR", literal), self._lookupPointer)
 
     def status(self):
@@ -123,7 +123,7 @@ class ExitResolver:
         kept = [a for a in answers if self.policy.allowsAddress(a)]
         if not kept:
             self.counters["refused_by_policy"] += 1
-            raise ResolveFailed(name, False, f"{name!r} resolves only to addresses the exit refuses")
+            raise ResolveFailed(name, False, f"{name!r} resolves only to addresses the exit refuses", refused=True)
         return kept
 
     # ---- cache

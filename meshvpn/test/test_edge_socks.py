@@ -222,6 +222,11 @@ class ConnectTests(SOCKSTestCase):
         stream = self._connectOK("198.18.0.7", 80, "198.18.0.7")
         self.proto.readConnectionLost()
         self.assertTrue(stream.halfClosed)
+        self.assertFalse(self.tr.disconnecting)
+        # The far end finishes too: both halves done, the socket is closed.
+        stream.receiver.streamReadEnded()
+        self.proto.writeConnectionLost()
+        self.assertTrue(self.tr.disconnecting)
 
     def test_appGoneBeforeConnected(self):
         self.handshake()
