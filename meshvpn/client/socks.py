@@ -303,8 +303,14 @@ class SOCKSServerProtocol(Protocol):
             self.transport.write(data)
 
     def streamReadEnded(self):
-        if self.state == State.STREAMING:
-            self.transport.loseWriteConnection()
+        if self.state != State.STREAMING:
+            return
+        loseWrite = getattr(self.transport, "loseWriteConnection", None)
+        if loseWrite is None:
+            # A transport that cannot half-close: closing is the best EOF.
+            self._close()
+        else:
+            loseWrite()
 
     def streamEnded(self, reason):
         if self.state != State.STREAMING:

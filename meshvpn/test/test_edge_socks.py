@@ -218,12 +218,18 @@ class ConnectTests(SOCKSTestCase):
         self.assertEqual(stream.closed, [EndReason.DONE])
         self.assertEqual(self.factory.stats.active, 0)
 
+    def test_farEndEOFWithoutHalfCloseTransport(self):
+        stream = self._connectOK("198.18.0.7", 80, "198.18.0.7")
+        stream.receiver.streamReadEnded()
+        self.assertTrue(self.tr.disconnecting)
+
     def test_halfClose(self):
         stream = self._connectOK("198.18.0.7", 80, "198.18.0.7")
         self.proto.readConnectionLost()
         self.assertTrue(stream.halfClosed)
         self.assertFalse(self.tr.disconnecting)
         # The far end finishes too: both halves done, the socket is closed.
+        self.tr.loseWriteConnection = lambda: None
         stream.receiver.streamReadEnded()
         self.proto.writeConnectionLost()
         self.assertTrue(self.tr.disconnecting)
