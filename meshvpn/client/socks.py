@@ -392,9 +392,17 @@ def checkListenAddress(host, allowRemote):
     ip = ipaddress.ip_address(host)
     if not ip.is_loopback and not allowRemote:
         raise ConfigError(
-            f"socks-listen {host}: not a loopback address; anyone who can reach it could use "
+            f"socks-listen address {host!r} is not loopback; anyone who can reach it could use "
             "your circuits. Pass --socks-allow-remote to do this on purpose."
         )
+
+
+def socksServiceFromSettings(reactor, settings, opener):
+    """
+    The client role's SOCKS server from its C{socks_listen} and
+    C{socks_allow_remote} settings, over C{opener} (an L{IStreamOpener}).
+    """
+    return SOCKSService(reactor, opener, settings["socks_listen"], settings["socks_allow_remote"])
 
 
 @implementer(IStatusSource)

@@ -453,6 +453,28 @@ class ListenTests(unittest.TestCase):
         self.assertRaises(ConfigError, SOCKSService, task.Clock(), FakeOpener(), ("198.18.0.1", 1080))
 
 
+class ClientSettingsTests(unittest.TestCase):
+    def parse(self, *argv):
+        from meshvpn.roles.client import Options
+
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp(), *argv])
+        return o.settings
+
+    def test_defaultIsLoopback(self):
+        s = self.parse()
+        self.assertEqual((s["socks_listen"], s["socks_allow_remote"]), (("127.0.0.1", 1080), False))
+
+    def test_remoteBindRefusedWithoutFlag(self):
+        e = self.assertRaises(SystemExit, self.parse, "--socks-listen", "0.0.0.0:1080")
+        self.assertIn("--socks-allow-remote", str(e))
+        self.assertRaises(SystemExit, self.parse, "--socks-listen", "[::]:1080")
+
+    def test_remoteBindWithFlag(self):
+        s = self.parse("--socks-listen", "0.0.0.0:1080", "--socks-allow-remote")
+        self.assertEqual((s["socks_listen"], s["socks_allow_remote"]), (("0.0.0.0", 1080), True))
+
+
 class ParserPropertyTests(unittest.TestCase):
     """Whatever arrives, in whatever pieces: a reply or a close, never a crash."""
 
@@ -519,3 +541,51 @@ class ParserPropertyTests(unittest.TestCase):
         full = sp.encodeRequest(Command.CONNECT, "example.com", 80)
         for i in range(len(full)):
             self.assertIsNone(sp.parseRequest(full[:i]), i)
+
+
+class _EchoStream(FakeStream):
+    def write(self, data):
+        super().write(data)
+        self.receiver.streamDataReceived(data.upper())
+
+
+class _AppClient:
+    """The application side over iosim: raw bytes in, everything recorded."""
+
+    def __init__(self):
+        from twisted.internet.protocol import Protocol
+
+        self.received = bytearray()
+        outer = self
+
+        class P(Protocol):
+            def dataReceived(self, data):
+                outer.received += data
+
+        self.protocol = P()
+
+
+class IOSimTests(unittest.TestCase):
+    def test_wholeExchangeOverIOSim(self):
+        from twisted.test import iosim
+
+        clock = task.Clock()
+        opener = FakeOpener()
+        factory = SOCKSServerFactory(opener, clock)
+        app = _AppClient()
+        client, server, pump = iosim.connectedServerAndClient(lambda: factory.buildProtocol(None), lambda: app.protocol)
+        client.transport.write(greeting(0, 2) + sp.encodeAuth(b"tab1", b"") + sp.encodeRequest(Command.CONNECT, "example.com", 443))
+        pump.flush()
+        self.assertEqual(bytes(app.received), b"\x05\x02\x01\x00")
+        host, port, key, d = opener.opens[0]
+        self.assertEqual((host, port, key[2]), ("example.com", 443, (b"tab1", b"")))
+        d.callback(_EchoStream())
+        pump.flush()
+        self.assertEqual(bytes(app.received[4:]), sp.encodeReply(Reply.SUCCEEDED))
+        del app.received[:]
+        client.transport.write(b"hello")
+        pump.flush()
+        self.assertEqual(bytes(app.received), b"HELLO")
+        client.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(factory.stats.active, 0)
