@@ -275,6 +275,8 @@ class SOCKSServerProtocol(Protocol):
         if self._pausedForEarly:
             self._pausedForEarly = False
             self.transport.resumeProducing()
+        if self._readDone:
+            stream.halfClose()
 
     def _resolved(self, answers):
         self._pending = None
@@ -323,6 +325,10 @@ class SOCKSServerProtocol(Protocol):
 
     def readConnectionLost(self):
         self._readDone = True
+        if self.state in (State.CONNECTING, State.RESOLVING):
+            # The app sent its request and shut its write side (a script
+            # piping into a socket): answer anyway, half-close once open.
+            return
         if self.state == State.STREAMING and not self._writeDone:
             self.stream.halfClose()
         else:

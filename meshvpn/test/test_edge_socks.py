@@ -218,6 +218,15 @@ class ConnectTests(SOCKSTestCase):
         self.assertEqual(stream.closed, [EndReason.DONE])
         self.assertEqual(self.factory.stats.active, 0)
 
+    def test_appHalfClosesBeforeConnected(self):
+        self.handshake()
+        self.proto.dataReceived(sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80) + b"request")
+        self.proto.readConnectionLost()
+        self.assertFalse(self.tr.disconnecting)
+        stream = FakeStream()
+        self.opener.opens[-1][3].callback(stream)
+        self.assertEqual((stream.written, stream.halfClosed), ([b"request"], True))
+
     def test_farEndEOFWithoutHalfCloseTransport(self):
         stream = self._connectOK("198.18.0.7", 80, "198.18.0.7")
         stream.receiver.streamReadEnded()
