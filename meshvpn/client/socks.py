@@ -55,6 +55,17 @@ END_REASON_REPLY = {
 }
 
 
+def _noDelay(transport):
+    # Handshake replies and first bytes are small: Nagle would hold them
+    # for an ACK and add a round trip to every stream's first byte.
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None:
+        try:
+            setNoDelay(True)
+        except OSError:
+            pass
+
+
 def replyForFailure(failure):
     """@return: the L{Reply} for a failed openStream/resolve."""
     if failure.check(StreamRefused):
@@ -108,6 +119,7 @@ class SOCKSServerProtocol(Protocol):
     # ---- connection lifetime
 
     def connectionMade(self):
+        _noDelay(self.transport)
         self._arm(HANDSHAKE_TIMEOUT)
 
     def connectionLost(self, reason=None):

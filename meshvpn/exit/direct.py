@@ -75,6 +75,13 @@ class TCPStream(Protocol):
     # ---- from the TCP side
 
     def connectionMade(self):
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            # The first request bytes should leave at once, not wait on Nagle.
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
         if self.throttle is not None:
             self.throttle.addProducer(self._throttleSource)
         if self.receiver is None:
