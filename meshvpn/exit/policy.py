@@ -160,9 +160,10 @@ def parseRule(text, ownAddresses=()):
     @raise PolicyParseError: naming the rule and what is wrong.
     """
     rule = text.strip()
-    action, _, target = rule.partition(" ")
+    parts = rule.split(None, 1)
+    action, target = (parts + ["", ""])[:2]
     target = target.strip()
-    if action not in ("accept", "reject", "accept6", "reject6") or not target or " " in target:
+    if action not in ("accept", "reject", "accept6", "reject6") or not target or any(c.isspace() for c in target):
         raise PolicyParseError(f"{rule!r}: expected 'accept|reject[6] ADDR[/MASK][:PORT]'")
     only6 = action.endswith("6")
     accept = action.startswith("accept")

@@ -125,6 +125,9 @@ class PolicyTableTests(unittest.TestCase):
         e = self.assertRaises(PolicyParseError, parseRule, "accept *:99999")
         self.assertIn("accept *:99999", str(e))
 
+    def test_whitespace(self):
+        self.assertEqual(parseRule("  reject\t10.0.0.0/8:*  ").networks[0].prefixlen, 8)
+
     def test_commentsAndNewlines(self):
         p = ExitPolicy.fromText("# web only\naccept *:80 # http\n accept *:443,\nreject *:*\n")
         self.assertEqual([r.text for r in p.rules], ["accept *:80", "accept *:443", "reject *:*"])
@@ -278,7 +281,7 @@ class PolicyPropertyTests(unittest.TestCase):
             rule = parseRule(text)
         except PolicyParseError as e:
             # The only rejects among these: IPv4 forms with accept6/reject6.
-            self.assertTrue(action.endswith("6") and "." in addr or addr == "*4", (text, e))
+            self.assertTrue(action.endswith("6") and ("." in addr or addr == "*4"), (text, e))
         else:
             self.assertEqual(rule.accept, action.startswith("accept"))
 
