@@ -598,3 +598,85 @@ class IOSimTests(unittest.TestCase):
         client.transport.loseConnection()
         pump.flush()
         self.assertEqual(factory.stats.active, 0)
+
+
+_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("data"), st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from([greeting(0), greeting(2), greeting(0, 2), sp.encodeAuth(b"u", b"p"),
+                             sp.encodeRequest(Command.CONNECT, "example.com", 80),
+                             sp.encodeRequest(Command.CONNECT, "198.18.0.1", 443),
+                             sp.encodeRequest(Command.RESOLVE, "example.com", 0),
+                             sp.encodeRequest(Command.RESOLVE_PTR, "198.18.0.1", 0)]),
+        )),
+        st.tuples(st.just("open"), st.sampled_from(["ok", "policy", "refused", "nopath", "bug"])),
+        st.tuples(st.just("resolve"), st.sampled_from(["ok", "fail"])),
+        st.tuples(st.just("clock"), st.sampled_from([1, 31, 121])),
+        st.tuples(st.just("halfclose"), st.none()),
+        st.tuples(st.just("lost"), st.none()),
+        st.tuples(st.just("streamend"), st.none()),
+    ),
+    max_size=12,
+)
+
+
+class StateMachinePropertyTests(unittest.TestCase):
+    """Any interleaving of app bytes, opener outcomes, timers and closes keeps the invariants."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(_EVENTS)
+    def test_invariants(self, events):
+        clock = task.Clock()
+        opener = FakeOpener()
+        factory = SOCKSServerFactory(opener, clock)
+        proto = factory.buildProtocol(None)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        tr.loseWriteConnection = lambda: None
+        proto.makeConnection(tr)
+        streams = []
+        lost = False
+        for kind, arg in events:
+            if kind == "data" and not lost:
+                proto.dataReceived(arg)
+            elif kind == "open":
+                for _, _, _, d in opener.opens:
+                    if not d.called:
+                        if arg == "ok":
+                            streams.append(FakeStream())
+                            d.callback(streams[-1])
+                        elif arg == "policy":
+                            d.errback(StreamRefused(EndReason.EXITPOLICY))
+                        elif arg == "refused":
+                            d.errback(StreamRefused(EndReason.CONNECTREFUSED))
+                        elif arg == "nopath":
+                            d.errback(NoPath())
+                        else:
+                            d.errback(RuntimeError("bug"))
+            elif kind == "resolve":
+                for _, _, d in opener.resolves + opener.ptrs:
+                    if not d.called:
+                        d.callback(["198.18.0.1"]) if arg == "ok" else d.errback(StreamRefused(EndReason.RESOLVEFAILED))
+            elif kind == "clock":
+                clock.advance(arg)
+            elif kind == "halfclose" and not lost:
+                proto.readConnectionLost()
+            elif kind == "lost" and not lost:
+                lost = True
+                proto.connectionLost(None)
+            elif kind == "streamend" and proto.stream is not None:
+                proto.stream.receiver.streamEnded(EndReason.DONE)
+            # Invariants after every event.
+            self.assertLessEqual(len(proto._buffer), sp.MAX_HANDSHAKE)
+            self.assertLessEqual(len(opener.opens) + len(opener.resolves) + len(opener.ptrs), 1)
+            if proto.state == State.CLOSED:
+                self.assertTrue(tr.disconnecting or lost)
+        self.flushLoggedErrors(RuntimeError)
+        if not lost:
+            proto.connectionLost(None)
+        self.assertEqual(factory.stats.active, 0)
+        # Every stream handed over is closed by now, unless its far end ended it.
+        if proto.stream is not None:
+            self.assertTrue(proto.stream.closed)
+        # No timer is left behind.
+        self.assertEqual(clock.getDelayedCalls(), [])
