@@ -258,6 +258,24 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(socks.status()["active_connections"], 0)
 
     @defer.inlineCallbacks
+    def test_socksOverIPv6Loopback(self):
+        payload = os.urandom(100 * 1024)
+        f = protocol.Factory.forProtocol(_Sender)
+        f.payload = payload
+        web = self.reactor.listenTCP(0, f, interface="::1")
+        self.addCleanup(web.stopListening)
+        connector = ExitConnector(self.reactor, TableResolver({"v6.test.invalid": ["::1"]}), PERMISSIVE)
+        socks = SOCKSService(self.reactor, DirectStreamOpener(connector, connector.resolver), ("::1", 0))
+        socks.startService()
+        self.addCleanup(socks.stopService)
+        yield socks.whenListening
+        for host in ("::1", "v6.test.invalid"):
+            client = _SOCKSClient(host, web.getHost().port)
+            yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("::1", socks.address()[1])
+            reply, body = yield client.done
+            self.assertEqual((reply, body), (Reply.SUCCEEDED, payload))
+
+    @defer.inlineCallbacks
     def test_socksDefaultPolicyNotAllowed(self):
         # The real default policy: loopback is private, so the SOCKS app gets
         # 0x02 "connection not allowed by ruleset".

@@ -167,3 +167,28 @@ class ThrottleTests(unittest.TestCase):
         c.addProducer(p)
         self.assertEqual(c.account(10**9), 0)
         self.assertEqual(p.events, [])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class TokenBucketPropertyTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.integers(1, 10**7),
+        st.integers(1, 10**7),
+        st.lists(st.tuples(st.integers(1, 10**6), st.floats(0, 2)), min_size=1, max_size=50),
+    )
+    def test_honouredWaitsNeverExceedRatePlusBurst(self, rate, burst, sends):
+        clock = task.Clock()
+        bucket = TokenBucket(clock, rate, burst)
+        sent = 0
+        for size, idle in sends:
+            clock.advance(idle)
+            wait = bucket.consume(size)
+            self.assertGreaterEqual(wait, 0)
+            sent += size
+            clock.advance(wait)
+            # Whoever waits as told sends at most burst + rate * time.
+            self.assertLessEqual(sent, burst + rate * clock.seconds() + 1e-6 * sent + 1)
