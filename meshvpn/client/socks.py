@@ -162,7 +162,8 @@ class SOCKSServerProtocol(Protocol):
         if reply is not None and self.state in (State.REQUEST, State.CONNECTING, State.RESOLVING):
             self.transport.write(sp.encodeReply(reply))
         self.stats.count(f"reply_{int(reply):#04x}" if reply is not None else "malformed")
-        self.log.debug("socks request refused: {why}", why=why)
+        # Only the code: the reason text may name the target, which stays out of logs.
+        self.log.debug("socks request refused with reply {reply}", reply=reply)
         self._close()
 
     # ---- bytes in
