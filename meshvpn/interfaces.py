@@ -486,7 +486,48 @@ class ICircuit(Interface):
 class IStream(Interface):
     """
     A TCP-like stream carried on a circuit.
+
+    Backpressure both ways uses Twisted's producer/consumer contract: the
+    stream is a push producer of the data it receives (the receiver's
+    consumer, e.g. the SOCKS client's TCP transport, pauses it when full) and
+    a consumer of the data written to it (it pauses the producer registered
+    with L{registerProducer} while its window is closed).
     """
+
+    def setReceiver(receiver):
+        """
+        Deliver what arrives on the stream to C{receiver}, an
+        L{IStreamReceiver}.  Data that arrived before this call is held
+        (within the stream window) and delivered on it.
+        """
+
+    def registerProducer(producer, streaming):
+        """
+        C{producer} (an C{IPushProducer}, e.g. the SOCKS client's TCP
+        transport) feeds L{write}; the stream pauses and resumes it as its
+        window closes and opens.  C{streaming} is always C{True}.
+        """
+
+    def unregisterProducer():
+        """
+        Forget the producer given to L{registerProducer}.
+        """
+
+    def pauseProducing():
+        """
+        Stop delivering data to the receiver (our consumer is full); the
+        stream stops sending window updates so the far end stops too.
+        """
+
+    def resumeProducing():
+        """
+        Deliver data to the receiver again.
+        """
+
+    def stopProducing():
+        """
+        The receiver is gone: close the stream (END reason DONE).
+        """
 
     def write(data):
         """
@@ -500,7 +541,8 @@ class IStream(Interface):
 
     def close(reason):
         """
-        Send END with C{reason}.
+        Send END with C{reason}.  Idempotent: closing a closed stream does
+        nothing (the SOCKS side may close it both as consumer and protocol).
         """
 
 
@@ -526,6 +568,75 @@ class ICircuitManager(Interface):
         """
 
 
+class IStreamReceiver(Interface):
+    """
+    What an L{IStream} delivers to (e.g. the SOCKS server's connection).
+    """
+
+    def streamDataReceived(data):
+        """
+        C{data} (bytes) arrived on the stream.
+        """
+
+    def streamReadEnded():
+        """
+        The far end half-closed: no more data will arrive, we may still write.
+        """
+
+    def streamEnded(reason):
+        """
+        The stream is gone (END received or sent, or its circuit died).
+
+        @param reason: a L{meshvpn.onion.endreasons.EndReason}; C{DONE} for a
+            normal close, C{DESTROY} when the circuit died.
+        """
+
+
+class IStreamOpener(Interface):
+    """
+    What the client's edge (SOCKS server) needs from the layer below: open
+    streams and resolve names at an exit.  The circuit layer provides it by
+    picking a circuit per isolation key and target (ICircuitManager); tests
+    and the local "direct" mode provide it without circuits.
+
+    Names are never resolved on this machine: C{host} is passed as given.
+    """
+
+    def openStream(host, port, isolationKey):
+        """
+        Open a stream to C{host}:C{port} through an exit.
+
+        @param host: C{str}: an IPv4 or IPv6 literal or a DNS name (resolved
+            at the exit).
+        @param port: C{int}, 1..65535.
+        @param isolationKey: a hashable key; streams with different keys
+            never share a circuit (SOCKS username/password, listener, ...).
+        @return: a Deferred firing with an L{IStream} once the exit reports
+            CONNECTED.  Fails with L{meshvpn.errors.StreamRefused} whose
+            C{reason} is a L{meshvpn.onion.endreasons.EndReason} (EXITPOLICY
+            when the exit's policy rejects the target, RESOLVEFAILED,
+            CONNECTREFUSED, TIMEOUT, NOROUTE, DESTROY when the circuit died,
+            ...) or L{meshvpn.errors.NoPath} when no exit accepts the target.
+        """
+
+    def resolve(name, isolationKey):
+        """
+        Resolve C{name} at an exit (RESOLVE/RESOLVED).
+
+        @return: a Deferred firing with a non-empty C{list} of IPv4/IPv6
+            address strings.  Fails with L{meshvpn.errors.StreamRefused}
+            (reason RESOLVEFAILED, TIMEOUT, ...) or L{meshvpn.errors.NoPath}.
+        """
+
+    def resolvePTR(address, isolationKey):
+        """
+        Reverse-resolve the IP literal C{address} at an exit.
+
+        @return: a Deferred firing with a non-empty C{list} of names
+            (C{str}); fails like L{resolve}.
+        """
+
+
 # --------------------------------------------------------------------------
 # edges (exit/, client/)
 
@@ -546,6 +657,35 @@ class IExitPolicy(Interface):
         @return: a compact C{str} for the descriptor (accepted port ranges).
         """
 
+    def allowsResolved(addresses, port):
+        """
+        The check made after DNS resolution at the exit (no rebinding a
+        public name to a private address).
+
+        @param addresses: the resolved address strings, in answer order.
+        @return: the C{list} of those the policy accepts for C{port}, in
+            order (empty: refuse with END reason EXITPOLICY).
+        """
+
+
+class IExitResolver(Interface):
+    """
+    DNS at the exit: names are resolved here, never at the client.
+    """
+
+    def resolve(name):
+        """
+        @return: a Deferred firing with a non-empty C{list} of IPv4/IPv6
+            address strings (A and AAAA answers, cached by TTL).  Fails with
+            L{meshvpn.errors.ResolveFailed}.
+        """
+
+    def resolvePTR(address):
+        """
+        @return: a Deferred firing with a non-empty C{list} of names for the
+            IP literal C{address}.  Fails with L{meshvpn.errors.ResolveFailed}.
+        """
+
 
 class ITokenBucket(Interface):
     """
@@ -556,6 +696,11 @@ class ITokenBucket(Interface):
         """
         @return: the number of seconds to wait before C{amount} bytes may be
             sent (0 if they may go now).  The tokens are taken either way.
+        """
+
+    def available():
+        """
+        @return: the tokens (bytes) available now; negative while in debt.
         """
 
 
