@@ -60,7 +60,17 @@ def buildParser():
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
+    _addBenchCommands(sub)
     return parser
+
+
+def _addBenchCommands(sub):
+    """``meshvpn bench <name>``: each subsystem registers its benchmarks here."""
+    from meshvpn.onion import bench as onionBench
+
+    bench = sub.add_parser("bench", help="run a benchmark and print its results", description="Benchmarks; each prints one JSON object with --json.")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="NAME")
+    onionBench.addParser(benches)
 
 
 def _testnetDoc():
