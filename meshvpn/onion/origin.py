@@ -85,7 +85,7 @@ class OriginCircuit:
         try:
             first = self.path[0]
             state, onionskin = ntor.clientCreate(first.nodeId, first.onionKey)
-            self.ls.table[self.circId] = self
+            self.ls.addEnd(self.circId, self)
             d = self._expect()
             self._send(encodeCell(self.circId, Command.CREATE2, Create2(HTYPE_NTOR, onionskin).encode()))
             self.crypto.addHop(self._finish(state, await d))
@@ -287,8 +287,7 @@ class OriginCircuit:
             return
         self.closed = True
         self.closeReason = err = CircuitDestroyed(reason, why)
-        if self.ls.table.get(self.circId) is self:
-            del self.ls.table[self.circId]
+        self.ls.removeEnd(self.circId, self)
         if send and not self.ls.closed:
             self.switch._enqueue(self.ls, destroyCell(self.circId, reason), force=True)
             if not self.switch._depth:

@@ -110,14 +110,32 @@ class LinkState:
         self.peerId = link.peerId
         self.table = {}
         # Each end allocates ids with its own value of the top bit, so the two
-        # ends never pick the same id: the node with the larger id sets it.
-        self.myBit = INITIATOR_BIT if switch.nodeId > link.peerId else 0
+        # ends never pick the same id: the end that dialled the link sets it
+        # (Tor's rule).  A link that cannot say falls back to comparing ids.
+        initiator = getattr(link, "isInitiator", None)
+        if initiator is None:
+            initiator = switch.nodeId > (link.peerId or b"")
+        self.myBit = INITIATOR_BIT if initiator else 0
         self.out = _Outbound(self)
         self.closed = False
         self.peerCircuits = 0
         self.tokens = float(switch.limits.createBurst)
         self.tokenTime = switch.clock.seconds()
         self._pausers = set()
+
+    def addEnd(self, circId, end):
+        """Register a circuit end; a link with circuits is never closed for idleness."""
+        if not self.table and hasattr(self.link, "acquire"):
+            self.link.acquire()
+        self.table[circId] = end
+
+    def removeEnd(self, circId, end):
+        if self.table.get(circId) is end:
+            del self.table[circId]
+            if not self.table and hasattr(self.link, "release") and not self.closed:
+                self.link.release()
+            return True
+        return False
 
     def allocateId(self):
         while True:
@@ -200,6 +218,8 @@ class LinkState:
             entry.linkClosed(self)
         self.table.clear()
         self.out.pending = []
+        if IConsumer.providedBy(self.link):
+            self.link.unregisterProducer()
         for src in list(self.out.pausedSources):
             src.resumeReading(self.out)
         self.out.pausedSources.clear()
@@ -343,7 +363,7 @@ class RelayCircuit:
         self.next = ls
         self.nextId = ls.allocateId()
         self.nextPrefix = self.nextId.to_bytes(4, "big")
-        ls.table[self.nextId] = _NextEnd(self)
+        ls.addEnd(self.nextId, _NextEnd(self))
         sw._enqueue(ls, encodeCell(self.nextId, Command.CREATE2, ext.create.encode()))
         sw._flush(None)
 
@@ -370,7 +390,9 @@ class RelayCircuit:
             return
         if send and not ls.closed:
             self.switch._enqueue(ls, destroyCell(self.nextId, reason), force=True)
-        ls.table.pop(self.nextId, None)
+        end = ls.table.get(self.nextId)
+        if isinstance(end, _NextEnd) and end.c is self:
+            ls.removeEnd(self.nextId, end)
         self.next = self.nextId = self.nextPrefix = None
 
     def _nextDestroyed(self, reason, linkGone=False):
@@ -432,8 +454,7 @@ class RelayCircuit:
         sw.counters["circuits_destroyed"] += 1
         self._dropNext(reason, send=toNext)
         prev = self.prev
-        if prev.table.get(self.prevId) is self:
-            del prev.table[self.prevId]
+        if prev.removeEnd(self.prevId, self):
             prev.peerCircuits -= 1
         if toPrev and not prev.closed:
             sw._enqueue(prev, destroyCell(self.prevId, reason), force=True)
@@ -505,6 +526,21 @@ class CircuitSwitch:
         link.whenClosed().addBoth(ls.linkClosed)
         return ls
 
+    # The link manager's cell handler (ICellHandler in link/): the lead can
+    # register the switch with linkManager.setCellHandler(switch).
+
+    def linkOpened(self, link):
+        self.attachLink(link)
+
+    def cellsReceived(self, link, cells):
+        ls = self._links.get(link) or self.attachLink(link)
+        ls.receive(cells)
+
+    def linkClosed(self, link, reason):
+        ls = self._links.get(link)
+        if ls is not None:
+            ls.linkClosed(reason)
+
     def linkToPeer(self, peerId):
         for ls in self._links.values():
             if ls.peerId == peerId and not ls.closed:
@@ -562,7 +598,7 @@ class CircuitSwitch:
         create = Create2.decode(payload)
         keySeed, reply = ntor.serverRespond(create.hdata, self.nodeId, self.keyRing.findKey)
         circuit = RelayCircuit(self, ls, circId, RelayLayer(keySeed))
-        ls.table[circId] = circuit
+        ls.addEnd(circId, circuit)
         ls.peerCircuits += 1
         self.counters["circuits_created"] += 1
         self._enqueue(ls, encodeCell(circId, Command.CREATED2, Created2(reply).encode()))

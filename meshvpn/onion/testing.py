@@ -24,8 +24,10 @@ from meshvpn.onion.switch import CircuitSwitch
 class MemoryLink:
     """One end of an in-memory link.  C{tap(cells)} sees every batch this end sends."""
 
-    def __init__(self, network, localId, peerId):
+    def __init__(self, network, localId, peerId, isInitiator):
         self.network = network
+        self.isInitiator = isInitiator
+        self.users = 0
         self.localId = localId
         self.peerId = peerId
         self.peer = None
@@ -71,6 +73,12 @@ class MemoryLink:
             self._closeWaiters.append(d)
         return d
 
+    def acquire(self):
+        self.users += 1
+
+    def release(self):
+        self.users -= 1
+
     # IPushProducer: the switch pauses our delivery when its queues are full
     def pauseProducing(self):
         self.readPaused = True
@@ -109,10 +117,14 @@ class MemoryNetwork:
     def __init__(self):
         self.ready = deque()
 
-    def connect(self, idA, idB):
-        """@return: C{(a, b)}: the end at A (peer B) and the end at B (peer A)."""
-        a = MemoryLink(self, idA, idB)
-        b = MemoryLink(self, idB, idA)
+    def connect(self, idA, idB, anonymous=False):
+        """
+        @param anonymous: A is a client that does not prove an identity: B
+            sees C{peerId = None}, as real links from clients do.
+        @return: C{(a, b)}: the end at A (peer B) and the end at B (peer A).
+        """
+        a = MemoryLink(self, idA, idB, True)
+        b = MemoryLink(self, idB, None if anonymous else idA, False)
         a.peer, b.peer = b, a
         return a, b
 
@@ -149,12 +161,9 @@ class TestRelay:
         other.switch.attachLink(theirs)
         return defer.succeed(mine)
 
-    def linkTo(self, otherNodeId):
+    def linkTo(self, otherNodeId, anonymous=False):
         """For a client: a fresh link from a node called C{self} to C{otherNodeId}."""
-        return self._connectTo(otherNodeId)
-
-    def _connectTo(self, otherNodeId):
         other = self.directory[otherNodeId]
-        mine, theirs = self.network.connect(self.nodeId, other.nodeId)
+        mine, theirs = self.network.connect(self.nodeId, other.nodeId, anonymous)
         other.switch.attachLink(theirs)
         return mine

@@ -45,9 +45,9 @@ class Net:
         self.client = TestRelay(self.net, self.clock, "client", directory=self.dir)
         self.client.switch.keyRing = None  # clients carry no one's circuits
 
-    def circuit(self, path=None, timeout=10.0):
+    def circuit(self, path=None, timeout=10.0, anonymous=False):
         path = path or [self.guard.hopSpec(), self.middle.hopSpec(), self.exit.hopSpec()]
-        self.guardLink = self.client.linkTo(path[0].nodeId)
+        self.guardLink = self.client.linkTo(path[0].nodeId, anonymous)
         circ = OriginCircuit(self.client.switch, self.guardLink, path, buildTimeout=timeout)
         d = circ.build()
         self.net.pump()
@@ -72,6 +72,17 @@ class Build(unittest.TestCase):
         for relay in (n.guard, n.middle, n.exit):
             self.assertEqual(relay.switch.counters["circuits_created"], 1)
         self.assertIsNone(n.relayCircuit(n.exit).next)
+
+    def test_anonymousClientLink(self):
+        """Clients do not prove an identity on their link: the guard sees peerId None."""
+        n = Net(self)
+        circ, d = n.circuit(anonymous=True)
+        self.successResultOf(d)
+        [ls] = [ls for ls in n.guard.switch._links.values() if ls.peerId is None]
+        self.assertEqual(len(ls.table), 1)
+        circ.sendPackets([b"anon"])
+        n.net.pump()
+        self.assertEqual(n.edge.packets, [b"anon"])
 
     def test_packetsBothWays(self):
         n = Net(self)
@@ -288,9 +299,11 @@ class Protocol(unittest.TestCase):
     def test_closeSendsDestroy(self):
         n = Net(self)
         circ = n.built(self)
+        self.assertEqual(n.guardLink.users, 1)  # circuits hold their links (no idle close)
         circ.close()
         n.net.pump()
         self._closedWith(circ, DestroyReason.FINISHED)
+        self.assertEqual(n.guardLink.users, 0)
         for relay in (n.guard, n.middle, n.exit):
             self.assertEqual(relay.switch.circuitCount(), 0)
         self.assertEqual(n.edge.closed, [DestroyReason.FINISHED])
