@@ -1,2 +1,1 @@
-"""The onion plane: cells, the ntor handshake, layered relay crypto, relay-side
-switching and origin-side circuits (doc/protocol.md, doc/security.md)."""
+"""Onion routing: cells, ntor, relay crypto, circuits, streams, path selection."""

@@ -18,7 +18,7 @@ from meshvpn.onion.cells import (
 from meshvpn.onion.flow import ReceiveWindow, SendWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
 from meshvpn.onion.relaycrypto import OriginCrypto
-from meshvpn.onion.switch import CircuitDestroyed, destroyCell
+from meshvpn.onion.switch import CircuitDestroyed, destroyCell, reasonCode
 
 _CMD = {False: bytes([Command.RELAY]), True: bytes([Command.RELAY_EARLY])}
 DEFAULT_BUILD_TIMEOUT = 10.0
@@ -40,10 +40,14 @@ class OriginCircuit:
     A circuit this node originates over C{guardLink}, through C{path}
     (L{HopSpec}s, guard first).  Call L{build}.
 
-    @ivar streamHandler: the stream layer's hook (set by the SOCKS/stream
-        code): an object with C{openStream(circuit, host, port, isolation)}
-        and C{relayReceived(circuit, command, streamId, data)}; it sends with
-        L{sendRelay}.  Without one, L{openStream} fails.
+    @ivar streamHandler: the stream layer's hook, shaped like
+        L{meshvpn.onion.streammux.StreamMux}: C{relayReceived(command,
+        streamId, data)} gets every stream cell (BEGIN..RESOLVED, stream
+        SENDMEs); optional C{circuitWindowOpened()} is called when a circuit
+        SENDME reopens the window, C{circuitClosed(reason)} when the circuit
+        dies, and C{openStream(host, port, isolation)} serves L{openStream}.
+        It sends with L{sendRelay} and asks L{circuitRoom} before DATA.
+        Without one, L{openStream} fails and stream cells are dropped.
     """
 
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT):
@@ -88,7 +92,7 @@ class OriginCircuit:
             self.ls.addEnd(self.circId, self)
             d = self._expect()
             self._send(encodeCell(self.circId, Command.CREATE2, Create2(HTYPE_NTOR, onionskin).encode()))
-            self.crypto.addHop(self._finish(state, await d))
+            self.crypto.addHop(self._finish(state, await self._hopFailure(d, 0), 0))
             for hop in self.path[1:]:
                 await self._extendTo(hop)
         finally:
@@ -101,7 +105,8 @@ class OriginCircuit:
         ext = Extend2(hop.nodeId, tuple(hop.addresses), tuple(hop.transports), Create2(HTYPE_NTOR, onionskin))
         d = self._expect()
         self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=len(self.crypto.hops) - 1, early=True)
-        self.crypto.addHop(self._finish(state, await d))
+        index = len(self.crypto.hops)
+        self.crypto.addHop(self._finish(state, await self._hopFailure(d, index), index))
 
     def extend(self, hop):
         """Add C{hop} at the end of an open circuit. @return: a Deferred firing with C{None}."""
@@ -118,12 +123,24 @@ class OriginCircuit:
         self.sendRelay(RelayCommand.TRUNCATE, 0, b"", hop=keep - 1)
         return d
 
-    def _finish(self, state, reply):
+    @staticmethod
+    def _hopFailure(d, index):
+        """Name hop C{index} in a failure of its handshake (for retries elsewhere)."""
+
+        def name(f):
+            f.trap(CircuitDestroyed)
+            if f.value.hop is None:
+                f.value.hop = index
+            return f
+
+        return d.addErrback(name)
+
+    def _finish(self, state, reply, index):
         try:
             return ntor.clientFinish(state, reply)
         except ntor.HandshakeError as e:
             self._destroy(DestroyReason.PROTOCOL, str(e), True)
-            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e)) from None
+            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e), hop=index) from None
 
     def _expect(self):
         if self.closed:
@@ -172,6 +189,10 @@ class OriginCircuit:
             self.packWindow.onSent(tag)
         return self._send(self.prefix + _CMD[early] + ct)
 
+    def circuitRoom(self):
+        """Flow-controlled cells (DATA, PACKET) the circuit window takes now."""
+        return 0 if self.closed else self.packWindow.window
+
     def sendPacket(self, packet):
         """Send one IP packet (packet mode); dropped if the window is full."""
         return self.sendPackets([packet])
@@ -202,7 +223,7 @@ class OriginCircuit:
     def openStream(self, host, port, isolation=None):
         if self.streamHandler is None:
             return defer.fail(MeshVPNError("no stream layer is attached to this circuit"))
-        return self.streamHandler.openStream(self, host, port, isolation)
+        return self.streamHandler.openStream(host, port, isolation)
 
     # -- receiving (entries of the switch's table for the guard link)
 
@@ -227,11 +248,14 @@ class OriginCircuit:
                 if packets and self._packetReceiver is not None:
                     self._packetReceiver(packets)
             elif self.streamHandler is not None:
-                self.streamHandler.relayReceived(self, c, hdr.streamId, hdr.data)
+                self.streamHandler.relayReceived(c, hdr.streamId, hdr.data)
         elif c == RelayCommand.SENDME and hdr.streamId == 0:
             if hop != last:
                 raise CellError("circuit SENDME from a middle hop")
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
+            opened = getattr(self.streamHandler, "circuitWindowOpened", None)
+            if opened is not None:
+                opened()
         elif c == RelayCommand.EXTENDED2:
             if hop != last:
                 raise CellError("EXTENDED2 from a hop that was not asked to extend")
@@ -250,7 +274,7 @@ class OriginCircuit:
             pass
         elif c in (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME):
             if self.streamHandler is not None:
-                self.streamHandler.relayReceived(self, c, hdr.streamId, hdr.data)
+                self.streamHandler.relayReceived(c, hdr.streamId, hdr.data)
         else:
             raise CellError(f"relay {RelayCommand.NAMES[c]} is not accepted by a client")
 
@@ -271,8 +295,8 @@ class OriginCircuit:
     # -- closing
 
     def close(self, reason=DestroyReason.FINISHED):
-        """Send DESTROY and tear the circuit down."""
-        self._destroy(reason, "closed by us", True)
+        """Send DESTROY and tear the circuit down; C{reason} is a number or a name ("finished")."""
+        self._destroy(reasonCode(reason), "closed by us", True)
 
     def whenClosed(self):
         d = defer.Deferred()
@@ -298,6 +322,9 @@ class OriginCircuit:
         waiters, self._closeWaiters = self._closeWaiters, []
         for d in waiters:
             d.callback(err)
+        closed = getattr(self.streamHandler, "circuitClosed", None)
+        if closed is not None:
+            closed(reason)
 
     def status(self):
         """No keys, no payload: just the shape and counters."""

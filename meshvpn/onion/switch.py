@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError, MeshVPNError
-from meshvpn.interfaces import IStatusSource
+from meshvpn.interfaces import ICircuitEdge, IStatusSource
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import (
     CIRCID_MASK, INITIATOR_BIT, MAX_RELAY_EARLY, CellError, Command, Create2, Created2,
@@ -44,10 +44,22 @@ _PAD_DESTROY = bytes(CELL_SIZE - 6)
 class CircuitDestroyed(MeshVPNError):
     """A circuit was torn down; C{reason} is a L{DestroyReason} number."""
 
-    def __init__(self, reason, why=""):
+    def __init__(self, reason, why="", hop=None):
         super().__init__(f"circuit destroyed: {DestroyReason.name(reason)}" + (f" ({why})" if why else ""))
         self.reason = reason
         self.why = why
+        self.hop = hop  # during a build: the index of the hop that failed (0 = guard), if known
+
+
+def reasonCode(reason):
+    """A DESTROY reason number from a number or a name such as C{"finished"}."""
+    if isinstance(reason, int) and 0 <= reason <= 255:
+        return reason
+    if isinstance(reason, str):
+        for code, name in DestroyReason.NAMES.items():
+            if name == reason.upper():
+                return code
+    return DestroyReason.NONE
 
 
 @attrs.define
@@ -312,6 +324,9 @@ class RelayCircuit:
                 edge.relayReceived(self, c, hdr.streamId, hdr.data)
         elif c == RelayCommand.SENDME and hdr.streamId == 0:
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
+            opened = getattr(edge, "circuitWindowOpened", None)
+            if opened is not None:
+                opened(self)
         elif c == RelayCommand.EXTEND2:
             if cmd != Command.RELAY_EARLY:
                 raise CellError("EXTEND2 outside a RELAY_EARLY cell")
@@ -424,6 +439,10 @@ class RelayCircuit:
             sw._flush(None)
         return True
 
+    def circuitRoom(self):
+        """Flow-controlled cells the circuit window takes now."""
+        return 0 if self.closed else self.packWindow.window
+
     def sendPackets(self, packets):
         """
         Send IP packets to the origin in packet mode.  Packets that do not fit
@@ -465,6 +484,7 @@ class RelayCircuit:
             sw._flush(None)
 
 
+@implementer(ICircuitEdge)
 class NullEdge:
     """
     The edge of a relay that is no exit: refuses streams, drops packets.

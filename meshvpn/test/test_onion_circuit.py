@@ -286,6 +286,7 @@ class Protocol(unittest.TestCase):
         circ, d = n.circuit(path=[n.guard.hopSpec(), n.middle.hopSpec(), ghost])
         f = self.failureResultOf(d, CircuitDestroyed)
         self.assertEqual(f.value.reason, DestroyReason.CONNECTFAILED)
+        self.assertEqual(f.value.hop, 2)  # the circuit manager retries without that relay
 
     def test_destroyReasonReachesOrigin(self):
         n = Net(self)
@@ -300,7 +301,7 @@ class Protocol(unittest.TestCase):
         n = Net(self)
         circ = n.built(self)
         self.assertEqual(n.guardLink.users, 1)  # circuits hold their links (no idle close)
-        circ.close()
+        circ.close("finished")  # the circuit manager closes with names
         n.net.pump()
         self._closedWith(circ, DestroyReason.FINISHED)
         self.assertEqual(n.guardLink.users, 0)
@@ -356,4 +357,45 @@ class KeyRotation(unittest.TestCase):
         # after it, the old key is refused
         n.clock.advance(3601)
         circ, d = n.circuit(path=[n.guard.hopSpec(), oldSpec, n.exit.hopSpec()])
-        self.failureResultOf(d, CircuitDestroyed)
+        f = self.failureResultOf(d, CircuitDestroyed)
+        self.assertEqual(f.value.hop, 1)
+
+
+class StreamHook(unittest.TestCase):
+    """The stream layer plugs in with a StreamMux-shaped handler at each end."""
+
+    def test_dataBothWaysThroughTheHooks(self):
+        class Origin:
+            def __init__(self):
+                self.cells, self.opened, self.closed = [], 0, []
+
+            def relayReceived(self, command, streamId, data):
+                self.cells.append((command, streamId, data))
+
+            def circuitWindowOpened(self):
+                self.opened += 1
+
+            def circuitClosed(self, reason):
+                self.closed.append(reason)
+
+        class ExitEdge(EchoEdge):
+            def relayReceived(self, circuit, command, streamId, data):
+                self.relay.append((command, streamId, data))
+                if command == RelayCommand.DATA:
+                    self.assertRoom = circuit.circuitRoom()
+                    circuit.sendRelay(RelayCommand.DATA, streamId, data.upper())
+
+        edge = ExitEdge()
+        n = Net(self, edge=edge)
+        circ = n.built(self)
+        hook = circ.streamHandler = Origin()
+        self.assertEqual(circ.circuitRoom(), 1000)
+        for i in range(150):
+            self.assertTrue(circ.sendRelay(RelayCommand.DATA, 7, b"abc"))
+        n.net.pump()
+        self.assertEqual(len(edge.relay), 150)
+        self.assertEqual(hook.cells[0], (RelayCommand.DATA, 7, b"ABC"))
+        self.assertEqual(len(hook.cells), 150)
+        self.assertEqual(hook.opened, 1)  # one authenticated circuit SENDME after 100 cells
+        circ.close()
+        self.assertEqual(hook.closed, [DestroyReason.FINISHED])
