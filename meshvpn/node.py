@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort
+from meshvpn.control.status import StatusWriter
 from meshvpn.identity import NodeIdentity
 from meshvpn.secretfile import writeSecretFile
 from meshvpn.udpmux import DatagramMultiplexer
@@ -112,6 +113,15 @@ class Node(service.MultiService):
         self.udpService = UDPPortService(reactor, self.udp, host, port)
         self.udpService.setServiceParent(self)
         self.streamListener = None
+        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
+        self.status.setServiceParent(self)
+
+    def _statusInfo(self):
+        info = {"role": self.role, "node_id": self.identity.nodeIdHex}
+        if self.udpService.port is not None:
+            info.update(self.addresses())
+        info["udp_counters"] = self.udp.counters()
+        return info
 
     def listenStream(self, description, factory=None):
         """Accept TCP (or other stream) connections on C{description}."""
