@@ -44,8 +44,9 @@ class OriginCircuit:
         L{meshvpn.onion.streammux.StreamMux}: C{relayReceived(command,
         streamId, data)} gets every stream cell (BEGIN..RESOLVED, stream
         SENDMEs); optional C{circuitWindowOpened()} is called when a circuit
-        SENDME reopens the window, C{circuitClosed(reason)} when the circuit
-        dies, and C{openStream(host, port, isolation)} serves L{openStream}.
+        SENDME reopens the window, C{circuitClosed()} when the circuit
+        dies, and C{openStream(host, port, protocol)} serves L{openStream}
+        (L{meshvpn.onion.edge.attachStreams} installs a StreamMux).
         It sends with L{sendRelay} and asks L{circuitRoom} before DATA.
         Without one, L{openStream} fails and stream cells are dropped.
     """
@@ -220,10 +221,14 @@ class OriginCircuit:
         """C{receiver(packets: list[bytes])} gets IP packets the exit sends back."""
         self._packetReceiver = receiver
 
-    def openStream(self, host, port, isolation=None):
+    def openStream(self, host, port, isolation=None, protocol=None):
+        """
+        BEGIN a stream through the stream layer; C{isolation} was already
+        used by the circuit manager to choose this circuit.
+        """
         if self.streamHandler is None:
             return defer.fail(MeshVPNError("no stream layer is attached to this circuit"))
-        return self.streamHandler.openStream(host, port, isolation)
+        return self.streamHandler.openStream(host, port, protocol)
 
     # -- receiving (entries of the switch's table for the guard link)
 
@@ -324,7 +329,7 @@ class OriginCircuit:
             d.callback(err)
         closed = getattr(self.streamHandler, "circuitClosed", None)
         if closed is not None:
-            closed(reason)
+            closed()  # streams end with END reason DESTROY; the cause is in closeReason
 
     def status(self):
         """No keys, no payload: just the shape and counters."""

@@ -375,8 +375,8 @@ class StreamHook(unittest.TestCase):
             def circuitWindowOpened(self):
                 self.opened += 1
 
-            def circuitClosed(self, reason):
-                self.closed.append(reason)
+            def circuitClosed(self):
+                self.closed.append(True)
 
         class ExitEdge(EchoEdge):
             def relayReceived(self, circuit, command, streamId, data):
@@ -398,4 +398,40 @@ class StreamHook(unittest.TestCase):
         self.assertEqual(len(hook.cells), 150)
         self.assertEqual(hook.opened, 1)  # one authenticated circuit SENDME after 100 cells
         circ.close()
-        self.assertEqual(hook.closed, [DestroyReason.FINISHED])
+        self.assertEqual(hook.closed, [True])
+
+
+class RealStreamMux(unittest.TestCase):
+    """The stream layer (StreamMux) at both ends of a real 3-hop circuit."""
+
+    def test_echoStream(self):
+        from twisted.internet import protocol
+
+        from meshvpn.onion.edge import StreamExitEdge, attachStreams
+        from meshvpn.test.test_streammux import Collect
+
+        class Echo(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.write(data)
+
+        def accept(stream, host, port):
+            if port != 7:
+                from meshvpn.errors import StreamRefused
+                raise StreamRefused(4)
+            stream.attach(Echo())
+
+        n = Net(self, edge=StreamExitEdge(accept))
+        circ = n.built(self)
+        attachStreams(circ)
+        collect = Collect()
+        d = circ.openStream("198.18.0.9", 7, protocol=collect)
+        n.net.pump()
+        stream = self.successResultOf(d)
+        payload = bytes(range(256)) * 400  # ~100 KB: > 200 cells, past the circuit's first SENDME
+        stream.write(payload)
+        for i in range(50):
+            n.net.pump()
+        self.assertEqual(b"".join(collect.data), payload)
+        refused = circ.openStream("198.18.0.9", 80, protocol=Collect())
+        n.net.pump()
+        self.assertEqual(self.failureResultOf(refused).value.reason, 4)
