@@ -6,8 +6,10 @@
 - relay_cells_per_s: one relay switching cells at full speed between two
   in-memory links (batches as a link delivers them; the output link is a
   sink), forward and backward; the headline is the slower direction.
-- build_time_*: need real relay processes and the DHT; left null here (the
-  lead integrates them with the link manager).
+- build_time_median_s / build_time_p95_s: need real relay processes, links
+  and the DHT; left null here (the lead integrates them).
+  build_time_inmemory_median_s is the CPU part alone: a 3-hop build over
+  in-memory links in this process (3 ntor handshakes, 2 EXTEND2).
 """
 
 import json
@@ -101,10 +103,34 @@ def benchRelay(cells, batch):
     }
 
 
-def run(cells=200000, batch=64):
+def benchBuildInMemory(builds):
+    """3-hop builds over in-memory links: the CPU cost of a build (3 ntor, 2 EXTEND2), no network."""
+    clock = task.Clock()
+    net = MemoryNetwork()
+    d = {}
+    relays = [TestRelay(net, clock, name, directory=d) for name in ("guard", "middle", "exit")]
+    client = TestRelay(net, clock, "client", directory=d)
+    link = client.linkTo(relays[0].nodeId)
+    times = []
+    for _ in range(builds):
+        t0 = time.perf_counter()
+        circ = OriginCircuit(client.switch, link, [r.hopSpec() for r in relays])
+        built = circ.build()
+        net.pump()
+        times.append(time.perf_counter() - t0)
+        if not built.called or circ.closed:
+            raise RuntimeError("in-memory build failed")
+        circ.close()
+        net.pump()
+    times.sort()
+    return {"build_time_inmemory_median_s": round(times[len(times) // 2], 6)}
+
+
+def run(cells=200000, batch=64, builds=50):
     result = {"cell_size": CELL_SIZE}
     result.update(benchCrypto(max(1, cells // 4)))
     result.update(benchRelay(cells, batch))
+    result.update(benchBuildInMemory(builds))
     result.update({
         "build_time_median_s": None,
         "build_time_p95_s": None,
@@ -115,7 +141,7 @@ def run(cells=200000, batch=64):
 
 
 def main(args):
-    result = run(cells=args.cells, batch=args.batch)
+    result = run(cells=args.cells, batch=args.batch, builds=args.builds)
     if args.json:
         print(json.dumps(result))
     else:
@@ -131,4 +157,5 @@ def addParser(benchSubparsers):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cells", type=int, default=200000, help="cells to switch per direction")
     p.add_argument("--batch", type=int, default=64, help="cells per link read")
+    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time")
     p.set_defaults(func=main)
