@@ -24,7 +24,7 @@ from meshvpn.errors import LinkError, MeshVPNError
 from meshvpn.interfaces import ICircuitEdge, IStatusSource
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import (
-    CIRCID_MASK, INITIATOR_BIT, MAX_RELAY_EARLY, CellError, Command, Create2, Created2,
+    INITIATOR_BIT, MAX_RELAY_EARLY, CellError, Command, Create2, Created2,
     DestroyReason, End, Extend2, Extended2, RelayCommand, Sendme, Truncated, encodeCell,
     packRelay, unpackRelay,
 )

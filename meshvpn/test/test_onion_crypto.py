@@ -107,3 +107,57 @@ class KeyRing(unittest.TestCase):
         clock.advance(100)
         self.assertIsNone(ring.findKey(first["current"]))
         self.assertIsNone(ring.findKey(b"\x01" * 32))
+
+
+class RingOnDiskAndService(unittest.TestCase):
+    def test_persistedRotation(self):
+        import stat
+
+        from meshvpn.errors import KeyFileError
+        from meshvpn.identity import NodeIdentity
+        from meshvpn.onion.keyring import RING_FILE
+        from meshvpn.onion.service import OnionService
+
+        clock = task.Clock()
+        clock.advance(1000)
+        ident = NodeIdentity.generate()
+        data = self.mktemp()
+        os.makedirs(data, mode=0o700)
+        svc = OnionService(clock, ident, data, lifetime=100, overlap=50)
+        path = os.path.join(data, RING_FILE)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        first = svc.keyRing.publicKeys()
+        self.assertEqual(first["current"], ident.onionPublicKey)  # the node's onion key starts as current
+        seen = []
+        svc.onRotate.append(seen.append)
+        svc.startService()
+        clock.advance(100)
+        self.assertEqual(seen, [svc.keyRing.publicKeys()])
+        self.assertEqual(svc.keyRing.publicKeys()["current"], first["next"])
+        svc.stopService()
+        # a restart keeps the ring, including the previous key and its expiry
+        again = OnionService(clock, ident, data, lifetime=100, overlap=50)
+        self.assertEqual(again.keyRing.publicKeys(), svc.keyRing.publicKeys())
+        self.assertIsNotNone(again.keyRing.findKey(first["current"]))
+        clock.advance(50)
+        self.assertIsNone(again.keyRing.findKey(first["current"]))
+        # corrupt files are refused, not overwritten
+        with open(path, "ab") as f:
+            f.write(b"junk\n")
+        self.assertRaises(KeyFileError, OnionService, clock, ident, data)
+
+    def test_connectorTarget(self):
+        from meshvpn.onion.cells import Create2, Extend2
+        from meshvpn.onion.service import linkManagerConnector
+
+        asked = []
+
+        class Manager:
+            def getLink(self, target):
+                asked.append(target)
+
+        ext = Extend2(b"\x01" * 32, (("198.18.0.1", 9001),), ("tls 198.18.0.1:9001", "obfs 198.18.0.1:443"),
+                      Create2(2, bytes(96)))
+        linkManagerConnector(Manager())(ext)
+        self.assertEqual(asked[0].nodeId, b"\x01" * 32)
+        self.assertEqual(asked[0].linkAddresses[:2], (("tls", "198.18.0.1:9001"), ("obfs", "198.18.0.1:443")))
