@@ -75,17 +75,35 @@ def buildParser():
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
-    _addBenchCommands(sub)
+    bench = sub.add_parser("bench", help="run a benchmark and print its numbers", description="Benchmarks (loopback only).")
+    benchSub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p = benchSub.add_parser("link", help="cells/s and Mbps over one TLS link on loopback")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to send each way (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per sendCells call (default 64)")
+    p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
+    p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
+    p.set_defaults(func=_benchLinkCommand)
+    p = benchSub.add_parser("circuit", help="onion crypto per cell per hop and relay switching rate",
+                            description="Onion crypto cost and one relay's cell switching rate (in memory).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to switch per direction (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
+    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
+    p.set_defaults(func=_benchCircuitCommand)
     return parser
 
 
-def _addBenchCommands(sub):
-    """``meshvpn bench <name>``: each subsystem registers its benchmarks here."""
-    from meshvpn.onion import bench as onionBench
+def _benchLinkCommand(args):
+    from meshvpn.link import bench
 
-    bench = sub.add_parser("bench", help="run a benchmark and print its results", description="Benchmarks; each prints one JSON object with --json.")
-    benches = bench.add_subparsers(dest="bench", required=True, metavar="NAME")
-    onionBench.addParser(benches)
+    return bench.main(args)
+
+
+def _benchCircuitCommand(args):
+    from meshvpn.onion import bench
+
+    return bench.main(args)
 
 
 def _testnetDoc():

@@ -258,20 +258,37 @@ class ILink(Interface):
     """
     An authenticated, encrypted channel to a peer whose identity key is
     known, carrying cells.
+
+    Refined by link/ (additive): cells are opaque C{bytes} of exactly
+    C{meshvpn.onion.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
+    (circuits register push producers, several may) and an
+    C{IPushProducer} (pausing it stops reading from the peer).
     """
 
-    peerId = Attribute("C{bytes}: node id of the authenticated peer.")
+    peerId = Attribute(
+        "C{bytes}: node id of the authenticated peer; C{None} on a responder's "
+        "link from an anonymous initiator (a client)."
+    )
+    isInitiator = Attribute("C{bool}: we dialled this link.")
+    version = Attribute("C{int}: the negotiated link protocol version.")
+    transportName = Attribute("C{str}: the pluggable transport the link runs over.")
 
     def sendCells(cells):
         """
         Queue encoded cells (a list of C{bytes}) for the peer; written in one
         batch.  Backpressure reaches the caller through
         L{twisted.internet.interfaces.IConsumer} on the link.
+
+        @return: C{True} if written or queued, C{False} if the link is not
+            open (cells dropped).  A producer that ignores C{pauseProducing}
+            and overflows the bounded queue gets the link closed.
+        @raise ValueError: a cell is not C{CELL_SIZE} bytes.
         """
 
     def setCellReceiver(receiver):
         """
         C{receiver(cells: list[bytes])} is called with each batch of cells.
+        Overrides the manager's L{ICellHandler} for this link.
         """
 
     def close(reason):
@@ -284,6 +301,40 @@ class ILink(Interface):
         @return: a Deferred firing with the reason once the link is closed.
         """
 
+    def acquire():
+        """
+        A circuit starts using the link: a link with users is never closed
+        for idleness (keepalives still run).
+        """
+
+    def release():
+        """
+        The matching end of L{acquire}.
+        """
+
+
+class ICellHandler(Interface):
+    """
+    The onion layer's hook on the link plane: registered once on the
+    L{ILinkManager}, it gets the cells of every link (incoming and outgoing).
+    """
+
+    def linkOpened(link):
+        """
+        C{link} (an L{ILink}) finished its handshake.
+        """
+
+    def cellsReceived(link, cells):
+        """
+        A batch of whole cells (C{list[bytes]}, each C{CELL_SIZE}) arrived on
+        C{link}.  An exception closes only that link.
+        """
+
+    def linkClosed(link, reason):
+        """
+        C{link}, previously announced by L{linkOpened}, closed with C{reason}.
+        """
+
 
 class IPluggableTransport(IPlugin):
     """
@@ -291,22 +342,36 @@ class IPluggableTransport(IPlugin):
     by name in config (the model is tahoe-lafs' storage plugins).  The
     built-in TLS-over-TCP and datagram links are themselves such plugins;
     doc/plugins.md shows how a third party writes one.
+
+    Refined by link/: a C{"stream"} transport carries bytes only; the link
+    layer always runs TLS and the identity handshake over it, so a
+    transport cannot weaken authentication (Tor's pluggable-transport model).
+    C{serverEndpoint} returns just the endpoint (a port-0 listener has no
+    address yet); L{describeAddress} gives the descriptor string once bound.
     """
 
     name = Attribute("C{str}: the transport's name in config and descriptors.")
+    kind = Attribute('C{str}: C{"stream"} (ordered bytes, carries TLS links) or C{"datagram"}.')
 
     def clientEndpoint(reactor, address, options):
         """
+        @param options: a C{dict} of transport-specific settings.
         @return: an L{twisted.internet.interfaces.IStreamClientEndpoint} that
             reaches a relay announcing C{address} (the transport's own string
             from the descriptor).
+        @raise meshvpn.errors.LinkError: C{address} is malformed.
         """
 
     def serverEndpoint(reactor, options):
         """
         @return: an L{twisted.internet.interfaces.IStreamServerEndpoint} on
-            which this node accepts links over the transport, and the address
-            string to put in its descriptor, as a tuple.
+            which this node accepts links over the transport.
+        """
+
+    def describeAddress(listeningPort):
+        """
+        @param listeningPort: what C{serverEndpoint(...).listen()} fired with.
+        @return: the C{str} address to put in this node's descriptor.
         """
 
 
@@ -318,10 +383,25 @@ class ILinkManager(Interface):
 
     def getLink(descriptor):
         """
+        @param descriptor: a relay descriptor with C{nodeId} and
+            C{linkAddresses} (C{(transportName, address)} pairs), or a
+            L{meshvpn.link.manager.LinkTarget}.
         @return: a Deferred firing with an open L{ILink} to the relay that
-            C{descriptor} describes, reusing an existing one.  Fails with
+            C{descriptor} describes, reusing an existing one; concurrent
+            calls share one connection attempt.  Fails with
             L{meshvpn.errors.LinkError} if the peer's identity is not the one
             in the descriptor or it cannot be reached.
+        """
+
+    def setCellHandler(handler):
+        """
+        Route the cells of every link to C{handler}, an L{ICellHandler}.
+        """
+
+    def serverFactory(transportName):
+        """
+        @return: the protocol factory a relay listens with on a server
+            endpoint of the transport called C{transportName}.
         """
 
 

@@ -149,13 +149,3 @@ def main(args):
             print(f"{k:32} {v}")
     return 0
 
-
-def addParser(benchSubparsers):
-    """Register ``circuit`` under ``meshvpn bench``."""
-    p = benchSubparsers.add_parser("circuit", help="onion crypto and relay switching speed",
-                                   description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cells", type=int, default=200000, help="cells to switch per direction")
-    p.add_argument("--batch", type=int, default=64, help="cells per link read")
-    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time")
-    p.set_defaults(func=main)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError, MeshVPNError
-from meshvpn.interfaces import ICircuitEdge, IStatusSource
+from meshvpn.interfaces import ICellHandler, ICircuitEdge, IStatusSource
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import (
     INITIATOR_BIT, MAX_RELAY_EARLY, CellError, Command, Create2, Created2,
@@ -502,7 +502,7 @@ class NullEdge:
         pass
 
 
-@implementer(IStatusSource)
+@implementer(ICellHandler, IStatusSource)
 class CircuitSwitch:
     """
     All circuits of one node: relay hops it carries and circuits it originates.
@@ -546,8 +546,7 @@ class CircuitSwitch:
         link.whenClosed().addBoth(ls.linkClosed)
         return ls
 
-    # The link manager's cell handler (ICellHandler in link/): the lead can
-    # register the switch with linkManager.setCellHandler(switch).
+    # ICellHandler: register the switch with linkManager.setCellHandler(switch).
 
     def linkOpened(self, link):
         self.attachLink(link)

@@ -18,4 +18,8 @@ class Options(RoleOptions):
 
 
 def makeService(options):
-    return buildNode("client", options.settings)
+    from meshvpn.link.service import attachLinks
+
+    node = buildNode("client", options.settings)
+    attachLinks(node, authenticate=False)
+    return node
