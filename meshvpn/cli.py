@@ -90,6 +90,7 @@ def buildParser():
     p.add_argument("--cells", type=int, default=200_000, help="cells to switch per direction (default 200000)")
     p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
     p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
+    p.add_argument("--tls-builds", type=int, default=30, help="builds over real TLS links on loopback (default 30; 0 skips)")
     p.set_defaults(func=_benchCircuitCommand)
     return parser
 

@@ -10,6 +10,9 @@
   and the DHT; left null here (the lead integrates them).
   build_time_inmemory_median_s is the CPU part alone: a 3-hop build over
   in-memory links in this process (3 ntor handshakes, 2 EXTEND2).
+  build_time_tls_loopback_*: 3-hop builds over real TLS links on loopback
+  TCP, all four nodes in this process (one core), links already open
+  (the first build, which opens them, is reported apart).
 """
 
 import json
@@ -140,8 +143,25 @@ def run(cells=200000, batch=64, builds=50):
     return result
 
 
+def _tlsBuildTimes(builds):
+    """Run L{meshvpn.onion.loopback.buildTimes} on the real reactor."""
+    from twisted.internet import defer, reactor
+
+    from meshvpn.onion.loopback import buildTimes
+
+    out, failures = {}, []
+    d = defer.Deferred.fromCoroutine(buildTimes(reactor, builds))
+    d.addCallbacks(out.update, failures.append).addBoth(lambda _: reactor.stop())
+    reactor.run()
+    if failures:
+        failures[0].raiseException()
+    return out
+
+
 def main(args):
     result = run(cells=args.cells, batch=args.batch, builds=args.builds)
+    if args.tls_builds > 0:
+        result.update(_tlsBuildTimes(args.tls_builds))
     if args.json:
         print(json.dumps(result))
     else:
