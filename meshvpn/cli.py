@@ -90,6 +90,14 @@ def buildParser():
     p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
     p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
     p.set_defaults(func=_benchLinkCommand)
+    p = benchSub.add_parser("circuit", help="onion crypto per cell per hop and relay switching rate",
+                            description="Onion crypto cost and one relay's cell switching rate (in memory).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to switch per direction (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
+    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
+    p.add_argument("--tls-builds", type=int, default=30, help="builds over real TLS links on loopback (default 30; 0 skips)")
+    p.set_defaults(func=_benchCircuitCommand)
     p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
     p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
@@ -100,6 +108,12 @@ def buildParser():
 
 def _benchLinkCommand(args):
     from meshvpn.link import bench
+
+    return bench.main(args)
+
+
+def _benchCircuitCommand(args):
+    from meshvpn.onion import bench
 
     return bench.main(args)
 

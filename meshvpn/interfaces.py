@@ -637,6 +637,35 @@ class IStreamOpener(Interface):
         """
 
 
+class ICircuitEdge(Interface):
+    """
+    Where relay cells end at the last hop of a circuit (an exit's stream and
+    packet code).  Added by onion/: plugged into
+    L{meshvpn.onion.switch.CircuitSwitch} as C{edge}.  The C{circuit}
+    passed in is the relay-side L{meshvpn.onion.switch.RelayCircuit}: it
+    answers with C{sendRelay(command, streamId, data) -> bool} and
+    C{sendPackets(packets) -> int}, and has a free C{edgeState} attribute.
+    """
+
+    def relayReceived(circuit, command, streamId, data):
+        """
+        A recognized stream cell (BEGIN, DATA, END, RESOLVE, stream SENDME,
+        ...) arrived; circuit-level flow control is already done.  An
+        exception destroys only this circuit.
+        """
+
+    def packetsReceived(circuit, packets):
+        """
+        IP packets (C{list[bytes]}) arrived in packet mode, to be checked
+        against the exit policy and written to the exit's TUN.
+        """
+
+    def circuitClosed(circuit, reason):
+        """
+        C{circuit} is gone (C{reason}: a DESTROY reason number); drop its streams.
+        """
+
+
 # --------------------------------------------------------------------------
 # edges (exit/, client/)
 
