@@ -237,6 +237,14 @@ class LinkProtocol(Protocol):
     _connectionGone = False
 
     def connectionMade(self):
+        # Cells are latency-sensitive and already batched per write: Nagle
+        # would hold a lone CREATE2 for ~40 ms waiting for an ACK.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            try:
+                noDelay(True)
+            except Exception:
+                pass  # not a TCP socket underneath (a pluggable transport)
         self._timer = self._reactor.callLater(self._settings.handshakeTimeout, self._handshakeTimedOut)
         self.transport.registerProducer(_WriteSide(self), True)
         if self.isInitiator:
