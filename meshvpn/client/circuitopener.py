@@ -6,15 +6,14 @@ before the exit answered (END reason DESTROY, or the circuit closed) is
 retried once on a fresh circuit, as Tor does; any other refusal goes back
 to the app as its SOCKS reply.
 
-The contract asked of circuits (beyond L{ICircuit.openStream}): for the
-RESOLVE extension, a circuit offers C{resolve(name)} and
-C{resolvePTR(address)}, each firing with a list or failing with
-L{StreamRefused}.
+Streams and resolves on a circuit go through
+L{meshvpn.client.circuitstreams} (the circuit's stream layer).
 """
 
 from twisted.internet import defer
 from zope.interface import implementer
 
+from meshvpn.client import circuitstreams
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
@@ -29,21 +28,22 @@ class CircuitStreamOpener:
     @param circuits: an L{meshvpn.interfaces.ICircuitManager}.
     """
 
-    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS):
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, onCircuit=circuitstreams):
         self.circuits = circuits
         self.maxAttempts = maxAttempts
+        self._on = onCircuit  # openStreamOn/resolveOn/resolvePTROn(circuit, ...)
 
     def openStream(self, host, port, isolationKey):
         return defer.Deferred.fromCoroutine(
-            self._withRetry(lambda c: c.openStream(host, port, isolationKey), (host, port), isolationKey)
+            self._withRetry(lambda c: self._on.openStreamOn(c, host, port), (host, port), isolationKey)
         )
 
     def resolve(self, name, isolationKey):
         # Any exit resolves names: no target port to match.
-        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: c.resolve(name), None, isolationKey))
+        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: self._on.resolveOn(c, name), None, isolationKey))
 
     def resolvePTR(self, address, isolationKey):
-        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: c.resolvePTR(address), None, isolationKey))
+        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: self._on.resolvePTROn(c, address), None, isolationKey))
 
     async def _withRetry(self, action, target, isolationKey):
         attempt = 0

@@ -24,8 +24,9 @@ def attachStreams(circuit):
 @implementer(ICircuitEdge)
 class StreamExitEdge:
     """
-    @param accept: C{callable(stream, host, port)} (StreamMux's), where the
-        exit policy and the outgoing connection live.
+    @param accept: C{callable(circuit, stream, host, port)} (StreamMux's
+        accept, with the circuit first), where the exit policy, the
+        outgoing connection and the circuit's throttle live.
     @param resolve: C{callable(name)} for RESOLVE, or C{None}.
     @param packetSink: C{callable(circuit, packets)} for packet mode, or
         C{None} (packets dropped).
@@ -39,8 +40,13 @@ class StreamExitEdge:
     def _mux(self, circuit):
         mux = circuit.edgeState
         if mux is None:
+            accept = self._accept
+
+            def acceptOnCircuit(stream, host, port):
+                return accept(circuit, stream, host, port)
+
             mux = circuit.edgeState = StreamMux(
-                circuit.sendRelay, RELAY_DATA_LEN, self._accept, self._resolve, circuitRoom=circuit.circuitRoom
+                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom
             )
         return mux
 

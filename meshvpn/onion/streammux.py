@@ -25,11 +25,14 @@ import struct
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStream
+
+log = Logger()
 
 BEGIN, DATA, END, CONNECTED, SENDME, RESOLVE, RESOLVED = 1, 2, 3, 4, 5, 11, 12
 STREAM_COMMANDS = frozenset((BEGIN, DATA, END, CONNECTED, SENDME, RESOLVE, RESOLVED))
@@ -504,7 +507,11 @@ class StreamMux:
                 stream.protocol.connectionLost(Failure(StreamRefused(REASON_DONE, "origin ended the stream")))
 
         def refused(failure):
-            reason = failure.value.reason if failure.check(StreamRefused) else REASON_MISC
+            if failure.check(StreamRefused):
+                reason = failure.value.reason
+            else:
+                reason = REASON_INTERNAL
+                log.failure("exit could not handle a BEGIN", failure)
             if stream.state is StreamState.CONNECTING:
                 self.streams.pop(streamId, None)
                 stream.state = StreamState.CLOSED

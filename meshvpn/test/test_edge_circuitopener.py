@@ -29,6 +29,18 @@ class FakeCircuit:
         return defer.fail(StreamRefused(EndReason.RESOLVEFAILED))
 
 
+class OnFakeCircuit:
+    """Stands in for meshvpn.client.circuitstreams: calls the fake circuit directly."""
+
+    openStreamOn = staticmethod(lambda c, host, port: c.openStream(host, port))
+    resolveOn = staticmethod(lambda c, name: c.resolve(name))
+    resolvePTROn = staticmethod(lambda c, address: c.resolvePTR(address))
+
+
+def Opener(manager):
+    return CircuitStreamOpener(manager, onCircuit=OnFakeCircuit)
+
+
 class FakeManager:
     def __init__(self, circuits):
         self.circuits = circuits
@@ -43,34 +55,34 @@ class FakeManager:
 
 class CircuitStreamOpenerTests(unittest.TestCase):
     def test_interface(self):
-        self.assertTrue(verifyObject(IStreamOpener, CircuitStreamOpener(FakeManager([]))))
+        self.assertTrue(verifyObject(IStreamOpener, Opener(FakeManager([]))))
 
     def test_targetAndIsolationReachManager(self):
         m = FakeManager([FakeCircuit(["stream"])])
-        self.assertEqual(self.successResultOf(CircuitStreamOpener(m).openStream("example.com", 443, "k")), "stream")
+        self.assertEqual(self.successResultOf(Opener(m).openStream("example.com", 443, "k")), "stream")
         self.assertEqual(m.asked, [(("example.com", 443), "k")])
 
     def test_deadCircuitRetriedOnce(self):
         m = FakeManager([FakeCircuit([StreamRefused(EndReason.DESTROY)]), FakeCircuit(["stream"])])
-        self.assertEqual(self.successResultOf(CircuitStreamOpener(m).openStream("example.com", 443, "k")), "stream")
+        self.assertEqual(self.successResultOf(Opener(m).openStream("example.com", 443, "k")), "stream")
 
     def test_retriesBounded(self):
         m = FakeManager([FakeCircuit([StreamRefused(EndReason.DESTROY)]) for _ in range(3)])
-        f = self.failureResultOf(CircuitStreamOpener(m).openStream("example.com", 443, "k"), StreamRefused)
+        f = self.failureResultOf(Opener(m).openStream("example.com", 443, "k"), StreamRefused)
         self.assertEqual(f.value.reason, EndReason.DESTROY)
         self.assertEqual(len(m.asked), 2)
 
     def test_policyRefusalNotRetried(self):
         m = FakeManager([FakeCircuit([StreamRefused(EndReason.EXITPOLICY)]), FakeCircuit(["stream"])])
-        f = self.failureResultOf(CircuitStreamOpener(m).openStream("example.com", 25, "k"), StreamRefused)
+        f = self.failureResultOf(Opener(m).openStream("example.com", 25, "k"), StreamRefused)
         self.assertEqual(f.value.reason, EndReason.EXITPOLICY)
 
     def test_noPath(self):
-        self.failureResultOf(CircuitStreamOpener(FakeManager([])).openStream("example.com", 443, "k"), NoPath)
+        self.failureResultOf(Opener(FakeManager([])).openStream("example.com", 443, "k"), NoPath)
 
     def test_resolve(self):
         m = FakeManager([FakeCircuit([]), FakeCircuit([])])
-        o = CircuitStreamOpener(m)
+        o = Opener(m)
         self.assertEqual(self.successResultOf(o.resolve("example.com", "k")), ["198.18.0.1"])
         self.failureResultOf(o.resolvePTR("198.18.0.1", "k"), StreamRefused)
         self.assertEqual(m.asked[0], (None, "k"))

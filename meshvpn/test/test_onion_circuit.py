@@ -414,7 +414,7 @@ class RealStreamMux(unittest.TestCase):
             def dataReceived(self, data):
                 self.transport.write(data)
 
-        def accept(stream, host, port):
+        def accept(circuit, stream, host, port):
             if port != 7:
                 from meshvpn.errors import StreamRefused
                 raise StreamRefused(4)

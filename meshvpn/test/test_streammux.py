@@ -10,7 +10,6 @@ from twisted.trial import unittest
 
 from meshvpn.errors import StreamRefused
 from meshvpn.onion import streammux as sm
-from meshvpn.onion.bridge import Bridge
 
 MAX_DATA = 494
 
@@ -60,10 +59,14 @@ class Collect(protocol.Protocol):
 
 def tcpConnectAccept(stream, host, port):
     """An exit accept that connects on loopback (tests only: no policy)."""
-    bridge = Bridge()
-    bridge.attachStream(stream)
-    factory = protocol.Factory.forProtocol(lambda: bridge.tcpSide)
-    return endpoints.TCP4ClientEndpoint(reactor, host, port).connect(factory)
+    from meshvpn.client.circuitstreams import StreamOnCircuit
+    from meshvpn.exit.direct import TCPStream
+    from meshvpn.splice import splice
+
+    onCircuit, tcp = StreamOnCircuit(), TCPStream()
+    stream.attach(onCircuit)
+    d = endpoints.TCP4ClientEndpoint(reactor, host, port).connect(protocol.Factory.forProtocol(lambda: tcp))
+    return d.addCallback(lambda _: splice(onCircuit, tcp))
 
 
 class EchoUntilEOF(protocol.Protocol):
@@ -296,3 +299,65 @@ class CircuitWindowTests(unittest.TestCase):
         mux.circuitWindowOpened()
         data = b"".join(b for c, b in sent if c == sm.DATA)
         self.assertEqual(data, b"a" * (MAX_DATA * 5 + 10))
+
+
+class ExitGlueTests(unittest.TestCase):
+    """The exit's accept/resolve glue: connector + TCPStream + splice, and RESOLVED answers."""
+
+    @defer.inlineCallbacks
+    def test_exitAcceptorSplicesToTCP(self):
+        from meshvpn.exit.connect import ExitConnector
+        from meshvpn.exit.policy import ExitPolicy, parsePolicy
+        from meshvpn.exit.streams import exitAcceptor
+        from meshvpn.ratelimit import BandwidthLimiter
+
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(EchoUntilEOF))
+        self.addCleanup(port.stopListening)
+        limiter = BandwidthLimiter(reactor)
+        accept = exitAcceptor(ExitConnector(reactor, None, ExitPolicy(parsePolicy("accept 127.0.0.1:*"))), limiter)
+        circuit = object()
+        pipe = Pipe(accept=lambda stream, h, p: accept(circuit, stream, h, p))
+        app = Collect()
+        stream = yield pipe.origin.openStream("127.0.0.1", port.getHost().port, app)
+        payload = os.urandom(300_000)
+        stream.write(payload)
+        while sum(map(len, app.data)) < len(payload):
+            yield deferLater(0.01)
+        self.assertEqual(b"".join(app.data), payload)
+        self.assertEqual(limiter.status()["circuits"][str(id(circuit))]["bytes_in"], len(payload))
+        stream.loseConnection()
+        reason = yield app.lost
+        self.assertEqual(reason.reason, sm.REASON_DONE)
+
+    @defer.inlineCallbacks
+    def test_defaultPolicyRefusesLoopback(self):
+        from meshvpn.exit.connect import ExitConnector
+        from meshvpn.exit.policy import defaultExitPolicy
+        from meshvpn.exit.streams import exitAcceptor
+
+        accept = exitAcceptor(ExitConnector(reactor, None, defaultExitPolicy("")))
+        pipe = Pipe(accept=lambda stream, h, p: accept(None, stream, h, p))
+        e = yield self.assertFailure(pipe.origin.openStream("127.0.0.1", 80, Collect()), StreamRefused)
+        self.assertEqual(e.reason, sm.REASON_EXITPOLICY)
+
+    def test_resolveGlue(self):
+        from meshvpn.exit.streams import _fromReverse, exitResolver
+
+        class Resolver:
+            def resolve(self, name):
+                return defer.succeed(["198.18.0.7", "2001:db8::7"])
+
+            def resolvePTR(self, address):
+                return defer.succeed([f"host-{address}.example"])
+
+        resolve = exitResolver(Resolver())
+        answers = self.successResultOf(resolve("example.org"))
+        self.assertEqual([a[0] for a in answers], [sm.RESOLVED_IPV4, sm.RESOLVED_IPV6])
+        names = self.successResultOf(resolve("7.0.18.198.in-addr.arpa"))
+        self.assertEqual(names[0][1], b"host-198.18.0.7.example")
+        self.assertEqual(_fromReverse("7.0.18.198.in-addr.arpa"), "198.18.0.7")
+        import ipaddress
+
+        self.assertEqual(_fromReverse(ipaddress.ip_address("2001:db8::7").reverse_pointer), "2001:db8::7")
+        self.assertEqual(self.successResultOf(resolve("x.in-addr.arpa"))[0][0], sm.RESOLVED_ERROR)
