@@ -4,7 +4,8 @@ It binds the node's UDP socket (ephemeral port by default: clients are not
 listed in anyone's routing table).  SOCKS and TUN attach here later.
 """
 
-from meshvpn.config import RoleOptions, commonSettings
+from meshvpn.config import RoleOptions, Setting, commonSettings
+from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
 
 
@@ -14,8 +15,16 @@ class Options(RoleOptions):
     role = "client"
     synopsis = "[options]"
     longdesc = "Run a MeshVPN client. Keys are created in --data-dir on first start."
-    schema = commonSettings("client", ("0.0.0.0", 0))
+    schema = commonSettings("client", ("0.0.0.0", 0)) + [
+        # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
+        Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
+        Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
+    ]
 
 
 def makeService(options):
-    return buildNode("client", options.settings)
+    node = buildNode("client", options.settings)
+    dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
+    dht.setServiceParent(node)
+    RelayFinder(dht, options.settings["dht_sample_interval"]).setServiceParent(dht)
+    return node
