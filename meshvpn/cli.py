@@ -44,6 +44,20 @@ def _testnetCommand(args):
     return testnet.run(args, lambda line: print(line, flush=True))
 
 
+def _benchDHTCommand(args):
+    from meshvpn.dht import bench
+
+    return bench.main(args, lambda line: print(line, flush=True))
+
+
+def _benchParsers(sub):
+    """The `meshvpn bench` subparsers, created by whichever subsystem adds a benchmark first."""
+    if "bench" not in sub.choices:
+        p = sub.add_parser("bench", help="run a benchmark and print one result", description="Benchmarks.")
+        p.set_defaults(benches=p.add_subparsers(dest="bench", required=True, metavar="BENCH"))
+    return sub.choices["bench"].get_default("benches")
+
+
 def buildParser():
     parser = argparse.ArgumentParser(prog="meshvpn", description="MeshVPN: a decentralized onion-routed VPN.")
     parser.add_argument("--version", action="version", version=f"meshvpn {__version__}")
@@ -60,6 +74,11 @@ def buildParser():
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
+    p = _benchParsers(sub).add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
+    from meshvpn.dht.bench import addArguments
+
+    addArguments(p)
+    p.set_defaults(func=_benchDHTCommand)
     return parser
 
 
