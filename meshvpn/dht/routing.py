@@ -79,7 +79,8 @@ class RoutingTable:
         failing on timeout; used for ping-before-evict.
     """
 
-    def __init__(self, ownId, clock, ping, k=K, perBucketSubnet=2, perTableSubnet=4):
+    def __init__(self, ownId, clock, ping, k=K, perBucketSubnet=2, perTableSubnet=4, rng=random):
+        self.rng = rng
         self.ownId = ownId
         self.ownInt = int.from_bytes(ownId, "big")
         self.clock = clock
@@ -269,13 +270,13 @@ class RoutingTable:
     def staleBuckets(self, idle=3600.0):
         """@return: a random id in the range of each bucket idle longer than C{idle} seconds."""
         now = self.clock.seconds()
-        return [randomIdIn(b) for b in self.buckets if now - b.lastChanged > idle]
+        return [randomIdIn(b, self.rng) for b in self.buckets if now - b.lastChanged > idle]
 
     def bucketsFartherThanClosest(self):
         """Random ids in each bucket other than the one holding our nearest neighbour (the join refresh)."""
         near = self.closest(self.ownId, 1)
         skip = self.bucketFor(near[0].idInt) if near else None
-        return [randomIdIn(b) for b in self.buckets if b is not skip and not b.covers(self.ownInt)]
+        return [randomIdIn(b, self.rng) for b in self.buckets if b is not skip and not b.covers(self.ownInt)]
 
 
 def randomIdIn(bucket, rng=random):

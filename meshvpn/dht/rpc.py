@@ -95,6 +95,7 @@ class DHTNode:
             k=self.config.k,
             perBucketSubnet=self.config.perBucketSubnet,
             perTableSubnet=self.config.perTableSubnet,
+            rng=rng,
         )
         self.pending = {}
         self.counters = Counter()

@@ -12,6 +12,8 @@ import heapq
 import ipaddress
 import random
 
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
 from zope.interface import implementer
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -149,9 +151,12 @@ class AddressPool:
 def makeSimNode(network, clock, address, config, clientMode=False, identity=None, rng=None):
     """A real L{DHTNode} bound to C{address} on C{network}."""
     rng = rng or network.rng
+    if identity is None:
+        # keys from the run's seeded rng, so a simulation with a seed is reproducible
+        identity = NodeIdentity(SigningKey(rng.randbytes(32)), PrivateKey(rng.randbytes(32)))
     node = DHTNode(
         clock,
-        identity or NodeIdentity.generate(),
+        identity,
         network.sender(address),
         RecordStore(config.maxRecords, config.maxPerKey),
         config,
