@@ -66,7 +66,9 @@ class Bench:
 
     def addNode(self):
         node = makeSimNode(self.net, self.clock, self.pool.allocate(), self.config, rng=self.rng)
-        peers = self.live[:]
+        node.joined = not self.live
+        # join through nodes that finished joining, as real nodes use established bootstrap nodes
+        peers = [n for n in self.live if n.joined]
         self.live.append(node)
         node.start()
         if peers:
@@ -79,9 +81,13 @@ class Bench:
         def failed(f):
             f.trap(DHTError)
             if triesLeft > 1 and node in self.live:
-                self.clock.callLater(1.0, self._join, node, [p for p in self.live if p is not node], triesLeft - 1)
+                peers = [p for p in self.live if p is not node and p.joined]
+                self.clock.callLater(1.0, self._join, node, peers, triesLeft - 1)
 
-        node.bootstrap([boot.address]).addErrback(failed)
+        def joined(_):
+            node.joined = True
+
+        node.bootstrap([boot.address]).addCallbacks(joined, failed)
 
     def removeNode(self, node):
         self.live.remove(node)
@@ -98,7 +104,8 @@ class Bench:
         self.clock.advance(60)
         joinWall = time.monotonic() - wall
 
-        publishers = self.rng.sample(self.live, min(self.recordCount, len(self.live)))
+        ready = [n for n in self.live if n.joined]
+        publishers = self.rng.sample(ready, min(self.recordCount, len(ready)))
         self.records = []
         for p in publishers:
             ident = NodeIdentity.generate()
@@ -150,7 +157,8 @@ class Bench:
         self.addNode()
 
     def _lookup(self):
-        node = self.rng.choice(self.live)
+        # from a node that finished joining: a node still joining has nothing to ask yet
+        node = self.rng.choice([n for n in self.live if n.joined])
         record = self.rng.choice(self.records)
 
         def done(result):

@@ -74,6 +74,7 @@ class IterativeLookup:
         self.order = []  # entries sorted by distance
         self.active = 0
         self.queries = 0
+        self.failed = 0
         self.responses = 0
         self.records = {}  # publisherId -> best Record
         self.valueResponders = 0
@@ -146,8 +147,11 @@ class IterativeLookup:
         node = self.node
         e.stallCall = node.clock.callLater(node.config.stallTimeout, self._stalled, e)
         kind = wire.FIND_VALUE if self.findValue else wire.FIND_NODE
+        # With plenty of candidates a lost query is cheaper to replace than to
+        # retry; with few (a young table) each one matters, so it is retried.
+        attempts = 1 if len(self.order) - self.failed >= 2 * self.alpha else 2
         d = node.request(
-            e.address, kind, self.target, expectedId=e.nodeId, timeout=node.config.lookupTimeout, attempts=1
+            e.address, kind, self.target, expectedId=e.nodeId, timeout=node.config.lookupTimeout, attempts=attempts
         )
         d.addCallbacks(self._answered, self._failed, callbackArgs=(e,), errbackArgs=(e,))
 
@@ -210,6 +214,7 @@ class IterativeLookup:
     def _failed(self, failure, e):
         self._release(e)
         e.state = _FAILED
+        self.failed += 1
         self._step()
 
     def _finish(self):

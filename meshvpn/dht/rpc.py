@@ -101,6 +101,7 @@ class DHTNode:
         self.counters = Counter()
         self._buckets = {}  # source IP -> [tokens, last time]
         self._published = {}  # key -> Record we republish
+        self._bootAddresses = []
         self._loops = []
 
     # ---- lifecycle
@@ -290,12 +291,21 @@ class DHTNode:
         and refresh the buckets farther than our nearest neighbour (the
         Kademlia join).  @return: Deferred firing with the table size.
         """
+        self._bootAddresses = list(addresses)
         saved = [(c.address, c.nodeId) for c in self.table.contacts()]
         pings = [self.ping(a) for a in addresses] + [self.ping(a, i) for a, i in saved]
         results = yield defer.DeferredList(pings, consumeErrors=True)
         if not any(ok for ok, _ in results) and not len(self.table):
             raise DHTError("no bootstrap node answered and the routing table is empty")
-        yield self.lookup(self.nodeId)
+        first = yield self.lookup(self.nodeId)
+        if len(self.table) < self.config.k:
+            # a lossy first round can leave us with a handful of contacts: ask again through them
+            again = yield self.lookup(self.nodeId)
+            if not first.responses and not again.responses:
+                # A bootstrap node that answered a ping and then left would
+                # leave us alone, and every node joining through us with us:
+                # an island.  Fail, so the caller tries other addresses.
+                raise DHTError("no node answered the join lookup")
         targets = self.table.bucketsFartherThanClosest()
         yield defer.DeferredList([self.lookup(t) for t in targets], consumeErrors=True)
         return len(self.table)
@@ -355,7 +365,13 @@ class DHTNode:
 
     def refreshBuckets(self):
         targets = self.table.staleBuckets(self.config.refreshIdle)
-        return defer.DeferredList([self.lookup(t) for t in targets], consumeErrors=True)
+        ds = [self.lookup(t) for t in targets]
+        if len(self.table) < self.config.k and self._bootAddresses:
+            # A thin table may mean we joined through a node that was itself
+            # alone (an island): go back through the bootstrap nodes.
+            ds += [self.ping(a) for a in self._bootAddresses]
+            ds.append(task.deferLater(self.clock, self.config.rpcTimeout, self.lookup, self.nodeId))
+        return defer.DeferredList(ds, consumeErrors=True)
 
     def _expire(self):
         self.counters["expired"] += self.store.expire(self.clock.seconds())
