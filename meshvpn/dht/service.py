@@ -211,12 +211,12 @@ class RelayPublisher(service.Service):
         super().startService()
         self.dhtService.joined.addCallback(self._start)
 
-    def _start(self, _):
-        if not self.running:
-            return
-        self._loop = task.LoopingCall(self.publishNow)
-        self._loop.clock = self.dhtService.node.reactor
-        self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("publishing failed", f))
+    def _start(self, size):
+        if self.running:
+            self._loop = task.LoopingCall(self.publishNow)
+            self._loop.clock = self.dhtService.node.reactor
+            self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("publishing failed", f))
+        return size  # others wait on the same Deferred
 
     def makeDescriptor(self):
         node = self.dhtService.node
@@ -276,11 +276,12 @@ class RelayFinder(service.Service):
 
     def startService(self):
         super().startService()
-        self.dhtService.joined.addCallback(lambda _: self._schedule(0.5))
+        self.dhtService.joined.addCallback(self._schedule, 0.5)
 
-    def _schedule(self, delay):
+    def _schedule(self, passThrough, delay):
         if self.running:
             self._call = self.dhtService.node.reactor.callLater(delay, self.refresh)
+        return passThrough
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -298,7 +299,7 @@ class RelayFinder(service.Service):
         except Exception:
             self.log.failure("sampling relays failed")
         self._delay = min(self._delay * 2, self.interval)
-        self._schedule(self._delay)
+        self._schedule(None, self._delay)
 
     def write(self):
         entries = []
