@@ -38,6 +38,16 @@ def _identityCommand(args):
     return 0
 
 
+def _statusCommand(args):
+    from meshvpn.control.status import formatStatus, readStatus
+
+    status = readStatus(os.path.abspath(args.data_dir))
+    if status is None:
+        raise MeshVPNError(f"{args.data_dir}: no status (is a node running with this data dir?)")
+    print(json.dumps(status, indent=1) if args.json else formatStatus(status))
+    return 0
+
+
 def _testnetCommand(args):
     from meshvpn import testnet
 
@@ -50,12 +60,11 @@ def _benchDHTCommand(args):
     return bench.main(args, lambda line: print(line, flush=True))
 
 
-def _benchParsers(sub):
-    """The `meshvpn bench` subparsers, created by whichever subsystem adds a benchmark first."""
-    if "bench" not in sub.choices:
-        p = sub.add_parser("bench", help="run a benchmark and print one result", description="Benchmarks.")
-        p.set_defaults(benches=p.add_subparsers(dest="bench", required=True, metavar="BENCH"))
-    return sub.choices["bench"].get_default("benches")
+
+def _netcheckCommand(args):
+    from meshvpn.nat.netcheck import run
+
+    return run(args, lambda line: print(line, flush=True))
 
 
 def buildParser():
@@ -71,10 +80,37 @@ def buildParser():
         p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_identityCommand)
+    p = sub.add_parser("status", help="show a running node's circuits, streams and bytes", description="Show a running node's status.")
+    p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.set_defaults(func=_statusCommand)
+
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
-    p = _benchParsers(sub).add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
+    bench = sub.add_parser("bench", help="run a benchmark and print its numbers", description="Benchmarks (loopback only).")
+    benchSub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p = benchSub.add_parser("link", help="cells/s and Mbps over one TLS link on loopback")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to send each way (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per sendCells call (default 64)")
+    p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
+    p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
+    p.set_defaults(func=_benchLinkCommand)
+    p = benchSub.add_parser("circuit", help="onion crypto per cell per hop and relay switching rate",
+                            description="Onion crypto cost and one relay's cell switching rate (in memory).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cells", type=int, default=200_000, help="cells to switch per direction (default 200000)")
+    p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
+    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
+    p.add_argument("--tls-builds", type=int, default=30, help="builds over real TLS links on loopback (default 30; 0 skips)")
+    p.set_defaults(func=_benchCircuitCommand)
+    p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
+    p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")
+    p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_netcheckCommand)
+    p = benchSub.add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
     from meshvpn.dht.bench import addArguments
 
     addArguments(p)
@@ -82,8 +118,27 @@ def buildParser():
     return parser
 
 
+def _benchLinkCommand(args):
+    from meshvpn.link import bench
+
+    return bench.main(args)
+
+
+def _benchCircuitCommand(args):
+    from meshvpn.onion import bench
+
+    return bench.main(args)
+
+
 def _testnetDoc():
     return "Start a local MeshVPN network of real twistd processes on loopback in a temporary directory."
+
+
+def _netcheckDoc():
+    return (
+        "Probe the given STUN servers from a fresh UDP socket and report the mapped address, "
+        "NAT mapping and filtering behaviour (RFC 5780), hairpinning, and each server's RTT."
+    )
 
 
 def main(argv=None):

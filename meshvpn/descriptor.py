@@ -71,6 +71,11 @@ class RelayDescriptor:
                 return a
         return None
 
+    @property
+    def linkAddresses(self):
+        """C{(transport, address)} pairs that carry links (all but the raw UDP socket), for the link manager."""
+        return tuple((t, a) for t, a in self.addresses if t != "udp")
+
     def currentOnionKey(self, now):
         """@return: the onion key valid at C{now}, or C{None}."""
         for k in self.onionKeys:

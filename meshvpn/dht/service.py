@@ -22,7 +22,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort, parseHostPort
-from meshvpn.descriptor import FLAGS, encodeDescriptor, makeDescriptor
+from meshvpn.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
 from meshvpn.dht.directory import RelayDirectory
 from meshvpn.dht.records import RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode
@@ -197,8 +197,16 @@ class RelayPublisher(service.Service):
 
     log = Logger()
 
-    def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=()):
+    def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
+                 streamTransport="tls", onionKeys=None):
+        """
+        @param exitPolicy: the exit policy summary (C{policy.summary()}).
+        @param onionKeys: optional C{callable(now) -> [OnionKey]}, e.g.
+            L{onionKeysFromRing}; default: the identity's onion key.
+        """
         self.dhtService = dhtService
+        self.streamTransport = streamTransport
+        self.onionKeys = onionKeys
         self.flags = flags
         self.interval = interval
         self.exitPolicy = exitPolicy
@@ -223,13 +231,16 @@ class RelayPublisher(service.Service):
         addrs = node.addresses()
         addresses = {"udp": addrs["udp"]}
         if "stream" in addrs:
-            addresses["tcp"] = addrs["stream"]
+            # named by the link transport listening there, as clients pick transports by name
+            addresses[self.streamTransport] = addrs["stream"]
         # Lives three republish intervals, so one lost round leaves it listed.
+        now = node.reactor.seconds()
         return makeDescriptor(
             node.identity,
             addresses,
             self.flags,
-            published=node.reactor.seconds(),
+            published=now,
+            onionKeys=self.onionKeys(now) if self.onionKeys else None,
             lifetime=min(3 * self.interval, 86400),
             exitPolicy=self.exitPolicy,
             bandwidth=self.bandwidth,
@@ -254,6 +265,28 @@ class RelayPublisher(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+
+
+def onionKeysFromRing(ring, lifetime):
+    """
+    A L{RelayPublisher} C{onionKeys} source for an L{meshvpn.onion.keyring.OnionKeyRing}
+    rotated every C{lifetime} seconds: the relay accepts both its current and
+    its next key now; the descriptor lists the current one as valid until the
+    rotation plus the overlap and the next one from the rotation on, so
+    clients switch keys when the relay does.  (Call C{publishNow} from the onion
+    service's C{onRotate} so the descriptor follows each rotation.)
+    """
+
+    def keys(now):
+        keys = ring.publicKeys()
+        start = int(ring.rotatedAt or now)
+        return [
+            OnionKey(keys["current"], start, start + int(lifetime + ring.overlap)),
+            # listed from the rotation on, so clients use the current key until then
+            OnionKey(keys["next"], start + int(lifetime), start + int(2 * lifetime + ring.overlap)),
+        ]
+
+    return keys
 
 
 class RelayFinder(service.Service):

@@ -4,7 +4,7 @@ It binds the node's UDP socket (ephemeral port by default: clients are not
 listed in anyone's routing table).  SOCKS and TUN attach here later.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
 
@@ -19,11 +19,28 @@ class Options(RoleOptions):
         # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
+        Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
+        Setting(
+            "socks-allow-remote",
+            parseBool,
+            False,
+            "Allow socks-listen on a non-loopback address (anyone reaching it uses your circuits).",
+            flag=True,
+        ),
     ]
+
+    def postOptions(self):
+        super().postOptions()
+        from meshvpn.client.socks import checkListenAddress
+
+        checkListenAddress(self.settings["socks_listen"][0], self.settings["socks_allow_remote"])
 
 
 def makeService(options):
+    from meshvpn.link.service import attachLinks
+
     node = buildNode("client", options.settings)
+    attachLinks(node, authenticate=False)
     dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
     dht.setServiceParent(node)
     RelayFinder(dht, options.settings["dht_sample_interval"]).setServiceParent(dht)

@@ -4,7 +4,7 @@ It binds the node's UDP socket and a stream listening port for links.
 Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseServerEndpoint
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
 from meshvpn.roles.common import buildNode
 
@@ -24,13 +24,37 @@ class Options(RoleOptions):
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, frozenset({"guard", "middle"}), "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
+        Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
+        Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
+        Setting(
+            "stun-alternate",
+            parseHostPort,
+            None,
+            "IP:PORT of a second address for RFC 5780 NAT behaviour discovery "
+            "(needs --udp on a specific IP; both IP and port must differ from it).",
+        ),
     ]
 
 
 def makeService(options):
+    from meshvpn.link.service import attachLinks, listenForLinks
+
     node = buildNode("relay", options.settings)
-    node.listenStream(options.settings["listen"])
+    attachLinks(node, authenticate=True)
+    listenForLinks(node, options.settings["link_transport"], options.settings["listen"])
+    if options.settings["stun_server"]:
+        from meshvpn.nat.server import StunServerService, checkAlternate
+
+        try:
+            checkAlternate(options.settings["udp"], options.settings["stun_alternate"])
+        except ValueError as e:
+            raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
+
+        StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
-    RelayPublisher(dht, options.settings["flags"], options.settings["dht_republish"]).setServiceParent(dht)
+    publisher = RelayPublisher(
+        dht, options.settings["flags"], options.settings["dht_republish"], streamTransport=options.settings["link_transport"]
+    )
+    publisher.setServiceParent(dht)
     return node

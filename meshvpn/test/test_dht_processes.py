@@ -102,7 +102,7 @@ class RelayNetworkTests(unittest.TestCase):
             d = parseDescriptor(base64.b64decode(listed[info["node_id"]]["descriptor"]), now=now)
             self.assertEqual(d.nodeId.hex(), info["node_id"])
             self.assertEqual(d.address("udp"), info["udp"])
-            self.assertEqual(d.address("tcp"), info["stream"])
+            self.assertEqual(d.address("tls"), info["stream"])
         foundAt = time.monotonic() - started
 
         peer = Peer()

@@ -99,7 +99,7 @@ class ServiceTests(unittest.TestCase):
         for node, _ in relays:
             d = finder.relays[node.identity.nodeId]
             self.assertEqual(d.address("udp"), node.addresses()["udp"])
-            self.assertEqual(d.address("tcp"), node.addresses()["stream"])
+            self.assertEqual(d.address("tls"), node.addresses()["stream"])
         self.assertEqual(finder.relays[a.identity.nodeId].flags, {"guard", "exit", "bootstrap"})
         # clients are never in relays' tables
         for _, d in relays:
@@ -124,3 +124,25 @@ class ServiceTests(unittest.TestCase):
         c2, dhtC2 = self.makeNode("client", (), dataDir=c.dataDir)
         size = yield dhtC2.joined
         self.assertGreaterEqual(size, 4)
+
+
+class OnionRingTests(unittest.TestCase):
+    def test_descriptorCarriesCurrentAndNextKeys(self):
+        from meshvpn.dht.service import onionKeysFromRing
+        from meshvpn.descriptor import encodeDescriptor, makeDescriptor, parseDescriptor
+        from meshvpn.identity import NodeIdentity
+
+        class Ring:
+            rotatedAt = 1_800_000_000.0
+            overlap = 600
+
+            def publicKeys(self):
+                return {"current": b"c" * 32, "next": b"n" * 32}
+
+        keys = onionKeysFromRing(Ring(), 3600)(1_800_000_100)
+        ident = NodeIdentity.generate()
+        d = makeDescriptor(ident, {"udp": "127.0.0.1:1", "tls": "127.0.0.1:2"}, {"middle"}, 1_800_000_100, onionKeys=keys)
+        p = parseDescriptor(encodeDescriptor(d), now=1_800_000_200)
+        self.assertEqual([k.key for k in p.onionKeys], [b"c" * 32, b"n" * 32])
+        self.assertEqual(p.currentOnionKey(1_800_004_000), b"c" * 32)
+        self.assertEqual(p.linkAddresses, (("tls", "127.0.0.1:2"),))
