@@ -333,3 +333,44 @@ class ValueTests(unittest.TestCase):
         # a node that knows one saved contact needs no bootstrap address
         lonely.table.seen(net.nodes[3].nodeId, net.nodes[3].address, verified=False)
         self.assertGreaterEqual(net.run(lonely.bootstrap([])), 9)
+
+
+class RobustnessTests(unittest.TestCase):
+    def test_randomDatagramsNeverRaiseAndAreCounted(self):
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        net = Net(self, 2)
+        a = net.nodes[0]
+
+        @settings(max_examples=300, deadline=None)
+        @given(st.binary(max_size=1500).map(lambda b: bytes([0x80 | (b[0] & 0x0F if b else 0)]) + b))
+        def feed(data):
+            before = sum(a.counters.values())
+            a.datagramReceived(data, ("198.18.77.1", 9))
+            self.assertGreater(sum(a.counters.values()), before)
+
+        feed()
+        self.assertGreater(a.counters["dropped_malformed"], 0)
+
+    def test_interfaces(self):
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.dht.directory import RelayDirectory
+        from meshvpn.interfaces import IDHT, IDatagramHandler, IRelayDirectory
+
+        net = Net(self, 1)
+        verifyObject(IDHT, net.nodes[0])
+        verifyObject(IDatagramHandler, net.nodes[0])
+        verifyObject(IRelayDirectory, RelayDirectory(net.nodes[0], newIdentity()))
+
+    def test_idleBucketsRefreshed(self):
+        net = Net(self, 20, refreshIdle=3600.0, refreshCheck=300.0)
+        a = net.nodes[5]
+        net.clock.advance(3601)
+        self.assertGreater(len(a.table.staleBuckets(3600)), 0)
+        sent = a.counters["requests_out"]
+        a.start()
+        net.pump(400, step=0.5)
+        self.assertGreater(a.counters["requests_out"], sent)
+        self.assertEqual(a.table.staleBuckets(3600), [])
