@@ -102,6 +102,7 @@ class DHTNode:
         self._buckets = {}  # source IP -> [tokens, last time]
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
+        self.stopped = False
         self._loops = []
 
     # ---- lifecycle
@@ -126,6 +127,7 @@ class DHTNode:
         loop.start(interval, now=True).addErrback(lambda f: self.log.failure("DHT maintenance failed", f))
 
     def stop(self):
+        self.stopped = True
         for loop, call in self._loops:
             if call.active():
                 call.cancel()
@@ -240,6 +242,8 @@ class DHTNode:
         @return: a Deferred firing with the response L{wire.Message}; fails
             with L{DHTError} on timeout after all attempts.
         """
+        if self.stopped:
+            return defer.fail(DHTError("DHT stopped"))
         if len(self.pending) >= self.config.maxPending:
             self.counters["requests_refused"] += 1
             return defer.fail(DHTError("too many outstanding DHT requests"))

@@ -7,8 +7,8 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from meshvpn.dht import wire
-from meshvpn.dht.records import RecordStore, SHARED, makeRecord, parseRecord
-from meshvpn.dht.rpc import DHTConfig, DHTNode
+from meshvpn.dht.records import SHARED, makeRecord, parseRecord
+from meshvpn.dht.rpc import DHTConfig
 from meshvpn.dht.sim import AddressPool, SimNetwork, makeSimNode
 from meshvpn.errors import DHTError
 from meshvpn.identity import NodeIdentity
