@@ -48,7 +48,13 @@ def parseBootstrapList(raw):
 
 
 def parseFlags(raw):
-    items = raw if isinstance(raw, list) else [x.strip() for x in str(raw).split(",") if x.strip()]
+    """C{"guard,middle"} or a list/set of role names; idempotent, so a string default works too."""
+    if isinstance(raw, (list, set, frozenset, tuple)):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = [x.strip() for x in raw.split(",") if x.strip()]
+    else:
+        raise ValueError(f"flags from {', '.join(FLAGS)}")
     bad = [x for x in items if x not in FLAGS]
     if bad:
         raise ValueError(f"flags from {', '.join(FLAGS)}")

@@ -22,7 +22,7 @@ class Options(RoleOptions):
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
         # DHT (meshvpn/dht/, doc/dht.md)
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
-        Setting("flags", parseFlags, frozenset({"guard", "middle"}), "Comma-separated roles this relay announces."),
+        Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
@@ -54,7 +54,10 @@ def makeService(options):
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
     publisher = RelayPublisher(
-        dht, options.settings["flags"], options.settings["dht_republish"], streamTransport=options.settings["link_transport"]
+        dht,
+        parseFlags(options.settings["flags"]),
+        options.settings["dht_republish"],
+        streamTransport=options.settings["link_transport"],
     )
     publisher.setServiceParent(dht)
     return node
