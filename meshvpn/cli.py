@@ -54,6 +54,13 @@ def _testnetCommand(args):
     return testnet.run(args, lambda line: print(line, flush=True))
 
 
+def _benchDHTCommand(args):
+    from meshvpn.dht import bench
+
+    return bench.main(args, lambda line: print(line, flush=True))
+
+
+
 def _netcheckCommand(args):
     from meshvpn.nat.netcheck import run
 
@@ -103,6 +110,11 @@ def buildParser():
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_netcheckCommand)
+    p = benchSub.add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
+    from meshvpn.dht.bench import addArguments
+
+    addArguments(p)
+    p.set_defaults(func=_benchDHTCommand)
     return parser
 
 

@@ -133,7 +133,8 @@ class IDHT(Interface):
         """
         Iterative lookup (alpha parallel queries) of the k closest live nodes.
 
-        @return: a Deferred firing with a list of contacts, closest first.
+        @return: a Deferred firing with a list of contacts, closest first;
+            a contact is C{(nodeId, address)}.
         """
 
     def get(key):
@@ -151,6 +152,14 @@ class IDHT(Interface):
 
         @return: a Deferred firing with the number of nodes that stored it.
             Fails with L{meshvpn.errors.DHTError} if none did.
+        """
+
+    def getAll(key, want):
+        """
+        Fetch and verify the records of up to C{want} distinct publishers
+        stored under a shared key (e.g. a role announcement shard).
+
+        @return: a Deferred firing with a list of verified records (possibly empty).
         """
 
 

@@ -5,6 +5,7 @@ listed in anyone's routing table).  SOCKS and TUN attach here later.
 """
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort
+from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
 
 
@@ -15,6 +16,9 @@ class Options(RoleOptions):
     synopsis = "[options]"
     longdesc = "Run a MeshVPN client. Keys are created in --data-dir on first start."
     schema = commonSettings("client", ("0.0.0.0", 0)) + [
+        # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
+        Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
+        Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
             "socks-allow-remote",
@@ -37,4 +41,7 @@ def makeService(options):
 
     node = buildNode("client", options.settings)
     attachLinks(node, authenticate=False)
+    dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
+    dht.setServiceParent(node)
+    RelayFinder(dht, options.settings["dht_sample_interval"]).setServiceParent(dht)
     return node

@@ -5,6 +5,7 @@ Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 """
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
+from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
 from meshvpn.roles.common import buildNode
 
 
@@ -19,6 +20,10 @@ class Options(RoleOptions):
     )
     schema = commonSettings("relay", ("0.0.0.0", 9000)) + [
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
+        # DHT (meshvpn/dht/, doc/dht.md)
+        Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
+        Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
+        Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
@@ -46,4 +51,13 @@ def makeService(options):
             raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
 
         StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
+    dht = DHTService(node, options.settings["bootstrap"])
+    dht.setServiceParent(node)
+    publisher = RelayPublisher(
+        dht,
+        parseFlags(options.settings["flags"]),
+        options.settings["dht_republish"],
+        streamTransport=options.settings["link_transport"],
+    )
+    publisher.setServiceParent(dht)
     return node

@@ -1,0 +1,283 @@
+"""The Kademlia routing table: k-buckets over the 256-bit XOR keyspace.
+
+As in the Kademlia paper: a full bucket splits only when it covers our own id;
+otherwise the newcomer waits in the bucket's bounded replacement cache while
+the least-recently-seen contact is pinged, and is promoted only if that ping
+fails (old, proven-stable contacts are kept: a flood of new ids cannot push
+them out).  Buckets idle for an hour are refreshed by a lookup of a random id
+in their range (the caller runs it: see L{RoutingTable.staleBuckets}).
+
+Sybil limits: at most C{perBucketSubnet} contacts of one /24 (IPv4) or /48
+(IPv6) per bucket and C{perTableSubnet} in the whole table, so one host or
+one small network cannot fill the table.  Loopback addresses are exempt (a
+local test network lives on 127.0.0.1).
+"""
+
+import ipaddress
+import random
+from collections import OrderedDict
+
+from meshvpn.dht import K
+
+ID_BITS = 256
+MAX_FAILURES = 2  # replace after this many unanswered RPCs in a row (if a replacement waits)
+DROP_FAILURES = 5  # drop even without a replacement
+
+
+class Contact:
+    """A node we know: its id (bytes and int) and UDP address."""
+
+    __slots__ = ("nodeId", "idInt", "address", "lastSeen", "failures")
+
+    def __init__(self, nodeId, address, lastSeen=0.0):
+        self.nodeId = nodeId
+        self.idInt = int.from_bytes(nodeId, "big")
+        self.address = address
+        self.lastSeen = lastSeen
+        self.failures = 0
+
+    def __repr__(self):
+        return f"<Contact {self.nodeId.hex()[:12]} {self.address[0]}:{self.address[1]}>"
+
+
+def subnetOf(address):
+    """
+    @return: the Sybil-limit group of an address: its /24 (IPv4) or /48
+        (IPv6) as a string, or C{None} for exempt (loopback) addresses.
+    """
+    host = address[0]
+    if ":" in host:
+        ip = ipaddress.IPv6Address(host)
+        if ip.is_loopback:
+            return None
+        if ip.ipv4_mapped:
+            return subnetOf((str(ip.ipv4_mapped), 0))
+        return "6:" + ip.exploded[:14]
+    if host.startswith("127."):
+        return None
+    return host.rsplit(".", 1)[0]
+
+
+class Bucket:
+    __slots__ = ("lo", "hi", "contacts", "replacements", "lastChanged", "pinging")
+
+    def __init__(self, lo, hi, now):
+        self.lo = lo
+        self.hi = hi  # exclusive
+        self.contacts = OrderedDict()  # nodeId -> Contact, least recently seen first
+        self.replacements = OrderedDict()  # newest last
+        self.lastChanged = now
+        self.pinging = False
+
+    def covers(self, idInt):
+        return self.lo <= idInt < self.hi
+
+
+class RoutingTable:
+    """
+    @param ping: C{callable(contact) -> Deferred} firing on an answer and
+        failing on timeout; used for ping-before-evict.
+    """
+
+    def __init__(self, ownId, clock, ping, k=K, perBucketSubnet=2, perTableSubnet=4, rng=random):
+        self.rng = rng
+        self.ownId = ownId
+        self.ownInt = int.from_bytes(ownId, "big")
+        self.clock = clock
+        self.ping = ping
+        self.k = k
+        self.perBucketSubnet = perBucketSubnet
+        self.perTableSubnet = perTableSubnet
+        self.buckets = [Bucket(0, 2**ID_BITS, clock.seconds())]
+        self._subnets = {}
+        self._index = {}  # nodeId -> Contact, for contacts in buckets
+
+    def __len__(self):
+        return len(self._index)
+
+    def __contains__(self, nodeId):
+        return nodeId in self._index
+
+    def get(self, nodeId):
+        return self._index.get(nodeId)
+
+    def bucketFor(self, idInt):
+        # buckets are few (about log2(n/k)) and the deepest hold most lookups
+        for b in reversed(self.buckets):
+            if b.lo <= idInt < b.hi:
+                return b
+        raise AssertionError("buckets do not cover the keyspace")
+
+    def contacts(self):
+        return list(self._index.values())
+
+    # ---- learning about nodes
+
+    def seen(self, nodeId, address, verified=True):
+        """
+        A node answered us (C{verified}) or sent us a request.  Refresh it,
+        add it, or queue it as a replacement.
+
+        @return: C{True} if it is in the table afterwards.
+        """
+        if nodeId == self.ownId:
+            return False
+        now = self.clock.seconds()
+        idInt = int.from_bytes(nodeId, "big")
+        bucket = self.bucketFor(idInt)
+        c = bucket.contacts.get(nodeId)
+        if c is not None:
+            if verified and c.address != address:
+                # Only a round trip proves the new address; then it replaces the old.
+                self._uncount(c.address)
+                c.address = address
+                self._count(address)
+            c.lastSeen = now
+            c.failures = 0
+            bucket.contacts.move_to_end(nodeId)
+            bucket.lastChanged = now
+            return True
+        while True:
+            if len(bucket.contacts) < self.k:
+                if not self._subnetAllows(bucket, address):
+                    return False
+                c = Contact(nodeId, address, now)
+                bucket.contacts[nodeId] = c
+                bucket.replacements.pop(nodeId, None)
+                self._index[nodeId] = c
+                self._count(address)
+                bucket.lastChanged = now
+                return True
+            if bucket.covers(self.ownInt) and bucket.hi - bucket.lo > 1:
+                self._split(bucket)
+                bucket = self.bucketFor(idInt)
+                continue
+            break
+        # Full and not splittable: remember it, and check the oldest is still there.
+        if verified and self._subnetAllows(bucket, address, replacing=True):
+            bucket.replacements.pop(nodeId, None)
+            bucket.replacements[nodeId] = Contact(nodeId, address, now)
+            while len(bucket.replacements) > self.k:
+                bucket.replacements.popitem(last=False)
+            self._pingOldest(bucket)
+        return False
+
+    def failed(self, nodeId):
+        """A contact did not answer an RPC: evict it when it is stale and a replacement waits."""
+        c = self._index.get(nodeId)
+        if c is None:
+            return
+        c.failures += 1
+        bucket = self.bucketFor(c.idInt)
+        if (c.failures >= MAX_FAILURES and bucket.replacements) or c.failures >= DROP_FAILURES:
+            self._evict(bucket, c)
+
+    def remove(self, nodeId):
+        c = self._index.get(nodeId)
+        if c is not None:
+            self._evict(self.bucketFor(c.idInt), c)
+
+    def _evict(self, bucket, c):
+        del bucket.contacts[c.nodeId]
+        del self._index[c.nodeId]
+        self._uncount(c.address)
+        while bucket.replacements:
+            _, r = bucket.replacements.popitem(last=True)
+            if self._subnetAllows(bucket, r.address):
+                bucket.contacts[r.nodeId] = r
+                self._index[r.nodeId] = r
+                self._count(r.address)
+                break
+        bucket.lastChanged = self.clock.seconds()
+
+    def _pingOldest(self, bucket):
+        if bucket.pinging or not bucket.contacts:
+            return
+        oldest = next(iter(bucket.contacts.values()))
+        bucket.pinging = True
+
+        def answered(_):
+            bucket.pinging = False
+            # seen() was called by the RPC layer on the answer; nothing to evict.
+
+        def silent(_):
+            bucket.pinging = False
+            current = self._index.get(oldest.nodeId)
+            if current is oldest:
+                self._evict(self.bucketFor(oldest.idInt), oldest)
+
+        self.ping(oldest).addCallbacks(answered, silent)
+
+    def _split(self, bucket):
+        mid = (bucket.lo + bucket.hi) // 2
+        now = self.clock.seconds()
+        low, high = Bucket(bucket.lo, mid, bucket.lastChanged), Bucket(mid, bucket.hi, bucket.lastChanged)
+        for nodeId, c in bucket.contacts.items():
+            (low if c.idInt < mid else high).contacts[nodeId] = c
+        for nodeId, c in bucket.replacements.items():
+            (low if c.idInt < mid else high).replacements[nodeId] = c
+        i = self.buckets.index(bucket)
+        self.buckets[i : i + 1] = [low, high]
+        # A replacement may now fit in a bucket with room.
+        for b in (low, high):
+            while len(b.contacts) < self.k and b.replacements:
+                _, r = b.replacements.popitem(last=True)
+                if self._subnetAllows(b, r.address):
+                    b.contacts[r.nodeId] = r
+                    self._index[r.nodeId] = r
+                    self._count(r.address)
+            b.lastChanged = now
+
+    # ---- Sybil limits
+
+    def _subnetAllows(self, bucket, address, replacing=False):
+        net = subnetOf(address)
+        if net is None:
+            return True
+        if self._subnets.get(net, 0) >= self.perTableSubnet + (1 if replacing else 0):
+            return False
+        inBucket = sum(1 for c in bucket.contacts.values() if subnetOf(c.address) == net)
+        return inBucket < self.perBucketSubnet + (1 if replacing else 0)
+
+    def _count(self, address):
+        net = subnetOf(address)
+        if net is not None:
+            self._subnets[net] = self._subnets.get(net, 0) + 1
+
+    def _uncount(self, address):
+        net = subnetOf(address)
+        if net is not None:
+            left = self._subnets[net] - 1
+            if left:
+                self._subnets[net] = left
+            else:
+                del self._subnets[net]
+
+    # ---- queries
+
+    def closest(self, target, count=None, exclude=None):
+        """@return: up to C{count} (default k) contacts closest to C{target}, closest first."""
+        t = int.from_bytes(target, "big")
+        cs = self._index.values()
+        if exclude is not None:
+            cs = [c for c in cs if c.nodeId != exclude]
+        return sorted(cs, key=lambda c: c.idInt ^ t)[: count or self.k]
+
+    def touch(self, target):
+        """A lookup for C{target} ran: its bucket counts as fresh."""
+        self.bucketFor(int.from_bytes(target, "big")).lastChanged = self.clock.seconds()
+
+    def staleBuckets(self, idle=3600.0):
+        """@return: a random id in the range of each bucket idle longer than C{idle} seconds."""
+        now = self.clock.seconds()
+        return [randomIdIn(b, self.rng) for b in self.buckets if now - b.lastChanged > idle]
+
+    def bucketsFartherThanClosest(self):
+        """Random ids in each bucket other than the one holding our nearest neighbour (the join refresh)."""
+        near = self.closest(self.ownId, 1)
+        skip = self.bucketFor(near[0].idInt) if near else None
+        return [randomIdIn(b, self.rng) for b in self.buckets if b is not skip and not b.covers(self.ownInt)]
+
+
+def randomIdIn(bucket, rng=random):
+    return (bucket.lo + rng.randrange(bucket.hi - bucket.lo)).to_bytes(32, "big")

@@ -1,0 +1,356 @@
+"""The DHT attached to a node: its lifetime, its bootstrap, its saved routing table.
+
+L{DHTService} is a child service of a L{meshvpn.node.Node}.  It registers the
+DHT on the node's one UDP socket (first bytes 0x80-0x8F), reloads the
+routing table saved in the data dir (so a restarted node does not need its
+bootstrap nodes), joins through the configured bootstrap addresses (retrying
+with backoff), and saves the table periodically and on stop.
+
+L{RelayPublisher} (relays) publishes the node's signed descriptor once the
+node is listening and republishes it before it expires.  L{RelayFinder}
+(clients) samples relays of every role and writes what it verified to
+C{relays.json} in the data dir, which is how tools and tests read the
+directory a client sees (see doc/dht.md).
+"""
+
+import base64
+import json
+import os
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from meshvpn.config import formatHostPort, parseHostPort
+from meshvpn.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
+from meshvpn.dht.directory import RelayDirectory
+from meshvpn.dht.records import RecordStore
+from meshvpn.dht.rpc import DHTConfig, DHTNode
+from meshvpn.errors import DHTError
+from meshvpn.secretfile import writeSecretFile
+from meshvpn.udpmux import DHT_BYTES
+
+TABLE_FILE = "dht-table.json"
+RELAYS_FILE = "relays.json"
+
+
+def parseBootstrapList(raw):
+    """C{"H:P,H:P"} (command line) or a TOML list of C{"H:P"}; empty means none."""
+    if isinstance(raw, str):
+        items = [x.strip() for x in raw.split(",") if x.strip()]
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        raise ValueError("a list of HOST:PORT, e.g. 127.0.0.1:9000,[::1]:9000")
+    if len(items) > 64:
+        raise ValueError("at most 64 bootstrap addresses")
+    return [parseHostPort(x) for x in items]
+
+
+def parseFlags(raw):
+    """C{"guard,middle"} or a list/set of role names; idempotent, so a string default works too."""
+    if isinstance(raw, (list, set, frozenset, tuple)):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = [x.strip() for x in raw.split(",") if x.strip()]
+    else:
+        raise ValueError(f"flags from {', '.join(FLAGS)}")
+    bad = [x for x in items if x not in FLAGS]
+    if bad:
+        raise ValueError(f"flags from {', '.join(FLAGS)}")
+    return frozenset(items)
+
+
+def parseSeconds(raw):
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1
+    if not 1 <= value <= 86400:
+        raise ValueError("seconds between 1 and 86400")
+    return value
+
+
+def saveTable(table, path):
+    contacts = [[c.nodeId.hex(), c.address[0], c.address[1]] for c in table.contacts()]
+    writeSecretFile(path, json.dumps({"version": 1, "contacts": contacts}).encode())
+
+
+def loadTable(table, path, log=None):
+    """Add the contacts saved in C{path}; a missing or damaged file just loads nothing."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+        contacts = data["contacts"] if data.get("version") == 1 else []
+        loaded = 0
+        for nodeHex, host, port in contacts[:2000]:
+            nodeId = bytes.fromhex(nodeHex)
+            if len(nodeId) == 32 and isinstance(port, int) and 0 < port < 65536:
+                parseHostPort(formatHostPort(host, port))
+                loaded += table.seen(nodeId, (host, port), verified=False)
+        return loaded
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if log is not None:
+            log.warn("ignoring damaged DHT table file {path}: {why}", path=path, why=str(e)[:100])
+        return 0
+
+
+class DHTService(service.MultiService):
+    """
+    The DHT of one node.  C{self.dht} is the L{DHTNode} (an L{IDHT}) and
+    C{self.directory} the L{RelayDirectory} (an L{IRelayDirectory}); both
+    exist once the service has started.  C{self.joined} fires after the first
+    successful bootstrap (or at once for a first node with nothing to join).
+    """
+
+    log = Logger()
+
+    def __init__(self, node, bootstrap=(), clientMode=False, config=None, saveInterval=300.0):
+        super().__init__()
+        self.node = node
+        self.bootstrapAddresses = list(bootstrap)
+        self.clientMode = clientMode
+        self.config = config or DHTConfig()
+        self.saveInterval = saveInterval
+        self.tablePath = os.path.join(node.dataDir, TABLE_FILE)
+        self.dht = None
+        self.directory = None
+        self.joined = defer.Deferred()
+        self._saveLoop = None
+        self._retry = None
+
+    def startService(self):
+        reactor = self.node.reactor
+        self.dht = DHTNode(
+            reactor,
+            self.node.identity,
+            self.node.udp.sendDatagram,
+            RecordStore(self.config.maxRecords, self.config.maxPerKey),
+            self.config,
+            clientMode=self.clientMode,
+        )
+        self.directory = RelayDirectory(self.dht, self.node.identity)
+        self.node.udp.register("dht", DHT_BYTES, self.dht)
+        loaded = loadTable(self.dht.table, self.tablePath, self.log)
+        self.log.info("DHT: {n} saved contacts loaded; bootstrap {boot}", n=loaded,
+                      boot=",".join(formatHostPort(*a) for a in self.bootstrapAddresses) or "-")
+        self.dht.start()
+        self._saveLoop = task.LoopingCall(self.save)
+        self._saveLoop.clock = reactor
+        self._saveLoop.start(self.saveInterval, now=False)
+        super().startService()
+        reactor.callWhenRunning(self._whenNodeStarted)
+
+    def _whenNodeStarted(self):
+        started = getattr(self.node, "whenStarted", None) or defer.succeed(None)
+        started.addCallback(lambda _: self._join(5.0))
+
+    def _join(self, backoff):
+        self._retry = None
+        if not self.running:
+            return
+        if not self.bootstrapAddresses and not len(self.dht.table):
+            self.log.info("DHT: no bootstrap addresses and no saved contacts: first node, waiting to be found")
+            self._joined(0)
+            return
+        d = self.dht.bootstrap(self.bootstrapAddresses)
+
+        def failed(f):
+            f.trap(DHTError)
+            self.log.warn("DHT bootstrap failed ({why}); retrying in {s:.0f}s", why=f.getErrorMessage(), s=backoff)
+            if self.running:
+                self._retry = self.node.reactor.callLater(backoff, self._join, min(backoff * 2, 300.0))
+
+        d.addCallbacks(self._joined, failed)
+        d.addErrback(lambda f: self.log.failure("DHT bootstrap crashed", f))
+
+    def _joined(self, size):
+        self.log.info("DHT joined: {n} contacts", n=size)
+        self.save()
+        if not self.joined.called:
+            self.joined.callback(size)
+
+    def save(self):
+        try:
+            saveTable(self.dht.table, self.tablePath)
+        except OSError as e:
+            self.log.warn("could not save the DHT table: {why}", why=e.strerror)
+
+    def stopService(self):
+        d = super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._saveLoop.running:
+            self._saveLoop.stop()
+        self.save()
+        self.dht.stop()
+        self.node.udp.unregister("dht")
+        return d
+
+    def status(self):
+        return {
+            "contacts": len(self.dht.table),
+            "buckets": len(self.dht.table.buckets),
+            "records": self.dht.store.count,
+            "counters": dict(self.dht.counters),
+        }
+
+
+class RelayPublisher(service.Service):
+    """Publishes this relay's descriptor after joining, and every C{interval} seconds."""
+
+    log = Logger()
+
+    def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
+                 streamTransport="tls", onionKeys=None):
+        """
+        @param exitPolicy: the exit policy summary (C{policy.summary()}).
+        @param onionKeys: optional C{callable(now) -> [OnionKey]}, e.g.
+            L{onionKeysFromRing}; default: the identity's onion key.
+        """
+        self.dhtService = dhtService
+        self.streamTransport = streamTransport
+        self.onionKeys = onionKeys
+        self.flags = flags
+        self.interval = interval
+        self.exitPolicy = exitPolicy
+        self.bandwidth = bandwidth
+        self.family = family
+        self.published = None
+        self._loop = None
+
+    def startService(self):
+        super().startService()
+        self.dhtService.joined.addCallback(self._start)
+
+    def _start(self, size):
+        if self.running:
+            self._loop = task.LoopingCall(self.publishNow)
+            self._loop.clock = self.dhtService.node.reactor
+            self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("publishing failed", f))
+        return size  # others wait on the same Deferred
+
+    def makeDescriptor(self):
+        node = self.dhtService.node
+        addrs = node.addresses()
+        addresses = {"udp": addrs["udp"]}
+        if "stream" in addrs:
+            # named by the link transport listening there, as clients pick transports by name
+            addresses[self.streamTransport] = addrs["stream"]
+        # Lives three republish intervals, so one lost round leaves it listed.
+        now = node.reactor.seconds()
+        return makeDescriptor(
+            node.identity,
+            addresses,
+            self.flags,
+            published=now,
+            onionKeys=self.onionKeys(now) if self.onionKeys else None,
+            lifetime=min(3 * self.interval, 86400),
+            exitPolicy=self.exitPolicy,
+            bandwidth=self.bandwidth,
+            family=self.family,
+        )
+
+    def publishNow(self):
+        descriptor = self.makeDescriptor()
+        d = self.dhtService.directory.publish(descriptor)
+
+        def done(_):
+            self.published = descriptor
+            self.log.info("published relay descriptor ({flags})", flags=",".join(sorted(descriptor.flags)))
+
+        def failed(f):
+            f.trap(DHTError)
+            self.log.warn("publishing the relay descriptor failed: {why}", why=f.getErrorMessage())
+
+        return d.addCallbacks(done, failed)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
+def onionKeysFromRing(ring, lifetime):
+    """
+    A L{RelayPublisher} C{onionKeys} source for an L{meshvpn.onion.keyring.OnionKeyRing}
+    rotated every C{lifetime} seconds: the relay accepts both its current and
+    its next key now; the descriptor lists the current one as valid until the
+    rotation plus the overlap and the next one from the rotation on, so
+    clients switch keys when the relay does.  (Call C{publishNow} from the onion
+    service's C{onRotate} so the descriptor follows each rotation.)
+    """
+
+    def keys(now):
+        keys = ring.publicKeys()
+        start = int(ring.rotatedAt or now)
+        return [
+            OnionKey(keys["current"], start, start + int(lifetime + ring.overlap)),
+            # listed from the rotation on, so clients use the current key until then
+            OnionKey(keys["next"], start + int(lifetime), start + int(2 * lifetime + ring.overlap)),
+        ]
+
+    return keys
+
+
+class RelayFinder(service.Service):
+    """
+    A client's view of the directory: samples relays of every role, starting
+    soon after joining and backing off to C{interval}, and writes the
+    verified descriptors to C{relays.json} (raw bytes included, base64, so
+    anyone can re-verify them).
+    """
+
+    log = Logger()
+
+    def __init__(self, dhtService, interval=300.0, perRole=64):
+        self.dhtService = dhtService
+        self.interval = interval
+        self.perRole = perRole
+        self.relays = {}
+        self._call = None
+        self._delay = 2.0
+
+    def startService(self):
+        super().startService()
+        self.dhtService.joined.addCallback(self._schedule, 0.5)
+
+    def _schedule(self, passThrough, delay):
+        if self.running:
+            self._call = self.dhtService.node.reactor.callLater(delay, self.refresh)
+        return passThrough
+
+    @defer.inlineCallbacks
+    def refresh(self):
+        directory = self.dhtService.directory
+        try:
+            results = yield defer.gatherResults([directory.sample(r, self.perRole) for r in FLAGS], consumeErrors=True)
+            now = self.dhtService.node.reactor.seconds()
+            self.relays = {k: v for k, v in self.relays.items() if v.expires > now}
+            for found in results:
+                for d in found:
+                    old = self.relays.get(d.nodeId)
+                    if old is None or old.published <= d.published:
+                        self.relays[d.nodeId] = d
+            self.write()
+        except Exception:
+            self.log.failure("sampling relays failed")
+        self._delay = min(self._delay * 2, self.interval)
+        self._schedule(None, self._delay)
+
+    def write(self):
+        entries = []
+        for d in sorted(self.relays.values(), key=lambda d: d.nodeId):
+            entry = d.toJSON()
+            entry["descriptor"] = base64.b64encode(encodeDescriptor(d)).decode()
+            entries.append(entry)
+        body = {"updated": self.dhtService.node.reactor.seconds(), "rejected": self.dhtService.directory.rejected,
+                "relays": entries}
+        writeSecretFile(os.path.join(self.dhtService.node.dataDir, RELAYS_FILE), json.dumps(body, indent=1).encode())
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
