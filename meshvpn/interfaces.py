@@ -285,6 +285,91 @@ class ILink(Interface):
         """
 
 
+class IDatagramLink(Interface):
+    """
+    An authenticated, encrypted, I{lossy} link to a peer over the node's UDP
+    socket (hole punched, or through a TURN relay): the mesh-packet sibling
+    of L{ILink}.  Datagrams may be lost or reordered, never altered,
+    replayed or forged.  Sending never raises; a closed link drops.
+    """
+
+    peerId = Attribute("C{bytes}: node id of the authenticated peer.")
+    peerAddress = Attribute("The peer's current address (follows NAT rebinding).")
+
+    def sendPacket(data):
+        """
+        Send one mesh packet (C{bytes}, at most about 65400 bytes; keep it
+        under the path MTU to avoid IP fragmentation).
+        """
+
+    def setPacketReceiver(receiver):
+        """
+        C{receiver(data: bytes)} is called with each packet from the peer.
+        """
+
+    def close(reason):
+        """
+        Close the link and forget its keys.
+        """
+
+    def whenClosed():
+        """
+        @return: a Deferred firing with the reason once the link is closed
+            (closed locally, or the peer was silent too long).
+        """
+
+
+class IDatagramLinkEndpoint(Interface):
+    """
+    All datagram links of one node, registered on the node's UDP socket.
+    """
+
+    def connect(peerNodeId, addr, path=None):
+        """
+        Run the handshake with C{addr}, which must prove it holds the
+        identity key of C{peerNodeId}.
+
+        @param path: how to reach C{addr}: anything with
+            C{sendDatagram(data, addr)} (default: the node's socket; a TURN
+            allocation for relayed peers).
+        @return: a Deferred firing with an L{IDatagramLink} (reused if one is
+            open).  Fails with L{meshvpn.errors.LinkError} after the
+            handshake deadline.
+        """
+
+    def setLinkAcceptor(acceptor):
+        """
+        C{acceptor(link)} is called with each new authenticated inbound
+        L{IDatagramLink}; returning C{False} closes it.
+        """
+
+    def links():
+        """
+        @return: a list of the open L{IDatagramLink}s.
+        """
+
+
+class ISignallingChannel(Interface):
+    """
+    A path two peers can both reach (a relay, later the DHT) that carries
+    small messages between them before they can talk directly: hole-punch
+    candidates, relayed addresses.
+    """
+
+    def sendSignal(peerId, payload):
+        """
+        Deliver C{payload} (C{bytes}, small) to the node C{peerId}.  Lossy:
+        callers retry.
+        """
+
+    def setSignalReceiver(receiver):
+        """
+        C{receiver(peerId, payload, observedAddress)} is called for each
+        signal; C{observedAddress} is where the signalling path saw the
+        sender (its server-reflexive address), or C{None}.
+        """
+
+
 class IPluggableTransport(IPlugin):
     """
     A way to carry a link, found with C{twisted.plugin.getPlugins} and chosen
