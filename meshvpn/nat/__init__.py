@@ -1,0 +1,1 @@
+"""Connectivity: STUN codec, client and server, NAT classification, hole punching, relay."""
