@@ -44,6 +44,12 @@ def _testnetCommand(args):
     return testnet.run(args, lambda line: print(line, flush=True))
 
 
+def _netcheckCommand(args):
+    from meshvpn.nat.netcheck import run
+
+    return run(args, lambda line: print(line, flush=True))
+
+
 def buildParser():
     parser = argparse.ArgumentParser(prog="meshvpn", description="MeshVPN: a decentralized onion-routed VPN.")
     parser.add_argument("--version", action="version", version=f"meshvpn {__version__}")
@@ -60,11 +66,23 @@ def buildParser():
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
     p.set_defaults(func=_testnetCommand)
+    p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
+    p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")
+    p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_netcheckCommand)
     return parser
 
 
 def _testnetDoc():
     return "Start a local MeshVPN network of real twistd processes on loopback in a temporary directory."
+
+
+def _netcheckDoc():
+    return (
+        "Probe the given STUN servers from a fresh UDP socket and report the mapped address, "
+        "NAT mapping and filtering behaviour (RFC 5780), hairpinning, and each server's RTT."
+    )
 
 
 def main(argv=None):

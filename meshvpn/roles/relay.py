@@ -4,7 +4,7 @@ It binds the node's UDP socket and a stream listening port for links.
 Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseServerEndpoint
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint
 from meshvpn.roles.common import buildNode
 
 
@@ -19,10 +19,27 @@ class Options(RoleOptions):
     )
     schema = commonSettings("relay", ("0.0.0.0", 9000)) + [
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
+        Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
+        Setting(
+            "stun-alternate",
+            parseHostPort,
+            None,
+            "IP:PORT of a second address for RFC 5780 NAT behaviour discovery "
+            "(needs --udp on a specific IP; both IP and port must differ from it).",
+        ),
     ]
 
 
 def makeService(options):
     node = buildNode("relay", options.settings)
     node.listenStream(options.settings["listen"])
+    if options.settings["stun_server"]:
+        from meshvpn.nat.server import StunServerService, checkAlternate
+
+        try:
+            checkAlternate(options.settings["udp"], options.settings["stun_alternate"])
+        except ValueError as e:
+            raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
+
+        StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
     return node
