@@ -121,13 +121,24 @@ def _agentArgv(*args):
     return [sys.executable, "-m", "meshvpn.nat.matrixagent", *args]
 
 
-def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadline=2.5):
+COTURN_USER, COTURN_PASSWORD, COTURN_REALM = "meshvpn", "matrix-test-password", "meshvpn.test"
+
+
+def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadline=2.5, coturn=False):
     """
-    Build the testbed and start every agent.  @return: C{(testbed, agents)}.
+    Build the testbed and start every agent.  With C{coturn}, peers that
+    cannot punch allocate on a stock coturn (long-term credentials) instead
+    of on our relay's TURN server.  @return: C{(testbed, agents)}.
     """
     from meshvpn.test import nattestbed
 
     tb = nattestbed.build(testCase, natTypes=(), meshvpnStun=classify)
+    turnArgs = ["--turn", f"{RELAY_IP}:{TURN_PORT}"]
+    if coturn:
+        tb.startCoturn(extraArgs=["--lt-cred-mech", "--user", f"{COTURN_USER}:{COTURN_PASSWORD}", "--realm", COTURN_REALM,
+                                  "--fingerprint", "--no-tcp-relay"])
+        host, port = nattestbed.COTURN_PRIMARY
+        turnArgs = ["--turn", f"{host}:{port}", "--turn-user", COTURN_USER, "--turn-password", COTURN_PASSWORD]
     relayNs = tb.addPublic("rly", [RELAY_IP])
     relay = Agent("relay", tb.netns.popen(
         relayNs, _agentArgv("relay", "--bind", RELAY_IP, "--port", str(RELAY_PORT), "--turn-port", str(TURN_PORT)),
@@ -143,7 +154,7 @@ def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadlin
     for name, host in tb.hosts.items():
         argv = _agentArgv(
             "peer", "--relay", f"{RELAY_IP}:{RELAY_PORT}", "--relay-id", relayInfo["node_id"],
-            "--turn", f"{RELAY_IP}:{TURN_PORT}", "--bytes", str(size), "--punch-deadline", str(punchDeadline),
+            "--bytes", str(size), "--punch-deadline", str(punchDeadline), *turnArgs,
         )
         agents[name] = Agent(name, tb.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     ready = _waitAll([a for n, a in agents.items() if n != "relay"], lambda e: e.get("event") in ("ready", "error"), 60)
@@ -188,17 +199,17 @@ def pairs(types=PAIR_TYPES):
     return [(a, b) for i, a in enumerate(types) for b in types[i:]]
 
 
-def runMatrix(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, progress=None):
+def runMatrix(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, progress=None, pairList=None, coturn=False):
     """
     Build, run every pair, and (with C{classify}) classify every host with
     the nat-stun helper's netcheck.  Everything is removed by C{testCase}'s
     cleanups.  @return: C{{"pairs": [...], "classified": [...]}}.
     """
     started = time.monotonic()
-    tb, agents = build(testCase, types, size, classify)
+    tb, agents = build(testCase, types, size, classify, coturn=coturn)
     setup = time.monotonic() - started
     rows = []
-    for a, b in pairs(types):
+    for a, b in pairList or pairs(types):
         row = runPair(agents, a, b)
         rows.append(row)
         if progress:

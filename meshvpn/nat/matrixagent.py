@@ -3,7 +3,7 @@
 ``python -m meshvpn.nat.matrixagent relay --bind IP --port P --turn-port T``
 runs the relay pieces (datagram link endpoint, relay signalling, TURN
 server on its own socket).  ``... peer --relay IP:P --relay-id HEX --turn
-IP:T`` runs a peer: one UDP socket carrying link, punch probes, STUN and
+IP:T [--turn-user U --turn-password P]`` runs a peer: one UDP socket carrying link, punch probes, STUN and
 TURN; it registers with the relay and then obeys JSON commands on stdin:
 
     {"cmd": "connect", "peer": HEX}  -> {"event": "connected", "peer", "path", "connect_time_s"}
@@ -166,7 +166,10 @@ async def runPeer(reactor, args):
     candidates = hostCandidates(port)
 
     async def allocate():
-        lifetime, user, password = await signalling.requestCredentials()
+        if args.turn_user:
+            lifetime, user, password = 600, args.turn_user, args.turn_password
+        else:
+            lifetime, user, password = await signalling.requestCredentials()
         alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, (turnHost, int(turnPort)), user, password)
         await alloc.allocate(lifetime)
         alloc.registerChannelData(mux)
@@ -229,6 +232,8 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bytes", type=int, default=1 << 20)
     p.add_argument("--punch-deadline", type=float, default=2.5)
+    p.add_argument("--turn-user", help="static TURN long-term credentials (e.g. coturn's); default: ask the relay")
+    p.add_argument("--turn-password")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
