@@ -50,6 +50,12 @@ def _netcheckCommand(args):
     return run(args, lambda line: print(line, flush=True))
 
 
+def _benchNatCommand(args):
+    from meshvpn.nat.bench import run
+
+    return run(args, lambda line: print(line, flush=True))
+
+
 def buildParser():
     parser = argparse.ArgumentParser(prog="meshvpn", description="MeshVPN: a decentralized onion-routed VPN.")
     parser.add_argument("--version", action="version", version=f"meshvpn {__version__}")
@@ -71,6 +77,15 @@ def buildParser():
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_netcheckCommand)
+    bench = sub.add_parser("bench", help="run a benchmark and print its results").add_subparsers(
+        dest="bench", required=True, metavar="BENCHMARK"
+    )
+    p = bench.add_parser("nat", help="NAT connectivity matrix in network namespaces (root)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bytes", type=int, default=1 << 20, help="bytes pushed each way per pair (default 1 MiB)")
+    p.add_argument("--no-classify", action="store_true", help="skip the netcheck classification of every host")
+    p.add_argument("--coturn", action="store_true", help="relay through a stock coturn instead of our TURN server")
+    p.set_defaults(func=_benchNatCommand)
     return parser
 
 

@@ -38,3 +38,27 @@ class CoturnTests(unittest.TestCase):
         result = matrix.runMatrix(self, types=("symmetric",), size=1 << 20, coturn=True)
         (row,) = result["pairs"]
         self.assertEqual((row["connected"], row["verified"], row["path"]), (True, True, "relay"), row)
+
+
+class BenchTests(unittest.TestCase):
+    timeout = 240
+
+    def test_benchNatRuns(self):
+        """`meshvpn bench nat --json` prints one JSON object with pairs and classified (tiny transfer)."""
+        import json
+        import subprocess
+        import sys
+
+        requireRoot(self)
+        out = subprocess.run(
+            [sys.executable, "-m", "meshvpn", "bench", "nat", "--json", "--bytes", "20000"],
+            capture_output=True, timeout=200,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace")[-2000:])
+        result = json.loads(out.stdout)
+        self.assertEqual(len(result["pairs"]), 15)
+        for row in result["pairs"]:
+            self.assertEqual(set(row) >= {"a", "b", "path", "connected", "connect_time_s"}, True)
+        self.assertEqual(len(result["classified"]), 10)
+        for row in result["classified"]:
+            self.assertEqual(set(row), {"host", "expected", "detected"})
