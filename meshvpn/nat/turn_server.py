@@ -21,7 +21,6 @@ import hmac
 import ipaddress
 import os
 import struct
-import time
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -185,8 +184,8 @@ class TurnServer:
         return _b64(hmac.new(self.authSecret, username.encode(), hashlib.sha1).digest())
 
     def _wallclock(self):
-        # REST credentials carry wall-clock expiry; reactor.seconds() is wall clock in production.
-        return self.reactor.seconds() if self.reactor.seconds() > 1e9 else time.time()
+        # REST credentials carry a wall-clock expiry; a real reactor's seconds() is wall-clock time.
+        return self.reactor.seconds()
 
     def _authenticate(self, msg, source):
         """@return: C{(username, key)} or C{None} after answering with an error."""

@@ -18,6 +18,7 @@ class Net:
     def __init__(self):
         self.hosts = {}
         self.queue = []
+        self.drop = None  # optional predicate(src, dst, data): lose that datagram
 
     def attach(self, addr, proto):
         net = self
@@ -45,6 +46,8 @@ class Net:
             if not q:
                 return
             for src, dst, data in q:
+                if self.drop is not None and self.drop(src, dst, data):
+                    continue
                 h = self.hosts.get(dst)
                 if h is not None:
                     h.datagramReceived(data, src)
