@@ -201,7 +201,50 @@ class INATProbe(Interface):
             and filtering behaviour, hairpinning, which servers answered and
             their round-trip times.  Never fails: an unreachable network is
             reported as "udp-blocked".
+
+            The report is a JSON-ready C{dict} (L{meshvpn.nat.classify}):
+            C{udp} (bool), C{nat} (bool or None), C{type} (one of
+            "no-nat", "udp-blocked", "full-cone", "address-restricted",
+            "port-restricted", "symmetric", or "nat-unknown*"), C{mapping}
+            and C{filtering} ("endpoint-independent", "address-dependent",
+            "address-and-port-dependent", "endpoint-dependent" or
+            "unknown"), C{hairpinning} (bool or None), C{mapped_address}
+            ("ip:port"), C{mapped_addresses}, C{local_addresses},
+            C{rfc5780_server}, and C{servers}: one dict per server with
+            C{server}, C{answered}, C{rtt_ms}, C{mapped}, C{other_address},
+            C{response_origin}, C{software} or C{error}.
         """
+
+
+class IStunEndpoint(Interface):
+    """
+    All STUN on one UDP socket (L{meshvpn.nat.endpoint.StunEndpoint}): the
+    node's is C{StunEndpoint.onNode(node)}, registered on C{node.udp} for
+    first bytes 0x00-0x03.  Our client transactions and every server that
+    speaks STUN on the socket (STUN Binding, TURN) share it.
+    """
+
+    client = Attribute(
+        "A L{meshvpn.nat.transaction.StunClient}: C{request(message, addr, rto, rc, rm, "
+        "integrityKey, integritySha256Key, fingerprint)} returns a Deferred firing with a "
+        "StunResult (C{.message}, C{.source}, C{.rtt}) or failing with StunTimeout "
+        "(RFC 8489 retransmission: RTO 500 ms doubling, Rc 7, Rm 16 by default)."
+    )
+
+    def setMethodHandler(method, handler):
+        """
+        Route STUN requests and indications of C{method} (e.g.
+        C{stun.ALLOCATE}) to C{handler(message, source)}, where C{message}
+        is a decoded L{meshvpn.nat.stun.StunMessage}.
+
+        @raise ValueError: the method already has a handler.
+        """
+
+    def removeMethodHandler(method):
+        """Stop routing C{method}; no error if it had no handler."""
+
+    def send(data, addr):
+        """Send a datagram from this socket."""
 
 
 class IHolePuncher(Interface):

@@ -13,13 +13,13 @@ from collections import Counter
 
 from zope.interface import implementer
 
-from meshvpn.interfaces import IDatagramHandler
+from meshvpn.interfaces import IDatagramHandler, IStunEndpoint
 from meshvpn.nat import stun
 from meshvpn.nat.transaction import StunClient
 from meshvpn.udpmux import STUN_BYTES
 
 
-@implementer(IDatagramHandler)
+@implementer(IDatagramHandler, IStunEndpoint)
 class StunEndpoint:
     """
     STUN on one socket.

@@ -17,6 +17,7 @@ purpose, so nothing here can collide with a real network).
 Each box emulates one NAT type with nftables (see L{RULES}):
  - full-cone: masquerade (ports preserved => endpoint-independent mapping),
    and any inbound UDP to a port the host has used is DNATed to the host.
+   It also hairpins (the only box that does, see L{HAIRPINNING}).
  - address-restricted: same, but inbound is let in only from an IP the host
    has sent to (a dynamic set of destination IP . source port).
  - port-restricted: masquerade, inbound only as conntrack replies
@@ -54,6 +55,7 @@ table ip natbox {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     oifname "{wan}" masquerade {masqFlags}
+    {hairpinSnat}
   }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
@@ -73,7 +75,15 @@ table ip natbox {{
 # What differs between the boxes: masquerade flags, which unsolicited
 # inbound UDP is DNATed to the host, whether UDP is dropped altogether.
 RULES = {
-    "full-cone": dict(masqFlags="", inbound='iifname "{wan}" udp dport @seenport dnat to {host}', blockUDP=""),
+    "full-cone": dict(
+        masqFlags="",
+        inbound='iifname "{wan}" udp dport @seenport dnat to {host}\n'
+        # hairpinning: the host's packet to its own mapped address comes back
+        # to it, from that mapped address
+        '    iifname "{lan}" ip daddr {wanIP} udp dport @seenport dnat to {host}',
+        blockUDP="",
+        hairpinSnat='oifname "{lan}" iifname "{lan}" ct status dnat snat to {wanIP}',
+    ),
     "address-restricted": dict(
         masqFlags="", inbound='iifname "{wan}" ip saddr . udp dport @seenaddr dnat to {host}', blockUDP=""
     ),
@@ -83,9 +93,13 @@ RULES = {
 }
 
 
-def natRules(natType, wan, lan, host):
+HAIRPINNING = {"full-cone": True}
+
+
+def natRules(natType, wan, lan, host, wanIP):
     """@return: the nftables script for a box emulating C{natType}."""
-    parts = {k: v.format(wan=wan, host=host) for k, v in RULES[natType].items()}
+    parts = {"hairpinSnat": ""}
+    parts.update({k: v.format(wan=wan, lan=lan, host=host, wanIP=wanIP) for k, v in RULES[natType].items()})
     return _COMMON_HEAD.format(wan=wan, lan=lan, **parts)
 
 
@@ -200,7 +214,7 @@ class Testbed:
             self.netns.exec(ns, "ip", "route", "add", "default", "via", f"{lanNet}.1")
             self.netns.exec(box, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             wan = _ifIn(self.netns, box, wanIP)
-            self.netns.exec(box, "nft", "-f", "-", input=natRules(natType, wan, boxLan, f"{lanNet}.2").encode())
+            self.netns.exec(box, "nft", "-f", "-", input=natRules(natType, wan, boxLan, f"{lanNet}.2", wanIP).encode())
             host = Host(name, ns, natType, f"{lanNet}.2", wanIP, box)
         self.hosts[name] = host
         return host

@@ -1,5 +1,7 @@
 """Root: NAT classification through real nftables NAT boxes, against our STUN server and coturn."""
 
+import subprocess
+
 from twisted.trial import unittest
 
 from meshvpn.test import nattestbed
@@ -22,3 +24,34 @@ class ClassificationTests(unittest.TestCase):
                 # the mapped address is the box's WAN address (or our own)
                 self.assertEqual(rep["mapped_address"].split(":")[0], tb.hosts[r["host"]].publicAddress)
                 self.assertEqual(rep["rfc5780_server"], f"{server[0]}:{server[1]}")
+                if rep["nat"]:
+                    self.assertIs(rep["hairpinning"], nattestbed.HAIRPINNING.get(r["host"], False), r["host"])
+
+        self.coturnClientAgrees(tb)
+
+    def coturnClientAgrees(self, tb):
+        """The other direction of interop: coturn's NAT discovery client against our server."""
+        expected = {
+            "full-cone": ("Endpoint Independent Mapping", "Endpoint Independent Filtering"),
+            "address-restricted": ("Endpoint Independent Mapping", "Address Dependent Filtering"),
+            "port-restricted": ("Endpoint Independent Mapping", "Address and Port Dependent Filtering"),
+            "symmetric": ("Address and Port Dependent Mapping", "Address and Port Dependent Filtering"),
+        }
+        host, port = nattestbed.STUN_PRIMARY
+        argv = ["turnutils_natdiscovery", "-m", "-f", "-p", str(port), host]
+        procs = {h: tb.popen(h, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for h in expected}
+        for h, p in procs.items():
+            out = p.communicate(timeout=120)[0].decode(errors="replace")
+            for phrase in expected[h]:
+                self.assertIn(f"NAT with {phrase}!", out, h)
+
+    def test_classifiedMatrixForBench(self):
+        requireRoot(self)
+        rows = nattestbed.classifiedMatrix(natTypes=("port-restricted", "udp-blocked"))
+        self.assertEqual(
+            rows,
+            [
+                {"host": "port-restricted", "expected": "port-restricted", "detected": "port-restricted", "server": "meshvpn"},
+                {"host": "udp-blocked", "expected": "udp-blocked", "detected": "udp-blocked", "server": "meshvpn"},
+            ],
+        )

@@ -95,3 +95,16 @@ class EndpointTests(unittest.TestCase):
         self.ep.watchTransaction(req.transactionId, lambda m, a: got.append(a))
         self.ep.datagramReceived(req.encode(), ("198.18.0.9", 5))
         self.assertEqual(got, [("198.18.0.9", 5)])
+
+
+class InterfaceTests(unittest.TestCase):
+    def test_verify(self):
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.interfaces import IDatagramHandler, INATProbe, IStunEndpoint
+        from meshvpn.nat.classify import NATProbe
+
+        ep = StunEndpoint(task.Clock(), lambda *a: None)
+        verifyObject(IStunEndpoint, ep)
+        verifyObject(IDatagramHandler, ep)
+        verifyObject(INATProbe, NATProbe(task.Clock(), ep, 1))
