@@ -2,7 +2,8 @@
 
 Built on the NAT testbed (L{meshvpn.test.nattestbed}): two hosts behind each
 NAT type (C{<type>-1} and C{<type>-2}, each behind its own box), a relay
-on the public segment running relay signalling and a TURN server, and one
+on the public segment (a real ``twistd meshvpn-relay --nat-relay true
+--turn ...``: relay signalling and a TURN server), and one
 L{meshvpn.nat.matrixagent} process per host.  For each unordered pair of
 types, host C{a-1} connects to host C{b-2} (punching, falling back to
 TURN) and both push C{size} bytes each way over the datagram link,
@@ -140,29 +141,44 @@ def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadlin
         host, port = nattestbed.COTURN_PRIMARY
         turnArgs = ["--turn", f"{host}:{port}", "--turn-user", COTURN_USER, "--turn-password", COTURN_PASSWORD]
     relayNs = tb.addPublic("rly", [RELAY_IP])
-    relay = Agent("relay", tb.netns.popen(
-        relayNs, _agentArgv("relay", "--bind", RELAY_IP, "--port", str(RELAY_PORT), "--turn-port", str(TURN_PORT)),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    relayInfo = relay.wait(lambda e: e.get("event") == "ready", 30)
+    relayId = startRelay(tb, relayNs)
     for t in types:
         for side in (1, 2):
             host = tb.addHost(f"{t}-{side}", t)
             if host.box is not None:
                 wan = _wanOf(tb, host)
                 tb.netns.exec(host.box, "nft", "-f", "-", input=_INPUT_FIREWALL.format(wan=wan).encode())
-    agents = {"relay": relay}
+    agents = {}
     for name, host in tb.hosts.items():
         argv = _agentArgv(
-            "peer", "--relay", f"{RELAY_IP}:{RELAY_PORT}", "--relay-id", relayInfo["node_id"],
+            "peer", "--relay", f"{RELAY_IP}:{RELAY_PORT}", "--relay-id", relayId,
             "--bytes", str(size), "--punch-deadline", str(punchDeadline), *turnArgs,
         )
         agents[name] = Agent(name, tb.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    ready = _waitAll([a for n, a in agents.items() if n != "relay"], lambda e: e.get("event") in ("ready", "error"), 60)
+    ready = _waitAll(list(agents.values()), lambda e: e.get("event") in ("ready", "error"), 60)
     for name, e in ready.items():
         if e.get("event") != "ready":
             raise RuntimeError(f"agent {name} failed: {e}")
         agents[name].info = e
     return tb, agents
+
+
+def startRelay(tb, ns):
+    """A real C{twistd meshvpn-relay --nat-relay true --turn ...} in C{ns}.  @return: its node id (hex)."""
+    import tempfile
+
+    from meshvpn.processes import twistdPath
+    from meshvpn.test.nattestbed import _waitFor
+
+    dataDir = tempfile.mkdtemp(prefix="natrelay-", dir=tb.workdir)
+    argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-relay"]
+    argv += ["--data-dir", dataDir, "--udp", f"{RELAY_IP}:{RELAY_PORT}", "--listen", f"tcp:0:interface={RELAY_IP}"]
+    argv += ["--nat-relay", "true", "--turn", f"{RELAY_IP}:{TURN_PORT}"]
+    proc = tb.netns.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodeFile = os.path.join(dataDir, "node.json")
+    _waitFor(lambda: os.path.exists(nodeFile), proc, f"meshvpn-relay in {ns}", dataDir)
+    with open(nodeFile) as f:
+        return json.load(f)["node_id"]
 
 
 def _wanOf(tb, host):

@@ -1,8 +1,6 @@
-"""One process of the NAT connectivity matrix: a signalling/TURN relay, or a peer.
+"""One peer process of the NAT connectivity matrix (the relay is a real ``twistd meshvpn-relay``).
 
-``python -m meshvpn.nat.matrixagent relay --bind IP --port P --turn-port T``
-runs the relay pieces (datagram link endpoint, relay signalling, TURN
-server on its own socket).  ``... peer --relay IP:P --relay-id HEX --turn
+``python -m meshvpn.nat.matrixagent peer --relay IP:P --relay-id HEX --turn
 IP:T [--turn-user U --turn-password P]`` runs a peer: one UDP socket carrying link, punch probes, STUN and
 TURN; it registers with the relay and then obeys JSON commands on stdin:
 
@@ -19,7 +17,6 @@ on stdout is one JSON object; the first is ``{"event": "ready", ...}``.
 import argparse
 import hashlib
 import json
-import os
 import struct
 import sys
 
@@ -27,7 +24,7 @@ from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
 from meshvpn.identity import NodeIdentity
-from meshvpn.link.datagram import DatagramLinkEndpoint, LinkSettings
+from meshvpn.link.datagram import DatagramLinkEndpoint
 from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.udpmux import STUN_BYTES, DatagramMultiplexer
@@ -118,23 +115,6 @@ def buildSocket(reactor, host, port):
     return mux, stunEp
 
 
-def runRelay(reactor, args):
-    from meshvpn.nat.signal import SignalRelay
-    from meshvpn.nat.turn_server import TurnServer
-
-    identity = NodeIdentity.generate()
-    mux, _ = buildSocket(reactor, args.bind, args.port)
-    endpoint = DatagramLinkEndpoint(reactor, identity, mux, LinkSettings(initRatePerSource=50.0))
-    endpoint.register(mux)
-    secret = os.urandom(16)
-    relay = SignalRelay(reactor, endpoint, turnSecret=secret)
-    tmux, tstun = buildSocket(reactor, args.bind, args.turn_port)
-    turn = TurnServer(reactor, tstun, tmux.sendDatagram, args.bind, authSecret=secret)
-    turn.registerChannelData(tmux)
-    emit({"event": "ready", "node_id": identity.nodeIdHex, "udp": [args.bind, args.port], "turn": [args.bind, args.turn_port]})
-    return relay, turn
-
-
 def hostCandidates(port):
     from pyroute2 import IPRoute
 
@@ -221,10 +201,6 @@ async def runPeer(reactor, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="matrixagent")
     sub = parser.add_subparsers(dest="role", required=True)
-    r = sub.add_parser("relay")
-    r.add_argument("--bind", required=True)
-    r.add_argument("--port", type=int, default=7000)
-    r.add_argument("--turn-port", type=int, default=3478)
     p = sub.add_parser("peer")
     p.add_argument("--relay", required=True)
     p.add_argument("--relay-id", required=True)
@@ -237,20 +213,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    if args.role == "relay":
-        main.relay = runRelay(reactor, args)  # held for the process lifetime
 
-        class Quit(LineReceiver):
-            def connectionLost(self, reason):
-                reactor.stop()
+    def failed(f):
+        emit({"event": "error", "error": f.getErrorMessage()})
+        reactor.stop()
 
-        stdio.StandardIO(Quit())
-    else:
-        def failed(f):
-            emit({"event": "error", "error": f.getErrorMessage()})
-            reactor.stop()
-
-        reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(runPeer(reactor, args)).addErrback(failed))
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(runPeer(reactor, args)).addErrback(failed))
     reactor.run()
 
 

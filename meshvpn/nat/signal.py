@@ -15,7 +15,6 @@ The DHT can carry the same payloads later: L{ISignallingChannel} is the seam.
 import base64
 import hashlib
 import hmac
-import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -200,7 +199,3 @@ class RelaySignalling:
                 self._creds.pop(0).callback(msg[1:])
         else:
             self.counters["malformed"] += 1
-
-
-def newPunchId():
-    return os.urandom(8)
