@@ -252,10 +252,15 @@ class IHolePuncher(Interface):
     Coordinated UDP hole punching between two peers.
     """
 
-    def punch(peerId, localCandidates, remoteCandidates):
+    def punch(peerId, localCandidates, remoteCandidates, session=None):
         """
         Send probes to every remote candidate address, with retries and
         spread timing, until one pair answers.
+
+        @param session: what signalling agreed for this attempt (punch id,
+            shared secret, our role; L{meshvpn.nat.punch.PunchSession}):
+            probes and acks are authenticated with it, so the
+            implementation in L{meshvpn.nat.punch} requires it.
 
         @return: a Deferred firing with the remote address that worked.
             Fails with L{meshvpn.errors.PunchFailed} after the deadline.
@@ -290,6 +295,27 @@ class IRelayAllocation(Interface):
     def release():
         """
         @return: a Deferred firing when the allocation is deleted.
+        """
+
+    def channelBind(peerAddress):
+        """
+        Bind a TURN channel to C{peerAddress} (also installs its
+        permission): later data to and from it travels as ChannelData.
+
+        @return: a Deferred firing with the channel number; fails with
+            L{meshvpn.errors.RelayError} if the relay refused.
+        """
+
+    def setReceiver(receiver):
+        """
+        C{receiver(data, peerAddress)} is called with what peers send to
+        the relayed address.
+        """
+
+    def sendDatagram(data, addr):
+        """
+        Same as C{send(addr, data)}: lets an allocation serve as a datagram
+        link's path (see L{IDatagramLinkEndpoint.connect}).
         """
 
 
