@@ -414,7 +414,11 @@ class DatagramLinkEndpoint:
                     return
         link.peerAddress, link.path = addr, path
         self._sessions[index] = (session, link)
-        self._promote(link, session)
+        if link.current is None:
+            self._promote(link, session)
+        # else: a rekey.  Keep sending with the old session until the
+        # responder's first DATA proves it has the new one (_receiveData
+        # promotes it then), so a lost FINISH costs no packets.
         self.counters["handshake_completed"] += 1
         # FINISH is resent until the responder's first DATA confirms it.
         self._sendFinish(link, session, finish, self.reactor.seconds())
@@ -425,6 +429,11 @@ class DatagramLinkEndpoint:
         if link.closed or session.confirmed or self._sessions.get(session.localIndex, (None,))[0] is not session:
             return
         if self.reactor.seconds() - started >= self.settings.handshakeTimeout:
+            self.counters["handshake_timeout"] += 1
+            if link.current is not session:
+                # An unconfirmed rekey: forget it, so a later one can start.
+                self._sessions.pop(session.localIndex, None)
+                link.rekeying = None
             return
         link.path.sendDatagram(finish, link.peerAddress)
         self.reactor.callLater(self.settings.handshakeRetry, self._sendFinish, link, session, finish, started)

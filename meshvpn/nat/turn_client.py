@@ -61,17 +61,24 @@ class TurnAllocation:
         self.counters = {"rx": 0, "tx": 0, "rx_dropped": 0}
 
     # -- requests with long-term credentials
-    async def _request(self, method, attrs, authenticated=True):
-        for attempt in range(3):
+    async def _request(self, method, attrs, peer=None):
+        """
+        One request, with the credential dance: unauthenticated until the
+        server's first 401 gives REALM and NONCE, then USERNAME, REALM,
+        NONCE and MESSAGE-INTEGRITY; a 438 (stale nonce) is retried with the
+        new nonce.  A 401 to an authenticated request means wrong credentials.
+        """
+        for _ in range(3):
             msg = stun.StunMessage(method, stun.REQUEST)
+            if peer is not None:
+                msg.addXorAddress(stun.XOR_PEER_ADDRESS, peer)  # depends on the transaction id
             for t, v in attrs:
                 msg.add(t, v)
-            key = None
-            if authenticated and self.nonce is not None:
+            key = self.key
+            if key is not None:
                 msg.add(stun.USERNAME, self.username.encode())
                 msg.add(stun.REALM, self.realm)
                 msg.add(stun.NONCE, self.nonce)
-                key = self.key
             try:
                 result = await self.stun.client.request(msg, self.server, integrityKey=key, **self._timing)
             except Exception as e:
@@ -82,16 +89,16 @@ class TurnAllocation:
                     raise RelayError("TURN response failed MESSAGE-INTEGRITY")
                 return reply
             code, reason = reply.errorCode() or (0, "")
-            if code in (401, 438) and reply.get(stun.NONCE) is not None and attempt < 2:
-                if code == 401 and self.nonce is not None and key is not None and reply.get(stun.REALM) == self.realm and attempt > 0:
-                    raise RelayError("TURN server refused our credentials (401)")
-                self.nonce = reply.get(stun.NONCE)
-                realm = reply.get(stun.REALM)
-                if realm is not None:
-                    self.realm = realm
-                if self.realm is None:
-                    raise RelayError("TURN 401 without REALM")
-                self.key = stun.longTermKey(self.username, self.realm, self.password)
+            nonce = reply.get(stun.NONCE)
+            if code == 401 and key is not None:
+                raise RelayError("TURN server refused our credentials (401)")
+            if code in (401, 438) and nonce is not None:
+                self.nonce = nonce
+                if code == 401:
+                    self.realm = reply.get(stun.REALM)
+                    if self.realm is None:
+                        raise RelayError("TURN 401 without REALM")
+                    self.key = stun.longTermKey(self.username, self.realm, self.password)
                 continue
             raise RelayError(f"TURN {method:#x} refused: {code} {reason}")
         raise RelayError("TURN authentication did not converge")
@@ -139,36 +146,13 @@ class TurnAllocation:
 
         async def go():
             host = peerAddress[0]
-            await self._requestWithPeer(stun.CREATE_PERMISSION, (host, 0))
+            await self._request(stun.CREATE_PERMISSION, [], peer=(host, 0))
             old = self._permissions.get(host)
             if old is not None and old.active():
                 old.cancel()
             self._permissions[host] = self.reactor.callLater(PERMISSION_REFRESH, self._refreshPermission, host)
 
         return defer.Deferred.fromCoroutine(go())
-
-    async def _requestWithPeer(self, method, peer, extra=()):
-        # XOR-PEER-ADDRESS depends on the transaction id, so the message is built here.
-        for attempt in range(3):
-            msg = stun.StunMessage(method, stun.REQUEST)
-            msg.addXorAddress(stun.XOR_PEER_ADDRESS, peer)
-            for t, v in extra:
-                msg.add(t, v)
-            msg.add(stun.USERNAME, self.username.encode())
-            msg.add(stun.REALM, self.realm)
-            msg.add(stun.NONCE, self.nonce)
-            try:
-                result = await self.stun.client.request(msg, self.server, integrityKey=self.key, **self._timing)
-            except Exception as e:
-                raise RelayError(f"TURN server did not answer: {e}") from None
-            reply = result.message
-            if reply.cls == stun.SUCCESS:
-                return reply
-            code, reason = reply.errorCode() or (0, "")
-            if code == 438 and reply.get(stun.NONCE) is not None and attempt < 2:
-                self.nonce = reply.get(stun.NONCE)
-                continue
-            raise RelayError(f"TURN {method:#x} for {peer[0]} refused: {code} {reason}")
 
     def _refreshPermission(self, host):
         if self.released:
@@ -188,7 +172,7 @@ class TurnAllocation:
                 if len(self._channels) >= MAX_CHANNELS:
                     raise RelayError("too many channels")
                 channel = CHANNEL_FIRST + len(self._channels)
-            await self._requestWithPeer(stun.CHANNEL_BIND, peerAddress, [(stun.CHANNEL_NUMBER, struct.pack("!HH", channel, 0))])
+            await self._request(stun.CHANNEL_BIND, [(stun.CHANNEL_NUMBER, struct.pack("!HH", channel, 0))], peer=peerAddress)
             self._channels[peerAddress] = channel
             self._byChannel[channel] = peerAddress
             self.reactor.callLater(CHANNEL_REFRESH, self._refreshChannel, peerAddress)

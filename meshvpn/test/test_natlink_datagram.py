@@ -265,3 +265,29 @@ class ParserTests(unittest.TestCase):
         wire.parse(init)
         for bad in (init[:-1], init + b"\0", init[:-1] + b"\1", b"\x9a" + init[1:], b""):
             self.assertRaises(wire.LinkParseError, wire.parse, bad)
+
+
+class RekeyLossTests(unittest.TestCase):
+    def test_lostFinishDuringRekeyLosesNothing(self):
+        """During a rekey the old session carries traffic until the new one is confirmed."""
+        clock, net, (ea, eb), la, lb = connected(self, rekeyAfterMessages=3)
+        got = []
+        lb.setPacketReceiver(got.append)
+        first = la.current
+        for i in range(3):
+            la.sendPacket(b"%d" % i)
+        net.pump(rounds=1)  # data delivered; B's side has the INIT queued
+        net.pump(rounds=1)  # RESP back
+        net.queue = [q for q in net.queue if q[2][0] != wire.FINISH]  # FINISH lost
+        net.pump()
+        la.sendPacket(b"during")
+        net.pump()
+        self.assertIn(b"during", got)
+        self.assertIs(la.current, first)
+        clock.advance(0.5)  # FINISH resent, confirmed
+        net.pump()
+        la.sendPacket(b"after")
+        net.pump()
+        self.assertIsNot(la.current, first)
+        self.assertEqual(got[-1], b"after")
+        self.assertEqual(eb.counters["unknown_index"], 0)

@@ -1,5 +1,6 @@
 """TURN client against our TURN server, in memory on task.Clock: auth, permissions, channels, limits."""
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
@@ -200,3 +201,43 @@ class TurnTests(unittest.TestCase):
         d2, _ = allocate(self, clock, net, cep2, mux2, S)
         f = self.failureResultOf(d2, RelayError)
         self.assertIn("486", str(f.value))
+
+
+class TurnFuzzTests(unittest.TestCase):
+    """Well-framed but arbitrary STUN messages and ChannelData never break the server or the client."""
+
+    attrs = st.lists(
+        st.tuples(
+            st.sampled_from([stun.USERNAME, stun.REALM, stun.NONCE, stun.LIFETIME, stun.REQUESTED_TRANSPORT,
+                              stun.XOR_PEER_ADDRESS, stun.CHANNEL_NUMBER, stun.DATA_ATTR, stun.EVEN_PORT,
+                              stun.REQUESTED_ADDRESS_FAMILY, stun.XOR_RELAYED_ADDRESS, 0x7777, 0xC001]),
+            st.binary(max_size=40),
+        ),
+        max_size=6,
+    )
+
+    @given(
+        st.sampled_from([stun.ALLOCATE, stun.REFRESH, stun.SEND, stun.DATA, stun.CREATE_PERMISSION, stun.CHANNEL_BIND]),
+        st.sampled_from([stun.REQUEST, stun.INDICATION, stun.SUCCESS, stun.ERROR]),
+        attrs,
+        st.booleans(),
+        st.binary(max_size=60),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_noHandlerErrors(self, method, cls, attrs, withAllocation, channelData):
+        clock, net, server, cep, cmux, S = setup(self)
+        smux = net.hosts[S]
+        alloc = None
+        if withAllocation:
+            d, alloc = allocate(self, clock, net, cep, cmux, S)
+            self.successResultOf(d)
+            alloc.createPermission(("198.18.9.9", 1))
+            net.pump()
+        msg = stun.StunMessage(method, cls, attributes=attrs)
+        cmux.sendDatagram(msg.encode(), S)
+        cmux.sendDatagram(b"\x40" + channelData, S)
+        smux.sendDatagram(msg.encode(), ("198.18.5.2", 5000))
+        smux.sendDatagram(b"\x40" + channelData, ("198.18.5.2", 5000))
+        net.pump()
+        self.assertEqual(smux.counters().get("handler_errors", 0), 0)
+        self.assertEqual(cmux.counters().get("handler_errors", 0), 0)
