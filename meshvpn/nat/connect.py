@@ -54,7 +54,8 @@ class PeerConnector:
         self._offers = {}  # punch id -> Deferred for the ANSWER (offerer side)
         self._answered = {}  # punch id -> (peerId, answer payload) (answerer side)
         self._linkWaiters = {}  # peer id -> [Deferred]
-        self.allocations = []
+        self.allocations = []  # every allocation made (at most one live)
+        self._alloc = self._allocating = None
         self.linkObservers = []  # callables told about every link this connector opens or accepts
         self.counters = {"malformed": 0, "offers": 0, "answers": 0, "relayed": 0}
         signalling.setSignalReceiver(self._signal)
@@ -147,9 +148,7 @@ class PeerConnector:
         if self.allocateRelay is None:
             raise LinkError("cannot punch and no relay configured")
         try:
-            alloc = await self.allocateRelay()
-            self.allocations.append(alloc)
-            alloc.setReceiver(lambda data, addr: self._fromRelay(alloc, data, addr))
+            alloc = await self._allocation()
             await alloc.createPermission(peerObserved)
         except RelayError as e:
             raise LinkError(f"relay allocation failed: {e}") from None
@@ -170,6 +169,29 @@ class PeerConnector:
         except RelayError:
             pass
         return link
+
+    async def _allocation(self):
+        """One allocation serves every relayed peer (a permission each); made on first need."""
+        if self._alloc is None or self._alloc.released:
+            if self._allocating is None:
+                self._allocating = defer.Deferred.fromCoroutine(self._newAllocation())
+            waiting = defer.Deferred()
+            self._allocating.addBoth(lambda r: (waiting.callback(r), r)[1])
+            result = await waiting
+            if isinstance(result, Exception):
+                raise result
+        return self._alloc
+
+    async def _newAllocation(self):
+        try:
+            alloc = await self.allocateRelay()
+        except RelayError as e:
+            self._allocating = None
+            return e
+        alloc.setReceiver(lambda data, addr: self._fromRelay(alloc, data, addr))
+        self._alloc, self._allocating = alloc, None
+        self.allocations.append(alloc)
+        return alloc
 
     def _fromRelay(self, alloc, data, addr):
         if data and data[0] in _LINK_BYTES:

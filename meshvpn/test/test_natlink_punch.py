@@ -216,3 +216,21 @@ class ConnectorTests(unittest.TestCase):
         self.assertEqual(self._connect(world), "relay")
         self.assertEqual(len(world.turn.allocations), 1)
         self.assertGreaterEqual(world.relay.counters["creds"], 1)
+
+    def test_oneAllocationForManyPeers(self):
+        """A second relayed peer gets a permission on the same allocation, not a new one."""
+        world = World(blockProbes=True)
+        self.assertEqual(self._connect(world), "relay")
+        a = world.peers[0]
+        # a third peer, also unpunchable from a
+        c = world._peer(("198.18.3.2", 6000), ("198.18.0.5", 7000), ("198.18.0.5", 3478))
+        world.net.drop = lambda src, dst, data: {src[0], dst[0]} <= {"198.18.1.2", "198.18.2.2", "198.18.3.2"}
+        d = c.sig.start()
+        world.pump(0.1)
+        self.successResultOf(d)
+        d = a.connect(c.identity.nodeId)
+        world.pump(5.0)
+        link, path = self.successResultOf(d)
+        self.assertEqual(path, "relay")
+        self.assertEqual(len(a.allocations), 1)
+        self.assertEqual(len(world.turn.allocations), 1)
