@@ -291,3 +291,12 @@ class RekeyLossTests(unittest.TestCase):
         self.assertIsNot(la.current, first)
         self.assertEqual(got[-1], b"after")
         self.assertEqual(eb.counters["unknown_index"], 0)
+
+
+class BenchTests(unittest.TestCase):
+    def test_benchRuns(self):
+        from meshvpn.link.datagram_bench import measure
+
+        result = measure(count=50, size=100)
+        self.assertEqual(result["received"], 50)
+        self.assertEqual(set(result), {"packets", "packet_bytes", "received", "us_per_packet", "mbit_per_s"})
