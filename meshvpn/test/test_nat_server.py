@@ -163,3 +163,30 @@ class RelayRoleTests(unittest.TestCase):
         self.assertTrue(o.settings["stun_server"])
 
 
+
+
+class FuzzServerTests(unittest.TestCase):
+    """Whatever arrives on the socket, the endpoint and server neither raise nor exceed the bound."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=24)), max_size=6),
+        st.binary(max_size=8),
+        st.booleans(),
+    )
+    def test_hostileRequests(self, attrs, junk, corruptLength):
+        from meshvpn.nat.endpoint import StunEndpoint
+
+        clock = task.Clock()
+        sent = []
+        server = StunServer(clock, {i: ((lambda d, a, i=i: sent.append(d)), ADDRS[i]) for i in ADDRS})
+        ep = StunEndpoint(clock, lambda d, a: sent.append(d))
+        ep.setMethodHandler(stun.BINDING, server.requestReceived)
+        req = stun.StunMessage(stun.BINDING, stun.REQUEST)
+        for t, v in attrs:
+            if t not in (stun.MESSAGE_INTEGRITY, stun.MESSAGE_INTEGRITY_SHA256, stun.FINGERPRINT):
+                req.add(t, v)
+        data = req.encode() + (junk if corruptLength else b"")
+        ep.datagramReceived(data, CLIENT)
+        for out in sent:
+            self.assertLessEqual(len(out), AMPLIFICATION * len(data))

@@ -63,6 +63,21 @@ REQUEST_LONG_TERM = bytes.fromhex(
     "00080014"
     "f67024656dd64a3e02b8e0712e85c9a28ca89666"
 )
+# RFC 8489 Appendix B.1 as corrected by Errata 6268: long-term credentials
+# with SHA-256 password algorithm, USERHASH and MESSAGE-INTEGRITY-SHA256.
+REQUEST_SHA256 = bytes.fromhex(
+    "000100902112a44278ad3433c6ad72c029da412e"
+    "001e0020"
+    "4a3cf38fef6992bda952c6780417da0f24819415569e60b205c46e41407f1704"
+    "00150029"
+    "6f624d61744a6f733241414143662f2f3439396b39353464364f4c33346f4c39465354767936347341000000"
+    "0014000b"
+    "6578616d706c652e6f726700"
+    "001d0004"
+    "00020000"
+    "001c0020"
+    "b5c7bf005b6c52a21c51c5e892f81924136296cb927c43149309278cc6518e65"
+)
 TXID_1 = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 SHORT_TERM_PASSWORD = "VOkJxbRl1RmTxUk/WvJxBt"
 
@@ -120,6 +135,20 @@ class VectorTests(unittest.TestCase):
         self.assertTrue(m.checkIntegrity(key))
         self.assertFalse(m.checkIntegrity(stun.longTermKey(username, "example.org", "TheMatrIx")))
         self.assertEqual(m.encode(key), REQUEST_LONG_TERM)
+
+    def test_rfc8489Sha256Request(self):
+        import hashlib
+
+        m = stun.StunMessage.decode(REQUEST_SHA256)
+        username = "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"
+        self.assertEqual(m.get(stun.USERHASH), hashlib.sha256(f"{username}:example.org".encode()).digest())
+        self.assertEqual(m.get(stun.NONCE), b"obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA")
+        self.assertEqual(m.get(stun.PASSWORD_ALGORITHM), b"\x00\x02\x00\x00")
+        key = stun.longTermKey(username, "example.org", "TheMatrIX", stun.ALGORITHM_SHA256)
+        self.assertTrue(m.checkIntegritySha256(key))
+        self.assertFalse(m.checkIntegritySha256(stun.longTermKey(username, "example.org", "TheMatrIX")))
+        self.assertFalse(m.hasIntegrity)
+        self.assertEqual(m.encode(integritySha256Key=key), REQUEST_SHA256)
 
     def test_corruptFingerprintRejected(self):
         bad = bytearray(REQUEST)
