@@ -50,6 +50,9 @@ def parsePath(raw):
 def parseBool(raw):
     if isinstance(raw, bool):
         return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        # usage.Options stores a given flag as 1.
+        return bool(raw)
     if isinstance(raw, str) and raw.lower() in ("true", "yes", "1", "false", "no", "0"):
         return raw.lower() in ("true", "yes", "1")
     raise ValueError("true or false")

@@ -39,3 +39,19 @@ class StreamRefused(MeshVPNError):
     def __init__(self, reason, message=""):
         super().__init__(message or f"stream refused: {reason}")
         self.reason = reason
+
+
+class ResolveFailed(MeshVPNError):
+    """
+    DNS at the exit found no usable answer.  C{transient} says whether
+    asking again later may work (a timeout, SERVFAIL) or not (NXDOMAIN, only
+    private answers); it picks the RESOLVED error type sent back.
+    """
+
+    def __init__(self, name, transient, message="", refused=False):
+        super().__init__(message or f"cannot resolve {name!r}")
+        self.name = name
+        self.transient = transient
+        # True when answers existed but the exit policy refused them all
+        # (a public name pointing at a private address).
+        self.refused = refused

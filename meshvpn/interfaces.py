@@ -327,20 +327,37 @@ class ILink(Interface):
     """
     An authenticated, encrypted channel to a peer whose identity key is
     known, carrying cells.
+
+    Refined by link/ (additive): cells are opaque C{bytes} of exactly
+    C{meshvpn.onion.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
+    (circuits register push producers, several may) and an
+    C{IPushProducer} (pausing it stops reading from the peer).
     """
 
-    peerId = Attribute("C{bytes}: node id of the authenticated peer.")
+    peerId = Attribute(
+        "C{bytes}: node id of the authenticated peer; C{None} on a responder's "
+        "link from an anonymous initiator (a client)."
+    )
+    isInitiator = Attribute("C{bool}: we dialled this link.")
+    version = Attribute("C{int}: the negotiated link protocol version.")
+    transportName = Attribute("C{str}: the pluggable transport the link runs over.")
 
     def sendCells(cells):
         """
         Queue encoded cells (a list of C{bytes}) for the peer; written in one
         batch.  Backpressure reaches the caller through
         L{twisted.internet.interfaces.IConsumer} on the link.
+
+        @return: C{True} if written or queued, C{False} if the link is not
+            open (cells dropped).  A producer that ignores C{pauseProducing}
+            and overflows the bounded queue gets the link closed.
+        @raise ValueError: a cell is not C{CELL_SIZE} bytes.
         """
 
     def setCellReceiver(receiver):
         """
         C{receiver(cells: list[bytes])} is called with each batch of cells.
+        Overrides the manager's L{ICellHandler} for this link.
         """
 
     def close(reason):
@@ -351,6 +368,40 @@ class ILink(Interface):
     def whenClosed():
         """
         @return: a Deferred firing with the reason once the link is closed.
+        """
+
+    def acquire():
+        """
+        A circuit starts using the link: a link with users is never closed
+        for idleness (keepalives still run).
+        """
+
+    def release():
+        """
+        The matching end of L{acquire}.
+        """
+
+
+class ICellHandler(Interface):
+    """
+    The onion layer's hook on the link plane: registered once on the
+    L{ILinkManager}, it gets the cells of every link (incoming and outgoing).
+    """
+
+    def linkOpened(link):
+        """
+        C{link} (an L{ILink}) finished its handshake.
+        """
+
+    def cellsReceived(link, cells):
+        """
+        A batch of whole cells (C{list[bytes]}, each C{CELL_SIZE}) arrived on
+        C{link}.  An exception closes only that link.
+        """
+
+    def linkClosed(link, reason):
+        """
+        C{link}, previously announced by L{linkOpened}, closed with C{reason}.
         """
 
 
@@ -445,22 +496,36 @@ class IPluggableTransport(IPlugin):
     by name in config (the model is tahoe-lafs' storage plugins).  The
     built-in TLS-over-TCP and datagram links are themselves such plugins;
     doc/plugins.md shows how a third party writes one.
+
+    Refined by link/: a C{"stream"} transport carries bytes only; the link
+    layer always runs TLS and the identity handshake over it, so a
+    transport cannot weaken authentication (Tor's pluggable-transport model).
+    C{serverEndpoint} returns just the endpoint (a port-0 listener has no
+    address yet); L{describeAddress} gives the descriptor string once bound.
     """
 
     name = Attribute("C{str}: the transport's name in config and descriptors.")
+    kind = Attribute('C{str}: C{"stream"} (ordered bytes, carries TLS links) or C{"datagram"}.')
 
     def clientEndpoint(reactor, address, options):
         """
+        @param options: a C{dict} of transport-specific settings.
         @return: an L{twisted.internet.interfaces.IStreamClientEndpoint} that
             reaches a relay announcing C{address} (the transport's own string
             from the descriptor).
+        @raise meshvpn.errors.LinkError: C{address} is malformed.
         """
 
     def serverEndpoint(reactor, options):
         """
         @return: an L{twisted.internet.interfaces.IStreamServerEndpoint} on
-            which this node accepts links over the transport, and the address
-            string to put in its descriptor, as a tuple.
+            which this node accepts links over the transport.
+        """
+
+    def describeAddress(listeningPort):
+        """
+        @param listeningPort: what C{serverEndpoint(...).listen()} fired with.
+        @return: the C{str} address to put in this node's descriptor.
         """
 
 
@@ -472,10 +537,25 @@ class ILinkManager(Interface):
 
     def getLink(descriptor):
         """
+        @param descriptor: a relay descriptor with C{nodeId} and
+            C{linkAddresses} (C{(transportName, address)} pairs), or a
+            L{meshvpn.link.manager.LinkTarget}.
         @return: a Deferred firing with an open L{ILink} to the relay that
-            C{descriptor} describes, reusing an existing one.  Fails with
+            C{descriptor} describes, reusing an existing one; concurrent
+            calls share one connection attempt.  Fails with
             L{meshvpn.errors.LinkError} if the peer's identity is not the one
             in the descriptor or it cannot be reached.
+        """
+
+    def setCellHandler(handler):
+        """
+        Route the cells of every link to C{handler}, an L{ICellHandler}.
+        """
+
+    def serverFactory(transportName):
+        """
+        @return: the protocol factory a relay listens with on a server
+            endpoint of the transport called C{transportName}.
         """
 
 
@@ -517,7 +597,48 @@ class ICircuit(Interface):
 class IStream(Interface):
     """
     A TCP-like stream carried on a circuit.
+
+    Backpressure both ways uses Twisted's producer/consumer contract: the
+    stream is a push producer of the data it receives (the receiver's
+    consumer, e.g. the SOCKS client's TCP transport, pauses it when full) and
+    a consumer of the data written to it (it pauses the producer registered
+    with L{registerProducer} while its window is closed).
     """
+
+    def setReceiver(receiver):
+        """
+        Deliver what arrives on the stream to C{receiver}, an
+        L{IStreamReceiver}.  Data that arrived before this call is held
+        (within the stream window) and delivered on it.
+        """
+
+    def registerProducer(producer, streaming):
+        """
+        C{producer} (an C{IPushProducer}, e.g. the SOCKS client's TCP
+        transport) feeds L{write}; the stream pauses and resumes it as its
+        window closes and opens.  C{streaming} is always C{True}.
+        """
+
+    def unregisterProducer():
+        """
+        Forget the producer given to L{registerProducer}.
+        """
+
+    def pauseProducing():
+        """
+        Stop delivering data to the receiver (our consumer is full); the
+        stream stops sending window updates so the far end stops too.
+        """
+
+    def resumeProducing():
+        """
+        Deliver data to the receiver again.
+        """
+
+    def stopProducing():
+        """
+        The receiver is gone: close the stream (END reason DONE).
+        """
 
     def write(data):
         """
@@ -531,7 +652,8 @@ class IStream(Interface):
 
     def close(reason):
         """
-        Send END with C{reason}.
+        Send END with C{reason}.  Idempotent: closing a closed stream does
+        nothing (the SOCKS side may close it both as consumer and protocol).
         """
 
 
@@ -557,6 +679,104 @@ class ICircuitManager(Interface):
         """
 
 
+class IStreamReceiver(Interface):
+    """
+    What an L{IStream} delivers to (e.g. the SOCKS server's connection).
+    """
+
+    def streamDataReceived(data):
+        """
+        C{data} (bytes) arrived on the stream.
+        """
+
+    def streamReadEnded():
+        """
+        The far end half-closed: no more data will arrive, we may still write.
+        """
+
+    def streamEnded(reason):
+        """
+        The stream is gone (END received or sent, or its circuit died).
+
+        @param reason: a L{meshvpn.onion.endreasons.EndReason}; C{DONE} for a
+            normal close, C{DESTROY} when the circuit died.
+        """
+
+
+class IStreamOpener(Interface):
+    """
+    What the client's edge (SOCKS server) needs from the layer below: open
+    streams and resolve names at an exit.  The circuit layer provides it by
+    picking a circuit per isolation key and target (ICircuitManager); tests
+    and the local "direct" mode provide it without circuits.
+
+    Names are never resolved on this machine: C{host} is passed as given.
+    """
+
+    def openStream(host, port, isolationKey):
+        """
+        Open a stream to C{host}:C{port} through an exit.
+
+        @param host: C{str}: an IPv4 or IPv6 literal or a DNS name (resolved
+            at the exit).
+        @param port: C{int}, 1..65535.
+        @param isolationKey: a hashable key; streams with different keys
+            never share a circuit (SOCKS username/password, listener, ...).
+        @return: a Deferred firing with an L{IStream} once the exit reports
+            CONNECTED.  Fails with L{meshvpn.errors.StreamRefused} whose
+            C{reason} is a L{meshvpn.onion.endreasons.EndReason} (EXITPOLICY
+            when the exit's policy rejects the target, RESOLVEFAILED,
+            CONNECTREFUSED, TIMEOUT, NOROUTE, DESTROY when the circuit died,
+            ...) or L{meshvpn.errors.NoPath} when no exit accepts the target.
+        """
+
+    def resolve(name, isolationKey):
+        """
+        Resolve C{name} at an exit (RESOLVE/RESOLVED).
+
+        @return: a Deferred firing with a non-empty C{list} of IPv4/IPv6
+            address strings.  Fails with L{meshvpn.errors.StreamRefused}
+            (reason RESOLVEFAILED, TIMEOUT, ...) or L{meshvpn.errors.NoPath}.
+        """
+
+    def resolvePTR(address, isolationKey):
+        """
+        Reverse-resolve the IP literal C{address} at an exit.
+
+        @return: a Deferred firing with a non-empty C{list} of names
+            (C{str}); fails like L{resolve}.
+        """
+
+
+class ICircuitEdge(Interface):
+    """
+    Where relay cells end at the last hop of a circuit (an exit's stream and
+    packet code).  Added by onion/: plugged into
+    L{meshvpn.onion.switch.CircuitSwitch} as C{edge}.  The C{circuit}
+    passed in is the relay-side L{meshvpn.onion.switch.RelayCircuit}: it
+    answers with C{sendRelay(command, streamId, data) -> bool} and
+    C{sendPackets(packets) -> int}, and has a free C{edgeState} attribute.
+    """
+
+    def relayReceived(circuit, command, streamId, data):
+        """
+        A recognized stream cell (BEGIN, DATA, END, RESOLVE, stream SENDME,
+        ...) arrived; circuit-level flow control is already done.  An
+        exception destroys only this circuit.
+        """
+
+    def packetsReceived(circuit, packets):
+        """
+        IP packets (C{list[bytes]}) arrived in packet mode, to be checked
+        against the exit policy and written to the exit's TUN.
+        """
+
+    def circuitClosed(circuit, reason):
+        """
+        C{circuit} is gone (C{reason}: a DESTROY reason number); drop its streams.
+        """
+
+
 # --------------------------------------------------------------------------
 # edges (exit/, client/)
 
@@ -577,6 +797,35 @@ class IExitPolicy(Interface):
         @return: a compact C{str} for the descriptor (accepted port ranges).
         """
 
+    def allowsResolved(addresses, port):
+        """
+        The check made after DNS resolution at the exit (no rebinding a
+        public name to a private address).
+
+        @param addresses: the resolved address strings, in answer order.
+        @return: the C{list} of those the policy accepts for C{port}, in
+            order (empty: refuse with END reason EXITPOLICY).
+        """
+
+
+class IExitResolver(Interface):
+    """
+    DNS at the exit: names are resolved here, never at the client.
+    """
+
+    def resolve(name):
+        """
+        @return: a Deferred firing with a non-empty C{list} of IPv4/IPv6
+            address strings (A and AAAA answers, cached by TTL).  Fails with
+            L{meshvpn.errors.ResolveFailed}.
+        """
+
+    def resolvePTR(address):
+        """
+        @return: a Deferred firing with a non-empty C{list} of names for the
+            IP literal C{address}.  Fails with L{meshvpn.errors.ResolveFailed}.
+        """
+
 
 class ITokenBucket(Interface):
     """
@@ -587,6 +836,11 @@ class ITokenBucket(Interface):
         """
         @return: the number of seconds to wait before C{amount} bytes may be
             sent (0 if they may go now).  The tokens are taken either way.
+        """
+
+    def available():
+        """
+        @return: the tokens (bytes) available now; negative while in debt.
         """
 
 

@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort
+from meshvpn.control.status import StatusWriter
 from meshvpn.identity import NodeIdentity
 from meshvpn.secretfile import writeSecretFile
 from meshvpn.udpmux import DatagramMultiplexer
@@ -65,8 +66,8 @@ class StreamListenerService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, description, factory):
-        self._endpoint = endpoints.serverFromString(reactor, description)
+    def __init__(self, reactor, description, factory, endpoint=None):
+        self._endpoint = endpoint or endpoints.serverFromString(reactor, description)
         self.description = description
         self.factory = factory
         self.port = None
@@ -112,11 +113,25 @@ class Node(service.MultiService):
         self.udpService = UDPPortService(reactor, self.udp, host, port)
         self.udpService.setServiceParent(self)
         self.streamListener = None
+        # The ILinkManager, attached by meshvpn.link.service.attachLinks.
+        self.links = None
+        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
+        self.status.setServiceParent(self)
 
-    def listenStream(self, description, factory=None):
-        """Accept TCP (or other stream) connections on C{description}."""
+    def _statusInfo(self):
+        info = {"role": self.role, "node_id": self.identity.nodeIdHex}
+        if self.udpService.port is not None:
+            info.update(self.addresses())
+        info["udp_counters"] = self.udp.counters()
+        return info
+
+    def listenStream(self, description, factory=None, endpoint=None):
+        """
+        Accept TCP (or other stream) connections on C{description}, or on
+        C{endpoint} (a server endpoint a pluggable transport built from it).
+        """
         self.streamListener = StreamListenerService(
-            self.reactor, description, factory or Factory.forProtocol(_NotYetSpeaking)
+            self.reactor, description, factory or Factory.forProtocol(_NotYetSpeaking), endpoint
         )
         self.streamListener.setServiceParent(self)
 

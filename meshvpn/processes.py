@@ -32,8 +32,9 @@ class NodeStartError(MeshVPNError):
 class NodeProcess:
     """One ``twistd -n meshvpn-<role>`` child process with its own data dir."""
 
-    def __init__(self, role, dataDir, extraArgs=(), name=None):
+    def __init__(self, role, dataDir, extraArgs=(), name=None, host="127.0.0.1"):
         self.role = role
+        self.host = host
         self.name = name or role
         self.dataDir = dataDir
         self.logPath = os.path.join(dataDir, "twistd.log")
@@ -43,9 +44,9 @@ class NodeProcess:
 
     def argv(self):
         args = [twistdPath(), "-n", "--pidfile=", "--logfile", self.logPath, f"meshvpn-{self.role}"]
-        args += ["--data-dir", self.dataDir, "--udp", "127.0.0.1:0"]
+        args += ["--data-dir", self.dataDir, "--udp", f"{self.host}:0"]
         if self.role != "client":
-            args += ["--listen", "tcp:0:interface=127.0.0.1"]
+            args += ["--listen", f"tcp:0:interface={self.host}"]
         return args + self.extraArgs
 
     def start(self):

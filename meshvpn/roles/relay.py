@@ -4,7 +4,7 @@ It binds the node's UDP socket and a stream listening port for links.
 Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.roles.common import buildNode
 
 
@@ -19,6 +19,7 @@ class Options(RoleOptions):
     )
     schema = commonSettings("relay", ("0.0.0.0", 9000)) + [
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
+        Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
             "stun-alternate",
@@ -38,8 +39,11 @@ class Options(RoleOptions):
 
 
 def makeService(options):
+    from meshvpn.link.service import attachLinks, listenForLinks
+
     node = buildNode("relay", options.settings)
-    node.listenStream(options.settings["listen"])
+    attachLinks(node, authenticate=True)
+    listenForLinks(node, options.settings["link_transport"], options.settings["listen"])
     if options.settings["stun_server"]:
         from meshvpn.nat.server import StunServerService, checkAlternate
 

@@ -1,0 +1,1 @@
+"""Client edge: the SOCKS5 server apps talk to."""

@@ -1,0 +1,1 @@
+"""Local status and control of a running node."""

@@ -1,0 +1,89 @@
+"""The node's local status: a JSON file in its data dir, rewritten every second.
+
+A file (0600, atomic) rather than a socket: `meshvpn status` needs no
+connection, no port, and sees exactly what the node last knew, even of a node
+that has just died.  Sources are L{IStatusSource}s; their dicts must never
+contain key material or payload.
+"""
+
+import json
+import os
+import time
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.logger import Logger
+
+from meshvpn.secretfile import writeSecretFile
+
+STATUS_FILE = "status.json"
+
+
+class StatusWriter(service.Service):
+    log = Logger()
+
+    def __init__(self, reactor, dataDir, nodeInfo, every=1.0):
+        self.reactor = reactor
+        self.path = os.path.join(dataDir, STATUS_FILE)
+        self.nodeInfo = nodeInfo  # callable -> dict (id, role, addresses)
+        self.sources = {}  # name -> IStatusSource
+        self.every = every
+        self._loop = None
+
+    def addSource(self, name, source):
+        self.sources[name] = source
+
+    def snapshot(self):
+        status = {"time": time.time(), "node": self.nodeInfo()}
+        for name, source in self.sources.items():
+            try:
+                status[name] = source.status()
+            except Exception:
+                self.log.failure("status source {name} failed", name=name)
+                status[name] = {"error": "status unavailable"}
+        return status
+
+    def write(self):
+        writeSecretFile(self.path, json.dumps(self.snapshot(), indent=1, default=str).encode())
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self.write)
+        self._loop.clock = self.reactor
+        self._loop.start(self.every, now=False).addErrback(lambda f: self.log.failure("status writer stopped", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def readStatus(dataDir):
+    """@return: the last status a node wrote in C{dataDir}, or C{None}."""
+    try:
+        with open(os.path.join(dataDir, STATUS_FILE)) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def formatStatus(status):
+    """A person-readable rendering of a status dict."""
+    lines = []
+    node = status.get("node", {})
+    lines.append(f"node {node.get('node_id', '?')[:16]}…  role {node.get('role', '?')}  udp {node.get('udp', '-')}")
+    circuits = status.get("circuits", {})
+    for c in circuits.get("circuits", []):
+        hops = " -> ".join(h[:8] for h in c.get("path", []))
+        extra = f"  bytes {c.get('bytes', '')}" if c.get("bytes") is not None else ""
+        lines.append(f"  circuit {'(spare) ' if c.get('spare') else ''}{hops}{extra}")
+    for s in status.get("streams", {}).get("streams", []):
+        lines.append(f"  stream {s.get('target', '?')}  sent {s.get('sent', 0)}  received {s.get('received', 0)}")
+    for name, value in status.items():
+        if name not in ("node", "circuits", "streams", "time"):
+            lines.append(f"  {name}: {json.dumps(value, default=str)[:200]}")
+    return "\n".join(lines)

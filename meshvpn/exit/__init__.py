@@ -1,0 +1,1 @@
+"""Exit side of streams: policy, DNS, bandwidth limits, outbound connections."""

@@ -1,0 +1,111 @@
+"""Settings of an exit (policy, DNS upstream, bandwidth limits) and the parts built from them.
+
+A role that exits appends L{exitSettings} to its schema and calls
+L{buildExit} in its C{makeService}; the circuit layer then uses the
+connector for BEGIN, the resolver for RESOLVE, the limiter per circuit, and
+C{policy.summary()} in the node's descriptor.
+"""
+
+import re
+
+import attrs
+
+from meshvpn.config import Setting, parseHostPort
+from meshvpn.exit.connect import ExitConnector
+from meshvpn.exit.dns import ExitResolver, makeUpstream
+from meshvpn.exit.policy import PolicyParseError, defaultExitPolicy, parsePolicy
+from meshvpn.ratelimit import BandwidthLimiter
+
+_RATE = re.compile(r"\A(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\Z", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parseRate(raw):
+    """
+    Bytes (per second, for a rate): C{"0"} or C{"unlimited"} for none, else
+    a number with an optional K/M/G suffix (powers of 1024).
+
+    @return: an C{int} or C{None} (unlimited).
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw or None
+    if isinstance(raw, str):
+        if raw.strip().lower() in ("unlimited", "none"):
+            return None
+        m = _RATE.match(raw.strip())
+        if m:
+            value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+            return value or None
+    raise ValueError("a byte count like 10M, 512K or 1000000, or 'unlimited'")
+
+
+def parseExitPolicyText(raw):
+    """The operator's rules, checked now so a typo stops the node at start."""
+    if not isinstance(raw, str):
+        raise ValueError("exit policy rules as a string, e.g. 'accept *:80,accept *:443,reject *:*'")
+    try:
+        parsePolicy(raw)
+    except PolicyParseError as e:
+        raise ValueError(f"a valid exit policy ({e})") from None
+    return raw
+
+
+def parseDNSUpstream(raw):
+    """C{"system"} (the host's /etc/resolv.conf) or HOST:PORT of a DNS server."""
+    if raw == "system":
+        return raw
+    return parseHostPort(raw)
+
+
+def exitSettings():
+    return [
+        Setting(
+            "exit-policy",
+            parseExitPolicyText,
+            "",
+            "Exit policy rules (Tor syntax), tried after 'reject private:*' and before the default port rejects.",
+        ),
+        Setting("exit-dns", parseDNSUpstream, "system", "DNS server the exit resolves names with: 'system' or HOST:PORT."),
+        Setting("bandwidth-rate", parseRate, None, "Node-wide bandwidth limit in bytes/s (K/M/G suffixes), or unlimited."),
+        Setting("bandwidth-burst", parseRate, None, "Node-wide burst in bytes (default: one second of the rate)."),
+        Setting("circuit-rate", parseRate, None, "Per-circuit bandwidth limit in bytes/s, or unlimited."),
+        Setting("circuit-burst", parseRate, None, "Per-circuit burst in bytes (default: one second of the rate)."),
+    ]
+
+
+@attrs.frozen
+class ExitParts:
+    policy: object
+    resolver: object
+    connector: object
+    limiter: object
+
+    def status(self):
+        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+
+
+def buildExit(reactor, settings, ownAddresses=(), upstream=None):
+    """
+    @param settings: parsed settings holding L{exitSettings}' keys.
+    @param ownAddresses: this exit's public addresses, rejected by its policy.
+    @param upstream: an C{IResolver} to use instead of the configured one (tests).
+    """
+    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses)
+    if upstream is None:
+        dnsSetting = settings["exit_dns"]
+        if dnsSetting == "system":
+            from twisted.names import client
+
+            upstream = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+        else:
+            upstream = makeUpstream(reactor, dnsSetting)
+    resolver = ExitResolver(reactor, upstream, policy)
+    connector = ExitConnector(reactor, resolver, policy)
+    limiter = BandwidthLimiter(
+        reactor,
+        settings["bandwidth_rate"],
+        settings["bandwidth_burst"],
+        settings["circuit_rate"],
+        settings["circuit_burst"],
+    )
+    return ExitParts(policy, resolver, connector, limiter)

@@ -1,0 +1,82 @@
+"""The exit's side of streams: BEGIN becomes an outgoing TCP connection, RESOLVE a DNS lookup.
+
+These are the C{accept} and C{resolve} callables the exit's per-circuit
+L{meshvpn.onion.streammux.StreamMux} is given (through
+L{meshvpn.onion.edge.StreamExitEdge}).  The connector decides policy and the
+END reason; the circuit's bandwidth throttle rides on the TCP side.
+"""
+
+import ipaddress
+
+from twisted.internet.protocol import Factory
+
+from meshvpn.client.circuitstreams import RESOLVED_HOSTNAME, StreamOnCircuit
+from meshvpn.exit.direct import TCPStream
+from meshvpn.onion.streammux import RESOLVED_ERROR, RESOLVED_ERROR_TRANSIENT, RESOLVED_IPV4, RESOLVED_IPV6
+from meshvpn.splice import splice
+
+_REVERSE_SUFFIXES = (".in-addr.arpa", ".ip6.arpa")
+MAX_TTL = 3600
+
+
+def exitAcceptor(connector, limiter=None):
+    """@return: C{accept(circuit, stream, host, port)} for L{StreamExitEdge}."""
+
+    def accept(circuit, stream, host, port):
+        onCircuit = StreamOnCircuit()
+        stream.attach(onCircuit)
+        throttle = limiter.circuit(id(circuit)) if limiter is not None else None
+        tcp = TCPStream(throttle)
+        d = connector.connect(host, port, Factory.forProtocol(lambda: tcp))
+        d.addCallback(lambda _: splice(onCircuit, tcp))
+        return d
+
+    return accept
+
+
+def _fromReverse(name):
+    """The address a reverse name stands for, or C{None}."""
+    labels = name.lower().rstrip(".").split(".")
+    try:
+        if name.lower().endswith(".in-addr.arpa") and len(labels) == 6:
+            return str(ipaddress.IPv4Address(".".join(reversed(labels[:4]))))
+        if name.lower().endswith(".ip6.arpa") and len(labels) == 34:
+            nibbles = "".join(reversed(labels[:32]))
+            return str(ipaddress.IPv6Address(int(nibbles, 16)))
+    except ValueError:
+        return None
+    return None
+
+
+def exitResolver(resolver, ttl=60):
+    """@return: C{resolve(name)} answering in RESOLVED's C{(type, value, ttl)} form."""
+
+    def resolve(name):
+        if name.lower().endswith(_REVERSE_SUFFIXES):
+            address = _fromReverse(name)
+            if address is None:
+                return _answers([(RESOLVED_ERROR, b"", 0)])
+            d = resolver.resolvePTR(address)
+            d.addCallback(lambda names: [(RESOLVED_HOSTNAME, n.encode("ascii", "replace")[:255], ttl) for n in names])
+            return d.addErrback(_failed)
+        d = resolver.resolve(name)
+        d.addCallback(lambda addresses: [_packed(a, ttl) for a in addresses])
+        return d.addErrback(_failed)
+
+    return resolve
+
+
+def _packed(address, ttl):
+    ip = ipaddress.ip_address(address)
+    return (RESOLVED_IPV4 if ip.version == 4 else RESOLVED_IPV6, ip.packed, min(ttl, MAX_TTL))
+
+
+def _failed(failure):
+    temporary = getattr(failure.value, "temporary", True)
+    return [(RESOLVED_ERROR_TRANSIENT if temporary else RESOLVED_ERROR, b"", 0)]
+
+
+def _answers(value):
+    from twisted.internet import defer
+
+    return defer.succeed(value)

@@ -1,0 +1,253 @@
+"""At most one link per peer, shared by every circuit to it (Arti's channel manager).
+
+The manager owns link settings, the process's TLS contexts and the table of
+open links by node id.  Concurrent L{LinkManager.getLink} calls for the same
+peer share one connection attempt.  Incoming links whose initiator
+authenticated are entered in the same table, so two relays keep one link
+between them whoever dialled.  Every link's cells go to the one registered
+L{meshvpn.interfaces.ICellHandler} (the onion layer) unless a caller sets its
+own receiver on a link.
+"""
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from meshvpn.errors import LinkError
+from meshvpn.interfaces import ILinkManager, IStatusSource
+from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
+from meshvpn.link.tlsctx import sharedLinkTLS
+from meshvpn.link.transports import availableTransports
+
+
+@attrs.frozen
+class LinkTarget:
+    """
+    Where a peer is: its node id and the transports it accepts links on,
+    as C{(transportName, address)} pairs in order of preference.
+    """
+
+    nodeId: bytes
+    addresses: tuple
+
+    @classmethod
+    def of(cls, descriptor):
+        """
+        Accepts a L{LinkTarget}, or any descriptor with C{nodeId} (32 bytes)
+        and C{linkAddresses} (sequence of C{(transportName, address)}).
+        """
+        if isinstance(descriptor, cls):
+            return descriptor
+        try:
+            nodeId = bytes(descriptor.nodeId)
+            addresses = tuple((str(t), str(a)) for t, a in descriptor.linkAddresses)
+        except (AttributeError, TypeError, ValueError):
+            raise LinkError("descriptor has no nodeId/linkAddresses") from None
+        if len(nodeId) != 32 or not addresses:
+            raise LinkError("descriptor has a bad node id or no link addresses")
+        return cls(nodeId, addresses)
+
+
+class _BoundedTLSFactory(TLSMemoryBIOFactory):
+    """Refuses connections (closes them at once) while the manager is full."""
+
+    noisy = False  # no log line per outgoing link
+
+    def __init__(self, manager, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._manager = manager
+
+    def buildProtocol(self, addr):
+        m = self._manager
+        if len(m._all) >= m.settings.maxLinks:
+            m.counters["refused_full"] += 1
+            return None
+        return super().buildProtocol(addr)
+
+
+class _LinkFactory(Factory):
+    """Builds LinkProtocols for one direction; wrapped in TLS by the manager."""
+
+    noisy = False
+
+    def __init__(self, manager, initiator, expectedId=None, transportName="tls"):
+        self._manager = manager
+        self._initiator = initiator
+        self._expectedId = expectedId
+        self._transportName = transportName
+        self.built = None
+
+    def buildProtocol(self, addr):
+        m = self._manager
+        link = LinkProtocol(m.reactor, m.identity, m.settings, self._initiator, self._expectedId, self._transportName)
+        m._linkBuilt(link)
+        self.built = link
+        return link
+
+
+@implementer(ILinkManager, IStatusSource)
+class LinkManager(service.Service):
+    """
+    @param transports: C{{name: IPluggableTransport}}; default: every
+        plugin found by L{availableTransports}.
+    @param transportOptions: C{{name: dict}} passed to each transport.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, identity, settings=None, transports=None, transportOptions=None, tls=None):
+        self.reactor = reactor
+        self.identity = identity
+        self.settings = settings or LinkSettings()
+        self._transports = transports
+        self._transportOptions = transportOptions or {}
+        self._tls = tls or sharedLinkTLS()
+        self._byPeer = {}
+        self._pending = {}
+        self._all = set()
+        self._handler = None
+        self._announced = set()
+        self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "cells_unhandled": 0}
+
+    # ---- ILinkManager
+
+    def getLink(self, descriptor):
+        try:
+            target = LinkTarget.of(descriptor)
+        except LinkError:
+            return defer.fail()
+        if target.nodeId == self.identity.nodeId:
+            return defer.fail(LinkError("refusing a link to ourselves"))
+        link = self._byPeer.get(target.nodeId)
+        if link is not None and link.state is State.OPEN:
+            return defer.succeed(link)
+        waiters = self._pending.get(target.nodeId)
+        d = defer.Deferred()
+        if waiters is None:
+            self._pending[target.nodeId] = waiters = [d]
+            defer.Deferred.fromCoroutine(self._connect(target)).addBoth(self._attemptDone, target.nodeId)
+        else:
+            waiters.append(d)
+        return d
+
+    def setCellHandler(self, handler):
+        self._handler = handler
+
+    def serverFactory(self, transportName="tls"):
+        """The protocol factory to listen with on a server endpoint of C{transportName}."""
+        return _BoundedTLSFactory(
+            self, self._tls, False, _LinkFactory(self, False, transportName=transportName), clock=self.reactor
+        )
+
+    def links(self):
+        """Every link not yet closed (including handshaking and anonymous ones)."""
+        return [l for l in self._all if l.state is not State.CLOSED]
+
+    def linkTo(self, nodeId):
+        """The open link registered for C{nodeId}, or C{None}."""
+        link = self._byPeer.get(nodeId)
+        return link if link is not None and link.state is State.OPEN else None
+
+    def status(self):
+        return {
+            "links_open": sum(1 for l in self._all if l.state is State.OPEN),
+            "links_handshaking": sum(1 for l in self._all if l.state not in (State.OPEN, State.CLOSED)),
+            "peers": len(self._byPeer),
+            **self.counters,
+        }
+
+    def stopService(self):
+        super().stopService()
+        waits = []
+        for link in list(self._all):
+            if link.state is not State.CLOSED:
+                waits.append(link.whenClosed())
+                link.close(LinkError("node stopping"))
+        return defer.DeferredList(waits)
+
+    # ---- connecting
+
+    def _transport(self, name):
+        if self._transports is None:
+            self._transports = availableTransports()
+        return self._transports.get(name)
+
+    async def _connect(self, target):
+        errors = []
+        for name, address in target.addresses:
+            transport = self._transport(name)
+            if transport is None or getattr(transport, "kind", "stream") != "stream":
+                errors.append(f"{name}: transport not installed")
+                continue
+            try:
+                endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
+                links = _LinkFactory(self, True, target.nodeId, name)
+                connecting = endpoint.connect(_BoundedTLSFactory(self, self._tls, True, links, clock=self.reactor))
+                connecting.addTimeout(self.settings.connectTimeout, self.reactor)
+                await connecting
+                if links.built is None:
+                    raise LinkError("too many links")
+                # Whatever the transport wraps around it, the link is the
+                # protocol our factory built; its own handshake timer bounds
+                # the rest.
+                return await links.built.whenOpen()
+            except defer.TimeoutError:
+                errors.append(f"{name}: timed out after {self.settings.connectTimeout:g}s")
+            except Exception as e:
+                errors.append(f"{name}: {e or type(e).__name__}")
+        raise LinkError(f"no link to {target.nodeId.hex()[:16]}: " + "; ".join(errors))
+
+    def _attemptDone(self, result, nodeId):
+        waiters = self._pending.pop(nodeId, [])
+        if isinstance(result, Failure):
+            self.counters["failed"] += 1
+            for d in waiters:
+                if not d.called:  # a caller may have cancelled its wait
+                    d.errback(result.value)
+            return None
+        for d in waiters:
+            if not d.called:
+                d.callback(result)
+        return None
+
+    # ---- link lifecycle
+
+    def _linkBuilt(self, link):
+        self._all.add(link)
+        link.whenOpen().addCallbacks(self._linkOpened, lambda f: None)
+        link.whenClosed().addCallback(self._linkClosed, link)
+
+    def _linkOpened(self, link):
+        self.counters["opened_out" if link.isInitiator else "opened_in"] += 1
+        if link._receiver is None:
+            link.setCellReceiver(self._receiverFor(link))
+        if link.peerId is not None:
+            current = self._byPeer.get(link.peerId)
+            if current is None or current.state is State.CLOSED:
+                self._byPeer[link.peerId] = link
+        if self._handler is not None:
+            self._announced.add(link)
+            self._handler.linkOpened(link)
+
+    def _receiverFor(self, link):
+        def receive(cells):
+            if self._handler is None:
+                self.counters["cells_unhandled"] += len(cells)
+            else:
+                self._handler.cellsReceived(link, cells)
+
+        return receive
+
+    def _linkClosed(self, reason, link):
+        self._all.discard(link)
+        if link.peerId is not None and self._byPeer.get(link.peerId) is link:
+            del self._byPeer[link.peerId]
+        if link in self._announced:
+            self._announced.discard(link)
+            if self._handler is not None:
+                self._handler.linkClosed(link, reason)

@@ -1,0 +1,425 @@
+"""One link: the record protocol running inside a TLS session.
+
+States (explicit, see L{State}): the TLS handshake; waiting for the peer's
+VERSIONS; waiting for its AUTH; OPEN; CLOSED.  Cells flow only in OPEN, which
+an initiator reaches only after verifying that the responder's AUTH names
+the node id it expected and is bound to this TLS session; a responder
+reaches it only after the initiator's AUTH (authenticated or anonymous).
+
+The link is three Twisted roles at once:
+ - L{ILink} for the onion layer (send cells, receive batches of cells);
+ - an C{IConsumer}: circuits register producers and are paused while the
+   transport's write buffer is full (so queues stay bounded);
+ - an C{IPushProducer}: the onion layer pauses a link's reading when the
+   link it forwards to is paused (backpressure across links).
+"""
+
+import enum
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.errors import LinkError
+from meshvpn.interfaces import ILink
+from meshvpn.link import auth, wire
+
+SUPPORTED_VERSIONS = (1,)
+
+
+class State(enum.Enum):
+    TLS = "tls-handshake"
+    VERSIONS = "await-versions"
+    AUTH = "await-auth"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@attrs.define
+class LinkSettings:
+    """Timers (seconds) and bounds of links; one instance per manager."""
+
+    versions: tuple = SUPPORTED_VERSIONS
+    handshakeTimeout: float = 20.0
+    # A record goes out at least this often so NATs and the peer see life.
+    keepaliveInterval: float = 30.0
+    # Nothing at all received for this long: the peer or path is dead.
+    deadAfter: float = 95.0
+    # No cells either way and no users for this long: close (0 disables).
+    idleTimeout: float = 180.0
+    # Cells held while the transport's write buffer is full.
+    maxQueuedCells: int = 8192
+    # Decrypted bytes held while reading is paused (one TLS read's worth).
+    maxHeldBytes: int = 1 << 20
+    # Initiator: prove our identity (relays) or stay anonymous (clients).
+    authenticate: bool = True
+    # Responder: accept anonymous initiators (clients).
+    acceptAnonymous: bool = True
+    # Links (any state) a manager keeps at once; more incoming are refused.
+    maxLinks: int = 10000
+    # An outgoing attempt (transport connect + handshake) gives up after this.
+    connectTimeout: float = 30.0
+
+
+@implementer(IPushProducer)
+class _WriteSide:
+    """Registered on the transport: it pauses us when its buffer is full."""
+
+    def __init__(self, link):
+        self._link = link
+
+    def pauseProducing(self):
+        self._link._writePaused(True)
+
+    def resumeProducing(self):
+        self._link._writePaused(False)
+
+    def stopProducing(self):
+        pass
+
+
+@implementer(ILink, IHandshakeListener, IConsumer, IPushProducer)
+class LinkProtocol(Protocol):
+    """
+    The link protocol, wrapped in TLS by L{twisted.protocols.tls}.
+
+    @ivar peerId: the peer's node id once OPEN (C{None} for an anonymous
+        initiator, seen from the responder).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, identity, settings, initiator, expectedId=None, transportName="tls", cellReceiver=None):
+        self._reactor = reactor
+        self._identity = identity
+        self._settings = settings
+        self.isInitiator = initiator
+        self.expectedId = expectedId
+        self.transportName = transportName
+        self.state = State.TLS
+        self.peerId = None
+        self.peerIdentityKey = None
+        self.version = None
+        self.closeReason = None
+        self._exporter = None
+        self._myVersions = wire.encodeVersions(settings.versions)[3:]
+        self._peerVersions = None
+        self._parser = wire.RecordParser(self._cellsArrived, self._controlArrived)
+        self._receiver = cellReceiver
+        self._openWaiters = []
+        self._closedWaiters = []
+        self._timer = None
+        self._users = 0
+        self._producers = []
+        self._writeBlocked = False
+        self._queue = []
+        self._queuedCells = 0
+        self._readPaused = False
+        self._held = []
+        self._heldBytes = 0
+        self.cellsIn = self.cellsOut = 0
+        now = reactor.seconds()
+        self._lastIn = self._lastOut = self._lastCells = now
+
+    # ---- ILink
+
+    def sendCells(self, cells):
+        """
+        Queue C{cells} (a list of C{CELL_SIZE}-byte C{bytes}) for the peer,
+        written as one batch.
+
+        @return: C{True} if sent or queued; C{False} if the link is not open
+            (the cells are dropped; watch L{whenClosed}).
+        @raise ValueError: a cell has the wrong size.
+        """
+        if self.state is not State.OPEN:
+            return False
+        data = wire.encodeCells(cells)
+        n = len(cells)
+        self.cellsOut += n
+        self._lastCells = self._lastOut = self._reactor.seconds()
+        if not self._writeBlocked:
+            self.transport.write(data)
+            return True
+        self._queue.append(data)
+        self._queuedCells += n
+        if self._queuedCells > self._settings.maxQueuedCells:
+            self._abort(LinkError("send queue overflow (a producer ignored pauseProducing)"))
+            return False
+        return True
+
+    def setCellReceiver(self, receiver):
+        self._receiver = receiver
+
+    def close(self, reason="closed"):
+        if self.state is State.CLOSED:
+            return
+        self._enterClosed(reason)
+        # TLS waits for a registered producer to go before it shuts down.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def whenClosed(self):
+        d = defer.Deferred()
+        if self.state is State.CLOSED and self.closeReason is not None and self._connectionGone:
+            d.callback(self.closeReason)
+        else:
+            self._closedWaiters.append(d)
+        return d
+
+    def whenOpen(self):
+        """@return: a Deferred firing with this link once OPEN; fails with L{LinkError}."""
+        d = defer.Deferred()
+        if self.state is State.OPEN:
+            d.callback(self)
+        elif self.state is State.CLOSED:
+            d.errback(self.closeReason)
+        else:
+            self._openWaiters.append(d)
+        return d
+
+    def acquire(self):
+        """A user (a circuit) holds the link: it is not closed for idleness."""
+        self._users += 1
+
+    def release(self):
+        self._users = max(0, self._users - 1)
+        self._lastCells = self._reactor.seconds()
+
+    # ---- IConsumer: circuits that feed us
+
+    def registerProducer(self, producer, streaming):
+        """
+        Unlike plain IConsumer, several producers may register (one per
+        circuit); all are paused and resumed together.
+        """
+        if not streaming:
+            raise ValueError("links take streaming (push) producers only")
+        self._producers.append(producer)
+        if self._writeBlocked:
+            producer.pauseProducing()
+
+    def unregisterProducer(self, producer=None):
+        if producer is None:
+            self._producers.clear()
+        elif producer in self._producers:
+            self._producers.remove(producer)
+
+    def write(self, data):
+        raise NotImplementedError("use sendCells")
+
+    # ---- IPushProducer: the reading side
+
+    def pauseProducing(self):
+        if not self._readPaused and self.state is not State.CLOSED:
+            self._readPaused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        if not self._readPaused or self.state is State.CLOSED:
+            return
+        self._readPaused = False
+        held, self._held, self._heldBytes = self._held, [], 0
+        for data in held:
+            self._feed(data)
+            if self._readPaused or self.state is State.CLOSED:
+                return
+        self.transport.resumeProducing()
+
+    def stopProducing(self):
+        """Our consumer went away; the link itself lives on (close() ends it)."""
+
+    # ---- Protocol
+
+    _connectionGone = False
+
+    def connectionMade(self):
+        # Cells are latency-sensitive and already batched per write: Nagle
+        # would hold a lone CREATE2 for ~40 ms waiting for an ACK.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            try:
+                noDelay(True)
+            except Exception:
+                pass  # not a TCP socket underneath (a pluggable transport)
+        self._timer = self._reactor.callLater(self._settings.handshakeTimeout, self._handshakeTimedOut)
+        self.transport.registerProducer(_WriteSide(self), True)
+        if self.isInitiator:
+            # Buffered by TLS until its handshake is done: no extra round trip.
+            self.transport.write(wire.encodeControl(wire.VERSIONS, self._myVersions))
+
+    def handshakeCompleted(self):
+        if self.state is not State.TLS:
+            return
+        conn = self.transport.getHandle()
+        self._exporter = conn.export_keying_material(auth.EXPORTER_LABEL, auth.EXPORTER_LENGTH)
+        if not self._exporter or len(self._exporter) != auth.EXPORTER_LENGTH:
+            self._abort(LinkError("TLS exporter unavailable"))
+            return
+        self.state = State.VERSIONS
+
+    def dataReceived(self, data):
+        if self._readPaused:
+            self._held.append(data)
+            self._heldBytes += len(data)
+            if self._heldBytes > self._settings.maxHeldBytes:
+                self._abort(LinkError("peer overran a paused link"))
+            return
+        self._feed(data)
+
+    def _feed(self, data):
+        if self.state is State.CLOSED:
+            return
+        self._lastIn = self._reactor.seconds()
+        try:
+            self._parser.feed(data)
+        except LinkError as e:
+            self._abort(e)
+        except Exception:
+            # A bug above us (the cell receiver) costs this link, not the node.
+            self.log.failure("cell receiver failed; closing the link")
+            self._abort(LinkError("cell receiver failed"))
+
+    def connectionLost(self, reason):
+        self._connectionGone = True
+        if self.state is not State.CLOSED:
+            self._enterClosed(LinkError(f"connection lost: {reason.getErrorMessage()}"))
+        # Producers are only forgotten, not stopped: a circuit learns of the
+        # loss through whenClosed, and a producer may be another link that
+        # must stay up.
+        self._producers.clear()
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(self.closeReason)
+
+    # ---- records
+
+    def _cellsArrived(self, cells):
+        if self.state is not State.OPEN:
+            raise wire.LinkProtocolError("cells before the link was authenticated")
+        self.cellsIn += len(cells)
+        self._lastCells = self._lastIn
+        if self._receiver is not None:
+            self._receiver(cells)
+
+    def _controlArrived(self, kind, payload):
+        if kind == wire.KEEPALIVE:
+            if self.state is not State.OPEN:
+                raise wire.LinkProtocolError("KEEPALIVE before the link was authenticated")
+            return
+        if kind == wire.VERSIONS:
+            return self._versionsArrived(payload)
+        return self._authArrived(payload)
+
+    def _versionsArrived(self, payload):
+        if self.state is not State.VERSIONS:
+            raise wire.LinkProtocolError(f"VERSIONS in state {self.state.value}")
+        offered = wire.decodeVersions(payload)
+        common = set(offered) & set(self._settings.versions)
+        if not common:
+            raise wire.LinkProtocolError(f"no common link version (peer offers {sorted(offered)[:8]})")
+        self.version = max(common)
+        self._peerVersions = payload
+        self.state = State.AUTH
+        if not self.isInitiator:
+            transcript = auth.transcriptHash(payload, self._myVersions)
+            proof = auth.encodeAuth(self._identity, auth.RESPONDER, self._exporter, transcript)
+            self.transport.write(
+                wire.encodeControl(wire.VERSIONS, self._myVersions) + wire.encodeControl(wire.AUTH, proof)
+            )
+
+    def _authArrived(self, payload):
+        if self.state is not State.AUTH:
+            raise wire.LinkProtocolError(f"AUTH in state {self.state.value}")
+        if self.isInitiator:
+            transcript = auth.transcriptHash(self._myVersions, self._peerVersions)
+            peerId, key = auth.verifyAuth(payload, auth.RESPONDER, self._exporter, transcript)
+            if peerId is None:
+                raise wire.LinkProtocolError("responder did not authenticate")
+            if peerId != self.expectedId:
+                raise LinkError("peer identity is not the expected node id")
+            if self._settings.authenticate:
+                proof = auth.encodeAuth(self._identity, auth.INITIATOR, self._exporter, transcript, peerId)
+            else:
+                proof = auth.encodeAnonymousAuth()
+            self.transport.write(wire.encodeControl(wire.AUTH, proof))
+        else:
+            transcript = auth.transcriptHash(self._peerVersions, self._myVersions)
+            peerId, key = auth.verifyAuth(payload, auth.INITIATOR, self._exporter, transcript, self._identity.nodeId)
+            if peerId is None and not self._settings.acceptAnonymous:
+                raise wire.LinkProtocolError("anonymous initiators are not accepted")
+        self.peerId, self.peerIdentityKey = peerId, key
+        self.state = State.OPEN
+        self._timer.cancel()
+        self._lastCells = self._lastOut = self._lastIn = self._reactor.seconds()
+        self._timer = self._reactor.callLater(self._settings.keepaliveInterval, self._tick)
+        waiters, self._openWaiters = self._openWaiters, []
+        for d in waiters:
+            d.callback(self)
+
+    # ---- timers
+
+    def _handshakeTimedOut(self):
+        self._timer = None
+        self._abort(LinkError("link handshake timed out"))
+
+    def _tick(self):
+        self._timer = None
+        s = self._settings
+        now = self._reactor.seconds()
+        if now - self._lastIn >= s.deadAfter:
+            return self._abort(LinkError(f"peer silent for {s.deadAfter:g}s"))
+        if s.idleTimeout and not self._users and now - self._lastCells >= s.idleTimeout:
+            return self.close(LinkError("idle"))
+        if now - self._lastOut >= s.keepaliveInterval * 0.99:
+            self._lastOut = now
+            self.transport.write(wire.encodeControl(wire.KEEPALIVE))
+        self._timer = self._reactor.callLater(s.keepaliveInterval, self._tick)
+
+    # ---- backpressure from the transport
+
+    def _writePaused(self, paused):
+        self._writeBlocked = paused
+        if paused:
+            for p in list(self._producers):
+                p.pauseProducing()
+            return
+        if self._queue:
+            data, self._queue, self._queuedCells = b"".join(self._queue), [], 0
+            self.transport.write(data)
+            if self._writeBlocked:
+                return
+        for p in list(self._producers):
+            p.resumeProducing()
+
+    # ---- closing
+
+    def _enterClosed(self, reason):
+        if isinstance(reason, str):
+            reason = LinkError(reason)
+        self.closeReason = reason
+        self.state = State.CLOSED
+        self._parser.stop()
+        self._queue, self._held = [], []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        waiters, self._openWaiters = self._openWaiters, []
+        for d in waiters:
+            d.errback(reason)
+
+    def _abort(self, reason):
+        """Protocol violation or dead peer: drop the connection at once."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.OPEN and isinstance(reason, LinkError):
+            self.log.info("link handshake failed: {why}", why=str(reason))
+        self._enterClosed(reason)
+        self.transport.abortConnection()
+
+    def __repr__(self):
+        peer = self.peerId.hex()[:16] if self.peerId else ("anonymous" if self.state is State.OPEN else "?")
+        return f"<Link {'out' if self.isInitiator else 'in'} {peer} {self.state.value}>"

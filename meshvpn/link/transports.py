@@ -1,0 +1,90 @@
+"""The built-in stream transport and pluggable-transport discovery.
+
+A transport only carries bytes; the link layer always runs TLS and the
+identity handshake on top (Tor's model for its pluggable transports), so a
+third-party transport cannot weaken authentication.  This module stays light:
+the plugin module in twisted/plugins imports it whenever any plugin is
+listed.
+"""
+
+import ipaddress
+
+from zope.interface import implementer
+
+from meshvpn.errors import LinkError
+from meshvpn.interfaces import IPluggableTransport
+
+DEFAULT_TRANSPORT = "tls"
+# Reserved for the datagram link over the node's UDP socket (built in
+# meshvpn/link's datagram module by another part of the project).
+DATAGRAM_TRANSPORT = "udp"
+
+
+def splitHostPort(address):
+    """C{"1.2.3.4:9001"} or C{"[::1]:9001"} -> C{(host, port)}; L{LinkError} otherwise."""
+    try:
+        if address.startswith("["):
+            host, sep, port = address[1:].partition("]:")
+        else:
+            host, sep, port = address.rpartition(":")
+        host = str(ipaddress.ip_address(host))
+        port = int(port)
+        if not sep or not 0 < port < 65536:
+            raise ValueError
+    except (ValueError, AttributeError):
+        raise LinkError(f"bad link address {str(address)[:64]!r}; expected HOST:PORT") from None
+    return host, port
+
+
+@implementer(IPluggableTransport)
+class TCPTransport:
+    """
+    Plain TCP; the link layer adds TLS.  Descriptor address: C{HOST:PORT}.
+    Server option C{listen}: a Twisted server endpoint string.
+    """
+
+    name = DEFAULT_TRANSPORT
+    kind = "stream"
+
+    def clientEndpoint(self, reactor, address, options):
+        from twisted.internet import endpoints
+
+        host, port = splitHostPort(address)
+        timeout = options.get("connect_timeout", 30)
+        if ":" in host:
+            return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
+    def serverEndpoint(self, reactor, options):
+        from twisted.internet import endpoints
+
+        return endpoints.serverFromString(reactor, options.get("listen", "tcp:9001"))
+
+    def describeAddress(self, listeningPort):
+        host = listeningPort.getHost()
+        return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
+
+
+def availableTransports():
+    """
+    @return: C{{name: plugin}} of every L{IPluggableTransport} on the
+        plugin path (first found wins a name clash).
+    """
+    from twisted.plugin import getPlugins
+
+    found = {}
+    for plugin in getPlugins(IPluggableTransport):
+        found.setdefault(plugin.name, plugin)
+    return found
+
+
+def findTransport(name):
+    """
+    @return: the plugin called C{name}.
+    @raise LinkError: none is installed; the message lists those that are.
+    """
+    found = availableTransports()
+    try:
+        return found[name]
+    except KeyError:
+        raise LinkError(f"no link transport {name!r} installed (have: {', '.join(sorted(found)) or 'none'})") from None

@@ -1,0 +1,144 @@
+"""The link's record framing: what travels inside the TLS session.
+
+Kept apart from the protocol so the parser can be fed arbitrary bytes in
+tests (hypothesis) without any TLS around it.  Every record starts with a
+one-byte type and a two-byte big-endian length field; CELLS records carry a
+count of fixed-size cells instead of a byte length, so the receiver can hand
+whole cells upward as soon as they arrive, without waiting for the record's
+end and without ever buffering more than one partial cell.
+"""
+
+import struct
+
+from meshvpn.errors import LinkError
+from meshvpn.onion.cellsize import CELL_SIZE
+
+CELLS = 0x01
+KEEPALIVE = 0x02
+VERSIONS = 0x03
+AUTH = 0x04
+
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH))
+
+# Bounds: a sender splits bigger batches; a receiver refuses anything larger.
+MAX_CELLS_PER_RECORD = 256
+MAX_CONTROL_PAYLOAD = 1024
+
+_HEADER = struct.Struct(">BH")
+_CELLS_HEADERS = [None] + [_HEADER.pack(CELLS, n) for n in range(1, MAX_CELLS_PER_RECORD + 1)]
+
+
+class LinkProtocolError(LinkError):
+    """The peer sent bytes that are not a valid link record stream."""
+
+
+def encodeControl(kind, payload=b""):
+    """One control record (VERSIONS, AUTH, KEEPALIVE)."""
+    if kind not in CONTROL_TYPES or len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError("bad control record")
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
+def encodeCells(cells):
+    """
+    CELLS records for a list of encoded cells, joined into one C{bytes} so
+    the caller writes once per batch.
+
+    @raise ValueError: a cell is not exactly C{CELL_SIZE} bytes (checked on
+        the batch's total, so a correct batch costs no per-cell check).
+    """
+    count = len(cells)
+    if count <= MAX_CELLS_PER_RECORD:
+        out = _CELLS_HEADERS[count] + b"".join(cells) if count else b""
+        if len(out) != 3 * (count > 0) + count * CELL_SIZE:
+            raise ValueError(f"cells must be {CELL_SIZE} bytes each")
+        return out
+    parts = []
+    for i in range(0, count, MAX_CELLS_PER_RECORD):
+        chunk = cells[i : i + MAX_CELLS_PER_RECORD]
+        parts.append(_CELLS_HEADERS[len(chunk)])
+        parts.extend(chunk)
+    out = b"".join(parts)
+    records = (count + MAX_CELLS_PER_RECORD - 1) // MAX_CELLS_PER_RECORD
+    if len(out) != 3 * records + count * CELL_SIZE:
+        raise ValueError(f"cells must be {CELL_SIZE} bytes each")
+    return out
+
+
+def encodeVersions(versions):
+    return encodeControl(VERSIONS, b"".join(struct.pack(">H", v) for v in versions))
+
+
+def decodeVersions(payload):
+    """
+    @return: the list of versions a VERSIONS payload offers.
+    @raise LinkProtocolError: empty or odd-length payload.
+    """
+    if not payload or len(payload) % 2:
+        raise LinkProtocolError("malformed VERSIONS record")
+    return [v for (v,) in struct.iter_unpack(">H", payload)]
+
+
+class RecordParser:
+    """
+    Splits the decrypted byte stream into records.
+
+    C{cellsReceived(list[bytes])} gets every run of whole cells that arrived;
+    C{controlReceived(kind, payload)} gets each control record.  Malformed
+    input raises L{LinkProtocolError} from L{feed}; the parser is then dead
+    (the link closes).  A callback may call L{stop} to drop the rest.
+    """
+
+    def __init__(self, cellsReceived, controlReceived):
+        self._cellsReceived = cellsReceived
+        self._controlReceived = controlReceived
+        self._buf = b""
+        self._cellsLeft = 0
+        self._stopped = False
+
+    def stop(self):
+        self._stopped = True
+        self._buf = b""
+
+    def buffered(self):
+        """Bytes held back waiting for the rest of a record (always bounded)."""
+        return len(self._buf)
+
+    def feed(self, data):
+        if self._stopped:
+            return
+        buf = self._buf + data if self._buf else data
+        pos, n = 0, len(buf)
+        while pos < n and not self._stopped:
+            if self._cellsLeft:
+                whole = min(self._cellsLeft, (n - pos) // CELL_SIZE)
+                if not whole:
+                    break
+                end = pos + whole * CELL_SIZE
+                self._cellsLeft -= whole
+                self._cellsReceived([buf[i : i + CELL_SIZE] for i in range(pos, end, CELL_SIZE)])
+                pos = end
+                continue
+            if n - pos < 3:
+                break
+            kind, length = _HEADER.unpack_from(buf, pos)
+            if kind == CELLS:
+                if not 1 <= length <= MAX_CELLS_PER_RECORD:
+                    self._fail(f"CELLS record with count {length}")
+                self._cellsLeft = length
+                pos += 3
+                continue
+            if kind not in CONTROL_TYPES:
+                self._fail(f"unknown record type 0x{kind:02x}")
+            if length > MAX_CONTROL_PAYLOAD:
+                self._fail(f"control record of {length} bytes")
+            if n - pos - 3 < length:
+                break
+            payload = buf[pos + 3 : pos + 3 + length]
+            pos += 3 + length
+            self._controlReceived(kind, payload)
+        self._buf = b"" if self._stopped else buf[pos:]
+
+    def _fail(self, why):
+        self.stop()
+        raise LinkProtocolError(why)

@@ -1,0 +1,1 @@
+"""Onion routing: cells, ntor, relay crypto, circuits, streams, path selection."""

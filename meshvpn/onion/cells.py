@@ -1,0 +1,534 @@
+"""The binary formats of the onion plane: cells, relay cell headers and the
+bodies of every cell and relay command (doc/protocol.md, "Onion cells").
+
+Everything here is a pure codec: C{encode*} builds bytes, C{decode*}/C{parse*}
+checks every length and value and raises L{CellError} naming what is wrong.
+The relay hot path does not use these classes: it slices cells directly
+(see L{meshvpn.onion.switch}); these are for everything that is not DATA.
+"""
+
+import ipaddress
+import struct
+
+import attrs
+
+from meshvpn.errors import MeshVPNError
+from meshvpn.onion.cellsize import CELL_SIZE
+
+CIRCID_LEN = 4
+HEADER_LEN = CIRCID_LEN + 1
+PAYLOAD_LEN = CELL_SIZE - HEADER_LEN  # 509
+INITIATOR_BIT = 0x80000000
+CIRCID_MASK = 0x7FFFFFFF
+
+# Relay payload layout (after every layer is removed), offsets into the 509 bytes.
+TAG_LEN = 8
+TAG_END = TAG_LEN                 # tag: bytes 0..8
+RECOGNIZED_AT = 8                 # recognized: bytes 8..10, zero
+RELAY_CMD_AT = 10                 # relay command: byte 10
+STREAM_AT = 11                    # stream id: bytes 11..13
+LENGTH_AT = 13                    # length: bytes 13..15
+RELAY_HEADER_LEN = 15
+RELAY_DATA_LEN = PAYLOAD_LEN - RELAY_HEADER_LEN  # 494
+
+MAX_RELAY_EARLY = 8
+
+
+class CellError(MeshVPNError):
+    """A cell or relay message is malformed; the message says what and where."""
+
+
+class Command:
+    """Cell commands (the same numbers as Tor's where Tor has them)."""
+
+    PADDING = 0
+    RELAY = 3
+    DESTROY = 4
+    RELAY_EARLY = 9
+    CREATE2 = 10
+    CREATED2 = 11
+
+    ALL = frozenset((PADDING, RELAY, DESTROY, RELAY_EARLY, CREATE2, CREATED2))
+    NAMES = {0: "PADDING", 3: "RELAY", 4: "DESTROY", 9: "RELAY_EARLY", 10: "CREATE2", 11: "CREATED2"}
+
+
+class RelayCommand:
+    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode)."""
+
+    BEGIN = 1
+    DATA = 2
+    END = 3
+    CONNECTED = 4
+    SENDME = 5
+    TRUNCATE = 8
+    TRUNCATED = 9
+    DROP = 10
+    RESOLVE = 11
+    RESOLVED = 12
+    EXTEND2 = 14
+    EXTENDED2 = 15
+    PACKET = 128
+
+    NAMES = {
+        1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
+        9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
+        15: "EXTENDED2", 128: "PACKET",
+    }
+    ALL = frozenset(NAMES)
+    # Commands that count against circuit (and, with a stream id, stream) windows.
+    FLOW_CONTROLLED = frozenset((DATA, PACKET))
+
+
+class DestroyReason:
+    """DESTROY / TRUNCATED / END-independent circuit teardown reasons (Tor's numbers)."""
+
+    NONE = 0
+    PROTOCOL = 1
+    INTERNAL = 2
+    REQUESTED = 3
+    HIBERNATING = 4
+    RESOURCELIMIT = 5
+    CONNECTFAILED = 6
+    OR_IDENTITY = 7
+    CHANNEL_CLOSED = 8
+    FINISHED = 9
+    TIMEOUT = 10
+    DESTROYED = 11
+    NOSUCHSERVICE = 12
+
+    NAMES = {
+        0: "NONE", 1: "PROTOCOL", 2: "INTERNAL", 3: "REQUESTED", 4: "HIBERNATING",
+        5: "RESOURCELIMIT", 6: "CONNECTFAILED", 7: "OR_IDENTITY", 8: "CHANNEL_CLOSED",
+        9: "FINISHED", 10: "TIMEOUT", 11: "DESTROYED", 12: "NOSUCHSERVICE",
+    }
+
+    @classmethod
+    def name(cls, reason):
+        return cls.NAMES.get(reason, f"UNKNOWN({reason})")
+
+
+HTYPE_NTOR = 0x0002
+NTOR_ONIONSKIN_LEN = 96   # ID(32) | B(32) | X(32)
+NTOR_REPLY_LEN = 64       # Y(32) | AUTH(32)
+
+
+# --------------------------------------------------------------------------
+# cells
+
+
+@attrs.frozen
+class Cell:
+    """One fixed-size cell: circuit id (with its initiator bit), command, 509-byte payload."""
+
+    circId: int
+    command: int
+    payload: bytes = attrs.field(default=b"")
+
+    def encode(self):
+        if not 0 <= self.circId <= 0xFFFFFFFF:
+            raise CellError(f"circuit id {self.circId} out of range")
+        if len(self.payload) > PAYLOAD_LEN:
+            raise CellError(f"payload of {len(self.payload)} bytes exceeds {PAYLOAD_LEN}")
+        return encodeCell(self.circId, self.command, self.payload)
+
+
+def encodeCell(circId, command, payload):
+    """Build a cell; C{payload} is zero-padded to 509 bytes."""
+    return struct.pack(">IB", circId, command) + payload + bytes(PAYLOAD_LEN - len(payload))
+
+
+def parseCell(data):
+    """
+    Parse one cell.
+
+    @raise CellError: wrong size or unknown command.
+    """
+    if len(data) != CELL_SIZE:
+        raise CellError(f"cell is {len(data)} bytes, expected {CELL_SIZE}")
+    circId, command = struct.unpack_from(">IB", data)
+    if command not in Command.ALL:
+        raise CellError(f"unknown cell command {command}")
+    if circId == 0 and command != Command.PADDING:
+        raise CellError(f"{Command.NAMES[command]} cell on circuit id 0")
+    return Cell(circId, command, bytes(data[HEADER_LEN:]))
+
+
+# --------------------------------------------------------------------------
+# cell bodies
+
+
+@attrs.frozen
+class Create2:
+    htype: int
+    hdata: bytes
+
+    def encode(self):
+        return struct.pack(">HH", self.htype, len(self.hdata)) + self.hdata
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < 4:
+            raise CellError("CREATE2 shorter than its header")
+        htype, hlen = struct.unpack_from(">HH", payload)
+        if htype != HTYPE_NTOR:
+            raise CellError(f"CREATE2 handshake type {htype:#06x} not supported")
+        if hlen != NTOR_ONIONSKIN_LEN or 4 + hlen > len(payload):
+            raise CellError(f"CREATE2 ntor handshake length {hlen}, expected {NTOR_ONIONSKIN_LEN}")
+        return cls(htype, bytes(payload[4:4 + hlen]))
+
+
+@attrs.frozen
+class Created2:
+    hdata: bytes
+
+    def encode(self):
+        return struct.pack(">H", len(self.hdata)) + self.hdata
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < 2:
+            raise CellError("CREATED2 shorter than its header")
+        (hlen,) = struct.unpack_from(">H", payload)
+        if hlen != NTOR_REPLY_LEN or 2 + hlen > len(payload):
+            raise CellError(f"CREATED2 handshake length {hlen}, expected {NTOR_REPLY_LEN}")
+        return cls(bytes(payload[2:2 + hlen]))
+
+
+@attrs.frozen
+class Destroy:
+    reason: int
+
+    def encode(self):
+        return bytes([self.reason])
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < 1:
+            raise CellError("DESTROY without a reason")
+        return cls(payload[0])
+
+
+# --------------------------------------------------------------------------
+# relay messages: header (after every layer is removed)
+
+
+@attrs.frozen
+class RelayHeader:
+    """The parsed header of a relay payload whose layers are all removed."""
+
+    command: int
+    streamId: int
+    data: bytes
+
+
+def packRelay(command, streamId, data):
+    """
+    The 509-byte relay payload with a zero tag (the crypto layer fills it in).
+
+    @raise CellError: C{data} longer than one cell can carry.
+    """
+    n = len(data)
+    if n > RELAY_DATA_LEN:
+        raise CellError(f"relay data of {n} bytes exceeds {RELAY_DATA_LEN}")
+    return bytes(10) + struct.pack(">BHH", command, streamId, n) + data + bytes(RELAY_DATA_LEN - n)
+
+
+def unpackRelay(payload):
+    """
+    Parse a recognized relay payload.
+
+    @raise CellError: unknown command or a length past the cell.
+    """
+    command, streamId, n = struct.unpack_from(">BHH", payload, RELAY_CMD_AT)
+    if command not in RelayCommand.ALL:
+        raise CellError(f"unknown relay command {command}")
+    if n > RELAY_DATA_LEN:
+        raise CellError(f"relay length {n} exceeds {RELAY_DATA_LEN}")
+    if command in (RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
+                   RelayCommand.RESOLVE, RelayCommand.RESOLVED) and streamId == 0:
+        raise CellError(f"relay {RelayCommand.NAMES[command]} needs a stream id")
+    if command in (RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE,
+                   RelayCommand.TRUNCATED, RelayCommand.PACKET) and streamId != 0:
+        raise CellError(f"relay {RelayCommand.NAMES[command]} must use stream id 0")
+    return RelayHeader(command, streamId, bytes(payload[RELAY_HEADER_LEN:RELAY_HEADER_LEN + n]))
+
+
+# --------------------------------------------------------------------------
+# relay message bodies
+
+
+class LinkSpec:
+    """EXTEND2 link specifier types."""
+
+    IPV4 = 0x00       # 4-byte address + 2-byte port
+    IPV6 = 0x01       # 16-byte address + 2-byte port
+    NODE_ID = 0x80    # 32-byte MeshVPN node id (required)
+    TRANSPORT = 0x81  # UTF-8 "<transport name> <transport address>", <= 200 bytes
+
+
+@attrs.frozen
+class Extend2:
+    """Where to extend to (link specifiers) and the CREATE2 body to send there."""
+
+    nodeId: bytes
+    addresses: tuple = ()          # ((host, port), ...)
+    transports: tuple = ()         # ("tls 127.0.0.1:9001", ...)
+    create: Create2 = None
+
+    def encode(self):
+        specs = [(LinkSpec.NODE_ID, self.nodeId)]
+        for host, port in self.addresses:
+            ip = ipaddress.ip_address(host)
+            kind = LinkSpec.IPV4 if ip.version == 4 else LinkSpec.IPV6
+            specs.append((kind, ip.packed + struct.pack(">H", port)))
+        for t in self.transports:
+            specs.append((LinkSpec.TRANSPORT, t.encode("utf-8")))
+        out = [bytes([len(specs)])]
+        for kind, value in specs:
+            if len(value) > 255:
+                raise CellError("link specifier longer than 255 bytes")
+            out.append(bytes([kind, len(value)]) + value)
+        out.append(self.create.encode())
+        body = b"".join(out)
+        if len(body) > RELAY_DATA_LEN:
+            raise CellError(f"EXTEND2 of {len(body)} bytes does not fit one cell")
+        return body
+
+    @classmethod
+    def decode(cls, data):
+        if not data:
+            raise CellError("empty EXTEND2")
+        count, pos = data[0], 1
+        nodeId, addresses, transports = None, [], []
+        for _ in range(count):
+            if pos + 2 > len(data):
+                raise CellError("EXTEND2 link specifier truncated")
+            kind, n = data[pos], data[pos + 1]
+            value = data[pos + 2:pos + 2 + n]
+            if len(value) != n:
+                raise CellError("EXTEND2 link specifier truncated")
+            pos += 2 + n
+            if kind == LinkSpec.NODE_ID:
+                if n != 32 or nodeId is not None:
+                    raise CellError("EXTEND2 needs exactly one 32-byte node id")
+                nodeId = bytes(value)
+            elif kind == LinkSpec.IPV4:
+                if n != 6:
+                    raise CellError("EXTEND2 IPv4 specifier must be 6 bytes")
+                addresses.append((str(ipaddress.IPv4Address(bytes(value[:4]))), struct.unpack(">H", value[4:])[0]))
+            elif kind == LinkSpec.IPV6:
+                if n != 18:
+                    raise CellError("EXTEND2 IPv6 specifier must be 18 bytes")
+                addresses.append((str(ipaddress.IPv6Address(bytes(value[:16]))), struct.unpack(">H", value[16:])[0]))
+            elif kind == LinkSpec.TRANSPORT:
+                try:
+                    transports.append(bytes(value).decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise CellError("EXTEND2 transport specifier is not UTF-8") from None
+            # unknown specifier types are skipped, as Tor does, so new ones can be added
+        if nodeId is None:
+            raise CellError("EXTEND2 without a node id")
+        create = Create2.decode(data[pos:])
+        return cls(nodeId, tuple(addresses), tuple(transports), create)
+
+
+@attrs.frozen
+class Extended2:
+    created: Created2
+
+    def encode(self):
+        return self.created.encode()
+
+    @classmethod
+    def decode(cls, data):
+        return cls(Created2.decode(data))
+
+
+@attrs.frozen
+class Truncated:
+    reason: int
+
+    def encode(self):
+        return bytes([self.reason])
+
+    @classmethod
+    def decode(cls, data):
+        if len(data) != 1:
+            raise CellError("TRUNCATED must carry exactly one reason byte")
+        return cls(data[0])
+
+
+SENDME_VERSION = 1
+
+
+@attrs.frozen
+class Sendme:
+    """An authenticated SENDME: the tag of the cell that closed the acknowledged window."""
+
+    tag: bytes
+
+    def encode(self):
+        return struct.pack(">BH", SENDME_VERSION, len(self.tag)) + self.tag
+
+    @classmethod
+    def decode(cls, data):
+        if len(data) < 3:
+            raise CellError("SENDME shorter than its header")
+        version, n = struct.unpack_from(">BH", data)
+        if version != SENDME_VERSION:
+            raise CellError(f"SENDME version {version} not supported")
+        if n != TAG_LEN or len(data) != 3 + n:
+            raise CellError(f"SENDME tag must be {TAG_LEN} bytes")
+        return cls(bytes(data[3:]))
+
+
+@attrs.frozen
+class Begin:
+    host: str
+    port: int
+    flags: int = 0
+
+    def encode(self):
+        addr = self.host.encode("idna") if not _isIP(self.host) else self.host.encode("ascii")
+        if b":" in addr and not addr.startswith(b"["):
+            addr = b"[" + addr + b"]"
+        return addr + b":" + str(self.port).encode() + b"\0" + struct.pack(">I", self.flags)
+
+    @classmethod
+    def decode(cls, data):
+        target, nul, rest = bytes(data).partition(b"\0")
+        if not nul:
+            raise CellError("BEGIN target not NUL-terminated")
+        host, colon, port = target.rpartition(b":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise CellError("BEGIN target must be host:port with a port in 1..65535")
+        if host.startswith(b"[") and host.endswith(b"]"):
+            host = host[1:-1]
+        try:
+            hostStr = host.decode("ascii")
+        except UnicodeDecodeError:
+            raise CellError("BEGIN host is not ASCII") from None
+        if len(hostStr) > 255:
+            raise CellError("BEGIN host longer than 255")
+        flags = struct.unpack(">I", rest[:4])[0] if len(rest) >= 4 else 0
+        return cls(hostStr, int(port), flags)
+
+
+def _isIP(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.frozen
+class End:
+    reason: int
+
+    def encode(self):
+        return bytes([self.reason])
+
+    @classmethod
+    def decode(cls, data):
+        if len(data) < 1:
+            raise CellError("END without a reason")
+        return cls(data[0])
+
+
+@attrs.frozen
+class Connected:
+    """CONNECTED: optionally the address connected to and a TTL."""
+
+    address: str = None
+    ttl: int = 0
+
+    def encode(self):
+        if self.address is None:
+            return b""
+        ip = ipaddress.ip_address(self.address)
+        if ip.version == 4:
+            return ip.packed + struct.pack(">I", self.ttl)
+        return bytes(4) + b"\x06" + ip.packed + struct.pack(">I", self.ttl)
+
+    @classmethod
+    def decode(cls, data):
+        if not data:
+            return cls()
+        if len(data) == 8 and data[:4] != bytes(4):
+            return cls(str(ipaddress.IPv4Address(bytes(data[:4]))), struct.unpack(">I", data[4:8])[0])
+        if len(data) == 25 and data[:4] == bytes(4) and data[4] == 6:
+            return cls(str(ipaddress.IPv6Address(bytes(data[5:21]))), struct.unpack(">I", data[21:25])[0])
+        raise CellError("CONNECTED body is neither empty, IPv4+TTL nor IPv6+TTL")
+
+
+@attrs.frozen
+class Resolve:
+    hostname: str
+
+    def encode(self):
+        return self.hostname.encode("ascii") + b"\0"
+
+    @classmethod
+    def decode(cls, data):
+        name, nul, _ = bytes(data).partition(b"\0")
+        if not nul or not name:
+            raise CellError("RESOLVE hostname missing or not NUL-terminated")
+        try:
+            return cls(name.decode("ascii"))
+        except UnicodeDecodeError:
+            raise CellError("RESOLVE hostname is not ASCII") from None
+
+
+class AnswerType:
+    HOSTNAME = 0x00
+    IPV4 = 0x04
+    IPV6 = 0x06
+    ERROR_TRANSIENT = 0xF0
+    ERROR_NONTRANSIENT = 0xF1
+
+
+@attrs.frozen
+class Resolved:
+    """RESOLVED: a tuple of (type, value bytes, ttl)."""
+
+    answers: tuple
+
+    def encode(self):
+        out = []
+        for kind, value, ttl in self.answers:
+            out.append(bytes([kind, len(value)]) + value + struct.pack(">I", ttl))
+        body = b"".join(out)
+        if len(body) > RELAY_DATA_LEN:
+            raise CellError("RESOLVED does not fit one cell")
+        return body
+
+    @classmethod
+    def decode(cls, data):
+        answers, pos = [], 0
+        while pos < len(data):
+            if pos + 2 > len(data):
+                raise CellError("RESOLVED answer truncated")
+            kind, n = data[pos], data[pos + 1]
+            if pos + 2 + n + 4 > len(data):
+                raise CellError("RESOLVED answer truncated")
+            if (kind == AnswerType.IPV4 and n != 4) or (kind == AnswerType.IPV6 and n != 16):
+                raise CellError(f"RESOLVED answer of type {kind:#x} has length {n}")
+            value = bytes(data[pos + 2:pos + 2 + n])
+            (ttl,) = struct.unpack_from(">I", data, pos + 2 + n)
+            answers.append((kind, value, ttl))
+            pos += 2 + n + 4
+        return cls(tuple(answers))
+
+
+RELAY_BODY_TYPES = {
+    RelayCommand.EXTEND2: Extend2,
+    RelayCommand.EXTENDED2: Extended2,
+    RelayCommand.TRUNCATED: Truncated,
+    RelayCommand.SENDME: None,  # empty body = unauthenticated, refused (see flow.py)
+    RelayCommand.BEGIN: Begin,
+    RelayCommand.END: End,
+    RelayCommand.CONNECTED: Connected,
+    RelayCommand.RESOLVE: Resolve,
+    RelayCommand.RESOLVED: Resolved,
+}

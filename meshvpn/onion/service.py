@@ -1,0 +1,83 @@
+"""The onion plane as a node service: the onion key ring (persisted, rotated
+on schedule) and the circuit switch, ready to be given the node's links.
+
+The lead wires it to the link manager: C{linkManager.setCellHandler(service.switch)}
+(the switch has the cell-handler methods) and C{connector=linkManagerConnector(manager)}
+so EXTEND2 reaches new relays; the descriptor publishes
+C{service.keyRing.publicKeys()} and is republished from C{onRotate}.
+"""
+
+import os
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from meshvpn.onion.keyring import DEFAULT_LIFETIME, DEFAULT_OVERLAP, RING_FILE, OnionKeyRing
+from meshvpn.onion.switch import CircuitSwitch
+
+log = Logger()
+
+
+class _ExtendTarget:
+    """What L{meshvpn.link.manager.LinkTarget.of} accepts: node id and (transport, address) pairs."""
+
+    def __init__(self, ext):
+        self.nodeId = ext.nodeId
+        pairs = []
+        for t in ext.transports:
+            name, sep, address = t.partition(" ")
+            if sep and name and address:
+                pairs.append((name, address))
+        for host, port in ext.addresses:
+            pairs.append(("tls", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+        self.linkAddresses = tuple(pairs)
+
+
+def linkManagerConnector(manager):
+    """@return: a switch C{connector} that opens EXTEND2 links through an L{ILinkManager}."""
+    return lambda ext: manager.getLink(_ExtendTarget(ext))
+
+
+class OnionService(service.Service):
+    """
+    @ivar keyRing: the relay's L{OnionKeyRing} (C{None} on a client).
+    @ivar switch: the node's L{CircuitSwitch}.
+    @ivar onRotate: callables run after each rotation (republish the descriptor).
+    """
+
+    def __init__(self, reactor, identity, dataDir, relay=True, connector=None, edge=None,
+                 lifetime=DEFAULT_LIFETIME, overlap=DEFAULT_OVERLAP, limits=None):
+        self.reactor = reactor
+        self.lifetime = lifetime
+        self.onRotate = []
+        self.keyRing = None
+        if relay:
+            seed = bytes(identity.onionPrivateKey())
+            self.keyRing = OnionKeyRing.loadOrCreate(reactor, os.path.join(dataDir, RING_FILE), seed, overlap)
+        self.switch = CircuitSwitch(reactor, identity.nodeId, self.keyRing, connector, edge, limits)
+        self._timer = None
+
+    def startService(self):
+        super().startService()
+        if self.keyRing is not None:
+            self._schedule()
+
+    def stopService(self):
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self):
+        due = self.keyRing.rotatedAt + self.lifetime - self.reactor.seconds()
+        self._timer = self.reactor.callLater(max(0.0, due), self._rotate)
+
+    def _rotate(self):
+        self.keyRing.rotate()
+        log.info("onion key rotated; the previous key stays valid for {overlap}s", overlap=self.keyRing.overlap)
+        for callback in list(self.onRotate):
+            try:
+                callback(self.keyRing.publicKeys())
+            except Exception:
+                log.failure("onion key rotation callback failed")
+        self._schedule()

@@ -1,0 +1,197 @@
+"""Bandwidth limits for exits and relays: token buckets that pause, never drop.
+
+A node has one bucket, each circuit has its own, and a byte must pass both
+(hierarchical).  Bytes are always let through and charged; a bucket in debt
+makes its circuit pause the producers feeding it (the exit's TCP connection
+to the target, a link's reader) until the debt is refilled.  So a limit
+turns into TCP backpressure end to end instead of loss.  Time comes only
+from C{IReactorTime}, so tests drive it with C{task.Clock}.
+
+Per-circuit byte counts are kept for status (``meshvpn status``).
+"""
+
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStatusSource, ITokenBucket
+
+MAX_CIRCUITS = 65536
+
+
+@implementer(ITokenBucket)
+class TokenBucket:
+    """
+    C{rate} bytes per second, at most C{burst} bytes saved up.  C{rate=None}
+    means unlimited (consume never asks to wait).
+    """
+
+    def __init__(self, reactor, rate, burst=None):
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive (or None for unlimited)")
+        self.reactor = reactor
+        self.rate = rate
+        self.burst = burst if burst is not None else (rate or 0)
+        if rate is not None and self.burst <= 0:
+            raise ValueError("burst must be positive")
+        self._tokens = float(self.burst)
+        self._last = reactor.seconds()
+
+    def _refill(self):
+        now = self.reactor.seconds()
+        if now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def available(self):
+        if self.rate is None:
+            return float("inf")
+        self._refill()
+        return self._tokens
+
+    def consume(self, amount):
+        if self.rate is None:
+            return 0.0
+        self._refill()
+        self._tokens -= amount
+        if self._tokens >= 0:
+            return 0.0
+        return -self._tokens / self.rate
+
+
+def _debtWait(bucket):
+    if bucket.rate is None:
+        return 0.0
+    return max(0.0, -bucket.available() / bucket.rate)
+
+
+class CircuitThrottle:
+    """
+    One circuit's share: its own bucket under the node's.  Producers feeding
+    the circuit (one per stream, say) are paused together while either
+    bucket is in debt.
+    """
+
+    def __init__(self, limiter, circuitId, bucket):
+        self.limiter = limiter
+        self.circuitId = circuitId
+        self.bucket = bucket
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.pauses = 0
+        self.producers = []
+        self.paused = False
+        self._resumeCall = None
+
+    def addProducer(self, producer):
+        """C{producer} (an C{IPushProducer}) feeds this circuit; pause it with the circuit."""
+        if producer not in self.producers:
+            self.producers.append(producer)
+            if self.paused:
+                producer.pauseProducing()
+
+    def removeProducer(self, producer):
+        if producer in self.producers:
+            self.producers.remove(producer)
+
+    def account(self, nbytes, direction="out"):
+        """
+        Charge C{nbytes} to the circuit and the node (they have already
+        passed); pause the producers if either bucket went into debt.
+
+        @param direction: C{"in"} (towards the client) or C{"out"}.
+        @return: the seconds until the producers resume (0: not paused).
+        """
+        if direction == "in":
+            self.bytesIn += nbytes
+        else:
+            self.bytesOut += nbytes
+        wait = max(self.bucket.consume(nbytes), self.limiter.nodeBucket.consume(nbytes))
+        self.limiter.accounted(nbytes, direction)
+        if wait > 0:
+            self._pauseFor(wait)
+        return wait
+
+    def _pauseFor(self, wait):
+        reactor = self.limiter.reactor
+        if self._resumeCall is not None and self._resumeCall.active():
+            due = reactor.seconds() + wait
+            if due > self._resumeCall.getTime():
+                self._resumeCall.reset(wait)
+            return
+        self.paused = True
+        self.pauses += 1
+        for p in list(self.producers):
+            p.pauseProducing()
+        self._resumeCall = reactor.callLater(wait, self._resume)
+
+    def _resume(self):
+        self._resumeCall = None
+        # The node bucket may still be in debt from other circuits' bytes.
+        wait = max(_debtWait(self.bucket), _debtWait(self.limiter.nodeBucket))
+        if wait > 0:
+            self._resumeCall = self.limiter.reactor.callLater(wait, self._resume)
+            return
+        self.paused = False
+        for p in list(self.producers):
+            p.resumeProducing()
+
+    def close(self):
+        if self._resumeCall is not None and self._resumeCall.active():
+            self._resumeCall.cancel()
+        self._resumeCall = None
+        self.producers = []
+        self.limiter._forget(self.circuitId)
+
+    def status(self):
+        return {"bytes_in": self.bytesIn, "bytes_out": self.bytesOut, "paused": self.paused, "pauses": self.pauses}
+
+
+@implementer(IStatusSource)
+class BandwidthLimiter:
+    """
+    The node's limits: C{rate}/C{burst} for the whole node and
+    C{circuitRate}/C{circuitBurst} for each circuit (C{None}: unlimited).
+    """
+
+    def __init__(self, reactor, rate=None, burst=None, circuitRate=None, circuitBurst=None, maxCircuits=MAX_CIRCUITS):
+        self.reactor = reactor
+        self.nodeBucket = TokenBucket(reactor, rate, burst)
+        self.circuitRate = circuitRate
+        self.circuitBurst = circuitBurst
+        self.maxCircuits = maxCircuits
+        self._circuits = {}
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    def circuit(self, circuitId):
+        """
+        @return: the L{CircuitThrottle} of C{circuitId}, made on first use.
+        @raise OverflowError: more than C{maxCircuits} circuits are tracked
+            (the circuit layer should refuse the circuit: RESOURCELIMIT).
+        """
+        throttle = self._circuits.get(circuitId)
+        if throttle is None:
+            if len(self._circuits) >= self.maxCircuits:
+                raise OverflowError("too many circuits for the bandwidth limiter")
+            bucket = TokenBucket(self.reactor, self.circuitRate, self.circuitBurst)
+            throttle = self._circuits[circuitId] = CircuitThrottle(self, circuitId, bucket)
+        return throttle
+
+    def accounted(self, nbytes, direction):
+        if direction == "in":
+            self.bytesIn += nbytes
+        else:
+            self.bytesOut += nbytes
+
+    def _forget(self, circuitId):
+        self._circuits.pop(circuitId, None)
+
+    def status(self):
+        return {
+            "rate": self.nodeBucket.rate,
+            "burst": self.nodeBucket.burst,
+            "circuit_rate": self.circuitRate,
+            "circuit_burst": self.circuitBurst,
+            "bytes_in": self.bytesIn,
+            "bytes_out": self.bytesOut,
+            "circuits": {str(cid): t.status() for cid, t in self._circuits.items()},
+        }

@@ -1,0 +1,82 @@
+"""The meshvpn command: id/keygen, and testnet --check as a real run."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+from twisted.trial import unittest
+
+from meshvpn.cli import main
+from meshvpn.identity import NodeIdentity
+
+
+def runMain(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+class IdCommandTests(unittest.TestCase):
+    def test_idWithoutKeysFails(self):
+        d = self.mktemp()
+        code, out, err = runMain(["id", "--data-dir", d])
+        self.assertEqual(code, 1)
+        self.assertIn("meshvpn keygen", err)
+        self.assertFalse(os.path.exists(d))
+
+    def test_keygenThenId(self):
+        d = self.mktemp()
+        code, out, _ = runMain(["keygen", "--data-dir", d])
+        self.assertEqual(code, 0)
+        ident = NodeIdentity.loadOrCreate(d)
+        self.assertIn(ident.nodeIdHex, out)
+        code, out, _ = runMain(["id", "--data-dir", d, "--json"])
+        info = json.loads(out)
+        self.assertEqual(info["node_id"], ident.nodeIdHex)
+        self.assertEqual(len(info["identity_key_ed25519"]), 44)
+
+    def test_corruptKeyIsOneLine(self):
+        d = self.mktemp()
+        runMain(["keygen", "--data-dir", d])
+        os.chmod(os.path.join(d, "onion.key"), 0o604)
+        code, out, err = runMain(["id", "--data-dir", d])
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn("onion.key", err)
+
+
+class TestnetCommandTests(unittest.TestCase):
+    def test_testnetCheck(self):
+        out = subprocess.run(
+            [sys.executable, "-m", "meshvpn", "testnet", "--check"], capture_output=True, text=True, timeout=300
+        )
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("testnet: stopped", out.stdout)
+
+
+class StatusCommandTests(unittest.TestCase):
+    def test_statusOfRunningNode(self):
+        from meshvpn.processes import NodeProcess
+
+        node = NodeProcess("client", os.path.abspath(self.mktemp()))
+        self.addCleanup(node.stop)
+        node.start().waitReady()
+        import time
+
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(node.dataDir, "status.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir])
+        self.assertEqual(code, 0)
+        self.assertIn("role client", out)
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir, "--json"])
+        self.assertEqual(json.loads(out)["node"]["role"], "client")
+
+    def test_statusWithoutNode(self):
+        code, out, err = runMain(["status", "--data-dir", self.mktemp()])
+        self.assertEqual(code, 1)
+        self.assertIn("no status", err)

@@ -1,0 +1,81 @@
+"""The one-socket demultiplexer: routes by first byte, drops and counts what nobody claimed."""
+
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from meshvpn.interfaces import IDatagramHandler, IDatagramMultiplexer
+from meshvpn.udpmux import DHT_BYTES, STUN_BYTES, DatagramMultiplexer
+
+
+@implementer(IDatagramHandler)
+class Recorder:
+    def __init__(self, fail=False):
+        self.got = []
+        self.fail = fail
+
+    def datagramReceived(self, data, addr):
+        if self.fail:
+            raise ValueError("bad datagram")
+        self.got.append((data, addr))
+
+
+class MultiplexerTests(unittest.TestCase):
+    def setUp(self):
+        self.mux = DatagramMultiplexer()
+        self.dht, self.stun = Recorder(), Recorder()
+        self.mux.register("dht", DHT_BYTES, self.dht)
+        self.mux.register("stun", STUN_BYTES, self.stun, accept=lambda d: d[4:8] == b"\x21\x12\xa4\x42")
+
+    def test_interface(self):
+        verifyObject(IDatagramMultiplexer, self.mux)
+
+    def test_routesByFirstByte(self):
+        addr = ("127.0.0.1", 5)
+        self.mux.datagramReceived(b"\x81hello", addr)
+        self.mux.datagramReceived(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + b"\x00" * 12, addr)
+        self.assertEqual(self.dht.got, [(b"\x81hello", addr)])
+        self.assertEqual(len(self.stun.got), 1)
+        self.assertEqual(self.mux.counters(), {"dht": 1, "stun": 1})
+
+    def test_dropsUnknownEmptyAndRefused(self):
+        for data in (b"", b"\xffx", b"\x50abc", b"\x00\x01\x00\x00nocookie"):
+            self.mux.datagramReceived(data, ("127.0.0.1", 5))
+        self.assertEqual(self.dht.got + self.stun.got, [])
+        self.assertEqual(self.mux.counters(), {"dropped_unknown": 4})
+
+    def test_handlerErrorIsContained(self):
+        self.mux.unregister("dht")
+        self.mux.register("dht", DHT_BYTES, Recorder(fail=True))
+        for _ in range(3):
+            self.mux.datagramReceived(b"\x80boom", ("127.0.0.1", 5))
+        self.assertEqual(self.mux.counters()["handler_errors"], 3)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)  # logged once, then only counted
+
+    def test_registerConflicts(self):
+        self.assertRaises(ValueError, self.mux.register, "other", [0x85], Recorder())
+        self.assertRaises(ValueError, self.mux.register, "dht", [0xF0], Recorder())
+        self.assertRaises(ValueError, self.mux.register, "bad", [256], Recorder())
+        self.mux.unregister("dht")
+        self.mux.register("other", [0x85], Recorder())
+        self.assertRaises(KeyError, self.mux.unregister, "dht")
+
+    def test_realSocket(self):
+        """Over a real loopback socket, datagrams reach their handler."""
+        port = reactor.listenUDP(0, self.mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sender = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(sender.stopListening)
+        from twisted.internet import defer, task
+
+        sender.write(b"\x8fping", ("127.0.0.1", port.getHost().port))
+        sender.write(b"\xeejunk", ("127.0.0.1", port.getHost().port))
+
+        def check():
+            if len(self.dht.got) < 1 or self.mux.counters().get("dropped_unknown", 0) < 1:
+                return task.deferLater(reactor, 0.01, check)
+            self.assertEqual(self.dht.got[0][0], b"\x8fping")
+
+        return defer.maybeDeferred(check)

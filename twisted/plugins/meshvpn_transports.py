@@ -1,0 +1,5 @@
+# Drop-in: MeshVPN's built-in link transport(s), found with
+# getPlugins(IPluggableTransport).  Light: only small classes are imported.
+from meshvpn.link.transports import TCPTransport
+
+meshvpnTLS = TCPTransport()
