@@ -58,7 +58,7 @@ class TurnAllocation:
         self._byChannel = {}  # channel number -> peer addr
         self._refreshTimer = None
         self.released = False
-        self.counters = {"rx": 0, "tx": 0, "rx_dropped": 0}
+        self.counters = {"rx": 0, "rx_channel": 0, "tx": 0, "tx_channel": 0, "rx_dropped": 0}
 
     # -- requests with long-term credentials
     async def _request(self, method, attrs, peer=None):
@@ -191,6 +191,7 @@ class TurnAllocation:
         self.counters["tx"] += 1
         channel = self._channels.get(peerAddress)
         if channel is not None:
+            self.counters["tx_channel"] += 1
             self._send(struct.pack("!HH", channel, len(data)) + data, self.server)
             return
         msg = stun.StunMessage(stun.SEND, stun.INDICATION)
@@ -247,6 +248,7 @@ class TurnAllocation:
         if peer is None or length > len(data) - 4:
             self.counters["rx_dropped"] += 1
             return
+        self.counters["rx_channel"] += 1
         self._deliver(data[4 : 4 + length], peer)
 
     def _deliver(self, data, peer):
