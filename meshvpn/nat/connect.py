@@ -41,14 +41,13 @@ class PeerConnector:
     log = Logger()
 
     def __init__(self, reactor, endpoint, puncher, signalling, localCandidates, allocateRelay=None,
-                 punchDeadline=3.0, offerRetry=0.5, offerTries=6, linkTimeout=8.0):
+                 offerRetry=0.5, offerTries=6, linkTimeout=8.0):
         self.reactor = reactor
         self.endpoint = endpoint
         self.puncher = puncher
         self.signalling = signalling
         self.localCandidates = localCandidates
         self.allocateRelay = allocateRelay
-        self.punchDeadline = punchDeadline
         self.offerRetry, self.offerTries = offerRetry, offerTries
         self.linkTimeout = linkTimeout
         self._offers = {}  # punch id -> Deferred for the ANSWER (offerer side)

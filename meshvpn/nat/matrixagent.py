@@ -155,8 +155,7 @@ async def runPeer(reactor, args):
         alloc.registerChannelData(mux)
         return alloc
 
-    connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate,
-                              punchDeadline=args.punch_deadline)
+    connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate)
     transfers = {}
 
     def startTransfer(link):

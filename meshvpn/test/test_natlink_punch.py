@@ -173,7 +173,7 @@ class World:
             alloc.registerChannelData(mux)
             return alloc
 
-        conn = PeerConnector(self.clock, ep, puncher, sig, lambda: [addr], allocate, punchDeadline=2.0)
+        conn = PeerConnector(self.clock, ep, puncher, sig, lambda: [addr], allocate)
         conn.identity, conn.sig = ident, sig
         return conn
 
