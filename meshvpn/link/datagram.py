@@ -15,6 +15,8 @@ TURN allocation for relayed ones.  The link follows its peer to whatever
 address the latest authenticated datagram came from (NAT rebinding).
 """
 
+import hashlib
+import hmac
 import os
 import struct
 from collections import Counter, OrderedDict
@@ -54,6 +56,7 @@ class LinkSettings:
     pendingLifetime = 10.0
     initRatePerSource = 10.0  # INITs per second per source IP (burst = 2x)
     initRateGlobal = 500.0  # INITs per second in total
+    cookieLifetime = 120.0  # cookie secret rotation (a cookie stays valid up to twice this)
     maxPacket = 65400
 
     def __init__(self, **overrides):
@@ -71,10 +74,13 @@ class _Bucket:
     def __init__(self, rate, burst, now):
         self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
 
-    def take(self, now):
+    def level(self, now):
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
+        return self.tokens
+
+    def take(self, now):
+        if self.level(now) >= 1:
             self.tokens -= 1
             return True
         return False
@@ -84,13 +90,14 @@ class _Pending:
     """An unfinished handshake, either role."""
 
     __slots__ = ("keys", "initiator", "localIndex", "addr", "path", "message", "expectedNodeId", "deferred",
-                 "timer", "started", "link", "peerIndex", "initBytes")
+                 "timer", "started", "link", "peerIndex", "initBytes", "cookies")
 
     def __init__(self, keys, initiator, localIndex, addr, path, started):
         self.keys, self.initiator, self.localIndex = keys, initiator, localIndex
         self.addr, self.path, self.started = addr, path, started
         self.message = self.expectedNodeId = self.deferred = self.timer = self.link = None
         self.peerIndex = self.initBytes = None
+        self.cookies = 0
 
 
 @implementer(IDatagramLink)
@@ -205,6 +212,8 @@ class DatagramLinkEndpoint:
         self._global = _Bucket(self.settings.initRateGlobal, 2 * self.settings.initRateGlobal, reactor.seconds())
         self._acceptor = None
         self._respIndex = {}  # (addr, initiator's index) -> our pending index
+        self._cookieSecrets = (os.urandom(32), os.urandom(32))  # current, previous
+        self._cookieRotated = reactor.seconds()
         self._connecting = {}  # peer node id -> Deferred list
         self._randomIndex = randomIndex or (lambda: struct.unpack("!I", os.urandom(4))[0])
 
@@ -318,8 +327,10 @@ class DatagramLinkEndpoint:
             self._receiveInit(data, msg, addr, path)
         elif kind == wire.RESP:
             self._receiveResp(msg, addr, path)
-        else:
+        elif kind == wire.FINISH:
             self._receiveFinish(msg, addr, path)
+        else:
+            self._receiveCookie(msg, addr, path)
 
     def _receiveData(self, msg, addr, path):
         _, index, counter, header, sealed = msg
@@ -349,7 +360,9 @@ class DatagramLinkEndpoint:
             self._promote(link, session)
         link._deliver(plaintext)
 
-    def _allowInit(self, host):
+    # -- load: rate limits and cookies
+    def _allowInit(self, host, proven):
+        """Per-source bucket always; the global one only for INITs without a valid cookie."""
         now = self.reactor.seconds()
         bucket = self._buckets.get(host)
         if bucket is None:
@@ -357,17 +370,59 @@ class DatagramLinkEndpoint:
                 self._buckets.popitem(last=False)
             rate = self.settings.initRatePerSource
             bucket = self._buckets[host] = _Bucket(rate, 2 * rate, now)
-        return bucket.take(now) and self._global.take(now)
+        return bucket.take(now) and (proven or self._global.take(now))
+
+    def _underLoad(self):
+        return self._global.level(self.reactor.seconds()) < self._global.burst / 2
+
+    def _cookieFor(self, secret, addr, peerIndex):
+        material = f"{addr[0]}|{addr[1]}|{peerIndex}".encode()
+        return hmac.new(secret, material, hashlib.sha256).digest()[: wire.COOKIE_LEN]
+
+    def _cookie(self, addr, peerIndex):
+        now = self.reactor.seconds()
+        elapsed, lifetime = now - self._cookieRotated, self.settings.cookieLifetime
+        if elapsed >= lifetime:
+            # Rotated lazily: after two idle periods the old secret is gone too.
+            previous = self._cookieSecrets[0] if elapsed < 2 * lifetime else os.urandom(32)
+            self._cookieSecrets = (os.urandom(32), previous)
+            self._cookieRotated = now
+        return self._cookieFor(self._cookieSecrets[0], addr, peerIndex)
+
+    def _cookieValid(self, addr, peerIndex, cookie):
+        self._cookie(addr, peerIndex)  # rotates if due
+        return any(hmac.compare_digest(cookie, self._cookieFor(s, addr, peerIndex)) for s in self._cookieSecrets)
+
+    def _receiveCookie(self, msg, addr, path):
+        """A responder under load wants proof we receive at our address: resend INIT with its cookie."""
+        _, index, cookie = msg
+        p = self._pending.get(index)
+        if p is None or not p.initiator or p.peerIndex is not None or addr != p.addr or p.cookies >= 3:
+            self.counters["unknown_index"] += 1
+            return
+        p.cookies += 1
+        self.counters["cookie_received"] += 1
+        p.message = wire.encodeInit(p.localIndex, p.keys.ephemeral.public, cookie)
+        p.keys = _restart(p)  # the transcript starts with the INIT actually sent
+        self._cancelPendingTimer(p)
+        self._transmit(p)
 
     def _receiveInit(self, data, msg, addr, path):
-        _, peerIndex, peerEphemeral = msg
+        _, peerIndex, peerEphemeral, cookie = msg
         # A retransmitted INIT (our RESP was lost) gets the same RESP again.
         known = self._pending.get(self._respIndex.get((addr, peerIndex)))
         if known is not None and not known.initiator and known.initBytes == data:
             known.path.sendDatagram(known.message, addr)
             self.counters["resp_resent"] += 1
             return
-        if not self._allowInit(addr[0]):
+        proven = cookie != wire.NO_COOKIE and self._cookieValid(addr, peerIndex, cookie)
+        if not proven and self._underLoad():
+            # No DH, no signature: a 21-byte MAC of the claimed address.  A
+            # spoofer never sees it; a real initiator resends INIT with it.
+            self.counters["cookie_sent"] += 1
+            path.sendDatagram(wire.encodeCookie(peerIndex, self._cookie(addr, peerIndex)), addr)
+            return
+        if not self._allowInit(addr[0], proven):
             self.counters["handshake_ratelimited"] += 1
             return
         keys = HandshakeKeys(self.identity)
@@ -547,7 +602,7 @@ class DatagramLinkEndpoint:
 
 
 def _restart(p):
-    """Fresh transcript state for an initiator whose RESP turned out bad."""
+    """Fresh transcript state for an initiator: its RESP turned out bad, or its INIT changed (cookie)."""
     keys = p.keys
     keys._h = None
     keys.initMessage(p.message)

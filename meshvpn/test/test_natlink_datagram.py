@@ -300,3 +300,52 @@ class BenchTests(unittest.TestCase):
         result = measure(count=50, size=100)
         self.assertEqual(result["received"], 50)
         self.assertEqual(set(result), {"packets", "packet_bytes", "received", "us_per_packet", "mbit_per_s"})
+
+
+class CookieTests(unittest.TestCase):
+    def test_underLoadOnlyProvenInitiatorsCostCrypto(self):
+        """
+        With the global INIT budget half spent, INITs without a cookie get a
+        21-byte COOKIE (no DH, no signature); a real initiator resends INIT
+        with it and completes, spoofers never see theirs.
+        """
+        clock, net, (ea, eb), ids, (a, b) = pair(initRateGlobal=2.0)
+        spoofers = [("198.18.7.%d" % i, 1000) for i in range(1, 9)]
+        for i, src in enumerate(spoofers):
+            eb.datagramReceived(wire.encodeInit(i, bytes([i + 1] * 32)), src)
+        completedBySpoofers = len(eb._pending)
+        self.assertLessEqual(completedBySpoofers, 3)
+        self.assertGreaterEqual(eb.counters["cookie_sent"], 5)
+        cookieReplies = [q for q in net.sent if q[2][0] == wire.COOKIE]
+        self.assertTrue(all(len(q[2]) == wire.COOKIE_MSG_LEN < wire.INIT_LEN for q in cookieReplies))
+        net.queue.clear()
+        d = ea.connect(ids[1].nodeId, b)
+        net.pump()
+        self.successResultOf(d)
+        self.assertEqual(ea.counters["cookie_received"], 1)
+        self.assertEqual(len(eb.links()), 1)
+        # The global budget was not spent by the proven handshake.
+        self.assertEqual(len(eb._pending), completedBySpoofers)
+
+    def test_cookieBoundToAddress(self):
+        clock, net, (ea, eb), ids, (a, b) = pair(initRateGlobal=2.0)
+        for i in range(4):
+            eb.datagramReceived(wire.encodeInit(i, bytes([9] * 32)), ("198.18.7.1", 1))
+        net.sent.clear()
+        eb.datagramReceived(wire.encodeInit(77, bytes([9] * 32)), a)
+        (cookieMsg,) = [q[2] for q in net.sent if q[2][0] == wire.COOKIE]
+        cookie = wire.parse(cookieMsg)[2]
+        before = eb.counters["cookie_sent"]
+        # Replayed from another address, or with another index: not proof.
+        eb.datagramReceived(wire.encodeInit(77, bytes([9] * 32), cookie), ("198.18.7.2", 1))
+        eb.datagramReceived(wire.encodeInit(78, bytes([9] * 32), cookie), a)
+        self.assertEqual(eb.counters["cookie_sent"], before + 2)
+        # From the right address and index it is.
+        pending = len(eb._pending)
+        eb.datagramReceived(wire.encodeInit(77, bytes([9] * 32), cookie), a)
+        self.assertEqual(len(eb._pending), pending + 1)
+        # After two rotations it is stale.
+        clock.advance(241)
+        eb._global.tokens, eb._global.stamp = 0, clock.seconds()  # still under load
+        eb.datagramReceived(wire.encodeInit(77, bytes([8] * 32), cookie), a)
+        self.assertEqual(eb.counters["cookie_sent"], before + 3)
