@@ -67,6 +67,18 @@ def _netcheckCommand(args):
     return run(args, lambda line: print(line, flush=True))
 
 
+def _benchDatagramLinkCommand(args):
+    from meshvpn.link.datagram_bench import run
+
+    return run(args, lambda line: print(line, flush=True))
+
+
+def _benchNatCommand(args):
+    from meshvpn.nat.bench import run
+
+    return run(args, lambda line: print(line, flush=True))
+
+
 def buildParser():
     parser = argparse.ArgumentParser(prog="meshvpn", description="MeshVPN: a decentralized onion-routed VPN.")
     parser.add_argument("--version", action="version", version=f"meshvpn {__version__}")
@@ -115,6 +127,17 @@ def buildParser():
 
     addArguments(p)
     p.set_defaults(func=_benchDHTCommand)
+    p = benchSub.add_parser("nat", help="NAT connectivity matrix in network namespaces (root)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bytes", type=int, default=1 << 20, help="bytes pushed each way per pair (default 1 MiB)")
+    p.add_argument("--no-classify", action="store_true", help="skip the netcheck classification of every host")
+    p.add_argument("--coturn", action="store_true", help="relay through a stock coturn instead of our TURN server")
+    p.set_defaults(func=_benchNatCommand)
+    p = benchSub.add_parser("datagram-link", help="per-packet cost of the datagram link (in process)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--count", type=int, default=50000, help="packets to send")
+    p.add_argument("--size", type=int, default=1200, help="bytes per packet")
+    p.set_defaults(func=_benchDatagramLinkCommand)
     return parser
 
 

@@ -261,10 +261,15 @@ class IHolePuncher(Interface):
     Coordinated UDP hole punching between two peers.
     """
 
-    def punch(peerId, localCandidates, remoteCandidates):
+    def punch(peerId, localCandidates, remoteCandidates, session=None):
         """
         Send probes to every remote candidate address, with retries and
         spread timing, until one pair answers.
+
+        @param session: what signalling agreed for this attempt (punch id,
+            shared secret, our role; L{meshvpn.nat.punch.PunchSession}):
+            probes and acks are authenticated with it, so the
+            implementation in L{meshvpn.nat.punch} requires it.
 
         @return: a Deferred firing with the remote address that worked.
             Fails with L{meshvpn.errors.PunchFailed} after the deadline.
@@ -299,6 +304,27 @@ class IRelayAllocation(Interface):
     def release():
         """
         @return: a Deferred firing when the allocation is deleted.
+        """
+
+    def channelBind(peerAddress):
+        """
+        Bind a TURN channel to C{peerAddress} (also installs its
+        permission): later data to and from it travels as ChannelData.
+
+        @return: a Deferred firing with the channel number; fails with
+            L{meshvpn.errors.RelayError} if the relay refused.
+        """
+
+    def setReceiver(receiver):
+        """
+        C{receiver(data, peerAddress)} is called with what peers send to
+        the relayed address.
+        """
+
+    def sendDatagram(data, addr):
+        """
+        Same as C{send(addr, data)}: lets an allocation serve as a datagram
+        link's path (see L{IDatagramLinkEndpoint.connect}).
         """
 
 
@@ -385,6 +411,91 @@ class ICellHandler(Interface):
     def linkClosed(link, reason):
         """
         C{link}, previously announced by L{linkOpened}, closed with C{reason}.
+        """
+
+
+class IDatagramLink(Interface):
+    """
+    An authenticated, encrypted, I{lossy} link to a peer over the node's UDP
+    socket (hole punched, or through a TURN relay): the mesh-packet sibling
+    of L{ILink}.  Datagrams may be lost or reordered, never altered,
+    replayed or forged.  Sending never raises; a closed link drops.
+    """
+
+    peerId = Attribute("C{bytes}: node id of the authenticated peer.")
+    peerAddress = Attribute("The peer's current address (follows NAT rebinding).")
+
+    def sendPacket(data):
+        """
+        Send one mesh packet (C{bytes}, at most about 65400 bytes; keep it
+        under the path MTU to avoid IP fragmentation).
+        """
+
+    def setPacketReceiver(receiver):
+        """
+        C{receiver(data: bytes)} is called with each packet from the peer.
+        """
+
+    def close(reason):
+        """
+        Close the link and forget its keys.
+        """
+
+    def whenClosed():
+        """
+        @return: a Deferred firing with the reason once the link is closed
+            (closed locally, or the peer was silent too long).
+        """
+
+
+class IDatagramLinkEndpoint(Interface):
+    """
+    All datagram links of one node, registered on the node's UDP socket.
+    """
+
+    def connect(peerNodeId, addr, path=None):
+        """
+        Run the handshake with C{addr}, which must prove it holds the
+        identity key of C{peerNodeId}.
+
+        @param path: how to reach C{addr}: anything with
+            C{sendDatagram(data, addr)} (default: the node's socket; a TURN
+            allocation for relayed peers).
+        @return: a Deferred firing with an L{IDatagramLink} (reused if one is
+            open).  Fails with L{meshvpn.errors.LinkError} after the
+            handshake deadline.
+        """
+
+    def setLinkAcceptor(acceptor):
+        """
+        C{acceptor(link)} is called with each new authenticated inbound
+        L{IDatagramLink}; returning C{False} closes it.
+        """
+
+    def links():
+        """
+        @return: a list of the open L{IDatagramLink}s.
+        """
+
+
+class ISignallingChannel(Interface):
+    """
+    A path two peers can both reach (a relay, later the DHT) that carries
+    small messages between them before they can talk directly: hole-punch
+    candidates, relayed addresses.
+    """
+
+    def sendSignal(peerId, payload):
+        """
+        Deliver C{payload} (C{bytes}, small) to the node C{peerId}.  Lossy:
+        callers retry.
+        """
+
+    def setSignalReceiver(receiver):
+        """
+        C{receiver(peerId, payload, observedAddress)} is called for each
+        signal; C{observedAddress} is where the signalling path saw the
+        sender (its server-reflexive address), or C{None}.
         """
 
 

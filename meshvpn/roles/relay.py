@@ -33,6 +33,13 @@ class Options(RoleOptions):
             "IP:PORT of a second address for RFC 5780 NAT behaviour discovery "
             "(needs --udp on a specific IP; both IP and port must differ from it).",
         ),
+        Setting(
+            "nat-relay",
+            parseBool,
+            False,
+            "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
+        ),
+        Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
     ]
 
 
@@ -60,4 +67,10 @@ def makeService(options):
         streamTransport=options.settings["link_transport"],
     )
     publisher.setServiceParent(dht)
+    if options.settings["nat_relay"]:
+        from meshvpn.nat.relayservice import NatRelayService
+
+        NatRelayService(node, options.settings["turn"]).setServiceParent(node)
+    elif options.settings["turn"]:
+        raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
     return node
