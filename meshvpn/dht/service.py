@@ -331,6 +331,8 @@ class RelayFinder(service.Service):
             self.relays = {k: v for k, v in self.relays.items() if v.expires > now}
             for found in results:
                 for d in found:
+                    if d.expires <= now:
+                        continue  # verified when it arrived, but the sampling took longer than it had left
                     old = self.relays.get(d.nodeId)
                     if old is None or old.published <= d.published:
                         self.relays[d.nodeId] = d

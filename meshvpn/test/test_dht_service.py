@@ -4,6 +4,7 @@ import json
 import os
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from meshvpn.descriptor import parseDescriptor
@@ -72,7 +73,7 @@ class ServiceTests(unittest.TestCase):
         dataDir = dataDir or self.mktemp()
         node = Node(reactor, role, {"data_dir": dataDir, "udp": ("127.0.0.1", 0)})
         if role == "relay":
-            node.listenStream("tcp:0:interface=127.0.0.1")
+            node.listenStream("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
             dht = DHTService(node, bootstrap)
             RelayPublisher(dht, frozenset(flags), 3600).setServiceParent(dht)
         else:
