@@ -111,9 +111,11 @@ class TunDevice:
             raise TunError(f"cannot configure {self.name}: {e}") from None
         return self
 
-    def addRoute(self, cidr, table=None, metric=None):
-        """Route C{cidr} into the device (in C{table} if given)."""
+    def addRoute(self, cidr, table=None, metric=None, mtu=None):
+        """Route C{cidr} into the device (in C{table} if given; with its own C{mtu} if given)."""
         kw = {"dst": cidr, "oif": self.index}
+        if mtu is not None:
+            kw["metrics"] = {"attrs": [("RTAX_MTU", mtu)]}
         if ":" in cidr:
             kw["family"] = 10
         if table is not None:

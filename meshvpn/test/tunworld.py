@@ -1,0 +1,135 @@
+"""A made-up internet in network namespaces for the VPN tests and ``meshvpn bench tun``.
+
+Topology (all addresses from 198.18.0.0/15)::
+
+    cl (client, 198.18.1.2) --+
+    r1 (guard,  198.18.2.2) --+
+    r2 (middle, 198.18.3.2) --+-- inet (router; web 198.18.100.1:80, DNS 198.18.100.53)
+    r3 (exit,   198.18.4.2) --+
+
+The client namespace's resolv.conf (C{/etc/netns/<ns>/resolv.conf}) names
+the internet's DNS server directly, so any query that skipped the tunnel
+would show on the client's uplink capture.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from meshvpn.test.rootenv import run
+
+DOMAIN = "files.meshvpn-example"
+WEB = "198.18.100.1"
+DNS = "198.18.100.53"
+
+
+def _waitFile(path, proc, timeout=30.0, what="process"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout}s")
+
+
+class TunWorld:
+    """
+    @param netns: a L{meshvpn.test.rootenv.Netns} (cleans namespaces up).
+    @param addCleanup: where to register cleanups (a test's C{addCleanup}).
+    """
+
+    def __init__(self, netns, addCleanup, workdir):
+        self.netns = netns
+        self.addCleanup = addCleanup
+        self.workdir = workdir
+        self.procs = {}
+        self.logs = {}
+
+    def python(self, ns, name, *args):
+        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
+        self.addCleanup(log.close)
+        proc = self.netns.popen(ns, [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = proc
+        self.logs[name] = log.name
+        return proc
+
+    def log(self, name):
+        with open(self.logs[name], errors="replace") as f:
+            return f.read()
+
+    def build(self, exitArgs=()):
+        n = self.netns
+        self.inet = n.add("inet")
+        n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
+        n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
+        self.ns = {}
+        self.uplink = {}
+        for i, short in enumerate(("cl", "r1", "r2", "r3"), start=1):
+            ns = self.ns[short] = n.add(short)
+            _inetSide, own = n.veth(self.inet, f"198.18.{i}.1/24", ns, f"198.18.{i}.2/24")
+            self.uplink[short] = own
+            n.exec(ns, "ip", "route", "add", "default", "via", f"198.18.{i}.1")
+        self.address = {s: f"198.18.{i}.2" for i, s in enumerate(("cl", "r1", "r2", "r3"), start=1)}
+        # The client's resolver points at the internet DNS until the VPN takes over.
+        self.etcDir = f"/etc/netns/{self.ns['cl']}"
+        self.addCleanup(shutil.rmtree, self.etcDir, True)
+        os.makedirs(self.etcDir, exist_ok=True)
+        self.resolvConf = os.path.join(self.etcDir, "resolv.conf")
+        with open(self.resolvConf, "w") as f:
+            f.write(f"nameserver {DNS}\n")
+
+        dnsReady = os.path.join(self.workdir, "dns.json")
+        p = self.python(self.inet, "dns", "-m", "meshvpn.test.tunnet", "dns", "--listen", DNS,
+                        "--zone", f"{DOMAIN}={WEB}", "--ready", dnsReady)
+        _waitFile(dnsReady, p, what="dns")
+        portFile = os.path.join(self.workdir, "web.port")
+        p = self.python(self.inet, "web", "-m", "meshvpn.webfixture", "--listen", f"tcp:80:interface={WEB}",
+                        "--port-file", portFile)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(portFile) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        self.relaySpecs = []
+        for short in ("r1", "r2", "r3"):
+            ready = os.path.join(self.workdir, f"{short}.json")
+            extra = ["--exit", "--dns", f"{DNS}:53", *exitArgs] if short == "r3" else []
+            p = self.python(self.ns[short], short, "-m", "meshvpn.test.tunnet", "relay", "--host", self.address[short],
+                            "--port", "9001", "--ready", ready, *extra)
+            self.relaySpecs.append(ready)
+        for short, ready in zip(("r1", "r2", "r3"), self.relaySpecs):
+            _waitFile(ready, self.procs[short], what=short)
+        return self
+
+    def startClient(self, capture=True):
+        ready = os.path.join(self.workdir, "client.json")
+        dataDir = os.path.join(self.workdir, "client")
+        os.makedirs(dataDir, exist_ok=True)
+        args = ["-m", "meshvpn.test.tunnet", "client", "--path", ",".join(self.relaySpecs), "--data-dir", dataDir,
+                "--ready", ready]
+        if not capture:
+            args.append("--no-capture")
+        p = self.python(self.ns["cl"], "client", *args)
+        self.client = _waitFile(ready, p, timeout=40, what="client")
+        return self.client
+
+    def stop(self, name, timeout=10):
+        p = self.procs[name]
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except Exception:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def inClient(self, *argv, check=True, timeout=30):
+        return run("ip", "netns", "exec", self.ns["cl"], *argv, check=check, timeout=timeout)
+
