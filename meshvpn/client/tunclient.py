@@ -129,6 +129,8 @@ class TunClient(service.Service):
     # -- circuits
 
     def _ensureCircuit(self):
+        if self._getCircuit is None:
+            return  # mesh only: no exit
         if self._circuit is not None or self._asking is not None or not self.running:
             return
         self._asking = defer.maybeDeferred(self._getCircuit)
@@ -183,6 +185,9 @@ class TunClient(service.Service):
 
     def _send(self, packets):
         circuit = self._circuit
+        if self._getCircuit is None:
+            self.counters["no_circuit_dropped"] += len(packets)
+            return
         if circuit is None:
             room = MAX_WAITING - len(self._waiting)
             self._waiting.extend(packets[:room])

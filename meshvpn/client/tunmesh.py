@@ -59,6 +59,7 @@ class MeshRouter:
             self.peers[a] = peerId
         self._byId = {v: k for k, v in self.peers.items()}
         self.links = {}  # peer address -> DatagramLink
+        self.paths = {}  # peer address -> "direct" or "relay" (links we opened)
         self._pending = {}  # peer address -> queued packets while connecting
         self.counters = {"tx": 0, "rx": 0, "dropped": 0, "spoofed": 0}
         if connector is not None:
@@ -100,12 +101,17 @@ class MeshRouter:
         if queue is None:
             queue = self._pending[dst] = []
             d = self.connector.connect(peerId)
-            d.addCallbacks(lambda r: None, lambda f, a=dst: self._failed(a, f))
+            d.addCallbacks(lambda r, a=dst: self._connected(a, r), lambda f, a=dst: self._failed(a, f))
         if len(queue) < MAX_QUEUED:
             queue.append(packet)
         else:
             self.counters["dropped"] += 1
         return None
+
+    def _connected(self, address, result):
+        link, path = result
+        self.paths[address] = path
+        self._linkUp(link)  # the connector's observers may have run already; idempotent
 
     def _failed(self, address, failure):
         self.counters["dropped"] += len(self._pending.pop(address, []))
@@ -126,7 +132,7 @@ class MeshRouter:
     def status(self):
         return {
             "address": str(ipaddress.IPv4Address(self.address)),
-            "peers": {str(ipaddress.IPv4Address(a)): l.status() for a, l in self.links.items()},
+            "peers": {str(ipaddress.IPv4Address(a)): {**l.status(), "path": self.paths.get(a)} for a, l in self.links.items()},
             **self.counters,
         }
 

@@ -153,6 +153,51 @@ async def runClient(reactor, args):
                             "table": routes.table if routes else None})
 
 
+async def runMesh(reactor, args):
+    """A mesh-only VPN client behind a NAT: TUN with its mesh address, peers over punched/relayed links."""
+    from meshvpn.client.tunclient import TunClient
+    from meshvpn.identity import NodeIdentity
+    from meshvpn.link.datagram import DatagramLinkEndpoint
+    from meshvpn.nat.connect import PeerConnector
+    from meshvpn.nat.matrixagent import buildSocket, hostCandidates
+    from meshvpn.nat.punch import HolePuncher
+    from meshvpn.nat.signal import RelaySignalling
+    from meshvpn.nat.turn_client import TurnAllocation
+
+    identity = NodeIdentity.loadOrCreate(args.data_dir)
+    mux, stunEp = buildSocket(reactor, "0.0.0.0", 0)
+    endpoint = DatagramLinkEndpoint(reactor, identity, mux)
+    endpoint.register(mux)
+    puncher = HolePuncher(reactor, mux.sendDatagram, deadline=args.punch_deadline)
+    puncher.register(mux)
+    relayHost, relayPort = args.relay.rsplit(":", 1)
+    turnHost, turnPort = args.turn.rsplit(":", 1)
+    signalling = RelaySignalling(reactor, endpoint, bytes.fromhex(args.relay_id), (relayHost, int(relayPort)))
+    candidates = hostCandidates(mux.getHost().port)
+
+    async def allocate():
+        lifetime, user, password = await signalling.requestCredentials()
+        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, (turnHost, int(turnPort)), user, password)
+        await alloc.allocate(lifetime)
+        alloc.registerChannelData(mux)
+        return alloc
+
+    connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate)
+    await signalling.start()
+    peers = [bytes.fromhex(p) for p in args.peers.split(",") if p]
+    client = TunClient(reactor, identity.nodeId, None, meshConnector=connector, meshPeers=peers, mtu=args.mtu)
+    client.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
+    from twisted.internet import task
+
+    def status():
+        _writeJson(args.ready, {"nodeId": identity.nodeIdHex, "address": client.address, "tun": client.tun.name,
+                                "mesh": client.mesh.status()})
+
+    loop = task.LoopingCall(status)
+    loop.start(0.25)
+
+
 def runDNS(reactor, args):
     """A made-up internet's authoritative DNS: fixed A records, NXDOMAIN otherwise."""
     from twisted.names import dns, error, server
@@ -192,6 +237,15 @@ def main(argv=None):
     c.add_argument("--mtu", type=int, default=1480)
     c.add_argument("--no-capture", dest="capture", action="store_false")
     c.add_argument("--ready", required=True)
+    m = sub.add_parser("mesh")
+    m.add_argument("--data-dir", required=True)
+    m.add_argument("--relay", required=True)
+    m.add_argument("--relay-id", required=True)
+    m.add_argument("--turn", required=True)
+    m.add_argument("--peers", default="")
+    m.add_argument("--punch-deadline", type=float, default=2.5)
+    m.add_argument("--mtu", type=int, default=1480)
+    m.add_argument("--ready", required=True)
     d = sub.add_parser("dns")
     d.add_argument("--listen", required=True)
     d.add_argument("--zone", required=True, help="name=address,...")
@@ -210,7 +264,7 @@ def main(argv=None):
     if args.role == "dns":
         reactor.callWhenRunning(runDNS, reactor, args)
     else:
-        run = runRelay if args.role == "relay" else runClient
+        run = {"relay": runRelay, "client": runClient, "mesh": runMesh}[args.role]
         reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(run(reactor, args)).addErrback(failed))
     reactor.run()
 
