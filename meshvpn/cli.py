@@ -122,6 +122,11 @@ def buildParser():
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_netcheckCommand)
+    p = benchSub.add_parser("throughput", help="SOCKS download through one 3-hop circuit on loopback (real processes)")
+    from meshvpn import benchthroughput
+
+    benchthroughput.addArguments(p)
+    p.set_defaults(func=lambda args: benchthroughput.run(args))
     p = benchSub.add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
     from meshvpn.dht.bench import addArguments
 

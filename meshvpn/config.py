@@ -68,6 +68,16 @@ def parsePort(raw):
     return port
 
 
+def parsePositiveInt(raw):
+    try:
+        value = int(raw) if not isinstance(raw, bool) else -1
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0:
+        raise ValueError("a whole number 0 or more")
+    return value
+
+
 def parseHostPort(raw):
     """
     C{"HOST:PORT"}, C{"[V6]:PORT"} or just C{"PORT"} (all IPv4 interfaces).

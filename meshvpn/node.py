@@ -113,6 +113,8 @@ class Node(service.MultiService):
         self.udpService = UDPPortService(reactor, self.udp, host, port)
         self.udpService.setServiceParent(self)
         self.streamListener = None
+        # Other listeners (SOCKS, ...): name -> service with whenListening and address().
+        self.listeners = {}
         # The ILinkManager, attached by meshvpn.link.service.attachLinks.
         self.links = None
         self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
@@ -135,6 +137,14 @@ class Node(service.MultiService):
         )
         self.streamListener.setServiceParent(self)
 
+    def addListener(self, name, listener):
+        """
+        A child service that listens (C{whenListening}, C{port},
+        C{address()}); the node is ready once it is, and announces it as C{name}.
+        """
+        self.listeners[name] = listener
+        listener.setServiceParent(self)
+
     def startService(self):
         super().startService()
         running = defer.Deferred()
@@ -143,6 +153,7 @@ class Node(service.MultiService):
         # handler, has run).
         self.reactor.callWhenRunning(running.callback, None)
         waits = [running] + ([self.streamListener.whenListening] if self.streamListener else [])
+        waits += [listener.whenListening for listener in self.listeners.values()]
         self.whenStarted = defer.gatherResults(waits, consumeErrors=True).addCallback(self._announceStarted)
         self.whenStarted.addErrback(self._failedToStart)
 
@@ -168,6 +179,10 @@ class Node(service.MultiService):
         info = {"udp": self.udpService.address()}
         if self.streamListener is not None and self.streamListener.port is not None:
             info["stream"] = self.streamListener.address()
+        for name, listener in self.listeners.items():
+            if listener.port is not None:
+                address = listener.address()
+                info[name] = formatHostPort(*address) if isinstance(address, tuple) else address
         return info
 
     def stopService(self):

@@ -45,7 +45,9 @@ class NodeProcess:
     def argv(self):
         args = [twistdPath(), "-n", "--pidfile=", "--logfile", self.logPath, f"meshvpn-{self.role}"]
         args += ["--data-dir", self.dataDir, "--udp", f"{self.host}:0"]
-        if self.role != "client":
+        if self.role == "client":
+            args += ["--socks-listen", f"{self.host}:0"]
+        else:
             args += ["--listen", f"tcp:0:interface={self.host}"]
         return args + self.extraArgs
 

@@ -10,7 +10,7 @@ import re
 
 import attrs
 
-from meshvpn.config import Setting, parseHostPort
+from meshvpn.config import Setting, parseBool, parseHostPort
 from meshvpn.exit.connect import ExitConnector
 from meshvpn.exit.dns import ExitResolver, makeUpstream
 from meshvpn.exit.policy import PolicyParseError, defaultExitPolicy, parsePolicy
@@ -65,6 +65,13 @@ def exitSettings():
             "",
             "Exit policy rules (Tor syntax), tried after 'reject private:*' and before the default port rejects.",
         ),
+        Setting(
+            "exit-reject-private",
+            parseBool,
+            True,
+            "Reject private, local and own addresses before the operator's rules (Tor's ExitPolicyRejectPrivate); "
+            "false only for a private test network.",
+        ),
         Setting("exit-dns", parseDNSUpstream, "system", "DNS server the exit resolves names with: 'system' or HOST:PORT."),
         Setting("bandwidth-rate", parseRate, None, "Node-wide bandwidth limit in bytes/s (K/M/G suffixes), or unlimited."),
         Setting("bandwidth-burst", parseRate, None, "Node-wide burst in bytes (default: one second of the rate)."),
@@ -90,7 +97,7 @@ def buildExit(reactor, settings, ownAddresses=(), upstream=None):
     @param ownAddresses: this exit's public addresses, rejected by its policy.
     @param upstream: an C{IResolver} to use instead of the configured one (tests).
     """
-    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses)
+    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True))
     if upstream is None:
         dnsSetting = settings["exit_dns"]
         if dnsSetting == "system":

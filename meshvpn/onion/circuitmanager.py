@@ -74,17 +74,23 @@ class CircuitManager(service.Service):
         self.log.failure("circuit maintenance stopped", failure)
 
     def _maintain(self):
-        if len(self._spare) + self._building >= self.spares:
-            return
-        d = self._buildWithRetries(None)
-        d.addCallbacks(self._addSpare, self._spareFailed)
-        return None  # never hold the loop on a build
+        # Start as many builds as the spare target lacks; never hold the loop on them.
+        while len(self._spare) + self._building < self.spares:
+            d = self._buildWithRetries(None)
+            d.addCallbacks(self._addSpare, self._spareFailed)
 
     def _addSpare(self, built):
         if not self.running:
             built[0].close("finished")
             return
         self._spare.append(built)
+        built[0].whenClosed().addBoth(self._spareClosed, built)
+
+    def _spareClosed(self, reason, built):
+        if built in self._spare:
+            self._spare.remove(built)
+            if self.running:
+                self.reactor.callLater(0, self._maintain)
 
     def _spareFailed(self, failure):
         self.log.warn("could not build a spare circuit: {why}", why=failure.getErrorMessage())

@@ -97,7 +97,7 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=()):
             raise NoPath("no guard fits beside the chosen exit")
         guard = _weighted(rng, guards)
         chosen.append(guard)
-    middles = [r for r in usable if _fits(r, chosen)]
+    middles = [r for r in usable if "middle" in r.roles and _fits(r, chosen)]
     if not middles:
         raise NoPath("no middle relay fits beside the guard and exit (distinct /16 and family)")
     middle = _weighted(rng, middles)

@@ -4,9 +4,10 @@ It binds the node's UDP socket (ephemeral port by default: clients are not
 listed in anyone's routing table).  SOCKS and TUN attach here later.
 """
 
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
+from meshvpn.roles.onionclient import attachOnionClient
 
 
 class Options(RoleOptions):
@@ -19,6 +20,7 @@ class Options(RoleOptions):
         # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
+        Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
             "socks-allow-remote",
@@ -43,5 +45,7 @@ def makeService(options):
     attachLinks(node, authenticate=False)
     dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
     dht.setServiceParent(node)
-    RelayFinder(dht, options.settings["dht_sample_interval"]).setServiceParent(dht)
+    finder = RelayFinder(dht, options.settings["dht_sample_interval"])
+    finder.setServiceParent(dht)
+    attachOnionClient(node, options.settings, finder)
     return node

@@ -6,7 +6,9 @@ Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
+from meshvpn.exit.settings import exitSettings
 from meshvpn.roles.common import buildNode
+from meshvpn.roles.onionrelay import attachOnionRelay, publisherOptions
 
 
 class Options(RoleOptions):
@@ -33,6 +35,8 @@ class Options(RoleOptions):
             "IP:PORT of a second address for RFC 5780 NAT behaviour discovery "
             "(needs --udp on a specific IP; both IP and port must differ from it).",
         ),
+        # Exits (--flags with exit): meshvpn/exit/settings.py, doc/exit-policy.md
+        *exitSettings(),
         Setting(
             "nat-relay",
             parseBool,
@@ -58,15 +62,19 @@ def makeService(options):
             raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
 
         StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
+    flags = parseFlags(options.settings["flags"])
+    onion, exitParts = attachOnionRelay(node, options.settings, flags)
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
     publisher = RelayPublisher(
         dht,
-        parseFlags(options.settings["flags"]),
+        flags,
         options.settings["dht_republish"],
         streamTransport=options.settings["link_transport"],
+        **publisherOptions(onion, exitParts),
     )
     publisher.setServiceParent(dht)
+    onion.onRotate.append(lambda keys: publisher.publishNow())
     if options.settings["nat_relay"]:
         from meshvpn.nat.relayservice import NatRelayService
 

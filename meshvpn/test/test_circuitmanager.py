@@ -124,3 +124,23 @@ class CircuitManagerTests(unittest.TestCase):
         circuit = self.successResultOf(d)
         self.manager.stopService()
         self.assertEqual(circuit.closedWith, "finished")
+
+
+class SpareTests(unittest.TestCase):
+    def test_deadSpareIsDroppedAndReplaced(self):
+        clock = Clock()
+        relays = [relay(i) for i in range(1, 9)]
+        builder = Builder(clock)
+        manager = CircuitManager(clock, lambda: defer.succeed(relays), builder, spares=3, rng=random.Random(3))
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.assertEqual(manager._building, 3)  # all three started at once
+        clock.advance(0.01)
+        self.assertEqual(len(manager._spare), 3)
+        dead = manager._spare[0][0]
+        dead.close("guard link closed")
+        self.assertNotIn(dead, manager.circuits())
+        clock.advance(0)
+        clock.advance(0.01)
+        self.assertEqual(len(manager._spare), 3)
+        self.assertNotIn(dead, [self.successResultOf(manager.getCircuit(isolation=k)) for k in "abc"])

@@ -55,7 +55,10 @@ class TestnetCommandTests(unittest.TestCase):
             [sys.executable, "-m", "meshvpn", "testnet", "--check"], capture_output=True, text=True, timeout=300
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("bytes match", out.stdout)
+        self.assertRegex(out.stdout, r"path relay\d -> (relay|exit)\d -> exit\d")
         self.assertIn("testnet: stopped", out.stdout)
+        self.assertNotIn("exit -", out.stdout)  # every node stopped cleanly (no signal deaths)
 
 
 class StatusCommandTests(unittest.TestCase):

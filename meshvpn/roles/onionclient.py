@@ -1,0 +1,81 @@
+"""What a client runs above its links: circuits built from DHT descriptors, and SOCKS on top.
+
+Called from the client role's C{makeService}: an onion switch for the
+client's origin circuits, a L{CircuitManager} fed by the relays the DHT's
+L{RelayFinder} has verified, persistent guards, and the SOCKS server whose
+streams ride those circuits.
+"""
+
+import os
+
+from twisted.internet import defer, task
+
+from meshvpn.client.circuitbuilder import CircuitBuilder
+from meshvpn.client.circuitopener import CircuitStreamOpener
+from meshvpn.client.socks import socksServiceFromSettings
+from meshvpn.errors import NoPath
+from meshvpn.onion.circuitmanager import CircuitManager
+from meshvpn.onion.pathselect import GuardSet
+from meshvpn.onion.relayinfo import relayInfo
+from meshvpn.onion.service import OnionService
+
+GUARDS_FILE = "guards.json"
+
+
+class DirectoryRelays:
+    """
+    The circuit manager's relay source: the verified, unexpired descriptors
+    the finder holds.  Until it knows enough for one path (three relays, one
+    an exit) it asks the directory again and waits, up to C{patience} seconds.
+    """
+
+    def __init__(self, reactor, finder, patience=30.0, poll=0.25):
+        self.reactor = reactor
+        self.finder = finder
+        self.patience = patience
+        self.poll = poll
+
+    def known(self):
+        now = self.reactor.seconds()
+        infos = (relayInfo(d) for d in self.finder.relays.values() if d.expires > now)
+        return [r for r in infos if r is not None]
+
+    def __call__(self):
+        return defer.Deferred.fromCoroutine(self._wait())
+
+    async def _wait(self):
+        deadline = self.reactor.seconds() + self.patience
+        refreshed = False
+        while True:
+            relays = self.known()
+            if len(relays) >= 3 and any("exit" in r.roles for r in relays):
+                return relays
+            if self.reactor.seconds() >= deadline:
+                raise NoPath(f"the directory gave {len(relays)} usable relays; a path needs 3 with an exit")
+            if not refreshed and self.finder.running:
+                refreshed = True
+                self.finder.refresh()
+            await task.deferLater(self.reactor, self.poll, lambda: None)
+
+
+def attachOnionClient(node, settings, finder):
+    """@return: the L{CircuitManager} (also C{node.circuits})."""
+    onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
+    node.links.setCellHandler(onion.switch)
+    onion.setServiceParent(node)
+    node.onion = onion
+    guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
+    circuits = CircuitManager(
+        node.reactor,
+        DirectoryRelays(node.reactor, finder),
+        CircuitBuilder(node.reactor, onion.switch, node.links),
+        guards=guards,
+        spares=settings["circuits_spare"],
+    )
+    circuits.setServiceParent(node)
+    node.circuits = circuits
+    node.status.addSource("circuits", circuits)
+    socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits))
+    node.addListener("socks", socks)
+    node.status.addSource("socks", socks)
+    return circuits

@@ -1,0 +1,46 @@
+"""What a relay runs of the onion plane: the switch, its onion keys, and, for exits, the edge.
+
+Called from the relay role's C{makeService}.  The switch takes every cell of
+the node's links; EXTEND2 opens links through the link manager; an exit's
+switch ends streams at the exit's connector and resolver.  The descriptor
+publisher is told the onion keys (republishing on rotation) and the exit
+policy summary.
+"""
+
+from meshvpn.dht.service import onionKeysFromRing
+from meshvpn.onion.service import OnionService, linkManagerConnector
+
+NOT_AN_EXIT = "reject 1-65535"
+
+
+def attachOnionRelay(node, settings, flags):
+    """
+    @return: C{(onion service, exit parts or None)}.
+    """
+    edge, exitParts = None, None
+    if "exit" in flags:
+        from meshvpn.exit.settings import buildExit
+        from meshvpn.exit.streams import exitAcceptor, exitResolver
+        from meshvpn.onion.edge import StreamExitEdge
+
+        host = settings["udp"][0]
+        own = [host] if host not in ("0.0.0.0", "::") else []
+        exitParts = buildExit(node.reactor, settings, ownAddresses=own)
+        edge = StreamExitEdge(exitAcceptor(exitParts.connector, exitParts.limiter), exitResolver(exitParts.resolver))
+        node.status.addSource("exit", exitParts)
+    onion = OnionService(
+        node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(node.links), edge=edge
+    )
+    node.links.setCellHandler(onion.switch)
+    onion.setServiceParent(node)
+    node.onion = onion
+    node.status.addSource("onion", onion.switch)
+    return onion, exitParts
+
+
+def publisherOptions(onion, exitParts):
+    """Keyword arguments for the L{RelayPublisher} of a relay with this onion service."""
+    return {
+        "onionKeys": onionKeysFromRing(onion.keyRing, onion.lifetime),
+        "exitPolicy": exitParts.policy.summary() if exitParts is not None else NOT_AN_EXIT,
+    }
