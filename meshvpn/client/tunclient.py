@@ -240,20 +240,19 @@ def tunSettings():
     ]
 
 
-def relayHosts(node):
+def relayHosts(bootstrap, finder):
     """IPv4 hosts of every relay the client may link to: bootstrap nodes and the directory."""
     hosts = set()
-    for entry in node.settings.get("bootstrap") or ():
+    for entry in bootstrap or ():
         host = entry[0] if isinstance(entry, tuple) else str(entry).rpartition(":")[0]
         hosts.add(host.strip("[]"))
-    finder = getattr(node, "relayFinder", None)
     for d in getattr(finder, "relays", {}).values():
         for _transport, address in d.linkAddresses:
             hosts.add(address.rpartition(":")[0].strip("[]"))
     return hosts
 
 
-def attachTun(node, settings, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
+def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
     """
     The client role's hook: with C{--tun}, a L{TunClient} on C{node} using
     C{node.circuits} (the circuit manager) unless C{getCircuit} is given.
@@ -278,13 +277,16 @@ def attachTun(node, settings, getCircuit=None, opener=None, keepSource=None, mes
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
     routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"))
     client = TunClient(
-        node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayHosts(node)), routes,
+        node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayHosts(settings.get("bootstrap"), finder)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
         meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
         meshPeers=settings.get("mesh_peers", ()),
     )
     client.setServiceParent(node)
     node.tun = client
+    status = getattr(node, "status", None)
+    if status is not None:
+        status.addSource("tun", client)
     return client
 
 

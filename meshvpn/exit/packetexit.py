@@ -312,16 +312,21 @@ def _setForwarding(value):
     return old
 
 
-def packetExitFor(node, policy, settings, tunFactory=None):
+def attachPacketExit(node, settings, onion, exitParts, tunFactory=None):
     """
-    The role's hook: a L{PacketExit} for C{node} if C{settings["packet_exit"]},
-    else C{None}.  Wrap the exit edge with L{PacketExitEdge}.
+    The relay role's hook: with C{--packet-exit} on an exit, a L{PacketExit}
+    on C{node} and the switch's edge wrapped so packet mode reaches it.
+    @return: the L{PacketExit} or C{None}.
     """
     if not settings.get("packet_exit"):
         return None
-    pe = PacketExit(node.reactor, policy, node.identity.nodeId.hex()[:8], pool=settings["packet_exit_pool"],
-                    mtu=settings["tun_mtu"] if "tun_mtu" in settings else DEFAULT_MTU, tunFactory=tunFactory)
+    if exitParts is None:
+        raise SystemExit("meshvpn-relay: config error: --packet-exit needs 'exit' in --flags")
+    pe = PacketExit(node.reactor, exitParts.policy, node.identity.nodeId.hex()[:8], pool=settings["packet_exit_pool"],
+                    tunFactory=tunFactory)
     pe.setServiceParent(node)
+    onion.switch.edge = PacketExitEdge(onion.switch.edge, pe)
+    node.status.addSource("packet_exit", pe)
     return pe
 
 
@@ -335,4 +340,4 @@ def packetExitSettings():
     ]
 
 
-__all__ = ["PacketExit", "PacketExitEdge", "packetExitFor", "packetExitSettings", "ipBytes"]
+__all__ = ["PacketExit", "PacketExitEdge", "attachPacketExit", "packetExitSettings", "ipBytes"]

@@ -4,7 +4,9 @@ Client -> TUN -> 3-hop circuit over TLS links -> exit's packet exit -> NAT
 -> a made-up internet with an HTTP server and a DNS server for a made-up
 domain.  A capture on the client's uplink shows only the link to the guard;
 with the guard stopped, fetches fail and still nothing else leaves; on stop
-the client's kill switch, routes and resolv.conf are gone.
+the client's kill switch, routes and resolv.conf are gone.  All nodes are
+real ``twistd meshvpn-relay``/``meshvpn-client`` processes that find each
+other through the DHT (see L{TunWorld.buildTwistd} for the layout).
 """
 
 import os
@@ -27,11 +29,20 @@ def captured(pcap):
     return [line for line in out.splitlines() if line.strip()]
 
 
+def waitFetch(world, url, out, deadline):
+    """Retry C{curl url} until the client has its first circuit. @return: curl's http code."""
+    while True:
+        result = world.inClient("curl", "-sS", "--max-time", "10", "-o", out, "-w", "%{http_code}", url, check=False)
+        if result == "200" or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
 class BrowseThroughVPNTests(unittest.TestCase):
     def setUp(self):
         requireRoot(self, tools=("ip", "nft", "tcpdump", "curl"))
         self.workdir = tempfile.mkdtemp(prefix="mvtun-")
-        self.world = TunWorld(Netns(self, "mvw"), self.addCleanup, self.workdir).build()
+        self.world = TunWorld(Netns(self, "mvw"), self.addCleanup, self.workdir).buildTwistd()
 
     def startCapture(self):
         # Everything the client sends on its uplink (what the inet side sends
@@ -42,68 +53,61 @@ class BrowseThroughVPNTests(unittest.TestCase):
             ["tcpdump", "-i", self.world.uplink["cl"], "-Q", "out", "-nn", "-U", "-w", pcap, "not", "arp"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        # tcpdump says "listening on" once the capture is live.
-        proc.stderr.readline()
+        proc.stderr.readline()  # "listening on ...": the capture is live
         return proc, pcap
 
     def stopCapture(self, proc):
-        time.sleep(0.3)  # let the last packets reach the file (-U flushes per packet)
+        time.sleep(0.3)  # -U writes each packet as it comes; let the last ones land
         proc.terminate()
         proc.wait(10)
 
     def test_browseKillGuardAndRestore(self):
         w = self.world
-        client = w.startClient()
-        guard = w.address["r1"]
         capture, pcap = self.startCapture()
+        w.startTwistdClient()
+        relayPorts = {f"{w.address['g']}.9001", f"{w.address['g']}.9000", f"{w.address['g']}.9100",
+                      f"{w.address['ex']}.9000"}
 
         out = os.path.join(self.workdir, "fetched")
-        result = w.inClient("curl", "-sS", "--max-time", "20", "-o", out, "-w", "%{http_code}",
-                            f"http://{DOMAIN}/bytes/{SIZE}")
-        self.assertEqual(result, "200")
+        code = waitFetch(w, f"http://{DOMAIN}/bytes/{SIZE}", out, time.monotonic() + 40)
+        self.assertEqual(code, "200", w.nodeLog("client")[-3000:])
         with open(out, "rb") as f:
             self.assertEqual(f.read(), body(SIZE))
-        self.assertIn(f"webfixture: {w.address['r3']} GET /bytes/{SIZE}", w.log("web"))
+        self.assertIn(f"webfixture: {w.address['ex']} GET /bytes/{SIZE}", w.log("web"))
 
-        # Leak bait: an app that binds to the uplink itself (bypassing the
-        # routes) is stopped by the kill switch, not sent.
+        # Leak bait: an app binding to the uplink itself (bypassing the routes)
+        # is stopped by the kill switch, not sent.
         leak = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "2",
                                "--interface", w.uplink["cl"], f"http://{WEB}/"], capture_output=True)
         self.assertNotEqual(leak.returncode, 0)
 
-        w.stop("r1")
-        failed = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "4", "-o", "/dev/null",
-                                 f"http://{DOMAIN}/bytes/1000"], capture_output=True)
-        self.assertNotEqual(failed.returncode, 0)
-        byAddress = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "3", "-o", "/dev/null",
-                                    f"http://{WEB}/bytes/1000"], capture_output=True)
-        self.assertNotEqual(byAddress.returncode, 0)
+        w.stop("guard")
+        for url in (f"http://{DOMAIN}/bytes/1000", f"http://{WEB}/bytes/1000"):
+            failed = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "3", "-o",
+                                     "/dev/null", url], capture_output=True)
+            self.assertNotEqual(failed.returncode, 0, url)
         self.stopCapture(capture)
 
         lines = captured(pcap)
-        self.lines = lines
         if os.environ.get("MESHVPN_SHOW_CAPTURE"):
-            print(len(lines), "packets;", "\n".join(lines[:3] + lines[-3:]), failed.stderr, leak.stderr)
+            print(len(lines), "packets;", "\n".join(lines[:3] + lines[-3:]))
         self.assertTrue(lines, "capture saw nothing at all")
         for line in lines:
             self.assertNotIn("IP6", line, line)
-            self.assertTrue(
-                f"{w.address['cl']}." in line and f"{guard}.9001" in line,
-                f"packet not on the guard link: {line}",
-            )
-        self.assertNotIn(DNS, "\n".join(lines))
+            parts = line.split()
+            # "TIME IP SRC > DST: ..."
+            self.assertEqual(parts[1], "IP", line)
+            self.assertIn(parts[4].rstrip(":"), relayPorts, f"packet to something other than a relay: {line}")
+        self.assertTrue(any(f"{w.address['g']}.9001:" in line for line in lines), "no guard link traffic captured")
 
-        # Clean stop: kill switch, routes and resolver restored.
-        self.assertEqual(w.stop("client"), 0, w.log("client")[-2000:])
-        tables = w.inClient("nft", "list", "tables")
-        self.assertNotIn(client["table"], tables)
-        routes = w.inClient("ip", "route")
-        self.assertNotIn("0.0.0.0/1", routes)
-        self.assertNotIn(client["tun"], w.inClient("ip", "link"))
+        # Clean stop: kill switch, routes, TUN and resolver restored.
+        self.assertEqual(w.stop("client"), 0, w.nodeLog("client")[-2000:])
+        self.assertNotIn("meshvpn-client-", w.inClient("nft", "list", "tables"))
+        self.assertNotIn("0.0.0.0/1", w.inClient("ip", "route"))
+        self.assertNotIn("mvpn", w.inClient("ip", "link"))
         with open(w.resolvConf) as f:
             self.assertEqual(f.read(), f"nameserver {DNS}\n")
         # And the exit removes its nftables table on stop.
-        exitTables = run("ip", "netns", "exec", w.ns["r3"], "nft", "list", "tables")
-        self.assertIn("meshvpn-exit-", exitTables)
-        w.stop("r3")
-        self.assertNotIn("meshvpn-exit-", run("ip", "netns", "exec", w.ns["r3"], "nft", "list", "tables"))
+        self.assertIn("meshvpn-exit-", run("ip", "netns", "exec", w.ns["ex"], "nft", "list", "tables"))
+        self.assertEqual(w.stop("exit"), 0)
+        self.assertNotIn("meshvpn-exit-", run("ip", "netns", "exec", w.ns["ex"], "nft", "list", "tables"))
