@@ -115,7 +115,7 @@ class TunDevice:
         """Route C{cidr} into the device (in C{table} if given; with its own C{mtu} if given)."""
         kw = {"dst": cidr, "oif": self.index}
         if mtu is not None:
-            kw["metrics"] = {"attrs": [("RTAX_MTU", mtu)]}
+            kw["metrics"] = {"mtu": mtu}
         if ":" in cidr:
             kw["family"] = 10
         if table is not None:

@@ -85,7 +85,8 @@ class MeshRouter:
             except PacketError:
                 return None
             if info.dontFragment:
-                return icmpError(packet, info, ICMP_UNREACH, UNREACH_FRAG_NEEDED, self.address, self.mtu)
+                # From the peer's address: our own would be a martian source.
+                return icmpError(packet, info, ICMP_UNREACH, UNREACH_FRAG_NEEDED, info.dst, self.mtu)
             self.counters["dropped"] += 1
             return None
         link = self.links.get(dst)

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from meshvpn.identity import NodeIdentity
 from meshvpn.test.rootenv import requireRoot
+from meshvpn.webfixture import body
 
 PAIRS = (("full-cone", "port-restricted", "direct"), ("symmetric", "symmetric", "relay"))
 
@@ -84,3 +85,18 @@ class MeshTests(unittest.TestCase):
             time.sleep(0.3)
             peers = readStatus(infos[a])["mesh"]["peers"]
             self.assertEqual(peers[target]["path"], expected, peers)
+        # TCP with full-size segments over the direct mesh link (route MTU, MSS).
+        a, b = names[0], names[1]
+        portFile = os.path.join(workdir, "web.port")
+        tb.popen(b, [sys.executable, "-m", "meshvpn.webfixture", "--listen", f"tcp:8080:interface={infos[b]['address']}",
+                     "--port-file", portFile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(portFile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fetched = os.path.join(workdir, "fetched")
+        code = subprocess.run(["ip", "netns", "exec", tb.hosts[a].ns, "curl", "-sS", "--max-time", "10", "-o", fetched,
+                               "-w", "%{http_code}", f"http://{infos[b]['address']}:8080/bytes/200000"],
+                              capture_output=True, text=True)
+        self.assertEqual(code.stdout, "200", code.stderr)
+        with open(fetched, "rb") as f:
+            self.assertEqual(f.read(), body(200000))
