@@ -116,6 +116,7 @@ def buildParser():
     p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
     p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
     p.add_argument("--tls-builds", type=int, default=30, help="builds over real TLS links on loopback (default 30; 0 skips)")
+    p.add_argument("--real-builds", type=int, default=30, help="builds through real relay processes (default 30; 0 skips)")
     p.set_defaults(func=_benchCircuitCommand)
     p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
     p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")

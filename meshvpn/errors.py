@@ -33,6 +33,10 @@ class NoPath(MeshVPNError):
     """No suitable relays are known to build a circuit."""
 
 
+class NoExitForTarget(NoPath):
+    """Exits are known, but the policy of none of them accepts the target (SOCKS: not allowed by ruleset)."""
+
+
 class StreamRefused(MeshVPNError):
     """The exit ended a stream; C{reason} holds the END reason."""
 

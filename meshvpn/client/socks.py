@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from meshvpn.client import socksparse as sp
 from meshvpn.client.socksparse import Command, Method, Reply, SocksError
-from meshvpn.errors import ConfigError, NoPath, StreamRefused
+from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver
 from meshvpn.onion.endreasons import EndReason
 
@@ -73,6 +73,8 @@ def replyForFailure(failure):
             return END_REASON_REPLY[EndReason(failure.value.reason)]
         except (ValueError, KeyError):
             return Reply.GENERAL_FAILURE
+    if failure.check(NoExitForTarget):
+        return Reply.NOT_ALLOWED  # every exit's policy refuses it: the "ruleset" is theirs
     if failure.check(NoPath):
         return Reply.NETWORK_UNREACHABLE
     if failure.check(defer.CancelledError, defer.TimeoutError):

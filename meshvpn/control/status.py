@@ -75,15 +75,21 @@ def formatStatus(status):
     """A person-readable rendering of a status dict."""
     lines = []
     node = status.get("node", {})
-    lines.append(f"node {node.get('node_id', '?')[:16]}…  role {node.get('role', '?')}  udp {node.get('udp', '-')}")
+    where = "  ".join(f"{k} {node[k]}" for k in ("udp", "stream", "socks") if k in node)
+    lines.append(f"node {node.get('node_id', '?')[:16]}…  role {node.get('role', '?')}  {where}")
     circuits = status.get("circuits", {})
     for c in circuits.get("circuits", []):
         hops = " -> ".join(h[:8] for h in c.get("path", []))
-        extra = f"  bytes {c.get('bytes', '')}" if c.get("bytes") is not None else ""
-        lines.append(f"  circuit {'(spare) ' if c.get('spare') else ''}{hops}{extra}")
-    for s in status.get("streams", {}).get("streams", []):
-        lines.append(f"  stream {s.get('target', '?')}  sent {s.get('sent', 0)}  received {s.get('received', 0)}")
+        kind = "spare" if c.get("spare") else "in use"
+        lines.append(
+            f"  circuit {hops}  ({kind})  sent {c.get('bytes_sent', 0)} B  received {c.get('bytes_received', 0)} B"
+        )
+        for s in c.get("streams", []):
+            lines.append(f"    stream {s.get('id')} {s.get('target') or ''} {s.get('state')}  "
+                         f"sent {s.get('sent', 0)} B  received {s.get('received', 0)} B")
+    if circuits.get("build_times_s"):
+        lines.append(f"  recent build times: {', '.join(f'{t * 1000:.1f} ms' for t in circuits['build_times_s'][-5:])}")
     for name, value in status.items():
-        if name not in ("node", "circuits", "streams", "time"):
-            lines.append(f"  {name}: {json.dumps(value, default=str)[:200]}")
+        if name not in ("node", "circuits", "time"):
+            lines.append(f"  {name}: {json.dumps(value, default=str)[:300]}")
     return "\n".join(lines)

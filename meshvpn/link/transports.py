@@ -65,6 +65,39 @@ class TCPTransport:
         return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
 
 
+@implementer(IPluggableTransport)
+class DatagramTransport:
+    """
+    The datagram link (meshvpn/link/datagram.py) over the node's one UDP
+    socket.  It carries mesh packets, where loss is normal, not circuits,
+    which need an ordered, reliable link: the stream endpoints refuse, and
+    L{attach} gives the node's datagram link endpoint instead.
+    Descriptor address: the node's C{udp} address.
+    """
+
+    name = DATAGRAM_TRANSPORT
+    kind = "datagram"
+
+    def _notForCircuits(self):
+        return LinkError(f"the {self.name!r} transport carries mesh packets, not circuits; use a stream transport")
+
+    def clientEndpoint(self, reactor, address, options):
+        raise self._notForCircuits()
+
+    def serverEndpoint(self, reactor, options):
+        raise self._notForCircuits()
+
+    def describeAddress(self, listeningPort):
+        host = listeningPort.getHost()
+        return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
+
+    def attach(self, node):
+        """@return: C{node}'s L{IDatagramLinkEndpoint}, registered on its UDP socket on first use."""
+        from meshvpn.nat.relayservice import datagramLinks
+
+        return datagramLinks(node)
+
+
 def availableTransports():
     """
     @return: C{{name: plugin}} of every L{IPluggableTransport} on the

@@ -6,8 +6,8 @@
 - relay_cells_per_s: one relay switching cells at full speed between two
   in-memory links (batches as a link delivers them; the output link is a
   sink), forward and backward; the headline is the slower direction.
-- build_time_median_s / build_time_p95_s: need real relay processes, links
-  and the DHT; left null here (the lead integrates them).
+- build_time_median_s / build_time_p95_s: builds from this process through
+  the relay processes of a `meshvpn testnet` network (meshvpn/benchbuild.py).
   build_time_inmemory_median_s is the CPU part alone: a 3-hop build over
   in-memory links in this process (3 ntor handshakes, 2 EXTEND2).
   build_time_tls_loopback_*: 3-hop builds over real TLS links on loopback
@@ -134,23 +134,22 @@ def run(cells=200000, batch=64, builds=50):
     result.update(benchCrypto(max(1, cells // 4)))
     result.update(benchRelay(cells, batch))
     result.update(benchBuildInMemory(builds))
-    result.update({
-        "build_time_median_s": None,
-        "build_time_p95_s": None,
-        "build_time_note": "needs real relay processes, links and the DHT; measured by the lead's integration",
-        "cells": cells,
-    })
+    result["cells"] = cells
     return result
 
 
-def _tlsBuildTimes(builds):
-    """Run L{meshvpn.onion.loopback.buildTimes} on the real reactor."""
+def _onReactor(*coroutineFactories):
+    """Run coroutines one after another on the real reactor; @return: their merged dicts."""
     from twisted.internet import defer, reactor
 
-    from meshvpn.onion.loopback import buildTimes
+    async def all():
+        out = {}
+        for make in coroutineFactories:
+            out.update(await make(reactor))
+        return out
 
     out, failures = {}, []
-    d = defer.Deferred.fromCoroutine(buildTimes(reactor, builds))
+    d = defer.Deferred.fromCoroutine(all())
     d.addCallbacks(out.update, failures.append).addBoth(lambda _: reactor.stop())
     reactor.run()
     if failures:
@@ -160,8 +159,18 @@ def _tlsBuildTimes(builds):
 
 def main(args):
     result = run(cells=args.cells, batch=args.batch, builds=args.builds)
+    from meshvpn.benchbuild import realProcessBuildTimes
+    from meshvpn.onion.loopback import buildTimes
+
+    steps = []
     if args.tls_builds > 0:
-        result.update(_tlsBuildTimes(args.tls_builds))
+        steps.append(lambda reactor: buildTimes(reactor, args.tls_builds))
+    if args.real_builds > 0:
+        steps.append(lambda reactor: realProcessBuildTimes(reactor, args.real_builds))
+    else:
+        result.update(build_time_median_s=None, build_time_p95_s=None, build_time_note="--real-builds 0")
+    if steps:
+        result.update(_onReactor(*steps))
     if args.json:
         print(json.dumps(result))
     else:

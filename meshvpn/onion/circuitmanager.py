@@ -189,16 +189,24 @@ class CircuitManager(service.Service):
     def circuits(self):
         return [c for c, _ in self._all()]
 
+    def _circuitStatus(self, circuit, path):
+        return _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+
     def status(self):
         return {
-            "circuits": [
-                {"path": [r.nodeId.hex() for r in path], "spare": (c, path) in self._spare}
-                for c, path in self._all()
-            ],
+            "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
             "build_times_s": self.buildTimes[-20:],
             "rebuild_times_s": self.rebuildTimes[-20:],
         }
+
+
+def _circuitStatusOf(circuit, path, spare):
+    entry = {"path": [r.nodeId.hex() for r in path], "spare": spare}
+    streams = getattr(circuit, "streamHandler", None)
+    if streams is not None and hasattr(streams, "status"):
+        entry.update(streams.status())
+    return entry
 
 
 def _accepts(path, target):

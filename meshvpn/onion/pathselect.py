@@ -17,7 +17,7 @@ import random
 
 import attrs
 
-from meshvpn.errors import NoPath
+from meshvpn.errors import NoExitForTarget, NoPath
 from meshvpn.secretfile import writeSecretFile
 
 # One relay's weight is capped, so a relay that advertises absurd bandwidth
@@ -88,7 +88,9 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=()):
         if "exit" in r.roles and _fits(r, chosen) and (target is None or (r.exitAccepts is None or r.exitAccepts(target)))
     ]
     if not exits:
-        raise NoPath(f"no exit accepts {_describe(target)} among {len(usable)} known relays")
+        if target is not None and any("exit" in r.roles for r in usable):
+            raise NoExitForTarget(f"no exit's policy accepts {_describe(target)}")
+        raise NoPath(f"no exit fits among {len(usable)} known relays")
     exit = _weighted(rng, exits)
     chosen.append(exit)
     if guard is None:

@@ -208,6 +208,7 @@ class CircuitStream:
                     self._pending.pop(0)
                 self._pendingBytes -= sent
                 self.bytesSent += sent
+                mux.bytesSent += sent
                 continue
             # Coalesce small writes into one cell.
             body, size = [], 0
@@ -225,6 +226,7 @@ class CircuitStream:
             self.packageWindow -= 1
             self._pendingBytes -= size
             self.bytesSent += size
+            mux.bytesSent += size
         if self._producerPaused and self._pendingBytes <= PAUSE_ABOVE // 2 and self._producer is not None:
             self._producerPaused = False
             self._producer.resumeProducing()
@@ -297,6 +299,7 @@ class CircuitStream:
             if self.deliverWindow < 0:
                 return self._violation("peer sent beyond the stream window")
             self.bytesReceived += len(body)
+            self.mux.bytesReceived += len(body)
             self.protocol.dataReceived(bytes(body))
             self._unacked += 1
             self._acknowledge()
@@ -374,6 +377,7 @@ class StreamMux:
         self._nextId = 1
         self.violations = 0
         self.closedReason = None
+        self.bytesSent = self.bytesReceived = 0  # stream data, all streams ever
 
     def peerAddress(self, stream):
         return None
@@ -418,6 +422,7 @@ class StreamMux:
             return defer.fail(e if isinstance(e, StreamRefused) else StreamRefused(REASON_MISC, "bad target"))
         stream = CircuitStream(self, sid, StreamState.CONNECTING)
         stream.protocol = protocol
+        stream.target = f"{host}:{port}"
         self.streams[sid] = stream
         d = defer.Deferred()
         self._waiting[sid] = d
@@ -542,6 +547,18 @@ class StreamMux:
     def _forget(self, stream):
         if self.streams.get(stream.streamId) is stream:
             del self.streams[stream.streamId]
+
+    def status(self):
+        """Streams and byte counts; targets only at the origin (the exit keeps none here)."""
+        return {
+            "bytes_sent": self.bytesSent,
+            "bytes_received": self.bytesReceived,
+            "streams": [
+                {"id": s.streamId, "state": s.state.value, "target": getattr(s, "target", None),
+                 "sent": s.bytesSent, "received": s.bytesReceived}
+                for s in self.streams.values()
+            ],
+        }
 
     def circuitClosed(self, reason=REASON_DESTROY):
         """The circuit is gone: every stream and pending request fails with C{reason}."""

@@ -219,6 +219,8 @@ class LinkState:
                     sw._protocolError(self, cell, "internal error", DestroyReason.INTERNAL)
         finally:
             sw._depth -= 1
+        if sw.readLimiter is not None:
+            sw.readLimiter.charge(self, len(cells))
         sw._flush(self)
 
     def linkClosed(self, reason):
@@ -226,6 +228,8 @@ class LinkState:
             return
         self.closed = True
         self.switch._links.pop(self.link, None)
+        if self.switch.readLimiter is not None:
+            self.switch.readLimiter.forget(self)
         for entry in list(self.table.values()):
             entry.linkClosed(self)
         self.table.clear()
@@ -525,6 +529,7 @@ class CircuitSwitch:
         self._links = {}
         self._dirty = []
         self._depth = 0
+        self.readLimiter = None  # a LinkReadLimiter when the relay has a bandwidth limit
         self.counters = {
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,

@@ -32,6 +32,11 @@ def attachOnionRelay(node, settings, flags):
         node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(node.links), edge=edge
     )
     node.links.setCellHandler(onion.switch)
+    if settings.get("bandwidth_rate"):
+        from meshvpn.onion.readlimit import LinkReadLimiter
+
+        onion.switch.readLimiter = LinkReadLimiter(node.reactor, settings["bandwidth_rate"], settings["bandwidth_burst"])
+        node.status.addSource("bandwidth", onion.switch.readLimiter)
     onion.setServiceParent(node)
     node.onion = onion
     node.status.addSource("onion", onion.switch)

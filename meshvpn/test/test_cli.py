@@ -83,3 +83,19 @@ class StatusCommandTests(unittest.TestCase):
         code, out, err = runMain(["status", "--data-dir", self.mktemp()])
         self.assertEqual(code, 1)
         self.assertIn("no status", err)
+
+
+class FormatStatusTests(unittest.TestCase):
+    def test_circuitsStreamsBytes(self):
+        from meshvpn.control.status import formatStatus
+
+        text = formatStatus({
+            "node": {"node_id": "ab" * 32, "role": "client", "socks": "127.0.0.1:1080"},
+            "circuits": {"circuits": [{"path": ["11" * 32, "22" * 32, "33" * 32], "spare": False, "bytes_sent": 47,
+                                       "bytes_received": 9000, "streams": [{"id": 1, "target": "198.18.0.1:80",
+                                                                            "state": "open", "sent": 47, "received": 9000}]}],
+                         "build_times_s": [0.004]},
+        })
+        self.assertIn("circuit 11111111 -> 22222222 -> 33333333  (in use)  sent 47 B  received 9000 B", text)
+        self.assertIn("stream 1 198.18.0.1:80 open", text)
+        self.assertIn("4.0 ms", text)

@@ -167,3 +167,22 @@ class RoleWiringTests(unittest.TestCase):
         node = client.makeService(opts)
         self.assertFalse(node.links.settings.authenticate)
         self.assertIsNone(node.streamListener)
+
+
+class DatagramTransportPluginTests(unittest.TestCase):
+    """The datagram link is itself a transport plugin: found by name, attached to the node's UDP socket."""
+
+    def test_foundAndAttached(self):
+        from meshvpn.errors import LinkError
+        from meshvpn.link.transports import availableTransports
+        from meshvpn.roles import client
+
+        udp = availableTransports()["udp"]
+        self.assertEqual(udp.kind, "datagram")
+        self.assertRaises(LinkError, udp.serverEndpoint, None, {})
+        options = client.Options()
+        options.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0"])
+        node = client.makeService(options)
+        endpoint = udp.attach(node)
+        self.assertIs(udp.attach(node), endpoint)
+        self.assertIn("link", node.udp._names)  # routed by first byte on the node's one socket

@@ -2,6 +2,8 @@
 
 import io
 import json
+import subprocess
+import sys
 from contextlib import redirect_stdout
 
 from twisted.trial import unittest
@@ -10,14 +12,27 @@ from meshvpn.cli import main
 
 
 class BenchCircuit(unittest.TestCase):
-    def test_runsTiny(self):
+    def test_runsTinyInProcess(self):
         out = io.StringIO()
         with redirect_stdout(out):
-            rc = main(["bench", "circuit", "--json", "--cells", "256", "--batch", "16", "--builds", "2", "--tls-builds", "0"])
+            rc = main(["bench", "circuit", "--json", "--cells", "256", "--batch", "16", "--builds", "2",
+                       "--tls-builds", "0", "--real-builds", "0"])
         self.assertEqual(rc, 0)
         result = json.loads(out.getvalue())
         self.assertEqual(result["cell_size"], 514)
         for key in ("crypto_us_per_cell_per_hop", "relay_cells_per_s", "build_time_inmemory_median_s"):
             self.assertGreater(result[key], 0)
         self.assertIsNone(result["build_time_median_s"])
-        self.assertIsNone(result["build_time_p95_s"])
+
+    def test_realProcessBuilds(self):
+        """With relay processes (a testnet) and TLS loopback builds: the build_time_* keys are measured."""
+        out = subprocess.run(
+            [sys.executable, "-m", "meshvpn", "bench", "circuit", "--json", "--cells", "256", "--batch", "16",
+             "--builds", "2", "--tls-builds", "2", "--real-builds", "3"],
+            capture_output=True, text=True, timeout=300,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        for key in ("build_time_median_s", "build_time_p95_s", "build_time_tls_loopback_median_s"):
+            self.assertGreater(result[key], 0)
+        self.assertEqual(result["builds"], 3)

@@ -7,7 +7,7 @@ import random
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from meshvpn.errors import NoPath
+from meshvpn.errors import NoExitForTarget, NoPath
 from meshvpn.onion.pathselect import GUARD_LIFETIME_S, GuardSet, RelayInfo, choosePath, related
 
 
@@ -44,8 +44,11 @@ class PathTests(unittest.TestCase):
         ]
         path = choosePath(relays, target=("198.51.100.1", 443), rng=random.Random(3))
         self.assertEqual(path[2].nodeId, bytes([3]) * 32)
-        e = self.assertRaises(NoPath, choosePath, relays, target=("198.51.100.1", 25))
+        e = self.assertRaises(NoExitForTarget, choosePath, relays, target=("198.51.100.1", 25))
         self.assertIn(":25", str(e))
+        noExits = [r for r in relays if "exit" not in r.roles]
+        e = self.assertRaises(NoPath, choosePath, noExits, target=("198.51.100.1", 443))
+        self.assertNotIsInstance(e, NoExitForTarget)
 
     def test_givenGuardAndExclusion(self):
         relays = [relay(i, f"198.{18 + i}.0.1") for i in range(1, 6)]

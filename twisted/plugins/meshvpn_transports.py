@@ -1,5 +1,6 @@
 # Drop-in: MeshVPN's built-in link transport(s), found with
 # getPlugins(IPluggableTransport).  Light: only small classes are imported.
-from meshvpn.link.transports import TCPTransport
+from meshvpn.link.transports import DatagramTransport, TCPTransport
 
 meshvpnTLS = TCPTransport()
+meshvpnUDP = DatagramTransport()
