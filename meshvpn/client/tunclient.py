@@ -14,8 +14,6 @@ a hop died) a bounded queue holds the first packets and the rest are
 dropped: TCP retransmits, and the kill switch keeps them from leaking.
 """
 
-import ipaddress
-
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -289,5 +287,3 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         status.addSource("tun", client)
     return client
 
-
-__all__ = ["TunClient", "attachTun", "tunSettings", "ipaddress"]

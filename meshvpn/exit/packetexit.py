@@ -42,7 +42,6 @@ from meshvpn.exit.packetparse import (
     UNREACH_FRAG_NEEDED,
     PacketError,
     icmpError,
-    ipBytes,
     ipStr,
     parseIPv4,
     rewrite,
@@ -339,5 +338,3 @@ def packetExitSettings():
         Setting("packet-exit-pool", parseText, DEFAULT_POOL, "IPv4 network whose addresses the packet exit gives to circuits."),
     ]
 
-
-__all__ = ["PacketExit", "PacketExitEdge", "attachPacketExit", "packetExitSettings", "ipBytes"]

@@ -1,11 +1,12 @@
-"""Processes for the VPN namespace tests and ``meshvpn bench tun``: relays (one an
-exit with a packet exit), a VPN client, and a made-up internet's DNS server.
+"""Helper processes for the VPN namespace tests and ``meshvpn bench tun``: a
+mesh-only VPN client behind a NAT box, and a made-up internet's DNS server.
 
-Each runs as its own process inside its own network namespace
-(``ip netns exec NS python -m meshvpn.test.tunnet ROLE ...``) over real TLS
-links, with the path given explicitly (the relays write their hop specs to
-files), so a test needs no DHT.  Every process writes a JSON ready file and
-undoes its system changes (nftables tables, resolv.conf, TUN) on SIGTERM.
+(Relays and the full VPN client are real ``twistd`` processes; the client
+role does not attach a hole-punching L{PeerConnector} yet, so the mesh
+client here builds one the way L{meshvpn.nat.matrixagent} does.)  Each runs
+in its own network namespace (``ip netns exec NS python -m
+meshvpn.test.tunnet ROLE ...``), writes a JSON ready file and undoes its
+system changes on SIGTERM.
 """
 
 import argparse
@@ -14,7 +15,7 @@ import os
 import signal
 import sys
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 
@@ -28,129 +29,6 @@ def _writeJson(path, value):
 def _stopOnTerm(reactor):
     signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
     signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(reactor.stop))
-
-
-async def runRelay(reactor, args):
-    from meshvpn.identity import NodeIdentity
-    from meshvpn.link.manager import LinkManager
-    from meshvpn.link.transports import TCPTransport
-    from meshvpn.onion.keyring import OnionKeyRing
-    from meshvpn.onion.service import linkManagerConnector
-    from meshvpn.onion.switch import CircuitSwitch
-
-    ident = NodeIdentity.generate()
-    manager = LinkManager(reactor, ident, transports={"tls": TCPTransport()})
-    ring = OnionKeyRing(reactor, current=bytes(ident.onionPrivateKey()))
-    edge = None
-    if args.exit:
-        from meshvpn.exit.dns import makeUpstream
-        from meshvpn.exit.packetexit import PacketExit, PacketExitEdge
-        from meshvpn.exit.settings import buildExit
-        from meshvpn.exit.streams import exitAcceptor, exitResolver
-        from meshvpn.onion.edge import StreamExitEdge
-
-        settings = {"exit_policy": "", "exit_dns": "system", "bandwidth_rate": None, "bandwidth_burst": None,
-                    "circuit_rate": None, "circuit_burst": None}
-        host, _, port = args.dns.rpartition(":")
-        parts = buildExit(reactor, settings, ownAddresses=[args.host], upstream=makeUpstream(reactor, (host, int(port))))
-        streams = StreamExitEdge(exitAcceptor(parts.connector, parts.limiter), exitResolver(parts.resolver))
-        pe = PacketExit(reactor, parts.policy, ident.nodeId.hex()[:8])
-        pe.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", pe.stopService)
-        edge = PacketExitEdge(streams, pe)
-    switch = CircuitSwitch(reactor, ident.nodeId, ring, linkManagerConnector(manager), edge)
-    manager.setCellHandler(switch)
-    port = await endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(manager.serverFactory("tls"))
-    _writeJson(args.ready, {
-        "nodeId": ident.nodeId.hex(),
-        "onionKey": bytes(ring.publicKeys()["current"]).hex(),
-        "address": f"{args.host}:{port.getHost().port}",
-    })
-
-
-class FixedPathCircuits:
-    """A stand-in for the circuit manager: one circuit along a fixed path, rebuilt when it dies."""
-
-    def __init__(self, reactor, manager, switch, hops, guardAddress):
-        self.reactor = reactor
-        self.manager = manager
-        self.switch = switch
-        self.hops = hops
-        self.guardAddress = guardAddress
-        self._circuit = None
-        self._building = None
-
-    def getCircuit(self, target=None, isolation=None):
-        if self._circuit is not None:
-            return defer.succeed(self._circuit)
-        if self._building is None:
-            self._waiters = []
-            self._building = defer.Deferred.fromCoroutine(self._build())
-            self._building.addBoth(self._built)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    def _built(self, result):
-        from twisted.python.failure import Failure
-
-        self._building = None
-        waiters, self._waiters = self._waiters, []
-        if isinstance(result, Failure):
-            for d in waiters:
-                d.errback(result)
-            return None
-        self._circuit = result
-        result.whenClosed().addBoth(lambda _: setattr(self, "_circuit", None))
-        for d in waiters:
-            d.callback(result)
-        return None
-
-    async def _build(self):
-        from meshvpn.link.manager import LinkTarget
-        from meshvpn.onion.edge import attachStreams
-        from meshvpn.onion.origin import OriginCircuit
-
-        link = await self.manager.getLink(LinkTarget(self.hops[0].nodeId, (("tls", self.guardAddress),)))
-        circuit = OriginCircuit(self.switch, link, self.hops)
-        attachStreams(circuit)
-        await circuit.build()
-        return circuit
-
-
-async def runClient(reactor, args):
-    from meshvpn.client.circuitopener import CircuitStreamOpener
-    from meshvpn.client.tunclient import TunClient
-    from meshvpn.client.tunmesh import meshAddress
-    from meshvpn.client.tunroutes import RouteController
-    from meshvpn.identity import NodeIdentity
-    from meshvpn.link.manager import LinkManager
-    from meshvpn.link.protocol import LinkSettings
-    from meshvpn.link.transports import TCPTransport
-    from meshvpn.onion.origin import HopSpec
-    from meshvpn.onion.switch import CircuitSwitch
-
-    hops, addresses = [], []
-    for path in args.path.split(","):
-        with open(path) as f:
-            spec = json.load(f)
-        hops.append(HopSpec(bytes.fromhex(spec["nodeId"]), bytes.fromhex(spec["onionKey"]), (), (f"tls {spec['address']}",)))
-        addresses.append(spec["address"])
-    ident = NodeIdentity.generate()
-    manager = LinkManager(reactor, ident, LinkSettings(authenticate=False), transports={"tls": TCPTransport()})
-    switch = CircuitSwitch(reactor, ident.nodeId)
-    manager.setCellHandler(switch)
-    circuits = FixedPathCircuits(reactor, manager, switch, hops, addresses[0])
-    guardHost = addresses[0].rpartition(":")[0]
-    tag = ident.nodeId.hex()[:8]
-    routes = RouteController(tag, args.data_dir, meshAddress(ident.nodeId), args.resolv_conf) if args.capture else None
-    client = TunClient(reactor, ident.nodeId, lambda: circuits.getCircuit(), CircuitStreamOpener(circuits),
-                       keepSource=lambda: {guardHost}, routes=routes, mtu=args.mtu)
-    client.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
-    await circuits.getCircuit()
-    _writeJson(args.ready, {"nodeId": ident.nodeId.hex(), "address": client.address, "tun": client.tun.name,
-                            "table": routes.table if routes else None})
 
 
 async def runMesh(reactor, args):
@@ -224,19 +102,6 @@ def runDNS(reactor, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="role", required=True)
-    r = sub.add_parser("relay")
-    r.add_argument("--host", required=True)
-    r.add_argument("--port", type=int, default=0)
-    r.add_argument("--exit", action="store_true")
-    r.add_argument("--dns", default="198.18.100.53:53")
-    r.add_argument("--ready", required=True)
-    c = sub.add_parser("client")
-    c.add_argument("--path", required=True, help="comma-separated relay ready files, guard first")
-    c.add_argument("--data-dir", required=True)
-    c.add_argument("--resolv-conf", default="/etc/resolv.conf")
-    c.add_argument("--mtu", type=int, default=1480)
-    c.add_argument("--no-capture", dest="capture", action="store_false")
-    c.add_argument("--ready", required=True)
     m = sub.add_parser("mesh")
     m.add_argument("--data-dir", required=True)
     m.add_argument("--relay", required=True)
@@ -264,8 +129,7 @@ def main(argv=None):
     if args.role == "dns":
         reactor.callWhenRunning(runDNS, reactor, args)
     else:
-        run = {"relay": runRelay, "client": runClient, "mesh": runMesh}[args.role]
-        reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(run(reactor, args)).addErrback(failed))
+        reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(runMesh(reactor, args)).addErrback(failed))
     reactor.run()
 
 

@@ -2,10 +2,10 @@
 
 Topology (all addresses from 198.18.0.0/15)::
 
-    cl (client, 198.18.1.2) --+
-    r1 (guard,  198.18.2.2) --+
-    r2 (middle, 198.18.3.2) --+-- inet (router; web 198.18.100.1:80, DNS 198.18.100.53)
-    r3 (exit,   198.18.4.2) --+
+    cl (client, 198.18.1.2) ---------------------+
+    g  (guard 198.18.2.2:9001,                   +-- inet (router; web 198.18.100.1:80,
+        middle 127.30.0.1:9001, DHT :9100) ------+         DNS 198.18.100.53)
+    ex (exit, 198.19.4.2, packet exit) ----------+
 
 The client namespace's resolv.conf (C{/etc/netns/<ns>/resolv.conf}) names
 the internet's DNS server directly, so any query that skipped the tunnel
@@ -66,49 +66,6 @@ class TunWorld:
     def log(self, name):
         with open(self.logs[name], errors="replace") as f:
             return f.read()
-
-    def build(self, exitArgs=()):
-        n = self.netns
-        self.inet = n.add("inet")
-        n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
-        n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
-        self.ns = {}
-        self.uplink = {}
-        for i, short in enumerate(("cl", "r1", "r2", "r3"), start=1):
-            ns = self.ns[short] = n.add(short)
-            _inetSide, own = n.veth(self.inet, f"198.18.{i}.1/24", ns, f"198.18.{i}.2/24")
-            self.uplink[short] = own
-            n.exec(ns, "ip", "route", "add", "default", "via", f"198.18.{i}.1")
-        self.address = {s: f"198.18.{i}.2" for i, s in enumerate(("cl", "r1", "r2", "r3"), start=1)}
-        # The client's resolver points at the internet DNS until the VPN takes over.
-        self.etcDir = f"/etc/netns/{self.ns['cl']}"
-        self.addCleanup(shutil.rmtree, self.etcDir, True)
-        os.makedirs(self.etcDir, exist_ok=True)
-        self.resolvConf = os.path.join(self.etcDir, "resolv.conf")
-        with open(self.resolvConf, "w") as f:
-            f.write(f"nameserver {DNS}\n")
-
-        dnsReady = os.path.join(self.workdir, "dns.json")
-        p = self.python(self.inet, "dns", "-m", "meshvpn.test.tunnet", "dns", "--listen", DNS,
-                        "--zone", f"{DOMAIN}={WEB}", "--ready", dnsReady)
-        _waitFile(dnsReady, p, what="dns")
-        portFile = os.path.join(self.workdir, "web.port")
-        p = self.python(self.inet, "web", "-m", "meshvpn.webfixture", "--listen", f"tcp:80:interface={WEB}",
-                        "--port-file", portFile)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(portFile) and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        self.relaySpecs = []
-        for short in ("r1", "r2", "r3"):
-            ready = os.path.join(self.workdir, f"{short}.json")
-            extra = ["--exit", "--dns", f"{DNS}:53", *exitArgs] if short == "r3" else []
-            p = self.python(self.ns[short], short, "-m", "meshvpn.test.tunnet", "relay", "--host", self.address[short],
-                            "--port", "9001", "--ready", ready, *extra)
-            self.relaySpecs.append(ready)
-        for short, ready in zip(("r1", "r2", "r3"), self.relaySpecs):
-            _waitFile(ready, self.procs[short], what=short)
-        return self
 
     def buildTwistd(self, clientArgs=()):
         """
@@ -193,18 +150,6 @@ class TunWorld:
         deadline = time.monotonic() + 20
         while not os.path.exists(portFile) and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.05)
-
-    def startClient(self, capture=True):
-        ready = os.path.join(self.workdir, "client.json")
-        dataDir = os.path.join(self.workdir, "client")
-        os.makedirs(dataDir, exist_ok=True)
-        args = ["-m", "meshvpn.test.tunnet", "client", "--path", ",".join(self.relaySpecs), "--data-dir", dataDir,
-                "--ready", ready]
-        if not capture:
-            args.append("--no-capture")
-        p = self.python(self.ns["cl"], "client", *args)
-        self.client = _waitFile(ready, p, timeout=40, what="client")
-        return self.client
 
     def stop(self, name, timeout=10):
         p = self.procs[name]
