@@ -72,7 +72,7 @@ def benchVPN(size, pings):
 
 
 def benchMesh(size, pings):
-    from meshvpn.test.test_tun_mesh import meshWorld
+    from meshvpn.test.test_tun_mesh import meshPeers, meshWorld
 
     with Cleanups() as c:
         workdir = tempfile.mkdtemp(prefix="mvbench-mesh-")
@@ -91,9 +91,10 @@ def benchMesh(size, pings):
             time.sleep(0.05)
         times = _pingTimes(tb.hosts[a].ns, infos[b]["address"], pings)
         got, seconds = _download(tb.hosts[a].ns, f"http://{infos[b]['address']}:8080/bytes/{size}")
-        time.sleep(0.5)  # the mesh client rewrites its status file every 0.25 s
-        with open(infos[a]["ready"]) as f:
-            peers = json.load(f)["mesh"]["peers"]
+        deadline = time.monotonic() + 5
+        while infos[b]["address"] not in meshPeers(infos[a]) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the status file is rewritten every second
+        peers = meshPeers(infos[a])
         return {
             "mesh_throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "mesh_rtt_ms_median": _median(times),

@@ -91,6 +91,12 @@ class TunClient(service.Service):
         self.log.info("VPN up on {tun}: address {a}, mtu {mtu}", tun=self.tun.name, a=self.address, mtu=self.mtu)
         self._ensureCircuit()
 
+    def setMeshConnector(self, connector):
+        """The node's L{PeerConnector} is ready (mesh links can come up after the TUN)."""
+        self.meshConnector = connector
+        if self.mesh is not None:
+            self.mesh.setConnector(connector)
+
     def _meshRoute(self):
         add = getattr(self.tun, "addRoute", None)
         if add is None:
@@ -232,6 +238,8 @@ def tunSettings():
                 flag=True),
         Setting("tun-name", parseText, "mvpn%d", "TUN interface name (%d: first free number)."),
         Setting("tun-mtu", parseMtu, DEFAULT_MTU, "TUN MTU; 1480 makes a full packet exactly 3 cells."),
+        Setting("tun-capture", parseBool, True,
+                "With --tun: capture all IPv4 (routes, kill switch, DNS); false = mesh addresses only."),
         Setting("tun-dns", parseBool, True, "Serve DNS on the TUN address (resolved at the exit) and point resolv.conf at it."),
         Setting("resolv-conf", parseText, "/etc/resolv.conf", "The resolver file --tun rewrites while up (restored on stop)."),
         Setting("mesh-peers", parsePeers, [], "Comma-separated node ids (hex) of mesh peers reachable at their mesh address."),
@@ -260,10 +268,11 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         return None
     from meshvpn.client.tunroutes import RouteController
 
-    if getCircuit is None:
+    capture = settings.get("tun_capture", True)
+    if getCircuit is None and capture:
         def getCircuit():
             return node.circuits.getCircuit(target=None, isolation=ISOLATION)
-    if opener is None and settings.get("tun_dns", True):
+    if opener is None and capture and settings.get("tun_dns", True):
         from meshvpn.client.circuitopener import CircuitStreamOpener
 
         class _LazyOpener:
@@ -273,7 +282,7 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         opener = _LazyOpener()
     tag = node.identity.nodeId.hex()[:8]
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
-    routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"))
+    routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf")) if capture else None
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayHosts(settings.get("bootstrap"), finder)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),

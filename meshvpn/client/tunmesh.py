@@ -47,7 +47,6 @@ class MeshRouter:
 
     def __init__(self, nodeId, connector, peers, deliver, mtu=MESH_MTU):
         self.address = ipaddress.IPv4Address(meshAddress(nodeId)).packed
-        self.connector = connector
         self.deliver = deliver
         self.mtu = mtu
         self.peers = {}
@@ -62,8 +61,15 @@ class MeshRouter:
         self.paths = {}  # peer address -> "direct" or "relay" (links we opened)
         self._pending = {}  # peer address -> queued packets while connecting
         self.counters = {"tx": 0, "rx": 0, "dropped": 0, "spoofed": 0}
-        if connector is not None:
-            connector.linkObservers.append(self._linkUp)
+        self.connector = None
+        self.setConnector(connector)
+
+    def setConnector(self, connector):
+        """Use C{connector} for mesh links (it may come up after the TUN)."""
+        if connector is None or connector is self.connector:
+            return
+        self.connector = connector
+        connector.linkObservers.append(self._linkUp)
 
     def _linkUp(self, link):
         address = self._byId.get(link.peerId)

@@ -8,6 +8,7 @@ from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, pars
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
 from meshvpn.client.tunclient import attachTun, tunSettings
+from meshvpn.client.tunmeshlink import attachMeshLinks, meshSettings
 from meshvpn.roles.onionclient import attachOnionClient
 
 
@@ -32,6 +33,7 @@ class Options(RoleOptions):
         ),
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
+        *meshSettings(),
     ]
 
     def postOptions(self):
@@ -52,4 +54,5 @@ def makeService(options):
     finder.setServiceParent(dht)
     attachOnionClient(node, options.settings, finder)
     attachTun(node, options.settings, finder)
+    attachMeshLinks(node, options.settings)
     return node
