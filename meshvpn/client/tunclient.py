@@ -267,7 +267,11 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     if not settings.get("tun"):
         return None
     from meshvpn.client.tunroutes import RouteController
+    from meshvpn.exit.packetexit import privilegeProblem
 
+    problem = privilegeProblem()
+    if problem and getCircuit is None:
+        raise SystemExit(f"meshvpn-client: --tun {problem}")
     capture = settings.get("tun_capture", True)
     if getCircuit is None and capture:
         def getCircuit():

@@ -302,6 +302,20 @@ class PacketExitEdge:
         self.inner.circuitClosed(circuit, reason)
 
 
+def privilegeProblem():
+    """@return: why this process cannot run a TUN with nftables, or C{None}."""
+    import os
+    import shutil
+
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return "needs /dev/net/tun and root (CAP_NET_ADMIN)"
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) for the TUN device and nftables"
+    if shutil.which("nft") is None:
+        return "needs nftables (the nft command)"
+    return None
+
+
 def _setForwarding(value):
     path = "/proc/sys/net/ipv4/ip_forward"
     with open(path) as f:
@@ -321,6 +335,9 @@ def attachPacketExit(node, settings, onion, exitParts, tunFactory=None):
         return None
     if exitParts is None:
         raise SystemExit("meshvpn-relay: config error: --packet-exit needs 'exit' in --flags")
+    problem = privilegeProblem()
+    if problem and tunFactory is None:
+        raise SystemExit(f"meshvpn-relay: --packet-exit: {problem}")
     pe = PacketExit(node.reactor, exitParts.policy, node.identity.nodeId.hex()[:8], pool=settings["packet_exit_pool"],
                     tunFactory=tunFactory)
     pe.setServiceParent(node)

@@ -224,6 +224,13 @@ class RouteControllerTests(unittest.TestCase):
         with open(resolv) as f:
             self.assertEqual(f.read(), "nameserver 198.18.0.53\n")
 
+    def test_interfaces(self):
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.interfaces import IRouteController
+
+        verifyObject(IRouteController, tunroutes.RouteController("x", tempfile.mkdtemp(), nft=lambda s: None))
+
     def test_clientTables(self):
         listing = "table inet meshvpn-client-0a1b2c3d\ntable ip natbox\ntable inet meshvpn-client-ffffffff\n"
         self.assertEqual(clientTables(listing), ["meshvpn-client-0a1b2c3d", "meshvpn-client-ffffffff"])

@@ -42,6 +42,11 @@ class TunDeviceTests(unittest.TestCase):
             replies = [r for r in map(echoReply, packets) if r is not None]
             tun.writePackets(replies)
 
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.interfaces import ITunDevice
+
+        verifyObject(ITunDevice, tun)
         tun.setPacketReceiver(received)
         out, err, code = yield utils.getProcessOutputAndValue(
             "/usr/sbin/ip", ["netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.77.5"]

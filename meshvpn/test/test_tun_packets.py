@@ -155,6 +155,22 @@ class PacketExitTests(unittest.TestCase):
         self.assertEqual((pp.ipStr(r.src), pp.ipStr(r.dst)), ("198.18.0.5", "10.9.0.2"))
         self.assertTrue(transportChecksumOK(reply))
 
+    def test_icmpErrorFromInternetRewrittenInside(self):
+        c = FakeCircuit()
+        out = tcp("10.9.0.2", "198.18.0.5", 1000, 80)
+        self.pe.circuitPackets(c, [out])
+        sent = self.tun.written[0]
+        info = pp.parseIPv4(sent)
+        err = pp.icmpError(sent, info, pp.ICMP_UNREACH, pp.UNREACH_PORT, pp.ipBytes("198.18.0.5"))
+        self.tun.receiver([err])
+        (back,) = c.sent
+        b = pp.parseIPv4(back)
+        self.assertEqual(pp.ipStr(b.dst), "10.9.0.2")
+        self.assertEqual(pp.checksum(back[b.ihl:]), 0)
+        quoted = back[b.ihl + 8:]
+        self.assertEqual(pp.ipStr(quoted[12:16]), "10.9.0.2")
+        self.assertEqual(pp.checksum(quoted[:20]), 0)
+
     def test_policyRejectsWithIcmp(self):
         c = FakeCircuit()
         self.pe.circuitPackets(c, [tcp("10.9.0.2", "198.18.0.5", 1000, 25), tcp("10.9.0.2", "10.0.0.1", 1000, 80),
