@@ -30,8 +30,8 @@ class TunClient(service.Service):
     @param getCircuit: C{callable() -> Deferred(circuit)}, a packet-mode
         circuit (C{sendPackets}, C{setPacketReceiver}, C{whenClosed}).
     @param opener: an L{IStreamOpener} for DNS (C{None}: no DNS server).
-    @param keepSource: C{callable() -> iterable of IP strings} of relays to
-        keep off the tunnel (asked again every few seconds).
+    @param keepSource: C{callable() -> iterable of (ip, port)} of relay
+        endpoints to keep off the tunnel (asked again every few seconds).
     @param routes: an L{IRouteController} or C{None} (no capture: tests, mesh only).
     @param meshConnector: a L{PeerConnector} for mesh peers, or C{None}.
     """
@@ -246,16 +246,21 @@ def tunSettings():
     ]
 
 
-def relayHosts(bootstrap, finder):
-    """IPv4 hosts of every relay the client may link to: bootstrap nodes and the directory."""
-    hosts = set()
-    for entry in bootstrap or ():
-        host = entry[0] if isinstance(entry, tuple) else str(entry).rpartition(":")[0]
-        hosts.add(host.strip("[]"))
+def relayEndpoints(bootstrap, finder):
+    """
+    C{(ip, port)} of every relay endpoint the client talks to directly: DHT
+    bootstrap nodes and, for every relay in the directory, its DHT port and
+    link ports (the guards are among them).
+    """
+    out = set()
+    for host, port in bootstrap or ():
+        out.add((host.strip("[]"), port))
     for d in getattr(finder, "relays", {}).values():
-        for _transport, address in d.linkAddresses:
-            hosts.add(address.rpartition(":")[0].strip("[]"))
-    return hosts
+        for _transport, address in d.addresses:
+            host, _, port = address.rpartition(":")
+            if port.isdigit():
+                out.add((host.strip("[]"), int(port)))
+    return out
 
 
 def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
@@ -288,7 +293,7 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
     routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf")) if capture else None
     client = TunClient(
-        node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayHosts(settings.get("bootstrap"), finder)), routes,
+        node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayEndpoints(settings.get("bootstrap"), finder)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
         meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
         meshPeers=settings.get("mesh_peers", ()),

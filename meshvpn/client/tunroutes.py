@@ -9,8 +9,9 @@ What C{capture} changes, and how each change is undone:
   bootstrap), through the gateway the original route used, so links to
   guards never enter the tunnel.  Removed by C{restore}; harmless if left.
 - nftables table C{inet meshvpn-client-<id8>} (the kill switch): output
-  policy drop, accepting only loopback, the TUN and the kept relay
-  addresses; IPv6 has no exception at all (blocked, never leaked); TCP SYNs
+  policy drop, accepting only loopback, the TUN and TCP/UDP to the kept
+  relay ports (link and DHT ports: an app cannot reach other services on a
+  relay's address outside the tunnel); IPv6 has no exception at all (blocked, never leaked); TCP SYNs
   through the TUN get their MSS clamped to the route MTU.  A crash leaves
   this table in place, which fails closed (nothing leaks, nothing works)
   until C{meshvpn vpn-restore} or the next start removes it.
@@ -40,20 +41,24 @@ def runNft(script):
 
 
 def killSwitchRules(table, tun, keep):
-    elements = ", ".join(sorted(keep))
+    """
+    @param keep: C{(ip, port)} pairs of relays (guard link ports, DHT
+        ports) that may be reached directly, over TCP or UDP.
+    """
+    elements = ", ".join(f"{ip} . {port}" for ip, port in sorted(keep))
     keepSet = f"        elements = {{ {elements} }}\n" if keep else ""
     return f"""table inet {table} {{}}
 delete table inet {table}
 table inet {table} {{
     set keep4 {{
-        type ipv4_addr
+        type ipv4_addr . inet_service
 {keepSet}    }}
     chain output {{
         type filter hook output priority filter; policy drop;
         oifname "lo" accept
         oifname "{tun}" tcp flags syn tcp option maxseg size set rt mtu
         oifname "{tun}" accept
-        meta nfproto ipv4 ip daddr @keep4 accept
+        meta l4proto {{ tcp, udp }} ip daddr . th dport @keep4 accept
         counter drop
     }}
     chain forward {{
@@ -66,15 +71,16 @@ table inet {table} {{
 """
 
 
-def _ipv4Only(addresses):
+def _ipv4Only(endpoints):
+    """The IPv4, non-loopback C{(ip, port)} pairs of C{endpoints}."""
     out = set()
-    for a in addresses:
+    for host, port in endpoints:
         try:
-            ip = ipaddress.ip_address(a)
+            ip = ipaddress.ip_address(host)
         except ValueError:
             continue
-        if ip.version == 4 and not ip.is_loopback:
-            out.add(str(ip))
+        if ip.version == 4 and not ip.is_loopback and isinstance(port, int) and 0 < port < 65536:
+            out.add((str(ip), port))
     return out
 
 
@@ -97,6 +103,7 @@ class RouteController:
         self._ipr = ipr
         self.tun = None
         self.kept = {}  # address -> the route kwargs added for it
+        self.keptPorts = set()  # (ip, port) pairs the kill switch lets out
         self.captured = False
 
     def _iproute(self):
@@ -107,10 +114,15 @@ class RouteController:
         return self._ipr
 
     def capture(self, tun, keepRoutes):
+        """
+        @param keepRoutes: C{(ip, port)} pairs of relays to reach directly:
+            a host route per address, a kill-switch exception per pair.
+        """
         keep = _ipv4Only(keepRoutes)
         self.tun = tun
-        for address in keep:
+        for address in {ip for ip, _ in keep}:
             self._keepRoute(address)
+        self.keptPorts = set(keep)
         self._nft(killSwitchRules(self.table, tun.name, keep))
         self.captured = True
         for cidr in ("0.0.0.0/1", "128.0.0.0/1"):
@@ -120,13 +132,14 @@ class RouteController:
         return defer.succeed(None)
 
     def keep(self, addresses):
-        """Add relays to keep off the tunnel (guards discovered later)."""
-        new = _ipv4Only(addresses) - set(self.kept)
+        """Add relays (C{(ip, port)} pairs) to keep off the tunnel (guards discovered later)."""
+        new = _ipv4Only(addresses) - self.keptPorts
         if not new or not self.captured:
             return
-        for address in new:
+        for address in {ip for ip, _ in new} - set(self.kept):
             self._keepRoute(address)
-        self._nft(f"add element inet {self.table} keep4 {{ {', '.join(sorted(new))} }}\n")
+        self.keptPorts |= new
+        self._nft(f"add element inet {self.table} keep4 {{ {', '.join(f'{ip} . {port}' for ip, port in sorted(new))} }}\n")
 
     def _keepRoute(self, address):
         ipr = self._iproute()

@@ -209,15 +209,16 @@ class RouteControllerTests(unittest.TestCase):
         scripts, ipr = [], FakeIPRoute()
         rc = tunroutes.RouteController("abcd", data, "100.99.0.1", resolv, nft=scripts.append, ipr=ipr)
         tun = FakeTun(None, "mvpn0", 1480)
-        rc.capture(tun, {"198.18.2.2", "127.30.0.1", "::1", "2001:db8::5"})
+        rc.capture(tun, {("198.18.2.2", 9001), ("198.18.2.2", 9000), ("127.30.0.1", 9001), ("2001:db8::5", 9001)})
         self.assertIn(("replace", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"}), ipr.calls)
         self.assertEqual(tun.routes, [("0.0.0.0/1", None), ("128.0.0.0/1", None)])
-        self.assertIn("elements = { 198.18.2.2 }", scripts[0])
+        self.assertIn("elements = { 198.18.2.2 . 9000, 198.18.2.2 . 9001 }", scripts[0])
+        self.assertEqual([c for c in ipr.calls if c[0] == "replace"], [("replace", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"})])
         self.assertIn("policy drop", scripts[0])
         with open(resolv) as f:
             self.assertIn("nameserver 100.99.0.1", f.read())
-        rc.keep({"198.18.2.2", "198.19.4.2"})
-        self.assertEqual(scripts[-1], "add element inet meshvpn-client-abcd keep4 { 198.19.4.2 }\n")
+        rc.keep({("198.18.2.2", 9001), ("198.19.4.2", 9000)})
+        self.assertEqual(scripts[-1], "add element inet meshvpn-client-abcd keep4 { 198.19.4.2 . 9000 }\n")
         rc.restore()
         self.assertIn("delete table inet meshvpn-client-abcd", scripts[-1])
         self.assertIn(("del", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"}), ipr.calls)
@@ -249,7 +250,7 @@ class VpnRestoreTests(unittest.TestCase):
                                        nft=lambda s: subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"],
                                                                     input=s.encode(), check=True))
         rc._pointResolver()
-        rc._nft(tunroutes.killSwitchRules(rc.table, "mvpn0", {"198.18.2.2"}))
+        rc._nft(tunroutes.killSwitchRules(rc.table, "mvpn0", {("198.18.2.2", 9001)}))
         self.assertIn("meshvpn-client-deadbeef", subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
                                                                 capture_output=True, text=True).stdout)
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "meshvpn", "vpn-restore", "--data-dir",

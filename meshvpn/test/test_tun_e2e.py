@@ -80,6 +80,11 @@ class BrowseThroughVPNTests(unittest.TestCase):
         leak = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "2",
                                "--interface", w.uplink["cl"], f"http://{WEB}/"], capture_output=True)
         self.assertNotEqual(leak.returncode, 0)
+        # The guard's address is routed off the tunnel, but only its relay
+        # ports are let out: anything else there is dropped, not sent.
+        other = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "2",
+                                f"http://{w.address['g']}:8080/"], capture_output=True)
+        self.assertNotEqual(other.returncode, 0)
 
         w.stop("guard")
         for url in (f"http://{DOMAIN}/bytes/1000", f"http://{WEB}/bytes/1000"):
