@@ -12,7 +12,6 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort
@@ -24,14 +23,29 @@ from meshvpn.udpmux import DatagramMultiplexer
 NODE_FILE = "node.json"
 
 
-class UDPPortService(service.Service):
+class _BoundPortService(service.Service):
+    """A service that holds one listening port (C{self.port}) while it runs."""
+
+    port = None
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+
+    def address(self):
+        host = self.port.getHost()
+        return formatHostPort(host.host, host.port)
+
+
+class UDPPortService(_BoundPortService):
     """Binds the node's one UDP socket to its multiplexer for the service's lifetime."""
 
     def __init__(self, reactor, mux, host, port):
         self._reactor = reactor
         self.mux = mux
         self._host, self._port = host, port
-        self.port = None
 
     def privilegedStartService(self):
         # Bound before privileges are dropped, so low ports work under twistd -u.
@@ -43,54 +57,24 @@ class UDPPortService(service.Service):
             self.privilegedStartService()
         super().startService()
 
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
 
-    def address(self):
-        host = self.port.getHost()
-        return formatHostPort(host.host, host.port)
-
-
-class _NotYetSpeaking(Protocol):
-    """Stand-in until link/ registers the link factory: close at once."""
-
-    def connectionMade(self):
-        self.transport.loseConnection()
-
-
-class StreamListenerService(service.Service):
-    """Listens on a Twisted server endpoint string and remembers the bound port."""
-
-    log = Logger()
+class StreamListenerService(_BoundPortService):
+    """Listens on a stream server endpoint; C{whenListening} fires with the port."""
 
     def __init__(self, reactor, description, factory, endpoint=None):
         self._endpoint = endpoint or endpoints.serverFromString(reactor, description)
         self.description = description
         self.factory = factory
-        self.port = None
+        self.whenListening = None
 
     def startService(self):
         super().startService()
-        d = self._endpoint.listen(self.factory)
 
         def listening(port):
             self.port = port
             return port
 
-        self.whenListening = d.addCallback(listening)
-
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-
-    def address(self):
-        host = self.port.getHost()
-        return formatHostPort(host.host, host.port)
+        self.whenListening = self._endpoint.listen(self.factory).addCallback(listening)
 
 
 class Node(service.MultiService):
@@ -127,14 +111,12 @@ class Node(service.MultiService):
         info["udp_counters"] = self.udp.counters()
         return info
 
-    def listenStream(self, description, factory=None, endpoint=None):
+    def listenStream(self, description, factory, endpoint=None):
         """
-        Accept TCP (or other stream) connections on C{description}, or on
-        C{endpoint} (a server endpoint a pluggable transport built from it).
+        Accept links on C{description}, or on C{endpoint} (a server endpoint
+        a pluggable transport built from it).
         """
-        self.streamListener = StreamListenerService(
-            self.reactor, description, factory or Factory.forProtocol(_NotYetSpeaking), endpoint
-        )
+        self.streamListener = StreamListenerService(self.reactor, description, factory, endpoint)
         self.streamListener.setServiceParent(self)
 
     def addListener(self, name, listener):

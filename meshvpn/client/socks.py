@@ -18,7 +18,6 @@ closes that one connection.
 import enum
 import ipaddress
 
-from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -26,9 +25,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.client import socksparse as sp
+from meshvpn.config import formatHostPort
 from meshvpn.client.socksparse import Command, Method, Reply, SocksError
 from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver
+from meshvpn.node import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 
 MAX_EARLY_DATA = 64 * 1024
@@ -427,42 +428,20 @@ def socksServiceFromSettings(reactor, settings, opener):
 
 
 @implementer(IStatusSource)
-class SOCKSService(service.Service):
+class SOCKSService(StreamListenerService):
     """Listens for applications on C{listen} = C{(host, port)}."""
 
     def __init__(self, reactor, opener, listen=("127.0.0.1", 1080), allowRemote=False):
         host, port = listen
         checkListenAddress(host, allowRemote)
         self.reactor = reactor
-        self.factory = SOCKSServerFactory(opener, reactor)
         cls = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
-        self._endpoint = cls(reactor, port, interface=host)
-        self.port = None
-        self.whenListening = None
-
-    def startService(self):
-        super().startService()
-
-        def listening(port):
-            self.port = port
-            return port
-
-        self.whenListening = self._endpoint.listen(self.factory).addCallback(listening)
-
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-
-    def address(self):
-        h = self.port.getHost()
-        return (h.host, h.port)
+        super().__init__(
+            reactor, f"socks {formatHostPort(host, port)}", SOCKSServerFactory(opener, reactor),
+            endpoint=cls(reactor, port, interface=host),
+        )
 
     def status(self):
-        out = {"listen": None}
-        if self.port is not None:
-            host, port = self.address()
-            out["listen"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        out = {"listen": self.address() if self.port is not None else None}
         out.update(self.factory.status())
         return out

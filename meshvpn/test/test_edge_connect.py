@@ -216,7 +216,7 @@ class LoopbackTests(unittest.TestCase):
         self.addCleanup(socks.stopService)
         yield socks.whenListening
         client = _SOCKSClient(host, targetPort, send)
-        yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("127.0.0.1", socks.address()[1])
+        yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("127.0.0.1", socks.port.getHost().port)
         result = yield client.done
         return result
 
@@ -244,7 +244,7 @@ class LoopbackTests(unittest.TestCase):
         client = _SOCKSClient("127.0.0.1", port, b"ping" * 1000)
         got = defer.Deferred()
         client.dataReceived = _wrap(client.dataReceived, client, 4000, got)
-        yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("127.0.0.1", socks.address()[1])
+        yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("127.0.0.1", socks.port.getHost().port)
         yield got
         self.assertEqual(b"".join(client.body), b"ping" * 1000)
         client.transport.loseConnection()
@@ -271,7 +271,7 @@ class LoopbackTests(unittest.TestCase):
         yield socks.whenListening
         for host in ("::1", "v6.test.invalid"):
             client = _SOCKSClient(host, web.getHost().port)
-            yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("::1", socks.address()[1])
+            yield protocol.ClientCreator(self.reactor, lambda: client).connectTCP("::1", socks.port.getHost().port)
             reply, body = yield client.done
             self.assertEqual((reply, body), (Reply.SUCCEEDED, payload))
 

@@ -71,7 +71,7 @@ class CurlThroughSOCKSTests(unittest.TestCase):
     @defer.inlineCallbacks
     def curl(self, svc, url):
         proc = _Collect()
-        args = [CURL, "-sS", "--max-time", "60", "--socks5-hostname", "127.0.0.1:%d" % svc.address()[1], "-o", "-", url]
+        args = [CURL, "-sS", "--max-time", "60", "--socks5-hostname", "127.0.0.1:%d" % svc.port.getHost().port, "-o", "-", url]
         self.reactor.spawnProcess(proc, CURL, args, env={})
         code = yield proc.done
         return code, bytes(proc.out), bytes(proc.err)
