@@ -14,6 +14,7 @@ L{meshvpn.test.test_tun_mesh.meshWorld}; everything is removed at the end.
 
 import json
 import os
+import shutil
 import re
 import statistics
 import tempfile
@@ -47,6 +48,7 @@ def benchVPN(size, pings):
 
     with Cleanups() as c:
         workdir = tempfile.mkdtemp(prefix="mvbench-tun-")
+        c.addCleanup(shutil.rmtree, workdir, True)
         w = TunWorld(Netns(c, "mvb"), c.addCleanup, workdir).buildTwistd()
         direct = _pingTimes(w.ns["cl"], WEB, pings)
         w.startTwistdClient()
@@ -76,6 +78,7 @@ def benchMesh(size, pings):
 
     with Cleanups() as c:
         workdir = tempfile.mkdtemp(prefix="mvbench-mesh-")
+        c.addCleanup(shutil.rmtree, workdir, True)
         tb, infos, names = meshWorld(c, (("full-cone", "port-restricted", "direct"),), workdir)
         a, b = names
         portFile = os.path.join(workdir, "web.port")

@@ -4,6 +4,7 @@ and ``meshvpn vpn-restore`` inside a namespace (root)."""
 
 import ipaddress
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,7 @@ class FakeIPRoute:
 class RouteControllerTests(unittest.TestCase):
     def test_captureAndRestore(self):
         data = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, data, True)
         resolv = os.path.join(data, "resolv.conf")
         with open(resolv, "w") as f:
             f.write("nameserver 198.18.0.53\n")
@@ -230,7 +232,7 @@ class RouteControllerTests(unittest.TestCase):
 
         from meshvpn.interfaces import IRouteController
 
-        verifyObject(IRouteController, tunroutes.RouteController("x", tempfile.mkdtemp(), nft=lambda s: None))
+        verifyObject(IRouteController, tunroutes.RouteController("x", self.mktemp(), nft=lambda s: None))
 
     def test_clientTables(self):
         listing = "table inet meshvpn-client-0a1b2c3d\ntable ip natbox\ntable inet meshvpn-client-ffffffff\n"
@@ -243,6 +245,7 @@ class VpnRestoreTests(unittest.TestCase):
         requireRoot(self)
         ns = Netns(self, "mvr").add("cl")
         data = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, data, True)
         resolv = os.path.join(data, "resolv.conf")
         with open(resolv, "w") as f:
             f.write("nameserver 198.18.0.53\n")

@@ -10,6 +10,7 @@ other through the DHT (see L{TunWorld.buildTwistd} for the layout).
 """
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -42,6 +43,7 @@ class BrowseThroughVPNTests(unittest.TestCase):
     def setUp(self):
         requireRoot(self, tools=("ip", "nft", "tcpdump", "curl"))
         self.workdir = tempfile.mkdtemp(prefix="mvtun-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)  # runs last: after the namespaces' processes die
         self.world = TunWorld(Netns(self, "mvw"), self.addCleanup, self.workdir).buildTwistd()
 
     def startCapture(self):

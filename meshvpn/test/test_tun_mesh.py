@@ -4,6 +4,7 @@ a hole be punched, through the relay's TURN when they do not.  No exit.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,7 @@ class MeshTests(unittest.TestCase):
     def test_meshPingDirectAndRelayed(self):
         requireRoot(self, tools=("ip", "nft", "ping"))
         workdir = tempfile.mkdtemp(prefix="mvmesh-")
+        self.addCleanup(shutil.rmtree, workdir, True)
         tb, infos, names = meshWorld(self, PAIRS, workdir)
         for i, (_a, _b, expected) in enumerate(PAIRS):
             a, b = names[2 * i], names[2 * i + 1]
