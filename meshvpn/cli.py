@@ -144,6 +144,9 @@ def buildParser():
     p.add_argument("--count", type=int, default=50000, help="packets to send")
     p.add_argument("--size", type=int, default=1200, help="bytes per packet")
     p.set_defaults(func=_benchDatagramLinkCommand)
+    from meshvpn.client.tuncli import addTunCommands  # vpn-restore, bench tun
+
+    addTunCommands(sub, benchSub)
     return parser
 
 

@@ -897,6 +897,13 @@ class IRouteController(Interface):
             undone.
         """
 
+    def keep(addresses):
+        """
+        Keep more relay addresses (IP strings; guards found after
+        L{capture}) off the tunnel: host routes via the original gateway and
+        kill-switch exceptions.  Added by the VPN client (client/tunroutes.py).
+        """
+
 
 class IStatusSource(Interface):
     """

@@ -7,6 +7,8 @@ listed in anyone's routing table).  SOCKS and TUN attach here later.
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
+from meshvpn.client.tunclient import attachTun, tunSettings
+from meshvpn.client.tunmeshlink import attachMeshLinks, meshSettings
 from meshvpn.roles.onionclient import attachOnionClient
 
 
@@ -29,6 +31,9 @@ class Options(RoleOptions):
             "Allow socks-listen on a non-loopback address (anyone reaching it uses your circuits).",
             flag=True,
         ),
+        # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
+        *tunSettings(),
+        *meshSettings(),
     ]
 
     def postOptions(self):
@@ -48,4 +53,6 @@ def makeService(options):
     finder = RelayFinder(dht, options.settings["dht_sample_interval"])
     finder.setServiceParent(dht)
     attachOnionClient(node, options.settings, finder)
+    attachTun(node, options.settings, finder)
+    attachMeshLinks(node, options.settings)
     return node

@@ -6,6 +6,7 @@ Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
+from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
 from meshvpn.exit.settings import exitSettings
 from meshvpn.roles.common import buildNode
 from meshvpn.roles.onionrelay import attachOnionRelay, publisherOptions
@@ -37,6 +38,8 @@ class Options(RoleOptions):
         ),
         # Exits (--flags with exit): meshvpn/exit/settings.py, doc/exit-policy.md
         *exitSettings(),
+        # VPN packet exit (meshvpn/exit/packet*.py, doc/vpn.md)
+        *packetExitSettings(),
         Setting(
             "nat-relay",
             parseBool,
@@ -64,6 +67,7 @@ def makeService(options):
         StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
     flags = parseFlags(options.settings["flags"])
     onion, exitParts = attachOnionRelay(node, options.settings, flags)
+    attachPacketExit(node, options.settings, onion, exitParts)
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
     publisher = RelayPublisher(

@@ -1,0 +1,207 @@
+"""A Linux TUN device read and written through the reactor (L{ITunDevice}).
+
+The client (whole-system VPN) and the packet exit both move IP packets
+between a TUN device and circuits.  The fd comes from C{/dev/net/tun}
+(C{IFF_TUN | IFF_NO_PI}: bare IP packets, no 4-byte header); addresses, MTU,
+link state and routes go through pyroute2 (netlink), never by shelling out.
+
+Reading: the fd is non-blocking and registered with C{reactor.addReader};
+one wakeup drains up to L{READ_BATCH} packets and hands them to the receiver
+as one list, so the layers above (circuit framing, cell batching) see whole
+bursts.  Writing: a TUN write never sleeps -- the kernel queues the packet on
+the device's receive path or drops it (C{EAGAIN}/C{ENOBUFS} when its queue
+is full); a dropped IP packet is what a congested router does, so we count
+it and go on instead of buffering without bound.
+
+The device exists as long as the fd is open: L{TunDevice.close} (or the
+process dying) removes it together with its addresses and routes.
+"""
+
+import errno
+import fcntl
+import os
+import struct
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.errors import MeshVPNError
+from meshvpn.interfaces import ITunDevice
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+READ_BATCH = 256
+MAX_READ = 65535
+
+
+class TunError(MeshVPNError):
+    """The TUN device could not be created or configured."""
+
+
+def openTun(name="mvtun%d"):
+    """
+    Create a TUN device.  @return: C{(fd, name)}; the fd is non-blocking.
+    @raise TunError: no /dev/net/tun, no permission, bad name.
+    """
+    if len(name.encode()) > 15:
+        raise TunError(f"interface name {name!r} longer than 15 bytes")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
+    try:
+        ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError as e:
+        os.close(fd)
+        raise TunError(f"cannot create TUN device {name!r}: {e.strerror}") from None
+    return fd, ifr[:16].rstrip(b"\0").decode()
+
+
+@implementer(ITunDevice, IReadDescriptor)
+class TunDevice:
+    """
+    @ivar packetsRead / packetsWritten / writeDrops: counters for status.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None):
+        self.reactor = reactor
+        self.fd, self.name = openTun(name)
+        self.mtu = mtu
+        self._receiver = None
+        self._reading = False
+        self._ipr = ipr
+        self.packetsRead = 0
+        self.packetsWritten = 0
+        self.writeDrops = 0
+        self.index = None
+
+    # -- configuration (pyroute2)
+
+    def _iproute(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def configure(self, addresses=(), routes=(), mtu=None):
+        """
+        Set the MTU, add C{addresses} (CIDR strings, IPv4 or IPv6), bring the
+        link up, then add C{routes} (CIDR strings) through the device.
+        """
+        ipr = self._iproute()
+        try:
+            (self.index,) = ipr.link_lookup(ifname=self.name)
+            if mtu is not None:
+                self.mtu = mtu
+            ipr.link("set", index=self.index, mtu=self.mtu)
+            for cidr in addresses:
+                address, _, length = cidr.partition("/")
+                family = 10 if ":" in address else 2
+                ipr.addr("add", index=self.index, address=address, prefixlen=int(length or (128 if family == 10 else 32)),
+                         family=family)
+            ipr.link("set", index=self.index, state="up")
+            for cidr in routes:
+                self.addRoute(cidr)
+        except Exception as e:
+            raise TunError(f"cannot configure {self.name}: {e}") from None
+        return self
+
+    def addRoute(self, cidr, table=None, metric=None, mtu=None):
+        """Route C{cidr} into the device (in C{table} if given; with its own C{mtu} if given)."""
+        kw = {"dst": cidr, "oif": self.index}
+        if mtu is not None:
+            kw["metrics"] = {"mtu": mtu}
+        if ":" in cidr:
+            kw["family"] = 10
+        if table is not None:
+            kw["table"] = table
+        if metric is not None:
+            kw["priority"] = metric
+        self._iproute().route("add", **kw)
+
+    # -- ITunDevice
+
+    def setPacketReceiver(self, receiver):
+        self._receiver = receiver
+        if receiver is not None and not self._reading and self.fd is not None:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def writePackets(self, packets):
+        fd = self.fd
+        if fd is None:
+            return
+        write = os.write
+        for p in packets:
+            try:
+                write(fd, p)
+            except BlockingIOError:
+                self.writeDrops += 1
+            except OSError as e:
+                # EINVAL: a malformed packet the kernel refused; ENOBUFS: full.
+                if e.errno not in (errno.EINVAL, errno.ENOBUFS, errno.EIO, errno.EMSGSIZE):
+                    raise
+                self.writeDrops += 1
+        self.packetsWritten += len(packets)
+
+    def close(self):
+        if self.fd is None:
+            return
+        if self._reading:
+            self.reactor.removeReader(self)
+            self._reading = False
+        os.close(self.fd)
+        self.fd = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    # -- IReadDescriptor
+
+    def fileno(self):
+        return -1 if self.fd is None else self.fd
+
+    def logPrefix(self):
+        return f"tun:{self.name}"
+
+    def doRead(self):
+        fd = self.fd
+        if fd is None:
+            return
+        read = os.read
+        packets = []
+        for _ in range(READ_BATCH):
+            try:
+                packets.append(read(fd, MAX_READ))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+        if packets:
+            self.packetsRead += len(packets)
+            receiver = self._receiver
+            if receiver is not None:
+                try:
+                    receiver(packets)
+                except Exception:
+                    # One bad batch must not unregister the device from the reactor.
+                    self.log.failure("packet receiver failed on {tun}", tun=self.name)
+
+    def connectionLost(self, reason):
+        self.close()
+
+    def status(self):
+        return {
+            "name": self.name,
+            "mtu": self.mtu,
+            "packets_read": self.packetsRead,
+            "packets_written": self.packetsWritten,
+            "write_drops": self.writeDrops,
+        }

@@ -1,0 +1,357 @@
+"""The packet exit: IP packets from circuits to the internet and back.
+
+Each circuit in packet mode gets a lease: one address from the exit's pool
+(default 100.64.0.0/16, shared address space never routed on the internet;
+the pool is only ever a *source*, the exit policy still rejects 100.64/10 as
+a destination).  A packet from a circuit is parsed (strictly, see
+L{meshvpn.exit.packetparse}), checked against the exit policy, its source
+rewritten to the lease address and written to the exit's TUN; the kernel
+forwards it and nftables masquerades it behind the exit's own address.
+Replies come back out of the TUN addressed to the lease, are rewritten to
+the client's own address and sent down that circuit.
+
+Policy per packet: TCP uses the policy as streams do; UDP is judged by the
+same address/port rules (Tor policies are port lists, operators think in
+ports); ICMP echo is allowed when some port of the address is.  A rejected
+packet is answered with ICMP "administratively prohibited"; an oversize
+one with "fragmentation needed"; IPv6 and later fragments are dropped
+(counted).  Leases are bounded (pool size, least recently used evicted) and
+freed when their circuit closes or idles out.
+
+nftables: one table per node (C{meshvpn-exit-<id8>}) holds the masquerade,
+a forward filter (nothing from the internet opens a connection into the
+pool; circuits cannot reach each other), MSS clamping and an input filter
+(circuits cannot reach the exit host itself); it is replaced at start
+(a crashed run's leftovers) and deleted at stop.
+"""
+
+import collections
+import ipaddress
+import subprocess
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from meshvpn.exit.packetparse import (
+    ICMP_ECHO,
+    ICMP_UNREACH,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    UNREACH_ADMIN_PROHIBITED,
+    UNREACH_FRAG_NEEDED,
+    PacketError,
+    icmpError,
+    ipStr,
+    parseIPv4,
+    rewrite,
+)
+
+DEFAULT_POOL = "100.64.0.0/16"
+DEFAULT_MTU = 1480  # 3 cells of 494 data bytes minus the 2-byte record length
+IDLE_TIMEOUT = 600.0
+
+
+def packetAllowed(policy, info):
+    """The exit policy verdict for one parsed packet (see the module docstring)."""
+    dst = ipStr(info.dst)
+    if info.proto == PROTO_TCP or info.proto == PROTO_UDP:
+        if info.dport is None:
+            return False  # later fragment: no port to judge
+        return policy.allows(dst, info.dport, "tcp")
+    if info.proto == PROTO_ICMP:
+        return info.icmpType == ICMP_ECHO and policy.allowsAddress(dst)
+    return False
+
+
+def runNft(script):
+    """Apply an nftables script (C{nft -f -}); @raise RuntimeError: with nft's message."""
+    result = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True, timeout=30)
+    if result.returncode != 0:
+        raise RuntimeError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
+
+
+def deleteTable(family, name, nft=runNft):
+    """Delete an nftables table if it exists (C{destroy} needs nft >= 1.0.8, so add-then-delete)."""
+    nft(f"table {family} {name} {{}}\ndelete table {family} {name}\n")
+
+
+class _Lease:
+    __slots__ = ("address", "circuit", "clientAddress", "lastUsed")
+
+    def __init__(self, address, circuit, now):
+        self.address = address
+        self.circuit = circuit
+        self.clientAddress = None
+        self.lastUsed = now
+
+
+class PacketExit(service.Service):
+    """
+    @param policy: an L{meshvpn.interfaces.IExitPolicy}.
+    @param tunFactory: C{callable(reactor, name, mtu)} returning an
+        L{ITunDevice} with C{configure(addresses=...)} (tests pass a fake).
+    @param nft: C{callable(script)} applying an nftables script.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, policy, tag, pool=DEFAULT_POOL, mtu=DEFAULT_MTU, tunName="mvx%d",
+                 tunFactory=None, nft=runNft, idleTimeout=IDLE_TIMEOUT, forwarding=True):
+        self.reactor = reactor
+        self.policy = policy
+        self.table = f"meshvpn-exit-{tag}"
+        self.pool = ipaddress.ip_network(pool)
+        if self.pool.version != 4 or self.pool.num_addresses < 4:
+            raise ValueError(f"packet exit pool must be an IPv4 network with room: {pool}")
+        self.mtu = mtu
+        self.tunName = tunName
+        self._tunFactory = tunFactory
+        self._nft = nft
+        self.idleTimeout = idleTimeout
+        self._forwarding = forwarding
+        self._oldForward = None
+        hosts = self.pool.hosts()
+        self.gateway = next(hosts)
+        self._gatewayBytes = self.gateway.packed
+        self._free = collections.deque(a.packed for a in hosts)
+        self.maxLeases = len(self._free)
+        self._byCircuit = {}
+        self._byAddress = collections.OrderedDict()  # address -> lease, least recently used first
+        self.tun = None
+        self._sweeper = None
+        self.counters = collections.Counter()
+
+    # -- lifetime
+
+    def startService(self):
+        if self._tunFactory is None:
+            from meshvpn.client.tundevice import TunDevice
+
+            def factory(reactor, name, mtu):
+                return TunDevice(reactor, name, mtu)
+
+            self._tunFactory = factory
+        self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
+        self.tun.configure(addresses=[f"{self.gateway}/{self.pool.prefixlen}"])
+        self._nft(self.rules(self.tun.name))
+        if self._forwarding:
+            self._oldForward = _setForwarding("1")
+        self.tun.setPacketReceiver(self._fromTun)
+        self._sweeper = self.reactor.callLater(self.idleTimeout / 4, self._sweep)
+        super().startService()
+        self.log.info("packet exit on {tun}: pool {pool}, mtu {mtu}", tun=self.tun.name, pool=str(self.pool), mtu=self.mtu)
+
+    def stopService(self):
+        super().stopService()
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        try:
+            deleteTable("ip", self.table, self._nft)
+        except Exception as e:
+            self.log.warn("could not delete nftables table {t}: {e}", t=self.table, e=str(e))
+        if self._oldForward is not None:
+            _setForwarding(self._oldForward)
+        if self.tun is not None:
+            self.tun.close()
+
+    def rules(self, tun):
+        pool = str(self.pool)
+        return f"""table ip {self.table} {{}}
+delete table ip {self.table}
+table ip {self.table} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {pool} oifname != "{tun}" masquerade
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{tun}" tcp flags syn tcp option maxseg size set rt mtu
+        oifname "{tun}" tcp flags syn tcp option maxseg size set rt mtu
+        iifname "{tun}" oifname "{tun}" drop
+        oifname "{tun}" ct state established,related accept
+        oifname "{tun}" drop
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{tun}" drop
+    }}
+}}
+"""
+
+    # -- the edge's packet sink
+
+    def circuitPackets(self, circuit, packets):
+        """Packets from C{circuit} (the relay-side circuit) to the internet."""
+        out = []
+        errors = []
+        lease = None
+        for packet in packets:
+            try:
+                info = parseIPv4(packet)
+            except PacketError:
+                self.counters["malformed"] += 1
+                continue
+            if info.total > self.mtu:
+                if info.dontFragment:
+                    err = icmpError(packet, info, ICMP_UNREACH, UNREACH_FRAG_NEEDED, self._gatewayBytes, self.mtu)
+                    if err is not None:
+                        errors.append(err)
+                self.counters["oversize"] += 1
+                continue
+            if info.fragOffset != 0 or not packetAllowed(self.policy, info):
+                self.counters["rejected"] += 1
+                err = icmpError(packet, info, ICMP_UNREACH, UNREACH_ADMIN_PROHIBITED, self._gatewayBytes)
+                if err is not None:
+                    errors.append(err)
+                continue
+            if lease is None:
+                lease = self._lease(circuit)
+            lease.clientAddress = info.src
+            out.append(rewrite(packet, info, src=lease.address))
+        if out:
+            lease.lastUsed = self.reactor.seconds()
+            self._byAddress.move_to_end(lease.address)
+            self.counters["to_internet"] += len(out)
+            self.tun.writePackets(out)
+        if errors:
+            circuit.sendPackets(errors)
+
+    def circuitClosed(self, circuit):
+        lease = self._byCircuit.pop(circuit, None)
+        if lease is not None:
+            self._release(lease)
+
+    def _lease(self, circuit):
+        lease = self._byCircuit.get(circuit)
+        if lease is not None:
+            return lease
+        if not self._free:
+            _, oldest = self._byAddress.popitem(last=False)
+            self._byCircuit.pop(oldest.circuit, None)
+            self._free.append(oldest.address)
+            self.counters["evicted"] += 1
+        lease = _Lease(self._free.popleft(), circuit, self.reactor.seconds())
+        self._byCircuit[circuit] = lease
+        self._byAddress[lease.address] = lease
+        return lease
+
+    def _release(self, lease):
+        if self._byAddress.pop(lease.address, None) is not None:
+            self._free.append(lease.address)
+
+    def _sweep(self):
+        cutoff = self.reactor.seconds() - self.idleTimeout
+        while self._byAddress:
+            address, lease = next(iter(self._byAddress.items()))
+            if lease.lastUsed > cutoff:
+                break
+            self._byCircuit.pop(lease.circuit, None)
+            self._release(lease)
+        self._sweeper = self.reactor.callLater(self.idleTimeout / 4, self._sweep)
+
+    # -- replies
+
+    def _fromTun(self, packets):
+        batches = {}
+        for packet in packets:
+            try:
+                info = parseIPv4(packet)
+            except PacketError:
+                self.counters["malformed_in"] += 1
+                continue
+            lease = self._byAddress.get(info.dst)
+            if lease is None or lease.clientAddress is None:
+                self.counters["no_lease"] += 1
+                continue
+            batch = batches.get(lease)
+            if batch is None:
+                batch = batches[lease] = []
+            batch.append(rewrite(packet, info, dst=lease.clientAddress))
+        for lease, batch in batches.items():
+            self.counters["from_internet"] += len(batch)
+            lease.circuit.sendPackets(batch)
+
+    def status(self):
+        return {"pool": str(self.pool), "leases": len(self._byAddress), "mtu": self.mtu, **self.counters}
+
+
+class PacketExitEdge:
+    """
+    Wraps the exit's stream edge (an L{meshvpn.interfaces.ICircuitEdge}) so
+    packet mode goes to a L{PacketExit} and closed circuits free their lease.
+    """
+
+    def __init__(self, inner, packetExit):
+        self.inner = inner
+        self.packetExit = packetExit
+
+    def relayReceived(self, circuit, command, streamId, data):
+        self.inner.relayReceived(circuit, command, streamId, data)
+
+    def circuitWindowOpened(self, circuit):
+        opened = getattr(self.inner, "circuitWindowOpened", None)
+        if opened is not None:
+            opened(circuit)
+
+    def packetsReceived(self, circuit, packets):
+        self.packetExit.circuitPackets(circuit, packets)
+
+    def circuitClosed(self, circuit, reason):
+        self.packetExit.circuitClosed(circuit)
+        self.inner.circuitClosed(circuit, reason)
+
+
+def privilegeProblem():
+    """@return: why this process cannot run a TUN with nftables, or C{None}."""
+    import os
+    import shutil
+
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return "needs /dev/net/tun and root (CAP_NET_ADMIN)"
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) for the TUN device and nftables"
+    if shutil.which("nft") is None:
+        return "needs nftables (the nft command)"
+    return None
+
+
+def _setForwarding(value):
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(value)
+    return old
+
+
+def attachPacketExit(node, settings, onion, exitParts, tunFactory=None):
+    """
+    The relay role's hook: with C{--packet-exit} on an exit, a L{PacketExit}
+    on C{node} and the switch's edge wrapped so packet mode reaches it.
+    @return: the L{PacketExit} or C{None}.
+    """
+    if not settings.get("packet_exit"):
+        return None
+    if exitParts is None:
+        raise SystemExit("meshvpn-relay: config error: --packet-exit needs 'exit' in --flags")
+    problem = privilegeProblem()
+    if problem and tunFactory is None:
+        raise SystemExit(f"meshvpn-relay: --packet-exit: {problem}")
+    pe = PacketExit(node.reactor, exitParts.policy, node.identity.nodeId.hex()[:8], pool=settings["packet_exit_pool"],
+                    tunFactory=tunFactory)
+    pe.setServiceParent(node)
+    onion.switch.edge = PacketExitEdge(onion.switch.edge, pe)
+    node.status.addSource("packet_exit", pe)
+    return pe
+
+
+def packetExitSettings():
+    from meshvpn.config import Setting, parseBool, parseText
+
+    return [
+        Setting("packet-exit", parseBool, False, "Carry IP packets (VPN mode) for circuits: needs root, a TUN and nftables.",
+                flag=True),
+        Setting("packet-exit-pool", parseText, DEFAULT_POOL, "IPv4 network whose addresses the packet exit gives to circuits."),
+    ]
+
