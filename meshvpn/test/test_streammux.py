@@ -249,7 +249,9 @@ class MemoryStreamTests(unittest.TestCase):
         self.assertEqual(self.pipe.exit.streams, {})
         pending.callback(None)  # connect completes late: nothing is sent for the dead stream
         self.assertNotIn(sm.CONNECTED, [c for _, c, _, _ in self.pipe.log])
-        d.cancel() if not d.called else None
+        if not d.called:
+            d.cancel()
+            self.failureResultOf(d, defer.CancelledError)
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=600))
