@@ -672,10 +672,12 @@ class ICircuitManager(Interface):
     hop dies.
     """
 
-    def getCircuit(target=None, isolation=None):
+    def getCircuit(target=None, isolation=None, packets=False):
         """
         @param target: C{(host, port)} the circuit's exit must accept, or
-            C{None} for packet mode.
+            C{None} for any.
+        @param packets: the circuit carries IP packets (VPN mode): its exit
+            must announce C{packet-exit}.
         @param isolation: a hashable isolation key; streams with different
             keys never share a circuit.
         @return: a Deferred firing with an open L{ICircuit}.  Fails with

@@ -280,7 +280,7 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     capture = settings.get("tun_capture", True)
     if getCircuit is None and capture:
         def getCircuit():
-            return node.circuits.getCircuit(target=None, isolation=ISOLATION)
+            return node.circuits.getCircuit(target=None, isolation=ISOLATION, packets=True)
     if opener is None and capture and settings.get("tun_dns", True):
         from meshvpn.client.circuitopener import CircuitStreamOpener
 

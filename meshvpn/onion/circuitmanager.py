@@ -97,21 +97,22 @@ class CircuitManager(service.Service):
 
     # -- requests
 
-    def getCircuit(self, target=None, isolation=None):
+    def getCircuit(self, target=None, isolation=None, packets=False):
         """
-        A circuit for C{isolation} whose exit accepts C{target}: an assigned
-        one if it fits, else a spare, else a new one.
+        A circuit for C{isolation} whose exit accepts C{target} (and, with
+        C{packets}, carries IP packets): an assigned one if it fits, else a
+        spare, else a new one.
         """
         for circuit, path in self._assigned.get(isolation, []):
-            if _accepts(path, target):
+            if _accepts(path, target, packets):
                 return defer.succeed(circuit)
         for i, (circuit, path) in enumerate(self._spare):
-            if _accepts(path, target):
+            if _accepts(path, target, packets):
                 del self._spare[i]
                 self._assign(isolation, (circuit, path))
                 self.reactor.callLater(0, self._maintain)
                 return defer.succeed(circuit)
-        d = self._buildWithRetries(target)
+        d = self._buildWithRetries(target, packets=packets)
 
         def built(pair):
             self._assign(isolation, pair)
@@ -144,22 +145,24 @@ class CircuitManager(service.Service):
             self.log.info("replacement circuit through {path} ready after {took:.3f}s", path=_describe(newPair[1]), took=took)
             self._assign(isolation, newPair)
 
-        d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId])
+        # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
+        packets = "packet-exit" in pair[1][-1].roles
+        d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId], packets=packets)
         d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
 
     # -- building
 
-    def _buildWithRetries(self, target, exclude=()):
-        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude)))
+    def _buildWithRetries(self, target, exclude=(), packets=False):
+        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets))
 
-    async def _buildLoop(self, target, exclude):
+    async def _buildLoop(self, target, exclude, packets=False):
         self._building += 1
         try:
             lastError = None
             for attempt in range(self.attempts):
                 relays = await self._relaySource()
                 guard = self.guards.choose([r for r in relays if r.nodeId not in exclude]) if self.guards else None
-                path = choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude)
+                path = choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
                 started = self.reactor.seconds()
                 try:
                     circuit = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
@@ -209,8 +212,10 @@ def _circuitStatusOf(circuit, path, spare):
     return entry
 
 
-def _accepts(path, target):
+def _accepts(path, target, packets=False):
     exit = path[-1]
+    if packets and "packet-exit" not in exit.roles:
+        return False
     return target is None or exit.exitAccepts is None or exit.exitAccepts(target)
 
 

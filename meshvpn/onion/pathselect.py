@@ -67,7 +67,7 @@ def _fits(relay, chosen):
     return not any(related(relay, other) for other in chosen)
 
 
-def choosePath(relays, target=None, guard=None, rng=None, exclude=()):
+def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=False):
     """
     Choose C{[guard, middle, exit]}.
 
@@ -77,6 +77,8 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=()):
     @param guard: the L{RelayInfo} to use as guard (from L{GuardSet}), or
         C{None} to pick one among relays with the guard role.
     @param exclude: node ids not to use (e.g. a hop that just failed).
+    @param packets: the circuit carries IP packets (VPN mode): only exits
+        announcing C{packet-exit} will do.
     @raise NoPath: no combination satisfies the rules.
     """
     rng = rng or random.SystemRandom()
@@ -85,11 +87,13 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=()):
     exits = [
         r
         for r in usable
-        if "exit" in r.roles and _fits(r, chosen) and (target is None or (r.exitAccepts is None or r.exitAccepts(target)))
+        if "exit" in r.roles and (not packets or "packet-exit" in r.roles) and _fits(r, chosen) and (target is None or (r.exitAccepts is None or r.exitAccepts(target)))
     ]
     if not exits:
         if target is not None and any("exit" in r.roles for r in usable):
             raise NoExitForTarget(f"no exit's policy accepts {_describe(target)}")
+        if packets:
+            raise NoPath("no exit announces packet-exit (VPN mode)")
         raise NoPath(f"no exit fits among {len(usable)} known relays")
     exit = _weighted(rng, exits)
     chosen.append(exit)

@@ -67,7 +67,8 @@ def makeService(options):
         StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
     flags = parseFlags(options.settings["flags"])
     onion, exitParts = attachOnionRelay(node, options.settings, flags)
-    attachPacketExit(node, options.settings, onion, exitParts)
+    if attachPacketExit(node, options.settings, onion, exitParts) is not None:
+        flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
     publisher = RelayPublisher(

@@ -144,3 +144,18 @@ class SpareTests(unittest.TestCase):
         clock.advance(0.01)
         self.assertEqual(len(manager._spare), 3)
         self.assertNotIn(dead, [self.successResultOf(manager.getCircuit(isolation=k)) for k in "abc"])
+
+
+class PacketModeTests(unittest.TestCase):
+    def test_packetCircuitsUsePacketExits(self):
+        clock = Clock()
+        relays = [relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",)), relay(4, ("exit", "packet-exit"))]
+        manager = CircuitManager(clock, lambda: defer.succeed(relays), Builder(clock), spares=0, rng=random.Random(1))
+        streams = manager.getCircuit(isolation="k")
+        clock.advance(0.01)
+        packets = manager.getCircuit(isolation="k", packets=True)
+        clock.advance(0.01)
+        streamCircuit, packetCircuit = self.successResultOf(streams), self.successResultOf(packets)
+        self.assertIn("packet-exit", packetCircuit.path[2].roles)
+        if "packet-exit" not in streamCircuit.path[2].roles:
+            self.assertIsNot(streamCircuit, packetCircuit)

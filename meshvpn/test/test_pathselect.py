@@ -101,3 +101,13 @@ class GuardSetTests(unittest.TestCase):
         self.assertIsNotNone(GuardSet(self.path, self.clock).choose(self.relays))
         with open(self.path) as f:
             self.assertEqual(len(json.load(f)["guards"]), 3)
+
+
+class PacketExitTests(unittest.TestCase):
+    def test_packetModeNeedsPacketExit(self):
+        relays = [relay(1, "198.18.0.1", roles=("guard",)), relay(2, "198.20.0.1", roles=("middle",)),
+                  relay(3, "198.22.0.1", roles=("exit",)), relay(4, "198.24.0.1", roles=("exit", "packet-exit"))]
+        for seed in range(20):
+            self.assertEqual(choosePath(relays, packets=True, rng=random.Random(seed))[2].nodeId, bytes([4]) * 32)
+        e = self.assertRaises(NoPath, choosePath, relays[:3], packets=True)
+        self.assertIn("packet-exit", str(e))
