@@ -1,30 +1,48 @@
-"""A relay's node-wide bandwidth limit on the cells it reads, with backpressure.
+"""A relay's bandwidth limits on the cells it reads, node-wide and per circuit, with backpressure.
 
 As Tor's global read bucket does: every batch of cells read from a link is
-charged to one token bucket; a link whose batch puts the bucket in debt is
+charged to the node's token bucket, and each circuit's relay cells in the
+batch to that circuit's bucket; a link whose batch puts either in debt is
 paused (its TCP window then closes, so the sender slows down) until the
-debt is paid.  Nothing is dropped.  Per-circuit limits and accounting are at
-the exit, where streams are (meshvpn/ratelimit.py); a middle relay cannot
-throttle one circuit without holding a queue per circuit.
+debt is paid.  Nothing is dropped.  Pausing the link also holds the other
+circuits on it for that while: a relay keeps no queue per circuit, so this
+is the price of per-circuit limits without per-circuit buffering.  Charging
+happens once per batch, never per cell.
 """
+
+import weakref
 
 from meshvpn.onion.cellsize import CELL_SIZE
 from meshvpn.ratelimit import TokenBucket
 
 
 class LinkReadLimiter:
-    def __init__(self, reactor, rate, burst=None):
+    def __init__(self, reactor, rate, burst=None, circuitRate=None, circuitBurst=None):
         self.reactor = reactor
         self.bucket = TokenBucket(reactor, rate, burst)
+        self.circuitRate = circuitRate
+        self.circuitBurst = circuitBurst
+        # Circuits vanish from here when the switch forgets them.
+        self._circuits = weakref.WeakKeyDictionary()  # circuit -> [TokenBucket, bytes]
         self.paused = set()
         self._call = None
         self.bytesRead = 0
         self.pauses = 0
 
-    def charge(self, linkState, cells):
+    def charge(self, linkState, cells, perCircuit=None):
+        """
+        @param perCircuit: C{{circuit: relay cells}} read in this batch, when
+            circuits are limited.
+        """
         nbytes = cells * CELL_SIZE
         self.bytesRead += nbytes
         wait = self.bucket.consume(nbytes)
+        for circuit, count in (perCircuit or {}).items():
+            entry = self._circuits.get(circuit)
+            if entry is None:
+                entry = self._circuits[circuit] = [TokenBucket(self.reactor, self.circuitRate, self.circuitBurst), 0]
+            entry[1] += count * CELL_SIZE
+            wait = max(wait, entry[0].consume(count * CELL_SIZE))
         if wait > 0:
             if linkState not in self.paused:
                 self.paused.add(linkState)
@@ -35,9 +53,11 @@ class LinkReadLimiter:
 
     def _resume(self):
         self._call = None
-        debt = -self.bucket.available()
-        if debt > 0:
-            self._call = self.reactor.callLater(debt / self.bucket.rate, self._resume)
+        waits = [-self.bucket.available() / self.bucket.rate] if self.bucket.rate else []
+        waits += [-b.available() / b.rate for b, _ in self._circuits.values() if b.rate]
+        wait = max(waits, default=0)
+        if wait > 0:
+            self._call = self.reactor.callLater(wait, self._resume)
             return
         paused, self.paused = self.paused, set()
         for ls in paused:
@@ -47,5 +67,6 @@ class LinkReadLimiter:
         self.paused.discard(linkState)
 
     def status(self):
-        return {"rate": self.bucket.rate, "burst": self.bucket.burst, "bytes_read": self.bytesRead,
-                "pauses": self.pauses, "links_paused": len(self.paused)}
+        return {"rate": self.bucket.rate, "burst": self.bucket.burst, "circuit_rate": self.circuitRate,
+                "bytes_read": self.bytesRead, "pauses": self.pauses, "links_paused": len(self.paused),
+                "circuit_bytes_read": sorted((b for _, b in self._circuits.values()), reverse=True)[:20]}

@@ -180,6 +180,8 @@ class LinkState:
         """The link's cell receiver: switch one batch, then write each output once."""
         sw = self.switch
         table = self.table
+        limiter = sw.readLimiter
+        perCircuit = {} if limiter is not None and limiter.circuitRate else None
         sw._depth += 1
         try:
             for cell in cells:
@@ -192,6 +194,8 @@ class LinkState:
                         if entry is None:
                             sw.counters["cells_unknown_circuit"] += 1
                         else:
+                            if perCircuit is not None:
+                                perCircuit[entry] = perCircuit.get(entry, 0) + 1
                             entry.onRelay(cmd, cell[5:])
                         continue
                     circId = int.from_bytes(cell[:4], "big")
@@ -219,8 +223,8 @@ class LinkState:
                     sw._protocolError(self, cell, "internal error", DestroyReason.INTERNAL)
         finally:
             sw._depth -= 1
-        if sw.readLimiter is not None:
-            sw.readLimiter.charge(self, len(cells))
+        if limiter is not None:
+            limiter.charge(self, len(cells), perCircuit)
         sw._flush(self)
 
     def linkClosed(self, reason):

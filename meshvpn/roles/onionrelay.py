@@ -32,10 +32,13 @@ def attachOnionRelay(node, settings, flags):
         node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(node.links), edge=edge
     )
     node.links.setCellHandler(onion.switch)
-    if settings.get("bandwidth_rate"):
+    if settings.get("bandwidth_rate") or settings.get("circuit_rate"):
         from meshvpn.onion.readlimit import LinkReadLimiter
 
-        onion.switch.readLimiter = LinkReadLimiter(node.reactor, settings["bandwidth_rate"], settings["bandwidth_burst"])
+        onion.switch.readLimiter = LinkReadLimiter(
+            node.reactor, settings["bandwidth_rate"], settings["bandwidth_burst"],
+            settings["circuit_rate"], settings["circuit_burst"],
+        )
         node.status.addSource("bandwidth", onion.switch.readLimiter)
     onion.setServiceParent(node)
     node.onion = onion

@@ -44,3 +44,31 @@ class ReadLimitTests(unittest.TestCase):
         limiter.forget(a)
         clock.advance(10)
         self.assertEqual(a.pausers, {limiter})  # a closed link is left alone
+
+
+class Circuit:
+    """Stands in for a RelayCircuit (only its identity matters)."""
+
+
+class PerCircuitTests(unittest.TestCase):
+    def test_busyCircuitPausesItsLinkOthersUnlimited(self):
+        clock = Clock()
+        limiter = LinkReadLimiter(clock, rate=None, circuitRate=10 * CELL_SIZE, circuitBurst=10 * CELL_SIZE)
+        link, busy, quiet = FakeLinkState(), Circuit(), Circuit()
+        limiter.charge(link, 12, {busy: 10, quiet: 2})
+        self.assertEqual(link.pausers, set())  # both within their burst
+        limiter.charge(link, 5, {busy: 5})
+        self.assertEqual(link.pausers, {limiter})  # busy is 5 cells in debt: half a second
+        clock.advance(0.49)
+        self.assertEqual(link.pausers, {limiter})
+        clock.advance(0.02)
+        self.assertEqual(link.pausers, set())
+        self.assertEqual(limiter.status()["circuit_bytes_read"], [15 * CELL_SIZE, 2 * CELL_SIZE])
+
+    def test_forgottenCircuitsAreCollected(self):
+        import gc
+
+        limiter = LinkReadLimiter(Clock(), rate=None, circuitRate=CELL_SIZE * 100)
+        limiter.charge(FakeLinkState(), 1, {Circuit(): 1})
+        gc.collect()
+        self.assertEqual(len(limiter._circuits), 0)  # a destroyed circuit leaves no bucket behind
