@@ -97,6 +97,9 @@ def loadTable(table, path, log=None):
         return 0
 
 
+
+MIN_DESCRIPTOR_LIFETIME = 60  # seconds
+
 class DHTService(service.MultiService):
     """
     The DHT of one node.  C{self.dht} is the L{DHTNode} (an L{IDHT}) and
@@ -239,7 +242,8 @@ class RelayPublisher(service.Service):
         if "stream" in addrs:
             # named by the link transport listening there, as clients pick transports by name
             addresses[self.streamTransport] = addrs["stream"]
-        # Lives three republish intervals, so one lost round leaves it listed.
+        # Lives three republish intervals, so one lost round leaves it listed,
+        # and at least a minute, so a slow client's sampling never finds it gone.
         now = node.reactor.seconds()
         return makeDescriptor(
             node.identity,
@@ -247,7 +251,7 @@ class RelayPublisher(service.Service):
             self.flags,
             published=now,
             onionKeys=self.onionKeys(now) if self.onionKeys else None,
-            lifetime=min(3 * self.interval, 86400),
+            lifetime=min(max(3 * self.interval, MIN_DESCRIPTOR_LIFETIME), 86400),
             exitPolicy=self.exitPolicy,
             bandwidth=self.bandwidth,
             family=self.family,
