@@ -326,6 +326,14 @@ class RelayFinder(service.Service):
             self._call = self.dhtService.node.reactor.callLater(delay, self.refresh)
         return passThrough
 
+    def refreshSoon(self):
+        """
+        Sample now instead of at the next scheduled time (one sampling loop
+        only: calling L{refresh} directly would start a second one).
+        """
+        if self._call is not None and self._call.active():
+            self._call.reset(0)
+
     @defer.inlineCallbacks
     def refresh(self):
         directory = self.dhtService.directory

@@ -52,9 +52,9 @@ class DirectoryRelays:
                 return relays
             if self.reactor.seconds() >= deadline:
                 raise NoPath(f"the directory gave {len(relays)} usable relays; a path needs 3 with an exit")
-            if not refreshed and self.finder.running:
+            if not refreshed:
                 refreshed = True
-                self.finder.refresh()
+                self.finder.refreshSoon()
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
