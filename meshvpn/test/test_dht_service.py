@@ -147,3 +147,38 @@ class OnionRingTests(unittest.TestCase):
         self.assertEqual([k.key for k in p.onionKeys], [b"c" * 32, b"n" * 32])
         self.assertEqual(p.currentOnionKey(1_800_004_000), b"c" * 32)
         self.assertEqual(p.linkAddresses, (("tls", "127.0.0.1:2"),))
+
+
+class RefreshSoonTests(unittest.TestCase):
+    def test_oneSamplingLoopOnly(self):
+        from meshvpn.dht.service import RelayFinder
+
+        clock = task.Clock()
+        samples = []
+
+        class Directory:
+            rejected = 0
+
+            def sample(self, role, count):
+                samples.append(clock.seconds())
+                return defer.succeed([])
+
+        class FakeDHT:
+            joined = defer.succeed(3)
+            directory = Directory()
+            node = type("N", (), {"reactor": clock, "dataDir": self.mktemp()})()
+
+        import os
+
+        os.makedirs(FakeDHT.node.dataDir)
+        finder = RelayFinder(FakeDHT(), interval=100)
+        finder.startService()
+        self.addCleanup(finder.stopService)
+        for _ in range(5):
+            finder.refreshSoon()  # many asks move the one scheduled sampling to now
+        clock.advance(0)
+        self.assertEqual(len(samples), 7)  # one round: a sample per role
+        clock.advance(0.5)
+        self.assertEqual(len(samples), 7)  # the original 0.5 s sampling was moved, not duplicated
+        clock.advance(3.5)
+        self.assertEqual(len(samples), 14)  # the single loop goes on with its backoff
