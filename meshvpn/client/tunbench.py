@@ -12,7 +12,6 @@ The layouts are L{meshvpn.test.tunworld.TunWorld.buildTwistd} and
 L{meshvpn.test.test_tun_mesh.meshWorld}; everything is removed at the end.
 """
 
-import json
 import os
 import shutil
 import re
@@ -20,6 +19,7 @@ import statistics
 import tempfile
 import time
 
+from meshvpn.benchoutput import report
 from meshvpn.test.nattestbed import Cleanups
 from meshvpn.test.rootenv import Netns, run
 
@@ -122,9 +122,5 @@ def addArguments(p):
 
 def command(args):
     result = benchTun(args.bytes, args.pings, mesh=not args.no_mesh)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
     return 0

@@ -10,11 +10,11 @@ datagram is encoded, delayed by C{latency} (one way), dropped with
 probability C{loss} and parsed by the receiving node's real code.
 """
 
-import json
 import random
 import statistics
 import time
 
+from meshvpn.benchoutput import report
 from meshvpn.dht.records import makeRecord
 from meshvpn.dht.rpc import DHTConfig
 from meshvpn.dht.sim import AddressPool, HeapClock, SimNetwork, makeSimNode
@@ -184,11 +184,7 @@ def main(args, out):
         progress=(lambda line: None) if args.json else out,
     )
     result = bench.run()
-    if args.json:
-        out(json.dumps(result))
-    else:
-        for k, v in result.items():
-            out(f"{k:24} {v}")
+    report(result, args.json, out)
     return 0
 
 

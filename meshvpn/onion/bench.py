@@ -15,12 +15,12 @@
   (the first build, which opens them, is reported apart).
 """
 
-import json
 import os
 import time
 
 from twisted.internet import task
 
+from meshvpn.benchoutput import report
 from meshvpn.onion.cells import RelayCommand, packRelay
 from meshvpn.onion.cellsize import CELL_SIZE
 from meshvpn.onion.origin import OriginCircuit
@@ -171,10 +171,6 @@ def main(args):
         result.update(build_time_median_s=None, build_time_p95_s=None, build_time_note="--real-builds 0")
     if steps:
         result.update(_onReactor(*steps))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:32} {v}")
+    report(result, args.json)
     return 0
 

@@ -52,10 +52,8 @@ def _tag(base, counter, payload):
     return h.digest()
 
 
-class RelayLayer:
-    """
-    A relay's layer of one circuit: removes a forward layer, adds a backward one.
-    """
+class _HopKeys:
+    """One hop's keys as either end holds them: AES-CTR streams, tag keys, cell counters."""
 
     __slots__ = ("_fwd", "_back", "_mf", "_mb", "fwdCount", "backCount")
 
@@ -65,6 +63,14 @@ class RelayLayer:
         self._back = _ctr(k.kb).update
         self._mf, self._mb = _mac(k.mf), _mac(k.mb)
         self.fwdCount = self.backCount = 0
+
+
+class RelayLayer(_HopKeys):
+    """
+    A relay's layer of one circuit: removes a forward layer, adds a backward one.
+    """
+
+    __slots__ = ()
 
     def decryptForward(self, payload):
         """Remove this hop's layer from a forward 509-byte payload."""
@@ -97,19 +103,12 @@ class RelayLayer:
         return self._back(tag + plain[TAG_LEN:]), tag
 
 
-class OriginHop:
+class OriginHop(_HopKeys):
     """
     The origin's copy of one hop's keys: adds forward layers, removes backward ones.
     """
 
-    __slots__ = ("_fwd", "_back", "_mf", "_mb", "fwdCount", "backCount")
-
-    def __init__(self, keySeed):
-        k = _Keys(keySeed)
-        self._fwd = _ctr(k.kf).update
-        self._back = _ctr(k.kb).update
-        self._mf, self._mb = _mac(k.mf), _mac(k.mb)
-        self.fwdCount = self.backCount = 0
+    __slots__ = ()
 
     def seal(self, plain):
         """
