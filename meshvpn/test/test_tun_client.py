@@ -23,36 +23,10 @@ from meshvpn.errors import StreamRefused
 from meshvpn.exit import packetparse as pp
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.test.rootenv import Netns, requireRoot
-from meshvpn.test.test_tun_packets import FakeCircuit, tcp, udp
+from meshvpn.test.test_tun_packets import tcp, udp
+from meshvpn.test.tunfakes import FakeCircuit, FakeTun
 
 NODE = bytes(range(32))
-
-
-class FakeTun(object):
-    name = "mvpn0"
-    index = 7
-
-    def __init__(self, reactor, name, mtu):
-        self.mtu = mtu
-        self.written = []
-        self.receiver = None
-        self.routes = []
-        self.closed = False
-
-    def configure(self, addresses=()):
-        self.addresses = list(addresses)
-
-    def addRoute(self, cidr, mtu=None):
-        self.routes.append((cidr, mtu))
-
-    def setPacketReceiver(self, r):
-        self.receiver = r
-
-    def writePackets(self, packets):
-        self.written.extend(packets)
-
-    def close(self):
-        self.closed = True
 
 
 class ClosableCircuit(FakeCircuit):

@@ -9,6 +9,7 @@ from twisted.trial import unittest
 from meshvpn.exit import packetparse as pp
 from meshvpn.exit.packetexit import PacketExit, PacketExitEdge
 from meshvpn.exit.policy import defaultExitPolicy
+from meshvpn.test.tunfakes import FakeCircuit, FakeTun
 
 
 def udp(src, dst, sport, dport, payload=b"hello", checksum=True):
@@ -91,37 +92,6 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(pp.checksum(err[e.ihl:]), 0)
         self.assertEqual(err[e.ihl + 8:], packet[:28])
         self.assertIsNone(pp.icmpError(err, e, 3, 13, pp.ipBytes("100.64.0.1")))
-
-
-class FakeTun:
-    name = "faketun0"
-
-    def __init__(self, reactor, name, mtu):
-        self.mtu = mtu
-        self.written = []
-        self.receiver = None
-        self.closed = False
-
-    def configure(self, addresses=()):
-        self.addresses = addresses
-
-    def setPacketReceiver(self, r):
-        self.receiver = r
-
-    def writePackets(self, packets):
-        self.written.extend(packets)
-
-    def close(self):
-        self.closed = True
-
-
-class FakeCircuit:
-    def __init__(self):
-        self.sent = []
-
-    def sendPackets(self, packets):
-        self.sent.extend(packets)
-        return len(packets)
 
 
 class PacketExitTests(unittest.TestCase):
