@@ -96,8 +96,8 @@ class Node(service.MultiService):
         host, port = settings["udp"]
         self.udpService = UDPPortService(reactor, self.udp, host, port)
         self.udpService.setServiceParent(self)
-        self.streamListener = None
-        # Other listeners (SOCKS, ...): name -> service with whenListening and address().
+        # Listening services ("stream" for links, "socks", ...): name -> service
+        # with whenListening and address(); the node is ready when all are.
         self.listeners = {}
         # The ILinkManager, attached by meshvpn.link.service.attachLinks.
         self.links = None
@@ -116,8 +116,12 @@ class Node(service.MultiService):
         Accept links on C{description}, or on C{endpoint} (a server endpoint
         a pluggable transport built from it).
         """
-        self.streamListener = StreamListenerService(self.reactor, description, factory, endpoint)
-        self.streamListener.setServiceParent(self)
+        self.addListener("stream", StreamListenerService(self.reactor, description, factory, endpoint))
+
+    @property
+    def streamListener(self):
+        """The service accepting links (relays), or C{None}."""
+        return self.listeners.get("stream")
 
     def addListener(self, name, listener):
         """
@@ -134,8 +138,7 @@ class Node(service.MultiService):
         # reactor runs (and every child's startup trigger, e.g. the SIGTERM
         # handler, has run).
         self.reactor.callWhenRunning(running.callback, None)
-        waits = [running] + ([self.streamListener.whenListening] if self.streamListener else [])
-        waits += [listener.whenListening for listener in self.listeners.values()]
+        waits = [running] + [listener.whenListening for listener in self.listeners.values()]
         self.whenStarted = defer.gatherResults(waits, consumeErrors=True).addCallback(self._announceStarted)
         self.whenStarted.addErrback(self._failedToStart)
 
@@ -159,12 +162,9 @@ class Node(service.MultiService):
 
     def addresses(self):
         info = {"udp": self.udpService.address()}
-        if self.streamListener is not None and self.streamListener.port is not None:
-            info["stream"] = self.streamListener.address()
         for name, listener in self.listeners.items():
             if listener.port is not None:
-                address = listener.address()
-                info[name] = formatHostPort(*address) if isinstance(address, tuple) else address
+                info[name] = listener.address()
         return info
 
     def stopService(self):
