@@ -8,6 +8,7 @@ END reason; the circuit's bandwidth throttle rides on the TCP side.
 
 import ipaddress
 
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
 from meshvpn.client.circuitstreams import RESOLVED_HOSTNAME, StreamOnCircuit
@@ -55,7 +56,7 @@ def exitResolver(resolver, ttl=60):
         if name.lower().endswith(_REVERSE_SUFFIXES):
             address = _fromReverse(name)
             if address is None:
-                return _answers([(RESOLVED_ERROR, b"", 0)])
+                return defer.succeed([(RESOLVED_ERROR, b"", 0)])
             d = resolver.resolvePTR(address)
             d.addCallback(lambda names: [(RESOLVED_HOSTNAME, n.encode("ascii", "replace")[:255], ttl) for n in names])
             return d.addErrback(_failed)
@@ -75,8 +76,3 @@ def _failed(failure):
     temporary = getattr(failure.value, "temporary", True)
     return [(RESOLVED_ERROR_TRANSIENT if temporary else RESOLVED_ERROR, b"", 0)]
 
-
-def _answers(value):
-    from twisted.internet import defer
-
-    return defer.succeed(value)
