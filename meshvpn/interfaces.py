@@ -338,7 +338,7 @@ class ILink(Interface):
     known, carrying cells.
 
     Refined by link/ (additive): cells are opaque C{bytes} of exactly
-    C{meshvpn.onion.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
+    C{meshvpn.link.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
     (circuits register push producers, several may) and an
     C{IPushProducer} (pausing it stops reading from the peer).
     """
@@ -903,7 +903,7 @@ class IRouteController(Interface):
         """
         Keep more relay addresses (IP strings; guards found after
         L{capture}) off the tunnel: host routes via the original gateway and
-        kill-switch exceptions.  Added by the VPN client (client/tunroutes.py).
+        kill-switch exceptions.  Added by the VPN client (client/capture.py).
         """
 
 

@@ -20,6 +20,7 @@ STUN_BYTES = range(0x00, 0x04)  # RFC 7983: STUN's top two bits are 0
 TURN_CHANNEL_BYTES = range(0x40, 0x50)  # RFC 7983: TURN ChannelData
 DHT_BYTES = range(0x80, 0x90)  # MeshVPN DHT messages
 LINK_BYTES = range(0x90, 0xA0)  # MeshVPN datagram link
+LINK_FIRST_BYTES = range(0x90, 0x9E)  # of those, link messages; 0x9E-0x9F are hole-punch probes
 
 
 @implementer(IDatagramMultiplexer)

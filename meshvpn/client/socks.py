@@ -29,7 +29,7 @@ from meshvpn.config import formatHostPort
 from meshvpn.client.socksparse import Command, Method, Reply, SocksError
 from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver
-from meshvpn.node import StreamListenerService
+from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 
 MAX_EARLY_DATA = 64 * 1024

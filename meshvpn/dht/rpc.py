@@ -9,7 +9,7 @@ C{counters}, never raised.  A node in client mode (behind NAT, not reachable)
 marks its messages so others never put it in their tables, and serves nothing.
 
 The same class runs inside real nodes (L{meshvpn.dht.service}) and, by the
-thousand, inside the simulator (L{meshvpn.dht.sim}).
+thousand, inside the simulator (L{meshvpn.tools.dhtsim}).
 """
 
 import hashlib

@@ -1,6 +1,6 @@
 """The DHT attached to a node: its lifetime, its bootstrap, its saved routing table.
 
-L{DHTService} is a child service of a L{meshvpn.node.Node}.  It registers the
+L{DHTService} is a child service of a L{meshvpn.roles.node.Node}.  It registers the
 DHT on the node's one UDP socket (first bytes 0x80-0x8F), reloads the
 routing table saved in the data dir (so a restarted node does not need its
 bootstrap nodes), joins through the configured bootstrap addresses (retrying
@@ -22,7 +22,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort, parseHostPort
-from meshvpn.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
+from meshvpn.dht.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
 from meshvpn.dht.directory import RelayDirectory
 from meshvpn.dht.records import RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode

@@ -4,7 +4,7 @@ Each circuit in packet mode gets a lease: one address from the exit's pool
 (default 100.64.0.0/16, shared address space never routed on the internet;
 the pool is only ever a *source*, the exit policy still rejects 100.64/10 as
 a destination).  A packet from a circuit is parsed (strictly, see
-L{meshvpn.exit.packetparse}), checked against the exit policy, its source
+L{meshvpn.tun.packets}), checked against the exit policy, its source
 rewritten to the lease address and written to the exit's TUN; the kernel
 forwards it and nftables masquerades it behind the exit's own address.
 Replies come back out of the TUN addressed to the lease, are rewritten to
@@ -32,7 +32,8 @@ import subprocess
 from twisted.application import service
 from twisted.logger import Logger
 
-from meshvpn.exit.packetparse import (
+from meshvpn.tun.privileges import privilegeProblem
+from meshvpn.tun.packets import (
     ICMP_ECHO,
     ICMP_UNREACH,
     PROTO_ICMP,
@@ -126,7 +127,7 @@ class PacketExit(service.Service):
 
     def startService(self):
         if self._tunFactory is None:
-            from meshvpn.client.tundevice import TunDevice
+            from meshvpn.tun.device import TunDevice
 
             def factory(reactor, name, mtu):
                 return TunDevice(reactor, name, mtu)
@@ -300,20 +301,6 @@ class PacketExitEdge:
     def circuitClosed(self, circuit, reason):
         self.packetExit.circuitClosed(circuit)
         self.inner.circuitClosed(circuit, reason)
-
-
-def privilegeProblem():
-    """@return: why this process cannot run a TUN with nftables, or C{None}."""
-    import os
-    import shutil
-
-    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-        return "needs /dev/net/tun and root (CAP_NET_ADMIN)"
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN) for the TUN device and nftables"
-    if shutil.which("nft") is None:
-        return "needs nftables (the nft command)"
-    return None
 
 
 def _setForwarding(value):

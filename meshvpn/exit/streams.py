@@ -1,8 +1,8 @@
 """The exit's side of streams: BEGIN becomes an outgoing TCP connection, RESOLVE a DNS lookup.
 
 These are the C{accept} and C{resolve} callables the exit's per-circuit
-L{meshvpn.onion.streammux.StreamMux} is given (through
-L{meshvpn.onion.edge.StreamExitEdge}).  The connector decides policy and the
+L{meshvpn.streams.mux.StreamMux} is given (through
+L{meshvpn.streams.edge.StreamExitEdge}).  The connector decides policy and the
 END reason; the circuit's bandwidth throttle rides on the TCP side.
 """
 
@@ -11,10 +11,10 @@ import ipaddress
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
-from meshvpn.client.circuitstreams import RESOLVED_HOSTNAME, StreamOnCircuit
+from meshvpn.streams.circuitstream import RESOLVED_HOSTNAME, StreamOnCircuit
 from meshvpn.exit.direct import TCPStream
-from meshvpn.onion.streammux import RESOLVED_ERROR, RESOLVED_ERROR_TRANSIENT, RESOLVED_IPV4, RESOLVED_IPV6
-from meshvpn.splice import splice
+from meshvpn.streams.mux import RESOLVED_ERROR, RESOLVED_ERROR_TRANSIENT, RESOLVED_IPV4, RESOLVED_IPV6
+from meshvpn.streams.splice import splice
 
 _REVERSE_SUFFIXES = (".in-addr.arpa", ".ip6.arpa")
 MAX_TTL = 3600

@@ -31,6 +31,7 @@ from meshvpn.identity import nodeIdFromPublicKey
 from meshvpn.interfaces import IDatagramHandler, IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
 from meshvpn.link.datagram_crypto import HandshakeError, HandshakeKeys, Session
+from meshvpn.udpmux import LINK_FIRST_BYTES
 
 # Channel byte, first byte of every DATA plaintext.
 CH_KEEPALIVE = 0x00
@@ -38,7 +39,6 @@ CH_PACKET = 0x01  # mesh IP packets (the ILink-style payload)
 CH_CONTROL = 0x02  # small control messages (signalling through a relay)
 _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
 
-LINK_FIRST_BYTES = range(0x90, 0x9E)  # 0x9E-0x9F belong to hole-punch probes
 
 
 class LinkSettings:

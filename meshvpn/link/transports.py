@@ -93,7 +93,7 @@ class DatagramTransport:
 
     def attach(self, node):
         """@return: C{node}'s L{IDatagramLinkEndpoint}, registered on its UDP socket on first use."""
-        from meshvpn.nat.relayservice import datagramLinks
+        from meshvpn.link.relayservice import datagramLinks
 
         return datagramLinks(node)
 

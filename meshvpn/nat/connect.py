@@ -23,9 +23,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from meshvpn.errors import LinkError, PunchFailed, RelayError
-from meshvpn.link.datagram import LINK_FIRST_BYTES
 from meshvpn.nat import signal_wire as sw
 from meshvpn.nat.punch import PunchSession
+from meshvpn.udpmux import LINK_FIRST_BYTES
 
 _LINK_BYTES = frozenset(LINK_FIRST_BYTES)
 MAX_SESSIONS = 64

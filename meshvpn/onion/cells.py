@@ -13,7 +13,7 @@ import struct
 import attrs
 
 from meshvpn.errors import MeshVPNError
-from meshvpn.onion.cellsize import CELL_SIZE
+from meshvpn.link.cellsize import CELL_SIZE
 
 CIRCID_LEN = 4
 HEADER_LEN = CIRCID_LEN + 1

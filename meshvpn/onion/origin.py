@@ -41,12 +41,12 @@ class OriginCircuit:
     (L{HopSpec}s, guard first).  Call L{build}.
 
     @ivar streamHandler: the stream layer's hook, shaped like
-        L{meshvpn.onion.streammux.StreamMux}: C{relayReceived(command,
+        L{meshvpn.streams.mux.StreamMux}: C{relayReceived(command,
         streamId, data)} gets every stream cell (BEGIN..RESOLVED, stream
         SENDMEs); optional C{circuitWindowOpened()} is called when a circuit
         SENDME reopens the window, C{circuitClosed()} when the circuit
         dies, and C{openStream(host, port, protocol)} serves L{openStream}
-        (L{meshvpn.onion.edge.attachStreams} installs a StreamMux).
+        (L{meshvpn.streams.edge.attachStreams} installs a StreamMux).
         It sends with L{sendRelay} and asks L{circuitRoom} before DATA.
         Without one, L{openStream} fails and stream cells are dropped.
     """

@@ -12,7 +12,7 @@ happens once per batch, never per cell.
 
 import weakref
 
-from meshvpn.onion.cellsize import CELL_SIZE
+from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.ratelimit import TokenBucket
 
 

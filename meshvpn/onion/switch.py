@@ -28,7 +28,7 @@ from meshvpn.onion.cells import (
     DestroyReason, End, Extend2, Extended2, RelayCommand, Sendme, Truncated, encodeCell,
     packRelay, unpackRelay,
 )
-from meshvpn.onion.cellsize import CELL_SIZE
+from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.onion.flow import FlowError, ReceiveWindow, SendWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
 from meshvpn.onion.relaycrypto import RelayLayer

@@ -7,8 +7,8 @@ listed in anyone's routing table).  SOCKS and TUN attach here later.
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import buildNode
-from meshvpn.client.tunclient import attachTun, tunSettings
-from meshvpn.client.tunmeshlink import attachMeshLinks, meshSettings
+from meshvpn.client.vpn import attachTun, tunSettings
+from meshvpn.client.meshlink import attachMeshLinks, meshSettings
 from meshvpn.roles.onionclient import attachOnionClient
 
 

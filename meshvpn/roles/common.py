@@ -1,8 +1,8 @@
 """What every role's makeService does first: load keys, or stop with one clear line."""
 
 from meshvpn.errors import KeyFileError
-from meshvpn.node import Node
-from meshvpn.sigterm import CleanStopOnSIGTERM
+from meshvpn.roles.node import Node
+from meshvpn.roles.sigterm import CleanStopOnSIGTERM
 
 
 def buildNode(role, settings, reactor=None):

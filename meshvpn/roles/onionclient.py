@@ -10,13 +10,14 @@ import os
 
 from twisted.internet import defer, task
 
-from meshvpn.client.circuitbuilder import CircuitBuilder
-from meshvpn.client.circuitopener import CircuitStreamOpener
+from meshvpn.circuits.builder import CircuitBuilder
+from meshvpn.streams.edge import attachStreams
+from meshvpn.streams.opener import CircuitStreamOpener
 from meshvpn.client.socks import socksServiceFromSettings
 from meshvpn.errors import NoPath
-from meshvpn.onion.circuitmanager import CircuitManager
-from meshvpn.onion.pathselect import GuardSet
-from meshvpn.onion.relayinfo import relayInfo
+from meshvpn.circuits.manager import CircuitManager
+from meshvpn.circuits.pathselect import GuardSet
+from meshvpn.circuits.relayinfo import relayInfo
 from meshvpn.onion.service import OnionService
 
 GUARDS_FILE = "guards.json"
@@ -68,7 +69,7 @@ def attachOnionClient(node, settings, finder):
     circuits = CircuitManager(
         node.reactor,
         DirectoryRelays(node.reactor, finder),
-        CircuitBuilder(node.reactor, onion.switch, node.links),
+        CircuitBuilder(node.reactor, onion.switch, node.links, onCircuit=attachStreams),
         guards=guards,
         spares=settings["circuits_spare"],
     )

@@ -21,7 +21,7 @@ def attachOnionRelay(node, settings, flags):
     if "exit" in flags:
         from meshvpn.exit.settings import buildExit
         from meshvpn.exit.streams import exitAcceptor, exitResolver
-        from meshvpn.onion.edge import StreamExitEdge
+        from meshvpn.streams.edge import StreamExitEdge
 
         host = settings["udp"][0]
         own = [host] if host not in ("0.0.0.0", "::") else []

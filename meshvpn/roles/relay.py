@@ -81,7 +81,7 @@ def makeService(options):
     publisher.setServiceParent(dht)
     onion.onRotate.append(lambda keys: publisher.publishNow())
     if options.settings["nat_relay"]:
-        from meshvpn.nat.relayservice import NatRelayService
+        from meshvpn.link.relayservice import NatRelayService
 
         NatRelayService(node, options.settings["turn"]).setServiceParent(node)
     elif options.settings["turn"]:

@@ -63,7 +63,7 @@ class TestnetCommandTests(unittest.TestCase):
 
 class StatusCommandTests(unittest.TestCase):
     def test_statusOfRunningNode(self):
-        from meshvpn.processes import NodeProcess
+        from meshvpn.tools.processes import NodeProcess
 
         node = NodeProcess("client", os.path.abspath(self.mktemp()))
         self.addCleanup(node.stop)

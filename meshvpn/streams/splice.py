@@ -1,0 +1,36 @@
+"""Join two L{IStream}s so that what one receives the other sends, with backpressure both ways.
+
+The exit splices its TCP connection (L{meshvpn.exit.direct.TCPStream}) to
+the circuit stream (L{meshvpn.streams.circuitstream.StreamOnCircuit}); each
+is registered as the producer feeding the other, so a full window on one
+side pauses reading on the other.  A half-close crosses as a half-close, an
+end as an end with its reason.
+"""
+
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStreamReceiver
+
+
+@implementer(IStreamReceiver)
+class _Forward:
+    def __init__(self, to):
+        self.to = to
+
+    def streamDataReceived(self, data):
+        self.to.write(data)
+
+    def streamReadEnded(self):
+        self.to.halfClose()
+
+    def streamEnded(self, reason):
+        self.to.unregisterProducer()
+        self.to.close(reason)
+
+
+def splice(a, b):
+    """Join streams C{a} and C{b}."""
+    a.registerProducer(b, True)
+    b.registerProducer(a, True)
+    a.setReceiver(_Forward(b))
+    b.setReceiver(_Forward(a))
