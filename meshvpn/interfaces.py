@@ -854,6 +854,13 @@ class ITokenBucket(Interface):
         @return: the tokens (bytes) available now; negative while in debt.
         """
 
+    def tryConsume(amount=1):
+        """
+        Admission control (requests, handshakes, answers): take C{amount}
+        tokens if they are there and return C{True}; otherwise take nothing
+        and return C{False}.
+        """
+
 
 class ITunDevice(Interface):
     """

@@ -8,7 +8,7 @@ ports), closed on stop, and able to say the address they really bound.
 from twisted.application import service
 from twisted.internet import defer, endpoints
 
-from meshvpn.config import formatHostPort
+from meshvpn.hostport import formatHostPort
 
 
 class _BoundPortService(service.Service):

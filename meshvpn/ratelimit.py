@@ -47,6 +47,16 @@ class TokenBucket:
         self._refill()
         return self._tokens
 
+    def tryConsume(self, amount=1):
+        """Take C{amount} tokens if they are there: C{True}; else take nothing: C{False}."""
+        if self.rate is None:
+            return True
+        self._refill()
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True
+
     def consume(self, amount):
         if self.rate is None:
             return 0.0

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.client import socksparse as sp
-from meshvpn.config import formatHostPort
+from meshvpn.hostport import formatHostPort
 from meshvpn.client.socksparse import Command, Method, Reply, SocksError
 from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver

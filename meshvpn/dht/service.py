@@ -21,7 +21,8 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from meshvpn.config import formatHostPort, parseHostPort
+from meshvpn.config import parseHostPort
+from meshvpn.hostport import formatHostPort
 from meshvpn.dht.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
 from meshvpn.dht.directory import RelayDirectory
 from meshvpn.dht.records import RecordStore

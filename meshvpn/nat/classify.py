@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from meshvpn.config import formatHostPort
+from meshvpn.hostport import formatHostPort
 from meshvpn.interfaces import INATProbe
 from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
