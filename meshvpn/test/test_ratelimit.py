@@ -5,7 +5,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from meshvpn.interfaces import IStatusSource, ITokenBucket
-from meshvpn.ratelimit import BandwidthLimiter, TokenBucket
+from meshvpn.ratelimit import BandwidthLimiter, BucketTable, TokenBucket
 
 
 class Producer:
@@ -59,6 +59,42 @@ class TokenBucketTests(unittest.TestCase):
             self.clock.advance(wait)
         # 100 s at 10 kB/s plus the initial burst.
         self.assertLess(abs(sent / self.clock.seconds() - 10_000), 100)
+
+
+    def test_tryConsumeTakesAllOrNothing(self):
+        b = TokenBucket(self.clock, rate=1, burst=2)
+        self.assertTrue(b.tryConsume())
+        self.assertTrue(b.tryConsume())
+        self.assertFalse(b.tryConsume())
+        self.assertEqual(b.available(), 0)  # a refusal costs nothing: no debt
+        self.clock.advance(1)
+        self.assertTrue(b.tryConsume())
+
+
+class BucketTableTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+
+    def test_perKey(self):
+        t = BucketTable(self.clock, rate=1, burst=2, maxKeys=10)
+        self.assertEqual([t.tryConsume("a") for _ in range(3)], [True, True, False])
+        self.assertTrue(t.tryConsume("b"))  # another key has its own bucket
+        self.clock.advance(1)
+        self.assertTrue(t.tryConsume("a"))
+        self.assertFalse(t.tryConsume("a"))
+
+    def test_boundedLeastRecentForgotten(self):
+        t = BucketTable(self.clock, rate=1, burst=1, maxKeys=2)
+        t.tryConsume("a")
+        t.tryConsume("b")
+        self.assertFalse(t.tryConsume("a"))  # "a" is now the most recent
+        t.tryConsume("c")  # forgets "b"
+        self.assertEqual(len(t), 2)
+        self.assertFalse(t.tryConsume("a"))
+        self.assertTrue(t.tryConsume("b"))  # forgotten, so full again
+        for i in range(1000):
+            t.tryConsume(i)
+        self.assertEqual(len(t), 2)
 
 
 class ThrottleTests(unittest.TestCase):

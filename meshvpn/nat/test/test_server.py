@@ -7,7 +7,8 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from meshvpn.nat import stun
-from meshvpn.nat.server import AMPLIFICATION, BURST, RateLimiter, StunServer, checkAlternate
+from meshvpn.nat.server import AMPLIFICATION, BURST, MAX_SOURCES, RATE, StunServer, checkAlternate
+from meshvpn.ratelimit import BucketTable
 
 A1, A2 = "198.18.0.1", "198.18.0.2"
 P1, P2 = 3478, 3479
@@ -100,7 +101,7 @@ class ServerTests(unittest.TestCase):
     )
     def test_amplificationBoundAlways(self, attrs, size, fp, change):
         server = self.makeServer()
-        server.limiter = RateLimiter(self.clock, burst=1e9)
+        server.limiter = BucketTable(self.clock, RATE, 1e9, MAX_SOURCES)
         req = stun.StunMessage(stun.BINDING, stun.REQUEST)
         for t in attrs:
             req.add(t, b"\x00" * size)
@@ -124,9 +125,9 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(len(self.sent), int(BURST) + 2)
 
     def test_rateLimiterTableBounded(self):
-        limiter = RateLimiter(task.Clock(), maxKeys=100)
+        limiter = BucketTable(task.Clock(), RATE, BURST, maxKeys=100)
         for i in range(1000):
-            limiter.allow(f"198.18.{i // 256}.{i % 256}")
+            limiter.tryConsume(f"198.18.{i // 256}.{i % 256}")
         self.assertEqual(len(limiter), 100)
 
     def test_ignoresIndicationsAndOtherMethods(self):
