@@ -27,10 +27,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError
+from meshvpn.hostport import formatHostPort
 from meshvpn.identity import nodeIdFromPublicKey
 from meshvpn.interfaces import IDatagramHandler, IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
 from meshvpn.link.datagram_crypto import HandshakeError, HandshakeKeys, Session
+from meshvpn.observer import OneShotObserver
+from meshvpn.ratelimit import BucketTable, TokenBucket
 from meshvpn.udpmux import LINK_FIRST_BYTES
 
 # Channel byte, first byte of every DATA plaintext.
@@ -55,7 +58,8 @@ class LinkSettings:
     maxPendingHandshakes = 512
     pendingLifetime = 10.0
     initRatePerSource = 10.0  # INITs per second per source IP (burst = 2x)
-    initRateGlobal = 500.0  # INITs per second in total
+    maxInitSources = 4096  # source IPs with an INIT bucket (least recent forgotten)
+    initRateGlobal = 500.0  # INITs per second in total (burst = 2x)
     cookieLifetime = 120.0  # cookie secret rotation (a cookie stays valid up to twice this)
     maxPacket = 65400
 
@@ -64,26 +68,6 @@ class LinkSettings:
             if not hasattr(LinkSettings, k):
                 raise TypeError(f"unknown link setting {k!r}")
             setattr(self, k, v)
-
-
-class _Bucket:
-    """A token bucket on reactor time; tiny on purpose (one per source IP)."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate, burst, now):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
-
-    def level(self, now):
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens
-
-    def take(self, now):
-        if self.level(now) >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class _Pending:
@@ -113,11 +97,9 @@ class DatagramLink:
         self.peerId = nodeIdFromPublicKey(peerIdentityKey)
         self.peerAddress = addr
         self.path = path
-        self.current = None  # Session used for sending
+        self.current = None  # Session used for sending; None before the handshake and once closed
         self.previous = None  # kept for receiving during a rekey
-        self.closed = False
-        self._closedReason = None
-        self._whenClosed = []
+        self._closed = OneShotObserver()  # fires with the reason
         self._receivers = {}
         self.lastSent = self.lastReceived = endpoint.reactor.seconds()
         self.rekeying = None
@@ -139,9 +121,13 @@ class DatagramLink:
     def sendControl(self, data):
         self.send(CH_CONTROL, data)
 
+    @property
+    def closed(self):
+        return self._closed.fired
+
     def send(self, channel, data):
         session = self.current
-        if self.closed or session is None or len(data) > self._endpoint.settings.maxPacket:
+        if session is None or len(data) > self._endpoint.settings.maxPacket:
             self.stats["tx_dropped"] += 1
             return
         header = wire.encodeDataHeader(session.remoteIndex, session.sendCounter)
@@ -151,28 +137,22 @@ class DatagramLink:
         self._endpoint._maybeRekey(self, session)
 
     def close(self, reason="closed"):
-        if self.closed:
+        if self._closed.fired:
             return
-        self.closed = True
-        self._closedReason = reason
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._endpoint._linkClosed(self)
-        waiting, self._whenClosed = self._whenClosed, []
-        for d in waiting:
-            d.callback(reason)
+        # Without a session, send() drops: the one check on the per-packet path.
+        self.current = self.previous = None
+        self._closed.fire(reason)
 
     def whenClosed(self):
-        if self.closed:
-            return defer.succeed(self._closedReason)
-        d = defer.Deferred()
-        self._whenClosed.append(d)
-        return d
+        return self._closed.whenFired()
 
     def status(self):
         return {
             "peer": self.peerId.hex(),
-            "address": list(self.peerAddress),
+            "address": formatHostPort(*self.peerAddress),
             "relayed": self.path is not self._endpoint.defaultPath,
             "tx": self.stats["tx"],
             "rx": self.stats["rx"],
@@ -208,8 +188,9 @@ class DatagramLinkEndpoint:
         self._links = {}  # peer node id -> DatagramLink
         self._sessions = {}  # local index -> (Session, DatagramLink)
         self._pending = OrderedDict()  # local index -> _Pending
-        self._buckets = OrderedDict()  # source ip -> _Bucket
-        self._global = _Bucket(self.settings.initRateGlobal, 2 * self.settings.initRateGlobal, reactor.seconds())
+        s = self.settings
+        self._perSource = BucketTable(reactor, s.initRatePerSource, 2 * s.initRatePerSource, s.maxInitSources)
+        self._global = TokenBucket(reactor, s.initRateGlobal, 2 * s.initRateGlobal)
         self._acceptor = None
         self._respIndex = {}  # (addr, initiator's index) -> our pending index
         self._cookieSecrets = (os.urandom(32), os.urandom(32))  # current, previous
@@ -363,17 +344,10 @@ class DatagramLinkEndpoint:
     # -- load: rate limits and cookies
     def _allowInit(self, host, proven):
         """Per-source bucket always; the global one only for INITs without a valid cookie."""
-        now = self.reactor.seconds()
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            if len(self._buckets) >= 4096:
-                self._buckets.popitem(last=False)
-            rate = self.settings.initRatePerSource
-            bucket = self._buckets[host] = _Bucket(rate, 2 * rate, now)
-        return bucket.take(now) and (proven or self._global.take(now))
+        return self._perSource.tryConsume(host) and (proven or self._global.tryConsume())
 
     def _underLoad(self):
-        return self._global.level(self.reactor.seconds()) < self._global.burst / 2
+        return self._global.available() < self._global.burst / 2
 
     def _cookieFor(self, secret, addr, peerIndex):
         material = f"{addr[0]}|{addr[1]}|{peerIndex}".encode()

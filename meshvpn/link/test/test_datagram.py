@@ -130,6 +130,12 @@ class HandshakeTests(unittest.TestCase):
         self.assertLessEqual(len(eb._pending), 4)
         del init
 
+    def test_initSourcesBounded(self):
+        clock, net, (ea, eb), ids, (a, b) = pair(maxInitSources=8)
+        for i in range(100):
+            eb.datagramReceived(wire.encodeInit(i, bytes([9] * 32)), (f"198.18.9.{i}", 1))
+        self.assertEqual(len(eb._perSource), 8)
+
     def test_noAmplification(self):
         """A RESP is never larger than the INIT that caused it."""
         self.assertLessEqual(wire.RESP_LEN, wire.INIT_LEN)
@@ -196,6 +202,21 @@ class TransportTests(unittest.TestCase):
             net.queue.clear()
         self.assertEqual(closed, ["timeout"])
         self.assertEqual(ea.links(), [])
+
+    def test_closeOnce(self):
+        clock, net, (ea, eb), la, lb = connected(self)
+        early = la.whenClosed()
+        self.assertEqual(la.status()["address"], "198.18.0.2:2000")
+        la.close("bye")
+        la.close("again")
+        self.assertTrue(la.closed)
+        self.assertEqual(self.successResultOf(early), "bye")
+        self.assertEqual(self.successResultOf(la.whenClosed()), "bye")
+        before = len(net.sent)
+        la.sendPacket(b"late")
+        self.assertEqual(len(net.sent), before)  # a closed link drops, never raises
+        self.assertEqual(la.stats["tx_dropped"], 1)
+        self.assertIsNone(ea.linkTo(lb.peerId))
 
     def test_rekeyAfterMessages(self):
         clock, net, (ea, eb), la, lb = connected(self, rekeyAfterMessages=5)
@@ -346,6 +367,6 @@ class CookieTests(unittest.TestCase):
         self.assertEqual(len(eb._pending), pending + 1)
         # After two rotations it is stale.
         clock.advance(241)
-        eb._global.tokens, eb._global.stamp = 0, clock.seconds()  # still under load
+        eb._global.consume(eb._global.available())  # still under load
         eb.datagramReceived(wire.encodeInit(77, bytes([8] * 32), cookie), a)
         self.assertEqual(eb.counters["cookie_sent"], before + 3)
