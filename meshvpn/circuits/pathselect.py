@@ -18,6 +18,7 @@ import random
 import attrs
 
 from meshvpn.errors import NoExitForTarget, NoPath
+from meshvpn.hostport import formatHostPort
 from meshvpn.secretfile import writeSecretFile
 
 # One relay's weight is capped, so a relay that advertises absurd bandwidth
@@ -111,7 +112,7 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=Fa
 
 
 def _describe(target):
-    return "any target" if target is None else f"{target[0]}:{target[1]}"
+    return "any target" if target is None else formatHostPort(*target)
 
 
 class GuardSet:

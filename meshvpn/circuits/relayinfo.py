@@ -7,19 +7,23 @@ the translation here leaves both sides ignorant of the other's format.
 """
 
 from meshvpn.exit.policy import summaryAllows
+from meshvpn.hostport import HostPortError, parseIPPort
 from meshvpn.onion.origin import HopSpec
 from meshvpn.circuits.pathselect import RelayInfo
 
 
-def _host(address):
-    host, _, _port = address.rpartition(":")
-    return host.strip("[]")
-
-
 def relayInfo(descriptor):
-    """@return: a L{RelayInfo}, or C{None} for a relay with no link address."""
+    """
+    @return: a L{RelayInfo}, or C{None} for a relay no path can use: no link
+        address, or a first one that is not C{IP:PORT} (the /16 rule needs
+        an IP, and a link can only dial one).
+    """
     links = descriptor.linkAddresses
     if not links:
+        return None
+    try:
+        host, _ = parseIPPort(links[0][1], allowZero=False)
+    except HostPortError:
         return None
     summary = descriptor.exitPolicy
     exitAccepts = None
@@ -27,7 +31,7 @@ def relayInfo(descriptor):
         exitAccepts = lambda target: summaryAllows(summary, target[1])  # noqa: E731
     return RelayInfo(
         nodeId=descriptor.nodeId,
-        host=_host(links[0][1]),
+        host=host,
         roles=frozenset(descriptor.flags),
         family=frozenset(descriptor.family),
         bandwidth=descriptor.bandwidth,

@@ -141,7 +141,7 @@ class NATProbe:
             "servers": [],
         }
         results = await defer.gatherResults([defer.Deferred.fromCoroutine(self._tryAsk(s)) for s in servers])
-        primary = None
+        primary = firstMapped = None
         local = set(self._localAddresses or ())
         for server, result in zip(servers, results):
             entry = {"server": _fmt(server), "answered": result is not None, "rtt_ms": None}
@@ -170,6 +170,8 @@ class NATProbe:
             entry.update(mapped=_fmt(mapped), other_address=_fmt(other), response_origin=_fmt(origin), software=msg.software())
             if _fmt(mapped) not in report["mapped_addresses"]:
                 report["mapped_addresses"].append(_fmt(mapped))
+            if firstMapped is None:
+                firstMapped = mapped
             if primary is None and other is not None:
                 primary = (server, mapped, other)
         report["local_addresses"] = sorted(_fmt(a) for a in local)
@@ -179,7 +181,7 @@ class NATProbe:
             report["type"] = UDP_BLOCKED if not report["udp"] else "unknown"
             return report
         report["udp"] = True
-        first = primary[1] if primary else _parse(answered[0]["mapped"])
+        first = primary[1] if primary else firstMapped
         report["mapped_address"] = _fmt(first)
         report["nat"] = _fmt(first) not in report["local_addresses"]
         if primary is not None:
@@ -237,11 +239,6 @@ class NATProbe:
         finally:
             self.endpoint.unwatchTransaction(req.transactionId)
             asked.cancel()
-
-
-def _parse(text):
-    host, _, port = text.rpartition(":")
-    return (host.strip("[]"), int(port))
 
 
 def _mappedOf(result):

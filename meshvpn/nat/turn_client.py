@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import RelayError
+from meshvpn.hostport import formatHostPort
 from meshvpn.interfaces import IDatagramHandler, IRelayAllocation
 from meshvpn.nat import stun
 from meshvpn.udpmux import TURN_CHANNEL_BYTES
@@ -82,7 +83,7 @@ class TurnAllocation:
             try:
                 result = await self.stun.client.request(msg, self.server, integrityKey=key, **self._timing)
             except Exception as e:
-                raise RelayError(f"TURN server {self.server[0]}:{self.server[1]} did not answer: {e}") from None
+                raise RelayError(f"TURN server {formatHostPort(*self.server)} did not answer: {e}") from None
             reply = result.message
             if reply.cls == stun.SUCCESS:
                 if key is not None and reply.hasIntegrity and not reply.checkIntegrity(key):

@@ -14,6 +14,7 @@ import time
 from twisted.internet import defer, endpoints, protocol
 from zope.interface import implementer
 
+from meshvpn.hostport import formatHostPort
 from meshvpn.identity import NodeIdentity
 from meshvpn.interfaces import ICellHandler
 from meshvpn.link.manager import LinkManager, LinkTarget
@@ -100,7 +101,7 @@ async def runLinkBench(reactor, cells=100_000, batch=64, bidirectional=False):
         atServer, atClient = _Counter(cells), _Counter(cells)
         server.setCellHandler(atServer)
         t0 = time.perf_counter()
-        link = await client.getLink(LinkTarget(server.identity.nodeId, (("tls", f"127.0.0.1:{port.getHost().port}"),)))
+        link = await client.getLink(LinkTarget(server.identity.nodeId, (("tls", formatHostPort("127.0.0.1", port.getHost().port)),)))
         handshake = time.perf_counter() - t0
         waits = [atServer.done]
         senders = [_Sender(link, cells, batch)]

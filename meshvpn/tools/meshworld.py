@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from meshvpn.client.mesh import meshAddress
+from meshvpn.hostport import formatHostPort
 from meshvpn.identity import NodeIdentity
 
 
@@ -42,8 +43,8 @@ def meshWorld(testCase, pairs, workdir):
             dataDir = os.path.join(workdir, me)
             argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-client",
                     "--data-dir", dataDir, "--tun", "--tun-capture", "false",
-                    "--mesh-relay", f"{relayId}@{matrix.RELAY_IP}:{matrix.RELAY_PORT}",
-                    "--mesh-turn", f"{matrix.RELAY_IP}:{matrix.TURN_PORT}", "--mesh-peers", ids[peer].hex()]
+                    "--mesh-relay", f"{relayId}@{formatHostPort(matrix.RELAY_IP, matrix.RELAY_PORT)}",
+                    "--mesh-turn", formatHostPort(matrix.RELAY_IP, matrix.TURN_PORT), "--mesh-peers", ids[peer].hex()]
             proc = tb.popen(me, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             infos[me] = {"dataDir": dataDir, "proc": proc, "peer": peer, "address": meshAddress(ids[me]),
                          "log": os.path.join(dataDir, "twistd.log")}

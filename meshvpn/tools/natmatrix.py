@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from meshvpn.hostport import formatHostPort
+
 PAIR_TYPES = ("no-nat", "full-cone", "address-restricted", "port-restricted", "symmetric")
 RELAY_IP = "198.18.0.5"
 RELAY_PORT, TURN_PORT = 7000, 3478
@@ -134,12 +136,11 @@ def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadlin
     from meshvpn.tools import nattestbed
 
     tb = nattestbed.build(testCase, natTypes=(), meshvpnStun=classify)
-    turnArgs = ["--turn", f"{RELAY_IP}:{TURN_PORT}"]
+    turnArgs = ["--turn", formatHostPort(RELAY_IP, TURN_PORT)]
     if coturn:
         tb.startCoturn(extraArgs=["--lt-cred-mech", "--user", f"{COTURN_USER}:{COTURN_PASSWORD}", "--realm", COTURN_REALM,
                                   "--fingerprint", "--no-tcp-relay"])
-        host, port = nattestbed.COTURN_PRIMARY
-        turnArgs = ["--turn", f"{host}:{port}", "--turn-user", COTURN_USER, "--turn-password", COTURN_PASSWORD]
+        turnArgs = ["--turn", formatHostPort(*nattestbed.COTURN_PRIMARY), "--turn-user", COTURN_USER, "--turn-password", COTURN_PASSWORD]
     relayNs = tb.addPublic("rly", [RELAY_IP])
     relayId = startRelay(tb, relayNs)
     for t in types:
@@ -151,7 +152,7 @@ def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadlin
     agents = {}
     for name, host in tb.hosts.items():
         argv = _agentArgv(
-            "peer", "--relay", f"{RELAY_IP}:{RELAY_PORT}", "--relay-id", relayId,
+            "peer", "--relay", formatHostPort(RELAY_IP, RELAY_PORT), "--relay-id", relayId,
             "--bytes", str(size), "--punch-deadline", str(punchDeadline), *turnArgs,
         )
         agents[name] = Agent(name, tb.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -172,8 +173,8 @@ def startRelay(tb, ns):
 
     dataDir = tempfile.mkdtemp(prefix="natrelay-", dir=tb.workdir)
     argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-relay"]
-    argv += ["--data-dir", dataDir, "--udp", f"{RELAY_IP}:{RELAY_PORT}", "--listen", f"tcp:0:interface={RELAY_IP}"]
-    argv += ["--nat-relay", "true", "--turn", f"{RELAY_IP}:{TURN_PORT}"]
+    argv += ["--data-dir", dataDir, "--udp", formatHostPort(RELAY_IP, RELAY_PORT), "--listen", f"tcp:0:interface={RELAY_IP}"]
+    argv += ["--nat-relay", "true", "--turn", formatHostPort(RELAY_IP, TURN_PORT)]
     proc = tb.netns.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     nodeFile = os.path.join(dataDir, "node.json")
     _waitFor(lambda: os.path.exists(nodeFile), proc, f"meshvpn-relay in {ns}", dataDir)

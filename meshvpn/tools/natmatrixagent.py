@@ -23,6 +23,7 @@ import sys
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
+from meshvpn.hostport import parseIPPort
 from meshvpn.identity import NodeIdentity
 from meshvpn.link.datagram import DatagramLinkEndpoint
 from meshvpn.nat import stun
@@ -139,9 +140,7 @@ async def runPeer(reactor, args):
     endpoint.register(mux)
     puncher = HolePuncher(reactor, mux.sendDatagram, deadline=args.punch_deadline)
     puncher.register(mux)
-    relayHost, relayPort = args.relay.rsplit(":", 1)
-    turnHost, turnPort = args.turn.rsplit(":", 1)
-    signalling = RelaySignalling(reactor, endpoint, bytes.fromhex(args.relay_id), (relayHost, int(relayPort)))
+    signalling = RelaySignalling(reactor, endpoint, bytes.fromhex(args.relay_id), args.relay)
     port = mux.getHost().port
     candidates = hostCandidates(port)
 
@@ -150,7 +149,7 @@ async def runPeer(reactor, args):
             lifetime, user, password = 600, args.turn_user, args.turn_password
         else:
             lifetime, user, password = await signalling.requestCredentials()
-        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, (turnHost, int(turnPort)), user, password)
+        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, args.turn, user, password)
         await alloc.allocate(lifetime)
         alloc.registerChannelData(mux)
         return alloc
@@ -201,9 +200,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="matrixagent")
     sub = parser.add_subparsers(dest="role", required=True)
     p = sub.add_parser("peer")
-    p.add_argument("--relay", required=True)
+    p.add_argument("--relay", required=True, type=parseIPPort)
     p.add_argument("--relay-id", required=True)
-    p.add_argument("--turn", required=True)
+    p.add_argument("--turn", required=True, type=parseIPPort)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bytes", type=int, default=1 << 20)
     p.add_argument("--punch-deadline", type=float, default=2.5)

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 
+from meshvpn.hostport import formatHostPort
 from meshvpn.tools.netns import Netns, run
 
 NAT_TYPES = ("full-cone", "address-restricted", "port-restricted", "symmetric", "no-nat", "udp-blocked")
@@ -226,8 +227,8 @@ class Testbed:
         ns = self.addPublic(short, [primary[0], alternate[0]])
         dataDir = tempfile.mkdtemp(prefix=f"{short}-", dir=self.workdir)
         argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-relay"]
-        argv += ["--data-dir", dataDir, "--udp", f"{primary[0]}:{primary[1]}"]
-        argv += ["--listen", f"tcp:0:interface={primary[0]}", "--stun-alternate", f"{alternate[0]}:{alternate[1]}"]
+        argv += ["--data-dir", dataDir, "--udp", formatHostPort(*primary)]
+        argv += ["--listen", f"tcp:0:interface={primary[0]}", "--stun-alternate", formatHostPort(*alternate)]
         proc = self.netns.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _waitFor(lambda: os.path.exists(os.path.join(dataDir, "node.json")), proc, f"meshvpn-relay in {ns}", dataDir)
         self.stunServers.append(("meshvpn", primary, alternate))
@@ -246,7 +247,7 @@ class Testbed:
 
         def listening():
             out = self.netns.exec(ns, "ss", "-Hlun", check=False)
-            return all(f"{ip}:{p}" in out for ip in (primary[0], alternate[0]) for p in (primary[1], alternate[1]))
+            return all(formatHostPort(ip, p) in out for ip in (primary[0], alternate[0]) for p in (primary[1], alternate[1]))
 
         _waitFor(listening, proc, f"coturn in {ns}", None, logPath)
         self.stunServers.append(("coturn", primary, alternate))
@@ -261,7 +262,7 @@ class Testbed:
         @return: dict host name -> report dict.
         """
         hosts = [self.hosts[h] if isinstance(h, str) else h for h in (hosts or self.hosts.values())]
-        argv = [sys.executable, "-m", "meshvpn", "netcheck", "--json", "--stun", f"{server[0]}:{server[1]}"]
+        argv = [sys.executable, "-m", "meshvpn", "netcheck", "--json", "--stun", formatHostPort(*server)]
         procs = {h.name: self.popen(h, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for h in hosts}
         reports = {}
         for name, p in procs.items():

@@ -13,6 +13,7 @@ import sys
 import time
 
 from meshvpn.errors import MeshVPNError
+from meshvpn.hostport import formatHostPort
 from meshvpn.roles.node import NODE_FILE
 
 
@@ -44,9 +45,9 @@ class NodeProcess:
 
     def argv(self):
         args = [twistdPath(), "-n", "--pidfile=", "--logfile", self.logPath, f"meshvpn-{self.role}"]
-        args += ["--data-dir", self.dataDir, "--udp", f"{self.host}:0"]
+        args += ["--data-dir", self.dataDir, "--udp", formatHostPort(self.host, 0)]
         if self.role == "client":
-            args += ["--socks-listen", f"{self.host}:0"]
+            args += ["--socks-listen", formatHostPort(self.host, 0)]
         else:
             args += ["--listen", f"tcp:0:interface={self.host}"]
         return args + self.extraArgs

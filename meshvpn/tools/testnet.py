@@ -26,6 +26,7 @@ import time
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import readStatus
 from meshvpn.errors import MeshVPNError
+from meshvpn.hostport import formatHostPort, splitHostPort
 from meshvpn.tools.processes import NodeProcess
 
 EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false"]
@@ -101,8 +102,7 @@ class Testnet:
         return " -> ".join(next((v for k, v in names.items() if k.startswith(h[:16])), h[:8]) for h in path)
 
     def socksAddress(self):
-        host, _, port = self.client.info["socks"].rpartition(":")
-        return host, int(port)
+        return splitHostPort(self.client.info["socks"])
 
     def startWeb(self):
         portFile = os.path.join(self.base, "web.port")
@@ -120,7 +120,7 @@ class Testnet:
 
     def check(self, nbytes=CHECK_BYTES):
         host, port = self.startWeb()
-        self.out(f"testnet: fetching http://{host}:{port}/bytes/{nbytes} through the circuit via SOCKS ...")
+        self.out(f"testnet: fetching http://{formatHostPort(host, port)}/bytes/{nbytes} through the circuit via SOCKS ...")
         status, body, ttfb, total = socksclient.httpGet(self.socksAddress(), host, port, f"/bytes/{nbytes}")
         ok = status == 200 and body == webfixture.body(nbytes)
         circuits = (readStatus(self.client.dataDir) or {}).get("circuits", {}).get("circuits", [])

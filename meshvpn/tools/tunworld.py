@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from meshvpn.hostport import formatHostPort
 from meshvpn.tools.netns import run
 
 DOMAIN = "files.meshvpn-example"
@@ -97,14 +98,14 @@ class TunWorld:
 
         self.twistd = twistdPath()
         guard, exit = self.address["g"], self.address["ex"]
-        boot = f"{guard}:9000"
+        boot = formatHostPort(guard, 9000)
         self.relayPorts = {"guard": (guard, 9001), "middle": ("127.30.0.1", 9001), "exit": (exit, 9001)}
-        self._node("guard", "g", "relay", ["--udp", f"{guard}:9000", "--listen", f"tcp:9001:interface={guard}",
+        self._node("guard", "g", "relay", ["--udp", boot, "--listen", f"tcp:9001:interface={guard}",
                                            "--flags", "guard"])
-        self._node("middle", "g", "relay", ["--udp", f"{guard}:9100", "--listen", "tcp:9001:interface=127.30.0.1",
+        self._node("middle", "g", "relay", ["--udp", formatHostPort(guard, 9100), "--listen", "tcp:9001:interface=127.30.0.1",
                                             "--flags", "middle", "--bootstrap", boot])
-        self._node("exit", "ex", "relay", ["--udp", f"{exit}:9000", "--listen", f"tcp:9001:interface={exit}",
-                                           "--flags", "exit", "--bootstrap", boot, "--exit-dns", f"{DNS}:53",
+        self._node("exit", "ex", "relay", ["--udp", formatHostPort(exit, 9000), "--listen", f"tcp:9001:interface={exit}",
+                                           "--flags", "exit", "--bootstrap", boot, "--exit-dns", formatHostPort(DNS, 53),
                                            "--packet-exit"])
         for name in ("guard", "middle", "exit"):
             self.waitNode(name)

@@ -14,15 +14,11 @@ import sys
 
 from twisted.internet import defer, task
 
+from meshvpn.hostport import parseIPPort
 from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.nat.turn_client import TurnAllocation
 from meshvpn.udpmux import STUN_BYTES, DatagramMultiplexer
-
-
-def _addr(text):
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
 
 
 async def check(reactor, server, user, password, peer):
@@ -71,10 +67,10 @@ def echoServer(port):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="turncheck")
-    parser.add_argument("--server", type=_addr)
+    parser.add_argument("--server", type=parseIPPort)
     parser.add_argument("--user")
     parser.add_argument("--password")
-    parser.add_argument("--peer", type=_addr)
+    parser.add_argument("--peer", type=parseIPPort)
     parser.add_argument("--echo", type=int, help="run a UDP echo peer on this port instead")
     args = parser.parse_args(argv)
     if args.echo:

@@ -45,7 +45,9 @@ class PathTests(unittest.TestCase):
         path = choosePath(relays, target=("198.51.100.1", 443), rng=random.Random(3))
         self.assertEqual(path[2].nodeId, bytes([3]) * 32)
         e = self.assertRaises(NoExitForTarget, choosePath, relays, target=("198.51.100.1", 25))
-        self.assertIn(":25", str(e))
+        self.assertIn("198.51.100.1:25", str(e))
+        e = self.assertRaises(NoExitForTarget, choosePath, relays, target=("2001:db8::1", 25))
+        self.assertIn("[2001:db8::1]:25", str(e))
         noExits = [r for r in relays if "exit" not in r.roles]
         e = self.assertRaises(NoPath, choosePath, noExits, target=("198.51.100.1", 443))
         self.assertNotIsInstance(e, NoExitForTarget)
