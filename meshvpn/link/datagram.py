@@ -31,7 +31,7 @@ from meshvpn.hostport import formatHostPort
 from meshvpn.identity import nodeIdFromPublicKey
 from meshvpn.interfaces import IDatagramHandler, IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
-from meshvpn.link.datagram_crypto import HandshakeError, HandshakeKeys, Session
+from meshvpn.link.datagram_crypto import DatagramHandshakeError, HandshakeKeys, Session
 from meshvpn.observer import OneShotObserver
 from meshvpn.ratelimit import BucketTable, TokenBucket
 from meshvpn.udpmux import LINK_FIRST_BYTES
@@ -44,8 +44,8 @@ _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
 
 
 
-class LinkSettings:
-    """Timers and limits; every field can be overridden by keyword for tests."""
+class DatagramLinkSettings:
+    """Timers and limits of datagram links; every field can be overridden by keyword for tests."""
 
     handshakeRetry = 0.5  # seconds between INIT/FINISH retransmissions
     handshakeTimeout = 10.0  # give up connecting after this long
@@ -65,12 +65,12 @@ class LinkSettings:
 
     def __init__(self, **overrides):
         for k, v in overrides.items():
-            if not hasattr(LinkSettings, k):
+            if not hasattr(DatagramLinkSettings, k):
                 raise TypeError(f"unknown link setting {k!r}")
             setattr(self, k, v)
 
 
-class _Pending:
+class _PendingHandshake:
     """An unfinished handshake, either role."""
 
     __slots__ = ("keys", "initiator", "localIndex", "addr", "path", "message", "expectedNodeId", "deferred",
@@ -183,11 +183,11 @@ class DatagramLinkEndpoint:
         self.reactor = reactor
         self.identity = identity
         self.defaultPath = defaultPath
-        self.settings = settings or LinkSettings()
+        self.settings = settings or DatagramLinkSettings()
         self.counters = Counter()
         self._links = {}  # peer node id -> DatagramLink
         self._sessions = {}  # local index -> (Session, DatagramLink)
-        self._pending = OrderedDict()  # local index -> _Pending
+        self._pending = OrderedDict()  # local index -> _PendingHandshake
         s = self.settings
         self._perSource = BucketTable(reactor, s.initRatePerSource, 2 * s.initRatePerSource, s.maxInitSources)
         self._global = TokenBucket(reactor, s.initRateGlobal, 2 * s.initRateGlobal)
@@ -247,7 +247,7 @@ class DatagramLinkEndpoint:
 
     def _startHandshake(self, peerNodeId, addr, path, link):
         keys = HandshakeKeys(self.identity)
-        p = _Pending(keys, True, self._newIndex(), addr, path, self.reactor.seconds())
+        p = _PendingHandshake(keys, True, self._newIndex(), addr, path, self.reactor.seconds())
         p.expectedNodeId = peerNodeId
         p.link = link
         p.message = wire.encodeInit(p.localIndex, keys.ephemeral.public)
@@ -400,11 +400,11 @@ class DatagramLinkEndpoint:
             self.counters["handshake_ratelimited"] += 1
             return
         keys = HandshakeKeys(self.identity)
-        p = _Pending(keys, False, self._newIndex(), addr, path, self.reactor.seconds())
+        p = _PendingHandshake(keys, False, self._newIndex(), addr, path, self.reactor.seconds())
         p.peerIndex, p.initBytes = peerIndex, data
         try:
             p.message = keys.respMessage(data, peerEphemeral, wire.encodeRespHeader(p.localIndex, peerIndex, keys.ephemeral.public))
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._addPending(p)
@@ -422,7 +422,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readResp(header, sealed, peerEphemeral, p.expectedNodeId)
-        except HandshakeError:
+        except DatagramHandshakeError:
             # Not the peer we asked for (or forged): keep waiting for the real one.
             self.counters["handshake_failed"] += 1
             p.keys = _restart(p)
@@ -480,7 +480,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readFinish(header, sealed)
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._dropPending(index)

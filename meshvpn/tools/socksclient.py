@@ -2,7 +2,7 @@
 
 Only what those need: CONNECT by domain name or address, no auth or
 username/password (which MeshVPN uses for stream isolation), and a plain
-HTTP/1.0 GET on top.  Errors are raised as L{SocksError} with the reply code.
+HTTP/1.0 GET on top.  Errors are raised as L{SocksReplyError} with the reply code.
 """
 
 import socket
@@ -16,7 +16,9 @@ REPLIES = {
 }
 
 
-class SocksError(Exception):
+class SocksReplyError(Exception):
+    """The proxy answered with reply C{code} (or garbage: 1, general failure) instead of success."""
+
     def __init__(self, code):
         super().__init__(f"SOCKS reply {code}: {REPLIES.get(code, 'unknown')}")
         self.code = code
@@ -45,14 +47,14 @@ def connect(proxy, host, port, username=None, password=None, timeout=30):
             u, p = username.encode(), (password or "").encode()
             sock.sendall(bytes([1, len(u)]) + u + bytes([len(p)]) + p)
             if _recvExactly(sock, 2)[1] != 0:
-                raise SocksError(1)
+                raise SocksReplyError(1)
         elif method != 0x00:
-            raise SocksError(1)
+            raise SocksReplyError(1)
         hostBytes = host.encode("idna")
         sock.sendall(b"\x05\x01\x00\x03" + bytes([len(hostBytes)]) + hostBytes + struct.pack(">H", port))
         reply = _recvExactly(sock, 4)
         if reply[1] != 0:
-            raise SocksError(reply[1])
+            raise SocksReplyError(reply[1])
         atyp = reply[3]
         skip = {1: 4, 4: 16}.get(atyp)
         if skip is None:
