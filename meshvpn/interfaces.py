@@ -1,8 +1,9 @@
 """Every contract between MeshVPN's subsystems.
 
-Layers only call downward (client/exit -> onion -> link -> nat, dht -> identity)
-and only through these interfaces, so tests swap in fakes and third parties
-swap in plugins.  Each method says what its arguments are, what the Deferred
+Planes only call downward (client/exit -> streams/tun -> circuits -> onion ->
+link -> dht/nat -> the ground modules; meshvpn/test/test_layers.py holds the
+order) and only through these interfaces, so tests swap in fakes and third
+parties swap in plugins.  Each method says what its arguments are, what the Deferred
 it returns fires with, and which errors it fails with.
 
 Conventions used throughout:

@@ -9,7 +9,7 @@
   and port-restricted: a hole-punched direct path).
 
 The layouts are L{meshvpn.tools.tunworld.TunWorld.buildTwistd} and
-L{meshvpn.client.test.test_mesh.meshWorld}; everything is removed at the end.
+L{meshvpn.tools.meshworld.meshWorld}; everything is removed at the end.
 """
 
 import os

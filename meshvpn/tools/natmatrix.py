@@ -225,7 +225,7 @@ def pairs(types=PAIR_TYPES, ordered=True):
 def runMatrix(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, progress=None, pairList=None, coturn=False):
     """
     Build, run every pair, and (with C{classify}) classify every host with
-    the nat-stun helper's netcheck.  Everything is removed by C{testCase}'s
+    ``meshvpn netcheck``.  Everything is removed by C{testCase}'s
     cleanups.  @return: C{{"pairs": [...], "classified": [...]}}.
     """
     started = time.monotonic()

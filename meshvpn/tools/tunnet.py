@@ -1,7 +1,7 @@
 """The made-up internet's DNS server for the VPN namespace tests and ``meshvpn bench tun``.
 
-Relays and clients are real ``twistd`` processes; this is the one helper:
-an authoritative twisted.names server with fixed A records (NXDOMAIN for
+Relays and clients are real ``twistd`` processes; this is the one other
+process of the made-up internet: an authoritative twisted.names server with fixed A records (NXDOMAIN for
 anything else), run as ``ip netns exec NS python -m meshvpn.tools.tunnet dns
 --listen IP --zone NAME=IP,... --ready FILE``.
 """
