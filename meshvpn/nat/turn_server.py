@@ -229,13 +229,13 @@ class TurnServer:
     def _password(self, username):
         """@return: C{(password, owner)}: a static user owns its allocations, a REST user's node id owns them."""
         if username in self.users:
-            return self.users[username], username
+            return self.users[username], ("user", username)
         if self.authSecret is None:
             return None, None
         expiry, sep, nodeId = username.partition(":")
         if not sep or not expiry.isascii() or not expiry.isdigit() or int(expiry) < self._wallclock():
             return None, None
-        return _b64(hmac.new(self.authSecret, username.encode(), hashlib.sha1).digest()), "node:" + nodeId
+        return _b64(hmac.new(self.authSecret, username.encode(), hashlib.sha1).digest()), ("node", nodeId)
 
     def _wallclock(self):
         # REST credentials carry a wall-clock expiry; a real reactor's seconds() is wall-clock time.
