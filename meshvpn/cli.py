@@ -60,6 +60,12 @@ def _netcheckCommand(args):
     return run(args, lambda line: print(line, flush=True))
 
 
+def _exitPolicyCommand(args):
+    from meshvpn.exit.policycheck import run
+
+    return run(args, print)
+
+
 def buildParser():
     parser = argparse.ArgumentParser(prog="meshvpn", description="MeshVPN: a decentralized onion-routed VPN.")
     parser.add_argument("--version", action="version", version=f"meshvpn {__version__}")
@@ -89,6 +95,13 @@ def buildParser():
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_netcheckCommand)
+    p = sub.add_parser("exit-policy", help="show how an exit policy reads: rules, summary, a decision",
+                       description="Show what the network will see of an exit policy: its rules as the exit runs them, "
+                       "Tor's warnings, the summary clients choose exits by, and with --check one decision.")
+    from meshvpn.exit.policycheck import addArguments as addExitPolicyArguments
+
+    addExitPolicyArguments(p)
+    p.set_defaults(func=_exitPolicyCommand)
     from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
     addTunCommands(sub)

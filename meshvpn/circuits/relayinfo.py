@@ -6,7 +6,7 @@ building wants the onion key valid now and the link addresses.  Keeping
 the translation here leaves both sides ignorant of the other's format.
 """
 
-from meshvpn.exit.policy import summaryAllows
+from meshvpn.dht.policysummary import summaryAllows
 from meshvpn.hostport import HostPortError, parseIPPort
 from meshvpn.onion.origin import HopSpec
 from meshvpn.circuits.pathselect import RelayInfo

@@ -5,7 +5,9 @@ A client in mesh mode registers with one NAT relay (a relay run with
 the node's own UDP socket; hole-punching signals go through it, and when
 punching is impossible the connector allocates on the relay's TURN server
 (``--mesh-turn HOST:PORT``).  Once registered, the connector is handed to
-the TUN client's mesh router (L{meshvpn.client.mesh}).
+the TUN client's mesh router (L{meshvpn.client.mesh}).  Only the
+configured mesh peers (``--mesh-peers``) may offer us a link: signals from
+any other node on the relay are dropped.
 
 Host candidates are the node's own IPv4 addresses, minus loopback, the mesh
 range and the exit pool's shared space (a TUN address is no way to reach us).
@@ -53,10 +55,11 @@ def hostCandidates(port):
 class MeshLinkService(service.Service):
     log = Logger()
 
-    def __init__(self, node, relay, turn=None, punchDeadline=2.5, retry=5.0):
+    def __init__(self, node, relay, turn=None, punchDeadline=2.5, retry=5.0, peers=()):
         self.node = node
         self.relayId, self.relayAddress = relay
         self.turn = turn
+        self.peers = tuple(peers)  # only these may offer us a link (--mesh-peers)
         self.punchDeadline = punchDeadline
         self.retry = retry
         self.connector = None
@@ -107,7 +110,7 @@ class MeshLinkService(service.Service):
                 return alloc
 
         candidates = hostCandidates(port)
-        connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate)
+        connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate, peers=self.peers)
         observed = await signalling.start()
         self.connector = node.peerConnector = connector
         tun = getattr(node, "tun", None)
@@ -131,6 +134,6 @@ def attachMeshLinks(node, settings):
     relay = settings.get("mesh_relay")
     if relay is None:
         return None
-    svc = MeshLinkService(node, relay, settings.get("mesh_turn"))
+    svc = MeshLinkService(node, relay, settings.get("mesh_turn"), peers=settings.get("mesh_peers", ()))
     svc.setServiceParent(node)
     return svc

@@ -8,6 +8,13 @@ and has exactly one encoding (fields in a fixed order, lists sorted, no
 trailing bytes): the parser re-encodes what it read and rejects anything
 that differs, so two byte strings never mean the same descriptor.  The byte
 layout is in doc/protocol.md ("Relay descriptors").
+
+The exit policy summary is Tor's text (up to 1000 characters, as Tor
+allows) but travels in the compact form of L{meshvpn.dht.policysummary}, so
+even the longest summary fits one DHT record with the rest of the
+descriptor (magic C{MVD2}; C{MVD1} carried the text, at most 256
+characters, and an exit with a longer summary, such as Tor's
+ReducedExitPolicy, could never publish).
 """
 
 import hashlib
@@ -18,13 +25,15 @@ import attrs
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-MAGIC = b"MVD1"
+from meshvpn.dht.policysummary import MAX_SUMMARY_LEN, SummaryError, decodeSummary, encodeSummary
+
+MAGIC = b"MVD2"
 SIG_DOMAIN = b"meshvpn-descriptor-v1\x00"
 MAX_LIFETIME = 24 * 3600
 MAX_ONION_KEYS = 2
 MAX_ADDRESSES = 8
 MAX_FAMILY = 8
-MAX_POLICY = 256
+MAX_POLICY = MAX_SUMMARY_LEN  # characters of summary text (Tor's limit)
 MAX_ADDRESS_LEN = 128
 FLAGS = ("guard", "middle", "exit", "stun", "nat-relay", "bootstrap", "packet-exit")
 _FLAG_BITS = {name: 1 << i for i, name in enumerate(FLAGS)}
@@ -112,7 +121,7 @@ def _encodeBody(d):
     bits = 0
     for f in d.flags:
         bits |= _FLAG_BITS[f]
-    policy = d.exitPolicy.encode("ascii")
+    policy = encodeSummary(d.exitPolicy)
     out += [_U16.pack(bits), _U16.pack(len(policy)), policy, _U64.pack(d.bandwidth), _U8.pack(len(d.family))]
     out += list(d.family)
     out += [_U64.pack(d.published), _U64.pack(d.expires)]
@@ -145,9 +154,10 @@ def _check(d):
     unknown = set(d.flags) - set(FLAGS)
     if unknown:
         raise DescriptorError(f"unknown flags {sorted(unknown)}")
-    p = d.exitPolicy.encode("ascii", "replace") if isinstance(d.exitPolicy, str) else b"\x00"
-    if len(p) > MAX_POLICY or not _PRINTABLE.match(p):
-        raise DescriptorError(f"exit policy summary must be at most {MAX_POLICY} printable ASCII characters")
+    try:
+        encodeSummary(d.exitPolicy)
+    except SummaryError as e:
+        raise DescriptorError(f"exit policy summary: {e}") from None
     if not 0 <= d.bandwidth < 2**64:
         raise DescriptorError("bandwidth out of range")
     if len(d.family) > MAX_FAMILY or any(len(f) != 32 for f in d.family):
@@ -232,7 +242,7 @@ def parseDescriptor(data, now=None):
         raise DescriptorError("descriptor longer than 4096 bytes")
     r = _Reader(data)
     if r.take(4) != MAGIC:
-        raise DescriptorError("not a MeshVPN v1 descriptor")
+        raise DescriptorError("not a MeshVPN v2 descriptor")
     nodeId, identityKey = r.take(32), r.take(32)
     onionKeys = []
     n = r.u8()
@@ -254,9 +264,10 @@ def parseDescriptor(data, now=None):
     if bits & ~((1 << len(FLAGS)) - 1):
         raise DescriptorError("unknown flag bits")
     flags = frozenset(name for name, bit in _FLAG_BITS.items() if bits & bit)
-    policy = r.take(r.u16())
-    if not _PRINTABLE.match(policy):
-        raise DescriptorError("exit policy summary is not printable ASCII")
+    try:
+        policy = decodeSummary(r.take(r.u16()))
+    except SummaryError as e:
+        raise DescriptorError(f"exit policy summary: {e}") from None
     bandwidth = r.u64()
     n = r.u8()
     if n > MAX_FAMILY:
@@ -268,7 +279,7 @@ def parseDescriptor(data, now=None):
     if r.off != len(data):
         raise DescriptorError(f"{len(data) - r.off} trailing bytes")
     d = RelayDescriptor(
-        nodeId, identityKey, tuple(onionKeys), tuple(addresses), flags, policy.decode("ascii"), bandwidth, family,
+        nodeId, identityKey, tuple(onionKeys), tuple(addresses), flags, policy, bandwidth, family,
         published, expires, signature,
     )
     _check(d)

@@ -23,9 +23,9 @@ from twisted.logger import Logger
 
 from meshvpn.config import parseHostPort
 from meshvpn.hostport import formatHostPort
-from meshvpn.dht.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
+from meshvpn.dht.descriptor import FLAGS, DescriptorError, OnionKey, encodeDescriptor, makeDescriptor
 from meshvpn.dht.directory import RelayDirectory
-from meshvpn.dht.records import RecordStore
+from meshvpn.dht.records import RecordError, RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode
 from meshvpn.errors import DHTError
 from meshvpn.secretfile import writeSecretFile
@@ -203,9 +203,15 @@ class DHTService(service.MultiService):
 
 
 class RelayPublisher(service.Service):
-    """Publishes this relay's descriptor after joining, and every C{interval} seconds."""
+    """
+    Publishes this relay's descriptor after joining, and every C{interval}
+    seconds.  A descriptor that cannot be built or stored is logged as an
+    error (the relay is invisible to clients until it is published) and
+    tried again after C{retryDelay} seconds, never given up.
+    """
 
     log = Logger()
+    retryDelay = 60.0
 
     def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
                  streamTransport="tls", onionKeys=None):
@@ -224,6 +230,7 @@ class RelayPublisher(service.Service):
         self.family = family
         self.published = None
         self._loop = None
+        self._retry = None
 
     def startService(self):
         super().startService()
@@ -258,22 +265,34 @@ class RelayPublisher(service.Service):
             family=self.family,
         )
 
-    def publishNow(self):
+    def _publish(self):
         descriptor = self.makeDescriptor()
-        d = self.dhtService.directory.publish(descriptor)
+        return self.dhtService.directory.publish(descriptor).addCallback(lambda _: descriptor)
 
-        def done(_):
+    def publishNow(self):
+        """@return: a Deferred that fires (never fails) once this attempt is over."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+
+        def done(descriptor):
             self.published = descriptor
             self.log.info("published relay descriptor ({flags})", flags=",".join(sorted(descriptor.flags)))
 
         def failed(f):
-            f.trap(DHTError)
-            self.log.warn("publishing the relay descriptor failed: {why}", why=f.getErrorMessage())
+            why = f.getErrorMessage() if f.check(DHTError, DescriptorError, RecordError) else repr(f.value)
+            self.log.error(
+                "relay descriptor NOT published, clients cannot find this relay: {why}; retrying in {delay:.0f} s",
+                why=why, delay=self.retryDelay,
+            )
+            if self.running:
+                self._retry = self.dhtService.node.reactor.callLater(self.retryDelay, self.publishNow)
 
-        return d.addCallbacks(done, failed)
+        return defer.maybeDeferred(self._publish).addCallbacks(done, failed)
 
     def stopService(self):
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 

@@ -44,7 +44,7 @@ def parseExitPolicyText(raw):
     if not isinstance(raw, str):
         raise ValueError("exit policy rules as a string, e.g. 'accept *:80,accept *:443,reject *:*'")
     try:
-        parsePolicy(raw)
+        parsePolicy(raw, warn=lambda message: None)  # warnings are logged once, when the exit is built
     except PolicyParseError as e:
         raise ValueError(f"a valid exit policy ({e})") from None
     return raw

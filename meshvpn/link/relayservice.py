@@ -5,7 +5,7 @@ With ``--nat-relay`` a relay carries datagram links on its node socket
 linked to it (L{meshvpn.nat.signal.SignalRelay}), and, with ``--turn
 IP:PORT``, runs a TURN server on that second socket whose credentials it
 hands only to peers that authenticated over a link (so every allocation
-belongs to a node id).  The TURN secret is random per start: credentials
+belongs to a node id), and which never relays to this node's own addresses.  The TURN secret is random per start: credentials
 die with the process.
 """
 
@@ -51,13 +51,21 @@ class NatRelayService(service.Service):
             mux = DatagramMultiplexer()
             stunEp = StunEndpoint(reactor, mux.sendDatagram)
             mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
-            self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret)
+            self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret, ownAddresses=self._ownHosts)
             self.turn.registerChannelData(mux)
             self._turnPort = reactor.listenUDP(port, mux, interface=host)
         self.log.info(
             "NAT relay: datagram links and signalling on the node socket{turn}",
             turn=f"; TURN on {self.turnAddress[0]}:{self.turnAddress[1]}" if self.turnAddress else "",
         )
+
+    def _ownHosts(self):
+        """The node's own listening IPs: a relayed address never sends to them (TURN refuses them as peers)."""
+        hosts = []
+        for address in self.node.addresses().values():
+            host, _, _port = address.rpartition(":")
+            hosts.append(host.strip("[]"))
+        return hosts
 
     def stopService(self):
         super().stopService()

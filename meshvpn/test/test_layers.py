@@ -36,11 +36,7 @@ PLANES = {
 
 # Arrows that break the rule today, each with the reason it is still here.
 # Empty is the goal; a test below fails if an entry is no longer needed.
-PENDING = {
-    # The exit-policy *summary* (what a descriptor carries) still lives beside
-    # the full policy in exit/; it belongs to the descriptor format in dht/.
-    ("meshvpn.circuits.relayinfo", "meshvpn.exit.policy"),
-}
+PENDING = set()
 
 ROOT = os.path.dirname(meshvpn.__file__)
 

@@ -194,8 +194,11 @@ def runPair(agents, a, b, timeout=40.0):
     aId, bId = A.info["node_id"], B.info["node_id"]
     row = {"a": a, "b": b, "expected_path": expectedPath(a, b), "path": None, "connected": False,
            "connect_time_s": None, "verified": False}
-    A.send({"cmd": "connect", "peer": bId})
     try:
+        # B acts only on offers from peers it knows (as a mesh client knows its --mesh-peers).
+        B.send({"cmd": "allow", "peer": aId})
+        B.wait(lambda e: e.get("event") == "allowed" and e.get("peer") == aId, 10)
+        A.send({"cmd": "connect", "peer": bId})
         conn = A.wait(lambda e: e.get("event") == "connected" and e.get("peer") == bId, timeout)
         if not conn.get("connected"):
             row["error"] = conn.get("error")

@@ -4,6 +4,7 @@
 IP:T [--turn-user U --turn-password P]`` runs a peer: one UDP socket carrying link, punch probes, STUN and
 TURN; it registers with the relay and then obeys JSON commands on stdin:
 
+    {"cmd": "allow", "peer": HEX}    -> {"event": "allowed", "peer"}  (act on that peer's offers)
     {"cmd": "connect", "peer": HEX}  -> {"event": "connected", "peer", "path", "connect_time_s"}
 
 Whenever a link to a peer exists (opened by us or by it) both sides push
@@ -183,7 +184,10 @@ async def runPeer(reactor, args):
                 cmd = json.loads(line)
             except ValueError:
                 return
-            if cmd.get("cmd") == "connect":
+            if cmd.get("cmd") == "allow":
+                connector.allowPeer(bytes.fromhex(cmd["peer"]))
+                emit({"event": "allowed", "peer": cmd["peer"]})
+            elif cmd.get("cmd") == "connect":
                 defer.Deferred.fromCoroutine(connect(cmd["peer"]))
             elif cmd.get("cmd") == "status":
                 emit({"event": "status", "link": dict(endpoint.counters), "punch": puncher.counters,

@@ -110,3 +110,52 @@ class DescriptorTests(unittest.TestCase):
             parseDescriptor(bytes(raw[:cut]))
         except DescriptorError:
             pass
+
+
+class PolicySummaryFieldTests(unittest.TestCase):
+    """The summary travels in the compact form of meshvpn.dht.policysummary: canonical, up to 1000 characters."""
+
+    def test_longestSummariesFitOneRecord(self):
+        from meshvpn.dht.records import makeRecord
+        from meshvpn.exit.policy import ExitPolicy
+
+        ident = NodeIdentity.generate()
+        nxt = NodeIdentity.generate().onionPublicKey
+        for text in (
+            ",".join(f"reject *:{p}" for p in range(1, 2000, 2)) + ",accept *:*",  # Tor's truncation vector
+            ",".join(f"accept *:{p}" for p in range(10, 100, 2)) + ","
+            + ",".join(f"accept *:{p}" for p in range(10000, 60000, 97)) + ",reject *:*",
+        ):
+            summary = ExitPolicy.fromText(text).summary()
+            self.assertGreater(len(summary), 990)
+            d = sample(ident, onionKeys=[OnionKey(ident.onionPublicKey, NOW, NOW + 7200), OnionKey(nxt, NOW + 3600, NOW + 10800)],
+                       family=[bytes([i]) * 32 for i in range(1, 9)], exitPolicy=summary)
+            raw = encodeDescriptor(d)
+            self.assertEqual(parseDescriptor(raw).exitPolicy, summary)
+            makeRecord(ident, b"relay-descriptor", raw, 1, NOW + 3600)
+
+    def test_nonCanonicalSummariesRefused(self):
+        for bad in ("accept 443,80", "accept 80-81,82", "accept 80,80", "accept 080", "accept 80 ", "accept 0",
+                    "reject 1-65536", "accept 1," + "3," * 600 + "5", "allow 80", "accept", ""):
+            self.assertRaises(DescriptorError, sample, exitPolicy=bad)
+
+    @settings(max_examples=300)
+    @given(st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 300)), min_size=1, max_size=120), st.booleans())
+    def test_summaryRoundTrip(self, spans, accept):
+        from meshvpn.dht.policysummary import decodeSummary, encodeSummary, formatSummary
+
+        ranges = [(lo, min(65535, lo + n)) for lo, n in spans]
+        text = formatSummary(ranges)
+        if not accept and text.startswith("accept"):
+            text = "reject" + text[6:]
+        self.assertEqual(decodeSummary(encodeSummary(text)), text)
+
+    @settings(max_examples=500)
+    @given(st.binary(max_size=40))
+    def test_summaryBytesOnlyRaiseSummaryError(self, data):
+        from meshvpn.dht.policysummary import SummaryError, decodeSummary
+
+        try:
+            decodeSummary(data)
+        except SummaryError:
+            pass

@@ -153,6 +153,14 @@ class World:
                                authSecret=b"secret", listenUDP=lambda p, proto, interface: self.net.attach((interface, next(ports)), proto))
         self.turn.registerChannelData(tmux)
         self.peers = [self._peer(("198.18.1.2", 4000), R, T), self._peer(("198.18.2.2", 5000), R, T)]
+        self.introduce(*self.peers)
+
+    def introduce(self, *connectors):
+        """Make these peers configured mesh peers of each other (strangers' offers are dropped)."""
+        for a in connectors:
+            for b in connectors:
+                if a is not b:
+                    a.allowPeer(b.identity.nodeId)
 
     def _peer(self, addr, R, T):
         ident = NodeIdentity.generate()
@@ -224,6 +232,7 @@ class ConnectorTests(unittest.TestCase):
         a = world.peers[0]
         # a third peer, also unpunchable from a
         c = world._peer(("198.18.3.2", 6000), ("198.18.0.5", 7000), ("198.18.0.5", 3478))
+        world.introduce(a, c)
         world.net.drop = lambda src, dst, data: {src[0], dst[0]} <= {"198.18.1.2", "198.18.2.2", "198.18.3.2"}
         d = c.sig.start()
         world.pump(0.1)
