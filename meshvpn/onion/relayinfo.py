@@ -6,9 +6,10 @@ building wants the onion key valid now and the link addresses.  Keeping
 the translation here leaves both sides ignorant of the other's format.
 """
 
+from meshvpn.errors import NoPath
 from meshvpn.exit.policy import summaryAllows
 from meshvpn.onion.origin import HopSpec
-from meshvpn.onion.pathselect import RelayInfo
+from meshvpn.onion.pathselect import RelayInfo, choosePath
 
 
 def _host(address):
@@ -46,3 +47,22 @@ def hopSpec(relay, now):
     if key is None:
         raise ValueError(f"relay {d.nodeId.hex()[:16]} has no onion key valid now")
     return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses))
+
+
+def pathPossible(descriptors, packets=False, tries=3):
+    """
+    Whether a path (guard, middle, exit; with C{packets}, a packet exit) can
+    be built from C{descriptors} under the path rules.  Path selection is
+    random, so a few tries decide; a rare false "no" only means asking the
+    directory again sooner.
+    """
+    relays = [r for r in (relayInfo(d) for d in descriptors) if r is not None]
+    if len(relays) < 3:
+        return False
+    for _ in range(tries):
+        try:
+            choosePath(relays, packets=packets)
+            return True
+        except (NoPath, ValueError):
+            continue
+    return False
