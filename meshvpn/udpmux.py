@@ -28,7 +28,7 @@ DHT_BYTES = range(0x80, 0x90)  # MeshVPN DHT messages
 LINK_BYTES = range(0x90, 0xA0)  # MeshVPN datagram link
 
 # Datagrams held for destinations the egress gate has not let out yet.
-HOLD_PER_DESTINATION = 32
+HOLD_PER_DESTINATION = 128  # a directory sampling sends ~60 queries to each new contact at once
 HOLD_DESTINATIONS = 256
 HOLD_TOTAL = 1024
 
