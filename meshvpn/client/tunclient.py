@@ -128,6 +128,7 @@ class TunClient(service.Service):
         self.startedAt = None
         self.upAfter = None  # seconds from start to the first "up"
         self._lostAt = None
+        self._lastWhy = None
         self.counters = {"to_circuit": 0, "from_circuit": 0, "ipv6_dropped": 0, "no_circuit_dropped": 0,
                          "circuits_used": 0}
 
@@ -234,12 +235,14 @@ class TunClient(service.Service):
         """While asking for a circuit: waiting for relays, building, or reconnecting (with what it knows)."""
         known, enough = self._relayCensus()
         knows = "" if known is None else f"knows {known} relays; "
+        last = f"; last try: {self._lastWhy}" if self._lastWhy else ""
         if self.upAfter is not None:
-            self._setState(VpnState.RECONNECTING, f"{knows}building a new circuit")
+            self._setState(VpnState.RECONNECTING, f"{knows}building a new circuit{last}")
         elif enough:
-            self._setState(VpnState.BUILDING, f"{knows}building a circuit")
+            self._setState(VpnState.BUILDING, f"{knows}building a circuit{last}")
         else:
-            self._setState(VpnState.WAITING, f"{knows}a path needs a guard, a middle and a packet exit in distinct /16s")
+            self._setState(VpnState.WAITING,
+                           f"{knows}a path needs a guard, a middle and a packet exit in distinct /16s{last}")
 
     def _censusTick(self):
         if self.state in (VpnState.WAITING, VpnState.BUILDING, VpnState.RECONNECTING):
@@ -266,6 +269,7 @@ class TunClient(service.Service):
         circuit.whenClosed().addBoth(self._circuitClosed, circuit)
         if self._circuit is not circuit:
             return  # it was already closed
+        self._lastWhy = None
         self._setState(VpnState.CHECKING, f"circuit {_describe(circuit)} built; waiting for the exit to answer")
         waiting, self._waiting = self._waiting, []
         if waiting:
@@ -313,7 +317,12 @@ class TunClient(service.Service):
 
     def _noCircuit(self, failure):
         self._asking = None
-        self.log.warn("no circuit for the VPN yet: {e}", e=failure.getErrorMessage())
+        why = failure.getErrorMessage()
+        if why != self._lastWhy:  # retried every second: say each reason once
+            self.log.warn("no circuit for the VPN yet: {e}", e=why)
+        self._lastWhy = why
+        if self.running:
+            self._waitingState()
         if self.running:
             self.reactor.callLater(1.0, self._ensureCircuit)
 

@@ -218,6 +218,19 @@ class VpnStateTests(unittest.TestCase):
         self.assertEqual(client.state.value, "up")
         self.assertEqual(client.status()["up_after_s"], 0)  # the first time, kept
 
+    def test_failedAttemptsShownSaidOnce(self):
+        from twisted.logger import capturedLogs
+
+        client = self.start()
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.asks[-1].errback(RuntimeError("no exit announces packet-exit (VPN mode)"))
+                self.clock.advance(1)
+        self.assertEqual(len(self.asks), 4)
+        self.assertEqual(sum(1 for e in events if e.get("log_format", "").startswith("no circuit")), 1)
+        self.assertIn("last try: no exit announces packet-exit", client.status()["detail"])
+        self.assertEqual(client.state.value, "waiting-for-relays")
+
     def test_unansweredProbeClosesTheCircuit(self):
         client = self.start()
         c = ProbedCircuit()
