@@ -91,7 +91,9 @@ class DirectoryVPNTests(unittest.TestCase):
         pcap = os.path.join(self.workdir, "uplink.pcap")
         proc = self.world.netns.popen(
             self.world.ns["cl"],
-            ["tcpdump", "-i", self.world.uplink["cl"], "-Q", "out", "-nn", "-U", "-w", pcap, "not", "arp"],
+            # --immediate-mode: each packet reaches the file at once, not in ring blocks a stop could lose
+            ["tcpdump", "-i", self.world.uplink["cl"], "-Q", "out", "-nn", "-U", "--immediate-mode", "-w", pcap,
+             "not", "arp"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         proc.stderr.readline()  # "listening on ...": the capture is live
@@ -152,6 +154,7 @@ class DirectoryVPNTests(unittest.TestCase):
         print(f"guard {guard} killed; fetch by name through {other} after {started + ttfb - killed:.2f} s")
 
         # -- only relay traffic left the client's uplink, from before the client started
+        time.sleep(0.3)  # let the last packets land
         capture.terminate()
         capture.wait(10)
         allowed = {f"{ip}.{port}" for name, (_link, (ip, port)) in w.endpoints.items()}
