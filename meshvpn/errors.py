@@ -29,6 +29,10 @@ class LinkError(MeshVPNError):
     """A link could not be opened or its peer is not who it should be."""
 
 
+class EgressRefused(MeshVPNError):
+    """A destination cannot be reached outside the VPN tunnel (no route there, or the gate is full)."""
+
+
 class NoPath(MeshVPNError):
     """No suitable relays are known to build a circuit."""
 

@@ -111,6 +111,42 @@ class IDatagramMultiplexer(Interface):
             C{"dropped_unknown"}, C{"handler_errors"}, C{"send_errors"}.
         """
 
+    def setEgressGate(gate):
+        """
+        Consult C{gate} (an L{IDirectEgress}, or C{None} to stop) before
+        each datagram: one to a destination the gate has not allowed yet is
+        held (in a small bounded queue) until it is, then sent in order.
+        """
+
+
+class IDirectEgress(Interface):
+    """
+    The gate in front of everything a node sends outside a VPN tunnel
+    (C{meshvpn-client --tun}): its links to guards and its socket's DHT,
+    STUN and datagram-link traffic.  Before the first packet to a
+    destination leaves, the gate puts a host route via the original gateway
+    and a kill-switch exception in place for it; entries unused for a while
+    are removed again.  Without C{--tun} a node has no gate.
+    """
+
+    def allow(destinations):
+        """
+        @param destinations: an iterable of C{(protocol, host, port)},
+            protocol C{"tcp"} or C{"udp"}.
+        @return: a Deferred firing with C{None} once packets to every one of
+            them leave directly (at once for those that need nothing:
+            already allowed, loopback, not IPv4); failing with
+            L{meshvpn.errors.EgressRefused} if one cannot be allowed (no
+            route outside the tunnel, too many entries).
+        """
+
+    def passes(protocol, address):
+        """
+        @param address: C{(host, port)}.
+        @return: C{True} if packets to it may leave now (and note the use,
+            which keeps the entry alive); C{False}: call L{allow} and wait.
+        """
+
 
 # --------------------------------------------------------------------------
 # discovery (dht/)
@@ -562,6 +598,12 @@ class ILinkManager(Interface):
         Route the cells of every link to C{handler}, an L{ICellHandler}.
         """
 
+    def setEgressGate(gate):
+        """
+        Await C{gate.allow} (an L{IDirectEgress}; C{None}: no gate) for a
+        peer's address before dialling it.
+        """
+
     def serverFactory(transportName):
         """
         @return: the protocol factory a relay listens with on a server
@@ -896,7 +938,9 @@ class IRouteController(Interface):
 
     def capture(tun, keepRoutes):
         """
-        Route all traffic into C{tun} except to C{keepRoutes} (the guards).
+        Route all traffic into C{tun} except to C{keepRoutes}
+        (C{(protocol, ip, port)}: the DHT bootstrap nodes; more come
+        through L{keep}).
 
         @return: a Deferred firing when routes and the kill switch are in place.
         """
@@ -907,11 +951,29 @@ class IRouteController(Interface):
             undone.
         """
 
-    def keep(addresses):
+    def keep(destinations):
         """
-        Keep more relay addresses (IP strings; guards found after
-        L{capture}) off the tunnel: host routes via the original gateway and
-        kill-switch exceptions.  Added by the VPN client (client/capture.py).
+        Keep more destinations (C{(protocol, ip, port)}) off the tunnel, in
+        one batch: a host route via the route the address would take without
+        the tunnel, and a kill-switch exception for the protocol and port.
+
+        @return: the set of those that could not be kept (no route outside
+            the tunnel).
+        """
+
+    def unkeep(destinations):
+        """
+        Remove the kill-switch exceptions of C{destinations}, and the host
+        route of each address that has none left.
+        """
+
+    def refresh():
+        """
+        Look the route of every kept address up again and move its host
+        route if it changed (a new default gateway), or put it back if the
+        kernel removed it.
+
+        @return: the addresses whose route changed.
         """
 
 

@@ -7,9 +7,10 @@ the translation here leaves both sides ignorant of the other's format.
 """
 
 from meshvpn.dht.policysummary import summaryAllows
+from meshvpn.errors import NoPath
 from meshvpn.hostport import HostPortError, parseIPPort
 from meshvpn.onion.origin import HopSpec
-from meshvpn.circuits.pathselect import RelayInfo
+from meshvpn.circuits.pathselect import RelayInfo, choosePath
 
 
 def relayInfo(descriptor):
@@ -50,3 +51,22 @@ def hopSpec(relay, now):
     if key is None:
         raise ValueError(f"relay {d.nodeId.hex()[:16]} has no onion key valid now")
     return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses))
+
+
+def pathPossible(descriptors, packets=False, tries=3):
+    """
+    Whether a path (guard, middle, exit; with C{packets}, a packet exit) can
+    be built from C{descriptors} under the path rules.  Path selection is
+    random, so a few tries decide; a rare false "no" only means asking the
+    directory again sooner.
+    """
+    relays = [r for r in (relayInfo(d) for d in descriptors) if r is not None]
+    if len(relays) < 3:
+        return False
+    for _ in range(tries):
+        try:
+            choosePath(relays, packets=packets)
+            return True
+        except (NoPath, ValueError):
+            continue
+    return False

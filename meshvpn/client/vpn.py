@@ -7,22 +7,68 @@ circuit (everything else), whose exit NATs them to the internet.  Replies
 come back on the circuit and are written to the TUN.  IPv6 is never sent
 anywhere (dropped here, and blocked by the kill switch).
 
+What the node itself sends outside the tunnel (links to guards, DHT and
+STUN datagrams) passes the egress gate (L{meshvpn.client.egress}), which
+gives each destination its host route and kill-switch exception before the
+first packet.
+
 MTU: packets ride PACKET cells as C{length(2) | packet} records cut into
 494-byte cell bodies (L{meshvpn.onion.packets}); the default 1480 makes a
 full-size packet exactly three cells.  While no circuit is up (first start,
 a hop died) a bounded queue holds the first packets and the rest are
 dropped: TCP retransmits, and the kill switch keeps them from leaking.
+
+State (L{VpnState}, in the log and in C{meshvpn status}): the VPN is I{up}
+only once a circuit has carried traffic end to end -- the exit answered a
+probe (a RESOLVE of the literal C{127.0.0.1}, the same for every client,
+which the exit answers without asking any DNS server) or a packet came back
+from it.  Before that the state says what it waits for.
 """
+
+import enum
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
+from meshvpn.errors import StreamRefused
 
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
 ISOLATION = ("tun",)
+PROBE_NAME = "127.0.0.1"
+PROBE_TIMEOUT = 10.0
+
+
+class VpnState(enum.Enum):
+    WAITING = "waiting-for-relays"  # the directory does not yet hold a path (with a packet exit)
+    BUILDING = "building-circuit"  # it does; a circuit is being built
+    CHECKING = "checking"  # a circuit is built; waiting for the exit to answer through it
+    UP = "up"  # a circuit has carried traffic end to end
+    RECONNECTING = "reconnecting"  # was up; the circuit died, a new one is on its way
+    MESH_ONLY = "mesh-only"  # --tun-capture false: mesh addresses only, no exit
+    STOPPED = "stopped"
+
+
+def resolveProbe(circuit):
+    """
+    Ask the exit, through C{circuit}, to resolve the literal C{127.0.0.1}:
+    whatever it answers (an address, or an error since its policy refuses
+    loopback) proves a round trip through every hop.
+
+    @return: a Deferred firing C{True} once the exit answered, C{False} if
+        it cannot tell (no stream layer, or the circuit closed first).
+    """
+    mux = getattr(circuit, "streamHandler", None)
+    if mux is None or not hasattr(mux, "resolve"):
+        return defer.succeed(False)
+
+    def refused(failure):
+        failure.trap(StreamRefused)
+        return getattr(mux, "closedReason", None) is None  # an END from the exit is an answer too
+
+    return mux.resolve(PROBE_NAME).addCallbacks(lambda _: True, refused)
 
 
 class TunClient(service.Service):
@@ -30,16 +76,23 @@ class TunClient(service.Service):
     @param getCircuit: C{callable() -> Deferred(circuit)}, a packet-mode
         circuit (C{sendPackets}, C{setPacketReceiver}, C{whenClosed}).
     @param opener: an L{IStreamOpener} for DNS (C{None}: no DNS server).
-    @param keepSource: C{callable() -> iterable of (ip, port)} of relay
-        endpoints to keep off the tunnel (asked again every few seconds).
+    @param keepSource: C{callable() -> iterable of (protocol, ip, port)}
+        reached directly from the start (the DHT bootstrap nodes).
     @param routes: an L{IRouteController} or C{None} (no capture: tests, mesh only).
+    @param gate: the L{meshvpn.client.egress.EgressGate} on C{routes}, or C{None}.
+    @param egressUsers: what consults the gate while captured (the node's
+        UDP multiplexer and link manager: C{setEgressGate}).
+    @param census: C{callable() -> (relays known, whether a path can be
+        built)}, for the state; C{None}: assume it can.
+    @param probe: C{callable(circuit) -> Deferred(bool)}, L{resolveProbe}.
     @param meshConnector: a L{PeerConnector} for mesh peers, or C{None}.
     """
 
     log = Logger()
 
     def __init__(self, reactor, nodeId, getCircuit, opener=None, keepSource=lambda: (), routes=None, mtu=DEFAULT_MTU,
-                 tunName="mvpn%d", tunFactory=None, meshConnector=None, meshPeers=(), dnsPort=53, keepEvery=2.0):
+                 tunName="mvpn%d", tunFactory=None, meshConnector=None, meshPeers=(), dnsPort=53, gate=None,
+                 egressUsers=(), census=None, probe=resolveProbe, probeTimeout=PROBE_TIMEOUT, tickEvery=1.0):
         self.reactor = reactor
         self.nodeId = nodeId
         self.address = meshAddress(nodeId)
@@ -47,13 +100,18 @@ class TunClient(service.Service):
         self.opener = opener
         self.keepSource = keepSource
         self.routes = routes
+        self.gate = gate
+        self.egressUsers = list(egressUsers)
+        self.census = census
+        self.probe = probe
+        self.probeTimeout = probeTimeout
+        self.tickEvery = tickEvery
         self.mtu = mtu
         self.tunName = tunName
         self._tunFactory = tunFactory
         self.meshConnector = meshConnector
         self.meshPeers = meshPeers
         self.dnsPort = dnsPort
-        self.keepEvery = keepEvery
         self.tun = None
         self.mesh = None
         self.dns = None
@@ -61,23 +119,36 @@ class TunClient(service.Service):
         self._circuit = None
         self._asking = None
         self._waiting = []
-        self._keepLoop = None
-        self.counters = {"to_circuit": 0, "from_circuit": 0, "ipv6_dropped": 0, "no_circuit_dropped": 0}
+        self._tick = None
+        self._probeTimer = None
+        self._gated = False
+        self.state = VpnState.STOPPED
+        self.detail = ""
+        self.stateSince = None
+        self.startedAt = None
+        self.upAfter = None  # seconds from start to the first "up"
+        self._lostAt = None
+        self._lastWhy = None
+        self.counters = {"to_circuit": 0, "from_circuit": 0, "ipv6_dropped": 0, "no_circuit_dropped": 0,
+                         "circuits_used": 0}
 
     def startService(self):
         if self._tunFactory is None:
             from meshvpn.tun.device import TunDevice
 
             self._tunFactory = TunDevice
+        self.startedAt = self.reactor.seconds()
         self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
         self.tun.configure(addresses=[f"{self.address}/32"])
         self._meshRoute()
         try:
             if self.routes is not None:
                 self.routes.capture(self.tun, set(self.keepSource()))
-                self._keepLoop = task.LoopingCall(self._keep)
-                self._keepLoop.clock = self.reactor
-                self._keepLoop.start(self.keepEvery, now=False)
+                if self.gate is not None:
+                    self.gate.start(already=getattr(self.routes, "keptPorts", ()))
+                    for user in self.egressUsers:
+                        user.setEgressGate(self.gate)
+                    self._gated = True
             if self.opener is not None:
                 from meshvpn.client.vpndns import listenDNS
 
@@ -88,7 +159,16 @@ class TunClient(service.Service):
         self.mesh = MeshRouter(self.nodeId, self.meshConnector, self.meshPeers, self.tun.writePackets)
         self.tun.setPacketReceiver(self._fromTun)
         super().startService()
-        self.log.info("VPN up on {tun}: address {a}, mtu {mtu}", tun=self.tun.name, a=self.address, mtu=self.mtu)
+        if self._getCircuit is None:
+            self._setState(VpnState.MESH_ONLY, "no exit: mesh addresses only")
+            self.log.info("VPN mesh addresses on {tun}: address {a}, mtu {mtu}", tun=self.tun.name, a=self.address,
+                          mtu=self.mtu)
+            return
+        self._tick = task.LoopingCall(self._censusTick)
+        self._tick.clock = self.reactor
+        self._tick.start(self.tickEvery, now=False)
+        self.log.info("VPN capture on {tun} (address {a}, mtu {mtu}); the kill switch holds until a circuit carries "
+                      "traffic", tun=self.tun.name, a=self.address, mtu=self.mtu)
         self._ensureCircuit()
 
     def setMeshConnector(self, connector):
@@ -108,14 +188,22 @@ class TunClient(service.Service):
 
     def stopService(self):
         super().stopService()
+        self._setState(VpnState.STOPPED, "")
         self._undo()
 
     def _undo(self):
-        if self._keepLoop is not None and self._keepLoop.running:
-            self._keepLoop.stop()
+        if self._tick is not None and self._tick.running:
+            self._tick.stop()
+        self._cancelProbe()
         for port in self._ports:
             port.stopListening()
         self._ports = []
+        if self._gated:
+            for user in self.egressUsers:
+                user.setEgressGate(None)
+            self._gated = False
+        if self.gate is not None:
+            self.gate.stop()
         if self.routes is not None:
             self.routes.restore()
         if self._circuit is not None:
@@ -124,11 +212,41 @@ class TunClient(service.Service):
         if self.tun is not None:
             self.tun.close()
 
-    def _keep(self):
+    # -- state
+
+    def _setState(self, state, detail):
+        if state is not self.state:
+            self.stateSince = self.reactor.seconds()
+            if state not in (VpnState.UP, VpnState.STOPPED):
+                self.log.info("VPN {state}: {detail}", state=state.value, detail=detail)
+        self.state = state
+        self.detail = detail
+
+    def _relayCensus(self):
+        if self.census is None:
+            return None, True
         try:
-            self.routes.keep(set(self.keepSource()))
+            return self.census()
         except Exception:
-            self.log.failure("could not keep relay routes")
+            self.log.failure("relay census failed")
+            return None, True
+
+    def _waitingState(self):
+        """While asking for a circuit: waiting for relays, building, or reconnecting (with what it knows)."""
+        known, enough = self._relayCensus()
+        knows = "" if known is None else f"knows {known} relays; "
+        last = f"; last try: {self._lastWhy}" if self._lastWhy else ""
+        if self.upAfter is not None:
+            self._setState(VpnState.RECONNECTING, f"{knows}building a new circuit{last}")
+        elif enough:
+            self._setState(VpnState.BUILDING, f"{knows}building a circuit{last}")
+        else:
+            self._setState(VpnState.WAITING,
+                           f"{knows}a path needs a guard, a middle and a packet exit in distinct /16s{last}")
+
+    def _censusTick(self):
+        if self.state in (VpnState.WAITING, VpnState.BUILDING, VpnState.RECONNECTING):
+            self._waitingState()
 
     # -- circuits
 
@@ -137,6 +255,7 @@ class TunClient(service.Service):
             return  # mesh only: no exit
         if self._circuit is not None or self._asking is not None or not self.running:
             return
+        self._waitingState()
         self._asking = defer.maybeDeferred(self._getCircuit)
         self._asking.addCallbacks(self._gotCircuit, self._noCircuit)
 
@@ -145,26 +264,83 @@ class TunClient(service.Service):
         if not self.running:
             return
         self._circuit = circuit
+        self.counters["circuits_used"] += 1
         circuit.setPacketReceiver(self._fromCircuit)
         circuit.whenClosed().addBoth(self._circuitClosed, circuit)
+        if self._circuit is not circuit:
+            return  # it was already closed
+        self._lastWhy = None
+        self._setState(VpnState.CHECKING, f"circuit {_describe(circuit)} built; waiting for the exit to answer")
         waiting, self._waiting = self._waiting, []
         if waiting:
             self._send(waiting)
+        self._startProbe(circuit)
+
+    def _startProbe(self, circuit):
+        if self.state is not VpnState.CHECKING:
+            return  # a packet came back already
+        probing = defer.maybeDeferred(self.probe, circuit)
+        probing.addCallbacks(self._probed, lambda f: False, (circuit,))
+        if not probing.called:
+            self._probeTimer = self.reactor.callLater(self.probeTimeout, self._probeTimedOut, circuit)
+
+    def _probed(self, answered, circuit):
+        if answered and circuit is self._circuit:
+            self._carried(circuit, "the exit answered through it")
+
+    def _probeTimedOut(self, circuit):
+        self._probeTimer = None
+        if circuit is self._circuit and self.state is VpnState.CHECKING:
+            self.log.warn("VPN: no answer through circuit {c} after {t:g}s; closing it", c=_describe(circuit),
+                          t=self.probeTimeout)
+            circuit.close("timeout")
+
+    def _cancelProbe(self):
+        if self._probeTimer is not None and self._probeTimer.active():
+            self._probeTimer.cancel()
+        self._probeTimer = None
+
+    def _carried(self, circuit, how):
+        """C{circuit} carried traffic end to end: the VPN is up."""
+        self._cancelProbe()
+        if self.state is VpnState.UP:
+            return
+        now = self.reactor.seconds()
+        if self.upAfter is None:
+            self.upAfter = now - self.startedAt
+            self.log.info("VPN up: circuit {c} carries traffic ({how}); {t:.2f}s after start", c=_describe(circuit),
+                          how=how, t=self.upAfter)
+        else:
+            self.log.info("VPN up again: circuit {c} carries traffic ({how}); {t:.2f}s after the last one closed",
+                          c=_describe(circuit), how=how, t=now - (self._lostAt or now))
+        self._setState(VpnState.UP, f"circuit {_describe(circuit)}")
 
     def _noCircuit(self, failure):
         self._asking = None
-        self.log.warn("no circuit for the VPN yet: {e}", e=failure.getErrorMessage())
+        why = failure.getErrorMessage()
+        if why != self._lastWhy:  # retried every second: say each reason once
+            self.log.warn("no circuit for the VPN yet: {e}", e=why)
+        self._lastWhy = why
+        if self.running:
+            self._waitingState()
         if self.running:
             self.reactor.callLater(1.0, self._ensureCircuit)
 
     def _circuitClosed(self, reason, circuit):
         if self._circuit is circuit:
             self._circuit = None
-            self._ensureCircuit()
+            self._cancelProbe()
+            if self.running:
+                if self.state is VpnState.UP:
+                    self._lostAt = self.reactor.seconds()
+                    self.log.info("VPN circuit {c} closed; reconnecting (the kill switch holds)", c=_describe(circuit))
+                self._ensureCircuit()
 
     def _fromCircuit(self, packets):
         self.counters["from_circuit"] += len(packets)
         self.tun.writePackets(packets)
+        if self.state is not VpnState.UP and self._circuit is not None:
+            self._carried(self._circuit, "a packet came back")
 
     # -- packets from apps
 
@@ -201,13 +377,30 @@ class TunClient(service.Service):
         self.counters["to_circuit"] += circuit.sendPackets(packets)
 
     def status(self):
+        now = self.reactor.seconds()
         return {
+            "state": self.state.value,
+            "detail": self.detail,
+            "state_for_s": round(now - self.stateSince, 3) if self.stateSince is not None else None,
+            "up_after_s": round(self.upAfter, 3) if self.upAfter is not None else None,
+            "circuit": _path(self._circuit),
             "tun": self.tun.status() if self.tun is not None and hasattr(self.tun, "status") else None,
             "address": self.address,
             "mesh": self.mesh.status() if self.mesh is not None else None,
             "dns_queries": self.dns.queries if self.dns is not None else 0,
+            "egress": self.gate.status() if hasattr(self.gate, "status") else None,
+            "routes": self.routes.status() if hasattr(self.routes, "status") else None,
             **self.counters,
         }
+
+
+def _path(circuit):
+    """The node ids (hex) of C{circuit}'s hops, guard first, if it tells them."""
+    return [h.nodeId.hex() for h in getattr(circuit, "path", None) or ()]
+
+
+def _describe(circuit):
+    return " -> ".join(h[:8] for h in _path(circuit)) or "(path unknown)"
 
 
 def tunSettings():
@@ -246,31 +439,50 @@ def tunSettings():
     ]
 
 
-def relayEndpoints(bootstrap, finder):
+def directPeers(bootstrap, finder, links=None):
     """
-    C{(ip, port)} of every relay endpoint the client talks to directly: DHT
-    bootstrap nodes and, for every relay in the directory, its DHT port and
-    link ports (the guards are among them).
+    C{(protocol, host, port)} the client talks to directly and keeps while
+    listed: DHT bootstrap nodes (UDP), every relay in the directory (its DHT
+    port over UDP, its link ports over TCP), and the peer of every open link.
     """
     out = set()
     for host, port in bootstrap or ():
-        out.add((host.strip("[]"), port))
+        out.add(("udp", host.strip("[]"), port))
     for d in getattr(finder, "relays", {}).values():
-        for _transport, address in d.addresses:
+        for transport, address in d.addresses:
             host, _, port = address.rpartition(":")
             if port.isdigit():
-                out.add((host.strip("[]"), int(port)))
+                out.add(("udp" if transport == "udp" else "tcp", host.strip("[]"), int(port)))
+    for link in links.links() if links is not None else ():
+        try:
+            peer = link.transport.getPeer()
+            out.add(("tcp", peer.host, peer.port))
+        except Exception:
+            continue  # not a TCP link, or already gone
     return out
+
+
+def relayCensus(finder):
+    """C{callable() -> (relays known, whether a VPN path can be built)} for L{TunClient}."""
+    from meshvpn.circuits.relayinfo import pathPossible
+
+    def census():
+        usable = finder.usable() if finder is not None else []
+        return len(usable), pathPossible(usable, packets=True)
+
+    return census
 
 
 def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
     """
     The client role's hook: with C{--tun}, a L{TunClient} on C{node} using
-    C{node.circuits} (the circuit manager) unless C{getCircuit} is given.
+    C{node.circuits} (the circuit manager) unless C{getCircuit} is given;
+    when it captures, an egress gate on C{node.udp} and C{node.links}.
     @return: the L{TunClient} or C{None}.
     """
     if not settings.get("tun"):
         return None
+    from meshvpn.client.egress import EgressGate
     from meshvpn.client.capture import RouteController
     from meshvpn.tun.privileges import privilegeProblem
 
@@ -291,12 +503,25 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         opener = _LazyOpener()
     tag = node.identity.nodeId.hex()[:8]
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
-    routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf")) if capture else None
+    bootstrap = settings.get("bootstrap") or ()
+    routes = gate = None
+    egressUsers = []
+    if capture:
+        def udpPort():
+            port = node.udpService.port
+            return port.getHost().port if port is not None else None
+
+        routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"),
+                                 udpSourcePort=udpPort)
+        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, node.links))
+        egressUsers = [u for u in (node.udp, node.links) if u is not None]
     client = TunClient(
-        node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayEndpoints(settings.get("bootstrap"), finder)), routes,
+        node.reactor, node.identity.nodeId, getCircuit, opener,
+        keepSource or (lambda: directPeers(bootstrap, None)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
         meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
-        meshPeers=settings.get("mesh_peers", ()),
+        meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,
+        census=relayCensus(finder) if finder is not None else None,
     )
     client.setServiceParent(node)
     node.tun = client
@@ -304,4 +529,3 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     if status is not None:
         status.addSource("tun", client)
     return client
-

@@ -3,8 +3,9 @@
 ``vpn-restore`` is for after a crash of ``meshvpn-client --tun`` (see
 doc/vpn.md): the TUN device and its routes died with the process, but the
 kill-switch table (failing closed) and the rewritten resolv.conf are still
-there.  It removes every C{meshvpn-client-*} nftables table and writes the
-saved resolv.conf back.
+there, and so are the host routes to relays.  It removes every
+C{meshvpn-client-*} nftables table, writes the saved resolv.conf back and
+deletes the host routes the client marked as its own (protocol 196).
 """
 
 import json
@@ -39,6 +40,17 @@ def _restoreCommand(args):
         done += restoreSystem(table, args.data_dir, args.resolv_conf)
     if not tables:
         done += restoreSystem("meshvpn-client-none", args.data_dir, args.resolv_conf)[1:]
+    try:
+        from pyroute2 import IPRoute
+
+        from meshvpn.client.capture import deleteHostRoutes
+
+        with IPRoute() as ipr:
+            n = deleteHostRoutes(ipr)
+        if n:
+            done.append(f"{n} host routes (proto 196) deleted")
+    except Exception as e:
+        done.append(f"host routes: {e}")
     if args.json:
         print(json.dumps({"restored": done}))
     else:

@@ -89,7 +89,13 @@ def formatStatus(status):
                          f"sent {s.get('sent', 0)} B  received {s.get('received', 0)} B")
     if circuits.get("build_times_s"):
         lines.append(f"  recent build times: {', '.join(f'{t * 1000:.1f} ms' for t in circuits['build_times_s'][-5:])}")
+    tun = status.get("tun")
+    if isinstance(tun, dict) and "state" in tun:
+        up = f"  (up {tun['up_after_s']:.2f} s after start)" if tun.get("up_after_s") is not None else ""
+        lines.append(f"  vpn: {tun['state']} -- {tun.get('detail', '')}{up}")
+        lines.append(f"    to circuit {tun.get('to_circuit', 0)} packets, from circuit {tun.get('from_circuit', 0)}, "
+                     f"dropped while no circuit {tun.get('no_circuit_dropped', 0)}")
     for name, value in status.items():
-        if name not in ("node", "circuits", "time"):
+        if name not in ("node", "circuits", "time", "tun"):
             lines.append(f"  {name}: {json.dumps(value, default=str)[:300]}")
     return "\n".join(lines)

@@ -319,27 +319,40 @@ def onionKeysFromRing(ring, lifetime):
     return keys
 
 
+def enoughForAPath(relays):
+    """The default for L{RelayFinder}'s C{enough}: three relays, one an exit."""
+    return len(relays) >= 3 and any("exit" in d.flags for d in relays)
+
+
 class RelayFinder(service.Service):
     """
-    A client's view of the directory: samples relays of every role, starting
-    soon after joining and backing off to C{interval}, and writes the
-    verified descriptors to C{relays.json} (raw bytes included, base64, so
-    anyone can re-verify them).
+    A client's view of the directory: samples relays of every role and
+    writes the verified descriptors to C{relays.json} (raw bytes included,
+    base64, so anyone can re-verify them).
+
+    Schedule: the first sampling as soon as the DHT is joined; while
+    C{enough(descriptors)} says a path cannot be built from what it knows,
+    again after L{FAST_DELAYS} (0.5, 1, 2, 4, 4, ... s); once it can, the
+    delay doubles from 4 s up to C{interval}.  L{refreshSoon} moves the next
+    sampling to now.
     """
 
     log = Logger()
+    FAST_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, dhtService, interval=300.0, perRole=64):
+    def __init__(self, dhtService, interval=300.0, perRole=64, enough=enoughForAPath):
         self.dhtService = dhtService
         self.interval = interval
         self.perRole = perRole
+        self.enough = enough
         self.relays = {}
         self._call = None
         self._delay = 2.0
+        self._fast = 0
 
     def startService(self):
         super().startService()
-        self.dhtService.joined.addCallback(self._schedule, 0.5)
+        self.dhtService.joined.addCallback(self._schedule, 0)
 
     def _schedule(self, passThrough, delay):
         if self.running:
@@ -353,6 +366,24 @@ class RelayFinder(service.Service):
         """
         if self._call is not None and self._call.active():
             self._call.reset(0)
+
+    def usable(self):
+        """The descriptors known and not expired."""
+        now = self.dhtService.node.reactor.seconds()
+        return [d for d in self.relays.values() if d.expires > now]
+
+    def _nextDelay(self):
+        try:
+            enough = self.enough(self.usable())
+        except Exception:
+            self.log.failure("relay census failed")
+            enough = True
+        if not enough:
+            delay = self.FAST_DELAYS[min(self._fast, len(self.FAST_DELAYS) - 1)]
+            self._fast += 1
+            return min(delay, self.interval)
+        self._delay = min(self._delay * 2, self.interval)
+        return self._delay
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -371,8 +402,7 @@ class RelayFinder(service.Service):
             self.write()
         except Exception:
             self.log.failure("sampling relays failed")
-        self._delay = min(self._delay * 2, self.interval)
-        self._schedule(None, self._delay)
+        self._schedule(None, self._nextDelay())
 
     def write(self):
         entries = []

@@ -6,7 +6,9 @@ peer share one connection attempt.  Incoming links whose initiator
 authenticated are entered in the same table, so two relays keep one link
 between them whoever dialled.  Every link's cells go to the one registered
 L{meshvpn.interfaces.ICellHandler} (the onion layer) unless a caller sets its
-own receiver on a link.
+own receiver on a link.  In VPN mode an egress gate
+(L{meshvpn.interfaces.IDirectEgress}) is awaited before each dial, so the
+peer's host route and kill-switch exception exist before its first SYN.
 """
 
 import attrs
@@ -22,7 +24,7 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ILinkManager, IStatusSource
 from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
 from meshvpn.link.tlsctx import sharedLinkTLS
-from meshvpn.link.transports import availableTransports
+from meshvpn.link.transports import availableTransports, splitHostPort
 
 
 @attrs.frozen
@@ -111,6 +113,7 @@ class LinkManager(service.Service):
         self._pending = {}
         self._all = set()
         self._handler = None
+        self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
         self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "cells_unhandled": 0}
 
@@ -137,6 +140,9 @@ class LinkManager(service.Service):
 
     def setCellHandler(self, handler):
         self._handler = handler
+
+    def setEgressGate(self, gate):
+        self._egress = gate
 
     def serverFactory(self, transportName="tls"):
         """The protocol factory to listen with on a server endpoint of C{transportName}."""
@@ -185,6 +191,7 @@ class LinkManager(service.Service):
                 errors.append(f"{name}: transport not installed")
                 continue
             try:
+                await self._allowEgress(address)
                 endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
                 links = _LinkFactory(self, True, target.nodeId, name)
                 connecting = endpoint.connect(_BoundedTLSFactory(self, self._tls, True, links, clock=self.reactor))
@@ -201,6 +208,18 @@ class LinkManager(service.Service):
             except Exception as e:
                 errors.append(f"{name}: {e or type(e).__name__}")
         raise LinkError(f"no link to {target.nodeId.hex()[:16]}: " + "; ".join(errors))
+
+    async def _allowEgress(self, address):
+        """With an egress gate (VPN mode), wait until C{address} may be dialled outside the tunnel."""
+        gate = self._egress
+        if gate is None:
+            return
+        try:
+            host, port = splitHostPort(address)
+        except LinkError:
+            return  # not an IP address: the transport reaches it some other way
+        allowing = gate.allow([("tcp", host, port)])
+        await allowing.addTimeout(self.settings.connectTimeout, self.reactor)
 
     def _attemptDone(self, result, nodeId):
         waiters = self._pending.pop(nodeId, [])

@@ -9,6 +9,7 @@ from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, par
 from meshvpn.roles.common import buildNode
 from meshvpn.client.vpn import attachTun, tunSettings
 from meshvpn.client.meshlink import attachMeshLinks, meshSettings
+from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.roles.onionclient import attachOnionClient
 
 
@@ -21,7 +22,8 @@ class Options(RoleOptions):
     schema = commonSettings("client", ("0.0.0.0", 0)) + [
         # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
-        Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
+        Setting("dht-sample-interval", parseSeconds, 300.0,
+                "Max seconds between samplings of the relay directory (sooner while it cannot build a path)."),
         Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
@@ -50,7 +52,9 @@ def makeService(options):
     attachLinks(node, authenticate=False)
     dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
     dht.setServiceParent(node)
-    finder = RelayFinder(dht, options.settings["dht_sample_interval"])
+    # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
+    packets = options.settings["tun"] and options.settings["tun_capture"]
+    finder = RelayFinder(dht, options.settings["dht_sample_interval"], enough=lambda ds: pathPossible(ds, packets))
     finder.setServiceParent(dht)
     attachOnionClient(node, options.settings, finder)
     attachTun(node, options.settings, finder)

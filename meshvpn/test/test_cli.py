@@ -99,3 +99,13 @@ class FormatStatusTests(unittest.TestCase):
         self.assertIn("circuit 11111111 -> 22222222 -> 33333333  (in use)  sent 47 B  received 9000 B", text)
         self.assertIn("stream 1 198.18.0.1:80 open", text)
         self.assertIn("4.0 ms", text)
+
+    def test_vpnState(self):
+        from meshvpn.control.status import formatStatus
+
+        waiting = formatStatus({"node": {"node_id": "ab" * 32, "role": "client"},
+                                "tun": {"state": "waiting-for-relays", "detail": "knows 2 relays", "up_after_s": None}})
+        self.assertIn("vpn: waiting-for-relays -- knows 2 relays", waiting)
+        up = formatStatus({"node": {"node_id": "ab" * 32, "role": "client"},
+                           "tun": {"state": "up", "detail": "circuit aa -> bb -> cc", "up_after_s": 0.4}})
+        self.assertIn("vpn: up -- circuit aa -> bb -> cc  (up 0.40 s after start)", up)

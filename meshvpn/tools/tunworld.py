@@ -7,6 +7,9 @@ Topology (all addresses from 198.18.0.0/15)::
         middle 127.30.0.1:9001, DHT :9100) ------+         DNS 198.18.100.53)
     ex (exit, 198.19.4.2, packet exit) ----------+
 
+L{TunWorld.buildDirectory} builds the other world, where the client knows
+only a bootstrap node and finds every relay in the DHT, from behind a NAT.
+
 The client namespace's resolv.conf (C{/etc/netns/<ns>/resolv.conf}) names
 the internet's DNS server directly, so any query that skipped the tunnel
 would show on the client's uplink capture.
@@ -112,6 +115,98 @@ class TunWorld:
         self.clientArgs = ["--bootstrap", boot, "--tun", "--dht-sample-interval", "5", *clientArgs]
         return self
 
+    def buildDirectory(self):
+        """
+        A world where no guard is a bootstrap node and the client learns
+        every relay through the DHT, from behind a port-restricted NAT::
+
+            b   bootstrap 198.18.1.2:9000 (meshvpn-relay --flags bootstrap) --+
+            r   guard1 198.18.2.2:9001 (DHT :9000), guard2 198.18.3.2:9001 --+-- inet (router;
+                (DHT :9000), middle1 127.31.0.1:9001 (DHT 198.18.2.2:9100),  |   web, DNS)
+                middle2 127.32.0.1:9001 (DHT 198.18.3.2:9100) ---------------+
+            ex  packet exit 198.19.4.2:9001 (DHT :9000) ---------------------+
+            nat port-restricted NAT box, WAN 198.18.5.2 ----------------------+
+              cl  client 198.19.5.2 (default via 198.19.5.1, the box)
+
+        Path selection keeps the three hops in distinct /16s and
+        198.18.0.0/15 holds only two: guards are in 198.18/16, the exit in
+        198.19/16, so the middles sit on their namespace's loopback (their
+        own /16s, reached only by the guards beside them).  The client
+        namespace has IPv6 turned off, so a capture started before the
+        client shows nothing of the namespace's own IPv6 chatter.  Start the
+        client with L{startTwistdClient} (C{self.clientArgs}: bootstrap and
+        --tun only, every other option at its default).
+        """
+        n = self.netns
+        self.inet = n.add("inet")
+        n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
+        n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
+        self.ns, self.uplink, self.address = {}, {}, {}
+        for short, net in (("b", "198.18.1"), ("r", "198.18.2"), ("ex", "198.19.4"), ("nat", "198.18.5")):
+            ns = self.ns[short] = n.add(short)
+            inetSide, own = n.veth(self.inet, f"{net}.1/24", ns, f"{net}.2/24")
+            self.uplink[short] = own
+            self.address[short] = f"{net}.2"
+            n.exec(ns, "ip", "route", "add", "default", "via", f"{net}.1")
+        n.exec(self.inet, "ip", "addr", "add", "198.18.3.1/24", "dev", _peerOf(n, self.inet, "198.18.2.1"))
+        n.exec(self.ns["r"], "ip", "addr", "add", "198.18.3.2/24", "dev", self.uplink["r"])
+        for lo in ("127.31.0.1", "127.32.0.1"):
+            n.exec(self.ns["r"], "ip", "addr", "add", f"{lo}/32", "dev", "lo")
+        # the client behind its NAT box
+        cl = self.ns["cl"] = n.add("cl")
+        for key in ("all", "default"):
+            n.exec(cl, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        box = self.ns["nat"]
+        self.boxLan, self.uplink["cl"] = n.veth(box, "198.19.5.1/24", cl, "198.19.5.2/24")
+        self.address["cl"] = "198.19.5.2"
+        self.gateway = "198.19.5.1"
+        n.exec(cl, "ip", "route", "add", "default", "via", self.gateway)
+        n.exec(box, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        from meshvpn.tools.nattestbed import natRules
+
+        n.exec(box, "nft", "-f", "-", input=natRules("port-restricted", self.uplink["nat"], self.boxLan, "198.19.5.2",
+                                                      self.address["nat"]).encode())
+        self._resolvConf()
+        self._internetServers()
+        from meshvpn.tools.processes import twistdPath
+
+        self.twistd = twistdPath()
+        boot = "198.18.1.2:9000"
+        self.endpoints = {  # name -> (link ip, port), (DHT ip, port)
+            "bootstrap": (("198.18.1.2", 9001), ("198.18.1.2", 9000)),
+            "guard1": (("198.18.2.2", 9001), ("198.18.2.2", 9000)),
+            "guard2": (("198.18.3.2", 9001), ("198.18.3.2", 9000)),
+            "middle1": (("127.31.0.1", 9001), ("198.18.2.2", 9100)),
+            "middle2": (("127.32.0.1", 9001), ("198.18.3.2", 9100)),
+            "exit": (("198.19.4.2", 9001), ("198.19.4.2", 9000)),
+        }
+        flags = {"bootstrap": "bootstrap", "guard1": "guard,middle", "guard2": "guard,middle", "middle1": "middle",
+                 "middle2": "middle", "exit": "exit"}
+        where = {"bootstrap": "b", "exit": "ex"}
+        for name, ((lip, lport), (uip, uport)) in self.endpoints.items():
+            args = ["--udp", f"{uip}:{uport}", "--listen", f"tcp:{lport}:interface={lip}", "--flags", flags[name]]
+            if name != "bootstrap":
+                args += ["--bootstrap", boot]
+            if name == "exit":
+                args += ["--exit-dns", f"{DNS}:53", "--packet-exit"]
+            self._node(name, where.get(name, "r"), "relay", args)
+            if name == "bootstrap":
+                self.waitNode(name)
+        self.nodeIds = {name: self.waitNode(name)["node_id"] for name in self.endpoints}
+        for name in self.endpoints:
+            if name != "bootstrap":
+                self.waitLog(name, "published relay descriptor")
+        self.clientArgs = ["--bootstrap", boot, "--tun"]
+        return self
+
+    def waitLog(self, name, text, timeout=30):
+        deadline = time.monotonic() + timeout
+        while text not in self.nodeLog(name):
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: no {text!r} in its log: {self.nodeLog(name)[-2000:]}")
+            time.sleep(0.05)
+
     def _node(self, name, short, role, args):
         dataDir = os.path.join(self.workdir, name)
         os.makedirs(dataDir, mode=0o700, exist_ok=True)
@@ -166,3 +261,11 @@ class TunWorld:
     def inClient(self, *argv, check=True, timeout=30):
         return run("ip", "netns", "exec", self.ns["cl"], *argv, check=check, timeout=timeout)
 
+
+def _peerOf(netns, ns, ip):
+    """The interface in C{ns} that has C{ip}."""
+    for line in netns.exec(ns, "ip", "-o", "-4", "addr", "show").splitlines():
+        fields = line.split()
+        if fields[3].split("/")[0] == ip:
+            return fields[1].split("@")[0]
+    raise RuntimeError(f"no interface with {ip} in {ns}")

@@ -37,3 +37,47 @@ class FakeCircuit:
     def sendPackets(self, packets):
         self.sent.extend(packets)
         return len(packets)
+
+
+class FakeRouteMsg(dict):
+    """A pyroute2 route message as L{meshvpn.client.capture.routeRows} reads it."""
+
+    def __init__(self, dst, dst_len, oif, gateway=None, metric=None, proto=4, type=1):
+        super().__init__(dst_len=dst_len, proto=proto, type=type, table=254)
+        self.attrs = {"RTA_DST": dst, "RTA_OIF": oif, "RTA_GATEWAY": gateway, "RTA_PRIORITY": metric,
+                      "RTA_TABLE": 254, "RTA_MULTIPATH": None}
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+class FakeIPRoute:
+    """
+    A main routing table for the route controller: C{routes} holds
+    L{FakeRouteMsg}s; C{route("replace"/"del", ...)} edits it as the kernel
+    would for host routes, and every call is recorded.
+    """
+
+    def __init__(self, routes=()):
+        self.routes = list(routes)
+        self.calls = []
+        self.closed = False
+
+    def get_routes(self, family=None, table=None):
+        return list(self.routes)
+
+    def route(self, op, **kw):
+        self.calls.append((op, kw))
+        dst, _, length = kw["dst"].partition("/")
+        same = [r for r in self.routes if (r.get_attr("RTA_DST"), r["dst_len"]) == (dst, int(length))]
+        if op in ("replace", "del"):
+            self.routes = [r for r in self.routes if not any(r is x for x in same)]
+        if op in ("replace", "add"):
+            self.routes.append(FakeRouteMsg(dst, int(length), kw["oif"], kw.get("gateway"), proto=kw.get("proto", 3)))
+
+    def hostRoutes(self, proto=196):
+        return {r.get_attr("RTA_DST"): (r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"))
+                for r in self.routes if r["proto"] == proto and r["dst_len"] == 32}
+
+    def close(self):
+        self.closed = True

@@ -24,7 +24,7 @@ from meshvpn.tun import packets as pp
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.tools.netns import Netns, requireRoot
 from meshvpn.tun.test.test_packets import tcp, udp
-from meshvpn.client.test.fakes import FakeCircuit, FakeTun
+from meshvpn.client.test.fakes import FakeCircuit, FakeIPRoute, FakeRouteMsg, FakeTun
 
 NODE = bytes(range(32))
 
@@ -107,6 +107,167 @@ class TunClientTests(unittest.TestCase):
         self.assertTrue(client.tun.closed)
 
 
+class ProbedCircuit(ClosableCircuit):
+    """A circuit with a stream layer whose RESOLVE the test answers, and a known path."""
+
+    def __init__(self, guard=b"g"):
+        super().__init__()
+        self.path = [type("Hop", (), {"nodeId": guard * 32})(), type("Hop", (), {"nodeId": b"m" * 32})()]
+        self.resolving = []
+        self.closedWith = None
+        self.streamHandler = self
+        self.closedReason = None
+
+    def resolve(self, name):
+        d = defer.Deferred()
+        self.resolving.append((name, d))
+        return d
+
+    def close(self, reason):
+        self.closedWith = reason
+        self.closedReason = reason
+        self.closed.callback(reason)
+
+
+class Recorder:
+    def __init__(self):
+        self.gates = []
+        self.started = self.stopped = 0
+
+    def setEgressGate(self, gate):
+        self.gates.append(gate)
+
+    def start(self, already=()):
+        self.started += 1
+
+    def stop(self):
+        self.stopped += 1
+
+
+class FakeRoutes:
+    def __init__(self):
+        self.captured = self.restored = 0
+        self.keptPorts = {("udp", "198.18.1.2", 9000)}
+
+    def capture(self, tun, keep):
+        self.captured += 1
+
+    def restore(self):
+        self.restored += 1
+
+
+class VpnStateTests(unittest.TestCase):
+    """'up' means a circuit carried traffic; until then the state says what the VPN waits for."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.asks = []
+        self.census = (1, False)
+
+    def getCircuit(self):
+        d = defer.Deferred()
+        self.asks.append(d)
+        return d
+
+    def start(self, **kw):
+        client = TunClient(self.clock, NODE, self.getCircuit, tunFactory=FakeTun, census=lambda: self.census, **kw)
+        client.startService()
+        self.addCleanup(lambda: client.running and client.stopService())
+        return client
+
+    def test_waitingBuildingCheckingUp(self):
+        client = self.start()
+        self.assertEqual(client.status()["state"], "waiting-for-relays")
+        self.assertIn("knows 1 relays", client.status()["detail"])
+        self.census = (4, True)
+        self.clock.advance(1)
+        self.assertEqual(client.status()["state"], "building-circuit")
+        c = ProbedCircuit()
+        self.clock.advance(1.5)
+        self.asks[0].callback(c)
+        self.assertEqual(client.status()["state"], "checking")
+        self.assertEqual(client.status()["circuit"], [(b"g" * 32).hex(), (b"m" * 32).hex()])
+        (name, answer), = c.resolving
+        self.assertEqual(name, "127.0.0.1")  # the same fixed probe for every client
+        answer.callback([(0xF1, b"", 0)])  # even an error answer is a round trip
+        status = client.status()
+        self.assertEqual((status["state"], status["up_after_s"]), ("up", 2.5))
+
+    def test_endFromTheExitIsAnAnswer(self):
+        client = self.start()
+        c = ProbedCircuit()
+        self.asks[0].callback(c)
+        c.resolving[0][1].errback(StreamRefused(EndReason.RESOLVEFAILED, "no"))
+        self.assertEqual(client.state.value, "up")
+
+    def test_packetBackIsUpReconnectingAfterLoss(self):
+        client = self.start()
+        c1 = ProbedCircuit()
+        self.asks[0].callback(c1)
+        c1.receiver([b"reply"])  # a packet from the exit before the probe's answer
+        self.assertEqual(client.state.value, "up")
+        c1.closed.callback("destroyed")
+        self.assertEqual(client.status()["state"], "reconnecting")
+        self.assertIsNone(client.status()["circuit"] or None)
+        c2 = ProbedCircuit(b"h")
+        self.clock.advance(3)
+        self.asks[1].callback(c2)
+        self.assertEqual(client.state.value, "checking")
+        c2.resolving[0][1].callback([])
+        self.assertEqual(client.state.value, "up")
+        self.assertEqual(client.status()["up_after_s"], 0)  # the first time, kept
+
+    def test_failedAttemptsShownSaidOnce(self):
+        from twisted.logger import capturedLogs
+
+        client = self.start()
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.asks[-1].errback(RuntimeError("no exit announces packet-exit (VPN mode)"))
+                self.clock.advance(1)
+        self.assertEqual(len(self.asks), 4)
+        self.assertEqual(sum(1 for e in events if e.get("log_format", "").startswith("no circuit")), 1)
+        self.assertIn("last try: no exit announces packet-exit", client.status()["detail"])
+        self.assertEqual(client.state.value, "waiting-for-relays")
+
+    def test_unansweredProbeClosesTheCircuit(self):
+        client = self.start()
+        c = ProbedCircuit()
+        self.asks[0].callback(c)
+        self.clock.advance(9)
+        self.assertIsNone(c.closedWith)
+        self.clock.advance(1)
+        self.assertEqual(c.closedWith, "timeout")
+        self.assertEqual(len(self.asks), 2)  # a new circuit is on its way
+        self.assertEqual(client.state.value, "waiting-for-relays")
+
+    def test_circuitWithoutStreamsWaitsForAPacket(self):
+        client = self.start()
+        c = ClosableCircuit()
+        self.asks[0].callback(c)
+        self.clock.advance(60)
+        self.assertEqual(client.state.value, "checking")
+        c.receiver([b"reply"])
+        self.assertEqual(client.state.value, "up")
+
+    def test_gateInstalledWhileCapturedOnly(self):
+        routes, gate, users = FakeRoutes(), Recorder(), [Recorder(), Recorder()]
+        client = self.start(routes=routes, gate=gate, egressUsers=users)
+        self.assertEqual((routes.captured, gate.started), (1, 1))
+        self.assertEqual([u.gates for u in users], [[gate], [gate]])
+        client.stopService()
+        self.assertEqual([u.gates for u in users], [[gate, None], [gate, None]])
+        self.assertEqual((gate.stopped, routes.restored), (1, 1))
+        self.assertEqual(client.status()["state"], "stopped")
+
+    def test_meshOnly(self):
+        client = TunClient(self.clock, NODE, None, tunFactory=FakeTun)
+        client.startService()
+        self.addCleanup(client.stopService)
+        self.assertEqual(client.status()["state"], "mesh-only")
+
+
 class MeshRouterTests(unittest.TestCase):
     def test_unknownPeerUnreachableAndSpoofDropped(self):
         peer = bytes([9]) * 32
@@ -161,45 +322,79 @@ class DNSTests(unittest.TestCase):
         self.failureResultOf(r.lookupAddress("nope.test"), error.DNSNameError)
 
 
-class FakeIPRoute:
-    def __init__(self):
-        self.calls = []
-
-    def route(self, op, **kw):
-        self.calls.append((op, kw))
-        if op == "get":
-            return [{"attrs": [("RTA_OIF", 3), ("RTA_GATEWAY", "198.18.1.1")]}]
-        return None
-
-    def close(self):
-        pass
-
-
 class RouteControllerTests(unittest.TestCase):
-    def test_captureAndRestore(self):
-        data = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, data, True)
-        resolv = os.path.join(data, "resolv.conf")
-        with open(resolv, "w") as f:
+    """Host routes via the route a relay would take without the tunnel, kill-switch sets per protocol."""
+
+    def setUp(self):
+        self.data = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.data, True)
+        self.resolv = os.path.join(self.data, "resolv.conf")
+        with open(self.resolv, "w") as f:
             f.write("nameserver 198.18.0.53\n")
-        scripts, ipr = [], FakeIPRoute()
-        rc = tunroutes.RouteController("abcd", data, "100.99.0.1", resolv, nft=scripts.append, ipr=ipr)
-        tun = FakeTun(None, "mvpn0", 1480)
-        rc.capture(tun, {("198.18.2.2", 9001), ("198.18.2.2", 9000), ("127.30.0.1", 9001), ("2001:db8::5", 9001)})
-        self.assertIn(("replace", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"}), ipr.calls)
-        self.assertEqual(tun.routes, [("0.0.0.0/1", None), ("128.0.0.0/1", None)])
-        self.assertIn("elements = { 198.18.2.2 . 9000, 198.18.2.2 . 9001 }", scripts[0])
-        self.assertEqual([c for c in ipr.calls if c[0] == "replace"], [("replace", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"})])
-        self.assertIn("policy drop", scripts[0])
-        with open(resolv) as f:
+        self.scripts = []
+        self.ipr = FakeIPRoute([FakeRouteMsg("0.0.0.0", 0, 3, "198.18.1.1", proto=3),
+                                FakeRouteMsg("198.18.1.0", 24, 3, proto=2)])
+        self.rc = tunroutes.RouteController("abcd", self.data, "100.99.0.1", self.resolv, nft=self.scripts.append,
+                                            ipr=self.ipr, udpSourcePort=lambda: 40000)
+        self.tun = FakeTun(None, "mvpn0", 1480)
+
+    def capture(self):
+        self.rc.capture(self.tun, {("udp", "198.18.2.2", 9000), ("udp", "127.30.0.1", 9000), ("udp", "2001:db8::5", 9000)})
+        # what the kernel does with the TUN's routes
+        self.ipr.routes += [FakeRouteMsg("0.0.0.0", 1, FakeTun.index), FakeRouteMsg("128.0.0.0", 1, FakeTun.index)]
+
+    def test_captureKeepUnkeepRestore(self):
+        self.capture()
+        self.assertEqual(self.ipr.hostRoutes(), {"198.18.2.2": (3, "198.18.1.1")})
+        self.assertEqual(self.tun.routes, [("0.0.0.0/1", None), ("128.0.0.0/1", None)])
+        rules = self.scripts[0]
+        self.assertIn("policy drop", rules)
+        self.assertIn("set keep4udp {\n        type ipv4_addr . inet_service\n        elements = { 198.18.2.2 . 9000 }", rules)
+        self.assertIn("set keep4tcp {\n        type ipv4_addr . inet_service\n    }", rules)
+        self.assertIn("ip daddr . tcp dport @keep4tcp accept", rules)
+        self.assertIn("udp sport 40000 ip daddr . udp dport @keep4udp accept", rules)
+        with open(self.resolv) as f:
             self.assertIn("nameserver 100.99.0.1", f.read())
-        rc.keep({("198.18.2.2", 9001), ("198.19.4.2", 9000)})
-        self.assertEqual(scripts[-1], "add element inet meshvpn-client-abcd keep4 { 198.19.4.2 . 9000 }\n")
-        rc.restore()
-        self.assertIn("delete table inet meshvpn-client-abcd", scripts[-1])
-        self.assertIn(("del", {"dst": "198.18.2.2/32", "oif": 3, "gateway": "198.18.1.1"}), ipr.calls)
-        with open(resolv) as f:
+
+        # a guard learned later: its route is the uplink's, not the TUN's (which `route get` would answer)
+        self.assertEqual(self.rc.keep({("tcp", "198.19.4.2", 9001), ("udp", "198.18.2.2", 9000)}), set())
+        self.assertEqual(self.ipr.hostRoutes()["198.19.4.2"], (3, "198.18.1.1"))
+        self.assertEqual(self.scripts[-1], "add element inet meshvpn-client-abcd keep4tcp { 198.19.4.2 . 9001 }\n")
+        self.rc.keep({("udp", "198.19.4.2", 9000)})  # same address, another port: no second route
+        self.assertEqual([c for c in self.ipr.calls if c[1]["dst"] == "198.19.4.2/32"],
+                         [("replace", {"dst": "198.19.4.2/32", "oif": 3, "gateway": "198.18.1.1", "proto": 196})])
+
+        self.rc.unkeep({("tcp", "198.19.4.2", 9001)})
+        self.assertEqual(self.scripts[-1], "delete element inet meshvpn-client-abcd keep4tcp { 198.19.4.2 . 9001 }\n")
+        self.assertIn("198.19.4.2", self.ipr.hostRoutes())  # its UDP port is still kept
+        self.rc.unkeep({("udp", "198.19.4.2", 9000)})
+        self.assertNotIn("198.19.4.2", self.ipr.hostRoutes())
+
+        self.rc.restore()
+        self.assertIn("delete table inet meshvpn-client-abcd", self.scripts[-1])
+        self.assertEqual(self.ipr.hostRoutes(), {})
+        self.assertTrue(self.ipr.closed)
+        with open(self.resolv) as f:
             self.assertEqual(f.read(), "nameserver 198.18.0.53\n")
+
+    def test_noRouteOutsideTheTunnel(self):
+        self.capture()
+        del self.ipr.routes[0]  # no default route but the TUN's
+        self.assertEqual(self.rc.keep({("tcp", "198.19.4.2", 9001)}), {("tcp", "198.19.4.2", 9001)})
+        self.assertNotIn("198.19.4.2", self.ipr.hostRoutes())
+        self.assertEqual(len(self.scripts), 1)  # no exception either
+
+    def test_routesFollowTheGateway(self):
+        self.capture()
+        self.rc.keep({("tcp", "198.19.4.2", 9001)})
+        self.assertEqual(self.rc.refresh(), [])  # nothing changed
+        self.ipr.routes[0] = FakeRouteMsg("0.0.0.0", 0, 3, "198.18.1.254", proto=3)  # new default gateway
+        self.assertEqual(sorted(self.rc.refresh()), ["198.18.2.2", "198.19.4.2"])
+        self.assertEqual(self.ipr.hostRoutes(), {"198.18.2.2": (3, "198.18.1.254"), "198.19.4.2": (3, "198.18.1.254")})
+        # the kernel dropped one (its interface went away and came back): put back
+        self.ipr.routes = [r for r in self.ipr.routes if r.get_attr("RTA_DST") != "198.19.4.2"]
+        self.assertEqual(self.rc.refresh(), ["198.19.4.2"])
+        self.assertEqual(self.ipr.hostRoutes()["198.19.4.2"], (3, "198.18.1.254"))
 
     def test_interfaces(self):
         from zope.interface.verify import verifyObject
@@ -227,7 +422,7 @@ class VpnRestoreTests(unittest.TestCase):
                                        nft=lambda s: subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"],
                                                                     input=s.encode(), check=True))
         rc._pointResolver()
-        rc._nft(tunroutes.killSwitchRules(rc.table, "mvpn0", {("198.18.2.2", 9001)}))
+        rc._nft(tunroutes.killSwitchRules(rc.table, "mvpn0", {("tcp", "198.18.2.2", 9001)}, 40000))
         self.assertIn("meshvpn-client-deadbeef", subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
                                                                 capture_output=True, text=True).stdout)
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "meshvpn", "vpn-restore", "--data-dir",

@@ -150,7 +150,7 @@ class OnionRingTests(unittest.TestCase):
 
 
 class RefreshSoonTests(unittest.TestCase):
-    def test_oneSamplingLoopOnly(self):
+    def finder(self, enough):
         from meshvpn.dht.service import RelayFinder
 
         clock = task.Clock()
@@ -168,17 +168,34 @@ class RefreshSoonTests(unittest.TestCase):
             directory = Directory()
             node = type("N", (), {"reactor": clock, "dataDir": self.mktemp()})()
 
-        import os
-
         os.makedirs(FakeDHT.node.dataDir)
-        finder = RelayFinder(FakeDHT(), interval=100)
+        finder = RelayFinder(FakeDHT(), interval=100, enough=lambda ds: enough[0])
         finder.startService()
         self.addCleanup(finder.stopService)
+        return finder, clock, samples
+
+    def rounds(self, samples):
+        return sorted(set(samples))
+
+    def test_oneSamplingLoopOnly(self):
+        finder, clock, samples = self.finder([False])
         for _ in range(5):
             finder.refreshSoon()  # many asks move the one scheduled sampling to now
         clock.advance(0)
-        self.assertEqual(len(samples), 7)  # one round: a sample per role
+        self.assertEqual(len(samples), 7)  # one round: a sample per role, at once on joining
         clock.advance(0.5)
-        self.assertEqual(len(samples), 7)  # the original 0.5 s sampling was moved, not duplicated
-        clock.advance(3.5)
-        self.assertEqual(len(samples), 14)  # the single loop goes on with its backoff
+        self.assertEqual(len(samples), 14)  # not a second loop: the next round of the same one
+        finder.refreshSoon()
+        clock.advance(0)
+        self.assertEqual(len(samples), 21)
+
+    def test_quickUntilAPathThenTheInterval(self):
+        enough = [False]
+        finder, clock, samples = self.finder(enough)
+        clock.advance(0)
+        clock.pump([0.25] * 60)  # 15 s
+        self.assertEqual(self.rounds(samples), [0, 0.5, 1.5, 3.5, 7.5, 11.5])
+        enough[0] = True
+        clock.pump([1] * 400)
+        gaps = [b - a for a, b in zip(self.rounds(samples), self.rounds(samples)[1:])]
+        self.assertEqual(gaps[6:], [4, 8, 16, 32, 64, 100, 100])  # back off to --dht-sample-interval

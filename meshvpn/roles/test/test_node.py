@@ -34,3 +34,23 @@ class NodeServiceTests(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(dataDir, NODE_FILE)))
         self.assertNotIsInstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), CleanStopOnSIGTERM)
         self.assertIsNone(node.udpService.port)
+
+
+class ReceiveBufferTests(unittest.TestCase):
+    def test_growsBeyondTheDefault(self):
+        """A burst of DHT answers must not overflow the node's socket (the default holds a few hundred)."""
+        import socket
+
+        from meshvpn.ports import growReceiveBuffer
+
+        plain, grown = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(plain.close)
+        self.addCleanup(grown.close)
+        growReceiveBuffer(grown, 1 << 20)
+        before = plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        after = grown.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            cap = int(f.read())
+        self.assertEqual(after, 2 * (1 << 20) if os.geteuid() == 0 else 2 * min(1 << 20, cap))
+        self.assertGreaterEqual(after, before)
+        growReceiveBuffer(None)  # no socket (a fake reactor's port): nothing to do
