@@ -12,7 +12,7 @@ anonymity" diagnostic mode; it is never a substitute for a circuit.
 """
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
@@ -75,11 +75,10 @@ class TCPStream(Protocol):
     # ---- from the TCP side
 
     def connectionMade(self):
-        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
+        if ITCPTransport.providedBy(self.transport):
             # The first request bytes should leave at once, not wait on Nagle.
             try:
-                setNoDelay(True)
+                self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
         if self.throttle is not None:

@@ -1,10 +1,10 @@
 """Join two L{IStream}s so that what one receives the other sends, with backpressure both ways.
 
-The exit splices its TCP connection (L{meshvpn.exit.direct.TCPStream}) to
-the circuit stream (L{meshvpn.streams.circuitstream.StreamOnCircuit}); each
-is registered as the producer feeding the other, so a full window on one
-side pauses reading on the other.  A half-close crosses as a half-close, an
-end as an end with its reason.
+The exit splices each circuit stream (L{meshvpn.streams.circuitstream}) to
+the TCP connection it made for it (an L{IStream} too); each is registered
+as the producer feeding the other, so a full window on one side pauses
+reading on the other.  A half-close crosses as a half-close, an end as an
+end with its reason.
 """
 
 from zope.interface import implementer
