@@ -269,11 +269,10 @@ class CircuitStream:
 
     def _endReceived(self, reason):
         if reason == EndReason.DONE and (self.state, StreamEvent.PEER_DONE) in TRANSITIONS:
-            state = self._go(StreamEvent.PEER_DONE)
-            if state is StreamState.CLOSED:
+            # The receiver always hears the half-close, then the end if both halves are done.
+            self._deliver(_READ_ENDED)
+            if self._go(StreamEvent.PEER_DONE) is StreamState.CLOSED:
                 self._ended(EndReason.DONE)
-            else:
-                self._deliver(_READ_ENDED)
         else:
             # A refusal while connecting, an abort, or a second END.
             self._abort(reason, f"the far end ended the stream: {reason.name}")

@@ -644,3 +644,48 @@ class ExitGlueTests(unittest.TestCase):
         self.assertEqual(_fromReverse(ipaddress.ip_address("2001:db8::7").reverse_pointer), "2001:db8::7")
         self.assertEqual(self.successResultOf(resolve("x.in-addr.arpa"))[0][0], AnswerType.ERROR_NONTRANSIENT)
         self.assertEqual(self.successResultOf(resolve("nx.example"))[0][0], AnswerType.ERROR_NONTRANSIENT)
+
+
+class HalfCloseFirstTests(unittest.TestCase):
+    """The app half-closes after its request (nc -N, uploads); the target answers at length, then closes."""
+
+    @defer.inlineCallbacks
+    def test_responseAfterAppHalfCloseArrivesWhole(self):
+        # More than one stream window, less than what pauses the target's
+        # socket: the target's FIN arrives while the exit still holds data.
+        payload = os.urandom(cs.STREAM_WINDOW * MAX_DATA + 50_000)
+        closed = defer.Deferred()
+
+        class AnswerAfterEOF(protocol.Protocol):
+            def readConnectionLost(self):
+                self.transport.write(payload)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                closed.callback(None)
+
+        from zope.interface import directlyProvides
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+
+        def build():
+            p = AnswerAfterEOF()
+            directlyProvides(p, IHalfCloseableProtocol)
+            return p
+
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(build))
+        self.addCleanup(port.stopListening)
+        pipe = Pipe(accept=tcpConnectAccept)
+        app = Collect()
+        stream = yield pipe.origin.openStream("127.0.0.1", port.getHost().port, app)
+        stream.pauseProducing()  # a slow app: the exit's window closes
+        stream.write(b"GET /")
+        stream.halfClose()
+        yield closed
+        for _ in range(10):
+            yield deferLater(0.01)
+        stream.resumeProducing()
+        reason = yield app.ended
+        self.assertEqual(reason, EndReason.DONE)
+        self.assertEqual(len(b"".join(app.data)), len(payload))
+        self.assertEqual(b"".join(app.data), payload)
