@@ -150,10 +150,17 @@ class CircuitStream:
             self._flush()
 
     def close(self, reason=EndReason.DONE):
-        """Abort: END(reason) at once, drop what is buffered.  Idempotent."""
+        """
+        Abort: END(reason) at once, drop what is buffered.  Idempotent.
+
+        On the wire END(DONE) is a half-close, so while the peer may still
+        send (it has not finished) an abort says MISC instead: otherwise the
+        peer would keep sending to a stream this end has forgotten.
+        """
         if self.state is StreamState.CLOSED:
             return
-        self.mux.sendRelay(_END, self.streamId, End(reason).encode())
+        wire = EndReason.MISC if reason == EndReason.DONE and self.state in _READABLE else reason
+        self.mux.sendRelay(_END, self.streamId, End(wire).encode())
         # Whoever closes wants nothing more, but hears the end at once.
         self._held = []
         self._readPaused = False
@@ -357,8 +364,8 @@ class CircuitStream:
             self._deliver(reason)
 
     def _cancelOpening(self, opening):
-        # The application gave up before CONNECTED: tell the exit, and let
-        # the canceller's CancelledError be what the opener sees.  Not DONE:
-        # to an exit that has just connected, DONE would be a half-close.
+        # The application gave up before CONNECTED: tell the exit (which may
+        # have just connected: MISC, not a half-close), and let the
+        # canceller's CancelledError be what the opener sees.
         self.opening = None
         self.close(EndReason.MISC)

@@ -28,7 +28,7 @@ from meshvpn.client.socks import (
 from meshvpn.client.socksparse import Command, Reply
 from meshvpn.exit.policy import normalizeAddress
 from meshvpn.errors import ConfigError, NoPath, StreamRefused
-from meshvpn.interfaces import IStream, IStreamOpener, IStreamReceiver
+from meshvpn.interfaces import IStatusSource, IStream, IStreamOpener, IStreamReceiver
 from meshvpn.onion.endreasons import EndReason
 
 
@@ -145,6 +145,8 @@ class ConnectTests(SOCKSTestCase):
         self.assertTrue(verifyObject(IStreamReceiver, self.proto))
         self.assertTrue(verifyObject(IHalfCloseableProtocol, self.proto))
         self.assertTrue(verifyObject(IStreamOpener, self.opener))
+        self.assertTrue(verifyObject(IStatusSource, SOCKSService(self.clock, self.opener, ("127.0.0.1", 0))))
+        self.assertTrue(verifyObject(IStatusSource, self.factory.stats))
         self.assertTrue(verifyObject(IStream, FakeStream()))
 
     def _connectOK(self, host, port, expectHost):

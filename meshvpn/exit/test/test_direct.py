@@ -45,7 +45,11 @@ class TCPStreamTests(unittest.TestCase):
         self.rx = Receiver()
 
     def test_interface(self):
+        from meshvpn.exit.direct import DirectStreamOpener
+        from meshvpn.interfaces import IStreamOpener
+
         self.assertTrue(verifyObject(IStream, self.stream))
+        self.assertTrue(verifyObject(IStreamOpener, DirectStreamOpener(None, None)))
 
     def test_heldUntilReceiver(self):
         self.assertEqual(self.tr.producerState, "paused")

@@ -402,6 +402,25 @@ class MemoryStreamTests(unittest.TestCase):
         self.assertEqual(self.pipe.exit.streams, {})
         self.assertEqual(self.accepted[0][2].closed, [EndReason.MISC])
 
+    def test_appGoneMidStreamAbortsAtExit(self):
+        stream, app = self.open()
+        stream.close(EndReason.DONE)  # the app vanished (SOCKS closes with DONE)
+        self.assertEqual(self.successResultOf(app.ended), EndReason.DONE)
+        self.drain()
+        # Not a half-close: the exit drops the target and sends nothing more.
+        far = self.accepted[0][2]
+        self.assertEqual((far.closed, far.halfClosed), ([EndReason.MISC], False))
+        self.assertEqual(self.pipe.exit.streams, {})
+        self.assertEqual(self.pipe.origin.violations + self.pipe.exit.violations, 0)
+
+    def test_closeAfterBothFinishedSaysDone(self):
+        stream, app = self.open()
+        far = self.accepted[0][2]
+        far.receiver.streamReadEnded()  # the target finished
+        self.drain()
+        stream.close(EndReason.DONE)  # the app had read it all
+        self.assertEqual(self.pipe.queues["exit"][-1], (R.END, stream.streamId, bytes([EndReason.DONE])))
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=600))
     def test_hostileBeginNeverCrashes(self, body):
