@@ -225,7 +225,7 @@ class SOCKSServerProtocol(Protocol):
 
     def dataReceived(self, data):
         state = self.state
-        if state is State.OPEN or state is State.STREAM_FINISHED:
+        if state in _APP_SENDS:
             self.stream.write(data)
         elif state in _HANDSHAKE:
             self._buffer += data
