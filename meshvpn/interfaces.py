@@ -648,7 +648,10 @@ class ICircuit(Interface):
 
 class IStream(Interface):
     """
-    A TCP-like stream carried on a circuit.
+    A TCP-like stream: one carried on a circuit
+    (L{meshvpn.streams.circuitstream.CircuitStream}, the one type both ends
+    of a circuit use), or the exit's TCP connection it is spliced to
+    (L{meshvpn.exit.direct.TCPStream}).
 
     Backpressure both ways uses Twisted's producer/consumer contract: the
     stream is a push producer of the data it receives (the receiver's
@@ -699,13 +702,16 @@ class IStream(Interface):
 
     def halfClose():
         """
-        Send END for our direction, keep reading.
+        Send what is buffered, then END (DONE) for our direction; keep
+        reading.  Does nothing if our direction has already ended.
         """
 
     def close(reason):
         """
-        Send END with C{reason}.  Idempotent: closing a closed stream does
-        nothing (the SOCKS side may close it both as consumer and protocol).
+        Abort: send END with C{reason} at once, drop what is buffered.  The
+        receiver hears L{IStreamReceiver.streamEnded}.  Idempotent: closing
+        a closed stream does nothing (the SOCKS side may close it both as
+        consumer and protocol).
         """
 
 
@@ -750,7 +756,9 @@ class IStreamReceiver(Interface):
 
     def streamEnded(reason):
         """
-        The stream is gone (END received or sent, or its circuit died).
+        The stream is gone (END received or sent, or its circuit died).  A
+        clean end from the far end (C{DONE}) always follows
+        L{streamReadEnded}.
 
         @param reason: a L{meshvpn.onion.endreasons.EndReason}; C{DONE} for a
             normal close, C{DESTROY} when the circuit died.

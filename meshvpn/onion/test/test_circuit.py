@@ -405,20 +405,14 @@ class RealStreamMux(unittest.TestCase):
     """The stream layer (StreamMux) at both ends of a real 3-hop circuit."""
 
     def test_echoStream(self):
-        from twisted.internet import protocol
-
         from meshvpn.streams.edge import StreamExitEdge, attachStreams
-        from meshvpn.streams.test.test_mux import Collect
+        from meshvpn.streams.test.test_mux import Collect, EchoStream
 
-        class Echo(protocol.Protocol):
-            def dataReceived(self, data):
-                self.transport.write(data)
-
-        def accept(circuit, stream, host, port):
+        def accept(circuit, host, port):
             if port != 7:
                 from meshvpn.errors import StreamRefused
                 raise StreamRefused(4)
-            stream.attach(Echo())
+            return EchoStream()
 
         n = Net(self, edge=StreamExitEdge(accept))
         circ = n.built(self)
