@@ -30,7 +30,7 @@ from meshvpn.errors import LinkError
 from meshvpn.identity import nodeIdFromPublicKey
 from meshvpn.interfaces import IDatagramHandler, IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
-from meshvpn.link.datagram_crypto import HandshakeError, HandshakeKeys, Session
+from meshvpn.link.datagram_crypto import DatagramHandshakeError, HandshakeKeys, Session
 from meshvpn.udpmux import LINK_FIRST_BYTES
 
 # Channel byte, first byte of every DATA plaintext.
@@ -41,8 +41,12 @@ _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
 
 
 
-class LinkSettings:
-    """Timers and limits; every field can be overridden by keyword for tests."""
+class DatagramLinkSettings:
+    """
+    Timers and limits of datagram links (TLS links have their own,
+    L{meshvpn.link.protocol.LinkSettings}); every field can be overridden by
+    keyword for tests.
+    """
 
     handshakeRetry = 0.5  # seconds between INIT/FINISH retransmissions
     handshakeTimeout = 10.0  # give up connecting after this long
@@ -61,7 +65,7 @@ class LinkSettings:
 
     def __init__(self, **overrides):
         for k, v in overrides.items():
-            if not hasattr(LinkSettings, k):
+            if not hasattr(DatagramLinkSettings, k):
                 raise TypeError(f"unknown link setting {k!r}")
             setattr(self, k, v)
 
@@ -203,7 +207,7 @@ class DatagramLinkEndpoint:
         self.reactor = reactor
         self.identity = identity
         self.defaultPath = defaultPath
-        self.settings = settings or LinkSettings()
+        self.settings = settings or DatagramLinkSettings()
         self.counters = Counter()
         self._links = {}  # peer node id -> DatagramLink
         self._sessions = {}  # local index -> (Session, DatagramLink)
@@ -430,7 +434,7 @@ class DatagramLinkEndpoint:
         p.peerIndex, p.initBytes = peerIndex, data
         try:
             p.message = keys.respMessage(data, peerEphemeral, wire.encodeRespHeader(p.localIndex, peerIndex, keys.ephemeral.public))
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._addPending(p)
@@ -448,7 +452,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readResp(header, sealed, peerEphemeral, p.expectedNodeId)
-        except HandshakeError:
+        except DatagramHandshakeError:
             # Not the peer we asked for (or forged): keep waiting for the real one.
             self.counters["handshake_failed"] += 1
             p.keys = _restart(p)
@@ -506,7 +510,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readFinish(header, sealed)
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._dropPending(index)

@@ -8,7 +8,7 @@ from meshvpn.errors import LinkError
 from meshvpn.identity import NodeIdentity
 from meshvpn.interfaces import IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
-from meshvpn.link.datagram import DatagramLinkEndpoint, LinkSettings
+from meshvpn.link.datagram import DatagramLinkEndpoint, DatagramLinkSettings
 from meshvpn.link.datagram_crypto import ReplayWindow
 
 
@@ -48,7 +48,7 @@ def pair(**overrides):
     ids = NodeIdentity.generate(), NodeIdentity.generate()
     eps = []
     for addr, ident in zip((a, b), ids):
-        ep = DatagramLinkEndpoint(clock, ident, net.path(addr), LinkSettings(**overrides))
+        ep = DatagramLinkEndpoint(clock, ident, net.path(addr), DatagramLinkSettings(**overrides))
         net.hosts[addr] = ep
         eps.append(ep)
     return clock, net, eps, ids, (a, b)
