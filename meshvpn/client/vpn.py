@@ -295,11 +295,10 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener, keepSource or (lambda: relayEndpoints(settings.get("bootstrap"), finder)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
-        meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
+        meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()),
     )
     client.setServiceParent(node)
-    node.tun = client
     status = getattr(node, "status", None)
     if status is not None:
         status.addSource("tun", client)

@@ -15,42 +15,37 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from meshvpn.link.datagram import DatagramLinkEndpoint
-from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.nat.signal import SignalRelay
 from meshvpn.nat.turn_server import TurnServer
-from meshvpn.udpmux import STUN_BYTES, DatagramMultiplexer
-
-
-def datagramLinks(node):
-    """The node's L{DatagramLinkEndpoint}, created and registered on first use."""
-    ep = getattr(node, "datagramLinks", None)
-    if ep is None:
-        ep = node.datagramLinks = DatagramLinkEndpoint(node.reactor, node.identity, node.udp)
-        ep.register(node.udp)
-    return ep
+from meshvpn.udpmux import DatagramMultiplexer
 
 
 class NatRelayService(service.Service):
+    """
+    @param datagramLinks: the node's L{IDatagramLinkEndpoint} (started and
+        stopped by its L{meshvpn.link.service.DatagramLinkService}).
+    @param turnAddress: C{(ip, port)} of the TURN socket, or C{None}.
+    """
+
     log = Logger()
 
-    def __init__(self, node, turnAddress=None):
-        self.node = node
+    def __init__(self, reactor, datagramLinks, turnAddress=None):
+        self.reactor = reactor
+        self.datagramLinks = datagramLinks
         self.turnAddress = turnAddress
         self.signal = self.turn = None
         self._turnPort = None
 
     def startService(self):
         super().startService()
-        reactor = self.node.reactor
+        reactor = self.reactor
         secret = os.urandom(32) if self.turnAddress else None
-        self.signal = SignalRelay(reactor, datagramLinks(self.node), turnSecret=secret)
+        self.signal = SignalRelay(reactor, self.datagramLinks, turnSecret=secret)
         if self.turnAddress:
             host, port = self.turnAddress
             mux = DatagramMultiplexer()
-            stunEp = StunEndpoint(reactor, mux.sendDatagram)
-            mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
+            stunEp = StunEndpoint.onSocket(reactor, mux)
             self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret)
             self.turn.registerChannelData(mux)
             self._turnPort = reactor.listenUDP(port, mux, interface=host)
@@ -61,9 +56,6 @@ class NatRelayService(service.Service):
 
     def stopService(self):
         super().stopService()
-        ep = getattr(self.node, "datagramLinks", None)
-        if ep is not None:
-            ep.stop()
         if self.turn is not None:
             self.turn.stop()
         port, self._turnPort = self._turnPort, None
