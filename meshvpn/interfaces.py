@@ -439,6 +439,7 @@ class IDatagramLink(Interface):
 
     peerId = Attribute("C{bytes}: node id of the authenticated peer.")
     peerAddress = Attribute("The peer's current address (follows NAT rebinding).")
+    closed = Attribute("C{bool}: the link is closed (what is sent on it is dropped).")
 
     def sendPacket(data):
         """
@@ -449,6 +450,18 @@ class IDatagramLink(Interface):
     def setPacketReceiver(receiver):
         """
         C{receiver(data: bytes)} is called with each packet from the peer.
+        """
+
+    def sendControl(data):
+        """
+        Send one small control message (C{bytes}) on the link's own channel,
+        apart from mesh packets: hole-punching signalling with a relay.
+        Lossy, like packets.
+        """
+
+    def setControlReceiver(receiver):
+        """
+        C{receiver(data: bytes)} is called with each control message from the peer.
         """
 
     def close(reason):
@@ -490,6 +503,11 @@ class IDatagramLinkEndpoint(Interface):
     def links():
         """
         @return: a list of the open L{IDatagramLink}s.
+        """
+
+    def linkTo(peerId):
+        """
+        @return: the L{IDatagramLink} to the node C{peerId}, or C{None}.
         """
 
 

@@ -21,7 +21,7 @@ import functools
 import itertools
 import types
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
 from zope.interface import providedBy
@@ -199,7 +199,7 @@ class BuiltRolesTests(RoleProvidersMixin, unittest.TestCase):
 
 
 class RunningRolesTests(RoleProvidersMixin, unittest.TestCase):
-    """Providers made at run time: the DHT and relay directory, links both ways, a circuit."""
+    """Providers made at run time: the DHT and relay directory, links both ways (TLS and datagram), a circuit."""
 
     timeout = 60
 
@@ -214,9 +214,24 @@ class RunningRolesTests(RoleProvidersMixin, unittest.TestCase):
         relayNode.startService()
         self.addCleanup(relayNode.stopService)
         yield relayNode.whenStarted
+        relayUdp = relayNode.addresses()["udp"]
         # The client is built, not started (its circuit manager would look
-        # for a directory): its own link manager and switch do the work.
-        clientNode = buildClient(self)
+        # for a directory): its own link manager, switch and datagram links
+        # do the work.
+        clientNode = buildClient(self, "--mesh-relay", f"{relayNode.identity.nodeIdHex}@{relayUdp}")
+        for name in ("udp", "datagram-links"):
+            clientNode.getServiceNamed(name).startService()
+            self.addCleanup(clientNode.getServiceNamed(name).stopService)
+        host, port = relayUdp.rsplit(":", 1)
+        datagramLink = yield clientNode.getServiceNamed("datagram-links").endpoint.connect(
+            relayNode.identity.nodeId, (host, int(port)))
+        # FINISH is resent on a timer the endpoint does not keep (so stopping
+        # cannot cancel it) until the relay confirms: wait for it to run out.
+        def finishPending():
+            return any(getattr(c.func, "__name__", "") == "_sendFinish" for c in reactor.getDelayedCalls())
+
+        while finishPending():
+            yield task.deferLater(reactor, 0.05, lambda: None)
         links = clientNode.getServiceNamed("links")
         self.addCleanup(links.stopService)
         descriptor = relayNode.getServiceNamed("dht").getServiceNamed("publisher").makeDescriptor()
@@ -225,9 +240,13 @@ class RunningRolesTests(RoleProvidersMixin, unittest.TestCase):
         circuit = yield build([relayInfo(descriptor)])  # one hop: the relay
         self.addCleanup(circuit.close)
 
-        self.assertPromisesKept(reachable(relayNode, clientNode, link, circuit), {
-            "IDHT", "IRelayDirectory", "ILink", "ICircuit", "IDatagramLinkEndpoint", "IStunEndpoint", "ICellHandler",
+        self.assertPromisesKept(reachable(relayNode, clientNode, link, circuit, datagramLink), {
+            "IDHT", "IRelayDirectory", "ILink", "ICircuit", "IDatagramLinkEndpoint", "IDatagramLink", "IStunEndpoint",
+            "ICellHandler",
         })
+        verifyObject(I.IDatagramLink, datagramLink)
+        relayDatagramLinks = relayNode.getServiceNamed("datagram-links").endpoint
+        verifyObject(I.IDatagramLink, relayDatagramLinks.linkTo(clientNode.identity.nodeId))
         self.assertEqual(link.peerId, relayNode.identity.nodeId)
         self.assertEqual([hop.nodeId for hop in circuit.path], [relayNode.identity.nodeId])
         verifyObject(I.ILink, link)
