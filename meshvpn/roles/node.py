@@ -16,7 +16,6 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
-
 from zope.interface import implementer
 
 from meshvpn.control.status import StatusWriter
