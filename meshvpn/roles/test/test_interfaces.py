@@ -98,7 +98,6 @@ def brokenPromises(objects):
     return provided, broken
 
 
-
 def buildRelay(test, *extra):
     options = relay.Options()
     # An explicit exit DNS server: the system resolver would schedule a
@@ -151,10 +150,9 @@ class RoleProvidersMixin:
     def assertPluggedInProvide(self, node):
         for source in node.status.sources.values():
             self.assertProvides(I.IStatusSource, source)
-        for svc in node:
-            if type(svc).__name__ == "OnionService":
-                self.assertProvides(I.ICellHandler, svc.switch)
-                self.assertProvides(I.ICircuitEdge, svc.switch.edge)
+        switch = node.getServiceNamed("onion").switch
+        self.assertProvides(I.ICellHandler, switch)
+        self.assertProvides(I.ICircuitEdge, switch.edge)
 
 
 class BuiltRolesTests(RoleProvidersMixin, unittest.TestCase):
