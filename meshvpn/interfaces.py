@@ -15,6 +15,7 @@ Conventions used throughout:
 """
 
 from zope.interface import Attribute, Interface
+from twisted.internet.interfaces import IPushProducer
 from twisted.plugin import IPlugin
 
 
@@ -265,8 +266,8 @@ class INATProbe(Interface):
 class IStunEndpoint(Interface):
     """
     All STUN on one UDP socket (L{meshvpn.nat.endpoint.StunEndpoint}): the
-    node's is C{StunEndpoint.onNode(node)}, registered on C{node.udp} for
-    first bytes 0x00-0x03.  Our client transactions and every server that
+    node's is made by its role with C{StunEndpoint.onSocket(reactor,
+    node.udp)}, registered for first bytes 0x00-0x03.  Our client transactions and every server that
     speaks STUN on the socket (STUN Binding, TURN) share it.
     """
 
@@ -369,15 +370,17 @@ class IRelayAllocation(Interface):
 # links (link/)
 
 
-class ILink(Interface):
+class ILink(IPushProducer):
     """
     An authenticated, encrypted channel to a peer whose identity key is
     known, carrying cells.
 
-    Refined by link/ (additive): cells are opaque C{bytes} of exactly
-    C{meshvpn.link.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
-    (circuits register push producers, several may) and an
-    C{IPushProducer} (pausing it stops reading from the peer).
+    Cells are opaque C{bytes} of exactly C{meshvpn.link.cellsize.CELL_SIZE}.
+    A link is a push producer of the cells it receives (pausing it stops
+    reading from the peer) and takes push producers of the cells sent on
+    it (circuits register, several may; all are paused while the link's
+    write buffer is full).  It is I{not} a full C{IConsumer}: bytes go in
+    only as cells, through L{sendCells}.
     """
 
     peerId = Attribute(
@@ -427,6 +430,18 @@ class ILink(Interface):
         The matching end of L{acquire}.
         """
 
+    def registerProducer(producer, streaming):
+        """
+        C{producer} (an C{IPushProducer}; C{streaming} must be C{True})
+        sends cells on this link: it is paused while the link cannot take
+        more and resumed when it can.  Several producers may register.
+        """
+
+    def unregisterProducer():
+        """
+        Forget the registered producers.
+        """
+
 
 class ICellHandler(Interface):
     """
@@ -461,6 +476,7 @@ class IDatagramLink(Interface):
 
     peerId = Attribute("C{bytes}: node id of the authenticated peer.")
     peerAddress = Attribute("The peer's current address (follows NAT rebinding).")
+    closed = Attribute("C{bool}: the link is closed (what is sent on it is dropped).")
 
     def sendPacket(data):
         """
@@ -471,6 +487,18 @@ class IDatagramLink(Interface):
     def setPacketReceiver(receiver):
         """
         C{receiver(data: bytes)} is called with each packet from the peer.
+        """
+
+    def sendControl(data):
+        """
+        Send one small control message (C{bytes}) on the link's own channel,
+        apart from mesh packets: hole-punching signalling with a relay.
+        Lossy, like packets.
+        """
+
+    def setControlReceiver(receiver):
+        """
+        C{receiver(data: bytes)} is called with each control message from the peer.
         """
 
     def close(reason):
@@ -512,6 +540,11 @@ class IDatagramLinkEndpoint(Interface):
     def links():
         """
         @return: a list of the open L{IDatagramLink}s.
+        """
+
+    def linkTo(peerId):
+        """
+        @return: the L{IDatagramLink} to the node C{peerId}, or C{None}.
         """
 
 
@@ -617,22 +650,46 @@ class ILinkManager(Interface):
 
 class ICircuit(Interface):
     """
-    An origin-side onion circuit through a path of relays.
+    An origin-side onion circuit through a path of relays
+    (L{meshvpn.onion.origin.OriginCircuit}).
     """
 
-    path = Attribute("The list of relay descriptors, guard first.")
+    path = Attribute(
+        "The C{list} of L{meshvpn.onion.origin.HopSpec} (C{nodeId}, C{onionKey}, "
+        "C{addresses}, C{transports}) the circuit goes through, guard first."
+    )
 
-    def openStream(host, port, isolation=None):
+    def openStream(host, port, isolation=None, protocol=None):
         """
-        BEGIN a stream to C{host}:C{port} at the exit.
+        BEGIN a stream to C{host}:C{port} at the exit, through the stream
+        layer attached to the circuit (L{meshvpn.streams.edge.attachStreams}).
 
-        @return: a Deferred firing with an L{IStream} once CONNECTED; fails
-            with L{meshvpn.errors.StreamRefused} carrying the END reason.
+        @param isolation: ignored here: the circuit manager already used it
+            to choose this circuit.
+        @param protocol: what the stream is attached to once CONNECTED
+            (C{None}: attach later).
+        @return: a Deferred firing with the L{IStream} once CONNECTED; fails
+            with L{meshvpn.errors.StreamRefused} carrying the END reason, or
+            with L{meshvpn.errors.MeshVPNError} when no stream layer is attached.
         """
 
     def sendPacket(packet):
         """
-        Send one IP packet in packet mode (the exit writes it to its TUN).
+        Send one IP packet in packet mode (the exit writes it to its TUN);
+        same as C{sendPackets([packet])}.
+        """
+
+    def sendPackets(packets):
+        """
+        Send IP packets (C{list[bytes]}) in packet mode, in as few cells as
+        possible; those the circuit window cannot take now are dropped.
+
+        @return: the number of packets sent.
+        """
+
+    def setPacketReceiver(receiver):
+        """
+        C{receiver(packets: list[bytes])} gets the IP packets the exit sends back.
         """
 
     def close(reason):
@@ -833,6 +890,12 @@ class ICircuitEdge(Interface):
         against the exit policy and written to the exit's TUN.
         """
 
+    def circuitWindowOpened(circuit):
+        """
+        A circuit-level SENDME reopened C{circuit}'s package window: the edge
+        may send DATA again (resume the exit-side connections it paused).
+        """
+
     def circuitClosed(circuit, reason):
         """
         C{circuit} is gone (C{reason}: a DESTROY reason number); drop its streams.
@@ -993,4 +1056,45 @@ class IStatusSource(Interface):
     def status():
         """
         @return: a JSON-serialisable C{dict}.  No key material, no payload.
+        """
+
+
+# --------------------------------------------------------------------------
+# the node (roles/)
+
+
+class INode(Interface):
+    """
+    What a node (L{meshvpn.roles.node.Node}, a C{MultiService}) offers the
+    services its role gives it, and nothing more: every other collaborator
+    a service needs comes from the role, in its constructor or as a named
+    child service (C{node.getServiceNamed(name)}).  Nothing is hung on the
+    node.
+    """
+
+    reactor = Attribute("The reactor every child service uses (time, UDP, TCP).")
+    identity = Attribute("The node's L{INodeIdentity}.")
+    dataDir = Attribute("C{str}: the directory of the node's keys and state files.")
+    udp = Attribute("The node's one UDP socket, an L{IDatagramMultiplexer}.")
+    status = Attribute(
+        "The node's status writer: C{addSource(name, source)} adds an "
+        "L{IStatusSource} to what ``meshvpn status`` shows."
+    )
+    whenStarted = Attribute(
+        "A new Deferred at each read, firing once the reactor runs and every "
+        "listener listens, with the addresses the node announced "
+        "(C{None} if it failed to start)."
+    )
+
+    def addresses():
+        """
+        @return: C{{"udp": "HOST:PORT", name: "HOST:PORT", ...}}: the UDP
+            socket's address and that of every listener that is listening.
+        """
+
+    def addListener(name, listener):
+        """
+        Add C{listener}, a child service with C{whenListening}, C{port} and
+        C{address()}; the node is started once it listens, and announces
+        its address as C{name}.
         """

@@ -473,11 +473,13 @@ def relayCensus(finder):
     return census
 
 
-def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
+def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None,
+              links=None):
     """
-    The client role's hook: with C{--tun}, a L{TunClient} on C{node} using
-    C{node.circuits} (the circuit manager) unless C{getCircuit} is given;
-    when it captures, an egress gate on C{node.udp} and C{node.links}.
+    With C{--tun}, a L{TunClient} on C{node}: packet circuits from
+    C{getCircuit} and DNS through C{opener} (both given by the role when it
+    captures); when it captures, an egress gate on C{node.udp} and C{links}
+    (the node's L{ILinkManager}).
     @return: the L{TunClient} or C{None}.
     """
     if not settings.get("tun"):
@@ -490,17 +492,6 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     if problem and getCircuit is None:
         raise SystemExit(f"meshvpn-client: --tun {problem}")
     capture = settings.get("tun_capture", True)
-    if getCircuit is None and capture:
-        def getCircuit():
-            return node.circuits.getCircuit(target=None, isolation=ISOLATION, packets=True)
-    if opener is None and capture and settings.get("tun_dns", True):
-        from meshvpn.streams.opener import CircuitStreamOpener
-
-        class _LazyOpener:
-            def resolve(self, name, key):
-                return CircuitStreamOpener(node.circuits).resolve(name, key)
-
-        opener = _LazyOpener()
     tag = node.identity.nodeId.hex()[:8]
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
     bootstrap = settings.get("bootstrap") or ()
@@ -513,19 +504,16 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
 
         routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"),
                                  udpSourcePort=udpPort)
-        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, node.links))
-        egressUsers = [u for u in (node.udp, node.links) if u is not None]
+        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, links))
+        egressUsers = [u for u in (node.udp, links) if u is not None]
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener,
         keepSource or (lambda: directPeers(bootstrap, None)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
-        meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
+        meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,
         census=relayCensus(finder) if finder is not None else None,
     )
     client.setServiceParent(node)
-    node.tun = client
-    status = getattr(node, "status", None)
-    if status is not None:
-        status.addSource("tun", client)
+    node.status.addSource("tun", client)
     return client
