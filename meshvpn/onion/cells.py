@@ -4,7 +4,7 @@ bodies of every cell and relay command (doc/protocol.md, "Onion cells").
 Everything here is a pure codec: C{encode*} builds bytes, C{decode*}/C{parse*}
 checks every length and value and raises L{CellError} naming what is wrong.
 The relay hot path does not use these classes: it slices cells directly
-(see L{meshvpn.onion.switch}); these are for everything that is not DATA.
+(see L{meshvpn.onion.channel}); these are for everything that is not DATA.
 """
 
 import ipaddress
