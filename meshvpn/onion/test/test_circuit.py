@@ -4,6 +4,9 @@ RELAY_EARLY cap, TRUNCATE, DESTROY reasons, timeouts, onion key rotation."""
 
 from twisted.internet import task
 from twisted.trial import unittest
+from zope.interface import implementer
+
+from meshvpn.interfaces import ICircuitEdge
 
 from meshvpn.onion import cells as C
 from meshvpn.onion.cells import DestroyReason, RelayCommand
@@ -15,6 +18,7 @@ from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
 SECRET = b"MEET-AT-THE-OLD-MILL-AT-NOON-" * 4
 
 
+@implementer(ICircuitEdge)
 class EchoEdge:
     """An exit edge that records packets and sends them back reversed."""
 
