@@ -48,11 +48,11 @@ class RelayDispatcher:
     @param who: how errors name this end (C{"a client"}).
     """
 
-    __slots__ = ("sendRelay", "_packetsArrived", "_streamArrived", "_windowOpened", "_accepts", "_edgeOnly",
+    __slots__ = ("_sendRelay", "_packetsArrived", "_streamArrived", "_windowOpened", "_accepts", "_edgeOnly",
                  "_notAtEdge", "_who", "packWindow", "deliverWindow", "packetReader", "packetsDropped")
 
     def __init__(self, sendRelay, packetsArrived, streamArrived, windowOpened, accepts, edgeOnly, notAtEdge, who):
-        self.sendRelay = sendRelay
+        self._sendRelay = sendRelay
         self._packetsArrived = packetsArrived
         self._streamArrived = streamArrived
         self._windowOpened = windowOpened
@@ -83,7 +83,7 @@ class RelayDispatcher:
                 raise CellError(f"relay {_NAMES[c]} {self._notAtEdge}")
             ack = self.deliverWindow.onReceived(tag)
             if ack is not None:
-                self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+                self._sendRelay(_SENDME, 0, Sendme(ack).encode())
             if c == _PACKET:
                 packets = self.packetReader.feed(hdr.data)
                 if packets:
@@ -108,10 +108,6 @@ class RelayDispatcher:
             else:
                 handler(cellCommand, hdr, hop)
 
-    def room(self):
-        """Flow-controlled cells (DATA, PACKET) the send window takes now."""
-        return self.packWindow.window
-
     def sendPackets(self, packets):
         """
         Send IP packets in as few PACKET cells as possible.  Those that do
@@ -125,7 +121,7 @@ class RelayDispatcher:
         while packets and packetCellCount(packets) > room:
             packets = packets[:-1]
         self.packetsDropped += n - len(packets)
-        sendRelay = self.sendRelay
+        sendRelay = self._sendRelay
         for body in framePackets(packets):
             sendRelay(_PACKET, 0, body)
         return len(packets)

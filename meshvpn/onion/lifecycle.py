@@ -36,9 +36,6 @@ class StateTable:
         except KeyError:
             raise MeshVPNError(f"cannot {event.value} a circuit that is {state.value}") from None
 
-    def allows(self, state, event):
-        return (state, event) in self._table
-
 
 # --------------------------------------------------------------------------
 # the origin's circuit (OriginCircuit)

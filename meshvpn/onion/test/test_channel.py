@@ -161,3 +161,39 @@ class OneWritePerTurn(unittest.TestCase):
         self.assertEqual(link.cellsSent - cells, high * 5)
         self.assertEqual(channel.queued(), 0)
         self.assertFalse(self.circ.closed)
+
+
+class Queue(unittest.TestCase):
+    """The channel's bounded queue through its public API."""
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+        self.channel = self.circ.channel
+        self.link = self.n.guardLink
+
+    def _cells(self, count):
+        return [self.circ.prefix + bytes([0]) + bytes(509)] * count  # PADDING on our circuit
+
+    def test_sendCellsIsOneBatch(self):
+        before = self.link.batchesSent
+        self.assertTrue(self.channel.sendCells(self._cells(3)))
+        self.assertTrue(self.channel.send(self._cells(1)[0]))
+        self.assertEqual(self.channel.queued(), 4)
+        self.n.net.endTurn()
+        self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))
+
+    def test_pausedLinkFillsToTheLimitThenRefuses(self):
+        limits = self.n.client.switch.limits
+        self.channel.pauseProducing()  # the link's peer stopped taking cells
+        self.assertTrue(self.channel.sendCells(self._cells(limits.queueLimit - 1)))
+        self.assertFalse(self.channel.sendCells(self._cells(2)))  # all or none
+        self.assertTrue(self.channel.send(self._cells(1)[0]))
+        self.assertFalse(self.channel.send(self._cells(1)[0]))
+        self.assertEqual(self.channel.queued(), limits.queueLimit)
+        self.channel.sendDestroy(self.circ.circId, 9)  # DESTROY is never refused
+        self.assertEqual(self.channel.queued(), limits.queueLimit + 1)
+        before = self.link.batchesSent
+        self.channel.resumeProducing()
+        self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))
