@@ -50,15 +50,16 @@ class OneWritePerTurn(unittest.TestCase):
         self.circ = self.n.built(self)
         self.n.net.pump()
 
-    def _turn(self, link, write):
+    def _turn(self, link, write, n=None):
         """Run C{write()} in one turn; @return: (batches written by the turn, cells, calls scheduled)."""
-        clock = self.n.clock
+        n = n or self.n
+        clock = n.clock
         batches, cells = link.batchesSent, link.cellsSent
         calls = len(clock.getDelayedCalls())
         write()
         scheduled = len(clock.getDelayedCalls()) - calls
         self.assertEqual(link.batchesSent, batches, "nothing is written before the turn ends")
-        self.n.net.endTurn()
+        n.net.endTurn()
         return link.batchesSent - batches, link.cellsSent - cells, scheduled
 
     def test_tenStreamWritesOneLinkWrite(self):
@@ -78,19 +79,18 @@ class OneWritePerTurn(unittest.TestCase):
         d = circ.openStream("198.18.0.9", 7, protocol=collect)
         n.net.pump()
         stream = self.successResultOf(d)
-        self.n = n
 
         def tenWrites():
             for i in range(10):
                 stream.write(bytes([65 + i]) * 494)  # one DATA cell each
 
-        self.assertEqual(self._turn(n.guardLink, tenWrites), (1, 10, 1))
+        self.assertEqual(self._turn(n.guardLink, tenWrites, n), (1, 10, 1))
         n.net.pump()
 
         # The exit's side: ten reads from its TCP connection in one turn, one write toward the middle.
         [exitStream] = exitSide
         toMiddle = n.channel(n.exit, n.middle).link
-        self.assertEqual(self._turn(toMiddle, lambda: [exitStream.write(b"r" * 494) for _ in range(10)]),
+        self.assertEqual(self._turn(toMiddle, lambda: [exitStream.write(b"r" * 494) for _ in range(10)], n),
                          (1, 10, 1))
         n.net.pump()
         self.assertEqual(b"".join(collect.data), b"r" * 4940)
