@@ -7,10 +7,13 @@ against the receive window (an authenticated SENDME goes back every 100
 cells), a circuit SENDME reopens the send window, PACKET bodies are
 reassembled into IP packets, stream messages go to the stream layer, DROP
 is padding.  The ends differ only in which control and stream messages they
-accept, from where, and where delivered packets and stream messages go;
-each end gives those as a table and three callables.  The packing side of
-packet mode (fitting packets into the send window) lives here too, so both
-ends send packets the same way.
+accept, from where, and where delivered packets and stream messages go.
+The packing side of packet mode (fitting packets into the send window) is
+here too, so both ends send packets the same way.
+
+L{RelayDispatcher} is a base class of both circuit ends rather than an
+object they hold: it keeps the per-cell path at one method call and the
+circuits free of reference cycles, so a torn-down circuit is freed at once.
 """
 
 from meshvpn.onion.cells import CellError, RelayCommand, Sendme, unpackRelay
@@ -30,42 +33,34 @@ _REFUSED = object()
 
 class RelayDispatcher:
     """
-    One circuit end's relay messages, in and out (windows, packet framing).
+    The relay messages of one circuit end, in and out: circuit windows,
+    packet framing, and the dispatch of what arrives.
 
-    @param sendRelay: the end's C{sendRelay(command, streamId, data) -> bool}.
-    @param packetsArrived: C{callable(packets)} for reassembled IP packets.
-    @param streamArrived: C{callable(command, streamId, data)} for stream
-        messages (DATA and the end's L{STREAM} entries).
-    @param windowOpened: C{callable()} run after a circuit SENDME reopened
-        the send window.
-    @param accepts: C{{relay command: handler or STREAM}}: the messages this
-        end accepts besides DATA, PACKET, circuit SENDME and DROP; a handler
-        is called as C{handler(cellCommand, header, hop)}.
-    @param edgeOnly: commands of C{accepts} taken only at the circuit's edge
+    A subclass says what it accepts and where deliveries go:
+
+      - C{ACCEPTS}: C{{relay command: function or STREAM}}, the messages it
+        takes besides DATA, PACKET, circuit SENDME and DROP; a function is
+        called as C{function(self, cellCommand, header, hop)}.
+      - C{EDGE_ONLY}: commands of C{ACCEPTS} taken only at the circuit's edge
         (from the last hop at the origin; at the last hop at a relay), as
         DATA, PACKET and circuit SENDMEs always are.
-    @param notAtEdge: how errors name the wrong place (C{"from a middle hop"}).
-    @param who: how errors name this end (C{"a client"}).
+      - C{NOT_AT_EDGE}, C{WHO}: how errors name the wrong place and this end.
+      - C{sendRelay(command, streamId, data) -> bool}, C{_packetsArrived(packets)},
+        C{_streamArrived(command, streamId, data)} and C{_windowOpened()}.
     """
 
-    __slots__ = ("_sendRelay", "_packetsArrived", "_streamArrived", "_windowOpened", "_accepts", "_edgeOnly",
-                 "_notAtEdge", "_who", "packWindow", "deliverWindow", "packetReader", "packetsDropped")
+    ACCEPTS = {}
+    EDGE_ONLY = frozenset()
+    NOT_AT_EDGE = "away from the circuit's edge"
+    WHO = "this end"
 
-    def __init__(self, sendRelay, packetsArrived, streamArrived, windowOpened, accepts, edgeOnly, notAtEdge, who):
-        self._sendRelay = sendRelay
-        self._packetsArrived = packetsArrived
-        self._streamArrived = streamArrived
-        self._windowOpened = windowOpened
-        self._accepts = accepts
-        self._edgeOnly = frozenset(edgeOnly)
-        self._notAtEdge = notAtEdge
-        self._who = who
+    def __init__(self):
         self.packWindow = SendWindow()
         self.deliverWindow = ReceiveWindow()
         self.packetReader = PacketReader()
         self.packetsDropped = 0
 
-    def dispatch(self, cellCommand, plain, tag, atEdge, hop):
+    def _dispatch(self, cellCommand, plain, tag, atEdge, hop):
         """
         Act on one recognized relay message.
 
@@ -74,16 +69,16 @@ class RelayDispatcher:
         @param atEdge: it came from (origin) or reached (relay) the last hop.
         @param hop: at the origin, the index of the hop that sent it.
         @raise CellError: or L{meshvpn.onion.flow.FlowError}: the message
-            breaks the protocol; the caller destroys the circuit.
+            breaks the protocol; the channel destroys the circuit.
         """
         hdr = unpackRelay(plain)
         c = hdr.command
         if c == _PACKET or c == _DATA:
             if not atEdge:
-                raise CellError(f"relay {_NAMES[c]} {self._notAtEdge}")
+                raise CellError(f"relay {_NAMES[c]} {self.NOT_AT_EDGE}")
             ack = self.deliverWindow.onReceived(tag)
             if ack is not None:
-                self._sendRelay(_SENDME, 0, Sendme(ack).encode())
+                self.sendRelay(_SENDME, 0, Sendme(ack).encode())
             if c == _PACKET:
                 packets = self.packetReader.feed(hdr.data)
                 if packets:
@@ -92,23 +87,23 @@ class RelayDispatcher:
                 self._streamArrived(c, hdr.streamId, hdr.data)
         elif c == _SENDME and hdr.streamId == 0:
             if not atEdge:
-                raise CellError(f"circuit SENDME {self._notAtEdge}")
+                raise CellError(f"circuit SENDME {self.NOT_AT_EDGE}")
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
             self._windowOpened()
         elif c == _DROP:
             pass
         else:
-            handler = self._accepts.get(c, _REFUSED)
+            handler = self.ACCEPTS.get(c, _REFUSED)
             if handler is _REFUSED:
-                raise CellError(f"relay {_NAMES[c]} is not accepted by {self._who}")
-            if not atEdge and c in self._edgeOnly:
-                raise CellError(f"relay {_NAMES[c]} {self._notAtEdge}")
+                raise CellError(f"relay {_NAMES[c]} is not accepted by {self.WHO}")
+            if not atEdge and c in self.EDGE_ONLY:
+                raise CellError(f"relay {_NAMES[c]} {self.NOT_AT_EDGE}")
             if handler is STREAM:
                 self._streamArrived(c, hdr.streamId, hdr.data)
             else:
-                handler(cellCommand, hdr, hop)
+                handler(self, cellCommand, hdr, hop)
 
-    def sendPackets(self, packets):
+    def _sendPacketsInWindow(self, packets):
         """
         Send IP packets in as few PACKET cells as possible.  Those that do
         not fit the send window are dropped (counted in C{packetsDropped}),
@@ -121,7 +116,7 @@ class RelayDispatcher:
         while packets and packetCellCount(packets) > room:
             packets = packets[:-1]
         self.packetsDropped += n - len(packets)
-        sendRelay = self._sendRelay
+        sendRelay = self.sendRelay
         for body in framePackets(packets):
             sendRelay(_PACKET, 0, body)
         return len(packets)

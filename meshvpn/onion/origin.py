@@ -46,7 +46,7 @@ class HopSpec:
 
 
 @implementer(ICircuit, ICircuitEnd)
-class OriginCircuit:
+class OriginCircuit(RelayDispatcher):
     """
     A circuit this node originates over C{guardLink}, through C{path}
     (L{HopSpec}s, guard first).  Call L{build}.
@@ -59,11 +59,16 @@ class OriginCircuit:
         L{sendRelay} and asks L{circuitRoom} before DATA.
     """
 
+    NOT_AT_EDGE = "from a middle hop"
+    WHO = "a client"
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2,))
+
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         if guardLink.peerId != path[0].nodeId:
             raise LinkError("the guard link's peer is not the path's first hop")
+        super().__init__()
         self.path = list(path)
         self.clock = switch.clock
         self.channel = switch.attachLink(guardLink)
@@ -72,14 +77,6 @@ class OriginCircuit:
         self.crypto = OriginCrypto()
         self.buildTimeout = buildTimeout
         self.state = OriginState.BUILDING
-        accepts = dict.fromkeys(_STREAM_COMMANDS, STREAM)
-        accepts[RelayCommand.EXTENDED2] = self._onExtended2
-        accepts[RelayCommand.TRUNCATED] = self._onTruncated
-        self.dispatcher = RelayDispatcher(
-            self.sendRelay, self._packetsArrived, self._streamArrived, self._windowOpened, accepts,
-            edgeOnly=(RelayCommand.EXTENDED2,), notAtEdge="from a middle hop", who="a client",
-        )
-        self.packWindow = self.dispatcher.packWindow
         self.streamHandler = None
         self.earlySent = 0
         self._packetReceiver = None
@@ -94,11 +91,6 @@ class OriginCircuit:
     def closeReason(self):
         """The L{CircuitDestroyed} the circuit closed with (C{None} while open)."""
         return self._closed.result
-
-    @property
-    def packetsDropped(self):
-        """Packets L{sendPackets} dropped because the circuit window was full."""
-        return self.dispatcher.packetsDropped
 
     def _request(self, event):
         if self.state is _CLOSED:
@@ -243,7 +235,7 @@ class OriginCircuit:
         """
         if self.state is _CLOSED:
             return 0
-        return self.dispatcher.sendPackets(packets)
+        return self._sendPacketsInWindow(packets)
 
     def setPacketReceiver(self, receiver):
         """C{receiver(packets: list[bytes])} gets IP packets the exit sends back."""
@@ -267,7 +259,7 @@ class OriginCircuit:
         if res is None:
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
         hop, plain, tag = res
-        self.dispatcher.dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+        self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
 
     def _packetsArrived(self, packets):
         if self._packetReceiver is not None:
@@ -309,6 +301,9 @@ class OriginCircuit:
 
     def protocolError(self, reason, why):
         self._destroy(reason, why, True)
+
+    ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
+               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated}
 
     # -- closing
 

@@ -63,13 +63,18 @@ class NextHopEnd:
 
 
 @implementer(ICircuitEnd, IRelayCircuit)
-class RelayCircuit:
+class RelayCircuit(RelayDispatcher):
     """
     This relay's hop of someone's circuit: its end on the previous hop's
     channel C{prev} (cells going away from the origin).
     """
 
+    NOT_AT_EDGE = "at a middle hop"
+    WHO = "a relay"
+    EDGE_ONLY = frozenset(_STREAM_COMMANDS)
+
     def __init__(self, switch, prev, prevId, layer):
+        super().__init__()
         self.switch = switch
         self.prev = prev
         self.prevId = prevId
@@ -81,14 +86,6 @@ class RelayCircuit:
         self.nextPrefix = None
         self._nextEnd = None
         self.earlyCount = 0
-        accepts = dict.fromkeys(_STREAM_COMMANDS, STREAM)
-        accepts[RelayCommand.EXTEND2] = self._onExtend2
-        accepts[RelayCommand.TRUNCATE] = self._onTruncate
-        self.dispatcher = RelayDispatcher(
-            self.sendRelay, self._packetsArrived, self._streamArrived, self._windowOpened, accepts,
-            edgeOnly=_STREAM_COMMANDS, notAtEdge="at a middle hop", who="a relay",
-        )
-        self._window = self.dispatcher.packWindow
         self.edgeState = None  # for the edge handler's use (streams)
 
     @property
@@ -111,7 +108,7 @@ class RelayCircuit:
             if not nxt.send(self.nextPrefix + _CMDBYTE[cmd] + plain):
                 self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
             return
-        self.dispatcher.dispatch(cmd, plain, tag, self.next is None, 0)
+        self._dispatch(cmd, plain, tag, self.next is None, 0)
 
     def onCreated2(self, payload):
         raise CellError("CREATED2 from the previous hop")
@@ -203,11 +200,11 @@ class RelayCircuit:
         if self.state is _CLOSED:
             return False
         flow = command in _FLOW
-        if flow and self._window.window <= 0:
+        if flow and self.packWindow.window <= 0:
             return False
         ct, tag = self.layer.originateBackward(packRelay(command, streamId, data))
         if flow:
-            self._window.onSent(tag)
+            self.packWindow.onSent(tag)
         if self.prev.send(self.prevPrefix + _RELAY + ct):
             return True
         self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
@@ -215,7 +212,7 @@ class RelayCircuit:
 
     def circuitRoom(self):
         """Flow-controlled cells the circuit window takes now."""
-        return 0 if self.state is _CLOSED else self._window.window
+        return 0 if self.state is _CLOSED else self.packWindow.window
 
     def sendPackets(self, packets):
         """
@@ -226,7 +223,7 @@ class RelayCircuit:
         """
         if self.state is _CLOSED:
             return 0
-        return self.dispatcher.sendPackets(packets)
+        return self._sendPacketsInWindow(packets)
 
     # -- teardown
 
@@ -249,3 +246,6 @@ class RelayCircuit:
         if why:
             log.debug("onion relay circuit destroyed ({reason}): {why}", reason=DestroyReason.name(reason), why=why)
         sw.edge.circuitClosed(self, reason)
+
+    ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
+               RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate}
