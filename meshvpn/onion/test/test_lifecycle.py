@@ -100,3 +100,23 @@ class HopLifecycle(unittest.TestCase):
         n.net.pump()
         self.assertIs(guardHop.state, HopState.CLOSED)
         self.assertEqual(self.failureResultOf(d).value.reason, DestroyReason.PROTOCOL)
+
+
+class Freed(unittest.TestCase):
+    def test_closedCircuitsAreFreedWithoutTheCycleCollector(self):
+        """No reference cycles inside a circuit end: a relay carrying many circuits frees each at teardown."""
+        import gc
+        import weakref
+
+        n = Net(self)
+        circ = n.built(self)
+        refs = [weakref.ref(n.relayCircuit(relay)) for relay in (n.guard, n.middle, n.exit)]
+        refs.append(weakref.ref(circ))
+        gc.disable()
+        try:
+            circ.close()
+            n.net.pump()
+            del circ
+            self.assertEqual([r() for r in refs], [None] * 4)
+        finally:
+            gc.enable()
