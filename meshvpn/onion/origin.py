@@ -3,7 +3,7 @@ RELAY_EARLY cells), wrap every outgoing cell in one layer per hop, unwrap and
 authenticate every incoming one, and carry packets (packet mode) or, through
 a pluggable stream handler, streams.
 
-The circuit talks to its guard link only through its L{Channel}'s public
+The circuit talks to its guard link only through its channel's public
 API (allocate an id, add and remove itself, send cells, send DESTROY), and
 its lifecycle is the table L{meshvpn.onion.lifecycle.ORIGIN}.
 """
@@ -302,6 +302,7 @@ class OriginCircuit(RelayDispatcher):
     def protocolError(self, reason, why):
         self._destroy(reason, why, True)
 
+    # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated}
 

@@ -247,5 +247,6 @@ class RelayCircuit(RelayDispatcher):
             log.debug("onion relay circuit destroyed ({reason}): {why}", reason=DestroyReason.name(reason), why=why)
         sw.edge.circuitClosed(self, reason)
 
+    # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate}
