@@ -655,6 +655,11 @@ class IChannel(Interface):
         The matching end of L{pauseReading}.
         """
 
+    def linkClosed(reason):
+        """
+        The link is gone: every circuit on it is told, the queue is dropped.
+        """
+
 
 class ICircuitEnd(Interface):
     """
