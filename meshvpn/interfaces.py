@@ -148,6 +148,22 @@ class IDirectEgress(Interface):
             which keeps the entry alive); C{False}: call L{allow} and wait.
         """
 
+    def start(already=()):
+        """
+        Start the gate (its periodic route refresh and expiry); C{already}
+        are C{(protocol, ip, port)} the route controller kept at capture.
+        """
+
+    def stop():
+        """
+        Stop the gate; destinations held back are dropped.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (entries kept, held datagrams, refusals).
+        """
+
 
 # --------------------------------------------------------------------------
 # discovery (dht/)
@@ -648,29 +664,220 @@ class ILinkManager(Interface):
 # circuits (onion/)
 
 
+class IChannel(Interface):
+    """
+    One link as the onion plane uses it (L{meshvpn.onion.channel.Channel}):
+    the circuits on it by circuit id, the ids this end allocates, and a
+    bounded outbound queue written with one C{ILink.sendCells} call per
+    incoming batch or reactor turn.
+    """
+
+    link = Attribute("The L{ILink}.")
+    peerId = Attribute("The link's C{peerId}.")
+    circuits = Attribute(
+        "C{dict}: circuit id -> L{ICircuitEnd}; read it, change it only with "
+        "L{addCircuit} and L{removeCircuit}."
+    )
+    closed = Attribute("C{bool}: the link is gone (every circuit on it was told).")
+
+    def allocateId():
+        """
+        @return: a free circuit id from this end's half of the id space.
+        """
+
+    def addCircuit(circId, end):
+        """
+        Cells for C{circId} go to C{end} (an L{ICircuitEnd}); the link is held
+        open (L{ILink.acquire}) while it carries circuits.
+        """
+
+    def removeCircuit(circId, end):
+        """
+        Forget C{circId} if C{end} is still its end.
+
+        @return: C{True} if it was.
+        """
+
+    def send(cell):
+        """
+        Queue one encoded cell; it is written with the rest of this batch or
+        reactor turn.
+
+        @return: C{False} if the queue is full (the link stopped taking cells
+            and the hard limit is reached): nothing was queued and the caller
+            destroys its circuit.
+        """
+
+    def sendCells(cells):
+        """
+        Queue a list of encoded cells, all or none, as L{send}.
+        """
+
+    def sendDestroy(circId, reason):
+        """
+        Queue DESTROY for C{circId} with C{reason} (a number); never refused,
+        dropped if the channel is closed.
+        """
+
+    def queued():
+        """
+        @return: the number of cells waiting to be written.
+        """
+
+    def flush(source=None):
+        """
+        Write the queued cells now if the link takes them.  C{source}, the
+        channel whose incoming batch made them, is paused while this queue
+        stays over its high-water mark.
+        """
+
+    def receive(cells):
+        """
+        The link's cell receiver: switch one incoming batch to the circuits,
+        then write what it produced once per channel.
+        """
+
+    def pauseReading(by):
+        """
+        Stop reading from the link until every C{by} that paused it resumed it.
+        """
+
+    def resumeReading(by):
+        """
+        The matching end of L{pauseReading}.
+        """
+
+    def linkClosed(reason):
+        """
+        The link is gone: every circuit on it is told, the queue is dropped.
+        """
+
+
+class ICircuitEnd(Interface):
+    """
+    Where a channel delivers the cells of one circuit id: an origin circuit,
+    a relay's hop (its end toward the origin) or that hop's end toward the
+    next hop.  An exception from these closes only that circuit.
+    """
+
+    def onRelay(command, payload):
+        """
+        A RELAY (3) or RELAY_EARLY (9) cell's 509-byte C{payload}.
+        """
+
+    def onCreated2(payload):
+        """
+        A CREATED2 cell's payload.
+        """
+
+    def onDestroy(reason):
+        """
+        A DESTROY cell with C{reason} (a number).
+        """
+
+    def linkClosed(channel):
+        """
+        The channel's link is gone.
+        """
+
+    def protocolError(reason, why):
+        """
+        A cell on this circuit broke the protocol: destroy the circuit with
+        C{reason}.
+        """
+
+
+class ICircuitStreamHandler(Interface):
+    """
+    The stream layer on an origin circuit (its C{streamHandler}): a
+    L{meshvpn.streams.mux.StreamMux}.
+    """
+
+    def relayReceived(command, streamId, data):
+        """
+        A stream message (DATA, END, CONNECTED, RESOLVED, stream SENDME).
+        """
+
+    def circuitWindowOpened():
+        """
+        A circuit SENDME reopened the circuit's send window.
+        """
+
+    def circuitClosed():
+        """
+        The circuit is gone; its streams end.
+        """
+
+    closedReason = Attribute("C{None} while the circuit lives; why the stream layer closed after.")
+
+    def resolve(name):
+        """
+        RESOLVE C{name} at the exit.
+
+        @return: a Deferred firing with the answers, or failing with
+            L{meshvpn.errors.StreamRefused}.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict of this circuit's streams (no targets
+            unless the user asked for history).
+        """
+
+    def openStream(host, port, protocol):
+        """
+        BEGIN a stream to C{host}:C{port}; C{protocol} gets its data.
+
+        @return: a Deferred firing once CONNECTED, or failing with
+            L{meshvpn.errors.StreamRefused} carrying the END reason.
+        """
+
+
 class ICircuit(Interface):
     """
     An origin-side onion circuit through a path of relays
     (L{meshvpn.onion.origin.OriginCircuit}).
     """
 
-    path = Attribute(
-        "The C{list} of L{meshvpn.onion.origin.HopSpec} (C{nodeId}, C{onionKey}, "
-        "C{addresses}, C{transports}) the circuit goes through, guard first."
-    )
+    path = Attribute("The C{list} of L{meshvpn.onion.origin.HopSpec}s, guard first.")
+    state = Attribute("The L{meshvpn.onion.lifecycle.OriginState}.")
+    closed = Attribute("C{bool}: the circuit is torn down.")
+    streamHandler = Attribute("An L{ICircuitStreamHandler} or C{None}; the stream layer sets it.")
 
-    def openStream(host, port, isolation=None, protocol=None):
+    def build():
         """
-        BEGIN a stream to C{host}:C{port} at the exit, through the stream
-        layer attached to the circuit (L{meshvpn.streams.edge.attachStreams}).
+        Build every hop of C{path}.
 
-        @param isolation: ignored here: the circuit manager already used it
-            to choose this circuit.
-        @param protocol: what the stream is attached to once CONNECTED
-            (C{None}: attach later).
-        @return: a Deferred firing with the L{IStream} once CONNECTED; fails
-            with L{meshvpn.errors.StreamRefused} carrying the END reason, or
-            with L{meshvpn.errors.MeshVPNError} when no stream layer is attached.
+        @return: a Deferred firing with the circuit, or failing with
+            L{meshvpn.onion.destroy.CircuitDestroyed} naming the hop that
+            failed.
+        """
+
+    def extend(hop):
+        """
+        Add C{hop} at the end of an open circuit.
+
+        @return: a Deferred firing with C{None}.
+        """
+
+    def truncate(keep):
+        """
+        Keep the first C{keep} hops.
+
+        @return: a Deferred firing with the TRUNCATED reason.
+        """
+
+    def sendRelay(command, streamId, data, hop=-1, early=False):
+        """
+        Send one relay message to hop C{hop} (default: the last).
+
+        @return: C{False} if nothing was sent (closed, or DATA/PACKET that
+            does not fit the circuit window).
+        """
+
+    def circuitRoom():
+        """
+        @return: the DATA/PACKET cells the circuit window takes now.
         """
 
     def sendPacket(packet):
@@ -692,14 +899,30 @@ class ICircuit(Interface):
         C{receiver(packets: list[bytes])} gets the IP packets the exit sends back.
         """
 
+    def openStream(host, port, isolation=None, protocol=None):
+        """
+        BEGIN a stream to C{host}:C{port} at the exit through the
+        C{streamHandler}; C{protocol} gets its data.
+
+        @return: a Deferred firing once CONNECTED; fails with
+            L{meshvpn.errors.StreamRefused} carrying the END reason.
+        """
+
     def close(reason):
         """
-        Send DESTROY and tear the circuit down.
+        Send DESTROY and tear the circuit down; C{reason} is a DESTROY reason
+        number or name (C{"finished"}).
         """
 
     def whenClosed():
         """
-        @return: a Deferred firing with the reason once the circuit is gone.
+        @return: a Deferred firing with the
+            L{meshvpn.onion.destroy.CircuitDestroyed} once the circuit is gone.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (no keys, no payload).
         """
 
 
@@ -867,14 +1090,48 @@ class IStreamOpener(Interface):
         """
 
 
+class IRelayCircuit(Interface):
+    """
+    A relay's hop of someone's circuit, as an L{ICircuitEdge} sees it
+    (L{meshvpn.onion.relaycircuit.RelayCircuit}).
+    """
+
+    edgeState = Attribute("Free for the edge's use (the exit keeps its StreamMux here); starts C{None}.")
+    closed = Attribute("C{bool}: the circuit is torn down.")
+
+    def sendRelay(command, streamId, data):
+        """
+        Send one relay message toward the origin.
+
+        @return: C{False} if nothing was sent (closed, or DATA/PACKET that
+            does not fit the circuit window).
+        """
+
+    def circuitRoom():
+        """
+        @return: the DATA/PACKET cells the circuit window takes now.
+        """
+
+    def sendPackets(packets):
+        """
+        Send IP packets toward the origin; those that do not fit the circuit
+        window are dropped.
+
+        @return: the number of packets sent.
+        """
+
+    def destroy(reason, why=""):
+        """
+        Tear the circuit down both ways with C{reason} (a DESTROY reason number).
+        """
+
+
 class ICircuitEdge(Interface):
     """
     Where relay cells end at the last hop of a circuit (an exit's stream and
     packet code).  Added by onion/: plugged into
     L{meshvpn.onion.switch.CircuitSwitch} as C{edge}.  The C{circuit}
-    passed in is the relay-side L{meshvpn.onion.switch.RelayCircuit}: it
-    answers with C{sendRelay(command, streamId, data) -> bool} and
-    C{sendPackets(packets) -> int}, and has a free C{edgeState} attribute.
+    passed in is an L{IRelayCircuit}.
     """
 
     def relayReceived(circuit, command, streamId, data):
@@ -892,8 +1149,8 @@ class ICircuitEdge(Interface):
 
     def circuitWindowOpened(circuit):
         """
-        A circuit-level SENDME reopened C{circuit}'s package window: the edge
-        may send DATA again (resume the exit-side connections it paused).
+        A circuit SENDME reopened C{circuit}'s send window: streams waiting
+        for it may send again.
         """
 
     def circuitClosed(circuit, reason):
@@ -983,6 +1240,23 @@ class ITunDevice(Interface):
 
     name = Attribute("C{str}: interface name.")
     mtu = Attribute("C{int}: the device MTU.")
+    index = Attribute("C{int}: the kernel's interface index (routes name it).")
+
+    def configure(addresses=(), routes=(), mtu=None):
+        """
+        Give the device C{addresses} (C{"a.b.c.d/len"}), C{routes} (CIDRs
+        into it) and an MTU, and bring it up.
+        """
+
+    def addRoute(cidr, table=None, metric=None, mtu=None):
+        """
+        Route C{cidr} into the device (the route dies with it).
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (name, MTU, packet counters).
+        """
 
     def setPacketReceiver(receiver):
         """
@@ -1006,6 +1280,8 @@ class IRouteController(Interface):
     switch, DNS, restore.  Kept behind an interface so everything above it
     runs without root.
     """
+
+    keptPorts = Attribute("C{set} of C{(protocol, ip, port)} the kill switch lets out now.")
 
     def capture(tun, keepRoutes):
         """

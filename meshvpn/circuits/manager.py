@@ -206,9 +206,8 @@ class CircuitManager(service.Service):
 
 def _circuitStatusOf(circuit, path, spare):
     entry = {"path": [r.nodeId.hex() for r in path], "spare": spare}
-    streams = getattr(circuit, "streamHandler", None)
-    if streams is not None and hasattr(streams, "status"):
-        entry.update(streams.status())
+    if circuit.streamHandler is not None:
+        entry.update(circuit.streamHandler.status())
     return entry
 
 

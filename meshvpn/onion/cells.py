@@ -5,7 +5,7 @@ cells"); the stream message bodies are L{meshvpn.onion.streammsgs}.
 Everything here is a pure codec: C{encode*} builds bytes, C{decode*}/C{parse*}
 checks every length and value and raises L{CellError} naming what is wrong.
 The relay hot path does not use these classes: it slices cells directly
-(see L{meshvpn.onion.switch}); these are for everything that is not DATA.
+(see L{meshvpn.onion.channel}); these are for everything that is not DATA.
 """
 
 import ipaddress

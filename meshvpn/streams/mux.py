@@ -16,9 +16,11 @@ L{meshvpn.onion.endreasons.EndReason}.
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshvpn.errors import StreamRefused
 from meshvpn.hostport import formatHostPort
+from meshvpn.interfaces import ICircuitStreamHandler
 from meshvpn.onion.cells import CellError, RelayCommand
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import Begin, End, Resolve, Resolved
@@ -35,6 +37,7 @@ def _withReceiver(stream, receiver):
     return stream
 
 
+@implementer(ICircuitStreamHandler)
 class StreamMux:
     """
     @param sendRelay: C{callable(command, streamId, body)} that puts a relay

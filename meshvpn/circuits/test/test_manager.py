@@ -17,6 +17,8 @@ def relay(n, roles=("guard", "middle", "exit"), accepts=None):
 
 
 class FakeCircuit:
+    streamHandler = None
+
     def __init__(self, path):
         self.path = path
         self._closed = defer.Deferred()

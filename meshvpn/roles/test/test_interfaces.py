@@ -32,19 +32,10 @@ from meshvpn import interfaces as I
 from meshvpn.roles import client, relay
 
 # Declared, but not kept: (class name, interface name) -> why.  Empty is the goal.
-BROKEN = {
-    ("NullEdge", "ICircuitEdge"): "onion/switch.py: a non-exit relay's edge has no circuitWindowOpened "
-                                  "(the switch still looks it up with getattr)",
-}
+BROKEN = {}
 
 # Kept, but not declared: (class name, interface name) -> where to declare it.
-UNDECLARED = {
-    ("ExitParts", "IStatusSource"): "exit/settings.py",
-    ("PacketExit", "IStatusSource"): "exit/packetexit.py",
-    ("PacketExitEdge", "ICircuitEdge"): "exit/packetexit.py",
-    ("TunClient", "IStatusSource"): "client/vpn.py",
-    ("LinkReadLimiter", "IStatusSource"): "onion/readlimit.py",
-}
+UNDECLARED = {}
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray, memoryview, range, type, types.ModuleType)
 
