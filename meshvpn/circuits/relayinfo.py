@@ -1,7 +1,7 @@
 """From a verified relay descriptor to what path selection and circuit building need.
 
-The descriptor is the DHT's format; path selection wants a host (for the
-/16 rule), roles, family, bandwidth and an exit-policy check; circuit
+The descriptor is the DHT's format; path selection wants every link host
+(for the /16 rule), roles, family, bandwidth and an exit-policy check; circuit
 building wants the onion key valid now and the link addresses.  Keeping
 the translation here leaves both sides ignorant of the other's format.
 """
@@ -28,6 +28,7 @@ def relayInfo(descriptor):
     return RelayInfo(
         nodeId=descriptor.nodeId,
         host=_host(links[0][1]),
+        hosts=tuple(_host(address) for _, address in links),  # the /16 rule sees every address the client may dial
         roles=frozenset(descriptor.flags),
         family=frozenset(descriptor.family),
         bandwidth=descriptor.bandwidth,
