@@ -47,7 +47,7 @@ class Node(service.MultiService):
         self.listeners = {}
         # The ILinkManager, attached by meshvpn.link.service.attachLinks.
         self.links = None
-        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
+        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo, history=settings.get("status_history", False))
         self.status.setServiceParent(self)
 
     def _statusInfo(self):
