@@ -109,5 +109,7 @@ def ensurePrivateDirectory(path):
     try:
         os.chmod(path, 0o700)
     except OSError as e:
-        raise KeyFileError(f"{path}: data directory has mode {mode:04o} and cannot be made 0700: {e.strerror}") from None
+        raise KeyFileError(
+            f"{path}: data directory has mode {mode:04o} and cannot be made 0700: {e.strerror}"
+        ) from None
     return mode

@@ -259,7 +259,8 @@ class GuardSet:
         retry = min((g.retryAt for g in down), default=now)
         why = f"{len(down)} of {len(usable)} listed sampled guards are down (next retry in {retry - now:.0f}s)"
         if not newAllowed:
-            why += f"; {NEW_GUARDS_PER_WINDOW} new guards were already tried in the last {NEW_GUARD_WINDOW_S / 3600:.0f}h"
+            hours = NEW_GUARD_WINDOW_S / 3600
+            why += f"; {NEW_GUARDS_PER_WINDOW} new guards were already tried in the last {hours:.0f}h"
         return why
 
     # -- outcomes
@@ -279,7 +280,8 @@ class GuardSet:
         guard.failingSince = None
         if guard.confirmedIdx is None:
             now = self.clock.seconds()
-            guard.confirmedIdx = 1 + max((g.confirmedIdx for g in self.sample if g.confirmedIdx is not None), default=-1)
+            used = [g.confirmedIdx for g in self.sample if g.confirmedIdx is not None]
+            guard.confirmedIdx = 1 + max(used, default=-1)
             guard.confirmed = now - self.rng.uniform(0, GUARD_LIFETIME_S / 10)
             self._save()
 

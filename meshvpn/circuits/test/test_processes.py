@@ -1,4 +1,4 @@
-"""Real processes on loopback: circuits from DHT descriptors only, recovery when a middle relay dies, no history on disk."""
+"""Real processes on loopback: circuits from DHT descriptors only, a dead middle replaced, no history on disk."""
 
 import os
 import time

@@ -34,7 +34,8 @@ class BenchPathsTests(unittest.TestCase):
             self.assertTrue(0 <= result[key] <= 1, key)
         self.assertEqual(result["guards_connected_max"], 1)  # nothing fails: one guard per client
         again = run("--seed", "3")[1]
-        self.assertEqual({k: v for k, v in again.items() if k != "wall_s"}, {k: v for k, v in result.items() if k != "wall_s"})
+        del again["wall_s"], result["wall_s"]
+        self.assertEqual(again, result)
 
     def test_knockedOffGuardsBoundExposure(self):
         _, result = run("--dos", "0.9", "--paths", "30")
