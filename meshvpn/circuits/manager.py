@@ -78,8 +78,10 @@ class CircuitManager(service.Service):
         self.log.failure("circuit maintenance stopped", failure)
 
     def _maintain(self):
-        # Start as many builds as the spare target lacks; never hold the loop on them.
-        while len(self._spare) + self._building < self.spares:
+        # Start as many builds as the spare target lacks; never hold the loop on
+        # them.  Counted once: a build that fails at once (no usable guard) is
+        # retried at the next tick, not in a loop that never yields.
+        for _ in range(self.spares - len(self._spare) - self._building):
             d = self._buildWithRetries(None)
             d.addCallbacks(self._addSpare, self._spareFailed)
 

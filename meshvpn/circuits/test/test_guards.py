@@ -238,3 +238,31 @@ class ManagerGuardTests(unittest.TestCase):
         self.failing = {first.nodeId}
         self.successResultOf(manager.getCircuit(isolation="b"))
         self.assertEqual(self.calls[-1][0].nodeId, self.guards.guardIds()[1])
+
+
+class NoGuardSpareTests(unittest.TestCase):
+    def test_sparesDoNotSpinWhenNoGuardIsUsable(self):
+        """
+        With every guard down a spare build fails at once, without waiting
+        on anything; the maintenance loop must start the missing spares once,
+        not loop for ever (the client then ignored SIGTERM).
+        """
+        clock = Clock()
+        relays = [relay(i) for i in range(1, 41)]
+        guards = GuardSet(None, clock, random.Random(1))
+        for _ in range(G.NEW_GUARDS_PER_WINDOW):
+            guards.markDown(guards.choose(relays).nodeId)
+        calls = []
+
+        def source():
+            calls.append(1)
+            if len(calls) > 50:
+                return defer.Deferred()  # stops a spinning loop, so the test can fail instead of hang
+            return defer.succeed(relays)
+
+        manager = CircuitManager(clock, source, lambda path: defer.Deferred(), guards=guards, spares=2)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.assertEqual(len(calls), 2)
+        clock.advance(manager.maintainEvery)
+        self.assertEqual(len(calls), 4)
