@@ -26,7 +26,9 @@ to a small network:
   L{MAX_SAMPLE_SIZE} over the sample's life;
 - a guard that failed is retried on Tor's schedule (primary guards every 10
   minutes at first, others every hour, both slowing down the longer they
-  fail).  Whether a guard is up is not saved: after a restart, the primary
+  fail); a primary guard's first retries come sooner still, after 30
+  seconds, doubling up to that schedule, so a client is back within a
+  minute or two of a network outage.  Whether a guard is up is not saved: after a restart, the primary
   guards are simply tried again, which exposes nothing new.
 
 The state is written with L{writeSecretFile} (atomic, 0600); a missing or
@@ -57,6 +59,11 @@ MAX_FILE_BYTES = 64 * 1024
 # what the client wants back, so it is retried sooner.
 PRIMARY_RETRY = ((6 * 3600, 600), (96 * 3600, 5400), (168 * 3600, 4 * 3600), (None, 9 * 3600))
 OTHER_RETRY = ((6 * 3600, 3600), (96 * 3600, 4 * 3600), (168 * 3600, 18 * 3600), (None, 36 * 3600))
+# A primary guard's first retries come sooner, doubling from this up to the
+# schedule above (Arti's primary base delay): after a network outage every
+# primary is down, and retrying them exposes nothing new, so the client
+# should not sit ten minutes without circuits once the network is back.
+PRIMARY_FIRST_RETRY_S = 30
 
 
 class Reach(enum.Enum):
@@ -89,6 +96,7 @@ class SampledGuard:
     firstTried: object = None  # when the client first connected to it, or None
     reach: Reach = Reach.MAYBE
     failingSince: object = None
+    failures: int = 0  # failed attempts since it last worked
     retryAt: float = 0.0
 
     def event(self, name):
@@ -278,6 +286,7 @@ class GuardSet:
             return
         guard.event("succeeded")
         guard.failingSince = None
+        guard.failures = 0
         if guard.confirmedIdx is None:
             now = self.clock.seconds()
             used = [g.confirmedIdx for g in self.sample if g.confirmedIdx is not None]
@@ -294,11 +303,15 @@ class GuardSet:
         guard.event("failed")
         if guard.failingSince is None:
             guard.failingSince = now
+        guard.failures += 1
         guard.retryAt = self._retryAt(guard, now, primary=nodeId in self._primary)
 
     def _retryAt(self, guard, now, primary):
         failingFor = now - (guard.failingSince if guard.failingSince is not None else now)
-        return now + _retryDelay(PRIMARY_RETRY if primary else OTHER_RETRY, failingFor)
+        delay = _retryDelay(PRIMARY_RETRY if primary else OTHER_RETRY, failingFor)
+        if primary:
+            delay = min(delay, PRIMARY_FIRST_RETRY_S * 2 ** min(max(guard.failures, 1) - 1, 16))
+        return now + delay
 
     # -- looking
 

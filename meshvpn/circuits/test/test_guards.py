@@ -88,6 +88,23 @@ class GuardSetTests(unittest.TestCase):
             [saved] = [e for e in json.load(f)["guards"] if e["confirmed_idx"] is not None]
         self.assertEqual(saved["node_id"], first.nodeId.hex())
 
+    def test_primaryRetriedSoonAfterAnOutage(self):
+        """Every primary failed (the network was down): the first is tried again after 30 s, then 60 s, ..."""
+        guards = self.guards()
+        first = guards.choose(self.relays)
+        guards.markDown(first.nodeId)
+        self.clock.advance(G.PRIMARY_FIRST_RETRY_S)
+        self.assertEqual(guards.choose(self.relays), first)
+        guards.markDown(first.nodeId)
+        self.clock.advance(G.PRIMARY_FIRST_RETRY_S)
+        self.assertNotEqual(guards.choose(self.relays), first)
+        self.clock.advance(G.PRIMARY_FIRST_RETRY_S)
+        self.assertEqual(guards.choose(self.relays), first)
+        guards.succeeded(first.nodeId)
+        guards.markDown(first.nodeId)
+        self.clock.advance(G.PRIMARY_FIRST_RETRY_S)  # it worked in between: back to the first delay
+        self.assertEqual(guards.choose(self.relays), first)
+
     def test_retriesSlowDownTheLongerAGuardFails(self):
         guards = self.guards()
         first = guards.choose(self.relays)
