@@ -36,6 +36,13 @@ class Options(RoleOptions):
             "Allow socks-listen on a non-loopback address (anyone reaching it uses your circuits).",
             flag=True,
         ),
+        Setting(
+            "status-history",
+            parseBool,
+            False,
+            "Also write each stream's target (the sites you visit) to status.json; off: no history on disk.",
+            flag=True,
+        ),
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
         *meshSettings(),

@@ -53,7 +53,7 @@ class Node(service.MultiService):
         # Listening services ("stream" for links, "socks", ...): name -> service
         # with whenListening and address(); the node is ready when all are.
         self.listeners = {}
-        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
+        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo, history=settings.get("status_history", False))
         self.status.setName("status")
         self.status.setServiceParent(self)
         self._started = OneShotObserver()

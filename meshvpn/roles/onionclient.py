@@ -16,7 +16,7 @@ from meshvpn.streams.opener import CircuitStreamOpener
 from meshvpn.client.socks import socksServiceFromSettings
 from meshvpn.errors import NoPath
 from meshvpn.circuits.manager import CircuitManager
-from meshvpn.circuits.pathselect import GuardSet
+from meshvpn.circuits.guards import GuardSet
 from meshvpn.circuits.relayinfo import relayInfo
 from meshvpn.onion.service import OnionService
 from meshvpn.roles.common import addService
