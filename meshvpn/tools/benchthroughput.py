@@ -27,6 +27,8 @@ import socket
 import statistics
 import time
 
+RELAY_DATA_LEN = 494  # stream bytes per DATA cell (meshvpn.onion.cells)
+
 
 def _cpuSeconds(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -95,9 +97,10 @@ def measure(args, net, pipe, extra):
     if not _viaSocks(proxy, host, port, "/bytes/1000").matches(1000):
         raise RuntimeError("warm-up fetch through the circuit failed")
     nbytes = args.megabytes * 1_000_000
-    cpuBefore = sum(_cpuSeconds(p) for p in pids)
+    cpuBefore = [_cpuSeconds(p) for p in pids]
     bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
-    cpuUsed = sum(_cpuSeconds(p) for p in pids) - cpuBefore
+    cpuEach = [_cpuSeconds(p) - b for p, b in zip(pids, cpuBefore)]
+    cpuUsed = sum(cpuEach)
     pipeBulk = _direct(pipeHost, pipePort, f"/bytes/{nbytes}")
     small = [_viaSocks(proxy, host, port, "/bytes/100") for _ in range(args.fetches)]
     direct = [_direct(pipeHost, pipePort, "/bytes/100") for _ in range(args.fetches)]
@@ -130,8 +133,37 @@ def measure(args, net, pipe, extra):
         "processes": len(pids),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
+    result.update(_perHop(net, cpuEach, nbytes))
     result.update(extra)
     return result
+
+
+def _perHop(net, cpuEach, nbytes):
+    """
+    CPU seconds per GB of each process on the bulk circuit (the client's
+    circuit that received the most), and what the middle relay switched
+    per CPU second through real sockets and TLS: the counterpart of
+    ``bench circuit``'s in-memory C{relay_cells_per_s_inmemory}.
+    """
+    from meshvpn.control.status import readStatus
+
+    time.sleep(1.2)  # the client rewrites its status file every second
+    circuits = (readStatus(net.client.dataDir) or {}).get("circuits", {}).get("circuits", [])
+    if not circuits:
+        return {}
+    busiest = max(circuits, key=lambda c: c.get("bytes_received", 0))
+    byId = {n.info["node_id"]: i for i, n in enumerate(net.nodes) if n.info}
+    out = {}
+    clientIndex = net.nodes.index(net.client)
+    out["cpu_s_per_gb_client"] = round(cpuEach[clientIndex] / (nbytes / 1e9), 2)
+    for position, nodeId in zip(("guard", "middle", "exit"), busiest["path"]):
+        if nodeId in byId:
+            out[f"cpu_s_per_gb_{position}"] = round(cpuEach[byId[nodeId]] / (nbytes / 1e9), 2)
+    middleCpu = cpuEach[byId[busiest["path"][1]]] if len(busiest["path"]) == 3 and busiest["path"][1] in byId else 0
+    if middleCpu > 0:
+        # Both directions: the data cells down and their acknowledgements up are few; count the data.
+        out["relay_cells_per_cpu_s_tls"] = int(nbytes / RELAY_DATA_LEN / middleCpu)
+    return out
 
 
 def run(args):
