@@ -9,15 +9,17 @@ reassembled into IP packets, stream messages go to the stream layer, DROP
 is padding.  The ends differ only in which control and stream messages they
 accept, from where, and where delivered packets and stream messages go.
 The packing side of packet mode (fitting packets into the send window) is
-here too, so both ends send packets the same way.
+here too, so both ends send packets the same way, and so is the per-circuit
+negotiation of congestion control and stream XON/XOFF (FLOW_NEGOTIATE from
+the origin, FLOW_NEGOTIATED from the last hop; L{meshvpn.onion.flow}).
 
 L{RelayDispatcher} is a base class of both circuit ends rather than an
 object they hold: it keeps the per-cell path at one method call and the
 circuits free of reference cycles, so a torn-down circuit is freed at once.
 """
 
-from meshvpn.onion.cells import CellError, RelayCommand, Sendme, unpackRelay
-from meshvpn.onion.flow import ReceiveWindow, SendWindow
+from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, unpackRelay
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, ReceiveWindow, SendWindow, VegasWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
 
 _DATA = RelayCommand.DATA
@@ -25,6 +27,8 @@ _PACKET = RelayCommand.PACKET
 _SENDME = RelayCommand.SENDME
 _DROP = RelayCommand.DROP
 _NAMES = RelayCommand.NAMES
+_NEGOTIATE = RelayCommand.FLOW_NEGOTIATE
+_NEGOTIATED = RelayCommand.FLOW_NEGOTIATED
 
 # The value in an end's table for messages that belong to the stream layer.
 STREAM = None
@@ -54,11 +58,54 @@ class RelayDispatcher:
     NOT_AT_EDGE = "away from the circuit's edge"
     WHO = "this end"
 
-    def __init__(self):
+    def __init__(self, clock):
         self.packWindow = SendWindow()
         self.deliverWindow = ReceiveWindow()
         self.packetReader = PacketReader()
         self.packetsDropped = 0
+        self.flowClock = clock
+        self.flowFlags = 0  # what the circuit negotiated (meshvpn.onion.flow FLOW_*)
+        self._flowState = None  # None, "proposed" (origin), "agreed"
+
+    # -- negotiation of congestion control and XON/XOFF
+
+    def negotiateFlow(self, flags=FLOW_ALL):
+        """
+        At the origin, once the circuit is built and before anything else is
+        sent on it: propose C{flags} to the last hop.  The last hop takes
+        them all or destroys the circuit, so they are in force here at once
+        (FLOW_NEGOTIATED only confirms); the last hop applies them on
+        receipt, before any stream or packet, in order.
+        """
+        if self._flowState is not None or self.packWindow.sent:
+            raise CellError("flow control is negotiated once, before any data")
+        self._useFlow(flags)
+        self._flowState = "proposed"
+        self.sendRelay(_NEGOTIATE, 0, FlowNegotiate(flags).encode())
+
+    def _useFlow(self, flags):
+        self.flowFlags = flags
+        if flags & FLOW_CC:
+            self.packWindow = VegasWindow(self.flowClock)
+
+    def _onFlowNegotiate(self, cellCommand, hdr, hop):
+        flags = FlowNegotiate.decode(hdr.data).flags
+        if self._flowState is not None:
+            raise CellError("a second FLOW_NEGOTIATE")
+        if self._flowStarted():
+            raise CellError("FLOW_NEGOTIATE after data or streams")
+        self._useFlow(flags)
+        self._flowState = "agreed"
+        self.sendRelay(_NEGOTIATED, 0, FlowNegotiate(flags).encode())
+
+    def _onFlowNegotiated(self, cellCommand, hdr, hop):
+        flags = FlowNegotiate.decode(hdr.data).flags
+        if self._flowState != "proposed" or flags != self.flowFlags:
+            raise CellError("FLOW_NEGOTIATED that does not answer our proposal")
+        self._flowState = "agreed"
+
+    def _flowStarted(self):
+        return bool(self.packWindow.sent or self.deliverWindow.received)
 
     def _dispatch(self, cellCommand, plain, tag, atEdge, hop):
         """

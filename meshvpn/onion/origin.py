@@ -21,6 +21,7 @@ from meshvpn.onion.cells import (
     Extended2, RelayCommand, Truncated, encodeCell, packRelay,
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
+from meshvpn.onion.flow import FLOW_ALL
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
 from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
@@ -32,7 +33,8 @@ DEFAULT_BUILD_TIMEOUT = 10.0
 
 # What a client takes besides DATA, PACKET, circuit SENDMEs and DROP.  Stream
 # messages are taken from any hop, as they always were.
-_STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME)
+_STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
+                    RelayCommand.XON, RelayCommand.XOFF)
 
 
 @attrs.frozen
@@ -61,14 +63,15 @@ class OriginCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "from a middle hop"
     WHO = "a client"
-    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2,))
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FLOW_NEGOTIATED))
 
-    def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT):
+    def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT, flow=FLOW_ALL):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         if guardLink.peerId != path[0].nodeId:
             raise LinkError("the guard link's peer is not the path's first hop")
-        super().__init__()
+        super().__init__(switch.clock)
+        self.flowProposal = flow  # negotiated with the last hop once built (0: fixed windows)
         self.path = list(path)
         self.clock = switch.clock
         self.channel = switch.attachLink(guardLink)
@@ -118,6 +121,8 @@ class OriginCircuit(RelayDispatcher):
             for hop in self.path[1:]:
                 await self._extendTo(hop)
             self._request(OriginEvent.BUILT)
+            if self.flowProposal:
+                self.negotiateFlow(self.flowProposal)
         finally:
             if timer.active():
                 timer.cancel()
@@ -304,7 +309,8 @@ class OriginCircuit(RelayDispatcher):
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
-               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated}
+               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated,
+               RelayCommand.FLOW_NEGOTIATED: RelayDispatcher._onFlowNegotiated}
 
     # -- closing
 
@@ -335,5 +341,14 @@ class OriginCircuit(RelayDispatcher):
         return {
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
             "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
+            "flow_flags": self.flowFlags, **_ccStatus(self.packWindow),
             "packets_dropped": self.packetsDropped,
         }
+
+
+def _ccStatus(window):
+    if not hasattr(window, "cwnd"):
+        return {}
+    rtt = window.ewmaRtt
+    return {"cwnd": window.cwnd, "rtt_ms": None if rtt is None else round(rtt * 1000, 2),
+            "min_rtt_ms": None if window.minRtt is None else round(window.minRtt * 1000, 2)}

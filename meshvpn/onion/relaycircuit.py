@@ -30,7 +30,7 @@ _CLOSED = HopState.CLOSED
 
 # Stream messages a relay takes, and only as the circuit's last hop.
 _STREAM_COMMANDS = (RelayCommand.BEGIN, RelayCommand.END, RelayCommand.RESOLVE, RelayCommand.SENDME,
-                    RelayCommand.CONNECTED, RelayCommand.RESOLVED)
+                    RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF)
 
 
 @implementer(ICircuitEnd)
@@ -71,10 +71,10 @@ class RelayCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "at a middle hop"
     WHO = "a relay"
-    EDGE_ONLY = frozenset(_STREAM_COMMANDS)
+    EDGE_ONLY = frozenset(_STREAM_COMMANDS + (RelayCommand.FLOW_NEGOTIATE,))
 
     def __init__(self, switch, prev, prevId, layer):
-        super().__init__()
+        super().__init__(switch.clock)
         self.switch = switch
         self.prev = prev
         self.prevId = prevId
@@ -132,6 +132,10 @@ class RelayCircuit(RelayDispatcher):
 
     def _windowOpened(self):
         self.switch.edge.circuitWindowOpened(self)
+
+    def _flowStarted(self):
+        # Streams already opened here were opened under the old rules.
+        return self.edgeState is not None or super()._flowStarted()
 
     # -- extending and truncating
 
@@ -249,4 +253,5 @@ class RelayCircuit(RelayDispatcher):
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
-               RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate}
+               RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate,
+               RelayCommand.FLOW_NEGOTIATE: RelayDispatcher._onFlowNegotiate}

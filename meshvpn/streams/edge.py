@@ -11,12 +11,14 @@ from zope.interface import implementer
 
 from meshvpn.interfaces import ICircuitEdge
 from meshvpn.onion.cells import RELAY_DATA_LEN
+from meshvpn.onion.flow import FLOW_XON
 from meshvpn.streams.mux import StreamMux
 
 
 def attachStreams(circuit):
     """Give an origin circuit its stream layer. @return: the L{StreamMux}."""
-    mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom)
+    mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom,
+                    xon=lambda: circuit.flowFlags & FLOW_XON)
     circuit.streamHandler = mux
     return mux
 
@@ -47,7 +49,8 @@ class StreamExitEdge:
                 return accept(circuit, host, port)
 
             mux = circuit.edgeState = StreamMux(
-                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom
+                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom,
+                xon=lambda: circuit.flowFlags & FLOW_XON,
             )
         return mux
 
