@@ -104,11 +104,15 @@ def measure(args, net, pipe, extra):
     pipeBulk = _direct(pipeHost, pipePort, f"/bytes/{nbytes}")
     small = [_viaSocks(proxy, host, port, "/bytes/100") for _ in range(args.fetches)]
     direct = [_direct(pipeHost, pipePort, "/bytes/100") for _ in range(args.fetches)]
+    loaded, loadedBulk = _underLoad(proxy, host, port, nbytes, args.fetches)
+    parallel = _parallel(proxy, host, port, args.parallel, max(1, nbytes // args.parallel)) if args.parallel else []
     checks = {
         "bulk": bulk.matches(nbytes),
         "pipe": pipeBulk.matches(nbytes),
         "small": all(f.matches(100) for f in small),
         "direct": all(f.matches(100) for f in direct),
+        "loaded": all(f.matches(100) for f in loaded) and loadedBulk[0],
+        "parallel": all(f.matches(max(1, nbytes // args.parallel)) for f in parallel),
     }
     from meshvpn.tools.delaynet import connectTime
 
@@ -128,6 +132,10 @@ def measure(args, net, pipe, extra):
         "ttfb_ms_median": round(ttfb * 1000, 2),
         "ttfb_ms_direct_median": round(ttfbDirect * 1000, 2),
         "added_ttfb_ms_median": round((ttfb - ttfbDirect) * 1000, 2),
+        "ttfb_ms_loaded_median": round(statistics.median(f.ttfb for f in loaded) * 1000, 2) if loaded else None,
+        "parallel_streams": len(parallel),
+        "parallel_mbps_each": [round(f.bytes * 8 / f.total / 1e6, 1) for f in parallel],
+        "parallel_spread": round(max(f.total for f in parallel) / min(f.total for f in parallel), 3) if parallel else None,
         "cpu_s_per_gb": round(cpuUsed / (nbytes / 1e9), 2),
         "fetches": args.fetches,
         "processes": len(pids),
@@ -136,6 +144,51 @@ def measure(args, net, pipe, extra):
     result.update(_perHop(net, cpuEach, nbytes))
     result.update(extra)
     return result
+
+
+def _underLoad(proxy, host, port, nbytes, fetches):
+    """
+    Small fetches while a bulk download runs through the same client (its
+    first circuit: the same relays): their time to first byte, and the
+    bulk fetch (checked too).  The bulk download runs in a process of its
+    own, so the small fetches never wait for this one's GIL.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def bulk(conn):
+        f = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
+        conn.send((f.matches(nbytes), f.bytes, f.total))
+
+    p = ctx.Process(target=bulk, args=(child,))
+    p.start()
+    time.sleep(0.3)  # let the bulk transfer fill its window
+    small = []
+    while p.is_alive() and not parent.poll() and len(small) < fetches:
+        small.append(_viaSocks(proxy, host, port, "/bytes/100"))
+        time.sleep(0.02)
+    result = parent.recv() if parent.poll(600) else (False, 0, 0)
+    p.join()
+    return small, result
+
+
+def _parallel(proxy, host, port, count, each):
+    """C{count} downloads of C{each} bytes at once; @return: their L{Fetch}es."""
+    import threading
+
+    out = [None] * count
+
+    def one(i):
+        out[i] = _viaSocks(proxy, host, port, f"/bytes/{each}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def _perHop(net, cpuEach, nbytes):
@@ -210,5 +263,6 @@ def addArguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--megabytes", type=int, default=50, help="size of the download (default 50 MB)")
     p.add_argument("--fetches", type=int, default=20, help="small fetches for time to first byte (default 20)")
+    p.add_argument("--parallel", type=int, default=8, help="simultaneous downloads sharing the bulk size (default 8; 0 skips)")
     p.add_argument("--delay-ms", type=float, default=0.0,
                    help="one-way delay on every TCP hop, in its own network namespace (root; default 0: loopback)")
