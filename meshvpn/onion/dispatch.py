@@ -18,6 +18,7 @@ object they hold: it keeps the per-cell path at one method call and the
 circuits free of reference cycles, so a torn-down circuit is freed at once.
 """
 
+from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, unpackRelay
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, ReceiveWindow, SendWindow, VegasWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
@@ -118,20 +119,30 @@ class RelayDispatcher:
         @raise CellError: or L{meshvpn.onion.flow.FlowError}: the message
             breaks the protocol; the channel destroys the circuit.
         """
+        c = plain[10]
+        if c == _DATA:
+            # The hot path, parsed in place (no header object): the checks
+            # are unpackRelay's for DATA.
+            sid = (plain[11] << 8) | plain[12]
+            n = (plain[13] << 8) | plain[14]
+            if n > _MAX_DATA or sid == 0 or not atEdge:
+                unpackRelay(plain)  # raises the precise error for the first two
+                raise CellError(f"relay DATA {self.NOT_AT_EDGE}")
+            ack = self.deliverWindow.onReceived(tag)
+            if ack is not None:
+                self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+            self._streamArrived(_DATA, sid, plain[15:15 + n])
+            return
         hdr = unpackRelay(plain)
-        c = hdr.command
-        if c == _PACKET or c == _DATA:
+        if c == _PACKET:
             if not atEdge:
                 raise CellError(f"relay {_NAMES[c]} {self.NOT_AT_EDGE}")
             ack = self.deliverWindow.onReceived(tag)
             if ack is not None:
                 self.sendRelay(_SENDME, 0, Sendme(ack).encode())
-            if c == _PACKET:
-                packets = self.packetReader.feed(hdr.data)
-                if packets:
-                    self._packetsArrived(packets)
-            else:
-                self._streamArrived(c, hdr.streamId, hdr.data)
+            packets = self.packetReader.feed(hdr.data)
+            if packets:
+                self._packetsArrived(packets)
         elif c == _SENDME and hdr.streamId == 0:
             if not atEdge:
                 raise CellError(f"circuit SENDME {self.NOT_AT_EDGE}")

@@ -171,9 +171,15 @@ class OriginCrypto:
         @return: C{(hopIndex, plain, tag)}, or C{None} if no hop did: the cell
             was modified, replayed or reordered, and the circuit must go.
         """
-        for i, hop in enumerate(self.hops):
-            payload = hop.decryptBackward(payload)
-            tag = hop.recognizeBackward(payload)
-            if tag is not None:
-                return i, payload, tag
+        # Inlined hop.decryptBackward / recognizeBackward: this runs for
+        # every cell the origin receives, and the tag is tried only where
+        # "recognized" decrypts to zero.
+        i = 0
+        for hop in self.hops:
+            payload = hop._back(payload)
+            if payload[8:10] == _ZERO2:
+                tag = hop.recognizeBackward(payload)
+                if tag is not None:
+                    return i, payload, tag
+            i += 1
         return None

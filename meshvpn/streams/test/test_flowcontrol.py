@@ -249,3 +249,32 @@ class Fairness(unittest.TestCase):
         counts = [r.n for r in readers]
         self.assertGreater(min(counts), 0)
         self.assertLessEqual(max(counts), min(counts) * 1.2, counts)
+
+
+class MalformedData(unittest.TestCase):
+    """DATA is parsed in place on the hot path: it still refuses what unpackRelay refuses."""
+
+    def _send(self, w, payload):
+        ex = w.exitCircuit
+        ct, tag = ex.layer.originateBackward(payload)
+        ex.prev.send(ex.prevPrefix + bytes([C.Command.RELAY]) + ct)
+        w.pump()
+
+    def test_lengthPastTheCell(self):
+        w = World(self, size=0)
+        good = C.packRelay(RelayCommand.DATA, 1, b"x")
+        self._send(w, good[:13] + (495).to_bytes(2, "big") + good[15:])
+        self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
+
+    def test_streamZero(self):
+        w = World(self, size=0)
+        self._send(w, C.packRelay(RelayCommand.DATA, 1, b"x")[:11] + b"\0\0" + C.packRelay(RelayCommand.DATA, 1, b"x")[13:])
+        self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
+
+    def test_fromMiddleHop(self):
+        w = World(self, size=0)
+        mid = w.n.relayCircuit(w.n.middle)
+        ct, tag = mid.layer.originateBackward(C.packRelay(RelayCommand.DATA, 1, b"x"))
+        mid.prev.send(mid.prevPrefix + bytes([C.Command.RELAY]) + ct)
+        w.pump()
+        self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
