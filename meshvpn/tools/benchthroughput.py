@@ -72,11 +72,12 @@ class Fetch:
         return self.status == 200 and self.bytes == nbytes and self.digest == webfixture.expectedDigest(nbytes)
 
 
-def _viaSocks(proxy, host, port, path):
+def _viaSocks(proxy, host, port, path, isolation=None):
     from meshvpn.tools import socksclient
 
     started = time.monotonic()
-    return Fetch(socksclient.connect(proxy, host, port), host, path, started)
+    kw = {} if isolation is None else {"username": isolation, "password": "x"}
+    return Fetch(socksclient.connect(proxy, host, port, **kw), host, path, started)
 
 
 def _direct(host, port, path):
@@ -93,10 +94,18 @@ def measure(args, net, pipe, extra):
     pipeHost, pipePort = pipe
     proxy = net.socksAddress()
     pids = [n.process.pid for n in net.nodes]
-    # The first stream on the client's first circuit (fresh: never used).
+    # The very first stream (every process's first, a fresh circuit), then,
+    # with every process warm, the first stream on another fresh circuit (a
+    # new isolation key takes a spare): what a fresh circuit itself costs.
+    if not _direct(host, port, "/bytes/10").matches(10):
+        raise RuntimeError("the web server does not answer")
     first = _viaSocks(proxy, host, port, "/bytes/1000")
     if not first.matches(1000):
         raise RuntimeError("first fetch through the circuit failed")
+    time.sleep(0.5)
+    fresh = _viaSocks(proxy, host, port, "/bytes/1000", isolation="fresh-circuit")
+    if not fresh.matches(1000):
+        raise RuntimeError("first fetch through a second circuit failed")
     nbytes = args.megabytes * 1_000_000
     cpuBefore = [_cpuSeconds(p) for p in pids]
     bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
@@ -134,6 +143,7 @@ def measure(args, net, pipe, extra):
         "ttfb_ms_direct_median": round(ttfbDirect * 1000, 2),
         "added_ttfb_ms_median": round((ttfb - ttfbDirect) * 1000, 2),
         "ttfb_ms_first_stream": round(first.ttfb * 1000, 2),
+        "ttfb_ms_first_stream_fresh_circuit": round(fresh.ttfb * 1000, 2),
         "ttfb_ms_loaded_median": round(statistics.median(f.ttfb for f in loaded) * 1000, 2) if loaded else None,
         "parallel_streams": len(parallel),
         "parallel_mbps_each": [round(f.bytes * 8 / f.total / 1e6, 1) for f in parallel],
