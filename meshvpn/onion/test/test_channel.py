@@ -200,3 +200,38 @@ class Queue(unittest.TestCase):
         before = self.link.batchesSent
         self.channel.resumeProducing()
         self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))
+
+
+class OneWritePerTurn(unittest.TestCase):
+    """Switched cells leave once per reactor turn, however many batches the turn delivered."""
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+        guard = self.n.guard
+        [self.fromClient] = [ch for ch in guard.switch.channels() if ch.peerId == self.n.client.nodeId]
+        [self.toMiddle] = [ch for ch in guard.switch.channels() if ch.peerId == self.n.middle.nodeId]
+
+    def _forward(self, count):
+        # Cells for the middle (or beyond): the guard forwards them without recognizing them.
+        return [self.circ.prefix + bytes([3]) + self.circ.crypto.encrypt(
+            bytes(509), 2)[0] for _ in range(count)]
+
+    def test_twoBatchesOneWrite(self):
+        link = self.toMiddle.link
+        before = link.batchesSent
+        self.fromClient.receive(self._forward(10))
+        self.fromClient.receive(self._forward(10))
+        self.assertEqual(link.batchesSent, before, "small batches wait for the end of the turn")
+        self.n.net.endTurn()
+        self.assertEqual(link.batchesSent - before, 1)
+        self.assertEqual(self.toMiddle.queued(), 0)
+
+    def test_bigBatchWritesAtOnce(self):
+        from meshvpn.onion.flusher import WRITE_EARLY
+
+        link = self.toMiddle.link
+        before = link.batchesSent
+        self.fromClient.receive(self._forward(WRITE_EARLY))
+        self.assertEqual(link.batchesSent - before, 1)
