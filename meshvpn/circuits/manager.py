@@ -27,9 +27,6 @@ from meshvpn.interfaces import ICircuitManager, IStatusSource
 from meshvpn.circuits.pathselect import choosePath
 
 
-SPARE_REPLACE_DELAY = 2.0  # seconds after a spare is taken before its replacement is built
-
-
 class CircuitBuildFailed(MeshVPNError):
     """A circuit could not be built; C{hop} is the index (0 = guard) that failed, if known."""
 
@@ -119,10 +116,7 @@ class CircuitManager(service.Service):
             if _accepts(path, target, packets):
                 del self._spare[i]
                 self._assign(isolation, (circuit, path))
-                # Replace the spare a little later: building it now (ntor,
-                # perhaps a new TLS link) competes with this stream's first
-                # bytes in this process and on the relays.
-                self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
+                self.reactor.callLater(0, self._maintain)
                 return defer.succeed(circuit)
         d = self._buildWithRetries(target, packets=packets)
 
