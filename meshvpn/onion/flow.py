@@ -116,6 +116,14 @@ class VegasParams:
     - C{gamma}: leave slow start when more than this is queued;
     - C{delta}: more than this queued cuts the window to the estimated
       bandwidth-delay product plus C{delta} at once;
+    - C{share}: each threshold is at least this fraction of the window
+      (alpha 1/10, beta and gamma 1/5, delta 1/2).  Vegas' fixed cell
+      counts suit a path whose round trip only grows when a queue does; on
+      ours, relays that handle cells in batches and share a CPU add a few
+      milliseconds of jitter, which a fixed threshold reads as a queue on
+      a long path and caps the window far below the path.  A threshold
+      that scales with the window tolerates a round trip up to 11% (grow)
+      or 25% (shrink) above its minimum, whatever the path's length;
     - C{minRttWindow}: seconds over which the minimum round trip is kept
       (older minima are forgotten, so a path that became slower is not
       mistaken for a queue for ever).
@@ -128,6 +136,7 @@ class VegasParams:
     beta = 400
     gamma = 500
     delta = 1000
+    share = (10, 5, 5, 2)  # alpha, beta, gamma, delta as at least cwnd // n
     minRttWindow = 10.0
 
 
@@ -225,27 +234,30 @@ class VegasWindow:
     def _adjust(self, appLimited):
         p, inc = self.params, self.increment
         bdp = self.bdp()
-        queue = self.cwnd - bdp
         cwnd = self.cwnd
-        if queue > p.delta:
+        queue = cwnd - bdp
+        sa, sb, sg, sd = p.share
+        alpha, beta, gamma, delta = (max(p.alpha, cwnd // sa), max(p.beta, cwnd // sb),
+                                     max(p.gamma, cwnd // sg), max(p.delta, cwnd // sd))
+        if queue > delta:
             # A standing queue: drop to what the path holds (plus delta) at once.
-            cwnd = min(cwnd, bdp + p.delta - inc)
+            cwnd = min(cwnd, bdp + delta - inc)
             self.slowStart = False
             self._acks = self._streak = 0
         elif self.slowStart:
-            if queue > p.gamma:
+            if queue > gamma:
                 self.slowStart = False
-                cwnd = min(cwnd, bdp + p.gamma)
+                cwnd = min(cwnd, bdp + gamma)
             elif not appLimited:
                 cwnd += inc  # one increment per SENDME: the window doubles each round trip
         else:
             self._acks += 1
             if self._acks * inc >= cwnd:  # once per window, about once per round trip
                 self._acks = 0
-                if queue > p.beta:
+                if queue > beta:
                     cwnd -= inc
                     self._streak = 0
-                elif queue < p.alpha and not appLimited:
+                elif queue < alpha and not appLimited:
                     # Vegas adds one increment per round trip; after a collapse
                     # (a stalled link) that takes minutes to climb back, so each
                     # further round trip without a queue doubles the step, up to

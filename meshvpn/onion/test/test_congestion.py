@@ -73,8 +73,9 @@ class Controller(unittest.TestCase):
         rate = (p.acked - acked) / 5.0
         self.assertGreater(rate, 0.95 * p.rate)
         self.assertGreaterEqual(p.w.cwnd, p.bdp())
-        self.assertLessEqual(p.w.cwnd, p.bdp() + VegasParams.delta)
-        self.assertLess(p.queue(), VegasParams.delta)
+        # The standing queue stays within a quarter of the round trip (plus one increment).
+        self.assertLessEqual(p.w.cwnd, p.bdp() * 1.25 + p.w.increment)
+        self.assertLess(p.queue(), p.bdp() * 0.25 + p.w.increment)
 
     def test_smallPipeNeverLoadsAQueue(self):
         """A path whose BDP is below the initial window: the window comes down to it, the queue stays short."""
@@ -91,8 +92,8 @@ class Controller(unittest.TestCase):
         p.rate = 25_000
         p.run(10.0)
         self.assertLess(p.w.cwnd, before * 0.75)
-        self.assertLessEqual(p.w.cwnd, p.bdp() + VegasParams.delta)
-        self.assertLess(p.queue(), VegasParams.beta + 2 * p.w.increment)
+        self.assertLessEqual(p.w.cwnd, p.bdp() * 1.25 + p.w.increment)
+        self.assertLess(p.queue(), p.bdp() * 0.25 + p.w.increment)
         acked = p.acked
         p.run(3.0)
         self.assertGreater((p.acked - acked) / 3.0, 0.9 * p.rate)
