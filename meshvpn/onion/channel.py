@@ -210,7 +210,10 @@ class Channel:
         circuits = self.circuits
         limiter = self._switch.readLimiter
         perCircuit = {} if limiter is not None and limiter.circuitRate else None
-        for cell in cells:
+        i, n = 0, len(cells)
+        while i < n:
+            cell = cells[i]
+            i += 1
             try:
                 if len(cell) != CELL_SIZE:
                     raise CellError(f"cell is {len(cell)} bytes, expected {CELL_SIZE}")
@@ -219,10 +222,24 @@ class Channel:
                     end = circuits.get(int.from_bytes(cell[:4], "big"))
                     if end is None:
                         self._counters["cells_unknown_circuit"] += 1
-                    else:
-                        if perCircuit is not None:
-                            perCircuit[end] = perCircuit.get(end, 0) + 1
-                        end.onRelay(cmd, cell[5:])
+                        continue
+                    if cmd == 3 and end.TAKES_RUNS and i < n:
+                        # A run of RELAY cells of one circuit goes to its end at
+                        # once (one AES call per layer, not per cell).
+                        head = cell[:5]
+                        j = i
+                        while j < n and cells[j][:5] == head and len(cells[j]) == CELL_SIZE:
+                            j += 1
+                        if j > i:
+                            run = [c[5:] for c in cells[i - 1:j]]
+                            i = j
+                            if perCircuit is not None:
+                                perCircuit[end] = perCircuit.get(end, 0) + len(run)
+                            end.onRelayRun(run)
+                            continue
+                    if perCircuit is not None:
+                        perCircuit[end] = perCircuit.get(end, 0) + 1
+                    end.onRelay(cmd, cell[5:])
                 else:
                     self._control(cmd, int.from_bytes(cell[:4], "big"), cell)
             except (CellError, FlowError, ntor.HandshakeError) as e:

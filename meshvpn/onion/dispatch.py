@@ -20,7 +20,7 @@ circuits free of reference cycles, so a torn-down circuit is freed at once.
 
 from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, unpackRelay
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, ReceiveWindow, SendWindow, VegasWindow
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
 
 _DATA = RelayCommand.DATA
@@ -160,6 +160,42 @@ class RelayDispatcher:
                 self._streamArrived(c, hdr.streamId, hdr.data)
             else:
                 handler(self, cellCommand, hdr, hop)
+
+    def _dispatchRun(self, cellCommand, entries, last):
+        """
+        Act on recognized messages in order: C{entries} are C{(hop, plain,
+        tag)}.  On a circuit with XON/XOFF, consecutive DATA cells of one
+        stream reach the stream layer as one message (one delivery, one
+        write to the application instead of one per cell); stream windows,
+        which count cells, are not in use there.
+
+        @param last: the hop index of the circuit's edge.
+        """
+        if not self.flowFlags & FLOW_XON:
+            for hop, plain, tag in entries:
+                self._dispatch(cellCommand, plain, tag, hop == last, hop)
+            return
+        parts, sid = [], 0
+        for hop, plain, tag in entries:
+            if plain[10] == _DATA and hop == last:
+                s = (plain[11] << 8) | plain[12]
+                n = (plain[13] << 8) | plain[14]
+                if n <= _MAX_DATA and s != 0:
+                    ack = self.deliverWindow.onReceived(tag)
+                    if ack is not None:
+                        self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+                    if s != sid and parts:
+                        self._streamArrived(_DATA, sid, b"".join(parts))
+                        parts = []
+                    sid = s
+                    parts.append(plain[15:15 + n])
+                    continue
+            if parts:
+                self._streamArrived(_DATA, sid, b"".join(parts))
+                parts = []
+            self._dispatch(cellCommand, plain, tag, hop == last, hop)
+        if parts:
+            self._streamArrived(_DATA, sid, b"".join(parts))
 
     def _sendPacketsInWindow(self, packets):
         """

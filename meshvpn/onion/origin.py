@@ -266,6 +266,20 @@ class OriginCircuit(RelayDispatcher):
         hop, plain, tag = res
         self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
 
+    TAKES_RUNS = True
+
+    def onRelayRun(self, payloads):
+        hops = len(self.crypto.hops)
+        entries = self.crypto.decryptRun(payloads)
+        good = []
+        for entry in entries:
+            if entry is None:
+                break
+            good.append(entry)
+        self._dispatchRun(Command.RELAY, good, hops - 1)
+        if len(good) < len(entries):
+            raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
+
     def _packetsArrived(self, packets):
         if self._packetReceiver is not None:
             self._packetReceiver(packets)

@@ -20,6 +20,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
 from meshvpn.onion.lifecycle import HOP, HopEvent, HopState
+from meshvpn.onion.relaycrypto import candidates
 
 log = Logger()
 
@@ -38,9 +39,17 @@ class NextHopEnd:
     """The end of a relay circuit on its next hop's channel (cells going toward the origin)."""
 
     __slots__ = ("c",)
+    TAKES_RUNS = True
 
     def __init__(self, circuit):
         self.c = circuit
+
+    def onRelayRun(self, payloads):
+        c = self.c
+        data = c.layer.encryptBackward(b"".join(payloads))
+        head = c.prevPrefix + _RELAY
+        if not c.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
     def onRelay(self, cmd, payload):
         c = self.c
@@ -109,6 +118,35 @@ class RelayCircuit(RelayDispatcher):
                 self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
             return
         self._dispatch(cmd, plain, tag, self.next is None, 0)
+
+    TAKES_RUNS = True
+
+    def onRelayRun(self, payloads):
+        """Consecutive RELAY cells from the previous hop: one AES call for all."""
+        layer = self.layer
+        data = layer.decryptForward(b"".join(payloads))
+        nxt = self.next
+        if nxt is not None and not candidates(data):
+            # None is for us: all pass on, in one append to the next queue.
+            head = self.nextPrefix + _RELAY
+            if not nxt.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+            return
+        # Some may be for us: in order, as onRelay would (the layer is already off).
+        for k in range(0, len(data), 509):
+            if self.state is _CLOSED:
+                return  # a message destroyed the circuit: the rest is for no one
+            plain = data[k:k + 509]
+            tag = layer.recognizeForward(plain)
+            if tag is not None:
+                self._dispatch(Command.RELAY, plain, tag, self.next is None, 0)
+                continue
+            nxt = self.next
+            if nxt is None:
+                raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+            if not nxt.send(self.nextPrefix + _RELAY + plain):
+                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+                return
 
     def onCreated2(self, payload):
         raise CellError("CREATED2 from the previous hop")
