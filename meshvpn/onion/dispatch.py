@@ -19,7 +19,9 @@ circuits free of reference cycles, so a torn-down circuit is freed at once.
 """
 
 from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
-from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, unpackRelay
+import struct
+
+from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
 from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
 
@@ -28,6 +30,8 @@ _PACKET = RelayCommand.PACKET
 _SENDME = RelayCommand.SENDME
 _DROP = RelayCommand.DROP
 _NAMES = RelayCommand.NAMES
+_HEAD_PAD = bytes(10)  # tag and recognized, zero until the crypto layer fills in the tag
+_DATA_HEADER = struct.Struct(">BHH")
 _NEGOTIATE = RelayCommand.FLOW_NEGOTIATE
 _NEGOTIATED = RelayCommand.FLOW_NEGOTIATED
 
@@ -160,6 +164,22 @@ class RelayDispatcher:
                 self._streamArrived(c, hdr.streamId, hdr.data)
             else:
                 handler(self, cellCommand, hdr, hop)
+
+    def _dataCells(self, streamId, chunks):
+        """
+        The plain relay payloads of DATA cells carrying C{chunks} (each at
+        most 494 bytes) for C{streamId}, with a zero tag; the window is
+        charged by the caller.
+        """
+        full = _HEAD_PAD + _DATA_HEADER.pack(_DATA, streamId, _MAX_DATA)
+        out = []
+        for chunk in chunks:
+            n = len(chunk)
+            if n == _MAX_DATA:
+                out.append(full + chunk)
+            else:
+                out.append(packRelay(_DATA, streamId, chunk))
+        return out
 
     def _dispatchRun(self, cellCommand, entries, last):
         """

@@ -222,6 +222,26 @@ class OriginCircuit(RelayDispatcher):
         self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
         return False
 
+    def sendDataRun(self, streamId, chunks):
+        """
+        DATA cells for C{streamId} to the last hop, one per chunk (each at
+        most 494 bytes): a tag per cell, one AES call per layer, one append
+        to the queue; the caller checked L{circuitRoom}.
+
+        @return: C{False} if nothing was sent (closed, or the queue was full).
+        """
+        if self.state is _CLOSED:
+            return False
+        data, tags = self.crypto.encryptRun(self._dataCells(streamId, chunks), len(self.crypto.hops) - 1)
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        head = self.prefix + _CMD[False]
+        if self.channel.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            return True
+        self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
+        return False
+
     def circuitRoom(self):
         """Flow-controlled cells (DATA, PACKET) the circuit window takes now."""
         return 0 if self.state is _CLOSED else self.packWindow.window

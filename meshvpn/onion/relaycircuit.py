@@ -252,6 +252,26 @@ class RelayCircuit(RelayDispatcher):
         self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
         return False
 
+    def sendDataRun(self, streamId, chunks):
+        """
+        Originate DATA cells for C{streamId}, one per chunk (each at most
+        494 bytes), with one AES call and one append to the queue; the
+        caller checked L{circuitRoom}.
+
+        @return: C{False} if nothing was sent (closed).
+        """
+        if self.state is _CLOSED:
+            return False
+        data, tags = self.layer.originateBackwardRun(self._dataCells(streamId, chunks))
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        head = self.prevPrefix + _RELAY
+        if self.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            return True
+        self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+        return False
+
     def circuitRoom(self):
         """Flow-controlled cells the circuit window takes now."""
         return 0 if self.state is _CLOSED else self.packWindow.window

@@ -202,6 +202,31 @@ class OriginCrypto:
             payload = hops[i].encryptForward(payload)
         return payload, tag
 
+    def encryptRun(self, plains, hopIndex):
+        """
+        L{encrypt} for several payloads for hop C{hopIndex}, in order: a tag
+        per cell, then one AES call per layer for all of them.
+
+        @return: C{(ciphertexts joined, tags)}.
+        """
+        hop = self.hops[hopIndex]
+        mf, count = hop._mf, hop.fwdCount
+        tags, parts = [], []
+        for plain in plains:
+            h = mf.copy()
+            h.update(count.to_bytes(8, "big"))
+            h.update(memoryview(plain)[TAG_LEN:])
+            tag = h.digest()
+            count += 1
+            tags.append(tag)
+            parts.append(tag)
+            parts.append(plain[TAG_LEN:])
+        hop.fwdCount = count
+        data = b"".join(parts)
+        for i in range(hopIndex, -1, -1):
+            data = self.hops[i]._fwd(data)
+        return data, tags
+
     def decryptRun(self, payloads):
         """
         L{decrypt} for consecutive cells of this circuit: one AES call per

@@ -235,8 +235,11 @@ class CircuitStream:
                 # Send whole cells from the front; keep the remainder queued.
                 view = memoryview(chunk)
                 cells = min(len(chunk) // maxData, room)
-                for k in range(cells):
-                    send(_DATA, sid, view[k * maxData : (k + 1) * maxData])
+                if cells > 1 and mux.sendData is not None:
+                    mux.sendData(sid, [view[k * maxData:(k + 1) * maxData] for k in range(cells)])
+                else:
+                    for k in range(cells):
+                        send(_DATA, sid, view[k * maxData : (k + 1) * maxData])
                 self.packageWindow -= cells
                 budget -= cells
                 sent = cells * maxData

@@ -18,7 +18,7 @@ from meshvpn.streams.mux import StreamMux
 def attachStreams(circuit):
     """Give an origin circuit its stream layer. @return: the L{StreamMux}."""
     mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom,
-                    xon=lambda: circuit.flowFlags & FLOW_XON)
+                    xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun)
     circuit.streamHandler = mux
     return mux
 
@@ -50,7 +50,7 @@ class StreamExitEdge:
 
             mux = circuit.edgeState = StreamMux(
                 circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom,
-                xon=lambda: circuit.flowFlags & FLOW_XON,
+                xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
             )
         return mux
 

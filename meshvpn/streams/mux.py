@@ -54,10 +54,13 @@ class StreamMux:
         takes now (unlimited if not given).
     @param xon: C{callable()}: true if the circuit negotiated XON/XOFF
         (read as each stream is made; L{meshvpn.onion.flow.FLOW_XON}).
+    @param sendData: C{callable(streamId, chunks)} that sends one DATA cell
+        per chunk at once (the circuit's C{sendDataRun}), or C{None}.
     """
 
-    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None):
+    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None, sendData=None):
         self.sendRelay = sendRelay
+        self.sendData = sendData
         self.maxData = maxData
         self._xon = xon or (lambda: False)
         if circuitRoom is not None:
