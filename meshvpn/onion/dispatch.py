@@ -184,20 +184,38 @@ class RelayDispatcher:
     def _dispatchRun(self, cellCommand, entries, last):
         """
         Act on recognized messages in order: C{entries} are C{(hop, plain,
-        tag)}.  On a circuit with XON/XOFF, consecutive DATA cells of one
-        stream reach the stream layer as one message (one delivery, one
-        write to the application instead of one per cell); stream windows,
-        which count cells, are not in use there.
+        tag)}.  The packets a run of PACKET cells completes are delivered
+        together (one TUN batch), and on a circuit with XON/XOFF consecutive
+        DATA cells of one stream reach the stream layer as one message (one
+        delivery, one write to the application instead of one per cell);
+        stream windows, which count cells, are not in use there.
 
         @param last: the hop index of the circuit's edge.
         """
-        if not self.flowFlags & FLOW_XON:
-            for hop, plain, tag in entries:
-                self._dispatch(cellCommand, plain, tag, hop == last, hop)
-            return
-        parts, sid = [], 0
+        xon = self.flowFlags & FLOW_XON
+        parts, sid, packets = [], 0, []
         for hop, plain, tag in entries:
-            if plain[10] == _DATA and hop == last:
+            c = plain[10]
+            if c == _PACKET and hop == last:
+                # Packets completed by a run of PACKET cells go out as one batch.
+                if parts:
+                    self._streamArrived(_DATA, sid, b"".join(parts))
+                    parts = []
+                hdr = unpackRelay(plain)
+                ack = self.deliverWindow.onReceived(tag)
+                if ack is not None:
+                    self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+                got = self.packetReader.feed(hdr.data)
+                if got:
+                    packets.extend(got)
+                continue
+            if packets:
+                self._packetsArrived(packets)
+                packets = []
+            if not xon:
+                self._dispatch(cellCommand, plain, tag, hop == last, hop)
+                continue
+            if c == _DATA and hop == last:
                 s = (plain[11] << 8) | plain[12]
                 n = (plain[13] << 8) | plain[14]
                 if n <= _MAX_DATA and s != 0:
@@ -216,6 +234,8 @@ class RelayDispatcher:
             self._dispatch(cellCommand, plain, tag, hop == last, hop)
         if parts:
             self._streamArrived(_DATA, sid, b"".join(parts))
+        if packets:
+            self._packetsArrived(packets)
 
     def _sendPacketsInWindow(self, packets):
         """
@@ -230,7 +250,20 @@ class RelayDispatcher:
         while packets and packetCellCount(packets) > room:
             packets = packets[:-1]
         self.packetsDropped += n - len(packets)
-        sendRelay = self.sendRelay
-        for body in framePackets(packets):
-            sendRelay(_PACKET, 0, body)
+        bodies = framePackets(packets)
+        if len(bodies) > 1:
+            self._sendRun([packRelay(_PACKET, 0, body) for body in bodies])
+        else:
+            for body in bodies:
+                self.sendRelay(_PACKET, 0, body)
         return len(packets)
+
+    def sendDataRun(self, streamId, chunks):
+        """
+        DATA cells for C{streamId}, one per chunk (each at most 494 bytes):
+        a tag per cell, one AES call per layer, one append to the queue.
+        The caller checked C{circuitRoom()}.
+
+        @return: C{False} if nothing was sent (closed, or the queue was full).
+        """
+        return self._sendRun(self._dataCells(streamId, chunks))

@@ -222,17 +222,15 @@ class OriginCircuit(RelayDispatcher):
         self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
         return False
 
-    def sendDataRun(self, streamId, chunks):
+    def _sendRun(self, plains):
         """
-        DATA cells for C{streamId} to the last hop, one per chunk (each at
-        most 494 bytes): a tag per cell, one AES call per layer, one append
-        to the queue; the caller checked L{circuitRoom}.
-
-        @return: C{False} if nothing was sent (closed, or the queue was full).
+        Flow-controlled cells (plain payloads, tags zero) to the last hop: a
+        tag per cell, one AES call per layer, one append to the queue; the
+        caller checked L{circuitRoom}.
         """
         if self.state is _CLOSED:
             return False
-        data, tags = self.crypto.encryptRun(self._dataCells(streamId, chunks), len(self.crypto.hops) - 1)
+        data, tags = self.crypto.encryptRun(plains, len(self.crypto.hops) - 1)
         onSent = self.packWindow.onSent
         for tag in tags:
             onSent(tag)

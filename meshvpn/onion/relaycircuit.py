@@ -132,6 +132,20 @@ class RelayCircuit(RelayDispatcher):
             if not nxt.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
                 self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
             return
+        if nxt is None:
+            # The last hop: every cell is for us (or breaks the protocol).  No
+            # RELAY (non-EARLY) message can extend the circuit, so the edge
+            # stays the edge for the whole run.
+            entries = []
+            for k in range(0, len(data), 509):
+                plain = data[k:k + 509]
+                tag = layer.recognizeForward(plain)
+                if tag is None:
+                    self._dispatchRun(Command.RELAY, entries, 0)
+                    raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+                entries.append((0, plain, tag))
+            self._dispatchRun(Command.RELAY, entries, 0)
+            return
         # Some may be for us: in order, as onRelay would (the layer is already off).
         for k in range(0, len(data), 509):
             if self.state is _CLOSED:
@@ -252,17 +266,15 @@ class RelayCircuit(RelayDispatcher):
         self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
         return False
 
-    def sendDataRun(self, streamId, chunks):
+    def _sendRun(self, plains):
         """
-        Originate DATA cells for C{streamId}, one per chunk (each at most
-        494 bytes), with one AES call and one append to the queue; the
-        caller checked L{circuitRoom}.
-
-        @return: C{False} if nothing was sent (closed).
+        Originate flow-controlled cells (their plain payloads, tags zero)
+        toward the origin with one AES call and one append to the queue;
+        the caller checked L{circuitRoom}.
         """
         if self.state is _CLOSED:
             return False
-        data, tags = self.layer.originateBackwardRun(self._dataCells(streamId, chunks))
+        data, tags = self.layer.originateBackwardRun(plains)
         onSent = self.packWindow.onSent
         for tag in tags:
             onSent(tag)

@@ -404,7 +404,8 @@ class StreamHook(unittest.TestCase):
         for i in range(150):
             self.assertTrue(circ.sendRelay(RelayCommand.DATA, 7, b"abc"))
         n.net.pump()
-        self.assertEqual(len(edge.relay), 150)
+        self.assertEqual({(c, sid) for c, sid, _ in edge.relay}, {(RelayCommand.DATA, 7)})
+        self.assertEqual(b"".join(d for _, _, d in edge.relay), b"abc" * 150)
         # The circuit negotiated XON/XOFF: consecutive DATA cells of a stream
         # may reach the stream layer as one message.
         self.assertEqual({(c, sid) for c, sid, _ in hook.cells}, {(RelayCommand.DATA, 7)})
