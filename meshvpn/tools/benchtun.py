@@ -85,6 +85,21 @@ def _download(ns, url, expected, timeout=120):
     return got, float(total)
 
 
+def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "to_circuit", "from_circuit")):
+    """The counters of the client's status that tell where packets went (or were lost)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(value, (int, float)) and any(k in prefix for k in keys):
+            out[prefix[:-1]] = value
+
+    walk("", status)
+    return out
+
+
 def _median(values):
     return round(statistics.median(values), 3) if values else None
 
@@ -109,6 +124,10 @@ def benchVPN(size, pings):
                 time.sleep(0.5)
         got, seconds = _download(w.ns["cl"], f"http://{DOMAIN}/bytes/{size}", size)
         tunnel = _pingTimes(w.ns["cl"], WEB, pings)
+        time.sleep(1.2)  # the status file is rewritten every second
+        from meshvpn.control.status import readStatus
+
+        status = readStatus(w.dataDirs["client"]) or {}
         return {
             "throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "bytes": got,
@@ -116,6 +135,7 @@ def benchVPN(size, pings):
             "rtt_ms_median": _median(tunnel),
             "rtt_ms_direct_median": _median(direct),
             "pings_answered": len(tunnel),
+            "client_status": _dropCounters(status),
         }
 
 
