@@ -228,7 +228,7 @@ class Channel:
                         # once (one AES call per layer, not per cell).
                         head = cell[:5]
                         j = i
-                        while j < n and cells[j][:5] == head and len(cells[j]) == CELL_SIZE:
+                        while j < n and cells[j].startswith(head) and len(cells[j]) == CELL_SIZE:
                             j += 1
                         if j > i:
                             run = [c[5:] for c in cells[i - 1:j]]

@@ -84,11 +84,11 @@ def _relayUnderTest():
     fromClient.link.discard = True
     toNext.link.discard = True
     rc = fromClient.circuits[circ.circId]
-    return relay, fromClient, toNext, circ.prefix, rc.nextPrefix
+    return relay, fromClient, toNext, circ.prefix, rc.nextPrefix, clock
 
 
 def benchRelay(cells, batch):
-    relay, fromClient, toNext, prevPrefix, nextPrefix = _relayUnderTest()
+    relay, fromClient, toNext, prevPrefix, nextPrefix, clock = _relayUnderTest()
     body = os.urandom(CELL_SIZE - 5)
     fwd = [prevPrefix + b"\x03" + body] * batch
     back = [nextPrefix + b"\x03" + body] * batch
@@ -98,9 +98,11 @@ def benchRelay(cells, batch):
                                             ("backward", toNext, back, fromClient.link)):
         before = sink.cellsSent
         receive = channel.receive
+        endTurn = clock.advance  # each link read is one reactor turn: its cells leave at the end of it
         t0 = time.perf_counter()
         for _ in range(rounds):
             receive(batchCells)
+            endTurn(0)
         elapsed = time.perf_counter() - t0
         if sink.cellsSent - before != rounds * batch:
             raise RuntimeError(f"relay dropped cells in the {name} direction")
