@@ -56,6 +56,9 @@ XON_BELOW = 128 * 1024  # held bytes after which XON lets the sender go on
 # XOFF takes a round trip: a sender may have a whole congestion window in
 # flight when it arrives; past that it ignored the XOFF.
 HOLD_LIMIT = XOFF_ABOVE + VegasParams.maximum * 494 + 256 * 1024
+# All streams of a circuit together: a far end that keeps many paused
+# streams near their XOFF mark cannot make this end hold more than this.
+CIRCUIT_HOLD_LIMIT = 32 * 1024 * 1024
 _UNLIMITED = 1 << 60
 
 # Read once here: the DATA path compares against these per cell.
@@ -185,6 +188,7 @@ class CircuitStream:
         wire = EndReason.MISC if reason == EndReason.DONE and self.state in _READABLE else reason
         self.mux.sendRelay(_END, self.streamId, End(wire).encode())
         # Whoever closes wants nothing more, but hears the end at once.
+        self.mux.heldBytes -= self._heldBytes
         self._held, self._heldBytes = [], 0
         self._readPaused = False
         self._abort(reason, f"closed here: {EndReason.fromWire(reason).name}")
@@ -295,7 +299,9 @@ class CircuitStream:
             if self._held or self._readPaused or self.receiver is None:
                 self._held.append(data)
                 self._heldBytes += n
-                if self.xon and self._heldBytes > XOFF_ABOVE:
+                mux = self.mux
+                mux.heldBytes += n
+                if self.xon and (self._heldBytes > XOFF_ABOVE or mux.heldBytes > CIRCUIT_HOLD_LIMIT):
                     self._tooMuchHeld()
             else:
                 self.receiver.streamDataReceived(data)
@@ -362,7 +368,7 @@ class CircuitStream:
 
     def _tooMuchHeld(self):
         """The reader is paused and bytes pile up: XOFF, or cut off a sender that ignored it."""
-        if self._heldBytes > HOLD_LIMIT:
+        if self._heldBytes > HOLD_LIMIT or self.mux.heldBytes > CIRCUIT_HOLD_LIMIT:
             self.mux.violations += 1
             self.close(EndReason.RESOURCELIMIT)
         elif not self._xoffSent:
@@ -411,6 +417,7 @@ class CircuitStream:
     def _dispatch(self, item):
         if type(item) is bytes:
             self._heldBytes -= len(item)
+            self.mux.heldBytes -= len(item)
             self.receiver.streamDataReceived(item)
         elif item is _READ_ENDED:
             self.receiver.streamReadEnded()

@@ -74,6 +74,7 @@ class StreamMux:
         self.violations = 0
         self.closedReason = None
         self.bytesSent = self.bytesReceived = 0  # stream data, all streams ever
+        self.heldBytes = 0  # bytes every stream holds for a reader that paused it
 
     @staticmethod
     def circuitRoom():

@@ -278,3 +278,24 @@ class MalformedData(unittest.TestCase):
         mid.prev.send(mid.prevPrefix + bytes([C.Command.RELAY]) + ct)
         w.pump()
         self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
+
+    def test_manyPausedStreamsBoundedTogether(self):
+        """Streams that each stay under their own limit cannot make the circuit hold more than its limit."""
+        w = World(self, size=1 << 40, push=False)
+        streams = []
+        for i in range(12):
+            s = w.open(self, Digest())
+            s.pauseProducing()
+            streams.append(s)
+        body = b"y" * 494
+        perStream = (cs.CIRCUIT_HOLD_LIMIT // 12) + 494 * 200  # each alone stays below HOLD_LIMIT
+        self.assertLess(perStream, cs.HOLD_LIMIT)
+        for s in streams:
+            for i in range(perStream // 494):
+                if s.state is cs.StreamState.CLOSED:
+                    break
+                s.relayReceived(RelayCommand.DATA, body)
+        mux = w.circ.streamHandler
+        self.assertLessEqual(mux.heldBytes, cs.CIRCUIT_HOLD_LIMIT + 494)
+        self.assertTrue(any(s.state is cs.StreamState.CLOSED for s in streams))
+        self.assertEqual(mux.heldBytes, sum(s._heldBytes for s in streams))
