@@ -23,17 +23,28 @@ import struct
 
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
-from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
+from meshvpn.onion.packets import PacketReader, framePackets
 
 _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
 _SENDME = RelayCommand.SENDME
 _DROP = RelayCommand.DROP
 _NAMES = RelayCommand.NAMES
+PACKET_BACKLOG = 256 * 1024  # bytes of IP packets that may wait for the circuit window, per circuit end
 _HEAD_PAD = bytes(10)  # tag and recognized, zero until the crypto layer fills in the tag
 _DATA_HEADER = struct.Struct(">BHH")
 _NEGOTIATE = RelayCommand.FLOW_NEGOTIATE
 _NEGOTIATED = RelayCommand.FLOW_NEGOTIATED
+
+def _fitting(packets, room):
+    """How many of C{packets}, from the front, fit C{room} cells framed together."""
+    total = 0
+    for i, p in enumerate(packets):
+        total += 2 + len(p)
+        if -(-total // _MAX_DATA) > room:
+            return i
+    return len(packets)
+
 
 # The value in an end's table for messages that belong to the stream layer.
 STREAM = None
@@ -68,6 +79,8 @@ class RelayDispatcher:
         self.deliverWindow = ReceiveWindow()
         self.packetReader = PacketReader()
         self.packetsDropped = 0
+        self._backlog = []  # packets waiting for the window (packet mode)
+        self._backlogBytes = 0
         self.flowClock = clock
         self.flowFlags = 0  # what the circuit negotiated (meshvpn.onion.flow FLOW_*)
         self._flowState = None  # None, "proposed" (origin), "agreed"
@@ -151,6 +164,8 @@ class RelayDispatcher:
             if not atEdge:
                 raise CellError(f"circuit SENDME {self.NOT_AT_EDGE}")
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
+            if self._backlog:
+                self._drainPackets()
             self._windowOpened()
         elif c == _DROP:
             pass
@@ -240,23 +255,54 @@ class RelayDispatcher:
     def _sendPacketsInWindow(self, packets):
         """
         Send IP packets in as few PACKET cells as possible.  Those that do
-        not fit the send window are dropped (counted in C{packetsDropped}),
-        as a full router queue drops them; TCP inside recovers.
+        not fit the send window wait in a bounded backlog (a router's
+        buffer: TCP inside does badly behind a buffer of zero, its bursts
+        would be cut) and leave as SENDMEs open the window; past
+        C{PACKET_BACKLOG} bytes they are dropped (counted in
+        C{packetsDropped}), as a full router queue drops them, and TCP
+        inside recovers.
 
-        @return: the number of packets sent.
+        @return: the number of packets sent or queued.
         """
-        room = self.packWindow.window
-        n = len(packets)
-        while packets and packetCellCount(packets) > room:
-            packets = packets[:-1]
-        self.packetsDropped += n - len(packets)
+        if self._backlog:
+            # Packets keep their order: new ones wait behind the backlog.
+            return self._queuePackets(packets)
+        fit = _fitting(packets, self.packWindow.window)
+        if fit:
+            self._sendPacketCells(packets[:fit])
+        if fit < len(packets):
+            return fit + self._queuePackets(packets[fit:])
+        return fit
+
+    def _sendPacketCells(self, packets):
         bodies = framePackets(packets)
         if len(bodies) > 1:
             self._sendRun([packRelay(_PACKET, 0, body) for body in bodies])
         else:
             for body in bodies:
                 self.sendRelay(_PACKET, 0, body)
-        return len(packets)
+
+    def _queuePackets(self, packets):
+        backlog = self._backlog
+        queued = 0
+        for p in packets:
+            if self._backlogBytes + len(p) > PACKET_BACKLOG:
+                self.packetsDropped += len(packets) - queued
+                break
+            backlog.append(p)
+            self._backlogBytes += len(p)
+            queued += 1
+        return queued
+
+    def _drainPackets(self):
+        """The window opened: send what the backlog holds, as far as it fits."""
+        backlog = self._backlog
+        fit = _fitting(backlog, self.packWindow.window)
+        if fit:
+            out = backlog[:fit]
+            del backlog[:fit]
+            self._backlogBytes -= sum(len(p) for p in out)
+            self._sendPacketCells(out)
 
     def sendDataRun(self, streamId, chunks):
         """

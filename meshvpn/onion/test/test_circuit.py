@@ -122,15 +122,21 @@ class Build(unittest.TestCase):
         self.assertEqual(circ.packetsDropped, 0)
         self.assertGreater(circ.circuitRoom(), 0)
 
-    def test_windowFullDropsPackets(self):
+    def test_windowFullQueuesThenDropsPackets(self):
+        """Past the window packets wait in a bounded backlog (sent, in order, as SENDMEs come back); past that they drop."""
+        from meshvpn.onion.dispatch import PACKET_BACKLOG
+
         n = Net(self)
         circ = n.built(self)
-        for i in range(1200):  # no pumping: no SENDME can come back
-            circ.sendPacket(b"z" * 400)
+        queued = PACKET_BACKLOG // 400
+        for i in range(1000 + queued + 50):  # no pumping: no SENDME can come back
+            circ.sendPacket(i.to_bytes(4, "big") + b"z" * 396)
         self.assertEqual(circ.circuitRoom(), 0)
-        self.assertEqual(circ.packetsDropped, 200)
+        self.assertEqual(circ.packetsDropped, 50)
         n.net.pump()
-        self.assertEqual(len(n.edge.packets), 1000)
+        self.assertEqual(len(n.edge.packets), 1000 + queued)
+        self.assertEqual([int.from_bytes(p[:4], "big") for p in n.edge.packets], list(range(1000 + queued)))
+        self.assertEqual(circ._backlogBytes, 0)
 
 
 class Confidentiality(unittest.TestCase):
