@@ -155,7 +155,7 @@ class VegasWindow:
 
     __slots__ = ("window", "cwnd", "inflight", "increment", "slowStart", "ewmaRtt", "minRtt", "params",
                  "_clock", "_sent", "_expected", "_acks", "_streak", "_minNow", "_minPrev", "_minSince",
-                 "rttSamples")
+                 "rttSamples", "standingRtt", "_recent")
 
     def __init__(self, clock, params=VegasParams, increment=CIRCUIT_INCREMENT):
         self.params = params
@@ -166,6 +166,8 @@ class VegasWindow:
         self.slowStart = True
         self.ewmaRtt = None
         self.minRtt = None
+        self.standingRtt = None  # the smallest sample of about the last round trip
+        self._recent = deque()  # the last samples (at most 32), for standingRtt
         self.rttSamples = 0
         self._clock = clock
         self._sent = 0
@@ -220,16 +222,23 @@ class VegasWindow:
         if rtt < self._minNow:
             self._minNow = rtt
         self.minRtt = min(self._minNow, self._minPrev)
+        # The standing round trip: a queue that lasts shows in every sample of
+        # a round trip; jitter (a relay's batch, a busy CPU) only in some.
+        recent = self._recent
+        recent.append(rtt)
+        while len(recent) > max(2, min(n, 32)):
+            recent.popleft()
+        self.standingRtt = min(recent)
 
     def queued(self):
         """Cells the controller believes wait in queues: C{cwnd - bdp}."""
         return self.cwnd - self.bdp()
 
     def bdp(self):
-        """The bandwidth-delay product estimate: the window scaled by min/ewma round trip."""
-        if not self.ewmaRtt:
+        """The bandwidth-delay product estimate: the window scaled by the minimum over the standing round trip."""
+        if not self.standingRtt:
             return self.cwnd
-        return self.cwnd * self.minRtt / self.ewmaRtt
+        return self.cwnd * self.minRtt / self.standingRtt
 
     def _adjust(self, appLimited):
         p, inc = self.params, self.increment
