@@ -11,8 +11,7 @@ from meshvpn.interfaces import IStream
 from meshvpn.onion import cells as C
 from meshvpn.onion.cells import DestroyReason, RelayCommand
 from meshvpn.onion.destroy import CircuitDestroyed
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, VegasWindow
-from meshvpn.onion.endreasons import EndReason
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, VegasWindow
 from meshvpn.onion.test.test_circuit import Net
 from meshvpn.streams import circuitstream as cs
 from meshvpn.streams.edge import StreamExitEdge, attachStreams
@@ -26,9 +25,6 @@ class Source(FarEnd):
     def __init__(self, size, chunk=64 * 1024):
         super().__init__()
         self.left, self.chunk, self.paused = size, chunk, False
-
-    def setReceiver(self, receiver):
-        super().setReceiver(receiver)
 
     def pauseProducing(self):
         self.paused = True
@@ -48,7 +44,9 @@ class Source(FarEnd):
 
 
 def _body(offset, n):
-    return bytes((offset + i) & 0xFF for i in range(0, n)) if n < 64 else (bytes(range(256)) * (n // 256 + 1))[:n]
+    """Deterministic content: the chunk that leaves with C{offset} bytes still to send."""
+    start = offset & 0xFF
+    return (bytes(range(start, 256)) + bytes(range(256)) * (n // 256 + 1))[:n]
 
 
 class Digest(Collect):
