@@ -94,21 +94,14 @@ def measure(args, net, pipe, extra):
     pipeHost, pipePort = pipe
     proxy = net.socksAddress()
     pids = [n.process.pid for n in net.nodes]
-    # The very first stream (every process's first, a fresh circuit), then,
-    # with every process warm, the first stream on another fresh circuit (a
+    # The very first stream (every process's first, on a fresh circuit); at the
+    # end, with every process warm, first streams on other fresh circuits (a
     # new isolation key takes a spare): what a fresh circuit itself costs.
     if not _direct(host, port, "/bytes/10").matches(10):
         raise RuntimeError("the web server does not answer")
     first = _viaSocks(proxy, host, port, "/bytes/1000")
     if not first.matches(1000):
         raise RuntimeError("first fetch through the circuit failed")
-    fresh = []
-    for i in range(args.fresh):
-        time.sleep(0.6)  # the spare taken by the last one is replaced meanwhile
-        f = _viaSocks(proxy, host, port, "/bytes/1000", isolation=f"fresh-circuit-{i}")
-        if not f.matches(1000):
-            raise RuntimeError("first fetch through a fresh circuit failed")
-        fresh.append(f.ttfb)
     nbytes = args.megabytes * 1_000_000
     cpuBefore = [_cpuSeconds(p) for p in pids]
     bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
@@ -119,6 +112,15 @@ def measure(args, net, pipe, extra):
     direct = [_direct(pipeHost, pipePort, "/bytes/100") for _ in range(args.fetches)]
     loaded, loadedBulk = _underLoad(proxy, host, port, nbytes, args.fetches)
     parallel = _parallel(proxy, host, port, args.parallel, max(1, nbytes // args.parallel)) if args.parallel else []
+    # Last: each new isolation key takes a fresh circuit, and the circuits it
+    # leaves behind must not weigh on the measurements above.
+    fresh = []
+    for i in range(args.fresh):
+        time.sleep(0.6)  # the spare taken by the last one is replaced meanwhile
+        f = _viaSocks(proxy, host, port, "/bytes/1000", isolation=f"fresh-circuit-{i}")
+        if not f.matches(1000):
+            raise RuntimeError("first fetch through a fresh circuit failed")
+        fresh.append(f.ttfb)
     checks = {
         "bulk": bulk.matches(nbytes),
         "pipe": pipeBulk.matches(nbytes),
