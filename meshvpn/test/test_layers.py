@@ -27,6 +27,7 @@ PLANES = {
     "onion": 3,
     "circuits": 4,
     "streams": 5, "tun": 5,
+    "payments": 5,  # tokens, issuer, Monero RPC: used by the client and the exit, uses no edge
     "client": 6, "exit": 6,  # the edges
     "control": 7,
     "roles": 8,
