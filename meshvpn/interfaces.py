@@ -986,3 +986,95 @@ class IStatusSource(Interface):
         """
         @return: a JSON-serialisable C{dict}.  No key material, no payload.
         """
+
+
+# --------------------------------------------------------------------------
+# payments (payments/, doc/payments.md)
+
+
+class ISpentTokenStore(Interface):
+    """
+    The double-spending check: which tokens, per issuer key (one per epoch),
+    were accepted.  Durable: an accepted spend survives a crash.
+    """
+
+    def spend(keyId, nullifier):
+        """
+        Record the token with C{nullifier} (32 bytes) under issuer key
+        C{keyId} (its 32-byte token_key_id), on disk before returning.
+
+        @return: C{True} if it was not spent before (it is now), C{False}
+            if it was: a double spend.
+        """
+
+    def isSpent(keyId, nullifier):
+        """@return: whether the token was already accepted."""
+
+    def forgetKey(keyId):
+        """Drop the whole list of C{keyId} (its epoch's tokens have expired)."""
+
+
+class IIssuerKeys(Interface):
+    """
+    The public keys an exit checks tokens with: for each accepted issuer,
+    the keys it published (signed by its node key) for the epochs whose
+    tokens are spendable now.
+    """
+
+    def lookup(tokenKeyId, now):
+        """
+        @return: C{(issuerId, epoch, publicKey)} for the key C{tokenKeyId}
+            if it belongs to an accepted issuer and its tokens are spendable
+            at C{now}, else C{None}.
+        """
+
+
+class IMoneroWallet(Interface):
+    """
+    The part of a Monero wallet (monero-wallet-rpc) that selling and buying
+    need.  Amounts are integers in atomic units (1 XMR = 10**12).
+    """
+
+    def createAddress(label):
+        """
+        A fresh subaddress of account 0, one per purchase.
+
+        @return: a Deferred firing with C{(index, address)}.
+        """
+
+    def incoming(indices):
+        """
+        Incoming transfers to the subaddresses C{indices} of account 0,
+        confirmed and in the pool.
+
+        @return: a Deferred firing with a list of
+            L{meshvpn.payments.monero.Incoming}.
+        """
+
+    def transfer(address, amount):
+        """
+        Pay C{amount} to C{address}.
+
+        @return: a Deferred firing with C{(txid, fee)}.
+        """
+
+    def refresh():
+        """Scan new blocks now. @return: a Deferred."""
+
+
+class ITokenWallet(Interface):
+    """
+    A user's bandwidth tokens on disk, shared by the ``meshvpn wallet``
+    command (which adds them) and the client node (which spends them).
+    """
+
+    def balance(now):
+        """@return: C{{issuer id hex: {"usable": n, "waiting": n, "expired": n}}}."""
+
+    def take(issuerId, now):
+        """
+        Claim one spendable token of C{issuerId} for spending (atomic across
+        processes: no token is handed out twice).
+
+        @return: a L{meshvpn.payments.tokens.Token} or C{None} if none is left.
+        """
