@@ -12,17 +12,16 @@ piconero); L{formatXMR} is for people only.  Responses are read up to a
 bound, every call has a timeout, and connections are not kept open.
 """
 
-import io
 import json
 
 import attrs
-from twisted.internet import defer, protocol
-from twisted.web.client import Agent, FileBodyProducer, ResponseDone
-from twisted.web.http_headers import Headers
+from twisted.internet import defer
+from twisted.web.client import Agent
 from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError
 from meshvpn.interfaces import IMoneroWallet
+from meshvpn.payments import httpclient
 
 ATOMIC_PER_XMR = 10**12
 MAX_RESPONSE = 16 * 1024 * 1024
@@ -55,32 +54,6 @@ def _str(value, what):
     return value
 
 
-class _BoundedBody(protocol.Protocol):
-    def __init__(self, finished, limit):
-        self.finished = finished
-        self.limit = limit
-        self.parts = []
-        self.size = 0
-
-    def dataReceived(self, data):
-        self.size += len(data)
-        if self.size > self.limit:
-            self.parts = []
-            self.transport.stopProducing()
-            if not self.finished.called:
-                self.finished.errback(MoneroRPCError(f"answer larger than {self.limit} bytes"))
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason):
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone):
-            self.finished.callback(b"".join(self.parts))
-        else:
-            self.finished.errback(MoneroRPCError(f"answer cut short: {reason.getErrorMessage()}"))
-
-
 class MoneroRPC:
     """
     One JSON-RPC endpoint, e.g. C{http://127.0.0.1:18081/json_rpc}.
@@ -103,25 +76,15 @@ class MoneroRPC:
     async def _call(self, method, params):
         self._id += 1
         body = json.dumps({"jsonrpc": "2.0", "id": str(self._id), "method": method, "params": params}).encode()
-        d = self.agent.request(
-            b"POST", self.url.encode("ascii"), Headers({b"Content-Type": [b"application/json"]}),
-            FileBodyProducer(io.BytesIO(body)),
-        )
-        d.addTimeout(self.timeout, self.reactor)
         try:
-            response = await d
-            if response.code != 200:
-                response.deliverBody(protocol.Protocol())
-                raise MoneroRPCError(f"{method}: HTTP {response.code}")
-            finished = defer.Deferred()
-            response.deliverBody(_BoundedBody(finished, self.maxResponse))
-            raw = await finished.addTimeout(self.timeout, self.reactor)
-        except defer.TimeoutError:
-            raise MoneroRPCError(f"{method}: no answer from {self.url} within {self.timeout:.0f}s") from None
-        except MoneroRPCError:
-            raise
-        except Exception as e:  # connection refused, reset, DNS, ...
-            raise MoneroRPCError(f"{method}: cannot reach {self.url}: {e.__class__.__name__}: {e}"[:300]) from None
+            code, raw = await httpclient.request(
+                self.reactor, "POST", self.url, body, {"Content-Type": "application/json"}, timeout=self.timeout,
+                limit=self.maxResponse, agent=self.agent, error=MoneroRPCError,
+            )
+        except MoneroRPCError as e:
+            raise MoneroRPCError(f"{method}: {e}") from None
+        if code != 200:
+            raise MoneroRPCError(f"{method}: HTTP {code}")
         try:
             answer = json.loads(raw)
         except ValueError:

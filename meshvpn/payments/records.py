@@ -138,14 +138,19 @@ class PaymentRecords:
     """
     Publishing and reading the records above through a DHT node.
 
-    @param dht: an L{meshvpn.interfaces.IDHT} with C{clock} (a DHTNode).
+    @param dht: an L{meshvpn.interfaces.IDHT} with C{clock} (a DHTNode), or
+        a callable returning it (a node's DHT exists once its service runs).
     @param identity: this node's identity, for what it publishes.
     """
 
     def __init__(self, dht, identity=None):
-        self.dht = dht
+        self._dht = dht if callable(dht) else (lambda: dht)
         self.identity = identity
         self._lastSeq = 0
+
+    @property
+    def dht(self):
+        return self._dht()
 
     def _seq(self):
         self._lastSeq = max(self._lastSeq + 1, int(self.dht.clock.seconds() * 1000))
