@@ -105,6 +105,9 @@ def buildParser():
     from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
     addTunCommands(sub)
+    from meshvpn.payments.walletcli import addWalletCommands  # wallet
+
+    addWalletCommands(sub)
     return parser
 
 
