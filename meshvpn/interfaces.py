@@ -1021,11 +1021,12 @@ class IIssuerKeys(Interface):
     tokens are spendable now.
     """
 
-    def lookup(tokenKeyId, now):
+    def lookup(tokenKeyId):
         """
-        @return: C{(issuerId, epoch, publicKey)} for the key C{tokenKeyId}
-            if it belongs to an accepted issuer and its tokens are spendable
-            at C{now}, else C{None}.
+        @return: a L{meshvpn.payments.records.KnownKey} (issuer id, epoch,
+            public key, and the window in which its tokens are spendable)
+            if C{tokenKeyId} is a key an accepted issuer published, else
+            C{None}.  The caller checks the window against its clock.
         """
 
 

@@ -53,7 +53,7 @@ class Command:
 
 
 class RelayCommand:
-    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode)."""
+    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth tokens)."""
 
     BEGIN = 1
     DATA = 2
@@ -68,11 +68,12 @@ class RelayCommand:
     EXTEND2 = 14
     EXTENDED2 = 15
     PACKET = 128
+    PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
-        15: "EXTENDED2", 128: "PACKET",
+        15: "EXTENDED2", 128: "PACKET", 129: "PAYMENT",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
@@ -248,7 +249,7 @@ def unpackRelay(payload):
                    RelayCommand.RESOLVE, RelayCommand.RESOLVED) and streamId == 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} needs a stream id")
     if command in (RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE,
-                   RelayCommand.TRUNCATED, RelayCommand.PACKET) and streamId != 0:
+                   RelayCommand.TRUNCATED, RelayCommand.PACKET, RelayCommand.PAYMENT) and streamId != 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} must use stream id 0")
     return RelayHeader(command, streamId, bytes(payload[RELAY_HEADER_LEN:RELAY_HEADER_LEN + n]))
 

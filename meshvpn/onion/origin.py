@@ -277,7 +277,10 @@ class OriginCircuit:
                     w.errback(CircuitDestroyed(reason, f"hop {hop + 1} could not extend"))
         elif c == RelayCommand.DROP:
             pass
-        elif c in (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME):
+        elif c in (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
+                   RelayCommand.PAYMENT):
+            if c == RelayCommand.PAYMENT and hop != last:
+                raise CellError("PAYMENT from a middle hop")
             if self.streamHandler is not None:
                 self.streamHandler.relayReceived(c, hdr.streamId, hdr.data)
         else:

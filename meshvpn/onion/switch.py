@@ -344,7 +344,7 @@ class RelayCircuit:
         elif c == RelayCommand.DROP:
             pass
         elif c in (RelayCommand.BEGIN, RelayCommand.END, RelayCommand.RESOLVE, RelayCommand.SENDME,
-                   RelayCommand.CONNECTED, RelayCommand.RESOLVED):
+                   RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.PAYMENT):
             if self.next is not None:
                 raise CellError(f"relay {RelayCommand.NAMES[c]} at a middle hop")
             edge.relayReceived(self, c, hdr.streamId, hdr.data)

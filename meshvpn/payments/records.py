@@ -134,6 +134,20 @@ class ExitTerms:
         return terms
 
 
+@attrs.frozen
+class KnownKey:
+    """An issuer key as a verifier knows it (from the issuer's records)."""
+
+    issuerId: bytes
+    epoch: int
+    publicKey: object
+    spendableFrom: int
+    spendableUntil: int
+
+    def spendableAt(self, t):
+        return self.spendableFrom <= t < self.spendableUntil
+
+
 class PaymentRecords:
     """
     Publishing and reading the records above through a DHT node.

@@ -11,6 +11,8 @@ from meshvpn.client.vpn import attachTun, tunSettings
 from meshvpn.client.meshlink import attachMeshLinks, meshSettings
 from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.roles.onionclient import attachOnionClient
+from meshvpn.client.paying import paymentClientSettings
+from meshvpn.roles.payments import attachClientPayments
 
 
 class Options(RoleOptions):
@@ -36,6 +38,8 @@ class Options(RoleOptions):
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
         *meshSettings(),
+        # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
+        *paymentClientSettings(),
     ]
 
     def postOptions(self):
@@ -56,7 +60,7 @@ def makeService(options):
     packets = options.settings["tun"] and options.settings["tun_capture"]
     finder = RelayFinder(dht, options.settings["dht_sample_interval"], enough=lambda ds: pathPossible(ds, packets))
     finder.setServiceParent(dht)
-    attachOnionClient(node, options.settings, finder)
+    attachOnionClient(node, options.settings, finder, attachClientPayments(node, options.settings, finder))
     attachTun(node, options.settings, finder)
     attachMeshLinks(node, options.settings)
     return node

@@ -59,17 +59,24 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
-def attachOnionClient(node, settings, finder):
-    """@return: the L{CircuitManager} (also C{node.circuits})."""
+def attachOnionClient(node, settings, finder, payments=None):
+    """
+    @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
+        pay token-gated exits), or C{None}.
+    @return: the L{CircuitManager} (also C{node.circuits}).
+    """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
     node.links.setCellHandler(onion.switch)
     onion.setServiceParent(node)
     node.onion = onion
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
+    relays, onCircuit = DirectoryRelays(node.reactor, finder), attachStreams
+    if payments is not None:
+        relays, onCircuit = payments.relaySource(relays), payments.onCircuit(onCircuit)
     circuits = CircuitManager(
         node.reactor,
-        DirectoryRelays(node.reactor, finder),
-        CircuitBuilder(node.reactor, onion.switch, node.links, onCircuit=attachStreams),
+        relays,
+        CircuitBuilder(node.reactor, onion.switch, node.links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
     )

@@ -7,9 +7,11 @@ Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
 from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
+from meshvpn.exit.paygate import paymentExitSettings
 from meshvpn.exit.settings import exitSettings
 from meshvpn.roles.common import buildNode
 from meshvpn.roles.onionrelay import attachOnionRelay, publisherOptions
+from meshvpn.roles.payments import attachPaidExit
 
 
 class Options(RoleOptions):
@@ -38,6 +40,8 @@ class Options(RoleOptions):
         ),
         # Exits (--flags with exit): meshvpn/exit/settings.py, doc/exit-policy.md
         *exitSettings(),
+        # Token-gated exits (meshvpn/exit/paygate.py, doc/payments.md)
+        *paymentExitSettings(),
         # VPN packet exit (meshvpn/exit/packet*.py, doc/vpn.md)
         *packetExitSettings(),
         Setting(
@@ -71,6 +75,7 @@ def makeService(options):
         flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
     dht = DHTService(node, options.settings["bootstrap"])
     dht.setServiceParent(node)
+    attachPaidExit(node, options.settings, onion, exitParts, dht)
     publisher = RelayPublisher(
         dht,
         flags,
