@@ -421,6 +421,8 @@ class RedeemReporter:
     def flush(self):
         if self._sending is not None:
             return self._sending
+        if self._call is not None and self._call.active():
+            self._call.cancel()
         batch, self.queue = self.queue, []
         if not batch:
             return defer.succeed(None)

@@ -177,6 +177,7 @@ class MoneroWallet:
 
     @defer.inlineCallbacks
     def transfer(self, address, amount):
+        yield self.refresh()  # build on the outputs the chain has now
         result = yield self.rpc.call(
             "transfer",
             {"destinations": [{"amount": _int(amount, "amount"), "address": address}], "account_index": 0, "priority": 0},

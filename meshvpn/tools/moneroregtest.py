@@ -40,8 +40,10 @@ from meshvpn.errors import MeshVPNError
 MONEROD = "monerod"
 WALLET_RPC = "monero-wallet-rpc"
 # Coinbase outputs unlock after 60 blocks, and a transfer needs 16 unlocked outputs
-# on the chain for its ring (itself and 15 decoys): 80 blocks leave 20.
-FUND_BLOCKS = 80
+# on the chain for its ring (itself and 15 decoys).  With 80 blocks (20 unlocked)
+# the first transfer works but monero-wallet-rpc 0.18 can spin for minutes picking
+# decoys for the next ones; with 110 and more, six transfers in a row took < 1.2 s each.
+FUND_BLOCKS = 120
 
 
 class MoneroStartError(MeshVPNError):
@@ -204,6 +206,9 @@ class MoneroRegtest:
             self.walletPorts[name] = port
             proc.waitReady("get_version", timeout)
             callSync(port, "create_wallet", {"filename": name, "password": "", "language": "English"})
+            # Background refreshes can keep monero-wallet-rpc from answering for minutes (a known
+            # 0.18 behaviour under load); users of these wallets refresh when they need to.
+            callSync(port, "auto_refresh", {"enable": False})
             self.addresses[name] = callSync(port, "get_address", {"account_index": 0})["address"]
             self.timings[f"wallet_{name}_start_s"] = round(time.monotonic() - t0, 2)
 

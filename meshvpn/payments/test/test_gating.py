@@ -96,20 +96,26 @@ class Source(protocol.Protocol):
 
 
 class Net:
-    def __init__(self, test, freeRate=0, wallet=True, grace=30.0):
+    """
+    A client, three relays and a gated exit in memory.  C{keys}, C{issuerId},
+    C{wallet}, C{reporter} and C{now} may come from a real issuer (the
+    regtest tests); by default a test key, an empty wallet and a recorder.
+    """
+
+    def __init__(self, test, freeRate=0, grace=30.0, keys=None, issuerId=ISSUER, wallet=None, reporter=None,
+                 now=10 * HOUR + 60, bytesPerToken=PER_TOKEN):
         self.test = test
         self.clock = task.Clock()
-        self.clock.advance(10 * HOUR + 60)
+        self.clock.advance(now)
         self.net = MemoryNetwork()
         self.dir = {}
-        self.keys = Keys()
+        self.keys = keys or Keys()
         self.limiter = BandwidthLimiter(self.clock)
-        spentDir = test.mktemp()
-        self.spent = SpentTokenStore(spentDir)
-        self.terms = GateTerms((ISSUER,), PER_TOKEN, freeRate=freeRate, grace=grace)
+        self.spent = SpentTokenStore(test.mktemp())
+        self.terms = GateTerms((issuerId,), bytesPerToken, freeRate=freeRate, grace=grace)
         self.reported = []
         self.gate = PaymentGate(self.clock, self.terms, TokenVerifier(self.keys, self.spent), self.limiter, self.keys,
-                                reporter=self)
+                                reporter=reporter or self)
         limiter = self.limiter
 
         def accept(circuit, stream, host, port):
@@ -121,9 +127,9 @@ class Net:
         self.exit = TestRelay(self.net, self.clock, "exit", edge=self.edge, directory=self.dir)
         self.client = TestRelay(self.net, self.clock, "client", directory=self.dir)
         self.client.switch.keyRing = None
-        self.wallet = TokenWallet(test.mktemp())
+        self.wallet = wallet or TokenWallet(test.mktemp())
         directory = PaidExitDirectory(self.clock, None, self.wallet, ready=None)
-        directory.exits = {self.exit.nodeId: (ISSUER, ExitTerms(PER_TOKEN, freeRate or 0, 2**64 - 1))}
+        directory.exits = {self.exit.nodeId: (issuerId, ExitTerms(bytesPerToken, freeRate or 0, 2**64 - 1))}
         self.payments = PaymentClient(self.clock, self.wallet, directory)
 
     # the gate's reporter, recorded

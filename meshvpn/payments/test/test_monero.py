@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from meshvpn.payments.monero import MoneroDaemon, MoneroRPC, MoneroRPCError, MoneroWallet, formatXMR
-from meshvpn.tools.moneroregtest import SharedRegtest
+
 
 log = Logger()
 
@@ -106,7 +106,7 @@ class CannedAnswerTests(unittest.TestCase):
         self.assertEqual(formatXMR(1), "0.000000000001 XMR")
 
 
-SHARED = SharedRegtest(expected=2)
+from meshvpn.payments.test.regtest import SHARED  # noqa: E402
 
 
 class RegtestTests(unittest.TestCase):
