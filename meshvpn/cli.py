@@ -86,6 +86,8 @@ def buildParser():
 
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
+    p.add_argument("--payments", action="store_true",
+                   help="with a regtest Monero network, a token issuer and token-gated exits; the client buys tokens")
     p.set_defaults(func=_testnetCommand)
     from meshvpn.tools.benchcommands import addBenchCommands
 

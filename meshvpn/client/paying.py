@@ -23,7 +23,7 @@ across processes (L{meshvpn.payments.wallet}).
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -37,13 +37,15 @@ MAX_RETRIES = 3  # refused tokens in a row before a circuit stops trying
 class PaidExitDirectory(service.Service):
     """
     C{exits}: C{{exit node id: (issuer id, ExitTerms)}} for the issuers the
-    wallet holds tokens of; refreshed every C{interval} seconds once
-    C{ready()} fires.
+    wallet holds tokens of; read once C{ready()} fires, then every C{FAST}
+    seconds while the wallet is empty or an issuer in it has no exit known
+    (tokens just bought), else every C{interval} seconds.
 
     @param records: a L{meshvpn.payments.records.PaymentRecords}.
     """
 
     log = Logger()
+    FAST = 5.0
 
     def __init__(self, reactor, records, wallet, ready, interval=300.0):
         self.reactor = reactor
@@ -52,18 +54,26 @@ class PaidExitDirectory(service.Service):
         self.ready = ready
         self.interval = interval
         self.exits = {}
-        self._loop = None
+        self._call = None
 
     def startService(self):
         super().startService()
-        self.reactor.callWhenRunning(lambda: self.ready().addCallback(self._start).addErrback(
+        self.reactor.callWhenRunning(lambda: self.ready().addCallback(lambda _: self._tick()).addErrback(
             lambda f: self.log.failure("payments: directory start-up failed", f)))
 
-    def _start(self, _):
-        if self.running:
-            self._loop = task.LoopingCall(self.refresh)
-            self._loop.clock = self.reactor
-            self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("paid exits", f))
+    def _tick(self):
+        self._call = None
+        if not self.running:
+            return
+
+        def again(_):
+            if self.running:
+                served = {issuer for issuer, _ in self.exits.values()}
+                issuers = self.wallet.issuers()
+                missing = not issuers or any(i not in served for i in issuers)
+                self._call = self.reactor.callLater(self.FAST if missing else self.interval, self._tick)
+
+        self.refresh().addBoth(again)
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -82,8 +92,8 @@ class PaidExitDirectory(service.Service):
 
     def stopService(self):
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
 
 
 @implementer(IStatusSource)

@@ -469,14 +469,16 @@ class RedeemReporter:
 class PaidExitService(service.Service):
     """
     The exit's payment chores: reads the accepted issuers' keys from the DHT
-    (at start and every C{refresh} seconds) and publishes the exit's terms
-    under each issuer (every C{republish} seconds), so clients holding that
-    issuer's tokens find this exit.
+    (every C{FAST} seconds until each issuer was read, then every C{refresh}
+    seconds) and publishes the exit's terms under each issuer (every
+    C{republish} seconds), so clients holding that issuer's tokens find
+    this exit.
 
     @param ready: C{callable() -> Deferred} firing once the DHT is joined.
     """
 
     log = Logger()
+    FAST = 5.0
 
     def __init__(self, reactor, gate, keys, records, ready, refresh=300.0, republish=1800.0):
         self.reactor = reactor
@@ -486,7 +488,8 @@ class PaidExitService(service.Service):
         self.ready = ready
         self.refresh = refresh
         self.republish = republish
-        self._loops = []
+        self._publishLoop = None
+        self._keysCall = None
 
     def startService(self):
         super().startService()
@@ -496,11 +499,20 @@ class PaidExitService(service.Service):
     def _start(self, _):
         if not self.running:
             return
-        for interval, work in ((self.refresh, self.keys.refresh), (self.republish, self.publish)):
-            loop = task.LoopingCall(work)
-            loop.clock = self.reactor
-            loop.start(interval, now=True).addErrback(lambda f: self.log.failure("payments loop", f))
-            self._loops.append(loop)
+        self._readKeys()
+        self._publishLoop = task.LoopingCall(self.publish)
+        self._publishLoop.clock = self.reactor
+        self._publishLoop.start(self.republish, now=True).addErrback(lambda f: self.log.failure("payments loop", f))
+
+    def _readKeys(self):
+        self._keysCall = None
+
+        def again(_):
+            if self.running:
+                delay = self.refresh if self.keys.complete() else self.FAST
+                self._keysCall = self.reactor.callLater(delay, self._readKeys)
+
+        self.keys.refresh().addCallback(again)
 
     def publish(self):
         terms = self.gate.terms.published()
@@ -515,8 +527,9 @@ class PaidExitService(service.Service):
 
     def stopService(self):
         super().stopService()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
+        if self._publishLoop is not None and self._publishLoop.running:
+            self._publishLoop.stop()
+        if self._keysCall is not None and self._keysCall.active():
+            self._keysCall.cancel()
         if self.gate.reporter is not None:
             self.gate.reporter.stop()

@@ -54,6 +54,10 @@ class IssuerKeyCache:
         if self._lastRefresh is None or now - self._lastRefresh >= self.minGap:
             self.refresh()
 
+    def complete(self):
+        """Whether every accepted issuer's info was read (else refresh again soon)."""
+        return all(i in self.infos for i in self.issuers)
+
     def apiOf(self, issuerId):
         info = self.infos.get(issuerId)
         return info.api if info is not None else None

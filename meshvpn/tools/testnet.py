@@ -43,14 +43,20 @@ CHECK_BYTES = 1_000_000
 
 
 class Testnet:
-    """The processes of one local network; L{stop} removes everything."""
+    """
+    The processes of one local network; L{stop} removes everything.
 
-    def __init__(self, out, base=None):
+    @param payments: a L{meshvpn.tools.paytestnet.PaymentSetup} (an issuer,
+        token-gated exits, a client with a wallet), or C{None}.
+    """
+
+    def __init__(self, out, base=None, payments=None):
         self.out = out
         self.base = base or tempfile.mkdtemp(prefix="meshvpn-testnet-")
         self.nodes = []
         self.web = None
         self.webPort = None
+        self.payments = payments
 
     def node(self, name, role, host, extra):
         node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host)
@@ -62,15 +68,18 @@ class Testnet:
         self.out("testnet: starting bootstrap node ...")
         boot = self.node("bootstrap", "relay", "127.2.0.1", ["--flags", "bootstrap"])
         bootUdp = boot.waitReady()["udp"]
+        if self.payments is not None:
+            self.payments.startIssuer(self, bootUdp)
+        extraFor = self.payments.argsFor if self.payments is not None else (lambda name: [])
         self.out(f"testnet: starting {len(LAYOUT)} relays and a client (DHT bootstrap {bootUdp}) ...")
         for name, role, host, extra in LAYOUT:
-            self.node(name, role, host, extra + ["--bootstrap", bootUdp])
-        self.client = self.node("client", "client", "127.1.0.1", ["--bootstrap", bootUdp])
+            self.node(name, role, host, extra + ["--bootstrap", bootUdp] + extraFor(name))
+        self.client = self.node("client", "client", "127.1.0.1", ["--bootstrap", bootUdp] + extraFor("client"))
         for node in self.nodes:
             node.waitReady()
         for node in self.nodes:
             info = node.info
-            where = " ".join(f"{k}={info[k]}" for k in ("udp", "stream", "socks") if k in info)
+            where = " ".join(f"{k}={info[k]}" for k in ("udp", "stream", "socks", "http") if k in info)
             self.out(f"testnet: {node.name:9} {_roleOf(node):12} id {info['node_id'][:16]}…  {where}")
         self.out("testnet: waiting for the client to find relays in the DHT and build a circuit ...")
         deadline = started + timeout
@@ -145,8 +154,8 @@ class Testnet:
 
 
 def _roleOf(node):
-    if node.role == "client":
-        return "client"
+    if node.role in ("client", "issuer"):
+        return node.role
     extra = node.extraArgs
     return extra[extra.index("--flags") + 1] if "--flags" in extra else "relay"
 
@@ -160,6 +169,10 @@ def _relaysKnown(dataDir):
 
 
 def run(args, out):
+    if getattr(args, "payments", False):
+        from meshvpn.tools.paytestnet import run as runWithPayments
+
+        return runWithPayments(args, out)
     net = Testnet(out)
     try:
         net.start()
