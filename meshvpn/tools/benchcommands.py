@@ -50,6 +50,11 @@ def addBenchCommands(sub):
 
     benchtun.addArguments(p)
     p.set_defaults(func=benchtun.command)
+    p = benchSub.add_parser("tokens", help="bandwidth tokens: issue (blind sign) and verify rates (in process)")
+    from meshvpn.tools import benchtokens
+
+    benchtokens.addArguments(p)
+    p.set_defaults(func=lambda args: benchtokens.run(args, lambda line: print(line, flush=True)))
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench
