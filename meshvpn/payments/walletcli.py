@@ -13,6 +13,7 @@ from a monero-wallet-rpc with ``--pay-from``.
 
 import json
 import os
+import sys
 import time
 
 from twisted.internet import defer
@@ -57,7 +58,10 @@ def _runReactor(main):
 
     reactor.callWhenRunning(go)
     reactor.run()
-    result = box[0] if box else None
+    if not box:  # stopped by a signal (Ctrl-C): the purchase, if any, is pending on disk
+        print("meshvpn wallet: interrupted; 'meshvpn wallet resume' finishes a purchase already made", file=sys.stderr)
+        return 130
+    result = box[0]
     if isinstance(result, Failure):
         result.raiseException()
     return result
