@@ -43,6 +43,10 @@ def addWalletCommands(sub):
     r = actions.add_parser("resume", help="finish purchases left pending (paid but not yet collected)")
     r.add_argument("--timeout", type=float, default=None, metavar="S")
     r.add_argument("--poll", type=float, default=2.0, metavar="S")
+    for cmd in (buy, r):
+        cmd.add_argument("--socks", metavar="HOST:PORT",
+                         help="reach the issuer through this SOCKS5 proxy (a MeshVPN client's, Tor's), "
+                         "so the issuer does not see this machine's address")
     p.set_defaults(func=walletCommand, action=None)
 
 
@@ -104,7 +108,7 @@ async def _buy(reactor, wallet, args, out):
     from meshvpn.payments.monero import MoneroRPC, MoneroWallet
 
     payer = MoneroWallet(MoneroRPC(reactor, args.pay_from)) if args.pay_from else None
-    got = await buy(reactor, IssuerClient(reactor, args.issuer), wallet, args.count, out, payer=payer,
+    got = await buy(reactor, IssuerClient(reactor, args.issuer, agent=_agent(reactor, args)), wallet, args.count, out, payer=payer,
                     pollInterval=args.poll, spendDelay=args.spend_delay, timeout=args.timeout)
     out(f"wallet: {got} tokens added to {wallet.directory}")
     return 0
@@ -117,6 +121,23 @@ async def _resume(reactor, wallet, args, out):
     if not wallet.pending():
         out("wallet: no purchase pending")
         return 0
-    got = await resume(reactor, lambda url: IssuerClient(reactor, url), wallet, out, args.poll, args.timeout)
+    agent = _agent(reactor, args)
+    got = await resume(reactor, lambda url: IssuerClient(reactor, url, agent=agent), wallet, out, args.poll, args.timeout)
     out(f"wallet: {got} tokens added")
     return 0
+
+
+def _agent(reactor, args):
+    """Twisted's default agent, or one through C{--socks}."""
+    if not getattr(args, "socks", None):
+        return None
+    from meshvpn.errors import MeshVPNError
+    from meshvpn.hostport import HostPortError, parseIPPort
+    from meshvpn.payments.socksagent import socksAgent
+
+    try:
+        host, port = parseIPPort(args.socks, allowZero=False)
+    except HostPortError:
+        raise MeshVPNError("--socks expects IP:PORT, e.g. 127.0.0.1:1080") from None
+    return socksAgent(reactor, host, port)
+
