@@ -28,6 +28,11 @@ from meshvpn.ports import StreamListenerService
 from meshvpn.roles.common import buildNode
 
 
+# Signing a purchase holds the reactor for about 6 ms per token (pure-Python RSA):
+# at most 0.6 s for the largest pack.
+MAX_PACK = 100
+
+
 def parseAtomic(raw):
     """Atomic units (an integer), or an amount of XMR written with the suffix C{xmr} (e.g. C{0.001xmr})."""
     if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
@@ -52,8 +57,8 @@ def parsePacks(raw):
         packs = sorted({int(x) for x in items})
     except (TypeError, ValueError):
         packs = []
-    if not packs or packs[0] < 1 or packs[-1] > 1000:
-        raise ValueError("comma-separated pack sizes from 1 to 1000, e.g. 10,50,100")
+    if not packs or packs[0] < 1 or packs[-1] > MAX_PACK:
+        raise ValueError(f"comma-separated pack sizes from 1 to {MAX_PACK}, e.g. 10,50,100")
     return tuple(packs)
 
 

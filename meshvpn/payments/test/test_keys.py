@@ -161,3 +161,55 @@ class PublishTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(reader.fetchExits(issuer.nodeId)), {exit.nodeId: terms})
         clock.advance(3601)
         self.assertEqual(self.successResultOf(reader.fetchExits(issuer.nodeId)), {})
+
+
+class IssuerKeyCacheTests(unittest.TestCase):
+    def setUp(self):
+        from meshvpn.payments.verifier import IssuerKeyCache
+
+        self.clock = task.Clock()
+        self.clock.advance(10 * 3600 + 5)
+        self.dht = FakeDHT(self.clock)
+        self.issuer = NodeIdentity.loadOrCreate(self.mktemp())
+        self.spki = tokens.encodePublicKey(rsaKey(0).public_key())
+        self.cache = IssuerKeyCache(self.clock, PaymentRecords(self.dht), [self.issuer.nodeId])
+
+    def publish(self, epochs):
+        info = IssuerInfo(EpochSchedule(3600, 1), 5, 2, "127.0.0.1:1")
+        keys = [IssuerKeyRecord(e, self.spki if e == 10 else tokens.encodePublicKey(rsaKey(e % 5 + 1).public_key()))
+                for e in epochs]
+        self.successResultOf(PaymentRecords(self.dht, self.issuer).publishIssuer(info, keys, 3600))
+
+    def test_readsLiveAndNextEpochs(self):
+        self.assertFalse(self.cache.complete())
+        self.successResultOf(self.cache.refresh())  # nothing published yet: no keys, not complete
+        self.assertEqual(self.cache.keys, {})
+        self.publish([9, 10, 11])
+        self.successResultOf(self.cache.refresh())
+        self.assertTrue(self.cache.complete())
+        known = self.cache.lookup(tokens.tokenKeyId(self.spki))
+        self.assertEqual((known.issuerId, known.epoch), (self.issuer.nodeId, 10))
+        self.assertTrue(known.spendableAt(self.clock.seconds()))
+        self.assertEqual(len(self.cache.keys), 3)  # epochs 9 and 10 (spendable) and 11 (next)
+        self.assertEqual(self.cache.apiOf(self.issuer.nodeId), "127.0.0.1:1")
+
+    def test_keysKeptWhileTheIssuerCannotBeRead(self):
+        self.publish([10])
+        self.successResultOf(self.cache.refresh())
+        self.dht.records.clear()  # the DHT forgets (or cannot be reached)
+        self.successResultOf(self.cache.refresh())
+        self.assertIsNotNone(self.cache.lookup(tokens.tokenKeyId(self.spki)))
+        self.clock.advance(2 * 3600)  # past the epoch's window: dropped
+        self.successResultOf(self.cache.refresh())
+        self.assertIsNone(self.cache.lookup(tokens.tokenKeyId(self.spki)))
+
+    def test_unknownKeyRefreshAtMostEveryMinGap(self):
+        self.successResultOf(self.cache.refresh())
+        puts = self.dht.puts
+        self.publish([10])
+        self.cache.unknownKeySeen()  # too soon after the last refresh
+        self.assertIsNone(self.cache.lookup(tokens.tokenKeyId(self.spki)))
+        self.clock.advance(31)
+        self.cache.unknownKeySeen()
+        self.assertIsNotNone(self.cache.lookup(tokens.tokenKeyId(self.spki)))
+        self.assertGreater(self.dht.puts, puts)
