@@ -986,3 +986,109 @@ class IStatusSource(Interface):
         """
         @return: a JSON-serialisable C{dict}.  No key material, no payload.
         """
+
+
+# --------------------------------------------------------------------------
+# control (control/): what the control API, the dashboard and metrics use
+
+
+class ICircuitSteering(Interface):
+    """
+    What the control plane may ask of the client's circuit manager, beyond
+    L{ICircuitManager}.
+    """
+
+    relayFilter = Attribute(
+        "C{None} or C{callable(relays) -> relays}: applied to the directory's "
+        "L{RelayInfo} list before every path is chosen (pinned and excluded relays)."
+    )
+
+    def newIdentity():
+        """
+        No new stream may use a circuit built before now (Tor's NEWNYM):
+        spare circuits close, circuits in use close once their streams end.
+
+        @return: how many circuits were closed or retired.
+        """
+
+
+class IControlEvents(Interface):
+    """
+    The node's live events for the control API (C{/v1/events}): a bounded
+    history, each event numbered so a client resumes where it stopped.
+    An event's data never holds a key, a payload or a stream target unless
+    the user turned history on.
+    """
+
+    def publish(kind, data):
+        """
+        Record event C{kind} (e.g. C{"circuit.built"}) with C{data} (a
+        JSON-ready dict) and hand it to every subscriber.
+
+        @return: the event, a dict C{{"id", "type", "time", "data"}}.
+        """
+
+    def subscribe(callback, since=None):
+        """
+        Call C{callback(event)} for every event from now on, after replaying
+        the events numbered above C{since} still held (C{None}: none).
+
+        @return: a callable that unsubscribes.
+        """
+
+
+class IControlModel(Interface):
+    """
+    What a running node shows and lets its user do, as JSON-ready dicts:
+    the control API serves it, the dashboard and the CLI read it, metrics
+    sample it.  Every read is cheap and synchronous; actions that cannot
+    be done raise L{meshvpn.errors.ControlError} with a one-line reason.
+    """
+
+    def node():
+        """@return: id, role, addresses, version, uptime."""
+
+    def summary():
+        """@return: one dict with node, nat, dht, links, circuits, vpn, bandwidth."""
+
+    def circuits():
+        """@return: a list: id, state, hops (id, flags, address), age, bytes each way."""
+
+    def relays():
+        """@return: the relays the node knows, with pinned/excluded marks."""
+
+    def links():
+        """@return: counts and one entry per open link."""
+
+    def streams():
+        """@return: open streams with their targets, only when history is on."""
+
+    def vpn():
+        """@return: the VPN's state, detail and kill switch, or C{configured: False}."""
+
+    def bandwidth(seconds):
+        """@return: up to C{seconds} per-second samples, oldest first."""
+
+    def logs(level, limit):
+        """@return: the last C{limit} log lines at C{level} or above."""
+
+    def settings():
+        """@return: the settings that can change at run time, with their values."""
+
+    def newIdentity():
+        """New circuits for new streams."""
+
+    def closeCircuit(circuitId):
+        """Close circuit C{circuitId} (an id from L{circuits})."""
+
+    def steerRelay(relayId, action, position=None):
+        """C{action}: C{"pin"} (at C{position}), C{"exclude"} or C{"clear"}."""
+
+    def setVpn(up):
+        """Start or stop VPN mode. @return: a Deferred firing with L{vpn}."""
+
+    def setSetting(key, value):
+        """
+        Change a run-time setting, validated as in the config file.
+        @raise meshvpn.errors.ConfigError: the same one line; nothing changed.
+        """

@@ -11,6 +11,9 @@ and decides which path each circuit takes (L{pathselect}), which circuit each
 request uses (per isolation key, exit fitting the target), keeps spare
 circuits built ahead of need, retries a failed build through other relays,
 and replaces a circuit that dies while in use, logging how long that took.
+The control plane steers it (L{ICircuitSteering}): a new identity retires
+every circuit for new streams, and a relay filter applies the user's pinned
+and excluded relays to every path chosen after it is set.
 """
 
 from twisted.application import service
@@ -19,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError, NoPath
-from meshvpn.interfaces import ICircuitManager, IStatusSource
+from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
 from meshvpn.circuits.pathselect import choosePath
 
 
@@ -31,7 +34,7 @@ class CircuitBuildFailed(MeshVPNError):
         self.hop = hop
 
 
-@implementer(ICircuitManager, IStatusSource)
+@implementer(ICircuitManager, ICircuitSteering, IStatusSource)
 class CircuitManager(service.Service):
     log = Logger()
 
@@ -40,7 +43,10 @@ class CircuitManager(service.Service):
         attempts=4, maintainEvery=5.0, rng=None,
     ):
         self.reactor = reactor
-        self._relaySource = relaySource
+        self._directory = relaySource
+        # callable(list of RelayInfo) -> list of RelayInfo, set by the control
+        # plane (the user's pinned and excluded relays); None: the directory as is.
+        self.relayFilter = None
         self._build = buildCircuit
         self.guards = guards
         self.spares = spares
@@ -51,6 +57,7 @@ class CircuitManager(service.Service):
         self._spare = []  # built, unassigned: (circuit, path)
         self._assigned = {}  # isolation key -> list of (circuit, path)
         self._building = 0
+        self._retired = []  # (circuit, path) no new stream may use (newIdentity); closed once idle
         self.buildTimes = []
         self.rebuildTimes = []
         self._loop = None
@@ -74,6 +81,7 @@ class CircuitManager(service.Service):
         self.log.failure("circuit maintenance stopped", failure)
 
     def _maintain(self):
+        self._closeIdleRetired()
         # Start as many builds as the spare target lacks; never hold the loop on them.
         while len(self._spare) + self._building < self.spares:
             d = self._buildWithRetries(None)
@@ -126,6 +134,9 @@ class CircuitManager(service.Service):
         circuit.whenClosed().addBoth(self._closed, isolation, pair)
 
     def _closed(self, reason, isolation, pair):
+        if pair in self._retired:  # retired by newIdentity: nothing to replace
+            self._retired.remove(pair)
+            return
         pairs = self._assigned.get(isolation, [])
         if pair in pairs:
             pairs.remove(pair)
@@ -149,6 +160,41 @@ class CircuitManager(service.Service):
         packets = "packet-exit" in pair[1][-1].roles
         d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId], packets=packets)
         d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
+
+    def _relaySource(self):
+        relays = self._directory()
+        if self.relayFilter is not None:
+            relays.addCallback(self.relayFilter)
+        return relays
+
+    # -- steering (the control plane's actions)
+
+    def newIdentity(self):
+        """
+        Tor's NEWNYM: no new stream uses a circuit built before now.  Spare
+        circuits close at once (new ones are built); circuits in use are
+        retired: they carry their open streams to the end and close once
+        they have none (a packet circuit has none, so the VPN moves to a new
+        circuit within one maintenance round).
+
+        @return: the number of circuits closed or retired.
+        """
+        spare, self._spare = self._spare, []
+        for circuit, _ in spare:
+            circuit.close("finished")
+        retired = [pair for pairs in self._assigned.values() for pair in pairs]
+        self._assigned = {}
+        self._retired.extend(retired)
+        self._closeIdleRetired()
+        if self.running:
+            self.reactor.callLater(0, self._maintain)
+        return len(spare) + len(retired)
+
+    def _closeIdleRetired(self):
+        for circuit, path in list(self._retired):
+            streams = _circuitStatusOf(circuit, path, False).get("streams") or []
+            if not streams:
+                circuit.close("finished")  # _closed removes it from _retired
 
     # -- building
 
@@ -188,12 +234,16 @@ class CircuitManager(service.Service):
         yield from self._spare
         for pairs in self._assigned.values():
             yield from pairs
+        yield from self._retired
 
     def circuits(self):
         return [c for c, _ in self._all()]
 
     def _circuitStatus(self, circuit, path):
-        return _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+        entry = _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+        if (circuit, path) in self._retired:
+            entry["retired"] = True
+        return entry
 
     def status(self):
         return {

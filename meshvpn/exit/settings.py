@@ -88,7 +88,8 @@ class ExitParts:
     limiter: object
 
     def status(self):
-        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status(),
+                "streams": self.connector.status()}
 
 
 def buildExit(reactor, settings, ownAddresses=(), upstream=None):

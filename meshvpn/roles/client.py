@@ -11,6 +11,7 @@ from meshvpn.client.vpn import attachTun, tunSettings
 from meshvpn.client.meshlink import attachMeshLinks, meshSettings
 from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.roles.onionclient import attachOnionClient
+from meshvpn.control.options import controlSettings
 
 
 class Options(RoleOptions):
@@ -36,6 +37,7 @@ class Options(RoleOptions):
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
         *meshSettings(),
+        *controlSettings(),
     ]
 
     def postOptions(self):
@@ -47,6 +49,8 @@ class Options(RoleOptions):
 
 def makeService(options):
     from meshvpn.link.service import attachLinks
+    from meshvpn.nat.endpoint import StunEndpoint
+    from meshvpn.roles.control import addControl
 
     node = buildNode("client", options.settings)
     attachLinks(node, authenticate=False)
@@ -56,7 +60,9 @@ def makeService(options):
     packets = options.settings["tun"] and options.settings["tun_capture"]
     finder = RelayFinder(dht, options.settings["dht_sample_interval"], enough=lambda ds: pathPossible(ds, packets))
     finder.setServiceParent(dht)
-    attachOnionClient(node, options.settings, finder)
-    attachTun(node, options.settings, finder)
+    circuits = attachOnionClient(node, options.settings, finder)
+    tun = attachTun(node, options.settings, finder)
     attachMeshLinks(node, options.settings)
+    addControl(node, options, links=node.links, dht=dht, finder=finder, circuits=circuits, tun=tun,
+               stun=StunEndpoint.onNode(node))
     return node

@@ -10,6 +10,7 @@ from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
 from meshvpn.exit.settings import exitSettings
 from meshvpn.roles.common import buildNode
 from meshvpn.roles.onionrelay import attachOnionRelay, publisherOptions
+from meshvpn.control.options import controlSettings
 
 
 class Options(RoleOptions):
@@ -47,6 +48,7 @@ class Options(RoleOptions):
             "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
         ),
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
+        *controlSettings(),
     ]
 
 
@@ -86,4 +88,8 @@ def makeService(options):
         NatRelayService(node, options.settings["turn"]).setServiceParent(node)
     elif options.settings["turn"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
+    from meshvpn.nat.endpoint import StunEndpoint
+    from meshvpn.roles.control import addControl
+
+    addControl(node, options, links=node.links, dht=dht, onion=onion, exitParts=exitParts, stun=StunEndpoint.onNode(node))
     return node

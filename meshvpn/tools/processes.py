@@ -46,6 +46,7 @@ class NodeProcess:
     def argv(self):
         args = [twistdPath(), "-n", "--pidfile=", "--logfile", self.logPath, f"meshvpn-{self.role}"]
         args += ["--data-dir", self.dataDir, "--udp", formatHostPort(self.host, 0)]
+        args += ["--control-listen", formatHostPort(self.host, 0)]  # the API on the node's own loopback address
         if self.role == "client":
             args += ["--socks-listen", formatHostPort(self.host, 0)]
         else:
