@@ -93,6 +93,14 @@ class Testnet:
         self.out(f"testnet: circuit {self.describePath(circuits[0]['path'])} ready; "
                  f"network up in {time.monotonic() - started:.2f}s")
         self.out(f"testnet: SOCKS5 proxy for applications: {self.client.info['socks']}  (data in {self.base})")
+        self.out(f"testnet: dashboard of the client: {self.dashboardURL()}")
+        self.out(f"testnet:   (a one-time login link; another: meshvpn dashboard --data-dir {self.client.dataDir})")
+
+    def dashboardURL(self):
+        """A one-time login link to the client's dashboard (from its control API)."""
+        from meshvpn.control.client import ControlClient
+
+        return ControlClient.forDataDir(self.client.dataDir).post("/v1/login-link")["url"]
 
     def names(self):
         return {n.info["node_id"]: n.name for n in self.nodes if n.info}
