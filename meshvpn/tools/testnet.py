@@ -45,14 +45,17 @@ CHECK_BYTES = 1_000_000
 class Testnet:
     """The processes of one local network; L{stop} removes everything."""
 
-    def __init__(self, out, base=None):
+    def __init__(self, out, base=None, nodeArgs=None):
+        """@param nodeArgs: C{callable(name, host) -> [args]} added to each node's command line."""
         self.out = out
+        self.nodeArgs = nodeArgs or (lambda name, host: [])
         self.base = base or tempfile.mkdtemp(prefix="meshvpn-testnet-")
         self.nodes = []
         self.web = None
         self.webPort = None
 
     def node(self, name, role, host, extra):
+        extra = list(extra) + self.nodeArgs(name, host)
         node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host)
         self.nodes.append(node)
         return node.start()
