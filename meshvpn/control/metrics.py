@@ -181,13 +181,21 @@ def families(snap):
 class NodeMetrics:
     """The node's registry: the collector plus the DHT lookup histogram."""
 
-    def __init__(self, reactor, model, dhtNode=None):
+    def __init__(self, reactor, model, dhtService=None):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(reactor, model))
         self.lookups = Histogram("meshvpn_dht_lookup_duration_seconds", "Time an iterative DHT lookup took.",
                                  buckets=LOOKUP_BUCKETS, registry=self.registry)
-        if dhtNode is not None:
-            dhtNode.lookupObservers.append(lambda result: self.lookups.observe(max(0.0, result.elapsed)))
+        self.dhtService = dhtService
+
+    def start(self):
+        """Observe the DHT's lookups (its node exists once the DHT service has started, before us)."""
+        node = getattr(self.dhtService, "dht", None)
+        if node is not None and self._observe not in node.lookupObservers:
+            node.lookupObservers.append(self._observe)
+
+    def _observe(self, result):
+        self.lookups.observe(max(0.0, result.elapsed))
 
     def resource(self):
         """The Twisted resource serving the text format (C{prometheus_client.twisted})."""

@@ -49,10 +49,11 @@ class ControlService(service.MultiService):
         host, port = listen
         self.listener = StreamListenerService(reactor, _endpoint(host, port), _QuietSite(self.api))
         self.metricsListener = None
+        self.metrics = None
         if metrics is not None:
-            registry, (mhost, mport) = metrics
+            self.metrics, (mhost, mport) = metrics
             root = resource.Resource()
-            root.putChild(b"metrics", registry.resource())
+            root.putChild(b"metrics", self.metrics.resource())
             self.metricsListener = StreamListenerService(reactor, _endpoint(mhost, mport), _QuietSite(root))
         self.logPublisher = logPublisher
         self._loop = None
@@ -61,6 +62,8 @@ class ControlService(service.MultiService):
         # the cookie exists before the port: whoever sees the port can authenticate at once
         self.guard.cookie = writeCookie(self.dataDir)
         self.logPublisher.addObserver(self.model.logTail)
+        if self.metrics is not None:
+            self.metrics.start()
         super().startService()
         self.listener.whenListening.addCallback(self._listening)
         self._loop = task.LoopingCall(self.model.tick)

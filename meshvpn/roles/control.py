@@ -41,7 +41,7 @@ def addControl(node, options, *, links=None, dht=None, finder=None, circuits=Non
     if settings.get("metrics_listen") is not None:
         from meshvpn.control.metrics import NodeMetrics
 
-        metrics = (NodeMetrics(node.reactor, model, getattr(dht, "dht", None)), settings["metrics_listen"])
+        metrics = (NodeMetrics(node.reactor, model, dht), settings["metrics_listen"])
     control = ControlService(node.reactor, node.dataDir, model, bus, settings["control_listen"], metrics)
     control.setName("control")
     # listeners first: the control service reads their bound addresses when it starts
