@@ -312,7 +312,12 @@ function follow() {
   source.addEventListener("vpn", (e) => renderVpn(JSON.parse(e.data)));
   source.addEventListener("nat", () => refreshSoon("status", loadStatus));
   source.addEventListener("relay.steering", () => refreshSoon("relays", loadRelays));
-  source.addEventListener("settings.changed", () => refreshSoon("settings", loadSettings));
+  source.addEventListener("settings.changed", (e) => {
+    const change = JSON.parse(e.data);
+    const input = $("set-" + change.key);  // update the value in place: a re-render would drop "Saved."
+    if (input && document.activeElement !== input) input.value = String(change.value);
+    else if (!input) refreshSoon("settings", loadSettings);
+  });
   source.addEventListener("log", (e) => {
     state.logs.push(JSON.parse(e.data));
     if (state.logs.length > 500) state.logs.shift();
