@@ -43,7 +43,7 @@ class NodeCollector:
         return []  # collected on scrape only: no family is known before the node runs
 
     def collect(self):
-        if threadable.isInIOThread() or not self.reactor.running:
+        if threadable.isInIOThread() or not getattr(self.reactor, "running", False):
             snap = self.snapshot()
         else:
             snap = threads.blockingCallFromThread(self.reactor, self.snapshot)
