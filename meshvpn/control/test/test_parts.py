@@ -198,3 +198,17 @@ class MetricsTextTests(unittest.TestCase):
                               "meshvpn_vpn_state", "meshvpn_dht_lookup_duration_seconds"}, names)
         self.assertIn("meshvpn_link_cells_total{direction=\"in\"} 0.0", text)
         self.assertTrue(all(n.startswith("meshvpn_") for n in names))
+
+
+class InterfaceTests(unittest.TestCase):
+    def test_providers(self):
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.circuits.manager import CircuitManager
+        from meshvpn.interfaces import ICircuitSteering, IControlEvents, IControlModel
+
+        bus = EventBus(task.Clock())
+        self.assertTrue(verifyObject(IControlEvents, bus))
+        self.assertTrue(verifyObject(IControlModel, NodeModel(FakeNode(), bus, Parts())))
+        manager = CircuitManager(task.Clock(), lambda: None, lambda path: None)
+        self.assertTrue(verifyObject(ICircuitSteering, manager))
