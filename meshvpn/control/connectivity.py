@@ -62,17 +62,19 @@ class ConnectivityCheck(service.Service):
 
     def check(self):
         """Probe now (unless a probe runs). @return: a Deferred firing with the report."""
-        if self._running is not None:
-            d = defer.Deferred()
-            self._running.addBoth(lambda r: (d.callback(self.report), r)[1])
-            return d
-        servers = self._servers()
-        if not servers:
-            self.report = {"type": "unknown", "detail": "no STUN server known yet"}
-            return defer.succeed(self.report)
-        self._running = defer.maybeDeferred(self.probe.probe, servers)
-        self._running.addCallbacks(self._done, self._failed)
-        return self._running
+        if self._running is None:
+            servers = self._servers()
+            if not servers:
+                self.report = {"type": "unknown", "detail": "no STUN server known yet"}
+                return defer.succeed(self.report)
+            running = self._running = defer.maybeDeferred(self.probe.probe, servers)
+            running.addCallbacks(self._done, self._failed)
+            if self._running is None:  # answered at once
+                return defer.succeed(self.report)
+        # each caller gets its own Deferred: nobody's callbacks change what the others get
+        d = defer.Deferred()
+        self._running.addBoth(lambda r: (d.callback(self.report), r)[1])
+        return d
 
     def _servers(self):
         out = []

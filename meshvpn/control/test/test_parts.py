@@ -212,3 +212,36 @@ class InterfaceTests(unittest.TestCase):
         self.assertTrue(verifyObject(IControlModel, NodeModel(FakeNode(), bus, Parts())))
         manager = CircuitManager(task.Clock(), lambda: None, lambda path: None)
         self.assertTrue(verifyObject(ICircuitSteering, manager))
+
+
+class ConnectivityTests(unittest.TestCase):
+    def test_oneProbeAtATimeAndEvent(self):
+        from twisted.internet import defer
+
+        from meshvpn.control.connectivity import ConnectivityCheck
+
+        clock = task.Clock()
+        bus = EventBus(clock)
+
+        class Probe:
+            def __init__(self):
+                self.calls, self.d = [], defer.Deferred()
+
+            def probe(self, servers):
+                self.calls.append(servers)
+                return self.d
+
+        probe = Probe()
+        check = ConnectivityCheck(clock, probe, lambda: ["127.0.0.1:3478", "bad", ("127.0.0.2", 1)], bus=bus, every=60)
+        check.startService()
+        self.addCleanup(check.stopService)
+        self.assertEqual(probe.calls, [[("127.0.0.1", 3478), ("127.0.0.2", 1)]])
+        second = check.check()
+        self.assertEqual(len(probe.calls), 1)
+        probe.d.callback({"type": "no-nat", "mapped_address": "1.2.3.4:5", "servers": [{"answered": True}]})
+        self.assertEqual(self.successResultOf(second)["mapped_address"], "1.2.3.4:5")
+        self.assertEqual((bus.held[-1]["type"], check.status()["servers_answered"]), ("nat", 1))
+        probe.d = defer.succeed({"type": "no-nat", "servers": []})
+        clock.advance(60)  # checked again; the same class publishes nothing new
+        self.assertEqual(len(probe.calls), 2)
+        self.assertEqual(len(bus.held), 1)
