@@ -91,7 +91,9 @@ def _natCheck(node, settings, stun, dht, finder, bus):
         def probe(self, servers):
             udpHost, udpPort = node.udpService.port.getHost().host, node.udpService.port.getHost().port
             addresses = [(udpHost, udpPort)] if specific else None
-            return NATProbe(node.reactor, stun, udpPort, localAddresses=addresses).probe(servers)
+            # only to STUN servers it talks to anyway (a VPN's egress gate lets nothing else
+            # out, and leak checks rightly count anything else)
+            return NATProbe(node.reactor, stun, udpPort, localAddresses=addresses, onlyTo=True).probe(servers)
 
     return ConnectivityCheck(node.reactor, _LazyProbe(), servers, ready=_joined(dht), bus=bus)
 

@@ -125,8 +125,9 @@ class DashboardTests(unittest.TestCase):
         self.assertEqual({s["key"]: s["value"] for s in self.api.get("/v1/settings")["settings"]}["circuits-spare"], 2)
 
         # relays: a sortable table of what the client knows
-        rows = driver.find_elements(By.CSS_SELECTOR, "#relays tr")
-        self.assertEqual(len(rows), len(self.api.get("/v1/relays")["relays"]))
+        # the table follows the directory as it grows (relays_known in the status it refreshes)
+        waitUntil(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#relays tr"))
+                  == len(self.api.get("/v1/relays")["relays"]), what="the relay table to match the directory")
         driver.find_element(By.CSS_SELECTOR, 'th[data-sort="address"]').click()
         addresses = [r.find_elements(By.TAG_NAME, "td")[2].text for r in driver.find_elements(By.CSS_SELECTOR, "#relays tr")]
         self.assertEqual(addresses, sorted(addresses))

@@ -292,7 +292,14 @@ function refreshSoon(name, fn, delay = 150) {
   state.refreshTimers[name] = setTimeout(fn, delay);
 }
 
-async function loadStatus() { try { renderStatus(await api("GET", "/v1/status")); } catch (e) { /* ignore */ } }
+async function loadStatus() {
+  try {
+    const s = await api("GET", "/v1/status");
+    renderStatus(s);
+    // the directory grows and shrinks without an event: follow its count
+    if (s.dht && s.dht.relays_known != null && s.dht.relays_known !== state.relays.length) refreshSoon("relays", loadRelays);
+  } catch (e) { /* ignore */ }
+}
 
 let ticks = 0;
 function follow() {
@@ -302,7 +309,7 @@ function follow() {
   source.onerror = () => { live.classList.remove("on"); $("live-text").textContent = "reconnecting"; };
   source.addEventListener("bandwidth", (e) => {
     addSample(JSON.parse(e.data));
-    if (++ticks % 5 === 0) loadStatus();
+    if (++ticks % 3 === 0) loadStatus();
     if (ticks % 5 === 2) refreshSoon("circuits", loadCircuits, 0);  // ages and bytes move
   });
   const circuitChanged = () => refreshSoon("circuits", loadCircuits);
