@@ -142,6 +142,7 @@ class DashboardTests(unittest.TestCase):
     def screenshots(self, driver):
         """Each view, light and dark, desktop (1280x800) and phone (390 wide), and the whole desktop page."""
         os.makedirs(SHOTS, exist_ok=True)
+        driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
         for theme in ("light", "dark"):
             driver.execute_script("applyTheme(arguments[0])", theme)
             for name, width, mobile in (("desktop", 1280, False), ("phone", 390, True)):
