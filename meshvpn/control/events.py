@@ -15,7 +15,7 @@ already holds, nothing more.
 import collections
 import time
 
-from twisted.logger import LogLevel, formatEvent
+from twisted.logger import formatEvent
 from zope.interface import implementer
 
 from meshvpn.interfaces import IControlEvents
@@ -66,11 +66,6 @@ class EventBus:
 
 def _matches(kind, prefixes):
     return any(kind == p or kind.startswith(p + ".") for p in prefixes)
-
-
-def levelName(level):
-    """A L{LogLevel} -> its name in L{LEVELS}."""
-    return level.name if isinstance(level, type(LogLevel.info)) else "info"
 
 
 class LogTail:
