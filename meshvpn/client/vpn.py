@@ -445,7 +445,7 @@ def directPeers(bootstrap, finder, links=None):
     out = set()
     for host, port in bootstrap or ():
         out.add(("udp", host.strip("[]"), port))
-    for d in getattr(finder, "relays", {}).values():
+    for d in (finder.relays if finder is not None else {}).values():
         for transport, address in d.addresses:
             host, _, port = address.rpartition(":")
             if port.isdigit():
