@@ -7,10 +7,14 @@ It knows nothing of cells or links: it is given
   C{whenClosed()} and C{close(reason)}), failing with L{CircuitBuildFailed}
   naming the hop that failed when it knows it;
 
-and decides which path each circuit takes (L{pathselect}), which circuit each
-request uses (per isolation key, exit fitting the target), keeps spare
-circuits built ahead of need, retries a failed build through other relays,
-and replaces a circuit that dies while in use, logging how long that took.
+and decides which path each circuit takes (the guard from the client's
+L{guards.GuardSet}, middle and exit from L{pathselect}), which circuit each request
+uses (per isolation key, exit fitting the target), keeps spare circuits built
+ahead of need, retries a failed build through other relays, and replaces a
+circuit that dies while in use, logging how long that took.  The guard set
+hears of every build through a guard: up when built, down when the guard
+hop failed; when it has no usable guard the build fails rather than enter
+through a random relay.
 The control plane steers it (L{ICircuitSteering}): a new identity retires
 every circuit for new streams, and a relay filter applies the user's pinned
 and excluded relays to every path chosen after it is set.
@@ -82,8 +86,10 @@ class CircuitManager(service.Service):
 
     def _maintain(self):
         self._closeIdleRetired()
-        # Start as many builds as the spare target lacks; never hold the loop on them.
-        while len(self._spare) + self._building < self.spares:
+        # Start as many builds as the spare target lacks; never hold the loop on
+        # them.  Counted once: a build that fails at once (no usable guard) is
+        # retried at the next tick, not in a loop that never yields.
+        for _ in range(self.spares - len(self._spare) - self._building):
             d = self._buildWithRetries(None)
             d.addCallbacks(self._addSpare, self._spareFailed)
 
@@ -207,7 +213,13 @@ class CircuitManager(service.Service):
             lastError = None
             for attempt in range(self.attempts):
                 relays = await self._relaySource()
-                guard = self.guards.choose([r for r in relays if r.nodeId not in exclude]) if self.guards else None
+                guard = None
+                if self.guards is not None:
+                    # Never a random guard instead: that is how a network that
+                    # makes guards fail gets a client to try all of them.
+                    guard = self.guards.choose(relays, exclude=exclude)
+                    if guard is None:
+                        raise NoPath(f"no usable guard: {self.guards.refusal}")
                 path = choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
                 started = self.reactor.seconds()
                 try:
@@ -222,6 +234,8 @@ class CircuitManager(service.Service):
                         if e.hop == 0 and self.guards is not None:
                             self.guards.markDown(path[0].nodeId)
                     continue
+                if self.guards is not None:
+                    self.guards.succeeded(path[0].nodeId)
                 self.buildTimes.append(self.reactor.seconds() - started)
                 return circuit, path
             raise lastError or NoPath("no attempt made")
@@ -251,14 +265,14 @@ class CircuitManager(service.Service):
             "building": self._building,
             "build_times_s": self.buildTimes[-20:],
             "rebuild_times_s": self.rebuildTimes[-20:],
+            **({"guards": self.guards.status()} if self.guards is not None else {}),
         }
 
 
 def _circuitStatusOf(circuit, path, spare):
     entry = {"path": [r.nodeId.hex() for r in path], "spare": spare}
-    streams = getattr(circuit, "streamHandler", None)
-    if streams is not None and hasattr(streams, "status"):
-        entry.update(streams.status())
+    if circuit.streamHandler is not None:
+        entry.update(circuit.streamHandler.status())
     return entry
 
 

@@ -30,9 +30,11 @@ import enum
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
 from meshvpn.errors import StreamRefused
+from meshvpn.interfaces import IStatusSource
 
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
@@ -60,17 +62,18 @@ def resolveProbe(circuit):
     @return: a Deferred firing C{True} once the exit answered, C{False} if
         it cannot tell (no stream layer, or the circuit closed first).
     """
-    mux = getattr(circuit, "streamHandler", None)
-    if mux is None or not hasattr(mux, "resolve"):
+    mux = circuit.streamHandler
+    if mux is None:
         return defer.succeed(False)
 
     def refused(failure):
         failure.trap(StreamRefused)
-        return getattr(mux, "closedReason", None) is None  # an END from the exit is an answer too
+        return mux.closedReason is None  # an END from the exit is an answer too
 
     return mux.resolve(PROBE_NAME).addCallbacks(lambda _: True, refused)
 
 
+@implementer(IStatusSource)
 class TunClient(service.Service):
     """
     @param getCircuit: C{callable() -> Deferred(circuit)}, a packet-mode
@@ -145,7 +148,7 @@ class TunClient(service.Service):
             if self.routes is not None:
                 self.routes.capture(self.tun, set(self.keepSource()))
                 if self.gate is not None:
-                    self.gate.start(already=getattr(self.routes, "keptPorts", ()))
+                    self.gate.start(already=self.routes.keptPorts)
                     for user in self.egressUsers:
                         user.setEgressGate(self.gate)
                     self._gated = True
@@ -178,13 +181,7 @@ class TunClient(service.Service):
             self.mesh.setConnector(connector)
 
     def _meshRoute(self):
-        add = getattr(self.tun, "addRoute", None)
-        if add is None:
-            return
-        try:
-            add(str(MESH_NET), mtu=MESH_MTU)
-        except TypeError:
-            add(str(MESH_NET))
+        self.tun.addRoute(str(MESH_NET), mtu=MESH_MTU)
 
     def stopService(self):
         super().stopService()
@@ -384,19 +381,19 @@ class TunClient(service.Service):
             "state_for_s": round(now - self.stateSince, 3) if self.stateSince is not None else None,
             "up_after_s": round(self.upAfter, 3) if self.upAfter is not None else None,
             "circuit": _path(self._circuit),
-            "tun": self.tun.status() if self.tun is not None and hasattr(self.tun, "status") else None,
+            "tun": self.tun.status() if self.tun is not None else None,
             "address": self.address,
             "mesh": self.mesh.status() if self.mesh is not None else None,
             "dns_queries": self.dns.queries if self.dns is not None else 0,
-            "egress": self.gate.status() if hasattr(self.gate, "status") else None,
-            "routes": self.routes.status() if hasattr(self.routes, "status") else None,
+            "egress": self.gate.status() if self.gate is not None else None,
+            "routes": self.routes.status() if self.routes is not None else None,
             **self.counters,
         }
 
 
 def _path(circuit):
     """The node ids (hex) of C{circuit}'s hops, guard first, if it tells them."""
-    return [h.nodeId.hex() for h in getattr(circuit, "path", None) or ()]
+    return [h.nodeId.hex() for h in circuit.path] if circuit is not None else []
 
 
 def _describe(circuit):
@@ -448,7 +445,7 @@ def directPeers(bootstrap, finder, links=None):
     out = set()
     for host, port in bootstrap or ():
         out.add(("udp", host.strip("[]"), port))
-    for d in getattr(finder, "relays", {}).values():
+    for d in (finder.relays if finder is not None else {}).values():
         for transport, address in d.addresses:
             host, _, port = address.rpartition(":")
             if port.isdigit():
@@ -473,11 +470,13 @@ def relayCensus(finder):
     return census
 
 
-def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
+def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None,
+              links=None):
     """
-    The client role's hook: with C{--tun}, a L{TunClient} on C{node} using
-    C{node.circuits} (the circuit manager) unless C{getCircuit} is given;
-    when it captures, an egress gate on C{node.udp} and C{node.links}.
+    With C{--tun}, a L{TunClient} on C{node}: packet circuits from
+    C{getCircuit} and DNS through C{opener} (both given by the role when it
+    captures); when it captures, an egress gate on C{node.udp} and C{links}
+    (the node's L{ILinkManager}).
     @return: the L{TunClient} or C{None}.
     """
     if not settings.get("tun"):
@@ -490,17 +489,6 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     if problem and getCircuit is None:
         raise SystemExit(f"meshvpn-client: --tun {problem}")
     capture = settings.get("tun_capture", True)
-    if getCircuit is None and capture:
-        def getCircuit():
-            return node.circuits.getCircuit(target=None, isolation=ISOLATION, packets=True)
-    if opener is None and capture and settings.get("tun_dns", True):
-        from meshvpn.streams.opener import CircuitStreamOpener
-
-        class _LazyOpener:
-            def resolve(self, name, key):
-                return CircuitStreamOpener(node.circuits).resolve(name, key)
-
-        opener = _LazyOpener()
     tag = node.identity.nodeId.hex()[:8]
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
     bootstrap = settings.get("bootstrap") or ()
@@ -513,19 +501,16 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
 
         routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"),
                                  udpSourcePort=udpPort)
-        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, node.links))
-        egressUsers = [u for u in (node.udp, node.links) if u is not None]
+        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, links))
+        egressUsers = [u for u in (node.udp, links) if u is not None]
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener,
         keepSource or (lambda: directPeers(bootstrap, None)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
-        meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
+        meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,
         census=relayCensus(finder) if finder is not None else None,
     )
     client.setServiceParent(node)
-    node.tun = client
-    status = getattr(node, "status", None)
-    if status is not None:
-        status.addSource("tun", client)
+    node.status.addSource("tun", client)
     return client

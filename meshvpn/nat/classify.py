@@ -113,11 +113,6 @@ class NATProbe:
         self._localAddresses = localAddresses
         self.onlyTo = onlyTo
 
-    @classmethod
-    def onNode(cls, node, **kw):
-        """A probe of C{node}'s own UDP socket (the mapping hole punching will use)."""
-        return cls(node.reactor, StunEndpoint.onNode(node), node.udp.getHost().port, **kw)
-
     def _ask(self, server, change=None, rc=None):
         req = stun.StunMessage(stun.BINDING, stun.REQUEST)
         req.add(stun.SOFTWARE, b"meshvpn netcheck")  # also keeps us clear of amplification trimming

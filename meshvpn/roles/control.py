@@ -34,7 +34,7 @@ def addControl(node, options, *, links=None, dht=None, finder=None, circuits=Non
     parts = Parts(dht=dht, finder=finder, links=links, circuits=circuits, onion=onion, tun=tun, exit=exitParts,
                   steering=steering)
     model = NodeModel(node, bus, parts, history=settings.get("status_history", False))
-    parts.runtime = RuntimeSettings(options.schema, _tunables(model, settings, circuits, finder), settings, bus)
+    parts.runtime = RuntimeSettings(options.schema, _tunables(node, model, settings, circuits, finder), settings, bus)
     if stun is not None and dht is not None:
         parts.nat = _natCheck(node, settings, stun, dht, finder, bus)
     metrics = None
@@ -43,7 +43,7 @@ def addControl(node, options, *, links=None, dht=None, finder=None, circuits=Non
 
         metrics = (NodeMetrics(node.reactor, model, dht), settings["metrics_listen"])
     control = ControlService(node.reactor, node.dataDir, model, bus, settings["control_listen"], metrics)
-    control.setName("control")
+    control.setName("control-plane")  # "control" names its listener (the address in node.json)
     # listeners first: the control service reads their bound addresses when it starts
     node.addListener("control", control.listener)
     if control.metricsListener is not None:
@@ -54,7 +54,7 @@ def addControl(node, options, *, links=None, dht=None, finder=None, circuits=Non
     return control
 
 
-def _tunables(model, settings, circuits, finder):
+def _tunables(node, model, settings, circuits, finder):
     out = []
     if circuits is not None:
         out.append(Tunable("circuits-spare", lambda: circuits.spares, lambda v: setattr(circuits, "spares", v)))
@@ -66,6 +66,7 @@ def _tunables(model, settings, circuits, finder):
     if "status_history" in settings:
         def history(v):
             model.history = v
+            node.status.history = v  # status.json keeps step with the API
 
         out.append(Tunable("status-history", lambda: model.history, history))
     return out
@@ -89,7 +90,8 @@ def _natCheck(node, settings, stun, dht, finder, bus):
         """The socket's port is known only once the node listens."""
 
         def probe(self, servers):
-            udpHost, udpPort = node.udpService.port.getHost().host, node.udpService.port.getHost().port
+            bound = node.getServiceNamed("udp").port.getHost()
+            udpHost, udpPort = bound.host, bound.port
             addresses = [(udpHost, udpPort)] if specific else None
             # only to STUN servers it talks to anyway (a VPN's egress gate lets nothing else
             # out, and leak checks rightly count anything else)

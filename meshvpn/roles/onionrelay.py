@@ -9,12 +9,16 @@ policy summary.
 
 from meshvpn.dht.service import onionKeysFromRing
 from meshvpn.onion.service import OnionService, linkManagerConnector
+from meshvpn.roles.common import addService
 
 NOT_AN_EXIT = "reject 1-65535"
 
 
-def attachOnionRelay(node, settings, flags):
+def addOnionRelay(node, settings, flags, links):
     """
+    The relay's C{"onion"} service, taking every cell of C{links} (the
+    node's L{ILinkManager}) and extending circuits through it.
+
     @return: C{(onion service, exit parts or None)}.
     """
     edge, exitParts = None, None
@@ -29,9 +33,9 @@ def attachOnionRelay(node, settings, flags):
         edge = StreamExitEdge(exitAcceptor(exitParts.connector, exitParts.limiter), exitResolver(exitParts.resolver))
         node.status.addSource("exit", exitParts)
     onion = OnionService(
-        node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(node.links), edge=edge
+        node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(links), edge=edge
     )
-    node.links.setCellHandler(onion.switch)
+    links.setCellHandler(onion.switch)
     if settings.get("bandwidth_rate") or settings.get("circuit_rate"):
         from meshvpn.onion.readlimit import LinkReadLimiter
 
@@ -40,8 +44,7 @@ def attachOnionRelay(node, settings, flags):
             settings["circuit_rate"], settings["circuit_burst"],
         )
         node.status.addSource("bandwidth", onion.switch.readLimiter)
-    onion.setServiceParent(node)
-    node.onion = onion
+    addService(node, "onion", onion)
     node.status.addSource("onion", onion.switch)
     return onion, exitParts
 

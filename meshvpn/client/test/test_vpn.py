@@ -137,6 +137,9 @@ class Recorder:
     def setEgressGate(self, gate):
         self.gates.append(gate)
 
+    def status(self):
+        return {}
+
     def start(self, already=()):
         self.started += 1
 
@@ -154,6 +157,9 @@ class FakeRoutes:
 
     def restore(self):
         self.restored += 1
+
+    def status(self):
+        return {}
 
 
 class VpnStateTests(unittest.TestCase):
