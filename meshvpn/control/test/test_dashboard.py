@@ -43,6 +43,12 @@ def viewport(driver, width, height, mobile=False):
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
 
 
+def click(driver, element):
+    """Click as a person would, with the element in the middle of the screen (the header is sticky)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
 def waitUntil(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,7 +115,7 @@ class DashboardTests(unittest.TestCase):
         field = form.find_element(By.TAG_NAME, "input")
         field.clear()
         field.send_keys("2")
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        click(driver, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         waitUntil(lambda: "hidden" not in form.find_element(By.CLASS_NAME, "saved").get_attribute("class"),
                   what="the setting to save")
         spare = {s["key"]: s["value"] for s in self.api.get("/v1/settings")["settings"]}["circuits-spare"]
@@ -117,7 +123,7 @@ class DashboardTests(unittest.TestCase):
         waitUntil(lambda: self.api.get("/v1/status")["circuits"]["spare"] >= 2, what="a second spare circuit")
         field.clear()
         field.send_keys("lots")
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        click(driver, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         error = form.find_element(By.CSS_SELECTOR, ".error")
         waitUntil(lambda: "hidden" not in error.get_attribute("class"), what="the error")
         self.assertEqual(error.text, "key 'circuits-spare' in control request: expected a whole number 0 or more, "
@@ -128,15 +134,15 @@ class DashboardTests(unittest.TestCase):
         # the table follows the directory as it grows (relays_known in the status it refreshes)
         waitUntil(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#relays tr"))
                   == len(self.api.get("/v1/relays")["relays"]), what="the relay table to match the directory")
-        driver.find_element(By.CSS_SELECTOR, 'th[data-sort="address"]').click()
+        click(driver, driver.find_element(By.CSS_SELECTOR, 'th[data-sort="address"]'))
         addresses = [r.find_elements(By.TAG_NAME, "td")[2].text for r in driver.find_elements(By.CSS_SELECTOR, "#relays tr")]
         self.assertEqual(addresses, sorted(addresses))
 
         # the log tail filters by level
-        driver.find_element(By.CSS_SELECTOR, "#log-level option[value=warn]").click()
+        click(driver, driver.find_element(By.CSS_SELECTOR, "#log-level option[value=warn]"))
         levels = {li.get_attribute("data-level") for li in driver.find_elements(By.CSS_SELECTOR, "#log li")}
         self.assertLessEqual(levels, {"warn", "error", "critical"})
-        driver.find_element(By.CSS_SELECTOR, "#log-level option[value=info]").click()
+        click(driver, driver.find_element(By.CSS_SELECTOR, "#log-level option[value=info]"))
         self.screenshots(driver)
 
     def screenshots(self, driver):
