@@ -5,7 +5,9 @@ client's live circuit shows three hops, that the bandwidth graph moves
 after a fetch, and that saving a setting in the form changes the node
 (seen through the API); a bad value shows the API's one-line error.  It
 saves a screenshot of each view, light and dark, at 1280x800 and at phone
-width, under doc/screenshots/ (linked from the README).
+width: into the test's own directory, or, with MESHVPN_UPDATE_SCREENSHOTS=1,
+over the ones in doc/screenshots/ (linked from the README), so a test run
+leaves the checkout as it found it.
 """
 
 import os
@@ -18,7 +20,7 @@ from meshvpn.control.client import ControlClient
 from meshvpn.tools import socksclient
 from meshvpn.tools.testnet import Testnet
 
-SHOTS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "doc", "screenshots")
+DOC_SHOTS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "doc", "screenshots")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -147,6 +149,7 @@ class DashboardTests(unittest.TestCase):
 
     def screenshots(self, driver):
         """Each view, light and dark, desktop (1280x800) and phone (390 wide), and the whole desktop page."""
+        SHOTS = DOC_SHOTS if os.environ.get("MESHVPN_UPDATE_SCREENSHOTS") == "1" else os.path.abspath(self.mktemp())
         os.makedirs(SHOTS, exist_ok=True)
         driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
         for theme in ("light", "dark"):
