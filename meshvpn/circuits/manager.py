@@ -15,6 +15,12 @@ circuit that dies while in use, logging how long that took.  The guard set
 hears of every build through a guard: up when built, down when the guard
 hop failed; when it has no usable guard the build fails rather than enter
 through a random relay.
+
+A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
+extending) names no hop, so nothing is excluded on one relay's word; it is
+counted against the guard instead (Tor's path bias, in small): the status
+shows the count, and a guard through which most builds fail past it is
+logged once.
 """
 
 from twisted.application import service
@@ -57,6 +63,8 @@ class CircuitManager(service.Service):
         self._building = 0
         self.buildTimes = []
         self.rebuildTimes = []
+        self.failedPastGuard = 0
+        self._throughGuard = {}  # guard node id -> [built, failed past it]
         self._loop = None
 
     # -- service
@@ -187,14 +195,30 @@ class CircuitManager(service.Service):
                         exclude.append(path[e.hop].nodeId)
                         if e.hop == 0 and self.guards is not None:
                             self.guards.markDown(path[0].nodeId)
+                    else:
+                        self._countThroughGuard(path[0], failed=True)
                     continue
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
+                self._countThroughGuard(path[0], failed=False)
                 self.buildTimes.append(self.reactor.seconds() - started)
                 return circuit, path
             raise lastError or NoPath("no attempt made")
         finally:
             self._building -= 1
+
+    def _countThroughGuard(self, guard, failed):
+        if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
+            self._throughGuard.clear()  # bounded: a client uses a few guards, not many
+        counts = self._throughGuard.setdefault(guard.nodeId, [0, 0])
+        counts[failed] += 1
+        if failed:
+            self.failedPastGuard += 1
+            built, past = counts
+            if past == 10 and past > built:
+                self.log.warn("{past} of {n} circuit builds through guard {g} failed past it; a guard that fails "
+                              "extensions on purpose chooses its clients' paths", past=past, n=built + past,
+                              g=guard.nodeId.hex()[:16])
 
     # -- status
 
@@ -213,6 +237,7 @@ class CircuitManager(service.Service):
         return {
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
+            "failed_past_guard": self.failedPastGuard,
             "build_times_s": self.buildTimes[-20:],
             "rebuild_times_s": self.rebuildTimes[-20:],
             **({"guards": self.guards.status()} if self.guards is not None else {}),
