@@ -45,7 +45,9 @@ import struct
 
 import attrs
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from meshvpn.interfaces import IStatusSource
 from meshvpn.link import wire
 from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.onion.cells import CellError, Command, DestroyReason, RelayCommand, Truncated
@@ -57,6 +59,7 @@ log = Logger()
 
 ENV_PLAN = "MESHVPN_TEST_HOSTILE"
 ENV_TESTING = "MESHVPN_TESTING"
+VIEW_FILE = "hostile-view.bin"  # in a hostile relay process's data directory
 VIEW_LIMIT = 64 * 1024 * 1024  # bytes of view kept; a test never needs more
 TRIGGERS = ("open", "extend", "cell")
 _FORGED = {"end", "connected", "resolved", "sendme", "data"}
@@ -238,6 +241,7 @@ class _CircuitScript:
         self.eligible = eligible
 
 
+@implementer(IStatusSource)
 class Hostility:
     """
     The plan a switch follows, its view, and what it has done (L{status}).

@@ -335,3 +335,28 @@ class DropAndDelay(ViewChecks, unittest.TestCase):
         self.useCircuit(n, circ)
         self.assertClosedWith(n, circ, DestroyReason.PROTOCOL)
         self.assertNothingReadable(n.guard)
+
+
+class OnlyTestsMakeARelayHostile(unittest.TestCase):
+    """A relay process follows a hostile plan only when its environment says so the way tests do."""
+
+    def test_environmentGate(self):
+        from meshvpn.onion.hostile import fromEnvironment
+
+        plan = "open=truncated"
+        self.assertIsNone(fromEnvironment("127.0.0.1", {}))
+        self.assertRaises(PlanError, fromEnvironment, "127.0.0.1", {"MESHVPN_TEST_HOSTILE": plan})
+        self.assertRaises(PlanError, fromEnvironment, "203.0.113.7",
+                          {"MESHVPN_TEST_HOSTILE": plan, "MESHVPN_TESTING": "1"})
+        self.assertRaises(PlanError, fromEnvironment, "0.0.0.0", {"MESHVPN_TEST_HOSTILE": plan, "MESHVPN_TESTING": "1"})
+        self.assertRaises(PlanError, fromEnvironment, "127.0.0.1",
+                          {"MESHVPN_TEST_HOSTILE": "open=explode", "MESHVPN_TESTING": "1"})
+        for host in ("127.11.0.1", "198.18.2.2", "::1"):
+            self.assertEqual(fromEnvironment(host, {"MESHVPN_TEST_HOSTILE": plan, "MESHVPN_TESTING": "1"}),
+                             parsePlan(plan))
+
+    def test_noSettingMakesARelayHostile(self):
+        from meshvpn.roles.relay import Options
+
+        names = " ".join(s.name for s in Options.schema)
+        self.assertNotIn("hostile", names)
