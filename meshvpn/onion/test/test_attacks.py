@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from meshvpn.errors import StreamRefused
-from meshvpn.onion.cells import DestroyReason, RelayCommand
+from meshvpn.onion.cells import Created2, DestroyReason, Extended2, RelayCommand
 from meshvpn.onion.destroy import CircuitDestroyed
 from meshvpn.onion.hostile import PlanError, parsePlan
 from meshvpn.onion.origin import OriginCircuit
@@ -135,6 +135,29 @@ class Truncated(ViewChecks, unittest.TestCase):
         f = self.failureResultOf(d, CircuitDestroyed)
         self.assertEqual(f.value.reason, DestroyReason.TIMEOUT)
         self.assertIsNone(f.value.hop)
+
+    def test_destroyDuringExtendBlamesNoInnocentHop(self):
+        """The guard keeps the EXTEND2 and DESTROYs the circuit "because the middle failed": no hop is named."""
+        n = HostileNet(guard="extend=drop")
+        circ, d = n.build()
+        [guardHop] = n.hops(n.guard)
+        guardHop.destroy(DestroyReason.CONNECTFAILED)
+        n.pump()
+        f = self.failureResultOf(d, CircuitDestroyed)
+        self.assertEqual(f.value.reason, DestroyReason.CONNECTFAILED)
+        self.assertIsNone(f.value.hop)
+
+    def test_forgedExtendedBlamesNoInnocentHop(self):
+        """The guard answers the EXTEND2 with an EXTENDED2 of its own making: the handshake fails, no hop is named."""
+        n = HostileNet(guard="extend=drop")
+        circ, d = n.build()
+        [guardHop] = n.hops(n.guard)
+        guardHop.sendRelay(RelayCommand.EXTENDED2, 0, Extended2(Created2(bytes(64))).encode())
+        n.pump()
+        f = self.failureResultOf(d, CircuitDestroyed)
+        self.assertEqual(f.value.reason, DestroyReason.PROTOCOL)
+        self.assertIsNone(f.value.hop)
+        self.assertClosedWith(n, circ, DestroyReason.PROTOCOL)
 
     def test_answerToOurTruncateFromTheWrongHop(self):
         """We ask the middle to truncate; the guard answers in its place (and keeps the TRUNCATE): closed."""
