@@ -7,6 +7,7 @@ it, and that the hostile relay's view (every forward payload once its own
 layer is off) never holds the client's target or request.
 """
 
+from hypothesis import given, settings, strategies as st
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -77,6 +78,16 @@ class Honest(ViewChecks, unittest.TestCase):
         for bad in ("", "open", "later=drop", "open=explode", "cell:0=drop", "open=resolved:1:nowhere",
                     "open=end", "open=end:0", "open=delay:x", "circuits=0", "open=truncated:SOMETIMES"):
             self.assertRaises(PlanError, parsePlan, bad)
+
+
+class PlanParser(unittest.TestCase):
+    @given(st.text(alphabet="opencxtdl:=+;-0123456789.trucaesmgybkfwhi", max_size=60))
+    @settings(max_examples=400, deadline=None)
+    def test_anyTextParsesOrSaysWhy(self, text):
+        try:
+            parsePlan(text)
+        except PlanError:
+            pass
 
 
 class Truncated(ViewChecks, unittest.TestCase):
