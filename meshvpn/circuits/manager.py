@@ -161,7 +161,7 @@ class CircuitManager(service.Service):
 
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
         packets = "packet-exit" in pair[1][-1].roles
-        d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId], packets=packets)
+        d = self._buildWithRetries(None, exclude=_suspect(reason, pair[1]), packets=packets)
         d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
 
     # -- building
@@ -249,6 +249,20 @@ def _circuitStatusOf(circuit, path, spare):
     if circuit.streamHandler is not None:
         entry.update(circuit.streamHandler.status())
     return entry
+
+
+def _suspect(reason, path):
+    """
+    Whom the replacement of a circuit that died of C{reason} avoids.  A hop
+    that provably broke the protocol (C{reason.hop}: its authenticated cell
+    did) is avoided; the guard is kept (changing guards is what an attacker
+    wants), so a guard that kills a circuit gets no innocent middle excluded.
+    Otherwise the middle, the usual casualty of a dead relay.
+    """
+    hop = getattr(getattr(reason, "value", reason), "hop", None)
+    if hop is None:
+        return [path[1].nodeId]
+    return [] if hop == 0 else [path[hop].nodeId]
 
 
 def _accepts(path, target, packets=False):

@@ -22,6 +22,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
+from meshvpn.onion.flow import FlowError
 from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
 
@@ -280,7 +281,13 @@ class OriginCircuit(RelayDispatcher):
         if res is None:
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
         hop, plain, tag = res
-        self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+        try:
+            self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+        except (CellError, FlowError):
+            # The cell passed hop's tag: only that hop could have sent it, so
+            # the violation is provably its own (what the close is charged to).
+            self._offender = hop
+            raise
 
     def _packetsArrived(self, packets):
         if self._packetReceiver is not None:
@@ -306,7 +313,6 @@ class OriginCircuit(RelayDispatcher):
         circuit does not survive (Tor closes on it too).
         """
         if hop != self._asked:
-            self._offender = hop
             raise CellError(f"TRUNCATED from hop {hop}, which was not asked to extend or truncate")
         reason = Truncated.decode(hdr.data).reason
         following = ORIGIN.onPeer(self.state, OriginEvent.TRUNCATED)

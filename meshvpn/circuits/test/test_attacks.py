@@ -177,3 +177,46 @@ class HostileGuardSteeringTests(unittest.TestCase):
         self.assertEqual([h.nodeId for h in circuit.path], [r.nodeId for r in relays])
         self.assertEqual(n.guard.hostility.status()["actions"], {"truncated": 1})
         self.assertEqual(manager.status()["failed_past_guard"], 1)
+
+    def test_guardKillingACircuitDoesNotExcludeItsMiddle(self):
+        """
+        The guard kills a circuit in use with a TRUNCATED nobody asked for.
+        The replacement used to avoid the dead circuit's middle whatever
+        killed it, so with one middle there was none; a violation the guard
+        provably committed now excludes no one else, and the replacement is built.
+        """
+        from meshvpn.circuits.builder import CircuitBuilder
+        from meshvpn.onion.cells import RelayCommand, Truncated
+        from meshvpn.onion.test.hostile import HostileNet
+
+        n = HostileNet()
+        roles = {n.guard: ("guard",), n.middle: ("middle",), n.exit: ("exit",)}
+        relays = [
+            RelayInfo(nodeId=r.nodeId, host=f"198.{18 + i}.0.1", roles=frozenset(roles[r]), bandwidth=0,
+                      descriptor=_MemoryDescriptor(r))
+            for i, r in enumerate((n.guard, n.middle, n.exit))
+        ]
+        builder = CircuitBuilder(n.clock, n.client.switch, _MemoryLinks(n))
+        built = []
+
+        def build(path):
+            d = builder(path)
+            n.clock.callLater(0, n.pump)
+            d.addCallback(lambda c: built.append(c) or c)
+            return d
+
+        manager = CircuitManager(n.clock, lambda: defer.succeed(relays), build, spares=0, rng=random.Random(3))
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        d = manager.getCircuit()
+        n.clock.advance(0)
+        first = self.successResultOf(d)
+        [guardHop] = n.hops(n.guard)
+        guardHop.sendRelay(RelayCommand.TRUNCATED, 0, Truncated(6).encode())
+        n.pump()
+        self.assertTrue(first.closed)
+        self.assertEqual(first.closeReason.hop, 0)
+        n.clock.advance(0)
+        self.assertEqual(len(built), 2)
+        self.assertFalse(built[1].closed)
+        self.assertEqual([c for c, _ in manager._assigned[None]], [built[1]])

@@ -246,6 +246,7 @@ class ForgedStreamCells(ViewChecks, unittest.TestCase):
         self._hop(n, hostileRelay).sendRelay(command, stream.streamId, body)
         n.pump()
         self.assertClosedWith(n, circ, DestroyReason.PROTOCOL)
+        self.assertEqual(circ.closeReason.hop, {"guard": 0, "middle": 1}[relay])  # provably its violation
         return n, stream
 
     def test_forgedEnd(self):
