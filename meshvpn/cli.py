@@ -74,6 +74,9 @@ def buildParser():
     addControlCommands(sub)
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
+    p.add_argument("--hostile", choices=["guard"], default=None,
+                   help="test tooling: make the only guard attack the client's circuits (with --check: the client "
+                        "must survive it and the guard must read nothing)")
     p.set_defaults(func=_testnetCommand)
     from meshvpn.tools.benchcommands import addBenchCommands
 

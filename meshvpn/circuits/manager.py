@@ -18,6 +18,12 @@ through a random relay.
 The control plane steers it (L{ICircuitSteering}): a new identity retires
 every circuit for new streams, and a relay filter applies the user's pinned
 and excluded relays to every path chosen after it is set.
+
+A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
+extending) names no hop, so nothing is excluded on one relay's word; it is
+counted against the guard instead (Tor's path bias, in small): the status
+shows the count, and a guard through which most builds fail past it is
+logged once.
 """
 
 from twisted.application import service
@@ -64,6 +70,8 @@ class CircuitManager(service.Service):
         self._retired = []  # (circuit, path) no new stream may use (newIdentity); closed once idle
         self.buildTimes = []
         self.rebuildTimes = []
+        self.failedPastGuard = 0
+        self._throughGuard = {}  # guard node id -> [built, failed past it]
         self._loop = None
 
     # -- service
@@ -164,7 +172,7 @@ class CircuitManager(service.Service):
 
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
         packets = "packet-exit" in pair[1][-1].roles
-        d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId], packets=packets)
+        d = self._buildWithRetries(None, exclude=_suspect(reason, pair[1]), packets=packets)
         d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
 
     def _relaySource(self):
@@ -233,14 +241,30 @@ class CircuitManager(service.Service):
                         exclude.append(path[e.hop].nodeId)
                         if e.hop == 0 and self.guards is not None:
                             self.guards.markDown(path[0].nodeId)
+                    else:
+                        self._countThroughGuard(path[0], failed=True)
                     continue
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
+                self._countThroughGuard(path[0], failed=False)
                 self.buildTimes.append(self.reactor.seconds() - started)
                 return circuit, path
             raise lastError or NoPath("no attempt made")
         finally:
             self._building -= 1
+
+    def _countThroughGuard(self, guard, failed):
+        if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
+            self._throughGuard.clear()  # bounded: a client uses a few guards, not many
+        counts = self._throughGuard.setdefault(guard.nodeId, [0, 0])
+        counts[failed] += 1
+        if failed:
+            self.failedPastGuard += 1
+            built, past = counts
+            if past == 10 and past > built:
+                self.log.warn("{past} of {n} circuit builds through guard {g} failed past it; a guard that fails "
+                              "extensions on purpose chooses its clients' paths", past=past, n=built + past,
+                              g=guard.nodeId.hex()[:16])
 
     # -- status
 
@@ -263,6 +287,7 @@ class CircuitManager(service.Service):
         return {
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
+            "failed_past_guard": self.failedPastGuard,
             "build_times_s": self.buildTimes[-20:],
             "rebuild_times_s": self.rebuildTimes[-20:],
             **({"guards": self.guards.status()} if self.guards is not None else {}),
@@ -274,6 +299,20 @@ def _circuitStatusOf(circuit, path, spare):
     if circuit.streamHandler is not None:
         entry.update(circuit.streamHandler.status())
     return entry
+
+
+def _suspect(reason, path):
+    """
+    Whom the replacement of a circuit that died of C{reason} avoids.  A hop
+    that provably broke the protocol (C{reason.hop}: its authenticated cell
+    did) is avoided; the guard is kept (changing guards is what an attacker
+    wants), so a guard that kills a circuit gets no innocent middle excluded.
+    Otherwise the middle, the usual casualty of a dead relay.
+    """
+    hop = getattr(getattr(reason, "value", reason), "hop", None)
+    if hop is None:
+        return [path[1].nodeId]
+    return [] if hop == 0 else [path[hop].nodeId]
 
 
 def _accepts(path, target, packets=False):

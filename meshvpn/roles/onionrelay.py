@@ -5,7 +5,15 @@ the node's links; EXTEND2 opens links through the link manager; an exit's
 switch ends streams at the exit's connector and resolver.  The descriptor
 publisher is told the onion keys (republishing on rotation) and the exit
 policy summary.
+
+A relay started by a test may be told to attack the circuits it carries
+(L{meshvpn.onion.hostile}); only the process environment tests set can do
+that, never a setting (L{addHostility}).
 """
+
+import os
+
+import attrs
 
 from meshvpn.dht.service import onionKeysFromRing
 from meshvpn.onion.service import OnionService, linkManagerConnector
@@ -35,6 +43,7 @@ def addOnionRelay(node, settings, flags, links):
     onion = OnionService(
         node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(links), edge=edge
     )
+    addHostility(node, settings, onion)
     links.setCellHandler(onion.switch)
     if settings.get("bandwidth_rate") or settings.get("circuit_rate"):
         from meshvpn.onion.readlimit import LinkReadLimiter
@@ -47,6 +56,28 @@ def addOnionRelay(node, settings, flags, links):
     addService(node, "onion", onion)
     node.status.addSource("onion", onion.switch)
     return onion, exitParts
+
+
+def addHostility(node, settings, onion):
+    """
+    Test tooling only: with C{MESHVPN_TESTING=1} and C{MESHVPN_TEST_HOSTILE=PLAN}
+    in its environment and a loopback or benchmark-network address, the
+    relay follows PLAN (L{meshvpn.onion.hostile}) and appends what it could
+    read to C{DATA_DIR/hostile-view.bin}.  No config key or flag does this.
+    """
+    from meshvpn.onion.hostile import VIEW_FILE, PlanError, fromEnvironment, installHostile
+
+    try:
+        plan = fromEnvironment(settings["udp"][0])
+    except PlanError as e:
+        raise SystemExit(f"meshvpn-relay: {e}") from None
+    if plan is None:
+        return None
+    if plan.view is None:
+        plan = attrs.evolve(plan, view=os.path.join(node.dataDir, VIEW_FILE))
+    hostility = installHostile(onion.switch, plan, node.reactor)
+    node.status.addSource("hostile", hostility)
+    return hostility
 
 
 def publisherOptions(onion, exitParts):

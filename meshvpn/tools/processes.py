@@ -33,8 +33,9 @@ class NodeStartError(MeshVPNError):
 class NodeProcess:
     """One ``twistd -n meshvpn-<role>`` child process with its own data dir."""
 
-    def __init__(self, role, dataDir, extraArgs=(), name=None, host="127.0.0.1"):
+    def __init__(self, role, dataDir, extraArgs=(), name=None, host="127.0.0.1", env=None):
         self.role = role
+        self.env = env  # extra environment variables (test tooling, e.g. a hostile relay's plan)
         self.host = host
         self.name = name or role
         self.dataDir = dataDir
@@ -55,8 +56,9 @@ class NodeProcess:
 
     def start(self):
         os.makedirs(self.dataDir, mode=0o700, exist_ok=True)
+        env = None if self.env is None else {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         return self
 
