@@ -11,7 +11,7 @@ from meshvpn.errors import LinkError
 from meshvpn.circuits.manager import CircuitBuildFailed
 from meshvpn.onion.origin import OriginCircuit
 from meshvpn.circuits.relayinfo import hopSpec
-from meshvpn.onion.switch import CircuitDestroyed
+from meshvpn.onion.destroy import CircuitDestroyed
 
 
 class CircuitBuilder:

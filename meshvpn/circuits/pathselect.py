@@ -4,64 +4,91 @@ The rules are Tor's, kept simple: three distinct relays, no two in the same
 IPv4 /16 (IPv6 /32) and none declaring another as family (either side's
 declaration counts, which is stricter than Tor's mutual rule: a lie can only
 shrink the choice, never put two of one operator's relays on one path); the
-exit chosen first, among exits whose policy fits the target; relays weighted
-by advertised bandwidth, capped so one relay cannot claim all the traffic.
-Guards persist across restarts (L{GuardSet}) so a client does not expose
-itself to a fresh sample of guards every time it starts.
+exit chosen first, among exits whose policy fits the target.
+
+Nothing a relay says about itself buys it a larger share of paths:
+
+- relays are chosen uniformly.  The bandwidth a relay announces is its own
+  unverified claim, and weighting by it handed every path to a few relays
+  announcing huge numbers; until bandwidth is measured, each relay counts
+  once, so an attacker's share of paths is its share of relays;
+- a relay sits in every network it lists an address in, not only the first
+  one (the descriptor's order is the attacker's to choose, so a decoy listed
+  first used to hide where the relay really is).  A relay listing a name
+  instead of an address cannot be placed (the name resolves wherever its
+  owner likes) and is never used.
+
+Which guard a client uses is L{meshvpn.circuits.guards}' decision.
 """
 
 import ipaddress
-import json
-import os
 import random
 
 import attrs
 
 from meshvpn.errors import NoExitForTarget, NoPath
 from meshvpn.hostport import formatHostPort
-from meshvpn.secretfile import writeSecretFile
 
-# One relay's weight is capped, so a relay that advertises absurd bandwidth
-# gains at most this much weight (advertised numbers are unverified).
-MAX_WEIGHT = 100_000_000  # bytes/s
 
-GUARD_LIFETIME_S = 60 * 86400  # Tor rotates guards after roughly 2-3 months
-GUARD_RETRY_S = 600  # an unreachable guard is tried again after this
-SAMPLED_GUARDS = 3
+def networksOf(hosts):
+    """
+    The /16 (IPv4) and /32 (IPv6) networks C{hosts} sit in.
+
+    @return: a frozenset of networks, or C{None} if a host is not an IP
+        address literal (it cannot be placed) or there is none.
+    """
+    nets = set()
+    for host in hosts:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # ::ffff:a.b.c.d is a.b.c.d, not a neighbour of every mapped address
+        if addr.version == 6 and addr.sixtofour is not None:
+            nets.add(ipaddress.ip_network(f"{addr.sixtofour}/16", strict=False))  # 2002:ab:cd:: tunnels to a.b.c.d
+        prefix = 16 if addr.version == 4 else 32
+        nets.add(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    return frozenset(nets) or None
 
 
 @attrs.frozen
 class RelayInfo:
-    """What path selection needs to know of a relay (built from its descriptor)."""
+    """
+    What path selection needs to know of a relay (built from its descriptor).
+
+    C{host} is the relay's first address (for display); C{hosts} every host
+    the client may dial it at (C{(host,)} when empty).  C{networks} is
+    derived from them: the networks the relay sits in, or C{None} when one
+    cannot be placed.
+    """
 
     nodeId: bytes
     host: str
     roles: frozenset
     family: frozenset = frozenset()  # node ids (bytes) the relay declares as its family
-    bandwidth: int = 0
+    bandwidth: int = 0  # announced, unverified: shown, never used to choose
     exitAccepts: object = None  # callable(target) -> bool, for exits
     descriptor: object = None
+    hosts: tuple = ()
+    networks: object = attrs.field(init=False, eq=False, repr=False)
 
-    def subnet(self):
-        """The /16 (IPv4) or /32 (IPv6) network this relay sits in."""
-        addr = ipaddress.ip_address(self.host)
-        prefix = 16 if addr.version == 4 else 32
-        return ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+    @networks.default
+    def _networks(self):
+        return networksOf(self.hosts or (self.host,))
+
+    @property
+    def placeable(self):
+        return self.networks is not None
 
 
 def related(a, b):
-    """Two relays that must not share a path."""
-    return (
-        a.nodeId == b.nodeId
-        or a.subnet() == b.subnet()
-        or a.nodeId in b.family
-        or b.nodeId in a.family
-    )
-
-
-def _weighted(rng, candidates):
-    weights = [min(max(c.bandwidth, 1), MAX_WEIGHT) for c in candidates]
-    return rng.choices(candidates, weights=weights, k=1)[0]
+    """Two relays that must not share a path (unplaceable relays share none)."""
+    if a.nodeId == b.nodeId or a.nodeId in b.family or b.nodeId in a.family:
+        return True
+    if a.networks is None or b.networks is None:
+        return True
+    return not a.networks.isdisjoint(b.networks)
 
 
 def _fits(relay, chosen):
@@ -70,20 +97,21 @@ def _fits(relay, chosen):
 
 def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=False):
     """
-    Choose C{[guard, middle, exit]}.
+    Choose C{[guard, middle, exit]}, each uniformly among the relays that fit.
 
     @param relays: L{RelayInfo}s known from the directory.
     @param target: C{(host, port)} the exit must accept, or C{None} (packet
         mode: any exit).
-    @param guard: the L{RelayInfo} to use as guard (from L{GuardSet}), or
-        C{None} to pick one among relays with the guard role.
+    @param guard: the L{RelayInfo} to use as guard (from the client's
+        L{meshvpn.circuits.guards.GuardSet}), or C{None} to pick one among
+        relays with the guard role.
     @param exclude: node ids not to use (e.g. a hop that just failed).
     @param packets: the circuit carries IP packets (VPN mode): only exits
         announcing C{packet-exit} will do.
     @raise NoPath: no combination satisfies the rules.
     """
     rng = rng or random.SystemRandom()
-    usable = [r for r in relays if r.nodeId not in exclude]
+    usable = [r for r in relays if r.nodeId not in exclude and r.placeable]
     chosen = [guard] if guard is not None else []
     exits = [
         r
@@ -96,79 +124,20 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=Fa
         if packets:
             raise NoPath("no exit announces packet-exit (VPN mode)")
         raise NoPath(f"no exit fits among {len(usable)} known relays")
-    exit = _weighted(rng, exits)
+    exit = rng.choice(exits)
     chosen.append(exit)
     if guard is None:
         guards = [r for r in usable if "guard" in r.roles and _fits(r, chosen)]
         if not guards:
             raise NoPath("no guard fits beside the chosen exit")
-        guard = _weighted(rng, guards)
+        guard = rng.choice(guards)
         chosen.append(guard)
     middles = [r for r in usable if "middle" in r.roles and _fits(r, chosen)]
     if not middles:
         raise NoPath("no middle relay fits beside the guard and exit (distinct /16 and family)")
-    middle = _weighted(rng, middles)
+    middle = rng.choice(middles)
     return [guard, middle, exit]
 
 
 def _describe(target):
     return "any target" if target is None else formatHostPort(*target)
-
-
-class GuardSet:
-    """
-    The client's persistent guards, in C{DATA_DIR/guards.json}: a small
-    sample of guard relays kept for L{GUARD_LIFETIME_S}; the first one that is
-    listed and not marked down is used.
-    """
-
-    def __init__(self, path, clock, rng=None):
-        self.path = path
-        self.clock = clock
-        self.rng = rng or random.SystemRandom()
-        self.entries = []  # dicts: node_id (hex), added (s), down_until (s)
-        self._load()
-
-    def _load(self):
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-            entries = [e for e in data["guards"] if isinstance(e.get("node_id"), str) and isinstance(e.get("added"), (int, float))]
-        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
-            entries = []  # a missing or damaged guard file only costs a fresh sample
-        self.entries = entries
-
-    def _save(self):
-        writeSecretFile(self.path, json.dumps({"guards": self.entries}).encode())
-
-    def choose(self, relays):
-        """
-        @param relays: known L{RelayInfo}s.
-        @return: the guard to use, or C{None} if none is known with the guard role.
-        """
-        now = self.clock.seconds()
-        byId = {r.nodeId.hex(): r for r in relays if "guard" in r.roles}
-        before = list(self.entries)
-        self.entries = [e for e in self.entries if now - e["added"] < GUARD_LIFETIME_S]
-        while len([e for e in self.entries if e["node_id"] in byId]) < SAMPLED_GUARDS:
-            fresh = [r for h, r in byId.items() if h not in {e["node_id"] for e in self.entries}]
-            if not fresh:
-                break
-            pick = _weighted(self.rng, fresh)
-            self.entries.append({"node_id": pick.nodeId.hex(), "added": now, "down_until": 0})
-        if self.entries != before:
-            self._save()
-        for e in self.entries:
-            if e["node_id"] in byId and e.get("down_until", 0) <= now:
-                return byId[e["node_id"]]
-        return None
-
-    def markDown(self, nodeId):
-        """The guard could not be reached: skip it for L{GUARD_RETRY_S}."""
-        for e in self.entries:
-            if e["node_id"] == nodeId.hex():
-                e["down_until"] = self.clock.seconds() + GUARD_RETRY_S
-        self._save()
-
-    def guardIds(self):
-        return [bytes.fromhex(e["node_id"]) for e in self.entries]

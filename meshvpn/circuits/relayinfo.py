@@ -1,7 +1,7 @@
 """From a verified relay descriptor to what path selection and circuit building need.
 
-The descriptor is the DHT's format; path selection wants a host (for the
-/16 rule), roles, family, bandwidth and an exit-policy check; circuit
+The descriptor is the DHT's format; path selection wants every link host
+(for the /16 rule), roles, family, bandwidth and an exit-policy check; circuit
 building wants the onion key valid now and the link addresses.  Keeping
 the translation here leaves both sides ignorant of the other's format.
 """
@@ -16,23 +16,24 @@ from meshvpn.circuits.pathselect import RelayInfo, choosePath
 def relayInfo(descriptor):
     """
     @return: a L{RelayInfo}, or C{None} for a relay no path can use: no link
-        address, or a first one that is not C{IP:PORT} (the /16 rule needs
-        an IP, and a link can only dial one).
+        address, or one that is not C{IP:PORT} (the /16 rule needs an IP for
+        every address the client may dial).
     """
     links = descriptor.linkAddresses
     if not links:
         return None
     try:
-        host, _ = parseIPPort(links[0][1], allowZero=False)
+        hosts = tuple(parseIPPort(address, allowZero=False)[0] for _, address in links)
     except HostPortError:
-        return None
+        return None  # a host name: no /16 to place it in, so no path may use it
     summary = descriptor.exitPolicy
     exitAccepts = None
     if "exit" in descriptor.flags:
         exitAccepts = lambda target: summaryAllows(summary, target[1])  # noqa: E731
     return RelayInfo(
         nodeId=descriptor.nodeId,
-        host=host,
+        host=hosts[0],
+        hosts=hosts,  # the /16 rule sees every address the client may dial
         roles=frozenset(descriptor.flags),
         family=frozenset(descriptor.family),
         bandwidth=descriptor.bandwidth,

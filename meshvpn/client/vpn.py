@@ -23,20 +23,38 @@ only once a circuit has carried traffic end to end -- the exit answered a
 probe (a RESOLVE of the literal C{127.0.0.1}, the same for every client,
 which the exit answers without asking any DNS server) or a packet came back
 from it.  Before that the state says what it waits for.
+
+What the circuit delivers is filtered before it reaches the TUN
+(L{circuitPacketAllowed}): the far end of a circuit is an exit we do not
+trust, and a packet in our TUN is believed by every local app.  Only
+IPv4 packets to our TUN address from internet sources pass: never from
+loopback, private, link-local, multicast or reserved space (which local
+services trust), never from a mesh address (those come only from the mesh
+router, authenticated per peer), except the exit's own ICMP errors from its
+pool in 100.64.0.0/10 (path MTU discovery needs them).
 """
 
 import enum
+import ipaddress
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
 from meshvpn.errors import StreamRefused
+from meshvpn.interfaces import IStatusSource
 
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
 ISOLATION = ("tun",)
+
+# First octets of sources never allowed from a circuit: 0/8, 10/8, 127/8,
+# 224/4 (multicast), 240/4 (reserved, broadcast).  100, 169, 172 and 192
+# are decided by the next octets (L{circuitPacketAllowed}).
+_NEVER = frozenset((0, 10, 127, *range(224, 256)))
+_ICMP_ERRORS = frozenset((3, 11))  # destination unreachable, time exceeded
 PROBE_NAME = "127.0.0.1"
 PROBE_TIMEOUT = 10.0
 
@@ -51,6 +69,29 @@ class VpnState(enum.Enum):
     STOPPED = "stopped"
 
 
+def circuitPacketAllowed(packet, address):
+    """
+    Whether a packet from a circuit may be written to the TUN whose address
+    is C{address} (4 bytes).  A few byte comparisons: this runs per packet.
+    """
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[16:20] != address:
+        return False
+    a, b = packet[12], packet[13]
+    if a in _NEVER:
+        return False
+    if a == 100 and 64 <= b < 128:
+        # Shared space: our mesh (100.96/11) never; the exit's pool only for its ICMP errors.
+        ihl = (packet[0] & 15) * 4
+        return b < 96 and packet[9] == 1 and 20 <= ihl < len(packet) and packet[ihl] in _ICMP_ERRORS
+    if a == 169:
+        return b != 254
+    if a == 172:
+        return not 16 <= b < 32
+    if a == 192:
+        return b != 168 and not (b == 0 and packet[14] == 0)
+    return True
+
+
 def resolveProbe(circuit):
     """
     Ask the exit, through C{circuit}, to resolve the literal C{127.0.0.1}:
@@ -60,17 +101,18 @@ def resolveProbe(circuit):
     @return: a Deferred firing C{True} once the exit answered, C{False} if
         it cannot tell (no stream layer, or the circuit closed first).
     """
-    mux = getattr(circuit, "streamHandler", None)
-    if mux is None or not hasattr(mux, "resolve"):
+    mux = circuit.streamHandler
+    if mux is None:
         return defer.succeed(False)
 
     def refused(failure):
         failure.trap(StreamRefused)
-        return getattr(mux, "closedReason", None) is None  # an END from the exit is an answer too
+        return mux.closedReason is None  # an END from the exit is an answer too
 
     return mux.resolve(PROBE_NAME).addCallbacks(lambda _: True, refused)
 
 
+@implementer(IStatusSource)
 class TunClient(service.Service):
     """
     @param getCircuit: C{callable() -> Deferred(circuit)}, a packet-mode
@@ -96,6 +138,7 @@ class TunClient(service.Service):
         self.reactor = reactor
         self.nodeId = nodeId
         self.address = meshAddress(nodeId)
+        self._addressBytes = ipaddress.IPv4Address(self.address).packed
         self._getCircuit = getCircuit
         self.opener = opener
         self.keepSource = keepSource
@@ -129,8 +172,8 @@ class TunClient(service.Service):
         self.upAfter = None  # seconds from start to the first "up"
         self._lostAt = None
         self._lastWhy = None
-        self.counters = {"to_circuit": 0, "from_circuit": 0, "ipv6_dropped": 0, "no_circuit_dropped": 0,
-                         "circuits_used": 0}
+        self.counters = {"to_circuit": 0, "from_circuit": 0, "from_circuit_refused": 0, "ipv6_dropped": 0,
+                         "no_circuit_dropped": 0, "circuits_used": 0}
 
     def startService(self):
         if self._tunFactory is None:
@@ -145,7 +188,7 @@ class TunClient(service.Service):
             if self.routes is not None:
                 self.routes.capture(self.tun, set(self.keepSource()))
                 if self.gate is not None:
-                    self.gate.start(already=getattr(self.routes, "keptPorts", ()))
+                    self.gate.start(already=self.routes.keptPorts)
                     for user in self.egressUsers:
                         user.setEgressGate(self.gate)
                     self._gated = True
@@ -178,13 +221,7 @@ class TunClient(service.Service):
             self.mesh.setConnector(connector)
 
     def _meshRoute(self):
-        add = getattr(self.tun, "addRoute", None)
-        if add is None:
-            return
-        try:
-            add(str(MESH_NET), mtu=MESH_MTU)
-        except TypeError:
-            add(str(MESH_NET))
+        self.tun.addRoute(str(MESH_NET), mtu=MESH_MTU)
 
     def stopService(self):
         super().stopService()
@@ -337,8 +374,13 @@ class TunClient(service.Service):
                 self._ensureCircuit()
 
     def _fromCircuit(self, packets):
-        self.counters["from_circuit"] += len(packets)
-        self.tun.writePackets(packets)
+        address = self._addressBytes
+        allowed = [p for p in packets if circuitPacketAllowed(p, address)]
+        self.counters["from_circuit_refused"] += len(packets) - len(allowed)
+        if not allowed:
+            return
+        self.counters["from_circuit"] += len(allowed)
+        self.tun.writePackets(allowed)
         if self.state is not VpnState.UP and self._circuit is not None:
             self._carried(self._circuit, "a packet came back")
 
@@ -384,19 +426,19 @@ class TunClient(service.Service):
             "state_for_s": round(now - self.stateSince, 3) if self.stateSince is not None else None,
             "up_after_s": round(self.upAfter, 3) if self.upAfter is not None else None,
             "circuit": _path(self._circuit),
-            "tun": self.tun.status() if self.tun is not None and hasattr(self.tun, "status") else None,
+            "tun": self.tun.status() if self.tun is not None else None,
             "address": self.address,
             "mesh": self.mesh.status() if self.mesh is not None else None,
             "dns_queries": self.dns.queries if self.dns is not None else 0,
-            "egress": self.gate.status() if hasattr(self.gate, "status") else None,
-            "routes": self.routes.status() if hasattr(self.routes, "status") else None,
+            "egress": self.gate.status() if self.gate is not None else None,
+            "routes": self.routes.status() if self.routes is not None else None,
             **self.counters,
         }
 
 
 def _path(circuit):
     """The node ids (hex) of C{circuit}'s hops, guard first, if it tells them."""
-    return [h.nodeId.hex() for h in getattr(circuit, "path", None) or ()]
+    return [h.nodeId.hex() for h in circuit.path] if circuit is not None else []
 
 
 def _describe(circuit):
@@ -448,7 +490,7 @@ def directPeers(bootstrap, finder, links=None):
     out = set()
     for host, port in bootstrap or ():
         out.add(("udp", host.strip("[]"), port))
-    for d in getattr(finder, "relays", {}).values():
+    for d in (finder.relays if finder is not None else {}).values():
         for transport, address in d.addresses:
             host, _, port = address.rpartition(":")
             if port.isdigit():
@@ -473,11 +515,13 @@ def relayCensus(finder):
     return census
 
 
-def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None):
+def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSource=None, meshConnector=None,
+              links=None):
     """
-    The client role's hook: with C{--tun}, a L{TunClient} on C{node} using
-    C{node.circuits} (the circuit manager) unless C{getCircuit} is given;
-    when it captures, an egress gate on C{node.udp} and C{node.links}.
+    With C{--tun}, a L{TunClient} on C{node}: packet circuits from
+    C{getCircuit} and DNS through C{opener} (both given by the role when it
+    captures); when it captures, an egress gate on C{node.udp} and C{links}
+    (the node's L{ILinkManager}).
     @return: the L{TunClient} or C{None}.
     """
     if not settings.get("tun"):
@@ -490,17 +534,6 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     if problem and getCircuit is None:
         raise SystemExit(f"meshvpn-client: --tun {problem}")
     capture = settings.get("tun_capture", True)
-    if getCircuit is None and capture:
-        def getCircuit():
-            return node.circuits.getCircuit(target=None, isolation=ISOLATION, packets=True)
-    if opener is None and capture and settings.get("tun_dns", True):
-        from meshvpn.streams.opener import CircuitStreamOpener
-
-        class _LazyOpener:
-            def resolve(self, name, key):
-                return CircuitStreamOpener(node.circuits).resolve(name, key)
-
-        opener = _LazyOpener()
     tag = node.identity.nodeId.hex()[:8]
     dnsServer = meshAddress(node.identity.nodeId) if opener is not None else None
     bootstrap = settings.get("bootstrap") or ()
@@ -513,19 +546,16 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
 
         routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"),
                                  udpSourcePort=udpPort)
-        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, node.links))
-        egressUsers = [u for u in (node.udp, node.links) if u is not None]
+        gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, links))
+        egressUsers = [u for u in (node.udp, links) if u is not None]
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener,
         keepSource or (lambda: directPeers(bootstrap, None)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
-        meshConnector=meshConnector if meshConnector is not None else getattr(node, "peerConnector", None),
+        meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,
         census=relayCensus(finder) if finder is not None else None,
     )
     client.setServiceParent(node)
-    node.tun = client
-    status = getattr(node, "status", None)
-    if status is not None:
-        status.addSource("tun", client)
+    node.status.addSource("tun", client)
     return client

@@ -18,16 +18,21 @@ from meshvpn.secretfile import writeSecretFile
 
 STATUS_FILE = "status.json"
 
+# Keys whose values are the user's browsing history (each stream's target):
+# kept off disk unless the user asked for them (the client's --status-history).
+HISTORY_KEYS = frozenset({"target"})
+
 
 class StatusWriter(service.Service):
     log = Logger()
 
-    def __init__(self, reactor, dataDir, nodeInfo, every=1.0):
+    def __init__(self, reactor, dataDir, nodeInfo, every=1.0, history=False):
         self.reactor = reactor
         self.path = os.path.join(dataDir, STATUS_FILE)
         self.nodeInfo = nodeInfo  # callable -> dict (id, role, addresses)
         self.sources = {}  # name -> IStatusSource
         self.every = every
+        self.history = history
         self._loop = None
 
     def addSource(self, name, source):
@@ -44,7 +49,8 @@ class StatusWriter(service.Service):
         return status
 
     def write(self):
-        writeSecretFile(self.path, json.dumps(self.snapshot(), indent=1, default=str).encode())
+        status = self.snapshot() if self.history else withoutHistory(self.snapshot())
+        writeSecretFile(self.path, json.dumps(status, indent=1, default=str).encode())
 
     def startService(self):
         super().startService()
@@ -60,6 +66,15 @@ class StatusWriter(service.Service):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def withoutHistory(value):
+    """C{value} (a status dict) with every L{HISTORY_KEYS} entry dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: withoutHistory(v) for k, v in value.items() if k not in HISTORY_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [withoutHistory(v) for v in value]
+    return value
 
 
 def readStatus(dataDir):

@@ -99,6 +99,8 @@ class DHTNode:
         )
         self.pending = {}
         self.counters = Counter()
+        # callables given each finished lookup's LookupResult (metrics: its duration)
+        self.lookupObservers = []
         self._buckets = {}  # source IP -> [tokens, last time]
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
@@ -318,7 +320,12 @@ class DHTNode:
         """Run one iterative lookup.  @return: Deferred firing with a L{LookupResult}."""
         self.table.touch(target)
         q = self.config.valueQuorum if quorum is None else quorum
-        return IterativeLookup(self, target, findValue, q, wantPublishers).run()
+        return IterativeLookup(self, target, findValue, q, wantPublishers).run().addCallback(self._lookupFinished)
+
+    def _lookupFinished(self, result):
+        for observe in self.lookupObservers:
+            observe(result)
+        return result
 
     def findNode(self, nodeId):
         return self.lookup(nodeId).addCallback(lambda r: r.contacts)

@@ -148,8 +148,7 @@ class DHTService(service.MultiService):
         reactor.callWhenRunning(self._whenNodeStarted)
 
     def _whenNodeStarted(self):
-        started = getattr(self.node, "whenStarted", None) or defer.succeed(None)
-        started.addCallback(lambda _: self._join(5.0))
+        self.node.whenStarted.addCallback(lambda _: self._join(5.0))
 
     def _join(self, backoff):
         self._retry = None

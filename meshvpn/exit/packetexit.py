@@ -31,6 +31,9 @@ import subprocess
 
 from twisted.application import service
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import ICircuitEdge, IStatusSource
 
 from meshvpn.tun.privileges import privilegeProblem
 from meshvpn.tun.packets import (
@@ -87,6 +90,7 @@ class _Lease:
         self.lastUsed = now
 
 
+@implementer(IStatusSource)
 class PacketExit(service.Service):
     """
     @param policy: an L{meshvpn.interfaces.IExitPolicy}.
@@ -277,6 +281,7 @@ table ip {self.table} {{
         return {"pool": str(self.pool), "leases": len(self._byAddress), "mtu": self.mtu, **self.counters}
 
 
+@implementer(ICircuitEdge)
 class PacketExitEdge:
     """
     Wraps the exit's stream edge (an L{meshvpn.interfaces.ICircuitEdge}) so
@@ -291,9 +296,7 @@ class PacketExitEdge:
         self.inner.relayReceived(circuit, command, streamId, data)
 
     def circuitWindowOpened(self, circuit):
-        opened = getattr(self.inner, "circuitWindowOpened", None)
-        if opened is not None:
-            opened(circuit)
+        self.inner.circuitWindowOpened(circuit)
 
     def packetsReceived(self, circuit, packets):
         self.packetExit.circuitPackets(circuit, packets)

@@ -9,11 +9,13 @@ C{policy.summary()} in the node's descriptor.
 import re
 
 import attrs
+from zope.interface import implementer
 
 from meshvpn.config import Setting, parseBool, parseHostPort
 from meshvpn.exit.connect import ExitConnector
 from meshvpn.exit.dns import ExitResolver, makeUpstream
 from meshvpn.exit.policy import PolicyParseError, defaultExitPolicy, parsePolicy
+from meshvpn.interfaces import IStatusSource
 from meshvpn.ratelimit import BandwidthLimiter
 
 _RATE = re.compile(r"\A(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\Z", re.IGNORECASE)
@@ -80,6 +82,7 @@ def exitSettings():
     ]
 
 
+@implementer(IStatusSource)
 @attrs.frozen
 class ExitParts:
     policy: object
@@ -88,7 +91,8 @@ class ExitParts:
     limiter: object
 
     def status(self):
-        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status(),
+                "streams": self.connector.status()}
 
 
 def buildExit(reactor, settings, ownAddresses=(), upstream=None):

@@ -3,7 +3,9 @@
 These are the C{accept} and C{resolve} callables the exit's per-circuit
 L{meshvpn.streams.mux.StreamMux} is given (through
 L{meshvpn.streams.edge.StreamExitEdge}).  The connector decides policy and the
-END reason; the circuit's bandwidth throttle rides on the TCP side.
+END reason; the connection is a L{meshvpn.exit.direct.TCPStream}, which the
+mux splices to the circuit stream, and the circuit's bandwidth throttle
+rides on it.
 """
 
 import ipaddress
@@ -11,26 +13,20 @@ import ipaddress
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
-from meshvpn.streams.circuitstream import RESOLVED_HOSTNAME, StreamOnCircuit
+from meshvpn.errors import ResolveFailed
 from meshvpn.exit.direct import TCPStream
-from meshvpn.streams.mux import RESOLVED_ERROR, RESOLVED_ERROR_TRANSIENT, RESOLVED_IPV4, RESOLVED_IPV6
-from meshvpn.streams.splice import splice
+from meshvpn.onion.streammsgs import AnswerType
 
 _REVERSE_SUFFIXES = (".in-addr.arpa", ".ip6.arpa")
 MAX_TTL = 3600
 
 
 def exitAcceptor(connector, limiter=None):
-    """@return: C{accept(circuit, stream, host, port)} for L{StreamExitEdge}."""
+    """@return: C{accept(circuit, host, port)} for L{StreamExitEdge}: a Deferred L{TCPStream}."""
 
-    def accept(circuit, stream, host, port):
-        onCircuit = StreamOnCircuit()
-        stream.attach(onCircuit)
+    def accept(circuit, host, port):
         throttle = limiter.circuit(id(circuit)) if limiter is not None else None
-        tcp = TCPStream(throttle)
-        d = connector.connect(host, port, Factory.forProtocol(lambda: tcp))
-        d.addCallback(lambda _: splice(onCircuit, tcp))
-        return d
+        return connector.connect(host, port, Factory.forProtocol(lambda: TCPStream(throttle)))
 
     return accept
 
@@ -56,9 +52,9 @@ def exitResolver(resolver, ttl=60):
         if name.lower().endswith(_REVERSE_SUFFIXES):
             address = _fromReverse(name)
             if address is None:
-                return defer.succeed([(RESOLVED_ERROR, b"", 0)])
+                return defer.succeed([(AnswerType.ERROR_NONTRANSIENT, b"", 0)])
             d = resolver.resolvePTR(address)
-            d.addCallback(lambda names: [(RESOLVED_HOSTNAME, n.encode("ascii", "replace")[:255], ttl) for n in names])
+            d.addCallback(lambda names: [(AnswerType.HOSTNAME, n.encode("ascii", "replace")[:255], ttl) for n in names])
             return d.addErrback(_failed)
         d = resolver.resolve(name)
         d.addCallback(lambda addresses: [_packed(a, ttl) for a in addresses])
@@ -69,10 +65,10 @@ def exitResolver(resolver, ttl=60):
 
 def _packed(address, ttl):
     ip = ipaddress.ip_address(address)
-    return (RESOLVED_IPV4 if ip.version == 4 else RESOLVED_IPV6, ip.packed, min(ttl, MAX_TTL))
+    return (AnswerType.IPV4 if ip.version == 4 else AnswerType.IPV6, ip.packed, min(ttl, MAX_TTL))
 
 
 def _failed(failure):
-    temporary = getattr(failure.value, "temporary", True)
-    return [(RESOLVED_ERROR_TRANSIENT if temporary else RESOLVED_ERROR, b"", 0)]
+    transient = failure.value.transient if failure.check(ResolveFailed) else True
+    return [(AnswerType.ERROR_TRANSIENT if transient else AnswerType.ERROR_NONTRANSIENT, b"", 0)]
 

@@ -45,7 +45,11 @@ _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
 
 
 class DatagramLinkSettings:
-    """Timers and limits of datagram links; every field can be overridden by keyword for tests."""
+    """
+    Timers and limits of datagram links (TLS links have their own,
+    L{meshvpn.link.protocol.LinkSettings}); every field can be overridden by
+    keyword for tests.
+    """
 
     handshakeRetry = 0.5  # seconds between INIT/FINISH retransmissions
     handshakeTimeout = 10.0  # give up connecting after this long

@@ -39,8 +39,8 @@ _NONCE_PREFIX = bytes(4)
 
 class DatagramHandshakeError(Exception):
     """
-    A datagram-link handshake message failed authentication; the session is
-    not created.  Never leaves the link endpoint: it drops and counts it.
+    A datagram link handshake message failed authentication; the session is
+    not created.  (The onion layer's ntor handshake has its own error.)
     """
 
 

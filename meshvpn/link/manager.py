@@ -187,7 +187,7 @@ class LinkManager(service.Service):
         errors = []
         for name, address in target.addresses:
             transport = self._transport(name)
-            if transport is None or getattr(transport, "kind", "stream") != "stream":
+            if transport is None or transport.kind != "stream":
                 errors.append(f"{name}: transport not installed")
                 continue
             try:

@@ -15,42 +15,41 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from meshvpn.link.datagram import DatagramLinkEndpoint
-from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.nat.signal import SignalRelay
 from meshvpn.nat.turn_server import TurnServer
-from meshvpn.udpmux import STUN_BYTES, DatagramMultiplexer
-
-
-def datagramLinks(node):
-    """The node's L{DatagramLinkEndpoint}, created and registered on first use."""
-    ep = getattr(node, "datagramLinks", None)
-    if ep is None:
-        ep = node.datagramLinks = DatagramLinkEndpoint(node.reactor, node.identity, node.udp)
-        ep.register(node.udp)
-    return ep
+from meshvpn.hostport import HostPortError, splitHostPort
+from meshvpn.udpmux import DatagramMultiplexer
 
 
 class NatRelayService(service.Service):
+    """
+    @param datagramLinks: the node's L{IDatagramLinkEndpoint} (started and
+        stopped by its L{meshvpn.link.service.DatagramLinkService}).
+    @param turnAddress: C{(ip, port)} of the TURN socket, or C{None}.
+    @param ownAddresses: C{callable() -> {name: "HOST:PORT"}}, the node's
+        bound addresses (TURN refuses them as peers).
+    """
+
     log = Logger()
 
-    def __init__(self, node, turnAddress=None):
-        self.node = node
+    def __init__(self, reactor, datagramLinks, turnAddress=None, ownAddresses=dict):
+        self.reactor = reactor
+        self._ownAddresses = ownAddresses
+        self.datagramLinks = datagramLinks
         self.turnAddress = turnAddress
         self.signal = self.turn = None
         self._turnPort = None
 
     def startService(self):
         super().startService()
-        reactor = self.node.reactor
+        reactor = self.reactor
         secret = os.urandom(32) if self.turnAddress else None
-        self.signal = SignalRelay(reactor, datagramLinks(self.node), turnSecret=secret)
+        self.signal = SignalRelay(reactor, self.datagramLinks, turnSecret=secret)
         if self.turnAddress:
             host, port = self.turnAddress
             mux = DatagramMultiplexer()
-            stunEp = StunEndpoint(reactor, mux.sendDatagram)
-            mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
+            stunEp = StunEndpoint.onSocket(reactor, mux)
             self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret, ownAddresses=self._ownHosts)
             self.turn.registerChannelData(mux)
             self._turnPort = reactor.listenUDP(port, mux, interface=host)
@@ -62,16 +61,15 @@ class NatRelayService(service.Service):
     def _ownHosts(self):
         """The node's own listening IPs: a relayed address never sends to them (TURN refuses them as peers)."""
         hosts = []
-        for address in self.node.addresses().values():
-            host, _, _port = address.rpartition(":")
-            hosts.append(host.strip("[]"))
+        for address in self._ownAddresses().values():
+            try:
+                hosts.append(splitHostPort(address, allowZero=True)[0])
+            except HostPortError:
+                continue
         return hosts
 
     def stopService(self):
         super().stopService()
-        ep = getattr(self.node, "datagramLinks", None)
-        if ep is not None:
-            ep.stop()
         if self.turn is not None:
             self.turn.stop()
         port, self._turnPort = self._turnPort, None

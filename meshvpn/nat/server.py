@@ -29,7 +29,6 @@ from twisted.logger import Logger
 
 from meshvpn.hostport import formatHostPort
 from meshvpn.nat import stun
-from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.ratelimit import BucketTable
 
 AMPLIFICATION = 4
@@ -174,24 +173,27 @@ def checkAlternate(udp, alternate):
 
 class StunServerService(service.Service):
     """
-    Runs a L{StunServer} on C{node}'s socket, plus the RFC 5780 sockets when
-    C{alternate} (an C{(ip, port)}) is given.
+    Runs a L{StunServer} on the node's socket C{udp} (an
+    L{IDatagramMultiplexer}) through that socket's L{StunEndpoint}, plus the
+    RFC 5780 sockets when C{alternate} (an C{(ip, port)}) is given.
     """
 
     log = Logger()
 
-    def __init__(self, node, alternate=None):
-        self.node = node
+    def __init__(self, reactor, udp, endpoint, alternate=None):
+        self.reactor = reactor
+        self.udp = udp
+        self.endpoint = endpoint
         self.alternate = alternate
         self.server = None
         self._ports = []
 
     def startService(self):
         super().startService()
-        reactor = self.node.reactor
-        ep = StunEndpoint.onNode(self.node)
-        host = self.node.udp.getHost()
-        sockets = {PRIMARY: (self.node.udp.sendDatagram, (host.host, host.port))}
+        reactor = self.reactor
+        ep = self.endpoint
+        host = self.udp.getHost()
+        sockets = {PRIMARY: (self.udp.sendDatagram, (host.host, host.port))}
         if self.alternate is not None:
             altHost, altPort = self.alternate
             checkAlternate((host.host, host.port), self.alternate)
@@ -213,8 +215,6 @@ class StunServerService(service.Service):
 
     def stopService(self):
         super().stopService()
-        ep = getattr(self.node, "stunEndpoint", None)
-        if ep is not None:
-            ep.removeMethodHandler(stun.BINDING)
+        self.endpoint.removeMethodHandler(stun.BINDING)
         ports, self._ports = self._ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

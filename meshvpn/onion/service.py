@@ -1,8 +1,8 @@
 """The onion plane as a node service: the onion key ring (persisted, rotated
 on schedule) and the circuit switch, ready to be given the node's links.
 
-The lead wires it to the link manager: C{linkManager.setCellHandler(service.switch)}
-(the switch has the cell-handler methods) and C{connector=linkManagerConnector(manager)}
+The roles wire it to the link manager: C{linkManager.setCellHandler(service.switch)}
+(the switch is the L{meshvpn.interfaces.ICellHandler}) and C{connector=linkManagerConnector(manager)}
 so EXTEND2 reaches new relays; the descriptor publishes
 C{service.keyRing.publicKeys()} and is republished from C{onRotate}.
 """

@@ -25,7 +25,7 @@ from meshvpn.payments.purchases import PurchaseBook
 from meshvpn.payments.records import PaymentRecords
 from meshvpn.payments.spentstore import SpentTokenStore
 from meshvpn.ports import StreamListenerService
-from meshvpn.roles.common import buildNode
+from meshvpn.roles.common import addService, buildNode
 
 
 # Signing a purchase holds the reactor for about 6 ms per token (pure-Python RSA):
@@ -100,8 +100,8 @@ class Options(RoleOptions):
     ]
 
 
-def attachIssuer(node, settings, dht):
-    """The issuer service and its HTTP API, children of C{node}. @return: the L{IssuerService}."""
+def addIssuer(node, settings, dht):
+    """The C{"issuer"} service and its C{"http"} API listener, children of C{node}. @return: the L{IssuerService}."""
     reactor = node.reactor
     schedule = EpochSchedule(settings["epoch_length"], settings["epoch_grace"])
     terms = IssuerTerms(
@@ -126,7 +126,7 @@ def attachIssuer(node, settings, dht):
         apiAddress=apiAddress,
         ready=lambda: defer.gatherResults([dht.joined, node.whenStarted]),
     )
-    issuer.setServiceParent(node)
+    addService(node, "issuer", issuer)
     listener = StreamListenerService(reactor, settings["listen"], QuietSite(IssuerAPI(reactor, issuer)))
     node.addListener("http", listener)
     node.status.addSource("issuer", issuer)
@@ -135,7 +135,6 @@ def attachIssuer(node, settings, dht):
 
 def makeService(options):
     node = buildNode("issuer", options.settings)
-    dht = DHTService(node, options.settings["bootstrap"])
-    dht.setServiceParent(node)
-    attachIssuer(node, options.settings, dht)
+    dht = addService(node, "dht", DHTService(node, options.settings["bootstrap"]))
+    addIssuer(node, options.settings, dht)
     return node

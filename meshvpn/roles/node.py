@@ -1,10 +1,13 @@
 """A MeshVPN node: the MultiService every role is built from.
 
 A role (relay, client, ...) is a choice of which child services to start.
-The node always owns its identity and its one UDP socket; later subsystems
-register their datagram handlers on C{node.udp} and add themselves as child
-services.  While running, the node writes C{node.json} in its data dir (its
-id and bound addresses) so local tools can find it; it is removed on stop.
+The node owns only what every role needs: its identity, its one UDP socket
+(C{node.udp}, where subsystems register their datagram handlers), its
+listeners and its status file.  That is its whole surface (L{INode}); the
+role builds every other service, hands each its collaborators, and adds it
+as a named child.  While running, the node writes C{node.json} in its data
+dir (its id and bound addresses) so local tools can find it; it is removed
+on stop.
 """
 
 import json
@@ -13,9 +16,12 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshvpn.control.status import StatusWriter
 from meshvpn.identity import NodeIdentity
+from meshvpn.interfaces import INode
+from meshvpn.observer import OneShotObserver
 from meshvpn.secretfile import writeSecretFile
 from meshvpn.ports import StreamListenerService, UDPPortService
 from meshvpn.udpmux import DatagramMultiplexer
@@ -23,6 +29,7 @@ from meshvpn.udpmux import DatagramMultiplexer
 NODE_FILE = "node.json"
 
 
+@implementer(INode)
 class Node(service.MultiService):
     """
     One MeshVPN node.  C{makeService} of each role builds one of these and
@@ -41,14 +48,24 @@ class Node(service.MultiService):
         self.udp = DatagramMultiplexer()
         host, port = settings["udp"]
         self.udpService = UDPPortService(reactor, self.udp, host, port)
+        self.udpService.setName("udp")
         self.udpService.setServiceParent(self)
         # Listening services ("stream" for links, "socks", ...): name -> service
         # with whenListening and address(); the node is ready when all are.
         self.listeners = {}
-        # The ILinkManager, attached by meshvpn.link.service.attachLinks.
-        self.links = None
-        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo)
+        self.status = StatusWriter(reactor, self.dataDir, self._statusInfo, history=settings.get("status_history", False))
+        self.status.setName("status")
         self.status.setServiceParent(self)
+        self._started = OneShotObserver()
+
+    @property
+    def whenStarted(self):
+        """
+        A new Deferred firing with the announced addresses once started
+        (C{None} if starting failed): any number of waiters, none of which
+        can change what the others get.
+        """
+        return self._started.whenFired()
 
     def _statusInfo(self):
         info = {"role": self.role, "node_id": self.identity.nodeIdHex}
@@ -75,9 +92,12 @@ class Node(service.MultiService):
         C{address()}); the node is ready once it is, and announces it as C{name}.
         """
         self.listeners[name] = listener
+        listener.setName(name)
         listener.setServiceParent(self)
 
     def startService(self):
+        if self._started.fired:  # started again after a stop
+            self._started = OneShotObserver()
         super().startService()
         running = defer.Deferred()
         # node.json announces readiness, so it is written only once the
@@ -85,10 +105,13 @@ class Node(service.MultiService):
         # handler, has run).
         self.reactor.callWhenRunning(running.callback, None)
         waits = [running] + [listener.whenListening for listener in self.listeners.values()]
-        self.whenStarted = defer.gatherResults(waits, consumeErrors=True).addCallback(self._announceStarted)
-        self.whenStarted.addErrback(self._failedToStart)
+        started = defer.gatherResults(waits, consumeErrors=True).addCallback(self._announceStarted)
+        started.addErrback(self._failedToStart)
+        started.addCallback(self._started.fire)
 
     def _announceStarted(self, _):
+        if not self.running:  # stopped before every listener was up: nothing to announce
+            return None
         info = self.addresses()
         self.log.info(
             "meshvpn {role} started: node id {nodeId}; udp {udp}; stream {stream}",

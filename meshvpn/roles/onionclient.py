@@ -16,9 +16,10 @@ from meshvpn.streams.opener import CircuitStreamOpener
 from meshvpn.client.socks import socksServiceFromSettings
 from meshvpn.errors import NoPath
 from meshvpn.circuits.manager import CircuitManager
-from meshvpn.circuits.pathselect import GuardSet
+from meshvpn.circuits.guards import GuardSet
 from meshvpn.circuits.relayinfo import relayInfo
 from meshvpn.onion.service import OnionService
+from meshvpn.roles.common import addService
 
 GUARDS_FILE = "guards.json"
 
@@ -59,16 +60,19 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
-def attachOnionClient(node, settings, finder, payments=None):
+def addOnionClient(node, settings, links, finder, payments=None):
     """
+    The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
+    its C{"circuits"} manager fed by C{finder}, and the C{"socks"} listener
+    whose streams ride those circuits.
+
     @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
         pay token-gated exits), or C{None}.
-    @return: the L{CircuitManager} (also C{node.circuits}).
+    @return: the L{CircuitManager}.
     """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
-    node.links.setCellHandler(onion.switch)
-    onion.setServiceParent(node)
-    node.onion = onion
+    links.setCellHandler(onion.switch)
+    addService(node, "onion", onion)
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
     relays, onCircuit = DirectoryRelays(node.reactor, finder), attachStreams
     if payments is not None:
@@ -76,12 +80,11 @@ def attachOnionClient(node, settings, finder, payments=None):
     circuits = CircuitManager(
         node.reactor,
         relays,
-        CircuitBuilder(node.reactor, onion.switch, node.links, onCircuit=onCircuit),
+        CircuitBuilder(node.reactor, onion.switch, links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
     )
-    circuits.setServiceParent(node)
-    node.circuits = circuits
+    addService(node, "circuits", circuits)
     node.status.addSource("circuits", circuits)
     socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits))
     node.addListener("socks", socks)

@@ -5,16 +5,28 @@ the node's links; EXTEND2 opens links through the link manager; an exit's
 switch ends streams at the exit's connector and resolver.  The descriptor
 publisher is told the onion keys (republishing on rotation) and the exit
 policy summary.
+
+A relay started by a test may be told to attack the circuits it carries
+(L{meshvpn.onion.hostile}); only the process environment tests set can do
+that, never a setting (L{addHostility}).
 """
+
+import os
+
+import attrs
 
 from meshvpn.dht.service import onionKeysFromRing
 from meshvpn.onion.service import OnionService, linkManagerConnector
+from meshvpn.roles.common import addService
 
 NOT_AN_EXIT = "reject 1-65535"
 
 
-def attachOnionRelay(node, settings, flags):
+def addOnionRelay(node, settings, flags, links):
     """
+    The relay's C{"onion"} service, taking every cell of C{links} (the
+    node's L{ILinkManager}) and extending circuits through it.
+
     @return: C{(onion service, exit parts or None)}.
     """
     edge, exitParts = None, None
@@ -29,9 +41,10 @@ def attachOnionRelay(node, settings, flags):
         edge = StreamExitEdge(exitAcceptor(exitParts.connector, exitParts.limiter), exitResolver(exitParts.resolver))
         node.status.addSource("exit", exitParts)
     onion = OnionService(
-        node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(node.links), edge=edge
+        node.reactor, node.identity, node.dataDir, relay=True, connector=linkManagerConnector(links), edge=edge
     )
-    node.links.setCellHandler(onion.switch)
+    addHostility(node, settings, onion)
+    links.setCellHandler(onion.switch)
     if settings.get("bandwidth_rate") or settings.get("circuit_rate"):
         from meshvpn.onion.readlimit import LinkReadLimiter
 
@@ -40,10 +53,31 @@ def attachOnionRelay(node, settings, flags):
             settings["circuit_rate"], settings["circuit_burst"],
         )
         node.status.addSource("bandwidth", onion.switch.readLimiter)
-    onion.setServiceParent(node)
-    node.onion = onion
+    addService(node, "onion", onion)
     node.status.addSource("onion", onion.switch)
     return onion, exitParts
+
+
+def addHostility(node, settings, onion):
+    """
+    Test tooling only: with C{MESHVPN_TESTING=1} and C{MESHVPN_TEST_HOSTILE=PLAN}
+    in its environment and a loopback or benchmark-network address, the
+    relay follows PLAN (L{meshvpn.onion.hostile}) and appends what it could
+    read to C{DATA_DIR/hostile-view.bin}.  No config key or flag does this.
+    """
+    from meshvpn.onion.hostile import VIEW_FILE, PlanError, fromEnvironment, installHostile
+
+    try:
+        plan = fromEnvironment(settings["udp"][0])
+    except PlanError as e:
+        raise SystemExit(f"meshvpn-relay: {e}") from None
+    if plan is None:
+        return None
+    if plan.view is None:
+        plan = attrs.evolve(plan, view=os.path.join(node.dataDir, VIEW_FILE))
+    hostility = installHostile(onion.switch, plan, node.reactor)
+    node.status.addSource("hostile", hostility)
+    return hostility
 
 
 def publisherOptions(onion, exitParts):

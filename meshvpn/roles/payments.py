@@ -1,10 +1,11 @@
 """Wiring of bandwidth payments into the relay (exit) and client roles.
 
-One call per role: L{attachPaidExit} puts the payment gate in front of an
-exit's edge (when ``--payment-issuers`` is set) and starts its chores
-(issuer keys from the DHT, terms published, spends reported to issuers);
-L{attachClientPayments} gives a client with ``--payment-wallet`` the paid
-exit directory and the payer its circuits use.  Both take their
+One call per role: L{addPaidExit} puts the payment gate in front of an
+exit's edge (when ``--payment-issuers`` is set) and adds its chores as the
+C{"payments"} service (issuer keys from the DHT, terms published, spends
+reported to issuers); L{addClientPayments} gives a client with
+``--payment-wallet`` the C{"paid-exits"} directory and the payer its
+circuits use.  Both take their
 collaborators explicitly; nothing is hung on the node.  The issuer is a
 role of its own (L{meshvpn.roles.issuer}).
 """
@@ -17,11 +18,12 @@ from meshvpn.payments.records import PaymentRecords
 from meshvpn.payments.spentstore import SpentTokenStore
 from meshvpn.payments.verifier import IssuerKeyCache, TokenVerifier
 from meshvpn.payments.wallet import TokenWallet
+from meshvpn.roles.common import addService
 
 SPENT_DIR = "spent-tokens"
 
 
-def attachPaidExit(node, settings, onion, exitParts, dht):
+def addPaidExit(node, settings, onion, exitParts, dht):
     """
     Gate the exit's circuits on tokens of the issuers in ``--payment-issuers``.
 
@@ -44,14 +46,14 @@ def attachPaidExit(node, settings, onion, exitParts, dht):
     gate = PaymentGate(reactor, terms, TokenVerifier(keys, spent), exitParts.limiter, keys, reporter)
     # The switch's edge is replaced before the node starts, so every circuit meets the gate.
     onion.switch.edge = PaidExitEdge(onion.switch.edge, gate)
-    PaidExitService(reactor, gate, keys, records, ready=lambda: dht.joined).setServiceParent(node)
+    addService(node, "payments", PaidExitService(reactor, gate, keys, records, ready=lambda: dht.joined))
     node.status.addSource("payments", gate)
     return gate
 
 
-def attachClientPayments(node, settings, finder):
+def addClientPayments(node, settings, finder):
     """
-    @return: the L{PaymentClient} (for L{meshvpn.roles.onionclient.attachOnionClient}),
+    @return: the L{PaymentClient} (for L{meshvpn.roles.onionclient.addOnionClient}),
         or C{None} when no wallet is configured.
     """
     directory = settings.get("payment_wallet")
@@ -60,9 +62,8 @@ def attachClientPayments(node, settings, finder):
     reactor = node.reactor
     wallet = TokenWallet(directory)
     dhtService = finder.dhtService
-    paidExits = PaidExitDirectory(reactor, PaymentRecords(lambda: dhtService.dht), wallet,
-                                  ready=lambda: dhtService.joined)
-    paidExits.setServiceParent(node)
+    paidExits = addService(node, "paid-exits", PaidExitDirectory(reactor, PaymentRecords(lambda: dhtService.dht), wallet,
+                                                                 ready=lambda: dhtService.joined))
     client = PaymentClient(reactor, wallet, paidExits)
     node.status.addSource("payments", client)
     return client

@@ -24,9 +24,10 @@ def attachStreams(circuit):
 @implementer(ICircuitEdge)
 class StreamExitEdge:
     """
-    @param accept: C{callable(circuit, stream, host, port)} (StreamMux's
-        accept, with the circuit first), where the exit policy, the
-        outgoing connection and the circuit's throttle live.
+    @param accept: C{callable(circuit, host, port)} returning (a Deferred of)
+        the L{meshvpn.interfaces.IStream} connected to the target (the
+        mux's C{accept} with the circuit first): the exit policy, the
+        outgoing connection and the circuit's throttle live there.
     @param resolve: C{callable(name)} for RESOLVE, or C{None}.
     @param packetSink: C{callable(circuit, packets)} for packet mode, or
         C{None} (packets dropped).
@@ -42,8 +43,8 @@ class StreamExitEdge:
         if mux is None:
             accept = self._accept
 
-            def acceptOnCircuit(stream, host, port):
-                return accept(circuit, stream, host, port)
+            def acceptOnCircuit(host, port):
+                return accept(circuit, host, port)
 
             mux = circuit.edgeState = StreamMux(
                 circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom

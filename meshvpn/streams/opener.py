@@ -1,25 +1,45 @@
 """The stream opener the SOCKS server uses in a real client: streams on circuits.
 
 It asks the circuit manager for a circuit whose exit accepts the target,
-per isolation key, and opens the stream on it.  A stream whose circuit died
+per isolation key, and opens the stream on it (L{ICircuit.openStream},
+which the circuit's L{meshvpn.streams.mux.StreamMux} serves); names are
+resolved by the exit through the same mux.  A stream whose circuit died
 before the exit answered (END reason DESTROY, or the circuit closed) is
 retried once on a fresh circuit, as Tor does; any other refusal goes back
 to the app as its SOCKS reply.
-
-Streams and resolves on a circuit go through
-L{meshvpn.streams.circuitstream} (the circuit's stream layer).
 """
+
+import ipaddress
 
 from twisted.internet import defer
 from zope.interface import implementer
 
-from meshvpn.streams import circuitstream as circuitstreams
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.onion.streammsgs import AnswerType
 
 MAX_ATTEMPTS = 2
 _RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
+
+
+def _addresses(name, answers):
+    found = []
+    for kind, value, _ttl in answers:
+        if kind == AnswerType.IPV4:
+            found.append(str(ipaddress.IPv4Address(value)))
+        elif kind == AnswerType.IPV6:
+            found.append(str(ipaddress.IPv6Address(value)))
+    if not found:
+        raise StreamRefused(EndReason.RESOLVEFAILED, f"exit could not resolve {name}")
+    return found
+
+
+def _names(address, answers):
+    found = [value.decode("ascii", "replace") for kind, value, _ in answers if kind == AnswerType.HOSTNAME]
+    if not found:
+        raise StreamRefused(EndReason.RESOLVEFAILED, f"exit found no name for {address}")
+    return found
 
 
 @implementer(IStreamOpener)
@@ -28,22 +48,28 @@ class CircuitStreamOpener:
     @param circuits: an L{meshvpn.interfaces.ICircuitManager}.
     """
 
-    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, onCircuit=circuitstreams):
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS):
         self.circuits = circuits
         self.maxAttempts = maxAttempts
-        self._on = onCircuit  # openStreamOn/resolveOn/resolvePTROn(circuit, ...)
 
     def openStream(self, host, port, isolationKey):
         return defer.Deferred.fromCoroutine(
-            self._withRetry(lambda c: self._on.openStreamOn(c, host, port), (host, port), isolationKey)
+            self._withRetry(lambda c: c.openStream(host, port), (host, port), isolationKey)
         )
 
     def resolve(self, name, isolationKey):
         # Any exit resolves names: no target port to match.
-        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: self._on.resolveOn(c, name), None, isolationKey))
+        def action(circuit):
+            return circuit.streamHandler.resolve(name).addCallback(lambda a: _addresses(name, a))
+
+        return defer.Deferred.fromCoroutine(self._withRetry(action, None, isolationKey))
 
     def resolvePTR(self, address, isolationKey):
-        return defer.Deferred.fromCoroutine(self._withRetry(lambda c: self._on.resolvePTROn(c, address), None, isolationKey))
+        def action(circuit):
+            reverse = ipaddress.ip_address(address).reverse_pointer
+            return circuit.streamHandler.resolve(reverse).addCallback(lambda a: _names(address, a))
+
+        return defer.Deferred.fromCoroutine(self._withRetry(action, None, isolationKey))
 
     async def _withRetry(self, action, target, isolationKey):
         attempt = 0

@@ -1,15 +1,17 @@
 """Join two L{IStream}s so that what one receives the other sends, with backpressure both ways.
 
-The exit splices its TCP connection (L{meshvpn.exit.direct.TCPStream}) to
-the circuit stream (L{meshvpn.streams.circuitstream.StreamOnCircuit}); each
-is registered as the producer feeding the other, so a full window on one
-side pauses reading on the other.  A half-close crosses as a half-close, an
-end as an end with its reason.
+The exit splices each circuit stream (L{meshvpn.streams.circuitstream}) to
+the TCP connection it made for it (an L{IStream} too); each is registered
+as the producer feeding the other, so a full window on one side pauses
+reading on the other.  A half-close crosses as a half-close, a clean end
+(DONE) as a half-close too (each side then ends once its buffer is out),
+any other end as an end with its reason.
 """
 
 from zope.interface import implementer
 
 from meshvpn.interfaces import IStreamReceiver
+from meshvpn.onion.endreasons import EndReason
 
 
 @implementer(IStreamReceiver)
@@ -25,7 +27,12 @@ class _Forward:
 
     def streamEnded(self, reason):
         self.to.unregisterProducer()
-        self.to.close(reason)
+        if reason == EndReason.DONE:
+            # A clean end: everything arrived and was handed over.  The other
+            # side finishes after what it still buffers, rather than drop it.
+            self.to.halfClose()
+        else:
+            self.to.close(reason)
 
 
 def splice(a, b):

@@ -50,6 +50,12 @@ def addBenchCommands(sub):
 
     benchtun.addArguments(p)
     p.set_defaults(func=benchtun.command)
+    p = benchSub.add_parser("paths", help="share of circuits a hostile fraction of relays sees (real path and guard code)",
+                            description="Hostile share of guards and exits, in memory: real path selection and guards.")
+    from meshvpn.tools import benchpaths
+
+    benchpaths.addArguments(p)
+    p.set_defaults(func=benchpaths.command)
     p = benchSub.add_parser("tokens", help="bandwidth tokens: issue (blind sign) and verify rates (in process)")
     from meshvpn.tools import benchtokens
 

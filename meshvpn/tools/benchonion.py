@@ -59,7 +59,7 @@ def benchCrypto(cells):
 
 def _relayUnderTest():
     clock = task.Clock()
-    net = MemoryNetwork()
+    net = MemoryNetwork(clock)
     d = {}
     relay = TestRelay(net, clock, "relay", directory=d)
     nxt = TestRelay(net, clock, "next", directory=d)
@@ -70,11 +70,11 @@ def _relayUnderTest():
     net.pump()
     if circ.closed or not built.called:
         raise RuntimeError("benchmark circuit did not build")
-    fromClient = [ls for ls in relay.switch._links.values() if ls.peerId == client.nodeId][0]
-    toNext = [ls for ls in relay.switch._links.values() if ls.peerId == nxt.nodeId][0]
+    [fromClient] = [ch for ch in relay.switch.channels() if ch.peerId == client.nodeId]
+    [toNext] = [ch for ch in relay.switch.channels() if ch.peerId == nxt.nodeId]
     fromClient.link.discard = True
     toNext.link.discard = True
-    rc = fromClient.table[circ.circId]
+    rc = fromClient.circuits[circ.circId]
     return relay, fromClient, toNext, circ.prefix, rc.nextPrefix
 
 
@@ -85,10 +85,10 @@ def benchRelay(cells, batch):
     back = [nextPrefix + b"\x03" + body] * batch
     rounds = max(1, cells // batch)
     out = {}
-    for name, ls, batchCells, sink in (("forward", fromClient, fwd, toNext.link),
-                                       ("backward", toNext, back, fromClient.link)):
+    for name, channel, batchCells, sink in (("forward", fromClient, fwd, toNext.link),
+                                            ("backward", toNext, back, fromClient.link)):
         before = sink.cellsSent
-        receive = ls.receive
+        receive = channel.receive
         t0 = time.perf_counter()
         for _ in range(rounds):
             receive(batchCells)
@@ -109,7 +109,7 @@ def benchRelay(cells, batch):
 def benchBuildInMemory(builds):
     """3-hop builds over in-memory links: the CPU cost of a build (3 ntor, 2 EXTEND2), no network."""
     clock = task.Clock()
-    net = MemoryNetwork()
+    net = MemoryNetwork(clock)
     d = {}
     relays = [TestRelay(net, clock, name, directory=d) for name in ("guard", "middle", "exit")]
     client = TestRelay(net, clock, "client", directory=d)

@@ -2,7 +2,9 @@
 
 A L{MemoryLink} is an L{ILink} whose cells are queued in a L{MemoryNetwork}
 and delivered when the test calls L{MemoryNetwork.pump}, so no reactor, no
-sockets and no real time are involved.  Links also play the producer and
+sockets and no real time are involved.  The network shares the nodes'
+C{task.Clock}: pumping also runs the calls due now, which is how the
+channels' end-of-turn writes happen.  Links also play the producer and
 consumer roles real links play, so backpressure can be tested.
 """
 
@@ -22,7 +24,11 @@ from meshvpn.onion.switch import CircuitSwitch
 
 @implementer(ILink, IConsumer, IPushProducer)
 class MemoryLink:
-    """One end of an in-memory link.  C{tap(cells)} sees every batch this end sends."""
+    """
+    One end of an in-memory link.  C{tap(cells)} sees every batch this end
+    sends; C{batchesSent} counts them (one per C{sendCells} call, what a TLS
+    link turns into one write).
+    """
 
     def __init__(self, network, localId, peerId, isInitiator):
         self.network = network
@@ -34,6 +40,7 @@ class MemoryLink:
         self.tap = None
         self.discard = False      # benchmark sink: count and drop what is sent
         self.cellsSent = 0
+        self.batchesSent = 0
         self.inbox = deque()
         self.readPaused = False
         self.producer = None
@@ -46,6 +53,7 @@ class MemoryLink:
         if self.closedReason is not None:
             return
         self.cellsSent += len(cells)
+        self.batchesSent += 1
         if self.tap is not None:
             self.tap(cells)
         if self.discard:
@@ -112,9 +120,14 @@ class MemoryLink:
 
 
 class MemoryNetwork:
-    """Holds the queues of every L{MemoryLink}; L{pump} delivers until quiet."""
+    """
+    Holds the queues of every L{MemoryLink}; L{pump} delivers until quiet.
 
-    def __init__(self):
+    @param clock: the C{task.Clock} the nodes on this network use.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
         self.ready = deque()
 
     def connect(self, idA, idB, anonymous=False):
@@ -129,11 +142,23 @@ class MemoryNetwork:
         return a, b
 
     def pump(self, maxSteps=1000000):
+        """Deliver cells and run the calls due now until neither is left."""
         steps = 0
-        while self.ready and steps < maxSteps:
-            self.ready.popleft().deliver()
+        while steps < maxSteps:
+            if self.ready:
+                self.ready.popleft().deliver()
+            elif not self.endTurn():
+                break
             steps += 1
         return steps
+
+    def endTurn(self):
+        """Run the calls due now (what ends a reactor turn). @return: whether there were any."""
+        now = self.clock.seconds()
+        if not any(call.getTime() <= now for call in self.clock.getDelayedCalls()):
+            return False
+        self.clock.advance(0)
+        return True
 
 
 class TestRelay:

@@ -4,14 +4,16 @@ Three relays (link manager listening on 127.0.0.1, onion key ring, circuit
 switch registered as the manager's cell handler, EXTEND2 through the manager)
 and an anonymous client.  Used by a test (a 3-hop circuit over real links,
 packets both ways) and by ``meshvpn bench circuit`` (build times).  The
-DHT-driven, one-process-per-node version is the lead's integration.
+DHT-driven version, one process per node, is ``meshvpn testnet``.
 """
 
 import time
 
 from twisted.internet import defer, endpoints
+from zope.interface import implementer
 
 from meshvpn.identity import NodeIdentity
+from meshvpn.interfaces import ICircuitEdge
 from meshvpn.link.manager import LinkManager, LinkTarget
 from meshvpn.link.protocol import LinkSettings
 from meshvpn.link.transports import TCPTransport
@@ -21,6 +23,7 @@ from meshvpn.onion.service import linkManagerConnector
 from meshvpn.onion.switch import CircuitSwitch
 
 
+@implementer(ICircuitEdge)
 class _EchoEdge:
     """Exit edge: send every packet back."""
 
@@ -29,6 +32,9 @@ class _EchoEdge:
 
     def packetsReceived(self, circuit, packets):
         circuit.sendPackets(packets)
+
+    def circuitWindowOpened(self, circuit):
+        pass
 
     def circuitClosed(self, circuit, reason):
         pass

@@ -57,18 +57,25 @@ class PaymentSetup:
         self.out(f"testnet:   mined {FUND_BLOCKS} regtest blocks to the user wallet in {self.monero.timings[f'mine_{FUND_BLOCKS}_s']}s; "
                  f"spendable {balance['unlocked_balance'] / 1e12:.3f} XMR")
 
-    def startIssuer(self, net, bootUdp):
+    def makeIssuerIdentity(self, net):
+        """The issuer's keys, made before any node starts, so the exits can be told its id."""
+        from meshvpn.identity import NodeIdentity
+
+        self.issuerId = NodeIdentity.loadOrCreate(os.path.join(net.base, "issuer")).nodeIdHex
+
+    def startIssuer(self, net):
+        bootUdp = next(n for n in net.nodes if n.name == "bootstrap").info["udp"]
         self.out("testnet: starting the token issuer ...")
         self.issuer = net.node("issuer", "issuer", ISSUER_HOST, ISSUER_ARGS + [
             "--bootstrap", bootUdp, "--monero-wallet-rpc", self.monero.walletURL("issuer"),
         ])
         info = self.issuer.waitReady()
-        self.issuerId = info["node_id"]
+        assert info["node_id"] == self.issuerId
         self.issuerURL = f"http://{info['http']}"
         self.out(f"testnet:   issuer {self.issuerId[:16]}… sells tokens at {self.issuerURL} "
                  f"(0.001 XMR each, {BYTES_PER_TOKEN >> 20} MiB at the exits, 2 confirmations)")
 
-    def argsFor(self, name):
+    def argsFor(self, name, host=None):
         if name.startswith("exit"):
             return ["--payment-issuers", self.issuerId, "--payment-bytes-per-token", str(BYTES_PER_TOKEN),
                     "--payment-free-rate", "none"]
@@ -147,12 +154,14 @@ class PaymentSetup:
 
 
 def run(args, out):
-    net = Testnet(out)
+    setup = None
+    net = Testnet(out, nodeArgs=lambda name, host: setup.argsFor(name, host))
     setup = PaymentSetup(out, net.base)
-    net.payments = setup
     try:
+        setup.makeIssuerIdentity(net)
         setup.startMonero()
         net.start()
+        setup.startIssuer(net)
         setup.buy()
         setup.waitPaidExits(net)
         if args.check:

@@ -2,26 +2,23 @@
 
 Only what those need: CONNECT by domain name or address, no auth or
 username/password (which MeshVPN uses for stream isolation), and a plain
-HTTP/1.0 GET on top.  Errors are raised as L{SocksReplyError} with the reply code.
+HTTP/1.0 GET on top.  Errors are raised as the SOCKS server's own
+L{meshvpn.client.socksparse.SocksError}, C{reply} holding the reply code.
 """
 
 import socket
 import struct
 import time
 
-REPLIES = {
-    1: "general failure", 2: "connection not allowed by ruleset", 3: "network unreachable",
-    4: "host unreachable", 5: "connection refused", 6: "TTL expired", 7: "command not supported",
-    8: "address type not supported",
-}
+from meshvpn.client.socksparse import Reply, SocksError
 
 
-class SocksReplyError(Exception):
-    """The proxy answered with reply C{code} (or garbage: 1, general failure) instead of success."""
-
-    def __init__(self, code):
-        super().__init__(f"SOCKS reply {code}: {REPLIES.get(code, 'unknown')}")
-        self.code = code
+def _refused(code):
+    try:
+        code = Reply(code)
+    except ValueError:
+        return SocksError(code, f"SOCKS reply {code}: unknown")
+    return SocksError(code, f"SOCKS reply {int(code)}: {code.name}")
 
 
 def _recvExactly(sock, n):
@@ -47,14 +44,14 @@ def connect(proxy, host, port, username=None, password=None, timeout=30):
             u, p = username.encode(), (password or "").encode()
             sock.sendall(bytes([1, len(u)]) + u + bytes([len(p)]) + p)
             if _recvExactly(sock, 2)[1] != 0:
-                raise SocksReplyError(1)
+                raise _refused(Reply.GENERAL_FAILURE)
         elif method != 0x00:
-            raise SocksReplyError(1)
+            raise _refused(Reply.GENERAL_FAILURE)
         hostBytes = host.encode("idna")
         sock.sendall(b"\x05\x01\x00\x03" + bytes([len(hostBytes)]) + hostBytes + struct.pack(">H", port))
         reply = _recvExactly(sock, 4)
         if reply[1] != 0:
-            raise SocksReplyError(reply[1])
+            raise _refused(reply[1])
         atyp = reply[3]
         skip = {1: 4, 4: 16}.get(atyp)
         if skip is None:

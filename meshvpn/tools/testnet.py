@@ -13,6 +13,16 @@ loopback, which a real exit always refuses.  (A narrower "accept
 127.0.0.0/8:*, reject *:*" would not do: descriptors summarise a policy by
 the ports it accepts for most addresses, as Tor's do, so such an exit would
 advertise that it accepts nothing.)
+
+`--hostile guard` makes relay1 the network's only guard and a hostile one
+(L{meshvpn.onion.hostile}, switched on through the environment only tests
+use): on the first cells of each of the first circuits the client uses, it
+sends TRUNCATED, forges END, CONNECTED, RESOLVED and stream SENDMEs from its
+own hop, and keeps everything the client sends afterwards.  `--check` then
+passes only if the client closed those circuits and fetched the page
+byte-exact through a later one, and if the guard's view (every cell the
+client sent, with the guard's layer removed) holds neither the target nor
+the request.
 """
 
 import json
@@ -23,10 +33,12 @@ import sys
 import tempfile
 import time
 
+from meshvpn.client.socksparse import SocksError
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import readStatus
 from meshvpn.errors import MeshVPNError
 from meshvpn.hostport import formatHostPort, splitHostPort
+from meshvpn.onion.hostile import ENV_PLAN, ENV_TESTING, VIEW_FILE
 from meshvpn.tools.processes import NodeProcess
 
 EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false"]
@@ -41,45 +53,72 @@ LAYOUT = [
 ]
 CHECK_BYTES = 1_000_000
 
+# The hostile guard of `--hostile guard`: each of the first 3 circuits that
+# carry a cell is attacked every way a guard can at once, then swallowed;
+# later circuits are carried honestly, so a client that defends itself
+# still gets through.  Stream ids 1-64: what a client with sequential ids
+# would use first.
+HOSTILE_GUARD_PLAN = ("open=truncated+end:1-64+connected:1-64+resolved:1-64:6.6.6.6+sendme:1-64+swallow;"
+                      "circuits=3")
+HOSTILE_ATTEMPTS = 8
+HOSTILE_ATTEMPT_TIMEOUT = 15.0
+
 
 class Testnet:
-    """
-    The processes of one local network; L{stop} removes everything.
+    """The processes of one local network; L{stop} removes everything."""
 
-    @param payments: a L{meshvpn.tools.paytestnet.PaymentSetup} (an issuer,
-        token-gated exits, a client with a wallet), or C{None}.
-    """
-
-    def __init__(self, out, base=None, payments=None):
+    def __init__(self, out, base=None, nodeArgs=None, hostile=None):
+        """@param nodeArgs: C{callable(name, host) -> [args]} added to each node's command line."""
+        if hostile not in (None, "guard"):
+            raise MeshVPNError(f"--hostile {hostile!r}: only 'guard' is supported")
         self.out = out
+        self.nodeArgs = nodeArgs or (lambda name, host: [])
         self.base = base or tempfile.mkdtemp(prefix="meshvpn-testnet-")
+        self.hostile = hostile
+        self.hostileNode = None
         self.nodes = []
         self.web = None
         self.webPort = None
-        self.payments = payments
+        self.webAddress = None
 
-    def node(self, name, role, host, extra):
-        node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host)
+    def node(self, name, role, host, extra, env=None):
+        extra = list(extra) + self.nodeArgs(name, host)
+        node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host, env=env)
         self.nodes.append(node)
         return node.start()
+
+    def layout(self):
+        """The relays to start; with a hostile guard, relay1 is the only guard and the rest are middles."""
+        if self.hostile != "guard":
+            return [(name, role, host, extra, None) for name, role, host, extra in LAYOUT]
+        env = {ENV_TESTING: "1", ENV_PLAN: HOSTILE_GUARD_PLAN}
+        out = []
+        for name, role, host, extra in LAYOUT:
+            if name == "relay1":
+                out.append((name, role, host, ["--flags", "guard"], env))
+            elif extra == ["--flags", "guard,middle"]:
+                out.append((name, role, host, ["--flags", "middle"], None))
+            else:
+                out.append((name, role, host, extra, None))
+        return out
 
     def start(self, timeout=90.0):
         started = time.monotonic()
         self.out("testnet: starting bootstrap node ...")
         boot = self.node("bootstrap", "relay", "127.2.0.1", ["--flags", "bootstrap"])
         bootUdp = boot.waitReady()["udp"]
-        if self.payments is not None:
-            self.payments.startIssuer(self, bootUdp)
-        extraFor = self.payments.argsFor if self.payments is not None else (lambda name: [])
         self.out(f"testnet: starting {len(LAYOUT)} relays and a client (DHT bootstrap {bootUdp}) ...")
-        for name, role, host, extra in LAYOUT:
-            self.node(name, role, host, extra + ["--bootstrap", bootUdp] + extraFor(name))
-        self.client = self.node("client", "client", "127.1.0.1", ["--bootstrap", bootUdp] + extraFor("client"))
+        for name, role, host, extra, env in self.layout():
+            node = self.node(name, role, host, extra + ["--bootstrap", bootUdp], env)
+            if env is not None:
+                self.hostileNode = node
+                self.out(f"testnet: {name} is a HOSTILE guard (plan {HOSTILE_GUARD_PLAN})")
+        self.client = self.node("client", "client", "127.1.0.1", ["--bootstrap", bootUdp])
         for node in self.nodes:
             node.waitReady()
         for node in self.nodes:
             info = node.info
-            where = " ".join(f"{k}={info[k]}" for k in ("udp", "stream", "socks", "http") if k in info)
+            where = " ".join(f"{k}={info[k]}" for k in ("udp", "stream", "socks") if k in info)
             self.out(f"testnet: {node.name:9} {_roleOf(node):12} id {info['node_id'][:16]}…  {where}")
         self.out("testnet: waiting for the client to find relays in the DHT and build a circuit ...")
         deadline = started + timeout
@@ -102,6 +141,14 @@ class Testnet:
         self.out(f"testnet: circuit {self.describePath(circuits[0]['path'])} ready; "
                  f"network up in {time.monotonic() - started:.2f}s")
         self.out(f"testnet: SOCKS5 proxy for applications: {self.client.info['socks']}  (data in {self.base})")
+        self.out(f"testnet: dashboard of the client: {self.dashboardURL()}")
+        self.out(f"testnet:   (a one-time login link; another: meshvpn dashboard --data-dir {self.client.dataDir})")
+
+    def dashboardURL(self):
+        """A one-time login link to the client's dashboard (from its control API)."""
+        from meshvpn.control.client import ControlClient
+
+        return ControlClient.forDataDir(self.client.dataDir).post("/v1/login-link")["url"]
 
     def names(self):
         return {n.info["node_id"]: n.name for n in self.nodes if n.info}
@@ -125,9 +172,12 @@ class Testnet:
                 raise MeshVPNError("the local web server did not start")
             time.sleep(0.05)
         self.webPort = int(open(portFile).read())
-        return "127.3.0.1", self.webPort
+        self.webAddress = ("127.3.0.1", self.webPort)
+        return self.webAddress
 
     def check(self, nbytes=CHECK_BYTES):
+        if self.hostile is not None:
+            return self.checkHostile(nbytes)
         host, port = self.startWeb()
         self.out(f"testnet: fetching http://{formatHostPort(host, port)}/bytes/{nbytes} through the circuit via SOCKS ...")
         status, body, ttfb, total = socksclient.httpGet(self.socksAddress(), host, port, f"/bytes/{nbytes}")
@@ -142,6 +192,52 @@ class Testnet:
             + ("bytes match" if ok else "BYTES DO NOT MATCH")
         )
         return ok
+
+    def guardView(self):
+        """What the hostile guard could read of everything the client sent (its view file)."""
+        try:
+            with open(os.path.join(self.hostileNode.dataDir, VIEW_FILE), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def readable(self, host, port):
+        """The client's secrets found in the hostile guard's view: the BEGIN target and the request."""
+        view = self.guardView()
+        needles = {"the BEGIN target": formatHostPort(host, port).encode(), "the HTTP request": b"GET /bytes/"}
+        return [name for name, needle in needles.items() if needle in view], len(view)
+
+    def checkHostile(self, nbytes):
+        """
+        Fetch through the hostile guard until a circuit it leaves alone
+        carries the page; fail as soon as its view holds anything readable.
+        """
+        host, port = self.startWeb()
+        path = f"/bytes/{nbytes}"
+        self.out(f"testnet: fetching http://{formatHostPort(host, port)}{path} through the hostile guard ...")
+        ok = False
+        for attempt in range(1, HOSTILE_ATTEMPTS + 1):
+            try:
+                status, body, ttfb, total = socksclient.httpGet(
+                    self.socksAddress(), host, port, path, timeout=HOSTILE_ATTEMPT_TIMEOUT
+                )
+            except (SocksError, OSError) as e:
+                self.out(f"testnet:   attempt {attempt}: no page ({e})")
+                leaked, _ = self.readable(host, port)
+                if leaked:
+                    break
+                time.sleep(0.5)
+                continue
+            ok = status == 200 and body == webfixture.body(nbytes)
+            self.out(f"testnet:   attempt {attempt}: HTTP {status}, {len(body)} bytes in {total * 1000:.1f} ms; "
+                     + ("bytes match" if ok else "BYTES DO NOT MATCH"))
+            break
+        hostile = (readStatus(self.hostileNode.dataDir) or {}).get("hostile", {})
+        leaked, viewed = self.readable(host, port)
+        self.out(f"testnet: the hostile guard attacked {hostile.get('circuits_attacked', '?')} circuits "
+                 f"(actions {hostile.get('actions', {})}); it read {viewed} bytes of the client's cells, "
+                 + (f"among them {' and '.join(leaked)}: LEAKED" if leaked else "none of them the target or the request"))
+        return ok and not leaked
 
     def stop(self):
         codes = {n.name: n.stop() for n in self.nodes}
@@ -173,7 +269,7 @@ def run(args, out):
         from meshvpn.tools.paytestnet import run as runWithPayments
 
         return runWithPayments(args, out)
-    net = Testnet(out)
+    net = Testnet(out, hostile=getattr(args, "hostile", None))
     try:
         net.start()
         if args.check:

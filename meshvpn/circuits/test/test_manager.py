@@ -8,7 +8,8 @@ from twisted.trial import unittest
 
 from meshvpn.errors import NoPath
 from meshvpn.circuits.manager import CircuitBuildFailed, CircuitManager
-from meshvpn.circuits.pathselect import GuardSet, RelayInfo
+from meshvpn.circuits.guards import GuardSet
+from meshvpn.circuits.pathselect import RelayInfo
 
 
 def relay(n, roles=("guard", "middle", "exit"), accepts=None):
@@ -17,6 +18,8 @@ def relay(n, roles=("guard", "middle", "exit"), accepts=None):
 
 
 class FakeCircuit:
+    streamHandler = None
+
     def __init__(self, path):
         self.path = path
         self._closed = defer.Deferred()

@@ -1,11 +1,12 @@
-"""Real processes on loopback: circuits from DHT descriptors only, and recovery when a middle relay dies."""
+"""Real processes on loopback: circuits from DHT descriptors only, a dead middle replaced, no history on disk."""
 
+import os
 import time
 
 from twisted.trial import unittest
 
 from meshvpn.tools import socksclient, webfixture
-from meshvpn.control.status import readStatus
+from meshvpn.control.status import STATUS_FILE, readStatus
 from meshvpn.tools.testnet import Testnet
 
 
@@ -15,6 +16,25 @@ def usedCircuits(client):
 
 
 class MiddleDiesTests(unittest.TestCase):
+    def assertNoHistoryOnDisk(self, net, proxy, host, port):
+        """While a stream is open, status.json shows it, but not where it goes (no --status-history)."""
+        held = socksclient.connect(proxy, host, port)
+        self.addCleanup(held.close)
+        path = os.path.join(net.client.dataDir, STATUS_FILE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            streams = [s for c in usedCircuits(net.client)[0] for s in c.get("streams", [])]
+            if streams:
+                break
+            time.sleep(0.1)
+        else:
+            self.fail("the open stream never appeared in status.json")
+        with open(path) as f:
+            text = f.read()
+        self.assertNotIn(f"{host}:{port}", text)
+        self.assertFalse(any("target" in s for s in streams), streams)
+        held.close()
+
     def test_killMiddleYieldsNewWorkingCircuit(self):
         lines = []
         net = Testnet(lines.append)
@@ -28,6 +48,7 @@ class MiddleDiesTests(unittest.TestCase):
         while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
             time.sleep(0.1)  # the status file is rewritten every second
         [circuit] = usedCircuits(net.client)[0]
+        self.assertNoHistoryOnDisk(net, proxy, host, port)
         names = net.names()
         middleId = circuit["path"][1]
         middle = next(n for n in net.nodes if n.info["node_id"] == middleId)

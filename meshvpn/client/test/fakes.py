@@ -1,6 +1,11 @@
 """Fakes shared by the VPN tests: a TUN device and a packet-mode circuit that record what they get."""
 
+from zope.interface import implementer
 
+from meshvpn.interfaces import ITunDevice
+
+
+@implementer(ITunDevice)
 class FakeTun:
     """An ITunDevice that records what it is asked (the client's and the exit's tests share it)."""
 
@@ -14,11 +19,14 @@ class FakeTun:
         self.routes = []
         self.closed = False
 
-    def configure(self, addresses=()):
+    def configure(self, addresses=(), routes=(), mtu=None):
         self.addresses = list(addresses)
 
-    def addRoute(self, cidr, mtu=None):
+    def addRoute(self, cidr, table=None, metric=None, mtu=None):
         self.routes.append((cidr, mtu))
+
+    def status(self):
+        return {"name": self.name, "mtu": self.mtu}
 
     def setPacketReceiver(self, r):
         self.receiver = r
@@ -31,6 +39,9 @@ class FakeTun:
 
 
 class FakeCircuit:
+    path = ()
+    streamHandler = None
+
     def __init__(self):
         self.sent = []
 

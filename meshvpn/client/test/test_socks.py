@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -14,6 +15,8 @@ from zope.interface.verify import verifyObject
 from meshvpn.client import socksparse as sp
 from meshvpn.client.socks import (
     END_REASON_REPLY,
+    TRANSITIONS,
+    Event,
     HANDSHAKE_TIMEOUT,
     MAX_EARLY_DATA,
     REQUEST_TIMEOUT,
@@ -25,7 +28,7 @@ from meshvpn.client.socks import (
 from meshvpn.client.socksparse import Command, Reply
 from meshvpn.exit.policy import normalizeAddress
 from meshvpn.errors import ConfigError, NoPath, StreamRefused
-from meshvpn.interfaces import IStream, IStreamOpener, IStreamReceiver
+from meshvpn.interfaces import IStatusSource, IStream, IStreamOpener, IStreamReceiver
 from meshvpn.onion.endreasons import EndReason
 
 
@@ -140,7 +143,10 @@ class SOCKSTestCase(unittest.TestCase):
 class ConnectTests(SOCKSTestCase):
     def test_interfaces(self):
         self.assertTrue(verifyObject(IStreamReceiver, self.proto))
+        self.assertTrue(verifyObject(IHalfCloseableProtocol, self.proto))
         self.assertTrue(verifyObject(IStreamOpener, self.opener))
+        self.assertTrue(verifyObject(IStatusSource, SOCKSService(self.clock, self.opener, ("127.0.0.1", 0))))
+        self.assertTrue(verifyObject(IStatusSource, self.factory.stats))
         self.assertTrue(verifyObject(IStream, FakeStream()))
 
     def _connectOK(self, host, port, expectHost):
@@ -152,7 +158,7 @@ class ConnectTests(SOCKSTestCase):
         stream = FakeStream()
         d.callback(stream)
         self.assertEqual(self.reply(self.take()), (Reply.SUCCEEDED, "0.0.0.0", 0))
-        self.assertEqual(self.proto.state, State.STREAMING)
+        self.assertEqual(self.proto.state, State.OPEN)
         return stream
 
     def test_connectIPv4(self):
@@ -683,3 +689,168 @@ class StateMachinePropertyTests(unittest.TestCase):
                 self.assertEqual(stream.closed[:1], [EndReason.DONE])
         # No timer is left behind.
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+@implementer(ITCPTransport)
+class TCPStringTransport(StringTransport):
+    """A transport that can half-close, as a real TCP connection can."""
+
+    writeClosed = False
+    noDelay = False
+
+    def loseWriteConnection(self):
+        self.writeClosed = True
+
+    def setTcpNoDelay(self, enabled):
+        self.noDelay = enabled
+
+    def getTcpNoDelay(self):
+        return self.noDelay
+
+    def setTcpKeepAlive(self, enabled):
+        pass
+
+    def getTcpKeepAlive(self):
+        return False
+
+
+class SessionMachineTests(SOCKSTestCase):
+    """The session's transition table and the half-closes of an open session."""
+
+    def connect(self, peer="127.0.0.1"):
+        proto = self.factory.buildProtocol(None)
+        tr = TCPStringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        proto.makeConnection(tr)
+        return proto, tr
+
+    def open(self):
+        self.handshake(auth=(b"u", b"p"))
+        self.assertEqual(self.proto.state, State.REQUEST)
+        self.proto.dataReceived(sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80))
+        self.assertEqual(self.proto.state, State.CONNECTING)
+        stream = FakeStream()
+        self.opener.opens[-1][3].callback(stream)
+        self.take()
+        self.assertEqual(self.proto.state, State.OPEN)
+        return stream
+
+    def test_table(self):
+        # Every state but CLOSED can close; CLOSED is final.
+        for state in State:
+            self.assertEqual((state, Event.CLOSE) in TRANSITIONS, state is not State.CLOSED)
+        self.assertFalse([key for key in TRANSITIONS if key[0] is State.CLOSED])
+        reachable = {State.GREETING} | set(TRANSITIONS.values())
+        self.assertEqual(reachable, set(State))
+
+    def test_illegalEventRaises(self):
+        from automat import NoTransition
+
+        e = self.assertRaises(NoTransition, self.proto._go, Event.CONNECTED)
+        self.assertEqual((e.state, e.symbol), (State.GREETING, Event.CONNECTED))
+
+    def test_noDelayOnTCP(self):
+        self.assertTrue(self.tr.noDelay)
+
+    def test_farEndFinishesFirst(self):
+        stream = self.open()
+        stream.receiver.streamReadEnded()
+        self.assertEqual(self.proto.state, State.STREAM_FINISHED)
+        self.assertTrue(self.tr.writeClosed)
+        self.assertFalse(self.tr.disconnecting)
+        # The app may still send, and then finishes too.
+        self.proto.dataReceived(b"more")
+        self.assertEqual(stream.written, [b"more"])
+        self.proto.writeConnectionLost()
+        self.proto.readConnectionLost()
+        self.assertEqual(self.proto.state, State.CLOSED)
+        self.assertTrue(stream.halfClosed)  # a clean end, not an abort
+        self.assertIsNone(self.tr.producer)  # so closing the socket does not stop the stream
+        self.assertTrue(self.tr.disconnecting)
+        self.proto.connectionLost(None)
+        self.assertEqual(stream.closed, [])
+
+    def test_appFinishesFirst(self):
+        stream = self.open()
+        self.proto.readConnectionLost()
+        self.assertEqual(self.proto.state, State.APP_FINISHED)
+        self.assertTrue(stream.halfClosed)
+        stream.receiver.streamDataReceived(b"answer")
+        self.assertEqual(self.take(), b"answer")
+        stream.receiver.streamReadEnded()
+        self.assertEqual(self.proto.state, State.CLOSED)
+        self.assertTrue(self.tr.disconnecting)
+
+    def test_appFinishesWhileConnecting(self):
+        self.handshake()
+        self.proto.dataReceived(sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80) + b"req")
+        self.proto.readConnectionLost()
+        self.assertEqual(self.proto.state, State.CONNECTING_APP_FINISHED)
+        stream = FakeStream()
+        self.opener.opens[-1][3].callback(stream)
+        self.assertEqual(self.proto.state, State.APP_FINISHED)
+        self.assertEqual((stream.written, stream.halfClosed), ([b"req"], True))
+
+    def test_streamEndedClosesSession(self):
+        stream = self.open()
+        stream.receiver.streamEnded(EndReason.CONNRESET)
+        self.assertEqual(self.proto.state, State.CLOSED)
+        self.assertTrue(self.tr.disconnecting)
+        # Late events from either side change nothing.
+        stream.receiver.streamDataReceived(b"late")
+        stream.receiver.streamReadEnded()
+        self.proto.dataReceived(b"late")
+        self.proto.readConnectionLost()
+        self.assertEqual((self.take(), stream.written), (b"", []))
+
+    def test_eofDuringHandshakeCloses(self):
+        self.proto.dataReceived(greeting(0))
+        self.proto.readConnectionLost()
+        self.assertEqual(self.proto.state, State.CLOSED)
+        self.assertTrue(self.tr.disconnecting)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(["app-data", "app-eof", "app-write-done", "app-lost", "stream-data",
+                                     "stream-eof", "stream-end", "connected", "refused", "timeout"]),
+                    max_size=12))
+    def test_anyEventOrder(self, events):
+        proto, tr = self.connect()
+        proto.dataReceived(greeting(0) + sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80))
+        tr.clear()
+        pending = self.opener.opens[-1][3]
+        stream = FakeStream()
+        lost = farEnded = False
+        for event in events:
+            wasClosed = proto.state is State.CLOSED
+            if event == "app-data":
+                proto.dataReceived(b"x")
+            elif event == "app-eof":
+                proto.readConnectionLost()
+            elif event == "app-write-done":
+                proto.writeConnectionLost()
+            elif event == "app-lost" and not lost:
+                lost = True
+                proto.connectionLost(None)
+            elif event == "connected" and not pending.called:
+                pending.callback(stream)
+            elif event == "refused" and not pending.called:
+                pending.errback(StreamRefused(EndReason.CONNECTREFUSED))
+            elif event == "timeout":
+                self.clock.advance(REQUEST_TIMEOUT)
+            elif stream.receiver is not None and event.startswith("stream-"):
+                if event == "stream-data":
+                    stream.receiver.streamDataReceived(b"y")
+                elif event == "stream-eof":
+                    stream.receiver.streamReadEnded()
+                else:
+                    farEnded = True
+                    stream.receiver.streamEnded(EndReason.DONE)
+            self.assertIsInstance(proto.state, State)
+            if wasClosed:
+                self.assertIs(proto.state, State.CLOSED)
+        if not lost:
+            proto.connectionLost(None)
+        self.assertIs(proto.state, State.CLOSED)
+        self.assertEqual(self.factory.stats.active, 1)  # only setUp's connection is left
+        # A stream handed to the session is never left open behind it.
+        if stream.receiver is proto or stream.written:
+            self.assertTrue(stream.halfClosed or stream.closed or farEnded)

@@ -138,9 +138,14 @@ class _Echo(protocol.Protocol):
         self.transport.write(data)
 
     def connectionLost(self, reason):
-        lost = getattr(self.factory, "lost", None)
+        lost = self.factory.lost
         if lost is not None and not lost.called:
             lost.callback(None)
+
+
+class _EchoFactory(protocol.Factory):
+    protocol = _Echo
+    lost = None  # a Deferred fired when a connection ends, if a test sets one
 
 
 class _SOCKSClient(protocol.Protocol):
@@ -190,7 +195,7 @@ class LoopbackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_connects(self):
-        f = protocol.Factory.forProtocol(_Echo)
+        f = _EchoFactory()
         port = self.listen(f)
         c = ExitConnector(self.reactor, TableResolver({}), PERMISSIVE)
         p = yield c.connect("127.0.0.1", port, protocol.Factory.forProtocol(protocol.Protocol))
@@ -199,7 +204,7 @@ class LoopbackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_refusedOnClosedPort(self):
-        listening = self.reactor.listenTCP(0, protocol.Factory.forProtocol(_Echo), interface="127.0.0.1")
+        listening = self.reactor.listenTCP(0, _EchoFactory(), interface="127.0.0.1")
         port = listening.getHost().port
         yield listening.stopListening()
         c = ExitConnector(self.reactor, TableResolver({}), PERMISSIVE)
@@ -232,7 +237,7 @@ class LoopbackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_socksEcho(self):
-        echo = protocol.Factory.forProtocol(_Echo)
+        echo = _EchoFactory()
         echo.lost = defer.Deferred()
         port = self.listen(echo)
         # The echo server never closes; the client closes after its echo.
@@ -279,7 +284,7 @@ class LoopbackTests(unittest.TestCase):
     def test_socksDefaultPolicyNotAllowed(self):
         # The real default policy: loopback is private, so the SOCKS app gets
         # 0x02 "connection not allowed by ruleset".
-        port = self.listen(protocol.Factory.forProtocol(_Echo))
+        port = self.listen(_EchoFactory())
         reply, body = yield self._throughSOCKS(defaultExitPolicy(), port)
         self.assertEqual(reply, Reply.NOT_ALLOWED)
 

@@ -45,7 +45,11 @@ class TCPStreamTests(unittest.TestCase):
         self.rx = Receiver()
 
     def test_interface(self):
+        from meshvpn.exit.direct import DirectStreamOpener
+        from meshvpn.interfaces import IStreamOpener
+
         self.assertTrue(verifyObject(IStream, self.stream))
+        self.assertTrue(verifyObject(IStreamOpener, DirectStreamOpener(None, None)))
 
     def test_heldUntilReceiver(self):
         self.assertEqual(self.tr.producerState, "paused")
@@ -138,3 +142,89 @@ class TCPStreamTests(unittest.TestCase):
         self.assertTrue(self.tr.disconnecting)
         self.stream.write(b"ignored")
         self.assertEqual(self.tr.value(), b"")
+
+
+class TCPStreamMachineTests(unittest.TestCase):
+    """Each half of the TCP connection ends on its own; the socket closes once both have."""
+
+    def setUp(self):
+        self.stream = TCPStream()
+        self.tr = HalfCloseTransport()
+        self.stream.makeConnection(self.tr)
+        self.rx = Receiver()
+        self.stream.setReceiver(self.rx)
+
+    def test_table(self):
+        from meshvpn.exit.direct import TRANSITIONS, TCPEvent, TCPState
+
+        self.assertEqual({TCPState.OPEN} | set(TRANSITIONS.values()), set(TCPState))
+        self.assertFalse([key for key in TRANSITIONS if key[0] is TCPState.ENDED])
+        for state in TCPState:
+            self.assertEqual((state, TCPEvent.LOST) in TRANSITIONS, state is not TCPState.ENDED)
+
+    def test_illegalEventRaises(self):
+        from automat import NoTransition
+
+        from meshvpn.exit.direct import TCPEvent
+
+        self.stream.connectionLost(Failure(error.ConnectionDone()))
+        self.assertRaises(NoTransition, self.stream._go, TCPEvent.LOST)
+
+    def test_targetFinishesFirst(self):
+        from meshvpn.exit.direct import TCPState
+
+        self.stream.readConnectionLost()
+        self.assertEqual((self.stream.state, self.rx.readEnded), (TCPState.READ_ENDED, True))
+        self.stream.write(b"still writing")
+        self.assertEqual(self.tr.value(), b"still writing")
+        self.stream.halfClose()
+        self.stream.writeConnectionLost()
+        self.assertEqual(self.stream.state, TCPState.CLOSING)
+        self.assertTrue(self.tr.disconnecting)
+
+    def test_bothHalvesDoneLeavesTheFedStreamAlone(self):
+        # What feeds the socket (the circuit stream) may still hold bytes for
+        # the app: closing the socket must not stop it.
+        producer = _Producer()
+        self.stream.registerProducer(producer, True)
+        self.stream.halfClose()
+        self.stream.writeConnectionLost()
+        self.stream.readConnectionLost()
+        self.assertIsNone(self.tr.producer)
+        self.assertTrue(self.tr.disconnecting)
+        self.stream.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual((producer.stopped, self.rx.ended), (False, EndReason.DONE))
+
+    def test_heldHalfCloseWaitsForHeldData(self):
+        told = []
+        self.rx.streamReadEnded = lambda: told.append(bytes(self.rx.data))
+        self.stream.pauseProducing()
+        self.stream.dataReceived(b"tail")
+        self.stream.readConnectionLost()
+        self.assertEqual(told, [])
+        self.stream.resumeProducing()
+        self.stream.pauseProducing()
+        self.stream.resumeProducing()
+        self.assertEqual(told, [b"tail"])  # after the data, and once, not on every resume
+
+    def test_halvesEndingAfterCloseAreQuiet(self):
+        self.stream.close(EndReason.DONE)
+        self.stream.readConnectionLost()
+        self.stream.writeConnectionLost()
+        self.stream.halfClose()
+        self.assertFalse(self.rx.readEnded)
+        self.stream.connectionLost(Failure(error.ConnectionDone()))
+        self.assertIsNone(self.rx.ended)  # whoever closed it was not told again
+
+
+class _Producer:
+    stopped = False
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        self.stopped = True

@@ -154,10 +154,10 @@ class RoleWiringTests(unittest.TestCase):
         opts = relay.Options()
         opts.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--listen", "tcp:0:interface=127.0.0.1"])
         node = relay.makeService(opts)
-        verifyObject(ILinkManager, node.links)
-        self.assertTrue(node.links.settings.authenticate)
-        self.assertIn(node.links, list(node))
-        self.assertIs(node.streamListener.factory.wrappedFactory._manager, node.links)
+        links = node.getServiceNamed("links")
+        verifyObject(ILinkManager, links)
+        self.assertTrue(links.settings.authenticate)
+        self.assertIs(node.streamListener.factory.wrappedFactory._manager, links)
 
     def test_clientIsAnonymous(self):
         from meshvpn.roles import client
@@ -165,24 +165,36 @@ class RoleWiringTests(unittest.TestCase):
         opts = client.Options()
         opts.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0"])
         node = client.makeService(opts)
-        self.assertFalse(node.links.settings.authenticate)
+        self.assertFalse(node.getServiceNamed("links").settings.authenticate)
         self.assertIsNone(node.streamListener)
 
 
 class DatagramTransportPluginTests(unittest.TestCase):
-    """The datagram link is itself a transport plugin: found by name, attached to the node's UDP socket."""
+    """The datagram link is itself a transport plugin; its links run on the node's one UDP socket."""
 
-    def test_foundAndAttached(self):
+    def test_foundByName(self):
         from meshvpn.errors import LinkError
         from meshvpn.link.transports import availableTransports
-        from meshvpn.roles import client
 
         udp = availableTransports()["udp"]
+        verifyObject(IPluggableTransport, udp)
         self.assertEqual(udp.kind, "datagram")
         self.assertRaises(LinkError, udp.serverEndpoint, None, {})
+        self.assertRaises(LinkError, udp.clientEndpoint, None, "127.0.0.1:1", {})
+
+    def test_meshClientRunsThemOnItsSocket(self):
+        from meshvpn.interfaces import IDatagramLinkEndpoint
+        from meshvpn.roles import client
+
         options = client.Options()
-        options.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0"])
+        options.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0",
+                              "--mesh-relay", "00" * 32 + "@127.0.0.1:9"])
         node = client.makeService(options)
-        endpoint = udp.attach(node)
-        self.assertIs(udp.attach(node), endpoint)
+        links = node.getServiceNamed("datagram-links")
+        verifyObject(IDatagramLinkEndpoint, links.endpoint)
+        self.assertIs(node.getServiceNamed("mesh").datagramLinks, links.endpoint)
+        self.assertNotIn("link", node.udp._names)
+        links.startService()
         self.assertIn("link", node.udp._names)  # routed by first byte on the node's one socket
+        links.stopService()
+        self.assertNotIn("link", node.udp._names)

@@ -4,16 +4,21 @@ RELAY_EARLY cap, TRUNCATE, DESTROY reasons, timeouts, onion key rotation."""
 
 from twisted.internet import task
 from twisted.trial import unittest
+from zope.interface import implementer
+
+from meshvpn.interfaces import ICircuitEdge
 
 from meshvpn.onion import cells as C
 from meshvpn.onion.cells import DestroyReason, RelayCommand
 from meshvpn.onion.origin import HopSpec, OriginCircuit
-from meshvpn.onion.switch import CircuitDestroyed
+from meshvpn.onion.destroy import CircuitDestroyed
+from meshvpn.onion.relaycircuit import RelayCircuit
 from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
 
 SECRET = b"MEET-AT-THE-OLD-MILL-AT-NOON-" * 4
 
 
+@implementer(ICircuitEdge)
 class EchoEdge:
     """An exit edge that records packets and sends them back reversed."""
 
@@ -29,6 +34,9 @@ class EchoEdge:
         self.packets.extend(packets)
         circuit.sendPackets([p[::-1] for p in packets])
 
+    def circuitWindowOpened(self, circuit):
+        pass
+
     def circuitClosed(self, circuit, reason):
         self.closed.append(reason)
 
@@ -36,7 +44,7 @@ class EchoEdge:
 class Net:
     def __init__(self, testCase, edge=None):
         self.clock = task.Clock()
-        self.net = MemoryNetwork()
+        self.net = MemoryNetwork(self.clock)
         self.dir = {}
         self.edge = edge or EchoEdge()
         self.guard = TestRelay(self.net, self.clock, "guard", directory=self.dir)
@@ -59,8 +67,14 @@ class Net:
         return circ
 
     def relayCircuit(self, relay):
-        [c] = [e for ls in relay.switch._links.values() for e in ls.table.values() if hasattr(e, "layer")]
+        [c] = [e for ch in relay.switch.channels() for e in ch.circuits.values() if isinstance(e, RelayCircuit)]
         return c
+
+    def channel(self, relay, towards):
+        """C{relay}'s channel to the node C{towards} (C{None}: an anonymous client)."""
+        peerId = towards.nodeId if towards is not None else None
+        [ch] = [ch for ch in relay.switch.channels() if ch.peerId == peerId]
+        return ch
 
 
 class Build(unittest.TestCase):
@@ -78,8 +92,7 @@ class Build(unittest.TestCase):
         n = Net(self)
         circ, d = n.circuit(anonymous=True)
         self.successResultOf(d)
-        [ls] = [ls for ls in n.guard.switch._links.values() if ls.peerId is None]
-        self.assertEqual(len(ls.table), 1)
+        self.assertEqual(len(n.channel(n.guard, None).circuits), 1)
         circ.sendPackets([b"anon"])
         n.net.pump()
         self.assertEqual(n.edge.packets, [b"anon"])
@@ -107,14 +120,14 @@ class Build(unittest.TestCase):
         self.assertEqual(len(n.edge.packets), 2500)
         self.assertEqual(len(got), 2500)
         self.assertEqual(circ.packetsDropped, 0)
-        self.assertGreater(circ.packWindow.window, 0)
+        self.assertGreater(circ.circuitRoom(), 0)
 
     def test_windowFullDropsPackets(self):
         n = Net(self)
         circ = n.built(self)
         for i in range(1200):  # no pumping: no SENDME can come back
             circ.sendPacket(b"z" * 400)
-        self.assertEqual(circ.packWindow.window, 0)
+        self.assertEqual(circ.circuitRoom(), 0)
         self.assertEqual(circ.packetsDropped, 200)
         n.net.pump()
         self.assertEqual(len(n.edge.packets), 1000)
@@ -133,11 +146,11 @@ class Confidentiality(unittest.TestCase):
 
         def tapAll():
             for relay, name in ((n.guard, "guard"), (n.middle, "middle"), (n.exit, "exit")):
-                for ls in relay.switch._links.values():
-                    peer = n.dir[ls.peerId].name
+                for ch in relay.switch.channels():
+                    peer = n.dir[ch.peerId].name
                     key = f"{name}->{peer}"
                     if key in seen:
-                        ls.link.tap = seen[key].extend
+                        ch.link.tap = seen[key].extend
             n.guardLink.tap = seen["client->guard"].extend
 
         circ = n.built(self)
@@ -172,9 +185,7 @@ class Integrity(unittest.TestCase):
         link.sendCells = flipping
 
     def _middleLink(self, n, towards):
-        for ls in n.middle.switch._links.values():
-            if ls.peerId == towards.nodeId:
-                return ls.link
+        return n.channel(n.middle, towards).link
 
     def _assertDestroyedEverywhere(self, n, circ, reason=DestroyReason.PROTOCOL):
         closed = self.successResultOf(circ.whenClosed())
@@ -229,6 +240,7 @@ class Integrity(unittest.TestCase):
         n.guardLink.sendCells = held.extend
         circ.sendPackets([b"one"])
         circ.sendPackets([b"two"])
+        n.net.endTurn()  # the guard channel writes both cells in one batch
         original([held[1], held[0]])
         n.net.pump()
         self.assertEqual(n.edge.packets, [])
@@ -286,7 +298,13 @@ class Protocol(unittest.TestCase):
         circ, d = n.circuit(path=[n.guard.hopSpec(), n.middle.hopSpec(), ghost])
         f = self.failureResultOf(d, CircuitDestroyed)
         self.assertEqual(f.value.reason, DestroyReason.CONNECTFAILED)
-        self.assertEqual(f.value.hop, 2)  # the circuit manager retries without that relay
+        # Charged to no hop: the middle's word that the exit is unreachable is
+        # only its word (a hostile hop would name honest relays to steer paths).
+        self.assertIsNone(f.value.hop)
+        self.assertTrue(circ.closed)
+        n.net.pump()
+        for relay in (n.guard, n.middle):
+            self.assertEqual(relay.switch.circuitCount(), 0)
 
     def test_destroyReasonReachesOrigin(self):
         n = Net(self)
@@ -312,8 +330,7 @@ class Protocol(unittest.TestCase):
     def test_linkLossTearsDown(self):
         n = Net(self)
         circ = n.built(self)
-        middleToExit = [ls.link for ls in n.middle.switch._links.values() if ls.peerId == n.exit.nodeId][0]
-        middleToExit.close("lost")
+        n.channel(n.middle, n.exit).link.close("lost")
         n.net.pump()
         self._closedWith(circ, DestroyReason.CHANNEL_CLOSED)
         self.assertEqual(n.guard.switch.circuitCount(), 0)
@@ -358,7 +375,8 @@ class KeyRotation(unittest.TestCase):
         n.clock.advance(3601)
         circ, d = n.circuit(path=[n.guard.hopSpec(), oldSpec, n.exit.hopSpec()])
         f = self.failureResultOf(d, CircuitDestroyed)
-        self.assertEqual(f.value.hop, 1)
+        self.assertIsNone(f.value.hop)  # past the guard, failures are charged to no hop
+        self.assertEqual(n.middle.switch.counters["circuits_created"], 3)
 
 
 class StreamHook(unittest.TestCase):
@@ -405,20 +423,14 @@ class RealStreamMux(unittest.TestCase):
     """The stream layer (StreamMux) at both ends of a real 3-hop circuit."""
 
     def test_echoStream(self):
-        from twisted.internet import protocol
-
         from meshvpn.streams.edge import StreamExitEdge, attachStreams
-        from meshvpn.streams.test.test_mux import Collect
+        from meshvpn.streams.test.test_mux import Collect, EchoStream
 
-        class Echo(protocol.Protocol):
-            def dataReceived(self, data):
-                self.transport.write(data)
-
-        def accept(circuit, stream, host, port):
+        def accept(circuit, host, port):
             if port != 7:
                 from meshvpn.errors import StreamRefused
                 raise StreamRefused(4)
-            stream.attach(Echo())
+            return EchoStream()
 
         n = Net(self, edge=StreamExitEdge(accept))
         circ = n.built(self)

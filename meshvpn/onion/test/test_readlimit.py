@@ -7,7 +7,7 @@ from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.onion.readlimit import LinkReadLimiter
 
 
-class FakeLinkState:
+class FakeChannel:
     def __init__(self):
         self.pausers = set()
 
@@ -22,7 +22,7 @@ class ReadLimitTests(unittest.TestCase):
     def test_pausesThenResumesAtTheRate(self):
         clock = Clock()
         limiter = LinkReadLimiter(clock, rate=100 * CELL_SIZE, burst=100 * CELL_SIZE)
-        a, b = FakeLinkState(), FakeLinkState()
+        a, b = FakeChannel(), FakeChannel()
         limiter.charge(a, 100)  # exactly the burst: no pause
         self.assertEqual(a.pausers, set())
         limiter.charge(a, 50)  # half a second of debt
@@ -39,7 +39,7 @@ class ReadLimitTests(unittest.TestCase):
     def test_forgottenLinkIsNotResumed(self):
         clock = Clock()
         limiter = LinkReadLimiter(clock, rate=CELL_SIZE)
-        a = FakeLinkState()
+        a = FakeChannel()
         limiter.charge(a, 5)
         limiter.forget(a)
         clock.advance(10)
@@ -54,7 +54,7 @@ class PerCircuitTests(unittest.TestCase):
     def test_busyCircuitPausesItsLinkOthersUnlimited(self):
         clock = Clock()
         limiter = LinkReadLimiter(clock, rate=None, circuitRate=10 * CELL_SIZE, circuitBurst=10 * CELL_SIZE)
-        link, busy, quiet = FakeLinkState(), Circuit(), Circuit()
+        link, busy, quiet = FakeChannel(), Circuit(), Circuit()
         limiter.charge(link, 12, {busy: 10, quiet: 2})
         self.assertEqual(link.pausers, set())  # both within their burst
         limiter.charge(link, 5, {busy: 5})
@@ -69,6 +69,6 @@ class PerCircuitTests(unittest.TestCase):
         import gc
 
         limiter = LinkReadLimiter(Clock(), rate=None, circuitRate=CELL_SIZE * 100)
-        limiter.charge(FakeLinkState(), 1, {Circuit(): 1})
+        limiter.charge(FakeChannel(), 1, {Circuit(): 1})
         gc.collect()
         self.assertEqual(len(limiter._circuits), 0)  # a destroyed circuit leaves no bucket behind

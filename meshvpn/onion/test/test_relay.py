@@ -8,7 +8,7 @@ from twisted.trial import unittest
 from meshvpn.onion import cells as C
 from meshvpn.onion.cells import DestroyReason
 from meshvpn.onion.origin import OriginCircuit
-from meshvpn.onion.switch import CircuitDestroyed, SwitchLimits
+from meshvpn.onion.switch import SwitchLimits
 from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
 from meshvpn.onion.test.test_circuit import EchoEdge, Net
 
@@ -16,7 +16,7 @@ from meshvpn.onion.test.test_circuit import EchoEdge, Net
 class Limits(unittest.TestCase):
     def _world(self, limits):
         clock = task.Clock()
-        net = MemoryNetwork()
+        net = MemoryNetwork(clock)
         d = {}
         relay = TestRelay(net, clock, "relay", limits=limits, directory=d)
         client = TestRelay(net, clock, "client", directory=d)
@@ -55,15 +55,15 @@ class Limits(unittest.TestCase):
         self.assertEqual(len([r for r in results if isinstance(r, OriginCircuit)]), 2)
 
     def test_switchingIsATableLookup(self):
-        """Cells are switched by the per-link dict: (link, circuit id) -> circuit end."""
+        """Cells are switched by each channel's dict: circuit id -> circuit end."""
         n = Net(self)
         circs = []
         for i in range(50):
             c, d = n.circuit()
             circs.append(self.successResultOf(d))
-        for ls in n.middle.switch._links.values():
-            self.assertEqual(len(ls.table), 50)
-            self.assertIsInstance(ls.table, dict)
+        for channel in n.middle.switch.channels():
+            self.assertEqual(len(channel.circuits), 50)
+            self.assertIsInstance(channel.circuits, dict)
 
 
 class Backpressure(unittest.TestCase):
@@ -78,14 +78,14 @@ class Backpressure(unittest.TestCase):
         n = Net(self)
         n.middle.switch.limits = limits
         circ = n.built(self)
-        middleToExit = [ls for ls in n.middle.switch._links.values() if ls.peerId == n.exit.nodeId][0]
-        middleFromGuard = [ls for ls in n.middle.switch._links.values() if ls.peerId == n.guard.nodeId][0]
+        middleToExit = n.channel(n.middle, n.exit)
+        middleFromGuard = n.channel(n.middle, n.guard)
         middleToExit.link.blockWrites()
         peak = 0
         for i in range(30):
             circ.sendPackets([b"w" * 1400] * 5)
             n.net.pump()
-            peak = max(peak, len(middleToExit.out.pending))
+            peak = max(peak, middleToExit.queued())
         self.assertTrue(middleFromGuard.link.readPaused)
         self.assertLessEqual(peak, limits.queueLimit)
         self.assertGreaterEqual(n.middle.switch.counters["link_pauses"], 1)
@@ -93,7 +93,7 @@ class Backpressure(unittest.TestCase):
         middleToExit.link.unblockWrites()
         n.net.pump()
         self.assertFalse(middleFromGuard.link.readPaused)
-        self.assertEqual(len(middleToExit.out.pending), 0)
+        self.assertEqual(middleToExit.queued(), 0)
         self.assertGreater(len(n.edge.packets), 0)
         self.assertFalse(circ.closed)
 
@@ -103,14 +103,14 @@ class Backpressure(unittest.TestCase):
         n = Net(self)
         n.middle.switch.limits = limits
         circ = n.built(self)
-        middleToExit = [ls for ls in n.middle.switch._links.values() if ls.peerId == n.exit.nodeId][0]
-        middleFromGuard = [ls for ls in n.middle.switch._links.values() if ls.peerId == n.guard.nodeId][0]
+        middleToExit = n.channel(n.middle, n.exit)
+        middleFromGuard = n.channel(n.middle, n.guard)
         middleToExit.link.blockWrites()
         middleFromGuard.link.pauseProducing = lambda: None  # ignores the pause
         for i in range(10):
             circ.sendPackets([b"w" * 1400] * 5)
             n.net.pump()
-        self.assertLessEqual(len(middleToExit.out.pending), limits.queueLimit + 1)
+        self.assertLessEqual(middleToExit.queued(), limits.queueLimit + 1)
         self.assertGreater(n.middle.switch.counters["queue_overflows"], 0)
         closed = self.successResultOf(circ.whenClosed())
         self.assertEqual(closed.reason, DestroyReason.RESOURCELIMIT)
@@ -135,8 +135,7 @@ class Hostile(unittest.TestCase):
         self.assertEqual(self.n.edge.packets[before:], [b"still fine"])
 
     def _guardEnd(self):
-        ls = self.n.guard.switch._links
-        return [l for l in ls.values() if l.peerId == self.n.client.nodeId][0].table.get(self.victim.circId)
+        return self.n.channel(self.n.guard, self.n.client).circuits.get(self.victim.circId)
 
     @settings(max_examples=150, deadline=None)
     @given(st.integers(0, 255), st.binary(min_size=0, max_size=600), st.booleans())

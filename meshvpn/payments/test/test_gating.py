@@ -8,13 +8,15 @@ charges them.  Tokens are real RFC 9578 tokens of a test issuer key.
 """
 
 from hypothesis import given, settings, strategies as st
-from twisted.internet import protocol, task
+from twisted.internet import task
+from zope.interface import implementer
 from twisted.trial import unittest
 
 from meshvpn.client.paying import CircuitPayer, PaidExitDirectory, PaymentClient
 from meshvpn.exit.paygate import (
     BLOCK_WAIT, GateTerms, PaidBucket, PaidExitEdge, PaymentGate, RedeemReporter, parseFreeRate, parseIssuers,
 )
+from meshvpn.interfaces import IStream
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.origin import OriginCircuit
 from meshvpn.payments import paymsg, tokens
@@ -60,38 +62,72 @@ class Keys:
         return tokens.finishToken(key.public_key(), pending, tokens.signRequest(BlindSigner(key), keyId, request))
 
 
-class Source(protocol.Protocol):
+@implementer(IStream)
+class Source:
     """
-    The exit's "internet": sends the number of bytes a stream asks for in
-    4 KiB reads, charged to the circuit's throttle and paused by it, as the
-    exit's TCP side is.
+    The exit's "internet", as the exit's connection to a target (an
+    L{IStream} spliced to the circuit stream): sends the number of bytes a
+    stream asks for in 4 KiB reads, charged to the circuit's throttle and
+    paused by it (and by the circuit stream's backpressure), as the exit's
+    TCP side is.
     """
 
     def __init__(self, throttle):
         self.throttle = throttle
+        self.receiver = None
         self.remaining = 0
-        self.paused = False
+        self.flowPaused = False
+        self.throttlePaused = False
+        source = self
 
-    def dataReceived(self, data):
-        self.remaining = int(data)
-        self.throttle.addProducer(self)
-        self._pump()
+        class ThrottleProducer:
+            def pauseProducing(self):
+                source.throttlePaused = True
+
+            def resumeProducing(self):
+                source.throttlePaused = False
+                source._pump()
+
+            def stopProducing(self):
+                source.remaining = 0
+
+        throttle.addProducer(ThrottleProducer())
+
+    # IStream, as the circuit stream uses it
+    def setReceiver(self, receiver):
+        self.receiver = receiver
+
+    def registerProducer(self, producer, streaming):
+        pass
+
+    def unregisterProducer(self):
+        pass
 
     def pauseProducing(self):
-        self.paused = True
+        self.flowPaused = True
 
     def resumeProducing(self):
-        self.paused = False
+        self.flowPaused = False
         self._pump()
 
     def stopProducing(self):
         self.remaining = 0
 
+    def write(self, data):
+        self.remaining = int(data)
+        self._pump()
+
+    def halfClose(self):
+        pass
+
+    def close(self, reason):
+        self.remaining = 0
+
     def _pump(self):
-        while self.remaining > 0 and not self.paused:
+        while self.remaining > 0 and not self.flowPaused and not self.throttlePaused and self.receiver is not None:
             piece = b"x" * min(self.remaining, 4096)
             self.remaining -= len(piece)
-            self.transport.write(piece)
+            self.receiver.streamDataReceived(piece)
             self.throttle.account(len(piece), "in")
 
 
@@ -107,7 +143,7 @@ class Net:
         self.test = test
         self.clock = task.Clock()
         self.clock.advance(now)
-        self.net = MemoryNetwork()
+        self.net = MemoryNetwork(self.clock)
         self.dir = {}
         self.keys = keys or Keys()
         self.limiter = BandwidthLimiter(self.clock)
@@ -118,8 +154,8 @@ class Net:
                                 reporter=reporter or self)
         limiter = self.limiter
 
-        def accept(circuit, stream, host, port):
-            stream.attach(Source(limiter.circuit(id(circuit))))
+        def accept(circuit, host, port):
+            return Source(limiter.circuit(id(circuit)))
 
         self.edge = PaidExitEdge(StreamExitEdge(accept), self.gate)
         self.guard = TestRelay(self.net, self.clock, "guard", directory=self.dir)

@@ -66,8 +66,8 @@ class ExitAndClientWiringTests(unittest.TestCase):
             "--payment-bytes-per-token", "1M", "--exit-dns", "127.0.0.1:53",
         ])
         node = relay.makeService(options)
-        self.assertIsInstance(node.onion.switch.edge, PaidExitEdge)
-        gate = node.onion.switch.edge.gate
+        self.assertIsInstance(node.getServiceNamed("onion").switch.edge, PaidExitEdge)
+        gate = node.getServiceNamed("onion").switch.edge.gate
         self.assertEqual((gate.terms.freeRate, gate.terms.bytesPerToken), (64 * 1024, 1 << 20))
         yield start(node)
         yield node.stopService()
@@ -82,7 +82,7 @@ class ExitAndClientWiringTests(unittest.TestCase):
         options = relay.Options()
         options.parseOptions(["--data-dir", os.path.abspath(self.mktemp()), "--flags", "exit", "--exit-dns", "127.0.0.1:53"])
         node = relay.makeService(options)
-        self.assertNotIsInstance(node.onion.switch.edge, PaidExitEdge)
+        self.assertNotIsInstance(node.getServiceNamed("onion").switch.edge, PaidExitEdge)
 
     def test_clientWithWallet(self):
         options = client.Options()

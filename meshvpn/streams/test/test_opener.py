@@ -1,4 +1,4 @@
-"""Tests for CircuitStreamOpener: circuits per isolation key, retry when a circuit dies."""
+"""Tests for CircuitStreamOpener: circuits per isolation key, retry when a circuit dies, RESOLVED answers."""
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -8,12 +8,29 @@ from meshvpn.streams.opener import CircuitStreamOpener
 from meshvpn.errors import NoPath, StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.onion.streammsgs import AnswerType
+
+
+class FakeMux:
+    """The circuit's stream layer: RESOLVED answers for resolve()."""
+
+    def __init__(self):
+        self.asked = []
+
+    def resolve(self, name):
+        self.asked.append(name)
+        if name.endswith(".in-addr.arpa"):
+            return defer.succeed([(AnswerType.HOSTNAME, b"host.example", 60)])
+        if name == "nx.example":
+            return defer.succeed([(AnswerType.ERROR_NONTRANSIENT, b"", 0)])
+        return defer.succeed([(AnswerType.IPV4, bytes([198, 18, 0, 1]), 60), (AnswerType.IPV6, bytes(15) + b"\x01", 60)])
 
 
 class FakeCircuit:
     def __init__(self, outcomes):
         self.outcomes = outcomes
         self.opened = []
+        self.streamHandler = FakeMux()
 
     def openStream(self, host, port, isolation=None):
         self.opened.append((host, port, isolation))
@@ -22,23 +39,8 @@ class FakeCircuit:
             return defer.fail(outcome)
         return defer.succeed(outcome)
 
-    def resolve(self, name):
-        return defer.succeed(["198.18.0.1"])
 
-    def resolvePTR(self, address):
-        return defer.fail(StreamRefused(EndReason.RESOLVEFAILED))
-
-
-class OnFakeCircuit:
-    """Stands in for meshvpn.streams.circuitstream: calls the fake circuit directly."""
-
-    openStreamOn = staticmethod(lambda c, host, port: c.openStream(host, port))
-    resolveOn = staticmethod(lambda c, name: c.resolve(name))
-    resolvePTROn = staticmethod(lambda c, address: c.resolvePTR(address))
-
-
-def Opener(manager):
-    return CircuitStreamOpener(manager, onCircuit=OnFakeCircuit)
+Opener = CircuitStreamOpener
 
 
 class FakeManager:
@@ -81,8 +83,10 @@ class CircuitStreamOpenerTests(unittest.TestCase):
         self.failureResultOf(Opener(FakeManager([])).openStream("example.com", 443, "k"), NoPath)
 
     def test_resolve(self):
-        m = FakeManager([FakeCircuit([]), FakeCircuit([])])
+        m = FakeManager([FakeCircuit([]), FakeCircuit([]), FakeCircuit([])])
         o = Opener(m)
-        self.assertEqual(self.successResultOf(o.resolve("example.com", "k")), ["198.18.0.1"])
-        self.failureResultOf(o.resolvePTR("198.18.0.1", "k"), StreamRefused)
+        self.assertEqual(self.successResultOf(o.resolve("example.com", "k")), ["198.18.0.1", "::1"])
+        self.assertEqual(self.successResultOf(o.resolvePTR("198.18.0.1", "k")), ["host.example"])
         self.assertEqual(m.asked[0], (None, "k"))
+        f = self.failureResultOf(o.resolve("nx.example", "k"), StreamRefused)
+        self.assertEqual(f.value.reason, EndReason.RESOLVEFAILED)
