@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from twisted.internet import defer
 
+from meshvpn.control.options import controlSettings
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, parseBootstrapList, parseSeconds
 from meshvpn.hostport import formatHostPort
@@ -97,6 +98,7 @@ class Options(RoleOptions):
         Setting("epoch-grace", parseCount(0, 16), 1, "Further epochs during which an epoch's tokens stay spendable."),
         Setting("poll-interval", parseSeconds, 5.0, "Seconds between looks at the wallet for payments."),
         Setting("purchase-lifetime", parseSeconds, 86400.0, "Seconds a purchase waits for its payment."),
+        *controlSettings(),
     ]
 
 
@@ -137,4 +139,7 @@ def makeService(options):
     node = buildNode("issuer", options.settings)
     dht = addService(node, "dht", DHTService(node, options.settings["bootstrap"]))
     addIssuer(node, options.settings, dht)
+    from meshvpn.roles.control import addControl
+
+    addControl(node, options, dht=dht)
     return node
