@@ -94,13 +94,16 @@ class ExitParts:
         return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
 
 
-def buildExit(reactor, settings, ownAddresses=(), upstream=None):
+def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=None):
     """
     @param settings: parsed settings holding L{exitSettings}' keys.
     @param ownAddresses: this exit's public addresses, rejected by its policy.
     @param upstream: an C{IResolver} to use instead of the configured one (tests).
+    @param localAddresses: the live set of this host's addresses
+        (L{meshvpn.localaddrs.LocalAddresses}), rejected by its policy.
     """
-    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True))
+    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True),
+                               localAddresses=localAddresses)
     if upstream is None:
         dnsSetting = settings["exit_dns"]
         if dnsSetting == "system":

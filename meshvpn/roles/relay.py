@@ -29,6 +29,13 @@ class Options(RoleOptions):
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
+        Setting(
+            "extend-allow-private",
+            parseBool,
+            False,
+            "Extend circuits to loopback, private and this host's own addresses (true/false); "
+            "only for a test network whose relays share one machine.",
+        ),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
