@@ -77,6 +77,12 @@ def makeService(options):
         addService(node, "stun-server", StunServerService(node.reactor, node.udp, stunEndpoint, settings["stun_alternate"]))
     flags = parseFlags(settings["flags"])
     onion, exitParts = addOnionRelay(node, settings, flags, links)
+    if settings["stun_server"] and settings["bootstrap"]:
+        # Our public address as the bootstrap nodes see it: refused like the interfaces' own.
+        from meshvpn.nat.publicaddr import PublicAddressProbe
+
+        learn = node.getServiceNamed("local-addresses").learn
+        addService(node, "public-address", PublicAddressProbe(node.reactor, stunEndpoint.client, settings["bootstrap"], learn))
     if attachPacketExit(node, settings, onion, exitParts) is not None:
         flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
     dht = addService(node, "dht", DHTService(node, settings["bootstrap"]))
