@@ -12,6 +12,7 @@ import attrs
 from zope.interface import implementer
 
 from meshvpn.config import Setting, parseBool, parseHostPort
+from meshvpn.exit.budget import ExitBudget
 from meshvpn.exit.connect import ExitConnector
 from meshvpn.exit.dns import ExitResolver, makeUpstream
 from meshvpn.exit.policy import PolicyParseError, defaultExitPolicy, parsePolicy
@@ -89,9 +90,13 @@ class ExitParts:
     resolver: object
     connector: object
     limiter: object
+    budget: object = None  # an ExitBudget: sockets and lookups per circuit, per peer, for the node
 
     def status(self):
-        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+        out = {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+        if self.budget is not None:
+            out["budget"] = self.budget.status()
+        return out
 
 
 def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=None):
@@ -121,4 +126,4 @@ def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=
         settings["circuit_rate"],
         settings["circuit_burst"],
     )
-    return ExitParts(policy, resolver, connector, limiter)
+    return ExitParts(policy, resolver, connector, limiter, ExitBudget(maxLookups=resolver.maxPending))

@@ -30,12 +30,11 @@ def addOnionRelay(node, settings, flags, links):
     local = addService(node, "local-addresses", LocalAddresses(node.reactor, configured=[host]))
     if "exit" in flags:
         from meshvpn.exit.settings import buildExit
-        from meshvpn.exit.streams import exitAcceptor, exitResolver
-        from meshvpn.streams.edge import StreamExitEdge
+        from meshvpn.exit.streams import ExitStreamEdge
 
         own = [host] if host not in ("0.0.0.0", "::") else []
         exitParts = buildExit(node.reactor, settings, ownAddresses=own, localAddresses=local)
-        edge = StreamExitEdge(exitAcceptor(exitParts.connector, exitParts.limiter), exitResolver(exitParts.resolver))
+        edge = ExitStreamEdge(exitParts)
         node.status.addSource("exit", exitParts)
     limits = SwitchLimits(extendAllowPrivate=settings.get("extend_allow_private", False))
     onion = OnionService(
