@@ -18,7 +18,13 @@ DoS subsystem:
     address and are answered round-robin, one per peer in turn, so a
     flooding peer gets one share like everyone else instead of the whole
     budget; a full queue or a wait past C{createMaxDelay} is refused with
-    DESTROY RESOURCELIMIT, which costs nothing.
+    DESTROY RESOURCELIMIT.
+
+A peer over its rate or with a full queue is also held: the switch stops
+reading its links (Twisted push producers, as for full queues) until it has
+a token again.  Refusing cell by cell would still cost a TLS decryption and
+a DESTROY per cell at whatever rate the peer can write; held, its flood
+waits in its own socket buffers and costs the relay nothing.
 
 EXTEND2 targets are checked before any dial (L{checkExtendTarget}): a
 client must not make a relay connect to its own host or its private
@@ -113,13 +119,18 @@ def checkExtendTarget(pairs, ownAddresses=()):
 
 
 class _Peer:
-    """One peer address's CREATE2 state: its bucket and the CREATE2s waiting for the node's budget."""
+    """
+    One peer address's CREATE2 state: its bucket, the CREATE2s waiting for
+    the node's budget, and the channels whose reading is paused for it.
+    """
 
-    __slots__ = ("bucket", "queue")
+    __slots__ = ("bucket", "queue", "held", "releaseCall")
 
     def __init__(self, bucket):
         self.bucket = bucket
         self.queue = collections.deque()  # (arrival time, channel, circId, Create2)
+        self.held = set()
+        self.releaseCall = None
 
 
 @implementer(ICellHandler, IStatusSource)
@@ -241,7 +252,7 @@ class CircuitSwitch:
         if len(self._peers) >= self.limits.maxPeerStates:
             # Forget the least recently used idle peer (its bucket refilled long ago, most likely).
             for old, state in self._peers.items():
-                if not state.queue:
+                if not state.queue and not state.held:
                     del self._peers[old]
                     break
         limits = self.limits
@@ -261,18 +272,34 @@ class CircuitSwitch:
             return self._refuse(channel, circId)
         peer = self._peer(peerKey(channel.link))
         if not peer.bucket.tryConsume():
+            self._hold(peer, channel, 1.0 / self.limits.createRate)
             return self._refuse(channel, circId)
         create = Create2.decode(payload)
         if not self._waiting and self.createBudget.tryConsume():
             self._answer(channel, circId, create)
             return
         if len(peer.queue) >= self.limits.createQueuePerPeer:
+            self._hold(peer, channel, len(peer.queue) / self.limits.createGlobalRate)
             return self._refuse(channel, circId)
         if not peer.queue:
             self._waiting.append(peer)
         peer.queue.append((self.clock.seconds(), channel, circId, create))
         self.counters["create_queued"] += 1
         self._scheduleDrain()
+
+    def _hold(self, peer, channel, seconds):
+        """Stop reading C{channel} (one of C{peer}'s) for about C{seconds}: backpressure instead of work."""
+        if channel not in peer.held and not channel.closed:
+            peer.held.add(channel)
+            channel.pauseReading(peer)
+        if peer.releaseCall is None:
+            peer.releaseCall = self.clock.callLater(max(0.01, seconds), self._release, peer)
+
+    def _release(self, peer):
+        peer.releaseCall = None
+        held, peer.held = peer.held, set()
+        for channel in held:
+            channel.resumeReading(peer)
 
     def _refuse(self, channel, circId, counter="create_refused"):
         self.counters[counter] += 1

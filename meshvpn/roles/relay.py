@@ -63,6 +63,7 @@ def makeService(options):
     settings = options.settings
     node = buildNode("relay", settings)
     links = addLinkManager(node, authenticate=True)
+    node.status.addSource("links", links)  # refused links by cause: who is being kept out
     listenForLinks(node, links, settings["link_transport"], settings["listen"])
     if settings["stun_server"]:
         from meshvpn.nat.endpoint import StunEndpoint

@@ -259,3 +259,44 @@ class ExtendTargets(unittest.TestCase):
         result = self._extend(net, relay, target, client, addresses=(("127.0.0.1", 9001),))
         self.assertIsInstance(result, OriginCircuit)
         self.assertEqual(dialled, [(("tls", "127.0.0.1:9001"),)])
+
+
+class HeldNotRefusedCellByCell(unittest.TestCase):
+    def test_floodingPeerIsHeldThenResumed(self):
+        """
+        A peer over its CREATE2 rate stops being read (its flood waits in
+        its own socket buffer) until a token is back; the relay does not
+        spend a decryption and a DESTROY on each of its cells.
+        """
+        from zope.interface import implementer
+        from twisted.internet.interfaces import IPushProducer
+
+        @implementer(IPushProducer)
+        class PausableLink(FakeLink):
+            paused = 0
+
+            def pauseProducing(self):
+                self.paused += 1
+
+            def resumeProducing(self):
+                self.paused -= 1
+
+            def stopProducing(self):
+                pass
+
+        relay = Relay(SwitchLimits(createRate=10.0, createBurst=5))
+        link = PausableLink("203.0.113.66")
+        channel = relay.switch.attachLink(link)
+        other = PausableLink("203.0.113.66")
+        otherChannel = relay.switch.attachLink(other)
+        relay.creates(channel, 5)
+        self.assertEqual(link.paused, 0)
+        relay.creates(channel, 1)
+        self.assertEqual(link.paused, 1)
+        relay.creates(otherChannel, 1)  # the same address's other link is held too
+        self.assertEqual(other.paused, 1)
+        relay.clock.advance(0.1)
+        self.assertEqual((link.paused, other.paused), (0, 0))
+        honest = PausableLink("198.51.100.7")
+        relay.creates(relay.switch.attachLink(honest), 5)
+        self.assertEqual(honest.paused, 0)
