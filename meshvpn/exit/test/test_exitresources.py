@@ -189,6 +189,26 @@ class Lookups(unittest.TestCase):
         self.assertNoResult(d)  # it went to the upstream, not refused
         self.assertEqual(budget.held(LOOKUP, honest), 1)
 
+    def test_roleExitKeepsResolvingForOthers(self):
+        """
+        The exit as the relay role builds it: one circuit RESOLVEs 300 names
+        its upstream never answers; another client's RESOLVE must still be
+        looked up, not refused (the old exit refused it: the hostile circuit
+        held all 256 of the exit's lookups).
+        """
+        from meshvpn.onion.streammsgs import Resolve, Resolved
+
+        edge, parts = roleExit(self)
+        parts.resolver.upstream = _SlowUpstream()
+        hostile = FakeCircuit("198.18.0.66")
+        for sid in range(1, 301):
+            edge.relayReceived(hostile, RelayCommand.RESOLVE, sid, Resolve(f"slow{sid}.example").encode())
+        honest = FakeCircuit("198.18.0.7")
+        edge.relayReceived(honest, RelayCommand.RESOLVE, 1, Resolve("www.example").encode())
+        answered = [Resolved.decode(d).answers for c, s, d in honest.sent if c == RelayCommand.RESOLVED]
+        self.assertEqual(answered, [], "the honest RESOLVE was refused at once")
+        self.assertLessEqual(len(parts.resolver._pending), 17)
+
     def test_lookupSlotsComeBack(self):
         from meshvpn.exit.streams import circuitResolver
 

@@ -211,7 +211,7 @@ class ExtendTargets(unittest.TestCase):
         client = TestRelay(net, clock, "client", directory=d)
         dialled = []
         real = relay.switch.connector
-        relay.switch.connector = lambda ext: dialled.append(ext.linkAddresses) or real(ext)
+        relay.switch.connector = lambda ext: dialled.append(getattr(ext, "linkAddresses", ext)) or real(ext)
         return net, relay, target, client, dialled
 
     def _extend(self, net, relay, target, client, addresses=(), transports=()):
