@@ -214,12 +214,16 @@ async def _bench(reactor, args, relay, out):
         await defer.gatherResults([defer.Deferred.fromCoroutine(c.connect()) for c in clients])
         unloadedTimes, unloadedFailures = await _phase(reactor, clients, args.builds)
         rssBefore = max(r for r in rss if r is not None)
+        ready = os.path.join(os.path.dirname(relay.dataDir), "attacker-ready")
         attacker = subprocess.Popen(
             [sys.executable, "-m", "meshvpn.tools.benchflood", "attack", json.dumps(info), onionKey.hex(),
-             str(args.flood_links), str(args.link_flood)],
+             str(args.flood_links), str(args.link_flood), ready],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(ready) and attacker.poll() is None and time.monotonic() < deadline:
+                await _sleep(reactor, 0.05)  # its links are open and flooding from here on
             await _sleep(reactor, args.duration)
             if attacker.poll() is not None:
                 raise RuntimeError(f"the attacker exited: {attacker.stderr.read().decode(errors='replace')[-1500:]}")
@@ -371,7 +375,7 @@ class _Flooder:
             self.link.sendCells(back)
 
 
-async def _attack(reactor, info, onionKey, floodLinks, linkFlood, stats):
+async def _attack(reactor, info, onionKey, floodLinks, linkFlood, ready, stats):
     from twisted.internet import defer
 
     from meshvpn.link.cellsize import CELL_SIZE
@@ -411,6 +415,8 @@ async def _attack(reactor, info, onionKey, floodLinks, linkFlood, stats):
 
     for _ in range(linkFlood):
         another()
+    with open(ready, "w"):
+        pass
     await defer.Deferred()  # until terminated
 
 
@@ -420,7 +426,7 @@ def attackMain(argv):
 
     from twisted.internet import defer, reactor
 
-    info, onionKey, floodLinks, linkFlood = json.loads(argv[0]), bytes.fromhex(argv[1]), int(argv[2]), int(argv[3])
+    info, onionKey, floodLinks, linkFlood, ready = json.loads(argv[0]), bytes.fromhex(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     stats = collections.Counter()
     started = time.monotonic()
 
@@ -432,7 +438,7 @@ def attackMain(argv):
         os._exit(0)
 
     signal.signal(signal.SIGTERM, report)
-    defer.Deferred.fromCoroutine(_attack(reactor, info, onionKey, floodLinks, linkFlood, stats)).addErrback(
+    defer.Deferred.fromCoroutine(_attack(reactor, info, onionKey, floodLinks, linkFlood, ready, stats)).addErrback(
         lambda f: (sys.stderr.write(f.getTraceback()), reactor.stop()))
     reactor.run(installSignalHandlers=False)  # SIGTERM is the report's cue, not the reactor's
 
