@@ -40,6 +40,7 @@ class PublicAddressProbe(service.Service):
         self.interval = interval
         self.address = None
         self._loop = None
+        self._asking = None  # the request in flight: cancelled on stop (it has retransmission timers)
 
     def startService(self):
         super().startService()
@@ -53,6 +54,8 @@ class PublicAddressProbe(service.Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._asking is not None:
+            self._asking.cancel()
 
     def probe(self):
         """@return: a Deferred firing with the mapped host, or C{None} if no server answered."""
@@ -61,13 +64,18 @@ class PublicAddressProbe(service.Service):
     async def _probe(self):
         for server in self.servers:
             request = stun.StunMessage(stun.BINDING, stun.REQUEST)
+            self._asking = self.client.request(request, tuple(server))
             try:
-                result = await self.client.request(request, tuple(server))
+                result = await self._asking
+            except defer.CancelledError:
+                return None  # stopped
             except StunTimeout:
                 continue
             except Exception as e:
                 self.log.info("STUN probe of {server} failed: {e}", server=server, e=e)
                 continue
+            finally:
+                self._asking = None
             if result.message.cls != stun.SUCCESS:
                 continue
             try:

@@ -207,3 +207,25 @@ class NamespaceExit(unittest.TestCase):
                        "198.18.61.2:22", "198.18.61.1:8080", timeout=60)
         result = json.loads(out.strip().splitlines()[-1])
         self.assertEqual(result, {"198.18.61.2:22": "EXITPOLICY", "198.18.61.1:8080": "connected"})
+
+
+class ProbeLifecycle(unittest.TestCase):
+    def test_stopCancelsTheRequestInFlight(self):
+        """A relay that stops while its STUN probe waits leaves no retransmission timer behind."""
+        from meshvpn.nat.publicaddr import PublicAddressProbe
+
+        asked = []
+
+        class Client:
+            def request(self, message, addr):
+                d = defer.Deferred(lambda d: asked.append("cancelled"))
+                asked.append(addr)
+                return d
+
+        learned = []
+        probe = PublicAddressProbe(task.Clock(), Client(), [("198.18.0.1", 9000)], learned.append)
+        probe.startService()
+        self.assertEqual(asked, [("198.18.0.1", 9000)])
+        probe.stopService()
+        self.assertEqual(asked[-1], "cancelled")
+        self.assertEqual(learned, [])
