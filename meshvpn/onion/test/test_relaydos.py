@@ -5,6 +5,7 @@ targets that would make the relay dial its own host or private networks."""
 import hashlib
 import ipaddress
 
+from hypothesis import given, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
@@ -253,6 +254,25 @@ class ExtendTargets(unittest.TestCase):
                               transports=("tls 198.18.0.5:9001", "tls [2001:db8::7]:9001"))
         self.assertIsInstance(result, OriginCircuit)
         self.assertEqual(dialled, [(("tls", "[2001:db8::7]:9001"), ("tls", "198.18.0.7:9001"))])
+
+    @given(st.lists(st.tuples(st.text(max_size=12), st.one_of(
+        st.text(max_size=40),
+        st.builds(lambda ip, port: f"{ip}:{port}", st.ip_addresses(v=4), st.integers(-5, 70000)),
+        st.builds(lambda ip, port: f"[{ip}]:{port}", st.ip_addresses(v=6), st.integers(-5, 70000)),
+    )), max_size=6))
+    def test_anyTargetListIsCheckedWithoutCrashing(self, pairs):
+        """Whatever a client names: only public IP:PORT targets survive, anything else is dropped, never an error."""
+        from meshvpn.hostport import splitHostPort
+        from meshvpn.localaddrs import isInternal
+
+        try:
+            kept = checkExtendTarget(pairs, frozenset())
+        except ExtendRefused:
+            return
+        for transport, address in kept:
+            host, port = splitHostPort(address)
+            self.assertFalse(isInternal(host))
+            self.assertTrue(1 <= port <= 65535)
 
     def test_testNetworkOptIn(self):
         net, relay, target, client, dialled = self._world(limits=SwitchLimits(extendAllowPrivate=True))
