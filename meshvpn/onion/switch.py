@@ -61,7 +61,7 @@ class SwitchLimits:
     maxCircuitsPerPeer: int = 1024  # circuits a peer created on one link
     createRate: float = 50.0        # CREATE2 per second per peer address (all its links), sustained
     createBurst: int = 100
-    # The node's handshake budget: about a fifth of one core at ~0.1 ms each.
+    # The node's handshake budget: about a quarter of one core at ~0.12 ms each.
     createGlobalRate: float = 2000.0
     createGlobalBurst: int = 200
     createQueuePerPeer: int = 16    # CREATE2s of one peer address waiting for the budget
