@@ -199,7 +199,7 @@ class PaymentGate:
         self.limiter = limiter
         self.keys = keys
         self.reporter = reporter
-        self.accounts = {}  # id(circuit) -> _Account
+        self.accounts = {}  # circuit -> _Account (the circuit itself: an id() is reused once it is freed)
         self.counters = {"tokens_accepted": 0, "refused": {}, "begins_refused": 0, "circuits_closed_unpaid": 0,
                          "revoked": 0, "needed_sent": 0}
 
@@ -207,26 +207,26 @@ class PaymentGate:
 
     def account(self, circuit):
         """The circuit's account, made (and its throttle's bucket replaced) on first sight."""
-        acct = self.accounts.get(id(circuit))
+        acct = self.accounts.get(circuit)
         if acct is None:
             acct = _Account(circuit)
             try:
-                throttle = self.limiter.circuit(id(circuit))
+                throttle = self.limiter.circuit(circuit)
             except OverflowError:
                 circuit.destroy(DestroyReason.RESOURCELIMIT, "too many circuits for the bandwidth limiter")
                 raise
             throttle.bucket = PaidBucket(self.reactor, self, acct, throttle.bucket)
             acct.throttle = throttle
-            self.accounts[id(circuit)] = acct
+            self.accounts[circuit] = acct
         return acct
 
     def circuitClosed(self, circuit):
-        acct = self.accounts.pop(id(circuit), None)
+        acct = self.accounts.pop(circuit, None)
         if acct is None:
             return
         acct.closed = True
         self._cancelGrace(acct)
-        acct.throttle.close()  # forget it: a new circuit must never inherit its credit
+        self.limiter.release(circuit)  # its throttle, with the credit bucket, goes with it
 
     # -- what the client sends
 

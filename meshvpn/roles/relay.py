@@ -32,6 +32,13 @@ class Options(RoleOptions):
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
+        Setting(
+            "extend-allow-private",
+            parseBool,
+            False,
+            "Extend circuits to loopback, private and this host's own addresses (true/false); "
+            "only for a test network whose relays share one machine.",
+        ),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
@@ -62,6 +69,7 @@ def makeService(options):
     settings = options.settings
     node = buildNode("relay", settings)
     links = addLinkManager(node, authenticate=True)
+    node.status.addSource("links", links)  # refused links by cause: who is being kept out
     listenForLinks(node, links, settings["link_transport"], settings["listen"])
     from meshvpn.nat.endpoint import StunEndpoint
 
@@ -78,6 +86,12 @@ def makeService(options):
         addService(node, "stun-server", StunServerService(node.reactor, node.udp, stunEndpoint, settings["stun_alternate"]))
     flags = parseFlags(settings["flags"])
     onion, exitParts = addOnionRelay(node, settings, flags, links)
+    if settings["stun_server"] and settings["bootstrap"]:
+        # Our public address as the bootstrap nodes see it: refused like the interfaces' own.
+        from meshvpn.nat.publicaddr import PublicAddressProbe
+
+        learn = node.getServiceNamed("local-addresses").learn
+        addService(node, "public-address", PublicAddressProbe(node.reactor, stunEndpoint.client, settings["bootstrap"], learn))
     if attachPacketExit(node, settings, onion, exitParts) is not None:
         flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
     dht = addService(node, "dht", DHTService(node, settings["bootstrap"]))

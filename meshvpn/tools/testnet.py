@@ -8,8 +8,10 @@ the relays only through the DHT, builds a 3-hop circuit, and serves SOCKS.
 via SOCKS and exits 0 only if every byte matches.  Everything lives in a
 temporary directory that is removed on exit.
 
-The exits run with `--exit-reject-private false`: the local web server is on
-loopback, which a real exit always refuses.  (A narrower "accept
+Relays run with `--extend-allow-private true` (they extend to each other on
+127.x, which a real relay refuses) and the exits with
+`--exit-reject-private false`: the local web server is on loopback, which
+a real exit always refuses.  (A narrower "accept
 127.0.0.0/8:*, reject *:*" would not do: descriptors summarise a policy by
 the ports it accepts for most addresses, as Tor's do, so such an exit would
 advertise that it accepts nothing.)
@@ -41,13 +43,15 @@ from meshvpn.hostport import formatHostPort, splitHostPort
 from meshvpn.onion.hostile import ENV_PLAN, ENV_TESTING, VIEW_FILE
 from meshvpn.tools.processes import NodeProcess
 
-EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false"]
+# Every relay is on this machine's loopback: extending to 127.x is the point here.
+PRIVATE_NET = ["--extend-allow-private", "true"]
+EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false", *PRIVATE_NET]
 LAYOUT = [
     # name, role, loopback host, extra args
-    ("relay1", "relay", "127.11.0.1", ["--flags", "guard,middle"]),
-    ("relay2", "relay", "127.12.0.1", ["--flags", "guard,middle"]),
-    ("relay3", "relay", "127.13.0.1", ["--flags", "guard,middle"]),
-    ("relay4", "relay", "127.14.0.1", ["--flags", "guard,middle"]),
+    ("relay1", "relay", "127.11.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay2", "relay", "127.12.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay3", "relay", "127.13.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay4", "relay", "127.14.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
     ("exit1", "relay", "127.21.0.1", EXIT_ARGS),
     ("exit2", "relay", "127.22.0.1", EXIT_ARGS),
 ]
@@ -95,9 +99,9 @@ class Testnet:
         out = []
         for name, role, host, extra in LAYOUT:
             if name == "relay1":
-                out.append((name, role, host, ["--flags", "guard"], env))
-            elif extra == ["--flags", "guard,middle"]:
-                out.append((name, role, host, ["--flags", "middle"], None))
+                out.append((name, role, host, ["--flags", "guard", *PRIVATE_NET], env))
+            elif extra == ["--flags", "guard,middle", *PRIVATE_NET]:
+                out.append((name, role, host, ["--flags", "middle", *PRIVATE_NET], None))
             else:
                 out.append((name, role, host, extra, None))
         return out

@@ -86,7 +86,7 @@ class HostileNet:
             raise StreamRefused(4)
         return _Echo(self)
 
-    def _resolve(self, name):
+    def _resolve(self, circuit, name):
         self.resolved.append(name)
         return defer.succeed([(AnswerType.IPV4, TRUE_ADDRESS, 60)])
 

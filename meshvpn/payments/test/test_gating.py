@@ -155,7 +155,7 @@ class Net:
         limiter = self.limiter
 
         def accept(circuit, host, port):
-            return Source(limiter.circuit(id(circuit)))
+            return Source(limiter.circuit(circuit))
 
         self.edge = PaidExitEdge(StreamExitEdge(accept), self.gate)
         self.guard = TestRelay(self.net, self.clock, "guard", directory=self.dir)

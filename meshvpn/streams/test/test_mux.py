@@ -633,7 +633,7 @@ class ExitGlueTests(unittest.TestCase):
         while sum(map(len, app.data)) < len(payload):
             yield deferLater(0.01)
         self.assertEqual(b"".join(app.data), payload)
-        self.assertEqual(limiter.status()["circuits"][str(id(circuit))]["bytes_in"], len(payload))
+        self.assertEqual(limiter.circuit(circuit).status()["bytes_in"], len(payload))  # keyed by the circuit itself
         stream.halfClose()
         self.assertEqual((yield app.ended), EndReason.DONE)
 
