@@ -2,6 +2,7 @@
 
 import random
 
+from twisted.python import failure
 from twisted.trial import unittest
 
 from meshvpn.dht import wire
@@ -13,41 +14,63 @@ from meshvpn.test.test_dht_routing import Pinger, nid
 
 
 class Impersonator(Raw):
-    """Answers every request at its own address with someone else's public key (it cannot sign for it)."""
+    """
+    Answers every request at its own address with someone else's public key
+    and proof of work (both public).  It cannot sign for that key: asked for
+    a proof, it signs with its own (or, with C{sign=False}, not at all).
+    """
 
-    def __init__(self, net, addr, key):
+    def __init__(self, net, addr, key, work=b"\x00" * 8, sign=True):
         super().__init__(net, addr)
         self.key = key
+        self.work = work
+        self.sign = sign
         self.answered = 0
 
     def datagramReceived(self, data, addr):
         msg = wire.decode(data)
         if msg.kind not in wire.REQUESTS:
             return
-        reply = {wire.PING: addr, wire.FIND_NODE: [], wire.FIND_VALUE: ([], []), wire.STORE: wire.STORED}[msg.kind]
+        reply = {wire.PING: addr, wire.FIND_NODE: [], wire.FIND_VALUE: ([], []), wire.STORE: wire.STORED,
+                 wire.SAMPLE: ([], [])}[msg.kind]
         self.answered += 1
-        self.send(wire.encode(wire.REQUESTS[msg.kind], msg.txid, self.key, reply), addr)
+        sign = None
+        if self.sign and msg.flags & wire.FLAG_PROVE:
+            sign = lambda data: self.ident.sign(wire.proofInput(msg.senderKey, data))  # noqa: E731
+        self.send(wire.encode(wire.REQUESTS[msg.kind], msg.txid, self.key, reply, work=self.work, sign=sign), addr)
+
+
+def peerOf(node, address=None):
+    return wire.Peer(node.nodeId, address or node.address, node.publicKey, node.work)
 
 
 class HijackTests(unittest.TestCase):
     """Hole 1: node ids are not authenticated."""
 
     def test_listedUnderAttackerAddressDoesNotMoveTheEntry(self):
+        from meshvpn.dht.lookup import IterativeLookup
+
         net = Net(self, 30)
         victim = net.nodes[7]
         known = [n for n in net.nodes if n.nodeId in victim.table]
         liar, honest = known[0], known[1:11]
         for n in honest:  # the victim has not met these yet
             victim.table.remove(n.nodeId)
-        imposter = Impersonator(net, ("198.18.222.1", 4000), honest[0].publicKey)
+        # each imposter answers as one honest node (signing with its own key, or not at all)
+        imposters = {
+            n.nodeId: Impersonator(net, (f"198.18.{222 + i}.1", 4000), n.publicKey, n.work, sign=i % 2 == 0)
+            for i, n in enumerate(honest)
+        }
 
-        # the liar lists every honest node at the imposter's address
+        # the liar lists every honest node at an imposter's address
         def lie(target, exclude):
-            return [(n.nodeId, imposter.addr) for n in honest]
+            return [peerOf(n, imposters[n.nodeId].addr) for n in honest]
 
-        liar._closestContacts = lie
-        net.run(victim.lookup(liar.nodeId), 20)
-        self.assertGreater(imposter.answered, 0)
+        liar.answerFindNode = lie
+        # a lookup that meets the liar first (here: only the liar)
+        result = net.run(IterativeLookup(victim, liar.nodeId, paths=1).run(seeds=[peerOf(liar)]), 20)
+        self.assertGreater(sum(i.answered for i in imposters.values()), 5)
+        self.assertEqual([p.nodeId for p in result.contacts], [liar.nodeId])
         real = {n.nodeId: n.address for n in net.nodes}
         for c in victim.table.contacts():
             self.assertEqual(c.address, real[c.nodeId], "a table entry points at an address that never proved the key")
@@ -56,11 +79,14 @@ class HijackTests(unittest.TestCase):
         net = Net(self, 10)
         victim = net.nodes[4]
         x = next(n for n in net.nodes if n.nodeId in victim.table)
-        imposter = Impersonator(net, ("198.18.222.1", 4000), x.publicKey)
-        # what a lookup does with (x, imposter address) from a NODES list
-        net.run(victim.ping(imposter.addr, expectedId=x.nodeId), 5)
-        self.assertEqual(imposter.answered, 1)
-        self.assertEqual(victim.table.get(x.nodeId).address, x.address)
+        for sign in (True, False):
+            imposter = Impersonator(net, ("198.18.222.1", 4000 + sign), x.publicKey, x.work, sign=sign)
+            # what a lookup does with (x, imposter address) from a NODES list
+            net.run(victim.ping(imposter.addr, expectedId=x.nodeId), 5)
+            self.assertGreaterEqual(imposter.answered, 1)
+            self.assertEqual(victim.table.get(x.nodeId).address, x.address)
+        self.assertGreater(victim.counters["dropped_bad_proof"], 0)
+        self.assertGreater(victim.counters["dropped_unproven"], 0)
 
     def test_moveRespectsSubnetLimits(self):
         clock = __import__("twisted.internet.task", fromlist=["Clock"]).Clock()
@@ -70,18 +96,30 @@ class HijackTests(unittest.TestCase):
         mover = nid(8, 0x90)
         self.assertTrue(table.seen(mover, ("198.18.9.1", 1)))
         table.seen(mover, ("198.18.7.50", 1), verified=True)
+        for _, d in table.ping.calls:
+            d.errback(Exception("the old address is silent"))
         clock.advance(10)
         self.assertLessEqual(sum(1 for c in table.contacts() if subnetOf(c.address) == "198.18.7"), 3)
+        self.assertEqual(table.get(mover).address, ("198.18.9.1", 1))
 
     def test_freeKeysDoNotEnterTables(self):
+        from meshvpn.dht.sim import makeSimNode
+
         net = Net(self, 5)
         victim = net.nodes[2]
-        free = Impersonator(net, ("198.18.223.1", 4000), NodeIdentity.generate().identityPublicKey)
-        free.ident = None
-        net.run(victim.ping(free.addr), 5)
-        self.assertEqual(
-            [c for c in victim.table.contacts() if c.address == free.addr], [], "an id that did no work entered the table"
-        )
+        # a real node that signs its answers but did no work for its key
+        free = makeSimNode(net.net, net.clock, ("198.18.223.1", 4000), net.config, work=b"\x00" * 8, rng=net.rng)
+        self.addCleanup(free.stop)
+        net.run(victim.ping(free.address), 5)
+        self.assertNotIn(free.nodeId, victim.table)
+        self.assertGreater(victim.counters["dropped_no_work"], 0)
+        # listed by someone else, it is not even asked
+        liar = net.nodes[1]
+        liar.answerFindNode = lambda target, exclude: [peerOf(free)]
+        before = free.counters["requests_in"]
+        net.run(victim.lookup(free.nodeId), 10)
+        self.assertEqual(free.counters["requests_in"], before)
+        self.assertGreater(victim.counters["contacts_without_work"], 0)
 
 
 class EvictionTests(unittest.TestCase):
@@ -110,27 +148,39 @@ class EvictionTests(unittest.TestCase):
             r = makeRecord(NodeIdentity.generate(), b"junk%d" % i, b"x" * 100, 1, T0 + 24 * 3600)
             flood.request(node, wire.STORE, r.raw, txid=i.to_bytes(8, "big"))
             i += 1
+        self.assertEqual(node.store.count, 300)
         newcomer = Raw(net, ("198.18.231.1", 5000))
-        relay = makeRecord(newIdentity(), b"relay-descriptor", b"d", 1, T0 + 3 * 3600)
+        newcomer.request(node, wire.PING, txid=b"tokenplz")
+        relay = makeRecord(newIdentity(), b"mine", b"d", 1, T0 + 3 * 3600)
         newcomer.request(node, wire.STORE, relay.raw, txid=b"newrelay")
         self.assertEqual(newcomer.got[-1][0].payload, wire.STORED, "a new relay was locked out by free keys")
 
-    def test_roleShardsCheckedAgainstPublisher(self):
+    def test_roleAnnouncementsOnlyUnderThePublishersOwnKey(self):
+        """Old: one key could announce itself in every shard of every role; now a role key has one writer."""
         from meshvpn.descriptor import encodeDescriptor, makeDescriptor
-        from meshvpn.dht.directory import RelayDirectory, roleSalt, shardOf
+        from meshvpn.dht.directory import ROLE_PREFIX, RelayDirectory, roleSalt
 
         net = Net(self, 20)
+        honest = net.nodes[2:5]
+        for n in honest:
+            publishRelay(net, n, {"guard"})
         attacker = newIdentity()
         d = makeDescriptor(attacker, {"udp": "198.18.240.1:4000"}, {"guard"}, published=T0)
         raw = encodeDescriptor(d)
-        own = shardOf(attacker.nodeId)
-        for shard in range(8):
-            if shard != own:
-                r = makeRecord(attacker, roleSalt("guard", shard), raw, 1, T0 + 3600, kind=SHARED)
-                net.run(net.nodes[1].put(r))
+        for salt in [ROLE_PREFIX + b"guard:" + bytes([s]) for s in range(8)] + [roleSalt("guard")]:
+            r = makeRecord(attacker, salt, raw, 1, T0 + 3600, kind=SHARED)
+            self.assertIsInstance(net.run(net.nodes[1].put(r)), failure.Failure)  # every node refuses it
         reader = RelayDirectory(net.nodes[9], newIdentity())
         found = net.run(reader.sample("guard", 10), 30)
-        self.assertEqual(found, [], "a relay was listed from a shard that is not its own")
+        self.assertEqual({x.nodeId for x in found}, {n.nodeId for n in honest})
+
+
+def publishRelay(net, node, flags):
+    from meshvpn.descriptor import makeDescriptor
+    from meshvpn.dht.directory import RelayDirectory
+
+    d = makeDescriptor(node.identity, {"udp": "%s:%d" % node.address}, flags, published=net.clock.seconds())
+    return net.run(RelayDirectory(node, node.identity).publish(d), 20)
 
 
 class ReflectionTests(unittest.TestCase):
@@ -149,7 +199,7 @@ class ReflectionTests(unittest.TestCase):
             node.datagramReceived(request, victim.addr)
             net.pump(0.2)
             self.assertTrue(victim.got)
-            answered = len(wire.encode(victim.got[-1][0].kind, b"x" * 8, b"k" * 32, victim.got[-1][0].payload))
+            answered = victim.got[-1][0].size
             self.assertLessEqual(answered, len(request), f"{wire.NAMES[kind]} amplified {answered / len(request):.1f}x")
 
     def test_globalAnswerBudget(self):
@@ -172,11 +222,11 @@ class ReflectionTests(unittest.TestCase):
             node.datagramReceived(wire.encode(wire.PING, i.to_bytes(8, "big"), b"k" * 32), flooder.addr)
         for s in range(200):
             node.datagramReceived(wire.encode(wire.PING, b"other%03d" % s, b"k" * 32), (f"198.19.{s}.1", 9))
-        net.pump(0.01, step=0.01)
+        net.pump(0.1, step=0.01)  # the answers so far arrive (2 s of refill is 1 token)
         before = len(flooder.got)
         for i in range(40):
             node.datagramReceived(wire.encode(wire.PING, (100 + i).to_bytes(8, "big"), b"k" * 32), flooder.addr)
-        net.pump(0.2)
+        net.pump(0.1, step=0.01)
         self.assertLessEqual(len(flooder.got) - before, 2, "other sources reset the flooder's bucket")
 
     def test_spoofedStoresCostNoVerifies(self):
@@ -198,3 +248,12 @@ class ReflectionTests(unittest.TestCase):
             src = (f"198.{rng.randrange(20, 200)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", 9)
             node.datagramReceived(wire.encode(wire.STORE, i.to_bytes(8, "big"), b"k" * 32, r.raw), src)
         self.assertLessEqual(len(calls), 0, f"{len(calls)} signature checks for spoofed STOREs")
+        # and a real source (with a token) gets at most the global budget of checks
+        source = Raw(net, ("198.18.252.1", 9))
+        source.request(node, wire.PING, txid=b"tokenplz")
+        for i in range(300, 900):
+            r = makeRecord(newIdentity(), b"s%d" % i, b"v", 1, T0 + 3600)
+            node.datagramReceived(wire.encode(wire.STORE, i.to_bytes(8, "big"), b"k" * 32, r.raw,
+                                              token=source.tokens[node.address]), source.addr)
+        self.assertLessEqual(len(calls), node.config.cryptoBurst)
+        self.assertGreater(node.counters["dropped_crypto_budget"] + node.counters["dropped_rate_limited"], 0)

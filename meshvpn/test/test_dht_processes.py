@@ -2,7 +2,9 @@
 
 The client must find all 20 relay descriptors through the DHT alone and every
 signature must verify; forged and replayed descriptors injected by the test
-(a hostile peer speaking the wire protocol) must be rejected.
+(a hostile peer speaking the wire protocol) must be rejected.  Each relay has
+its own loopback address (127.0.N.1), standing for a host of its own: the DHT's
+per-subnet and per-host limits apply to loopback like to any network.
 """
 
 import base64
@@ -17,8 +19,8 @@ from twisted.trial import unittest
 
 from meshvpn.descriptor import _encodeBody, encodeDescriptor, makeDescriptor, parseDescriptor
 from meshvpn.dht import wire
-from meshvpn.dht.directory import descriptorKey, roleSalt, shardOf
-from meshvpn.dht.records import SHARED, makeRecord, parseRecord, verifyRecord
+from meshvpn.dht.directory import descriptorKey, roleSalt
+from meshvpn.dht.records import makeRecord, parseRecord, verifyRecord
 from meshvpn.dht.service import RELAYS_FILE
 from meshvpn.identity import NodeIdentity
 from meshvpn.processes import NodeProcess
@@ -40,15 +42,20 @@ class Peer:
         self.sock.settimeout(3.0)
         self.key = NodeIdentity.generate().identityPublicKey
         self.n = 0
+        self.tokens = {}
 
     def ask(self, addr, kind, payload=None):
+        if addr not in self.tokens and kind != wire.PING:
+            self.ask(addr, wire.PING)  # an address token first, as every DHT node does
         self.n += 1
         txid = self.n.to_bytes(8, "big")
-        self.sock.sendto(wire.encode(kind, txid, self.key, payload, wire.FLAG_CLIENT), addr)
+        token = self.tokens.get(addr, b"\x00" * 8)
+        self.sock.sendto(wire.encode(kind, txid, self.key, payload, wire.FLAG_CLIENT, token=token), addr)
         while True:
             data, src = self.sock.recvfrom(2048)
             msg = wire.decode(data)
             if msg.txid == txid and src == addr:
+                self.tokens[addr] = msg.token
                 return msg
 
     def close(self):
@@ -68,17 +75,19 @@ class RelayNetworkTests(unittest.TestCase):
         for n in self.nodes:
             n.stop()
 
-    def start(self, role, name, args):
-        node = NodeProcess(role, os.path.join(self.base, name), args, name=name)
+    def start(self, role, name, args, host="127.0.0.1"):
+        node = NodeProcess(role, os.path.join(self.base, name), args, name=name, host=host)
         self.nodes.append(node)
         return node.start()
 
     def test_clientFindsAllRelaysRejectsForgedAndReplayed(self):
         started = time.monotonic()
         # relay0 republishes every 2 s, so the test can replay an older record of it
-        first = self.start("relay", "relay0", ["--flags", "guard,middle,bootstrap", "--dht-republish", "2"])
+        first = self.start("relay", "relay0", ["--flags", "guard,middle,bootstrap", "--dht-republish", "2"],
+                           host="127.0.1.1")
         boot = first.waitReady()["udp"]
-        others = [self.start("relay", f"relay{i}", ["--bootstrap", boot]) for i in range(1, RELAYS)]
+        others = [self.start("relay", f"relay{i}", ["--bootstrap", boot], host=f"127.0.{i + 1}.1")
+                  for i in range(1, RELAYS)]
         infos = [first.info] + [n.waitReady(60) for n in others]
         client = self.start("client", "client", ["--bootstrap", boot, "--dht-sample-interval", "2"])
         client.waitReady()
@@ -130,7 +139,7 @@ class RelayNetworkTests(unittest.TestCase):
             self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, bytes(raw)).payload, wire.BAD_RECORD)
 
         # forged: an attacker signs a descriptor claiming the victim's id and
-        # announces it under a role key (the record itself is validly signed)
+        # announces it under its own role key (the record itself is validly signed)
         attacker = NodeIdentity.generate()
         fake = makeDescriptor(attacker, {"udp": "198.18.66.6:1"}, {"guard"}, published=time.time())
         fake = fake.__class__(
@@ -138,8 +147,7 @@ class RelayNetworkTests(unittest.TestCase):
             fake.bandwidth, fake.family, fake.published, fake.expires,
             attacker.sign(b"meshvpn-descriptor-v1\x00" + _encodeBody(fake)),
         )
-        salt = roleSalt("guard", shardOf(victimId))
-        announce = makeRecord(attacker, salt, encodeDescriptor(fake), 1, time.time() + 600, kind=SHARED)
+        announce = makeRecord(attacker, roleSalt("guard"), encodeDescriptor(fake), 1, time.time() + 600)
         for info in infos:
             peer.ask(hostPort(info["udp"]), wire.STORE, announce.raw)  # stored: the record is valid...
 
