@@ -3,23 +3,32 @@
 A relay publishes its descriptor as an owned record under
 C{ownedKey(nodeId, b"relay-descriptor")} (so anyone who knows a node id can
 fetch it, and only that node can write it), and announces the same
-descriptor once per role, as an owned record under
-C{ownedKey(nodeId, b"meshvpn-role:" + role)}.  Every key has exactly one
-writer, so no one can crowd others out of a role; and the announcements of
-a role lie spread over the whole keyspace, at places fixed by the relays'
-own ids, so there is no spot an attacker can surround to own a role.
+descriptor once per role as a shared record filed under its host:
+
+    salt = b"meshvpn-role:" + role + b"@" + host        key = SHA-256(0x01 || salt)
+
+where C{host} is the IP of the descriptor's UDP address.  A storing node
+accepts such a record only if it names a known role, the descriptor inside
+lists that host, was published by the record's publisher, has the role, and
+the STORE itself came from that host (its address proved by a token):
+nobody can announce at a host they do not speak from.  So every host has
+one place per role in the keyspace, however many identities it mints, and
+those places are spread by a hash nobody chooses.  (A local test network
+with C{exemptLoopback} counts each loopback IP:port as a host.)
 
 A client samples a role by region (L{RelayDirectory.sample}): it picks a
 random point, finds the k nodes closest to it over disjoint lookup paths,
-asks each for the role's announcements near that point, and keeps only the
-verified ones inside the radius those nodes cover.  A hostile storer can
-withhold (another storer there still answers) but not add from elsewhere; a
-random point cannot be prepared for.  Before a client trusts the list it
-cross-checks every relay: the descriptor's own signature, id, role and
-expiry; at most one relay per host (address); and a signed answer from the
+asks each for the role's announcements near that point (a SAMPLE: one
+record per key, nearest first) and keeps those of the few keys nearest the
+point, whoever returned them.  A hostile storer can withhold (another
+storer there still answers) or add its friends from farther away (not the
+nearest), but cannot bias which hosts are drawn.  Before a client trusts the
+list it cross-checks every relay: the descriptor's own signature, id, role,
+host and expiry; at most one relay per host; and a signed answer from the
 relay's key at the address its descriptor gives.  No central list exists.
 """
 
+import ipaddress
 import random
 
 from twisted.internet import defer
@@ -27,46 +36,82 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.descriptor import FLAGS, DescriptorError, encodeDescriptor, parseDescriptor
-from meshvpn.dht.records import OWNED, makeRecord, ownedKey
-from meshvpn.dht.routing import hostOf
+from meshvpn.dht.records import OWNED, SHARED, makeRecord, ownedKey
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IRelayDirectory
 
 DESCRIPTOR_SALT = b"relay-descriptor"
 ROLE_PREFIX = b"meshvpn-role:"
-_ROLE_SALTS = {ROLE_PREFIX + r.encode("ascii") for r in FLAGS}
+_ROLES = {r.encode("ascii") for r in FLAGS}
 
 
 def descriptorKey(nodeId):
     return ownedKey(nodeId, DESCRIPTOR_SALT)
 
 
-def roleSalt(role):
+def roleClass(role):
+    """What a SAMPLE for C{role} asks: the salts of its announcements up to the C{@}."""
     return ROLE_PREFIX + role.encode("ascii")
 
 
-def roleKey(nodeId, role):
-    """Where relay C{nodeId} announces C{role}: a key only it can write."""
-    return ownedKey(nodeId, roleSalt(role))
+def roleSalt(role, host):
+    return roleClass(role) + b"@" + host.encode("ascii")
 
 
-def admitRecord(record):
+def parseAddress(text):
+    """C{"ip:port"} or C{"[v6]:port"} -> C{(ip, port)}; C{None} if it is not one."""
+    host, _, port = (text or "").rpartition(":")
+    host = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        return None
+
+
+def hostKey(address, exemptLoopback=False):
+    """The host an address belongs to, as announcements are filed: its IP (IP:port on a local test network)."""
+    host, port = address
+    if exemptLoopback and ipaddress.ip_address(host).is_loopback:
+        return f"{host}:{port}"
+    return host
+
+
+class DirectoryPolicy:
     """
-    The record store's policy for the directory's salts: a descriptor or
-    role announcement must be an owned record (one writer per key), for a
-    known role.  Other salts are the DHT's general business.
+    What a storing node checks before it files a record under one of the
+    directory's salts (a L{meshvpn.dht.records.RecordStore} C{admit}).
+    The descriptor's signature is left to readers; the record's signature
+    (checked by the store) already binds it to the publisher.
     """
-    salt = record.salt
-    if salt == DESCRIPTOR_SALT:
-        return record.kind == OWNED
-    if salt.startswith(ROLE_PREFIX):
-        return record.kind == OWNED and salt in _ROLE_SALTS
-    return True
 
+    def __init__(self, exemptLoopback=False):
+        self.exemptLoopback = exemptLoopback
 
-def _hostPort(text):
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), port
+    def __call__(self, record, origin):
+        salt = record.salt
+        if salt == DESCRIPTOR_SALT:
+            return record.kind == OWNED
+        if not salt.startswith(ROLE_PREFIX):
+            return True
+        role, at, host = salt[len(ROLE_PREFIX) :].partition(b"@")
+        if record.kind != SHARED or not at or role not in _ROLES:
+            return False
+        try:
+            d = parseDescriptor(record.value, verify=False)
+        except DescriptorError:
+            return False
+        udp = parseAddress(d.address("udp"))
+        if d.nodeId != record.publisherId or role.decode() not in d.flags or udp is None:
+            return False
+        if hostKey(udp, self.exemptLoopback).encode("ascii") != host:
+            return False
+        # only the host itself files its announcement (origin None: our own record)
+        return origin is None or hostKey(origin, self.exemptLoopback).encode("ascii") == host
+
+    @staticmethod
+    def replicable(record):
+        """Role announcements come only from their host: no one else can pass them on."""
+        return not record.salt.startswith(ROLE_PREFIX)
 
 
 @implementer(IRelayDirectory)
@@ -97,12 +142,16 @@ class RelayDirectory:
         return self._lastSeq
 
     def records(self, descriptor):
-        """The signed records that publish C{descriptor}: its own, then one per role."""
+        """The signed records that publish C{descriptor}: its own, then one per role, filed under its host."""
         raw = encodeDescriptor(descriptor)
         seq = self._nextSeq()
         records = [makeRecord(self.identity, DESCRIPTOR_SALT, raw, seq, descriptor.expires)]
-        for role in sorted(descriptor.flags):
-            records.append(makeRecord(self.identity, roleSalt(role), raw, seq, descriptor.expires))
+        udp = parseAddress(descriptor.address("udp"))
+        if udp is not None:
+            host = hostKey(udp, self.dht.config.exemptLoopback)
+            for role in sorted(descriptor.flags):
+                records.append(makeRecord(self.identity, roleSalt(role, host), raw, seq, descriptor.expires,
+                                          kind=SHARED))
         return records
 
     @defer.inlineCallbacks
@@ -122,6 +171,11 @@ class RelayDirectory:
         if d.nodeId != record.publisherId or (role is not None and role not in d.flags):
             self.rejected += 1
             return None
+        if role is not None:
+            udp = parseAddress(d.address("udp"))
+            if udp is None or record.salt != roleSalt(role, hostKey(udp, self.dht.config.exemptLoopback)):
+                self.rejected += 1
+                return None
         return d
 
     def lookup(self, nodeId):
@@ -132,61 +186,61 @@ class RelayDirectory:
     def sample(self, role, count):
         if role not in FLAGS:
             raise ValueError(f"unknown role {role!r}")
-        salt = roleSalt(role)
-        found = {}
+        found = {}  # host -> descriptors announced there
         rounds = idle = 0
         while len(found) < count and rounds < self.maxRounds and idle < 2:
             rounds += 1
-            result = yield self.dht.sampleRegion(salt, self.rng.randbytes(32))
+            result = yield self.dht.sampleRegion(roleClass(role), self.rng.randbytes(32))
             new = 0
             for record in result.records:
                 d = self._verify(record, role)
-                if d is not None and (d.nodeId not in found or found[d.nodeId].published < d.published):
-                    new += d.nodeId not in found
-                    found[d.nodeId] = d
+                if d is None:
+                    continue
+                host = record.salt.rpartition(b"@")[2]
+                byId = found.setdefault(host, {})
+                new += not byId
+                old = byId.get(d.nodeId)
+                if old is None or old.published < d.published:
+                    byId[d.nodeId] = d
             idle = 0 if new else idle + 1
-        candidates = self._onePerHost(found.values())
+        # one relay per host, drawn at random among the identities there
+        hosts = []
+        for byId in found.values():
+            ids = sorted(byId.values(), key=lambda d: d.nodeId)
+            self.rng.shuffle(ids)
+            hosts.append(ids)
+        self.rng.shuffle(hosts)
         if self.checkLive:
-            candidates = yield self._live(candidates, count)
-        self.lastSample = {"role": role, "rounds": rounds, "found": len(found), "kept": len(candidates)}
+            candidates = yield self._live(hosts, count)
+        else:
+            candidates = [ids[0] for ids in hosts]
+        self.lastSample = {"role": role, "rounds": rounds, "hosts": len(found), "kept": len(candidates)}
         return candidates[:count]
 
-    def _onePerHost(self, descriptors):
-        """Shuffled, at most one relay per host: a host minting identities is still one relay."""
-        chosen = list(descriptors)
-        self.rng.shuffle(chosen)
-        exempt = self.dht.config.exemptLoopback
-        hosts, out = set(), []
-        for d in chosen:
-            udp = d.address("udp")
-            host = hostOf(_hostPort(udp), exempt) if udp else None
-            if host is not None:
-                if host in hosts:
-                    continue
-                hosts.add(host)
-            out.append(d)
-        return out
-
     @defer.inlineCallbacks
-    def _live(self, descriptors, count):
-        """Keep relays whose key answers, signed, at their descriptor's UDP address."""
+    def _live(self, hosts, count, tries=3):
+        """
+        One relay per host whose key answers, signed, at its descriptor's UDP
+        address: C{hosts} is a list of candidate lists (one per host); a host
+        whose candidate fails offers its next, C{tries} in all.
+        """
         alive = []
-        pending = list(descriptors)
-        while pending and len(alive) < count:
-            batch, pending = pending[: count - len(alive)], pending[count - len(alive) :]
+        queue = [(ids, 0) for ids in hosts]
+        while queue and len(alive) < count:
+            batch, queue = queue[: count - len(alive)], queue[count - len(alive) :]
             ds = []
-            for d in batch:
-                host, port = _hostPort(d.address("udp") or ":")
-                try:
-                    addr = (host, int(port))
-                except ValueError:
+            for ids, i in batch:
+                addr = parseAddress(ids[i].address("udp"))
+                if addr is None:
                     ds.append(defer.fail(DHTError("no UDP address")))
-                    continue
-                ds.append(self.dht.ping(addr, expectedId=d.nodeId))
+                else:
+                    ds.append(self.dht.ping(addr, expectedId=ids[i].nodeId))
             results = yield defer.DeferredList(ds, consumeErrors=True)
-            for (ok, _), d in zip(results, batch):
+            for (ok, _), (ids, i) in zip(results, batch):
                 if ok:
-                    alive.append(d)
+                    alive.append(ids[i])
                 else:
                     self.rejected += 1
+                    if i + 1 < min(len(ids), tries):
+                        queue.append((ids, i + 1))
         return alive

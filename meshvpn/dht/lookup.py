@@ -113,8 +113,8 @@ class IterativeLookup:
         self.workBits = node.config.powBits
         self.exemptLoopback = node.config.exemptLoopback
         self.paths = [_Path(i) for i in range(max(1, paths))]
-        self.entries = {}  # (nodeId, address) -> _Entry
-        self.addresses = {}  # nodeId -> number of entries
+        self.entries = {}  # (path index, nodeId, address) -> _Entry: each path has its own shortlist
+        self.addresses = {}  # (path index, nodeId) -> number of entries
         self.hosts = {}  # host -> the one node id this lookup takes from it
         self.claimed = {}  # nodeId -> index of the path that queried it
         self.answered = set()  # node ids that answered (at some address)
@@ -139,22 +139,23 @@ class IterativeLookup:
 
     def _add(self, peer, depth, path):
         nodeId, address = peer.nodeId, peer.address
-        if nodeId == self.node.nodeId or len(self.entries) >= MAX_ENTRIES or (nodeId, address) in self.entries:
-            return
-        if self.addresses.get(nodeId, 0) >= MAX_ADDRESSES_PER_ID:
-            return
+        key = (path.index, nodeId, address)
+        if nodeId == self.node.nodeId or len(self.entries) >= MAX_ENTRIES or key in self.entries:
+            return False
+        if self.addresses.get((path.index, nodeId), 0) >= MAX_ADDRESSES_PER_ID:
+            return False
         host = hostOf(address, self.exemptLoopback)
         if host is not None:
             owner = self.hosts.setdefault(host, nodeId)
             if owner != nodeId:
                 self.node.counters["lookup_same_host"] += 1
-                return
+                return False
         if peer.key is not None and not checkWork(peer.key, peer.work, self.workBits):
             self.node.counters["contacts_without_work"] += 1
-            return
+            return False
         e = _Entry(peer, int.from_bytes(nodeId, "big") ^ self.targetInt, depth, path)
-        self.entries[(nodeId, address)] = e
-        self.addresses[nodeId] = self.addresses.get(nodeId, 0) + 1
+        self.entries[key] = e
+        self.addresses[(path.index, nodeId)] = self.addresses.get((path.index, nodeId), 0) + 1
         # insertion into a short sorted list: cheaper than re-sorting
         order = path.order
         lo, hi = 0, len(order)
@@ -165,6 +166,7 @@ class IterativeLookup:
             else:
                 hi = mid
         order.insert(lo, e)
+        return True
 
     def _enough(self):
         if not self.findValue:

@@ -14,6 +14,7 @@ in the node's data dir (0600, written atomically) so a restart costs nothing.
 Clients (client mode) never enter tables and need no work.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -35,8 +36,9 @@ def leadingZeroBits(digest):
     return len(digest) * 8 - value.bit_length()
 
 
+@functools.lru_cache(maxsize=65536)
 def workBits(key, nonce):
-    """@return: the zero bits the pair (C{key}, C{nonce}) proves (one hash)."""
+    """@return: the zero bits the pair (C{key}, C{nonce}) proves (one hash; remembered)."""
     return leadingZeroBits(hashlib.sha256(DOMAIN + key + nonce).digest())
 
 

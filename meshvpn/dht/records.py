@@ -35,6 +35,12 @@ class RecordError(ValueError):
     """A record is malformed or fails verification; the text says why."""
 
 
+def sampleClass(salt):
+    """The part of a salt a SAMPLE asks for: up to its last C{@}, or all of it."""
+    cls, at, _ = salt.rpartition(b"@")
+    return cls if at else salt
+
+
 def ownedKey(publisherId, salt):
     return hashlib.sha256(b"\x00" + publisherId + salt).digest()
 
@@ -172,8 +178,13 @@ class RecordStore:
         from a few networks fill at most their fair share, and a new relay
         from anywhere else always gets in;
       - at most C{maxPerPublisher} records of one publisher key;
-      - C{admit(record)} may refuse records whose salt the caller reserves
-        (the relay directory: descriptor and role salts are owned-only).
+      - C{admit(record, origin)} may refuse records by what their salt
+        means to the caller (the relay directory: a role announcement must
+        be STOREd from the host it announces); C{origin} is the address the
+        STORE came from (C{None}: our own).
+    Records are also indexed by I{sample class} (the salt up to its last
+    C{@}, or the whole salt) for SAMPLE: the records of a class nearest to a
+    point, one per key.
     """
 
     def __init__(self, maxRecords=20000, maxPerKey=64, maxPerPublisher=16, admit=None, sharedTTL=SHARED_TTL):
@@ -185,14 +196,15 @@ class RecordStore:
         self._byKey = {}
         self._bySource = {}  # source -> {(key, publisherId): None}, oldest first
         self._byPublisher = {}  # publisherId -> count
-        self._bySalt = {}  # salt -> {key: None}, owned records only (for SAMPLE)
+        self._byClass = {}  # sample class -> {key: None} (for SAMPLE)
         self.count = 0
         self.evicted = 0
 
-    def store(self, record, now, source=None):
+    def store(self, record, now, source=None, origin=None):
         """
         Verify and store C{record}, which arrived from C{source} (a subnet
-        label, C{None} when unknown: all unknown sources count as one).
+        label, C{None} when unknown: all unknown sources count as one) at
+        address C{origin}.
 
         @return: a L{wire} result code (L{wire.STORED} on success).
         """
@@ -207,7 +219,7 @@ class RecordStore:
                 return wire.STORED
             if record.seq <= old.record.seq:
                 return wire.STALE
-        if self.admit is not None and not self.admit(record):
+        if self.admit is not None and not self.admit(record, origin):
             return wire.BAD_RECORD
         try:
             verifyRecord(record, now)
@@ -258,8 +270,8 @@ class RecordStore:
         slot[record.publisherId] = _Entry(record, now, source, self.sharedTTL)
         self._bySource.setdefault(source, {})[(record.key, record.publisherId)] = None
         self._byPublisher[record.publisherId] = self._byPublisher.get(record.publisherId, 0) + 1
-        if record.kind == OWNED:
-            self._bySalt.setdefault(record.salt, {})[record.key] = None
+        keys = self._byClass.setdefault(sampleClass(record.salt), {})
+        keys[record.key] = keys.get(record.key, 0) + 1
         self.count += 1
 
     def _remove(self, key, publisherId):
@@ -276,11 +288,14 @@ class RecordStore:
             self._byPublisher[publisherId] = left
         else:
             del self._byPublisher[publisherId]
-        if entry.record.kind == OWNED:
-            keys = self._bySalt[entry.record.salt]
-            keys.pop(key, None)
+        cls = sampleClass(entry.record.salt)
+        keys = self._byClass[cls]
+        if keys[key] > 1:
+            keys[key] -= 1
+        else:
+            del keys[key]
             if not keys:
-                del self._bySalt[entry.record.salt]
+                del self._byClass[cls]
         self.count -= 1
 
     def get(self, key, now):
@@ -290,24 +305,25 @@ class RecordStore:
             return []
         return [e.record for e in slot.values() if e.until > now]
 
-    def sample(self, salt, target, now, limit=MAX_SAMPLE):
+    def sample(self, cls, target, now, limit=MAX_SAMPLE):
         """
-        @return: up to C{limit} live owned records with C{salt} whose keys
-            are closest to C{target} (XOR), closest first: what a SAMPLE asks.
+        @return: up to C{limit} live records of sample class C{cls} under
+            the keys closest to C{target} (XOR), closest first, one per key
+            (of several publishers under a key, the one a hash of C{target}
+            picks: another point, maybe another one): what a SAMPLE asks.
         """
-        keys = self._bySalt.get(salt)
+        keys = self._byClass.get(cls)
         if not keys:
             return []
         t = int.from_bytes(target, "big")
-        nearest = sorted(keys, key=lambda k: int.from_bytes(k, "big") ^ t)
         out = []
-        for key in nearest:
-            for e in self._byKey[key].values():
-                if e.until > now:
-                    out.append(e.record)
-            if len(out) >= limit:
-                break
-        return out[:limit]
+        for key in sorted(keys, key=lambda k: int.from_bytes(k, "big") ^ t):
+            live = [e.record for e in self._byKey[key].values() if e.until > now]
+            if live:
+                out.append(min(live, key=lambda r: hashlib.blake2b(target + r.publisherId, digest_size=8).digest()))
+                if len(out) >= limit:
+                    break
+        return out
 
     def expire(self, now):
         """Drop every expired record.  @return: how many were dropped."""
@@ -315,6 +331,11 @@ class RecordStore:
         for key, pid in dead:
             self._remove(key, pid)
         return len(dead)
+
+    def replicable(self, record):
+        """@return: C{False} if the admission policy lets only the publisher's host store C{record}."""
+        check = getattr(self.admit, "replicable", None)
+        return check is None or check(record)
 
     def items(self):
         """@return: a list of C{(record, storedAt)} for every stored record."""

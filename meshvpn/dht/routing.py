@@ -22,6 +22,7 @@ with C{exemptLoopback} (an explicit option for local test networks, where every
 node is a process on one host).
 """
 
+import bisect
 import ipaddress
 import random
 from collections import OrderedDict
@@ -119,6 +120,8 @@ class RoutingTable:
         self.buckets = [Bucket(0, 2**ID_BITS, clock.seconds())]
         self._subnets = {}
         self._index = {}  # nodeId -> Contact, for contacts in buckets
+        self._ints = []  # sorted id ints of the contacts, for closest()
+        self._byInt = {}
 
     def __len__(self):
         return len(self._index)
@@ -178,7 +181,7 @@ class RoutingTable:
                 c = Contact(nodeId, address, now, key, work)
                 bucket.contacts[nodeId] = c
                 bucket.replacements.pop(nodeId, None)
-                self._index[nodeId] = c
+                self._indexAdd(c)
                 self._count(address)
                 bucket.lastChanged = now
                 return True
@@ -245,13 +248,13 @@ class RoutingTable:
 
     def _evict(self, bucket, c):
         del bucket.contacts[c.nodeId]
-        del self._index[c.nodeId]
+        self._indexRemove(c)
         self._uncount(c.address)
         while bucket.replacements:
             _, r = bucket.replacements.popitem(last=True)
             if self._subnetAllows(bucket, r.address):
                 bucket.contacts[r.nodeId] = r
-                self._index[r.nodeId] = r
+                self._indexAdd(r)
                 self._count(r.address)
                 break
         bucket.lastChanged = self.clock.seconds()
@@ -290,7 +293,7 @@ class RoutingTable:
                 _, r = b.replacements.popitem(last=True)
                 if self._subnetAllows(b, r.address):
                     b.contacts[r.nodeId] = r
-                    self._index[r.nodeId] = r
+                    self._indexAdd(r)
                     self._count(r.address)
             b.lastChanged = now
 
@@ -321,15 +324,49 @@ class RoutingTable:
             else:
                 del self._subnets[net]
 
+    def _indexAdd(self, c):
+        self._index[c.nodeId] = c
+        bisect.insort(self._ints, c.idInt)
+        self._byInt[c.idInt] = c
+
+    def _indexRemove(self, c):
+        del self._index[c.nodeId]
+        del self._ints[bisect.bisect_left(self._ints, c.idInt)]
+        del self._byInt[c.idInt]
+
     # ---- queries
 
     def closest(self, target, count=None, exclude=None):
         """@return: up to C{count} (default k) contacts closest to C{target}, closest first."""
+        count = count or self.k
         t = int.from_bytes(target, "big")
-        cs = self._index.values()
-        if exclude is not None:
-            cs = [c for c in cs if c.nodeId != exclude]
-        return sorted(cs, key=lambda c: c.idInt ^ t)[: count or self.k]
+        ints = self._ints
+        need = count + (exclude is not None)
+        # The ids sharing the longest prefix with the target are one run of the
+        # sorted list, and every id outside it is farther than every id in it:
+        # find the smallest such run holding enough ids, and sort only that.
+        lo, hi = 0, len(ints)
+        if hi > 2 * need:
+            small, big = 0, ID_BITS
+            while small < big:
+                shift = (small + big) // 2
+                base = (t >> shift) << shift
+                a, b = bisect.bisect_left(ints, base), bisect.bisect_left(ints, base + (1 << shift))
+                if b - a >= need:
+                    big = shift
+                else:
+                    small = shift + 1
+            base = (t >> small) << small
+            lo, hi = bisect.bisect_left(ints, base), bisect.bisect_left(ints, base + (1 << small))
+        byInt = self._byInt
+        out = []
+        for i in sorted(ints[lo:hi], key=lambda i: i ^ t):
+            c = byInt[i]
+            if c.nodeId != exclude:
+                out.append(c)
+                if len(out) >= count:
+                    break
+        return out
 
     def touch(self, target):
         """A lookup for C{target} ran: its bucket counts as fresh."""

@@ -45,12 +45,15 @@ from meshvpn.dht import ALPHA, K, wire
 from meshvpn.dht.budget import Bucket, SourceLimiter
 from meshvpn.dht.lookup import IterativeLookup
 from meshvpn.dht.pow import DEFAULT_BITS, NO_WORK, checkWork
-from meshvpn.dht.records import RecordError, parseRecord, verifyRecord
+from meshvpn.dht.records import RecordError, parseRecord, sampleClass, verifyRecord
 from meshvpn.dht.routing import RoutingTable, subnetOf
 from meshvpn.dht.tokens import NO_TOKEN, TokenCache, TokenIssuer
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IDHT, IDatagramHandler
 
+# A region sample keeps this many nearest records: what any honest storer's
+# answer holds (descriptor records are about 400 bytes, three to a datagram).
+SAMPLE_KEEP = 3
 # A first request to a node (no token yet) is padded so the whole answer fits.
 _NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
 _PAD = {wire.FIND_NODE: _NODES_FULL, wire.FIND_VALUE: wire.MAX_DATAGRAM, wire.SAMPLE: wire.MAX_DATAGRAM}
@@ -63,6 +66,7 @@ class DHTConfig:
     k: int = K
     alpha: int = ALPHA  # parallel queries per lookup path
     paths: int = 2  # disjoint lookup paths (S/Kademlia's d) for values, stores and sampling
+    sampleStorers: int = 8  # a region sample asks the nodes this close to its point (one honest one is enough)
     rpcTimeout: float = 2.0  # per attempt, for PING and STORE
     rpcAttempts: int = 2
     lookupTimeout: float = 2.0  # per lookup query (one attempt: the lookup asks others instead)
@@ -321,12 +325,12 @@ class DHTNode:
             self.rng.shuffle(records)
         return [r.raw for r in records], self.closestPeers(key, senderId)
 
-    def answerSample(self, target, salt):
-        records = self.store.sample(salt, target, self.clock.seconds())
+    def answerSample(self, target, cls):
+        records = self.store.sample(cls, target, self.clock.seconds())
         return [r.raw for r in records], []
 
     def answerStore(self, raw, addr):
-        return self._storeRecord(raw, subnetOf(addr, self.config.exemptLoopback) or f"{addr[0]}:{addr[1]}")
+        return self._storeRecord(raw, subnetOf(addr, self.config.exemptLoopback) or f"{addr[0]}:{addr[1]}", addr)
 
     def closestPeers(self, target, exclude=None):
         return [
@@ -339,13 +343,13 @@ class DHTNode:
         """Contacts from our own table to start a lookup with (all proven)."""
         return self.closestPeers(target)[:count]
 
-    def _storeRecord(self, raw, source):
+    def _storeRecord(self, raw, source, origin):
         try:
             record = parseRecord(raw)
         except RecordError:
             self.counters["store_rejected"] += 1
             return wire.BAD_RECORD
-        code = self.store.store(record, self.clock.seconds(), source)
+        code = self.store.store(record, self.clock.seconds(), source, origin)
         self.counters["stored" if code == wire.STORED else "store_rejected"] += 1
         return code
 
@@ -517,29 +521,29 @@ class DHTNode:
         return self.lookup(key, findValue=True, quorum=0, wantPublishers=want).addCallback(lambda r: r.records)
 
     @defer.inlineCallbacks
-    def sampleRegion(self, salt, target):
+    def sampleRegion(self, cls, target, keep=SAMPLE_KEEP):
         """
-        Owned records with C{salt} whose keys lie near C{target}: a lookup
-        of the k nodes closest to C{target} (over disjoint paths), then a
-        SAMPLE to each of them; every record is verified, and only those
-        within the radius the answering nodes cover are kept (a hostile
-        storer can add no record from elsewhere, and one honest storer
-        among them is enough for none near C{target} to be withheld).
+        The records of sample class C{cls} under the C{keep} keys nearest to
+        C{target}: a lookup of the nodes closest to C{target} (over disjoint
+        paths), then a SAMPLE to the C{sampleStorers} closest, every record
+        verified.  Which keys are kept depends only on where they lie, never
+        on who answered: a hostile storer can withhold (an honest one among
+        the k still returns the nearest records it holds, and it holds every
+        record that near) or add records of its friends from farther away
+        (they are not the nearest), but not bias the choice.
 
         @return: a Deferred firing with a L{SampleResult}.
         """
         result = yield self.lookup(target)
-        storers = result.contacts[: self.config.k]
-        ds = [self.request(p.address, wire.SAMPLE, (target, salt), expectedId=p.nodeId) for p in storers]
+        storers = result.contacts[: self.config.sampleStorers]
+        ds = [self.request(p.address, wire.SAMPLE, (target, cls), expectedId=p.nodeId) for p in storers]
         answers = yield defer.DeferredList(ds, consumeErrors=True)
         t = int.from_bytes(target, "big")
         now = self.clock.seconds()
-        radius = 0
         found, checked = {}, set()
-        for (ok, msg), peer in zip(answers, storers):
+        for ok, msg in answers:
             if not ok:
                 continue
-            radius = max(radius, int.from_bytes(peer.nodeId, "big") ^ t)
             for raw in msg.payload[0]:
                 digest = hashlib.blake2b(raw, digest_size=16).digest()
                 if digest in checked:
@@ -547,17 +551,20 @@ class DHTNode:
                 checked.add(digest)
                 try:
                     record = parseRecord(raw)
-                    if record.kind != 0 or record.salt != salt:
-                        raise RecordError("not an owned record with this salt", wire.BAD_RECORD)
+                    if sampleClass(record.salt) != cls:
+                        raise RecordError("not a record of the class asked for", wire.BAD_RECORD)
                     verifyRecord(record, now)
                 except RecordError:
                     self.counters["bad_records_read"] += 1
                     continue
-                old = found.get(record.publisherId)
+                old = found.get((record.key, record.publisherId))
                 if old is None or record.seq > old.seq:
-                    found[record.publisherId] = record
-        kept = [r for r in found.values() if int.from_bytes(r.key, "big") ^ t <= radius]
-        self.counters["sample_outside_radius"] += len(found) - len(kept)
+                    found[(record.key, record.publisherId)] = record
+        keys = sorted({key for key, _ in found}, key=lambda k: int.from_bytes(k, "big") ^ t)
+        self.counters["sample_not_nearest"] += max(0, len(keys) - keep)
+        nearest = set(keys[:keep])
+        kept = [r for (key, _), r in found.items() if key in nearest]
+        radius = int.from_bytes(keys[keep - 1 if len(keys) >= keep else -1], "big") ^ t if keys else 0
         return SampleResult(kept, radius, storers, result.requests + result.responses + 2 * len(storers))
 
     @defer.inlineCallbacks
@@ -611,6 +618,8 @@ class DHTNode:
         now = self.clock.seconds()
         for record, storedAt in self.store.items():
             if now - storedAt < self.config.replicateInterval or record.expires <= now:
+                continue
+            if not self.store.replicable(record):
                 continue
             result = yield self.lookup(record.key)
             yield self._storeAt(record, result.contacts)

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from meshvpn.config import formatHostPort, parseHostPort
 from meshvpn.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
-from meshvpn.dht.directory import RelayDirectory, admitRecord
+from meshvpn.dht.directory import DirectoryPolicy, RelayDirectory
 from meshvpn.dht.pow import WORK_FILE, checkWork, loadOrSolve
 from meshvpn.dht.records import RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode
@@ -138,7 +138,7 @@ class DHTService(service.MultiService):
             reactor,
             identity,
             self.node.udp.sendDatagram,
-            RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher, admit=admitRecord),
+            RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher, admit=DirectoryPolicy(c.exemptLoopback)),
             c,
             clientMode=self.clientMode,
         )

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from meshvpn.dht.directory import admitRecord
+from meshvpn.dht.directory import DirectoryPolicy
 from meshvpn.dht.pow import solve
 from meshvpn.dht.records import RecordStore
 from meshvpn.dht.rpc import DHTNode
@@ -156,7 +156,8 @@ def simIdentity(rng):
 
 
 def makeStore(config):
-    return RecordStore(config.maxRecords, config.maxPerKey, config.maxPerPublisher, admit=admitRecord)
+    return RecordStore(config.maxRecords, config.maxPerKey, config.maxPerPublisher,
+                       admit=DirectoryPolicy(config.exemptLoopback))
 
 
 def makeSimNode(network, clock, address, config, clientMode=False, identity=None, rng=None, work=None, cls=DHTNode):

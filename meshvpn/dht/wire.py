@@ -180,6 +180,18 @@ def encodeContacts(contacts, room=MAX_DATAGRAM):
     return bytes([len(parts)]) + b"".join(parts), len(parts)
 
 
+_seenPeers = {}  # encoded contact -> Peer: the same contacts come back in answer after answer
+
+
+def _peer(chunk, addr):
+    peer = _seenPeers.get(chunk)
+    if peer is None:
+        if len(_seenPeers) >= 65536:
+            _seenPeers.clear()
+        peer = _seenPeers[chunk] = Peer.of(chunk[:32], chunk[32 : 32 + WORK_LEN], addr)
+    return peer
+
+
 def decodeContacts(data, offset):
     if offset >= len(data):
         raise WireError("missing contact count")
@@ -191,10 +203,9 @@ def decodeContacts(data, offset):
     for _ in range(count):
         if offset + 32 + WORK_LEN > len(data):
             raise WireError("truncated contact key")
-        key = data[offset : offset + 32]
-        work = data[offset + 32 : offset + 32 + WORK_LEN]
+        start = offset
         addr, offset = decodeAddress(data, offset + 32 + WORK_LEN)
-        contacts.append(Peer.of(key, work, addr))
+        contacts.append(_peer(bytes(data[start:offset]), addr))
     return contacts, offset
 
 

@@ -155,8 +155,12 @@ class EvictionTests(unittest.TestCase):
         newcomer.request(node, wire.STORE, relay.raw, txid=b"newrelay")
         self.assertEqual(newcomer.got[-1][0].payload, wire.STORED, "a new relay was locked out by free keys")
 
-    def test_roleAnnouncementsOnlyUnderThePublishersOwnKey(self):
-        """Old: one key could announce itself in every shard of every role; now a role key has one writer."""
+    def test_roleAnnouncementsOnlyFromTheirHost(self):
+        """
+        Old: any key could announce itself in every shard of every role, and
+        evict others there.  Now a role announcement is filed under its
+        host, and only that host may STORE it: checked on store and on read.
+        """
         from meshvpn.descriptor import encodeDescriptor, makeDescriptor
         from meshvpn.dht.directory import ROLE_PREFIX, RelayDirectory, roleSalt
 
@@ -164,12 +168,30 @@ class EvictionTests(unittest.TestCase):
         honest = net.nodes[2:5]
         for n in honest:
             publishRelay(net, n, {"guard"})
+        victimHost = honest[0].address[0]
         attacker = newIdentity()
-        d = makeDescriptor(attacker, {"udp": "198.18.240.1:4000"}, {"guard"}, published=T0)
-        raw = encodeDescriptor(d)
-        for salt in [ROLE_PREFIX + b"guard:" + bytes([s]) for s in range(8)] + [roleSalt("guard")]:
-            r = makeRecord(attacker, salt, raw, 1, T0 + 3600, kind=SHARED)
-            self.assertIsInstance(net.run(net.nodes[1].put(r)), failure.Failure)  # every node refuses it
+        forged = []
+        # free keys announcing themselves at an honest relay's host, and in the old shard salts
+        d = makeDescriptor(attacker, {"udp": "%s:%d" % honest[0].address}, {"guard"}, published=T0)
+        forged.append(makeRecord(attacker, roleSalt("guard", victimHost), encodeDescriptor(d), 1, T0 + 3600,
+                                 kind=SHARED))
+        for shard in range(8):
+            forged.append(makeRecord(attacker, ROLE_PREFIX + b"guard:" + bytes([shard]), encodeDescriptor(d), 1,
+                                     T0 + 3600, kind=SHARED))
+        raw = Raw(net, ("198.18.66.1", 4000))
+        for i, node in enumerate(net.nodes):
+            raw.request(node, wire.PING, txid=b"token%03d" % i)
+            for j, r in enumerate(forged):
+                raw.request(node, wire.STORE, r.raw, txid=b"st%03d%03d" % (i, j))
+                self.assertEqual(raw.got[-1][0].payload, wire.BAD_RECORD)  # every node refuses them
+        # a real node's own announcement, sent from another host, is refused too
+        own = RelayDirectory(honest[1], honest[1].identity).records(
+            makeDescriptor(honest[1].identity, {"udp": "%s:%d" % honest[1].address}, {"guard"}, published=T0))[1]
+        raw.request(net.nodes[7], wire.STORE, own.raw, txid=b"relayed!")
+        self.assertEqual(raw.got[-1][0].payload, wire.BAD_RECORD)
+        # a reader ignores an announcement filed under another host even if a hostile storer serves it
+        for n in net.nodes:
+            n.store._insert(forged[0], T0, "x")
         reader = RelayDirectory(net.nodes[9], newIdentity())
         found = net.run(reader.sample("guard", 10), 30)
         self.assertEqual({x.nodeId for x in found}, {n.nodeId for n in honest})

@@ -151,7 +151,7 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(codes, [wire.STORED] * 3 + [wire.FULL] * 2)
 
     def test_admitPolicyAndSample(self):
-        store = RecordStore(admit=lambda r: r.kind == OWNED)
+        store = RecordStore(admit=lambda r, origin: r.kind == OWNED)
         self.assertEqual(store.store(makeRecord(self.ident, b"x", b"v", 1, NOW + 60, kind=SHARED), NOW), wire.BAD_RECORD)
         mine = [makeRecord(NodeIdentity.generate(), b"role", b"v", 1, NOW + 60) for _ in range(6)]
         for r in mine:

@@ -152,6 +152,24 @@ class TableTests(unittest.TestCase):
         self.assertEqual(got[0], target)
         self.assertNotIn(target, [c.nodeId for c in table.closest(target, 5, exclude=target)])
 
+    def test_closestMatchesBruteForce(self):
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        @settings(max_examples=100, deadline=None)
+        @given(st.lists(st.binary(min_size=32, max_size=32), max_size=120, unique=True),
+               st.binary(min_size=32, max_size=32), st.integers(1, 25), st.booleans())
+        def check(ids, target, count, excludeOne):
+            table = RoutingTable(self.own, self.clock, self.ping, k=20, perTableSubnet=999, perBucketSubnet=999)
+            for i in ids:
+                table.seen(i, ("198.18.0.1", 1))
+            exclude = table.contacts()[0].nodeId if excludeOne and len(table) else None
+            t = int.from_bytes(target, "big")
+            expected = sorted((c for c in table.contacts() if c.nodeId != exclude), key=lambda c: c.idInt ^ t)[:count]
+            self.assertEqual(table.closest(target, count, exclude), expected)
+
+        check()
+
     def test_staleBuckets(self):
         self.fillFar()
         self.assertEqual(self.table.staleBuckets(3600), [])
