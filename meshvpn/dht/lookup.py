@@ -35,6 +35,7 @@ from meshvpn.dht.records import RecordError, parseRecord, verifyRecord
 from meshvpn.dht.routing import hostOf
 
 MAX_ENTRIES = 400
+MAX_SHORTLIST = 60  # per path: three times k
 MAX_QUERIES_PER_PATH = 60
 MAX_ADDRESSES_PER_ID = 2
 
@@ -78,11 +79,12 @@ class _Entry:
 
 
 class _Path:
-    __slots__ = ("index", "order", "active", "queries", "done", "found")
+    __slots__ = ("index", "order", "active", "queries", "done", "found", "seen")
 
     def __init__(self, index):
         self.index = index
         self.order = []  # entries sorted by distance
+        self.seen = set()  # every contact offered to this path (answers repeat each other)
         self.active = 0
         self.queries = 0
         self.done = False
@@ -142,6 +144,10 @@ class IterativeLookup:
         key = (path.index, nodeId, address)
         if nodeId == self.node.nodeId or len(self.entries) >= MAX_ENTRIES or key in self.entries:
             return False
+        dist = int.from_bytes(nodeId, "big") ^ self.targetInt
+        order = path.order
+        if len(order) >= MAX_SHORTLIST and dist >= order[-1].dist:
+            return False  # farther than every candidate of a full shortlist: it would never be asked
         if self.addresses.get((path.index, nodeId), 0) >= MAX_ADDRESSES_PER_ID:
             return False
         host = hostOf(address, self.exemptLoopback)
@@ -153,11 +159,10 @@ class IterativeLookup:
         if peer.key is not None and not checkWork(peer.key, peer.work, self.workBits):
             self.node.counters["contacts_without_work"] += 1
             return False
-        e = _Entry(peer, int.from_bytes(nodeId, "big") ^ self.targetInt, depth, path)
+        e = _Entry(peer, dist, depth, path)
         self.entries[key] = e
         self.addresses[(path.index, nodeId)] = self.addresses.get((path.index, nodeId), 0) + 1
         # insertion into a short sorted list: cheaper than re-sorting
-        order = path.order
         lo, hi = 0, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -274,8 +279,11 @@ class IterativeLookup:
                     self.valueHops = hop
         else:
             contacts = msg.payload
+        seen = e.path.seen
         for peer in contacts:
-            self._add(peer, hop, e.path)
+            if peer not in seen:
+                seen.add(peer)
+                self._add(peer, hop, e.path)
         self._step()
 
     def _takeRecords(self, raws):

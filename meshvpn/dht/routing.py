@@ -37,7 +37,8 @@ DROP_FAILURES = 5  # drop even without a replacement
 class Contact:
     """A node we know: its id (bytes and int), UDP address, key and proof of work."""
 
-    __slots__ = ("nodeId", "idInt", "address", "lastSeen", "failures", "key", "work", "provenAt", "moveTo")
+    __slots__ = ("nodeId", "idInt", "_address", "subnet", "lastSeen", "failures", "key", "work", "provenAt", "moveTo",
+                 "_peer")
 
     def __init__(self, nodeId, address, lastSeen=0.0, key=None, work=None):
         self.nodeId = nodeId
@@ -49,6 +50,24 @@ class Contact:
         self.work = work
         self.provenAt = lastSeen
         self.moveTo = None  # a proven new address, waiting for the old one to fail
+
+    @property
+    def address(self):
+        return self._address
+
+    @address.setter
+    def address(self, address):
+        self._address = address
+        self.subnet = {}  # per exemptLoopback setting, filled by RoutingTable._net
+        self._peer = None
+
+    def peer(self):
+        """This contact as it travels in NODES (a L{meshvpn.dht.wire.Peer}), made once."""
+        if self._peer is None:
+            from meshvpn.dht.wire import Peer
+
+            self._peer = Peer(self.nodeId, self._address, self.key, self.work)
+        return self._peer
 
     def __repr__(self):
         return f"<Contact {self.nodeId.hex()[:12]} {self.address[0]}:{self.address[1]}>"
@@ -168,7 +187,8 @@ class RoutingTable:
             c.failures = 0
             if verified:
                 c.provenAt = now
-                c.key, c.work = key or c.key, work or c.work
+                if (key and key != c.key) or (work and work != c.work):
+                    c.key, c.work, c._peer = key or c.key, work or c.work, None
             bucket.contacts.move_to_end(nodeId)
             bucket.lastChanged = now
             return True
@@ -305,10 +325,14 @@ class RoutingTable:
             return True
         if self._subnets.get(net, 0) >= self.perTableSubnet + (1 if replacing else 0):
             return False
-        inBucket = sum(
-            1 for c in bucket.contacts.values() if c is not ignore and subnetOf(c.address, self.exemptLoopback) == net
-        )
+        inBucket = sum(1 for c in bucket.contacts.values() if c is not ignore and self._net(c) == net)
         return inBucket < self.perBucketSubnet + (1 if replacing else 0)
+
+    def _net(self, c):
+        net = c.subnet.get(self.exemptLoopback, False)
+        if net is False:
+            net = c.subnet[self.exemptLoopback] = subnetOf(c.address, self.exemptLoopback)
+        return net
 
     def _count(self, address):
         net = subnetOf(address, self.exemptLoopback)
@@ -360,7 +384,7 @@ class RoutingTable:
             lo, hi = bisect.bisect_left(ints, base), bisect.bisect_left(ints, base + (1 << small))
         byInt = self._byInt
         out = []
-        for i in sorted(ints[lo:hi], key=lambda i: i ^ t):
+        for i in sorted(ints[lo:hi], key=t.__xor__):
             c = byInt[i]
             if c.nodeId != exclude:
                 out.append(c)

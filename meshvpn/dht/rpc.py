@@ -65,7 +65,8 @@ class DHTConfig:
 
     k: int = K
     alpha: int = ALPHA  # parallel queries per lookup path
-    paths: int = 2  # disjoint lookup paths (S/Kademlia's d) for values, stores and sampling
+    paths: int = 2  # disjoint lookup paths (S/Kademlia's d) for values and sampling
+    storePaths: int = 1  # ... and for finding where to store (a record also spreads by replication)
     sampleStorers: int = 8  # a region sample asks the nodes this close to its point (one honest one is enough)
     rpcTimeout: float = 2.0  # per attempt, for PING and STORE
     rpcAttempts: int = 2
@@ -333,11 +334,7 @@ class DHTNode:
         return self._storeRecord(raw, subnetOf(addr, self.config.exemptLoopback) or f"{addr[0]}:{addr[1]}", addr)
 
     def closestPeers(self, target, exclude=None):
-        return [
-            wire.Peer(c.nodeId, c.address, c.key, c.work)
-            for c in self.table.closest(target, self.config.k, exclude=exclude)
-            if c.key is not None
-        ]
+        return [c.peer() for c in self.table.closest(target, self.config.k, exclude=exclude) if c.key is not None]
 
     def seedPeers(self, target, count):
         """Contacts from our own table to start a lookup with (all proven)."""
@@ -575,7 +572,7 @@ class DHTNode:
         """
         if republish:
             self._published[record.key] = record
-        result = yield self.lookup(record.key)
+        result = yield self.lookup(record.key, paths=self.config.storePaths)
         stored = yield self._storeAt(record, result.contacts)
         if not stored:
             raise DHTError("no node stored the record")
@@ -621,7 +618,7 @@ class DHTNode:
                 continue
             if not self.store.replicable(record):
                 continue
-            result = yield self.lookup(record.key)
+            result = yield self.lookup(record.key, paths=self.config.storePaths)
             yield self._storeAt(record, result.contacts)
             self.counters["replicated"] += 1
 

@@ -17,8 +17,8 @@ used while they are surely still valid.
 """
 
 import hashlib
-import ipaddress
 import os
+import socket
 from collections import OrderedDict
 
 TOKEN_LEN = 8
@@ -29,8 +29,8 @@ USE_FOR = 240.0  # a cached token is used for less than one epoch, so it is neve
 
 def _ipBytes(host):
     try:
-        return ipaddress.ip_address(host).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, ValueError):
         return host.encode("ascii", "replace")[:64]
 
 

@@ -163,6 +163,15 @@ def decodeAddress(data, offset):
     return (host, port), end
 
 
+_seenPeers = {}  # encoded contact -> Peer: the same contacts come back in answer after answer
+_encodedPeers = {}  # Peer -> its encoding, likewise
+
+
+def _cacheLimit(cache):
+    if len(cache) >= 65536:
+        cache.clear()
+
+
 def encodeContacts(contacts, room=MAX_DATAGRAM):
     """
     Encode as many contacts (L{Peer}s) as fit in C{room} bytes (count byte included).
@@ -172,7 +181,10 @@ def encodeContacts(contacts, room=MAX_DATAGRAM):
     parts = []
     used = 1
     for c in contacts[:MAX_CONTACTS]:
-        enc = c.key + c.work + encodeAddress(c.address)
+        enc = _encodedPeers.get(c)
+        if enc is None:
+            _cacheLimit(_encodedPeers)
+            enc = _encodedPeers[c] = c.key + c.work + encodeAddress(c.address)
         if used + len(enc) > room:
             break
         parts.append(enc)
@@ -180,32 +192,28 @@ def encodeContacts(contacts, room=MAX_DATAGRAM):
     return bytes([len(parts)]) + b"".join(parts), len(parts)
 
 
-_seenPeers = {}  # encoded contact -> Peer: the same contacts come back in answer after answer
-
-
-def _peer(chunk, addr):
-    peer = _seenPeers.get(chunk)
-    if peer is None:
-        if len(_seenPeers) >= 65536:
-            _seenPeers.clear()
-        peer = _seenPeers[chunk] = Peer.of(chunk[:32], chunk[32 : 32 + WORK_LEN], addr)
-    return peer
-
-
 def decodeContacts(data, offset):
-    if offset >= len(data):
+    n = len(data)
+    if offset >= n:
         raise WireError("missing contact count")
     count = data[offset]
     if count > MAX_CONTACTS:
         raise WireError(f"{count} contacts, at most {MAX_CONTACTS} allowed")
     offset += 1
     contacts = []
+    head = 32 + WORK_LEN
     for _ in range(count):
-        if offset + 32 + WORK_LEN > len(data):
-            raise WireError("truncated contact key")
-        start = offset
-        addr, offset = decodeAddress(data, offset + 32 + WORK_LEN)
-        contacts.append(_peer(bytes(data[start:offset]), addr))
+        if offset + head >= n:
+            raise WireError("truncated contact")
+        end = offset + head + (7 if data[offset + head] == 4 else 19)
+        chunk = bytes(data[offset:end])
+        peer = _seenPeers.get(chunk)
+        if peer is None:
+            addr, end = decodeAddress(data, offset + head)
+            _cacheLimit(_seenPeers)
+            peer = _seenPeers[bytes(data[offset:end])] = Peer.of(data[offset : offset + 32], data[offset + 32 : offset + head], addr)
+        contacts.append(peer)
+        offset = end
     return contacts, offset
 
 

@@ -189,8 +189,8 @@ class EvictionTests(unittest.TestCase):
             makeDescriptor(honest[1].identity, {"udp": "%s:%d" % honest[1].address}, {"guard"}, published=T0))[1]
         raw.request(net.nodes[7], wire.STORE, own.raw, txid=b"relayed!")
         self.assertEqual(raw.got[-1][0].payload, wire.BAD_RECORD)
-        # a reader ignores an announcement filed under another host even if a hostile storer serves it
-        for n in net.nodes:
+        # hostile storers serving one anyway cost the reader a liveness ping, nothing more
+        for n in net.nodes[::2]:
             n.store._insert(forged[0], T0, "x")
         reader = RelayDirectory(net.nodes[9], newIdentity())
         found = net.run(reader.sample("guard", 10), 30)
