@@ -122,6 +122,47 @@ class HijackTests(unittest.TestCase):
         self.assertGreater(victim.counters["contacts_without_work"], 0)
 
 
+class EclipseTests(unittest.TestCase):
+    """Lookups route around colluders: disjoint paths."""
+
+    def test_disjointPathsRouteAroundALiar(self):
+        from meshvpn.dht.lookup import IterativeLookup
+        from meshvpn.dht.sim import makeSimNode, simIdentity
+
+        net = Net(self, 24, k=4)
+        record = makeRecord(newIdentity(), b"v", b"value", 1, T0 + 3600)
+        t = int.from_bytes(record.key, "big")
+        # colluders with ids ground next to the record's key (10 bits), known only to the liar
+        colluders = []
+        rng = random.Random(8)
+        while len(colluders) < 5:
+            ident = simIdentity(rng)
+            if int.from_bytes(ident.nodeId, "big") >> 246 == t >> 246:
+                node = makeSimNode(net.net, net.clock, (f"198.18.{60 + len(colluders)}.9", 4000), net.config,
+                                   identity=ident, rng=net.rng)
+                self.addCleanup(node.stop)
+                colluders.append(node)
+        liar = net.nodes[3]
+
+        def lie(key, exclude):
+            return [peerOf(c) for c in colluders]
+
+        for n in colluders + [liar]:
+            n.answerFindNode = lie
+            n.answerFindValue = lambda key, exclude: ([], lie(key, exclude))
+        # the record sits with the honest nodes closest to its key
+        honest = [n for n in net.nodes if n is not liar]
+        for n in sorted(honest, key=lambda n: n.table.ownInt ^ t)[:4]:
+            n.store.store(record, net.clock.seconds())
+        looker = net.nodes[10]
+        helper = max((n for n in honest if n is not looker), key=lambda n: n.table.ownInt ^ t)
+        seeds = [peerOf(liar), peerOf(helper)]
+        one = net.run(IterativeLookup(looker, record.key, findValue=True, paths=1).run(seeds=list(seeds)), 20)
+        two = net.run(IterativeLookup(looker, record.key, findValue=True, paths=2).run(seeds=list(seeds)), 20)
+        self.assertEqual(one.records, [], "one path is captured: the liar's colluders fill its k closest")
+        self.assertEqual([r.raw for r in two.records], [record.raw], "the second path goes around")
+
+
 class EvictionTests(unittest.TestCase):
     """Hole 2: honest descriptors can be evicted."""
 

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from meshvpn.descriptor import _encodeBody, encodeDescriptor, makeDescriptor, parseDescriptor
 from meshvpn.dht import wire
 from meshvpn.dht.directory import descriptorKey, roleSalt
-from meshvpn.dht.records import makeRecord, parseRecord, verifyRecord
+from meshvpn.dht.records import SHARED, makeRecord, parseRecord, verifyRecord
 from meshvpn.dht.service import RELAYS_FILE
 from meshvpn.identity import NodeIdentity
 from meshvpn.processes import NodeProcess
@@ -139,17 +139,26 @@ class RelayNetworkTests(unittest.TestCase):
             self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, bytes(raw)).payload, wire.BAD_RECORD)
 
         # forged: an attacker signs a descriptor claiming the victim's id and
-        # announces it under its own role key (the record itself is validly signed)
+        # announces it at its own host (the record itself is validly signed):
+        # every relay refuses to file it
         attacker = NodeIdentity.generate()
-        fake = makeDescriptor(attacker, {"udp": "198.18.66.6:1"}, {"guard"}, published=time.time())
+        peerAddr = "%s:%d" % peer.sock.getsockname()
+        fake = makeDescriptor(attacker, {"udp": peerAddr}, {"guard"}, published=time.time())
         fake = fake.__class__(
             victimId, fake.identityKey, fake.onionKeys, fake.addresses, fake.flags, fake.exitPolicy,
             fake.bandwidth, fake.family, fake.published, fake.expires,
             attacker.sign(b"meshvpn-descriptor-v1\x00" + _encodeBody(fake)),
         )
-        announce = makeRecord(attacker, roleSalt("guard"), encodeDescriptor(fake), 1, time.time() + 600)
+        forged = makeRecord(attacker, roleSalt("guard", "127.0.0.1"), encodeDescriptor(fake), 1, time.time() + 600,
+                            kind=SHARED)
         for info in infos:
-            peer.ask(hostPort(info["udp"]), wire.STORE, announce.raw)  # stored: the record is valid...
+            self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, forged.raw).payload, wire.BAD_RECORD)
+        # a relay that announces itself properly but is not there: filed, and the client drops it
+        ghost = makeDescriptor(attacker, {"udp": peerAddr}, {"guard"}, published=time.time())
+        announce = makeRecord(attacker, roleSalt("guard", "127.0.0.1"), encodeDescriptor(ghost), 1,
+                              time.time() + 600, kind=SHARED)
+        for info in infos:
+            self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, announce.raw).payload, wire.STORED)
 
         # replayed: once relay0 has republished (seq grew), its old record is refused
         deadline = time.monotonic() + 20
@@ -162,7 +171,7 @@ class RelayNetworkTests(unittest.TestCase):
         current = [parseRecord(r) for r in peer.ask(target, wire.FIND_VALUE, key).payload[0]]
         self.assertGreater(min(r.seq for r in current), old.seq)
 
-        # ...but the client verifies the descriptor inside and rejects the forgery
+        # ...but the client cross-checks every relay before it lists it
         body = {"relays": []}
         deadline = time.monotonic() + 20
         rejected = 0
@@ -173,6 +182,6 @@ class RelayNetworkTests(unittest.TestCase):
             rejected = body["rejected"]
         self.assertGreater(rejected, 0, client.logTail(3000))
         addresses = {e["addresses"]["udp"] for e in body["relays"]}
-        self.assertNotIn("198.18.66.6:1", addresses)
+        self.assertNotIn(peerAddr, addresses)
         self.assertEqual({e["node_id"] for e in body["relays"]}, wanted, "relays missing from the client's list")
         print(f"\n  20 relays + client: all descriptors found after {foundAt:.1f}s; total {time.monotonic() - started:.1f}s")
