@@ -32,7 +32,7 @@ thousand, inside the simulator (L{meshvpn.dht.sim}).
 import hashlib
 import os
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 
 import attrs
 from nacl.exceptions import BadSignatureError
@@ -45,15 +45,14 @@ from meshvpn.dht import ALPHA, K, wire
 from meshvpn.dht.budget import Bucket, SourceLimiter
 from meshvpn.dht.lookup import IterativeLookup
 from meshvpn.dht.pow import DEFAULT_BITS, NO_WORK, checkWork
-from meshvpn.dht.records import RecordError, parseRecord, sampleClass, verifyRecord
+from meshvpn.dht.proofs import ProofBook
+from meshvpn.dht.records import RecordError, parseRecord
 from meshvpn.dht.routing import RoutingTable, subnetOf
+from meshvpn.dht.sampling import sampleRegion
 from meshvpn.dht.tokens import NO_TOKEN, TokenCache, TokenIssuer
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IDHT, IDatagramHandler
 
-# A region sample keeps this many nearest records: what any honest storer's
-# answer holds (descriptor records are about 400 bytes, three to a datagram).
-SAMPLE_KEEP = 3
 # A first request to a node (no token yet) is padded so the whole answer fits.
 _NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
 _PAD = {wire.FIND_NODE: _NODES_FULL, wire.FIND_VALUE: wire.MAX_DATAGRAM, wire.SAMPLE: wire.MAX_DATAGRAM}
@@ -114,16 +113,6 @@ def verifyProof(msg, requesterKey):
     return True
 
 
-class SampleResult:
-    """What a region sample found: verified C{records}, the C{radius} they lie within, C{storers} asked."""
-
-    def __init__(self, records, radius, storers, requests):
-        self.records = records
-        self.radius = radius
-        self.storers = storers
-        self.requests = requests
-
-
 @implementer(IDatagramHandler, IDHT)
 class DHTNode:
     """
@@ -171,9 +160,7 @@ class DHTNode:
         self.cryptoBudget = Bucket(c.cryptoRate, c.cryptoBurst, now)
         self.pending = {}
         self.counters = Counter()
-        self._proven = OrderedDict()  # nodeId -> (address, when): proofs outside the table
-        self._probing = set()
-        self._probed = OrderedDict()  # nodeId -> when last probed
+        self.proofs = ProofBook(clock, self.table, c.proofMaxAge, maxProbes=c.maxProbes)
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
         self.savedContacts = []  # (nodeId, address) from a saved table: pinged at bootstrap
@@ -257,7 +244,7 @@ class DHTNode:
         self.counters["responses"] += 1
         self.peerTokens.remember(addr, msg.token)
         if proven:
-            self._markProven(senderId, addr)
+            self.proofs.mark(senderId, addr)
             self.table.seen(senderId, addr, verified=True, key=msg.senderKey, work=msg.work)
         else:
             self.table.seen(senderId, addr, verified=False)
@@ -352,39 +339,17 @@ class DHTNode:
 
     # ---- proofs
 
-    def _markProven(self, nodeId, addr):
-        self._proven.pop(nodeId, None)
-        self._proven[nodeId] = (addr, self.clock.seconds())
-        while len(self._proven) > 4096:
-            self._proven.popitem(last=False)
-
     def isProven(self, nodeId, addr):
-        """@return: C{True} if C{nodeId} proved its key at C{addr} within C{proofMaxAge}."""
-        now = self.clock.seconds()
-        c = self.table.get(nodeId)
-        if c is not None and c.address == addr and now - c.provenAt < self.config.proofMaxAge:
-            return True
-        seen = self._proven.get(nodeId)
-        return seen is not None and seen[0] == addr and now - seen[1] < self.config.proofMaxAge
+        """@return: C{True} if C{nodeId} proved its key at C{addr} lately (no need to ask again)."""
+        return self.proofs.isProven(nodeId, addr)
 
     def _maybeProbe(self, nodeId, addr, key, work):
-        """A requester proved its address: if its bucket has room, ask it to prove its key (then it is added)."""
-        if nodeId in self.table or nodeId in self._probing or len(self._probing) >= self.config.maxProbes:
+        """A requester we may list: ask it to prove its key (a signed PONG adds it)."""
+        if not checkWork(key, work, self.config.powBits) or not self.proofs.startProbe(nodeId):
             return
-        now = self.clock.seconds()
-        last = self._probed.get(nodeId)
-        if last is not None and now - last < 300:
-            return
-        if not self.table.hasRoomFor(nodeId) or not checkWork(key, work, self.config.powBits):
-            return
-        self._probed.pop(nodeId, None)
-        self._probed[nodeId] = now
-        while len(self._probed) > 4096:
-            self._probed.popitem(last=False)
-        self._probing.add(nodeId)
         self.counters["probes"] += 1
         d = self.request(addr, wire.PING, expectedId=nodeId, prove=True)
-        d.addBoth(lambda _: self._probing.discard(nodeId))
+        d.addBoth(lambda _: self.proofs.probeDone(nodeId))
 
     # ---- sending
 
@@ -517,52 +482,9 @@ class DHTNode:
         """Records of up to C{want} publishers under a shared key.  @return: Deferred list."""
         return self.lookup(key, findValue=True, quorum=0, wantPublishers=want).addCallback(lambda r: r.records)
 
-    @defer.inlineCallbacks
-    def sampleRegion(self, cls, target, keep=SAMPLE_KEEP):
-        """
-        The records of sample class C{cls} under the C{keep} keys nearest to
-        C{target}: a lookup of the nodes closest to C{target} (over disjoint
-        paths), then a SAMPLE to the C{sampleStorers} closest, every record
-        verified.  Which keys are kept depends only on where they lie, never
-        on who answered: a hostile storer can withhold (an honest one among
-        the k still returns the nearest records it holds, and it holds every
-        record that near) or add records of its friends from farther away
-        (they are not the nearest), but not bias the choice.
-
-        @return: a Deferred firing with a L{SampleResult}.
-        """
-        result = yield self.lookup(target)
-        storers = result.contacts[: self.config.sampleStorers]
-        ds = [self.request(p.address, wire.SAMPLE, (target, cls), expectedId=p.nodeId) for p in storers]
-        answers = yield defer.DeferredList(ds, consumeErrors=True)
-        t = int.from_bytes(target, "big")
-        now = self.clock.seconds()
-        found, checked = {}, set()
-        for ok, msg in answers:
-            if not ok:
-                continue
-            for raw in msg.payload[0]:
-                digest = hashlib.blake2b(raw, digest_size=16).digest()
-                if digest in checked:
-                    continue
-                checked.add(digest)
-                try:
-                    record = parseRecord(raw)
-                    if sampleClass(record.salt) != cls:
-                        raise RecordError("not a record of the class asked for", wire.BAD_RECORD)
-                    verifyRecord(record, now)
-                except RecordError:
-                    self.counters["bad_records_read"] += 1
-                    continue
-                old = found.get((record.key, record.publisherId))
-                if old is None or record.seq > old.seq:
-                    found[(record.key, record.publisherId)] = record
-        keys = sorted({key for key, _ in found}, key=lambda k: int.from_bytes(k, "big") ^ t)
-        self.counters["sample_not_nearest"] += max(0, len(keys) - keep)
-        nearest = set(keys[:keep])
-        kept = [r for (key, _), r in found.items() if key in nearest]
-        radius = int.from_bytes(keys[keep - 1 if len(keys) >= keep else -1], "big") ^ t if keys else 0
-        return SampleResult(kept, radius, storers, result.requests + result.responses + 2 * len(storers))
+    def sampleRegion(self, cls, target):
+        """Records of sample class C{cls} near C{target}: see L{meshvpn.dht.sampling.sampleRegion}."""
+        return sampleRegion(self, cls, target)
 
     @defer.inlineCallbacks
     def put(self, record, republish=False):

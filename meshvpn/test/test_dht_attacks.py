@@ -2,7 +2,6 @@
 
 import random
 
-from twisted.python import failure
 from twisted.trial import unittest
 
 from meshvpn.dht import wire
