@@ -119,6 +119,7 @@ class IterativeLookup:
         self.addresses = {}  # (path index, nodeId) -> number of entries
         self.hosts = {}  # host -> the one node id this lookup takes from it
         self.claimed = {}  # nodeId -> index of the path that queried it
+        self.byId = {}  # nodeId -> its entries (in all paths)
         self.answered = set()  # node ids that answered (at some address)
         self.queries = 0
         self.responses = 0
@@ -159,8 +160,12 @@ class IterativeLookup:
         if peer.key is not None and not checkWork(peer.key, peer.work, self.workBits):
             self.node.counters["contacts_without_work"] += 1
             return False
+        owner = self.claimed.get(nodeId)
+        if nodeId in self.answered or (owner is not None and owner != path.index):
+            return False  # asked already, by another path or at another address
         e = _Entry(peer, dist, depth, path)
         self.entries[key] = e
+        self.byId.setdefault(nodeId, []).append(e)
         self.addresses[(path.index, nodeId)] = self.addresses.get((path.index, nodeId), 0) + 1
         # insertion into a short sorted list: cheaper than re-sorting
         lo, hi = 0, len(order)
@@ -207,12 +212,6 @@ class IterativeLookup:
             state = e.state
             if state is State.FAILED or state is State.SKIPPED:
                 continue
-            if state is State.NEW:
-                nodeId = e.peer.nodeId
-                owner = self.claimed.get(nodeId)
-                if (owner is not None and owner != path.index) or nodeId in self.answered:
-                    e.state = State.SKIPPED
-                    continue
             seen += 1
             if seen > self.k:
                 break
@@ -227,9 +226,18 @@ class IterativeLookup:
         if not waiting or (path.active == 0 and path.queries >= MAX_QUERIES_PER_PATH):
             path.done = True
 
+    def _skipOthers(self, e):
+        """Another entry of this node (another path's, or another address) will not be asked."""
+        for other in self.byId[e.peer.nodeId]:
+            if other is not e and other.state is State.NEW:
+                other.state = State.SKIPPED
+
     def _query(self, e, path):
         e.state = State.ACTIVE
         self.claimed[e.peer.nodeId] = path.index
+        for other in self.byId[e.peer.nodeId]:
+            if other.path is not path and other.state is State.NEW:
+                other.state = State.SKIPPED
         path.active += 1
         path.queries += 1
         self.queries += 1
@@ -267,6 +275,7 @@ class IterativeLookup:
             return
         self.responses += 1
         self.answered.add(e.peer.nodeId)
+        self._skipOthers(e)
         hop = e.depth + 1
         if hop > self.maxHops:
             self.maxHops = hop

@@ -63,7 +63,7 @@ class HeapClock:
         return self.now
 
     def _push(self, c, delay):
-        c.time = self.now + max(0.0, delay)
+        c.time = self.now + delay if delay > 0 else self.now
         self._seq += 1
         c.seq = self._seq
         heapq.heappush(self._heap, (c.time, c.seq, c))
