@@ -38,16 +38,6 @@ def _identityCommand(args):
     return 0
 
 
-def _statusCommand(args):
-    from meshvpn.control.status import formatStatus, readStatus
-
-    status = readStatus(os.path.abspath(args.data_dir))
-    if status is None:
-        raise MeshVPNError(f"{args.data_dir}: no status (is a node running with this data dir?)")
-    print(json.dumps(status, indent=1) if args.json else formatStatus(status))
-    return 0
-
-
 def _testnetCommand(args):
     from meshvpn.tools import testnet
 
@@ -79,13 +69,16 @@ def buildParser():
         p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_identityCommand)
-    p = sub.add_parser("status", help="show a running node's circuits, streams and bytes", description="Show a running node's status.")
-    p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
-    p.add_argument("--json", action="store_true", help="print the raw status JSON")
-    p.set_defaults(func=_statusCommand)
+    from meshvpn.control.cli import addControlCommands  # status, circuits, relays, events, newnym, vpn, set, dashboard
 
+    addControlCommands(sub)
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
+    p.add_argument("--hostile", choices=["guard"], default=None,
+                   help="test tooling: make the only guard attack the client's circuits (with --check: the client "
+                        "must survive it and the guard must read nothing)")
+    p.add_argument("--payments", action="store_true",
+                   help="with a regtest Monero network, a token issuer and token-gated exits; the client buys tokens")
     p.set_defaults(func=_testnetCommand)
     from meshvpn.tools.benchcommands import addBenchCommands
 
@@ -105,6 +98,9 @@ def buildParser():
     from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
     addTunCommands(sub)
+    from meshvpn.payments.walletcli import addWalletCommands  # wallet
+
+    addWalletCommands(sub)
     return parser
 
 

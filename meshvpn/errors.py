@@ -63,3 +63,15 @@ class ResolveFailed(MeshVPNError):
         # True when answers existed but the exit policy refused them all
         # (a public name pointing at a private address).
         self.refused = refused
+
+
+class ControlError(MeshVPNError):
+    """
+    A control request cannot be done (unknown circuit or relay, no VPN
+    configured, ...); the message is the one line the user sees.  C{code}
+    is the HTTP status the control API answers with.
+    """
+
+    def __init__(self, message, code=409):
+        super().__init__(message)
+        self.code = code

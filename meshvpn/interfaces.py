@@ -1384,3 +1384,202 @@ class INode(Interface):
         C{address()}; the node is started once it listens, and announces
         its address as C{name}.
         """
+
+
+# --------------------------------------------------------------------------
+# control (control/): what the control API, the dashboard and metrics use
+
+
+class ICircuitSteering(Interface):
+    """
+    What the control plane may ask of the client's circuit manager, beyond
+    L{ICircuitManager}.
+    """
+
+    relayFilter = Attribute(
+        "C{None} or C{callable(relays) -> relays}: applied to the directory's "
+        "L{RelayInfo} list before every path is chosen (pinned and excluded relays)."
+    )
+
+    def newIdentity():
+        """
+        No new stream may use a circuit built before now (Tor's NEWNYM):
+        spare circuits close, circuits in use close once their streams end.
+
+        @return: how many circuits were closed or retired.
+        """
+
+
+class IControlEvents(Interface):
+    """
+    The node's live events for the control API (C{/v1/events}): a bounded
+    history, each event numbered so a client resumes where it stopped.
+    An event's data never holds a key, a payload or a stream target unless
+    the user turned history on.
+    """
+
+    def publish(kind, data):
+        """
+        Record event C{kind} (e.g. C{"circuit.built"}) with C{data} (a
+        JSON-ready dict) and hand it to every subscriber.
+
+        @return: the event, a dict C{{"id", "type", "time", "data"}}.
+        """
+
+    def subscribe(callback, since=None):
+        """
+        Call C{callback(event)} for every event from now on, after replaying
+        the events numbered above C{since} still held (C{None}: none).
+
+        @return: a callable that unsubscribes.
+        """
+
+
+class IControlModel(Interface):
+    """
+    What a running node shows and lets its user do, as JSON-ready dicts:
+    the control API serves it, the dashboard and the CLI read it, metrics
+    sample it.  Every read is cheap and synchronous; actions that cannot
+    be done raise L{meshvpn.errors.ControlError} with a one-line reason.
+    """
+
+    def node():
+        """@return: id, role, addresses, version, uptime."""
+
+    def summary():
+        """@return: one dict with node, nat, dht, links, circuits, vpn, bandwidth."""
+
+    def circuits():
+        """@return: a list: id, state, hops (id, flags, address), age, bytes each way."""
+
+    def relays():
+        """@return: the relays the node knows, with pinned/excluded marks."""
+
+    def links():
+        """@return: counts and one entry per open link."""
+
+    def streams():
+        """@return: open streams with their targets, only when history is on."""
+
+    def vpn():
+        """@return: the VPN's state, detail and kill switch, or C{configured: False}."""
+
+    def bandwidth(seconds):
+        """@return: up to C{seconds} per-second samples, oldest first."""
+
+    def logs(level, limit):
+        """@return: the last C{limit} log lines at C{level} or above."""
+
+    def settings():
+        """@return: the settings that can change at run time, with their values."""
+
+    def newIdentity():
+        """New circuits for new streams."""
+
+    def closeCircuit(circuitId):
+        """Close circuit C{circuitId} (an id from L{circuits})."""
+
+    def steerRelay(relayId, action, position=None):
+        """C{action}: C{"pin"} (at C{position}), C{"exclude"} or C{"clear"}."""
+
+    def setVpn(up):
+        """Start or stop VPN mode. @return: a Deferred firing with L{vpn}."""
+
+    def setSetting(key, value):
+        """
+        Change a run-time setting, validated as in the config file.
+        @raise meshvpn.errors.ConfigError: the same one line; nothing changed.
+        """
+
+
+# --------------------------------------------------------------------------
+# payments (payments/, doc/payments.md)
+
+
+class ISpentTokenStore(Interface):
+    """
+    The double-spending check: which tokens, per issuer key (one per epoch),
+    were accepted.  Durable: an accepted spend survives a crash.
+    """
+
+    def spend(keyId, nullifier):
+        """
+        Record the token with C{nullifier} (32 bytes) under issuer key
+        C{keyId} (its 32-byte token_key_id), on disk before returning.
+
+        @return: C{True} if it was not spent before (it is now), C{False}
+            if it was: a double spend.
+        """
+
+    def isSpent(keyId, nullifier):
+        """@return: whether the token was already accepted."""
+
+    def forgetKey(keyId):
+        """Drop the whole list of C{keyId} (its epoch's tokens have expired)."""
+
+
+class IIssuerKeys(Interface):
+    """
+    The public keys an exit checks tokens with: for each accepted issuer,
+    the keys it published (signed by its node key) for the epochs whose
+    tokens are spendable now.
+    """
+
+    def lookup(tokenKeyId):
+        """
+        @return: a L{meshvpn.payments.records.KnownKey} (issuer id, epoch,
+            public key, and the window in which its tokens are spendable)
+            if C{tokenKeyId} is a key an accepted issuer published, else
+            C{None}.  The caller checks the window against its clock.
+        """
+
+
+class IMoneroWallet(Interface):
+    """
+    The part of a Monero wallet (monero-wallet-rpc) that selling and buying
+    need.  Amounts are integers in atomic units (1 XMR = 10**12).
+    """
+
+    def createAddress(label):
+        """
+        A fresh subaddress of account 0, one per purchase.
+
+        @return: a Deferred firing with C{(index, address)}.
+        """
+
+    def incoming(indices):
+        """
+        Incoming transfers to the subaddresses C{indices} of account 0,
+        confirmed and in the pool.
+
+        @return: a Deferred firing with a list of
+            L{meshvpn.payments.monero.Incoming}.
+        """
+
+    def transfer(address, amount):
+        """
+        Pay C{amount} to C{address}.
+
+        @return: a Deferred firing with C{(txid, fee)}.
+        """
+
+    def refresh():
+        """Scan new blocks now. @return: a Deferred."""
+
+
+class ITokenWallet(Interface):
+    """
+    A user's bandwidth tokens on disk, shared by the ``meshvpn wallet``
+    command (which adds them) and the client node (which spends them).
+    """
+
+    def balance(now):
+        """@return: C{{issuer id hex: {"usable": n, "waiting": n, "expired": n}}}."""
+
+    def take(issuerId, now):
+        """
+        Claim one spendable token of C{issuerId} for spending (atomic across
+        processes: no token is handed out twice).
+
+        @return: a L{meshvpn.payments.tokens.Token} or C{None} if none is left.
+        """

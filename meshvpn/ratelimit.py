@@ -215,7 +215,11 @@ class BandwidthLimiter:
 
     def circuit(self, circuitId):
         """
-        @return: the L{CircuitThrottle} of C{circuitId}, made on first use.
+        @param circuitId: the circuit itself (or another key that lives
+            exactly as long as it): never C{id(circuit)}, which Python gives
+            to the next object once the circuit is freed.
+        @return: the L{CircuitThrottle} of C{circuitId}, made on first use;
+            L{release} it when the circuit closes.
         @raise OverflowError: more than C{maxCircuits} circuits are tracked
             (the circuit layer should refuse the circuit: RESOURCELIMIT).
         """
@@ -233,6 +237,15 @@ class BandwidthLimiter:
         else:
             self.bytesOut += nbytes
 
+    def release(self, circuitId):
+        """The circuit closed: stop its throttle and forget it (no-op if it had none)."""
+        throttle = self._circuits.get(circuitId)
+        if throttle is not None:
+            throttle.close()
+
+    def tracked(self):
+        return len(self._circuits)
+
     def _forget(self, circuitId):
         self._circuits.pop(circuitId, None)
 
@@ -244,5 +257,5 @@ class BandwidthLimiter:
             "circuit_burst": self.circuitBurst,
             "bytes_in": self.bytesIn,
             "bytes_out": self.bytesOut,
-            "circuits": {str(cid): t.status() for cid, t in self._circuits.items()},
+            "circuits": {str(getattr(cid, "prevId", cid)): t.status() for cid, t in self._circuits.items()},
         }

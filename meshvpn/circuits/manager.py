@@ -15,6 +15,15 @@ circuit that dies while in use, logging how long that took.  The guard set
 hears of every build through a guard: up when built, down when the guard
 hop failed; when it has no usable guard the build fails rather than enter
 through a random relay.
+The control plane steers it (L{ICircuitSteering}): a new identity retires
+every circuit for new streams, and a relay filter applies the user's pinned
+and excluded relays to every path chosen after it is set.
+
+A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
+extending) names no hop, so nothing is excluded on one relay's word; it is
+counted against the guard instead (Tor's path bias, in small): the status
+shows the count, and a guard through which most builds fail past it is
+logged once.
 """
 
 from twisted.application import service
@@ -23,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError, NoPath
-from meshvpn.interfaces import ICircuitManager, IStatusSource
+from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
 from meshvpn.circuits.pathselect import choosePath
 
 
@@ -38,7 +47,7 @@ class CircuitBuildFailed(MeshVPNError):
         self.hop = hop
 
 
-@implementer(ICircuitManager, IStatusSource)
+@implementer(ICircuitManager, ICircuitSteering, IStatusSource)
 class CircuitManager(service.Service):
     log = Logger()
 
@@ -47,7 +56,10 @@ class CircuitManager(service.Service):
         attempts=4, maintainEvery=5.0, rng=None,
     ):
         self.reactor = reactor
-        self._relaySource = relaySource
+        self._directory = relaySource
+        # callable(list of RelayInfo) -> list of RelayInfo, set by the control
+        # plane (the user's pinned and excluded relays); None: the directory as is.
+        self.relayFilter = None
         self._build = buildCircuit
         self.guards = guards
         self.spares = spares
@@ -58,8 +70,11 @@ class CircuitManager(service.Service):
         self._spare = []  # built, unassigned: (circuit, path)
         self._assigned = {}  # isolation key -> list of (circuit, path)
         self._building = 0
+        self._retired = []  # (circuit, path) no new stream may use (newIdentity); closed once idle
         self.buildTimes = []
         self.rebuildTimes = []
+        self.failedPastGuard = 0
+        self._throughGuard = {}  # guard node id -> [built, failed past it]
         self._loop = None
 
     # -- service
@@ -81,6 +96,7 @@ class CircuitManager(service.Service):
         self.log.failure("circuit maintenance stopped", failure)
 
     def _maintain(self):
+        self._closeIdleRetired()
         # Start as many builds as the spare target lacks; never hold the loop on
         # them.  Counted once: a build that fails at once (no usable guard) is
         # retried at the next tick, not in a loop that never yields.
@@ -138,6 +154,9 @@ class CircuitManager(service.Service):
         circuit.whenClosed().addBoth(self._closed, isolation, pair)
 
     def _closed(self, reason, isolation, pair):
+        if pair in self._retired:  # retired by newIdentity: nothing to replace
+            self._retired.remove(pair)
+            return
         pairs = self._assigned.get(isolation, [])
         if pair in pairs:
             pairs.remove(pair)
@@ -159,8 +178,43 @@ class CircuitManager(service.Service):
 
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
         packets = "packet-exit" in pair[1][-1].roles
-        d = self._buildWithRetries(None, exclude=[pair[1][1].nodeId], packets=packets)
+        d = self._buildWithRetries(None, exclude=_suspect(reason, pair[1]), packets=packets)
         d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
+
+    def _relaySource(self):
+        relays = self._directory()
+        if self.relayFilter is not None:
+            relays.addCallback(self.relayFilter)
+        return relays
+
+    # -- steering (the control plane's actions)
+
+    def newIdentity(self):
+        """
+        Tor's NEWNYM: no new stream uses a circuit built before now.  Spare
+        circuits close at once (new ones are built); circuits in use are
+        retired: they carry their open streams to the end and close once
+        they have none (a packet circuit has none, so the VPN moves to a new
+        circuit within one maintenance round).
+
+        @return: the number of circuits closed or retired.
+        """
+        spare, self._spare = self._spare, []
+        for circuit, _ in spare:
+            circuit.close("finished")
+        retired = [pair for pairs in self._assigned.values() for pair in pairs]
+        self._assigned = {}
+        self._retired.extend(retired)
+        self._closeIdleRetired()
+        if self.running:
+            self.reactor.callLater(0, self._maintain)
+        return len(spare) + len(retired)
+
+    def _closeIdleRetired(self):
+        for circuit, path in list(self._retired):
+            streams = _circuitStatusOf(circuit, path, False).get("streams") or []
+            if not streams:
+                circuit.close("finished")  # _closed removes it from _retired
 
     # -- building
 
@@ -193,14 +247,30 @@ class CircuitManager(service.Service):
                         exclude.append(path[e.hop].nodeId)
                         if e.hop == 0 and self.guards is not None:
                             self.guards.markDown(path[0].nodeId)
+                    else:
+                        self._countThroughGuard(path[0], failed=True)
                     continue
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
+                self._countThroughGuard(path[0], failed=False)
                 self.buildTimes.append(self.reactor.seconds() - started)
                 return circuit, path
             raise lastError or NoPath("no attempt made")
         finally:
             self._building -= 1
+
+    def _countThroughGuard(self, guard, failed):
+        if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
+            self._throughGuard.clear()  # bounded: a client uses a few guards, not many
+        counts = self._throughGuard.setdefault(guard.nodeId, [0, 0])
+        counts[failed] += 1
+        if failed:
+            self.failedPastGuard += 1
+            built, past = counts
+            if past == 10 and past > built:
+                self.log.warn("{past} of {n} circuit builds through guard {g} failed past it; a guard that fails "
+                              "extensions on purpose chooses its clients' paths", past=past, n=built + past,
+                              g=guard.nodeId.hex()[:16])
 
     # -- status
 
@@ -208,17 +278,22 @@ class CircuitManager(service.Service):
         yield from self._spare
         for pairs in self._assigned.values():
             yield from pairs
+        yield from self._retired
 
     def circuits(self):
         return [c for c, _ in self._all()]
 
     def _circuitStatus(self, circuit, path):
-        return _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+        entry = _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+        if (circuit, path) in self._retired:
+            entry["retired"] = True
+        return entry
 
     def status(self):
         return {
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
+            "failed_past_guard": self.failedPastGuard,
             "build_times_s": self.buildTimes[-20:],
             "rebuild_times_s": self.rebuildTimes[-20:],
             **({"guards": self.guards.status()} if self.guards is not None else {}),
@@ -230,6 +305,20 @@ def _circuitStatusOf(circuit, path, spare):
     if circuit.streamHandler is not None:
         entry.update(circuit.streamHandler.status())
     return entry
+
+
+def _suspect(reason, path):
+    """
+    Whom the replacement of a circuit that died of C{reason} avoids.  A hop
+    that provably broke the protocol (C{reason.hop}: its authenticated cell
+    did) is avoided; the guard is kept (changing guards is what an attacker
+    wants), so a guard that kills a circuit gets no innocent middle excluded.
+    Otherwise the middle, the usual casualty of a dead relay.
+    """
+    hop = getattr(getattr(reason, "value", reason), "hop", None)
+    if hop is None:
+        return [path[1].nodeId]
+    return [] if hop == 0 else [path[hop].nodeId]
 
 
 def _accepts(path, target, packets=False):

@@ -221,7 +221,7 @@ class RouteController:
         return routeRows(self._iproute())
 
     def _tunIndex(self):
-        return getattr(self.tun, "index", None)
+        return self.tun.index if self.tun is not None else None
 
     def capture(self, tun, keepRoutes):
         """

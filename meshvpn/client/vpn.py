@@ -23,9 +23,19 @@ only once a circuit has carried traffic end to end -- the exit answered a
 probe (a RESOLVE of the literal C{127.0.0.1}, the same for every client,
 which the exit answers without asking any DNS server) or a packet came back
 from it.  Before that the state says what it waits for.
+
+What the circuit delivers is filtered before it reaches the TUN
+(L{circuitPacketAllowed}): the far end of a circuit is an exit we do not
+trust, and a packet in our TUN is believed by every local app.  Only
+IPv4 packets to our TUN address from internet sources pass: never from
+loopback, private, link-local, multicast or reserved space (which local
+services trust), never from a mesh address (those come only from the mesh
+router, authenticated per peer), except the exit's own ICMP errors from its
+pool in 100.64.0.0/10 (path MTU discovery needs them).
 """
 
 import enum
+import ipaddress
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -39,6 +49,12 @@ from meshvpn.interfaces import IStatusSource
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
 ISOLATION = ("tun",)
+
+# First octets of sources never allowed from a circuit: 0/8, 10/8, 127/8,
+# 224/4 (multicast), 240/4 (reserved, broadcast).  100, 169, 172 and 192
+# are decided by the next octets (L{circuitPacketAllowed}).
+_NEVER = frozenset((0, 10, 127, *range(224, 256)))
+_ICMP_ERRORS = frozenset((3, 11))  # destination unreachable, time exceeded
 PROBE_NAME = "127.0.0.1"
 PROBE_TIMEOUT = 10.0
 
@@ -51,6 +67,29 @@ class VpnState(enum.Enum):
     RECONNECTING = "reconnecting"  # was up; the circuit died, a new one is on its way
     MESH_ONLY = "mesh-only"  # --tun-capture false: mesh addresses only, no exit
     STOPPED = "stopped"
+
+
+def circuitPacketAllowed(packet, address):
+    """
+    Whether a packet from a circuit may be written to the TUN whose address
+    is C{address} (4 bytes).  A few byte comparisons: this runs per packet.
+    """
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[16:20] != address:
+        return False
+    a, b = packet[12], packet[13]
+    if a in _NEVER:
+        return False
+    if a == 100 and 64 <= b < 128:
+        # Shared space: our mesh (100.96/11) never; the exit's pool only for its ICMP errors.
+        ihl = (packet[0] & 15) * 4
+        return b < 96 and packet[9] == 1 and 20 <= ihl < len(packet) and packet[ihl] in _ICMP_ERRORS
+    if a == 169:
+        return b != 254
+    if a == 172:
+        return not 16 <= b < 32
+    if a == 192:
+        return b != 168 and not (b == 0 and packet[14] == 0)
+    return True
 
 
 def resolveProbe(circuit):
@@ -99,6 +138,7 @@ class TunClient(service.Service):
         self.reactor = reactor
         self.nodeId = nodeId
         self.address = meshAddress(nodeId)
+        self._addressBytes = ipaddress.IPv4Address(self.address).packed
         self._getCircuit = getCircuit
         self.opener = opener
         self.keepSource = keepSource
@@ -132,8 +172,8 @@ class TunClient(service.Service):
         self.upAfter = None  # seconds from start to the first "up"
         self._lostAt = None
         self._lastWhy = None
-        self.counters = {"to_circuit": 0, "from_circuit": 0, "ipv6_dropped": 0, "no_circuit_dropped": 0,
-                         "circuits_used": 0}
+        self.counters = {"to_circuit": 0, "from_circuit": 0, "from_circuit_refused": 0, "ipv6_dropped": 0,
+                         "no_circuit_dropped": 0, "circuits_used": 0}
 
     def startService(self):
         if self._tunFactory is None:
@@ -334,8 +374,13 @@ class TunClient(service.Service):
                 self._ensureCircuit()
 
     def _fromCircuit(self, packets):
-        self.counters["from_circuit"] += len(packets)
-        self.tun.writePackets(packets)
+        address = self._addressBytes
+        allowed = [p for p in packets if circuitPacketAllowed(p, address)]
+        self.counters["from_circuit_refused"] += len(packets) - len(allowed)
+        if not allowed:
+            return
+        self.counters["from_circuit"] += len(allowed)
+        self.tun.writePackets(allowed)
         if self.state is not VpnState.UP and self._circuit is not None:
             self._carried(self._circuit, "a packet came back")
 
@@ -445,7 +490,7 @@ def directPeers(bootstrap, finder, links=None):
     out = set()
     for host, port in bootstrap or ():
         out.add(("udp", host.strip("[]"), port))
-    for d in getattr(finder, "relays", {}).values():
+    for d in (finder.relays if finder is not None else {}).values():
         for transport, address in d.addresses:
             host, _, port = address.rpartition(":")
             if port.isdigit():

@@ -1,37 +1,65 @@
-"""Iterative Kademlia lookup: alpha parallel queries converging on the k closest live nodes.
+"""Iterative Kademlia lookup over d disjoint paths (S/Kademlia), alpha parallel queries per path.
 
-The shortlist starts from our own table.  At most alpha queries are active at
-once; a query that has not answered within C{stallTimeout} stops counting as
-active (it may still answer) so one slow or dead node never halts progress.
-The lookup ends when the k closest nodes not known to be dead have all
-answered, or (value lookups) when enough nodes returned a verified record.
-Lying nodes cost at most a timeout each: answers from an id other than the
-one we asked are rejected by the RPC layer, bogus contacts simply time out,
-and records are verified before they count.
+The closest contacts of our own table are dealt out over C{paths} paths.  Each
+path keeps its own shortlist and queries at most alpha nodes at once; a node
+is queried by one path only (the first to reach it), so a hostile node can
+mislead the paths that pass through it but never one that does not: with d
+paths, one honest path is enough to reach the target's honest neighbours.
+A query that has not answered within C{stallTimeout} stops holding its slot
+(it may still answer), so one slow or dead node never halts a path.
+
+A path ends when the k closest nodes of its shortlist not known to be dead
+have all answered (or, for values, when it got a verified record).  The
+lookup ends when every path has ended, or (values) when min(d, 2) paths each
+got a verified record and C{quorum} nodes in all did: a record is only taken
+once two independent paths agree it exists, and the highest sequence number
+among everything verified wins.  Node lookups merge what all paths found.
+
+Contacts are only believed as far as they can be checked before asking:
+their proof of work (one hash), at most one node id per host per lookup (so
+a host minting identities counts once), at most two addresses per id (so a
+lie about where an honest node lives cannot hide its real address).  Every
+answer from a node not proven at its address must be signed (the RPC layer
+checks; an unsigned or wrong answer is a failed query), and records are
+verified before they count.
 """
 
+import enum
 import hashlib
 
 from twisted.internet import defer
 
 from meshvpn.dht import wire
+from meshvpn.dht.pow import checkWork
 from meshvpn.dht.records import RecordError, parseRecord, verifyRecord
+from meshvpn.dht.routing import hostOf
 
-_NEW, _ACTIVE, _STALLED, _DONE, _FAILED = range(5)
 MAX_ENTRIES = 400
-MAX_QUERIES = 120
+MAX_SHORTLIST = 60  # per path: three times k
+MAX_QUERIES_PER_PATH = 60
+MAX_ADDRESSES_PER_ID = 2
+
+
+class State(enum.Enum):
+    NEW = "new"
+    ACTIVE = "active"
+    STALLED = "stalled"  # asked, slow: no longer holds a slot, may still answer
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # another path queried this node, or it answered at another address
 
 
 class LookupResult:
-    """What a lookup found: C{contacts} (closest first), C{records} (verified), stats."""
+    """What a lookup found: C{contacts} (L{wire.Peer}s, closest first), C{records} (verified), stats."""
 
-    def __init__(self, contacts, records, hops, requests, responses, elapsed):
+    def __init__(self, contacts, records, hops, requests, responses, elapsed, pathsFound=0):
         self.contacts = contacts
         self.records = records
         self.hops = hops
         self.requests = requests
         self.responses = responses
         self.elapsed = elapsed
+        self.pathsFound = pathsFound
 
     def best(self):
         """@return: the record with the highest sequence number, or C{None}."""
@@ -39,15 +67,28 @@ class LookupResult:
 
 
 class _Entry:
-    __slots__ = ("nodeId", "address", "dist", "state", "depth", "stallCall")
+    __slots__ = ("peer", "dist", "state", "depth", "stallCall", "path")
 
-    def __init__(self, nodeId, address, dist, depth):
-        self.nodeId = nodeId
-        self.address = address
+    def __init__(self, peer, dist, depth, path):
+        self.peer = peer
         self.dist = dist
-        self.state = _NEW
+        self.state = State.NEW
         self.depth = depth
         self.stallCall = None
+        self.path = path
+
+
+class _Path:
+    __slots__ = ("index", "order", "active", "queries", "done", "found", "seen")
+
+    def __init__(self, index):
+        self.index = index
+        self.order = []  # entries sorted by distance
+        self.seen = set()  # every contact offered to this path (answers repeat each other)
+        self.active = 0
+        self.queries = 0
+        self.done = False
+        self.found = False
 
 
 class IterativeLookup:
@@ -59,9 +100,10 @@ class IterativeLookup:
         verified record (0: run to convergence).
     @param wantPublishers: for a shared key, stop once records of this many
         distinct publishers are in hand.
+    @param paths: the number d of disjoint paths.
     """
 
-    def __init__(self, node, target, findValue=False, quorum=2, wantPublishers=None):
+    def __init__(self, node, target, findValue=False, quorum=2, wantPublishers=None, paths=1):
         self.node = node
         self.target = target
         self.targetInt = int.from_bytes(target, "big")
@@ -70,11 +112,16 @@ class IterativeLookup:
         self.wantPublishers = wantPublishers
         self.k = node.config.k
         self.alpha = node.config.alpha
-        self.entries = {}
-        self.order = []  # entries sorted by distance
-        self.active = 0
+        self.workBits = node.config.powBits
+        self.exemptLoopback = node.config.exemptLoopback
+        self.paths = [_Path(i) for i in range(max(1, paths))]
+        self.entries = {}  # (path index, nodeId, address) -> _Entry: each path has its own shortlist
+        self.addresses = {}  # (path index, nodeId) -> number of entries
+        self.hosts = {}  # host -> the one node id this lookup takes from it
+        self.claimed = {}  # nodeId -> index of the path that queried it
+        self.byId = {}  # nodeId -> its entries (in all paths)
+        self.answered = set()  # node ids that answered (at some address)
         self.queries = 0
-        self.failed = 0
         self.responses = 0
         self.records = {}  # publisherId -> best Record
         self.valueResponders = 0
@@ -87,19 +134,40 @@ class IterativeLookup:
 
     def run(self, seeds=None):
         if seeds is None:
-            seeds = [(c.nodeId, c.address) for c in self.node.table.closest(self.target, self.k)]
-        for nodeId, addr in seeds:
-            self._add(nodeId, addr, 0)
+            seeds = self.node.seedPeers(self.target, self.k)
+        for i, peer in enumerate(seeds):
+            self._add(peer, 0, self.paths[i % len(self.paths)])
         self._step()
         return self.d
 
-    def _add(self, nodeId, address, depth):
-        if nodeId in self.entries or nodeId == self.node.nodeId or len(self.entries) >= MAX_ENTRIES:
-            return
-        e = _Entry(nodeId, address, int.from_bytes(nodeId, "big") ^ self.targetInt, depth)
-        self.entries[nodeId] = e
+    def _add(self, peer, depth, path):
+        nodeId, address = peer.nodeId, peer.address
+        key = (path.index, nodeId, address)
+        if nodeId == self.node.nodeId or len(self.entries) >= MAX_ENTRIES or key in self.entries:
+            return False
+        dist = int.from_bytes(nodeId, "big") ^ self.targetInt
+        order = path.order
+        if len(order) >= MAX_SHORTLIST and dist >= order[-1].dist:
+            return False  # farther than every candidate of a full shortlist: it would never be asked
+        if self.addresses.get((path.index, nodeId), 0) >= MAX_ADDRESSES_PER_ID:
+            return False
+        host = hostOf(address, self.exemptLoopback)
+        if host is not None:
+            owner = self.hosts.setdefault(host, nodeId)
+            if owner != nodeId:
+                self.node.counters["lookup_same_host"] += 1
+                return False
+        if peer.key is not None and not checkWork(peer.key, peer.work, self.workBits):
+            self.node.counters["contacts_without_work"] += 1
+            return False
+        owner = self.claimed.get(nodeId)
+        if nodeId in self.answered or (owner is not None and owner != path.index):
+            return False  # asked already, by another path or at another address
+        e = _Entry(peer, dist, depth, path)
+        self.entries[key] = e
+        self.byId.setdefault(nodeId, []).append(e)
+        self.addresses[(path.index, nodeId)] = self.addresses.get((path.index, nodeId), 0) + 1
         # insertion into a short sorted list: cheaper than re-sorting
-        order = self.order
         lo, hi = 0, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -108,50 +176,80 @@ class IterativeLookup:
             else:
                 hi = mid
         order.insert(lo, e)
+        return True
 
     def _enough(self):
         if not self.findValue:
             return False
         if self.wantPublishers is not None:
             return len(self.records) >= self.wantPublishers
-        return self.quorum and self.valueResponders >= self.quorum
+        if not self.quorum:
+            return False
+        agreeing = sum(1 for p in self.paths if p.found)
+        return agreeing >= min(len(self.paths), 2) and self.valueResponders >= self.quorum
 
     def _step(self):
         if self.finished:
             return
         if self._enough():
             return self._finish()
+        for path in self.paths:
+            if not path.done:
+                self._stepPath(path)
+                if self.finished:
+                    return
+        if all(p.done for p in self.paths):
+            self._finish()
+
+    def _stepPath(self, path):
+        if self.findValue and path.found and self.quorum and self.valueResponders >= self.quorum:
+            # this path has done its part; it waits for the others to agree
+            path.done = not path.active
+            return
         seen = 0
         waiting = False
-        for e in self.order:
-            if e.state == _FAILED:
+        for e in path.order:
+            state = e.state
+            if state is State.FAILED or state is State.SKIPPED:
                 continue
             seen += 1
             if seen > self.k:
                 break
-            if e.state == _NEW:
-                if self.active < self.alpha and self.queries < MAX_QUERIES:
-                    self._query(e)
+            if state is State.NEW:
+                if path.active < self.alpha and path.queries < MAX_QUERIES_PER_PATH:
+                    self._query(e, path)
                     if self.finished:
                         return
                 waiting = True
-            elif e.state != _DONE:
+            elif state is not State.DONE:
                 waiting = True
-        if not waiting or (self.active == 0 and self.queries >= MAX_QUERIES):
-            self._finish()
+        if not waiting or (path.active == 0 and path.queries >= MAX_QUERIES_PER_PATH):
+            path.done = True
 
-    def _query(self, e):
-        e.state = _ACTIVE
-        self.active += 1
+    def _skipOthers(self, e):
+        """Another entry of this node (another path's, or another address) will not be asked."""
+        for other in self.byId[e.peer.nodeId]:
+            if other is not e and other.state is State.NEW:
+                other.state = State.SKIPPED
+
+    def _query(self, e, path):
+        e.state = State.ACTIVE
+        self.claimed[e.peer.nodeId] = path.index
+        for other in self.byId[e.peer.nodeId]:
+            if other.path is not path and other.state is State.NEW:
+                other.state = State.SKIPPED
+        path.active += 1
+        path.queries += 1
         self.queries += 1
         node = self.node
         e.stallCall = node.clock.callLater(node.config.stallTimeout, self._stalled, e)
         kind = wire.FIND_VALUE if self.findValue else wire.FIND_NODE
         # With plenty of candidates a lost query is cheaper to replace than to
         # retry; with few (a young table) each one matters, so it is retried.
-        attempts = 1 if len(self.order) - self.failed >= 2 * self.alpha else 2
+        attempts = 1 if len(path.order) >= 2 * self.alpha else 2
         d = node.request(
-            e.address, kind, self.target, expectedId=e.nodeId, timeout=node.config.lookupTimeout, attempts=attempts
+            e.peer.address, kind, self.target, expectedId=e.peer.nodeId, timeout=node.config.lookupTimeout,
+            attempts=attempts,
         )
         d.addCallbacks(self._answered, self._failed, callbackArgs=(e,), errbackArgs=(e,))
 
@@ -160,36 +258,44 @@ class IterativeLookup:
             if e.stallCall.active():
                 e.stallCall.cancel()
             e.stallCall = None
-        if e.state == _ACTIVE:
-            self.active -= 1
+        if e.state is State.ACTIVE:
+            e.path.active -= 1
 
     def _stalled(self, e):
         e.stallCall = None
-        if e.state == _ACTIVE:
-            e.state = _STALLED
-            self.active -= 1
+        if e.state is State.ACTIVE:
+            e.state = State.STALLED
+            e.path.active -= 1
             self._step()
 
     def _answered(self, msg, e):
         self._release(e)
-        e.state = _DONE
+        e.state = State.DONE
         if self.finished:
             return
         self.responses += 1
+        self.answered.add(e.peer.nodeId)
+        self._skipOthers(e)
         hop = e.depth + 1
         if hop > self.maxHops:
             self.maxHops = hop
         if self.findValue:
             records, contacts = msg.payload
-            if records:
-                self._takeRecords(records, hop)
+            if records and self._takeRecords(records):
+                self.valueResponders += 1
+                e.path.found = True
+                if self.valueHops is None:
+                    self.valueHops = hop
         else:
             contacts = msg.payload
-        for nodeId, addr in contacts:
-            self._add(nodeId, addr, hop)
+        seen = e.path.seen
+        for peer in contacts:
+            if peer not in seen:
+                seen.add(peer)
+                self._add(peer, hop, e.path)
         self._step()
 
-    def _takeRecords(self, raws, hop):
+    def _takeRecords(self, raws):
         now = self.node.clock.seconds()
         got = False
         for raw in raws:
@@ -206,31 +312,36 @@ class IterativeLookup:
             old = self.records.get(record.publisherId)
             if old is None or record.seq > old.seq:
                 self.records[record.publisherId] = record
-        if got:
-            self.valueResponders += 1
-            if self.valueHops is None:
-                self.valueHops = hop
+        return got
 
     def _failed(self, failure, e):
         self._release(e)
-        e.state = _FAILED
-        self.failed += 1
+        e.state = State.FAILED
         self._step()
 
     def _finish(self):
         self.finished = True
-        for e in self.order:
+        done = []
+        for e in self.entries.values():
             if e.stallCall is not None and e.stallCall.active():
                 e.stallCall.cancel()
             e.stallCall = None
-        contacts = [(e.nodeId, e.address) for e in self.order if e.state == _DONE][: self.k]
+            if e.state is State.DONE:
+                done.append(e)
+        done.sort(key=lambda e: e.dist)
+        contacts, ids = [], set()
+        for e in done:
+            if e.peer.nodeId not in ids:
+                ids.add(e.peer.nodeId)
+                contacts.append(e.peer)
         hops = self.valueHops if self.findValue else self.maxHops
         result = LookupResult(
-            contacts,
+            contacts[: self.k],
             list(self.records.values()),
             hops,
             self.queries,
             self.responses,
             self.node.clock.seconds() - self.started,
+            sum(1 for p in self.paths if p.found),
         )
         self.d.callback(result)

@@ -24,6 +24,8 @@ OWNED, SHARED = 0, 1
 MAX_SALT = 64
 MAX_VALUE = 1024
 MAX_TTL = 24 * 3600  # a record may not claim to live longer than this
+SHARED_TTL = 3 * 3600  # the default descriptor lifetime: a shared record counts this long after its last STORE
+MAX_SAMPLE = 16
 SIG_DOMAIN = b"meshvpn-dht-record-v1\x00"
 _FIXED = struct.Struct("!B32sB")
 _SEQ_EXP_LEN = struct.Struct("!QQH")
@@ -31,6 +33,12 @@ _SEQ_EXP_LEN = struct.Struct("!QQH")
 
 class RecordError(ValueError):
     """A record is malformed or fails verification; the text says why."""
+
+
+def sampleClass(salt):
+    """The part of a salt a SAMPLE asks for: up to its last C{@}, or all of it."""
+    cls, at, _ = salt.rpartition(b"@")
+    return cls if at else salt
 
 
 def ownedKey(publisherId, salt):
@@ -140,83 +148,198 @@ def verifyRecord(record, now, key=None):
         raise RecordError("bad record signature", wire.BAD_RECORD) from None
 
 
+class _Entry:
+    __slots__ = ("record", "storedAt", "source", "until")
+
+    def __init__(self, record, storedAt, source, sharedTTL):
+        self.record = record
+        self.source = source
+        self.refresh(storedAt, sharedTTL)
+
+    def refresh(self, now, sharedTTL):
+        self.storedAt = now
+        r = self.record
+        # A shared record counts only as long as an honest descriptor lives
+        # after its last STORE: claiming a longer expiry buys nothing.
+        self.until = r.expires if r.kind == OWNED else min(r.expires, now + sharedTTL)
+
+
 class RecordStore:
     """
-    Bounded storage of verified records: C{key -> publisherId -> (record, storedAt)}.
+    Bounded storage of verified records: C{key -> publisherId -> entry}.
 
-    Caps: C{maxRecords} in total and C{maxPerKey} publishers per shared key
-    (when a key is full, the record expiring soonest gives way only to one
-    that expires later).
+    Incumbents are favoured and nobody can lock others out:
+      - a shared record counts as live for at most C{sharedTTL} (the default
+        descriptor lifetime) after its last STORE, whatever expiry it claims;
+      - a full shared key, or a full store, admits a newcomer only by
+        evicting the newest record of the *source* (the /24 or /48 a STORE
+        came from, as proved by its address token) holding the most, and
+        only if that source holds more than the newcomer's does: free keys
+        from a few networks fill at most their fair share, and a new relay
+        from anywhere else always gets in;
+      - at most C{maxPerPublisher} records of one publisher key;
+      - C{admit(record, origin)} may refuse records by what their salt
+        means to the caller (the relay directory: a role announcement must
+        be STOREd from the host it announces); C{origin} is the address the
+        STORE came from (C{None}: our own).
+    Records are also indexed by I{sample class} (the salt up to its last
+    C{@}, or the whole salt) for SAMPLE: the records of a class nearest to a
+    point, one per key.
     """
 
-    def __init__(self, maxRecords=20000, maxPerKey=64):
+    def __init__(self, maxRecords=20000, maxPerKey=64, maxPerPublisher=16, admit=None, sharedTTL=SHARED_TTL):
         self.maxRecords = maxRecords
         self.maxPerKey = maxPerKey
+        self.maxPerPublisher = maxPerPublisher
+        self.admit = admit
+        self.sharedTTL = sharedTTL
         self._byKey = {}
+        self._bySource = {}  # source -> {(key, publisherId): None}, oldest first
+        self._byPublisher = {}  # publisherId -> count
+        self._byClass = {}  # sample class -> {key: None} (for SAMPLE)
         self.count = 0
+        self.evicted = 0
 
-    def store(self, record, now):
+    def store(self, record, now, source=None, origin=None):
         """
-        Verify and store C{record}.
+        Verify and store C{record}, which arrived from C{source} (a subnet
+        label, C{None} when unknown: all unknown sources count as one) at
+        address C{origin}.
 
         @return: a L{wire} result code (L{wire.STORED} on success).
         """
         slot = self._byKey.get(record.key)
         old = slot.get(record.publisherId) if slot else None
         if old is not None:
-            oldRecord = old[0]
-            if record.raw == oldRecord.raw:
+            if record.raw == old.record.raw:
                 # The same bytes were verified when first stored; only freshness changes.
-                if oldRecord.expires <= now:
+                if old.record.expires <= now:
                     return wire.EXPIRED
-                slot[record.publisherId] = (oldRecord, now)
+                old.refresh(now, self.sharedTTL)
                 return wire.STORED
-            if record.seq <= oldRecord.seq:
+            if record.seq <= old.record.seq:
                 return wire.STALE
+        if self.admit is not None and not self.admit(record, origin):
+            return wire.BAD_RECORD
         try:
             verifyRecord(record, now)
         except RecordError as e:
             return e.args[1]
-        if slot is None:
-            if self.count >= self.maxRecords:
+        if old is not None:
+            # a newer version from the same publisher takes the same place
+            self._remove(record.key, record.publisherId)
+            self._insert(record, now, source)
+            return wire.STORED
+        if self._byPublisher.get(record.publisherId, 0) >= self.maxPerPublisher:
+            return wire.FULL
+        if slot and len(slot) >= self.maxPerKey:
+            if not self._evictFairly({(record.key, p): e.source for p, e in slot.items()}, source):
                 return wire.FULL
-            slot = self._byKey[record.key] = {}
-        if old is None:
-            if len(slot) >= self.maxPerKey:
-                victimId = min(slot, key=lambda p: slot[p][0].expires)
-                if slot[victimId][0].expires >= record.expires:
-                    return wire.FULL
-                del slot[victimId]
-                self.count -= 1
-            if self.count >= self.maxRecords:
+        if self.count >= self.maxRecords:
+            if not self._evictFairly(None, source):
                 return wire.FULL
-            self.count += 1
-        slot[record.publisherId] = (record, now)
+        self._insert(record, now, source)
         return wire.STORED
 
+    def _evictFairly(self, among, source):
+        """
+        Evict the newest record of the source holding the most (of C{among},
+        C{{(key, pid): source}}, or of the whole store), if it holds more
+        than C{source} plus one.  @return: C{True} if a record was evicted.
+        """
+        if among is None:
+            counts = {s: len(entries) for s, entries in self._bySource.items()}
+        else:
+            counts = {}
+            for s in among.values():
+                counts[s] = counts.get(s, 0) + 1
+        if not counts:
+            return False
+        biggest = max(counts, key=counts.get)
+        if counts[biggest] <= counts.get(source, 0) + 1:
+            return False
+        for entry in reversed(self._bySource[biggest]):
+            if among is None or entry in among:
+                self._remove(*entry)
+                self.evicted += 1
+                return True
+        return False
+
+    def _insert(self, record, now, source):
+        slot = self._byKey.setdefault(record.key, {})
+        slot[record.publisherId] = _Entry(record, now, source, self.sharedTTL)
+        self._bySource.setdefault(source, {})[(record.key, record.publisherId)] = None
+        self._byPublisher[record.publisherId] = self._byPublisher.get(record.publisherId, 0) + 1
+        keys = self._byClass.setdefault(sampleClass(record.salt), {})
+        keys[record.key] = keys.get(record.key, 0) + 1
+        self.count += 1
+
+    def _remove(self, key, publisherId):
+        slot = self._byKey[key]
+        entry = slot.pop(publisherId)
+        if not slot:
+            del self._byKey[key]
+        entries = self._bySource[entry.source]
+        del entries[(key, publisherId)]
+        if not entries:
+            del self._bySource[entry.source]
+        left = self._byPublisher[publisherId] - 1
+        if left:
+            self._byPublisher[publisherId] = left
+        else:
+            del self._byPublisher[publisherId]
+        cls = sampleClass(entry.record.salt)
+        keys = self._byClass[cls]
+        if keys[key] > 1:
+            keys[key] -= 1
+        else:
+            del keys[key]
+            if not keys:
+                del self._byClass[cls]
+        self.count -= 1
+
     def get(self, key, now):
-        """@return: the unexpired records under C{key} (a list, possibly empty)."""
+        """@return: the live records under C{key} (a list, possibly empty)."""
         slot = self._byKey.get(key)
         if not slot:
             return []
-        return [r for r, _ in slot.values() if r.expires > now]
+        return [e.record for e in slot.values() if e.until > now]
+
+    def sample(self, cls, target, now, limit=MAX_SAMPLE):
+        """
+        @return: up to C{limit} live records of sample class C{cls} under
+            the keys closest to C{target} (XOR), closest first, one per key
+            (of several publishers under a key, the one a hash of C{target}
+            picks: another point, maybe another one): what a SAMPLE asks.
+        """
+        keys = self._byClass.get(cls)
+        if not keys:
+            return []
+        t = int.from_bytes(target, "big")
+        out = []
+        for key in sorted(keys, key=lambda k: int.from_bytes(k, "big") ^ t):
+            live = [e.record for e in self._byKey[key].values() if e.until > now]
+            if live:
+                out.append(min(live, key=lambda r: hashlib.blake2b(target + r.publisherId, digest_size=8).digest()))
+                if len(out) >= limit:
+                    break
+        return out
 
     def expire(self, now):
         """Drop every expired record.  @return: how many were dropped."""
-        dropped = 0
-        for key in list(self._byKey):
-            slot = self._byKey[key]
-            for pid in [p for p, (r, _) in slot.items() if r.expires <= now]:
-                del slot[pid]
-                dropped += 1
-            if not slot:
-                del self._byKey[key]
-        self.count -= dropped
-        return dropped
+        dead = [(key, pid) for key, slot in self._byKey.items() for pid, e in slot.items() if e.until <= now]
+        for key, pid in dead:
+            self._remove(key, pid)
+        return len(dead)
+
+    def replicable(self, record):
+        """@return: C{False} if the admission policy lets only the publisher's host store C{record}."""
+        check = getattr(self.admit, "replicable", None)
+        return check is None or check(record)
 
     def items(self):
         """@return: a list of C{(record, storedAt)} for every stored record."""
-        return [entry for slot in self._byKey.values() for entry in slot.values()]
+        return [(e.record, e.storedAt) for slot in self._byKey.values() for e in slot.values()]
 
     def keys(self):
         return list(self._byKey)

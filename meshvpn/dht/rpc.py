@@ -3,10 +3,27 @@
 L{DHTNode} parses every datagram routed to it, answers requests from its
 routing table and record store, and matches responses to its own requests by
 transaction id (random 64 bits) and source address.  Requests time out on
-C{IReactorTime} and are retried; each source IP has a token bucket; anything
-malformed, oversized, rate-limited or unsolicited is dropped and counted in
-C{counters}, never raised.  A node in client mode (behind NAT, not reachable)
-marks its messages so others never put it in their tables, and serves nothing.
+C{IReactorTime} and are retried; anything malformed, oversized, over budget,
+unproven or unsolicited is dropped and counted in C{counters}, never raised.
+A node in client mode (behind NAT, not reachable) marks its messages so
+others never put it in their tables, and serves nothing.
+
+What it believes and what it spends (doc/security.md, "DHT"):
+  - A node enters the routing table, or moves in it, only on an answer
+    signed by its key (over our fresh transaction id and our key) at that
+    address, with valid proof of work (L{meshvpn.dht.pow}).  We ask for a
+    signature (PROVE) whenever the (id, address) pair has not proved itself
+    within C{proofMaxAge}; an unsigned answer to such a request is dropped.
+    A requester is never added for asking: if its bucket has room we ping
+    it for a proof (only if it proved its address with a token or sent at
+    least as many bytes as our ping: probing is no amplifier), at most
+    C{maxProbes} at a time and once per 5 minutes per id.
+  - Answers bigger than their request go only to addresses that echo our
+    token (L{meshvpn.dht.tokens}); our own first requests to a node are
+    padded so its answer fits.  STOREs need a token too (no spoofed STORE
+    ever costs a signature check).
+  - Per-source and global budgets for answers and for Ed25519 work done for
+    others (L{meshvpn.dht.budget}).
 
 The same class runs inside real nodes (L{meshvpn.dht.service}) and, by the
 thousand, inside the simulator (L{meshvpn.tools.dhtsim}).
@@ -18,16 +35,27 @@ import random
 from collections import Counter
 
 import attrs
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.dht import ALPHA, K, wire
+from meshvpn.dht.budget import Bucket, SourceLimiter
 from meshvpn.dht.lookup import IterativeLookup
+from meshvpn.dht.pow import DEFAULT_BITS, NO_WORK, checkWork
+from meshvpn.dht.proofs import ProofBook
 from meshvpn.dht.records import RecordError, parseRecord
-from meshvpn.dht.routing import RoutingTable
+from meshvpn.dht.routing import RoutingTable, subnetOf
+from meshvpn.dht.sampling import sampleRegion
+from meshvpn.dht.tokens import NO_TOKEN, TokenCache, TokenIssuer
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IDHT, IDatagramHandler
+
+# A first request to a node (no token yet) is padded so the whole answer fits.
+_NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
+_PAD = {wire.FIND_NODE: _NODES_FULL, wire.FIND_VALUE: wire.MAX_DATAGRAM, wire.SAMPLE: wire.MAX_DATAGRAM}
 
 
 @attrs.define
@@ -35,15 +63,25 @@ class DHTConfig:
     """Tunables; the defaults are for the real internet."""
 
     k: int = K
-    alpha: int = ALPHA
+    alpha: int = ALPHA  # parallel queries per lookup path
+    paths: int = 2  # disjoint lookup paths (S/Kademlia's d) for values and sampling
+    storePaths: int = 1  # ... and for finding where to store (a record also spreads by replication)
+    sampleStorers: int = 8  # a region sample asks the nodes this close to its point (one honest one is enough)
     rpcTimeout: float = 2.0  # per attempt, for PING and STORE
     rpcAttempts: int = 2
     lookupTimeout: float = 2.0  # per lookup query (one attempt: the lookup asks others instead)
     stallTimeout: float = 0.5  # a lookup query slower than this stops holding an alpha slot
     rateLimit: float = 50.0  # requests per second per source IP
     rateBurst: float = 200.0
+    maxSources: int = 4096  # source IPs tracked by the rate limiter (the rest share one bucket)
+    answerRate: float = 1000.0  # answers per second to everyone together
+    answerBurst: float = 1000.0
+    cryptoRate: float = 400.0  # Ed25519 signs and verifies per second for others (proofs, STOREs)
+    cryptoBurst: float = 400.0
     maxPending: int = 4096  # outstanding requests of ours
-    maxSources: int = 4096  # source IPs tracked by the rate limiter
+    maxProbes: int = 32  # requesters being pinged for a proof at once
+    proofMaxAge: float = 3600.0  # a proven (id, address) is asked to prove itself again after this
+    powBits: int = DEFAULT_BITS  # proof of work a node id must carry to be listed
     refreshIdle: float = 3600.0  # refresh buckets idle longer than this
     refreshCheck: float = 300.0
     expireInterval: float = 60.0
@@ -52,56 +90,82 @@ class DHTConfig:
     valueQuorum: int = 2
     perBucketSubnet: int = 2
     perTableSubnet: int = 4
+    exemptLoopback: bool = False  # local test networks only: loopback addresses escape subnet limits
     maxRecords: int = 20000
     maxPerKey: int = 64
+    maxPerPublisher: int = 16
 
 
 class _Pending:
-    __slots__ = ("d", "data", "addr", "expectedId", "kind", "attemptsLeft", "timeout", "call")
+    __slots__ = ("d", "data", "addr", "expectedId", "kind", "attemptsLeft", "timeout", "call", "prove")
 
 
 def _defaultTxid():
     return os.urandom(8)
 
 
+def verifyProof(msg, requesterKey):
+    """@return: C{True} if C{msg} carries a valid signature by its sender over our request's answer."""
+    try:
+        VerifyKey(msg.senderKey).verify(wire.proofInput(requesterKey, msg.signedPart), msg.signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
 @implementer(IDatagramHandler, IDHT)
 class DHTNode:
     """
-    @param identity: an L{meshvpn.interfaces.INodeIdentity} (only its public
-        key and node id are used here; records are signed by their publisher).
+    @param identity: an L{meshvpn.interfaces.INodeIdentity}: its key signs
+        our answers' proofs; records are signed by their publisher.
     @param send: C{callable(data, addr)} that sends one datagram, normally
         C{node.udp.sendDatagram}.
     @param store: a L{meshvpn.dht.records.RecordStore}.
+    @param work: our proof-of-work nonce (L{meshvpn.dht.pow.loadOrSolve});
+        a serving node without enough work is listed by nobody.
     """
 
     log = Logger()
 
-    def __init__(self, clock, identity, send, store, config=None, clientMode=False, txid=_defaultTxid, rng=random):
+    def __init__(self, clock, identity, send, store, config=None, clientMode=False, txid=_defaultTxid, rng=random,
+                 work=NO_WORK):
         self.clock = clock
         self.identity = identity
         self.nodeId = identity.nodeId
         self.publicKey = identity.identityPublicKey
         self.send = send
         self.store = store
-        self.config = config or DHTConfig()
+        self.config = c = config or DHTConfig()
         self.clientMode = clientMode
         self.flags = wire.FLAG_CLIENT if clientMode else 0
+        self.work = work
         self._txid = txid
         self.rng = rng
         self.table = RoutingTable(
             self.nodeId,
             clock,
             self._pingContact,
-            k=self.config.k,
-            perBucketSubnet=self.config.perBucketSubnet,
-            perTableSubnet=self.config.perTableSubnet,
+            k=c.k,
+            perBucketSubnet=c.perBucketSubnet,
+            perTableSubnet=c.perTableSubnet,
             rng=rng,
+            exemptLoopback=c.exemptLoopback,
         )
+        now = clock.seconds()
+        secret = rng.randbytes(32) if isinstance(rng, random.Random) else None
+        self.tokens = TokenIssuer(clock, secret)
+        self.peerTokens = TokenCache(clock)
+        self.limiter = SourceLimiter(c.rateLimit, c.rateBurst, c.maxSources)
+        self.answerBudget = Bucket(c.answerRate, c.answerBurst, now)
+        self.cryptoBudget = Bucket(c.cryptoRate, c.cryptoBurst, now)
         self.pending = {}
         self.counters = Counter()
-        self._buckets = {}  # source IP -> [tokens, last time]
+        # callables given each finished lookup's LookupResult (metrics: its duration)
+        self.lookupObservers = []
+        self.proofs = ProofBook(clock, self.table, c.proofMaxAge, maxProbes=c.maxProbes)
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
+        self.savedContacts = []  # (nodeId, address) from a saved table: pinged at bootstrap
         self.stopped = False
         self._loops = []
 
@@ -163,82 +227,141 @@ class DHTNode:
             # Someone else answers at that address: the contact was a lie or is gone.
             self.counters["dropped_wrong_id"] += 1
             return
+        if msg.clientMode or not checkWork(msg.senderKey, msg.work, self.config.powBits):
+            self.counters["dropped_no_work"] += 1
+            return
+        proven = False
+        if msg.signature is not None:
+            if not verifyProof(msg, self.publicKey):
+                self.counters["dropped_bad_proof"] += 1
+                return
+            proven = True
+        elif p.prove:
+            # We asked for a proof and got none: maybe an impersonator, maybe a
+            # node out of budget.  Either way the answer is not believed.
+            self.counters["dropped_unproven"] += 1
+            return
         del self.pending[msg.txid]
         p.call.cancel()
         self.counters["responses"] += 1
-        if not msg.clientMode:
-            self.table.seen(senderId, addr, verified=True)
+        self.peerTokens.remember(addr, msg.token)
+        if proven:
+            self.proofs.mark(senderId, addr)
+            self.table.seen(senderId, addr, verified=True, key=msg.senderKey, work=msg.work)
+        else:
+            self.table.seen(senderId, addr, verified=False)
         p.d.callback(msg)
 
     def _request(self, msg, addr):
         if self.clientMode:
             self.counters["dropped_client_mode"] += 1
             return
-        if not self._allow(addr[0]):
+        now = self.clock.seconds()
+        host = addr[0]
+        if not self.limiter.allow(host, now):
             self.counters["dropped_rate_limited"] += 1
+            return
+        if not self.answerBudget.take(now):
+            self.counters["dropped_over_budget"] += 1
             return
         self.counters["requests_in"] += 1
         senderId = hashlib.sha256(msg.senderKey).digest()
+        tokenOk = self.tokens.valid(host, msg.token)
         kind = msg.kind
         if kind == wire.PING:
-            reply = (wire.PONG, addr)
+            reply = addr
         elif kind == wire.FIND_NODE:
-            reply = (wire.NODES, self._closestContacts(msg.payload, senderId))
+            reply = self.answerFindNode(msg.payload, senderId)
         elif kind == wire.FIND_VALUE:
-            records = self.store.get(msg.payload, self.clock.seconds())
-            if len(records) > 1:
-                self.rng.shuffle(records)
-            reply = (wire.VALUE, ([r.raw for r in records], self._closestContacts(msg.payload, senderId)))
-        else:  # STORE
-            reply = (wire.STORE_RESULT, self._storeRecord(msg.payload))
-        self.send(wire.encode(reply[0], msg.txid, self.publicKey, reply[1], self.flags), addr)
-        if not msg.clientMode:
-            # Unverified (the source address could be spoofed): it may fill a
-            # free slot but never evicts anyone.
-            self.table.seen(senderId, addr, verified=False)
+            reply = self.answerFindValue(msg.payload, senderId)
+        elif kind == wire.SAMPLE:
+            reply = self.answerSample(*msg.payload)
+        elif not tokenOk:  # STORE from an address that has not proved itself
+            self.counters["store_need_token"] += 1
+            reply = wire.NEED_TOKEN
+        elif not self.cryptoBudget.take(now):
+            self.counters["dropped_crypto_budget"] += 1
+            return
+        else:
+            reply = self.answerStore(msg.payload, addr)
+        sign = None
+        if msg.flags & wire.FLAG_PROVE:
+            if self.cryptoBudget.take(now):
+                requesterKey = msg.senderKey
+                sign = lambda data: self.identity.sign(wire.proofInput(requesterKey, data))  # noqa: E731
+            else:
+                self.counters["proofs_over_budget"] += 1
+        data = wire.encode(
+            wire.REQUESTS[kind], msg.txid, self.publicKey, reply, self.flags, work=self.work,
+            token=self.tokens.issue(host), room=wire.MAX_DATAGRAM if tokenOk else msg.size, sign=sign,
+        )
+        self.send(data, addr)
+        if not msg.clientMode and (tokenOk or msg.size >= wire.PING_LEN):
+            # our probe is no bigger than what the requester sent: no amplification
+            self._maybeProbe(senderId, addr, msg.senderKey, msg.work)
 
-    def _closestContacts(self, target, exclude):
-        return [(c.nodeId, c.address) for c in self.table.closest(target, self.config.k, exclude=exclude)]
+    # ---- answering (the simulator's hostile nodes override these)
 
-    def _storeRecord(self, raw):
+    def answerFindNode(self, target, senderId):
+        return self.closestPeers(target, senderId)
+
+    def answerFindValue(self, key, senderId):
+        now = self.clock.seconds()
+        records = self.store.get(key, now)
+        own = self._published.get(key)
+        if own is not None and own.expires > now and all(r.publisherId != own.publisherId for r in records):
+            records.append(own)  # a publisher always serves its own records
+        if len(records) > 1:
+            self.rng.shuffle(records)
+        return [r.raw for r in records], self.closestPeers(key, senderId)
+
+    def answerSample(self, target, cls):
+        records = self.store.sample(cls, target, self.clock.seconds())
+        return [r.raw for r in records], []
+
+    def answerStore(self, raw, addr):
+        return self._storeRecord(raw, subnetOf(addr, self.config.exemptLoopback) or f"{addr[0]}:{addr[1]}", addr)
+
+    def closestPeers(self, target, exclude=None):
+        return [c.peer() for c in self.table.closest(target, self.config.k, exclude=exclude) if c.key is not None]
+
+    def seedPeers(self, target, count):
+        """Contacts from our own table to start a lookup with (all proven)."""
+        return self.closestPeers(target)[:count]
+
+    def _storeRecord(self, raw, source, origin):
         try:
             record = parseRecord(raw)
         except RecordError:
             self.counters["store_rejected"] += 1
             return wire.BAD_RECORD
-        code = self.store.store(record, self.clock.seconds())
+        code = self.store.store(record, self.clock.seconds(), source, origin)
         self.counters["stored" if code == wire.STORED else "store_rejected"] += 1
         return code
 
-    def _allow(self, ip):
-        now = self.clock.seconds()
-        b = self._buckets.get(ip)
-        if b is None:
-            if len(self._buckets) >= self.config.maxSources:
-                self._pruneSources(now)
-            b = self._buckets[ip] = [self.config.rateBurst, now]
-        tokens = min(self.config.rateBurst, b[0] + (now - b[1]) * self.config.rateLimit)
-        b[1] = now
-        if tokens < 1:
-            b[0] = tokens
-            return False
-        b[0] = tokens - 1
-        return True
+    # ---- proofs
 
-    def _pruneSources(self, now):
-        # Forget sources whose bucket has refilled: they lose nothing by it.
-        full = self.config.rateBurst / self.config.rateLimit
-        for ip in [ip for ip, (_, t) in self._buckets.items() if now - t >= full]:
-            del self._buckets[ip]
-        if len(self._buckets) >= self.config.maxSources:
-            self._buckets.clear()
+    def isProven(self, nodeId, addr):
+        """@return: C{True} if C{nodeId} proved its key at C{addr} lately (no need to ask again)."""
+        return self.proofs.isProven(nodeId, addr)
+
+    def _maybeProbe(self, nodeId, addr, key, work):
+        """A requester we may list: ask it to prove its key (a signed PONG adds it)."""
+        if not checkWork(key, work, self.config.powBits) or not self.proofs.startProbe(nodeId):
+            return
+        self.counters["probes"] += 1
+        d = self.request(addr, wire.PING, expectedId=nodeId, prove=True)
+        d.addBoth(lambda _: self.proofs.probeDone(nodeId))
 
     # ---- sending
 
-    def request(self, addr, kind, payload=None, expectedId=None, timeout=None, attempts=None):
+    def request(self, addr, kind, payload=None, expectedId=None, timeout=None, attempts=None, prove=None):
         """
         Send one request and wait for its response.
 
+        @param prove: ask for a signed answer; by default whenever
+            C{expectedId} has not proved itself at C{addr} lately (always
+            for an unknown node).
         @return: a Deferred firing with the response L{wire.Message}; fails
             with L{DHTError} on timeout after all attempts.
         """
@@ -247,15 +370,22 @@ class DHTNode:
         if len(self.pending) >= self.config.maxPending:
             self.counters["requests_refused"] += 1
             return defer.fail(DHTError("too many outstanding DHT requests"))
+        if prove is None:
+            prove = expectedId is None or not self.isProven(expectedId, addr)
         txid = self._txid()
         while txid in self.pending:
             txid = self._txid()
+        token = self.peerTokens.get(addr)
         p = _Pending()
         p.d = defer.Deferred()
-        p.data = wire.encode(kind, txid, self.publicKey, payload, self.flags)
+        p.data = wire.encode(
+            kind, txid, self.publicKey, payload, self.flags | (wire.FLAG_PROVE if prove else 0), work=self.work,
+            token=token, padTo=_PAD.get(kind, 0) if token == NO_TOKEN else 0,
+        )
         p.addr = addr
         p.expectedId = expectedId
         p.kind = kind
+        p.prove = prove
         p.attemptsLeft = (attempts or self.config.rpcAttempts) - 1
         p.timeout = timeout or self.config.rpcTimeout
         p.call = self.clock.callLater(p.timeout, self._timedOut, txid)
@@ -275,16 +405,32 @@ class DHTNode:
         del self.pending[txid]
         self.counters["timeouts"] += 1
         if p.expectedId is not None:
-            self.table.failed(p.expectedId)
+            c = self.table.get(p.expectedId)
+            if c is not None and c.address == p.addr:
+                self.table.failed(p.expectedId)
         p.d.errback(DHTError(f"no answer from {p.addr[0]}:{p.addr[1]}"))
 
     def _pingContact(self, contact):
-        return self.request(contact.address, wire.PING, expectedId=contact.nodeId)
+        # ping-before-evict and move checks: the long-lived address must prove itself
+        return self.request(contact.address, wire.PING, expectedId=contact.nodeId, prove=True)
 
-    def ping(self, addr, expectedId=None):
+    def ping(self, addr, expectedId=None, prove=None):
         """@return: a Deferred firing with C{(nodeId, observedAddress)} of the answering node."""
-        d = self.request(addr, wire.PING, expectedId=expectedId)
+        d = self.request(addr, wire.PING, expectedId=expectedId, prove=prove)
         return d.addCallback(lambda msg: (hashlib.sha256(msg.senderKey).digest(), msg.payload))
+
+    def storeAt(self, addr, nodeId, record):
+        """
+        STORE C{record} at one node, repeating it once with the token if the
+        node asks for one.  @return: a Deferred firing with the result code.
+        """
+
+        def result(msg, again):
+            if msg.payload == wire.NEED_TOKEN and again:
+                return self.request(addr, wire.STORE, record.raw, expectedId=nodeId).addCallback(result, False)
+            return msg.payload
+
+        return self.request(addr, wire.STORE, record.raw, expectedId=nodeId).addCallback(result, True)
 
     # ---- IDHT
 
@@ -296,32 +442,38 @@ class DHTNode:
         Kademlia join).  @return: Deferred firing with the table size.
         """
         self._bootAddresses = list(addresses)
-        saved = [(c.address, c.nodeId) for c in self.table.contacts()]
+        saved = [(a, i) for i, a in self.savedContacts] + [(c.address, c.nodeId) for c in self.table.contacts()]
         pings = [self.ping(a) for a in addresses] + [self.ping(a, i) for a, i in saved]
         results = yield defer.DeferredList(pings, consumeErrors=True)
         if not any(ok for ok, _ in results) and not len(self.table):
             raise DHTError("no bootstrap node answered and the routing table is empty")
-        first = yield self.lookup(self.nodeId)
+        first = yield self.lookup(self.nodeId, paths=1)
         if len(self.table) < self.config.k:
             # a lossy first round can leave us with a handful of contacts: ask again through them
-            again = yield self.lookup(self.nodeId)
+            again = yield self.lookup(self.nodeId, paths=1)
             if not first.responses and not again.responses:
                 # A bootstrap node that answered a ping and then left would
                 # leave us alone, and every node joining through us with us:
                 # an island.  Fail, so the caller tries other addresses.
                 raise DHTError("no node answered the join lookup")
         targets = self.table.bucketsFartherThanClosest()
-        yield defer.DeferredList([self.lookup(t) for t in targets], consumeErrors=True)
+        yield defer.DeferredList([self.lookup(t, paths=1) for t in targets], consumeErrors=True)
         return len(self.table)
 
-    def lookup(self, target, findValue=False, quorum=None, wantPublishers=None):
+    def lookup(self, target, findValue=False, quorum=None, wantPublishers=None, paths=None):
         """Run one iterative lookup.  @return: Deferred firing with a L{LookupResult}."""
         self.table.touch(target)
         q = self.config.valueQuorum if quorum is None else quorum
-        return IterativeLookup(self, target, findValue, q, wantPublishers).run()
+        d = self.config.paths if paths is None else paths
+        return IterativeLookup(self, target, findValue, q, wantPublishers, d).run().addCallback(self._lookupFinished)
+
+    def _lookupFinished(self, result):
+        for observe in self.lookupObservers:
+            observe(result)
+        return result
 
     def findNode(self, nodeId):
-        return self.lookup(nodeId).addCallback(lambda r: r.contacts)
+        return self.lookup(nodeId).addCallback(lambda r: [(p.nodeId, p.address) for p in r.contacts])
 
     def get(self, key):
         """@return: Deferred firing with the verified L{Record} of highest seq, or C{None}."""
@@ -337,6 +489,10 @@ class DHTNode:
         """Records of up to C{want} publishers under a shared key.  @return: Deferred list."""
         return self.lookup(key, findValue=True, quorum=0, wantPublishers=want).addCallback(lambda r: r.records)
 
+    def sampleRegion(self, cls, target):
+        """Records of sample class C{cls} near C{target}: see L{meshvpn.dht.sampling.sampleRegion}."""
+        return sampleRegion(self, cls, target)
+
     @defer.inlineCallbacks
     def put(self, record, republish=False):
         """
@@ -345,7 +501,7 @@ class DHTNode:
         """
         if republish:
             self._published[record.key] = record
-        result = yield self.lookup(record.key)
+        result = yield self.lookup(record.key, paths=self.config.storePaths)
         stored = yield self._storeAt(record, result.contacts)
         if not stored:
             raise DHTError("no node stored the record")
@@ -357,24 +513,24 @@ class DHTNode:
         if not self.clientMode:
             key = int.from_bytes(record.key, "big")
             mine = self.table.ownInt ^ key
-            if len(contacts) < self.config.k or mine < int.from_bytes(contacts[-1][0], "big") ^ key:
-                if self.store.store(record, self.clock.seconds()) == wire.STORED:
+            if len(contacts) < self.config.k or mine < int.from_bytes(contacts[-1].nodeId, "big") ^ key:
+                if self.store.store(record, self.clock.seconds(), "self") == wire.STORED:
                     stored += 1
-        ds = [self.request(addr, wire.STORE, record.raw, expectedId=nodeId) for nodeId, addr in contacts]
+        ds = [self.storeAt(p.address, p.nodeId, record) for p in contacts]
         results = yield defer.DeferredList(ds, consumeErrors=True)
-        stored += sum(1 for ok, msg in results if ok and msg.payload == wire.STORED)
+        stored += sum(1 for ok, code in results if ok and code == wire.STORED)
         return stored
 
     # ---- maintenance
 
     def refreshBuckets(self):
         targets = self.table.staleBuckets(self.config.refreshIdle)
-        ds = [self.lookup(t) for t in targets]
+        ds = [self.lookup(t, paths=1) for t in targets]
         if len(self.table) < self.config.k and self._bootAddresses:
             # A thin table may mean we joined through a node that was itself
             # alone (an island): go back through the bootstrap nodes.
             ds += [self.ping(a) for a in self._bootAddresses]
-            ds.append(task.deferLater(self.clock, self.config.rpcTimeout, self.lookup, self.nodeId))
+            ds.append(task.deferLater(self.clock, self.config.rpcTimeout, self.lookup, self.nodeId, False, None, None, 1))
         return defer.DeferredList(ds, consumeErrors=True)
 
     def _expire(self):
@@ -389,7 +545,9 @@ class DHTNode:
         for record, storedAt in self.store.items():
             if now - storedAt < self.config.replicateInterval or record.expires <= now:
                 continue
-            result = yield self.lookup(record.key)
+            if not self.store.replicable(record):
+                continue
+            result = yield self.lookup(record.key, paths=self.config.storePaths)
             yield self._storeAt(record, result.contacts)
             self.counters["replicated"] += 1
 

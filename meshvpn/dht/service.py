@@ -1,10 +1,12 @@
 """The DHT attached to a node: its lifetime, its bootstrap, its saved routing table.
 
 L{DHTService} is a child service of a L{meshvpn.roles.node.Node}.  It registers the
-DHT on the node's one UDP socket (first bytes 0x80-0x8F), reloads the
-routing table saved in the data dir (so a restarted node does not need its
-bootstrap nodes), joins through the configured bootstrap addresses (retrying
-with backoff), and saves the table periodically and on stop.
+DHT on the node's one UDP socket (first bytes 0x80-0x8F), loads (or, once
+per identity, solves and caches) the node's proof of work, reloads the
+contacts saved in the data dir (pinged for a fresh proof at join, so a
+restarted node does not need its bootstrap nodes), joins through the
+configured bootstrap addresses (retrying with backoff), and saves the table
+periodically and on stop.
 
 L{RelayPublisher} (relays) publishes the node's signed descriptor once the
 node is listening and republishes it before it expires.  L{RelayFinder}
@@ -18,13 +20,14 @@ import json
 import os
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from meshvpn.config import parseHostPort
 from meshvpn.hostport import formatHostPort
 from meshvpn.dht.descriptor import FLAGS, DescriptorError, OnionKey, encodeDescriptor, makeDescriptor
-from meshvpn.dht.directory import RelayDirectory
+from meshvpn.dht.directory import DirectoryPolicy, RelayDirectory
+from meshvpn.dht.pow import WORK_FILE, checkWork, loadOrSolve
 from meshvpn.dht.records import RecordError, RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode
 from meshvpn.errors import DHTError
@@ -77,26 +80,29 @@ def saveTable(table, path):
     writeSecretFile(path, json.dumps({"version": 1, "contacts": contacts}).encode())
 
 
-def loadTable(table, path, log=None):
-    """Add the contacts saved in C{path}; a missing or damaged file just loads nothing."""
+def loadTable(path, log=None):
+    """
+    The contacts saved in C{path}, as C{[(nodeId, (host, port))]}: candidates
+    to ping at join (each must prove its key again before it is listed).
+    A missing or damaged file just gives none.
+    """
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(1 << 20))
         contacts = data["contacts"] if data.get("version") == 1 else []
-        loaded = 0
+        loaded = []
         for nodeHex, host, port in contacts[:2000]:
             nodeId = bytes.fromhex(nodeHex)
             if len(nodeId) == 32 and isinstance(port, int) and 0 < port < 65536:
                 parseHostPort(formatHostPort(host, port))
-                loaded += table.seen(nodeId, (host, port), verified=False)
+                loaded.append((nodeId, (host, port)))
         return loaded
     except FileNotFoundError:
-        return 0
+        return []
     except (OSError, ValueError, KeyError, TypeError) as e:
         if log is not None:
             log.warn("ignoring damaged DHT table file {path}: {why}", path=path, why=str(e)[:100])
-        return 0
-
+        return []
 
 
 MIN_DESCRIPTOR_LIFETIME = 60  # seconds
@@ -127,18 +133,21 @@ class DHTService(service.MultiService):
 
     def startService(self):
         reactor = self.node.reactor
+        c = self.config
+        identity = self.node.identity
         self.dht = DHTNode(
             reactor,
-            self.node.identity,
+            identity,
             self.node.udp.sendDatagram,
-            RecordStore(self.config.maxRecords, self.config.maxPerKey),
-            self.config,
+            RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher, admit=DirectoryPolicy(c.exemptLoopback)),
+            c,
             clientMode=self.clientMode,
         )
-        self.directory = RelayDirectory(self.dht, self.node.identity)
+        self.workReady = self._loadWork()
+        self.directory = RelayDirectory(self.dht, identity)
         self.node.udp.register("dht", DHT_BYTES, self.dht)
-        loaded = loadTable(self.dht.table, self.tablePath, self.log)
-        self.log.info("DHT: {n} saved contacts loaded; bootstrap {boot}", n=loaded,
+        self.dht.savedContacts = loadTable(self.tablePath, self.log)
+        self.log.info("DHT: {n} saved contacts to ask; bootstrap {boot}", n=len(self.dht.savedContacts),
                       boot=",".join(formatHostPort(*a) for a in self.bootstrapAddresses) or "-")
         self.dht.start()
         self._saveLoop = task.LoopingCall(self.save)
@@ -147,14 +156,48 @@ class DHTService(service.MultiService):
         super().startService()
         reactor.callWhenRunning(self._whenNodeStarted)
 
+    def _loadWork(self):
+        """
+        Our proof of work: from the cache in the data dir, or solved once (about
+        half a second of one core) in a thread, so the node starts listening
+        at once; the DHT joins when it is done.  Clients need none.
+        """
+        if self.clientMode:
+            return defer.succeed(None)
+        key = self.node.identity.identityPublicKey
+        try:
+            with open(os.path.join(self.node.dataDir, WORK_FILE), "rb") as f:
+                cached = json.loads(f.read(4096))
+            nonce = bytes.fromhex(cached["nonce"])
+            if bytes.fromhex(cached["key"]) == key and checkWork(key, nonce, self.config.powBits):
+                self.dht.work = nonce
+                return defer.succeed(None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        self.log.info("DHT: solving the proof of work for this identity ({bits} bits, once)", bits=self.config.powBits)
+        d = threads.deferToThreadPool(
+            self.node.reactor, self.node.reactor.getThreadPool(),
+            loadOrSolve, self.node.dataDir, key, self.config.powBits,
+        )
+
+        def solved(nonce):
+            self.dht.work = nonce
+
+        return d.addCallback(solved)
+
     def _whenNodeStarted(self):
-        self.node.whenStarted.addCallback(lambda _: self._join(5.0))
+        def go(result):
+            joining = self.workReady.addCallback(lambda _: self._join(5.0))
+            joining.addErrback(lambda f: self.log.failure("DHT could not start", f))
+            return result
+
+        self.node.whenStarted.addCallback(go)
 
     def _join(self, backoff):
         self._retry = None
         if not self.running:
             return
-        if not self.bootstrapAddresses and not len(self.dht.table):
+        if not self.bootstrapAddresses and not len(self.dht.table) and not self.dht.savedContacts:
             self.log.info("DHT: no bootstrap addresses and no saved contacts: first node, waiting to be found")
             self._joined(0)
             return

@@ -5,8 +5,11 @@ doc/exit-policy.md).  Rules are tried in order; the first that matches
 decides; a target no rule matches is accepted (Tor's rule;
 L{defaultExitPolicy} ends with an explicit C{accept *:*}).
 
-Every exit starts with C{reject private:*} plus its own addresses, then the
-operator's rules, then the default port rejects.  The check runs on the
+Every exit starts with C{reject private:*} plus its own addresses, then
+C{reject} of every address of every local interface and the public address
+STUN learned (a live rule, L{LocalInterfacesRule}: the set is refreshed
+while the exit runs), then the operator's rules, then the default port
+rejects.  The check runs on the
 resolved address (L{ExitPolicy.allowsResolved}), never on a name, so a name
 that resolves to a private address is refused too.
 
@@ -103,6 +106,40 @@ def _weight(network, family):
     if bits < 0:
         return 0
     return _SATURATED if bits >= 64 else 1 << bits
+
+
+class LocalInterfacesRule:
+    """
+    C{reject} of this host's own addresses on every port (Tor's
+    C{ExitPolicyRejectLocalInterfaces}), read from a live set
+    (L{meshvpn.localaddrs.LocalAddresses}) at every check, so an address
+    that appears after start (DHCP, a new interface, a new NAT mapping) is
+    refused from the next refresh on.  Shaped like a L{Rule}.
+    """
+
+    accept = False
+    family = None
+    portMin, portMax = 1, 65535
+    text = "reject <this host's interface and public addresses>:*"
+    line = None
+
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+    @property
+    def networks(self):
+        # A non-empty tuple always: an empty one would mean every address.
+        own = tuple(ipaddress.ip_network(ip) for ip in self.addresses)
+        return own or (ipaddress.ip_network("0.0.0.0/32"),)
+
+    def matchesAddress(self, ip):
+        return ip in self.addresses
+
+    def matches(self, ip, port):
+        return ip in self.addresses
+
+    def coversAllAddresses(self, family):
+        return False
 
 
 @implementer(IExitPolicy)
@@ -211,20 +248,25 @@ class ExitPolicy:
         return formatSummary(self.acceptedPorts(family))
 
 
-def defaultExitPolicy(operatorRules="", ownAddresses=(), rejectPrivate=True, warn=None):
+def defaultExitPolicy(operatorRules="", ownAddresses=(), rejectPrivate=True, warn=None, localAddresses=None):
     """
-    The policy an exit runs: C{reject private:*} (with its own addresses)
-    and multicast/reserved first, then the operator's rules, then the
-    default port rejects and C{accept *:*}.
+    The policy an exit runs: C{reject private:*} (with its own addresses),
+    multicast/reserved and this host's live addresses first, then the
+    operator's rules, then the default port rejects and C{accept *:*}.
 
     @param operatorRules: policy text, tried before the default port list
         (end it with C{reject *:*} to accept only what it lists).
     @param warn: C{callable(message)} for the rules Tor would warn about.
+    @param localAddresses: the live set of this host's addresses
+        (L{meshvpn.localaddrs.LocalAddresses}), rejected on every port
+        with the private networks.
     """
     head = []
     if rejectPrivate:
         head.append(parseRule("reject private:*", ownAddresses))
         head.extend(Rule(False, (n,), n.version, 1, 65535, f"reject {n}:*") for n in LOCAL_NETWORKS)
+        if localAddresses is not None:
+            head.append(LocalInterfacesRule(localAddresses))
     tail = [parseRule(f"reject *:{lo}" if lo == hi else f"reject *:{lo}-{hi}") for lo, hi in DEFAULT_REJECT_PORTS]
     tail.append(parseRule("accept *:*"))
     return ExitPolicy(head + parsePolicy(operatorRules, ownAddresses, warn) + tail)

@@ -98,12 +98,20 @@ class NATProbe:
         whole probe of an unreachable network ends in a few seconds.
     """
 
-    def __init__(self, reactor, endpoint, localPort, timing=(0.25, 4, 4), localAddresses=None):
+    def __init__(self, reactor, endpoint, localPort, timing=(0.25, 4, 4), localAddresses=None, onlyTo=False):
+        """
+        @param onlyTo: send only to the servers given to L{probe}: no
+            hairpinning test (a request to our own mapped address) and no
+            mapping test through a server's alternate address (mapping is
+            then told by comparing the servers' answers).  A running node
+            probes so: its VPN's egress gate lets nothing else out.
+        """
         self.reactor = reactor
         self.endpoint = endpoint
         self.localPort = localPort
         self.rto, self.rc, self.rm = timing
         self._localAddresses = localAddresses
+        self.onlyTo = onlyTo
 
     def _ask(self, server, change=None, rc=None):
         req = stun.StunMessage(stun.BINDING, stun.REQUEST)
@@ -182,13 +190,14 @@ class NATProbe:
         if primary is not None:
             server, m1, other = primary
             report["rfc5780_server"] = _fmt(server)
-            report["filtering"] = await self._filtering(server)
+            report["filtering"] = await self._filtering(server)  # the server answers from elsewhere: nothing sent elsewhere
+        if primary is not None and not self.onlyTo:
             report["mapping"] = await self._mapping(server, m1, other)
         elif len(report["mapped_addresses"]) > 1:
             report["mapping"] = ENDPOINT_DEPENDENT
         elif len(answered) > 1:
             report["mapping"] = ENDPOINT_INDEPENDENT
-        if report["nat"]:
+        if report["nat"] and not self.onlyTo:
             report["hairpinning"] = await self._hairpin(first)
         report["type"] = summarize(True, report["nat"], report["mapping"], report["filtering"])
         return report

@@ -41,7 +41,7 @@ from zope.interface import implementer
 from meshvpn.interfaces import IDatagramHandler
 from meshvpn.nat import stun
 from meshvpn.nat.server import MAX_SOURCES
-from meshvpn.ratelimit import BucketTable
+from meshvpn.ratelimit import BucketTable, TokenBucket
 from meshvpn.udpmux import TURN_CHANNEL_BYTES
 
 SOFTWARE = b"meshvpn-turn"
@@ -122,19 +122,13 @@ class Allocation:
         self.port = None
         self.relayedAddress = None
         self.bytes = 0
-        self.tokens = server.limits.rateBytes * 2
-        self.stamp = server.reactor.seconds()
+        self.bucket = TokenBucket(server.reactor, server.limits.rateBytes, 2 * server.limits.rateBytes)
         self.timer = None
 
     def _spend(self, n):
-        now = self.server.reactor.seconds()
-        limits = self.server.limits
-        self.tokens = min(2 * limits.rateBytes, self.tokens + (now - self.stamp) * limits.rateBytes)
-        self.stamp = now
-        if self.bytes + n > limits.byteBudget or self.tokens < n:
+        if self.bytes + n > self.server.limits.byteBudget or not self.bucket.tryConsume(n):
             self.server.counters["over_limit"] += 1
             return False
-        self.tokens -= n
         self.bytes += n
         return True
 

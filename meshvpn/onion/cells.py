@@ -54,7 +54,8 @@ class Command:
 
 
 class RelayCommand:
-    """Relay commands (Tor's numbers; PACKET and FLOW_NEGOTIATE(D) are MeshVPN's)."""
+    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth
+    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation)."""
 
     BEGIN = 1
     DATA = 2
@@ -71,14 +72,15 @@ class RelayCommand:
     XOFF = 43
     XON = 44
     PACKET = 128
-    FLOW_NEGOTIATE = 129
-    FLOW_NEGOTIATED = 130
+    PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
+    FLOW_NEGOTIATE = 130
+    FLOW_NEGOTIATED = 131
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
-        15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "FLOW_NEGOTIATE",
-        130: "FLOW_NEGOTIATED",
+        15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
+        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
@@ -242,7 +244,7 @@ def packRelay(command, streamId, data):
 _NEEDS_STREAM = frozenset((RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
                            RelayCommand.RESOLVE, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF))
 _CIRCUIT_ONLY = frozenset((RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE, RelayCommand.TRUNCATED,
-                           RelayCommand.PACKET, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED))
+                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED))
 
 
 def unpackRelay(payload):

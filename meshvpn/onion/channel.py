@@ -27,7 +27,6 @@ from meshvpn.onion import ntor
 from meshvpn.onion.cells import INITIATOR_BIT, CellError, Command, DestroyReason
 from meshvpn.onion.destroy import destroyCell
 from meshvpn.onion.flow import FlowError
-from meshvpn.ratelimit import TokenBucket
 
 log = Logger()
 
@@ -58,7 +57,8 @@ class Channel:
         self.closed = False
         self.peerCircuits = 0  # circuits the peer created on this link (the per-peer limit)
         limits = switch.limits
-        self.createBucket = TokenBucket(switch.clock, limits.createRate, limits.createBurst)
+        # Shared by every link from the peer's address: a new link brings no new burst.
+        self.createBucket = switch.createBucket(link)
         self._switch = switch
         self._flusher = switch.flusher
         self._counters = switch.counters

@@ -64,19 +64,22 @@ _origin = {
     (_O.BUILDING, _OE.CREATED): _O.BUILDING,
     (_O.BUILDING, _OE.EXTENDED): _O.BUILDING,
     (_O.BUILDING, _OE.BUILT): _O.OPEN,
-    # The hop asked to extend could not: the circuit keeps the hops it has.
-    (_O.BUILDING, _OE.TRUNCATED): _O.OPEN,
+    # The hop asked to extend could not: the circuit closes, as Tor's does;
+    # a circuit is never left shorter than the path it was built for.
+    (_O.BUILDING, _OE.TRUNCATED): _O.CLOSED,
     (_O.OPEN, _OE.EXTEND): _O.BUILDING,
     (_O.OPEN, _OE.TRUNCATE): _O.TRUNCATING,
+    # The answer to our own TRUNCATE: the only TRUNCATED that leaves a circuit open.
     (_O.TRUNCATING, _OE.TRUNCATED): _O.OPEN,
     (_O.BUILDING, _OE.CLOSE): _O.CLOSED,
     (_O.OPEN, _OE.CLOSE): _O.CLOSED,
     (_O.TRUNCATING, _OE.CLOSE): _O.CLOSED,
 }
-# A TRUNCATED nobody asked for is a protocol violation once this line goes;
-# until then it is tolerated as it always was (the circuit is cut back and
-# stays open).
-_origin[_O.OPEN, _OE.TRUNCATED] = _O.OPEN
+# Not listed: a TRUNCATED on an open circuit.  Nobody asked for it, so it is
+# a protocol violation that destroys the circuit: a guard that sends one must
+# not leave the client with a one-hop circuit whose cells only the guard's
+# layer protects.  (The circuit also checks that a TRUNCATED in BUILDING or
+# TRUNCATING comes from the hop that was asked.)
 
 ORIGIN = StateTable(_origin)
 

@@ -21,8 +21,8 @@ from meshvpn.onion.cells import (
     Extended2, RelayCommand, Truncated, encodeCell, packRelay,
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
-from meshvpn.onion.flow import FLOW_ALL
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
+from meshvpn.onion.flow import FLOW_ALL, FlowError
 from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
 
@@ -31,10 +31,13 @@ _FLOW = RelayCommand.FLOW_CONTROLLED
 _CLOSED = OriginState.CLOSED
 DEFAULT_BUILD_TIMEOUT = 10.0
 
-# What a client takes besides DATA, PACKET, circuit SENDMEs and DROP.  Stream
-# messages are taken from any hop, as they always were.
+# Stream messages a client takes.  Its streams are attached to the last hop
+# (the exit), so like DATA they are taken only from there: any other hop
+# that sends one (a guard forging RESOLVED for the VPN's DNS) destroys the
+# circuit, Tor's rule.
+# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the stream layer too, from the exit only.
 _STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
-                    RelayCommand.XON, RelayCommand.XOFF)
+                    RelayCommand.XON, RelayCommand.XOFF, RelayCommand.PAYMENT)
 
 
 @attrs.frozen
@@ -61,9 +64,9 @@ class OriginCircuit(RelayDispatcher):
         L{sendRelay} and asks L{circuitRoom} before DATA.
     """
 
-    NOT_AT_EDGE = "from a middle hop"
+    NOT_AT_EDGE = "from a hop other than the last"
     WHO = "a client"
-    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FLOW_NEGOTIATED))
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FLOW_NEGOTIATED, *_STREAM_COMMANDS))
 
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT, flow=FLOW_ALL):
         if not path:
@@ -84,6 +87,8 @@ class OriginCircuit(RelayDispatcher):
         self.earlySent = 0
         self._packetReceiver = None
         self._reply = None  # the Deferred for the CREATED2, EXTENDED2 or TRUNCATED awaited
+        self._asked = None  # the hop index whose EXTENDED2 or TRUNCATED is awaited
+        self._offender = None  # the hop whose protocol violation is destroying the circuit
         self._closed = OneShotObserver()
 
     @property
@@ -132,7 +137,8 @@ class OriginCircuit(RelayDispatcher):
         state, onionskin = ntor.clientCreate(hop.nodeId, hop.onionKey)
         ext = Extend2(hop.nodeId, tuple(hop.addresses), tuple(hop.transports), Create2(HTYPE_NTOR, onionskin))
         d = self._awaitReply()
-        self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=len(self.crypto.hops) - 1, early=True)
+        self._asked = len(self.crypto.hops) - 1
+        self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=self._asked, early=True)
         index = len(self.crypto.hops)
         self.crypto.addHop(self._finish(state, await self._hopFailure(d, index), index))
 
@@ -152,19 +158,32 @@ class OriginCircuit(RelayDispatcher):
 
         @return: a Deferred firing with the TRUNCATED reason.
         """
+        if not 1 <= keep < len(self.crypto.hops):
+            raise MeshVPNError(f"cannot truncate a {len(self.crypto.hops)}-hop circuit to {keep} hops")
         self._request(OriginEvent.TRUNCATE)
         d = self._awaitReply()
-        self.sendRelay(RelayCommand.TRUNCATE, 0, b"", hop=keep - 1)
+        self._asked = keep - 1
+        self.sendRelay(RelayCommand.TRUNCATE, 0, b"", hop=self._asked)
         return d
 
     @staticmethod
     def _hopFailure(d, index):
-        """Name hop C{index} in a failure of its handshake (for retries elsewhere)."""
+        """
+        Say which hop a failed build is charged to (C{CircuitDestroyed.hop},
+        what the circuit manager excludes and, for 0, marks down): only what
+        the client sees for itself.  The guard (index 0) failed if its link
+        or its CREATE2 did.  A failure while extending past it is charged to
+        nobody: the client cannot tell whether the hop asked to extend or the
+        hop it names is at fault, and believing either lets one relay steer
+        the client's paths (a guard that "cannot reach" honest middles).
+        A proven protocol violation (a TRUNCATED nobody asked for) is charged
+        to the hop that sent it, already set by then.
+        """
 
         def name(f):
             f.trap(CircuitDestroyed)
-            if f.value.hop is None:
-                f.value.hop = index
+            if f.value.hop is None and index == 0:
+                f.value.hop = 0
             return f
 
         return d.addErrback(name)
@@ -173,8 +192,10 @@ class OriginCircuit(RelayDispatcher):
         try:
             return ntor.clientFinish(state, reply)
         except ntor.HandshakeError as e:
+            # A bad reply for hop 1 or later came through the hop before it,
+            # which could have forged it: charged to the guard only for its own.
             self._destroy(DestroyReason.PROTOCOL, str(e), True)
-            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e), hop=index) from None
+            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e), hop=0 if index == 0 else None) from None
 
     def _awaitReply(self):
         if self._reply is not None:
@@ -184,6 +205,7 @@ class OriginCircuit(RelayDispatcher):
 
     def _answer(self, event, value):
         self.state = ORIGIN.onPeer(self.state, event)
+        self._asked = None
         reply, self._reply = self._reply, None
         if reply is None:
             raise CellError("handshake reply nobody asked for")
@@ -282,19 +304,40 @@ class OriginCircuit(RelayDispatcher):
         if res is None:
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
         hop, plain, tag = res
-        self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+        self._dispatchFrom(hop, plain, tag, len(self.crypto.hops) - 1)
+
+    def _dispatchFrom(self, hop, plain, tag, last):
+        try:
+            self._dispatch(Command.RELAY, plain, tag, hop == last, hop)
+        except (CellError, FlowError):
+            # The cell passed hop's tag: only that hop could have sent it, so
+            # the violation is provably its own (what the close is charged to).
+            self._offender = hop
+            raise
 
     TAKES_RUNS = True
 
     def onRelayRun(self, payloads):
-        hops = len(self.crypto.hops)
+        last = len(self.crypto.hops) - 1
         entries = self.crypto.decryptRun(payloads)
-        good = []
+        good, fromInner = [], False
         for entry in entries:
             if entry is None:
                 break
+            if entry[0] != last:
+                fromInner = True
             good.append(entry)
-        self._dispatchRun(Command.RELAY, good, hops - 1)
+        if fromInner:
+            # Rare (an inner hop speaks only to truncate or pad): one by one,
+            # so a violation is charged to the hop that sent it.
+            for hop, plain, tag in good:
+                self._dispatchFrom(hop, plain, tag, last)
+        else:
+            try:
+                self._dispatchRun(Command.RELAY, good, last)
+            except (CellError, FlowError):
+                self._offender = last
+                raise
         if len(good) < len(entries):
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
 
@@ -314,16 +357,27 @@ class OriginCircuit(RelayDispatcher):
         self._answer(OriginEvent.EXTENDED, Extended2.decode(hdr.data).created.hdata)
 
     def _onTruncated(self, cellCommand, hdr, hop):
+        """
+        A TRUNCATED is only ever the answer of the hop we asked: to our
+        TRUNCATE (the circuit is cut back and stays open) or to an EXTEND2
+        (the build failed: the circuit closes, charged to no hop).  Any
+        other is a protocol violation of the hop that sent it, which the
+        circuit does not survive (Tor closes on it too).
+        """
+        if hop != self._asked:
+            raise CellError(f"TRUNCATED from hop {hop}, which was not asked to extend or truncate")
         reason = Truncated.decode(hdr.data).reason
-        self.state = ORIGIN.onPeer(self.state, OriginEvent.TRUNCATED)
+        following = ORIGIN.onPeer(self.state, OriginEvent.TRUNCATED)
+        if following is _CLOSED:
+            self._destroy(reason, f"hop {hop} could not extend the circuit", True)
+            return
+        self.state = following
+        self._asked = None
         self.crypto.truncate(hop + 1)
         del self.path[hop + 1:]
         reply, self._reply = self._reply, None
         if reply is not None:
-            if reason == DestroyReason.REQUESTED:
-                reply.callback(reason)
-            else:
-                reply.errback(CircuitDestroyed(reason, f"hop {hop + 1} could not extend"))
+            reply.callback(reason)
 
     def onCreated2(self, payload):
         if self.crypto.hops:
@@ -334,10 +388,10 @@ class OriginCircuit(RelayDispatcher):
         self._destroy(reason, "destroyed by the network", False)
 
     def linkClosed(self, channel):
-        self._destroy(DestroyReason.CHANNEL_CLOSED, "guard link closed", False)
+        self._destroy(DestroyReason.CHANNEL_CLOSED, "guard link closed", False, hop=0)
 
     def protocolError(self, reason, why):
-        self._destroy(reason, why, True)
+        self._destroy(reason, why, True, hop=self._offender)
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
@@ -353,11 +407,15 @@ class OriginCircuit(RelayDispatcher):
     def whenClosed(self):
         return self._closed.whenFired()
 
-    def _destroy(self, reason, why, send):
+    def _destroy(self, reason, why, send, hop=None):
+        """
+        Close the circuit.  C{hop}: the hop the closing is charged to (see
+        L{_hopFailure}), for a build that fails.
+        """
         if self.state is _CLOSED:
             return
         self.state = ORIGIN.onRequest(self.state, OriginEvent.CLOSE)
-        err = CircuitDestroyed(reason, why)
+        err = CircuitDestroyed(reason, why, hop=hop)
         self.channel.removeCircuit(self.circId, self)
         if send:
             self.channel.sendDestroy(self.circId, reason)

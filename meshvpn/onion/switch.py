@@ -2,11 +2,38 @@
 
 Every link the node uses for circuits gets a L{Channel} (its circuit map and
 outbound queue).  The switch is what the link plane talks to (an
-L{ICellHandler}), what answers CREATE2 (ntor with the node's onion keys,
-within per-peer limits: circuits per peer link and a CREATE2 rate), and
-what finds the link an EXTEND2 asks for.  Cells themselves are switched by
-the channels and the circuits (L{meshvpn.onion.relaycircuit}).
+L{ICellHandler}), what answers CREATE2 (ntor with the node's onion keys),
+and what finds the link an EXTEND2 asks for.  Cells themselves are switched
+by the channels and the circuits (L{meshvpn.onion.relaycircuit}).
+
+CREATE2 is the one cell that costs a relay real CPU (three X25519
+operations, about 0.1 ms), so it is admitted in three steps, after Tor's
+DoS subsystem:
+
+ 1. per peer address (all of its links together, so a new link brings no
+    new burst): a token bucket and a cap on circuits per link;
+ 2. a node-wide budget of handshakes per second, which keeps the CPU for
+    moving cells whoever floods;
+ 3. when that budget is spent, CREATE2s wait in a short queue per peer
+    address and are answered round-robin, one per peer in turn, so a
+    flooding peer gets one share like everyone else instead of the whole
+    budget; a full queue or a wait past C{createMaxDelay} is refused with
+    DESTROY RESOURCELIMIT.
+
+A peer over its rate or with a full queue is also held: the switch stops
+reading its links (Twisted push producers, as for full queues) until it has
+a token again.  Refusing cell by cell would still cost a TLS decryption and
+a DESTROY per cell at whatever rate the peer can write; held, its flood
+waits in its own socket buffers and costs the relay nothing.
+
+EXTEND2 targets are checked before any dial (L{checkExtendTarget}): a
+client must not make a relay connect to its own host or its private
+network, nor learn which of their ports are open from the answer or its
+timing.
 """
+
+import collections
+import ipaddress
 
 import attrs
 from twisted.internet import defer
@@ -15,6 +42,8 @@ from zope.interface import implementer
 
 from meshvpn.errors import LinkError
 from meshvpn.interfaces import ICellHandler, IStatusSource
+from meshvpn.hostport import splitHostPort
+from meshvpn.localaddrs import isInternal
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import Command, Create2, Created2, DestroyReason, encodeCell
 from meshvpn.onion.channel import Channel
@@ -22,18 +51,86 @@ from meshvpn.onion.flusher import ChannelFlusher
 from meshvpn.onion.nulledge import NullEdge
 from meshvpn.onion.relaycircuit import RelayCircuit
 from meshvpn.onion.relaycrypto import RelayLayer
+from meshvpn.ratelimit import TokenBucket
 
 
 @attrs.define
 class SwitchLimits:
-    """Per-peer limits and queue bounds (cells), applied to each channel."""
+    """Per-peer and node-wide limits, and queue bounds (cells) applied to each channel."""
 
-    maxCircuitsPerPeer: int = 1024
-    createRate: float = 50.0        # CREATE2 per second per peer link, sustained
+    maxCircuitsPerPeer: int = 1024  # circuits a peer created on one link
+    createRate: float = 50.0        # CREATE2 per second per peer address (all its links), sustained
     createBurst: int = 100
+    # The node's handshake budget: about a quarter of one core at ~0.12 ms each.
+    createGlobalRate: float = 2000.0
+    createGlobalBurst: int = 200
+    createQueuePerPeer: int = 16    # CREATE2s of one peer address waiting for the budget
+    createMaxDelay: float = 2.0     # a CREATE2 that waited longer is refused (Tor: MaxOnionQueueDelay)
+    maxPeerStates: int = 8192       # peer addresses remembered (their buckets outlive their links)
+    # EXTEND2 to loopback, private, link-local or this host's addresses:
+    # only for a test network where every relay is on one machine.
+    extendAllowPrivate: bool = False
     queueHigh: int = 1024           # pause feeding links above this many queued cells
     queueLow: int = 256             # resume them below this
     queueLimit: int = 4096          # hard cap: the circuit that overfills is destroyed
+
+
+class ExtendRefused(LinkError):
+    """An EXTEND2 named no target this relay may dial."""
+
+
+def peerKey(link):
+    """
+    What CREATE2 limits are counted by: the address the link came from
+    (C{link.remoteHost}, set by the link manager), or the link itself when
+    it has none (in-memory links).
+    """
+    return getattr(link, "remoteHost", None) or link
+
+
+def checkExtendTarget(pairs, ownAddresses=()):
+    """
+    The C{(transport, address)} pairs of an EXTEND2 this relay may dial: an
+    address must be C{IP:PORT} with a public IP (not loopback, private,
+    link-local, multicast or reserved: L{meshvpn.localaddrs.isInternal})
+    that is not one of C{ownAddresses} (this host's, see
+    L{meshvpn.localaddrs.LocalAddresses}).  Names are never resolved for a
+    client, and transports whose address is not C{IP:PORT} are refused.
+
+    @raise ExtendRefused: no pair is left.
+    """
+    kept = []
+    for transport, address in pairs:
+        try:
+            host, port = splitHostPort(address)
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not 1 <= port <= 65535:
+            continue
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if isInternal(ip) or ip in ownAddresses:
+            continue
+        kept.append((transport, address))
+    if not kept:
+        raise ExtendRefused("EXTEND2 names no public address this relay may dial")
+    return tuple(kept)
+
+
+class _Peer:
+    """
+    One peer address's CREATE2 state: its bucket, the CREATE2s waiting for
+    the node's budget, and the channels whose reading is paused for it.
+    """
+
+    __slots__ = ("bucket", "queue", "held", "releaseCall")
+
+    def __init__(self, bucket):
+        self.bucket = bucket
+        self.queue = collections.deque()  # (arrival time, channel, circId, Create2)
+        self.held = set()
+        self.releaseCall = None
 
 
 @implementer(ICellHandler, IStatusSource)
@@ -45,11 +142,17 @@ class CircuitSwitch:
     @param keyRing: an L{OnionKeyRing}, or C{None} for a node that relays nothing.
     @param connector: C{callable(Extend2) -> Deferred[ILink]} opening a link to
         an EXTEND2 target (the link manager); links already attached to that
-        peer are reused first.
+        peer are reused first.  It is given the L{Extend2} with
+        C{linkAddresses}: the C{(transport, address)} pairs that passed
+        L{checkExtendTarget}.
     @param edge: the L{meshvpn.interfaces.ICircuitEdge} for cells that end here.
+    @ivar localAddresses: this host's addresses (a container of
+        L{ipaddress} objects, e.g. L{meshvpn.localaddrs.LocalAddresses}),
+        never dialled for an EXTEND2; set by the role.
     """
 
-    def __init__(self, clock, nodeId, keyRing=None, connector=None, edge=None, limits=None):
+    def __init__(self, clock, nodeId, keyRing=None, connector=None, edge=None, limits=None, readLimiter=None,
+                 localAddresses=frozenset()):
         self.clock = clock
         self.nodeId = nodeId
         self.keyRing = keyRing
@@ -58,9 +161,15 @@ class CircuitSwitch:
         self.limits = limits or SwitchLimits()
         self.flusher = ChannelFlusher(clock)
         self._channels = {}  # link -> Channel
-        self.readLimiter = None  # a LinkReadLimiter when the relay has a bandwidth limit
+        self.readLimiter = readLimiter  # a LinkReadLimiter when the relay has a bandwidth limit
+        self.localAddresses = localAddresses
+        self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
+        self._peers = collections.OrderedDict()  # peerKey -> _Peer, least recently used first
+        self._waiting = collections.deque()  # peers with queued CREATE2s, in round-robin order
+        self._drainCall = None
         self.counters = {
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
+            "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0,
         }
@@ -110,34 +219,94 @@ class CircuitSwitch:
         return None
 
     def connectTo(self, ext):
-        """@return: a Deferred link to the target of the L{Extend2} C{ext}, reusing an open one."""
+        """
+        @return: a Deferred link to the target of the L{Extend2} C{ext},
+            reusing an open one; fails with L{ExtendRefused} at once when
+            it names no address this relay may dial.
+        """
         existing = self.linkToPeer(ext.nodeId)
         if existing is not None:
             return defer.succeed(existing)
         if self.connector is None:
             return defer.fail(LinkError("no link to the EXTEND2 target and no connector"))
-        return defer.maybeDeferred(self.connector, ext)
+        pairs = [(name, address) for name, sep, address in (t.partition(" ") for t in ext.transports) if sep and name]
+        pairs += [("tls", f"[{host}]:{port}" if ":" in host else f"{host}:{port}") for host, port in ext.addresses]
+        try:
+            # The test-network opt-in dials whatever is named (every relay is on one machine).
+            allowed = tuple(pairs) if self.limits.extendAllowPrivate else checkExtendTarget(pairs, self.localAddresses)
+        except ExtendRefused as e:
+            self.counters["extend_refused"] += 1
+            return defer.fail(e)
+        return defer.maybeDeferred(self.connector, _CheckedExtend(ext, allowed))
 
     # -- relay side
+
+    def createBucket(self, link):
+        """The CREATE2 bucket of C{link}'s peer address, shared by all of its links."""
+        return self._peer(peerKey(link)).bucket
+
+    def _peer(self, key):
+        peer = self._peers.get(key)
+        if peer is not None:
+            self._peers.move_to_end(key)
+            return peer
+        if len(self._peers) >= self.limits.maxPeerStates:
+            # Forget the least recently used idle peer (its bucket refilled long ago, most likely).
+            for old, state in self._peers.items():
+                if not state.queue and not state.held:
+                    del self._peers[old]
+                    break
+        limits = self.limits
+        peer = self._peers[key] = _Peer(TokenBucket(self.clock, limits.createRate, limits.createBurst))
+        return peer
 
     def createReceived(self, channel, circId, payload):
         """
         A CREATE2 for the new circuit C{circId} (from the peer's half of the
-        id space, not in use) arrived on C{channel}: answer it or refuse it
-        with DESTROY RESOURCELIMIT.
+        id space, not in use) arrived on C{channel}: answer it now, queue it
+        for the node's budget, or refuse it with DESTROY RESOURCELIMIT (see
+        the module docstring).
         """
-        refuse = None
         if self.keyRing is None:
-            refuse = "this node relays no circuits"
-        elif channel.peerCircuits >= self.limits.maxCircuitsPerPeer:
-            refuse = "too many circuits from this peer"
-        elif not channel.createBucket.tryConsume():
-            refuse = "CREATE2 rate limit"
-        if refuse:
-            self.counters["create_refused"] += 1
-            channel.sendDestroy(circId, DestroyReason.RESOURCELIMIT)
-            return
+            return self._refuse(channel, circId)
+        if channel.peerCircuits >= self.limits.maxCircuitsPerPeer:
+            return self._refuse(channel, circId)
+        peer = self._peer(peerKey(channel.link))
+        if not peer.bucket.tryConsume():
+            self._hold(peer, channel, 1.0 / self.limits.createRate)
+            return self._refuse(channel, circId)
         create = Create2.decode(payload)
+        if not self._waiting and self.createBudget.tryConsume():
+            self._answer(channel, circId, create)
+            return
+        if len(peer.queue) >= self.limits.createQueuePerPeer:
+            self._hold(peer, channel, len(peer.queue) / self.limits.createGlobalRate)
+            return self._refuse(channel, circId)
+        if not peer.queue:
+            self._waiting.append(peer)
+        peer.queue.append((self.clock.seconds(), channel, circId, create))
+        self.counters["create_queued"] += 1
+        self._scheduleDrain()
+
+    def _hold(self, peer, channel, seconds):
+        """Stop reading C{channel} (one of C{peer}'s) for about C{seconds}: backpressure instead of work."""
+        if channel not in peer.held and not channel.closed:
+            peer.held.add(channel)
+            channel.pauseReading(peer)
+        if peer.releaseCall is None:
+            peer.releaseCall = self.clock.callLater(max(0.01, seconds), self._release, peer)
+
+    def _release(self, peer):
+        peer.releaseCall = None
+        held, peer.held = peer.held, set()
+        for channel in held:
+            channel.resumeReading(peer)
+
+    def _refuse(self, channel, circId, counter="create_refused"):
+        self.counters[counter] += 1
+        channel.sendDestroy(circId, DestroyReason.RESOURCELIMIT)
+
+    def _answer(self, channel, circId, create):
         keySeed, reply = ntor.serverRespond(create.hdata, self.nodeId, self.keyRing.findKey)
         circuit = RelayCircuit(self, channel, circId, RelayLayer(keySeed))
         channel.addCircuit(circId, circuit)
@@ -145,10 +314,57 @@ class CircuitSwitch:
         self.counters["circuits_created"] += 1
         channel.send(encodeCell(circId, Command.CREATED2, Created2(reply).encode()))
 
+    def _scheduleDrain(self):
+        if self._drainCall is None and self._waiting:
+            rate = self.createBudget.rate
+            # Wait for a few tokens at a time: one reactor call per handshake would cost more than it saves.
+            delay = 0.0 if rate is None else max(0.005, (1.0 - self.createBudget.available()) / rate)
+            self._drainCall = self.clock.callLater(delay, self._drain)
+
+    def _drain(self):
+        """Answer waiting CREATE2s round-robin by peer while the budget lasts."""
+        self._drainCall = None
+        oldest = self.clock.seconds() - self.limits.createMaxDelay
+        waiting, budget = self._waiting, self.createBudget
+        while waiting:
+            peer = waiting[0]
+            arrived, channel, circId, create = peer.queue[0]
+            stale = channel.closed or circId in channel.circuits
+            if not stale and arrived >= oldest and not budget.tryConsume():
+                break
+            waiting.popleft()
+            peer.queue.popleft()
+            if peer.queue:
+                waiting.append(peer)
+            if stale:
+                continue
+            if arrived < oldest:
+                self._refuse(channel, circId, "create_expired")
+                continue
+            try:
+                self._answer(channel, circId, create)
+            except ntor.HandshakeError:
+                self.counters["protocol_errors"] += 1
+                channel.sendDestroy(circId, DestroyReason.PROTOCOL)
+        self._scheduleDrain()
+
+    def createsWaiting(self):
+        return sum(len(peer.queue) for peer in self._waiting)
+
     # -- status
 
     def circuitCount(self):
         return sum(len(channel.circuits) for channel in self._channels.values())
 
     def status(self):
-        return {"links": len(self._channels), "circuit_ends": self.circuitCount(), **self.counters}
+        return {"links": len(self._channels), "circuit_ends": self.circuitCount(),
+                "creates_waiting": self.createsWaiting(), **self.counters}
+
+
+class _CheckedExtend:
+    """An L{Extend2} as the connector sees it: its node id and the addresses that passed the check."""
+
+    def __init__(self, ext, linkAddresses):
+        self.ext = ext
+        self.nodeId = ext.nodeId
+        self.linkAddresses = linkAddresses

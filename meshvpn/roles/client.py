@@ -14,6 +14,9 @@ from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
 from meshvpn.roles.onionclient import addOnionClient
 from meshvpn.circuits.relayinfo import pathPossible
+from meshvpn.control.options import controlSettings
+from meshvpn.client.paying import paymentClientSettings
+from meshvpn.roles.payments import addClientPayments
 
 
 class Options(RoleOptions):
@@ -46,6 +49,9 @@ class Options(RoleOptions):
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
         *meshSettings(),
+        *controlSettings(),
+        # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
+        *paymentClientSettings(),
     ]
 
     def postOptions(self):
@@ -56,6 +62,9 @@ class Options(RoleOptions):
 
 
 def makeService(options):
+    from meshvpn.nat.endpoint import StunEndpoint
+    from meshvpn.roles.control import addControl
+
     settings = options.settings
     node = buildNode("client", settings)
     links = addLinkManager(node, authenticate=False)
@@ -64,9 +73,11 @@ def makeService(options):
     packets = settings["tun"] and settings["tun_capture"]
     finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
                                                    enough=lambda ds: pathPossible(ds, packets)))
-    circuits = addOnionClient(node, settings, links, finder)
+    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
     tun = addTun(node, settings, finder, circuits, links)
-    addMeshLinks(node, settings, tun)
+    stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
+    addMeshLinks(node, settings, tun, stun)
+    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
     return node
 
 
@@ -95,19 +106,18 @@ def addTun(node, settings, finder, circuits, links):
     return attachTun(node, settings, finder, getCircuit=getCircuit, opener=opener, links=links)
 
 
-def addMeshLinks(node, settings, tun):
+def addMeshLinks(node, settings, tun, stun):
     """
     With C{--mesh-relay}, the C{"mesh"} service on the node's datagram
-    links; its peer connector goes to C{tun}'s mesh router.
+    links (STUN through C{stun}, the socket's endpoint); its peer
+    connector goes to C{tun}'s mesh router.
     @return: the L{MeshLinkService} or C{None}.
     """
     relay = settings["mesh_relay"]
     if relay is None:
         return None
-    from meshvpn.nat.endpoint import StunEndpoint
-
     mesh = MeshLinkService(
-        node.reactor, node.udp, addDatagramLinks(node), StunEndpoint.onSocket(node.reactor, node.udp), relay,
+        node.reactor, node.udp, addDatagramLinks(node), stun, relay,
         settings["mesh_turn"], onConnector=tun.setMeshConnector if tun is not None else None,
         peers=settings["mesh_peers"],
     )

@@ -60,22 +60,27 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
-def addOnionClient(node, settings, links, finder):
+def addOnionClient(node, settings, links, finder, payments=None):
     """
     The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
     its C{"circuits"} manager fed by C{finder}, and the C{"socks"} listener
     whose streams ride those circuits.
 
+    @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
+        pay token-gated exits), or C{None}.
     @return: the L{CircuitManager}.
     """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
     links.setCellHandler(onion.switch)
     addService(node, "onion", onion)
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
+    relays, onCircuit = DirectoryRelays(node.reactor, finder), attachStreams
+    if payments is not None:
+        relays, onCircuit = payments.relaySource(relays), payments.onCircuit(onCircuit)
     circuits = CircuitManager(
         node.reactor,
-        DirectoryRelays(node.reactor, finder),
-        CircuitBuilder(node.reactor, onion.switch, links, onCircuit=attachStreams),
+        relays,
+        CircuitBuilder(node.reactor, onion.switch, links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
     )

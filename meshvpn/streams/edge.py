@@ -30,7 +30,7 @@ class StreamExitEdge:
         the L{meshvpn.interfaces.IStream} connected to the target (the
         mux's C{accept} with the circuit first): the exit policy, the
         outgoing connection and the circuit's throttle live there.
-    @param resolve: C{callable(name)} for RESOLVE, or C{None}.
+    @param resolve: C{callable(circuit, name)} for RESOLVE, or C{None}.
     @param packetSink: C{callable(circuit, packets)} for packet mode, or
         C{None} (packets dropped).
     """
@@ -43,13 +43,17 @@ class StreamExitEdge:
     def _mux(self, circuit):
         mux = circuit.edgeState
         if mux is None:
-            accept = self._accept
+            accept, resolve = self._accept, self._resolve
 
             def acceptOnCircuit(host, port):
                 return accept(circuit, host, port)
 
+            def resolveOnCircuit(name):
+                return resolve(circuit, name)
+
             mux = circuit.edgeState = StreamMux(
-                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, self._resolve, circuitRoom=circuit.circuitRoom,
+                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, resolve and resolveOnCircuit,
+                circuitRoom=circuit.circuitRoom,
                 xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
             )
         return mux

@@ -14,6 +14,8 @@ L{meshvpn.onion.cells.RelayCommand}'s, END reasons
 L{meshvpn.onion.endreasons.EndReason}.
 """
 
+import secrets
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -70,7 +72,7 @@ class StreamMux:
         self.streams = {}
         self._resolving = {}  # origin: streamId -> Deferred for RESOLVED
         self._blocked = {}  # streams waiting for the circuit window, in turn
-        self._nextId = 1
+        self._randbelow = secrets.randbelow
         self.violations = 0
         self.closedReason = None
         self.bytesSent = self.bytesReceived = 0  # stream data, all streams ever
@@ -107,11 +109,17 @@ class StreamMux:
             del self.streams[stream.streamId]
 
     def _allocateId(self):
+        """
+        A random stream id not in use.  Sequential ids told anyone who could
+        inject a cell which id the next stream (the VPN's DNS query, say)
+        would get, and told the exit how many streams a circuit had carried.
+        At most L{MAX_STREAMS} of 65535 ids are in use, so a draw almost
+        always hits a free one; the bound on tries only guards the loop.
+        """
         if len(self.streams) + len(self._resolving) >= MAX_STREAMS:
             raise StreamRefused(EndReason.RESOURCELIMIT, "too many streams on this circuit")
-        for _ in range(65535):
-            sid = self._nextId
-            self._nextId = sid % 65535 + 1
+        for _ in range(64):
+            sid = self._randbelow(65535) + 1
             if sid not in self.streams and sid not in self._resolving:
                 return sid
         raise StreamRefused(EndReason.RESOURCELIMIT, "no free stream id")

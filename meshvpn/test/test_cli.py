@@ -73,7 +73,7 @@ class StatusCommandTests(unittest.TestCase):
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(node.dataDir, "status.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        code, out, _ = runMain(["status", "--data-dir", node.dataDir])
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir])  # through the control API
         self.assertEqual(code, 0)
         self.assertIn("role client", out)
         code, out, _ = runMain(["status", "--data-dir", node.dataDir, "--json"])
@@ -82,7 +82,7 @@ class StatusCommandTests(unittest.TestCase):
     def test_statusWithoutNode(self):
         code, out, err = runMain(["status", "--data-dir", self.mktemp()])
         self.assertEqual(code, 1)
-        self.assertIn("no status", err)
+        self.assertIn("no node running", err)
 
 
 class FormatStatusTests(unittest.TestCase):

@@ -17,7 +17,7 @@ import meshvpn
 
 # The ground: top-level modules every plane may use.
 GROUND = {"interfaces", "identity", "errors", "secretfile", "ratelimit", "config", "udpmux", "ports", "hostport",
-          "observer"}
+          "observer", "localaddrs"}
 
 # Plane -> rank.  Lower ranks never import higher ones.
 PLANES = {
@@ -27,6 +27,7 @@ PLANES = {
     "onion": 3,
     "circuits": 4,
     "streams": 5, "tun": 5,
+    "payments": 5,  # tokens, issuer, Monero RPC: used by the client and the exit, uses no edge
     "client": 6, "exit": 6,  # the edges
     "control": 7,
     "roles": 8,

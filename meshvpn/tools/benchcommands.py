@@ -56,6 +56,18 @@ def addBenchCommands(sub):
 
     benchpaths.addArguments(p)
     p.set_defaults(func=benchpaths.command)
+    p = benchSub.add_parser("flood", help="honest circuit builds through a relay flooded with CREATE2 and links (real process)",
+                            description="One peer floods a relay process with CREATE2, another with links; honest "
+                                        "clients build circuits through it (loopback).")
+    from meshvpn.tools import benchflood
+
+    benchflood.addArguments(p)
+    p.set_defaults(func=lambda args: benchflood.run(args))
+    p = benchSub.add_parser("tokens", help="bandwidth tokens: issue (blind sign) and verify rates (in process)")
+    from meshvpn.tools import benchtokens
+
+    benchtokens.addArguments(p)
+    p.set_defaults(func=lambda args: benchtokens.run(args, lambda line: print(line, flush=True)))
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench

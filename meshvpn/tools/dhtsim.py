@@ -18,6 +18,8 @@ from zope.interface import implementer
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from meshvpn.dht.directory import DirectoryPolicy
+from meshvpn.dht.pow import solve
 from meshvpn.dht.records import RecordStore
 from meshvpn.dht.rpc import DHTNode
 from meshvpn.identity import NodeIdentity
@@ -61,7 +63,7 @@ class HeapClock:
         return self.now
 
     def _push(self, c, delay):
-        c.time = self.now + max(0.0, delay)
+        c.time = self.now + delay if delay > 0 else self.now
         self._seq += 1
         c.seq = self._seq
         heapq.heappush(self._heap, (c.time, c.seq, c))
@@ -148,21 +150,36 @@ class AddressPool:
                 return (ip, 4000)
 
 
-def makeSimNode(network, clock, address, config, clientMode=False, identity=None, rng=None):
-    """A real L{DHTNode} bound to C{address} on C{network}."""
+def simIdentity(rng):
+    """Keys from the run's seeded rng, so a simulation with a seed is reproducible."""
+    return NodeIdentity(SigningKey(rng.randbytes(32)), PrivateKey(rng.randbytes(32)))
+
+
+def makeStore(config):
+    return RecordStore(config.maxRecords, config.maxPerKey, config.maxPerPublisher,
+                       admit=DirectoryPolicy(config.exemptLoopback))
+
+
+def makeSimNode(network, clock, address, config, clientMode=False, identity=None, rng=None, work=None, cls=DHTNode):
+    """
+    A real L{DHTNode} (or subclass C{cls}) bound to C{address} on C{network}.
+    It does the proof of work the configuration asks for, unless C{work} is given.
+    """
     rng = rng or network.rng
     if identity is None:
-        # keys from the run's seeded rng, so a simulation with a seed is reproducible
-        identity = NodeIdentity(SigningKey(rng.randbytes(32)), PrivateKey(rng.randbytes(32)))
-    node = DHTNode(
+        identity = simIdentity(rng)
+    if work is None:
+        work = solve(identity.identityPublicKey, 0 if clientMode else config.powBits)
+    node = cls(
         clock,
         identity,
         network.sender(address),
-        RecordStore(config.maxRecords, config.maxPerKey),
+        makeStore(config),
         config,
         clientMode=clientMode,
         txid=lambda: rng.getrandbits(64).to_bytes(8, "big"),
         rng=rng,
+        work=work,
     )
     node.address = address
     network.bind(address, node)

@@ -19,7 +19,7 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ILink
 from meshvpn.onion.keyring import OnionKeyRing
 from meshvpn.onion.origin import HopSpec
-from meshvpn.onion.switch import CircuitSwitch
+from meshvpn.onion.switch import CircuitSwitch, SwitchLimits
 
 
 @implementer(ILink, IConsumer, IPushProducer)
@@ -171,6 +171,9 @@ class TestRelay:
         self.network = network
         self.directory = directory if directory is not None else {}
         self.directory[self.nodeId] = self
+        # Every fake relay is at 127.0.0.1 (hopSpec): extending between them needs the test-network opt-in.
+        if limits is None:
+            limits = SwitchLimits(extendAllowPrivate=True)
         self.switch = CircuitSwitch(
             clock, self.nodeId, self.keyRing, connector=self._connect, edge=edge, limits=limits
         )

@@ -20,7 +20,7 @@ from meshvpn.link.transports import TCPTransport
 from meshvpn.onion.keyring import OnionKeyRing
 from meshvpn.onion.origin import HopSpec, OriginCircuit
 from meshvpn.onion.service import linkManagerConnector
-from meshvpn.onion.switch import CircuitSwitch
+from meshvpn.onion.switch import CircuitSwitch, SwitchLimits
 
 
 @implementer(ICircuitEdge)
@@ -54,7 +54,9 @@ class LoopbackNet:
             manager = LinkManager(self.reactor, ident, transports=self.transports)
             ring = OnionKeyRing(self.reactor, current=bytes(ident.onionPrivateKey()))
             edge = _EchoEdge() if i == relays - 1 else None
-            switch = CircuitSwitch(self.reactor, ident.nodeId, ring, linkManagerConnector(manager), edge)
+            # Every relay here is on 127.0.0.1: extending between them needs the test-network opt-in.
+            switch = CircuitSwitch(self.reactor, ident.nodeId, ring, linkManagerConnector(manager), edge,
+                                   SwitchLimits(extendAllowPrivate=True))
             manager.setCellHandler(switch)
             port = await endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
                 manager.serverFactory("tls")

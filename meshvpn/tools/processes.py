@@ -33,8 +33,9 @@ class NodeStartError(MeshVPNError):
 class NodeProcess:
     """One ``twistd -n meshvpn-<role>`` child process with its own data dir."""
 
-    def __init__(self, role, dataDir, extraArgs=(), name=None, host="127.0.0.1"):
+    def __init__(self, role, dataDir, extraArgs=(), name=None, host="127.0.0.1", env=None):
         self.role = role
+        self.env = env  # extra environment variables (test tooling, e.g. a hostile relay's plan)
         self.host = host
         self.name = name or role
         self.dataDir = dataDir
@@ -46,6 +47,7 @@ class NodeProcess:
     def argv(self):
         args = [twistdPath(), "-n", "--pidfile=", "--logfile", self.logPath, f"meshvpn-{self.role}"]
         args += ["--data-dir", self.dataDir, "--udp", formatHostPort(self.host, 0)]
+        args += ["--control-listen", formatHostPort(self.host, 0)]  # the API on the node's own loopback address
         if self.role == "client":
             args += ["--socks-listen", formatHostPort(self.host, 0)]
         else:
@@ -54,8 +56,9 @@ class NodeProcess:
 
     def start(self):
         os.makedirs(self.dataDir, mode=0o700, exist_ok=True)
+        env = None if self.env is None else {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         return self
 

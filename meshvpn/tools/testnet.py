@@ -8,11 +8,23 @@ the relays only through the DHT, builds a 3-hop circuit, and serves SOCKS.
 via SOCKS and exits 0 only if every byte matches.  Everything lives in a
 temporary directory that is removed on exit.
 
-The exits run with `--exit-reject-private false`: the local web server is on
-loopback, which a real exit always refuses.  (A narrower "accept
+Relays run with `--extend-allow-private true` (they extend to each other on
+127.x, which a real relay refuses) and the exits with
+`--exit-reject-private false`: the local web server is on loopback, which
+a real exit always refuses.  (A narrower "accept
 127.0.0.0/8:*, reject *:*" would not do: descriptors summarise a policy by
 the ports it accepts for most addresses, as Tor's do, so such an exit would
 advertise that it accepts nothing.)
+
+`--hostile guard` makes relay1 the network's only guard and a hostile one
+(L{meshvpn.onion.hostile}, switched on through the environment only tests
+use): on the first cells of each of the first circuits the client uses, it
+sends TRUNCATED, forges END, CONNECTED, RESOLVED and stream SENDMEs from its
+own hop, and keeps everything the client sends afterwards.  `--check` then
+passes only if the client closed those circuits and fetched the page
+byte-exact through a later one, and if the guard's view (every cell the
+client sent, with the guard's layer removed) holds neither the target nor
+the request.
 """
 
 import json
@@ -23,19 +35,23 @@ import sys
 import tempfile
 import time
 
+from meshvpn.client.socksparse import SocksError
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import readStatus
 from meshvpn.errors import MeshVPNError
 from meshvpn.hostport import formatHostPort, splitHostPort
+from meshvpn.onion.hostile import ENV_PLAN, ENV_TESTING, VIEW_FILE
 from meshvpn.tools.processes import NodeProcess
 
-EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false"]
+# Every relay is on this machine's loopback: extending to 127.x is the point here.
+PRIVATE_NET = ["--extend-allow-private", "true"]
+EXIT_ARGS = ["--flags", "exit,middle", "--exit-reject-private", "false", *PRIVATE_NET]
 LAYOUT = [
     # name, role, loopback host, extra args
-    ("relay1", "relay", "127.11.0.1", ["--flags", "guard,middle"]),
-    ("relay2", "relay", "127.12.0.1", ["--flags", "guard,middle"]),
-    ("relay3", "relay", "127.13.0.1", ["--flags", "guard,middle"]),
-    ("relay4", "relay", "127.14.0.1", ["--flags", "guard,middle"]),
+    ("relay1", "relay", "127.11.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay2", "relay", "127.12.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay3", "relay", "127.13.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
+    ("relay4", "relay", "127.14.0.1", ["--flags", "guard,middle", *PRIVATE_NET]),
     ("exit1", "relay", "127.21.0.1", EXIT_ARGS),
     ("exit2", "relay", "127.22.0.1", EXIT_ARGS),
 ]
@@ -47,22 +63,55 @@ def hopAddresses():
     """Every address a circuit's TCP hops end at: the relays' and the web server's."""
     return [host for _, _, host, _ in LAYOUT] + [WEB_HOST]
 
+# The hostile guard of `--hostile guard`: each of the first 3 circuits that
+# carry a cell is attacked every way a guard can at once, then swallowed;
+# later circuits are carried honestly, so a client that defends itself
+# still gets through.  Stream ids 1-64: what a client with sequential ids
+# would use first.
+HOSTILE_GUARD_PLAN = ("open=truncated+end:1-64+connected:1-64+resolved:1-64:6.6.6.6+sendme:1-64+swallow;"
+                      "circuits=3")
+HOSTILE_ATTEMPTS = 8
+HOSTILE_ATTEMPT_TIMEOUT = 15.0
+
 
 class Testnet:
     """The processes of one local network; L{stop} removes everything."""
 
-    def __init__(self, out, base=None):
+    def __init__(self, out, base=None, nodeArgs=None, hostile=None):
+        """@param nodeArgs: C{callable(name, host) -> [args]} added to each node's command line."""
+        if hostile not in (None, "guard"):
+            raise MeshVPNError(f"--hostile {hostile!r}: only 'guard' is supported")
         self.out = out
+        self.nodeArgs = nodeArgs or (lambda name, host: [])
         self.base = base or tempfile.mkdtemp(prefix="meshvpn-testnet-")
+        self.hostile = hostile
+        self.hostileNode = None
         self.nodes = []
         self.web = None
         self.webPort = None
+        self.webAddress = None
         self._webs = []  # every web server process started (stopped with the network)
 
-    def node(self, name, role, host, extra):
-        node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host)
+    def node(self, name, role, host, extra, env=None):
+        extra = list(extra) + self.nodeArgs(name, host)
+        node = NodeProcess(role, os.path.join(self.base, name), extraArgs=extra, name=name, host=host, env=env)
         self.nodes.append(node)
         return node.start()
+
+    def layout(self):
+        """The relays to start; with a hostile guard, relay1 is the only guard and the rest are middles."""
+        if self.hostile != "guard":
+            return [(name, role, host, extra, None) for name, role, host, extra in LAYOUT]
+        env = {ENV_TESTING: "1", ENV_PLAN: HOSTILE_GUARD_PLAN}
+        out = []
+        for name, role, host, extra in LAYOUT:
+            if name == "relay1":
+                out.append((name, role, host, ["--flags", "guard", *PRIVATE_NET], env))
+            elif extra == ["--flags", "guard,middle", *PRIVATE_NET]:
+                out.append((name, role, host, ["--flags", "middle", *PRIVATE_NET], None))
+            else:
+                out.append((name, role, host, extra, None))
+        return out
 
     def start(self, timeout=90.0):
         started = time.monotonic()
@@ -70,8 +119,11 @@ class Testnet:
         boot = self.node("bootstrap", "relay", "127.2.0.1", ["--flags", "bootstrap"])
         bootUdp = boot.waitReady()["udp"]
         self.out(f"testnet: starting {len(LAYOUT)} relays and a client (DHT bootstrap {bootUdp}) ...")
-        for name, role, host, extra in LAYOUT:
-            self.node(name, role, host, extra + ["--bootstrap", bootUdp])
+        for name, role, host, extra, env in self.layout():
+            node = self.node(name, role, host, extra + ["--bootstrap", bootUdp], env)
+            if env is not None:
+                self.hostileNode = node
+                self.out(f"testnet: {name} is a HOSTILE guard (plan {HOSTILE_GUARD_PLAN})")
         self.client = self.node("client", "client", "127.1.0.1", ["--bootstrap", bootUdp])
         for node in self.nodes:
             node.waitReady()
@@ -100,6 +152,14 @@ class Testnet:
         self.out(f"testnet: circuit {self.describePath(circuits[0]['path'])} ready; "
                  f"network up in {time.monotonic() - started:.2f}s")
         self.out(f"testnet: SOCKS5 proxy for applications: {self.client.info['socks']}  (data in {self.base})")
+        self.out(f"testnet: dashboard of the client: {self.dashboardURL()}")
+        self.out(f"testnet:   (a one-time login link; another: meshvpn dashboard --data-dir {self.client.dataDir})")
+
+    def dashboardURL(self):
+        """A one-time login link to the client's dashboard (from its control API)."""
+        from meshvpn.control.client import ControlClient
+
+        return ControlClient.forDataDir(self.client.dataDir).post("/v1/login-link")["url"]
 
     def names(self):
         return {n.info["node_id"]: n.name for n in self.nodes if n.info}
@@ -127,9 +187,12 @@ class Testnet:
         port = int(open(portFile).read())
         if host == WEB_HOST:
             self.web, self.webPort = web, port
+            self.webAddress = (host, port)
         return host, port
 
     def check(self, nbytes=CHECK_BYTES):
+        if self.hostile is not None:
+            return self.checkHostile(nbytes)
         host, port = self.startWeb()
         self.out(f"testnet: fetching http://{formatHostPort(host, port)}/bytes/{nbytes} through the circuit via SOCKS ...")
         status, body, ttfb, total = socksclient.httpGet(self.socksAddress(), host, port, f"/bytes/{nbytes}")
@@ -145,6 +208,52 @@ class Testnet:
         )
         return ok
 
+    def guardView(self):
+        """What the hostile guard could read of everything the client sent (its view file)."""
+        try:
+            with open(os.path.join(self.hostileNode.dataDir, VIEW_FILE), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def readable(self, host, port):
+        """The client's secrets found in the hostile guard's view: the BEGIN target and the request."""
+        view = self.guardView()
+        needles = {"the BEGIN target": formatHostPort(host, port).encode(), "the HTTP request": b"GET /bytes/"}
+        return [name for name, needle in needles.items() if needle in view], len(view)
+
+    def checkHostile(self, nbytes):
+        """
+        Fetch through the hostile guard until a circuit it leaves alone
+        carries the page; fail as soon as its view holds anything readable.
+        """
+        host, port = self.startWeb()
+        path = f"/bytes/{nbytes}"
+        self.out(f"testnet: fetching http://{formatHostPort(host, port)}{path} through the hostile guard ...")
+        ok = False
+        for attempt in range(1, HOSTILE_ATTEMPTS + 1):
+            try:
+                status, body, ttfb, total = socksclient.httpGet(
+                    self.socksAddress(), host, port, path, timeout=HOSTILE_ATTEMPT_TIMEOUT
+                )
+            except (SocksError, OSError) as e:
+                self.out(f"testnet:   attempt {attempt}: no page ({e})")
+                leaked, _ = self.readable(host, port)
+                if leaked:
+                    break
+                time.sleep(0.5)
+                continue
+            ok = status == 200 and body == webfixture.body(nbytes)
+            self.out(f"testnet:   attempt {attempt}: HTTP {status}, {len(body)} bytes in {total * 1000:.1f} ms; "
+                     + ("bytes match" if ok else "BYTES DO NOT MATCH"))
+            break
+        hostile = (readStatus(self.hostileNode.dataDir) or {}).get("hostile", {})
+        leaked, viewed = self.readable(host, port)
+        self.out(f"testnet: the hostile guard attacked {hostile.get('circuits_attacked', '?')} circuits "
+                 f"(actions {hostile.get('actions', {})}); it read {viewed} bytes of the client's cells, "
+                 + (f"among them {' and '.join(leaked)}: LEAKED" if leaked else "none of them the target or the request"))
+        return ok and not leaked
+
     def stop(self):
         codes = {n.name: n.stop() for n in self.nodes}
         for web in self._webs:
@@ -156,8 +265,8 @@ class Testnet:
 
 
 def _roleOf(node):
-    if node.role == "client":
-        return "client"
+    if node.role in ("client", "issuer"):
+        return node.role
     extra = node.extraArgs
     return extra[extra.index("--flags") + 1] if "--flags" in extra else "relay"
 
@@ -171,7 +280,11 @@ def _relaysKnown(dataDir):
 
 
 def run(args, out):
-    net = Testnet(out)
+    if getattr(args, "payments", False):
+        from meshvpn.tools.paytestnet import run as runWithPayments
+
+        return runWithPayments(args, out)
+    net = Testnet(out, hostile=getattr(args, "hostile", None))
     try:
         net.start()
         if args.check:

@@ -212,6 +212,9 @@ class TunWorld:
         os.makedirs(dataDir, mode=0o700, exist_ok=True)
         self.dataDirs = getattr(self, "dataDirs", {})
         self.dataDirs[name] = dataDir
+        if role == "relay":
+            # The middles listen on 127.x inside a namespace, which a real relay refuses to extend to.
+            args = [*args, "--extend-allow-private", "true"]
         argv = [self.twistd, "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"),
                 f"meshvpn-{role}", "--data-dir", dataDir, *args]
         return self.spawn(self.ns[short], name, argv)

@@ -120,3 +120,103 @@ class GuardExposureTests(unittest.TestCase):
         guards = GuardSet(self.path, self.clock, random.Random(1))
         self.assertIsNotNone(guards.choose(self.relays))
         self.assertEqual(len(GuardSet(self.path, self.clock).guardIds()), len(guards.guardIds()))
+
+
+class _MemoryDescriptor:
+    """What the builder reads of a descriptor, for a relay of the in-memory hostile network."""
+
+    def __init__(self, relay):
+        self.nodeId = relay.nodeId
+        self.linkAddresses = (("tls", "127.0.0.1:9001"),)
+        self._key = relay.keyRing.publicKeys()["current"]
+
+    def currentOnionKey(self, now):
+        return self._key
+
+
+class _MemoryLinks:
+    """The client's link manager on the in-memory network: a fresh link to each guard asked for."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def getLink(self, descriptor):
+        return defer.succeed(self.net.client.linkTo(descriptor.nodeId, anonymous=True))
+
+
+class HostileGuardSteeringTests(unittest.TestCase):
+    """A guard must not choose the client's middles and exits by claiming it cannot reach the others."""
+
+    def test_refusedExtendDoesNotExcludeTheMiddle(self):
+        """
+        A directory of one guard, one middle and one exit.  The hostile
+        guard answers the first EXTEND2 to the middle with TRUNCATED.  The
+        client used to believe it and exclude the middle, and so could build
+        no circuit at all (with more middles: one the guard did not refuse,
+        perhaps its own); now the retry may use the middle again, and works.
+        """
+        from meshvpn.circuits.builder import CircuitBuilder
+        from meshvpn.onion.test.hostile import HostileNet
+
+        n = HostileNet(guard="extend=truncated;circuits=1")
+        roles = {n.guard: ("guard",), n.middle: ("middle",), n.exit: ("exit",)}
+        relays = [
+            RelayInfo(nodeId=r.nodeId, host=f"198.{18 + i}.0.1", roles=frozenset(roles[r]), bandwidth=0,
+                      descriptor=_MemoryDescriptor(r))
+            for i, r in enumerate((n.guard, n.middle, n.exit))
+        ]
+        builder = CircuitBuilder(n.clock, n.client.switch, _MemoryLinks(n))
+
+        def build(path):
+            d = builder(path)
+            n.pump()
+            return d
+
+        manager = CircuitManager(n.clock, lambda: defer.succeed(relays), build, spares=0, rng=random.Random(3))
+        circuit = self.successResultOf(manager.getCircuit())
+        self.assertEqual([h.nodeId for h in circuit.path], [r.nodeId for r in relays])
+        self.assertEqual(n.guard.hostility.status()["actions"], {"truncated": 1})
+        self.assertEqual(manager.status()["failed_past_guard"], 1)
+
+    def test_guardKillingACircuitDoesNotExcludeItsMiddle(self):
+        """
+        The guard kills a circuit in use with a TRUNCATED nobody asked for.
+        The replacement used to avoid the dead circuit's middle whatever
+        killed it, so with one middle there was none; a violation the guard
+        provably committed now excludes no one else, and the replacement is built.
+        """
+        from meshvpn.circuits.builder import CircuitBuilder
+        from meshvpn.onion.cells import RelayCommand, Truncated
+        from meshvpn.onion.test.hostile import HostileNet
+
+        n = HostileNet()
+        roles = {n.guard: ("guard",), n.middle: ("middle",), n.exit: ("exit",)}
+        relays = [
+            RelayInfo(nodeId=r.nodeId, host=f"198.{18 + i}.0.1", roles=frozenset(roles[r]), bandwidth=0,
+                      descriptor=_MemoryDescriptor(r))
+            for i, r in enumerate((n.guard, n.middle, n.exit))
+        ]
+        builder = CircuitBuilder(n.clock, n.client.switch, _MemoryLinks(n))
+        built = []
+
+        def build(path):
+            d = builder(path)
+            n.clock.callLater(0, n.pump)
+            d.addCallback(lambda c: built.append(c) or c)
+            return d
+
+        manager = CircuitManager(n.clock, lambda: defer.succeed(relays), build, spares=0, rng=random.Random(3))
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        d = manager.getCircuit()
+        n.clock.advance(0)
+        first = self.successResultOf(d)
+        [guardHop] = n.hops(n.guard)
+        guardHop.sendRelay(RelayCommand.TRUNCATED, 0, Truncated(6).encode())
+        n.pump()
+        self.assertTrue(first.closed)
+        self.assertEqual(first.closeReason.hop, 0)
+        n.clock.advance(0)
+        self.assertEqual(len(built), 2)
+        self.assertFalse(built[1].closed)
+        self.assertEqual([c for c, _ in manager._assigned[None]], [built[1]])

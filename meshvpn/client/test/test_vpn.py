@@ -9,13 +9,14 @@ import subprocess
 import sys
 import tempfile
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.names import error
 from twisted.trial import unittest
 
 from meshvpn.client import capture as tunroutes
-from meshvpn.client.vpn import TunClient
+from meshvpn.client.vpn import TunClient, circuitPacketAllowed
 from meshvpn.client.vpndns import ExitResolverClient
 from meshvpn.client.vpncli import clientTables
 from meshvpn.client.mesh import MESH_NET, MeshRouter, meshAddress
@@ -27,6 +28,12 @@ from meshvpn.tun.test.test_packets import tcp, udp
 from meshvpn.client.test.fakes import FakeCircuit, FakeIPRoute, FakeRouteMsg, FakeTun
 
 NODE = bytes(range(32))
+ADDRESS = meshAddress(NODE)
+
+
+def reply(payload=b"reply"):
+    """What an exit sends back: from an internet address to the client's TUN address."""
+    return udp("198.18.0.5", ADDRESS, 53, 1000, payload)
 
 
 class ClosableCircuit(FakeCircuit):
@@ -73,8 +80,8 @@ class TunClientTests(unittest.TestCase):
         c = ClosableCircuit()
         self.asks[0].callback(c)
         self.assertEqual(c.sent, [p])
-        c.receiver([b"reply"])
-        self.assertEqual(client.tun.written, [b"reply"])
+        c.receiver([reply()])
+        self.assertEqual(client.tun.written, [reply()])
 
     def test_deadCircuitReplaced(self):
         client = self.start()
@@ -100,6 +107,53 @@ class TunClientTests(unittest.TestCase):
         self.asks[0].errback(RuntimeError("no path"))
         self.clock.advance(1.0)
         self.assertEqual(len(self.asks), 2)
+
+    def test_circuitPacketsFiltered(self):
+        """
+        The circuit's far end (an exit, or a relay that learnt to inject)
+        may put only internet replies to our TUN address into the TUN: not
+        packets for other addresses, not from loopback or private networks
+        (which local services trust), never from a mesh peer's address.
+        The exit's own ICMP errors (from its pool in 100.64/10) pass.
+        """
+        client = self.start()
+        c = ClosableCircuit()
+        self.asks[0].callback(c)
+        peer = meshAddress(b"\x42" * 32)
+        good = [reply(b"one"), tcp("93.184.216.34", ADDRESS, 443, 40000)]
+        exitIcmp = pp.icmpError(udp(ADDRESS, "198.18.0.5", 1000, 53), pp.parseIPv4(udp(ADDRESS, "198.18.0.5", 1000, 53)),
+                                pp.ICMP_UNREACH, 13, pp.ipBytes("100.64.0.1"))
+        bad = [
+            udp("198.18.0.5", "100.96.9.9", 53, 1000),  # not our address
+            udp("198.18.0.5", "8.8.8.8", 53, 1000),
+            udp(peer, ADDRESS, 53, 1000),  # a mesh peer's source: only the mesh router may deliver those
+            udp(ADDRESS, ADDRESS, 53, 1000),  # our own address
+            udp("127.0.0.1", ADDRESS, 53, 1000),
+            udp("10.1.2.3", ADDRESS, 53, 1000),
+            udp("172.16.0.1", ADDRESS, 53, 1000),
+            udp("192.168.1.1", ADDRESS, 53, 1000),
+            udp("169.254.1.1", ADDRESS, 53, 1000),
+            udp("100.64.0.1", ADDRESS, 53, 1000),  # the exit's pool, but not an ICMP error
+            udp("0.0.0.0", ADDRESS, 53, 1000),
+            udp("224.0.0.1", ADDRESS, 53, 1000),
+            udp("255.255.255.255", ADDRESS, 53, 1000),
+            udp("192.0.0.8", ADDRESS, 53, 1000),
+            b"\x60" + bytes(39),  # IPv6
+            b"\x45" + bytes(10),  # too short
+        ]
+        c.receiver(bad + good + [exitIcmp])
+        self.assertEqual(client.tun.written, good + [exitIcmp])
+        self.assertEqual(client.counters["from_circuit_refused"], len(bad))
+
+    @given(st.binary(max_size=80), st.booleans())
+    @settings(max_examples=300, deadline=None)
+    def test_filterTakesAnyBytes(self, data, addressed):
+        """Whatever a circuit delivers, the filter answers yes or no, and yes only for our address."""
+        mine = bytes([100, 96, 0, 1])
+        if addressed and len(data) >= 20:
+            data = data[:16] + mine + data[20:]
+        if circuitPacketAllowed(data, mine):
+            self.assertEqual((data[0] >> 4, data[16:20]), (4, mine))
 
     def test_stopClosesTun(self):
         client = self.start()
@@ -211,7 +265,7 @@ class VpnStateTests(unittest.TestCase):
         client = self.start()
         c1 = ProbedCircuit()
         self.asks[0].callback(c1)
-        c1.receiver([b"reply"])  # a packet from the exit before the probe's answer
+        c1.receiver([reply()])  # a packet from the exit before the probe's answer
         self.assertEqual(client.state.value, "up")
         c1.closed.callback("destroyed")
         self.assertEqual(client.status()["state"], "reconnecting")
@@ -254,7 +308,9 @@ class VpnStateTests(unittest.TestCase):
         self.asks[0].callback(c)
         self.clock.advance(60)
         self.assertEqual(client.state.value, "checking")
-        c.receiver([b"reply"])
+        c.receiver([udp("10.0.0.1", ADDRESS, 53, 1000)])  # refused: proves nothing
+        self.assertEqual(client.state.value, "checking")
+        c.receiver([reply()])
         self.assertEqual(client.state.value, "up")
 
     def test_gateInstalledWhileCapturedOnly(self):

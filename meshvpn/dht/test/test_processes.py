@@ -2,7 +2,9 @@
 
 The client must find all 20 relay descriptors through the DHT alone and every
 signature must verify; forged and replayed descriptors injected by the test
-(a hostile peer speaking the wire protocol) must be rejected.
+(a hostile peer speaking the wire protocol) must be rejected.  Each relay has
+its own loopback address (127.0.N.1), standing for a host of its own: the DHT's
+per-subnet and per-host limits apply to loopback like to any network.
 """
 
 import base64
@@ -17,7 +19,7 @@ from twisted.trial import unittest
 
 from meshvpn.dht.descriptor import _encodeBody, encodeDescriptor, makeDescriptor, parseDescriptor
 from meshvpn.dht import wire
-from meshvpn.dht.directory import descriptorKey, roleSalt, shardOf
+from meshvpn.dht.directory import descriptorKey, roleSalt
 from meshvpn.dht.records import SHARED, makeRecord, parseRecord, verifyRecord
 from meshvpn.dht.service import RELAYS_FILE
 from meshvpn.identity import NodeIdentity
@@ -40,15 +42,20 @@ class Peer:
         self.sock.settimeout(3.0)
         self.key = NodeIdentity.generate().identityPublicKey
         self.n = 0
+        self.tokens = {}
 
     def ask(self, addr, kind, payload=None):
+        if addr not in self.tokens and kind != wire.PING:
+            self.ask(addr, wire.PING)  # an address token first, as every DHT node does
         self.n += 1
         txid = self.n.to_bytes(8, "big")
-        self.sock.sendto(wire.encode(kind, txid, self.key, payload, wire.FLAG_CLIENT), addr)
+        token = self.tokens.get(addr, b"\x00" * 8)
+        self.sock.sendto(wire.encode(kind, txid, self.key, payload, wire.FLAG_CLIENT, token=token), addr)
         while True:
             data, src = self.sock.recvfrom(2048)
             msg = wire.decode(data)
             if msg.txid == txid and src == addr:
+                self.tokens[addr] = msg.token
                 return msg
 
     def close(self):
@@ -68,17 +75,19 @@ class RelayNetworkTests(unittest.TestCase):
         for n in self.nodes:
             n.stop()
 
-    def start(self, role, name, args):
-        node = NodeProcess(role, os.path.join(self.base, name), args, name=name)
+    def start(self, role, name, args, host="127.0.0.1"):
+        node = NodeProcess(role, os.path.join(self.base, name), args, name=name, host=host)
         self.nodes.append(node)
         return node.start()
 
     def test_clientFindsAllRelaysRejectsForgedAndReplayed(self):
         started = time.monotonic()
         # relay0 republishes every 2 s, so the test can replay an older record of it
-        first = self.start("relay", "relay0", ["--flags", "guard,middle,bootstrap", "--dht-republish", "2"])
+        first = self.start("relay", "relay0", ["--flags", "guard,middle,bootstrap", "--dht-republish", "2"],
+                           host="127.0.1.1")
         boot = first.waitReady()["udp"]
-        others = [self.start("relay", f"relay{i}", ["--bootstrap", boot]) for i in range(1, RELAYS)]
+        others = [self.start("relay", f"relay{i}", ["--bootstrap", boot], host=f"127.0.{i + 1}.1")
+                  for i in range(1, RELAYS)]
         infos = [first.info] + [n.waitReady(60) for n in others]
         client = self.start("client", "client", ["--bootstrap", boot, "--dht-sample-interval", "2"])
         client.waitReady()
@@ -130,18 +139,26 @@ class RelayNetworkTests(unittest.TestCase):
             self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, bytes(raw)).payload, wire.BAD_RECORD)
 
         # forged: an attacker signs a descriptor claiming the victim's id and
-        # announces it under a role key (the record itself is validly signed)
+        # announces it at its own host (the record itself is validly signed):
+        # every relay refuses to file it
         attacker = NodeIdentity.generate()
-        fake = makeDescriptor(attacker, {"udp": "198.18.66.6:1"}, {"guard"}, published=time.time())
+        peerAddr = "%s:%d" % peer.sock.getsockname()
+        fake = makeDescriptor(attacker, {"udp": peerAddr}, {"guard"}, published=time.time())
         fake = fake.__class__(
             victimId, fake.identityKey, fake.onionKeys, fake.addresses, fake.flags, fake.exitPolicy,
             fake.bandwidth, fake.family, fake.published, fake.expires,
             attacker.sign(b"meshvpn-descriptor-v1\x00" + _encodeBody(fake)),
         )
-        salt = roleSalt("guard", shardOf(victimId))
-        announce = makeRecord(attacker, salt, encodeDescriptor(fake), 1, time.time() + 600, kind=SHARED)
+        forged = makeRecord(attacker, roleSalt("guard", "127.0.0.1"), encodeDescriptor(fake), 1, time.time() + 600,
+                            kind=SHARED)
         for info in infos:
-            peer.ask(hostPort(info["udp"]), wire.STORE, announce.raw)  # stored: the record is valid...
+            self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, forged.raw).payload, wire.BAD_RECORD)
+        # a relay that announces itself properly but is not there: filed, and the client drops it
+        ghost = makeDescriptor(attacker, {"udp": peerAddr}, {"guard"}, published=time.time())
+        announce = makeRecord(attacker, roleSalt("guard", "127.0.0.1"), encodeDescriptor(ghost), 1,
+                              time.time() + 600, kind=SHARED)
+        for info in infos:
+            self.assertEqual(peer.ask(hostPort(info["udp"]), wire.STORE, announce.raw).payload, wire.STORED)
 
         # replayed: once relay0 has republished (seq grew), its old record is refused
         deadline = time.monotonic() + 20
@@ -154,7 +171,7 @@ class RelayNetworkTests(unittest.TestCase):
         current = [parseRecord(r) for r in peer.ask(target, wire.FIND_VALUE, key).payload[0]]
         self.assertGreater(min(r.seq for r in current), old.seq)
 
-        # ...but the client verifies the descriptor inside and rejects the forgery
+        # ...but the client cross-checks every relay before it lists it
         body = {"relays": []}
         deadline = time.monotonic() + 20
         rejected = 0
@@ -165,6 +182,6 @@ class RelayNetworkTests(unittest.TestCase):
             rejected = body["rejected"]
         self.assertGreater(rejected, 0, client.logTail(3000))
         addresses = {e["addresses"]["udp"] for e in body["relays"]}
-        self.assertNotIn("198.18.66.6:1", addresses)
+        self.assertNotIn(peerAddr, addresses)
         self.assertEqual({e["node_id"] for e in body["relays"]}, wanted, "relays missing from the client's list")
         print(f"\n  20 relays + client: all descriptors found after {foundAt:.1f}s; total {time.monotonic() - started:.1f}s")

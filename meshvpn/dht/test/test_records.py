@@ -7,6 +7,7 @@ from twisted.trial import unittest
 from meshvpn.dht import wire
 from meshvpn.dht.records import (
     MAX_TTL,
+    SHARED_TTL,
     OWNED,
     SHARED,
     RecordError,
@@ -108,11 +109,56 @@ class StoreTests(unittest.TestCase):
     def test_caps(self):
         shared = [makeRecord(NodeIdentity.generate(), b"role", b"v", 1, NOW + 60 + i, kind=SHARED) for i in range(5)]
         codes = [self.store.store(r, NOW) for r in shared]
-        # the fourth and fifth expire later, so they displace the soonest-expiring
-        self.assertEqual(codes, [wire.STORED] * 5)
+        # a full key keeps its incumbents: a later expiry buys nothing
+        self.assertEqual(codes, [wire.STORED] * 3 + [wire.FULL] * 2)
         self.assertEqual(len(self.store.get(sharedKey(b"role"), NOW)), 3)
-        early = makeRecord(NodeIdentity.generate(), b"role", b"v", 1, NOW + 1, kind=SHARED)
-        self.assertEqual(self.store.store(early, NOW), wire.FULL)
         for i in range(20):
             self.store.store(makeRecord(self.ident, b"k%d" % i, b"v", 1, NOW + 60), NOW)
         self.assertEqual(self.store.count, 10)
+
+    def test_fairEvictionBySource(self):
+        store = RecordStore(maxRecords=10, maxPerKey=4)
+        flood = [makeRecord(NodeIdentity.generate(), b"s%d" % i, b"v", 1, NOW + 600) for i in range(12)]
+        codes = [store.store(r, NOW, "198.51.100") for r in flood]
+        self.assertEqual(codes, [wire.STORED] * 10 + [wire.FULL] * 2)  # one source can fill an empty store...
+        newcomer = makeRecord(NodeIdentity.generate(), b"relay", b"d", 1, NOW + 600)
+        self.assertEqual(store.store(newcomer, NOW, "203.0.113"), wire.STORED)  # ...but never lock others out
+        self.assertEqual(store.get(newcomer.key, NOW), [newcomer])
+        self.assertEqual(store.get(flood[9].key, NOW), [])  # its newest record gave way
+        self.assertEqual(store.count, 10)
+        # shared keys: the same within a key
+        store = RecordStore(maxRecords=100, maxPerKey=4)
+        key = [makeRecord(NodeIdentity.generate(), b"role", b"v", 1, NOW + 600, kind=SHARED) for i in range(5)]
+        self.assertEqual([store.store(r, NOW, "198.51.100") for r in key[:4]], [wire.STORED] * 4)
+        self.assertEqual(store.store(key[4], NOW, "192.0.2"), wire.STORED)
+        self.assertEqual(len(store.get(sharedKey(b"role"), NOW)), 4)
+
+    def test_sharedExpiryCappedAtDescriptorLifetime(self):
+        r = makeRecord(self.ident, b"role", b"v", 1, NOW + MAX_TTL, kind=SHARED)
+        self.assertEqual(self.store.store(r, NOW), wire.STORED)
+        self.assertEqual(self.store.get(sharedKey(b"role"), NOW + SHARED_TTL - 1), [r])
+        self.assertEqual(self.store.get(sharedKey(b"role"), NOW + SHARED_TTL), [])
+        self.assertEqual(self.store.store(r, NOW + 100), wire.STORED)  # a STORE refreshes it
+        self.assertEqual(self.store.get(sharedKey(b"role"), NOW + SHARED_TTL + 99), [r])
+        self.assertEqual(self.store.expire(NOW + SHARED_TTL + 100), 1)
+        owned = makeRecord(self.ident, b"mine", b"v", 1, NOW + MAX_TTL)
+        self.store.store(owned, NOW)
+        self.assertEqual(self.store.get(owned.key, NOW + MAX_TTL - 1), [owned])  # one writer: its own expiry
+
+    def test_perPublisherCap(self):
+        store = RecordStore(maxPerPublisher=3)
+        codes = [store.store(makeRecord(self.ident, b"k%d" % i, b"v", 1, NOW + 60), NOW) for i in range(5)]
+        self.assertEqual(codes, [wire.STORED] * 3 + [wire.FULL] * 2)
+
+    def test_admitPolicyAndSample(self):
+        store = RecordStore(admit=lambda r, origin: r.kind == OWNED)
+        self.assertEqual(store.store(makeRecord(self.ident, b"x", b"v", 1, NOW + 60, kind=SHARED), NOW), wire.BAD_RECORD)
+        mine = [makeRecord(NodeIdentity.generate(), b"role", b"v", 1, NOW + 60) for _ in range(6)]
+        for r in mine:
+            store.store(r, NOW)
+        target = mine[3].key
+        got = store.sample(b"role", target, NOW, limit=3)
+        self.assertEqual(got[0], mine[3])
+        t = int.from_bytes(target, "big")
+        self.assertEqual(got, sorted(mine, key=lambda r: int.from_bytes(r.key, "big") ^ t)[:3])
+        self.assertEqual(store.sample(b"other", target, NOW), [])

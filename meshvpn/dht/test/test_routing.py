@@ -112,10 +112,34 @@ class TableTests(unittest.TestCase):
         table = RoutingTable(self.own, self.clock, self.ping, k=4)
         self.assertEqual([table.seen(nid(8, 0x80 + i), a) for i, a in enumerate(v6)], [True, True, False])
 
-    def test_loopbackExempt(self):
+    def test_loopbackExemptOnlyByOption(self):
+        # by default 127/8 is one more network under the same limits
+        results = [self.table.seen(nid(8, 0x80 + i), ("127.0.0.1", 1000 + i)) for i in range(4)]
+        self.assertEqual(results, [True, True, False, False])
+        # a local test network says so explicitly
+        table = RoutingTable(self.own, self.clock, self.ping, k=4, perBucketSubnet=2, perTableSubnet=3,
+                             exemptLoopback=True)
         for i in range(4):
-            self.assertTrue(self.table.seen(nid(8, 0x80 + i), ("127.0.0.1", 1000 + i)))
-        self.assertIsNone(subnetOf(("::1", 1)))
+            self.assertTrue(table.seen(nid(8, 0x80 + i), ("127.0.0.1", 1000 + i)))
+        self.assertIsNone(subnetOf(("::1", 1), exemptLoopback=True))
+        self.assertEqual(subnetOf(("127.3.0.1", 1)), "127.3.0")
+
+    def test_unprovenNeverAdds(self):
+        self.assertFalse(self.table.seen(nid(8, 0x80), self.addr(), verified=False))
+        self.assertEqual(len(self.table), 0)
+
+    def test_moveOnlyWhenTheOldAddressIsSilent(self):
+        x = nid(8, 0x81)
+        self.table.seen(x, ("198.18.50.1", 1))
+        self.assertFalse(self.table.seen(x, ("198.18.51.1", 1)))  # proven elsewhere: the old one is asked
+        contact, d = self.ping.calls[-1]
+        self.assertEqual(contact.address, ("198.18.50.1", 1))
+        d.callback(None)  # still there: it stays
+        self.assertEqual(self.table.get(x).address, ("198.18.50.1", 1))
+        self.table.seen(x, ("198.18.51.1", 1))
+        self.ping.calls[-1][1].errback(Exception("timeout"))  # gone: now it moves
+        self.assertEqual(self.table.get(x).address, ("198.18.51.1", 1))
+        self.assertEqual(self.table.moves, 1)
 
     def test_closest(self):
         ids = [nid(8, i) for i in range(1, 40)]
@@ -127,6 +151,24 @@ class TableTests(unittest.TestCase):
         self.assertEqual(got, sorted(got, key=lambda x: int.from_bytes(x, "big") ^ int.from_bytes(target, "big")))
         self.assertEqual(got[0], target)
         self.assertNotIn(target, [c.nodeId for c in table.closest(target, 5, exclude=target)])
+
+    def test_closestMatchesBruteForce(self):
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        @settings(max_examples=100, deadline=None)
+        @given(st.lists(st.binary(min_size=32, max_size=32), max_size=120, unique=True),
+               st.binary(min_size=32, max_size=32), st.integers(1, 25), st.booleans())
+        def check(ids, target, count, excludeOne):
+            table = RoutingTable(self.own, self.clock, self.ping, k=20, perTableSubnet=999, perBucketSubnet=999)
+            for i in ids:
+                table.seen(i, ("198.18.0.1", 1))
+            exclude = table.contacts()[0].nodeId if excludeOne and len(table) else None
+            t = int.from_bytes(target, "big")
+            expected = sorted((c for c in table.contacts() if c.nodeId != exclude), key=lambda c: c.idInt ^ t)[:count]
+            self.assertEqual(table.closest(target, count, exclude), expected)
+
+        check()
 
     def test_staleBuckets(self):
         self.fillFar()

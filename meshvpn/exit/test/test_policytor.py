@@ -91,15 +91,29 @@ class PublishedPoliciesTests(unittest.TestCase):
     def test_endToEnd(self):
         """parse -> summary -> descriptor -> published in the DHT -> a client picks the exit for 443, not for 25."""
         net = Net(self, 12)
-        # four /16s, so one path can hold them all (addresses in descriptors only: nothing is sent)
-        hosts = iter(["198.18.3.1", "198.51.100.1", "203.0.113.1", "192.0.2.1"])
         published = []
+        # One /16 per relay, so one path can hold any three of them.  The simulated
+        # network is in memory: these addresses are never sent to.
+        hosts = iter(["198.18.3.1", "198.19.100.1", "203.0.113.1", "192.0.2.1"])
+
+        class OneEach:
+            def allocate(self):
+                return (next(hosts), 4000)
+
+        def freshNode():
+            pool, net.pool = net.pool, OneEach()
+            try:
+                return net.add()
+            finally:
+                net.pool = pool
 
         def publish(flags, policyText=None):
-            ident, host = newIdentity(), next(hosts)
+            # The relay publishes its own descriptor from its own host: role announcements
+            # are stored only from the host they name (the directory's rule against free keys).
+            node = freshNode()
+            ident, (host, port) = node.identity, node.address
             summary = summaryOf(policyText) if policyText is not None else "reject 1-65535"
-            d = makeDescriptor(ident, {"udp": f"{host}:9000", "tls": f"{host}:9001"}, flags, T0, exitPolicy=summary)
-            node = net.add()
+            d = makeDescriptor(ident, {"udp": f"{host}:{port}", "tls": f"{host}:9001"}, flags, T0, exitPolicy=summary)
             net.run(RelayDirectory(node, ident).publish(d))
             published.append(d)
 

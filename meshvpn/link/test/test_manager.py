@@ -220,3 +220,98 @@ class LinkManagerLimitsTests(unittest.TestCase):
         self.assertEqual(result(d1).peerId, h.ids[1].nodeId)
         self.assertIsNone(h.net.servers["mem:1"].buildProtocol(None))
         self.assertEqual(h.managers[1].counters["refused_full"], 1)
+
+
+class _BlackHoleOrMemory:
+    """'hole:...' addresses never answer; 'mem:...' ones are the memory network."""
+
+    name, kind = "tls", "stream"
+
+    def __init__(self, net):
+        self._memory = MemoryTransport(net)
+
+    def clientEndpoint(self, reactor, address, options):
+        if address.startswith("hole:"):
+            return _NeverEndpoint()
+        return self._memory.clientEndpoint(reactor, address, options)
+
+
+def _peer(host, port=40000):
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", host, port)
+
+
+class LinkManagerAbuseTests(unittest.TestCase):
+    def test_blackHoleAttemptDoesNotHoldHonestOnes(self):
+        """
+        An EXTEND2 names relay 1's id with an address that never answers;
+        an honest extend to relay 1 at its real address right after must
+        not wait ~50 s on that attempt (the old manager merged pending
+        attempts by node id alone).
+        """
+        h = Harness(2)
+        m = LinkManager(h.clock, h.ids[0], LinkSettings(connectTimeout=30), transports={"tls": _BlackHoleOrMemory(h.net)})
+        hostile = m.getLink(LinkTarget(h.ids[1].nodeId, (("tls", "hole:1"),)))
+        honest = m.getLink(h.target(1))
+        h.net.flush()
+        self.assertEqual(result(honest).peerId, h.ids[1].nodeId)
+        self.assertFalse(hostile.called)
+        h.clock.advance(30)
+        self.assertIsInstance(result(hostile).value, LinkError)
+
+    def test_sameTargetStillSharesOneAttempt(self):
+        clock = task.Clock()
+        m = LinkManager(clock, NodeIdentity.generate(), transports={"tls": _HangingTransport()})
+        target = LinkTarget(b"\x02" * 32, (("tls", "x"),))
+        d1, d2 = m.getLink(target), m.getLink(LinkTarget(b"\x02" * 32, (("tls", "x"),)))
+        self.assertEqual(len(m._pending), 1)
+        clock.advance(30)
+        self.assertIs(result(d1).value, result(d2).value)
+
+    def test_linksPerAddressAreCapped(self):
+        """One address cannot hold more than maxPerAddress incoming links at once (Tor: DoSConnectionMaxConcurrentCount)."""
+        from meshvpn.link.manager import LinkLimits
+
+        clock = task.Clock()
+        m = LinkManager(clock, NodeIdentity.generate(), limits=LinkLimits(maxPerAddress=5, connectRate=1000, connectBurst=1000))
+        factory = m.serverFactory()
+        built = [factory.buildProtocol(_peer("203.0.113.66", 40000 + i)) for i in range(8)]
+        self.assertEqual(sum(p is not None for p in built), 5)
+        self.assertEqual(m.counters["refused_address"], 3)
+        self.assertIsNotNone(factory.buildProtocol(_peer("198.51.100.7")))
+        # a closed link frees its place
+        link = next(iter(l for l in m._all if l.remoteHost == "203.0.113.66"))
+        m._linkClosed(None, link)  # what its whenClosed() firing does
+        self.assertIsNotNone(factory.buildProtocol(_peer("203.0.113.66", 41000)))
+        self.assertEqual(m.status()["links_in"], 6)
+
+    def test_newLinksPerAddressAreRateLimited(self):
+        from meshvpn.link.manager import LinkLimits
+
+        clock = task.Clock()
+        m = LinkManager(clock, NodeIdentity.generate(), limits=LinkLimits(maxPerAddress=1000, connectRate=20, connectBurst=40))
+        factory = m.serverFactory()
+        built = [factory.buildProtocol(_peer("203.0.113.66", 40000 + i)) for i in range(60)]
+        self.assertEqual(sum(p is not None for p in built), 40)
+        self.assertEqual(m.counters["refused_rate"], 20)
+        clock.advance(1)
+        built = [factory.buildProtocol(_peer("203.0.113.66", 41000 + i)) for i in range(30)]
+        self.assertEqual(sum(p is not None for p in built), 20)
+
+    def test_incomingLinksLeaveRoomForOutgoing(self):
+        """
+        Strangers filling the table with incoming links must not stop the
+        relay's own extends (the old maxLinks counted both directions).
+        """
+        from meshvpn.link.manager import LinkLimits
+
+        h = Harness(2, LinkSettings(maxLinks=8))
+        m = h.managers[0]
+        m.limits = LinkLimits(outgoingReserve=2)
+        factory = h.net.servers["mem:0"]
+        built = [factory.buildProtocol(_peer(f"203.0.113.{i}")) for i in range(1, 11)]
+        self.assertEqual(sum(p is not None for p in built), 6)
+        d = m.getLink(h.target(1))
+        h.net.flush()
+        self.assertEqual(result(d).peerId, h.ids[1].nodeId)

@@ -70,7 +70,7 @@ class CellFormat(unittest.TestCase):
 
     def test_everyRelayCommandRoundTrips(self):
         for cmd in C.RelayCommand.ALL:
-            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 130, 10, 5) else 1
+            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 130, 131, 10, 5) else 1
             payload = C.packRelay(cmd, stream, b"data")
             self.assertEqual(len(payload), C.PAYLOAD_LEN)
             hdr = C.unpackRelay(payload)
@@ -165,3 +165,10 @@ class FlowNegotiateBody(unittest.TestCase):
     def test_xonNeedsStream(self):
         self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.XOFF, 0, b""))
         self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.FLOW_NEGOTIATE, 3, b"\x01\x03"))
+
+
+class PaymentCommandTests(unittest.TestCase):
+    def test_paymentUsesStreamZero(self):
+        """PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) is a circuit-level message."""
+        self.assertEqual(C.RelayCommand.NAMES[C.RelayCommand.PAYMENT], "PAYMENT")
+        self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.PAYMENT, 5, b"\x01"))

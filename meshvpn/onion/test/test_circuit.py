@@ -304,7 +304,13 @@ class Protocol(unittest.TestCase):
         circ, d = n.circuit(path=[n.guard.hopSpec(), n.middle.hopSpec(), ghost])
         f = self.failureResultOf(d, CircuitDestroyed)
         self.assertEqual(f.value.reason, DestroyReason.CONNECTFAILED)
-        self.assertEqual(f.value.hop, 2)  # the circuit manager retries without that relay
+        # Charged to no hop: the middle's word that the exit is unreachable is
+        # only its word (a hostile hop would name honest relays to steer paths).
+        self.assertIsNone(f.value.hop)
+        self.assertTrue(circ.closed)
+        n.net.pump()
+        for relay in (n.guard, n.middle):
+            self.assertEqual(relay.switch.circuitCount(), 0)
 
     def test_destroyReasonReachesOrigin(self):
         n = Net(self)
@@ -375,7 +381,8 @@ class KeyRotation(unittest.TestCase):
         n.clock.advance(3601)
         circ, d = n.circuit(path=[n.guard.hopSpec(), oldSpec, n.exit.hopSpec()])
         f = self.failureResultOf(d, CircuitDestroyed)
-        self.assertEqual(f.value.hop, 1)
+        self.assertIsNone(f.value.hop)  # past the guard, failures are charged to no hop
+        self.assertEqual(n.middle.switch.counters["circuits_created"], 3)
 
 
 class StreamHook(unittest.TestCase):

@@ -156,9 +156,11 @@ class RingOnDiskAndService(unittest.TestCase):
             def getLink(self, target):
                 asked.append(target)
 
+        from meshvpn.onion.switch import CircuitSwitch
+
         ext = Extend2(b"\x01" * 32, (("198.18.0.1", 9001),), ("tls 198.18.0.1:9001", "obfs 198.18.0.1:443"),
                       Create2(2, bytes(96)))
-        linkManagerConnector(Manager())(ext)
+        CircuitSwitch(task.Clock(), b"\x02" * 32, connector=linkManagerConnector(Manager())).connectTo(ext)
         self.assertEqual(asked[0].nodeId, b"\x01" * 32)
         self.assertEqual(asked[0].linkAddresses[:2], (("tls", "198.18.0.1:9001"), ("obfs", "198.18.0.1:443")))
 

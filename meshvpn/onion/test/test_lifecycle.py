@@ -21,13 +21,15 @@ class Tables(unittest.TestCase):
         self.assertRaises(CellError, HOP.onPeer, HopState.MIDDLE, HopEvent.EXTEND)
         self.assertRaises(CellError, HOP.onPeer, HopState.LAST, HopEvent.EXTENDED)
 
-    def test_unrequestedTruncatedIsTheOneToleratedException(self):
+    def test_onlyRequestedTruncatedIsAccepted(self):
         """
-        A TRUNCATED nobody asked for is still accepted (behaviour kept); it is
-        the one entry of the origin's table that is not a requested move.
+        TRUNCATED answers our TRUNCATE (the circuit stays open) or our
+        EXTEND2 (the build failed: the circuit closes); on an open circuit
+        nobody asked for it, and it is refused.
         """
-        self.assertEqual(ORIGIN.onPeer(OriginState.OPEN, OriginEvent.TRUNCATED), OriginState.OPEN)
         self.assertEqual(ORIGIN.onPeer(OriginState.TRUNCATING, OriginEvent.TRUNCATED), OriginState.OPEN)
+        self.assertEqual(ORIGIN.onPeer(OriginState.BUILDING, OriginEvent.TRUNCATED), OriginState.CLOSED)
+        self.assertRaises(CellError, ORIGIN.onPeer, OriginState.OPEN, OriginEvent.TRUNCATED)
 
 
 class OriginLifecycle(unittest.TestCase):

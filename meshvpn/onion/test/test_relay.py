@@ -74,7 +74,7 @@ class Backpressure(unittest.TestCase):
         the middle's queue never exceeds the hard limit; when the exit reads
         again, everything flows and the pause is lifted.
         """
-        limits = SwitchLimits(queueHigh=50, queueLow=10, queueLimit=400)
+        limits = SwitchLimits(queueHigh=50, queueLow=10, queueLimit=400, extendAllowPrivate=True)
         n = Net(self)
         n.middle.switch.limits = limits
         circ = n.built(self)
@@ -99,7 +99,7 @@ class Backpressure(unittest.TestCase):
 
     def test_queueLimitDestroysTheOverfillingCircuit(self):
         """A peer that ignores the pause gets its circuit destroyed, not the relay's memory."""
-        limits = SwitchLimits(queueHigh=5, queueLow=1, queueLimit=20)
+        limits = SwitchLimits(queueHigh=5, queueLow=1, queueLimit=20, extendAllowPrivate=True)
         n = Net(self)
         n.middle.switch.limits = limits
         circ = n.built(self)

@@ -14,7 +14,7 @@ import meshvpn
 from meshvpn.tools.processes import twistdPath
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(meshvpn.__file__)))
-ROLES = {"meshvpn-relay", "meshvpn-client"}
+ROLES = {"meshvpn-relay", "meshvpn-client", "meshvpn-issuer"}
 
 
 def cleanEnv():

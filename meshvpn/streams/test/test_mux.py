@@ -22,6 +22,13 @@ from meshvpn.streams import mux as sm
 MAX_DATA = 494
 
 
+def sequentialIds(mux):
+    """Make C{mux} hand out stream ids 1, 2, 3... so a test can name them (real ids are random)."""
+    counter = iter(range(1 << 20))
+    mux._randbelow = lambda n: next(counter) % n
+    return mux
+
+
 class Pipe:
     """Two muxes joined back to back, delivering in order on the next reactor turn."""
 
@@ -447,7 +454,7 @@ class StreamMachineTests(unittest.TestCase):
 
     def setUp(self):
         self.sent = []
-        self.origin = sm.StreamMux(lambda c, s, b: self.sent.append((c, s, bytes(b))), MAX_DATA)
+        self.origin = sequentialIds(sm.StreamMux(lambda c, s, b: self.sent.append((c, s, bytes(b))), MAX_DATA))
         self.far = FarEnd()
         self.exit = sm.StreamMux(lambda c, s, b: self.sent.append((c, s, bytes(b))), MAX_DATA,
                                  accept=lambda h, p: self.connecting)
@@ -590,7 +597,7 @@ class CircuitWindowTests(unittest.TestCase):
                 room[0] -= 1
             sent.append((command, bytes(body)))
 
-        mux = sm.StreamMux(send, MAX_DATA, circuitRoom=lambda: room[0])
+        mux = sequentialIds(sm.StreamMux(send, MAX_DATA, circuitRoom=lambda: room[0]))
         d = mux.openStream("example.org", 80, Collect())
         mux.relayReceived(R.CONNECTED, 1, b"")
         stream = self.successResultOf(d)
@@ -626,7 +633,7 @@ class ExitGlueTests(unittest.TestCase):
         while sum(map(len, app.data)) < len(payload):
             yield deferLater(0.01)
         self.assertEqual(b"".join(app.data), payload)
-        self.assertEqual(limiter.status()["circuits"][str(id(circuit))]["bytes_in"], len(payload))
+        self.assertEqual(limiter.circuit(circuit).status()["bytes_in"], len(payload))  # keyed by the circuit itself
         stream.halfClose()
         self.assertEqual((yield app.ended), EndReason.DONE)
 
@@ -708,3 +715,38 @@ class HalfCloseFirstTests(unittest.TestCase):
         self.assertEqual(reason, EndReason.DONE)
         self.assertEqual(len(b"".join(app.data)), len(payload))
         self.assertEqual(b"".join(app.data), payload)
+
+
+class StreamIdTests(unittest.TestCase):
+    """Stream ids are drawn at random among the free ones: nobody who can inject a cell knows the next one."""
+
+    def test_idsAreUnpredictable(self):
+        mux = sm.StreamMux(lambda c, s, b: None, MAX_DATA)
+        ids = []
+        for _ in range(200):
+            mux.openStream("example.org", 80)
+            ids.append(list(mux.streams)[-1])
+        self.assertEqual(len(set(ids)), 200)
+        self.assertTrue(all(1 <= i <= 0xFFFF for i in ids))
+        steps = {b - a for a, b in zip(ids, ids[1:])}
+        self.assertGreater(len(steps), 150, "consecutive ids differ by a fixed step: predictable")
+        self.assertNotIn(1, ids[:3], "the first stream got id 1, as a counter would give it")
+        self.assertGreater(max(ids) - min(ids), 30000)  # spread over the id space, not a run
+
+    def test_idsInUseAreNeverDrawn(self):
+        """Even when the draw keeps landing on ids in use, a free one is taken."""
+        mux = sm.StreamMux(lambda c, s, b: None, MAX_DATA)
+        draws = iter([4, 4, 4, 9, 4, 9, 9, 9, 17])
+        mux._randbelow = lambda n: next(draws)
+        mux.openStream("example.org", 80)
+        mux.resolve("example.org")
+        mux.openStream("example.org", 80)
+        self.assertEqual(sorted(list(mux.streams) + list(mux._resolving)), [5, 10, 18])
+
+    def test_idSpaceBounded(self):
+        mux = sm.StreamMux(lambda c, s, b: None, MAX_DATA)
+        for _ in range(sm.MAX_STREAMS):
+            mux.openStream("example.org", 80)
+        self.assertEqual(len(mux.streams), sm.MAX_STREAMS)
+        self.assertEqual(self.failureResultOf(mux.openStream("example.org", 80), StreamRefused).value.reason,
+                         EndReason.RESOURCELIMIT)

@@ -11,7 +11,8 @@ from meshvpn.tools.dhtsim import HeapClock
 
 FIELDS = {
     "nodes", "churn", "loss", "lookups", "lookup_success", "hops_median", "hops_p95", "lookup_time_median_s",
-    "lookup_time_p95_s", "messages_per_lookup", "wall_s",
+    "lookup_time_p95_s", "messages_per_lookup", "wall_s", "hostile_sample_share", "hostile_host_share", "samples",
+    "attack", "disjoint_paths",
 }
 
 
@@ -26,6 +27,23 @@ class BenchTests(unittest.TestCase):
         self.assertLessEqual(FIELDS, set(result))
         self.assertEqual((result["nodes"], result["churn"], result["loss"], result["lookups"]), (40, 0.2, 0.05, 30))
         self.assertGreater(result["lookup_success"], 0.5)
+        self.assertEqual(result["hostile_sample_share"], 0.0)
+
+    def test_tinyAttackedRuns(self):
+        """Each attack runs its real behaviour in the simulator and the numbers come out (not judged here)."""
+        for attack in ("eclipse", "evict", "hijack", "sybil"):
+            out = io.StringIO()
+            argv = ["bench", "dht", "--nodes", "40", "--churn", "0.1", "--loss", "0.0", "--lookups", "20",
+                    "--records", "5", "--samples", "5", "--duration", "60", "--seed", "2", "--hostile", "0.2",
+                    "--attack", attack, "--json"]
+            with redirect_stdout(out):
+                self.assertEqual(cli.main(argv), 0)
+            result = json.loads(out.getvalue())
+            self.assertEqual((result["attack"], result["hostile"]), (attack, 0.2))
+            self.assertEqual(result["hostile_host_share"], 0.2)
+            self.assertGreater(result["samples"], 0)
+            if attack == "sybil":
+                self.assertGreater(result["hostile_identity_share"], 0.4)
 
 
 class HeapClockTests(unittest.TestCase):
