@@ -1029,6 +1029,32 @@ class ICircuitManager(Interface):
         """
 
 
+class IMultipathLeg(Interface):
+    """
+    One circuit as a leg of a multipath set
+    (L{meshvpn.circuits.mpset.MultipathSet}): what the set's scheduler
+    needs to choose a leg and send on it.
+    """
+
+    def sendRelay(command, streamId, body):
+        """Put one relay message on the leg's circuit (to its last hop)."""
+
+    def room():
+        """
+        @return: sequenced cells the leg's congestion window takes now
+            (0 when it is shut or the circuit is closed).
+        """
+
+    def rtt():
+        """
+        @return: the leg's smoothed round trip in seconds (from its
+            congestion controller), or C{None} before the first sample.
+        """
+
+    def close():
+        """Close the leg's circuit (the set broke the protocol or ended)."""
+
+
 class IStreamReceiver(Interface):
     """
     What an L{IStream} delivers to (e.g. the SOCKS server's connection).

@@ -55,7 +55,7 @@ class Command:
 
 class RelayCommand:
     """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth
-    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation)."""
+    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation, MP_* its multipath)."""
 
     BEGIN = 1
     DATA = 2
@@ -75,12 +75,21 @@ class RelayCommand:
     PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
     FLOW_NEGOTIATE = 130
     FLOW_NEGOTIATED = 131
+    # Multipath (doc/protocol.md, "Multipath"); bodies: meshvpn.onion.multipathmsgs.
+    MP_LINK = 132
+    MP_LINKED = 133
+    MP_LINKED_ACK = 134
+    MP_SWITCH = 135
+    MP_ACK = 136
+    MP_DATA = 137
+    MP_FIN = 138
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
         15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
-        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED",
+        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "MP_LINK", 133: "MP_LINKED",
+        134: "MP_LINKED_ACK", 135: "MP_SWITCH", 136: "MP_ACK", 137: "MP_DATA", 138: "MP_FIN",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
