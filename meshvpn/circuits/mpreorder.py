@@ -43,6 +43,7 @@ class ReorderBuffer:
         self.held = {}  # sequence number -> (command, body), all > delivered
         self.heldBytes = 0
         self.duplicates = 0
+        self.paused = False  # the reader cannot take more: hold even in-order cells, acknowledge nothing
         self._next = {}  # leg -> the sequence number its next sequenced cell has (None: no MP_SWITCH yet)
 
     def addLeg(self, leg):
@@ -70,7 +71,7 @@ class ReorderBuffer:
         if seq <= self.delivered or seq in self.held:
             self.duplicates += 1
             return
-        if seq != self.delivered + 1:
+        if seq != self.delivered + 1 or self.paused:
             size = len(body) + ENTRY_COST
             if self.heldBytes + size > self.maxBuffer:
                 raise MultipathViolation(f"reorder buffer over {self.maxBuffer} bytes")
@@ -79,8 +80,19 @@ class ReorderBuffer:
             return
         self.delivered = seq
         self._deliver(command, body)
+        self._drain()
+
+    def pause(self):
+        """Deliver nothing more (the reader paused): the sender's window closes as acknowledgements stop."""
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+        self._drain()
+
+    def _drain(self):
         held = self.held
-        while self.delivered + 1 in held:
+        while self.delivered + 1 in held and not self.paused:
             self.delivered += 1
             command, body = held.pop(self.delivered)
             self.heldBytes -= len(body) + ENTRY_COST

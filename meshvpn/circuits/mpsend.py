@@ -26,10 +26,11 @@ MAX_PENDING = 256 * 1024  # bytes the application may queue before being paused
 
 
 class _LegState:
-    __slots__ = ("leg", "nextSeq")
+    __slots__ = ("leg", "nextSeq", "cells")
 
     def __init__(self, leg):
         self.leg = leg
+        self.cells = 0  # sequenced cells sent on this leg (resent ones included)
         self.nextSeq = None  # None: the receiver has not been told where this leg stands
 
 
@@ -50,6 +51,7 @@ class MultipathSender:
         self._resend = deque()  # seqs to send again, ascending
         self.resent = 0
         self.finished = False
+        self.drained = None  # callable(): the pending bytes fell below half of MAX_PENDING
 
     def addLeg(self, leg):
         self.legs.append(_LegState(leg))
@@ -118,6 +120,11 @@ class MultipathSender:
 
     def flush(self):
         """Send what the windows (each leg's, and the set's) take now."""
+        self._flush()
+        if self.drained is not None and self.pendingBytes < MAX_PENDING // 2:
+            self.drained()
+
+    def _flush(self):
         kept = self.kept
         while self._resend:
             state = self.choose()
@@ -146,3 +153,8 @@ class MultipathSender:
             state.leg.sendRelay(RelayCommand.MP_SWITCH, 0, MpSwitch(seq).encode())
         state.leg.sendRelay(command, 0, body)
         state.nextSeq = seq + 1
+        state.cells += 1
+
+    def cellsPerLeg(self):
+        """Sequenced cells sent on each live leg, for status and tests."""
+        return [state.cells for state in self.legs]

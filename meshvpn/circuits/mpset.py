@@ -53,6 +53,7 @@ class MultipathSet:
         self.origin = origin
         self.receiver = receiver
         self._onClose = onClose
+        self._onLinked = None  # callable(leg): a leg finished its handshake
         self.sender = MultipathSender() if window is None else MultipathSender(window=window)
         self.reorder = ReorderBuffer(self._deliver, self._acknowledge)
         self.legs = {}  # leg -> LegState
@@ -94,6 +95,8 @@ class MultipathSet:
         if timer is not None and timer.active():
             timer.cancel()
         self.sender.addLeg(leg)
+        if self._onLinked is not None:
+            self._onLinked(leg)
 
     def _linkTimedOut(self, leg):
         self._timers.pop(leg, None)

@@ -93,7 +93,9 @@ class RelayCommand:
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
-    FLOW_CONTROLLED = frozenset((DATA, PACKET))
+    FLOW_CONTROLLED = frozenset((DATA, PACKET, MP_DATA))
+    # Multipath messages: edge to edge only, for the stream layer's multipath sets.
+    MULTIPATH = frozenset((MP_LINK, MP_LINKED, MP_LINKED_ACK, MP_SWITCH, MP_ACK, MP_DATA, MP_FIN))
 
 
 class DestroyReason:
@@ -253,7 +255,8 @@ def packRelay(command, streamId, data):
 _NEEDS_STREAM = frozenset((RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
                            RelayCommand.RESOLVE, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF))
 _CIRCUIT_ONLY = frozenset((RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE, RelayCommand.TRUNCATED,
-                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED))
+                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED,
+                           *(RelayCommand.MULTIPATH - {RelayCommand.MP_LINK})))  # MP_LINK names the stream a set takes over
 
 
 def unpackRelay(payload):
