@@ -1028,6 +1028,16 @@ class ICircuitManager(Interface):
         @return: a list of the open circuits, for status.
         """
 
+    def getSecondLeg(circuit):
+        """
+        Build a second leg for a multipath set: a new circuit to the exit of
+        C{circuit} (one this manager handed out) through a guard and middle
+        unrelated to its path.
+
+        @return: a Deferred firing with the open L{ICircuit}; fails with
+            L{meshvpn.errors.NoPath} when no such relays are known.
+        """
+
 
 class IMultipathLeg(Interface):
     """

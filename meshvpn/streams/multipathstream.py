@@ -194,9 +194,13 @@ def upgradeStream(stream, circuit, second, nonce, clock):
     multipath set whose second leg is the circuit C{second} (built to the
     same exit, L{meshvpn.circuits.mppath.chooseSecondLeg}).
 
-    @return: a Deferred firing with the L{MultipathStream} once the first
-        leg is linked (the reader and producer of C{stream} carried over),
-        or failing with L{StreamRefused} if the exit refused the link.
+    @return: C{(mstream, linked)}: the L{MultipathStream}, to write to from
+        now on (bytes wait in the set until a leg is linked), and a Deferred
+        firing with it once the first leg is linked (the reader and producer
+        of C{stream} carried over), or failing with L{StreamRefused} if the
+        exit refused the link.  When the set ends cleanly the second circuit
+        is closed and the first is free for another set; when it is aborted
+        both circuits are closed (the exit holds the set until they go).
     """
     mpset = MultipathSet(clock, nonce, True, None)
     mstream = MultipathStream(mpset)
@@ -220,6 +224,10 @@ def upgradeStream(stream, circuit, second, nonce, clock):
             done.callback(mstream)
 
     def closed(why):
+        first.mux.multipath = None
+        other.close()
+        if why is not None:
+            first.close()
         if not done.called:
             done.errback(StreamRefused(EndReason.DESTROY, f"multipath link failed: {why}"))
         mstream._setClosed(why)
@@ -229,7 +237,7 @@ def upgradeStream(stream, circuit, second, nonce, clock):
     for leg, sid in ((first, streamId), (other, 0)):
         leg.mpset = mpset
         mpset.addLeg(leg, sid)
-    return done
+    return mstream, done
 
 
 def _muxOf(circuit):

@@ -120,7 +120,7 @@ class Handover(unittest.TestCase):
         w = TwoPaths(self, size, push=False)
         reader = Reader()
         stream = w.open(self, reader)
-        d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        _, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
         w.sources[0].push()  # the target starts sending as MP_LINK travels
         w.pump()
         mstream = self.successResultOf(d)
@@ -144,7 +144,7 @@ class Handover(unittest.TestCase):
         w = TwoPaths(self, 0, end=False)
         reader = Reader()
         stream = w.open(self, reader)
-        d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        _, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
         w.pump(5)
         mstream = self.successResultOf(d)
         up = bytes(range(256)) * 4096  # 1 MB
@@ -160,7 +160,7 @@ class Handover(unittest.TestCase):
         w = TwoPaths(self, size, push=False)
         reader = Reader()
         stream = w.open(self, reader)
-        d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        _, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
         w.sources[0].push()
         # Step cell by cell until the set runs with data on both legs, then kill B.
         exitSets = w.edge._multipath.registry.sets
@@ -201,3 +201,58 @@ class Hostile(unittest.TestCase):
         w.b.sendRelay(RelayCommand.MP_SWITCH, 5, bytes(8))
         w.pump(5)
         self.assertTrue(w.b.closed)
+
+
+class SecondLegs:
+    """The circuit manager's getSecondLeg, answering with a circuit already built."""
+
+    def __init__(self, circuit):
+        self.circuit = circuit
+        self.asked = []
+
+    def getSecondLeg(self, first):
+        from twisted.internet import defer
+
+        self.asked.append(first)
+        return defer.succeed(self.circuit)
+
+
+class Automatic(unittest.TestCase):
+    def test_bulkDownloadGetsASecondLegAfterThreshold(self):
+        from meshvpn.circuits.mpbulk import BulkDetector
+        from meshvpn.streams.bulkstream import BulkStream
+
+        size = 3 << 20
+        w = TwoPaths(self, size, push=False)
+        reader = Reader()
+        d = w.a.openStream("198.18.0.9", 80)
+        w.pump()
+        bulk = BulkStream(self.successResultOf(d), w.a, SecondLegs(w.b), BulkDetector(threshold=256 * 1024))
+        bulk.setReceiver(reader)
+        w.sources[0].push()
+        for _ in range(200000):
+            if reader.n >= size:
+                break
+            w.n.net.pump(maxSteps=50)
+            w.n.clock.advance(0.0001)
+        self.assertEqual(reader.n, size)
+        self.assertEqual(reader.digest.digest(), w.sources[0].sentDigest.digest())
+        self.assertEqual(bulk.state, "multipath")
+        (exitSet,) = w.edge._multipath.registry.sets.values()
+        self.assertTrue(all(n > 0 for n in exitSet.sender.cellsPerLeg()), exitSet.sender.cellsPerLeg())
+
+    def test_interactiveStreamStaysSinglePath(self):
+        from meshvpn.circuits.mpbulk import BulkDetector
+        from meshvpn.streams.bulkstream import BulkStream
+
+        w = TwoPaths(self, 10_000, push=False)
+        reader = Reader()
+        d = w.a.openStream("198.18.0.9", 80)
+        w.pump()
+        legs = SecondLegs(w.b)
+        bulk = BulkStream(self.successResultOf(d), w.a, legs, BulkDetector())
+        bulk.setReceiver(reader)
+        w.sources[0].push()
+        w.pump(20)
+        self.assertEqual(reader.n, 10_000)
+        self.assertEqual((bulk.state, legs.asked), ("single", []))
