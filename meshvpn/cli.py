@@ -38,27 +38,10 @@ def _identityCommand(args):
     return 0
 
 
-def _statusCommand(args):
-    from meshvpn.control.status import formatStatus, readStatus
-
-    status = readStatus(os.path.abspath(args.data_dir))
-    if status is None:
-        raise MeshVPNError(f"{args.data_dir}: no status (is a node running with this data dir?)")
-    print(json.dumps(status, indent=1) if args.json else formatStatus(status))
-    return 0
-
-
 def _testnetCommand(args):
-    from meshvpn import testnet
+    from meshvpn.tools import testnet
 
     return testnet.run(args, lambda line: print(line, flush=True))
-
-
-def _benchDHTCommand(args):
-    from meshvpn.dht import bench
-
-    return bench.main(args, lambda line: print(line, flush=True))
-
 
 
 def _netcheckCommand(args):
@@ -67,16 +50,10 @@ def _netcheckCommand(args):
     return run(args, lambda line: print(line, flush=True))
 
 
-def _benchDatagramLinkCommand(args):
-    from meshvpn.link.datagram_bench import run
+def _exitPolicyCommand(args):
+    from meshvpn.exit.policycheck import run
 
-    return run(args, lambda line: print(line, flush=True))
-
-
-def _benchNatCommand(args):
-    from meshvpn.nat.bench import run
-
-    return run(args, lambda line: print(line, flush=True))
+    return run(args, print)
 
 
 def buildParser():
@@ -92,74 +69,39 @@ def buildParser():
         p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_identityCommand)
-    p = sub.add_parser("status", help="show a running node's circuits, streams and bytes", description="Show a running node's status.")
-    p.add_argument("--data-dir", default=defaultDataDir("client"), help="the node's data directory")
-    p.add_argument("--json", action="store_true", help="print the raw status JSON")
-    p.set_defaults(func=_statusCommand)
+    from meshvpn.control.cli import addControlCommands  # status, circuits, relays, events, newnym, vpn, set, dashboard
 
+    addControlCommands(sub)
     p = sub.add_parser("testnet", help="run a complete MeshVPN network on loopback", description=_testnetDoc())
     p.add_argument("--check", action="store_true", help="start it, prove it works, stop it; exit 0 only on success")
+    p.add_argument("--hostile", choices=["guard"], default=None,
+                   help="test tooling: make the only guard attack the client's circuits (with --check: the client "
+                        "must survive it and the guard must read nothing)")
+    p.add_argument("--payments", action="store_true",
+                   help="with a regtest Monero network, a token issuer and token-gated exits; the client buys tokens")
     p.set_defaults(func=_testnetCommand)
-    bench = sub.add_parser("bench", help="run a benchmark and print its numbers", description="Benchmarks (loopback only).")
-    benchSub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    p = benchSub.add_parser("link", help="cells/s and Mbps over one TLS link on loopback")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cells", type=int, default=200_000, help="cells to send each way (default 200000)")
-    p.add_argument("--batch", type=int, default=64, help="cells per sendCells call (default 64)")
-    p.add_argument("--bidirectional", action="store_true", help="send the same number back at the same time")
-    p.add_argument("--processes", action="store_true", help="receive in a separate process (one core per end)")
-    p.set_defaults(func=_benchLinkCommand)
-    p = benchSub.add_parser("circuit", help="onion crypto per cell per hop and relay switching rate",
-                            description="Onion crypto cost and one relay's cell switching rate (in memory).")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cells", type=int, default=200_000, help="cells to switch per direction (default 200000)")
-    p.add_argument("--batch", type=int, default=64, help="cells per link read (default 64)")
-    p.add_argument("--builds", type=int, default=50, help="in-memory circuit builds to time (default 50)")
-    p.add_argument("--tls-builds", type=int, default=30, help="builds over real TLS links on loopback (default 30; 0 skips)")
-    p.add_argument("--real-builds", type=int, default=30, help="builds through real relay processes (default 30; 0 skips)")
-    p.set_defaults(func=_benchCircuitCommand)
+    from meshvpn.tools.benchcommands import addBenchCommands
+
+    addBenchCommands(sub)
     p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
     p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_netcheckCommand)
-    p = benchSub.add_parser("throughput", help="SOCKS download through one 3-hop circuit on loopback (real processes)")
-    from meshvpn import benchthroughput
+    p = sub.add_parser("exit-policy", help="show how an exit policy reads: rules, summary, a decision",
+                       description="Show what the network will see of an exit policy: its rules as the exit runs them, "
+                       "Tor's warnings, the summary clients choose exits by, and with --check one decision.")
+    from meshvpn.exit.policycheck import addArguments as addExitPolicyArguments
 
-    benchthroughput.addArguments(p)
-    p.set_defaults(func=lambda args: benchthroughput.run(args))
-    p = benchSub.add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
-    from meshvpn.dht.bench import addArguments
+    addExitPolicyArguments(p)
+    p.set_defaults(func=_exitPolicyCommand)
+    from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
-    addArguments(p)
-    p.set_defaults(func=_benchDHTCommand)
-    p = benchSub.add_parser("nat", help="NAT connectivity matrix in network namespaces (root)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--bytes", type=int, default=1 << 20, help="bytes pushed each way per pair (default 1 MiB)")
-    p.add_argument("--no-classify", action="store_true", help="skip the netcheck classification of every host")
-    p.add_argument("--coturn", action="store_true", help="relay through a stock coturn instead of our TURN server")
-    p.set_defaults(func=_benchNatCommand)
-    p = benchSub.add_parser("datagram-link", help="per-packet cost of the datagram link (in process)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--count", type=int, default=50000, help="packets to send")
-    p.add_argument("--size", type=int, default=1200, help="bytes per packet")
-    p.set_defaults(func=_benchDatagramLinkCommand)
-    from meshvpn.client.tuncli import addTunCommands  # vpn-restore, bench tun
+    addTunCommands(sub)
+    from meshvpn.payments.walletcli import addWalletCommands  # wallet
 
-    addTunCommands(sub, benchSub)
+    addWalletCommands(sub)
     return parser
-
-
-def _benchLinkCommand(args):
-    from meshvpn.link import bench
-
-    return bench.main(args)
-
-
-def _benchCircuitCommand(args):
-    from meshvpn.onion import bench
-
-    return bench.main(args)
 
 
 def _testnetDoc():

@@ -7,7 +7,6 @@ then default.  Any unknown key or bad value stops the program with one line
 naming the key and what was expected.
 """
 
-import ipaddress
 import os
 import tomllib
 
@@ -15,6 +14,7 @@ import attrs
 from twisted.python import usage
 
 from meshvpn.errors import ConfigError
+from meshvpn.hostport import HostPortError, formatHostPort, parseIPPort
 
 
 @attrs.frozen
@@ -84,24 +84,10 @@ def parseHostPort(raw):
 
     @return: C{(host, port)} with C{host} a literal IP address.
     """
-    expected = "HOST:PORT with a literal IP host, e.g. 127.0.0.1:9000 or [::1]:9000"
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return ("0.0.0.0", parsePort(raw))
-    if not isinstance(raw, str):
-        raise ValueError(expected)
-    if raw.startswith("["):
-        host, sep, port = raw[1:].partition("]:")
-    elif raw.count(":") == 1:
-        host, sep, port = raw.partition(":")
-    elif raw.isdigit():
-        host, sep, port = "0.0.0.0", ":", raw
-    else:
-        raise ValueError(expected)
     try:
-        host = str(ipaddress.ip_address(host))
-        return (host, parsePort(port))
-    except ValueError:
-        raise ValueError(expected) from None
+        return parseIPPort(raw, allowZero=True, defaultHost="0.0.0.0")
+    except HostPortError:
+        raise ValueError("HOST:PORT with a literal IP host, e.g. 127.0.0.1:9000 or [::1]:9000") from None
 
 
 def parseServerEndpoint(raw):
@@ -120,10 +106,6 @@ def parseServerEndpoint(raw):
 def defaultDataDir(role):
     base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return os.path.join(base, "meshvpn", role)
-
-
-def formatHostPort(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---- the settings every node has

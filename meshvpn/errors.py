@@ -29,6 +29,10 @@ class LinkError(MeshVPNError):
     """A link could not be opened or its peer is not who it should be."""
 
 
+class EgressRefused(MeshVPNError):
+    """A destination cannot be reached outside the VPN tunnel (no route there, or the gate is full)."""
+
+
 class NoPath(MeshVPNError):
     """No suitable relays are known to build a circuit."""
 
@@ -59,3 +63,15 @@ class ResolveFailed(MeshVPNError):
         # True when answers existed but the exit policy refused them all
         # (a public name pointing at a private address).
         self.refused = refused
+
+
+class ControlError(MeshVPNError):
+    """
+    A control request cannot be done (unknown circuit or relay, no VPN
+    configured, ...); the message is the one line the user sees.  C{code}
+    is the HTTP status the control API answers with.
+    """
+
+    def __init__(self, message, code=409):
+        super().__init__(message)
+        self.code = code

@@ -13,6 +13,7 @@ import hashlib
 import os
 
 from nacl.public import PrivateKey
+from twisted.logger import Logger
 from nacl.signing import SigningKey, VerifyKey
 from zope.interface import implementer
 
@@ -24,6 +25,8 @@ IDENTITY_FILE = "identity.key"
 ONION_FILE = "onion.key"
 _IDENTITY_HEADER = "meshvpn-ed25519-identity v1"
 _ONION_HEADER = "meshvpn-x25519-onion v1"
+
+log = Logger()
 
 
 def nodeIdFromPublicKey(identityPublicKey):
@@ -107,9 +110,12 @@ class NodeIdentity:
         Load the keys from C{dataDir}, creating any that do not exist yet.
 
         An existing file that is corrupt or too permissive is never
-        overwritten: the node stops with a L{KeyFileError} naming it.
+        overwritten: the node stops with a L{KeyFileError} naming it.  An
+        existing C{dataDir} that others may enter is tightened to 0700.
         """
-        ensurePrivateDirectory(dataDir)
+        loose = ensurePrivateDirectory(dataDir)
+        if loose is not None:
+            log.warn("data directory {path} had mode {mode:04o}; tightened to 0700", path=dataDir, mode=loose)
         idPath = os.path.join(dataDir, IDENTITY_FILE)
         onionPath = os.path.join(dataDir, ONION_FILE)
         signingKey = SigningKey(

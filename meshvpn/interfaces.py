@@ -1,8 +1,9 @@
 """Every contract between MeshVPN's subsystems.
 
-Layers only call downward (client/exit -> onion -> link -> nat, dht -> identity)
-and only through these interfaces, so tests swap in fakes and third parties
-swap in plugins.  Each method says what its arguments are, what the Deferred
+Planes only call downward (client/exit -> streams/tun -> circuits -> onion ->
+link -> dht/nat -> the ground modules; meshvpn/test/test_layers.py holds the
+order) and only through these interfaces, so tests swap in fakes and third
+parties swap in plugins.  Each method says what its arguments are, what the Deferred
 it returns fires with, and which errors it fails with.
 
 Conventions used throughout:
@@ -14,6 +15,7 @@ Conventions used throughout:
 """
 
 from zope.interface import Attribute, Interface
+from twisted.internet.interfaces import IPushProducer
 from twisted.plugin import IPlugin
 
 
@@ -108,6 +110,58 @@ class IDatagramMultiplexer(Interface):
         """
         @return: a C{dict} of counters: datagrams routed per handler name,
             C{"dropped_unknown"}, C{"handler_errors"}, C{"send_errors"}.
+        """
+
+    def setEgressGate(gate):
+        """
+        Consult C{gate} (an L{IDirectEgress}, or C{None} to stop) before
+        each datagram: one to a destination the gate has not allowed yet is
+        held (in a small bounded queue) until it is, then sent in order.
+        """
+
+
+class IDirectEgress(Interface):
+    """
+    The gate in front of everything a node sends outside a VPN tunnel
+    (C{meshvpn-client --tun}): its links to guards and its socket's DHT,
+    STUN and datagram-link traffic.  Before the first packet to a
+    destination leaves, the gate puts a host route via the original gateway
+    and a kill-switch exception in place for it; entries unused for a while
+    are removed again.  Without C{--tun} a node has no gate.
+    """
+
+    def allow(destinations):
+        """
+        @param destinations: an iterable of C{(protocol, host, port)},
+            protocol C{"tcp"} or C{"udp"}.
+        @return: a Deferred firing with C{None} once packets to every one of
+            them leave directly (at once for those that need nothing:
+            already allowed, loopback, not IPv4); failing with
+            L{meshvpn.errors.EgressRefused} if one cannot be allowed (no
+            route outside the tunnel, too many entries).
+        """
+
+    def passes(protocol, address):
+        """
+        @param address: C{(host, port)}.
+        @return: C{True} if packets to it may leave now (and note the use,
+            which keeps the entry alive); C{False}: call L{allow} and wait.
+        """
+
+    def start(already=()):
+        """
+        Start the gate (its periodic route refresh and expiry); C{already}
+        are C{(protocol, ip, port)} the route controller kept at capture.
+        """
+
+    def stop():
+        """
+        Stop the gate; destinations held back are dropped.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (entries kept, held datagrams, refusals).
         """
 
 
@@ -228,8 +282,8 @@ class INATProbe(Interface):
 class IStunEndpoint(Interface):
     """
     All STUN on one UDP socket (L{meshvpn.nat.endpoint.StunEndpoint}): the
-    node's is C{StunEndpoint.onNode(node)}, registered on C{node.udp} for
-    first bytes 0x00-0x03.  Our client transactions and every server that
+    node's is made by its role with C{StunEndpoint.onSocket(reactor,
+    node.udp)}, registered for first bytes 0x00-0x03.  Our client transactions and every server that
     speaks STUN on the socket (STUN Binding, TURN) share it.
     """
 
@@ -332,15 +386,17 @@ class IRelayAllocation(Interface):
 # links (link/)
 
 
-class ILink(Interface):
+class ILink(IPushProducer):
     """
     An authenticated, encrypted channel to a peer whose identity key is
     known, carrying cells.
 
-    Refined by link/ (additive): cells are opaque C{bytes} of exactly
-    C{meshvpn.onion.cellsize.CELL_SIZE}; a link is also an C{IConsumer}
-    (circuits register push producers, several may) and an
-    C{IPushProducer} (pausing it stops reading from the peer).
+    Cells are opaque C{bytes} of exactly C{meshvpn.link.cellsize.CELL_SIZE}.
+    A link is a push producer of the cells it receives (pausing it stops
+    reading from the peer) and takes push producers of the cells sent on
+    it (circuits register, several may; all are paused while the link's
+    write buffer is full).  It is I{not} a full C{IConsumer}: bytes go in
+    only as cells, through L{sendCells}.
     """
 
     peerId = Attribute(
@@ -390,6 +446,18 @@ class ILink(Interface):
         The matching end of L{acquire}.
         """
 
+    def registerProducer(producer, streaming):
+        """
+        C{producer} (an C{IPushProducer}; C{streaming} must be C{True})
+        sends cells on this link: it is paused while the link cannot take
+        more and resumed when it can.  Several producers may register.
+        """
+
+    def unregisterProducer():
+        """
+        Forget the registered producers.
+        """
+
 
 class ICellHandler(Interface):
     """
@@ -424,6 +492,7 @@ class IDatagramLink(Interface):
 
     peerId = Attribute("C{bytes}: node id of the authenticated peer.")
     peerAddress = Attribute("The peer's current address (follows NAT rebinding).")
+    closed = Attribute("C{bool}: the link is closed (what is sent on it is dropped).")
 
     def sendPacket(data):
         """
@@ -434,6 +503,18 @@ class IDatagramLink(Interface):
     def setPacketReceiver(receiver):
         """
         C{receiver(data: bytes)} is called with each packet from the peer.
+        """
+
+    def sendControl(data):
+        """
+        Send one small control message (C{bytes}) on the link's own channel,
+        apart from mesh packets: hole-punching signalling with a relay.
+        Lossy, like packets.
+        """
+
+    def setControlReceiver(receiver):
+        """
+        C{receiver(data: bytes)} is called with each control message from the peer.
         """
 
     def close(reason):
@@ -475,6 +556,11 @@ class IDatagramLinkEndpoint(Interface):
     def links():
         """
         @return: a list of the open L{IDatagramLink}s.
+        """
+
+    def linkTo(peerId):
+        """
+        @return: the L{IDatagramLink} to the node C{peerId}, or C{None}.
         """
 
 
@@ -561,6 +647,12 @@ class ILinkManager(Interface):
         Route the cells of every link to C{handler}, an L{ICellHandler}.
         """
 
+    def setEgressGate(gate):
+        """
+        Await C{gate.allow} (an L{IDirectEgress}; C{None}: no gate) for a
+        peer's address before dialling it.
+        """
+
     def serverFactory(transportName):
         """
         @return: the protocol factory a relay listens with on a server
@@ -572,40 +664,274 @@ class ILinkManager(Interface):
 # circuits (onion/)
 
 
+class IChannel(Interface):
+    """
+    One link as the onion plane uses it (L{meshvpn.onion.channel.Channel}):
+    the circuits on it by circuit id, the ids this end allocates, and a
+    bounded outbound queue written with one C{ILink.sendCells} call per
+    incoming batch or reactor turn.
+    """
+
+    link = Attribute("The L{ILink}.")
+    peerId = Attribute("The link's C{peerId}.")
+    circuits = Attribute(
+        "C{dict}: circuit id -> L{ICircuitEnd}; read it, change it only with "
+        "L{addCircuit} and L{removeCircuit}."
+    )
+    closed = Attribute("C{bool}: the link is gone (every circuit on it was told).")
+
+    def allocateId():
+        """
+        @return: a free circuit id from this end's half of the id space.
+        """
+
+    def addCircuit(circId, end):
+        """
+        Cells for C{circId} go to C{end} (an L{ICircuitEnd}); the link is held
+        open (L{ILink.acquire}) while it carries circuits.
+        """
+
+    def removeCircuit(circId, end):
+        """
+        Forget C{circId} if C{end} is still its end.
+
+        @return: C{True} if it was.
+        """
+
+    def send(cell):
+        """
+        Queue one encoded cell; it is written with the rest of this batch or
+        reactor turn.
+
+        @return: C{False} if the queue is full (the link stopped taking cells
+            and the hard limit is reached): nothing was queued and the caller
+            destroys its circuit.
+        """
+
+    def sendCells(cells):
+        """
+        Queue a list of encoded cells, all or none, as L{send}.
+        """
+
+    def sendDestroy(circId, reason):
+        """
+        Queue DESTROY for C{circId} with C{reason} (a number); never refused,
+        dropped if the channel is closed.
+        """
+
+    def queued():
+        """
+        @return: the number of cells waiting to be written.
+        """
+
+    def flush(source=None):
+        """
+        Write the queued cells now if the link takes them.  C{source}, the
+        channel whose incoming batch made them, is paused while this queue
+        stays over its high-water mark.
+        """
+
+    def receive(cells):
+        """
+        The link's cell receiver: switch one incoming batch to the circuits,
+        then write what it produced once per channel.
+        """
+
+    def pauseReading(by):
+        """
+        Stop reading from the link until every C{by} that paused it resumed it.
+        """
+
+    def resumeReading(by):
+        """
+        The matching end of L{pauseReading}.
+        """
+
+    def linkClosed(reason):
+        """
+        The link is gone: every circuit on it is told, the queue is dropped.
+        """
+
+
+class ICircuitEnd(Interface):
+    """
+    Where a channel delivers the cells of one circuit id: an origin circuit,
+    a relay's hop (its end toward the origin) or that hop's end toward the
+    next hop.  An exception from these closes only that circuit.
+    """
+
+    def onRelay(command, payload):
+        """
+        A RELAY (3) or RELAY_EARLY (9) cell's 509-byte C{payload}.
+        """
+
+    def onCreated2(payload):
+        """
+        A CREATED2 cell's payload.
+        """
+
+    def onDestroy(reason):
+        """
+        A DESTROY cell with C{reason} (a number).
+        """
+
+    def linkClosed(channel):
+        """
+        The channel's link is gone.
+        """
+
+    def protocolError(reason, why):
+        """
+        A cell on this circuit broke the protocol: destroy the circuit with
+        C{reason}.
+        """
+
+
+class ICircuitStreamHandler(Interface):
+    """
+    The stream layer on an origin circuit (its C{streamHandler}): a
+    L{meshvpn.streams.mux.StreamMux}.
+    """
+
+    def relayReceived(command, streamId, data):
+        """
+        A stream message (DATA, END, CONNECTED, RESOLVED, stream SENDME).
+        """
+
+    def circuitWindowOpened():
+        """
+        A circuit SENDME reopened the circuit's send window.
+        """
+
+    def circuitClosed():
+        """
+        The circuit is gone; its streams end.
+        """
+
+    closedReason = Attribute("C{None} while the circuit lives; why the stream layer closed after.")
+
+    def resolve(name):
+        """
+        RESOLVE C{name} at the exit.
+
+        @return: a Deferred firing with the answers, or failing with
+            L{meshvpn.errors.StreamRefused}.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict of this circuit's streams (no targets
+            unless the user asked for history).
+        """
+
+    def openStream(host, port, protocol):
+        """
+        BEGIN a stream to C{host}:C{port}; C{protocol} gets its data.
+
+        @return: a Deferred firing once CONNECTED, or failing with
+            L{meshvpn.errors.StreamRefused} carrying the END reason.
+        """
+
+
 class ICircuit(Interface):
     """
-    An origin-side onion circuit through a path of relays.
+    An origin-side onion circuit through a path of relays
+    (L{meshvpn.onion.origin.OriginCircuit}).
     """
 
-    path = Attribute("The list of relay descriptors, guard first.")
+    path = Attribute("The C{list} of L{meshvpn.onion.origin.HopSpec}s, guard first.")
+    state = Attribute("The L{meshvpn.onion.lifecycle.OriginState}.")
+    closed = Attribute("C{bool}: the circuit is torn down.")
+    streamHandler = Attribute("An L{ICircuitStreamHandler} or C{None}; the stream layer sets it.")
 
-    def openStream(host, port, isolation=None):
+    def build():
         """
-        BEGIN a stream to C{host}:C{port} at the exit.
+        Build every hop of C{path}.
 
-        @return: a Deferred firing with an L{IStream} once CONNECTED; fails
-            with L{meshvpn.errors.StreamRefused} carrying the END reason.
+        @return: a Deferred firing with the circuit, or failing with
+            L{meshvpn.onion.destroy.CircuitDestroyed} naming the hop that
+            failed.
+        """
+
+    def extend(hop):
+        """
+        Add C{hop} at the end of an open circuit.
+
+        @return: a Deferred firing with C{None}.
+        """
+
+    def truncate(keep):
+        """
+        Keep the first C{keep} hops.
+
+        @return: a Deferred firing with the TRUNCATED reason.
+        """
+
+    def sendRelay(command, streamId, data, hop=-1, early=False):
+        """
+        Send one relay message to hop C{hop} (default: the last).
+
+        @return: C{False} if nothing was sent (closed, or DATA/PACKET that
+            does not fit the circuit window).
+        """
+
+    def circuitRoom():
+        """
+        @return: the DATA/PACKET cells the circuit window takes now.
         """
 
     def sendPacket(packet):
         """
-        Send one IP packet in packet mode (the exit writes it to its TUN).
+        Send one IP packet in packet mode (the exit writes it to its TUN);
+        same as C{sendPackets([packet])}.
+        """
+
+    def sendPackets(packets):
+        """
+        Send IP packets (C{list[bytes]}) in packet mode, in as few cells as
+        possible; those the circuit window cannot take now are dropped.
+
+        @return: the number of packets sent.
+        """
+
+    def setPacketReceiver(receiver):
+        """
+        C{receiver(packets: list[bytes])} gets the IP packets the exit sends back.
+        """
+
+    def openStream(host, port, isolation=None, protocol=None):
+        """
+        BEGIN a stream to C{host}:C{port} at the exit through the
+        C{streamHandler}; C{protocol} gets its data.
+
+        @return: a Deferred firing once CONNECTED; fails with
+            L{meshvpn.errors.StreamRefused} carrying the END reason.
         """
 
     def close(reason):
         """
-        Send DESTROY and tear the circuit down.
+        Send DESTROY and tear the circuit down; C{reason} is a DESTROY reason
+        number or name (C{"finished"}).
         """
 
     def whenClosed():
         """
-        @return: a Deferred firing with the reason once the circuit is gone.
+        @return: a Deferred firing with the
+            L{meshvpn.onion.destroy.CircuitDestroyed} once the circuit is gone.
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (no keys, no payload).
         """
 
 
 class IStream(Interface):
     """
-    A TCP-like stream carried on a circuit.
+    A TCP-like stream: one carried on a circuit
+    (L{meshvpn.streams.circuitstream.CircuitStream}, the one type both ends
+    of a circuit use), or the exit's TCP connection it is spliced to
+    (L{meshvpn.exit.direct.TCPStream}).
 
     Backpressure both ways uses Twisted's producer/consumer contract: the
     stream is a push producer of the data it receives (the receiver's
@@ -656,13 +982,16 @@ class IStream(Interface):
 
     def halfClose():
         """
-        Send END for our direction, keep reading.
+        Send what is buffered, then END (DONE) for our direction; keep
+        reading.  Does nothing if our direction has already ended.
         """
 
     def close(reason):
         """
-        Send END with C{reason}.  Idempotent: closing a closed stream does
-        nothing (the SOCKS side may close it both as consumer and protocol).
+        Abort: send END with C{reason} at once, drop what is buffered.  The
+        receiver hears L{IStreamReceiver.streamEnded}.  Idempotent: closing
+        a closed stream does nothing (the SOCKS side may close it both as
+        consumer and protocol).
         """
 
 
@@ -707,7 +1036,9 @@ class IStreamReceiver(Interface):
 
     def streamEnded(reason):
         """
-        The stream is gone (END received or sent, or its circuit died).
+        The stream is gone (END received or sent, or its circuit died).  A
+        clean end from the far end (C{DONE}) always follows
+        L{streamReadEnded}.
 
         @param reason: a L{meshvpn.onion.endreasons.EndReason}; C{DONE} for a
             normal close, C{DESTROY} when the circuit died.
@@ -759,14 +1090,48 @@ class IStreamOpener(Interface):
         """
 
 
+class IRelayCircuit(Interface):
+    """
+    A relay's hop of someone's circuit, as an L{ICircuitEdge} sees it
+    (L{meshvpn.onion.relaycircuit.RelayCircuit}).
+    """
+
+    edgeState = Attribute("Free for the edge's use (the exit keeps its StreamMux here); starts C{None}.")
+    closed = Attribute("C{bool}: the circuit is torn down.")
+
+    def sendRelay(command, streamId, data):
+        """
+        Send one relay message toward the origin.
+
+        @return: C{False} if nothing was sent (closed, or DATA/PACKET that
+            does not fit the circuit window).
+        """
+
+    def circuitRoom():
+        """
+        @return: the DATA/PACKET cells the circuit window takes now.
+        """
+
+    def sendPackets(packets):
+        """
+        Send IP packets toward the origin; those that do not fit the circuit
+        window are dropped.
+
+        @return: the number of packets sent.
+        """
+
+    def destroy(reason, why=""):
+        """
+        Tear the circuit down both ways with C{reason} (a DESTROY reason number).
+        """
+
+
 class ICircuitEdge(Interface):
     """
     Where relay cells end at the last hop of a circuit (an exit's stream and
     packet code).  Added by onion/: plugged into
     L{meshvpn.onion.switch.CircuitSwitch} as C{edge}.  The C{circuit}
-    passed in is the relay-side L{meshvpn.onion.switch.RelayCircuit}: it
-    answers with C{sendRelay(command, streamId, data) -> bool} and
-    C{sendPackets(packets) -> int}, and has a free C{edgeState} attribute.
+    passed in is an L{IRelayCircuit}.
     """
 
     def relayReceived(circuit, command, streamId, data):
@@ -780,6 +1145,12 @@ class ICircuitEdge(Interface):
         """
         IP packets (C{list[bytes]}) arrived in packet mode, to be checked
         against the exit policy and written to the exit's TUN.
+        """
+
+    def circuitWindowOpened(circuit):
+        """
+        A circuit SENDME reopened C{circuit}'s send window: streams waiting
+        for it may send again.
         """
 
     def circuitClosed(circuit, reason):
@@ -854,6 +1225,13 @@ class ITokenBucket(Interface):
         @return: the tokens (bytes) available now; negative while in debt.
         """
 
+    def tryConsume(amount=1):
+        """
+        Admission control (requests, handshakes, answers): take C{amount}
+        tokens if they are there and return C{True}; otherwise take nothing
+        and return C{False}.
+        """
+
 
 class ITunDevice(Interface):
     """
@@ -862,6 +1240,23 @@ class ITunDevice(Interface):
 
     name = Attribute("C{str}: interface name.")
     mtu = Attribute("C{int}: the device MTU.")
+    index = Attribute("C{int}: the kernel's interface index (routes name it).")
+
+    def configure(addresses=(), routes=(), mtu=None):
+        """
+        Give the device C{addresses} (C{"a.b.c.d/len"}), C{routes} (CIDRs
+        into it) and an MTU, and bring it up.
+        """
+
+    def addRoute(cidr, table=None, metric=None, mtu=None):
+        """
+        Route C{cidr} into the device (the route dies with it).
+        """
+
+    def status():
+        """
+        @return: a JSON-able dict (name, MTU, packet counters).
+        """
 
     def setPacketReceiver(receiver):
         """
@@ -886,9 +1281,13 @@ class IRouteController(Interface):
     runs without root.
     """
 
+    keptPorts = Attribute("C{set} of C{(protocol, ip, port)} the kill switch lets out now.")
+
     def capture(tun, keepRoutes):
         """
-        Route all traffic into C{tun} except to C{keepRoutes} (the guards).
+        Route all traffic into C{tun} except to C{keepRoutes}
+        (C{(protocol, ip, port)}: the DHT bootstrap nodes; more come
+        through L{keep}).
 
         @return: a Deferred firing when routes and the kill switch are in place.
         """
@@ -899,11 +1298,29 @@ class IRouteController(Interface):
             undone.
         """
 
-    def keep(addresses):
+    def keep(destinations):
         """
-        Keep more relay addresses (IP strings; guards found after
-        L{capture}) off the tunnel: host routes via the original gateway and
-        kill-switch exceptions.  Added by the VPN client (client/tunroutes.py).
+        Keep more destinations (C{(protocol, ip, port)}) off the tunnel, in
+        one batch: a host route via the route the address would take without
+        the tunnel, and a kill-switch exception for the protocol and port.
+
+        @return: the set of those that could not be kept (no route outside
+            the tunnel).
+        """
+
+    def unkeep(destinations):
+        """
+        Remove the kill-switch exceptions of C{destinations}, and the host
+        route of each address that has none left.
+        """
+
+    def refresh():
+        """
+        Look the route of every kept address up again and move its host
+        route if it changed (a new default gateway), or put it back if the
+        kernel removed it.
+
+        @return: the addresses whose route changed.
         """
 
 
@@ -915,4 +1332,244 @@ class IStatusSource(Interface):
     def status():
         """
         @return: a JSON-serialisable C{dict}.  No key material, no payload.
+        """
+
+
+# --------------------------------------------------------------------------
+# the node (roles/)
+
+
+class INode(Interface):
+    """
+    What a node (L{meshvpn.roles.node.Node}, a C{MultiService}) offers the
+    services its role gives it, and nothing more: every other collaborator
+    a service needs comes from the role, in its constructor or as a named
+    child service (C{node.getServiceNamed(name)}).  Nothing is hung on the
+    node.
+    """
+
+    reactor = Attribute("The reactor every child service uses (time, UDP, TCP).")
+    identity = Attribute("The node's L{INodeIdentity}.")
+    dataDir = Attribute("C{str}: the directory of the node's keys and state files.")
+    udp = Attribute("The node's one UDP socket, an L{IDatagramMultiplexer}.")
+    status = Attribute(
+        "The node's status writer: C{addSource(name, source)} adds an "
+        "L{IStatusSource} to what ``meshvpn status`` shows."
+    )
+    whenStarted = Attribute(
+        "A new Deferred at each read, firing once the reactor runs and every "
+        "listener listens, with the addresses the node announced "
+        "(C{None} if it failed to start)."
+    )
+
+    def addresses():
+        """
+        @return: C{{"udp": "HOST:PORT", name: "HOST:PORT", ...}}: the UDP
+            socket's address and that of every listener that is listening.
+        """
+
+    def addListener(name, listener):
+        """
+        Add C{listener}, a child service with C{whenListening}, C{port} and
+        C{address()}; the node is started once it listens, and announces
+        its address as C{name}.
+        """
+
+
+# --------------------------------------------------------------------------
+# control (control/): what the control API, the dashboard and metrics use
+
+
+class ICircuitSteering(Interface):
+    """
+    What the control plane may ask of the client's circuit manager, beyond
+    L{ICircuitManager}.
+    """
+
+    relayFilter = Attribute(
+        "C{None} or C{callable(relays) -> relays}: applied to the directory's "
+        "L{RelayInfo} list before every path is chosen (pinned and excluded relays)."
+    )
+
+    def newIdentity():
+        """
+        No new stream may use a circuit built before now (Tor's NEWNYM):
+        spare circuits close, circuits in use close once their streams end.
+
+        @return: how many circuits were closed or retired.
+        """
+
+
+class IControlEvents(Interface):
+    """
+    The node's live events for the control API (C{/v1/events}): a bounded
+    history, each event numbered so a client resumes where it stopped.
+    An event's data never holds a key, a payload or a stream target unless
+    the user turned history on.
+    """
+
+    def publish(kind, data):
+        """
+        Record event C{kind} (e.g. C{"circuit.built"}) with C{data} (a
+        JSON-ready dict) and hand it to every subscriber.
+
+        @return: the event, a dict C{{"id", "type", "time", "data"}}.
+        """
+
+    def subscribe(callback, since=None):
+        """
+        Call C{callback(event)} for every event from now on, after replaying
+        the events numbered above C{since} still held (C{None}: none).
+
+        @return: a callable that unsubscribes.
+        """
+
+
+class IControlModel(Interface):
+    """
+    What a running node shows and lets its user do, as JSON-ready dicts:
+    the control API serves it, the dashboard and the CLI read it, metrics
+    sample it.  Every read is cheap and synchronous; actions that cannot
+    be done raise L{meshvpn.errors.ControlError} with a one-line reason.
+    """
+
+    def node():
+        """@return: id, role, addresses, version, uptime."""
+
+    def summary():
+        """@return: one dict with node, nat, dht, links, circuits, vpn, bandwidth."""
+
+    def circuits():
+        """@return: a list: id, state, hops (id, flags, address), age, bytes each way."""
+
+    def relays():
+        """@return: the relays the node knows, with pinned/excluded marks."""
+
+    def links():
+        """@return: counts and one entry per open link."""
+
+    def streams():
+        """@return: open streams with their targets, only when history is on."""
+
+    def vpn():
+        """@return: the VPN's state, detail and kill switch, or C{configured: False}."""
+
+    def bandwidth(seconds):
+        """@return: up to C{seconds} per-second samples, oldest first."""
+
+    def logs(level, limit):
+        """@return: the last C{limit} log lines at C{level} or above."""
+
+    def settings():
+        """@return: the settings that can change at run time, with their values."""
+
+    def newIdentity():
+        """New circuits for new streams."""
+
+    def closeCircuit(circuitId):
+        """Close circuit C{circuitId} (an id from L{circuits})."""
+
+    def steerRelay(relayId, action, position=None):
+        """C{action}: C{"pin"} (at C{position}), C{"exclude"} or C{"clear"}."""
+
+    def setVpn(up):
+        """Start or stop VPN mode. @return: a Deferred firing with L{vpn}."""
+
+    def setSetting(key, value):
+        """
+        Change a run-time setting, validated as in the config file.
+        @raise meshvpn.errors.ConfigError: the same one line; nothing changed.
+        """
+
+
+# --------------------------------------------------------------------------
+# payments (payments/, doc/payments.md)
+
+
+class ISpentTokenStore(Interface):
+    """
+    The double-spending check: which tokens, per issuer key (one per epoch),
+    were accepted.  Durable: an accepted spend survives a crash.
+    """
+
+    def spend(keyId, nullifier):
+        """
+        Record the token with C{nullifier} (32 bytes) under issuer key
+        C{keyId} (its 32-byte token_key_id), on disk before returning.
+
+        @return: C{True} if it was not spent before (it is now), C{False}
+            if it was: a double spend.
+        """
+
+    def isSpent(keyId, nullifier):
+        """@return: whether the token was already accepted."""
+
+    def forgetKey(keyId):
+        """Drop the whole list of C{keyId} (its epoch's tokens have expired)."""
+
+
+class IIssuerKeys(Interface):
+    """
+    The public keys an exit checks tokens with: for each accepted issuer,
+    the keys it published (signed by its node key) for the epochs whose
+    tokens are spendable now.
+    """
+
+    def lookup(tokenKeyId):
+        """
+        @return: a L{meshvpn.payments.records.KnownKey} (issuer id, epoch,
+            public key, and the window in which its tokens are spendable)
+            if C{tokenKeyId} is a key an accepted issuer published, else
+            C{None}.  The caller checks the window against its clock.
+        """
+
+
+class IMoneroWallet(Interface):
+    """
+    The part of a Monero wallet (monero-wallet-rpc) that selling and buying
+    need.  Amounts are integers in atomic units (1 XMR = 10**12).
+    """
+
+    def createAddress(label):
+        """
+        A fresh subaddress of account 0, one per purchase.
+
+        @return: a Deferred firing with C{(index, address)}.
+        """
+
+    def incoming(indices):
+        """
+        Incoming transfers to the subaddresses C{indices} of account 0,
+        confirmed and in the pool.
+
+        @return: a Deferred firing with a list of
+            L{meshvpn.payments.monero.Incoming}.
+        """
+
+    def transfer(address, amount):
+        """
+        Pay C{amount} to C{address}.
+
+        @return: a Deferred firing with C{(txid, fee)}.
+        """
+
+    def refresh():
+        """Scan new blocks now. @return: a Deferred."""
+
+
+class ITokenWallet(Interface):
+    """
+    A user's bandwidth tokens on disk, shared by the ``meshvpn wallet``
+    command (which adds them) and the client node (which spends them).
+    """
+
+    def balance(now):
+        """@return: C{{issuer id hex: {"usable": n, "waiting": n, "expired": n}}}."""
+
+    def take(issuerId, now):
+        """
+        Claim one spendable token of C{issuerId} for spending (atomic across
+        processes: no token is handed out twice).
+
+        @return: a L{meshvpn.payments.tokens.Token} or C{None} if none is left.
         """

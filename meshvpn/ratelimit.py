@@ -1,14 +1,23 @@
-"""Bandwidth limits for exits and relays: token buckets that pause, never drop.
+"""Token buckets: bandwidth limits that pause, never drop, and admission limits that refuse.
 
-A node has one bucket, each circuit has its own, and a byte must pass both
-(hierarchical).  Bytes are always let through and charged; a bucket in debt
-makes its circuit pause the producers feeding it (the exit's TCP connection
-to the target, a link's reader) until the debt is refilled.  So a limit
-turns into TCP backpressure end to end instead of loss.  Time comes only
-from C{IReactorTime}, so tests drive it with C{task.Clock}.
+The one token bucket of the code base, used two ways:
 
-Per-circuit byte counts are kept for status (``meshvpn status``).
+- bandwidth (L{TokenBucket.consume}): a node has one bucket, each circuit
+  has its own, and a byte must pass both (hierarchical).  Bytes are always
+  let through and charged; a bucket in debt makes its circuit pause the
+  producers feeding it (the exit's TCP connection to the target, a link's
+  reader) until the debt is refilled.  So a limit turns into TCP
+  backpressure end to end instead of loss.  Per-circuit byte counts are
+  kept for status (``meshvpn status``).
+- admission (L{TokenBucket.tryConsume}): requests from strangers (STUN
+  Binding requests, link handshakes) are answered while tokens are there
+  and refused otherwise; L{BucketTable} keeps one bucket per source in a
+  bounded table, so a flood of sources cannot grow memory.
+
+Time comes only from C{IReactorTime}, so tests drive it with C{task.Clock}.
 """
+
+from collections import OrderedDict
 
 from zope.interface import implementer
 
@@ -23,6 +32,9 @@ class TokenBucket:
     C{rate} bytes per second, at most C{burst} bytes saved up.  C{rate=None}
     means unlimited (consume never asks to wait).
     """
+
+    # Admission control keeps one per source address: thousands of them.
+    __slots__ = ("reactor", "rate", "burst", "_tokens", "_last")
 
     def __init__(self, reactor, rate, burst=None):
         if rate is not None and rate <= 0:
@@ -47,6 +59,16 @@ class TokenBucket:
         self._refill()
         return self._tokens
 
+    def tryConsume(self, amount=1):
+        """Take C{amount} tokens if they are there: C{True}; else take nothing: C{False}."""
+        if self.rate is None:
+            return True
+        self._refill()
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True
+
     def consume(self, amount):
         if self.rate is None:
             return 0.0
@@ -55,6 +77,35 @@ class TokenBucket:
         if self._tokens >= 0:
             return 0.0
         return -self._tokens / self.rate
+
+
+class BucketTable:
+    """
+    A L{TokenBucket} per key (a source IP, say) for admission control, in a
+    table of at most C{maxKeys}: the key used least recently is forgotten
+    first, and a forgotten key starts again with a full bucket.
+    """
+
+    def __init__(self, reactor, rate, burst, maxKeys):
+        if maxKeys < 1:
+            raise ValueError("maxKeys must be positive")
+        self.reactor = reactor
+        self.rate, self.burst, self.maxKeys = rate, burst, maxKeys
+        self._buckets = OrderedDict()
+
+    def tryConsume(self, key, amount=1):
+        """L{TokenBucket.tryConsume} on C{key}'s bucket, made full on first use."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            while len(self._buckets) >= self.maxKeys:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[key] = TokenBucket(self.reactor, self.rate, self.burst)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.tryConsume(amount)
+
+    def __len__(self):
+        return len(self._buckets)
 
 
 def _debtWait(bucket):
@@ -164,7 +215,11 @@ class BandwidthLimiter:
 
     def circuit(self, circuitId):
         """
-        @return: the L{CircuitThrottle} of C{circuitId}, made on first use.
+        @param circuitId: the circuit itself (or another key that lives
+            exactly as long as it): never C{id(circuit)}, which Python gives
+            to the next object once the circuit is freed.
+        @return: the L{CircuitThrottle} of C{circuitId}, made on first use;
+            L{release} it when the circuit closes.
         @raise OverflowError: more than C{maxCircuits} circuits are tracked
             (the circuit layer should refuse the circuit: RESOURCELIMIT).
         """
@@ -182,6 +237,15 @@ class BandwidthLimiter:
         else:
             self.bytesOut += nbytes
 
+    def release(self, circuitId):
+        """The circuit closed: stop its throttle and forget it (no-op if it had none)."""
+        throttle = self._circuits.get(circuitId)
+        if throttle is not None:
+            throttle.close()
+
+    def tracked(self):
+        return len(self._circuits)
+
     def _forget(self, circuitId):
         self._circuits.pop(circuitId, None)
 
@@ -193,5 +257,5 @@ class BandwidthLimiter:
             "circuit_burst": self.circuitBurst,
             "bytes_in": self.bytesIn,
             "bytes_out": self.bytesOut,
-            "circuits": {str(cid): t.status() for cid, t in self._circuits.items()},
+            "circuits": {str(getattr(cid, "prevId", cid)): t.status() for cid, t in self._circuits.items()},
         }

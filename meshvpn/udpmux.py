@@ -5,6 +5,12 @@ hole punching and the DHT then use.  Datagrams are routed by their first byte
 through a 256-entry table (one list index per datagram, RFC 7983 style); the
 byte ranges each protocol owns are in doc/protocol.md.  Unknown datagrams
 and handler failures are dropped and counted, never raised into the reactor.
+
+In VPN mode (C{meshvpn-client --tun}) an egress gate
+(L{meshvpn.interfaces.IDirectEgress}) is consulted before each datagram: one
+to a destination that has no host route and kill-switch exception yet is
+held, in a small bounded queue, until the gate has put them in place, then
+sent.  Without a gate the send path is one attribute test longer.
 """
 
 from collections import Counter
@@ -20,6 +26,12 @@ STUN_BYTES = range(0x00, 0x04)  # RFC 7983: STUN's top two bits are 0
 TURN_CHANNEL_BYTES = range(0x40, 0x50)  # RFC 7983: TURN ChannelData
 DHT_BYTES = range(0x80, 0x90)  # MeshVPN DHT messages
 LINK_BYTES = range(0x90, 0xA0)  # MeshVPN datagram link
+LINK_FIRST_BYTES = range(0x90, 0x9E)  # of those, link messages; 0x9E-0x9F are hole-punch probes
+
+# Datagrams held for destinations the egress gate has not let out yet.
+HOLD_PER_DESTINATION = 128  # a directory sampling sends ~60 queries to each new contact at once
+HOLD_DESTINATIONS = 256
+HOLD_TOTAL = 1024
 
 
 @implementer(IDatagramMultiplexer)
@@ -36,6 +48,9 @@ class DatagramMultiplexer(DatagramProtocol):
         self._names = {}
         self._counters = Counter()
         self._loggedError = set()
+        self._gate = None  # an IDirectEgress while a --tun client captures the machine
+        self._held = {}  # addr -> datagrams waiting for the gate
+        self._heldCount = 0
 
     def register(self, name, firstBytes, handler, accept=None):
         firstBytes = list(firstBytes)
@@ -75,11 +90,54 @@ class DatagramMultiplexer(DatagramProtocol):
                 self._loggedError.add(name)
                 self.log.failure("{name} handler failed on a datagram; further failures only counted", name=name)
 
+    def setEgressGate(self, gate):
+        """Consult C{gate} (an L{IDirectEgress}) before each send; C{None} drops what it held."""
+        self._gate = gate
+        if self._held:
+            self._counters["egress_dropped"] += self._heldCount
+            self._held, self._heldCount = {}, 0
+
     def sendDatagram(self, data, addr):
+        gate = self._gate
+        if gate is not None and not gate.passes("udp", addr):
+            self._hold(data, addr)
+            return
+        self._write(data, addr)
+
+    def _write(self, data, addr):
         try:
             self.transport.write(data, addr)
         except OSError:
             self._counters["send_errors"] += 1
+
+    def _hold(self, data, addr):
+        """Keep C{data} until the gate lets C{addr} out (bounded: the rest is dropped and counted)."""
+        queue = self._held.get(addr)
+        if queue is not None:
+            if len(queue) < HOLD_PER_DESTINATION and self._heldCount < HOLD_TOTAL:
+                queue.append(data)
+                self._heldCount += 1
+            else:
+                self._counters["egress_dropped"] += 1
+            return
+        if self._heldCount >= HOLD_TOTAL or len(self._held) >= HOLD_DESTINATIONS:
+            self._counters["egress_dropped"] += 1
+            return
+        self._held[addr] = [data]
+        self._heldCount += 1
+        self._counters["egress_held"] += 1
+        self._gate.allow([("udp", addr[0], addr[1])]).addCallbacks(self._release, self._refused, (addr,), None, (addr,))
+
+    def _release(self, _, addr):
+        queue = self._held.pop(addr, ())
+        self._heldCount -= len(queue)
+        for data in queue:
+            self._write(data, addr)
+
+    def _refused(self, failure, addr):
+        queue = self._held.pop(addr, ())
+        self._heldCount -= len(queue)
+        self._counters["egress_dropped"] += len(queue)
 
     def getHost(self):
         return self.transport.getHost()

@@ -1,1 +1,1 @@
-"""Client edge: the SOCKS5 server apps talk to."""
+"""The client edge: where applications' traffic enters MeshVPN (SOCKS5, the VPN's TUN, mesh links to peers)."""

@@ -1,35 +1,40 @@
 """The client's SOCKS5 server: how applications reach the network without root.
 
-Each connection walks an explicit state machine (L{State}): greeting,
-optional username/password, one request, then either a stream (CONNECT) or
-one answer (Tor's RESOLVE / RESOLVE_PTR).  Names are passed to the stream
-opener as given and resolved at the exit, never here.  The username and
-password are not checked: like Tor's IsolateSOCKSAuth they only choose the
-isolation key, so different credentials never share a circuit.
+Each connection is one session walking an explicit state machine
+(L{State}, L{Event}, L{TRANSITIONS}), the shape of txtorcon's SOCKS machine
+seen from the server: greeting, optional username/password, one request,
+then either a stream (CONNECT: connecting, open, half-closed either way,
+closed) or one answer (Tor's RESOLVE / RESOLVE_PTR).  Names are passed to
+the stream opener as given and resolved at the exit, never here.  The
+username and password are not checked: like Tor's IsolateSOCKSAuth they
+only choose the isolation key, so different credentials never share a
+circuit.
 
 Every handshake message is size-bounded by the parser; data an app sends
 before the stream is open is buffered up to L{MAX_EARLY_DATA} and then the
-app's socket is paused.  Once streaming, the TCP transport and the stream
-are each other's producer and consumer, so neither side buffers without
-bound.  Anything malformed gets the SOCKS reply that names the problem and
-closes that one connection.
+app's socket is paused.  Once open, the TCP transport and the stream are
+each other's producer and consumer, so neither side buffers without bound.
+Anything malformed gets the SOCKS reply that names the problem and closes
+that one connection.
 """
 
 import enum
 import ipaddress
 
+from automat import NoTransition
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.client import socksparse as sp
-from meshvpn.config import formatHostPort
+from meshvpn.hostport import formatHostPort
 from meshvpn.client.socksparse import Command, Method, Reply, SocksError
 from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver
-from meshvpn.node import StreamListenerService
+from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 
 MAX_EARLY_DATA = 64 * 1024
@@ -59,10 +64,9 @@ END_REASON_REPLY = {
 def _noDelay(transport):
     # Handshake replies and first bytes are small: Nagle would hold them
     # for an ACK and add a round trip to every stream's first byte.
-    setNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setNoDelay is not None:
+    if ITCPTransport.providedBy(transport):
         try:
-            setNoDelay(True)
+            transport.setTcpNoDelay(True)
         except OSError:
             pass
 
@@ -88,17 +92,56 @@ class State(enum.Enum):
     AUTH = "auth"
     REQUEST = "request"
     CONNECTING = "connecting"
+    CONNECTING_APP_FINISHED = "connecting-app-finished"  # the app sent its request and EOF
     RESOLVING = "resolving"
-    STREAMING = "streaming"
+    OPEN = "open"
+    APP_FINISHED = "app-finished"  # the app sent EOF: the stream is half-closed
+    STREAM_FINISHED = "stream-finished"  # the far end sent EOF: so did we, to the app
     CLOSED = "closed"
 
 
-_HANDSHAKE_STATES = (State.GREETING, State.AUTH, State.REQUEST)
+class Event(enum.Enum):
+    NO_AUTH = "no-auth"  # the greeting chose no authentication
+    USERNAME_PASSWORD = "username-password"  # ... or username/password
+    AUTHENTICATED = "authenticated"
+    CONNECT = "connect"  # a CONNECT request went to the opener
+    RESOLVE = "resolve"  # a RESOLVE or RESOLVE_PTR request went to the opener
+    CONNECTED = "connected"  # the opener gave a stream
+    APP_EOF = "app-eof"  # the app half-closed its socket
+    STREAM_EOF = "stream-eof"  # the far end half-closed the stream
+    CLOSE = "close"  # a reply that ends the session, a timeout, the app or the stream gone
+
+
+_S, _E = State, Event
+TRANSITIONS = {
+    (_S.GREETING, _E.NO_AUTH): _S.REQUEST,
+    (_S.GREETING, _E.USERNAME_PASSWORD): _S.AUTH,
+    (_S.AUTH, _E.AUTHENTICATED): _S.REQUEST,
+    (_S.REQUEST, _E.CONNECT): _S.CONNECTING,
+    (_S.REQUEST, _E.RESOLVE): _S.RESOLVING,
+    (_S.CONNECTING, _E.CONNECTED): _S.OPEN,
+    (_S.CONNECTING, _E.APP_EOF): _S.CONNECTING_APP_FINISHED,
+    (_S.CONNECTING_APP_FINISHED, _E.CONNECTED): _S.APP_FINISHED,
+    # A RESOLVE is answered whether or not the app still sends: then closed.
+    (_S.RESOLVING, _E.APP_EOF): _S.RESOLVING,
+    (_S.OPEN, _E.APP_EOF): _S.APP_FINISHED,
+    (_S.OPEN, _E.STREAM_EOF): _S.STREAM_FINISHED,
+    (_S.APP_FINISHED, _E.STREAM_EOF): _S.CLOSED,
+    (_S.STREAM_FINISHED, _E.APP_EOF): _S.CLOSED,
+}
+TRANSITIONS.update({(state, _E.CLOSE): _S.CLOSED for state in State if state is not _S.CLOSED})
+
+_HANDSHAKE = (_S.GREETING, _S.AUTH, _S.REQUEST)
+_CONNECTING = (_S.CONNECTING, _S.CONNECTING_APP_FINISHED)
+_WAITING = (_S.CONNECTING, _S.CONNECTING_APP_FINISHED, _S.RESOLVING)  # on the opener
+_STREAMING = (_S.OPEN, _S.APP_FINISHED, _S.STREAM_FINISHED)  # a stream is attached
+_APP_SENDS = (_S.OPEN, _S.STREAM_FINISHED)  # the app's bytes go to the stream
+_APP_RECEIVES = (_S.OPEN, _S.APP_FINISHED)  # the stream's bytes go to the app
 
 
 @implementer(IStreamReceiver, IHalfCloseableProtocol)
 class SOCKSServerProtocol(Protocol):
-    """One application connection."""
+    """One application connection: one SOCKS session."""
 
     log = Logger()
 
@@ -116,8 +159,13 @@ class SOCKSServerProtocol(Protocol):
         self._pausedForEarly = False
         self._pending = None
         self._timer = None
-        self._readDone = False
-        self._writeDone = False
+
+    def _go(self, event):
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise NoTransition(self.state, event) from None
+        return self.state
 
     # ---- connection lifetime
 
@@ -126,14 +174,16 @@ class SOCKSServerProtocol(Protocol):
         self._arm(HANDSHAKE_TIMEOUT)
 
     def connectionLost(self, reason=None):
-        state, self.state = self.state, State.CLOSED
+        if self.state is not State.CLOSED:
+            self._go(Event.CLOSE)
         self._disarm()
         self._buffer = bytearray()
         self._early = []
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
-        if state == State.STREAMING and self.stream is not None:
+        if self.stream is not None:
+            # The app vanished: the stream has nobody left to read or write it.
             stream, self.stream = self.stream, None
             stream.close(EndReason.DONE)
 
@@ -148,21 +198,23 @@ class SOCKSServerProtocol(Protocol):
 
     def _timedOut(self):
         self._timer = None
-        if self.state in _HANDSHAKE_STATES:
+        if self.state in _HANDSHAKE:
             self.stats.count("handshake_timeout")
             self._close()
-        elif self.state in (State.CONNECTING, State.RESOLVING):
+        elif self.state in _WAITING:
             # Cancelling makes the opener's Deferred fail; _failed replies 0x06.
             self._pending.cancel()
 
     def _close(self):
-        self.state = State.CLOSED
+        """End the session: the app's socket is closed (after what is written to it)."""
+        if self.state is not State.CLOSED:
+            self._go(Event.CLOSE)
         self._disarm()
         self.transport.loseConnection()
 
     def _fail(self, reply, why):
         """Send the error reply that fits the state, then close."""
-        if reply is not None and self.state in (State.REQUEST, State.CONNECTING, State.RESOLVING):
+        if reply is not None and (self.state is State.REQUEST or self.state in _WAITING):
             self.transport.write(sp.encodeReply(reply))
         self.stats.count(f"reply_{int(reply):#04x}" if reply is not None else "malformed")
         # Only the code: the reason text may name the target, which stays out of logs.
@@ -172,25 +224,26 @@ class SOCKSServerProtocol(Protocol):
     # ---- bytes in
 
     def dataReceived(self, data):
-        if self.state == State.STREAMING:
+        state = self.state
+        if state in _APP_SENDS:
             self.stream.write(data)
-            return
-        if self.state == State.CLOSED:
-            return
-        if self.state in (State.CONNECTING, State.RESOLVING):
+        elif state in _HANDSHAKE:
+            self._buffer += data
+            try:
+                self._handshake()
+            except SocksError as e:
+                if self.state is State.AUTH:
+                    self.transport.write(sp.encodeAuthReply(False))
+                self._fail(e.reply, str(e))
+        elif state is State.CONNECTING:
             self._earlyData(data)
-            return
-        self._buffer += data
-        try:
-            self._handshake()
-        except SocksError as e:
-            if self.state == State.AUTH:
-                self.transport.write(sp.encodeAuthReply(False))
-            self._fail(e.reply, str(e))
+        elif state is State.RESOLVING:
+            self._fail(Reply.GENERAL_FAILURE, "data after a RESOLVE request")
+        # Anything else: the session is over or the app already sent EOF.
 
     def _handshake(self):
-        while self.state in _HANDSHAKE_STATES and self._buffer:
-            if self.state == State.GREETING:
+        while self.state in _HANDSHAKE and self._buffer:
+            if self.state is State.GREETING:
                 parsed = sp.parseGreeting(self._buffer)
                 if parsed is None:
                     return
@@ -202,15 +255,15 @@ class SOCKSServerProtocol(Protocol):
                     self.stats.count("no_acceptable_method")
                     self._close()
                     return
-                self.state = State.AUTH if method == Method.USERNAME_PASSWORD else State.REQUEST
-            elif self.state == State.AUTH:
+                self._go(Event.USERNAME_PASSWORD if method == Method.USERNAME_PASSWORD else Event.NO_AUTH)
+            elif self.state is State.AUTH:
                 parsed = sp.parseAuth(self._buffer)
                 if parsed is None:
                     return
                 self.credentials, used = parsed
                 del self._buffer[:used]
                 self.transport.write(sp.encodeAuthReply(True))
-                self.state = State.REQUEST
+                self._go(Event.AUTHENTICATED)
             else:
                 parsed = sp.parseRequest(self._buffer)
                 if parsed is None:
@@ -223,9 +276,6 @@ class SOCKSServerProtocol(Protocol):
                     self.dataReceived(rest)
 
     def _earlyData(self, data):
-        if self.state == State.RESOLVING:
-            self._fail(Reply.GENERAL_FAILURE, "data after a RESOLVE request")
-            return
         self._early.append(data)
         self._earlySize += len(data)
         if self._earlySize >= MAX_EARLY_DATA and not self._pausedForEarly:
@@ -241,7 +291,7 @@ class SOCKSServerProtocol(Protocol):
         IsolateSOCKSAuth).
         """
         peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
+        host = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else None
         creds = None if self.credentials is None else (self.credentials.username, self.credentials.password)
         return ("socks", host, creds)
 
@@ -250,39 +300,36 @@ class SOCKSServerProtocol(Protocol):
         key = self.isolationKey()
         self._arm(REQUEST_TIMEOUT)
         if req.command == Command.CONNECT:
-            self.state = State.CONNECTING
+            self._go(Event.CONNECT)
             self.stats.count("connect")
             d = defer.maybeDeferred(self.opener.openStream, req.host, req.port, key)
             self._pending = d
             d.addCallbacks(self._connected, self._failed)
-        elif req.command == Command.RESOLVE:
-            self.state = State.RESOLVING
+            return
+        self._go(Event.RESOLVE)
+        if req.command == Command.RESOLVE:
             self.stats.count("resolve")
             if req.addressType != sp.AddressType.DOMAIN:
                 self._resolved([req.host])
                 return
             d = defer.maybeDeferred(self.opener.resolve, req.host, key)
-            self._pending = d
-            d.addCallbacks(self._resolved, self._failed)
         else:
-            self.state = State.RESOLVING
             self.stats.count("resolve_ptr")
             d = defer.maybeDeferred(self.opener.resolvePTR, req.host, key)
-            self._pending = d
-            d.addCallbacks(self._resolved, self._failed)
+        self._pending = d
+        d.addCallbacks(self._resolved, self._failed)
 
     def _connected(self, stream):
         self._pending = None
-        if self.state != State.CONNECTING:
+        if self.state not in _CONNECTING:
             stream.close(EndReason.DONE)
             return
         self._disarm()
         self.stream = stream
-        self.state = State.STREAMING
+        state = self._go(Event.CONNECTED)
         self.stats.count("reply_0x00")
         # Like Tor, the bound address is not revealed.
         self.transport.write(sp.encodeReply(Reply.SUCCEEDED))
-        stream.setReceiver(self)
         self.transport.registerProducer(stream, True)
         stream.registerProducer(self.transport, True)
         early, self._early, self._earlySize = self._early, [], 0
@@ -291,12 +338,14 @@ class SOCKSServerProtocol(Protocol):
         if self._pausedForEarly:
             self._pausedForEarly = False
             self.transport.resumeProducing()
-        if self._readDone:
+        if state is State.APP_FINISHED:
             stream.halfClose()
+        # Last: what the stream already holds may arrive at once, even its end.
+        stream.setReceiver(self)
 
     def _resolved(self, answers):
         self._pending = None
-        if self.state != State.RESOLVING:
+        if self.state is not State.RESOLVING:
             return
         if not answers:
             self._fail(Reply.HOST_UNREACHABLE, "empty answer")
@@ -307,7 +356,7 @@ class SOCKSServerProtocol(Protocol):
 
     def _failed(self, failure):
         self._pending = None
-        if self.state not in (State.CONNECTING, State.RESOLVING):
+        if self.state not in _WAITING:
             return
         reply = replyForFailure(failure)
         if reply == Reply.GENERAL_FAILURE and not failure.check(StreamRefused):
@@ -317,21 +366,25 @@ class SOCKSServerProtocol(Protocol):
     # ---- IStreamReceiver
 
     def streamDataReceived(self, data):
-        if self.state == State.STREAMING:
+        if self.state in _APP_RECEIVES:
             self.transport.write(data)
 
     def streamReadEnded(self):
-        if self.state != State.STREAMING:
+        if self.state not in _APP_RECEIVES:
             return
-        loseWrite = getattr(self.transport, "loseWriteConnection", None)
-        if loseWrite is None:
-            # A transport that cannot half-close: closing is the best EOF.
+        if self._go(Event.STREAM_EOF) is State.CLOSED:
+            # The app had finished too: both halves are done.
+            self._finishStream()
             self._close()
+        elif ITCPTransport.providedBy(self.transport):
+            self.transport.loseWriteConnection()
         else:
-            loseWrite()
+            # A transport that cannot half-close: closing is the best EOF.
+            self._finishStream()
+            self._close()
 
     def streamEnded(self, reason):
-        if self.state != State.STREAMING:
+        if self.state not in _STREAMING:
             return
         self.stream = None
         self.transport.unregisterProducer()
@@ -340,22 +393,33 @@ class SOCKSServerProtocol(Protocol):
     # ---- IHalfCloseableProtocol
 
     def readConnectionLost(self):
-        self._readDone = True
-        if self.state in (State.CONNECTING, State.RESOLVING):
-            # The app sent its request and shut its write side (a script
-            # piping into a socket): answer anyway, half-close once open.
-            return
-        if self.state == State.STREAMING and not self._writeDone:
-            self.stream.halfClose()
-        else:
-            # Both halves are done (or nothing was streaming): Twisted does
-            # not close a half-closeable connection by itself.
+        if (self.state, Event.APP_EOF) not in TRANSITIONS:
+            # Nothing is streaming: Twisted does not close a half-closeable
+            # connection by itself.
             self._close()
+            return
+        state = self._go(Event.APP_EOF)
+        if state is State.APP_FINISHED:
+            self.stream.halfClose()
+        elif state is State.CLOSED:
+            # The far end had finished: both halves are done.
+            self._finishStream()
+            self._close()
+        # Connecting or resolving: answer anyway, half-close once open.
 
     def writeConnectionLost(self):
-        self._writeDone = True
-        if self._readDone:
-            self._close()
+        # Our EOF to the app went out; the session ends with the app's EOF.
+        pass
+
+    def _finishStream(self):
+        """
+        Everything the app sent is written to the stream: let it end cleanly
+        (its buffer, then END(DONE)).  It stops being the socket's producer
+        first, or closing the socket would abort it.
+        """
+        stream, self.stream = self.stream, None
+        self.transport.unregisterProducer()
+        stream.halfClose()
 
 
 @implementer(IStatusSource)

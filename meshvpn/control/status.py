@@ -18,16 +18,21 @@ from meshvpn.secretfile import writeSecretFile
 
 STATUS_FILE = "status.json"
 
+# Keys whose values are the user's browsing history (each stream's target):
+# kept off disk unless the user asked for them (the client's --status-history).
+HISTORY_KEYS = frozenset({"target"})
+
 
 class StatusWriter(service.Service):
     log = Logger()
 
-    def __init__(self, reactor, dataDir, nodeInfo, every=1.0):
+    def __init__(self, reactor, dataDir, nodeInfo, every=1.0, history=False):
         self.reactor = reactor
         self.path = os.path.join(dataDir, STATUS_FILE)
         self.nodeInfo = nodeInfo  # callable -> dict (id, role, addresses)
         self.sources = {}  # name -> IStatusSource
         self.every = every
+        self.history = history
         self._loop = None
 
     def addSource(self, name, source):
@@ -44,7 +49,8 @@ class StatusWriter(service.Service):
         return status
 
     def write(self):
-        writeSecretFile(self.path, json.dumps(self.snapshot(), indent=1, default=str).encode())
+        status = self.snapshot() if self.history else withoutHistory(self.snapshot())
+        writeSecretFile(self.path, json.dumps(status, indent=1, default=str).encode())
 
     def startService(self):
         super().startService()
@@ -60,6 +66,15 @@ class StatusWriter(service.Service):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def withoutHistory(value):
+    """C{value} (a status dict) with every L{HISTORY_KEYS} entry dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: withoutHistory(v) for k, v in value.items() if k not in HISTORY_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [withoutHistory(v) for v in value]
+    return value
 
 
 def readStatus(dataDir):
@@ -89,7 +104,13 @@ def formatStatus(status):
                          f"sent {s.get('sent', 0)} B  received {s.get('received', 0)} B")
     if circuits.get("build_times_s"):
         lines.append(f"  recent build times: {', '.join(f'{t * 1000:.1f} ms' for t in circuits['build_times_s'][-5:])}")
+    tun = status.get("tun")
+    if isinstance(tun, dict) and "state" in tun:
+        up = f"  (up {tun['up_after_s']:.2f} s after start)" if tun.get("up_after_s") is not None else ""
+        lines.append(f"  vpn: {tun['state']} -- {tun.get('detail', '')}{up}")
+        lines.append(f"    to circuit {tun.get('to_circuit', 0)} packets, from circuit {tun.get('from_circuit', 0)}, "
+                     f"dropped while no circuit {tun.get('no_circuit_dropped', 0)}")
     for name, value in status.items():
-        if name not in ("node", "circuits", "time"):
+        if name not in ("node", "circuits", "time", "tun"):
             lines.append(f"  {name}: {json.dumps(value, default=str)[:300]}")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from meshvpn.descriptor import FLAGS, DescriptorError, encodeDescriptor, parseDescriptor
+from meshvpn.dht.descriptor import FLAGS, DescriptorError, encodeDescriptor, parseDescriptor
 from meshvpn.dht.records import OWNED, SHARED, makeRecord, ownedKey
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IRelayDirectory

@@ -26,7 +26,7 @@ What it believes and what it spends (doc/security.md, "DHT"):
     others (L{meshvpn.dht.budget}).
 
 The same class runs inside real nodes (L{meshvpn.dht.service}) and, by the
-thousand, inside the simulator (L{meshvpn.dht.sim}).
+thousand, inside the simulator (L{meshvpn.tools.dhtsim}).
 """
 
 import hashlib
@@ -161,6 +161,8 @@ class DHTNode:
         self.cryptoBudget = Bucket(c.cryptoRate, c.cryptoBurst, now)
         self.pending = {}
         self.counters = Counter()
+        # callables given each finished lookup's LookupResult (metrics: its duration)
+        self.lookupObservers = []
         self.proofs = ProofBook(clock, self.table, c.proofMaxAge, maxProbes=c.maxProbes)
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
@@ -464,7 +466,12 @@ class DHTNode:
         self.table.touch(target)
         q = self.config.valueQuorum if quorum is None else quorum
         d = self.config.paths if paths is None else paths
-        return IterativeLookup(self, target, findValue, q, wantPublishers, d).run()
+        return IterativeLookup(self, target, findValue, q, wantPublishers, d).run().addCallback(self._lookupFinished)
+
+    def _lookupFinished(self, result):
+        for observe in self.lookupObservers:
+            observe(result)
+        return result
 
     def findNode(self, nodeId):
         return self.lookup(nodeId).addCallback(lambda r: [(p.nodeId, p.address) for p in r.contacts])

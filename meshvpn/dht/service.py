@@ -1,6 +1,6 @@
 """The DHT attached to a node: its lifetime, its bootstrap, its saved routing table.
 
-L{DHTService} is a child service of a L{meshvpn.node.Node}.  It registers the
+L{DHTService} is a child service of a L{meshvpn.roles.node.Node}.  It registers the
 DHT on the node's one UDP socket (first bytes 0x80-0x8F), loads (or, once
 per identity, solves and caches) the node's proof of work, reloads the
 contacts saved in the data dir (pinged for a fresh proof at join, so a
@@ -23,11 +23,12 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from meshvpn.config import formatHostPort, parseHostPort
-from meshvpn.descriptor import FLAGS, OnionKey, encodeDescriptor, makeDescriptor
+from meshvpn.config import parseHostPort
+from meshvpn.hostport import formatHostPort
+from meshvpn.dht.descriptor import FLAGS, DescriptorError, OnionKey, encodeDescriptor, makeDescriptor
 from meshvpn.dht.directory import DirectoryPolicy, RelayDirectory
 from meshvpn.dht.pow import WORK_FILE, checkWork, loadOrSolve
-from meshvpn.dht.records import RecordStore
+from meshvpn.dht.records import RecordError, RecordStore
 from meshvpn.dht.rpc import DHTConfig, DHTNode
 from meshvpn.errors import DHTError
 from meshvpn.secretfile import writeSecretFile
@@ -185,14 +186,12 @@ class DHTService(service.MultiService):
         return d.addCallback(solved)
 
     def _whenNodeStarted(self):
-        started = getattr(self.node, "whenStarted", None) or defer.succeed(None)
-
         def go(result):
             joining = self.workReady.addCallback(lambda _: self._join(5.0))
             joining.addErrback(lambda f: self.log.failure("DHT could not start", f))
             return result
 
-        started.addCallback(go)
+        self.node.whenStarted.addCallback(go)
 
     def _join(self, backoff):
         self._retry = None
@@ -246,9 +245,15 @@ class DHTService(service.MultiService):
 
 
 class RelayPublisher(service.Service):
-    """Publishes this relay's descriptor after joining, and every C{interval} seconds."""
+    """
+    Publishes this relay's descriptor after joining, and every C{interval}
+    seconds.  A descriptor that cannot be built or stored is logged as an
+    error (the relay is invisible to clients until it is published) and
+    tried again after C{retryDelay} seconds, never given up.
+    """
 
     log = Logger()
+    retryDelay = 60.0
 
     def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
                  streamTransport="tls", onionKeys=None):
@@ -267,6 +272,7 @@ class RelayPublisher(service.Service):
         self.family = family
         self.published = None
         self._loop = None
+        self._retry = None
 
     def startService(self):
         super().startService()
@@ -301,22 +307,34 @@ class RelayPublisher(service.Service):
             family=self.family,
         )
 
-    def publishNow(self):
+    def _publish(self):
         descriptor = self.makeDescriptor()
-        d = self.dhtService.directory.publish(descriptor)
+        return self.dhtService.directory.publish(descriptor).addCallback(lambda _: descriptor)
 
-        def done(_):
+    def publishNow(self):
+        """@return: a Deferred that fires (never fails) once this attempt is over."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+
+        def done(descriptor):
             self.published = descriptor
             self.log.info("published relay descriptor ({flags})", flags=",".join(sorted(descriptor.flags)))
 
         def failed(f):
-            f.trap(DHTError)
-            self.log.warn("publishing the relay descriptor failed: {why}", why=f.getErrorMessage())
+            why = f.getErrorMessage() if f.check(DHTError, DescriptorError, RecordError) else repr(f.value)
+            self.log.error(
+                "relay descriptor NOT published, clients cannot find this relay: {why}; retrying in {delay:.0f} s",
+                why=why, delay=self.retryDelay,
+            )
+            if self.running:
+                self._retry = self.dhtService.node.reactor.callLater(self.retryDelay, self.publishNow)
 
-        return d.addCallbacks(done, failed)
+        return defer.maybeDeferred(self._publish).addCallbacks(done, failed)
 
     def stopService(self):
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
@@ -343,27 +361,40 @@ def onionKeysFromRing(ring, lifetime):
     return keys
 
 
+def enoughForAPath(relays):
+    """The default for L{RelayFinder}'s C{enough}: three relays, one an exit."""
+    return len(relays) >= 3 and any("exit" in d.flags for d in relays)
+
+
 class RelayFinder(service.Service):
     """
-    A client's view of the directory: samples relays of every role, starting
-    soon after joining and backing off to C{interval}, and writes the
-    verified descriptors to C{relays.json} (raw bytes included, base64, so
-    anyone can re-verify them).
+    A client's view of the directory: samples relays of every role and
+    writes the verified descriptors to C{relays.json} (raw bytes included,
+    base64, so anyone can re-verify them).
+
+    Schedule: the first sampling as soon as the DHT is joined; while
+    C{enough(descriptors)} says a path cannot be built from what it knows,
+    again after L{FAST_DELAYS} (0.5, 1, 2, 4, 4, ... s); once it can, the
+    delay doubles from 4 s up to C{interval}.  L{refreshSoon} moves the next
+    sampling to now.
     """
 
     log = Logger()
+    FAST_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, dhtService, interval=300.0, perRole=64):
+    def __init__(self, dhtService, interval=300.0, perRole=64, enough=enoughForAPath):
         self.dhtService = dhtService
         self.interval = interval
         self.perRole = perRole
+        self.enough = enough
         self.relays = {}
         self._call = None
         self._delay = 2.0
+        self._fast = 0
 
     def startService(self):
         super().startService()
-        self.dhtService.joined.addCallback(self._schedule, 0.5)
+        self.dhtService.joined.addCallback(self._schedule, 0)
 
     def _schedule(self, passThrough, delay):
         if self.running:
@@ -377,6 +408,24 @@ class RelayFinder(service.Service):
         """
         if self._call is not None and self._call.active():
             self._call.reset(0)
+
+    def usable(self):
+        """The descriptors known and not expired."""
+        now = self.dhtService.node.reactor.seconds()
+        return [d for d in self.relays.values() if d.expires > now]
+
+    def _nextDelay(self):
+        try:
+            enough = self.enough(self.usable())
+        except Exception:
+            self.log.failure("relay census failed")
+            enough = True
+        if not enough:
+            delay = self.FAST_DELAYS[min(self._fast, len(self.FAST_DELAYS) - 1)]
+            self._fast += 1
+            return min(delay, self.interval)
+        self._delay = min(self._delay * 2, self.interval)
+        return self._delay
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -395,8 +444,7 @@ class RelayFinder(service.Service):
             self.write()
         except Exception:
             self.log.failure("sampling relays failed")
-        self._delay = min(self._delay * 2, self.interval)
-        self._schedule(None, self._delay)
+        self._schedule(None, self._nextDelay())
 
     def write(self):
         entries = []

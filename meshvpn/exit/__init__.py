@@ -1,1 +1,1 @@
-"""Exit side of streams: policy, DNS, bandwidth limits, outbound connections."""
+"""The exit edge: where circuits leave for the internet (policy, DNS, bandwidth limits, TCP streams, the packet exit)."""

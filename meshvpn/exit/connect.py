@@ -7,6 +7,7 @@ resolves to a private address), CONNECTREFUSED, TIMEOUT, NOROUTE, or MISC.
 The policy check runs on resolved addresses only.
 """
 
+import collections
 import errno
 import ipaddress
 
@@ -59,6 +60,8 @@ class ExitConnector:
         self.policy = policy
         self.connectTimeout = connectTimeout
         self.maxAttempts = maxAttempts
+        # Outcomes of BEGINs, for status and metrics: counts only, never a target.
+        self.counters = collections.Counter()
 
     def connect(self, host, port, protocolFactory):
         """
@@ -68,7 +71,23 @@ class ExitConnector:
             C{protocolFactory}; fails with L{StreamRefused} whose C{reason}
             is the L{EndReason} to send.  Cancelling it cancels the connect.
         """
-        return defer.Deferred.fromCoroutine(self._connect(host, port, protocolFactory))
+        self.counters["begun"] += 1
+        d = defer.Deferred.fromCoroutine(self._connect(host, port, protocolFactory))
+        d.addCallbacks(self._connected, self._refused)
+        return d
+
+    def _connected(self, protocol):
+        self.counters["connected"] += 1
+        return protocol
+
+    def _refused(self, failure):
+        reason = getattr(failure.value, "reason", None)
+        self.counters["refused_policy" if reason == EndReason.EXITPOLICY else "failed"] += 1
+        return failure
+
+    def status(self):
+        """BEGINs seen and how they ended (C{begun} - the rest = in progress)."""
+        return {k: self.counters[k] for k in ("begun", "connected", "refused_policy", "failed")}
 
     async def _connect(self, host, port, protocolFactory):
         if not isinstance(port, int) or not 1 <= port <= 65535:

@@ -4,7 +4,7 @@ Each circuit in packet mode gets a lease: one address from the exit's pool
 (default 100.64.0.0/16, shared address space never routed on the internet;
 the pool is only ever a *source*, the exit policy still rejects 100.64/10 as
 a destination).  A packet from a circuit is parsed (strictly, see
-L{meshvpn.exit.packetparse}), checked against the exit policy, its source
+L{meshvpn.tun.packets}), checked against the exit policy, its source
 rewritten to the lease address and written to the exit's TUN; the kernel
 forwards it and nftables masquerades it behind the exit's own address.
 Replies come back out of the TUN addressed to the lease, are rewritten to
@@ -31,8 +31,12 @@ import subprocess
 
 from twisted.application import service
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from meshvpn.exit.packetparse import (
+from meshvpn.interfaces import ICircuitEdge, IStatusSource
+
+from meshvpn.tun.privileges import privilegeProblem
+from meshvpn.tun.packets import (
     ICMP_ECHO,
     ICMP_UNREACH,
     PROTO_ICMP,
@@ -86,6 +90,7 @@ class _Lease:
         self.lastUsed = now
 
 
+@implementer(IStatusSource)
 class PacketExit(service.Service):
     """
     @param policy: an L{meshvpn.interfaces.IExitPolicy}.
@@ -126,7 +131,7 @@ class PacketExit(service.Service):
 
     def startService(self):
         if self._tunFactory is None:
-            from meshvpn.client.tundevice import TunDevice
+            from meshvpn.tun.device import TunDevice
 
             def factory(reactor, name, mtu):
                 return TunDevice(reactor, name, mtu)
@@ -276,6 +281,7 @@ table ip {self.table} {{
         return {"pool": str(self.pool), "leases": len(self._byAddress), "mtu": self.mtu, **self.counters}
 
 
+@implementer(ICircuitEdge)
 class PacketExitEdge:
     """
     Wraps the exit's stream edge (an L{meshvpn.interfaces.ICircuitEdge}) so
@@ -290,9 +296,7 @@ class PacketExitEdge:
         self.inner.relayReceived(circuit, command, streamId, data)
 
     def circuitWindowOpened(self, circuit):
-        opened = getattr(self.inner, "circuitWindowOpened", None)
-        if opened is not None:
-            opened(circuit)
+        self.inner.circuitWindowOpened(circuit)
 
     def packetsReceived(self, circuit, packets):
         self.packetExit.circuitPackets(circuit, packets)
@@ -300,20 +304,6 @@ class PacketExitEdge:
     def circuitClosed(self, circuit, reason):
         self.packetExit.circuitClosed(circuit)
         self.inner.circuitClosed(circuit, reason)
-
-
-def privilegeProblem():
-    """@return: why this process cannot run a TUN with nftables, or C{None}."""
-    import os
-    import shutil
-
-    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-        return "needs /dev/net/tun and root (CAP_NET_ADMIN)"
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN) for the TUN device and nftables"
-    if shutil.which("nft") is None:
-        return "needs nftables (the nft command)"
-    return None
 
 
 def _setForwarding(value):

@@ -1,52 +1,46 @@
-"""The exit policy: which targets this exit connects to for others.
+"""The exit policy: which targets this exit connects to for others, and the summary clients see.
 
-Tor's syntax, so relay operators already know it (see doc/exit-policy.md)::
+Tor's syntax, read as Tor reads it (L{meshvpn.exit.policyparse}, see
+doc/exit-policy.md).  Rules are tried in order; the first that matches
+decides; a target no rule matches is accepted (Tor's rule;
+L{defaultExitPolicy} ends with an explicit C{accept *:*}).
 
-    accept|reject|accept6|reject6 ADDR[/MASK][:PORT[-PORT]]
-
-ADDR is C{*} (every address), C{*4}, C{*6}, C{private}, an IPv4 address or an
-IPv6 address in brackets; MASK is a prefix length or, for IPv4, a dotted
-netmask; PORT is C{*}, a port or a range (omitted means C{*}).  Rules are
-tried in order; the first that matches decides; a target no rule matches is
-accepted (Tor's rule; L{defaultExitPolicy} ends with an explicit
-C{accept *:*}).
-
-Every exit starts with C{reject private:*} plus its own addresses, then the
-operator's rules, then the default port rejects.  The check runs on the
+Every exit starts with C{reject private:*} plus its own addresses, then
+C{reject} of every address of every local interface and the public address
+STUN learned (a live rule, L{LocalInterfacesRule}: the set is refreshed
+while the exit runs), then the operator's rules, then the default port
+rejects.  The check runs on the
 resolved address (L{ExitPolicy.allowsResolved}), never on a name, so a name
 that resolves to a private address is refused too.
+
+The summary in the descriptor (L{ExitPolicy.summary}) is computed the way
+Tor's C{policy_summarize} computes it, so an exit is offered for the same
+ports a Tor client would offer it for: per port, the addresses refused by
+the rules before an C{accept} of every address are counted, and the port
+counts as accepted only while fewer than 2^25 IPv4 addresses (two /8s) or
+2^48 IPv6 /64s (one /16) are refused; rejects of exactly the networks every
+exit refuses (Tor's private set, and here also shared, multicast and
+reserved space) are not counted; the text is Tor's, cut at 1000 characters
+(L{meshvpn.dht.policysummary}).
 """
 
 import ipaddress
 
-import attrs
 from zope.interface import implementer
 
-from meshvpn.interfaces import IExitPolicy
-
-MAX_POLICY_TEXT = 64 * 1024
-MAX_RULES = 1024
-
-# Tor's 'private' (policies.c private_nets) plus RFC 6598 shared address
-# space, and the IPv6 equivalents of each; '::/127' covers :: and ::1.
-PRIVATE_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "169.254.0.0/16",
-        "127.0.0.0/8",
-        "192.168.0.0/16",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "100.64.0.0/10",
-        "::/8",
-        "fc00::/7",
-        "fe80::/10",
-        "fec0::/10",
-        "ff00::/8",
-        "::/127",
-    )
+from meshvpn.exit.policyparse import (  # noqa: F401  (the policy's public names)
+    MAX_POLICY_TEXT,
+    MAX_RULES,
+    PRIVATE_NETWORKS,
+    PolicyParseError,
+    Rule,
+    parsePolicy,
+    parseRule,
 )
+from meshvpn.interfaces import IExitPolicy
+from meshvpn.dht.policysummary import MAX_SUMMARY_LEN, SummaryError, formatSummary, summaryAllows  # noqa: F401
+from meshvpn.dht.policysummary import complement as _complement
+from meshvpn.dht.policysummary import parseSummary as _parseSummary
 
 # Not 'private' in Tor's sense but never a useful TCP target from an exit:
 # multicast, reserved class E, limited broadcast.  Rejected by default too.
@@ -67,9 +61,14 @@ DEFAULT_REJECT_PORTS = (
     (6881, 6999),
 )
 
-
-class PolicyParseError(ValueError):
-    """A policy rule is malformed; the message quotes the rule and says why."""
+# Summaries skip rejects of exactly these networks (Tor: private_nets), as
+# every exit refuses them anyway.
+SUMMARY_IGNORED = frozenset(PRIVATE_NETWORKS + LOCAL_NETWORKS)
+# A port stays accepted while at most this many addresses are refused for it:
+# IPv4 addresses (two /8s), IPv6 /64s (one /16).  Tor's REJECT_CUTOFF_COUNT_IPV4/6.
+REJECT_CUTOFF = {4: 1 << 25, 6: 1 << 48}
+_UNIT_BITS = {4: 0, 6: 64}  # IPv6 is counted in /64s, smaller networks not at all
+_SATURATED = (1 << 64) - 1
 
 
 def normalizeAddress(address):
@@ -90,170 +89,57 @@ def isPrivate(address):
     return any(ip in n for n in PRIVATE_NETWORKS + LOCAL_NETWORKS if n.version == ip.version)
 
 
-@attrs.frozen
-class Rule:
+def parseSummary(summary):
     """
-    One policy line.  C{networks} empty means every address of C{family}
-    (C{None}: both families).
+    @return: C{(accept: bool, [(low, high), ...])} from a summary string.
+    @raise PolicyParseError: malformed (the descriptor came from a peer).
+    """
+    try:
+        return _parseSummary(summary)
+    except SummaryError as e:
+        raise PolicyParseError(str(e)) from None
+
+
+def _weight(network, family):
+    """How many addresses (IPv4) or /64s (IPv6) a reject of C{network} counts for."""
+    bits = network.max_prefixlen - _UNIT_BITS[family] - network.prefixlen
+    if bits < 0:
+        return 0
+    return _SATURATED if bits >= 64 else 1 << bits
+
+
+class LocalInterfacesRule:
+    """
+    C{reject} of this host's own addresses on every port (Tor's
+    C{ExitPolicyRejectLocalInterfaces}), read from a live set
+    (L{meshvpn.localaddrs.LocalAddresses}) at every check, so an address
+    that appears after start (DHCP, a new interface, a new NAT mapping) is
+    refused from the next refresh on.  Shaped like a L{Rule}.
     """
 
-    accept: bool
-    networks: tuple
-    family: object  # None, 4 or 6
-    portMin: int
-    portMax: int
-    text: str = attrs.field(eq=False)
+    accept = False
+    family = None
+    portMin, portMax = 1, 65535
+    text = "reject <this host's interface and public addresses>:*"
+    line = None
+
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+    @property
+    def networks(self):
+        # A non-empty tuple always: an empty one would mean every address.
+        own = tuple(ipaddress.ip_network(ip) for ip in self.addresses)
+        return own or (ipaddress.ip_network("0.0.0.0/32"),)
 
     def matchesAddress(self, ip):
-        if self.family is not None and ip.version != self.family:
-            return False
-        if not self.networks:
-            return True
-        return any(ip.version == n.version and ip in n for n in self.networks)
+        return ip in self.addresses
 
     def matches(self, ip, port):
-        return self.portMin <= port <= self.portMax and self.matchesAddress(ip)
+        return ip in self.addresses
 
     def coversAllAddresses(self, family):
-        return not self.networks and self.family in (None, family)
-
-
-def _parsePorts(text, rule):
-    if text == "*":
-        return 1, 65535
-    low, sep, high = text.partition("-")
-    try:
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError
-        lo = int(low)
-        hi = int(high) if sep else lo
-    except ValueError:
-        raise PolicyParseError(f"{rule!r}: bad port {text!r} (expected *, PORT or PORT-PORT)") from None
-    if not (1 <= lo <= hi <= 65535):
-        raise PolicyParseError(f"{rule!r}: port range {text!r} must be within 1-65535, low to high")
-    return lo, hi
-
-
-def _parseMask(mask, ip, rule):
-    if mask.isdigit() and len(mask) <= 3:
-        bits = int(mask)
-        if bits > ip.max_prefixlen:
-            raise PolicyParseError(f"{rule!r}: mask /{mask} too long for IPv{ip.version}")
-        return bits
-    if ip.version == 4:
-        try:
-            net = ipaddress.IPv4Network(f"0.0.0.0/{mask}")
-        except ValueError:
-            pass
-        else:
-            # ipaddress also reads host masks (0.0.0.255); only a true netmask counts.
-            if str(net.netmask) == str(ipaddress.IPv4Address(mask)):
-                return net.prefixlen
-    raise PolicyParseError(f"{rule!r}: bad mask {mask!r} (expected a prefix length or a dotted IPv4 netmask)")
-
-
-def parseRule(text, ownAddresses=()):
-    """
-    Parse one rule, e.g. C{"reject 10.0.0.0/255.0.0.0:*"}.
-
-    @param ownAddresses: the exit's own addresses, added to C{private}.
-    @raise PolicyParseError: naming the rule and what is wrong.
-    """
-    rule = text.strip()
-    parts = rule.split(None, 1)
-    action, target = (parts + ["", ""])[:2]
-    target = target.strip()
-    if action not in ("accept", "reject", "accept6", "reject6") or not target or any(c.isspace() for c in target):
-        raise PolicyParseError(f"{rule!r}: expected 'accept|reject[6] ADDR[/MASK][:PORT]'")
-    only6 = action.endswith("6")
-    accept = action.startswith("accept")
-
-    # Split the address from the port: IPv6 is bracketed, so the port is
-    # whatever follows the first ':' after the bracket (or the only ':').
-    if target.startswith("["):
-        close = target.find("]")
-        if close < 0:
-            raise PolicyParseError(f"{rule!r}: unclosed '[' in IPv6 address")
-        addrText, rest = target[1:close], target[close + 1 :]
-        bracketed = True
-    else:
-        cut = len(target)
-        for sep in ("/", ":"):
-            i = target.find(sep)
-            if 0 <= i < cut:
-                cut = i
-        addrText, rest = target[:cut], target[cut:]
-        bracketed = False
-    mask = None
-    if rest.startswith("/"):
-        mask, _, portPart = rest[1:].partition(":")
-        hasPort = ":" in rest
-    else:
-        hasPort = rest.startswith(":")
-        portPart = rest[1:]
-        if rest and not hasPort:
-            raise PolicyParseError(f"{rule!r}: unexpected {rest!r} after the address")
-    portMin, portMax = _parsePorts(portPart, rule) if hasPort else (1, 65535)
-
-    family = 6 if only6 else None
-    networks = ()
-    if addrText in ("*", "*4", "*6", "private") and not bracketed:
-        if mask is not None:
-            raise PolicyParseError(f"{rule!r}: {addrText!r} takes no mask")
-        if addrText == "*4":
-            if only6:
-                raise PolicyParseError(f"{rule!r}: {action} cannot take IPv4 addresses")
-            family = 4
-        elif addrText == "*6":
-            family = 6
-        elif addrText == "private":
-            own = []
-            for a in ownAddresses:
-                ip = normalizeAddress(a)
-                own.append(ipaddress.ip_network(ip))
-            networks = PRIVATE_NETWORKS + tuple(own)
-            if only6:
-                networks = tuple(n for n in networks if n.version == 6)
-    else:
-        try:
-            ip = ipaddress.ip_address(addrText)
-        except ValueError:
-            raise PolicyParseError(f"{rule!r}: {addrText!r} is not *, *4, *6, private or an IP address") from None
-        if ip.version == 6 and not bracketed:
-            raise PolicyParseError(f"{rule!r}: IPv6 addresses must be in brackets, e.g. [::1]")
-        if ip.version == 4 and bracketed:
-            raise PolicyParseError(f"{rule!r}: only IPv6 addresses go in brackets")
-        if only6 and ip.version == 4:
-            raise PolicyParseError(f"{rule!r}: {action} cannot take IPv4 addresses")
-        bits = ip.max_prefixlen if mask is None else _parseMask(mask, ip, rule)
-        # Like Tor, host bits under the mask are ignored (strict=False).
-        net = ipaddress.ip_network(f"{ip}/{bits}", strict=False)
-        if bits == 0:
-            family = ip.version
-        else:
-            networks = (net,)
-            family = ip.version
-    return Rule(accept, networks, family, portMin, portMax, rule)
-
-
-def parsePolicy(text, ownAddresses=()):
-    """
-    Parse rules separated by commas and/or newlines (C{#} starts a comment).
-
-    @return: a list of L{Rule}.
-    @raise PolicyParseError: on the first bad rule, or if too long.
-    """
-    if len(text) > MAX_POLICY_TEXT:
-        raise PolicyParseError(f"policy longer than {MAX_POLICY_TEXT} characters")
-    rules = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0]
-        for part in line.split(","):
-            if part.strip():
-                rules.append(parseRule(part, ownAddresses))
-                if len(rules) > MAX_RULES:
-                    raise PolicyParseError(f"more than {MAX_RULES} rules")
-    return rules
+        return False
 
 
 @implementer(IExitPolicy)
@@ -266,25 +152,31 @@ class ExitPolicy:
         self.rules = tuple(rules)
 
     @classmethod
-    def fromText(cls, text, ownAddresses=()):
-        return cls(parsePolicy(text, ownAddresses))
+    def fromText(cls, text, ownAddresses=(), warn=None):
+        return cls(parsePolicy(text, ownAddresses, warn))
 
     def __repr__(self):
         return f"<ExitPolicy {', '.join(r.text for r in self.rules)}>"
 
-    def allows(self, address, port, protocol="tcp"):
-        if protocol != "tcp":
-            return False
+    def decide(self, address, port, protocol="tcp"):
+        """
+        @return: C{(accepted, index)}: the verdict and the index in
+            C{rules} of the rule that made it (C{None}: no rule matched, or
+            the target itself is invalid).
+        """
+        if protocol != "tcp" or type(port) is not int or not 1 <= port <= 65535:
+            return False, None
         try:
             ip = normalizeAddress(address)
         except ValueError:
-            return False
-        if not isinstance(port, int) or not 1 <= port <= 65535:
-            return False
-        for rule in self.rules:
+            return False, None
+        for i, rule in enumerate(self.rules):
             if rule.matches(ip, port):
-                return rule.accept
-        return True
+                return rule.accept, i
+        return True, None
+
+    def allows(self, address, port, protocol="tcp"):
+        return self.decide(address, port, protocol)[0]
 
     def allowsResolved(self, addresses, port):
         return [a for a in addresses if self.allows(a, port)]
@@ -310,130 +202,71 @@ class ExitPolicy:
 
     def acceptedPorts(self, family=4):
         """
-        The ports this exit accepts for I{most} addresses of C{family}: rules
-        for only some addresses are skipped (a reject of one network does not
-        close a port everywhere, an accept of one host does not open it), as
-        a client choosing an exit cannot know the address a name resolves to.
+        The ports a client should believe this exit accepts for addresses of
+        C{family}, computed as Tor's C{policy_summarize} does (see the module
+        docstring): an C{accept} of every address opens a port unless more
+        than L{REJECT_CUTOFF} addresses were refused for it by earlier rules;
+        an C{accept} of some addresses opens nothing.
 
         @return: sorted, merged C{[(low, high), ...]}.
         """
-        ranges = []
-        undecided = [(1, 65535)]
-        for rule in self.rules:
-            if not rule.coversAllAddresses(family):
+        # Segments [low, high, refused count, accepted], split at rule edges.
+        segments = [[1, 65535, 0, False]]
+        cutoff = REJECT_CUTOFF[family]
+
+        def span(lo, hi):
+            for edge in (lo, hi + 1):
+                for i, seg in enumerate(segments):
+                    if seg[0] < edge <= seg[1]:
+                        segments.insert(i + 1, [edge, seg[1], seg[2], seg[3]])
+                        seg[1] = edge - 1
+                        break
+            return [seg for seg in segments if lo <= seg[0] and seg[1] <= hi]
+
+        for rule in [*self.rules, Rule(True, (), None, 1, 65535, "(no rule matched: accepted)")]:
+            if rule.family not in (None, family) or rule.portMin > rule.portMax:
                 continue
-            nextUndecided = []
-            for lo, hi in undecided:
-                a, b = max(lo, rule.portMin), min(hi, rule.portMax)
-                if a > b:
-                    nextUndecided.append((lo, hi))
-                    continue
-                if rule.accept:
-                    ranges.append((a, b))
-                if lo < a:
-                    nextUndecided.append((lo, a - 1))
-                if b < hi:
-                    nextUndecided.append((b + 1, hi))
-            undecided = nextUndecided
-        ranges.extend(undecided)  # no rule matched: accepted
-        return _merge(ranges)
+            if rule.accept:
+                if rule.coversAllAddresses(family):
+                    for seg in span(rule.portMin, rule.portMax):
+                        seg[3] = seg[3] or seg[2] <= cutoff
+                continue
+            if rule.coversAllAddresses(family):
+                count = _SATURATED
+            else:
+                count = sum(_weight(n, family) for n in rule.networks if n.version == family and n not in SUMMARY_IGNORED)
+            if count:
+                for seg in span(rule.portMin, rule.portMax):
+                    seg[2] = min(_SATURATED, seg[2] + count)
+        return _complement([(lo, hi) for lo, hi, _, accepted in segments if not accepted])
 
     def summary(self, family=4):
         """
-        @return: Tor's microdescriptor style: C{"accept 80,443"} or
-            C{"reject 1-24,26-65535"}, whichever is shorter.
+        @return: Tor's summary, e.g. C{"accept 80,443"} or C{"reject
+            25,119,..."}, at most 1000 characters.
         """
         return formatSummary(self.acceptedPorts(family))
 
 
-def _merge(ranges):
-    merged = []
-    for lo, hi in sorted(ranges):
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-        else:
-            merged.append((lo, hi))
-    return merged
-
-
-def _complement(ranges):
-    out, nxt = [], 1
-    for lo, hi in ranges:
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = hi + 1
-    if nxt <= 65535:
-        out.append((nxt, 65535))
-    return out
-
-
-def _formatRanges(ranges):
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
-
-
-def formatSummary(accepted):
-    accepted = _merge(accepted)
-    rejected = _complement(accepted)
-    if not accepted:
-        return "reject 1-65535"
-    acceptText = "accept " + _formatRanges(accepted)
-    if not rejected:
-        return acceptText
-    rejectText = "reject " + _formatRanges(rejected)
-    return acceptText if len(acceptText) <= len(rejectText) else rejectText
-
-
-MAX_SUMMARY = 4096
-
-
-def parseSummary(summary):
+def defaultExitPolicy(operatorRules="", ownAddresses=(), rejectPrivate=True, warn=None, localAddresses=None):
     """
-    @return: C{(accept: bool, [(low, high), ...])} from a summary string.
-    @raise PolicyParseError: malformed (the descriptor came from a peer).
-    """
-    if not isinstance(summary, str) or len(summary) > MAX_SUMMARY:
-        raise PolicyParseError("policy summary missing or too long")
-    action, _, ports = summary.strip().partition(" ")
-    if action not in ("accept", "reject") or not ports or " " in ports:
-        raise PolicyParseError(f"{summary[:80]!r}: expected 'accept|reject PORTLIST'")
-    ranges = []
-    for part in ports.split(","):
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()) or len(lo) > 5 or len(hi) > 5:
-            raise PolicyParseError(f"{summary[:80]!r}: bad port {part!r}")
-        a, b = int(lo), int(hi) if sep else int(lo)
-        if not 1 <= a <= b <= 65535:
-            raise PolicyParseError(f"{summary[:80]!r}: bad port range {part!r}")
-        ranges.append((a, b))
-    return action == "accept", ranges
-
-
-def summaryAllows(summary, port):
-    """
-    The client's check when choosing an exit for C{port}: does the exit's
-    descriptor summary accept it?  A malformed summary allows nothing.
-    """
-    try:
-        accept, ranges = parseSummary(summary)
-    except PolicyParseError:
-        return False
-    inside = any(lo <= port <= hi for lo, hi in ranges)
-    return inside if accept else not inside
-
-
-def defaultExitPolicy(operatorRules="", ownAddresses=(), rejectPrivate=True):
-    """
-    The policy an exit runs: C{reject private:*} (with its own addresses)
-    and multicast/reserved first, then the operator's rules, then the
-    default port rejects and C{accept *:*}.
+    The policy an exit runs: C{reject private:*} (with its own addresses),
+    multicast/reserved and this host's live addresses first, then the
+    operator's rules, then the default port rejects and C{accept *:*}.
 
     @param operatorRules: policy text, tried before the default port list
         (end it with C{reject *:*} to accept only what it lists).
+    @param warn: C{callable(message)} for the rules Tor would warn about.
+    @param localAddresses: the live set of this host's addresses
+        (L{meshvpn.localaddrs.LocalAddresses}), rejected on every port
+        with the private networks.
     """
     head = []
     if rejectPrivate:
         head.append(parseRule("reject private:*", ownAddresses))
         head.extend(Rule(False, (n,), n.version, 1, 65535, f"reject {n}:*") for n in LOCAL_NETWORKS)
+        if localAddresses is not None:
+            head.append(LocalInterfacesRule(localAddresses))
     tail = [parseRule(f"reject *:{lo}" if lo == hi else f"reject *:{lo}-{hi}") for lo, hi in DEFAULT_REJECT_PORTS]
     tail.append(parseRule("accept *:*"))
-    return ExitPolicy(head + parsePolicy(operatorRules, ownAddresses) + tail)
+    return ExitPolicy(head + parsePolicy(operatorRules, ownAddresses, warn) + tail)

@@ -9,11 +9,14 @@ C{policy.summary()} in the node's descriptor.
 import re
 
 import attrs
+from zope.interface import implementer
 
 from meshvpn.config import Setting, parseBool, parseHostPort
+from meshvpn.exit.budget import ExitBudget
 from meshvpn.exit.connect import ExitConnector
 from meshvpn.exit.dns import ExitResolver, makeUpstream
 from meshvpn.exit.policy import PolicyParseError, defaultExitPolicy, parsePolicy
+from meshvpn.interfaces import IStatusSource
 from meshvpn.ratelimit import BandwidthLimiter
 
 _RATE = re.compile(r"\A(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\Z", re.IGNORECASE)
@@ -44,7 +47,7 @@ def parseExitPolicyText(raw):
     if not isinstance(raw, str):
         raise ValueError("exit policy rules as a string, e.g. 'accept *:80,accept *:443,reject *:*'")
     try:
-        parsePolicy(raw)
+        parsePolicy(raw, warn=lambda message: None)  # warnings are logged once, when the exit is built
     except PolicyParseError as e:
         raise ValueError(f"a valid exit policy ({e})") from None
     return raw
@@ -80,24 +83,33 @@ def exitSettings():
     ]
 
 
+@implementer(IStatusSource)
 @attrs.frozen
 class ExitParts:
     policy: object
     resolver: object
     connector: object
     limiter: object
+    budget: object = None  # an ExitBudget: sockets and lookups per circuit, per peer, for the node
 
     def status(self):
-        return {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status()}
+        out = {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status(),
+               "streams": self.connector.status()}
+        if self.budget is not None:
+            out["budget"] = self.budget.status()
+        return out
 
 
-def buildExit(reactor, settings, ownAddresses=(), upstream=None):
+def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=None):
     """
     @param settings: parsed settings holding L{exitSettings}' keys.
     @param ownAddresses: this exit's public addresses, rejected by its policy.
     @param upstream: an C{IResolver} to use instead of the configured one (tests).
+    @param localAddresses: the live set of this host's addresses
+        (L{meshvpn.localaddrs.LocalAddresses}), rejected by its policy.
     """
-    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True))
+    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True),
+                               localAddresses=localAddresses)
     if upstream is None:
         dnsSetting = settings["exit_dns"]
         if dnsSetting == "system":
@@ -115,4 +127,4 @@ def buildExit(reactor, settings, ownAddresses=(), upstream=None):
         settings["circuit_rate"],
         settings["circuit_burst"],
     )
-    return ExitParts(policy, resolver, connector, limiter)
+    return ExitParts(policy, resolver, connector, limiter, ExitBudget(maxLookups=resolver.maxPending))

@@ -27,10 +27,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError
+from meshvpn.hostport import formatHostPort
 from meshvpn.identity import nodeIdFromPublicKey
 from meshvpn.interfaces import IDatagramHandler, IDatagramLink, IDatagramLinkEndpoint
 from meshvpn.link import datagram_wire as wire
-from meshvpn.link.datagram_crypto import HandshakeError, HandshakeKeys, Session
+from meshvpn.link.datagram_crypto import DatagramHandshakeError, HandshakeKeys, Session
+from meshvpn.observer import OneShotObserver
+from meshvpn.ratelimit import BucketTable, TokenBucket
+from meshvpn.udpmux import LINK_FIRST_BYTES
 
 # Channel byte, first byte of every DATA plaintext.
 CH_KEEPALIVE = 0x00
@@ -38,11 +42,14 @@ CH_PACKET = 0x01  # mesh IP packets (the ILink-style payload)
 CH_CONTROL = 0x02  # small control messages (signalling through a relay)
 _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
 
-LINK_FIRST_BYTES = range(0x90, 0x9E)  # 0x9E-0x9F belong to hole-punch probes
 
 
-class LinkSettings:
-    """Timers and limits; every field can be overridden by keyword for tests."""
+class DatagramLinkSettings:
+    """
+    Timers and limits of datagram links (TLS links have their own,
+    L{meshvpn.link.protocol.LinkSettings}); every field can be overridden by
+    keyword for tests.
+    """
 
     handshakeRetry = 0.5  # seconds between INIT/FINISH retransmissions
     handshakeTimeout = 10.0  # give up connecting after this long
@@ -55,38 +62,19 @@ class LinkSettings:
     maxPendingHandshakes = 512
     pendingLifetime = 10.0
     initRatePerSource = 10.0  # INITs per second per source IP (burst = 2x)
-    initRateGlobal = 500.0  # INITs per second in total
+    maxInitSources = 4096  # source IPs with an INIT bucket (least recent forgotten)
+    initRateGlobal = 500.0  # INITs per second in total (burst = 2x)
     cookieLifetime = 120.0  # cookie secret rotation (a cookie stays valid up to twice this)
     maxPacket = 65400
 
     def __init__(self, **overrides):
         for k, v in overrides.items():
-            if not hasattr(LinkSettings, k):
+            if not hasattr(DatagramLinkSettings, k):
                 raise TypeError(f"unknown link setting {k!r}")
             setattr(self, k, v)
 
 
-class _Bucket:
-    """A token bucket on reactor time; tiny on purpose (one per source IP)."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate, burst, now):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
-
-    def level(self, now):
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens
-
-    def take(self, now):
-        if self.level(now) >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-class _Pending:
+class _PendingHandshake:
     """An unfinished handshake, either role."""
 
     __slots__ = ("keys", "initiator", "localIndex", "addr", "path", "message", "expectedNodeId", "deferred",
@@ -113,11 +101,9 @@ class DatagramLink:
         self.peerId = nodeIdFromPublicKey(peerIdentityKey)
         self.peerAddress = addr
         self.path = path
-        self.current = None  # Session used for sending
+        self.current = None  # Session used for sending; None before the handshake and once closed
         self.previous = None  # kept for receiving during a rekey
-        self.closed = False
-        self._closedReason = None
-        self._whenClosed = []
+        self._closed = OneShotObserver()  # fires with the reason
         self._receivers = {}
         self.lastSent = self.lastReceived = endpoint.reactor.seconds()
         self.rekeying = None
@@ -139,9 +125,13 @@ class DatagramLink:
     def sendControl(self, data):
         self.send(CH_CONTROL, data)
 
+    @property
+    def closed(self):
+        return self._closed.fired
+
     def send(self, channel, data):
         session = self.current
-        if self.closed or session is None or len(data) > self._endpoint.settings.maxPacket:
+        if session is None or len(data) > self._endpoint.settings.maxPacket:
             self.stats["tx_dropped"] += 1
             return
         header = wire.encodeDataHeader(session.remoteIndex, session.sendCounter)
@@ -151,28 +141,22 @@ class DatagramLink:
         self._endpoint._maybeRekey(self, session)
 
     def close(self, reason="closed"):
-        if self.closed:
+        if self._closed.fired:
             return
-        self.closed = True
-        self._closedReason = reason
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._endpoint._linkClosed(self)
-        waiting, self._whenClosed = self._whenClosed, []
-        for d in waiting:
-            d.callback(reason)
+        # Without a session, send() drops: the one check on the per-packet path.
+        self.current = self.previous = None
+        self._closed.fire(reason)
 
     def whenClosed(self):
-        if self.closed:
-            return defer.succeed(self._closedReason)
-        d = defer.Deferred()
-        self._whenClosed.append(d)
-        return d
+        return self._closed.whenFired()
 
     def status(self):
         return {
             "peer": self.peerId.hex(),
-            "address": list(self.peerAddress),
+            "address": formatHostPort(*self.peerAddress),
             "relayed": self.path is not self._endpoint.defaultPath,
             "tx": self.stats["tx"],
             "rx": self.stats["rx"],
@@ -203,13 +187,14 @@ class DatagramLinkEndpoint:
         self.reactor = reactor
         self.identity = identity
         self.defaultPath = defaultPath
-        self.settings = settings or LinkSettings()
+        self.settings = settings or DatagramLinkSettings()
         self.counters = Counter()
         self._links = {}  # peer node id -> DatagramLink
         self._sessions = {}  # local index -> (Session, DatagramLink)
-        self._pending = OrderedDict()  # local index -> _Pending
-        self._buckets = OrderedDict()  # source ip -> _Bucket
-        self._global = _Bucket(self.settings.initRateGlobal, 2 * self.settings.initRateGlobal, reactor.seconds())
+        self._pending = OrderedDict()  # local index -> _PendingHandshake
+        s = self.settings
+        self._perSource = BucketTable(reactor, s.initRatePerSource, 2 * s.initRatePerSource, s.maxInitSources)
+        self._global = TokenBucket(reactor, s.initRateGlobal, 2 * s.initRateGlobal)
         self._acceptor = None
         self._respIndex = {}  # (addr, initiator's index) -> our pending index
         self._cookieSecrets = (os.urandom(32), os.urandom(32))  # current, previous
@@ -266,7 +251,7 @@ class DatagramLinkEndpoint:
 
     def _startHandshake(self, peerNodeId, addr, path, link):
         keys = HandshakeKeys(self.identity)
-        p = _Pending(keys, True, self._newIndex(), addr, path, self.reactor.seconds())
+        p = _PendingHandshake(keys, True, self._newIndex(), addr, path, self.reactor.seconds())
         p.expectedNodeId = peerNodeId
         p.link = link
         p.message = wire.encodeInit(p.localIndex, keys.ephemeral.public)
@@ -363,17 +348,10 @@ class DatagramLinkEndpoint:
     # -- load: rate limits and cookies
     def _allowInit(self, host, proven):
         """Per-source bucket always; the global one only for INITs without a valid cookie."""
-        now = self.reactor.seconds()
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            if len(self._buckets) >= 4096:
-                self._buckets.popitem(last=False)
-            rate = self.settings.initRatePerSource
-            bucket = self._buckets[host] = _Bucket(rate, 2 * rate, now)
-        return bucket.take(now) and (proven or self._global.take(now))
+        return self._perSource.tryConsume(host) and (proven or self._global.tryConsume())
 
     def _underLoad(self):
-        return self._global.level(self.reactor.seconds()) < self._global.burst / 2
+        return self._global.available() < self._global.burst / 2
 
     def _cookieFor(self, secret, addr, peerIndex):
         material = f"{addr[0]}|{addr[1]}|{peerIndex}".encode()
@@ -426,11 +404,11 @@ class DatagramLinkEndpoint:
             self.counters["handshake_ratelimited"] += 1
             return
         keys = HandshakeKeys(self.identity)
-        p = _Pending(keys, False, self._newIndex(), addr, path, self.reactor.seconds())
+        p = _PendingHandshake(keys, False, self._newIndex(), addr, path, self.reactor.seconds())
         p.peerIndex, p.initBytes = peerIndex, data
         try:
             p.message = keys.respMessage(data, peerEphemeral, wire.encodeRespHeader(p.localIndex, peerIndex, keys.ephemeral.public))
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._addPending(p)
@@ -448,7 +426,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readResp(header, sealed, peerEphemeral, p.expectedNodeId)
-        except HandshakeError:
+        except DatagramHandshakeError:
             # Not the peer we asked for (or forged): keep waiting for the real one.
             self.counters["handshake_failed"] += 1
             p.keys = _restart(p)
@@ -506,7 +484,7 @@ class DatagramLinkEndpoint:
             return
         try:
             peerKey = p.keys.readFinish(header, sealed)
-        except HandshakeError:
+        except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
         self._dropPending(index)

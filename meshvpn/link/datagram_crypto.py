@@ -37,8 +37,11 @@ _ZERO_NONCE = bytes(12)
 _NONCE_PREFIX = bytes(4)
 
 
-class HandshakeError(Exception):
-    """A handshake message failed authentication; the session is not created."""
+class DatagramHandshakeError(Exception):
+    """
+    A datagram link handshake message failed authentication; the session is
+    not created.  (The onion layer's ntor handshake has its own error.)
+    """
 
 
 def _hash(*parts):
@@ -64,7 +67,7 @@ class Ephemeral:
             return self._private.exchange(X25519PublicKey.from_public_bytes(peerPublic))
         except ValueError:
             # All-zero result: a low-order point. Never a valid peer.
-            raise HandshakeError("peer ephemeral is a low-order point") from None
+            raise DatagramHandshakeError("peer ephemeral is a low-order point") from None
 
 
 def _seal(key, identity, transcript, label, aad):
@@ -76,10 +79,10 @@ def _open(key, sealed, transcript, label, aad):
     try:
         blob = ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, sealed, aad)
     except InvalidTag:
-        raise HandshakeError("sealed identity failed authentication") from None
+        raise DatagramHandshakeError("sealed identity failed authentication") from None
     peerKey, signature = blob[:KEY_LEN], blob[KEY_LEN:]
     if not verifySignature(peerKey, label + transcript, signature):
-        raise HandshakeError("identity signature does not verify")
+        raise DatagramHandshakeError("identity signature does not verify")
     return peerKey
 
 
@@ -108,7 +111,7 @@ class HandshakeKeys:
         self._kR, self._kI = keys[:32], keys[32:]
         peerKey = _open(self._kR, sealed, self._h, _RESP_LABEL, respHeader)
         if expectedNodeId is not None and nodeIdFromPublicKey(peerKey) != expectedNodeId:
-            raise HandshakeError("responder is not the expected node")
+            raise DatagramHandshakeError("responder is not the expected node")
         self._h = _hash(self._h, sealed)
         return peerKey
 

@@ -1,4 +1,4 @@
-"""Byte layouts of the datagram link (first bytes 0x90-0x93 on the node's UDP socket).
+"""Byte layouts of the datagram link (first bytes 0x90-0x94 on the node's UDP socket).
 
 Kept apart from the state machine so the parser can be fuzzed on its own: it
 takes untrusted bytes and returns a small tuple or raises L{LinkParseError};

@@ -2,11 +2,21 @@
 
 The manager owns link settings, the process's TLS contexts and the table of
 open links by node id.  Concurrent L{LinkManager.getLink} calls for the same
-peer share one connection attempt.  Incoming links whose initiator
+peer at the same addresses share one connection attempt (keyed by node id
+*and* addresses: an EXTEND2 naming a black hole for relay X must not make
+honest extends to X wait on that attempt).  Incoming links whose initiator
 authenticated are entered in the same table, so two relays keep one link
 between them whoever dialled.  Every link's cells go to the one registered
 L{meshvpn.interfaces.ICellHandler} (the onion layer) unless a caller sets its
-own receiver on a link.
+own receiver on a link.  In VPN mode an egress gate
+(L{meshvpn.interfaces.IDirectEgress}) is awaited before each dial, so the
+peer's host route and kill-switch exception exist before its first SYN.
+
+Incoming links are bounded the way Tor's DoS subsystem bounds connections
+(L{LinkLimits}): per source address, links open at once and new links per
+second; and incoming links never take the last C{outgoingReserve} places
+of C{maxLinks}, so a relay whose table strangers filled can still open the
+links its own circuits extend over.
 """
 
 import attrs
@@ -22,7 +32,19 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ILinkManager, IStatusSource
 from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
 from meshvpn.link.tlsctx import sharedLinkTLS
-from meshvpn.link.transports import availableTransports
+from meshvpn.link.transports import availableTransports, splitHostPort
+from meshvpn.ratelimit import BucketTable
+
+
+@attrs.frozen
+class LinkLimits:
+    """Bounds on incoming links, per source address and overall (Tor: DoSConnection*)."""
+
+    maxPerAddress: int = 50         # incoming links from one address at once
+    connectRate: float = 20.0       # new incoming links per second from one address
+    connectBurst: int = 40
+    maxAddresses: int = 16384       # addresses whose connect rate is remembered
+    outgoingReserve: int = 512      # places of maxLinks incoming links never take (at most a quarter)
 
 
 @attrs.frozen
@@ -54,20 +76,26 @@ class LinkTarget:
 
 
 class _BoundedTLSFactory(TLSMemoryBIOFactory):
-    """Refuses connections (closes them at once) while the manager is full."""
+    """Refuses connections (closes them at once) while the manager is full or the source over its limits."""
 
     noisy = False  # no log line per outgoing link
 
-    def __init__(self, manager, *args, **kwargs):
+    def __init__(self, manager, *args, incoming=False, **kwargs):
         super().__init__(*args, **kwargs)
         self._manager = manager
+        self._incoming = incoming
 
     def buildProtocol(self, addr):
-        m = self._manager
-        if len(m._all) >= m.settings.maxLinks:
-            m.counters["refused_full"] += 1
+        refused = self._manager._admit(self._incoming, _hostOf(addr))
+        if refused:
+            self._manager.counters[refused] += 1
             return None
         return super().buildProtocol(addr)
+
+
+def _hostOf(addr):
+    """The IP a connection came from (C{None} for transports without one, e.g. in-memory)."""
+    return getattr(addr, "host", None) or None
 
 
 class _LinkFactory(Factory):
@@ -85,7 +113,7 @@ class _LinkFactory(Factory):
     def buildProtocol(self, addr):
         m = self._manager
         link = LinkProtocol(m.reactor, m.identity, m.settings, self._initiator, self._expectedId, self._transportName)
-        m._linkBuilt(link)
+        m._linkBuilt(link, _hostOf(addr))
         self.built = link
         return link
 
@@ -100,10 +128,14 @@ class LinkManager(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, identity, settings=None, transports=None, transportOptions=None, tls=None):
+    def __init__(self, reactor, identity, settings=None, transports=None, transportOptions=None, tls=None, limits=None):
         self.reactor = reactor
         self.identity = identity
         self.settings = settings or LinkSettings()
+        self.limits = limits or LinkLimits()
+        self._connectRates = BucketTable(reactor, self.limits.connectRate, self.limits.connectBurst, self.limits.maxAddresses)
+        self._incoming = 0
+        self._incomingByHost = {}
         self._transports = transports
         self._transportOptions = transportOptions or {}
         self._tls = tls or sharedLinkTLS()
@@ -111,8 +143,10 @@ class LinkManager(service.Service):
         self._pending = {}
         self._all = set()
         self._handler = None
+        self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
-        self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "cells_unhandled": 0}
+        self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "refused_address": 0,
+                         "refused_rate": 0, "cells_unhandled": 0}
 
     # ---- ILinkManager
 
@@ -126,11 +160,12 @@ class LinkManager(service.Service):
         link = self._byPeer.get(target.nodeId)
         if link is not None and link.state is State.OPEN:
             return defer.succeed(link)
-        waiters = self._pending.get(target.nodeId)
+        key = (target.nodeId, target.addresses)
+        waiters = self._pending.get(key)
         d = defer.Deferred()
         if waiters is None:
-            self._pending[target.nodeId] = waiters = [d]
-            defer.Deferred.fromCoroutine(self._connect(target)).addBoth(self._attemptDone, target.nodeId)
+            self._pending[key] = waiters = [d]
+            defer.Deferred.fromCoroutine(self._connect(target)).addBoth(self._attemptDone, key)
         else:
             waiters.append(d)
         return d
@@ -138,10 +173,14 @@ class LinkManager(service.Service):
     def setCellHandler(self, handler):
         self._handler = handler
 
+    def setEgressGate(self, gate):
+        self._egress = gate
+
     def serverFactory(self, transportName="tls"):
         """The protocol factory to listen with on a server endpoint of C{transportName}."""
         return _BoundedTLSFactory(
-            self, self._tls, False, _LinkFactory(self, False, transportName=transportName), clock=self.reactor
+            self, self._tls, False, _LinkFactory(self, False, transportName=transportName), clock=self.reactor,
+            incoming=True,
         )
 
     def links(self):
@@ -156,6 +195,8 @@ class LinkManager(service.Service):
     def status(self):
         return {
             "links_open": sum(1 for l in self._all if l.state is State.OPEN),
+            "links_in": self._incoming,
+            "addresses_in": len(self._incomingByHost),
             "links_handshaking": sum(1 for l in self._all if l.state not in (State.OPEN, State.CLOSED)),
             "peers": len(self._byPeer),
             **self.counters,
@@ -181,10 +222,11 @@ class LinkManager(service.Service):
         errors = []
         for name, address in target.addresses:
             transport = self._transport(name)
-            if transport is None or getattr(transport, "kind", "stream") != "stream":
+            if transport is None or transport.kind != "stream":
                 errors.append(f"{name}: transport not installed")
                 continue
             try:
+                await self._allowEgress(address)
                 endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
                 links = _LinkFactory(self, True, target.nodeId, name)
                 connecting = endpoint.connect(_BoundedTLSFactory(self, self._tls, True, links, clock=self.reactor))
@@ -202,8 +244,20 @@ class LinkManager(service.Service):
                 errors.append(f"{name}: {e or type(e).__name__}")
         raise LinkError(f"no link to {target.nodeId.hex()[:16]}: " + "; ".join(errors))
 
-    def _attemptDone(self, result, nodeId):
-        waiters = self._pending.pop(nodeId, [])
+    async def _allowEgress(self, address):
+        """With an egress gate (VPN mode), wait until C{address} may be dialled outside the tunnel."""
+        gate = self._egress
+        if gate is None:
+            return
+        try:
+            host, port = splitHostPort(address)
+        except LinkError:
+            return  # not an IP address: the transport reaches it some other way
+        allowing = gate.allow([("tcp", host, port)])
+        await allowing.addTimeout(self.settings.connectTimeout, self.reactor)
+
+    def _attemptDone(self, result, key):
+        waiters = self._pending.pop(key, [])
         if isinstance(result, Failure):
             self.counters["failed"] += 1
             for d in waiters:
@@ -215,9 +269,34 @@ class LinkManager(service.Service):
                 d.callback(result)
         return None
 
+    # ---- admission
+
+    def _admit(self, incoming, host):
+        """@return: C{None} to take a new connection, else the counter naming why not."""
+        maxLinks = self.settings.maxLinks
+        if len(self._all) >= maxLinks:
+            return "refused_full"
+        if not incoming:
+            return None
+        if self._incoming >= maxLinks - min(self.limits.outgoingReserve, maxLinks // 4):
+            return "refused_full"
+        if host is not None:
+            if self._incomingByHost.get(host, 0) >= self.limits.maxPerAddress:
+                return "refused_address"
+            if not self._connectRates.tryConsume(host):
+                return "refused_rate"
+        return None
+
     # ---- link lifecycle
 
-    def _linkBuilt(self, link):
+    def _linkBuilt(self, link, host=None):
+        # Where the link came from: the switch counts CREATE2 limits by it
+        # (L{meshvpn.onion.switch.peerKey}), so many links from one address share them.
+        link.remoteHost = host
+        if not link.isInitiator:
+            self._incoming += 1
+            if host is not None:
+                self._incomingByHost[host] = self._incomingByHost.get(host, 0) + 1
         self._all.add(link)
         link.whenOpen().addCallbacks(self._linkOpened, lambda f: None)
         link.whenClosed().addCallback(self._linkClosed, link)
@@ -244,6 +323,15 @@ class LinkManager(service.Service):
         return receive
 
     def _linkClosed(self, reason, link):
+        if link in self._all and not link.isInitiator:
+            self._incoming -= 1
+            host = link.remoteHost
+            if host is not None:
+                left = self._incomingByHost[host] - 1
+                if left:
+                    self._incomingByHost[host] = left
+                else:
+                    del self._incomingByHost[host]
         self._all.discard(link)
         if link.peerId is not None and self._byPeer.get(link.peerId) is link:
             del self._byPeer[link.peerId]

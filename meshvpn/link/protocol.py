@@ -6,10 +6,10 @@ an initiator reaches only after verifying that the responder's AUTH names
 the node id it expected and is bound to this TLS session; a responder
 reaches it only after the initiator's AUTH (authenticated or anonymous).
 
-The link is three Twisted roles at once:
- - L{ILink} for the onion layer (send cells, receive batches of cells);
- - an C{IConsumer}: circuits register producers and are paused while the
-   transport's write buffer is full (so queues stay bounded);
+The link is three Twisted roles at once, all of them in L{ILink}:
+ - what the onion layer sends cells on and receives batches of cells from;
+ - a consumer of cells: circuits register producers and are paused while
+   the transport's write buffer is full (so queues stay bounded);
  - an C{IPushProducer}: the onion layer pauses a link's reading when the
    link it forwards to is paused (backpressure across links).
 """
@@ -18,7 +18,7 @@ import enum
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -239,12 +239,13 @@ class LinkProtocol(Protocol):
     def connectionMade(self):
         # Cells are latency-sensitive and already batched per write: Nagle
         # would hold a lone CREATE2 for ~40 ms waiting for an ACK.
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
+        # A pluggable transport's wrapper declares what it wraps (Twisted's
+        # ProtocolWrapper copies the interfaces), so TCP shows through TLS.
+        if ITCPTransport.providedBy(self.transport):
             try:
-                noDelay(True)
+                self.transport.setTcpNoDelay(True)
             except Exception:
-                pass  # not a TCP socket underneath (a pluggable transport)
+                pass  # claims TCP but has no socket underneath (in-memory test transports)
         self._timer = self._reactor.callLater(self._settings.handshakeTimeout, self._handshakeTimedOut)
         self.transport.registerProducer(_WriteSide(self), True)
         if self.isInitiator:

@@ -1,38 +1,35 @@
-"""Attaching the link plane to a node: what a role's makeService calls.
+"""A node's datagram links as a service: one endpoint on the node's socket while it runs.
 
-Kept here so role modules stay a few lines: a relay listens for links on its
-configured transport; every node gets a LinkManager as C{node.links} that
-the onion layer hooks with C{node.links.setCellHandler(...)}.
+A NAT relay (links from NATed peers) and a mesh client (links to its relay
+and its peers) both use the node's one L{DatagramLinkEndpoint}.  Its role
+builds this service and hands C{service.endpoint} to whichever of them it
+runs; the service, not its users, registers the endpoint on the node's
+socket when the node starts and closes every link when it stops.
 """
 
-from meshvpn.errors import LinkError
-from meshvpn.link.manager import LinkManager
-from meshvpn.link.protocol import LinkSettings
+from twisted.application import service
+
+from meshvpn.link.datagram import DatagramLinkEndpoint
+from meshvpn.udpmux import LINK_FIRST_BYTES
+
+MUX_NAME = "link"
 
 
-def attachLinks(node, authenticate):
+class DatagramLinkService(service.Service):
     """
-    Give C{node} its L{LinkManager} (a child service, so links close on stop).
-
-    @param authenticate: prove our identity on outgoing links (relays);
-        clients stay anonymous to their guards, as Tor clients do.
+    @param udp: the node's L{IDatagramMultiplexer}; also the links' default path.
+    @ivar endpoint: the L{IDatagramLinkEndpoint}.
     """
-    node.links = LinkManager(node.reactor, node.identity, LinkSettings(authenticate=authenticate))
-    node.links.setServiceParent(node)
-    return node.links
 
+    def __init__(self, reactor, identity, udp, settings=None):
+        self.udp = udp
+        self.endpoint = DatagramLinkEndpoint(reactor, identity, udp, settings)
 
-def listenForLinks(node, transportName, listen):
-    """
-    Accept links on the transport called C{transportName}.
+    def startService(self):
+        super().startService()
+        self.udp.register(MUX_NAME, LINK_FIRST_BYTES, self.endpoint)
 
-    @raise SystemExit: no such transport is installed (one clear line).
-    """
-    from meshvpn.link.transports import findTransport
-
-    try:
-        transport = findTransport(transportName)
-        endpoint = transport.serverEndpoint(node.reactor, {"listen": listen})
-    except LinkError as e:
-        raise SystemExit(f"meshvpn-{node.role}: {e}") from None
-    node.listenStream(listen, node.links.serverFactory(transport.name), endpoint=endpoint)
+    def stopService(self):
+        super().stopService()
+        self.udp.unregister(MUX_NAME)
+        self.endpoint.stop()

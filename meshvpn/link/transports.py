@@ -15,8 +15,7 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import IPluggableTransport
 
 DEFAULT_TRANSPORT = "tls"
-# Reserved for the datagram link over the node's UDP socket (built in
-# meshvpn/link's datagram module by another part of the project).
+# The datagram link over the node's UDP socket (meshvpn/link/datagram.py).
 DATAGRAM_TRANSPORT = "udp"
 
 
@@ -70,8 +69,9 @@ class DatagramTransport:
     """
     The datagram link (meshvpn/link/datagram.py) over the node's one UDP
     socket.  It carries mesh packets, where loss is normal, not circuits,
-    which need an ordered, reliable link: the stream endpoints refuse, and
-    L{attach} gives the node's datagram link endpoint instead.
+    which need an ordered, reliable link: the stream endpoints refuse.  A
+    role that needs datagram links runs a
+    L{meshvpn.link.service.DatagramLinkService} on the node's socket.
     Descriptor address: the node's C{udp} address.
     """
 
@@ -90,12 +90,6 @@ class DatagramTransport:
     def describeAddress(self, listeningPort):
         host = listeningPort.getHost()
         return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
-
-    def attach(self, node):
-        """@return: C{node}'s L{IDatagramLinkEndpoint}, registered on its UDP socket on first use."""
-        from meshvpn.nat.relayservice import datagramLinks
-
-        return datagramLinks(node)
 
 
 def availableTransports():

@@ -11,7 +11,7 @@ end and without ever buffering more than one partial cell.
 import struct
 
 from meshvpn.errors import LinkError
-from meshvpn.onion.cellsize import CELL_SIZE
+from meshvpn.link.cellsize import CELL_SIZE
 
 CELLS = 0x01
 KEEPALIVE = 0x02

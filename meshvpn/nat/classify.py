@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from meshvpn.config import formatHostPort
+from meshvpn.hostport import formatHostPort
 from meshvpn.interfaces import INATProbe
 from meshvpn.nat import stun
 from meshvpn.nat.endpoint import StunEndpoint
@@ -98,17 +98,20 @@ class NATProbe:
         whole probe of an unreachable network ends in a few seconds.
     """
 
-    def __init__(self, reactor, endpoint, localPort, timing=(0.25, 4, 4), localAddresses=None):
+    def __init__(self, reactor, endpoint, localPort, timing=(0.25, 4, 4), localAddresses=None, onlyTo=False):
+        """
+        @param onlyTo: send only to the servers given to L{probe}: no
+            hairpinning test (a request to our own mapped address) and no
+            mapping test through a server's alternate address (mapping is
+            then told by comparing the servers' answers).  A running node
+            probes so: its VPN's egress gate lets nothing else out.
+        """
         self.reactor = reactor
         self.endpoint = endpoint
         self.localPort = localPort
         self.rto, self.rc, self.rm = timing
         self._localAddresses = localAddresses
-
-    @classmethod
-    def onNode(cls, node, **kw):
-        """A probe of C{node}'s own UDP socket (the mapping hole punching will use)."""
-        return cls(node.reactor, StunEndpoint.onNode(node), node.udp.getHost().port, **kw)
+        self.onlyTo = onlyTo
 
     def _ask(self, server, change=None, rc=None):
         req = stun.StunMessage(stun.BINDING, stun.REQUEST)
@@ -141,7 +144,7 @@ class NATProbe:
             "servers": [],
         }
         results = await defer.gatherResults([defer.Deferred.fromCoroutine(self._tryAsk(s)) for s in servers])
-        primary = None
+        primary = firstMapped = None
         local = set(self._localAddresses or ())
         for server, result in zip(servers, results):
             entry = {"server": _fmt(server), "answered": result is not None, "rtt_ms": None}
@@ -170,6 +173,8 @@ class NATProbe:
             entry.update(mapped=_fmt(mapped), other_address=_fmt(other), response_origin=_fmt(origin), software=msg.software())
             if _fmt(mapped) not in report["mapped_addresses"]:
                 report["mapped_addresses"].append(_fmt(mapped))
+            if firstMapped is None:
+                firstMapped = mapped
             if primary is None and other is not None:
                 primary = (server, mapped, other)
         report["local_addresses"] = sorted(_fmt(a) for a in local)
@@ -179,19 +184,20 @@ class NATProbe:
             report["type"] = UDP_BLOCKED if not report["udp"] else "unknown"
             return report
         report["udp"] = True
-        first = primary[1] if primary else _parse(answered[0]["mapped"])
+        first = primary[1] if primary else firstMapped
         report["mapped_address"] = _fmt(first)
         report["nat"] = _fmt(first) not in report["local_addresses"]
         if primary is not None:
             server, m1, other = primary
             report["rfc5780_server"] = _fmt(server)
-            report["filtering"] = await self._filtering(server)
+            report["filtering"] = await self._filtering(server)  # the server answers from elsewhere: nothing sent elsewhere
+        if primary is not None and not self.onlyTo:
             report["mapping"] = await self._mapping(server, m1, other)
         elif len(report["mapped_addresses"]) > 1:
             report["mapping"] = ENDPOINT_DEPENDENT
         elif len(answered) > 1:
             report["mapping"] = ENDPOINT_INDEPENDENT
-        if report["nat"]:
+        if report["nat"] and not self.onlyTo:
             report["hairpinning"] = await self._hairpin(first)
         report["type"] = summarize(True, report["nat"], report["mapping"], report["filtering"])
         return report
@@ -237,11 +243,6 @@ class NATProbe:
         finally:
             self.endpoint.unwatchTransaction(req.transactionId)
             asked.cancel()
-
-
-def _parse(text):
-    host, _, port = text.rpartition(":")
-    return (host.strip("[]"), int(port))
 
 
 def _mappedOf(result):

@@ -15,17 +15,28 @@ L{PeerConnector}; they talk through an L{ISignallingChannel}:
 
 Either way the result is an authenticated L{DatagramLink}; the offerer also
 learns which path (C{"direct"} or C{"relay"}) it took.
+
+Anyone registered with the same relay can send us a payload, so only
+signals from the peers we were configured with (C{peers}, L{allowPeer})
+are acted on: an OFFER or RELAYED from a stranger is counted and dropped,
+never answered (an ANSWER carries our LAN and public addresses) and never
+probed or connected to (its candidates are addresses the stranger chose:
+we would be sending probes and handshakes wherever it likes).  An ANSWER
+counts only from the node we sent that offer to.  Candidates that cannot
+be a peer (unspecified, multicast, broadcast, port 0) are dropped even from
+configured peers.
 """
 
+import ipaddress
 import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from meshvpn.errors import LinkError, PunchFailed, RelayError
-from meshvpn.link.datagram import LINK_FIRST_BYTES
 from meshvpn.nat import signal_wire as sw
 from meshvpn.nat.punch import PunchSession
+from meshvpn.udpmux import LINK_FIRST_BYTES
 
 _LINK_BYTES = frozenset(LINK_FIRST_BYTES)
 MAX_SESSIONS = 64
@@ -36,11 +47,13 @@ class PeerConnector:
     @param localCandidates: C{callable() -> list of addresses} (host
         candidates; the relay-observed address is added automatically).
     @param allocateRelay: C{callable() -> Deferred(TurnAllocation)} or None.
+    @param peers: node ids (bytes) whose OFFER and RELAYED we act on; every
+        other node's are dropped (add more with L{allowPeer}).
     """
 
     log = Logger()
 
-    def __init__(self, reactor, endpoint, puncher, signalling, localCandidates, allocateRelay=None,
+    def __init__(self, reactor, endpoint, puncher, signalling, localCandidates, allocateRelay=None, peers=(),
                  offerRetry=0.5, offerTries=6, linkTimeout=8.0):
         self.reactor = reactor
         self.endpoint = endpoint
@@ -50,15 +63,34 @@ class PeerConnector:
         self.allocateRelay = allocateRelay
         self.offerRetry, self.offerTries = offerRetry, offerTries
         self.linkTimeout = linkTimeout
-        self._offers = {}  # punch id -> Deferred for the ANSWER (offerer side)
+        self._peers = set(peers)
+        self._offers = {}  # punch id -> (peer id, Deferred for the ANSWER) (offerer side)
         self._answered = {}  # punch id -> (peerId, answer payload) (answerer side)
         self._linkWaiters = {}  # peer id -> [Deferred]
         self.allocations = []  # every allocation made (at most one live)
         self._alloc = self._allocating = None
         self.linkObservers = []  # callables told about every link this connector opens or accepts
-        self.counters = {"malformed": 0, "offers": 0, "answers": 0, "relayed": 0}
+        self.counters = {"malformed": 0, "offers": 0, "answers": 0, "relayed": 0, "stranger": 0, "bad_candidate": 0}
         signalling.setSignalReceiver(self._signal)
         endpoint.setLinkAcceptor(self._inbound)
+
+    def allowPeer(self, peerId):
+        """Act on OFFER and RELAYED from C{peerId} too."""
+        self._peers.add(peerId)
+
+    def _usable(self, candidates):
+        """The candidates that can be a peer's address at all."""
+        out = []
+        for host, port in candidates:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                ip = None
+            if ip is None or port == 0 or ip.is_unspecified or ip.is_multicast or host == "255.255.255.255":
+                self.counters["bad_candidate"] += 1
+                continue
+            out.append((host, port))
+        return out
 
     def _candidates(self):
         out = []
@@ -119,7 +151,7 @@ class PeerConnector:
         session = PunchSession(punchId, secret, 0)
         offer = bytes((sw.OFFER,)) + punchId + secret + sw.encodeCandidates(self._candidates())
         answer = defer.Deferred()
-        self._offers[punchId] = answer
+        self._offers[punchId] = (peerId, answer)
         try:
             remote = None
             for _ in range(self.offerTries):
@@ -205,14 +237,22 @@ class PeerConnector:
             return
         kind, punchId = msg[0], msg[1]
         if kind == sw.ANSWER:
-            d = self._offers.get(punchId)
-            if d is not None and not d.called and observed is not None:
-                d.callback((msg[2], observed))
-        elif kind == sw.OFFER:
-            self._answer(peerId, punchId, msg[2], msg[3], observed)
+            peer, d = self._offers.get(punchId, (None, None))
+            if peer != peerId:
+                self.counters["stranger"] += 1
+                return
+            if not d.called and observed is not None:
+                d.callback((self._usable(msg[2]), observed))
+            return
+        if peerId not in self._peers:
+            # Not a configured peer: no answer (it would tell our addresses), no probes, no handshakes.
+            self.counters["stranger"] += 1
+            return
+        if kind == sw.OFFER:
+            self._answer(peerId, punchId, msg[2], self._usable(msg[3]), observed)
         elif kind == sw.RELAYED:
             known = self._answered.get(punchId)
-            if known is None or known[0] != peerId:
+            if known is None or known[0] != peerId or not self._usable([msg[2]]):
                 self.counters["malformed"] += 1
                 return
             self.puncher.cancel(punchId)

@@ -38,16 +38,15 @@ class StunEndpoint:
         self.counters = Counter()
 
     @classmethod
-    def onNode(cls, node):
+    def onSocket(cls, reactor, mux):
         """
-        The node's STUN endpoint, created and registered on C{node.udp} the
-        first time it is asked for (relay STUN/TURN servers and clients share it).
+        A new endpoint for the socket behind C{mux} (an
+        L{IDatagramMultiplexer}), registered there for STUN's first bytes.
+        One per socket: a role makes the node's and hands it to every
+        service that speaks STUN on it (STUN server, TURN client, probes).
         """
-        ep = getattr(node, "stunEndpoint", None)
-        if ep is None:
-            ep = cls(node.reactor, node.udp.sendDatagram)
-            node.udp.register("stun", STUN_BYTES, ep, accept=stun.isStun)
-            node.stunEndpoint = ep
+        ep = cls(reactor, mux.sendDatagram)
+        mux.register("stun", STUN_BYTES, ep, accept=stun.isStun)
         return ep
 
     def setMethodHandler(self, method, handler):

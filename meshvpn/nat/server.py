@@ -16,19 +16,20 @@ Abuse limits, because a STUN server answers strangers:
    the same bound, so it cannot be used to amplify either.
  - rate: each source IP gets a token bucket (L{RATE} per second, burst
    L{BURST}); excess requests are dropped silently.  The table of sources is
-   bounded (L{MAX_SOURCES}, oldest evicted).
+   bounded (L{MAX_SOURCES}, least recently seen forgotten first).
 """
 
 import ipaddress
-from collections import Counter, OrderedDict
+from collections import Counter
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from meshvpn.hostport import formatHostPort
 from meshvpn.nat import stun
-from meshvpn.nat.endpoint import StunEndpoint
+from meshvpn.ratelimit import BucketTable
 
 AMPLIFICATION = 4
 RATE = 20.0
@@ -40,39 +41,13 @@ KNOWN_ATTRIBUTES = frozenset({stun.CHANGE_REQUEST, stun.RESPONSE_PORT, stun.PADD
 PRIMARY = (0, 0)
 
 
-class RateLimiter:
-    """Token bucket per key, in a bounded table."""
-
-    def __init__(self, clock, rate=RATE, burst=BURST, maxKeys=MAX_SOURCES):
-        self._clock = clock
-        self.rate, self.burst, self.maxKeys = rate, burst, maxKeys
-        self._buckets = OrderedDict()
-
-    def allow(self, key):
-        now = self._clock.seconds()
-        bucket = self._buckets.pop(key, None)
-        if bucket is None:
-            tokens = self.burst
-            if len(self._buckets) >= self.maxKeys:
-                self._buckets.popitem(last=False)
-        else:
-            tokens, last = bucket
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        return allowed
-
-    def __len__(self):
-        return len(self._buckets)
-
-
 class StunServer:
     """
     Answers Binding requests.
 
     @param clock: L{IReactorTime} (for rate limiting).
+    @param limiter: a L{BucketTable} keyed by source IP (default: L{RATE},
+        L{BURST}, L{MAX_SOURCES}).
     @param sockets: dict mapping C{(ipIndex, portIndex)} (each 0 or 1) to
         C{(send, (host, port))}: how to send from that local address, and the
         address.  C{(0, 0)} is the node's socket.  With only C{(0, 0)} there
@@ -84,7 +59,7 @@ class StunServer:
     def __init__(self, clock, sockets, software=SOFTWARE, limiter=None):
         self.sockets = dict(sockets)
         self.software = software
-        self.limiter = limiter or RateLimiter(clock)
+        self.limiter = limiter or BucketTable(clock, RATE, BURST, MAX_SOURCES)
         self.rfc5780 = len(self.sockets) == 4
         self.counters = Counter()
 
@@ -93,7 +68,7 @@ class StunServer:
         if msg.method != stun.BINDING or msg.cls != stun.REQUEST:
             # Binding indications are keepalives: nothing to answer.
             return
-        if not self.limiter.allow(source[0]):
+        if not self.limiter.tryConsume(source[0]):
             self.counters["rate_limited"] += 1
             return
         requestSize = requestSize or (len(msg.raw) if msg.raw is not None else 20)
@@ -198,24 +173,27 @@ def checkAlternate(udp, alternate):
 
 class StunServerService(service.Service):
     """
-    Runs a L{StunServer} on C{node}'s socket, plus the RFC 5780 sockets when
-    C{alternate} (an C{(ip, port)}) is given.
+    Runs a L{StunServer} on the node's socket C{udp} (an
+    L{IDatagramMultiplexer}) through that socket's L{StunEndpoint}, plus the
+    RFC 5780 sockets when C{alternate} (an C{(ip, port)}) is given.
     """
 
     log = Logger()
 
-    def __init__(self, node, alternate=None):
-        self.node = node
+    def __init__(self, reactor, udp, endpoint, alternate=None):
+        self.reactor = reactor
+        self.udp = udp
+        self.endpoint = endpoint
         self.alternate = alternate
         self.server = None
         self._ports = []
 
     def startService(self):
         super().startService()
-        reactor = self.node.reactor
-        ep = StunEndpoint.onNode(self.node)
-        host = self.node.udp.getHost()
-        sockets = {PRIMARY: (self.node.udp.sendDatagram, (host.host, host.port))}
+        reactor = self.reactor
+        ep = self.endpoint
+        host = self.udp.getHost()
+        sockets = {PRIMARY: (self.udp.sendDatagram, (host.host, host.port))}
         if self.alternate is not None:
             altHost, altPort = self.alternate
             checkAlternate((host.host, host.port), self.alternate)
@@ -231,14 +209,12 @@ class StunServerService(service.Service):
         ep.setMethodHandler(stun.BINDING, self.server.requestReceived)
         self.log.info(
             "STUN server on {addr}{extra}",
-            addr=f"{host.host}:{host.port}",
-            extra=f" with RFC 5780 alternate {self.alternate[0]}:{self.alternate[1]}" if self.alternate else "",
+            addr=formatHostPort(host.host, host.port),
+            extra=f" with RFC 5780 alternate {formatHostPort(*self.alternate)}" if self.alternate else "",
         )
 
     def stopService(self):
         super().stopService()
-        ep = getattr(self.node, "stunEndpoint", None)
-        if ep is not None:
-            ep.removeMethodHandler(stun.BINDING)
+        self.endpoint.removeMethodHandler(stun.BINDING)
         ports, self._ports = self._ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

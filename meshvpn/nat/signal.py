@@ -23,6 +23,7 @@ from zope.interface import implementer
 from meshvpn.errors import MeshVPNError
 from meshvpn.interfaces import ISignallingChannel
 from meshvpn.nat import signal_wire as sw
+from meshvpn.ratelimit import TokenBucket
 
 
 def turnCredentials(secret, nodeId, now, lifetime):
@@ -35,13 +36,6 @@ def turnCredentials(secret, nodeId, now, lifetime):
     username = f"{int(now + lifetime)}:{nodeId.hex()[:32]}"
     password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
     return username, password
-
-
-class _Bucket:
-    __slots__ = ("tokens", "stamp")
-
-    def __init__(self, now, burst):
-        self.tokens, self.stamp = burst, now
 
 
 class SignalRelay:
@@ -69,16 +63,12 @@ class SignalRelay:
         return True
 
     def _allow(self, link):
-        now = self.reactor.seconds()
         b = self._buckets.get(link.peerId)
         if b is None:
-            b = self._buckets[link.peerId] = _Bucket(now, 2 * self.rate)
-        b.tokens = min(2 * self.rate, b.tokens + (now - b.stamp) * self.rate)
-        b.stamp = now
-        if b.tokens < 1:
+            b = self._buckets[link.peerId] = TokenBucket(self.reactor, self.rate, 2 * self.rate)
+        if not b.tryConsume(1):
             self.counters["ratelimited"] += 1
             return False
-        b.tokens -= 1
         return True
 
     def _received(self, link, data):

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from meshvpn.errors import MeshVPNError
+from meshvpn.hostport import formatHostPort
 from meshvpn.nat import stun
 
 RTO = 0.5
@@ -119,7 +120,7 @@ class StunClient:
         t = self._pending.pop(txid, None)
         if t is not None:
             t.call = None
-            t.deferred.errback(StunTimeout(f"no STUN response from {t.addr[0]}:{t.addr[1]} after {t.attempts} requests"))
+            t.deferred.errback(StunTimeout(f"no STUN response from {formatHostPort(*t.addr)} after {t.attempts} requests"))
 
     def _finish(self, txid):
         t = self._pending.pop(txid, None)

@@ -6,8 +6,9 @@ datagram link: C{sendDatagram(data, peer)} goes out as a SEND indication (or
 ChannelData once a channel is bound), and DATA indications / ChannelData
 coming back are handed to the receiver with the peer's address.
 
-Requests use long-term credentials (RFC 8489 9.2): the first ALLOCATE draws
-a 401 with REALM and NONCE, every later request carries USERNAME, REALM,
+Requests use long-term credentials (RFC 8489 9.2): the first ALLOCATE (padded
+with SOFTWARE, see L{MIN_UNAUTHENTICATED_REQUEST}) draws a 401 with REALM and
+NONCE, every later request carries USERNAME, REALM,
 NONCE and MESSAGE-INTEGRITY; a 438 (stale nonce) is retried once with the
 new nonce.  The allocation, its permissions (300 s) and its channels
 (600 s) are refreshed before they expire, on reactor time.
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.errors import RelayError
+from meshvpn.hostport import formatHostPort
 from meshvpn.interfaces import IDatagramHandler, IRelayAllocation
 from meshvpn.nat import stun
 from meshvpn.udpmux import TURN_CHANNEL_BYTES
@@ -29,6 +31,18 @@ PERMISSION_REFRESH = 240.0  # permissions live 300 s (RFC 8656 9)
 CHANNEL_REFRESH = 480.0  # channel bindings live 600 s (RFC 8656 12)
 MAX_CHANNELS = 64
 CHANNEL_FIRST = 0x4000
+# Our TURN server never answers a request without credentials with more
+# bytes than it carried (no amplification), so the first ALLOCATE, which
+# draws the 401 challenge, is padded to at least this size with a SOFTWARE
+# attribute (comprehension-optional: coturn and others ignore it).
+MIN_UNAUTHENTICATED_REQUEST = 128
+SOFTWARE = b"meshvpn"
+
+
+def _padWithSoftware(msg):
+    """Add SOFTWARE, space-padded so C{msg} (with FINGERPRINT) is at least L{MIN_UNAUTHENTICATED_REQUEST} bytes."""
+    size = len(msg.encode(fingerprint=True)) + 4 + len(SOFTWARE)
+    msg.add(stun.SOFTWARE, SOFTWARE + b" " * max(0, MIN_UNAUTHENTICATED_REQUEST - size))
 
 
 @implementer(IRelayAllocation, IDatagramHandler)
@@ -79,10 +93,12 @@ class TurnAllocation:
                 msg.add(stun.USERNAME, self.username.encode())
                 msg.add(stun.REALM, self.realm)
                 msg.add(stun.NONCE, self.nonce)
+            else:
+                _padWithSoftware(msg)
             try:
                 result = await self.stun.client.request(msg, self.server, integrityKey=key, **self._timing)
             except Exception as e:
-                raise RelayError(f"TURN server {self.server[0]}:{self.server[1]} did not answer: {e}") from None
+                raise RelayError(f"TURN server {formatHostPort(*self.server)} did not answer: {e}") from None
             reply = result.message
             if reply.cls == stun.SUCCESS:
                 if key is not None and reply.hasIntegrity and not reply.checkIntegrity(key):

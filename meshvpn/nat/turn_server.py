@@ -5,11 +5,23 @@ CHANNEL-BIND needs long-term credentials, and the credentials are the
 "TURN REST API" kind the signalling relay issues only to an authenticated
 peer (username C{expiry:nodeid}, password HMAC-SHA1(secret, username); see
 L{meshvpn.nat.signal.turnCredentials}), so each allocation is bound to one
-node id, at most C{perUser} of them.  A relayed address passes data only
-to and from peers the client installed a permission for (IP, 300 s), never
-to loopback, unspecified, multicast or our own addresses, within a byte
-budget and a rate limit per allocation.  Lifetimes are capped and expire on
-reactor time.  Nonces are stateless (time + HMAC), stale after 10 minutes.
+node id, at most C{perUser} of them: the quota counts the node id, not the
+username, because a node gets a new username (a new expiry) every time it
+asks.  A relayed address passes data only to and from peers the client
+installed a permission for (IP, 300 s), and only public ones: never
+private, shared (RFC 6598), loopback, link-local, documentation, reserved,
+multicast or this relay's own addresses (L{DENIED_PEERS}; an operator may
+let a range through with C{TurnLimits.allowedPeers}, like coturn's
+C{allowed-peer-ip}), within a byte budget and a rate limit per allocation.
+Lifetimes are capped and expire on reactor time.  Nonces are stateless
+(time + HMAC), stale after 10 minutes.
+
+Anyone can send a request without credentials, from any (spoofed) source,
+so whatever answers it (401 and 438 challenges, 420) is never larger than
+the request it answers and is rate-limited per source IP: the relay cannot
+be used to amplify or reflect traffic.  Our client pads its first,
+unauthenticated ALLOCATE so the challenge fits
+(L{meshvpn.nat.turn_client.MIN_UNAUTHENTICATED_REQUEST}).
 
 Requests arrive through the STUN endpoint of the server's socket (method
 handlers); ChannelData (first bytes 0x40-0x4F) through the multiplexer.
@@ -28,6 +40,8 @@ from zope.interface import implementer
 
 from meshvpn.interfaces import IDatagramHandler
 from meshvpn.nat import stun
+from meshvpn.nat.server import MAX_SOURCES
+from meshvpn.ratelimit import BucketTable, TokenBucket
 from meshvpn.udpmux import TURN_CHANNEL_BYTES
 
 SOFTWARE = b"meshvpn-turn"
@@ -40,6 +54,32 @@ _KNOWN = frozenset(
      stun.RESERVATION_TOKEN, stun.SOFTWARE}
 )
 
+# Peers a relayed address never talks to: private (RFC 1918), shared (RFC
+# 6598: carrier-grade NAT, and our mesh addresses), "this network",
+# loopback, link-local, IETF protocol assignments, documentation, 6to4
+# relay anycast, multicast, reserved and broadcast.  198.18.0.0/15 (RFC
+# 2544 benchmarking) is deliberately not listed: MeshVPN's test internet
+# uses it, as the exit policy documents too.
+DENIED_PEERS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+)
+
 
 class TurnLimits:
     defaultLifetime = 600
@@ -50,6 +90,9 @@ class TurnLimits:
     maxChannels = 32
     byteBudget = 256 * 1024 * 1024  # per allocation, both directions
     rateBytes = 8 * 1024 * 1024  # bytes per second per allocation (burst 2x)
+    allowedPeers = ()  # networks let through although DENIED_PEERS lists them (a lab relay)
+    unauthenticatedRate = 10.0  # answers per second per source IP to requests without valid credentials
+    unauthenticatedBurst = 20.0
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -69,8 +112,9 @@ class _Relayed(DatagramProtocol):
 
 
 class Allocation:
-    def __init__(self, server, client, username, key, expires):
+    def __init__(self, server, client, username, key, expires, owner=None):
         self.server, self.client, self.username, self.key = server, client, username, key
+        self.owner = username if owner is None else owner  # what the quota counts: the node id
         self.expires = expires
         self.permissions = {}  # peer ip -> expiry
         self.channels = {}  # channel -> [peer addr, expiry]
@@ -78,19 +122,13 @@ class Allocation:
         self.port = None
         self.relayedAddress = None
         self.bytes = 0
-        self.tokens = server.limits.rateBytes * 2
-        self.stamp = server.reactor.seconds()
+        self.bucket = TokenBucket(server.reactor, server.limits.rateBytes, 2 * server.limits.rateBytes)
         self.timer = None
 
     def _spend(self, n):
-        now = self.server.reactor.seconds()
-        limits = self.server.limits
-        self.tokens = min(2 * limits.rateBytes, self.tokens + (now - self.stamp) * limits.rateBytes)
-        self.stamp = now
-        if self.bytes + n > limits.byteBudget or self.tokens < n:
+        if self.bytes + n > self.server.limits.byteBudget or not self.bucket.tryConsume(n):
             self.server.counters["over_limit"] += 1
             return False
-        self.tokens -= n
         self.bytes += n
         return True
 
@@ -114,7 +152,7 @@ class Allocation:
         self.server.send(msg.encode(), self.client)
 
     def toPeer(self, data, peer):
-        if not self.permitted(peer[0]):
+        if peer[1] == 0 or not self.permitted(peer[0]):
             self.server.counters["no_permission"] += 1
             return
         if self._spend(len(data)):
@@ -128,12 +166,15 @@ class TurnServer:
     @param authSecret: bytes, the shared secret of REST-API credentials, or None.
     @param users: optional C{{username: password}} static long-term users.
     @param listenUDP: C{callable(port, protocol, interface)} (the reactor's).
+    @param ownAddresses: this relay's other IP addresses (an iterable, or a
+        callable returning one, asked on each check), never a peer;
+        C{relayHost} always counts.
     """
 
     log = Logger()
 
     def __init__(self, reactor, stunEndpoint, send, relayHost, realm="meshvpn", authSecret=None, users=None,
-                 limits=None, listenUDP=None):
+                 limits=None, listenUDP=None, ownAddresses=()):
         self.reactor = reactor
         self.stun = stunEndpoint
         self.send = send
@@ -144,8 +185,15 @@ class TurnServer:
         self.limits = limits or TurnLimits()
         self._listenUDP = listenUDP or reactor.listenUDP
         self._nonceKey = os.urandom(16)
+        self._ownAddresses = ownAddresses
+        self._allowedPeers = tuple(ipaddress.ip_network(n) for n in self.limits.allowedPeers)
+        self._unauthenticated = BucketTable(reactor, self.limits.unauthenticatedRate, self.limits.unauthenticatedBurst, MAX_SOURCES)
         self.allocations = {}  # client addr -> Allocation
-        self.counters = {k: 0 for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated")}
+        self.counters = {
+            k: 0
+            for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated",
+                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large")
+        }
         for method, handler in (
             (stun.ALLOCATE, self._allocate),
             (stun.REFRESH, self._refresh),
@@ -174,40 +222,41 @@ class TurnServer:
             return False
 
     def _password(self, username):
+        """@return: C{(password, owner)}: a static user owns its allocations, a REST user's node id owns them."""
         if username in self.users:
-            return self.users[username]
+            return self.users[username], ("user", username)
         if self.authSecret is None:
-            return None
-        expiry, sep, _ = username.partition(":")
-        if not sep or not expiry.isdigit() or int(expiry) < self._wallclock():
-            return None
-        return _b64(hmac.new(self.authSecret, username.encode(), hashlib.sha1).digest())
+            return None, None
+        expiry, sep, nodeId = username.partition(":")
+        if not sep or not expiry.isascii() or not expiry.isdigit() or int(expiry) < self._wallclock():
+            return None, None
+        return _b64(hmac.new(self.authSecret, username.encode(), hashlib.sha1).digest()), ("node", nodeId)
 
     def _wallclock(self):
         # REST credentials carry a wall-clock expiry; a real reactor's seconds() is wall-clock time.
         return self.reactor.seconds()
 
     def _authenticate(self, msg, source):
-        """@return: C{(username, key)} or C{None} after answering with an error."""
+        """@return: C{(username, key, owner)} or C{None} after answering with a challenge."""
         nonce, username, realm = msg.get(stun.NONCE), msg.get(stun.USERNAME), msg.get(stun.REALM)
         if not msg.hasIntegrity or nonce is None or username is None or realm is None:
             self.counters["unauthenticated"] += 1
-            self._error(msg, source, 401, "Unauthorized", challenge=True)
+            self._challenge(msg, source, 401, "Unauthorized")
             return None
         if not self._nonceFresh(nonce):
-            self._error(msg, source, 438, "Stale Nonce", challenge=True)
+            self._challenge(msg, source, 438, "Stale Nonce")
             return None
         try:
             user = username.decode("utf-8")
-            password = self._password(user) if realm == self.realm else None
+            password, owner = self._password(user) if realm == self.realm else (None, None)
             key = stun.longTermKey(user, self.realm, password) if password is not None else None
         except (UnicodeDecodeError, ValueError):
             key = None
         if key is None or not msg.checkIntegrity(key):
             self.counters["unauthenticated"] += 1
-            self._error(msg, source, 401, "Unauthorized", challenge=True)
+            self._challenge(msg, source, 401, "Unauthorized")
             return None
-        return user, key
+        return user, key, owner
 
     # -- responses
     def _reply(self, msg, source, attrs, key):
@@ -217,14 +266,39 @@ class TurnServer:
         resp.add(stun.SOFTWARE, SOFTWARE)
         self.send(resp.encode(integrityKey=key, fingerprint=True), source)
 
-    def _error(self, msg, source, code, reason, key=None, challenge=False):
+    def _error(self, msg, source, code, reason, key):
+        """An error to an authenticated request (integrity-protected with its key)."""
         self.counters["refused"] += 1
         resp = msg.response(stun.ERROR)
         resp.addErrorCode(code, reason)
-        if challenge:
-            resp.add(stun.REALM, self.realm)
-            resp.add(stun.NONCE, self._nonce())
         self.send(resp.encode(integrityKey=key, fingerprint=True), source)
+
+    def _challenge(self, msg, source, code, reason):
+        """401 or 438 with REALM and a fresh NONCE, to a request without valid credentials."""
+        self.counters["refused"] += 1
+        resp = msg.response(stun.ERROR)
+        resp.addErrorCode(code, reason)
+        resp.add(stun.REALM, self.realm)
+        resp.add(stun.NONCE, self._nonce())
+        self._sendUnauthenticated(resp, msg, source)
+
+    def _sendUnauthenticated(self, resp, msg, source):
+        """
+        Answer a request nobody has authenticated: never with more bytes
+        than it carried (FINGERPRINT only if it fits), and at most
+        C{unauthenticatedRate} answers per second per source IP.
+        """
+        limit = len(msg.raw) if msg.raw is not None else 0
+        data = resp.encode(fingerprint=True)
+        if len(data) > limit:
+            data = resp.encode()
+        if len(data) > limit:
+            self.counters["unauthenticated_too_large"] += 1
+            return
+        if not self._unauthenticated.tryConsume(source[0]):
+            self.counters["unauthenticated_ratelimited"] += 1
+            return
+        self.send(data, source)
 
     def _checkRequest(self, msg, source):
         if msg.cls != stun.REQUEST:
@@ -235,7 +309,7 @@ class TurnServer:
             resp = msg.response(stun.ERROR)
             resp.addErrorCode(420, "Unknown Attribute")
             resp.add(stun.UNKNOWN_ATTRIBUTES, stun.encodeUnknownAttributes(unknown))
-            self.send(resp.encode(fingerprint=True), source)
+            self._sendUnauthenticated(resp, msg, source)
             return False
         return True
 
@@ -254,7 +328,7 @@ class TurnServer:
         auth = self._authenticate(msg, source)
         if auth is None:
             return
-        user, key = auth
+        user, key, owner = auth
         existing = self.allocations.get(source)
         if existing is not None:
             # A retransmitted ALLOCATE from the same client gets the same answer.
@@ -280,11 +354,12 @@ class TurnServer:
         if len(self.allocations) >= self.limits.maxAllocations:
             self._error(msg, source, 508, "Insufficient Capacity", key)
             return
-        if sum(1 for a in self.allocations.values() if a.username == user) >= self.limits.perUser:
+        if sum(1 for a in self.allocations.values() if a.owner == owner) >= self.limits.perUser:
+            self.counters["quota"] += 1
             self._error(msg, source, 486, "Allocation Quota Reached", key)
             return
         lifetime = self._lifetime(msg) or self.limits.defaultLifetime
-        alloc = Allocation(self, source, user, key, self.reactor.seconds() + lifetime)
+        alloc = Allocation(self, source, user, key, self.reactor.seconds() + lifetime, owner)
         try:
             alloc.port = self._listenUDP(0, _Relayed(alloc), interface=self.relayHost)
         except Exception:
@@ -344,12 +419,32 @@ class TurnServer:
         self._arm(alloc)
         self._reply(msg, source, [(stun.LIFETIME, stun.encodeUint32(lifetime))], alloc.key)
 
+    def _own(self):
+        own = self._ownAddresses() if callable(self._ownAddresses) else self._ownAddresses
+        out = set()
+        for a in [self.relayHost, *own]:
+            try:
+                out.add(ipaddress.ip_address(a))
+            except ValueError:
+                pass
+        return out
+
     def _peerAllowed(self, peer):
+        """A public IPv4 address that is not ours (see L{DENIED_PEERS})."""
         try:
             ip = ipaddress.ip_address(peer[0])
         except ValueError:
-            return False
-        if ip.version != 4 or ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+            ip = None
+        if (
+            ip is None
+            or ip.version != 4
+            or ip.is_unspecified
+            or ip.is_loopback
+            or ip.is_multicast
+            or ip in self._own()
+            or (any(ip in n for n in DENIED_PEERS) and not any(ip in n for n in self._allowedPeers))
+        ):
+            self.counters["forbidden_peer"] += 1
             return False
         return True
 
@@ -394,7 +489,7 @@ class TurnServer:
             return
         (channel,) = struct.unpack_from("!H", raw)
         peer = peers[0]
-        if not 0x4000 <= channel <= 0x4FFF or not self._peerAllowed(peer):
+        if not 0x4000 <= channel <= 0x4FFF or peer[1] == 0 or not self._peerAllowed(peer):
             self._error(msg, source, 400, "Bad Request", alloc.key)
             return
         now = self.reactor.seconds()

@@ -1,10 +1,11 @@
 """The binary formats of the onion plane: cells, relay cell headers and the
-bodies of every cell and relay command (doc/protocol.md, "Onion cells").
+bodies of every cell and circuit-level relay command (doc/protocol.md, "Onion
+cells"); the stream message bodies are L{meshvpn.onion.streammsgs}.
 
 Everything here is a pure codec: C{encode*} builds bytes, C{decode*}/C{parse*}
 checks every length and value and raises L{CellError} naming what is wrong.
 The relay hot path does not use these classes: it slices cells directly
-(see L{meshvpn.onion.switch}); these are for everything that is not DATA.
+(see L{meshvpn.onion.channel}); these are for everything that is not DATA.
 """
 
 import ipaddress
@@ -13,7 +14,7 @@ import struct
 import attrs
 
 from meshvpn.errors import MeshVPNError
-from meshvpn.onion.cellsize import CELL_SIZE
+from meshvpn.link.cellsize import CELL_SIZE
 
 CIRCID_LEN = 4
 HEADER_LEN = CIRCID_LEN + 1
@@ -53,7 +54,7 @@ class Command:
 
 
 class RelayCommand:
-    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode)."""
+    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth tokens)."""
 
     BEGIN = 1
     DATA = 2
@@ -68,11 +69,12 @@ class RelayCommand:
     EXTEND2 = 14
     EXTENDED2 = 15
     PACKET = 128
+    PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
-        15: "EXTENDED2", 128: "PACKET",
+        15: "EXTENDED2", 128: "PACKET", 129: "PAYMENT",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
@@ -248,7 +250,7 @@ def unpackRelay(payload):
                    RelayCommand.RESOLVE, RelayCommand.RESOLVED) and streamId == 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} needs a stream id")
     if command in (RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE,
-                   RelayCommand.TRUNCATED, RelayCommand.PACKET) and streamId != 0:
+                   RelayCommand.TRUNCATED, RelayCommand.PACKET, RelayCommand.PAYMENT) and streamId != 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} must use stream id 0")
     return RelayHeader(command, streamId, bytes(payload[RELAY_HEADER_LEN:RELAY_HEADER_LEN + n]))
 
@@ -382,153 +384,24 @@ class Sendme:
         return cls(bytes(data[3:]))
 
 
-@attrs.frozen
-class Begin:
-    host: str
-    port: int
-    flags: int = 0
-
-    def encode(self):
-        addr = self.host.encode("idna") if not _isIP(self.host) else self.host.encode("ascii")
-        if b":" in addr and not addr.startswith(b"["):
-            addr = b"[" + addr + b"]"
-        return addr + b":" + str(self.port).encode() + b"\0" + struct.pack(">I", self.flags)
-
-    @classmethod
-    def decode(cls, data):
-        target, nul, rest = bytes(data).partition(b"\0")
-        if not nul:
-            raise CellError("BEGIN target not NUL-terminated")
-        host, colon, port = target.rpartition(b":")
-        if not colon or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise CellError("BEGIN target must be host:port with a port in 1..65535")
-        if host.startswith(b"[") and host.endswith(b"]"):
-            host = host[1:-1]
-        try:
-            hostStr = host.decode("ascii")
-        except UnicodeDecodeError:
-            raise CellError("BEGIN host is not ASCII") from None
-        if len(hostStr) > 255:
-            raise CellError("BEGIN host longer than 255")
-        flags = struct.unpack(">I", rest[:4])[0] if len(rest) >= 4 else 0
-        return cls(hostStr, int(port), flags)
-
-
-def _isIP(host):
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-@attrs.frozen
-class End:
-    reason: int
-
-    def encode(self):
-        return bytes([self.reason])
-
-    @classmethod
-    def decode(cls, data):
-        if len(data) < 1:
-            raise CellError("END without a reason")
-        return cls(data[0])
-
-
-@attrs.frozen
-class Connected:
-    """CONNECTED: optionally the address connected to and a TTL."""
-
-    address: str = None
-    ttl: int = 0
-
-    def encode(self):
-        if self.address is None:
-            return b""
-        ip = ipaddress.ip_address(self.address)
-        if ip.version == 4:
-            return ip.packed + struct.pack(">I", self.ttl)
-        return bytes(4) + b"\x06" + ip.packed + struct.pack(">I", self.ttl)
-
-    @classmethod
-    def decode(cls, data):
-        if not data:
-            return cls()
-        if len(data) == 8 and data[:4] != bytes(4):
-            return cls(str(ipaddress.IPv4Address(bytes(data[:4]))), struct.unpack(">I", data[4:8])[0])
-        if len(data) == 25 and data[:4] == bytes(4) and data[4] == 6:
-            return cls(str(ipaddress.IPv6Address(bytes(data[5:21]))), struct.unpack(">I", data[21:25])[0])
-        raise CellError("CONNECTED body is neither empty, IPv4+TTL nor IPv6+TTL")
-
-
-@attrs.frozen
-class Resolve:
-    hostname: str
-
-    def encode(self):
-        return self.hostname.encode("ascii") + b"\0"
-
-    @classmethod
-    def decode(cls, data):
-        name, nul, _ = bytes(data).partition(b"\0")
-        if not nul or not name:
-            raise CellError("RESOLVE hostname missing or not NUL-terminated")
-        try:
-            return cls(name.decode("ascii"))
-        except UnicodeDecodeError:
-            raise CellError("RESOLVE hostname is not ASCII") from None
-
-
-class AnswerType:
-    HOSTNAME = 0x00
-    IPV4 = 0x04
-    IPV6 = 0x06
-    ERROR_TRANSIENT = 0xF0
-    ERROR_NONTRANSIENT = 0xF1
-
-
-@attrs.frozen
-class Resolved:
-    """RESOLVED: a tuple of (type, value bytes, ttl)."""
-
-    answers: tuple
-
-    def encode(self):
-        out = []
-        for kind, value, ttl in self.answers:
-            out.append(bytes([kind, len(value)]) + value + struct.pack(">I", ttl))
-        body = b"".join(out)
-        if len(body) > RELAY_DATA_LEN:
-            raise CellError("RESOLVED does not fit one cell")
-        return body
-
-    @classmethod
-    def decode(cls, data):
-        answers, pos = [], 0
-        while pos < len(data):
-            if pos + 2 > len(data):
-                raise CellError("RESOLVED answer truncated")
-            kind, n = data[pos], data[pos + 1]
-            if pos + 2 + n + 4 > len(data):
-                raise CellError("RESOLVED answer truncated")
-            if (kind == AnswerType.IPV4 and n != 4) or (kind == AnswerType.IPV6 and n != 16):
-                raise CellError(f"RESOLVED answer of type {kind:#x} has length {n}")
-            value = bytes(data[pos + 2:pos + 2 + n])
-            (ttl,) = struct.unpack_from(">I", data, pos + 2 + n)
-            answers.append((kind, value, ttl))
-            pos += 2 + n + 4
-        return cls(tuple(answers))
-
-
 RELAY_BODY_TYPES = {
     RelayCommand.EXTEND2: Extend2,
     RelayCommand.EXTENDED2: Extended2,
     RelayCommand.TRUNCATED: Truncated,
     RelayCommand.SENDME: None,  # empty body = unauthenticated, refused (see flow.py)
-    RelayCommand.BEGIN: Begin,
-    RelayCommand.END: End,
-    RelayCommand.CONNECTED: Connected,
-    RelayCommand.RESOLVE: Resolve,
-    RelayCommand.RESOLVED: Resolved,
 }
+# The stream message bodies (BEGIN, CONNECTED, END, RESOLVE, RESOLVED) are
+# meshvpn.onion.streammsgs's (with its STREAM_BODY_TYPES).
+
+_MOVED_TO_STREAMMSGS = frozenset(("Begin", "End", "Connected", "Resolve", "Resolved", "AnswerType"))
+
+
+def __getattr__(name):
+    # Old importers of the stream bodies from here (the relay's NullEdge)
+    # get the one definition; streammsgs imports this module, so the forward
+    # is lazy to keep the import order free.
+    if name in _MOVED_TO_STREAMMSGS:
+        from meshvpn.onion import streammsgs
+
+        return getattr(streammsgs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

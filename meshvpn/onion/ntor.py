@@ -1,7 +1,7 @@
 """The ntor handshake (tor-spec "The ntor handshake", ntor-curve25519-sha256-1).
 
 The math and every constant are Tor's, so Tor's reference values check this
-code byte for byte (meshvpn/test/test_onion_ntor.py).  The one parameter Tor
+code byte for byte (meshvpn/onion/test/test_ntor.py).  The one parameter Tor
 fixes that we do not is the length of ID: Tor uses its 20-byte RSA identity
 digest, MeshVPN uses the 32-byte node id (SHA-256 of the Ed25519 identity
 key).  The functions take ID as bytes of any length.

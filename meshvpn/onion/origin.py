@@ -2,6 +2,10 @@
 RELAY_EARLY cells), wrap every outgoing cell in one layer per hop, unwrap and
 authenticate every incoming one, and carry packets (packet mode) or, through
 a pluggable stream handler, streams.
+
+The circuit talks to its guard link only through its channel's public
+API (allocate an id, add and remove itself, send cells, send DESTROY), and
+its lifecycle is the table L{meshvpn.onion.lifecycle.ORIGIN}.
 """
 
 import attrs
@@ -9,19 +13,31 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError, MeshVPNError
-from meshvpn.interfaces import ICircuit
+from meshvpn.interfaces import ICircuit, ICircuitEnd
+from meshvpn.observer import OneShotObserver
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import (
     HTYPE_NTOR, MAX_RELAY_EARLY, CellError, Command, Create2, Created2, DestroyReason, Extend2,
-    Extended2, RelayCommand, Sendme, Truncated, encodeCell, packRelay, unpackRelay,
+    Extended2, RelayCommand, Truncated, encodeCell, packRelay,
 )
-from meshvpn.onion.flow import ReceiveWindow, SendWindow
-from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
+from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
+from meshvpn.onion.dispatch import STREAM, RelayDispatcher
+from meshvpn.onion.flow import FlowError
+from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
-from meshvpn.onion.switch import CircuitDestroyed, destroyCell, reasonCode
 
 _CMD = {False: bytes([Command.RELAY]), True: bytes([Command.RELAY_EARLY])}
+_FLOW = RelayCommand.FLOW_CONTROLLED
+_CLOSED = OriginState.CLOSED
 DEFAULT_BUILD_TIMEOUT = 10.0
+
+# Stream messages a client takes.  Its streams are attached to the last hop
+# (the exit), so like DATA they are taken only from there: any other hop
+# that sends one (a guard forging RESOLVED for the VPN's DNS) destroys the
+# circuit, Tor's rule.
+# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the stream layer too, from the exit only.
+_STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
+                    RelayCommand.PAYMENT)
 
 
 @attrs.frozen
@@ -34,46 +50,59 @@ class HopSpec:
     transports: tuple = ()
 
 
-@implementer(ICircuit)
-class OriginCircuit:
+@implementer(ICircuit, ICircuitEnd)
+class OriginCircuit(RelayDispatcher):
     """
     A circuit this node originates over C{guardLink}, through C{path}
     (L{HopSpec}s, guard first).  Call L{build}.
 
-    @ivar streamHandler: the stream layer's hook, shaped like
-        L{meshvpn.onion.streammux.StreamMux}: C{relayReceived(command,
-        streamId, data)} gets every stream cell (BEGIN..RESOLVED, stream
-        SENDMEs); optional C{circuitWindowOpened()} is called when a circuit
-        SENDME reopens the window, C{circuitClosed()} when the circuit
-        dies, and C{openStream(host, port, protocol)} serves L{openStream}
-        (L{meshvpn.onion.edge.attachStreams} installs a StreamMux).
-        It sends with L{sendRelay} and asks L{circuitRoom} before DATA.
-        Without one, L{openStream} fails and stream cells are dropped.
+    @ivar streamHandler: the stream layer's hook, an
+        L{meshvpn.interfaces.ICircuitStreamHandler} (a
+        L{meshvpn.streams.mux.StreamMux}, installed by
+        L{meshvpn.streams.edge.attachStreams}), or C{None}: then
+        L{openStream} fails and stream cells are dropped.  It sends with
+        L{sendRelay} and asks L{circuitRoom} before DATA.
     """
+
+    NOT_AT_EDGE = "from a hop other than the last"
+    WHO = "a client"
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, *_STREAM_COMMANDS))
 
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         if guardLink.peerId != path[0].nodeId:
             raise LinkError("the guard link's peer is not the path's first hop")
+        super().__init__()
         self.path = list(path)
-        self.switch = switch
-        self.ls = switch.attachLink(guardLink)
-        self.circId = self.ls.allocateId()
+        self.clock = switch.clock
+        self.channel = switch.attachLink(guardLink)
+        self.circId = self.channel.allocateId()
         self.prefix = self.circId.to_bytes(4, "big")
         self.crypto = OriginCrypto()
         self.buildTimeout = buildTimeout
-        self.packWindow = SendWindow()
-        self.deliverWindow = ReceiveWindow()
-        self.packetReader = PacketReader()
+        self.state = OriginState.BUILDING
         self.streamHandler = None
-        self.closed = False
-        self.closeReason = None
         self.earlySent = 0
-        self.packetsDropped = 0
         self._packetReceiver = None
-        self._waiter = None
-        self._closeWaiters = []
+        self._reply = None  # the Deferred for the CREATED2, EXTENDED2 or TRUNCATED awaited
+        self._asked = None  # the hop index whose EXTENDED2 or TRUNCATED is awaited
+        self._offender = None  # the hop whose protocol violation is destroying the circuit
+        self._closed = OneShotObserver()
+
+    @property
+    def closed(self):
+        return self.state is _CLOSED
+
+    @property
+    def closeReason(self):
+        """The L{CircuitDestroyed} the circuit closed with (C{None} while open)."""
+        return self._closed.result
+
+    def _request(self, event):
+        if self.state is _CLOSED:
+            raise self.closeReason
+        self.state = ORIGIN.onRequest(self.state, event)
 
     # -- building
 
@@ -85,17 +114,17 @@ class OriginCircuit:
         return defer.Deferred.fromCoroutine(self._build())
 
     async def _build(self):
-        clock = self.switch.clock
-        timer = clock.callLater(self.buildTimeout, self._destroy, DestroyReason.TIMEOUT, "build timed out", True)
+        timer = self.clock.callLater(self.buildTimeout, self._destroy, DestroyReason.TIMEOUT, "build timed out", True)
         try:
             first = self.path[0]
             state, onionskin = ntor.clientCreate(first.nodeId, first.onionKey)
-            self.ls.addEnd(self.circId, self)
-            d = self._expect()
+            self.channel.addCircuit(self.circId, self)
+            d = self._awaitReply()
             self._send(encodeCell(self.circId, Command.CREATE2, Create2(HTYPE_NTOR, onionskin).encode()))
             self.crypto.addHop(self._finish(state, await self._hopFailure(d, 0), 0))
             for hop in self.path[1:]:
                 await self._extendTo(hop)
+            self._request(OriginEvent.BUILT)
         finally:
             if timer.active():
                 timer.cancel()
@@ -104,15 +133,21 @@ class OriginCircuit:
     async def _extendTo(self, hop):
         state, onionskin = ntor.clientCreate(hop.nodeId, hop.onionKey)
         ext = Extend2(hop.nodeId, tuple(hop.addresses), tuple(hop.transports), Create2(HTYPE_NTOR, onionskin))
-        d = self._expect()
-        self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=len(self.crypto.hops) - 1, early=True)
+        d = self._awaitReply()
+        self._asked = len(self.crypto.hops) - 1
+        self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=self._asked, early=True)
         index = len(self.crypto.hops)
         self.crypto.addHop(self._finish(state, await self._hopFailure(d, index), index))
 
     def extend(self, hop):
         """Add C{hop} at the end of an open circuit. @return: a Deferred firing with C{None}."""
+        return defer.Deferred.fromCoroutine(self._extend(hop))
+
+    async def _extend(self, hop):
+        self._request(OriginEvent.EXTEND)
         self.path.append(hop)
-        return defer.Deferred.fromCoroutine(self._extendTo(hop))
+        await self._extendTo(hop)
+        self._request(OriginEvent.BUILT)
 
     def truncate(self, keep):
         """
@@ -120,18 +155,32 @@ class OriginCircuit:
 
         @return: a Deferred firing with the TRUNCATED reason.
         """
-        d = self._expect()
-        self.sendRelay(RelayCommand.TRUNCATE, 0, b"", hop=keep - 1)
+        if not 1 <= keep < len(self.crypto.hops):
+            raise MeshVPNError(f"cannot truncate a {len(self.crypto.hops)}-hop circuit to {keep} hops")
+        self._request(OriginEvent.TRUNCATE)
+        d = self._awaitReply()
+        self._asked = keep - 1
+        self.sendRelay(RelayCommand.TRUNCATE, 0, b"", hop=self._asked)
         return d
 
     @staticmethod
     def _hopFailure(d, index):
-        """Name hop C{index} in a failure of its handshake (for retries elsewhere)."""
+        """
+        Say which hop a failed build is charged to (C{CircuitDestroyed.hop},
+        what the circuit manager excludes and, for 0, marks down): only what
+        the client sees for itself.  The guard (index 0) failed if its link
+        or its CREATE2 did.  A failure while extending past it is charged to
+        nobody: the client cannot tell whether the hop asked to extend or the
+        hop it names is at fault, and believing either lets one relay steer
+        the client's paths (a guard that "cannot reach" honest middles).
+        A proven protocol violation (a TRUNCATED nobody asked for) is charged
+        to the hop that sent it, already set by then.
+        """
 
         def name(f):
             f.trap(CircuitDestroyed)
-            if f.value.hop is None:
-                f.value.hop = index
+            if f.value.hop is None and index == 0:
+                f.value.hop = 0
             return f
 
         return d.addErrback(name)
@@ -140,33 +189,32 @@ class OriginCircuit:
         try:
             return ntor.clientFinish(state, reply)
         except ntor.HandshakeError as e:
+            # A bad reply for hop 1 or later came through the hop before it,
+            # which could have forged it: charged to the guard only for its own.
             self._destroy(DestroyReason.PROTOCOL, str(e), True)
-            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e), hop=index) from None
+            raise CircuitDestroyed(DestroyReason.PROTOCOL, str(e), hop=0 if index == 0 else None) from None
 
-    def _expect(self):
-        if self.closed:
-            raise self.closeReason
-        if self._waiter is not None:
+    def _awaitReply(self):
+        if self._reply is not None:
             raise MeshVPNError("a circuit handshake is already in progress")
-        self._waiter = defer.Deferred()
-        return self._waiter
+        self._reply = defer.Deferred()
+        return self._reply
 
-    def _answer(self, value):
-        w, self._waiter = self._waiter, None
-        if w is None:
+    def _answer(self, event, value):
+        self.state = ORIGIN.onPeer(self.state, event)
+        self._asked = None
+        reply, self._reply = self._reply, None
+        if reply is None:
             raise CellError("handshake reply nobody asked for")
-        w.callback(value)
+        reply.callback(value)
 
     # -- sending
 
     def _send(self, cell):
-        sw = self.switch
-        if not sw._enqueue(self.ls, cell):
-            self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
-            return False
-        if not sw._depth:
-            sw._flush(None)
-        return True
+        if self.channel.send(cell):
+            return True
+        self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
+        return False
 
     def sendRelay(self, command, streamId, data, hop=-1, early=False):
         """
@@ -175,9 +223,9 @@ class OriginCircuit:
         @return: C{False} if nothing was sent (closed, or a flow-controlled
             cell that does not fit the circuit window).
         """
-        if self.closed:
+        if self.state is _CLOSED:
             return False
-        flow = command in RelayCommand.FLOW_CONTROLLED
+        flow = command in _FLOW
         if flow and self.packWindow.window <= 0:
             return False
         if early:
@@ -188,11 +236,14 @@ class OriginCircuit:
         ct, tag = self.crypto.encrypt(packRelay(command, streamId, data), hopIndex)
         if flow:
             self.packWindow.onSent(tag)
-        return self._send(self.prefix + _CMD[early] + ct)
+        if self.channel.send(self.prefix + _CMD[early] + ct):
+            return True
+        self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
+        return False
 
     def circuitRoom(self):
         """Flow-controlled cells (DATA, PACKET) the circuit window takes now."""
-        return 0 if self.closed else self.packWindow.window
+        return 0 if self.state is _CLOSED else self.packWindow.window
 
     def sendPacket(self, packet):
         """Send one IP packet (packet mode); dropped if the window is full."""
@@ -206,16 +257,9 @@ class OriginCircuit:
 
         @return: the number of packets sent.
         """
-        if self.closed:
+        if self.state is _CLOSED:
             return 0
-        room = self.packWindow.window
-        n = len(packets)
-        while packets and packetCellCount(packets) > room:
-            packets = packets[:-1]
-        self.packetsDropped += n - len(packets)
-        for body in framePackets(packets):
-            self.sendRelay(RelayCommand.PACKET, 0, body)
-        return len(packets)
+        return self._sendPacketsInWindow(packets)
 
     def setPacketReceiver(self, receiver):
         """C{receiver(packets: list[bytes])} gets IP packets the exit sends back."""
@@ -230,7 +274,7 @@ class OriginCircuit:
             return defer.fail(MeshVPNError("no stream layer is attached to this circuit"))
         return self.streamHandler.openStream(host, port, protocol)
 
-    # -- receiving (entries of the switch's table for the guard link)
+    # -- receiving (the circuit's end on the guard channel)
 
     def onRelay(self, cmd, payload):
         if cmd != Command.RELAY:
@@ -239,63 +283,69 @@ class OriginCircuit:
         if res is None:
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
         hop, plain, tag = res
-        hdr = unpackRelay(plain)
-        c = hdr.command
-        last = len(self.crypto.hops) - 1
-        if c == RelayCommand.PACKET or c == RelayCommand.DATA:
-            if hop != last:
-                raise CellError(f"relay {RelayCommand.NAMES[c]} from a middle hop")
-            ack = self.deliverWindow.onReceived(tag)
-            if ack is not None:
-                self.sendRelay(RelayCommand.SENDME, 0, Sendme(ack).encode())
-            if c == RelayCommand.PACKET:
-                packets = self.packetReader.feed(hdr.data)
-                if packets and self._packetReceiver is not None:
-                    self._packetReceiver(packets)
-            elif self.streamHandler is not None:
-                self.streamHandler.relayReceived(c, hdr.streamId, hdr.data)
-        elif c == RelayCommand.SENDME and hdr.streamId == 0:
-            if hop != last:
-                raise CellError("circuit SENDME from a middle hop")
-            self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
-            opened = getattr(self.streamHandler, "circuitWindowOpened", None)
-            if opened is not None:
-                opened()
-        elif c == RelayCommand.EXTENDED2:
-            if hop != last:
-                raise CellError("EXTENDED2 from a hop that was not asked to extend")
-            self._answer(Extended2.decode(hdr.data).created.hdata)
-        elif c == RelayCommand.TRUNCATED:
-            reason = Truncated.decode(hdr.data).reason
-            self.crypto.truncate(hop + 1)
-            del self.path[hop + 1:]
-            w, self._waiter = self._waiter, None
-            if w is not None:
-                if reason == DestroyReason.REQUESTED:
-                    w.callback(reason)
-                else:
-                    w.errback(CircuitDestroyed(reason, f"hop {hop + 1} could not extend"))
-        elif c == RelayCommand.DROP:
-            pass
-        elif c in (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME):
-            if self.streamHandler is not None:
-                self.streamHandler.relayReceived(c, hdr.streamId, hdr.data)
-        else:
-            raise CellError(f"relay {RelayCommand.NAMES[c]} is not accepted by a client")
+        try:
+            self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+        except (CellError, FlowError):
+            # The cell passed hop's tag: only that hop could have sent it, so
+            # the violation is provably its own (what the close is charged to).
+            self._offender = hop
+            raise
+
+    def _packetsArrived(self, packets):
+        if self._packetReceiver is not None:
+            self._packetReceiver(packets)
+
+    def _streamArrived(self, command, streamId, data):
+        if self.streamHandler is not None:
+            self.streamHandler.relayReceived(command, streamId, data)
+
+    def _windowOpened(self):
+        if self.streamHandler is not None:
+            self.streamHandler.circuitWindowOpened()
+
+    def _onExtended2(self, cellCommand, hdr, hop):
+        self._answer(OriginEvent.EXTENDED, Extended2.decode(hdr.data).created.hdata)
+
+    def _onTruncated(self, cellCommand, hdr, hop):
+        """
+        A TRUNCATED is only ever the answer of the hop we asked: to our
+        TRUNCATE (the circuit is cut back and stays open) or to an EXTEND2
+        (the build failed: the circuit closes, charged to no hop).  Any
+        other is a protocol violation of the hop that sent it, which the
+        circuit does not survive (Tor closes on it too).
+        """
+        if hop != self._asked:
+            raise CellError(f"TRUNCATED from hop {hop}, which was not asked to extend or truncate")
+        reason = Truncated.decode(hdr.data).reason
+        following = ORIGIN.onPeer(self.state, OriginEvent.TRUNCATED)
+        if following is _CLOSED:
+            self._destroy(reason, f"hop {hop} could not extend the circuit", True)
+            return
+        self.state = following
+        self._asked = None
+        self.crypto.truncate(hop + 1)
+        del self.path[hop + 1:]
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.callback(reason)
 
     def onCreated2(self, payload):
         if self.crypto.hops:
             raise CellError("CREATED2 after the first hop was created")
-        self._answer(Created2.decode(payload).hdata)
+        self._answer(OriginEvent.CREATED, Created2.decode(payload).hdata)
 
     def onDestroy(self, reason):
         self._destroy(reason, "destroyed by the network", False)
 
-    def linkClosed(self, ls):
-        self._destroy(DestroyReason.CHANNEL_CLOSED, "guard link closed", False)
+    def linkClosed(self, channel):
+        self._destroy(DestroyReason.CHANNEL_CLOSED, "guard link closed", False, hop=0)
 
     def protocolError(self, reason, why):
-        self._destroy(reason, why, True)
+        self._destroy(reason, why, True, hop=self._offender)
+
+    # The dispatcher's table (after the handlers it names).
+    ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
+               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated}
 
     # -- closing
 
@@ -304,37 +354,31 @@ class OriginCircuit:
         self._destroy(reasonCode(reason), "closed by us", True)
 
     def whenClosed(self):
-        d = defer.Deferred()
-        if self.closed:
-            d.callback(self.closeReason)
-        else:
-            self._closeWaiters.append(d)
-        return d
+        return self._closed.whenFired()
 
-    def _destroy(self, reason, why, send):
-        if self.closed:
+    def _destroy(self, reason, why, send, hop=None):
+        """
+        Close the circuit.  C{hop}: the hop the closing is charged to (see
+        L{_hopFailure}), for a build that fails.
+        """
+        if self.state is _CLOSED:
             return
-        self.closed = True
-        self.closeReason = err = CircuitDestroyed(reason, why)
-        self.ls.removeEnd(self.circId, self)
-        if send and not self.ls.closed:
-            self.switch._enqueue(self.ls, destroyCell(self.circId, reason), force=True)
-            if not self.switch._depth:
-                self.switch._flush(None)
-        w, self._waiter = self._waiter, None
-        if w is not None:
-            w.errback(err)
-        waiters, self._closeWaiters = self._closeWaiters, []
-        for d in waiters:
-            d.callback(err)
-        closed = getattr(self.streamHandler, "circuitClosed", None)
-        if closed is not None:
-            closed()  # streams end with END reason DESTROY; the cause is in closeReason
+        self.state = ORIGIN.onRequest(self.state, OriginEvent.CLOSE)
+        err = CircuitDestroyed(reason, why, hop=hop)
+        self.channel.removeCircuit(self.circId, self)
+        if send:
+            self.channel.sendDestroy(self.circId, reason)
+        self._closed.fire(err)
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.errback(err)
+        if self.streamHandler is not None:
+            self.streamHandler.circuitClosed()  # streams end with END reason DESTROY; the cause is in closeReason
 
     def status(self):
         """No keys, no payload: just the shape and counters."""
         return {
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
-            "closed": self.closed, "package_window": self.packWindow.window,
+            "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
             "packets_dropped": self.packetsDropped,
         }

@@ -12,10 +12,15 @@ happens once per batch, never per cell.
 
 import weakref
 
-from meshvpn.onion.cellsize import CELL_SIZE
+from zope.interface import implementer
+
+
+from meshvpn.interfaces import IStatusSource
+from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.ratelimit import TokenBucket
 
 
+@implementer(IStatusSource)
 class LinkReadLimiter:
     def __init__(self, reactor, rate, burst=None, circuitRate=None, circuitBurst=None):
         self.reactor = reactor
@@ -29,8 +34,11 @@ class LinkReadLimiter:
         self.bytesRead = 0
         self.pauses = 0
 
-    def charge(self, linkState, cells, perCircuit=None):
+    def charge(self, channel, cells, perCircuit=None):
         """
+        Charge a batch of C{cells} cells read on C{channel} (an
+        L{meshvpn.interfaces.IChannel}); pause its reading while in debt.
+
         @param perCircuit: C{{circuit: relay cells}} read in this batch, when
             circuits are limited.
         """
@@ -44,10 +52,10 @@ class LinkReadLimiter:
             entry[1] += count * CELL_SIZE
             wait = max(wait, entry[0].consume(count * CELL_SIZE))
         if wait > 0:
-            if linkState not in self.paused:
-                self.paused.add(linkState)
+            if channel not in self.paused:
+                self.paused.add(channel)
                 self.pauses += 1
-                linkState.pauseReading(self)
+                channel.pauseReading(self)
             if self._call is None or not self._call.active():
                 self._call = self.reactor.callLater(wait, self._resume)
 
@@ -60,11 +68,11 @@ class LinkReadLimiter:
             self._call = self.reactor.callLater(wait, self._resume)
             return
         paused, self.paused = self.paused, set()
-        for ls in paused:
-            ls.resumeReading(self)
+        for channel in paused:
+            channel.resumeReading(self)
 
-    def forget(self, linkState):
-        self.paused.discard(linkState)
+    def forget(self, channel):
+        self.paused.discard(channel)
 
     def status(self):
         return {"rate": self.bucket.rate, "burst": self.bucket.burst, "circuit_rate": self.circuitRate,

@@ -1,8 +1,8 @@
 """The onion plane as a node service: the onion key ring (persisted, rotated
 on schedule) and the circuit switch, ready to be given the node's links.
 
-The lead wires it to the link manager: C{linkManager.setCellHandler(service.switch)}
-(the switch has the cell-handler methods) and C{connector=linkManagerConnector(manager)}
+The roles wire it to the link manager: C{linkManager.setCellHandler(service.switch)}
+(the switch is the L{meshvpn.interfaces.ICellHandler}) and C{connector=linkManagerConnector(manager)}
 so EXTEND2 reaches new relays; the descriptor publishes
 C{service.keyRing.publicKeys()} and is republished from C{onRotate}.
 """
@@ -18,24 +18,13 @@ from meshvpn.onion.switch import CircuitSwitch
 log = Logger()
 
 
-class _ExtendTarget:
-    """What L{meshvpn.link.manager.LinkTarget.of} accepts: node id and (transport, address) pairs."""
-
-    def __init__(self, ext):
-        self.nodeId = ext.nodeId
-        pairs = []
-        for t in ext.transports:
-            name, sep, address = t.partition(" ")
-            if sep and name and address:
-                pairs.append((name, address))
-        for host, port in ext.addresses:
-            pairs.append(("tls", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
-        self.linkAddresses = tuple(pairs)
-
-
 def linkManagerConnector(manager):
-    """@return: a switch C{connector} that opens EXTEND2 links through an L{ILinkManager}."""
-    return lambda ext: manager.getLink(_ExtendTarget(ext))
+    """
+    @return: a switch C{connector} that opens EXTEND2 links through an
+        L{ILinkManager}; the switch hands it the target's node id and the
+        C{linkAddresses} that passed its checks (L{meshvpn.onion.switch.checkExtendTarget}).
+    """
+    return manager.getLink
 
 
 class OnionService(service.Service):
@@ -46,7 +35,8 @@ class OnionService(service.Service):
     """
 
     def __init__(self, reactor, identity, dataDir, relay=True, connector=None, edge=None,
-                 lifetime=DEFAULT_LIFETIME, overlap=DEFAULT_OVERLAP, limits=None):
+                 lifetime=DEFAULT_LIFETIME, overlap=DEFAULT_OVERLAP, limits=None, readLimiter=None,
+                 localAddresses=frozenset()):
         self.reactor = reactor
         self.lifetime = lifetime
         self.onRotate = []
@@ -54,7 +44,8 @@ class OnionService(service.Service):
         if relay:
             seed = bytes(identity.onionPrivateKey())
             self.keyRing = OnionKeyRing.loadOrCreate(reactor, os.path.join(dataDir, RING_FILE), seed, overlap)
-        self.switch = CircuitSwitch(reactor, identity.nodeId, self.keyRing, connector, edge, limits)
+        self.switch = CircuitSwitch(reactor, identity.nodeId, self.keyRing, connector, edge, limits,
+                                    readLimiter=readLimiter, localAddresses=localAddresses)
         self._timer = None
 
     def startService(self):

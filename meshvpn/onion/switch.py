@@ -1,513 +1,136 @@
-"""The circuit switch: every circuit this node carries or originates, keyed by
-(link, circuit id), and the bounded queues between links.
+"""The circuit switch: a node's channels and the circuits they carry.
 
-Each attached link gets a L{LinkState} holding a dict from circuit id to the
-circuit end that lives on that link, so a cell is switched with one dict
-lookup, one AES call and one list append.  Cells leaving on a link are
-collected in that link's bounded L{_Outbound} queue and written once per
-incoming batch.  When a link stops taking cells (its consumer paused us), its
-queue grows past a high-water mark and every link that fed it is paused in
-turn (Twisted push producers); when the queue drains they resume.  A circuit
-that still overfills a queue (its peer ignored the pause) is destroyed with
-RESOURCELIMIT, so memory stays bounded whatever peers do.
+Every link the node uses for circuits gets a L{Channel} (its circuit map and
+outbound queue).  The switch is what the link plane talks to (an
+L{ICellHandler}), what answers CREATE2 (ntor with the node's onion keys),
+and what finds the link an EXTEND2 asks for.  Cells themselves are switched
+by the channels and the circuits (L{meshvpn.onion.relaycircuit}).
+
+CREATE2 is the one cell that costs a relay real CPU (three X25519
+operations, about 0.1 ms), so it is admitted in three steps, after Tor's
+DoS subsystem:
+
+ 1. per peer address (all of its links together, so a new link brings no
+    new burst): a token bucket and a cap on circuits per link;
+ 2. a node-wide budget of handshakes per second, which keeps the CPU for
+    moving cells whoever floods;
+ 3. when that budget is spent, CREATE2s wait in a short queue per peer
+    address and are answered round-robin, one per peer in turn, so a
+    flooding peer gets one share like everyone else instead of the whole
+    budget; a full queue or a wait past C{createMaxDelay} is refused with
+    DESTROY RESOURCELIMIT.
+
+A peer over its rate or with a full queue is also held: the switch stops
+reading its links (Twisted push producers, as for full queues) until it has
+a token again.  Refusing cell by cell would still cost a TLS decryption and
+a DESTROY per cell at whatever rate the peer can write; held, its flood
+waits in its own socket buffers and costs the relay nothing.
+
+EXTEND2 targets are checked before any dial (L{checkExtendTarget}): a
+client must not make a relay connect to its own host or its private
+network, nor learn which of their ports are open from the answer or its
+timing.
 """
 
-import secrets
+import collections
+import ipaddress
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.logger import Logger
+from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
-from meshvpn.errors import LinkError, MeshVPNError
-from meshvpn.interfaces import ICellHandler, ICircuitEdge, IStatusSource
+from meshvpn.errors import LinkError
+from meshvpn.interfaces import ICellHandler, IStatusSource
+from meshvpn.hostport import splitHostPort
+from meshvpn.localaddrs import isInternal
 from meshvpn.onion import ntor
-from meshvpn.onion.cells import (
-    INITIATOR_BIT, MAX_RELAY_EARLY, CellError, Command, Create2, Created2,
-    DestroyReason, End, Extend2, Extended2, RelayCommand, Sendme, Truncated, encodeCell,
-    packRelay, unpackRelay,
-)
-from meshvpn.onion.cellsize import CELL_SIZE
-from meshvpn.onion.flow import FlowError, ReceiveWindow, SendWindow
-from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
+from meshvpn.onion.cells import Command, Create2, Created2, DestroyReason, encodeCell
+from meshvpn.onion.channel import Channel
+from meshvpn.onion.flusher import ChannelFlusher
+from meshvpn.onion.nulledge import NullEdge
+from meshvpn.onion.relaycircuit import RelayCircuit
 from meshvpn.onion.relaycrypto import RelayLayer
-
-log = Logger()
-
-_RELAY = bytes([Command.RELAY])
-_CMDBYTE = {Command.RELAY: _RELAY, Command.RELAY_EARLY: bytes([Command.RELAY_EARLY])}
-_DESTROY = bytes([Command.DESTROY])
-_PAD_DESTROY = bytes(CELL_SIZE - 6)
-
-
-class CircuitDestroyed(MeshVPNError):
-    """A circuit was torn down; C{reason} is a L{DestroyReason} number."""
-
-    def __init__(self, reason, why="", hop=None):
-        super().__init__(f"circuit destroyed: {DestroyReason.name(reason)}" + (f" ({why})" if why else ""))
-        self.reason = reason
-        self.why = why
-        self.hop = hop  # during a build: the index of the hop that failed (0 = guard), if known
-
-
-def reasonCode(reason):
-    """A DESTROY reason number from a number or a name such as C{"finished"}."""
-    if isinstance(reason, int) and 0 <= reason <= 255:
-        return reason
-    if isinstance(reason, str):
-        for code, name in DestroyReason.NAMES.items():
-            if name == reason.upper():
-                return code
-    return DestroyReason.NONE
+from meshvpn.ratelimit import TokenBucket
 
 
 @attrs.define
 class SwitchLimits:
-    """Per-peer limits and queue bounds (cells)."""
+    """Per-peer and node-wide limits, and queue bounds (cells) applied to each channel."""
 
-    maxCircuitsPerPeer: int = 1024
-    createRate: float = 50.0        # CREATE2 per second per peer link, sustained
+    maxCircuitsPerPeer: int = 1024  # circuits a peer created on one link
+    createRate: float = 50.0        # CREATE2 per second per peer address (all its links), sustained
     createBurst: int = 100
+    # The node's handshake budget: about a quarter of one core at ~0.12 ms each.
+    createGlobalRate: float = 2000.0
+    createGlobalBurst: int = 200
+    createQueuePerPeer: int = 16    # CREATE2s of one peer address waiting for the budget
+    createMaxDelay: float = 2.0     # a CREATE2 that waited longer is refused (Tor: MaxOnionQueueDelay)
+    maxPeerStates: int = 8192       # peer addresses remembered (their buckets outlive their links)
+    # EXTEND2 to loopback, private, link-local or this host's addresses:
+    # only for a test network where every relay is on one machine.
+    extendAllowPrivate: bool = False
     queueHigh: int = 1024           # pause feeding links above this many queued cells
     queueLow: int = 256             # resume them below this
     queueLimit: int = 4096          # hard cap: the circuit that overfills is destroyed
 
 
-def destroyCell(circId, reason):
-    return circId.to_bytes(4, "big") + _DESTROY + bytes([reason]) + _PAD_DESTROY
+class ExtendRefused(LinkError):
+    """An EXTEND2 named no target this relay may dial."""
 
 
-@implementer(IPushProducer)
-class _Outbound:
-    """The bounded queue of cells waiting to be written to one link."""
-
-    __slots__ = ("ls", "pending", "paused", "dirty", "pausedSources")
-
-    def __init__(self, ls):
-        self.ls = ls
-        self.pending = []
-        self.paused = False
-        self.dirty = False
-        self.pausedSources = set()
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self.flush()
-
-    def stopProducing(self):
-        self.paused = True
-        self.pending = []
-
-    def flush(self):
-        self.dirty = False
-        if self.pending and not self.paused and not self.ls.closed:
-            cells, self.pending = self.pending, []
-            self.ls.link.sendCells(cells)
-        if self.pausedSources and len(self.pending) <= self.ls.switch.limits.queueLow:
-            sources, self.pausedSources = self.pausedSources, set()
-            for src in sources:
-                src.resumeReading(self)
+def peerKey(link):
+    """
+    What CREATE2 limits are counted by: the address the link came from
+    (C{link.remoteHost}, set by the link manager), or the link itself when
+    it has none (in-memory links).
+    """
+    return getattr(link, "remoteHost", None) or link
 
 
-class LinkState:
-    """Everything the switch knows about one attached link."""
+def checkExtendTarget(pairs, ownAddresses=()):
+    """
+    The C{(transport, address)} pairs of an EXTEND2 this relay may dial: an
+    address must be C{IP:PORT} with a public IP (not loopback, private,
+    link-local, multicast or reserved: L{meshvpn.localaddrs.isInternal})
+    that is not one of C{ownAddresses} (this host's, see
+    L{meshvpn.localaddrs.LocalAddresses}).  Names are never resolved for a
+    client, and transports whose address is not C{IP:PORT} are refused.
 
-    def __init__(self, switch, link):
-        self.switch = switch
-        self.link = link
-        self.peerId = link.peerId
-        self.table = {}
-        # Each end allocates ids with its own value of the top bit, so the two
-        # ends never pick the same id: the end that dialled the link sets it
-        # (Tor's rule).  A link that cannot say falls back to comparing ids.
-        initiator = getattr(link, "isInitiator", None)
-        if initiator is None:
-            initiator = switch.nodeId > (link.peerId or b"")
-        self.myBit = INITIATOR_BIT if initiator else 0
-        self.out = _Outbound(self)
-        self.closed = False
-        self.peerCircuits = 0
-        self.tokens = float(switch.limits.createBurst)
-        self.tokenTime = switch.clock.seconds()
-        self._pausers = set()
-
-    def addEnd(self, circId, end):
-        """Register a circuit end; a link with circuits is never closed for idleness."""
-        if not self.table and hasattr(self.link, "acquire"):
-            self.link.acquire()
-        self.table[circId] = end
-
-    def removeEnd(self, circId, end):
-        if self.table.get(circId) is end:
-            del self.table[circId]
-            if not self.table and hasattr(self.link, "release") and not self.closed:
-                self.link.release()
-            return True
-        return False
-
-    def allocateId(self):
-        while True:
-            circId = (secrets.randbits(31) or 1) | self.myBit
-            if circId not in self.table:
-                return circId
-
-    def takeCreateToken(self):
-        now = self.switch.clock.seconds()
-        lim = self.switch.limits
-        self.tokens = min(float(lim.createBurst), self.tokens + (now - self.tokenTime) * lim.createRate)
-        self.tokenTime = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-    def pauseReading(self, by):
-        if not self._pausers and IPushProducer.providedBy(self.link):
-            self.link.pauseProducing()
-        self._pausers.add(by)
-        self.switch.counters["link_pauses"] += 1
-
-    def resumeReading(self, by):
-        self._pausers.discard(by)
-        if not self._pausers and not self.closed and IPushProducer.providedBy(self.link):
-            self.link.resumeProducing()
-
-    def receive(self, cells):
-        """The link's cell receiver: switch one batch, then write each output once."""
-        sw = self.switch
-        table = self.table
-        limiter = sw.readLimiter
-        perCircuit = {} if limiter is not None and limiter.circuitRate else None
-        sw._depth += 1
+    @raise ExtendRefused: no pair is left.
+    """
+    kept = []
+    for transport, address in pairs:
         try:
-            for cell in cells:
-                try:
-                    if len(cell) != CELL_SIZE:
-                        raise CellError(f"cell is {len(cell)} bytes, expected {CELL_SIZE}")
-                    cmd = cell[4]
-                    if cmd == 3 or cmd == 9:
-                        entry = table.get(int.from_bytes(cell[:4], "big"))
-                        if entry is None:
-                            sw.counters["cells_unknown_circuit"] += 1
-                        else:
-                            if perCircuit is not None:
-                                perCircuit[entry] = perCircuit.get(entry, 0) + 1
-                            entry.onRelay(cmd, cell[5:])
-                        continue
-                    circId = int.from_bytes(cell[:4], "big")
-                    if cmd == Command.CREATE2:
-                        sw._onCreate2(self, circId, cell[5:])
-                    elif cmd == Command.PADDING:
-                        pass
-                    elif circId == 0:
-                        raise CellError(f"command {cmd} on circuit id 0")
-                    elif cmd == Command.DESTROY:
-                        entry = table.get(circId)
-                        if entry is not None:
-                            entry.onDestroy(cell[5])
-                    elif cmd == Command.CREATED2:
-                        entry = table.get(circId)
-                        if entry is None:
-                            raise CellError("CREATED2 for a circuit we did not create")
-                        entry.onCreated2(cell[5:])
-                    else:
-                        raise CellError(f"unknown cell command {cmd}")
-                except (CellError, FlowError, ntor.HandshakeError) as e:
-                    sw._protocolError(self, cell, str(e))
-                except Exception:
-                    log.failure("onion switch: internal error handling a cell")
-                    sw._protocolError(self, cell, "internal error", DestroyReason.INTERNAL)
-        finally:
-            sw._depth -= 1
-        if limiter is not None:
-            limiter.charge(self, len(cells), perCircuit)
-        sw._flush(self)
-
-    def linkClosed(self, reason):
-        if self.closed:
-            return
-        self.closed = True
-        self.switch._links.pop(self.link, None)
-        if self.switch.readLimiter is not None:
-            self.switch.readLimiter.forget(self)
-        for entry in list(self.table.values()):
-            entry.linkClosed(self)
-        self.table.clear()
-        self.out.pending = []
-        if IConsumer.providedBy(self.link):
-            self.link.unregisterProducer()
-        for src in list(self.out.pausedSources):
-            src.resumeReading(self.out)
-        self.out.pausedSources.clear()
-        self.switch._flush(None)
+            host, port = splitHostPort(address)
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not 1 <= port <= 65535:
+            continue
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if isInternal(ip) or ip in ownAddresses:
+            continue
+        kept.append((transport, address))
+    if not kept:
+        raise ExtendRefused("EXTEND2 names no public address this relay may dial")
+    return tuple(kept)
 
 
-class _NextEnd:
-    """The end of a relay circuit on its next-hop link (cells going toward the origin)."""
-
-    __slots__ = ("c",)
-
-    def __init__(self, circuit):
-        self.c = circuit
-
-    def onRelay(self, cmd, payload):
-        c = self.c
-        if cmd != Command.RELAY:
-            raise CellError("RELAY_EARLY travelling toward the origin")
-        if not c.switch._enqueue(c.prev, c.prevPrefix + _RELAY + c.layer.encryptBackward(payload)):
-            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
-
-    def onCreated2(self, payload):
-        self.c._extended(Created2.decode(payload))
-
-    def onDestroy(self, reason):
-        self.c._nextDestroyed(reason)
-
-    def linkClosed(self, ls):
-        self.c._nextDestroyed(DestroyReason.CHANNEL_CLOSED, linkGone=True)
-
-    def protocolError(self, reason, why):
-        self.c.destroy(reason, why)
-
-
-class RelayCircuit:
+class _Peer:
     """
-    This relay's hop of someone's circuit.  Its entry in the previous link's
-    table is the circuit itself (cells going away from the origin).
+    One peer address's CREATE2 state: its bucket, the CREATE2s waiting for
+    the node's budget, and the channels whose reading is paused for it.
     """
 
-    def __init__(self, switch, prev, prevId, layer):
-        self.switch = switch
-        self.prev = prev
-        self.prevId = prevId
-        self.prevPrefix = prevId.to_bytes(4, "big")
-        self.layer = layer
-        self.next = None
-        self.nextId = None
-        self.nextPrefix = None
-        self.earlyCount = 0
-        self.extending = False
-        self.closed = False
-        self.packWindow = SendWindow()
-        self.deliverWindow = ReceiveWindow()
-        self.packetReader = PacketReader()
-        self.edgeState = None  # for the edge handler's use (streams)
+    __slots__ = ("bucket", "queue", "held", "releaseCall")
 
-    # -- cells from the previous hop
-
-    def onRelay(self, cmd, payload):
-        if cmd == 9:
-            self.earlyCount += 1
-            if self.earlyCount > MAX_RELAY_EARLY:
-                raise CellError(f"more than {MAX_RELAY_EARLY} RELAY_EARLY cells")
-        plain = self.layer.decryptForward(payload)
-        tag = self.layer.recognizeForward(plain)
-        if tag is None:
-            if self.next is None:
-                raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
-            if not self.switch._enqueue(self.next, self.nextPrefix + _CMDBYTE[cmd] + plain):
-                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
-            return
-        self._recognized(cmd, plain, tag)
-
-    def _recognized(self, cmd, plain, tag):
-        hdr = unpackRelay(plain)
-        c = hdr.command
-        edge = self.switch.edge
-        if c == RelayCommand.PACKET or c == RelayCommand.DATA:
-            if self.next is not None:
-                raise CellError(f"relay {RelayCommand.NAMES[c]} at a middle hop")
-            ack = self.deliverWindow.onReceived(tag)
-            if ack is not None:
-                self.sendRelay(RelayCommand.SENDME, 0, Sendme(ack).encode())
-            if c == RelayCommand.PACKET:
-                packets = self.packetReader.feed(hdr.data)
-                if packets:
-                    edge.packetsReceived(self, packets)
-            else:
-                edge.relayReceived(self, c, hdr.streamId, hdr.data)
-        elif c == RelayCommand.SENDME and hdr.streamId == 0:
-            self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
-            opened = getattr(edge, "circuitWindowOpened", None)
-            if opened is not None:
-                opened(self)
-        elif c == RelayCommand.EXTEND2:
-            if cmd != Command.RELAY_EARLY:
-                raise CellError("EXTEND2 outside a RELAY_EARLY cell")
-            self._extend(Extend2.decode(hdr.data))
-        elif c == RelayCommand.TRUNCATE:
-            self._truncate()
-        elif c == RelayCommand.DROP:
-            pass
-        elif c in (RelayCommand.BEGIN, RelayCommand.END, RelayCommand.RESOLVE, RelayCommand.SENDME,
-                   RelayCommand.CONNECTED, RelayCommand.RESOLVED):
-            if self.next is not None:
-                raise CellError(f"relay {RelayCommand.NAMES[c]} at a middle hop")
-            edge.relayReceived(self, c, hdr.streamId, hdr.data)
-        else:
-            raise CellError(f"relay {RelayCommand.NAMES[c]} is not accepted by a relay")
-
-    def onCreated2(self, payload):
-        raise CellError("CREATED2 from the previous hop")
-
-    def onDestroy(self, reason):
-        self._teardown(reason, toPrev=False, toNext=True)
-
-    def linkClosed(self, ls):
-        self._teardown(DestroyReason.CHANNEL_CLOSED, toPrev=False, toNext=True)
-
-    def protocolError(self, reason, why):
-        self.destroy(reason, why)
-
-    # -- extending
-
-    def _extend(self, ext):
-        if self.next is not None or self.extending:
-            raise CellError("EXTEND2 on a circuit that already has a next hop")
-        if ext.nodeId == self.switch.nodeId or ext.nodeId == self.prev.peerId:
-            raise CellError("EXTEND2 back to this relay or to the previous hop")
-        self.extending = True
-        d = self.switch._linkTo(ext)
-        d.addCallbacks(self._extendLinked, self._extendFailed, callbackArgs=(ext,))
-        d.addErrback(lambda f: log.failure("onion switch: extend", f))
-
-    def _extendLinked(self, link, ext):
-        if self.closed:
-            return
-        if link.peerId != ext.nodeId:
-            self._extendFailed(None, DestroyReason.OR_IDENTITY)
-            return
-        sw = self.switch
-        ls = sw.attachLink(link)
-        self.next = ls
-        self.nextId = ls.allocateId()
-        self.nextPrefix = self.nextId.to_bytes(4, "big")
-        ls.addEnd(self.nextId, _NextEnd(self))
-        sw._enqueue(ls, encodeCell(self.nextId, Command.CREATE2, ext.create.encode()))
-        sw._flush(None)
-
-    def _extendFailed(self, failure, reason=DestroyReason.CONNECTFAILED):
-        if self.closed:
-            return
-        self.extending = False
-        self.sendRelay(RelayCommand.TRUNCATED, 0, Truncated(reason).encode())
-
-    def _extended(self, created):
-        if not self.extending:
-            raise CellError("CREATED2 without an EXTEND2 pending")
-        self.extending = False
-        self.sendRelay(RelayCommand.EXTENDED2, 0, Extended2(created).encode())
-
-    def _truncate(self):
-        self._dropNext(DestroyReason.REQUESTED, send=True)
-        self.extending = False
-        self.sendRelay(RelayCommand.TRUNCATED, 0, Truncated(DestroyReason.REQUESTED).encode())
-
-    def _dropNext(self, reason, send):
-        ls = self.next
-        if ls is None:
-            return
-        if send and not ls.closed:
-            self.switch._enqueue(ls, destroyCell(self.nextId, reason), force=True)
-        end = ls.table.get(self.nextId)
-        if isinstance(end, _NextEnd) and end.c is self:
-            ls.removeEnd(self.nextId, end)
-        self.next = self.nextId = self.nextPrefix = None
-
-    def _nextDestroyed(self, reason, linkGone=False):
-        self._dropNext(reason, send=False)
-        self._teardown(reason, toPrev=True, toNext=False)
-
-    # -- sending toward the origin (edge side)
-
-    def sendRelay(self, command, streamId, data):
-        """
-        Originate one relay cell toward the origin.
-
-        @return: C{False} if a flow-controlled cell did not fit the window
-            or the circuit is closed (nothing was sent), else C{True}.
-        """
-        if self.closed:
-            return False
-        flow = command in RelayCommand.FLOW_CONTROLLED
-        if flow and self.packWindow.window <= 0:
-            return False
-        ct, tag = self.layer.originateBackward(packRelay(command, streamId, data))
-        if flow:
-            self.packWindow.onSent(tag)
-        sw = self.switch
-        if not sw._enqueue(self.prev, self.prevPrefix + _RELAY + ct):
-            self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
-            return False
-        if not sw._depth:
-            sw._flush(None)
-        return True
-
-    def circuitRoom(self):
-        """Flow-controlled cells the circuit window takes now."""
-        return 0 if self.closed else self.packWindow.window
-
-    def sendPackets(self, packets):
-        """
-        Send IP packets to the origin in packet mode.  Packets that do not fit
-        the circuit window are dropped, as a full router queue drops them.
-
-        @return: the number of packets sent.
-        """
-        if self.closed:
-            return 0
-        room = self.packWindow.window
-        while packets and packetCellCount(packets) > room:
-            packets = packets[:-1]
-        for body in framePackets(packets):
-            self.sendRelay(RelayCommand.PACKET, 0, body)
-        return len(packets)
-
-    # -- teardown
-
-    def destroy(self, reason, why=""):
-        """Tear the circuit down in both directions with C{reason}."""
-        self._teardown(reason, toPrev=True, toNext=True, why=why)
-
-    def _teardown(self, reason, toPrev, toNext, why=""):
-        if self.closed:
-            return
-        self.closed = True
-        sw = self.switch
-        sw.counters["circuits_destroyed"] += 1
-        self._dropNext(reason, send=toNext)
-        prev = self.prev
-        if prev.removeEnd(self.prevId, self):
-            prev.peerCircuits -= 1
-        if toPrev and not prev.closed:
-            sw._enqueue(prev, destroyCell(self.prevId, reason), force=True)
-        if why:
-            log.debug("onion switch: circuit destroyed ({reason}): {why}", reason=DestroyReason.name(reason), why=why)
-        sw.edge.circuitClosed(self, reason)
-        if not sw._depth:
-            sw._flush(None)
-
-
-@implementer(ICircuitEdge)
-class NullEdge:
-    """
-    The edge of a relay that is no exit: refuses streams, drops packets.
-    Exits plug their own L{meshvpn.interfaces.ICircuitEdge} into the switch.
-    """
-
-    def relayReceived(self, circuit, command, streamId, data):
-        if command in (RelayCommand.BEGIN, RelayCommand.RESOLVE):
-            circuit.sendRelay(RelayCommand.END, streamId, End(4).encode())  # EXITPOLICY
-
-    def packetsReceived(self, circuit, packets):
-        pass
-
-    def circuitClosed(self, circuit, reason):
-        pass
+    def __init__(self, bucket):
+        self.bucket = bucket
+        self.queue = collections.deque()  # (arrival time, channel, circId, Create2)
+        self.held = set()
+        self.releaseCall = None
 
 
 @implementer(ICellHandler, IStatusSource)
@@ -519,41 +142,62 @@ class CircuitSwitch:
     @param keyRing: an L{OnionKeyRing}, or C{None} for a node that relays nothing.
     @param connector: C{callable(Extend2) -> Deferred[ILink]} opening a link to
         an EXTEND2 target (the link manager); links already attached to that
-        peer are reused first.
+        peer are reused first.  It is given the L{Extend2} with
+        C{linkAddresses}: the C{(transport, address)} pairs that passed
+        L{checkExtendTarget}.
     @param edge: the L{meshvpn.interfaces.ICircuitEdge} for cells that end here.
+    @ivar localAddresses: this host's addresses (a container of
+        L{ipaddress} objects, e.g. L{meshvpn.localaddrs.LocalAddresses}),
+        never dialled for an EXTEND2; set by the role.
     """
 
-    def __init__(self, clock, nodeId, keyRing=None, connector=None, edge=None, limits=None):
+    def __init__(self, clock, nodeId, keyRing=None, connector=None, edge=None, limits=None, readLimiter=None,
+                 localAddresses=frozenset()):
         self.clock = clock
         self.nodeId = nodeId
         self.keyRing = keyRing
         self.connector = connector
         self.edge = edge or NullEdge()
         self.limits = limits or SwitchLimits()
-        self._links = {}
-        self._dirty = []
-        self._depth = 0
-        self.readLimiter = None  # a LinkReadLimiter when the relay has a bandwidth limit
+        self.flusher = ChannelFlusher(clock)
+        self._channels = {}  # link -> Channel
+        self.readLimiter = readLimiter  # a LinkReadLimiter when the relay has a bandwidth limit
+        self.localAddresses = localAddresses
+        self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
+        self._peers = collections.OrderedDict()  # peerKey -> _Peer, least recently used first
+        self._waiting = collections.deque()  # peers with queued CREATE2s, in round-robin order
+        self._drainCall = None
         self.counters = {
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
+            "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0,
         }
 
-    # -- links
+    # -- channels
 
     def attachLink(self, link):
-        """Start switching cells of C{link} (idempotent); @return: its L{LinkState}."""
-        ls = self._links.get(link)
-        if ls is not None:
-            return ls
-        ls = LinkState(self, link)
-        self._links[link] = ls
-        link.setCellReceiver(ls.receive)
+        """Start switching cells of C{link} (idempotent); @return: its L{Channel}."""
+        channel = self._channels.get(link)
+        if channel is not None:
+            return channel
+        channel = Channel(self, link)
+        self._channels[link] = channel
+        link.setCellReceiver(channel.receive)
         if IConsumer.providedBy(link):
-            link.registerProducer(ls.out, True)
-        link.whenClosed().addBoth(ls.linkClosed)
-        return ls
+            link.registerProducer(channel, True)
+        link.whenClosed().addBoth(channel.linkClosed)
+        return channel
+
+    def channels(self):
+        """@return: the open channels (a new list)."""
+        return list(self._channels.values())
+
+    def channelClosed(self, channel):
+        """C{channel}'s link is gone: forget it."""
+        self._channels.pop(channel.link, None)
+        if self.readLimiter is not None:
+            self.readLimiter.forget(channel)
 
     # ICellHandler: register the switch with linkManager.setCellHandler(switch).
 
@@ -561,94 +205,166 @@ class CircuitSwitch:
         self.attachLink(link)
 
     def cellsReceived(self, link, cells):
-        ls = self._links.get(link) or self.attachLink(link)
-        ls.receive(cells)
+        self.attachLink(link).receive(cells)
 
     def linkClosed(self, link, reason):
-        ls = self._links.get(link)
-        if ls is not None:
-            ls.linkClosed(reason)
+        channel = self._channels.get(link)
+        if channel is not None:
+            channel.linkClosed(reason)
 
     def linkToPeer(self, peerId):
-        for ls in self._links.values():
-            if ls.peerId == peerId and not ls.closed:
-                return ls.link
+        for channel in self._channels.values():
+            if channel.peerId == peerId and not channel.closed:
+                return channel.link
         return None
 
-    def _linkTo(self, ext):
+    def connectTo(self, ext):
+        """
+        @return: a Deferred link to the target of the L{Extend2} C{ext},
+            reusing an open one; fails with L{ExtendRefused} at once when
+            it names no address this relay may dial.
+        """
         existing = self.linkToPeer(ext.nodeId)
         if existing is not None:
             return defer.succeed(existing)
         if self.connector is None:
             return defer.fail(LinkError("no link to the EXTEND2 target and no connector"))
-        return defer.maybeDeferred(self.connector, ext)
-
-    # -- queues
-
-    def _enqueue(self, ls, cell, force=False):
-        out = ls.out
-        if len(out.pending) >= self.limits.queueLimit and not force:
-            self.counters["queue_overflows"] += 1
-            return False
-        out.pending.append(cell)
-        if not out.dirty:
-            out.dirty = True
-            self._dirty.append(out)
-        return True
-
-    def _flush(self, source):
-        dirty, self._dirty = self._dirty, []
-        high = self.limits.queueHigh
-        for out in dirty:
-            out.flush()
-            if source is not None and len(out.pending) > high and source not in out.pausedSources:
-                out.pausedSources.add(source)
-                source.pauseReading(out)
+        pairs = [(name, address) for name, sep, address in (t.partition(" ") for t in ext.transports) if sep and name]
+        pairs += [("tls", f"[{host}]:{port}" if ":" in host else f"{host}:{port}") for host, port in ext.addresses]
+        try:
+            # The test-network opt-in dials whatever is named (every relay is on one machine).
+            allowed = tuple(pairs) if self.limits.extendAllowPrivate else checkExtendTarget(pairs, self.localAddresses)
+        except ExtendRefused as e:
+            self.counters["extend_refused"] += 1
+            return defer.fail(e)
+        return defer.maybeDeferred(self.connector, _CheckedExtend(ext, allowed))
 
     # -- relay side
 
-    def _onCreate2(self, ls, circId, payload):
-        if circId == 0 or (circId & INITIATOR_BIT) == ls.myBit:
-            raise CellError("CREATE2 with a circuit id from our half of the id space")
-        if circId in ls.table:
-            raise CellError("CREATE2 for a circuit id already in use")
-        refuse = None
-        if self.keyRing is None:
-            refuse = "this node relays no circuits"
-        elif ls.peerCircuits >= self.limits.maxCircuitsPerPeer:
-            refuse = "too many circuits from this peer"
-        elif not ls.takeCreateToken():
-            refuse = "CREATE2 rate limit"
-        if refuse:
-            self.counters["create_refused"] += 1
-            self._enqueue(ls, destroyCell(circId, DestroyReason.RESOURCELIMIT), force=True)
-            return
-        create = Create2.decode(payload)
-        keySeed, reply = ntor.serverRespond(create.hdata, self.nodeId, self.keyRing.findKey)
-        circuit = RelayCircuit(self, ls, circId, RelayLayer(keySeed))
-        ls.addEnd(circId, circuit)
-        ls.peerCircuits += 1
-        self.counters["circuits_created"] += 1
-        self._enqueue(ls, encodeCell(circId, Command.CREATED2, Created2(reply).encode()))
+    def createBucket(self, link):
+        """The CREATE2 bucket of C{link}'s peer address, shared by all of its links."""
+        return self._peer(peerKey(link)).bucket
 
-    def _protocolError(self, ls, cell, why, reason=DestroyReason.PROTOCOL):
-        """Close only the circuit the bad cell named; never the link or the node."""
-        self.counters["protocol_errors"] += 1
-        if len(cell) < 5:
+    def _peer(self, key):
+        peer = self._peers.get(key)
+        if peer is not None:
+            self._peers.move_to_end(key)
+            return peer
+        if len(self._peers) >= self.limits.maxPeerStates:
+            # Forget the least recently used idle peer (its bucket refilled long ago, most likely).
+            for old, state in self._peers.items():
+                if not state.queue and not state.held:
+                    del self._peers[old]
+                    break
+        limits = self.limits
+        peer = self._peers[key] = _Peer(TokenBucket(self.clock, limits.createRate, limits.createBurst))
+        return peer
+
+    def createReceived(self, channel, circId, payload):
+        """
+        A CREATE2 for the new circuit C{circId} (from the peer's half of the
+        id space, not in use) arrived on C{channel}: answer it now, queue it
+        for the node's budget, or refuse it with DESTROY RESOURCELIMIT (see
+        the module docstring).
+        """
+        if self.keyRing is None:
+            return self._refuse(channel, circId)
+        if channel.peerCircuits >= self.limits.maxCircuitsPerPeer:
+            return self._refuse(channel, circId)
+        peer = self._peer(peerKey(channel.link))
+        if not peer.bucket.tryConsume():
+            self._hold(peer, channel, 1.0 / self.limits.createRate)
+            return self._refuse(channel, circId)
+        create = Create2.decode(payload)
+        if not self._waiting and self.createBudget.tryConsume():
+            self._answer(channel, circId, create)
             return
-        circId = int.from_bytes(cell[:4], "big")
-        if circId == 0:
-            return
-        entry = ls.table.get(circId)
-        if entry is not None:
-            entry.protocolError(reason, why)
-        elif cell[4] != Command.DESTROY:
-            self._enqueue(ls, destroyCell(circId, reason), force=True)
+        if len(peer.queue) >= self.limits.createQueuePerPeer:
+            self._hold(peer, channel, len(peer.queue) / self.limits.createGlobalRate)
+            return self._refuse(channel, circId)
+        if not peer.queue:
+            self._waiting.append(peer)
+        peer.queue.append((self.clock.seconds(), channel, circId, create))
+        self.counters["create_queued"] += 1
+        self._scheduleDrain()
+
+    def _hold(self, peer, channel, seconds):
+        """Stop reading C{channel} (one of C{peer}'s) for about C{seconds}: backpressure instead of work."""
+        if channel not in peer.held and not channel.closed:
+            peer.held.add(channel)
+            channel.pauseReading(peer)
+        if peer.releaseCall is None:
+            peer.releaseCall = self.clock.callLater(max(0.01, seconds), self._release, peer)
+
+    def _release(self, peer):
+        peer.releaseCall = None
+        held, peer.held = peer.held, set()
+        for channel in held:
+            channel.resumeReading(peer)
+
+    def _refuse(self, channel, circId, counter="create_refused"):
+        self.counters[counter] += 1
+        channel.sendDestroy(circId, DestroyReason.RESOURCELIMIT)
+
+    def _answer(self, channel, circId, create):
+        keySeed, reply = ntor.serverRespond(create.hdata, self.nodeId, self.keyRing.findKey)
+        circuit = RelayCircuit(self, channel, circId, RelayLayer(keySeed))
+        channel.addCircuit(circId, circuit)
+        channel.peerCircuits += 1
+        self.counters["circuits_created"] += 1
+        channel.send(encodeCell(circId, Command.CREATED2, Created2(reply).encode()))
+
+    def _scheduleDrain(self):
+        if self._drainCall is None and self._waiting:
+            rate = self.createBudget.rate
+            # Wait for a few tokens at a time: one reactor call per handshake would cost more than it saves.
+            delay = 0.0 if rate is None else max(0.005, (1.0 - self.createBudget.available()) / rate)
+            self._drainCall = self.clock.callLater(delay, self._drain)
+
+    def _drain(self):
+        """Answer waiting CREATE2s round-robin by peer while the budget lasts."""
+        self._drainCall = None
+        oldest = self.clock.seconds() - self.limits.createMaxDelay
+        waiting, budget = self._waiting, self.createBudget
+        while waiting:
+            peer = waiting[0]
+            arrived, channel, circId, create = peer.queue[0]
+            stale = channel.closed or circId in channel.circuits
+            if not stale and arrived >= oldest and not budget.tryConsume():
+                break
+            waiting.popleft()
+            peer.queue.popleft()
+            if peer.queue:
+                waiting.append(peer)
+            if stale:
+                continue
+            if arrived < oldest:
+                self._refuse(channel, circId, "create_expired")
+                continue
+            try:
+                self._answer(channel, circId, create)
+            except ntor.HandshakeError:
+                self.counters["protocol_errors"] += 1
+                channel.sendDestroy(circId, DestroyReason.PROTOCOL)
+        self._scheduleDrain()
+
+    def createsWaiting(self):
+        return sum(len(peer.queue) for peer in self._waiting)
 
     # -- status
 
     def circuitCount(self):
-        return sum(len(ls.table) for ls in self._links.values())
+        return sum(len(channel.circuits) for channel in self._channels.values())
 
     def status(self):
-        return {"links": len(self._links), "circuit_ends": self.circuitCount(), **self.counters}
+        return {"links": len(self._channels), "circuit_ends": self.circuitCount(),
+                "creates_waiting": self.createsWaiting(), **self.counters}
+
+
+class _CheckedExtend:
+    """An L{Extend2} as the connector sees it: its node id and the addresses that passed the check."""
+
+    def __init__(self, ext, linkAddresses):
+        self.ext = ext
+        self.nodeId = ext.nodeId
+        self.linkAddresses = linkAddresses

@@ -1,15 +1,22 @@
 """The client role: a node that builds circuits for its user (``twistd meshvpn-client``).
 
 It binds the node's UDP socket (ephemeral port by default: clients are not
-listed in anyone's routing table).  SOCKS and TUN attach here later.
+listed in anyone's routing table) and wires its services together: links,
+the DHT's relay finder, circuits and SOCKS, and with --tun the VPN client
+(whose mesh router gets its peer connector from --mesh-relay's service).
 """
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
-from meshvpn.roles.common import buildNode
-from meshvpn.client.tunclient import attachTun, tunSettings
-from meshvpn.client.tunmeshlink import attachMeshLinks, meshSettings
-from meshvpn.roles.onionclient import attachOnionClient
+from meshvpn.roles.common import addService, buildNode
+from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSettings
+from meshvpn.client.meshlink import MeshLinkService, meshSettings
+from meshvpn.roles.links import addDatagramLinks, addLinkManager
+from meshvpn.roles.onionclient import addOnionClient
+from meshvpn.circuits.relayinfo import pathPossible
+from meshvpn.control.options import controlSettings
+from meshvpn.client.paying import paymentClientSettings
+from meshvpn.roles.payments import addClientPayments
 
 
 class Options(RoleOptions):
@@ -21,7 +28,8 @@ class Options(RoleOptions):
     schema = commonSettings("client", ("0.0.0.0", 0)) + [
         # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
-        Setting("dht-sample-interval", parseSeconds, 300.0, "Max seconds between samplings of the relay directory."),
+        Setting("dht-sample-interval", parseSeconds, 300.0,
+                "Max seconds between samplings of the relay directory (sooner while it cannot build a path)."),
         Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
@@ -31,9 +39,19 @@ class Options(RoleOptions):
             "Allow socks-listen on a non-loopback address (anyone reaching it uses your circuits).",
             flag=True,
         ),
+        Setting(
+            "status-history",
+            parseBool,
+            False,
+            "Also write each stream's target (the sites you visit) to status.json; off: no history on disk.",
+            flag=True,
+        ),
         # VPN mode (meshvpn/client/tun*.py, doc/vpn.md)
         *tunSettings(),
         *meshSettings(),
+        *controlSettings(),
+        # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
+        *paymentClientSettings(),
     ]
 
     def postOptions(self):
@@ -44,15 +62,63 @@ class Options(RoleOptions):
 
 
 def makeService(options):
-    from meshvpn.link.service import attachLinks
+    from meshvpn.nat.endpoint import StunEndpoint
+    from meshvpn.roles.control import addControl
 
-    node = buildNode("client", options.settings)
-    attachLinks(node, authenticate=False)
-    dht = DHTService(node, options.settings["bootstrap"], clientMode=True)
-    dht.setServiceParent(node)
-    finder = RelayFinder(dht, options.settings["dht_sample_interval"])
-    finder.setServiceParent(dht)
-    attachOnionClient(node, options.settings, finder)
-    attachTun(node, options.settings, finder)
-    attachMeshLinks(node, options.settings)
+    settings = options.settings
+    node = buildNode("client", settings)
+    links = addLinkManager(node, authenticate=False)
+    dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+    # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
+    packets = settings["tun"] and settings["tun_capture"]
+    finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
+                                                   enough=lambda ds: pathPossible(ds, packets)))
+    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
+    tun = addTun(node, settings, finder, circuits, links)
+    stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
+    addMeshLinks(node, settings, tun, stun)
+    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
     return node
+
+
+def addTun(node, settings, finder, circuits, links):
+    """
+    With C{--tun}, the VPN client: packet-mode circuits and DNS from
+    C{circuits} when it captures the system's traffic (mesh only otherwise).
+    @return: the L{TunClient} or C{None}.
+    """
+    if not settings["tun"]:
+        return None
+    from meshvpn.tun.privileges import privilegeProblem
+
+    problem = privilegeProblem()
+    if problem:
+        raise SystemExit(f"meshvpn-client: --tun {problem}")
+    getCircuit = opener = None
+    if settings["tun_capture"]:
+        def getCircuit():
+            return circuits.getCircuit(target=None, isolation=TUN_ISOLATION, packets=True)
+
+        if settings["tun_dns"]:
+            from meshvpn.streams.opener import CircuitStreamOpener
+
+            opener = CircuitStreamOpener(circuits)
+    return attachTun(node, settings, finder, getCircuit=getCircuit, opener=opener, links=links)
+
+
+def addMeshLinks(node, settings, tun, stun):
+    """
+    With C{--mesh-relay}, the C{"mesh"} service on the node's datagram
+    links (STUN through C{stun}, the socket's endpoint); its peer
+    connector goes to C{tun}'s mesh router.
+    @return: the L{MeshLinkService} or C{None}.
+    """
+    relay = settings["mesh_relay"]
+    if relay is None:
+        return None
+    mesh = MeshLinkService(
+        node.reactor, node.udp, addDatagramLinks(node), stun, relay,
+        settings["mesh_turn"], onConnector=tun.setMeshConnector if tun is not None else None,
+        peers=settings["mesh_peers"],
+    )
+    return addService(node, "mesh", mesh)

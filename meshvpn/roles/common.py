@@ -1,8 +1,8 @@
-"""What every role's makeService does first: load keys, or stop with one clear line."""
+"""What every role's makeService does: load keys (or stop with one clear line), add named services."""
 
 from meshvpn.errors import KeyFileError
-from meshvpn.node import Node
-from meshvpn.sigterm import CleanStopOnSIGTERM
+from meshvpn.roles.node import Node
+from meshvpn.roles.sigterm import CleanStopOnSIGTERM
 
 
 def buildNode(role, settings, reactor=None):
@@ -13,5 +13,15 @@ def buildNode(role, settings, reactor=None):
     except KeyFileError as e:
         # Before the reactor runs: twistd prints this one line and exits 1.
         raise SystemExit(f"meshvpn-{role}: {e}") from None
-    CleanStopOnSIGTERM(reactor).setServiceParent(node)
+    addService(node, "sigterm", CleanStopOnSIGTERM(reactor))
     return node
+
+
+def addService(parent, name, child):
+    """
+    Add C{child} to C{parent} as C{name}, so tests and tools reach it with
+    C{parent.getServiceNamed(name)}.  @return: C{child}.
+    """
+    child.setName(name)
+    child.setServiceParent(parent)
+    return child

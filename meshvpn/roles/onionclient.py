@@ -10,14 +10,16 @@ import os
 
 from twisted.internet import defer, task
 
-from meshvpn.client.circuitbuilder import CircuitBuilder
-from meshvpn.client.circuitopener import CircuitStreamOpener
+from meshvpn.circuits.builder import CircuitBuilder
+from meshvpn.streams.edge import attachStreams
+from meshvpn.streams.opener import CircuitStreamOpener
 from meshvpn.client.socks import socksServiceFromSettings
 from meshvpn.errors import NoPath
-from meshvpn.onion.circuitmanager import CircuitManager
-from meshvpn.onion.pathselect import GuardSet
-from meshvpn.onion.relayinfo import relayInfo
+from meshvpn.circuits.manager import CircuitManager
+from meshvpn.circuits.guards import GuardSet
+from meshvpn.circuits.relayinfo import relayInfo
 from meshvpn.onion.service import OnionService
+from meshvpn.roles.common import addService
 
 GUARDS_FILE = "guards.json"
 
@@ -58,22 +60,31 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
-def attachOnionClient(node, settings, finder):
-    """@return: the L{CircuitManager} (also C{node.circuits})."""
+def addOnionClient(node, settings, links, finder, payments=None):
+    """
+    The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
+    its C{"circuits"} manager fed by C{finder}, and the C{"socks"} listener
+    whose streams ride those circuits.
+
+    @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
+        pay token-gated exits), or C{None}.
+    @return: the L{CircuitManager}.
+    """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
-    node.links.setCellHandler(onion.switch)
-    onion.setServiceParent(node)
-    node.onion = onion
+    links.setCellHandler(onion.switch)
+    addService(node, "onion", onion)
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
+    relays, onCircuit = DirectoryRelays(node.reactor, finder), attachStreams
+    if payments is not None:
+        relays, onCircuit = payments.relaySource(relays), payments.onCircuit(onCircuit)
     circuits = CircuitManager(
         node.reactor,
-        DirectoryRelays(node.reactor, finder),
-        CircuitBuilder(node.reactor, onion.switch, node.links),
+        relays,
+        CircuitBuilder(node.reactor, onion.switch, links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
     )
-    circuits.setServiceParent(node)
-    node.circuits = circuits
+    addService(node, "circuits", circuits)
     node.status.addSource("circuits", circuits)
     socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits))
     node.addListener("socks", socks)

@@ -1,15 +1,20 @@
 """The relay role: a node others route through (``twistd meshvpn-relay``).
 
-It binds the node's UDP socket and a stream listening port for links.
-Later subsystems (DHT, STUN server, link handshake, circuits) attach here.
+It binds the node's UDP socket and a stream listening port for links, and
+wires its services together: links, STUN server, the onion switch (and an
+exit's edges), the DHT with the descriptor publisher, the NAT relay.
 """
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parseServerEndpoint, parseText
 from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, parseFlags, parseSeconds
 from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
+from meshvpn.exit.paygate import paymentExitSettings
 from meshvpn.exit.settings import exitSettings
-from meshvpn.roles.common import buildNode
-from meshvpn.roles.onionrelay import attachOnionRelay, publisherOptions
+from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.links import addDatagramLinks, addLinkManager, listenForLinks
+from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
+from meshvpn.roles.payments import addPaidExit
+from meshvpn.control.options import controlSettings
 
 
 class Options(RoleOptions):
@@ -27,6 +32,13 @@ class Options(RoleOptions):
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
+        Setting(
+            "extend-allow-private",
+            parseBool,
+            False,
+            "Extend circuits to loopback, private and this host's own addresses (true/false); "
+            "only for a test network whose relays share one machine.",
+        ),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
@@ -38,6 +50,8 @@ class Options(RoleOptions):
         ),
         # Exits (--flags with exit): meshvpn/exit/settings.py, doc/exit-policy.md
         *exitSettings(),
+        # Token-gated exits (meshvpn/exit/paygate.py, doc/payments.md)
+        *paymentExitSettings(),
         # VPN packet exit (meshvpn/exit/packet*.py, doc/vpn.md)
         *packetExitSettings(),
         Setting(
@@ -47,43 +61,57 @@ class Options(RoleOptions):
             "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
         ),
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
+        *controlSettings(),
     ]
 
 
 def makeService(options):
-    from meshvpn.link.service import attachLinks, listenForLinks
+    settings = options.settings
+    node = buildNode("relay", settings)
+    links = addLinkManager(node, authenticate=True)
+    node.status.addSource("links", links)  # refused links by cause: who is being kept out
+    listenForLinks(node, links, settings["link_transport"], settings["listen"])
+    from meshvpn.nat.endpoint import StunEndpoint
 
-    node = buildNode("relay", options.settings)
-    attachLinks(node, authenticate=True)
-    listenForLinks(node, options.settings["link_transport"], options.settings["listen"])
-    if options.settings["stun_server"]:
+    # the socket's one STUN endpoint: the STUN server and the control plane's NAT check
+    stunEndpoint = StunEndpoint.onSocket(node.reactor, node.udp)
+    if settings["stun_server"]:
         from meshvpn.nat.server import StunServerService, checkAlternate
 
         try:
-            checkAlternate(options.settings["udp"], options.settings["stun_alternate"])
+            checkAlternate(settings["udp"], settings["stun_alternate"])
         except ValueError as e:
             raise SystemExit(f"meshvpn-relay: config error: --stun-alternate: {e}") from None
 
-        StunServerService(node, options.settings["stun_alternate"]).setServiceParent(node)
-    flags = parseFlags(options.settings["flags"])
-    onion, exitParts = attachOnionRelay(node, options.settings, flags)
-    if attachPacketExit(node, options.settings, onion, exitParts) is not None:
+        addService(node, "stun-server", StunServerService(node.reactor, node.udp, stunEndpoint, settings["stun_alternate"]))
+    flags = parseFlags(settings["flags"])
+    onion, exitParts = addOnionRelay(node, settings, flags, links)
+    if settings["stun_server"] and settings["bootstrap"]:
+        # Our public address as the bootstrap nodes see it: refused like the interfaces' own.
+        from meshvpn.nat.publicaddr import PublicAddressProbe
+
+        learn = node.getServiceNamed("local-addresses").learn
+        addService(node, "public-address", PublicAddressProbe(node.reactor, stunEndpoint.client, settings["bootstrap"], learn))
+    if attachPacketExit(node, settings, onion, exitParts) is not None:
         flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
-    dht = DHTService(node, options.settings["bootstrap"])
-    dht.setServiceParent(node)
+    dht = addService(node, "dht", DHTService(node, settings["bootstrap"]))
+    addPaidExit(node, settings, onion, exitParts, dht)
     publisher = RelayPublisher(
         dht,
         flags,
-        options.settings["dht_republish"],
-        streamTransport=options.settings["link_transport"],
+        settings["dht_republish"],
+        streamTransport=settings["link_transport"],
         **publisherOptions(onion, exitParts),
     )
-    publisher.setServiceParent(dht)
+    addService(dht, "publisher", publisher)
     onion.onRotate.append(lambda keys: publisher.publishNow())
-    if options.settings["nat_relay"]:
-        from meshvpn.nat.relayservice import NatRelayService
+    if settings["nat_relay"]:
+        from meshvpn.link.relayservice import NatRelayService
 
-        NatRelayService(node, options.settings["turn"]).setServiceParent(node)
-    elif options.settings["turn"]:
+        addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses))
+    elif settings["turn"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
+    from meshvpn.roles.control import addControl
+
+    addControl(node, options, links=links, dht=dht, onion=onion, exitParts=exitParts, stun=stunEndpoint)
     return node

@@ -63,7 +63,7 @@ class TestnetCommandTests(unittest.TestCase):
 
 class StatusCommandTests(unittest.TestCase):
     def test_statusOfRunningNode(self):
-        from meshvpn.processes import NodeProcess
+        from meshvpn.tools.processes import NodeProcess
 
         node = NodeProcess("client", os.path.abspath(self.mktemp()))
         self.addCleanup(node.stop)
@@ -73,7 +73,7 @@ class StatusCommandTests(unittest.TestCase):
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(node.dataDir, "status.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        code, out, _ = runMain(["status", "--data-dir", node.dataDir])
+        code, out, _ = runMain(["status", "--data-dir", node.dataDir])  # through the control API
         self.assertEqual(code, 0)
         self.assertIn("role client", out)
         code, out, _ = runMain(["status", "--data-dir", node.dataDir, "--json"])
@@ -82,7 +82,7 @@ class StatusCommandTests(unittest.TestCase):
     def test_statusWithoutNode(self):
         code, out, err = runMain(["status", "--data-dir", self.mktemp()])
         self.assertEqual(code, 1)
-        self.assertIn("no status", err)
+        self.assertIn("no node running", err)
 
 
 class FormatStatusTests(unittest.TestCase):
@@ -99,3 +99,13 @@ class FormatStatusTests(unittest.TestCase):
         self.assertIn("circuit 11111111 -> 22222222 -> 33333333  (in use)  sent 47 B  received 9000 B", text)
         self.assertIn("stream 1 198.18.0.1:80 open", text)
         self.assertIn("4.0 ms", text)
+
+    def test_vpnState(self):
+        from meshvpn.control.status import formatStatus
+
+        waiting = formatStatus({"node": {"node_id": "ab" * 32, "role": "client"},
+                                "tun": {"state": "waiting-for-relays", "detail": "knows 2 relays", "up_after_s": None}})
+        self.assertIn("vpn: waiting-for-relays -- knows 2 relays", waiting)
+        up = formatStatus({"node": {"node_id": "ab" * 32, "role": "client"},
+                           "tun": {"state": "up", "detail": "circuit aa -> bb -> cc", "up_after_s": 0.4}})
+        self.assertIn("vpn: up -- circuit aa -> bb -> cc  (up 0.40 s after start)", up)

@@ -3,6 +3,7 @@
 import os
 import stat
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from meshvpn.errors import KeyFileError
@@ -27,6 +28,18 @@ class IdentityTests(unittest.TestCase):
         for name in (IDENTITY_FILE, ONION_FILE):
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.dataDir, name)).st_mode), 0o600)
         self.assertEqual(sorted(os.listdir(self.dataDir)), sorted([IDENTITY_FILE, ONION_FILE]))  # no temp files left
+
+    def test_looseExistingDirTightened(self):
+        """A data dir made 0755 by hand (or an old version) is tightened to 0700, and the log says so."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        os.makedirs(self.dataDir, mode=0o755)
+        os.chmod(self.dataDir, 0o755)
+        NodeIdentity.loadOrCreate(self.dataDir)
+        self.assertEqual(stat.S_IMODE(os.stat(self.dataDir).st_mode), 0o700)
+        said = [formatEvent(e) for e in events]
+        self.assertTrue(any("0755" in line and "0700" in line and self.dataDir in line for line in said), said)
 
     def test_signatureVerifies(self):
         ident = NodeIdentity.generate()

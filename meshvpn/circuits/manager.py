@@ -1,0 +1,330 @@
+"""The client's circuit manager: paths from the directory, spares built ahead, rebuilt when a hop dies.
+
+It knows nothing of cells or links: it is given
+
+- C{relaySource()}: a Deferred list of L{RelayInfo} (from the DHT directory);
+- C{buildCircuit(path)}: a Deferred circuit (an L{ICircuit} with
+  C{whenClosed()} and C{close(reason)}), failing with L{CircuitBuildFailed}
+  naming the hop that failed when it knows it;
+
+and decides which path each circuit takes (the guard from the client's
+L{guards.GuardSet}, middle and exit from L{pathselect}), which circuit each request
+uses (per isolation key, exit fitting the target), keeps spare circuits built
+ahead of need, retries a failed build through other relays, and replaces a
+circuit that dies while in use, logging how long that took.  The guard set
+hears of every build through a guard: up when built, down when the guard
+hop failed; when it has no usable guard the build fails rather than enter
+through a random relay.
+The control plane steers it (L{ICircuitSteering}): a new identity retires
+every circuit for new streams, and a relay filter applies the user's pinned
+and excluded relays to every path chosen after it is set.
+
+A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
+extending) names no hop, so nothing is excluded on one relay's word; it is
+counted against the guard instead (Tor's path bias, in small): the status
+shows the count, and a guard through which most builds fail past it is
+logged once.
+"""
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.errors import MeshVPNError, NoPath
+from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
+from meshvpn.circuits.pathselect import choosePath
+
+
+class CircuitBuildFailed(MeshVPNError):
+    """A circuit could not be built; C{hop} is the index (0 = guard) that failed, if known."""
+
+    def __init__(self, message, hop=None):
+        super().__init__(message)
+        self.hop = hop
+
+
+@implementer(ICircuitManager, ICircuitSteering, IStatusSource)
+class CircuitManager(service.Service):
+    log = Logger()
+
+    def __init__(
+        self, reactor, relaySource, buildCircuit, guards=None, spares=1, buildTimeout=10.0,
+        attempts=4, maintainEvery=5.0, rng=None,
+    ):
+        self.reactor = reactor
+        self._directory = relaySource
+        # callable(list of RelayInfo) -> list of RelayInfo, set by the control
+        # plane (the user's pinned and excluded relays); None: the directory as is.
+        self.relayFilter = None
+        self._build = buildCircuit
+        self.guards = guards
+        self.spares = spares
+        self.buildTimeout = buildTimeout
+        self.attempts = attempts
+        self.maintainEvery = maintainEvery
+        self.rng = rng
+        self._spare = []  # built, unassigned: (circuit, path)
+        self._assigned = {}  # isolation key -> list of (circuit, path)
+        self._building = 0
+        self._retired = []  # (circuit, path) no new stream may use (newIdentity); closed once idle
+        self.buildTimes = []
+        self.rebuildTimes = []
+        self.failedPastGuard = 0
+        self._throughGuard = {}  # guard node id -> [built, failed past it]
+        self._loop = None
+
+    # -- service
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self._maintain)
+        self._loop.clock = self.reactor
+        self._loop.start(self.maintainEvery, now=True).addErrback(self._loopFailed)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for circuit, _ in list(self._all()):
+            circuit.close("finished")
+
+    def _loopFailed(self, failure):
+        self.log.failure("circuit maintenance stopped", failure)
+
+    def _maintain(self):
+        self._closeIdleRetired()
+        # Start as many builds as the spare target lacks; never hold the loop on
+        # them.  Counted once: a build that fails at once (no usable guard) is
+        # retried at the next tick, not in a loop that never yields.
+        for _ in range(self.spares - len(self._spare) - self._building):
+            d = self._buildWithRetries(None)
+            d.addCallbacks(self._addSpare, self._spareFailed)
+
+    def _addSpare(self, built):
+        if not self.running:
+            built[0].close("finished")
+            return
+        self._spare.append(built)
+        built[0].whenClosed().addBoth(self._spareClosed, built)
+
+    def _spareClosed(self, reason, built):
+        if built in self._spare:
+            self._spare.remove(built)
+            if self.running:
+                self.reactor.callLater(0, self._maintain)
+
+    def _spareFailed(self, failure):
+        self.log.warn("could not build a spare circuit: {why}", why=failure.getErrorMessage())
+
+    # -- requests
+
+    def getCircuit(self, target=None, isolation=None, packets=False):
+        """
+        A circuit for C{isolation} whose exit accepts C{target} (and, with
+        C{packets}, carries IP packets): an assigned one if it fits, else a
+        spare, else a new one.
+        """
+        for circuit, path in self._assigned.get(isolation, []):
+            if _accepts(path, target, packets):
+                return defer.succeed(circuit)
+        for i, (circuit, path) in enumerate(self._spare):
+            if _accepts(path, target, packets):
+                del self._spare[i]
+                self._assign(isolation, (circuit, path))
+                self.reactor.callLater(0, self._maintain)
+                return defer.succeed(circuit)
+        d = self._buildWithRetries(target, packets=packets)
+
+        def built(pair):
+            self._assign(isolation, pair)
+            return pair[0]
+
+        return d.addCallback(built)
+
+    def _assign(self, isolation, pair):
+        self._assigned.setdefault(isolation, []).append(pair)
+        circuit, path = pair
+        circuit.whenClosed().addBoth(self._closed, isolation, pair)
+
+    def _closed(self, reason, isolation, pair):
+        if pair in self._retired:  # retired by newIdentity: nothing to replace
+            self._retired.remove(pair)
+            return
+        pairs = self._assigned.get(isolation, [])
+        if pair in pairs:
+            pairs.remove(pair)
+            if not pairs:
+                del self._assigned[isolation]
+        if not self.running:
+            return
+        # A circuit in use died: replace it now so the next stream does not wait.
+        started = self.reactor.seconds()
+        self.log.info(
+            "circuit through {path} closed ({reason}); rebuilding", path=_describe(pair[1]), reason=_reason(reason)
+        )
+
+        def replaced(newPair):
+            took = self.reactor.seconds() - started
+            self.rebuildTimes.append(took)
+            self.log.info("replacement circuit through {path} ready after {took:.3f}s", path=_describe(newPair[1]), took=took)
+            self._assign(isolation, newPair)
+
+        # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
+        packets = "packet-exit" in pair[1][-1].roles
+        d = self._buildWithRetries(None, exclude=_suspect(reason, pair[1]), packets=packets)
+        d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
+
+    def _relaySource(self):
+        relays = self._directory()
+        if self.relayFilter is not None:
+            relays.addCallback(self.relayFilter)
+        return relays
+
+    # -- steering (the control plane's actions)
+
+    def newIdentity(self):
+        """
+        Tor's NEWNYM: no new stream uses a circuit built before now.  Spare
+        circuits close at once (new ones are built); circuits in use are
+        retired: they carry their open streams to the end and close once
+        they have none (a packet circuit has none, so the VPN moves to a new
+        circuit within one maintenance round).
+
+        @return: the number of circuits closed or retired.
+        """
+        spare, self._spare = self._spare, []
+        for circuit, _ in spare:
+            circuit.close("finished")
+        retired = [pair for pairs in self._assigned.values() for pair in pairs]
+        self._assigned = {}
+        self._retired.extend(retired)
+        self._closeIdleRetired()
+        if self.running:
+            self.reactor.callLater(0, self._maintain)
+        return len(spare) + len(retired)
+
+    def _closeIdleRetired(self):
+        for circuit, path in list(self._retired):
+            streams = _circuitStatusOf(circuit, path, False).get("streams") or []
+            if not streams:
+                circuit.close("finished")  # _closed removes it from _retired
+
+    # -- building
+
+    def _buildWithRetries(self, target, exclude=(), packets=False):
+        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets))
+
+    async def _buildLoop(self, target, exclude, packets=False):
+        self._building += 1
+        try:
+            lastError = None
+            for attempt in range(self.attempts):
+                relays = await self._relaySource()
+                guard = None
+                if self.guards is not None:
+                    # Never a random guard instead: that is how a network that
+                    # makes guards fail gets a client to try all of them.
+                    guard = self.guards.choose(relays, exclude=exclude)
+                    if guard is None:
+                        raise NoPath(f"no usable guard: {self.guards.refusal}")
+                path = choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
+                started = self.reactor.seconds()
+                try:
+                    circuit = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
+                except defer.TimeoutError:
+                    lastError = CircuitBuildFailed(f"build through {_describe(path)} timed out after {self.buildTimeout}s")
+                    continue
+                except CircuitBuildFailed as e:
+                    lastError = e
+                    if e.hop is not None:
+                        exclude.append(path[e.hop].nodeId)
+                        if e.hop == 0 and self.guards is not None:
+                            self.guards.markDown(path[0].nodeId)
+                    else:
+                        self._countThroughGuard(path[0], failed=True)
+                    continue
+                if self.guards is not None:
+                    self.guards.succeeded(path[0].nodeId)
+                self._countThroughGuard(path[0], failed=False)
+                self.buildTimes.append(self.reactor.seconds() - started)
+                return circuit, path
+            raise lastError or NoPath("no attempt made")
+        finally:
+            self._building -= 1
+
+    def _countThroughGuard(self, guard, failed):
+        if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
+            self._throughGuard.clear()  # bounded: a client uses a few guards, not many
+        counts = self._throughGuard.setdefault(guard.nodeId, [0, 0])
+        counts[failed] += 1
+        if failed:
+            self.failedPastGuard += 1
+            built, past = counts
+            if past == 10 and past > built:
+                self.log.warn("{past} of {n} circuit builds through guard {g} failed past it; a guard that fails "
+                              "extensions on purpose chooses its clients' paths", past=past, n=built + past,
+                              g=guard.nodeId.hex()[:16])
+
+    # -- status
+
+    def _all(self):
+        yield from self._spare
+        for pairs in self._assigned.values():
+            yield from pairs
+        yield from self._retired
+
+    def circuits(self):
+        return [c for c, _ in self._all()]
+
+    def _circuitStatus(self, circuit, path):
+        entry = _circuitStatusOf(circuit, path, (circuit, path) in self._spare)
+        if (circuit, path) in self._retired:
+            entry["retired"] = True
+        return entry
+
+    def status(self):
+        return {
+            "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
+            "building": self._building,
+            "failed_past_guard": self.failedPastGuard,
+            "build_times_s": self.buildTimes[-20:],
+            "rebuild_times_s": self.rebuildTimes[-20:],
+            **({"guards": self.guards.status()} if self.guards is not None else {}),
+        }
+
+
+def _circuitStatusOf(circuit, path, spare):
+    entry = {"path": [r.nodeId.hex() for r in path], "spare": spare}
+    if circuit.streamHandler is not None:
+        entry.update(circuit.streamHandler.status())
+    return entry
+
+
+def _suspect(reason, path):
+    """
+    Whom the replacement of a circuit that died of C{reason} avoids.  A hop
+    that provably broke the protocol (C{reason.hop}: its authenticated cell
+    did) is avoided; the guard is kept (changing guards is what an attacker
+    wants), so a guard that kills a circuit gets no innocent middle excluded.
+    Otherwise the middle, the usual casualty of a dead relay.
+    """
+    hop = getattr(getattr(reason, "value", reason), "hop", None)
+    if hop is None:
+        return [path[1].nodeId]
+    return [] if hop == 0 else [path[hop].nodeId]
+
+
+def _accepts(path, target, packets=False):
+    exit = path[-1]
+    if packets and "packet-exit" not in exit.roles:
+        return False
+    return target is None or exit.exitAccepts is None or exit.exitAccepts(target)
+
+
+def _describe(path):
+    return " -> ".join(r.nodeId.hex()[:8] for r in path)
+
+
+def _reason(reason):
+    return getattr(reason, "getErrorMessage", lambda: str(reason))()

@@ -1,0 +1,278 @@
+"""The channel: one link as the onion plane uses it.
+
+A channel holds the circuits that live on its link, keyed by circuit id, so
+an incoming cell is switched with one dict lookup; it allocates the ids of
+the circuits this end starts on the link; and it queues the cells going out.
+The queue is written with one C{sendCells} call per incoming batch or
+reactor turn (L{meshvpn.onion.flusher}), never one call per cell, which is
+what keeps a TLS link at one write per batch.
+
+The queue is bounded.  When the link stops taking cells (its consumer paused
+the channel), the queue grows; past the high-water mark every channel that
+fed it is paused in turn (Twisted push producers) and resumed below the
+low-water mark.  A send that would overfill the queue (its peer ignored the
+pause) is refused, and the circuit that made it is destroyed with
+RESOURCELIMIT by its owner, so memory stays bounded whatever peers do.
+"""
+
+import secrets
+
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import IChannel
+from meshvpn.link.cellsize import CELL_SIZE
+from meshvpn.onion import ntor
+from meshvpn.onion.cells import INITIATOR_BIT, CellError, Command, DestroyReason
+from meshvpn.onion.destroy import destroyCell
+from meshvpn.onion.flow import FlowError
+
+log = Logger()
+
+
+@implementer(IChannel, IPushProducer)
+class Channel:
+    """
+    The circuits on one link and the cells waiting to go out on it.
+
+    @param switch: the node's L{meshvpn.onion.switch.CircuitSwitch}: it
+        answers CREATE2 (C{createReceived}), hears of the link's end
+        (C{channelClosed}), and holds the limits, counters, clock, flusher
+        and read limiter the channel uses.
+    @param link: the L{meshvpn.interfaces.ILink}.
+
+    As an C{IPushProducer} the channel is registered with its link: the link
+    pauses it when its peer does not take cells fast enough.
+    """
+
+    __slots__ = ("link", "peerId", "circuits", "closed", "peerCircuits", "createBucket", "_switch", "_flusher",
+                 "_counters", "_myBit", "_queue", "_scheduled", "_paused", "_high", "_low", "_limit",
+                 "_heldSources", "_pausers", "__weakref__")
+
+    def __init__(self, switch, link):
+        self.link = link
+        self.peerId = link.peerId
+        self.circuits = {}
+        self.closed = False
+        self.peerCircuits = 0  # circuits the peer created on this link (the per-peer limit)
+        limits = switch.limits
+        # Shared by every link from the peer's address: a new link brings no new burst.
+        self.createBucket = switch.createBucket(link)
+        self._switch = switch
+        self._flusher = switch.flusher
+        self._counters = switch.counters
+        # Each end allocates ids with its own value of the top bit, so the two
+        # ends never pick the same id: the end that dialled the link sets it
+        # (Tor's rule).  A link that cannot say falls back to comparing ids.
+        initiator = link.isInitiator
+        if initiator is None:
+            initiator = switch.nodeId > (link.peerId or b"")
+        self._myBit = INITIATOR_BIT if initiator else 0
+        self._queue = []
+        self._scheduled = False
+        self._paused = False
+        self._high = limits.queueHigh
+        self._low = limits.queueLow
+        self._limit = limits.queueLimit
+        self._heldSources = set()  # channels paused because this queue is over the high-water mark
+        self._pausers = set()  # what paused reading this link: output channels, the read limiter
+
+    # -- the circuit map
+
+    def allocateId(self):
+        while True:
+            circId = (secrets.randbits(31) or 1) | self._myBit
+            if circId not in self.circuits:
+                return circId
+
+    def addCircuit(self, circId, end):
+        # A link that carries circuits is never closed for idleness.
+        if not self.circuits:
+            self.link.acquire()
+        self.circuits[circId] = end
+
+    def removeCircuit(self, circId, end):
+        if self.circuits.get(circId) is end:
+            del self.circuits[circId]
+            if not self.circuits and not self.closed:
+                self.link.release()
+            return True
+        return False
+
+    # -- sending
+
+    def send(self, cell):
+        if len(self._queue) >= self._high and not self._makeRoom(1):
+            return False
+        self._queue.append(cell)
+        if not self._scheduled:
+            self._scheduled = True
+            self._flusher.schedule(self)
+        return True
+
+    def sendCells(self, cells):
+        if len(self._queue) + len(cells) > self._high and not self._makeRoom(len(cells)):
+            return False
+        self._queue.extend(cells)
+        if not self._scheduled:
+            self._scheduled = True
+            self._flusher.schedule(self)
+        return True
+
+    def sendDestroy(self, circId, reason):
+        if self.closed:
+            return
+        # Never refused: a DESTROY frees the peer's resources, so it must get out.
+        self._queue.append(destroyCell(circId, reason))
+        if not self._scheduled:
+            self._scheduled = True
+            self._flusher.schedule(self)
+
+    def _makeRoom(self, count):
+        """
+        The queue is at its high-water mark: write it now if the link takes
+        cells (a turn that makes this many cells is written in several
+        batches), else take C{count} more only below the hard limit.
+        """
+        if self.closed:
+            self._queue = []  # nothing will be written; drop instead of growing
+            return True
+        if not self._paused:
+            self._write()
+            return True
+        if len(self._queue) + count <= self._limit:
+            return True
+        self._counters["queue_overflows"] += 1
+        return False
+
+    def _write(self):
+        cells, self._queue = self._queue, []
+        self.link.sendCells(cells)
+
+    def queued(self):
+        return len(self._queue)
+
+    def flush(self, source=None):
+        self._scheduled = False
+        if self._queue and not self._paused and not self.closed:
+            self._write()
+        queued = len(self._queue)
+        if source is not None and queued > self._high and source not in self._heldSources:
+            self._heldSources.add(source)
+            source.pauseReading(self)
+        elif self._heldSources and queued <= self._low:
+            held, self._heldSources = self._heldSources, set()
+            for channel in held:
+                channel.resumeReading(self)
+
+    # IPushProducer: the link pauses us when its peer is slow to take cells
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self.flush()
+
+    def stopProducing(self):
+        self._paused = True
+        self._queue = []
+
+    # -- receiving
+
+    def pauseReading(self, by):
+        if not self._pausers and IPushProducer.providedBy(self.link):
+            self.link.pauseProducing()
+        self._pausers.add(by)
+        self._counters["link_pauses"] += 1
+
+    def resumeReading(self, by):
+        self._pausers.discard(by)
+        if not self._pausers and not self.closed and IPushProducer.providedBy(self.link):
+            self.link.resumeProducing()
+
+    def receive(self, cells):
+        circuits = self.circuits
+        limiter = self._switch.readLimiter
+        perCircuit = {} if limiter is not None and limiter.circuitRate else None
+        flusher = self._flusher
+        flusher.batches += 1
+        try:
+            for cell in cells:
+                try:
+                    if len(cell) != CELL_SIZE:
+                        raise CellError(f"cell is {len(cell)} bytes, expected {CELL_SIZE}")
+                    cmd = cell[4]
+                    if cmd == 3 or cmd == 9:  # RELAY, RELAY_EARLY: the hot path
+                        end = circuits.get(int.from_bytes(cell[:4], "big"))
+                        if end is None:
+                            self._counters["cells_unknown_circuit"] += 1
+                        else:
+                            if perCircuit is not None:
+                                perCircuit[end] = perCircuit.get(end, 0) + 1
+                            end.onRelay(cmd, cell[5:])
+                    else:
+                        self._control(cmd, int.from_bytes(cell[:4], "big"), cell)
+                except (CellError, FlowError, ntor.HandshakeError) as e:
+                    self._protocolError(cell, str(e))
+                except Exception:
+                    log.failure("onion channel: internal error handling a cell")
+                    self._protocolError(cell, "internal error", DestroyReason.INTERNAL)
+        finally:
+            flusher.batches -= 1
+        if limiter is not None:
+            limiter.charge(self, len(cells), perCircuit)
+        flusher.flush(self)
+
+    def _control(self, cmd, circId, cell):
+        if cmd == Command.CREATE2:
+            if circId == 0 or (circId & INITIATOR_BIT) == self._myBit:
+                raise CellError("CREATE2 with a circuit id from our half of the id space")
+            if circId in self.circuits:
+                raise CellError("CREATE2 for a circuit id already in use")
+            self._switch.createReceived(self, circId, cell[5:])
+        elif cmd == Command.PADDING:
+            pass
+        elif circId == 0:
+            raise CellError(f"command {cmd} on circuit id 0")
+        elif cmd == Command.DESTROY:
+            end = self.circuits.get(circId)
+            if end is not None:
+                end.onDestroy(cell[5])
+        elif cmd == Command.CREATED2:
+            end = self.circuits.get(circId)
+            if end is None:
+                raise CellError("CREATED2 for a circuit we did not create")
+            end.onCreated2(cell[5:])
+        else:
+            raise CellError(f"unknown cell command {cmd}")
+
+    def _protocolError(self, cell, why, reason=DestroyReason.PROTOCOL):
+        """Close only the circuit the bad cell named; never the link or the node."""
+        self._counters["protocol_errors"] += 1
+        if len(cell) < 5:
+            return
+        circId = int.from_bytes(cell[:4], "big")
+        if circId == 0:
+            return
+        end = self.circuits.get(circId)
+        if end is not None:
+            end.protocolError(reason, why)
+        elif cell[4] != Command.DESTROY:
+            self.sendDestroy(circId, reason)
+
+    def linkClosed(self, reason):
+        if self.closed:
+            return
+        self.closed = True
+        self._switch.channelClosed(self)
+        for end in list(self.circuits.values()):
+            end.linkClosed(self)
+        self.circuits.clear()
+        self._queue = []
+        if IConsumer.providedBy(self.link):
+            self.link.unregisterProducer()
+        held, self._heldSources = self._heldSources, set()
+        for channel in held:
+            channel.resumeReading(self)

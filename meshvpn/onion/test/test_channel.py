@@ -1,0 +1,202 @@
+"""The channel: application writes leave in one link write per reactor turn
+(stream writes, TUN packets, an exit's reads), at most one scheduled call
+per turn, the public API only; and the onion plane's interfaces are true."""
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from meshvpn.interfaces import (
+    ICellHandler, IChannel, ICircuit, ICircuitEdge, ICircuitEnd, IRelayCircuit, IStatusSource,
+)
+from meshvpn.onion.cells import RelayCommand
+from meshvpn.onion.channel import Channel
+from meshvpn.onion.nulledge import NullEdge
+from meshvpn.onion.origin import OriginCircuit
+from meshvpn.onion.relaycircuit import NextHopEnd, RelayCircuit
+from meshvpn.onion.switch import CircuitSwitch
+from meshvpn.onion.test.test_circuit import EchoEdge, Net
+
+
+class Interfaces(unittest.TestCase):
+    def test_everyOnionPieceProvidesWhatItDeclares(self):
+        n = Net(self)
+        circ = n.built(self)
+        hop = n.relayCircuit(n.middle)
+        self.assertTrue(verifyObject(ICircuit, circ))
+        self.assertTrue(verifyObject(ICircuitEnd, circ))
+        self.assertTrue(verifyObject(ICircuitEnd, hop))
+        self.assertTrue(verifyObject(IRelayCircuit, hop))
+        self.assertTrue(verifyObject(ICircuitEnd, n.channel(n.middle, n.exit).circuits[hop.nextId]))
+        self.assertIsInstance(n.channel(n.middle, n.exit).circuits[hop.nextId], NextHopEnd)
+        self.assertTrue(verifyObject(ICellHandler, n.middle.switch))
+        self.assertTrue(verifyObject(IStatusSource, n.middle.switch))
+        self.assertIsInstance(n.middle.switch, CircuitSwitch)
+        channel = n.channel(n.middle, n.exit)
+        self.assertIsInstance(channel, Channel)
+        self.assertTrue(verifyObject(IChannel, channel))
+        self.assertTrue(verifyObject(IPushProducer, channel))
+        self.assertTrue(verifyObject(ICircuitEdge, NullEdge()))
+        self.assertTrue(verifyObject(ICircuitEdge, EchoEdge()))
+        self.assertIsInstance(hop, RelayCircuit)
+        self.assertIsInstance(circ, OriginCircuit)
+
+
+class OneWritePerTurn(unittest.TestCase):
+    """Cells that applications make in one reactor turn reach the link in one C{sendCells} call."""
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+
+    def _turn(self, link, write, n=None):
+        """Run C{write()} in one turn; @return: (batches written by the turn, cells, calls scheduled)."""
+        n = n or self.n
+        clock = n.clock
+        batches, cells = link.batchesSent, link.cellsSent
+        calls = len(clock.getDelayedCalls())
+        write()
+        scheduled = len(clock.getDelayedCalls()) - calls
+        self.assertEqual(link.batchesSent, batches, "nothing is written before the turn ends")
+        n.net.endTurn()
+        return link.batchesSent - batches, link.cellsSent - cells, scheduled
+
+    def test_tenStreamWritesOneLinkWrite(self):
+        from meshvpn.streams.edge import StreamExitEdge, attachStreams
+        from meshvpn.streams.test.test_mux import Collect, FarEnd
+
+        exitSide = []
+
+        def accept(circuit, host, port):
+            # The exit's TCP side: what it "reads" goes to its receiver, the circuit's stream.
+            target = FarEnd()
+            exitSide.append(target)
+            return target
+
+        n = Net(self, edge=StreamExitEdge(accept))
+        circ = n.built(self)
+        attachStreams(circ)
+        collect = Collect()
+        d = circ.openStream("198.18.0.9", 7, protocol=collect)
+        n.net.pump()
+        stream = self.successResultOf(d)
+
+        def tenWrites():
+            for i in range(10):
+                stream.write(bytes([65 + i]) * 494)  # one DATA cell each
+
+        self.assertEqual(self._turn(n.guardLink, tenWrites, n), (1, 10, 1))
+        n.net.pump()
+
+        # The exit's side: ten reads from its TCP connection in one turn, one write toward the middle.
+        [exitStream] = exitSide
+        toMiddle = n.channel(n.exit, n.middle).link
+        self.assertEqual(self._turn(toMiddle, lambda: [exitStream.receiver.streamDataReceived(b"r" * 494)
+                                                       for _ in range(10)], n),
+                         (1, 10, 1))
+        n.net.pump()
+        self.assertEqual(b"".join(collect.data), b"r" * 4940)
+
+    def test_packetsFromManyTunReadsOneLinkWrite(self):
+        def tunReads():
+            for i in range(10):
+                self.assertEqual(self.circ.sendPackets([bytes([i]) * 1400]), 1)
+
+        batches, cells, scheduled = self._turn(self.n.guardLink, tunReads)
+        self.assertEqual((batches, scheduled), (1, 1))
+        self.assertEqual(cells, 30)  # 1402 bytes of record = 3 cells each
+        self.n.net.pump()
+        self.assertEqual(len(self.n.edge.packets), 10)
+
+    def test_exitPacketsOneLinkWrite(self):
+        hop = self.n.relayCircuit(self.n.exit)
+        toMiddle = self.n.channel(self.n.exit, self.n.middle).link
+        got = []
+        self.circ.setPacketReceiver(got.extend)
+        self.assertEqual(self._turn(toMiddle, lambda: [hop.sendPackets([b"p" * 400]) for _ in range(10)]),
+                         (1, 10, 1))
+        self.n.net.pump()
+        self.assertEqual(got, [b"p" * 400] * 10)
+
+    def test_twoCircuitsOnOneLinkOneWrite(self):
+        other = OriginCircuit(self.n.client.switch, self.n.guardLink,
+                              [self.n.guard.hopSpec(), self.n.middle.hopSpec(), self.n.exit.hopSpec()])
+        d = other.build()
+        self.n.net.pump()
+        self.successResultOf(d)
+
+        def both():
+            for i in range(5):
+                self.circ.sendRelay(RelayCommand.DROP, 0, b"")
+                other.sendRelay(RelayCommand.DROP, 0, b"")
+
+        self.assertEqual(self._turn(self.n.guardLink, both), (1, 10, 1))
+
+    def test_twoLinksOneScheduledCall(self):
+        """However many channels a turn touches, one call writes them all, one write per link."""
+        first = self.n.guardLink
+        other, d = self.n.circuit()  # over a second guard link
+        self.successResultOf(d)
+        second = self.n.guardLink
+        self.assertIsNot(first, second)
+        before = (first.batchesSent, second.batchesSent)
+
+        def both():
+            for i in range(5):
+                self.circ.sendRelay(RelayCommand.DROP, 0, b"")
+                other.sendRelay(RelayCommand.DROP, 0, b"")
+
+        self.assertEqual(self._turn(second, both), (1, 5, 1))
+        self.assertEqual((first.batchesSent, second.batchesSent), (before[0] + 1, before[1] + 1))
+
+    def test_aTurnOverTheHighWaterMarkIsWrittenInSeveralBatches(self):
+        """A turn that makes more cells than the queue's high-water mark writes early instead of overflowing."""
+        channel = self.circ.channel
+        link = self.n.guardLink
+        high = self.n.client.switch.limits.queueHigh
+        batches, cells = link.batchesSent, link.cellsSent
+        for i in range(high * 5):
+            self.assertTrue(self.circ.sendRelay(RelayCommand.DROP, 0, b""))
+        self.assertEqual(link.batchesSent - batches, 4)  # each time the queue reached the mark
+        self.n.net.endTurn()
+        self.assertEqual(link.batchesSent - batches, 5)
+        self.assertEqual(link.cellsSent - cells, high * 5)
+        self.assertEqual(channel.queued(), 0)
+        self.assertFalse(self.circ.closed)
+
+
+class Queue(unittest.TestCase):
+    """The channel's bounded queue through its public API."""
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+        self.channel = self.circ.channel
+        self.link = self.n.guardLink
+
+    def _cells(self, count):
+        return [self.circ.prefix + bytes([0]) + bytes(509)] * count  # PADDING on our circuit
+
+    def test_sendCellsIsOneBatch(self):
+        before = self.link.batchesSent
+        self.assertTrue(self.channel.sendCells(self._cells(3)))
+        self.assertTrue(self.channel.send(self._cells(1)[0]))
+        self.assertEqual(self.channel.queued(), 4)
+        self.n.net.endTurn()
+        self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))
+
+    def test_pausedLinkFillsToTheLimitThenRefuses(self):
+        limits = self.n.client.switch.limits
+        self.channel.pauseProducing()  # the link's peer stopped taking cells
+        self.assertTrue(self.channel.sendCells(self._cells(limits.queueLimit - 1)))
+        self.assertFalse(self.channel.sendCells(self._cells(2)))  # all or none
+        self.assertTrue(self.channel.send(self._cells(1)[0]))
+        self.assertFalse(self.channel.send(self._cells(1)[0]))
+        self.assertEqual(self.channel.queued(), limits.queueLimit)
+        self.channel.sendDestroy(self.circ.circId, 9)  # DESTROY is never refused
+        self.assertEqual(self.channel.queued(), limits.queueLimit + 1)
+        before = self.link.batchesSent
+        self.channel.resumeProducing()
+        self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))

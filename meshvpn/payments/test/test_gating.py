@@ -1,0 +1,471 @@
+"""Token-gated exits end to end in memory: a real 3-hop circuit, the exit's gate, the client's payer.
+
+The circuit is the onion plane's own (in-memory links, L{task.Clock});
+the exit's edge is the real stream edge behind L{PaidExitEdge}, and its
+"internet" is a source that sends as many bytes as a stream asks for,
+charging them to the circuit's throttle exactly where the exit's TCP side
+charges them.  Tokens are real RFC 9578 tokens of a test issuer key.
+"""
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet import task
+from zope.interface import implementer
+from twisted.trial import unittest
+
+from meshvpn.client.paying import CircuitPayer, PaidExitDirectory, PaymentClient
+from meshvpn.exit.paygate import (
+    BLOCK_WAIT, GateTerms, PaidBucket, PaidExitEdge, PaymentGate, RedeemReporter, parseFreeRate, parseIssuers,
+)
+from meshvpn.interfaces import IStream
+from meshvpn.onion.cells import RelayCommand
+from meshvpn.onion.origin import OriginCircuit
+from meshvpn.payments import paymsg, tokens
+from meshvpn.payments.blindrsa import BlindSigner
+from meshvpn.payments.issuer import DOUBLE_SPENT, REDEEMED
+from meshvpn.payments.records import ExitTerms, KnownKey
+from meshvpn.payments.spentstore import SpentTokenStore
+from meshvpn.payments.test.fakes import rsaKey
+from meshvpn.payments.verifier import TokenVerifier
+from meshvpn.payments.wallet import TokenWallet
+from meshvpn.ratelimit import BandwidthLimiter
+from meshvpn.streams.edge import StreamExitEdge, attachStreams
+from meshvpn.streams.test.test_mux import Collect
+from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
+
+ISSUER = b"\x11" * 32
+OTHER_ISSUER = b"\x22" * 32
+KIB = 1024
+PER_TOKEN = 64 * KIB
+HOUR = 3600
+
+
+class Keys:
+    """IIssuerKeys with the test issuer's key of epoch 10 (spendable during epochs 10 and 11)."""
+
+    def __init__(self):
+        self.key = rsaKey(0)
+        spki = tokens.encodePublicKey(self.key.public_key())
+        self.keyId = tokens.tokenKeyId(spki)
+        self.known = {self.keyId: KnownKey(ISSUER, 10, self.key.public_key(), 10 * HOUR, 12 * HOUR)}
+        self.unknownSeen = 0
+
+    def lookup(self, keyId):
+        return self.known.get(keyId)
+
+    def unknownKeySeen(self):
+        self.unknownSeen += 1
+
+    def issue(self, issuer=ISSUER, key=None):
+        key = key or self.key
+        keyId = tokens.tokenKeyId(tokens.encodePublicKey(key.public_key()))
+        request, pending = tokens.requestToken(key.public_key(), tokens.meshChallenge(issuer))
+        return tokens.finishToken(key.public_key(), pending, tokens.signRequest(BlindSigner(key), keyId, request))
+
+
+@implementer(IStream)
+class Source:
+    """
+    The exit's "internet", as the exit's connection to a target (an
+    L{IStream} spliced to the circuit stream): sends the number of bytes a
+    stream asks for in 4 KiB reads, charged to the circuit's throttle and
+    paused by it (and by the circuit stream's backpressure), as the exit's
+    TCP side is.
+    """
+
+    def __init__(self, throttle):
+        self.throttle = throttle
+        self.receiver = None
+        self.remaining = 0
+        self.flowPaused = False
+        self.throttlePaused = False
+        source = self
+
+        class ThrottleProducer:
+            def pauseProducing(self):
+                source.throttlePaused = True
+
+            def resumeProducing(self):
+                source.throttlePaused = False
+                source._pump()
+
+            def stopProducing(self):
+                source.remaining = 0
+
+        throttle.addProducer(ThrottleProducer())
+
+    # IStream, as the circuit stream uses it
+    def setReceiver(self, receiver):
+        self.receiver = receiver
+
+    def registerProducer(self, producer, streaming):
+        pass
+
+    def unregisterProducer(self):
+        pass
+
+    def pauseProducing(self):
+        self.flowPaused = True
+
+    def resumeProducing(self):
+        self.flowPaused = False
+        self._pump()
+
+    def stopProducing(self):
+        self.remaining = 0
+
+    def write(self, data):
+        self.remaining = int(data)
+        self._pump()
+
+    def halfClose(self):
+        pass
+
+    def close(self, reason):
+        self.remaining = 0
+
+    def _pump(self):
+        while self.remaining > 0 and not self.flowPaused and not self.throttlePaused and self.receiver is not None:
+            piece = b"x" * min(self.remaining, 4096)
+            self.remaining -= len(piece)
+            self.receiver.streamDataReceived(piece)
+            self.throttle.account(len(piece), "in")
+
+
+class Net:
+    """
+    A client, three relays and a gated exit in memory.  C{keys}, C{issuerId},
+    C{wallet}, C{reporter} and C{now} may come from a real issuer (the
+    regtest tests); by default a test key, an empty wallet and a recorder.
+    """
+
+    def __init__(self, test, freeRate=0, grace=30.0, keys=None, issuerId=ISSUER, wallet=None, reporter=None,
+                 now=10 * HOUR + 60, bytesPerToken=PER_TOKEN):
+        self.test = test
+        self.clock = task.Clock()
+        self.clock.advance(now)
+        self.net = MemoryNetwork(self.clock)
+        self.dir = {}
+        self.keys = keys or Keys()
+        self.limiter = BandwidthLimiter(self.clock)
+        self.spent = SpentTokenStore(test.mktemp())
+        self.terms = GateTerms((issuerId,), bytesPerToken, freeRate=freeRate, grace=grace)
+        self.reported = []
+        self.gate = PaymentGate(self.clock, self.terms, TokenVerifier(self.keys, self.spent), self.limiter, self.keys,
+                                reporter=reporter or self)
+        limiter = self.limiter
+
+        def accept(circuit, host, port):
+            return Source(limiter.circuit(circuit))
+
+        self.edge = PaidExitEdge(StreamExitEdge(accept), self.gate)
+        self.guard = TestRelay(self.net, self.clock, "guard", directory=self.dir)
+        self.middle = TestRelay(self.net, self.clock, "middle", directory=self.dir)
+        self.exit = TestRelay(self.net, self.clock, "exit", edge=self.edge, directory=self.dir)
+        self.client = TestRelay(self.net, self.clock, "client", directory=self.dir)
+        self.client.switch.keyRing = None
+        self.wallet = wallet or TokenWallet(test.mktemp())
+        directory = PaidExitDirectory(self.clock, None, self.wallet, ready=None)
+        directory.exits = {self.exit.nodeId: (issuerId, ExitTerms(bytesPerToken, freeRate or 0, 2**64 - 1))}
+        self.payments = PaymentClient(self.clock, self.wallet, directory)
+
+    # the gate's reporter, recorded
+    def report(self, issuerId, token, callback):
+        self.reported.append((issuerId, token, callback))
+
+    def addTokens(self, n):
+        for _ in range(n):
+            self.wallet.add(ISSUER, self.keys.issue(), 0, 12 * HOUR)
+
+    def circuit(self, paying=True):
+        path = [self.guard.hopSpec(), self.middle.hopSpec(), self.exit.hopSpec()]
+        link = self.client.linkTo(path[0].nodeId, anonymous=True)
+        circ = OriginCircuit(self.client.switch, link, path)
+        attach = self.payments.onCircuit(attachStreams) if paying else attachStreams
+        attach(circ)
+        d = circ.build()
+        self.net.pump()
+        self.test.assertIs(self.test.successResultOf(d), circ)
+        return circ
+
+    def fetch(self, circ, nbytes):
+        collect = Collect()
+        d = circ.openStream("198.18.0.9", 80, protocol=collect)
+        self.net.pump()
+        if d.called and not isinstance(d.result, CircuitPayer) and hasattr(d.result, "value"):
+            return collect, self.test.failureResultOf(d)
+        stream = self.test.successResultOf(d)
+        stream.write(str(nbytes).encode())
+        idle = 0
+        while idle < 40:  # ten quiet seconds of the clock: nothing more will come
+            if self.net.pump():
+                idle = 0
+            else:
+                idle += 1
+                self.clock.advance(BLOCK_WAIT)
+        return collect, stream
+
+    def payer(self, circ):
+        self.test.assertIsInstance(circ.streamHandler, CircuitPayer)
+        return circ.streamHandler
+
+
+def received(collect):
+    return sum(len(d) for d in collect.data)
+
+
+class PaidCircuitTests(unittest.TestCase):
+    def test_paysBeforeTheFirstStreamAndWhenAsked(self):
+        n = Net(self)
+        n.addTokens(5)
+        circ = n.circuit()
+        collect, _ = n.fetch(circ, int(2.5 * PER_TOKEN))
+        self.assertEqual(received(collect), int(2.5 * PER_TOKEN))
+        # One token before the BEGIN, then one each time a quarter of the credit was left.
+        self.assertEqual(n.payments.counters["tokens_spent"], 3)
+        self.assertEqual(n.gate.counters["tokens_accepted"], 3)
+        self.assertEqual(n.payments.counters["receipts"], {"accepted": 3})
+        self.assertEqual(n.wallet.usable(ISSUER, n.clock.seconds()), 2)
+        acct = next(iter(n.gate.accounts.values()))
+        self.assertLessEqual(acct.usedFree, 2 * 4096)  # at most one read past the credit per pause
+        self.assertEqual(len(n.reported), 3)  # each accepted token is reported to its issuer
+        self.assertEqual(n.gate.counters["begins_refused"], 0)
+        self.assertIsInstance(acct.throttle.bucket, PaidBucket)
+
+    def test_spareCircuitsPayNothing(self):
+        n = Net(self)
+        n.addTokens(2)
+        n.circuit()
+        self.assertEqual(n.payments.counters["tokens_spent"], 0)
+
+    def test_doubleSpendRefused(self):
+        n = Net(self)
+        token = n.keys.issue()
+        circ = n.circuit(paying=False)
+        attachStreams(circ)
+        for _ in range(2):
+            circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        receipts = self.captureReceipts(n, circ)
+        self.assertEqual([r.status for r in receipts], [paymsg.ACCEPTED, paymsg.DOUBLE_SPENT])
+        # ... also on another circuit, and after the exit restarts (the store is on disk).
+        n.spent.close()
+        n.gate.verifier.spent = SpentTokenStore(n.spent.directory)
+        other = n.circuit(paying=False)
+        other.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        self.assertEqual([r.status for r in self.captureReceipts(n, other)], [paymsg.DOUBLE_SPENT])
+
+    def captureReceipts(self, n, circ):
+        got = []
+
+        class Tap:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def relayReceived(self, command, streamId, data):
+                if command == RelayCommand.PAYMENT:
+                    got.append(paymsg.parsePayment(data))
+                elif self.inner is not None:
+                    self.inner.relayReceived(command, streamId, data)
+
+        circ.streamHandler = Tap(circ.streamHandler)
+        n.net.pump()
+        return got
+
+    def test_forgedAndForeignTokensRefused(self):
+        n = Net(self)
+        good = n.keys.issue()
+        forged = tokens.Token(good.nonce, good.challengeDigest, good.tokenKeyId, bytes(255) + b"\x01")
+        otherIssuer = n.keys.issue(issuer=OTHER_ISSUER)  # right key, another issuer's challenge
+        unknownKey = n.keys.issue(key=rsaKey(1))
+        circ = n.circuit(paying=False)
+        for t in (forged, otherIssuer, unknownKey):
+            circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(t).encode())
+        statuses = [r.status for r in self.captureReceipts(n, circ)]
+        self.assertEqual(statuses, [paymsg.INVALID, paymsg.INVALID, paymsg.UNKNOWN_KEY])
+        self.assertEqual(n.keys.unknownSeen, 1)  # the exit looks for new keys
+        self.assertEqual(n.spent.count(), 0)  # nothing refused is recorded
+
+    def test_expiredEpochRefused(self):
+        n = Net(self)
+        token = n.keys.issue()
+        n.clock.advance(2 * HOUR)  # past the end of epoch 11
+        circ = n.circuit(paying=False)
+        circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        self.assertEqual([r.status for r in self.captureReceipts(n, circ)], [paymsg.EXPIRED])
+
+    def test_issuerSaysSpentElsewhere(self):
+        """The issuer's spent list answers DOUBLE_SPENT: the credit is withdrawn and the client pays again."""
+        n = Net(self)
+        n.addTokens(3)
+        circ = n.circuit()
+        n.fetch(circ, 1000)
+        issuerId, token, verdict = n.reported[0]
+        acct = next(iter(n.gate.accounts.values()))
+        before = acct.credit
+        verdict(DOUBLE_SPENT)
+        n.net.pump()
+        self.assertEqual(n.gate.counters["revoked"], 1)
+        self.assertEqual(n.payments.counters["receipts"].get(paymsg.STATUS_NAMES[paymsg.REVOKED]), 1)
+        self.assertEqual(n.payments.counters["tokens_spent"], 2)  # paid again at once
+        self.assertEqual(acct.credit, before)
+        n.reported[1][2](REDEEMED)  # a good verdict changes nothing
+        self.assertEqual(acct.credit, before)
+
+    def test_paymentToAMiddleHopClosesTheCircuit(self):
+        """Tokens travel end to end: a middle relay that is sent one treats it as a protocol error."""
+        n = Net(self)
+        circ = n.circuit(paying=False)
+        circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(n.keys.issue()).encode(), hop=1)
+        n.net.pump()
+        self.assertTrue(circ.closed)
+        self.assertEqual(n.gate.counters["tokens_accepted"], 0)
+
+    def test_malformedPaymentClosesOnlyThatCircuit(self):
+        n = Net(self)
+        bad = n.circuit(paying=False)
+        good = n.circuit(paying=False)
+        bad.sendRelay(RelayCommand.PAYMENT, 0, b"\x01short")
+        n.net.pump()
+        self.assertTrue(bad.closed)
+        self.assertFalse(good.closed)
+
+
+class UnpaidTests(unittest.TestCase):
+    def test_noTokensNoFreeRate_refusedAtOnceAndCircuitClosed(self):
+        n = Net(self)
+        circ = n.circuit()
+        collect, failure = n.fetch(circ, 1000)
+        self.assertEqual(failure.value.reason, 11)  # END RESOURCELIMIT, not a hang
+        self.assertEqual(received(collect), 0)
+        self.assertEqual(n.gate.counters["begins_refused"], 1)
+        self.assertEqual(n.payments.counters["out_of_tokens"], 1)
+        self.assertTrue(circ.closed)  # the client closed it: its next circuit avoids this exit
+        self.assertIn(n.exit.nodeId, n.payments.unpaidRefusals)
+        self.flushLoggedErrors()
+
+    def test_runningOutMidStream_clientClosesAtOnce(self):
+        n = Net(self)
+        n.addTokens(1)
+        circ = n.circuit()
+        collect, stream = n.fetch(circ, 3 * PER_TOKEN)
+        got = received(collect)
+        self.assertGreaterEqual(got, PER_TOKEN - 4096)
+        self.assertLess(got, 3 * PER_TOKEN)
+        self.assertTrue(circ.closed)  # the exit said credit 0, we had no token: streams end, no hang
+        self.assertEqual(n.payments.counters["out_of_tokens"], 2)  # low water, then empty
+        self.assertEqual(n.payments.counters["circuits_closed"], 1)
+        self.assertEqual(n.gate.accounts, {})  # the throttle and credit are forgotten with the circuit
+
+    def test_silentClientClosedAfterGrace(self):
+        """A client that ignores NEEDED is paused, then closed when the grace period ends."""
+        n = Net(self, grace=15.0)
+        circ = n.circuit(paying=False)
+        circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(n.keys.issue()).encode())
+        n.net.pump()
+        collect, _ = n.fetch(circ, 3 * PER_TOKEN)
+        self.assertFalse(circ.closed)
+        acct = next(iter(n.gate.accounts.values()))
+        self.assertLessEqual(acct.credit, 0)
+        self.assertTrue(acct.throttle.paused)  # the exit stopped reading for this circuit
+        n.clock.advance(6.0)
+        n.net.pump()
+        self.assertTrue(circ.closed)
+        self.assertEqual(n.gate.counters["circuits_closed_unpaid"], 1)
+        self.assertEqual(n.gate.accounts, {})
+
+    def test_freeRateCarriesUnpaidCircuits(self):
+        n = Net(self, freeRate=8 * KIB)
+        circ = n.circuit()  # the wallet is empty
+        collect, _ = n.fetch(circ, 32 * KIB)
+        self.assertEqual(received(collect), 32 * KIB)
+        self.assertEqual(n.gate.counters["begins_refused"], 0)
+        acct = next(iter(n.gate.accounts.values()))
+        self.assertEqual(acct.usedFree, 32 * KIB)
+        self.assertFalse(circ.closed)
+        self.assertGreater(acct.throttle.pauses, 0)  # the free rate held the source back
+
+
+class PreferenceTests(unittest.TestCase):
+    def relays(self, n):
+        from meshvpn.circuits.pathselect import RelayInfo
+
+        def info(name, roles):
+            return RelayInfo(nodeId=name, host="198.18.0.1", roles=frozenset(roles))
+
+        return [info(b"g" * 32, {"guard"}), info(b"m" * 32, {"middle"}), info(n.exit.nodeId, {"exit"}),
+                info(b"f" * 32, {"exit"})]
+
+    def exits(self, relays):
+        return {r.nodeId for r in relays if "exit" in r.roles}
+
+    def test_withTokensOnlyAcceptingExits(self):
+        n = Net(self)
+        n.addTokens(1)
+        self.assertEqual(self.exits(n.payments.prefer(self.relays(n))), {n.exit.nodeId})
+
+    def test_withoutTokensAvoidExitsWithNoFreeRate(self):
+        n = Net(self)
+        self.assertEqual(self.exits(n.payments.prefer(self.relays(n))), {b"f" * 32})
+
+    def test_onlyPaidExitsKnownAndNoTokens_keepAll(self):
+        n = Net(self)
+        relays = [r for r in self.relays(n) if r.nodeId != b"f" * 32]
+        self.assertEqual(n.payments.prefer(relays), relays)
+
+
+class ReporterTests(unittest.TestCase):
+    def test_batchesAndRetries(self):
+        clock = task.Clock()
+        calls = []
+
+        class Client:
+            def __init__(self, fail):
+                self.fail = fail
+
+            async def redeem(self, encoded):
+                calls.append(len(encoded))
+                if self.fail:
+                    from meshvpn.payments.issuerclient import IssuerError
+                    raise IssuerError("down")
+                return bytes([REDEEMED] * (len(encoded) - 1) + [DOUBLE_SPENT])
+
+        state = {"fail": True}
+        reporter = RedeemReporter(clock, lambda issuer: "127.0.0.1:1", clientFor=lambda api: Client(state["fail"]))
+        verdicts = []
+        token = Keys().issue()
+        for _ in range(70):
+            reporter.report(ISSUER, token, verdicts.append)
+        clock.advance(0.5)
+        self.assertEqual(calls, [64])
+        self.assertEqual(verdicts, [])
+        state["fail"] = False
+        clock.advance(5.0)
+        self.assertEqual(calls, [64, 64, 6])
+        self.assertEqual(len(verdicts), 70)
+        self.assertEqual(verdicts.count(DOUBLE_SPENT), 2)
+
+
+class MessageParserTests(unittest.TestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=400), st.sampled_from([b"", b"\x01", b"\x02", b"\x03"]))
+    def test_parseRefusesOrRoundTrips(self, junk, kind):
+        data = kind + junk
+        try:
+            msg = paymsg.parsePayment(data)
+        except paymsg.PaymentMessageError:
+            return
+        self.assertEqual(msg.encode(), data)
+
+    def test_roundTrips(self):
+        for msg in (paymsg.Receipt(paymsg.ACCEPTED, 5), paymsg.Needed(0, 2**64 - 1, (ISSUER, OTHER_ISSUER))):
+            self.assertEqual(paymsg.parsePayment(msg.encode()), msg)
+
+
+class SettingsTests(unittest.TestCase):
+    def test_parsers(self):
+        self.assertEqual(parseFreeRate("none"), 0)
+        self.assertEqual(parseFreeRate("0"), 0)
+        self.assertIsNone(parseFreeRate("unlimited"))
+        self.assertEqual(parseFreeRate("64K"), 64 * KIB)
+        self.assertEqual(parseIssuers("11" * 32 + "," + "22" * 32), (ISSUER, OTHER_ISSUER))
+        self.assertRaises(ValueError, parseIssuers, "xyz")
+        self.assertRaises(ValueError, parseIssuers, ",".join(["11" * 32] * 9))

@@ -1,0 +1,143 @@
+"""``meshvpn wallet``: the token balance, buying tokens, finishing an interrupted purchase.
+
+Why a command of its own: buying takes minutes (confirmations) and happens
+rarely, apart from the running client, which only spends.  Both share the
+wallet directory (L{meshvpn.payments.wallet}); give the client the same one
+with ``--payment-wallet``.
+
+What it prints is what a person needs (the amount and the subaddress to pay,
+then each confirmation) and nothing secret: no token, no purchase id, no
+blinding value.  Paying can be left to any Monero wallet, or done at once
+from a monero-wallet-rpc with ``--pay-from``.
+"""
+
+import json
+import os
+import sys
+import time
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from meshvpn.config import defaultDataDir
+
+
+def addWalletCommands(sub):
+    p = sub.add_parser(
+        "wallet", help="bandwidth tokens: balance, buy with Monero, resume a purchase",
+        description="Show the token balance (default), buy tokens from an issuer with Monero, "
+        "or finish purchases that were interrupted.",
+    )
+    p.add_argument("--wallet-dir", default=defaultDataDir("wallet"), help="the token wallet directory (created 0700)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    b = actions.add_parser("balance", help="tokens per issuer: spendable, waiting, expired")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    buy = actions.add_parser("buy", help="buy N tokens: prints the amount and the subaddress to pay, waits, stores them")
+    buy.add_argument("count", type=int, help="how many tokens (one of the issuer's pack sizes)")
+    buy.add_argument("--issuer", required=True, metavar="URL", help="the issuer's HTTP API, e.g. http://198.51.100.7:8480")
+    buy.add_argument("--pay-from", metavar="URL", help="pay at once from this monero-wallet-rpc (its open wallet)")
+    buy.add_argument("--spend-delay", type=float, default=600.0, metavar="S",
+                     help="each token becomes spendable after a random delay up to S seconds (default 600)")
+    buy.add_argument("--timeout", type=float, default=None, metavar="S", help="give up waiting for the payment after S seconds")
+    buy.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between looks at the purchase")
+    r = actions.add_parser("resume", help="finish purchases left pending (paid but not yet collected)")
+    r.add_argument("--timeout", type=float, default=None, metavar="S")
+    r.add_argument("--poll", type=float, default=2.0, metavar="S")
+    for cmd in (buy, r):
+        cmd.add_argument("--socks", metavar="HOST:PORT",
+                         help="reach the issuer through this SOCKS5 proxy (a MeshVPN client's, Tor's), "
+                         "so the issuer does not see this machine's address")
+    p.set_defaults(func=walletCommand, action=None)
+
+
+def _runReactor(main):
+    """Run C{main(reactor)} (a coroutine function) on the reactor; @return: its result."""
+    from twisted.internet import reactor
+
+    box = []
+
+    def go():
+        d = defer.Deferred.fromCoroutine(main(reactor))
+        d.addBoth(lambda r: (box.append(r), reactor.stop()))
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    if not box:  # stopped by a signal (Ctrl-C): the purchase, if any, is pending on disk
+        print("meshvpn wallet: interrupted; 'meshvpn wallet resume' finishes a purchase already made", file=sys.stderr)
+        return 130
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def walletCommand(args, out=print):
+    from meshvpn.payments.wallet import TokenWallet
+
+    wallet = TokenWallet(os.path.abspath(args.wallet_dir))
+    if args.action in (None, "balance"):
+        return _balance(wallet, getattr(args, "json", False), out)
+    if args.action == "buy":
+        return _runReactor(lambda reactor: _buy(reactor, wallet, args, out))
+    return _runReactor(lambda reactor: _resume(reactor, wallet, args, out))
+
+
+def _balance(wallet, asJSON, out):
+    now = time.time()
+    balance = wallet.balance(now)
+    pending = len(wallet.pending())
+    if asJSON:
+        out(json.dumps({"wallet": wallet.directory, "issuers": balance, "pending_purchases": pending}))
+        return 0
+    out(f"wallet {wallet.directory}")
+    if not balance:
+        out("no tokens (buy some: meshvpn wallet buy N --issuer URL)")
+    for issuer, c in balance.items():
+        waiting = ""
+        if c["waiting"]:
+            waiting = f", {c['waiting']} waiting (the first spendable in {max(0, c['next_spendable'] - now):.0f}s)"
+        out(f"issuer {issuer[:16]}…: {c['usable']} tokens spendable{waiting}, {c['expired']} expired")
+    if pending:
+        out(f"{pending} purchase(s) pending: meshvpn wallet resume")
+    return 0
+
+
+async def _buy(reactor, wallet, args, out):
+    from meshvpn.payments.buy import buy
+    from meshvpn.payments.issuerclient import IssuerClient
+    from meshvpn.payments.monero import MoneroRPC, MoneroWallet
+
+    payer = MoneroWallet(MoneroRPC(reactor, args.pay_from)) if args.pay_from else None
+    got = await buy(reactor, IssuerClient(reactor, args.issuer, agent=_agent(reactor, args)), wallet, args.count, out, payer=payer,
+                    pollInterval=args.poll, spendDelay=args.spend_delay, timeout=args.timeout)
+    out(f"wallet: {got} tokens added to {wallet.directory}")
+    return 0
+
+
+async def _resume(reactor, wallet, args, out):
+    from meshvpn.payments.buy import resume
+    from meshvpn.payments.issuerclient import IssuerClient
+
+    if not wallet.pending():
+        out("wallet: no purchase pending")
+        return 0
+    agent = _agent(reactor, args)
+    got = await resume(reactor, lambda url: IssuerClient(reactor, url, agent=agent), wallet, out, args.poll, args.timeout)
+    out(f"wallet: {got} tokens added")
+    return 0
+
+
+def _agent(reactor, args):
+    """Twisted's default agent, or one through C{--socks}."""
+    if not getattr(args, "socks", None):
+        return None
+    from meshvpn.errors import MeshVPNError
+    from meshvpn.hostport import HostPortError, parseIPPort
+    from meshvpn.payments.socksagent import socksAgent
+
+    try:
+        host, port = parseIPPort(args.socks, allowZero=False)
+    except HostPortError:
+        raise MeshVPNError("--socks expects IP:PORT, e.g. 127.0.0.1:1080") from None
+    return socksAgent(reactor, host, port)
+

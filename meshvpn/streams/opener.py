@@ -1,0 +1,84 @@
+"""The stream opener the SOCKS server uses in a real client: streams on circuits.
+
+It asks the circuit manager for a circuit whose exit accepts the target,
+per isolation key, and opens the stream on it (L{ICircuit.openStream},
+which the circuit's L{meshvpn.streams.mux.StreamMux} serves); names are
+resolved by the exit through the same mux.  A stream whose circuit died
+before the exit answered (END reason DESTROY, or the circuit closed) is
+retried once on a fresh circuit, as Tor does; any other refusal goes back
+to the app as its SOCKS reply.
+"""
+
+import ipaddress
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from meshvpn.errors import StreamRefused
+from meshvpn.interfaces import IStreamOpener
+from meshvpn.onion.endreasons import EndReason
+from meshvpn.onion.streammsgs import AnswerType
+
+MAX_ATTEMPTS = 2
+_RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
+
+
+def _addresses(name, answers):
+    found = []
+    for kind, value, _ttl in answers:
+        if kind == AnswerType.IPV4:
+            found.append(str(ipaddress.IPv4Address(value)))
+        elif kind == AnswerType.IPV6:
+            found.append(str(ipaddress.IPv6Address(value)))
+    if not found:
+        raise StreamRefused(EndReason.RESOLVEFAILED, f"exit could not resolve {name}")
+    return found
+
+
+def _names(address, answers):
+    found = [value.decode("ascii", "replace") for kind, value, _ in answers if kind == AnswerType.HOSTNAME]
+    if not found:
+        raise StreamRefused(EndReason.RESOLVEFAILED, f"exit found no name for {address}")
+    return found
+
+
+@implementer(IStreamOpener)
+class CircuitStreamOpener:
+    """
+    @param circuits: an L{meshvpn.interfaces.ICircuitManager}.
+    """
+
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS):
+        self.circuits = circuits
+        self.maxAttempts = maxAttempts
+
+    def openStream(self, host, port, isolationKey):
+        return defer.Deferred.fromCoroutine(
+            self._withRetry(lambda c: c.openStream(host, port), (host, port), isolationKey)
+        )
+
+    def resolve(self, name, isolationKey):
+        # Any exit resolves names: no target port to match.
+        def action(circuit):
+            return circuit.streamHandler.resolve(name).addCallback(lambda a: _addresses(name, a))
+
+        return defer.Deferred.fromCoroutine(self._withRetry(action, None, isolationKey))
+
+    def resolvePTR(self, address, isolationKey):
+        def action(circuit):
+            reverse = ipaddress.ip_address(address).reverse_pointer
+            return circuit.streamHandler.resolve(reverse).addCallback(lambda a: _names(address, a))
+
+        return defer.Deferred.fromCoroutine(self._withRetry(action, None, isolationKey))
+
+    async def _withRetry(self, action, target, isolationKey):
+        attempt = 0
+        while True:
+            attempt += 1
+            circuit = await self.circuits.getCircuit(target=target, isolation=isolationKey)
+            try:
+                return await action(circuit)
+            except StreamRefused as e:
+                if EndReason.fromWire(int(e.reason)) not in _RETRYABLE or attempt >= self.maxAttempts:
+                    raise
+                # The circuit died under us: the manager hands out a new one.

@@ -1,0 +1,35 @@
+"""`meshvpn bench nat`: the NAT connectivity matrix as a benchmark (root only).
+
+Builds the namespace testbed, connects every pair of NAT types with the
+datagram link (punched, or relayed through TURN), pushes data both ways,
+classifies every host with ``meshvpn netcheck`` (RFC 5780), tears it all
+down, and prints one JSON object (``--json``) or a table.
+"""
+
+import json
+import os
+
+from meshvpn.errors import MeshVPNError
+
+
+def run(args, out):
+    if os.geteuid() != 0:
+        raise MeshVPNError("bench nat needs root (network namespaces and nftables)")
+    from meshvpn.tools import natmatrix as matrix
+    from meshvpn.tools.nattestbed import Cleanups
+
+    with Cleanups() as cleanups:
+        result = matrix.runMatrix(cleanups, size=args.bytes, classify=not args.no_classify, coturn=args.coturn)
+    result["turn_server"] = "coturn" if args.coturn else "meshvpn"
+    if args.json:
+        out(json.dumps(result))
+        return 0 if all(r["connected"] and r["verified"] for r in result["pairs"]) else 1
+    out(f"{'a':20} {'b':20} {'expected':8} {'path':8} {'connect s':>9} {'transfer s':>10}  verified")
+    for r in result["pairs"]:
+        ct = "-" if r["connect_time_s"] is None else f"{r['connect_time_s']:.3f}"
+        tt = f"{r.get('transfer_s', 0):.3f}" if r.get("transfer_s") is not None else "-"
+        out(f"{r['a']:20} {r['b']:20} {r['expected_path']:8} {str(r['path']):8} {ct:>9} {tt:>10}  {r['verified']}")
+    for c in result["classified"]:
+        out(f"classified {c['host']:22} expected {c['expected']:20} detected {c['detected']}")
+    out(f"total {result['total_s']} s (setup {result['setup_s']} s), {result['bytes_each_way']} bytes each way")
+    return 0

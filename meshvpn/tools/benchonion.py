@@ -1,0 +1,176 @@
+"""``meshvpn bench circuit``: what one cell costs in the onion plane.
+
+- crypto_us_per_cell_per_hop: the forward path of N cells through 3 hops
+  (origin tags and adds 3 AES-CTR layers; each relay removes one; the exit
+  checks the tag), all divided by N * 3.
+- relay_cells_per_s: one relay switching cells at full speed between two
+  in-memory links (batches as a link delivers them; the output link is a
+  sink), forward and backward; the headline is the slower direction.
+- build_time_median_s / build_time_p95_s: builds from this process through
+  the relay processes of a `meshvpn testnet` network (meshvpn/tools/benchbuild.py).
+  build_time_inmemory_median_s is the CPU part alone: a 3-hop build over
+  in-memory links in this process (3 ntor handshakes, 2 EXTEND2).
+  build_time_tls_loopback_*: 3-hop builds over real TLS links on loopback
+  TCP, all four nodes in this process (one core), links already open
+  (the first build, which opens them, is reported apart).
+"""
+
+import os
+import time
+
+from twisted.internet import task
+
+from meshvpn.tools.benchoutput import report
+from meshvpn.onion.cells import RelayCommand, packRelay
+from meshvpn.link.cellsize import CELL_SIZE
+from meshvpn.onion.origin import OriginCircuit
+from meshvpn.onion.relaycrypto import OriginCrypto, RelayLayer
+from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
+
+
+def benchCrypto(cells):
+    seeds = [os.urandom(32) for _ in range(3)]
+    origin = OriginCrypto()
+    for s in seeds:
+        origin.addHop(s)
+    relays = [RelayLayer(s) for s in seeds]
+    plain = packRelay(RelayCommand.DATA, 1, os.urandom(400))
+    t0 = time.perf_counter()
+    for _ in range(cells):
+        payload, _tag = origin.encrypt(plain, 2)
+        for layer in relays:
+            payload = layer.decryptForward(payload)
+            if layer.recognizeForward(payload) is not None:
+                break
+        else:
+            raise AssertionError("the exit did not recognize its own cell")
+    total = time.perf_counter() - t0
+    # components, for the record
+    layer = relays[0]
+    t0 = time.perf_counter()
+    for _ in range(cells):
+        layer.decryptForward(plain)
+    layerOnly = time.perf_counter() - t0
+    return {
+        "crypto_us_per_cell_per_hop": round(total / (cells * 3) * 1e6, 3),
+        "crypto_us_aes_layer": round(layerOnly / cells * 1e6, 3),
+    }
+
+
+def _relayUnderTest():
+    clock = task.Clock()
+    net = MemoryNetwork(clock)
+    d = {}
+    relay = TestRelay(net, clock, "relay", directory=d)
+    nxt = TestRelay(net, clock, "next", directory=d)
+    client = TestRelay(net, clock, "client", directory=d)
+    link = client.linkTo(relay.nodeId)
+    circ = OriginCircuit(client.switch, link, [relay.hopSpec(), nxt.hopSpec()])
+    built = circ.build()
+    net.pump()
+    if circ.closed or not built.called:
+        raise RuntimeError("benchmark circuit did not build")
+    [fromClient] = [ch for ch in relay.switch.channels() if ch.peerId == client.nodeId]
+    [toNext] = [ch for ch in relay.switch.channels() if ch.peerId == nxt.nodeId]
+    fromClient.link.discard = True
+    toNext.link.discard = True
+    rc = fromClient.circuits[circ.circId]
+    return relay, fromClient, toNext, circ.prefix, rc.nextPrefix
+
+
+def benchRelay(cells, batch):
+    relay, fromClient, toNext, prevPrefix, nextPrefix = _relayUnderTest()
+    body = os.urandom(CELL_SIZE - 5)
+    fwd = [prevPrefix + b"\x03" + body] * batch
+    back = [nextPrefix + b"\x03" + body] * batch
+    rounds = max(1, cells // batch)
+    out = {}
+    for name, channel, batchCells, sink in (("forward", fromClient, fwd, toNext.link),
+                                            ("backward", toNext, back, fromClient.link)):
+        before = sink.cellsSent
+        receive = channel.receive
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            receive(batchCells)
+        elapsed = time.perf_counter() - t0
+        if sink.cellsSent - before != rounds * batch:
+            raise RuntimeError(f"relay dropped cells in the {name} direction")
+        out[name] = rounds * batch / elapsed
+    if relay.switch.counters["protocol_errors"]:
+        raise RuntimeError("relay reported protocol errors during the benchmark")
+    return {
+        "relay_cells_per_s": int(min(out.values())),
+        "relay_cells_per_s_forward": int(out["forward"]),
+        "relay_cells_per_s_backward": int(out["backward"]),
+        "relay_batch_cells": batch,
+    }
+
+
+def benchBuildInMemory(builds):
+    """3-hop builds over in-memory links: the CPU cost of a build (3 ntor, 2 EXTEND2), no network."""
+    clock = task.Clock()
+    net = MemoryNetwork(clock)
+    d = {}
+    relays = [TestRelay(net, clock, name, directory=d) for name in ("guard", "middle", "exit")]
+    client = TestRelay(net, clock, "client", directory=d)
+    link = client.linkTo(relays[0].nodeId)
+    times = []
+    for _ in range(builds):
+        t0 = time.perf_counter()
+        circ = OriginCircuit(client.switch, link, [r.hopSpec() for r in relays])
+        built = circ.build()
+        net.pump()
+        times.append(time.perf_counter() - t0)
+        if not built.called or circ.closed:
+            raise RuntimeError("in-memory build failed")
+        circ.close()
+        net.pump()
+    times.sort()
+    return {"build_time_inmemory_median_s": round(times[len(times) // 2], 6)}
+
+
+def run(cells=200000, batch=64, builds=50):
+    result = {"cell_size": CELL_SIZE}
+    result.update(benchCrypto(max(1, cells // 4)))
+    result.update(benchRelay(cells, batch))
+    result.update(benchBuildInMemory(builds))
+    result["cells"] = cells
+    return result
+
+
+def _onReactor(*coroutineFactories):
+    """Run coroutines one after another on the real reactor; @return: their merged dicts."""
+    from twisted.internet import defer, reactor
+
+    async def all():
+        out = {}
+        for make in coroutineFactories:
+            out.update(await make(reactor))
+        return out
+
+    out, failures = {}, []
+    d = defer.Deferred.fromCoroutine(all())
+    d.addCallbacks(out.update, failures.append).addBoth(lambda _: reactor.stop())
+    reactor.run()
+    if failures:
+        failures[0].raiseException()
+    return out
+
+
+def main(args):
+    result = run(cells=args.cells, batch=args.batch, builds=args.builds)
+    from meshvpn.tools.benchbuild import realProcessBuildTimes
+    from meshvpn.tools.onionloopback import buildTimes
+
+    steps = []
+    if args.tls_builds > 0:
+        steps.append(lambda reactor: buildTimes(reactor, args.tls_builds))
+    if args.real_builds > 0:
+        steps.append(lambda reactor: realProcessBuildTimes(reactor, args.real_builds))
+    else:
+        result.update(build_time_median_s=None, build_time_p95_s=None, build_time_note="--real-builds 0")
+    if steps:
+        result.update(_onReactor(*steps))
+    report(result, args.json)
+    return 0
+

@@ -1,0 +1,126 @@
+"""``meshvpn bench tun``: the VPN measured in network namespaces (root).
+
+- C{throughput_mbps}: one TCP download (curl, no proxy) through the TUN, a
+  3-hop circuit of real ``twistd`` relays and the packet exit's NAT;
+- C{rtt_ms_median} (ping through the tunnel) against C{rtt_ms_direct_median}
+  (the same ping on the plain uplink before the VPN is up);
+- C{mesh_throughput_mbps} / C{mesh_rtt_ms_median}: a TCP download and pings
+  between two mesh clients behind NAT boxes of the NAT testbed (full-cone
+  and port-restricted: a hole-punched direct path).
+
+The layouts are L{meshvpn.tools.tunworld.TunWorld.buildTwistd} and
+L{meshvpn.tools.meshworld.meshWorld}; everything is removed at the end.
+"""
+
+import os
+import shutil
+import re
+import statistics
+import tempfile
+import time
+
+from meshvpn.tools.benchoutput import report
+from meshvpn.tools.nattestbed import Cleanups
+from meshvpn.tools.netns import Netns, run
+
+
+def _pingTimes(ns, target, count):
+    out = run("ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i", "0.05", "-w", str(5 + count), target,
+              check=False)
+    return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def _download(ns, url, timeout=120):
+    out = run("ip", "netns", "exec", ns, "curl", "-sS", "--max-time", str(timeout), "-o", "/dev/null", "-w",
+              "%{http_code} %{size_download} %{time_total}", url, check=False, timeout=timeout + 10)
+    code, size, total = out.split()
+    if code != "200":
+        raise RuntimeError(f"download of {url} failed: HTTP {code}")
+    return int(size), float(total)
+
+
+def _median(values):
+    return round(statistics.median(values), 3) if values else None
+
+
+def benchVPN(size, pings):
+    from meshvpn.tools.tunworld import DOMAIN, WEB, TunWorld
+
+    with Cleanups() as c:
+        workdir = tempfile.mkdtemp(prefix="mvbench-tun-")
+        c.addCleanup(shutil.rmtree, workdir, True)
+        w = TunWorld(Netns(c, "mvb"), c.addCleanup, workdir).buildTwistd()
+        direct = _pingTimes(w.ns["cl"], WEB, pings)
+        w.startTwistdClient()
+        deadline = time.monotonic() + 40
+        while True:  # the first circuit
+            try:
+                _download(w.ns["cl"], f"http://{DOMAIN}/bytes/1000", timeout=10)
+                break
+            except (RuntimeError, ValueError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no circuit after 40s: " + w.nodeLog("client")[-1500:]) from None
+                time.sleep(0.5)
+        got, seconds = _download(w.ns["cl"], f"http://{DOMAIN}/bytes/{size}")
+        tunnel = _pingTimes(w.ns["cl"], WEB, pings)
+        return {
+            "throughput_mbps": round(got * 8 / seconds / 1e6, 2),
+            "bytes": got,
+            "seconds": round(seconds, 3),
+            "rtt_ms_median": _median(tunnel),
+            "rtt_ms_direct_median": _median(direct),
+            "pings_answered": len(tunnel),
+        }
+
+
+def benchMesh(size, pings):
+    from meshvpn.tools.meshworld import meshPeers, meshWorld
+
+    with Cleanups() as c:
+        workdir = tempfile.mkdtemp(prefix="mvbench-mesh-")
+        c.addCleanup(shutil.rmtree, workdir, True)
+        tb, infos, names = meshWorld(c, (("full-cone", "port-restricted", "direct"),), workdir)
+        a, b = names
+        portFile = os.path.join(workdir, "web.port")
+        log = open(os.path.join(workdir, "web.log"), "wb")
+        c.addCleanup(log.close)
+        import subprocess
+        import sys
+
+        tb.popen(b, [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:8080:interface={infos[b]['address']}",
+                     "--port-file", portFile], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(portFile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        times = _pingTimes(tb.hosts[a].ns, infos[b]["address"], pings)
+        got, seconds = _download(tb.hosts[a].ns, f"http://{infos[b]['address']}:8080/bytes/{size}")
+        deadline = time.monotonic() + 5
+        while infos[b]["address"] not in meshPeers(infos[a]) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the status file is rewritten every second
+        peers = meshPeers(infos[a])
+        return {
+            "mesh_throughput_mbps": round(got * 8 / seconds / 1e6, 2),
+            "mesh_rtt_ms_median": _median(times),
+            "mesh_path": peers.get(infos[b]["address"], {}).get("path"),
+        }
+
+
+def benchTun(size=20_000_000, pings=20, meshSize=None, mesh=True):
+    result = {"benchmark": "tun", "size_bytes": size}
+    result.update(benchVPN(size, pings))
+    if mesh:
+        result.update(benchMesh(meshSize or size, pings))
+    return result
+
+
+def addArguments(p):
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bytes", type=int, default=20_000_000, help="bytes per download (default 20 MB)")
+    p.add_argument("--pings", type=int, default=20, help="pings per RTT median (default 20)")
+    p.add_argument("--no-mesh", action="store_true", help="skip the mesh measurement")
+
+
+def command(args):
+    result = benchTun(args.bytes, args.pings, mesh=not args.no_mesh)
+    report(result, args.json)
+    return 0
