@@ -19,7 +19,15 @@ MAX_LINKING = 16  # legs that sent MP_LINK and have not finished the handshake
 
 
 class MultipathRefused(MeshVPNError):
-    """MP_LINK refused (bounds, or a malformed or misplaced link); close that circuit."""
+    """
+    MP_LINK refused.  C{answer}: an honest client can meet it (a bound was
+    reached, the stream ended meanwhile): answer MP_REFUSED and keep the
+    circuit; otherwise (malformed, misplaced) close that circuit.
+    """
+
+    def __init__(self, why, answer=False):
+        super().__init__(why)
+        self.answer = answer
 
 
 class LinkRegistry:
@@ -58,22 +66,27 @@ class LinkRegistry:
         if leg in self._setOf:
             self._refuse("this circuit is already a leg of a set")
         if self.linking() >= self.maxLinking:
-            self._refuse(f"{self.maxLinking} legs are already linking")
+            self._refuse(f"{self.maxLinking} legs are already linking", answer=True)
         mpset = self.sets.get(link.nonce)
         if mpset is None or mpset.closed:
             if streamId == 0:
                 self._refuse("the first leg's MP_LINK must name the stream the set takes over")
             if len(self.sets) >= self.maxSets:
-                self._refuse(f"{self.maxSets} multipath sets already")
-            mpset = self._makeSet(link.nonce, leg, streamId)
+                self._refuse(f"{self.maxSets} multipath sets already", answer=True)
+            try:
+                mpset = self._makeSet(link.nonce, leg, streamId)
+            except MultipathRefused:
+                self.refused += 1
+                raise
             self.sets[link.nonce] = mpset
         elif streamId != 0:
             self._refuse("only the first leg names a stream")
         elif len(mpset.legs) >= MAX_LEGS:
-            self._refuse(f"the set already has {MAX_LEGS} legs")
+            self._refuse(f"the set already has {MAX_LEGS} legs", answer=True)
         try:
             mpset.acceptLeg(leg, link)
         except MultipathViolation as e:
+            self.sets.pop(link.nonce, None) if not mpset.legs else None
             self._refuse(str(e))
         self._setOf[leg] = mpset
         return mpset
@@ -93,6 +106,6 @@ class LinkRegistry:
                 for leg in [g for g, s in self._setOf.items() if s is mpset]:
                     del self._setOf[leg]
 
-    def _refuse(self, why):
+    def _refuse(self, why, answer=False):
         self.refused += 1
-        raise MultipathRefused(why)
+        raise MultipathRefused(why, answer)

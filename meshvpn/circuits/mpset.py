@@ -54,6 +54,7 @@ class MultipathSet:
         self.receiver = receiver
         self._onClose = onClose
         self._onLinked = None  # callable(leg): a leg finished its handshake
+        self.onRefused = None  # callable(leg): the exit answered MP_REFUSED to a leg (origin)
         self.sender = MultipathSender() if window is None else MultipathSender(window=window)
         self.reorder = ReorderBuffer(self._deliver, self._acknowledge)
         self.legs = {}  # leg -> LegState
@@ -164,6 +165,19 @@ class MultipathSet:
             self.reorder.addLeg(leg)
             leg.sendRelay(RelayCommand.MP_LINKED_ACK, 0, b"")
             self._linked(leg)
+        elif command == RelayCommand.MP_REFUSED and self.origin and state is LegState.LINKING:
+            if body:
+                raise MultipathViolation("MP_REFUSED has a body")
+            # The exit will not take this leg (a bound, or the stream ended): the
+            # circuit stays as it was; without linked legs the set is given up.
+            self.legs.pop(leg, None)
+            timer = self._timers.pop(leg, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if self.onRefused is not None:
+                self.onRefused(leg)
+            if not self.linkedLegs:
+                self._close("the exit refused the link")
         elif command == RelayCommand.MP_LINKED_ACK and not self.origin and state is LegState.LINKING:
             if body:
                 raise MultipathViolation("MP_LINKED_ACK has a body")

@@ -83,6 +83,7 @@ class RelayCommand:
     MP_ACK = 136
     MP_DATA = 137
     MP_FIN = 138
+    MP_REFUSED = 139
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
@@ -90,12 +91,13 @@ class RelayCommand:
         15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
         130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "MP_LINK", 133: "MP_LINKED",
         134: "MP_LINKED_ACK", 135: "MP_SWITCH", 136: "MP_ACK", 137: "MP_DATA", 138: "MP_FIN",
+        139: "MP_REFUSED",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
     FLOW_CONTROLLED = frozenset((DATA, PACKET, MP_DATA))
     # Multipath messages: edge to edge only, for the stream layer's multipath sets.
-    MULTIPATH = frozenset((MP_LINK, MP_LINKED, MP_LINKED_ACK, MP_SWITCH, MP_ACK, MP_DATA, MP_FIN))
+    MULTIPATH = frozenset((MP_LINK, MP_LINKED, MP_LINKED_ACK, MP_SWITCH, MP_ACK, MP_DATA, MP_FIN, MP_REFUSED))
 
 
 class DestroyReason:

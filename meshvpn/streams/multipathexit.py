@@ -34,7 +34,9 @@ class MultipathExit:
             try:
                 leg.mpset = self.registry.linkReceived(leg, streamId, body)
             except MultipathRefused as e:
-                raise MultipathViolation(f"MP_LINK refused: {e}") from e
+                if not e.answer:
+                    raise MultipathViolation(f"MP_LINK refused: {e}") from e
+                leg.sendRelay(RelayCommand.MP_REFUSED, 0, b"")
             return
         mpset = self.registry.setOf(leg)
         if mpset is None:
@@ -47,7 +49,8 @@ class MultipathExit:
     def _makeSet(self, nonce, leg, streamId):
         stream = leg.mux.streams.get(streamId)
         if stream is None or stream.state not in _TAKEN:
-            raise MultipathRefused("MP_LINK names no stream of this circuit that still sends")
+            # The stream may have ended while MP_LINK travelled: an answer, not a close.
+            raise MultipathRefused("MP_LINK names no stream of this circuit that still sends", answer=True)
         finishing = stream.state is StreamState.FLUSHING
         mpset = MultipathSet(leg.circuit.switch.clock, nonce, False, None)
         mstream = MultipathStream(mpset)

@@ -168,6 +168,13 @@ class MultipathStream:
             self.mpset.finish()
 
     def close(self, reason=EndReason.DONE):
+        if self.mpset.closed:
+            return
+        if reason == EndReason.DONE and self.mpset.finReceived:
+            # The peer had finished: a clean end (the set closes when our
+            # MP_FIN is acknowledged), not an abort that costs both circuits.
+            self.mpset.finish()
+            return
         self.mpset.abort(f"closed here: {EndReason.fromWire(reason).name}")
 
     def registerProducer(self, producer, streaming):
@@ -213,6 +220,10 @@ def upgradeStream(stream, circuit, second, nonce, clock):
     streamId = stream.streamId
 
     def linked(leg):
+        if leg is first and not mpset.closed:
+            # The second leg joins by nonce, so it links once the set exists at the exit.
+            other.mpset = mpset
+            mpset.addLeg(other, 0)
         if leg is first and not done.called:
             _pending, held, receiver, producer = stream.detach()
             mstream._early[:0] = held
@@ -225,18 +236,20 @@ def upgradeStream(stream, circuit, second, nonce, clock):
 
     def closed(why):
         first.mux.multipath = None
-        other.close()
-        if why is not None:
-            first.close()
+        other.close()  # the second circuit was built for the set
         if not done.called:
             done.errback(StreamRefused(EndReason.DESTROY, f"multipath link failed: {why}"))
         mstream._setClosed(why)
 
+    def refused(leg):
+        if leg is other:
+            other.close()
+
     mpset._onLinked = linked
     mpset._onClose = closed
-    for leg, sid in ((first, streamId), (other, 0)):
-        leg.mpset = mpset
-        mpset.addLeg(leg, sid)
+    mpset.onRefused = refused
+    first.mpset = mpset
+    mpset.addLeg(first, streamId)
     return mstream, done
 
 

@@ -304,7 +304,8 @@ class HostileTests(unittest.TestCase):
 
 
 _COMMANDS = st.sampled_from([RelayCommand.MP_SWITCH, RelayCommand.MP_DATA, RelayCommand.MP_FIN, RelayCommand.MP_ACK,
-                             RelayCommand.MP_LINKED, RelayCommand.MP_LINKED_ACK, RelayCommand.MP_LINK, 200])
+                             RelayCommand.MP_LINKED, RelayCommand.MP_LINKED_ACK, RelayCommand.MP_LINK,
+                             RelayCommand.MP_REFUSED, 200])
 _BODIES = st.one_of(st.binary(max_size=60), st.integers(0, 1 << 64 - 1).map(lambda n: n.to_bytes(8, "big")),
                     st.integers(0, 300).map(lambda n: n.to_bytes(8, "big")))
 

@@ -164,9 +164,16 @@ class Handover(unittest.TestCase):
         w.sources[0].push()
         # Step cell by cell until the set runs with data on both legs, then kill B.
         exitSets = w.edge._multipath.registry.sets
+        def bothCarry():
+            if not exitSets or not d.called:
+                return False
+            (s,) = exitSets.values()
+            perLeg = s.sender.cellsPerLeg()
+            return len(perLeg) == 2 and min(perLeg) > 50
+
         for _ in range(200000):
             w.n.net.pump(maxSteps=1)
-            if exitSets and d.called and reader.n > size // 4:
+            if bothCarry():
                 break
         self.successResultOf(d)
         (exitSet,) = exitSets.values()
@@ -182,12 +189,27 @@ class Handover(unittest.TestCase):
 
 
 class Hostile(unittest.TestCase):
-    def test_linkNamingNoStreamClosesThatCircuit(self):
+    def test_linkNamingNoStreamIsRefused(self):
+        """It may be a stream that just ended: MP_REFUSED, and the exit keeps nothing."""
         w = TwoPaths(self, 0)
         w.b.sendRelay(RelayCommand.MP_LINK, 99, MpLink(NONCE).encode())
         w.pump(5)
+        self.assertFalse(w.b.closed)
+        self.assertEqual(w.b.streamHandler.violations, 1)  # the MP_REFUSED, to a client that asked for nothing
+        self.assertEqual(w.edge._multipath.registry.sets, {})
+
+    def test_malformedLinkClosesThatCircuit(self):
+        w = TwoPaths(self, 0)
+        w.b.sendRelay(RelayCommand.MP_LINK, 99, b"short")
+        w.pump(5)
         self.assertTrue(w.b.closed)
         self.assertFalse(w.a.closed)
+
+    def test_secondLegBeforeAnySetClosesThatCircuit(self):
+        w = TwoPaths(self, 0)
+        w.b.sendRelay(RelayCommand.MP_LINK, 0, MpLink(NONCE).encode())
+        w.pump(5)
+        self.assertTrue(w.b.closed)
 
     def test_dataOnNoSetClosesThatCircuit(self):
         w = TwoPaths(self, 0)
@@ -256,3 +278,57 @@ class Automatic(unittest.TestCase):
         w.pump(20)
         self.assertEqual(reader.n, 10_000)
         self.assertEqual((bulk.state, legs.asked), ("single", []))
+
+
+class Ending(unittest.TestCase):
+    def test_cleanEndClosesOnlyTheSecondCircuit(self):
+        size = 200_000
+        w = TwoPaths(self, size, push=False)
+        reader = Reader()
+        stream = w.open(self, reader)
+        mstream, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        w.pump(3)
+        self.successResultOf(d)
+        w.sources[0].push()
+        w.pump(50)
+        self.assertEqual(reader.n, size)
+        self.assertTrue(reader.readEnded)
+        mstream.close()  # the application is done too
+        w.pump(20)
+        self.assertTrue(mstream.mpset.closed)
+        self.assertIsNone(mstream.mpset.closeReason)
+        self.assertTrue(w.b.closed)
+        self.assertFalse(w.a.closed)
+        self.assertIsNone(w.a.streamHandler.multipath)
+        self.assertEqual(w.edge._multipath.registry.sets, {})
+
+    def test_abortClosesBothCircuitsAndTheTarget(self):
+        w = TwoPaths(self, 0, end=False, push=False)
+        stream = w.open(self, Reader())
+        mstream, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        w.pump(5)
+        mstream.close(5)
+        w.pump(5)
+        self.assertTrue(w.a.closed and w.b.closed)
+        self.assertEqual(w.edge._multipath.registry.sets, {})
+
+    def test_streamEndedBeforeTheLinkArrived(self):
+        """The exit finished the stream as MP_LINK travelled: MP_REFUSED, the circuit stays, every byte arrived."""
+        size = 100_000
+        w = TwoPaths(self, size)
+        reader = Reader()
+        stream = w.open(self, reader)
+        w.pump(20)  # all of it, and the END, went as plain DATA
+        self.assertEqual(reader.n, size)
+        _, d = upgradeStream(stream, w.a, w.b, NONCE, w.n.clock)
+        w.pump(5)
+        self.failureResultOf(d)
+        self.assertFalse(w.a.closed)
+        self.assertTrue(w.b.closed)
+        self.assertIsNone(w.a.streamHandler.multipath)
+        self.assertEqual(w.edge._multipath.registry.sets, {})
+        # The first circuit still carries streams.
+        again = Reader()
+        w.open(self, again)
+        w.pump(20)
+        self.assertEqual(again.n, size)
