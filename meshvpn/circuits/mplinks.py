@@ -14,7 +14,7 @@ from meshvpn.circuits.mpset import LegState, MAX_LEGS
 from meshvpn.errors import MeshVPNError
 from meshvpn.onion.multipathmsgs import MpLink
 
-MAX_SETS = 64  # at most this many sets (each up to ~2 MB of reorder buffer) at one exit
+MAX_SETS = 32  # sets at one exit: each may hold ~2.1 MB out of order and ~2 MB unacknowledged
 MAX_LINKING = 16  # legs that sent MP_LINK and have not finished the handshake
 
 
