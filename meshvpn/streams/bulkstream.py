@@ -130,6 +130,7 @@ class BulkStream:
 
     def _linked(self, mstream):
         self.state = "multipath"
+        log.info("stream now carried by two circuits (multipath) after {moved} bytes", moved=self.detector.moved)
 
     def _linkFailed(self, failure):
         log.info("multipath link failed: {why}", why=failure.getErrorMessage())

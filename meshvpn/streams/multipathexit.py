@@ -60,6 +60,7 @@ class MultipathExit:
         if far is not None:
             for data in held:
                 far.write(data)  # from the origin, not yet handed to the target
+            far.unregisterProducer()  # a TCP transport takes a new producer only after this
             splice(mstream, far)
             far.resumeProducing()  # the stream may have paused it; the set pauses it again when it must
         if finishing:

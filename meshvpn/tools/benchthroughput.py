@@ -257,6 +257,7 @@ def run(args):
     if args.multipath:
         result.update(_multipath(args, log))
         result["bytes_match"] = result["bytes_match"] and result["multipath_bytes_match"]
+        result["checks"]["multipath_linked"] = bool(result["multipath_streams_linked"])
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0 if result["bytes_match"] else 1
 
@@ -281,7 +282,7 @@ def _multipath(args, log):
         cpuBefore = [_cpuSeconds(p) for p in pids]
         bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
         cpuUsed = sum(_cpuSeconds(p) - b for p, b in zip(pids, cpuBefore))
-        legs = _circuitCount(net)
+        legs = _linkedStreams(net)
     finally:
         net.stop()
     return {
@@ -289,16 +290,16 @@ def _multipath(args, log):
         "multipath_bytes_match": bulk.matches(nbytes),
         "multipath_after_bytes": MULTIPATH_AFTER,
         "multipath_cpu_s_per_gb": round(cpuUsed / (nbytes / 1e9), 2),
-        "multipath_client_circuits": legs,
+        "multipath_streams_linked": legs,
     }
 
 
-def _circuitCount(net):
-    """Circuits the client had open after the download (a second leg shows as one more)."""
+def _linkedStreams(net):
+    """Streams the client handed to a multipath set (from its log): 0 means the download stayed single-path."""
     try:
-        with open(os.path.join(net.client.dataDir, "status.json")) as f:
-            return len(json.load(f).get("circuits", {}).get("circuits", []))
-    except (OSError, ValueError, AttributeError):
+        with open(net.client.logPath) as f:
+            return sum(1 for line in f if "carried by two circuits" in line)
+    except OSError:
         return None
 
 
