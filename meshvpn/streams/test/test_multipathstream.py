@@ -56,6 +56,12 @@ class Recording(Source):
     def halfClose(self):
         self.halfClosed = True
 
+    def registerProducer(self, producer, streaming):
+        # As a TCP transport does: a second producer only after unregisterProducer.
+        if self.producer is not None:
+            raise RuntimeError("producer was never unregistered")
+        self.producer = producer
+
     def write(self, data):
         self.got.append(data)
 
