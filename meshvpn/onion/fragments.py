@@ -116,6 +116,9 @@ class PendingBodies:
     def __len__(self):
         return len(self._pending)
 
+    def __bool__(self):
+        return bool(self._pending)
+
     def first(self, circId, command, payload):
         """
         The first cell of a CREATE2 (C{command} CREATE2) or CREATED2.
