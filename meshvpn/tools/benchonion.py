@@ -23,6 +23,10 @@
 - create2_cpu_us_relay_<kind> / create2_cpu_us_client_<kind>: the CPU of one
   handshake of each kind (ntor, ntor3, ntor3-mlkem768) at the relay
   (answering a CREATE2) and at the client (making it and checking the reply).
+- cgo_us_per_cell_per_hop: CGO (meshvpn.onion.cgo) at a relay a cell passes
+  through (its UIV+ layer and the recognized check), per cell;
+  cgo_us_origin_per_cell (3 layers, the key update of the hop it is for) and
+  cgo_us_exit_per_cell (its layer, recognized, the key update) beside it.
 """
 
 import os
@@ -177,6 +181,37 @@ def benchHandshakes(count=200):
     return out
 
 
+def benchCgo(cells):
+    """CGO's crypto per cell: the origin, a middle relay (the per-hop cost), the exit."""
+    import hashlib
+
+    from meshvpn.onion import cgo
+
+    material = [hashlib.shake_256(b"bench %d" % i).digest(cgo.KEY_MATERIAL_LEN) for i in range(3)]
+    origin = cgo.CgoOriginCrypto()
+    relays = [cgo.CgoRelayLayer(m) for m in material]
+    for m in material:
+        origin.addHop(m)
+    body, cmd = bytes(cgo.BODY_LEN), b"\x03"
+    t0 = time.perf_counter()
+    sealed = [origin.encrypt(cmd, body, 2) for _ in range(cells)]
+    originTime = time.perf_counter() - t0
+    times = []
+    for relay in relays:
+        forward = relay.forward
+        t0 = time.perf_counter()
+        out = [forward(cmd, c) for c in sealed]
+        times.append(time.perf_counter() - t0)
+        sealed = [c for c, _ in out]
+    if not all(recognized for _, recognized in out):
+        raise AssertionError("the exit did not recognize every CGO cell meant for it")
+    return {
+        "cgo_us_per_cell_per_hop": round(min(times[:2]) / cells * 1e6, 3),
+        "cgo_us_origin_per_cell": round(originTime / cells * 1e6, 3),
+        "cgo_us_exit_per_cell": round(times[2] / cells * 1e6, 3),
+    }
+
+
 def run(cells=200000, batch=64, builds=50):
     result = {"cell_size": CELL_SIZE}
     result.update(benchCrypto(max(1, cells // 4)))
@@ -184,6 +219,7 @@ def run(cells=200000, batch=64, builds=50):
     result.update(benchBuildInMemory(builds))
     result.update(benchBuildInMemory(builds, hybrid=True))
     result.update(benchHandshakes())
+    result.update(benchCgo(max(1, min(cells // 4, 20000))))
     result["cells"] = cells
     return result
 
