@@ -20,13 +20,15 @@ cell (doc/protocol.md, "CGO relay crypto"):
   UH(KU, x)        = the AES-128-GCM tag of (key KU, nonce 0, no plaintext, AAD x):
                      GHASH under a secret key plus a constant, an AXU hash as POLYVAL is
   ET((KB,KU), T, X) = UH(KU,T) ^ AES_KB(X ^ UH(KU,T))                  (LRW2, as CGO)
-  PRF((KS,KN), T, t) = AES-128-GCM(KS) keystream for nonce AES_KN(T)[:12], from
-                     block 0 (t = 0) or block 31 (t = 1): AES-CTR keyed by KS at a
-                     nonce that is a PRP of the whole tweak
+  PRF(KS, T, t)    = the AES-128-GCM(KS) keystream for the 16-byte nonce T, from
+                     block 0 (t = 0) or block 31 (t = 1).  GCM turns a nonce that is
+                     not 96 bits into its first counter block through GHASH, so this
+                     is CTR_KS(UH(T)), CGO's PRF, with the hash key AES_KS(0)
   ENC_UIV((J,S), H, (X_L, X_R)) = (Y_L = ET(J, H | X_R, X_L),  Y_R = X_R ^ PRF(S, Y_L, 0))
-  UPDATE: (J', S', N') = PRF(S, N, 1), 80 bytes
+  UPDATE: (J', S', N') = PRF(S, N, 1), 64 bytes
 
-Cell payload (509 bytes): T (16) | C (493).  A relay's layer always runs
+Cell payload (509 bytes): T (16) | C (493).  Per direction the seed is
+KB | KU | KS | N (64 bytes); a hop's material is forward then backward.  A relay's layer always runs
 ENC_UIV, the client DEC_UIV; H is the previous cell's T' and the cell
 command (RELAY or RELAY_EARLY).  An end recognizes a cell when, after its
 layer, T equals its nonce N.  Proposal 359's published vectors do not
@@ -43,51 +45,54 @@ BLOCK = 16
 TAG_LEN = 16
 BODY_LEN = 493
 CELL_LEN = TAG_LEN + BODY_LEN  # the 509-byte cell payload
-STATE_SEED_LEN = 5 * BLOCK  # KB | KU | KS | KN | N
+STATE_SEED_LEN = 4 * BLOCK  # KB | KU | KS | N
 KEY_MATERIAL_LEN = 2 * STATE_SEED_LEN  # forward, then backward
 _ZERO12 = bytes(12)
 _N1_OFFSET = 31 * BLOCK
 _ZEROS = bytes(_N1_OFFSET + STATE_SEED_LEN)
 
 
-def _xor16(a, b):
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(16, "little")
+_from = int.from_bytes
+
+
+def _lrw(block, xl, u):
+    """u ^ block(xl ^ u): LRW2's two masks with one conversion of u."""
+    m = _from(u, "little")
+    return (_from(block((_from(xl, "little") ^ m).to_bytes(16, "little")), "little") ^ m).to_bytes(16, "little")
 
 
 class _Direction:
     """One direction of one hop's CGO layer: the keys (J, S), the nonce N and the chained tag T'."""
 
-    __slots__ = ("_kbEnc", "_kbDec", "_ku", "_ks", "_kn", "nonce", "tprime")
+    __slots__ = ("_kbEnc", "_kbDec", "_ku", "_ks", "nonce", "tprime")
 
     def __init__(self, seed):
         self._rekey(seed)
         self.tprime = bytes(BLOCK)
 
     def _rekey(self, seed):
-        kb, ku, ks, kn, n = (seed[i:i + BLOCK] for i in range(0, STATE_SEED_LEN, BLOCK))
+        kb, ku, ks, n = (seed[i:i + BLOCK] for i in range(0, STATE_SEED_LEN, BLOCK))
         self._kbEnc = Cipher(algorithms.AES(kb), modes.ECB()).encryptor().update
         self._kbDec = Cipher(algorithms.AES(kb), modes.ECB()).decryptor().update
         self._ku = AESGCM(ku).encrypt
         self._ks = AESGCM(ks).encrypt
-        self._kn = Cipher(algorithms.AES(kn), modes.ECB()).encryptor().update
         self.nonce = n
 
     # the building blocks
 
     def _prf0(self, tweak, data):
         """C{data} ^ PRF(S, tweak, 0)."""
-        return self._ks(self._kn(tweak)[:12], data, None)[:-16]
+        return self._ks(tweak, data, None)[:-16]
 
     def update(self, nonce):
         """UPDATE_UIV with C{nonce}: new keys and a new nonce; the old ones are gone."""
-        stream = self._ks(self._kn(nonce)[:12], _ZEROS, None)
+        stream = self._ks(nonce, _ZEROS, None)
         self._rekey(stream[_N1_OFFSET:_N1_OFFSET + STATE_SEED_LEN])
 
     def encrypt(self, cmd, cell):
         """ENC_UIV with H = T' | cmd (what a relay's layer does); T' becomes the output's T."""
         xl, xr = cell[:TAG_LEN], cell[TAG_LEN:]
-        u = self._ku(_ZERO12, b"", self.tprime + cmd + xr)
-        yl = _xor16(self._kbEnc(_xor16(xl, u)), u)
+        yl = _lrw(self._kbEnc, xl, self._ku(_ZERO12, b"", self.tprime + cmd + xr))
         self.tprime = yl
         return yl + self._prf0(yl, xr)
 
@@ -95,9 +100,9 @@ class _Direction:
         """DEC_UIV with H = T' | cmd (what the client does); T' becomes the input's T."""
         yl = cell[:TAG_LEN]
         xr = self._prf0(yl, cell[TAG_LEN:])
-        u = self._ku(_ZERO12, b"", self.tprime + cmd + xr)
+        xl = _lrw(self._kbDec, yl, self._ku(_ZERO12, b"", self.tprime + cmd + xr))
         self.tprime = yl
-        return _xor16(self._kbDec(_xor16(yl, u)), u) + xr
+        return xl + xr
 
 
 def _split(material):
