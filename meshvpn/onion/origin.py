@@ -20,7 +20,7 @@ from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
 from meshvpn.onion.ntor import HandshakeError
 from meshvpn.onion.cells import (
     MAX_RELAY_EARLY, CellError, Command, Create2, Created2, DestroyReason, Extend2,
-    Extended2, RelayCommand, Truncated, encodeCell, packRelay,
+    Extended2, RelayCommand, Truncated, packRelay,
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher

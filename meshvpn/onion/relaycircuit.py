@@ -16,7 +16,7 @@ from zope.interface import implementer
 from meshvpn.interfaces import ICircuitEnd, IRelayCircuit
 from meshvpn.onion.cells import (
     MAX_RELAY_EARLY, CellError, Command, Created2, DestroyReason, Extend2, Extended2, RelayCommand,
-    Truncated, encodeCell, packRelay,
+    Truncated, packRelay,
 )
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
 from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage

@@ -10,7 +10,7 @@ import os
 from twisted.trial import unittest
 
 from meshvpn.onion import cgo
-from meshvpn.onion.cells import RECOGNIZED_AT, RelayCommand, packRelay, unpackRelay
+from meshvpn.onion.cells import RelayCommand, packRelay, unpackRelay
 from meshvpn.onion.relaycrypto import OriginCrypto, RelayLayer
 
 RELAY, EARLY = b"\x03", b"\x09"
