@@ -8,7 +8,7 @@ the DHT's relay finder, circuits and SOCKS, and with --tun the VPN client
 
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSettings
 from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
@@ -78,6 +78,7 @@ def makeService(options):
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
     addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
+    addServiceManagerHooks(node, options)
     return node
 
 
