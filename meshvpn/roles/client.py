@@ -69,6 +69,7 @@ def makeService(options):
     node = buildNode("client", settings)
     links = addLinkManager(node, authenticate=False)
     dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+    node.status.addSource("dht", dht)  # contacts: how `meshvpn up` tells "no bootstrap answered"
     # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
     packets = settings["tun"] and settings["tun_capture"]
     finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
