@@ -107,7 +107,7 @@ def problems(socksOnly, sources, environ=None, geteuid=os.geteuid, which=None, t
 
 
 def problemScreen(found, mode):
-    lines = [f"meshvpn up: cannot start the {mode}:", ""]
+    lines = [f"cannot start the {mode}:", ""]
     for what, fix in found:
         lines.append(f"  x {what}")
         lines.append(f"      {fix}")
@@ -192,7 +192,7 @@ def up(args, out=print, spawn=None):
     if state is not None and state["pid"] and _alive(state["pid"]) and _isOurClient(state["pid"]):
         raise UpError(f"already up (pid {state['pid']}, {state.get('mode', '?')}); 'meshvpn down' first")
     if state is not None:
-        out("meshvpn up: the last run did not stop cleanly; restoring first")
+        out("the last run did not stop cleanly; restoring first")
         for line in _restore(places, state):
             out(f"  {line}")
     settings = readConfig(places)
