@@ -257,7 +257,10 @@ def _upScreen(status, settings, socksOnly):
         dev = (tun.get("tun") or {}).get("name", "the TUN")
         lines.append(f"meshvpn is up: all IPv4 goes through {dev} ({tun.get('address')}); DNS through the exit; "
                      f"SOCKS5 also on {socks}")
-        lines.append("IPv6 is blocked while up (the kill switch drops it rather than let it leak)")
+        if tun.get("address6"):
+            lines.append(f"IPv6 goes through it too ({tun['address6']}); exits without IPv6 refuse it at once")
+        else:
+            lines.append("IPv6 is blocked while up (the kill switch drops it rather than let it leak)")
     lines.append("turn it off with: meshvpn down")
     return "\n".join(lines)
 
