@@ -43,8 +43,8 @@ from meshvpn.measure.reports import prefixOf
 
 @attrs.frozen
 class Params:
-    iterations: int = 24
-    kappa: float = 1.5  # a link may carry this many times its fair share
+    iterations: int = 40
+    kappa: float = 1.25  # a link may carry this many times its fair share
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -118,13 +118,19 @@ def confirmedLinks(reports, known=()):
     return reporters, links, streaks
 
 
-def computeWeights(reports, known=(), params=Params()):
+def computeWeights(reports, known=(), params=Params(), roles=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
         most one per reporter (later duplicates are ignored) and all of the
         same epoch length.
     @param known: unused by the computation (a relay must report to be
         measured); kept so callers can pass the relays they know.
+    @param roles: C{{nodeId: flags}} from the relays' descriptors, or
+        C{None} (every relay may hold every position).  A relay that cannot
+        be a middle (a guard-only or exit-only relay) has links only with
+        middles, so its links are capped against the middles' traffic
+        rather than everyone's; a link between two such relays cannot
+        exist on a 3-hop path and counts for nothing.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
@@ -141,30 +147,40 @@ def computeWeights(reports, known=(), params=Params()):
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Start from what most reporters see, one vote each: the median over all
-    # reporters of c_ij * n (a reporter that confirmed nothing with j says 0),
-    # floored so sparsely seen relays can grow.  A clique confirming fake
-    # traffic only among itself starts at the floor, unless it is most of
-    # the reporters.
-    named = [[] for _ in range(n)]
-    for k, m in order:
-        c = float(links[(k, m)]) * n
-        named[k].append((c, 1.0, m))
-        named[m].append((c, 1.0, k))
-    start = [weightedMedian(named[k], float(n - 1 - len(named[k]))) for k in range(n)]
-    floor = max(sorted(start)[(n - 1) // 2], sorted(raw)[(n - 1) // 2]) / 100.0
-    traffic = [max(t, floor) for t in start]
+    # Start with one equal weight per reporter: whatever a group of
+    # reporters claims, it starts with its share of reporters, and the
+    # iterations let each weight grow only as far as confirmed links allow.
+    medianRaw = sorted(raw)[(n - 1) // 2]
+    traffic = [medianRaw if medianRaw > 0 else 1.0] * n
     kappa = params.kappa
+    middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
     for _ in range(params.iterations):
         total = sum(traffic)
+        middles = sum(t for t, mid in zip(traffic, middle) if mid)
         if total <= 0:
             break
         nxt = [0.0] * n
         for k, m in order:
-            c = min(float(links[(k, m)]), kappa * traffic[k] * traffic[m] / total)
+            if middle[k] and middle[m]:
+                cap = kappa * traffic[k] * traffic[m] / total
+            elif (middle[k] or middle[m]) and middles > 0:
+                cap = kappa * traffic[k] * traffic[m] / middles
+            else:
+                cap = 0.0
+            c = min(float(links[(k, m)]), cap)
             nxt[k] += c
             nxt[m] += c
         traffic = nxt
+    # The caps assume links in proportion to both ends' weights; where roles
+    # make traffic flow otherwise (a guard talks only to middles) every
+    # estimate shrinks alike.  Shares are what paths use; the bandwidth shown
+    # is scaled back so that the median reporter's estimate is what its
+    # links confirm.
+    ratios = sorted(raw[k] / traffic[k] for k in range(n) if traffic[k] > 0 and raw[k] > 0)
+    # (raw counts links that cannot exist too; the median reporter has few)
+    if ratios:
+        scale = ratios[(len(ratios) - 1) // 2]
+        traffic = [t * scale for t in traffic]
     total = sum(traffic)
     share = [t / total if total > 0 else 0.0 for t in traffic]
     partners = [[] for _ in range(n)]  # (streak given, vote, tiebreak)

@@ -7,7 +7,7 @@ hourly); a test network shortens it.
 """
 
 DEFAULT_LENGTH = 3600
-PUBLISH_DELAY = 0.05  # fraction of an epoch a client waits for reports after it ended
+PUBLISH_DELAY = 0.2  # fraction of an epoch a client waits for reports after it ended (the DHT stores take a while)
 
 
 def epochOf(now, length):

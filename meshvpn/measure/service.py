@@ -50,7 +50,9 @@ def weightsJSON(epoch, epochLength, measures, reports, updated):
 class MeasuredWeights(service.Service):
     """
     @param dht: a callable returning the L{meshvpn.interfaces.IDHT}.
-    @param known: a callable returning the node ids of the relays to read.
+    @param known: a callable returning C{{nodeId: flags}} of the relays to
+        read (the flags, from their descriptors, say which positions each
+        may hold).
     @param dataDir: where to write C{weights.json} (C{None}: nowhere).
     """
 
@@ -112,10 +114,10 @@ class MeasuredWeights(service.Service):
         now = self.clock.seconds()
         if epoch is None:
             epoch = lastComplete(now, self.epochLength)
-        ids = list(self.known())
-        reports = yield self.collector.fetchAll(ids, epoch)
+        roles = dict(self.known())
+        reports = yield self.collector.fetchAll(list(roles), epoch)
         reports = [r for r in reports if r.epochLength == self.epochLength]
-        self.measures = computeWeights(reports, known=ids, params=self.params)
+        self.measures = computeWeights(reports, known=list(roles), params=self.params, roles=roles)
         self.reports = {r.reporter: r for r in reports}
         self.epoch = epoch
         measured = sum(1 for m in self.measures.values() if "measured" in m.flags)

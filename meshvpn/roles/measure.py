@@ -23,7 +23,7 @@ def addTrafficReports(node, settings, links, switch, dht):
 
 def addMeasuredWeights(node, settings, dht, finder):
     """The client's C{"weights"} service: reads the reports of the relays C{finder} knows, each epoch."""
-    weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: list(finder.relays), settings["measure_epoch"],
+    weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: {i: d.flags for i, d in finder.relays.items()}, settings["measure_epoch"],
                               dataDir=node.dataDir)
     addService(dht, "weights", weights)
     node.status.addSource("weights", weights)

@@ -14,7 +14,9 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   C{inflate} (claim huge traffic with every other hostile relay: fake
   traffic among colluders), C{deflate} (report nothing with any honest
   relay), C{both}, C{sybil} (inflate, plus as many zero-capacity
-  identities that report and are reported by the colluders), C{targeted}
+  identities that report and are reported by the colluders), C{clique}
+  (sybil, but the colluders drop every link with honest relays: a closed
+  group confirming huge traffic only among itself), C{targeted}
   (inflate, and deny every link with the tenth of honest relays that carry
   the most, to shrink the caps of everyone else), and C{junk}, which is
   not a lie: hostile relays fill their idle capacity with real junk
@@ -34,7 +36,7 @@ import time
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 
-STRATEGIES = ("inflate", "deflate", "both", "sybil", "targeted")
+STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted")
 HUGE = 2**50
 
 
@@ -116,7 +118,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
     traffic = [dict(t) for t in honestTraffic]
     allIds = list(ids)
     colluders = [ids[k] for k in hostile]
-    if strategy == "sybil":
+    if strategy in ("sybil", "clique"):
         sybils = _ids(len(hostile), rng, 0xEE)
         allIds += sybils
         colluders += sybils
@@ -143,11 +145,11 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
         for k in hostileIdx:
             t = traffic[k]
             me = prefixOf(allIds[k])
-            if strategy in ("deflate", "both"):
+            if strategy in ("deflate", "both", "clique"):
                 t = {p: v for p, v in t.items() if p in {prefixOf(c) for c in colluders}}
             elif strategy == "targeted":
                 t = {p: v for p, v in t.items() if p not in topVoters}
-            if strategy in ("inflate", "both", "sybil", "targeted"):
+            if strategy in ("inflate", "both", "sybil", "clique", "targeted"):
                 for c in colluders:
                     if prefixOf(c) != me:
                         t[prefixOf(c)] = (HUGE, 0xFFFF)

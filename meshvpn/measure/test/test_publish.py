@@ -49,14 +49,14 @@ class PublishTests(unittest.TestCase):
 
     def nextEpoch(self):
         now = self.net.clock.seconds()
-        self.net.pump((epochOf(now, EPOCH) + 1) * EPOCH - now + 5)
+        self.net.pump((epochOf(now, EPOCH) + 1) * EPOCH - now + 15)  # past the delay a client gives publishers
 
     def test_epochReportsReachTheClientAndRankTheRelays(self):
         rates = [1, 2, 3, 4, 5, 6]
         self.nextEpoch()  # the first, partial epoch
         self.carry(rates)
         self.nextEpoch()
-        weights = MeasuredWeights(self.net.clock, lambda: self.client, lambda: [n.identity.nodeId for n in self.relays],
+        weights = MeasuredWeights(self.net.clock, lambda: self.client, lambda: {n.identity.nodeId: frozenset({"middle"}) for n in self.relays},
                                   EPOCH)
         verifyObject(IRelayWeights, weights)
         got = self.net.run(weights.refresh(), 30)
