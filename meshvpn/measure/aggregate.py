@@ -7,14 +7,17 @@ says alone is believed:
 - a link counts only as much as *both* ends report: c_ij = min(b_ij, b_ji).
   A liar cannot add a byte to its links with honest relays, and a relay
   that publishes no report carries no measured traffic;
-- a relay's measured traffic is the sum of its confirmed links, each capped
-  at C{kappa} times what the relays' current weights say the link should
-  carry when clients pick relays by weight: c_ij <= kappa * T_i * T_j / E
-  (E the sum of all traffic).  Colluders confirming huge fake traffic
-  with each other get at most kappa times their fair share of it;
-- starting from one equal (median) traffic for every reporter, the sum and
-  the caps are recomputed L{Params.iterations} times, so weights grow to
-  what confirmed traffic supports and no further;
+- a relay's measured traffic T_j is the sum of its confirmed links, each
+  capped at C{kappa} times what the current weights say the link should
+  carry when clients pick relays by weight: c_ij <= kappa * T_i * T_j / E,
+  E the sum of all traffic (for a relay that cannot be a middle, whose
+  links all go to middles, E is the middles' traffic; two such relays
+  never share a path and their link counts for nothing).  Colluders
+  confirming huge fake traffic among themselves get at most kappa times
+  their fair share of it;
+- every reporter starts with the same weight and the sums and caps are
+  recomputed L{Params.iterations} times, so weights grow only as far as
+  confirmed links allow (by at most kappa per round);
 - a relay's weight ramps up over its first L{Params.rampEpochs} epochs of
   service (its streak: the weighted median of the streaks its confirming
   partners give it), so a new relay does not draw its full share at once;
@@ -23,12 +26,14 @@ says alone is believed:
   (measured, a streak of at least L{Params.guardEpochs} epochs and at least
   the median measured bandwidth: guard status is earned over time).
 
-Why it holds (doc/measurement.md has the numbers): with a hostile fraction
-holding share f of the capacity, deflating honest relays removes at most
-their traffic with hostile ones (a factor 1 - f), and inflating removes
-nothing from the cap: hostile traffic T_h satisfies
-T_h <= H_h + kappa * f' * T_h, f' the hostile share of weight, so its gain
-stays bounded as long as kappa * f' < 1.
+Why it holds (doc/measurement.md has the numbers): let the hostile relays
+carry a fraction a of the honest relays' real traffic and hold share x of
+the weight.  Deflating a link costs the liar as much as its partner (both
+ends lose it).  Inflating adds at most kappa * x * T_h, so at the fixed
+point x / (1 - x) = a / (1 - kappa * x): with kappa = 1.25 and a = 0.25
+(a fifth of the capacity), x = 0.28 instead of 0.2, and a clique cannot
+run away unless it starts above the unstable root (x = 0.72) or
+(1 + a)^2 < 4 * kappa * a (a > 0.38: more than 28% of the capacity).
 
 Determinism: reporters, neighbours and pairs are processed sorted by id,
 ties in a median broken by id, and every operation is plain IEEE float
