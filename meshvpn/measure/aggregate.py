@@ -15,9 +15,11 @@ says alone is believed:
   never share a path and their link counts for nothing).  Colluders
   confirming huge fake traffic among themselves get at most kappa times
   their fair share of it;
-- every reporter starts with the same weight and the sums and caps are
-  recomputed L{Params.iterations} times, so weights grow only as far as
-  confirmed links allow (by at most kappa per round);
+- every reporter starts from the median, over all reporters (one vote
+  each), of what they confirm with it (a clique nobody else links with
+  starts at a floor), and the sums and caps are recomputed
+  L{Params.iterations} times, so weights grow only as far as confirmed
+  links allow (by at most kappa per round);
 - a relay's weight ramps up over its first L{Params.rampEpochs} epochs of
   service (its streak: the weighted median of the streaks its confirming
   partners give it), so a new relay does not draw its full share at once;
@@ -152,11 +154,22 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Start with one equal weight per reporter: whatever a group of
-    # reporters claims, it starts with its share of reporters, and the
-    # iterations let each weight grow only as far as confirmed links allow.
+    # Start from what most reporters see, one vote each: the median over all
+    # reporters of c_ij * n (one that confirmed nothing with j says 0),
+    # floored so that sparsely seen relays can grow.  A clique confirming
+    # fake traffic only among itself is seen by none of the others and
+    # starts at the floor, unless it is most of the reporters; from there a
+    # weight grows by at most kappa per round, and only as far as its
+    # confirmed links carry it.
+    named = [[] for _ in range(n)]
+    for k, m in order:
+        c = float(links[(k, m)]) * n
+        named[k].append((c, 1.0, m))
+        named[m].append((c, 1.0, k))
+    start = [weightedMedian(named[k], float(n - 1 - len(named[k]))) for k in range(n)]
     medianRaw = sorted(raw)[(n - 1) // 2]
-    traffic = [medianRaw if medianRaw > 0 else 1.0] * n
+    floor = max(sorted(start)[(n - 1) // 2], medianRaw, 1.0) / 100.0
+    traffic = [max(t, floor) for t in start]
     kappa = params.kappa
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
     for _ in range(params.iterations):

@@ -127,6 +127,9 @@ class AttackTests(unittest.TestCase):
     def test_sybilsThatCarryNothing(self):
         self.assertLess(self.ratio("sybil"), 1.5)
 
+    def test_aClosedCliqueWithSybils(self):
+        self.assertLess(self.ratio("clique"), 1.0)
+
     def test_deflatingHonestLinksCostsTheLiarAsMuch(self):
         for s in ("deflate", "both", "targeted"):
             self.assertLess(self.ratio(s), 1.0, s)
