@@ -15,8 +15,8 @@ says alone is believed:
   never share a path and their link counts for nothing).  Colluders
   confirming huge fake traffic among themselves get at most kappa times
   their fair share of it;
-- every reporter starts from the median, over all reporters (one vote
-  each), of what they confirm with it (a clique nobody else links with
+- every reporter starts from the lower quartile, over all reporters (one
+  vote each), of what they confirm with it (a clique nobody else links with
   starts at a floor), and the sums and caps are recomputed
   L{Params.iterations} times, so weights grow only as far as confirmed
   links allow (by at most kappa per round);
@@ -52,6 +52,7 @@ from meshvpn.measure.reports import prefixOf
 class Params:
     iterations: int = 40
     kappa: float = 1.25  # a link may carry this many times its fair share
+    startQuantile: float = 0.25  # colluders voting up a friend's start must outnumber 3 in 4 reporters
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -79,15 +80,16 @@ class RelayMeasure:
         }
 
 
-def weightedMedian(samples, zeroWeight=0.0):
+def weightedMedian(samples, zeroWeight=0.0, q=0.5):
     """
-    The lower weighted median of C{samples}, C{[(value, weight, tiebreak)]},
-    plus C{zeroWeight} at value 0.  @return: 0.0 when there is no weight.
+    The lower weighted C{q}-quantile (default: the median) of C{samples},
+    C{[(value, weight, tiebreak)]}, plus C{zeroWeight} at value 0.
+    @return: 0.0 when there is no weight.
     """
     total = zeroWeight + sum(w for _, w, _ in samples)
     if total <= 0:
         return 0.0
-    half = total / 2
+    half = total * q
     acc = zeroWeight
     if acc >= half:
         return 0.0
@@ -154,8 +156,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Start from what most reporters see, one vote each: the median over all
-    # reporters of c_ij * n (one that confirmed nothing with j says 0),
+    # Start from what most reporters see, one vote each: the lower quartile
+    # over all reporters of c_ij * n (one that confirmed nothing with j says 0),
     # floored so that sparsely seen relays can grow.  A clique confirming
     # fake traffic only among itself is seen by none of the others and
     # starts at the floor, unless it is most of the reporters; from there a
@@ -166,7 +168,7 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
         c = float(links[(k, m)]) * n
         named[k].append((c, 1.0, m))
         named[m].append((c, 1.0, k))
-    start = [weightedMedian(named[k], float(n - 1 - len(named[k]))) for k in range(n)]
+    start = [weightedMedian(named[k], float(n - 1 - len(named[k])), q=params.startQuantile) for k in range(n)]
     medianRaw = sorted(raw)[(n - 1) // 2]
     floor = max(sorted(start)[(n - 1) // 2], medianRaw, 1.0) / 100.0
     traffic = [max(t, floor) for t in start]
