@@ -15,8 +15,8 @@ says alone is believed:
   never share a path and their link counts for nothing).  Colluders
   confirming huge fake traffic among themselves get at most kappa times
   their fair share of it;
-- every reporter starts from the lower quartile, over all reporters (one
-  vote each), of what they confirm with it (a clique nobody else links with
+- every reporter starts from the median, over all reporters (one vote
+  each), of what they confirm with it (a clique nobody else links with
   starts at a floor), and the sums and caps are recomputed
   L{Params.iterations} times, so weights grow only as far as confirmed
   links allow (by at most kappa per round);
@@ -52,7 +52,7 @@ from meshvpn.measure.reports import prefixOf
 class Params:
     iterations: int = 40
     kappa: float = 1.25  # a link may carry this many times its fair share
-    startQuantile: float = 0.25  # colluders voting up a friend's start must outnumber 3 in 4 reporters
+    startQuantile: float = 0.5  # the median: colluders voting up a friend's start must outnumber the rest
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -156,8 +156,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Start from what most reporters see, one vote each: the lower quartile
-    # over all reporters of c_ij * n (one that confirmed nothing with j says 0),
+    # Start from what most reporters see, one vote each: the median over
+    # all reporters of c_ij * n (one that confirmed nothing with j says 0),
     # floored so that sparsely seen relays can grow.  A clique confirming
     # fake traffic only among itself is seen by none of the others and
     # starts at the floor, unless it is most of the reporters; from there a
