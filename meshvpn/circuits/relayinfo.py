@@ -13,8 +13,10 @@ from meshvpn.onion.origin import HopSpec
 from meshvpn.circuits.pathselect import RelayInfo, choosePath
 
 
-def relayInfo(descriptor):
+def relayInfo(descriptor, weights=None):
     """
+    @param weights: an L{meshvpn.interfaces.IRelayWeights}, or C{None}
+        (no measurement: path selection stays uniform).
     @return: a L{RelayInfo}, or C{None} for a relay no path can use: no link
         address, or one that is not C{IP:PORT} (the /16 rule needs an IP for
         every address the client may dial).
@@ -30,8 +32,11 @@ def relayInfo(descriptor):
     exitAccepts = None
     if "exit" in descriptor.flags:
         exitAccepts = lambda target: summaryAllows(summary, target[1])  # noqa: E731
+    measured = weights.measurement(descriptor.nodeId) if weights is not None else None
     return RelayInfo(
         nodeId=descriptor.nodeId,
+        weight=measured.weight if measured is not None else None,
+        measuredFlags=measured.flags if measured is not None else frozenset(),
         host=hosts[0],
         hosts=hosts,  # the /16 rule sees every address the client may dial
         roles=frozenset(descriptor.flags),

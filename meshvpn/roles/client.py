@@ -16,6 +16,8 @@ from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSetting
 from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
 from meshvpn.roles.onionclient import addOnionClient
+from meshvpn.roles.measure import addMeasuredWeights
+from meshvpn.measure.settings import measureSettings
 from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
@@ -53,6 +55,8 @@ class Options(RoleOptions):
         *tunSettings(),
         *meshSettings(),
         *controlSettings(),
+        # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
+        *measureSettings(),
         # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
         *paymentClientSettings(),
     ]
@@ -77,7 +81,8 @@ def makeService(options):
     packets = settings["tun"] and settings["tun_capture"]
     finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
                                                    enough=lambda ds: pathPossible(ds, packets)))
-    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
+    weights = addMeasuredWeights(node, settings, dht, finder)
+    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder), weights=weights)
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)

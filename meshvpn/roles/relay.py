@@ -13,6 +13,8 @@ from meshvpn.exit.settings import exitSettings
 from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.roles.links import addDatagramLinks, addLinkManager, listenForLinks
 from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
+from meshvpn.roles.measure import addTrafficReports
+from meshvpn.measure.settings import measureSettings
 from meshvpn.roles.payments import addPaidExit
 from meshvpn.control.options import controlSettings
 
@@ -61,6 +63,8 @@ class Options(RoleOptions):
             "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
         ),
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
+        # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
+        *measureSettings(),
         *controlSettings(),
     ]
 
@@ -104,6 +108,7 @@ def makeService(options):
         **publisherOptions(onion, exitParts),
     )
     addService(dht, "publisher", publisher)
+    addTrafficReports(node, settings, links, onion.switch, dht)
     onion.onRotate.append(lambda keys: publisher.publishNow())
     if settings["nat_relay"]:
         from meshvpn.link.relayservice import NatRelayService

@@ -23,7 +23,7 @@ GROUND = {"interfaces", "identity", "errors", "secretfile", "ratelimit", "config
 PLANES = {
     "ground": 0,
     "dht": 1, "nat": 1,  # discovery, connectivity
-    "link": 2,
+    "link": 2, "measure": 2,  # measure: peer traffic reports and weights (uses the DHT; reached by interface)
     "onion": 3,
     "circuits": 4,
     "streams": 5, "tun": 5,
