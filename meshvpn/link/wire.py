@@ -17,8 +17,12 @@ CELLS = 0x01
 KEEPALIVE = 0x02
 VERSIONS = 0x03
 AUTH = 0x04
+# A request to, or answer from, the relay at the other end of the link
+# itself (meshvpn/link/dirwire.py): how a client behind a censor reads the
+# directory through its bridge without a circuit and without UDP.
+DIRECTORY = 0x05
 
-CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH))
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, DIRECTORY))
 
 # Bounds: a sender splits bigger batches; a receiver refuses anything larger.
 MAX_CELLS_PER_RECORD = 256
@@ -33,7 +37,7 @@ class LinkProtocolError(LinkError):
 
 
 def encodeControl(kind, payload=b""):
-    """One control record (VERSIONS, AUTH, KEEPALIVE)."""
+    """One control record (VERSIONS, AUTH, KEEPALIVE, DIRECTORY)."""
     if kind not in CONTROL_TYPES or len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError("bad control record")
     return _HEADER.pack(kind, len(payload)) + payload

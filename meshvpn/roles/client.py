@@ -17,6 +17,7 @@ from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
 from meshvpn.roles.payments import addClientPayments
+from meshvpn.roles.transports import appendOption, bridgeSettings, checkBridges, clientTransports
 
 
 class Options(RoleOptions):
@@ -52,7 +53,15 @@ class Options(RoleOptions):
         *controlSettings(),
         # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
         *paymentClientSettings(),
+        # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
+        *bridgeSettings(),
     ]
+
+    def opt_transport(self, value):
+        appendOption(self, "transport", value)
+
+    def opt_bridge(self, value):
+        appendOption(self, "bridge", value)
 
     def postOptions(self):
         super().postOptions()
@@ -67,18 +76,42 @@ def makeService(options):
 
     settings = options.settings
     node = buildNode("client", settings)
-    links = addLinkManager(node, authenticate=False)
-    dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+    transports = clientTransports(node, settings)
+    checkBridges(settings, transports)
+    links = addLinkManager(node, authenticate=False, transports=transports)
     # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
     packets = settings["tun"] and settings["tun_capture"]
-    finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
-                                                   enough=lambda ds: pathPossible(ds, packets)))
+    enough = lambda ds: pathPossible(ds, packets)  # noqa: E731
+    if settings["bridge"] and settings.get("payment_wallet"):
+        raise SystemExit("meshvpn-client: config error: paying exits through bridges is not supported yet "
+                         "(the payment records live in the DHT, which a bridged client does not reach)")
+    if settings["bridge"]:
+        dht, finder = None, addBridgeDirectory(node, settings, links, enough)
+    else:
+        dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+        finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"], enough=enough))
     circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
     addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
     return node
+
+
+def addBridgeDirectory(node, settings, links, enough):
+    """
+    With C{--bridge}: no DHT of our own (no UDP to anyone); the relay
+    directory is read through the bridges' links, and only bridges are
+    first hops (L{meshvpn.link.bridgedir.BridgeDirectory}).
+    """
+    from meshvpn.link.bridgedir import BridgeDirectory, DirectoryChannel
+
+    channel = DirectoryChannel(node.reactor)
+    links.setDirectoryHandler(channel)
+    directory = BridgeDirectory(node.reactor, links, channel, settings["bridge"], settings["dht_sample_interval"],
+                                enough=enough)
+    node.status.addSource("bridges", directory)
+    return addService(node, "bridges", directory)
 
 
 def addTun(node, settings, finder, circuits, links):
