@@ -132,3 +132,42 @@ def announceBridgeLine(node, transportName, transport, log):
         return _
 
     node.whenStarted.addCallback(write)
+
+
+class UnreachableHint:
+    """
+    A client without bridges whose DHT has not joined after C{after}
+    seconds says so once, naming the bootstrap addresses it got no UDP
+    answer from and what to do behind a censor (the DHT's own retries say
+    only that nobody answered).
+    """
+
+    def __init__(self, reactor, dhtService, bootstrap, after=20.0):
+        from twisted.logger import Logger
+
+        self.log = Logger(namespace="meshvpn.reachability")
+        self.reactor = reactor
+        self.dht = dhtService
+        self.bootstrap = bootstrap
+        self.after = after
+        self._call = None
+
+    def start(self):
+        self._call = self.reactor.callLater(self.after, self._check)
+        self.dht.joined.addBoth(lambda r: (self._cancel(), r)[1])
+
+    def _cancel(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _check(self):
+        from meshvpn.hostport import formatHostPort
+
+        if not self.bootstrap:
+            return
+        where = ", ".join(formatHostPort(h, p) for h, p in self.bootstrap)
+        self.log.error(
+            "cannot reach the network: no DHT bootstrap node answered over UDP ({where}) in {s:.0f}s. "
+            "UDP, or these addresses, may be blocked (a censor?); if so use a bridge: "
+            "--transport 'obfs4 exec /usr/bin/obfs4proxy' --bridge 'obfs4 HOST:PORT NODEID cert=... iat-mode=0' "
+            "(doc/censorship.md)", where=where, s=self.after)
