@@ -115,7 +115,9 @@ class DirectoryChannel:
         size += len(chunk.chunk)
         if size > dirwire.MAX_RESPONSE:
             del self._pending[key]
-            raise dirwire.DirectoryWireError(f"DIRECTORY answer over {dirwire.MAX_RESPONSE} bytes")
+            e = dirwire.DirectoryWireError(f"DIRECTORY answer over {dirwire.MAX_RESPONSE} bytes")
+            d.errback(e)
+            raise e
         chunks.append(chunk.chunk)
         entry[2] = size
         if not chunk.last:
