@@ -99,14 +99,17 @@ class SocksClient(Protocol):
                     raise LinkError(f"{self.label}: rejected the bridge's arguments (bad cert=... or missing ones?)")
                 self._sendConnect()
             elif self.state is SocksState.CONNECT:
-                if len(self._buf) < 5:
+                if len(self._buf) < 2:
                     return
-                ver, rep, _, atyp, first = self._buf[:5]
+                ver, rep = self._buf[:2]
                 if ver != 5:
                     raise LinkError(f"{self.label}: a malformed SOCKS reply")
                 if rep != 0:
                     host, port = self.target
                     raise LinkError(f"{self.label}: could not reach {host}:{port}: {REPLIES.get(rep, f'SOCKS error {rep}')}")
+                if len(self._buf) < 5:
+                    return
+                atyp, first = self._buf[3:5]
                 size = {1: 4, 4: 16, 3: 1 + first}.get(atyp)
                 if size is None:
                     raise LinkError(f"{self.label}: a SOCKS reply with address type {atyp}")
