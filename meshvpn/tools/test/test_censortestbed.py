@@ -22,7 +22,7 @@ from meshvpn.control.status import readStatus
 from meshvpn.tools import webfixture
 from meshvpn.tools.censortestbed import BRIDGE_ADDRESS, BRIDGE_PORT, CensorWorld, analyseCapture
 from meshvpn.tools.netns import Netns, requireRoot
-from meshvpn.tools.tunworld import DNS, WEB
+from meshvpn.tools.tunworld import DNS, DOMAIN, WEB
 
 SIZE = 300_000
 PROBE = """
@@ -118,6 +118,29 @@ class CensorTests(unittest.TestCase):
         print(f"\ncensored uplink: {seen['packets']} packets, destinations {sorted(seen['destinations'])}, "
               f"censor drops {w.drops()}")
         self.assertGreater(seen["packets"], 20)
+        self.assertEqual(seen["destinations"], {("tcp", BRIDGE_ADDRESS, BRIDGE_PORT)})
+        self.assertEqual(seen["udp"], 0)
+        self.assertEqual(seen["tls_like"], 0)
+        w.stop("bridged")
+
+        # -- VPN mode through the same bridge: the whole namespace's traffic, DNS included, in the tunnel
+        pcap = os.path.join(self.workdir, "uplink-vpn.pcap")
+        capture = w.startCapture(pcap)
+        w.startClient("vpn", ["--transport", w.transportLine, "--bridge", w.bridgeLine, "--tun",
+                              "--socks-listen", "127.0.0.1:1082"])
+        vpnDir = w.dataDirs["vpn"]
+        self.waitFor("VPN up through the bridge",
+                     lambda: ((readStatus(vpnDir) or {}).get("tun") or {}).get("state") == "up", 120, "vpn")
+        self.assertEqual(readStatus(vpnDir)["tun"]["circuit"][0], w.nodeIds["bridge"])
+        out = os.path.join(self.workdir, "fetched-vpn")
+        w.inClient("curl", "-sS", "--max-time", "60", "-o", out, f"http://{DOMAIN}/bytes/{SIZE}", timeout=90)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), webfixture.body(SIZE))
+        time.sleep(1)
+        capture.terminate()
+        capture.wait(10)
+        seen = analyseCapture(pcap, w.address["cl"])
+        print(f"censored uplink, VPN mode: {seen['packets']} packets, destinations {sorted(seen['destinations'])}")
         self.assertEqual(seen["destinations"], {("tcp", BRIDGE_ADDRESS, BRIDGE_PORT)})
         self.assertEqual(seen["udp"], 0)
         self.assertEqual(seen["tls_like"], 0)
