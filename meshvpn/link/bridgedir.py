@@ -20,9 +20,11 @@ import random
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshvpn.dht.descriptor import DescriptorError, encodeDescriptor, parseDescriptor
 from meshvpn.errors import LinkError
+from meshvpn.interfaces import IStatusSource
 from meshvpn.link import dirwire
 from meshvpn.link.manager import LinkTarget
 from meshvpn.ratelimit import BucketTable
@@ -157,6 +159,7 @@ class _NotAGuard:
         return getattr(self._d, name)
 
 
+@implementer(IStatusSource)
 class BridgeDirectory(service.Service):
     """
     A bridged client's relay finder.  Samples through one reachable bridge

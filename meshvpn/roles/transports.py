@@ -76,6 +76,7 @@ def clientTransports(node, settings):
     for line in lines:
         supervisor = clientSupervisor(node.reactor, line, _stateDir(node))
         addService(parent, ",".join(line.names), supervisor)
+        node.status.addSource(f"transport {','.join(line.names)}", supervisor)  # state, launches, last error
         for name in line.names:
             found[name] = ManagedClientTransport(name, supervisor)
     return found

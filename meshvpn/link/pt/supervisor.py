@@ -15,11 +15,15 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStatusSource
 
 from meshvpn.link.pt.launch import LAUNCH_TIMEOUT, Launch, LaunchState
 from meshvpn.link.pt.messages import PTProtocolError
 
 
+@implementer(IStatusSource)
 class TransportSupervisor(service.Service):
     """
     @param envFor: called before each launch, returns the process environment.
