@@ -39,13 +39,15 @@ class LaunchState(enum.Enum):
     EXITED = "exited"
 
 
-def ptEnvironment(names, stateDir, server=None):
+def ptEnvironment(names, stateDir, server=None, extended=None):
     """
     The environment of a managed transport (pt-spec "Pluggable Transport Configuration Environment Variables").
 
     @param server: C{None} for a client; else C{(bindHost, bindPort, orHost, orPort)}:
         where each transport listens for the censored world and where it hands
         the unwrapped bytes (our link listener on loopback).
+    @param extended: C{None}, or C{(host, port, cookiePath)} of our Extended
+        ORPort (L{meshvpn.link.pt.extorport}), preferred by the transport.
     """
     env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
     env.update({
@@ -60,6 +62,10 @@ def ptEnvironment(names, stateDir, server=None):
         env["TOR_PT_SERVER_TRANSPORTS"] = ",".join(names)
         env["TOR_PT_SERVER_BINDADDR"] = ",".join(f"{n}-{formatHostPort(bindHost, bindPort)}" for n in names)
         env["TOR_PT_ORPORT"] = formatHostPort(orHost, orPort)
+        if extended is not None:
+            extHost, extPort, cookie = extended
+            env["TOR_PT_EXTENDED_SERVER_PORT"] = formatHostPort(extHost, extPort)
+            env["TOR_PT_AUTH_COOKIE_FILE"] = cookie
     return env
 
 

@@ -8,8 +8,9 @@ the tail of a bridge line.
 
 A server transport (L{ManagedServerTransport}) is started by the listener:
 C{serverEndpoint(...).listen(factory)} first listens for links on a
-loopback port of our own (pt-spec's ORPort, where the transport hands over
-the unwrapped TLS), then launches the program bound to the C{listen}
+loopback port of our own (the Extended ORPort, where the transport
+authenticates, names the client's address and hands over the unwrapped
+TLS: L{meshvpn.link.pt.extorport}), then launches the program bound to the C{listen}
 address and waits for its C{SMETHOD}.  The listening port it returns
 stands for the transport's public port: C{getHost()} is where censored
 clients connect, C{stopListening()} stops the program (and its
@@ -31,9 +32,12 @@ from meshvpn.errors import LinkError
 from meshvpn.hostport import HostPortError, parseIPPort
 from meshvpn.interfaces import IPluggableTransport
 from meshvpn.link.pt.args import PTAddress, parseArgWords, parsePTAddress
+from meshvpn.link.pt.extorport import ExtORFactory, writeCookie
 from meshvpn.link.pt.launch import ptEnvironment
 from meshvpn.link.pt.socks import PTClientEndpoint
 from meshvpn.link.pt.supervisor import TransportSupervisor
+
+COOKIE_FILE = "extended_orport_auth_cookie"
 
 
 @implementer(IPluggableTransport)
@@ -143,7 +147,12 @@ class PTServerEndpoint:
         return defer.Deferred.fromCoroutine(self._listen(factory))
 
     async def _listen(self, factory):
-        orPort = await endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(factory)
+        os.makedirs(self.transport.stateDir, mode=0o700, exist_ok=True)
+        cookie = os.path.join(self.transport.stateDir, COOKIE_FILE)
+        # The transport reaches us on the Extended ORPort, telling us each client's address (per-address limits).
+        extFactory = ExtORFactory(self.reactor, factory, writeCookie(cookie))
+        orPort = await endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(extFactory)
+        orPort.cookiePath = cookie
         listening = PTListeningPort(self.reactor, self.transport, self.host, self.port, orPort)
         try:
             await listening.start()
@@ -171,7 +180,8 @@ class PTListeningPort:
     def _env(self):
         orHost = self.orPort.getHost()
         return ptEnvironment(self.transport.line.names, self.transport.stateDir,
-                             server=(self.bindHost, self.bindPort, orHost.host, orHost.port))
+                             server=(self.bindHost, self.bindPort, orHost.host, orHost.port),
+                             extended=(orHost.host, orHost.port, self.orPort.cookiePath))
 
     def _ready(self, methods):
         method = methods.get(self.transport.name)

@@ -87,6 +87,11 @@ class Obfs4LinkTests(unittest.TestCase):
         link.sendCells([cell(i) for i in range(200)])
         yield handler.done
         self.assertEqual(handler.got, [cell(i) for i in range(200)])
+        # obfs4proxy came in through the Extended ORPort and named the client's address
+        self.assertEqual(port.orPort.factory.counters, {"opened": 1, "refused": 0})
+        [incoming] = [l for l in relay.links() if not l.isInitiator]
+        self.assertEqual(incoming.remoteHost, "127.0.0.1")
+        self.assertEqual(os.stat(port.orPort.cookiePath).st_mode & 0o777, 0o600)
 
     @defer.inlineCallbacks
     def test_wrongCertIsRefused(self):

@@ -1,6 +1,6 @@
 """The SOCKS5 client a managed transport's client method is reached with: pt-spec arguments, refusals named, bounded replies."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -73,6 +73,7 @@ class SocksClientTests(unittest.TestCase):
         proto.connectionLost(None)
         self.assertIn("closed the connection during the SOCKS handshake", str(self.failureResultOf(done, LinkError).value))
 
+    @settings(deadline=None)  # timing is noisy on a shared machine
     @given(st.binary(max_size=300))
     def test_anyRepliesAreBounded(self, data):
         proto, t, done, inner = client()
