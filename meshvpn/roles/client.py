@@ -92,7 +92,7 @@ def makeService(options):
         finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"], enough=enough))
         from meshvpn.roles.transports import UnreachableHint
 
-        node.whenStarted.addCallback(lambda r: (UnreachableHint(node.reactor, dht, settings["bootstrap"]).start(), r)[1])
+        addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
     circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check

@@ -10,7 +10,11 @@ only way to the directory.
 
 import os
 
+from twisted.application import service
+from twisted.logger import Logger
+
 from meshvpn.config import Setting, parseBool
+from meshvpn.hostport import formatHostPort
 from meshvpn.errors import LinkError
 from meshvpn.link.pt.args import parseBridgeLines, parseTransportLines
 from meshvpn.link.transports import availableTransports
@@ -63,8 +67,6 @@ def clientTransports(node, settings):
         program supervised by the C{"transports"} service (started before
         the links that use it, stopped after them).
     """
-    from twisted.application import service
-
     from meshvpn.link.pt.transport import ManagedClientTransport, clientSupervisor
     from meshvpn.roles.common import addService
 
@@ -115,7 +117,7 @@ def bridgeLine(node, transportName, transport):
         " " + address.split(" ", 1)[1] if " " in address else "")
 
 
-def announceBridgeLine(node, transportName, transport, log):
+def announceBridgeLine(node, transportName, transport, log=Logger(namespace="meshvpn.bridge")):
     """Once the node listens: write and log the bridge line (the operator hands it out, nobody else learns it)."""
 
     def write(_):
@@ -135,37 +137,40 @@ def announceBridgeLine(node, transportName, transport, log):
     node.whenStarted.addCallback(write)
 
 
-class UnreachableHint:
+class UnreachableHint(service.Service):
     """
-    A client without bridges whose DHT has not joined after C{after}
-    seconds says so once, naming the bootstrap addresses it got no UDP
+    A client without bridges whose DHT has not joined C{after} seconds
+    after start says so once, naming the bootstrap addresses it got no UDP
     answer from and what to do behind a censor (the DHT's own retries say
-    only that nobody answered).
+    only that nobody answered).  A child of the DHT service: stopped with it.
     """
+
+    log = Logger()
 
     def __init__(self, reactor, dhtService, bootstrap, after=20.0):
-        from twisted.logger import Logger
-
-        self.log = Logger(namespace="meshvpn.reachability")
         self.reactor = reactor
         self.dht = dhtService
         self.bootstrap = bootstrap
         self.after = after
         self._call = None
 
-    def start(self):
-        self._call = self.reactor.callLater(self.after, self._check)
-        self.dht.joined.addBoth(lambda r: (self._cancel(), r)[1])
+    def startService(self):
+        super().startService()
+        if self.bootstrap:
+            self._call = self.reactor.callLater(self.after, self._check)
+            self.dht.joined.addBoth(lambda r: (self._cancel(), r)[1])
+
+    def stopService(self):
+        super().stopService()
+        self._cancel()
 
     def _cancel(self):
         if self._call is not None and self._call.active():
             self._call.cancel()
+        self._call = None
 
     def _check(self):
-        from meshvpn.hostport import formatHostPort
-
-        if not self.bootstrap:
-            return
+        self._call = None
         where = ", ".join(formatHostPort(h, p) for h, p in self.bootstrap)
         self.log.error(
             "cannot reach the network: no DHT bootstrap node answered over UDP ({where}) in {s:.0f}s. "

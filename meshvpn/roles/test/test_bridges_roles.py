@@ -105,3 +105,44 @@ class RelayBridgeOptionsTests(unittest.TestCase):
         node = relay.makeService(self.options())
         self.assertIsNone(node.getServiceNamed("links")._directory)
         self.assertIn("publisher", {s.name for s in node.getServiceNamed("dht")})
+
+
+class UnreachableHintTests(unittest.TestCase):
+    def hint(self):
+        from twisted.internet import defer, task
+        from twisted.logger import globalLogPublisher
+
+        from meshvpn.roles.transports import UnreachableHint
+
+        clock = task.Clock()
+
+        class DHT:
+            joined = defer.Deferred()
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        hint = UnreachableHint(clock, DHT, [("198.18.1.2", 9000), ("198.18.1.3", 9000)])
+        hint.startService()
+        self.addCleanup(hint.stopService)
+        return clock, DHT, events
+
+    def messages(self, events):
+        from twisted.logger import formatEvent
+
+        return [m for m in (formatEvent(e) for e in events) if "cannot reach the network" in m]
+
+    def test_namesWhatDidNotAnswer(self):
+        clock, _, events = self.hint()
+        clock.advance(19)
+        self.assertEqual(self.messages(events), [])
+        clock.advance(2)
+        [message] = self.messages(events)
+        self.assertIn("no DHT bootstrap node answered over UDP (198.18.1.2:9000, 198.18.1.3:9000)", message)
+        self.assertIn("--bridge", message)
+
+    def test_quietOnceJoined(self):
+        clock, dht, events = self.hint()
+        dht.joined.callback(5)
+        clock.advance(60)
+        self.assertEqual(self.messages(events), [])
