@@ -427,6 +427,13 @@ class ILink(IPushProducer):
         Overrides the manager's L{ICellHandler} for this link.
         """
 
+    def sendDirectory(payload):
+        """
+        Send one DIRECTORY record (a question to, or an answer from, the
+        relay at the other end: meshvpn/link/dirwire.py).
+        @return: C{False} if the link is not open.
+        """
+
     def close(reason):
         """
         Close the link.  Every circuit on it is torn down with C{reason}.
@@ -653,6 +660,12 @@ class ILinkManager(Interface):
         """
         Await C{gate.allow} (an L{IDirectEgress}; C{None}: no gate) for a
         peer's address before dialling it.
+        """
+
+    def setDirectoryHandler(handler):
+        """
+        C{handler.directoryReceived(link, payload)} gets every DIRECTORY
+        record any link receives (C{None}: they are ignored).
         """
 
     def serverFactory(transportName):

@@ -25,7 +25,8 @@ def relayInfo(descriptor, weights=None):
     if not links:
         return None
     try:
-        hosts = tuple(parseIPPort(address, allowZero=False)[0] for _, address in links)
+        # a managed transport's address (a bridge's) carries its arguments after HOST:PORT
+        hosts = tuple(parseIPPort(address.split(" ", 1)[0], allowZero=False)[0] for _, address in links)
     except HostPortError:
         return None  # a host name: no /16 to place it in, so no path may use it
     summary = descriptor.exitPolicy

@@ -118,6 +118,8 @@ class LinkProtocol(Protocol):
         self._peerVersions = None
         self._parser = wire.RecordParser(self._cellsArrived, self._controlArrived)
         self._receiver = cellReceiver
+        # Set by the link manager: where DIRECTORY records go (None: ignored).
+        self.onDirectory = None
         self._openWaiters = []
         self._closedWaiters = []
         self._timer = None
@@ -162,6 +164,18 @@ class LinkProtocol(Protocol):
 
     def setCellReceiver(self, receiver):
         self._receiver = receiver
+
+    def sendDirectory(self, payload):
+        """One DIRECTORY record to the peer (L{meshvpn.link.dirwire}); C{False} if the link is not open."""
+        if self.state is not State.OPEN:
+            return False
+        data = wire.encodeControl(wire.DIRECTORY, payload)
+        self._lastOut = self._reactor.seconds()
+        if self._writeBlocked:
+            self._queue.append(data)
+        else:
+            self.transport.write(data)
+        return True
 
     def close(self, reason="closed"):
         if self.state is State.CLOSED:
@@ -325,6 +339,12 @@ class LinkProtocol(Protocol):
             return
         if kind == wire.VERSIONS:
             return self._versionsArrived(payload)
+        if kind == wire.DIRECTORY:
+            if self.state is not State.OPEN:
+                raise wire.LinkProtocolError("DIRECTORY before the link was authenticated")
+            if self.onDirectory is not None:
+                self.onDirectory(self, payload)
+            return
         if kind == wire.CLOSE:
             return self._closeArrived(payload)
         return self._authArrived(payload)

@@ -19,7 +19,12 @@ VERSIONS = 0x03
 AUTH = 0x04
 CLOSE = 0x05  # link version 2 and later: "I am closing this link, and why"
 
-CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE))
+# A request to, or answer from, the relay at the other end of the link
+# itself (meshvpn/link/dirwire.py): how a client behind a censor reads the
+# directory through its bridge without a circuit and without UDP.
+DIRECTORY = 0x06
+
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY))
 
 # VERSIONS entries from here up name circuit protocol versions (0x8000 + n),
 # below it link versions.  A node of the first release intersects every
@@ -46,7 +51,7 @@ class LinkProtocolError(LinkError):
 
 
 def encodeControl(kind, payload=b""):
-    """One control record (VERSIONS, AUTH, KEEPALIVE)."""
+    """One control record (VERSIONS, AUTH, KEEPALIVE, DIRECTORY)."""
     if kind not in CONTROL_TYPES or len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError("bad control record")
     return _HEADER.pack(kind, len(payload)) + payload

@@ -17,6 +17,7 @@ from meshvpn.roles.measure import addTrafficReports
 from meshvpn.measure.settings import measureSettings
 from meshvpn.roles.payments import addPaidExit
 from meshvpn.control.options import controlSettings
+from meshvpn.roles.transports import announceBridgeLine, appendOption, bridgeModeSetting, serverTransports, transportSetting
 
 
 class Options(RoleOptions):
@@ -42,6 +43,9 @@ class Options(RoleOptions):
             "only for a test network whose relays share one machine.",
         ),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
+        # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
+        transportSetting(),
+        bridgeModeSetting(),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
             "stun-alternate",
@@ -68,13 +72,17 @@ class Options(RoleOptions):
         *controlSettings(),
     ]
 
+    def opt_transport(self, value):
+        appendOption(self, "transport", value)
+
 
 def makeService(options):
     settings = options.settings
     node = buildNode("relay", settings)
-    links = addLinkManager(node, authenticate=True)
+    transports = serverTransports(node, settings)
+    links = addLinkManager(node, authenticate=True, transports=transports)
     node.status.addSource("links", links)  # refused links by cause: who is being kept out
-    listenForLinks(node, links, settings["link_transport"], settings["listen"])
+    linkTransport = listenForLinks(node, links, settings["link_transport"], settings["listen"], transports)
     from meshvpn.nat.endpoint import StunEndpoint
 
     # the socket's one STUN endpoint: the STUN server and the control plane's NAT check
@@ -107,9 +115,13 @@ def makeService(options):
         streamTransport=settings["link_transport"],
         **publisherOptions(onion, exitParts),
     )
-    addService(dht, "publisher", publisher)
-    addTrafficReports(node, settings, links, onion.switch, dht)
-    onion.onRotate.append(lambda keys: publisher.publishNow())
+    if settings["bridge_mode"]:
+        addBridge(node, settings, dht, links, publisher, linkTransport)
+    else:
+        # A bridge stays unlisted: no descriptor and no traffic reports of its own.
+        addService(dht, "publisher", publisher)
+        addTrafficReports(node, settings, links, onion.switch, dht)
+        onion.onRotate.append(lambda keys: publisher.publishNow())
     if settings["nat_relay"]:
         from meshvpn.link.relayservice import NatRelayService
 
@@ -121,6 +133,33 @@ def makeService(options):
     addControl(node, options, links=links, dht=dht, onion=onion, exitParts=exitParts, stun=stunEndpoint)
     addServiceManagerHooks(node, options, liveAppliers(node, settings, onion, exitParts, publisher))
     return node
+
+
+def addBridge(node, settings, dht, links, publisher, linkTransport):
+    """
+    A bridge: its descriptor is never published; it answers its clients'
+    directory questions over their links (its own descriptor, and the
+    relays its C{"finder"} samples from the DHT), and writes its bridge line.
+    """
+    from twisted.logger import Logger
+
+    from meshvpn.dht.service import RelayFinder
+    from meshvpn.link.bridgedir import DirectoryChannel
+
+    finder = addService(dht, "finder", RelayFinder(dht, 300.0))
+
+    class Responder:
+        def ownDescriptor(self):
+            return publisher.makeDescriptor()
+
+        def relays(self, count):
+            import random
+
+            usable = finder.usable()
+            return random.sample(usable, min(count, len(usable)))
+
+    links.setDirectoryHandler(DirectoryChannel(node.reactor, Responder()))
+    announceBridgeLine(node, settings["link_transport"], linkTransport, Logger(namespace="meshvpn.bridge"))
 
 
 def liveAppliers(node, settings, onion, exitParts, publisher):
