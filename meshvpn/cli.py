@@ -80,6 +80,13 @@ def buildParser():
     p.add_argument("--payments", action="store_true",
                    help="with a regtest Monero network, a token issuer and token-gated exits; the client buys tokens")
     p.set_defaults(func=_testnetCommand)
+    p = sub.add_parser("weights", help="each relay's measured bandwidth, weight, uptime, flags and last report",
+                       description="What the relays' signed traffic reports say of each relay, as this client "
+                                   "computed it for path selection (doc/measurement.md).")
+    from meshvpn.measure import cli as measureCLI
+
+    measureCLI.addArguments(p, defaultDataDir("client"))
+    p.set_defaults(func=lambda args: measureCLI.run(args))
     from meshvpn.tools.benchcommands import addBenchCommands
 
     addBenchCommands(sub)
@@ -98,6 +105,9 @@ def buildParser():
     from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
     addTunCommands(sub)
+    from meshvpn.client.updowncli import addUpDownCommands  # up, down, bootstrap
+
+    addUpDownCommands(sub)
     from meshvpn.payments.walletcli import addWalletCommands  # wallet
 
     addWalletCommands(sub)

@@ -406,6 +406,8 @@ class ILink(IPushProducer):
     isInitiator = Attribute("C{bool}: we dialled this link.")
     version = Attribute("C{int}: the negotiated link protocol version.")
     transportName = Attribute("C{str}: the pluggable transport the link runs over.")
+    cellsIn = Attribute("C{int}: cells received on this link so far (read per epoch, not per cell, by a meter).")
+    cellsOut = Attribute("C{int}: cells sent on this link so far.")
 
     def sendCells(cells):
         """
@@ -423,6 +425,13 @@ class ILink(IPushProducer):
         """
         C{receiver(cells: list[bytes])} is called with each batch of cells.
         Overrides the manager's L{ICellHandler} for this link.
+        """
+
+    def sendDirectory(payload):
+        """
+        Send one DIRECTORY record (a question to, or an answer from, the
+        relay at the other end: meshvpn/link/dirwire.py).
+        @return: C{False} if the link is not open.
         """
 
     def close(reason):
@@ -651,6 +660,12 @@ class ILinkManager(Interface):
         """
         Await C{gate.allow} (an L{IDirectEgress}; C{None}: no gate) for a
         peer's address before dialling it.
+        """
+
+    def setDirectoryHandler(handler):
+        """
+        C{handler.directoryReceived(link, payload)} gets every DIRECTORY
+        record any link receives (C{None}: they are ignored).
         """
 
     def serverFactory(transportName):
@@ -1378,6 +1393,52 @@ class IStatusSource(Interface):
     def status():
         """
         @return: a JSON-serialisable C{dict}.  No key material, no payload.
+        """
+
+
+# --------------------------------------------------------------------------
+# peer-measured bandwidth (measure/)
+
+
+class ITrafficMeter(Interface):
+    """
+    Counts the bytes a relay exchanges with each authenticated neighbour,
+    per link (never per cell), for its per-epoch report.
+    """
+
+    def drain():
+        """
+        @return: C{{peerNodeId: bytes}} exchanged (both directions) since
+            the last call; the counts start again from zero.
+        """
+
+
+class IRelayWeights(Interface):
+    """
+    Relay weights computed from the relays' signed traffic reports
+    (L{meshvpn.measure.aggregate}): the same reports give every client the
+    same weights.
+    """
+
+    epoch = Attribute("C{int} or C{None}: the epoch the current weights were computed from.")
+
+    def measurement(nodeId):
+        """
+        @return: the relay's L{meshvpn.measure.aggregate.RelayMeasure}
+            (measured bandwidth, weight, streak, flags), or C{None} if the
+            reports do not measure it.
+        """
+
+    def weightOf(nodeId):
+        """
+        @return: the relay's path-selection weight (C{int}, 0 when reports
+            name it but do not measure it), or C{None} if no report names it.
+        """
+
+    def report(nodeId):
+        """
+        @return: the relay's own last report (a
+            L{meshvpn.measure.reports.Report}) the weights used, or C{None}.
         """
 
 

@@ -43,6 +43,7 @@ import attrs
 from twisted.logger import Logger
 
 from meshvpn.secretfile import writeSecretFile
+from meshvpn.circuits.pathselect import weighted
 
 DAY = 86400.0
 MAX_SAMPLE_SIZE = 20
@@ -235,7 +236,9 @@ class GuardSet:
             fresh = sorted(nodeId for nodeId in listed if nodeId not in sampled)
             if not fresh:
                 break
-            pick = self.rng.choice(fresh)
+            # by measured weight, among those that earned the guard flag if any did
+            infos = [listed[n] for n in fresh]
+            pick = weighted([r for r in infos if "guard" in r.measuredFlags] or infos, self.rng).nodeId
             self.sample.append(SampledGuard(nodeId=pick, added=now - self.rng.uniform(0, GUARD_LIFETIME_S / 10)))
         self._primary = {g.nodeId for g in self._candidates(listed)[:N_PRIMARY]}
         for guard in self.sample:

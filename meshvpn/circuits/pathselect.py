@@ -8,10 +8,17 @@ exit chosen first, among exits whose policy fits the target.
 
 Nothing a relay says about itself buys it a larger share of paths:
 
-- relays are chosen uniformly.  The bandwidth a relay announces is its own
-  unverified claim, and weighting by it handed every path to a few relays
-  announcing huge numbers; until bandwidth is measured, each relay counts
-  once, so an attacker's share of paths is its share of relays;
+- relays are chosen in proportion to their *measured* weight: what the
+  other relays' signed traffic reports confirm (L{meshvpn.measure}; the
+  bandwidth a relay announces is its own unverified claim and is never
+  used).  A relay the reports do not measure yet (new, or before the
+  first epoch) counts as L{UNMEASURED_SHARE} of the median measured
+  weight, so it gets enough traffic to be measured but a flood of new
+  identities gains little; with no measurement at all, every relay counts
+  once (uniform), so an attacker's share of paths is its share of relays;
+- once some guards have earned the measured C{guard} flag (a long enough
+  streak of service and at least the median bandwidth), only those are
+  chosen as guards;
 - a relay sits in every network it lists an address in, not only the first
   one (the descriptor's order is the attacker's to choose, so a decoy listed
   first used to hide where the relay really is).  A relay listing a name
@@ -21,6 +28,7 @@ Nothing a relay says about itself buys it a larger share of paths:
 Which guard a client uses is L{meshvpn.circuits.guards}' decision.
 """
 
+import bisect
 import ipaddress
 import random
 
@@ -28,6 +36,8 @@ import attrs
 
 from meshvpn.errors import NoExitForTarget, NoPath
 from meshvpn.hostport import formatHostPort
+
+UNMEASURED_SHARE = 0.2
 
 
 def networksOf(hosts):
@@ -71,6 +81,8 @@ class RelayInfo:
     exitAccepts: object = None  # callable(target) -> bool, for exits
     descriptor: object = None
     hosts: tuple = ()
+    weight: object = None  # measured path weight (int), or None if the reports do not measure it
+    measuredFlags: frozenset = frozenset()  # earned from the reports: "measured", "fast", "guard"
     networks: object = attrs.field(init=False, eq=False, repr=False)
 
     @networks.default
@@ -95,9 +107,27 @@ def _fits(relay, chosen):
     return not any(related(relay, other) for other in chosen)
 
 
+def weighted(candidates, rng):
+    """
+    One of C{candidates}, drawn by measured weight (uniformly when none is
+    measured); an unmeasured one weighs L{UNMEASURED_SHARE} of the median
+    measured weight.
+    """
+    measured = sorted(r.weight for r in candidates if r.weight)
+    if not measured:
+        return rng.choice(candidates)
+    unmeasured = max(1, measured[(len(measured) - 1) // 2] * UNMEASURED_SHARE)
+    cum = []
+    total = 0
+    for r in candidates:
+        total += r.weight if r.weight else unmeasured
+        cum.append(total)
+    return candidates[min(bisect.bisect_right(cum, rng.random() * total), len(candidates) - 1)]
+
+
 def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=False):
     """
-    Choose C{[guard, middle, exit]}, each uniformly among the relays that fit.
+    Choose C{[guard, middle, exit]}, each by measured weight among the relays that fit.
 
     @param relays: L{RelayInfo}s known from the directory.
     @param target: C{(host, port)} the exit must accept, or C{None} (packet
@@ -124,18 +154,18 @@ def choosePath(relays, target=None, guard=None, rng=None, exclude=(), packets=Fa
         if packets:
             raise NoPath("no exit announces packet-exit (VPN mode)")
         raise NoPath(f"no exit fits among {len(usable)} known relays")
-    exit = rng.choice(exits)
+    exit = weighted(exits, rng)
     chosen.append(exit)
     if guard is None:
         guards = [r for r in usable if "guard" in r.roles and _fits(r, chosen)]
         if not guards:
             raise NoPath("no guard fits beside the chosen exit")
-        guard = rng.choice(guards)
+        guard = weighted([g for g in guards if "guard" in g.measuredFlags] or guards, rng)
         chosen.append(guard)
     middles = [r for r in usable if "middle" in r.roles and _fits(r, chosen)]
     if not middles:
         raise NoPath("no middle relay fits beside the guard and exit (distinct /16 and family)")
-    middle = rng.choice(middles)
+    middle = weighted(middles, rng)
     return [guard, middle, exit]
 
 

@@ -13,8 +13,10 @@ from meshvpn.onion.origin import HopSpec
 from meshvpn.circuits.pathselect import RelayInfo, choosePath
 
 
-def relayInfo(descriptor):
+def relayInfo(descriptor, weights=None):
     """
+    @param weights: an L{meshvpn.interfaces.IRelayWeights}, or C{None}
+        (no measurement: path selection stays uniform).
     @return: a L{RelayInfo}, or C{None} for a relay no path can use: no link
         address, or one that is not C{IP:PORT} (the /16 rule needs an IP for
         every address the client may dial).
@@ -23,15 +25,19 @@ def relayInfo(descriptor):
     if not links:
         return None
     try:
-        hosts = tuple(parseIPPort(address, allowZero=False)[0] for _, address in links)
+        # a managed transport's address (a bridge's) carries its arguments after HOST:PORT
+        hosts = tuple(parseIPPort(address.split(" ", 1)[0], allowZero=False)[0] for _, address in links)
     except HostPortError:
         return None  # a host name: no /16 to place it in, so no path may use it
     summary = descriptor.exitPolicy
     exitAccepts = None
     if "exit" in descriptor.flags:
         exitAccepts = lambda target: summaryAllows(summary, target[1])  # noqa: E731
+    measured = weights.measurement(descriptor.nodeId) if weights is not None else None
     return RelayInfo(
         nodeId=descriptor.nodeId,
+        weight=measured.weight if measured is not None else None,
+        measuredFlags=measured.flags if measured is not None else frozenset(),
         host=hosts[0],
         hosts=hosts,  # the /16 rule sees every address the client may dial
         roles=frozenset(descriptor.flags),
@@ -51,7 +57,8 @@ def hopSpec(relay, now):
     key = d.currentOnionKey(now)
     if key is None:
         raise ValueError(f"relay {d.nodeId.hex()[:16]} has no onion key valid now")
-    return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses))
+    return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses),
+                   handshakes=d.handshakes)
 
 
 def pathPossible(descriptors, packets=False, tries=3):

@@ -143,6 +143,7 @@ class LinkManager(service.Service):
         self._pending = {}
         self._all = set()
         self._handler = None
+        self._directory = None  # where DIRECTORY records go (meshvpn/link/bridgedir.py)
         self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
         self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "refused_address": 0,
@@ -172,6 +173,14 @@ class LinkManager(service.Service):
 
     def setCellHandler(self, handler):
         self._handler = handler
+
+    def setDirectoryHandler(self, handler):
+        """C{handler.directoryReceived(link, payload)} gets every DIRECTORY record; C{None}: ignored."""
+        self._directory = handler
+
+    def _directoryReceived(self, link, payload):
+        if self._directory is not None:
+            self._directory.directoryReceived(link, payload)
 
     def setEgressGate(self, gate):
         self._egress = gate
@@ -250,7 +259,8 @@ class LinkManager(service.Service):
         if gate is None:
             return
         try:
-            host, port = splitHostPort(address)
+            # a managed transport's address carries its arguments after the HOST:PORT
+            host, port = splitHostPort(address.split(" ", 1)[0])
         except LinkError:
             return  # not an IP address: the transport reaches it some other way
         allowing = gate.allow([("tcp", host, port)])
@@ -293,6 +303,7 @@ class LinkManager(service.Service):
         # Where the link came from: the switch counts CREATE2 limits by it
         # (L{meshvpn.onion.switch.peerKey}), so many links from one address share them.
         link.remoteHost = host
+        link.onDirectory = self._directoryReceived
         if not link.isInitiator:
             self._incoming += 1
             if host is not None:

@@ -6,17 +6,23 @@ the DHT's relay finder, circuits and SOCKS, and with --tun the VPN client
 (whose mesh router gets its peer connector from --mesh-relay's service).
 """
 
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStatusSource
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseBytesOrOff, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSettings
 from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
 from meshvpn.roles.onionclient import addOnionClient
+from meshvpn.roles.measure import addMeasuredWeights
+from meshvpn.measure.settings import measureSettings
 from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
 from meshvpn.roles.payments import addClientPayments
+from meshvpn.roles.transports import appendOption, bridgeSettings, checkBridges, clientTransports
 
 
 class Options(RoleOptions):
@@ -53,9 +59,19 @@ class Options(RoleOptions):
         *tunSettings(),
         *meshSettings(),
         *controlSettings(),
+        # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
+        *measureSettings(),
         # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
         *paymentClientSettings(),
+        # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
+        *bridgeSettings(),
     ]
+
+    def opt_transport(self, value):
+        appendOption(self, "transport", value)
+
+    def opt_bridge(self, value):
+        appendOption(self, "bridge", value)
 
     def postOptions(self):
         super().postOptions()
@@ -70,18 +86,60 @@ def makeService(options):
 
     settings = options.settings
     node = buildNode("client", settings)
-    links = addLinkManager(node, authenticate=False)
-    dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+    transports = clientTransports(node, settings)
+    checkBridges(settings, transports)
+    links = addLinkManager(node, authenticate=False, transports=transports)
     # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
     packets = settings["tun"] and settings["tun_capture"]
-    finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
-                                                   enough=lambda ds: pathPossible(ds, packets)))
-    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder))
+    enough = lambda ds: pathPossible(ds, packets)  # noqa: E731
+    if settings["bridge"] and settings.get("payment_wallet"):
+        raise SystemExit("meshvpn-client: config error: paying exits through bridges is not supported yet "
+                         "(the payment records live in the DHT, which a bridged client does not reach)")
+    if settings["bridge"]:
+        dht, finder = None, addBridgeDirectory(node, settings, links, enough)
+    else:
+        dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+        node.status.addSource("dht", DHTStatus(dht))  # contacts: how `meshvpn up` tells "no bootstrap answered"
+        finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"], enough=enough))
+        from meshvpn.roles.transports import UnreachableHint
+
+        addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
+    # A bridged client reaches no DHT, so it has no measurements: it draws uniformly.
+    weights = addMeasuredWeights(node, settings, dht, finder) if dht is not None else None
+    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder), weights=weights)
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
     addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
+    addServiceManagerHooks(node, options)
     return node
+
+
+def addBridgeDirectory(node, settings, links, enough):
+    """
+    With C{--bridge}: no DHT of our own (no UDP to anyone); the relay
+    directory is read through the bridges' links, and only bridges are
+    first hops (L{meshvpn.link.bridgedir.BridgeDirectory}).
+    """
+    from meshvpn.link.bridgedir import BridgeDirectory, DirectoryChannel
+
+    channel = DirectoryChannel(node.reactor)
+    links.setDirectoryHandler(channel)
+    directory = BridgeDirectory(node.reactor, links, channel, settings["bridge"], settings["dht_sample_interval"],
+                                enough=enough)
+    node.status.addSource("bridges", directory)
+    return addService(node, "bridges", directory)
+
+
+@implementer(IStatusSource)
+class DHTStatus:
+    """The DHT's counts in status.json (the service's own C{status()}, as the control API shows it)."""
+
+    def __init__(self, dht):
+        self._dht = dht
+
+    def status(self):
+        return self._dht.status()
 
 
 def addTun(node, settings, finder, circuits, links):

@@ -11,31 +11,42 @@ from meshvpn.link.protocol import LinkSettings
 from meshvpn.roles.common import addService
 
 
-def addLinkManager(node, authenticate):
+def addLinkManager(node, authenticate, transports=None):
     """
     The node's L{LinkManager} (a child service, so links close on stop).
 
     @param authenticate: prove our identity on outgoing links (relays);
         clients stay anonymous to their guards, as Tor clients do.
+    @param transports: C{{name: IPluggableTransport}}; default: the plugins found.
     """
-    return addService(node, "links", LinkManager(node.reactor, node.identity, LinkSettings(authenticate=authenticate)))
+    manager = LinkManager(node.reactor, node.identity, LinkSettings(authenticate=authenticate), transports=transports)
+    return addService(node, "links", manager)
 
 
-def listenForLinks(node, links, transportName, listen):
+def listenForLinks(node, links, transportName, listen, transports=None):
     """
     Accept links for C{links} on the transport called C{transportName}
     (the node's C{"stream"} listener).
 
+    @param transports: where to look the name up (default: the plugins found).
     @raise SystemExit: no such transport is installed (one clear line).
+    @return: the transport.
     """
     from meshvpn.link.transports import findTransport
 
     try:
-        transport = findTransport(transportName)
+        if transports is None:
+            transport = findTransport(transportName)
+        elif transportName in transports:
+            transport = transports[transportName]
+        else:
+            raise LinkError(f"no link transport {transportName!r} installed or configured "
+                            f"(have: {', '.join(sorted(transports))}); a managed one needs --transport")
         endpoint = transport.serverEndpoint(node.reactor, {"listen": listen})
     except LinkError as e:
         raise SystemExit(f"meshvpn-{node.role}: {e}") from None
-    node.listenStream(listen, links.serverFactory(transport.name), endpoint=endpoint)
+    node.listenStream(listen, links.serverFactory(transportName), endpoint=endpoint)
+    return transport
 
 
 def addDatagramLinks(node):

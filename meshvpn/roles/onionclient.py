@@ -31,15 +31,16 @@ class DirectoryRelays:
     an exit) it asks the directory again and waits, up to C{patience} seconds.
     """
 
-    def __init__(self, reactor, finder, patience=30.0, poll=0.25):
+    def __init__(self, reactor, finder, patience=30.0, poll=0.25, weights=None):
         self.reactor = reactor
         self.finder = finder
+        self.weights = weights
         self.patience = patience
         self.poll = poll
 
     def known(self):
         now = self.reactor.seconds()
-        infos = (relayInfo(d) for d in self.finder.relays.values() if d.expires > now)
+        infos = (relayInfo(d, self.weights) for d in self.finder.relays.values() if d.expires > now)
         return [r for r in infos if r is not None]
 
     def __call__(self):
@@ -60,7 +61,7 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
-def addOnionClient(node, settings, links, finder, payments=None):
+def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     """
     The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
     its C{"circuits"} manager fed by C{finder}, and the C{"socks"} listener
@@ -68,13 +69,14 @@ def addOnionClient(node, settings, links, finder, payments=None):
 
     @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
         pay token-gated exits), or C{None}.
+    @param weights: the L{meshvpn.interfaces.IRelayWeights} paths are drawn by, or C{None} (uniform).
     @return: the L{CircuitManager}.
     """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
     links.setCellHandler(onion.switch)
     addService(node, "onion", onion)
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
-    relays, onCircuit = DirectoryRelays(node.reactor, finder), attachStreams
+    relays, onCircuit = DirectoryRelays(node.reactor, finder, weights=weights), attachStreams
     if payments is not None:
         relays, onCircuit = payments.relaySource(relays), payments.onCircuit(onCircuit)
     circuits = CircuitManager(

@@ -10,11 +10,14 @@ from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, 
 from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
 from meshvpn.exit.paygate import paymentExitSettings
 from meshvpn.exit.settings import exitSettings
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.roles.links import addDatagramLinks, addLinkManager, listenForLinks
 from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
+from meshvpn.roles.measure import addTrafficReports
+from meshvpn.measure.settings import measureSettings
 from meshvpn.roles.payments import addPaidExit
 from meshvpn.control.options import controlSettings
+from meshvpn.roles.transports import announceBridgeLine, appendOption, bridgeModeSetting, serverTransports, transportSetting
 
 
 class Options(RoleOptions):
@@ -40,6 +43,9 @@ class Options(RoleOptions):
             "only for a test network whose relays share one machine.",
         ),
         Setting("link-transport", parseText, "tls", "Name of the pluggable transport links are accepted on (see doc/plugins.md)."),
+        # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
+        transportSetting(),
+        bridgeModeSetting(),
         Setting("stun-server", parseBool, True, "Answer STUN Binding requests on the UDP socket (true/false)."),
         Setting(
             "stun-alternate",
@@ -61,16 +67,22 @@ class Options(RoleOptions):
             "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
         ),
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
+        # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
+        *measureSettings(),
         *controlSettings(),
     ]
+
+    def opt_transport(self, value):
+        appendOption(self, "transport", value)
 
 
 def makeService(options):
     settings = options.settings
     node = buildNode("relay", settings)
-    links = addLinkManager(node, authenticate=True)
+    transports = serverTransports(node, settings)
+    links = addLinkManager(node, authenticate=True, transports=transports)
     node.status.addSource("links", links)  # refused links by cause: who is being kept out
-    listenForLinks(node, links, settings["link_transport"], settings["listen"])
+    linkTransport = listenForLinks(node, links, settings["link_transport"], settings["listen"], transports)
     from meshvpn.nat.endpoint import StunEndpoint
 
     # the socket's one STUN endpoint: the STUN server and the control plane's NAT check
@@ -103,8 +115,13 @@ def makeService(options):
         streamTransport=settings["link_transport"],
         **publisherOptions(onion, exitParts),
     )
-    addService(dht, "publisher", publisher)
-    onion.onRotate.append(lambda keys: publisher.publishNow())
+    if settings["bridge_mode"]:
+        addBridge(node, settings, dht, links, publisher, linkTransport)
+    else:
+        # A bridge stays unlisted: no descriptor and no traffic reports of its own.
+        addService(dht, "publisher", publisher)
+        addTrafficReports(node, settings, links, onion.switch, dht)
+        onion.onRotate.append(lambda keys: publisher.publishNow())
     if settings["nat_relay"]:
         from meshvpn.link.relayservice import NatRelayService
 
@@ -114,4 +131,45 @@ def makeService(options):
     from meshvpn.roles.control import addControl
 
     addControl(node, options, links=links, dht=dht, onion=onion, exitParts=exitParts, stun=stunEndpoint)
+    addServiceManagerHooks(node, options, liveAppliers(node, settings, onion, exitParts, publisher))
     return node
+
+
+def addBridge(node, settings, dht, links, publisher, linkTransport):
+    """
+    A bridge: its descriptor is never published; it answers its clients'
+    directory questions over their links (its own descriptor, and the
+    relays its C{"finder"} samples from the DHT), and writes its bridge line.
+    """
+    from twisted.logger import Logger
+
+    from meshvpn.dht.service import RelayFinder
+    from meshvpn.link.bridgedir import DirectoryChannel
+
+    finder = addService(dht, "finder", RelayFinder(dht, 300.0))
+
+    class Responder:
+        def ownDescriptor(self):
+            return publisher.makeDescriptor()
+
+        def relays(self, count):
+            import random
+
+            usable = finder.usable()
+            return random.sample(usable, min(count, len(usable)))
+
+    links.setDirectoryHandler(DirectoryChannel(node.reactor, Responder()))
+    announceBridgeLine(node, settings["link_transport"], linkTransport, Logger(namespace="meshvpn.bridge"))
+
+
+def liveAppliers(node, settings, onion, exitParts, publisher):
+    """What a SIGHUP may change on this relay (L{meshvpn.roles.relaylive})."""
+    from meshvpn.roles.relaylive import exitPolicyApplier, rateApplier
+
+    appliers = [rateApplier(exitParts.limiter if exitParts is not None else None, onion.switch.readLimiter)]
+    if exitParts is not None:
+        host = settings["udp"][0]
+        own = [host] if host not in ("0.0.0.0", "::") else []
+        local = node.getServiceNamed("local-addresses")
+        appliers.append(exitPolicyApplier(exitParts, publisher, own, local))
+    return appliers

@@ -17,13 +17,13 @@ import meshvpn
 
 # The ground: top-level modules every plane may use.
 GROUND = {"interfaces", "identity", "errors", "secretfile", "ratelimit", "config", "udpmux", "ports", "hostport",
-          "observer", "localaddrs"}
+          "hybridkem", "observer", "localaddrs", "sdnotify", "logoutput"}
 
 # Plane -> rank.  Lower ranks never import higher ones.
 PLANES = {
     "ground": 0,
     "dht": 1, "nat": 1,  # discovery, connectivity
-    "link": 2,
+    "link": 2, "measure": 2,  # measure: peer traffic reports and weights (uses the DHT; reached by interface)
     "onion": 3,
     "circuits": 4,
     "streams": 5, "tun": 5,

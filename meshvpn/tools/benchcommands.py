@@ -68,6 +68,13 @@ def addBenchCommands(sub):
 
     benchtokens.addArguments(p)
     p.set_defaults(func=lambda args: benchtokens.run(args, lambda line: print(line, flush=True)))
+    p = benchSub.add_parser("weights", help="peer-measured relay weights against liars (simulation, real aggregation)",
+                            description="Relays with known capacities report traffic; a hostile fraction lies; "
+                                        "prints how weights track capacity and what the liars gain.")
+    from meshvpn.tools import benchweights
+
+    benchweights.addArguments(p)
+    p.set_defaults(func=lambda args: benchweights.run(args, lambda line: print(line, flush=True)))
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench

@@ -1,0 +1,110 @@
+"""A relay's side: at every epoch boundary, sign what the links carried and publish it in the DHT.
+
+The report of epoch e goes out as owned DHT records, one per part, under
+C{ownedKey(nodeId, b"meshvpn-bw:" + part)}: anyone who knows a relay's node
+id finds its report there, and only the relay can write it (the DHT
+checks the record signature).  Record sequence numbers grow with the epoch,
+so a newer report replaces the older one on every storing node, and a
+record lives two epochs, so a client always finds the last complete one.
+
+The streak of a neighbour (epochs in a row it carried traffic with us) is
+kept in memory: a restarted relay starts its neighbours' streaks again,
+which can only make them look younger, never older.
+"""
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.dht.records import makeRecord
+from meshvpn.interfaces import IStatusSource
+from meshvpn.measure.epoch import epochOf, nextBoundary
+from meshvpn.measure.reports import MAX_STREAK, makeReport
+
+SALT_PREFIX = b"meshvpn-bw:"
+
+
+def reportSalt(part):
+    return SALT_PREFIX + bytes([part])
+
+
+@implementer(IStatusSource)
+class ReportPublisher(service.Service):
+    """
+    @param dht: an L{meshvpn.interfaces.IDHT} (a callable returning it, as
+        the DHT exists only once its service started).
+    @param meter: an L{meshvpn.interfaces.ITrafficMeter}.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, identity, dht, meter, epochLength):
+        self.clock = clock
+        self.identity = identity
+        self.dht = dht
+        self.meter = meter
+        self.epochLength = epochLength
+        self.streaks = {}
+        self.last = None  # (epoch, {peer: (bytes, streak)}, parts published)
+        self.failures = 0
+        self._call = None
+        self._epoch = None
+
+    def startService(self):
+        super().startService()
+        now = self.clock.seconds()
+        self._epoch = epochOf(now, self.epochLength)
+        self.meter.drain()  # what came before our first whole epoch is not an epoch's worth
+        self._call = self.clock.callLater(nextBoundary(now, self.epochLength), self._tick)
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _tick(self):
+        now = self.clock.seconds()
+        ended = self._epoch
+        self._epoch = epochOf(now, self.epochLength)
+        self._call = self.clock.callLater(nextBoundary(now, self.epochLength), self._tick)
+        d = self.publishEpoch(ended)
+        d.addErrback(lambda f: self.log.failure("bandwidth report of epoch {e} failed", f, e=ended))
+
+    def closeEpoch(self, epoch):
+        """Drain the meter into epoch C{epoch}'s signed report parts."""
+        traffic = self.meter.drain()
+        streaks = {}
+        for peer, count in traffic.items():
+            if count > 0:
+                streaks[peer] = min(self.streaks.get(peer, 0) + 1, MAX_STREAK)
+        self.streaks = streaks
+        table = {peer: (traffic[peer], streaks[peer]) for peer in streaks}
+        parts = makeReport(self.identity, epoch, self.epochLength, table)
+        self.last = (epoch, table, len(parts))
+        return parts
+
+    @defer.inlineCallbacks
+    def publishEpoch(self, epoch):
+        parts = self.closeEpoch(epoch)
+        expires = (epoch + 3) * self.epochLength
+        dht = self.dht()
+        results = yield defer.DeferredList(
+            [dht.put(makeRecord(self.identity, reportSalt(p.part), p.raw, epoch, expires)) for p in parts],
+            consumeErrors=True,
+        )
+        failed = sum(1 for ok, _ in results if not ok)
+        if failed:
+            self.failures += 1
+            self.log.warn("bandwidth report of epoch {e}: {n} of {m} parts not stored", e=epoch, n=failed, m=len(parts))
+        else:
+            self.log.info("bandwidth report of epoch {e} published: {k} neighbours", e=epoch, k=len(self.last[1]))
+        return len(parts) - failed
+
+    def status(self):
+        out = {"epoch_length": self.epochLength, "failures": self.failures}
+        if self.last is not None:
+            epoch, table, parts = self.last
+            out.update(last_epoch=epoch, neighbours=len(table), parts=parts,
+                       bytes=sum(b for b, _ in table.values()))
+        return out

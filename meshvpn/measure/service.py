@@ -1,0 +1,144 @@
+"""A client's weights: once per epoch, read every known relay's report and compute the weights.
+
+The relays to read are the ones the client's directory view holds (its
+L{meshvpn.dht.service.RelayFinder}); their reports come from the DHT
+(L{meshvpn.measure.collect}), the weights from
+L{meshvpn.measure.aggregate.computeWeights}, and path selection reads them
+through L{IRelayWeights}.  Until the first epoch has been measured the
+service knows nothing and path selection stays uniform.
+
+The result is also written to C{weights.json} in the data directory (public
+data: every relay's measured bandwidth, weight, streak, flags and its last
+report's totals), for C{meshvpn weights} and anyone who wants to check
+the computation.
+"""
+
+import json
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import IRelayWeights, IStatusSource
+from meshvpn.measure.aggregate import Params, computeWeights
+from meshvpn.measure.collect import ReportCollector
+from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
+from meshvpn.secretfile import writeSecretFile
+
+WEIGHTS_FILE = "weights.json"
+
+
+def weightsJSON(epoch, epochLength, measures, reports, updated):
+    """The public summary C{weights.json} holds."""
+    byReporter = {r.reporter: r for r in reports}
+    relays = []
+    for nodeId, m in sorted(measures.items()):
+        entry = m.toJSON()
+        entry["uptime"] = m.streak * epochLength
+        r = byReporter.get(nodeId)
+        if r is not None:
+            entry["report"] = {"epoch": r.epoch, "neighbours": len(r.traffic),
+                               "bytes": sum(b for b, _ in r.traffic.values()), "parts": len(r.parts)}
+        relays.append(entry)
+    return {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
+            "relays": relays}
+
+
+@implementer(IRelayWeights, IStatusSource)
+class MeasuredWeights(service.Service):
+    """
+    @param dht: a callable returning the L{meshvpn.interfaces.IDHT}.
+    @param known: a callable returning C{{nodeId: flags}} of the relays to
+        read (the flags, from their descriptors, say which positions each
+        may hold).
+    @param dataDir: where to write C{weights.json} (C{None}: nowhere).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params()):
+        self.clock = clock
+        self.collector = ReportCollector(dht)
+        self.known = known
+        self.epochLength = epochLength
+        self.dataDir = dataDir
+        self.params = params
+        self.epoch = None
+        self.measures = {}
+        self.reports = {}
+        self._call = None
+
+    # IRelayWeights
+    def measurement(self, nodeId):
+        m = self.measures.get(nodeId)
+        return m if m is not None and "measured" in m.flags else None
+
+    def weightOf(self, nodeId):
+        m = self.measures.get(nodeId)
+        return None if m is None else m.weight
+
+    def report(self, nodeId):
+        return self.reports.get(nodeId)
+
+    # the epoch loop
+    def startService(self):
+        super().startService()
+        self._schedule()
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _schedule(self):
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        # read each epoch's reports a little after it ended, once relays have published
+        delay = nextBoundary(now - self.epochLength * PUBLISH_DELAY, self.epochLength)
+        self._call = self.clock.callLater(delay, self._tick)
+
+    def _tick(self):
+        d = self.refresh()
+        d.addErrback(lambda f: self.log.failure("computing relay weights failed", f))
+        d.addBoth(lambda _: self._schedule())
+
+    @defer.inlineCallbacks
+    def refresh(self, epoch=None):
+        """
+        Read the reports of C{epoch} (default: the last complete one) and
+        recompute.  @return: Deferred firing with the number of reports used.
+        """
+        now = self.clock.seconds()
+        if epoch is None:
+            epoch = lastComplete(now, self.epochLength)
+        roles = dict(self.known())
+        reports = yield self.collector.fetchAll(list(roles), epoch)
+        reports = [r for r in reports if r.epochLength == self.epochLength]
+        self.measures = computeWeights(reports, known=list(roles), params=self.params, roles=roles)
+        self.reports = {r.reporter: r for r in reports}
+        self.epoch = epoch
+        measured = sum(1 for m in self.measures.values() if "measured" in m.flags)
+        self.log.info("relay weights of epoch {e}: {n} reports, {m} relays measured", e=epoch, n=len(reports),
+                      m=measured)
+        self.write()
+        return len(reports)
+
+    def write(self):
+        if self.dataDir is None:
+            return
+        body = weightsJSON(self.epoch, self.epochLength, self.measures, list(self.reports.values()),
+                           self.clock.seconds())
+        writeSecretFile(os.path.join(self.dataDir, WEIGHTS_FILE), json.dumps(body, indent=1).encode())
+
+    def status(self):
+        return {
+            "epoch": self.epoch,
+            "epoch_length": self.epochLength,
+            "current_epoch": epochOf(self.clock.seconds(), self.epochLength),
+            "reports": len(self.reports),
+            "measured": sum(1 for m in self.measures.values() if "measured" in m.flags),
+            "rejected": self.collector.rejected,
+        }

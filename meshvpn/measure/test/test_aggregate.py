@@ -1,0 +1,144 @@
+"""Weights from reports: they follow capacity, ignore what a relay says of itself, and bound what liars gain."""
+
+import random
+
+from twisted.trial import unittest
+
+from meshvpn.measure.aggregate import Params, computeWeights, weightedMedian
+from meshvpn.measure.reports import Report, prefixOf
+from meshvpn.tools.benchweights import HUGE, _attack, _ids, _pearson, _reportsOf, _traffic
+
+
+def network(n=60, circuits=6000, seed=5, sigma=1.0):
+    rng = random.Random(seed)
+    ids = _ids(n, rng, 0)
+    caps = [rng.lognormvariate(0.0, sigma) for _ in range(n)]
+    pairs = _traffic(caps, circuits, rng)
+    return ids, caps, pairs, _reportsOf(ids, pairs)
+
+
+def reports(ids, traffic, epochLength=3600):
+    return [Report(ids[k], b"", 1, epochLength, t, ()) for k, t in enumerate(traffic)]
+
+
+class MedianTests(unittest.TestCase):
+    def test_weightedMedian(self):
+        self.assertEqual(weightedMedian([]), 0.0)
+        self.assertEqual(weightedMedian([(5, 1, 0), (1, 1, 1), (9, 1, 2)]), 5)
+        self.assertEqual(weightedMedian([(5, 1, 0), (9, 3, 1)]), 9)
+        self.assertEqual(weightedMedian([(5, 1, 0)], zeroWeight=2), 0.0)
+
+
+class HonestTests(unittest.TestCase):
+    def test_followsCapacity(self):
+        ids, caps, _, traffic = network()
+        m = computeWeights(reports(ids, traffic))
+        weights = [m[i].weight for i in ids]
+        self.assertGreater(_pearson(weights, caps), 0.9)
+        self.assertTrue(all("measured" in m[i].flags for i in ids))
+
+    def test_deterministicWhateverTheOrder(self):
+        ids, _, _, traffic = network(n=30, circuits=2000)
+        rs = reports(ids, traffic)
+        a = computeWeights(rs)
+        shuffled = list(rs)
+        random.Random(1).shuffle(shuffled)
+        b = computeWeights(shuffled)
+        self.assertEqual(a, b)
+        self.assertEqual([(x.bandwidth, x.weight) for x in a.values()], [(b[k].bandwidth, b[k].weight) for k in a])
+
+    def test_aLinkCountsOnlyWhatBothEndsReport(self):
+        a, b, c, d = sorted(_ids(4, random.Random(2), 0))
+        p = prefixOf
+        t = {
+            a: {p(b): (1000, 1), p(c): (1000, 1), p(d): (1000, 1)},
+            b: {p(a): (10**12, 1), p(c): (1000, 1), p(d): (1000, 1)},  # b claims a huge link with a
+            c: {p(a): (1000, 1), p(b): (1000, 1), p(d): (1000, 1)},
+            d: {p(a): (1000, 1), p(b): (1000, 1), p(c): (1000, 1)},
+        }
+        m = computeWeights([Report(i, b"", 1, 10, t[i], ()) for i in (a, b, c, d)])
+        self.assertEqual({m[i].bandwidth for i in (a, b, c, d)}, {300.0})
+
+    def test_aRelayThatDoesNotReportIsNotMeasured(self):
+        ids, _, _, traffic = network(n=20, circuits=1000)
+        m = computeWeights(reports(ids[1:], traffic[1:]), known=ids)
+        self.assertNotIn(ids[0], m)
+
+    def test_differentEpochLengthsRefused(self):
+        ids, _, _, traffic = network(n=5, circuits=100)
+        rs = reports(ids, traffic)
+        rs[0] = Report(ids[0], b"", 1, 60, traffic[0], ())
+        self.assertRaises(ValueError, computeWeights, rs)
+
+
+class ReputationTests(unittest.TestCase):
+    def streaked(self, streakOf):
+        ids, caps, _, traffic = network(n=30, circuits=3000)
+        out = []
+        for t in traffic:
+            out.append({p: (b, streakOf(p)) for p, b_s in t.items() for b in (b_s[0],)})
+        return ids, caps, computeWeights(reports(ids, out), params=Params(rampEpochs=6, guardEpochs=24))
+
+    def test_guardIsEarnedOverTime(self):
+        ids, caps, m = self.streaked(lambda p: 30)
+        self.assertTrue(any("guard" in x.flags for x in m.values()))
+        # the fastest relay has the flag; every guard is at least median speed
+        fastest = max(range(30), key=lambda k: caps[k])
+        self.assertIn("guard", m[ids[fastest]].flags)
+        ids2, _, m2 = self.streaked(lambda p: 3)
+        self.assertFalse(any("guard" in x.flags for x in m2.values()))
+
+    def test_newRelaysRampUp(self):
+        ids, caps, old = self.streaked(lambda p: 30)
+        newcomer = prefixOf(ids[0])
+        _, _, new = self.streaked(lambda p: 2 if p == newcomer else 30)
+        self.assertEqual(new[ids[0]].streak, 2)
+        self.assertTrue(abs(new[ids[0]].weight / old[ids[0]].weight - 2 / 6) < 0.01)
+        self.assertEqual(new[ids[1]].weight, old[ids[1]].weight)
+
+    def test_aLiarCannotAgeItselfOrItsFriends(self):
+        # a fifth of the relays tell each other they have served for ages; their partners say 2 epochs
+        ids, caps, pairs, traffic = network(n=40, circuits=4000)
+        liars = {prefixOf(i) for i in ids[:8]}
+        table = []
+        for k, t in enumerate(traffic):
+            lying = prefixOf(ids[k]) in liars
+            table.append({p: (b, 0xFFFF if lying and p in liars else 2) for p, (b, _) in t.items()})
+        m = computeWeights(reports(ids, table))
+        self.assertEqual({m[i].streak for i in ids[:8]}, {2})
+        self.assertFalse(any("guard" in m[i].flags for i in ids))
+
+
+class AttackTests(unittest.TestCase):
+    """Each lie from the bench, run against a small network: what the hostile fifth gains stays bounded."""
+
+    def setUp(self):
+        self.ids, self.caps, self.pairs, self.traffic = network(n=80, circuits=10000, seed=9)
+        self.hostile = sorted(random.Random(4).sample(range(80), 16))
+
+    def ratio(self, strategy):
+        ratio, _, _ = _attack(strategy, self.ids, self.caps, self.traffic, self.hostile, self.pairs, 0.6,
+                              random.Random(3), Params())
+        return ratio
+
+    def test_inflatingFakeTrafficAmongColluders(self):
+        self.assertLess(self.ratio("inflate"), 1.5)
+
+    def test_sybilsThatCarryNothing(self):
+        self.assertLess(self.ratio("sybil"), 1.5)
+
+    def test_aClosedCliqueWithSybils(self):
+        self.assertLess(self.ratio("clique"), 1.0)
+
+    def test_deflatingHonestLinksCostsTheLiarAsMuch(self):
+        for s in ("deflate", "both", "targeted"):
+            self.assertLess(self.ratio(s), 1.0, s)
+
+    def test_aCliqueAloneGetsNothing(self):
+        ids = self.ids
+        clique = _ids(20, random.Random(8), 0xCC)
+        traffic = [dict(t) for t in self.traffic]
+        for c in clique:
+            traffic.append({prefixOf(o): (HUGE, 0xFFFF) for o in clique if o != c})
+        m = computeWeights(reports(ids + clique, traffic))
+        self.assertEqual(sum(m[c].weight for c in clique), 0)

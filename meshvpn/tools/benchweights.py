@@ -1,0 +1,205 @@
+"""``meshvpn bench weights``: how well peer-measured weights track capacity, and what liars gain.
+
+A pure simulation (seeded, deterministic, no network) around the real
+aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
+
+- relays get true capacities from a log-normal spread (Tor's consensus
+  weights are roughly log-normal over two to three orders of magnitude);
+- one epoch of honest traffic: circuits pick guard, middle and exit in
+  proportion to capacity (three distinct relays) and carry a log-normal
+  number of bytes; each relay counts the bytes per neighbour, as a relay
+  does per link, and its report says so;
+- with C{--hostile f}, a random fraction f of the relays lies in every way
+  we could think of against the scheme, each strategy run on its own:
+  C{inflate} (claim huge traffic with every other hostile relay: fake
+  traffic among colluders), C{deflate} (report nothing with any honest
+  relay), C{both}, C{sybil} (inflate, plus as many zero-capacity
+  identities that report and are reported by the colluders), C{clique}
+  (sybil, but the colluders drop every link with honest relays: a closed
+  group confirming huge traffic only among itself), C{targeted}
+  (inflate, and deny every link with the tenth of honest relays that carry
+  the most, to shrink the caps of everyone else), and C{junk}, which is
+  not a lie: hostile relays fill their idle capacity with real junk
+  traffic with honest relays (the honest relays run at C{--utilization}).
+
+It prints C{capacity_correlation_honest} (Pearson correlation of weights
+with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
+worst lying strategy's hostile share of weight over its share of true
+capacity) and every strategy's ratio.
+"""
+
+import json
+import math
+import random
+import time
+
+from meshvpn.measure.aggregate import Params, computeWeights
+from meshvpn.measure.reports import Report, prefixOf
+
+STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted")
+HUGE = 2**50
+
+
+def addArguments(p):
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--relays", type=int, default=500, help="relays (default 500)")
+    p.add_argument("--hostile", type=float, default=0.2, help="fraction of relays that lie (default 0.2)")
+    p.add_argument("--circuits", type=int, default=100_000, help="circuits in the epoch (default 100000)")
+    p.add_argument("--sigma", type=float, default=1.2, help="log-normal spread of capacities (default 1.2)")
+    p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+
+
+def _ids(n, rng, tag):
+    return [bytes(rng.getrandbits(8) for _ in range(31)) + bytes([tag]) for _ in range(n)]
+
+
+def _traffic(caps, circuits, rng):
+    """Per-pair bytes of one epoch of circuits chosen by capacity: C{{(i, j): bytes}} with i < j."""
+    n = len(caps)
+    cum = []
+    acc = 0.0
+    for c in caps:
+        acc += c
+        cum.append(acc)
+    pairs = {}
+    choices = rng.choices
+    population = range(n)
+    for _ in range(circuits):
+        while True:
+            g, m, e = choices(population, cum_weights=cum, k=3)
+            if g != m and m != e and g != e:
+                break
+        size = int(rng.lognormvariate(13.0, 1.0))  # ~0.5 MB median per circuit
+        for a, b in ((g, m), (m, e)):
+            key = (a, b) if a < b else (b, a)
+            pairs[key] = pairs.get(key, 0) + size
+    return pairs
+
+
+def _reportsOf(ids, pairs):
+    traffic = [dict() for _ in ids]
+    for (a, b), v in pairs.items():
+        traffic[a][prefixOf(ids[b])] = (v, 30)
+        traffic[b][prefixOf(ids[a])] = (v, 30)
+    return traffic
+
+
+def _build(ids, traffic):
+    return [Report(ids[k], b"", 1, 3600, t, ()) for k, t in enumerate(traffic)]
+
+
+def _pearson(xs, ys):
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+
+
+def _ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0] * len(xs)
+    for rank, i in enumerate(order):
+        r[i] = rank
+    return r
+
+
+def _share(weights, ids, members):
+    total = sum(weights.get(i, 0) for i in ids)
+    return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
+
+
+def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params):
+    """Hostile share of weight over hostile share of capacity under C{strategy}."""
+    n = len(ids)
+    hostileSet = set(hostile)
+    traffic = [dict(t) for t in honestTraffic]
+    allIds = list(ids)
+    colluders = [ids[k] for k in hostile]
+    if strategy in ("sybil", "clique"):
+        sybils = _ids(len(hostile), rng, 0xEE)
+        allIds += sybils
+        colluders += sybils
+        traffic += [dict() for _ in sybils]
+    hostileIdx = set(hostile) | set(range(n, len(allIds)))
+    if strategy == "junk":
+        # real bytes: each hostile relay fills its idle capacity with honest relays, by their capacity
+        pairs = dict(pairs)
+        honest = [k for k in range(n) if k not in hostileSet]
+        hw = [caps[k] for k in honest]
+        for h in hostile:
+            carried = sum(v for (a, b), v in pairs.items() if h in (a, b))
+            extra = carried * (1 / utilization - 1)
+            hwTotal = sum(hw)
+            for k, w in zip(honest, hw):
+                key = (h, k) if h < k else (k, h)
+                pairs[key] = pairs.get(key, 0) + int(extra * w / hwTotal)
+        traffic = _reportsOf(ids, pairs)
+    else:
+        topVoters = set()
+        if strategy == "targeted":
+            honestByCap = sorted((k for k in range(n) if k not in hostileSet), key=lambda k: -caps[k])
+            topVoters = {prefixOf(ids[k]) for k in honestByCap[: max(1, n // 10)]}
+        for k in hostileIdx:
+            t = traffic[k]
+            me = prefixOf(allIds[k])
+            if strategy in ("deflate", "both", "clique"):
+                t = {p: v for p, v in t.items() if p in {prefixOf(c) for c in colluders}}
+            elif strategy == "targeted":
+                t = {p: v for p, v in t.items() if p not in topVoters}
+            if strategy in ("inflate", "both", "sybil", "clique", "targeted"):
+                for c in colluders:
+                    if prefixOf(c) != me:
+                        t[prefixOf(c)] = (HUGE, 0xFFFF)
+            traffic[k] = t
+    weights = {i: m.weight for i, m in computeWeights(_build(allIds, traffic), known=allIds, params=params).items()}
+    total = sum(weights.values())
+    hostileWeight = sum(weights.get(allIds[k], 0) for k in hostileIdx) / total if total else 0.0
+    hostileCap = sum(caps[k] for k in hostile) / sum(caps)
+    return hostileWeight / hostileCap if hostileCap else 0.0, hostileWeight, hostileCap
+
+
+def run(args, out=print):
+    started = time.process_time()
+    rng = random.Random(args.seed)
+    n = args.relays
+    ids = _ids(n, rng, 0)
+    caps = [rng.lognormvariate(0.0, args.sigma) for _ in range(n)]
+    pairs = _traffic(caps, args.circuits, rng)
+    honestTraffic = _reportsOf(ids, pairs)
+    params = Params()
+    measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
+    weights = [measured[i].weight if i in measured else 0 for i in ids]
+    result = {
+        "relays": n,
+        "hostile_fraction": args.hostile,
+        "circuits": args.circuits,
+        "capacity_sigma": args.sigma,
+        "seed": args.seed,
+        "capacity_correlation_honest": round(_pearson(weights, caps), 4),
+        "capacity_rank_correlation_honest": round(_pearson(_ranks(weights), _ranks(caps)), 4),
+        "measured_relays": sum(1 for i in ids if i in measured and "measured" in measured[i].flags),
+    }
+    hostile = sorted(random.Random(args.seed + 1).sample(range(n), int(round(args.hostile * n))))
+    if hostile:
+        strategies = {}
+        for s in STRATEGIES + ("junk",):
+            ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
+                                             random.Random(args.seed + 2), params)
+            strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
+        result["hostile_capacity_share"] = round(capShare, 4)
+        result["strategies"] = strategies
+        worst = max(STRATEGIES, key=lambda s: strategies[s]["ratio"])
+        result["hostile_weight_share_ratio"] = strategies[worst]["ratio"]
+        result["worst_strategy"] = worst
+        result["junk_traffic_ratio"] = strategies["junk"]["ratio"]
+        result["junk_utilization"] = args.utilization
+    result["cpu_seconds"] = round(time.process_time() - started, 2)
+    if args.json:
+        out(json.dumps(result))
+    else:
+        for k, v in result.items():
+            out(f"{k}: {v}")
+    return 0

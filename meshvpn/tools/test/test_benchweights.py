@@ -1,0 +1,35 @@
+"""`meshvpn bench weights` runs (tiny parameters), prints one JSON object, and is the same for the same seed."""
+
+import io
+import json
+from contextlib import redirect_stdout
+
+from twisted.trial import unittest
+
+from meshvpn import cli
+
+
+def run(*extra):
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli.main(["bench", "weights", "--json", "--relays", "40", "--hostile", "0.2", "--circuits", "3000",
+                         *extra])
+    return code, json.loads(out.getvalue())
+
+
+class BenchWeightsTests(unittest.TestCase):
+    def test_tinyRunPrintsOneJSONObject(self):
+        code, result = run("--seed", "3")
+        self.assertEqual(code, 0)
+        for key in ("capacity_correlation_honest", "hostile_weight_share_ratio", "worst_strategy", "strategies",
+                    "hostile_capacity_share", "junk_traffic_ratio"):
+            self.assertIn(key, result)
+        self.assertEqual(set(result["strategies"]), {"inflate", "deflate", "both", "sybil", "clique", "targeted", "junk"})
+        again = run("--seed", "3")[1]
+        del again["cpu_seconds"], result["cpu_seconds"]
+        self.assertEqual(again, result)
+
+    def test_nobodyLying(self):
+        code, result = run("--hostile", "0")
+        self.assertEqual(code, 0)
+        self.assertNotIn("hostile_weight_share_ratio", result)
