@@ -32,6 +32,9 @@ from meshvpn.onion.cells import RelayCommand
 from meshvpn.payments import paymsg
 
 MAX_RETRIES = 3  # refused tokens in a row before a circuit stops trying
+UNKNOWN_KEY_RETRY = 35.0  # seconds: an exit looks for an issuer's new key at most every 30 s after a miss
+# Refusals that leave the token unspent at the exit: it goes back into the wallet.
+UNSPENT = (paymsg.UNKNOWN_KEY, paymsg.NOT_ACCEPTED, paymsg.BUSY)
 
 
 class PaidExitDirectory(service.Service):
@@ -111,7 +114,8 @@ class PaymentClient:
         self.wallet = wallet
         self.directory = directory
         self.unpaidRefusals = set()  # exits that refused us for want of a token we do not have
-        self.counters = {"tokens_spent": 0, "receipts": {}, "needed": 0, "out_of_tokens": 0, "circuits_closed": 0}
+        self.counters = {"tokens_spent": 0, "receipts": {}, "needed": 0, "out_of_tokens": 0, "circuits_closed": 0,
+                         "returned": 0}
         self._saidOut = False
 
     # -- the circuit manager's hooks
@@ -156,15 +160,24 @@ class PaymentClient:
         return [r if "exit" not in r.roles or r.nodeId in keep else attrs.evolve(r, roles=r.roles - {"exit"})
                 for r in relays]
 
-    def take(self, issuers):
-        issuerId = self.payableIssuer(issuers)
-        if issuerId is None:
-            return None
-        token = self.wallet.take(issuerId, self.reactor.seconds())
-        if token is not None:
-            self.counters["tokens_spent"] += 1
-            self._saidOut = False
-        return token
+    def take(self, issuers, avoidKeys=()):
+        """@return: C{(issuer id, token)} taken from the wallet, or C{None}."""
+        now = self.reactor.seconds()
+        for issuerId in issuers:
+            if self.wallet.usable(issuerId, now) <= 0:
+                continue
+            token = self.wallet.take(issuerId, now, avoidKeys)
+            if token is not None:
+                self.counters["tokens_spent"] += 1
+                self._saidOut = False
+                return issuerId, token
+        return None
+
+    def giveBack(self, issuerId, token):
+        """A token the exit refused without spending it: spendable again."""
+        if self.wallet.putBack(issuerId, token):
+            self.counters["tokens_spent"] -= 1
+            self.counters["returned"] += 1
 
     def outOfTokens(self, exitId, freeRate):
         self.counters["out_of_tokens"] += 1
@@ -212,6 +225,9 @@ class CircuitPayer:
         self.tokens = 0
         self.retries = 0
         self.opened = False
+        self.sent = None  # (issuer id, token) awaiting the exit's receipt
+        self.unknownKeys = set()  # token key ids this exit said it does not know (yet)
+        self._retryCall = None
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -231,8 +247,13 @@ class CircuitPayer:
     def _pay(self, issuers, freeRate=None, credit=None):
         if self.inFlight:
             return True
-        token = self.client.take(issuers)
-        if token is None:
+        taken = self.client.take(issuers, self.unknownKeys)
+        if taken is None and self.unknownKeys and self.client.payableIssuer(issuers) is not None:
+            # Only tokens of keys this exit does not know yet: ask again once it has looked for them.
+            if self._retryCall is None and self.retries < MAX_RETRIES:
+                self._retryCall = self.client.reactor.callLater(UNKNOWN_KEY_RETRY, self._retryUnknown, issuers)
+            return False
+        if taken is None:
             if freeRate is not None:
                 self.client.outOfTokens(self.exitId, freeRate)
                 if freeRate == 0 and credit is not None and credit <= 0:
@@ -242,21 +263,37 @@ class CircuitPayer:
             return False
         self.inFlight = True
         self.tokens += 1
-        self.circuit.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        self.sent = taken
+        self.circuit.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(taken[1]).encode())
         return True
+
+    def _retryUnknown(self, issuers):
+        self._retryCall = None
+        if getattr(self.circuit, "closed", False):
+            return
+        self.unknownKeys.clear()
+        self._pay(issuers)
 
     def relayReceived(self, command, streamId, data):
         if command != RelayCommand.PAYMENT:
             return self.inner.relayReceived(command, streamId, data)
         msg = paymsg.parsePayment(data)  # malformed: an exception, so the circuit closes
-        if isinstance(msg, paymsg.Receipt):
+        if isinstance(msg, paymsg.Receipt) and msg.status == paymsg.REVOKED:
+            # About a token accepted earlier (the issuer's late word), not the one in flight.
+            self.credit = msg.credit
+            self.client.receipt(msg.status)
+            self._pay(self._issuers() or [])
+        elif isinstance(msg, paymsg.Receipt):
             self.inFlight = False
             self.credit = msg.credit
             self.client.receipt(msg.status)
+            sent, self.sent = self.sent, None
+            if sent is not None and msg.status in UNSPENT:
+                self.client.giveBack(*sent)
+                if msg.status == paymsg.UNKNOWN_KEY:
+                    self.unknownKeys.add(sent[1].tokenKeyId)
             if msg.status == paymsg.ACCEPTED:
                 self.retries = 0
-            elif msg.status in (paymsg.REVOKED,):
-                self._pay(self._issuers() or [])
             elif msg.status != paymsg.BUSY:
                 self.retries += 1
                 self.log.info("payments: exit {exit} refused a token: {why}", exit=self.exitId.hex()[:16],

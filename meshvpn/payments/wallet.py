@@ -88,12 +88,20 @@ class TokenWallet:
     def usable(self, issuerId, now):
         return sum(1 for start, until, _ in self._entries(issuerId.hex()) if start <= now < until)
 
-    def take(self, issuerId, now):
+    def take(self, issuerId, now, avoidKeys=()):
+        """
+        A spendable token of C{issuerId} (moved to C{spent/}), or C{None}.
+
+        @param avoidKeys: token key ids not to take (an exit said it does
+            not know them yet): another key's token, if there is one.
+        """
         candidates = [path for start, until, path in self._entries(issuerId.hex()) if start <= now < until]
         self.rng.shuffle(candidates)
         spentDir = self._dir("spent", issuerId.hex())
         ensurePrivateDirectory(spentDir)
         for path in candidates:
+            if avoidKeys and self._keyIdOf(path) in avoidKeys:
+                continue
             target = os.path.join(spentDir, os.path.basename(path))
             try:
                 os.rename(path, target)  # atomic: one taker wins
@@ -106,6 +114,38 @@ class TokenWallet:
             except TokenFormatError:
                 continue  # a damaged file: skip it, it stays in spent/
         return None
+
+    @staticmethod
+    def _keyIdOf(path):
+        try:
+            with open(path, "rb") as f:
+                return Token.decode(f.read(TOKEN_LEN + 1)).tokenKeyId
+        except (OSError, TokenFormatError):
+            return None
+
+    def putBack(self, issuerId, token):
+        """
+        Return a taken token that was not spent (the exit refused it without
+        recording it: a key it did not know yet, say).  @return: whether it
+        was found among the taken ones and is spendable again.
+        """
+        spentDir = self._dir("spent", issuerId.hex())
+        suffix = f"-{token.nonce[:8].hex()}.tok"
+        try:
+            names = [n for n in os.listdir(spentDir) if n.endswith(suffix) and _NAME.match(n)]
+        except FileNotFoundError:
+            return False
+        for name in names:
+            source = os.path.join(spentDir, name)
+            try:
+                with open(source, "rb") as f:
+                    if f.read(TOKEN_LEN + 1) != token.encode():
+                        continue
+                os.rename(source, os.path.join(self._dir("tokens", issuerId.hex()), name))
+            except FileNotFoundError:
+                continue
+            return True
+        return False
 
     def prune(self, now):
         """Delete expired tokens and spent ones whose epoch is over. @return: how many."""
