@@ -23,7 +23,7 @@ across processes (L{meshvpn.payments.wallet}).
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -42,13 +42,16 @@ class PaidExitDirectory(service.Service):
     C{exits}: C{{exit node id: (issuer id, ExitTerms)}} for the issuers the
     wallet holds tokens of; read once C{ready()} fires, then every C{FAST}
     seconds while the wallet is empty or an issuer in it has no exit known
-    (tokens just bought), else every C{interval} seconds.
+    (tokens just bought), else every C{interval} seconds.  It also answers
+    the wallet command's questions about issuers (L{answerAsks}), looked
+    for every C{ASK_POLL} seconds.
 
     @param records: a L{meshvpn.payments.records.PaymentRecords}.
     """
 
     log = Logger()
     FAST = 5.0
+    ASK_POLL = 1.0
 
     def __init__(self, reactor, records, wallet, ready, interval=300.0):
         self.reactor = reactor
@@ -58,11 +61,26 @@ class PaidExitDirectory(service.Service):
         self.interval = interval
         self.exits = {}
         self._call = None
+        self._askLoop = None
+        self._answering = None
 
     def startService(self):
         super().startService()
-        self.reactor.callWhenRunning(lambda: self.ready().addCallback(lambda _: self._tick()).addErrback(
+        self.reactor.callWhenRunning(lambda: self.ready().addCallback(self._started).addErrback(
             lambda f: self.log.failure("payments: directory start-up failed", f)))
+
+    def _started(self, _):
+        if not self.running:
+            return
+        self._tick()
+        self._askLoop = task.LoopingCall(self._lookForAsks)
+        self._askLoop.clock = self.reactor
+        self._askLoop.start(self.ASK_POLL, now=False).addErrback(lambda f: self.log.failure("payments: asks", f))
+
+    def _lookForAsks(self):
+        if self._answering is None and self.wallet.askedIssuers():
+            self._answering = self.answerAsks()
+            self._answering.addBoth(lambda _: setattr(self, "_answering", None))
 
     def _tick(self):
         self._call = None
@@ -77,6 +95,28 @@ class PaidExitDirectory(service.Service):
                 self._call = self.reactor.callLater(self.FAST if missing else self.interval, self._tick)
 
         self.refresh().addBoth(again)
+
+    @defer.inlineCallbacks
+    def answerAsks(self):
+        """
+        Read from the DHT the records of the issuers ``meshvpn wallet`` asks
+        about (it checks an issuer's key against them before paying).
+        """
+        for issuerId, asks in self.wallet.askedIssuers().items():
+            try:
+                info = yield self.records.fetchIssuer(issuerId)
+                keys = []
+                if info is not None:
+                    now = self.reactor.seconds()
+                    epochs = info.schedule.liveEpochs(now) + [info.schedule.epochAt(now) + 1]
+                    found = yield defer.gatherResults([self.records.fetchKey(issuerId, e) for e in epochs])
+                    keys = [k for k in found if k is not None]
+            except Exception as e:  # a DHT hiccup: the wallet asks again (or gives up with a clear message)
+                self.log.warn("payments: reading an issuer's records for the wallet failed: {why}", why=str(e))
+                continue
+            self.wallet.answerIssuer(issuerId, info, keys, asks)
+            self.log.info("payments: issuer {id}: {n} key(s) read from the DHT for the wallet",
+                          id=issuerId.hex()[:16], n=len(keys))
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -97,6 +137,8 @@ class PaidExitDirectory(service.Service):
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
+        if self._askLoop is not None and self._askLoop.running:
+            self._askLoop.stop()
 
 
 @implementer(IStatusSource)
