@@ -18,7 +18,15 @@ with ``meshvpn wallet``), and only it can decide to spend one.
   goes to an exit that serves us, instead of hanging.
 
 The wallet takes tokens in random order, and never hands one out twice
-across processes (L{meshvpn.payments.wallet}).
+across processes (L{meshvpn.payments.wallet}).  A token the exit refused
+without spending it (a key it has not read yet, an issuer it does not take,
+enough credit already) goes back into the wallet; after "unknown key" the
+payer tries another key's token, or the same again once the exit has had
+time to look for the issuer's new keys.
+
+The directory also answers ``meshvpn wallet``'s questions about issuers
+(their records in the DHT, for the key check before buying): the wallet
+command is no DHT node, the client is.
 """
 
 import attrs
@@ -266,7 +274,6 @@ class CircuitPayer:
         self.credit = None
         self.tokens = 0
         self.retries = 0
-        self.opened = False
         self.sent = None  # (issuer id, token) awaiting the exit's receipt
         self.unknownKeys = set()  # token key ids this exit said it does not know (yet)
         self._retryCall = None
@@ -279,11 +286,12 @@ class CircuitPayer:
         return [entry[0]] if entry is not None else []
 
     def openStream(self, host, port, protocol):
-        if not self.opened:
-            self.opened = True
+        if self.tokens == 0:
+            # Before the first stream this circuit pays for (one to the issuer, buying, was free), so the
+            # exit counts the token before the BEGIN.
             issuers = self._issuers()
             if issuers:
-                self._pay(issuers)  # goes before the BEGIN, so the exit counts it first
+                self._pay(issuers)
         return self.inner.openStream(host, port, protocol)
 
     def _pay(self, issuers, freeRate=None, credit=None):

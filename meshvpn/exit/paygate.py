@@ -434,6 +434,7 @@ class PaymentGate:
             "bytes_per_token": self.terms.bytesPerToken,
             "free_rate": self.terms.freeRate, "paid_rate": self.terms.paidRate,
             "unconfirmed_credit": self.terms.unconfirmed,
+            "issuer_apis_known": sum(1 for i in self.terms.issuers if getattr(self.keys, "apiOf", lambda i: None)(i)),
             "circuits": len(self.accounts),
             "paying_circuits": sum(1 for a in self.accounts.values() if a.tokens),
             **{k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()},

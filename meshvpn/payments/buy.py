@@ -31,7 +31,8 @@ from twisted.internet import task
 from meshvpn.errors import MeshVPNError
 from meshvpn.payments import tokens
 from meshvpn.payments.monero import formatXMR
-from meshvpn.payments.purchases import EXPIRED
+from meshvpn.identity import verifySignature
+from meshvpn.payments.purchases import EXPIRED, purchaseMessage
 from meshvpn.payments.records import IssuerKeyRecord
 from meshvpn.payments.tokens import PendingToken
 from meshvpn.secretfile import writeSecretFile
@@ -80,6 +81,12 @@ class WalletKeySource:
         self.poll = poll
 
     async def read(self, issuerId, epoch):
+        info, keys = await self.view(issuerId)
+        spki = keys.get(epoch)
+        return info, (IssuerKeyRecord(epoch, spki) if spki is not None else None)
+
+    async def view(self, issuerId):
+        """@return: C{(IssuerInfo or None, {epoch: spki})}, freshly read from the DHT by the client node."""
         ask = self.wallet.askIssuer(issuerId)
         deadline = self.reactor.seconds() + self.timeout
         try:
@@ -93,9 +100,7 @@ class WalletKeySource:
                 await task.deferLater(self.reactor, self.poll, lambda: None)
         finally:
             self.wallet.forgetAsk(ask)
-        info, keys = self.wallet.issuerView(issuerId)
-        spki = keys.get(epoch)
-        return info, (IssuerKeyRecord(epoch, spki) if spki is not None else None)
+        return self.wallet.issuerView(issuerId)
 
 
 class OfferCheck:
@@ -138,13 +143,15 @@ class OfferCheck:
 
 
 async def buy(reactor, client, wallet, count, out, payer=None, pollInterval=2.0, spendDelay=600.0, timeout=None,
-              check=None):
+              check=None, issuerId=None):
     """
     Buy C{count} tokens from the issuer behind C{client} into C{wallet}.
 
     @param client: an L{meshvpn.payments.issuerclient.IssuerClient}.
     @param check: an L{OfferCheck}: the offered key is checked against the
         issuer's DHT record before paying and before the requests go.
+    @param issuerId: the issuer's node id when the buyer named it: the
+        server must be that issuer.
     @param payer: an L{meshvpn.interfaces.IMoneroWallet} to pay from, or
         C{None}: the user pays the printed address with any wallet.
     @param spendDelay: each token becomes spendable after a random delay up
@@ -154,11 +161,15 @@ async def buy(reactor, client, wallet, count, out, payer=None, pollInterval=2.0,
     if check is None:
         raise BuyError("buying needs a check of the issuer's key against the DHT")
     offer = await client.offer()
+    if issuerId is not None and offer.issuerId != issuerId:
+        raise BuyError(f"the server at {client.base} is issuer {offer.issuerId.hex()[:16]}…, "
+                       f"not {issuerId.hex()[:16]}…; not paying")
     if count not in offer.packs:
         raise BuyError(f"the issuer sells packs of {', '.join(map(str, offer.packs))} tokens, not {count}")
     await check.verify(offer)
     out(f"wallet: the issuer's key for epoch {offer.signing.epoch} is the one it published in the DHT")
     answer = await client.purchase(count)
+    _checkSigned(offer, answer, count)
     path = wallet.pendingPath(wallet.newPendingKey())
     state = {
         "version": 1, "issuer_url": client.base, "issuer_id": offer.issuerId.hex(), "purchase": answer["purchase"],
@@ -172,6 +183,21 @@ async def buy(reactor, client, wallet, count, out, payer=None, pollInterval=2.0,
         txid, fee = await payer.transfer(answer["address"], answer["amount"])
         out(f"wallet: paid from the local Monero wallet: transaction {txid[:16]}…, fee {formatXMR(fee)}")
     return await complete(reactor, client, wallet, path, state, out, pollInterval, timeout, check)
+
+
+def _checkSigned(offer, answer, count):
+    """The purchase answer (the address to pay above all) must be signed by the issuer's node key."""
+    who = f"issuer {offer.issuerId.hex()[:16]}…"
+    if offer.identityKey is None or not isinstance(answer.get("signature"), str):
+        raise BuyError(f"{who} does not sign its purchase answers; not paying")
+    try:
+        signature = bytes.fromhex(answer["signature"])
+        message = purchaseMessage(offer.issuerId, answer["purchase"], count, answer["amount"], answer["address"])
+    except (ValueError, UnicodeEncodeError):
+        signature, message = b"", b""
+    if answer.get("tokens") != count or not verifySignature(offer.identityKey, message, signature):
+        raise BuyError(f"the purchase answer is not signed by {who}: something between this machine and the "
+                       "issuer changed it (the address to pay?); not paying")
 
 
 async def resume(reactor, clientFor, wallet, out, pollInterval=2.0, timeout=None, check=None):

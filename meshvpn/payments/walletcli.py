@@ -20,6 +20,7 @@ node sharing the wallet directory; see L{meshvpn.payments.buy}).
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -44,7 +45,9 @@ def addWalletCommands(sub):
     b.add_argument("--json", action="store_true", help="print one JSON object")
     buy = actions.add_parser("buy", help="buy N tokens: prints the amount and the subaddress to pay, waits, stores them")
     buy.add_argument("count", type=int, help="how many tokens (one of the issuer's pack sizes)")
-    buy.add_argument("--issuer", required=True, metavar="URL", help="the issuer's HTTP API, e.g. http://198.51.100.7:8480")
+    buy.add_argument("--issuer", required=True, metavar="ID|URL",
+                     help="the issuer's node id (64 hex digits; its API address is read from its DHT record, and the "
+                     "server must prove to be that issuer) or its HTTP API, e.g. http://198.51.100.7:8480")
     buy.add_argument("--pay-from", metavar="URL", help="pay at once from this monero-wallet-rpc (its open wallet)")
     buy.add_argument("--spend-delay", type=float, default=600.0, metavar="S",
                      help="each token becomes spendable after a random delay up to S seconds (default 600)")
@@ -128,10 +131,11 @@ async def _buy(reactor, wallet, args, out):
     from meshvpn.payments.monero import MoneroRPC, MoneroWallet
 
     payer = MoneroWallet(MoneroRPC(reactor, args.pay_from)) if args.pay_from else None
+    url, issuerId = await _issuer(reactor, wallet, args, out)
     agent = await _agent(reactor, args, out)
-    got = await buy(reactor, IssuerClient(reactor, args.issuer, agent=agent), wallet, args.count, out, payer=payer,
+    got = await buy(reactor, IssuerClient(reactor, url, agent=agent), wallet, args.count, out, payer=payer,
                     pollInterval=args.poll, spendDelay=args.spend_delay, timeout=args.timeout,
-                    check=_check(reactor, wallet, args))
+                    check=_check(reactor, wallet, args), issuerId=issuerId)
     out(f"wallet: {got} tokens added to {wallet.directory}")
     return 0
 
@@ -148,6 +152,21 @@ async def _resume(reactor, wallet, args, out):
                        check=_check(reactor, wallet, args))
     out(f"wallet: {got} tokens added")
     return 0
+
+
+async def _issuer(reactor, wallet, args, out):
+    """@return: C{(API URL, the issuer's node id or None)} for C{--issuer ID|URL}."""
+    if not re.match(r"\A[0-9a-fA-F]{64}\Z", args.issuer):
+        out("wallet: the issuer is whoever answers at this URL; name it by its node id (--issuer ID) to be sure")
+        return args.issuer, None
+    from meshvpn.payments.buy import WalletKeySource
+
+    issuerId = bytes.fromhex(args.issuer)
+    info, _ = await WalletKeySource(reactor, wallet, timeout=args.key_check_timeout).view(issuerId)
+    if info is None:
+        raise MeshVPNError(f"issuer {args.issuer[:16]}… has no record in the DHT (is the id right?)")
+    out(f"wallet: issuer {args.issuer[:16]}…: API at {info.api} (from its record in the DHT)")
+    return f"http://{info.api}", issuerId
 
 
 async def _agent(reactor, args, out):

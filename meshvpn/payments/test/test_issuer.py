@@ -90,6 +90,7 @@ def makeIssuer(test, dataDir=None, clock=None, wallet=None, confirmations=2):
         clock, ISSUER_ID, IssuerKeyStore(dataDir, schedule, KeyPool()), PurchaseBook(dataDir),
         wallet or FakeMoneroWallet(), SpentTokenStore(os.path.join(dataDir, "spent")),
         IssuerTerms(price=1_000_000, packs=(1, 3, 10), confirmations=confirmations, pollInterval=1.0),
+        identity=ISSUER_IDENTITY,
     )
     issuer.tick()
     return issuer, dataDir, clock
@@ -524,3 +525,42 @@ class KeyCheckTests(unittest.TestCase):
         self.assertIn("--payment-wallet", str(e))
         self.assertEqual(self.issuer.wallet.transfers, {})
         self.assertEqual(self.wallet.askedIssuers(), {})  # the question is withdrawn
+
+
+class SignedPurchaseTests(unittest.TestCase):
+    """Something between the buyer and the issuer (the exit of a purchase circuit) rewrites the answers."""
+
+    def setUp(self):
+        HTTPTests.setUp(self)
+
+    payer = HTTPTests.payer
+    buy = KeyCheckTests.buy
+
+    @defer.inlineCallbacks
+    def test_addressSwappedInTransitRefused(self):
+        original = self.client.purchase
+
+        async def swapped(count):
+            answer = await original(count)
+            answer["address"] = "8attackeraddress"
+            return answer
+
+        self.client.purchase = swapped
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("the purchase answer is not signed by issuer", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})  # nothing paid, to anyone
+
+    @defer.inlineCallbacks
+    def test_unsignedAnswerRefused(self):
+        self.issuer.identity = None
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("does not sign its purchase answers", str(e))
+
+    @defer.inlineCallbacks
+    def test_anotherIssuerAtTheAddressRefused(self):
+        """The buyer named the issuer by its node id: a server that is another issuer is refused."""
+        e = yield self.assertFailure(defer.Deferred.fromCoroutine(buy.buy(
+            self.clock, self.client, self.wallet, 3, lambda line: None, payer=self.payer(), pollInterval=0,
+            spendDelay=0, check=self.check, issuerId=b"\x01" * 32)), buy.BuyError)
+        self.assertIn(f"is issuer {ISSUER_ID.hex()[:16]}…, not 0101010101010101…", str(e))
+        self.assertEqual(self.issuer.book.purchases, {})

@@ -181,3 +181,21 @@ class PurchaseThroughACircuitTests(unittest.TestCase):
         agent = yield defer.Deferred.fromCoroutine(walletcli._agent(reactor, self.args("--direct"), lines.append))
         self.assertIsNone(agent)
         self.assertIn("the issuer sees this machine's network address", lines[0])
+
+    @defer.inlineCallbacks
+    def test_issuerNamedByItsNodeId(self):
+        """--issuer ID: the API address comes from the issuer's DHT record (read by the client node)."""
+        from twisted.internet import task
+
+        from meshvpn.client.paying import PaidExitDirectory
+
+        wallet = TokenWallet(self.walletDir)
+        directory = PaidExitDirectory(self.clock, PaymentRecords(self.dht), wallet, ready=None)
+        node = task.LoopingCall(directory._lookForAsks)
+        node.start(0.02)
+        self.addCleanup(node.stop)
+        args = buildParser().parse_args(["wallet", "--wallet-dir", self.walletDir, "buy", "3", "--issuer", ISSUER_ID.hex()])
+        lines = []
+        url, pinned = yield defer.Deferred.fromCoroutine(walletcli._issuer(reactor, wallet, args, lines.append))
+        self.assertEqual((url, pinned), (self.url, ISSUER_ID))
+        self.assertIn("(from its record in the DHT)", lines[0])
