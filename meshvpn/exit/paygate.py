@@ -283,6 +283,7 @@ class PaymentGate:
             self.reporter.report(known.issuerId, msg.token, lambda verdict: self._verdict(acct, verdict, held))
         if acct.credit > 0:
             self._cancelGrace(acct)
+            acct.throttle.wake()
         if acct.credit + acct.held < LOW_WATER * self.terms.bytesPerToken:
             self._needed(acct)  # still short (bytes carried beyond the credit are owed): one more
 
@@ -307,6 +308,7 @@ class PaymentGate:
             acct.credit += held
             if acct.credit > 0:
                 self._cancelGrace(acct)
+                acct.throttle.wake()  # paused for want of this credit: go on now
             else:
                 self._outOfCredit(acct)  # it carried more than the whole token meanwhile
             return

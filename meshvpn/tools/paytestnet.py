@@ -102,14 +102,15 @@ class PaymentSetup:
         """
         Run ``meshvpn wallet buy`` as its own process, mining a block a
         second until it is done.  It reaches the issuer through the client's
-        SOCKS port (a circuit, as by default) and has the client check the
-        issuer's key in the DHT.
+        SOCKS port (a circuit, as by default), names the issuer by its node
+        id (its API address comes from its DHT record) and has the client
+        check the issuer's key in the DHT.
         """
         socks = net.client.info["socks"]
         argv = [sys.executable, "-m", "meshvpn", "wallet", "--wallet-dir", self.walletDir, "buy", str(count),
-                "--issuer", self.issuerURL, "--pay-from", self.monero.walletURL("user"), "--spend-delay", "0",
+                "--issuer", self.issuerId, "--pay-from", self.monero.walletURL("user"), "--spend-delay", "0",
                 "--poll", "0.5", "--timeout", str(timeout), "--socks", socks]
-        self.out(f"testnet: buying {count} tokens: meshvpn wallet buy {count} --issuer {self.issuerURL} "
+        self.out(f"testnet: buying {count} tokens: meshvpn wallet buy {count} --issuer {self.issuerId[:16]}… "
                  f"--socks {socks} --pay-from <the user wallet> (mining a block every second meanwhile)")
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -195,7 +196,7 @@ def run(args, out):
                 out("testnet: PAYMENT CHECK FAILED")
             return 0 if fetched and paid else 1
         out(f"testnet: buy more: {sys.executable} -m meshvpn wallet --wallet-dir {setup.walletDir} buy 10 "
-            f"--issuer {setup.issuerURL} --pay-from {setup.monero.walletURL('user')}")
+            f"--issuer {setup.issuerId} --socks {net.client.info['socks']} --pay-from {setup.monero.walletURL('user')}")
         out("testnet: running (a regtest block every 2 s confirms purchases); press Ctrl-C to stop")
         try:
             while all(n.process.poll() is None for n in net.nodes):

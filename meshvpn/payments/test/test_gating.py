@@ -553,6 +553,20 @@ class DoubleSpendWindowTests(unittest.TestCase):
         nets, before, after = self.spendAtThreeExits(PER_TOKEN)
         self.assertGreaterEqual(sum(before), 3 * (PER_TOKEN - 2 * 4096))
 
+    def test_verdictResumesAtOnce(self):
+        """A circuit paused for the issuer's verdict goes on the moment it arrives, not at its next look."""
+        issuer = SharedIssuer(self)
+        n = Net(self, reporter=issuer, unconfirmed=8 * KIB)
+        n.addTokens(1)
+        collect, _ = n.fetch(n.circuit(), PER_TOKEN // 2)
+        before = received(collect)
+        issuer.answer()
+        n.clock.advance(0)
+        while n.net.pump():
+            n.clock.advance(0)
+        self.assertEqual(received(collect), PER_TOKEN // 2)
+        self.assertGreater(received(collect), before)
+
     def test_issuerSilent_circuitClosedAfterGrace(self):
         """An exit that cannot hear from the issuer gives the first allowance, then closes: no hang."""
         n = Net(self, reporter=SharedIssuer(self), unconfirmed=8 * KIB, grace=20.0)
