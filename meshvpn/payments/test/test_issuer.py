@@ -310,6 +310,14 @@ class HTTPTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_buyStoresTokensThatVerify(self):
         lines = []
+        answers = []
+        purchase = self.client.purchase
+
+        async def recorded(count):
+            answers.append(await purchase(count))
+            return answers[-1]
+
+        self.client.purchase = recorded
         count = yield defer.Deferred.fromCoroutine(
             buy.buy(self.clock, self.client, self.wallet, 3, lines.append, payer=self.payer(), pollInterval=0, spendDelay=0,
                     check=self.check)
@@ -331,6 +339,10 @@ class HTTPTests(unittest.TestCase):
         # Nothing secret in what was printed: no purchase id, no token.
         purchases = list(self.issuer.book.purchases.values())
         self.assertEqual(len(purchases), 1)
+        text = "\n".join(lines)
+        self.assertNotIn(answers[0]["purchase"], text)
+        for token in seen:
+            self.assertNotIn(token.hex()[:16], text)
 
     @defer.inlineCallbacks
     def test_buyResumesAfterALostAnswer(self):
