@@ -240,7 +240,7 @@ class PaymentClient:
             else:
                 what = f"it goes on at its free rate of {freeRate // 1024} KiB/s"
             self.log.warn(
-                "payments: out of bandwidth tokens for exit {exit} ({what}); buy more: meshvpn wallet buy N --issuer URL",
+                "payments: out of bandwidth tokens for exit {exit} ({what}); buy more: meshvpn wallet buy N --issuer ID",
                 exit=exitId.hex()[:16], what=what,
             )
         if freeRate == 0:

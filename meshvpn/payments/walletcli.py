@@ -108,7 +108,7 @@ def _balance(wallet, asJSON, out):
         return 0
     out(f"wallet {wallet.directory}")
     if not balance:
-        out("no tokens (buy some: meshvpn wallet buy N --issuer URL)")
+        out("no tokens (buy some: meshvpn wallet buy N --issuer ID)")
     for issuer, c in balance.items():
         waiting = ""
         if c["waiting"]:
