@@ -397,6 +397,9 @@ class PaymentGate:
             acct.usedFree += nbytes
             if acct.toIssuer:
                 acct.issuerBytes += nbytes
+                if acct.issuerBytes >= ISSUER_ALLOWANCE and self.terms.freeRate == 0 and acct.graceCall is None:
+                    # More than any purchase needs: the circuit is paused, then closed as an unpaid one.
+                    acct.graceCall = self.reactor.callLater(self.terms.grace, self._graceOver, acct)
 
     def _outOfCredit(self, acct):
         if acct.credit > 0 or acct.closed:

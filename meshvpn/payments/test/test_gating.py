@@ -718,3 +718,7 @@ class IssuerAPITests(unittest.TestCase):
         collect, _ = n.fetch(circ, 2 * ISSUER_ALLOWANCE, host, int(port))
         self.assertLessEqual(received(collect), ISSUER_ALLOWANCE + 8192)
         self.assertGreater(received(collect), ISSUER_ALLOWANCE // 2)
+        n.clock.advance(30.0)  # past the grace period: closed like any unpaid circuit
+        n.net.pump()
+        self.assertTrue(circ.closed)
+        self.assertEqual(n.gate.counters["circuits_closed_unpaid"], 1)
