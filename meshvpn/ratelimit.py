@@ -192,6 +192,11 @@ class CircuitThrottle:
             p.pauseProducing()
         self._resumeCall = reactor.callLater(wait, self._resume)
 
+    def wake(self):
+        """A bucket's state changed from outside (credit arrived, say): look again now, not when the pause ends."""
+        if self._resumeCall is not None and self._resumeCall.active():
+            self._resumeCall.reset(0)
+
     def _resume(self):
         self._resumeCall = None
         # The node bucket may still be in debt from other circuits' bytes.

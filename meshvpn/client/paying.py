@@ -18,12 +18,20 @@ with ``meshvpn wallet``), and only it can decide to spend one.
   goes to an exit that serves us, instead of hanging.
 
 The wallet takes tokens in random order, and never hands one out twice
-across processes (L{meshvpn.payments.wallet}).
+across processes (L{meshvpn.payments.wallet}).  A token the exit refused
+without spending it (a key it has not read yet, an issuer it does not take,
+enough credit already) goes back into the wallet; after "unknown key" the
+payer tries another key's token, or the same again once the exit has had
+time to look for the issuer's new keys.
+
+The directory also answers ``meshvpn wallet``'s questions about issuers
+(their records in the DHT, for the key check before buying): the wallet
+command is no DHT node, the client is.
 """
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,6 +40,9 @@ from meshvpn.onion.cells import RelayCommand
 from meshvpn.payments import paymsg
 
 MAX_RETRIES = 3  # refused tokens in a row before a circuit stops trying
+UNKNOWN_KEY_RETRY = 35.0  # seconds: an exit looks for an issuer's new key at most every 30 s after a miss
+# Refusals that leave the token unspent at the exit: it goes back into the wallet.
+UNSPENT = (paymsg.UNKNOWN_KEY, paymsg.NOT_ACCEPTED, paymsg.BUSY)
 
 
 class PaidExitDirectory(service.Service):
@@ -39,13 +50,16 @@ class PaidExitDirectory(service.Service):
     C{exits}: C{{exit node id: (issuer id, ExitTerms)}} for the issuers the
     wallet holds tokens of; read once C{ready()} fires, then every C{FAST}
     seconds while the wallet is empty or an issuer in it has no exit known
-    (tokens just bought), else every C{interval} seconds.
+    (tokens just bought), else every C{interval} seconds.  It also answers
+    the wallet command's questions about issuers (L{answerAsks}), looked
+    for every C{ASK_POLL} seconds.
 
     @param records: a L{meshvpn.payments.records.PaymentRecords}.
     """
 
     log = Logger()
     FAST = 5.0
+    ASK_POLL = 1.0
 
     def __init__(self, reactor, records, wallet, ready, interval=300.0):
         self.reactor = reactor
@@ -55,11 +69,26 @@ class PaidExitDirectory(service.Service):
         self.interval = interval
         self.exits = {}
         self._call = None
+        self._askLoop = None
+        self._answering = None
 
     def startService(self):
         super().startService()
-        self.reactor.callWhenRunning(lambda: self.ready().addCallback(lambda _: self._tick()).addErrback(
+        self.reactor.callWhenRunning(lambda: self.ready().addCallback(self._started).addErrback(
             lambda f: self.log.failure("payments: directory start-up failed", f)))
+
+    def _started(self, _):
+        if not self.running:
+            return
+        self._tick()
+        self._askLoop = task.LoopingCall(self._lookForAsks)
+        self._askLoop.clock = self.reactor
+        self._askLoop.start(self.ASK_POLL, now=False).addErrback(lambda f: self.log.failure("payments: asks", f))
+
+    def _lookForAsks(self):
+        if self._answering is None and self.wallet.askedIssuers():
+            self._answering = self.answerAsks()
+            self._answering.addBoth(lambda _: setattr(self, "_answering", None))
 
     def _tick(self):
         self._call = None
@@ -74,6 +103,28 @@ class PaidExitDirectory(service.Service):
                 self._call = self.reactor.callLater(self.FAST if missing else self.interval, self._tick)
 
         self.refresh().addBoth(again)
+
+    @defer.inlineCallbacks
+    def answerAsks(self):
+        """
+        Read from the DHT the records of the issuers ``meshvpn wallet`` asks
+        about (it checks an issuer's key against them before paying).
+        """
+        for issuerId, asks in self.wallet.askedIssuers().items():
+            try:
+                info = yield self.records.fetchIssuer(issuerId)
+                keys = []
+                if info is not None:
+                    now = self.reactor.seconds()
+                    epochs = info.schedule.liveEpochs(now) + [info.schedule.epochAt(now) + 1]
+                    found = yield defer.gatherResults([self.records.fetchKey(issuerId, e) for e in epochs])
+                    keys = [k for k in found if k is not None]
+            except Exception as e:  # a DHT hiccup: the wallet asks again (or gives up with a clear message)
+                self.log.warn("payments: reading an issuer's records for the wallet failed: {why}", why=str(e))
+                continue
+            self.wallet.answerIssuer(issuerId, info, keys, asks)
+            self.log.info("payments: issuer {id}: {n} key(s) read from the DHT for the wallet",
+                          id=issuerId.hex()[:16], n=len(keys))
 
     @defer.inlineCallbacks
     def refresh(self):
@@ -94,6 +145,8 @@ class PaidExitDirectory(service.Service):
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
+        if self._askLoop is not None and self._askLoop.running:
+            self._askLoop.stop()
 
 
 @implementer(IStatusSource)
@@ -111,7 +164,8 @@ class PaymentClient:
         self.wallet = wallet
         self.directory = directory
         self.unpaidRefusals = set()  # exits that refused us for want of a token we do not have
-        self.counters = {"tokens_spent": 0, "receipts": {}, "needed": 0, "out_of_tokens": 0, "circuits_closed": 0}
+        self.counters = {"tokens_spent": 0, "receipts": {}, "needed": 0, "out_of_tokens": 0, "circuits_closed": 0,
+                         "returned": 0}
         self._saidOut = False
 
     # -- the circuit manager's hooks
@@ -156,15 +210,24 @@ class PaymentClient:
         return [r if "exit" not in r.roles or r.nodeId in keep else attrs.evolve(r, roles=r.roles - {"exit"})
                 for r in relays]
 
-    def take(self, issuers):
-        issuerId = self.payableIssuer(issuers)
-        if issuerId is None:
-            return None
-        token = self.wallet.take(issuerId, self.reactor.seconds())
-        if token is not None:
-            self.counters["tokens_spent"] += 1
-            self._saidOut = False
-        return token
+    def take(self, issuers, avoidKeys=()):
+        """@return: C{(issuer id, token)} taken from the wallet, or C{None}."""
+        now = self.reactor.seconds()
+        for issuerId in issuers:
+            if self.wallet.usable(issuerId, now) <= 0:
+                continue
+            token = self.wallet.take(issuerId, now, avoidKeys)
+            if token is not None:
+                self.counters["tokens_spent"] += 1
+                self._saidOut = False
+                return issuerId, token
+        return None
+
+    def giveBack(self, issuerId, token):
+        """A token the exit refused without spending it: spendable again."""
+        if self.wallet.putBack(issuerId, token):
+            self.counters["tokens_spent"] -= 1
+            self.counters["returned"] += 1
 
     def outOfTokens(self, exitId, freeRate):
         self.counters["out_of_tokens"] += 1
@@ -177,7 +240,7 @@ class PaymentClient:
             else:
                 what = f"it goes on at its free rate of {freeRate // 1024} KiB/s"
             self.log.warn(
-                "payments: out of bandwidth tokens for exit {exit} ({what}); buy more: meshvpn wallet buy N --issuer URL",
+                "payments: out of bandwidth tokens for exit {exit} ({what}); buy more: meshvpn wallet buy N --issuer ID",
                 exit=exitId.hex()[:16], what=what,
             )
         if freeRate == 0:
@@ -211,7 +274,9 @@ class CircuitPayer:
         self.credit = None
         self.tokens = 0
         self.retries = 0
-        self.opened = False
+        self.sent = None  # (issuer id, token) awaiting the exit's receipt
+        self.unknownKeys = set()  # token key ids this exit said it does not know (yet)
+        self._retryCall = None
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -221,18 +286,24 @@ class CircuitPayer:
         return [entry[0]] if entry is not None else []
 
     def openStream(self, host, port, protocol):
-        if not self.opened:
-            self.opened = True
+        if self.tokens == 0:
+            # Before the first stream this circuit pays for (one to the issuer, buying, was free), so the
+            # exit counts the token before the BEGIN.
             issuers = self._issuers()
             if issuers:
-                self._pay(issuers)  # goes before the BEGIN, so the exit counts it first
+                self._pay(issuers)
         return self.inner.openStream(host, port, protocol)
 
     def _pay(self, issuers, freeRate=None, credit=None):
         if self.inFlight:
             return True
-        token = self.client.take(issuers)
-        if token is None:
+        taken = self.client.take(issuers, self.unknownKeys)
+        if taken is None and self.unknownKeys and self.client.payableIssuer(issuers) is not None:
+            # Only tokens of keys this exit does not know yet: ask again once it has looked for them.
+            if self._retryCall is None and self.retries < MAX_RETRIES:
+                self._retryCall = self.client.reactor.callLater(UNKNOWN_KEY_RETRY, self._retryUnknown, issuers)
+            return False
+        if taken is None:
             if freeRate is not None:
                 self.client.outOfTokens(self.exitId, freeRate)
                 if freeRate == 0 and credit is not None and credit <= 0:
@@ -242,21 +313,37 @@ class CircuitPayer:
             return False
         self.inFlight = True
         self.tokens += 1
-        self.circuit.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        self.sent = taken
+        self.circuit.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(taken[1]).encode())
         return True
+
+    def _retryUnknown(self, issuers):
+        self._retryCall = None
+        if getattr(self.circuit, "closed", False):
+            return
+        self.unknownKeys.clear()
+        self._pay(issuers)
 
     def relayReceived(self, command, streamId, data):
         if command != RelayCommand.PAYMENT:
             return self.inner.relayReceived(command, streamId, data)
         msg = paymsg.parsePayment(data)  # malformed: an exception, so the circuit closes
-        if isinstance(msg, paymsg.Receipt):
+        if isinstance(msg, paymsg.Receipt) and msg.status == paymsg.REVOKED:
+            # About a token accepted earlier (the issuer's late word), not the one in flight.
+            self.credit = msg.credit
+            self.client.receipt(msg.status)
+            self._pay(self._issuers() or [])
+        elif isinstance(msg, paymsg.Receipt):
             self.inFlight = False
             self.credit = msg.credit
             self.client.receipt(msg.status)
+            sent, self.sent = self.sent, None
+            if sent is not None and msg.status in UNSPENT:
+                self.client.giveBack(*sent)
+                if msg.status == paymsg.UNKNOWN_KEY:
+                    self.unknownKeys.add(sent[1].tokenKeyId)
             if msg.status == paymsg.ACCEPTED:
                 self.retries = 0
-            elif msg.status in (paymsg.REVOKED,):
-                self._pay(self._issuers() or [])
             elif msg.status != paymsg.BUSY:
                 self.retries += 1
                 self.log.info("payments: exit {exit} refused a token: {why}", exit=self.exitId.hex()[:16],

@@ -171,6 +171,8 @@ class PacketExit(service.Service):
         self.tun = None
         self._sweeper = None
         self.counters = collections.Counter()
+        # C{callable(circuit, packets) -> packets that may go}: a token-gated exit charges replies too.
+        self.downloadGate = None
 
     # -- lifetime
 
@@ -382,6 +384,12 @@ table ip {self.table} {{
                 batch = batches[lease] = []
             batch.append(rewritten)
         for lease, batch in batches.items():
+            if self.downloadGate is not None:
+                allowed = self.downloadGate(lease.circuit, batch)
+                self.counters["gated_in"] += len(batch) - len(allowed)
+                batch = allowed
+                if not batch:
+                    continue
             self.counters["from_internet"] += len(batch)
             lease.circuit.sendPackets(batch)
 

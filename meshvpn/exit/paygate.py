@@ -22,9 +22,18 @@ never a hang.
 
 Accepted tokens are also reported to their issuer (L{RedeemReporter}), the
 authority on the spent list of each epoch: a token already spent at another
-exit comes back as such, and its credit is withdrawn (REVOKED).  An exit
-that cannot reach the issuer still refuses every token spent twice at
-itself, across restarts.
+exit comes back as such, and its credit is withdrawn (REVOKED).  Until the
+issuer has confirmed a token, only C{unconfirmed} bytes of its credit are
+usable (the rest is held): a token spent at k exits at once buys at most
+C{bytesPerToken + (k - 1) * unconfirmed} bytes in all, not k tokens' worth.
+An exit that cannot reach the issuer still refuses every token spent twice
+at itself, across restarts.
+
+Packet mode (the VPN's IP packets) is charged the same way, both
+directions, and policed by the same buckets.  And with no free rate, an
+unpaid circuit may still open streams to the HTTP APIs of the issuers this
+exit accepts (up to L{ISSUER_ALLOWANCE} bytes): a client without tokens
+buys its first ones through a circuit, so the issuer never sees its address.
 """
 
 import re
@@ -40,7 +49,9 @@ from meshvpn.config import Setting, parseBool
 from meshvpn.dht.service import parseSeconds
 from meshvpn.exit.settings import parseRate
 from meshvpn.interfaces import ICircuitEdge, IStatusSource, ITokenBucket
-from meshvpn.onion.cells import DestroyReason, RelayCommand
+from meshvpn.hostport import HostPortError, splitHostPort
+from meshvpn.onion.cells import CellError, DestroyReason, RelayCommand
+from meshvpn.onion.streammsgs import Begin
 from meshvpn.payments import paymsg
 from meshvpn.payments.issuer import REDEEMED
 from meshvpn.payments.issuerclient import IssuerClient, IssuerError
@@ -51,6 +62,8 @@ REASON_RESOURCELIMIT = 11  # END reason (Tor's number)
 BLOCK_WAIT = 0.25  # seconds between looks at a paused circuit with no credit and no free rate
 LOW_WATER = 0.25  # ask for the next token when this fraction of one token's credit is left
 MAX_CREDIT_TOKENS = 4  # tokens a circuit may have in credit at once (more are not spent: BUSY)
+UNCONFIRMED_CREDIT = 256 * 1024  # bytes of a token usable before its issuer confirms it was not spent elsewhere
+ISSUER_ALLOWANCE = 1024 * 1024  # bytes an unpaid circuit may carry to the accepted issuers' APIs (buying tokens)
 _HEX_ID = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 
 
@@ -91,6 +104,8 @@ def paymentExitSettings():
                 "Seconds a circuit out of credit waits for a token before it is closed (free rate none)."),
         Setting("payment-report", parseBool, True,
                 "Report accepted tokens to their issuer, which refuses a token spent at another exit too."),
+        Setting("payment-unconfirmed-credit", parseRate, UNCONFIRMED_CREDIT,
+                "Bytes of a token usable before its issuer confirms it was not spent at another exit (K/M/G)."),
     ]
 
 
@@ -101,6 +116,7 @@ class GateTerms:
     freeRate: object = 0  # 0: none; None: unlimited; else bytes/s
     paidRate: object = None  # None: unlimited
     grace: float = 30.0
+    unconfirmed: int = UNCONFIRMED_CREDIT  # bytes usable per token before the issuer's verdict
 
     def published(self):
         return ExitTerms(
@@ -119,12 +135,15 @@ def _debt(bucket):
 class _Account:
     """What the exit knows of one circuit's payment."""
 
-    __slots__ = ("circuit", "credit", "tokens", "asked", "throttle", "graceCall", "usedPaid", "usedFree", "closed",
-                 "greeted", "toldEmpty")
+    __slots__ = ("circuit", "credit", "held", "tokens", "asked", "throttle", "graceCall", "usedPaid", "usedFree",
+                 "closed", "greeted", "toldEmpty", "toIssuer", "issuerBytes")
 
     def __init__(self, circuit):
         self.circuit = circuit
         self.credit = 0
+        self.held = 0  # credit of accepted tokens the issuer has not confirmed yet
+        self.toIssuer = False  # an unpaid circuit whose streams go to an accepted issuer's API
+        self.issuerBytes = 0
         self.tokens = 0
         self.asked = False
         self.throttle = None
@@ -159,16 +178,17 @@ class PaidBucket:
         self.free = None if terms.freeRate == 0 else TokenBucket(reactor, terms.freeRate)
 
     def _current(self):
-        return self.paid if self.account.credit > 0 else self.free
+        if self.account.credit > 0 or self.gate.issuerExempt(self.account):
+            return self.paid
+        return self.free
 
     def _wait(self):
         current = self._current()
         return max(_debt(self.base), BLOCK_WAIT if current is None else _debt(current))
 
     def consume(self, amount):
-        paid = self.account.credit > 0
+        bucket = self._current()
         self.gate.charge(self.account, amount)
-        bucket = self.paid if paid else self.free
         wait = self.base.consume(amount) if self.base is not None else 0.0
         return max(wait, BLOCK_WAIT if bucket is None else bucket.consume(amount))
 
@@ -201,7 +221,8 @@ class PaymentGate:
         self.reporter = reporter
         self.accounts = {}  # circuit -> _Account (the circuit itself: an id() is reused once it is freed)
         self.counters = {"tokens_accepted": 0, "refused": {}, "begins_refused": 0, "circuits_closed_unpaid": 0,
-                         "revoked": 0, "needed_sent": 0}
+                         "revoked": 0, "needed_sent": 0, "confirmed": 0, "unconfirmed_closed": 0, "issuer_streams": 0,
+                         "packets_dropped": 0}
 
     # -- accounts
 
@@ -235,27 +256,35 @@ class PaymentGate:
         if not isinstance(msg, paymsg.TokenMessage):
             raise paymsg.PaymentMessageError("only TOKEN goes from a client to an exit")
         acct = self.account(circuit)
-        if acct.credit >= MAX_CREDIT_TOKENS * self.terms.bytesPerToken:
+        if acct.credit + acct.held >= MAX_CREDIT_TOKENS * self.terms.bytesPerToken:
             return self._receipt(acct, paymsg.BUSY)
-        status, known = self.verifier.check(msg.token, self.reactor.seconds())
+        now = self.reactor.seconds()
+        status, known = self.verifier.check(msg.token, now, spend=False)
         if status == paymsg.ACCEPTED and known.issuerId not in self.terms.issuers:
             status = paymsg.NOT_ACCEPTED  # cannot happen with keys of accepted issuers only; kept as a guard
+        if status == paymsg.ACCEPTED:
+            # Recorded spent only now: a token refused here stays the client's (it may take it back).
+            status, known = self.verifier.check(msg.token, now)
         if status != paymsg.ACCEPTED:
             refused = self.counters["refused"]
             refused[paymsg.STATUS_NAMES[status]] = refused.get(paymsg.STATUS_NAMES[status], 0) + 1
             if status == paymsg.UNKNOWN_KEY and self.keys is not None:
                 self.keys.unknownKeySeen()
             return self._receipt(acct, status)
-        acct.credit += self.terms.bytesPerToken
+        # Until the issuer says the token was not spent at another exit, only part of its credit is usable.
+        held = 0 if self.reporter is None else max(0, self.terms.bytesPerToken - self.terms.unconfirmed)
+        acct.credit += self.terms.bytesPerToken - held
+        acct.held += held
         acct.tokens += 1
         acct.asked = acct.toldEmpty = False
         self.counters["tokens_accepted"] += 1
         self._receipt(acct, paymsg.ACCEPTED)
         if self.reporter is not None:
-            self.reporter.report(known.issuerId, msg.token, lambda verdict: self._verdict(acct, verdict))
+            self.reporter.report(known.issuerId, msg.token, lambda verdict: self._verdict(acct, verdict, held))
         if acct.credit > 0:
             self._cancelGrace(acct)
-        if acct.credit < LOW_WATER * self.terms.bytesPerToken:
+            acct.throttle.wake()
+        if acct.credit + acct.held < LOW_WATER * self.terms.bytesPerToken:
             self._needed(acct)  # still short (bytes carried beyond the credit are owed): one more
 
     def _receipt(self, acct, status):
@@ -269,11 +298,21 @@ class PaymentGate:
             RelayCommand.PAYMENT, 0, paymsg.Needed(acct.credit, free, self.terms.issuers[:paymsg.MAX_ISSUERS]).encode()
         )
 
-    def _verdict(self, acct, verdict):
-        """The issuer's word on a token this exit accepted (see L{RedeemReporter})."""
-        if verdict == REDEEMED or acct.closed:
+    def _verdict(self, acct, verdict, held=0):
+        """The issuer's word on a token this exit accepted (see L{RedeemReporter}); C{held}: its credit held back."""
+        if acct.closed:
             return
-        acct.credit -= self.terms.bytesPerToken
+        acct.held -= held
+        if verdict == REDEEMED:
+            self.counters["confirmed"] += 1
+            acct.credit += held
+            if acct.credit > 0:
+                self._cancelGrace(acct)
+                acct.throttle.wake()  # paused for want of this credit: go on now
+            else:
+                self._outOfCredit(acct)  # it carried more than the whole token meanwhile
+            return
+        acct.credit -= self.terms.bytesPerToken - held
         self.counters["revoked"] += 1
         self.log.info("payments: a token accepted here was already spent elsewhere; its credit is withdrawn")
         self._receipt(acct, paymsg.REVOKED)
@@ -281,15 +320,20 @@ class PaymentGate:
 
     # -- what the exit carries
 
-    def beginReceived(self, circuit, streamId):
+    def beginReceived(self, circuit, streamId, target=None):
         """
         A BEGIN: @return: whether it may open a stream.  On a circuit that
         never paid, with no free rate, it is refused at once (END
         RESOURCELIMIT), and NEEDED tells the client why and which issuers
-        this exit takes.
+        this exit takes; unless it goes to an accepted issuer's API
+        (C{target}, a L{Begin}): buying tokens is always possible.
         """
         acct = self.account(circuit)
         refuse = self.terms.freeRate == 0 and acct.credit <= 0 and acct.tokens == 0
+        if refuse and target is not None and self._isIssuerAPI(target):
+            acct.toIssuer = True  # a purchase: no NEEDED either (the client is not spending here)
+            self.counters["issuer_streams"] += 1
+            return True
         if refuse:
             self.counters["begins_refused"] += 1
             circuit.sendRelay(RelayCommand.END, streamId, bytes([REASON_RESOURCELIMIT]))
@@ -299,29 +343,71 @@ class PaymentGate:
                 self._needed(acct)  # also tells a client with tokens that this exit takes them
         return not refuse
 
-    def packetsAllowed(self, circuit, packets):
-        """Packet mode: uploads are charged; with no credit and no free rate, dropped."""
+    def _isIssuerAPI(self, target):
+        apiOf = getattr(self.keys, "apiOf", None)
+        if apiOf is None:
+            return False
+        for issuerId in self.terms.issuers:
+            api = apiOf(issuerId)
+            if api is None:
+                continue
+            try:
+                host, port = splitHostPort(api)
+            except HostPortError:
+                continue
+            if port == target.port and host.lower() == target.host.lower():
+                return True
+        return False
+
+    def issuerExempt(self, acct):
+        """An unpaid circuit carrying only a purchase from an accepted issuer, within its allowance."""
+        return acct.toIssuer and acct.tokens == 0 and acct.issuerBytes < ISSUER_ALLOWANCE
+
+    def packetsAllowed(self, circuit, packets, direction="out"):
+        """
+        Packet mode, both ways (C{"out"}: from the client; C{"in"}: to it):
+        charged to the credit and policed by the circuit's buckets like its
+        streams; with no credit and no free rate, or over the rate, dropped.
+        """
         acct = self.account(circuit)
         if self.terms.freeRate == 0 and acct.credit <= 0:
             if not acct.asked:
                 self._needed(acct)
+            self.counters["packets_dropped"] += len(packets)
             return False
-        self.charge(acct, sum(len(p) for p in packets))
+        if not acct.throttle.bucket.tryConsume():
+            self.counters["packets_dropped"] += len(packets)
+            return False
+        acct.throttle.account(sum(len(p) for p in packets), direction)  # charges the credit through the PaidBucket
         return True
+
+    def packetsToClient(self, circuit, packets):
+        """The packet exit's hook for replies from the internet: @return: the packets that may go."""
+        return packets if self.packetsAllowed(circuit, packets, "in") else []
 
     def charge(self, acct, nbytes):
         if acct.credit > 0:
             acct.credit -= nbytes
             acct.usedPaid += nbytes
-            if acct.credit < LOW_WATER * self.terms.bytesPerToken and not acct.asked:
+            if acct.credit + acct.held < LOW_WATER * self.terms.bytesPerToken and not acct.asked:
                 self._needed(acct)
             if acct.credit <= 0:
                 self._outOfCredit(acct)
         else:
             acct.usedFree += nbytes
+            if acct.toIssuer:
+                acct.issuerBytes += nbytes
+                if acct.issuerBytes >= ISSUER_ALLOWANCE and self.terms.freeRate == 0 and acct.graceCall is None:
+                    # More than any purchase needs: the circuit is paused, then closed as an unpaid one.
+                    acct.graceCall = self.reactor.callLater(self.terms.grace, self._graceOver, acct)
 
     def _outOfCredit(self, acct):
         if acct.credit > 0 or acct.closed:
+            return
+        if acct.held > 0:
+            # Credit is on its way (the issuer's verdict): no new token; but not forever.
+            if self.terms.freeRate == 0 and acct.graceCall is None:
+                acct.graceCall = self.reactor.callLater(self.terms.grace, self._graceOver, acct)
             return
         if not acct.toldEmpty:
             acct.toldEmpty = True
@@ -332,6 +418,12 @@ class PaymentGate:
     def _graceOver(self, acct):
         acct.graceCall = None
         if acct.credit > 0 or acct.closed:
+            return
+        if acct.held > 0:
+            self.counters["unconfirmed_closed"] += 1
+            self.log.warn("payments: the issuer did not confirm a token within {s:.0f}s; closing its circuit",
+                          s=self.terms.grace)
+            acct.circuit.destroy(DestroyReason.RESOURCELIMIT, "the issuer did not confirm the token in time")
             return
         self.counters["circuits_closed_unpaid"] += 1
         acct.circuit.destroy(DestroyReason.RESOURCELIMIT, "out of credit and no token within the grace period")
@@ -346,6 +438,8 @@ class PaymentGate:
             "issuers": [i.hex() for i in self.terms.issuers],
             "bytes_per_token": self.terms.bytesPerToken,
             "free_rate": self.terms.freeRate, "paid_rate": self.terms.paidRate,
+            "unconfirmed_credit": self.terms.unconfirmed,
+            "issuer_apis_known": sum(1 for i in self.terms.issuers if getattr(self.keys, "apiOf", lambda i: None)(i)),
             "circuits": len(self.accounts),
             "paying_circuits": sum(1 for a in self.accounts.values() if a.tokens),
             **{k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()},
@@ -363,8 +457,13 @@ class PaidExitEdge:
     def relayReceived(self, circuit, command, streamId, data):
         if command == RelayCommand.PAYMENT:
             return self.gate.paymentReceived(circuit, data)
-        if command == RelayCommand.BEGIN and not self.gate.beginReceived(circuit, streamId):
-            return
+        if command == RelayCommand.BEGIN:
+            try:
+                target = Begin.decode(data)
+            except CellError:
+                target = None  # the stream edge refuses it with its own error
+            if not self.gate.beginReceived(circuit, streamId, target):
+                return
         self.gate.account(circuit)
         self.inner.relayReceived(circuit, command, streamId, data)
 
@@ -394,7 +493,7 @@ class RedeemReporter:
 
     log = Logger()
 
-    def __init__(self, reactor, apiOf, clientFor=None, interval=0.5, maxQueued=10000):
+    def __init__(self, reactor, apiOf, clientFor=None, interval=0.05, maxQueued=10000):
         self.reactor = reactor
         self.apiOf = apiOf
         self.clientFor = clientFor or (lambda api: IssuerClient(reactor, f"http://{api}", timeout=30))

@@ -37,7 +37,7 @@ from meshvpn.payments import tokens
 from meshvpn.payments.blindrsa import BlindSignatureError
 from meshvpn.payments.monero import MoneroRPCError, formatXMR
 from meshvpn.payments.purchases import (
-    AWAITING, EXPIRED, ISSUED, PAID, Purchase, applyPayments, idHash, newPurchaseId,
+    AWAITING, EXPIRED, ISSUED, PAID, Purchase, applyPayments, idHash, newPurchaseId, purchaseMessage,
 )
 from meshvpn.payments.records import IssuerInfo, IssuerKeyRecord
 from meshvpn.payments.tokens import Token, TokenFormatError, TokenRequest
@@ -81,9 +81,11 @@ class IssuerService(service.Service):
     log = Logger()
 
     def __init__(self, reactor, issuerId, keys, book, wallet, spent, terms, records=None, apiAddress=None,
-                 republish=3600.0, ready=None):
+                 republish=3600.0, ready=None, identity=None):
         self.reactor = reactor
         self.issuerId = issuerId
+        # The node key that signs purchase answers (the one its DHT records are signed with).
+        self.identity = identity if identity is not None else getattr(records, "identity", None)
         self.keys = keys
         self.book = book
         self.wallet = wallet
@@ -149,6 +151,7 @@ class IssuerService(service.Service):
             "epoch": current.epoch,
             "epoch_length": schedule.length,
             "grace": schedule.grace,
+            "identity_key": None if self.identity is None else self.identity.identityPublicKey.hex(),
             "keys": [
                 {"epoch": k.epoch, "token_key_id": k.tokenKeyId.hex(), "spki": k.spki.hex(),
                  "signing": k.epoch == current.epoch, "spendable_until": schedule.spendableUntil(k.epoch)}
@@ -220,6 +223,13 @@ class IssuerService(service.Service):
         self.log.info("issuer: purchase of {n} tokens opened ({amount}); {open} awaiting payment",
                       n=count, amount=formatXMR(purchase.amount), open=self.book.openCount())
         return purchaseId, purchase
+
+    def signPurchase(self, purchaseId, purchase):
+        """@return: the node key's signature of the purchase answer (hex), or C{None} without a key."""
+        if self.identity is None:
+            return None
+        message = purchaseMessage(self.issuerId, purchaseId, purchase.tokens, purchase.amount, purchase.address)
+        return self.identity.sign(message).hex()
 
     def status(self, purchaseId=None):
         if purchaseId is None:  # IStatusSource

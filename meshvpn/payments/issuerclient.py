@@ -6,6 +6,7 @@ issuer id must be a node id, the amounts integers; a bad answer is an
 L{IssuerError} with the issuer's own message when it gave one.
 """
 
+import hashlib
 import json
 
 import attrs
@@ -42,6 +43,7 @@ class IssuerOffer:
     packs: tuple
     confirmations: int
     signing: SigningKey
+    identityKey: object = None  # the issuer's node key (Ed25519, SHA-256 of it is the id), if it gave one
 
 
 def _int(value, what):
@@ -95,10 +97,15 @@ class IssuerClient:
                              _int(k["spendable_until"], "expiry"))
             if key.tokenKeyId.hex() != k["token_key_id"]:
                 raise ValueError
+            identityKey = info.get("identity_key")
+            if identityKey is not None:
+                identityKey = bytes.fromhex(identityKey)
+                if hashlib.sha256(identityKey).digest() != issuerId:
+                    raise ValueError
         except (KeyError, TypeError, ValueError, AttributeError, TokenFormatError):
             raise IssuerError("issuer info is malformed") from None
         return IssuerOffer(issuerId, _int(info.get("price"), "price"), packs,
-                           _int(info.get("confirmations"), "confirmations"), key)
+                           _int(info.get("confirmations"), "confirmations"), key, identityKey)
 
     async def purchase(self, count):
         answer = await self._json("POST", "/v1/purchases", {"tokens": count})

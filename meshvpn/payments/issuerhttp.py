@@ -159,7 +159,8 @@ class IssuerAPI(resource.Resource):
 
         def quoted(result):
             purchaseId, p = result
-            body = {"purchase": purchaseId, **p.public(self.issuer.terms.confirmations)}
+            body = {"purchase": purchaseId, **p.public(self.issuer.terms.confirmations),
+                    "signature": self.issuer.signPurchase(purchaseId, p)}
             return self._json(request, body, 201)
 
         return self._later(request, d.addCallback(quoted))

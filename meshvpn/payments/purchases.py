@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import struct
 
 import attrs
 
@@ -76,6 +77,19 @@ class Purchase:
             "seen": self.seen, "received": self.received, "confirmations": self.confirmations,
             "confirmations_needed": needed, "expires": int(self.expires),
         }
+
+
+PURCHASE_CONTEXT = b"meshvpn-purchase-v1\x00"
+
+
+def purchaseMessage(issuerId, purchaseId, tokens, amount, address):
+    """
+    What the issuer signs (with its node key) in each purchase answer: the
+    buyer pays only an address its issuer vouched for, never one an exit
+    carrying the purchase put in.
+    """
+    return (PURCHASE_CONTEXT + issuerId + purchaseId.encode("ascii") + struct.pack("!HQ", tokens, amount)
+            + address.encode("utf-8"))
 
 
 def applyPayments(purchase, incoming, needed):

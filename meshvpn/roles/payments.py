@@ -13,6 +13,7 @@ role of its own (L{meshvpn.roles.issuer}).
 import os
 
 from meshvpn.client.paying import PaidExitDirectory, PaymentClient
+from meshvpn.exit.packetexit import PacketExitEdge
 from meshvpn.exit.paygate import GateTerms, PaidExitEdge, PaidExitService, PaymentGate, RedeemReporter
 from meshvpn.payments.records import PaymentRecords
 from meshvpn.payments.spentstore import SpentTokenStore
@@ -41,11 +42,15 @@ def addPaidExit(node, settings, onion, exitParts, dht):
     terms = GateTerms(
         issuers=tuple(issuers), bytesPerToken=settings["payment_bytes_per_token"], freeRate=settings["payment_free_rate"],
         paidRate=settings["payment_paid_rate"], grace=settings["payment_grace"],
+        unconfirmed=settings["payment_unconfirmed_credit"],
     )
     spent = SpentTokenStore(os.path.join(node.dataDir, SPENT_DIR))
     gate = PaymentGate(reactor, terms, TokenVerifier(keys, spent), exitParts.limiter, keys, reporter)
     # The switch's edge is replaced before the node starts, so every circuit meets the gate.
-    onion.switch.edge = PaidExitEdge(onion.switch.edge, gate)
+    inner = onion.switch.edge
+    if isinstance(inner, PacketExitEdge):
+        inner.packetExit.downloadGate = gate.packetsToClient  # packet mode pays for replies too
+    onion.switch.edge = PaidExitEdge(inner, gate)
     addService(node, "payments", PaidExitService(reactor, gate, keys, records, ready=lambda: dht.joined))
     node.status.addSource("payments", gate)
     return gate

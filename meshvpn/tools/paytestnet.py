@@ -83,17 +83,35 @@ class PaymentSetup:
             return ["--payment-wallet", self.walletDir]
         return []
 
+    def waitExitsKnowIssuer(self, net, timeout=60.0):
+        """Until both exits have read the issuer's info (its API address: they carry purchases to it unpaid)."""
+        deadline = time.monotonic() + timeout
+        exits = [n for n in net.nodes if n.name.startswith("exit")]
+        while time.monotonic() < deadline:
+            if all((readStatus(n.dataDir) or {}).get("payments", {}).get("issuer_apis_known") for n in exits):
+                self.out("testnet: both exits read the issuer's key and API address from the DHT")
+                return
+            time.sleep(0.2)
+        raise MeshVPNError("the exits did not find the issuer in the DHT; exit1 log:\n" + exits[0].logTail())
+
     def mine(self, blocks=1):
         return callSync(self.monero.daemonPort, "generateblocks",
                         {"amount_of_blocks": blocks, "wallet_address": self.monero.addresses["user"]})["height"] + 1
 
-    def buy(self, count=PACK, timeout=180.0):
-        """Run ``meshvpn wallet buy`` as its own process, mining a block a second until it is done."""
+    def buy(self, net, count=PACK, timeout=180.0):
+        """
+        Run ``meshvpn wallet buy`` as its own process, mining a block a
+        second until it is done.  It reaches the issuer through the client's
+        SOCKS port (a circuit, as by default), names the issuer by its node
+        id (its API address comes from its DHT record) and has the client
+        check the issuer's key in the DHT.
+        """
+        socks = net.client.info["socks"]
         argv = [sys.executable, "-m", "meshvpn", "wallet", "--wallet-dir", self.walletDir, "buy", str(count),
-                "--issuer", self.issuerURL, "--pay-from", self.monero.walletURL("user"), "--spend-delay", "0",
-                "--poll", "0.5", "--timeout", str(timeout)]
-        self.out(f"testnet: buying {count} tokens: meshvpn wallet buy {count} --issuer {self.issuerURL} "
-                 "--pay-from <the user wallet> (mining a block every second meanwhile)")
+                "--issuer", self.issuerId, "--pay-from", self.monero.walletURL("user"), "--spend-delay", "0",
+                "--poll", "0.5", "--timeout", str(timeout), "--socks", socks]
+        self.out(f"testnet: buying {count} tokens: meshvpn wallet buy {count} --issuer {self.issuerId[:16]}… "
+                 f"--socks {socks} --pay-from <the user wallet> (mining a block every second meanwhile)")
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         reader = threading.Thread(target=self._relay, args=(proc.stdout,), daemon=True)
@@ -135,19 +153,24 @@ class PaymentSetup:
         self.out(f"testnet: client spent {spent} token(s); exits' receipts: "
                  + (", ".join(f"{v} {k}" for k, v in receipts.items()) or "none")
                  + f"; {sum(client.get('tokens', {}).values())} left")
-        accepted = 0
+        accepted = viaExits = 0
         for node in net.nodes:
             if node.name.startswith("exit"):
                 gate = (readStatus(node.dataDir) or {}).get("payments", {})
                 accepted += gate.get("tokens_accepted", 0)
+                if gate.get("issuer_streams"):
+                    viaExits += gate["issuer_streams"]
+                    self.out(f"testnet: {node.name} carried {gate['issuer_streams']} unpaid stream(s) to the issuer's API "
+                             "(the purchase, through a circuit: the issuer saw the exit, not the buyer)")
                 if gate.get("tokens_accepted"):
                     self.out(f"testnet: {node.name} accepted {gate['tokens_accepted']} token(s), "
                              f"refused {sum(gate.get('refused', {}).values())}, begins refused unpaid: "
-                             f"{gate.get('begins_refused', 0)}")
+                             f"{gate.get('begins_refused', 0)}; confirmed by the issuer before full credit: "
+                             f"{gate.get('confirmed', 0)}")
         issuer = (readStatus(self.issuer.dataDir) or {}).get("issuer", {}).get("counters", {})
         self.out(f"testnet: issuer sold {issuer.get('tokens_signed', 0)} tokens; exits reported "
                  f"{issuer.get('redeemed', 0)} spent, {issuer.get('double_spends', 0)} double spends")
-        return spent >= CHECK_BYTES // BYTES_PER_TOKEN and accepted == receipts.get("accepted", -1)
+        return spent >= CHECK_BYTES // BYTES_PER_TOKEN and accepted == receipts.get("accepted", -1) and viaExits > 0
 
     def stop(self):
         self.monero.stop()
@@ -162,7 +185,8 @@ def run(args, out):
         setup.startMonero()
         net.start()
         setup.startIssuer(net)
-        setup.buy()
+        setup.waitExitsKnowIssuer(net)
+        setup.buy(net)
         setup.waitPaidExits(net)
         if args.check:
             fetched = net.check(CHECK_BYTES)
@@ -172,7 +196,7 @@ def run(args, out):
                 out("testnet: PAYMENT CHECK FAILED")
             return 0 if fetched and paid else 1
         out(f"testnet: buy more: {sys.executable} -m meshvpn wallet --wallet-dir {setup.walletDir} buy 10 "
-            f"--issuer {setup.issuerURL} --pay-from {setup.monero.walletURL('user')}")
+            f"--issuer {setup.issuerId} --socks {net.client.info['socks']} --pay-from {setup.monero.walletURL('user')}")
         out("testnet: running (a regtest block every 2 s confirms purchases); press Ctrl-C to stop")
         try:
             while all(n.process.poll() is None for n in net.nodes):

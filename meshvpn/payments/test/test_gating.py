@@ -7,15 +7,20 @@ charging them to the circuit's throttle exactly where the exit's TCP side
 charges them.  Tokens are real RFC 9578 tokens of a test issuer key.
 """
 
+import attrs
 from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from zope.interface import implementer
 from twisted.trial import unittest
 
 from meshvpn.client.paying import CircuitPayer, PaidExitDirectory, PaymentClient
+from meshvpn.client.test.fakes import FakeTun
+from meshvpn.exit.packetexit import PacketExit, PacketExitEdge
 from meshvpn.exit.paygate import (
-    BLOCK_WAIT, GateTerms, PaidBucket, PaidExitEdge, PaymentGate, RedeemReporter, parseFreeRate, parseIssuers,
+    BLOCK_WAIT, ISSUER_ALLOWANCE, UNCONFIRMED_CREDIT, GateTerms, PaidBucket, PaidExitEdge, PaymentGate, RedeemReporter,
+    parseFreeRate, parseIssuers,
 )
+from meshvpn.exit.policy import defaultExitPolicy
 from meshvpn.interfaces import IStream
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.origin import OriginCircuit
@@ -30,6 +35,7 @@ from meshvpn.payments.wallet import TokenWallet
 from meshvpn.ratelimit import BandwidthLimiter
 from meshvpn.streams.edge import StreamExitEdge, attachStreams
 from meshvpn.streams.test.test_mux import Collect
+from meshvpn.tun.test.test_packets import udp
 from meshvpn.tools.onionfakes import MemoryNetwork, TestRelay
 
 ISSUER = b"\x11" * 32
@@ -37,6 +43,7 @@ OTHER_ISSUER = b"\x22" * 32
 KIB = 1024
 PER_TOKEN = 64 * KIB
 HOUR = 3600
+ISSUER_API = "198.18.0.50:8480"
 
 
 class Keys:
@@ -54,6 +61,14 @@ class Keys:
 
     def unknownKeySeen(self):
         self.unknownSeen += 1
+
+    def apiOf(self, issuerId):
+        return ISSUER_API if issuerId == ISSUER else None
+
+    def learn(self, key, issuer=ISSUER):
+        """The exit reads a new key of the issuer (as from the DHT)."""
+        keyId = tokens.tokenKeyId(tokens.encodePublicKey(key.public_key()))
+        self.known[keyId] = KnownKey(issuer, 10, key.public_key(), 10 * HOUR, 12 * HOUR)
 
     def issue(self, issuer=ISSUER, key=None):
         key = key or self.key
@@ -139,7 +154,7 @@ class Net:
     """
 
     def __init__(self, test, freeRate=0, grace=30.0, keys=None, issuerId=ISSUER, wallet=None, reporter=None,
-                 now=10 * HOUR + 60, bytesPerToken=PER_TOKEN):
+                 now=10 * HOUR + 60, bytesPerToken=PER_TOKEN, unconfirmed=UNCONFIRMED_CREDIT, packetExit=False):
         self.test = test
         self.clock = task.Clock()
         self.clock.advance(now)
@@ -148,7 +163,7 @@ class Net:
         self.keys = keys or Keys()
         self.limiter = BandwidthLimiter(self.clock)
         self.spent = SpentTokenStore(test.mktemp())
-        self.terms = GateTerms((issuerId,), bytesPerToken, freeRate=freeRate, grace=grace)
+        self.terms = GateTerms((issuerId,), bytesPerToken, freeRate=freeRate, grace=grace, unconfirmed=unconfirmed)
         self.reported = []
         self.gate = PaymentGate(self.clock, self.terms, TokenVerifier(self.keys, self.spent), self.limiter, self.keys,
                                 reporter=reporter or self)
@@ -157,7 +172,15 @@ class Net:
         def accept(circuit, host, port):
             return Source(limiter.circuit(circuit))
 
-        self.edge = PaidExitEdge(StreamExitEdge(accept), self.gate)
+        inner = StreamExitEdge(accept)
+        if packetExit:
+            self.pe = PacketExit(self.clock, defaultExitPolicy(), "abcd1234", pool="100.64.0.0/29", tunFactory=FakeTun,
+                                 nft=lambda script: None, forwarding=False)
+            self.pe.startService()
+            test.addCleanup(self.pe.stopService)
+            inner = PacketExitEdge(inner, self.pe)
+            self.pe.downloadGate = self.gate.packetsToClient  # as roles/payments.py wires it
+        self.edge = PaidExitEdge(inner, self.gate)
         self.guard = TestRelay(self.net, self.clock, "guard", directory=self.dir)
         self.middle = TestRelay(self.net, self.clock, "middle", directory=self.dir)
         self.exit = TestRelay(self.net, self.clock, "exit", edge=self.edge, directory=self.dir)
@@ -187,14 +210,18 @@ class Net:
         self.test.assertIs(self.test.successResultOf(d), circ)
         return circ
 
-    def fetch(self, circ, nbytes):
+    def fetch(self, circ, nbytes, host="198.18.0.9", port=80):
         collect = Collect()
-        d = circ.openStream("198.18.0.9", 80, protocol=collect)
+        d = circ.openStream(host, port, protocol=collect)
         self.net.pump()
         if d.called and not isinstance(d.result, CircuitPayer) and hasattr(d.result, "value"):
             return collect, self.test.failureResultOf(d)
         stream = self.test.successResultOf(d)
         stream.write(str(nbytes).encode())
+        self.drain()
+        return collect, stream
+
+    def drain(self):
         idle = 0
         while idle < 40:  # ten quiet seconds of the clock: nothing more will come
             if self.net.pump():
@@ -202,7 +229,6 @@ class Net:
             else:
                 idle += 1
                 self.clock.advance(BLOCK_WAIT)
-        return collect, stream
 
     def payer(self, circ):
         self.test.assertIsInstance(circ.streamHandler, CircuitPayer)
@@ -469,3 +495,230 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(parseIssuers("11" * 32 + "," + "22" * 32), (ISSUER, OTHER_ISSUER))
         self.assertRaises(ValueError, parseIssuers, "xyz")
         self.assertRaises(ValueError, parseIssuers, ",".join(["11" * 32] * 9))
+
+
+class SharedIssuer:
+    """
+    The issuer's authoritative spent list, as several exits' reporter: the
+    reports wait until the test lets the issuer answer (as if it were slow).
+    """
+
+    def __init__(self, test):
+        self.spent = SpentTokenStore(test.mktemp())
+        self.queue = []
+
+    def report(self, issuerId, token, callback):
+        self.queue.append((token, callback))
+
+    def answer(self):
+        queue, self.queue = self.queue, []
+        for token, callback in queue:
+            callback(REDEEMED if self.spent.spend(token.tokenKeyId, token.nullifier()) else DOUBLE_SPENT)
+
+
+class DoubleSpendWindowTests(unittest.TestCase):
+    """One token spent at three exits at once, before the issuer's verdicts arrive."""
+
+    def spendAtThreeExits(self, unconfirmed):
+        keys = Keys()
+        issuer = SharedIssuer(self)
+        token = keys.issue()
+        nets = [Net(self, keys=keys, reporter=issuer, unconfirmed=unconfirmed) for _ in range(3)]
+        collects = []
+        for n in nets:
+            n.wallet.add(ISSUER, token, 0, 12 * HOUR)  # the attacker's copies of one token
+            collect, _ = n.fetch(n.circuit(), 10 * PER_TOKEN)
+            collects.append(collect)
+        before = [received(c) for c in collects]
+        issuer.answer()  # the first report wins; the others hear "spent elsewhere"
+        for n in nets:
+            n.drain()
+        return nets, before, [received(c) for c in collects]
+
+    def test_boundedToOneTokenPlusTheUnconfirmedCredits(self):
+        unconfirmed = 8 * KIB
+        nets, before, after = self.spendAtThreeExits(unconfirmed)
+        slack = 2 * 4096  # at most one read past the credit per pause
+        for got in before:  # each exit waits for the issuer past the first allowance
+            self.assertLessEqual(got, unconfirmed + slack)
+            self.assertGreater(got, 0)
+        self.assertLessEqual(sum(after), PER_TOKEN + 2 * unconfirmed + 3 * slack)
+        self.assertGreaterEqual(max(after), PER_TOKEN - slack)  # the honest first spender got the whole token
+        self.assertEqual(sum(n.gate.counters["revoked"] for n in nets), 2)
+        self.assertEqual(sum(n.gate.counters["confirmed"] for n in nets), 1)
+        self.assertTrue(all(n.gate.accounts == {} or all(a.credit <= 0 for a in n.gate.accounts.values()) for n in nets))
+
+    def test_withoutTheBoundThreeTokensWorth(self):
+        """The same attack with the whole credit usable at once (the window this closes)."""
+        nets, before, after = self.spendAtThreeExits(PER_TOKEN)
+        self.assertGreaterEqual(sum(before), 3 * (PER_TOKEN - 2 * 4096))
+
+    def test_verdictResumesAtOnce(self):
+        """A circuit paused for the issuer's verdict goes on the moment it arrives, not at its next look."""
+        issuer = SharedIssuer(self)
+        n = Net(self, reporter=issuer, unconfirmed=8 * KIB)
+        n.addTokens(1)
+        collect, _ = n.fetch(n.circuit(), PER_TOKEN // 2)
+        before = received(collect)
+        issuer.answer()
+        n.clock.advance(0)
+        while n.net.pump():
+            n.clock.advance(0)
+        self.assertEqual(received(collect), PER_TOKEN // 2)
+        self.assertGreater(received(collect), before)
+
+    def test_issuerSilent_circuitClosedAfterGrace(self):
+        """An exit that cannot hear from the issuer gives the first allowance, then closes: no hang."""
+        n = Net(self, reporter=SharedIssuer(self), unconfirmed=8 * KIB, grace=20.0)
+        n.addTokens(1)
+        circ = n.circuit()
+        collect, _ = n.fetch(circ, PER_TOKEN)
+        self.assertLessEqual(received(collect), 8 * KIB + 8192)
+        n.clock.advance(20.0)
+        n.net.pump()
+        self.assertTrue(circ.closed)
+        self.assertEqual(n.gate.counters["unconfirmed_closed"], 1)
+        self.assertEqual(n.payments.counters["tokens_spent"], 1)  # no second token was asked for meanwhile
+        self.flushLoggedErrors()
+
+
+class PacketModeTests(unittest.TestCase):
+    LEASE = "100.64.0.2"  # the packet exit's first lease in its /29 pool
+
+    def test_downloadsChargedLikeUploads(self):
+        n = Net(self, packetExit=True)
+        n.addTokens(6)
+        circ = n.circuit()
+        got = []
+        circ.setPacketReceiver(got.extend)
+        circ.sendPackets([udp("10.9.0.2", "198.18.0.5", 1000, 53, b"q")])
+        n.net.pump()  # dropped (no credit yet); NEEDED made the client pay
+        self.assertEqual(n.payments.counters["tokens_spent"], 1)
+        circ.sendPackets([udp("10.9.0.2", "198.18.0.5", 1000, 53, b"q")])
+        n.net.pump()
+        self.assertEqual(len(n.pe.tun.written), 1)
+        reply = udp("198.18.0.5", self.LEASE, 53, 1000, b"x" * 1000)
+        for _ in range(20):  # 200 packets of 1028 bytes: about three tokens' worth, downloads only
+            n.pe.tun.receiver([reply] * 10)
+            n.net.pump()
+            n.clock.advance(0.1)
+            n.net.pump()
+        self.assertEqual(len(got), 200)
+        acct = next(iter(n.gate.accounts.values()))
+        self.assertGreaterEqual(acct.usedPaid, 200 * len(reply))
+        self.assertGreaterEqual(n.payments.counters["tokens_spent"], 4)
+        self.assertEqual(n.pe.counters["gated_in"], 0)
+
+    def test_downloadsDroppedWithoutCredit(self):
+        n = Net(self, packetExit=True)
+        n.addTokens(1)
+        circ = n.circuit(paying=False)
+        attachStreams(circ)
+        got = []
+        circ.setPacketReceiver(got.extend)
+        circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(n.wallet.take(ISSUER, n.clock.seconds())).encode())
+        circ.sendPackets([udp("10.9.0.2", "198.18.0.5", 1000, 53, b"q")])
+        n.net.pump()
+        reply = udp("198.18.0.5", self.LEASE, 53, 1000, b"x" * 1000)
+        for _ in range(10):  # twice the one token's credit, and the client does not pay again
+            n.pe.tun.receiver([reply] * 13)
+            n.net.pump()
+        self.assertLess(len(got), 80)
+        self.assertGreater(n.pe.counters["gated_in"], 0)
+        self.assertGreater(n.gate.counters["packets_dropped"], 0)
+
+
+class UnknownKeyTests(unittest.TestCase):
+    """A token of a key the exit does not know yet (a new epoch's) is not spent: it goes back to the wallet."""
+
+    def test_returnedThenSpentOnceTheExitKnowsTheKey(self):
+        n = Net(self)
+        newKey = rsaKey(1)
+        for _ in range(2):
+            n.wallet.add(ISSUER, n.keys.issue(key=newKey), 0, 12 * HOUR)
+        circ = n.circuit()
+        collect, failure = n.fetch(circ, 1000)
+        self.assertEqual(failure.value.reason, 11)  # nothing paid yet: the BEGIN was refused
+        self.assertEqual(n.payments.counters["receipts"], {paymsg.STATUS_NAMES[paymsg.UNKNOWN_KEY]: 1})
+        self.assertEqual(n.payments.counters["returned"], 1)
+        self.assertEqual(n.wallet.usable(ISSUER, n.clock.seconds()), 2)  # back in the wallet
+        self.assertEqual(n.keys.unknownSeen, 1)  # the exit looks for the issuer's new keys
+        n.keys.learn(newKey)
+        n.clock.advance(35.0)  # the client asks again once the exit had time to look
+        n.net.pump()
+        self.assertEqual(n.payments.counters["receipts"].get("accepted"), 1)
+        self.assertEqual(n.wallet.usable(ISSUER, n.clock.seconds()), 1)
+        self.assertEqual(n.payments.counters["tokens_spent"], 1)
+        self.flushLoggedErrors()
+
+    def test_otherKeyTriedAtOnce(self):
+        n = Net(self)
+        newKey = rsaKey(1)
+        unknownId = tokens.tokenKeyId(tokens.encodePublicKey(newKey.public_key()))
+
+        class UnknownFirst:
+            def shuffle(self, paths):
+                paths.sort(key=lambda path: TokenWallet._keyIdOf(path) != unknownId)
+
+        n.wallet.rng = UnknownFirst()
+        n.wallet.add(ISSUER, n.keys.issue(key=newKey), 0, 12 * HOUR)
+        n.wallet.add(ISSUER, n.keys.issue(), 0, 12 * HOUR)
+        circ = n.circuit()
+        n.fetch(circ, 1000)  # its BEGIN followed the refused token: refused too (credit came right after)
+        collect, _ = n.fetch(circ, 1000)
+        self.assertFalse(circ.closed)
+        self.assertEqual(received(collect), 1000)
+        self.assertEqual(n.payments.counters["receipts"],
+                         {paymsg.STATUS_NAMES[paymsg.UNKNOWN_KEY]: 1, "accepted": 1})
+        left = n.wallet.take(ISSUER, n.clock.seconds())
+        self.assertEqual(left.tokenKeyId, unknownId)  # the refused one is spendable again
+
+    def test_refusedForAnotherReasonStaysSpent(self):
+        n = Net(self)
+        n.wallet.add(ISSUER, n.keys.issue(issuer=OTHER_ISSUER), 0, 12 * HOUR)  # invalid here: wrong challenge
+        circ = n.circuit()
+        n.fetch(circ, 1000)
+        self.assertEqual(n.payments.counters["returned"], 0)
+        self.assertEqual(n.wallet.usable(ISSUER, n.clock.seconds()), 0)
+        self.flushLoggedErrors()
+
+    def test_notAcceptedIsNotRecordedSpent(self):
+        """The exit records a token spent only once it accepts it, so a refused token is really unspent."""
+        n = Net(self)
+        n.keys.known[n.keys.keyId] = attrs.evolve(n.keys.known[n.keys.keyId], issuerId=OTHER_ISSUER)
+        token = n.keys.issue(issuer=OTHER_ISSUER)
+        circ = n.circuit(paying=False)
+        circ.sendRelay(RelayCommand.PAYMENT, 0, paymsg.TokenMessage(token).encode())
+        n.net.pump()
+        self.assertEqual(n.spent.count(), 0)
+        self.assertEqual(n.gate.counters["refused"], {paymsg.STATUS_NAMES[paymsg.NOT_ACCEPTED]: 1})
+
+
+class IssuerAPITests(unittest.TestCase):
+    """With no free rate, an unpaid circuit still reaches the accepted issuers' APIs: tokens can be bought through it."""
+
+    def test_unpaidCircuitReachesTheIssuerOnly(self):
+        n = Net(self)
+        circ = n.circuit()  # an empty wallet
+        host, port = ISSUER_API.split(":")
+        collect, _ = n.fetch(circ, 5000, host, int(port))
+        self.assertEqual(received(collect), 5000)
+        self.assertFalse(circ.closed)  # no NEEDED: the client is buying, not spending here
+        self.assertEqual(n.gate.counters["issuer_streams"], 1)
+        self.assertEqual(n.payments.counters["out_of_tokens"], 0)
+        other = n.circuit()
+        collect, failure = n.fetch(other, 1000)
+        self.assertEqual(failure.value.reason, 11)  # anywhere else: refused as before
+        self.flushLoggedErrors()
+
+    def test_issuerAllowanceBounded(self):
+        n = Net(self)
+        circ = n.circuit()
+        host, port = ISSUER_API.split(":")
+        collect, _ = n.fetch(circ, 2 * ISSUER_ALLOWANCE, host, int(port))
+        self.assertLessEqual(received(collect), ISSUER_ALLOWANCE + 8192)
+        self.assertGreater(received(collect), ISSUER_ALLOWANCE // 2)
+        n.clock.advance(30.0)  # past the grace period: closed like any unpaid circuit
+        n.net.pump()
+        self.assertTrue(circ.closed)
+        self.assertEqual(n.gate.counters["circuits_closed_unpaid"], 1)

@@ -12,6 +12,10 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from meshvpn.identity import NodeIdentity
 from meshvpn.interfaces import IMoneroWallet
 from meshvpn.payments import buy, tokens
 from meshvpn.payments.epochs import EpochSchedule
@@ -22,11 +26,14 @@ from meshvpn.payments.issuerkeys import IssuerKeyStore
 from meshvpn.payments.monero import Incoming, MoneroRPCError
 from meshvpn.payments.purchases import AWAITING, EXPIRED, ISSUED, PAID, PurchaseBook
 from meshvpn.payments.spentstore import SpentTokenStore
-from meshvpn.payments.test.fakes import KeyPool
+from meshvpn.payments.records import PaymentRecords
+from meshvpn.payments.test.fakes import FakeDHT, KeyPool
 from meshvpn.payments.tokens import Token, TokenRequest
 from meshvpn.payments.wallet import TokenWallet
 
-ISSUER_ID = bytes(range(32))
+# A fixed node identity: the issuer's records in the (fake) DHT are signed by it.
+ISSUER_IDENTITY = NodeIdentity(SigningKey(b"\x07" * 32), PrivateKey(b"\x08" * 32))
+ISSUER_ID = ISSUER_IDENTITY.nodeId
 HOUR = 3600
 
 
@@ -83,9 +90,20 @@ def makeIssuer(test, dataDir=None, clock=None, wallet=None, confirmations=2):
         clock, ISSUER_ID, IssuerKeyStore(dataDir, schedule, KeyPool()), PurchaseBook(dataDir),
         wallet or FakeMoneroWallet(), SpentTokenStore(os.path.join(dataDir, "spent")),
         IssuerTerms(price=1_000_000, packs=(1, 3, 10), confirmations=confirmations, pollInterval=1.0),
+        identity=ISSUER_IDENTITY,
     )
     issuer.tick()
     return issuer, dataDir, clock
+
+
+def publishIssuer(issuer, clock, api):
+    """Publish C{issuer}'s info and keys, signed by L{ISSUER_IDENTITY}, in a fresh fake DHT. @return: the DHT."""
+    dht = FakeDHT(clock)
+    issuer.records = PaymentRecords(dht, ISSUER_IDENTITY)
+    issuer.apiAddress = lambda: api
+    issuer._canPublish = True
+    issuer.publish()
+    return dht
 
 
 def issueAll(test, issuer, purchaseId, count):
@@ -271,6 +289,8 @@ class HTTPTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
         self.client = IssuerClient(reactor, f"http://127.0.0.1:{self.port.getHost().port}", timeout=10)
         self.wallet = TokenWallet(self.mktemp())
+        self.dht = publishIssuer(self.issuer, self.clock, f"127.0.0.1:{self.port.getHost().port}")
+        self.check = buy.OfferCheck(self.clock, buy.RecordsKeySource(PaymentRecords(self.dht)))
 
     def payer(self):
         issuer = self.issuer
@@ -290,8 +310,17 @@ class HTTPTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_buyStoresTokensThatVerify(self):
         lines = []
+        answers = []
+        purchase = self.client.purchase
+
+        async def recorded(count):
+            answers.append(await purchase(count))
+            return answers[-1]
+
+        self.client.purchase = recorded
         count = yield defer.Deferred.fromCoroutine(
-            buy.buy(self.clock, self.client, self.wallet, 3, lines.append, payer=self.payer(), pollInterval=0, spendDelay=0)
+            buy.buy(self.clock, self.client, self.wallet, 3, lines.append, payer=self.payer(), pollInterval=0, spendDelay=0,
+                    check=self.check)
         )
         self.assertEqual(count, 3)
         self.assertIn("pay 0.000003 XMR (3000000 atomic units) to 8fakeaddress", "\n".join(lines))
@@ -310,6 +339,10 @@ class HTTPTests(unittest.TestCase):
         # Nothing secret in what was printed: no purchase id, no token.
         purchases = list(self.issuer.book.purchases.values())
         self.assertEqual(len(purchases), 1)
+        text = "\n".join(lines)
+        self.assertNotIn(answers[0]["purchase"], text)
+        for token in seen:
+            self.assertNotIn(token.hex()[:16], text)
 
     @defer.inlineCallbacks
     def test_buyResumesAfterALostAnswer(self):
@@ -324,12 +357,13 @@ class HTTPTests(unittest.TestCase):
 
         self.client.sign = lost
         yield self.assertFailure(defer.Deferred.fromCoroutine(
-            buy.buy(self.clock, self.client, self.wallet, 3, lambda line: None, payer=self.payer(), pollInterval=0, spendDelay=0)
+            buy.buy(self.clock, self.client, self.wallet, 3, lambda line: None, payer=self.payer(), pollInterval=0, spendDelay=0,
+                    check=self.check)
         ), IssuerError)
         self.assertEqual(len(self.wallet.pending()), 1)
         self.client.sign = original
         got = yield defer.Deferred.fromCoroutine(
-            buy.resume(self.clock, lambda url: self.client, self.wallet, lambda line: None, pollInterval=0)
+            buy.resume(self.clock, lambda url: self.client, self.wallet, lambda line: None, pollInterval=0, check=self.check)
         )
         self.assertEqual(got, 3)
         self.assertEqual(self.wallet.pending(), [])
@@ -378,3 +412,167 @@ class HTTPTests(unittest.TestCase):
         self.assertEqual(offer.signing.tokenKeyId, key.tokenKeyId)
         raw = json.dumps(self.issuer.info())
         self.assertNotIn("private", raw.lower())
+
+
+class KeyCheckTests(unittest.TestCase):
+    """
+    A lying issuer: its /v1/info (or an exit in the middle of a purchase
+    made through a circuit) offers a key that is not its published record
+    of that epoch.  The buyer refuses before paying, or before sending its
+    requests if the key changes after the payment.
+    """
+
+    def setUp(self):
+        HTTPTests.setUp(self)
+        self.epoch = self.issuer.keys.schedule.epochAt(self.clock.seconds())
+
+    payer = HTTPTests.payer
+
+    def buy(self, check=None, lines=None):
+        return defer.Deferred.fromCoroutine(buy.buy(
+            self.clock, self.client, self.wallet, 3, (lines if lines is not None else []).append, payer=self.payer(),
+            pollInterval=0, spendDelay=0, check=check or self.check))
+
+    def tagKey(self):
+        """Give this buyer a key of its own for the current epoch (never published)."""
+        from meshvpn.payments.issuerkeys import EpochKey
+        from meshvpn.payments.test.fakes import rsaKey
+
+        published = self.issuer.keys.keys[self.epoch]
+        for i in range(6):
+            key = EpochKey(self.epoch, rsaKey(i))
+            if key.spki != published.spki and key.truncatedId != self.issuer.keys.keys[self.epoch + 1].truncatedId:
+                break
+        self.issuer.keys.keys[self.epoch] = key
+        return key
+
+    @defer.inlineCallbacks
+    def test_taggingKeyRefusedBeforePaying(self):
+        tagging = self.tagKey()
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn(f"offers a key for epoch {self.epoch} that is not the one it published in the DHT", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})  # no money moved
+        self.assertEqual(self.issuer.book.purchases, {})  # not even a purchase opened
+        self.assertEqual(self.wallet.pending(), [])
+        # The attack, unchecked: the buyer pays and gets tokens only this key signs (marked, refused by exits).
+        class Unchecked:
+            async def verify(self, offer):
+                return offer.signing
+
+        yield self.buy(Unchecked())
+        token = self.wallet.take(ISSUER_ID, self.clock.seconds())
+        self.assertEqual(token.tokenKeyId, tagging.tokenKeyId)
+        self.assertNotEqual(self.issuer.wallet.transfers, {})
+
+    @defer.inlineCallbacks
+    def test_publishedKeyUnderAnotherEpochRefused(self):
+        """The next epoch's (published) key offered as this epoch's: key and epoch must both match the record."""
+        info = self.issuer.info
+
+        def lying():
+            out = info()
+            nextKey = self.issuer.keys.keys[self.epoch + 1]
+            for k in out["keys"]:
+                if k["signing"]:
+                    k["spki"], k["token_key_id"] = nextKey.spki.hex(), nextKey.tokenKeyId.hex()
+            return out
+
+        self.issuer.info = lying
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("not the one it published in the DHT", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})
+
+    @defer.inlineCallbacks
+    def test_unpublishedIssuerRefused(self):
+        e = yield self.assertFailure(
+            self.buy(buy.OfferCheck(self.clock, buy.RecordsKeySource(PaymentRecords(FakeDHT(self.clock))))), buy.BuyError)
+        self.assertIn("has no record in the DHT", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})
+
+    @defer.inlineCallbacks
+    def test_keyChangedAfterPaymentNoRequestsSent(self):
+        """Paid with the published key in the offer, then offered a tagging key: the requests never leave."""
+        payer = self.payer()
+        transfer = payer.transfer
+
+        def thenTag(address, amount):
+            d = transfer(address, amount)
+            self.tagKey()
+            return d
+
+        payer.transfer = thenTag
+        self.payer = lambda: payer
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("not the one it published in the DHT", str(e))
+        self.assertEqual(self.issuer.counters["tokens_signed"], 0)
+        self.assertEqual(len(self.wallet.pending()), 1)  # resumable once the issuer offers its published key
+
+    @defer.inlineCallbacks
+    def test_checkedThroughTheClientNode(self):
+        """What ``meshvpn wallet buy`` does: the client node sharing the wallet reads the DHT for it."""
+        from meshvpn.client.paying import PaidExitDirectory
+
+        directory = PaidExitDirectory(self.clock, PaymentRecords(self.dht), self.wallet, ready=None)
+        node = task.LoopingCall(directory._lookForAsks)
+        node.start(0.02)
+        self.addCleanup(node.stop)
+        check = buy.OfferCheck(self.clock, buy.WalletKeySource(reactor, self.wallet, timeout=10, poll=0.02))
+        lines = []
+        count = yield self.buy(check, lines)
+        self.assertEqual(count, 3)
+        self.assertIn(f"wallet: the issuer's key for epoch {self.epoch} is the one it published in the DHT", lines)
+        self.assertEqual(self.wallet.askedIssuers(), {})
+        info, keys = self.wallet.issuerView(ISSUER_ID)
+        self.assertEqual(keys[self.epoch], self.issuer.keys.keys[self.epoch].spki)
+        # ... and the same way, a tagging key is refused.
+        self.tagKey()
+        e = yield self.assertFailure(self.buy(check), buy.BuyError)
+        self.assertIn("not the one it published in the DHT", str(e))
+
+    @defer.inlineCallbacks
+    def test_noClientNodeIsAClearError(self):
+        check = buy.OfferCheck(self.clock, buy.WalletKeySource(reactor, self.wallet, timeout=0.2, poll=0.02))
+        e = yield self.assertFailure(self.buy(check), buy.BuyError)
+        self.assertIn("no MeshVPN client using this wallet answered", str(e))
+        self.assertIn("--payment-wallet", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})
+        self.assertEqual(self.wallet.askedIssuers(), {})  # the question is withdrawn
+
+
+class SignedPurchaseTests(unittest.TestCase):
+    """Something between the buyer and the issuer (the exit of a purchase circuit) rewrites the answers."""
+
+    def setUp(self):
+        HTTPTests.setUp(self)
+
+    payer = HTTPTests.payer
+    buy = KeyCheckTests.buy
+
+    @defer.inlineCallbacks
+    def test_addressSwappedInTransitRefused(self):
+        original = self.client.purchase
+
+        async def swapped(count):
+            answer = await original(count)
+            answer["address"] = "8attackeraddress"
+            return answer
+
+        self.client.purchase = swapped
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("the purchase answer is not signed by issuer", str(e))
+        self.assertEqual(self.issuer.wallet.transfers, {})  # nothing paid, to anyone
+
+    @defer.inlineCallbacks
+    def test_unsignedAnswerRefused(self):
+        self.issuer.identity = None
+        e = yield self.assertFailure(self.buy(), buy.BuyError)
+        self.assertIn("does not sign its purchase answers", str(e))
+
+    @defer.inlineCallbacks
+    def test_anotherIssuerAtTheAddressRefused(self):
+        """The buyer named the issuer by its node id: a server that is another issuer is refused."""
+        e = yield self.assertFailure(defer.Deferred.fromCoroutine(buy.buy(
+            self.clock, self.client, self.wallet, 3, lambda line: None, payer=self.payer(), pollInterval=0,
+            spendDelay=0, check=self.check, issuerId=b"\x01" * 32)), buy.BuyError)
+        self.assertIn(f"is issuer {ISSUER_ID.hex()[:16]}…, not 0101010101010101…", str(e))
+        self.assertEqual(self.issuer.book.purchases, {})

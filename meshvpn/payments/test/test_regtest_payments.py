@@ -108,12 +108,16 @@ class RegtestPaymentTests(unittest.TestCase):
         started = time.monotonic()
         d = defer.Deferred.fromCoroutine(buy.buy(
             reactor, client or IssuerClient(reactor, self.issuer.url), self.wallet, 3, self.out, payer=self.user,
-            pollInterval=0.3, spendDelay=0,
+            pollInterval=0.3, spendDelay=0, check=self.check(),
         ))
         mined = yield self.mineWhile(d)
         count = yield d
         log.info("bought {n} tokens in {s:.1f}s, {m} blocks mined meanwhile", n=count, s=time.monotonic() - started, m=mined)
         return count
+
+    def check(self):
+        """The buyer checks the issuer's key against its records in the (fake) DHT."""
+        return buy.OfferCheck(reactor, buy.RecordsKeySource(PaymentRecords(self.dht)))
 
     def exitNet(self, keys, reporter):
         return Net(self, keys=keys, issuerId=self.identity.nodeId, wallet=self.wallet, reporter=reporter,
@@ -203,7 +207,8 @@ class RegtestPaymentTests(unittest.TestCase):
                  "purchase": answer["purchase"], "tokens": 3, "amount": answer["amount"], "address": answer["address"],
                  "created": reactor.seconds(), "spend_delay": 0}
         path = self.wallet.pendingPath("restart")
-        got = yield defer.Deferred.fromCoroutine(buy.complete(reactor, client, self.wallet, path, state, self.out, 0.3))
+        got = yield defer.Deferred.fromCoroutine(buy.complete(reactor, client, self.wallet, path, state, self.out, 0.3,
+                                                                 check=self.check()))
         self.assertEqual(got, 3)
         # Spend one (reported to the issuer), restart again: spent stays spent, sold-but-unspent stays valid.
         first = self.wallet.take(self.identity.nodeId, reactor.seconds())

@@ -31,6 +31,11 @@ class TestnetPaymentsTests(unittest.TestCase):
         self.assertEqual(out.returncode, 0, text[-6000:])
         self.assertRegex(text, r"wallet: purchase of 10 tokens from issuer [0-9a-f]{16}…: pay 0\.01 XMR \(10000000000 atomic units\) to \w+")
         self.assertIn("wallet: 2 of 2 confirmations: paid", text)
+        # The issuer was named by its node id, reached through a circuit, and its key checked in the DHT.
+        self.assertIn("(from its record in the DHT)", text)
+        self.assertIn("wallet: reaching the issuer through the SOCKS5 proxy", text)
+        self.assertRegex(text, r"wallet: the issuer's key for epoch \d+ is the one it published in the DHT")
+        self.assertRegex(text, r"exit\d carried \d+ unpaid stream\(s\) to the issuer's API")
         self.assertIn("wallet: received 10 tokens", text)
         self.assertIn("bytes match", text)
         self.assertRegex(text, r"client spent [3-9] token\(s\); exits' receipts: [3-9] accepted")
