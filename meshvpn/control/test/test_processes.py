@@ -9,6 +9,7 @@ import io
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -23,7 +24,10 @@ from meshvpn.tools.testnet import Testnet
 
 
 def startTestnet(testCase, nodeArgs=None):
-    net = Testnet(lambda line: None, nodeArgs=nodeArgs)
+    """A running testnet; C{net.printed} holds the lines `meshvpn testnet` would print."""
+    printed = []
+    net = Testnet(printed.append, nodeArgs=nodeArgs)
+    net.printed = printed
     testCase.addCleanup(net.stop)
     net.start()
     return net
@@ -157,9 +161,76 @@ class CircuitEventsTests(unittest.TestCase):
         self.assertEqual([json.loads(line)["type"] for line in out.splitlines()], ["bandwidth", "bandwidth"])
         code, out = run("dashboard")
         self.assertRegex(out, r"^http://127\.1\.0\.1:\d+/login\?token=")
-        with redirect_stderr(io.StringIO()):
+        with redirect_stderr(io.StringIO()) as err:
             code, out = run("vpn", "up")
         self.assertEqual(code, 1)
+        self.assertIn("--tun", err.getvalue())  # a node started without --tun (the VPN: test_vpnswitch)
+
+        # --json on each command: the API's answer as is
+        checks = {
+            ("status",): lambda v: v["node"]["role"] == "client" and "circuits" in v,
+            ("circuits",): lambda v: any(len(c["hops"]) == 3 for c in v["circuits"]),
+            ("relays",): lambda v: len(v["relays"]) >= 4,
+            ("newnym",): lambda v: isinstance(v["retired"], int),
+            ("set", "circuits-spare", "1"): lambda v: v == {"key": "circuits-spare", "value": 1},
+            ("dashboard",): lambda v: v["url"].startswith("http://127.1.0.1:") and v["expires_in_s"] == 600,
+            ("events", "--types", "bandwidth", "--count", "1"): lambda v: v["type"] == "bandwidth",
+        }
+        for argv, check in checks.items():
+            code, out = run(*argv, "--json")
+            self.assertEqual(code, 0, argv)
+            self.assertTrue(check(json.loads(out)), f"{argv}: {out}")
+        with redirect_stderr(io.StringIO()) as err:
+            code, out = run("vpn", "down", "--json")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.getvalue().count("\n"), 1)  # one line, no traceback
+
+        # `meshvpn testnet` printed the client's dashboard login link
+        self.assertTrue(any(re.match(r"testnet: dashboard of the client: http://127\.1\.0\.1:\d+/login\?token=[\w-]+$",
+                                     line) for line in net.printed), net.printed)
+
+    def test_streamsOnlyWithHistory(self):
+        """Stream targets are the user's browsing history: in the API only while history is on, never in events."""
+        from meshvpn.control.status import STATUS_FILE
+        from meshvpn.tools import socksclient
+
+        net = startTestnet(self)
+        client = ControlClient.forDataDir(net.client.dataDir)
+        events, stop = follow(client)
+        self.addCleanup(stop)
+        host, port = net.startWeb()
+        target = f"{host}:{port}"
+        held = socksclient.connect(net.socksAddress(), host, port)
+        self.addCleanup(held.close)
+
+        def streams():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                answer = client.get("/v1/streams")
+                counted = sum(c["streams"] for c in client.get("/v1/circuits")["circuits"])
+                if counted:
+                    return answer
+                time.sleep(0.1)
+            self.fail("the open stream never showed in /v1/circuits")
+
+        self.assertEqual(streams(), {"history": False, "streams": []})
+        self.assertEqual(client.post("/v1/settings", {"key": "status-history", "value": "true"})["value"], True)
+        shown = streams()
+        self.assertTrue(shown["history"])
+        self.assertIn(target, [s["target"] for s in shown["streams"]])
+        self.assertEqual(client.post("/v1/settings", {"key": "status-history", "value": "false"})["value"], False)
+        self.assertEqual(streams(), {"history": False, "streams": []})
+        time.sleep(1.2)  # status.json is rewritten every second: it follows the setting
+        with open(os.path.join(net.client.dataDir, STATUS_FILE)) as f:
+            self.assertNotIn(target, f.read())
+        held.close()
+        time.sleep(1.5)  # the stream's end, its log lines and a bandwidth tick reach the follower
+        seen = []
+        while not events.empty():
+            seen.append(events.get())
+        seen = getattr(events, "seen", []) + seen
+        self.assertIn("bandwidth", {e["type"] for e in seen})
+        self.assertNotIn(target, json.dumps(seen))
 
 
 class MetricsTests(unittest.TestCase):
