@@ -233,6 +233,9 @@ class CircuitEventsTests(unittest.TestCase):
         self.assertNotIn(target, json.dumps(seen))
 
 
+REFUSED = "127.3.0.9"
+
+
 class MetricsTests(unittest.TestCase):
     """/metrics on every relay, opt-in; counters move during a fetch through the client's circuit."""
 
@@ -244,7 +247,11 @@ class MetricsTests(unittest.TestCase):
     def test_countersMoveDuringFetch(self):
         from prometheus_client.parser import text_string_to_metric_families
 
-        net = startTestnet(self, nodeArgs=lambda name, host: ["--metrics-listen", f"{host}:0"])
+        def nodeArgs(name, host):
+            # one address the exits refuse: no summary shows a single address, so clients still send it
+            return ["--metrics-listen", f"{host}:0", *(["--exit-policy", f"reject {REFUSED}:*"] if "exit" in name else [])]
+
+        net = startTestnet(self, nodeArgs=nodeArgs)
         client = ControlClient.forDataDir(net.client.dataDir)
         byId = {n.info["node_id"]: n for n in net.nodes}
         before = {}
@@ -270,6 +277,16 @@ class MetricsTests(unittest.TestCase):
             self.assertIn(("no-nat",), after[name]["meshvpn_nat_type"])
         self.assertEqual(after[exit]["meshvpn_exit_streams_total"][("connected",)],
                          before[exit]["meshvpn_exit_streams_total"][("connected",)] + 1)
+        # the client: its circuits by state (the one the fetch used is in use)
+        clientMetrics = parse(self.scrape(net.client))
+        self.assertGreaterEqual(clientMetrics["meshvpn_circuits"][("in_use",)], 1)
+        self.assertIn(("building",), clientMetrics["meshvpn_circuits"])
+        # a target the exit's policy refuses, on the same circuit: a policy refusal
+        from meshvpn.client.socksparse import SocksError
+
+        self.assertRaises(SocksError, socksclient.connect, net.socksAddress(), REFUSED, port)
+        refused = parse(self.scrape(byId[spare["hops"][2]["id"]]))["meshvpn_exit_streams_total"][("refused_policy",)]
+        self.assertEqual(refused, after[exit]["meshvpn_exit_streams_total"][("refused_policy",)] + 1)
         self.assertGreater(after[guard]["meshvpn_dht_contacts"][()], 0)
         self.assertGreater(sum(after[guard]["meshvpn_dht_lookup_duration_seconds_count"].values()), 0)
         # every family parses, no label names a peer, client or destination
