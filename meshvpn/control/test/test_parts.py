@@ -287,6 +287,27 @@ class MetricsTextTests(unittest.TestCase):
         self.assertIn("meshvpn_link_cells_total{direction=\"in\"} 0.0", text)
         self.assertTrue(all(n.startswith("meshvpn_") for n in names))
 
+    def test_relayCounters(self):
+        """A relay's switch counters: cells relayed each way, CREATE2 by result (the onion plane counts them)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from meshvpn.control.metrics import NodeMetrics
+
+        class Switch:
+            readLimiter = None
+
+            def status(self):
+                return {"circuit_ends": 2, "circuits_created": 5, "create_refused": 1, "cells_relayed_forward": 70,
+                        "cells_relayed_backward": 900}
+
+        model = NodeModel(FakeNode(), EventBus(task.Clock()), Parts(onion=Switch()))
+        samples = {(s.name, tuple(s.labels.values())): s.value
+                   for f in text_string_to_metric_families(NodeMetrics(model.clock, model).text().decode())
+                   for s in f.samples}
+        self.assertEqual(samples[("meshvpn_relay_cells_total", ("forward",))], 70)
+        self.assertEqual(samples[("meshvpn_relay_cells_total", ("backward",))], 900)
+        self.assertEqual(samples[("meshvpn_relay_creates_total", ("refused",))], 1)
+
 
 class InterfaceTests(unittest.TestCase):
     def test_providers(self):

@@ -277,6 +277,17 @@ class MetricsTests(unittest.TestCase):
             self.assertIn(("no-nat",), after[name]["meshvpn_nat_type"])
         self.assertEqual(after[exit]["meshvpn_exit_streams_total"][("connected",)],
                          before[exit]["meshvpn_exit_streams_total"][("connected",)] + 1)
+        # cells relayed: the guard and the middle passed the body on toward the client (at most 498 bytes
+        # of it a cell); the exit, where the circuit ends, relayed none of it (a few cells at most, were it
+        # the middle of a spare circuit built meanwhile)
+        def relayed(name, direction):
+            return after[name]["meshvpn_relay_cells_total"][(direction,)] - before[name]["meshvpn_relay_cells_total"][(direction,)]
+
+        for name in (guard, middle):
+            self.assertGreaterEqual(relayed(name, "backward"), 500000 // 498, name)
+            self.assertGreater(relayed(name, "forward"), 0, name)  # the request and the SENDMEs
+        self.assertLess(relayed(exit, "backward"), 500000 // 498 // 10)
+        self.assertEqual(client.get("/v1/status").get("relay"), None)  # a client relays nothing
         # the client: its circuits by state (the one the fetch used is in use)
         clientMetrics = parse(self.scrape(net.client))
         self.assertGreaterEqual(clientMetrics["meshvpn_circuits"][("in_use",)], 1)
