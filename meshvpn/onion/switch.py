@@ -171,7 +171,7 @@ class CircuitSwitch:
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
             "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
-            "queue_overflows": 0,
+            "queue_overflows": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
         }
 
     # -- channels
