@@ -101,7 +101,8 @@ function renderRelaying(r, vpn) {
   if (!vpn.configured) $("card-vpn").classList.add("hidden");  // a relay has no VPN to switch
   const fwd = r.cells_relayed_forward || 0, back = r.cells_relayed_backward || 0;
   $("relayed").textContent = `${count(fwd)} forward · ${count(back)} back (${bytes((fwd + back) * 514)})`;
-  $("relay-circuits").textContent = `${r.circuit_ends || 0} held, ${r.circuits_destroyed || 0} torn down`;
+  // a circuit through a middle has two ends here (one on each link), one at its last hop
+  $("relay-circuits").textContent = `${r.circuit_ends || 0} circuit ends open · ${r.circuits_destroyed || 0} circuits torn down`;
   $("relay-creates").textContent = `${r.circuits_created || 0} accepted, ${r.create_refused || 0} refused`;
   $("relay-refused").textContent = `${r.protocol_errors || 0} protocol errors, ${r.queue_overflows || 0} queue overflows`;
 }
