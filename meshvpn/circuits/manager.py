@@ -101,7 +101,6 @@ class CircuitManager(service.Service):
                 observer.circuitClosed(circuit, reason)
             except Exception:
                 self.log.failure("circuit observer failed")
-        return reason
 
     # -- service
 
