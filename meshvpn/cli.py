@@ -98,6 +98,9 @@ def buildParser():
     from meshvpn.client.vpncli import addTunCommands  # vpn-restore
 
     addTunCommands(sub)
+    from meshvpn.client.updowncli import addUpDownCommands  # up, down, bootstrap
+
+    addUpDownCommands(sub)
     from meshvpn.payments.walletcli import addWalletCommands  # wallet
 
     addWalletCommands(sub)

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from meshvpn.errors import ConfigError
 from meshvpn.hostport import HostPortError, formatHostPort, parseIPPort
+from meshvpn.logoutput import parseLogLevel
 
 
 @attrs.frozen
@@ -115,6 +116,9 @@ def commonSettings(role, udpDefault):
     return [
         Setting("data-dir", parsePath, defaultDataDir(role), "Directory holding this node's keys and state (created 0700)."),
         Setting("udp", parseHostPort, udpDefault, "HOST:PORT of the node's one UDP socket (STUN, DHT, datagram links)."),
+        Setting("log-level", parseLogLevel, "info",
+                "Lowest level written by twistd --logger=meshvpn.logoutput.observer: debug, info, warn or error "
+                "(changes on SIGHUP)."),
     ]
 
 
@@ -192,7 +196,19 @@ class RoleOptions(usage.Options):
         if self["config"]:
             fileValues = loadToml(self["config"])
         given = {s.name: (self[s.name] or None) if s.flag else self[s.name] for s in self.schema}
+        # Kept so a reload reads the file again under the same command line.
+        self.commandLine = given
         self.settings = resolveSettings(self.schema, given, fileValues, f"--config {self['config']}")
+
+    def reread(self):
+        """
+        The settings as they would be now: the C{--config} file read again,
+        the command line given at start still winning.
+
+        @raise ConfigError: the file no longer reads or validates.
+        """
+        fileValues = loadToml(self["config"]) if self["config"] else {}
+        return resolveSettings(self.schema, self.commandLine, fileValues, f"--config {self['config']}")
 
 
 def _show(value):

@@ -59,6 +59,24 @@ class TokenBucket:
         self._refill()
         return self._tokens
 
+    def reconfigure(self, rate, burst=None):
+        """
+        New limits from now on (a reload): tokens already saved stay, up to
+        the new burst, so raising a limit never grants a burst on the spot.
+        """
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive (or None for unlimited)")
+        if self.rate is not None:
+            self._refill()
+        burst = burst if burst is not None else (rate or 0)
+        if rate is not None and burst <= 0:
+            raise ValueError("burst must be positive")
+        if self.rate is None:
+            self._tokens = float(burst)
+        self.rate, self.burst = rate, burst
+        self._tokens = min(self._tokens, float(burst))
+        self._last = self.reactor.seconds()
+
     def tryConsume(self, amount=1):
         """Take C{amount} tokens if they are there: C{True}; else take nothing: C{False}."""
         if self.rate is None:

@@ -4,8 +4,15 @@ The TUN device gets the node's mesh address (L{meshvpn.client.mesh}) and
 the routes and kill switch of L{meshvpn.client.capture}; packets read from
 it go, in batches, to the mesh router (mesh addresses) or to one packet-mode
 circuit (everything else), whose exit NATs them to the internet.  Replies
-come back on the circuit and are written to the TUN.  IPv6 is never sent
-anywhere (dropped here, and blocked by the kill switch).
+come back on the circuit and are written to the TUN.  IPv6 (C{--tun-ipv6},
+on by default) goes the same way: the TUN gets a ULA address of the node's
+own (L{CLIENT_NET6}), routes C{::/1} and C{8000::/1} take every global IPv6
+destination into it, and the exit NATs it behind its IPv6 address; DNS
+answers AAAA from the exit.  Non-global IPv6 (link-local, multicast, ULA)
+is never sent to an exit.  An exit without IPv6 answers "administratively
+prohibited", so apps fall back to IPv4 at once.  With C{--tun-ipv6 false},
+or where the host has IPv6 turned off, IPv6 is dropped here and blocked by
+the kill switch, as before.
 
 What the node itself sends outside the tunnel (links to guards, DHT and
 STUN datagrams) passes the egress gate (L{meshvpn.client.egress}), which
@@ -55,6 +62,10 @@ ISOLATION = ("tun",)
 # are decided by the next octets (L{circuitPacketAllowed}).
 _NEVER = frozenset((0, 10, 127, *range(224, 256)))
 _ICMP_ERRORS = frozenset((3, 11))  # destination unreachable, time exceeded
+# The client's own IPv6 on the TUN: a ULA per node (only ever a source the
+# exit rewrites).  The exits' ICMPv6 errors come from their own /48.
+CLIENT_NET6 = ipaddress.ip_network("fd6d:6573:6800::/48")
+EXIT_NET6_PREFIX = ipaddress.ip_network("fd6d:6573:6801::/48").network_address.packed[:6]
 PROBE_NAME = "127.0.0.1"
 PROBE_TIMEOUT = 10.0
 
@@ -90,6 +101,29 @@ def circuitPacketAllowed(packet, address):
     if a == 192:
         return b != 168 and not (b == 0 and packet[14] == 0)
     return True
+
+
+def clientAddress6(nodeId):
+    """The node's IPv6 address on its TUN (C{str}): its /48 plus the first 80 bits of its id."""
+    return str(CLIENT_NET6.network_address + int.from_bytes(nodeId[:10], "big"))
+
+
+def isGlobal6(address):
+    """C{address} (16 bytes) is in 2000::/3, the only IPv6 space an exit is asked to reach."""
+    return address[0] & 0xE0 == 0x20
+
+
+def circuitPacketAllowed6(packet, address6):
+    """
+    Whether an IPv6 packet from a circuit may be written to the TUN whose
+    IPv6 address is C{address6}: to us, from global unicast space, or an
+    ICMPv6 error from an exit's own /48 (packet too big, prohibited).
+    """
+    if len(packet) < 48 or packet[0] >> 4 != 6 or packet[24:40] != address6:
+        return False
+    if isGlobal6(packet[8:24]):
+        return True
+    return packet[8:14] == EXIT_NET6_PREFIX and packet[6] == 58 and packet[40] < 128
 
 
 def resolveProbe(circuit):
@@ -134,11 +168,15 @@ class TunClient(service.Service):
 
     def __init__(self, reactor, nodeId, getCircuit, opener=None, keepSource=lambda: (), routes=None, mtu=DEFAULT_MTU,
                  tunName="mvpn%d", tunFactory=None, meshConnector=None, meshPeers=(), dnsPort=53, gate=None,
-                 egressUsers=(), census=None, probe=resolveProbe, probeTimeout=PROBE_TIMEOUT, tickEvery=1.0):
+                 egressUsers=(), census=None, probe=resolveProbe, probeTimeout=PROBE_TIMEOUT, tickEvery=1.0,
+                 ipv6=False):
         self.reactor = reactor
         self.nodeId = nodeId
         self.address = meshAddress(nodeId)
         self._addressBytes = ipaddress.IPv4Address(self.address).packed
+        self.ipv6 = ipv6  # carry IPv6 (turned off at start if the host cannot)
+        self.address6 = clientAddress6(nodeId) if ipv6 else None
+        self._address6Bytes = ipaddress.IPv6Address(self.address6).packed if ipv6 else None
         self._getCircuit = getCircuit
         self.opener = opener
         self.keepSource = keepSource
@@ -173,6 +211,7 @@ class TunClient(service.Service):
         self._lostAt = None
         self._lastWhy = None
         self.counters = {"to_circuit": 0, "from_circuit": 0, "from_circuit_refused": 0, "ipv6_dropped": 0,
+                         "ipv6_to_circuit": 0,
                          "no_circuit_dropped": 0, "circuits_used": 0}
 
     def startService(self):
@@ -188,9 +227,13 @@ class TunClient(service.Service):
         self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
         self.tun.configure(addresses=[f"{self.address}/32"])
         self._meshRoute()
+        self._configure6()
         try:
             if self.routes is not None:
                 self.routes.capture(self.tun, set(self.keepSource()))
+                if self.ipv6:
+                    for cidr in ("::/1", "8000::/1"):
+                        self.tun.addRoute(cidr)
                 if self.gate is not None:
                     self.gate.start(already=self.routes.keptPorts)
                     for user in self.egressUsers:
@@ -199,7 +242,8 @@ class TunClient(service.Service):
             if self.opener is not None:
                 from meshvpn.client.vpndns import listenDNS
 
-                self.dns, self._ports = listenDNS(self.reactor, self.address, self.opener, self.dnsPort)
+                self.dns, self._ports = listenDNS(self.reactor, self.address, self.opener, self.dnsPort,
+                                                  ipv6=self.ipv6)
         except Exception:
             self._undo()
             raise
@@ -218,6 +262,15 @@ class TunClient(service.Service):
                       "traffic", tun=self.tun.name, a=self.address, mtu=self.mtu)
         self._waitingState()  # also when a request from before a stop is still out
         self._ensureCircuit()
+
+    def _configure6(self):
+        if not self.ipv6:
+            return
+        try:
+            self.tun.configure(addresses=[f"{self.address6}/128"])
+        except Exception as e:  # IPv6 turned off on this host (disable_ipv6), no IPv6 module...
+            self.ipv6 = False
+            self.log.warn("VPN: IPv6 stays blocked (the TUN cannot take an IPv6 address: {e})", e=str(e)[:200])
 
     def setMeshConnector(self, connector):
         """The node's L{PeerConnector} is ready (mesh links can come up after the TUN)."""
@@ -380,7 +433,9 @@ class TunClient(service.Service):
 
     def _fromCircuit(self, packets):
         address = self._addressBytes
-        allowed = [p for p in packets if circuitPacketAllowed(p, address)]
+        address6 = self._address6Bytes if self.ipv6 else None
+        allowed = [p for p in packets if circuitPacketAllowed(p, address)
+                   or (address6 is not None and circuitPacketAllowed6(p, address6))]
         self.counters["from_circuit_refused"] += len(packets) - len(allowed)
         if not allowed:
             return
@@ -396,7 +451,11 @@ class TunClient(service.Service):
         errors = None
         for p in packets:
             if p[0] >> 4 != 4 or len(p) < 20:
-                self.counters["ipv6_dropped"] += 1
+                if self.ipv6 and len(p) >= 40 and p[0] >> 4 == 6 and isGlobal6(p[24:40]):
+                    self.counters["ipv6_to_circuit"] += 1
+                    toExit.append(p)
+                else:
+                    self.counters["ipv6_dropped"] += 1  # link-local, multicast, ULA: never to an exit
                 continue
             if isMesh(p[16:20]):
                 err = self.mesh.send(p)
@@ -433,6 +492,7 @@ class TunClient(service.Service):
             "circuit": _path(self._circuit),
             "tun": self.tun.status() if self.tun is not None else None,
             "address": self.address,
+            "address6": self.address6 if self.ipv6 else None,
             "mesh": self.mesh.status() if self.mesh is not None else None,
             "dns_queries": self.dns.queries if self.dns is not None else 0,
             "egress": self.gate.status() if self.gate is not None else None,
@@ -481,6 +541,8 @@ def tunSettings():
         Setting("tun-capture", parseBool, True,
                 "With --tun: capture all IPv4 (routes, kill switch, DNS); false = mesh addresses only."),
         Setting("tun-dns", parseBool, True, "Serve DNS on the TUN address (resolved at the exit) and point resolv.conf at it."),
+        Setting("tun-ipv6", parseBool, True,
+                "With --tun: carry IPv6 through the tunnel too (routes ::/1 and 8000::/1); false: block it."),
         Setting("resolv-conf", parseText, "/etc/resolv.conf", "The resolver file --tun rewrites while up (restored on stop)."),
         Setting("mesh-peers", parsePeers, [], "Comma-separated node ids (hex) of mesh peers reachable at their mesh address."),
     ]
@@ -562,6 +624,7 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,
         census=relayCensus(finder) if finder is not None else None,
+        ipv6=bool(capture and getCircuit is not None and settings.get("tun_ipv6", True)),
     )
     client.setServiceParent(node)
     node.status.addSource("tun", client)

@@ -29,17 +29,34 @@ def clientTables(listing):
 
 
 def _restoreCommand(args):
+    done = restoreAll(args.data_dir, args.resolv_conf)
+    if args.json:
+        print(json.dumps({"restored": done}))
+    else:
+        for line in done or ["nothing to restore"]:
+            print(line)
+    return 0
+
+
+def restoreAll(dataDir, resolvConf):
+    """
+    Undo everything a client in VPN mode leaves behind when it dies
+    (also what ``meshvpn down`` runs).  @return: a list of what was done.
+    """
     import subprocess
 
     from meshvpn.client.capture import restoreSystem
 
-    listing = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    try:
+        listing = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        listing = ""
     done = []
     tables = clientTables(listing)
     for table in tables:
-        done += restoreSystem(table, args.data_dir, args.resolv_conf)
+        done += restoreSystem(table, dataDir, resolvConf)
     if not tables:
-        done += restoreSystem("meshvpn-client-none", args.data_dir, args.resolv_conf)[1:]
+        done += restoreSystem("meshvpn-client-none", dataDir, resolvConf)[1:]
     try:
         from pyroute2 import IPRoute
 
@@ -51,9 +68,4 @@ def _restoreCommand(args):
             done.append(f"{n} host routes (proto 196) deleted")
     except Exception as e:
         done.append(f"host routes: {e}")
-    if args.json:
-        print(json.dumps({"restored": done}))
-    else:
-        for line in done or ["nothing to restore"]:
-            print(line)
-    return 0
+    return done

@@ -14,8 +14,19 @@ Policy per packet: TCP uses the policy as streams do; UDP is judged by the
 same address/port rules (Tor policies are port lists, operators think in
 ports); ICMP echo is allowed when some port of the address is.  A rejected
 packet is answered with ICMP "administratively prohibited"; an oversize
-one with "fragmentation needed"; IPv6 and later fragments are dropped
-(counted).  Leases are bounded (pool size, least recently used evicted) and
+one with "fragmentation needed"; later fragments are dropped (counted).
+
+IPv6 (with C{--packet-exit-pool6}, a ULA network): each lease also gets the
+address at the same offset in that pool, packets are parsed by
+L{meshvpn.tun.packets6} (routing headers and fragments refused), judged by
+the same policy (its C{accept6}/C{reject6} rules), rewritten and
+masqueraded behind the exit's own IPv6 address (NAT66: clients get no
+address of their own on the internet, as with IPv4).  An oversize IPv6
+packet is answered "packet too big" (IPv6 routers never fragment).  Without
+the pool, IPv6 from a circuit is answered "administratively prohibited", so
+the client's apps fall back to IPv4 at once.  Turning IPv6 forwarding on
+makes Linux ignore router advertisements on interfaces with C{accept_ra=1}:
+an exit whose own IPv6 comes from SLAAC needs C{accept_ra=2} first.  Leases are bounded (pool size, least recently used evicted) and
 freed when their circuit closes or idles out.
 
 nftables: one table per node (C{meshvpn-exit-<id8>}) holds the masquerade,
@@ -50,8 +61,23 @@ from meshvpn.tun.packets import (
     parseIPv4,
     rewrite,
 )
+from meshvpn.tun.packets6 import (
+    ICMP6_ECHO,
+    ICMP6_PACKET_TOO_BIG,
+    ICMP6_UNREACH,
+    PROTO_ICMPV6,
+    UNREACH6_ADMIN_PROHIBITED,
+    icmp6Error,
+    ip6Str,
+    parseIPv6,
+    rewrite6,
+)
 
 DEFAULT_POOL = "100.64.0.0/16"
+# The source of an exit's ICMPv6 errors when it has no IPv6 pool; clients
+# accept ICMPv6 errors from this /48 (meshvpn.client.vpn).
+EXIT_NET6 = ipaddress.ip_network("fd6d:6573:6801::/48")
+DEFAULT_GATEWAY6 = EXIT_NET6.network_address + 1
 DEFAULT_MTU = 1480  # 3 cells of 494 data bytes minus the 2-byte record length
 IDLE_TIMEOUT = 600.0
 
@@ -68,6 +94,16 @@ def packetAllowed(policy, info):
     return False
 
 
+def packetAllowed6(policy, info):
+    """The exit policy verdict for one parsed IPv6 packet."""
+    dst = ip6Str(info.dst)
+    if info.proto == PROTO_TCP or info.proto == PROTO_UDP:
+        return policy.allows(dst, info.dport, "tcp")
+    if info.proto == PROTO_ICMPV6:
+        return info.icmpType == ICMP6_ECHO and policy.allowsAddress(dst)
+    return False
+
+
 def runNft(script):
     """Apply an nftables script (C{nft -f -}); @raise RuntimeError: with nft's message."""
     result = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True, timeout=30)
@@ -81,12 +117,14 @@ def deleteTable(family, name, nft=runNft):
 
 
 class _Lease:
-    __slots__ = ("address", "circuit", "clientAddress", "lastUsed")
+    __slots__ = ("address", "address6", "circuit", "clientAddress", "clientAddress6", "lastUsed")
 
-    def __init__(self, address, circuit, now):
+    def __init__(self, address, circuit, now, address6=None):
         self.address = address
+        self.address6 = address6
         self.circuit = circuit
         self.clientAddress = None
+        self.clientAddress6 = None
         self.lastUsed = now
 
 
@@ -102,7 +140,7 @@ class PacketExit(service.Service):
     log = Logger()
 
     def __init__(self, reactor, policy, tag, pool=DEFAULT_POOL, mtu=DEFAULT_MTU, tunName="mvx%d",
-                 tunFactory=None, nft=runNft, idleTimeout=IDLE_TIMEOUT, forwarding=True):
+                 tunFactory=None, nft=runNft, idleTimeout=IDLE_TIMEOUT, forwarding=True, pool6=None):
         self.reactor = reactor
         self.policy = policy
         self.table = f"meshvpn-exit-{tag}"
@@ -119,6 +157,13 @@ class PacketExit(service.Service):
         hosts = self.pool.hosts()
         self.gateway = next(hosts)
         self._gatewayBytes = self.gateway.packed
+        self.pool6 = ipaddress.ip_network(pool6) if pool6 else None
+        if self.pool6 is not None and (self.pool6.version != 6 or self.pool6.num_addresses < self.pool.num_addresses):
+            raise ValueError(f"packet exit pool6 must be an IPv6 network at least as large as the IPv4 pool: {pool6}")
+        self.gateway6 = self.pool6.network_address + 1 if self.pool6 is not None else DEFAULT_GATEWAY6
+        self._gateway6Bytes = self.gateway6.packed
+        self._oldForward6 = None
+        self._byAddress6 = {}
         self._free = collections.deque(a.packed for a in hosts)
         self.maxLeases = len(self._free)
         self._byCircuit = {}
@@ -138,10 +183,17 @@ class PacketExit(service.Service):
 
             self._tunFactory = factory
         self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
-        self.tun.configure(addresses=[f"{self.gateway}/{self.pool.prefixlen}"])
+        addresses = [f"{self.gateway}/{self.pool.prefixlen}"]
+        if self.pool6 is not None:
+            addresses.append(f"{self.gateway6}/{self.pool6.prefixlen}")
+        self.tun.configure(addresses=addresses)
         self._nft(self.rules(self.tun.name))
+        if self.pool6 is not None:
+            self._nft(self.rules6(self.tun.name))
         if self._forwarding:
             self._oldForward = _setForwarding("1")
+            if self.pool6 is not None:
+                self._oldForward6 = _setForwarding("1", FORWARD6)
         self.tun.setPacketReceiver(self._fromTun)
         self._sweeper = self.reactor.callLater(self.idleTimeout / 4, self._sweep)
         super().startService()
@@ -151,12 +203,15 @@ class PacketExit(service.Service):
         super().stopService()
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
-        try:
-            deleteTable("ip", self.table, self._nft)
-        except Exception as e:
-            self.log.warn("could not delete nftables table {t}: {e}", t=self.table, e=str(e))
+        for family in ("ip", "ip6") if self.pool6 is not None else ("ip",):
+            try:
+                deleteTable(family, self.table, self._nft)
+            except Exception as e:
+                self.log.warn("could not delete nftables table {f} {t}: {e}", f=family, t=self.table, e=str(e))
         if self._oldForward is not None:
             _setForwarding(self._oldForward)
+        if self._oldForward6 is not None:
+            _setForwarding(self._oldForward6, FORWARD6)
         if self.tun is not None:
             self.tun.close()
 
@@ -184,6 +239,11 @@ table ip {self.table} {{
 }}
 """
 
+    def rules6(self, tun):
+        """The IPv6 table: the same masquerade and filters for the IPv6 pool."""
+        return self.rules(tun).replace("table ip ", "table ip6 ").replace(f"ip saddr {self.pool}",
+                                                                          f"ip6 saddr {self.pool6}")
+
     # -- the edge's packet sink
 
     def circuitPackets(self, circuit, packets):
@@ -191,7 +251,11 @@ table ip {self.table} {{
         out = []
         errors = []
         lease = None
+        out6 = []
         for packet in packets:
+            if packet and packet[0] >> 4 == 6:
+                lease = self._circuitPacket6(circuit, packet, out6, errors, lease)
+                continue
             try:
                 info = parseIPv4(packet)
             except PacketError:
@@ -214,6 +278,7 @@ table ip {self.table} {{
                 lease = self._lease(circuit)
             lease.clientAddress = info.src
             out.append(rewrite(packet, info, src=lease.address))
+        out += out6
         if out:
             lease.lastUsed = self.reactor.seconds()
             self._byAddress.move_to_end(lease.address)
@@ -221,6 +286,31 @@ table ip {self.table} {{
             self.tun.writePackets(out)
         if errors:
             circuit.sendPackets(errors)
+
+    def _circuitPacket6(self, circuit, packet, out, errors, lease):
+        """One IPv6 packet from C{circuit}: appended to C{out} rewritten, or answered in C{errors}.  @return: the lease."""
+        try:
+            info = parseIPv6(packet)
+        except PacketError:
+            self.counters["malformed6"] += 1
+            return lease
+        if self.pool6 is None or not packetAllowed6(self.policy, info):
+            self.counters["rejected6"] += 1
+            err = icmp6Error(packet, info, ICMP6_UNREACH, UNREACH6_ADMIN_PROHIBITED, self._gateway6Bytes)
+            if err is not None:
+                errors.append(err)
+            return lease
+        if len(packet) > self.mtu:
+            self.counters["oversize6"] += 1
+            err = icmp6Error(packet, info, ICMP6_PACKET_TOO_BIG, 0, self._gateway6Bytes, self.mtu)
+            if err is not None:
+                errors.append(err)
+            return lease
+        if lease is None:
+            lease = self._lease(circuit)
+        lease.clientAddress6 = info.src
+        out.append(rewrite6(packet, info, src=lease.address6))
+        return lease
 
     def circuitClosed(self, circuit):
         lease = self._byCircuit.pop(circuit, None)
@@ -235,15 +325,26 @@ table ip {self.table} {{
             _, oldest = self._byAddress.popitem(last=False)
             self._byCircuit.pop(oldest.circuit, None)
             self._free.append(oldest.address)
+            if oldest.address6 is not None:
+                self._byAddress6.pop(oldest.address6, None)
             self.counters["evicted"] += 1
-        lease = _Lease(self._free.popleft(), circuit, self.reactor.seconds())
+        address = self._free.popleft()
+        address6 = None
+        if self.pool6 is not None:
+            offset = int.from_bytes(address, "big") - int(self.pool.network_address)
+            address6 = (self.pool6.network_address + offset).packed
+        lease = _Lease(address, circuit, self.reactor.seconds(), address6)
         self._byCircuit[circuit] = lease
         self._byAddress[lease.address] = lease
+        if address6 is not None:
+            self._byAddress6[address6] = lease
         return lease
 
     def _release(self, lease):
         if self._byAddress.pop(lease.address, None) is not None:
             self._free.append(lease.address)
+        if lease.address6 is not None:
+            self._byAddress6.pop(lease.address6, None)
 
     def _sweep(self):
         cutoff = self.reactor.seconds() - self.idleTimeout
@@ -260,25 +361,45 @@ table ip {self.table} {{
     def _fromTun(self, packets):
         batches = {}
         for packet in packets:
-            try:
-                info = parseIPv4(packet)
-            except PacketError:
-                self.counters["malformed_in"] += 1
-                continue
-            lease = self._byAddress.get(info.dst)
-            if lease is None or lease.clientAddress is None:
-                self.counters["no_lease"] += 1
-                continue
+            if packet and packet[0] >> 4 == 6:
+                reply = self._reply6(packet)
+                if reply is None:
+                    continue
+                lease, rewritten = reply
+            else:
+                try:
+                    info = parseIPv4(packet)
+                except PacketError:
+                    self.counters["malformed_in"] += 1
+                    continue
+                lease = self._byAddress.get(info.dst)
+                if lease is None or lease.clientAddress is None:
+                    self.counters["no_lease"] += 1
+                    continue
+                rewritten = rewrite(packet, info, dst=lease.clientAddress)
             batch = batches.get(lease)
             if batch is None:
                 batch = batches[lease] = []
-            batch.append(rewrite(packet, info, dst=lease.clientAddress))
+            batch.append(rewritten)
         for lease, batch in batches.items():
             self.counters["from_internet"] += len(batch)
             lease.circuit.sendPackets(batch)
 
+    def _reply6(self, packet):
+        try:
+            info = parseIPv6(packet)
+        except PacketError:
+            self.counters["malformed_in6"] += 1
+            return None
+        lease = self._byAddress6.get(info.dst)
+        if lease is None or lease.clientAddress6 is None:
+            self.counters["no_lease"] += 1
+            return None
+        return lease, rewrite6(packet, info, dst=lease.clientAddress6)
+
     def status(self):
-        return {"pool": str(self.pool), "leases": len(self._byAddress), "mtu": self.mtu, **self.counters}
+        return {"pool": str(self.pool), "pool6": str(self.pool6) if self.pool6 else None, "leases": len(self._byAddress),
+                "mtu": self.mtu, **self.counters}
 
 
 @implementer(ICircuitEdge)
@@ -306,8 +427,11 @@ class PacketExitEdge:
         self.inner.circuitClosed(circuit, reason)
 
 
-def _setForwarding(value):
-    path = "/proc/sys/net/ipv4/ip_forward"
+FORWARD4 = "/proc/sys/net/ipv4/ip_forward"
+FORWARD6 = "/proc/sys/net/ipv6/conf/all/forwarding"
+
+
+def _setForwarding(value, path=FORWARD4):
     with open(path) as f:
         old = f.read().strip()
     with open(path, "w") as f:
@@ -329,7 +453,7 @@ def attachPacketExit(node, settings, onion, exitParts, tunFactory=None):
     if problem and tunFactory is None:
         raise SystemExit(f"meshvpn-relay: --packet-exit: {problem}")
     pe = PacketExit(node.reactor, exitParts.policy, node.identity.nodeId.hex()[:8], pool=settings["packet_exit_pool"],
-                    tunFactory=tunFactory)
+                    tunFactory=tunFactory, pool6=settings.get("packet_exit_pool6"))
     pe.setServiceParent(node)
     onion.switch.edge = PacketExitEdge(onion.switch.edge, pe)
     node.status.addSource("packet_exit", pe)
@@ -343,5 +467,20 @@ def packetExitSettings():
         Setting("packet-exit", parseBool, False, "Carry IP packets (VPN mode) for circuits: needs root, a TUN and nftables.",
                 flag=True),
         Setting("packet-exit-pool", parseText, DEFAULT_POOL, "IPv4 network whose addresses the packet exit gives to circuits."),
+        Setting("packet-exit-pool6", parsePool6, None,
+                "IPv6 (ULA) network for circuits' IPv6, e.g. fd6d:6573:6801::/112; unset: IPv6 refused "
+                "(turns on IPv6 forwarding: see doc/vpn.md about accept_ra)."),
     ]
+
+
+def parsePool6(raw):
+    if raw in (None, "", "none"):
+        return None
+    try:
+        net = ipaddress.ip_network(raw)
+    except (TypeError, ValueError):
+        net = None
+    if net is None or net.version != 6 or not net.subnet_of(ipaddress.ip_network("fc00::/7")):
+        raise ValueError("an IPv6 ULA network such as fd6d:6573:6801::/112, or 'none'")
+    return str(net)
 

@@ -27,7 +27,14 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ILink
 from meshvpn.link import auth, wire
 
-SUPPORTED_VERSIONS = (1,)
+# Link versions this release speaks.  Version 2 adds the CLOSE record (a
+# link says why it is closing: a stopping relay tells its peers at once).
+# Each release keeps the previous one's version, so a node one release older
+# and one newer both meet this one (doc/protocol.md, "Versions").
+SUPPORTED_VERSIONS = (1, 2)
+# Circuit protocol versions, offered in the same VERSIONS record (see
+# wire.CIRCUIT_VERSION_BASE); a peer that lists none speaks circuit version 1.
+CIRCUIT_VERSIONS = (1,)
 
 
 class State(enum.Enum):
@@ -43,6 +50,7 @@ class LinkSettings:
     """Timers (seconds) and bounds of links; one instance per manager."""
 
     versions: tuple = SUPPORTED_VERSIONS
+    circuitVersions: tuple = CIRCUIT_VERSIONS
     handshakeTimeout: float = 20.0
     # A record goes out at least this often so NATs and the peer see life.
     keepaliveInterval: float = 30.0
@@ -103,9 +111,10 @@ class LinkProtocol(Protocol):
         self.peerId = None
         self.peerIdentityKey = None
         self.version = None
+        self.circuitVersion = None  # the highest circuit protocol version both ends speak
         self.closeReason = None
         self._exporter = None
-        self._myVersions = wire.encodeVersions(settings.versions)[3:]
+        self._myVersions = wire.encodeVersions(settings.versions, settings.circuitVersions)[3:]
         self._peerVersions = None
         self._parser = wire.RecordParser(self._cellsArrived, self._controlArrived)
         self._receiver = cellReceiver
@@ -157,6 +166,9 @@ class LinkProtocol(Protocol):
     def close(self, reason="closed"):
         if self.state is State.CLOSED:
             return
+        if self.state is State.OPEN and self.version >= 2:
+            # TLS sends it before its close_notify: the peer reads why.
+            self.transport.write(wire.encodeClose(_closeCode(reason)))
         self._enterClosed(reason)
         # TLS waits for a registered producer to go before it shuts down.
         self.transport.unregisterProducer()
@@ -313,16 +325,31 @@ class LinkProtocol(Protocol):
             return
         if kind == wire.VERSIONS:
             return self._versionsArrived(payload)
+        if kind == wire.CLOSE:
+            return self._closeArrived(payload)
         return self._authArrived(payload)
+
+    def _closeArrived(self, payload):
+        if self.state is not State.OPEN or self.version < 2:
+            raise wire.LinkProtocolError(f"CLOSE in state {self.state.value} on a version {self.version} link")
+        why = wire.decodeClose(payload)
+        self._enterClosed(LinkError(f"peer closed the link: {why}"))
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _versionsArrived(self, payload):
         if self.state is not State.VERSIONS:
             raise wire.LinkProtocolError(f"VERSIONS in state {self.state.value}")
-        offered = wire.decodeVersions(payload)
+        offered, circuits = wire.splitVersions(wire.decodeVersions(payload))
         common = set(offered) & set(self._settings.versions)
         if not common:
             raise wire.LinkProtocolError(f"no common link version (peer offers {sorted(offered)[:8]})")
+        # Listing none means circuit version 1 (the first release lists none).
+        commonCircuits = set(circuits or (1,)) & set(self._settings.circuitVersions or (1,))
+        if not commonCircuits:
+            raise wire.LinkProtocolError(f"no common circuit version (peer offers {sorted(circuits)[:8]})")
         self.version = max(common)
+        self.circuitVersion = max(commonCircuits)
         self._peerVersions = payload
         self.state = State.AUTH
         if not self.isInitiator:
@@ -424,3 +451,13 @@ class LinkProtocol(Protocol):
     def __repr__(self):
         peer = self.peerId.hex()[:16] if self.peerId else ("anonymous" if self.state is State.OPEN else "?")
         return f"<Link {'out' if self.isInitiator else 'in'} {peer} {self.state.value}>"
+
+
+def _closeCode(reason):
+    """The CLOSE code for a reason this node closes a link for."""
+    text = str(reason)
+    if text == "node stopping":
+        return wire.CLOSE_SHUTDOWN
+    if text == "idle":
+        return wire.CLOSE_IDLE
+    return wire.CLOSE_UNSPECIFIED

@@ -17,8 +17,21 @@ CELLS = 0x01
 KEEPALIVE = 0x02
 VERSIONS = 0x03
 AUTH = 0x04
+CLOSE = 0x05  # link version 2 and later: "I am closing this link, and why"
 
-CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH))
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE))
+
+# VERSIONS entries from here up name circuit protocol versions (0x8000 + n),
+# below it link versions.  A node of the first release intersects every
+# entry with its link versions, so it ignores these without a change.
+CIRCUIT_VERSION_BASE = 0x8000
+
+# Why a link is closed (the CLOSE record's one byte).  A code this node does
+# not know is shown by number: a newer peer may have more.
+CLOSE_UNSPECIFIED = 0
+CLOSE_SHUTDOWN = 1  # the node is stopping: its circuits are gone, rebuild elsewhere now
+CLOSE_IDLE = 2  # no circuit used the link for a while
+CLOSE_REASONS = {CLOSE_UNSPECIFIED: "unspecified", CLOSE_SHUTDOWN: "node stopping", CLOSE_IDLE: "idle"}
 
 # Bounds: a sender splits bigger batches; a receiver refuses anything larger.
 MAX_CELLS_PER_RECORD = 256
@@ -65,8 +78,33 @@ def encodeCells(cells):
     return out
 
 
-def encodeVersions(versions):
-    return encodeControl(VERSIONS, b"".join(struct.pack(">H", v) for v in versions))
+def encodeVersions(versions, circuitVersions=()):
+    """
+    A VERSIONS record offering link C{versions} (1-0x7fff) and circuit
+    protocol C{circuitVersions} (1-0x7fff, sent as 0x8000 + n).
+    """
+    entries = list(versions) + [CIRCUIT_VERSION_BASE + v for v in circuitVersions]
+    if not all(0 < v < 0x10000 for v in entries) or not all(0 < v < CIRCUIT_VERSION_BASE for v in versions):
+        raise ValueError("versions must be 1-32767")
+    return encodeControl(VERSIONS, b"".join(struct.pack(">H", v) for v in entries))
+
+
+def splitVersions(offered):
+    """C{decodeVersions} output -> C{(link versions, circuit versions)}."""
+    link = [v for v in offered if v < CIRCUIT_VERSION_BASE]
+    circuit = [v - CIRCUIT_VERSION_BASE for v in offered if v > CIRCUIT_VERSION_BASE]
+    return link, circuit
+
+
+def encodeClose(code):
+    return encodeControl(CLOSE, bytes([code]))
+
+
+def decodeClose(payload):
+    """@return: the reason's name.  @raise LinkProtocolError: not one byte."""
+    if len(payload) != 1:
+        raise LinkProtocolError("malformed CLOSE record")
+    return CLOSE_REASONS.get(payload[0], f"reason {payload[0]}")
 
 
 def decodeVersions(payload):

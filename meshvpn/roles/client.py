@@ -6,9 +6,12 @@ the DHT's relay finder, circuits and SOCKS, and with --tun the VPN client
 (whose mesh router gets its peer connector from --mesh-relay's service).
 """
 
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStatusSource
 from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSettings
 from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
@@ -69,6 +72,7 @@ def makeService(options):
     node = buildNode("client", settings)
     links = addLinkManager(node, authenticate=False)
     dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+    node.status.addSource("dht", DHTStatus(dht))  # contacts: how `meshvpn up` tells "no bootstrap answered"
     # Sampled quickly until a path can be built (a VPN needs a packet exit), then every --dht-sample-interval.
     packets = settings["tun"] and settings["tun_capture"]
     finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"],
@@ -78,7 +82,19 @@ def makeService(options):
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
     addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
+    addServiceManagerHooks(node, options)
     return node
+
+
+@implementer(IStatusSource)
+class DHTStatus:
+    """The DHT's counts in status.json (the service's own C{status()}, as the control API shows it)."""
+
+    def __init__(self, dht):
+        self._dht = dht
+
+    def status(self):
+        return self._dht.status()
 
 
 def addTun(node, settings, finder, circuits, links):

@@ -1,4 +1,5 @@
-"""What every role's makeService does: load keys (or stop with one clear line), add named services."""
+"""What every role's makeService does: load keys (or stop with one clear line), add named services,
+tell systemd how it is doing and reload on SIGHUP."""
 
 from meshvpn.errors import KeyFileError
 from meshvpn.roles.node import Node
@@ -25,3 +26,18 @@ def addService(parent, name, child):
     child.setName(name)
     child.setServiceParent(parent)
     return child
+
+
+def addServiceManagerHooks(node, options, appliers=()):
+    """
+    Readiness for systemd (L{meshvpn.roles.readiness}) and SIGHUP reload
+    (L{meshvpn.roles.reload}) of the log level plus C{appliers}; the log
+    level of C{options} applies from now.
+    """
+    from meshvpn import logoutput
+    from meshvpn.roles.readiness import SystemdNotifier
+    from meshvpn.roles.reload import ReloadOnSIGHUP, logLevelApplier
+
+    logoutput.setLevel(options.settings["log_level"])
+    addService(node, "systemd", SystemdNotifier(node.reactor, node))
+    return addService(node, "reload", ReloadOnSIGHUP(node.reactor, options, [logLevelApplier(), *appliers]))

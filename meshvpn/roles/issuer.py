@@ -26,7 +26,7 @@ from meshvpn.payments.purchases import PurchaseBook
 from meshvpn.payments.records import PaymentRecords
 from meshvpn.payments.spentstore import SpentTokenStore
 from meshvpn.ports import StreamListenerService
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 
 
 # Signing a purchase holds the reactor for about 6 ms per token (pure-Python RSA):
@@ -142,4 +142,5 @@ def makeService(options):
     from meshvpn.roles.control import addControl
 
     addControl(node, options, dht=dht)
+    addServiceManagerHooks(node, options)
     return node

@@ -10,7 +10,7 @@ from meshvpn.dht.service import DHTService, RelayPublisher, parseBootstrapList, 
 from meshvpn.exit.packetexit import attachPacketExit, packetExitSettings
 from meshvpn.exit.paygate import paymentExitSettings
 from meshvpn.exit.settings import exitSettings
-from meshvpn.roles.common import addService, buildNode
+from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.roles.links import addDatagramLinks, addLinkManager, listenForLinks
 from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
 from meshvpn.roles.payments import addPaidExit
@@ -114,4 +114,18 @@ def makeService(options):
     from meshvpn.roles.control import addControl
 
     addControl(node, options, links=links, dht=dht, onion=onion, exitParts=exitParts, stun=stunEndpoint)
+    addServiceManagerHooks(node, options, liveAppliers(node, settings, onion, exitParts, publisher))
     return node
+
+
+def liveAppliers(node, settings, onion, exitParts, publisher):
+    """What a SIGHUP may change on this relay (L{meshvpn.roles.relaylive})."""
+    from meshvpn.roles.relaylive import exitPolicyApplier, rateApplier
+
+    appliers = [rateApplier(exitParts.limiter if exitParts is not None else None, onion.switch.readLimiter)]
+    if exitParts is not None:
+        host = settings["udp"][0]
+        own = [host] if host not in ("0.0.0.0", "::") else []
+        local = node.getServiceNamed("local-addresses")
+        appliers.append(exitPolicyApplier(exitParts, publisher, own, local))
+    return appliers

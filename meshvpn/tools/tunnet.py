@@ -33,17 +33,24 @@ def runDNS(reactor, args):
     from twisted.names import dns, error, server
     from twisted.names.common import ResolverBase
 
-    records = dict(item.split("=", 1) for item in args.zone.split(","))
+    records = {}  # name -> [address]: a name listed twice has an A and an AAAA record
+    for item in args.zone.split(","):
+        key, address = item.split("=", 1)
+        records.setdefault(key, []).append(address)
 
     class Zone(ResolverBase):
         def _lookup(self, name, cls, type, timeout):
             key = name.decode().lower().rstrip(".")
             if key not in records:
                 return defer.fail(error.DomainError(name))
-            if type != dns.A:
+            if type not in (dns.A, dns.AAAA):
                 return defer.succeed(([], [], []))
-            print(f"dns: query {key}", flush=True)
-            return defer.succeed(([dns.RRHeader(name, dns.A, dns.IN, 30, dns.Record_A(records[key], 30), auth=True)], [], []))
+            print(f"dns: query {key} {dns.QUERY_TYPES[type]}", flush=True)
+            if type == dns.A:
+                answers = [dns.Record_A(a, 30) for a in records[key] if ":" not in a]
+            else:
+                answers = [dns.Record_AAAA(a, 30) for a in records[key] if ":" in a]
+            return defer.succeed(([dns.RRHeader(name, type, dns.IN, 30, r, auth=True) for r in answers], [], []))
 
     factory = server.DNSServerFactory(authorities=[Zone()])
     reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), interface=args.listen)

@@ -28,6 +28,10 @@ from meshvpn.tools.netns import run
 DOMAIN = "files.meshvpn-example"
 WEB = "198.18.100.1"
 DNS = "198.18.100.53"
+# IPv6 of the made-up internet (buildTwistd(ipv6=True)): RFC 5180's
+# benchmarking space, 2001:2::/48; one /64 per namespace uplink.
+WEB6 = "2001:2:100::1"
+POOL6 = "fd6d:6573:6801::/112"
 
 
 def _waitFile(path, proc, timeout=30.0, what="process"):
@@ -71,10 +75,13 @@ class TunWorld:
         with open(self.logs[name], errors="replace") as f:
             return f.read()
 
-    def buildTwistd(self, clientArgs=()):
+    def buildTwistd(self, clientArgs=(), ipv6=False):
         """
         The same internet with real ``twistd meshvpn-relay``/``meshvpn-client``
-        processes that find each other through the DHT.
+        processes that find each other through the DHT.  With C{ipv6}, the
+        internet is dual-stack: every uplink also has 2001:2:N::2/64 (the
+        router ::1), the web server also listens on L{WEB6}, L{DOMAIN} has
+        an AAAA record, and the exit carries IPv6 (C{--packet-exit-pool6}).
 
         Path selection keeps the three hops in distinct /16s, and the made-up
         internet (198.18.0.0/15) holds only two: the guard is 198.18.2.2, the
@@ -87,16 +94,25 @@ class TunWorld:
         n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
         n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
-        self.ns, self.uplink, self.address = {}, {}, {}
-        for short, net in (("cl", "198.18.1"), ("g", "198.18.2"), ("ex", "198.19.4")):
+        if ipv6:
+            n.exec(self.inet, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            n.exec(self.inet, "ip", "-6", "addr", "add", f"{WEB6}/128", "dev", "lo")
+        self.ns, self.uplink, self.address, self.address6 = {}, {}, {}, {}
+        for k, (short, net) in enumerate((("cl", "198.18.1"), ("g", "198.18.2"), ("ex", "198.19.4")), 1):
             ns = self.ns[short] = n.add(short)
-            _inetSide, own = n.veth(self.inet, f"{net}.1/24", ns, f"{net}.2/24")
+            inetSide, own = n.veth(self.inet, f"{net}.1/24", ns, f"{net}.2/24")
             self.uplink[short] = own
             self.address[short] = f"{net}.2"
             n.exec(ns, "ip", "route", "add", "default", "via", f"{net}.1")
+            if ipv6:
+                net6 = f"2001:2:{k}::"
+                n.exec(self.inet, "ip", "-6", "addr", "add", f"{net6}1/64", "dev", inetSide, "nodad")
+                n.exec(ns, "ip", "-6", "addr", "add", f"{net6}2/64", "dev", own, "nodad")
+                n.exec(ns, "ip", "-6", "route", "add", "default", "via", f"{net6}1")
+                self.address6[short] = f"{net6}2"
         n.exec(self.ns["g"], "ip", "addr", "add", "127.30.0.1/32", "dev", "lo")
         self._resolvConf()
-        self._internetServers()
+        self._internetServers(ipv6)
         from meshvpn.tools.processes import twistdPath
 
         self.twistd = twistdPath()
@@ -109,7 +125,7 @@ class TunWorld:
                                             "--flags", "middle", "--bootstrap", boot])
         self._node("exit", "ex", "relay", ["--udp", formatHostPort(exit, 9000), "--listen", f"tcp:9001:interface={exit}",
                                            "--flags", "exit", "--bootstrap", boot, "--exit-dns", formatHostPort(DNS, 53),
-                                           "--packet-exit"])
+                                           "--packet-exit", *(["--packet-exit-pool6", POOL6] if ipv6 else [])])
         for name in ("guard", "middle", "exit"):
             self.waitNode(name)
         self.clientArgs = ["--bootstrap", boot, "--tun", "--dht-sample-interval", "5", *clientArgs]
@@ -238,17 +254,21 @@ class TunWorld:
         with open(self.resolvConf, "w") as f:
             f.write(f"nameserver {DNS}\n")
 
-    def _internetServers(self):
+    def _internetServers(self, ipv6=False):
         dnsReady = os.path.join(self.workdir, "dns.json")
+        zone = f"{DOMAIN}={WEB}" + (f",{DOMAIN}={WEB6}" if ipv6 else "")
         p = self.python(self.inet, "dns", "-m", "meshvpn.tools.tunnet", "dns", "--listen", DNS,
-                        "--zone", f"{DOMAIN}={WEB}", "--ready", dnsReady)
+                        "--zone", zone, "--ready", dnsReady)
         _waitFile(dnsReady, p, what="dns")
-        portFile = os.path.join(self.workdir, "web.port")
-        p = self.python(self.inet, "web", "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:80:interface={WEB}",
-                        "--port-file", portFile)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(portFile) and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
+        servers = [("web", f"tcp:80:interface={WEB}")]
+        if ipv6:
+            servers.append(("web6", "tcp6:80:interface=" + WEB6.replace(":", "\\:")))
+        for name, listen in servers:
+            portFile = os.path.join(self.workdir, f"{name}.port")
+            p = self.python(self.inet, name, "-m", "meshvpn.tools.webfixture", "--listen", listen, "--port-file", portFile)
+            deadline = time.monotonic() + 20
+            while not os.path.exists(portFile) and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.05)
 
     def stop(self, name, timeout=10):
         p = self.procs[name]
