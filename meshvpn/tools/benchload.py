@@ -82,6 +82,7 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
     ramp = args.ramp if args.ramp is not None else max(5.0, users / 25)
     clients = args.clients or max(2, users // 250)
     bulk = args.bulk if args.bulk is not None else max(1, users // 100)
+    loadBefore = os.getloadavg()
     net = LoadNet(out, guards=args.guards, exits=args.exits, clients=clients)
     try:
         net.start()
@@ -100,6 +101,7 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
         nextSample = time.monotonic() + args.sample_every
         while gen.poll() is None:
             time.sleep(0.5)
+            sampler.sampleCPU("loadgen")
             for node in net.relays:
                 ends = findKey(statusOf(node), "circuit_ends")
                 if isinstance(ends, int):
@@ -128,7 +130,8 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
             "loadgen_cpu_percent": sampler.cpu.get("loadgen"),
             "client_cpu_percent": {c.name: sampler.cpu.get(c.name) for c in net.clientNodes},
             "client_rss_mb_max": {c.name: round(sampler.maxRSS(c.name) or 0, 1) for c in net.clientNodes},
-            "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
+            # the machine is shared: its load average says how much of it the network had
+            "machine": {"cores": os.cpu_count(), "loadavg_before": loadBefore, "loadavg_after": os.getloadavg()},
         })
         return summary
     finally:

@@ -3,7 +3,9 @@
 A bootstrap node, C{guards} guard/middle relays and C{exits} exits (at
 least 8 relays in all), C{clients} client processes, each node on its own
 loopback /16 as in L{meshvpn.tools.testnet}, and the local web server.
-Clients keep no spare circuit, so a user's first fetch times a real build.
+Clients keep no spare circuit, so a user's first fetch times a real build,
+and sample the relay directory every 10 s (not 300), so the chaos bench's
+restarted relays (new ports) are found again within its run.
 Built on L{meshvpn.tools.testnet.Testnet}'s process handling and cleanup.
 """
 
@@ -24,12 +26,14 @@ def relayLayout(guards, exits):
 class LoadNet:
     """The processes; L{stop} removes everything (also after a failed start)."""
 
-    def __init__(self, out, guards=6, exits=4, clients=2):
+    def __init__(self, out, guards=6, exits=4, clients=2, sampleInterval=10):
         if guards + exits < 8:
             raise MeshVPNError("the load network has at least 8 relays")
         self.out = out
         self.net = Testnet(out)
         self.guards, self.exits, self.clients = guards, exits, clients
+        # clients re-read the relay directory this often: a restarted relay's new ports are found
+        self.sampleInterval = sampleInterval
         self.boot = None
         self.relays = []
         self.clientNodes = []
@@ -43,7 +47,8 @@ class LoadNet:
             self.relays.append(self.net.node(name, "relay", host, extra + ["--bootstrap", self.bootUdp]))
         for i in range(self.clients):
             self.clientNodes.append(self.net.node(f"client{i + 1}", "client", f"127.{71 + i}.0.1",
-                                                  ["--bootstrap", self.bootUdp, "--circuits-spare", "0"]))
+                                                  ["--bootstrap", self.bootUdp, "--circuits-spare", "0",
+                                                   "--dht-sample-interval", str(self.sampleInterval)]))
         for node in self.net.nodes:
             node.waitReady(timeout=60)
         self.web = self.net.startWeb()

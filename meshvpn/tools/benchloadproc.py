@@ -46,6 +46,7 @@ class Sampler:
         self.pids = dict(pids)  # name -> pid
         self.samples = {name: [] for name in self.pids}  # name -> [(t, rss MB)]
         self._cpu0 = {}
+        self._cpuLast = {}  # name -> CPU seconds at the last sample (a process may be gone by the end)
         self._t0 = None
         self.cpu = {}
 
@@ -60,12 +61,23 @@ class Sampler:
             rss = rssMB(pid)
             if rss is not None:
                 self.samples[name].append((t, rss))
+            used = cpuSeconds(pid)
+            if used is not None:
+                self._cpuLast[name] = (t, used)
+
+    def sampleCPU(self, name):
+        """Note C{name}'s CPU use now (for a process that ends before L{stop})."""
+        used = cpuSeconds(self.pids[name])
+        if used is not None:
+            self._cpuLast[name] = (time.monotonic() - self._t0, used)
 
     def stop(self):
         wall = time.monotonic() - self._t0
         for name, pid in self.pids.items():
-            used, before = cpuSeconds(pid), self._cpu0.get(name)
-            self.cpu[name] = None if used is None or before is None else round(100 * (used - before) / wall, 1)
+            used, before, span = cpuSeconds(pid), self._cpu0.get(name), wall
+            if used is None and name in self._cpuLast:
+                span, used = self._cpuLast[name]
+            self.cpu[name] = None if used is None or before is None or not span else round(100 * (used - before) / span, 1)
         return wall
 
     def maxRSS(self, name):
