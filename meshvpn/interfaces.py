@@ -760,9 +760,19 @@ class ICircuitEnd(Interface):
     next hop.  An exception from these closes only that circuit.
     """
 
+    TAKES_RUNS = Attribute(
+        "C{True} if the channel may hand over consecutive RELAY cells of this circuit at once (L{onRelayRun})"
+    )
+
     def onRelay(command, payload):
         """
         A RELAY (3) or RELAY_EARLY (9) cell's 509-byte C{payload}.
+        """
+
+    def onRelayRun(payloads):
+        """
+        Consecutive RELAY (3) cells' payloads, in order: the same as
+        L{onRelay} for each, done at once.  An error stops the run there.
         """
 
     def onCreated2(payload):

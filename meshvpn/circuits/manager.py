@@ -36,6 +36,9 @@ from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
 from meshvpn.circuits.pathselect import choosePath
 
 
+SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its replacement
+
+
 class CircuitBuildFailed(MeshVPNError):
     """A circuit could not be built; C{hop} is the index (0 = guard) that failed, if known."""
 
@@ -132,7 +135,10 @@ class CircuitManager(service.Service):
             if _accepts(path, target, packets):
                 del self._spare[i]
                 self._assign(isolation, (circuit, path))
-                self.reactor.callLater(0, self._maintain)
+                # The replacement spare starts a moment later: built at once, its
+                # handshakes (ntor, perhaps a new TLS link) land on the same relays
+                # as this stream's first cells and delayed its first byte by 5-10 ms.
+                self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
                 return defer.succeed(circuit)
         d = self._buildWithRetries(target, packets=packets)
 

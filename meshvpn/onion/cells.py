@@ -54,7 +54,8 @@ class Command:
 
 
 class RelayCommand:
-    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth tokens)."""
+    """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth
+    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation)."""
 
     BEGIN = 1
     DATA = 2
@@ -68,13 +69,18 @@ class RelayCommand:
     RESOLVED = 12
     EXTEND2 = 14
     EXTENDED2 = 15
+    XOFF = 43
+    XON = 44
     PACKET = 128
     PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
+    FLOW_NEGOTIATE = 130
+    FLOW_NEGOTIATED = 131
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
-        15: "EXTENDED2", 128: "PACKET", 129: "PAYMENT",
+        15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
+        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
@@ -235,6 +241,12 @@ def packRelay(command, streamId, data):
     return bytes(10) + struct.pack(">BHH", command, streamId, n) + data + bytes(RELAY_DATA_LEN - n)
 
 
+_NEEDS_STREAM = frozenset((RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
+                           RelayCommand.RESOLVE, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF))
+_CIRCUIT_ONLY = frozenset((RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE, RelayCommand.TRUNCATED,
+                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED))
+
+
 def unpackRelay(payload):
     """
     Parse a recognized relay payload.
@@ -246,11 +258,9 @@ def unpackRelay(payload):
         raise CellError(f"unknown relay command {command}")
     if n > RELAY_DATA_LEN:
         raise CellError(f"relay length {n} exceeds {RELAY_DATA_LEN}")
-    if command in (RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
-                   RelayCommand.RESOLVE, RelayCommand.RESOLVED) and streamId == 0:
+    if command in _NEEDS_STREAM and streamId == 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} needs a stream id")
-    if command in (RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE,
-                   RelayCommand.TRUNCATED, RelayCommand.PACKET, RelayCommand.PAYMENT) and streamId != 0:
+    if command in _CIRCUIT_ONLY and streamId != 0:
         raise CellError(f"relay {RelayCommand.NAMES[command]} must use stream id 0")
     return RelayHeader(command, streamId, bytes(payload[RELAY_HEADER_LEN:RELAY_HEADER_LEN + n]))
 
@@ -384,11 +394,43 @@ class Sendme:
         return cls(bytes(data[3:]))
 
 
+FLOW_VERSION = 1
+FLOW_KNOWN_FLAGS = 0x03  # meshvpn.onion.flow: FLOW_CC | FLOW_XON
+
+
+@attrs.frozen
+class FlowNegotiate:
+    """
+    The body of FLOW_NEGOTIATE (origin to last hop) and FLOW_NEGOTIATED (its
+    answer): version (1) = 1, flags (1).  The last hop accepts exactly the
+    flags proposed or refuses the circuit; a flag it does not know is a
+    protocol error, so both ends always agree on what is in force.
+    """
+
+    flags: int
+
+    def encode(self):
+        return struct.pack(">BB", FLOW_VERSION, self.flags)
+
+    @classmethod
+    def decode(cls, data):
+        if len(data) != 2:
+            raise CellError(f"flow negotiation body of {len(data)} bytes, expected 2")
+        version, flags = data[0], data[1]
+        if version != FLOW_VERSION:
+            raise CellError(f"flow negotiation version {version} not supported")
+        if flags & ~FLOW_KNOWN_FLAGS:
+            raise CellError(f"flow negotiation flags {flags:#04x} not understood")
+        return cls(flags)
+
+
 RELAY_BODY_TYPES = {
     RelayCommand.EXTEND2: Extend2,
     RelayCommand.EXTENDED2: Extended2,
     RelayCommand.TRUNCATED: Truncated,
     RelayCommand.SENDME: None,  # empty body = unauthenticated, refused (see flow.py)
+    RelayCommand.FLOW_NEGOTIATE: FlowNegotiate,
+    RelayCommand.FLOW_NEGOTIATED: FlowNegotiate,
 }
 # The stream message bodies (BEGIN, CONNECTED, END, RESOLVE, RESOLVED) are
 # meshvpn.onion.streammsgs's (with its STREAM_BODY_TYPES).

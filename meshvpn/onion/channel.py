@@ -153,6 +153,20 @@ class Channel:
     def queued(self):
         return len(self._queue)
 
+    def flushBatch(self, source, writeEarly):
+        """
+        The end of an incoming batch from C{source}: write now if the queue
+        holds C{writeEarly} cells or more (then pausing C{source} if still
+        over the high-water mark), else wait for the end of the turn.
+
+        @return: C{True} if done (written or nothing to write), C{False} if
+            the cells wait for the end of the turn.
+        """
+        if len(self._queue) < writeEarly and not self.closed:
+            return False
+        self.flush(source)
+        return True
+
     def flush(self, source=None):
         self._scheduled = False
         if self._queue and not self._paused and not self.closed:
@@ -196,34 +210,46 @@ class Channel:
         circuits = self.circuits
         limiter = self._switch.readLimiter
         perCircuit = {} if limiter is not None and limiter.circuitRate else None
-        flusher = self._flusher
-        flusher.batches += 1
-        try:
-            for cell in cells:
-                try:
-                    if len(cell) != CELL_SIZE:
-                        raise CellError(f"cell is {len(cell)} bytes, expected {CELL_SIZE}")
-                    cmd = cell[4]
-                    if cmd == 3 or cmd == 9:  # RELAY, RELAY_EARLY: the hot path
-                        end = circuits.get(int.from_bytes(cell[:4], "big"))
-                        if end is None:
-                            self._counters["cells_unknown_circuit"] += 1
-                        else:
+        i, n = 0, len(cells)
+        while i < n:
+            cell = cells[i]
+            i += 1
+            try:
+                if len(cell) != CELL_SIZE:
+                    raise CellError(f"cell is {len(cell)} bytes, expected {CELL_SIZE}")
+                cmd = cell[4]
+                if cmd == 3 or cmd == 9:  # RELAY, RELAY_EARLY: the hot path
+                    end = circuits.get(int.from_bytes(cell[:4], "big"))
+                    if end is None:
+                        self._counters["cells_unknown_circuit"] += 1
+                        continue
+                    if cmd == 3 and end.TAKES_RUNS and i < n:
+                        # A run of RELAY cells of one circuit goes to its end at
+                        # once (one AES call per layer, not per cell).
+                        head = cell[:5]
+                        j = i
+                        while j < n and cells[j].startswith(head) and len(cells[j]) == CELL_SIZE:
+                            j += 1
+                        if j > i:
+                            run = [c[5:] for c in cells[i - 1:j]]
+                            i = j
                             if perCircuit is not None:
-                                perCircuit[end] = perCircuit.get(end, 0) + 1
-                            end.onRelay(cmd, cell[5:])
-                    else:
-                        self._control(cmd, int.from_bytes(cell[:4], "big"), cell)
-                except (CellError, FlowError, ntor.HandshakeError) as e:
-                    self._protocolError(cell, str(e))
-                except Exception:
-                    log.failure("onion channel: internal error handling a cell")
-                    self._protocolError(cell, "internal error", DestroyReason.INTERNAL)
-        finally:
-            flusher.batches -= 1
+                                perCircuit[end] = perCircuit.get(end, 0) + len(run)
+                            end.onRelayRun(run)
+                            continue
+                    if perCircuit is not None:
+                        perCircuit[end] = perCircuit.get(end, 0) + 1
+                    end.onRelay(cmd, cell[5:])
+                else:
+                    self._control(cmd, int.from_bytes(cell[:4], "big"), cell)
+            except (CellError, FlowError, ntor.HandshakeError) as e:
+                self._protocolError(cell, str(e))
+            except Exception:
+                log.failure("onion channel: internal error handling a cell")
+                self._protocolError(cell, "internal error", DestroyReason.INTERNAL)
         if limiter is not None:
             limiter.charge(self, len(cells), perCircuit)
-        flusher.flush(self)
+        self._flusher.flush(self)
 
     def _control(self, cmd, circId, cell):
         if cmd == Command.CREATE2:

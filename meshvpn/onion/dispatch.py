@@ -9,22 +9,42 @@ reassembled into IP packets, stream messages go to the stream layer, DROP
 is padding.  The ends differ only in which control and stream messages they
 accept, from where, and where delivered packets and stream messages go.
 The packing side of packet mode (fitting packets into the send window) is
-here too, so both ends send packets the same way.
+here too, so both ends send packets the same way, and so is the per-circuit
+negotiation of congestion control and stream XON/XOFF (FLOW_NEGOTIATE from
+the origin, FLOW_NEGOTIATED from the last hop; L{meshvpn.onion.flow}).
 
 L{RelayDispatcher} is a base class of both circuit ends rather than an
 object they hold: it keeps the per-cell path at one method call and the
 circuits free of reference cycles, so a torn-down circuit is freed at once.
 """
 
-from meshvpn.onion.cells import CellError, RelayCommand, Sendme, unpackRelay
-from meshvpn.onion.flow import ReceiveWindow, SendWindow
-from meshvpn.onion.packets import PacketReader, framePackets, packetCellCount
+from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
+import struct
+
+from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
+from meshvpn.onion.packets import PacketReader, framePackets
 
 _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
 _SENDME = RelayCommand.SENDME
 _DROP = RelayCommand.DROP
 _NAMES = RelayCommand.NAMES
+PACKET_BACKLOG = 256 * 1024  # bytes of IP packets that may wait for the circuit window, per circuit end
+_HEAD_PAD = bytes(10)  # tag and recognized, zero until the crypto layer fills in the tag
+_DATA_HEADER = struct.Struct(">BHH")
+_NEGOTIATE = RelayCommand.FLOW_NEGOTIATE
+_NEGOTIATED = RelayCommand.FLOW_NEGOTIATED
+
+def _fitting(packets, room):
+    """How many of C{packets}, from the front, fit C{room} cells framed together."""
+    total = 0
+    for i, p in enumerate(packets):
+        total += 2 + len(p)
+        if -(-total // _MAX_DATA) > room:
+            return i
+    return len(packets)
+
 
 # The value in an end's table for messages that belong to the stream layer.
 STREAM = None
@@ -54,11 +74,56 @@ class RelayDispatcher:
     NOT_AT_EDGE = "away from the circuit's edge"
     WHO = "this end"
 
-    def __init__(self):
+    def __init__(self, clock):
         self.packWindow = SendWindow()
         self.deliverWindow = ReceiveWindow()
         self.packetReader = PacketReader()
         self.packetsDropped = 0
+        self._backlog = []  # packets waiting for the window (packet mode)
+        self._backlogBytes = 0
+        self.flowClock = clock
+        self.flowFlags = 0  # what the circuit negotiated (meshvpn.onion.flow FLOW_*)
+        self._flowState = None  # None, "proposed" (origin), "agreed"
+
+    # -- negotiation of congestion control and XON/XOFF
+
+    def negotiateFlow(self, flags=FLOW_ALL):
+        """
+        At the origin, once the circuit is built and before anything else is
+        sent on it: propose C{flags} to the last hop.  The last hop takes
+        them all or destroys the circuit, so they are in force here at once
+        (FLOW_NEGOTIATED only confirms); the last hop applies them on
+        receipt, before any stream or packet, in order.
+        """
+        if self._flowState is not None or self.packWindow.sent:
+            raise CellError("flow control is negotiated once, before any data")
+        self._useFlow(flags)
+        self._flowState = "proposed"
+        self.sendRelay(_NEGOTIATE, 0, FlowNegotiate(flags).encode())
+
+    def _useFlow(self, flags):
+        self.flowFlags = flags
+        if flags & FLOW_CC:
+            self.packWindow = VegasWindow(self.flowClock)
+
+    def _onFlowNegotiate(self, cellCommand, hdr, hop):
+        flags = FlowNegotiate.decode(hdr.data).flags
+        if self._flowState is not None:
+            raise CellError("a second FLOW_NEGOTIATE")
+        if self._flowStarted():
+            raise CellError("FLOW_NEGOTIATE after data or streams")
+        self._useFlow(flags)
+        self._flowState = "agreed"
+        self.sendRelay(_NEGOTIATED, 0, FlowNegotiate(flags).encode())
+
+    def _onFlowNegotiated(self, cellCommand, hdr, hop):
+        flags = FlowNegotiate.decode(hdr.data).flags
+        if self._flowState != "proposed" or flags != self.flowFlags:
+            raise CellError("FLOW_NEGOTIATED that does not answer our proposal")
+        self._flowState = "agreed"
+
+    def _flowStarted(self):
+        return bool(self.packWindow.sent or self.deliverWindow.received)
 
     def _dispatch(self, cellCommand, plain, tag, atEdge, hop):
         """
@@ -71,24 +136,36 @@ class RelayDispatcher:
         @raise CellError: or L{meshvpn.onion.flow.FlowError}: the message
             breaks the protocol; the channel destroys the circuit.
         """
+        c = plain[10]
+        if c == _DATA:
+            # The hot path, parsed in place (no header object): the checks
+            # are unpackRelay's for DATA.
+            sid = (plain[11] << 8) | plain[12]
+            n = (plain[13] << 8) | plain[14]
+            if n > _MAX_DATA or sid == 0 or not atEdge:
+                unpackRelay(plain)  # raises the precise error for the first two
+                raise CellError(f"relay DATA {self.NOT_AT_EDGE}")
+            ack = self.deliverWindow.onReceived(tag)
+            if ack is not None:
+                self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+            self._streamArrived(_DATA, sid, plain[15:15 + n])
+            return
         hdr = unpackRelay(plain)
-        c = hdr.command
-        if c == _PACKET or c == _DATA:
+        if c == _PACKET:
             if not atEdge:
                 raise CellError(f"relay {_NAMES[c]} {self.NOT_AT_EDGE}")
             ack = self.deliverWindow.onReceived(tag)
             if ack is not None:
                 self.sendRelay(_SENDME, 0, Sendme(ack).encode())
-            if c == _PACKET:
-                packets = self.packetReader.feed(hdr.data)
-                if packets:
-                    self._packetsArrived(packets)
-            else:
-                self._streamArrived(c, hdr.streamId, hdr.data)
+            packets = self.packetReader.feed(hdr.data)
+            if packets:
+                self._packetsArrived(packets)
         elif c == _SENDME and hdr.streamId == 0:
             if not atEdge:
                 raise CellError(f"circuit SENDME {self.NOT_AT_EDGE}")
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
+            if self._backlog:
+                self._drainPackets()
             self._windowOpened()
         elif c == _DROP:
             pass
@@ -103,20 +180,136 @@ class RelayDispatcher:
             else:
                 handler(self, cellCommand, hdr, hop)
 
+    def _dataCells(self, streamId, chunks):
+        """
+        The plain relay payloads of DATA cells carrying C{chunks} (each at
+        most 494 bytes) for C{streamId}, with a zero tag; the window is
+        charged by the caller.
+        """
+        full = _HEAD_PAD + _DATA_HEADER.pack(_DATA, streamId, _MAX_DATA)
+        out = []
+        for chunk in chunks:
+            n = len(chunk)
+            if n == _MAX_DATA:
+                out.append(full + chunk)
+            else:
+                out.append(packRelay(_DATA, streamId, chunk))
+        return out
+
+    def _dispatchRun(self, cellCommand, entries, last):
+        """
+        Act on recognized messages in order: C{entries} are C{(hop, plain,
+        tag)}.  The packets a run of PACKET cells completes are delivered
+        together (one TUN batch), and on a circuit with XON/XOFF consecutive
+        DATA cells of one stream reach the stream layer as one message (one
+        delivery, one write to the application instead of one per cell);
+        stream windows, which count cells, are not in use there.
+
+        @param last: the hop index of the circuit's edge.
+        """
+        xon = self.flowFlags & FLOW_XON
+        parts, sid, packets = [], 0, []
+        for hop, plain, tag in entries:
+            c = plain[10]
+            if c == _PACKET and hop == last:
+                # Packets completed by a run of PACKET cells go out as one batch.
+                if parts:
+                    self._streamArrived(_DATA, sid, b"".join(parts))
+                    parts = []
+                hdr = unpackRelay(plain)
+                ack = self.deliverWindow.onReceived(tag)
+                if ack is not None:
+                    self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+                got = self.packetReader.feed(hdr.data)
+                if got:
+                    packets.extend(got)
+                continue
+            if packets:
+                self._packetsArrived(packets)
+                packets = []
+            if not xon:
+                self._dispatch(cellCommand, plain, tag, hop == last, hop)
+                continue
+            if c == _DATA and hop == last:
+                s = (plain[11] << 8) | plain[12]
+                n = (plain[13] << 8) | plain[14]
+                if n <= _MAX_DATA and s != 0:
+                    ack = self.deliverWindow.onReceived(tag)
+                    if ack is not None:
+                        self.sendRelay(_SENDME, 0, Sendme(ack).encode())
+                    if s != sid and parts:
+                        self._streamArrived(_DATA, sid, b"".join(parts))
+                        parts = []
+                    sid = s
+                    parts.append(plain[15:15 + n])
+                    continue
+            if parts:
+                self._streamArrived(_DATA, sid, b"".join(parts))
+                parts = []
+            self._dispatch(cellCommand, plain, tag, hop == last, hop)
+        if parts:
+            self._streamArrived(_DATA, sid, b"".join(parts))
+        if packets:
+            self._packetsArrived(packets)
+
     def _sendPacketsInWindow(self, packets):
         """
         Send IP packets in as few PACKET cells as possible.  Those that do
-        not fit the send window are dropped (counted in C{packetsDropped}),
-        as a full router queue drops them; TCP inside recovers.
+        not fit the send window wait in a bounded backlog (a router's
+        buffer: TCP inside does badly behind a buffer of zero, its bursts
+        would be cut) and leave as SENDMEs open the window; past
+        C{PACKET_BACKLOG} bytes they are dropped (counted in
+        C{packetsDropped}), as a full router queue drops them, and TCP
+        inside recovers.
 
-        @return: the number of packets sent.
+        @return: the number of packets sent or queued.
         """
-        room = self.packWindow.window
-        n = len(packets)
-        while packets and packetCellCount(packets) > room:
-            packets = packets[:-1]
-        self.packetsDropped += n - len(packets)
-        sendRelay = self.sendRelay
-        for body in framePackets(packets):
-            sendRelay(_PACKET, 0, body)
-        return len(packets)
+        if self._backlog:
+            # Packets keep their order: new ones wait behind the backlog.
+            return self._queuePackets(packets)
+        fit = _fitting(packets, self.packWindow.window)
+        if fit:
+            self._sendPacketCells(packets[:fit])
+        if fit < len(packets):
+            return fit + self._queuePackets(packets[fit:])
+        return fit
+
+    def _sendPacketCells(self, packets):
+        bodies = framePackets(packets)
+        if len(bodies) > 1:
+            self._sendRun([packRelay(_PACKET, 0, body) for body in bodies])
+        else:
+            for body in bodies:
+                self.sendRelay(_PACKET, 0, body)
+
+    def _queuePackets(self, packets):
+        backlog = self._backlog
+        queued = 0
+        for p in packets:
+            if self._backlogBytes + len(p) > PACKET_BACKLOG:
+                self.packetsDropped += len(packets) - queued
+                break
+            backlog.append(p)
+            self._backlogBytes += len(p)
+            queued += 1
+        return queued
+
+    def _drainPackets(self):
+        """The window opened: send what the backlog holds, as far as it fits."""
+        backlog = self._backlog
+        fit = _fitting(backlog, self.packWindow.window)
+        if fit:
+            out = backlog[:fit]
+            del backlog[:fit]
+            self._backlogBytes -= sum(len(p) for p in out)
+            self._sendPacketCells(out)
+
+    def sendDataRun(self, streamId, chunks):
+        """
+        DATA cells for C{streamId}, one per chunk (each at most 494 bytes):
+        a tag per cell, one AES call per layer, one append to the queue.
+        The caller checked C{circuitRoom()}.
+
+        @return: C{False} if nothing was sent (closed, or the queue was full).
+        """
+        return self._sendRun(self._dataCells(streamId, chunks))

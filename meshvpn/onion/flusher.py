@@ -1,15 +1,22 @@
-"""When queued cells leave: once per incoming batch, or once per reactor turn.
+"""When queued cells leave: once per reactor turn, or when a batch made many.
 
 Cells bound for a link wait in that link's L{meshvpn.onion.channel.Channel}
-queue.  Cells switched while a batch read from some link is handled are
-written when the batch is done; cells that applications originate (stream
-writes, TUN packets, an exit's reads from its TCP connections) are written
-by one call scheduled for the end of the reactor turn, whatever number of
-writes and channels the turn touched.  Either way each channel makes one
-C{sendCells} call (one TLS write) per batch or turn, not one per cell.
-After writing, a channel whose queue is still above the high-water mark
-(its link is not taking cells) pauses the link the batch came from.
+queue and are written by one call scheduled for the end of the reactor
+turn, whatever number of incoming batches, application writes (stream
+writes, TUN packets, an exit's reads from its TCP connections) and
+channels the turn touched: each channel makes one C{sendCells} call (one
+TLS write, one system call) per turn, not one per cell or per batch.  A
+link read in one turn often arrives as several batches (one per TLS
+record run); writing once for all of them halves the writes of a relay.
+
+At the end of each incoming batch, a channel that holds at least
+C{WRITE_EARLY} cells writes at once (little is gained by waiting, and the
+next hop starts sooner), and one whose queue is still above the high-water
+mark after writing (its link is not taking cells) pauses the link the
+batch came from.
 """
+
+WRITE_EARLY = 256  # cells (128 KB): at the end of a batch, a queue this long is written at once
 
 
 class ChannelFlusher:
@@ -20,31 +27,32 @@ class ChannelFlusher:
         C{callLater(0)}, at most one pending at a time.
     """
 
-    __slots__ = ("_clock", "_dirty", "_call", "batches")
+    __slots__ = ("_clock", "_dirty", "_call")
 
     def __init__(self, clock):
         self._clock = clock
         self._dirty = []
         self._call = None
-        self.batches = 0  # incoming batches being handled (they flush when done)
 
     def schedule(self, channel):
-        """C{channel} has cells waiting: it writes at the end of this batch or turn."""
+        """C{channel} has cells waiting: it writes at the end of this turn (or of this batch, if many)."""
         self._dirty.append(channel)
-        if not self.batches and self._call is None:
+        if self._call is None:
             self._call = self._clock.callLater(0, self._endOfTurn)
 
     def _endOfTurn(self):
         self._call = None
-        self.flush(None)
+        dirty, self._dirty = self._dirty, []
+        for channel in dirty:
+            channel.flush(None)
 
     def flush(self, source):
         """
-        Write every waiting channel.
-
-        @param source: the channel whose incoming batch made these cells, or
-            C{None}; each channel still over its high-water mark pauses it.
+        An incoming batch from C{source} is done: channels holding many
+        cells write now, the rest at the end of the turn.  Each channel
+        still over its high-water mark pauses C{source}.
         """
         dirty, self._dirty = self._dirty, []
         for channel in dirty:
-            channel.flush(source)
+            if not channel.flushBatch(source, WRITE_EARLY):
+                self._dirty.append(channel)

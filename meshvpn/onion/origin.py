@@ -22,7 +22,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
-from meshvpn.onion.flow import FlowError
+from meshvpn.onion.flow import FLOW_ALL, FlowError
 from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
 
@@ -37,7 +37,7 @@ DEFAULT_BUILD_TIMEOUT = 10.0
 # circuit, Tor's rule.
 # PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the stream layer too, from the exit only.
 _STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
-                    RelayCommand.PAYMENT)
+                    RelayCommand.XON, RelayCommand.XOFF, RelayCommand.PAYMENT)
 
 
 @attrs.frozen
@@ -66,14 +66,15 @@ class OriginCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "from a hop other than the last"
     WHO = "a client"
-    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, *_STREAM_COMMANDS))
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FLOW_NEGOTIATED, *_STREAM_COMMANDS))
 
-    def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT):
+    def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT, flow=FLOW_ALL):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         if guardLink.peerId != path[0].nodeId:
             raise LinkError("the guard link's peer is not the path's first hop")
-        super().__init__()
+        super().__init__(switch.clock)
+        self.flowProposal = flow  # negotiated with the last hop once built (0: fixed windows)
         self.path = list(path)
         self.clock = switch.clock
         self.channel = switch.attachLink(guardLink)
@@ -125,6 +126,8 @@ class OriginCircuit(RelayDispatcher):
             for hop in self.path[1:]:
                 await self._extendTo(hop)
             self._request(OriginEvent.BUILT)
+            if self.flowProposal:
+                self.negotiateFlow(self.flowProposal)
         finally:
             if timer.active():
                 timer.cancel()
@@ -241,6 +244,24 @@ class OriginCircuit(RelayDispatcher):
         self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
         return False
 
+    def _sendRun(self, plains):
+        """
+        Flow-controlled cells (plain payloads, tags zero) to the last hop: a
+        tag per cell, one AES call per layer, one append to the queue; the
+        caller checked L{circuitRoom}.
+        """
+        if self.state is _CLOSED:
+            return False
+        data, tags = self.crypto.encryptRun(plains, len(self.crypto.hops) - 1)
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        head = self.prefix + _CMD[False]
+        if self.channel.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            return True
+        self._destroy(DestroyReason.RESOURCELIMIT, "guard link queue full", True)
+        return False
+
     def circuitRoom(self):
         """Flow-controlled cells (DATA, PACKET) the circuit window takes now."""
         return 0 if self.state is _CLOSED else self.packWindow.window
@@ -283,13 +304,42 @@ class OriginCircuit(RelayDispatcher):
         if res is None:
             raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
         hop, plain, tag = res
+        self._dispatchFrom(hop, plain, tag, len(self.crypto.hops) - 1)
+
+    def _dispatchFrom(self, hop, plain, tag, last):
         try:
-            self._dispatch(cmd, plain, tag, hop == len(self.crypto.hops) - 1, hop)
+            self._dispatch(Command.RELAY, plain, tag, hop == last, hop)
         except (CellError, FlowError):
             # The cell passed hop's tag: only that hop could have sent it, so
             # the violation is provably its own (what the close is charged to).
             self._offender = hop
             raise
+
+    TAKES_RUNS = True
+
+    def onRelayRun(self, payloads):
+        last = len(self.crypto.hops) - 1
+        entries = self.crypto.decryptRun(payloads)
+        good, fromInner = [], False
+        for entry in entries:
+            if entry is None:
+                break
+            if entry[0] != last:
+                fromInner = True
+            good.append(entry)
+        if fromInner:
+            # Rare (an inner hop speaks only to truncate or pad): one by one,
+            # so a violation is charged to the hop that sent it.
+            for hop, plain, tag in good:
+                self._dispatchFrom(hop, plain, tag, last)
+        else:
+            try:
+                self._dispatchRun(Command.RELAY, good, last)
+            except (CellError, FlowError):
+                self._offender = last
+                raise
+        if len(good) < len(entries):
+            raise CellError("relay cell recognized by no hop (modified, replayed or reordered)")
 
     def _packetsArrived(self, packets):
         if self._packetReceiver is not None:
@@ -345,7 +395,8 @@ class OriginCircuit(RelayDispatcher):
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
-               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated}
+               RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated,
+               RelayCommand.FLOW_NEGOTIATED: RelayDispatcher._onFlowNegotiated}
 
     # -- closing
 
@@ -380,5 +431,14 @@ class OriginCircuit(RelayDispatcher):
         return {
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
             "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
+            "flow_flags": self.flowFlags, **_ccStatus(self.packWindow),
             "packets_dropped": self.packetsDropped,
         }
+
+
+def _ccStatus(window):
+    if not hasattr(window, "cwnd"):
+        return {}
+    rtt = window.ewmaRtt
+    return {"cwnd": window.cwnd, "rtt_ms": None if rtt is None else round(rtt * 1000, 2),
+            "min_rtt_ms": None if window.minRtt is None else round(window.minRtt * 1000, 2)}

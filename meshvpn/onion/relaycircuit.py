@@ -20,6 +20,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
 from meshvpn.onion.lifecycle import HOP, HopEvent, HopState
+from meshvpn.onion.relaycrypto import candidates
 
 log = Logger()
 
@@ -31,7 +32,8 @@ _CLOSED = HopState.CLOSED
 # Stream messages a relay takes, and only as the circuit's last hop.
 # PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the exit's edge, at the last hop only.
 _STREAM_COMMANDS = (RelayCommand.BEGIN, RelayCommand.END, RelayCommand.RESOLVE, RelayCommand.SENDME,
-                    RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.PAYMENT)
+                    RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF,
+                    RelayCommand.PAYMENT)
 
 
 @implementer(ICircuitEnd)
@@ -39,9 +41,17 @@ class NextHopEnd:
     """The end of a relay circuit on its next hop's channel (cells going toward the origin)."""
 
     __slots__ = ("c",)
+    TAKES_RUNS = True
 
     def __init__(self, circuit):
         self.c = circuit
+
+    def onRelayRun(self, payloads):
+        c = self.c
+        data = c.layer.encryptBackward(b"".join(payloads))
+        head = c.prevPrefix + _RELAY
+        if not c.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
     def onRelay(self, cmd, payload):
         c = self.c
@@ -72,10 +82,10 @@ class RelayCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "at a middle hop"
     WHO = "a relay"
-    EDGE_ONLY = frozenset(_STREAM_COMMANDS)
+    EDGE_ONLY = frozenset(_STREAM_COMMANDS + (RelayCommand.FLOW_NEGOTIATE,))
 
     def __init__(self, switch, prev, prevId, layer):
-        super().__init__()
+        super().__init__(switch.clock)
         self.switch = switch
         self.prev = prev
         self.prevId = prevId
@@ -111,6 +121,49 @@ class RelayCircuit(RelayDispatcher):
             return
         self._dispatch(cmd, plain, tag, self.next is None, 0)
 
+    TAKES_RUNS = True
+
+    def onRelayRun(self, payloads):
+        """Consecutive RELAY cells from the previous hop: one AES call for all."""
+        layer = self.layer
+        data = layer.decryptForward(b"".join(payloads))
+        nxt = self.next
+        if nxt is not None and not candidates(data):
+            # None is for us: all pass on, in one append to the next queue.
+            head = self.nextPrefix + _RELAY
+            if not nxt.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+            return
+        if nxt is None:
+            # The last hop: every cell is for us (or breaks the protocol).  No
+            # RELAY (non-EARLY) message can extend the circuit, so the edge
+            # stays the edge for the whole run.
+            entries = []
+            for k in range(0, len(data), 509):
+                plain = data[k:k + 509]
+                tag = layer.recognizeForward(plain)
+                if tag is None:
+                    self._dispatchRun(Command.RELAY, entries, 0)
+                    raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+                entries.append((0, plain, tag))
+            self._dispatchRun(Command.RELAY, entries, 0)
+            return
+        # Some may be for us: in order, as onRelay would (the layer is already off).
+        for k in range(0, len(data), 509):
+            if self.state is _CLOSED:
+                return  # a message destroyed the circuit: the rest is for no one
+            plain = data[k:k + 509]
+            tag = layer.recognizeForward(plain)
+            if tag is not None:
+                self._dispatch(Command.RELAY, plain, tag, self.next is None, 0)
+                continue
+            nxt = self.next
+            if nxt is None:
+                raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+            if not nxt.send(self.nextPrefix + _RELAY + plain):
+                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+                return
+
     def onCreated2(self, payload):
         raise CellError("CREATED2 from the previous hop")
 
@@ -133,6 +186,10 @@ class RelayCircuit(RelayDispatcher):
 
     def _windowOpened(self):
         self.switch.edge.circuitWindowOpened(self)
+
+    def _flowStarted(self):
+        # Streams already opened here were opened under the old rules.
+        return self.edgeState is not None or super()._flowStarted()
 
     # -- extending and truncating
 
@@ -211,6 +268,24 @@ class RelayCircuit(RelayDispatcher):
         self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
         return False
 
+    def _sendRun(self, plains):
+        """
+        Originate flow-controlled cells (their plain payloads, tags zero)
+        toward the origin with one AES call and one append to the queue;
+        the caller checked L{circuitRoom}.
+        """
+        if self.state is _CLOSED:
+            return False
+        data, tags = self.layer.originateBackwardRun(plains)
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        head = self.prevPrefix + _RELAY
+        if self.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            return True
+        self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+        return False
+
     def circuitRoom(self):
         """Flow-controlled cells the circuit window takes now."""
         return 0 if self.state is _CLOSED else self.packWindow.window
@@ -250,4 +325,5 @@ class RelayCircuit(RelayDispatcher):
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
-               RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate}
+               RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate,
+               RelayCommand.FLOW_NEGOTIATE: RelayDispatcher._onFlowNegotiate}

@@ -15,6 +15,15 @@ Backpressure is Twisted's producer/consumer both ways:
   reader closes the sender's window instead of making anyone buffer without
   bound; what arrives meanwhile is held, at most one window.
 
+On a circuit that negotiated XON/XOFF (L{meshvpn.onion.flow.FLOW_XON};
+Tor's proposal 324, flow control) the stream has no window of its own: the
+circuit's congestion window paces it, and the receiving edge says XOFF
+when more than C{XOFF_ABOVE} bytes wait for a reader that paused it, XON
+once they drain below C{XON_BELOW}.  The sender stops on XOFF within one
+round trip; a peer that keeps sending past C{HOLD_LIMIT} (XOFF_ABOVE plus
+a whole maximum congestion window) ignored it, and the stream ends with
+RESOURCELIMIT.  Stream SENDMEs are then a protocol violation.
+
 The lifecycle is an explicit machine (L{StreamState}, L{StreamEvent},
 L{TRANSITIONS}): END with reason DONE is a half-close (like a TCP FIN), any
 other reason, a dead circuit or a protocol violation aborts.  A peer's
@@ -35,15 +44,26 @@ from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStream
 from meshvpn.onion.cells import CellError, RelayCommand
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.onion.flow import VegasParams
 from meshvpn.onion.streammsgs import Connected, End
 
 STREAM_WINDOW = 500  # cells, Tor's stream window
 SENDME_EVERY = 50
 PAUSE_ABOVE = 256 * 1024  # buffered bytes before the feeding producer is paused
 ABORT_ABOVE = 4 * 1024 * 1024  # a writer that ignores pausing is cut off
+XOFF_ABOVE = 512 * 1024  # held bytes (reader paused) before XOFF
+XON_BELOW = 128 * 1024  # held bytes after which XON lets the sender go on
+# XOFF takes a round trip: a sender may have a whole congestion window in
+# flight when it arrives; past that it ignored the XOFF.
+HOLD_LIMIT = XOFF_ABOVE + VegasParams.maximum * 494 + 256 * 1024
+# All streams of a circuit together: a far end that keeps many paused
+# streams near their XOFF mark cannot make this end hold more than this.
+CIRCUIT_HOLD_LIMIT = 32 * 1024 * 1024
+_UNLIMITED = 1 << 60
 
 # Read once here: the DATA path compares against these per cell.
 _DATA, _SENDME, _END, _CONNECTED = RelayCommand.DATA, RelayCommand.SENDME, RelayCommand.END, RelayCommand.CONNECTED
+_XON, _XOFF = RelayCommand.XON, RelayCommand.XOFF
 
 
 class StreamState(enum.Enum):
@@ -98,20 +118,26 @@ class CircuitStream:
     @ivar opening: at the origin, the Deferred that fires with this stream
         on CONNECTED or fails with L{StreamRefused}; C{None} at the exit.
     @ivar target: C{HOST:PORT} at the origin (for status); C{None} at the exit.
+    @ivar xon: the circuit negotiated XON/XOFF: no stream window, no stream SENDMEs.
     """
 
-    def __init__(self, mux, streamId, target=None, origin=False):
+    def __init__(self, mux, streamId, target=None, origin=False, xon=False):
         self.mux = mux
         self.streamId = streamId
         self.target = target
         self.state = StreamState.CONNECTING
         self.opening = defer.Deferred(self._cancelOpening) if origin else None
         self.receiver = None
-        self.packageWindow = STREAM_WINDOW
-        self.deliverWindow = STREAM_WINDOW
+        self.xon = xon
+        # In XON mode the windows are never the limit (the DATA path stays
+        # the same code): XOFF closes packageWindow, XON reopens it.
+        self.packageWindow = self.deliverWindow = _UNLIMITED if xon else STREAM_WINDOW
+        self._ackEvery = _UNLIMITED if xon else SENDME_EVERY
         self.bytesSent = self.bytesReceived = 0
         self._unacked = 0
         self._held = []  # bytes, then perhaps _READ_ENDED, then perhaps the EndReason
+        self._heldBytes = 0
+        self._xoffSent = False
         self._readPaused = False
         self._pending = []
         self._pendingBytes = 0
@@ -162,7 +188,8 @@ class CircuitStream:
         wire = EndReason.MISC if reason == EndReason.DONE and self.state in _READABLE else reason
         self.mux.sendRelay(_END, self.streamId, End(wire).encode())
         # Whoever closes wants nothing more, but hears the end at once.
-        self._held = []
+        self.mux.heldBytes -= self._heldBytes
+        self._held, self._heldBytes = [], 0
         self._readPaused = False
         self._abort(reason, f"closed here: {EndReason.fromWire(reason).name}")
 
@@ -186,14 +213,24 @@ class CircuitStream:
 
     # ---- sending
 
-    def _flush(self):
+    def _flush(self, budget=_UNLIMITED):
+        """
+        Send what is pending as the windows allow, at most C{budget} cells.
+
+        @return: C{True} if the budget ran out with data still pending and
+            room in the windows (the mux gives the stream another turn).
+        """
         mux = self.mux
         maxData = mux.maxData
         send = mux.sendRelay
         sid = self.streamId
         pending = self._pending
+        more = False
         while pending and self.packageWindow > 0:
-            room = min(self.packageWindow, mux.circuitRoom())
+            if budget <= 0:
+                more = True
+                break
+            room = min(self.packageWindow, mux.circuitRoom(), budget)
             if room <= 0:
                 mux.waitForRoom(self)
                 break
@@ -202,9 +239,13 @@ class CircuitStream:
                 # Send whole cells from the front; keep the remainder queued.
                 view = memoryview(chunk)
                 cells = min(len(chunk) // maxData, room)
-                for k in range(cells):
-                    send(_DATA, sid, view[k * maxData : (k + 1) * maxData])
+                if cells > 1 and mux.sendData is not None:
+                    mux.sendData(sid, [view[k * maxData:(k + 1) * maxData] for k in range(cells)])
+                else:
+                    for k in range(cells):
+                        send(_DATA, sid, view[k * maxData : (k + 1) * maxData])
                 self.packageWindow -= cells
+                budget -= cells
                 sent = cells * maxData
                 rest = chunk[sent:]
                 if rest:
@@ -229,6 +270,7 @@ class CircuitStream:
                 size = maxData
             send(_DATA, sid, b"".join(body))
             self.packageWindow -= 1
+            budget -= 1
             self._pendingBytes -= size
             self.bytesSent += size
             mux.bytesSent += size
@@ -239,6 +281,7 @@ class CircuitStream:
             self.mux.sendRelay(_END, sid, End(EndReason.DONE).encode())
             if self._go(StreamEvent.FLUSHED) is StreamState.CLOSED:
                 self._ended(EndReason.DONE)
+        return more
 
     # ---- receiving: the mux hands over this stream's relay messages
 
@@ -255,14 +298,23 @@ class CircuitStream:
             self.mux.bytesReceived += n
             if self._held or self._readPaused or self.receiver is None:
                 self._held.append(data)
+                self._heldBytes += n
+                mux = self.mux
+                mux.heldBytes += n
+                if self.xon and (self._heldBytes > XOFF_ABOVE or mux.heldBytes > CIRCUIT_HOLD_LIMIT):
+                    self._tooMuchHeld()
             else:
                 self.receiver.streamDataReceived(data)
             self._unacked += 1
-            if self._unacked >= SENDME_EVERY:
+            if self._unacked >= self._ackEvery:
                 self._acknowledge()
+        elif command == _XOFF or command == _XON:
+            self._xonReceived(command, body)
         elif command == _SENDME:
             if self.state is StreamState.CONNECTING:
                 return self._violation("SENDME before CONNECTED")
+            if self.xon:
+                return self._violation("stream SENDME on a circuit that uses XON/XOFF")
             self.packageWindow += SENDME_EVERY
             if self.packageWindow > STREAM_WINDOW:
                 return self._violation("SENDME beyond the stream window")
@@ -300,19 +352,49 @@ class CircuitStream:
         self._go(StreamEvent.CONNECTED)
         self.mux.sendRelay(_CONNECTED, self.streamId, Connected().encode())
 
-    def circuitWindowOpened(self):
-        """The circuit's window opened again after this stream waited for it."""
-        self._flush()
+    def circuitWindowOpened(self, budget=_UNLIMITED):
+        """
+        The circuit's window opened again after this stream waited for it:
+        send at most C{budget} cells (the mux shares the room out in turns).
+
+        @return: C{True} if the stream could send more in another turn.
+        """
+        return self._flush(budget)
 
     def circuitClosed(self, reason):
         """The circuit is gone: no END can be sent, the stream just ends."""
         if self.state is not StreamState.CLOSED:
             self._abort(reason, "circuit closed")
 
+    def _tooMuchHeld(self):
+        """The reader is paused and bytes pile up: XOFF, or cut off a sender that ignored it."""
+        if self._heldBytes > HOLD_LIMIT or self.mux.heldBytes > CIRCUIT_HOLD_LIMIT:
+            self.mux.violations += 1
+            self.close(EndReason.RESOURCELIMIT)
+        elif not self._xoffSent:
+            self._xoffSent = True
+            self.mux.sendRelay(_XOFF, self.streamId, b"")
+
+    def _xonReceived(self, command, body):
+        if not self.xon:
+            return self._violation("XON/XOFF on a circuit that did not negotiate it")
+        if body:
+            return self._violation("XON/XOFF with a body")
+        if self.state is StreamState.CONNECTING:
+            return self._violation("XON/XOFF before CONNECTED")
+        if command == _XOFF:
+            self.packageWindow = 0
+        else:
+            self.packageWindow = _UNLIMITED
+            self._flush()
+
     def _acknowledge(self):
+        if self._xoffSent and self._heldBytes <= XON_BELOW and self.state is not StreamState.CLOSED:
+            self._xoffSent = False
+            self.mux.sendRelay(_XON, self.streamId, b"")
         if self._readPaused or self._held:
             return
-        while self._unacked >= SENDME_EVERY and self.state is not StreamState.CLOSED:
+        while self._unacked >= self._ackEvery and self.state is not StreamState.CLOSED:
             self._unacked -= SENDME_EVERY
             self.deliverWindow += SENDME_EVERY
             self.mux.sendRelay(_SENDME, self.streamId, b"")
@@ -326,6 +408,7 @@ class CircuitStream:
     # ---- delivery to the receiver, in order, held while it cannot take it
 
     def _deliver(self, item):
+        # Only the end of reading or the stream's end passes here (never bytes).
         if self._held or self._readPaused or self.receiver is None:
             self._held.append(item)
         else:
@@ -333,6 +416,8 @@ class CircuitStream:
 
     def _dispatch(self, item):
         if type(item) is bytes:
+            self._heldBytes -= len(item)
+            self.mux.heldBytes -= len(item)
             self.receiver.streamDataReceived(item)
         elif item is _READ_ENDED:
             self.receiver.streamReadEnded()

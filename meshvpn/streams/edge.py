@@ -11,12 +11,14 @@ from zope.interface import implementer
 
 from meshvpn.interfaces import ICircuitEdge
 from meshvpn.onion.cells import RELAY_DATA_LEN
+from meshvpn.onion.flow import FLOW_XON
 from meshvpn.streams.mux import StreamMux
 
 
 def attachStreams(circuit):
     """Give an origin circuit its stream layer. @return: the L{StreamMux}."""
-    mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom)
+    mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom,
+                    xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun)
     circuit.streamHandler = mux
     return mux
 
@@ -51,7 +53,8 @@ class StreamExitEdge:
 
             mux = circuit.edgeState = StreamMux(
                 circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, resolve and resolveOnCircuit,
-                circuitRoom=circuit.circuitRoom
+                circuitRoom=circuit.circuitRoom,
+                xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
             )
         return mux
 

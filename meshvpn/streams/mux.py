@@ -54,11 +54,17 @@ class StreamMux:
         RESOLVED answers C{(type, value, ttl)}; C{None} at the origin.
     @param circuitRoom: C{callable()}: DATA cells the circuit's own window
         takes now (unlimited if not given).
+    @param xon: C{callable()}: true if the circuit negotiated XON/XOFF
+        (read as each stream is made; L{meshvpn.onion.flow.FLOW_XON}).
+    @param sendData: C{callable(streamId, chunks)} that sends one DATA cell
+        per chunk at once (the circuit's C{sendDataRun}), or C{None}.
     """
 
-    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None):
+    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None, sendData=None):
         self.sendRelay = sendRelay
+        self.sendData = sendData
         self.maxData = maxData
+        self._xon = xon or (lambda: False)
         if circuitRoom is not None:
             self.circuitRoom = circuitRoom
         self._accept = accept
@@ -70,6 +76,7 @@ class StreamMux:
         self.violations = 0
         self.closedReason = None
         self.bytesSent = self.bytesReceived = 0  # stream data, all streams ever
+        self.heldBytes = 0  # bytes every stream holds for a reader that paused it
 
     @staticmethod
     def circuitRoom():
@@ -80,11 +87,21 @@ class StreamMux:
         self._blocked[stream.streamId] = stream
 
     def circuitWindowOpened(self):
-        """The circuit got a SENDME: streams that waited for it send again, in turn."""
+        """
+        The circuit got a SENDME: streams that waited for it send again, in
+        turns of an equal share of the room, so one busy stream cannot take
+        all of every window that opens (they share the circuit fairly).
+        """
         blocked, self._blocked = self._blocked, {}
-        for stream in blocked.values():
-            if stream.state is not StreamState.CLOSED:
-                stream.circuitWindowOpened()
+        streams = [s for s in blocked.values() if s.state is not StreamState.CLOSED]
+        while streams:
+            room = self.circuitRoom()
+            if room <= 0:
+                for stream in streams:
+                    self._blocked[stream.streamId] = stream
+                return
+            share = max(1, room // len(streams))
+            streams = [s for s in streams if s.circuitWindowOpened(share) and s.state is not StreamState.CLOSED]
 
     def forget(self, stream):
         """C{stream} is closed: its id is free again."""
@@ -128,7 +145,7 @@ class StreamMux:
             return defer.fail(StreamRefused(EndReason.MISC, "bad target"))
         except StreamRefused as e:
             return defer.fail(e)
-        stream = CircuitStream(self, sid, target=formatHostPort(host, port), origin=True)
+        stream = CircuitStream(self, sid, target=formatHostPort(host, port), origin=True, xon=bool(self._xon()))
         self.streams[sid] = stream
         opening = stream.opening
         self.sendRelay(RelayCommand.BEGIN, sid, body)
@@ -200,7 +217,7 @@ class StreamMux:
         except CellError:
             self.violations += 1
             return self.sendRelay(RelayCommand.END, streamId, End(EndReason.TORPROTOCOL).encode())
-        stream = CircuitStream(self, streamId)
+        stream = CircuitStream(self, streamId, xon=bool(self._xon()))
         self.streams[streamId] = stream
 
         def connected(far):

@@ -1,9 +1,23 @@
-"""`meshvpn bench throughput`: one 3-hop circuit on loopback, measured as an app sees it.
+"""`meshvpn bench throughput`: one 3-hop circuit of real processes, measured as an app sees it.
 
 Starts the `meshvpn testnet` network, then through the client's SOCKS port:
-a large download (throughput), repeated small fetches (time to first byte),
-the same small fetches without MeshVPN (the baseline), and the CPU seconds
-all MeshVPN processes spent per GB moved.
+a large download (throughput), repeated small fetches (time to first
+byte), the same with plain TCP (the baseline), and the CPU seconds all
+MeshVPN processes spent per GB moved.  Every body is checked byte for byte
+(SHA-256 of the known content); a mismatch or short body fails the bench.
+
+``--delay-ms D`` (root) runs it all in a network namespace of its own with D
+ms of real one-way delay on every TCP hop (L{meshvpn.tools.delaynet}): the
+circuit's path client -> guard -> middle -> exit -> web server then has a
+round trip of 8·D.  The baseline is plain TCP over a path with that same
+round trip, through the same delay line (C{pipe_throughput_mbps},
+C{ttfb_ms_direct_median}); C{rtt_ms_measured} is its TCP handshake time.
+With D = 0 everything is on the host's loopback and the baseline is a
+direct connection to the web server.
+
+Time to first byte is timed the same way for both: from before the
+connection is opened (for the circuit, the SOCKS handshake and BEGIN
+included, as an application sees it) to the first byte of the response.
 """
 
 import hashlib
@@ -13,6 +27,8 @@ import socket
 import statistics
 import time
 
+RELAY_DATA_LEN = 494  # stream bytes per DATA cell (meshvpn.onion.cells)
+
 
 def _cpuSeconds(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -21,62 +37,250 @@ def _cpuSeconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _directTTFB(host, port, path):
+class Fetch:
+    """One HTTP GET, timed and checked: status, first response byte, body length and digest."""
+
+    def __init__(self, sock, host, path, started):
+        self.started = started
+        with sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            head = sock.recv(1 << 16)
+            self.ttfb = time.monotonic() - started
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("connection closed before the HTTP header ended")
+                head += chunk
+            header, _, rest = head.partition(b"\r\n\r\n")
+            self.status = int(header.split(b" ", 2)[1])
+            digest = hashlib.sha256(rest)
+            got = len(rest)
+            buf = bytearray(1 << 18)
+            while True:
+                n = sock.recv_into(buf)
+                if not n:
+                    break
+                got += n
+                digest.update(memoryview(buf)[:n])
+        self.total = time.monotonic() - started
+        self.bytes = got
+        self.digest = digest.hexdigest()
+
+    def matches(self, nbytes):
+        from meshvpn.tools import webfixture
+
+        return self.status == 200 and self.bytes == nbytes and self.digest == webfixture.expectedDigest(nbytes)
+
+
+def _viaSocks(proxy, host, port, path, isolation=None):
+    from meshvpn.tools import socksclient
+
     started = time.monotonic()
-    with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        s.recv(65536)
-        ttfb = time.monotonic() - started
-        while s.recv(65536):
-            pass
-    return ttfb
+    kw = {} if isolation is None else {"username": isolation, "password": "x"}
+    return Fetch(socksclient.connect(proxy, host, port, **kw), host, path, started)
+
+
+def _direct(host, port, path):
+    started = time.monotonic()
+    return Fetch(socket.create_connection((host, port), timeout=60), host, path, started)
+
+
+def _median_ms(values):
+    return round(statistics.median(values) * 1000, 2)
+
+
+def measure(args, net, pipe, extra):
+    host, port = net.startWeb()
+    pipeHost, pipePort = pipe
+    proxy = net.socksAddress()
+    pids = [n.process.pid for n in net.nodes]
+    # The very first stream (every process's first, on a fresh circuit); at the
+    # end, with every process warm, first streams on other fresh circuits (a
+    # new isolation key takes a spare): what a fresh circuit itself costs.
+    if not _direct(host, port, "/bytes/10").matches(10):
+        raise RuntimeError("the web server does not answer")
+    first = _viaSocks(proxy, host, port, "/bytes/1000")
+    if not first.matches(1000):
+        raise RuntimeError("first fetch through the circuit failed")
+    nbytes = args.megabytes * 1_000_000
+    cpuBefore = [_cpuSeconds(p) for p in pids]
+    bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
+    cpuEach = [_cpuSeconds(p) - b for p, b in zip(pids, cpuBefore)]
+    cpuUsed = sum(cpuEach)
+    pipeBulk = _direct(pipeHost, pipePort, f"/bytes/{nbytes}")
+    small = [_viaSocks(proxy, host, port, "/bytes/100") for _ in range(args.fetches)]
+    direct = [_direct(pipeHost, pipePort, "/bytes/100") for _ in range(args.fetches)]
+    loaded, loadedBulk = _underLoad(proxy, host, port, nbytes, args.fetches)
+    parallel = _parallel(proxy, host, port, args.parallel, max(1, nbytes // args.parallel)) if args.parallel else []
+    # Last: each new isolation key takes a fresh circuit, and the circuits it
+    # leaves behind must not weigh on the measurements above.
+    fresh = []
+    for i in range(args.fresh):
+        time.sleep(0.6)  # the spare taken by the last one is replaced meanwhile
+        f = _viaSocks(proxy, host, port, "/bytes/1000", isolation=f"fresh-circuit-{i}")
+        if not f.matches(1000):
+            raise RuntimeError("first fetch through a fresh circuit failed")
+        fresh.append(f.ttfb)
+    checks = {
+        "bulk": bulk.matches(nbytes),
+        "pipe": pipeBulk.matches(nbytes),
+        "small": all(f.matches(100) for f in small),
+        "direct": all(f.matches(100) for f in direct),
+        "loaded": all(f.matches(100) for f in loaded) and loadedBulk[0],
+        "parallel": all(f.matches(max(1, nbytes // args.parallel)) for f in parallel),
+    }
+    from meshvpn.tools.delaynet import connectTime
+
+    throughput = nbytes * 8 / bulk.total / 1e6
+    pipeThroughput = nbytes * 8 / pipeBulk.total / 1e6
+    ttfb = statistics.median(f.ttfb for f in small)
+    ttfbDirect = statistics.median(f.ttfb for f in direct)
+    result = {
+        "delay_ms": args.delay_ms,
+        "throughput_mbps": round(throughput, 1),
+        "pipe_throughput_mbps": round(pipeThroughput, 1),
+        "share_of_pipe": round(throughput / pipeThroughput, 3),
+        "rtt_ms_measured": connectTime(pipeHost, pipePort),
+        "bytes": nbytes,
+        "bytes_match": all(checks.values()),
+        "checks": checks,
+        "ttfb_ms_median": round(ttfb * 1000, 2),
+        "ttfb_ms_direct_median": round(ttfbDirect * 1000, 2),
+        "added_ttfb_ms_median": round((ttfb - ttfbDirect) * 1000, 2),
+        "ttfb_ms_first_stream": round(first.ttfb * 1000, 2),
+        "ttfb_ms_first_stream_fresh_circuit": _median_ms(fresh) if fresh else None,
+        "ttfb_ms_loaded_median": round(statistics.median(f.ttfb for f in loaded) * 1000, 2) if loaded else None,
+        "parallel_streams": len(parallel),
+        "parallel_mbps_each": [round(f.bytes * 8 / f.total / 1e6, 1) for f in parallel],
+        "parallel_spread": round(max(f.total for f in parallel) / min(f.total for f in parallel), 3) if parallel else None,
+        "cpu_s_per_gb": round(cpuUsed / (nbytes / 1e9), 2),
+        "fetches": args.fetches,
+        "processes": len(pids),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    result.update(_perHop(net, cpuEach, nbytes))
+    result.update(extra)
+    return result
+
+
+def _underLoad(proxy, host, port, nbytes, fetches):
+    """
+    Small fetches while a bulk download runs through the same client (its
+    first circuit: the same relays): their time to first byte, and the
+    bulk fetch (checked too).  The bulk download runs in a process of its
+    own, so the small fetches never wait for this one's GIL.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def bulk(conn):
+        f = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
+        conn.send((f.matches(nbytes), f.bytes, f.total))
+
+    p = ctx.Process(target=bulk, args=(child,))
+    p.start()
+    time.sleep(0.3)  # let the bulk transfer fill its window
+    small = []
+    while p.is_alive() and not parent.poll() and len(small) < fetches:
+        small.append(_viaSocks(proxy, host, port, "/bytes/100"))
+        time.sleep(0.02)
+    result = parent.recv() if parent.poll(600) else (False, 0, 0)
+    p.join()
+    return small, result
+
+
+def _parallel(proxy, host, port, count, each):
+    """C{count} downloads of C{each} bytes at once; @return: their L{Fetch}es."""
+    import threading
+
+    out = [None] * count
+
+    def one(i):
+        out[i] = _viaSocks(proxy, host, port, f"/bytes/{each}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _perHop(net, cpuEach, nbytes):
+    """
+    CPU seconds per GB of each process on the bulk circuit (the client's
+    circuit that received the most), and what the middle relay switched
+    per CPU second through real sockets and TLS: the counterpart of
+    ``bench circuit``'s in-memory C{relay_cells_per_s_inmemory}.
+    """
+    from meshvpn.control.status import readStatus
+
+    time.sleep(1.2)  # the client rewrites its status file every second
+    circuits = (readStatus(net.client.dataDir) or {}).get("circuits", {}).get("circuits", [])
+    if not circuits:
+        return {}
+    busiest = max(circuits, key=lambda c: c.get("bytes_received", 0))
+    byId = {n.info["node_id"]: i for i, n in enumerate(net.nodes) if n.info}
+    out = {}
+    clientIndex = net.nodes.index(net.client)
+    out["cpu_s_per_gb_client"] = round(cpuEach[clientIndex] / (nbytes / 1e9), 2)
+    for position, nodeId in zip(("guard", "middle", "exit"), busiest["path"]):
+        if nodeId in byId:
+            out[f"cpu_s_per_gb_{position}"] = round(cpuEach[byId[nodeId]] / (nbytes / 1e9), 2)
+    middleCpu = cpuEach[byId[busiest["path"][1]]] if len(busiest["path"]) == 3 and busiest["path"][1] in byId else 0
+    if middleCpu > 0:
+        # Both directions: the data cells down and their acknowledgements up are few; count the data.
+        out["relay_cells_per_cpu_s_tls"] = int(nbytes / RELAY_DATA_LEN / middleCpu)
+    return out
 
 
 def run(args):
-    from meshvpn.tools import socksclient, webfixture
     from meshvpn.tools.testnet import Testnet
 
     log = (lambda line: print(line, flush=True)) if not args.json else (lambda line: None)
-    net = Testnet(log)
-    try:
-        net.start()
-        host, port = net.startWeb()
-        proxy = net.socksAddress()
-        pids = [n.process.pid for n in net.nodes]
-        # Warm up the circuit (first stream, path chosen).
-        socksclient.httpGet(proxy, host, port, "/bytes/1000")
-        nbytes = args.megabytes * 1_000_000
-        got = [0]
-        digest = hashlib.sha256()
+    if args.delay_ms > 0:
+        result = _runDelayed(args, log)
+    else:
+        net = Testnet(log)
+        try:
+            net.start()
+            result = measure(args, net, net.startWeb("127.4.0.1"), {})
+        finally:
+            net.stop()
+    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    return 0 if result["bytes_match"] else 1
 
-        def sink(chunk):
-            got[0] += len(chunk)
-            digest.update(chunk)
 
-        cpuBefore = sum(_cpuSeconds(p) for p in pids)
-        status, _, ttfb, total = socksclient.httpGet(proxy, host, port, f"/bytes/{nbytes}", sink=sink)
-        cpuUsed = sum(_cpuSeconds(p) for p in pids) - cpuBefore
-        ok = status == 200 and got[0] == nbytes and digest.hexdigest() == webfixture.expectedDigest(nbytes)
-        ttfbs = [socksclient.httpGet(proxy, host, port, "/bytes/100")[2] for _ in range(args.fetches)]
-        direct = [_directTTFB(host, port, "/bytes/100") for _ in range(args.fetches)]
-        result = {
-            "throughput_mbps": round(nbytes * 8 / total / 1e6, 1),
-            "bytes": nbytes,
-            "bytes_match": ok,
-            "ttfb_ms_median": round(statistics.median(ttfbs) * 1000, 2),
-            "ttfb_ms_direct_median": round(statistics.median(direct) * 1000, 2),
-            "added_ttfb_ms_median": round((statistics.median(ttfbs) - statistics.median(direct)) * 1000, 2),
-            "cpu_s_per_gb": round(cpuUsed / (nbytes / 1e9), 2),
-            "fetches": args.fetches,
-            "processes": len(pids),
-        }
-        print(json.dumps(result) if args.json else json.dumps(result, indent=1))
-        return 0 if ok else 1
-    finally:
-        net.stop()
+def _runDelayed(args, log):
+    from meshvpn.tools import delaynet
+    from meshvpn.tools.nattestbed import Cleanups
+    from meshvpn.tools.netns import Netns
+    from meshvpn.tools.netnsenter import netnsEntered
+    from meshvpn.tools.testnet import Testnet, hopAddresses
+
+    delaynet.requireDelayTools()
+    with Cleanups() as c:
+        ns = Netns(c, "mvd").add("net")
+        with netnsEntered(ns):
+            hops = delaynet.DelayedHops(c, args.delay_ms, hopAddresses())
+            net = Testnet(log)
+            try:
+                net.start(timeout=180.0)
+                result = measure(args, net, net.startWeb(delaynet.PIPE_HOST), {})
+                hops.check()
+            finally:
+                net.stop()
+            result.update(hops.stop())
+    return result
 
 
 def addArguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--megabytes", type=int, default=50, help="size of the download (default 50 MB)")
     p.add_argument("--fetches", type=int, default=20, help="small fetches for time to first byte (default 20)")
+    p.add_argument("--fresh", type=int, default=5, help="first streams on fresh circuits to time (default 5)")
+    p.add_argument("--parallel", type=int, default=8, help="simultaneous downloads sharing the bulk size (default 8; 0 skips)")
+    p.add_argument("--delay-ms", type=float, default=0.0,
+                   help="one-way delay on every TCP hop, in its own network namespace (root; default 0: loopback)")

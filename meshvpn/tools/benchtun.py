@@ -1,5 +1,9 @@
 """``meshvpn bench tun``: the VPN measured in network namespaces (root).
 
+Every download is checked: curl's exit code (a transfer cut by its time
+limit fails the bench instead of counting as throughput), HTTP 200, the
+exact size and the SHA-256 of the bytes against the web fixture's body.
+
 - C{throughput_mbps}: one TCP download (curl, no proxy) through the TUN, a
   3-hop circuit of real ``twistd`` relays and the packet exit's NAT;
 - C{rtt_ms_median} (ping through the tunnel) against C{rtt_ms_direct_median}
@@ -12,10 +16,12 @@ The layouts are L{meshvpn.tools.tunworld.TunWorld.buildTwistd} and
 L{meshvpn.tools.meshworld.meshWorld}; everything is removed at the end.
 """
 
+import hashlib
 import os
-import shutil
 import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -30,13 +36,68 @@ def _pingTimes(ns, target, count):
     return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
 
 
-def _download(ns, url, timeout=120):
-    out = run("ip", "netns", "exec", ns, "curl", "-sS", "--max-time", str(timeout), "-o", "/dev/null", "-w",
-              "%{http_code} %{size_download} %{time_total}", url, check=False, timeout=timeout + 10)
-    code, size, total = out.split()
+class DownloadError(RuntimeError):
+    """A download failed, was cut short, or its bytes are not the ones served."""
+
+
+def _download(ns, url, expected, timeout=120):
+    """
+    Fetch C{url} with curl inside C{ns} (C{None}: here) and check what came: curl's exit code
+    (a transfer cut by C{--max-time} is a failure, not a throughput), HTTP
+    200, exactly C{expected} bytes, and their SHA-256 against the web
+    fixture's known body.  The body is hashed as it streams (never stored).
+
+    @return: C{(bytes, seconds)}, seconds as curl timed the transfer.
+    @raise DownloadError: any of these checks failed.
+    """
+    from meshvpn.tools import webfixture
+
+    inside = ["ip", "netns", "exec", ns] if ns else []
+    proc = subprocess.Popen([*inside, "curl", "-sS", "--max-time", str(timeout), "-o", "-",
+                             "-w", "%{stderr}%{http_code} %{size_download} %{time_total}", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    digest, got = hashlib.sha256(), 0
+    try:
+        while True:
+            chunk = proc.stdout.read(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            got += len(chunk)
+        err = proc.stderr.read().decode(errors="replace")
+        rc = proc.wait(timeout + 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    words = err.split()
+    if rc != 0 or len(words) < 3:
+        raise DownloadError(f"curl {url} failed (exit {rc}): {err[-300:]}")
+    code, size, total = words[-3:]
     if code != "200":
-        raise RuntimeError(f"download of {url} failed: HTTP {code}")
-    return int(size), float(total)
+        raise DownloadError(f"download of {url} failed: HTTP {code}")
+    if got != expected or int(size) != expected:
+        raise DownloadError(f"download of {url} is {got} bytes, expected {expected}")
+    if digest.hexdigest() != webfixture.expectedDigest(expected):
+        raise DownloadError(f"download of {url}: the bytes are not the ones served")
+    return got, float(total)
+
+
+def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "to_circuit", "from_circuit")):
+    """The counters of the client's status that tell where packets went (or were lost)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(value, (int, float)) and any(k in prefix for k in keys):
+            out[prefix[:-1]] = value
+
+    walk("", status)
+    return out
 
 
 def _median(values):
@@ -55,14 +116,18 @@ def benchVPN(size, pings):
         deadline = time.monotonic() + 40
         while True:  # the first circuit
             try:
-                _download(w.ns["cl"], f"http://{DOMAIN}/bytes/1000", timeout=10)
+                _download(w.ns["cl"], f"http://{DOMAIN}/bytes/1000", 1000, timeout=10)
                 break
-            except (RuntimeError, ValueError):
+            except DownloadError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("no circuit after 40s: " + w.nodeLog("client")[-1500:]) from None
                 time.sleep(0.5)
-        got, seconds = _download(w.ns["cl"], f"http://{DOMAIN}/bytes/{size}")
+        got, seconds = _download(w.ns["cl"], f"http://{DOMAIN}/bytes/{size}", size)
         tunnel = _pingTimes(w.ns["cl"], WEB, pings)
+        time.sleep(1.2)  # the status file is rewritten every second
+        from meshvpn.control.status import readStatus
+
+        status = readStatus(w.dataDirs["client"]) or {}
         return {
             "throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "bytes": got,
@@ -70,6 +135,7 @@ def benchVPN(size, pings):
             "rtt_ms_median": _median(tunnel),
             "rtt_ms_direct_median": _median(direct),
             "pings_answered": len(tunnel),
+            "client_status": _dropCounters(status),
         }
 
 
@@ -84,7 +150,6 @@ def benchMesh(size, pings):
         portFile = os.path.join(workdir, "web.port")
         log = open(os.path.join(workdir, "web.log"), "wb")
         c.addCleanup(log.close)
-        import subprocess
         import sys
 
         tb.popen(b, [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:8080:interface={infos[b]['address']}",
@@ -93,13 +158,14 @@ def benchMesh(size, pings):
         while not os.path.exists(portFile) and time.monotonic() < deadline:
             time.sleep(0.05)
         times = _pingTimes(tb.hosts[a].ns, infos[b]["address"], pings)
-        got, seconds = _download(tb.hosts[a].ns, f"http://{infos[b]['address']}:8080/bytes/{size}")
+        got, seconds = _download(tb.hosts[a].ns, f"http://{infos[b]['address']}:8080/bytes/{size}", size)
         deadline = time.monotonic() + 5
         while infos[b]["address"] not in meshPeers(infos[a]) and time.monotonic() < deadline:
             time.sleep(0.2)  # the status file is rewritten every second
         peers = meshPeers(infos[a])
         return {
             "mesh_throughput_mbps": round(got * 8 / seconds / 1e6, 2),
+            "mesh_bytes": got,
             "mesh_rtt_ms_median": _median(times),
             "mesh_path": peers.get(infos[b]["address"], {}).get("path"),
         }

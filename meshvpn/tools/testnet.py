@@ -56,6 +56,12 @@ LAYOUT = [
     ("exit2", "relay", "127.22.0.1", EXIT_ARGS),
 ]
 CHECK_BYTES = 1_000_000
+WEB_HOST = "127.3.0.1"  # the local web server the exits fetch from
+
+
+def hopAddresses():
+    """Every address a circuit's TCP hops end at: the relays' and the web server's."""
+    return [host for _, _, host, _ in LAYOUT] + [WEB_HOST]
 
 # The hostile guard of `--hostile guard`: each of the first 3 circuits that
 # carry a cell is attacked every way a guard can at once, then swallowed;
@@ -84,6 +90,7 @@ class Testnet:
         self.web = None
         self.webPort = None
         self.webAddress = None
+        self._webs = []  # every web server process started (stopped with the network)
 
     def node(self, name, role, host, extra, env=None):
         extra = list(extra) + self.nodeArgs(name, host)
@@ -164,20 +171,24 @@ class Testnet:
     def socksAddress(self):
         return splitHostPort(self.client.info["socks"])
 
-    def startWeb(self):
-        portFile = os.path.join(self.base, "web.port")
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", "tcp:0:interface=127.3.0.1", "--port-file", portFile],
-            stdout=open(os.path.join(self.base, "web.log"), "wb"), stderr=subprocess.STDOUT,
+    def startWeb(self, host=WEB_HOST):
+        """Start a local web server on C{host}; @return: its C{(host, port)}."""
+        portFile = os.path.join(self.base, f"web-{host}.port")
+        web = subprocess.Popen(
+            [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:0:interface={host}", "--port-file", portFile],
+            stdout=open(os.path.join(self.base, f"web-{host}.log"), "wb"), stderr=subprocess.STDOUT,
         )
+        self._webs.append(web)
         deadline = time.monotonic() + 30
         while not os.path.exists(portFile) or not open(portFile).read():
-            if time.monotonic() > deadline or self.web.poll() is not None:
+            if time.monotonic() > deadline or web.poll() is not None:
                 raise MeshVPNError("the local web server did not start")
             time.sleep(0.05)
-        self.webPort = int(open(portFile).read())
-        self.webAddress = ("127.3.0.1", self.webPort)
-        return self.webAddress
+        port = int(open(portFile).read())
+        if host == WEB_HOST:
+            self.web, self.webPort = web, port
+            self.webAddress = (host, port)
+        return host, port
 
     def check(self, nbytes=CHECK_BYTES):
         if self.hostile is not None:
@@ -245,9 +256,9 @@ class Testnet:
 
     def stop(self):
         codes = {n.name: n.stop() for n in self.nodes}
-        if self.web is not None:
-            self.web.kill()
-            self.web.wait()
+        for web in self._webs:
+            web.kill()
+            web.wait()
         shutil.rmtree(self.base, ignore_errors=True)
         self.out("testnet: stopped " + ", ".join(f"{k} (exit {v})" for k, v in codes.items()))
         return codes

@@ -76,6 +76,21 @@ class CircuitManagerTests(unittest.TestCase):
         self.assertIsInstance(self.successResultOf(d), FakeCircuit)
         self.assertEqual(len(self.manager._spare), 1)
 
+    def test_takenSpareReplacedAMomentLater(self):
+        """The replacement for a taken spare is not built in the same turn (it would compete with the new stream)."""
+        from meshvpn.circuits.manager import SPARE_REPLACE_DELAY
+
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.manager._spare), 2)
+        builds = len(self.builder.calls)
+        self.successResultOf(self.manager.getCircuit(("198.18.0.9", 80)))
+        self.clock.advance(0)
+        self.assertEqual(len(self.builder.calls), builds)
+        self.clock.advance(SPARE_REPLACE_DELAY)
+        self.assertEqual(len(self.builder.calls), builds + 1)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.manager._spare), 2)
+
     def test_isolationKeysGetDifferentCircuits(self):
         a = self.manager.getCircuit(isolation="alice")
         b = self.manager.getCircuit(isolation="bob")

@@ -28,6 +28,7 @@ class FakeCircuit:
     def __init__(self, peerHost="198.18.0.1"):
         self.prev = FakeChannel(peerHost)
         self.edgeState = None
+        self.flowFlags = 0  # no XON/XOFF negotiated
         self.sent = []
 
     def sendRelay(self, command, streamId, data):

@@ -172,7 +172,7 @@ class Truncated(ViewChecks, unittest.TestCase):
 
     def test_answerToOurTruncateFromTheWrongHop(self):
         """We ask the middle to truncate; the guard answers in its place (and keeps the TRUNCATE): closed."""
-        n = HostileNet(guard="cell:3=truncated:REQUESTED+drop")
+        n = HostileNet(guard="cell:4=truncated:REQUESTED+drop")
         circ, d = n.build()
         self.successResultOf(d)
         t = circ.truncate(2)
@@ -301,7 +301,7 @@ class Replays(ViewChecks, unittest.TestCase):
         self.assertNothingReadable(n.guard)
 
     def test_backwardReplay(self):
-        n = HostileNet(guard="cell:4=replay-back")  # after the CONNECTED went back, at the next forward cell
+        n = HostileNet(guard="cell:5=replay-back")  # after the CONNECTED went back, at the next forward cell
         circ, d = n.build()
         self.successResultOf(d)
         d, app = n.openStream(circ)

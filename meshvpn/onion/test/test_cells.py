@@ -70,7 +70,7 @@ class CellFormat(unittest.TestCase):
 
     def test_everyRelayCommandRoundTrips(self):
         for cmd in C.RelayCommand.ALL:
-            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 10, 5) else 1
+            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 130, 131, 10, 5) else 1
             payload = C.packRelay(cmd, stream, b"data")
             self.assertEqual(len(payload), C.PAYLOAD_LEN)
             hdr = C.unpackRelay(payload)
@@ -144,6 +144,27 @@ class Malformed(unittest.TestCase):
             except C.CellError:
                 return
             self.assertLessEqual(len(reader._buf), 65537 + C.RELAY_DATA_LEN)
+
+
+class FlowNegotiateBody(unittest.TestCase):
+    def test_roundTrip(self):
+        for flags in range(4):
+            self.assertEqual(C.FlowNegotiate.decode(C.FlowNegotiate(flags).encode()).flags, flags)
+
+    def test_malformedRefused(self):
+        for bad in (b"", b"\x01", b"\x01\x03\x00", b"\x02\x03", b"\x01\x04", b"\x01\xff"):
+            self.assertRaises(C.CellError, C.FlowNegotiate.decode, bad)
+
+    @given(st.binary(max_size=8))
+    def test_anyBytesParseOrCellError(self, data):
+        try:
+            C.FlowNegotiate.decode(data)
+        except C.CellError:
+            pass
+
+    def test_xonNeedsStream(self):
+        self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.XOFF, 0, b""))
+        self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.FLOW_NEGOTIATE, 3, b"\x01\x03"))
 
 
 class PaymentCommandTests(unittest.TestCase):

@@ -200,3 +200,94 @@ class Queue(unittest.TestCase):
         before = self.link.batchesSent
         self.channel.resumeProducing()
         self.assertEqual((self.link.batchesSent - before, self.channel.queued()), (1, 0))
+
+
+class OneWritePerTurn(unittest.TestCase):
+    """Switched cells leave once per reactor turn, however many batches the turn delivered."""
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+        guard = self.n.guard
+        [self.fromClient] = [ch for ch in guard.switch.channels() if ch.peerId == self.n.client.nodeId]
+        [self.toMiddle] = [ch for ch in guard.switch.channels() if ch.peerId == self.n.middle.nodeId]
+
+    def _forward(self, count):
+        # Cells for the middle (or beyond): the guard forwards them without recognizing them.
+        return [self.circ.prefix + bytes([3]) + self.circ.crypto.encrypt(
+            bytes(509), 2)[0] for _ in range(count)]
+
+    def test_twoBatchesOneWrite(self):
+        link = self.toMiddle.link
+        before = link.batchesSent
+        self.fromClient.receive(self._forward(10))
+        self.fromClient.receive(self._forward(10))
+        self.assertEqual(link.batchesSent, before, "small batches wait for the end of the turn")
+        self.n.net.endTurn()
+        self.assertEqual(link.batchesSent - before, 1)
+        self.assertEqual(self.toMiddle.queued(), 0)
+
+    def test_bigBatchWritesAtOnce(self):
+        from meshvpn.onion.flusher import WRITE_EARLY
+
+        link = self.toMiddle.link
+        before = link.batchesSent
+        self.fromClient.receive(self._forward(WRITE_EARLY))
+        self.assertEqual(link.batchesSent - before, 1)
+
+
+class Runs(unittest.TestCase):
+    """Consecutive RELAY cells of one circuit are handed over as a run; the outcome is the per-cell one."""
+
+    def test_runAtTheOriginStopsAtATamperedCell(self):
+        n = Net(self)
+        circ = n.built(self)
+        got = []
+        circ.setPacketReceiver(got.extend)
+        ex = n.relayCircuit(n.exit)
+        captured = []
+        guardToClient = n.channel(n.guard, n.client).link
+        guardToClient.tap = captured.append
+        for i in range(6):
+            ex.sendPackets([bytes([0x45, i]) * 20])
+        guardToClient.discard = True
+        n.net.pump()
+        guardToClient.discard = False
+        cells = [c for batch in captured for c in batch if c[4] == 3]
+        self.assertEqual(len(cells), 6)
+        cells[4] = cells[4][:200] + bytes([cells[4][200] ^ 0x80]) + cells[4][201:]
+        circ.channel.receive(cells)
+        self.assertEqual(got, [bytes([0x45, i]) * 20 for i in range(4)])
+        self.assertTrue(circ.closed)
+
+    def test_runsOfTwoCircuitsInOneBatch(self):
+        """A batch interleaving two circuits' runs: each circuit gets its own cells, in order."""
+        n = Net(self)
+        first = n.built(self)
+        second = n.built(self)
+        got = {1: [], 2: []}
+        first.setPacketReceiver(got[1].extend)
+        second.setPacketReceiver(got[2].extend)
+        for i in range(5):
+            first.sendPackets([b"\x45a" * 10 + bytes([i])])
+            second.sendPackets([b"\x45b" * 10 + bytes([i])])
+        n.net.pump()
+        self.assertEqual(sorted(n.edge.packets), sorted((b"\x45" + bytes([c])) * 10 + bytes([i]) for c in b"ab" for i in range(5)))
+        self.assertEqual(got[1], [(b"\x45a" * 10 + bytes([i]))[::-1] for i in range(5)])
+        self.assertEqual(got[2], [(b"\x45b" * 10 + bytes([i]))[::-1] for i in range(5)])
+
+    def test_middleTakesItsCellFromARun(self):
+        """A DROP for the middle among cells for the exit: the middle consumes it, the rest go on, in order."""
+        n = Net(self)
+        circ = n.built(self)
+        before = n.relayCircuit(n.middle).layer.fwdCount
+        for i in range(3):
+            circ.sendPackets([b"\x45" + bytes([i]) * 30])
+        circ.sendRelay(RelayCommand.DROP, 0, b"", hop=1)
+        for i in range(3, 6):
+            circ.sendPackets([b"\x45" + bytes([i]) * 30])
+        n.net.pump()
+        self.assertEqual(n.edge.packets, [b"\x45" + bytes([i]) * 30 for i in range(6)])
+        self.assertFalse(circ.closed)
+        self.assertEqual(n.relayCircuit(n.middle).layer.fwdCount, before + 1)

@@ -163,3 +163,48 @@ class RingOnDiskAndService(unittest.TestCase):
         CircuitSwitch(task.Clock(), b"\x02" * 32, connector=linkManagerConnector(Manager())).connectTo(ext)
         self.assertEqual(asked[0].nodeId, b"\x01" * 32)
         self.assertEqual(asked[0].linkAddresses[:2], (("tls", "198.18.0.1:9001"), ("obfs", "198.18.0.1:443")))
+
+
+class Runs(unittest.TestCase):
+    """The run forms (one AES call for many cells) give exactly what the per-cell forms give."""
+
+    def _backward(self, relays, who, body):
+        ct, _ = relays[who].originateBackward(packRelay(RelayCommand.DATA, 1, body))
+        for j in range(who - 1, -1, -1):
+            ct = relays[j].encryptBackward(ct)
+        return ct
+
+    def test_decryptRunMatchesDecrypt(self):
+        seeds = [os.urandom(32) for _ in range(3)]
+        perCell, run = OriginCrypto(), OriginCrypto()
+        for s in seeds:
+            perCell.addHop(s)
+            run.addHop(s)
+        relays = [RelayLayer(s) for s in seeds]
+        cells = [self._backward(relays, 1 if i in (3, 7) else (0 if i == 5 else 2), bytes([i]) * 50)
+                 for i in range(12)]
+        cells[9] = cells[9][:100] + bytes([cells[9][100] ^ 1]) + cells[9][101:]  # tampered
+        expected = [perCell.decrypt(c) for c in cells]
+        self.assertEqual(run.decryptRun(cells), expected)
+        self.assertEqual([e[0] if e else None for e in expected][:10], [2, 2, 2, 1, 2, 0, 2, 1, 2, None])
+
+    def test_originateBackwardRunMatches(self):
+        seed = os.urandom(32)
+        one, many = RelayLayer(seed), RelayLayer(seed)
+        plains = [packRelay(RelayCommand.DATA, 1, bytes([i]) * i) for i in range(20)]
+        singles = [one.originateBackward(p) for p in plains]
+        joined, tags = many.originateBackwardRun(plains)
+        self.assertEqual(joined, b"".join(c for c, _ in singles))
+        self.assertEqual(tags, [t for _, t in singles])
+        self.assertEqual(one.backCount, many.backCount)
+
+    def test_candidates(self):
+        from meshvpn.onion.relaycrypto import candidates
+
+        data = bytearray(os.urandom(509 * 50))
+        for k in range(50):
+            data[k * 509 + 8] = data[k * 509 + 9] = 1
+        for k in (0, 17, 49):
+            data[k * 509 + 8] = data[k * 509 + 9] = 0
+        data[20 * 509 + 8] = 0  # only one of the two bytes
+        self.assertEqual(candidates(bytes(data)), [0, 17, 49])

@@ -102,7 +102,8 @@ class BlindSignatureTests(unittest.TestCase):
         key = smallKey()
         other = rsa.generate_private_key(65537, 2048)
         blinded, inv = blindrsa.blind(key.public_key(), b"m")
-        with self.assertRaisesRegex(BlindSignatureError, "invalid signature"):
+        # Under the other modulus the value may not even be below n: either refusal is right.
+        with self.assertRaisesRegex(BlindSignatureError, "invalid signature|out of range"):
             blindrsa.finalize(key.public_key(), b"m", BlindSigner(other).blindSign(blinded), inv)
 
     def test_blindSignChecksSizeAndRange(self):
