@@ -25,6 +25,14 @@ class TargetsTests(unittest.TestCase):
                 self.assertTrue(issubclass(error, Exception), name)
             self.assertTrue(corpora.inputs(name), f"{name} has no checked-in seeds")
 
+    def test_everyRelayBodyIsFuzzed(self):
+        """Every relay command with a body codec in the protocol's tables is in the relay-body target."""
+        from meshvpn.fuzz.targets.relaybody import BODY_TYPES
+        from meshvpn.onion.cells import RELAY_BODY_TYPES
+        from meshvpn.onion.streammsgs import STREAM_BODY_TYPES
+
+        self.assertLessEqual(set(RELAY_BODY_TYPES) | set(STREAM_BODY_TYPES), set(BODY_TYPES))
+
     def test_unknownTarget(self):
         self.assertRaises(registry.UnknownTarget, registry.load, "no-such-parser")
 
