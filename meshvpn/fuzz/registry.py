@@ -25,6 +25,7 @@ TARGETS = {
     "exit-policy": "exitpolicy",
     "signal": "signal",
     "socks": "socks",
+    "socks-session": "sockssession",
     "ip-packet": "ippacket",
     "config": "config",
     "pay-tokens": "paytokens",
