@@ -19,6 +19,7 @@ TARGETS = {
     "stun": "stun",
     "turn-server": "turnserver",
     "dht-wire": "dhtwire",
+    "dht-node": "dhtnode",
     "dht-record": "dhtrecord",
     "descriptor": "descriptor",
     "policy-summary": "policysummary",
