@@ -39,7 +39,8 @@ class LoadNet:
         self.clientNodes = []
         self.bootUdp = None
 
-    def start(self, timeout=120.0):
+    def start(self, timeout=300.0):
+        # generous: on a starved shared machine (load average 60+) relays take minutes to publish
         started = time.monotonic()
         self.boot = self.net.node("bootstrap", "relay", "127.2.0.1", ["--flags", "bootstrap"])
         self.bootUdp = self.boot.waitReady()["udp"]
@@ -50,7 +51,7 @@ class LoadNet:
                                                   ["--bootstrap", self.bootUdp, "--circuits-spare", "0",
                                                    "--dht-sample-interval", str(self.sampleInterval)]))
         for node in self.net.nodes:
-            node.waitReady(timeout=60)
+            node.waitReady(timeout=120)
         self.web = self.net.startWeb()
         # Ready once every client knows every relay (it built nothing yet: no spares).
         want = self.guards + self.exits
