@@ -51,7 +51,8 @@ def hopSpec(relay, now):
     key = d.currentOnionKey(now)
     if key is None:
         raise ValueError(f"relay {d.nodeId.hex()[:16]} has no onion key valid now")
-    return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses))
+    return HopSpec(nodeId=d.nodeId, onionKey=key, transports=tuple(f"{t} {a}" for t, a in d.linkAddresses),
+                   handshakes=d.handshakes)
 
 
 def pathPossible(descriptors, packets=False, tries=3):

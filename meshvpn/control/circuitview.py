@@ -80,8 +80,10 @@ class CircuitTracker:
         if state is None:
             state = "retired" if status.get("retired") else "spare" if status.get("spare") else "in-use"
         hops = []
-        for nodeId in entry["path"]:
-            hop = {"id": nodeId.hex()}
+        postQuantum = status.get("post_quantum_hops") or entry.get("post_quantum_hops") or ()
+        entry["post_quantum_hops"] = postQuantum
+        for i, nodeId in enumerate(entry["path"]):
+            hop = {"id": nodeId.hex(), "post_quantum": bool(postQuantum[i]) if i < len(postQuantum) else False}
             hop.update(self.describeHop(nodeId))
             hops.append(hop)
         view = {
@@ -123,9 +125,12 @@ class CircuitTracker:
 
     def counts(self):
         """@return: C{{state: number}} of live circuits, plus C{building}."""
-        counts = {"spare": 0, "in-use": 0, "retired": 0}
+        counts = {"spare": 0, "in-use": 0, "retired": 0, "post-quantum": 0}
         for circuit, status in self.refresh():
             counts["retired" if status.get("retired") else "spare" if status.get("spare") else "in-use"] += 1
+            hops = status.get("post_quantum_hops")
+            if hops and all(hops):
+                counts["post-quantum"] += 1
         counts["building"] = self.manager.status().get("building", 0)
         return counts
 

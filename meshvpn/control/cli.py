@@ -89,7 +89,8 @@ def formatSummary(s):
     if "circuits" in s:
         c = s["circuits"]
         lines.append(f"  circuits   {c.get('in-use', 0)} in use, {c.get('spare', 0)} spare, "
-                     f"{c.get('retired', 0)} retired, {c.get('building', 0)} building")
+                     f"{c.get('retired', 0)} retired, {c.get('building', 0)} building; "
+                     f"{c.get('post-quantum', 0)} post-quantum on every hop")
     if "relay" in s:
         r = s["relay"]
         lines.append(f"  relaying   {r.get('circuit_ends', 0)} circuits; CREATE accepted {r.get('circuits_created', 0)},"
@@ -127,7 +128,8 @@ def formatCircuits(value):
         return "no circuits"
     lines = []
     for c in circuits:
-        hops = " -> ".join(h["id"][:8] + (f" ({h['address']})" if h.get("address") else "") for h in c["hops"])
+        hops = " -> ".join(h["id"][:8] + (" [pq]" if h.get("post_quantum") else " [classic]")
+                           + (f" ({h['address']})" if h.get("address") else "") for h in c["hops"])
         extra = f"  {c['reason']}" if c.get("reason") else ""
         lines.append(f"{c['id']:>4}  {c['state']:8} {_duration(c['age_s']):>7}  up {_bytes(c['bytes_sent']):>9}  "
                      f"down {_bytes(c['bytes_received']):>9}  {hops}{extra}")

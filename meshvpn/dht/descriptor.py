@@ -15,6 +15,13 @@ even the longest summary fits one DHT record with the rest of the
 descriptor (magic C{MVD2}; C{MVD1} carried the text, at most 256
 characters, and an exit with a longer summary, such as Tor's
 ReducedExitPolicy, could never publish).
+
+A relay that speaks more than the classic circuit handshake lists what it
+speaks in C{handshakes} (circuit handshake types and relay crypto schemes,
+L{meshvpn.onion.circhandshake}); such a descriptor has magic C{MVD3} and
+the list after the family.  A C{MVD2} descriptor has no list and means
+classic only (ntor, the original relay crypto), so a relay with nothing to
+add still publishes what older nodes parse.
 """
 
 import hashlib
@@ -28,6 +35,8 @@ from nacl.signing import VerifyKey
 from meshvpn.dht.policysummary import MAX_SUMMARY_LEN, SummaryError, decodeSummary, encodeSummary
 
 MAGIC = b"MVD2"
+MAGIC_HANDSHAKES = b"MVD3"  # MAGIC's layout plus the handshakes list
+MAX_HANDSHAKES = 8
 SIG_DOMAIN = b"meshvpn-descriptor-v1\x00"
 MAX_LIFETIME = 24 * 3600
 MAX_ONION_KEYS = 2
@@ -72,6 +81,7 @@ class RelayDescriptor:
     published: int
     expires: int
     signature: bytes = b""
+    handshakes: tuple = ()  # sorted names, e.g. ("cgo", "ntor", "ntor3", "ntor3-mlkem768"); () = classic only
 
     def address(self, transport):
         """@return: the first address for C{transport}, or C{None}."""
@@ -107,11 +117,12 @@ class RelayDescriptor:
             "family": [f.hex() for f in self.family],
             "published": self.published,
             "expires": self.expires,
+            "handshakes": list(self.handshakes),
         }
 
 
 def _encodeBody(d):
-    out = [MAGIC, d.nodeId, d.identityKey, _U8.pack(len(d.onionKeys))]
+    out = [MAGIC_HANDSHAKES if d.handshakes else MAGIC, d.nodeId, d.identityKey, _U8.pack(len(d.onionKeys))]
     for k in d.onionKeys:
         out += [k.key, _U64.pack(k.validAfter), _U64.pack(k.validUntil)]
     out.append(_U8.pack(len(d.addresses)))
@@ -124,6 +135,11 @@ def _encodeBody(d):
     policy = encodeSummary(d.exitPolicy)
     out += [_U16.pack(bits), _U16.pack(len(policy)), policy, _U64.pack(d.bandwidth), _U8.pack(len(d.family))]
     out += list(d.family)
+    if d.handshakes:
+        out.append(_U8.pack(len(d.handshakes)))
+        for name in d.handshakes:
+            n = name.encode("ascii")
+            out += [_U8.pack(len(n)), n]
     out += [_U64.pack(d.published), _U64.pack(d.expires)]
     return b"".join(out)
 
@@ -164,13 +180,18 @@ def _check(d):
         raise DescriptorError(f"family must be at most {MAX_FAMILY} node ids")
     if list(d.family) != sorted(set(d.family)) or d.nodeId in d.family:
         raise DescriptorError("family not sorted, repeated, or listing the relay itself")
+    if len(d.handshakes) > MAX_HANDSHAKES or list(d.handshakes) != sorted(set(d.handshakes)):
+        raise DescriptorError(f"handshakes must be at most {MAX_HANDSHAKES} names, sorted, none repeated")
+    for name in d.handshakes:
+        if not isinstance(name, str) or not _TRANSPORT.match(name.encode("ascii", "replace")):
+            raise DescriptorError(f"bad handshake name {str(name)[:20]!r}")
     if not 0 <= d.published < d.expires < 2**64 or d.expires - d.published > MAX_LIFETIME:
         raise DescriptorError(f"need published < expires <= published + {MAX_LIFETIME}s")
 
 
 def makeDescriptor(
     identity, addresses, flags, published, lifetime=3 * 3600, exitPolicy="reject 1-65535", bandwidth=0,
-    family=(), onionKeys=None,
+    family=(), onionKeys=None, handshakes=(),
 ):
     """
     Build and sign a descriptor for C{identity} (an L{INodeIdentity}).
@@ -178,6 +199,8 @@ def makeDescriptor(
     @param addresses: C{{transport: address}} or pairs.
     @param onionKeys: L{OnionKey}s; default: the identity's current onion
         key, valid from C{published} for twice the descriptor lifetime.
+    @param handshakes: names of what the relay speaks beyond the classic
+        handshake and relay crypto (empty: classic only, a C{MVD2} descriptor).
     @raise DescriptorError: a field breaks the rules.
     """
     published, lifetime = int(published), int(lifetime)
@@ -195,6 +218,7 @@ def makeDescriptor(
         family=tuple(sorted(set(family))),
         published=published,
         expires=published + lifetime,
+        handshakes=tuple(sorted(set(handshakes))),
     )
     _check(d)
     body = _encodeBody(d)
@@ -244,8 +268,9 @@ def parseDescriptor(data, now=None, verify=True):
     if len(data) > 4096:
         raise DescriptorError("descriptor longer than 4096 bytes")
     r = _Reader(data)
-    if r.take(4) != MAGIC:
-        raise DescriptorError("not a MeshVPN v2 descriptor")
+    magic = r.take(4)
+    if magic not in (MAGIC, MAGIC_HANDSHAKES):
+        raise DescriptorError("not a MeshVPN v2 or v3 descriptor")
     nodeId, identityKey = r.take(32), r.take(32)
     onionKeys = []
     n = r.u8()
@@ -276,6 +301,16 @@ def parseDescriptor(data, now=None, verify=True):
     if n > MAX_FAMILY:
         raise DescriptorError(f"more than {MAX_FAMILY} family members")
     family = tuple(r.take(32) for _ in range(n))
+    handshakes = []
+    if magic == MAGIC_HANDSHAKES:
+        n = r.u8()
+        if not 1 <= n <= MAX_HANDSHAKES:
+            raise DescriptorError(f"a v3 descriptor lists 1 to {MAX_HANDSHAKES} handshakes")
+        for _ in range(n):
+            name = r.take(r.u8())
+            if not _TRANSPORT.match(name):
+                raise DescriptorError("bad handshake name characters")
+            handshakes.append(name.decode("ascii"))
     published, expires = r.u64(), r.u64()
     signed = data[: r.off]
     signature = r.take(64)
@@ -283,7 +318,7 @@ def parseDescriptor(data, now=None, verify=True):
         raise DescriptorError(f"{len(data) - r.off} trailing bytes")
     d = RelayDescriptor(
         nodeId, identityKey, tuple(onionKeys), tuple(addresses), flags, policy, bandwidth, family,
-        published, expires, signature,
+        published, expires, signature, tuple(handshakes),
     )
     _check(d)
     if _encodeBody(d) != signed:

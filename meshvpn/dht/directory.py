@@ -122,15 +122,17 @@ class RelayDirectory:
     @param maxRounds: region samples per call of L{sample} at most.
     @param checkLive: cross-check each sampled relay with a signed ping at
         its descriptor's UDP address.
+    @param patience: stop after this many rounds in a row found no new host.
     """
 
     log = Logger()
 
-    def __init__(self, dht, identity, rng=random, maxRounds=8, checkLive=True):
+    def __init__(self, dht, identity, rng=random, maxRounds=8, checkLive=True, patience=2):
         self.dht = dht
         self.identity = identity
         self.rng = rng
         self.maxRounds = maxRounds
+        self.patience = patience
         self.checkLive = checkLive
         self._lastSeq = 0
         self.rejected = 0
@@ -188,7 +190,7 @@ class RelayDirectory:
             raise ValueError(f"unknown role {role!r}")
         found = {}  # host -> descriptors announced there
         rounds = idle = 0
-        while len(found) < count and rounds < self.maxRounds and idle < 2:
+        while len(found) < count and rounds < self.maxRounds and idle < self.patience:
             rounds += 1
             result = yield self.dht.sampleRegion(roleClass(role), self.rng.randbytes(32))
             new = 0

@@ -18,7 +18,13 @@ among everything verified wins.  Node lookups merge what all paths found.
 Contacts are only believed as far as they can be checked before asking:
 their proof of work (one hash), at most one node id per host per lookup (so
 a host minting identities counts once), at most two addresses per id (so a
-lie about where an honest node lives cannot hide its real address).  Every
+lie about where an honest node lives cannot hide its real address).  And no
+single answer may fill a path: it adds at most C{perAnswer} (4) new contacts,
+its closest.  A colluder's answer lists the colluders closest to the target,
+closer than anything an honest node knows so early; taken whole, twenty of
+them would fill the path's k closest and the path would end among them.
+Four at a time, honest answers keep their share of the shortlist and the
+path keeps reaching honest nodes (measured: doc/dht.md).  Every
 answer from a node not proven at its address must be signed (the RPC layer
 checks; an unsigned or wrong answer is a failed query), and records are
 verified before they count.
@@ -113,6 +119,7 @@ class IterativeLookup:
         self.k = node.config.k
         self.alpha = node.config.alpha
         self.workBits = node.config.powBits
+        self.perAnswer = node.config.perAnswer
         self.exemptLoopback = node.config.exemptLoopback
         self.paths = [_Path(i) for i in range(max(1, paths))]
         self.entries = {}  # (path index, nodeId, address) -> _Entry: each path has its own shortlist
@@ -289,10 +296,16 @@ class IterativeLookup:
         else:
             contacts = msg.payload
         seen = e.path.seen
-        for peer in contacts:
-            if peer not in seen:
-                seen.add(peer)
-                self._add(peer, hop, e.path)
+        fresh = [p for p in contacts if p not in seen]
+        seen.update(fresh)
+        if len(fresh) > self.perAnswer:
+            # one answer may not fill a path's shortlist: its closest few only
+            fresh.sort(key=lambda p: int.from_bytes(p.nodeId, "big") ^ self.targetInt)
+        taken = 0
+        for peer in fresh:
+            if taken >= self.perAnswer:
+                break
+            taken += self._add(peer, hop, e.path)
         self._step()
 
     def _takeRecords(self, raws):

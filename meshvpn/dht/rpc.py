@@ -65,7 +65,8 @@ class DHTConfig:
     k: int = K
     alpha: int = ALPHA  # parallel queries per lookup path
     paths: int = 2  # disjoint lookup paths (S/Kademlia's d) for values and sampling
-    storePaths: int = 1  # ... and for finding where to store (a record also spreads by replication)
+    storePaths: int = 2  # ... and for finding where to store
+    perAnswer: int = 4  # new contacts one answer may add to a lookup path (its closest): no liar fills a path
     sampleStorers: int = 8  # a region sample asks the nodes this close to its point (one honest one is enough)
     rpcTimeout: float = 2.0  # per attempt, for PING and STORE
     rpcAttempts: int = 2

@@ -256,13 +256,16 @@ class RelayPublisher(service.Service):
     retryDelay = 60.0
 
     def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
-                 streamTransport="tls", onionKeys=None):
+                 streamTransport="tls", onionKeys=None, handshakes=()):
         """
         @param exitPolicy: the exit policy summary (C{policy.summary()}).
         @param onionKeys: optional C{callable(now) -> [OnionKey]}, e.g.
             L{onionKeysFromRing}; default: the identity's onion key.
+        @param handshakes: what the relay speaks beyond the classic circuit
+            handshake (the descriptor's C{handshakes}); empty: classic only.
         """
         self.dhtService = dhtService
+        self.handshakes = tuple(handshakes)
         self.streamTransport = streamTransport
         self.onionKeys = onionKeys
         self.flags = flags
@@ -305,6 +308,7 @@ class RelayPublisher(service.Service):
             exitPolicy=self.exitPolicy,
             bandwidth=self.bandwidth,
             family=self.family,
+            handshakes=self.handshakes,
         )
 
     def _publish(self):

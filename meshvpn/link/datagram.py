@@ -13,6 +13,14 @@ A link reaches its peer through a I{path}: anything with
 C{sendDatagram(data, addr)} -- the node's multiplexer for direct links, a
 TURN allocation for relayed ones.  The link follows its peer to whatever
 address the latest authenticated datagram came from (NAT rebinding).
+
+Handshakes are hybrid (X25519 + ML-KEM-768, INIT_PQ/RESP_PQ) whenever this
+node has ML-KEM (L{meshvpn.hybridkem.available}).  A peer that never
+answers INIT_PQ (a node without ML-KEM ignores it) gets a classic INIT
+after C{pqFallbackAfter} tries, with a warning; a peer that has completed
+a hybrid handshake with us before never does (remembered for the life of
+the endpoint), so an attacker who drops INIT_PQ cannot push it back to
+classic.  Every link says in its status whether it is post-quantum.
 """
 
 import hashlib
@@ -26,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshvpn import hybridkem
 from meshvpn.errors import LinkError
 from meshvpn.hostport import formatHostPort
 from meshvpn.identity import nodeIdFromPublicKey
@@ -65,6 +74,9 @@ class DatagramLinkSettings:
     maxInitSources = 4096  # source IPs with an INIT bucket (least recent forgotten)
     initRateGlobal = 500.0  # INITs per second in total (burst = 2x)
     cookieLifetime = 120.0  # cookie secret rotation (a cookie stays valid up to twice this)
+    postQuantum = True  # hybrid handshakes when ML-KEM is available here
+    pqFallbackAfter = 4  # unanswered INIT_PQs before a classic INIT (peers never seen hybrid)
+    maxPqPeers = 4096  # peers remembered as hybrid-capable
     maxPacket = 65400
 
     def __init__(self, **overrides):
@@ -78,14 +90,14 @@ class _PendingHandshake:
     """An unfinished handshake, either role."""
 
     __slots__ = ("keys", "initiator", "localIndex", "addr", "path", "message", "expectedNodeId", "deferred",
-                 "timer", "started", "link", "peerIndex", "initBytes", "cookies")
+                 "timer", "started", "link", "peerIndex", "initBytes", "cookies", "sent")
 
     def __init__(self, keys, initiator, localIndex, addr, path, started):
         self.keys, self.initiator, self.localIndex = keys, initiator, localIndex
         self.addr, self.path, self.started = addr, path, started
         self.message = self.expectedNodeId = self.deferred = self.timer = self.link = None
         self.peerIndex = self.initBytes = None
-        self.cookies = 0
+        self.cookies = self.sent = 0
 
 
 @implementer(IDatagramLink)
@@ -109,6 +121,7 @@ class DatagramLink:
         self.rekeying = None
         self._timer = None
         self.stats = Counter()
+        self.postQuantum = False  # whether the current session's keys came from the hybrid handshake
 
     # public API
     def sendPacket(self, data):
@@ -158,6 +171,7 @@ class DatagramLink:
             "peer": self.peerId.hex(),
             "address": formatHostPort(*self.peerAddress),
             "relayed": self.path is not self._endpoint.defaultPath,
+            "post_quantum": self.postQuantum,
             "tx": self.stats["tx"],
             "rx": self.stats["rx"],
         }
@@ -201,6 +215,7 @@ class DatagramLinkEndpoint:
         self._cookieRotated = reactor.seconds()
         self._connecting = {}  # peer node id -> Deferred list
         self._randomIndex = randomIndex or (lambda: struct.unpack("!I", os.urandom(4))[0])
+        self._pqPeers = OrderedDict()  # node ids that completed a hybrid handshake with us
 
     # -- setup
     def register(self, mux):
@@ -249,12 +264,15 @@ class DatagramLinkEndpoint:
             if idx not in self._sessions and idx not in self._pending:
                 return idx
 
+    def _postQuantum(self):
+        return self.settings.postQuantum and hybridkem.available()
+
     def _startHandshake(self, peerNodeId, addr, path, link):
-        keys = HandshakeKeys(self.identity)
+        keys = HandshakeKeys(self.identity, postQuantum=self._postQuantum())
         p = _PendingHandshake(keys, True, self._newIndex(), addr, path, self.reactor.seconds())
         p.expectedNodeId = peerNodeId
         p.link = link
-        p.message = wire.encodeInit(p.localIndex, keys.ephemeral.public)
+        p.message = wire.encodeInit(p.localIndex, keys.ephemeral.public, ek=keys.ek)
         keys.initMessage(p.message)
         self._addPending(p)
         self._transmit(p)
@@ -270,6 +288,15 @@ class DatagramLinkEndpoint:
             else:
                 self._failConnect(p.expectedNodeId, LinkError("no answer to the link handshake"))
             return
+        if p.keys.postQuantum and p.sent >= self.settings.pqFallbackAfter and p.expectedNodeId not in self._pqPeers:
+            self.log.warn("datagram link to {peer}: no answer to the post-quantum handshake after {n} tries; trying the "
+                     "classic one (that link will not be protected against later quantum decryption)",
+                     peer=p.expectedNodeId.hex()[:16], n=p.sent)
+            self.counters["pq_fallback"] += 1
+            p.keys = HandshakeKeys(self.identity)
+            p.message = wire.encodeInit(p.localIndex, p.keys.ephemeral.public)
+            p.keys.initMessage(p.message)
+        p.sent += 1
         p.path.sendDatagram(p.message, p.addr)
         p.timer = self.reactor.callLater(self.settings.handshakeRetry, self._transmit, p)
 
@@ -380,13 +407,18 @@ class DatagramLinkEndpoint:
             return
         p.cookies += 1
         self.counters["cookie_received"] += 1
-        p.message = wire.encodeInit(p.localIndex, p.keys.ephemeral.public, cookie)
+        p.message = wire.encodeInit(p.localIndex, p.keys.ephemeral.public, cookie, ek=p.keys.ek)
         p.keys = _restart(p)  # the transcript starts with the INIT actually sent
         self._cancelPendingTimer(p)
         self._transmit(p)
 
     def _receiveInit(self, data, msg, addr, path):
-        _, peerIndex, peerEphemeral, cookie = msg
+        _, peerIndex, peerEphemeral, cookie, ek = msg
+        if ek is not None and not self._postQuantum():
+            # Not answered, rather than answered classic (which the initiator
+            # refuses as a downgrade): it falls back to a classic INIT.
+            self.counters["pq_unsupported"] += 1
+            return
         # A retransmitted INIT (our RESP was lost) gets the same RESP again.
         known = self._pending.get(self._respIndex.get((addr, peerIndex)))
         if known is not None and not known.initiator and known.initBytes == data:
@@ -407,7 +439,9 @@ class DatagramLinkEndpoint:
         p = _PendingHandshake(keys, False, self._newIndex(), addr, path, self.reactor.seconds())
         p.peerIndex, p.initBytes = peerIndex, data
         try:
-            p.message = keys.respMessage(data, peerEphemeral, wire.encodeRespHeader(p.localIndex, peerIndex, keys.ephemeral.public))
+            ct = keys.encapsulate(ek) if ek is not None else None
+            p.message = keys.respMessage(data, peerEphemeral,
+                                         wire.encodeRespHeader(p.localIndex, peerIndex, keys.ephemeral.public, ct))
         except DatagramHandshakeError:
             self.counters["handshake_failed"] += 1
             return
@@ -419,13 +453,13 @@ class DatagramLinkEndpoint:
         path.sendDatagram(p.message, addr)
 
     def _receiveResp(self, msg, addr, path):
-        _, peerIndex, index, peerEphemeral, header, sealed = msg
+        _, peerIndex, index, peerEphemeral, header, sealed, ct = msg
         p = self._pending.get(index)
         if p is None or not p.initiator or p.peerIndex is not None:
             self.counters["unknown_index"] += 1
             return
         try:
-            peerKey = p.keys.readResp(header, sealed, peerEphemeral, p.expectedNodeId)
+            peerKey = p.keys.readResp(header, sealed, peerEphemeral, p.expectedNodeId, ct)
         except DatagramHandshakeError:
             # Not the peer we asked for (or forged): keep waiting for the real one.
             self.counters["handshake_failed"] += 1
@@ -434,9 +468,13 @@ class DatagramLinkEndpoint:
         self._cancelPendingTimer(p)
         p.peerIndex = peerIndex
         finish = p.keys.finishMessage(wire.encodeFinishHeader(peerIndex))
+        postQuantum = p.keys.postQuantum
         sendKey, recvKey = p.keys.transportKeys()
         self._dropPending(index)
         session = Session(index, peerIndex, sendKey, recvKey, self.reactor.seconds(), True, self.settings.windowSize)
+        session.postQuantum = postQuantum
+        if postQuantum:
+            self._rememberPq(nodeIdFromPublicKey(peerKey))
         link = p.link
         if link is None or link.closed:
             link = self._links.get(p.expectedNodeId)
@@ -488,8 +526,10 @@ class DatagramLinkEndpoint:
             self.counters["handshake_failed"] += 1
             return
         self._dropPending(index)
+        postQuantum = p.keys.postQuantum
         i2r, r2i = p.keys.transportKeys()
         session = Session(index, p.peerIndex, r2i, i2r, self.reactor.seconds(), False, self.settings.windowSize)
+        session.postQuantum = postQuantum
         peerId = nodeIdFromPublicKey(peerKey)
         link = self._links.get(peerId)
         isNew = link is None or link.closed
@@ -531,7 +571,14 @@ class DatagramLinkEndpoint:
         if old is not None:
             self._sessions.pop(old.localIndex, None)
         link.previous, link.current = link.current, session
+        link.postQuantum = session.postQuantum
         link.rekeying = None
+
+    def _rememberPq(self, peerId):
+        self._pqPeers[peerId] = True
+        self._pqPeers.move_to_end(peerId)
+        while len(self._pqPeers) > self.settings.maxPqPeers:
+            self._pqPeers.popitem(last=False)
 
     def _maybeRekey(self, link, session):
         s = self.settings

@@ -16,6 +16,18 @@ completes DH learns the initiator's, as in SIGMA-I).  Transport keys come
 from HKDF over the DH secret salted with the whole transcript; each
 direction has its own key and a 64-bit counter used as the nonce, never
 reused: a session is replaced (rekeyed) long before it could wrap.
+
+The hybrid variant (INIT_PQ / RESP_PQ, doc/protocol.md "Hybrid datagram
+link handshake") adds an ephemeral ML-KEM-768 exchange: INIT_PQ carries
+the initiator's fresh encapsulation key C{ek}, RESP_PQ the responder's
+ciphertext C{ct} in its header, so both are in the transcript C{h} (and
+the responder's signature covers C{ek}; the AEAD binds C{ct}).  The DH
+secret is replaced by the one combiner of L{meshvpn.hybridkem.combine}:
+
+    secret = combine("meshvpn-dlink-x25519-mlkem768-v1", DH(e_i, e_r), ss, ek, ct)
+
+and everything else (HKDF salted with C{h}, the same labels) is unchanged.
+An initiator that sent INIT_PQ accepts only RESP_PQ.
 """
 
 import hashlib
@@ -27,10 +39,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from meshvpn import hybridkem
 from meshvpn.identity import nodeIdFromPublicKey, verifySignature
 from meshvpn.link.datagram_wire import KEY_LEN
 
 PROTOCOL = b"meshvpn datagram link v1"
+COMBINE_LABEL = b"meshvpn-dlink-x25519-mlkem768-v1"
 _RESP_LABEL = b"meshvpn dlink responder signs"
 _INIT_LABEL = b"meshvpn dlink initiator signs"
 _ZERO_NONCE = bytes(12)
@@ -93,19 +107,42 @@ class HandshakeKeys:
     peer identity key.
     """
 
-    def __init__(self, identity):
+    def __init__(self, identity, postQuantum=False):
+        """
+        @param postQuantum: as the initiator, make an ephemeral ML-KEM-768
+            key (C{ek}, sent in INIT_PQ) and accept only a RESP_PQ.
+        """
         self.identity = identity
         self.ephemeral = Ephemeral()
         self._h = None
         self._shared = None
         self._kR = self._kI = None
+        self._kem = hybridkem.DecapsulationKey() if postQuantum else None
+        self.ek = self._kem.ek if postQuantum else None
+        self._ss = self._ct = None
+
+    @property
+    def postQuantum(self):
+        """Whether this handshake has (or, as the initiator, asks for) the ML-KEM part."""
+        return self.ek is not None
+
+    def _combine(self, dh):
+        if self.ek is None:
+            return dh
+        return hybridkem.combine(COMBINE_LABEL, dh, self._ss, self.ek, self._ct)
 
     # initiator
     def initMessage(self, initBytes):
         self._h = _hash(PROTOCOL, initBytes)
 
-    def readResp(self, respHeader, sealed, peerEphemeral, expectedNodeId):
-        self._shared = self.ephemeral.exchange(peerEphemeral)
+    def readResp(self, respHeader, sealed, peerEphemeral, expectedNodeId, ct=None):
+        if (ct is None) != (self._kem is None):
+            raise DatagramHandshakeError("RESP does not match the INIT sent: a classic answer to the post-quantum "
+                                         "handshake is a downgrade, refused" if ct is None else
+                                         "RESP_PQ to a classic INIT")
+        if ct is not None:
+            self._ss, self._ct = self._kem.decapsulate(ct), ct
+        self._shared = self._combine(self.ephemeral.exchange(peerEphemeral))
         self._h = _hash(self._h, respHeader)
         keys = _hkdf(self._shared, self._h, b"handshake")
         self._kR, self._kI = keys[:32], keys[32:]
@@ -121,8 +158,22 @@ class HandshakeKeys:
         return finishHeader + sealed
 
     # responder
+    def encapsulate(self, peerEk):
+        """
+        The responder's ML-KEM part, before it builds RESP_PQ's header.
+
+        @return: the ciphertext for that header.
+        @raise DatagramHandshakeError: C{peerEk} is not a valid encapsulation key.
+        """
+        try:
+            self._ss, self._ct = hybridkem.encapsulate(peerEk)
+        except hybridkem.KEMError as e:
+            raise DatagramHandshakeError(str(e)) from None
+        self.ek = bytes(peerEk)
+        return self._ct
+
     def respMessage(self, initBytes, peerEphemeral, respHeader):
-        self._shared = self.ephemeral.exchange(peerEphemeral)
+        self._shared = self._combine(self.ephemeral.exchange(peerEphemeral))
         self._h = _hash(_hash(PROTOCOL, initBytes), respHeader)
         keys = _hkdf(self._shared, self._h, b"handshake")
         self._kR, self._kI = keys[:32], keys[32:]
@@ -138,7 +189,7 @@ class HandshakeKeys:
     def transportKeys(self):
         """@return: C{(initiatorToResponder, responderToInitiator)} keys; forgets the DH secret."""
         keys = _hkdf(self._shared, self._h, b"transport")
-        self._shared = None
+        self._shared = self._kem = self._ss = None  # forward secrecy: nothing of the exchange outlives it
         return keys[:32], keys[32:]
 
 
@@ -191,6 +242,7 @@ class Session:
         self.window = ReplayWindow(windowSize)
         self.confirmed = not initiator  # the responder knows the initiator has the keys
         self.received = 0
+        self.postQuantum = False  # set by the endpoint: keys from the hybrid handshake
 
     def seal(self, header, plaintext):
         counter = self.sendCounter

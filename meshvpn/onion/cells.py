@@ -48,9 +48,13 @@ class Command:
     RELAY_EARLY = 9
     CREATE2 = 10
     CREATED2 = 11
+    # The rest of a CREATE2 or CREATED2 body longer than one cell (meshvpn.onion.fragments).
+    CREATE2_MORE = 16
+    CREATED2_MORE = 17
 
-    ALL = frozenset((PADDING, RELAY, DESTROY, RELAY_EARLY, CREATE2, CREATED2))
-    NAMES = {0: "PADDING", 3: "RELAY", 4: "DESTROY", 9: "RELAY_EARLY", 10: "CREATE2", 11: "CREATED2"}
+    ALL = frozenset((PADDING, RELAY, DESTROY, RELAY_EARLY, CREATE2, CREATED2, CREATE2_MORE, CREATED2_MORE))
+    NAMES = {0: "PADDING", 3: "RELAY", 4: "DESTROY", 9: "RELAY_EARLY", 10: "CREATE2", 11: "CREATED2",
+             16: "CREATE2_MORE", 17: "CREATED2_MORE"}
 
 
 class RelayCommand:
@@ -75,12 +79,13 @@ class RelayCommand:
     PAYMENT = 129  # body: meshvpn.payments.paymsg; client <-> exit only, stream id 0
     FLOW_NEGOTIATE = 130
     FLOW_NEGOTIATED = 131
+    FRAGMENT = 132  # the first pieces of a long EXTEND2/EXTENDED2 (meshvpn.onion.fragments); stream id 0
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
         15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
-        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED",
+        130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "FRAGMENT",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
@@ -116,8 +121,16 @@ class DestroyReason:
 
 
 HTYPE_NTOR = 0x0002
+HTYPE_NTOR3 = 0x0003
+HTYPE_NTOR3_MLKEM768 = 0x0103
 NTOR_ONIONSKIN_LEN = 96   # ID(32) | B(32) | X(32)
 NTOR_REPLY_LEN = 64       # Y(32) | AUTH(32)
+NTOR3_MIN_ONIONSKIN = 128  # ID | B | X | MAC, then the client's message
+MAX_HANDSHAKE_BODY = 2048  # a CREATE2/CREATED2 body over several cells (meshvpn.onion.fragments)
+# Per handshake type: (shortest, longest) CREATE2 body.
+_ONIONSKIN_LENS = {HTYPE_NTOR: (NTOR_ONIONSKIN_LEN, NTOR_ONIONSKIN_LEN),
+                   HTYPE_NTOR3: (NTOR3_MIN_ONIONSKIN, MAX_HANDSHAKE_BODY),
+                   HTYPE_NTOR3_MLKEM768: (NTOR3_MIN_ONIONSKIN, MAX_HANDSHAKE_BODY)}
 
 
 # --------------------------------------------------------------------------
@@ -178,10 +191,11 @@ class Create2:
         if len(payload) < 4:
             raise CellError("CREATE2 shorter than its header")
         htype, hlen = struct.unpack_from(">HH", payload)
-        if htype != HTYPE_NTOR:
+        lens = _ONIONSKIN_LENS.get(htype)
+        if lens is None:
             raise CellError(f"CREATE2 handshake type {htype:#06x} not supported")
-        if hlen != NTOR_ONIONSKIN_LEN or 4 + hlen > len(payload):
-            raise CellError(f"CREATE2 ntor handshake length {hlen}, expected {NTOR_ONIONSKIN_LEN}")
+        if not lens[0] <= hlen <= lens[1] or 4 + hlen > len(payload):
+            raise CellError(f"CREATE2 handshake type {htype:#06x} of length {hlen}, expected {lens[0]}..{lens[1]}")
         return cls(htype, bytes(payload[4:4 + hlen]))
 
 
@@ -197,8 +211,8 @@ class Created2:
         if len(payload) < 2:
             raise CellError("CREATED2 shorter than its header")
         (hlen,) = struct.unpack_from(">H", payload)
-        if hlen != NTOR_REPLY_LEN or 2 + hlen > len(payload):
-            raise CellError(f"CREATED2 handshake length {hlen}, expected {NTOR_REPLY_LEN}")
+        if not NTOR_REPLY_LEN <= hlen <= MAX_HANDSHAKE_BODY or 2 + hlen > len(payload):
+            raise CellError(f"CREATED2 handshake length {hlen}, expected {NTOR_REPLY_LEN}..{MAX_HANDSHAKE_BODY}")
         return cls(bytes(payload[2:2 + hlen]))
 
 
@@ -244,7 +258,8 @@ def packRelay(command, streamId, data):
 _NEEDS_STREAM = frozenset((RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.END, RelayCommand.CONNECTED,
                            RelayCommand.RESOLVE, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF))
 _CIRCUIT_ONLY = frozenset((RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE, RelayCommand.TRUNCATED,
-                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED))
+                           RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED,
+                           RelayCommand.FRAGMENT))
 
 
 def unpackRelay(payload):
@@ -302,8 +317,8 @@ class Extend2:
             out.append(bytes([kind, len(value)]) + value)
         out.append(self.create.encode())
         body = b"".join(out)
-        if len(body) > RELAY_DATA_LEN:
-            raise CellError(f"EXTEND2 of {len(body)} bytes does not fit one cell")
+        if len(body) > MAX_HANDSHAKE_BODY:
+            raise CellError(f"EXTEND2 of {len(body)} bytes exceeds {MAX_HANDSHAKE_BODY}")
         return body
 
     @classmethod

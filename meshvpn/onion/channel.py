@@ -13,6 +13,11 @@ fed it is paused in turn (Twisted push producers) and resumed below the
 low-water mark.  A send that would overfill the queue (its peer ignored the
 pause) is refused, and the circuit that made it is destroyed with
 RESOURCELIMIT by its owner, so memory stays bounded whatever peers do.
+
+CREATE2 and CREATED2 bodies longer than one cell (the hybrid handshake)
+arrive as a first cell and CREATE2_MORE / CREATED2_MORE continuations; the
+channel puts them together (L{meshvpn.onion.fragments.PendingBodies},
+bounded per link, per node and in time) and hands on whole bodies only.
 """
 
 import secrets
@@ -27,6 +32,7 @@ from meshvpn.onion import ntor
 from meshvpn.onion.cells import INITIATOR_BIT, CellError, Command, DestroyReason
 from meshvpn.onion.destroy import destroyCell
 from meshvpn.onion.flow import FlowError
+from meshvpn.onion.fragments import PendingBodies
 
 log = Logger()
 
@@ -48,7 +54,7 @@ class Channel:
 
     __slots__ = ("link", "peerId", "circuits", "closed", "peerCircuits", "createBucket", "_switch", "_flusher",
                  "_counters", "_myBit", "_queue", "_scheduled", "_paused", "_high", "_low", "_limit",
-                 "_heldSources", "_pausers", "__weakref__")
+                 "_heldSources", "_pausers", "_bodies", "__weakref__")
 
     def __init__(self, switch, link):
         self.link = link
@@ -62,6 +68,8 @@ class Channel:
         self._switch = switch
         self._flusher = switch.flusher
         self._counters = switch.counters
+        self._bodies = PendingBodies(switch.clock, switch.halfOpen, self._bodyExpired,
+                                     limits.halfOpenPerLink, limits.halfOpenMaxAge)
         # Each end allocates ids with its own value of the top bit, so the two
         # ends never pick the same id: the end that dialled the link sets it
         # (Tor's rule).  A link that cannot say falls back to comparing ids.
@@ -95,6 +103,8 @@ class Channel:
     def removeCircuit(self, circId, end):
         if self.circuits.get(circId) is end:
             del self.circuits[circId]
+            if self._bodies:
+                self._bodies.forget(circId)
             if not self.circuits and not self.closed:
                 self.link.release()
             return True
@@ -243,7 +253,7 @@ class Channel:
                 else:
                     self._control(cmd, int.from_bytes(cell[:4], "big"), cell)
             except (CellError, FlowError, ntor.HandshakeError) as e:
-                self._protocolError(cell, str(e))
+                self._protocolError(cell, str(e), getattr(e, "reason", DestroyReason.PROTOCOL))
             except Exception:
                 log.failure("onion channel: internal error handling a cell")
                 self._protocolError(cell, "internal error", DestroyReason.INTERNAL)
@@ -257,20 +267,34 @@ class Channel:
                 raise CellError("CREATE2 with a circuit id from our half of the id space")
             if circId in self.circuits:
                 raise CellError("CREATE2 for a circuit id already in use")
-            self._switch.createReceived(self, circId, cell[5:])
+            body = self._bodies.first(circId, cmd, cell[5:])
+            if body is not None:
+                self._switch.createReceived(self, circId, body)
+        elif cmd == Command.CREATE2_MORE:
+            body = self._bodies.more(circId, Command.CREATE2, cell[5:])
+            if body is not None:
+                if circId in self.circuits:
+                    raise CellError("CREATE2 for a circuit id already in use")
+                self._switch.createReceived(self, circId, body)
         elif cmd == Command.PADDING:
             pass
         elif circId == 0:
             raise CellError(f"command {cmd} on circuit id 0")
         elif cmd == Command.DESTROY:
+            self._bodies.forget(circId)
             end = self.circuits.get(circId)
             if end is not None:
                 end.onDestroy(cell[5])
-        elif cmd == Command.CREATED2:
+        elif cmd == Command.CREATED2 or cmd == Command.CREATED2_MORE:
             end = self.circuits.get(circId)
             if end is None:
-                raise CellError("CREATED2 for a circuit we did not create")
-            end.onCreated2(cell[5:])
+                raise CellError(f"{Command.NAMES[cmd]} for a circuit we did not create")
+            if cmd == Command.CREATED2:
+                body = self._bodies.first(circId, cmd, cell[5:])
+            else:
+                body = self._bodies.more(circId, Command.CREATED2, cell[5:])
+            if body is not None:
+                end.onCreated2(body)
         else:
             raise CellError(f"unknown cell command {cmd}")
 
@@ -288,10 +312,20 @@ class Channel:
         elif cell[4] != Command.DESTROY:
             self.sendDestroy(circId, reason)
 
+    def _bodyExpired(self, circId, command):
+        """A CREATE2 or CREATED2 body was not finished in time: the circuit it was for goes."""
+        self._counters["handshakes_expired"] += 1
+        end = self.circuits.get(circId)
+        if end is not None:
+            end.protocolError(DestroyReason.TIMEOUT, f"{Command.NAMES[command]} not finished in time")
+        elif not self.closed:
+            self.sendDestroy(circId, DestroyReason.TIMEOUT)
+
     def linkClosed(self, reason):
         if self.closed:
             return
         self.closed = True
+        self._bodies.clear()
         self._switch.channelClosed(self)
         for end in list(self.circuits.values()):
             end.linkClosed(self)

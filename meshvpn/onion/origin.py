@@ -15,10 +15,12 @@ from zope.interface import implementer
 from meshvpn.errors import LinkError, MeshVPNError
 from meshvpn.interfaces import ICircuit, ICircuitEnd
 from meshvpn.observer import OneShotObserver
-from meshvpn.onion import ntor
+from meshvpn.onion import circhandshake
+from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
+from meshvpn.onion.ntor import HandshakeError
 from meshvpn.onion.cells import (
-    HTYPE_NTOR, MAX_RELAY_EARLY, CellError, Command, Create2, Created2, DestroyReason, Extend2,
-    Extended2, RelayCommand, Truncated, encodeCell, packRelay,
+    MAX_RELAY_EARLY, CellError, Command, Create2, Created2, DestroyReason, Extend2,
+    Extended2, RelayCommand, Truncated, packRelay,
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
@@ -48,6 +50,8 @@ class HopSpec:
     onionKey: bytes
     addresses: tuple = ()
     transports: tuple = ()
+    # What its descriptor lists (meshvpn.dht.descriptor); () means classic only.
+    handshakes: tuple = ()
 
 
 @implementer(ICircuit, ICircuitEnd)
@@ -66,7 +70,8 @@ class OriginCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "from a hop other than the last"
     WHO = "a client"
-    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FLOW_NEGOTIATED, *_STREAM_COMMANDS))
+    EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FRAGMENT, RelayCommand.FLOW_NEGOTIATED,
+                           *_STREAM_COMMANDS))
 
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT, flow=FLOW_ALL):
         if not path:
@@ -90,6 +95,8 @@ class OriginCircuit(RelayDispatcher):
         self._asked = None  # the hop index whose EXTENDED2 or TRUNCATED is awaited
         self._offender = None  # the hop whose protocol violation is destroying the circuit
         self._closed = OneShotObserver()
+        self._assembler = MessageAssembler()  # a long EXTENDED2 arriving in pieces
+        self.hopKinds = []  # per hop added: the handshake used (circhandshake.NTOR, NTOR3, HYBRID)
 
     @property
     def closed(self):
@@ -118,11 +125,12 @@ class OriginCircuit(RelayDispatcher):
         timer = self.clock.callLater(self.buildTimeout, self._destroy, DestroyReason.TIMEOUT, "build timed out", True)
         try:
             first = self.path[0]
-            state, onionskin = ntor.clientCreate(first.nodeId, first.onionKey)
+            handshake = self._handshakeWith(first)
             self.channel.addCircuit(self.circId, self)
             d = self._awaitReply()
-            self._send(encodeCell(self.circId, Command.CREATE2, Create2(HTYPE_NTOR, onionskin).encode()))
-            self.crypto.addHop(self._finish(state, await self._hopFailure(d, 0), 0))
+            for cell in create2Cells(self.circId, handshake.htype, handshake.hdata):
+                self._send(cell)
+            self._addHop(self._finish(handshake, await self._hopFailure(d, 0), 0))
             for hop in self.path[1:]:
                 await self._extendTo(hop)
             self._request(OriginEvent.BUILT)
@@ -134,13 +142,36 @@ class OriginCircuit(RelayDispatcher):
         return self
 
     async def _extendTo(self, hop):
-        state, onionskin = ntor.clientCreate(hop.nodeId, hop.onionKey)
-        ext = Extend2(hop.nodeId, tuple(hop.addresses), tuple(hop.transports), Create2(HTYPE_NTOR, onionskin))
+        handshake = self._handshakeWith(hop)
+        ext = Extend2(hop.nodeId, tuple(hop.addresses), tuple(hop.transports),
+                      Create2(handshake.htype, handshake.hdata))
         d = self._awaitReply()
         self._asked = len(self.crypto.hops) - 1
-        self.sendRelay(RelayCommand.EXTEND2, 0, ext.encode(), hop=self._asked, early=True)
+        # A long EXTEND2 (the hybrid handshake) goes as FRAGMENTs, then the
+        # EXTEND2 with its last piece: only that one spends RELAY_EARLY.
+        pieces = splitMessage(ext.encode())
+        for piece in pieces[:-1]:
+            self.sendRelay(RelayCommand.FRAGMENT, 0, piece, hop=self._asked)
+        self.sendRelay(RelayCommand.EXTEND2, 0, pieces[-1], hop=self._asked, early=True)
         index = len(self.crypto.hops)
-        self.crypto.addHop(self._finish(state, await self._hopFailure(d, index), index))
+        self._addHop(self._finish(handshake, await self._hopFailure(d, index), index))
+
+    @staticmethod
+    def _handshakeWith(hop):
+        """
+        The handshake for C{hop}: the hybrid one when its descriptor lists it
+        and ML-KEM works here (L{circhandshake.chooseKind}).
+        """
+        return circhandshake.ClientHandshake(circhandshake.chooseKind(hop.handshakes), hop.nodeId, hop.onionKey)
+
+    def _addHop(self, hopKeys):
+        self.crypto.addHop(hopKeys)
+        self.hopKinds.append(hopKeys.kind)
+
+    @property
+    def postQuantumHops(self):
+        """Per hop: whether its keys came from the hybrid (post-quantum) handshake."""
+        return [kind in circhandshake.POST_QUANTUM for kind in self.hopKinds]
 
     def extend(self, hop):
         """Add C{hop} at the end of an open circuit. @return: a Deferred firing with C{None}."""
@@ -188,10 +219,10 @@ class OriginCircuit(RelayDispatcher):
 
         return d.addErrback(name)
 
-    def _finish(self, state, reply, index):
+    def _finish(self, handshake, reply, index):
         try:
-            return ntor.clientFinish(state, reply)
-        except ntor.HandshakeError as e:
+            return handshake.finish(reply)
+        except HandshakeError as e:
             # A bad reply for hop 1 or later came through the hop before it,
             # which could have forged it: charged to the guard only for its own.
             self._destroy(DestroyReason.PROTOCOL, str(e), True)
@@ -354,7 +385,14 @@ class OriginCircuit(RelayDispatcher):
             self.streamHandler.circuitWindowOpened()
 
     def _onExtended2(self, cellCommand, hdr, hop):
-        self._answer(OriginEvent.EXTENDED, Extended2.decode(hdr.data).created.hdata)
+        body = self._assembler.finish(RelayCommand.EXTENDED2, hdr.data)
+        self._answer(OriginEvent.EXTENDED, Extended2.decode(body).created.hdata)
+
+    def _onFragment(self, cellCommand, hdr, hop):
+        """A piece of a long EXTENDED2: only from the hop asked to extend, while it is asked."""
+        if hop != self._asked:
+            raise CellError(f"FRAGMENT from hop {hop}, which was not asked to extend")
+        self._assembler.fragment(hdr.data)
 
     def _onTruncated(self, cellCommand, hdr, hop):
         """
@@ -396,6 +434,7 @@ class OriginCircuit(RelayDispatcher):
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated,
+               RelayCommand.FRAGMENT: _onFragment,
                RelayCommand.FLOW_NEGOTIATED: RelayDispatcher._onFlowNegotiated}
 
     # -- closing
@@ -431,6 +470,7 @@ class OriginCircuit(RelayDispatcher):
         return {
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
             "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
+            "handshakes": list(self.hopKinds), "post_quantum_hops": self.postQuantumHops,
             "flow_flags": self.flowFlags, **_ccStatus(self.packWindow),
             "packets_dropped": self.packetsDropped,
         }

@@ -16,9 +16,10 @@ from zope.interface import implementer
 from meshvpn.interfaces import ICircuitEnd, IRelayCircuit
 from meshvpn.onion.cells import (
     MAX_RELAY_EARLY, CellError, Command, Created2, DestroyReason, Extend2, Extended2, RelayCommand,
-    Truncated, encodeCell, packRelay,
+    Truncated, packRelay,
 )
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
+from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
 from meshvpn.onion.lifecycle import HOP, HopEvent, HopState
 from meshvpn.onion.relaycrypto import candidates
 
@@ -98,6 +99,7 @@ class RelayCircuit(RelayDispatcher):
         self._nextEnd = None
         self.earlyCount = 0
         self.edgeState = None  # for the edge handler's use (streams)
+        self._assembler = None  # a long EXTEND2 arriving in pieces (made on its first FRAGMENT)
 
     @property
     def closed(self):
@@ -196,7 +198,10 @@ class RelayCircuit(RelayDispatcher):
     def _onExtend2(self, cellCommand, hdr, hop):
         if cellCommand != Command.RELAY_EARLY:
             raise CellError("EXTEND2 outside a RELAY_EARLY cell")
-        ext = Extend2.decode(hdr.data)
+        body = hdr.data
+        if self._assembler is not None:
+            body, self._assembler = self._assembler.finish(RelayCommand.EXTEND2, body), None
+        ext = Extend2.decode(body)
         if ext.nodeId == self.switch.nodeId or ext.nodeId == self.prev.peerId:
             raise CellError("EXTEND2 back to this relay or to the previous hop")
         self.state = HOP.onPeer(self.state, HopEvent.EXTEND)
@@ -216,7 +221,8 @@ class RelayCircuit(RelayDispatcher):
         self.nextPrefix = self.nextId.to_bytes(4, "big")
         self._nextEnd = NextHopEnd(self)
         channel.addCircuit(self.nextId, self._nextEnd)
-        channel.send(encodeCell(self.nextId, Command.CREATE2, ext.create.encode()))
+        for cell in create2Cells(self.nextId, ext.create.htype, ext.create.hdata):
+            channel.send(cell)
 
     def _extendFailed(self, failure, reason=DestroyReason.CONNECTFAILED):
         if self.state is not HopState.EXTENDING:
@@ -226,7 +232,18 @@ class RelayCircuit(RelayDispatcher):
 
     def _extended(self, created):
         self.state = HOP.onPeer(self.state, HopEvent.EXTENDED)
-        self.sendRelay(RelayCommand.EXTENDED2, 0, Extended2(created).encode())
+        pieces = splitMessage(Extended2(created).encode())
+        for piece in pieces[:-1]:
+            self.sendRelay(RelayCommand.FRAGMENT, 0, piece)
+        self.sendRelay(RelayCommand.EXTENDED2, 0, pieces[-1])
+
+    def _onFragment(self, cellCommand, hdr, hop):
+        """A piece of a long EXTEND2: taken only while this hop is the last (nothing to extend otherwise)."""
+        if self.state is not HopState.LAST:
+            raise CellError("FRAGMENT at a hop that is not the circuit's last")
+        if self._assembler is None:
+            self._assembler = MessageAssembler()
+        self._assembler.fragment(hdr.data)
 
     def _onTruncate(self, cellCommand, hdr, hop):
         self._dropNext(DestroyReason.REQUESTED, send=True)
@@ -326,4 +343,5 @@ class RelayCircuit(RelayDispatcher):
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate,
+               RelayCommand.FRAGMENT: _onFragment,
                RelayCommand.FLOW_NEGOTIATE: RelayDispatcher._onFlowNegotiate}

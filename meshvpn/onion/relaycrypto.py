@@ -40,8 +40,11 @@ def _mac(key):
 class _Keys:
     __slots__ = ("kf", "kb", "mf", "mb")
 
-    def __init__(self, keySeed):
-        m = kdfRfc5869(keySeed, KEY_MATERIAL_LEN)
+    def __init__(self, keys):
+        # keys: a handshake's HopKeys (meshvpn.onion.circhandshake), or a bare
+        # 32-byte ntor KEY_SEED (tests and benchmarks).
+        material = getattr(keys, "material", None)
+        m = material[:KEY_MATERIAL_LEN] if material is not None else kdfRfc5869(keys, KEY_MATERIAL_LEN)
         self.kf, self.kb, self.mf, self.mb = m[0:16], m[16:32], m[32:64], m[64:96]
 
 

@@ -6,8 +6,14 @@ L{ICellHandler}), what answers CREATE2 (ntor with the node's onion keys),
 and what finds the link an EXTEND2 asks for.  Cells themselves are switched
 by the channels and the circuits (L{meshvpn.onion.relaycircuit}).
 
+CREATE2 is answered with whichever handshake it asks for that the relay
+speaks (L{meshvpn.onion.circhandshake}: ntor, ntor v3, or ntor v3 with
+ML-KEM-768), and the reply goes out in as many cells as it takes
+(L{meshvpn.onion.fragments}).
+
 CREATE2 is the one cell that costs a relay real CPU (three X25519
-operations, about 0.1 ms), so it is admitted in three steps, after Tor's
+operations, about 0.1 ms; the hybrid handshake adds an ML-KEM
+encapsulation, about 0.06 ms), so it is admitted in three steps, after Tor's
 DoS subsystem:
 
  1. per peer address (all of its links together, so a new link brings no
@@ -44,9 +50,10 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ICellHandler, IStatusSource
 from meshvpn.hostport import splitHostPort
 from meshvpn.localaddrs import isInternal
-from meshvpn.onion import ntor
-from meshvpn.onion.cells import Command, Create2, Created2, DestroyReason, encodeCell
+from meshvpn.onion import circhandshake, ntor
+from meshvpn.onion.cells import Create2, DestroyReason
 from meshvpn.onion.channel import Channel
+from meshvpn.onion.fragments import HalfOpenBudget, created2Cells
 from meshvpn.onion.flusher import ChannelFlusher
 from meshvpn.onion.nulledge import NullEdge
 from meshvpn.onion.relaycircuit import RelayCircuit
@@ -73,6 +80,10 @@ class SwitchLimits:
     queueHigh: int = 1024           # pause feeding links above this many queued cells
     queueLow: int = 256             # resume them below this
     queueLimit: int = 4096          # hard cap: the circuit that overfills is destroyed
+    # CREATE2/CREATED2 bodies longer than a cell, half received (meshvpn.onion.fragments):
+    halfOpenPerLink: int = 8        # per link
+    maxHalfOpen: int = 256          # per node, all links together
+    halfOpenMaxAge: float = 5.0     # seconds before an unfinished one is dropped (DESTROY TIMEOUT)
 
 
 class ExtendRefused(LinkError):
@@ -164,6 +175,9 @@ class CircuitSwitch:
         self.readLimiter = readLimiter  # a LinkReadLimiter when the relay has a bandwidth limit
         self.localAddresses = localAddresses
         self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
+        self.halfOpen = HalfOpenBudget(self.limits.maxHalfOpen)
+        # Relay crypto schemes this relay offers (circhandshake.SCHEME_IDS), most preferred first.
+        self.relaySchemes = (circhandshake.TOR1,)
         self._peers = collections.OrderedDict()  # peerKey -> _Peer, least recently used first
         self._waiting = collections.deque()  # peers with queued CREATE2s, in round-robin order
         self._drainCall = None
@@ -171,7 +185,8 @@ class CircuitSwitch:
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
             "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
-            "queue_overflows": 0,
+            "queue_overflows": 0, "handshakes_expired": 0, "created_ntor": 0, "created_ntor3": 0,
+            "created_hybrid": 0,
         }
 
     # -- channels
@@ -306,13 +321,22 @@ class CircuitSwitch:
         self.counters[counter] += 1
         channel.sendDestroy(circId, DestroyReason.RESOURCELIMIT)
 
+    def advertisedHandshakes(self):
+        """What this relay's descriptor lists (L{meshvpn.dht.descriptor.RelayDescriptor.handshakes})."""
+        if self.keyRing is None:
+            return ()
+        return tuple(sorted(set(circhandshake.supportedKinds()) | set(self.relaySchemes) - {circhandshake.TOR1}))
+
     def _answer(self, channel, circId, create):
-        keySeed, reply = ntor.serverRespond(create.hdata, self.nodeId, self.keyRing.findKey)
-        circuit = RelayCircuit(self, channel, circId, RelayLayer(keySeed))
+        hopKeys, reply = circhandshake.serverAnswer(create.htype, create.hdata, self.nodeId, self.keyRing.findKey,
+                                                    self.relaySchemes)
+        circuit = RelayCircuit(self, channel, circId, RelayLayer(hopKeys))
         channel.addCircuit(circId, circuit)
         channel.peerCircuits += 1
         self.counters["circuits_created"] += 1
-        channel.send(encodeCell(circId, Command.CREATED2, Created2(reply).encode()))
+        self.counters[_CREATED_COUNTER[hopKeys.kind]] += 1
+        for cell in created2Cells(circId, reply):
+            channel.send(cell)
 
     def _scheduleDrain(self):
         if self._drainCall is None and self._waiting:
@@ -359,6 +383,10 @@ class CircuitSwitch:
     def status(self):
         return {"links": len(self._channels), "circuit_ends": self.circuitCount(),
                 "creates_waiting": self.createsWaiting(), **self.counters}
+
+
+_CREATED_COUNTER = {circhandshake.NTOR: "created_ntor", circhandshake.NTOR3: "created_ntor3",
+                    circhandshake.HYBRID: "created_hybrid"}
 
 
 class _CheckedExtend:

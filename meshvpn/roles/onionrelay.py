@@ -92,4 +92,5 @@ def publisherOptions(onion, exitParts):
     return {
         "onionKeys": onionKeysFromRing(onion.keyRing, onion.lifetime),
         "exitPolicy": exitParts.policy.summary() if exitParts is not None else NOT_AN_EXIT,
+        "handshakes": onion.switch.advertisedHandshakes(),
     }

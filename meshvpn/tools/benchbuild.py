@@ -23,6 +23,13 @@ def _descriptors(dataDir, now):
 
 
 async def _builds(reactor, dataDir, count):
+    """
+    @return: C{(classic, hybrid)} build times, built alternately through the
+        same relays (the classic ones as if every descriptor listed no
+        handshakes: ntor on every hop).
+    """
+    import attrs
+
     from meshvpn.circuits.builder import CircuitBuilder
     from meshvpn.streams.edge import attachStreams
     from meshvpn.identity import NodeIdentity
@@ -36,20 +43,25 @@ async def _builds(reactor, dataDir, count):
     links = LinkManager(reactor, identity, LinkSettings(authenticate=False))
     onion = OnionService(reactor, identity, None, relay=False)
     links.setCellHandler(onion.switch)
-    relays = [r for r in (relayInfo(d) for d in _descriptors(dataDir, reactor.seconds())) if r is not None]
+    descriptors = _descriptors(dataDir, reactor.seconds())
+    relays = [r for r in (relayInfo(d) for d in descriptors) if r is not None]
+    classic = {r.nodeId: attrs.evolve(r, descriptor=attrs.evolve(r.descriptor, handshakes=())) for r in relays}
     build = CircuitBuilder(reactor, onion.switch, links, onCircuit=attachStreams)
     rng = random.Random(1)
-    times = []
+    times = {"classic": [], "hybrid": []}
     try:
         for _ in range(count):
             path = choosePath(relays, rng=rng)
-            started = reactor.seconds()
-            circuit = await build(path)
-            times.append(reactor.seconds() - started)
-            circuit.close()
+            for kind, hops in (("classic", [classic[r.nodeId] for r in path]), ("hybrid", path)):
+                started = reactor.seconds()
+                circuit = await build(hops)
+                times[kind].append(reactor.seconds() - started)
+                if kind == "hybrid" and not all(circuit.postQuantumHops):
+                    raise RuntimeError(f"a hybrid build was not post-quantum on every hop: {circuit.hopKinds}")
+                circuit.close()
     finally:
         links.stopService()
-    return times
+    return times["classic"], times["hybrid"]
 
 
 async def realProcessBuildTimes(reactor, count):
@@ -64,15 +76,19 @@ async def realProcessBuildTimes(reactor, count):
     net = Testnet(lambda line: None)
     try:
         net.start()
-        out = await _builds(reactor, net.client.dataDir, count + 1)
+        out, hybrid = await _builds(reactor, net.client.dataDir, count + 1)
     finally:
         net.stop()
-    first, rest = out[0], sorted(out[1:])
+    first, rest, hybrid = out[0], sorted(out[1:]), sorted(hybrid[1:])
     return {
         "build_time_median_s": round(statistics.median(rest), 6),
         "build_time_p95_s": round(rest[min(len(rest) - 1, int(len(rest) * 0.95))], 6),
         "build_time_first_s": round(first, 6),
+        "hybrid_build_time_median_s": round(statistics.median(hybrid), 6),
+        "hybrid_build_time_p95_s": round(hybrid[min(len(hybrid) - 1, int(len(hybrid) * 0.95))], 6),
+        "hybrid_over_classic_build": round(statistics.median(hybrid) / statistics.median(rest), 3),
         "builds": len(rest),
         "build_time_note": "real relay processes on loopback from DHT descriptors; links reused once open; "
-        "build_time_first_s includes opening the first link",
+        "build_time_first_s includes opening the first link; build_time_* are classic (ntor on every hop), "
+        "hybrid_* X25519 + ML-KEM-768 on every hop, built alternately over the same paths",
     }

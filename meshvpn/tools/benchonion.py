@@ -18,6 +18,15 @@
   build_time_tls_loopback_*: 3-hop builds over real TLS links on loopback
   TCP, all four nodes in this process (one core), links already open
   (the first build, which opens them, is reported apart).
+  build_time_* are classic builds (ntor on every hop);
+  hybrid_build_time_* the same with X25519 + ML-KEM-768 on every hop.
+- create2_cpu_us_relay_<kind> / create2_cpu_us_client_<kind>: the CPU of one
+  handshake of each kind (ntor, ntor3, ntor3-mlkem768) at the relay
+  (answering a CREATE2) and at the client (making it and checking the reply).
+- cgo_us_per_cell_per_hop: CGO (meshvpn.onion.cgo) at a relay a cell passes
+  through (its UIV+ layer and the recognized check), per cell;
+  cgo_us_origin_per_cell (3 layers, the key update of the hop it is for) and
+  cgo_us_exit_per_cell (its layer, recognized, the key update) beside it.
 """
 
 import os
@@ -117,8 +126,11 @@ def benchRelay(cells, batch):
     }
 
 
-def benchBuildInMemory(builds):
-    """3-hop builds over in-memory links: the CPU cost of a build (3 ntor, 2 EXTEND2), no network."""
+def benchBuildInMemory(builds, hybrid=False):
+    """
+    3-hop builds over in-memory links: the CPU cost of a build (3 handshakes,
+    2 EXTEND2), no network; classic (ntor) or, with C{hybrid}, X25519 + ML-KEM-768.
+    """
     clock = task.Clock()
     net = MemoryNetwork(clock)
     d = {}
@@ -128,7 +140,7 @@ def benchBuildInMemory(builds):
     times = []
     for _ in range(builds):
         t0 = time.perf_counter()
-        circ = OriginCircuit(client.switch, link, [r.hopSpec() for r in relays])
+        circ = OriginCircuit(client.switch, link, [r.hopSpec(None if hybrid else ()) for r in relays])
         built = circ.build()
         net.pump()
         times.append(time.perf_counter() - t0)
@@ -137,7 +149,67 @@ def benchBuildInMemory(builds):
         circ.close()
         net.pump()
     times.sort()
-    return {"build_time_inmemory_median_s": round(times[len(times) // 2], 6)}
+    return {f"{'hybrid_' if hybrid else ''}build_time_inmemory_median_s": round(times[len(times) // 2], 6)}
+
+
+def benchHandshakes(count=200):
+    """CPU per handshake of each kind, relay side and client side, apart."""
+    from meshvpn import hybridkem
+    from meshvpn.onion import circhandshake as ch
+    from meshvpn.onion.keyring import OnionKeyRing
+
+    ring = OnionKeyRing(task.Clock())
+    nodeId, B = os.urandom(32), ring.publicKeys()["current"]
+    out = {}
+    kinds = (ch.NTOR, ch.NTOR3, ch.HYBRID) if hybridkem.available() else (ch.NTOR, ch.NTOR3)
+    for kind in kinds:
+        started = [ch.ClientHandshake(kind, nodeId, B) for _ in range(count)]
+        t0 = time.perf_counter()
+        answers = [ch.serverAnswer(h.htype, h.hdata, nodeId, ring.findKey) for h in started]
+        relay = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        clients = [ch.ClientHandshake(kind, nodeId, B) for _ in range(count)]
+        client = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for h, (_, reply) in zip(started, answers):
+            h.finish(reply)
+        client += time.perf_counter() - t0
+        del clients
+        name = kind.replace("-", "_")
+        out[f"create2_cpu_us_relay_{name}"] = round(relay / count * 1e6, 1)
+        out[f"create2_cpu_us_client_{name}"] = round(client / count * 1e6, 1)
+    return out
+
+
+def benchCgo(cells):
+    """CGO's crypto per cell: the origin, a middle relay (the per-hop cost), the exit."""
+    import hashlib
+
+    from meshvpn.onion import cgo
+
+    material = [hashlib.shake_256(b"bench %d" % i).digest(cgo.KEY_MATERIAL_LEN) for i in range(3)]
+    origin = cgo.CgoOriginCrypto()
+    relays = [cgo.CgoRelayLayer(m) for m in material]
+    for m in material:
+        origin.addHop(m)
+    body, cmd = bytes(cgo.BODY_LEN), b"\x03"
+    t0 = time.perf_counter()
+    sealed = [origin.encrypt(cmd, body, 2) for _ in range(cells)]
+    originTime = time.perf_counter() - t0
+    times = []
+    for relay in relays:
+        forward = relay.forward
+        t0 = time.perf_counter()
+        out = [forward(cmd, c) for c in sealed]
+        times.append(time.perf_counter() - t0)
+        sealed = [c for c, _ in out]
+    if not all(recognized for _, recognized in out):
+        raise AssertionError("the exit did not recognize every CGO cell meant for it")
+    return {
+        "cgo_us_per_cell_per_hop": round(min(times[:2]) / cells * 1e6, 3),
+        "cgo_us_origin_per_cell": round(originTime / cells * 1e6, 3),
+        "cgo_us_exit_per_cell": round(times[2] / cells * 1e6, 3),
+    }
 
 
 def run(cells=200000, batch=64, builds=50):
@@ -145,6 +217,9 @@ def run(cells=200000, batch=64, builds=50):
     result.update(benchCrypto(max(1, cells // 4)))
     result.update(benchRelay(cells, batch))
     result.update(benchBuildInMemory(builds))
+    result.update(benchBuildInMemory(builds, hybrid=True))
+    result.update(benchHandshakes())
+    result.update(benchCgo(max(1, min(cells // 4, 20000))))
     result["cells"] = cells
     return result
 

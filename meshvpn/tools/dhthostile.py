@@ -9,8 +9,9 @@ lookups) whose answers to others are replaced by the attack:
            closest ones to the target; withhold every honest record (values
            and region samples); acknowledge honest STOREs and drop them.
   hijack   as eclipse, but list half of the honest nodes one knows at
-           addresses of the attacker's, where an impersonator answers with
-           the honest node's key and proof of work (it cannot sign for them).
+           spare addresses of the attacker's (one IP each), where an
+           impersonator answers with the honest node's key and proof of work
+           (it cannot sign for them: it signs with its owner's key).
   sybil    as eclipse, with several identities on every hostile host (each
            one pays its proof of work and publishes a relay).
   evict    route honestly, but mint free keys: announce decoy relays (never
@@ -21,6 +22,7 @@ Only the bench uses this module; nothing in a real node imports it.
 """
 
 import bisect
+import ipaddress
 
 from meshvpn.dht import wire
 from meshvpn.dht.records import makeRecord, parseRecord
@@ -31,6 +33,7 @@ from meshvpn.dht.tokens import NO_TOKEN
 ATTACKS = ("eclipse", "evict", "hijack", "sybil")
 JUNK_TTL = 24 * 3600
 MAX_IMPERSONATIONS = 40  # per hostile node
+SPARE_BASE = int(ipaddress.IPv4Address("100.96.0.0"))  # the attacker's spare addresses (100.96/11)
 
 
 class Coalition:
@@ -48,6 +51,16 @@ class Coalition:
         self._byInt = {}
         self.minted = set()  # publisher ids of free keys (decoys, junk)
         self.junkSent = 0
+        self._spareIPs = 0
+
+    def spareAddress(self):
+        """
+        An address of the attacker's own with no node on it: impersonators
+        live there, one per IP, so no lookup rule but the proof of key stops
+        them (a lookup takes one node id per host).
+        """
+        self._spareIPs += 1
+        return (str(ipaddress.IPv4Address(SPARE_BASE + self._spareIPs)), 4000)
 
     def add(self, node):
         node.coalition = self
@@ -85,7 +98,6 @@ class HostileNode(DHTNode):
         super().__init__(*args, **kw)
         self.impersonations = {}  # honest nodeId -> Impersonator
         self.junk = []
-        self._nextPort = 20000
 
     def peer(self):
         return wire.Peer(self.nodeId, self.address, self.publicKey, self.work)
@@ -113,8 +125,7 @@ class HostileNode(DHTNode):
             if len(self.impersonations) >= MAX_IMPERSONATIONS:
                 old = self.impersonations.pop(next(iter(self.impersonations)))
                 self.coalition.network.unbind(old.address)
-            self._nextPort += 1
-            imp = Impersonator(self, contact, (self.address[0], self._nextPort))
+            imp = Impersonator(self, contact, self.coalition.spareAddress())
             self.impersonations[contact.nodeId] = imp
         return wire.Peer(contact.nodeId, imp.address, contact.key, contact.work)
 

@@ -178,8 +178,12 @@ class TestRelay:
             clock, self.nodeId, self.keyRing, connector=self._connect, edge=edge, limits=limits
         )
 
-    def hopSpec(self):
-        return HopSpec(self.nodeId, self.keyRing.publicKeys()["current"], (("127.0.0.1", 9001),), ("tls 127.0.0.1:9001",))
+    def hopSpec(self, handshakes=None):
+        """What a client knows of this relay; C{handshakes}: as its descriptor would list (default: what it speaks)."""
+        if handshakes is None:
+            handshakes = self.switch.advertisedHandshakes()
+        return HopSpec(self.nodeId, self.keyRing.publicKeys()["current"], (("127.0.0.1", 9001),),
+                       ("tls 127.0.0.1:9001",), tuple(handshakes))
 
     def _connect(self, ext):
         other = self.directory.get(ext.nodeId)

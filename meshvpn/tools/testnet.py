@@ -39,6 +39,7 @@ from meshvpn.client.socksparse import SocksError
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import readStatus
 from meshvpn.errors import MeshVPNError
+from meshvpn import hybridkem
 from meshvpn.hostport import formatHostPort, splitHostPort
 from meshvpn.onion.hostile import ENV_PLAN, ENV_TESTING, VIEW_FILE
 from meshvpn.tools.processes import NodeProcess
@@ -201,6 +202,12 @@ class Testnet:
         used = [c for c in circuits if not c.get("spare")] or circuits
         path = self.describePath(used[0]["path"]) if used else "?"
         self.out(f"testnet: path {path}")
+        # Hybrid (X25519 + ML-KEM-768) on every hop is the default wherever ML-KEM works.
+        pq = bool(used) and all(used[0].get("post_quantum_hops") or [False])
+        self.out("testnet: handshakes " + ("post-quantum (X25519 + ML-KEM-768) on every hop" if pq
+                                           else "NOT post-quantum on every hop"))
+        if hybridkem.available() and not pq:
+            ok = False
         self.out(
             f"testnet: HTTP {status}, {len(body)} bytes, first byte after {ttfb * 1000:.1f} ms, "
             f"all in {total * 1000:.1f} ms ({len(body) * 8 / total / 1e6:.1f} Mbit/s); "

@@ -129,6 +129,7 @@ class _MemoryDescriptor:
         self.nodeId = relay.nodeId
         self.linkAddresses = (("tls", "127.0.0.1:9001"),)
         self._key = relay.keyRing.publicKeys()["current"]
+        self.handshakes = relay.switch.advertisedHandshakes()
 
     def currentOnionKey(self, now):
         return self._key

@@ -159,3 +159,50 @@ class PolicySummaryFieldTests(unittest.TestCase):
             decodeSummary(data)
         except SummaryError:
             pass
+
+
+class HandshakesFieldTests(unittest.TestCase):
+    """The handshakes a relay speaks: absent (classic only, MVD2) or listed (MVD3)."""
+
+    def test_classicDescriptorUnchanged(self):
+        """No list: the v2 layout older nodes parse, and it means classic only."""
+        raw = encodeDescriptor(sample())
+        self.assertEqual(raw[:4], b"MVD2")
+        self.assertEqual(parseDescriptor(raw).handshakes, ())
+
+    def test_listed(self):
+        d = sample(handshakes=["ntor3-mlkem768", "ntor", "cgo", "ntor3"])
+        raw = encodeDescriptor(d)
+        self.assertEqual(raw[:4], b"MVD3")
+        p = parseDescriptor(raw, now=NOW + 1)
+        self.assertEqual(p.handshakes, ("cgo", "ntor", "ntor3", "ntor3-mlkem768"))
+        self.assertEqual(p, d)
+        self.assertEqual(p.toJSON()["handshakes"], ["cgo", "ntor", "ntor3", "ntor3-mlkem768"])
+
+    def test_everyBitFlipRejected(self):
+        raw = encodeDescriptor(sample(handshakes=["ntor", "ntor3-mlkem768"]))
+        for i in range(len(raw)):
+            b = bytearray(raw)
+            b[i] ^= 0x40
+            self.assertRaises(DescriptorError, parseDescriptor, bytes(b))
+
+    def test_rules(self):
+        self.assertRaises(DescriptorError, sample, handshakes=["NTOR"])
+        self.assertRaises(DescriptorError, sample, handshakes=[f"h{i}" for i in range(9)])
+
+    def test_strippedListIsAnotherSignature(self):
+        """Dropping the list (to make clients use classic handshakes) breaks the signature."""
+        d = sample(handshakes=["ntor", "ntor3-mlkem768"])
+        stripped = attrs.evolve(d, handshakes=())
+        self.assertRaises(DescriptorError, parseDescriptor, encodeDescriptor(stripped))
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.binary(max_size=40))
+    def test_garbageList(self, tail):
+        raw = encodeDescriptor(sample(handshakes=["ntor"]))
+        # replace the list (after the family) with garbage: never anything but DescriptorError
+        cut = raw.index(b"\x04ntor")
+        try:
+            parseDescriptor(raw[:cut] + tail + raw[cut + 5:], verify=False)
+        except DescriptorError:
+            pass

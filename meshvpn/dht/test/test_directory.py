@@ -104,7 +104,8 @@ class SampleTests(unittest.TestCase):
             net.run(sybil.bootstrap([net.nodes[0].address]), 20)
             publishRelay(net, sybil, {"middle"})
         publishRelay(net, host, {"middle"})
-        reader = RelayDirectory(net.nodes[20], newIdentity(), rng=__import__("random").Random(4))
+        reader = RelayDirectory(net.nodes[20], newIdentity(), rng=__import__("random").Random(4), maxRounds=40,
+                                patience=40)
         found = net.run(reader.sample("middle", 20), 60)
         udp = [d.address("udp").rpartition(":")[0] for d in found]
         self.assertEqual(len(udp), len(set(udp)))  # one per host

@@ -370,3 +370,108 @@ class CookieTests(unittest.TestCase):
         eb._global.consume(eb._global.available())  # still under load
         eb.datagramReceived(wire.encodeInit(77, bytes([8] * 32), cookie), a)
         self.assertEqual(eb.counters["cookie_sent"], before + 3)
+
+
+class HybridHandshakeTests(unittest.TestCase):
+    """X25519 + ML-KEM-768 link handshakes (INIT_PQ / RESP_PQ) and the downgrades they refuse."""
+
+    def setUp(self):
+        from meshvpn import hybridkem
+
+        if not hybridkem.available():
+            raise unittest.SkipTest("ML-KEM-768 is not available here")
+
+    def kinds(self, net):
+        return [data[0] for _, _, data in net.sent]
+
+    def test_hybridByDefault(self):
+        clock, net, (ea, eb), la, lb = connected(self)
+        self.assertTrue(la.postQuantum and lb.postQuantum)
+        self.assertTrue(la.status()["post_quantum"])
+        kinds = self.kinds(net)
+        self.assertEqual(kinds[:3], [wire.INIT_PQ, wire.RESP_PQ, wire.FINISH])
+        sizes = {data[0]: len(data) for _, _, data in net.sent}
+        self.assertEqual((sizes[wire.INIT_PQ], sizes[wire.RESP_PQ]), (wire.INIT_PQ_LEN, wire.RESP_PQ_LEN))
+
+    def test_noAmplificationNoFragmentation(self):
+        self.assertLessEqual(wire.RESP_PQ_LEN, wire.INIT_PQ_LEN)
+        self.assertLessEqual(wire.INIT_PQ_LEN + 20 + 8, 1280)  # with IPv4 + UDP headers: within 1,280
+        self.assertLessEqual(wire.INIT_PQ_LEN + 40 + 8, 1500)  # with IPv6: within Ethernet's MTU (not 1,280)
+
+    def test_classicWhenDisabled(self):
+        clock, net, (ea, eb), la, lb = connected(self, postQuantum=False)
+        self.assertFalse(la.postQuantum or lb.postQuantum)
+        self.assertEqual(self.kinds(net)[:2], [wire.INIT, wire.RESP])
+
+    def test_fallbackForPeerWithoutKEM(self):
+        """A peer that ignores INIT_PQ gets a classic INIT after a few tries; the link says it is classic."""
+        clock, net, (ea, eb), ids, (a, b) = pair()
+        eb.settings.postQuantum = False
+        d = ea.connect(ids[1].nodeId, b)
+        for _ in range(8):
+            net.pump()
+            clock.advance(0.5)
+        net.pump()
+        la = self.successResultOf(d)
+        self.assertFalse(la.postQuantum)
+        self.assertEqual(ea.counters["pq_fallback"], 1)
+        self.assertGreaterEqual(eb.counters["pq_unsupported"], 4)
+
+    def test_knownHybridPeerNeverFallsBack(self):
+        """
+        Once a peer has done the hybrid handshake, an attacker who drops its
+        INIT_PQs (to force a classic handshake it could record and break
+        later) only stops the link: no classic INIT is ever sent.
+        """
+        clock, net, (ea, eb), la, lb = connected(self, handshakeTimeout=4.0)
+        la.close()
+        net.sent.clear()
+        hosts, net.hosts = net.hosts, {}  # everything is dropped now
+        d = ea.connect(eb.identity.nodeId, ("198.18.0.2", 2000))
+        for _ in range(10):
+            clock.advance(0.5)
+            net.queue.clear()
+        self.failureResultOf(d, LinkError)
+        self.assertEqual(set(self.kinds(net)), {wire.INIT_PQ})
+        self.assertEqual(ea.counters["pq_fallback"], 0)
+
+    def test_strippedInitRefused(self):
+        """
+        A man in the middle rewrites INIT_PQ as a classic INIT (same
+        ephemeral) so the responder answers classic: the initiator refuses
+        the RESP as a downgrade and no link comes up from it.
+        """
+        clock, net, (ea, eb), ids, (a, b) = pair(handshakeTimeout=2.0)
+        d = ea.connect(ids[1].nodeId, b)
+        src, dst, init = net.queue.pop()
+        _, index, eph, cookie, ek = wire.parse(init)
+        self.assertIsNotNone(ek)
+        eb.datagramReceived(wire.encodeInit(index, eph, cookie), src)
+        src, dst, resp = net.queue.pop()
+        self.assertEqual(resp[0], wire.RESP)
+        ea.datagramReceived(resp, src)
+        self.assertEqual(ea.counters["handshake_failed"], 1)
+        self.assertNoResult(d)
+        self.assertEqual(ea.links(), [])
+
+    def test_tamperedCiphertextRefused(self):
+        clock, net, (ea, eb), ids, (a, b) = pair(handshakeTimeout=2.0)
+        d = ea.connect(ids[1].nodeId, b)
+        net.pump(rounds=1)
+        src, dst, resp = net.queue.pop()
+        self.assertEqual(resp[0], wire.RESP_PQ)
+        bad = bytearray(resp)
+        bad[wire.RESP_HEADER_LEN + 10] ^= 1
+        ea.datagramReceived(bytes(bad), src)
+        self.assertEqual(ea.counters["handshake_failed"], 1)
+        self.assertNoResult(d)
+
+    def test_strictPqLengths(self):
+        init = wire.encodeInit(1, bytes(32), ek=bytes(wire.EK_LEN))
+        self.assertEqual(len(init), wire.INIT_PQ_LEN)
+        self.assertEqual(wire.parse(init)[4], bytes(wire.EK_LEN))
+        self.assertRaises(wire.LinkParseError, wire.parse, init[:-1])
+        self.assertRaises(wire.LinkParseError, wire.parse, init[:-1] + b"\x01")
+        resp = wire.encodeRespHeader(1, 2, bytes(32), bytes(wire.CT_LEN)) + bytes(wire.IDENTITY_BLOB_LEN)
+        self.assertEqual(wire.parse(resp)[6], bytes(wire.CT_LEN))
+        self.assertRaises(wire.LinkParseError, wire.parse, resp + b"\0")

@@ -22,6 +22,8 @@ class CellFormat(unittest.TestCase):
             C.Command.RELAY: bytes(range(256)) * 1 + b"x" * 253,
             C.Command.RELAY_EARLY: b"y" * 509,
             C.Command.DESTROY: C.Destroy(C.DestroyReason.PROTOCOL).encode(),
+            C.Command.CREATE2_MORE: b"m" * 509,
+            C.Command.CREATED2_MORE: b"n" * 100,
         }
         self.assertEqual(set(bodies), C.Command.ALL)
         for cmd, body in bodies.items():
@@ -70,7 +72,7 @@ class CellFormat(unittest.TestCase):
 
     def test_everyRelayCommandRoundTrips(self):
         for cmd in C.RelayCommand.ALL:
-            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 130, 131, 10, 5) else 1
+            stream = 0 if cmd in (14, 15, 8, 9, 128, 129, 130, 131, 132, 10, 5) else 1
             payload = C.packRelay(cmd, stream, b"data")
             self.assertEqual(len(payload), C.PAYLOAD_LEN)
             hdr = C.unpackRelay(payload)
@@ -81,7 +83,8 @@ class CellFormat(unittest.TestCase):
         self.assertIn("100 bytes", str(e))
         e = self.assertRaises(C.CellError, C.parseCell, C.encodeCell(1, 77, b""))
         self.assertIn("unknown cell command 77", str(e))
-        self.assertRaises(C.CellError, C.Create2.decode, b"\x00\x03\x00\x60" + bytes(96))
+        self.assertRaises(C.CellError, C.Create2.decode, b"\x00\x04\x00\x60" + bytes(96))
+        self.assertRaises(C.CellError, C.Create2.decode, b"\x00\x03\x00\x60" + bytes(96))  # ntor v3: >= 128
         self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(200, 0, b""))
         self.assertRaises(C.CellError, C.unpackRelay, C.packRelay(C.RelayCommand.DATA, 0, b"x"))
         self.assertRaises(C.CellError, C.Extend2.decode, b"\x00" + C.Create2(2, bytes(96)).encode())

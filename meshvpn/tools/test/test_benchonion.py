@@ -21,7 +21,8 @@ class BenchCircuit(unittest.TestCase):
         result = json.loads(out.getvalue())
         self.assertEqual(result["cell_size"], 514)
         for key in ("crypto_us_origin_per_cell", "crypto_us_relay_middle_per_cell", "crypto_us_relay_exit_per_cell",
-                    "relay_cells_per_s_inmemory", "build_time_inmemory_median_s"):
+                    "relay_cells_per_s_inmemory", "build_time_inmemory_median_s", "create2_cpu_us_relay_ntor",
+                    "create2_cpu_us_client_ntor", "create2_cpu_us_relay_ntor3", "cgo_us_per_cell_per_hop"):
             self.assertGreater(result[key], 0)
         self.assertIsNone(result["build_time_median_s"])
 
@@ -34,7 +35,8 @@ class BenchCircuit(unittest.TestCase):
         )
         self.assertEqual(out.returncode, 0, out.stderr[-3000:])
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        for key in ("build_time_median_s", "build_time_p95_s", "build_time_tls_loopback_median_s"):
+        for key in ("build_time_median_s", "build_time_p95_s", "build_time_tls_loopback_median_s",
+                    "hybrid_build_time_median_s", "hybrid_build_time_tls_loopback_median_s"):
             self.assertGreater(result[key], 0)
         self.assertEqual(result["builds"], 3)
 
