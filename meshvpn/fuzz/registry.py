@@ -11,6 +11,7 @@ TARGETS = {
     "cell": "cell",
     "relay": "relay",
     "relay-body": "relaybody",
+    "fragments": "fragments",
     "link-records": "linkrecords",
     "link-auth": "linkauth",
     "datagram": "datagram",
