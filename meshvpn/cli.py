@@ -90,6 +90,9 @@ def buildParser():
     from meshvpn.tools.benchcommands import addBenchCommands
 
     addBenchCommands(sub)
+    from meshvpn.fuzz.command import addFuzzCommand
+
+    addFuzzCommand(sub)
     p = sub.add_parser("netcheck", help="report this host's NAT situation (STUN, RFC 5780)", description=_netcheckDoc())
     p.add_argument("--stun", action="append", metavar="HOST:PORT", required=True, help="a STUN server (repeatable)")
     p.add_argument("--bind", default="0.0.0.0:0", metavar="IP:PORT", help="local UDP address to probe from")

@@ -150,6 +150,9 @@ def loadToml(path):
         raise ConfigError(f"--config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        # tomllib decodes before it parses: a stray non-UTF-8 byte is not a TOMLDecodeError
+        raise ConfigError(f"--config {path}: not valid TOML: not UTF-8 (byte {e.start})") from None
 
 
 def resolveSettings(settings, commandLine, fileValues, source="config file"):

@@ -1053,6 +1053,12 @@ class ICircuitManager(Interface):
             L{meshvpn.errors.NoPath} when no such relays are known.
         """
 
+    def addObserver(observer):
+        """
+        Tell C{observer} (an L{ICircuitObserver}) of every circuit this
+        manager builds from now on, the moment it is built, and of its close.
+        """
+
 
 class IMultipathLeg(Interface):
     """
@@ -1078,6 +1084,25 @@ class IMultipathLeg(Interface):
 
     def close():
         """Close the leg's circuit (the set broke the protocol or ended)."""
+
+
+class ICircuitObserver(Interface):
+    """
+    Hears of the circuit manager's circuits as they come and go (the control
+    plane's circuit list and its C{circuit.built} and C{circuit.closed} events).
+    """
+
+    def circuitBuilt(circuit):
+        """
+        C{circuit} was built and is now among the manager's C{circuits()}
+        (a spare, or assigned to the request that built it).
+        """
+
+    def circuitClosed(circuit, reason):
+        """
+        C{circuit}, announced by L{circuitBuilt}, closed with C{reason} (what
+        its C{whenClosed()} fired with).
+        """
 
 
 class IStreamReceiver(Interface):

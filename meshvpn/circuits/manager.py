@@ -17,7 +17,9 @@ hop failed; when it has no usable guard the build fails rather than enter
 through a random relay.
 The control plane steers it (L{ICircuitSteering}): a new identity retires
 every circuit for new streams, and a relay filter applies the user's pinned
-and excluded relays to every path chosen after it is set.
+and excluded relays to every path chosen after it is set.  It also watches
+(L{ICircuitObserver}): each observer hears of a circuit in the same turn it
+is built, once it is listed, and again when it closes.
 
 A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
 extending) names no hop, so nothing is excluded on one relay's word; it is
@@ -77,6 +79,29 @@ class CircuitManager(service.Service):
         self.failedPastGuard = 0
         self._throughGuard = {}  # guard node id -> [built, failed past it]
         self._loop = None
+        self._observers = []
+
+    # -- observers
+
+    def addObserver(self, observer):
+        self._observers.append(observer)
+
+    def _announce(self, circuit):
+        """C{circuit} was just built and listed: tell the observers now, and when it closes."""
+        for observer in list(self._observers):
+            try:
+                observer.circuitBuilt(circuit)
+            except Exception:
+                self.log.failure("circuit observer failed")
+        if self._observers:
+            circuit.whenClosed().addBoth(self._announceClosed, circuit)
+
+    def _announceClosed(self, reason, circuit):
+        for observer in list(self._observers):
+            try:
+                observer.circuitClosed(circuit, reason)
+            except Exception:
+                self.log.failure("circuit observer failed")
 
     # -- service
 
@@ -111,6 +136,7 @@ class CircuitManager(service.Service):
             return
         self._spare.append(built)
         built[0].whenClosed().addBoth(self._spareClosed, built)
+        self._announce(built[0])
 
     def _spareClosed(self, reason, built):
         if built in self._spare:
@@ -145,6 +171,7 @@ class CircuitManager(service.Service):
 
         def built(pair):
             self._assign(isolation, pair)
+            self._announce(pair[0])
             return pair[0]
 
         return d.addCallback(built)
@@ -199,6 +226,7 @@ class CircuitManager(service.Service):
             self.rebuildTimes.append(took)
             self.log.info("replacement circuit through {path} ready after {took:.3f}s", path=_describe(newPair[1]), took=took)
             self._assign(isolation, newPair)
+            self._announce(newPair[0])
 
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
         packets = "packet-exit" in pair[1][-1].roles

@@ -219,7 +219,11 @@ class TunClient(service.Service):
             from meshvpn.tun.device import TunDevice
 
             self._tunFactory = TunDevice
+        # A start after a stop (the control API's VPN switch) begins afresh: "up" is timed from
+        # here, and packets queued before the stop are not sent after it.
         self.startedAt = self.reactor.seconds()
+        self.upAfter = self._lostAt = self._lastWhy = None
+        self._waiting = []
         self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
         self.tun.configure(addresses=[f"{self.address}/32"])
         self._meshRoute()
@@ -256,6 +260,7 @@ class TunClient(service.Service):
         self._tick.start(self.tickEvery, now=False)
         self.log.info("VPN capture on {tun} (address {a}, mtu {mtu}); the kill switch holds until a circuit carries "
                       "traffic", tun=self.tun.name, a=self.address, mtu=self.mtu)
+        self._waitingState()  # also when a request from before a stop is still out
         self._ensureCircuit()
 
     def _configure6(self):
@@ -612,7 +617,9 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
         egressUsers = [u for u in (node.udp, links) if u is not None]
     client = TunClient(
         node.reactor, node.identity.nodeId, getCircuit, opener,
-        keepSource or (lambda: directPeers(bootstrap, None)), routes,
+        # Open links too: after a stop and a start (the control API's VPN switch) the link to the
+        # guard is already up, and no dial through the egress gate would give it its exception.
+        keepSource or (lambda: directPeers(bootstrap, None, links)), routes,
         mtu=settings.get("tun_mtu", DEFAULT_MTU), tunName=settings.get("tun_name", "mvpn%d"),
         meshConnector=meshConnector,
         meshPeers=settings.get("mesh_peers", ()), gate=gate, egressUsers=egressUsers,

@@ -4,25 +4,30 @@ The circuit manager keeps circuits, not names for them; a user who wants to
 close "that one" needs a handle that stays the same while it lives.  The
 tracker numbers each circuit the first time it sees it (1, 2, ... for the
 node's lifetime), remembers when, and publishes C{circuit.built} then, and
-C{circuit.closed} the moment the circuit's C{whenClosed()} fires.  It sees
-new circuits by comparing the manager's list on every read and every tick
-(the manager has no "built" callback), so a built event comes at most one
-tick late; the age counts from then.
+C{circuit.closed} the moment the circuit closes.  It is the manager's
+L{ICircuitObserver}, so both events go out in the same reactor turn as the
+build and the close; the manager's list is still compared on every read, a
+net for a circuit listed before the tracker was registered.
 
 Bytes each way and the streams come from the manager's own C{status()}
 (what its stream layer counts); a stream's target is dropped unless the
 user turned history on.
 """
 
+from zope.interface import implementer
+
 from meshvpn.errors import ControlError
+from meshvpn.interfaces import ICircuitObserver
 
 CLOSED_KEPT = 20  # recently closed circuits still listed, so a user sees why one went away
 
 
+@implementer(ICircuitObserver)
 class CircuitTracker:
     """
     @param clock: an C{IReactorTime}.
-    @param manager: an L{ICircuitManager} (with C{status()}).
+    @param manager: an L{ICircuitManager} (with C{status()}); the tracker
+        registers itself as its observer.
     @param bus: an L{IControlEvents}.
     @param describeHop: C{callable(nodeId bytes) -> dict} (flags, address).
     """
@@ -36,6 +41,15 @@ class CircuitTracker:
         self.nextId = 1
         self._live = {}  # circuit -> {"id", "since", "path", "bytes_sent", "bytes_received"}
         self.closed = []  # recent closed entries, newest last
+        manager.addObserver(self)
+
+    # -- ICircuitObserver
+
+    def circuitBuilt(self, circuit):
+        self.refresh()
+
+    def circuitClosed(self, circuit, reason):
+        self._closed(reason, circuit)
 
     def refresh(self):
         """Number the circuits the manager has that we have not seen; @return: the live entries, by circuit."""

@@ -132,6 +132,12 @@ def families(snap):
         creates.add_metric(["accepted"], sw.get("circuits_created", 0))
         creates.add_metric(["refused"], sw.get("create_refused", 0))
         yield creates
+        relayed = CounterMetricFamily(
+            "meshvpn_relay_cells", "Cells this relay passed on along circuits through it (forward: away from the "
+            "circuit's origin; backward: toward it); not the cells of circuits ending here.", labels=["direction"])
+        relayed.add_metric(["forward"], sw.get("cells_relayed_forward", 0))
+        relayed.add_metric(["backward"], sw.get("cells_relayed_backward", 0))
+        yield relayed
         yield CounterMetricFamily("meshvpn_relay_circuits_destroyed", "Circuits torn down at this relay.",
                                   value=sw.get("circuits_destroyed", 0))
         yield CounterMetricFamily("meshvpn_relay_protocol_errors", "Cells that broke the protocol (their circuit closed).",

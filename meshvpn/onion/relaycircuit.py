@@ -5,7 +5,10 @@ itself) and, once extended, one on the channel toward the next hop
 (L{NextHopEnd}).  Cells away from the origin lose this hop's layer and are
 either forwarded (one AES call and one append to the next channel's queue)
 or, when this hop recognizes them, dispatched here; cells toward the origin
-get this hop's layer and are queued on the previous channel.  EXTEND2,
+get this hop's layer and are queued on the previous channel.  Every cell
+passed on is counted in the switch's C{cells_relayed_forward} and
+C{cells_relayed_backward} (what an operator reads as "cells relayed"):
+one addition per run, not a call per cell.  EXTEND2,
 TRUNCATE and teardown move the hop through the lifecycle of
 L{meshvpn.onion.lifecycle.HOP}.
 """
@@ -52,14 +55,18 @@ class NextHopEnd:
         c = self.c
         data = c.layer.encryptBackward(b"".join(payloads))
         head = c.prevPrefix + _RELAY
-        if not c.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+        if c.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            c.counts["cells_relayed_backward"] += len(payloads)
+        else:
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
     def onRelay(self, cmd, payload):
         c = self.c
         if cmd != Command.RELAY:
             raise CellError("RELAY_EARLY travelling toward the origin")
-        if not c.prev.send(c.prevPrefix + _RELAY + c.layer.encryptBackward(payload)):
+        if c.prev.send(c.prevPrefix + _RELAY + c.layer.encryptBackward(payload)):
+            c.counts["cells_relayed_backward"] += 1
+        else:
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
     def onCreated2(self, payload):
@@ -89,6 +96,7 @@ class RelayCircuit(RelayDispatcher):
     def __init__(self, switch, prev, prevId, layer):
         super().__init__(switch.clock)
         self.switch = switch
+        self.counts = switch.counters  # cells relayed are added here, once per run
         self.prev = prev
         self.prevId = prevId
         self.prevPrefix = prevId.to_bytes(4, "big")
@@ -119,7 +127,9 @@ class RelayCircuit(RelayDispatcher):
             nxt = self.next
             if nxt is None:
                 raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
-            if not nxt.send(self.nextPrefix + _CMDBYTE[cmd] + plain):
+            if nxt.send(self.nextPrefix + _CMDBYTE[cmd] + plain):
+                self.counts["cells_relayed_forward"] += 1
+            else:
                 self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
             return
         self._dispatch(cmd, plain, tag, self.next is None, 0)
@@ -134,7 +144,9 @@ class RelayCircuit(RelayDispatcher):
         if nxt is not None and not candidates(data):
             # None is for us: all pass on, in one append to the next queue.
             head = self.nextPrefix + _RELAY
-            if not nxt.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+            if nxt.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+                self.counts["cells_relayed_forward"] += len(payloads)
+            else:
                 self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
             return
         if nxt is None:
@@ -152,20 +164,25 @@ class RelayCircuit(RelayDispatcher):
             self._dispatchRun(Command.RELAY, entries, 0)
             return
         # Some may be for us: in order, as onRelay would (the layer is already off).
-        for k in range(0, len(data), 509):
-            if self.state is _CLOSED:
-                return  # a message destroyed the circuit: the rest is for no one
-            plain = data[k:k + 509]
-            tag = layer.recognizeForward(plain)
-            if tag is not None:
-                self._dispatch(Command.RELAY, plain, tag, self.next is None, 0)
-                continue
-            nxt = self.next
-            if nxt is None:
-                raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
-            if not nxt.send(self.nextPrefix + _RELAY + plain):
-                self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
-                return
+        passed = 0
+        try:
+            for k in range(0, len(data), 509):
+                if self.state is _CLOSED:
+                    return  # a message destroyed the circuit: the rest is for no one
+                plain = data[k:k + 509]
+                tag = layer.recognizeForward(plain)
+                if tag is not None:
+                    self._dispatch(Command.RELAY, plain, tag, self.next is None, 0)
+                    continue
+                nxt = self.next
+                if nxt is None:
+                    raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+                if not nxt.send(self.nextPrefix + _RELAY + plain):
+                    self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+                    return
+                passed += 1
+        finally:
+            self.counts["cells_relayed_forward"] += passed
 
     def onCreated2(self, payload):
         raise CellError("CREATED2 from the previous hop")

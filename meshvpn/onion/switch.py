@@ -186,7 +186,7 @@ class CircuitSwitch:
             "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0, "handshakes_expired": 0, "created_ntor": 0, "created_ntor3": 0,
-            "created_hybrid": 0,
+            "created_hybrid": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
         }
 
     # -- channels

@@ -60,6 +60,13 @@ class ConfigTests(unittest.TestCase):
         path = self.writeToml("udp = \n")
         self.assertConfigExit(["--config", path], "not valid TOML", path)
 
+    def test_tomlNotUTF8(self):
+        """A config file with a byte that is not UTF-8 is one config error, not a traceback (found by fuzzing)."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'packs = "10,10\xd0\xdd"\n')
+        self.assertConfigExit(["--config", path], "not valid TOML", "not UTF-8", path)
+
     def test_missingFile(self):
         self.assertConfigExit(["--config", "/nonexistent/meshvpn.toml"], "/nonexistent/meshvpn.toml")
 

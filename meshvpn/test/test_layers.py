@@ -32,6 +32,7 @@ PLANES = {
     "control": 7,
     "roles": 8,
     "tools": 9,  # testnet, processes, benchmarks, fixtures
+    "fuzz": 9,  # atheris harnesses of every parser (reaches into every plane, nothing imports it but the command)
     "cli": 10, "__main__": 11,  # the `meshvpn` command
 }
 

@@ -75,6 +75,20 @@ def addBenchCommands(sub):
 
     benchweights.addArguments(p)
     p.set_defaults(func=lambda args: benchweights.run(args, lambda line: print(line, flush=True)))
+    p = benchSub.add_parser("load", help="many users (own circuits, browsing and bulk) on a real-process network",
+                            description="A load generator acting as many users through real clients, relays and exits "
+                                        "on loopback; prints build rates and times, stream success, Mbps, relay RSS/CPU.")
+    from meshvpn.tools import benchload
+
+    benchload.addArguments(p)
+    p.set_defaults(func=benchload.command)
+    p = benchSub.add_parser("chaos", help="the load network under kill -9, SIGSTOP and restarts: recovery per fault",
+                            description="Users probe through their own circuits while relays, exits and the bootstrap "
+                                        "node are killed, hung and restarted; prints recovery times per fault.")
+    from meshvpn.tools import benchchaos
+
+    benchchaos.addArguments(p)
+    p.set_defaults(func=benchchaos.command)
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench

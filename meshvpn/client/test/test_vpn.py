@@ -278,6 +278,30 @@ class VpnStateTests(unittest.TestCase):
         self.assertEqual(client.state.value, "up")
         self.assertEqual(client.status()["up_after_s"], 0)  # the first time, kept
 
+    def test_startAfterStopBeginsAfresh(self):
+        """The control API's VPN switch stops and starts the same client: the second start is a first start."""
+        self.census = (4, True)
+        client = self.start()
+        c1 = ProbedCircuit()
+        self.clock.advance(1)
+        self.asks[0].callback(c1)
+        c1.resolving[0][1].callback([])
+        c1.closed.callback("destroyed")
+        client._fromTun([udp(ADDRESS, "198.18.0.5", 1000, 53, b"q")])  # queued for the next circuit
+        self.assertEqual(client.state.value, "reconnecting")
+        client.stopService()
+        self.assertEqual(client.state.value, "stopped")
+        self.clock.advance(10)
+        client.startService()
+        self.assertEqual(client.status()["state"], "building-circuit")  # not "reconnecting"
+        self.assertIsNone(client.status()["up_after_s"])
+        c2 = ProbedCircuit(b"h")
+        self.clock.advance(2)
+        self.asks[1].callback(c2)
+        self.assertEqual(c2.sent, [])
+        c2.resolving[0][1].callback([])
+        self.assertEqual((client.state.value, client.status()["up_after_s"]), ("up", 2))
+
     def test_failedAttemptsShownSaidOnce(self):
         from twisted.logger import capturedLogs
 

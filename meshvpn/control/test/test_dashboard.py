@@ -146,10 +146,35 @@ class DashboardTests(unittest.TestCase):
         self.assertLessEqual(levels, {"warn", "error", "critical"})
         click(driver, driver.find_element(By.CSS_SELECTOR, "#log-level option[value=info]"))
         self.screenshots(driver)
+        self.relayDashboard(driver, apiHops[1]["id"])
+
+    def relayDashboard(self, driver, middleId):
+        """The middle of the client's circuit, on its own dashboard: the cells it relayed, each way, as its API says."""
+        from selenium.webdriver.common.by import By
+
+        relay = next(n for n in self.net.nodes if n.info.get("node_id") == middleId)
+        api = ControlClient.forDataDir(relay.dataDir)
+        driver.get(api.post("/v1/login-link")["url"])
+        card = waitUntil(lambda: [c for c in driver.find_elements(By.ID, "card-relaying") if c.is_displayed()],
+                         what="the relaying card")[0]
+        self.assertFalse(driver.find_element(By.ID, "card-vpn").is_displayed())  # a relay has no VPN
+        self.assertFalse(driver.find_element(By.ID, "card-circuits").is_displayed())
+        relayed = api.get("/v1/status")["relay"]
+        self.assertGreater(relayed["cells_relayed_backward"], 2_000_000 // 498)  # the fetches came back through it
+        text = waitUntil(lambda: driver.find_element(By.ID, "relayed").text, what="cells relayed")
+        self.assertRegex(text, r"^\d[\d.]*[kM]? forward · \d[\d.]*[kM]? back \(\d")
+        self.assertRegex(card.find_element(By.ID, "relay-creates").text, r"^[1-9]\d* accepted, \d+ refused$")
+        SHOTS = self.shots
+        driver.execute_script("applyTheme('light')")
+        viewport(driver, 1280, 800)
+        time.sleep(0.4)
+        driver.execute_script("drawGraph()")
+        driver.save_screenshot(os.path.join(SHOTS, "dashboard-relay-desktop-light.png"))
 
     def screenshots(self, driver):
         """Each view, light and dark, desktop (1280x800) and phone (390 wide), and the whole desktop page."""
-        SHOTS = DOC_SHOTS if os.environ.get("MESHVPN_UPDATE_SCREENSHOTS") == "1" else os.path.abspath(self.mktemp())
+        SHOTS = self.shots = (DOC_SHOTS if os.environ.get("MESHVPN_UPDATE_SCREENSHOTS") == "1"
+                              else os.path.abspath(self.mktemp()))
         os.makedirs(SHOTS, exist_ok=True)
         driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
         for theme in ("light", "dark"):

@@ -185,6 +185,94 @@ class VpnSwitchTests(unittest.TestCase):
         self.assertEqual(failure.getErrorMessage(), "could not turn the VPN on: no /dev/net/tun")
 
 
+class BuiltCircuit:
+    """What the tracker reads of a circuit: its path, its close."""
+
+    streamHandler = None
+
+    def __init__(self, path):
+        from twisted.internet import defer
+
+        self.path, self._closed = path, defer.Deferred()
+
+    def whenClosed(self):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self._closed.addBoth(lambda r: (d.callback(r), r)[1])
+        return d
+
+    def close(self, reason):
+        if not self._closed.called:
+            self._closed.callback(reason)
+
+
+class CircuitEventTests(unittest.TestCase):
+    """The manager tells the tracker of a build in the same turn: no tick, no read in between."""
+
+    def setUp(self):
+        from twisted.internet import defer
+
+        from meshvpn.circuits.manager import CircuitManager
+        from meshvpn.control.circuitview import CircuitTracker
+
+        self.clock = task.Clock()
+        self.bus = EventBus(self.clock)
+        relays = [relay(n, {"guard", "middle", "exit"}) for n in range(1, 6)]
+        self.pending = []
+
+        def build(path):
+            d = defer.Deferred()
+            self.pending.append((d, path))
+            return d
+
+        import random
+
+        self.manager = CircuitManager(self.clock, lambda: defer.succeed(relays), build, spares=1, rng=random.Random(1))
+        self.tracker = CircuitTracker(self.clock, self.manager, self.bus)
+        self.manager.startService()
+        self.addCleanup(self.manager.stopService)
+
+    def finishBuild(self):
+        d, path = self.pending.pop(0)
+        circuit = BuiltCircuit(path)
+        d.callback(circuit)
+        return circuit
+
+    def types(self):
+        return [e["type"] for e in self.bus.held]
+
+    def test_builtInSameTurn(self):
+        self.assertEqual(len(self.pending), 1)  # the spare is being built
+        self.assertEqual(self.types(), [])
+        circuit = self.finishBuild()  # no clock.advance: the same turn as the build's answer
+        self.assertEqual(self.types(), ["circuit.built"])
+        built = self.bus.held[-1]["data"]
+        self.assertEqual((built["id"], built["state"], built["age_s"]), (1, "spare", 0.0))
+        self.assertEqual([h["id"] for h in built["hops"]], [r.nodeId.hex() for r in circuit.path])
+        circuit.close("finished")
+        self.assertEqual(self.types(), ["circuit.built", "circuit.closed"])
+        self.assertEqual(self.bus.held[-1]["data"]["reason"], "finished")
+
+    def test_builtOnDemandAndReplacement(self):
+        self.finishBuild()
+        self.manager.spares = 0
+        d = self.manager.getCircuit(isolation="a")  # takes the spare: not a new build, no event
+        circuit = self.successResultOf(d)
+        self.assertEqual(self.types(), ["circuit.built"])
+        circuit.close("destroyed")  # in use: the manager rebuilds it at once
+        self.assertEqual(self.types(), ["circuit.built", "circuit.closed"])
+        replacement = self.finishBuild()
+        self.assertEqual(self.types(), ["circuit.built", "circuit.closed", "circuit.built"])
+        self.assertEqual(self.bus.held[-1]["data"]["id"], 2)
+        self.assertEqual(self.bus.held[-1]["data"]["state"], "in-use")
+        self.assertIs(self.tracker.find(2), replacement)
+        self.manager.getCircuit(isolation="b")  # nothing spare: built for this request
+        self.finishBuild()
+        self.assertEqual(self.types()[-1], "circuit.built")
+        self.assertEqual(len([t for t in self.types() if t == "circuit.closed"]), 1)  # each close told once
+
+
 class MetricsTextTests(unittest.TestCase):
     def test_namesAndLabels(self):
         from prometheus_client.parser import text_string_to_metric_families
@@ -199,19 +287,43 @@ class MetricsTextTests(unittest.TestCase):
         self.assertIn("meshvpn_link_cells_total{direction=\"in\"} 0.0", text)
         self.assertTrue(all(n.startswith("meshvpn_") for n in names))
 
+    def test_relayCounters(self):
+        """A relay's switch counters: cells relayed each way, CREATE2 by result (the onion plane counts them)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from meshvpn.control.metrics import NodeMetrics
+
+        class Switch:
+            readLimiter = None
+
+            def status(self):
+                return {"circuit_ends": 2, "circuits_created": 5, "create_refused": 1, "cells_relayed_forward": 70,
+                        "cells_relayed_backward": 900}
+
+        model = NodeModel(FakeNode(), EventBus(task.Clock()), Parts(onion=Switch()))
+        samples = {(s.name, tuple(s.labels.values())): s.value
+                   for f in text_string_to_metric_families(NodeMetrics(model.clock, model).text().decode())
+                   for s in f.samples}
+        self.assertEqual(samples[("meshvpn_relay_cells_total", ("forward",))], 70)
+        self.assertEqual(samples[("meshvpn_relay_cells_total", ("backward",))], 900)
+        self.assertEqual(samples[("meshvpn_relay_creates_total", ("refused",))], 1)
+
 
 class InterfaceTests(unittest.TestCase):
     def test_providers(self):
         from zope.interface.verify import verifyObject
 
         from meshvpn.circuits.manager import CircuitManager
-        from meshvpn.interfaces import ICircuitSteering, IControlEvents, IControlModel
+        from meshvpn.control.circuitview import CircuitTracker
+        from meshvpn.interfaces import ICircuitManager, ICircuitObserver, ICircuitSteering, IControlEvents, IControlModel
 
         bus = EventBus(task.Clock())
         self.assertTrue(verifyObject(IControlEvents, bus))
         self.assertTrue(verifyObject(IControlModel, NodeModel(FakeNode(), bus, Parts())))
         manager = CircuitManager(task.Clock(), lambda: None, lambda path: None)
         self.assertTrue(verifyObject(ICircuitSteering, manager))
+        self.assertTrue(verifyObject(ICircuitManager, manager))
+        self.assertTrue(verifyObject(ICircuitObserver, CircuitTracker(task.Clock(), manager, bus)))
 
 
 class ConnectivityTests(unittest.TestCase):

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -23,7 +24,10 @@ from meshvpn.tools.testnet import Testnet
 
 
 def startTestnet(testCase, nodeArgs=None):
-    net = Testnet(lambda line: None, nodeArgs=nodeArgs)
+    """A running testnet; C{net.printed} holds the lines `meshvpn testnet` would print."""
+    printed = []
+    net = Testnet(printed.append, nodeArgs=nodeArgs)
+    net.printed = printed
     testCase.addCleanup(net.stop)
     net.start()
     return net
@@ -157,9 +161,79 @@ class CircuitEventsTests(unittest.TestCase):
         self.assertEqual([json.loads(line)["type"] for line in out.splitlines()], ["bandwidth", "bandwidth"])
         code, out = run("dashboard")
         self.assertRegex(out, r"^http://127\.1\.0\.1:\d+/login\?token=")
-        with redirect_stderr(io.StringIO()):
+        with redirect_stderr(io.StringIO()) as err:
             code, out = run("vpn", "up")
         self.assertEqual(code, 1)
+        self.assertIn("--tun", err.getvalue())  # a node started without --tun (the VPN: test_vpnswitch)
+
+        # --json on each command: the API's answer as is
+        checks = {
+            ("status",): lambda v: v["node"]["role"] == "client" and "circuits" in v,
+            ("circuits",): lambda v: any(len(c["hops"]) == 3 for c in v["circuits"]),
+            ("relays",): lambda v: len(v["relays"]) >= 4,
+            ("newnym",): lambda v: isinstance(v["retired"], int),
+            ("set", "circuits-spare", "1"): lambda v: v == {"key": "circuits-spare", "value": 1},
+            ("dashboard",): lambda v: v["url"].startswith("http://127.1.0.1:") and v["expires_in_s"] == 600,
+            ("events", "--types", "bandwidth", "--count", "1"): lambda v: v["type"] == "bandwidth",
+        }
+        for argv, check in checks.items():
+            code, out = run(*argv, "--json")
+            self.assertEqual(code, 0, argv)
+            self.assertTrue(check(json.loads(out)), f"{argv}: {out}")
+        with redirect_stderr(io.StringIO()) as err:
+            code, out = run("vpn", "down", "--json")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.getvalue().count("\n"), 1)  # one line, no traceback
+
+        # `meshvpn testnet` printed the client's dashboard login link
+        self.assertTrue(any(re.match(r"testnet: dashboard of the client: http://127\.1\.0\.1:\d+/login\?token=[\w-]+$",
+                                     line) for line in net.printed), net.printed)
+
+    def test_streamsOnlyWithHistory(self):
+        """Stream targets are the user's browsing history: in the API only while history is on, never in events."""
+        from meshvpn.control.status import STATUS_FILE
+        from meshvpn.tools import socksclient
+
+        net = startTestnet(self)
+        client = ControlClient.forDataDir(net.client.dataDir)
+        events, stop = follow(client)
+        self.addCleanup(stop)
+        host, port = net.startWeb()
+        target = f"{host}:{port}"
+        held = socksclient.connect(net.socksAddress(), host, port)
+        self.addCleanup(held.close)
+
+        def streams():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                answer = client.get("/v1/streams")
+                counted = sum(c["streams"] for c in client.get("/v1/circuits")["circuits"])
+                if counted:
+                    return answer
+                time.sleep(0.1)
+            self.fail("the open stream never showed in /v1/circuits")
+
+        self.assertEqual(streams(), {"history": False, "streams": []})
+        self.assertEqual(client.post("/v1/settings", {"key": "status-history", "value": "true"})["value"], True)
+        shown = streams()
+        self.assertTrue(shown["history"])
+        self.assertIn(target, [s["target"] for s in shown["streams"]])
+        self.assertEqual(client.post("/v1/settings", {"key": "status-history", "value": "false"})["value"], False)
+        self.assertEqual(streams(), {"history": False, "streams": []})
+        time.sleep(1.2)  # status.json is rewritten every second: it follows the setting
+        with open(os.path.join(net.client.dataDir, STATUS_FILE)) as f:
+            self.assertNotIn(target, f.read())
+        held.close()
+        time.sleep(1.5)  # the stream's end, its log lines and a bandwidth tick reach the follower
+        seen = []
+        while not events.empty():
+            seen.append(events.get())
+        seen = getattr(events, "seen", []) + seen
+        self.assertIn("bandwidth", {e["type"] for e in seen})
+        self.assertNotIn(target, json.dumps(seen))
+
+
+REFUSED = "127.3.0.9"
 
 
 class MetricsTests(unittest.TestCase):
@@ -173,7 +247,11 @@ class MetricsTests(unittest.TestCase):
     def test_countersMoveDuringFetch(self):
         from prometheus_client.parser import text_string_to_metric_families
 
-        net = startTestnet(self, nodeArgs=lambda name, host: ["--metrics-listen", f"{host}:0"])
+        def nodeArgs(name, host):
+            # one address the exits refuse: no summary shows a single address, so clients still send it
+            return ["--metrics-listen", f"{host}:0", *(["--exit-policy", f"reject {REFUSED}:*"] if "exit" in name else [])]
+
+        net = startTestnet(self, nodeArgs=nodeArgs)
         client = ControlClient.forDataDir(net.client.dataDir)
         byId = {n.info["node_id"]: n for n in net.nodes}
         before = {}
@@ -199,6 +277,27 @@ class MetricsTests(unittest.TestCase):
             self.assertIn(("no-nat",), after[name]["meshvpn_nat_type"])
         self.assertEqual(after[exit]["meshvpn_exit_streams_total"][("connected",)],
                          before[exit]["meshvpn_exit_streams_total"][("connected",)] + 1)
+        # cells relayed: the guard and the middle passed the body on toward the client (at most 498 bytes
+        # of it a cell); the exit, where the circuit ends, relayed none of it (a few cells at most, were it
+        # the middle of a spare circuit built meanwhile)
+        def relayed(name, direction):
+            return after[name]["meshvpn_relay_cells_total"][(direction,)] - before[name]["meshvpn_relay_cells_total"][(direction,)]
+
+        for name in (guard, middle):
+            self.assertGreaterEqual(relayed(name, "backward"), 500000 // 498, name)
+            self.assertGreater(relayed(name, "forward"), 0, name)  # the request and the SENDMEs
+        self.assertLess(relayed(exit, "backward"), 500000 // 498 // 10)
+        self.assertEqual(client.get("/v1/status").get("relay"), None)  # a client relays nothing
+        # the client: its circuits by state (the one the fetch used is in use)
+        clientMetrics = parse(self.scrape(net.client))
+        self.assertGreaterEqual(clientMetrics["meshvpn_circuits"][("in_use",)], 1)
+        self.assertIn(("building",), clientMetrics["meshvpn_circuits"])
+        # a target the exit's policy refuses, on the same circuit: a policy refusal
+        from meshvpn.client.socksparse import SocksError
+
+        self.assertRaises(SocksError, socksclient.connect, net.socksAddress(), REFUSED, port)
+        refused = parse(self.scrape(byId[spare["hops"][2]["id"]]))["meshvpn_exit_streams_total"][("refused_policy",)]
+        self.assertEqual(refused, after[exit]["meshvpn_exit_streams_total"][("refused_policy",)] + 1)
         self.assertGreater(after[guard]["meshvpn_dht_contacts"][()], 0)
         self.assertGreater(sum(after[guard]["meshvpn_dht_lookup_duration_seconds_count"].values()), 0)
         # every family parses, no label names a peer, client or destination

@@ -88,10 +88,26 @@ function renderStatus(s) {
   $("dht").textContent = `${d.contacts || 0} contacts, ${d.records || 0} records`;
   $("relays-known").textContent = d.relays_known != null ? String(d.relays_known) : "–";
   renderVpn(s.vpn || {});
+  renderRelaying(s.relay, s.vpn || {});
   if (!s.circuits) { $("card-circuits").classList.add("hidden"); $("card-relays").classList.add("hidden"); }
   const bw = s.bandwidth || {};
   $("bw-total").textContent = `total ${bytes(bw.bytes_in || 0)} down · ${bytes(bw.bytes_out || 0)} up`;
 }
+
+function renderRelaying(r, vpn) {
+  // A relay's own work: the cells it passed on along other people's circuits, each way.
+  $("card-relaying").classList.toggle("hidden", !r);
+  if (!r) return;
+  if (!vpn.configured) $("card-vpn").classList.add("hidden");  // a relay has no VPN to switch
+  const fwd = r.cells_relayed_forward || 0, back = r.cells_relayed_backward || 0;
+  $("relayed").textContent = `${count(fwd)} forward · ${count(back)} back (${bytes((fwd + back) * 514)})`;
+  // a circuit through a middle has two ends here (one on each link), one at its last hop
+  $("relay-circuits").textContent = `${r.circuit_ends || 0} circuit ends open · ${r.circuits_destroyed || 0} circuits torn down`;
+  $("relay-creates").textContent = `${r.circuits_created || 0} accepted, ${r.create_refused || 0} refused`;
+  $("relay-refused").textContent = `${r.protocol_errors || 0} protocol errors, ${r.queue_overflows || 0} queue overflows`;
+}
+
+function count(n) { return n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e4 ? Math.round(n / 1e3) + "k" : String(n); }
 
 function renderVpn(v) {
   const toggle = $("vpn-toggle");

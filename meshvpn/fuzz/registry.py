@@ -1,0 +1,59 @@
+"""The fuzz targets by name, imported only when asked for.
+
+A target's module is imported inside atheris's instrumentation (see
+L{meshvpn.fuzz.child}), so this registry must not import any parser itself.
+"""
+
+import importlib
+
+# name -> module under meshvpn.fuzz.targets (one small file per target)
+TARGETS = {
+    "cell": "cell",
+    "relay": "relay",
+    "relay-body": "relaybody",
+    "fragments": "fragments",
+    "link-records": "linkrecords",
+    "link-auth": "linkauth",
+    "datagram": "datagram",
+    "datagram-handshake": "datagramhandshake",
+    "ntor": "ntor",
+    "stun": "stun",
+    "turn-server": "turnserver",
+    "dht-wire": "dhtwire",
+    "dht-node": "dhtnode",
+    "dht-record": "dhtrecord",
+    "descriptor": "descriptor",
+    "policy-summary": "policysummary",
+    "exit-policy": "exitpolicy",
+    "signal": "signal",
+    "socks": "socks",
+    "socks-session": "sockssession",
+    "ip-packet": "ippacket",
+    "config": "config",
+    "pay-tokens": "paytokens",
+    "pay-records": "payrecords",
+}
+
+
+class UnknownTarget(KeyError):
+    """No fuzz target has that name."""
+
+
+def names():
+    return list(TARGETS)
+
+
+def load(name):
+    """
+    @return: the L{meshvpn.fuzz.target.FuzzTarget} called C{name}, or for
+        C{"package.module:ATTRIBUTE"} that attribute (the tests' own targets).
+    @raise UnknownTarget.
+    """
+    if ":" in name:
+        module, _, attribute = name.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    try:
+        module = TARGETS[name]
+    except KeyError:
+        raise UnknownTarget(name) from None
+    return importlib.import_module(f"meshvpn.fuzz.targets.{module}").TARGET
