@@ -79,6 +79,22 @@ def parsePositiveInt(raw):
     return value
 
 
+def parseBytesOrOff(raw):
+    """A byte count (C{int} >= 0), or C{None} for C{off}."""
+    if isinstance(raw, int) or raw is None:
+        value = raw
+    elif str(raw).strip().lower() == "off":
+        return None
+    else:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError("a byte count or off") from None
+    if value is not None and value < 0:
+        raise ValueError("a byte count 0 or more, or off")
+    return value
+
+
 def parseHostPort(raw):
     """
     C{"HOST:PORT"}, C{"[V6]:PORT"} or just C{"PORT"} (all IPv4 interfaces).

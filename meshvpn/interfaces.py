@@ -1043,11 +1043,47 @@ class ICircuitManager(Interface):
         @return: a list of the open circuits, for status.
         """
 
+    def getSecondLeg(circuit):
+        """
+        Build a second leg for a multipath set: a new circuit to the exit of
+        C{circuit} (one this manager handed out) through a guard and middle
+        unrelated to its path.
+
+        @return: a Deferred firing with the open L{ICircuit}; fails with
+            L{meshvpn.errors.NoPath} when no such relays are known.
+        """
+
     def addObserver(observer):
         """
         Tell C{observer} (an L{ICircuitObserver}) of every circuit this
         manager builds from now on, the moment it is built, and of its close.
         """
+
+
+class IMultipathLeg(Interface):
+    """
+    One circuit as a leg of a multipath set
+    (L{meshvpn.circuits.mpset.MultipathSet}): what the set's scheduler
+    needs to choose a leg and send on it.
+    """
+
+    def sendRelay(command, streamId, body):
+        """Put one relay message on the leg's circuit (to its last hop)."""
+
+    def room():
+        """
+        @return: sequenced cells the leg's congestion window takes now
+            (0 when it is shut or the circuit is closed).
+        """
+
+    def rtt():
+        """
+        @return: the leg's smoothed round trip in seconds (from its
+            congestion controller), or C{None} before the first sample.
+        """
+
+    def close():
+        """Close the leg's circuit (the set broke the protocol or ended)."""
 
 
 class ICircuitObserver(Interface):

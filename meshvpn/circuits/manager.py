@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError, NoPath
 from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
+from meshvpn.circuits.mppath import chooseSecondLeg
 from meshvpn.circuits.pathselect import choosePath
 
 
@@ -174,6 +175,29 @@ class CircuitManager(service.Service):
             return pair[0]
 
         return d.addCallback(built)
+
+    def getSecondLeg(self, circuit):
+        """
+        A new circuit to C{circuit}'s exit through a guard and middle of its
+        own (L{meshvpn.circuits.mppath}), for a multipath set.  It is not
+        handed to other streams; it closes with the set.
+        """
+        return defer.Deferred.fromCoroutine(self._buildSecondLeg(circuit))
+
+    async def _buildSecondLeg(self, circuit):
+        first = next((path for pairs in self._assigned.values() for c, path in pairs if c is circuit), None)
+        if first is None:
+            raise NoPath("not a circuit this manager handed out")
+        relays = await self._relaySource()
+        guard = None
+        if self.guards is not None:
+            guard = self.guards.choose(relays, exclude=[r.nodeId for r in first])
+            if guard is None:
+                raise NoPath(f"no second guard: {self.guards.refusal}")
+        path = chooseSecondLeg(relays, first, guard=guard, rng=self.rng)
+        built = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
+        self._countThroughGuard(path[0], failed=False)
+        return built
 
     def _assign(self, isolation, pair):
         self._assigned.setdefault(isolation, []).append(pair)

@@ -59,7 +59,7 @@ class Command:
 
 class RelayCommand:
     """Relay commands (Tor's numbers; PACKET is MeshVPN's packet mode, PAYMENT its bandwidth
-    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation)."""
+    tokens, FLOW_NEGOTIATE(D) its congestion-control negotiation, MP_* its multipath)."""
 
     BEGIN = 1
     DATA = 2
@@ -80,16 +80,29 @@ class RelayCommand:
     FLOW_NEGOTIATE = 130
     FLOW_NEGOTIATED = 131
     FRAGMENT = 132  # the first pieces of a long EXTEND2/EXTENDED2 (meshvpn.onion.fragments); stream id 0
+    # Multipath (doc/protocol.md, "Multipath"); bodies: meshvpn.onion.multipathmsgs.
+    MP_LINK = 133
+    MP_LINKED = 134
+    MP_LINKED_ACK = 135
+    MP_SWITCH = 136
+    MP_ACK = 137
+    MP_DATA = 138
+    MP_FIN = 139
+    MP_REFUSED = 140
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
         9: "TRUNCATED", 10: "DROP", 11: "RESOLVE", 12: "RESOLVED", 14: "EXTEND2",
         15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
         130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "FRAGMENT",
+        133: "MP_LINK", 134: "MP_LINKED", 135: "MP_LINKED_ACK", 136: "MP_SWITCH", 137: "MP_ACK",
+        138: "MP_DATA", 139: "MP_FIN", 140: "MP_REFUSED",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.
-    FLOW_CONTROLLED = frozenset((DATA, PACKET))
+    FLOW_CONTROLLED = frozenset((DATA, PACKET, MP_DATA))
+    # Multipath messages: edge to edge only, for the stream layer's multipath sets.
+    MULTIPATH = frozenset((MP_LINK, MP_LINKED, MP_LINKED_ACK, MP_SWITCH, MP_ACK, MP_DATA, MP_FIN, MP_REFUSED))
 
 
 class DestroyReason:
@@ -259,7 +272,8 @@ _NEEDS_STREAM = frozenset((RelayCommand.DATA, RelayCommand.BEGIN, RelayCommand.E
                            RelayCommand.RESOLVE, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF))
 _CIRCUIT_ONLY = frozenset((RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATE, RelayCommand.TRUNCATED,
                            RelayCommand.PACKET, RelayCommand.PAYMENT, RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED,
-                           RelayCommand.FRAGMENT))
+                           RelayCommand.FRAGMENT,
+                           *(RelayCommand.MULTIPATH - {RelayCommand.MP_LINK})))  # MP_LINK names the stream a set takes over
 
 
 def unpackRelay(payload):

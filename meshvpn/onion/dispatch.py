@@ -29,6 +29,7 @@ _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
 _SENDME = RelayCommand.SENDME
 _DROP = RelayCommand.DROP
+_MP_DATA = RelayCommand.MP_DATA
 _NAMES = RelayCommand.NAMES
 PACKET_BACKLOG = 256 * 1024  # bytes of IP packets that may wait for the circuit window, per circuit end
 _HEAD_PAD = bytes(10)  # tag and recognized, zero until the crypto layer fills in the tag
@@ -176,6 +177,12 @@ class RelayDispatcher:
             if not atEdge and c in self.EDGE_ONLY:
                 raise CellError(f"relay {_NAMES[c]} {self.NOT_AT_EDGE}")
             if handler is STREAM:
+                if c == _MP_DATA:
+                    # Multipath data counts against the circuit window like DATA:
+                    # each leg's congestion controller sees its own cells.
+                    ack = self.deliverWindow.onReceived(tag)
+                    if ack is not None:
+                        self.sendRelay(_SENDME, 0, Sendme(ack).encode())
                 self._streamArrived(c, hdr.streamId, hdr.data)
             else:
                 handler(self, cellCommand, hdr, hop)

@@ -37,9 +37,10 @@ DEFAULT_BUILD_TIMEOUT = 10.0
 # (the exit), so like DATA they are taken only from there: any other hop
 # that sends one (a guard forging RESOLVED for the VPN's DNS) destroys the
 # circuit, Tor's rule.
-# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the stream layer too, from the exit only.
+# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the stream layer too, from the exit only,
+# and so do the multipath messages (MP_*, meshvpn.circuits.mpset).
 _STREAM_COMMANDS = (RelayCommand.END, RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.SENDME,
-                    RelayCommand.XON, RelayCommand.XOFF, RelayCommand.PAYMENT)
+                    RelayCommand.XON, RelayCommand.XOFF, RelayCommand.PAYMENT, *sorted(RelayCommand.MULTIPATH))
 
 
 @attrs.frozen

@@ -34,10 +34,11 @@ _FLOW = RelayCommand.FLOW_CONTROLLED
 _CLOSED = HopState.CLOSED
 
 # Stream messages a relay takes, and only as the circuit's last hop.
-# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the exit's edge, at the last hop only.
+# PAYMENT (bandwidth tokens, meshvpn.payments.paymsg) goes to the exit's edge, at the last hop only,
+# and so do the multipath messages (MP_*).
 _STREAM_COMMANDS = (RelayCommand.BEGIN, RelayCommand.END, RelayCommand.RESOLVE, RelayCommand.SENDME,
                     RelayCommand.CONNECTED, RelayCommand.RESOLVED, RelayCommand.XON, RelayCommand.XOFF,
-                    RelayCommand.PAYMENT)
+                    RelayCommand.PAYMENT, *sorted(RelayCommand.MULTIPATH))
 
 
 @implementer(ICircuitEnd)

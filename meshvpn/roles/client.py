@@ -9,7 +9,7 @@ the DHT's relay finder, circuits and SOCKS, and with --tun the VPN client
 from zope.interface import implementer
 
 from meshvpn.interfaces import IStatusSource
-from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseHostPort, parsePositiveInt
+from meshvpn.config import RoleOptions, Setting, commonSettings, parseBool, parseBytesOrOff, parseHostPort, parsePositiveInt
 from meshvpn.dht.service import DHTService, RelayFinder, parseBootstrapList, parseSeconds
 from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.client.vpn import ISOLATION as TUN_ISOLATION, attachTun, tunSettings
@@ -37,6 +37,9 @@ class Options(RoleOptions):
         Setting("dht-sample-interval", parseSeconds, 300.0,
                 "Max seconds between samplings of the relay directory (sooner while it cannot build a path)."),
         Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
+        Setting("multipath-after", parseBytesOrOff, None,
+                "Bytes a stream moves before it gets a second circuit to its exit (multipath; 0: at once; "
+                "off: never, the default until measured through real processes)."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
             "socks-allow-remote",

@@ -431,6 +431,35 @@ class CircuitStream:
             self._dispatch(held.pop(0))
         self._acknowledge()
 
+    # ---- handing the stream over to a multipath set (meshvpn.streams.multipathstream)
+
+    def takePending(self):
+        """
+        The bytes written and not yet sent, now the caller's to send (in
+        order, before anything written later): the stream sends no more DATA.
+        """
+        pending, self._pending, self._pendingBytes = self._pending, [], 0
+        self.packageWindow = 0
+        self.mux._blocked.pop(self.streamId, None)
+        return pending
+
+    def detach(self):
+        """
+        Leave the circuit without an END: a multipath set carries the stream
+        on from here.  @return: C{(pending, held, receiver, producer)}: bytes
+        not yet sent, bytes received and not yet handed to the reader, the
+        reader, and the producer that fed the stream.
+        """
+        pending = self.takePending()
+        held = [item for item in self._held if type(item) is bytes]
+        self.mux.heldBytes -= self._heldBytes
+        self._held, self._heldBytes = [], 0
+        receiver, producer = self.receiver, self._producer
+        self.receiver = self._producer = None
+        self.state = StreamState.CLOSED
+        self.mux.forget(self)
+        return pending, held, receiver, producer
+
     # ---- the end
 
     def _abort(self, reason, why):

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from meshvpn.interfaces import ICircuitEdge
 from meshvpn.onion.cells import RELAY_DATA_LEN
 from meshvpn.onion.flow import FLOW_XON
+from meshvpn.streams.multipathexit import MultipathExit
 from meshvpn.streams.mux import StreamMux
 
 
@@ -33,9 +34,12 @@ class StreamExitEdge:
     @param resolve: C{callable(circuit, name)} for RESOLVE, or C{None}.
     @param packetSink: C{callable(circuit, packets)} for packet mode, or
         C{None} (packets dropped).
+    @param multipath: circuits may be linked into multipath sets
+        (L{meshvpn.streams.multipathexit}).
     """
 
-    def __init__(self, accept, resolve=None, packetSink=None):
+    def __init__(self, accept, resolve=None, packetSink=None, multipath=True):
+        self._multipath = MultipathExit() if multipath else None
         self._accept = accept
         self._resolve = resolve
         self._packetSink = packetSink
@@ -56,6 +60,8 @@ class StreamExitEdge:
                 circuitRoom=circuit.circuitRoom,
                 xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
             )
+            if self._multipath is not None:
+                self._multipath.attach(circuit, mux)
         return mux
 
     def relayReceived(self, circuit, command, streamId, data):

@@ -31,6 +31,8 @@ from meshvpn.streams.splice import splice
 
 log = Logger()
 
+_MULTIPATH = RelayCommand.MULTIPATH
+
 MAX_STREAMS = 1024  # per circuit; a peer cannot make us track more
 
 
@@ -77,6 +79,9 @@ class StreamMux:
         self.closedReason = None
         self.bytesSent = self.bytesReceived = 0  # stream data, all streams ever
         self.heldBytes = 0  # bytes every stream holds for a reader that paused it
+        # The circuit as a multipath leg (meshvpn.streams.multipathstream.CircuitLeg), or None:
+        # MP_* messages go there, and it hears when the window opens and when the circuit closes.
+        self.multipath = None
 
     @staticmethod
     def circuitRoom():
@@ -92,6 +97,8 @@ class StreamMux:
         turns of an equal share of the room, so one busy stream cannot take
         all of every window that opens (they share the circuit fairly).
         """
+        if self.multipath is not None:
+            self.multipath.windowOpened()
         blocked, self._blocked = self._blocked, {}
         streams = [s for s in blocked.values() if s.state is not StreamState.CLOSED]
         while streams:
@@ -177,6 +184,11 @@ class StreamMux:
 
     def relayReceived(self, command, streamId, body):
         """A stream-level relay message arrived on the circuit."""
+        if command in _MULTIPATH:
+            if self.multipath is None:
+                self.violations += 1
+                return None
+            return self.multipath.relayReceived(command, streamId, body)
         stream = self.streams.get(streamId)
         if stream is not None:
             return stream.relayReceived(command, body)
@@ -278,6 +290,8 @@ class StreamMux:
     def circuitClosed(self, reason=EndReason.DESTROY):
         """The circuit is gone: every stream and pending request fails with C{reason}."""
         self.closedReason = reason
+        if self.multipath is not None:
+            self.multipath.circuitClosed()
         resolving, self._resolving = self._resolving, {}
         for d in resolving.values():
             d.errback(StreamRefused(reason, "circuit closed"))

@@ -14,10 +14,12 @@ import ipaddress
 from twisted.internet import defer
 from zope.interface import implementer
 
+from meshvpn.circuits.mpbulk import BULK_BYTES, BulkDetector
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import AnswerType
+from meshvpn.streams.bulkstream import BulkStream
 
 MAX_ATTEMPTS = 2
 _RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
@@ -46,16 +48,27 @@ def _names(address, answers):
 class CircuitStreamOpener:
     """
     @param circuits: an L{meshvpn.interfaces.ICircuitManager}.
+    @param multipath: bytes a stream moves before it is given a second path
+        (L{meshvpn.streams.bulkstream}); 0 at once, C{None} never.
     """
 
-    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS):
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, multipath=BULK_BYTES):
         self.circuits = circuits
         self.maxAttempts = maxAttempts
+        self.multipath = multipath
 
     def openStream(self, host, port, isolationKey):
-        return defer.Deferred.fromCoroutine(
-            self._withRetry(lambda c: c.openStream(host, port), (host, port), isolationKey)
-        )
+        def action(circuit):
+            d = circuit.openStream(host, port)
+            if self.multipath is not None:
+                d.addCallback(self._bulk, circuit)
+            return d
+
+        return defer.Deferred.fromCoroutine(self._withRetry(action, (host, port), isolationKey))
+
+    def _bulk(self, stream, circuit):
+        # A stream that moves multipath bytes gets a second path (0: at once).
+        return BulkStream(stream, circuit, self.circuits, BulkDetector(threshold=self.multipath, want=True if self.multipath == 0 else None))
 
     def resolve(self, name, isolationKey):
         # Any exit resolves names: no target port to match.

@@ -85,3 +85,20 @@ class ConfigTests(unittest.TestCase):
         text = str(relay.Options())
         for fragment in ("--data-dir", "--udp", "--listen", "--config", "default:"):
             self.assertIn(fragment, text)
+
+
+class MultipathSettingTests(unittest.TestCase):
+    def test_bytesOrOff(self):
+        from meshvpn.config import parseBytesOrOff
+
+        self.assertEqual(parseBytesOrOff("1000000"), 1_000_000)
+        self.assertEqual(parseBytesOrOff(0), 0)
+        self.assertIsNone(parseBytesOrOff("off"))
+        self.assertIsNone(parseBytesOrOff(None))
+        for bad in ("-1", "lots", -5):
+            self.assertRaises(ValueError, parseBytesOrOff, bad)
+
+    def test_clientDefaultIsOff(self):
+        opts = client.Options()
+        opts.parseOptions([])
+        self.assertIsNone(opts.settings["multipath_after"])

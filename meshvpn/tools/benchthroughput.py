@@ -30,6 +30,9 @@ import time
 RELAY_DATA_LEN = 494  # stream bytes per DATA cell (meshvpn.onion.cells)
 
 
+MULTIPATH_AFTER = 1_000_000  # bytes before the client links a second circuit
+
+
 def _cpuSeconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -240,6 +243,8 @@ def run(args):
     from meshvpn.tools.testnet import Testnet
 
     log = (lambda line: print(line, flush=True)) if not args.json else (lambda line: None)
+    if args.multipath and args.delay_ms > 0:
+        raise SystemExit("bench throughput: --multipath runs on loopback only (not with --delay-ms) for now")
     if args.delay_ms > 0:
         result = _runDelayed(args, log)
     else:
@@ -249,8 +254,53 @@ def run(args):
             result = measure(args, net, net.startWeb("127.4.0.1"), {})
         finally:
             net.stop()
+    if args.multipath:
+        result.update(_multipath(args, log))
+        result["bytes_match"] = result["bytes_match"] and result["multipath_bytes_match"]
+        result["checks"]["multipath_linked"] = bool(result["multipath_streams_linked"])
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0 if result["bytes_match"] else 1
+
+
+def _multipath(args, log):
+    """
+    The same bulk download on a network whose client gives a stream a second
+    circuit to its exit after 1 MB (multipath): its throughput, next to the
+    single-path figure measured above, and whether both legs carried it.
+    """
+    from meshvpn.tools.testnet import Testnet
+
+    net = Testnet(log, nodeArgs=lambda name, host: ["--multipath-after", str(MULTIPATH_AFTER)] if name == "client" else [])
+    try:
+        net.start()
+        host, port = net.startWeb()
+        proxy = net.socksAddress()
+        if not _viaSocks(proxy, host, port, "/bytes/1000").matches(1000):
+            raise RuntimeError("first fetch through the multipath network failed")
+        nbytes = args.megabytes * 1_000_000
+        pids = [n.process.pid for n in net.nodes]
+        cpuBefore = [_cpuSeconds(p) for p in pids]
+        bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
+        cpuUsed = sum(_cpuSeconds(p) - b for p, b in zip(pids, cpuBefore))
+        legs = _linkedStreams(net)
+    finally:
+        net.stop()
+    return {
+        "multipath_throughput_mbps": round(nbytes * 8 / bulk.total / 1e6, 1),
+        "multipath_bytes_match": bulk.matches(nbytes),
+        "multipath_after_bytes": MULTIPATH_AFTER,
+        "multipath_cpu_s_per_gb": round(cpuUsed / (nbytes / 1e9), 2),
+        "multipath_streams_linked": legs,
+    }
+
+
+def _linkedStreams(net):
+    """Streams the client handed to a multipath set (from its log): 0 means the download stayed single-path."""
+    try:
+        with open(net.client.logPath) as f:
+            return sum(1 for line in f if "carried by two circuits" in line)
+    except OSError:
+        return None
 
 
 def _runDelayed(args, log):
@@ -282,5 +332,7 @@ def addArguments(p):
     p.add_argument("--fetches", type=int, default=20, help="small fetches for time to first byte (default 20)")
     p.add_argument("--fresh", type=int, default=5, help="first streams on fresh circuits to time (default 5)")
     p.add_argument("--parallel", type=int, default=8, help="simultaneous downloads sharing the bulk size (default 8; 0 skips)")
+    p.add_argument("--multipath", action="store_true",
+                   help="also download through a network whose client uses two circuits (multipath) and print both")
     p.add_argument("--delay-ms", type=float, default=0.0,
                    help="one-way delay on every TCP hop, in its own network namespace (root; default 0: loopback)")

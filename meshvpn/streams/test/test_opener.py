@@ -40,7 +40,9 @@ class FakeCircuit:
         return defer.succeed(outcome)
 
 
-Opener = CircuitStreamOpener
+def Opener(manager, **kw):
+    """The opener without multipath: these tests look at the stream it hands out."""
+    return CircuitStreamOpener(manager, multipath=None, **kw)
 
 
 class FakeManager:
@@ -90,3 +92,14 @@ class CircuitStreamOpenerTests(unittest.TestCase):
         self.assertEqual(m.asked[0], (None, "k"))
         f = self.failureResultOf(o.resolve("nx.example", "k"), StreamRefused)
         self.assertEqual(f.value.reason, EndReason.RESOLVEFAILED)
+
+
+class BulkWrapping(unittest.TestCase):
+    def test_streamsAreBulkStreamsByDefault(self):
+        from meshvpn.streams.bulkstream import BulkStream
+
+        m = FakeManager([FakeCircuit(["stream"])])
+        got = self.successResultOf(CircuitStreamOpener(m).openStream("example.com", 443, "k"))
+        self.assertIsInstance(got, BulkStream)
+        self.assertEqual(got.inner, "stream")
+        self.assertEqual(got.detector.threshold, 1 << 20)
