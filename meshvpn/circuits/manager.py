@@ -28,6 +28,8 @@ shows the count, and a guard through which most builds fail past it is
 logged once.
 """
 
+import collections
+
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -48,6 +50,9 @@ class CircuitBuildFailed(MeshVPNError):
     def __init__(self, message, hop=None):
         super().__init__(message)
         self.hop = hop
+
+
+RECENT_TIMES = 20  # build and rebuild times kept for status
 
 
 @implementer(ICircuitManager, ICircuitSteering, IStatusSource)
@@ -74,8 +79,9 @@ class CircuitManager(service.Service):
         self._assigned = {}  # isolation key -> list of (circuit, path)
         self._building = 0
         self._retired = []  # (circuit, path) no new stream may use (newIdentity); closed once idle
-        self.buildTimes = []
-        self.rebuildTimes = []
+        # The last few only: status shows 20, and a long-running client builds without end.
+        self.buildTimes = collections.deque(maxlen=RECENT_TIMES)
+        self.rebuildTimes = collections.deque(maxlen=RECENT_TIMES)
         self.failedPastGuard = 0
         self._throughGuard = {}  # guard node id -> [built, failed past it]
         self._loop = None
@@ -346,8 +352,8 @@ class CircuitManager(service.Service):
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
             "failed_past_guard": self.failedPastGuard,
-            "build_times_s": self.buildTimes[-20:],
-            "rebuild_times_s": self.rebuildTimes[-20:],
+            "build_times_s": list(self.buildTimes),
+            "rebuild_times_s": list(self.rebuildTimes),
             **({"guards": self.guards.status()} if self.guards is not None else {}),
         }
 

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from meshvpn.errors import NoPath
-from meshvpn.circuits.manager import CircuitBuildFailed, CircuitManager
+from meshvpn.circuits.manager import RECENT_TIMES, CircuitBuildFailed, CircuitManager
 from meshvpn.circuits.guards import GuardSet
 from meshvpn.circuits.pathselect import RelayInfo
 
@@ -135,6 +135,15 @@ class CircuitManagerTests(unittest.TestCase):
         self.assertNotEqual(second.path[1].nodeId, first.path[1].nodeId)  # the dead middle is avoided
         self.assertEqual(len(self.manager.rebuildTimes), 1)
         self.assertIn("rebuild_times_s", self.manager.status())
+
+    def test_buildTimesKeptBounded(self):
+        """A client that builds without end keeps only the recent build times (what status shows)."""
+        for i in range(RECENT_TIMES + 15):
+            d = self.manager.getCircuit(isolation=f"k{i}")
+            self.clock.advance(0.01)
+            self.successResultOf(d)
+        self.assertEqual(len(self.manager.buildTimes), RECENT_TIMES)
+        self.assertEqual(len(self.manager.status()["build_times_s"]), RECENT_TIMES)
 
     def test_stopClosesEverything(self):
         d = self.manager.getCircuit()
