@@ -13,11 +13,11 @@ C{systemctl reload}.  systemd is told C{RELOADING=1} then C{READY=1}.
 import signal
 
 import attrs
-from twisted.application import service
 from twisted.logger import Logger
 
 from meshvpn import logoutput, sdnotify
 from meshvpn.errors import ConfigError
+from meshvpn.roles.sigterm import SignalWhileRunning
 
 
 @attrs.frozen
@@ -36,7 +36,7 @@ def logLevelApplier():
     return Applier(frozenset({"log_level"}), apply)
 
 
-class ReloadOnSIGHUP(service.Service):
+class ReloadOnSIGHUP(SignalWhileRunning):
     """
     @param options: the role's parsed L{meshvpn.config.RoleOptions} (its
         C{reread()} gives the new settings, its C{settings} the running ones).
@@ -44,35 +44,18 @@ class ReloadOnSIGHUP(service.Service):
 
     log = Logger()
 
+    SIGNAL = signal.SIGHUP
+
     def __init__(self, reactor, options, appliers, environ=None, notify=sdnotify.notify):
-        self._reactor = reactor
+        super().__init__(reactor)
         self._options = options
         self._appliers = list(appliers)
         self._environ = environ
         self._notify = notify
-        self._previous = None
         self.reloads = 0
 
-    def startService(self):
-        super().startService()
-        if self._reactor.running:
-            self._install()
-        else:
-            # After the reactor's own handlers, as for SIGTERM.
-            self._reactor.addSystemEventTrigger("after", "startup", self._install)
-
-    def _install(self):
-        if self.running:
-            self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def _hangup(self, signum, frame):
-        self._reactor.callFromThread(self.reload)
-
-    def stopService(self):
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+    def onSignal(self):
+        self.reload()
 
     def reload(self):
         """

@@ -11,7 +11,15 @@ import signal
 from twisted.application import service
 
 
-class CleanStopOnSIGTERM(service.Service):
+class SignalWhileRunning(service.Service):
+    """
+    A service that handles C{SIGNAL} while it runs (installed after the
+    reactor's own handlers, the previous handler put back on stop) and calls
+    L{onSignal} in the reactor thread.
+    """
+
+    SIGNAL = None
+
     def __init__(self, reactor):
         self._reactor = reactor
         self._previous = None
@@ -27,17 +35,24 @@ class CleanStopOnSIGTERM(service.Service):
 
     def _install(self):
         if self.running:
-            self._previous = signal.signal(signal.SIGTERM, self._terminate)
+            self._previous = signal.signal(self.SIGNAL, self._caught)
 
-    def _terminate(self, signum, frame):
-        self._reactor.callFromThread(self._stopOnce)
+    def _caught(self, signum, frame):
+        self._reactor.callFromThread(self.onSignal)
 
-    def _stopOnce(self):
-        if self._reactor.running:
-            self._reactor.stop()
+    def onSignal(self):
+        raise NotImplementedError
 
     def stopService(self):
         super().stopService()
         if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+            signal.signal(self.SIGNAL, self._previous)
             self._previous = None
+
+
+class CleanStopOnSIGTERM(SignalWhileRunning):
+    SIGNAL = signal.SIGTERM
+
+    def onSignal(self):
+        if self._reactor.running:
+            self._reactor.stop()
