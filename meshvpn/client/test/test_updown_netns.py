@@ -45,6 +45,7 @@ class UpDownLeavesNoTraceTests(unittest.TestCase):
 
     def snapshot(self):
         ns = self.world.inClient
+        _waitAddressesSettled(ns)
         return {
             "routes": ns("ip", "route", "show", "table", "all"),
             "routes6": ns("ip", "-6", "route", "show", "table", "all"),
@@ -99,6 +100,19 @@ class UpDownLeavesNoTraceTests(unittest.TestCase):
         out = self.meshvpn("down", *self.dirs)
         self.assertIn("restored", out)
         self.assertSameSystem(before)
+
+
+def _waitAddressesSettled(ns, timeout=15):
+    """
+    Wait until no IPv6 address of the namespace is still tentative.
+
+    A fresh veth's link-local address goes through duplicate address
+    detection first; its C{local fe80::...} route only appears when that
+    ends, which would read as a change the client made.
+    """
+    deadline = time.monotonic() + timeout
+    while ns("ip", "-6", "addr", "show", "tentative").strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _stable(text):
