@@ -38,6 +38,10 @@ from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 
 MAX_EARLY_DATA = 64 * 1024
+# Reading pauses at MAX_EARLY_DATA; a transport that keeps delivering past
+# this much more has not honoured the pause, and the session is refused
+# rather than let it hold without bound.
+MAX_EARLY_OVERRUN = 64 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 120.0  # Tor's SocksTimeout
 MAX_CONNECTIONS = 1024
@@ -278,6 +282,11 @@ class SOCKSServerProtocol(Protocol):
     def _earlyData(self, data):
         self._early.append(data)
         self._earlySize += len(data)
+        if self._earlySize > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
+            self._early, self._earlySize = [], 0
+            self.stats.count("early_data_overrun")
+            self._fail(Reply.GENERAL_FAILURE, "early data past the limit while reading was paused")
+            return
         if self._earlySize >= MAX_EARLY_DATA and not self._pausedForEarly:
             self._pausedForEarly = True
             self.transport.pauseProducing()

@@ -95,14 +95,14 @@ class Run:
         return result
 
 
-def runAll(names, seconds, parallel=2, keepArtifacts=None, corpusRoot=None):
-    """Run C{names} C{parallel} at a time. @return: their result dicts, in order."""
+def runAll(names, seconds, parallel=2, keepArtifacts=None, corpusRoot=None, extra=()):
+    """Run C{names} C{parallel} at a time (C{extra}: libFuzzer flags). @return: their result dicts, in order."""
     pending, running, results = list(names), [], {}
     while pending or running:
         while pending and len(running) < parallel:
             name = pending.pop(0)
             corpus = os.path.join(corpusRoot, name) if corpusRoot else None
-            running.append(Run(name, seconds, corpus))
+            running.append(Run(name, seconds, corpus, extra))
         run = running.pop(0)
         results[run.name] = run.wait(keepArtifacts)
     return [results[n] for n in names]

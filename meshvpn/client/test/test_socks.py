@@ -18,7 +18,7 @@ from meshvpn.client.socks import (
     TRANSITIONS,
     Event,
     HANDSHAKE_TIMEOUT,
-    MAX_EARLY_DATA,
+    MAX_EARLY_DATA, MAX_EARLY_OVERRUN,
     REQUEST_TIMEOUT,
     SOCKSServerFactory,
     SOCKSService,
@@ -212,6 +212,17 @@ class ConnectTests(SOCKSTestCase):
         self.opener.opens[-1][3].callback(stream)
         self.assertEqual(sum(map(len, stream.written)), (MAX_EARLY_DATA // 4096 + 1) * 4096)
         self.assertEqual(self.tr.producerState, "producing")
+
+    def test_earlyDataIgnoringThePauseRefused(self):
+        """A transport that keeps delivering after the pause cannot make the session hold more without bound."""
+        self.handshake()
+        self.proto.dataReceived(sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80))
+        self.take()
+        for _ in range((MAX_EARLY_DATA + MAX_EARLY_OVERRUN) // 4096 + 1):
+            self.proto.dataReceived(b"x" * 4096)
+        self.assertEqual(self.proto._earlySize, 0)
+        self.assertTrue(self.tr.disconnecting)
+        self.assertEqual(self.take(), sp.encodeReply(Reply.GENERAL_FAILURE))
 
     def test_streamEndedClosesApp(self):
         stream = self._connectOK("198.18.0.7", 80, "198.18.0.7")

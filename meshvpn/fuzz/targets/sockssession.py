@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from meshvpn.client import socksparse as sp
-from meshvpn.client.socks import _HANDSHAKE, MAX_EARLY_DATA, SOCKSServerProtocol
+from meshvpn.client.socks import _HANDSHAKE, MAX_EARLY_DATA, MAX_EARLY_OVERRUN, SOCKSServerProtocol
 from meshvpn.errors import NoExitForTarget, NoPath, StreamRefused
 from meshvpn.fuzz.target import FuzzTarget
 from meshvpn.interfaces import IStreamOpener
@@ -140,9 +140,10 @@ def _run(data):
         elif kind == 13:
             proto.dataReceived(b"y" * 4096)  # early data, a lot of it
         # waiting for the rest of a handshake message: never more than the biggest one;
-        # early data: reading pauses at the limit (one more read may land)
+        # early data: reading pauses at the limit; this transport ignores the
+        # pause, so the session itself must refuse what overruns it
         waiting = proto.state in _HANDSHAKE and len(proto._buffer) > sp.MAX_HANDSHAKE
-        if waiting or proto._earlySize > MAX_EARLY_DATA + 4096:
+        if waiting or proto._earlySize > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
             raise AssertionError(f"the session holds {len(proto._buffer)} + {proto._earlySize} bytes in {proto.state}")
     if not transport.disconnecting:
         proto.connectionLost(None)

@@ -46,7 +46,8 @@ class _Port:
 
 
 def _listenUDP(port, protocol, interface=""):
-    _listenUDP.next += 1
+    # one process runs many inputs: stay inside the port range
+    _listenUDP.next = 50000 + (_listenUDP.next - 49999) % 15000
     return _Port(_listenUDP.next)
 
 
