@@ -68,6 +68,7 @@ class MeasuredWeights(service.Service):
         self.epoch = None
         self.measures = {}
         self.reports = {}
+        self.observers = []  # callables(epoch), told after each epoch's weights are computed
         self._call = None
 
     # IRelayWeights
@@ -124,6 +125,11 @@ class MeasuredWeights(service.Service):
         self.log.info("relay weights of epoch {e}: {n} reports, {m} relays measured", e=epoch, n=len(reports),
                       m=measured)
         self.write()
+        for observer in list(self.observers):
+            try:
+                observer(epoch)
+            except Exception:
+                self.log.failure("a weights observer failed")
         return len(reports)
 
     def write(self):

@@ -26,7 +26,10 @@ from meshvpn.payments.purchases import PurchaseBook
 from meshvpn.payments.records import PaymentRecords
 from meshvpn.payments.spentstore import SpentTokenStore
 from meshvpn.ports import StreamListenerService
+from meshvpn.measure.settings import measureSettings
+from meshvpn.payments.payoutsettings import payerSettings
 from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
+from meshvpn.roles.payouts import addRelayPayer
 
 
 # Signing a purchase holds the reactor for about 6 ms per token (pure-Python RSA):
@@ -98,6 +101,9 @@ class Options(RoleOptions):
         Setting("epoch-grace", parseCount(0, 16), 1, "Further epochs during which an epoch's tokens stay spendable."),
         Setting("poll-interval", parseSeconds, 5.0, "Seconds between looks at the wallet for payments."),
         Setting("purchase-lifetime", parseSeconds, 86400.0, "Seconds a purchase waits for its payment."),
+        # Relay payouts by measured traffic (doc/measurement.md)
+        *payerSettings(),
+        *measureSettings(),
         *controlSettings(),
     ]
 
@@ -139,6 +145,7 @@ def makeService(options):
     node = buildNode("issuer", options.settings)
     dht = addService(node, "dht", DHTService(node, options.settings["bootstrap"]))
     addIssuer(node, options.settings, dht)
+    addRelayPayer(node, options.settings, dht)
     from meshvpn.roles.control import addControl
 
     addControl(node, options, dht=dht)

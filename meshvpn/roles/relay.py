@@ -14,6 +14,8 @@ from meshvpn.roles.common import addService, addServiceManagerHooks, buildNode
 from meshvpn.roles.links import addDatagramLinks, addLinkManager, listenForLinks
 from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
 from meshvpn.roles.measure import addTrafficReports
+from meshvpn.roles.payouts import addRelayPayouts
+from meshvpn.payments.payoutsettings import relayPayoutSettings
 from meshvpn.measure.settings import measureSettings
 from meshvpn.roles.payments import addPaidExit
 from meshvpn.control.options import controlSettings
@@ -69,6 +71,8 @@ class Options(RoleOptions):
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
+        # Payouts by measured traffic (meshvpn/payments/payout*.py, doc/measurement.md)
+        *relayPayoutSettings(),
         *controlSettings(),
     ]
 
@@ -121,6 +125,7 @@ def makeService(options):
         # A bridge stays unlisted: no descriptor and no traffic reports of its own.
         addService(dht, "publisher", publisher)
         addTrafficReports(node, settings, links, onion.switch, dht)
+        addRelayPayouts(node, settings, dht)
         onion.onRotate.append(lambda keys: publisher.publishNow())
     if settings["nat_relay"]:
         from meshvpn.link.relayservice import NatRelayService

@@ -1,0 +1,164 @@
+"""Payouts end to end: relays publish reports and addresses, the payer pays by the weights, each relay checks its pay.
+
+The DHT is the in-memory one of the payments tests; the reports, the
+weights, the records and the Monero transfers are the real ones (a real
+monerod --regtest with wallet RPC servers).
+"""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from meshvpn.dht.records import makeRecord
+from meshvpn.identity import NodeIdentity
+from meshvpn.measure.publish import reportSalt
+from meshvpn.measure.reports import makeReport
+from meshvpn.measure.service import MeasuredWeights
+from meshvpn.payments.monero import MoneroDaemon, MoneroRPC, MoneroWallet
+from meshvpn.payments.payoutaddress import PayoutAddressBook, PayoutAddressPublisher
+from meshvpn.payments.payoutcheck import PayoutCheck
+from meshvpn.payments.payoutepoch import EpochPayer
+from meshvpn.payments.payouts import ADDRESS_SALT, PayoutError, Statement, parseStatement
+from meshvpn.payments.test.fakes import FakeDHT
+from meshvpn.tools.moneroregtest import SharedRegtest
+
+EPOCH = 600
+ADDRESS = "4" + "A" * 94
+
+
+class Network:
+    """Relays carrying traffic in proportion to both ends' rates, their signed reports of epoch C{epoch} in the DHT."""
+
+    def __init__(self, rates, epoch=100):
+        self.clock = task.Clock()
+        self.clock.advance((epoch + 1) * EPOCH + 200)
+        self.dht = FakeDHT(self.clock)
+        self.epoch = epoch
+        self.relays = [NodeIdentity.generate() for _ in rates]
+        ids = [r.nodeId for r in self.relays]
+        for i, identity in enumerate(self.relays):
+            table = {ids[j]: (rates[i] * rates[j] * 10**6, 3) for j in range(len(ids)) if j != i}
+            for part in makeReport(identity, epoch, EPOCH, table):
+                self.dht.put(makeRecord(identity, reportSalt(part.part), part.raw, epoch, (epoch + 3) * EPOCH))
+
+    def weights(self):
+        return MeasuredWeights(self.clock, lambda: self.dht, lambda: {r.nodeId: frozenset({"middle"}) for r in self.relays},
+                               EPOCH)
+
+
+class FakeWallet:
+    def __init__(self):
+        self.sent = []
+
+    def transfer(self, address, amount):
+        self.sent.append((address, amount))
+        return defer.succeed((f"tx{len(self.sent)}", 1))
+
+
+class AddressTests(unittest.TestCase):
+    def test_publishedAndReadBack(self):
+        net = Network([1, 2])
+        pub = PayoutAddressPublisher(net.clock, net.relays[0], lambda: net.dht, ADDRESS, 3600)
+        pub.startService()
+        self.addCleanup(pub.stopService)
+        book = PayoutAddressBook(lambda: net.dht)
+        self.assertEqual(self.successResultOf(book.addressOf(net.relays[0].nodeId)), ADDRESS)
+        self.assertIsNone(self.successResultOf(book.addressOf(net.relays[1].nodeId)))
+        self.assertEqual(pub.status()["published"], net.clock.seconds())
+
+    def test_aMalformedAddressReadsAsNone(self):
+        net = Network([1, 2])
+        net.dht.put(makeRecord(net.relays[1], ADDRESS_SALT, b"not an address", 1, net.clock.seconds() + 100))
+        book = PayoutAddressBook(lambda: net.dht)
+        self.assertIsNone(self.successResultOf(book.addressOf(net.relays[1].nodeId)))
+        self.assertEqual(book.rejected, 1)
+
+    def test_aBadAddressIsRefusedAtStart(self):
+        net = Network([1])
+        self.assertRaises(PayoutError, PayoutAddressPublisher, net.clock, net.relays[0], lambda: net.dht, "0" * 95)
+
+
+class StatementTests(unittest.TestCase):
+    def test_roundTrip(self):
+        s = Statement(7, 3600, 10**11)
+        self.assertEqual(parseStatement(s.encode()), s)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=40))
+    def test_anyBytesParseOrRefuse(self, raw):
+        try:
+            parseStatement(raw)
+        except PayoutError:
+            pass
+
+
+class EpochLoopTests(unittest.TestCase):
+    def test_eachMeasuredEpochIsStatedAndPaidOnce(self):
+        net = Network([1, 2, 3, 4])
+        weights = net.weights()
+        wallet = FakeWallet()
+        payer = EpochPayer(net.clock, NodeIdentity.generate(), lambda: net.dht, weights, wallet,
+                           lambda nodeId: defer.succeed(ADDRESS), 6000)
+        payer.startService()
+        self.addCleanup(payer.stopService)
+        self.successResultOf(weights.refresh(net.epoch))
+        epoch, plan = self.successResultOf(payer.whenIdle())
+        self.assertEqual(epoch, net.epoch)
+        self.assertEqual(sum(a for _, a in wallet.sent), 6000)
+        self.assertEqual(len(wallet.sent), 4)
+        self.successResultOf(weights.refresh(net.epoch))  # the same epoch again: nothing more is paid
+        self.successResultOf(payer.whenIdle())
+        self.assertEqual(len(wallet.sent), 4)
+        self.assertEqual(payer.status()["paid"], 6000)
+
+
+REGTEST = SharedRegtest(wallets=("payer", "relays"), fund="payer", expected=1)
+
+
+class RegtestFlowTests(unittest.TestCase):
+    """Real Monero regtest transfers reach each relay's published address, in proportion to its measured weight."""
+
+    timeout = 900
+
+    @defer.inlineCallbacks
+    def test_paidByTheWeightsAndCheckedByEachRelay(self):
+        regtest = REGTEST.get(self)
+        payerWallet = MoneroWallet(MoneroRPC(reactor, regtest.walletURL("payer")))
+        relayWallet = MoneroWallet(MoneroRPC(reactor, regtest.walletURL("relays")))
+        daemon = MoneroDaemon(MoneroRPC(reactor, regtest.daemonURL()))
+        net = Network([1, 2, 4, 8])
+        indices = {}
+        for identity in net.relays:
+            index, address = yield relayWallet.createAddress(identity.nodeId.hex()[:16])
+            indices[identity.nodeId] = index
+            pub = PayoutAddressPublisher(net.clock, identity, lambda: net.dht, address, 3600)
+            pub.startService()
+            self.addCleanup(pub.stopService)
+        payerIdentity = NodeIdentity.generate()
+        weights = net.weights()
+        payer = EpochPayer(net.clock, payerIdentity, lambda: net.dht, weights, payerWallet,
+                           PayoutAddressBook(lambda: net.dht).addressOf, budget=10**11)
+        payer.startService()
+        self.addCleanup(payer.stopService)
+        yield weights.refresh(net.epoch)
+        epoch, plan = yield payer.whenIdle()
+        self.assertEqual(epoch, net.epoch)
+        self.assertEqual(len(plan), 4)
+        self.assertEqual(sum(p.amount for p in plan), 10**11)
+        self.assertEqual(len(payer.payouts.paid[epoch]), 4)
+        # the amounts follow the measured weights (within one atomic unit)
+        total = sum(weights.measurement(p.nodeId).bandwidth for p in plan)
+        for p in plan:
+            self.assertLessEqual(abs(p.amount - 10**11 * weights.measurement(p.nodeId).bandwidth / total), 1)
+        ranked = [p.nodeId for p in sorted(plan, key=lambda p: p.amount)]
+        self.assertEqual(ranked, [r.nodeId for r in net.relays])  # rates 1 < 2 < 4 < 8
+        yield daemon.generateBlocks(2, regtest.addresses["payer"])
+        for identity in net.relays:
+            # each relay recomputes the plan from the reports, the addresses and the statement
+            check = PayoutCheck(identity.nodeId, lambda: net.dht, net.weights(), payerIdentity.nodeId,
+                                PayoutAddressBook(lambda: net.dht).addressOf, relayWallet, indices[identity.nodeId])
+            yield check.weights.refresh(net.epoch)
+            state = yield check.checkEpoch(net.epoch)
+            line = next(p.amount for p in plan if p.nodeId == identity.nodeId)
+            self.assertEqual((state["expected"], state["received"], state["ok"]), (line, line, True))
