@@ -1446,6 +1446,7 @@ class IRelayWeights(Interface):
     """
 
     epoch = Attribute("C{int} or C{None}: the epoch the current weights were computed from.")
+    epochLength = Attribute("C{int}: seconds per measurement epoch (a streak of n epochs is n times this).")
 
     def measurement(nodeId):
         """
@@ -1575,7 +1576,10 @@ class IControlModel(Interface):
         """@return: a list: id, state, hops (id, flags, address), age, bytes each way."""
 
     def relays():
-        """@return: the relays the node knows, with pinned/excluded marks."""
+        """@return: the relays the node knows, with pinned/excluded marks and what the reports measure of each."""
+
+    def weightsSummary():
+        """@return: the epoch the relay weights come from and how many relays they measure, or C{None}."""
 
     def links():
         """@return: counts and one entry per open link."""

@@ -42,7 +42,7 @@ ROUTES = [
     ("GET", "/v1/nat", "nat", "NAT class and public address, from the node's own socket"),
     ("POST", "/v1/nat/check", "natCheck", "probe the NAT again now"),
     ("GET", "/v1/dht", "dht", "DHT table size, records, relays known by role"),
-    ("GET", "/v1/relays", "relays", "the relays the node knows, with pins and exclusions"),
+    ("GET", "/v1/relays", "relays", "the relays the node knows, with pins, exclusions and measured weights"),
     ("POST", "/v1/relays/{id}/pin", "pin", "use this relay at a position ({\"position\": guard|middle|exit})"),
     ("POST", "/v1/relays/{id}/exclude", "exclude", "never use this relay; close circuits through it"),
     ("POST", "/v1/relays/{id}/clear", "clear", "forget the pin or exclusion of this relay"),
@@ -204,7 +204,7 @@ class ControlResource(resource.Resource):
         return self.model.dhtStatus()
 
     def api_relays(self, request, body):
-        return {"relays": self.model.relays()}
+        return {"relays": self.model.relays(), "weights": self.model.weightsSummary()}
 
     def api_links(self, request, body):
         return self.model.links()

@@ -20,7 +20,7 @@ def addControlCommands(sub):
     commands = [
         ("status", "show a running node: NAT, DHT, links, circuits, VPN, bandwidth", _status, None),
         ("circuits", "list the node's circuits: hops, state, age, bytes", _circuits, None),
-        ("relays", "list the relays the node knows (pinned and excluded marked)", _relays, _relaysArgs),
+        ("relays", "list the relays the node knows: pins, exclusions and what the traffic reports measure", _relays, _relaysArgs),
         ("events", "follow the node's live events (circuits, VPN, bandwidth, log)", _events, _eventsArgs),
         ("newnym", "new circuits for new streams (new identity)", _newnym, None),
         ("vpn", "turn the node's VPN on or off", _vpn, _vpnArgs),
@@ -159,11 +159,34 @@ def _relays(args):
 
 def formatRelays(value):
     relays = value.get("relays", [])
-    lines = [f"{len(relays)} relays known"]
+    weights = value.get("weights")
+    head = f"{len(relays)} relays known"
+    if weights and weights.get("epoch") is not None:
+        head += f"; weights of epoch {weights['epoch']}: {weights['reports']} reports, {weights['measured']} measured"
+    lines = [head]
     for r in relays:
         mark = "pinned " + ",".join(r["pinned"]) if r.get("pinned") else "excluded" if r.get("excluded") else ""
-        lines.append(f"  {r['id'][:16]}  {','.join(r['flags']):22} {r.get('address') or '-':24} {mark}")
+        lines.append(f"  {r['id'][:16]}  {','.join(r['flags']):22} {r.get('address') or '-':24} "
+                     f"{formatMeasured(r.get('measured'))}  {mark}".rstrip())
     return "\n".join(lines)
+
+
+def formatMeasured(m):
+    """One relay's measurement in a line: bandwidth, weight share, uptime, partners, earned flags, last report."""
+    if not m:
+        return f"{'not measured':>10}"
+    report = m.get("report")
+    last = f"report {report['epoch']}: {report['neighbours']} nb" if report else "no report"
+    return (f"{_rate(m['bandwidth']):>10} {100 * m['share']:6.2f}% {m['uptime_s'] / 3600:6.1f}h "
+            f"{m['partners']:3} partners {','.join(f for f in m['flags'] if f != 'measured') or '-':14} {last}")
+
+
+def _rate(n):
+    for unit in ("B/s", "KB/s", "MB/s"):
+        if n < 1000 or unit == "MB/s":
+            return f"{n:.0f} {unit}" if unit == "B/s" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 # -- events

@@ -24,6 +24,7 @@ from meshvpn import __version__
 from meshvpn.control.bandwidth import BandwidthSampler
 from meshvpn.control.circuitview import CircuitTracker
 from meshvpn.control.events import LogTail
+from meshvpn.control.relayweights import measuredEntries, weightsSummary
 from meshvpn.errors import ControlError
 from meshvpn.interfaces import IControlModel
 
@@ -42,6 +43,7 @@ class Parts:
     nat: object = None  # ConnectivityCheck
     steering: object = None  # RelaySteering
     runtime: object = None  # RuntimeSettings
+    weights: object = None  # IRelayWeights (a client): what the traffic reports measure of each relay
 
 
 @implementer(IControlModel)
@@ -179,7 +181,9 @@ class NodeModel:
             return []
         now = self.clock.seconds()
         out = []
-        for d in sorted(self.parts.finder.usable(), key=lambda d: d.nodeId):
+        usable = sorted(self.parts.finder.usable(), key=lambda d: d.nodeId)
+        measured = measuredEntries(self.parts.weights, [d.nodeId for d in usable])
+        for d in usable:
             links = d.linkAddresses
             entry = {
                 "id": d.nodeId.hex(),
@@ -190,11 +194,15 @@ class NodeModel:
                 "family": [f.hex() for f in d.family],
                 "published_ago_s": round(now - d.published, 1),
                 "expires_in_s": round(d.expires - now, 1),
+                "measured": measured[d.nodeId],
             }
             if self.parts.steering is not None:
                 entry.update(self.parts.steering.markOf(entry["id"]))
             out.append(entry)
         return out
+
+    def weightsSummary(self):
+        return weightsSummary(self.parts.weights)
 
     def streams(self):
         if not self.history:

@@ -110,7 +110,8 @@ def makeService(options):
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
-    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun)
+    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun,
+               weights=weights)
     addServiceManagerHooks(node, options)
     return node
 

@@ -16,7 +16,7 @@ from meshvpn.control.steering import RelaySteering, steeringPath
 
 
 def addControl(node, options, *, links=None, dht=None, finder=None, circuits=None, onion=None, tun=None,
-               exitParts=None, stun=None):
+               exitParts=None, stun=None, weights=None):
     """
     The node's C{"control"} service (and its C{"control"} and, with
     C{--metrics-listen}, C{"metrics"} listeners).
@@ -32,7 +32,7 @@ def addControl(node, options, *, links=None, dht=None, finder=None, circuits=Non
         steering = RelaySteering(steeringPath(node.dataDir))
         circuits.relayFilter = steering
     parts = Parts(dht=dht, finder=finder, links=links, circuits=circuits, onion=onion, tun=tun, exit=exitParts,
-                  steering=steering)
+                  steering=steering, weights=weights)
     model = NodeModel(node, bus, parts, history=settings.get("status_history", False))
     parts.runtime = RuntimeSettings(options.schema, _tunables(node, model, settings, circuits, finder), settings, bus)
     if stun is not None and dht is not None:

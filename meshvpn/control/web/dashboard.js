@@ -215,8 +215,12 @@ function renderRelays() {
   const body = $("relays");
   body.replaceChildren();
   const { key, dir } = state.sort;
+  const numeric = { measured: "bandwidth", share: "share", uptime: "uptime_s" };
   const value = (r) => key === "flags" ? r.flags.join(",") : key === "mark" ? markOf(r) : (r[key] || "");
-  const rows = state.relays.slice().sort((a, b) => value(a).localeCompare(value(b)) * (dir === "asc" ? 1 : -1));
+  const compare = numeric[key]
+    ? (a, b) => ((a.measured ? a.measured[numeric[key]] : -1) - (b.measured ? b.measured[numeric[key]] : -1))
+    : (a, b) => value(a).localeCompare(value(b));
+  const rows = state.relays.slice().sort((a, b) => compare(a, b) * (dir === "asc" ? 1 : -1));
   for (const r of rows) {
     const actions = el("td");
     const steer = (action, body) => () => act(() => api("POST", `/v1/relays/${r.id}/${action}`, body));
@@ -227,6 +231,7 @@ function renderRelays() {
     }
     body.append(el("tr", {}, el("td", { class: "mono", title: r.id, text: r.id.slice(0, 16) }),
       el("td", { text: r.flags.join(", ") }), el("td", { class: "mono", text: r.address || "–" }),
+      ...measuredCells(r.measured),
       el("td", {}, markOf(r) ? el("span", { class: "badge " + (r.excluded ? "bad" : "ok"), text: markOf(r) }) : "–"),
       actions));
   }
@@ -238,6 +243,17 @@ function renderRelays() {
     th.removeAttribute("data-dir");
     if (th.dataset.sort === key) th.setAttribute("data-dir", dir);
   });
+}
+
+// what the traffic reports measure of a relay: bandwidth, weight share, uptime (title: flags, partners, last report)
+function measuredCells(m) {
+  if (!m) return [el("td", { class: "muted", text: "–" }), el("td", { text: "–" }), el("td", { text: "–" })];
+  const earned = m.flags.filter((f) => f !== "measured");
+  const report = m.report ? `last report: epoch ${m.report.epoch}, ${m.report.neighbours} neighbours, ${bytes(m.report.bytes)}` : "no report";
+  const title = `${m.partners} partners confirm it; ${earned.length ? earned.join(", ") : "no earned flags"}; ${report}`;
+  return [el("td", { class: "mono", title, text: rate(m.bandwidth) }),
+    el("td", { class: "mono", text: (100 * m.share).toFixed(1) + "%" }),
+    el("td", { class: "mono", text: duration(m.uptime_s) })];
 }
 
 async function loadRelays() {

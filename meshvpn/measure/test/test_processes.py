@@ -89,4 +89,65 @@ class ThrottledTestnetTests(unittest.TestCase):
         print(f"\nepoch {got['epoch']}: measured middles (B/s, both directions, both links) "
               + ", ".join(f"{name} ({RATES[name]}B/s) {bw:.0f}" for name, bw in zip(RATES, measured)))
         self.assertEqual(measured, sorted(measured), json.dumps(got, indent=1))
+        self.controlShowsTheWeights(net, ids, firstFull)
         # (the weights also ramp with each relay's streak, which depends on when its first circuit came)
+
+    def controlShowsTheWeights(self, net, ids, firstFull):
+        """The same measurements in the client's control API, in `meshvpn relays` and on the dashboard."""
+        from meshvpn.control.cli import formatRelays
+        from meshvpn.control.client import ControlClient
+
+        api = ControlClient.forDataDir(net.client.dataDir)
+        answer = api.get("/v1/relays")
+        self.assertGreaterEqual(answer["weights"]["epoch"], firstFull)
+        byId = {r["id"]: r for r in answer["relays"]}
+        middles = [byId[ids[name]]["measured"] for name in RATES]
+        for m in middles:
+            self.assertIn("measured", m["flags"])
+            self.assertGreater(m["partners"], 2)
+            self.assertGreater(m["report"]["neighbours"], 0)
+            self.assertGreater(m["uptime_s"], 0)
+        self.assertEqual([m["bandwidth"] for m in middles], sorted(m["bandwidth"] for m in middles))
+        self.assertAlmostEqual(sum(r["measured"]["share"] for r in answer["relays"] if r["measured"]), 1.0, places=3)
+        text = formatRelays(answer)
+        self.assertIn(f"weights of epoch {answer['weights']['epoch']}", text)
+        for name in RATES:
+            line = next(l for l in text.splitlines() if l.strip().startswith(ids[name][:16]))
+            self.assertRegex(line, r"\d+(\.\d)? [KM]?B/s +\d+\.\d\d% .* partners")
+        self.dashboardShowsTheWeights(api, ids)
+
+    def dashboardShowsTheWeights(self, api, ids):
+        from meshvpn.control.test.test_dashboard import CHROMIUM, DRIVER, browser, click, waitUntil
+
+        if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+            if os.environ.get("CI"):
+                self.fail("chromium and chromium-driver are missing (bin/install installs them)")
+            raise unittest.SkipTest("no chromium/chromedriver")
+        from selenium.webdriver.common.by import By
+
+        driver = browser(1280, 800)
+        self.addCleanup(driver.quit)
+        driver.get(api.post("/v1/login-link")["url"])
+        known = len(api.get("/v1/relays")["relays"])
+        waitUntil(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#relays tr")) == known, what="the relay table")
+        click(driver, driver.find_element(By.CSS_SELECTOR, 'th[data-sort="measured"]'))
+
+        def rows():
+            out = {}
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#relays tr"):
+                cells = tr.find_elements(By.TAG_NAME, "td")
+                out[cells[0].get_attribute("title")] = [c.text for c in cells[3:6]]
+            return out
+
+        shown = waitUntil(lambda: (lambda r: r if all(r.get(ids[n], ["–"])[0] != "–" for n in RATES) else None)(rows()),
+                          what="measured bandwidths in the relay table")
+        for name in RATES:
+            bandwidth, share, uptime = shown[ids[name]]
+            self.assertRegex(bandwidth, r"/s$")
+            self.assertRegex(share, r"^\d+\.\d%$")
+            self.assertNotEqual(uptime, "–")
+        # sorted by measured bandwidth, ascending: the middles appear in the order of their rates
+        order = [tr.find_elements(By.TAG_NAME, "td")[0].get_attribute("title")
+                 for tr in driver.find_elements(By.CSS_SELECTOR, "#relays tr")]
+        positions = [order.index(ids[name]) for name in RATES]
+        self.assertEqual(positions, sorted(positions))
