@@ -15,11 +15,22 @@ says alone is believed:
   never share a path and their link counts for nothing).  Colluders
   confirming huge fake traffic among themselves get at most kappa times
   their fair share of it;
-- every reporter starts from the median, over all reporters (one vote
-  each), of what they confirm with it (a clique nobody else links with
-  starts at a floor), and the sums and caps are recomputed
-  L{Params.iterations} times, so weights grow only as far as confirmed
-  links allow (by at most kappa per round);
+- every reporter starts equal (at the median reporter's confirmed bytes,
+  so honest links are mostly below their caps from the first round), and
+  the sums and caps are recomputed until no estimate moves (at most
+  L{Params.iterations} rounds), so weights grow only as far as confirmed
+  links allow (by at most kappa per round).  A start read per relay from
+  the reports let identities vote: 100 sybils confirming fake traffic
+  with their colluders moved the colluders' medians and took all the
+  weight;
+- a relay counts only while its confirmed partners hold at least
+  L{Params.coverage} of the others' weight; below, it is left out of every
+  sum and of E, kept at a floor and flagged C{isolated} (a clique of
+  identities that only confirm each other never counts, and is never
+  paid);
+- the cap of a link divides by E minus the larger end's traffic: a path
+  never holds a relay twice, so a relay's partners share the rest; with E
+  alone every estimate of a small network shrank to the same value;
 - a relay's weight ramps up over its first L{Params.rampEpochs} epochs of
   service (its streak: the weighted median of the streaks its confirming
   partners give it), so a new relay does not draw its full share at once;
@@ -28,7 +39,7 @@ says alone is believed:
   (measured, a streak of at least L{Params.guardEpochs} epochs and at least
   the median measured bandwidth: guard status is earned over time).
 
-Why it holds (doc/measurement.md has the numbers): let the hostile relays
+Why it holds (doc/measurement.md has the numbers, and where it does not): let the hostile relays
 carry a fraction a of the honest relays' real traffic and hold share x of
 the weight.  Deflating a link costs the liar as much as its partner (both
 ends lose it).  Inflating adds at most kappa * x * T_h, so at the fixed
@@ -50,9 +61,11 @@ from meshvpn.measure.reports import prefixOf
 
 @attrs.frozen
 class Params:
-    iterations: int = 40
+    iterations: int = 100  # an upper bound: the loop stops once estimates settle
+    tolerance: float = 1e-7  # no share moved more than this in a round: settled
     kappa: float = 1.25  # a link may carry this many times its fair share
-    startQuantile: float = 0.5  # the median: colluders voting up a friend's start must outnumber the rest
+    coverage: float = 0.25  # a relay counts while its confirmed partners hold this much of the others' weight
+    floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -156,47 +169,72 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Start from what most reporters see, one vote each: the median over
-    # all reporters of c_ij * n (one that confirmed nothing with j says 0),
-    # floored so that sparsely seen relays can grow.  A clique confirming
-    # fake traffic only among itself is seen by none of the others and
-    # starts at the floor, unless it is most of the reporters; from there a
-    # weight grows by at most kappa per round, and only as far as its
-    # confirmed links carry it.
-    named = [[] for _ in range(n)]
-    for k, m in order:
-        c = float(links[(k, m)]) * n
-        named[k].append((c, 1.0, m))
-        named[m].append((c, 1.0, k))
-    start = [weightedMedian(named[k], float(n - 1 - len(named[k])), q=params.startQuantile) for k in range(n)]
-    medianRaw = sorted(raw)[(n - 1) // 2]
-    floor = max(sorted(start)[(n - 1) // 2], medianRaw, 1.0) / 100.0
-    traffic = [max(t, floor) for t in start]
+    # Everyone starts equal: a start read per relay from the reports lets
+    # identities vote (sybils confirming fake traffic with their colluders
+    # moved the colluders' medians and took all the weight).  The common
+    # start is the median reporter's confirmed bytes, so most honest links
+    # are below their caps from the first round: an estimate far below its
+    # links is cap-bound everywhere and shrinks unless its partners hold
+    # 1/kappa of the weight.  From there a weight grows to what its
+    # confirmed links carry, by at most kappa per round: params.iterations
+    # is an upper bound, the loop ends once no estimate moves by more than
+    # params.tolerance of the total (the same input, the same rounds).
+    start = max(sorted(raw)[(n - 1) // 2], 1.0)
+    traffic = [start] * n
     kappa = params.kappa
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
+    live = [True] * n
     for _ in range(params.iterations):
         total = sum(traffic)
-        middles = sum(t for t, mid in zip(traffic, middle) if mid)
-        if total <= 0:
+        # A relay counts only while its confirmed partners hold at least
+        # params.coverage of everyone else's weight: an honest relay's
+        # links reach the relays that carry most traffic, an identity that
+        # carries nothing is confirmed only by its colluders.  Left out, it
+        # keeps the floor (so it can come back once its partners' weight is
+        # there), and neither it nor its links count in any sum or in E.
+        if params.coverage > 0:
+            seen = [0.0] * n
+            for k, m in order:
+                seen[k] += traffic[m]
+                seen[m] += traffic[k]
+            live = [seen[k] >= params.coverage * (total - traffic[k]) for k in range(n)]
+        counted = sum(t for t, ok in zip(traffic, live) if ok)
+        middles = sum(t for t, mid, ok in zip(traffic, middle, live) if mid and ok)
+        if counted <= 0:
             break
         nxt = [0.0] * n
         for k, m in order:
+            if not (live[k] and live[m]):
+                continue
+            # a path never holds a relay twice: k's partners share E minus
+            # k's own traffic (with the larger end's, the cap stays symmetric)
+            big = max(traffic[k], traffic[m])
             if middle[k] and middle[m]:
-                cap = kappa * traffic[k] * traffic[m] / total
+                cap = kappa * traffic[k] * traffic[m] / max(counted - big, big)
             elif (middle[k] or middle[m]) and middles > 0:
-                cap = kappa * traffic[k] * traffic[m] / middles
+                cap = kappa * traffic[k] * traffic[m] / max(middles - big, big)
             else:
                 cap = 0.0
             c = min(float(links[(k, m)]), cap)
             nxt[k] += c
             nxt[m] += c
+        floor = sum(nxt) / n * params.floor
+        if floor <= 0:
+            traffic = nxt
+            break
+        nxt = [max(t, floor) for t in nxt]
+        # settled when no estimate moves (not only no share: from an equal
+        # start every estimate grows alike at first)
+        moved = max(abs(a - b) for a, b in zip(nxt, traffic)) / sum(nxt)
         traffic = nxt
+        if moved < params.tolerance:
+            break
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown
     # is scaled back so that the median reporter's estimate is what its
     # links confirm.
-    ratios = sorted(raw[k] / traffic[k] for k in range(n) if traffic[k] > 0 and raw[k] > 0)
+    ratios = sorted(raw[k] / traffic[k] for k in range(n) if traffic[k] > 0 and raw[k] > 0 and live[k])
     # (raw counts links that cannot exist too; the median reporter has few)
     if ratios:
         scale = ratios[(len(ratios) - 1) // 2]
@@ -212,20 +250,24 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     for k, nodeId in enumerate(reporters):
         confirmed = partners[k]
         streak = int(weightedMedian(confirmed)) if confirmed else 0
-        out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed)]
-    measured = sorted(v[0] for v in out.values() if v[2] >= params.minReporters and v[0] > 0)
+        out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed), live[k]]
+    measured = sorted(v[0] for v in out.values() if v[2] >= params.minReporters and v[0] > 0 and v[3])
     median = measured[(len(measured) - 1) // 2] if measured else 0.0
     slowEighth = measured[len(measured) // 8] if measured else 0.0
     result = {}
-    for nodeId, (bandwidth, streak, count) in out.items():
+    for nodeId, (bandwidth, streak, count, counted) in out.items():
         flags = set()
         weight = 0
         if count >= params.minReporters and bandwidth > 0:
+            # measured: path selection draws it by this weight, never as "new"
             flags.add("measured")
-            weight = int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs))
-            if bandwidth >= slowEighth:
+            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
+            if not counted:
+                # its partners hold too little of the weight: kept at the floor
+                flags.add("isolated")
+            elif bandwidth >= slowEighth:
                 flags.add("fast")
-            if streak >= params.guardEpochs and bandwidth >= median:
+            if counted and streak >= params.guardEpochs and bandwidth >= median:
                 flags.add("guard")
         result[nodeId] = RelayMeasure(nodeId, bandwidth, weight, count, streak, frozenset(flags))
     return result

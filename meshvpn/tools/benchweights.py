@@ -18,9 +18,14 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   (sybil, but the colluders drop every link with honest relays: a closed
   group confirming huge traffic only among itself), C{targeted}
   (inflate, and deny every link with the tenth of honest relays that carry
-  the most, to shrink the caps of everyone else), and C{junk}, which is
-  not a lie: hostile relays fill their idle capacity with real junk
-  traffic with honest relays (the honest relays run at C{--utilization}).
+  the most, to shrink the caps of everyone else), C{swarm}, the attack
+  built against the present scheme (equal start, partner coverage): sybil,
+  but with C{--swarm} identities per hostile relay, each also sending a
+  trickle of real traffic (1 MB) through the honest relays that hold half
+  the capacity, so that its confirmed partners hold most of the weight,
+  and C{junk}, which is not a lie: hostile relays fill their idle capacity
+  with real junk traffic with honest relays (the honest relays run at
+  C{--utilization}).
 
 It prints C{capacity_correlation_honest} (Pearson correlation of weights
 with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
@@ -36,8 +41,9 @@ import time
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 
-STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted")
+STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm")
 HUGE = 2**50
+TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
 
 
 def addArguments(p):
@@ -47,6 +53,7 @@ def addArguments(p):
     p.add_argument("--circuits", type=int, default=100_000, help="circuits in the epoch (default 100000)")
     p.add_argument("--sigma", type=float, default=1.2, help="log-normal spread of capacities (default 1.2)")
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
+    p.add_argument("--swarm", type=int, default=3, help="sybil identities per hostile relay in the swarm attack (default 3)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
 
 
@@ -111,18 +118,31 @@ def _share(weights, ids, members):
     return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
 
 
-def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params):
+def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=3):
     """Hostile share of weight over hostile share of capacity under C{strategy}."""
     n = len(ids)
     hostileSet = set(hostile)
     traffic = [dict(t) for t in honestTraffic]
     allIds = list(ids)
     colluders = [ids[k] for k in hostile]
-    if strategy in ("sybil", "clique"):
-        sybils = _ids(len(hostile), rng, 0xEE)
+    if strategy in ("sybil", "clique", "swarm"):
+        sybils = _ids(len(hostile) * (swarm if strategy == "swarm" else 1), rng, 0xEE)
         allIds += sybils
         colluders += sybils
         traffic += [dict() for _ in sybils]
+    if strategy == "swarm":
+        # real trickles with the honest relays that hold half the capacity
+        honestByCap = sorted((k for k in range(n) if k not in hostileSet), key=lambda k: -caps[k])
+        half, acc, big = sum(caps[k] for k in honestByCap) / 2, 0.0, []
+        for k in honestByCap:
+            if acc >= half:
+                break
+            big.append(k)
+            acc += caps[k]
+        for s, sid in enumerate(sybils):
+            for k in big:
+                traffic[n + s][prefixOf(ids[k])] = (TRICKLE, 1)
+                traffic[k][prefixOf(sid)] = (TRICKLE, 1)
     hostileIdx = set(hostile) | set(range(n, len(allIds)))
     if strategy == "junk":
         # real bytes: each hostile relay fills its idle capacity with honest relays, by their capacity
@@ -149,7 +169,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 t = {p: v for p, v in t.items() if p in {prefixOf(c) for c in colluders}}
             elif strategy == "targeted":
                 t = {p: v for p, v in t.items() if p not in topVoters}
-            if strategy in ("inflate", "both", "sybil", "clique", "targeted"):
+            if strategy in ("inflate", "both", "sybil", "clique", "targeted", "swarm"):
                 for c in colluders:
                     if prefixOf(c) != me:
                         t[prefixOf(c)] = (HUGE, 0xFFFF)
@@ -172,6 +192,7 @@ def run(args, out=print):
     params = Params()
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
     weights = [measured[i].weight if i in measured else 0 for i in ids]
+    isolated = [k for k, i in enumerate(ids) if i in measured and "isolated" in measured[i].flags]
     result = {
         "relays": n,
         "hostile_fraction": args.hostile,
@@ -181,13 +202,15 @@ def run(args, out=print):
         "capacity_correlation_honest": round(_pearson(weights, caps), 4),
         "capacity_rank_correlation_honest": round(_pearson(_ranks(weights), _ranks(caps)), 4),
         "measured_relays": sum(1 for i in ids if i in measured and "measured" in measured[i].flags),
+        "isolated_honest": len(isolated),
+        "isolated_honest_capacity_share": round(sum(caps[k] for k in isolated) / sum(caps), 5),
     }
     hostile = sorted(random.Random(args.seed + 1).sample(range(n), int(round(args.hostile * n))))
     if hostile:
         strategies = {}
         for s in STRATEGIES + ("junk",):
             ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
-                                             random.Random(args.seed + 2), params)
+                                             random.Random(args.seed + 2), params, args.swarm)
             strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
         result["hostile_capacity_share"] = round(capShare, 4)
         result["strategies"] = strategies
@@ -196,6 +219,7 @@ def run(args, out=print):
         result["worst_strategy"] = worst
         result["junk_traffic_ratio"] = strategies["junk"]["ratio"]
         result["junk_utilization"] = args.utilization
+        result["swarm_sybils_per_hostile"] = args.swarm
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
         out(json.dumps(result))

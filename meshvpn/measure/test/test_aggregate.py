@@ -59,6 +59,15 @@ class HonestTests(unittest.TestCase):
         m = computeWeights([Report(i, b"", 1, 10, t[i], ()) for i in (a, b, c, d)])
         self.assertEqual({m[i].bandwidth for i in (a, b, c, d)}, {300.0})
 
+    def test_aSmallNetworkIsRankedByItsLinks(self):
+        # four relays, links in proportion to both ends' rates: each sees most of the others
+        ids = sorted(_ids(4, random.Random(7), 0))
+        rates = [1, 2, 4, 8]
+        t = {a: {prefixOf(b): (rates[i] * rates[j] * 10**6, 3) for j, b in enumerate(ids) if b != a}
+             for i, a in enumerate(ids)}
+        m = computeWeights([Report(i, b"", 1, 1, t[i], ()) for i in ids])
+        self.assertEqual([m[i].bandwidth for i in ids], [14e6, 26e6, 44e6, 56e6])  # every link, whole
+
     def test_aRelayThatDoesNotReportIsNotMeasured(self):
         ids, _, _, traffic = network(n=20, circuits=1000)
         m = computeWeights(reports(ids[1:], traffic[1:]), known=ids)
@@ -141,4 +150,9 @@ class AttackTests(unittest.TestCase):
         for c in clique:
             traffic.append({prefixOf(o): (HUGE, 0xFFFF) for o in clique if o != c})
         m = computeWeights(reports(ids + clique, traffic))
-        self.assertEqual(sum(m[c].weight for c in clique), 0)
+        # left out (its partners are only itself): kept at the floor, flagged, never paid
+        self.assertTrue(all("isolated" in m[c].flags for c in clique))
+        self.assertLess(sum(m[c].weight for c in clique) / sum(x.weight for x in m.values()), 0.005)
+        # (an honest relay seen by few partners may be left out too: here one, 0.03% of the capacity)
+        isolated = [k for k, i in enumerate(ids) if "isolated" in m[i].flags]
+        self.assertLess(sum(self.caps[k] for k in isolated) / sum(self.caps), 0.001)

@@ -24,7 +24,7 @@ class BenchWeightsTests(unittest.TestCase):
         for key in ("capacity_correlation_honest", "hostile_weight_share_ratio", "worst_strategy", "strategies",
                     "hostile_capacity_share", "junk_traffic_ratio"):
             self.assertIn(key, result)
-        self.assertEqual(set(result["strategies"]), {"inflate", "deflate", "both", "sybil", "clique", "targeted", "junk"})
+        self.assertEqual(set(result["strategies"]), {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "junk"})
         again = run("--seed", "3")[1]
         del again["cpu_seconds"], result["cpu_seconds"]
         self.assertEqual(again, result)
