@@ -177,16 +177,9 @@ def formatMeasured(m):
         return f"{'not measured':>10}"
     report = m.get("report")
     last = f"report {report['epoch']}: {report['neighbours']} nb" if report else "no report"
-    return (f"{_rate(m['bandwidth']):>10} {100 * m['share']:6.2f}% {m['uptime_s'] / 3600:6.1f}h "
+    return (f"{_rate(m['bandwidth']):>13} {100 * m['share']:6.2f}% {_duration(m['uptime_s']):>7} "
             f"{m['partners']:3} partners {','.join(f for f in m['flags'] if f != 'measured') or '-':14} {last}")
 
-
-def _rate(n):
-    for unit in ("B/s", "KB/s", "MB/s"):
-        if n < 1000 or unit == "MB/s":
-            return f"{n:.0f} {unit}" if unit == "B/s" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 # -- events

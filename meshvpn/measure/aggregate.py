@@ -64,7 +64,7 @@ class Params:
     iterations: int = 100  # an upper bound: the loop stops once estimates settle
     tolerance: float = 1e-7  # no share moved more than this in a round: settled
     kappa: float = 1.25  # a link may carry this many times its fair share
-    coverage: float = 0.25  # a relay counts while its confirmed partners hold this much of the others' weight
+    coverage: float = 0.4  # a relay counts while its confirmed partners hold this much of the others' weight
     floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
     minReporters: int = 3
     rampEpochs: int = 6

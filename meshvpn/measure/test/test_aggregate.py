@@ -153,6 +153,6 @@ class AttackTests(unittest.TestCase):
         # left out (its partners are only itself): kept at the floor, flagged, never paid
         self.assertTrue(all("isolated" in m[c].flags for c in clique))
         self.assertLess(sum(m[c].weight for c in clique) / sum(x.weight for x in m.values()), 0.005)
-        # (an honest relay seen by few partners may be left out too: here one, 0.03% of the capacity)
+        # (an honest relay seen by few partners may be left out too: a tiny share of the capacity)
         isolated = [k for k, i in enumerate(ids) if "isolated" in m[i].flags]
         self.assertLess(sum(self.caps[k] for k in isolated) / sum(self.caps), 0.001)
