@@ -53,7 +53,7 @@ def addArguments(p):
     p.add_argument("--circuits", type=int, default=100_000, help="circuits in the epoch (default 100000)")
     p.add_argument("--sigma", type=float, default=1.2, help="log-normal spread of capacities (default 1.2)")
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
-    p.add_argument("--swarm", type=int, default=3, help="sybil identities per hostile relay in the swarm attack (default 3)")
+    p.add_argument("--swarm", type=int, default=1, help="sybil identities per hostile relay in the swarm attack (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
 
 
@@ -118,7 +118,7 @@ def _share(weights, ids, members):
     return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
 
 
-def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=3):
+def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1):
     """Hostile share of weight over hostile share of capacity under C{strategy}."""
     n = len(ids)
     hostileSet = set(hostile)
