@@ -162,3 +162,47 @@ class RegtestFlowTests(unittest.TestCase):
             state = yield check.checkEpoch(net.epoch)
             line = next(p.amount for p in plan if p.nodeId == identity.nodeId)
             self.assertEqual((state["expected"], state["received"], state["ok"]), (line, line, True))
+
+
+class RoleWiringTests(unittest.TestCase):
+    """The roles build the payout services from their settings (and none without them)."""
+
+    def test_relayPublishesAndChecks(self):
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.interfaces import IStatusSource
+        from meshvpn.roles import relay
+
+        def build(*extra):
+            options = relay.Options()
+            options.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--listen",
+                                  "tcp:0:interface=127.0.0.1", *extra])
+            return relay.makeService(options).getServiceNamed("dht")
+
+        dht = build("--payout-address", ADDRESS, "--payout-payer", "ab" * 32, "--payout-wallet-rpc",
+                    "http://127.0.0.1:18088/json_rpc", "--payout-address-index", "3")
+        for name in ("payout-address", "payout-check"):
+            verifyObject(IStatusSource, dht.getServiceNamed(name))
+        self.assertEqual(dht.getServiceNamed("payout-check").addressIndex, 3)
+        plain = build()
+        self.assertRaises(KeyError, plain.getServiceNamed, "payout-address")
+
+    def test_issuerPaysOnlyWithABudget(self):
+        from meshvpn.roles import issuer
+
+        def build(*extra):
+            options = issuer.Options()
+            options.parseOptions(["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--listen",
+                                  "tcp:0:interface=127.0.0.1", *extra])
+            return issuer.makeService(options).getServiceNamed("dht")
+
+        self.assertEqual(build("--payout-budget", "1000000").getServiceNamed("payouts").budget, 1000000)
+        self.assertRaises(KeyError, build().getServiceNamed, "payouts")
+
+    def test_badSettingsRefused(self):
+        from twisted.python.usage import UsageError
+
+        from meshvpn.roles import relay
+
+        for args in (["--payout-address", "4" * 94], ["--payout-payer", "xyz"], ["--payout-address-index", "-1"]):
+            self.assertRaises((UsageError, SystemExit, ValueError), relay.Options().parseOptions, args)
