@@ -89,6 +89,8 @@ def loadTable(path, log=None):
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(1 << 20))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         contacts = data["contacts"] if data.get("version") == 1 else []
         loaded = []
         for nodeHex, host, port in contacts[:2000]:
@@ -99,7 +101,7 @@ def loadTable(path, log=None):
         return loaded
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         if log is not None:
             log.warn("ignoring damaged DHT table file {path}: {why}", path=path, why=str(e)[:100])
         return []

@@ -69,6 +69,18 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(loadTable(path), [])
         self.assertEqual(loadTable(path + ".missing"), [])
 
+    def test_tableFileNotAnObject(self):
+        """A table file that is JSON but not an object, or nested past the parser's depth, is damaged, not a crash.
+
+        Found by the bootstrap-file fuzz target (meshvpn/fuzz/regressions/bootstrap-file/table-not-an-object):
+        the file C{0} raised AttributeError out of loadTable, and so out of the DHT's start.
+        """
+        path = self.mktemp()
+        for text in ("0", "[]", '"contacts"', "null", "[" * 100000):
+            with open(path, "w") as f:
+                f.write(text)
+            self.assertEqual(loadTable(path), [], text[:20])
+
 
 class ServiceTests(unittest.TestCase):
     timeout = 60
