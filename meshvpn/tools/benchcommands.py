@@ -89,6 +89,14 @@ def addBenchCommands(sub):
 
     benchchaos.addArguments(p)
     p.set_defaults(func=benchchaos.command)
+    p = benchSub.add_parser("chaos-netns", help="link cuts and packet loss with nftables in namespaces, and a leak check (root)",
+                            description="The whole-world network in namespaces the bench creates and removes: guard links "
+                                        "cut, UDP and TCP packets dropped at random by nftables in the made-up internet's "
+                                        "router; prints recovery per fault and what left each client's uplink.")
+    from meshvpn.tools import chaosnetns
+
+    chaosnetns.addArguments(p)
+    p.set_defaults(func=chaosnetns.command)
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench
