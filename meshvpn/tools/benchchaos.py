@@ -18,8 +18,9 @@ after the fault (C{recovery_s}), the share of users who did within 2 s,
 the same for the users the fault hit (a fetch of theirs failed, or one in
 flight at the fault took over 2 s), the
 failed streams by SOCKS reply or kind, and C{hung_streams} (no answer within
-the generator's timeout).  Link cuts and datagram loss with nftables need
-root namespaces and are not part of this loopback bench.
+the generator's timeout).  Link cuts and packet loss with nftables, and the
+leak check, need root namespaces: C{meshvpn bench chaos-netns}
+(L{meshvpn.tools.chaosnetns}).
 """
 
 import json
@@ -204,8 +205,8 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
             "stream_success": round(ok / len(fetches), 5) if fetches else None,
             "hung_streams": sum(r["hung_streams"] for r in rows),
             "recovered_within_2s_fraction": round(min((r["recovered_within_2s_fraction"] for r in deaths), default=1.0), 4),
-            "leak_check": "not applicable: SOCKS users on loopback (the namespace world test checks the VPN's capture)",
-            "not_run": ["nftables link cuts", "datagram-link packet loss (nftables numgen)"],
+            "leak_check": "not applicable: SOCKS users on loopback (meshvpn bench chaos-netns captures both clients' uplinks)",
+            "not_run": ["nftables link cuts and packet loss (nftables numgen): meshvpn bench chaos-netns (root)"],
             "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
         }
     finally:
