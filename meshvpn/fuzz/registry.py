@@ -34,6 +34,7 @@ TARGETS = {
     "pay-records": "payrecords",
     "pt-launch": "ptlaunch",
     "pt-args": "ptargs",
+    "pt-local": "ptlocal",
     "link-session": "linksession",
     "link-directory": "linkdirectory",
     "bootstrap-file": "bootstrapfile",
