@@ -52,6 +52,18 @@ class RulesTests(unittest.TestCase):
                                              [2, 3.0, None, 30.0, 0, "vpn hung", True, False]])
 
 
+    def test_vpnHungStreamsCount(self):
+        """A VPN user's fetch that got no answer is a hung stream like a SOCKS user's."""
+        from meshvpn.tools.benchchaos import analyse
+
+        merged = chaosnetns._merge(
+            {"t0_epoch": 100.0, "users": 1, "fetches": [[0, 11.0, None, 30.0, 0, "hung", False, False]]},
+            {"t0_epoch": 100.0, "users": 1, "fetches": [[0, 11.0, None, 30.0, 0, "stalled", False, False]]})
+        [row] = analyse(merged, [{"fault": "cut_guard_links", "at": 110.0}], 150.0)
+        self.assertEqual(row["failed_streams"], {"hung": 1, "vpn stalled": 1})
+        self.assertEqual(row["hung_streams"], 2)
+
+
 class ChaosNetnsBenchTests(unittest.TestCase):
     timeout = 600
 
