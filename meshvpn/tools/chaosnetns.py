@@ -64,6 +64,7 @@ def addArguments(p):
     p.add_argument("--loss", type=int, default=30, help="percent of packets dropped by the loss faults (default 30)")
     p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, in order (default {','.join(FAULTS)})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a fetch counts as hung (default 30)")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy every node's and prober's log here before the world is removed")
 
 
 class Cleanups:
@@ -180,6 +181,17 @@ def _waitFetch(w, client, seconds):
         time.sleep(0.5)
 
 
+def _keepLogs(workdir, dest):
+    """Each node's twistd.log as NAME.twistd.log, and the top-level logs (probers, servers), into C{dest}."""
+    os.makedirs(dest, exist_ok=True)
+    for entry in os.listdir(workdir):
+        path = os.path.join(workdir, entry)
+        if entry.endswith(".log"):
+            shutil.copy(path, os.path.join(dest, entry))
+        elif os.path.isfile(os.path.join(path, "twistd.log")):
+            shutil.copy(os.path.join(path, "twistd.log"), os.path.join(dest, f"{entry}.twistd.log"))
+
+
 def _merge(socks, vpn):
     """One result in the load generator's shape: SOCKS users first, then the VPN users, one clock."""
     t0 = min(socks["t0_epoch"], vpn["t0_epoch"])
@@ -203,6 +215,8 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
     workdir = tempfile.mkdtemp(prefix="mvchaos-")
     cleanups.addCleanup(shutil.rmtree, workdir, True)
     netns = Netns(cleanups, "mvc")
+    if args.keep_logs:
+        cleanups.addCleanup(_keepLogs, workdir, args.keep_logs)  # runs before the workdir is removed
     try:
         started = time.time()
         out(f"bench chaos-netns: building the world (namespaces {netns.tag}-*)")
