@@ -89,7 +89,7 @@ class _Direction:
 
     def encrypt(self, cmd, cell):
         """ENC_UIV with H = T' | cmd (what a relay's layer does); T' becomes the output's T."""
-        xr = cell[TAG_LEN:]
+        xr = memoryview(cell)[TAG_LEN:]
         m = _from(self._ku(self.tprime + cmd, b"", xr), "little")
         yl = (_from(self._kb((_from(cell[:TAG_LEN], "little") ^ m).to_bytes(16, "little")), "little")
               ^ m).to_bytes(16, "little")

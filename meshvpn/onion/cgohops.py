@@ -44,11 +44,13 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer",)
+    __slots__ = ("_layer", "backwardCell")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
+        back = self._layer.back.encrypt
+        self.backwardCell = lambda cell: back(_RELAY, cell)  # one cell toward the origin, passing through
 
     def forward(self, cmd, payload):
         """

@@ -13,17 +13,33 @@ layout, 488 data bytes per message).
 
 from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, MAX_RELAY_EARLY, CellError, Command, DestroyReason
 from meshvpn.onion.lifecycle import HopState
-from meshvpn.onion.relaycircuit import RelayCircuit
+from meshvpn.onion.relaycircuit import NextHopEnd, RelayCircuit
 
 _RELAY = bytes([Command.RELAY])
 _CMDBYTE = {Command.RELAY: _RELAY, Command.RELAY_EARLY: bytes([Command.RELAY_EARLY])}
 _CLOSED = HopState.CLOSED
 
 
+class CgoNextHopEnd(NextHopEnd):
+    """The CGO hop's end on its next hop's channel: cells toward the origin, a cell at a time through the layer."""
+
+    __slots__ = ()
+
+    def onRelayRun(self, payloads):
+        c = self.c
+        backward = c.layer.backwardCell
+        head = c.prevPrefix + _RELAY
+        if c.prev.sendCells([head + backward(payload) for payload in payloads]):
+            c.counts["cells_relayed_backward"] += len(payloads)
+        else:
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+
+
 class CgoRelayCircuit(RelayCircuit):
     """This relay's CGO hop of someone's circuit (C{layer}: a L{meshvpn.onion.cgohops.CgoRelayHop})."""
 
     maxData = CGO_RELAY_DATA_LEN
+    NEXT_END = CgoNextHopEnd
 
     def onRelay(self, cmd, payload):
         if cmd == Command.RELAY_EARLY:

@@ -180,6 +180,11 @@ class OriginCircuit(RelayDispatcher):
         """Per hop: whether its keys came from the hybrid (post-quantum) handshake."""
         return [kind in circhandshake.POST_QUANTUM for kind in self.hopKinds]
 
+    @property
+    def relayCrypto(self):
+        """Per hop: its relay crypto scheme ("cgo" or "tor1")."""
+        return self.crypto.schemes
+
     def extend(self, hop):
         """Add C{hop} at the end of an open circuit. @return: a Deferred firing with C{None}."""
         return defer.Deferred.fromCoroutine(self._extend(hop))
@@ -479,7 +484,7 @@ class OriginCircuit(RelayDispatcher):
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
             "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
             "handshakes": list(self.hopKinds), "post_quantum_hops": self.postQuantumHops,
-            "relay_crypto": self.crypto.schemes,
+            "relay_crypto": self.relayCrypto,
             "flow_flags": self.flowFlags, **_ccStatus(self.packWindow),
             "packets_dropped": self.packetsDropped,
         }
