@@ -7,10 +7,15 @@ of cells, and the tagging attack the original scheme lets through and CGO
 stops.
 """
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from meshvpn.onion import cgohops
 from meshvpn.onion import circhandshake as ch
-from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, RELAY_DATA_LEN, Command, RelayCommand
+from meshvpn.onion.cells import (
+    CGO_RELAY_DATA_LEN, RELAY_DATA_LEN, CellError, Command, RelayCommand, packRelay, unpackRelay,
+)
 from meshvpn.onion.cgorelaycircuit import CgoRelayCircuit
 from meshvpn.onion.destroy import CircuitDestroyed
 from meshvpn.onion.relaycircuit import RelayCircuit
@@ -98,8 +103,6 @@ class Messages(unittest.TestCase):
         self.assertFalse(circ.closed)
 
     def test_overlongDataRefused(self):
-        from meshvpn.onion.cells import CellError
-
         n = Net(self)
         circ = n.built(self)
         self.assertRaises(CellError, circ.sendRelay, RelayCommand.DATA, 1, b"x" * (CGO_RELAY_DATA_LEN + 1))
@@ -180,3 +183,34 @@ class Tagging(unittest.TestCase):
         self.assertEqual(view.found, 0)
         self.assertEqual(n.edge.packets, [])
         self.assertTrue(circ.closed)
+
+
+class BodyParsing(unittest.TestCase):
+    """The CGO body in the common layout: any recognized cell either parses within the body or is refused."""
+
+    @given(st.binary(min_size=509, max_size=509))
+    def test_anyRecognizedCell(self, cell):
+        try:
+            plain = cgohops.fromCell(cell)
+        except CellError:
+            self.assertGreater((cell[19] << 8) | cell[20], CGO_RELAY_DATA_LEN)
+            return
+        self.assertEqual(len(plain), 503)
+        self.assertEqual(plain[:10], bytes(10))
+        self.assertEqual(plain[10:], cell[16:])
+        hdr = None
+        try:
+            hdr = unpackRelay(plain)
+        except CellError:
+            return
+        self.assertLessEqual(len(hdr.data), CGO_RELAY_DATA_LEN)
+
+    @given(st.integers(0, 65535), st.integers(0, 255), st.binary(max_size=RELAY_DATA_LEN))
+    def test_bodyRoundTrip(self, sid, command, data):
+        plain = packRelay(RelayCommand.DATA if command % 2 else RelayCommand.PACKET, sid, data)
+        if len(data) > CGO_RELAY_DATA_LEN:
+            self.assertRaises(CellError, cgohops.toBody, plain)
+            return
+        body = cgohops.toBody(plain)
+        self.assertEqual(len(body), 493)
+        self.assertEqual(cgohops.fromCell(bytes(16) + body), plain[:503])
