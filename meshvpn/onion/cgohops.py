@@ -16,6 +16,7 @@ the old scheme's and would let bytes past the body through.
 
 from meshvpn.onion import cgo
 from meshvpn.onion.cells import CGO_BODY_AT, CGO_BODY_LEN, CGO_RELAY_DATA_LEN, PAYLOAD_LEN, CellError
+from meshvpn.onion.circhandshake import CGO
 
 _BODY_END = CGO_BODY_AT + CGO_BODY_LEN  # 503
 _PAD = bytes(CGO_BODY_AT)
@@ -91,7 +92,7 @@ class CgoOriginView:
 
     __slots__ = ("_hop",)
     maxData = CGO_RELAY_DATA_LEN
-    scheme = "cgo"
+    scheme = CGO
 
     def __init__(self, material):
         self._hop = cgo.CgoOriginHop(material)

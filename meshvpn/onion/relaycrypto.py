@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from meshvpn.onion.cells import RECOGNIZED_AT, RELAY_DATA_LEN, TAG_LEN
 from meshvpn.onion.cgohops import CgoOriginView
+from meshvpn.onion.circhandshake import CGO, TOR1
 from meshvpn.onion.ntor import kdfRfc5869
 
 KEY_MATERIAL_LEN = 96
 _ZERO_IV = bytes(16)
 _ZERO2 = b"\0\0"
 _RELAY = b"\x03"
-CGO = "cgo"
 
 
 def _ctr(key):
@@ -160,7 +160,7 @@ class OriginHop(_HopKeys):
 
     __slots__ = ()
     maxData = RELAY_DATA_LEN
-    scheme = "tor1"
+    scheme = TOR1
 
     # What OriginCrypto calls on a circuit that mixes schemes (the CGO hop's are CgoOriginView's).
 
