@@ -56,6 +56,8 @@ from meshvpn.onion.channel import Channel
 from meshvpn.onion.fragments import HalfOpenBudget, created2Cells
 from meshvpn.onion.flusher import ChannelFlusher
 from meshvpn.onion.nulledge import NullEdge
+from meshvpn.onion.cgohops import CgoRelayHop
+from meshvpn.onion.cgorelaycircuit import CgoRelayCircuit
 from meshvpn.onion.relaycircuit import RelayCircuit
 from meshvpn.onion.relaycrypto import RelayLayer
 from meshvpn.ratelimit import TokenBucket
@@ -177,7 +179,8 @@ class CircuitSwitch:
         self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
         self.halfOpen = HalfOpenBudget(self.limits.maxHalfOpen)
         # Relay crypto schemes this relay offers (circhandshake.SCHEME_IDS), most preferred first.
-        self.relaySchemes = (circhandshake.TOR1,)
+        # CGO (tagging-resistant) first; the original scheme for clients that do not ask for CGO.
+        self.relaySchemes = circhandshake.RELAY_SCHEMES
         self._peers = collections.OrderedDict()  # peerKey -> _Peer, least recently used first
         self._waiting = collections.deque()  # peers with queued CREATE2s, in round-robin order
         self._drainCall = None
@@ -186,7 +189,7 @@ class CircuitSwitch:
             "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0, "handshakes_expired": 0, "created_ntor": 0, "created_ntor3": 0,
-            "created_hybrid": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
+            "created_hybrid": 0, "created_cgo": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
         }
 
     # -- channels
@@ -330,7 +333,11 @@ class CircuitSwitch:
     def _answer(self, channel, circId, create):
         hopKeys, reply = circhandshake.serverAnswer(create.htype, create.hdata, self.nodeId, self.keyRing.findKey,
                                                     self.relaySchemes)
-        circuit = RelayCircuit(self, channel, circId, RelayLayer(hopKeys))
+        if hopKeys.scheme == circhandshake.CGO:
+            circuit = CgoRelayCircuit(self, channel, circId, CgoRelayHop(hopKeys.material))
+            self.counters["created_cgo"] += 1
+        else:
+            circuit = RelayCircuit(self, channel, circId, RelayLayer(hopKeys))
         channel.addCircuit(circId, circuit)
         channel.peerCircuits += 1
         self.counters["circuits_created"] += 1
