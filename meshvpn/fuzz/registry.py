@@ -40,6 +40,7 @@ TARGETS = {
     "bootstrap-file": "bootstrapfile",
     "ip-packet6": "ippacket6",
     "multipath": "multipath",
+    "cgo": "cgo",
 }
 
 
