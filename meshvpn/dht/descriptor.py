@@ -110,7 +110,8 @@ class RelayDescriptor:
             "onion_keys": [
                 {"key": k.key.hex(), "valid_after": k.validAfter, "valid_until": k.validUntil} for k in self.onionKeys
             ],
-            "addresses": {t: a for t, a in reversed(self.addresses)},
+            "addresses": {t: a for t, a in reversed(self.addresses)},  # the first per transport
+            "all_addresses": [[t, a] for t, a in self.addresses],  # a dual-stack relay lists two per transport
             "flags": sorted(self.flags),
             "exit_policy": self.exitPolicy,
             "bandwidth": self.bandwidth,
