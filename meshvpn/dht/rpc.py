@@ -52,6 +52,7 @@ from meshvpn.dht.sampling import sampleRegion
 from meshvpn.dht.tokens import NO_TOKEN, TokenCache, TokenIssuer
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IDHT, IDatagramHandler
+from meshvpn.ratelimit import sourceKey
 
 # A first request to a node (no token yet) is padded so the whole answer fits.
 _NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
@@ -263,7 +264,7 @@ class DHTNode:
             return
         now = self.clock.seconds()
         host = addr[0]
-        if not self.limiter.allow(host, now):
+        if not self.limiter.allow(sourceKey(host), now):  # an IPv6 source counts as its /64
             self.counters["dropped_rate_limited"] += 1
             return
         if not self.answerBudget.take(now):
