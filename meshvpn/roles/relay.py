@@ -173,8 +173,8 @@ def liveAppliers(node, settings, onion, exitParts, publisher):
 
     appliers = [rateApplier(exitParts.limiter if exitParts is not None else None, onion.switch.readLimiter)]
     if exitParts is not None:
-        host = settings["udp"][0]
-        own = [host] if host not in ("0.0.0.0", "::") else []
+        hosts = [settings["udp"][0]] + ([settings["udp6"][0]] if settings.get("udp6") else [])
+        own = [h for h in hosts if h not in ("0.0.0.0", "::")]
         local = node.getServiceNamed("local-addresses")
         appliers.append(exitPolicyApplier(exitParts, publisher, own, local))
     return appliers

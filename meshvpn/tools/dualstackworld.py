@@ -6,7 +6,8 @@ L{meshvpn.tools.tunworld})::
     cl  IPv6-only client 2001:2:1::2 (no IPv4 address, no IPv4 route) --+
     g   guard  198.18.2.2 + 2001:2:2::2 (DHT and links on both),        +-- inet (router; web
         middle DHT on both, links on 127.30.0.1 only ------------------+   198.18.100.1 and
-    ex  exit   198.19.4.2 + 2001:2:4::2 (DHT on both, links on IPv4) ---+   2001:2:100::1)
+    ex  exit   198.19.4.2 + 2001:2:4::2 (DHT on both, links on IPv4, ---+   2001:2:100::1)
+        exits to IPv6: --exit-ipv6, announced ipv6-exit)
 
 Every relay is in both DHTs, so the client, which speaks only IPv6, finds
 all three in the IPv6 one; it can enter only through the guard's IPv6
@@ -65,7 +66,7 @@ class DualStackWorld(TunWorld):
                                             "--listen", f"tcp:9001:interface={MIDDLE_LINK}",
                                             "--bootstrap", f"{boot},{self.boot6}"])
         self._node("exit", "ex", "relay", ["--udp", f"{EXIT}:9000", "--udp6", f"[{EXIT6}]:9000", "--flags", "exit",
-                                           "--listen", f"tcp:9001:interface={EXIT}",
+                                           "--exit-ipv6", "true", "--listen", f"tcp:9001:interface={EXIT}",
                                            "--bootstrap", f"{boot},{self.boot6}"])
         for name in ("guard", "middle", "exit"):
             try:

@@ -17,6 +17,7 @@ import time
 from twisted.trial import unittest
 
 from meshvpn.client.test.test_vpn_e2e import captured
+from meshvpn.dht.descriptor import IPV6_EXIT
 from meshvpn.tools.dualstackworld import GUARD6, DualStackWorld
 from meshvpn.tools.netns import Netns, requireRoot
 from meshvpn.tools.tunworld import WEB, WEB6
@@ -71,6 +72,8 @@ class IPv6OnlyClientTests(unittest.TestCase):
             udp = [a for t, a in r["all_addresses"] if t == "udp"]
             self.assertEqual(len(udp), 2, r)
             self.assertEqual(sum(a.startswith("[2001:2:") for a in udp), 1, r)
+        # the exit says it carries IPv6, which is why the client chose it for WEB6
+        self.assertEqual([IPV6_EXIT in r["handshakes"] for r in relays if "exit" in r["flags"]], [True])
         time.sleep(0.3)
         capture.terminate()
         capture.wait(10)
