@@ -171,7 +171,7 @@ class DHTService(service.MultiService):
         self.node.udp.register("dht", DHT_BYTES, _ByFamily(self.overlays))
         for overlay in self.overlays:
             overlay.dht.savedContacts = loadTable(overlay.tablePath, self.log)
-            self.log.info("DHT (IPv{family}): {n} saved contacts to ask; bootstrap {boot}", family=overlay.family,
+            self.log.info("DHT: {n} saved contacts to ask over IPv{family}; bootstrap {boot}", family=overlay.family,
                           n=len(overlay.dht.savedContacts),
                           boot=",".join(formatHostPort(*a) for a in overlay.bootstrap) or "-")
             overlay.dht.start()
@@ -226,15 +226,15 @@ class DHTService(service.MultiService):
             return
         dht = overlay.dht
         if not overlay.bootstrap and not len(dht.table) and not dht.savedContacts:
-            self.log.info("DHT (IPv{family}): no bootstrap addresses and no saved contacts: first node, waiting to be "
-                          "found", family=overlay.family)
+            self.log.info("DHT: no bootstrap addresses and no saved contacts over IPv{family}: first node, waiting to "
+                          "be found", family=overlay.family)
             self._joined(0, overlay)
             return
         d = dht.bootstrap(overlay.bootstrap)
 
         def failed(f):
             f.trap(DHTError)
-            self.log.warn("DHT (IPv{family}) bootstrap failed ({why}); retrying in {s:.0f}s", family=overlay.family,
+            self.log.warn("DHT bootstrap failed over IPv{family} ({why}); retrying in {s:.0f}s", family=overlay.family,
                           why=f.getErrorMessage(), s=backoff)
             if self.running:
                 overlay.retry = self.node.reactor.callLater(backoff, self._join, overlay, min(backoff * 2, 300.0))
@@ -243,8 +243,7 @@ class DHTService(service.MultiService):
         d.addErrback(lambda f: self.log.failure("DHT bootstrap crashed", f))
 
     def _joined(self, size, overlay):
-        self.log.info("DHT joined: {n} contacts", n=size) if overlay is self.overlays[0] else self.log.info(
-            "DHT (IPv{family}) joined: {n} contacts", family=overlay.family, n=size)
+        self.log.info("DHT joined: {n} contacts over IPv{family}", n=size, family=overlay.family)
         self.save()
         if not overlay.joined.called:
             overlay.joined.callback(size)
