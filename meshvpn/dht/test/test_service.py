@@ -135,7 +135,7 @@ class ServiceTests(unittest.TestCase):
 class DualStackTests(unittest.TestCase):
     """IPv4 and IPv6 are two overlays; dual-stack relays are in both, announced under each family's address."""
 
-    timeout = 60
+    timeout = 120  # six nodes, two DHTs each: slow on a loaded machine
 
     def makeNode(self, role, udp, udp6=None, bootstrap=(), flags=("guard", "middle")):
         settings = {"data_dir": self.mktemp(), "udp": udp}
@@ -169,12 +169,12 @@ class DualStackTests(unittest.TestCase):
         yield defer.gatherResults([o.joined for _, d in relays for o in d.overlays])
         self.assertEqual([o.family for o in dhtA.overlays], [4, 6])
         publishers = [list(d)[0] for _, d in relays]
-        yield waitFor(lambda: all(p.published for p in publishers))
+        yield waitFor(lambda: all(p.published for p in publishers), timeout=40)
 
         c6, dht6 = self.makeNode("client", ("::1", 0), bootstrap=[boot6])
         c4, dht4 = self.makeNode("client", ("127.0.0.1", 0), bootstrap=[boot4])
         finders = [list(dht6)[0], list(dht4)[0]]
-        yield waitFor(lambda: all(len(f.relays) == 4 for f in finders), timeout=30)
+        yield waitFor(lambda: all(len(f.relays) == 4 for f in finders), timeout=60)
         for node, _ in relays:
             for f in finders:
                 d = f.relays[node.identity.nodeId]
