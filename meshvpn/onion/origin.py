@@ -15,7 +15,7 @@ from zope.interface import implementer
 from meshvpn.errors import LinkError, MeshVPNError
 from meshvpn.interfaces import ICircuit, ICircuitEnd
 from meshvpn.observer import OneShotObserver
-from meshvpn.onion import circhandshake
+from meshvpn.onion import circhandshake, circversions
 from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
 from meshvpn.onion.ntor import HandshakeError
 from meshvpn.onion.cells import (
@@ -266,6 +266,9 @@ class OriginCircuit(RelayDispatcher):
         """
         Send one relay cell to hop C{hop} (default: the last).
 
+        @raise circversions.CircuitVersionTooOld: C{command} is newer than
+            the hop's circuit version (its descriptor's C{circuit-N}).
+
         @return: C{False} if nothing was sent (closed, or a flow-controlled
             cell that does not fit the circuit window).
         """
@@ -279,6 +282,8 @@ class OriginCircuit(RelayDispatcher):
                 raise MeshVPNError("RELAY_EARLY budget of this circuit is spent")
             self.earlySent += 1
         hopIndex = hop if hop >= 0 else len(self.crypto.hops) - 1
+        if command in circversions.COMMAND_SINCE:  # a hop of an older release would tear the circuit down
+            circversions.checkCommand(command, circversions.hopVersion(self.path[hopIndex].handshakes))
         ct, tag = self.crypto.encrypt(packRelay(command, streamId, data), hopIndex, _CMD[early])
         if flow:
             self.packWindow.onSent(tag)

@@ -50,7 +50,8 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ICellHandler, IStatusSource
 from meshvpn.hostport import splitHostPort
 from meshvpn.localaddrs import isInternal
-from meshvpn.onion import circhandshake, ntor
+from meshvpn.link.protocol import CIRCUIT_VERSIONS
+from meshvpn.onion import circhandshake, circversions, ntor
 from meshvpn.onion.cells import Create2, DestroyReason
 from meshvpn.onion.channel import Channel
 from meshvpn.onion.fragments import HalfOpenBudget, created2Cells
@@ -328,7 +329,9 @@ class CircuitSwitch:
         """What this relay's descriptor lists (L{meshvpn.dht.descriptor.RelayDescriptor.handshakes})."""
         if self.keyRing is None:
             return ()
-        return tuple(sorted(set(circhandshake.supportedKinds()) | set(self.relaySchemes) - {circhandshake.TOR1}))
+        names = set(circhandshake.supportedKinds()) | set(self.relaySchemes) - {circhandshake.TOR1}
+        # the circuit versions it speaks, for clients that never link to it
+        return tuple(sorted(names | set(circversions.descriptorNames(CIRCUIT_VERSIONS))))
 
     def _answer(self, channel, circId, create):
         hopKeys, reply = circhandshake.serverAnswer(create.htype, create.hdata, self.nodeId, self.keyRing.findKey,
