@@ -30,6 +30,23 @@ from meshvpn.secretfile import writeSecretFile
 WEIGHTS_FILE = "weights.json"
 
 
+def inThread(reactor):
+    """
+    @return: C{computeWeights} run in C{reactor}'s thread pool (a pure
+        function of its arguments), or inline for a reactor without threads
+        (a test's clock).
+    """
+    from twisted.internet import threads
+
+    if not hasattr(reactor, "getThreadPool"):
+        return computeWeights
+
+    def compute(*args, **kw):
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), computeWeights, *args, **kw)
+
+    return compute
+
+
 def weightsJSON(epoch, epochLength, measures, reports, updated):
     """The public summary C{weights.json} holds."""
     byReporter = {r.reporter: r for r in reports}
@@ -58,8 +75,15 @@ class MeasuredWeights(service.Service):
 
     log = Logger()
 
-    def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params()):
+    def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params(), compute=computeWeights):
+        """
+        @param compute: C{computeWeights} or a stand-in with its signature
+            that may return a Deferred: roles pass L{inThread}, since at
+            hundreds of relays the computation takes seconds of CPU, which
+            must not stall the reactor that carries circuits.
+        """
         self.clock = clock
+        self.compute = compute
         self.collector = ReportCollector(dht)
         self.known = known
         self.epochLength = epochLength
@@ -118,7 +142,8 @@ class MeasuredWeights(service.Service):
         roles = dict(self.known())
         reports = yield self.collector.fetchAll(list(roles), epoch)
         reports = [r for r in reports if r.epochLength == self.epochLength]
-        self.measures = computeWeights(reports, known=list(roles), params=self.params, roles=roles)
+        self.measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles), params=self.params,
+                                                  roles=roles)
         self.reports = {r.reporter: r for r in reports}
         self.epoch = epoch
         measured = sum(1 for m in self.measures.values() if "measured" in m.flags)

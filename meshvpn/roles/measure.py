@@ -3,7 +3,7 @@
 from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.measure.meter import TrafficMeter
 from meshvpn.measure.publish import ReportPublisher
-from meshvpn.measure.service import MeasuredWeights
+from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.roles.common import addService
 
 
@@ -24,7 +24,7 @@ def addTrafficReports(node, settings, links, switch, dht):
 def addMeasuredWeights(node, settings, dht, finder):
     """The client's C{"weights"} service: reads the reports of the relays C{finder} knows, each epoch."""
     weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: {i: d.flags for i, d in finder.relays.items()}, settings["measure_epoch"],
-                              dataDir=node.dataDir)
+                              dataDir=node.dataDir, compute=inThread(node.reactor))
     addService(dht, "weights", weights)
     node.status.addSource("weights", weights)
     return weights

@@ -11,7 +11,7 @@ not a client's path-building sample, so they read the same reports.
 """
 
 from meshvpn.dht.service import RelayFinder
-from meshvpn.measure.service import MeasuredWeights
+from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.payments.monero import MoneroRPC, MoneroWallet
 from meshvpn.payments.payoutaddress import PayoutAddressBook, PayoutAddressPublisher
 from meshvpn.payments.payoutcheck import PayoutCheck
@@ -24,7 +24,7 @@ DIRECTORY_SAMPLE = 1024
 def _weights(node, settings, dht, dataDir=None):
     finder = addService(dht, "payout-finder", RelayFinder(dht, 300.0, perRole=DIRECTORY_SAMPLE))
     weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: {i: d.flags for i, d in finder.relays.items()},
-                              settings["measure_epoch"], dataDir=dataDir)
+                              settings["measure_epoch"], dataDir=dataDir, compute=inThread(node.reactor))
     return addService(dht, "payout-weights", weights)
 
 

@@ -1,5 +1,6 @@
 """Reports through a real (simulated) DHT: a relay publishes each epoch, a client reads and weighs them."""
 
+from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -10,7 +11,8 @@ from meshvpn.measure.collect import ReportCollector
 from meshvpn.measure.epoch import epochOf, lastComplete
 from meshvpn.measure.publish import ReportPublisher, reportSalt
 from meshvpn.measure.reports import MAX_ENTRIES, makeReport, prefixOf
-from meshvpn.measure.service import MeasuredWeights
+from meshvpn.measure.aggregate import computeWeights
+from meshvpn.measure.service import MeasuredWeights, inThread
 
 EPOCH = 60
 
@@ -68,6 +70,31 @@ class PublishTests(unittest.TestCase):
             self.assertIn("measured", weights.measurement(n.identity.nodeId).flags)
             self.assertEqual(weights.report(n.identity.nodeId).reporter, n.identity.nodeId)
         self.assertEqual(self.publishers[0].status()["neighbours"], 5)
+
+    def test_computedOffTheReactor(self):
+        """The computation may be handed to a thread (roles do): the reactor goes on until its answer comes."""
+        self.nextEpoch()
+        self.carry([1, 2, 3, 4, 5, 6])
+        self.nextEpoch()
+        handedOver = []
+
+        def compute(*args, **kw):
+            d = defer.Deferred()
+            handedOver.append((d, computeWeights(*args, **kw)))
+            return d
+
+        weights = MeasuredWeights(self.net.clock, lambda: self.client,
+                                  lambda: {n.identity.nodeId: frozenset({"middle"}) for n in self.relays}, EPOCH,
+                                  compute=compute)
+        done = weights.refresh()
+        self.net.pump(30)
+        self.assertEqual(len(handedOver), 1)
+        self.assertEqual(weights.measures, {})
+        d, result = handedOver[0]
+        d.callback(result)
+        self.assertEqual(self.successResultOf(done), 6)
+        self.assertEqual(sorted(self.relays, key=lambda n: weights.weightOf(n.identity.nodeId)), self.relays)
+        self.assertIs(inThread(object()), computeWeights)
 
     def test_aBigReportTravelsInParts(self):
         self.nextEpoch()
