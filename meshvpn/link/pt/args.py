@@ -22,6 +22,7 @@ import string
 import attrs
 
 from meshvpn.hostport import HostPortError, formatHostPort, parseIPPort
+from meshvpn.link.pt.escaped import splitEscapedPairs
 
 MAX_SOCKS_FIELD = 255
 _NAME_CHARS = set(string.ascii_letters + string.digits + "_")
@@ -114,24 +115,12 @@ def packSocksArgs(args):
 def unpackSocksArgs(username, password):
     """The inverse of L{packSocksArgs} (what a transport does); used by tests and the fake transport."""
     packed = username + (b"" if password == b"\0" else password)
-    text = packed.decode("utf-8")
-    args, cur, key, escaped = [], [], None, False
-    for ch in text:
-        if escaped:
-            cur.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "=" and key is None:
-            key, cur = "".join(cur), []
-        elif ch == ";":
-            args.append((key, "".join(cur)))
-            key, cur = None, []
-        else:
-            cur.append(ch)
-    if escaped or key is None:
+    try:
+        args = splitEscapedPairs(packed.decode("utf-8"), ";")
+    except ValueError:
+        raise ValueError("malformed packed arguments") from None
+    if any(key is None for key, _ in args):
         raise ValueError("malformed packed arguments")
-    args.append((key, "".join(cur)))
     return tuple(args)
 
 

@@ -12,6 +12,7 @@ import attrs
 
 from meshvpn.errors import MeshVPNError
 from meshvpn.hostport import HostPortError, parseIPPort
+from meshvpn.link.pt.escaped import splitEscapedPairs
 
 MAX_LINE = 4096  # longer lines are a protocol error, not a buffer to grow
 
@@ -105,30 +106,10 @@ def parseServerArgs(text):
     C{\\=} and C{\\\\} escapes.  @return: C{((k, v), ...)}.
     @raise ValueError: an empty key, a pair without C{=}, a dangling backslash.
     """
-    pairs, key, cur, escaped = [], None, [], False
-    for ch in text:
-        if escaped:
-            cur.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "=" and key is None:
-            key, cur = "".join(cur), []
-        elif ch == ",":
-            pairs.append(_pair(key, cur))
-            key, cur = None, []
-        else:
-            cur.append(ch)
-    if escaped:
-        raise ValueError("a dangling backslash")
-    pairs.append(_pair(key, cur))
-    return tuple(pairs)
-
-
-def _pair(key, cur):
-    if not key:
+    pairs = splitEscapedPairs(text, ",")
+    if any(not key for key, _ in pairs):
         raise ValueError("a KEY=VALUE pair with an empty key or no '='")
-    return key, "".join(cur)
+    return tuple(pairs)
 
 
 def parseLine(line):
