@@ -207,3 +207,27 @@ class AvoidanceBoundsTests(unittest.TestCase):
         for i in range(A.MAX_REPORTERS * 3):
             a.failed(i.to_bytes(32, "big"), b"t" * 32)
         self.assertLessEqual(len(a._reports), A.MAX_REPORTERS)
+
+
+class CancelledBuildTests(unittest.TestCase):
+    def test_cancelledBuildLeavesNoHalfCircuit(self):
+        """The manager's timeout cancels a build that stalls (a guard swallowing EXTEND2): the circuit is torn down."""
+        from meshvpn.circuits.builder import CircuitBuilder
+        from meshvpn.circuits.test.test_attacks import _MemoryDescriptor, _MemoryLinks
+        from meshvpn.circuits.pathselect import RelayInfo
+        from meshvpn.onion.test.hostile import HostileNet
+
+        n = HostileNet(guard="extend=drop")
+        path = [RelayInfo(nodeId=r.nodeId, host=f"198.{18 + i}.0.1", roles=frozenset(("guard", "middle", "exit")),
+                          descriptor=_MemoryDescriptor(r)) for i, r in enumerate((n.guard, n.middle, n.exit))]
+        d = CircuitBuilder(n.clock, n.client.switch, _MemoryLinks(n))(path)
+        n.pump()
+        self.assertNoResult(d)
+        [channel] = [c for c in n.client.switch.channels() if c.circuits]
+        [circuit] = channel.circuits.values()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        n.pump()
+        self.assertTrue(circuit.closed)
+        self.assertEqual(channel.circuits, {})
+        self.assertEqual(n.hops(n.guard), [])  # the DESTROY reached the guard
