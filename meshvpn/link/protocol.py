@@ -514,7 +514,7 @@ class LinkProtocol(Protocol):
             if self._heardAt < self._pingAt and not self._readPaused:
                 waited = now - self._pingAt
                 if waited >= self.pingTimeout():
-                    return self._abort(LinkSilent(f"peer answered no PING for {waited:.1f}s"))
+                    return self._abort(LinkSilent(f"peer answered no PING for {waited:.1f}s (limit {self.pingTimeout():.1f}s)"))
                 self._probe = self._reactor.callLater(self.pingTimeout() - waited, self._probeCheck)
                 return
             if self._heardAt < self._pingAt:  # paused by us: look again later
