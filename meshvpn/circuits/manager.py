@@ -250,7 +250,10 @@ class CircuitManager(service.Service):
         circuit.whenClosed().addBoth(self._closed, isolation, pair)
 
     def _closed(self, reason, isolation, pair):
-        if pair in self._retired:  # retired by newIdentity: nothing to replace
+        err = getattr(reason, "value", reason)
+        if getattr(err, "silent", False) and self.guards is not None:
+            self.guards.markDown(pair[1][0].nodeId)  # it hangs: we saw it ourselves (no PONG)
+        if pair in self._retired:  # retired (newIdentity, a stream timeout): nothing to replace
             self._retired.remove(pair)
             return
         pairs = self._assigned.get(isolation, [])
@@ -265,9 +268,6 @@ class CircuitManager(service.Service):
         self.log.info(
             "circuit through {path} closed ({reason}); rebuilding", path=_describe(pair[1]), reason=_reason(reason)
         )
-        err = getattr(reason, "value", reason)
-        if getattr(err, "silent", False) and self.guards is not None:
-            self.guards.markDown(pair[1][0].nodeId)  # it hangs: we saw it ourselves (no PONG)
 
         def replaced(newPair):
             took = self.reactor.seconds() - started

@@ -60,13 +60,14 @@ class LinkSettings:
     # Liveness (link version 3): cells went out and nothing came back for
     # probeAfter seconds, so a PING goes; nothing at all within the PING
     # timeout closes the link as LinkSilent.  The timeout is probeTimeout,
-    # or PROBE_RTT_FACTOR times the slowest recent PONG if that is longer
-    # (a starved machine answers late but answers), at most probeTimeoutMax.
-    # A stopped relay's circuits are torn down after about
-    # probeAfter + probeTimeout instead of deadAfter.  0 disables.
+    # or PROBE_RTT_FACTOR times the second slowest recent PONG if that is
+    # longer (a starved machine answers late but answers; one stall is not
+    # a trend), at most probeTimeoutMax.  A stopped relay's circuits are
+    # torn down after about probeAfter + probeTimeout instead of deadAfter.
+    # 0 disables.
     probeAfter: float = 1.0
     probeTimeout: float = 4.0
-    probeTimeoutMax: float = 15.0
+    probeTimeoutMax: float = 10.0
     # No cells either way and no users for this long: close (0 disables).
     idleTimeout: float = 180.0
     # Cells held while the transport's write buffer is full.
@@ -83,7 +84,7 @@ class LinkSettings:
     connectTimeout: float = 30.0
 
 
-PROBE_RTT_FACTOR = 4
+PROBE_RTT_FACTOR = 3
 PROBE_RTT_SAMPLES = 8  # PONG round trips remembered for the timeout
 
 
@@ -488,8 +489,9 @@ class LinkProtocol(Protocol):
     def pingTimeout(self):
         """Seconds a PING waits for any answer before the peer counts as hung."""
         s = self._settings
-        slowest = max(self.pingRtts, default=0.0)
-        return min(s.probeTimeoutMax, max(s.probeTimeout, PROBE_RTT_FACTOR * slowest))
+        ordered = sorted(self.pingRtts)
+        slow = ordered[-2] if len(ordered) >= 2 else (ordered[0] if ordered else 0.0)
+        return min(s.probeTimeoutMax, max(s.probeTimeout, PROBE_RTT_FACTOR * slow))
 
     def _sendPing(self, now):
         self._pings += 1

@@ -76,12 +76,15 @@ class LivenessTests(unittest.TestCase):
         self.assertIsInstance(client.closeReason, LinkSilent)
 
     def test_slowPeerStretchesTheTimeout(self):
-        """A peer whose PONGs took 2 s (a starved machine) gets 4 x 2 s, not the 4 s floor."""
+        """A peer whose PONGs took 2.5 s (a starved machine) gets 3 x 2.5 s, not the 4 s floor; one stall is not a trend."""
         clock, client, server, pump = self.pair()
-        client.pingRtts[:] = [2.0]
-        self.assertEqual(client.pingTimeout(), 8.0)
-        client.pingRtts[:] = [60.0]
+        client.pingRtts[:] = [0.1, 2.5, 2.5]
+        self.assertEqual(client.pingTimeout(), 7.5)
+        client.pingRtts[:] = [0.1, 0.1, 9.0]
+        self.assertEqual(client.pingTimeout(), FAST.probeTimeout)
+        client.pingRtts[:] = [60.0, 60.0]
         self.assertEqual(client.pingTimeout(), FAST.probeTimeoutMax)
+        client.pingRtts[:] = [0.1, 2.5, 2.5]
         client.sendCells([cell(1)])
         clock.advance(1)  # PING
         clock.advance(7)
