@@ -337,6 +337,45 @@ class RecordStore:
         check = getattr(self.admit, "replicable", None)
         return check is None or check(record)
 
+    def dueForReplication(self, now, interval, budget):
+        """
+        Pick what to push to the k closest nodes this round: the keys with
+        live records nobody refreshed by a STORE for C{interval}, at most
+        C{budget} keys, taken in turn from each source that stored them.
+
+        Replication is work a stranger's one STORE makes us (and k others)
+        repeat every interval: a source flooding free keys gets its turn
+        like any other source, never the whole budget.
+
+        @return: C{[(key, [record, ...]), ...]}, and how many due keys were
+            left for a later round.
+        """
+        perSource = {}
+        for key, slot in self._byKey.items():
+            for entry in slot.values():
+                if now - entry.storedAt < interval or entry.until <= now:
+                    continue
+                if not self.replicable(entry.record):
+                    continue
+                perSource.setdefault(entry.source, {}).setdefault(key, []).append(entry.record)
+        queues = [iter(keys.items()) for _, keys in sorted(perSource.items(), key=lambda item: str(item[0]))]
+        chosen, seen = {}, set()
+        while queues and len(chosen) < budget:
+            left = []
+            for queue in queues:
+                item = next(queue, None)
+                if item is None:
+                    continue
+                left.append(queue)
+                key, records = item
+                chosen.setdefault(key, []).extend(records)
+                seen.add(key)
+                if len(chosen) >= budget:
+                    break
+            queues = left
+        due = {key for keys in perSource.values() for key in keys}
+        return list(chosen.items()), len(due - seen)
+
     def items(self):
         """@return: a list of C{(record, storedAt)} for every stored record."""
         return [(e.record, e.storedAt) for slot in self._byKey.values() for e in slot.values()]

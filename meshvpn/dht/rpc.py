@@ -87,6 +87,7 @@ class DHTConfig:
     refreshCheck: float = 300.0
     expireInterval: float = 60.0
     replicateInterval: float = 3600.0
+    replicateBudget: int = 32  # keys pushed per replication round (a STORE must not buy unbounded repeat work)
     republishInterval: float = 1800.0
     valueQuorum: int = 2
     perBucketSubnet: int = 2
@@ -539,18 +540,22 @@ class DHTNode:
 
     @defer.inlineCallbacks
     def replicate(self):
-        """Push each record not refreshed by a STORE this interval to the k closest nodes."""
+        """
+        Push records not refreshed by a STORE this interval to the k closest
+        nodes: one lookup per key, at most C{replicateBudget} keys a round,
+        shared fairly among the sources that stored them (see
+        L{RecordStore.dueForReplication}).
+        """
         if self.clientMode:
             return
-        now = self.clock.seconds()
-        for record, storedAt in self.store.items():
-            if now - storedAt < self.config.replicateInterval or record.expires <= now:
-                continue
-            if not self.store.replicable(record):
-                continue
-            result = yield self.lookup(record.key, paths=self.config.storePaths)
-            yield self._storeAt(record, result.contacts)
-            self.counters["replicated"] += 1
+        c = self.config
+        batch, deferred = self.store.dueForReplication(self.clock.seconds(), c.replicateInterval, c.replicateBudget)
+        self.counters["replication_deferred"] += deferred
+        for key, records in batch:
+            result = yield self.lookup(key, paths=c.storePaths)
+            for record in records:
+                yield self._storeAt(record, result.contacts)
+                self.counters["replicated"] += 1
 
     @defer.inlineCallbacks
     def republish(self):

@@ -195,6 +195,27 @@ class EvictionTests(unittest.TestCase):
         newcomer.request(node, wire.STORE, relay.raw, txid=b"newrelay")
         self.assertEqual(newcomer.got[-1][0].payload, wire.STORED, "a new relay was locked out by free keys")
 
+    def test_junkBuysBoundedReplication(self):
+        """
+        Replication repeats, every interval, work a stranger's one STORE
+        made: a flood of free keys from one source gets its turn with the
+        other sources, never the whole budget, and one lookup per key.
+        """
+        store = RecordStore(maxRecords=20000, maxPerKey=64)
+        honest = [makeRecord(NodeIdentity.generate(), b"relay%d" % i, b"d", 1, T0 + 3 * 3600) for i in range(10)]
+        for i, r in enumerate(honest):
+            store.store(r, T0, "198.18.%d" % (10 + i))
+        for i in range(2000):
+            store.store(makeRecord(NodeIdentity.generate(), b"junk%d" % i, b"x", 1, T0 + 24 * 3600), T0, "198.18.230")
+        batch, left = store.dueForReplication(T0 + 3601, 3600, 64)
+        keys = [key for key, _ in batch]
+        self.assertEqual(len(keys), 64)
+        self.assertEqual(len(set(keys)), 64)
+        self.assertLessEqual({r.key for r in honest}, set(keys), "honest records lost their turn to junk")
+        self.assertEqual(left, 2010 - 64)
+        # refreshed records are not due: their publisher or a peer just stored them
+        self.assertEqual(store.dueForReplication(T0 + 100, 3600, 64), ([], 0))
+
     def test_roleAnnouncementsOnlyFromTheirHost(self):
         """
         Old: any key could announce itself in every shard of every role, and
