@@ -240,7 +240,7 @@ class CircuitManager(service.Service):
             if guard is None:
                 raise NoPath(f"no second guard: {self.guards.refusal}")
         path = chooseSecondLeg(relays, first, guard=guard, rng=self.rng)
-        built = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
+        built = await self._build(path).addTimeout(self.timeouts.current(), self.reactor)
         self._countThroughGuard(path[0], failed=False)
         return built
 
