@@ -2,25 +2,28 @@
 
 Without it, a stream sent into a circuit through a hung relay waited for
 the SOCKS request timeout (120 s).  Tor waits 10 s on the first circuit and
-15 s on later ones, for internet round trips and builds of a few seconds.
-Here the limit comes from what this client measured: L{FACTOR} times the
-90th percentile of its last L{SAMPLES} answered attaches (BEGIN to
+15 s on later ones.  Here the first limit is L{FACTOR} times the 90th
+percentile of this client's last L{SAMPLES} answered attaches (BEGIN to
 CONNECTED or RESOLVE to RESOLVED: a circuit round trip plus the exit's own
-connect), never below L{FLOOR_S} (a relay that stalls for a moment, a
-target that is slow to accept, must not cost a circuit) nor above Tor's
-10 s; later attempts get L{LATER} times that.  Until L{MIN_SAMPLES}
-attaches are known it is Tor's 10 s.
+connect), never below Tor's 10 s nor above L{CAP_S}; later attempts get
+L{LATER} times that.
 
-Measured on the chaos bench's loopback network (2 cores at load 7-9):
-attaches take 20-150 ms at the 90th percentile and builds 0.4-0.8 s, so
-the floor decides: 3 s, then 4.5 s.  A starved machine (attaches of 1-2 s)
-gets up to 10 s, then 15 s.
+Why not lower, though attaches measured on the chaos bench's loopback
+network take 20-150 ms at the 90th percentile (2 cores at load 7-9)?
+A 3 s floor was tried: on the load bench (300 users, load 18-23) attaches
+grew past it as the machine filled, every timeout retired a circuit and
+built another, and the extra builds slowed everything further (build p50
+6.3 s instead of 1.0 s, a third fewer streams).  A hung relay is found
+sooner by its link's PING (about 5 s, L{meshvpn.link.protocol}), which
+destroys its circuits and moves their streams at once; this timeout is
+the backstop for what PING cannot see (an exit that takes BEGINs and
+never answers), so it may be slow.
 """
 
 import collections
 
-FLOOR_S = 3.0
-CAP_S = 10.0
+FLOOR_S = 10.0
+CAP_S = 20.0
 LATER = 1.5
 FACTOR = 4.0
 SAMPLES = 50
@@ -38,7 +41,7 @@ class AttachTimeout:
     def limit(self, attempt):
         """@return: seconds attempt C{attempt} (1 = the first circuit) waits for an answer."""
         if len(self._times) < MIN_SAMPLES:
-            first = CAP_S
+            first = FLOOR_S
         else:
             ordered = sorted(self._times)
             p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]

@@ -9,7 +9,7 @@ retried on a fresh circuit at once, as Tor does; any other refusal goes
 back to the app as its SOCKS reply.
 
 A stream the exit does not answer in time (L{meshvpn.streams.attachtimeout}:
-from measured attach times, 3-10 s, later attempts half as long again) is
+Tor's 10 s, longer when measured attaches are slow, at most 20 s; later attempts half as long again) is
 cancelled (END to the exit), its circuit is retired for new streams
 (L{meshvpn.interfaces.ICircuitManager.streamTimedOut}), and it is tried on
 another circuit.  After L{MAX_ATTEMPTS} circuits the app gets a clear

@@ -129,7 +129,7 @@ class AttachTimeoutTests(unittest.TestCase):
         hung, good = FakeCircuit([HANG]), FakeCircuit(["stream"])
         m = FakeManager([hung, good])
         d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
-        clock.advance(AT.CAP_S - 0.1)  # nothing measured yet: Tor's 10 s
+        clock.advance(AT.FLOOR_S - 0.1)  # nothing measured yet: Tor's 10 s
         self.assertNoResult(d)
         clock.advance(0.1)
         self.assertEqual(self.successResultOf(d), "stream")
@@ -144,10 +144,10 @@ class AttachTimeoutTests(unittest.TestCase):
         clock = Clock()
         m = FakeManager([FakeCircuit([HANG]) for _ in range(MAX_ATTEMPTS)])
         d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
-        clock.advance(AT.CAP_S)
-        clock.advance(AT.CAP_S * AT.LATER)
+        clock.advance(AT.FLOOR_S)
+        clock.advance(AT.FLOOR_S * AT.LATER)
         self.assertNoResult(d)
-        clock.advance(AT.CAP_S * AT.LATER)
+        clock.advance(AT.FLOOR_S * AT.LATER)
         f = self.failureResultOf(d, StreamRefused)
         self.assertEqual(f.value.reason, EndReason.TIMEOUT)
         self.assertEqual(replyForFailure(f), Reply.TTL_EXPIRED)
@@ -155,13 +155,16 @@ class AttachTimeoutTests(unittest.TestCase):
 
     def test_limitFromMeasuredAttaches(self):
         t = AT.AttachTimeout()
-        self.assertEqual(t.limit(1), AT.CAP_S)
+        self.assertEqual(t.limit(1), AT.FLOOR_S)
         for _ in range(AT.MIN_SAMPLES):
             t.attached(0.05)
         self.assertEqual(t.limit(1), AT.FLOOR_S)
         self.assertEqual(t.limit(2), AT.FLOOR_S * AT.LATER)
         for _ in range(AT.SAMPLES):
-            t.attached(3.0)  # a starved machine
+            t.attached(3.0)  # a starved machine: 4 x 3 s
+        self.assertEqual(t.limit(1), 12.0)
+        for _ in range(AT.SAMPLES):
+            t.attached(30.0)
         self.assertEqual(t.limit(1), AT.CAP_S)
 
     def test_measuredLimitUsed(self):
@@ -186,5 +189,5 @@ class AttachTimeoutTests(unittest.TestCase):
         hung.streamHandler = HungMux()
         m = FakeManager([hung, FakeCircuit([])])
         d = Opener(m, reactor=clock).resolve("example.com", "k")
-        clock.advance(AT.CAP_S)
+        clock.advance(AT.FLOOR_S)
         self.assertEqual(self.successResultOf(d), ["198.18.0.1", "::1"])
