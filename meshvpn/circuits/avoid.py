@@ -18,6 +18,9 @@ client believed it without limit.  So, as the attacker sees it:
   guard, so this bounds what its guard alone can do;
 - the guard position is never affected (guards are the guard set's
   business), and an avoided relay stays usable when nothing else fits.
+
+The client's own sightings (a relay whose link to us answered no PING)
+go in the same list under their own reporter, so the same bounds hold.
 """
 
 import collections

@@ -80,6 +80,7 @@ class CircuitBuildFailed(MeshVPNError):
 
 
 RECENT_TIMES = 20  # build and rebuild times kept for status
+SELF = b""  # the reporter of what this client saw itself, in the avoidance list
 
 
 @implementer(ICircuitManager, ICircuitSteering, IStatusSource)
@@ -251,8 +252,8 @@ class CircuitManager(service.Service):
 
     def _closed(self, reason, isolation, pair):
         err = getattr(reason, "value", reason)
-        if getattr(err, "silent", False) and self.guards is not None:
-            self.guards.markDown(pair[1][0].nodeId)  # it hangs: we saw it ourselves (no PONG)
+        if getattr(err, "silent", False):
+            self._hangs(pair[1][0].nodeId)
         if pair in self._retired:  # retired (newIdentity, a stream timeout): nothing to replace
             self._retired.remove(pair)
             return
@@ -288,6 +289,17 @@ class CircuitManager(service.Service):
         self._replacing.setdefault(isolation, [])
         d = self._buildWithRetries(None, avoid=_suspect(err, pair[1]), packets=packets)
         d.addCallbacks(replaced, failed).addBoth(done)
+
+    def _hangs(self, nodeId):
+        """
+        C{nodeId}'s link answered no PING: we saw it hang ourselves.  It is
+        marked down as a guard, and avoided as a middle or exit for a while
+        too (the next guard's link to it may not have noticed yet, and a
+        replacement extended through it would wait out the build timeout).
+        """
+        if self.guards is not None:
+            self.guards.markDown(nodeId)
+        self.avoid.failed(SELF, nodeId)
 
     def streamTimedOut(self, circuit):
         """
@@ -396,6 +408,8 @@ class CircuitManager(service.Service):
                     continue
                 except CircuitBuildFailed as e:
                     lastError = e
+                    if e.silent:
+                        self._hangs(path[0].nodeId)
                     if e.hop is not None:
                         exclude.append(path[e.hop].nodeId)
                         if e.hop == 0 and self.guards is not None:

@@ -105,6 +105,11 @@ class HungGuardTests(unittest.TestCase):
         self.assertEqual(entry.failures, 1)
         fresh = self.successResultOf(m.getCircuit(isolation="k0"))
         self.assertNotEqual(fresh.path[0].nodeId, guard)
+        # nor is it a replacement's middle or exit: the next guard's link to it may not know yet
+        self.assertIn(guard, m.avoid.avoided())
+        for i in range(10):
+            c = circuitFor(self, clock, m, f"n{i}")
+            self.assertNotIn(guard, [r.nodeId for r in c.path])
 
     def test_closedGuardLinkIsNotMarkedDown(self):
         """A link that just closed (a restart, an idle close) proves nothing: the next build tries the guard again."""
