@@ -132,6 +132,9 @@ def commonSettings(role, udpDefault):
     return [
         Setting("data-dir", parsePath, defaultDataDir(role), "Directory holding this node's keys and state (created 0700)."),
         Setting("udp", parseHostPort, udpDefault, "HOST:PORT of the node's one UDP socket (STUN, DHT, datagram links)."),
+        Setting("udp6", parseHostPort, None,
+                "HOST:PORT of a second UDP socket of the other address family, e.g. [::]:9000 beside an IPv4 --udp: "
+                "the node is then dual-stack (DHT, STUN and datagram links on both) and announces both."),
         Setting("log-level", parseLogLevel, "info",
                 "Lowest level written by twistd --logger=meshvpn.logoutput.observer: debug, info, warn or error "
                 "(changes on SIGHUP)."),

@@ -868,6 +868,7 @@ class ICircuit(Interface):
     state = Attribute("The L{meshvpn.onion.lifecycle.OriginState}.")
     closed = Attribute("C{bool}: the circuit is torn down.")
     streamHandler = Attribute("An L{ICircuitStreamHandler} or C{None}; the stream layer sets it.")
+    maxData = Attribute("C{int}: data bytes per relay message to the last hop (494; 488 when it uses CGO).")
 
     def build():
         """
@@ -1192,6 +1193,7 @@ class IRelayCircuit(Interface):
 
     edgeState = Attribute("Free for the edge's use (the exit keeps its StreamMux here); starts C{None}.")
     closed = Attribute("C{bool}: the circuit is torn down.")
+    maxData = Attribute("C{int}: data bytes per relay message on this hop (494; 488 with CGO relay crypto).")
 
     def sendRelay(command, streamId, data):
         """

@@ -52,17 +52,45 @@ def growReceiveBuffer(sock, size=UDP_RECEIVE_BUFFER):
             continue
 
 
-class UDPPortService(_BoundPortService):
-    """Binds the node's one UDP socket to its multiplexer for the service's lifetime."""
+def bindIPv6Only(host, port):
+    """
+    A non-blocking UDP socket bound to C{host} (an IPv6 literal) that never
+    carries IPv4: with the kernel's default (C{bindv6only=0}) a socket on
+    C{::} would also take IPv4 datagrams as C{::ffff:a.b.c.d} and collide
+    with the node's IPv4 socket on the same port.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, reactor, mux, host, port):
+
+class UDPPortService(_BoundPortService):
+    """
+    Binds one of the node's UDP sockets to C{protocol} (the multiplexer, or
+    its second-family socket) for the service's lifetime.
+    """
+
+    def __init__(self, reactor, protocol, host, port):
         self._reactor = reactor
-        self.mux = mux
+        self.mux = protocol
         self._host, self._port = host, port
 
     def privilegedStartService(self):
         # Bound before privileges are dropped, so low ports work under twistd -u.
-        self.port = self._reactor.listenUDP(self._port, self.mux, interface=self._host)
+        if ":" in self._host:
+            sock = bindIPv6Only(self._host, self._port)
+            try:
+                self.port = self._reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, self.mux)
+            finally:
+                sock.close()  # the reactor holds its own duplicate
+        else:
+            self.port = self._reactor.listenUDP(self._port, self.mux, interface=self._host)
         growReceiveBuffer(getattr(self.port, "socket", None))
         super().privilegedStartService()
 

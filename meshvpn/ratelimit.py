@@ -15,8 +15,13 @@ The one token bucket of the code base, used two ways:
   bounded table, so a flood of sources cannot grow memory.
 
 Time comes only from C{IReactorTime}, so tests drive it with C{task.Clock}.
+
+Per-source admission counts an IPv6 source by its /64 (L{sourceKey}): one
+host is normally given a whole /64, and counting each of its 2^64
+addresses apart would let it walk past any per-address limit.
 """
 
+import ipaddress
 from collections import OrderedDict
 
 from zope.interface import implementer
@@ -24,6 +29,24 @@ from zope.interface import implementer
 from meshvpn.interfaces import IStatusSource, ITokenBucket
 
 MAX_CIRCUITS = 65536
+SOURCE_PREFIX6 = 64
+
+
+def sourceKey(host):
+    """
+    What a per-source limit counts C{host} (an IP literal) under: an IPv4
+    address itself, an IPv6 address's /64 (as C{"2001:db8:1:2::/64"}), an
+    IPv4-mapped IPv6 address as its IPv4.  Anything else comes back as it is.
+    """
+    if not host or ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> (128 - SOURCE_PREFIX6) << (128 - SOURCE_PREFIX6), SOURCE_PREFIX6)))
 
 
 @implementer(ITokenBucket)

@@ -11,6 +11,13 @@ In VPN mode (C{meshvpn-client --tun}) an egress gate
 to a destination that has no host route and kill-switch exception yet is
 held, in a small bounded queue, until the gate has put them in place, then
 sent.  Without a gate the send path is one attribute test longer.
+
+A dual-stack node has a second socket for the other address family
+(C{--udp6}): L{DatagramMultiplexer.secondSocket} is the protocol bound to
+it.  Both feed the same table, and each datagram leaves through the socket
+of its destination's family (one NAT or firewall mapping per family is all
+there can be).  A destination of a family the node has no socket for is
+dropped and counted (C{no_route}): an IPv6-only node told of an IPv4 contact.
 """
 
 from collections import Counter
@@ -51,6 +58,17 @@ class DatagramMultiplexer(DatagramProtocol):
         self._gate = None  # an IDirectEgress while a --tun client captures the machine
         self._held = {}  # addr -> datagrams waiting for the gate
         self._heldCount = 0
+        self._second = None  # the other family's socket, if the node is dual-stack
+        self._families = {}  # socket -> whether it is IPv6
+
+    def secondSocket(self):
+        """
+        The protocol to bind the other family's socket to: what it receives
+        goes through this table, and sends to that family leave through it.
+        """
+        if self._second is None:
+            self._second = _SecondSocket(self)
+        return self._second
 
     def register(self, name, firstBytes, handler, accept=None):
         firstBytes = list(firstBytes)
@@ -105,9 +123,16 @@ class DatagramMultiplexer(DatagramProtocol):
         self._write(data, addr)
 
     def _write(self, data, addr):
+        transport = self.transport
+        if (":" in addr[0]) is not self._isIPv6(transport):
+            second = self._second
+            transport = second.transport if second is not None else None
+            if transport is None or (":" in addr[0]) is not self._isIPv6(transport):
+                self._counters["no_route"] += 1
+                return
         try:
-            self.transport.write(data, addr)
-        except OSError:
+            transport.write(data, addr)
+        except (OSError, ValueError):  # ValueError: Twisted refusing an address it cannot send to
             self._counters["send_errors"] += 1
 
     def _hold(self, data, addr):
@@ -139,8 +164,27 @@ class DatagramMultiplexer(DatagramProtocol):
         self._heldCount -= len(queue)
         self._counters["egress_dropped"] += len(queue)
 
+    def _isIPv6(self, transport):
+        # asked per datagram, so remembered per socket (a restart binds new ones)
+        known = self._families
+        if transport not in known:
+            if len(known) > 8:
+                known.clear()
+            known[transport] = transport is not None and ":" in transport.getHost().host
+        return known[transport]
+
     def getHost(self):
         return self.transport.getHost()
 
     def counters(self):
         return dict(self._counters)
+
+
+class _SecondSocket(DatagramProtocol):
+    """The other family's socket: hands what it receives to the multiplexer's table."""
+
+    def __init__(self, mux):
+        self._mux = mux
+
+    def datagramReceived(self, data, addr):
+        self._mux.datagramReceived(data, addr)

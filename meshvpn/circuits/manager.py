@@ -478,7 +478,9 @@ class CircuitManager(service.Service):
 def _circuitStatusOf(circuit, path, spare):
     entry = {"path": [r.nodeId.hex() for r in path], "spare": spare,
              # per hop: keys from the hybrid X25519 + ML-KEM-768 handshake (meshvpn.onion.circhandshake)
-             "post_quantum_hops": list(getattr(circuit, "postQuantumHops", ()))}
+             "post_quantum_hops": list(getattr(circuit, "postQuantumHops", ())),
+             # per hop: its relay crypto ("cgo": tagging-resistant; "tor1": the original)
+             "relay_crypto": list(getattr(circuit, "relayCrypto", ()))}
     if circuit.streamHandler is not None:
         entry.update(circuit.streamHandler.status())
     return entry

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from meshvpn.circuits.mpreorder import MultipathViolation, ReorderBuffer
 from meshvpn.circuits.mpsend import MultipathSender
-from meshvpn.onion.cells import CellError, RelayCommand
+from meshvpn.onion.cells import MIN_RELAY_DATA_LEN, CellError, RelayCommand
 from meshvpn.onion.multipathmsgs import MpAck, MpLink, MpSwitch
 
 log = Logger()
@@ -55,7 +55,9 @@ class MultipathSet:
         self._onClose = onClose
         self._onLinked = None  # callable(leg): a leg finished its handshake
         self.onRefused = None  # callable(leg): the exit answered MP_REFUSED to a leg (origin)
-        self.sender = MultipathSender() if window is None else MultipathSender(window=window)
+        # Legs may differ in relay crypto: bodies that fit any hop's cell (488 bytes, CGO's).
+        size = MIN_RELAY_DATA_LEN
+        self.sender = MultipathSender(maxData=size) if window is None else MultipathSender(window=window, maxData=size)
         self.reorder = ReorderBuffer(self._deliver, self._acknowledge)
         self.legs = {}  # leg -> LegState
         self._timers = {}

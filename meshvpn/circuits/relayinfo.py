@@ -6,6 +6,7 @@ building wants the onion key valid now and the link addresses.  Keeping
 the translation here leaves both sides ignorant of the other's format.
 """
 
+from meshvpn.dht.descriptor import IPV6_EXIT
 from meshvpn.dht.policysummary import summaryAllows
 from meshvpn.errors import NoPath
 from meshvpn.hostport import HostPortError, parseIPPort
@@ -32,7 +33,14 @@ def relayInfo(descriptor, weights=None):
     summary = descriptor.exitPolicy
     exitAccepts = None
     if "exit" in descriptor.flags:
-        exitAccepts = lambda target: summaryAllows(summary, target[1])  # noqa: E731
+        ipv6 = IPV6_EXIT in descriptor.handshakes
+
+        def exitAccepts(target):
+            # an IPv6 literal goes only to an exit that says it carries IPv6
+            # (the summary is of ports, for IPv4; a name may resolve to either)
+            if not ipv6 and ":" in str(target[0]):
+                return False
+            return summaryAllows(summary, target[1])
     measured = weights.measurement(descriptor.nodeId) if weights is not None else None
     return RelayInfo(
         nodeId=descriptor.nodeId,

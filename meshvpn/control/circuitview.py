@@ -96,8 +96,10 @@ class CircuitTracker:
         hops = []
         postQuantum = status.get("post_quantum_hops") or entry.get("post_quantum_hops") or ()
         entry["post_quantum_hops"] = postQuantum
+        crypto = status.get("relay_crypto") or entry.get("relay_crypto") or ()  # per hop: "cgo" or "tor1"
         for i, nodeId in enumerate(entry["path"]):
-            hop = {"id": nodeId.hex(), "post_quantum": bool(postQuantum[i]) if i < len(postQuantum) else False}
+            hop = {"id": nodeId.hex(), "post_quantum": bool(postQuantum[i]) if i < len(postQuantum) else False,
+                   "relay_crypto": crypto[i] if i < len(crypto) else None}
             hop.update(self.describeHop(nodeId))
             hops.append(hop)
         view = {

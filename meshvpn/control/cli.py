@@ -128,7 +128,8 @@ def formatCircuits(value):
         return "no circuits"
     lines = []
     for c in circuits:
-        hops = " -> ".join(h["id"][:8] + (" [pq]" if h.get("post_quantum") else " [classic]")
+        hops = " -> ".join(h["id"][:8] + (" [pq" if h.get("post_quantum") else " [classic")
+                           + (" cgo]" if h.get("relay_crypto") == "cgo" else "]")
                            + (f" ({h['address']})" if h.get("address") else "") for h in c["hops"])
         extra = f"  {c['reason']}" if c.get("reason") else ""
         lines.append(f"{c['id']:>4}  {c['state']:8} {_duration(c['age_s']):>7}  up {_bytes(c['bytes_sent']):>9}  "

@@ -22,6 +22,14 @@ L{meshvpn.onion.circhandshake}); such a descriptor has magic C{MVD3} and
 the list after the family.  A C{MVD2} descriptor has no list and means
 classic only (ntor, the original relay crypto), so a relay with nothing to
 add still publishes what older nodes parse.
+
+The same list carries the relay's other capabilities by name, because a
+node of any release parses a name it does not know (a new flag bit would
+make older nodes reject the whole descriptor): L{IPV6_EXIT} (the exit
+carries IPv6 destinations) and C{circuit-N} for each circuit protocol
+version N > 1 it speaks (none listed: version 1 only; see
+L{meshvpn.onion.circversions}).  A dual-stack relay lists two C{udp}
+addresses (one per family) and may list a link transport twice.
 """
 
 import hashlib
@@ -37,6 +45,7 @@ from meshvpn.dht.policysummary import MAX_SUMMARY_LEN, SummaryError, decodeSumma
 MAGIC = b"MVD2"
 MAGIC_HANDSHAKES = b"MVD3"  # MAGIC's layout plus the handshakes list
 MAX_HANDSHAKES = 8
+IPV6_EXIT = "ipv6-exit"  # in handshakes: this exit carries traffic to IPv6 destinations
 SIG_DOMAIN = b"meshvpn-descriptor-v1\x00"
 MAX_LIFETIME = 24 * 3600
 MAX_ONION_KEYS = 2
@@ -110,7 +119,8 @@ class RelayDescriptor:
             "onion_keys": [
                 {"key": k.key.hex(), "valid_after": k.validAfter, "valid_until": k.validUntil} for k in self.onionKeys
             ],
-            "addresses": {t: a for t, a in reversed(self.addresses)},
+            "addresses": {t: a for t, a in reversed(self.addresses)},  # the first per transport
+            "all_addresses": [[t, a] for t, a in self.addresses],  # a dual-stack relay lists two per transport
             "flags": sorted(self.flags),
             "exit_policy": self.exitPolicy,
             "bandwidth": self.bandwidth,

@@ -68,6 +68,25 @@ def parseAddress(text):
         return None
 
 
+def udpAddress(descriptor, family=None):
+    """
+    The descriptor's UDP address in the IPv4 (C{family} 4) or IPv6 (6) DHT,
+    as C{(ip, port)}; C{None} if it lists none.  A dual-stack relay lists
+    one of each and is announced in each overlay under that family's host;
+    C{family=None} takes the first listed (what a node that predates
+    dual-stack reads, and, the list being sorted, the IPv4 one).
+    """
+    for transport, address in descriptor.addresses:
+        if transport != "udp":
+            continue
+        parsed = parseAddress(address)
+        if parsed is not None and (family is None or (6 if ":" in parsed[0] else 4) == family):
+            return parsed
+        if family is None:
+            return None
+    return None
+
+
 def hostKey(address, exemptLoopback=False):
     """The host an address belongs to, as announcements are filed: its IP (IP:port on a local test network)."""
     host, port = address
@@ -84,8 +103,9 @@ class DirectoryPolicy:
     (checked by the store) already binds it to the publisher.
     """
 
-    def __init__(self, exemptLoopback=False):
+    def __init__(self, exemptLoopback=False, family=None):
         self.exemptLoopback = exemptLoopback
+        self.family = family  # the overlay's address family (None: the descriptor's first UDP address)
 
     def __call__(self, record, origin):
         salt = record.salt
@@ -100,7 +120,7 @@ class DirectoryPolicy:
             d = parseDescriptor(record.value, verify=False)
         except DescriptorError:
             return False
-        udp = parseAddress(d.address("udp"))
+        udp = udpAddress(d, self.family)
         if d.nodeId != record.publisherId or role.decode() not in d.flags or udp is None:
             return False
         if hostKey(udp, self.exemptLoopback).encode("ascii") != host:
@@ -127,8 +147,9 @@ class RelayDirectory:
 
     log = Logger()
 
-    def __init__(self, dht, identity, rng=random, maxRounds=8, checkLive=True, patience=2):
+    def __init__(self, dht, identity, rng=random, maxRounds=8, checkLive=True, patience=2, family=None):
         self.dht = dht
+        self.family = family  # which of a dual-stack descriptor's UDP addresses counts in this overlay
         self.identity = identity
         self.rng = rng
         self.maxRounds = maxRounds
@@ -148,7 +169,7 @@ class RelayDirectory:
         raw = encodeDescriptor(descriptor)
         seq = self._nextSeq()
         records = [makeRecord(self.identity, DESCRIPTOR_SALT, raw, seq, descriptor.expires)]
-        udp = parseAddress(descriptor.address("udp"))
+        udp = udpAddress(descriptor, self.family)
         if udp is not None:
             host = hostKey(udp, self.dht.config.exemptLoopback)
             for role in sorted(descriptor.flags):
@@ -174,7 +195,7 @@ class RelayDirectory:
             self.rejected += 1
             return None
         if role is not None:
-            udp = parseAddress(d.address("udp"))
+            udp = udpAddress(d, self.family)
             if udp is None or record.salt != roleSalt(role, hostKey(udp, self.dht.config.exemptLoopback)):
                 self.rejected += 1
                 return None
@@ -232,7 +253,7 @@ class RelayDirectory:
             batch, queue = queue[: count - len(alive)], queue[count - len(alive) :]
             ds = []
             for ids, i in batch:
-                addr = parseAddress(ids[i].address("udp"))
+                addr = udpAddress(ids[i], self.family)
                 if addr is None:
                     ds.append(defer.fail(DHTError("no UDP address")))
                 else:

@@ -52,6 +52,7 @@ from meshvpn.dht.sampling import sampleRegion
 from meshvpn.dht.tokens import NO_TOKEN, TokenCache, TokenIssuer
 from meshvpn.errors import DHTError
 from meshvpn.interfaces import IDHT, IDatagramHandler
+from meshvpn.ratelimit import sourceKey
 
 # A first request to a node (no token yet) is padded so the whole answer fits.
 _NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
@@ -125,13 +126,17 @@ class DHTNode:
     @param store: a L{meshvpn.dht.records.RecordStore}.
     @param work: our proof-of-work nonce (L{meshvpn.dht.pow.loadOrSolve});
         a serving node without enough work is listed by nobody.
+    @param family: 4 or 6: the overlay this node is in (IPv4 and IPv6 are
+        separate overlays); a request to the other family fails at once, so
+        a contact of the wrong family costs no timeout.  C{None}: either.
     """
 
     log = Logger()
 
     def __init__(self, clock, identity, send, store, config=None, clientMode=False, txid=_defaultTxid, rng=random,
-                 work=NO_WORK):
+                 work=NO_WORK, family=None):
         self.clock = clock
+        self.family = family
         self.identity = identity
         self.nodeId = identity.nodeId
         self.publicKey = identity.identityPublicKey
@@ -260,7 +265,7 @@ class DHTNode:
             return
         now = self.clock.seconds()
         host = addr[0]
-        if not self.limiter.allow(host, now):
+        if not self.limiter.allow(sourceKey(host), now):  # an IPv6 source counts as its /64
             self.counters["dropped_rate_limited"] += 1
             return
         if not self.answerBudget.take(now):
@@ -372,6 +377,9 @@ class DHTNode:
         if len(self.pending) >= self.config.maxPending:
             self.counters["requests_refused"] += 1
             return defer.fail(DHTError("too many outstanding DHT requests"))
+        if self.family is not None and (6 if ":" in addr[0] else 4) != self.family:
+            self.counters["requests_other_family"] += 1
+            return defer.fail(DHTError(f"{addr[0]} is not in this IPv{self.family} DHT"))
         if prove is None:
             prove = expectedId is None or not self.isProven(expectedId, addr)
         txid = self._txid()

@@ -8,6 +8,15 @@ restarted node does not need its bootstrap nodes), joins through the
 configured bootstrap addresses (retrying with backoff), and saves the table
 periodically and on stop.
 
+IPv4 and IPv6 are separate overlays (as BitTorrent's BEP 32 keeps them): a
+contact carries one address, and an IPv6-only node can use none of an IPv4
+table.  A dual-stack node (C{--udp6}) runs one L{DHTNode} per family with
+the same identity, each with its own table, record store, bootstrap
+addresses (those of its family) and saved table (C{dht-table6.json} for the
+second); C{dht} and C{directory} are the first family's (C{--udp}), the
+others are in C{overlays}.  A relay publishes its descriptor in every
+overlay it has joined, announced under that family's address.
+
 L{RelayPublisher} (relays) publishes the node's signed descriptor once the
 node is listening and republishes it before it expires.  L{RelayFinder}
 (clients) samples relays of every role and writes what it verified to
@@ -19,6 +28,7 @@ import base64
 import json
 import os
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -35,6 +45,7 @@ from meshvpn.secretfile import writeSecretFile
 from meshvpn.udpmux import DHT_BYTES
 
 TABLE_FILE = "dht-table.json"
+SECOND_TABLE_FILE = "dht-table{family}.json"  # a dual-stack node's other overlay
 RELAYS_FILE = "relays.json"
 
 
@@ -89,6 +100,8 @@ def loadTable(path, log=None):
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(1 << 20))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         contacts = data["contacts"] if data.get("version") == 1 else []
         loaded = []
         for nodeHex, host, port in contacts[:2000]:
@@ -99,7 +112,7 @@ def loadTable(path, log=None):
         return loaded
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         if log is not None:
             log.warn("ignoring damaged DHT table file {path}: {why}", path=path, why=str(e)[:100])
         return []
@@ -128,28 +141,42 @@ class DHTService(service.MultiService):
         self.dht = None
         self.directory = None
         self.joined = defer.Deferred()
+        self.overlays = []  # _Overlay per address family, the primary first
         self._saveLoop = None
-        self._retry = None
 
     def startService(self):
         reactor = self.node.reactor
         c = self.config
         identity = self.node.identity
-        self.dht = DHTNode(
-            reactor,
-            identity,
-            self.node.udp.sendDatagram,
-            RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher, admit=DirectoryPolicy(c.exemptLoopback)),
-            c,
-            clientMode=self.clientMode,
-        )
+        families = nodeFamilies(self.node)
+        for i, family in enumerate(families):
+            dht = DHTNode(
+                reactor,
+                identity,
+                self.node.udp.sendDatagram,
+                RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher,
+                            admit=DirectoryPolicy(c.exemptLoopback, family)),
+                c,
+                clientMode=self.clientMode,
+                family=family if len(families) > 1 else None,
+            )
+            overlay = _Overlay(
+                family, dht, RelayDirectory(dht, identity, family=family),
+                self.joined if i == 0 else defer.Deferred(),
+                os.path.join(self.node.dataDir, TABLE_FILE if i == 0 else SECOND_TABLE_FILE.format(family=family)),
+                [a for a in self.bootstrapAddresses if len(families) == 1 or _familyOf(a[0]) == family],
+            )
+            self.overlays.append(overlay)
+        primary = self.overlays[0]
+        self.dht, self.directory = primary.dht, primary.directory
         self.workReady = self._loadWork()
-        self.directory = RelayDirectory(self.dht, identity)
-        self.node.udp.register("dht", DHT_BYTES, self.dht)
-        self.dht.savedContacts = loadTable(self.tablePath, self.log)
-        self.log.info("DHT: {n} saved contacts to ask; bootstrap {boot}", n=len(self.dht.savedContacts),
-                      boot=",".join(formatHostPort(*a) for a in self.bootstrapAddresses) or "-")
-        self.dht.start()
+        self.node.udp.register("dht", DHT_BYTES, _ByFamily(self.overlays))
+        for overlay in self.overlays:
+            overlay.dht.savedContacts = loadTable(overlay.tablePath, self.log)
+            self.log.info("DHT: {n} saved contacts to ask over IPv{family}; bootstrap {boot}", family=overlay.family,
+                          n=len(overlay.dht.savedContacts),
+                          boot=",".join(formatHostPort(*a) for a in overlay.bootstrap) or "-")
+            overlay.dht.start()
         self._saveLoop = task.LoopingCall(self.save)
         self._saveLoop.clock = reactor
         self._saveLoop.start(self.saveInterval, now=False)
@@ -170,7 +197,7 @@ class DHTService(service.MultiService):
                 cached = json.loads(f.read(4096))
             nonce = bytes.fromhex(cached["nonce"])
             if bytes.fromhex(cached["key"]) == key and checkWork(key, nonce, self.config.powBits):
-                self.dht.work = nonce
+                self._setWork(nonce)
                 return defer.succeed(None)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
@@ -180,68 +207,125 @@ class DHTService(service.MultiService):
             loadOrSolve, self.node.dataDir, key, self.config.powBits,
         )
 
-        def solved(nonce):
-            self.dht.work = nonce
+        return d.addCallback(self._setWork)
 
-        return d.addCallback(solved)
+    def _setWork(self, nonce):
+        for overlay in self.overlays:  # one identity, one proof, every overlay
+            overlay.dht.work = nonce
 
     def _whenNodeStarted(self):
         def go(result):
-            joining = self.workReady.addCallback(lambda _: self._join(5.0))
-            joining.addErrback(lambda f: self.log.failure("DHT could not start", f))
+            for overlay in self.overlays:
+                joining = self.workReady.addCallback(lambda _, o=overlay: self._join(o, 5.0))
+                joining.addErrback(lambda f: self.log.failure("DHT could not start", f))
             return result
 
         self.node.whenStarted.addCallback(go)
 
-    def _join(self, backoff):
-        self._retry = None
+    def _join(self, overlay, backoff):
+        overlay.retry = None
         if not self.running:
             return
-        if not self.bootstrapAddresses and not len(self.dht.table) and not self.dht.savedContacts:
-            self.log.info("DHT: no bootstrap addresses and no saved contacts: first node, waiting to be found")
-            self._joined(0)
+        dht = overlay.dht
+        if not overlay.bootstrap and not len(dht.table) and not dht.savedContacts:
+            self.log.info("DHT: no bootstrap addresses and no saved contacts over IPv{family}: first node, waiting to "
+                          "be found", family=overlay.family)
+            self._joined(0, overlay)
             return
-        d = self.dht.bootstrap(self.bootstrapAddresses)
+        d = dht.bootstrap(overlay.bootstrap)
 
         def failed(f):
             f.trap(DHTError)
-            self.log.warn("DHT bootstrap failed ({why}); retrying in {s:.0f}s", why=f.getErrorMessage(), s=backoff)
+            self.log.warn("DHT bootstrap failed over IPv{family} ({why}); retrying in {s:.0f}s", family=overlay.family,
+                          why=f.getErrorMessage(), s=backoff)
             if self.running:
-                self._retry = self.node.reactor.callLater(backoff, self._join, min(backoff * 2, 300.0))
+                overlay.retry = self.node.reactor.callLater(backoff, self._join, overlay, min(backoff * 2, 300.0))
 
-        d.addCallbacks(self._joined, failed)
+        d.addCallbacks(self._joined, failed, (overlay,))
         d.addErrback(lambda f: self.log.failure("DHT bootstrap crashed", f))
 
-    def _joined(self, size):
-        self.log.info("DHT joined: {n} contacts", n=size)
+    def _joined(self, size, overlay):
+        self.log.info("DHT joined: {n} contacts over IPv{family}", n=size, family=overlay.family)
         self.save()
-        if not self.joined.called:
-            self.joined.callback(size)
+        if not overlay.joined.called:
+            overlay.joined.callback(size)
 
     def save(self):
-        try:
-            saveTable(self.dht.table, self.tablePath)
-        except OSError as e:
-            self.log.warn("could not save the DHT table: {why}", why=e.strerror)
+        for overlay in self.overlays:
+            try:
+                saveTable(overlay.dht.table, overlay.tablePath)
+            except OSError as e:
+                self.log.warn("could not save the DHT table: {why}", why=e.strerror)
 
     def stopService(self):
         d = super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for overlay in self.overlays:
+            if overlay.retry is not None and overlay.retry.active():
+                overlay.retry.cancel()
         if self._saveLoop.running:
             self._saveLoop.stop()
         self.save()
-        self.dht.stop()
+        for overlay in self.overlays:
+            overlay.dht.stop()
         self.node.udp.unregister("dht")
+        self.overlays = []
         return d
 
     def status(self):
-        return {
+        status = {
             "contacts": len(self.dht.table),
             "buckets": len(self.dht.table.buckets),
             "records": self.dht.store.count,
             "counters": dict(self.dht.counters),
         }
+        if len(self.overlays) > 1:
+            status["overlays"] = {
+                f"ipv{o.family}": {"contacts": len(o.dht.table), "records": o.dht.store.count} for o in self.overlays
+            }
+        return status
+
+
+@attrs.define
+class _Overlay:
+    """One address family's DHT on a node: its node, directory, join and saved table."""
+
+    family: int
+    dht: DHTNode
+    directory: RelayDirectory
+    joined: defer.Deferred
+    tablePath: str
+    bootstrap: list
+    retry: object = None
+
+
+def _familyOf(host):
+    return 6 if ":" in host else 4
+
+
+def nodeFamilies(node):
+    """The address families of the node's UDP sockets, its first (C{--udp}) first."""
+    addrs = node.addresses()
+    families = [_familyOf(parseHostPort(addrs["udp"])[0])]
+    if "udp6" in addrs:
+        other = _familyOf(parseHostPort(addrs["udp6"])[0])
+        if other not in families:
+            families.append(other)
+    return families
+
+
+class _ByFamily:
+    """The node socket's DHT handler: each datagram to the overlay of its source's family."""
+
+    def __init__(self, overlays):
+        self._byFamily = {o.family: o.dht for o in overlays}
+        self._only = overlays[0].dht if len(overlays) == 1 else None
+
+    def datagramReceived(self, data, addr):
+        if self._only is not None:
+            return self._only.datagramReceived(data, addr)
+        dht = self._byFamily.get(_familyOf(addr[0]))
+        if dht is not None:
+            dht.datagramReceived(data, addr)
 
 
 class RelayPublisher(service.Service):
@@ -280,6 +364,25 @@ class RelayPublisher(service.Service):
     def startService(self):
         super().startService()
         self.dhtService.joined.addCallback(self._start)
+        for overlay in self.dhtService.overlays[1:]:
+            overlay.joined.addCallback(self._otherJoined, overlay)
+
+    def _otherJoined(self, size, overlay):
+        # The second family joined after the first began publishing: file
+        # the descriptor there now instead of an interval later.
+        if self.running and self._loop is not None:
+            try:
+                self._publishIn(overlay, self.makeDescriptor())
+            except DescriptorError:
+                pass  # the first family's round says so, loudly, and retries
+        return size
+
+    def _publishIn(self, overlay, descriptor):
+        def failed(f):
+            self.log.warn("relay descriptor not published in the IPv{family} DHT: {why}", family=overlay.family,
+                          why=f.getErrorMessage() if f.check(DHTError, RecordError) else repr(f.value))
+
+        return overlay.directory.publish(descriptor).addErrback(failed)
 
     def _start(self, size):
         if self.running:
@@ -291,10 +394,13 @@ class RelayPublisher(service.Service):
     def makeDescriptor(self):
         node = self.dhtService.node
         addrs = node.addresses()
-        addresses = {"udp": addrs["udp"]}
-        if "stream" in addrs:
-            # named by the link transport listening there, as clients pick transports by name
-            addresses[self.streamTransport] = addrs["stream"]
+        addresses = [("udp", addrs["udp"])]
+        if "udp6" in addrs:  # dual-stack: both, so each overlay finds its family's
+            addresses.append(("udp", addrs["udp6"]))
+        for listener in ("stream", "stream6"):
+            if listener in addrs:
+                # named by the link transport listening there, as clients pick transports by name
+                addresses.append((self.streamTransport, addrs[listener]))
         # Lives three republish intervals, so one lost round leaves it listed,
         # and at least a minute, so a slow client's sampling never finds it gone.
         now = node.reactor.seconds()
@@ -313,6 +419,10 @@ class RelayPublisher(service.Service):
 
     def _publish(self):
         descriptor = self.makeDescriptor()
+        # The first family's DHT decides success; the others are tried beside it.
+        for overlay in self.dhtService.overlays[1:]:
+            if overlay.joined.called:
+                self._publishIn(overlay, descriptor)
         return self.dhtService.directory.publish(descriptor).addCallback(lambda _: descriptor)
 
     def publishNow(self):

@@ -75,6 +75,14 @@ def exitSettings():
             "Reject private, local and own addresses before the operator's rules (Tor's ExitPolicyRejectPrivate); "
             "false only for a private test network.",
         ),
+        Setting(
+            "exit-ipv6",
+            parseBool,
+            False,
+            "Exit to IPv6 destinations (Tor's IPv6Exit): announced in the descriptor (ipv6-exit), so clients pick this "
+            "exit for IPv6 targets; false: IPv6 destinations refused (reject6 *:* first).  A packet exit with "
+            "--packet-exit-pool6 exits IPv6 whatever this says.",
+        ),
         Setting("exit-dns", parseDNSUpstream, "system", "DNS server the exit resolves names with: 'system' or HOST:PORT."),
         Setting("bandwidth-rate", parseRate, None, "Node-wide bandwidth limit in bytes/s (K/M/G suffixes), or unlimited."),
         Setting("bandwidth-burst", parseRate, None, "Node-wide burst in bytes (default: one second of the rate)."),
@@ -91,6 +99,7 @@ class ExitParts:
     connector: object
     limiter: object
     budget: object = None  # an ExitBudget: sockets and lookups per circuit, per peer, for the node
+    ipv6: bool = False  # exits to IPv6 destinations (announced: ipv6-exit)
 
     def status(self):
         out = {"policy_summary": self.policy.summary(4), "dns": self.resolver.status(), "bandwidth": self.limiter.status(),
@@ -98,6 +107,23 @@ class ExitParts:
         if self.budget is not None:
             out["budget"] = self.budget.status()
         return out
+
+
+def exitsIPv6(settings):
+    """Whether this exit carries traffic to IPv6 destinations (and says so in its descriptor)."""
+    return bool(settings.get("exit_ipv6") or settings.get("packet_exit_pool6"))
+
+
+def operatorRules(settings):
+    """
+    The rules tried after the private rejects: the operator's, behind a
+    C{reject6 *:*} unless the exit carries IPv6 (Tor's C{IPv6Exit 0}).
+    The summary in the descriptor is of IPv4 ports, so it does not change.
+    """
+    rules = settings["exit_policy"]
+    if "exit_ipv6" in settings and not exitsIPv6(settings):
+        rules = "reject6 *:*" + (", " + rules if rules.strip() else "")
+    return rules
 
 
 def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=None):
@@ -108,7 +134,7 @@ def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=
     @param localAddresses: the live set of this host's addresses
         (L{meshvpn.localaddrs.LocalAddresses}), rejected by its policy.
     """
-    policy = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings.get("exit_reject_private", True),
+    policy = defaultExitPolicy(operatorRules(settings), ownAddresses, rejectPrivate=settings.get("exit_reject_private", True),
                                localAddresses=localAddresses)
     if upstream is None:
         dnsSetting = settings["exit_dns"]
@@ -127,4 +153,5 @@ def buildExit(reactor, settings, ownAddresses=(), upstream=None, localAddresses=
         settings["circuit_rate"],
         settings["circuit_burst"],
     )
-    return ExitParts(policy, resolver, connector, limiter, ExitBudget(maxLookups=resolver.maxPending))
+    return ExitParts(policy, resolver, connector, limiter, ExitBudget(maxLookups=resolver.maxPending),
+                     ipv6=exitsIPv6(settings))

@@ -32,6 +32,15 @@ TARGETS = {
     "config": "config",
     "pay-tokens": "paytokens",
     "pay-records": "payrecords",
+    "pt-launch": "ptlaunch",
+    "pt-args": "ptargs",
+    "pt-local": "ptlocal",
+    "link-session": "linksession",
+    "link-directory": "linkdirectory",
+    "bootstrap-file": "bootstrapfile",
+    "ip-packet6": "ippacket6",
+    "multipath": "multipath",
+    "cgo": "cgo",
 }
 
 

@@ -33,7 +33,7 @@ from meshvpn.interfaces import ILinkManager, IStatusSource
 from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
 from meshvpn.link.tlsctx import sharedLinkTLS
 from meshvpn.link.transports import availableTransports, splitHostPort
-from meshvpn.ratelimit import BucketTable
+from meshvpn.ratelimit import BucketTable, sourceKey
 
 
 @attrs.frozen
@@ -94,8 +94,12 @@ class _BoundedTLSFactory(TLSMemoryBIOFactory):
 
 
 def _hostOf(addr):
-    """The IP a connection came from (C{None} for transports without one, e.g. in-memory)."""
-    return getattr(addr, "host", None) or None
+    """
+    Where a connection came from, as per-source limits count it: its IP,
+    an IPv6 one's /64 (L{sourceKey}); C{None} for transports without one
+    (e.g. in-memory).
+    """
+    return sourceKey(getattr(addr, "host", None) or None)
 
 
 class _LinkFactory(Factory):

@@ -92,7 +92,10 @@ class StunServer:
         unknown = msg.unknownRequired(KNOWN_ATTRIBUTES)
         change = msg.get(stun.CHANGE_REQUEST)
         responsePort = msg.get(stun.RESPONSE_PORT)
-        if not self.rfc5780:
+        # A dual-stack node's alternate addresses are of its first family:
+        # a request of the other family gets a plain Binding server.
+        rfc5780 = self.rfc5780 and (":" in source[0]) == (":" in self.sockets[PRIMARY][1][0])
+        if not rfc5780:
             # RFC 5780 6.1: a server without an alternate address rejects these.
             unknown += [t for t in (stun.CHANGE_REQUEST, stun.RESPONSE_PORT) if msg.has(t)]
         if unknown:
@@ -106,7 +109,7 @@ class StunServer:
         resp = msg.response()
         resp.addXorAddress(stun.XOR_MAPPED_ADDRESS, source)
         optional = []
-        if self.rfc5780:
+        if rfc5780:
             other = (1 - arrivedOn[0], 1 - arrivedOn[1])
             optional.append((stun.RESPONSE_ORIGIN, stun.encodeAddress(self.sockets[origin][1])))
             optional.append((stun.OTHER_ADDRESS, stun.encodeAddress(self.sockets[other][1])))

@@ -31,6 +31,14 @@ STREAM_AT = 11                    # stream id: bytes 11..13
 LENGTH_AT = 13                    # length: bytes 13..15
 RELAY_HEADER_LEN = 15
 RELAY_DATA_LEN = PAYLOAD_LEN - RELAY_HEADER_LEN  # 494
+# A hop using CGO relay crypto (meshvpn.onion.cgo): a 16-byte tag and a 493-byte
+# body holding the same header without tag and recognized: command | stream | length.
+CGO_TAG_LEN = 16
+CGO_BODY_AT = 10                  # the body is bytes 10..503 of the common relay payload layout
+CGO_BODY_LEN = 493
+CGO_RELAY_DATA_LEN = CGO_BODY_LEN - (RELAY_HEADER_LEN - CGO_BODY_AT)  # 488
+# What every hop carries whatever its relay crypto (multipath bodies, which may change legs).
+MIN_RELAY_DATA_LEN = CGO_RELAY_DATA_LEN
 
 MAX_RELAY_EARLY = 8
 
@@ -404,7 +412,10 @@ SENDME_VERSION = 1
 
 @attrs.frozen
 class Sendme:
-    """An authenticated SENDME: the tag of the cell that closed the acknowledged window."""
+    """
+    An authenticated SENDME: the tag of the cell that closed the acknowledged
+    window (8 bytes from a hop with the original relay crypto, 16 with CGO).
+    """
 
     tag: bytes
 
@@ -418,8 +429,8 @@ class Sendme:
         version, n = struct.unpack_from(">BH", data)
         if version != SENDME_VERSION:
             raise CellError(f"SENDME version {version} not supported")
-        if n != TAG_LEN or len(data) != 3 + n:
-            raise CellError(f"SENDME tag must be {TAG_LEN} bytes")
+        if n not in (TAG_LEN, CGO_TAG_LEN) or len(data) != 3 + n:
+            raise CellError(f"SENDME tag must be {TAG_LEN} or {CGO_TAG_LEN} bytes")
         return cls(bytes(data[3:]))
 
 

@@ -7,31 +7,40 @@ XOR it out again): CTR layers carry the change through untouched.  CGO
 relay's layer a wide-block, tweakable permutation (UIV+) chained from cell
 to cell: a change to any bit of a cell makes the next relay's output for it
 random, and, through the chained tweak, every later cell too.  The circuit
-dies at the next hop instead of the pattern arriving (the test:
-meshvpn/onion/test/test_cgo.py).  Keys and nonce are replaced after every
-cell an end originates or recognizes, so a key taken from a relay later
-does not decrypt earlier cells.
+dies at the next hop instead of the pattern arriving (the tests:
+meshvpn/onion/test/test_cgo.py in memory, meshvpn/onion/test/test_cgocircuit.py
+through real relay code).  Keys and nonce are replaced after every cell an
+end originates or recognizes, so a key taken from a relay later does not
+decrypt earlier cells.
 
 The construction is proposal 359's (ET, PRF, UIV+, the per-direction state
 K, N, T' and its update); the primitives differ, because CPython exposes no
 POLYVAL with a caller's key and a pure-Python one costs about 60 us a
 cell (doc/protocol.md, "CGO relay crypto"):
 
-  UH(KU, x)        = the AES-128-GCM tag of (key KU, nonce 0, no plaintext, AAD x):
-                     GHASH under a secret key plus a constant, an AXU hash as POLYVAL is
-  ET((KB,KU), T, X) = UH(KU,T) ^ AES_KB(X ^ UH(KU,T))                  (LRW2, as CGO)
-  PRF(KS, T, t)    = the AES-128-GCM(KS) keystream for the 16-byte nonce T, from
-                     block 0 (t = 0) or block 31 (t = 1).  GCM turns a nonce that is
-                     not 96 bits into its first counter block through GHASH, so this
-                     is CTR_KS(UH(T)), CGO's PRF, with the hash key AES_KS(0)
-  ENC_UIV((J,S), H, (X_L, X_R)) = (Y_L = ET(J, H | X_R, X_L),  Y_R = X_R ^ PRF(S, Y_L, 0))
+  UH(KU, V, x)     = the AES-128-GCM(KU) tag of (nonce V, no plaintext, AAD x):
+                     GHASH of x under a secret key plus AES_KU(J0(V)), a
+                     Carter-Wegman hash of x with nonce V
+  ET((KB,KU), (V, x), X) = UH ^ AES_KB(X ^ UH)                          (LRW2, as CGO)
+  PRF(KS, T, 0)    = the AES-128-GCM(KS) keystream for the 16-byte nonce T.  GCM turns a
+                     nonce that is not 96 bits into its first counter block through
+                     GHASH, so this is CTR_KS(GHASH(T)), CGO's PRF with the hash key AES_KS(0)
+  PRF(KS, N, 1)    = the same keystream for the 17-byte nonce N | 0x01 (another J0)
+  ENC_UIV((J,S), H, (X_L, X_R)) = (Y_L = ET(J, (H, X_R), X_L),  Y_R = X_R ^ PRF(S, Y_L, 0))
   UPDATE: (J', S', N') = PRF(S, N, 1), 64 bytes
+
+H, the tweak's head, is the previous cell's T' and the cell command (RELAY
+or RELAY_EARLY), 17 bytes: it is GCM's nonce in UH, so no cell-sized
+buffer is built per cell.
 
 Cell payload (509 bytes): T (16) | C (493).  Per direction the seed is
 KB | KU | KS | N (64 bytes); a hop's material is forward then backward.  A relay's layer always runs
-ENC_UIV, the client DEC_UIV; H is the previous cell's T' and the cell
-command (RELAY or RELAY_EARLY).  An end recognizes a cell when, after its
-layer, T equals its nonce N.  Proposal 359's published vectors do not
+ENC_UIV, the client DEC_UIV, so each direction keys only the AES direction
+it uses.  An end recognizes a cell when, after its layer, T equals its
+nonce N.  A cell's tag (what an authenticated SENDME echoes) is its T on
+the wire side of the layer of the end that originated it: the relay's
+output T backward, the T entering the relay's layer forward; both ends
+know it only by having the cell.  Proposal 359's published vectors do not
 apply to these primitives; MeshVPN's own are checked in
 (meshvpn/onion/test/test_cgo.py).
 """
@@ -47,68 +56,61 @@ BODY_LEN = 493
 CELL_LEN = TAG_LEN + BODY_LEN  # the 509-byte cell payload
 STATE_SEED_LEN = 4 * BLOCK  # KB | KU | KS | N
 KEY_MATERIAL_LEN = 2 * STATE_SEED_LEN  # forward, then backward
-_ZERO12 = bytes(12)
-_N1_OFFSET = 31 * BLOCK
-_ZEROS = bytes(_N1_OFFSET + STATE_SEED_LEN)
-
+_ECB = modes.ECB()
+_UPDATE = b"\x01"
+_SEED_ZEROS = bytes(STATE_SEED_LEN)
 
 _from = int.from_bytes
 
 
-def _lrw(block, xl, u):
-    """u ^ block(xl ^ u): LRW2's two masks with one conversion of u."""
-    m = _from(u, "little")
-    return (_from(block((_from(xl, "little") ^ m).to_bytes(16, "little")), "little") ^ m).to_bytes(16, "little")
-
-
 class _Direction:
-    """One direction of one hop's CGO layer: the keys (J, S), the nonce N and the chained tag T'."""
+    """
+    One direction of one hop's CGO layer: the keys (J, S), the nonce N and
+    the chained tag T'.  C{decrypting}: this end runs DEC_UIV (the client).
+    """
 
-    __slots__ = ("_kbEnc", "_kbDec", "_ku", "_ks", "nonce", "tprime")
+    __slots__ = ("_kb", "_ku", "_ks", "nonce", "tprime", "_decrypting")
 
-    def __init__(self, seed):
+    def __init__(self, seed, decrypting):
+        self._decrypting = decrypting
         self._rekey(seed)
         self.tprime = bytes(BLOCK)
 
     def _rekey(self, seed):
-        kb, ku, ks, n = (seed[i:i + BLOCK] for i in range(0, STATE_SEED_LEN, BLOCK))
-        self._kbEnc = Cipher(algorithms.AES(kb), modes.ECB()).encryptor().update
-        self._kbDec = Cipher(algorithms.AES(kb), modes.ECB()).decryptor().update
-        self._ku = AESGCM(ku).encrypt
-        self._ks = AESGCM(ks).encrypt
-        self.nonce = n
-
-    # the building blocks
-
-    def _prf0(self, tweak, data):
-        """C{data} ^ PRF(S, tweak, 0)."""
-        return self._ks(tweak, data, None)[:-16]
+        cipher = Cipher(algorithms.AES(seed[:16]), _ECB)
+        self._kb = (cipher.decryptor() if self._decrypting else cipher.encryptor()).update
+        self._ku = AESGCM(seed[16:32]).encrypt
+        self._ks = AESGCM(seed[32:48]).encrypt
+        self.nonce = seed[48:64]
 
     def update(self, nonce):
         """UPDATE_UIV with C{nonce}: new keys and a new nonce; the old ones are gone."""
-        stream = self._ks(nonce, _ZEROS, None)
-        self._rekey(stream[_N1_OFFSET:_N1_OFFSET + STATE_SEED_LEN])
+        self._rekey(self._ks(nonce + _UPDATE, _SEED_ZEROS, None))
 
     def encrypt(self, cmd, cell):
         """ENC_UIV with H = T' | cmd (what a relay's layer does); T' becomes the output's T."""
-        xl, xr = cell[:TAG_LEN], cell[TAG_LEN:]
-        yl = _lrw(self._kbEnc, xl, self._ku(_ZERO12, b"", self.tprime + cmd + xr))
+        xr = memoryview(cell)[TAG_LEN:]
+        m = _from(self._ku(self.tprime + cmd, b"", xr), "little")
+        yl = (_from(self._kb((_from(cell[:TAG_LEN], "little") ^ m).to_bytes(16, "little")), "little")
+              ^ m).to_bytes(16, "little")
         self.tprime = yl
-        return yl + self._prf0(yl, xr)
+        return yl + self._ks(yl, xr, None)[:BODY_LEN]
 
     def decrypt(self, cmd, cell):
         """DEC_UIV with H = T' | cmd (what the client does); T' becomes the input's T."""
         yl = cell[:TAG_LEN]
-        xr = self._prf0(yl, cell[TAG_LEN:])
-        xl = _lrw(self._kbDec, yl, self._ku(_ZERO12, b"", self.tprime + cmd + xr))
+        xr = self._ks(yl, cell[TAG_LEN:], None)[:BODY_LEN]
+        m = _from(self._ku(self.tprime + cmd, b"", xr), "little")
         self.tprime = yl
-        return xl + xr
+        return (_from(self._kb((_from(yl, "little") ^ m).to_bytes(16, "little")), "little")
+                ^ m).to_bytes(16, "little") + xr
 
 
-def _split(material):
+def _split(material, decrypting):
     if len(material) < KEY_MATERIAL_LEN:
         raise ValueError(f"CGO needs {KEY_MATERIAL_LEN} bytes of key material")
-    return _Direction(material[:STATE_SEED_LEN]), _Direction(material[STATE_SEED_LEN:KEY_MATERIAL_LEN])
+    return (_Direction(material[:STATE_SEED_LEN], decrypting),
+            _Direction(material[STATE_SEED_LEN:KEY_MATERIAL_LEN], decrypting))
 
 
 class CgoRelayLayer:
@@ -117,29 +119,37 @@ class CgoRelayLayer:
     __slots__ = ("fwd", "back")
 
     def __init__(self, material):
-        self.fwd, self.back = _split(material)
+        self.fwd, self.back = _split(material, False)
 
     def forward(self, cmd, cell):
         """
         A cell away from the origin: add this relay's layer.
 
-        @return: C{(cell, recognized)}; a recognized cell's body is C{cell[16:]}.
+        @return: C{(cell, tag)}: C{tag} is C{None} unless the cell is for
+            this hop; then its body is C{cell[16:]}.
         """
-        out = self.fwd.encrypt(cmd, cell)
-        if compare_digest(out[:TAG_LEN], self.fwd.nonce):
-            self.fwd.update(self.fwd.nonce)
-            return out, True
-        return out, False
+        fwd = self.fwd
+        out = fwd.encrypt(cmd, cell)
+        if compare_digest(out[:TAG_LEN], fwd.nonce):
+            fwd.update(fwd.nonce)
+            return out, cell[:TAG_LEN]
+        return out, None
 
     def backward(self, cmd, cell):
         """A cell toward the origin passing through: add this relay's layer."""
         return self.back.encrypt(cmd, cell)
 
     def originate(self, cmd, body):
-        """A cell this relay sends toward the origin (C{body}: 493 bytes)."""
-        out = self.back.encrypt(cmd, self.back.nonce + body)
-        self.back.update(out[:TAG_LEN])
-        return out
+        """
+        A cell this relay sends toward the origin (C{body}: 493 bytes).
+
+        @return: C{(cell, tag)}.
+        """
+        back = self.back
+        out = back.encrypt(cmd, back.nonce + body)
+        tag = out[:TAG_LEN]
+        back.update(tag)
+        return out, tag
 
 
 class CgoOriginHop:
@@ -148,11 +158,41 @@ class CgoOriginHop:
     __slots__ = ("fwd", "back")
 
     def __init__(self, material):
-        self.fwd, self.back = _split(material)
+        self.fwd, self.back = _split(material, True)
+
+    def seal(self, cmd, body):
+        """
+        A 493-byte C{body} for this hop, with this hop's layer.
+
+        @return: C{(cell, tag)}.
+        """
+        fwd = self.fwd
+        cell = fwd.decrypt(cmd, fwd.nonce + body)
+        fwd.update(fwd.nonce)
+        return cell, cell[:TAG_LEN]
+
+    def wrap(self, cmd, cell):
+        """This hop's layer on a cell for a later hop."""
+        return self.fwd.decrypt(cmd, cell)
+
+    def unwrap(self, cmd, cell):
+        """
+        This hop's layer off a cell from the relays.
+
+        @return: C{(cell, tag)}: C{tag} is C{None} unless this hop sent it;
+            then its body is C{cell[16:]}.
+        """
+        back = self.back
+        tag = cell[:TAG_LEN]
+        cell = back.decrypt(cmd, cell)
+        if compare_digest(cell[:TAG_LEN], back.nonce):
+            back.update(tag)
+            return cell, tag
+        return cell, None
 
 
 class CgoOriginCrypto:
-    """All of a circuit's CGO hops at the origin, guard first."""
+    """All of a circuit's CGO hops at the origin, guard first (tests and the benchmark)."""
 
     def __init__(self):
         self.hops = []
@@ -162,11 +202,9 @@ class CgoOriginCrypto:
 
     def encrypt(self, cmd, body, hopIndex):
         """A 493-byte C{body} for hop C{hopIndex}: originate for it, then every earlier hop's layer."""
-        target = self.hops[hopIndex].fwd
-        cell = target.decrypt(cmd, target.nonce + body)
-        target.update(target.nonce)
+        cell, _ = self.hops[hopIndex].seal(cmd, body)
         for i in range(hopIndex - 1, -1, -1):
-            cell = self.hops[i].fwd.decrypt(cmd, cell)
+            cell = self.hops[i].wrap(cmd, cell)
         return cell
 
     def decrypt(self, cmd, cell):
@@ -176,10 +214,7 @@ class CgoOriginCrypto:
         @return: C{(hopIndex, body)}, or C{None}: nobody sent it, the circuit must go.
         """
         for i, hop in enumerate(self.hops):
-            back = hop.back
-            tag = cell[:TAG_LEN]
-            cell = back.decrypt(cmd, cell)
-            if compare_digest(cell[:TAG_LEN], back.nonce):
-                back.update(tag)
+            cell, tag = hop.unwrap(cmd, cell)
+            if tag is not None:
                 return i, cell[TAG_LEN:]
         return None

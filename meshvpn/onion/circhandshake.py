@@ -63,9 +63,11 @@ KEY_MATERIAL_LEN = 192
 EXT_CRYPTO_REQUEST = 0x10
 EXT_CRYPTO_CHOSEN = 0x11
 
-# Relay crypto schemes (L{meshvpn.onion.relaycrypto}); ids as they travel.
-TOR1 = "tor1"
-SCHEME_IDS = {TOR1: 1, "cgo": 2}
+# Relay crypto schemes (L{meshvpn.onion.relaycrypto}, L{meshvpn.onion.cgo}); ids as they travel.
+TOR1, CGO = "tor1", "cgo"
+SCHEME_IDS = {TOR1: 1, CGO: 2}
+# What a relay offers unless told otherwise, most preferred first.
+RELAY_SCHEMES = (CGO, TOR1)
 SCHEMES = {v: k for k, v in SCHEME_IDS.items()}
 
 # Largest handshake bodies (bounds for the fragment reassembly, L{meshvpn.onion.fragments}).
@@ -128,6 +130,18 @@ def chooseKind(advertised):
     if NTOR3 in advertised:
         return NTOR3
     return NTOR
+
+
+def chooseSchemes(kind, advertised):
+    """
+    The relay crypto a client asks a relay for: CGO alone when the relay's
+    descriptor lists it (so a relay that advertises CGO and answers without
+    it is refused: the downgrade check of L{ClientHandshake.finish}), else
+    the original scheme.  ntor (v1) carries no extensions: original only.
+    """
+    if kind != NTOR and CGO in (advertised or ()):
+        return (CGO,)
+    return (TOR1,)
 
 
 def supportedKinds():

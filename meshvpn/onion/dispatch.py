@@ -37,12 +37,12 @@ _DATA_HEADER = struct.Struct(">BHH")
 _NEGOTIATE = RelayCommand.FLOW_NEGOTIATE
 _NEGOTIATED = RelayCommand.FLOW_NEGOTIATED
 
-def _fitting(packets, room):
-    """How many of C{packets}, from the front, fit C{room} cells framed together."""
+def _fitting(packets, room, size):
+    """How many of C{packets}, from the front, fit C{room} cells of C{size} data bytes framed together."""
     total = 0
     for i, p in enumerate(packets):
         total += 2 + len(p)
-        if -(-total // _MAX_DATA) > room:
+        if -(-total // size) > room:
             return i
     return len(packets)
 
@@ -66,6 +66,8 @@ class RelayDispatcher:
         (from the last hop at the origin; at the last hop at a relay), as
         DATA, PACKET and circuit SENDMEs always are.
       - C{NOT_AT_EDGE}, C{WHO}: how errors name the wrong place and this end.
+      - C{maxData}: data bytes per relay message to or from the circuit's
+        edge (494; 488 when that hop uses CGO, L{meshvpn.onion.cgohops}).
       - C{sendRelay(command, streamId, data) -> bool}, C{_packetsArrived(packets)},
         C{_streamArrived(command, streamId, data)} and C{_windowOpened()}.
     """
@@ -74,6 +76,7 @@ class RelayDispatcher:
     EDGE_ONLY = frozenset()
     NOT_AT_EDGE = "away from the circuit's edge"
     WHO = "this end"
+    maxData = _MAX_DATA
 
     def __init__(self, clock):
         self.packWindow = SendWindow()
@@ -190,15 +193,17 @@ class RelayDispatcher:
     def _dataCells(self, streamId, chunks):
         """
         The plain relay payloads of DATA cells carrying C{chunks} (each at
-        most 494 bytes) for C{streamId}, with a zero tag; the window is
+        most C{maxData} bytes) for C{streamId}, with a zero tag; the window is
         charged by the caller.
         """
-        full = _HEAD_PAD + _DATA_HEADER.pack(_DATA, streamId, _MAX_DATA)
+        size = self.maxData
+        full = _HEAD_PAD + _DATA_HEADER.pack(_DATA, streamId, size)
+        tail = bytes(_MAX_DATA - size)  # a CGO hop's body ends before the old layout's padding
         out = []
         for chunk in chunks:
             n = len(chunk)
-            if n == _MAX_DATA:
-                out.append(full + chunk)
+            if n == size:
+                out.append(full + chunk + tail if tail else full + chunk)
             else:
                 out.append(packRelay(_DATA, streamId, chunk))
         return out
@@ -274,7 +279,7 @@ class RelayDispatcher:
         if self._backlog:
             # Packets keep their order: new ones wait behind the backlog.
             return self._queuePackets(packets)
-        fit = _fitting(packets, self.packWindow.window)
+        fit = _fitting(packets, self.packWindow.window, self.maxData)
         if fit:
             self._sendPacketCells(packets[:fit])
         if fit < len(packets):
@@ -282,7 +287,7 @@ class RelayDispatcher:
         return fit
 
     def _sendPacketCells(self, packets):
-        bodies = framePackets(packets)
+        bodies = framePackets(packets, self.maxData)
         if len(bodies) > 1:
             self._sendRun([packRelay(_PACKET, 0, body) for body in bodies])
         else:
@@ -304,7 +309,7 @@ class RelayDispatcher:
     def _drainPackets(self):
         """The window opened: send what the backlog holds, as far as it fits."""
         backlog = self._backlog
-        fit = _fitting(backlog, self.packWindow.window)
+        fit = _fitting(backlog, self.packWindow.window, self.maxData)
         if fit:
             out = backlog[:fit]
             del backlog[:fit]
@@ -313,7 +318,7 @@ class RelayDispatcher:
 
     def sendDataRun(self, streamId, chunks):
         """
-        DATA cells for C{streamId}, one per chunk (each at most 494 bytes):
+        DATA cells for C{streamId}, one per chunk (each at most C{maxData} bytes):
         a tag per cell, one AES call per layer, one append to the queue.
         The caller checked C{circuitRoom()}.
 

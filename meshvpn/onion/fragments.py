@@ -203,16 +203,17 @@ class Refused(CellError):
 # -- relay messages
 
 
-def splitMessage(data):
+def splitMessage(data, size=RELAY_DATA_LEN):
     """
+    @param size: data bytes per relay message to or from that hop (488 for a CGO hop).
     @return: the bodies to send for one relay message of C{len(data)} bytes:
         FRAGMENT bodies first, the message's own command's body last.
     """
     if len(data) > MAX_BODY:
         raise CellError(f"relay message of {len(data)} bytes exceeds {MAX_BODY}")
-    if len(data) <= RELAY_DATA_LEN:
+    if len(data) <= size:
         return [data]
-    return [data[i:i + RELAY_DATA_LEN] for i in range(0, len(data), RELAY_DATA_LEN)]
+    return [data[i:i + size] for i in range(0, len(data), size)]
 
 
 # The relay commands whose message may be fragmented.

@@ -50,6 +50,7 @@ from zope.interface import implementer
 from meshvpn.interfaces import IStatusSource
 from meshvpn.link import wire
 from meshvpn.link.cellsize import CELL_SIZE
+from meshvpn.onion.circhandshake import TOR1
 from meshvpn.onion.cells import CellError, Command, DestroyReason, RelayCommand, Truncated
 from meshvpn.onion.flow import FlowError
 from meshvpn.onion.relaycircuit import RelayCircuit
@@ -407,6 +408,10 @@ def installHostile(switch, plan, clock):
         plan = parsePlan(plan)
     hostility = Hostility(switch, plan, clock)
     switch.hostility = hostility
+    # The plans act on the original relay crypto's layer (its views, replays and
+    # forgeries): a hostile relay offers only that scheme.  CGO's own attack (a
+    # tagging guard) is meshvpn/onion/test/test_cgocircuit.py's.
+    switch.relaySchemes = (TOR1,)
     created = switch.createReceived
 
     def createReceived(channel, circId, payload):

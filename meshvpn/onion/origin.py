@@ -15,7 +15,7 @@ from zope.interface import implementer
 from meshvpn.errors import LinkError, LinkSilent, MeshVPNError
 from meshvpn.interfaces import ICircuit, ICircuitEnd
 from meshvpn.observer import OneShotObserver
-from meshvpn.onion import circhandshake
+from meshvpn.onion import circhandshake, circversions
 from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
 from meshvpn.onion.ntor import HandshakeError
 from meshvpn.onion.cells import (
@@ -51,7 +51,8 @@ class HopSpec:
     onionKey: bytes
     addresses: tuple = ()
     transports: tuple = ()
-    # What its descriptor lists (meshvpn.dht.descriptor); () means classic only.
+    # What its descriptor lists (meshvpn.dht.descriptor): circuit handshakes and
+    # relay crypto schemes ("cgo"); () means classic only.
     handshakes: tuple = ()
 
 
@@ -150,7 +151,7 @@ class OriginCircuit(RelayDispatcher):
         self._asked = len(self.crypto.hops) - 1
         # A long EXTEND2 (the hybrid handshake) goes as FRAGMENTs, then the
         # EXTEND2 with its last piece: only that one spends RELAY_EARLY.
-        pieces = splitMessage(ext.encode())
+        pieces = splitMessage(ext.encode(), self.crypto.maxData(self._asked))
         for piece in pieces[:-1]:
             self.sendRelay(RelayCommand.FRAGMENT, 0, piece, hop=self._asked)
         self.sendRelay(RelayCommand.EXTEND2, 0, pieces[-1], hop=self._asked, early=True)
@@ -161,18 +162,28 @@ class OriginCircuit(RelayDispatcher):
     def _handshakeWith(hop):
         """
         The handshake for C{hop}: the hybrid one when its descriptor lists it
-        and ML-KEM works here (L{circhandshake.chooseKind}).
+        and ML-KEM works here (L{circhandshake.chooseKind}), asking for the
+        relay crypto its descriptor lists (L{circhandshake.chooseSchemes}:
+        CGO alone when it lists CGO, so an answer without it is refused).
         """
-        return circhandshake.ClientHandshake(circhandshake.chooseKind(hop.handshakes), hop.nodeId, hop.onionKey)
+        kind = circhandshake.chooseKind(hop.handshakes)
+        return circhandshake.ClientHandshake(kind, hop.nodeId, hop.onionKey,
+                                             circhandshake.chooseSchemes(kind, hop.handshakes))
 
     def _addHop(self, hopKeys):
         self.crypto.addHop(hopKeys)
         self.hopKinds.append(hopKeys.kind)
+        self.maxData = self.crypto.maxData()
 
     @property
     def postQuantumHops(self):
         """Per hop: whether its keys came from the hybrid (post-quantum) handshake."""
         return [kind in circhandshake.POST_QUANTUM for kind in self.hopKinds]
+
+    @property
+    def relayCrypto(self):
+        """Per hop: its relay crypto scheme ("cgo" or "tor1")."""
+        return self.crypto.schemes
 
     def extend(self, hop):
         """Add C{hop} at the end of an open circuit. @return: a Deferred firing with C{None}."""
@@ -263,6 +274,9 @@ class OriginCircuit(RelayDispatcher):
         """
         Send one relay cell to hop C{hop} (default: the last).
 
+        @raise circversions.CircuitVersionTooOld: C{command} is newer than
+            the hop's circuit version (its descriptor's C{circuit-N}).
+
         @return: C{False} if nothing was sent (closed, or a flow-controlled
             cell that does not fit the circuit window).
         """
@@ -276,7 +290,9 @@ class OriginCircuit(RelayDispatcher):
                 raise MeshVPNError("RELAY_EARLY budget of this circuit is spent")
             self.earlySent += 1
         hopIndex = hop if hop >= 0 else len(self.crypto.hops) - 1
-        ct, tag = self.crypto.encrypt(packRelay(command, streamId, data), hopIndex)
+        if command in circversions.COMMAND_SINCE:  # a hop of an older release would tear the circuit down
+            circversions.checkCommand(command, circversions.hopVersion(self.path[hopIndex].handshakes))
+        ct, tag = self.crypto.encrypt(packRelay(command, streamId, data), hopIndex, _CMD[early])
         if flow:
             self.packWindow.onSent(tag)
         if self.channel.send(self.prefix + _CMD[early] + ct):
@@ -421,6 +437,7 @@ class OriginCircuit(RelayDispatcher):
         self.state = following
         self._asked = None
         self.crypto.truncate(hop + 1)
+        self.maxData = self.crypto.maxData()
         del self.path[hop + 1:]
         reply, self._reply = self._reply, None
         if reply is not None:
@@ -483,6 +500,7 @@ class OriginCircuit(RelayDispatcher):
             "hops": len(self.crypto.hops), "path": [h.nodeId.hex()[:16] for h in self.path],
             "state": self.state.value, "closed": self.closed, "package_window": self.packWindow.window,
             "handshakes": list(self.hopKinds), "post_quantum_hops": self.postQuantumHops,
+            "relay_crypto": self.relayCrypto,
             "flow_flags": self.flowFlags, **_ccStatus(self.packWindow),
             "packets_dropped": self.packetsDropped,
         }

@@ -1,7 +1,7 @@
 """Packet mode framing: IP packets in RELAY PACKET cells.
 
 Packets are written as a byte stream of C{length(2) | packet} records, cut
-into 494-byte cell bodies; a batch always ends on a packet boundary (the last
+into cell bodies of the circuit's data size (494 bytes, 488 to a CGO hop); a batch always ends on a packet boundary (the last
 cell is short), so nothing waits for more traffic.  Small packets (TCP ACKs)
 share cells; a 1420-byte packet takes 2.88 cells on average.  The reader
 reassembles across cells; its buffer never exceeds one maximum-size packet.
@@ -12,15 +12,15 @@ from meshvpn.onion.cells import RELAY_DATA_LEN, CellError
 MAX_PACKET = 65535
 
 
-def packetCellCount(packets):
-    """Cells needed to carry C{packets} in one batch."""
+def packetCellCount(packets, size=RELAY_DATA_LEN):
+    """Cells of C{size} data bytes needed to carry C{packets} in one batch."""
     total = sum(2 + len(p) for p in packets)
-    return -(-total // RELAY_DATA_LEN)
+    return -(-total // size)
 
 
-def framePackets(packets):
+def framePackets(packets, size=RELAY_DATA_LEN):
     """
-    @return: a list of cell bodies (each <= 494 bytes) carrying C{packets}.
+    @return: a list of cell bodies (each <= C{size} bytes) carrying C{packets}.
     @raise CellError: a packet is empty or larger than 65535 bytes.
     """
     parts = []
@@ -31,7 +31,7 @@ def framePackets(packets):
         parts.append(n.to_bytes(2, "big"))
         parts.append(p)
     stream = b"".join(parts)
-    return [stream[i:i + RELAY_DATA_LEN] for i in range(0, len(stream), RELAY_DATA_LEN)]
+    return [stream[i:i + size] for i in range(0, len(stream), size)]
 
 
 class PacketReader:

@@ -91,6 +91,7 @@ class RelayCircuit(RelayDispatcher):
 
     NOT_AT_EDGE = "at a middle hop"
     WHO = "a relay"
+    NEXT_END = NextHopEnd
     EDGE_ONLY = frozenset(_STREAM_COMMANDS + (RelayCommand.FLOW_NEGOTIATE,))
 
     def __init__(self, switch, prev, prevId, layer):
@@ -237,7 +238,7 @@ class RelayCircuit(RelayDispatcher):
         self.next = channel
         self.nextId = channel.allocateId()
         self.nextPrefix = self.nextId.to_bytes(4, "big")
-        self._nextEnd = NextHopEnd(self)
+        self._nextEnd = self.NEXT_END(self)
         channel.addCircuit(self.nextId, self._nextEnd)
         for cell in create2Cells(self.nextId, ext.create.htype, ext.create.hdata):
             channel.send(cell)
@@ -250,7 +251,7 @@ class RelayCircuit(RelayDispatcher):
 
     def _extended(self, created):
         self.state = HOP.onPeer(self.state, HopEvent.EXTENDED)
-        pieces = splitMessage(Extended2(created).encode())
+        pieces = splitMessage(Extended2(created).encode(), self.maxData)
         for piece in pieces[:-1]:
             self.sendRelay(RelayCommand.FRAGMENT, 0, piece)
         self.sendRelay(RelayCommand.EXTENDED2, 0, pieces[-1])

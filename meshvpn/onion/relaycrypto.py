@@ -2,6 +2,12 @@
 8-byte keyed BLAKE2b tag bound to the cell's position, checked only by the hop
 a cell is meant for (doc/security.md, "Relay crypto").
 
+A circuit's hops may mix this scheme with CGO (L{meshvpn.onion.cgo},
+negotiated per hop in the circuit handshake; L{meshvpn.onion.cgohops} puts
+it behind the same methods): L{OriginCrypto} runs the fast joined-buffer
+paths below while every hop uses this scheme, and a cell at a time
+through each hop's own layer otherwise.
+
 Per hop the ntor KDF gives 96 bytes: Kf | Kb (AES-128 forward/backward) and
 Mf | Mb (32-byte BLAKE2b keys).  Each direction of each hop is a stream: the
 CTR keystream and the tag counter both advance per cell, so a cell that is
@@ -19,12 +25,15 @@ import hmac
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from meshvpn.onion.cells import RECOGNIZED_AT, TAG_LEN
+from meshvpn.onion.cells import RECOGNIZED_AT, RELAY_DATA_LEN, TAG_LEN
+from meshvpn.onion.cgohops import CgoOriginView
+from meshvpn.onion.circhandshake import CGO, TOR1
 from meshvpn.onion.ntor import kdfRfc5869
 
 KEY_MATERIAL_LEN = 96
 _ZERO_IV = bytes(16)
 _ZERO2 = b"\0\0"
+_RELAY = b"\x03"
 
 
 def _ctr(key):
@@ -150,6 +159,23 @@ class OriginHop(_HopKeys):
     """
 
     __slots__ = ()
+    maxData = RELAY_DATA_LEN
+    scheme = TOR1
+
+    # What OriginCrypto calls on a circuit that mixes schemes (the CGO hop's are CgoOriginView's).
+
+    def sealFor(self, cmd, plain):
+        payload, tag = self.seal(plain)
+        return self._fwd(payload), tag
+
+    def wrap(self, cmd, payload):
+        return self._fwd(payload)
+
+    def unwrap(self, cmd, payload):
+        plain = self._back(payload)
+        if plain[8:10] != _ZERO2:
+            return plain, None
+        return plain, self.recognizeBackward(plain)
 
     def seal(self, plain):
         """
@@ -185,21 +211,47 @@ class OriginCrypto:
 
     def __init__(self):
         self.hops = []
+        self.tor1Only = True  # every hop uses this module's scheme: the joined-buffer paths apply
 
-    def addHop(self, keySeed):
-        self.hops.append(OriginHop(keySeed))
+    def addHop(self, keys):
+        """
+        @param keys: a handshake's L{meshvpn.onion.circhandshake.HopKeys}
+            (its C{scheme} picks the hop's relay crypto), or a bare ntor
+            KEY_SEED (this scheme).
+        """
+        if getattr(keys, "scheme", None) == CGO:
+            self.hops.append(CgoOriginView(keys.material))
+            self.tor1Only = False
+        else:
+            self.hops.append(OriginHop(keys))
 
     def truncate(self, n):
         """Keep only the first C{n} hops."""
         del self.hops[n:]
+        self.tor1Only = all(type(hop) is OriginHop for hop in self.hops)
 
-    def encrypt(self, plain, hopIndex):
+    def maxData(self, hopIndex=-1):
+        """Data bytes one relay message to hop C{hopIndex} carries (its scheme's)."""
+        return self.hops[hopIndex].maxData
+
+    @property
+    def schemes(self):
+        """Per hop, guard first: its relay crypto scheme."""
+        return [hop.scheme for hop in self.hops]
+
+    def encrypt(self, plain, hopIndex, cmd=_RELAY):
         """
-        Tag C{plain} for hop C{hopIndex} and add its layer and every layer before it.
+        Tag C{plain} for hop C{hopIndex} and add its layer and every layer
+        before it; C{cmd} is the cell command byte (CGO's tweak covers it).
 
         @return: C{(ciphertext, tag)}.
         """
         hops = self.hops
+        if not self.tor1Only:
+            payload, tag = hops[hopIndex].sealFor(cmd, plain)
+            for i in range(hopIndex - 1, -1, -1):
+                payload = hops[i].wrap(cmd, payload)
+            return payload, tag
         payload, tag = hops[hopIndex].seal(plain)
         for i in range(hopIndex, -1, -1):
             payload = hops[i].encryptForward(payload)
@@ -212,6 +264,10 @@ class OriginCrypto:
 
         @return: C{(ciphertexts joined, tags)}.
         """
+        if not self.tor1Only:
+            # CGO chains every cell to the one before: a cell at a time.
+            out = [self.encrypt(plain, hopIndex) for plain in plains]
+            return b"".join([ct for ct, _ in out]), [tag for _, tag in out]
         hop = self.hops[hopIndex]
         mf, count = hop._mf, hop.fwdCount
         tags, parts = [], []
@@ -239,9 +295,16 @@ class OriginCrypto:
         @return: a list with, for each payload in order, C{(hopIndex, plain,
             tag)} or C{None} (recognized by no hop).
         """
+        n = len(payloads)
+        if not self.tor1Only:
+            out = [None] * n
+            for k, payload in enumerate(payloads):
+                out[k] = self.decrypt(payload)
+                if out[k] is None:
+                    break  # CGO's chain is broken from here: the circuit goes
+            return out
         hops = self.hops
         last = len(hops) - 1
-        n = len(payloads)
         out = [None] * n
         left = list(range(n))  # which payloads are still travelling
         data = b"".join(payloads)
@@ -294,6 +357,12 @@ class OriginCrypto:
         @return: C{(hopIndex, plain, tag)}, or C{None} if no hop did: the cell
             was modified, replayed or reordered, and the circuit must go.
         """
+        if not self.tor1Only:
+            for i, hop in enumerate(self.hops):
+                payload, tag = hop.unwrap(_RELAY, payload)
+                if tag is not None:
+                    return i, payload, tag
+            return None
         # Inlined hop.decryptBackward / recognizeBackward: this runs for
         # every cell the origin receives, and the tag is tried only where
         # "recognized" decrypts to zero.

@@ -155,15 +155,16 @@ class Resolved:
     answers: tuple = attrs.field(converter=tuple)
 
     @classmethod
-    def fitting(cls, answers):
+    def fitting(cls, answers, room=RELAY_DATA_LEN):
         """
-        The leading C{answers} that fit one cell (a name can have more
-        addresses than a cell holds; the first ones are the ones to use).
+        The leading C{answers} that fit one cell of C{room} data bytes (a
+        name can have more addresses than a cell holds; the first ones are
+        the ones to use).
         """
         kept, size = [], 0
         for answer in answers:
             size += _answerSize(answer)
-            if size > RELAY_DATA_LEN:
+            if size > room:
                 break
             kept.append(answer)
         return cls(kept)

@@ -50,12 +50,15 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ICellHandler, IStatusSource
 from meshvpn.hostport import splitHostPort
 from meshvpn.localaddrs import isInternal
-from meshvpn.onion import circhandshake, ntor
+from meshvpn.link.protocol import CIRCUIT_VERSIONS
+from meshvpn.onion import circhandshake, circversions, ntor
 from meshvpn.onion.cells import Create2, DestroyReason
 from meshvpn.onion.channel import Channel
 from meshvpn.onion.fragments import HalfOpenBudget, created2Cells
 from meshvpn.onion.flusher import ChannelFlusher
 from meshvpn.onion.nulledge import NullEdge
+from meshvpn.onion.cgohops import CgoRelayHop
+from meshvpn.onion.cgorelaycircuit import CgoRelayCircuit
 from meshvpn.onion.relaycircuit import RelayCircuit
 from meshvpn.onion.relaycrypto import RelayLayer
 from meshvpn.ratelimit import TokenBucket
@@ -177,7 +180,8 @@ class CircuitSwitch:
         self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
         self.halfOpen = HalfOpenBudget(self.limits.maxHalfOpen)
         # Relay crypto schemes this relay offers (circhandshake.SCHEME_IDS), most preferred first.
-        self.relaySchemes = (circhandshake.TOR1,)
+        # CGO (tagging-resistant) first; the original scheme for clients that do not ask for CGO.
+        self.relaySchemes = circhandshake.RELAY_SCHEMES
         self._peers = collections.OrderedDict()  # peerKey -> _Peer, least recently used first
         self._waiting = collections.deque()  # peers with queued CREATE2s, in round-robin order
         self._drainCall = None
@@ -186,7 +190,7 @@ class CircuitSwitch:
             "create_queued": 0, "create_expired": 0, "extend_refused": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0, "handshakes_expired": 0, "created_ntor": 0, "created_ntor3": 0,
-            "created_hybrid": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
+            "created_hybrid": 0, "created_cgo": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
         }
 
     # -- channels
@@ -325,12 +329,18 @@ class CircuitSwitch:
         """What this relay's descriptor lists (L{meshvpn.dht.descriptor.RelayDescriptor.handshakes})."""
         if self.keyRing is None:
             return ()
-        return tuple(sorted(set(circhandshake.supportedKinds()) | set(self.relaySchemes) - {circhandshake.TOR1}))
+        names = set(circhandshake.supportedKinds()) | set(self.relaySchemes) - {circhandshake.TOR1}
+        # the circuit versions it speaks, for clients that never link to it
+        return tuple(sorted(names | set(circversions.descriptorNames(CIRCUIT_VERSIONS))))
 
     def _answer(self, channel, circId, create):
         hopKeys, reply = circhandshake.serverAnswer(create.htype, create.hdata, self.nodeId, self.keyRing.findKey,
                                                     self.relaySchemes)
-        circuit = RelayCircuit(self, channel, circId, RelayLayer(hopKeys))
+        if hopKeys.scheme == circhandshake.CGO:
+            circuit = CgoRelayCircuit(self, channel, circId, CgoRelayHop(hopKeys.material))
+            self.counters["created_cgo"] += 1
+        else:
+            circuit = RelayCircuit(self, channel, circId, RelayLayer(hopKeys))
         channel.addCircuit(circId, circuit)
         channel.peerCircuits += 1
         self.counters["circuits_created"] += 1

@@ -23,10 +23,10 @@ def addLinkManager(node, authenticate, transports=None):
     return addService(node, "links", manager)
 
 
-def listenForLinks(node, links, transportName, listen, transports=None):
+def listenForLinks(node, links, transportName, listen, transports=None, name="stream"):
     """
     Accept links for C{links} on the transport called C{transportName}
-    (the node's C{"stream"} listener).
+    (the node's C{"stream"} listener; a dual-stack relay's second one is C{"stream6"}).
 
     @param transports: where to look the name up (default: the plugins found).
     @raise SystemExit: no such transport is installed (one clear line).
@@ -45,7 +45,12 @@ def listenForLinks(node, links, transportName, listen, transports=None):
         endpoint = transport.serverEndpoint(node.reactor, {"listen": listen})
     except LinkError as e:
         raise SystemExit(f"meshvpn-{node.role}: {e}") from None
-    node.listenStream(listen, links.serverFactory(transportName), endpoint=endpoint)
+    if name == "stream":
+        node.listenStream(listen, links.serverFactory(transportName), endpoint=endpoint)
+    else:
+        from meshvpn.ports import StreamListenerService
+
+        node.addListener(name, StreamListenerService(node.reactor, listen, links.serverFactory(transportName), endpoint))
     return transport
 
 

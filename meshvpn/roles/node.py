@@ -50,6 +50,15 @@ class Node(service.MultiService):
         self.udpService = UDPPortService(reactor, self.udp, host, port)
         self.udpService.setName("udp")
         self.udpService.setServiceParent(self)
+        # A dual-stack node's second socket (the other family), same table.
+        self.udp6Service = None
+        if settings.get("udp6"):
+            host6, port6 = settings["udp6"]
+            if (":" in host6) == (":" in host):
+                raise SystemExit(f"meshvpn-{role}: config error: --udp6 must be of the other address family than --udp")
+            self.udp6Service = UDPPortService(reactor, self.udp.secondSocket(), host6, port6)
+            self.udp6Service.setName("udp6")
+            self.udp6Service.setServiceParent(self)
         # Listening services ("stream" for links, "socks", ...): name -> service
         # with whenListening and address(); the node is ready when all are.
         self.listeners = {}
@@ -114,11 +123,13 @@ class Node(service.MultiService):
             return None
         info = self.addresses()
         self.log.info(
-            "meshvpn {role} started: node id {nodeId}; udp {udp}; stream {stream}",
+            "meshvpn {role} started: node id {nodeId}; udp {udp}{udp6}; stream {stream}{stream6}",
             role=self.role,
             nodeId=self.identity.nodeIdHex,
             udp=info["udp"],
+            udp6=" " + info["udp6"] if "udp6" in info else "",
             stream=info.get("stream", "-"),
+            stream6=" " + info["stream6"] if "stream6" in info else "",
         )
         info.update(role=self.role, node_id=self.identity.nodeIdHex, pid=os.getpid())
         writeSecretFile(os.path.join(self.dataDir, NODE_FILE), json.dumps(info, indent=1).encode())
@@ -131,6 +142,8 @@ class Node(service.MultiService):
 
     def addresses(self):
         info = {"udp": self.udpService.address()}
+        if self.udp6Service is not None and self.udp6Service.port is not None:
+            info["udp6"] = self.udp6Service.address()
         for name, listener in self.listeners.items():
             if listener.port is not None:
                 info[name] = listener.address()

@@ -8,6 +8,7 @@ streams ride those circuits.
 
 import os
 
+import attrs
 from twisted.internet import defer, task
 
 from meshvpn.circuits.builder import CircuitBuilder
@@ -29,9 +30,15 @@ class DirectoryRelays:
     The circuit manager's relay source: the verified, unexpired descriptors
     the finder holds.  Until it knows enough for one path (three relays, one
     an exit) it asks the directory again and waits, up to C{patience} seconds.
+
+    C{families} are the address families the client has (4, 6): a relay it
+    has no link address of those for cannot be its guard (an IPv6-only
+    client enters through dual-stack or IPv6 guards; the hops after that
+    are linked by relays, whatever their family).
     """
 
-    def __init__(self, reactor, finder, patience=30.0, poll=0.25, weights=None):
+    def __init__(self, reactor, finder, patience=30.0, poll=0.25, weights=None, families=(4, 6)):
+        self.families = frozenset(families)
         self.reactor = reactor
         self.finder = finder
         self.weights = weights
@@ -41,7 +48,12 @@ class DirectoryRelays:
     def known(self):
         now = self.reactor.seconds()
         infos = (relayInfo(d, self.weights) for d in self.finder.relays.values() if d.expires > now)
-        return [r for r in infos if r is not None]
+        return [self._reachable(r) for r in infos if r is not None]
+
+    def _reachable(self, relay):
+        if "guard" not in relay.roles or any((6 if ":" in h else 4) in self.families for h in relay.hosts):
+            return relay
+        return attrs.evolve(relay, roles=relay.roles - {"guard"})
 
     def __call__(self):
         return defer.Deferred.fromCoroutine(self._wait())
@@ -61,6 +73,12 @@ class DirectoryRelays:
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
 
+def nodeFamilies(settings):
+    """The address families of the client's sockets (C{--udp}, C{--udp6}): the families it can dial."""
+    hosts = [settings["udp"][0]] + ([settings["udp6"][0]] if settings.get("udp6") else [])
+    return frozenset(6 if ":" in h else 4 for h in hosts)
+
+
 def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     """
     The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
@@ -76,7 +94,7 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     links.setCellHandler(onion.switch)
     addService(node, "onion", onion)
     guards = GuardSet(os.path.join(node.dataDir, GUARDS_FILE), node.reactor)
-    relays, onCircuit = DirectoryRelays(node.reactor, finder, weights=weights), attachStreams
+    relays, onCircuit = DirectoryRelays(node.reactor, finder, weights=weights, families=nodeFamilies(settings)), attachStreams
     if payments is not None:
         relays, onCircuit = payments.relaySource(relays), payments.onCircuit(onCircuit)
     circuits = CircuitManager(

@@ -17,6 +17,7 @@ import os
 
 import attrs
 
+from meshvpn.dht.descriptor import IPV6_EXIT
 from meshvpn.dht.service import onionKeysFromRing
 from meshvpn.localaddrs import LocalAddresses
 from meshvpn.onion.service import OnionService, linkManagerConnector
@@ -35,12 +36,13 @@ def addOnionRelay(node, settings, flags, links):
     """
     edge, exitParts = None, None
     host = settings["udp"][0]
-    local = addService(node, "local-addresses", LocalAddresses(node.reactor, configured=[host]))
+    hosts = [host] + ([settings["udp6"][0]] if settings.get("udp6") else [])  # a dual-stack relay has two
+    local = addService(node, "local-addresses", LocalAddresses(node.reactor, configured=hosts))
     if "exit" in flags:
         from meshvpn.exit.settings import buildExit
         from meshvpn.exit.streams import ExitStreamEdge
 
-        own = [host] if host not in ("0.0.0.0", "::") else []
+        own = [h for h in hosts if h not in ("0.0.0.0", "::")]
         exitParts = buildExit(node.reactor, settings, ownAddresses=own, localAddresses=local)
         edge = ExitStreamEdge(exitParts)
         node.status.addSource("exit", exitParts)
@@ -92,5 +94,5 @@ def publisherOptions(onion, exitParts):
     return {
         "onionKeys": onionKeysFromRing(onion.keyRing, onion.lifetime),
         "exitPolicy": exitParts.policy.summary() if exitParts is not None else NOT_AN_EXIT,
-        "handshakes": onion.switch.advertisedHandshakes(),
+        "handshakes": onion.switch.advertisedHandshakes() + ((IPV6_EXIT,) if exitParts is not None and exitParts.ipv6 else ()),
     }

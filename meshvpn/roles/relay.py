@@ -31,6 +31,9 @@ class Options(RoleOptions):
     )
     schema = commonSettings("relay", ("0.0.0.0", 9000)) + [
         Setting("listen", parseServerEndpoint, "tcp:9001", "Twisted endpoint string on which to accept links."),
+        Setting("listen6", parseServerEndpoint, None,
+                "A second endpoint string on which to accept links, of the other address family "
+                "(e.g. tcp6:9001:interface=2001\\:db8\\:\\:1); announced beside --listen."),
         # DHT (meshvpn/dht/, doc/dht.md)
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
@@ -83,6 +86,8 @@ def makeService(options):
     links = addLinkManager(node, authenticate=True, transports=transports)
     node.status.addSource("links", links)  # refused links by cause: who is being kept out
     linkTransport = listenForLinks(node, links, settings["link_transport"], settings["listen"], transports)
+    if settings["listen6"]:
+        listenForLinks(node, links, settings["link_transport"], settings["listen6"], transports, name="stream6")
     from meshvpn.nat.endpoint import StunEndpoint
 
     # the socket's one STUN endpoint: the STUN server and the control plane's NAT check
@@ -168,8 +173,8 @@ def liveAppliers(node, settings, onion, exitParts, publisher):
 
     appliers = [rateApplier(exitParts.limiter if exitParts is not None else None, onion.switch.readLimiter)]
     if exitParts is not None:
-        host = settings["udp"][0]
-        own = [host] if host not in ("0.0.0.0", "::") else []
+        hosts = [settings["udp"][0]] + ([settings["udp6"][0]] if settings.get("udp6") else [])
+        own = [h for h in hosts if h not in ("0.0.0.0", "::")]
         local = node.getServiceNamed("local-addresses")
         appliers.append(exitPolicyApplier(exitParts, publisher, own, local))
     return appliers

@@ -13,15 +13,16 @@ restart (the reload says so).
 """
 
 from meshvpn.exit.policy import defaultExitPolicy
+from meshvpn.exit.settings import operatorRules
 from meshvpn.roles.reload import Applier
 
-POLICY_KEYS = frozenset({"exit_policy", "exit_reject_private"})
+POLICY_KEYS = frozenset({"exit_policy", "exit_reject_private"})  # exit-ipv6 changes the descriptor: a restart
 RATE_KEYS = frozenset({"bandwidth_rate", "bandwidth_burst", "circuit_rate", "circuit_burst"})
 
 
 def exitPolicyApplier(exitParts, publisher, ownAddresses, localAddresses):
     def apply(settings):
-        fresh = defaultExitPolicy(settings["exit_policy"], ownAddresses, rejectPrivate=settings["exit_reject_private"],
+        fresh = defaultExitPolicy(operatorRules(settings), ownAddresses, rejectPrivate=settings["exit_reject_private"],
                                   localAddresses=localAddresses)
         exitParts.policy.rules = fresh.rules
         summary = exitParts.policy.summary()

@@ -10,15 +10,18 @@ C{circuitRoom()} before DATA and is told when a SENDME reopens the window.
 from zope.interface import implementer
 
 from meshvpn.interfaces import ICircuitEdge
-from meshvpn.onion.cells import RELAY_DATA_LEN
 from meshvpn.onion.flow import FLOW_XON
 from meshvpn.streams.multipathexit import MultipathExit
 from meshvpn.streams.mux import StreamMux
 
 
 def attachStreams(circuit):
-    """Give an origin circuit its stream layer. @return: the L{StreamMux}."""
-    mux = StreamMux(circuit.sendRelay, RELAY_DATA_LEN, circuitRoom=circuit.circuitRoom,
+    """
+    Give an origin circuit its stream layer. @return: the L{StreamMux}.
+    DATA cells carry what the circuit's last hop takes (C{maxData}: 494,
+    or 488 when that hop uses CGO relay crypto).
+    """
+    mux = StreamMux(circuit.sendRelay, circuit.maxData, circuitRoom=circuit.circuitRoom,
                     xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun)
     circuit.streamHandler = mux
     return mux
@@ -56,7 +59,7 @@ class StreamExitEdge:
                 return resolve(circuit, name)
 
             mux = circuit.edgeState = StreamMux(
-                circuit.sendRelay, RELAY_DATA_LEN, acceptOnCircuit, resolve and resolveOnCircuit,
+                circuit.sendRelay, circuit.maxData, acceptOnCircuit, resolve and resolveOnCircuit,
                 circuitRoom=circuit.circuitRoom,
                 xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
             )

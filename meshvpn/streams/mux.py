@@ -265,7 +265,7 @@ class StreamMux:
 
         def answer(answers):
             if self.closedReason is None:
-                resolved = Resolved.fitting(answers) if answers else Resolved.error(transient=False)
+                resolved = Resolved.fitting(answers, self.maxData) if answers else Resolved.error(transient=False)
                 self.sendRelay(RelayCommand.RESOLVED, streamId, resolved.encode())
 
         def failed(_):

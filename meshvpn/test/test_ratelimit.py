@@ -228,3 +228,23 @@ class TokenBucketPropertyTests(unittest.TestCase):
             clock.advance(wait)
             # Whoever waits as told sends at most burst + rate * time.
             self.assertLessEqual(sent, burst + rate * clock.seconds() + 1e-6 * sent + 1)
+
+
+class SourceKeyTests(unittest.TestCase):
+    """Per-source limits: an IPv6 host is its /64, IPv4-mapped is IPv4, anything else passes through unchanged."""
+
+    def test_keys(self):
+        from meshvpn.ratelimit import sourceKey
+
+        self.assertEqual(sourceKey("198.18.0.1"), "198.18.0.1")
+        self.assertEqual(sourceKey("2001:2:66:1::1"), "2001:2:66:1::/64")
+        self.assertEqual(sourceKey("2001:2:66:1:ffff:ffff:ffff:ffff"), "2001:2:66:1::/64")
+        self.assertNotEqual(sourceKey("2001:2:66:2::1"), sourceKey("2001:2:66:1::1"))
+        self.assertEqual(sourceKey("::ffff:198.18.0.1"), "198.18.0.1")
+        self.assertIsNone(sourceKey(None))
+
+    @given(st.one_of(st.text(max_size=60), st.ip_addresses().map(str)))
+    def test_anyTextNeverRaises(self, text):
+        from meshvpn.ratelimit import sourceKey
+
+        self.assertIsInstance(sourceKey(text), str)

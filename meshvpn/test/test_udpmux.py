@@ -79,3 +79,47 @@ class MultiplexerTests(unittest.TestCase):
             self.assertEqual(self.dht.got[0][0], b"\x8fping")
 
         return defer.maybeDeferred(check)
+
+
+class _FakeUDP:
+    def __init__(self, host):
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        self.host = (IPv6Address if ":" in host else IPv4Address)("UDP", host, 9000)
+        self.sent = []
+
+    def getHost(self):
+        return self.host
+
+    def write(self, data, addr):
+        self.sent.append((data, addr))
+
+
+class DualStackTests(unittest.TestCase):
+    """A dual-stack node: two sockets, one table; each datagram leaves through its destination's family."""
+
+    def setUp(self):
+        self.mux = DatagramMultiplexer()
+        self.dht = Recorder()
+        self.mux.register("dht", DHT_BYTES, self.dht)
+        self.v4, self.v6 = _FakeUDP("198.18.0.1"), _FakeUDP("2001:2::1")
+        self.mux.makeConnection(self.v4)
+        self.mux.secondSocket().makeConnection(self.v6)
+
+    def test_sendsByFamily(self):
+        self.mux.sendDatagram(b"\x80a", ("198.18.0.2", 1))
+        self.mux.sendDatagram(b"\x80b", ("2001:2::2", 1))
+        self.assertEqual(self.v4.sent, [(b"\x80a", ("198.18.0.2", 1))])
+        self.assertEqual(self.v6.sent, [(b"\x80b", ("2001:2::2", 1))])
+
+    def test_receivesFromBoth(self):
+        self.mux.secondSocket().datagramReceived(b"\x81x", ("2001:2::2", 1))
+        self.mux.datagramReceived(b"\x81y", ("198.18.0.2", 1))
+        self.assertEqual(self.dht.got, [(b"\x81x", ("2001:2::2", 1)), (b"\x81y", ("198.18.0.2", 1))])
+
+    def test_noSocketOfThatFamilyCounted(self):
+        only6 = DatagramMultiplexer()
+        only6.makeConnection(_FakeUDP("2001:2::1"))
+        only6.sendDatagram(b"\x80a", ("198.18.0.2", 1))
+        self.assertEqual(only6.counters(), {"no_route": 1})
+        self.assertEqual(only6.transport.sent, [])

@@ -39,6 +39,8 @@ def addBenchCommands(sub):
     p.add_argument("--bytes", type=int, default=1 << 20, help="bytes pushed each way per pair (default 1 MiB)")
     p.add_argument("--no-classify", action="store_true", help="skip the netcheck classification of every host")
     p.add_argument("--coturn", action="store_true", help="relay through a stock coturn instead of our TURN server")
+    p.add_argument("--ipv6", action="store_true",
+                   help="also the IPv6 pairs: hosts behind stateful IPv6 firewalls (no NAT66) and open hosts")
     p.set_defaults(func=_benchNatCommand)
     p = benchSub.add_parser("datagram-link", help="per-packet cost of the datagram link (in process)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -89,6 +91,14 @@ def addBenchCommands(sub):
 
     benchchaos.addArguments(p)
     p.set_defaults(func=benchchaos.command)
+    p = benchSub.add_parser("chaos-netns", help="link cuts and packet loss with nftables in namespaces, and a leak check (root)",
+                            description="The whole-world network in namespaces the bench creates and removes: guard links "
+                                        "cut, UDP and TCP packets dropped at random by nftables in the made-up internet's "
+                                        "router; prints recovery per fault and what left each client's uplink.")
+    from meshvpn.tools import chaosnetns
+
+    chaosnetns.addArguments(p)
+    p.set_defaults(func=chaosnetns.command)
 
 def _benchDHTCommand(args):
     from meshvpn.tools import benchdht as bench

@@ -3,7 +3,9 @@
 Builds the namespace testbed, connects every pair of NAT types with the
 datagram link (punched, or relayed through TURN), pushes data both ways,
 classifies every host with ``meshvpn netcheck`` (RFC 5780), tears it all
-down, and prints one JSON object (``--json``) or a table.
+down, and prints one JSON object (``--json``) or a table.  With ``--ipv6``
+the IPv6 pairs follow (L{meshvpn.tools.firewall6}: stateful firewalls, no
+NAT66; every pair must punch through directly).
 """
 
 import json
@@ -20,6 +22,11 @@ def run(args, out):
 
     with Cleanups() as cleanups:
         result = matrix.runMatrix(cleanups, size=args.bytes, classify=not args.no_classify, coturn=args.coturn)
+    if args.ipv6:
+        from meshvpn.tools import firewall6
+
+        with Cleanups() as cleanups:
+            result["pairs"] += firewall6.runPairs(cleanups, size=args.bytes)["pairs"]
     result["turn_server"] = "coturn" if args.coturn else "meshvpn"
     for r in result["pairs"]:
         r["ok"] = pairOk(r)

@@ -111,21 +111,35 @@ class Transfer:
 
 def buildSocket(reactor, host, port):
     mux = DatagramMultiplexer()
-    reactor.listenUDP(port, mux, interface=host)
+    if ":" in host:
+        import socket
+
+        from meshvpn.ports import bindIPv6Only
+
+        sock = bindIPv6Only(host, port)
+        reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, mux)
+        sock.close()
+    else:
+        reactor.listenUDP(port, mux, interface=host)
     stunEp = StunEndpoint(reactor, mux.sendDatagram)
     mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
     return mux, stunEp
 
 
-def hostCandidates(port):
+def hostCandidates(port, family=4):
+    """This host's addresses of C{family} (4 or 6), but loopback and link-local, with C{port}."""
+    import ipaddress
+    import socket
+
     from pyroute2 import IPRoute
 
     out = []
     with IPRoute() as ipr:
-        for a in ipr.get_addr(family=2):
+        for a in ipr.get_addr(family=socket.AF_INET6 if family == 6 else socket.AF_INET):
             ip = a.get_attr("IFA_ADDRESS")
-            if ip and not ip.startswith("127."):
-                out.append((ip, port))
+            if not ip or ipaddress.ip_address(ip).is_loopback or ipaddress.ip_address(ip).is_link_local:
+                continue
+            out.append((ip, port))
     return out
 
 
@@ -136,14 +150,14 @@ async def runPeer(reactor, args):
     from meshvpn.nat.turn_client import TurnAllocation
 
     identity = NodeIdentity.generate()
-    mux, stunEp = buildSocket(reactor, "0.0.0.0", args.port)
+    mux, stunEp = buildSocket(reactor, "::" if args.family == 6 else "0.0.0.0", args.port)
     endpoint = DatagramLinkEndpoint(reactor, identity, mux)
     endpoint.register(mux)
     puncher = HolePuncher(reactor, mux.sendDatagram, deadline=args.punch_deadline)
     puncher.register(mux)
     signalling = RelaySignalling(reactor, endpoint, bytes.fromhex(args.relay_id), args.relay)
     port = mux.getHost().port
-    candidates = hostCandidates(port)
+    candidates = hostCandidates(port, args.family)
 
     async def allocate():
         if args.turn_user:
@@ -210,6 +224,7 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bytes", type=int, default=1 << 20)
     p.add_argument("--punch-deadline", type=float, default=2.5)
+    p.add_argument("--family", type=int, choices=(4, 6), default=4, help="the address family of the peer's socket")
     p.add_argument("--turn-user", help="static TURN long-term credentials (e.g. coturn's); default: ask the relay")
     p.add_argument("--turn-password")
     args = parser.parse_args(argv)

@@ -208,6 +208,11 @@ class Testnet:
                                            else "NOT post-quantum on every hop"))
         if hybridkem.available() and not pq:
             ok = False
+        # CGO relay crypto (tagging-resistant) on every hop is the default too.
+        cgo = bool(used) and (used[0].get("relay_crypto") or []) == ["cgo"] * len(used[0]["path"])
+        self.out("testnet: relay crypto " + ("CGO on every hop" if cgo else
+                                             f"NOT CGO on every hop ({used[0].get('relay_crypto') if used else '?'})"))
+        ok = ok and cgo
         self.out(
             f"testnet: HTTP {status}, {len(body)} bytes, first byte after {ttfb * 1000:.1f} ms, "
             f"all in {total * 1000:.1f} ms ({len(body) * 8 / total / 1e6:.1f} Mbit/s); "

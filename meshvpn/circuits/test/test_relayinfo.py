@@ -7,10 +7,10 @@ from twisted.trial import unittest
 from meshvpn.circuits.relayinfo import relayInfo
 
 
-def descriptor(*links, flags=("guard",)):
+def descriptor(*links, flags=("guard",), handshakes=()):
     return SimpleNamespace(
         nodeId=bytes(32), linkAddresses=tuple(("tcp", a) for a in links), flags=frozenset(flags),
-        family=(), bandwidth=0, exitPolicy="accept 443",
+        family=(), bandwidth=0, exitPolicy="accept 443", handshakes=handshakes,
     )
 
 
@@ -33,3 +33,29 @@ class RelayInfoTests(unittest.TestCase):
         info = relayInfo(descriptor("198.18.0.1:9001", flags=("exit",)))
         self.assertTrue(info.exitAccepts(("198.51.100.1", 443)))
         self.assertFalse(info.exitAccepts(("198.51.100.1", 25)))
+
+    def test_ipv6TargetsOnlyToExitsCarryingIPv6(self):
+        from meshvpn.dht.descriptor import IPV6_EXIT
+
+        plain = relayInfo(descriptor("198.18.0.1:9001", flags=("exit",)))
+        self.assertFalse(plain.exitAccepts(("2001:2::1", 443)))
+        self.assertTrue(plain.exitAccepts(("example.org", 443)))  # a name: the exit resolves it
+        six = relayInfo(descriptor("198.18.0.1:9001", flags=("exit",), handshakes=("ntor", IPV6_EXIT)))
+        self.assertTrue(six.exitAccepts(("2001:2::1", 443)))
+        self.assertTrue(six.exitAccepts(("198.51.100.1", 443)))
+        self.assertFalse(six.exitAccepts(("2001:2::1", 25)))
+
+    def test_pathToAnIPv6TargetEndsAtAnIPv6Exit(self):
+        from meshvpn.circuits.pathselect import choosePath
+        from meshvpn.dht.descriptor import IPV6_EXIT
+        from meshvpn.errors import NoPath
+
+        def relay(i, *roles, handshakes=()):
+            d = descriptor(f"198.{18 + i}.0.1:9001", flags=roles, handshakes=handshakes)
+            d.nodeId = bytes([i]) * 32
+            return relayInfo(d)
+
+        relays = [relay(1, "guard"), relay(2, "middle"), relay(3, "exit"), relay(4, "exit", handshakes=(IPV6_EXIT,))]
+        for _ in range(20):
+            self.assertEqual(choosePath(relays, target=("2001:2::1", 443))[2].nodeId, bytes([4]) * 32)
+        self.assertRaises(NoPath, choosePath, relays[:3], target=("2001:2::1", 443))

@@ -3,8 +3,8 @@
 The made-up internet of L{TunWorld.buildTwistd} with IPv6 on every uplink
 (2001:2::/48), a web server on L{WEB6}, an AAAA record for L{DOMAIN} and an
 exit that carries IPv6 (NAT66 behind its own address).  The client's links
-to relays stay IPv4 (links and the DHT over IPv6 are not done yet), so an
-IPv6-only client is not part of this test.
+to relays stay IPv4 here; an IPv6-only client (DHT and links over IPv6) is
+L{meshvpn.client.test.test_ipv6only}.
 """
 
 import os

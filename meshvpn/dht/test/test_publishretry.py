@@ -44,6 +44,7 @@ class FakeDHT:
         self.node = FakeNode(clock)
         self.directory = directory
         self.joined = defer.Deferred()
+        self.overlays = []  # the first family's DHT is the only one
 
 
 class PublishRetryTests(unittest.TestCase):

@@ -177,6 +177,20 @@ class RPCTests(unittest.TestCase):
         raw.request(a, wire.PING)
         self.assertEqual(len(raw.got), 6)
 
+    def test_rateLimitCountsAnIPv6SourceByItsSlash64(self):
+        """The attack: a new source address of one /64 per request; the /64 is rate limited as one source."""
+        net = Net(self, 1, rateLimit=1.0, rateBurst=5.0)
+        a = net.nodes[0]
+        raws = [Raw(net, (f"2001:2:77:1::{i + 1:x}", 1)) for i in range(8)]
+        for i, raw in enumerate(raws):
+            raw.send(wire.encode(wire.PING, b"%08d" % i, raw.ident.identityPublicKey), a.address)
+        net.pump(0.2)
+        self.assertEqual(sum(len(r.got) for r in raws), 5)
+        self.assertEqual(a.counters["dropped_rate_limited"], 3)
+        other = Raw(net, ("2001:2:77:2::1", 1))
+        other.request(a, wire.PING)
+        self.assertEqual(len(other.got), 1)  # the next /64 is another source
+
     def test_clientModeNotInsertedAndServesNothing(self):
         net = Net(self, 3)
         client = net.add(clientMode=True)

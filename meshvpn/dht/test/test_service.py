@@ -21,6 +21,7 @@ from meshvpn.dht.service import (
 )
 from meshvpn.dht.routing import RoutingTable
 from meshvpn.dht.rpc import DHTConfig
+from meshvpn.ports import StreamListenerService
 from meshvpn.roles.node import Node
 
 # every node here is a process on 127.0.0.1: the explicit option for local test networks
@@ -68,6 +69,18 @@ class SettingsTests(unittest.TestCase):
             f.write('{"version": 1, "contacts": [["zz", "x", -1]]}')
         self.assertEqual(loadTable(path), [])
         self.assertEqual(loadTable(path + ".missing"), [])
+
+    def test_tableFileNotAnObject(self):
+        """A table file that is JSON but not an object, or nested past the parser's depth, is damaged, not a crash.
+
+        Found by the bootstrap-file fuzz target (meshvpn/fuzz/regressions/bootstrap-file/table-not-an-object):
+        the file C{0} raised AttributeError out of loadTable, and so out of the DHT's start.
+        """
+        path = self.mktemp()
+        for text in ("0", "[]", '"contacts"', "null", "[" * 100000):
+            with open(path, "w") as f:
+                f.write(text)
+            self.assertEqual(loadTable(path), [], text[:20])
 
 
 class ServiceTests(unittest.TestCase):
@@ -129,6 +142,70 @@ class ServiceTests(unittest.TestCase):
         c2, dhtC2 = self.makeNode("client", (), dataDir=c.dataDir)
         size = yield dhtC2.joined
         self.assertGreaterEqual(size, 4)
+
+
+class DualStackTests(unittest.TestCase):
+    """IPv4 and IPv6 are two overlays; dual-stack relays are in both, announced under each family's address."""
+
+    timeout = 120  # six nodes, two DHTs each: slow on a loaded machine
+
+    def makeNode(self, role, udp, udp6=None, bootstrap=(), flags=("guard", "middle")):
+        settings = {"data_dir": self.mktemp(), "udp": udp}
+        if udp6:
+            settings["udp6"] = udp6
+        node = Node(reactor, role, settings)
+        if role == "relay":
+            node.listenStream("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
+            node.addListener("stream6", StreamListenerService(reactor, "tcp6:0:interface=\\:\\:1",
+                                                              Factory.forProtocol(Protocol)))
+            dht = DHTService(node, bootstrap, config=LOCAL)
+            RelayPublisher(dht, frozenset(flags), 3600).setServiceParent(dht)
+        else:
+            dht = DHTService(node, bootstrap, clientMode=True, config=LOCAL)
+            RelayFinder(dht, 300).setServiceParent(dht)
+        dht.setServiceParent(node)
+        node.startService()
+        self.addCleanup(lambda: node.running and node.stopService())
+        return node, dht
+
+    @defer.inlineCallbacks
+    def test_ipv6OnlyAndIPv4OnlyClientsBothFindDualStackRelays(self):
+        a, dhtA = self.makeNode("relay", ("127.0.0.1", 0), ("::1", 0), flags=("guard", "exit", "bootstrap"))
+        info = yield a.whenStarted
+        self.assertIn("udp6", info)
+        self.assertIn("stream6", info)
+        boot4 = ("127.0.0.1", a.udpService.port.getHost().port)
+        boot6 = ("::1", a.udp6Service.port.getHost().port)
+        relays = [(a, dhtA)] + [self.makeNode("relay", ("127.0.0.1", 0), ("::1", 0), [boot4, boot6])
+                                for _ in range(3)]
+        yield defer.gatherResults([o.joined for _, d in relays for o in d.overlays])
+        self.assertEqual([o.family for o in dhtA.overlays], [4, 6])
+        publishers = [list(d)[0] for _, d in relays]
+        yield waitFor(lambda: all(p.published for p in publishers), timeout=40)
+
+        c6, dht6 = self.makeNode("client", ("::1", 0), bootstrap=[boot6])
+        c4, dht4 = self.makeNode("client", ("127.0.0.1", 0), bootstrap=[boot4])
+        finders = [list(dht6)[0], list(dht4)[0]]
+        yield waitFor(lambda: all(len(f.relays) == 4 for f in finders), timeout=60)
+        for node, _ in relays:
+            for f in finders:
+                d = f.relays[node.identity.nodeId]
+                self.assertEqual(sorted(a for t, a in d.addresses if t == "udp"),
+                                 sorted([node.addresses()["udp"], node.addresses()["udp6"]]))
+                self.assertEqual(len(d.linkAddresses), 2)
+        # the IPv6-only client's table holds IPv6 addresses only, and it sent nothing on IPv4
+        self.assertTrue(all(":" in c.address[0] for c in dht6.dht.table.contacts()))
+        # each relay's second table is IPv6, its first IPv4
+        for _, d in relays:
+            self.assertTrue(all(":" not in c.address[0] for c in d.overlays[0].dht.table.contacts()))
+            self.assertTrue(all(":" in c.address[0] for c in d.overlays[1].dht.table.contacts()))
+            self.assertIn("ipv6", d.status()["overlays"])
+        exits = yield dht6.directory.sample("exit", 5)
+        self.assertEqual([d.nodeId for d in exits], [a.identity.nodeId])
+
+    def test_bothSocketsOfOneFamilyRefused(self):
+        self.assertRaises(SystemExit, Node, reactor, "relay",
+                          {"data_dir": self.mktemp(), "udp": ("127.0.0.1", 0), "udp6": ("127.0.0.2", 0)})
 
 
 class OnionRingTests(unittest.TestCase):

@@ -29,6 +29,7 @@ class FakeCircuit:
         self.prev = FakeChannel(peerHost)
         self.edgeState = None
         self.flowFlags = 0  # no XON/XOFF negotiated
+        self.maxData = 494  # the original relay crypto's DATA size
         self.sent = []
 
     def sendRelay(self, command, streamId, data):

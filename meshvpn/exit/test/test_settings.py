@@ -49,3 +49,14 @@ class ExitSettingsTests(unittest.TestCase):
         st = parts.status()
         self.assertTrue(st["policy_summary"].startswith("reject 119,"))
         self.assertEqual(self.successResultOf(parts.resolver.resolve("v4only.example.com")), ["198.18.0.11"])
+
+    def test_ipv6ExitOnlyWhenSaid(self):
+        """Tor's IPv6Exit: without exit-ipv6 an IPv6 destination is refused (and not announced); the IPv4 summary stays."""
+        off = buildExit(task.Clock(), self.resolve(exit_policy="accept *:80"), upstream=FakeUpstream(TABLE))
+        self.assertFalse(off.ipv6)
+        self.assertFalse(off.policy.allows("2001:2::1", 80))
+        self.assertTrue(off.policy.allows("198.18.0.1", 80))
+        on = buildExit(task.Clock(), self.resolve(exit_policy="accept *:80", exit_ipv6="true"), upstream=FakeUpstream(TABLE))
+        self.assertTrue(on.ipv6)
+        self.assertTrue(on.policy.allows("2001:2::1", 80))
+        self.assertEqual(on.policy.summary(), off.policy.summary())

@@ -15,7 +15,8 @@ def _seeds():
     for command, body in bodySeeds():
         stream = 0 if command in (RelayCommand.EXTEND2, RelayCommand.EXTENDED2, RelayCommand.TRUNCATED,
                                   RelayCommand.PACKET, RelayCommand.PAYMENT,
-                                  RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED) else 7
+                                  RelayCommand.FLOW_NEGOTIATE, RelayCommand.FLOW_NEGOTIATED,
+                                  *(RelayCommand.MULTIPATH - {RelayCommand.MP_LINK})) else 7
         out.append(packRelay(command, stream, body))
     out.append(packRelay(RelayCommand.DATA, 7, b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"))
     return out

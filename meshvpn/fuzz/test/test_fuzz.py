@@ -33,6 +33,16 @@ class TargetsTests(unittest.TestCase):
 
         self.assertLessEqual(set(RELAY_BODY_TYPES) | set(STREAM_BODY_TYPES), set(BODY_TYPES))
 
+    def test_everyMultipathCommandIsFuzzed(self):
+        """MP_LINK..MP_REFUSED: the bodies with a codec in relay-body, every one in the multipath target; FRAGMENT too."""
+        from meshvpn.fuzz.targets import multipath, relaybody
+        from meshvpn.onion.cells import RelayCommand
+
+        withBody = {RelayCommand.MP_LINK, RelayCommand.MP_LINKED, RelayCommand.MP_SWITCH, RelayCommand.MP_ACK}
+        self.assertLessEqual(withBody, set(relaybody.BODY_TYPES))
+        self.assertEqual(set(multipath._COMMANDS), set(RelayCommand.MULTIPATH))
+        self.assertIn(RelayCommand.FRAGMENT, relaybody._ORDER)
+
     def test_unknownTarget(self):
         self.assertRaises(registry.UnknownTarget, registry.load, "no-such-parser")
 

@@ -237,9 +237,9 @@ class _BlackHoleOrMemory:
 
 
 def _peer(host, port=40000):
-    from twisted.internet.address import IPv4Address
+    from twisted.internet.address import IPv4Address, IPv6Address
 
-    return IPv4Address("TCP", host, port)
+    return (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
 
 
 class LinkManagerAbuseTests(unittest.TestCase):
@@ -285,6 +285,19 @@ class LinkManagerAbuseTests(unittest.TestCase):
         m._linkClosed(None, link)  # what its whenClosed() firing does
         self.assertIsNotNone(factory.buildProtocol(_peer("203.0.113.66", 41000)))
         self.assertEqual(m.status()["links_in"], 6)
+
+    def test_ipv6SourceCountsAsItsSlash64(self):
+        """The attack: one host walks its /64, a new address per link; it still holds only maxPerAddress."""
+        from meshvpn.link.manager import LinkLimits
+
+        clock = task.Clock()
+        m = LinkManager(clock, NodeIdentity.generate(), limits=LinkLimits(maxPerAddress=5, connectRate=1000, connectBurst=1000))
+        factory = m.serverFactory()
+        built = [factory.buildProtocol(_peer(f"2001:2:66:1::{i + 1:x}", 40000)) for i in range(8)]
+        self.assertEqual(sum(p is not None for p in built), 5)
+        self.assertEqual(m.counters["refused_address"], 3)
+        # the next /64 is another source
+        self.assertIsNotNone(factory.buildProtocol(_peer("2001:2:66:2::1")))
 
     def test_newLinksPerAddressAreRateLimited(self):
         from meshvpn.link.manager import LinkLimits

@@ -41,6 +41,18 @@ class ServerTests(unittest.TestCase):
         self.assertIsNone(resp.get(stun.OTHER_ADDRESS))
         self.assertTrue(resp.hasFingerprint)
 
+    def test_ipv6RequestToAnIPv4AlternatePairIsPlain(self):
+        """A dual-stack server's RFC 5780 addresses are IPv4: an IPv6 client gets its mapped address only."""
+        server = self.makeServer(rfc5780=True)
+        client6 = ("2001:2::77", 40000)
+        index, resp, dest, _, _ = self.ask(server, stun.StunMessage(stun.BINDING, stun.REQUEST), source=client6)
+        self.assertEqual((index, dest, resp.cls), ((0, 0), client6, stun.SUCCESS))
+        self.assertEqual(resp.getXorAddress(), client6)
+        self.assertFalse(resp.has(stun.OTHER_ADDRESS))
+        req = stun.StunMessage(stun.BINDING, stun.REQUEST).add(stun.CHANGE_REQUEST, stun.encodeChangeRequest(True, True))
+        _, resp, dest, _, _ = self.ask(server, req, source=client6)
+        self.assertEqual((resp.cls, dest), (stun.ERROR, client6))
+
     def test_changeRequestWithoutAlternateIs420(self):
         server = self.makeServer(rfc5780=False)
         req = stun.StunMessage(stun.BINDING, stun.REQUEST).add(stun.CHANGE_REQUEST, stun.encodeChangeRequest(True, True))
@@ -191,3 +203,34 @@ class FuzzServerTests(unittest.TestCase):
         ep.datagramReceived(data, CLIENT)
         for out in sent:
             self.assertLessEqual(len(out), AMPLIFICATION * len(data))
+
+
+class OverIPv6Tests(unittest.TestCase):
+    """Real sockets on ::1: a relay's STUN server answers over IPv6, and netcheck reads an IPv6 mapped address."""
+
+    timeout = 30
+
+    def test_netcheckOverIPv6(self):
+        from twisted.internet import defer, reactor
+
+        from meshvpn.nat.classify import netcheck
+        from meshvpn.nat.endpoint import StunEndpoint
+        from meshvpn.nat.server import StunServerService
+        from meshvpn.ports import UDPPortService
+        from meshvpn.udpmux import DatagramMultiplexer
+
+        mux = DatagramMultiplexer()
+        udp = UDPPortService(reactor, mux, "::1", 0)
+        udp.startService()
+        self.addCleanup(udp.stopService)
+        service = StunServerService(reactor, mux, StunEndpoint.onSocket(reactor, mux))
+        service.startService()
+        self.addCleanup(service.stopService)
+        server = ("::1", mux.getHost().port)
+        report = defer.Deferred.fromCoroutine(netcheck(reactor, [server], bind=("::1", 0), timing=(0.1, 3, 3)))
+
+        def check(report):
+            self.assertTrue(report["mapped_address"].startswith("[::1]:"), report)
+            self.assertEqual(report["type"], "no-nat", report)
+
+        return report.addCallback(check)

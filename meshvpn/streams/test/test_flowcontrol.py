@@ -10,6 +10,7 @@ from zope.interface import implementer
 from meshvpn.interfaces import IStream
 from meshvpn.onion import cells as C
 from meshvpn.onion.cells import DestroyReason, RelayCommand
+from meshvpn.onion.cgohops import CgoRelayHop
 from meshvpn.onion.destroy import CircuitDestroyed
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, VegasWindow
 from meshvpn.onion.test.test_circuit import Net
@@ -250,11 +251,16 @@ class Fairness(unittest.TestCase):
 
 
 class MalformedData(unittest.TestCase):
+    # CGO circuits (the default) carry 488 data bytes: 495 is past the cell either way, 489 past a CGO hop's.
     """DATA is parsed in place on the hot path: it still refuses what unpackRelay refuses."""
 
     def _send(self, w, payload):
         ex = w.exitCircuit
-        ct, tag = ex.layer.originateBackward(payload)
+        if isinstance(ex.layer, CgoRelayHop):
+            # A lying exit: its CGO layer around whatever header it writes (the honest path refuses to).
+            ct, tag = ex.layer._layer.originate(bytes([C.Command.RELAY]), payload[C.CGO_BODY_AT:C.CGO_BODY_AT + C.CGO_BODY_LEN])
+        else:
+            ct, tag = ex.layer.originateBackward(payload)
         ex.prev.send(ex.prevPrefix + bytes([C.Command.RELAY]) + ct)
         w.pump()
 
@@ -262,6 +268,12 @@ class MalformedData(unittest.TestCase):
         w = World(self, size=0)
         good = C.packRelay(RelayCommand.DATA, 1, b"x")
         self._send(w, good[:13] + (495).to_bytes(2, "big") + good[15:])
+        self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
+
+    def test_lengthPastACgoCell(self):
+        w = World(self, size=0)
+        good = C.packRelay(RelayCommand.DATA, 1, b"x")
+        self._send(w, good[:13] + (C.CGO_RELAY_DATA_LEN + 1).to_bytes(2, "big") + good[15:])
         self.assertEqual(w.circ.closeReason.reason, DestroyReason.PROTOCOL)
 
     def test_streamZero(self):

@@ -1,0 +1,102 @@
+"""A relay's hop of a circuit whose hop uses CGO relay crypto (L{meshvpn.onion.cgo}).
+
+What differs from L{meshvpn.onion.relaycircuit.RelayCircuit} is only the
+way away from the origin: CGO's layer and its recognition are one step
+that takes the cell command (part of the tweak), and every cell is chained
+to the one before, so a run of cells goes through the layer one cell at a
+time (the old scheme's one AES call per run does not exist here) and still
+leaves in one append to the next hop's queue.  Toward the origin the
+relay circuit's own paths run unchanged on L{meshvpn.onion.cgohops.CgoRelayHop},
+as does the dispatch of what is recognized (the common relay payload
+layout, 488 data bytes per message).
+"""
+
+from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, MAX_RELAY_EARLY, CellError, Command, DestroyReason
+from meshvpn.onion.lifecycle import HopState
+from meshvpn.onion.relaycircuit import NextHopEnd, RelayCircuit
+
+_RELAY = bytes([Command.RELAY])
+_CMDBYTE = {Command.RELAY: _RELAY, Command.RELAY_EARLY: bytes([Command.RELAY_EARLY])}
+_CLOSED = HopState.CLOSED
+
+
+class CgoNextHopEnd(NextHopEnd):
+    """The CGO hop's end on its next hop's channel: cells toward the origin, a cell at a time through the layer."""
+
+    __slots__ = ()
+
+    def onRelayRun(self, payloads):
+        c = self.c
+        backward = c.layer.backwardCell
+        head = c.prevPrefix + _RELAY
+        if c.prev.sendCells([head + backward(payload) for payload in payloads]):
+            c.counts["cells_relayed_backward"] += len(payloads)
+        else:
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+
+
+class CgoRelayCircuit(RelayCircuit):
+    """This relay's CGO hop of someone's circuit (C{layer}: a L{meshvpn.onion.cgohops.CgoRelayHop})."""
+
+    maxData = CGO_RELAY_DATA_LEN
+    NEXT_END = CgoNextHopEnd
+
+    def onRelay(self, cmd, payload):
+        if cmd == Command.RELAY_EARLY:
+            self.earlyCount += 1
+            if self.earlyCount > MAX_RELAY_EARLY:
+                raise CellError(f"more than {MAX_RELAY_EARLY} RELAY_EARLY cells")
+        cmdByte = _CMDBYTE[cmd]
+        out, tag = self.layer.forward(cmdByte, payload)
+        if tag is not None:
+            self._dispatch(cmd, out, tag, self.next is None, 0)
+            return
+        nxt = self.next
+        if nxt is None:
+            raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+        if nxt.send(self.nextPrefix + cmdByte + out):
+            self.counts["cells_relayed_forward"] += 1
+        else:
+            self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+
+    def onRelayRun(self, payloads):
+        """Consecutive RELAY cells from the previous hop: through the layer in order, passed on in one append."""
+        forward = self.layer.forward
+        if self.next is None:
+            # The last hop: every cell is for us (or breaks the protocol); no
+            # RELAY (non-EARLY) message extends the circuit, so it stays the edge.
+            entries = []
+            for payload in payloads:
+                plain, tag = forward(_RELAY, payload)
+                if tag is None:
+                    self._dispatchRun(Command.RELAY, entries, 0)
+                    raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+                entries.append((0, plain, tag))
+            self._dispatchRun(Command.RELAY, entries, 0)
+            return
+        out = []
+        for payload in payloads:
+            if self.state is _CLOSED:
+                return  # a message destroyed the circuit: the rest is for no one
+            cell, tag = forward(_RELAY, payload)
+            if tag is None:
+                if self.next is None:  # truncated by a message of this run
+                    raise CellError("relay cell not recognized at the last hop (modified, replayed or reordered)")
+                out.append(self.nextPrefix + _RELAY + cell)
+                continue
+            # One for us (rare in a run: the origin speaks to a middle only to extend or truncate):
+            # what came before it leaves first, in order.
+            if out:
+                if not self._passOn(out):
+                    return
+                out = []
+            self._dispatch(Command.RELAY, cell, tag, self.next is None, 0)
+        if out:
+            self._passOn(out)
+
+    def _passOn(self, cells):
+        if self.next.sendCells(cells):
+            self.counts["cells_relayed_forward"] += len(cells)
+            return True
+        self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
+        return False
