@@ -366,15 +366,25 @@ class CircuitManager(service.Service):
         return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets, list(avoid), spare))
 
     def _choosePath(self, relays, target, guard, exclude, packets, avoid, spare=False):
-        soft = set(avoid) | set(self.avoid.avoided())
-        if spare:
-            soft |= {path[-1].nodeId for _, path in self._spare} | set(self._spareExits)
-        if soft - set(exclude):
+        """
+        A path without C{exclude}, and without the soft ones if one fits:
+        relays seen failing first (the avoidance list), then C{avoid} in
+        its order (a dead circuit's middle, then its exit), then the exits
+        of other spares.  When no path fits, the least sure are given up
+        first: with two exits, one of them just dead, the replacement still
+        avoids the dead relay rather than choosing at random again.
+        """
+        soft = []
+        for nodeId in [*self.avoid.avoided(), *avoid,
+                       *([path[-1].nodeId for _, path in self._spare] + self._spareExits if spare else [])]:
+            if nodeId not in soft and nodeId not in exclude:
+                soft.append(nodeId)
+        for keep in range(len(soft), 0, -1):
             try:
-                return choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=set(exclude) | soft,
-                                  packets=packets)
+                return choosePath(relays, target=target, guard=guard, rng=self.rng,
+                                  exclude=set(exclude) | set(soft[:keep]), packets=packets)
             except NoPath:
-                pass  # nothing fits without the suspects: use them rather than fail
+                continue  # give up the least sure suspect and try again
         return choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
 
     async def _buildLoop(self, target, exclude, packets=False, avoid=(), spare=False):

@@ -59,6 +59,26 @@ class DeadExitTests(unittest.TestCase):
         second = self.successResultOf(m.getCircuit(isolation="k"))
         self.assertEqual(second.path[2].nodeId, relays[3].nodeId)
 
+    def test_deadMiddleStillAvoidedWhenTheExitCannotBe(self):
+        """
+        Two exits, and the dead circuit's middle was one of them (exits are
+        middles too): avoiding both its middle and its exit leaves no exit,
+        so the exit suspicion is given up first and the dead one still is not used.
+        """
+        relays = [relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit", "middle")), relay(4, ("exit", "middle"))]
+        for seed in range(10):
+            clock, builder, m, _ = manager(self, relays=relays, seed=seed)
+            builder.failExtendTo = set()
+            first = circuitFor(self, clock, m, "k")
+            if first.path[1].nodeId != relays[2].nodeId:
+                continue
+            first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED))
+            clock.advance(0.01)
+            second = self.successResultOf(m.getCircuit(isolation="k"))
+            self.assertNotIn(relays[2].nodeId, [r.nodeId for r in second.path])
+            return
+        self.fail("no seed chose relay 3 as the middle")
+
     def test_streamRetryWaitsForTheReplacement(self):
         """The dead circuit's stream, retried at once, rides the replacement: one build, not two."""
         clock, builder, m, _ = manager(self)
