@@ -29,6 +29,13 @@ class LinkError(MeshVPNError):
     """A link could not be opened or its peer is not who it should be."""
 
 
+class LinkSilent(LinkError):
+    """
+    A link's peer did not answer a liveness PING in time: the process hangs
+    (stopped, wedged) or the path to it is dead, though its connection is open.
+    """
+
+
 class EgressRefused(MeshVPNError):
     """A destination cannot be reached outside the VPN tunnel (no route there, or the gate is full)."""
 

@@ -1060,6 +1060,14 @@ class ICircuitManager(Interface):
         manager builds from now on, the moment it is built, and of its close.
         """
 
+    def streamTimedOut(circuit):
+        """
+        A stream on C{circuit} (one this manager handed out) got no answer
+        in time: no new stream is given C{circuit}; its open streams go on.
+
+        @return: C{True} if C{circuit} was in use and is now retired.
+        """
+
 
 class IMultipathLeg(Interface):
     """

@@ -14,6 +14,11 @@ from meshvpn.circuits.relayinfo import hopSpec
 from meshvpn.onion.destroy import CircuitDestroyed
 
 
+# The circuit's own build timer is only a backstop: the manager's timeout
+# (adaptive, L{meshvpn.circuits.buildtimeout}) cancels a build first.
+BACKSTOP_TIMEOUT = 120.0
+
+
 class CircuitBuilder:
     """
     @param onCircuit: called with each new L{OriginCircuit} before it is
@@ -21,7 +26,7 @@ class CircuitBuilder:
         nothing of streams.
     """
 
-    def __init__(self, reactor, switch, links, buildTimeout=10.0, onCircuit=lambda circuit: None):
+    def __init__(self, reactor, switch, links, buildTimeout=BACKSTOP_TIMEOUT, onCircuit=lambda circuit: None):
         self.reactor = reactor
         self.onCircuit = onCircuit
         self.switch = switch
@@ -46,5 +51,10 @@ class CircuitBuilder:
         try:
             await circuit.build()
         except CircuitDestroyed as e:
-            raise CircuitBuildFailed(str(e), hop=e.hop) from None
+            raise CircuitBuildFailed(str(e), hop=e.hop, extending=e.extending, silent=e.silent) from None
+        except defer.CancelledError:
+            # The manager's (adaptive) build timeout gave up on it: the half-built
+            # circuit must not stay in its channel's map until the link closes.
+            circuit.close("timeout")
+            raise
         return circuit

@@ -303,6 +303,11 @@ class GuardSet:
         if guard is None:
             return
         now = self.clock.seconds()
+        if guard.reach is Reach.DOWN and guard.retryAt > now:
+            # The same outage, heard again (every circuit on a dead guard's
+            # link reports it at once): one failure, not one per circuit,
+            # or the retry schedule would jump to hours.
+            return
         guard.event("failed")
         if guard.failingSince is None:
             guard.failingSince = now

@@ -22,10 +22,32 @@ and excluded relays to every path chosen after it is set.  It also watches
 is built, once it is listed, and again when it closes.
 
 A build that fails past the guard (a TRUNCATED, DESTROY or timeout while
-extending) names no hop, so nothing is excluded on one relay's word; it is
-counted against the guard instead (Tor's path bias, in small): the status
-shows the count, and a guard through which most builds fail past it is
-logged once.
+extending) names no hop, so nothing is excluded for good on one relay's
+word; it is counted against the guard instead (Tor's path bias, in small):
+the status shows the count, and a guard through which most builds fail
+past it is logged once.  The relay the failed extension was for is avoided
+for a while, within the bounds of L{meshvpn.circuits.avoid} (a hostile
+guard cannot use it to steer paths).
+
+Recovery (the chaos bench's faults):
+
+- a circuit that dies of a cause nobody proved (a DESTROY from the
+  network) is replaced at once through a path that avoids both its middle
+  and its exit (either may be the dead relay: a killed exit used to be
+  chosen again, one build in four), softly: when nothing else fits they
+  are used;
+- a request for an isolation key whose replacement is being built waits
+  for that build instead of starting a second one (a dead exit's users
+  used to double the build load just when it mattered), unless a spare fits;
+- spares are built through exits no other spare uses, so one exit's death
+  never takes every warm circuit with it;
+- a circuit on which a stream got no answer in time
+  (L{streamTimedOut}, from the stream opener) takes no new streams;
+- a guard whose link was closed as silent (it answered no liveness PING:
+  it hangs) is marked down once, so the next circuits enter elsewhere;
+- builds time out adaptively (L{meshvpn.circuits.buildtimeout}), and a
+  timeout is charged to no relay: a starved machine no longer counts its
+  guards down until it refuses to build.
 """
 
 import collections
@@ -37,6 +59,8 @@ from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError, NoPath
 from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
+from meshvpn.circuits.avoid import ExtendAvoidance
+from meshvpn.circuits.buildtimeout import BuildTimeout
 from meshvpn.circuits.mppath import chooseSecondLeg
 from meshvpn.circuits.pathselect import choosePath
 
@@ -47,12 +71,16 @@ SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its re
 class CircuitBuildFailed(MeshVPNError):
     """A circuit could not be built; C{hop} is the index (0 = guard) that failed, if known."""
 
-    def __init__(self, message, hop=None):
+    def __init__(self, message, hop=None, extending=None, silent=False):
         super().__init__(message)
         self.hop = hop
+        # charged to no hop: the index of the hop being added when it failed
+        self.extending = extending
+        self.silent = silent  # the guard link closed because the guard hangs
 
 
 RECENT_TIMES = 20  # build and rebuild times kept for status
+SELF = b""  # the reporter of what this client saw itself, in the avoidance list
 
 
 @implementer(ICircuitManager, ICircuitSteering, IStatusSource)
@@ -84,6 +112,11 @@ class CircuitManager(service.Service):
         self.rebuildTimes = collections.deque(maxlen=RECENT_TIMES)
         self.failedPastGuard = 0
         self._throughGuard = {}  # guard node id -> [built, failed past it]
+        self.timeouts = BuildTimeout(buildTimeout)
+        self.avoid = ExtendAvoidance(reactor)
+        self._replacing = {}  # isolation key -> requests waiting for its replacement circuit
+        self._spareExits = []  # exits of spares being built
+        self.streamTimeouts = 0
         self._loop = None
         self._observers = []
 
@@ -133,7 +166,8 @@ class CircuitManager(service.Service):
         # them.  Counted once: a build that fails at once (no usable guard) is
         # retried at the next tick, not in a loop that never yields.
         for _ in range(self.spares - len(self._spare) - self._building):
-            d = self._buildWithRetries(None)
+            # through an exit no other spare uses: one exit's death leaves a warm circuit
+            d = self._buildWithRetries(None, spare=True)
             d.addCallbacks(self._addSpare, self._spareFailed)
 
     def _addSpare(self, built):
@@ -173,6 +207,12 @@ class CircuitManager(service.Service):
                 # as this stream's first cells and delayed its first byte by 5-10 ms.
                 self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
                 return defer.succeed(circuit)
+        waiting = self._replacing.get(isolation)
+        if waiting is not None:
+            # This key's dead circuit is being replaced: use that build, not a second one.
+            d = defer.Deferred()
+            waiting.append(d)
+            return d.addCallback(lambda _: self.getCircuit(target, isolation, packets))
         d = self._buildWithRetries(target, packets=packets)
 
         def built(pair):
@@ -201,7 +241,7 @@ class CircuitManager(service.Service):
             if guard is None:
                 raise NoPath(f"no second guard: {self.guards.refusal}")
         path = chooseSecondLeg(relays, first, guard=guard, rng=self.rng)
-        built = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
+        built = await self._build(path).addTimeout(self.timeouts.current(), self.reactor)
         self._countThroughGuard(path[0], failed=False)
         return built
 
@@ -211,7 +251,10 @@ class CircuitManager(service.Service):
         circuit.whenClosed().addBoth(self._closed, isolation, pair)
 
     def _closed(self, reason, isolation, pair):
-        if pair in self._retired:  # retired by newIdentity: nothing to replace
+        err = getattr(reason, "value", reason)
+        if getattr(err, "silent", False):
+            self._hangs(pair[1][0].nodeId)
+        if pair in self._retired:  # retired (newIdentity, a stream timeout): nothing to replace
             self._retired.remove(pair)
             return
         pairs = self._assigned.get(isolation, [])
@@ -234,10 +277,48 @@ class CircuitManager(service.Service):
             self._assign(isolation, newPair)
             self._announce(newPair[0])
 
+        def failed(f):
+            self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage())
+
+        def done(_):
+            for waiter in self._replacing.pop(isolation, []):
+                waiter.callback(None)
+
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
         packets = "packet-exit" in pair[1][-1].roles
-        d = self._buildWithRetries(None, exclude=_suspect(reason, pair[1]), packets=packets)
-        d.addCallbacks(replaced, lambda f: self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage()))
+        self._replacing.setdefault(isolation, [])
+        d = self._buildWithRetries(None, avoid=_suspect(err, pair[1]), packets=packets)
+        d.addCallbacks(replaced, failed).addBoth(done)
+
+    def _hangs(self, nodeId):
+        """
+        C{nodeId}'s link answered no PING: we saw it hang ourselves.  It is
+        marked down as a guard, and avoided as a middle or exit for a while
+        too (the next guard's link to it may not have noticed yet, and a
+        replacement extended through it would wait out the build timeout).
+        """
+        if self.guards is not None:
+            self.guards.markDown(nodeId)
+        self.avoid.failed(SELF, nodeId)
+
+    def streamTimedOut(self, circuit):
+        """
+        A stream on C{circuit} got no answer in time (Tor's
+        CircuitStreamTimeout): no new stream uses it; it carries its open
+        streams on and closes once it has none.
+        """
+        self.streamTimeouts += 1
+        for key, pairs in list(self._assigned.items()):
+            for pair in pairs:
+                if pair[0] is circuit:
+                    pairs.remove(pair)
+                    if not pairs:
+                        del self._assigned[key]
+                    self._retired.append(pair)
+                    self.log.info("circuit through {path} left a stream unanswered; no new streams on it",
+                                  path=_describe(pair[1]))
+                    return True
+        return False
 
     def _relaySource(self):
         relays = self._directory()
@@ -276,11 +357,39 @@ class CircuitManager(service.Service):
 
     # -- building
 
-    def _buildWithRetries(self, target, exclude=(), packets=False):
-        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets))
+    def _buildWithRetries(self, target, exclude=(), packets=False, avoid=(), spare=False):
+        """
+        C{exclude}: node ids proven bad (never used); C{avoid}: suspects,
+        used only when no path fits without them; C{spare}: a spare, through
+        an exit no other spare uses or is being built through (if one fits).
+        """
+        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets, list(avoid), spare))
 
-    async def _buildLoop(self, target, exclude, packets=False):
+    def _choosePath(self, relays, target, guard, exclude, packets, avoid, spare=False):
+        """
+        A path without C{exclude}, and without the soft ones if one fits:
+        relays seen failing first (the avoidance list), then C{avoid} in
+        its order (a dead circuit's middle, then its exit), then the exits
+        of other spares.  When no path fits, the least sure are given up
+        first: with two exits, one of them just dead, the replacement still
+        avoids the dead relay rather than choosing at random again.
+        """
+        soft = []
+        for nodeId in [*self.avoid.avoided(), *avoid,
+                       *([path[-1].nodeId for _, path in self._spare] + self._spareExits if spare else [])]:
+            if nodeId not in soft and nodeId not in exclude:
+                soft.append(nodeId)
+        for keep in range(len(soft), 0, -1):
+            try:
+                return choosePath(relays, target=target, guard=guard, rng=self.rng,
+                                  exclude=set(exclude) | set(soft[:keep]), packets=packets)
+            except NoPath:
+                continue  # give up the least sure suspect and try again
+        return choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
+
+    async def _buildLoop(self, target, exclude, packets=False, avoid=(), spare=False):
         self._building += 1
+        path = None
         try:
             lastError = None
             for attempt in range(self.attempts):
@@ -292,30 +401,45 @@ class CircuitManager(service.Service):
                     guard = self.guards.choose(relays, exclude=exclude)
                     if guard is None:
                         raise NoPath(f"no usable guard: {self.guards.refusal}")
-                path = choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
+                if spare and path is not None:
+                    self._spareExits.remove(path[-1].nodeId)
+                path = None
+                path = self._choosePath(relays, target, guard, exclude, packets, avoid, spare)
+                if spare:
+                    self._spareExits.append(path[-1].nodeId)
                 started = self.reactor.seconds()
+                timeout = self.timeouts.current()
                 try:
-                    circuit = await self._build(path).addTimeout(self.buildTimeout, self.reactor)
+                    circuit = await self._build(path).addTimeout(timeout, self.reactor)
                 except defer.TimeoutError:
-                    lastError = CircuitBuildFailed(f"build through {_describe(path)} timed out after {self.buildTimeout}s")
+                    # Charged to no relay: on a starved machine every build is slow.
+                    self.timeouts.timedOut()
+                    lastError = CircuitBuildFailed(f"build through {_describe(path)} timed out after {timeout:.1f}s")
                     continue
                 except CircuitBuildFailed as e:
                     lastError = e
+                    if e.silent:
+                        self._hangs(path[0].nodeId)
                     if e.hop is not None:
                         exclude.append(path[e.hop].nodeId)
                         if e.hop == 0 and self.guards is not None:
                             self.guards.markDown(path[0].nodeId)
-                    else:
+                    elif e.extending is not None:
                         self._countThroughGuard(path[0], failed=True)
+                        self.avoid.failed(path[e.extending - 1].nodeId, path[e.extending].nodeId)
                     continue
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
                 self._countThroughGuard(path[0], failed=False)
-                self.buildTimes.append(self.reactor.seconds() - started)
+                took = self.reactor.seconds() - started
+                self.buildTimes.append(took)
+                self.timeouts.built(took)
                 return circuit, path
             raise lastError or NoPath("no attempt made")
         finally:
             self._building -= 1
+            if spare and path is not None:
+                self._spareExits.remove(path[-1].nodeId)
 
     def _countThroughGuard(self, guard, failed):
         if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
@@ -352,6 +476,9 @@ class CircuitManager(service.Service):
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "building": self._building,
             "failed_past_guard": self.failedPastGuard,
+            "build_timeout_s": round(self.timeouts.current(), 2),
+            "stream_timeouts": self.streamTimeouts,
+            **self.avoid.status(),
             "build_times_s": list(self.buildTimes),
             "rebuild_times_s": list(self.rebuildTimes),
             **({"guards": self.guards.status()} if self.guards is not None else {}),
@@ -371,15 +498,18 @@ def _circuitStatusOf(circuit, path, spare):
 
 def _suspect(reason, path):
     """
-    Whom the replacement of a circuit that died of C{reason} avoids.  A hop
-    that provably broke the protocol (C{reason.hop}: its authenticated cell
-    did) is avoided; the guard is kept (changing guards is what an attacker
-    wants), so a guard that kills a circuit gets no innocent middle excluded.
-    Otherwise the middle, the usual casualty of a dead relay.
+    Whom the replacement of a circuit that died of C{reason} avoids (softly:
+    used when nothing else fits).  A hop that provably broke the protocol
+    (C{reason.hop}: its authenticated cell did) is avoided; the guard is
+    kept (changing guards is what an attacker wants; a hung guard is marked
+    down by the guard set instead), so a guard that kills a circuit gets no
+    innocent relay excluded.  Otherwise (a DESTROY from the network: the
+    client cannot tell which relay died) both the middle and the exit: a
+    dead exit's users were rebuilt through it again one time in four.
     """
     hop = getattr(getattr(reason, "value", reason), "hop", None)
     if hop is None:
-        return [path[1].nodeId]
+        return [r.nodeId for r in path[1:]]
     return [] if hop == 0 else [path[hop].nodeId]
 
 

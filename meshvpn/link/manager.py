@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from meshvpn.errors import LinkError
+from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILinkManager, IStatusSource
 from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
 from meshvpn.link.tlsctx import sharedLinkTLS
@@ -151,7 +151,7 @@ class LinkManager(service.Service):
         self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
         self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "refused_address": 0,
-                         "refused_rate": 0, "cells_unhandled": 0}
+                         "refused_rate": 0, "cells_unhandled": 0, "closed_silent": 0}
 
     # ---- ILinkManager
 
@@ -212,6 +212,9 @@ class LinkManager(service.Service):
             "addresses_in": len(self._incomingByHost),
             "links_handshaking": sum(1 for l in self._all if l.state not in (State.OPEN, State.CLOSED)),
             "peers": len(self._byPeer),
+            # liveness (link version 3): the slowest recent PONG over every open link
+            "ping_rtt_max_ms": round(1000 * max((max(l.pingRtts, default=0.0) for l in self._all
+                                                 if getattr(l, "pingRtts", None)), default=0.0), 1),
             **self.counters,
         }
 
@@ -338,6 +341,9 @@ class LinkManager(service.Service):
         return receive
 
     def _linkClosed(self, reason, link):
+        if isinstance(reason, LinkSilent):
+            self.counters["closed_silent"] += 1
+            self.log.info("link to {peer} closed: {why}", peer=(link.peerId or b"").hex()[:16], why=str(reason))
         if link in self._all and not link.isInitiator:
             self._incoming -= 1
             host = link.remoteHost

@@ -23,15 +23,16 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from meshvpn.errors import LinkError
+from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILink
 from meshvpn.link import auth, wire
 
 # Link versions this release speaks.  Version 2 adds the CLOSE record (a
-# link says why it is closing: a stopping relay tells its peers at once).
+# link says why it is closing: a stopping relay tells its peers at once);
+# version 3 adds PING/PONG (liveness: a hung peer is found in seconds).
 # Each release keeps the previous one's version, so a node one release older
 # and one newer both meet this one (doc/protocol.md, "Versions").
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 # Circuit protocol versions, offered in the same VERSIONS record (see
 # wire.CIRCUIT_VERSION_BASE); a peer that lists none speaks circuit version 1.
 CIRCUIT_VERSIONS = (1,)
@@ -56,6 +57,17 @@ class LinkSettings:
     keepaliveInterval: float = 30.0
     # Nothing at all received for this long: the peer or path is dead.
     deadAfter: float = 95.0
+    # Liveness (link version 3): cells went out and nothing came back for
+    # probeAfter seconds, so a PING goes; nothing at all within the PING
+    # timeout closes the link as LinkSilent.  The timeout is probeTimeout,
+    # or PROBE_RTT_FACTOR times the second slowest recent PONG if that is
+    # longer (a starved machine answers late but answers; one stall is not
+    # a trend), at most probeTimeoutMax.  A stopped relay's circuits are
+    # torn down after about probeAfter + probeTimeout instead of deadAfter.
+    # 0 disables.
+    probeAfter: float = 1.0
+    probeTimeout: float = 4.0
+    probeTimeoutMax: float = 10.0
     # No cells either way and no users for this long: close (0 disables).
     idleTimeout: float = 180.0
     # Cells held while the transport's write buffer is full.
@@ -70,6 +82,10 @@ class LinkSettings:
     maxLinks: int = 10000
     # An outgoing attempt (transport connect + handshake) gives up after this.
     connectTimeout: float = 30.0
+
+
+PROBE_RTT_FACTOR = 3
+PROBE_RTT_SAMPLES = 8  # PONG round trips remembered for the timeout
 
 
 @implementer(IPushProducer)
@@ -134,6 +150,15 @@ class LinkProtocol(Protocol):
         self.cellsIn = self.cellsOut = 0
         now = reactor.seconds()
         self._lastIn = self._lastOut = self._lastCells = now
+        # liveness (link version 3): when bytes last came in, cells last went out,
+        # the PING awaiting an answer, recent PONG round trips
+        self._liveness = False
+        self._heardAt = self._sentAt = now
+        self._probe = None
+        self._pingAt = None
+        self._pingBody = b""
+        self._pings = 0
+        self.pingRtts = []
 
     # ---- ILink
 
@@ -151,7 +176,9 @@ class LinkProtocol(Protocol):
         data = wire.encodeCells(cells)
         n = len(cells)
         self.cellsOut += n
-        self._lastCells = self._lastOut = self._reactor.seconds()
+        self._sentAt = self._lastCells = self._lastOut = self._reactor.seconds()
+        if self._probe is None and self._liveness:
+            self._probe = self._reactor.callLater(self._settings.probeAfter, self._probeCheck)
         if not self._writeBlocked:
             self.transport.write(data)
             return True
@@ -289,6 +316,8 @@ class LinkProtocol(Protocol):
         self.state = State.VERSIONS
 
     def dataReceived(self, data):
+        # Any byte proves the peer's process runs, even one held while we paused reading.
+        self._heardAt = self._reactor.seconds()
         if self._readPaused:
             self._held.append(data)
             self._heldBytes += len(data)
@@ -347,7 +376,29 @@ class LinkProtocol(Protocol):
             return
         if kind == wire.CLOSE:
             return self._closeArrived(payload)
+        if kind == wire.PING or kind == wire.PONG:
+            return self._pingArrived(kind, wire.checkPing(payload))
         return self._authArrived(payload)
+
+    def _pingArrived(self, kind, body):
+        if self.state is not State.OPEN or self.version < 3:
+            raise wire.LinkProtocolError(f"PING/PONG in state {self.state.value} on a version {self.version} link")
+        if kind == wire.PING:
+            self._writeControl(wire.encodePing(wire.PONG, body))
+            return
+        if self._pingAt is not None and body == self._pingBody:
+            rtts = self.pingRtts
+            rtts.append(self._reactor.seconds() - self._pingAt)
+            if len(rtts) > PROBE_RTT_SAMPLES:
+                del rtts[0]
+            self._pingAt = None
+
+    def _writeControl(self, record):
+        self._lastOut = self._reactor.seconds()
+        if self._writeBlocked:
+            self._queue.append(record)
+        else:
+            self.transport.write(record)
 
     def _closeArrived(self, payload):
         if self.state is not State.OPEN or self.version < 2:
@@ -402,7 +453,8 @@ class LinkProtocol(Protocol):
         self.peerId, self.peerIdentityKey = peerId, key
         self.state = State.OPEN
         self._timer.cancel()
-        self._lastCells = self._lastOut = self._lastIn = self._reactor.seconds()
+        self._lastCells = self._lastOut = self._lastIn = self._heardAt = self._sentAt = self._reactor.seconds()
+        self._liveness = self.version >= 3 and self._settings.probeAfter > 0
         self._timer = self._reactor.callLater(self._settings.keepaliveInterval, self._tick)
         waiters, self._openWaiters = self._openWaiters, []
         for d in waiters:
@@ -423,9 +475,61 @@ class LinkProtocol(Protocol):
         if s.idleTimeout and not self._users and now - self._lastCells >= s.idleTimeout:
             return self.close(LinkError("idle"))
         if now - self._lastOut >= s.keepaliveInterval * 0.99:
-            self._lastOut = now
-            self.transport.write(wire.encodeControl(wire.KEEPALIVE))
+            if self._liveness and self._pingAt is None:
+                # A quiet link's keepalive asks for an answer: a peer that hangs
+                # while idle is found too (within keepaliveInterval + the PING timeout).
+                self._sendPing(now)
+            else:
+                self._lastOut = now
+                self.transport.write(wire.encodeControl(wire.KEEPALIVE))
         self._timer = self._reactor.callLater(s.keepaliveInterval, self._tick)
+
+    # ---- liveness (link version 3)
+
+    def pingTimeout(self):
+        """Seconds a PING waits for any answer before the peer counts as hung."""
+        s = self._settings
+        ordered = sorted(self.pingRtts)
+        slow = ordered[-2] if len(ordered) >= 2 else (ordered[0] if ordered else 0.0)
+        return min(s.probeTimeoutMax, max(s.probeTimeout, PROBE_RTT_FACTOR * slow))
+
+    def _sendPing(self, now):
+        self._pings += 1
+        self._pingBody = self._pings.to_bytes(wire.PING_MAX_BODY, "big")
+        self._pingAt = now
+        self._writeControl(wire.encodePing(wire.PING, self._pingBody))
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = self._reactor.callLater(self.pingTimeout(), self._probeCheck)
+
+    def _probeCheck(self):
+        """
+        Cells went out a while ago, or a PING did: has the peer said anything
+        since?  Reading we paused ourselves is not the peer's silence.
+        """
+        self._probe = None
+        if self.state is not State.OPEN:
+            return
+        now = self._reactor.seconds()
+        s = self._settings
+        if self._pingAt is not None:
+            if self._heardAt < self._pingAt and not self._readPaused:
+                waited = now - self._pingAt
+                if waited >= self.pingTimeout():
+                    return self._abort(LinkSilent(f"peer answered no PING for {waited:.1f}s (limit {self.pingTimeout():.1f}s)"))
+                self._probe = self._reactor.callLater(self.pingTimeout() - waited, self._probeCheck)
+                return
+            if self._heardAt < self._pingAt:  # paused by us: look again later
+                self._probe = self._reactor.callLater(s.probeAfter, self._probeCheck)
+                return
+            self._pingAt = None  # something came back: the peer lives (its PONG may still come)
+        if self._sentAt < self._heardAt:
+            return  # answered since; the next cells sent arm the check again
+        quiet = now - self._heardAt
+        if quiet >= s.probeAfter and not self._readPaused:
+            self._sendPing(now)
+        else:
+            self._probe = self._reactor.callLater(max(s.probeAfter - quiet, 0.05), self._probeCheck)
 
     # ---- backpressure from the transport
 
@@ -455,6 +559,9 @@ class LinkProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
         waiters, self._openWaiters = self._openWaiters, []
         for d in waiters:
             d.errback(reason)

@@ -24,7 +24,15 @@ CLOSE = 0x05  # link version 2 and later: "I am closing this link, and why"
 # directory through its bridge without a circuit and without UDP.
 DIRECTORY = 0x06
 
-CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY))
+# Link version 3 and later: liveness.  PING asks the peer to answer at once
+# with a PONG echoing its body (up to PING_MAX_BODY bytes), so a peer that
+# is alive but has nothing to say is told from one that hangs (a stopped
+# process keeps its TCP connections open and answers nothing).
+PING = 0x07
+PONG = 0x08
+PING_MAX_BODY = 8
+
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY, PING, PONG))
 
 # VERSIONS entries from here up name circuit protocol versions (0x8000 + n),
 # below it link versions.  A node of the first release intersects every
@@ -110,6 +118,20 @@ def decodeClose(payload):
     if len(payload) != 1:
         raise LinkProtocolError("malformed CLOSE record")
     return CLOSE_REASONS.get(payload[0], f"reason {payload[0]}")
+
+
+def encodePing(kind, body):
+    """A PING or PONG record carrying C{body} (at most L{PING_MAX_BODY} bytes)."""
+    if kind not in (PING, PONG) or len(body) > PING_MAX_BODY:
+        raise ValueError("bad PING/PONG record")
+    return encodeControl(kind, body)
+
+
+def checkPing(payload):
+    """@return: C{payload}.  @raise LinkProtocolError: longer than L{PING_MAX_BODY}."""
+    if len(payload) > PING_MAX_BODY:
+        raise LinkProtocolError(f"PING/PONG body of {len(payload)} bytes")
+    return payload
 
 
 def decodeVersions(payload):

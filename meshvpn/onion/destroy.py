@@ -17,11 +17,15 @@ _PAD_DESTROY = bytes(CELL_SIZE - 6)
 class CircuitDestroyed(MeshVPNError):
     """A circuit was torn down; C{reason} is a L{DestroyReason} number."""
 
-    def __init__(self, reason, why="", hop=None):
+    def __init__(self, reason, why="", hop=None, silent=False):
         super().__init__(f"circuit destroyed: {DestroyReason.name(reason)}" + (f" ({why})" if why else ""))
         self.reason = reason
         self.why = why
         self.hop = hop  # during a build: the index of the hop that failed (0 = guard), if known
+        # the guard link was closed because the guard answered no liveness PING (it hangs)
+        self.silent = silent
+        # during a build, a failure charged to no hop: the index of the hop being added then
+        self.extending = None
 
 
 def reasonCode(reason):

@@ -12,7 +12,7 @@ import attrs
 from twisted.internet import defer
 from zope.interface import implementer
 
-from meshvpn.errors import LinkError, MeshVPNError
+from meshvpn.errors import LinkError, LinkSilent, MeshVPNError
 from meshvpn.interfaces import ICircuit, ICircuitEnd
 from meshvpn.observer import OneShotObserver
 from meshvpn.onion import circhandshake, circversions
@@ -220,13 +220,21 @@ class OriginCircuit(RelayDispatcher):
         hop it names is at fault, and believing either lets one relay steer
         the client's paths (a guard that "cannot reach" honest middles).
         A proven protocol violation (a TRUNCATED nobody asked for) is charged
-        to the hop that sent it, already set by then.
+        to the hop that sent it, already set by then.  The build timer is
+        charged to nobody, not even at the guard: a CREATED2 that comes late
+        on a starved machine is the machine's doing, and a guard that really
+        hangs is found by its link's liveness PING (C{silent}).  A failure
+        charged to nobody says which hop was being added (C{extending}):
+        the circuit manager may avoid it for a while, within bounds.
         """
 
         def name(f):
             f.trap(CircuitDestroyed)
-            if f.value.hop is None and index == 0:
-                f.value.hop = 0
+            if f.value.hop is None:
+                if index == 0 and f.value.reason != DestroyReason.TIMEOUT:
+                    f.value.hop = 0
+                elif index > 0:
+                    f.value.extending = index
             return f
 
         return d.addErrback(name)
@@ -444,7 +452,9 @@ class OriginCircuit(RelayDispatcher):
         self._destroy(reason, "destroyed by the network", False)
 
     def linkClosed(self, channel):
-        self._destroy(DestroyReason.CHANNEL_CLOSED, "guard link closed", False, hop=0)
+        silent = isinstance(getattr(channel.link, "closeReason", None), LinkSilent)
+        why = "guard link closed: the guard answered no PING" if silent else "guard link closed"
+        self._destroy(DestroyReason.CHANNEL_CLOSED, why, False, hop=0, silent=silent)
 
     def protocolError(self, reason, why):
         self._destroy(reason, why, True, hop=self._offender)
@@ -464,21 +474,22 @@ class OriginCircuit(RelayDispatcher):
     def whenClosed(self):
         return self._closed.whenFired()
 
-    def _destroy(self, reason, why, send, hop=None):
+    def _destroy(self, reason, why, send, hop=None, silent=False):
         """
         Close the circuit.  C{hop}: the hop the closing is charged to (see
-        L{_hopFailure}), for a build that fails.
+        L{_hopFailure}), for a build that fails; C{silent}: the guard link
+        closed because the guard hangs.
         """
         if self.state is _CLOSED:
             return
         self.state = ORIGIN.onRequest(self.state, OriginEvent.CLOSE)
-        err = CircuitDestroyed(reason, why, hop=hop)
+        err = CircuitDestroyed(reason, why, hop=hop, silent=silent)
         self.channel.removeCircuit(self.circId, self)
         if send:
             self.channel.sendDestroy(self.circId, reason)
         self._closed.fire(err)
         reply, self._reply = self._reply, None
-        if reply is not None:
+        if reply is not None and not reply.called:  # a cancelled build's reply already failed
             reply.errback(err)
         if self.streamHandler is not None:
             self.streamHandler.circuitClosed()  # streams end with END reason DESTROY; the cause is in closeReason

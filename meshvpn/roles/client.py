@@ -164,7 +164,7 @@ def addTun(node, settings, finder, circuits, links):
         if settings["tun_dns"]:
             from meshvpn.streams.opener import CircuitStreamOpener
 
-            opener = CircuitStreamOpener(circuits)
+            opener = CircuitStreamOpener(circuits, reactor=node.reactor)
     return attachTun(node, settings, finder, getCircuit=getCircuit, opener=opener, links=links)
 
 

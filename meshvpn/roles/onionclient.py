@@ -106,7 +106,7 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     )
     addService(node, "circuits", circuits)
     node.status.addSource("circuits", circuits)
-    socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits, multipath=settings["multipath_after"]))
+    socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits, multipath=settings["multipath_after"], reactor=node.reactor))
     node.addListener("socks", socks)
     node.status.addSource("socks", socks)
     return circuits

@@ -175,7 +175,8 @@ class StreamMux:
             return defer.fail(StreamRefused(EndReason.RESOLVEFAILED, "not a host name"))
         except StreamRefused as e:
             return defer.fail(e)
-        d = defer.Deferred()
+        # Cancelled (the opener's attach timeout): the id is forgotten, a late answer dropped.
+        d = defer.Deferred(lambda _: self._resolving.pop(sid, None))
         self._resolving[sid] = d
         self.sendRelay(RelayCommand.RESOLVE, sid, body)
         return d

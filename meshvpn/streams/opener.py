@@ -5,8 +5,15 @@ per isolation key, and opens the stream on it (L{ICircuit.openStream},
 which the circuit's L{meshvpn.streams.mux.StreamMux} serves); names are
 resolved by the exit through the same mux.  A stream whose circuit died
 before the exit answered (END reason DESTROY, or the circuit closed) is
-retried once on a fresh circuit, as Tor does; any other refusal goes back
-to the app as its SOCKS reply.
+retried on a fresh circuit at once, as Tor does; any other refusal goes
+back to the app as its SOCKS reply.
+
+A stream the exit does not answer in time (L{meshvpn.streams.attachtimeout}:
+Tor's 10 s, longer when measured attaches are slow, at most 20 s; later attempts half as long again) is
+cancelled (END to the exit), its circuit is retired for new streams
+(L{meshvpn.interfaces.ICircuitManager.streamTimedOut}), and it is tried on
+another circuit.  After L{MAX_ATTEMPTS} circuits the app gets a clear
+answer (SOCKS TTL expired, END reason TIMEOUT): never a hang.
 """
 
 import ipaddress
@@ -19,9 +26,10 @@ from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import AnswerType
+from meshvpn.streams.attachtimeout import AttachTimeout
 from meshvpn.streams.bulkstream import BulkStream
 
-MAX_ATTEMPTS = 2
+MAX_ATTEMPTS = 3
 _RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
 
 
@@ -52,10 +60,15 @@ class CircuitStreamOpener:
         (L{meshvpn.streams.bulkstream}); 0 at once, C{None} never.
     """
 
-    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, multipath=BULK_BYTES):
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, multipath=BULK_BYTES, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.circuits = circuits
         self.maxAttempts = maxAttempts
         self.multipath = multipath
+        self.timeouts = AttachTimeout()
+        self.timedOut = 0  # attaches given up on one circuit and tried on another
 
     def openStream(self, host, port, isolationKey):
         def action(circuit):
@@ -89,9 +102,21 @@ class CircuitStreamOpener:
         while True:
             attempt += 1
             circuit = await self.circuits.getCircuit(target=target, isolation=isolationKey)
+            limit = self.timeouts.limit(attempt)
+            started = self.reactor.seconds()
             try:
-                return await action(circuit)
+                result = await action(circuit).addTimeout(limit, self.reactor)
+            except defer.TimeoutError:
+                # Cancelled (the stream's END went to the exit): the circuit
+                # takes no new streams, and this one tries another.
+                self.timedOut += 1
+                self.circuits.streamTimedOut(circuit)
+                if attempt >= self.maxAttempts:
+                    raise StreamRefused(EndReason.TIMEOUT, f"no answer from the exit on {attempt} circuits") from None
+                continue
             except StreamRefused as e:
                 if EndReason.fromWire(int(e.reason)) not in _RETRYABLE or attempt >= self.maxAttempts:
                     raise
-                # The circuit died under us: the manager hands out a new one.
+                continue  # the circuit died under us: the manager hands out a new one
+            self.timeouts.attached(self.reactor.seconds() - started)
+            return result

@@ -41,17 +41,21 @@ class Builder:
         self.clock = clock
         self.calls = []
         self.failHop = {}  # node id -> hop index to fail at
+        self.failExtendTo = set()  # node ids an extension to fails (a TRUNCATED, charged to no hop)
         self.hang = False
+        self.delay = 0.01
 
     def __call__(self, path):
         self.calls.append(path)
         for hop, r in enumerate(path):
             if r.nodeId in self.failHop:
                 return defer.fail(CircuitBuildFailed("hop refused", hop=hop))
+            if hop and r.nodeId in self.failExtendTo:
+                return defer.fail(CircuitBuildFailed("TRUNCATED: CONNECTFAILED", extending=hop))
         if self.hang:
             return defer.Deferred()
         d = defer.Deferred()
-        self.clock.callLater(0.01, d.callback, FakeCircuit(path))
+        self.clock.callLater(self.delay, d.callback, FakeCircuit(path))
         return d
 
 
@@ -118,11 +122,15 @@ class CircuitManagerTests(unittest.TestCase):
         self.assertFalse({r.nodeId for r in circuit.path} & set(self.builder.failHop))
 
     def test_timeoutThenGiveUp(self):
+        """Four attempts, each allowed half as long again as the last (10, 15, 22.5, 33.75 s), then a clear failure."""
         self.builder.hang = True
         d = self.manager.getCircuit(isolation="x")
-        for _ in range(4):
-            self.clock.advance(10)
-        self.assertIn("timed out", self.failureResultOf(d, CircuitBuildFailed).getErrorMessage())
+        for step in (10, 15, 22.5):
+            self.clock.advance(step)
+            self.assertNoResult(d)
+        self.clock.advance(33.75)
+        self.assertIn("timed out after 33.8s", self.failureResultOf(d, CircuitBuildFailed).getErrorMessage())
+        self.assertEqual(self.manager.guards.status()["down"], 0)  # a timeout is charged to no guard
 
     def test_deadCircuitIsReplacedAndTimed(self):
         d = self.manager.getCircuit(isolation="k")

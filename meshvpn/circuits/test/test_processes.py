@@ -68,3 +68,44 @@ class MiddleDiesTests(unittest.TestCase):
         self.assertEqual(body, webfixture.body(5000))
         print(f"\n    middle {middle.name} killed; replacement circuit {net.describePath(used[0]['path'])} "
               f"ready after {took * 1000:.1f} ms")
+
+
+class HungRelayTests(unittest.TestCase):
+    """
+    The fault: the guard of the client's circuit is SIGSTOPped (a hung
+    relay: its connections stay open, it answers nothing).  The next fetch
+    used to hang until the SOCKS timeout; now the client's link PING finds
+    the guard silent, its circuits close, the guard is marked down, and the
+    fetch goes through another guard within seconds.
+    """
+
+    def test_stoppedGuardDoesNotHangTheNextFetch(self):
+        import signal
+
+        lines = []
+        net = Testnet(lines.append)
+        self.addCleanup(net.stop)
+        net.start()
+        host, port = net.startWeb()
+        proxy = net.socksAddress()
+        self.assertEqual(socksclient.httpGet(proxy, host, port, "/bytes/2000")[1], webfixture.body(2000))
+        deadline = time.monotonic() + 10
+        while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [circuit] = usedCircuits(net.client)[0]
+        guardId = circuit["path"][0]
+        guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
+        guard.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(guard.process.send_signal, signal.SIGCONT)  # before net.stop (cleanups run last-first)
+        started = time.monotonic()
+        status, body, _, _ = socksclient.httpGet(proxy, host, port, "/bytes/2000", timeout=60)
+        took = time.monotonic() - started
+        self.assertEqual(body, webfixture.body(2000))
+        self.assertLess(took, 20, f"client log:\n{net.client.logTail()}")
+        used, _ = usedCircuits(net.client)
+        deadline = time.monotonic() + 5
+        while any(c["path"][0] == guardId for c in used) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            used, _ = usedCircuits(net.client)
+        self.assertFalse(any(c["path"][0] == guardId for c in used), used)
+        print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s")

@@ -34,7 +34,7 @@ class IdentityBindingTests(unittest.TestCase):
         self.assertIs(server.state, State.OPEN)
         self.assertEqual(client.peerId, sid.nodeId)
         self.assertEqual(server.peerId, cid.nodeId)
-        self.assertEqual((client.version, server.version), (2, 2))
+        self.assertEqual((client.version, server.version), (3, 3))
         atServer, atClient = collect(server), collect(client)
         cells = [cell(i) for i in range(600)]
         self.assertTrue(client.sendCells(cells))
@@ -146,7 +146,7 @@ class VersionTests(unittest.TestCase):
         self.assertIs(client.state, State.OPEN)
 
     def test_noCommonVersion(self):
-        client, server, pump, _, _ = linkPair(serverSettings=LinkSettings(versions=(3, 4)))
+        client, server, pump, _, _ = linkPair(serverSettings=LinkSettings(versions=(4, 5)))
         self.assertIs(client.state, State.CLOSED)
         self.assertIs(server.state, State.CLOSED)
         self.assertIn("no common link version", str(server.closeReason))
@@ -172,9 +172,9 @@ class TimerTests(unittest.TestCase):
         self.assertGreater(server._lastIn, before + 1000)
 
     def test_silentPeerIsDead(self):
-        """Keepalives that never arrive (the pump stops) close the link after deadAfter."""
+        """Keepalives that never arrive (the pump stops) close the link after deadAfter (a version 2 link: no PING)."""
         clock = task.Clock()
-        s = LinkSettings(keepaliveInterval=30, deadAfter=95, idleTimeout=0)
+        s = LinkSettings(keepaliveInterval=30, deadAfter=95, idleTimeout=0, versions=(1, 2))
         client, server, pump, _, _ = linkPair(clock, s, s)
         closed = []
         client.whenClosed().addCallback(closed.append)

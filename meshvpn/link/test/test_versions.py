@@ -2,9 +2,9 @@
 
  - the older release speaks link version 1 and lists no circuit versions
    (exactly the first release's VERSIONS record: C{00 01});
- - this release speaks link versions 1 and 2 (2 adds CLOSE) and circuit version 1;
+ - this release speaks link versions 1, 2 and 3 (2 adds CLOSE, 3 PING/PONG) and circuit version 1;
  - a newer release is modelled by what it puts on the wire: link versions
-   2 and 3 (it dropped 1, two releases back) and circuit versions 1 and 2.
+   2, 3 and 4 (it dropped 1) and circuit versions 1 and 2.
 
 Each pair opens at the highest version both speak and carries cells; what
 version 2 adds is used only on version 2 links; a node two releases apart
@@ -20,7 +20,7 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(2, 3), circuitVersions=(1, 2))
+NEWER = LinkSettings(versions=(2, 3, 4), circuitVersions=(1, 2))
 
 
 def failureOf(d):
@@ -55,7 +55,7 @@ class SideBySideTests(unittest.TestCase):
     def test_thisMeetsNewer(self):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
-            self.assertEqual((client.version, server.version), (2, 2))
+            self.assertEqual((client.version, server.version), (3, 3))
             self.assertEqual((client.circuitVersion, server.circuitVersion), (1, 1))
 
     def test_twoReleasesApartRefusedClearly(self):

@@ -1,10 +1,12 @@
 """Tests for CircuitStreamOpener: circuits per isolation key, retry when a circuit dies, RESOLVED answers."""
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from meshvpn.streams.opener import CircuitStreamOpener
+from meshvpn.streams import attachtimeout as AT
+from meshvpn.streams.opener import MAX_ATTEMPTS, CircuitStreamOpener
 from meshvpn.errors import NoPath, StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
@@ -26,15 +28,23 @@ class FakeMux:
         return defer.succeed([(AnswerType.IPV4, bytes([198, 18, 0, 1]), 60), (AnswerType.IPV6, bytes(15) + b"\x01", 60)])
 
 
+HANG = object()
+
+
 class FakeCircuit:
     def __init__(self, outcomes):
         self.outcomes = outcomes
         self.opened = []
+        self.cancelled = []
         self.streamHandler = FakeMux()
 
     def openStream(self, host, port, isolation=None):
         self.opened.append((host, port, isolation))
         outcome = self.outcomes.pop(0)
+        if outcome is HANG:
+            # a circuit through a hung relay: no answer, ever; cancelling ends the stream
+            d = defer.Deferred(lambda _: self.cancelled.append((host, port)))
+            return d
         if isinstance(outcome, Exception):
             return defer.fail(outcome)
         return defer.succeed(outcome)
@@ -42,6 +52,7 @@ class FakeCircuit:
 
 def Opener(manager, **kw):
     """The opener without multipath: these tests look at the stream it hands out."""
+    kw.setdefault("reactor", Clock())
     return CircuitStreamOpener(manager, multipath=None, **kw)
 
 
@@ -49,6 +60,11 @@ class FakeManager:
     def __init__(self, circuits):
         self.circuits = circuits
         self.asked = []
+        self.retired = []
+
+    def streamTimedOut(self, circuit):
+        self.retired.append(circuit)
+        return True
 
     def getCircuit(self, target=None, isolation=None):
         self.asked.append((target, isolation))
@@ -71,10 +87,10 @@ class CircuitStreamOpenerTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(Opener(m).openStream("example.com", 443, "k")), "stream")
 
     def test_retriesBounded(self):
-        m = FakeManager([FakeCircuit([StreamRefused(EndReason.DESTROY)]) for _ in range(3)])
+        m = FakeManager([FakeCircuit([StreamRefused(EndReason.DESTROY)]) for _ in range(MAX_ATTEMPTS + 1)])
         f = self.failureResultOf(Opener(m).openStream("example.com", 443, "k"), StreamRefused)
         self.assertEqual(f.value.reason, EndReason.DESTROY)
-        self.assertEqual(len(m.asked), 2)
+        self.assertEqual(len(m.asked), MAX_ATTEMPTS)
 
     def test_policyRefusalNotRetried(self):
         m = FakeManager([FakeCircuit([StreamRefused(EndReason.EXITPOLICY)]), FakeCircuit(["stream"])])
@@ -103,3 +119,75 @@ class BulkWrapping(unittest.TestCase):
         self.assertIsInstance(got, BulkStream)
         self.assertEqual(got.inner, "stream")
         self.assertEqual(got.detector.threshold, 1 << 20)
+
+
+class AttachTimeoutTests(unittest.TestCase):
+    """The fault: a circuit through a hung relay takes the stream and never answers (it waited 120 s for SOCKS)."""
+
+    def test_unansweredStreamMovesToAnotherCircuit(self):
+        clock = Clock()
+        hung, good = FakeCircuit([HANG]), FakeCircuit(["stream"])
+        m = FakeManager([hung, good])
+        d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
+        clock.advance(AT.FLOOR_S - 0.1)  # nothing measured yet: Tor's 10 s
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), "stream")
+        self.assertEqual(hung.cancelled, [("example.com", 443)])  # END went to the exit
+        self.assertEqual(m.retired, [hung])  # and the slow circuit takes no new streams
+
+    def test_neverAHang(self):
+        """Every circuit hangs: after MAX_ATTEMPTS the app gets a clear error, TTL expired in SOCKS terms."""
+        from meshvpn.client.socks import replyForFailure
+        from meshvpn.client.socksparse import Reply
+
+        clock = Clock()
+        m = FakeManager([FakeCircuit([HANG]) for _ in range(MAX_ATTEMPTS)])
+        d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
+        clock.advance(AT.FLOOR_S)
+        clock.advance(AT.FLOOR_S * AT.LATER)
+        self.assertNoResult(d)
+        clock.advance(AT.FLOOR_S * AT.LATER)
+        f = self.failureResultOf(d, StreamRefused)
+        self.assertEqual(f.value.reason, EndReason.TIMEOUT)
+        self.assertEqual(replyForFailure(f), Reply.TTL_EXPIRED)
+        self.assertEqual(len(m.retired), MAX_ATTEMPTS)
+
+    def test_limitFromMeasuredAttaches(self):
+        t = AT.AttachTimeout()
+        self.assertEqual(t.limit(1), AT.FLOOR_S)
+        for _ in range(AT.MIN_SAMPLES):
+            t.attached(0.05)
+        self.assertEqual(t.limit(1), AT.FLOOR_S)
+        self.assertEqual(t.limit(2), AT.FLOOR_S * AT.LATER)
+        for _ in range(AT.SAMPLES):
+            t.attached(3.0)  # a starved machine: 4 x 3 s
+        self.assertEqual(t.limit(1), 12.0)
+        for _ in range(AT.SAMPLES):
+            t.attached(30.0)
+        self.assertEqual(t.limit(1), AT.CAP_S)
+
+    def test_measuredLimitUsed(self):
+        clock = Clock()
+        circuits = [FakeCircuit(["s"]) for _ in range(AT.MIN_SAMPLES)] + [FakeCircuit([HANG]), FakeCircuit(["late"])]
+        m = FakeManager(circuits)
+        o = Opener(m, reactor=clock)
+        for _ in range(AT.MIN_SAMPLES):
+            self.successResultOf(o.openStream("example.com", 443, "k"))
+        d = o.openStream("example.com", 443, "k")
+        clock.advance(AT.FLOOR_S)
+        self.assertEqual(self.successResultOf(d), "late")
+
+    def test_unansweredLookupMoves(self):
+        clock = Clock()
+
+        class HungMux(FakeMux):
+            def resolve(self, name):
+                return defer.Deferred()
+
+        hung = FakeCircuit([])
+        hung.streamHandler = HungMux()
+        m = FakeManager([hung, FakeCircuit([])])
+        d = Opener(m, reactor=clock).resolve("example.com", "k")
+        clock.advance(AT.FLOOR_S)
+        self.assertEqual(self.successResultOf(d), ["198.18.0.1", "::1"])

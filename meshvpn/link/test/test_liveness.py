@@ -1,0 +1,143 @@
+"""Link liveness (link version 3): a peer that hangs is found in seconds, a slow or quiet one is not.
+
+The attack is a relay that stops answering while its connections stay open
+(SIGSTOP, a wedged process): on iosim a pump that is no longer flushed is
+exactly that.  Without PING the link lived on for deadAfter (95 s) and every
+circuit through it hung that long.
+"""
+
+from hypothesis import given, strategies as st
+from twisted.internet import task
+from twisted.trial import unittest
+
+from meshvpn.errors import LinkSilent
+from meshvpn.link import wire
+from meshvpn.link.protocol import LinkSettings, State
+from meshvpn.link.test.helpers import cell, linkPair
+
+FAST = LinkSettings(keepaliveInterval=30, deadAfter=95, idleTimeout=0, probeAfter=1.0, probeTimeout=4.0)
+
+
+class LivenessTests(unittest.TestCase):
+    def pair(self, clientSettings=FAST, serverSettings=FAST):
+        clock = task.Clock()
+        client, server, pump, _, _ = linkPair(clock, clientSettings, serverSettings)
+        self.assertEqual(client.version, 3)
+        return clock, client, server, pump
+
+    def test_hungPeerIsClosedWithinSeconds(self):
+        clock, client, server, pump = self.pair()
+        closed = []
+        client.whenClosed().addCallback(closed.append)
+        client.sendCells([cell(1)])
+        # The peer is stopped: nothing is delivered either way from now on.
+        for _ in range(4):
+            clock.advance(1)
+        self.assertIs(client.state, State.OPEN)
+        clock.advance(1.0)
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
+        self.assertIn("answered no PING", str(client.closeReason))
+
+    def test_livePeerAnswers(self):
+        """A peer with nothing to say answers the PING: the link stays, and its round trip is measured."""
+        clock, client, server, pump = self.pair()
+        for _ in range(30):
+            client.sendCells([cell(1)])
+            clock.advance(1)
+            pump.flush()
+        self.assertIs(client.state, State.OPEN)
+        self.assertTrue(client.pingRtts)
+
+    def test_noPingWhileAnswered(self):
+        """Cells coming back are proof enough: no PING is sent on a link that talks both ways."""
+        clock, client, server, pump = self.pair()
+        for _ in range(10):
+            client.sendCells([cell(1)])
+            server.sendCells([cell(2)])
+            pump.flush()
+            clock.advance(0.5)
+        self.assertEqual(client._pings, 0)
+        self.assertEqual(server._pings, 0)
+
+    def test_quietIdleLinkNotProbedUntilKeepalive(self):
+        clock, client, server, pump = self.pair()
+        clock.advance(10)
+        self.assertEqual(client._pings, 0)
+        self.assertIs(client.state, State.OPEN)
+
+    def test_idleHungPeerFoundAtKeepalive(self):
+        """The keepalive of a version 3 link is a PING: a peer that hangs while idle goes within 30 + 4 s."""
+        clock, client, server, pump = self.pair()
+        clock.advance(30)
+        self.assertEqual(client._pings, 1)
+        clock.advance(4)
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
+
+    def test_slowPeerStretchesTheTimeout(self):
+        """A peer whose PONGs took 2.5 s (a starved machine) gets 3 x 2.5 s, not the 4 s floor; one stall is not a trend."""
+        clock, client, server, pump = self.pair()
+        client.pingRtts[:] = [0.1, 2.5, 2.5]
+        self.assertEqual(client.pingTimeout(), 7.5)
+        client.pingRtts[:] = [0.1, 0.1, 9.0]
+        self.assertEqual(client.pingTimeout(), FAST.probeTimeout)
+        client.pingRtts[:] = [60.0, 60.0]
+        self.assertEqual(client.pingTimeout(), FAST.probeTimeoutMax)
+        client.pingRtts[:] = [0.1, 2.5, 2.5]
+        client.sendCells([cell(1)])
+        clock.advance(1)  # PING
+        clock.advance(7)
+        self.assertIs(client.state, State.OPEN)
+        pump.flush()  # the answer comes, late
+        clock.advance(10)
+        self.assertIs(client.state, State.OPEN)
+
+    def test_ourOwnPauseIsNotThePeersSilence(self):
+        """Reading paused by our backpressure: nothing arrives, and that is not the peer's fault."""
+        clock, client, server, pump = self.pair()
+        client.pauseProducing()
+        client.sendCells([cell(1)])
+        for _ in range(20):
+            clock.advance(1)
+        self.assertIs(client.state, State.OPEN)
+
+    def test_pingOnAVersion2LinkIsAViolation(self):
+        """The attack: a peer that negotiated version 2 sends a version-3 record anyway."""
+        clock = task.Clock()
+        old = LinkSettings(versions=(1, 2))
+        client, server, pump, _, _ = linkPair(clock, FAST, old)
+        self.assertEqual(client.version, 2)
+        client.sendCells([cell(1)])
+        for _ in range(40):
+            clock.advance(1)
+        self.assertEqual(client._pings, 0)  # never sent to a peer that does not know it
+        self.assertIs(client.state, State.OPEN)
+        client.transport.write(wire.encodePing(wire.PING, b"x"))
+        pump.flush()
+        self.assertIs(server.state, State.CLOSED)
+        self.assertIn("PING/PONG in state open on a version 2 link", str(server.closeReason))
+
+    def test_oversizedPingRefused(self):
+        clock, client, server, pump = self.pair()
+        client.transport.write(wire.encodeControl(wire.PING, b"y" * 9))
+        pump.flush()
+        self.assertIs(server.state, State.CLOSED)
+        self.assertIn("PING/PONG body of 9 bytes", str(server.closeReason))
+
+    def test_pongEchoesThePing(self):
+        clock, client, server, pump = self.pair()
+        got = []
+        client._pingArrived = lambda kind, body: got.append((kind, body))
+        client.transport.write(wire.encodePing(wire.PING, b"abc"))
+        pump.flush()
+        self.assertEqual(got, [(wire.PONG, b"abc")])
+
+
+class PingRecordTests(unittest.TestCase):
+    @given(st.binary(max_size=40))
+    def test_checkPing(self, body):
+        if len(body) <= wire.PING_MAX_BODY:
+            self.assertEqual(wire.checkPing(body), body)
+        else:
+            self.assertRaises(wire.LinkProtocolError, wire.checkPing, body)
