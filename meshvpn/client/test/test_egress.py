@@ -3,6 +3,7 @@ egress gate (batches, expiry, bound), and the two places that consult it -- the 
 UDP socket and the link manager's dial."""
 
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -177,11 +178,16 @@ class ControlledGate:
 
 
 class Writes:
+    """An IPv4 UDP socket that records what it sends."""
+
     def __init__(self):
         self.sent = []
 
     def write(self, data, addr):
         self.sent.append((data, addr))
+
+    def getHost(self):
+        return IPv4Address("UDP", "0.0.0.0", 9100)
 
 
 class MultiplexerEgressTests(unittest.TestCase):
