@@ -19,9 +19,10 @@ def attachStreams(circuit):
     """
     Give an origin circuit its stream layer. @return: the L{StreamMux}.
     DATA cells carry what the circuit's last hop takes (C{maxData}: 494,
-    or 488 when that hop uses CGO relay crypto).
+    or 488 when that hop uses CGO relay crypto), read when data is sent:
+    the stream layer is attached before the circuit is built.
     """
-    mux = StreamMux(circuit.sendRelay, circuit.maxData, circuitRoom=circuit.circuitRoom,
+    mux = StreamMux(circuit.sendRelay, lambda: circuit.maxData, circuitRoom=circuit.circuitRoom,
                     xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun)
     circuit.streamHandler = mux
     return mux

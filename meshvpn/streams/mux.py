@@ -46,7 +46,9 @@ class StreamMux:
     """
     @param sendRelay: C{callable(command, streamId, body)} that puts a relay
         message on the circuit.
-    @param maxData: bytes of stream data per DATA cell.
+    @param maxData: bytes of stream data per DATA cell, or a callable
+        returning it: an origin's mux is attached before its circuit is
+        built, and the last hop's relay crypto sets the size.
     @param accept: at the exit, C{callable(host, port)} returning (a
         Deferred of) the L{meshvpn.interfaces.IStream} connected to the
         target, spliced to the stream once CONNECTED has gone back; or
@@ -65,7 +67,7 @@ class StreamMux:
     def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None, sendData=None):
         self.sendRelay = sendRelay
         self.sendData = sendData
-        self.maxData = maxData
+        self._maxData = maxData if callable(maxData) else (lambda: maxData)
         self._xon = xon or (lambda: False)
         if circuitRoom is not None:
             self.circuitRoom = circuitRoom
@@ -82,6 +84,10 @@ class StreamMux:
         # The circuit as a multipath leg (meshvpn.streams.multipathstream.CircuitLeg), or None:
         # MP_* messages go there, and it hears when the window opens and when the circuit closes.
         self.multipath = None
+
+    @property
+    def maxData(self):
+        return self._maxData()
 
     @staticmethod
     def circuitRoom():

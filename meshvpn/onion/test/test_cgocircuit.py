@@ -102,6 +102,29 @@ class Messages(unittest.TestCase):
         self.assertGreater(back, 300)
         self.assertFalse(circ.closed)
 
+    def test_streamsAttachedBeforeTheBuildUseTheLastHopsSize(self):
+        """
+        The client attaches the stream layer before building (the builder's
+        onCircuit): its DATA size must be the finished circuit's, or every
+        upload past 488 bytes per cell is refused at the origin (seen: a
+        wallet's purchase request through a CGO circuit).
+        """
+        from meshvpn.streams.edge import attachStreams
+        from meshvpn.onion.origin import OriginCircuit
+
+        n = Net(self)
+        path = [n.guard.hopSpec(), n.middle.hopSpec(), n.exit.hopSpec()]
+        circ = OriginCircuit(n.client.switch, n.client.linkTo(path[0].nodeId, False), path, buildTimeout=10.0)
+        mux = attachStreams(circ)
+        d = circ.build()
+        n.net.pump()
+        self.successResultOf(d)
+        self.assertEqual(mux.maxData, CGO_RELAY_DATA_LEN)
+        self.assertTrue(mux.sendData(1, [b"u" * mux.maxData] * 3))
+        n.net.pump()
+        data = [d for c, s, d in n.edge.relay if c == RelayCommand.DATA]
+        self.assertEqual(b"".join(data), b"u" * CGO_RELAY_DATA_LEN * 3)
+
     def test_overlongDataRefused(self):
         n = Net(self)
         circ = n.built(self)
