@@ -12,17 +12,17 @@ started, received >= expected, or the payer owes the difference, which the
 status shows (and the log says once per epoch).
 """
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.interfaces import IStatusSource
+from meshvpn.payments.epochfollower import EpochFollower
 from meshvpn.payments.payouts import PayoutError, parseStatement, payoutPlan, statementKey, verifyReceived
 
 
 @implementer(IStatusSource)
-class PayoutCheck(service.Service):
+class PayoutCheck(EpochFollower):
     """
     @param nodeId: this relay's node id.
     @param weights: a L{meshvpn.measure.service.MeasuredWeights} of this relay's own.
@@ -48,15 +48,6 @@ class PayoutCheck(service.Service):
         self.received = 0
         self.unstated = 0  # epochs the payer published no statement for
         self.last = None
-
-    def startService(self):
-        super().startService()
-        self.weights.observers.append(self._measured)
-
-    def stopService(self):
-        super().stopService()
-        if self._measured in self.weights.observers:
-            self.weights.observers.remove(self._measured)
 
     def _measured(self, epoch):
         self.checkEpoch(epoch).addErrback(lambda f: self.log.failure("checking the payout of epoch {e} failed", f,

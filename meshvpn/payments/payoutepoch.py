@@ -14,19 +14,19 @@ An epoch is paid at most once; an epoch whose weights measure no relay with
 an address pays nothing and keeps the budget.
 """
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.dht.records import makeRecord
 from meshvpn.interfaces import IStatusSource
+from meshvpn.payments.epochfollower import EpochFollower
 from meshvpn.payments.payouts import STATEMENT_SALT, Statement
 from meshvpn.payments.payoutservice import PayoutService
 
 
 @implementer(IStatusSource)
-class EpochPayer(service.Service):
+class EpochPayer(EpochFollower):
     """
     @param weights: the payer's L{meshvpn.measure.service.MeasuredWeights}
         (its C{observers} tell this service when an epoch is in).
@@ -48,15 +48,6 @@ class EpochPayer(service.Service):
         self.failures = 0
         self._busy = None
         self._idle = []
-
-    def startService(self):
-        super().startService()
-        self.weights.observers.append(self._measured)
-
-    def stopService(self):
-        super().stopService()
-        if self._measured in self.weights.observers:
-            self.weights.observers.remove(self._measured)
 
     def _measured(self, epoch):
         if self._busy is not None:
