@@ -64,8 +64,10 @@ class Params:
     iterations: int = 100  # an upper bound: the loop stops once estimates settle
     tolerance: float = 1e-7  # no share moved more than this in a round: settled
     kappa: float = 1.25  # a link may carry this many times its fair share
-    coverage: float = 0.4  # a relay counts while its confirmed partners hold this much of the others' weight
+    coverage: float = 0.2  # a relay counts while its confirmed partners hold this much of the others' weight
+    freshCoverage: float = 0.4  # the same, for a computation without history (identities count at an equal start)
     floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
+    newcomer: float = 0.01  # a relay the prior does not hold starts at this fraction of the prior's median
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -140,7 +142,34 @@ def confirmedLinks(reports, known=()):
     return reporters, links, streaks
 
 
-def computeWeights(reports, known=(), params=Params(), roles=None):
+SCALE_QUANTILE = 0.5
+
+
+def startingPoint(reporters, raw, prior, newcomer):
+    """
+    Where the iteration starts: the previous epoch's estimates, scaled to
+    this epoch's bytes, with every relay the prior does not hold at
+    C{newcomer} times the prior's median.  With no prior (the first epoch a
+    node computes), everyone starts equal at the median reporter's bytes.
+
+    The scale is the lower median, over reporters the prior holds, of
+    this epoch's confirmed bytes over the prior estimate: identities new
+    this epoch have no say in it, and it only sets the unit (shares, caps
+    and coverage are the same at any scale).
+    """
+    n = len(reporters)
+    flat = max(sorted(raw)[(n - 1) // 2], 1.0)
+    held = [prior.get(rid, 0.0) if prior else 0.0 for rid in reporters]
+    heldValues = sorted(v for v in held if v > 0)
+    if not heldValues:
+        return [flat] * n
+    ratios = [(raw[k] / held[k], held[k], k) for k in range(n) if held[k] > 0 and raw[k] > 0]
+    scale = weightedMedian(ratios, q=SCALE_QUANTILE) if ratios else flat / heldValues[(len(heldValues) - 1) // 2]
+    fresh = newcomer * heldValues[(len(heldValues) - 1) // 2]
+    return [(h if h > 0 else fresh) * scale for h in held]
+
+
+def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
         most one per reporter (later duplicates are ignored) and all of the
@@ -153,6 +182,11 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
         middles, so its links are capped against the middles' traffic
         rather than everyone's; a link between two such relays cannot
         exist on a 3-hop path and counts for nothing.
+    @param prior: C{{nodeId: estimate}}, the previous epoch's measured
+        bandwidth (any unit: only ratios are read), or C{None}.  It sets
+        where the iteration starts (L{startingPoint}); a relay it does not
+        hold starts small and must earn its weight from partners that hold
+        weight.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
@@ -179,11 +213,12 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     # confirmed links carry, by at most kappa per round: params.iterations
     # is an upper bound, the loop ends once no estimate moves by more than
     # params.tolerance of the total (the same input, the same rounds).
-    start = max(sorted(raw)[(n - 1) // 2], 1.0)
-    traffic = [start] * n
+    traffic = startingPoint(reporters, raw, prior, params.newcomer)
+    coverage = params.coverage if prior and any(prior.get(rid, 0.0) > 0 for rid in reporters) else params.freshCoverage
     kappa = params.kappa
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
     live = [True] * n
+    rounds = 0
     for _ in range(params.iterations):
         total = sum(traffic)
         # A relay counts only while its confirmed partners hold at least
@@ -192,12 +227,12 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
         # carries nothing is confirmed only by its colluders.  Left out, it
         # keeps the floor (so it can come back once its partners' weight is
         # there), and neither it nor its links count in any sum or in E.
-        if params.coverage > 0:
+        if coverage > 0:
             seen = [0.0] * n
             for k, m in order:
                 seen[k] += traffic[m]
                 seen[m] += traffic[k]
-            live = [seen[k] >= params.coverage * (total - traffic[k]) for k in range(n)]
+            live = [seen[k] >= coverage * (total - traffic[k]) for k in range(n)]
         counted = sum(t for t, ok in zip(traffic, live) if ok)
         middles = sum(t for t, mid, ok in zip(traffic, middle, live) if mid and ok)
         if counted <= 0:
@@ -227,6 +262,7 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
         # start every estimate grows alike at first)
         moved = max(abs(a - b) for a, b in zip(nxt, traffic)) / sum(nxt)
         traffic = nxt
+        rounds += 1
         if moved < params.tolerance:
             break
     # The caps assume links in proportion to both ends' weights; where roles
@@ -254,6 +290,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None):
     measured = sorted(v[0] for v in out.values() if v[2] >= params.minReporters and v[0] > 0 and v[3])
     median = measured[(len(measured) - 1) // 2] if measured else 0.0
     slowEighth = measured[len(measured) // 8] if measured else 0.0
+    if stats is not None:
+        stats["rounds"] = rounds
     result = {}
     for nodeId, (bandwidth, streak, count, counted) in out.items():
         flags = set()

@@ -11,6 +11,13 @@ The result is also written to C{weights.json} in the data directory (public
 data: every relay's measured bandwidth, weight, streak, flags and its last
 report's totals), for C{meshvpn weights} and anyone who wants to check
 the computation.
+
+Each epoch's computation starts from the previous epoch's estimates (the
+history: a new identity starts small and must earn weight from partners
+that hold it; doc/measurement.md says why).  The history is kept in memory
+and, with a data directory, read back from C{weights.json} at start, so a
+restarted client keeps it; a history older than L{HISTORY_EPOCHS} epochs
+is not used.
 """
 
 import json
@@ -28,6 +35,27 @@ from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoun
 from meshvpn.secretfile import writeSecretFile
 
 WEIGHTS_FILE = "weights.json"
+HISTORY_EPOCHS = 24  # a history older than this many epochs is dropped: start afresh
+
+
+def readHistory(path):
+    """
+    @return: C{(epoch, epochLength, {nodeId: bandwidth})} from a
+        C{weights.json}, or C{None} when it is missing or not in form (it is
+        our own file, but a bad one must only cost the history).
+    """
+    try:
+        with open(path, "rb") as f:
+            body = json.loads(f.read(16 * 2**20))
+        prior = {}
+        for r in body["relays"]:
+            nodeId = bytes.fromhex(r["node_id"])
+            bandwidth = float(r["bandwidth"])
+            if len(nodeId) == 32 and bandwidth > 0 and bandwidth < float("inf"):
+                prior[nodeId] = bandwidth
+        return int(body["epoch"]), int(body["epoch_length"]), prior
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def inThread(reactor):
@@ -93,6 +121,7 @@ class MeasuredWeights(service.Service):
         self.measures = {}
         self.reports = {}
         self.observers = []  # callables(epoch), told after each epoch's weights are computed
+        self.histories = {}  # {epoch: {nodeId: bandwidth}}, the last two computed: where the next one starts
         self._call = None
 
     # IRelayWeights
@@ -110,7 +139,16 @@ class MeasuredWeights(service.Service):
     # the epoch loop
     def startService(self):
         super().startService()
+        if not self.histories and self.dataDir is not None:
+            found = readHistory(os.path.join(self.dataDir, WEIGHTS_FILE))
+            if found is not None and found[1] == self.epochLength:
+                self.histories[found[0]] = found[2]
         self._schedule()
+
+    def priorFor(self, epoch):
+        """The history the computation of C{epoch} starts from, or C{None}."""
+        before = [e for e in self.histories if 0 < epoch - e <= HISTORY_EPOCHS]
+        return self.histories[max(before)] if before else None
 
     def stopService(self):
         super().stopService()
@@ -143,7 +181,11 @@ class MeasuredWeights(service.Service):
         reports = yield self.collector.fetchAll(list(roles), epoch)
         reports = [r for r in reports if r.epochLength == self.epochLength]
         self.measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles), params=self.params,
-                                                  roles=roles)
+                                                  roles=roles, prior=self.priorFor(epoch))
+        if self.measures:
+            self.histories[epoch] = {i: m.bandwidth for i, m in self.measures.items() if m.bandwidth > 0}
+            for old in sorted(self.histories)[:-2]:
+                del self.histories[old]
         self.reports = {r.reporter: r for r in reports}
         self.epoch = epoch
         measured = sum(1 for m in self.measures.values() if "measured" in m.flags)

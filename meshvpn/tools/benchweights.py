@@ -41,7 +41,7 @@ import time
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 
-STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm")
+STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall")
 HUGE = 2**50
 TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
 
@@ -55,6 +55,9 @@ def addArguments(p):
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
     p.add_argument("--swarm", type=int, default=1, help="sybil identities per hostile relay in the swarm attack (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs each attack runs, each from the one before (default 3)")
+    p.add_argument("--no-history", action="store_true",
+                   help="attack a network without history (every epoch starts equal): the old scheme")
 
 
 def _ids(n, rng, tag):
@@ -118,24 +121,32 @@ def _share(weights, ids, members):
     return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
 
 
-def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1):
-    """Hostile share of weight over hostile share of capacity under C{strategy}."""
+def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1, prior=None,
+            epochs=1):
+    """
+    Hostile share of weight over hostile share of capacity under C{strategy}.
+
+    @param prior: the weights' history before the attack (C{{nodeId:
+        estimate}}), or C{None} for none; the attack then runs C{epochs}
+        epochs in a row, each starting from the one before, and the worst
+        epoch counts.
+    """
     n = len(ids)
     hostileSet = set(hostile)
     traffic = [dict(t) for t in honestTraffic]
     allIds = list(ids)
     colluders = [ids[k] for k in hostile]
-    if strategy in ("sybil", "clique", "swarm"):
-        sybils = _ids(len(hostile) * (swarm if strategy == "swarm" else 1), rng, 0xEE)
+    if strategy in ("sybil", "clique", "swarm", "swarmall"):
+        sybils = _ids(len(hostile) * (swarm if strategy.startswith("swarm") else 1), rng, 0xEE)
         allIds += sybils
         colluders += sybils
         traffic += [dict() for _ in sybils]
-    if strategy == "swarm":
-        # real trickles with the honest relays that hold half the capacity
+    if strategy in ("swarm", "swarmall"):
+        # real trickles with the honest relays that hold half the capacity (swarmall: with every honest relay)
         honestByCap = sorted((k for k in range(n) if k not in hostileSet), key=lambda k: -caps[k])
         half, acc, big = sum(caps[k] for k in honestByCap) / 2, 0.0, []
         for k in honestByCap:
-            if acc >= half:
+            if acc >= half and strategy == "swarm":
                 break
             big.append(k)
             acc += caps[k]
@@ -169,16 +180,21 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 t = {p: v for p, v in t.items() if p in {prefixOf(c) for c in colluders}}
             elif strategy == "targeted":
                 t = {p: v for p, v in t.items() if p not in topVoters}
-            if strategy in ("inflate", "both", "sybil", "clique", "targeted", "swarm"):
+            if strategy in ("inflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall"):
                 for c in colluders:
                     if prefixOf(c) != me:
                         t[prefixOf(c)] = (HUGE, 0xFFFF)
             traffic[k] = t
-    weights = {i: m.weight for i, m in computeWeights(_build(allIds, traffic), known=allIds, params=params).items()}
-    total = sum(weights.values())
-    hostileWeight = sum(weights.get(allIds[k], 0) for k in hostileIdx) / total if total else 0.0
+    reports = _build(allIds, traffic)
     hostileCap = sum(caps[k] for k in hostile) / sum(caps)
-    return hostileWeight / hostileCap if hostileCap else 0.0, hostileWeight, hostileCap
+    worst = 0.0
+    for _ in range(epochs):
+        measured = computeWeights(reports, known=allIds, params=params, prior=prior)
+        prior = {i: m.bandwidth for i, m in measured.items()}
+        weights = {i: m.weight for i, m in measured.items()}
+        total = sum(weights.values())
+        worst = max(worst, sum(weights.get(allIds[k], 0) for k in hostileIdx) / total if total else 0.0)
+    return worst / hostileCap if hostileCap else 0.0, worst, hostileCap
 
 
 def run(args, out=print):
@@ -190,7 +206,11 @@ def run(args, out=print):
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
     params = Params()
+    # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
+    measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params,
+                              prior={i: m.bandwidth for i, m in measured.items()})
+    history = {i: m.bandwidth for i, m in measured.items()}
     weights = [measured[i].weight if i in measured else 0 for i in ids]
     isolated = [k for k, i in enumerate(ids) if i in measured and "isolated" in measured[i].flags]
     result = {
@@ -210,7 +230,8 @@ def run(args, out=print):
         strategies = {}
         for s in STRATEGIES + ("junk",):
             ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
-                                             random.Random(args.seed + 2), params, args.swarm)
+                                             random.Random(args.seed + 2), params, args.swarm,
+                                             prior=None if args.no_history else history, epochs=args.epochs)
             strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
         result["hostile_capacity_share"] = round(capShare, 4)
         result["strategies"] = strategies
