@@ -4,7 +4,7 @@ import random
 
 from twisted.trial import unittest
 
-from meshvpn.measure.aggregate import Params, computeWeights, weightedMedian
+from meshvpn.measure.aggregate import Params, computeWeights, startingPoint, weightedMedian
 from meshvpn.measure.reports import Report, prefixOf
 from meshvpn.tools.benchweights import HUGE, _attack, _ids, _pearson, _reportsOf, _traffic
 
@@ -118,17 +118,87 @@ class ReputationTests(unittest.TestCase):
         self.assertFalse(any("guard" in m[i].flags for i in ids))
 
 
+def history(ids, traffic, params=Params()):
+    """Two honest epochs: the history a network that began honest has."""
+    m = computeWeights(reports(ids, traffic), params=params)
+    m = computeWeights(reports(ids, traffic), params=params, prior={i: x.bandwidth for i, x in m.items()})
+    return {i: x.bandwidth for i, x in m.items()}
+
+
+class HistoryTests(unittest.TestCase):
+    """Each epoch starts from the last one's estimates: identities new to the history start small."""
+
+    def test_noHistoryStartsEqual(self):
+        self.assertEqual(startingPoint([b"a", b"b", b"c"], [10.0, 30.0, 20.0], None, 0.01), [20.0] * 3)
+
+    def test_aNewcomerStartsAtAHundredthOfTheMedian(self):
+        start = startingPoint([b"a", b"b", b"c", b"new"], [100.0, 200.0, 300.0, 5.0],
+                              {b"a": 1.0, b"b": 2.0, b"c": 3.0}, 0.01)
+        self.assertEqual(start, [100.0, 200.0, 300.0, 2.0])
+
+    def test_theScaleIsVotedByWeightNotByIdentities(self):
+        # three light identities claim huge bytes; the one heavy relay holding most of the weight sets the scale
+        start = startingPoint([b"a", b"b", b"c", b"d"], [100.0, 1e12, 1e12, 1e12],
+                              {b"a": 10.0, b"b": 1.0, b"c": 1.0, b"d": 1.0}, 0.01)
+        self.assertEqual(start, [100.0, 10.0, 10.0, 10.0])
+
+    def test_deterministicWithHistory(self):
+        ids, _, _, traffic = network(n=30, circuits=2000)
+        prior = history(ids, traffic)
+        rs = reports(ids, traffic)
+        shuffled = list(rs)
+        random.Random(2).shuffle(shuffled)
+        a, b = computeWeights(rs, prior=prior), computeWeights(shuffled, prior=dict(reversed(list(prior.items()))))
+        self.assertEqual([(x.bandwidth, x.weight, x.flags) for x in a.values()],
+                         [(b[k].bandwidth, b[k].weight, b[k].flags) for k in a])
+
+    def test_anHonestNewcomerEarnsItsWeight(self):
+        # a relay the history does not hold, carrying real traffic with everyone, is measured and grows
+        ids, caps, _, traffic = network(n=60, circuits=6000)
+        fresh = computeWeights(reports(ids, traffic), prior=history(ids, traffic))
+        prior = history(ids, traffic)
+        newcomer = max(range(60), key=lambda k: caps[k])
+        del prior[ids[newcomer]]
+        m = computeWeights(reports(ids, traffic), prior=prior)
+        self.assertIn("measured", m[ids[newcomer]].flags)
+        self.assertNotIn("isolated", m[ids[newcomer]].flags)
+        share = m[ids[newcomer]].weight / sum(x.weight for x in m.values())
+        fullShare = fresh[ids[newcomer]].weight / sum(x.weight for x in fresh.values())
+        self.assertGreater(share, fullShare / 2)
+
+    def test_fewerHonestRelaysIsolatedWithHistory(self):
+        ids, caps, _, traffic = network(n=80, circuits=10000, seed=9)
+        m = computeWeights(reports(ids, traffic), prior=history(ids, traffic))
+        self.assertEqual([i for i in ids if "isolated" in m[i].flags], [])
+
+
 class AttackTests(unittest.TestCase):
-    """Each lie from the bench, run against a small network: what the hostile fifth gains stays bounded."""
+    """Each lie from the bench, run against a small network with an honest history: what the hostile fifth gains stays bounded."""
 
     def setUp(self):
         self.ids, self.caps, self.pairs, self.traffic = network(n=80, circuits=10000, seed=9)
         self.hostile = sorted(random.Random(4).sample(range(80), 16))
+        self.history = history(self.ids, self.traffic)
 
-    def ratio(self, strategy):
+    def ratio(self, strategy, prior=True, epochs=2, swarm=1):
         ratio, _, _ = _attack(strategy, self.ids, self.caps, self.traffic, self.hostile, self.pairs, 0.6,
-                              random.Random(3), Params())
+                              random.Random(3), Params(), swarm, prior=self.history if prior else None, epochs=epochs)
         return ratio
+
+    def test_aSwarmOfTricklingSybilsHasNoSay(self):
+        # one new identity per hostile relay, each really sending a trickle through the big honest relays
+        self.assertLess(self.ratio("swarm"), 1.5)
+        self.assertLess(self.ratio("swarmall"), 1.5)
+        self.assertLess(self.ratio("swarm", swarm=3), 1.5)
+
+    def test_theSwarmTakesOverANetworkWithoutHistory(self):
+        # the attack is real: from an equal start (one identity, one vote), three identities per hostile
+        # relay take the whole weight of this small network
+        self.assertGreater(self.ratio("swarm", prior=False, epochs=1, swarm=3), 3)
+
+    def test_junkTrafficIsMeasuredAsWhatItIs(self):
+        # real bytes, not a lie: bounded by 1 / utilisation (0.6 here)
+        self.assertLess(self.ratio("junk"), 1 / 0.6 + 0.05)
 
     def test_inflatingFakeTrafficAmongColluders(self):
         self.assertLess(self.ratio("inflate"), 1.5)

@@ -1,5 +1,7 @@
 """Reports through a real (simulated) DHT: a relay publishes each epoch, a client reads and weighs them."""
 
+import os
+
 from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -12,7 +14,7 @@ from meshvpn.measure.epoch import epochOf, lastComplete
 from meshvpn.measure.publish import ReportPublisher, reportSalt
 from meshvpn.measure.reports import MAX_ENTRIES, makeReport, prefixOf
 from meshvpn.measure.aggregate import computeWeights
-from meshvpn.measure.service import MeasuredWeights, inThread
+from meshvpn.measure.service import HISTORY_EPOCHS, MeasuredWeights, inThread, readHistory
 
 EPOCH = 60
 
@@ -133,3 +135,46 @@ class PublishTests(unittest.TestCase):
         collector = ReportCollector(lambda: self.client)
         self.assertIsNone(self.net.run(collector.fetch(node.identity.nodeId, epoch - 1), 30))
         self.assertEqual(collector.rejected, 1)
+
+    def test_eachEpochStartsFromTheHistoryKeptAcrossARestart(self):
+        """The next epoch's computation is handed the last one's estimates, also after a restart (weights.json)."""
+        self.nextEpoch()
+        self.carry([1, 2, 3, 4, 5, 6])
+        self.nextEpoch()
+        priors = []
+
+        def compute(*args, **kw):
+            priors.append(kw.get("prior"))
+            return computeWeights(*args, **kw)
+
+        known = lambda: {n.identity.nodeId: frozenset({"middle"}) for n in self.relays}  # noqa: E731
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        weights = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH, dataDir=dataDir, compute=compute)
+        weights.startService()
+        weights.stopService()
+        first = lastComplete(self.net.clock.seconds(), EPOCH)
+        self.net.run(weights.refresh(), 30)
+        self.assertEqual(priors, [None])  # no history yet: everyone starts equal
+        self.carry([1, 2, 3, 4, 5, 6])
+        self.nextEpoch()
+        # a restarted client reads its history back
+        again = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH, dataDir=dataDir, compute=compute)
+        again.startService()
+        again.stopService()
+        self.net.run(again.refresh(), 30)
+        expected = {i: m.bandwidth for i, m in weights.measures.items()}
+        self.assertEqual(set(priors[1]), set(expected))
+        for i, b in expected.items():
+            self.assertLess(abs(priors[1][i] - b), 0.1)  # weights.json rounds to 0.1 B/s
+        # recomputing an epoch starts from the one before it, never from itself; a history too old is dropped
+        self.assertIs(again.priorFor(first + 1), again.histories[first])
+        self.assertIsNone(again.priorFor(first + 1 + HISTORY_EPOCHS + 1))
+
+    def test_aBadHistoryFileCostsOnlyTheHistory(self):
+        path = self.mktemp()
+        for body in (b"{", b'{"epoch": 1}', b'{"epoch": 1, "epoch_length": 60, "relays": [{"node_id": "zz"}]}'):
+            with open(path, "wb") as f:
+                f.write(body)
+            self.assertIsNone(readHistory(path))
+        self.assertIsNone(readHistory(path + ".missing"))
