@@ -15,16 +15,19 @@ says alone is believed:
   never share a path and their link counts for nothing).  Colluders
   confirming huge fake traffic among themselves get at most kappa times
   their fair share of it;
-- every reporter starts equal (at the median reporter's confirmed bytes,
-  so honest links are mostly below their caps from the first round), and
-  the sums and caps are recomputed until no estimate moves (at most
-  L{Params.iterations} rounds), so weights grow only as far as confirmed
-  links allow (by at most kappa per round).  A start read per relay from
-  the reports let identities vote: 100 sybils confirming fake traffic
-  with their colluders moved the colluders' medians and took all the
-  weight;
+- the iteration starts from the previous epoch's estimates (the history:
+  L{startingPoint}); a relay the history does not hold starts at
+  L{Params.newcomer} of its median, and a weight grows only as far as
+  confirmed links with partners that *hold* weight allow (by at most kappa
+  per round; the sums and caps are recomputed until no estimate moves, at
+  most L{Params.iterations} rounds).  A swarm of new identities therefore
+  has no say until others with weight confirm real traffic with it.  The
+  equal start (one identity, one vote) is kept only for a node without
+  history; there, sybils that each paid for a trickle of real traffic
+  through the big honest relays took all the weight;
 - a relay counts only while its confirmed partners hold at least
-  L{Params.coverage} of the others' weight; below, it is left out of every
+  L{Params.coverage} of the others' weight (L{Params.freshCoverage} without
+  history, where it is the only defence); below, it is left out of every
   sum and of E, kept at a floor and flagged C{isolated} (a clique of
   identities that only confirm each other never counts, and is never
   paid);
@@ -50,8 +53,8 @@ run away unless it starts above the unstable root (x = 0.72) or
 
 Determinism: reporters, neighbours and pairs are processed sorted by id,
 ties in a median broken by id, and every operation is plain IEEE float
-arithmetic in a fixed order, so the same reports give bit-identical
-weights anywhere.
+arithmetic in a fixed order, so the same reports and the same history give
+bit-identical weights anywhere.
 """
 
 import attrs
@@ -142,9 +145,6 @@ def confirmedLinks(reports, known=()):
     return reporters, links, streaks
 
 
-SCALE_QUANTILE = 0.5
-
-
 def startingPoint(reporters, raw, prior, newcomer):
     """
     Where the iteration starts: the previous epoch's estimates, scaled to
@@ -152,10 +152,15 @@ def startingPoint(reporters, raw, prior, newcomer):
     C{newcomer} times the prior's median.  With no prior (the first epoch a
     node computes), everyone starts equal at the median reporter's bytes.
 
-    The scale is the lower median, over reporters the prior holds, of
-    this epoch's confirmed bytes over the prior estimate: identities new
-    this epoch have no say in it, and it only sets the unit (shares, caps
-    and coverage are the same at any scale).
+    The scale is the median, weighted by the history's estimates, of this
+    epoch's confirmed bytes over the history's estimate.  It matters: caps
+    grow with the estimates and the confirmed bytes do not, so a start
+    scaled too high lets fake links (always at their caps) outgrow real
+    ones.  With one vote per identity, the hostile third (colluders
+    claiming huge bytes, sybils with tiny estimates, both with huge ratios)
+    pushed the scale up and took all the weight in the next epoch; weighted
+    by the history, new identities have no say and the colluders only
+    their share.
     """
     n = len(reporters)
     flat = max(sorted(raw)[(n - 1) // 2], 1.0)
@@ -164,7 +169,7 @@ def startingPoint(reporters, raw, prior, newcomer):
     if not heldValues:
         return [flat] * n
     ratios = [(raw[k] / held[k], held[k], k) for k in range(n) if held[k] > 0 and raw[k] > 0]
-    scale = weightedMedian(ratios, q=SCALE_QUANTILE) if ratios else flat / heldValues[(len(heldValues) - 1) // 2]
+    scale = weightedMedian(ratios) if ratios else flat / heldValues[(len(heldValues) - 1) // 2]
     fresh = newcomer * heldValues[(len(heldValues) - 1) // 2]
     return [(h if h > 0 else fresh) * scale for h in held]
 
@@ -203,16 +208,14 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     for k, m in order:
         raw[k] += links[(k, m)]
         raw[m] += links[(k, m)]
-    # Everyone starts equal: a start read per relay from the reports lets
-    # identities vote (sybils confirming fake traffic with their colluders
-    # moved the colluders' medians and took all the weight).  The common
-    # start is the median reporter's confirmed bytes, so most honest links
-    # are below their caps from the first round: an estimate far below its
-    # links is cap-bound everywhere and shrinks unless its partners hold
-    # 1/kappa of the weight.  From there a weight grows to what its
-    # confirmed links carry, by at most kappa per round: params.iterations
-    # is an upper bound, the loop ends once no estimate moves by more than
-    # params.tolerance of the total (the same input, the same rounds).
+    # Start from the history: a start read per relay from this epoch's
+    # reports, or an equal one, lets identities vote (sybils confirming fake
+    # traffic with their colluders, or paying for a trickle through the big
+    # honest relays, took all the weight).  From the start a weight grows to
+    # what its confirmed links carry, by at most kappa per round:
+    # params.iterations is an upper bound, the loop ends once no estimate
+    # moves by more than params.tolerance of the total (the same input, the
+    # same rounds).
     traffic = startingPoint(reporters, raw, prior, params.newcomer)
     coverage = params.coverage if prior and any(prior.get(rid, 0.0) > 0 for rid in reporters) else params.freshCoverage
     kappa = params.kappa

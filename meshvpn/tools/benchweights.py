@@ -19,13 +19,20 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   group confirming huge traffic only among itself), C{targeted}
   (inflate, and deny every link with the tenth of honest relays that carry
   the most, to shrink the caps of everyone else), C{swarm}, the attack
-  built against the present scheme (equal start, partner coverage): sybil,
-  but with C{--swarm} identities per hostile relay, each also sending a
-  trickle of real traffic (1 MB) through the honest relays that hold half
-  the capacity, so that its confirmed partners hold most of the weight,
-  and C{junk}, which is not a lie: hostile relays fill their idle capacity
-  with real junk traffic with honest relays (the honest relays run at
-  C{--utilization}).
+  built against the equal start: sybil, but with C{--swarm} identities per
+  hostile relay, each also sending a trickle of real traffic (1 MB)
+  through the honest relays that hold half the capacity, so that its
+  confirmed partners hold most of the weight, C{swarmall}, the one built
+  against the start from history: the same trickles with every honest
+  relay, so that the partners of each new identity hold all the weight and
+  it grows as fast as an honest newcomer, and C{junk}, which is not a lie:
+  hostile relays fill their idle capacity with real junk traffic with
+  honest relays (the honest relays run at C{--utilization});
+- the weights have a history: the network began honest (two honest
+  epochs, the first from the equal start), then each attack runs
+  C{--epochs} epochs in a row, each starting from the one before, and its
+  worst epoch counts.  C{--no-history} attacks from the equal start (what a
+  node without history computes).
 
 It prints C{capacity_correlation_honest} (Pearson correlation of weights
 with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
