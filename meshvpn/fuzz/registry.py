@@ -26,6 +26,7 @@ TARGETS = {
     "policy-summary": "policysummary",
     "exit-policy": "exitpolicy",
     "signal": "signal",
+    "turn-stream": "turnstream",
     "socks": "socks",
     "socks-session": "sockssession",
     "ip-packet": "ippacket",
