@@ -156,7 +156,12 @@ class Allocation:
             self.server.counters["no_permission"] += 1
             return
         if self._spend(len(data)):
-            self.port.write(data, peer)
+            try:
+                self.port.write(data, peer)
+            except OSError:
+                # No route to that peer (a private candidate, say): that datagram is lost, the client's
+                # stream or socket is not.
+                self.server.counters["send_failed"] += 1
 
 
 @implementer(IDatagramHandler)
@@ -201,7 +206,7 @@ class TurnServer:
         self.counters = {
             k: 0
             for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated",
-                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large")
+                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large", "send_failed")
         }
         for method, handler in (
             (stun.ALLOCATE, self._allocate),

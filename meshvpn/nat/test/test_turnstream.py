@@ -236,6 +236,26 @@ class StreamAbuseTests(unittest.TestCase):
         w.flush()
         self.assertEqual(w.peer.got[-1][0], b"\x90still")
 
+    def test_unroutablePeerDoesNotKillTheStream(self):
+        """The relayed socket's sendto failing (no route to a candidate) loses that datagram, not the stream."""
+        w = World(self)
+        sock, _, client, _ = w.socket()
+        alloc = next(iter(w.server.allocations.values()))
+        write = alloc.port.write
+
+        def unreachable(data, addr):
+            if addr[0] == "198.19.1.2":
+                raise OSError(101, "Network is unreachable")
+            return write(data, addr)
+
+        alloc.port.write = unreachable
+        sock.write(b"\x90probe", ("198.19.1.2", 4000))
+        sock.write(b"\x90fine", PEER)
+        w.flush()
+        self.assertEqual(w.server.counters["send_failed"], 1)
+        self.assertEqual(w.peer.got, [(b"\x90fine", sock.relayedAddress)])
+        self.assertEqual(len(w.factory.connections), 1)
+
     def test_oversizedFrameRefused(self):
         d = ts.Deframer(maxFrame=1000)
         self.assertRaises(ts.StreamFrameError, d.feed, b"\x40\x00\x10\x00")
