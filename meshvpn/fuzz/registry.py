@@ -27,6 +27,7 @@ TARGETS = {
     "exit-policy": "exitpolicy",
     "signal": "signal",
     "turn-stream": "turnstream",
+    "nat-rendezvous": "rendezvous",
     "socks": "socks",
     "socks-session": "sockssession",
     "ip-packet": "ippacket",
