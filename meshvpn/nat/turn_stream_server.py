@@ -88,7 +88,8 @@ class TurnStreamLimits:
     perSourceIP = 4
     proofTimeout = 10.0
     allocateTimeout = 30.0
-    credentialLifetime = 600
+    # The allocation dies with the stream, and its refreshes must not outlive the credentials they carry.
+    credentialLifetime = 24 * 3600
 
     def __init__(self, **kw):
         for k, v in kw.items():

@@ -118,6 +118,20 @@ class StreamAllocationTests(unittest.TestCase):
         w.flush()
         self.assertEqual(sink.got, [(b"\x91back", PEER)])
 
+    def test_allocationOutlivesItsFirstLifetime(self):
+        """Refreshes (and permission refreshes) keep a stream allocation alive well past 600 s, stale nonces and all."""
+        w = World(self)
+        sock, sink, _, _ = w.socket()
+        sock.write(b"\x90x", PEER)
+        w.flush()
+        for _ in range(40):  # 2000 s
+            w.clock.advance(50)
+            w.flush()
+        self.assertEqual(len(w.server.allocations), 1)
+        w.net.queue.append((PEER, sock.relayedAddress, b"\x91late"))
+        w.flush()
+        self.assertEqual(sink.got, [(b"\x91late", PEER)])
+
     def test_strangerCannotSendIn(self):
         """Only IPs the host wrote to get through its relayed address (a permission each)."""
         w = World(self)
