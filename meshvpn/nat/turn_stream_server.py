@@ -10,7 +10,8 @@ the TURN server ever sees it:
  - at most C{maxConnections} streams, at most C{perSourceIP} from one IP;
  - a stream must prove a node identity (Ed25519 over our random
    challenge) within C{proofTimeout}, and hold an allocation within
-   C{allocateTimeout} after that, or it is closed;
+   C{allocateTimeout} after that (and ever after: a stream whose
+   allocation is gone is closed within two such periods), or it is closed;
  - the credentials it receives are the REST ones the signalling relay
    hands out over datagram links, bound to the proven node id, so TURN's
    per-node quota counts a node's streams and datagram allocations alike;
@@ -138,6 +139,8 @@ class TurnStreamServerProtocol(Protocol):
 
     def _expired(self, why):
         if self.state is _State.TURN and self.factory.turn.allocations.get(self.source) is not None:
+            # Checked again later: a stream whose allocation was released or expired does not keep its slot.
+            self._arm(self.factory.limits.allocateTimeout, "allocation gone")
             return
         self.factory.counters["timeout"] += 1
         self._close(why)

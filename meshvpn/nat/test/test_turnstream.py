@@ -226,6 +226,16 @@ class StreamAbuseTests(unittest.TestCase):
         w.clock.advance(TurnStreamLimits.allocateTimeout + 1)
         self.assertEqual(len(w.factory.connections), 1)
 
+    def test_streamWithoutItsAllocationIsClosed(self):
+        """Allocate, release (REFRESH 0), keep the stream: it does not keep its slot."""
+        w = World(self)
+        sock, _, _, _ = w.socket()
+        w.wait(sock.allocation.release())
+        self.assertEqual(w.server.allocations, {})
+        w.clock.advance(2 * TurnStreamLimits.allocateTimeout + 1)
+        w.flush()
+        self.assertEqual(w.factory.connections, set())
+
     def test_perSourceAndTotalLimits(self):
         w = World(self, streamLimits=TurnStreamLimits(perSourceIP=2, maxConnections=3))
         refused = []
