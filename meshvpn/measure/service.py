@@ -36,6 +36,7 @@ from meshvpn.secretfile import writeSecretFile
 
 WEIGHTS_FILE = "weights.json"
 HISTORY_EPOCHS = 24  # a history older than this many epochs is dropped: start afresh
+MAX_READ = 8192  # relays whose reports one epoch reads, at most
 
 
 def readHistory(path):
@@ -122,6 +123,7 @@ class MeasuredWeights(service.Service):
         self.reports = {}
         self.observers = []  # callables(epoch), told after each epoch's weights are computed
         self.histories = {}  # {epoch: {nodeId: bandwidth}}, the last two computed: where the next one starts
+        self.lastRoles = {}  # {nodeId: flags} of the relays last read, as the directory last gave them
         self._call = None
 
     # IRelayWeights
@@ -144,6 +146,26 @@ class MeasuredWeights(service.Service):
             if found is not None and found[1] == self.epochLength:
                 self.histories[found[0]] = found[2]
         self._schedule()
+
+    def toRead(self, epoch):
+        """
+        C{{nodeId: flags}} of the relays whose reports to read for C{epoch}:
+        those the directory view holds now, and those the history measured
+        (with the flags they had when last seen; none known, every position).
+        The directory view is a sample that changes as it refreshes; with
+        the history's relays, what a client reads grows toward every relay
+        that reports, so clients with different samples read more alike.
+        At most L{MAX_READ}: the directory's first, then the history's.
+        """
+        roles = dict(self.known())
+        self.lastRoles.update(roles)
+        prior = self.priorFor(epoch) or {}
+        for nodeId in sorted(prior):
+            if len(roles) >= MAX_READ:
+                break
+            roles.setdefault(nodeId, self.lastRoles.get(nodeId, frozenset({"guard", "middle", "exit"})))
+        self.lastRoles = {i: f for i, f in self.lastRoles.items() if i in roles}
+        return roles
 
     def priorFor(self, epoch):
         """The history the computation of C{epoch} starts from, or C{None}."""
@@ -177,7 +199,7 @@ class MeasuredWeights(service.Service):
         now = self.clock.seconds()
         if epoch is None:
             epoch = lastComplete(now, self.epochLength)
-        roles = dict(self.known())
+        roles = self.toRead(epoch)
         reports = yield self.collector.fetchAll(list(roles), epoch)
         reports = [r for r in reports if r.epochLength == self.epochLength]
         self.measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles), params=self.params,

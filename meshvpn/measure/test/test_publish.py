@@ -178,3 +178,21 @@ class PublishTests(unittest.TestCase):
                 f.write(body)
             self.assertIsNone(readHistory(path))
         self.assertIsNone(readHistory(path + ".missing"))
+
+    def test_relaysTheHistoryMeasuredAreReadEvenWhenTheSampleMovesOn(self):
+        self.nextEpoch()
+        self.carry([1, 2, 3, 4, 5, 6])
+        self.nextEpoch()
+        view = {n.identity.nodeId: frozenset({"middle"}) for n in self.relays}
+        weights = MeasuredWeights(self.net.clock, lambda: self.client, lambda: dict(view), EPOCH)
+        self.assertEqual(self.net.run(weights.refresh(), 30), 6)
+        # the directory view now holds only half of them, one of them with its flags changed
+        for n in self.relays[3:]:
+            del view[n.identity.nodeId]
+        self.carry([1, 2, 3, 4, 5, 6])
+        self.nextEpoch()
+        epoch = lastComplete(self.net.clock.seconds(), EPOCH)
+        roles = weights.toRead(epoch)
+        self.assertEqual(set(roles), {n.identity.nodeId for n in self.relays})
+        self.assertEqual(self.net.run(weights.refresh(), 30), 6)
+        self.assertEqual(sorted(self.relays, key=lambda n: weights.weightOf(n.identity.nodeId)), self.relays)
