@@ -62,7 +62,8 @@ def addArguments(p):
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
     p.add_argument("--swarm", type=int, default=1, help="sybil identities per hostile relay in the swarm attack (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs each attack runs, each from the one before (default 3)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs each attack runs, each from the one before (default 3)")
     p.add_argument("--no-history", action="store_true",
                    help="attack a network without history (every epoch starts equal): the old scheme")
 
@@ -248,6 +249,8 @@ def run(args, out=print):
         result["junk_traffic_ratio"] = strategies["junk"]["ratio"]
         result["junk_utilization"] = args.utilization
         result["swarm_sybils_per_hostile"] = args.swarm
+        result["history"] = not args.no_history
+        result["attack_epochs"] = args.epochs
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
         out(json.dumps(result))

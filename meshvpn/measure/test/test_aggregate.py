@@ -173,7 +173,7 @@ class HistoryTests(unittest.TestCase):
 
 
 class AttackTests(unittest.TestCase):
-    """Each lie from the bench, run against a small network with an honest history: what the hostile fifth gains stays bounded."""
+    """Each lie from the bench against a small network with an honest history: the hostile fifth's gain stays bounded."""
 
     def setUp(self):
         self.ids, self.caps, self.pairs, self.traffic = network(n=80, circuits=10000, seed=9)

@@ -24,10 +24,18 @@ class BenchWeightsTests(unittest.TestCase):
         for key in ("capacity_correlation_honest", "hostile_weight_share_ratio", "worst_strategy", "strategies",
                     "hostile_capacity_share", "junk_traffic_ratio"):
             self.assertIn(key, result)
-        self.assertEqual(set(result["strategies"]), {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "junk"})
+        self.assertEqual(set(result["strategies"]),
+                         {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junk"})
+        self.assertTrue(result["history"])
         again = run("--seed", "3")[1]
         del again["cpu_seconds"], result["cpu_seconds"]
         self.assertEqual(again, result)
+
+    def test_withoutHistory(self):
+        code, result = run("--seed", "3", "--no-history", "--epochs", "1")
+        self.assertEqual(code, 0)
+        self.assertFalse(result["history"])
+        self.assertEqual(result["attack_epochs"], 1)
 
     def test_nobodyLying(self):
         code, result = run("--hostile", "0")
