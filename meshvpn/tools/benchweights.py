@@ -64,6 +64,8 @@ def addArguments(p):
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs each attack runs, each from the one before (default 3)")
+    p.add_argument("--kappa", type=float, default=Params().kappa,
+                   help=f"how far a link may exceed its fair share (default {Params().kappa})")
     p.add_argument("--no-history", action="store_true",
                    help="attack a network without history (every epoch starts equal): the old scheme")
 
@@ -213,7 +215,7 @@ def run(args, out=print):
     caps = [rng.lognormvariate(0.0, args.sigma) for _ in range(n)]
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
-    params = Params()
+    params = Params(kappa=args.kappa)
     # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params,
@@ -227,6 +229,7 @@ def run(args, out=print):
         "circuits": args.circuits,
         "capacity_sigma": args.sigma,
         "seed": args.seed,
+        "kappa": args.kappa,
         "capacity_correlation_honest": round(_pearson(weights, caps), 4),
         "capacity_rank_correlation_honest": round(_pearson(_ranks(weights), _ranks(caps)), 4),
         "measured_relays": sum(1 for i in ids if i in measured and "measured" in measured[i].flags),
