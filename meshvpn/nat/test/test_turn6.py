@@ -226,3 +226,60 @@ class AttributeParsingTests(unittest.TestCase):
             self.assertTrue(any(code in message for code in ("400", "440")), message)
         else:
             self.assertLessEqual(len(server.allocations), 1)
+
+
+class CoturnIPv6Tests(unittest.TestCase):
+    timeout = 120
+
+    def test_ipv6AllocationOnCoturn(self):
+        """
+        Our client asks Debian's coturn for an IPv6 relayed address
+        (REQUESTED-ADDRESS-FAMILY) over IPv6, and runs every operation
+        through it to an IPv6 echo peer (root, namespaces; runs in CI).
+        """
+        import json
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        from meshvpn.tools.netns import Netns, requireRoot
+
+        requireRoot(self, tools=("ip", "turnserver"))
+        work = tempfile.mkdtemp(prefix="mvturn6-")
+        self.addCleanup(__import__("shutil").rmtree, work, True)
+        n = Netns(self, "mvt6")
+        srv, cl = n.add("srv"), n.add("cl")
+        a, b = n.veth(srv, None, cl, None)
+        server, client, peer = "2001:2::3", "2001:2::5", "2001:2::9"
+        for address in (server, peer):  # the peer beside coturn, on an address of its own
+            n.exec(srv, "ip", "-6", "addr", "add", f"{address}/64", "dev", a, "nodad")
+        n.exec(cl, "ip", "-6", "addr", "add", f"{client}/64", "dev", b, "nodad")
+        log = os.path.join(work, "coturn.log")
+        coturn = n.popen(srv, ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--simple-log", "--log-file", log,
+                               "--pidfile", os.path.join(work, "coturn.pid"), "--listening-ip", server,
+                               "--relay-ip", server, "--listening-port", "3478", "--lt-cred-mech",
+                               "--user", "alice:secret", "--realm", "meshvpn.test", "--fingerprint", "--no-tcp-relay"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while f"[{server}]:3478" not in n.exec(srv, "ss", "-Hlun", check=False):
+            self.assertIsNone(coturn.poll(), "coturn exited")
+            self.assertLess(time.monotonic(), deadline, "coturn not listening after 30 s")
+            time.sleep(0.2)
+        echo = n.popen(srv, [sys.executable, "-m", "meshvpn.tools.turncheck", "--echo", "6000", "--family", "6",
+                            "--echo-host", peer],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.assertIn(b"ready", echo.stdout.readline())
+        out = n.exec(cl, sys.executable, "-m", "meshvpn.tools.turncheck", "--server", f"[{server}]:3478",
+                     "--user", "alice", "--password", "secret", "--peer", f"[{peer}]:6000", "--family", "6",
+                     timeout=60)
+        result = json.loads(out)
+        with open(log, errors="replace") as f:
+            why = f"{result}\n{f.read()[-3000:]}"
+        self.assertEqual(result["relayed"][0], server)
+        self.assertEqual(result["mapped"][0], client)
+        self.assertTrue(result["echo_via_indication"], why)
+        self.assertEqual(result["channel"], 0x4000)
+        self.assertTrue(result["echo_via_channel"], result)
+        self.assertTrue(result["released"])
