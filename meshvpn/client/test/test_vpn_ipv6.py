@@ -15,7 +15,7 @@ import time
 
 from twisted.trial import unittest
 
-from meshvpn.client.test.test_vpn_e2e import captured, waitFetch
+from meshvpn.client.test.test_vpn_e2e import captured, fetched, waitFetch
 from meshvpn.tools.netns import Netns, requireRoot
 from meshvpn.tools.tunworld import DOMAIN, WEB6, TunWorld
 from meshvpn.tools.webfixture import body
@@ -31,16 +31,7 @@ class DualStackThroughVPNTests(unittest.TestCase):
         self.world = TunWorld(Netns(self, "mv6"), self.addCleanup, self.workdir).buildTwistd(ipv6=True)
 
     def fetch(self, *curlArgs, url, deadline):
-        out = os.path.join(self.workdir, "fetched")
-        while True:
-            code = self.world.inClient("curl", "-sS", "--max-time", "10", *curlArgs, "-o", out, "-w", "%{http_code}",
-                                       url, check=False)
-            if code == "200" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        self.assertEqual(code, "200", f"{url}: {self.world.nodeLog('client')[-3000:]}")
-        with open(out, "rb") as f:
-            return f.read()
+        return fetched(self, url, deadline, *curlArgs)
 
     def test_browseIPv6AndIPv4NoIPv6Outside(self):
         w = self.world

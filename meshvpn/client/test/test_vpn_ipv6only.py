@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from meshvpn.client.test import test_updown_netns
-from meshvpn.client.test.test_vpn_e2e import captured
+from meshvpn.client.test.test_vpn_e2e import captured, fetched
 from meshvpn.tools.dualstackworld import CLIENT6, EXIT, EXIT6, GUARD6, DualStackWorld
 from meshvpn.tools.netns import Netns, requireRoot
 from meshvpn.tools.tunworld import DOMAIN, WEB6
@@ -46,16 +46,7 @@ class IPv6OnlyVpnTests(test_updown_netns.UpDownLeavesNoTraceTests):
         return f'udp = "[::]:0"\nbootstrap = ["{self.world.boot6}"]\ndht-sample-interval = 5\n'
 
     def fetch(self, *curlArgs, url, deadline):
-        out = os.path.join(self.workdir, "fetched")
-        while True:
-            code = self.world.inClient("curl", "-sS", "--max-time", "15", *curlArgs, "-o", out, "-w", "%{http_code}",
-                                       url, check=False)
-            if code == "200" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        self.assertEqual(code, "200", f"{url}: {self.clientLog()}")
-        with open(out, "rb") as f:
-            return f.read()
+        return fetched(self, url, deadline, *curlArgs, log=self.clientLog)
 
     def clientStatus(self):
         with open(os.path.join(self.dataDir, "status.json")) as f:
