@@ -72,10 +72,14 @@ class IPv6OnlyVpnTests(test_updown_netns.UpDownLeavesNoTraceTests):
         self.assertIn(f"webfixture: {EXIT6} GET /bytes/{SIZE + 1}", w.log("web6"))
         self.assertNotIn(CLIENT6, w.log("web6"))
 
-        # An app binding to the uplink's own address is stopped by the kill switch.
-        leak = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "3", "--interface",
-                               CLIENT6, f"http://[{WEB6}]/"], capture_output=True)
-        self.assertNotEqual(leak.returncode, 0)
+        # An app binding to the uplink itself (SO_BINDTODEVICE: its packets take the uplink, not the
+        # TUN) is stopped by the kill switch; so is ICMPv6 other than neighbour discovery, even with
+        # the hop limit of 255 that the neighbour-discovery exception asks for.
+        uplink = w.uplink["cl"]
+        for attack in (["curl", "-sS", "--max-time", "3", "--interface", uplink, f"http://[{WEB6}]/"],
+                       ["ping", "-6", "-c", "1", "-W", "2", "-t", "255", "-I", uplink, WEB6]):
+            leak = subprocess.run(["ip", "netns", "exec", w.ns["cl"], *attack], capture_output=True)
+            self.assertNotEqual(leak.returncode, 0, (attack, leak.stdout))
         routes6 = w.inClient("ip", "-6", "route")
         self.assertIn("::/1 dev mvpn", routes6)
         self.assertIn("8000::/1 dev mvpn", routes6)
