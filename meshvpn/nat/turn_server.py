@@ -55,7 +55,7 @@ from meshvpn.nat.server import MAX_SOURCES
 from meshvpn.nat.turn_attributes import (ADDRESS_ERROR_CODE, UnsupportedFamily, decodeFamily, encodeAddressError,
                                          familyOf)
 from meshvpn.ratelimit import BucketTable, TokenBucket
-from meshvpn.udpmux import TURN_CHANNEL_BYTES
+from meshvpn.udpmux import LINK_BYTES, TURN_CHANNEL_BYTES
 
 SOFTWARE = b"meshvpn-turn"
 PERMISSION_LIFETIME = 300
@@ -180,7 +180,7 @@ class Allocation:
 
     def fromPeer(self, data, addr):
         addr = addr[:2]  # an IPv6 socket adds flow info and scope
-        if not self.permitted(addr[0]):
+        if not self.permitted(addr[0]) or not self.server.internalAllowed(addr, data, inbound=True):
             self.server.counters["no_permission"] += 1
             return
         if not self._spend(len(data)):
@@ -196,11 +196,16 @@ class Allocation:
 
     def toPeer(self, data, peer):
         port = self.ports.get(familyOf(peer[0]))
-        if peer[1] == 0 or port is None or not self.permitted(peer[0]):
+        if peer[1] == 0 or port is None or not self.permitted(peer[0]) or not self.server.internalAllowed(peer, data):
             self.server.counters["no_permission"] += 1
             return
         if self._spend(len(data)):
-            port.write(data, peer)
+            try:
+                port.write(data, peer)
+            except OSError:
+                # No route to that peer (a private candidate, say): that datagram is lost, the client's
+                # stream or socket is not.
+                self.server.counters["send_failed"] += 1
 
 
 @implementer(IDatagramHandler)
@@ -216,12 +221,20 @@ class TurnServer:
     @param ownAddresses: this relay's other IP addresses (an iterable, or a
         callable returning one, asked on each check), never a peer;
         the relay hosts always count.
+    @param linkAddresses: C{callable() -> [(host, port)]}, the node sockets
+        carrying datagram links, or None.  With it (a relay that serves
+        UDP-blocked hosts over TCP, L{meshvpn.nat.turn_stream_server}), two
+        of our own addresses become peers after all, port-exact: those
+        sockets, for datagram-link bytes only (such a host's link to this
+        relay, hence its signalling, runs through its allocation), and the
+        relayed addresses of live allocations (two such hosts reach each
+        other allocation to allocation).
     """
 
     log = Logger()
 
     def __init__(self, reactor, stunEndpoint, send, relayHost, realm="meshvpn", authSecret=None, users=None,
-                 limits=None, listenUDP=None, ownAddresses=(), relayHost6=None):
+                 limits=None, listenUDP=None, ownAddresses=(), linkAddresses=None, relayHost6=None):
         self.reactor = reactor
         self.stun = stunEndpoint
         self.send = send
@@ -238,6 +251,7 @@ class TurnServer:
         self._listenUDP = listenUDP or reactor.listenUDP
         self._nonceKey = os.urandom(16)
         self._ownAddresses = ownAddresses
+        self._linkAddresses = linkAddresses
         self._allowedPeers = tuple(ipaddress.ip_network(n) for n in self.limits.allowedPeers)
         self._unauthenticated = BucketTable(reactor, self.limits.unauthenticatedRate, self.limits.unauthenticatedBurst, MAX_SOURCES)
         self.allocations = {}  # client addr -> Allocation
@@ -245,7 +259,7 @@ class TurnServer:
             k: 0
             for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated",
                       "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large",
-                      "family_mismatch")
+                      "family_mismatch", "send_failed")
         }
         for method, handler in (
             (stun.ALLOCATE, self._allocate),
@@ -536,12 +550,56 @@ class TurnServer:
                 pass
         return out
 
+    def _internal(self):
+        """@return: C{(links, relayed)}: the node's link sockets and live relayed addresses, as sets of (host, port)."""
+        if self._linkAddresses is None:
+            return set(), set()
+        links = {(self.relayHosts.get(familyOf(h), h) if ipaddress.ip_address(h).is_unspecified else h, p)
+                 for h, p in self._linkAddresses()}
+        return links, {r for a in self.allocations.values() for r in a.relayedAddresses}
+
+    def internalAllowed(self, peer, data, inbound=False):
+        """
+        Data to or from one of our own addresses passes only if that exact
+        address is internal (see C{linkAddresses}); to a link socket only
+        datagram-link bytes.  Any other peer passes (its permission was checked).
+        """
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if ip not in self._own():
+            return True
+        links, relayed = self._internal()
+        key = (str(ip), peer[1])
+        if key in relayed or (key in links and data[:1] and data[0] in LINK_BYTES):
+            return True
+        self.counters["forbidden_peer"] += 1
+        return False
+
+    def _internalHost(self, ip, port):
+        links, relayed = self._internal()
+        if port == 0:
+            return any(ipaddress.ip_address(h) == ip for h, _ in links | relayed)
+        return (str(ip), port) in links | relayed
+
+    def dropClient(self, source):
+        """The client at C{source} is gone (its stream closed): its allocation goes with it."""
+        alloc = self.allocations.get(source)
+        if alloc is not None:
+            self._expire(alloc)
+
     def _peerAllowed(self, peer):
-        """A public unicast address that is not ours (see L{DENIED_PEERS} and L{DENIED_PEERS6})."""
+        """
+        A public unicast address that is not ours (see L{DENIED_PEERS} and
+        L{DENIED_PEERS6}), or an internal one (C{linkAddresses}).
+        """
         try:
             ip = ipaddress.ip_address(peer[0])
         except ValueError:
             ip = None
+        if ip is not None and ip in self._own() and self._internalHost(ip, peer[1]):
+            return True
         denied = DENIED_PEERS if ip is None or ip.version == 4 else DENIED_PEERS6
         if (
             ip is None
