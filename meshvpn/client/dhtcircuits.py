@@ -107,9 +107,10 @@ class _Leg:
         self.circuit = circuit
         self.path = path
         self.reassembler = Reassembler()
-        self.expected = collections.Counter()  # normalised address -> answers still allowed
-        self.deadlines = collections.deque()  # (when, normalised address)
+        self.expected = {}  # normalised address -> deque of deadlines, one per answer still allowed
+        self.deadlines = collections.deque()  # (when, normalised address), in the order sent
         self.given = {}  # normalised address -> the address as the DHT wrote it
+        self.waiting = 0
 
     def receive(self, command, body):
         t = self.transport
@@ -129,29 +130,34 @@ class _Leg:
             return
         data, addr = whole
         key = normalise(addr)
-        if self.expected[key] <= 0:
+        allowed = self.expected.get(key)
+        if not allowed:
             t.counters["answers_unasked"] += 1
             return
-        self.expected[key] -= 1
+        allowed.popleft()  # the oldest request to that address is answered
+        self.waiting -= 1
         t.counters["answers"] += 1
         t.deliver(data, self.given.get(key, key))
 
     def expect(self, addr, deadline):
         key = normalise(addr)
-        self.expected[key] += 1
+        self.expected.setdefault(key, collections.deque()).append(deadline)
         self.given[key] = addr
         self.deadlines.append((deadline, key))
+        self.waiting += 1
 
     def outstanding(self):
-        return len(self.deadlines)
+        return self.waiting
 
     def expire(self, now):
         while self.deadlines and self.deadlines[0][0] <= now:
-            _, key = self.deadlines.popleft()
-            if self.expected[key] > 0:
-                self.expected[key] -= 1
-            if self.expected[key] <= 0:
-                del self.expected[key]
+            deadline, key = self.deadlines.popleft()
+            allowed = self.expected.get(key)
+            if allowed and allowed[0] <= deadline:
+                allowed.popleft()  # still unanswered: no answer is taken for it any more
+                self.waiting -= 1
+            if not allowed:
+                self.expected.pop(key, None)
                 self.given.pop(key, None)
 
 
@@ -292,21 +298,25 @@ class CircuitDatagramTransport(service.Service):
         now = self.reactor.seconds()
         for leg in self.legs:
             leg.expire(now)
-        if self._relays is None or len(self.legs) + len(self._building) >= self.wanted:
-            return
+        while self._relays is not None and len(self.legs) + len(self._building) < self.wanted:
+            if not self._buildOne():
+                return
+
+    def _buildOne(self):
         relays = self._relays()
         guard = self._guards.choose(relays)
         if guard is None:
-            return
+            return False
         taken = {leg.path[-1].nodeId for leg in self.legs} | set(self._building) | {guard.nodeId}
         middles = [r for r in relays if "middle" in r.roles and r.nodeId not in taken and dhtAddresses(r)]
         if not middles:
-            return
+            return False
         middle = self.rng.choice(middles)
         self._building.append(middle.nodeId)
         d = self._build([guard, middle]).addTimeout(self.buildTimeout, self.reactor)
         d.addCallbacks(self._built, self._failed, callbackArgs=([guard, middle],), errbackArgs=([guard, middle],))
         d.addBoth(lambda r: self._building.remove(middle.nodeId))
+        return True
 
     def _built(self, circuit, path):
         if not self.running:
