@@ -196,6 +196,7 @@ class CircuitDatagramTransport(service.Service):
         self._loop = None
         self._fallback = None
         self._relays = self._guards = self._build = None
+        self.modeObservers = []  # callables(mode), told of every change
 
     def attach(self, relays, guards, build):
         """
@@ -216,6 +217,17 @@ class CircuitDatagramTransport(service.Service):
         d = defer.Deferred()
         self._ready.addCallback(lambda addrs: (d.callback(addrs), addrs)[1])
         return d
+
+    def reachable(self, addr):
+        """Whether a request to C{addr} can go now (the DHT fails the others at once)."""
+        if self.mode == "circuits":
+            return bool(self.legs)
+        return self.mode == "bootstrap" and normalise(addr) in self.bootstrap
+
+    def _setMode(self, mode):
+        self.mode = mode
+        for observe in list(self.modeObservers):
+            observe(mode)
 
     def send(self, data, addr):
         if self.mode == "circuits" and self.legs:
@@ -283,7 +295,7 @@ class CircuitDatagramTransport(service.Service):
             self._enterBootstrap(f"no circuit from the saved relays within {self.fallbackAfter:.0f} s")
 
     def _enterBootstrap(self, why):
-        self.mode = "bootstrap"
+        self._setMode("bootstrap")
         self.log.info("DHT through circuits: {why}; asking only the bootstrap nodes until a circuit is built", why=why)
         if not self._ready.called:
             self._ready.callback([])
@@ -330,7 +342,7 @@ class CircuitDatagramTransport(service.Service):
         self.counters["circuits_built"] += 1
         if self.mode != "circuits":
             self.log.info("DHT through circuits: first circuit built; every DHT datagram goes through circuits now")
-            self.mode = "circuits"
+            self._setMode("circuits")
             if self._fallback is not None and self._fallback.active():
                 self._fallback.cancel()
         if not self._ready.called:

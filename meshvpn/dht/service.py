@@ -134,8 +134,9 @@ class DHTService(service.MultiService):
         """
         @param transport: where the DHT's datagrams go instead of the node's
             socket, or C{None}: an object with C{send(data, addr)},
-            C{setReceiver(handler)} (answers go to C{handler.datagramReceived})
-            and C{whenReady()}, a Deferred firing with extra bootstrap
+            C{setReceiver(handler)} (answers go to C{handler.datagramReceived}),
+            C{reachable(addr)} (may a request go there now) and
+            C{whenReady()}, a Deferred firing with extra bootstrap
             addresses once it can carry datagrams (the join waits for it);
             a client's circuits (doc/dht.md, "The directory through circuits").
         """
@@ -171,6 +172,8 @@ class DHTService(service.MultiService):
                 clientMode=self.clientMode,
                 family=family if len(families) > 1 else None,
             )
+            if transport is not None:
+                dht.reachable = transport.reachable
             overlay = _Overlay(
                 family, dht, RelayDirectory(dht, identity, family=family),
                 self.joined if i == 0 else defer.Deferred(),

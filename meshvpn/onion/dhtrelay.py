@@ -36,6 +36,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.dht import wire
+from meshvpn.dht.descriptor import DescriptorError, parseDescriptor
+from meshvpn.dht.directory import udpAddress
+from meshvpn.dht.records import RecordError, parseRecord
 from meshvpn.interfaces import IStatusSource
 from meshvpn.onion.cells import CellError, RelayCommand
 from meshvpn.onion.dhtmsgs import (
@@ -60,6 +63,22 @@ class DatagramRelayLimits:
     answerTimeout: float = 10.0
     learned: int = 8192  # contact addresses remembered from answers carried
     learnedFor: float = 3600.0
+
+
+def descriptorAddresses(raws):
+    """
+    The UDP addresses named by the relay descriptors among the raw records
+    C{raws}, read without checking signatures (the client checks them; here
+    an address only says where a DHT node may be).
+    """
+    out = []
+    for raw in raws:
+        try:
+            d = parseDescriptor(parseRecord(raw).value, verify=False)
+        except (RecordError, DescriptorError, ValueError):
+            continue
+        out.extend(a for a in (udpAddress(d, 4), udpAddress(d, 6)) if a is not None)
+    return out
 
 
 def normalise(addr):
@@ -227,16 +246,18 @@ class DHTDatagramRelay:
 
     def _learn(self, msg):
         if msg.kind == wire.NODES:
-            peers = msg.payload
+            addrs = [peer.address for peer in msg.payload]
         elif msg.kind == wire.VALUE:
-            peers = msg.payload[1]
+            # contacts, and the DHT addresses of the relay descriptors among the records (a
+            # client's live check pings those)
+            addrs = [peer.address for peer in msg.payload[1]] + descriptorAddresses(msg.payload[0])
         else:
             return
         until = self.clock.seconds() + self.limits.learnedFor
         learned = self._learned
-        for peer in peers:
+        for addr in addrs:
             try:
-                addr = normalise(peer.address)
+                addr = normalise(addr)
             except ValueError:
                 continue
             learned[addr] = until

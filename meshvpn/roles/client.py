@@ -128,8 +128,11 @@ def makeService(options):
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
-    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun,
-               weights=weights)
+    if dhtTransport is not None:
+        dhtTransport.modeObservers.append(lambda mode: liveCheckOnlyThroughCircuits(dht, mode))
+    # The NAT check probes bootstrap nodes and relays from our socket: not when the DHT goes through circuits.
+    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun,
+               stun=stun if dhtTransport is None else None, weights=weights)
     addServiceManagerHooks(node, options)
     return node
 
@@ -154,6 +157,16 @@ def addDhtTransport(node, settings):
     transport = addService(node, "dht-circuits", CircuitDatagramTransport(node.reactor, node.udp, settings["bootstrap"]))
     node.status.addSource("dht_circuits", transport)
     return transport
+
+
+def liveCheckOnlyThroughCircuits(dht, mode):
+    """
+    A first start asks only the bootstrap nodes, so the directory cannot ping
+    the relays it samples: it takes them unpinged (a dead one fails its
+    circuit build) until circuits carry the pings.
+    """
+    for overlay in dht.overlays:
+        overlay.directory.checkLive = mode != "bootstrap"
 
 
 def addBridgeDirectory(node, settings, links, enough):
