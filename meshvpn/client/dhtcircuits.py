@@ -24,7 +24,8 @@ Start-up:
     built: the only packets are the link to the guard.  The DHT joins
     through the middles it built to (and its saved contacts, through
     them).  If no circuit is built within C{fallbackAfter} seconds (the
-    saved relays are gone), it falls back to a first start;
+    saved relays are gone), or as soon as none of the saved guards is
+    usable, it falls back to a first start;
   - a first start has no guard: the DHT sends straight from the node's
     socket, to the bootstrap addresses only (everything else is dropped,
     so a lookup asks only them), until the first circuit is built from
@@ -170,12 +171,17 @@ class CircuitDatagramTransport(service.Service):
     @param udp: the node's L{meshvpn.interfaces.IDatagramMultiplexer}, used
         only for a first start's bootstrap contacts.
     @param bootstrap: the configured bootstrap addresses.
+    @param startAfter: C{callable() -> Deferred}, called when the service
+        starts; nothing is decided or built before it fires (the node's
+        C{whenStarted}: a capturing VPN's egress gate must be in place
+        before the first link is dialled, or its packets go into the
+        tunnel), or C{None}.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, udp, bootstrap, legs=2, fallbackAfter=30.0, answerTimeout=10.0,
-                 maxOutstanding=400, maintainEvery=1.0, buildTimeout=20.0, rng=None):
+    def __init__(self, reactor, udp, bootstrap, legs=2, fallbackAfter=120.0, answerTimeout=10.0,
+                 maxOutstanding=400, maintainEvery=1.0, buildTimeout=45.0, rng=None, startAfter=None):
         self.reactor = reactor
         self.udp = udp
         self.bootstrap = {normalise(a) for a in bootstrap}
@@ -186,6 +192,7 @@ class CircuitDatagramTransport(service.Service):
         self.maintainEvery = maintainEvery
         self.buildTimeout = buildTimeout
         self.rng = rng or random.SystemRandom()
+        self._startAfter = startAfter
         self._salt = os.urandom(16)
         self.legs = []
         self.mode = "waiting"  # "waiting" (saved state, no circuit yet), "bootstrap", "circuits"
@@ -267,6 +274,16 @@ class CircuitDatagramTransport(service.Service):
 
     def startService(self):
         super().startService()
+        # everything waits until every service has started (the links, the onion switch, a VPN's egress
+        # gate) and the saved relays are loaded
+        if self._startAfter is None:
+            self.reactor.callLater(0, self._begin)
+        else:
+            self._startAfter().addCallback(lambda r: (self._begin(), r)[1])
+
+    def _begin(self):
+        if not self.running or self._loop is not None:
+            return
         if self._pathPossible():
             self.log.info("DHT through circuits: saved relays known, no datagram leaves before the first circuit")
             self._fallback = self.reactor.callLater(self.fallbackAfter, self._fallBack)
@@ -274,15 +291,14 @@ class CircuitDatagramTransport(service.Service):
             self._enterBootstrap("no saved relays: first start")
         self._loop = task.LoopingCall(self._maintain)
         self._loop.clock = self.reactor
-        # the first build once every service has started (the links and the onion switch start after us)
-        self._loop.start(self.maintainEvery, now=False).addErrback(
+        self._loop.start(self.maintainEvery, now=True).addErrback(
             lambda f: self.log.failure("DHT circuit maintenance failed", f))
-        self.reactor.callLater(0, self._maintain)
 
     def stopService(self):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self._loop = None
         if self._fallback is not None and self._fallback.active():
             self._fallback.cancel()
         legs, self.legs = self.legs, []
@@ -297,6 +313,8 @@ class CircuitDatagramTransport(service.Service):
     def _enterBootstrap(self, why):
         self._setMode("bootstrap")
         self.log.info("DHT through circuits: {why}; asking only the bootstrap nodes until a circuit is built", why=why)
+        if self._fallback is not None and self._fallback.active():
+            self._fallback.cancel()
         if not self._ready.called:
             self._ready.callback([])
 
@@ -318,6 +336,8 @@ class CircuitDatagramTransport(service.Service):
         relays = self._relays()
         guard = self._guards.choose(relays)
         if guard is None:
+            if self.mode == "waiting" and not self.legs and not self._building:
+                self._enterBootstrap("no usable guard among the saved relays")
             return False
         taken = {leg.path[-1].nodeId for leg in self.legs} | set(self._building) | {guard.nodeId}
         middles = [r for r in relays if "middle" in r.roles and r.nodeId not in taken and dhtAddresses(r)]

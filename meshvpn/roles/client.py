@@ -116,11 +116,23 @@ def makeService(options):
         if dhtTransport is not None:
             from meshvpn.client.dhtcircuits import loadSavedRelays
 
-            # Last run's relays, re-verified: the first circuit needs no DHT, so the first packet is to the guard.
-            finder.relays = loadSavedRelays(node.dataDir, node.reactor.seconds(), finder.log)
+            # started after the DHT, so its first mode reaches the DHT's directory (liveCheckOnlyThroughCircuits)
+            addService(node, "dht-circuits", dhtTransport)
+
+            def loadSaved(result):
+                # Last run's relays, re-verified: the first circuits need no DHT, so the first packet is to the
+                # guard.  Only once the node has started: a VPN's egress gate is in place by then, and a circuit
+                # built from them earlier would dial its guard into the tunnel.
+                if result is not None:
+                    saved = loadSavedRelays(node.dataDir, node.reactor.seconds(), finder.log)
+                    finder.relays = {**saved, **finder.relays}
+                return result
+
+            node.whenStarted.addCallback(loadSaved)  # before the transport's own wait (at its start): it fires first
         from meshvpn.roles.transports import UnreachableHint
 
-        addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
+        if dhtTransport is None:  # through circuits, a slow join is no sign of blocked UDP
+            addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
     # A bridged client reaches no DHT, so it has no measurements: it draws uniformly.
     weights = addMeasuredWeights(node, settings, dht, finder) if dht is not None else None
     circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder), weights=weights,
@@ -147,14 +159,14 @@ def dhtThroughCircuits(settings):
 
 def addDhtTransport(node, settings):
     """
-    The C{"dht-circuits"} service (L{meshvpn.client.dhtcircuits}) when the
-    DHT goes through circuits, or C{None}; L{addOnionClient} attaches its circuits.
+    The transport of the C{"dht-circuits"} service (L{meshvpn.client.dhtcircuits})
+    when the DHT goes through circuits, or C{None}; L{addOnionClient} attaches its circuits.
     """
     if not dhtThroughCircuits(settings):
         return None
     from meshvpn.client.dhtcircuits import CircuitDatagramTransport
 
-    transport = addService(node, "dht-circuits", CircuitDatagramTransport(node.reactor, node.udp, settings["bootstrap"]))
+    transport = CircuitDatagramTransport(node.reactor, node.udp, settings["bootstrap"], startAfter=lambda: node.whenStarted)
     node.status.addSource("dht_circuits", transport)
     return transport
 

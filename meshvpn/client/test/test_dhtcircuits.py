@@ -171,14 +171,23 @@ class SavedState(unittest.TestCase):
         self.assertEqual(w.udp.sent, [])
         self.assertEqual(w.transport.counters["sends_held_back"], 1)
 
-    def test_savedRelaysGoneFallsBackToBootstrap(self):
+    def test_noUsableSavedGuardFallsBackToBootstrap(self):
         w = World(self)
-        w.guards.down.append(w.guardInfo.nodeId)  # the saved guard is gone: no circuit
+        w.guards.down.append(w.guardInfo.nodeId)  # the saved guard is down: no circuit can be built
         ready = w.start()
-        self.assertEqual(ready, [])
-        w.run(31)
         self.assertEqual(ready, [[]])
         self.assertEqual(w.transport.mode, "bootstrap")
+
+    def test_noCircuitInTimeFallsBackToBootstrap(self):
+        """Builds that never finish (a guard that hangs) end in a first start after C{fallbackAfter}."""
+        from twisted.internet import defer
+
+        w = World(self)
+        w.transport._build = lambda path: defer.Deferred()
+        ready = w.start()
+        self.assertEqual((ready, w.transport.mode), ([], "waiting"))
+        w.run(30)
+        self.assertEqual((ready, w.transport.mode), ([[]], "bootstrap"))
 
     def test_guardLostCircuitsRebuilt(self):
         w = World(self)
