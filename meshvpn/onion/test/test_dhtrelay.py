@@ -226,6 +226,20 @@ class Reflector(unittest.TestCase):
         n.send(good, request())
         self.assertEqual(len(n.sent), 1)
 
+    def test_notAtAMiddleHop(self):
+        """DHT_SEND is for the circuit's last hop: at a hop it passes through, the circuit is destroyed."""
+        n = Net(self)
+        exit = TestRelay(n.net, n.clock, "exit", directory=n.dir)
+        link = n.client.linkTo(n.guard.nodeId, True)
+        circ = OriginCircuit(n.client.switch, link, [n.guard.hopSpec(), n.middle.hopSpec(), exit.hopSpec()])
+        circ.build()
+        n.net.pump()
+        for piece in encodePieces(request(), NODE, circ.maxData):
+            circ.sendRelay(RelayCommand.DHT_SEND, 0, piece, hop=1)
+        n.net.pump()
+        self.assertEqual(circ.state.name, "CLOSED")
+        self.assertEqual(n.sent, [])
+
     def test_relayThatCarriesNothingRefusesTheCommand(self):
         n = Net(self, relay=False)
         circ = n.circuit()
