@@ -10,10 +10,9 @@ itself: this hop is trusted with nothing but carrying bytes.
 What this hop refuses, so it is no open UDP reflector or amplifier
 (C{DHT_REFUSED} says so to the origin, which only counts it):
 
-  - anything that is not a well-formed DHT *request* of the read kinds
-    (PING, FIND_NODE, FIND_VALUE, SAMPLE) marked as a client's (a client is
-    never put in anyone's routing table, so no node probes us back for it);
-    STOREs are not relayed (clients publish nothing);
+  - anything that is not a well-formed DHT *request* marked as a client's
+    (a client is never put in anyone's routing table, so no node probes us
+    back for it);
   - destinations that are not DHT nodes as far as this relay knows: in its
     own routing table, its bootstrap list, itself, or a contact named in an
     answer this relay carried lately (bounded, expiring);
@@ -46,7 +45,9 @@ from meshvpn.onion.dhtmsgs import (
 )
 from meshvpn.ratelimit import TokenBucket
 
-READ_KINDS = frozenset((wire.PING, wire.FIND_NODE, wire.FIND_VALUE, wire.SAMPLE))
+# STORE too: a VPN client's mesh rendezvous publishes its record (client/meshlink.py); a STORE needs the
+# target's token for the relay's address and costs the target the signature check it costs from anyone
+CLIENT_KINDS = frozenset((wire.PING, wire.FIND_NODE, wire.FIND_VALUE, wire.SAMPLE, wire.STORE))
 _TXID = slice(3, 11)  # the header's transaction id (meshvpn.dht.wire._HEADER)
 
 
@@ -169,7 +170,7 @@ class DHTDatagramRelay:
             msg = wire.decode(datagram)
         except wire.WireError:
             msg = None
-        if msg is None or msg.kind not in READ_KINDS or not msg.clientMode:
+        if msg is None or msg.kind not in CLIENT_KINDS or not msg.clientMode:
             self.counters["refused_not_dht"] += 1
             return None, NOT_DHT
         if not self._knownNode(addr):

@@ -163,14 +163,16 @@ class Reflector(unittest.TestCase):
         self.assertRefused(n, circ, request(), VICTIM, NOT_A_NODE)
 
     def test_notADHTRequest(self):
-        """Chosen bytes, answers, STOREs and requests not marked as a client's are not sent, even to a node."""
+        """Chosen bytes, answers and requests not marked as a client's are not sent, even to a node."""
         n = Net(self)
         circ = n.circuit()
         self.assertRefused(n, circ, b"\x80" + b"GET / HTTP/1.0\r\n" * 10, NODE, NOT_DHT)
         self.assertRefused(n, circ, answer(), NODE, NOT_DHT)
         self.assertRefused(n, circ, request(wire.FIND_NODE, flags=0), NODE, NOT_DHT)
-        self.assertRefused(n, circ, request(wire.STORE), NODE, NOT_DHT)
+        self.assertRefused(n, circ, request(wire.STORE, flags=0), NODE, NOT_DHT)
         self.assertEqual(n.relay.counters["refused_not_dht"], 4)
+        n.send(circ, request(wire.STORE), NODE)  # a client's STORE (its mesh rendezvous record) goes
+        self.assertEqual(len(n.sent), 1)
 
     def test_perCircuitRate(self):
         """A flood on one circuit gets its burst out, then refusals; another circuit still goes through."""
