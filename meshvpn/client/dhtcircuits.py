@@ -27,9 +27,10 @@ Start-up:
     saved relays are gone), or as soon as none of the saved guards is
     usable, it falls back to a first start;
   - a first start has no guard: the DHT sends straight from the node's
-    socket, to the bootstrap addresses only (everything else is dropped,
-    so a lookup asks only them), until the first circuit is built from
-    what they told it; from then on everything goes through circuits.
+    socket, to the bootstrap addresses only (a request to anyone else fails
+    at once, L{reachable}, so a lookup asks only them), until the first
+    circuit is built from what they told it; from then on everything goes
+    through circuits (and while none is up, requests fail at once).
 
 What comes back is bounded: an answer is taken only from an address a
 datagram went to on that circuit in the last C{answerTimeout} seconds, one
