@@ -205,26 +205,44 @@ class RelayedSocket:
         return d
 
 
-async def _open(reactor, streamEndpoint, identity, server, protocol, lifetime):
+async def _open(reactor, streamEndpoint, identity, server, protocol, lifetime, helloTimeout):
     stream = await connectProtocol(streamEndpoint, TurnStreamClientProtocol(reactor, identity, server))
-    credLifetime, username, password = await stream.ready
-    allocation = TurnAllocation(reactor, stream.stun, stream.sendFrame, server, username, password)
     try:
+        # A relay (or a middlebox) that accepts and then says nothing must not hold us for ever.
+        credLifetime, username, password = await stream.ready.addTimeout(helloTimeout, reactor)
+        allocation = TurnAllocation(reactor, stream.stun, stream.sendFrame, server, username, password)
         await allocation.allocate(min(lifetime, credLifetime))
-    except RelayError:
-        stream.transport.loseConnection()
+    except BaseException:
+        stream.transport.abortConnection()
         raise
     return RelayedSocket(reactor, allocation, protocol, stream)
 
 
-def openRelayedSocket(reactor, streamEndpoint, identity, server, protocol, lifetime=600):
+def openRelayedSocket(reactor, streamEndpoint, identity, server, protocol, lifetime=600, helloTimeout=30.0):
     """
     Connect to the relay's TURN stream port through C{streamEndpoint} (an
     L{IStreamClientEndpoint}, TCP or TLS), allocate, and make C{protocol}
     use the allocation as its UDP socket.
 
     @param server: C{(host, port)} of that port (the allocation's name for its server).
+    @param helloTimeout: seconds from connected to credentials; past them the stream is closed.
     @return: a Deferred firing with the L{RelayedSocket}.
     """
-    return defer.Deferred.fromCoroutine(_open(reactor, streamEndpoint, identity, server, protocol, lifetime))
+    return defer.Deferred.fromCoroutine(_open(reactor, streamEndpoint, identity, server, protocol, lifetime, helloTimeout))
+
+
+def streamOpener(reactor, identity, connectTimeout=10, lifetime=600):
+    """
+    @return: C{opener(relay, protocol)} for L{TurnStreamSocketService}: a TCP
+        connection to C{relay}'s C{(nodeId, (host, port))} and an allocation there.
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+
+    def opener(relay, protocol):
+        _, (host, port) = relay
+        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = kind(reactor, host, port, timeout=connectTimeout)
+        return openRelayedSocket(reactor, endpoint, identity, (host, port), protocol, lifetime)
+
+    return opener
 
