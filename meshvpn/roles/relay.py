@@ -145,7 +145,7 @@ def makeService(options):
         if settings["turn_tcp"] and not settings["turn"]:
             raise SystemExit("meshvpn-relay: config error: --turn-tcp needs --turn")
         addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses,
-                                                      turnStreamAddress=settings["turn_tcp"]))
+                                                      turnStreamAddress=settings["turn_tcp"], identity=node.identity))
     elif settings["turn"] or settings["turn_tcp"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
     from meshvpn.roles.control import addControl

@@ -37,13 +37,14 @@ def useTurnStreamSocket(node, relays):
     Replace the node's UDP socket service by a L{TurnStreamSocketService}
     on C{relays} (before the node starts).  @return: that service.
     """
+    from meshvpn.link.tlsctx import sharedLinkTLS
     from meshvpn.nat.turn_stream_client import streamOpener
     from meshvpn.nat.turn_stream_socket import TurnStreamSocketService
 
     if node.udp6Service is not None:
         raise SystemExit(f"meshvpn-{node.role}: config error: --turn-tcp replaces the UDP sockets; drop --udp6")
     node.udpService.disownServiceParent()
-    socket = TurnStreamSocketService(node.reactor, node.udp, relays, streamOpener(node.reactor, node.identity))
+    socket = TurnStreamSocketService(node.reactor, node.udp, relays, streamOpener(node.reactor, node.identity, sharedLinkTLS()))
     socket.setName("udp")
     socket.setServiceParent(node)
     node.udpService = socket
