@@ -6,7 +6,9 @@ fake internet, and the client behind a box that drops all forwarded UDP.
 Every DHT answer the client gets can only have come through its
 allocation.  Its TCP connection to the relay is then destroyed with
 ``ss -K`` (both ends see a reset), and the client must allocate again and
-talk to the DHT on the new allocation.
+talk to the DHT on the new allocation.  A second client pinned to another
+node id never gets an allocation: the relay's TLS-bound proof names the
+real relay, and the client says so.
 """
 
 import os
@@ -54,10 +56,9 @@ class TurnTcpClientTests(unittest.TestCase):
         dataDir = tempfile.mkdtemp(prefix="turntcp-client-", dir=tb.workdir)
         logPath = os.path.join(dataDir, "twistd.log")
         relay = formatHostPort(natmatrix.RELAY_IP, natmatrix.TURN_TCP_PORT)
-        argv = [twistdPath(), "-n", "--pidfile=", "--logfile", logPath, "meshvpn-client", "--data-dir", dataDir,
-                "--bootstrap", formatHostPort(*DHT_NODE), "--turn-tcp", f"{relayId}@{relay}",
-                "--socks-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", "--dht-sample-interval", "5"]
-        proc = tb.popen(host, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = self._client(tb, host, dataDir, f"{relayId}@{relay}")
+        wrongDir = tempfile.mkdtemp(prefix="turntcp-wrongpin-", dir=tb.workdir)
+        wrong = self._client(tb, host, wrongDir, f"{'ab' * 32}@{relay}")
 
         def reached(previous=None):
             status = readStatus(dataDir) or {}
@@ -79,5 +80,15 @@ class TurnTcpClientTests(unittest.TestCase):
         self.assertEqual(second["lost"], 1)
         self.assertGreaterEqual(second["opened"], 2)
         self.assertIn("TURN over TCP: node socket up, relayed address " + second["relayed"], log)
-        proc.terminate()
-        proc.wait(30)
+        wrongLog = os.path.join(wrongDir, "twistd.log")
+        _waitUntil(lambda: "not the abababababababab" in _tail(wrongLog), wrong, "refusing the unpinned relay", wrongLog, 60)
+        self.assertEqual((readStatus(wrongDir) or {}).get("turn_tcp", {}).get("opened", 0), 0)
+        for p in (proc, wrong):
+            p.terminate()
+            p.wait(30)
+
+    def _client(self, tb, host, dataDir, turnTcp):
+        argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-client",
+                "--data-dir", dataDir, "--bootstrap", formatHostPort(*DHT_NODE), "--turn-tcp", turnTcp,
+                "--socks-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", "--dht-sample-interval", "5"]
+        return tb.popen(host, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
