@@ -188,7 +188,8 @@ async def runPeer(reactor, args):
             lifetime, user, password = 600, args.turn_user, args.turn_password
         else:
             lifetime, user, password = await signalling.requestCredentials()
-        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, args.turn, user, password)
+        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, args.turn, user, password,
+                               renew=None if args.turn_user else signalling.requestCredentials)
         await alloc.allocate(lifetime)
         alloc.registerChannelData(mux)
         return alloc
