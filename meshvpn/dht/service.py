@@ -183,6 +183,16 @@ class DHTService(service.MultiService):
         super().startService()
         reactor.callWhenRunning(self._whenNodeStarted)
 
+    def everyFamily(self):
+        """
+        One L{IDHT} over every family's DHT this node runs (its puts go to
+        all, its gets ask all): for records every client must find, whatever
+        its family (L{meshvpn.dht.everyfamily}).
+        """
+        from meshvpn.dht.everyfamily import EveryFamilyDHT
+
+        return EveryFamilyDHT(lambda: [o.dht for o in self.overlays])
+
     def _loadWork(self):
         """
         Our proof of work: from the cache in the data dir, or solved once (about

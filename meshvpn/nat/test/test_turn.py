@@ -62,10 +62,11 @@ class Collector:
         self.got.append((data, addr))
 
 
-def setup(testCase, users={"alice": "secret"}, limits=None):
+def setup(testCase, users={"alice": "secret"}, limits=None, server=("198.18.0.1", 3478), client=("198.18.5.2", 5000),
+          relayHost="198.18.0.1", relayHost6=None):
     clock = task.Clock()
     net = Net()
-    S, C = ("198.18.0.1", 3478), ("198.18.5.2", 5000)
+    S, C = server, client
     smux, cmux = DatagramMultiplexer(), DatagramMultiplexer()
     net.attach(S, smux)
     net.attach(C, cmux)
@@ -76,16 +77,17 @@ def setup(testCase, users={"alice": "secret"}, limits=None):
     def listenUDP(port, proto, interface):
         return net.attach((interface, next(ports)), proto)
 
-    server = TurnServer(clock, sep, smux.sendDatagram, "198.18.0.1", users=users, limits=limits, listenUDP=listenUDP)
+    server = TurnServer(clock, sep, smux.sendDatagram, relayHost, users=users, limits=limits, listenUDP=listenUDP,
+                        relayHost6=relayHost6)
     server.registerChannelData(smux)
     cep = StunEndpoint(clock, cmux.sendDatagram)
     cmux.register("stun", STUN_BYTES, cep, accept=stun.isStun)
     return clock, net, server, cep, cmux, S
 
 
-def allocate(testCase, clock, net, cep, cmux, S, user="alice", pw="secret"):
+def allocate(testCase, clock, net, cep, cmux, S, user="alice", pw="secret", **families):
     alloc = TurnAllocation(clock, cep, cmux.sendDatagram, S, user, pw)
-    d = alloc.allocate(600)
+    d = alloc.allocate(600, **families)
     net.pump()
     alloc.registerChannelData(cmux)
     return d, alloc
