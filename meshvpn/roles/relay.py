@@ -76,8 +76,9 @@ class Options(RoleOptions):
             "turn-tcp",
             parseHostPort,
             None,
-            "IP:PORT where the TURN server also listens on TCP, for hosts whose UDP is blocked "
-            "(they prove their node id, then allocate a relayed UDP address); needs --turn.",
+            "IP:PORT where the TURN server also listens on TLS over TCP, for hosts whose UDP is blocked "
+            "(both ends prove their node id on the TLS session, then the host allocates a relayed UDP address; "
+            "clients name it NODEID@IP:PORT with this relay's node id); needs --turn.",
         ),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
