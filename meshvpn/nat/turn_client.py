@@ -63,8 +63,11 @@ class TurnAllocation:
 
     log = Logger()
 
-    def __init__(self, reactor, stunEndpoint, send, server, username, password, rto=0.5, rc=5, rm=4):
+    def __init__(self, reactor, stunEndpoint, send, server, username, password, rto=0.5, rc=5, rm=4, renew=None):
         self.reactor = reactor
+        # renew() -> Deferred (lifetime, username, password): REST credentials (the signalling relay's live
+        # 600 s) are fetched again before each refresh, or the second refresh (~1080 s) would be refused.
+        self.renew = renew
         self.stun = stunEndpoint
         self._send = send
         self.server = server
@@ -175,7 +178,24 @@ class TurnAllocation:
         self._refreshTimer = self.reactor.callLater(delay, self._autoRefresh)
 
     def _autoRefresh(self):
-        self.refresh(self.lifetime).addErrback(lambda f: self.log.warn("TURN refresh failed: {e}", e=f.getErrorMessage()))
+        d = defer.Deferred.fromCoroutine(self._renewThenRefresh())
+        d.addErrback(lambda f: self.log.warn("TURN refresh failed: {e}", e=f.getErrorMessage()))
+
+    async def _renewThenRefresh(self):
+        if self.renew is not None:
+            try:
+                _, username, password = await self.renew()
+            except Exception as e:
+                self.log.warn("TURN credentials not renewed ({e}); refreshing with the old ones", e=e)
+            else:
+                self.setCredentials(username, password)
+        return await self.refresh(self.lifetime)
+
+    def setCredentials(self, username, password):
+        """Use new credentials from now on (the server must accept them for this allocation: same owner)."""
+        self.username, self.password = username, password
+        if self.realm is not None:
+            self.key = stun.longTermKey(username, self.realm, password)
 
     # -- IRelayAllocation
     def refresh(self, lifetime=600):

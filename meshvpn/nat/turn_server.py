@@ -512,9 +512,11 @@ class TurnServer:
         if auth is None:
             return None
         alloc = self.allocations.get(source)
-        if alloc is None or alloc.username != auth[0]:
+        if alloc is None or alloc.owner != auth[2]:
             self._error(msg, source, 437, "Allocation Mismatch", auth[1])
             return None
+        # A REST user renews its credentials (new expiry, same node id): the allocation follows them.
+        alloc.username, alloc.key = auth[0], auth[1]
         return alloc
 
     def _refresh(self, msg, source):

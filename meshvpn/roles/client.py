@@ -23,6 +23,7 @@ from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
 from meshvpn.roles.payments import addClientPayments
 from meshvpn.roles.transports import appendOption, bridgeSettings, checkBridges, clientTransports
+from meshvpn.roles.turnstream import turnTcpSetting, useTurnStreamSocket
 
 
 def parseDhtThroughCircuits(raw):
@@ -75,6 +76,8 @@ class Options(RoleOptions):
         *paymentClientSettings(),
         # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
         *bridgeSettings(),
+        # UDP blocked here: the node's socket is a TURN allocation over TCP (meshvpn/nat/turn_stream_socket.py)
+        turnTcpSetting(),
     ]
 
     def opt_transport(self, value):
@@ -82,6 +85,9 @@ class Options(RoleOptions):
 
     def opt_bridge(self, value):
         appendOption(self, "bridge", value)
+
+    def opt_turn_tcp(self, value):
+        appendOption(self, "turn-tcp", value)
 
     def postOptions(self):
         super().postOptions()
@@ -96,6 +102,8 @@ def makeService(options):
 
     settings = options.settings
     node = buildNode("client", settings)
+    if settings["turn_tcp"]:
+        useTurnStreamSocket(node, settings["turn_tcp"])
     transports = clientTransports(node, settings)
     checkBridges(settings, transports)
     links = addLinkManager(node, authenticate=False, transports=transports)

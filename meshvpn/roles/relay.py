@@ -79,8 +79,9 @@ class Options(RoleOptions):
             "turn-tcp",
             parseHostPort,
             None,
-            "IP:PORT where the TURN server also listens on TCP, for hosts whose UDP is blocked "
-            "(they prove their node id, then allocate a relayed UDP address); needs --turn.",
+            "IP:PORT where the TURN server also listens on TLS over TCP, for hosts whose UDP is blocked "
+            "(both ends prove their node id on the TLS session, then the host allocates a relayed UDP address; "
+            "clients name it NODEID@IP:PORT with this relay's node id); needs --turn.",
         ),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
@@ -150,7 +151,7 @@ def makeService(options):
         if settings["turn_tcp"] and not settings["turn"]:
             raise SystemExit("meshvpn-relay: config error: --turn-tcp needs --turn")
         addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses,
-                                                      turnStreamAddress=settings["turn_tcp"]))
+                                                      turnStreamAddress=settings["turn_tcp"], identity=node.identity))
     elif settings["turn"] or settings["turn_tcp"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
     from meshvpn.roles.control import addControl
