@@ -67,6 +67,9 @@ def summarise(result, wall):
         "streams": len(fetches),
         "stream_success": round(len(ok) / len(fetches), 5) if fetches else None,
         "failed_streams": failures,
+        # which fetches failed, and when: a first fetch, a bulk one, in the ramp or at the end
+        "failure_examples": [{"kind": f[5], "user": f[0], "at_s": round(f[1], 1), "took_s": round(f[3], 1),
+                              "first": f[6], "bulk": f[7]} for f in fetches if f[5] is not None][:10],
         "hung_streams": failures.get("hung", 0) + failures.get("stalled", 0),
         "circuits_per_s": round(len(firsts) / arrival, 2) if arrival else None,
         "build_ms": {"p50": ms(_pct(builds, 0.5)), "p95": ms(_pct(builds, 0.95)), "p99": ms(_pct(builds, 0.99))},

@@ -111,8 +111,11 @@ class _Fetch(protocol.Protocol):
             return
         if self._state != "body":
             self.done.errback(FetchFailed("closed-" + self._state, reason.getErrorMessage()))
+        elif self._got < self.size:
+            # cut mid-body: a circuit or stream torn down, not corruption
+            self.done.errback(FetchFailed("short-body", f"{self._got} of {self.size} bytes"))
         elif self._got != self.size or self._digest.hexdigest() != _expected(self.size):
-            self.done.errback(FetchFailed("bad-bytes", f"{self._got} of {self.size} bytes, or wrong ones"))
+            self.done.errback(FetchFailed("bad-bytes", f"{self._got} bytes of {self.size}, not the expected ones"))
         else:
             self.done.callback((self.connected, self.reactor.seconds() - self.started, self._got))
 
