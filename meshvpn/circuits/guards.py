@@ -326,6 +326,11 @@ class GuardSet:
     def guardIds(self):
         return [g.nodeId for g in self.sample]
 
+    def confirmed(self, nodeId):
+        """C{nodeId} is a guard the client has built a circuit through (it has its place in the order)."""
+        guard = self._find(nodeId)
+        return guard is not None and guard.confirmedIdx is not None
+
     def exposure(self):
         """Guards the client has connected to, among those in the sample."""
         return [g.nodeId for g in self.sample if g.firstTried is not None]

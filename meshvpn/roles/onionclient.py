@@ -103,7 +103,10 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None):
         CircuitBuilder(node.reactor, onion.switch, links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
+        warmBackup=settings["warm_backup_guard"],
     )
+    # a suspected guard link (PING unanswered) moves waiting streams and new circuits to the next guard
+    links.addLivenessObserver(circuits)
     addService(node, "circuits", circuits)
     node.status.addSource("circuits", circuits)
     socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits, multipath=settings["multipath_after"], reactor=node.reactor))

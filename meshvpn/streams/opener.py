@@ -14,6 +14,14 @@ cancelled (END to the exit), its circuit is retired for new streams
 (L{meshvpn.interfaces.ICircuitManager.streamTimedOut}), and it is tried on
 another circuit.  After L{MAX_ATTEMPTS} circuits the app gets a clear
 answer (SOCKS TTL expired, END reason TIMEOUT): never a hang.
+
+A stream still waiting for its answer when its circuit's guard becomes
+suspected (a PING unanswered past a bound from measured round trips:
+L{meshvpn.interfaces.ICircuitManager.whenSuspect}) is cancelled the same
+way and moved at once, well before the attach timeout: a silently cut or
+hung guard costs the waiting stream under a second plus the move, not
+10 s.  A move does not count against L{MAX_ATTEMPTS} more than once per
+circuit, as any attempt.
 """
 
 import ipaddress
@@ -69,6 +77,7 @@ class CircuitStreamOpener:
         self.multipath = multipath
         self.timeouts = AttachTimeout()
         self.timedOut = 0  # attaches given up on one circuit and tried on another
+        self.moved = 0  # attaches moved off a circuit whose guard became suspected
 
     def openStream(self, host, port, isolationKey):
         def action(circuit):
@@ -104,8 +113,17 @@ class CircuitStreamOpener:
             circuit = await self.circuits.getCircuit(target=target, isolation=isolationKey)
             limit = self.timeouts.limit(attempt)
             started = self.reactor.seconds()
+            attaching = action(circuit).addTimeout(limit, self.reactor)
+            # the last attempt stays put: its answer or the link's verdict comes
+            suspect = self._whenSuspect(circuit, attaching, armed=attempt < self.maxAttempts)
             try:
-                result = await action(circuit).addTimeout(limit, self.reactor)
+                result = await attaching
+            except defer.CancelledError:
+                if not suspect.called:
+                    raise
+                self.moved += 1
+                getattr(self.circuits, "streamMoved", lambda: None)()
+                continue  # the guard is suspected: the manager hands out a circuit through another
             except defer.TimeoutError:
                 # Cancelled (the stream's END went to the exit): the circuit
                 # takes no new streams, and this one tries another.
@@ -118,5 +136,20 @@ class CircuitStreamOpener:
                 if EndReason.fromWire(int(e.reason)) not in _RETRYABLE or attempt >= self.maxAttempts:
                     raise
                 continue  # the circuit died under us: the manager hands out a new one
+            finally:
+                if not suspect.called:
+                    suspect.cancel()
             self.timeouts.attached(self.reactor.seconds() - started)
             return result
+
+    def _whenSuspect(self, circuit, attaching, armed):
+        """Cancel C{attaching} if C{circuit}'s guard becomes suspected first."""
+        whenSuspect = getattr(self.circuits, "whenSuspect", None)
+        suspect = whenSuspect(circuit) if armed and whenSuspect is not None else defer.Deferred()
+
+        def suspected(_):
+            if not attaching.called:
+                attaching.cancel()
+
+        suspect.addCallbacks(suspected, lambda f: f.trap(defer.CancelledError) and None)
+        return suspect

@@ -191,3 +191,62 @@ class AttachTimeoutTests(unittest.TestCase):
         d = Opener(m, reactor=clock).resolve("example.com", "k")
         clock.advance(AT.FLOOR_S)
         self.assertEqual(self.successResultOf(d), ["198.18.0.1", "::1"])
+
+
+class SuspectingManager(FakeManager):
+    """A manager whose circuits' guards can be suspected (its whenSuspect, as the real one's)."""
+
+    def __init__(self, circuits):
+        super().__init__(circuits)
+        self.waiting = {}
+        self.moved = 0
+
+    def whenSuspect(self, circuit):
+        d = defer.Deferred(lambda d: self.waiting[circuit].remove(d))
+        self.waiting.setdefault(circuit, []).append(d)
+        return d
+
+    def suspect(self, circuit):
+        for d in list(self.waiting.get(circuit, [])):
+            self.waiting[circuit].remove(d)
+            d.callback(None)
+
+    def streamMoved(self):
+        self.moved += 1
+
+
+class SuspicionTests(unittest.TestCase):
+    """The fault: the guard is cut silently while a stream waits for CONNECTED.  It moves when the guard is suspected."""
+
+    def test_waitingStreamMovesAtOnce(self):
+        clock = Clock()
+        cut, good = FakeCircuit([HANG]), FakeCircuit(["stream"])
+        m = SuspectingManager([cut, good])
+        opener = Opener(m, reactor=clock)
+        d = opener.openStream("example.com", 443, "k")
+        clock.advance(0.8)
+        self.assertNoResult(d)
+        m.suspect(cut)  # the guard's link answered no PING in time
+        self.assertEqual(self.successResultOf(d), "stream")
+        self.assertEqual(cut.cancelled, [("example.com", 443)])  # END went to the exit
+        self.assertEqual(m.retired, [])  # a suspicion retires nothing: it may be wrong
+        self.assertEqual((opener.moved, m.moved), (1, 1))
+
+    def test_answeredStreamForgetsTheSuspicion(self):
+        m = SuspectingManager([FakeCircuit(["stream"])])
+        d = Opener(m).openStream("example.com", 443, "k")
+        self.assertEqual(self.successResultOf(d), "stream")
+        self.assertEqual(sum(len(w) for w in m.waiting.values()), 0)  # nothing left waiting: bounded
+
+    def test_lastAttemptStaysPut(self):
+        """Moves are attempts: suspected on every circuit, the last one waits for its answer or the verdict."""
+        clock = Clock()
+        circuits = [FakeCircuit([HANG]) for _ in range(MAX_ATTEMPTS - 1)] + [FakeCircuit([HANG])]
+        m = SuspectingManager(list(circuits))
+        d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
+        for c in circuits:
+            m.suspect(c)
+        self.assertNoResult(d)
+        self.assertEqual(m.waiting.get(circuits[-1], []), [])
+        clock.advance(AT.FLOOR_S * AT.LATER)
+        self.assertEqual(self.failureResultOf(d, StreamRefused).value.reason, EndReason.TIMEOUT)
