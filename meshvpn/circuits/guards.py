@@ -326,6 +326,10 @@ class GuardSet:
     def guardIds(self):
         return [g.nodeId for g in self.sample]
 
+    def isPrimary(self, nodeId):
+        """C{nodeId} is one of the primary guards (as of the last L{choose})."""
+        return nodeId in self._primary
+
     def confirmed(self, nodeId):
         """C{nodeId} is a guard the client has built a circuit through (it has its place in the order)."""
         guard = self._find(nodeId)

@@ -58,10 +58,12 @@ Recovery (the chaos bench's faults):
 
 The backup guard, bounded (a hostile network that drops packets must not
 make the client walk through its guards): it is the guard set's next
-choice after the first, so at most two guards are in use because of
-suspicion; when both are suspected nothing is swapped, and only the link's
-verdict (it is closed as silent) marks a guard down, which the guard set
-bounds on its own.  With C{warmBackup} a spare circuit through the backup
+choice after the first, and suspicion moves circuits only within the
+primary guards (three, sticky for months: the set Tor itself falls back
+within), never to a guard outside them, so no new guard is ever exposed
+by suspicion; when every primary is suspected nothing is swapped, and
+only the link's verdict (it is closed as silent) marks a guard down,
+which the guard set bounds on its own (its new-guards-per-day limit).  With C{warmBackup} a spare circuit through the backup
 guard is kept built from the start, so moving needs no build; it is handed
 out only while the first guard is suspected or down.  Without it the
 backup is built at the first suspicion.
@@ -79,6 +81,7 @@ from meshvpn.errors import MeshVPNError, NoPath
 from meshvpn.interfaces import ICircuitManager, ICircuitSteering, ILinkLivenessObserver, IStatusSource
 from meshvpn.circuits.avoid import ExtendAvoidance
 from meshvpn.circuits.buildtimeout import BuildTimeout
+from meshvpn.circuits.guards import N_PRIMARY
 from meshvpn.circuits.mppath import chooseSecondLeg
 from meshvpn.circuits.pathselect import choosePath
 
@@ -227,9 +230,12 @@ class CircuitManager(service.Service):
         C{packets}, carries IP packets): an assigned one if it fits, else a
         spare, else a new one.
         """
+        if packets and not self._wantPackets:
+            self._wantPackets = True
+            if self.backup is not None and not _accepts(self.backup[1], None, True):
+                self.backup[0].close("finished")  # rebuilt to carry packets: the VPN is who moves
         d = self._getCircuit(target, isolation, packets)
         if packets:
-            self._wantPackets = True
             d.addCallback(self._handedForPackets)
         return d
 
@@ -518,16 +524,22 @@ class CircuitManager(service.Service):
     def _chooseGuard(self, relays, exclude, swap=True):
         """
         The guard set's choice, or, if its link is suspected, the next
-        choice when that one is not suspected too: one step down the list,
-        never two (bounded; see the module docstring).
+        primary guard whose link is not: suspicion moves only within the
+        primary guards, never to a guard outside them (bounded; see the
+        module docstring).
         """
         guard = self.guards.choose(relays, exclude=exclude)
         if guard is None or not swap or guard.nodeId not in self._suspects:
             return guard
-        other = self.guards.choose(relays, exclude=[*exclude, guard.nodeId])
-        if other is None or other.nodeId in self._suspects:
-            return guard
-        return other
+        passed = [guard.nodeId]
+        while len(passed) < N_PRIMARY:
+            other = self.guards.choose(relays, exclude=[*exclude, *passed])
+            if other is None or not self.guards.isPrimary(other.nodeId):
+                break
+            if other.nodeId not in self._suspects:
+                return other
+            passed.append(other.nodeId)
+        return guard
 
     def peerSuspected(self, nodeId, suspected):
         if not suspected:

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from meshvpn.circuits.guards import GuardSet
+from meshvpn.circuits.guards import N_PRIMARY, GuardSet
 from meshvpn.circuits.manager import CircuitManager
 from meshvpn.circuits.test.test_manager import Builder, relay
 from meshvpn.interfaces import ILinkLivenessObserver
@@ -137,8 +137,9 @@ class HostileNetworkTests(unittest.TestCase):
     def test_droppingPacketsNeverWalksTheGuardList(self):
         """
         The attack: the network drops packets to whichever guard the client
-        uses, over and over.  Suspicion moves it to the next guard and back,
-        never to a third: at most two guards ever carry its circuits.
+        uses, over and over.  Suspicion moves it within its primary guards
+        only: never more than those three carry its circuits, and never a
+        guard outside them (no new guard is exposed).
         """
         clock, builder, m = manager(self)
         used = set()
@@ -154,4 +155,16 @@ class HostileNetworkTests(unittest.TestCase):
                 for g in list(used):
                     m.peerSuspected(g, False)
         used |= {p[0].nodeId for p in builder.calls}
-        self.assertLessEqual(len(used), 2, used)
+        self.assertLessEqual(len(used), N_PRIMARY, used)
+        self.assertTrue(all(m.guards.isPrimary(g) for g in used))
+
+    def test_secondGuardSuspectedTooMovesToTheThirdPrimary(self):
+        """Two of the primary guards cut at once (the chaos bench cuts both clients' guards): the third carries on."""
+        clock, builder, m = manager(self)
+        first = circuitFor(self, clock, m, "a")
+        second = m.backup[0]
+        m.peerSuspected(guardOf(first), True)
+        m.peerSuspected(guardOf(second), True)
+        third = circuitFor(self, clock, m, "a")
+        self.assertNotIn(guardOf(third), (guardOf(first), guardOf(second)))
+        self.assertTrue(m.guards.isPrimary(guardOf(third)))
