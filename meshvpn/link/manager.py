@@ -198,6 +198,7 @@ class LinkManager(service.Service):
             return  # an anonymous peer, or a second link to a peer: nobody routes through it
         if suspected:
             self.counters["suspected"] += 1
+        if suspected and self._livenessObservers:  # a relay's many links: only counted
             self.log.info("link to {peer} suspected: a PING is unanswered after {t:.2f}s",
                           peer=link.peerId.hex()[:16], t=link.suspectTimeout())
         self._tellSuspicion(link.peerId, suspected)

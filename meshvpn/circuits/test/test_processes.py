@@ -74,9 +74,10 @@ class HungRelayTests(unittest.TestCase):
     """
     The fault: the guard of the client's circuit is SIGSTOPped (a hung
     relay: its connections stay open, it answers nothing).  The next fetch
-    used to hang until the SOCKS timeout; now the client's link PING finds
-    the guard silent, its circuits close, the guard is marked down, and the
-    fetch goes through another guard within seconds.
+    used to hang until the SOCKS timeout; now the client's link PING goes
+    unanswered, the guard is suspected within about a second and the fetch
+    moves to a circuit through another guard (the warm backup); later the
+    link is closed as silent and the guard marked down.
     """
 
     def test_stoppedGuardDoesNotHangTheNextFetch(self):
@@ -108,4 +109,8 @@ class HungRelayTests(unittest.TestCase):
             time.sleep(0.2)
             used, _ = usedCircuits(net.client)
         self.assertFalse(any(c["path"][0] == guardId for c in used), used)
-        print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s")
+        # the fetch moved when the guard was suspected, before its link's verdict
+        _, circuits = usedCircuits(net.client)
+        self.assertGreaterEqual(circuits.get("suspicions", 0), 1, circuits)
+        print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s "
+              f"(suspicions {circuits['suspicions']}, moved {circuits['moved_on_suspicion']})")
