@@ -22,6 +22,12 @@ way and moved at once, well before the attach timeout: a silently cut or
 hung guard costs the waiting stream under a second plus the move, not
 10 s.  A move does not count against L{MAX_ATTEMPTS} more than once per
 circuit, as any attempt.
+
+A hung middle or exit is not seen by the client's link PING (its guard
+answers): a stream that waits past a bound from the measured circuit round
+trip gets its circuit probed end to end (L{meshvpn.streams.circuitprobe});
+no answer, and the circuit is retired and the stream moved, in about 2 s
+instead of the attach timeout.
 """
 
 import ipaddress
@@ -36,6 +42,7 @@ from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import AnswerType
 from meshvpn.streams.attachtimeout import AttachTimeout
 from meshvpn.streams.bulkstream import BulkStream
+from meshvpn.streams.circuitprobe import CircuitProbe
 
 MAX_ATTEMPTS = 3
 _RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
@@ -77,7 +84,8 @@ class CircuitStreamOpener:
         self.multipath = multipath
         self.timeouts = AttachTimeout()
         self.timedOut = 0  # attaches given up on one circuit and tried on another
-        self.moved = 0  # attaches moved off a circuit whose guard became suspected
+        self.moved = 0  # attaches moved off a circuit whose guard became suspected, or that answered no probe
+        self.probe = CircuitProbe(reactor)
 
     def openStream(self, host, port, isolationKey):
         def action(circuit):
@@ -114,16 +122,29 @@ class CircuitStreamOpener:
             limit = self.timeouts.limit(attempt)
             started = self.reactor.seconds()
             attaching = action(circuit).addTimeout(limit, self.reactor)
-            # the last attempt stays put: its answer or the link's verdict comes
-            suspect = self._whenSuspect(circuit, attaching, armed=attempt < self.maxAttempts)
+            moved = []
+
+            def move(why, attaching=attaching, moved=moved):
+                if not attaching.called:
+                    moved.append(why)
+                    attaching.cancel()  # END to the exit
+
+            # the last attempt stays put: its answer, the link's verdict or the attach timeout comes
+            armed = attempt < self.maxAttempts
+            suspect = self._whenSuspect(circuit, move, armed)
+            stopProbe = self.probe.watch(circuit, attaching, lambda: move("hung")) if armed else (lambda: None)
             try:
                 result = await attaching
             except defer.CancelledError:
-                if not suspect.called:
+                if not moved:
                     raise
                 self.moved += 1
-                getattr(self.circuits, "streamMoved", lambda: None)()
-                continue  # the guard is suspected: the manager hands out a circuit through another
+                if moved[0] == "hung":
+                    # the exit did not answer the probe: a hung middle or exit; no new streams on it
+                    self.circuits.streamTimedOut(circuit)
+                else:
+                    getattr(self.circuits, "streamMoved", lambda: None)()
+                continue  # the manager hands out a circuit through other relays
             except defer.TimeoutError:
                 # Cancelled (the stream's END went to the exit): the circuit
                 # takes no new streams, and this one tries another.
@@ -137,19 +158,15 @@ class CircuitStreamOpener:
                     raise
                 continue  # the circuit died under us: the manager hands out a new one
             finally:
+                stopProbe()
                 if not suspect.called:
                     suspect.cancel()
             self.timeouts.attached(self.reactor.seconds() - started)
             return result
 
-    def _whenSuspect(self, circuit, attaching, armed):
-        """Cancel C{attaching} if C{circuit}'s guard becomes suspected first."""
+    def _whenSuspect(self, circuit, move, armed):
+        """C{move("suspected")} if C{circuit}'s guard becomes suspected first."""
         whenSuspect = getattr(self.circuits, "whenSuspect", None)
         suspect = whenSuspect(circuit) if armed and whenSuspect is not None else defer.Deferred()
-
-        def suspected(_):
-            if not attaching.called:
-                attaching.cancel()
-
-        suspect.addCallbacks(suspected, lambda f: f.trap(defer.CancelledError) and None)
+        suspect.addCallbacks(lambda _: move("suspected"), lambda f: f.trap(defer.CancelledError) and None)
         return suspect
