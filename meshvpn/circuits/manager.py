@@ -87,6 +87,7 @@ from meshvpn.circuits.pathselect import choosePath
 
 
 SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its replacement
+LOST_GUARD_S = 30.0  # a guard whose link went is passed over this long (the primary guards' first retry)
 
 
 class CircuitBuildFailed(MeshVPNError):
@@ -144,6 +145,7 @@ class CircuitManager(service.Service):
         # streams waiting to hear of it, the backup spare through another guard
         self.warmBackup = warmBackup
         self._suspects = set()
+        self._lost = {}  # guard node id -> the call that ends its suspicion (its link went)
         self._suspectWaiters = {}  # circuit -> Deferreds of whenSuspect
         self.backup = None  # (circuit, path): a spare through the next guard, handed out only while the first is suspected
         self._buildingBackup = False
@@ -190,6 +192,10 @@ class CircuitManager(service.Service):
             circuit.close("finished")
         if self.backup is not None:
             self.backup[0].close("finished")
+        for call in self._lost.values():
+            if call.active():
+                call.cancel()
+        self._lost.clear()
 
     def _loopFailed(self, failure):
         self.log.failure("circuit maintenance stopped", failure)
@@ -313,6 +319,8 @@ class CircuitManager(service.Service):
         err = getattr(reason, "value", reason)
         if getattr(err, "silent", False):
             self._hangs(pair[1][0].nodeId)
+        elif getattr(err, "hop", None) == 0 and self.running:
+            self._linkLost(pair[1][0].nodeId)
         if pair in self._retired:  # retired (newIdentity, a stream timeout): nothing to replace
             self._retired.remove(pair)
             return
@@ -434,7 +442,8 @@ class CircuitManager(service.Service):
         avoids the dead relay rather than choosing at random again.
         """
         soft = []
-        for nodeId in [*self.avoid.avoided(), *avoid,
+        # suspected guards (hung or cut, perhaps) are avoided as middles and exits too
+        for nodeId in [*self.avoid.avoided(), *self._suspects, *avoid,
                        *([path[-1].nodeId for _, path in self._spare] + self._spareExits if spare else [])]:
             if nodeId not in soft and nodeId not in exclude:
                 soft.append(nodeId)
@@ -519,7 +528,8 @@ class CircuitManager(service.Service):
     # -- suspicion (ILinkLivenessObserver)
 
     def _suspected(self, path):
-        return path[0].nodeId in self._suspects
+        """Any hop of C{path} is a suspected guard (a backup may have the first guard as its middle)."""
+        return any(r.nodeId in self._suspects for r in path)
 
     def _chooseGuard(self, relays, exclude, swap=True):
         """
@@ -543,10 +553,11 @@ class CircuitManager(service.Service):
 
     def peerSuspected(self, nodeId, suspected):
         if not suspected:
-            self._suspects.discard(nodeId)
+            if nodeId not in self._lost:
+                self._suspects.discard(nodeId)
             return
-        inUse = [pair for pair in self._all() if pair[0] is not None and pair[1][0].nodeId == nodeId]
-        if self.backup is not None and self.backup[1][0].nodeId == nodeId:
+        inUse = [pair for pair in self._all() if any(r.nodeId == nodeId for r in pair[1])]
+        if self.backup is not None and any(r.nodeId == nodeId for r in self.backup[1]):
             inUse.append(self.backup)
         if not inUse:
             return  # not a guard of ours (bounded: the set holds only guards we route through)
@@ -577,6 +588,29 @@ class CircuitManager(service.Service):
             if self._suspected(path):
                 self.movedOnSuspicion += 1
                 circuit.close("guard suspected")
+
+    def _linkLost(self, nodeId):
+        """
+        The guard's link went (reset, a killed or restarting relay): treated
+        as suspected for L{LOST_GUARD_S}, so the streams retried now take the
+        backup with no build instead of a rebuild through a guard that may
+        refuse the connection; after that it is chosen again as usual.
+        """
+        if nodeId in self._suspects:
+            return
+        self._suspects.add(nodeId)
+        self.suspicions += 1
+
+        def expire():
+            if nodeId in self._lost:
+                del self._lost[nodeId]
+                self._suspects.discard(nodeId)
+
+        old = self._lost.pop(nodeId, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._lost[nodeId] = self.reactor.callLater(LOST_GUARD_S, expire)
+        self.reactor.callLater(0, self._maintain)
 
     def whenSuspect(self, circuit):
         pair = next((p for p in self._all() if p[0] is circuit), None)
@@ -619,6 +653,7 @@ class CircuitManager(service.Service):
         second = self.guards.choose(relays, exclude=[first.nodeId])
         if second is None or second.nodeId in self._suspects:
             return
+        # nowhere in its path: a backup with the first guard as its middle fails with it
         circuit, path = await self._buildWithRetries(None, exclude=[first.nodeId], packets=self._wantPackets,
                                                      swap=False)
         if not self.running or self.backup is not None:
@@ -632,7 +667,9 @@ class CircuitManager(service.Service):
     def _backupDone(self, result):
         self._buildingBackup = False
         if isinstance(result, Failure):
-            self.log.info("could not build a circuit through a backup guard: {why}", why=result.getErrorMessage())
+            # NoPath: the directory is still too small for a path without the first guard (tried again later)
+            log = self.log.debug if result.check(NoPath) else self.log.info
+            log("could not build a circuit through a backup guard: {why}", why=result.getErrorMessage())
 
     def _backupClosed(self, reason, pair):
         if self.backup is pair:

@@ -96,6 +96,10 @@ class HungRelayTests(unittest.TestCase):
         [circuit] = usedCircuits(net.client)[0]
         guardId = circuit["path"][0]
         guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
+        # the warm circuit through another guard, built once the directory holds a path without this one
+        deadline = time.monotonic() + 30
+        while not usedCircuits(net.client)[1].get("backup_guard") and time.monotonic() < deadline:
+            time.sleep(0.2)
         guard.process.send_signal(signal.SIGSTOP)
         self.addCleanup(guard.process.send_signal, signal.SIGCONT)  # before net.stop (cleanups run last-first)
         started = time.monotonic()

@@ -168,3 +168,19 @@ class HostileNetworkTests(unittest.TestCase):
         third = circuitFor(self, clock, m, "a")
         self.assertNotIn(guardOf(third), (guardOf(first), guardOf(second)))
         self.assertTrue(m.guards.isPrimary(guardOf(third)))
+
+
+class LostGuardLinkTests(unittest.TestCase):
+    def test_killedGuardMovesToTheBackupWithNoBuild(self):
+        """The fault: the guard is killed (its link resets).  The retried streams take the warm backup at once."""
+        from meshvpn.circuits.manager import LOST_GUARD_S
+        from meshvpn.onion.cells import DestroyReason
+        from meshvpn.onion.destroy import CircuitDestroyed
+
+        clock, builder, m = manager(self)
+        first = circuitFor(self, clock, m, "a")
+        backup = m.backup[0]
+        first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED, "guard link closed", hop=0))
+        self.assertIs(self.successResultOf(m.getCircuit(isolation="b")), backup)
+        clock.advance(LOST_GUARD_S)
+        self.assertEqual(m.status()["suspected_guards"], [])  # then chosen again as usual
