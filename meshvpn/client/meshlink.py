@@ -12,6 +12,12 @@ any other node on the relay are dropped.
 
 Host candidates are the node's own IPv4 addresses, minus loopback, the mesh
 range and the exit pool's shared space (a TUN address is no way to reach us).
+
+With ``--mesh-rendezvous`` (the default) and a DHT, the client also
+publishes which relay it is registered with (a signed, short-lived DHT
+record, L{meshvpn.nat.rendezvous}) and looks each peer's up before
+signalling it, registering with that peer's relay if it is another: two
+mesh peers need not be configured with the same relay.
 """
 
 import ipaddress
@@ -73,7 +79,7 @@ class MeshLinkService(service.Service):
     log = Logger()
 
     def __init__(self, reactor, udp, datagramLinks, stunEndpoint, relay, turn=None, onConnector=None,
-                 punchDeadline=2.5, retry=5.0, peers=()):
+                 punchDeadline=2.5, retry=5.0, peers=(), dht=None, identity=None):
         self.reactor = reactor
         self.udp = udp
         self.datagramLinks = datagramLinks
@@ -82,6 +88,8 @@ class MeshLinkService(service.Service):
         self.turn = turn
         self.onConnector = onConnector
         self.peers = tuple(peers)  # only these may offer us a link (--mesh-peers)
+        self.dht, self.identity = dht, identity  # dht: callable() -> IDHT or None (rendezvous), or None
+        self.rendezvous = None
         self.retry = retry
         self.puncher = HolePuncher(reactor, udp.sendDatagram, deadline=punchDeadline)
         self.connector = None
@@ -100,8 +108,24 @@ class MeshLinkService(service.Service):
         self._starting = task.deferLater(self.reactor, self.retry, lambda: None)
         self._starting.addCallback(lambda _: defer.Deferred.fromCoroutine(self._start())).addErrback(self._failed)
 
+    def _rendezvous(self, home, dht):
+        from meshvpn.dht import records
+        from meshvpn.nat.rendezvous import RendezvousDirectory, RendezvousSignalling
+        from meshvpn.nat.signal import RelaySignalling
+
+        def openRelay(relayId, address):
+            other = RelaySignalling(self.reactor, self.datagramLinks, relayId, address)
+            return other.start().addCallback(lambda _: other)
+
+        if self.rendezvous is not None:
+            self.rendezvous.stop()
+        self.rendezvous = RendezvousDirectory(self.reactor, dht, records, self.identity)
+        return RendezvousSignalling(home, self.rendezvous, openRelay)
+
     def stopService(self):
         super().stopService()
+        if self.rendezvous is not None:
+            self.rendezvous.stop()
         if self._starting is not None:
             self._starting.cancel()
         self.udp.unregister(PUNCH_MUX_NAME)
@@ -125,8 +149,13 @@ class MeshLinkService(service.Service):
                 return alloc
 
         candidates = hostCandidates(port)
-        connector = PeerConnector(reactor, self.datagramLinks, self.puncher, signalling, lambda: candidates, allocate, peers=self.peers)
+        dht = self.dht() if self.dht is not None else None
+        channel = self._rendezvous(signalling, dht) if dht is not None else signalling
+        connector = PeerConnector(reactor, self.datagramLinks, self.puncher, channel, lambda: candidates, allocate, peers=self.peers)
         observed = await signalling.start()
+        if self.rendezvous is not None:
+            self.rendezvous.publish(self.relayId, [self.relayAddress]).addErrback(
+                lambda f: self.log.warn("mesh: rendezvous not published: {e}", e=f.getErrorMessage()))
         self.connector = connector
         if self.onConnector is not None:
             self.onConnector(connector)
@@ -134,10 +163,13 @@ class MeshLinkService(service.Service):
 
 
 def meshSettings():
-    from meshvpn.config import Setting
+    from meshvpn.config import Setting, parseBool
 
     return [
         Setting("mesh-relay", parseMeshRelay, None,
                 "NODEID@HOST:PORT of a NAT relay (--nat-relay) for mesh links and hole-punching signals."),
         Setting("mesh-turn", parseHostPort, None, "HOST:PORT of that relay's TURN server, for peers that cannot punch."),
+        Setting("mesh-rendezvous", parseBool, True,
+                "Publish our NAT relay in the DHT and look mesh peers' relays up there, so peers need not share "
+                "a relay (true/false)."),
     ]

@@ -183,6 +183,12 @@ class RelayDirectory:
         results = yield defer.DeferredList([self.dht.put(r, republish=True) for r in records], consumeErrors=True)
         if not results[0][0]:
             raise DHTError("no node stored our descriptor")
+        # Samples find relays by their role records: a relay whose role
+        # records went nowhere is as invisible as one with no descriptor.
+        missing = [r.salt.partition(b"@")[0].decode("ascii", "replace") for (ok, _), r in zip(results[1:], records[1:])
+                   if not ok]
+        if missing:
+            raise DHTError(f"no node stored our role records ({', '.join(missing)})")
         return None
 
     def _verify(self, record, role=None):

@@ -333,11 +333,20 @@ class RelayPublisher(service.Service):
     Publishes this relay's descriptor after joining, and every C{interval}
     seconds.  A descriptor that cannot be built or stored is logged as an
     error (the relay is invisible to clients until it is published) and
-    tried again after C{retryDelay} seconds, never given up.
+    tried again after C{retryDelays} (growing, then the last one for ever),
+    never given up.
+
+    A node that has just joined knows few others, so its first stores may
+    land on nodes that are not the closest to the keys once the rest of the
+    network is known, and region samples asking the closest ones then miss
+    the relay until the next interval (replication runs hourly).  So the
+    descriptor is published again C{settleDelays} seconds after the first
+    success, when the routing table has filled.
     """
 
     log = Logger()
-    retryDelay = 60.0
+    retryDelays = (5.0, 10.0, 20.0, 40.0, 60.0)
+    settleDelays = (10.0, 30.0, 90.0)
 
     def __init__(self, dhtService, flags, interval=3600.0, exitPolicy="reject 1-65535", bandwidth=0, family=(),
                  streamTransport="tls", onionKeys=None, handshakes=()):
@@ -360,6 +369,8 @@ class RelayPublisher(service.Service):
         self.published = None
         self._loop = None
         self._retry = None
+        self._failures = 0
+        self._settle = []
 
     def startService(self):
         super().startService()
@@ -431,22 +442,37 @@ class RelayPublisher(service.Service):
             self._retry.cancel()
 
         def done(descriptor):
+            first = self.published is None
             self.published = descriptor
+            self._failures = 0
             self.log.info("published relay descriptor ({flags})", flags=",".join(sorted(descriptor.flags)))
+            if first and self.running:
+                reactor = self.dhtService.node.reactor
+                self._settle = [reactor.callLater(d, self._settleAgain) for d in self.settleDelays if d < self.interval]
 
         def failed(f):
             why = f.getErrorMessage() if f.check(DHTError, DescriptorError, RecordError) else repr(f.value)
+            delay = self.retryDelays[min(self._failures, len(self.retryDelays) - 1)]
+            self._failures += 1
             self.log.error(
                 "relay descriptor NOT published, clients cannot find this relay: {why}; retrying in {delay:.0f} s",
-                why=why, delay=self.retryDelay,
+                why=why, delay=delay,
             )
             if self.running:
-                self._retry = self.dhtService.node.reactor.callLater(self.retryDelay, self.publishNow)
+                self._retry = self.dhtService.node.reactor.callLater(delay, self.publishNow)
 
         return defer.maybeDeferred(self._publish).addCallbacks(done, failed)
 
+    def _settleAgain(self):
+        # a retry already pending publishes soon anyway
+        if self.running and not (self._retry is not None and self._retry.active()):
+            self.publishNow()
+
     def stopService(self):
         super().stopService()
+        for call in self._settle:
+            if call.active():
+                call.cancel()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._loop is not None and self._loop.running:

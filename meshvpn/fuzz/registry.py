@@ -26,6 +26,8 @@ TARGETS = {
     "policy-summary": "policysummary",
     "exit-policy": "exitpolicy",
     "signal": "signal",
+    "turn-stream": "turnstream",
+    "nat-rendezvous": "rendezvous",
     "socks": "socks",
     "socks-session": "sockssession",
     "ip-packet": "ippacket",

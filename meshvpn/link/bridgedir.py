@@ -25,7 +25,7 @@ from zope.interface import implementer
 from meshvpn.dht.descriptor import DescriptorError, encodeDescriptor, parseDescriptor
 from meshvpn.errors import LinkError
 from meshvpn.interfaces import IStatusSource
-from meshvpn.link import dirwire
+from meshvpn.link import dirwire, wire
 from meshvpn.link.manager import LinkTarget
 from meshvpn.ratelimit import BucketTable
 
@@ -97,6 +97,12 @@ class DirectoryChannel:
         d = defer.Deferred(lambda _: self._pending.pop(key, None))
         self._pending[key] = [d, [], 0]
         d.addTimeout(timeout, self.reactor)
+        version = getattr(link, "version", None)
+        if version is not None and version < wire.DIRECTORY_LINK_VERSION:
+            self._pending.pop(key, None)
+            d.errback(LinkError(f"the bridge speaks link version {version}, which has no directory requests "
+                                f"(version {wire.DIRECTORY_LINK_VERSION} and later): upgrade the bridge"))
+            return d
         link.whenClosed().addBoth(lambda r: self._linkGone(key))
         if not link.sendDirectory(dirwire.encodeRequest(self._nextId, what, count)):
             self._pending.pop(key, None)

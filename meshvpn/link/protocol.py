@@ -30,10 +30,11 @@ from meshvpn.link.liveness import RoundTrips
 
 # Link versions this release speaks.  Version 2 adds the CLOSE record (a
 # link says why it is closing: a stopping relay tells its peers at once);
-# version 3 adds PING/PONG (liveness: a hung peer is found in seconds).
+# version 3 adds PING/PONG (liveness: a hung peer is found in seconds);
+# version 4 adds DIRECTORY (a bridged client reads the directory over its link).
 # Each release keeps the previous one's version, so a node one release older
 # and one newer both meet this one (doc/protocol.md, "Versions").
-SUPPORTED_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 # Circuit protocol versions, offered in the same VERSIONS record (see
 # wire.CIRCUIT_VERSION_BASE); a peer that lists none speaks circuit version 1.
 CIRCUIT_VERSIONS = (1,)
@@ -206,8 +207,11 @@ class LinkProtocol(Protocol):
         self._receiver = receiver
 
     def sendDirectory(self, payload):
-        """One DIRECTORY record to the peer (L{meshvpn.link.dirwire}); C{False} if the link is not open."""
-        if self.state is not State.OPEN:
+        """
+        One DIRECTORY record to the peer (L{meshvpn.link.dirwire}); C{False}
+        if the link is not open or its version has no DIRECTORY record.
+        """
+        if self.state is not State.OPEN or self.version < wire.DIRECTORY_LINK_VERSION:
             return False
         data = wire.encodeControl(wire.DIRECTORY, payload)
         self._lastOut = self._reactor.seconds()
@@ -390,6 +394,8 @@ class LinkProtocol(Protocol):
         if kind == wire.DIRECTORY:
             if self.state is not State.OPEN:
                 raise wire.LinkProtocolError("DIRECTORY before the link was authenticated")
+            if self.version < wire.DIRECTORY_LINK_VERSION:
+                raise wire.LinkProtocolError(f"DIRECTORY on a version {self.version} link")
             if self.onDirectory is not None:
                 self.onDirectory(self, payload)
             return

@@ -7,6 +7,13 @@ IP:PORT``, runs a TURN server on that second socket whose credentials it
 hands only to peers that authenticated over a link (so every allocation
 belongs to a node id), and which never relays to this node's own addresses.  The TURN secret is random per start: credentials
 die with the process.
+
+With ``--turn-tcp IP:PORT`` the TURN server is also reached over TCP, by
+hosts whose UDP is blocked (L{meshvpn.nat.turn_stream_server}): they prove
+their node id on the stream instead of over a link, and their link to this
+relay then runs through their allocation, so the TURN server lets
+allocations reach this node's datagram-link socket (link bytes only) and
+each other's relayed addresses.
 """
 
 import os
@@ -18,6 +25,7 @@ from twisted.logger import Logger
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.nat.signal import SignalRelay
 from meshvpn.nat.turn_server import TurnServer
+from meshvpn.nat.turn_stream_server import TurnStreamFactory, TurnStreamFront
 from meshvpn.hostport import HostPortError, splitHostPort
 from meshvpn.udpmux import DatagramMultiplexer
 
@@ -33,8 +41,10 @@ class NatRelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, datagramLinks, turnAddress=None, ownAddresses=dict):
+    def __init__(self, reactor, datagramLinks, turnAddress=None, ownAddresses=dict, turnStreamAddress=None):
         self.reactor = reactor
+        self.turnStreamAddress = turnStreamAddress
+        self.turnStream = self._turnStreamPort = None
         self._ownAddresses = ownAddresses
         self.datagramLinks = datagramLinks
         self.turnAddress = turnAddress
@@ -50,13 +60,34 @@ class NatRelayService(service.Service):
             host, port = self.turnAddress
             mux = DatagramMultiplexer()
             stunEp = StunEndpoint.onSocket(reactor, mux)
-            self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret, ownAddresses=self._ownHosts)
+            if self.turnStreamAddress:
+                front = TurnStreamFront(reactor, stunEp, mux.sendDatagram)
+                self.turn = TurnServer(reactor, front, front.send, host, authSecret=secret, ownAddresses=self._ownHosts,
+                                       linkAddresses=self._linkSockets)
+            else:
+                self.turn = TurnServer(reactor, stunEp, mux.sendDatagram, host, authSecret=secret, ownAddresses=self._ownHosts)
             self.turn.registerChannelData(mux)
             self._turnPort = reactor.listenUDP(port, mux, interface=host)
+            if self.turnStreamAddress:
+                self.turnStream = TurnStreamFactory(reactor, front, self.turn, secret)
+                sHost, sPort = self.turnStreamAddress
+                self._turnStreamPort = reactor.listenTCP(sPort, self.turnStream, interface=sHost)
         self.log.info(
             "NAT relay: datagram links and signalling on the node socket{turn}",
-            turn=f"; TURN on {self.turnAddress[0]}:{self.turnAddress[1]}" if self.turnAddress else "",
+            turn=(f"; TURN on {self.turnAddress[0]}:{self.turnAddress[1]}" if self.turnAddress else "")
+            + (f", over TCP on {self.turnStreamAddress[0]}:{self.turnStreamAddress[1]}" if self.turnStream else ""),
         )
+
+    def _linkSockets(self):
+        """The node's UDP sockets (they carry datagram links): hosts on TURN streams link to us through them."""
+        out = []
+        for name, address in self._ownAddresses().items():
+            if name in ("udp", "udp6"):
+                try:
+                    out.append(splitHostPort(address, allowZero=True))
+                except HostPortError:
+                    continue
+        return out
 
     def _ownHosts(self):
         """The node's own listening IPs: a relayed address never sends to them (TURN refuses them as peers)."""
@@ -72,6 +103,8 @@ class NatRelayService(service.Service):
         super().stopService()
         if self.turn is not None:
             self.turn.stop()
-        port, self._turnPort = self._turnPort, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
+        if self.turnStream is not None:
+            self.turnStream.closeAll()
+        ports = [p for p in (self._turnPort, self._turnStreamPort) if p is not None]
+        self._turnPort = self._turnStreamPort = None
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

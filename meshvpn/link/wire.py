@@ -21,8 +21,11 @@ CLOSE = 0x05  # link version 2 and later: "I am closing this link, and why"
 
 # A request to, or answer from, the relay at the other end of the link
 # itself (meshvpn/link/dirwire.py): how a client behind a censor reads the
-# directory through its bridge without a circuit and without UDP.
+# directory through its bridge without a circuit and without UDP.  Link
+# version 4 and later: never sent on a link below it, a protocol violation
+# when received on one (a node that did not negotiate it does not know it).
 DIRECTORY = 0x06
+DIRECTORY_LINK_VERSION = 4
 
 # Link version 3 and later: liveness.  PING asks the peer to answer at once
 # with a PONG echoing its body (up to PING_MAX_BODY bytes), so a peer that

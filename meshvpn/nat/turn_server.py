@@ -42,7 +42,7 @@ from meshvpn.interfaces import IDatagramHandler
 from meshvpn.nat import stun
 from meshvpn.nat.server import MAX_SOURCES
 from meshvpn.ratelimit import BucketTable, TokenBucket
-from meshvpn.udpmux import TURN_CHANNEL_BYTES
+from meshvpn.udpmux import LINK_BYTES, TURN_CHANNEL_BYTES
 
 SOFTWARE = b"meshvpn-turn"
 PERMISSION_LIFETIME = 300
@@ -137,7 +137,7 @@ class Allocation:
         return exp is not None and exp > self.server.reactor.seconds()
 
     def fromPeer(self, data, addr):
-        if not self.permitted(addr[0]):
+        if not self.permitted(addr[0]) or not self.server.internalAllowed(addr, data, inbound=True):
             self.server.counters["no_permission"] += 1
             return
         if not self._spend(len(data)):
@@ -152,11 +152,16 @@ class Allocation:
         self.server.send(msg.encode(), self.client)
 
     def toPeer(self, data, peer):
-        if peer[1] == 0 or not self.permitted(peer[0]):
+        if peer[1] == 0 or not self.permitted(peer[0]) or not self.server.internalAllowed(peer, data):
             self.server.counters["no_permission"] += 1
             return
         if self._spend(len(data)):
-            self.port.write(data, peer)
+            try:
+                self.port.write(data, peer)
+            except OSError:
+                # No route to that peer (a private candidate, say): that datagram is lost, the client's
+                # stream or socket is not.
+                self.server.counters["send_failed"] += 1
 
 
 @implementer(IDatagramHandler)
@@ -169,12 +174,20 @@ class TurnServer:
     @param ownAddresses: this relay's other IP addresses (an iterable, or a
         callable returning one, asked on each check), never a peer;
         C{relayHost} always counts.
+    @param linkAddresses: C{callable() -> [(host, port)]}, the node sockets
+        carrying datagram links, or None.  With it (a relay that serves
+        UDP-blocked hosts over TCP, L{meshvpn.nat.turn_stream_server}), two
+        of our own addresses become peers after all, port-exact: those
+        sockets, for datagram-link bytes only (such a host's link to this
+        relay, hence its signalling, runs through its allocation), and the
+        relayed addresses of live allocations (two such hosts reach each
+        other allocation to allocation).
     """
 
     log = Logger()
 
     def __init__(self, reactor, stunEndpoint, send, relayHost, realm="meshvpn", authSecret=None, users=None,
-                 limits=None, listenUDP=None, ownAddresses=()):
+                 limits=None, listenUDP=None, ownAddresses=(), linkAddresses=None):
         self.reactor = reactor
         self.stun = stunEndpoint
         self.send = send
@@ -186,13 +199,14 @@ class TurnServer:
         self._listenUDP = listenUDP or reactor.listenUDP
         self._nonceKey = os.urandom(16)
         self._ownAddresses = ownAddresses
+        self._linkAddresses = linkAddresses
         self._allowedPeers = tuple(ipaddress.ip_network(n) for n in self.limits.allowedPeers)
         self._unauthenticated = BucketTable(reactor, self.limits.unauthenticatedRate, self.limits.unauthenticatedBurst, MAX_SOURCES)
         self.allocations = {}  # client addr -> Allocation
         self.counters = {
             k: 0
             for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated",
-                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large")
+                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large", "send_failed")
         }
         for method, handler in (
             (stun.ALLOCATE, self._allocate),
@@ -429,12 +443,52 @@ class TurnServer:
                 pass
         return out
 
+    def _internal(self):
+        """@return: C{(links, relayed)}: the node's link sockets and live relayed addresses, as sets of (host, port)."""
+        if self._linkAddresses is None:
+            return set(), set()
+        links = {(self.relayHost if ipaddress.ip_address(h).is_unspecified else h, p) for h, p in self._linkAddresses()}
+        return links, {a.relayedAddress for a in self.allocations.values() if a.relayedAddress is not None}
+
+    def internalAllowed(self, peer, data, inbound=False):
+        """
+        Data to or from one of our own addresses passes only if that exact
+        address is internal (see C{linkAddresses}); to a link socket only
+        datagram-link bytes.  Any other peer passes (its permission was checked).
+        """
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if ip not in self._own():
+            return True
+        links, relayed = self._internal()
+        key = (str(ip), peer[1])
+        if key in relayed or (key in links and data[:1] and data[0] in LINK_BYTES):
+            return True
+        self.counters["forbidden_peer"] += 1
+        return False
+
+    def _internalHost(self, ip, port):
+        links, relayed = self._internal()
+        if port == 0:
+            return any(ipaddress.ip_address(h) == ip for h, _ in links | relayed)
+        return (str(ip), port) in links | relayed
+
+    def dropClient(self, source):
+        """The client at C{source} is gone (its stream closed): its allocation goes with it."""
+        alloc = self.allocations.get(source)
+        if alloc is not None:
+            self._expire(alloc)
+
     def _peerAllowed(self, peer):
-        """A public IPv4 address that is not ours (see L{DENIED_PEERS})."""
+        """A public IPv4 address that is not ours (see L{DENIED_PEERS}), or an internal one (C{linkAddresses})."""
         try:
             ip = ipaddress.ip_address(peer[0])
         except ValueError:
             ip = None
+        if ip is not None and ip in self._own() and self._internalHost(ip, peer[1]):
+            return True
         if (
             ip is None
             or ip.version != 4

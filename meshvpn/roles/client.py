@@ -182,9 +182,11 @@ def addMeshLinks(node, settings, tun, stun):
     relay = settings["mesh_relay"]
     if relay is None:
         return None
+    dhtService = node.namedServices.get("dht") if settings.get("mesh_rendezvous", True) else None
     mesh = MeshLinkService(
         node.reactor, node.udp, addDatagramLinks(node), stun, relay,
         settings["mesh_turn"], onConnector=tun.setMeshConnector if tun is not None else None,
         peers=settings["mesh_peers"],
+        dht=(lambda: dhtService.dht) if dhtService is not None else None, identity=node.identity,
     )
     return addService(node, "mesh", mesh)

@@ -72,6 +72,13 @@ class Options(RoleOptions):
             "Carry datagram links and hole-punching signalling for NATed peers (true/false).",
         ),
         Setting("turn", parseHostPort, None, "IP:PORT of a TURN server (RFC 8656) for peers that cannot punch; needs --nat-relay."),
+        Setting(
+            "turn-tcp",
+            parseHostPort,
+            None,
+            "IP:PORT where the TURN server also listens on TCP, for hosts whose UDP is blocked "
+            "(they prove their node id, then allocate a relayed UDP address); needs --turn.",
+        ),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
         # Payouts by measured traffic (meshvpn/payments/payout*.py, doc/measurement.md)
@@ -135,8 +142,11 @@ def makeService(options):
     if settings["nat_relay"]:
         from meshvpn.link.relayservice import NatRelayService
 
-        addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses))
-    elif settings["turn"]:
+        if settings["turn_tcp"] and not settings["turn"]:
+            raise SystemExit("meshvpn-relay: config error: --turn-tcp needs --turn")
+        addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses,
+                                                      turnStreamAddress=settings["turn_tcp"]))
+    elif settings["turn"] or settings["turn_tcp"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
     from meshvpn.roles.control import addControl
 

@@ -12,7 +12,11 @@ checked byte for byte.
 Which pairs must be direct: every pair except symmetric with symmetric
 and symmetric with port-restricted, where the symmetric side's new port
 toward the peer is unknowable and the other side only admits the exact
-address it sent to.  Those must go through the relay.
+address it sent to.  Those must go through the relay.  A host whose box
+drops all UDP (C{udp-blocked}) runs its node socket on a TURN allocation
+it reaches over TCP (C{--turn-tcp}); every pair with it goes that way
+(path C{"turn-tcp"}): its peer punches to its relayed address, two such
+hosts reach each other allocation to allocation.
 
 The boxes get one addition to the testbed's rules: unsolicited UDP
 addressed to the box itself is dropped in an input filter, as a home
@@ -36,9 +40,9 @@ import time
 
 from meshvpn.hostport import formatHostPort
 
-PAIR_TYPES = ("no-nat", "full-cone", "address-restricted", "port-restricted", "symmetric")
+PAIR_TYPES = ("no-nat", "full-cone", "address-restricted", "port-restricted", "symmetric", "udp-blocked")
 RELAY_IP = "198.18.0.5"
-RELAY_PORT, TURN_PORT = 7000, 3478
+RELAY_PORT, TURN_PORT, TURN_TCP_PORT = 7000, 3478, 3478
 
 _INPUT_FIREWALL = """
 table ip natlink_input {{
@@ -51,6 +55,8 @@ table ip natlink_input {{
 
 
 def expectedPath(a, b):
+    if "udp-blocked" in (a, b):
+        return "turn-tcp"
     relayed = {frozenset({"symmetric"}), frozenset({"symmetric", "port-restricted"})}
     return "relay" if frozenset({a, b}) in relayed else "direct"
 
@@ -155,6 +161,8 @@ def build(testCase, types=PAIR_TYPES, size=1 << 20, classify=False, punchDeadlin
             "peer", "--relay", formatHostPort(RELAY_IP, RELAY_PORT), "--relay-id", relayId,
             "--bytes", str(size), "--punch-deadline", str(punchDeadline), *turnArgs,
         )
+        if host.natType == "udp-blocked":
+            argv += ["--turn-tcp", formatHostPort(RELAY_IP, TURN_TCP_PORT)]
         agents[name] = Agent(name, tb.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     ready = _waitAll(list(agents.values()), lambda e: e.get("event") in ("ready", "error"), 60)
     for name, e in ready.items():
@@ -174,7 +182,7 @@ def startRelay(tb, ns):
     dataDir = tempfile.mkdtemp(prefix="natrelay-", dir=tb.workdir)
     argv = [twistdPath(), "-n", "--pidfile=", "--logfile", os.path.join(dataDir, "twistd.log"), "meshvpn-relay"]
     argv += ["--data-dir", dataDir, "--udp", formatHostPort(RELAY_IP, RELAY_PORT), "--listen", f"tcp:0:interface={RELAY_IP}"]
-    argv += ["--nat-relay", "true", "--turn", formatHostPort(RELAY_IP, TURN_PORT)]
+    argv += ["--nat-relay", "true", "--turn", formatHostPort(RELAY_IP, TURN_PORT), "--turn-tcp", formatHostPort(RELAY_IP, TURN_TCP_PORT)]
     proc = tb.netns.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     nodeFile = os.path.join(dataDir, "node.json")
     _waitFor(lambda: os.path.exists(nodeFile), proc, f"meshvpn-relay in {ns}", dataDir)
@@ -217,8 +225,8 @@ def runPair(agents, a, b, timeout=40.0):
 
 def pairs(types=PAIR_TYPES, ordered=True):
     """
-    C{(initiator type, answerer type)}: every ordered pair by default (25
-    for five types), since who offers changes who probes first.
+    C{(initiator type, answerer type)}: every ordered pair by default (36
+    for six types), since who offers changes who probes first.
     """
     if ordered:
         return [(a, b) for a in types for b in types]

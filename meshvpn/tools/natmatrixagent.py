@@ -1,11 +1,17 @@
 """One peer process of the NAT connectivity matrix (the relay is a real ``twistd meshvpn-relay``).
 
 ``python -m meshvpn.tools.natmatrixagent peer --relay IP:P --relay-id HEX --turn
-IP:T [--turn-user U --turn-password P]`` runs a peer: one UDP socket carrying link, punch probes, STUN and
-TURN; it registers with the relay and then obeys JSON commands on stdin:
+IP:T [--turn-user U --turn-password P] [--turn-tcp IP:S]`` runs a peer: one UDP socket carrying link, punch probes, STUN and
+TURN (with ``--turn-tcp``, for a host whose UDP is blocked, that socket is
+a TURN allocation reached over TCP, L{meshvpn.nat.turn_stream_client}); it
+registers with the relay and then obeys JSON commands on stdin:
 
     {"cmd": "allow", "peer": HEX}    -> {"event": "allowed", "peer"}  (act on that peer's offers)
     {"cmd": "connect", "peer": HEX}  -> {"event": "connected", "peer", "path", "connect_time_s"}
+
+C{path} is the connector's (C{"direct"} or C{"relay"}), except that a link
+that runs through a TURN allocation over TCP (ours, or the peer's: its
+address is then the relay's) is C{"turn-tcp"}.
 
 Whenever a link to a peer exists (opened by us or by it) both sides push
 C{--bytes} of deterministic data (SHAKE-256 of the sender's node id) over it
@@ -143,6 +149,19 @@ def hostCandidates(port, family=4):
     return out
 
 
+async def relayedSocket(reactor, identity, server):
+    """A multiplexer whose socket is a TURN allocation reached over TCP.  @return: C{(mux, stunEp, socket)}."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from meshvpn.nat.turn_stream_client import openRelayedSocket
+
+    mux = DatagramMultiplexer()
+    stunEp = StunEndpoint(reactor, mux.sendDatagram)
+    mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
+    relayed = await openRelayedSocket(reactor, TCP4ClientEndpoint(reactor, server[0], server[1], timeout=10), identity, server, mux)
+    return mux, stunEp, relayed
+
+
 async def runPeer(reactor, args):
     from meshvpn.nat.connect import PeerConnector
     from meshvpn.nat.punch import HolePuncher
@@ -150,14 +169,19 @@ async def runPeer(reactor, args):
     from meshvpn.nat.turn_client import TurnAllocation
 
     identity = NodeIdentity.generate()
-    mux, stunEp = buildSocket(reactor, "::" if args.family == 6 else "0.0.0.0", args.port)
+    relayed = None
+    if args.turn_tcp:
+        mux, stunEp, relayed = await relayedSocket(reactor, identity, args.turn_tcp)
+    else:
+        mux, stunEp = buildSocket(reactor, "::" if args.family == 6 else "0.0.0.0", args.port)
     endpoint = DatagramLinkEndpoint(reactor, identity, mux)
     endpoint.register(mux)
     puncher = HolePuncher(reactor, mux.sendDatagram, deadline=args.punch_deadline)
     puncher.register(mux)
     signalling = RelaySignalling(reactor, endpoint, bytes.fromhex(args.relay_id), args.relay)
     port = mux.getHost().port
-    candidates = hostCandidates(port, args.family)
+    # Behind a blocked UDP the relayed address is the one address a peer can reach.
+    candidates = [tuple(relayed.relayedAddress)] if args.turn_tcp else hostCandidates(port, args.family)
 
     async def allocate():
         if args.turn_user:
@@ -169,7 +193,7 @@ async def runPeer(reactor, args):
         alloc.registerChannelData(mux)
         return alloc
 
-    connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, allocate)
+    connector = PeerConnector(reactor, endpoint, puncher, signalling, lambda: candidates, None if args.turn_tcp else allocate)
     transfers = {}
 
     def startTransfer(link):
@@ -187,6 +211,8 @@ async def runPeer(reactor, args):
         except Exception as e:
             emit({"event": "connected", "peer": peerHex, "connected": False, "error": str(e)})
             return
+        if args.turn_tcp or (path == "direct" and link.peerAddress[0] == args.relay[0]):
+            path = "turn-tcp"
         emit({"event": "connected", "peer": peerHex, "connected": True, "path": path,
               "connect_time_s": round(reactor.seconds() - start, 3), "address": list(link.peerAddress)})
 
@@ -205,7 +231,9 @@ async def runPeer(reactor, args):
                 defer.Deferred.fromCoroutine(connect(cmd["peer"]))
             elif cmd.get("cmd") == "status":
                 emit({"event": "status", "link": dict(endpoint.counters), "punch": puncher.counters,
-                      "mux": mux.counters()})
+                      "mux": mux.counters(), "connector": connector.counters, "signalling": signalling.counters,
+                      "turn_tcp": relayed.counters if args.turn_tcp else None,
+                      "turn_tcp_stream": relayed.stream.state.value if args.turn_tcp else None})
 
         def connectionLost(self, reason):
             if reactor.running:
@@ -227,6 +255,7 @@ def main(argv=None):
     p.add_argument("--family", type=int, choices=(4, 6), default=4, help="the address family of the peer's socket")
     p.add_argument("--turn-user", help="static TURN long-term credentials (e.g. coturn's); default: ask the relay")
     p.add_argument("--turn-password")
+    p.add_argument("--turn-tcp", type=parseIPPort, help="UDP is blocked here: run on a TURN allocation over TCP to IP:PORT")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 

@@ -13,6 +13,8 @@ import uuid
 
 from twisted.trial.unittest import SkipTest
 
+from meshvpn.tools import leftovers
+
 
 def inCI():
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -52,11 +54,13 @@ class Netns:
         self.testCase = testCase
         self.tag = f"{prefix}{uuid.uuid4().hex[:6]}"
         self.names = []
+        leftovers.reap(_deleteNamespace)  # what a killed run left
 
     def add(self, short):
         """Create namespace C{<tag>-<short>} with loopback up; @return: its name."""
         name = f"{self.tag}-{short}"
         self.testCase.addCleanup(self._delete, name)
+        leftovers.remember(name)
         run("ip", "netns", "add", name)
         self.names.append(name)
         self.exec(name, "ip", "link", "set", "lo", "up")
@@ -67,7 +71,7 @@ class Netns:
 
     def popen(self, ns, argv, **kw):
         """Start a process inside C{ns}; it is killed at cleanup."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], preexec_fn=leftovers.dieWithParent, **kw)
         self.testCase.addCleanup(_kill, proc)
         return proc
 
@@ -86,14 +90,19 @@ class Netns:
         return ifA, ifB
 
     def _delete(self, name):
-        # Kill what still runs inside, then delete (this also removes its veths).
-        pids = run("ip", "netns", "pids", name, check=False).split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
-        run("ip", "netns", "delete", name, check=False)
+        _deleteNamespace(name)
+        leftovers.forget(name)
+
+
+def _deleteNamespace(name):
+    # Kill what still runs inside, then delete (this also removes its veths).
+    pids = run("ip", "netns", "pids", name, check=False).split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    run("ip", "netns", "delete", name, check=False)
 
 
 def _kill(proc):

@@ -15,6 +15,7 @@ import time
 from meshvpn.errors import MeshVPNError
 from meshvpn.hostport import formatHostPort
 from meshvpn.roles.node import NODE_FILE
+from meshvpn.tools.leftovers import dieWithParent
 
 
 def twistdPath():
@@ -58,7 +59,8 @@ class NodeProcess:
         os.makedirs(self.dataDir, mode=0o700, exist_ok=True)
         env = None if self.env is None else {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=dieWithParent,  # a test run killed with -9 takes its nodes with it
         )
         return self
 

@@ -138,3 +138,39 @@ class SampleTests(unittest.TestCase):
                           key=lambda k: int.from_bytes(k, "big") ^ t)
         self.assertEqual(sorted({r.key for r in result.records}), sorted(everyone[:3]))
         self.assertEqual(wire.SAMPLE, 8)
+
+
+class _RoleRefusingDHT:
+    """Stores a relay's own descriptor record, but none of its role records."""
+
+    class config:
+        exemptLoopback = False
+
+    def __init__(self):
+        from twisted.internet import task
+
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+
+    def put(self, record, republish=False):
+        from twisted.internet import defer
+
+        from meshvpn.errors import DHTError
+
+        if record.kind == SHARED:
+            return defer.fail(DHTError("no node stored the record"))
+        return defer.succeed(1)
+
+
+class PublishTests(unittest.TestCase):
+    def test_roleRecordsStoredNowhereIsAFailure(self):
+        """
+        Old code: only the descriptor record had to be stored; a relay whose
+        role records went nowhere counted as published, yet no region sample
+        could find it, and it was not tried again for an interval.
+        """
+        ident = newIdentity()
+        directory = RelayDirectory(_RoleRefusingDHT(), ident)
+        d = makeDescriptor(ident, {"udp": "198.18.5.5:4000"}, {"guard", "middle"}, published=T0)
+        failure = self.failureResultOf(directory.publish(d))
+        self.assertIn("role records", failure.getErrorMessage())

@@ -68,14 +68,42 @@ class PublishRetryTests(unittest.TestCase):
         publisher = self.start([RecordError("value longer than 1024 bytes"), DHTError("no node stored our descriptor")])
         self.assertEqual(self.directory.published, [])
         self.assertEqual(len(self.errors()), 1)
-        self.clock.advance(60)
+        self.clock.advance(5)  # the first retry comes soon: the network may simply not have formed yet
         self.assertEqual(len(self.errors()), 2)
-        self.clock.advance(60)
+        self.assertEqual(self.errors()[1]["delay"], 10.0)
+        self.clock.advance(10)
         self.assertEqual(len(self.directory.published), 1)
         self.assertIs(publisher.published, self.directory.published[0])
-        # back to the normal interval once published
+        # published again as the routing table fills (10, 30, 90 s), then at the normal interval
         self.clock.advance(600)
-        self.assertEqual(self.directory.attempts, 3)
+        self.assertEqual(self.directory.attempts, 3 + 3)
+        self.clock.advance(3600)
+        self.assertEqual(self.directory.attempts, 3 + 3 + 1)
+
+    def test_retriesBackOffToAMinute(self):
+        failures = [DHTError("no node stored our descriptor")] * 7
+        self.start(failures)
+        delays = []
+        for _ in range(7):
+            delays.append(self.errors()[-1]["delay"])
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0])
+        self.assertEqual(len(self.directory.published), 1)
+
+    def test_settlingRepublishes(self):
+        """
+        A relay's first stores go to the few nodes it knew on joining; the
+        closest nodes to its keys may join later.  It publishes again as
+        its table fills, not an hour later.
+        """
+        self.start()
+        self.assertEqual(self.directory.attempts, 1)
+        times = []
+        for t in range(1, 100):
+            self.clock.advance(1)
+            if self.directory.attempts > len(times) + 1:
+                times.append(t)
+        self.assertEqual(times, [10, 30, 90])
 
     def test_unbuildableDescriptorLoud(self):
         """Old code: a summary the descriptor refused raised inside the loop once, and publishing stopped."""

@@ -83,23 +83,30 @@ class SettingsTests(unittest.TestCase):
             self.assertEqual(loadTable(path), [], text[:20])
 
 
+def startNode(case, role, settings, bootstrap, flags, stream6=False):
+    """A started node of C{role} with its DHT (a relay publishing C{flags}, a client finding relays)."""
+    node = Node(reactor, role, settings)
+    if role == "relay":
+        node.listenStream("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
+        if stream6:
+            node.addListener("stream6", StreamListenerService(reactor, "tcp6:0:interface=\\:\\:1",
+                                                              Factory.forProtocol(Protocol)))
+        dht = DHTService(node, bootstrap, config=LOCAL)
+        RelayPublisher(dht, frozenset(flags), 3600).setServiceParent(dht)
+    else:
+        dht = DHTService(node, bootstrap, clientMode=True, config=LOCAL)
+        RelayFinder(dht, 300).setServiceParent(dht)
+    dht.setServiceParent(node)
+    node.startService()
+    case.addCleanup(lambda: node.running and node.stopService())
+    return node, dht
+
+
 class ServiceTests(unittest.TestCase):
     timeout = 60
 
     def makeNode(self, role, bootstrap=(), flags=("guard", "middle"), dataDir=None):
-        dataDir = dataDir or self.mktemp()
-        node = Node(reactor, role, {"data_dir": dataDir, "udp": ("127.0.0.1", 0)})
-        if role == "relay":
-            node.listenStream("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
-            dht = DHTService(node, bootstrap, config=LOCAL)
-            RelayPublisher(dht, frozenset(flags), 3600).setServiceParent(dht)
-        else:
-            dht = DHTService(node, bootstrap, clientMode=True, config=LOCAL)
-            RelayFinder(dht, 300).setServiceParent(dht)
-        dht.setServiceParent(node)
-        node.startService()
-        self.addCleanup(lambda: node.running and node.stopService())
-        return node, dht
+        return startNode(self, role, {"data_dir": dataDir or self.mktemp(), "udp": ("127.0.0.1", 0)}, bootstrap, flags)
 
     @defer.inlineCallbacks
     def test_relaysPublishClientFindsAndRestartsFromSavedTable(self):
@@ -153,20 +160,7 @@ class DualStackTests(unittest.TestCase):
         settings = {"data_dir": self.mktemp(), "udp": udp}
         if udp6:
             settings["udp6"] = udp6
-        node = Node(reactor, role, settings)
-        if role == "relay":
-            node.listenStream("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
-            node.addListener("stream6", StreamListenerService(reactor, "tcp6:0:interface=\\:\\:1",
-                                                              Factory.forProtocol(Protocol)))
-            dht = DHTService(node, bootstrap, config=LOCAL)
-            RelayPublisher(dht, frozenset(flags), 3600).setServiceParent(dht)
-        else:
-            dht = DHTService(node, bootstrap, clientMode=True, config=LOCAL)
-            RelayFinder(dht, 300).setServiceParent(dht)
-        dht.setServiceParent(node)
-        node.startService()
-        self.addCleanup(lambda: node.running and node.stopService())
-        return node, dht
+        return startNode(self, role, settings, bootstrap, flags, stream6=True)
 
     @defer.inlineCallbacks
     def test_ipv6OnlyAndIPv4OnlyClientsBothFindDualStackRelays(self):

@@ -145,6 +145,16 @@ class ChannelTests(unittest.TestCase):
         self.assertEqual(self.bridge.counters["bad_records"], 1)
 
     @defer.inlineCallbacks
+    def test_bridgeBeforeVersion4IsNamed(self):
+        """A bridge whose link negotiated version 3 is not sent a request it would not know; the error says why."""
+        a, _ = pair(self.client, self.bridge)
+        a.version = 3
+        a.sendDirectory = lambda payload: self.fail("DIRECTORY sent on a version 3 link")
+        e = yield self.assertFailure(self.client.ask(a, dirwire.WHAT_SELF), LinkError)
+        self.assertIn("link version 3", str(e))
+        self.assertEqual(self.client._pending, {})
+
+    @defer.inlineCallbacks
     def test_timeout(self):
         a = FakeLink()
         a.sendDirectory = lambda payload: True  # the request vanishes

@@ -2,9 +2,9 @@
 
  - the older release speaks link version 1 and lists no circuit versions
    (exactly the first release's VERSIONS record: C{00 01});
- - this release speaks link versions 1, 2 and 3 (2 adds CLOSE, 3 PING/PONG) and circuit version 1;
+ - this release speaks link versions 1, 2, 3 and 4 (2 adds CLOSE, 3 PING/PONG, 4 DIRECTORY) and circuit version 1;
  - a newer release is modelled by what it puts on the wire: link versions
-   2, 3 and 4 (it dropped 1) and circuit versions 1 and 2.
+   3, 4 and 5 (it dropped 1 and 2) and circuit versions 1 and 2.
 
 Each pair opens at the highest version both speak and carries cells; what
 version 2 adds is used only on version 2 links; a node two releases apart
@@ -20,7 +20,8 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(2, 3, 4), circuitVersions=(1, 2))
+NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2))
+BEFORE_DIRECTORY = LinkSettings(versions=(1, 2, 3))
 
 
 def failureOf(d):
@@ -55,7 +56,7 @@ class SideBySideTests(unittest.TestCase):
     def test_thisMeetsNewer(self):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
-            self.assertEqual((client.version, server.version), (3, 3))
+            self.assertEqual((client.version, server.version), (4, 4))
             self.assertEqual((client.circuitVersion, server.circuitVersion), (1, 1))
 
     def test_twoReleasesApartRefusedClearly(self):
@@ -98,6 +99,25 @@ class SideBySideTests(unittest.TestCase):
         client.transport.write(wire.encodeControl(wire.CLOSE, b"\x09"))
         pump.flush()
         self.assertIn("peer closed the link: reason 9", str(server.closeReason))
+
+    def test_noDirectoryToAPeerBeforeVersion4(self):
+        """A peer that did not negotiate version 4 is never sent a DIRECTORY record (it does not know it)."""
+        client, server, pump = self.pair(THIS, BEFORE_DIRECTORY)
+        self.assertEqual(client.version, 3)
+        self.assertFalse(client.sendDirectory(b"\x01" + bytes(8)))
+        pump.flush()
+        self.assertIs(server.state, State.OPEN)
+        client, server, pump = self.pair(THIS, THIS)
+        self.assertEqual(client.version, 4)
+        self.assertTrue(client.sendDirectory(b"\x01" + bytes(8)))
+
+    def test_directoryOnAVersion3LinkIsAViolation(self):
+        """The attack: a peer that negotiated version 3 sends a version-4 record anyway."""
+        client, server, pump = self.pair(THIS, BEFORE_DIRECTORY)
+        client.transport.write(wire.encodeControl(wire.DIRECTORY, b"\x01" + bytes(8)))
+        pump.flush()
+        self.assertIs(server.state, State.CLOSED)
+        self.assertIn("DIRECTORY on a version 3 link", str(server.closeReason))
 
     def test_downgradeIsCaught(self):
         """

@@ -7,21 +7,24 @@ from meshvpn.tools.netns import requireRoot
 
 
 class MatrixTests(unittest.TestCase):
-    timeout = 240
+    timeout = 420
 
     def test_everyPairConnects(self):
         """
         Direct wherever possible in principle, through our relay's TURN
-        server otherwise; 1 MiB each way, verified byte for byte.
+        server otherwise, through a TURN allocation over TCP wherever one
+        side's UDP is blocked; 1 MiB each way, verified byte for byte.
         """
         requireRoot(self)
         result = matrix.runMatrix(self, size=1 << 20)
         rows = result["pairs"]
-        self.assertEqual(len(rows), 25)
+        self.assertEqual(len(rows), 36)
         bad = [r for r in rows if not (r["connected"] and r["verified"] and r["path"] == r["expected_path"])]
         self.assertEqual(bad, [])
         self.assertEqual({(r["a"], r["b"]) for r in rows if r["path"] == "relay"},
                          {("port-restricted", "symmetric"), ("symmetric", "port-restricted"), ("symmetric", "symmetric")})
+        self.assertEqual({(r["a"], r["b"]) for r in rows if r["path"] == "turn-tcp"},
+                         {(a, b) for a in matrix.PAIR_TYPES for b in matrix.PAIR_TYPES if "udp-blocked" in (a, b)})
 
 
 class CoturnTests(unittest.TestCase):
@@ -41,7 +44,7 @@ class CoturnTests(unittest.TestCase):
 
 
 class BenchTests(unittest.TestCase):
-    timeout = 240
+    timeout = 420
 
     def test_benchNatRuns(self):
         """`meshvpn bench nat --json` prints one JSON object with pairs and classified (tiny transfer)."""
@@ -52,14 +55,17 @@ class BenchTests(unittest.TestCase):
         requireRoot(self)
         out = subprocess.run(
             [sys.executable, "-m", "meshvpn", "bench", "nat", "--json", "--bytes", "20000"],
-            capture_output=True, timeout=200,
+            capture_output=True, timeout=400,
         )
         self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace")[-2000:])
         result = json.loads(out.stdout)
-        self.assertEqual(len(result["pairs"]), 25)
+        self.assertEqual(len(result["pairs"]), 36)
         for row in result["pairs"]:
             self.assertEqual(set(row) >= {"a", "b", "path", "connected", "connect_time_s"}, True)
-        self.assertEqual(len(result["classified"]), 10)
+        blocked = [r for r in result["pairs"] if "udp-blocked" in (r["a"], r["b"])]
+        self.assertEqual(len(blocked), 11)
+        self.assertEqual({(r["connected"], r["path"]) for r in blocked}, {(True, "turn-tcp")})
+        self.assertEqual(len(result["classified"]), 12)
         for row in result["classified"]:
             self.assertEqual(set(row), {"host", "expected", "detected"})
 

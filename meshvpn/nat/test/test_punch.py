@@ -1,6 +1,6 @@
 """Hole punching, relay signalling and the peer connector, in memory on task.Clock."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
@@ -113,6 +113,8 @@ class SignalWireTests(unittest.TestCase):
         except sw.SignalParseError:
             pass
 
+    # ip_addresses() draws slowly when the shared machine is loaded: the health check failed there, not the parser
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(st.tuples(st.ip_addresses().map(str), st.integers(0, 65535)), max_size=16))
     def test_candidatesRoundTrip(self, cands):
         payload = bytes((sw.OFFER,)) + b"i" * 8 + b"s" * 16 + sw.encodeCandidates(cands)
