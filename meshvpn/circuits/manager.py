@@ -644,6 +644,8 @@ class CircuitManager(service.Service):
 
     async def _buildBackup(self):
         """A spare through the guard after the first (never a third: see the module docstring)."""
+        if not any(self.guards.confirmed(g) for g in self.guards.guardIds()):
+            return  # no circuit built yet: nothing to back up (and no wait on the directory)
         relays = await self._relaySource()
         first = self.guards.choose(relays)
         if first is None or not self.guards.confirmed(first.nodeId):
