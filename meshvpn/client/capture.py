@@ -4,9 +4,11 @@ What C{capture} changes, and how each change is undone:
 
 - IPv4 routes C{0.0.0.0/1} and C{128.0.0.0/1} into the TUN: more specific
   than any default route, and they vanish with the device, so a crash
-  cannot leave them behind.
-- A C{/32} host route (protocol L{RTPROT_MESHVPN}, so C{ip route show proto
-  196} lists them) to each address the client talks to outside the tunnel:
+  cannot leave them behind.  (The IPv6 ones, C{::/1} and C{8000::/1}, are
+  added by L{meshvpn.client.vpn.TunClient} when it carries IPv6.)
+- A host route (C{/32}, or C{/128} for an IPv6 relay; protocol
+  L{RTPROT_MESHVPN}, so C{ip route show proto 196} and C{ip -6 route show
+  proto 196} list them) to each address the client talks to outside the tunnel:
   DHT bootstrap nodes at start, then every guard, DHT or STUN peer the
   egress gate (L{meshvpn.client.egress}) lets out, added before its first
   packet and removed when it is no longer used.  The route is the one the
@@ -16,11 +18,19 @@ What C{capture} changes, and how each change is undone:
   Removed by C{restore} (and by C{meshvpn vpn-restore} after a crash).
 - nftables table C{inet meshvpn-client-<id8>} (the kill switch): output
   policy drop, accepting only loopback, the TUN, TCP to the kept
-  C{ip . port} pairs of links and UDP from the node's own socket to the
+  C{ip . port} pairs of links and UDP from the node's own sockets to the
   kept C{ip . port} pairs of its DHT/STUN peers (an app cannot reach other
   services on a relay's address outside the tunnel, nor use a relay's UDP
-  port from another socket); IPv6 has no exception at all (blocked, never
-  leaked); TCP SYNs through the TUN get their MSS clamped to the route MTU.
+  port from another socket).  One set pair per family (C{keep4tcp},
+  C{keep4udp}, C{keep6tcp}, C{keep6udp}): a node whose uplink is IPv6
+  reaches its relays over IPv6 the same way.  Such a node must also answer
+  and ask IPv6 neighbour discovery on its uplink (ARP's IPv6 counterpart,
+  which a drop policy would block): solicitations and advertisements with
+  hop limit 255 are let out, which RFC 4861 makes link-local (a receiver
+  drops any other hop limit, so they cannot carry data past the first
+  router); nothing else of IPv6 leaves outside the tunnel or the kept
+  pairs.  A node without an IPv6 socket gets no such exception at all.
+  TCP SYNs through the TUN get their MSS clamped to the route MTU.
   A crash leaves this table in place, which fails closed (nothing leaks,
   nothing works) until C{meshvpn vpn-restore} or the next start removes it.
 - C{/etc/resolv.conf} rewritten in place (it may be a bind mount, e.g.
@@ -53,23 +63,55 @@ def runNft(script):
         raise RuntimeError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
 
 
-def _elements(keep, protocol):
-    return ", ".join(f"{ip} . {port}" for proto, ip, port in sorted(keep) if proto == protocol)
+FAMILIES = (4, 6)
+_SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_DADDR = {4: "ip daddr", 6: "ip6 daddr"}
+# What IPv6 neighbour discovery sends: router solicitation, neighbour solicitation and advertisement.
+ND_TYPES = "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert"
 
 
-def killSwitchRules(table, tun, keep, udpSourcePort=None):
+def familyOf(ip):
+    """4 or 6 for an address string as L{directDestinations} writes it."""
+    return 6 if ":" in ip else 4
+
+
+def _elements(keep, protocol, family):
+    return ", ".join(f"{ip} . {port}" for proto, ip, port in sorted(keep)
+                     if proto == protocol and familyOf(ip) == family)
+
+
+def _sourcePorts(udpSourcePort):
+    """C{udp sport ...} for an int, an iterable of ints, or nothing (C{None}, empty: any port)."""
+    if not udpSourcePort:
+        return ""
+    ports = sorted({int(p) for p in ((udpSourcePort,) if isinstance(udpSourcePort, int) else udpSourcePort) if p})
+    if not ports:
+        return ""
+    if len(ports) == 1:
+        return f"udp sport {ports[0]} "
+    return f"udp sport {{ {', '.join(map(str, ports))} }} "
+
+
+def killSwitchRules(table, tun, keep, udpSourcePort=None, ipv6Uplink=False):
     """
     @param keep: C{(protocol, ip, port)} of relays (guard link ports over
-        TCP, DHT/STUN ports over UDP) that may be reached directly.
-    @param udpSourcePort: the node's own UDP port: UDP is let out only from
-        it (C{None}: from any port).
+        TCP, DHT/STUN ports over UDP) that may be reached directly, either family.
+    @param udpSourcePort: the node's own UDP port, or its ports (one per
+        socket): UDP is let out only from them (C{None}: from any port).
+    @param ipv6Uplink: the node talks IPv6 outside the tunnel (it has an
+        IPv6 socket), so it needs neighbour discovery on its uplink.
     """
     sets = ""
-    for proto in PROTOCOLS:
-        elements = _elements(keep, proto)
-        listed = f"        elements = {{ {elements} }}\n" if elements else ""
-        sets += f"    set keep4{proto} {{\n        type ipv4_addr . inet_service\n{listed}    }}\n"
-    sport = f"udp sport {int(udpSourcePort)} " if udpSourcePort else ""
+    for family in FAMILIES:
+        for proto in PROTOCOLS:
+            elements = _elements(keep, proto, family)
+            listed = f"        elements = {{ {elements} }}\n" if elements else ""
+            sets += f"    set keep{family}{proto} {{\n        type {_SET_TYPE[family]} . inet_service\n{listed}    }}\n"
+    sport = _sourcePorts(udpSourcePort)
+    exceptions = "".join(f"        {_DADDR[f]} . tcp dport @keep{f}tcp accept\n"
+                         f"        {sport}{_DADDR[f]} . udp dport @keep{f}udp accept\n" for f in FAMILIES)
+    if ipv6Uplink:
+        exceptions += f"        icmpv6 type {{ {ND_TYPES} }} ip6 hoplimit 255 accept\n"
     return f"""table inet {table} {{}}
 delete table inet {table}
 table inet {table} {{
@@ -78,9 +120,7 @@ table inet {table} {{
         oifname "lo" accept
         oifname "{tun}" tcp flags syn tcp option maxseg size set rt mtu
         oifname "{tun}" accept
-        ip daddr . tcp dport @keep4tcp accept
-        {sport}ip daddr . udp dport @keep4udp accept
-        counter drop
+{exceptions}        counter drop
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
@@ -94,18 +134,42 @@ table inet {table} {{
 
 def _elementScript(verb, table, keep):
     lines = []
-    for proto in PROTOCOLS:
-        elements = _elements(keep, proto)
-        if elements:
-            lines.append(f"{verb} element inet {table} keep4{proto} {{ {elements} }}\n")
+    for family in FAMILIES:
+        for proto in PROTOCOLS:
+            elements = _elements(keep, proto, family)
+            if elements:
+                lines.append(f"{verb} element inet {table} keep{family}{proto} {{ {elements} }}\n")
     return "".join(lines)
+
+
+def directAddress(host):
+    """
+    C{host} as the kill switch and the routes name it, or C{None} if it
+    needs no exception: loopback and unspecified stay local; IPv6
+    link-local and multicast are never a relay (a link-local address needs
+    a scope the sets cannot hold); an IPv4-mapped IPv6 address (what a
+    dual-stack socket reports for an IPv4 peer) is its IPv4 address, the
+    family its packets have on the wire; names are never dialled here.
+    """
+    try:
+        ip = ipaddress.ip_address(str(host).strip("[]").partition("%")[0])
+    except ValueError:
+        return None
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.is_link_local or ip.is_multicast:
+            return None
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+        return None
+    return str(ip)
 
 
 def directDestinations(destinations):
     """
-    The IPv4, non-loopback C{(protocol, ip, port)} of C{destinations}
+    The non-local C{(protocol, ip, port)} of C{destinations}, either family
     (C{(ip, port)} pairs stand for both protocols); the rest need no route
-    (loopback stays local, IPv6 is blocked, names are never dialled here).
+    (L{directAddress}).
     """
     out = set()
     for item in destinations:
@@ -115,32 +179,34 @@ def directDestinations(destinations):
         else:
             proto, host, port = item
             protocols = (proto,) if proto in PROTOCOLS else ()
-        try:
-            ip = ipaddress.ip_address(str(host).strip("[]"))
-        except ValueError:
-            continue
-        if ip.version == 4 and not ip.is_loopback and not ip.is_unspecified and isinstance(port, int) and 0 < port < 65536:
-            out.update((proto, str(ip), port) for proto in protocols)
+        ip = directAddress(host)
+        if ip is not None and isinstance(port, int) and 0 < port < 65536:
+            out.update((proto, ip, port) for proto in protocols)
     return out
 
 
 # -- route lookup without the tunnel
 
 
-def routeRows(ipr):
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_ANY = {4: "0.0.0.0", 6: "::"}
+_HOST_LEN = {4: 32, 6: 128}
+
+
+def routeRows(ipr, family=4):
     """
-    The main table's IPv4 routes as plain dicts (C{dst}, C{dst_len},
+    The main table's routes of one family as plain dicts (C{dst}, C{dst_len},
     C{oif}, C{gateway}, C{metric}, C{proto}, C{type}), for L{bestRoute}.
     """
     rows = []
-    for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+    for msg in ipr.get_routes(family=_AF[family], table=MAIN_TABLE):
         oif, gateway = msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY")
         hops = msg.get_attr("RTA_MULTIPATH")
         if oif is None and hops:  # multipath: its first next hop
             oif = hops[0]["oif"]
             gateway = hops[0].get_attr("RTA_GATEWAY")
         rows.append({
-            "dst": msg.get_attr("RTA_DST") or "0.0.0.0",
+            "dst": msg.get_attr("RTA_DST") or _ANY[family],
             "dst_len": msg["dst_len"],
             "oif": oif,
             "gateway": gateway,
@@ -156,12 +222,16 @@ def bestRoute(rows, address, ignoreOif=None):
     """
     The route C{address} takes without the tunnel: longest prefix, then
     lowest metric, among C{rows} (L{routeRows}), ignoring routes through
-    C{ignoreOif} (the TUN) and our own host routes.
+    C{ignoreOif} (the TUN) and our own host routes.  C{rows} and
+    C{address} are of one family, either.
 
     @return: C{{"oif", "gateway"}} or C{None} (no route, or the best match
         is a blackhole/unreachable route).
     """
-    ip = int(ipaddress.IPv4Address(address))
+    ip = ipaddress.ip_address(address)
+    bits = ip.max_prefixlen
+    full = (1 << bits) - 1
+    ip = int(ip)
     best = None
     for row in rows:
         if row.get("table", MAIN_TABLE) != MAIN_TABLE or row["proto"] == RTPROT_MESHVPN:
@@ -169,8 +239,12 @@ def bestRoute(rows, address, ignoreOif=None):
         if ignoreOif is not None and row["oif"] == ignoreOif:
             continue
         length = row["dst_len"]
-        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
-        if int(ipaddress.IPv4Address(row["dst"])) & mask != ip & mask:
+        mask = (full << (bits - length)) & full if length else 0
+        try:
+            dst = ipaddress.ip_address(row["dst"])
+        except ValueError:
+            continue
+        if dst.max_prefixlen != bits or int(dst) & mask != ip & mask:
             continue
         key = (-length, row["metric"] or 0)
         if best is None or key < best[0]:
@@ -187,14 +261,16 @@ class RouteController:
     @param tag: names the nftables table (the node id prefix).
     @param dataDir: where the original resolv.conf is saved.
     @param dnsServer: the address to point the resolver at, or C{None} to leave it.
-    @param udpSourcePort: C{callable() -> int or None}, the node's UDP port
-        (the only source port UDP exceptions apply to).
+    @param udpSourcePort: C{callable() -> int, ints or None}, the node's UDP
+        port(s) (the only source ports UDP exceptions apply to).
+    @param ipv6Uplink: C{callable() -> bool}, whether the node talks IPv6
+        outside the tunnel (has an IPv6 socket): its neighbour discovery is let out.
     """
 
     log = Logger()
 
     def __init__(self, tag, dataDir, dnsServer=None, resolvConf="/etc/resolv.conf", nft=runNft, ipr=None,
-                 udpSourcePort=lambda: None):
+                 udpSourcePort=lambda: None, ipv6Uplink=lambda: False):
         self.table = f"meshvpn-client-{tag}"
         self.dataDir = dataDir
         self.dnsServer = dnsServer
@@ -202,6 +278,7 @@ class RouteController:
         self._nft = nft
         self._ipr = ipr
         self._udpSourcePort = udpSourcePort
+        self._ipv6Uplink = ipv6Uplink
         self.tun = None
         # address -> the host route added for it (kwargs); None while its
         # route is gone (refresh puts it back once one exists again)
@@ -218,7 +295,14 @@ class RouteController:
         return self._ipr
 
     def _rows(self):
-        return routeRows(self._iproute())
+        """The main table of each family (an empty IPv6 one where the host has IPv6 turned off)."""
+        ipr = self._iproute()
+        rows = {4: routeRows(ipr, 4)}
+        try:
+            rows[6] = routeRows(ipr, 6)
+        except Exception:
+            rows[6] = []
+        return rows
 
     def _tunIndex(self):
         return self.tun.index if self.tun is not None else None
@@ -237,7 +321,7 @@ class RouteController:
             if not self._install(address, rows):
                 failed |= {k for k in keep if k[1] == address}
         self.keptPorts = keep - failed
-        self._nft(killSwitchRules(self.table, tun.name, self.keptPorts, self._udpSourcePort()))
+        self._nft(killSwitchRules(self.table, tun.name, self.keptPorts, self._udpSourcePort(), self._ipv6Uplink()))
         self.captured = True
         for cidr in ("0.0.0.0/1", "128.0.0.0/1"):
             tun.addRoute(cidr)
@@ -274,10 +358,11 @@ class RouteController:
         if not self.captured or not self.kept:
             return []
         rows = self._rows()
-        ours = {r["dst"]: r for r in rows if r["proto"] == RTPROT_MESHVPN and r["dst_len"] == 32}
+        ours = {r["dst"]: r for family, table in rows.items() for r in table
+                if r["proto"] == RTPROT_MESHVPN and r["dst_len"] == _HOST_LEN[family]}
         moved = []
         for address in list(self.kept):
-            want = bestRoute(rows, address, self._tunIndex())
+            want = bestRoute(rows[familyOf(address)], address, self._tunIndex())
             have = ours.get(address)
             if want is None:
                 if have is not None:
@@ -298,12 +383,13 @@ class RouteController:
         Add (or replace) the host route to C{address} and record it in
         C{kept}.  @return: whether it has one now.
         """
-        found = found or bestRoute(rows, address, self._tunIndex())
+        family = familyOf(address)
+        found = found or bestRoute(rows[family], address, self._tunIndex())
         if found is None:
             self.counters["no_route"] += 1
             self.log.warn("no route to {a} outside the tunnel", a=address)
             return False
-        route = {"dst": f"{address}/32", "oif": found["oif"], "proto": RTPROT_MESHVPN}
+        route = _hostRoute(family, address, found["oif"])
         if found["gateway"]:
             route["gateway"] = found["gateway"]
         try:
@@ -355,19 +441,32 @@ class RouteController:
         return defer.succeed(None)
 
 
+def _hostRoute(family, address, oif):
+    """The keyword arguments of pyroute2's C{route()} for our host route to C{address}."""
+    route = {"dst": f"{address}/{_HOST_LEN[family]}", "oif": oif, "proto": RTPROT_MESHVPN}
+    if family == 6:
+        route["family"] = socket.AF_INET6
+    return route
+
+
 def deleteHostRoutes(ipr):
-    """Delete every IPv4 host route marked L{RTPROT_MESHVPN}. @return: how many."""
+    """Delete every host route (either family) marked L{RTPROT_MESHVPN}. @return: how many."""
     n = 0
-    for row in routeRows(ipr):
-        if row["proto"] == RTPROT_MESHVPN and row["dst_len"] == 32:
-            route = {"dst": f"{row['dst']}/32", "oif": row["oif"], "proto": RTPROT_MESHVPN}
-            if row["gateway"]:
-                route["gateway"] = row["gateway"]
-            try:
-                ipr.route("del", **route)
-                n += 1
-            except Exception:
-                pass
+    for family in FAMILIES:
+        try:
+            rows = routeRows(ipr, family)
+        except Exception:
+            continue  # IPv6 turned off on this host
+        for row in rows:
+            if row["proto"] == RTPROT_MESHVPN and row["dst_len"] == _HOST_LEN[family]:
+                route = _hostRoute(family, row["dst"], row["oif"])
+                if row["gateway"]:
+                    route["gateway"] = row["gateway"]
+                try:
+                    ipr.route("del", **route)
+                    n += 1
+                except Exception:
+                    pass
     return n
 
 

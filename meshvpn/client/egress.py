@@ -20,12 +20,11 @@ C{maxEntries} entries exist; when full, the least recently used unpinned
 one makes room, and if there is none the request is refused.
 """
 
-import ipaddress
-
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshvpn.client.capture import directAddress
 from meshvpn.errors import EgressRefused
 from meshvpn.interfaces import IDirectEgress, IStatusSource
 
@@ -35,14 +34,14 @@ TICK = 2.0
 
 
 def _key(protocol, host, port):
-    """C{(protocol, ip, port)} normalised, or C{None} if it needs no gate (loopback, IPv6, a name)."""
-    try:
-        ip = ipaddress.ip_address(str(host).strip("[]"))
-    except ValueError:
+    """
+    C{(protocol, ip, port)} normalised (either family), or C{None} if it
+    needs no gate (loopback, link-local, a name: L{directAddress}).
+    """
+    ip = directAddress(host)
+    if ip is None or not isinstance(port, int) or not 0 < port < 65536:
         return None
-    if ip.version != 4 or ip.is_loopback or not isinstance(port, int) or not 0 < port < 65536:
-        return None
-    return (protocol, str(ip), port)
+    return (protocol, ip, port)
 
 
 @implementer(IDirectEgress, IStatusSource)
@@ -102,10 +101,14 @@ class EgressGate:
 
     def passes(self, protocol, address):
         key = (protocol, address[0], address[1])
-        if key in self._open:
-            self._used.add(key)
-            return True
-        return False
+        if key not in self._open:
+            # Per datagram, so the address as the socket spells it is tried first; only a miss
+            # pays for normalising (an IPv6 address written out in full, an IPv4-mapped one).
+            key = _key(protocol, address[0], address[1])
+            if key not in self._open:
+                return False
+        self._used.add(key)
+        return True
 
     def allow(self, destinations):
         waits = []

@@ -143,7 +143,8 @@ class MeshLinkService(service.Service):
                 from meshvpn.nat.turn_client import TurnAllocation
 
                 lifetime, user, password = await signalling.requestCredentials()
-                alloc = TurnAllocation(reactor, stunEp, udp.sendDatagram, self.turn, user, password)
+                alloc = TurnAllocation(reactor, stunEp, udp.sendDatagram, self.turn, user, password,
+                                       renew=signalling.requestCredentials)
                 await alloc.allocate(lifetime)
                 alloc.registerChannelData(udp)
                 return alloc

@@ -534,7 +534,7 @@ def tunSettings():
         return mtu
 
     return [
-        Setting("tun", parseBool, False, "VPN mode: route all IPv4 through circuits (TUN, kill switch, DNS); needs root.",
+        Setting("tun", parseBool, False, "VPN mode: route all IP traffic through circuits (TUN, kill switch, DNS); needs root.",
                 flag=True),
         Setting("tun-name", parseText, "mvpn%d", "TUN interface name (%d: first free number)."),
         Setting("tun-mtu", parseMtu, DEFAULT_MTU, "TUN MTU; 1480 makes a full packet exactly 3 cells."),
@@ -607,12 +607,17 @@ def attachTun(node, settings, finder=None, getCircuit=None, opener=None, keepSou
     routes = gate = None
     egressUsers = []
     if capture:
-        def udpPort():
-            port = node.udpService.port
-            return port.getHost().port if port is not None else None
+        sockets = [s for s in (node.udpService, getattr(node, "udp6Service", None)) if s is not None]
+
+        def udpPorts():
+            return [s.port.getHost().port for s in sockets if s.port is not None]
+
+        def ipv6Uplink():
+            # An IPv6 socket talks IPv6 outside the tunnel (an IPv6-only node, or --udp6).
+            return any(s.port is not None and ":" in s.port.getHost().host for s in sockets)
 
         routes = RouteController(tag, node.dataDir, dnsServer, settings.get("resolv_conf", "/etc/resolv.conf"),
-                                 udpSourcePort=udpPort)
+                                 udpSourcePort=udpPorts, ipv6Uplink=ipv6Uplink)
         gate = EgressGate(node.reactor, routes, lambda: directPeers(bootstrap, finder, links))
         egressUsers = [u for u in (node.udp, links) if u is not None]
     client = TunClient(

@@ -173,6 +173,9 @@ class DHTNode:
         self._published = {}  # key -> Record we republish
         self._bootAddresses = []
         self.savedContacts = []  # (nodeId, address) from a saved table: pinged at bootstrap
+        # callable(addr) -> bool, or None: whether the transport can carry a request there now (a
+        # client's circuits: meshvpn.client.dhtcircuits); one it cannot fails at once, costing no timeout
+        self.reachable = None
         self.stopped = False
         self._loops = []
 
@@ -380,6 +383,9 @@ class DHTNode:
         if self.family is not None and (6 if ":" in addr[0] else 4) != self.family:
             self.counters["requests_other_family"] += 1
             return defer.fail(DHTError(f"{addr[0]} is not in this IPv{self.family} DHT"))
+        if self.reachable is not None and not self.reachable(addr):
+            self.counters["requests_unreachable"] += 1
+            return defer.fail(DHTError(f"{addr[0]}:{addr[1]} cannot be asked now"))
         if prove is None:
             prove = expectedId is None or not self.isProven(expectedId, addr)
         txid = self._txid()

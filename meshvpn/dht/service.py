@@ -130,8 +130,19 @@ class DHTService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, node, bootstrap=(), clientMode=False, config=None, saveInterval=300.0):
+    def __init__(self, node, bootstrap=(), clientMode=False, config=None, saveInterval=300.0, transport=None):
+        """
+        @param transport: where the DHT's datagrams go instead of the node's
+            socket, or C{None}: an object with C{send(data, addr)},
+            C{setReceiver(handler)} (answers go to C{handler.datagramReceived}),
+            C{reachable(addr)} (may a request go there now) and
+            C{whenReady()}, a Deferred firing with extra bootstrap
+            addresses once it can carry datagrams (the join waits for it);
+            a client's circuits (doc/dht.md, "The directory through circuits").
+        """
         super().__init__()
+        self.transport = transport
+        self.taps = []  # callables(data, addr) -> bool seeing socket datagrams first; True: consumed
         self.node = node
         self.bootstrapAddresses = list(bootstrap)
         self.clientMode = clientMode
@@ -149,17 +160,20 @@ class DHTService(service.MultiService):
         c = self.config
         identity = self.node.identity
         families = nodeFamilies(self.node)
+        transport = self.transport
         for i, family in enumerate(families):
             dht = DHTNode(
                 reactor,
                 identity,
-                self.node.udp.sendDatagram,
+                self.node.udp.sendDatagram if transport is None else transport.send,
                 RecordStore(c.maxRecords, c.maxPerKey, c.maxPerPublisher,
                             admit=DirectoryPolicy(c.exemptLoopback, family)),
                 c,
                 clientMode=self.clientMode,
                 family=family if len(families) > 1 else None,
             )
+            if transport is not None:
+                dht.reachable = transport.reachable
             overlay = _Overlay(
                 family, dht, RelayDirectory(dht, identity, family=family),
                 self.joined if i == 0 else defer.Deferred(),
@@ -170,7 +184,9 @@ class DHTService(service.MultiService):
         primary = self.overlays[0]
         self.dht, self.directory = primary.dht, primary.directory
         self.workReady = self._loadWork()
-        self.node.udp.register("dht", DHT_BYTES, _ByFamily(self.overlays))
+        self.node.udp.register("dht", DHT_BYTES, _ByFamily(self.overlays, self.taps))
+        if transport is not None:
+            transport.setReceiver(_ByFamily(self.overlays, ()))
         for overlay in self.overlays:
             overlay.dht.savedContacts = loadTable(overlay.tablePath, self.log)
             self.log.info("DHT: {n} saved contacts to ask over IPv{family}; bootstrap {boot}", family=overlay.family,
@@ -182,6 +198,16 @@ class DHTService(service.MultiService):
         self._saveLoop.start(self.saveInterval, now=False)
         super().startService()
         reactor.callWhenRunning(self._whenNodeStarted)
+
+    def everyFamily(self):
+        """
+        One L{IDHT} over every family's DHT this node runs (its puts go to
+        all, its gets ask all): for records every client must find, whatever
+        its family (L{meshvpn.dht.everyfamily}).
+        """
+        from meshvpn.dht.everyfamily import EveryFamilyDHT
+
+        return EveryFamilyDHT(lambda: [o.dht for o in self.overlays])
 
     def _loadWork(self):
         """
@@ -215,12 +241,21 @@ class DHTService(service.MultiService):
 
     def _whenNodeStarted(self):
         def go(result):
+            ready = self.workReady
+            if self.transport is not None:
+                ready.addCallback(lambda _: self.transport.whenReady()).addCallback(self._extraBootstrap)
             for overlay in self.overlays:
-                joining = self.workReady.addCallback(lambda _, o=overlay: self._join(o, 5.0))
+                joining = ready.addCallback(lambda _, o=overlay: self._join(o, 5.0))
                 joining.addErrback(lambda f: self.log.failure("DHT could not start", f))
             return result
 
         self.node.whenStarted.addCallback(go)
+
+    def _extraBootstrap(self, addresses):
+        for overlay in self.overlays:
+            for addr in addresses or ():
+                if (len(self.overlays) == 1 or _familyOf(addr[0]) == overlay.family) and addr not in overlay.bootstrap:
+                    overlay.bootstrap.append(addr)
 
     def _join(self, overlay, backoff):
         overlay.retry = None
@@ -316,11 +351,15 @@ def nodeFamilies(node):
 class _ByFamily:
     """The node socket's DHT handler: each datagram to the overlay of its source's family."""
 
-    def __init__(self, overlays):
+    def __init__(self, overlays, taps):
         self._byFamily = {o.family: o.dht for o in overlays}
         self._only = overlays[0].dht if len(overlays) == 1 else None
+        self._taps = taps  # a relay's DHT datagrams for circuits (meshvpn.onion.dhtrelay) answered first
 
     def datagramReceived(self, data, addr):
+        for tap in self._taps:
+            if tap(data, addr):
+                return
         if self._only is not None:
             return self._only.datagramReceived(data, addr)
         dht = self._byFamily.get(_familyOf(addr[0]))

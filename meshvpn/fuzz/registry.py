@@ -43,6 +43,7 @@ TARGETS = {
     "ip-packet6": "ippacket6",
     "multipath": "multipath",
     "cgo": "cgo",
+    "dht-circuit": "dhtcircuit",
 }
 
 

@@ -41,8 +41,9 @@ class NatRelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, datagramLinks, turnAddress=None, ownAddresses=dict, turnStreamAddress=None):
+    def __init__(self, reactor, datagramLinks, turnAddress=None, ownAddresses=dict, turnStreamAddress=None, identity=None):
         self.reactor = reactor
+        self.identity = identity  # signs each TURN stream's hello (TLS-bound), so clients know whom they reached
         self.turnStreamAddress = turnStreamAddress
         self.turnStream = self._turnStreamPort = None
         self._ownAddresses = ownAddresses
@@ -69,13 +70,18 @@ class NatRelayService(service.Service):
             self.turn.registerChannelData(mux)
             self._turnPort = reactor.listenUDP(port, mux, interface=host)
             if self.turnStreamAddress:
-                self.turnStream = TurnStreamFactory(reactor, front, self.turn, secret)
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                from meshvpn.link.tlsctx import sharedLinkTLS
+
+                self.turnStream = TurnStreamFactory(reactor, front, self.turn, secret, self.identity)
                 sHost, sPort = self.turnStreamAddress
-                self._turnStreamPort = reactor.listenTCP(sPort, self.turnStream, interface=sHost)
+                tls = TLSMemoryBIOFactory(sharedLinkTLS(), False, self.turnStream)
+                self._turnStreamPort = reactor.listenTCP(sPort, tls, interface=sHost)
         self.log.info(
             "NAT relay: datagram links and signalling on the node socket{turn}",
             turn=(f"; TURN on {self.turnAddress[0]}:{self.turnAddress[1]}" if self.turnAddress else "")
-            + (f", over TCP on {self.turnStreamAddress[0]}:{self.turnStreamAddress[1]}" if self.turnStream else ""),
+            + (f", over TLS on {self.turnStreamAddress[0]}:{self.turnStreamAddress[1]}" if self.turnStream else ""),
         )
 
     def _linkSockets(self):

@@ -12,6 +12,13 @@ NONCE, every later request carries USERNAME, REALM,
 NONCE and MESSAGE-INTEGRITY; a 438 (stale nonce) is retried once with the
 new nonce.  The allocation, its permissions (300 s) and its channels
 (600 s) are refreshed before they expire, on reactor time.
+
+Address families (RFC 8656): C{allocate(family=6)} asks for an IPv6
+relayed address (REQUESTED-ADDRESS-FAMILY), C{allocate(additionalFamily=True)}
+for an IPv4 and an IPv6 one (ADDITIONAL-ADDRESS-FAMILY).  The relayed
+addresses granted are C{relayedAddresses} (by family); a missing
+additional one is explained in C{addressError}.  Data to a peer leaves
+from the relayed address of the peer's family, which the server picks.
 """
 
 import struct
@@ -24,6 +31,7 @@ from meshvpn.errors import RelayError
 from meshvpn.hostport import formatHostPort
 from meshvpn.interfaces import IDatagramHandler, IRelayAllocation
 from meshvpn.nat import stun
+from meshvpn.nat.turn_attributes import ADDRESS_ERROR_CODE, decodeAddressError, encodeFamily, familyOf
 from meshvpn.udpmux import TURN_CHANNEL_BYTES
 
 UDP_TRANSPORT = struct.pack("!BBBB", 17, 0, 0, 0)
@@ -55,8 +63,11 @@ class TurnAllocation:
 
     log = Logger()
 
-    def __init__(self, reactor, stunEndpoint, send, server, username, password, rto=0.5, rc=5, rm=4):
+    def __init__(self, reactor, stunEndpoint, send, server, username, password, rto=0.5, rc=5, rm=4, renew=None):
         self.reactor = reactor
+        # renew() -> Deferred (lifetime, username, password): REST credentials (the signalling relay's live
+        # 600 s) are fetched again before each refresh, or the second refresh (~1080 s) would be refused.
+        self.renew = renew
         self.stun = stunEndpoint
         self._send = send
         self.server = server
@@ -64,6 +75,8 @@ class TurnAllocation:
         self.password = password
         self.realm = self.nonce = self.key = None
         self.relayedAddress = self.mappedAddress = None
+        self.relayedAddresses = {}  # family -> (host, port)
+        self.addressError = None  # (family, code, reason): why an additional family was not granted
         self.lifetime = None
         self._timing = dict(rto=rto, rc=rc, rm=rm)
         self._receiver = None
@@ -119,23 +132,44 @@ class TurnAllocation:
             raise RelayError(f"TURN {method:#x} refused: {code} {reason}")
         raise RelayError("TURN authentication did not converge")
 
-    async def _allocate(self, lifetime):
-        reply = await self._request(
-            stun.ALLOCATE,
-            [(stun.REQUESTED_TRANSPORT, UDP_TRANSPORT), (stun.LIFETIME, stun.encodeUint32(lifetime))],
-        )
-        self.relayedAddress = reply.getXorAddress(stun.XOR_RELAYED_ADDRESS)
+    async def _allocate(self, lifetime, family, additionalFamily):
+        attrs = [(stun.REQUESTED_TRANSPORT, UDP_TRANSPORT), (stun.LIFETIME, stun.encodeUint32(lifetime))]
+        if family is not None:
+            attrs.append((stun.REQUESTED_ADDRESS_FAMILY, encodeFamily(family)))
+        if additionalFamily:
+            attrs.append((stun.ADDITIONAL_ADDRESS_FAMILY, encodeFamily(6)))
+        reply = await self._request(stun.ALLOCATE, attrs)
+        try:
+            relayed = [stun.decodeXorAddress(v, reply.transactionId) for v in reply.getAll(stun.XOR_RELAYED_ADDRESS)]
+            error = reply.get(ADDRESS_ERROR_CODE)
+            self.addressError = None if error is None else decodeAddressError(error)
+        except stun.StunParseError as e:
+            raise RelayError(f"TURN ALLOCATE answer malformed: {e}") from None
         self.mappedAddress = reply.getXorAddress(stun.XOR_MAPPED_ADDRESS)
-        if self.relayedAddress is None:
+        if not relayed:
             raise RelayError("ALLOCATE success without XOR-RELAYED-ADDRESS")
+        self.relayedAddresses = {}
+        for address in relayed[:2]:
+            self.relayedAddresses.setdefault(familyOf(address[0]), address)
+        wanted = family or 4
+        if familyOf(relayed[0][0]) != wanted:
+            raise RelayError(f"TURN server relayed IPv{familyOf(relayed[0][0])} where IPv{wanted} was asked")
+        self.relayedAddress = relayed[0]
         self.lifetime = stun.decodeUint32(reply.get(stun.LIFETIME, stun.encodeUint32(lifetime)))
         turnDispatch(self.stun).allocations[self.server] = self
         self._scheduleRefresh()
         return self
 
-    def allocate(self, lifetime=600):
-        """@return: a Deferred firing with this allocation once the server granted it."""
-        return defer.Deferred.fromCoroutine(self._allocate(lifetime))
+    def allocate(self, lifetime=600, family=None, additionalFamily=False):
+        """
+        @param family: 4 or 6, the relayed address's family (C{None}: the
+            server's default, IPv4).
+        @param additionalFamily: ask for an IPv6 relayed address beside the IPv4 one.
+        @return: a Deferred firing with this allocation once the server granted it.
+        """
+        if additionalFamily and family is not None:
+            raise ValueError("an additional family goes with the default (IPv4) one only")
+        return defer.Deferred.fromCoroutine(self._allocate(lifetime, family, additionalFamily))
 
     def _scheduleRefresh(self):
         if self._refreshTimer is not None and self._refreshTimer.active():
@@ -144,7 +178,24 @@ class TurnAllocation:
         self._refreshTimer = self.reactor.callLater(delay, self._autoRefresh)
 
     def _autoRefresh(self):
-        self.refresh(self.lifetime).addErrback(lambda f: self.log.warn("TURN refresh failed: {e}", e=f.getErrorMessage()))
+        d = defer.Deferred.fromCoroutine(self._renewThenRefresh())
+        d.addErrback(lambda f: self.log.warn("TURN refresh failed: {e}", e=f.getErrorMessage()))
+
+    async def _renewThenRefresh(self):
+        if self.renew is not None:
+            try:
+                _, username, password = await self.renew()
+            except Exception as e:
+                self.log.warn("TURN credentials not renewed ({e}); refreshing with the old ones", e=e)
+            else:
+                self.setCredentials(username, password)
+        return await self.refresh(self.lifetime)
+
+    def setCredentials(self, username, password):
+        """Use new credentials from now on (the server must accept them for this allocation: same owner)."""
+        self.username, self.password = username, password
+        if self.realm is not None:
+            self.key = stun.longTermKey(username, self.realm, password)
 
     # -- IRelayAllocation
     def refresh(self, lifetime=600):

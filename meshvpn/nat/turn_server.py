@@ -26,6 +26,17 @@ unauthenticated ALLOCATE so the challenge fits
 Requests arrive through the STUN endpoint of the server's socket (method
 handlers); ChannelData (first bytes 0x40-0x4F) through the multiplexer.
 Each allocation gets its own UDP port on C{relayHost}.
+
+IPv6 (RFC 8656 address families): a server with a relay host of each
+family grants what REQUESTED-ADDRESS-FAMILY asks (IPv4 when absent; 440 if
+it has no relay host of that family) or, with ADDITIONAL-ADDRESS-FAMILY,
+one relayed address of each family (a port on each relay host; if the IPv6
+one cannot be had, the IPv4 one alone with ADDRESS-ERROR-CODE saying why).
+An allocation talks only to peers of its relayed addresses' families (443
+otherwise), and IPv6 peers are held to the same rule as IPv4 ones: public
+unicast only (L{DENIED_PEERS6}), never NAT64 or 6to4 addresses that lead
+back into private IPv4 space.  A REFRESH naming a family the allocation
+lacks is refused with 443; the lifetime is the allocation's, both families.
 """
 
 import hashlib
@@ -41,6 +52,8 @@ from zope.interface import implementer
 from meshvpn.interfaces import IDatagramHandler
 from meshvpn.nat import stun
 from meshvpn.nat.server import MAX_SOURCES
+from meshvpn.nat.turn_attributes import (ADDRESS_ERROR_CODE, UnsupportedFamily, decodeFamily, encodeAddressError,
+                                         familyOf)
 from meshvpn.ratelimit import BucketTable, TokenBucket
 from meshvpn.udpmux import LINK_BYTES, TURN_CHANNEL_BYTES
 
@@ -77,6 +90,32 @@ DENIED_PEERS = tuple(
         "203.0.113.0/24",
         "224.0.0.0/4",
         "240.0.0.0/4",
+    )
+)
+# The same for IPv6 peers: unspecified, loopback, IPv4-mapped and
+# -translated, NAT64 (RFC 6052 and the local-use 64:ff9b:1::/48: the
+# translator would reach private IPv4 space), discard, Teredo, ORCHID,
+# documentation, 6to4 (embeds any IPv4 address), ULA, link-local,
+# site-local and multicast.  2001:2::/48 (RFC 5180 benchmarking) is
+# deliberately not listed, as 198.18.0.0/15 above.
+DENIED_PEERS6 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "::/127",
+        "::ffff:0:0/96",
+        "::ffff:0:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/32",
+        "2001:10::/28",
+        "2001:20::/28",
+        "2001:db8::/32",
+        "2002::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
     )
 )
 
@@ -119,8 +158,11 @@ class Allocation:
         self.permissions = {}  # peer ip -> expiry
         self.channels = {}  # channel -> [peer addr, expiry]
         self.byPeer = {}  # peer addr -> channel
-        self.port = None
+        self.port = None  # the first family's relayed socket
         self.relayedAddress = None
+        self.ports = {}  # family -> relayed socket (one, or one per family with ADDITIONAL-ADDRESS-FAMILY)
+        self.relayedAddresses = []  # in the order the reply lists them
+        self.addressError = None  # (family, code, reason) of an additional family not granted
         self.bytes = 0
         self.bucket = TokenBucket(server.reactor, server.limits.rateBytes, 2 * server.limits.rateBytes)
         self.timer = None
@@ -137,6 +179,7 @@ class Allocation:
         return exp is not None and exp > self.server.reactor.seconds()
 
     def fromPeer(self, data, addr):
+        addr = addr[:2]  # an IPv6 socket adds flow info and scope
         if not self.permitted(addr[0]) or not self.server.internalAllowed(addr, data, inbound=True):
             self.server.counters["no_permission"] += 1
             return
@@ -152,12 +195,13 @@ class Allocation:
         self.server.send(msg.encode(), self.client)
 
     def toPeer(self, data, peer):
-        if peer[1] == 0 or not self.permitted(peer[0]) or not self.server.internalAllowed(peer, data):
+        port = self.ports.get(familyOf(peer[0]))
+        if peer[1] == 0 or port is None or not self.permitted(peer[0]) or not self.server.internalAllowed(peer, data):
             self.server.counters["no_permission"] += 1
             return
         if self._spend(len(data)):
             try:
-                self.port.write(data, peer)
+                port.write(data, peer)
             except OSError:
                 # No route to that peer (a private candidate, say): that datagram is lost, the client's
                 # stream or socket is not.
@@ -170,10 +214,13 @@ class TurnServer:
     @param send: C{callable(data, addr)} on the server's socket.
     @param authSecret: bytes, the shared secret of REST-API credentials, or None.
     @param users: optional C{{username: password}} static long-term users.
+    @param relayHost: where relayed addresses are bound (either family).
+    @param relayHost6: a relay host of the other family, or C{None}: then
+        only C{relayHost}'s family is granted.
     @param listenUDP: C{callable(port, protocol, interface)} (the reactor's).
     @param ownAddresses: this relay's other IP addresses (an iterable, or a
         callable returning one, asked on each check), never a peer;
-        C{relayHost} always counts.
+        the relay hosts always count.
     @param linkAddresses: C{callable() -> [(host, port)]}, the node sockets
         carrying datagram links, or None.  With it (a relay that serves
         UDP-blocked hosts over TCP, L{meshvpn.nat.turn_stream_server}), two
@@ -187,11 +234,16 @@ class TurnServer:
     log = Logger()
 
     def __init__(self, reactor, stunEndpoint, send, relayHost, realm="meshvpn", authSecret=None, users=None,
-                 limits=None, listenUDP=None, ownAddresses=(), linkAddresses=None):
+                 limits=None, listenUDP=None, ownAddresses=(), linkAddresses=None, relayHost6=None):
         self.reactor = reactor
         self.stun = stunEndpoint
         self.send = send
         self.relayHost = relayHost
+        self.relayHosts = {familyOf(relayHost): relayHost}  # family -> host relayed addresses are bound on
+        if relayHost6 is not None:
+            if familyOf(relayHost6) in self.relayHosts:
+                raise ValueError("relayHost6 must be of the other address family than relayHost")
+            self.relayHosts[familyOf(relayHost6)] = relayHost6
         self.realm = realm.encode()
         self.authSecret = authSecret
         self.users = dict(users or {})
@@ -206,7 +258,8 @@ class TurnServer:
         self.counters = {
             k: 0
             for k in ("allocations", "refused", "no_permission", "over_limit", "malformed", "unauthenticated",
-                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large", "send_failed")
+                      "quota", "forbidden_peer", "unauthenticated_ratelimited", "unauthenticated_too_large",
+                      "family_mismatch", "send_failed")
         }
         for method, handler in (
             (stun.ALLOCATE, self._allocate),
@@ -361,9 +414,8 @@ class TurnServer:
         if msg.has(stun.EVEN_PORT) or msg.has(stun.RESERVATION_TOKEN):
             self._error(msg, source, 508, "Insufficient Capacity", key)
             return
-        family = msg.get(stun.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family[:1] != b"\x01":
-            self._error(msg, source, 440, "Address Family not Supported", key)
+        families = self._families(msg, source, key)
+        if families is None:
             return
         if len(self.allocations) >= self.limits.maxAllocations:
             self._error(msg, source, 508, "Insufficient Capacity", key)
@@ -374,20 +426,64 @@ class TurnServer:
             return
         lifetime = self._lifetime(msg) or self.limits.defaultLifetime
         alloc = Allocation(self, source, user, key, self.reactor.seconds() + lifetime, owner)
-        try:
-            alloc.port = self._listenUDP(0, _Relayed(alloc), interface=self.relayHost)
-        except Exception:
+        first, additional = families
+        if not self._bind(alloc, first):
             self._error(msg, source, 508, "Insufficient Capacity", key)
             return
-        alloc.relayedAddress = (self.relayHost, alloc.port.getHost().port)
+        alloc.port, alloc.relayedAddress = alloc.ports[first], alloc.relayedAddresses[0]
+        if additional is not None:
+            if additional not in self.relayHosts:
+                alloc.addressError = (additional, 440, "Address Family not Supported")
+            elif not self._bind(alloc, additional):
+                alloc.addressError = (additional, 508, "Insufficient Capacity")
         self.allocations[source] = alloc
         self.counters["allocations"] += 1
         self._arm(alloc)
         self._allocationReply(msg, source, alloc, key)
 
+    def _families(self, msg, source, key):
+        """
+        The families an ALLOCATE asks for: C{(first, additional or None)};
+        C{None} after answering the error (400 malformed or contradictory,
+        440 a family this server does not relay).
+        """
+        requested = msg.get(stun.REQUESTED_ADDRESS_FAMILY)
+        additional = msg.get(stun.ADDITIONAL_ADDRESS_FAMILY)
+        try:
+            first = 4 if requested is None else decodeFamily(requested)
+            extra = None if additional is None else decodeFamily(additional)
+        except UnsupportedFamily:
+            self._error(msg, source, 440, "Address Family not Supported", key)
+            return None
+        except stun.StunParseError:
+            self._error(msg, source, 400, "Bad Request", key)
+            return None
+        if extra is not None and (requested is not None or extra != 6):
+            # RFC 8656 7.2: only IPv6 may be additional, and never beside REQUESTED-ADDRESS-FAMILY.
+            self._error(msg, source, 400, "Bad Request", key)
+            return None
+        if first not in self.relayHosts:
+            self._error(msg, source, 440, "Address Family not Supported", key)
+            return None
+        return first, extra
+
+    def _bind(self, alloc, family):
+        """A relayed socket of C{family} for C{alloc}.  @return: whether it has one."""
+        host = self.relayHosts[family]
+        try:
+            port = self._listenUDP(0, _Relayed(alloc), interface=host)
+        except Exception:
+            return False
+        alloc.ports[family] = port
+        alloc.relayedAddresses.append((host, port.getHost().port))
+        return True
+
     def _allocationReply(self, msg, source, alloc, key):
         resp = msg.response(stun.SUCCESS)
-        resp.addXorAddress(stun.XOR_RELAYED_ADDRESS, alloc.relayedAddress)
+        for relayed in alloc.relayedAddresses:
+            resp.addXorAddress(stun.XOR_RELAYED_ADDRESS, relayed)
+        if alloc.addressError is not None:
+            resp.add(ADDRESS_ERROR_CODE, encodeAddressError(*alloc.addressError))
         resp.add(stun.LIFETIME, stun.encodeUint32(max(0, int(alloc.expires - self.reactor.seconds()))))
         resp.addXorAddress(stun.XOR_MAPPED_ADDRESS, source)
         resp.add(stun.SOFTWARE, SOFTWARE)
@@ -403,9 +499,10 @@ class TurnServer:
             del self.allocations[alloc.client]
         if alloc.timer is not None and alloc.timer.active():
             alloc.timer.cancel()
-        if alloc.port is not None:
-            alloc.port.stopListening()
-            alloc.port = None
+        for port in alloc.ports.values():
+            port.stopListening()
+        alloc.ports = {}
+        alloc.port = None
 
     def _owned(self, msg, source):
         """The caller's allocation, after authentication; else answer 437 and return None."""
@@ -415,15 +512,27 @@ class TurnServer:
         if auth is None:
             return None
         alloc = self.allocations.get(source)
-        if alloc is None or alloc.username != auth[0]:
+        if alloc is None or alloc.owner != auth[2]:
             self._error(msg, source, 437, "Allocation Mismatch", auth[1])
             return None
+        # A REST user renews its credentials (new expiry, same node id): the allocation follows them.
+        alloc.username, alloc.key = auth[0], auth[1]
         return alloc
 
     def _refresh(self, msg, source):
         alloc = self._owned(msg, source)
         if alloc is None:
             return
+        requested = msg.get(stun.REQUESTED_ADDRESS_FAMILY)
+        if requested is not None:
+            try:
+                family = decodeFamily(requested)
+            except stun.StunParseError:
+                family = None
+            if family not in alloc.ports:
+                self.counters["family_mismatch"] += 1
+                self._error(msg, source, 443, "Peer Address Family Mismatch", alloc.key)
+                return
         lifetime = self._lifetime(msg)
         if lifetime == 0:
             self._reply(msg, source, [(stun.LIFETIME, stun.encodeUint32(0))], alloc.key)
@@ -436,7 +545,7 @@ class TurnServer:
     def _own(self):
         own = self._ownAddresses() if callable(self._ownAddresses) else self._ownAddresses
         out = set()
-        for a in [self.relayHost, *own]:
+        for a in [*self.relayHosts.values(), *own]:
             try:
                 out.add(ipaddress.ip_address(a))
             except ValueError:
@@ -447,8 +556,9 @@ class TurnServer:
         """@return: C{(links, relayed)}: the node's link sockets and live relayed addresses, as sets of (host, port)."""
         if self._linkAddresses is None:
             return set(), set()
-        links = {(self.relayHost if ipaddress.ip_address(h).is_unspecified else h, p) for h, p in self._linkAddresses()}
-        return links, {a.relayedAddress for a in self.allocations.values() if a.relayedAddress is not None}
+        links = {(self.relayHosts.get(familyOf(h), h) if ipaddress.ip_address(h).is_unspecified else h, p)
+                 for h, p in self._linkAddresses()}
+        return links, {r for a in self.allocations.values() for r in a.relayedAddresses}
 
     def internalAllowed(self, peer, data, inbound=False):
         """
@@ -482,21 +592,24 @@ class TurnServer:
             self._expire(alloc)
 
     def _peerAllowed(self, peer):
-        """A public IPv4 address that is not ours (see L{DENIED_PEERS}), or an internal one (C{linkAddresses})."""
+        """
+        A public unicast address that is not ours (see L{DENIED_PEERS} and
+        L{DENIED_PEERS6}), or an internal one (C{linkAddresses}).
+        """
         try:
             ip = ipaddress.ip_address(peer[0])
         except ValueError:
             ip = None
         if ip is not None and ip in self._own() and self._internalHost(ip, peer[1]):
             return True
+        denied = DENIED_PEERS if ip is None or ip.version == 4 else DENIED_PEERS6
         if (
             ip is None
-            or ip.version != 4
             or ip.is_unspecified
             or ip.is_loopback
             or ip.is_multicast
             or ip in self._own()
-            or (any(ip in n for n in DENIED_PEERS) and not any(ip in n for n in self._allowedPeers))
+            or (any(ip in n for n in denied) and not any(ip in n for n in self._allowedPeers))
         ):
             self.counters["forbidden_peer"] += 1
             return False
@@ -518,6 +631,8 @@ class TurnServer:
         peers = self._peers(msg)
         if not peers:
             self._error(msg, source, 400, "Bad Request", alloc.key)
+            return
+        if not self._familiesMatch(alloc, peers, msg, source):
             return
         if not all(self._peerAllowed(p) for p in peers):
             self._error(msg, source, 403, "Forbidden", alloc.key)
@@ -543,6 +658,8 @@ class TurnServer:
             return
         (channel,) = struct.unpack_from("!H", raw)
         peer = peers[0]
+        if not self._familiesMatch(alloc, peers, msg, source):
+            return
         if not 0x4000 <= channel <= 0x4FFF or peer[1] == 0 or not self._peerAllowed(peer):
             self._error(msg, source, 400, "Bad Request", alloc.key)
             return
@@ -558,6 +675,14 @@ class TurnServer:
         alloc.byPeer[peer] = channel
         alloc.permissions[peer[0]] = now + PERMISSION_LIFETIME
         self._reply(msg, source, [], alloc.key)
+
+    def _familiesMatch(self, alloc, peers, msg, source):
+        """Every peer is of a family the allocation relays; else answer 443 (RFC 8656 9.2) and return False."""
+        if all(familyOf(p[0]) in alloc.ports for p in peers):
+            return True
+        self.counters["family_mismatch"] += 1
+        self._error(msg, source, 443, "Peer Address Family Mismatch", alloc.key)
+        return False
 
     def _sendIndication(self, msg, source):
         alloc = self.allocations.get(source)

@@ -9,14 +9,20 @@ delimits itself (RFC 8656 11.4/12.5):
  - ChannelData: first byte 0x40-0x4F, its length at bytes 2-3, 4 + length
    bytes padded to a multiple of 4.
 
-Before any TURN frame the connection proves which node it belongs to, so an
-allocation over a stream is bound to a node id exactly as a UDP one is (the
-UDP client gets its credentials over its authenticated datagram link, which
-a UDP-blocked host cannot have):
+The stream is TLS 1.3 (the link layer's throwaway certificates: TLS only
+encrypts).  Before any TURN frame both ends prove their node identity on
+*this* TLS session, by signing its RFC 5705 exporter value (L{EXPORTER_LABEL};
+a man in the middle terminating TLS on both sides sees two different
+values), so an allocation over a stream is bound to a node id exactly as a
+UDP one is (the UDP client gets its credentials over its authenticated
+datagram link, which a UDP-blocked host cannot have), and the client knows
+it reached the relay it pinned:
 
-    relay  -> client   "MVT1" | challenge (32 random bytes)
+    relay  -> client   "MVT2" | challenge (32 random bytes) | relay's Ed25519
+                       identity public key (32) | its signature (64) of
+                       RELAY_CONTEXT | exporter | challenge
     client -> relay    Ed25519 identity public key (32) | signature (64) of
-                       PROOF_CONTEXT | challenge
+                       PROOF_CONTEXT | exporter | challenge | relay's node id
     relay  -> client   length (2) | a signalling CREDS message (TURN REST
                        credentials for that node id, L{signal_wire.encodeCreds})
 
@@ -31,12 +37,15 @@ from meshvpn.errors import MeshVPNError
 from meshvpn.nat import signal_wire as sw
 from meshvpn.nat import stun
 
-HELLO_MAGIC = b"MVT1"
+HELLO_MAGIC = b"MVT2"
 CHALLENGE_LEN = 32
-HELLO_LEN = len(HELLO_MAGIC) + CHALLENGE_LEN
 PUBLIC_KEY_LEN, SIGNATURE_LEN = 32, 64
 PROOF_LEN = PUBLIC_KEY_LEN + SIGNATURE_LEN
-PROOF_CONTEXT = b"meshvpn turn-over-stream v1 proof\x00"
+HELLO_LEN = len(HELLO_MAGIC) + CHALLENGE_LEN + PROOF_LEN
+PROOF_CONTEXT = b"meshvpn turn-over-stream v2 client proof\x00"
+RELAY_CONTEXT = b"meshvpn turn-over-stream v2 relay proof\x00"
+EXPORTER_LABEL = b"EXPORTER-meshvpn-turn-stream-v2"
+EXPORTER_LEN = 32
 MAX_CREDS = 2 + 1 + 4 + 2 * 256
 CHANNEL_FIRST = range(0x40, 0x50)
 MAX_FRAME = stun.MAX_MESSAGE_LENGTH  # 65552: the largest STUN message; ChannelData (4 + 65535 + pad) fits too
@@ -110,23 +119,44 @@ class Deframer:
         return len(self._buf)
 
 
-def encodeHello(challenge):
+def tlsBinding(transport):
+    """
+    The TLS exporter value of the session C{transport} runs on (both ends
+    compute the same one; a man in the middle gets two different ones).
+    @raise StreamFrameError: not a TLS transport, or no exporter yet.
+    """
+    handle = transport.getHandle() if hasattr(transport, "getHandle") else None
+    try:
+        value = handle.export_keying_material(EXPORTER_LABEL, EXPORTER_LEN)
+    except Exception:
+        value = None
+    if not value or len(value) != EXPORTER_LEN:
+        raise StreamFrameError("no TLS exporter on this stream: TURN streams run on TLS only")
+    return value
+
+
+def relayMessage(binding, challenge):
+    return RELAY_CONTEXT + binding + challenge
+
+
+def encodeHello(challenge, publicKey, signature):
     if len(challenge) != CHALLENGE_LEN:
         raise ValueError("challenge must be 32 bytes")
-    return HELLO_MAGIC + challenge
+    return HELLO_MAGIC + challenge + encodeProof(publicKey, signature)
 
 
 def parseHello(data):
-    """@return: the challenge.  @raise StreamFrameError: not a hello."""
+    """@return: C{(challenge, relayPublicKey, relaySignature)}.  @raise StreamFrameError: not a hello."""
     if len(data) != HELLO_LEN:
         raise StreamFrameError(f"hello of {len(data)} bytes (want {HELLO_LEN})")
     if data[:4] != HELLO_MAGIC:
-        raise StreamFrameError("hello without the MVT1 magic: not a MeshVPN TURN stream")
-    return bytes(data[4:])
+        raise StreamFrameError("hello without the MVT2 magic: not a MeshVPN TURN stream (or an older one)")
+    end = len(HELLO_MAGIC) + CHALLENGE_LEN
+    return (bytes(data[4:end]),) + parseProof(data[end:])
 
 
-def proofMessage(challenge):
-    return PROOF_CONTEXT + challenge
+def proofMessage(binding, challenge, relayNodeId):
+    return PROOF_CONTEXT + binding + challenge + relayNodeId
 
 
 def encodeProof(publicKey, signature):

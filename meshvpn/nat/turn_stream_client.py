@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from meshvpn.errors import RelayError
+from meshvpn.identity import nodeIdFromPublicKey, verifySignature
 from meshvpn.nat import turn_stream as ts
 from meshvpn.nat.endpoint import StunEndpoint
 from meshvpn.nat.turn_client import TurnAllocation, turnDispatch
@@ -47,12 +48,18 @@ class TurnStreamClientProtocol(Protocol):
 
     @param server: the address the allocation calls its server (any
         hashable; the relay's stream address).
+    @param relayId: the relay's node id we expect (pinned), or C{None} to
+        take whichever relay answers (its proof is still checked).
+    @param binding: C{binding(transport)} -> this TLS session's exporter
+        value (L{turn_stream.tlsBinding}; tests give their own).
+    @ivar relayNodeId: the node id the relay proved.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, identity, server):
+    def __init__(self, reactor, identity, server, relayId=None, binding=ts.tlsBinding):
         self.reactor, self.identity, self.server = reactor, identity, server
+        self.relayId, self.binding, self.relayNodeId = relayId, binding, None
         self.state = _State.HELLO
         self.ready, self.closed = defer.Deferred(), defer.Deferred()
         self.stun = StunEndpoint(reactor, lambda data, addr: self.sendFrame(data, addr))
@@ -85,9 +92,17 @@ class TurnStreamClientProtocol(Protocol):
             self._buf += data
             if len(self._buf) < ts.HELLO_LEN:
                 return
-            challenge = ts.parseHello(self._buf[: ts.HELLO_LEN])
+            challenge, relayKey, relaySignature = ts.parseHello(self._buf[: ts.HELLO_LEN])
             data, self._buf = self._buf[ts.HELLO_LEN :], b""
-            signature = self.identity.sign(ts.proofMessage(challenge))
+            binding = self.binding(self.transport)
+            relayNodeId = nodeIdFromPublicKey(relayKey)
+            if self.relayId is not None and relayNodeId != self.relayId:
+                raise ts.StreamFrameError(f"the relay is node {relayNodeId.hex()[:16]}..., not the "
+                                          f"{self.relayId.hex()[:16]}... we asked for")
+            if not verifySignature(relayKey, ts.relayMessage(binding, challenge), relaySignature):
+                raise ts.StreamFrameError("the relay's proof does not match this TLS session (a man in the middle?)")
+            self.relayNodeId = relayNodeId
+            signature = self.identity.sign(ts.proofMessage(binding, challenge, relayNodeId))
             self.transport.write(ts.encodeProof(self.identity.identityPublicKey, signature))
             self.state = _State.CREDS
         if self.state is _State.CREDS:
@@ -205,26 +220,56 @@ class RelayedSocket:
         return d
 
 
-async def _open(reactor, streamEndpoint, identity, server, protocol, lifetime):
-    stream = await connectProtocol(streamEndpoint, TurnStreamClientProtocol(reactor, identity, server))
-    credLifetime, username, password = await stream.ready
-    allocation = TurnAllocation(reactor, stream.stun, stream.sendFrame, server, username, password)
+async def _open(reactor, streamEndpoint, identity, server, protocol, lifetime, helloTimeout, relayId):
+    stream = await connectProtocol(streamEndpoint, TurnStreamClientProtocol(reactor, identity, server, relayId))
     try:
+        # A relay (or a middlebox) that accepts and then says nothing must not hold us for ever.
+        credLifetime, username, password = await stream.ready.addTimeout(helloTimeout, reactor)
+        allocation = TurnAllocation(reactor, stream.stun, stream.sendFrame, server, username, password)
         await allocation.allocate(min(lifetime, credLifetime))
-    except RelayError:
-        stream.transport.loseConnection()
+    except BaseException:
+        stream.transport.abortConnection()
         raise
     return RelayedSocket(reactor, allocation, protocol, stream)
 
 
-def openRelayedSocket(reactor, streamEndpoint, identity, server, protocol, lifetime=600):
+def openRelayedSocket(reactor, streamEndpoint, identity, server, protocol, lifetime=600, helloTimeout=30.0,
+                      relayId=None):
     """
     Connect to the relay's TURN stream port through C{streamEndpoint} (an
-    L{IStreamClientEndpoint}, TCP or TLS), allocate, and make C{protocol}
-    use the allocation as its UDP socket.
+    L{IStreamClientEndpoint} giving TLS: see L{streamOpener}), check the
+    relay is C{relayId} (if given), allocate, and make C{protocol} use the
+    allocation as its UDP socket.
 
     @param server: C{(host, port)} of that port (the allocation's name for its server).
+    @param helloTimeout: seconds from connected to credentials; past them the stream is closed.
     @return: a Deferred firing with the L{RelayedSocket}.
     """
-    return defer.Deferred.fromCoroutine(_open(reactor, streamEndpoint, identity, server, protocol, lifetime))
+    return defer.Deferred.fromCoroutine(
+        _open(reactor, streamEndpoint, identity, server, protocol, lifetime, helloTimeout, relayId))
+
+
+def tlsEndpoint(reactor, host, port, tls, connectTimeout=10):
+    """A TLS client endpoint to C{host}:C{port}; C{tls} is the connection creator (the link layer's)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+
+    kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+    return wrapClientTLS(tls, kind(reactor, host, port, timeout=connectTimeout))
+
+
+def streamOpener(reactor, identity, tls, connectTimeout=10, lifetime=600):
+    """
+    @param tls: an C{IOpenSSLClientConnectionCreator} (the link layer's
+        TLS 1.3 context; the relay is authenticated by its node id, not a certificate).
+    @return: C{opener(relay, protocol)} for L{TurnStreamSocketService}: a TLS
+        connection to C{relay}'s C{(nodeId, (host, port))}, that relay's
+        identity checked on the session, and an allocation there.
+    """
+
+    def opener(relay, protocol):
+        relayId, (host, port) = relay
+        endpoint = tlsEndpoint(reactor, host, port, tls, connectTimeout)
+        return openRelayedSocket(reactor, endpoint, identity, (host, port), protocol, lifetime, relayId=relayId)
+
+    return opener
 

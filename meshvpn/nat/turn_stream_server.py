@@ -9,7 +9,8 @@ the TURN server ever sees it:
 
  - at most C{maxConnections} streams, at most C{perSourceIP} from one IP;
  - a stream must prove a node identity (Ed25519 over our random
-   challenge) within C{proofTimeout}, and hold an allocation within
+   challenge and this TLS session's exporter, so a proof cannot be relayed
+   into another session) within C{proofTimeout}, and hold an allocation within
    C{allocateTimeout} after that (and ever after: a stream whose
    allocation is gone is closed within two such periods), or it is closed;
  - the credentials it receives are the REST ones the signalling relay
@@ -29,7 +30,7 @@ a stream's allocation with spoofed datagrams.
 import enum
 import os
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -105,7 +106,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class TurnStreamServerProtocol(Protocol):
     log = Logger()
 
@@ -119,6 +120,7 @@ class TurnStreamServerProtocol(Protocol):
         self._deframer = ts.Deframer()
         self._timer = None
         self._paused = False
+        self._binding = None
 
     # -- lifetime
     def connectionMade(self):
@@ -129,8 +131,22 @@ class TurnStreamServerProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.transport.registerProducer(self, True)
-        self.transport.write(ts.encodeHello(self._challenge))
         self._arm(self.factory.limits.proofTimeout, "no identity proof")
+        if not self.factory.handshake:
+            self.handshakeCompleted()
+
+    def handshakeCompleted(self):
+        """TLS is up: sign its exporter with the relay's identity (the client checks it against the id it pinned)."""
+        if self.state is not _State.PROVING or self._binding is not None:
+            return
+        try:
+            self._binding = self.factory.binding(self.transport)
+        except ts.StreamFrameError as e:
+            self._close(str(e))
+            return
+        identity = self.factory.identity
+        signature = identity.sign(ts.relayMessage(self._binding, self._challenge))
+        self.transport.write(ts.encodeHello(self._challenge, identity.identityPublicKey, signature))
 
     def _arm(self, delay, why):
         if self._timer is not None and self._timer.active():
@@ -181,6 +197,9 @@ class TurnStreamServerProtocol(Protocol):
     # -- bytes
     def dataReceived(self, data):
         if self.state is _State.PROVING:
+            if self._binding is None:  # bytes before our hello: not a client of ours
+                self._close("data before the hello")
+                return
             need = ts.PROOF_LEN - len(self._proof)
             self._proof += data[:need]
             data = data[need:]
@@ -206,7 +225,8 @@ class TurnStreamServerProtocol(Protocol):
 
     def _proved(self):
         publicKey, signature = ts.parseProof(self._proof)
-        if not verifySignature(publicKey, ts.proofMessage(self._challenge), signature):
+        message = ts.proofMessage(self._binding, self._challenge, self.factory.identity.nodeId)
+        if not verifySignature(publicKey, message, signature):
             self.factory.counters["bad_proof"] += 1
             self._close("identity proof does not verify")
             return False
@@ -225,10 +245,15 @@ class TurnStreamFactory(Factory):
     @param front: the L{TurnStreamFront} the TURN server was built on.
     @param turn: the L{meshvpn.nat.turn_server.TurnServer}.
     @param secret: the REST-credential secret C{turn} checks.
+    @param identity: the relay's L{NodeIdentity} (it signs each stream's hello).
+    @param binding: C{binding(transport)} -> the session's exporter value
+        (L{turn_stream.tlsBinding}: streams are TLS; tests give their own).
+    @param handshake: whether to wait for a TLS handshake before the hello.
     """
 
-    def __init__(self, reactor, front, turn, secret, limits=None):
+    def __init__(self, reactor, front, turn, secret, identity, limits=None, binding=ts.tlsBinding, handshake=True):
         self.reactor, self.front, self.turn, self.secret = reactor, front, turn, secret
+        self.identity, self.binding, self.handshake = identity, binding, handshake
         self.limits = limits or TurnStreamLimits()
         self.connections = set()
         self._perIP = {}

@@ -97,6 +97,11 @@ class RelayCommand:
     MP_DATA = 138
     MP_FIN = 139
     MP_REFUSED = 140
+    # Directory through circuits (meshvpn.onion.dhtmsgs): one DHT datagram per message run, stream id 0,
+    # between the origin and the circuit's last hop, which sends it from its own DHT socket.
+    DHT_SEND = 147
+    DHT_RECEIVED = 148
+    DHT_REFUSED = 149
 
     NAMES = {
         1: "BEGIN", 2: "DATA", 3: "END", 4: "CONNECTED", 5: "SENDME", 8: "TRUNCATE",
@@ -105,6 +110,7 @@ class RelayCommand:
         130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "FRAGMENT",
         133: "MP_LINK", 134: "MP_LINKED", 135: "MP_LINKED_ACK", 136: "MP_SWITCH", 137: "MP_ACK",
         138: "MP_DATA", 139: "MP_FIN", 140: "MP_REFUSED",
+        147: "DHT_SEND", 148: "DHT_RECEIVED", 149: "DHT_REFUSED",
     }
     ALL = frozenset(NAMES)
     # Commands that count against circuit (and, with a stream id, stream) windows.

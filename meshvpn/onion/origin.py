@@ -73,6 +73,7 @@ class OriginCircuit(RelayDispatcher):
     NOT_AT_EDGE = "from a hop other than the last"
     WHO = "a client"
     EDGE_ONLY = frozenset((RelayCommand.EXTENDED2, RelayCommand.FRAGMENT, RelayCommand.FLOW_NEGOTIATED,
+                           RelayCommand.DHT_RECEIVED, RelayCommand.DHT_REFUSED,
                            *_STREAM_COMMANDS))
 
     def __init__(self, switch, guardLink, path, buildTimeout=DEFAULT_BUILD_TIMEOUT, flow=FLOW_ALL):
@@ -93,6 +94,7 @@ class OriginCircuit(RelayDispatcher):
         self.streamHandler = None
         self.earlySent = 0
         self._packetReceiver = None
+        self._datagramReceiver = None
         self._reply = None  # the Deferred for the CREATED2, EXTENDED2 or TRUNCATED awaited
         self._asked = None  # the hop index whose EXTENDED2 or TRUNCATED is awaited
         self._offender = None  # the hop whose protocol violation is destroying the circuit
@@ -338,6 +340,18 @@ class OriginCircuit(RelayDispatcher):
             return 0
         return self._sendPacketsInWindow(packets)
 
+    def setDatagramReceiver(self, receiver):
+        """
+        C{receiver(command, body)} gets the DHT_RECEIVED and DHT_REFUSED
+        bodies the last hop sends (L{meshvpn.onion.dhtmsgs}); without one they
+        are dropped.  It may raise L{CellError}: the circuit is destroyed.
+        """
+        self._datagramReceiver = receiver
+
+    def _onDatagram(self, cellCommand, hdr, hop):
+        if self._datagramReceiver is not None:
+            self._datagramReceiver(hdr.command, hdr.data)
+
     def setPacketReceiver(self, receiver):
         """C{receiver(packets: list[bytes])} gets IP packets the exit sends back."""
         self._packetReceiver = receiver
@@ -463,6 +477,7 @@ class OriginCircuit(RelayDispatcher):
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated,
                RelayCommand.FRAGMENT: _onFragment,
+               RelayCommand.DHT_RECEIVED: _onDatagram, RelayCommand.DHT_REFUSED: _onDatagram,
                RelayCommand.FLOW_NEGOTIATED: RelayDispatcher._onFlowNegotiated}
 
     # -- closing

@@ -92,7 +92,7 @@ class RelayCircuit(RelayDispatcher):
     NOT_AT_EDGE = "at a middle hop"
     WHO = "a relay"
     NEXT_END = NextHopEnd
-    EDGE_ONLY = frozenset(_STREAM_COMMANDS + (RelayCommand.FLOW_NEGOTIATE,))
+    EDGE_ONLY = frozenset(_STREAM_COMMANDS + (RelayCommand.FLOW_NEGOTIATE, RelayCommand.DHT_SEND))
 
     def __init__(self, switch, prev, prevId, layer):
         super().__init__(switch.clock)
@@ -264,6 +264,12 @@ class RelayCircuit(RelayDispatcher):
             self._assembler = MessageAssembler()
         self._assembler.fragment(hdr.data)
 
+    def _onDhtSend(self, cellCommand, hdr, hop):
+        relay = self.switch.datagramRelay
+        if relay is None:
+            raise CellError("relay DHT_SEND is not carried by this relay")
+        relay.received(self, hdr.data)
+
     def _onTruncate(self, cellCommand, hdr, hop):
         self._dropNext(DestroyReason.REQUESTED, send=True)
         self.state = HOP.onPeer(self.state, HopEvent.TRUNCATE)
@@ -358,9 +364,11 @@ class RelayCircuit(RelayDispatcher):
         if why:
             log.debug("onion relay circuit destroyed ({reason}): {why}", reason=DestroyReason.name(reason), why=why)
         sw.edge.circuitClosed(self, reason)
+        if sw.datagramRelay is not None:
+            sw.datagramRelay.circuitClosed(self)
 
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTEND2: _onExtend2, RelayCommand.TRUNCATE: _onTruncate,
-               RelayCommand.FRAGMENT: _onFragment,
+               RelayCommand.FRAGMENT: _onFragment, RelayCommand.DHT_SEND: _onDhtSend,
                RelayCommand.FLOW_NEGOTIATE: RelayDispatcher._onFlowNegotiate}

@@ -177,6 +177,8 @@ class CircuitSwitch:
         self._channels = {}  # link -> Channel
         self.readLimiter = readLimiter  # a LinkReadLimiter when the relay has a bandwidth limit
         self.localAddresses = localAddresses
+        # DHT_SEND at the last hop (meshvpn.onion.dhtrelay.DHTDatagramRelay), set by the relay role; None: refused
+        self.datagramRelay = None
         self.createBudget = TokenBucket(clock, self.limits.createGlobalRate, self.limits.createGlobalBurst)
         self.halfOpen = HalfOpenBudget(self.limits.maxHalfOpen)
         # Relay crypto schemes this relay offers (circhandshake.SCHEME_IDS), most preferred first.

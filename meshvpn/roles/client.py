@@ -23,6 +23,14 @@ from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
 from meshvpn.roles.payments import addClientPayments
 from meshvpn.roles.transports import appendOption, bridgeSettings, checkBridges, clientTransports
+from meshvpn.roles.turnstream import turnTcpSetting, useTurnStreamSocket
+
+
+def parseDhtThroughCircuits(raw):
+    value = raw if isinstance(raw, str) else {True: "on", False: "off"}.get(raw)
+    if value not in ("auto", "on", "off"):
+        raise ValueError("auto, on or off")
+    return value
 
 
 class Options(RoleOptions):
@@ -34,6 +42,9 @@ class Options(RoleOptions):
     schema = commonSettings("client", ("0.0.0.0", 0)) + [
         # DHT (meshvpn/dht/, doc/dht.md): a client queries in client mode and is never in others' tables.
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
+        Setting("dht-through-circuits", parseDhtThroughCircuits, "auto",
+                "auto, on or off: send every DHT request through short circuits (guard + middle) instead of "
+                "straight to DHT nodes (auto: on in VPN mode)."),
         Setting("dht-sample-interval", parseSeconds, 300.0,
                 "Max seconds between samplings of the relay directory (sooner while it cannot build a path)."),
         Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
@@ -69,6 +80,8 @@ class Options(RoleOptions):
         *paymentClientSettings(),
         # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)
         *bridgeSettings(),
+        # UDP blocked here: the node's socket is a TURN allocation over TCP (meshvpn/nat/turn_stream_socket.py)
+        turnTcpSetting(),
     ]
 
     def opt_transport(self, value):
@@ -76,6 +89,9 @@ class Options(RoleOptions):
 
     def opt_bridge(self, value):
         appendOption(self, "bridge", value)
+
+    def opt_turn_tcp(self, value):
+        appendOption(self, "turn-tcp", value)
 
     def postOptions(self):
         super().postOptions()
@@ -90,6 +106,8 @@ def makeService(options):
 
     settings = options.settings
     node = buildNode("client", settings)
+    if settings["turn_tcp"]:
+        useTurnStreamSocket(node, settings["turn_tcp"])
     transports = clientTransports(node, settings)
     checkBridges(settings, transports)
     links = addLinkManager(node, authenticate=False, transports=transports)
@@ -99,25 +117,80 @@ def makeService(options):
     if settings["bridge"] and settings.get("payment_wallet"):
         raise SystemExit("meshvpn-client: config error: paying exits through bridges is not supported yet "
                          "(the payment records live in the DHT, which a bridged client does not reach)")
+    dhtTransport = None
     if settings["bridge"]:
         dht, finder = None, addBridgeDirectory(node, settings, links, enough)
     else:
-        dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True))
+        dhtTransport = addDhtTransport(node, settings)
+        dht = addService(node, "dht", DHTService(node, settings["bootstrap"], clientMode=True, transport=dhtTransport))
         node.status.addSource("dht", DHTStatus(dht))  # contacts: how `meshvpn up` tells "no bootstrap answered"
         finder = addService(dht, "finder", RelayFinder(dht, settings["dht_sample_interval"], enough=enough))
+        if dhtTransport is not None:
+            from meshvpn.client.dhtcircuits import loadSavedRelays
+
+            # started after the DHT, so its first mode reaches the DHT's directory (liveCheckOnlyThroughCircuits)
+            addService(node, "dht-circuits", dhtTransport)
+
+            def loadSaved(result):
+                # Last run's relays, re-verified: the first circuits need no DHT, so the first packet is to the
+                # guard.  Only once the node has started: a VPN's egress gate is in place by then, and a circuit
+                # built from them earlier would dial its guard into the tunnel.
+                if result is not None:
+                    saved = loadSavedRelays(node.dataDir, node.reactor.seconds(), finder.log)
+                    finder.relays = {**saved, **finder.relays}
+                return result
+
+            node.whenStarted.addCallback(loadSaved)  # before the transport's own wait (at its start): it fires first
         from meshvpn.roles.transports import UnreachableHint
 
-        addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
+        if dhtTransport is None:  # through circuits, a slow join is no sign of blocked UDP
+            addService(dht, "unreachable-hint", UnreachableHint(node.reactor, dht, settings["bootstrap"]))
     # A bridged client reaches no DHT, so it has no measurements: it draws uniformly.
     weights = addMeasuredWeights(node, settings, dht, finder) if dht is not None else None
-    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder), weights=weights)
+    circuits = addOnionClient(node, settings, links, finder, addClientPayments(node, settings, finder), weights=weights,
+                              dhtTransport=dhtTransport)
     tun = addTun(node, settings, finder, circuits, links)
     stun = StunEndpoint.onSocket(node.reactor, node.udp)  # the socket's one STUN endpoint: mesh and NAT check
     addMeshLinks(node, settings, tun, stun)
-    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun, stun=stun,
-               weights=weights)
+    if dhtTransport is not None:
+        dhtTransport.modeObservers.append(lambda mode: liveCheckOnlyThroughCircuits(dht, mode))
+    # The NAT check probes bootstrap nodes and relays from our socket: not when the DHT goes through circuits.
+    addControl(node, options, links=links, dht=dht, finder=finder, circuits=circuits, tun=tun,
+               stun=stun if dhtTransport is None else None, weights=weights)
     addServiceManagerHooks(node, options)
     return node
+
+
+def dhtThroughCircuits(settings):
+    """Whether this client's DHT requests go through circuits: C{auto} means in VPN mode (--tun capturing)."""
+    choice = settings["dht_through_circuits"]
+    if choice == "auto":
+        return bool(settings["tun"] and settings["tun_capture"])
+    return choice == "on"
+
+
+def addDhtTransport(node, settings):
+    """
+    The transport of the C{"dht-circuits"} service (L{meshvpn.client.dhtcircuits})
+    when the DHT goes through circuits, or C{None}; L{addOnionClient} attaches its circuits.
+    """
+    if not dhtThroughCircuits(settings):
+        return None
+    from meshvpn.client.dhtcircuits import CircuitDatagramTransport
+
+    transport = CircuitDatagramTransport(node.reactor, node.udp, settings["bootstrap"], startAfter=lambda: node.whenStarted)
+    node.status.addSource("dht_circuits", transport)
+    return transport
+
+
+def liveCheckOnlyThroughCircuits(dht, mode):
+    """
+    A first start asks only the bootstrap nodes, so the directory cannot ping
+    the relays it samples: it takes them unpinged (a dead one fails its
+    circuit build) until circuits carry the pings.
+    """
+    for overlay in dht.overlays:
+        overlay.directory.checkLive = mode != "bootstrap"
 
 
 def addBridgeDirectory(node, settings, links, enough):

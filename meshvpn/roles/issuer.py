@@ -130,7 +130,7 @@ def addIssuer(node, settings, dht):
         wallet=MoneroWallet(MoneroRPC(reactor, settings["monero_wallet_rpc"])),
         spent=SpentTokenStore(os.path.join(node.dataDir, "spent")),
         terms=terms,
-        records=PaymentRecords(lambda: dht.dht, node.identity),
+        records=PaymentRecords(dht.everyFamily, node.identity),
         apiAddress=apiAddress,
         ready=lambda: defer.gatherResults([dht.joined, node.whenStarted]),
     )

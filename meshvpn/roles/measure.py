@@ -15,7 +15,7 @@ def addTrafficReports(node, settings, links, switch, dht):
     """
     meter = TrafficMeter(switch, CELL_SIZE)
     links.setCellHandler(meter)
-    publisher = ReportPublisher(node.reactor, node.identity, lambda: dht.dht, meter, settings["measure_epoch"])
+    publisher = ReportPublisher(node.reactor, node.identity, dht.everyFamily, meter, settings["measure_epoch"])
     addService(dht, "measure", publisher)
     node.status.addSource("measure", publisher)
     return publisher
@@ -23,7 +23,7 @@ def addTrafficReports(node, settings, links, switch, dht):
 
 def addMeasuredWeights(node, settings, dht, finder):
     """The client's C{"weights"} service: reads the reports of the relays C{finder} knows, each epoch."""
-    weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: {i: d.flags for i, d in finder.relays.items()}, settings["measure_epoch"],
+    weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()}, settings["measure_epoch"],
                               dataDir=node.dataDir, compute=inThread(node.reactor))
     addService(dht, "weights", weights)
     node.status.addSource("weights", weights)

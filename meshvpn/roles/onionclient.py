@@ -79,7 +79,7 @@ def nodeFamilies(settings):
     return frozenset(6 if ":" in h else 4 for h in hosts)
 
 
-def addOnionClient(node, settings, links, finder, payments=None, weights=None):
+def addOnionClient(node, settings, links, finder, payments=None, weights=None, dhtTransport=None):
     """
     The client's C{"onion"} switch on C{links} (the node's L{ILinkManager}),
     its C{"circuits"} manager fed by C{finder}, and the C{"socks"} listener
@@ -88,6 +88,9 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     @param payments: a L{meshvpn.client.paying.PaymentClient} (its circuits
         pay token-gated exits), or C{None}.
     @param weights: the L{meshvpn.interfaces.IRelayWeights} paths are drawn by, or C{None} (uniform).
+    @param dhtTransport: a L{meshvpn.client.dhtcircuits.CircuitDatagramTransport}
+        given the same relays and guards (its short circuits enter where
+        the others do), or C{None}.
     @return: the L{CircuitManager}.
     """
     onion = OnionService(node.reactor, node.identity, node.dataDir, relay=False)
@@ -108,6 +111,9 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None):
     # a suspected guard link (PING unanswered) moves waiting streams and new circuits to the next guard
     links.addLivenessObserver(circuits)
     addService(node, "circuits", circuits)
+    if dhtTransport is not None:
+        known = DirectoryRelays(node.reactor, finder, weights=weights, families=nodeFamilies(settings)).known
+        dhtTransport.attach(known, guards, CircuitBuilder(node.reactor, onion.switch, links))
     node.status.addSource("circuits", circuits)
     socks = socksServiceFromSettings(node.reactor, settings, CircuitStreamOpener(circuits, multipath=settings["multipath_after"], reactor=node.reactor))
     node.addListener("socks", socks)

@@ -36,7 +36,7 @@ def addPaidExit(node, settings, onion, exitParts, dht):
     if exitParts is None:
         raise SystemExit("meshvpn-relay: config error: --payment-issuers needs --flags with exit")
     reactor = node.reactor
-    records = PaymentRecords(lambda: dht.dht, node.identity)
+    records = PaymentRecords(dht.everyFamily, node.identity)
     keys = IssuerKeyCache(reactor, records, issuers)
     reporter = RedeemReporter(reactor, keys.apiOf) if settings["payment_report"] else None
     terms = GateTerms(
@@ -67,7 +67,7 @@ def addClientPayments(node, settings, finder):
     reactor = node.reactor
     wallet = TokenWallet(directory)
     dhtService = finder.dhtService
-    paidExits = addService(node, "paid-exits", PaidExitDirectory(reactor, PaymentRecords(lambda: dhtService.dht), wallet,
+    paidExits = addService(node, "paid-exits", PaidExitDirectory(reactor, PaymentRecords(dhtService.everyFamily), wallet,
                                                                  ready=lambda: dhtService.joined))
     client = PaymentClient(reactor, wallet, paidExits)
     node.status.addSource("payments", client)

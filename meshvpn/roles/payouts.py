@@ -23,7 +23,7 @@ DIRECTORY_SAMPLE = 1024
 
 def _weights(node, settings, dht, dataDir=None):
     finder = addService(dht, "payout-finder", RelayFinder(dht, 300.0, perRole=DIRECTORY_SAMPLE))
-    weights = MeasuredWeights(node.reactor, lambda: dht.dht, lambda: {i: d.flags for i, d in finder.relays.items()},
+    weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()},
                               settings["measure_epoch"], dataDir=dataDir, compute=inThread(node.reactor))
     return addService(dht, "payout-weights", weights)
 
@@ -32,15 +32,15 @@ def addRelayPayouts(node, settings, dht):
     """A relay's C{"payout-address"} publisher and, if configured, its C{"payout-check"}. @return: the check or C{None}."""
     if settings["payout_address"] is None:
         return None
-    publisher = PayoutAddressPublisher(node.reactor, node.identity, lambda: dht.dht, settings["payout_address"],
+    publisher = PayoutAddressPublisher(node.reactor, node.identity, dht.everyFamily, settings["payout_address"],
                                        settings["dht_republish"])
     addService(dht, "payout-address", publisher)
     node.status.addSource("payout_address", publisher)
     if settings["payout_payer"] is None or settings["payout_wallet_rpc"] is None:
         return None
     wallet = MoneroWallet(MoneroRPC(node.reactor, settings["payout_wallet_rpc"]))
-    check = PayoutCheck(node.identity.nodeId, lambda: dht.dht, _weights(node, settings, dht), settings["payout_payer"],
-                        PayoutAddressBook(lambda: dht.dht).addressOf, wallet, settings["payout_address_index"])
+    check = PayoutCheck(node.identity.nodeId, dht.everyFamily, _weights(node, settings, dht), settings["payout_payer"],
+                        PayoutAddressBook(dht.everyFamily).addressOf, wallet, settings["payout_address_index"])
     addService(dht, "payout-check", check)
     node.status.addSource("payout_check", check)
     return check
@@ -52,8 +52,8 @@ def addRelayPayer(node, settings, dht):
         return None
     weights = _weights(node, settings, dht, dataDir=node.dataDir)
     wallet = MoneroWallet(MoneroRPC(node.reactor, settings["monero_wallet_rpc"]))
-    payer = EpochPayer(node.reactor, node.identity, lambda: dht.dht, weights, wallet,
-                       PayoutAddressBook(lambda: dht.dht).addressOf, settings["payout_budget"])
+    payer = EpochPayer(node.reactor, node.identity, dht.everyFamily, weights, wallet,
+                       PayoutAddressBook(dht.everyFamily).addressOf, settings["payout_budget"])
     addService(dht, "payouts", payer)
     node.status.addSource("payouts", payer)
     return payer

@@ -40,6 +40,9 @@ class Options(RoleOptions):
         Setting("bootstrap", parseBootstrapList, [], "Comma-separated HOST:PORT of DHT nodes to join through."),
         Setting("flags", parseFlags, "guard,middle", "Comma-separated roles this relay announces."),
         Setting("dht-republish", parseSeconds, 3600.0, "Seconds between republishing the relay descriptor."),
+        Setting("dht-for-circuits", parseBool, True,
+                "Carry clients' DHT requests from the circuits ending here to known DHT nodes (rate-limited; "
+                "clients reading the directory through circuits need it)."),
         Setting(
             "extend-allow-private",
             parseBool,
@@ -76,8 +79,9 @@ class Options(RoleOptions):
             "turn-tcp",
             parseHostPort,
             None,
-            "IP:PORT where the TURN server also listens on TCP, for hosts whose UDP is blocked "
-            "(they prove their node id, then allocate a relayed UDP address); needs --turn.",
+            "IP:PORT where the TURN server also listens on TLS over TCP, for hosts whose UDP is blocked "
+            "(both ends prove their node id on the TLS session, then the host allocates a relayed UDP address; "
+            "clients name it NODEID@IP:PORT with this relay's node id); needs --turn.",
         ),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
@@ -123,6 +127,8 @@ def makeService(options):
     if attachPacketExit(node, settings, onion, exitParts) is not None:
         flags = flags | {"packet-exit"}  # so VPN clients pick this exit for packet mode
     dht = addService(node, "dht", DHTService(node, settings["bootstrap"]))
+    if settings["dht_for_circuits"]:
+        addDatagramRelay(node, settings, dht, onion.switch)
     addPaidExit(node, settings, onion, exitParts, dht)
     publisher = RelayPublisher(
         dht,
@@ -145,7 +151,7 @@ def makeService(options):
         if settings["turn_tcp"] and not settings["turn"]:
             raise SystemExit("meshvpn-relay: config error: --turn-tcp needs --turn")
         addService(node, "nat-relay", NatRelayService(node.reactor, addDatagramLinks(node), settings["turn"], node.addresses,
-                                                      turnStreamAddress=settings["turn_tcp"]))
+                                                      turnStreamAddress=settings["turn_tcp"], identity=node.identity))
     elif settings["turn"] or settings["turn_tcp"]:
         raise SystemExit("meshvpn-relay: config error: --turn needs --nat-relay true")
     from meshvpn.roles.control import addControl
@@ -153,6 +159,32 @@ def makeService(options):
     addControl(node, options, links=links, dht=dht, onion=onion, exitParts=exitParts, stun=stunEndpoint)
     addServiceManagerHooks(node, options, liveAppliers(node, settings, onion, exitParts, publisher))
     return node
+
+
+def addDatagramRelay(node, settings, dht, switch):
+    """
+    DHT_SEND at the last hop of circuits ending here (L{meshvpn.onion.dhtrelay}):
+    only to addresses our DHT knows as nodes (its tables, its bootstrap
+    list, our own sockets), answers taken off our socket before the DHT.
+    """
+    from meshvpn.config import parseHostPort
+    from meshvpn.onion.dhtrelay import DHTDatagramRelay, normalise
+
+    boot = {normalise(a) for a in settings["bootstrap"]}
+
+    def isNode(addr):
+        if addr in boot:
+            return True
+        own = node.addresses()
+        if any(normalise(parseHostPort(own[k])) == addr for k in ("udp", "udp6") if k in own):
+            return True
+        return any(normalise(c.address) == addr for o in dht.overlays for c in o.dht.table.contacts())
+
+    relay = DHTDatagramRelay(node.reactor, node.udp.sendDatagram, isNode)
+    dht.taps.append(relay.datagramReceived)
+    switch.datagramRelay = relay
+    node.status.addSource("dht_for_circuits", relay)
+    return relay
 
 
 def addBridge(node, settings, dht, links, publisher, linkTransport):

@@ -149,16 +149,16 @@ def hostCandidates(port, family=4):
     return out
 
 
-async def relayedSocket(reactor, identity, server):
-    """A multiplexer whose socket is a TURN allocation reached over TCP.  @return: C{(mux, stunEp, socket)}."""
-    from twisted.internet.endpoints import TCP4ClientEndpoint
-
-    from meshvpn.nat.turn_stream_client import openRelayedSocket
+async def relayedSocket(reactor, identity, server, relayId):
+    """A multiplexer whose socket is a TURN allocation reached over TLS at relay C{relayId}.  @return: C{(mux, stunEp, socket)}."""
+    from meshvpn.link.tlsctx import sharedLinkTLS
+    from meshvpn.nat.turn_stream_client import openRelayedSocket, tlsEndpoint
 
     mux = DatagramMultiplexer()
     stunEp = StunEndpoint(reactor, mux.sendDatagram)
     mux.register("stun", STUN_BYTES, stunEp, accept=stun.isStun)
-    relayed = await openRelayedSocket(reactor, TCP4ClientEndpoint(reactor, server[0], server[1], timeout=10), identity, server, mux)
+    endpoint = tlsEndpoint(reactor, server[0], server[1], sharedLinkTLS())
+    relayed = await openRelayedSocket(reactor, endpoint, identity, server, mux, relayId=relayId)
     return mux, stunEp, relayed
 
 
@@ -171,7 +171,7 @@ async def runPeer(reactor, args):
     identity = NodeIdentity.generate()
     relayed = None
     if args.turn_tcp:
-        mux, stunEp, relayed = await relayedSocket(reactor, identity, args.turn_tcp)
+        mux, stunEp, relayed = await relayedSocket(reactor, identity, args.turn_tcp, bytes.fromhex(args.relay_id))
     else:
         mux, stunEp = buildSocket(reactor, "::" if args.family == 6 else "0.0.0.0", args.port)
     endpoint = DatagramLinkEndpoint(reactor, identity, mux)
@@ -188,7 +188,8 @@ async def runPeer(reactor, args):
             lifetime, user, password = 600, args.turn_user, args.turn_password
         else:
             lifetime, user, password = await signalling.requestCredentials()
-        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, args.turn, user, password)
+        alloc = TurnAllocation(reactor, stunEp, mux.sendDatagram, args.turn, user, password,
+                               renew=None if args.turn_user else signalling.requestCredentials)
         await alloc.allocate(lifetime)
         alloc.registerChannelData(mux)
         return alloc

@@ -89,33 +89,7 @@ class TunWorld:
         its link port on that namespace's loopback (127.30.0.1) -- only the
         guard ever links to it, and its DHT port is on 198.18.2.2.
         """
-        n = self.netns
-        self.inet = n.add("inet")
-        n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
-        n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
-        if ipv6:
-            n.exec(self.inet, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-            n.exec(self.inet, "ip", "-6", "addr", "add", f"{WEB6}/128", "dev", "lo")
-        self.ns, self.uplink, self.address, self.address6 = {}, {}, {}, {}
-        for k, (short, net) in enumerate((("cl", "198.18.1"), ("g", "198.18.2"), ("ex", "198.19.4")), 1):
-            ns = self.ns[short] = n.add(short)
-            inetSide, own = n.veth(self.inet, f"{net}.1/24", ns, f"{net}.2/24")
-            self.uplink[short] = own
-            self.address[short] = f"{net}.2"
-            n.exec(ns, "ip", "route", "add", "default", "via", f"{net}.1")
-            if ipv6:
-                net6 = f"2001:2:{k}::"
-                n.exec(self.inet, "ip", "-6", "addr", "add", f"{net6}1/64", "dev", inetSide, "nodad")
-                n.exec(ns, "ip", "-6", "addr", "add", f"{net6}2/64", "dev", own, "nodad")
-                n.exec(ns, "ip", "-6", "route", "add", "default", "via", f"{net6}1")
-                self.address6[short] = f"{net6}2"
-        n.exec(self.ns["g"], "ip", "addr", "add", "127.30.0.1/32", "dev", "lo")
-        self._resolvConf()
-        self._internetServers(ipv6)
-        from meshvpn.tools.processes import twistdPath
-
-        self.twistd = twistdPath()
+        self.internet([("cl", 1, "198.18.1"), ("g", 2, "198.18.2"), ("ex", 3, "198.19.4")], ipv6)
         guard, exit = self.address["g"], self.address["ex"]
         boot = formatHostPort(guard, 9000)
         self.relayPorts = {"guard": (guard, 9001), "middle": ("127.30.0.1", 9001), "exit": (exit, 9001)}
@@ -130,6 +104,44 @@ class TunWorld:
             self.waitNode(name)
         self.clientArgs = ["--bootstrap", boot, "--tun", "--dht-sample-interval", "5", *clientArgs]
         return self
+
+    def internet(self, hosts, ipv6):
+        """
+        The router namespace C{inet} with the web and DNS servers, and one
+        namespace per C{(short, k, net)} of C{hosts} on its own uplink:
+        C{net}.2/24 (the router C{net}.1) unless C{net} is C{None} (no IPv4
+        at all), and with C{ipv6} also 2001:2:C{k}::2/64 (the router ::1).
+        The guard's namespace C{g} gets the middle's link address,
+        127.30.0.1, on its loopback; the client's resolv.conf names L{DNS}.
+        """
+        n = self.netns
+        self.inet = n.add("inet")
+        n.exec(self.inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        n.exec(self.inet, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
+        n.exec(self.inet, "ip", "addr", "add", f"{DNS}/32", "dev", "lo")
+        if ipv6:
+            n.exec(self.inet, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            n.exec(self.inet, "ip", "-6", "addr", "add", f"{WEB6}/128", "dev", "lo")
+        self.ns, self.uplink, self.address, self.address6 = {}, {}, {}, {}
+        for short, k, net in hosts:
+            ns = self.ns[short] = n.add(short)
+            inetSide, own = n.veth(self.inet, f"{net}.1/24" if net else None, ns, f"{net}.2/24" if net else None)
+            self.uplink[short] = own
+            if net:
+                self.address[short] = f"{net}.2"
+                n.exec(ns, "ip", "route", "add", "default", "via", f"{net}.1")
+            if ipv6:
+                net6 = f"2001:2:{k}::"
+                n.exec(self.inet, "ip", "-6", "addr", "add", f"{net6}1/64", "dev", inetSide, "nodad")
+                n.exec(ns, "ip", "-6", "addr", "add", f"{net6}2/64", "dev", own, "nodad")
+                n.exec(ns, "ip", "-6", "route", "add", "default", "via", f"{net6}1")
+                self.address6[short] = f"{net6}2"
+        n.exec(self.ns["g"], "ip", "addr", "add", "127.30.0.1/32", "dev", "lo")
+        self._resolvConf()
+        self._internetServers(ipv6)
+        from meshvpn.tools.processes import twistdPath
+
+        self.twistd = twistdPath()
 
     def buildDirectory(self):
         """

@@ -75,7 +75,11 @@ class FakeIPRoute:
         self.closed = False
 
     def get_routes(self, family=None, table=None):
-        return list(self.routes)
+        import socket
+
+        if family is None:
+            return list(self.routes)
+        return [r for r in self.routes if (":" in (r.get_attr("RTA_DST") or "")) is (family == socket.AF_INET6)]
 
     def route(self, op, **kw):
         self.calls.append((op, kw))
@@ -88,7 +92,7 @@ class FakeIPRoute:
 
     def hostRoutes(self, proto=196):
         return {r.get_attr("RTA_DST"): (r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"))
-                for r in self.routes if r["proto"] == proto and r["dst_len"] == 32}
+                for r in self.routes if r["proto"] == proto and r["dst_len"] == (128 if ":" in r.get_attr("RTA_DST") else 32)}
 
     def close(self):
         self.closed = True

@@ -52,6 +52,14 @@ class BestRouteTests(unittest.TestCase):
         self.rows.append(row("198.19.4.2", 32, UPLINK, "198.18.1.99", proto=RTPROT_MESHVPN))
         self.assertEqual(bestRoute(self.rows, "198.19.4.2", TUN), {"oif": UPLINK, "gateway": "198.18.1.1"})
 
+    def test_ipv6(self):
+        rows = [row("::", 0, UPLINK, "fe80::1", metric=1024), row("2001:2:1::", 64, UPLINK, metric=256),
+                row("::", 1, TUN), row("8000::", 1, TUN), row("2001:2:2::2", 128, UPLINK, "fe80::99", proto=RTPROT_MESHVPN)]
+        self.assertEqual(bestRoute(rows, "2001:2:2::2", TUN), {"oif": UPLINK, "gateway": "fe80::1"})
+        self.assertEqual(bestRoute(rows, "2001:2:1::7", TUN), {"oif": UPLINK, "gateway": None})
+        self.assertIsNone(bestRoute(rows[2:4], "2001:2:2::2", TUN))
+        self.assertIsNone(bestRoute(self.rows, "2001:2:2::2", TUN))  # IPv4 routes never answer for IPv6
+
     def test_noRouteOrBlackhole(self):
         self.assertIsNone(bestRoute([], "198.19.4.2", TUN))
         self.assertIsNone(bestRoute(self.rows[2:], "198.19.4.2", TUN))  # only the tunnel
@@ -107,10 +115,30 @@ class EgressGateTests(unittest.TestCase):
         self.assertFalse(self.gate.passes("udp", ("198.18.2.2", 9100)))
         self.successResultOf(self.gate.allow([("tcp", "198.18.2.2", 9001)]))  # already allowed: at once
 
-    def test_nothingNeededForLoopbackIPv6Names(self):
-        d = self.gate.allow([("udp", "127.0.0.1", 9000), ("udp", "2001:db8::1", 9000), ("tcp", "relay.example", 1)])
+    def test_nothingNeededForLocalOrNames(self):
+        d = self.gate.allow([("udp", "127.0.0.1", 9000), ("udp", "::1", 9000), ("udp", "fe80::1", 9000),
+                             ("udp", "ff02::1", 9000), ("tcp", "relay.example", 1)])
         self.successResultOf(d)
         self.assertEqual(self.routes.batches, [])
+
+    def test_ipv6RelaysGatedLikeIPv4(self):
+        """An IPv6 uplink's relays get their exception too; any spelling of the address passes after."""
+        d = self.gate.allow([("tcp", "[2001:2:2::2]", 9001), ("udp", "2001:2:2:0:0:0:0:2", 9000)])
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.routes.batches, [{("tcp", "2001:2:2::2", 9001), ("udp", "2001:2:2::2", 9000)}])
+        self.assertTrue(self.gate.passes("udp", ("2001:2:2::2", 9000)))
+        self.assertTrue(self.gate.passes("udp", ("2001:2:2:0::2", 9000, 0, 0)))
+        self.assertFalse(self.gate.passes("udp", ("2001:2:2::3", 9000)))
+
+    def test_ipv4MappedIsItsIPv4(self):
+        """A dual-stack socket's IPv4 peer (::ffff:a.b.c.d) leaves as IPv4: one exception, in the IPv4 set."""
+        d = self.gate.allow([("udp", "::ffff:198.18.7.7", 9000)])
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.routes.batches, [{("udp", "198.18.7.7", 9000)}])
+        self.assertTrue(self.gate.passes("udp", ("::ffff:198.18.7.7", 9000)))
 
     def test_noRouteRefused(self):
         self.routes.noRoute.add("198.19.9.9")

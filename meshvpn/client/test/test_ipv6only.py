@@ -16,7 +16,7 @@ import time
 
 from twisted.trial import unittest
 
-from meshvpn.client.test.test_vpn_e2e import captured
+from meshvpn.client.test.test_vpn_e2e import captured, fetched
 from meshvpn.dht.descriptor import IPV6_EXIT
 from meshvpn.tools.dualstackworld import GUARD6, DualStackWorld
 from meshvpn.tools.netns import Netns, requireRoot
@@ -34,16 +34,7 @@ class IPv6OnlyClientTests(unittest.TestCase):
         self.world = DualStackWorld(Netns(self, "mv6o"), self.addCleanup, self.workdir).build()
 
     def fetch(self, url, deadline):
-        out = os.path.join(self.workdir, "fetched")
-        while True:
-            code = self.world.inClient("curl", "-sS", "--max-time", "15", "--socks5-hostname", "127.0.0.1:1080",
-                                       "-o", out, "-w", "%{http_code}", url, check=False)
-            if code == "200" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        self.assertEqual(code, "200", f"{url}: {self.world.nodeLog('client')[-3000:]}")
-        with open(out, "rb") as f:
-            return f.read()
+        return fetched(self, url, deadline, "--socks5-hostname", "127.0.0.1:1080")
 
     def test_bootstrapsBuildsThreeHopsAndFetches(self):
         w = self.world

@@ -27,14 +27,20 @@ class UpDownLeavesNoTraceTests(unittest.TestCase):
         requireRoot(self, tools=("ip", "nft", "curl"))
         self.workdir = tempfile.mkdtemp(prefix="mvupdown-")
         self.addCleanup(shutil.rmtree, self.workdir, True)
-        self.world = TunWorld(Netns(self, "mvu"), self.addCleanup, self.workdir).buildTwistd()
+        self.world = self.buildWorld()
         self.config = os.path.join(self.workdir, "client.toml")
         with open(self.config, "w") as f:
-            f.write(f'bootstrap = ["{self.world.address["g"]}:9000"]\ndht-sample-interval = 5\n')
+            f.write(self.configText())
         self.dataDir = os.path.join(self.workdir, "client-data")
         self.runDir = os.path.join(self.workdir, "client-run")
         self.dirs = ["--config", self.config, "--data-dir", self.dataDir, "--run-dir", self.runDir]
         self.addCleanup(self.downQuietly)
+
+    def buildWorld(self):
+        return TunWorld(Netns(self, "mvu"), self.addCleanup, self.workdir).buildTwistd()
+
+    def configText(self):
+        return f'bootstrap = ["{self.world.address["g"]}:9000"]\ndht-sample-interval = 5\n'
 
     def meshvpn(self, *args, timeout=180):
         return run("ip", "netns", "exec", self.world.ns["cl"], sys.executable, "-m", "meshvpn", *args,
@@ -44,21 +50,10 @@ class UpDownLeavesNoTraceTests(unittest.TestCase):
         self.meshvpn("down", *self.dirs)
 
     def snapshot(self):
-        ns = self.world.inClient
-        _waitAddressesSettled(ns)
-        return {
-            "routes": ns("ip", "route", "show", "table", "all"),
-            "routes6": ns("ip", "-6", "route", "show", "table", "all"),
-            "rules": ns("ip", "rule") + ns("ip", "-6", "rule"),
-            "links": ns("ip", "-o", "link", "show").replace("\\", ""),
-            "nft": ns("nft", "list", "ruleset"),
-            "resolv": ns("cat", "/etc/resolv.conf"),
-        }
+        return systemSnapshot(self.world.inClient)
 
     def assertSameSystem(self, before):
-        after = self.snapshot()
-        for key in before:
-            self.assertEqual(_stable(after[key]), _stable(before[key]), key)
+        assertSameSystem(self, before, self.snapshot())
 
     def up(self):
         started = time.monotonic()
@@ -100,6 +95,24 @@ class UpDownLeavesNoTraceTests(unittest.TestCase):
         out = self.meshvpn("down", *self.dirs)
         self.assertIn("restored", out)
         self.assertSameSystem(before)
+
+
+def systemSnapshot(ns):
+    """What ``up`` may change in a namespace (C{ns}: runs a command there), to compare with L{assertSameSystem}."""
+    _waitAddressesSettled(ns)
+    return {
+        "routes": ns("ip", "route", "show", "table", "all"),
+        "routes6": ns("ip", "-6", "route", "show", "table", "all"),
+        "rules": ns("ip", "rule") + ns("ip", "-6", "rule"),
+        "links": ns("ip", "-o", "link", "show").replace("\\", ""),
+        "nft": ns("nft", "list", "ruleset"),
+        "resolv": ns("cat", "/etc/resolv.conf"),
+    }
+
+
+def assertSameSystem(test, before, after):
+    for key in before:
+        test.assertEqual(_stable(after[key]), _stable(before[key]), key)
 
 
 def _waitAddressesSettled(ns, timeout=15):

@@ -463,6 +463,38 @@ class RouteControllerTests(unittest.TestCase):
         with open(self.resolv) as f:
             self.assertEqual(f.read(), "nameserver 198.18.0.53\n")
 
+    def test_ipv6Uplink(self):
+        """An IPv6-only node: /128 host routes, the keep6 sets, neighbour discovery and nothing else of IPv6."""
+        import socket
+
+        self.ipr.routes = [FakeRouteMsg("::", 0, 3, "fe80::1", proto=3), FakeRouteMsg("2001:2:1::", 64, 3, proto=2)]
+        rc = tunroutes.RouteController("abcd", self.data, "100.99.0.1", self.resolv, nft=self.scripts.append,
+                                       ipr=self.ipr, udpSourcePort=lambda: [40000, 40006], ipv6Uplink=lambda: True)
+        rc.capture(self.tun, {("udp", "[2001:2:2::2]", 9000), ("udp", "198.18.2.2", 9000)})
+        self.ipr.routes += [FakeRouteMsg("::", 1, FakeTun.index), FakeRouteMsg("8000::", 1, FakeTun.index)]
+        self.assertEqual(self.ipr.hostRoutes(), {"2001:2:2::2": (3, "fe80::1")})  # no IPv4 route at all: none kept
+        rules = self.scripts[0]
+        self.assertIn("set keep6udp {\n        type ipv6_addr . inet_service\n        elements = { 2001:2:2::2 . 9000 }", rules)
+        self.assertIn("set keep4udp {\n        type ipv4_addr . inet_service\n    }", rules)
+        self.assertIn("udp sport { 40000, 40006 } ip6 daddr . udp dport @keep6udp accept", rules)
+        self.assertIn("ip6 daddr . tcp dport @keep6tcp accept", rules)
+        self.assertIn("icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept",
+                      rules)
+        self.assertEqual(rc.keep({("tcp", "2001:2:2::2", 9001)}), set())
+        self.assertEqual(self.scripts[-1], "add element inet meshvpn-client-abcd keep6tcp { 2001:2:2::2 . 9001 }\n")
+        self.assertEqual([c for c in self.ipr.calls if c[1]["dst"] == "2001:2:2::2/128"],
+                         [("replace", {"dst": "2001:2:2::2/128", "oif": 3, "gateway": "fe80::1", "proto": 196,
+                                       "family": socket.AF_INET6})])
+        self.ipr.routes[0] = FakeRouteMsg("::", 0, 3, "fe80::2", proto=3)  # a new router
+        self.assertEqual(rc.refresh(), ["2001:2:2::2"])
+        self.assertEqual(self.ipr.hostRoutes(), {"2001:2:2::2": (3, "fe80::2")})
+        rc.restore()
+        self.assertEqual(self.ipr.hostRoutes(), {})
+
+    def test_noNeighbourDiscoveryWithoutAnIPv6Socket(self):
+        self.capture()
+        self.assertNotIn("icmpv6", self.scripts[0])
+
     def test_noRouteOutsideTheTunnel(self):
         self.capture()
         del self.ipr.routes[0]  # no default route but the TUN's

@@ -134,13 +134,16 @@ class DirectoryVPNTests(unittest.TestCase):
         self.waitFor("host routes back via the first gateway", lambda: NEW_GATEWAY not in self.hostRoutes(), 10)
 
         # -- leak bait: the exceptions are the client's own, per protocol, not the relay addresses
-        # (UDP to a relay's DHT port from another socket; TCP to that UDP port)
+        # (UDP to its guard's DHT port from another socket; TCP to that UDP port).  The guard's address
+        # is the one with a host route outside the tunnel: the DHT goes through circuits in VPN mode, so
+        # another relay's address is simply inside the tunnel.
+        guardIp = w.endpoints[guard][0][0]
         bait = ["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                      "s.bind(('', 45678)); s.sendto(b'bait', ('198.18.2.2', 9000))"]
+                      f"s.bind(('', 45678)); s.sendto(b'bait', ('{guardIp}', 9000))"]
         self.assertNotEqual(subprocess.run(["ip", "netns", "exec", w.ns["cl"], *bait], capture_output=True)
                             .returncode, 0)  # EPERM from the kill switch
         tcp = subprocess.run(["ip", "netns", "exec", w.ns["cl"], "curl", "-sS", "--max-time", "2",
-                              "http://198.18.2.2:9000/"], capture_output=True)
+                              f"http://{guardIp}:9000/"], capture_output=True)
         self.assertNotEqual(tcp.returncode, 0)
 
         # -- the guard in use dies: the client moves to the other guard
@@ -165,7 +168,7 @@ class DirectoryVPNTests(unittest.TestCase):
             parts = line.split()
             self.assertEqual(parts[1], "IP", line)  # "TIME IP SRC > DST: ..."
             self.assertIn(parts[4].rstrip(":"), allowed, f"packet to something other than a relay: {line}")
-        self.assertFalse([line for line in lines if ".45678 >" in line or "198.18.2.2.9000: Flags" in line])
+        self.assertFalse([line for line in lines if ".45678 >" in line or f"{guardIp}.9000: Flags" in line])
         for g in ("guard1", "guard2"):
             ip, port = w.endpoints[g][0]
             self.assertTrue(any(f"> {ip}.{port}: Flags [S]" in line for line in lines), f"no SYN to {g}")

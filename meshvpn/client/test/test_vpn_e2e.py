@@ -30,13 +30,28 @@ def captured(pcap):
     return [line for line in out.splitlines() if line.strip()]
 
 
-def waitFetch(world, url, out, deadline):
+def waitFetch(world, url, out, deadline, *curlArgs, maxTime=10):
     """Retry C{curl url} until the client has its first circuit. @return: curl's http code."""
     while True:
-        result = world.inClient("curl", "-sS", "--max-time", "10", "-o", out, "-w", "%{http_code}", url, check=False)
+        result = world.inClient("curl", "-sS", "--max-time", str(maxTime), *curlArgs, "-o", out, "-w", "%{http_code}",
+                                url, check=False)
         if result == "200" or time.monotonic() > deadline:
             return result
         time.sleep(0.5)
+
+
+def fetched(case, url, deadline, *curlArgs, log=None):
+    """
+    C{url} fetched in the client namespace of C{case.world} (retried until
+    C{deadline}), asserted 200; C{log()} says why not (default: the client
+    node's log).  @return: the body, to compare byte for byte.
+    """
+    out = os.path.join(case.workdir, "fetched")
+    code = waitFetch(case.world, url, out, deadline, *curlArgs, maxTime=15)
+    if code != "200":
+        case.fail(f"{url}: {code} {log() if log else case.world.nodeLog('client')[-3000:]}")
+    with open(out, "rb") as f:
+        return f.read()
 
 
 class BrowseThroughVPNTests(unittest.TestCase):

@@ -25,7 +25,7 @@ def _seeds():
     stunMsg = b"\x00\x01\x00\x04\x21\x12\xa4\x42" + bytes(12) + b"\x80\x22\x00\x00"
     return [
         b"d" + stunMsg + ts.padChannelData(b"\x40\x00\x00\x03abc"),
-        b"h" + ts.encodeHello(bytes(32)),
+        b"h" + ts.encodeHello(bytes(32), bytes(32), bytes(64)),
         b"p" + bytes(96),
         b"c" + ts.encodeCredsFrame(600, "1796000600:abcd", "c2VjcmV0"),
     ]

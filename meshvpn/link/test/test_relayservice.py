@@ -34,38 +34,45 @@ class RelayRoleTests(unittest.TestCase):
 
 
 class TurnOverTcpServiceTests(unittest.TestCase):
-    def test_listensOnTcpAndStops(self):
-        """--turn-tcp: the TURN server also listens on TCP, answers the hello, and lets its own link socket be a peer."""
-        from twisted.internet import defer, protocol, reactor
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    def test_listensOnTlsAndStops(self):
+        """
+        --turn-tcp: the TURN server also listens, TLS under the stream; a real
+        client pinned to the relay's id allocates there, one pinned to another
+        id is refused before it proves anything; its own link socket is a peer.
+        """
+        from twisted.internet import defer, reactor
+        from twisted.internet.protocol import DatagramProtocol
 
+        from meshvpn.errors import RelayError
+        from meshvpn.identity import NodeIdentity
         from meshvpn.link.relayservice import NatRelayService
-        from meshvpn.nat import turn_stream as ts
+        from meshvpn.link.tlsctx import sharedLinkTLS
+        from meshvpn.nat.turn_stream_client import openRelayedSocket, tlsEndpoint
 
         class Links:
             def setLinkAcceptor(self, acceptor):
                 pass
 
+        relayIdentity = NodeIdentity.generate()
         svc = NatRelayService(reactor, Links(), ("127.0.0.1", 0), lambda: {"udp": "127.0.0.1:7000"},
-                              turnStreamAddress=("127.0.0.1", 0))
+                              turnStreamAddress=("127.0.0.1", 0), identity=relayIdentity)
         svc.startService()
         self.addCleanup(svc.stopService)
         port = svc._turnStreamPort.getHost().port
         self.assertEqual(svc.turn._internal()[0], {("127.0.0.1", 7000)})
 
-        class Hello(protocol.Protocol):
-            def __init__(self):
-                self.got, self.done = b"", defer.Deferred()
-
-            def dataReceived(self, data):
-                self.got += data
-                if len(self.got) >= ts.HELLO_LEN and not self.done.called:
-                    self.transport.loseConnection()
-                    self.done.callback(self.got)
-
         async def go():
-            proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Hello())
-            got = await proto.done
-            self.assertEqual(len(ts.parseHello(got[: ts.HELLO_LEN])), 32)
+            server = ("127.0.0.1", port)
+            endpoint = lambda: tlsEndpoint(reactor, "127.0.0.1", port, sharedLinkTLS())  # noqa: E731
+            with self.assertRaises(RelayError) as e:
+                await openRelayedSocket(reactor, endpoint(), NodeIdentity.generate(), server, DatagramProtocol(),
+                                        relayId=b"\x01" * 32)
+            self.assertIn("not the", str(e.exception))
+            sock = await openRelayedSocket(reactor, endpoint(), NodeIdentity.generate(), server, DatagramProtocol(),
+                                           relayId=relayIdentity.nodeId)
+            self.assertEqual(sock.stream.relayNodeId, relayIdentity.nodeId)
+            self.assertEqual(svc.turnStream.counters["proved"], 1)
+            self.assertEqual(len(svc.turn.allocations), 1)
+            await sock.stopListening()
 
         return defer.Deferred.fromCoroutine(go())

@@ -62,10 +62,11 @@ class Collector:
         self.got.append((data, addr))
 
 
-def setup(testCase, users={"alice": "secret"}, limits=None):
+def setup(testCase, users={"alice": "secret"}, limits=None, server=("198.18.0.1", 3478), client=("198.18.5.2", 5000),
+          relayHost="198.18.0.1", relayHost6=None):
     clock = task.Clock()
     net = Net()
-    S, C = ("198.18.0.1", 3478), ("198.18.5.2", 5000)
+    S, C = server, client
     smux, cmux = DatagramMultiplexer(), DatagramMultiplexer()
     net.attach(S, smux)
     net.attach(C, cmux)
@@ -76,16 +77,17 @@ def setup(testCase, users={"alice": "secret"}, limits=None):
     def listenUDP(port, proto, interface):
         return net.attach((interface, next(ports)), proto)
 
-    server = TurnServer(clock, sep, smux.sendDatagram, "198.18.0.1", users=users, limits=limits, listenUDP=listenUDP)
+    server = TurnServer(clock, sep, smux.sendDatagram, relayHost, users=users, limits=limits, listenUDP=listenUDP,
+                        relayHost6=relayHost6)
     server.registerChannelData(smux)
     cep = StunEndpoint(clock, cmux.sendDatagram)
     cmux.register("stun", STUN_BYTES, cep, accept=stun.isStun)
     return clock, net, server, cep, cmux, S
 
 
-def allocate(testCase, clock, net, cep, cmux, S, user="alice", pw="secret"):
+def allocate(testCase, clock, net, cep, cmux, S, user="alice", pw="secret", **families):
     alloc = TurnAllocation(clock, cep, cmux.sendDatagram, S, user, pw)
-    d = alloc.allocate(600)
+    d = alloc.allocate(600, **families)
     net.pump()
     alloc.registerChannelData(cmux)
     return d, alloc
@@ -241,3 +243,78 @@ class TurnFuzzTests(unittest.TestCase):
         net.pump()
         self.assertEqual(smux.counters().get("handler_errors", 0), 0)
         self.assertEqual(cmux.counters().get("handler_errors", 0), 0)
+
+
+class CredentialRenewalTests(unittest.TestCase):
+    """
+    The signalling relay's REST credentials live 600 s; an allocation
+    refreshes every ~540 s, so its second refresh (~1080 s) came with
+    expired ones, got 401, and relayed links died after ~19 min.
+    """
+
+    def _world(self):
+        from meshvpn.nat.signal import turnCredentials
+
+        clock, net = task.Clock(), Net()
+        clock.advance(1_700_000_000)  # REST credentials carry a wall-clock expiry
+        R, C = ("198.18.0.2", 3478), ("198.18.5.2", 5000)
+        smux, cmux = DatagramMultiplexer(), DatagramMultiplexer()
+        net.attach(R, smux)
+        net.attach(C, cmux)
+        sep = StunEndpoint(clock, smux.sendDatagram)
+        smux.register("stun", STUN_BYTES, sep, accept=stun.isStun)
+        ports = iter(range(51000, 51100))
+        server = TurnServer(clock, sep, smux.sendDatagram, R[0], authSecret=b"k" * 32,
+                            listenUDP=lambda port, proto, interface: net.attach((interface, next(ports)), proto))
+        server.registerChannelData(smux)
+        cep = StunEndpoint(clock, cmux.sendDatagram)
+        cmux.register("stun", STUN_BYTES, cep, accept=stun.isStun)
+        creds = lambda: (600, *turnCredentials(b"k" * 32, b"\x42" * 32, clock.seconds(), 600))  # noqa: E731
+        return clock, net, server, cep, cmux, R, creds
+
+    def _refreshFor2250s(self, renew):
+        from twisted.internet import defer
+
+        clock, net, server, cep, cmux, R, creds = self._world()
+        _, user, password = creds()
+        issued = []
+
+        def fresh():
+            issued.append(clock.seconds())
+            return defer.succeed(creds())
+
+        alloc = TurnAllocation(clock, cep, cmux.sendDatagram, R, user, password, renew=fresh if renew else None)
+        d = alloc.allocate(600)
+        net.pump()
+        self.successResultOf(d)
+        for _ in range(45):  # 2250 s
+            clock.advance(50)
+            net.pump()
+        return server, alloc, issued
+
+    def test_renewedCredentialsKeepTheAllocation(self):
+        server, alloc, issued = self._refreshFor2250s(renew=True)
+        self.assertEqual(len(server.allocations), 1)
+        self.assertGreaterEqual(len(issued), 4)  # one per refresh
+        self.assertFalse(alloc.released)
+
+    def test_withoutRenewalItDiesAtTheSecondRefresh(self):
+        """What happened before: the same run without renewal loses the allocation."""
+        server, _, _ = self._refreshFor2250s(renew=False)
+        self.assertEqual(server.allocations, {})
+
+    def test_anotherNodesCredentialsCannotTakeItOver(self):
+        """The allocation follows new credentials of its own node only: another node's valid ones get 437."""
+        from meshvpn.nat.signal import turnCredentials
+
+        clock, net, server, cep, cmux, R, creds = self._world()
+        _, user, password = creds()
+        alloc = TurnAllocation(clock, cep, cmux.sendDatagram, R, user, password)
+        d = alloc.allocate(600)
+        net.pump()
+        self.successResultOf(d)
+        alloc.setCredentials(*turnCredentials(b"k" * 32, b"\x99" * 32, clock.seconds(), 600))
+        d = alloc.refresh(600)
+        net.pump()
+        self.assertIn("437", self.failureResultOf(d, RelayError).getErrorMessage())
+        self.assertEqual(next(iter(server.allocations.values())).username, user)

@@ -23,6 +23,11 @@ from meshvpn.udpmux import DatagramMultiplexer, STUN_BYTES
 RELAY = "198.18.0.1"
 TURN_UDP, TURN_TCP, LINK_PORT = (RELAY, 3478), (RELAY, 3478), (RELAY, 7000)
 PEER = ("198.18.7.7", 4000)
+SESSION = b"E" * ts.EXPORTER_LEN  # stands for the TLS exporter: the same at both ends of one session
+
+
+def session(value=SESSION):
+    return lambda transport: value
 
 
 class Sink(DatagramProtocol):
@@ -51,7 +56,9 @@ class World:
                                  listenUDP=lambda port, proto, interface: self.net.attach((interface, next(ports)), proto),
                                  linkAddresses=lambda: [LINK_PORT])
         self.server.registerChannelData(smux)
-        self.factory = TurnStreamFactory(self.clock, front, self.server, self.secret, streamLimits)
+        self.relayIdentity = NodeIdentity.generate()
+        self.factory = TurnStreamFactory(self.clock, front, self.server, self.secret, self.relayIdentity, streamLimits,
+                                         binding=session(), handshake=False)
         self.link = self.net.attach(LINK_PORT, Collector()) and self.net.hosts[LINK_PORT]
         self.peer = Collector()
         self.net.attach(PEER, self.peer)
@@ -59,10 +66,11 @@ class World:
         self._port = 40000
         testCase.addCleanup(self.server.stop)
 
-    def connect(self, identity=None, host="198.18.9.9"):
+    def connect(self, identity=None, host="198.18.9.9", relayId=None, clientSession=SESSION):
         """A stream from C{host}; @return: C{(clientProtocol, serverProtocol, pump)}."""
         self._port += 1
-        client = TurnStreamClientProtocol(self.clock, identity or NodeIdentity.generate(), TURN_TCP)
+        client = TurnStreamClientProtocol(self.clock, identity or NodeIdentity.generate(), TURN_TCP,
+                                          relayId=relayId or self.relayIdentity.nodeId, binding=session(clientSession))
         server = self.factory.buildProtocol(None)
         cAddr, sAddr = IPv4Address("TCP", host, self._port), IPv4Address("TCP", *TURN_TCP)
         pump = iosim.connect(server, iosim.FakeTransport(server, True, sAddr, cAddr),
@@ -389,4 +397,81 @@ class ParserTests(unittest.TestCase):
     def test_credsRoundTrip(self):
         frame = ts.encodeCredsFrame(600, "1:ab", "pw==")
         self.assertEqual(ts.parseCredsFrame(frame), (600, "1:ab", "pw=="))
-        self.assertEqual(ts.parseHello(ts.encodeHello(bytes(range(32)))), bytes(range(32)))
+        hello = ts.encodeHello(bytes(range(32)), b"k" * 32, b"s" * 64)
+        self.assertEqual(ts.parseHello(hello), (bytes(range(32)), b"k" * 32, b"s" * 64))
+        self.assertRaises(ts.StreamFrameError, ts.parseHello, b"MVT1" + hello[4:])
+
+
+class ManInTheMiddleTests(unittest.TestCase):
+    """
+    An attacker between client and relay terminates TLS on both sides: the
+    client's session has exporter A, the relay's B.  It can forward, rewrite
+    or forge the hello; it must neither get an allocation with the client's
+    proof nor pass for a relay the client pinned.
+    """
+
+    A, B = b"A" * ts.EXPORTER_LEN, SESSION
+
+    def _relaySide(self, w):
+        raw = w.factory.buildProtocol(None)
+        t = iosim.FakeTransport(raw, True, IPv4Address("TCP", *TURN_TCP), IPv4Address("TCP", "198.18.66.6", 1))
+        raw.makeConnection(t)
+        return raw, t, t.getOutBuffer()  # (which empties it)
+
+    def _clientSide(self, relayId):
+        client = TurnStreamClientProtocol(task.Clock(), NodeIdentity.generate(), TURN_TCP, relayId=relayId,
+                                          binding=session(self.A))
+        t = iosim.FakeTransport(client, False, IPv4Address("TCP", "198.18.9.9", 2), IPv4Address("TCP", *TURN_TCP))
+        client.makeConnection(t)
+        return client, t
+
+    def test_forwardedHelloIsRefusedByTheClient(self):
+        """The relay's own hello, forwarded: signed over B, the client checks A, sends nothing."""
+        w = World(self)
+        _, _, hello = self._relaySide(w)
+        client, t = self._clientSide(w.relayIdentity.nodeId)
+        client.dataReceived(hello)
+        self.assertIn("does not match this TLS session", self.failureResultOf(client.ready).getErrorMessage())
+        self.assertFalse(t.getOutBuffer())
+        self.assertTrue(t.disconnecting or t.disconnected)
+
+    def test_attackerCannotPassForAPinnedRelay(self):
+        w = World(self)
+        _, _, hello = self._relaySide(w)
+        challenge, _, _ = ts.parseHello(hello)
+        mallory = NodeIdentity.generate()
+        forged = ts.encodeHello(challenge, mallory.identityPublicKey, mallory.sign(ts.relayMessage(self.A, challenge)))
+        client, t = self._clientSide(w.relayIdentity.nodeId)
+        client.dataReceived(forged)
+        self.assertIn("not the", self.failureResultOf(client.ready).getErrorMessage())
+        self.assertFalse(t.getOutBuffer())
+
+    def test_relayedProofGetsNoAllocation(self):
+        """
+        Even a client that pinned nothing and so answers the attacker's own
+        hello: its proof names session A and the attacker, and the relay
+        (session B, itself) refuses it: no credentials, stream closed.
+        """
+        w = World(self)
+        raw, relayT, hello = self._relaySide(w)
+        challenge, _, _ = ts.parseHello(hello)
+        mallory = NodeIdentity.generate()
+        forged = ts.encodeHello(challenge, mallory.identityPublicKey, mallory.sign(ts.relayMessage(self.A, challenge)))
+        client, clientT = self._clientSide(None)
+        client.dataReceived(forged)
+        proof = clientT.getOutBuffer()
+        self.assertEqual(len(proof), ts.PROOF_LEN)  # the client answered the attacker
+        raw.dataReceived(proof)  # ... who relays that answer to the real relay
+        self.assertEqual(w.factory.counters["bad_proof"], 1)
+        self.assertEqual(w.factory.counters["proved"], 0)
+        self.assertFalse(relayT.getOutBuffer())  # no credentials
+        self.assertTrue(relayT.disconnecting or relayT.disconnected)
+        self.assertEqual(w.server.allocations, {})
+
+    def test_plainTcpIsRefused(self):
+        """A relay without TLS under the stream cannot compute a binding: it closes rather than run unbound."""
+        w = World(self)
+        w.factory.binding = ts.tlsBinding
+        raw, t, hello = self._relaySide(w)
+        self.assertFalse(hello)
+        self.assertTrue(t.disconnecting or t.disconnected)
