@@ -84,7 +84,8 @@ class HungRelayTests(unittest.TestCase):
         import signal
 
         lines = []
-        net = Testnet(lines.append)
+        # the client keeps its warm backup circuit (off by default: a second guard link)
+        net = Testnet(lines.append, nodeArgs=lambda name, host: ["--warm-backup-guard", "true"] if name == "client" else [])
         self.addCleanup(net.stop)
         net.start()
         host, port = net.startWeb()
