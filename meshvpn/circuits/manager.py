@@ -453,6 +453,13 @@ class CircuitManager(service.Service):
                                   exclude=set(exclude) | set(soft[:keep]), packets=packets)
             except NoPath:
                 continue  # give up the least sure suspect and try again
+        if soft:
+            # Every path we know runs through a relay we would rather avoid:
+            # the directory is too small (a client backs off sampling once one
+            # path fits), so ask it for more now rather than at its next round.
+            wanted = getattr(self._directory, "refreshSoon", None)
+            if wanted is not None:
+                wanted()
         return choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
 
     async def _buildLoop(self, target, exclude, packets=False, avoid=(), spare=False, swap=True):

@@ -58,6 +58,10 @@ class DirectoryRelays:
     def __call__(self):
         return defer.Deferred.fromCoroutine(self._wait())
 
+    def refreshSoon(self):
+        """The circuit manager found no path clear of relays it avoids: sample the directory now."""
+        self.finder.refreshSoon()
+
     async def _wait(self):
         deadline = self.reactor.seconds() + self.patience
         refreshed = False
