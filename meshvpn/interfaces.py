@@ -674,6 +674,27 @@ class ILinkManager(Interface):
             endpoint of the transport called C{transportName}.
         """
 
+    def addLivenessObserver(observer):
+        """
+        Tell C{observer} (an L{ILinkLivenessObserver}) whenever a link to an
+        authenticated peer becomes suspected of being hung or cut, and when
+        that peer is heard again.
+        """
+
+
+class ILinkLivenessObserver(Interface):
+    """
+    Hears the link plane's suspicion of a peer (a PING unanswered past a
+    bound from measured round trips, L{meshvpn.link.liveness}): before the
+    link is closed as silent, so what rides it can move at once.
+    """
+
+    def peerSuspected(nodeId, suspected):
+        """
+        The link to C{nodeId} is suspected (C{suspected} true: it answered no
+        PING in time, it may be hung or cut) or is no longer (it was heard).
+        """
+
 
 # --------------------------------------------------------------------------
 # circuits (onion/)
@@ -1066,6 +1087,14 @@ class ICircuitManager(Interface):
         in time: no new stream is given C{circuit}; its open streams go on.
 
         @return: C{True} if C{circuit} was in use and is now retired.
+        """
+
+    def whenSuspect(circuit):
+        """
+        @return: a Deferred firing (with C{None}) once C{circuit}'s guard is
+            suspected of being hung or cut (at once if it is now), so a
+            stream still waiting for an answer on it can move; it never
+            fails.  Cancel it when the answer came.
         """
 
 

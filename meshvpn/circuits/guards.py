@@ -326,6 +326,15 @@ class GuardSet:
     def guardIds(self):
         return [g.nodeId for g in self.sample]
 
+    def isPrimary(self, nodeId):
+        """C{nodeId} is one of the primary guards (as of the last L{choose})."""
+        return nodeId in self._primary
+
+    def confirmed(self, nodeId):
+        """C{nodeId} is a guard the client has built a circuit through (it has its place in the order)."""
+        guard = self._find(nodeId)
+        return guard is not None and guard.confirmedIdx is not None
+
     def exposure(self):
         """Guards the client has connected to, among those in the sample."""
         return [g.nodeId for g in self.sample if g.firstTried is not None]

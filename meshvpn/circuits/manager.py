@@ -47,7 +47,26 @@ Recovery (the chaos bench's faults):
   it hangs) is marked down once, so the next circuits enter elsewhere;
 - builds time out adaptively (L{meshvpn.circuits.buildtimeout}), and a
   timeout is charged to no relay: a starved machine no longer counts its
-  guards down until it refuses to build.
+  guards down until it refuses to build;
+- a guard whose link is I{suspected} (a PING unanswered past a bound from
+  measured round trips, L{meshvpn.link.liveness}; it may be hung or cut,
+  the link is not closed yet) is skipped while suspected: its circuits take
+  no new stream and the streams waiting on them move
+  (L{whenSuspect}, used by the stream opener), a VPN's packet circuit
+  through it is closed once a circuit through another guard is ready, and
+  new circuits enter through the next guard instead (L{backup}).
+
+The backup guard, bounded (a hostile network that drops packets must not
+make the client walk through its guards): it is the guard set's next
+choice after the first, and suspicion moves circuits only within the
+primary guards (three, sticky for months: the set Tor itself falls back
+within), never to a guard outside them, so no new guard is ever exposed
+by suspicion; when every primary is suspected nothing is swapped, and
+only the link's verdict (it is closed as silent) marks a guard down,
+which the guard set bounds on its own (its new-guards-per-day limit).  With C{warmBackup} a spare circuit through the backup
+guard is kept built from the start, so moving needs no build; it is handed
+out only while the first guard is suspected or down.  Without it the
+backup is built at the first suspicion.
 """
 
 import collections
@@ -55,17 +74,20 @@ import collections
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshvpn.errors import MeshVPNError, NoPath
-from meshvpn.interfaces import ICircuitManager, ICircuitSteering, IStatusSource
+from meshvpn.interfaces import ICircuitManager, ICircuitSteering, ILinkLivenessObserver, IStatusSource
 from meshvpn.circuits.avoid import ExtendAvoidance
 from meshvpn.circuits.buildtimeout import BuildTimeout
+from meshvpn.circuits.guards import N_PRIMARY
 from meshvpn.circuits.mppath import chooseSecondLeg
 from meshvpn.circuits.pathselect import choosePath
 
 
 SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its replacement
+LOST_GUARD_S = 30.0  # a guard whose link went is passed over this long (the primary guards' first retry)
 
 
 class CircuitBuildFailed(MeshVPNError):
@@ -83,13 +105,13 @@ RECENT_TIMES = 20  # build and rebuild times kept for status
 SELF = b""  # the reporter of what this client saw itself, in the avoidance list
 
 
-@implementer(ICircuitManager, ICircuitSteering, IStatusSource)
+@implementer(ICircuitManager, ICircuitSteering, ILinkLivenessObserver, IStatusSource)
 class CircuitManager(service.Service):
     log = Logger()
 
     def __init__(
         self, reactor, relaySource, buildCircuit, guards=None, spares=1, buildTimeout=10.0,
-        attempts=4, maintainEvery=5.0, rng=None,
+        attempts=4, maintainEvery=5.0, rng=None, warmBackup=False,
     ):
         self.reactor = reactor
         self._directory = relaySource
@@ -119,6 +141,18 @@ class CircuitManager(service.Service):
         self.streamTimeouts = 0
         self._loop = None
         self._observers = []
+        # suspicion (link liveness): guards whose link is suspected now, the
+        # streams waiting to hear of it, the backup spare through another guard
+        self.warmBackup = warmBackup
+        self._suspects = set()
+        self._lost = {}  # guard node id -> the call that ends its suspicion (its link went)
+        self._suspectWaiters = {}  # circuit -> Deferreds of whenSuspect
+        self.backup = None  # (circuit, path): a spare through the next guard, handed out only while the first is suspected
+        self._buildingBackup = False
+        self._wantPackets = False  # a packet circuit was asked for: the backup must carry packets
+        self._packetCircuits = {}  # circuit -> path, handed out for packets (a VPN holds one until it closes)
+        self.suspicions = 0
+        self.movedOnSuspicion = 0
 
     # -- observers
 
@@ -156,12 +190,19 @@ class CircuitManager(service.Service):
             self._loop.stop()
         for circuit, _ in list(self._all()):
             circuit.close("finished")
+        if self.backup is not None:
+            self.backup[0].close("finished")
+        for call in self._lost.values():
+            if call.active():
+                call.cancel()
+        self._lost.clear()
 
     def _loopFailed(self, failure):
         self.log.failure("circuit maintenance stopped", failure)
 
     def _maintain(self):
         self._closeIdleRetired()
+        self._ensureBackup()
         # Start as many builds as the spare target lacks; never hold the loop on
         # them.  Counted once: a build that fails at once (no usable guard) is
         # retried at the next tick, not in a loop that never yields.
@@ -195,11 +236,28 @@ class CircuitManager(service.Service):
         C{packets}, carries IP packets): an assigned one if it fits, else a
         spare, else a new one.
         """
+        if packets and not self._wantPackets:
+            self._wantPackets = True
+            if self.backup is not None and not _accepts(self.backup[1], None, True):
+                self.backup[0].close("finished")  # rebuilt to carry packets: the VPN is who moves
+        d = self._getCircuit(target, isolation, packets)
+        if packets:
+            d.addCallback(self._handedForPackets)
+        return d
+
+    def _handedForPackets(self, circuit):
+        pair = next((p for p in self._all() if p[0] is circuit), None)
+        if pair is not None and circuit not in self._packetCircuits:
+            self._packetCircuits[circuit] = pair[1]
+            circuit.whenClosed().addBoth(lambda _: self._packetCircuits.pop(circuit, None))
+        return circuit
+
+    def _getCircuit(self, target, isolation, packets):
         for circuit, path in self._assigned.get(isolation, []):
-            if _accepts(path, target, packets):
+            if _accepts(path, target, packets) and not self._suspected(path):
                 return defer.succeed(circuit)
         for i, (circuit, path) in enumerate(self._spare):
-            if _accepts(path, target, packets):
+            if _accepts(path, target, packets) and not self._suspected(path):
                 del self._spare[i]
                 self._assign(isolation, (circuit, path))
                 # The replacement spare starts a moment later: built at once, its
@@ -207,12 +265,19 @@ class CircuitManager(service.Service):
                 # as this stream's first cells and delayed its first byte by 5-10 ms.
                 self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
                 return defer.succeed(circuit)
+        if self._suspects and self.backup is not None and _accepts(self.backup[1], target, packets) \
+                and not self._suspected(self.backup[1]):
+            # the first guard is suspected: the warm circuit through the next one, no build
+            pair, self.backup = self.backup, None
+            self._assign(isolation, pair)
+            self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
+            return defer.succeed(pair[0])
         waiting = self._replacing.get(isolation)
         if waiting is not None:
             # This key's dead circuit is being replaced: use that build, not a second one.
             d = defer.Deferred()
             waiting.append(d)
-            return d.addCallback(lambda _: self.getCircuit(target, isolation, packets))
+            return d.addCallback(lambda _: self._getCircuit(target, isolation, packets))
         d = self._buildWithRetries(target, packets=packets)
 
         def built(pair):
@@ -254,6 +319,8 @@ class CircuitManager(service.Service):
         err = getattr(reason, "value", reason)
         if getattr(err, "silent", False):
             self._hangs(pair[1][0].nodeId)
+        elif getattr(err, "hop", None) == 0 and self.running:
+            self._linkLost(pair[1][0].nodeId)
         if pair in self._retired:  # retired (newIdentity, a stream timeout): nothing to replace
             self._retired.remove(pair)
             return
@@ -357,13 +424,13 @@ class CircuitManager(service.Service):
 
     # -- building
 
-    def _buildWithRetries(self, target, exclude=(), packets=False, avoid=(), spare=False):
+    def _buildWithRetries(self, target, exclude=(), packets=False, avoid=(), spare=False, swap=True):
         """
         C{exclude}: node ids proven bad (never used); C{avoid}: suspects,
         used only when no path fits without them; C{spare}: a spare, through
         an exit no other spare uses or is being built through (if one fits).
         """
-        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets, list(avoid), spare))
+        return defer.Deferred.fromCoroutine(self._buildLoop(target, list(exclude), packets, list(avoid), spare, swap))
 
     def _choosePath(self, relays, target, guard, exclude, packets, avoid, spare=False):
         """
@@ -375,7 +442,8 @@ class CircuitManager(service.Service):
         avoids the dead relay rather than choosing at random again.
         """
         soft = []
-        for nodeId in [*self.avoid.avoided(), *avoid,
+        # suspected guards (hung or cut, perhaps) are avoided as middles and exits too
+        for nodeId in [*self.avoid.avoided(), *self._suspects, *avoid,
                        *([path[-1].nodeId for _, path in self._spare] + self._spareExits if spare else [])]:
             if nodeId not in soft and nodeId not in exclude:
                 soft.append(nodeId)
@@ -385,9 +453,16 @@ class CircuitManager(service.Service):
                                   exclude=set(exclude) | set(soft[:keep]), packets=packets)
             except NoPath:
                 continue  # give up the least sure suspect and try again
+        if soft:
+            # Every path we know runs through a relay we would rather avoid:
+            # the directory is too small (a client backs off sampling once one
+            # path fits), so ask it for more now rather than at its next round.
+            wanted = getattr(self._directory, "refreshSoon", None)
+            if wanted is not None:
+                wanted()
         return choosePath(relays, target=target, guard=guard, rng=self.rng, exclude=exclude, packets=packets)
 
-    async def _buildLoop(self, target, exclude, packets=False, avoid=(), spare=False):
+    async def _buildLoop(self, target, exclude, packets=False, avoid=(), spare=False, swap=True):
         self._building += 1
         path = None
         try:
@@ -398,7 +473,7 @@ class CircuitManager(service.Service):
                 if self.guards is not None:
                     # Never a random guard instead: that is how a network that
                     # makes guards fail gets a client to try all of them.
-                    guard = self.guards.choose(relays, exclude=exclude)
+                    guard = self._chooseGuard(relays, exclude, swap)
                     if guard is None:
                         raise NoPath(f"no usable guard: {self.guards.refusal}")
                 if spare and path is not None:
@@ -430,6 +505,9 @@ class CircuitManager(service.Service):
                     continue
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
+                    if self.backup is None and self.warmBackup:
+                        # the first guard is confirmed now: the backup may follow, a moment later
+                        self.reactor.callLater(SPARE_REPLACE_DELAY, self._ensureBackup)
                 self._countThroughGuard(path[0], failed=False)
                 took = self.reactor.seconds() - started
                 self.buildTimes.append(took)
@@ -454,6 +532,158 @@ class CircuitManager(service.Service):
                               "extensions on purpose chooses its clients' paths", past=past, n=built + past,
                               g=guard.nodeId.hex()[:16])
 
+    # -- suspicion (ILinkLivenessObserver)
+
+    def _suspected(self, path):
+        """Any hop of C{path} is a suspected guard (a backup may have the first guard as its middle)."""
+        return any(r.nodeId in self._suspects for r in path)
+
+    def _chooseGuard(self, relays, exclude, swap=True):
+        """
+        The guard set's choice, or, if its link is suspected, the next
+        primary guard whose link is not: suspicion moves only within the
+        primary guards, never to a guard outside them (bounded; see the
+        module docstring).
+        """
+        guard = self.guards.choose(relays, exclude=exclude)
+        if guard is None or not swap or guard.nodeId not in self._suspects:
+            return guard
+        passed = [guard.nodeId]
+        while len(passed) < N_PRIMARY:
+            other = self.guards.choose(relays, exclude=[*exclude, *passed])
+            if other is None or not self.guards.isPrimary(other.nodeId):
+                break
+            if other.nodeId not in self._suspects:
+                return other
+            passed.append(other.nodeId)
+        return guard
+
+    def peerSuspected(self, nodeId, suspected):
+        if not suspected:
+            if nodeId not in self._lost:
+                self._suspects.discard(nodeId)
+            return
+        inUse = [pair for pair in self._all() if any(r.nodeId == nodeId for r in pair[1])]
+        if self.backup is not None and any(r.nodeId == nodeId for r in self.backup[1]):
+            inUse.append(self.backup)
+        if not inUse:
+            return  # not a guard of ours (bounded: the set holds only guards we route through)
+        self._suspects.add(nodeId)
+        self.suspicions += 1
+        self.log.info("guard {g} suspected (a PING unanswered); {n} circuits through it skipped",
+                      g=nodeId.hex()[:16], n=len(inUse))
+        for circuit, path in inUse:
+            for d in self._suspectWaiters.pop(circuit, []):
+                d.callback(None)
+        self._movePackets()
+        if self.running:
+            self.reactor.callLater(0, self._maintain)
+
+    def _movePackets(self):
+        """
+        A packet circuit (the VPN holds one until it closes) through a
+        suspected guard is closed once another that carries packets is
+        ready, so the VPN's next one is that, with no build; without one it
+        is left for the verdict (a suspicion may be wrong, and a VPN with
+        no circuit at all is worse than one that waits).
+        """
+        ready = [p for p in [*self._spare, *([self.backup] if self.backup else [])]
+                 if _accepts(p[1], None, True) and not self._suspected(p[1])]
+        if not ready:
+            return
+        for circuit, path in list(self._packetCircuits.items()):
+            if self._suspected(path):
+                self.movedOnSuspicion += 1
+                circuit.close("guard suspected")
+
+    def _linkLost(self, nodeId):
+        """
+        The guard's link went (reset, a killed or restarting relay): treated
+        as suspected for L{LOST_GUARD_S}, so the streams retried now take the
+        backup with no build instead of a rebuild through a guard that may
+        refuse the connection; after that it is chosen again as usual.
+        """
+        if nodeId in self._suspects:
+            return
+        self._suspects.add(nodeId)
+        self.suspicions += 1
+
+        def expire():
+            if nodeId in self._lost:
+                del self._lost[nodeId]
+                self._suspects.discard(nodeId)
+
+        old = self._lost.pop(nodeId, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._lost[nodeId] = self.reactor.callLater(LOST_GUARD_S, expire)
+        self.reactor.callLater(0, self._maintain)
+
+    def whenSuspect(self, circuit):
+        pair = next((p for p in self._all() if p[0] is circuit), None)
+        if pair is not None and self._suspected(pair[1]):
+            return defer.succeed(None)
+
+        def cancel(d):
+            waiters = self._suspectWaiters.get(circuit, [])
+            if d in waiters:
+                waiters.remove(d)
+                if not waiters:
+                    del self._suspectWaiters[circuit]
+
+        d = defer.Deferred(cancel)
+        waiters = self._suspectWaiters.get(circuit)
+        if waiters is None:
+            self._suspectWaiters[circuit] = waiters = []
+            circuit.whenClosed().addBoth(lambda _: self._suspectWaiters.pop(circuit, None))
+        waiters.append(d)
+        return d
+
+    def streamMoved(self):
+        """The opener moved a waiting stream off a suspected circuit (counted for status)."""
+        self.movedOnSuspicion += 1
+
+    def _ensureBackup(self):
+        if self.running and self.guards is not None and (self.warmBackup or self._suspects) \
+                and self.backup is None and not self._buildingBackup:
+            self._buildingBackup = True
+            defer.Deferred.fromCoroutine(self._buildBackup()).addBoth(self._backupDone)
+
+    async def _buildBackup(self):
+        """A spare through the guard after the first (never a third: see the module docstring)."""
+        if not any(self.guards.confirmed(g) for g in self.guards.guardIds()):
+            return  # no circuit built yet: nothing to back up (and no wait on the directory)
+        relays = await self._relaySource()
+        first = self.guards.choose(relays)
+        if first is None or not self.guards.confirmed(first.nodeId):
+            # not before a circuit went through the first: built first, the
+            # backup's guard would be confirmed ahead of it and become the first
+            return
+        second = self.guards.choose(relays, exclude=[first.nodeId])
+        if second is None or second.nodeId in self._suspects:
+            return
+        # nowhere in its path: a backup with the first guard as its middle fails with it
+        circuit, path = await self._buildWithRetries(None, exclude=[first.nodeId], packets=self._wantPackets,
+                                                     swap=False)
+        if not self.running or self.backup is not None:
+            circuit.close("finished")
+            return
+        self.backup = (circuit, path)
+        circuit.whenClosed().addBoth(self._backupClosed, self.backup)
+        self._announce(circuit)
+        self._movePackets()
+
+    def _backupDone(self, result):
+        self._buildingBackup = False
+        if isinstance(result, Failure):
+            # NoPath: the directory is still too small for a path without the first guard (tried again later)
+            log = self.log.debug if result.check(NoPath) else self.log.info
+            log("could not build a circuit through a backup guard: {why}", why=result.getErrorMessage())
+
+    def _backupClosed(self, reason, pair):
+        if self.backup is pair:
+            self.backup = None
+
     # -- status
 
     def _all(self):
@@ -474,6 +704,10 @@ class CircuitManager(service.Service):
     def status(self):
         return {
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
+            "suspected_guards": [g.hex() for g in self._suspects],
+            "suspicions": self.suspicions,
+            "moved_on_suspicion": self.movedOnSuspicion,
+            "backup_guard": self.backup[1][0].nodeId.hex() if self.backup is not None else None,
             "building": self._building,
             "failed_past_guard": self.failedPastGuard,
             "build_timeout_s": round(self.timeouts.current(), 2),

@@ -150,8 +150,9 @@ class LinkManager(service.Service):
         self._directory = None  # where DIRECTORY records go (meshvpn/link/bridgedir.py)
         self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
+        self._livenessObservers = []
         self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "refused_address": 0,
-                         "refused_rate": 0, "cells_unhandled": 0, "closed_silent": 0}
+                         "refused_rate": 0, "cells_unhandled": 0, "closed_silent": 0, "suspected": 0}
 
     # ---- ILinkManager
 
@@ -188,6 +189,26 @@ class LinkManager(service.Service):
 
     def setEgressGate(self, gate):
         self._egress = gate
+
+    def addLivenessObserver(self, observer):
+        self._livenessObservers.append(observer)
+
+    def _suspicion(self, link, suspected):
+        if link.peerId is None or self._byPeer.get(link.peerId) is not link:
+            return  # an anonymous peer, or a second link to a peer: nobody routes through it
+        if suspected:
+            self.counters["suspected"] += 1
+        if suspected and self._livenessObservers:  # a relay's many links: only counted
+            self.log.info("link to {peer} suspected: a PING is unanswered after {t:.2f}s",
+                          peer=link.peerId.hex()[:16], t=link.suspectTimeout())
+        self._tellSuspicion(link.peerId, suspected)
+
+    def _tellSuspicion(self, peerId, suspected):
+        for observer in list(self._livenessObservers):
+            try:
+                observer.peerSuspected(peerId, suspected)
+            except Exception:
+                self.log.failure("liveness observer failed")
 
     def serverFactory(self, transportName="tls"):
         """The protocol factory to listen with on a server endpoint of C{transportName}."""
@@ -311,6 +332,7 @@ class LinkManager(service.Service):
         # (L{meshvpn.onion.switch.peerKey}), so many links from one address share them.
         link.remoteHost = host
         link.onDirectory = self._directoryReceived
+        link.onSuspicion = self._suspicion
         if not link.isInitiator:
             self._incoming += 1
             if host is not None:
@@ -356,6 +378,8 @@ class LinkManager(service.Service):
         self._all.discard(link)
         if link.peerId is not None and self._byPeer.get(link.peerId) is link:
             del self._byPeer[link.peerId]
+            if link.suspected:  # gone (closed as silent, or otherwise): the next link starts clean
+                self._tellSuspicion(link.peerId, False)
         if link in self._announced:
             self._announced.discard(link)
             if self._handler is not None:

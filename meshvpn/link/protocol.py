@@ -26,6 +26,7 @@ from zope.interface import implementer
 from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILink
 from meshvpn.link import auth, wire
+from meshvpn.link.liveness import RoundTrips
 
 # Link versions this release speaks.  Version 2 adds the CLOSE record (a
 # link says why it is closing: a stopping relay tells its peers at once);
@@ -58,14 +59,15 @@ class LinkSettings:
     keepaliveInterval: float = 30.0
     # Nothing at all received for this long: the peer or path is dead.
     deadAfter: float = 95.0
-    # Liveness (link version 3): cells went out and nothing came back for
-    # probeAfter seconds, so a PING goes; nothing at all within the PING
-    # timeout closes the link as LinkSilent.  The timeout is probeTimeout,
-    # or PROBE_RTT_FACTOR times the second slowest recent PONG if that is
-    # longer (a starved machine answers late but answers; one stall is not
-    # a trend), at most probeTimeoutMax.  A stopped relay's circuits are
-    # torn down after about probeAfter + probeTimeout instead of deadAfter.
-    # 0 disables.
+    # Liveness (link version 3, bounds in meshvpn.link.liveness): cells
+    # went out and nothing came back for 4 x the smoothed PONG round trip
+    # (0.3 s at least, probeAfter at most), so a PING goes; no answer within
+    # TCP's RTO over PONGs (0.5 s at least) marks the link suspected (the
+    # circuit manager moves waiting streams elsewhere); nothing at all
+    # within the verdict timeout closes it as LinkSilent.  The verdict is
+    # probeTimeout, or 3 x the second slowest recent PONG if that is longer
+    # (a starved machine answers late but answers; one stall is not a
+    # trend), at most probeTimeoutMax.  0 disables.
     probeAfter: float = 1.0
     probeTimeout: float = 4.0
     probeTimeoutMax: float = 10.0
@@ -85,8 +87,10 @@ class LinkSettings:
     connectTimeout: float = 30.0
 
 
-PROBE_RTT_FACTOR = 3
-PROBE_RTT_SAMPLES = 8  # PONG round trips remembered for the timeout
+# While a link's reading is paused (backpressure) its peer's PINGs wait
+# unread, so it says it lives this often on its own: a peer that is slow to
+# read is not taken for a hung one.  Below liveness.SUSPECT_FLOOR_S.
+PAUSED_HEARTBEAT_S = 0.2
 
 
 @implementer(IPushProducer)
@@ -130,6 +134,11 @@ class LinkProtocol(Protocol):
         self.version = None
         self.circuitVersion = None  # the highest circuit protocol version both ends speak
         self.closeReason = None
+        # Set by the link manager: called (link, True) when a PING went
+        # unanswered past the suspicion bound, (link, False) when the peer
+        # was heard again (None: nobody listens).
+        self.onSuspicion = None
+        self.suspected = False
         self._exporter = None
         self._myVersions = wire.encodeVersions(settings.versions, settings.circuitVersions)[3:]
         self._peerVersions = None
@@ -159,7 +168,10 @@ class LinkProtocol(Protocol):
         self._pingAt = None
         self._pingBody = b""
         self._pings = 0
-        self.pingRtts = []
+        self.roundTrips = RoundTrips()
+        self._rttPing = None  # (body, sent at) of the PING whose PONG is still to be timed
+        self._unanswered = False  # cells went out and no byte came in since
+        self._heartbeat = None
 
     # ---- ILink
 
@@ -178,8 +190,9 @@ class LinkProtocol(Protocol):
         n = len(cells)
         self.cellsOut += n
         self._sentAt = self._lastCells = self._lastOut = self._reactor.seconds()
+        self._unanswered = True
         if self._probe is None and self._liveness:
-            self._probe = self._reactor.callLater(self._settings.probeAfter, self._probeCheck)
+            self._probe = self._reactor.callLater(self.probeAfter(), self._probeCheck)
         if not self._writeBlocked:
             self.transport.write(data)
             return True
@@ -274,11 +287,14 @@ class LinkProtocol(Protocol):
         if not self._readPaused and self.state is not State.CLOSED:
             self._readPaused = True
             self.transport.pauseProducing()
+            if self._liveness and self._heartbeat is None:
+                self._heartbeat = self._reactor.callLater(PAUSED_HEARTBEAT_S, self._beat)
 
     def resumeProducing(self):
         if not self._readPaused or self.state is State.CLOSED:
             return
         self._readPaused = False
+        self._stopHeartbeat()
         held, self._held, self._heldBytes = self._held, [], 0
         for data in held:
             self._feed(data)
@@ -322,6 +338,9 @@ class LinkProtocol(Protocol):
     def dataReceived(self, data):
         # Any byte proves the peer's process runs, even one held while we paused reading.
         self._heardAt = self._reactor.seconds()
+        self._unanswered = False
+        if self.suspected:
+            self._suspect(False)
         if self._readPaused:
             self._held.append(data)
             self._heldBytes += len(data)
@@ -392,12 +411,15 @@ class LinkProtocol(Protocol):
         if kind == wire.PING:
             self._writeControl(wire.encodePing(wire.PONG, body))
             return
-        if self._pingAt is not None and body == self._pingBody:
-            rtts = self.pingRtts
-            rtts.append(self._reactor.seconds() - self._pingAt)
-            if len(rtts) > PROBE_RTT_SAMPLES:
-                del rtts[0]
-            self._pingAt = None
+        if self._rttPing is not None and body == self._rttPing[0]:
+            # measured even when other bytes already ended the wait (a busy link)
+            self.roundTrips.add(self._reactor.seconds() - self._rttPing[1])
+            self._rttPing = None
+            if body == self._pingBody:
+                self._pingAt = None
+                if self._probe is not None and self._probe.active():
+                    self._probe.cancel()  # answered; the next cells sent arm it again
+                self._probe = None
 
     def _writeControl(self, record):
         self._lastOut = self._reactor.seconds()
@@ -462,6 +484,9 @@ class LinkProtocol(Protocol):
         self._lastCells = self._lastOut = self._lastIn = self._heardAt = self._sentAt = self._reactor.seconds()
         self._liveness = self.version >= 3 and self._settings.probeAfter > 0
         self._timer = self._reactor.callLater(self._settings.keepaliveInterval, self._tick)
+        if self._liveness:
+            # the first round trip, so the bounds fit this peer before cells need them
+            self._sendPing(self._reactor.seconds())
         waiters, self._openWaiters = self._openWaiters, []
         for d in waiters:
             d.callback(self)
@@ -480,33 +505,44 @@ class LinkProtocol(Protocol):
             return self._abort(LinkError(f"peer silent for {s.deadAfter:g}s"))
         if s.idleTimeout and not self._users and now - self._lastCells >= s.idleTimeout:
             return self.close(LinkError("idle"))
-        if now - self._lastOut >= s.keepaliveInterval * 0.99:
-            if self._liveness and self._pingAt is None:
-                # A quiet link's keepalive asks for an answer: a peer that hangs
-                # while idle is found too (within keepaliveInterval + the PING timeout).
-                self._sendPing(now)
-            else:
-                self._lastOut = now
-                self.transport.write(wire.encodeControl(wire.KEEPALIVE))
+        if self._liveness and self._pingAt is None:
+            # The keepalive asks for an answer: a peer that hangs while idle is
+            # found too (within keepaliveInterval + the verdict), and a busy
+            # link, whose cells are always answered, still measures its round trip.
+            self._sendPing(now)
+        elif now - self._lastOut >= s.keepaliveInterval * 0.99:
+            self._lastOut = now
+            self.transport.write(wire.encodeControl(wire.KEEPALIVE))
         self._timer = self._reactor.callLater(s.keepaliveInterval, self._tick)
 
     # ---- liveness (link version 3)
 
+    @property
+    def pingRtts(self):
+        """The recent PONG round trips (seconds), oldest first."""
+        return self.roundTrips.samples
+
     def pingTimeout(self):
-        """Seconds a PING waits for any answer before the peer counts as hung."""
-        s = self._settings
-        ordered = sorted(self.pingRtts)
-        slow = ordered[-2] if len(ordered) >= 2 else (ordered[0] if ordered else 0.0)
-        return min(s.probeTimeoutMax, max(s.probeTimeout, PROBE_RTT_FACTOR * slow))
+        """Seconds a PING waits for any answer before the peer counts as hung (the verdict)."""
+        return self.roundTrips.verdict(self._settings.probeTimeout, self._settings.probeTimeoutMax)
+
+    def suspectTimeout(self):
+        """Seconds a PING waits for any answer before the link is suspected."""
+        return self.roundTrips.suspectAfter(self.pingTimeout())
+
+    def probeAfter(self):
+        """Seconds of silence after cells went out before a PING goes."""
+        return self.roundTrips.probeAfter(self._settings.probeAfter)
 
     def _sendPing(self, now):
         self._pings += 1
         self._pingBody = self._pings.to_bytes(wire.PING_MAX_BODY, "big")
         self._pingAt = now
+        self._rttPing = (self._pingBody, now)
         self._writeControl(wire.encodePing(wire.PING, self._pingBody))
         if self._probe is not None and self._probe.active():
             self._probe.cancel()
-        self._probe = self._reactor.callLater(self.pingTimeout(), self._probeCheck)
+        self._probe = self._reactor.callLater(self.suspectTimeout(), self._probeCheck)
 
     def _probeCheck(self):
         """
@@ -521,21 +557,47 @@ class LinkProtocol(Protocol):
         if self._pingAt is not None:
             if self._heardAt < self._pingAt and not self._readPaused:
                 waited = now - self._pingAt
-                if waited >= self.pingTimeout():
-                    return self._abort(LinkSilent(f"peer answered no PING for {waited:.1f}s (limit {self.pingTimeout():.1f}s)"))
-                self._probe = self._reactor.callLater(self.pingTimeout() - waited, self._probeCheck)
+                verdict = self.pingTimeout()
+                if waited >= verdict:
+                    return self._abort(LinkSilent(f"peer answered no PING for {waited:.1f}s (limit {verdict:.1f}s)"))
+                if waited >= self.suspectTimeout() and not self.suspected:
+                    self._suspect(True)
+                    if self.state is not State.OPEN:  # a listener closed it
+                        return
+                self._probe = self._reactor.callLater(verdict - waited, self._probeCheck)
                 return
             if self._heardAt < self._pingAt:  # paused by us: look again later
-                self._probe = self._reactor.callLater(s.probeAfter, self._probeCheck)
+                self._probe = self._reactor.callLater(self.probeAfter(), self._probeCheck)
                 return
             self._pingAt = None  # something came back: the peer lives (its PONG may still come)
-        if self._sentAt < self._heardAt:
+        if not self._unanswered:
             return  # answered since; the next cells sent arm the check again
         quiet = now - self._heardAt
-        if quiet >= s.probeAfter and not self._readPaused:
+        probeAfter = self.probeAfter()
+        if quiet >= probeAfter and not self._readPaused:
             self._sendPing(now)
         else:
-            self._probe = self._reactor.callLater(max(s.probeAfter - quiet, 0.05), self._probeCheck)
+            self._probe = self._reactor.callLater(max(probeAfter - quiet, 0.05), self._probeCheck)
+
+    def _suspect(self, suspected):
+        self.suspected = suspected
+        if self.onSuspicion is not None:
+            self.onSuspicion(self, suspected)
+
+    def _beat(self):
+        """Our reading is paused: tell the peer we live, since its PINGs wait unread."""
+        self._heartbeat = None
+        if not self._readPaused or self.state is not State.OPEN:
+            return
+        if not self._writeBlocked:
+            self._lastOut = self._reactor.seconds()
+            self.transport.write(wire.encodeControl(wire.KEEPALIVE))
+        self._heartbeat = self._reactor.callLater(PAUSED_HEARTBEAT_S, self._beat)
+
+    def _stopHeartbeat(self):
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
 
     # ---- backpressure from the transport
 
@@ -568,6 +630,7 @@ class LinkProtocol(Protocol):
         if self._probe is not None and self._probe.active():
             self._probe.cancel()
         self._probe = None
+        self._stopHeartbeat()
         waiters, self._openWaiters = self._openWaiters, []
         for d in waiters:
             d.errback(reason)

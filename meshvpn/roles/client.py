@@ -48,6 +48,10 @@ class Options(RoleOptions):
         Setting("dht-sample-interval", parseSeconds, 300.0,
                 "Max seconds between samplings of the relay directory (sooner while it cannot build a path)."),
         Setting("circuits-spare", parsePositiveInt, 1, "Circuits kept built ahead of need."),
+        Setting("warm-backup-guard", parseBool, False,
+                "Keep a circuit built through a second guard, used only while the first is suspected of "
+                "hanging or being cut (moving then needs no build); off: the second guard is dialled only "
+                "after the first is suspected."),
         Setting("multipath-after", parseBytesOrOff, None,
                 "Bytes a stream moves before it gets a second circuit to its exit (multipath; 0: at once; "
                 "off: never, the default until measured through real processes)."),

@@ -58,6 +58,10 @@ class DirectoryRelays:
     def __call__(self):
         return defer.Deferred.fromCoroutine(self._wait())
 
+    def refreshSoon(self):
+        """The circuit manager found no path clear of relays it avoids: sample the directory now."""
+        self.finder.refreshSoon()
+
     async def _wait(self):
         deadline = self.reactor.seconds() + self.patience
         refreshed = False
@@ -106,7 +110,10 @@ def addOnionClient(node, settings, links, finder, payments=None, weights=None, d
         CircuitBuilder(node.reactor, onion.switch, links, onCircuit=onCircuit),
         guards=guards,
         spares=settings["circuits_spare"],
+        warmBackup=settings["warm_backup_guard"],
     )
+    # a suspected guard link (PING unanswered) moves waiting streams and new circuits to the next guard
+    links.addLivenessObserver(circuits)
     addService(node, "circuits", circuits)
     if dhtTransport is not None:
         known = DirectoryRelays(node.reactor, finder, weights=weights, families=nodeFamilies(settings)).known

@@ -14,6 +14,20 @@ cancelled (END to the exit), its circuit is retired for new streams
 (L{meshvpn.interfaces.ICircuitManager.streamTimedOut}), and it is tried on
 another circuit.  After L{MAX_ATTEMPTS} circuits the app gets a clear
 answer (SOCKS TTL expired, END reason TIMEOUT): never a hang.
+
+A stream still waiting for its answer when its circuit's guard becomes
+suspected (a PING unanswered past a bound from measured round trips:
+L{meshvpn.interfaces.ICircuitManager.whenSuspect}) is cancelled the same
+way and moved at once, well before the attach timeout: a silently cut or
+hung guard costs the waiting stream under a second plus the move, not
+10 s.  A move does not count against L{MAX_ATTEMPTS} more than once per
+circuit, as any attempt.
+
+A hung middle or exit is not seen by the client's link PING (its guard
+answers): a stream that waits past a bound from the measured circuit round
+trip gets its circuit probed end to end (L{meshvpn.streams.circuitprobe});
+no answer, and the circuit is retired and the stream moved, in about 2 s
+instead of the attach timeout.
 """
 
 import ipaddress
@@ -28,6 +42,7 @@ from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import AnswerType
 from meshvpn.streams.attachtimeout import AttachTimeout
 from meshvpn.streams.bulkstream import BulkStream
+from meshvpn.streams.circuitprobe import CircuitProbe
 
 MAX_ATTEMPTS = 3
 _RETRYABLE = {EndReason.DESTROY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT}
@@ -69,6 +84,8 @@ class CircuitStreamOpener:
         self.multipath = multipath
         self.timeouts = AttachTimeout()
         self.timedOut = 0  # attaches given up on one circuit and tried on another
+        self.moved = 0  # attaches moved off a circuit whose guard became suspected, or that answered no probe
+        self.probe = CircuitProbe(reactor)
 
     def openStream(self, host, port, isolationKey):
         def action(circuit):
@@ -104,8 +121,30 @@ class CircuitStreamOpener:
             circuit = await self.circuits.getCircuit(target=target, isolation=isolationKey)
             limit = self.timeouts.limit(attempt)
             started = self.reactor.seconds()
+            attaching = action(circuit).addTimeout(limit, self.reactor)
+            moved = []
+
+            def move(why, attaching=attaching, moved=moved):
+                if not attaching.called:
+                    moved.append(why)
+                    attaching.cancel()  # END to the exit
+
+            # the last attempt stays put: its answer, the link's verdict or the attach timeout comes
+            armed = attempt < self.maxAttempts
+            suspect = self._whenSuspect(circuit, move, armed)
+            stopProbe = self.probe.watch(circuit, attaching, lambda: move("hung")) if armed else (lambda: None)
             try:
-                result = await action(circuit).addTimeout(limit, self.reactor)
+                result = await attaching
+            except defer.CancelledError:
+                if not moved:
+                    raise
+                self.moved += 1
+                if moved[0] == "hung":
+                    # the exit did not answer the probe: a hung middle or exit; no new streams on it
+                    self.circuits.streamTimedOut(circuit)
+                else:
+                    getattr(self.circuits, "streamMoved", lambda: None)()
+                continue  # the manager hands out a circuit through other relays
             except defer.TimeoutError:
                 # Cancelled (the stream's END went to the exit): the circuit
                 # takes no new streams, and this one tries another.
@@ -118,5 +157,16 @@ class CircuitStreamOpener:
                 if EndReason.fromWire(int(e.reason)) not in _RETRYABLE or attempt >= self.maxAttempts:
                     raise
                 continue  # the circuit died under us: the manager hands out a new one
+            finally:
+                stopProbe()
+                if not suspect.called:
+                    suspect.cancel()
             self.timeouts.attached(self.reactor.seconds() - started)
             return result
+
+    def _whenSuspect(self, circuit, move, armed):
+        """C{move("suspected")} if C{circuit}'s guard becomes suspected first."""
+        whenSuspect = getattr(self.circuits, "whenSuspect", None)
+        suspect = whenSuspect(circuit) if armed and whenSuspect is not None else defer.Deferred()
+        suspect.addCallbacks(lambda _: move("suspected"), lambda f: f.trap(defer.CancelledError) and None)
+        return suspect

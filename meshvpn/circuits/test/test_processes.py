@@ -74,16 +74,18 @@ class HungRelayTests(unittest.TestCase):
     """
     The fault: the guard of the client's circuit is SIGSTOPped (a hung
     relay: its connections stay open, it answers nothing).  The next fetch
-    used to hang until the SOCKS timeout; now the client's link PING finds
-    the guard silent, its circuits close, the guard is marked down, and the
-    fetch goes through another guard within seconds.
+    used to hang until the SOCKS timeout; now the client's link PING goes
+    unanswered, the guard is suspected within about a second and the fetch
+    moves to a circuit through another guard (the warm backup); later the
+    link is closed as silent and the guard marked down.
     """
 
     def test_stoppedGuardDoesNotHangTheNextFetch(self):
         import signal
 
         lines = []
-        net = Testnet(lines.append)
+        # the client keeps its warm backup circuit (off by default: a second guard link)
+        net = Testnet(lines.append, nodeArgs=lambda name, host: ["--warm-backup-guard", "true"] if name == "client" else [])
         self.addCleanup(net.stop)
         net.start()
         host, port = net.startWeb()
@@ -95,6 +97,10 @@ class HungRelayTests(unittest.TestCase):
         [circuit] = usedCircuits(net.client)[0]
         guardId = circuit["path"][0]
         guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
+        # the warm circuit through another guard, built once the directory holds a path without this one
+        deadline = time.monotonic() + 30
+        while not usedCircuits(net.client)[1].get("backup_guard") and time.monotonic() < deadline:
+            time.sleep(0.2)
         guard.process.send_signal(signal.SIGSTOP)
         self.addCleanup(guard.process.send_signal, signal.SIGCONT)  # before net.stop (cleanups run last-first)
         started = time.monotonic()
@@ -108,4 +114,8 @@ class HungRelayTests(unittest.TestCase):
             time.sleep(0.2)
             used, _ = usedCircuits(net.client)
         self.assertFalse(any(c["path"][0] == guardId for c in used), used)
-        print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s")
+        # the fetch moved when the guard was suspected, before its link's verdict
+        _, circuits = usedCircuits(net.client)
+        self.assertGreaterEqual(circuits.get("suspicions", 0), 1, circuits)
+        print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s "
+              f"(suspicions {circuits['suspicions']}, moved {circuits['moved_on_suspicion']})")

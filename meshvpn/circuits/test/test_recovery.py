@@ -212,6 +212,38 @@ class DeadMiddleTests(unittest.TestCase):
         self.assertEqual(m.avoid.avoided(), [])
 
 
+class SmallDirectoryTests(unittest.TestCase):
+    def test_noPathClearOfAvoidedRelaysAsksForMore(self):
+        """
+        The fault (MiddleDiesTests, flaky): the client knew 4 relays, one
+        the killed middle; every path ran through it, so every rebuild
+        chose it again for a minute, while the relay finder, content that
+        one path fitted, sampled again only at its next backed-off round.
+        Now a choice that has to take an avoided relay asks for more.
+        """
+        relays = [relay(i) for i in range(1, 4)]
+
+        class Source:
+            asked = 0
+
+            def __call__(self):
+                return defer.succeed(relays)
+
+            def refreshSoon(self):
+                self.asked += 1
+
+        source = Source()
+        clock = Clock()
+        m = CircuitManager(clock, source, Builder(clock), spares=0, rng=random.Random(1))
+        m.startService()
+        self.addCleanup(m.stopService)
+        circuitFor(self, clock, m, "a")
+        self.assertEqual(source.asked, 0)
+        m.avoid.failed(b"r" * 32, relays[1].nodeId)
+        circuitFor(self, clock, m, "b")
+        self.assertGreater(source.asked, 0)
+
+
 class AvoidanceBoundsTests(unittest.TestCase):
     def test_bounds(self):
         clock = Clock()

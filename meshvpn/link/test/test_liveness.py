@@ -57,20 +57,21 @@ class LivenessTests(unittest.TestCase):
             server.sendCells([cell(2)])
             pump.flush()
             clock.advance(0.5)
-        self.assertEqual(client._pings, 0)
-        self.assertEqual(server._pings, 0)
+        # only the PING each side sends at open, to measure the round trip
+        self.assertEqual(client._pings, 1)
+        self.assertEqual(server._pings, 1)
 
     def test_quietIdleLinkNotProbedUntilKeepalive(self):
         clock, client, server, pump = self.pair()
         clock.advance(10)
-        self.assertEqual(client._pings, 0)
+        self.assertEqual(client._pings, 1)  # the one at open
         self.assertIs(client.state, State.OPEN)
 
     def test_idleHungPeerFoundAtKeepalive(self):
         """The keepalive of a version 3 link is a PING: a peer that hangs while idle goes within 30 + 4 s."""
         clock, client, server, pump = self.pair()
         clock.advance(30)
-        self.assertEqual(client._pings, 1)
+        self.assertEqual(client._pings, 2)
         clock.advance(4)
         self.assertIs(client.state, State.CLOSED)
         self.assertIsInstance(client.closeReason, LinkSilent)
@@ -86,9 +87,10 @@ class LivenessTests(unittest.TestCase):
         self.assertEqual(client.pingTimeout(), FAST.probeTimeoutMax)
         client.pingRtts[:] = [0.1, 2.5, 2.5]
         client.sendCells([cell(1)])
-        clock.advance(1)  # PING
-        clock.advance(7)
+        clock.advance(1)  # PING after 0.3 s (4 x the measured round trip, at least 0.3 s)
+        clock.advance(6.5)
         self.assertIs(client.state, State.OPEN)
+        self.assertTrue(client.suspected)
         pump.flush()  # the answer comes, late
         clock.advance(10)
         self.assertIs(client.state, State.OPEN)
@@ -101,6 +103,99 @@ class LivenessTests(unittest.TestCase):
         for _ in range(20):
             clock.advance(1)
         self.assertIs(client.state, State.OPEN)
+
+    def test_suspectedBeforeTheVerdict(self):
+        """The attack: a guard cut silently.  The link is suspected within a second (so streams can move), closed later."""
+        clock, client, server, pump = self.pair()
+        heard = []
+        client.onSuspicion = lambda link, suspected: heard.append((clock.seconds(), suspected))
+        client.sendCells([cell(1)])
+        clock.advance(0.3)  # PING: 4 x the measured round trip (0 here), at least 0.3 s
+        self.assertEqual(client._pings, 2)
+        clock.advance(0.49)
+        self.assertEqual(heard, [])
+        clock.advance(0.02)  # the suspicion floor, 0.5 s after the PING
+        self.assertEqual(heard, [(0.81, True)])
+        self.assertIs(client.state, State.OPEN)
+        clock.advance(3.0)
+        self.assertIs(client.state, State.OPEN)
+        clock.advance(0.5)  # the verdict: 4 s after the PING
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
+
+    def test_suspicionClearsWhenThePeerIsHeard(self):
+        """A peer that stalled for a second and answers is no longer suspected, and its link stays."""
+        clock, client, server, pump = self.pair()
+        heard = []
+        client.onSuspicion = lambda link, suspected: heard.append(suspected)
+        client.sendCells([cell(1)])
+        clock.advance(0.3)  # PING
+        clock.advance(0.5)
+        self.assertEqual(heard, [True])
+        self.assertTrue(client.suspected)
+        pump.flush()
+        self.assertEqual(heard, [True, False])
+        self.assertFalse(client.suspected)
+        clock.advance(10)
+        self.assertIs(client.state, State.OPEN)
+
+    def test_boundsFollowTheMeasuredRoundTrip(self):
+        """A far peer (PONGs in 200 ms) is probed after 4 x SRTT and suspected after RFC 6298's RTO, not the floors."""
+        clock, client, server, pump = self.pair()
+        client.roundTrips.__init__()
+        for _ in range(20):
+            client.roundTrips.add(0.2)
+        self.assertAlmostEqual(client.probeAfter(), 0.8)
+        self.assertGreaterEqual(client.suspectTimeout(), 0.5)
+        self.assertLess(client.suspectTimeout(), 0.6)
+        client.roundTrips.add(1.0)  # one late answer widens the suspicion bound at once
+        self.assertGreater(client.suspectTimeout(), 1.0)
+        self.assertLessEqual(client.suspectTimeout(), client.pingTimeout())
+
+    def test_busyLinkMeasuresItsRoundTrip(self):
+        """Cells answered all the time send no PING for liveness, but the keepalive's PING still times a PONG."""
+        clock, client, server, pump = self.pair()
+        before = len(client.pingRtts)
+        for _ in range(130):
+            client.sendCells([cell(1)])
+            server.sendCells([cell(2)])
+            pump.flush()
+            clock.advance(0.5)
+        self.assertGreaterEqual(len(client.pingRtts), before + 2)
+
+    def test_backpressuredPeerIsNotSuspected(self):
+        """
+        The false positive: the peer is alive but not reading (its next link
+        is full), so our PING waits unread for seconds.  It says it lives on
+        its own while paused, and the link is neither suspected nor closed.
+        """
+        clock, client, server, pump = self.pair()
+        heard = []
+        client.onSuspicion = lambda link, suspected: heard.append(suspected)
+        server.pauseProducing()
+        for _ in range(100):
+            client.sendCells([cell(1)])
+            clock.advance(0.1)
+            pump.flush()
+        self.assertIs(client.state, State.OPEN)
+        self.assertEqual(heard, [])
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(server.cellsIn, 100)
+
+    def test_pausedPeerThatHangsIsStillFound(self):
+        """The same peer stops altogether (SIGSTOP while paused): its heartbeats stop, and it is found."""
+        clock, client, server, pump = self.pair()
+        server.pauseProducing()
+        for _ in range(10):
+            client.sendCells([cell(1)])
+            clock.advance(0.1)
+            pump.flush()
+        client.sendCells([cell(1)])
+        for _ in range(60):
+            clock.advance(0.1)  # nothing delivered: the peer hangs
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
 
     def test_pingOnAVersion2LinkIsAViolation(self):
         """The attack: a peer that negotiated version 2 sends a version-3 record anyway."""

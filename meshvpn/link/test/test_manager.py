@@ -328,3 +328,32 @@ class LinkManagerAbuseTests(unittest.TestCase):
         d = m.getLink(h.target(1))
         h.net.flush()
         self.assertEqual(result(d).peerId, h.ids[1].nodeId)
+
+
+class SuspicionObserverTests(unittest.TestCase):
+    """The fault: a peer stops answering (its pump is no longer flushed).  The manager's observers hear it twice: suspected, then gone."""
+
+    def test_observersHearSuspicionThenTheClose(self):
+        h = Harness(2)
+        heard = []
+
+        class Observer:
+            def peerSuspected(self, nodeId, suspected):
+                heard.append((nodeId, suspected, h.clock.seconds()))
+
+        a = h.managers[0]
+        a.addLivenessObserver(Observer())
+        d = a.getLink(h.target(1))
+        h.net.flush()
+        link = result(d)
+        start = h.clock.seconds()
+        link.sendCells([cell(1)])
+        for _ in range(60):
+            h.clock.advance(0.1)  # nothing delivered: the peer hangs
+        h.net.flush()  # the aborted connection is gone
+        peer = h.ids[1].nodeId
+        self.assertEqual([(n, s) for n, s, _ in heard], [(peer, True), (peer, False)])
+        self.assertLess(heard[0][2] - start, 1.5)  # suspected within about a second
+        self.assertIs(link.state, State.CLOSED)  # the verdict came later
+        self.assertEqual(a.counters["suspected"], 1)
+        self.assertEqual(a.counters["closed_silent"], 1)

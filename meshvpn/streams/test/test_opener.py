@@ -191,3 +191,123 @@ class AttachTimeoutTests(unittest.TestCase):
         d = Opener(m, reactor=clock).resolve("example.com", "k")
         clock.advance(AT.FLOOR_S)
         self.assertEqual(self.successResultOf(d), ["198.18.0.1", "::1"])
+
+
+class SuspectingManager(FakeManager):
+    """A manager whose circuits' guards can be suspected (its whenSuspect, as the real one's)."""
+
+    def __init__(self, circuits):
+        super().__init__(circuits)
+        self.waiting = {}
+        self.moved = 0
+
+    def whenSuspect(self, circuit):
+        d = defer.Deferred(lambda d: self.waiting[circuit].remove(d))
+        self.waiting.setdefault(circuit, []).append(d)
+        return d
+
+    def suspect(self, circuit):
+        for d in list(self.waiting.get(circuit, [])):
+            self.waiting[circuit].remove(d)
+            d.callback(None)
+
+    def streamMoved(self):
+        self.moved += 1
+
+
+class SuspicionTests(unittest.TestCase):
+    """The fault: the guard is cut silently while a stream waits for CONNECTED.  It moves when the guard is suspected."""
+
+    def test_waitingStreamMovesAtOnce(self):
+        clock = Clock()
+        cut, good = FakeCircuit([HANG]), FakeCircuit(["stream"])
+        m = SuspectingManager([cut, good])
+        opener = Opener(m, reactor=clock)
+        d = opener.openStream("example.com", 443, "k")
+        clock.advance(0.8)
+        self.assertNoResult(d)
+        m.suspect(cut)  # the guard's link answered no PING in time
+        self.assertEqual(self.successResultOf(d), "stream")
+        self.assertEqual(cut.cancelled, [("example.com", 443)])  # END went to the exit
+        self.assertEqual(m.retired, [])  # a suspicion retires nothing: it may be wrong
+        self.assertEqual((opener.moved, m.moved), (1, 1))
+
+    def test_answeredStreamForgetsTheSuspicion(self):
+        m = SuspectingManager([FakeCircuit(["stream"])])
+        d = Opener(m).openStream("example.com", 443, "k")
+        self.assertEqual(self.successResultOf(d), "stream")
+        self.assertEqual(sum(len(w) for w in m.waiting.values()), 0)  # nothing left waiting: bounded
+
+    def test_lastAttemptStaysPut(self):
+        """Moves are attempts: suspected on every circuit, the last one waits for its answer or the verdict."""
+        clock = Clock()
+        circuits = [FakeCircuit([HANG]) for _ in range(MAX_ATTEMPTS - 1)] + [FakeCircuit([HANG])]
+        m = SuspectingManager(list(circuits))
+        d = Opener(m, reactor=clock).openStream("example.com", 443, "k")
+        for c in circuits:
+            m.suspect(c)
+        self.assertNoResult(d)
+        self.assertEqual(m.waiting.get(circuits[-1], []), [])
+        clock.advance(AT.FLOOR_S * AT.LATER)
+        self.assertEqual(self.failureResultOf(d, StreamRefused).value.reason, EndReason.TIMEOUT)
+
+
+class HungMiddleTests(unittest.TestCase):
+    """
+    The fault: a middle or exit hangs.  The guard answers its PINGs, so no
+    link is suspected; the stream's circuit is probed end to end instead.
+    """
+
+    def hungCircuit(self, outcomes):
+        class DeadEnd(FakeMux):
+            def resolve(self, name):
+                self.asked.append(name)
+                return defer.Deferred(lambda _: None)  # nothing comes back through the hung hop
+
+        c = FakeCircuit(outcomes)
+        c.streamHandler = DeadEnd()
+        return c
+
+    def test_unansweredProbeMovesTheStream(self):
+        from meshvpn.streams import circuitprobe as P
+
+        clock = Clock()
+        hung, good = self.hungCircuit([HANG]), FakeCircuit(["stream"])
+        m = FakeManager([hung, good])
+        opener = Opener(m, reactor=clock)
+        d = opener.openStream("example.com", 443, "k")
+        clock.advance(P.WAIT_FLOOR_S)
+        self.assertEqual(hung.streamHandler.asked, [P.PROBE_NAME])  # the probe: no connect, no DNS at the exit
+        clock.advance(P.ANSWER_FLOOR_S - 0.01)
+        self.assertNoResult(d)
+        clock.advance(0.01)
+        self.assertEqual(self.successResultOf(d), "stream")  # about 2 s, not the attach timeout's 10
+        self.assertEqual(hung.cancelled, [("example.com", 443)])
+        self.assertEqual(m.retired, [hung])  # takes no new streams
+        self.assertEqual((opener.moved, opener.probe.unanswered), (1, 1))
+
+    def test_slowExitAnsweringTheProbeKeepsTheStream(self):
+        """The false positive: the exit's connect is slow (a far site) but every hop forwards: the stream waits."""
+        clock = Clock()
+        slow = FakeCircuit([HANG])
+        m = FakeManager([slow, FakeCircuit(["other"])])
+        opener = Opener(m, reactor=clock)
+        d = opener.openStream("example.com", 443, "k")
+        clock.advance(5)
+        self.assertNoResult(d)
+        self.assertEqual(slow.cancelled, [])
+        self.assertEqual(m.retired, [])
+        self.assertEqual(slow.streamHandler.asked, ["127.0.0.1"])  # one probe, answered
+
+    def test_waitingStreamsShareOneProbe(self):
+        from meshvpn.streams import circuitprobe as P
+
+        clock = Clock()
+        hung = self.hungCircuit([HANG, HANG, HANG])
+        m = FakeManager([hung, hung, hung, FakeCircuit(["a"]), FakeCircuit(["b"]), FakeCircuit(["c"])])
+        opener = Opener(m, reactor=clock)
+        ds = [opener.openStream("example.com", 443, "k") for _ in range(3)]
+        clock.advance(P.WAIT_FLOOR_S)
+        self.assertEqual(hung.streamHandler.asked, [P.PROBE_NAME])
+        clock.advance(P.ANSWER_FLOOR_S)
+        self.assertEqual(sorted(self.successResultOf(d) for d in ds), ["a", "b", "c"])
