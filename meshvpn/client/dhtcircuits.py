@@ -123,11 +123,7 @@ class _Leg:
                 raise CellError(str(e)) from None
             t.counters[f"refused_{reason}"] += 1
             return
-        try:
-            whole = self.reassembler.feed(body)
-        except DatagramMessageError as e:
-            t.counters["answers_malformed"] += 1
-            raise CellError(f"DHT_RECEIVED: {e}") from None
+        whole = self.reassembler.feedCell(body, t.counters, "answers_malformed", "DHT_RECEIVED")
         if whole is None:
             return
         data, addr = whole

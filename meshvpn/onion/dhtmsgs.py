@@ -22,6 +22,8 @@ cannot make it grow.  Every malformed piece raises L{DatagramMessageError}.
 import ipaddress
 import struct
 
+from meshvpn.onion.cells import CellError
+
 MAX_DATAGRAM = 1400  # the DHT's own cap (meshvpn.dht.wire.MAX_DATAGRAM): nothing longer is a DHT message
 MAX_PIECES = 4  # 1400 bytes in pieces of at least 488 - 2 - 19
 _PORT = struct.Struct("!H")
@@ -129,6 +131,19 @@ class Reassembler:
         done = (b"".join(self._parts), self._addr)
         self._reset()
         return done
+
+    def feedCell(self, body, counters, counter, command):
+        """
+        L{feed}, for a cell handler at either end: a malformed piece is
+        counted under C{counters[counter]} and closes only its circuit.
+
+        @raise CellError: the piece was malformed (C{command} names the cell).
+        """
+        try:
+            return self.feed(body)
+        except DatagramMessageError as e:
+            counters[counter] += 1
+            raise CellError(f"{command}: {e}") from None
 
     def _reset(self):
         self._addr, self._parts, self._count, self._size = None, [], 0, 0

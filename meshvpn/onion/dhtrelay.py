@@ -137,11 +137,7 @@ class DHTDatagramRelay:
         state = self._circuits.get(circuit)
         if state is None:
             state = self._circuits[circuit] = _CircuitState(self.clock, self.limits)
-        try:
-            whole = state.reassembler.feed(body)
-        except DatagramMessageError as e:
-            self.counters["refused_malformed"] += 1
-            raise CellError(f"DHT_SEND: {e}") from None
+        whole = state.reassembler.feedCell(body, self.counters, "refused_malformed", "DHT_SEND")
         if whole is None:
             return
         datagram, addr = whole
