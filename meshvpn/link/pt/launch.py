@@ -185,6 +185,8 @@ class Launch(ProcessProtocol):
             return self._protocolError(PTProtocolError("a stdout line that is not UTF-8"))
         if self.state is LaunchState.READY:
             return self._afterReady(text)
+        if self.state in (LaunchState.FAILED, LaunchState.EXITED):
+            return  # the launch is over and its answer given; the process is being stopped
         try:
             msg = m.parseLine(text)
         except PTProtocolError as e:
