@@ -870,9 +870,12 @@ class ICircuitStreamHandler(Interface):
             unless the user asked for history).
         """
 
-    def openStream(host, port, protocol):
+    def openStream(host, port, protocol, early=None):
         """
         BEGIN a stream to C{host}:C{port}; C{protocol} gets its data.
+        C{early} (L{meshvpn.streams.optimistic.OptimisticData} or C{None})
+        is attached to the new stream: on a circuit that negotiated
+        optimistic data its bytes follow BEGIN at once.
 
         @return: a Deferred firing once CONNECTED, or failing with
             L{meshvpn.errors.StreamRefused} carrying the END reason.
@@ -1179,7 +1182,7 @@ class IStreamOpener(Interface):
     Names are never resolved on this machine: C{host} is passed as given.
     """
 
-    def openStream(host, port, isolationKey):
+    def openStream(host, port, isolationKey, early=None):
         """
         Open a stream to C{host}:C{port} through an exit.
 
@@ -1188,6 +1191,11 @@ class IStreamOpener(Interface):
         @param port: C{int}, 1..65535.
         @param isolationKey: a hashable key; streams with different keys
             never share a circuit (SOCKS username/password, listener, ...).
+        @param early: the application's bytes sent before the stream opened
+            (L{meshvpn.streams.optimistic.OptimisticData}, still filling while
+            the stream opens), or C{None}.  An opener that can sends them
+            right after BEGIN on every attempt (optimistic data); the
+            caller writes L{OptimisticData.unsent} once the stream is open.
         @return: a Deferred firing with an L{IStream} once the exit reports
             CONNECTED.  Fails with L{meshvpn.errors.StreamRefused} whose
             C{reason} is a L{meshvpn.onion.endreasons.EndReason} (EXITPOLICY

@@ -285,14 +285,14 @@ class CircuitPayer:
         entry = self.client.directory.exits.get(self.exitId)
         return [entry[0]] if entry is not None else []
 
-    def openStream(self, host, port, protocol):
+    def openStream(self, host, port, protocol=None, early=None):
         if self.tokens == 0:
             # Before the first stream this circuit pays for (one to the issuer, buying, was free), so the
             # exit counts the token before the BEGIN.
             issuers = self._issuers()
             if issuers:
                 self._pay(issuers)
-        return self.inner.openStream(host, port, protocol)
+        return self.inner.openStream(host, port, protocol, early=early)
 
     def _pay(self, issuers, freeRate=None, credit=None):
         if self.inFlight:

@@ -12,7 +12,10 @@ circuit.
 
 Every handshake message is size-bounded by the parser; data an app sends
 before the stream is open is buffered up to L{MAX_EARLY_DATA} and then the
-app's socket is paused.  Once open, the TCP transport and the stream are
+app's socket is paused; the opener sends it right after BEGIN where the
+circuit allows (optimistic data, L{meshvpn.streams.optimistic}), so an app
+that sends its request without waiting for the SOCKS reply saves a circuit
+round trip.  Once open, the TCP transport and the stream are
 each other's producer and consumer, so neither side buffers without bound.
 Anything malformed gets the SOCKS reply that names the problem and closes
 that one connection.
@@ -36,6 +39,7 @@ from meshvpn.errors import ConfigError, NoExitForTarget, NoPath, StreamRefused
 from meshvpn.interfaces import IStatusSource, IStreamReceiver
 from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.streams.optimistic import OptimisticData
 
 MAX_EARLY_DATA = 64 * 1024
 # Reading pauses at MAX_EARLY_DATA; a transport that keeps delivering past
@@ -158,8 +162,7 @@ class SOCKSServerProtocol(Protocol):
         self.request = None
         self.stream = None
         self._buffer = bytearray()
-        self._early = []
-        self._earlySize = 0
+        self._early = OptimisticData()
         self._pausedForEarly = False
         self._pending = None
         self._timer = None
@@ -182,7 +185,7 @@ class SOCKSServerProtocol(Protocol):
             self._go(Event.CLOSE)
         self._disarm()
         self._buffer = bytearray()
-        self._early = []
+        self._early.clear()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
@@ -280,14 +283,14 @@ class SOCKSServerProtocol(Protocol):
                     self.dataReceived(rest)
 
     def _earlyData(self, data):
-        self._early.append(data)
-        self._earlySize += len(data)
-        if self._earlySize > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
-            self._early, self._earlySize = [], 0
+        early = self._early
+        if early.size + len(data) > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
+            early.clear()
             self.stats.count("early_data_overrun")
             self._fail(Reply.GENERAL_FAILURE, "early data past the limit while reading was paused")
             return
-        if self._earlySize >= MAX_EARLY_DATA and not self._pausedForEarly:
+        early.write(data)
+        if early.size >= MAX_EARLY_DATA and not self._pausedForEarly:
             self._pausedForEarly = True
             self.transport.pauseProducing()
 
@@ -311,7 +314,7 @@ class SOCKSServerProtocol(Protocol):
         if req.command == Command.CONNECT:
             self._go(Event.CONNECT)
             self.stats.count("connect")
-            d = defer.maybeDeferred(self.opener.openStream, req.host, req.port, key)
+            d = defer.maybeDeferred(self.opener.openStream, req.host, req.port, key, early=self._early)
             self._pending = d
             d.addCallbacks(self._connected, self._failed)
             return
@@ -341,8 +344,8 @@ class SOCKSServerProtocol(Protocol):
         self.transport.write(sp.encodeReply(Reply.SUCCEEDED))
         self.transport.registerProducer(stream, True)
         stream.registerProducer(self.transport, True)
-        early, self._early, self._earlySize = self._early, [], 0
-        for chunk in early:
+        # What went optimistically after BEGIN is on its way; the rest follows it.
+        for chunk in self._early.unsent():
             stream.write(chunk)
         if self._pausedForEarly:
             self._pausedForEarly = False

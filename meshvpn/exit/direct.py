@@ -271,7 +271,8 @@ class DirectStreamOpener:
         self.resolver = resolver
         self.throttleFor = throttleFor
 
-    def openStream(self, host, port, isolationKey):
+    def openStream(self, host, port, isolationKey, early=None):
+        # No circuit round trip to save: the caller writes the early bytes once connected.
         throttle = self.throttleFor(isolationKey) if self.throttleFor else None
         return self.connector.connect(host, port, Factory.forProtocol(lambda: TCPStream(throttle)))
 

@@ -441,7 +441,7 @@ class Sendme:
 
 
 FLOW_VERSION = 1
-FLOW_KNOWN_FLAGS = 0x03  # meshvpn.onion.flow: FLOW_CC | FLOW_XON
+FLOW_KNOWN_FLAGS = 0x07  # meshvpn.onion.flow: FLOW_CC | FLOW_XON | FLOW_EARLY
 
 
 @attrs.frozen

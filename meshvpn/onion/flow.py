@@ -31,7 +31,14 @@ STREAM_INCREMENT = 50
 # What a circuit negotiates (the flags of FLOW_NEGOTIATE, doc/protocol.md).
 FLOW_CC = 0x01  # congestion control on the circuit's sending windows (both ends)
 FLOW_XON = 0x02  # streams use XON/XOFF from the receiving edge instead of stream SENDMEs
-FLOW_ALL = FLOW_CC | FLOW_XON
+FLOW_EARLY = 0x04  # the origin may send DATA right after BEGIN, before CONNECTED (optimistic data)
+FLOW_ALL = FLOW_CC | FLOW_XON | FLOW_EARLY
+
+# Optimistic data (FLOW_EARLY): stream bytes the origin may send after BEGIN
+# and before CONNECTED.  The exit holds them until its connection is made;
+# a peer that sends more has broken the protocol and loses the stream.  An
+# application's first request fits many times over.
+EARLY_DATA_LIMIT = 64 * 1024
 
 
 class FlowError(MeshVPNError):

@@ -24,6 +24,12 @@ round trip; a peer that keeps sending past C{HOLD_LIMIT} (XOFF_ABOVE plus
 a whole maximum congestion window) ignored it, and the stream ends with
 RESOURCELIMIT.  Stream SENDMEs are then a protocol violation.
 
+On a circuit that negotiated optimistic data (L{meshvpn.onion.flow.FLOW_EARLY})
+the origin's stream takes writes while it is still connecting and sends
+them right after BEGIN (L{meshvpn.streams.optimistic}); the exit's stream
+holds such DATA until its connection is made, at most
+L{meshvpn.onion.flow.EARLY_DATA_LIMIT} bytes: more is a protocol violation.
+
 The lifecycle is an explicit machine (L{StreamState}, L{StreamEvent},
 L{TRANSITIONS}): END with reason DONE is a half-close (like a TCP FIN), any
 other reason, a dead circuit or a protocol violation aborts.  A peer's
@@ -44,7 +50,7 @@ from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStream
 from meshvpn.onion.cells import CellError, RelayCommand
 from meshvpn.onion.endreasons import EndReason
-from meshvpn.onion.flow import VegasParams
+from meshvpn.onion.flow import EARLY_DATA_LIMIT, VegasParams
 from meshvpn.onion.streammsgs import Connected, End
 
 STREAM_WINDOW = 500  # cells, Tor's stream window
@@ -119,9 +125,11 @@ class CircuitStream:
         on CONNECTED or fails with L{StreamRefused}; C{None} at the exit.
     @ivar target: C{HOST:PORT} at the origin (for status); C{None} at the exit.
     @ivar xon: the circuit negotiated XON/XOFF: no stream window, no stream SENDMEs.
+    @ivar early: the circuit negotiated optimistic data: the origin may send
+        DATA while connecting, the exit holds it until connected.
     """
 
-    def __init__(self, mux, streamId, target=None, origin=False, xon=False):
+    def __init__(self, mux, streamId, target=None, origin=False, xon=False, early=False):
         self.mux = mux
         self.streamId = streamId
         self.target = target
@@ -129,6 +137,8 @@ class CircuitStream:
         self.opening = defer.Deferred(self._cancelOpening) if origin else None
         self.receiver = None
         self.xon = xon
+        self.early = early
+        self._earlyBytes = 0  # exit: optimistic bytes received while connecting
         # In XON mode the windows are never the limit (the DATA path stays
         # the same code): XOFF closes packageWindow, XON reopens it.
         self.packageWindow = self.deliverWindow = _UNLIMITED if xon else STREAM_WINDOW
@@ -158,7 +168,8 @@ class CircuitStream:
         self._drain()
 
     def write(self, data):
-        if self.state not in _WRITABLE or not data:
+        if (self.state not in _WRITABLE and not (self.early and self.state is StreamState.CONNECTING
+                                                 and self.opening is not None)) or not data:
             return
         self._pending.append(data)
         self._pendingBytes += len(data)
@@ -188,10 +199,13 @@ class CircuitStream:
         wire = EndReason.MISC if reason == EndReason.DONE and self.state in _READABLE else reason
         self.mux.sendRelay(_END, self.streamId, End(wire).encode())
         # Whoever closes wants nothing more, but hears the end at once.
+        self._dropHeld()
+        self._abort(reason, f"closed here: {EndReason.fromWire(reason).name}")
+
+    def _dropHeld(self):
         self.mux.heldBytes -= self._heldBytes
         self._held, self._heldBytes = [], 0
         self._readPaused = False
-        self._abort(reason, f"closed here: {EndReason.fromWire(reason).name}")
 
     def registerProducer(self, producer, streaming):
         self._producer = producer
@@ -287,7 +301,7 @@ class CircuitStream:
 
     def relayReceived(self, command, body):
         if command == _DATA:
-            if self.state not in _READABLE:
+            if self.state not in _READABLE and not self._earlyAccepted(body):
                 return self._violation("DATA on a stream that is not open")
             self.deliverWindow -= 1
             if self.deliverWindow < 0:
@@ -326,6 +340,13 @@ class CircuitStream:
         else:
             self._violation(f"relay command {command} on a stream")
 
+    def _earlyAccepted(self, body):
+        """At the exit, while connecting: optimistic DATA within the limit is held for the connection."""
+        if not self.early or self.opening is not None or self.state is not StreamState.CONNECTING:
+            return False
+        self._earlyBytes += len(body)
+        return self._earlyBytes <= EARLY_DATA_LIMIT
+
     def _endReceived(self, reason):
         if reason == EndReason.DONE and (self.state, StreamEvent.PEER_DONE) in TRANSITIONS:
             # The receiver always hears the half-close, then the end if both halves are done.
@@ -334,6 +355,8 @@ class CircuitStream:
                 self._ended(EndReason.DONE)
         else:
             # A refusal while connecting, an abort, or a second END.
+            if self.state is StreamState.CONNECTING:
+                self._dropHeld()  # optimistic data for a connection that will not be spliced
             self._abort(reason, f"the far end ended the stream: {reason.name}")
 
     def _connectedReceived(self, body):
@@ -403,6 +426,8 @@ class CircuitStream:
         self.mux.violations += 1
         if self.state is not StreamState.CLOSED:
             self.mux.sendRelay(_END, self.streamId, End(EndReason.TORPROTOCOL).encode())
+            if self.state is StreamState.CONNECTING:
+                self._dropHeld()  # nobody will ever read what it held
             self._abort(EndReason.TORPROTOCOL, why)
 
     # ---- delivery to the receiver, in order, held while it cannot take it

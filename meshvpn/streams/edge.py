@@ -10,7 +10,7 @@ C{circuitRoom()} before DATA and is told when a SENDME reopens the window.
 from zope.interface import implementer
 
 from meshvpn.interfaces import ICircuitEdge
-from meshvpn.onion.flow import FLOW_XON
+from meshvpn.onion.flow import FLOW_EARLY, FLOW_XON
 from meshvpn.streams.multipathexit import MultipathExit
 from meshvpn.streams.mux import StreamMux
 
@@ -23,7 +23,8 @@ def attachStreams(circuit):
     the stream layer is attached before the circuit is built.
     """
     mux = StreamMux(circuit.sendRelay, lambda: circuit.maxData, circuitRoom=circuit.circuitRoom,
-                    xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun)
+                    xon=lambda: circuit.flowFlags & FLOW_XON, sendData=circuit.sendDataRun,
+                    early=lambda: circuit.flowFlags & FLOW_EARLY)
     circuit.streamHandler = mux
     return mux
 
@@ -63,6 +64,7 @@ class StreamExitEdge:
                 circuit.sendRelay, circuit.maxData, acceptOnCircuit, resolve and resolveOnCircuit,
                 circuitRoom=circuit.circuitRoom,
                 xon=lambda: circuit.flowFlags & FLOW_XON, sendData=getattr(circuit, "sendDataRun", None),
+                early=lambda: circuit.flowFlags & FLOW_EARLY,
             )
             if self._multipath is not None:
                 self._multipath.attach(circuit, mux)

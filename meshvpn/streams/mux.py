@@ -62,13 +62,17 @@ class StreamMux:
         (read as each stream is made; L{meshvpn.onion.flow.FLOW_XON}).
     @param sendData: C{callable(streamId, chunks)} that sends one DATA cell
         per chunk at once (the circuit's C{sendDataRun}), or C{None}.
+    @param early: C{callable()}: true if the circuit negotiated optimistic
+        data (L{meshvpn.onion.flow.FLOW_EARLY}), read as each stream is made.
     """
 
-    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None, sendData=None):
+    def __init__(self, sendRelay, maxData, accept=None, resolve=None, circuitRoom=None, xon=None, sendData=None,
+                 early=None):
         self.sendRelay = sendRelay
         self.sendData = sendData
         self._maxData = maxData if callable(maxData) else (lambda: maxData)
         self._xon = xon or (lambda: False)
+        self._early = early or (lambda: False)
         if circuitRoom is not None:
             self.circuitRoom = circuitRoom
         self._accept = accept
@@ -139,12 +143,15 @@ class StreamMux:
 
     # ---- origin
 
-    def openStream(self, host, port, receiver=None):
+    def openStream(self, host, port, receiver=None, early=None):
         """
         Send BEGIN.
 
         @param receiver: an L{meshvpn.interfaces.IStreamReceiver} to set on
             the stream once it is open, or C{None} (the caller sets one).
+        @param early: the application's L{meshvpn.streams.optimistic.OptimisticData},
+            or C{None}: on a circuit that negotiated optimistic data its
+            bytes follow BEGIN at once, and so does what it gets later.
         @return: a Deferred firing with the L{CircuitStream} once CONNECTED,
             or failing with L{StreamRefused} carrying the exit's END reason.
             Cancelling it ends the stream.
@@ -158,10 +165,13 @@ class StreamMux:
             return defer.fail(StreamRefused(EndReason.MISC, "bad target"))
         except StreamRefused as e:
             return defer.fail(e)
-        stream = CircuitStream(self, sid, target=formatHostPort(host, port), origin=True, xon=bool(self._xon()))
+        stream = CircuitStream(self, sid, target=formatHostPort(host, port), origin=True, xon=bool(self._xon()),
+                               early=bool(self._early()))
         self.streams[sid] = stream
         opening = stream.opening
         self.sendRelay(RelayCommand.BEGIN, sid, body)
+        if early is not None:
+            early.attach(stream if stream.early else None)
         if receiver is not None:
             opening.addCallback(_withReceiver, receiver)
         return opening
@@ -236,7 +246,7 @@ class StreamMux:
         except CellError:
             self.violations += 1
             return self.sendRelay(RelayCommand.END, streamId, End(EndReason.TORPROTOCOL).encode())
-        stream = CircuitStream(self, streamId, xon=bool(self._xon()))
+        stream = CircuitStream(self, streamId, xon=bool(self._xon()), early=bool(self._early()))
         self.streams[streamId] = stream
 
         def connected(far):

@@ -87,9 +87,13 @@ class CircuitStreamOpener:
         self.moved = 0  # attaches moved off a circuit whose guard became suspected, or that answered no probe
         self.probe = CircuitProbe(reactor)
 
-    def openStream(self, host, port, isolationKey):
+    def openStream(self, host, port, isolationKey, early=None):
         def action(circuit):
-            d = circuit.openStream(host, port)
+            if early is None:
+                d = circuit.openStream(host, port)
+            else:
+                # Optimistic data (meshvpn.streams.optimistic): each attempt sends it all again.
+                d = circuit.streamHandler.openStream(host, port, early=early)
             if self.multipath is not None:
                 d.addCallback(self._bulk, circuit)
             return d

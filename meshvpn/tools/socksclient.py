@@ -31,8 +31,12 @@ def _recvExactly(sock, n):
     return data
 
 
-def connect(proxy, host, port, username=None, password=None, timeout=30):
-    """@return: a connected socket through the SOCKS5 proxy C{(host, port)}."""
+def connect(proxy, host, port, username=None, password=None, timeout=30, early=b""):
+    """
+    @param early: bytes sent with the CONNECT request, before the reply (an
+        application that sends optimistically, as a browser does).
+    @return: a connected socket through the SOCKS5 proxy C{(host, port)}.
+    """
     sock = socket.create_connection(proxy, timeout=timeout)
     try:
         if username is not None:
@@ -48,7 +52,7 @@ def connect(proxy, host, port, username=None, password=None, timeout=30):
         elif method != 0x00:
             raise _refused(Reply.GENERAL_FAILURE)
         hostBytes = host.encode("idna")
-        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(hostBytes)]) + hostBytes + struct.pack(">H", port))
+        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(hostBytes)]) + hostBytes + struct.pack(">H", port) + early)
         reply = _recvExactly(sock, 4)
         if reply[1] != 0:
             raise _refused(reply[1])

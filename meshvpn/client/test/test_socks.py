@@ -80,7 +80,8 @@ class FakeOpener:
         self.ptrs = []
         self.policy = policy
 
-    def openStream(self, host, port, isolationKey):
+    def openStream(self, host, port, isolationKey, early=None):
+        self.early = early
         d = defer.Deferred()
         self.opens.append((host, port, isolationKey, d))
         if self.policy is not None and not self.policy(host, port):
@@ -213,6 +214,22 @@ class ConnectTests(SOCKSTestCase):
         self.assertEqual(sum(map(len, stream.written)), (MAX_EARLY_DATA // 4096 + 1) * 4096)
         self.assertEqual(self.tr.producerState, "producing")
 
+    def test_optimisticDataGoesBeforeConnected(self):
+        """
+        What the app sends with its CONNECT goes to the stream the opener
+        attached at once (optimistic data), and is not written again once
+        the stream opens; only what exceeded the optimistic limit follows.
+        """
+        self.handshake()
+        self.proto.dataReceived(sp.encodeRequest(Command.CONNECT, "198.18.0.7", 80) + b"GET / HTTP/1.0\r\n")
+        attempt = FakeStream()
+        self.opener.early.attach(attempt)
+        self.proto.dataReceived(b"\r\n")
+        self.assertEqual(b"".join(attempt.written), b"GET / HTTP/1.0\r\n\r\n")
+        self.opener.opens[-1][3].callback(attempt)
+        self.assertEqual(b"".join(attempt.written), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(self.reply(self.take()), (Reply.SUCCEEDED, "0.0.0.0", 0))
+
     def test_earlyDataIgnoringThePauseRefused(self):
         """A transport that keeps delivering after the pause cannot make the session hold more without bound."""
         self.handshake()
@@ -220,7 +237,7 @@ class ConnectTests(SOCKSTestCase):
         self.take()
         for _ in range((MAX_EARLY_DATA + MAX_EARLY_OVERRUN) // 4096 + 1):
             self.proto.dataReceived(b"x" * 4096)
-        self.assertEqual(self.proto._earlySize, 0)
+        self.assertEqual(self.proto._early.size, 0)
         self.assertTrue(self.tr.disconnecting)
         self.assertEqual(self.take(), sp.encodeReply(Reply.GENERAL_FAILURE))
 

@@ -73,7 +73,7 @@ class _Opener:
         self.pending.append((what, d))
         return d
 
-    def openStream(self, host, port, isolationKey):
+    def openStream(self, host, port, isolationKey, early=None):
         return self._later("stream")
 
     def resolve(self, host, isolationKey):
