@@ -118,7 +118,9 @@ class VegasParams:
     - C{initial}: the window before any round trip is known (the old fixed
       window, so no circuit starts slower than before);
     - C{minimum}, C{maximum}: bounds (the maximum bounds what a receiver
-      may have to hold for one circuit: 10,000 cells are 4.9 MB);
+      may have to hold for one circuit: 10,000 cells are 4.9 MB; the
+      minimum, one SENDME's worth, is what a slow path may be held to:
+      300 cells are 50 ms of queue at 24 Mbit/s);
     - C{alpha}, C{beta}: grow below C{alpha} queued cells, shrink above C{beta};
     - C{gamma}: leave slow start when more than this is queued;
     - C{delta}: more than this queued cuts the window to the estimated
@@ -133,11 +135,19 @@ class VegasParams:
       or 25% (shrink) above its minimum, whatever the path's length;
     - C{minRttWindow}: seconds over which the minimum round trip is kept
       (older minima are forgotten, so a path that became slower is not
-      mistaken for a queue for ever).
+      mistaken for a queue for ever);
+    - C{queueTime}: C{alpha} and C{beta} are at most what the path drains
+      in this many seconds (the window over the round trip), but never
+      below their share of the window nor below half and one increment.
+      Every stream of a circuit waits behind its queue: 400 cells are
+      8 ms at 100 Mbit/s but 66 ms on a circuit that a busy CPU holds to
+      24 Mbit/s, where an interactive stream sharing the circuit with a
+      download then waited 13-30x its unloaded time to first byte.  On a
+      fast path the cap is above the fixed counts and changes nothing.
     """
 
     initial = CIRCUIT_WINDOW
-    minimum = 300
+    minimum = 100
     maximum = 10_000
     alpha = 200
     beta = 400
@@ -145,6 +155,7 @@ class VegasParams:
     delta = 1000
     share = (10, 5, 5, 2)  # alpha, beta, gamma, delta as at least cwnd // n
     minRttWindow = 10.0
+    queueTime = 0.005
 
 
 class VegasWindow:
@@ -255,6 +266,12 @@ class VegasWindow:
         sa, sb, sg, sd = p.share
         alpha, beta, gamma, delta = (max(p.alpha, cwnd // sa), max(p.beta, cwnd // sb),
                                      max(p.gamma, cwnd // sg), max(p.delta, cwnd // sd))
+        if p.queueTime and self.ewmaRtt:
+            # What the path drains in queueTime: on a slow path a fixed cell
+            # count is a long wait for every other stream of the circuit.
+            drained = cwnd / self.ewmaRtt * p.queueTime
+            alpha = max(min(alpha, drained / 2), cwnd // sa, inc // 2)
+            beta = max(min(beta, drained), cwnd // sb, inc)
         if queue > delta:
             # A standing queue: drop to what the path holds (plus delta) at once.
             cwnd = min(cwnd, bdp + delta - inc)

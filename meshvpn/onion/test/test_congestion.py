@@ -98,6 +98,38 @@ class Controller(unittest.TestCase):
         p.run(3.0)
         self.assertGreater((p.acked - acked) / 3.0, 0.9 * p.rate)
 
+    def test_slowPathKeepsAShortQueue(self):
+        """
+        A circuit a busy CPU holds to 6,000 cells/s (24 Mbit/s) over 3 ms:
+        an interactive stream's cell sharing the circuit with a download
+        waits behind the download's standing queue.  With fixed queue
+        thresholds (alpha 200, beta 400 cells) it waited 62 ms on average;
+        capped at what the path drains in C{queueTime}, under 35 ms, and
+        the download still fills the path.
+        """
+        p = Path(6_000, 0.003)
+        p.run(5.0)
+        acked, waits = p.acked, []
+        for _ in range(500):
+            p.run(0.01)
+            waits.append(p.queue() / p.rate)
+        self.assertGreater((p.acked - acked) / 5.0, 0.95 * p.rate)
+        self.assertLess(sum(waits) / len(waits), 0.035)
+        self.assertLess(max(waits), 0.045)
+
+    def test_queueCapLeavesFastPathsAlone(self):
+        """Above about 80,000 cells/s the drained-in-queueTime cap is above the fixed thresholds: the same window as without it."""
+        class Uncapped(VegasParams):
+            queueTime = 0.0
+
+        windows = []
+        for params in (VegasParams, Uncapped):
+            p = Path(100_000, 0.040)
+            p.w = VegasWindow(p.clock, params)
+            p.run(6.0)
+            windows.append(p.w.cwnd)
+        self.assertEqual(windows[0], windows[1])
+
     def test_recoversAfterLinkStall(self):
         """The bottleneck serves nothing for 2 s (a link lost and re-made): afterwards the path is full again within seconds."""
         p = Path(50_000, 0.080)
