@@ -143,8 +143,8 @@ def _run(data):
         # early data: reading pauses at the limit; this transport ignores the
         # pause, so the session itself must refuse what overruns it
         waiting = proto.state in _HANDSHAKE and len(proto._buffer) > sp.MAX_HANDSHAKE
-        if waiting or proto._earlySize > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
-            raise AssertionError(f"the session holds {len(proto._buffer)} + {proto._earlySize} bytes in {proto.state}")
+        if waiting or proto._early.size > MAX_EARLY_DATA + MAX_EARLY_OVERRUN:
+            raise AssertionError(f"the session holds {len(proto._buffer)} + {proto._early.size} bytes in {proto.state}")
     if not transport.disconnecting:
         proto.connectionLost(None)
 
