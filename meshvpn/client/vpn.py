@@ -448,7 +448,7 @@ class TunClient(service.Service):
 
     def _fromTun(self, packets):
         toExit = []
-        errors = None
+        toMesh = None
         for p in packets:
             if p[0] >> 4 != 4 or len(p) < 20:
                 if self.ipv6 and len(p) >= 40 and p[0] >> 4 == 6 and isGlobal6(p[24:40]):
@@ -458,16 +458,18 @@ class TunClient(service.Service):
                     self.counters["ipv6_dropped"] += 1  # link-local, multicast, ULA: never to an exit
                 continue
             if isMesh(p[16:20]):
-                err = self.mesh.send(p)
-                if err is not None:
-                    errors = errors or []
-                    errors.append(err)
+                if toMesh is None:
+                    toMesh = [p]
+                else:
+                    toMesh.append(p)
                 continue
             toExit.append(p)
         if toExit:
             self._send(toExit)
-        if errors:
-            self.tun.writePackets(errors)
+        if toMesh:
+            errors = self.mesh.sendPackets(toMesh)
+            if errors:
+                self.tun.writePackets(errors)
 
     def _send(self, packets):
         circuit = self._circuit
