@@ -1402,9 +1402,12 @@ class ITunDevice(Interface):
         C{receiver(packets: list[bytes])} gets every batch of IP packets read.
         """
 
-    def writePackets(packets):
+    def writePackets(packets, coalesce=False):
         """
-        Write IP packets (a list of C{bytes}) to the device.
+        Write IP packets (a list of C{bytes}) to the device.  With
+        C{coalesce} (the packets' bytes are authenticated from the host that
+        checksummed them: mesh packets) a device may join TCP segments into
+        one write and leave their checksums unchecked.
         """
 
     def close():

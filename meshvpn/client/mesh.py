@@ -23,6 +23,7 @@ from meshvpn.tun.packets import ICMP_UNREACH, UNREACH_FRAG_NEEDED, PacketError, 
 MESH_NET = ipaddress.ip_network("100.96.0.0/11")
 MESH_MTU = 1400
 MAX_QUEUED = 64
+MAX_INBOX = 256  # packets held for one TUN write at most (a reactor turn reads about 180 full ones)
 
 
 def meshAddress(nodeId):
@@ -41,13 +42,18 @@ class MeshRouter:
         C{linkObservers}).
     @param peers: node ids (bytes) of the peers we exchange packets with.
     @param deliver: C{callable(packets)} writing to our TUN.
+    @param reactor: with one, what the links deliver in one reactor turn
+        reaches C{deliver} as one list (one TUN write for a TCP burst);
+        without, each packet at once.
     """
 
     log = Logger()
 
-    def __init__(self, nodeId, connector, peers, deliver, mtu=MESH_MTU):
+    def __init__(self, nodeId, connector, peers, deliver, mtu=MESH_MTU, reactor=None):
         self.address = ipaddress.IPv4Address(meshAddress(nodeId)).packed
         self.deliver = deliver
+        self.reactor = reactor
+        self._inbox = None  # packets received this reactor turn, not yet delivered
         self.mtu = mtu
         self.peers = {}
         for peerId in peers:
@@ -165,7 +171,22 @@ class MeshRouter:
             self.counters["spoofed"] += 1
             return
         self.counters["rx"] += 1
-        self.deliver([data])
+        if self.reactor is None:
+            self.deliver([data])
+            return
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = [data]
+            self.reactor.callLater(0, self._flushInbox)
+        else:
+            inbox.append(data)
+            if len(inbox) >= MAX_INBOX:
+                self._flushInbox()
+
+    def _flushInbox(self):
+        inbox, self._inbox = self._inbox, None
+        if inbox:  # None when a full inbox went early and nothing came since
+            self.deliver(inbox)
 
     def status(self):
         return {

@@ -196,6 +196,10 @@ def benchMesh(size, pings):
         while infos[b]["address"] not in meshPeers(infos[a]) and time.monotonic() < deadline:
             time.sleep(0.2)  # the status file is rewritten every second
         peers = meshPeers(infos[a])
+        from meshvpn.control.status import readStatus
+
+        receiver = _dropCounters((readStatus(infos[a]["dataDir"]) or {}).get("tun") or {},
+                                 keys=("drop", "written", "read", "joined", "spoofed"))
         return {
             "mesh_throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "mesh_bytes": got,
@@ -203,6 +207,7 @@ def benchMesh(size, pings):
             "mesh_path": peers.get(infos[b]["address"], {}).get("path"),
             "mesh_cpu_s_per_gb": total,
             "mesh_cpu_s_per_gb_by_process": perProcess,
+            "mesh_receiver_status": receiver,
         }
 
 
