@@ -84,7 +84,14 @@ class TunDevice:
 
     def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False):
         self.reactor = reactor
-        self.fd, self.name = openTun(name, vnetHeader=offload)
+        try:
+            self.fd, self.name = openTun(name, vnetHeader=offload)
+        except TunError:
+            if not offload:
+                raise
+            # A kernel without virtio headers on TUN: the device works, one packet per write.
+            self.fd, self.name = openTun(name)
+            offload = False
         self.offload = offload  # every read and write carries a virtio_net_hdr
         self.joining = offload  # writes may join TCP segments (until the kernel refuses one)
         self.packetsJoined = 0
