@@ -1402,12 +1402,11 @@ class ITunDevice(Interface):
         C{receiver(packets: list[bytes])} gets every batch of IP packets read.
         """
 
-    def writePackets(packets, coalesce=False):
+    def writePackets(packets):
         """
-        Write IP packets (a list of C{bytes}) to the device.  With
-        C{coalesce} (the packets' bytes are authenticated from the host that
-        checksummed them: mesh packets) a device may join TCP segments into
-        one write and leave their checksums unchecked.
+        Write IP packets (a list of C{bytes}) to the device; a device may
+        join a burst of TCP segments into one write (the kernel still checks
+        every byte).
         """
 
     def close():

@@ -220,7 +220,7 @@ class TunClient(service.Service):
 
             from meshvpn.tun.device import TunDevice
 
-            # virtio headers, so bursts of mesh TCP segments can be one write (meshvpn.tun.coalesce)
+            # virtio headers, so a burst of TCP segments can be one write (meshvpn.tun.coalesce)
             self._tunFactory = partial(TunDevice, offload=True)
         # A start after a stop (the control API's VPN switch) begins afresh: "up" is timed from
         # here, and packets queued before the stop are not sent after it.
@@ -250,7 +250,8 @@ class TunClient(service.Service):
         except Exception:
             self._undo()
             raise
-        self.mesh = MeshRouter(self.nodeId, self.meshConnector, self.meshPeers, self._fromMesh, reactor=self.reactor)
+        self.mesh = MeshRouter(self.nodeId, self.meshConnector, self.meshPeers, self.tun.writePackets,
+                               reactor=self.reactor)
         self.tun.setPacketReceiver(self._fromTun)
         super().startService()
         if self._getCircuit is None:
@@ -433,10 +434,6 @@ class TunClient(service.Service):
                     self._lostAt = self.reactor.seconds()
                     self.log.info("VPN circuit {c} closed; reconnecting (the kill switch holds)", c=_describe(circuit))
                 self._ensureCircuit()
-
-    def _fromMesh(self, packets):
-        # Sealed by the peer's link from its own TUN: authenticated bytes, so TCP bursts may be joined.
-        self.tun.writePackets(packets, coalesce=True)
 
     def _fromCircuit(self, packets):
         address = self._addressBytes

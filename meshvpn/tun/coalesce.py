@@ -1,28 +1,29 @@
 """TCP segments joined into one TUN write: receive offload (GRO) done in user space.
 
 Each packet written to a TUN is one system call and one pass of the
-kernel's IP and TCP receive code; for a bulk mesh download those writes
-were a third of the receiving node's CPU.  A TUN opened with
-C{IFF_VNET_HDR} takes a C{virtio_net_hdr} before each packet, and with it
-one large TCP packet that the kernel treats as what its own GRO would have
-built from the segments (C{gso_size} says where they were cut).
+kernel's IP and TCP receive code; for a bulk download those writes were a
+third of a mesh receiver's CPU.  A TUN opened with C{IFF_VNET_HDR} takes a
+C{virtio_net_hdr} before each packet, and with it one large TCP packet
+that the kernel treats as what its own GRO would have built from the
+segments (C{gso_size} says where they were cut).
 
 L{coalesce} joins runs of consecutive IPv4 TCP segments that Linux's GRO
 would join too: same addresses, ports, ACK, window and options (so the
 same timestamps), same TOS, TTL and DF, sequence numbers that follow each
-other, every payload as long as the first but the last, which may be
-shorter and may carry PSH; nothing but ACK (and PSH on the last) set, no
-IP options, no fragments.  Everything else is written as it came, in
-order.
+other, every payload as long as the first (an even size) but the last,
+which may be shorter and may carry PSH; nothing but ACK (and PSH on the
+last) set, no IP options, no fragments.  Everything else is written as it
+came, in order.
 
-The joined packet's TCP checksum is left to the kernel as a partial one
-(C{NEEDS_CSUM}, as a sending stack hands it to a NIC), so the segments'
-own checksums are not checked again.  That is only right for packets
-whose bytes are already authenticated from the host that checksummed
-them: mesh packets, sealed by the peer's link from its own TUN.  The
-caller says so (L{meshvpn.tun.device.TunDevice.writePackets}); packets
-from an exit, whose path to the internet host is not authenticated, keep
-the kernel's full check.
+The end-to-end TCP checksum is kept: the joined segment carries a complete
+checksum, derived from the segments' own checksums and headers without
+reading their payloads (in one's complement arithmetic each valid
+segment's pseudo-header, header and payload sum to zero), and the header
+asks the kernel for no shortcut (no C{NEEDS_CSUM}, no C{DATA_VALID}), so it
+checks the whole joined segment as it would a packet from the wire.  A
+segment damaged anywhere on its way (the exit's internet side is not
+authenticated) makes the run's checksum wrong and the kernel drops the
+run; TCP sends it again.
 """
 
 import struct
@@ -85,13 +86,19 @@ def coalesce(packets):
         sig, seq, hlen, size = info
         total = hlen + size
         seq = (seq + size) & 0xFFFFFFFF
-        if p[33] == _ACK_PSH:
+        if p[33] == _ACK_PSH or size & 1:
+            # An odd size would put the next payload off the 16-bit words the checksum adds.
             writes.append([PLAIN_HDR, p])
         else:
             run = [p]
     if run:
         joined += _flush(writes, run, hlen, size, total)
     return writes, joined
+
+
+def _words(data):
+    """The one's complement sum of C{data}'s 16-bit words (even length), as a residue mod 0xFFFF (2**16 = 1 there)."""
+    return int.from_bytes(data, "big") % 0xFFFF
 
 
 def _flush(writes, run, hlen, size, total):
@@ -105,11 +112,15 @@ def _flush(writes, run, hlen, size, total):
     ip[10:12] = checksum(bytes(ip)).to_bytes(2, "big")
     tcp = bytearray(first[20:hlen])
     tcp[13] = run[-1][33]  # PSH of the last segment
-    # A partial checksum, as a sending stack leaves it for the NIC: the pseudo-header's sum, not inverted.
-    pseudo = sum(struct.unpack("!4H", first[12:20])) + 6 + total - 20
-    while pseudo >> 16:
-        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    tcp[16:18] = pseudo.to_bytes(2, "big")
-    header = _VNET_HDR.pack(_NEEDS_CSUM, _GSO_TCPV4, hlen, size, 20, 16)
+    tcp[16:18] = b"\0\0"
+    # The joined segment's checksum from the segments' own, headers only: each valid segment's
+    # pseudo-header + TCP header (with its checksum) + payload sums to 0, so the payloads sum to
+    # minus the rest.  A damaged segment makes the joined checksum wrong, and the kernel, which
+    # checks it in full, drops the run.
+    addresses = _words(first[12:20]) + 6
+    sums = sum(_words(p[20:hlen]) + len(p) for p in run) + len(run) * (addresses - 20)
+    joined = (sums - addresses - (total - 20) - _words(tcp)) % 0xFFFF
+    tcp[16:18] = joined.to_bytes(2, "big")
+    header = _VNET_HDR.pack(0, _GSO_TCPV4, hlen, size, 0, 0)
     writes.append([header, ip, tcp, *(memoryview(p)[hlen:] for p in run)])
     return len(run)

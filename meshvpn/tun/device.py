@@ -16,10 +16,10 @@ it and go on instead of buffering without bound.
 With C{offload}, the device is opened with C{IFF_VNET_HDR}: every packet
 read or written carries a 10-byte C{virtio_net_hdr}.  Reads stay one
 packet each (no offload is turned on for what the kernel sends us; the
-header is stripped), and a write may join a burst of TCP segments into one
-(L{meshvpn.tun.coalesce}) when the caller says their bytes are
-authenticated (C{coalesce=True}: mesh packets).  A kernel that refuses a
-joined write makes the device write one packet per call from then on.
+header is stripped), and a write joins each burst of TCP segments that
+Linux's GRO would join into one (L{meshvpn.tun.coalesce}), with a complete
+checksum the kernel checks.  A kernel that refuses a joined write makes
+the device write one packet per call from then on.
 
 The device exists as long as the fd is open: L{TunDevice.close} (or the
 process dying) removes it together with its addresses and routes.
@@ -157,16 +157,12 @@ class TunDevice:
             self._reading = True
             self.reactor.addReader(self)
 
-    def writePackets(self, packets, coalesce=False):
-        """
-        Write C{packets}; with C{coalesce} (their bytes are authenticated from
-        the host that checksummed them) TCP bursts may be joined.
-        """
+    def writePackets(self, packets):
         fd = self.fd
         if fd is None:
             return
         if self.offload:
-            self._writeWithHeaders(fd, packets, coalesce)
+            self._writeWithHeaders(fd, packets)
             return
         write = os.write
         for p in packets:
@@ -181,9 +177,9 @@ class TunDevice:
                 self.writeDrops += 1
         self.packetsWritten += len(packets)
 
-    def _writeWithHeaders(self, fd, packets, join):
+    def _writeWithHeaders(self, fd, packets):
         writev = os.writev
-        if join and self.joining and len(packets) > 1:
+        if self.joining and len(packets) > 1:
             writes, joined = coalesce(packets)
         else:
             writes, joined = [[PLAIN_HDR, p] for p in packets], 0

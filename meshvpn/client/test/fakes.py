@@ -31,7 +31,7 @@ class FakeTun:
     def setPacketReceiver(self, r):
         self.receiver = r
 
-    def writePackets(self, packets, coalesce=False):
+    def writePackets(self, packets):
         self.written.extend(packets)
 
     def close(self):

@@ -1,4 +1,4 @@
-"""Joining TCP segments into one TUN write: what joins, what never does, and the kernel taking it (root)."""
+"""Joining TCP segments into one TUN write: what joins, what never does, and the kernel checking it (root)."""
 
 import os
 import select
@@ -55,18 +55,22 @@ class CoalesceTests(unittest.TestCase):
         writes, joined = coalesce(packets)
         self.assertEqual((len(writes), joined), (1, 21))
         header, ip, tcp = writes[0][:3]
-        self.assertEqual(struct.unpack("<BBHHHH", header), (1, 1, 40, 1400, 20, 16))
+        self.assertEqual(struct.unpack("<BBHHHH", header), (0, 1, 40, 1400, 0, 0))
         ip, tcp = bytes(ip), bytes(tcp)
         self.assertEqual(pp.checksum(ip), 0)
         self.assertEqual(int.from_bytes(ip[2:4], "big"), 40 + 1400 * 20 + 100)
         self.assertEqual(tcp[13], ACK | PSH)
         self.assertEqual(tcp[4:8], packets[0][24:28])
-        # The partial checksum: the pseudo-header's sum, which the kernel completes over the whole segment.
+        # A complete checksum over the joined segment, for the kernel to check in full.
         tcpLen = 20 + 1400 * 20 + 100
-        whole = tcp[:16] + b"\0\0" + tcp[18:] + b"".join(bytes(b) for b in writes[0][3:])
-        full = pp.checksum(A + B + struct.pack("!BBH", 0, 6, tcpLen) + whole)
-        partial = int.from_bytes(tcp[16:18], "big")
-        self.assertEqual(pp.checksum(whole[:16] + partial.to_bytes(2, "big") + whole[18:]), full)
+        whole = tcp + b"".join(bytes(b) for b in writes[0][3:])
+        self.assertEqual(pp.checksum(A + B + struct.pack("!BBH", 0, 6, tcpLen) + whole), 0)
+        # One damaged segment anywhere makes it wrong.
+        damaged = list(packets)
+        damaged[7] = damaged[7][:-1] + bytes([damaged[7][-1] ^ 0x40])
+        bad, _ = coalesce(damaged)
+        whole = bytes(bad[0][2]) + b"".join(bytes(b) for b in bad[0][3:])
+        self.assertNotEqual(pp.checksum(A + B + struct.pack("!BBH", 0, 6, tcpLen) + whole), 0)
         self.assertEqual(b"".join(split(writes[0])), b"".join(payloadOf(p) for p in packets))
 
     def test_neverJoined(self):
@@ -83,6 +87,7 @@ class CoalesceTests(unittest.TestCase):
             "bigger after": [segment(0, b"a" * 100), segment(100, b"b" * 200)],
             "after a short one": [segment(0, b"a" * 100), segment(100, b"b" * 50), segment(150, b"c" * 50)],
             "after psh": [segment(0, b"a" * 100, ACK | PSH), segment(100, b"b" * 100)],
+            "odd size": [segment(0, b"a" * 101), segment(101, b"b" * 101)],
             "syn": [segment(0, b"a" * 100, SYN | ACK), segment(100, b"b" * 100)],
             "fin": [segment(0, b"a" * 100), segment(100, b"b" * 100, ACK | FIN)],
             "no payload": [segment(0, b""), segment(0, b"")],
@@ -170,7 +175,7 @@ class KernelTests(unittest.TestCase):
         data = os.urandom(1400 * 30 + 333)
         packets = [segment(isn + 1 + i, data[i:i + 1400], ACK if i + 1400 < len(data) else ACK | PSH, ack=theirs,
                            dport=8080) for i in range(0, len(data), 1400)]
-        tun.writePackets(packets, coalesce=True)
+        tun.writePackets(packets)
         self.assertEqual(tun.packetsJoined, len(packets))
         self.assertEqual(tun.writeDrops, 0)
         conn.settimeout(10)
@@ -184,14 +189,14 @@ class KernelTests(unittest.TestCase):
         acked = 0
         while acked != isn + 1 + len(data):
             acked = int.from_bytes(readTcp()[28:32], "big")
-        # A run with one segment damaged on the way is not joined unchecked: without coalesce=True
-        # (packets from an exit) the kernel checks each one and drops the damaged one.
+        # A joined run with one segment damaged on the way: the kernel checks the joined checksum
+        # in full and drops the run; none of its bytes reach the application.
         more = os.urandom(1400 * 3)
         seq = isn + 1 + len(data)
         damaged = [segment(seq + i, more[i:i + 1400], ack=theirs, dport=8080) for i in range(0, len(more), 1400)]
         damaged[1] = damaged[1][:-1] + bytes([damaged[1][-1] ^ 1])
         tun.writePackets(damaged)
-        self.assertEqual(tun.packetsJoined, len(packets))
+        self.assertEqual(tun.packetsJoined, len(packets) + 3)
         conn.settimeout(1)
         rest = b""
         try:
@@ -202,4 +207,10 @@ class KernelTests(unittest.TestCase):
                 rest += chunk
         except socket.timeout:
             pass
-        self.assertEqual(rest, more[:1400])
+        self.assertEqual(rest, b"")
+        # The same run undamaged, joined: taken.
+        tun.writePackets([segment(seq + i, more[i:i + 1400], ack=theirs, dport=8080) for i in range(0, len(more), 1400)])
+        conn.settimeout(10)
+        while len(rest) < len(more):
+            rest += conn.recv(1 << 20)
+        self.assertEqual(rest, more)
