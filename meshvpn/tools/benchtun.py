@@ -85,7 +85,7 @@ def _download(ns, url, expected, timeout=120):
     return got, float(total)
 
 
-def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "to_circuit", "from_circuit")):
+def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "joined", "to_circuit", "from_circuit")):
     """The counters of the client's status that tell where packets went (or were lost)."""
     out = {}
 
