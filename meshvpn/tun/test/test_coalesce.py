@@ -137,6 +137,28 @@ class CoalesceTests(unittest.TestCase):
         self.assertEqual(len(parts), len(packets))
 
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=120), max_size=12),
+           st.lists(st.tuples(st.integers(0, 139), st.integers(0, 255)), max_size=3))
+    def test_malformedNeverRaises(self, raw, mutations):
+        """Bytes from anyone: never an exception, every packet written exactly once (joined or as it came)."""
+        packets = list(raw)
+        for k in range(4):  # a run of valid segments, some mutated
+            p = bytearray(segment(100 * k, b"q" * 100))
+            for where, value in mutations:
+                if k == 2:
+                    p[where] = value
+            packets.append(bytes(p))
+        writes, joined = coalesce(packets)
+        plain = sum(1 for w in writes if w[0] is PLAIN_HDR)
+        self.assertEqual(plain + joined, len(packets))
+        for w in writes:
+            if w[0] is PLAIN_HDR:
+                self.assertIn(w[1], packets)
+            else:
+                self.assertLessEqual(int.from_bytes(bytes(w[1])[2:4], "big"), 65535)
+
+
 class KernelTests(unittest.TestCase):
     """A joined write through a real TUN: the kernel's TCP takes every byte and acknowledges them all (root)."""
 
