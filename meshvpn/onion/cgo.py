@@ -63,10 +63,13 @@ _SEED_ZEROS = bytes(STATE_SEED_LEN)
 _from = int.from_bytes
 
 
-class _Direction:
+class PyDirection:
     """
     One direction of one hop's CGO layer: the keys (J, S), the nonce N and
     the chained tag T'.  C{decrypting}: this end runs DEC_UIV (the client).
+
+    The reference: C{_Direction} is the C one (meshvpn/onion/_cgodirection.c,
+    the same bytes, re-keyed in place) when it was built, else this.
     """
 
     __slots__ = ("_kb", "_ku", "_ks", "nonce", "tprime", "_decrypting")
@@ -104,6 +107,12 @@ class _Direction:
         self.tprime = yl
         return (_from(self._kb((_from(yl, "little") ^ m).to_bytes(16, "little")), "little")
                 ^ m).to_bytes(16, "little") + xr
+
+
+try:
+    from meshvpn.onion._cgodirection import Direction as _Direction
+except ImportError:  # built without a C compiler or OpenSSL's headers
+    _Direction = PyDirection
 
 
 def _split(material, decrypting):

@@ -1,0 +1,321 @@
+/*
+ * One direction of a hop's CGO layer (meshvpn/onion/cgo.py), in C over OpenSSL.
+ *
+ * Why it exists: in Python every cell an end originates or recognizes
+ * replaces three keys, and the only way to key AES through the
+ * `cryptography` package is a new cipher object per key (about 6.5 us a
+ * cell, most of an end's CGO cost).  Here each direction holds three
+ * OpenSSL cipher contexts for its life and re-keys them in place, so the
+ * update costs a few key schedules and the old schedule is overwritten,
+ * not left to the allocator.  The construction, the primitives and the
+ * bytes are exactly cgo.py's pure-Python _Direction (the same vectors in
+ * meshvpn/onion/test/test_cgo.py check both); cgo.py falls back to that one
+ * when this module was not built.
+ *
+ *   UH(KU, V, x) = AES-128-GCM(KU) tag of (nonce V, AAD x, no plaintext)
+ *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
+ *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+
+#define BLOCK 16
+#define CELL_LEN 509
+#define BODY_LEN 493
+#define SEED_LEN 64
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *kb; /* AES-128-ECB, encrypting (relay) or decrypting (client) */
+    EVP_CIPHER_CTX *ku; /* AES-128-GCM: the universal hash */
+    EVP_CIPHER_CTX *ks; /* AES-128-GCM: the PRF and the update */
+    unsigned char nonce[BLOCK];
+    unsigned char tprime[BLOCK];
+    int decrypting;
+} Direction;
+
+static int
+failed(const char *what)
+{
+    PyErr_Format(PyExc_RuntimeError, "CGO: OpenSSL %s failed", what);
+    return -1;
+}
+
+/* The 493-byte keystream of KS for nonce iv (ivlen 16 or 17) XORed into in; out may equal in. */
+static int
+prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
+{
+    int outl;
+    if (EVP_CIPHER_CTX_ctrl(d->ks, EVP_CTRL_GCM_SET_IVLEN, ivlen, NULL) != 1
+        || EVP_EncryptInit_ex(d->ks, NULL, NULL, NULL, iv) != 1
+        || EVP_EncryptUpdate(d->ks, out, &outl, in, len) != 1 || outl != len)
+        return failed("PRF");
+    return 0;
+}
+
+/* UH(KU, T' | cmd, x) into m. */
+static int
+uh(Direction *d, unsigned char cmd, const unsigned char *x, unsigned char *m)
+{
+    unsigned char v[BLOCK + 1], scratch[BLOCK];
+    int outl;
+    memcpy(v, d->tprime, BLOCK);
+    v[BLOCK] = cmd;
+    if (EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_SET_IVLEN, BLOCK + 1, NULL) != 1
+        || EVP_EncryptInit_ex(d->ku, NULL, NULL, NULL, v) != 1
+        || EVP_EncryptUpdate(d->ku, NULL, &outl, x, BODY_LEN) != 1
+        || EVP_EncryptFinal_ex(d->ku, scratch, &outl) != 1
+        || EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_GET_TAG, BLOCK, m) != 1)
+        return failed("UH");
+    return 0;
+}
+
+/* Y = m ^ AES_KB(X ^ m) (or AES_KB^-1 when decrypting), into y. */
+static int
+et(Direction *d, const unsigned char *x, const unsigned char *m, unsigned char *y)
+{
+    unsigned char b[BLOCK];
+    int outl, i;
+    for (i = 0; i < BLOCK; i++)
+        b[i] = x[i] ^ m[i];
+    if (EVP_CipherUpdate(d->kb, y, &outl, b, BLOCK) != 1 || outl != BLOCK)
+        return failed("AES block");
+    for (i = 0; i < BLOCK; i++)
+        y[i] ^= m[i];
+    return 0;
+}
+
+static int
+rekey(Direction *d, const unsigned char *seed)
+{
+    if (EVP_CipherInit_ex(d->kb, NULL, NULL, seed, NULL, d->decrypting ? 0 : 1) != 1
+        || EVP_EncryptInit_ex(d->ku, NULL, NULL, seed + BLOCK, NULL) != 1
+        || EVP_EncryptInit_ex(d->ks, NULL, NULL, seed + 2 * BLOCK, NULL) != 1)
+        return failed("key schedule");
+    memcpy(d->nonce, seed + 3 * BLOCK, BLOCK);
+    return 0;
+}
+
+static int
+Direction_init(Direction *d, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"seed", "decrypting", NULL};
+    Py_buffer seed;
+    int decrypting, rc = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*p", kwlist, &seed, &decrypting))
+        return -1;
+    if (seed.len != SEED_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO seed of %zd bytes, expected %d", seed.len, SEED_LEN);
+        goto done;
+    }
+    if (d->kb == NULL) {
+        d->kb = EVP_CIPHER_CTX_new();
+        d->ku = EVP_CIPHER_CTX_new();
+        d->ks = EVP_CIPHER_CTX_new();
+        if (d->kb == NULL || d->ku == NULL || d->ks == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    d->decrypting = decrypting;
+    if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
+        || EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1
+        || EVP_EncryptInit_ex(d->ku, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1
+        || EVP_EncryptInit_ex(d->ks, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1) {
+        failed("cipher setup");
+        goto done;
+    }
+    if (rekey(d, seed.buf) < 0)
+        goto done;
+    memset(d->tprime, 0, BLOCK);
+    rc = 0;
+done:
+    PyBuffer_Release(&seed);
+    return rc;
+}
+
+static void
+Direction_dealloc(Direction *d)
+{
+    /* EVP_CIPHER_CTX_free clears the key schedules; the nonce and T' go with the object. */
+    EVP_CIPHER_CTX_free(d->kb);
+    EVP_CIPHER_CTX_free(d->ku);
+    EVP_CIPHER_CTX_free(d->ks);
+    OPENSSL_cleanse(d->nonce, BLOCK);
+    OPENSSL_cleanse(d->tprime, BLOCK);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static int
+parseCell(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, Py_buffer *cell)
+{
+    Py_buffer c;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, cell)");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return -1;
+    }
+    *cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[1], cell, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (cell->len != CELL_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell->len, CELL_LEN);
+        PyBuffer_Release(cell);
+        return -1;
+    }
+    return 0;
+}
+
+/* ENC_UIV with H = T' | cmd (a relay's layer); T' becomes the output's T. */
+static PyObject *
+Direction_encrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, m[BLOCK], *o;
+    const unsigned char *in;
+    Py_buffer cell;
+    PyObject *out;
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    in = cell.buf;
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL)
+        goto fail;
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    if (uh(d, cmd, in + BLOCK, m) < 0 || et(d, in, m, o) < 0
+        || prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0)
+        goto fail;
+    memcpy(d->tprime, o, BLOCK);
+    PyBuffer_Release(&cell);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&cell);
+    return NULL;
+}
+
+/* DEC_UIV with H = T' | cmd (the client); T' becomes the input's T. */
+static PyObject *
+Direction_decrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, m[BLOCK], *o;
+    const unsigned char *in;
+    Py_buffer cell;
+    PyObject *out;
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    in = cell.buf;
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL)
+        goto fail;
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0 || uh(d, cmd, o + BLOCK, m) < 0
+        || et(d, in, m, o) < 0)
+        goto fail;
+    memcpy(d->tprime, in, BLOCK);
+    PyBuffer_Release(&cell);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&cell);
+    return NULL;
+}
+
+/* UPDATE_UIV with a 16-byte nonce: new keys and N; the old schedules are overwritten. */
+static PyObject *
+Direction_update(Direction *d, PyObject *arg)
+{
+    static const unsigned char zeros[SEED_LEN];
+    unsigned char iv[BLOCK + 1], seed[SEED_LEN];
+    Py_buffer n;
+    int rc;
+    if (PyObject_GetBuffer(arg, &n, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (n.len != BLOCK) {
+        PyBuffer_Release(&n);
+        PyErr_SetString(PyExc_ValueError, "CGO update nonce must be 16 bytes");
+        return NULL;
+    }
+    memcpy(iv, n.buf, BLOCK);
+    PyBuffer_Release(&n);
+    iv[BLOCK] = 0x01;
+    rc = prf(d, iv, BLOCK + 1, zeros, SEED_LEN, seed);
+    if (rc == 0)
+        rc = rekey(d, seed);
+    OPENSSL_cleanse(seed, SEED_LEN);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Direction_getNonce(Direction *d, void *closure)
+{
+    return PyBytes_FromStringAndSize((const char *)d->nonce, BLOCK);
+}
+
+static PyObject *
+Direction_getTprime(Direction *d, void *closure)
+{
+    return PyBytes_FromStringAndSize((const char *)d->tprime, BLOCK);
+}
+
+static PyMethodDef Direction_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))Direction_encrypt, METH_FASTCALL,
+     "encrypt(cmd, cell): ENC_UIV, a relay's layer on a 509-byte cell"},
+    {"decrypt", (PyCFunction)(void (*)(void))Direction_decrypt, METH_FASTCALL,
+     "decrypt(cmd, cell): DEC_UIV, the client's layer on a 509-byte cell"},
+    {"update", (PyCFunction)Direction_update, METH_O, "update(nonce): UPDATE_UIV"},
+    {NULL}
+};
+
+static PyGetSetDef Direction_getset[] = {
+    {"nonce", (getter)Direction_getNonce, NULL, "N: a cell whose T equals it is for this end", NULL},
+    {"tprime", (getter)Direction_getTprime, NULL, "T': the chained tag", NULL},
+    {NULL}
+};
+
+static PyTypeObject DirectionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshvpn.onion._cgodirection.Direction",
+    .tp_doc = "Direction(seed, decrypting): one direction of one hop's CGO layer",
+    .tp_basicsize = sizeof(Direction),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Direction_init,
+    .tp_dealloc = (destructor)Direction_dealloc,
+    .tp_methods = Direction_methods,
+    .tp_getset = Direction_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cgodirection", "One direction of a CGO layer over OpenSSL (see cgo.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__cgodirection(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&DirectionType) < 0)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&DirectionType);
+    if (PyModule_AddObject(m, "Direction", (PyObject *)&DirectionType) < 0) {
+        Py_DECREF(&DirectionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
