@@ -177,68 +177,80 @@ parseCell(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, Py_buffer
     return 0;
 }
 
+/* The layer on one cell, in -> o (CELL_LEN each, distinct): ENC_UIV for a relay, DEC_UIV for the client. */
+static int
+layer(Direction *d, unsigned char cmd, const unsigned char *in, unsigned char *o)
+{
+    unsigned char m[BLOCK];
+    if (d->decrypting) {
+        if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0 || uh(d, cmd, o + BLOCK, m) < 0
+            || et(d, in, m, o) < 0)
+            return -1;
+        memcpy(d->tprime, in, BLOCK);
+    } else {
+        if (uh(d, cmd, in + BLOCK, m) < 0 || et(d, in, m, o) < 0
+            || prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0)
+            return -1;
+        memcpy(d->tprime, o, BLOCK);
+    }
+    return 0;
+}
+
+static int
+updateWith(Direction *d, const unsigned char *nonce)
+{
+    static const unsigned char zeros[SEED_LEN];
+    unsigned char iv[BLOCK + 1], seed[SEED_LEN];
+    int rc;
+    memcpy(iv, nonce, BLOCK);
+    iv[BLOCK] = 0x01;
+    rc = prf(d, iv, BLOCK + 1, zeros, SEED_LEN, seed);
+    if (rc == 0)
+        rc = rekey(d, seed);
+    OPENSSL_cleanse(seed, SEED_LEN);
+    return rc;
+}
+
+static PyObject *
+plainLayer(Direction *d, PyObject *const *args, Py_ssize_t nargs, int decrypting)
+{
+    unsigned char cmd;
+    Py_buffer cell;
+    PyObject *out;
+    if (decrypting != d->decrypting) {
+        PyErr_SetString(PyExc_TypeError, decrypting ? "this direction encrypts (a relay's)"
+                                                    : "this direction decrypts (the client's)");
+        return NULL;
+    }
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out != NULL && layer(d, cmd, cell.buf, (unsigned char *)PyBytes_AS_STRING(out)) < 0)
+        Py_CLEAR(out);
+    PyBuffer_Release(&cell);
+    return out;
+}
+
 /* ENC_UIV with H = T' | cmd (a relay's layer); T' becomes the output's T. */
 static PyObject *
 Direction_encrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, m[BLOCK], *o;
-    const unsigned char *in;
-    Py_buffer cell;
-    PyObject *out;
-    if (parseCell(args, nargs, &cmd, &cell) < 0)
-        return NULL;
-    in = cell.buf;
-    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
-    if (out == NULL)
-        goto fail;
-    o = (unsigned char *)PyBytes_AS_STRING(out);
-    if (uh(d, cmd, in + BLOCK, m) < 0 || et(d, in, m, o) < 0
-        || prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0)
-        goto fail;
-    memcpy(d->tprime, o, BLOCK);
-    PyBuffer_Release(&cell);
-    return out;
-fail:
-    Py_XDECREF(out);
-    PyBuffer_Release(&cell);
-    return NULL;
+    return plainLayer(d, args, nargs, 0);
 }
 
 /* DEC_UIV with H = T' | cmd (the client); T' becomes the input's T. */
 static PyObject *
 Direction_decrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, m[BLOCK], *o;
-    const unsigned char *in;
-    Py_buffer cell;
-    PyObject *out;
-    if (parseCell(args, nargs, &cmd, &cell) < 0)
-        return NULL;
-    in = cell.buf;
-    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
-    if (out == NULL)
-        goto fail;
-    o = (unsigned char *)PyBytes_AS_STRING(out);
-    if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0 || uh(d, cmd, o + BLOCK, m) < 0
-        || et(d, in, m, o) < 0)
-        goto fail;
-    memcpy(d->tprime, in, BLOCK);
-    PyBuffer_Release(&cell);
-    return out;
-fail:
-    Py_XDECREF(out);
-    PyBuffer_Release(&cell);
-    return NULL;
+    return plainLayer(d, args, nargs, 1);
 }
 
 /* UPDATE_UIV with a 16-byte nonce: new keys and N; the old schedules are overwritten. */
 static PyObject *
 Direction_update(Direction *d, PyObject *arg)
 {
-    static const unsigned char zeros[SEED_LEN];
-    unsigned char iv[BLOCK + 1], seed[SEED_LEN];
+    unsigned char nonce[BLOCK];
     Py_buffer n;
-    int rc;
     if (PyObject_GetBuffer(arg, &n, PyBUF_SIMPLE) < 0)
         return NULL;
     if (n.len != BLOCK) {
@@ -246,16 +258,171 @@ Direction_update(Direction *d, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "CGO update nonce must be 16 bytes");
         return NULL;
     }
-    memcpy(iv, n.buf, BLOCK);
+    memcpy(nonce, n.buf, BLOCK);
     PyBuffer_Release(&n);
-    iv[BLOCK] = 0x01;
-    rc = prf(d, iv, BLOCK + 1, zeros, SEED_LEN, seed);
-    if (rc == 0)
-        rc = rekey(d, seed);
-    OPENSSL_cleanse(seed, SEED_LEN);
-    if (rc < 0)
+    if (updateWith(d, nonce) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* The layer, then recognition (T = N, constant time) and, on a match, the update. */
+static int
+layerRecognize(Direction *d, unsigned char cmd, const unsigned char *in, unsigned char *o, int *mine)
+{
+    unsigned char inTag[BLOCK];
+    memcpy(inTag, in, BLOCK);
+    if (layer(d, cmd, in, o) < 0)
+        return -1;
+    *mine = CRYPTO_memcmp(o, d->nonce, BLOCK) == 0;
+    /* The client updates with the T it received, a relay with its output T (= N). */
+    if (*mine && updateWith(d, d->decrypting ? inTag : o) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *
+pairOf(PyObject *cell, const unsigned char *tag)
+{
+    PyObject *t, *pair;
+    if (tag == NULL) {
+        t = Py_None;
+        Py_INCREF(t);
+    } else if ((t = PyBytes_FromStringAndSize((const char *)tag, BLOCK)) == NULL) {
+        Py_DECREF(cell);
+        return NULL;
+    }
+    pair = PyTuple_Pack(2, cell, t);
+    Py_DECREF(cell);
+    Py_DECREF(t);
+    return pair;
+}
+
+/* layer(cmd, cell) -> (out, tag or None): a cell passing this layer; tag (the T it arrived with) when it is for this end. */
+static PyObject *
+Direction_layer(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, inTag[BLOCK];
+    Py_buffer cell;
+    PyObject *out;
+    int mine;
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    memcpy(inTag, cell.buf, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL || layerRecognize(d, cmd, cell.buf, (unsigned char *)PyBytes_AS_STRING(out), &mine) < 0) {
+        Py_XDECREF(out);
+        PyBuffer_Release(&cell);
+        return NULL;
+    }
+    PyBuffer_Release(&cell);
+    return pairOf(out, mine ? inTag : NULL);
+}
+
+/* originate(cmd, body) -> (cell, tag): a 493-byte body this end sends (T = N), the layer, the update. */
+static PyObject *
+Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN], nonce[BLOCK], *o;
+    Py_buffer c, body;
+    PyObject *out;
+    int rc;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, body)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    rc = c.len == 1;
+    cmd = rc ? ((unsigned char *)c.buf)[0] : 0;
+    PyBuffer_Release(&c);
+    if (!rc) {
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &body, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (body.len != BODY_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    memcpy(in, d->nonce, BLOCK);
+    memcpy(in + BLOCK, body.buf, BODY_LEN);
+    PyBuffer_Release(&body);
+    memcpy(nonce, d->nonce, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL)
+        return NULL;
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    /* The client (sealing for a hop) updates with N, a relay with its output T. */
+    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return pairOf(out, o);
+}
+
+/* passRun(cmd, payloads, head) -> [head + layer(payload), ...]: cells passing through, none for this end. */
+static PyObject *
+Direction_passRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd;
+    Py_buffer c, head, cell;
+    PyObject *seq, *list = NULL;
+    Py_ssize_t n, i;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, head)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "payloads must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    list = PyList_New(n);
+    if (list == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *out;
+        unsigned char *o;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &cell, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (cell.len != CELL_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell.len, CELL_LEN);
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL) {
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        PyList_SET_ITEM(list, i, out);
+        if (layer(d, cmd, cell.buf, o + head.len) < 0) {
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        PyBuffer_Release(&cell);
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    return list;
 }
 
 static PyObject *
@@ -276,6 +443,12 @@ static PyMethodDef Direction_methods[] = {
     {"decrypt", (PyCFunction)(void (*)(void))Direction_decrypt, METH_FASTCALL,
      "decrypt(cmd, cell): DEC_UIV, the client's layer on a 509-byte cell"},
     {"update", (PyCFunction)Direction_update, METH_O, "update(nonce): UPDATE_UIV"},
+    {"layer", (PyCFunction)(void (*)(void))Direction_layer, METH_FASTCALL,
+     "layer(cmd, cell) -> (out, tag or None): the layer and recognition (then the update)"},
+    {"originate", (PyCFunction)(void (*)(void))Direction_originate, METH_FASTCALL,
+     "originate(cmd, body) -> (cell, tag): a 493-byte body from this end, the layer, the update"},
+    {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
+     "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
     {NULL}
 };
 

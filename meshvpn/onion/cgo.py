@@ -108,6 +108,42 @@ class PyDirection:
         return (_from(self._kb((_from(yl, "little") ^ m).to_bytes(16, "little")), "little")
                 ^ m).to_bytes(16, "little") + xr
 
+    def layer(self, cmd, cell):
+        """
+        This direction's layer on a cell passing it, and recognition: when
+        the output's T is N, the cell is for this end and the keys update
+        (the client's with the T the cell arrived with, a relay's with N).
+
+        @return: C{(out, tag)}: C{tag} is C{None}, or the T the cell arrived with.
+        """
+        tag = cell[:TAG_LEN]
+        out = self.decrypt(cmd, cell) if self._decrypting else self.encrypt(cmd, cell)
+        if compare_digest(out[:TAG_LEN], self.nonce):
+            self.update(bytes(tag) if self._decrypting else self.nonce)
+            return out, bytes(tag)
+        return out, None
+
+    def originate(self, cmd, body):
+        """
+        A 493-byte C{body} this end sends: T = N, the layer, then the update
+        (the client's with N, a relay's with the output's T).
+
+        @return: C{(cell, tag)}: C{tag} is the output's T.
+        """
+        nonce = self.nonce
+        if self._decrypting:
+            out = self.decrypt(cmd, nonce + body)
+            self.update(nonce)
+        else:
+            out = self.encrypt(cmd, nonce + body)
+            self.update(out[:TAG_LEN])
+        return out, out[:TAG_LEN]
+
+    def passRun(self, cmd, payloads, head):
+        """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
+        step = self.decrypt if self._decrypting else self.encrypt
+        return [head + step(cmd, payload) for payload in payloads]
+
 
 try:
     from meshvpn.onion._cgodirection import Direction as _Direction
@@ -137,12 +173,7 @@ class CgoRelayLayer:
         @return: C{(cell, tag)}: C{tag} is C{None} unless the cell is for
             this hop; then its body is C{cell[16:]}.
         """
-        fwd = self.fwd
-        out = fwd.encrypt(cmd, cell)
-        if compare_digest(out[:TAG_LEN], fwd.nonce):
-            fwd.update(fwd.nonce)
-            return out, cell[:TAG_LEN]
-        return out, None
+        return self.fwd.layer(cmd, cell)
 
     def backward(self, cmd, cell):
         """A cell toward the origin passing through: add this relay's layer."""
@@ -154,11 +185,7 @@ class CgoRelayLayer:
 
         @return: C{(cell, tag)}.
         """
-        back = self.back
-        out = back.encrypt(cmd, back.nonce + body)
-        tag = out[:TAG_LEN]
-        back.update(tag)
-        return out, tag
+        return self.back.originate(cmd, body)
 
 
 class CgoOriginHop:
@@ -175,10 +202,7 @@ class CgoOriginHop:
 
         @return: C{(cell, tag)}.
         """
-        fwd = self.fwd
-        cell = fwd.decrypt(cmd, fwd.nonce + body)
-        fwd.update(fwd.nonce)
-        return cell, cell[:TAG_LEN]
+        return self.fwd.originate(cmd, body)
 
     def wrap(self, cmd, cell):
         """This hop's layer on a cell for a later hop."""
@@ -191,13 +215,7 @@ class CgoOriginHop:
         @return: C{(cell, tag)}: C{tag} is C{None} unless this hop sent it;
             then its body is C{cell[16:]}.
         """
-        back = self.back
-        tag = cell[:TAG_LEN]
-        cell = back.decrypt(cmd, cell)
-        if compare_digest(cell[:TAG_LEN], back.nonce):
-            back.update(tag)
-            return cell, tag
-        return cell, None
+        return self.back.layer(cmd, cell)
 
 
 class CgoOriginCrypto:

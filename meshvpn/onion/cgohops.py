@@ -45,13 +45,16 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer", "backwardCell")
+    __slots__ = ("_layer", "_passRun")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
-        back = self._layer.back.encrypt
-        self.backwardCell = lambda cell: back(_RELAY, cell)  # one cell toward the origin, passing through
+        self._passRun = self._layer.back.passRun
+
+    def backwardRun(self, payloads, head):
+        """Cells toward the origin passing through, in order: C{[head + cell with this layer, ...]}."""
+        return self._passRun(_RELAY, payloads, head)
 
     def forward(self, cmd, payload):
         """
@@ -90,12 +93,13 @@ class CgoRelayHop:
 class CgoOriginView:
     """The origin's copy of one CGO hop, with the methods L{meshvpn.onion.relaycrypto.OriginCrypto} calls."""
 
-    __slots__ = ("_hop",)
+    __slots__ = ("_hop", "_unwrap")
     maxData = CGO_RELAY_DATA_LEN
     scheme = CGO
 
     def __init__(self, material):
         self._hop = cgo.CgoOriginHop(material)
+        self._unwrap = self._hop.back.layer  # the direction keeps its identity across updates
 
     def sealFor(self, cmd, plain):
         """@return: C{(cell, tag)}: C{plain} for this hop with its layer."""
@@ -106,7 +110,7 @@ class CgoOriginView:
 
     def unwrap(self, cmd, cell):
         """@return: C{(cell, None)} to go on, or C{(common-layout payload, tag)} when this hop sent it."""
-        out, tag = self._hop.unwrap(cmd, cell)
+        out, tag = self._unwrap(cmd, cell)
         if tag is None:
             return out, None
         return fromCell(out), tag

@@ -50,6 +50,20 @@ _cells = st.lists(
     min_size=1, max_size=12)
 
 
+def _fromOtherEnd(seed, decrypting, tprime, cmd, body):
+    """A cell that this end's layer, keyed from C{seed} with chain C{tprime}, turns into N | body."""
+    other = cgo.PyDirection(seed, not decrypting)
+    other.tprime = tprime
+    plain = seed[48:64] + body
+    return other.encrypt(cmd, plain) if decrypting else other.decrypt(cmd, plain)
+
+
+_ops = st.lists(
+    st.tuples(st.sampled_from(["layer", "originate", "passRun"]), st.sampled_from([b"\x03", b"\x09"]),
+              st.binary(min_size=cgo.CELL_LEN, max_size=cgo.CELL_LEN), st.integers(0, 3)),
+    min_size=1, max_size=10)
+
+
 class AgreementTests(unittest.TestCase):
     def setUp(self):
         if CDirection is None:
@@ -73,12 +87,53 @@ class AgreementTests(unittest.TestCase):
                 p.update(cell[:cgo.TAG_LEN])
                 self.assertEqual(c.nonce, p.nonce)
 
+    @settings(max_examples=150, deadline=None)
+    @given(seed=st.binary(min_size=cgo.STATE_SEED_LEN, max_size=cgo.STATE_SEED_LEN), decrypting=st.booleans(),
+           ops=_ops)
+    def test_sameSteps(self, seed, decrypting, ops):
+        """layer (with recognition), originate and passRun: the same results and state from both."""
+        c, p = CDirection(seed, decrypting), cgo.PyDirection(seed, decrypting)
+        fresh = True  # the keys are still the seed's: the other end's cells can be made
+        for op, cmd, cell, n in ops:
+            if op == "layer":
+                if n == 0 and fresh:
+                    cell = _fromOtherEnd(seed, decrypting, p.tprime, cmd, cell[cgo.TAG_LEN:])
+                got, want = c.layer(cmd, cell), p.layer(cmd, cell)
+                fresh = fresh and want[1] is None
+            elif op == "originate":
+                fresh = False
+                got, want = c.originate(cmd, cell[:cgo.BODY_LEN]), p.originate(cmd, cell[:cgo.BODY_LEN])
+            else:
+                cells = [cell] * n
+                got, want = c.passRun(cmd, cells, b"head"), p.passRun(cmd, cells, b"head")
+            self.assertEqual(got, want)
+            self.assertEqual((c.tprime, c.nonce), (p.tprime, p.nonce))
+
+    def test_recognized(self):
+        """A cell the other end made for this one is recognized by both, with the same tag and new keys."""
+        seed = bytes(range(cgo.STATE_SEED_LEN))
+        for decrypting in (False, True):
+            c, p = CDirection(seed, decrypting), cgo.PyDirection(seed, decrypting)
+            cell = _fromOtherEnd(seed, decrypting, p.tprime, b"\x03", bytes(cgo.BODY_LEN))
+            got, want = c.layer(b"\x03", cell), p.layer(b"\x03", cell)
+            self.assertIsNotNone(want[1])
+            self.assertEqual(got, want)
+            self.assertEqual(c.nonce, p.nonce)
+            self.assertNotEqual(c.nonce, seed[48:])
+
     def test_malformed(self):
         """Wrong sizes are a ValueError that names what was expected; nothing is read past a buffer."""
         d = CDirection(bytes(cgo.STATE_SEED_LEN), False)
+        client = CDirection(bytes(cgo.STATE_SEED_LEN), True)
         for bad in (b"", bytes(cgo.CELL_LEN - 1), bytes(cgo.CELL_LEN + 1)):
             self.assertRaises(ValueError, d.encrypt, b"\x03", bad)
-            self.assertRaises(ValueError, d.decrypt, b"\x03", bad)
+            self.assertRaises(ValueError, client.decrypt, b"\x03", bad)
+            self.assertRaises(ValueError, d.layer, b"\x03", bad)
+            self.assertRaises(ValueError, d.passRun, b"\x03", [bytes(cgo.CELL_LEN), bad], b"h")
+            self.assertRaises(ValueError, d.originate, b"\x03", bad)
+        self.assertRaises(TypeError, d.decrypt, b"\x03", bytes(cgo.CELL_LEN))  # a relay's keys only encrypt
+        self.assertRaises(TypeError, client.encrypt, b"\x03", bytes(cgo.CELL_LEN))
+        self.assertRaises(TypeError, d.passRun, b"\x03", 5, b"h")
         self.assertRaises(ValueError, d.encrypt, b"\x03\x03", bytes(cgo.CELL_LEN))
         self.assertRaises(ValueError, d.encrypt, b"", bytes(cgo.CELL_LEN))
         self.assertRaises(TypeError, d.encrypt, b"\x03")
