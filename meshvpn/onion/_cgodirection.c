@@ -36,7 +36,10 @@ typedef struct {
     unsigned char nonce[BLOCK];
     unsigned char tprime[BLOCK];
     int decrypting;
+    int ksIvlen; /* the nonce length ks is set to: 16 (the PRF) or 17 (the update) */
 } Direction;
+
+static PyTypeObject DirectionType;
 
 static int
 failed(const char *what)
@@ -50,8 +53,12 @@ static int
 prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
 {
     int outl;
-    if (EVP_CIPHER_CTX_ctrl(d->ks, EVP_CTRL_GCM_SET_IVLEN, ivlen, NULL) != 1
-        || EVP_EncryptInit_ex(d->ks, NULL, NULL, NULL, iv) != 1
+    if (d->ksIvlen != ivlen) {
+        if (EVP_CIPHER_CTX_ctrl(d->ks, EVP_CTRL_GCM_SET_IVLEN, ivlen, NULL) != 1)
+            return failed("PRF nonce length");
+        d->ksIvlen = ivlen;
+    }
+    if (EVP_EncryptInit_ex(d->ks, NULL, NULL, NULL, iv) != 1
         || EVP_EncryptUpdate(d->ks, out, &outl, in, len) != 1 || outl != len)
         return failed("PRF");
     return 0;
@@ -65,8 +72,7 @@ uh(Direction *d, unsigned char cmd, const unsigned char *x, unsigned char *m)
     int outl;
     memcpy(v, d->tprime, BLOCK);
     v[BLOCK] = cmd;
-    if (EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_SET_IVLEN, BLOCK + 1, NULL) != 1
-        || EVP_EncryptInit_ex(d->ku, NULL, NULL, NULL, v) != 1
+    if (EVP_EncryptInit_ex(d->ku, NULL, NULL, NULL, v) != 1
         || EVP_EncryptUpdate(d->ku, NULL, &outl, x, BODY_LEN) != 1
         || EVP_EncryptFinal_ex(d->ku, scratch, &outl) != 1
         || EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_GET_TAG, BLOCK, m) != 1)
@@ -122,9 +128,11 @@ Direction_init(Direction *d, PyObject *args, PyObject *kwds)
         }
     }
     d->decrypting = decrypting;
+    d->ksIvlen = 0;
     if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
         || EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1
         || EVP_EncryptInit_ex(d->ku, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1
+        || EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_SET_IVLEN, BLOCK + 1, NULL) != 1
         || EVP_EncryptInit_ex(d->ks, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1) {
         failed("cipher setup");
         goto done;
@@ -362,6 +370,74 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     return pairOf(out, o);
 }
 
+/* originateRun(cmd, bodies, head) -> ([head + cell, ...], [tag, ...]): originate for several bodies in order. */
+static PyObject *
+Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
+    Py_buffer c, head, body;
+    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
+    Py_ssize_t n, i;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "bodies must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    cells = PyList_New(n);
+    tags = PyList_New(n);
+    if (cells == NULL || tags == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *out, *tag;
+        unsigned char *o;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (body.len != BODY_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        memcpy(in, d->nonce, BLOCK);
+        memcpy(in + BLOCK, body.buf, BODY_LEN);
+        PyBuffer_Release(&body);
+        memcpy(nonce, d->nonce, BLOCK);
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL)
+            goto done;
+        PyList_SET_ITEM(cells, i, out);
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        o += head.len;
+        if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
+            goto done;
+        tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
+        if (tag == NULL)
+            goto done;
+        PyList_SET_ITEM(tags, i, tag);
+    }
+    result = PyTuple_Pack(2, cells, tags);
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(cells);
+    Py_XDECREF(tags);
+    PyBuffer_Release(&head);
+    return result;
+}
+
 /* passRun(cmd, payloads, head) -> [head + layer(payload), ...]: cells passing through, none for this end. */
 static PyObject *
 Direction_passRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
@@ -425,6 +501,101 @@ done:
     return list;
 }
 
+/*
+ * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
+ * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
+ * ends the list with None (the chain is broken from there on).
+ */
+static PyObject *
+unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, a[CELL_LEN], b[CELL_LEN], inTag[BLOCK];
+    Py_buffer c, pad, cell;
+    PyObject *seq = NULL, *dirs = NULL, *list = NULL;
+    Py_ssize_t n, hops, i, h;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[3], &pad, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "payloads must be a sequence");
+    dirs = seq == NULL ? NULL : PySequence_Fast(args[2], "directions must be a sequence");
+    if (dirs == NULL)
+        goto fail;
+    hops = PySequence_Fast_GET_SIZE(dirs);
+    for (h = 0; h < hops; h++) {
+        Direction *d = (Direction *)PySequence_Fast_GET_ITEM(dirs, h);
+        if (!PyObject_TypeCheck((PyObject *)d, &DirectionType) || !d->decrypting || d->kb == NULL) {
+            PyErr_SetString(PyExc_TypeError, "directions must be the client's CGO directions");
+            goto fail;
+        }
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    list = PyList_New(0);
+    if (list == NULL)
+        goto fail;
+    for (i = 0; i < n; i++) {
+        PyObject *entry = NULL;
+        unsigned char *in = a, *out = b, *swap;
+        int mine = 0;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &cell, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (cell.len != CELL_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell.len, CELL_LEN);
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        memcpy(a, cell.buf, CELL_LEN);
+        PyBuffer_Release(&cell);
+        for (h = 0; h < hops && !mine; h++) {
+            memcpy(inTag, in, BLOCK);
+            if (layerRecognize((Direction *)PySequence_Fast_GET_ITEM(dirs, h), cmd, in, out, &mine) < 0)
+                goto fail;
+            swap = in;
+            in = out;
+            out = swap;
+        }
+        if (mine) {
+            PyObject *body = PyBytes_FromStringAndSize(NULL, pad.len + BODY_LEN);
+            if (body == NULL)
+                goto fail;
+            memcpy(PyBytes_AS_STRING(body), pad.buf, pad.len);
+            memcpy(PyBytes_AS_STRING(body) + pad.len, in + BLOCK, BODY_LEN);
+            entry = Py_BuildValue("(nNy#)", h - 1, body, (const char *)inTag, (Py_ssize_t)BLOCK);
+        } else {
+            entry = Py_None;
+            Py_INCREF(entry);
+        }
+        if (entry == NULL || PyList_Append(list, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+        if (!mine)
+            break;
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(dirs);
+    PyBuffer_Release(&pad);
+    OPENSSL_cleanse(a, CELL_LEN);
+    OPENSSL_cleanse(b, CELL_LEN);
+    return list;
+}
+
 static PyObject *
 Direction_getNonce(Direction *d, void *closure)
 {
@@ -447,6 +618,8 @@ static PyMethodDef Direction_methods[] = {
      "layer(cmd, cell) -> (out, tag or None): the layer and recognition (then the update)"},
     {"originate", (PyCFunction)(void (*)(void))Direction_originate, METH_FASTCALL,
      "originate(cmd, body) -> (cell, tag): a 493-byte body from this end, the layer, the update"},
+    {"originateRun", (PyCFunction)(void (*)(void))Direction_originateRun, METH_FASTCALL,
+     "originateRun(cmd, bodies, head) -> ([head + cell], [tag]): originate for several bodies"},
     {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
      "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
     {NULL}
@@ -471,8 +644,15 @@ static PyTypeObject DirectionType = {
     .tp_getset = Direction_getset,
 };
 
+static PyMethodDef module_methods[] = {
+    {"unwrapRun", (PyCFunction)(void (*)(void))unwrapRun, METH_FASTCALL,
+     "unwrapRun(cmd, payloads, directions, pad) -> [(hop, pad + body, tag), ...] (None ends it)"},
+    {NULL}
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_cgodirection", "One direction of a CGO layer over OpenSSL (see cgo.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_cgodirection", "One direction of a CGO layer over OpenSSL (see cgo.py).", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC

@@ -139,16 +139,53 @@ class PyDirection:
             self.update(out[:TAG_LEN])
         return out, out[:TAG_LEN]
 
+    def originateRun(self, cmd, bodies, head):
+        """L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}."""
+        cells, tags = [], []
+        for body in bodies:
+            cell, tag = self.originate(cmd, body)
+            cells.append(head + cell)
+            tags.append(tag)
+        return cells, tags
+
     def passRun(self, cmd, payloads, head):
         """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
         step = self.decrypt if self._decrypting else self.encrypt
         return [head + step(cmd, payload) for payload in payloads]
 
 
+def pyUnwrapRun(cmd, payloads, directions, pad):
+    """
+    The client's backward layers (C{directions}, guard first) on each cell
+    until one recognizes it.
+
+    @return: C{[(hop index, pad + body, tag), ...]}; a cell no layer
+        recognizes ends the list with C{None} (the chain is broken from it on).
+    """
+    out = []
+    for cell in payloads:
+        for i, direction in enumerate(directions):
+            cell, tag = direction.layer(cmd, cell)
+            if tag is not None:
+                out.append((i, pad + cell[TAG_LEN:], tag))
+                break
+        else:
+            out.append(None)
+            break
+    return out
+
+
 try:
-    from meshvpn.onion._cgodirection import Direction as _Direction
+    from meshvpn.onion._cgodirection import Direction as _Direction, unwrapRun as _unwrapRun
 except ImportError:  # built without a C compiler or OpenSSL's headers
-    _Direction = PyDirection
+    _Direction, _unwrapRun = PyDirection, pyUnwrapRun
+
+
+def unwrapRun(cmd, payloads, directions, pad):
+    """L{pyUnwrapRun}, in C when the directions are (they are built together)."""
+    if _unwrapRun is not pyUnwrapRun and directions and type(directions[0]) is not _Direction:
+        return pyUnwrapRun(cmd, payloads, directions, pad)  # a test swapped in the Python reference
+    return _unwrapRun(cmd, payloads, directions, pad)
 
 
 def _split(material, decrypting):

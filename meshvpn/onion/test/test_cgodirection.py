@@ -59,7 +59,7 @@ def _fromOtherEnd(seed, decrypting, tprime, cmd, body):
 
 
 _ops = st.lists(
-    st.tuples(st.sampled_from(["layer", "originate", "passRun"]), st.sampled_from([b"\x03", b"\x09"]),
+    st.tuples(st.sampled_from(["layer", "originate", "originateRun", "passRun"]), st.sampled_from([b"\x03", b"\x09"]),
               st.binary(min_size=cgo.CELL_LEN, max_size=cgo.CELL_LEN), st.integers(0, 3)),
     min_size=1, max_size=10)
 
@@ -103,6 +103,10 @@ class AgreementTests(unittest.TestCase):
             elif op == "originate":
                 fresh = False
                 got, want = c.originate(cmd, cell[:cgo.BODY_LEN]), p.originate(cmd, cell[:cgo.BODY_LEN])
+            elif op == "originateRun":
+                fresh = False
+                bodies = [cell[k:k + cgo.BODY_LEN] for k in range(n)]
+                got, want = c.originateRun(cmd, bodies, b"h"), p.originateRun(cmd, bodies, b"h")
             else:
                 cells = [cell] * n
                 got, want = c.passRun(cmd, cells, b"head"), p.passRun(cmd, cells, b"head")
@@ -121,6 +125,36 @@ class AgreementTests(unittest.TestCase):
             self.assertEqual(c.nonce, p.nonce)
             self.assertNotEqual(c.nonce, seed[48:])
 
+    @settings(max_examples=60, deadline=None)
+    @given(hopFor=st.lists(st.integers(0, 2), min_size=1, max_size=8), breakAt=st.integers(0, 9))
+    def test_unwrapRun(self, hopFor, breakAt):
+        """Cells from any hop of three, one maybe modified: the same entries from both, the list ended at it."""
+        def build(direction):
+            relays = [cgo.CgoRelayLayer(test_cgo.material(i)) for i in range(3)]
+            dirs = [direction(test_cgo.material(i)[cgo.STATE_SEED_LEN:cgo.KEY_MATERIAL_LEN], True) for i in range(3)]
+            return relays, dirs
+
+        def cellsFrom(relays):
+            cells = []
+            for k, hop in enumerate(hopFor):
+                cell, _ = relays[hop].originate(b"\x03", test_cgo.body(k))
+                for inner in range(hop - 1, -1, -1):
+                    cell = relays[inner].backward(b"\x03", cell)
+                if k == breakAt:
+                    cell = bytes([cell[0] ^ 1]) + cell[1:]
+                cells.append(cell)
+            return cells
+
+        self.patch(cgo, "_Direction", cgo.PyDirection)
+        pyRelays, pyDirs = build(cgo.PyDirection)
+        want = cgo.pyUnwrapRun(b"\x03", cellsFrom(pyRelays), pyDirs, b"pad")
+        cRelays, cDirs = build(CDirection)
+        got = cgo.unwrapRun(b"\x03", cellsFrom(cRelays), cDirs, b"pad")
+        self.assertEqual(got, want)
+        self.assertEqual(len(got), min(len(hopFor), breakAt + 1))
+        self.assertEqual([e[0] for e in got if e is not None], hopFor[:breakAt])
+        self.assertEqual(got[0] is None, breakAt == 0)
+
     def test_malformed(self):
         """Wrong sizes are a ValueError that names what was expected; nothing is read past a buffer."""
         d = CDirection(bytes(cgo.STATE_SEED_LEN), False)
@@ -131,9 +165,15 @@ class AgreementTests(unittest.TestCase):
             self.assertRaises(ValueError, d.layer, b"\x03", bad)
             self.assertRaises(ValueError, d.passRun, b"\x03", [bytes(cgo.CELL_LEN), bad], b"h")
             self.assertRaises(ValueError, d.originate, b"\x03", bad)
+            self.assertRaises(ValueError, d.originateRun, b"\x03", [bytes(cgo.BODY_LEN), bad], b"h")
         self.assertRaises(TypeError, d.decrypt, b"\x03", bytes(cgo.CELL_LEN))  # a relay's keys only encrypt
         self.assertRaises(TypeError, client.encrypt, b"\x03", bytes(cgo.CELL_LEN))
         self.assertRaises(TypeError, d.passRun, b"\x03", 5, b"h")
+        unwrapRun = cgo._unwrapRun
+        self.assertRaises(TypeError, unwrapRun, b"\x03", [bytes(cgo.CELL_LEN)], [d], b"")  # a relay's direction
+        self.assertRaises(TypeError, unwrapRun, b"\x03", [bytes(cgo.CELL_LEN)], [object()], b"")
+        self.assertRaises(ValueError, unwrapRun, b"\x03", [bytes(cgo.CELL_LEN - 1)], [client], b"")
+        self.assertEqual(unwrapRun(b"\x03", [bytes(cgo.CELL_LEN)] * 3, [client], b""), [None])
         self.assertRaises(ValueError, d.encrypt, b"\x03\x03", bytes(cgo.CELL_LEN))
         self.assertRaises(ValueError, d.encrypt, b"", bytes(cgo.CELL_LEN))
         self.assertRaises(TypeError, d.encrypt, b"\x03")
