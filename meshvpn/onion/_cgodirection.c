@@ -22,21 +22,27 @@
 #include <string.h>
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
+#include <openssl/modes.h>
 
 #define BLOCK 16
 #define CELL_LEN 509
 #define BODY_LEN 493
 #define SEED_LEN 64
 
+/* An AES-128 key as GCM's block function sees it: an ECB context (AES-NI through EVP). */
+typedef struct {
+    EVP_CIPHER_CTX *ecb;
+    int failed;
+} BlockKey;
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *kb; /* AES-128-ECB, encrypting (relay) or decrypting (client) */
-    EVP_CIPHER_CTX *ku; /* AES-128-GCM: the universal hash */
-    EVP_CIPHER_CTX *ks; /* AES-128-GCM: the PRF and the update */
+    BlockKey ku, ks;    /* AES-128 under KU (the universal hash) and KS (the PRF, the update) */
+    GCM128_CONTEXT *gu, *gs; /* GCM over them: OpenSSL's GHASH without EVP's per-call parameter queries */
     unsigned char nonce[BLOCK];
     unsigned char tprime[BLOCK];
     int decrypting;
-    int ksIvlen; /* the nonce length ks is set to: 16 (the PRF) or 17 (the update) */
 } Direction;
 
 static PyTypeObject DirectionType;
@@ -48,36 +54,68 @@ failed(const char *what)
     return -1;
 }
 
-/* The 493-byte keystream of KS for nonce iv (ivlen 16 or 17) XORed into in; out may equal in. */
+static void
+aesBlock(const unsigned char in[16], unsigned char out[16], const void *key)
+{
+    BlockKey *k = (BlockKey *)key;
+    int outl;
+    if (EVP_EncryptUpdate(k->ecb, out, &outl, in, BLOCK) != 1 || outl != BLOCK)
+        k->failed = 1;
+}
+
+#define CTR_RUN 32 /* counter blocks encrypted per EVP call */
+
+/* GCM's counter mode: blocks of keystream from ivec (a 32-bit big-endian counter last) XORed into in. */
+static void
+aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
+{
+    BlockKey *k = (BlockKey *)key;
+    unsigned char ctrs[CTR_RUN * BLOCK], ks[CTR_RUN * BLOCK];
+    uint32_t c = ((uint32_t)ivec[12] << 24) | ((uint32_t)ivec[13] << 16) | ((uint32_t)ivec[14] << 8) | ivec[15];
+    while (blocks) {
+        size_t n = blocks < CTR_RUN ? blocks : CTR_RUN, i;
+        int outl;
+        for (i = 0; i < n; i++, c++) {
+            unsigned char *b = ctrs + i * BLOCK;
+            memcpy(b, ivec, 12);
+            b[12] = (unsigned char)(c >> 24);
+            b[13] = (unsigned char)(c >> 16);
+            b[14] = (unsigned char)(c >> 8);
+            b[15] = (unsigned char)c;
+        }
+        if (EVP_EncryptUpdate(k->ecb, ks, &outl, ctrs, (int)(n * BLOCK)) != 1 || outl != (int)(n * BLOCK))
+            k->failed = 1;
+        for (i = 0; i < n * BLOCK; i++)
+            out[i] = in[i] ^ ks[i];
+        in += n * BLOCK;
+        out += n * BLOCK;
+        blocks -= n;
+    }
+    OPENSSL_cleanse(ks, sizeof ks);
+}
+
+/* The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption, its tag unused. */
 static int
 prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
 {
-    int outl;
-    if (d->ksIvlen != ivlen) {
-        if (EVP_CIPHER_CTX_ctrl(d->ks, EVP_CTRL_GCM_SET_IVLEN, ivlen, NULL) != 1)
-            return failed("PRF nonce length");
-        d->ksIvlen = ivlen;
-    }
-    if (EVP_EncryptInit_ex(d->ks, NULL, NULL, NULL, iv) != 1
-        || EVP_EncryptUpdate(d->ks, out, &outl, in, len) != 1 || outl != len)
+    CRYPTO_gcm128_setiv(d->gs, iv, ivlen);
+    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, in, out, len, aesCtr32) != 0 || d->ks.failed)
         return failed("PRF");
     return 0;
 }
 
-/* UH(KU, T' | cmd, x) into m. */
+/* UH(KU, T' | cmd, x) into m: GCM's tag with no plaintext. */
 static int
 uh(Direction *d, unsigned char cmd, const unsigned char *x, unsigned char *m)
 {
-    unsigned char v[BLOCK + 1], scratch[BLOCK];
-    int outl;
+    unsigned char v[BLOCK + 1];
     memcpy(v, d->tprime, BLOCK);
     v[BLOCK] = cmd;
-    if (EVP_EncryptInit_ex(d->ku, NULL, NULL, NULL, v) != 1
-        || EVP_EncryptUpdate(d->ku, NULL, &outl, x, BODY_LEN) != 1
-        || EVP_EncryptFinal_ex(d->ku, scratch, &outl) != 1
-        || EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_GET_TAG, BLOCK, m) != 1)
+    CRYPTO_gcm128_setiv(d->gu, v, BLOCK + 1);
+    if (CRYPTO_gcm128_aad(d->gu, x, BODY_LEN) != 0)
         return failed("UH");
-    return 0;
+    CRYPTO_gcm128_tag(d->gu, m, BLOCK);
+    return d->ku.failed ? failed("UH") : 0;
 }
 
 /* Y = m ^ AES_KB(X ^ m) (or AES_KB^-1 when decrypting), into y. */
@@ -99,8 +137,13 @@ static int
 rekey(Direction *d, const unsigned char *seed)
 {
     if (EVP_CipherInit_ex(d->kb, NULL, NULL, seed, NULL, d->decrypting ? 0 : 1) != 1
-        || EVP_EncryptInit_ex(d->ku, NULL, NULL, seed + BLOCK, NULL) != 1
-        || EVP_EncryptInit_ex(d->ks, NULL, NULL, seed + 2 * BLOCK, NULL) != 1)
+        || EVP_EncryptInit_ex(d->ku.ecb, NULL, NULL, seed + BLOCK, NULL) != 1
+        || EVP_EncryptInit_ex(d->ks.ecb, NULL, NULL, seed + 2 * BLOCK, NULL) != 1)
+        return failed("key schedule");
+    /* Re-initialized in place: the hash key H and its tables are overwritten. */
+    CRYPTO_gcm128_init(d->gu, &d->ku, aesBlock);
+    CRYPTO_gcm128_init(d->gs, &d->ks, aesBlock);
+    if (d->ku.failed || d->ks.failed)
         return failed("key schedule");
     memcpy(d->nonce, seed + 3 * BLOCK, BLOCK);
     return 0;
@@ -120,23 +163,39 @@ Direction_init(Direction *d, PyObject *args, PyObject *kwds)
     }
     if (d->kb == NULL) {
         d->kb = EVP_CIPHER_CTX_new();
-        d->ku = EVP_CIPHER_CTX_new();
-        d->ks = EVP_CIPHER_CTX_new();
-        if (d->kb == NULL || d->ku == NULL || d->ks == NULL) {
+        d->ku.ecb = EVP_CIPHER_CTX_new();
+        d->ks.ecb = EVP_CIPHER_CTX_new();
+        if (d->kb == NULL || d->ku.ecb == NULL || d->ks.ecb == NULL) {
             PyErr_NoMemory();
             goto done;
         }
-    }
-    d->decrypting = decrypting;
-    d->ksIvlen = 0;
-    if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
-        || EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1
-        || EVP_EncryptInit_ex(d->ku, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1
-        || EVP_CIPHER_CTX_ctrl(d->ku, EVP_CTRL_GCM_SET_IVLEN, BLOCK + 1, NULL) != 1
-        || EVP_EncryptInit_ex(d->ks, EVP_aes_128_gcm(), NULL, NULL, NULL) != 1) {
-        failed("cipher setup");
+        if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
+            || EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1
+            || EVP_EncryptInit_ex(d->ku.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1
+            || EVP_CIPHER_CTX_set_padding(d->ku.ecb, 0) != 1
+            || EVP_EncryptInit_ex(d->ks.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1
+            || EVP_CIPHER_CTX_set_padding(d->ks.ecb, 0) != 1) {
+            failed("cipher setup");
+            goto done;
+        }
+        /* Keyed by rekey below (CRYPTO_gcm128_init in place); new() needs a key to point at. */
+        if (EVP_EncryptInit_ex(d->ku.ecb, NULL, NULL, seed.buf, NULL) != 1
+            || EVP_EncryptInit_ex(d->ks.ecb, NULL, NULL, seed.buf, NULL) != 1) {
+            failed("cipher setup");
+            goto done;
+        }
+        d->gu = CRYPTO_gcm128_new(&d->ku, aesBlock);
+        d->gs = CRYPTO_gcm128_new(&d->ks, aesBlock);
+        if (d->gu == NULL || d->gs == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    } else if (decrypting != d->decrypting) {
+        PyErr_SetString(PyExc_TypeError, "a direction cannot change sides");
         goto done;
     }
+    d->decrypting = decrypting;
+    d->ku.failed = d->ks.failed = 0;
     if (rekey(d, seed.buf) < 0)
         goto done;
     memset(d->tprime, 0, BLOCK);
@@ -149,10 +208,14 @@ done:
 static void
 Direction_dealloc(Direction *d)
 {
-    /* EVP_CIPHER_CTX_free clears the key schedules; the nonce and T' go with the object. */
+    /* EVP_CIPHER_CTX_free and CRYPTO_gcm128_release clear the key schedules; the nonce and T' too. */
     EVP_CIPHER_CTX_free(d->kb);
-    EVP_CIPHER_CTX_free(d->ku);
-    EVP_CIPHER_CTX_free(d->ks);
+    EVP_CIPHER_CTX_free(d->ku.ecb);
+    EVP_CIPHER_CTX_free(d->ks.ecb);
+    if (d->gu != NULL)
+        CRYPTO_gcm128_release(d->gu); /* cleared before it is freed */
+    if (d->gs != NULL)
+        CRYPTO_gcm128_release(d->gs);
     OPENSSL_cleanse(d->nonce, BLOCK);
     OPENSSL_cleanse(d->tprime, BLOCK);
     Py_TYPE(d)->tp_free((PyObject *)d);
