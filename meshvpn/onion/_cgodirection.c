@@ -169,12 +169,13 @@ Direction_init(Direction *d, PyObject *args, PyObject *kwds)
             PyErr_NoMemory();
             goto done;
         }
+        /* Decrypting, ECB would hold the last block back for its padding: off.  Encrypting
+           whole blocks it never pads, and leaving it on spares a parameter look-up at every
+           re-key (OpenSSL 3.0 re-applies "no padding" on each key). */
         if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
-            || EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1
+            || (decrypting && EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1)
             || EVP_EncryptInit_ex(d->ku.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1
-            || EVP_CIPHER_CTX_set_padding(d->ku.ecb, 0) != 1
-            || EVP_EncryptInit_ex(d->ks.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1
-            || EVP_CIPHER_CTX_set_padding(d->ks.ecb, 0) != 1) {
+            || EVP_EncryptInit_ex(d->ks.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1) {
             failed("cipher setup");
             goto done;
         }
