@@ -43,6 +43,11 @@ output T backward, the T entering the relay's layer forward; both ends
 know it only by having the cell.  Proposal 359's published vectors do not
 apply to these primitives; MeshVPN's own are checked in
 (meshvpn/onion/test/test_cgo.py).
+
+A direction's state and its per-cell steps run in C over OpenSSL when that
+was built (meshvpn/onion/_cgodirection.c: re-keyed in place, one call per
+cell or per run); L{PyDirection} and L{pyUnwrapRun} here are the reference
+it must match byte for byte, and what runs without it.
 """
 
 from hmac import compare_digest
