@@ -140,7 +140,7 @@ class VegasParams:
       in this many seconds (the window over the round trip), but never
       below their share of the window nor below half and one increment.
       Every stream of a circuit waits behind its queue: 400 cells are
-      8 ms at 100 Mbit/s but 66 ms on a circuit that a busy CPU holds to
+      8 ms at 200 Mbit/s but 66 ms on a circuit that a busy CPU holds to
       24 Mbit/s, where an interactive stream sharing the circuit with a
       download then waited 13-30x its unloaded time to first byte.  On a
       fast path the cap is above the fixed counts and changes nothing.
@@ -155,7 +155,7 @@ class VegasParams:
     delta = 1000
     share = (10, 5, 5, 2)  # alpha, beta, gamma, delta as at least cwnd // n
     minRttWindow = 10.0
-    queueTime = 0.005
+    queueTime = 0.01
 
 
 class VegasWindow:

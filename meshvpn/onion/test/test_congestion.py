@@ -118,7 +118,7 @@ class Controller(unittest.TestCase):
         self.assertLess(max(waits), 0.045)
 
     def test_queueCapLeavesFastPathsAlone(self):
-        """Above about 80,000 cells/s the drained-in-queueTime cap is above the fixed thresholds: the same window as without it."""
+        """Above about 40,000 cells/s the drained-in-queueTime cap is above the fixed thresholds: the same window as without it."""
         class Uncapped(VegasParams):
             queueTime = 0.0
 
