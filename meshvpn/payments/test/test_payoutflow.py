@@ -40,7 +40,7 @@ class Network:
         for i, identity in enumerate(self.relays):
             table = {ids[j]: (rates[i] * rates[j] * 10**6, 3) for j in range(len(ids)) if j != i}
             for part in makeReport(identity, epoch, EPOCH, table):
-                self.dht.put(makeRecord(identity, reportSalt(part.part), part.raw, epoch, (epoch + 3) * EPOCH))
+                self.dht.put(makeRecord(identity, reportSalt(part.part, epoch), part.raw, epoch, (epoch + 3) * EPOCH))
 
     def weights(self):
         return MeasuredWeights(self.clock, lambda: self.dht, lambda: {r.nodeId: frozenset({"middle"}) for r in self.relays},
