@@ -217,6 +217,13 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
     n = len(traffic)
     live = [True] * n
     rounds = 0
+    # per link, once: its ends, its confirmed bytes and which E caps it
+    # (0: two middles, 1: one middle, 2: none, a link no path holds); the
+    # loop below is the whole cost, so it reads flat lists, not the dict
+    table = []
+    for k, m in order:
+        kind = 0 if middle[k] and middle[m] else 1 if middle[k] or middle[m] else 2
+        table.append((k, m, float(links[(k, m)]), kind))
     for _ in range(params.iterations):
         total = sum(traffic)
         # A relay counts only while its confirmed partners hold at least
@@ -236,21 +243,27 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
         if counted <= 0:
             break
         nxt = [0.0] * n
-        for k, m in order:
-            if not (live[k] and live[m]):
+        everyone = all(live)
+        for k, m, c, kind in table:
+            if not everyone and not (live[k] and live[m]):
                 continue
             # a path never holds a relay twice: k's partners share E minus
             # k's own traffic (with the larger end's, the cap stays symmetric)
-            big = max(traffic[k], traffic[m])
-            if middle[k] and middle[m]:
-                cap = kappa * traffic[k] * traffic[m] / max(counted - big, big)
-            elif (middle[k] or middle[m]) and middles > 0:
-                cap = kappa * traffic[k] * traffic[m] / max(middles - big, big)
+            tk = traffic[k]
+            tm = traffic[m]
+            big = tk if tk >= tm else tm
+            if kind == 0:
+                rest = counted - big
+                cap = kappa * tk * tm / (rest if rest >= big else big)
+            elif kind == 1 and middles > 0:
+                rest = middles - big
+                cap = kappa * tk * tm / (rest if rest >= big else big)
             else:
                 cap = 0.0
-            c = min(float(links[(k, m)]), cap)
-            nxt[k] += c
-            nxt[m] += c
+            if c < cap:
+                cap = c
+            nxt[k] += cap
+            nxt[m] += cap
         if params.medianSlack is not None:
             robust = partnersMedian(traffic, order, links, live, counted, params.medianQuantile)
             nxt = [min(t, params.medianSlack * r) if ok else t for t, r, ok in zip(nxt, robust, live)]
