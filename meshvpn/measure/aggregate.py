@@ -72,8 +72,9 @@ class Params:
     floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
     newcomer: float = 0.01  # a relay the prior does not hold starts at this fraction of the prior's median
     startKappa: float = None  # without history, first settle with this slack (None: no such phase)
-    medianSlack: float = None  # a relay's estimate is at most this times what its partners' median says (None: off)
+    medianSlack: float = 1.0  # a relay's estimate is at most this times what its partners' median reads (None: off)
     medianQuantile: float = 0.5  # which weighted quantile of the partners' estimates
+    medianEvery: int = 5  # rounds between two readings of the partners' median
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -177,7 +178,7 @@ def startingPoint(reporters, raw, prior, newcomer):
     return [(h if h > 0 else fresh) * scale for h in held]
 
 
-def partnersMedian(traffic, order, links, live, counted, q=0.5):
+def partnersMedian(traffic, table, live, counted, q=0.5):
     """
     What each relay's partners say it carries: every counted relay i reads
     relay j's traffic off their link as c_ij * (E - T_j) / T_i (the link's
@@ -189,10 +190,9 @@ def partnersMedian(traffic, order, links, live, counted, q=0.5):
     """
     n = len(traffic)
     readings = [[] for _ in range(n)]
-    for k, m in order:
+    for k, m, c, _ in table:
         if not (live[k] and live[m]):
             continue
-        c = float(links[(k, m)])
         readings[m].append((c * max(counted - traffic[m], traffic[m]) / traffic[k], traffic[k], k))
         readings[k].append((c * max(counted - traffic[k], traffic[k]) / traffic[m], traffic[m], m))
     out = [0.0] * n
@@ -217,6 +217,7 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
     n = len(traffic)
     live = [True] * n
     rounds = 0
+    robust = None
     # per link, once: its ends, its confirmed bytes and which E caps it
     # (0: two middles, 1: one middle, 2: none, a link no path holds); the
     # loop below is the whole cost, so it reads flat lists, not the dict
@@ -265,8 +266,12 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
             nxt[k] += cap
             nxt[m] += cap
         if params.medianSlack is not None:
-            robust = partnersMedian(traffic, order, links, live, counted, params.medianQuantile)
-            nxt = [min(t, params.medianSlack * r) if ok else t for t, r, ok in zip(nxt, robust, live)]
+            # the partners' reading, as a share of E: read every few rounds (it sorts every relay's
+            # readings), applied every round
+            if rounds % params.medianEvery == 0 or robust is None:
+                robust = [r / counted for r in partnersMedian(traffic, table, live, counted, params.medianQuantile)]
+            limit = params.medianSlack * counted
+            nxt = [t if not ok or t <= limit * r else limit * r for t, r, ok in zip(nxt, robust, live)]
         floor = sum(nxt) / n * params.floor
         if floor <= 0:
             traffic = nxt

@@ -20,14 +20,24 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   (inflate, and deny every link with the tenth of honest relays that carry
   the most, to shrink the caps of everyone else), C{swarm}, the attack
   built against the equal start: sybil, but with C{--swarm} identities per
-  hostile relay, each also sending a trickle of real traffic (1 MB)
-  through the honest relays that hold half the capacity, so that its
-  confirmed partners hold most of the weight, C{swarmall}, the one built
-  against the start from history: the same trickles with every honest
-  relay, so that the partners of each new identity hold all the weight and
-  it grows as fast as an honest newcomer, and C{junk}, which is not a lie:
-  hostile relays fill their idle capacity with real junk traffic with
-  honest relays (the honest relays run at C{--utilization});
+  hostile relay, each also sending real traffic (trickles) to the honest
+  relays that hold half the capacity, so that its confirmed partners hold
+  most of the weight, C{swarmall}, the one built against the start from
+  history: the same trickles with every honest relay, so that the
+  partners of each new identity hold all the weight and it grows as an
+  honest newcomer does, C{junkinflate}, real junk traffic from the hostile
+  relays themselves to honest relays (as C{junk}) plus C{inflate}, and
+  C{junk}, which is not a lie: hostile relays fill their idle capacity
+  with real junk traffic with honest relays (the honest relays run at
+  C{--utilization});
+- what the sybils of C{swarm} and C{swarmall} send is real, so it is
+  charged to the hostile relays' true capacity (the ratio's denominator):
+  each hostile relay's idle capacity (what it does not carry for clients,
+  at C{--utilization}, as for junk) is shared by its sybils and spread
+  over their targets by capacity (a trickle above its link's cap would be
+  wasted).  C{--free-trickles} is the first model, 1 MB with each target
+  whatever the hostile relays can carry (too little for a real attacker
+  at hundreds of relays, and with no bound at many sybils);
 - the weights have a history: the network began honest (two honest
   epochs, the first from the equal start), then each attack runs
   C{--epochs} epochs in a row, each starting from the one before, and its
