@@ -25,6 +25,12 @@ says alone is believed:
   equal start (one identity, one vote) is kept only for a node without
   history; there, sybils that each paid for a trickle of real traffic
   through the big honest relays took all the weight;
+- every few rounds each relay's estimate is cut to what its partners
+  read: the median, weighted by the readers' estimates, of
+  c_ij * (E - T_j) / T_i over every counted relay i (L{partnersMedian}).
+  Colluders holding less than half the weight cannot move that median
+  past an honest reading, so fake links among them add nothing beyond
+  what honest relays really exchanged with them;
 - a relay counts only while its confirmed partners hold at least
   L{Params.coverage} of the others' weight (L{Params.freshCoverage} without
   history, where it is the only defence); below, it is left out of every
