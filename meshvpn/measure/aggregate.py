@@ -77,7 +77,6 @@ class Params:
     freshCoverage: float = 0.4  # the same, for a computation without history (identities count at an equal start)
     floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
     newcomer: float = 0.01  # a relay the prior does not hold starts at this fraction of the prior's median
-    startKappa: float = None  # without history, first settle with this slack (None: no such phase)
     medianSlack: float = 1.0  # a relay's estimate is at most this times what its partners' median reads (None: off)
     medianQuantile: float = 0.5  # which weighted quantile of the partners' estimates
     medianEvery: int = 5  # rounds between two readings of the partners' median
@@ -339,11 +338,7 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     fresh = not (prior and any(prior.get(rid, 0.0) > 0 for rid in reporters))
     coverage = params.freshCoverage if fresh else params.coverage
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
-    rounds = 0
-    if fresh and params.startKappa is not None:
-        traffic, live, rounds = iterate(traffic, order, links, middle, params, params.startKappa, coverage)
-    traffic, live, more = iterate(traffic, order, links, middle, params, params.kappa, coverage)
-    rounds += more
+    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown
