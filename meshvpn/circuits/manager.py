@@ -57,16 +57,17 @@ Recovery (the chaos bench's faults):
   new circuits enter through the next guard instead (L{backup});
 - a middle or exit whose previous hop says its link to it is suspected
   (NEXT_HOP_SUSPECTED, L{meshvpn.onion.nexthop}: the relay's own PING went
-  unanswered) is a I{suspected relay} for L{HOP_SUSPECT_S}: every circuit
-  through it takes no new stream and its waiting streams move at once
-  (not one probe per circuit), idle spares through it close and are
-  rebuilt without it, and the circuit that heard it is retired.  A
+  unanswered) is a I{suspected relay} until that hop hears it again (at
+  most L{HOP_SUSPECT_S}): every circuit through it takes no new stream
+  and its waiting streams move at once (not one probe per circuit), idle
+  spares through it close and are rebuilt without it; nothing carrying
+  streams is closed (on a loaded machine a suspicion is often wrong).  A
   circuit whose end-to-end probe went unanswered (L{circuitUnanswered})
-  has its middle and exit avoided likewise.
+  is retired and its middle and exit avoided for new paths.
 
 What a hostile hop gets from NEXT_HOP_SUSPECTED, as the attacker sees it:
-the circuit that carried it is retired, which the hop could always do by
-destroying it; beyond that, a suspected relay is avoided only if the
+at most the circuit that carried it is retired, which the hop could always
+do by destroying it; beyond that, a suspected relay is avoided only if the
 avoidance list takes it (L{meshvpn.circuits.avoid}: 60 s, three relays at
 once, three per reporting hop per ten minutes; the same budget a hop's
 "cannot extend" already spends), never as a guard, never dropped from the
@@ -406,7 +407,7 @@ class CircuitManager(service.Service):
         if pair is not None:
             for relay in pair[1][1:]:
                 self.avoid.failed(PROBE, relay.nodeId)
-            self._closeSparesThrough(self._badHops())
+            self._closeSparesThrough(set(self.avoid.avoided()))
         return retired
 
     def streamTimedOut(self, circuit):
@@ -592,8 +593,15 @@ class CircuitManager(service.Service):
         return bool(bad) and any(r.nodeId in bad for r in path[1:])
 
     def _badHops(self):
-        """Relays no new stream should go through as a middle or exit now (bounded: see L{meshvpn.circuits.avoid})."""
-        return set(self._hopSuspects).union(self.avoid.avoided())
+        """
+        Relays no new stream goes through as a middle or exit now: those a
+        hop suspects (until it hears them again; bounded, see
+        L{meshvpn.circuits.avoid}).  The avoidance list itself only steers
+        new paths: on a starved machine relays suspect each other for a
+        moment, and every user behind a client rebuilding at once (the
+        circuits through a relay heard again) is a build storm.
+        """
+        return self._hopSuspects
 
     def _pairOf(self, circuit):
         pair = next((p for p in self._all() if p[0] is circuit), None)
@@ -625,12 +633,12 @@ class CircuitManager(service.Service):
         self.nextHopSuspicions += 1
         self.log.info("hop {h} of circuit {path} suspects its next hop {t}", h=hop, path=_describe(pair[1]),
                       t=target.hex()[:8])
-        # this circuit: its reporter could end it anyway; its waiting streams move
-        self._retire(circuit, "has a hop that cannot hear the next")
-        self._wakeSuspectWaiters([circuit])
+        if target not in self._hopSuspects and not self.avoid.failed(reporter, target):
+            # over the bounds: nothing beyond this circuit, which its reporter could end anyway
+            self._retire(circuit, "has a hop that cannot hear the next")
+            self._wakeSuspectWaiters([circuit])
+            return
         if target not in self._hopSuspects:
-            if not self.avoid.failed(reporter, target):
-                return  # over the bounds: nothing beyond this circuit
             call = self.reactor.callLater(HOP_SUSPECT_S, self._endHopSuspicion, target)
             self._hopSuspects[target] = (reporter, call)
         through = [c for c, path in [*self._all(), *([self.backup] if self.backup else [])]

@@ -524,7 +524,8 @@ class LinkProtocol(Protocol):
 
     def pingTimeout(self):
         """Seconds a PING waits for any answer before the peer counts as hung (the verdict)."""
-        return self.roundTrips.verdict(self._settings.probeTimeout, self._settings.probeTimeoutMax)
+        return self.roundTrips.verdict(self._settings.probeTimeout, self._settings.probeTimeoutMax,
+                                       anonymous=self.peerId is None)
 
     def suspectTimeout(self):
         """Seconds a PING waits for any answer before the link is suspected."""

@@ -82,6 +82,13 @@ class NextHopSuspectedTests(unittest.TestCase):
         tell(a, 1, suspected=False)
         self.assertEqual(self.m.status()["suspected_relays"], 0)
 
+    def test_heardAgainTheCircuitsAreUsedAgainWithNoBuild(self):
+        """On a loaded machine relays suspect each other for a moment: that must not rebuild every user's circuit."""
+        a = circuitFor(self, self.clock, self.m, "a")
+        tell(a, 0)
+        tell(a, 0, suspected=False)
+        self.assertIs(circuitFor(self, self.clock, self.m, "a"), a)  # (idle spares through it were rebuilt)
+
     def test_suspicionExpires(self):
         a = circuitFor(self, self.clock, self.m, "a")
         tell(a, 0)
@@ -119,6 +126,17 @@ class HostileReporterTests(unittest.TestCase):
         self.assertLessEqual(len(m._hopSuspects), A.PER_REPORTER)
         self.assertLessEqual(len(m.avoid.avoided()), A.MAX_AVOIDED)
         self.assertGreater(m.avoid.ignored, 0)
+
+    def test_overTheBudgetOnlyTheReportingCircuitIsRetired(self):
+        clock, builder, m = manager(self, warmBackup=False, spares=0)
+        circuits = [circuitFor(self, clock, m, f"k{n}") for n in range(12)]
+        for c in circuits:
+            tell(c, 0)
+        told = [c for c in circuits if ids(c)[1] not in m._hopSuspects]
+        self.assertTrue(told)
+        for c in told:
+            self.assertNotIn(c, [p[0] for pairs in m._assigned.values() for p in pairs])  # retired
+            self.assertIsNone(c.closedWith)
 
     def test_neverTheGuard(self):
         clock, builder, m = manager(self, warmBackup=False, spares=0)

@@ -236,3 +236,40 @@ class PingRecordTests(unittest.TestCase):
             self.assertEqual(wire.checkPing(body), body)
         else:
             self.assertRaises(wire.LinkProtocolError, wire.checkPing, body)
+
+
+class AnonymousPeerTests(unittest.TestCase):
+    """
+    The soak's one event: a starved client process (4-7 s without a turn)
+    had its guard links closed as silent by the relays, and every stream of
+    the users behind it failed at once.  A relay now waits
+    C{CLIENT_VERDICT_S} on a silent client, as it would on one that reads slowly.
+    """
+
+    def pair(self):
+        clock = task.Clock()
+        client, server, pump, _, _ = linkPair(clock, LinkSettings(keepaliveInterval=30, deadAfter=95, idleTimeout=0,
+                                                                  probeAfter=1.0, probeTimeout=4.0,
+                                                                  authenticate=False), FAST)
+        self.assertIsNone(server.peerId)  # the relay's side of a client's link
+        return clock, client, server, pump
+
+    def test_aStalledClientKeepsItsLink(self):
+        from meshvpn.link.liveness import CLIENT_VERDICT_S
+
+        clock, client, server, pump = self.pair()
+        server.sendCells([cell(1)])  # the client stops reading from now on
+        for _ in range(int(CLIENT_VERDICT_S) - 2):
+            clock.advance(1)
+        self.assertIs(server.state, State.OPEN)  # a 7 s stall (the soak's) and far more: kept
+        for _ in range(4):
+            clock.advance(1)
+        self.assertIs(server.state, State.CLOSED)  # a client gone for good is still let go
+        self.assertIsInstance(server.closeReason, LinkSilent)
+
+    def test_theClientStillFindsAHungGuardInSeconds(self):
+        clock, client, server, pump = self.pair()
+        client.sendCells([cell(1)])
+        for _ in range(5):
+            clock.advance(1)
+        self.assertIs(client.state, State.CLOSED)
