@@ -35,6 +35,13 @@ average 15-20) had its guard links closed as silent, and hundreds of
 streams failed together (C{closed-header}, C{short-body}), their guards
 then counted down.  What a hung client holds meanwhile is bounded by the
 link's queues, as for a client that merely reads slowly.
+
+And a bound is judged only after a read: a reactor runs its due timers
+before it reads its sockets, so a process that was itself starved for
+seconds woke, found its PING unanswered past the verdict and closed a live
+peer's link whose PONG sat unread (a client at load 17 counted its guards
+down that way).  When a bound is crossed the link takes one more turn
+(C{callLater(0)}: the reads come first) and then judges.
 """
 
 PROBE_FLOOR_S = 0.3

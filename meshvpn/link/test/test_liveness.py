@@ -273,3 +273,54 @@ class AnonymousPeerTests(unittest.TestCase):
         for _ in range(5):
             clock.advance(1)
         self.assertIs(client.state, State.CLOSED)
+
+
+class TurnClock(task.Clock):
+    """A reactor's timer pass: only the calls due when it starts run; a call added meanwhile waits for the next."""
+
+    def advance(self, amount):
+        self.rightNow += amount
+        self._sortCalls()
+        due = [c for c in self.calls if c.getTime() <= self.seconds()]
+        for call in due:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+class OwnStallTests(unittest.TestCase):
+    """
+    A starved process (ours, not the peer) wakes after seconds: the reactor
+    runs its due timers before it reads, so the PING's verdict came before the
+    PONG waiting in the socket was read, and a live guard was closed as silent
+    (a client at load 17: its guard links closed, its guards counted down).
+    """
+
+    def test_aStalledNodeReadsBeforeItJudges(self):
+        clock = TurnClock()
+        client, server, pump, _, _ = linkPair(clock, FAST, FAST)
+        client.sendCells([cell(1)])
+        pump.flush()
+        clock.advance(1.0)  # the PING after unanswered cells goes out...
+        self.assertIsNotNone(client._pingAt)
+        clock.advance(6.0)  # ...and this process stalls past the verdict before reading anything
+        self.assertIs(client.state, State.OPEN)  # not judged yet: a turn to read first
+        pump.flush(advanceClock=False)  # the peer (another process) read the PING...
+        for call in [c for c in clock.calls if c.func.__name__ == "_scheduledFlush"]:
+            clock.calls.remove(call)  # ...and wrote its PONG (its own turn, not ours)
+            call.func(*call.args, **call.kw)
+        pump.flush(advanceClock=False)  # our read: the PONG waited in the socket
+        clock.advance(0)
+        self.assertIs(client.state, State.OPEN)
+        self.assertFalse(client.suspected)
+
+    def test_aHungPeerIsStillClosedOneTurnLater(self):
+        clock = TurnClock()
+        client, server, pump, _, _ = linkPair(clock, FAST, FAST)
+        client.sendCells([cell(1)])
+        clock.advance(1.0)
+        clock.advance(6.0)
+        clock.advance(0)  # the turn to read brought nothing
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
