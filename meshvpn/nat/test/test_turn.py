@@ -93,6 +93,29 @@ def allocate(testCase, clock, net, cep, cmux, S, user="alice", pw="secret", **fa
     return d, alloc
 
 
+def exchangeBothWays(case, net, alloc, peer, got, P, tag):
+    """
+    With a permission for C{P} in place: data both ways in Send/Data
+    indications, then a channel bound (0x4000) and data both ways in it.
+    C{got} collects what C{alloc} receives, C{peer.got} what C{P} does.
+    """
+    alloc.send(P, b"hello" + tag)
+    net.pump()
+    case.assertEqual(peer.got, [(b"hello" + tag, alloc.relayedAddress)])
+    net.queue.append((P, alloc.relayedAddress, b"back" + tag))
+    net.pump()
+    case.assertEqual(got, [(b"back" + tag, P)])
+    # A channel: same data, 4-byte header.
+    d = alloc.channelBind(P)
+    net.pump()
+    case.assertEqual(case.successResultOf(d), 0x4000)
+    alloc.send(P, b"chan" + tag)
+    net.queue.append((P, alloc.relayedAddress, b"chanback" + tag))
+    net.pump()
+    case.assertEqual(peer.got[-1], (b"chan" + tag, alloc.relayedAddress))
+    case.assertEqual(got[-1], (b"chanback" + tag, P))
+
+
 class TurnTests(unittest.TestCase):
     def test_allocatePermissionSendData(self):
         clock, net, server, cep, cmux, S = setup(self)
@@ -116,21 +139,7 @@ class TurnTests(unittest.TestCase):
         d = alloc.createPermission(P)
         net.pump()
         self.successResultOf(d)
-        alloc.send(P, b"hello")
-        net.pump()
-        self.assertEqual(peer.got, [(b"hello", alloc.relayedAddress)])
-        net.queue.append((P, alloc.relayedAddress, b"back"))
-        net.pump()
-        self.assertEqual(got, [(b"back", P)])
-        # A channel: same data, 4-byte header.
-        d = alloc.channelBind(P)
-        net.pump()
-        self.assertEqual(self.successResultOf(d), 0x4000)
-        alloc.send(P, b"chan")
-        net.queue.append((P, alloc.relayedAddress, b"chanback"))
-        net.pump()
-        self.assertEqual(peer.got[-1], (b"chan", alloc.relayedAddress))
-        self.assertEqual(got[-1], (b"chanback", P))
+        exchangeBothWays(self, net, alloc, peer, got, P, b"")
         d = alloc.refresh(300)
         net.pump()
         self.assertEqual(self.successResultOf(d), 300)

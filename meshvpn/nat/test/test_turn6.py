@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from meshvpn.errors import RelayError
 from meshvpn.nat import stun
-from meshvpn.nat.test.test_turn import Collector, allocate, setup
+from meshvpn.nat.test.test_turn import Collector, allocate, exchangeBothWays, setup
 from meshvpn.nat.turn_attributes import (UnsupportedFamily, decodeAddressError, decodeFamily, encodeAddressError,
                                          encodeFamily)
 from meshvpn.nat.turn_client import UDP_TRANSPORT
@@ -51,19 +51,7 @@ class IPv6AllocationTests(unittest.TestCase):
         d = alloc.createPermission(PEER6)
         net.pump()
         self.successResultOf(d)
-        alloc.send(PEER6, b"hello6")
-        net.queue.append((PEER6, alloc.relayedAddress, b"back6"))
-        net.pump()
-        self.assertEqual(peer.got, [(b"hello6", alloc.relayedAddress)])
-        self.assertEqual(got, [(b"back6", PEER6)])
-        d = alloc.channelBind(PEER6)
-        net.pump()
-        self.assertEqual(self.successResultOf(d), 0x4000)
-        alloc.send(PEER6, b"chan6")
-        net.queue.append((PEER6, alloc.relayedAddress, b"chanback6"))
-        net.pump()
-        self.assertEqual(peer.got[-1], (b"chan6", alloc.relayedAddress))
-        self.assertEqual(got[-1], (b"chanback6", PEER6))
+        exchangeBothWays(self, net, alloc, peer, got, PEER6, b"6")
         d = alloc.release()
         net.pump()
         self.successResultOf(d)

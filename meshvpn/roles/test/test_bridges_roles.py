@@ -7,6 +7,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from meshvpn.interfaces import IPluggableTransport
+from meshvpn.roles.test.clientoptions import parseClientOptions
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "..", "link", "pt", "test", "fakept.py")
 NODE = "ab" * 32
@@ -16,17 +17,7 @@ TRANSPORT = f"obfs4 exec {sys.executable} {os.path.abspath(FAKE)} good"
 
 class ClientBridgeOptionsTests(unittest.TestCase):
     def options(self, *argv, config=None):
-        from meshvpn.roles import client
-
-        opts = client.Options()
-        args = ["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", *argv]
-        if config is not None:
-            path = self.mktemp()
-            with open(path, "w") as f:
-                f.write(config)
-            args += ["--config", path]
-        opts.parseOptions(args)
-        return opts
+        return parseClientOptions(self, *argv, config=config)
 
     def test_repeatableOnTheCommandLine(self):
         opts = self.options("--transport", TRANSPORT, "--bridge", LINE, "--bridge", LINE.replace("443", "444"))

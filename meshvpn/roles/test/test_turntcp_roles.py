@@ -5,24 +5,14 @@ from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
 from meshvpn.interfaces import IStatusSource
+from meshvpn.roles.test.clientoptions import parseClientOptions
 
 NODE = "ab" * 32
 
 
 class TurnTcpOptionsTests(unittest.TestCase):
     def options(self, *argv, config=None):
-        from meshvpn.roles import client
-
-        opts = client.Options()
-        args = ["--data-dir", self.mktemp(), "--udp", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0",
-                "--control-listen", "127.0.0.1:0", *argv]
-        if config is not None:
-            path = self.mktemp()
-            with open(path, "w") as f:
-                f.write(config)
-            args += ["--config", path]
-        opts.parseOptions(args)
-        return opts
+        return parseClientOptions(self, *argv, config=config, extra=("--control-listen", "127.0.0.1:0"))
 
     def test_repeatable(self):
         opts = self.options("--turn-tcp", f"{NODE}@198.18.0.5:3478", "--turn-tcp", f"{NODE}@198.18.0.6:443")
