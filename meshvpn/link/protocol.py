@@ -297,9 +297,16 @@ class LinkProtocol(Protocol):
         self._readPaused = False
         self._stopHeartbeat()
         held, self._held, self._heldBytes = self._held, [], 0
-        for data in held:
+        for i, data in enumerate(held):
             self._feed(data)
-            if self._readPaused or self.state is State.CLOSED:
+            if self.state is State.CLOSED:
+                return
+            if self._readPaused:
+                # paused again by what this data delivered: the rest waits, in order (dropping it
+                # cut the byte stream mid-record: "unknown record type", the link and every
+                # circuit on it gone; the 1000-user soak's one event)
+                self._held = held[i + 1:] + self._held
+                self._heldBytes = sum(len(d) for d in self._held)
                 return
         self.transport.resumeProducing()
 
@@ -652,6 +659,9 @@ class LinkProtocol(Protocol):
             return
         if self.state is not State.OPEN and isinstance(reason, LinkError):
             self.log.info("link handshake failed: {why}", why=str(reason))
+        elif self.state is State.OPEN and not isinstance(reason, LinkSilent):
+            # every circuit on it ends: say why (the silent verdict is logged by the link manager)
+            self.log.info("{link} aborted: {why}", link=self, why=str(reason))
         self._enterClosed(reason)
         self.transport.abortConnection()
 

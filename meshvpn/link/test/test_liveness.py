@@ -324,3 +324,34 @@ class OwnStallTests(unittest.TestCase):
         clock.advance(0)  # the turn to read brought nothing
         self.assertIs(client.state, State.CLOSED)
         self.assertIsInstance(client.closeReason, LinkSilent)
+
+
+class PausedReadingTests(unittest.TestCase):
+    """
+    The 1000-user soak's one event: a link whose reading was paused held
+    what kept arriving; on resume, if the first held chunk's cells paused it
+    again, the rest was dropped, the byte stream was cut mid-record
+    ("unknown record type 0xf1"), and the link and every circuit on it went.
+    """
+
+    def test_heldDataSurvivesAPauseDuringTheResume(self):
+        from meshvpn.link import wire
+
+        clock, client, server, pump = LivenessTests.pair(self)
+        got = []
+
+        def receiver(cells):
+            got.extend(cells)
+            if len(got) == 1:
+                server.pauseProducing()  # the first cell's circuit fills an output queue
+
+        server.setCellReceiver(receiver)
+        server.pauseProducing()
+        stream = b"".join(wire.encodeCells([cell(i)]) for i in range(1, 7))
+        for k in range(0, len(stream), 700):  # chunks that cut records, as TCP does
+            server.dataReceived(stream[k:k + 700])
+        server.resumeProducing()
+        self.assertEqual(got, [cell(1)])  # paused again after the first: the rest waits
+        server.resumeProducing()
+        self.assertEqual(got, [cell(i) for i in range(1, 7)])  # all of it, in order
+        self.assertIs(server.state, State.OPEN)
