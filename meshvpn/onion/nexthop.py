@@ -18,6 +18,13 @@ message to whoever watches the circuit (the circuit manager), which moves
 waiting streams and avoids the relay, within bounds of its own
 (L{meshvpn.circuits.manager}).
 
+On a starved machine a live peer's PONG often comes after the RTO (PONGs
+of 1-3 s were measured at load 20), and each false alarm would move
+hundreds of users' streams.  So the relay tells only once the PING has gone
+unanswered for L{SLOW_FACTOR} times the second slowest PONG its link has
+seen recently as well (the link's own history: on a quiet machine that is
+within the RTO, and nothing waits); heard before that, nobody is told.
+
 Body: one byte, 1 (suspected) or 0 (heard again); anything else is a
 protocol violation of the hop that sent it.
 """
@@ -29,6 +36,7 @@ from meshvpn.interfaces import ILinkLivenessObserver, IStatusSource
 from meshvpn.onion.cells import CellError, RelayCommand
 from meshvpn.onion.relaycircuit import NextHopEnd
 
+SLOW_FACTOR = 1.5  # times the link's second slowest recent PONG a PING waits before circuits are told
 SUSPECTED = b"\x01"
 HEARD = b"\x00"
 
@@ -58,9 +66,44 @@ class NextHopWatch:
 
     def __init__(self, switch):
         self.switch = switch
-        self.counters = {"next_hop_warnings": 0, "next_hop_warned_circuits": 0, "next_hop_cleared": 0}
+        self._pending = {}  # peer node id -> the call that tells its circuits (waiting on a slow link's history)
+        self._told = set()  # peers whose circuits were told (so "heard again" goes to them)
+        self.counters = {"next_hop_warnings": 0, "next_hop_warned_circuits": 0, "next_hop_cleared": 0,
+                         "next_hop_heard_in_time": 0}
 
     def peerSuspected(self, nodeId, suspected):
+        pending = self._pending.pop(nodeId, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+        if not suspected:
+            if nodeId in self._told:
+                self._told.discard(nodeId)
+                self._tell(nodeId, False)
+            elif pending is not None:
+                self.counters["next_hop_heard_in_time"] += 1  # a slow link, not a hung peer: nobody was told
+            return
+        wait = self._slowLinkWait(nodeId)
+        if wait > 0:
+            self._pending[nodeId] = self.switch.clock.callLater(wait, self._stillSuspected, nodeId)
+            return
+        self._stillSuspected(nodeId)
+
+    def _stillSuspected(self, nodeId):
+        self._pending.pop(nodeId, None)
+        self._told.add(nodeId)
+        self._tell(nodeId, True)
+
+    def _slowLinkWait(self, nodeId):
+        """Seconds more to wait before telling: what the link's own slow PONGs say a live peer may take."""
+        link = self.switch.linkToPeer(nodeId)
+        trips = getattr(link, "roundTrips", None)
+        samples = sorted(getattr(trips, "samples", ()) or ())
+        suspectAfter = getattr(link, "suspectTimeout", None)
+        if len(samples) < 2 or suspectAfter is None:
+            return 0.0
+        return max(0.0, SLOW_FACTOR * samples[-2] - suspectAfter())
+
+    def _tell(self, nodeId, suspected):
         body = encode(suspected)
         told = 0
         for channel in self.switch.channels():

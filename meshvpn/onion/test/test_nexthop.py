@@ -83,6 +83,46 @@ class RelayTellsTests(unittest.TestCase):
         self.assertEqual(watch.status()["next_hop_warned_circuits"], 0)
 
 
+class SlowLink:
+    """What the watch reads of a link to a relay on a starved machine: PONGs of 2-3 s seen lately."""
+
+    class roundTrips:
+        samples = [0.1, 2.0, 3.0]
+
+    def suspectTimeout(self):
+        return 0.5
+
+
+class StarvedMachineTests(unittest.TestCase):
+    """A live peer on a starved machine answers late: its circuits' users are not moved for that."""
+
+    def setUp(self):
+        self.net = Net(self)
+        self.circuits = [self.net.built(self) for _ in range(2)]
+        self.heard = [Heard(c) for c in self.circuits]
+        self.net.guard.switch.linkToPeer = lambda nodeId: SlowLink()
+        self.watch = NextHopWatch(self.net.guard.switch)
+        self.clock = self.net.clock
+
+    def test_heardWithinItsUsualSlownessNobodyIsTold(self):
+        self.watch.peerSuspected(self.net.middle.nodeId, True)
+        self.clock.advance(2.0)  # 1.5 x 2.0 s - the 0.5 s already waited = 2.5 s more
+        self.watch.peerSuspected(self.net.middle.nodeId, False)
+        self.clock.advance(10)
+        self.net.net.pump()
+        self.assertEqual([h.calls for h in self.heard], [[], []])
+        self.assertEqual(self.watch.status()["next_hop_heard_in_time"], 1)
+
+    def test_stillSilentAfterThatEveryCircuitIsTold(self):
+        self.watch.peerSuspected(self.net.middle.nodeId, True)
+        self.clock.advance(2.6)
+        self.net.net.pump()
+        self.assertEqual([h.calls for h in self.heard], [[(c, 0, True)] for c in self.circuits])
+        self.watch.peerSuspected(self.net.middle.nodeId, False)
+        self.net.net.pump()
+        self.assertEqual([h.calls[-1] for h in self.heard], [(c, 0, False) for c in self.circuits])
+
+
 class OriginRulesTests(unittest.TestCase):
     def test_fromTheLastHopIsAViolation(self):
         """The exit has no next hop: a NEXT_HOP_SUSPECTED from it is a lie, charged to it."""
