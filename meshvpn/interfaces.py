@@ -101,6 +101,13 @@ class IDatagramMultiplexer(Interface):
         network errors (UDP is lossy); they are counted.
         """
 
+    def sendDatagrams(datagrams, addr):
+        """
+        Send each of C{datagrams} (a list of C{bytes}) to C{addr}, in order,
+        with as few system calls as the kernel allows (a burst of one bulk
+        sender); otherwise the same as L{sendDatagram} for each.
+        """
+
     def getHost():
         """
         @return: the L{twisted.internet.interfaces.IAddress} the socket is bound to.
@@ -507,6 +514,13 @@ class IDatagramLink(Interface):
         """
         Send one mesh packet (C{bytes}, at most about 65400 bytes; keep it
         under the path MTU to avoid IP fragmentation).
+        """
+
+    def sendPackets(packets):
+        """
+        Send each of C{packets} (a list, in order), as L{sendPacket} would,
+        handing the burst to the path at once so it can leave in few system
+        calls.
         """
 
     def setPacketReceiver(receiver):
@@ -1401,7 +1415,9 @@ class ITunDevice(Interface):
 
     def writePackets(packets):
         """
-        Write IP packets (a list of C{bytes}) to the device.
+        Write IP packets (a list of C{bytes}) to the device; a device may
+        join a burst of TCP segments into one write (the kernel still checks
+        every byte).
         """
 
     def close():

@@ -224,9 +224,12 @@ class TunClient(service.Service):
 
     def startService(self):
         if self._tunFactory is None:
+            from functools import partial
+
             from meshvpn.tun.device import TunDevice
 
-            self._tunFactory = TunDevice
+            # virtio headers, so a burst of TCP segments can be one write (meshvpn.tun.coalesce)
+            self._tunFactory = partial(TunDevice, offload=True)
         # A start after a stop (the control API's VPN switch) begins afresh: "up" is timed from
         # here, and packets queued before the stop are not sent after it.
         self.startedAt = self.reactor.seconds()
@@ -256,7 +259,8 @@ class TunClient(service.Service):
         except Exception:
             self._undo()
             raise
-        self.mesh = MeshRouter(self.nodeId, self.meshConnector, self.meshPeers, self.tun.writePackets)
+        self.mesh = MeshRouter(self.nodeId, self.meshConnector, self.meshPeers, self.tun.writePackets,
+                               reactor=self.reactor)
         self.tun.setPacketReceiver(self._fromTun)
         super().startService()
         if self._getCircuit is None:
@@ -463,7 +467,7 @@ class TunClient(service.Service):
 
     def _fromTun(self, packets):
         toExit = []
-        errors = None
+        toMesh = None
         for p in packets:
             if p[0] >> 4 != 4 or len(p) < 20:
                 if self.ipv6 and len(p) >= 40 and p[0] >> 4 == 6 and isGlobal6(p[24:40]):
@@ -473,16 +477,18 @@ class TunClient(service.Service):
                     self.counters["ipv6_dropped"] += 1  # link-local, multicast, ULA: never to an exit
                 continue
             if isMesh(p[16:20]):
-                err = self.mesh.send(p)
-                if err is not None:
-                    errors = errors or []
-                    errors.append(err)
+                if toMesh is None:
+                    toMesh = [p]
+                else:
+                    toMesh.append(p)
                 continue
             toExit.append(p)
         if toExit:
             self._send(toExit)
-        if errors:
-            self.tun.writePackets(errors)
+        if toMesh:
+            errors = self.mesh.sendPackets(toMesh)
+            if errors:
+                self.tun.writePackets(errors)
 
     def _send(self, packets):
         circuit = self._circuit

@@ -50,6 +50,7 @@ CH_KEEPALIVE = 0x00
 CH_PACKET = 0x01  # mesh IP packets (the ILink-style payload)
 CH_CONTROL = 0x02  # small control messages (signalling through a relay)
 _CHANNELS = (CH_KEEPALIVE, CH_PACKET, CH_CONTROL)
+_PACKET_PREFIX = bytes((CH_PACKET,))
 
 
 
@@ -127,6 +128,33 @@ class DatagramLink:
     def sendPacket(self, data):
         """Send one mesh packet (C{bytes}); lossy."""
         self.send(CH_PACKET, data)
+
+    def sendPackets(self, packets):
+        """Send a burst of mesh packets; the path gets them as one list (one C{sendmsg} on the node's socket)."""
+        session = self.current
+        if session is None:
+            self.stats["tx_dropped"] += len(packets)
+            return
+        maxPacket = self._endpoint.settings.maxPacket
+        remoteIndex, seal, header = session.remoteIndex, session.seal, wire.encodeDataHeader
+        datagrams = []
+        for data in packets:
+            if len(data) > maxPacket:
+                self.stats["tx_dropped"] += 1
+                continue
+            h = header(remoteIndex, session.sendCounter)
+            datagrams.append(h + seal(h, _PACKET_PREFIX + data))
+        if not datagrams:
+            return
+        sendMany = getattr(self.path, "sendDatagrams", None)
+        if sendMany is not None:
+            sendMany(datagrams, self.peerAddress)
+        else:  # a TURN allocation: one ChannelData each
+            for d in datagrams:
+                self.path.sendDatagram(d, self.peerAddress)
+        self.lastSent = self._endpoint.reactor.seconds()
+        self.stats["tx"] += len(datagrams)
+        self._endpoint._maybeRekey(self, session)
 
     def setPacketReceiver(self, receiver):
         """C{receiver(data)} gets every mesh packet from the peer."""

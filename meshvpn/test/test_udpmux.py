@@ -123,3 +123,85 @@ class DualStackTests(unittest.TestCase):
         only6.sendDatagram(b"\x80a", ("198.18.0.2", 1))
         self.assertEqual(only6.counters(), {"no_route": 1})
         self.assertEqual(only6.transport.sent, [])
+
+
+class _RefusingSocket:
+    """A socket whose kernel refuses UDP segmentation offload (EIO, as a device without checksum offload does)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def sendmsg(self, buffers, ancillary, flags, addr):
+        import errno
+
+        self.calls += 1
+        raise OSError(errno.EIO, "Input/output error")
+
+
+class BurstTests(unittest.TestCase):
+    """L{DatagramMultiplexer.sendDatagrams}: a burst to one peer in few system calls, the same datagrams on the wire."""
+
+    def setUp(self):
+        self.mux = DatagramMultiplexer()
+
+    def burst(self):
+        # Runs the offload may join (equal sizes, the last one shorter) and breaks where it may not.
+        sizes = [1400] * 70 + [300, 1400, 1400, 20, 900, 1000]
+        return [bytes([0x90 + i % 13]) + i.to_bytes(2, "big") + b"x" * (n - 3) for i, n in enumerate(sizes)]
+
+    def test_realSocketSameDatagramsFewerCalls(self):
+        """Over loopback the receiver gets every datagram, unchanged and in order, from fewer sendmsg calls."""
+        import socket
+
+        port = reactor.listenUDP(0, self.mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(10)
+        burst = self.burst()
+        self.mux.sendDatagrams(burst, receiver.getsockname())
+        got = [receiver.recv(65535) for _ in burst]
+        self.assertEqual(got, burst)
+        self.assertEqual(self.mux.counters().get("send_errors", 0), 0)
+        # 1400 x 64 | 1400 x 6 + 300 | 1400 x 2 + 20 | 900 | 1000: 3 offloaded sends, 2 single ones.
+        self.assertEqual(self.mux.counters()["offload_sends"], 3)
+
+    def test_refusedOffloadFallsBackForGood(self):
+        """A kernel that refuses offload costs one try: the datagrams go one by one, then always."""
+        transport = _FakeUDP("198.18.0.1")
+        transport.socket = _RefusingSocket()
+        self.mux.transport = transport
+        burst = self.burst()
+        self.mux.sendDatagrams(burst, ("198.18.0.2", 1))
+        self.assertEqual([d for d, _ in transport.sent], burst)
+        self.mux.sendDatagrams(burst[:10], ("198.18.0.2", 1))
+        self.assertEqual(transport.socket.calls, 1)
+        self.assertEqual(len(transport.sent), len(burst) + 10)
+        self.flushLoggedErrors()
+
+    def test_gateHoldsTheBurst(self):
+        """With an egress gate that has not let the peer out, the burst waits like single datagrams do."""
+        from twisted.internet import defer
+
+        class Gate:
+            def __init__(self):
+                self.asked = defer.Deferred()
+
+            def passes(self, protocol, addr):
+                return False
+
+            def allow(self, what):
+                return self.asked
+
+        transport = _FakeUDP("198.18.0.1")
+        transport.socket = _RefusingSocket()
+        self.mux.transport = transport
+        gate = Gate()
+        self.mux.setEgressGate(gate)
+        burst = self.burst()[:5]
+        self.mux.sendDatagrams(burst, ("198.18.0.2", 1))
+        self.assertEqual(transport.sent, [])
+        gate.asked.callback(None)
+        self.assertEqual([d for d, _ in transport.sent], burst)

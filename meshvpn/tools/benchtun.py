@@ -85,7 +85,7 @@ def _download(ns, url, expected, timeout=120):
     return got, float(total)
 
 
-def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "to_circuit", "from_circuit")):
+def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "joined", "to_circuit", "from_circuit")):
     """The counters of the client's status that tell where packets went (or were lost)."""
     out = {}
 
@@ -98,6 +98,31 @@ def _dropCounters(status, keys=("drop", "dropped", "drops", "written", "read", "
 
     walk("", status)
     return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpuSeconds(procs):
+    """
+    C{{name: user+system CPU seconds}} of each running process in C{procs}
+    (C{{name: Popen}}; ``ip netns exec`` execs, so the pid is the node's).
+    """
+    out = {}
+    for name, proc in procs.items():
+        try:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone: nothing to charge
+        out[name] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def _cpuPerGB(before, after, moved):
+    """CPU seconds per GB moved, per process and in total (robust where Mbit/s on a shared machine is not)."""
+    per = {name: round((after[name] - before[name]) * 1e9 / moved, 2) for name in after if name in before}
+    return per, round(sum(per.values()), 2)
 
 
 def _median(values):
@@ -122,7 +147,9 @@ def benchVPN(size, pings):
                 if time.monotonic() > deadline:
                     raise RuntimeError("no circuit after 40s: " + w.nodeLog("client")[-1500:]) from None
                 time.sleep(0.5)
+        before = _cpuSeconds(w.procs)
         got, seconds = _download(w.ns["cl"], f"http://{DOMAIN}/bytes/{size}", size)
+        perProcess, total = _cpuPerGB(before, _cpuSeconds(w.procs), got)
         tunnel = _pingTimes(w.ns["cl"], WEB, pings)
         time.sleep(1.2)  # the status file is rewritten every second
         from meshvpn.control.status import readStatus
@@ -135,6 +162,8 @@ def benchVPN(size, pings):
             "rtt_ms_median": _median(tunnel),
             "rtt_ms_direct_median": _median(direct),
             "pings_answered": len(tunnel),
+            "cpu_s_per_gb": total,
+            "cpu_s_per_gb_by_process": perProcess,
             "client_status": _dropCounters(status),
         }
 
@@ -152,28 +181,40 @@ def benchMesh(size, pings):
         c.addCleanup(log.close)
         import sys
 
-        tb.popen(b, [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:8080:interface={infos[b]['address']}",
+        web = tb.popen(b, [sys.executable, "-m", "meshvpn.tools.webfixture", "--listen", f"tcp:8080:interface={infos[b]['address']}",
                      "--port-file", portFile], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not os.path.exists(portFile) and time.monotonic() < deadline:
             time.sleep(0.05)
         times = _pingTimes(tb.hosts[a].ns, infos[b]["address"], pings)
+        procs = {name: infos[name]["proc"] for name in names}
+        procs["web"] = web
+        before = _cpuSeconds(procs)
         got, seconds = _download(tb.hosts[a].ns, f"http://{infos[b]['address']}:8080/bytes/{size}", size)
+        perProcess, total = _cpuPerGB(before, _cpuSeconds(procs), got)
         deadline = time.monotonic() + 5
         while infos[b]["address"] not in meshPeers(infos[a]) and time.monotonic() < deadline:
             time.sleep(0.2)  # the status file is rewritten every second
         peers = meshPeers(infos[a])
+        from meshvpn.control.status import readStatus
+
+        receiver = _dropCounters((readStatus(infos[a]["dataDir"]) or {}).get("tun") or {},
+                                 keys=("drop", "written", "read", "joined", "spoofed"))
         return {
             "mesh_throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "mesh_bytes": got,
             "mesh_rtt_ms_median": _median(times),
             "mesh_path": peers.get(infos[b]["address"], {}).get("path"),
+            "mesh_cpu_s_per_gb": total,
+            "mesh_cpu_s_per_gb_by_process": perProcess,
+            "mesh_receiver_status": receiver,
         }
 
 
-def benchTun(size=20_000_000, pings=20, meshSize=None, mesh=True):
+def benchTun(size=20_000_000, pings=20, meshSize=None, mesh=True, vpn=True):
     result = {"benchmark": "tun", "size_bytes": size}
-    result.update(benchVPN(size, pings))
+    if vpn:
+        result.update(benchVPN(size, pings))
     if mesh:
         result.update(benchMesh(meshSize or size, pings))
     return result
@@ -184,9 +225,10 @@ def addArguments(p):
     p.add_argument("--bytes", type=int, default=20_000_000, help="bytes per download (default 20 MB)")
     p.add_argument("--pings", type=int, default=20, help="pings per RTT median (default 20)")
     p.add_argument("--no-mesh", action="store_true", help="skip the mesh measurement")
+    p.add_argument("--no-vpn", action="store_true", help="skip the VPN (3-hop) measurement")
 
 
 def command(args):
-    result = benchTun(args.bytes, args.pings, mesh=not args.no_mesh)
+    result = benchTun(args.bytes, args.pings, mesh=not args.no_mesh, vpn=not args.no_vpn)
     report(result, args.json)
     return 0

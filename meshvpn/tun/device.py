@@ -13,6 +13,14 @@ the device's receive path or drops it (C{EAGAIN}/C{ENOBUFS} when its queue
 is full); a dropped IP packet is what a congested router does, so we count
 it and go on instead of buffering without bound.
 
+With C{offload}, the device is opened with C{IFF_VNET_HDR}: every packet
+read or written carries a 10-byte C{virtio_net_hdr}.  Reads stay one
+packet each (no offload is turned on for what the kernel sends us; the
+header is stripped), and a write joins each burst of TCP segments that
+Linux's GRO would join into one (L{meshvpn.tun.coalesce}), with a complete
+checksum the kernel checks.  A kernel that refuses a joined write makes
+the device write one packet per call from then on.
+
 The device exists as long as the fd is open: L{TunDevice.close} (or the
 process dying) removes it together with its addresses and routes.
 """
@@ -21,6 +29,8 @@ import errno
 import fcntl
 import os
 import struct
+
+from meshvpn.tun.coalesce import PLAIN_HDR, VNET_HDR_LEN, coalesce
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
@@ -32,17 +42,20 @@ from meshvpn.interfaces import ITunDevice
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 READ_BATCH = 256
 MAX_READ = 65535
+# EINVAL: a malformed packet the kernel refused; ENOBUFS: full.
+_WRITE_DROPS = (errno.EINVAL, errno.ENOBUFS, errno.EIO, errno.EMSGSIZE)
 
 
 class TunError(MeshVPNError):
     """The TUN device could not be created or configured."""
 
 
-def openTun(name="mvtun%d"):
+def openTun(name="mvtun%d", vnetHeader=False):
     """
-    Create a TUN device.  @return: C{(fd, name)}; the fd is non-blocking.
+    Create a TUN device (with C{vnetHeader}: C{IFF_VNET_HDR}).  @return: C{(fd, name)}; the fd is non-blocking.
     @raise TunError: no /dev/net/tun, no permission, bad name.
     """
     if len(name.encode()) > 15:
@@ -52,7 +65,8 @@ def openTun(name="mvtun%d"):
     except OSError as e:
         raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
     try:
-        ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
+                                                  IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnetHeader else 0)))
     except OSError as e:
         os.close(fd)
         raise TunError(f"cannot create TUN device {name!r}: {e.strerror}") from None
@@ -63,13 +77,24 @@ def openTun(name="mvtun%d"):
 class TunDevice:
     """
     @ivar packetsRead / packetsWritten / writeDrops: counters for status.
+    @ivar packetsJoined: packets written as part of a joined TCP write.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None):
+    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False):
         self.reactor = reactor
-        self.fd, self.name = openTun(name)
+        try:
+            self.fd, self.name = openTun(name, vnetHeader=offload)
+        except TunError:
+            if not offload:
+                raise
+            # A kernel without virtio headers on TUN: the device works, one packet per write.
+            self.fd, self.name = openTun(name)
+            offload = False
+        self.offload = offload  # every read and write carries a virtio_net_hdr
+        self.joining = offload  # writes may join TCP segments (until the kernel refuses one)
+        self.packetsJoined = 0
         self.mtu = mtu
         self._receiver = None
         self._reading = False
@@ -136,6 +161,9 @@ class TunDevice:
         fd = self.fd
         if fd is None:
             return
+        if self.offload:
+            self._writeWithHeaders(fd, packets)
+            return
         write = os.write
         for p in packets:
             try:
@@ -144,9 +172,33 @@ class TunDevice:
                 self.writeDrops += 1
             except OSError as e:
                 # EINVAL: a malformed packet the kernel refused; ENOBUFS: full.
-                if e.errno not in (errno.EINVAL, errno.ENOBUFS, errno.EIO, errno.EMSGSIZE):
+                if e.errno not in _WRITE_DROPS:
                     raise
                 self.writeDrops += 1
+        self.packetsWritten += len(packets)
+
+    def _writeWithHeaders(self, fd, packets):
+        writev = os.writev
+        if self.joining and len(packets) > 1:
+            writes, joined = coalesce(packets)
+        else:
+            writes, joined = [[PLAIN_HDR, p] for p in packets], 0
+        for buffers in writes:
+            plain = buffers[0] is PLAIN_HDR
+            try:
+                writev(fd, buffers)
+            except BlockingIOError:
+                self.writeDrops += 1 if plain else len(buffers) - 3
+            except OSError as e:
+                if e.errno not in _WRITE_DROPS:
+                    raise
+                self.writeDrops += 1 if plain else len(buffers) - 3
+                if not plain and e.errno != errno.ENOBUFS and self.joining:
+                    # Lost like a congested queue's packets (TCP resends them); never joined again.
+                    self.joining = False
+                    self.log.warn("{tun}: the kernel refused a joined TCP write ({e}); one packet per write from now "
+                                  "on", tun=self.name, e=e.strerror)
+        self.packetsJoined += joined
         self.packetsWritten += len(packets)
 
     def close(self):
@@ -175,9 +227,10 @@ class TunDevice:
             return
         read = os.read
         packets = []
+        skip = VNET_HDR_LEN if self.offload else 0
         for _ in range(READ_BATCH):
             try:
-                packets.append(read(fd, MAX_READ))
+                packets.append(read(fd, MAX_READ + skip)[skip:] if skip else read(fd, MAX_READ))
             except BlockingIOError:
                 break
             except OSError as e:
@@ -204,4 +257,5 @@ class TunDevice:
             "packets_read": self.packetsRead,
             "packets_written": self.packetsWritten,
             "write_drops": self.writeDrops,
+            "packets_joined": self.packetsJoined,
         }

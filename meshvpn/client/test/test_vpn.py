@@ -373,6 +373,52 @@ class MeshRouterTests(unittest.TestCase):
         self.assertEqual(len(delivered), 1)
         self.assertEqual(router.counters["spoofed"], 1)
 
+    def test_burstPerLink(self):
+        """One TUN read's packets to peers with links up leave as one burst per link; others get their ICMP error."""
+        peers = [bytes([9]) * 32, bytes([10]) * 32]
+        router = MeshRouter(NODE, None, peers, lambda p: None)
+        me = meshAddress(NODE)
+
+        class Link:
+            closed = False
+
+            def __init__(self):
+                self.bursts = []
+
+            def sendPackets(self, packets):
+                self.bursts.append(list(packets))
+
+        links = [Link(), Link()]
+        for peer, link in zip(peers, links):
+            router.links[pp.ipBytes(meshAddress(peer))] = link
+        a, b = (meshAddress(p) for p in peers)
+        packets = [udp(me, a, 1, 2), udp(me, b, 1, 2), udp(me, "100.100.1.1", 1, 2), udp(me, a, 3, 4),
+                   tcp(me, a, 1, 2, b"x" * 1500)]
+        errors = router.sendPackets(packets)
+        self.assertEqual(links[0].bursts, [[packets[0], packets[3]]])
+        self.assertEqual(links[1].bursts, [[packets[1]]])
+        self.assertEqual([(pp.parseIPv4(e).icmpType, e[21]) for e in errors], [(3, 1), (3, 4)])
+        self.assertEqual(router.counters["tx"], 3)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=80), st.integers(0, 4))
+    def test_receivedNeverRaises(self, data, where):
+        """Whatever a peer's link delivers: dropped or spoofed unless a well-formed IPv4 packet from it to us."""
+        peer = bytes([9]) * 32
+        delivered = []
+        router = MeshRouter(NODE, None, [peer], delivered.extend)
+        them, me = pp.ipBytes(meshAddress(peer)), pp.ipBytes(meshAddress(NODE))
+        if where and len(data) >= 20:
+            # Often make it look right, so the length checks are what decides.
+            data = bytes([0x45]) + data[1:2] + len(data).to_bytes(2, "big") + data[4:12] + them + me + data[20:]
+            if where == 1:
+                data = data[:-1]
+        router._received(them, data)
+        ok = (len(data) >= 20 and data[0] >> 4 == 4 and 20 <= (data[0] & 15) * 4 <= len(data)
+              and int.from_bytes(data[2:4], "big") == len(data) and data[12:16] == them and data[16:20] == me)
+        self.assertEqual(delivered, [data] if ok else [])
+        self.assertEqual(router.counters["rx"] + router.counters["dropped"] + router.counters["spoofed"], 1)
+
     def test_oversizeFragNeeded(self):
         router = MeshRouter(NODE, None, [], lambda p: None)
         err = router.send(tcp(meshAddress(NODE), "100.100.1.1", 1, 2, b"x" * 1500))

@@ -142,6 +142,45 @@ class HandshakeTests(unittest.TestCase):
 
 
 class TransportTests(unittest.TestCase):
+    def test_burstOneListToThePath(self):
+        """L{DatagramLink.sendPackets} hands the path one list; every packet arrives, in order, each once."""
+        clock, net, (ea, eb), la, lb = connected(self)
+        bursts = []
+
+        class BurstPath:
+            def sendDatagram(self, data, addr):
+                raise AssertionError("a burst goes as one list")
+
+            def sendDatagrams(self, datagrams, addr):
+                bursts.append(len(datagrams))
+                for d in datagrams:
+                    net.queue.append((la.path.addr, addr, d))
+
+        got = []
+        lb.setPacketReceiver(got.append)
+        la.path = BurstPath()
+        la.path.addr = ("198.18.0.1", 1000)
+        packets = [bytes([i]) * (100 + i) for i in range(40)] + [b"x" * 70000]  # the last one is too big
+        la.sendPackets(packets)
+        net.pump()
+        self.assertEqual(bursts, [40])
+        self.assertEqual(got, packets[:40])
+        self.assertEqual(la.stats["tx"], 40)
+        self.assertEqual(la.stats["tx_dropped"], 1)
+
+    def test_burstWithoutBatchPathAndClosed(self):
+        """A path without C{sendDatagrams} (a TURN allocation) gets them one by one; a closed link drops them."""
+        clock, net, (ea, eb), la, lb = connected(self)
+        got = []
+        lb.setPacketReceiver(got.append)
+        la.sendPackets([b"a", b"b"])
+        net.pump()
+        self.assertEqual(got, [b"a", b"b"])
+        la.close()
+        la.sendPackets([b"c"])
+        net.pump()
+        self.assertEqual(got, [b"a", b"b"])
+
     def test_replayDropped(self):
         clock, net, (ea, eb), la, lb = connected(self)
         got = []
