@@ -5,6 +5,7 @@ import time
 
 from twisted.trial import unittest
 
+from meshvpn.client.socksparse import SocksError
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import STATUS_FILE, readStatus
 from meshvpn.tools.testnet import Testnet
@@ -147,6 +148,10 @@ class HungMiddleTests(unittest.TestCase):
         guardId, middleId = circuit["path"][0], circuit["path"][1]
         guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
         middle = next(n for n in net.nodes if n.info["node_id"] == middleId)
+        # an open stream keeps the circuit (a retired circuit closes once idle): on a slow
+        # machine the client's own probe may move the fetch before the guard's word arrives
+        held = socksclient.connect(proxy, host, port)
+        self.addCleanup(held.close)
         middle.process.send_signal(signal.SIGSTOP)
         self.addCleanup(middle.process.send_signal, signal.SIGCONT)  # before net.stop (cleanups run last-first)
         started = time.monotonic()
@@ -155,7 +160,7 @@ class HungMiddleTests(unittest.TestCase):
         self.assertEqual(body, webfixture.body(2000))
         self.assertLess(took, 20, f"client log:\n{net.client.logTail()}")
         # the guard told the circuit, and the client heard it (status files are rewritten every second)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             told = ((readStatus(guard.dataDir) or {}).get("next-hops") or {}).get("next_hop_warned_circuits", 0)
             _, circuits = usedCircuits(net.client)
@@ -164,8 +169,18 @@ class HungMiddleTests(unittest.TestCase):
             time.sleep(0.2)
         else:
             self.fail(f"the guard told {told} circuits; client status {circuits}; guard log:\n{guard.logTail()}")
-        # and the fetch after goes through a circuit without the hung middle
-        self.assertEqual(socksclient.httpGet(proxy, host, port, "/bytes/2000", timeout=60)[1], webfixture.body(2000))
+        # and the fetches after go through circuits without the hung middle (a build on a
+        # loaded machine may fail and be answered GENERAL_FAILURE: the next attempt builds again)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                body = socksclient.httpGet(proxy, host, port, "/bytes/2000", timeout=60)[1]
+                break
+            except SocksError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        self.assertEqual(body, webfixture.body(2000))
         used, _ = usedCircuits(net.client)
         self.assertTrue(any(middleId not in c["path"] for c in used), used)
         print(f"\n    middle {middle.name} stopped; the next fetch took {took:.1f} s "
