@@ -25,6 +25,12 @@ says alone is believed:
   equal start (one identity, one vote) is kept only for a node without
   history; there, sybils that each paid for a trickle of real traffic
   through the big honest relays took all the weight;
+- every few rounds each relay's estimate is cut to what its partners
+  read: the median, weighted by the readers' estimates, of
+  c_ij * (E - T_j) / T_i over every counted relay i (L{partnersMedian}).
+  Colluders holding less than half the weight cannot move that median
+  past an honest reading, so fake links among them add nothing beyond
+  what honest relays really exchanged with them;
 - a relay counts only while its confirmed partners hold at least
   L{Params.coverage} of the others' weight (L{Params.freshCoverage} without
   history, where it is the only defence); below, it is left out of every
@@ -71,6 +77,9 @@ class Params:
     freshCoverage: float = 0.4  # the same, for a computation without history (identities count at an equal start)
     floor: float = 1e-3  # a relay left out keeps this fraction of the mean weight, to come back
     newcomer: float = 0.01  # a relay the prior does not hold starts at this fraction of the prior's median
+    medianSlack: float = 1.0  # a relay's estimate is at most this times what its partners' median reads (None: off)
+    medianQuantile: float = 0.5  # which weighted quantile of the partners' estimates
+    medianEvery: int = 5  # rounds between two readings of the partners' median
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -174,6 +183,115 @@ def startingPoint(reporters, raw, prior, newcomer):
     return [(h if h > 0 else fresh) * scale for h in held]
 
 
+def partnersMedian(traffic, table, live, counted, q=0.5):
+    """
+    What each relay's partners say it carries: every counted relay i reads
+    relay j's traffic off their link as c_ij * (E - T_j) / T_i (the link's
+    share of i's traffic, if clients picked by weight), and j's estimate is
+    the weighted C{q}-quantile of those readings, weighted by the readers'
+    own estimates, a relay with no link with j reading 0.  Colluders that
+    hold less than half the weight cannot move a median past what the
+    honest relays read, whatever they claim among themselves.
+    """
+    n = len(traffic)
+    readings = [[] for _ in range(n)]
+    for k, m, c, _ in table:
+        if not (live[k] and live[m]):
+            continue
+        readings[m].append((c * max(counted - traffic[m], traffic[m]) / traffic[k], traffic[k], k))
+        readings[k].append((c * max(counted - traffic[k], traffic[k]) / traffic[m], traffic[m], m))
+    out = [0.0] * n
+    for j in range(n):
+        if not live[j]:
+            continue
+        held = sum(w for _, w, _ in readings[j])
+        out[j] = weightedMedian(readings[j], zeroWeight=max(counted - traffic[j] - held, 0.0), q=q)
+    return out
+
+
+def iterate(traffic, order, links, middle, params, kappa, coverage):
+    """
+    Recompute every relay's capped sum of confirmed links from C{traffic}
+    until no estimate moves by more than C{params.tolerance} of the total
+    (at most C{params.iterations} rounds).
+
+    @return: C{(traffic, live, rounds)}: the estimates, whether each relay
+        counted (its partners held C{coverage} of the others' weight) and
+        the rounds run.
+    """
+    n = len(traffic)
+    live = [True] * n
+    rounds = 0
+    robust = None
+    # per link, once: its ends, its confirmed bytes and which E caps it
+    # (0: two middles, 1: one middle, 2: none, a link no path holds); the
+    # loop below is the whole cost, so it reads flat lists, not the dict
+    table = []
+    for k, m in order:
+        kind = 0 if middle[k] and middle[m] else 1 if middle[k] or middle[m] else 2
+        table.append((k, m, float(links[(k, m)]), kind))
+    for _ in range(params.iterations):
+        total = sum(traffic)
+        # A relay counts only while its confirmed partners hold at least
+        # params.coverage of everyone else's weight: an honest relay's
+        # links reach the relays that carry most traffic, an identity that
+        # carries nothing is confirmed only by its colluders.  Left out, it
+        # keeps the floor (so it can come back once its partners' weight is
+        # there), and neither it nor its links count in any sum or in E.
+        if coverage > 0:
+            seen = [0.0] * n
+            for k, m in order:
+                seen[k] += traffic[m]
+                seen[m] += traffic[k]
+            live = [seen[k] >= coverage * (total - traffic[k]) for k in range(n)]
+        counted = sum(t for t, ok in zip(traffic, live) if ok)
+        middles = sum(t for t, mid, ok in zip(traffic, middle, live) if mid and ok)
+        if counted <= 0:
+            break
+        nxt = [0.0] * n
+        everyone = all(live)
+        for k, m, c, kind in table:
+            if not everyone and not (live[k] and live[m]):
+                continue
+            # a path never holds a relay twice: k's partners share E minus
+            # k's own traffic (with the larger end's, the cap stays symmetric)
+            tk = traffic[k]
+            tm = traffic[m]
+            big = tk if tk >= tm else tm
+            if kind == 0:
+                rest = counted - big
+                cap = kappa * tk * tm / (rest if rest >= big else big)
+            elif kind == 1 and middles > 0:
+                rest = middles - big
+                cap = kappa * tk * tm / (rest if rest >= big else big)
+            else:
+                cap = 0.0
+            if c < cap:
+                cap = c
+            nxt[k] += cap
+            nxt[m] += cap
+        if params.medianSlack is not None:
+            # the partners' reading, as a share of E: read every few rounds (it sorts every relay's
+            # readings), applied every round
+            if rounds % params.medianEvery == 0 or robust is None:
+                robust = [r / counted for r in partnersMedian(traffic, table, live, counted, params.medianQuantile)]
+            limit = params.medianSlack * counted
+            nxt = [t if not ok or t <= limit * r else limit * r for t, r, ok in zip(nxt, robust, live)]
+        floor = sum(nxt) / n * params.floor
+        if floor <= 0:
+            traffic = nxt
+            break
+        nxt = [max(t, floor) for t in nxt]
+        # settled when no estimate moves (not only no share: from an equal
+        # start every estimate grows alike at first)
+        moved = max(abs(a - b) for a, b in zip(nxt, traffic)) / sum(nxt)
+        traffic = nxt
+        rounds += 1
+        if moved < params.tolerance:
+            break
+    return traffic, live, rounds
+
+
 def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
@@ -217,57 +335,10 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     # moves by more than params.tolerance of the total (the same input, the
     # same rounds).
     traffic = startingPoint(reporters, raw, prior, params.newcomer)
-    coverage = params.coverage if prior and any(prior.get(rid, 0.0) > 0 for rid in reporters) else params.freshCoverage
-    kappa = params.kappa
+    fresh = not (prior and any(prior.get(rid, 0.0) > 0 for rid in reporters))
+    coverage = params.freshCoverage if fresh else params.coverage
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
-    live = [True] * n
-    rounds = 0
-    for _ in range(params.iterations):
-        total = sum(traffic)
-        # A relay counts only while its confirmed partners hold at least
-        # params.coverage of everyone else's weight: an honest relay's
-        # links reach the relays that carry most traffic, an identity that
-        # carries nothing is confirmed only by its colluders.  Left out, it
-        # keeps the floor (so it can come back once its partners' weight is
-        # there), and neither it nor its links count in any sum or in E.
-        if coverage > 0:
-            seen = [0.0] * n
-            for k, m in order:
-                seen[k] += traffic[m]
-                seen[m] += traffic[k]
-            live = [seen[k] >= coverage * (total - traffic[k]) for k in range(n)]
-        counted = sum(t for t, ok in zip(traffic, live) if ok)
-        middles = sum(t for t, mid, ok in zip(traffic, middle, live) if mid and ok)
-        if counted <= 0:
-            break
-        nxt = [0.0] * n
-        for k, m in order:
-            if not (live[k] and live[m]):
-                continue
-            # a path never holds a relay twice: k's partners share E minus
-            # k's own traffic (with the larger end's, the cap stays symmetric)
-            big = max(traffic[k], traffic[m])
-            if middle[k] and middle[m]:
-                cap = kappa * traffic[k] * traffic[m] / max(counted - big, big)
-            elif (middle[k] or middle[m]) and middles > 0:
-                cap = kappa * traffic[k] * traffic[m] / max(middles - big, big)
-            else:
-                cap = 0.0
-            c = min(float(links[(k, m)]), cap)
-            nxt[k] += c
-            nxt[m] += c
-        floor = sum(nxt) / n * params.floor
-        if floor <= 0:
-            traffic = nxt
-            break
-        nxt = [max(t, floor) for t in nxt]
-        # settled when no estimate moves (not only no share: from an equal
-        # start every estimate grows alike at first)
-        moved = max(abs(a - b) for a, b in zip(nxt, traffic)) / sum(nxt)
-        traffic = nxt
-        rounds += 1
-        if moved < params.tolerance:
-            break
+    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown

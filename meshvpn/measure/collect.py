@@ -26,7 +26,7 @@ class ReportCollector:
         self.missing = 0
 
     def _part(self, nodeId, part, epoch):
-        d = self._limit.run(self.dht().get, ownedKey(nodeId, reportSalt(part)))
+        d = self._limit.run(self.dht().get, ownedKey(nodeId, reportSalt(part, epoch)))
         return d.addCallback(self._check, nodeId, part, epoch)
 
     def _check(self, record, nodeId, part, epoch):

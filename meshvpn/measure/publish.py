@@ -1,11 +1,13 @@
 """A relay's side: at every epoch boundary, sign what the links carried and publish it in the DHT.
 
 The report of epoch e goes out as owned DHT records, one per part, under
-C{ownedKey(nodeId, b"meshvpn-bw:" + part)}: anyone who knows a relay's node
-id finds its report there, and only the relay can write it (the DHT
-checks the record signature).  Record sequence numbers grow with the epoch,
-so a newer report replaces the older one on every storing node, and a
-record lives two epochs, so a client always finds the last complete one.
+C{ownedKey(nodeId, b"meshvpn-bw:" + slot + part)}, the slot being e modulo
+L{meshvpn.measure.window.SLOTS}: anyone who knows a relay's node id finds
+its report of any epoch of the window there, and only the relay can write
+it (the DHT checks the record signature).  Record sequence numbers grow
+with the epoch, so the report of a newer epoch in the same slot replaces
+the older one on every storing node, and a record lives until its slot is
+reused, so a client finds every epoch its agreed weights are computed from.
 
 The streak of a neighbour (epochs in a row it carried traffic with us) is
 kept in memory: a restarted relay starts its neighbours' streaks again,
@@ -21,12 +23,14 @@ from meshvpn.dht.records import makeRecord
 from meshvpn.interfaces import IStatusSource
 from meshvpn.measure.epoch import epochOf, nextBoundary
 from meshvpn.measure.reports import MAX_STREAK, makeReport
+from meshvpn.measure.window import SLOTS
 
 SALT_PREFIX = b"meshvpn-bw:"
 
 
-def reportSalt(part):
-    return SALT_PREFIX + bytes([part])
+def reportSalt(part, epoch):
+    """The salt of part C{part} of the report of C{epoch}."""
+    return SALT_PREFIX + bytes([epoch % SLOTS, part])
 
 
 @implementer(IStatusSource)
@@ -87,10 +91,10 @@ class ReportPublisher(service.Service):
     @defer.inlineCallbacks
     def publishEpoch(self, epoch):
         parts = self.closeEpoch(epoch)
-        expires = (epoch + 3) * self.epochLength
+        expires = (epoch + SLOTS) * self.epochLength  # until its slot is written again
         dht = self.dht()
         results = yield defer.DeferredList(
-            [dht.put(makeRecord(self.identity, reportSalt(p.part), p.raw, epoch, expires)) for p in parts],
+            [dht.put(makeRecord(self.identity, reportSalt(p.part, epoch), p.raw, epoch, expires)) for p in parts],
             consumeErrors=True,
         )
         failed = sum(1 for ok, _ in results if not ok)

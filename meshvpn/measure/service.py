@@ -12,12 +12,13 @@ data: every relay's measured bandwidth, weight, streak, flags and its last
 report's totals), for C{meshvpn weights} and anyone who wants to check
 the computation.
 
-Each epoch's computation starts from the previous epoch's estimates (the
-history: a new identity starts small and must earn weight from partners
-that hold it; doc/measurement.md says why).  The history is kept in memory
-and, with a data directory, read back from C{weights.json} at start, so a
-restarted client keeps it; a history older than L{HISTORY_EPOCHS} epochs
-is not used.
+Each epoch's computation starts from the one before it (the history: a
+new identity starts small and must earn weight from partners that hold
+it).  That history is the agreed one (L{meshvpn.measure.window}): a chain
+of computations over the reports of a bounded window of past epochs, read
+from the DHT, from a fixed start, so every node that reads the same
+reports computes the same weights, whenever it started.  A restarted node
+computes its chains again from the DHT.
 """
 
 import json
@@ -32,31 +33,11 @@ from meshvpn.interfaces import IRelayWeights, IStatusSource
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.collect import ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
+from meshvpn.measure.window import Chain, anchorsFor
 from meshvpn.secretfile import writeSecretFile
 
 WEIGHTS_FILE = "weights.json"
-HISTORY_EPOCHS = 24  # a history older than this many epochs is dropped: start afresh
 MAX_READ = 8192  # relays whose reports one epoch reads, at most
-
-
-def readHistory(path):
-    """
-    @return: C{(epoch, epochLength, {nodeId: bandwidth})} from a
-        C{weights.json}, or C{None} when it is missing or not in form (it is
-        our own file, but a bad one must only cost the history).
-    """
-    try:
-        with open(path, "rb") as f:
-            body = json.loads(f.read(16 * 2**20))
-        prior = {}
-        for r in body["relays"]:
-            nodeId = bytes.fromhex(r["node_id"])
-            bandwidth = float(r["bandwidth"])
-            if len(nodeId) == 32 and bandwidth > 0 and bandwidth < float("inf"):
-                prior[nodeId] = bandwidth
-        return int(body["epoch"]), int(body["epoch_length"]), prior
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def inThread(reactor):
@@ -122,7 +103,8 @@ class MeasuredWeights(service.Service):
         self.measures = {}
         self.reports = {}
         self.observers = []  # callables(epoch), told after each epoch's weights are computed
-        self.histories = {}  # {epoch: {nodeId: bandwidth}}, the last two computed: where the next one starts
+        self.chains = {}  # {anchor: Chain}: the chain in use and the next one
+        self.computations = 0  # epochs computed (two an epoch once the chains are running)
         self.lastRoles = {}  # {nodeId: flags} of the relays last read, as the directory last gave them
         self._call = None
 
@@ -141,17 +123,14 @@ class MeasuredWeights(service.Service):
     # the epoch loop
     def startService(self):
         super().startService()
-        if not self.histories and self.dataDir is not None:
-            found = readHistory(os.path.join(self.dataDir, WEIGHTS_FILE))
-            if found is not None and found[1] == self.epochLength:
-                self.histories[found[0]] = found[2]
         self._schedule()
 
     def toRead(self, epoch):
         """
         C{{nodeId: flags}} of the relays whose reports to read for C{epoch}:
-        those the directory view holds now, and those the history measured
-        (with the flags they had when last seen; none known, every position).
+        those the directory view holds now, and those the chain in use
+        measured (with the flags they had when last seen; none known, every
+        position).
         The directory view is a sample that changes as it refreshes; with
         the history's relays, what a client reads grows toward every relay
         that reports, so clients with different samples read more alike.
@@ -159,7 +138,8 @@ class MeasuredWeights(service.Service):
         """
         roles = dict(self.known())
         self.lastRoles.update(roles)
-        prior = self.priorFor(epoch) or {}
+        chain = self.chains.get(anchorsFor(epoch)[0])
+        prior = (chain.prior if chain is not None else None) or {}
         for nodeId in sorted(prior):
             if len(roles) >= MAX_READ:
                 break
@@ -167,10 +147,15 @@ class MeasuredWeights(service.Service):
         self.lastRoles = {i: f for i, f in self.lastRoles.items() if i in roles}
         return roles
 
-    def priorFor(self, epoch):
-        """The history the computation of C{epoch} starts from, or C{None}."""
-        before = [e for e in self.histories if 0 < epoch - e <= HISTORY_EPOCHS]
-        return self.histories[max(before)] if before else None
+    def _chain(self, anchor, epoch):
+        """The chain from C{anchor}, ready to compute up to C{epoch} (one that went past it starts again)."""
+        c = self.chains.get(anchor)
+        if c is not None and c.last >= epoch and not (c.last == epoch and c.rewind()):
+            c = None
+        if c is None:
+            c = Chain(anchor)
+            c.last = max(anchor, 0) - 1
+        return c
 
     def stopService(self):
         super().stopService()
@@ -200,14 +185,21 @@ class MeasuredWeights(service.Service):
         if epoch is None:
             epoch = lastComplete(now, self.epochLength)
         roles = self.toRead(epoch)
-        reports = yield self.collector.fetchAll(list(roles), epoch)
-        reports = [r for r in reports if r.epochLength == self.epochLength]
-        self.measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles), params=self.params,
-                                                  roles=roles, prior=self.priorFor(epoch))
-        if self.measures:
-            self.histories[epoch] = {i: m.bandwidth for i, m in self.measures.items() if m.bandwidth > 0}
-            for old in sorted(self.histories)[:-2]:
-                del self.histories[old]
+        chains = [self._chain(anchor, epoch) for anchor in anchorsFor(epoch)]
+        reports = []
+        for e in range(max(min(c.last for c in chains) + 1, 0), epoch + 1):
+            reports = yield self.collector.fetchAll(list(roles), e)
+            reports = [r for r in reports if r.epochLength == self.epochLength]
+            for c in chains:
+                if c.last == e - 1:
+                    measures = {}
+                    if reports:
+                        measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles),
+                                                             params=self.params, roles=roles, prior=c.prior)
+                        self.computations += 1
+                    c.step(e, measures)
+        self.chains = {c.anchor: c for c in chains}
+        self.measures = chains[0].current
         self.reports = {r.reporter: r for r in reports}
         self.epoch = epoch
         measured = sum(1 for m in self.measures.values() if "measured" in m.flags)

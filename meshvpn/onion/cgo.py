@@ -43,6 +43,11 @@ output T backward, the T entering the relay's layer forward; both ends
 know it only by having the cell.  Proposal 359's published vectors do not
 apply to these primitives; MeshVPN's own are checked in
 (meshvpn/onion/test/test_cgo.py).
+
+A direction's state and its per-cell steps run in C over OpenSSL when that
+was built (meshvpn/onion/_cgodirection.c: re-keyed in place, one call per
+cell or per run); L{PyDirection} and L{pyUnwrapRun} here are the reference
+it must match byte for byte, and what runs without it.
 """
 
 from hmac import compare_digest
@@ -63,10 +68,13 @@ _SEED_ZEROS = bytes(STATE_SEED_LEN)
 _from = int.from_bytes
 
 
-class _Direction:
+class PyDirection:
     """
     One direction of one hop's CGO layer: the keys (J, S), the nonce N and
     the chained tag T'.  C{decrypting}: this end runs DEC_UIV (the client).
+
+    The reference: C{_Direction} is the C one (meshvpn/onion/_cgodirection.c,
+    the same bytes, re-keyed in place) when it was built, else this.
     """
 
     __slots__ = ("_kb", "_ku", "_ks", "nonce", "tprime", "_decrypting")
@@ -105,6 +113,85 @@ class _Direction:
         return (_from(self._kb((_from(yl, "little") ^ m).to_bytes(16, "little")), "little")
                 ^ m).to_bytes(16, "little") + xr
 
+    def layer(self, cmd, cell):
+        """
+        This direction's layer on a cell passing it, and recognition: when
+        the output's T is N, the cell is for this end and the keys update
+        (the client's with the T the cell arrived with, a relay's with N).
+
+        @return: C{(out, tag)}: C{tag} is C{None}, or the T the cell arrived with.
+        """
+        tag = cell[:TAG_LEN]
+        out = self.decrypt(cmd, cell) if self._decrypting else self.encrypt(cmd, cell)
+        if compare_digest(out[:TAG_LEN], self.nonce):
+            self.update(bytes(tag) if self._decrypting else self.nonce)
+            return out, bytes(tag)
+        return out, None
+
+    def originate(self, cmd, body):
+        """
+        A 493-byte C{body} this end sends: T = N, the layer, then the update
+        (the client's with N, a relay's with the output's T).
+
+        @return: C{(cell, tag)}: C{tag} is the output's T.
+        """
+        nonce = self.nonce
+        if self._decrypting:
+            out = self.decrypt(cmd, nonce + body)
+            self.update(nonce)
+        else:
+            out = self.encrypt(cmd, nonce + body)
+            self.update(out[:TAG_LEN])
+        return out, out[:TAG_LEN]
+
+    def originateRun(self, cmd, bodies, head):
+        """L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}."""
+        cells, tags = [], []
+        for body in bodies:
+            cell, tag = self.originate(cmd, body)
+            cells.append(head + cell)
+            tags.append(tag)
+        return cells, tags
+
+    def passRun(self, cmd, payloads, head):
+        """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
+        step = self.decrypt if self._decrypting else self.encrypt
+        return [head + step(cmd, payload) for payload in payloads]
+
+
+def pyUnwrapRun(cmd, payloads, directions, pad):
+    """
+    The client's backward layers (C{directions}, guard first) on each cell
+    until one recognizes it.
+
+    @return: C{[(hop index, pad + body, tag), ...]}; a cell no layer
+        recognizes ends the list with C{None} (the chain is broken from it on).
+    """
+    out = []
+    for cell in payloads:
+        for i, direction in enumerate(directions):
+            cell, tag = direction.layer(cmd, cell)
+            if tag is not None:
+                out.append((i, pad + cell[TAG_LEN:], tag))
+                break
+        else:
+            out.append(None)
+            break
+    return out
+
+
+try:
+    from meshvpn.onion._cgodirection import Direction as _Direction, unwrapRun as _unwrapRun
+except ImportError:  # built without a C compiler or OpenSSL's headers
+    _Direction, _unwrapRun = PyDirection, pyUnwrapRun
+
+
+def unwrapRun(cmd, payloads, directions, pad):
+    """L{pyUnwrapRun}, in C when the directions are (they are built together)."""
+    if _unwrapRun is not pyUnwrapRun and directions and type(directions[0]) is not _Direction:
+        return pyUnwrapRun(cmd, payloads, directions, pad)  # a test swapped in the Python reference
+    return _unwrapRun(cmd, payloads, directions, pad)
+
 
 def _split(material, decrypting):
     if len(material) < KEY_MATERIAL_LEN:
@@ -128,12 +215,7 @@ class CgoRelayLayer:
         @return: C{(cell, tag)}: C{tag} is C{None} unless the cell is for
             this hop; then its body is C{cell[16:]}.
         """
-        fwd = self.fwd
-        out = fwd.encrypt(cmd, cell)
-        if compare_digest(out[:TAG_LEN], fwd.nonce):
-            fwd.update(fwd.nonce)
-            return out, cell[:TAG_LEN]
-        return out, None
+        return self.fwd.layer(cmd, cell)
 
     def backward(self, cmd, cell):
         """A cell toward the origin passing through: add this relay's layer."""
@@ -145,11 +227,7 @@ class CgoRelayLayer:
 
         @return: C{(cell, tag)}.
         """
-        back = self.back
-        out = back.encrypt(cmd, back.nonce + body)
-        tag = out[:TAG_LEN]
-        back.update(tag)
-        return out, tag
+        return self.back.originate(cmd, body)
 
 
 class CgoOriginHop:
@@ -166,10 +244,7 @@ class CgoOriginHop:
 
         @return: C{(cell, tag)}.
         """
-        fwd = self.fwd
-        cell = fwd.decrypt(cmd, fwd.nonce + body)
-        fwd.update(fwd.nonce)
-        return cell, cell[:TAG_LEN]
+        return self.fwd.originate(cmd, body)
 
     def wrap(self, cmd, cell):
         """This hop's layer on a cell for a later hop."""
@@ -182,13 +257,7 @@ class CgoOriginHop:
         @return: C{(cell, tag)}: C{tag} is C{None} unless this hop sent it;
             then its body is C{cell[16:]}.
         """
-        back = self.back
-        tag = cell[:TAG_LEN]
-        cell = back.decrypt(cmd, cell)
-        if compare_digest(cell[:TAG_LEN], back.nonce):
-            back.update(tag)
-            return cell, tag
-        return cell, None
+        return self.back.layer(cmd, cell)
 
 
 class CgoOriginCrypto:

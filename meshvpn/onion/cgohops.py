@@ -31,6 +31,23 @@ def toBody(plain):
     return plain[CGO_BODY_AT:_BODY_END]
 
 
+def unwrapRun(payloads, views):
+    """
+    Cells from the relays through C{views} (every hop of the circuit a
+    L{CgoOriginView}, guard first), in order.
+
+    @return: C{[(hop index, common-layout payload, tag), ...]}, ended by
+        C{None} at the first cell no hop recognizes.
+    """
+    out = cgo.unwrapRun(_RELAY, payloads, [view.back for view in views], _PAD)
+    for entry in out:
+        if entry is not None:
+            plain = entry[1]
+            if ((plain[_LEN_AT + CGO_BODY_AT] << 8) | plain[_LEN_AT + CGO_BODY_AT + 1]) > CGO_RELAY_DATA_LEN:
+                raise CellError(f"relay length over {CGO_RELAY_DATA_LEN} on a CGO hop")
+    return out
+
+
 def fromCell(cell):
     """A recognized CGO cell (T | body) in the common layout."""
     if ((cell[cgo.TAG_LEN + _LEN_AT] << 8) | cell[cgo.TAG_LEN + _LEN_AT + 1]) > CGO_RELAY_DATA_LEN:
@@ -45,13 +62,17 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer", "backwardCell")
+    __slots__ = ("_layer", "_passRun", "_originateRun")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
-        back = self._layer.back.encrypt
-        self.backwardCell = lambda cell: back(_RELAY, cell)  # one cell toward the origin, passing through
+        self._passRun = self._layer.back.passRun
+        self._originateRun = self._layer.back.originateRun
+
+    def backwardRun(self, payloads, head):
+        """Cells toward the origin passing through, in order: C{[head + cell with this layer, ...]}."""
+        return self._passRun(_RELAY, payloads, head)
 
     def forward(self, cmd, payload):
         """
@@ -76,6 +97,10 @@ class CgoRelayHop:
         """@return: C{(cell, tag)} for a common-layout payload this hop sends toward the origin."""
         return self._layer.originate(_RELAY, toBody(plain))
 
+    def originateBackwardCells(self, plains, head):
+        """Payloads this hop sends toward the origin, in order, each behind C{head}. @return: C{(cells, tags)}."""
+        return self._originateRun(_RELAY, [toBody(plain) for plain in plains], head)
+
     def originateBackwardRun(self, plains):
         """L{originateBackward} for several payloads in order. @return: C{(cells joined, tags)}."""
         originate = self._layer.originate
@@ -90,12 +115,14 @@ class CgoRelayHop:
 class CgoOriginView:
     """The origin's copy of one CGO hop, with the methods L{meshvpn.onion.relaycrypto.OriginCrypto} calls."""
 
-    __slots__ = ("_hop",)
+    __slots__ = ("_hop", "_unwrap", "back")
     maxData = CGO_RELAY_DATA_LEN
     scheme = CGO
 
     def __init__(self, material):
         self._hop = cgo.CgoOriginHop(material)
+        self.back = self._hop.back  # the direction keeps its identity across updates
+        self._unwrap = self.back.layer
 
     def sealFor(self, cmd, plain):
         """@return: C{(cell, tag)}: C{plain} for this hop with its layer."""
@@ -106,7 +133,7 @@ class CgoOriginView:
 
     def unwrap(self, cmd, cell):
         """@return: C{(cell, None)} to go on, or C{(common-layout payload, tag)} when this hop sent it."""
-        out, tag = self._hop.unwrap(cmd, cell)
+        out, tag = self._unwrap(cmd, cell)
         if tag is None:
             return out, None
         return fromCell(out), tag

@@ -27,9 +27,7 @@ class CgoNextHopEnd(NextHopEnd):
 
     def onRelayRun(self, payloads):
         c = self.c
-        backward = c.layer.backwardCell
-        head = c.prevPrefix + _RELAY
-        if c.prev.sendCells([head + backward(payload) for payload in payloads]):
+        if c.prev.sendCells(c.layer.backwardRun(payloads, c.prevPrefix + _RELAY)):
             c.counts["cells_relayed_backward"] += len(payloads)
         else:
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")

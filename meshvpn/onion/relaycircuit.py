@@ -318,12 +318,11 @@ class RelayCircuit(RelayDispatcher):
         """
         if self.state is _CLOSED:
             return False
-        data, tags = self.layer.originateBackwardRun(plains)
+        cells, tags = self.layer.originateBackwardCells(plains, self.prevPrefix + _RELAY)
         onSent = self.packWindow.onSent
         for tag in tags:
             onSent(tag)
-        head = self.prevPrefix + _RELAY
-        if self.prev.sendCells([head + data[k:k + 509] for k in range(0, len(data), 509)]):
+        if self.prev.sendCells(cells):
             return True
         self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
         return False

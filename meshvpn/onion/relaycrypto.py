@@ -25,8 +25,8 @@ import hmac
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from meshvpn.onion.cells import RECOGNIZED_AT, RELAY_DATA_LEN, TAG_LEN
-from meshvpn.onion.cgohops import CgoOriginView
+from meshvpn.onion.cells import PAYLOAD_LEN, RECOGNIZED_AT, RELAY_DATA_LEN, TAG_LEN
+from meshvpn.onion.cgohops import CgoOriginView, unwrapRun
 from meshvpn.onion.circhandshake import CGO, TOR1
 from meshvpn.onion.ntor import kdfRfc5869
 
@@ -151,6 +151,16 @@ class RelayLayer(_HopKeys):
             parts.append(plain[TAG_LEN:])
         self.backCount = count
         return self._back(b"".join(parts)), tags
+
+    def originateBackwardCells(self, plains, head):
+        """
+        L{originateBackwardRun}, each cell behind C{head} (the previous hop's
+        circuit id and command), ready for its channel.
+
+        @return: C{(cells, tags)}.
+        """
+        data, tags = self.originateBackwardRun(plains)
+        return [head + data[k:k + PAYLOAD_LEN] for k in range(0, len(data), PAYLOAD_LEN)], tags
 
 
 class OriginHop(_HopKeys):
@@ -297,6 +307,9 @@ class OriginCrypto:
         """
         n = len(payloads)
         if not self.tor1Only:
+            if all(type(hop) is CgoOriginView for hop in self.hops):
+                out = unwrapRun(payloads, self.hops)
+                return out + [None] * (n - len(out))
             out = [None] * n
             for k, payload in enumerate(payloads):
                 out[k] = self.decrypt(payload)

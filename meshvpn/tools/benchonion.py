@@ -28,7 +28,9 @@
 - cgo_us_per_cell_per_hop: CGO (meshvpn.onion.cgo) at a relay a cell passes
   through (its UIV+ layer and the recognized check), per cell, in CPU time;
   cgo_us_origin_per_cell (3 layers, the key update of the hop it is for) and
-  cgo_us_exit_per_cell (its layer, recognized, the key update) beside it.
+  cgo_us_exit_per_cell (its layer, recognized, the key update) beside it;
+  cgo_implementation: "c" (meshvpn/onion/_cgodirection.c) or "python" (the
+  reference, when the C part was not built).
 """
 
 import os
@@ -222,6 +224,7 @@ def benchCgo(cells):
         "cgo_us_per_cell_per_hop": round(min(times[:2]) / cells * 1e6, 3),
         "cgo_us_origin_per_cell": round(originTime / cells * 1e6, 3),
         "cgo_us_exit_per_cell": round(times[2] / cells * 1e6, 3),
+        "cgo_implementation": "python" if cgo._Direction is cgo.PyDirection else "c",
     }
 
 

@@ -229,9 +229,14 @@ def _perHop(net, cpuEach, nbytes):
     out = {}
     clientIndex = net.nodes.index(net.client)
     out["cpu_s_per_gb_client"] = round(cpuEach[clientIndex] / (nbytes / 1e9), 2)
+    onPath = {clientIndex}
     for position, nodeId in zip(("guard", "middle", "exit"), busiest["path"]):
         if nodeId in byId:
             out[f"cpu_s_per_gb_{position}"] = round(cpuEach[byId[nodeId]] / (nbytes / 1e9), 2)
+            onPath.add(byId[nodeId])
+    # The processes off the circuit (the other relays, the DHT bootstrap): their
+    # CPU grows with the transfer's duration, not its bytes.
+    out["cpu_s_per_gb_others"] = round(sum(c for i, c in enumerate(cpuEach) if i not in onPath) / (nbytes / 1e9), 2)
     middleCpu = cpuEach[byId[busiest["path"][1]]] if len(busiest["path"]) == 3 and busiest["path"][1] in byId else 0
     if middleCpu > 0:
         # Both directions: the data cells down and their acknowledgements up are few; count the data.

@@ -20,14 +20,24 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   (inflate, and deny every link with the tenth of honest relays that carry
   the most, to shrink the caps of everyone else), C{swarm}, the attack
   built against the equal start: sybil, but with C{--swarm} identities per
-  hostile relay, each also sending a trickle of real traffic (1 MB)
-  through the honest relays that hold half the capacity, so that its
-  confirmed partners hold most of the weight, C{swarmall}, the one built
-  against the start from history: the same trickles with every honest
-  relay, so that the partners of each new identity hold all the weight and
-  it grows as fast as an honest newcomer, and C{junk}, which is not a lie:
-  hostile relays fill their idle capacity with real junk traffic with
-  honest relays (the honest relays run at C{--utilization});
+  hostile relay, each also sending real traffic (trickles) to the honest
+  relays that hold half the capacity, so that its confirmed partners hold
+  most of the weight, C{swarmall}, the one built against the start from
+  history: the same trickles with every honest relay, so that the
+  partners of each new identity hold all the weight and it grows as an
+  honest newcomer does, C{junkinflate}, real junk traffic from the hostile
+  relays themselves to honest relays (as C{junk}) plus C{inflate}, and
+  C{junk}, which is not a lie: hostile relays fill their idle capacity
+  with real junk traffic with honest relays (the honest relays run at
+  C{--utilization});
+- what the sybils of C{swarm} and C{swarmall} send is real, so it is
+  charged to the hostile relays' true capacity (the ratio's denominator):
+  each hostile relay's idle capacity (what it does not carry for clients,
+  at C{--utilization}, as for junk) is shared by its sybils and spread
+  over their targets by capacity (a trickle above its link's cap would be
+  wasted).  C{--free-trickles} is the first model, 1 MB with each target
+  whatever the hostile relays can carry (too little for a real attacker
+  at hundreds of relays, and with no bound at many sybils);
 - the weights have a history: the network began honest (two honest
   epochs, the first from the equal start), then each attack runs
   C{--epochs} epochs in a row, each starting from the one before, and its
@@ -48,7 +58,7 @@ import time
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 
-STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall")
+STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate")
 HUGE = 2**50
 TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
 
@@ -66,6 +76,11 @@ def addArguments(p):
                    help="epochs each attack runs, each from the one before (default 3)")
     p.add_argument("--kappa", type=float, default=Params().kappa,
                    help=f"how far a link may exceed its fair share (default {Params().kappa})")
+    p.add_argument("--median-slack", type=float, default=Params().medianSlack,
+                   help="cap each estimate at this times its partners' weighted median reading (default "
+                        f"{Params().medianSlack}; 0: off)")
+    p.add_argument("--free-trickles", action="store_true",
+                   help="the first swarm model: 1 MB per trickle, not charged to the hostile relays' capacity")
     p.add_argument("--no-history", action="store_true",
                    help="attack a network without history (every epoch starts equal): the old scheme")
 
@@ -131,8 +146,19 @@ def _share(weights, ids, members):
     return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
 
 
+def _idle(hostile, pairs, utilization):
+    """What each hostile relay could still send: its capacity less what it carries, at the honest utilisation."""
+    carried = dict.fromkeys(hostile, 0)
+    for (a, b), v in pairs.items():
+        if a in carried:
+            carried[a] += v
+        if b in carried:
+            carried[b] += v
+    return [carried[h] * (1 / utilization - 1) for h in hostile]
+
+
 def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1, prior=None,
-            epochs=1):
+            epochs=1, freeTrickles=False):
     """
     Hostile share of weight over hostile share of capacity under C{strategy}.
 
@@ -160,25 +186,34 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 break
             big.append(k)
             acc += caps[k]
+        if freeTrickles:
+            # the first model: TRICKLE bytes per link whatever the hostile relays can carry
+            sent = [{k: TRICKLE for k in big} for _ in sybils]
+        else:
+            # the bytes are real: each hostile relay's sybils run on it and share its idle capacity
+            # (what it does not carry for clients, at the honest utilisation), spread over the targets
+            # by capacity, so that no trickle is wasted above its link's cap
+            idle = _idle(hostile, pairs, utilization)
+            bigCap = sum(caps[k] for k in big)
+            sent = [{k: max(1, int(idle[s // swarm] / swarm * caps[k] / bigCap)) for k in big}
+                    for s in range(len(sybils))]
         for s, sid in enumerate(sybils):
-            for k in big:
-                traffic[n + s][prefixOf(ids[k])] = (TRICKLE, 1)
-                traffic[k][prefixOf(sid)] = (TRICKLE, 1)
+            for k, b in sent[s].items():
+                traffic[n + s][prefixOf(ids[k])] = (b, 1)
+                traffic[k][prefixOf(sid)] = (b, 1)
     hostileIdx = set(hostile) | set(range(n, len(allIds)))
-    if strategy == "junk":
+    if strategy in ("junk", "junkinflate"):
         # real bytes: each hostile relay fills its idle capacity with honest relays, by their capacity
         pairs = dict(pairs)
         honest = [k for k in range(n) if k not in hostileSet]
         hw = [caps[k] for k in honest]
-        for h in hostile:
-            carried = sum(v for (a, b), v in pairs.items() if h in (a, b))
-            extra = carried * (1 / utilization - 1)
-            hwTotal = sum(hw)
+        hwTotal = sum(hw)
+        for h, extra in zip(hostile, _idle(hostile, pairs, utilization)):
             for k, w in zip(honest, hw):
                 key = (h, k) if h < k else (k, h)
                 pairs[key] = pairs.get(key, 0) + int(extra * w / hwTotal)
         traffic = _reportsOf(ids, pairs)
-    else:
+    if strategy != "junk":
         topVoters = set()
         if strategy == "targeted":
             honestByCap = sorted((k for k in range(n) if k not in hostileSet), key=lambda k: -caps[k])
@@ -190,7 +225,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 t = {p: v for p, v in t.items() if p in {prefixOf(c) for c in colluders}}
             elif strategy == "targeted":
                 t = {p: v for p, v in t.items() if p not in topVoters}
-            if strategy in ("inflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall"):
+            if strategy in ("inflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate"):
                 for c in colluders:
                     if prefixOf(c) != me:
                         t[prefixOf(c)] = (HUGE, 0xFFFF)
@@ -215,7 +250,7 @@ def run(args, out=print):
     caps = [rng.lognormvariate(0.0, args.sigma) for _ in range(n)]
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
-    params = Params(kappa=args.kappa)
+    params = Params(kappa=args.kappa, medianSlack=args.median_slack or None)
     # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params,
@@ -230,6 +265,7 @@ def run(args, out=print):
         "capacity_sigma": args.sigma,
         "seed": args.seed,
         "kappa": args.kappa,
+        "median_slack": args.median_slack or None,
         "capacity_correlation_honest": round(_pearson(weights, caps), 4),
         "capacity_rank_correlation_honest": round(_pearson(_ranks(weights), _ranks(caps)), 4),
         "measured_relays": sum(1 for i in ids if i in measured and "measured" in measured[i].flags),
@@ -242,7 +278,8 @@ def run(args, out=print):
         for s in STRATEGIES + ("junk",):
             ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
                                              random.Random(args.seed + 2), params, args.swarm,
-                                             prior=None if args.no_history else history, epochs=args.epochs)
+                                             prior=None if args.no_history else history, epochs=args.epochs,
+                                             freeTrickles=args.free_trickles)
             strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
         result["hostile_capacity_share"] = round(capShare, 4)
         result["strategies"] = strategies
@@ -252,6 +289,7 @@ def run(args, out=print):
         result["junk_traffic_ratio"] = strategies["junk"]["ratio"]
         result["junk_utilization"] = args.utilization
         result["swarm_sybils_per_hostile"] = args.swarm
+        result["swarm_trickles"] = "free" if args.free_trickles else "idle capacity"
         result["history"] = not args.no_history
         result["attack_epochs"] = args.epochs
     result["cpu_seconds"] = round(time.process_time() - started, 2)

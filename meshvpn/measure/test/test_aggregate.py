@@ -66,7 +66,15 @@ class HonestTests(unittest.TestCase):
         t = {a: {prefixOf(b): (rates[i] * rates[j] * 10**6, 3) for j, b in enumerate(ids) if b != a}
              for i, a in enumerate(ids)}
         m = computeWeights([Report(i, b"", 1, 1, t[i], ()) for i in ids])
-        self.assertEqual([m[i].bandwidth for i in ids], [14e6, 26e6, 44e6, 56e6])  # every link, whole
+        got = [m[i].bandwidth for i in ids]
+        self.assertEqual(got, sorted(got))
+        self.assertEqual(got[1:], [26e6, 44e6, 56e6])  # every link, whole
+        # (the smallest is read a little low by its partners' median, which assumes paths drawn by weight;
+        # links that are a product of both rates are not quite that in a network of four)
+        self.assertLess(abs(got[0] / 14e6 - 1), 0.1)
+        self.assertEqual([x.bandwidth for x in computeWeights([Report(i, b"", 1, 1, t[i], ()) for i in ids],
+                                                               params=Params(medianSlack=None)).values()],
+                         [14e6, 26e6, 44e6, 56e6])
 
     def test_aRelayThatDoesNotReportIsNotMeasured(self):
         ids, _, _, traffic = network(n=20, circuits=1000)
@@ -173,32 +181,51 @@ class HistoryTests(unittest.TestCase):
 
 
 class AttackTests(unittest.TestCase):
-    """Each lie from the bench against a small network with an honest history: the hostile fifth's gain stays bounded."""
+    """
+    Each lie from the bench against a small network (80 relays, a fifth
+    hostile): with a history (the attack began after the chain's anchor)
+    and from the equal start (an attack sustained since before it).  The
+    sybils' trickles are real bytes, charged to the hostile relays' idle
+    capacity.
+    """
 
     def setUp(self):
         self.ids, self.caps, self.pairs, self.traffic = network(n=80, circuits=10000, seed=9)
         self.hostile = sorted(random.Random(4).sample(range(80), 16))
         self.history = history(self.ids, self.traffic)
 
-    def ratio(self, strategy, prior=True, epochs=2, swarm=1):
+    def ratio(self, strategy, prior=True, epochs=2, swarm=1, params=Params()):
         ratio, _, _ = _attack(strategy, self.ids, self.caps, self.traffic, self.hostile, self.pairs, 0.6,
-                              random.Random(3), Params(), swarm, prior=self.history if prior else None, epochs=epochs)
+                              random.Random(3), params, swarm, prior=self.history if prior else None, epochs=epochs)
         return ratio
 
-    def test_aSwarmOfTricklingSybilsHasNoSay(self):
-        # one new identity per hostile relay, each really sending a trickle through the big honest relays
-        self.assertLess(self.ratio("swarm"), 1.5)
-        self.assertLess(self.ratio("swarmall"), 1.5)
-        self.assertLess(self.ratio("swarm", swarm=3), 1.5)
+    def test_sybilsThatPayForRealTrafficGainNoMoreThanItBuys(self):
+        # k new identities per hostile relay, spending its idle capacity on real traffic with honest relays
+        # (in this dense network, about 6 circuits a link; at 250 relays and 1 circuit a link, four per hostile
+        # relay take over: doc/measurement.md)
+        for k in (1, 2, 4):
+            self.assertLess(self.ratio("swarm", swarm=k), 1.5, k)
+            self.assertLess(self.ratio("swarmall", swarm=k), 1.5, k)
 
-    def test_theSwarmTakesOverANetworkWithoutHistory(self):
-        # the attack is real: from an equal start (one identity, one vote), three identities per hostile
-        # relay take the whole weight of this small network
-        self.assertGreater(self.ratio("swarm", prior=False, epochs=1, swarm=3), 3)
+    def test_withoutTheMedianTheyTakeOver(self):
+        # the partners' median is what holds them: the capped sums alone let the hostile fifth take all
+        self.assertGreater(self.ratio("swarmall", params=Params(medianSlack=None)), 3)
+
+    def test_aSwarmSustainedSinceTheAnchorTakesOver(self):
+        # the open bound: the chain's first epoch starts equal (one identity, one vote), and two identities per
+        # hostile relay there take the whole weight of this small network
+        self.assertLess(self.ratio("swarm", prior=False, epochs=1, swarm=1), 1.5)
+        self.assertGreater(self.ratio("swarm", prior=False, epochs=1, swarm=2), 3)
 
     def test_junkTrafficIsMeasuredAsWhatItIs(self):
         # real bytes, not a lie: bounded by 1 / utilisation (0.6 here)
         self.assertLess(self.ratio("junk"), 1 / 0.6 + 0.05)
+
+    def test_junkWithInflation(self):
+        # the open bound: real junk and fake traffic among colluders, more than junk alone, short of a takeover
+        ratio = self.ratio("junkinflate")
+        self.assertGreater(ratio, self.ratio("junk"))
+        self.assertLess(ratio, 2.5)
 
     def test_inflatingFakeTrafficAmongColluders(self):
         self.assertLess(self.ratio("inflate"), 1.5)

@@ -14,7 +14,8 @@ from meshvpn.measure.epoch import epochOf, lastComplete
 from meshvpn.measure.publish import ReportPublisher, reportSalt
 from meshvpn.measure.reports import MAX_ENTRIES, makeReport, prefixOf
 from meshvpn.measure.aggregate import computeWeights
-from meshvpn.measure.service import HISTORY_EPOCHS, MeasuredWeights, inThread, readHistory
+from meshvpn.measure.service import MeasuredWeights, inThread
+from meshvpn.measure.window import SLOTS, WINDOW, anchorOf, chainWeights
 
 EPOCH = 60
 
@@ -92,8 +93,11 @@ class PublishTests(unittest.TestCase):
         self.net.pump(30)
         self.assertEqual(len(handedOver), 1)
         self.assertEqual(weights.measures, {})
-        d, result = handedOver[0]
-        d.callback(result)
+        # (two chains: the one in use and the next; each waits for its answer)
+        while handedOver:
+            d, result = handedOver.pop(0)
+            d.callback(result)
+            self.net.pump(1)
         self.assertEqual(self.successResultOf(done), 6)
         self.assertEqual(sorted(self.relays, key=lambda n: weights.weightOf(n.identity.nodeId)), self.relays)
         self.assertIs(inThread(object()), computeWeights)
@@ -114,70 +118,82 @@ class PublishTests(unittest.TestCase):
         liar, honest = self.relays[0], self.relays[1]
         epoch = epochOf(self.net.clock.seconds(), EPOCH) - 1
         stolen = makeReport(honest.identity, epoch, EPOCH, {liar.identity.nodeId: (10**9, 1)})[0]
-        self.net.run(liar.put(makeRecord(liar.identity, reportSalt(0), stolen.raw, epoch + 1, (epoch + 3) * EPOCH)))
+        self.net.run(liar.put(makeRecord(liar.identity, reportSalt(0, epoch), stolen.raw, epoch + 1, (epoch + 3) * EPOCH)))
         collector = ReportCollector(lambda: self.client)
         self.assertIsNone(self.net.run(collector.fetch(liar.identity.nodeId, epoch), 30))
         self.assertEqual(collector.rejected, 1)
 
-    def test_anOldEpochIsNotThisOne(self):
+    def test_anotherEpochInTheSameSlotIsNotThisOne(self):
         self.nextEpoch()
         self.nextEpoch()
         collector = ReportCollector(lambda: self.client)
-        now = self.net.clock.seconds()
-        self.assertIsNone(self.net.run(collector.fetch(self.relays[0].identity.nodeId, epochOf(now, EPOCH) - 2), 30))
-        self.assertIsNotNone(self.net.run(collector.fetch(self.relays[0].identity.nodeId, epochOf(now, EPOCH) - 1), 30))
+        last = epochOf(self.net.clock.seconds(), EPOCH) - 1
+        nodeId = self.relays[0].identity.nodeId
+        self.assertIsNone(self.net.run(collector.fetch(nodeId, last - SLOTS), 30))
+        self.assertIsNone(self.net.run(collector.fetch(nodeId, last + SLOTS), 30))
+        self.assertIsNotNone(self.net.run(collector.fetch(nodeId, last), 30))
+        self.assertIsNotNone(self.net.run(collector.fetch(nodeId, last - 1), 30))
 
     def test_garbageUnderTheReportKeyIsRefused(self):
         self.nextEpoch()
         node = self.relays[2]
         epoch = epochOf(self.net.clock.seconds(), EPOCH)
-        self.net.run(node.put(makeRecord(node.identity, reportSalt(0), b"not a report", 2**40, self.net.clock.seconds() + 3600)))
+        self.net.run(node.put(makeRecord(node.identity, reportSalt(0, epoch - 1), b"not a report", 2**40, self.net.clock.seconds() + 3600)))
         collector = ReportCollector(lambda: self.client)
         self.assertIsNone(self.net.run(collector.fetch(node.identity.nodeId, epoch - 1), 30))
         self.assertEqual(collector.rejected, 1)
 
-    def test_eachEpochStartsFromTheHistoryKeptAcrossARestart(self):
-        """The next epoch's computation is handed the last one's estimates, also after a restart (weights.json)."""
-        self.nextEpoch()
-        self.carry([1, 2, 3, 4, 5, 6])
-        self.nextEpoch()
-        priors = []
+    def test_aNodeThatStartsLateComputesTheSameWeights(self):
+        """The history is agreed: a node that was there every epoch and one that starts now compute the same."""
+        known = lambda: {n.identity.nodeId: frozenset({"middle"}) for n in self.relays}  # noqa: E731
+        computed = []
 
         def compute(*args, **kw):
-            priors.append(kw.get("prior"))
+            computed.append(kw.get("prior"))
             return computeWeights(*args, **kw)
 
-        known = lambda: {n.identity.nodeId: frozenset({"middle"}) for n in self.relays}  # noqa: E731
-        dataDir = self.mktemp()
-        os.makedirs(dataDir)
-        weights = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH, dataDir=dataDir, compute=compute)
-        weights.startService()
-        weights.stopService()
-        first = lastComplete(self.net.clock.seconds(), EPOCH)
-        self.net.run(weights.refresh(), 30)
-        self.assertEqual(priors, [None])  # no history yet: everyone starts equal
-        self.carry([1, 2, 3, 4, 5, 6])
         self.nextEpoch()
-        # a restarted client reads its history back
-        again = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH, dataDir=dataDir, compute=compute)
-        again.startService()
-        again.stopService()
-        self.net.run(again.refresh(), 30)
-        expected = {i: m.bandwidth for i, m in weights.measures.items()}
-        self.assertEqual(set(priors[1]), set(expected))
-        for i, b in expected.items():
-            self.assertLess(abs(priors[1][i] - b), 0.1)  # weights.json rounds to 0.1 B/s
-        # recomputing an epoch starts from the one before it, never from itself; a history too old is dropped
-        self.assertIs(again.priorFor(first + 1), again.histories[first])
-        self.assertIsNone(again.priorFor(first + 1 + HISTORY_EPOCHS + 1))
+        there = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH, compute=compute)
+        rates = [1, 2, 3, 4, 5, 6]
+        for k in range(2 * WINDOW + 2):
+            rates = rates[1:] + rates[:1]  # the order changes every epoch: each epoch's start matters
+            self.carry(rates)
+            self.nextEpoch()
+            self.net.run(there.refresh(), 30)
+        epoch = there.epoch
+        # once running, each epoch costs two computations (the chain in use and the next one)
+        before = len(computed)
+        self.carry(rates)
+        self.nextEpoch()
+        self.net.run(there.refresh(), 30)
+        self.assertEqual(len(computed) - before, 2)
+        self.assertIsNotNone(computed[-1])  # each starts from the epoch before
+        epoch = there.epoch
+        late = MeasuredWeights(self.net.clock, lambda: self.client, known, EPOCH)
+        self.assertEqual(self.net.run(late.refresh(), 30), 6)
+        self.assertEqual(late.epoch, epoch)
+        self.assertEqual(late.measures, there.measures)
+        # and both are the chain from the fixed start, computed from scratch
+        collector = ReportCollector(lambda: self.client)
+        byEpoch = {e: self.net.run(collector.fetchAll(list(known()), e), 30) for e in range(anchorOf(epoch), epoch + 1)}
+        fresh = chainWeights(byEpoch.__getitem__, epoch, computeWeights, roles=known(), known=list(known()))
+        self.assertEqual(fresh, there.measures)
+        # recomputing the same epoch (reports may come late) steps back once, not from the anchor
+        before = len(computed)
+        self.net.run(there.refresh(epoch), 30)
+        self.assertEqual(len(computed) - before, 2)
+        self.assertEqual(there.measures, fresh)
 
-    def test_aBadHistoryFileCostsOnlyTheHistory(self):
-        path = self.mktemp()
-        for body in (b"{", b'{"epoch": 1}', b'{"epoch": 1, "epoch_length": 60, "relays": [{"node_id": "zz"}]}'):
-            with open(path, "wb") as f:
-                f.write(body)
-            self.assertIsNone(readHistory(path))
-        self.assertIsNone(readHistory(path + ".missing"))
+    def test_reportsOfTheWholeWindowStayInTheDHT(self):
+        self.nextEpoch()
+        first = epochOf(self.net.clock.seconds(), EPOCH)
+        for k in range(2 * WINDOW + 1):
+            self.carry([1, 2, 3, 4, 5, 6])
+            self.nextEpoch()
+        collector = ReportCollector(lambda: self.client)
+        nodeId = self.relays[0].identity.nodeId
+        for e in range(first, first + 2 * WINDOW + 1):
+            self.assertIsNotNone(self.net.run(collector.fetch(nodeId, e), 30), e)
 
     def test_relaysTheHistoryMeasuredAreReadEvenWhenTheSampleMovesOn(self):
         self.nextEpoch()

@@ -57,7 +57,7 @@ class EveryFamilyTests(unittest.TestCase):
         for only in (self.dht4, self.dht6):
             self.assertTrue(only.records, only)
         self.assertEqual(self.dht4.records.keys(), self.dht6.records.keys())
-        self.assertTrue(all(r.salt == reportSalt(0) for d in self.dht6.records.values() for r in d.values()))
+        self.assertTrue(all(r.salt == reportSalt(0, epoch) for d in self.dht6.records.values() for r in d.values()))
 
     def test_storedIfOneFamilyWorks(self):
         self.dht4.fail = True

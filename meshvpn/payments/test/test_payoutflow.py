@@ -40,7 +40,7 @@ class Network:
         for i, identity in enumerate(self.relays):
             table = {ids[j]: (rates[i] * rates[j] * 10**6, 3) for j in range(len(ids)) if j != i}
             for part in makeReport(identity, epoch, EPOCH, table):
-                self.dht.put(makeRecord(identity, reportSalt(part.part), part.raw, epoch, (epoch + 3) * EPOCH))
+                self.dht.put(makeRecord(identity, reportSalt(part.part, epoch), part.raw, epoch, (epoch + 3) * EPOCH))
 
     def weights(self):
         return MeasuredWeights(self.clock, lambda: self.dht, lambda: {r.nodeId: frozenset({"middle"}) for r in self.relays},
@@ -147,10 +147,11 @@ class RegtestFlowTests(unittest.TestCase):
         self.assertEqual(len(plan), 4)
         self.assertEqual(sum(p.amount for p in plan), 10**11)
         self.assertEqual(len(payer.payouts.paid[epoch]), 4)
-        # the amounts follow the measured weights (within one atomic unit)
-        total = sum(weights.measurement(p.nodeId).bandwidth for p in plan)
+        # the amounts follow the measured bytes, bandwidth x epoch length in whole bytes (within one atomic unit)
+        measured = {p.nodeId: int(weights.measurement(p.nodeId).bandwidth * EPOCH) for p in plan}
+        total = sum(measured.values())
         for p in plan:
-            self.assertLessEqual(abs(p.amount - 10**11 * weights.measurement(p.nodeId).bandwidth / total), 1)
+            self.assertLessEqual(abs(p.amount - 10**11 * measured[p.nodeId] / total), 1)
         ranked = [p.nodeId for p in sorted(plan, key=lambda p: p.amount)]
         self.assertEqual(ranked, [r.nodeId for r in net.relays])  # rates 1 < 2 < 4 < 8
         yield daemon.generateBlocks(2, regtest.addresses["payer"])

@@ -24,6 +24,7 @@ class BenchCircuit(unittest.TestCase):
                     "relay_cells_per_s_inmemory", "build_time_inmemory_median_s", "create2_cpu_us_relay_ntor",
                     "create2_cpu_us_client_ntor", "create2_cpu_us_relay_ntor3", "cgo_us_per_cell_per_hop"):
             self.assertGreater(result[key], 0)
+        self.assertIn(result["cgo_implementation"], ("c", "python"))
         self.assertIsNone(result["build_time_median_s"])
 
     def test_realProcessBuilds(self):

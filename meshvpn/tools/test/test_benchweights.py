@@ -25,7 +25,9 @@ class BenchWeightsTests(unittest.TestCase):
                     "hostile_capacity_share", "junk_traffic_ratio"):
             self.assertIn(key, result)
         self.assertEqual(set(result["strategies"]),
-                         {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junk"})
+                         {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate",
+                          "junk"})
+        self.assertEqual(result["swarm_trickles"], "idle capacity")
         self.assertTrue(result["history"])
         again = run("--seed", "3")[1]
         del again["cpu_seconds"], result["cpu_seconds"]
@@ -36,6 +38,12 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertFalse(result["history"])
         self.assertEqual(result["attack_epochs"], 1)
+
+    def test_theFirstSwarmModel(self):
+        code, result = run("--seed", "3", "--free-trickles", "--swarm", "2", "--epochs", "1")
+        self.assertEqual(code, 0)
+        self.assertEqual(result["swarm_trickles"], "free")
+        self.assertEqual(result["swarm_sybils_per_hostile"], 2)
 
     def test_nobodyLying(self):
         code, result = run("--hostile", "0")

@@ -1,0 +1,738 @@
+/*
+ * One direction of a hop's CGO layer (meshvpn/onion/cgo.py), in C over OpenSSL.
+ *
+ * Why it exists: in Python every cell an end originates or recognizes
+ * replaces three keys, and the only way to key AES through the
+ * `cryptography` package is a new cipher object per key (about 6.5 us a
+ * cell, most of an end's CGO cost).  Here each direction holds three
+ * OpenSSL cipher contexts for its life and re-keys them in place, so the
+ * update costs a few key schedules and the old schedule is overwritten,
+ * not left to the allocator.  The construction, the primitives and the
+ * bytes are exactly cgo.py's pure-Python _Direction (the same vectors in
+ * meshvpn/onion/test/test_cgo.py check both); cgo.py falls back to that one
+ * when this module was not built.
+ *
+ *   UH(KU, V, x) = AES-128-GCM(KU) tag of (nonce V, AAD x, no plaintext)
+ *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
+ *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+#include <openssl/modes.h>
+
+#define BLOCK 16
+#define CELL_LEN 509
+#define BODY_LEN 493
+#define SEED_LEN 64
+
+/* An AES-128 key as GCM's block function sees it: an ECB context (AES-NI through EVP). */
+typedef struct {
+    EVP_CIPHER_CTX *ecb;
+    int failed;
+} BlockKey;
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *kb; /* AES-128-ECB, encrypting (relay) or decrypting (client) */
+    BlockKey ku, ks;    /* AES-128 under KU (the universal hash) and KS (the PRF, the update) */
+    GCM128_CONTEXT *gu, *gs; /* GCM over them: OpenSSL's GHASH without EVP's per-call parameter queries */
+    unsigned char nonce[BLOCK];
+    unsigned char tprime[BLOCK];
+    int decrypting;
+} Direction;
+
+static PyTypeObject DirectionType;
+
+static int
+failed(const char *what)
+{
+    PyErr_Format(PyExc_RuntimeError, "CGO: OpenSSL %s failed", what);
+    return -1;
+}
+
+static void
+aesBlock(const unsigned char in[16], unsigned char out[16], const void *key)
+{
+    BlockKey *k = (BlockKey *)key;
+    int outl;
+    if (EVP_EncryptUpdate(k->ecb, out, &outl, in, BLOCK) != 1 || outl != BLOCK)
+        k->failed = 1;
+}
+
+#define CTR_RUN 32 /* counter blocks encrypted per EVP call */
+
+/* GCM's counter mode: blocks of keystream from ivec (a 32-bit big-endian counter last) XORed into in. */
+static void
+aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
+{
+    BlockKey *k = (BlockKey *)key;
+    unsigned char ctrs[CTR_RUN * BLOCK], ks[CTR_RUN * BLOCK];
+    uint32_t c = ((uint32_t)ivec[12] << 24) | ((uint32_t)ivec[13] << 16) | ((uint32_t)ivec[14] << 8) | ivec[15];
+    while (blocks) {
+        size_t n = blocks < CTR_RUN ? blocks : CTR_RUN, i;
+        int outl;
+        for (i = 0; i < n; i++, c++) {
+            unsigned char *b = ctrs + i * BLOCK;
+            memcpy(b, ivec, 12);
+            b[12] = (unsigned char)(c >> 24);
+            b[13] = (unsigned char)(c >> 16);
+            b[14] = (unsigned char)(c >> 8);
+            b[15] = (unsigned char)c;
+        }
+        if (EVP_EncryptUpdate(k->ecb, ks, &outl, ctrs, (int)(n * BLOCK)) != 1 || outl != (int)(n * BLOCK))
+            k->failed = 1;
+        for (i = 0; i < n * BLOCK; i++)
+            out[i] = in[i] ^ ks[i];
+        in += n * BLOCK;
+        out += n * BLOCK;
+        blocks -= n;
+    }
+    OPENSSL_cleanse(ks, sizeof ks);
+}
+
+/* The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption, its tag unused. */
+static int
+prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
+{
+    CRYPTO_gcm128_setiv(d->gs, iv, ivlen);
+    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, in, out, len, aesCtr32) != 0 || d->ks.failed)
+        return failed("PRF");
+    return 0;
+}
+
+/* UH(KU, T' | cmd, x) into m: GCM's tag with no plaintext. */
+static int
+uh(Direction *d, unsigned char cmd, const unsigned char *x, unsigned char *m)
+{
+    unsigned char v[BLOCK + 1];
+    memcpy(v, d->tprime, BLOCK);
+    v[BLOCK] = cmd;
+    CRYPTO_gcm128_setiv(d->gu, v, BLOCK + 1);
+    if (CRYPTO_gcm128_aad(d->gu, x, BODY_LEN) != 0)
+        return failed("UH");
+    CRYPTO_gcm128_tag(d->gu, m, BLOCK);
+    return d->ku.failed ? failed("UH") : 0;
+}
+
+/* Y = m ^ AES_KB(X ^ m) (or AES_KB^-1 when decrypting), into y. */
+static int
+et(Direction *d, const unsigned char *x, const unsigned char *m, unsigned char *y)
+{
+    unsigned char b[BLOCK];
+    int outl, i;
+    for (i = 0; i < BLOCK; i++)
+        b[i] = x[i] ^ m[i];
+    if (EVP_CipherUpdate(d->kb, y, &outl, b, BLOCK) != 1 || outl != BLOCK)
+        return failed("AES block");
+    for (i = 0; i < BLOCK; i++)
+        y[i] ^= m[i];
+    return 0;
+}
+
+static int
+rekey(Direction *d, const unsigned char *seed)
+{
+    if (EVP_CipherInit_ex(d->kb, NULL, NULL, seed, NULL, d->decrypting ? 0 : 1) != 1
+        || EVP_EncryptInit_ex(d->ku.ecb, NULL, NULL, seed + BLOCK, NULL) != 1
+        || EVP_EncryptInit_ex(d->ks.ecb, NULL, NULL, seed + 2 * BLOCK, NULL) != 1)
+        return failed("key schedule");
+    /* Re-initialized in place: the hash key H and its tables are overwritten. */
+    CRYPTO_gcm128_init(d->gu, &d->ku, aesBlock);
+    CRYPTO_gcm128_init(d->gs, &d->ks, aesBlock);
+    if (d->ku.failed || d->ks.failed)
+        return failed("key schedule");
+    memcpy(d->nonce, seed + 3 * BLOCK, BLOCK);
+    return 0;
+}
+
+static int
+Direction_init(Direction *d, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"seed", "decrypting", NULL};
+    Py_buffer seed;
+    int decrypting, rc = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*p", kwlist, &seed, &decrypting))
+        return -1;
+    if (seed.len != SEED_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO seed of %zd bytes, expected %d", seed.len, SEED_LEN);
+        goto done;
+    }
+    if (d->kb == NULL) {
+        d->kb = EVP_CIPHER_CTX_new();
+        d->ku.ecb = EVP_CIPHER_CTX_new();
+        d->ks.ecb = EVP_CIPHER_CTX_new();
+        if (d->kb == NULL || d->ku.ecb == NULL || d->ks.ecb == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        /* Decrypting, ECB would hold the last block back for its padding: off.  Encrypting
+           whole blocks it never pads, and leaving it on spares a parameter look-up at every
+           re-key (OpenSSL 3.0 re-applies "no padding" on each key). */
+        if (EVP_CipherInit_ex(d->kb, EVP_aes_128_ecb(), NULL, NULL, NULL, decrypting ? 0 : 1) != 1
+            || (decrypting && EVP_CIPHER_CTX_set_padding(d->kb, 0) != 1)
+            || EVP_EncryptInit_ex(d->ku.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1
+            || EVP_EncryptInit_ex(d->ks.ecb, EVP_aes_128_ecb(), NULL, NULL, NULL) != 1) {
+            failed("cipher setup");
+            goto done;
+        }
+        /* Keyed by rekey below (CRYPTO_gcm128_init in place); new() needs a key to point at. */
+        if (EVP_EncryptInit_ex(d->ku.ecb, NULL, NULL, seed.buf, NULL) != 1
+            || EVP_EncryptInit_ex(d->ks.ecb, NULL, NULL, seed.buf, NULL) != 1) {
+            failed("cipher setup");
+            goto done;
+        }
+        d->gu = CRYPTO_gcm128_new(&d->ku, aesBlock);
+        d->gs = CRYPTO_gcm128_new(&d->ks, aesBlock);
+        if (d->gu == NULL || d->gs == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    } else if (decrypting != d->decrypting) {
+        PyErr_SetString(PyExc_TypeError, "a direction cannot change sides");
+        goto done;
+    }
+    d->decrypting = decrypting;
+    d->ku.failed = d->ks.failed = 0;
+    if (rekey(d, seed.buf) < 0)
+        goto done;
+    memset(d->tprime, 0, BLOCK);
+    rc = 0;
+done:
+    PyBuffer_Release(&seed);
+    return rc;
+}
+
+static void
+Direction_dealloc(Direction *d)
+{
+    /* EVP_CIPHER_CTX_free and CRYPTO_gcm128_release clear the key schedules; the nonce and T' too. */
+    EVP_CIPHER_CTX_free(d->kb);
+    EVP_CIPHER_CTX_free(d->ku.ecb);
+    EVP_CIPHER_CTX_free(d->ks.ecb);
+    if (d->gu != NULL)
+        CRYPTO_gcm128_release(d->gu); /* cleared before it is freed */
+    if (d->gs != NULL)
+        CRYPTO_gcm128_release(d->gs);
+    OPENSSL_cleanse(d->nonce, BLOCK);
+    OPENSSL_cleanse(d->tprime, BLOCK);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static int
+parseCell(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, Py_buffer *cell)
+{
+    Py_buffer c;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, cell)");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return -1;
+    }
+    *cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[1], cell, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (cell->len != CELL_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell->len, CELL_LEN);
+        PyBuffer_Release(cell);
+        return -1;
+    }
+    return 0;
+}
+
+/* The layer on one cell, in -> o (CELL_LEN each, distinct): ENC_UIV for a relay, DEC_UIV for the client. */
+static int
+layer(Direction *d, unsigned char cmd, const unsigned char *in, unsigned char *o)
+{
+    unsigned char m[BLOCK];
+    if (d->decrypting) {
+        if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0 || uh(d, cmd, o + BLOCK, m) < 0
+            || et(d, in, m, o) < 0)
+            return -1;
+        memcpy(d->tprime, in, BLOCK);
+    } else {
+        if (uh(d, cmd, in + BLOCK, m) < 0 || et(d, in, m, o) < 0
+            || prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0)
+            return -1;
+        memcpy(d->tprime, o, BLOCK);
+    }
+    return 0;
+}
+
+static int
+updateWith(Direction *d, const unsigned char *nonce)
+{
+    static const unsigned char zeros[SEED_LEN];
+    unsigned char iv[BLOCK + 1], seed[SEED_LEN];
+    int rc;
+    memcpy(iv, nonce, BLOCK);
+    iv[BLOCK] = 0x01;
+    rc = prf(d, iv, BLOCK + 1, zeros, SEED_LEN, seed);
+    if (rc == 0)
+        rc = rekey(d, seed);
+    OPENSSL_cleanse(seed, SEED_LEN);
+    return rc;
+}
+
+static PyObject *
+plainLayer(Direction *d, PyObject *const *args, Py_ssize_t nargs, int decrypting)
+{
+    unsigned char cmd;
+    Py_buffer cell;
+    PyObject *out;
+    if (decrypting != d->decrypting) {
+        PyErr_SetString(PyExc_TypeError, decrypting ? "this direction encrypts (a relay's)"
+                                                    : "this direction decrypts (the client's)");
+        return NULL;
+    }
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out != NULL && layer(d, cmd, cell.buf, (unsigned char *)PyBytes_AS_STRING(out)) < 0)
+        Py_CLEAR(out);
+    PyBuffer_Release(&cell);
+    return out;
+}
+
+/* ENC_UIV with H = T' | cmd (a relay's layer); T' becomes the output's T. */
+static PyObject *
+Direction_encrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    return plainLayer(d, args, nargs, 0);
+}
+
+/* DEC_UIV with H = T' | cmd (the client); T' becomes the input's T. */
+static PyObject *
+Direction_decrypt(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    return plainLayer(d, args, nargs, 1);
+}
+
+/* UPDATE_UIV with a 16-byte nonce: new keys and N; the old schedules are overwritten. */
+static PyObject *
+Direction_update(Direction *d, PyObject *arg)
+{
+    unsigned char nonce[BLOCK];
+    Py_buffer n;
+    if (PyObject_GetBuffer(arg, &n, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (n.len != BLOCK) {
+        PyBuffer_Release(&n);
+        PyErr_SetString(PyExc_ValueError, "CGO update nonce must be 16 bytes");
+        return NULL;
+    }
+    memcpy(nonce, n.buf, BLOCK);
+    PyBuffer_Release(&n);
+    if (updateWith(d, nonce) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The layer, then recognition (T = N, constant time) and, on a match, the update. */
+static int
+layerRecognize(Direction *d, unsigned char cmd, const unsigned char *in, unsigned char *o, int *mine)
+{
+    unsigned char inTag[BLOCK];
+    memcpy(inTag, in, BLOCK);
+    if (layer(d, cmd, in, o) < 0)
+        return -1;
+    *mine = CRYPTO_memcmp(o, d->nonce, BLOCK) == 0;
+    /* The client updates with the T it received, a relay with its output T (= N). */
+    if (*mine && updateWith(d, d->decrypting ? inTag : o) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *
+pairOf(PyObject *cell, const unsigned char *tag)
+{
+    PyObject *t, *pair;
+    if (tag == NULL) {
+        t = Py_None;
+        Py_INCREF(t);
+    } else if ((t = PyBytes_FromStringAndSize((const char *)tag, BLOCK)) == NULL) {
+        Py_DECREF(cell);
+        return NULL;
+    }
+    pair = PyTuple_Pack(2, cell, t);
+    Py_DECREF(cell);
+    Py_DECREF(t);
+    return pair;
+}
+
+/* layer(cmd, cell) -> (out, tag or None): a cell passing this layer; tag (the T it arrived with) when it is for this end. */
+static PyObject *
+Direction_layer(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, inTag[BLOCK];
+    Py_buffer cell;
+    PyObject *out;
+    int mine;
+    if (parseCell(args, nargs, &cmd, &cell) < 0)
+        return NULL;
+    memcpy(inTag, cell.buf, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL || layerRecognize(d, cmd, cell.buf, (unsigned char *)PyBytes_AS_STRING(out), &mine) < 0) {
+        Py_XDECREF(out);
+        PyBuffer_Release(&cell);
+        return NULL;
+    }
+    PyBuffer_Release(&cell);
+    return pairOf(out, mine ? inTag : NULL);
+}
+
+/* originate(cmd, body) -> (cell, tag): a 493-byte body this end sends (T = N), the layer, the update. */
+static PyObject *
+Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN], nonce[BLOCK], *o;
+    Py_buffer c, body;
+    PyObject *out;
+    int rc;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, body)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    rc = c.len == 1;
+    cmd = rc ? ((unsigned char *)c.buf)[0] : 0;
+    PyBuffer_Release(&c);
+    if (!rc) {
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &body, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (body.len != BODY_LEN) {
+        PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    memcpy(in, d->nonce, BLOCK);
+    memcpy(in + BLOCK, body.buf, BODY_LEN);
+    PyBuffer_Release(&body);
+    memcpy(nonce, d->nonce, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
+    if (out == NULL)
+        return NULL;
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    /* The client (sealing for a hop) updates with N, a relay with its output T. */
+    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return pairOf(out, o);
+}
+
+/* originateRun(cmd, bodies, head) -> ([head + cell, ...], [tag, ...]): originate for several bodies in order. */
+static PyObject *
+Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
+    Py_buffer c, head, body;
+    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
+    Py_ssize_t n, i;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "bodies must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    cells = PyList_New(n);
+    tags = PyList_New(n);
+    if (cells == NULL || tags == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *out, *tag;
+        unsigned char *o;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (body.len != BODY_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        memcpy(in, d->nonce, BLOCK);
+        memcpy(in + BLOCK, body.buf, BODY_LEN);
+        PyBuffer_Release(&body);
+        memcpy(nonce, d->nonce, BLOCK);
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL)
+            goto done;
+        PyList_SET_ITEM(cells, i, out);
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        o += head.len;
+        if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
+            goto done;
+        tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
+        if (tag == NULL)
+            goto done;
+        PyList_SET_ITEM(tags, i, tag);
+    }
+    result = PyTuple_Pack(2, cells, tags);
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(cells);
+    Py_XDECREF(tags);
+    PyBuffer_Release(&head);
+    return result;
+}
+
+/* passRun(cmd, payloads, head) -> [head + layer(payload), ...]: cells passing through, none for this end. */
+static PyObject *
+Direction_passRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd;
+    Py_buffer c, head, cell;
+    PyObject *seq, *list = NULL;
+    Py_ssize_t n, i;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, head)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "payloads must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    list = PyList_New(n);
+    if (list == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *out;
+        unsigned char *o;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &cell, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (cell.len != CELL_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell.len, CELL_LEN);
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL) {
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        PyList_SET_ITEM(list, i, out);
+        if (layer(d, cmd, cell.buf, o + head.len) < 0) {
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        PyBuffer_Release(&cell);
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    return list;
+}
+
+/*
+ * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
+ * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
+ * ends the list with None (the chain is broken from there on).
+ */
+static PyObject *
+unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, a[CELL_LEN], b[CELL_LEN], inTag[BLOCK];
+    Py_buffer c, pad, cell;
+    PyObject *seq = NULL, *dirs = NULL, *list = NULL;
+    Py_ssize_t n, hops, i, h;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (c.len != 1) {
+        PyBuffer_Release(&c);
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return NULL;
+    }
+    cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (PyObject_GetBuffer(args[3], &pad, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[1], "payloads must be a sequence");
+    dirs = seq == NULL ? NULL : PySequence_Fast(args[2], "directions must be a sequence");
+    if (dirs == NULL)
+        goto fail;
+    hops = PySequence_Fast_GET_SIZE(dirs);
+    for (h = 0; h < hops; h++) {
+        Direction *d = (Direction *)PySequence_Fast_GET_ITEM(dirs, h);
+        if (!PyObject_TypeCheck((PyObject *)d, &DirectionType) || !d->decrypting || d->kb == NULL) {
+            PyErr_SetString(PyExc_TypeError, "directions must be the client's CGO directions");
+            goto fail;
+        }
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    list = PyList_New(0);
+    if (list == NULL)
+        goto fail;
+    for (i = 0; i < n; i++) {
+        PyObject *entry = NULL;
+        unsigned char *in = a, *out = b, *swap;
+        int mine = 0;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &cell, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (cell.len != CELL_LEN) {
+            PyErr_Format(PyExc_ValueError, "CGO cell of %zd bytes, expected %d", cell.len, CELL_LEN);
+            PyBuffer_Release(&cell);
+            goto fail;
+        }
+        memcpy(a, cell.buf, CELL_LEN);
+        PyBuffer_Release(&cell);
+        for (h = 0; h < hops && !mine; h++) {
+            memcpy(inTag, in, BLOCK);
+            if (layerRecognize((Direction *)PySequence_Fast_GET_ITEM(dirs, h), cmd, in, out, &mine) < 0)
+                goto fail;
+            swap = in;
+            in = out;
+            out = swap;
+        }
+        if (mine) {
+            PyObject *body = PyBytes_FromStringAndSize(NULL, pad.len + BODY_LEN);
+            if (body == NULL)
+                goto fail;
+            memcpy(PyBytes_AS_STRING(body), pad.buf, pad.len);
+            memcpy(PyBytes_AS_STRING(body) + pad.len, in + BLOCK, BODY_LEN);
+            entry = Py_BuildValue("(nNy#)", h - 1, body, (const char *)inTag, (Py_ssize_t)BLOCK);
+        } else {
+            entry = Py_None;
+            Py_INCREF(entry);
+        }
+        if (entry == NULL || PyList_Append(list, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+        if (!mine)
+            break;
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(dirs);
+    PyBuffer_Release(&pad);
+    OPENSSL_cleanse(a, CELL_LEN);
+    OPENSSL_cleanse(b, CELL_LEN);
+    return list;
+}
+
+static PyObject *
+Direction_getNonce(Direction *d, void *closure)
+{
+    return PyBytes_FromStringAndSize((const char *)d->nonce, BLOCK);
+}
+
+static PyObject *
+Direction_getTprime(Direction *d, void *closure)
+{
+    return PyBytes_FromStringAndSize((const char *)d->tprime, BLOCK);
+}
+
+static PyMethodDef Direction_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))Direction_encrypt, METH_FASTCALL,
+     "encrypt(cmd, cell): ENC_UIV, a relay's layer on a 509-byte cell"},
+    {"decrypt", (PyCFunction)(void (*)(void))Direction_decrypt, METH_FASTCALL,
+     "decrypt(cmd, cell): DEC_UIV, the client's layer on a 509-byte cell"},
+    {"update", (PyCFunction)Direction_update, METH_O, "update(nonce): UPDATE_UIV"},
+    {"layer", (PyCFunction)(void (*)(void))Direction_layer, METH_FASTCALL,
+     "layer(cmd, cell) -> (out, tag or None): the layer and recognition (then the update)"},
+    {"originate", (PyCFunction)(void (*)(void))Direction_originate, METH_FASTCALL,
+     "originate(cmd, body) -> (cell, tag): a 493-byte body from this end, the layer, the update"},
+    {"originateRun", (PyCFunction)(void (*)(void))Direction_originateRun, METH_FASTCALL,
+     "originateRun(cmd, bodies, head) -> ([head + cell], [tag]): originate for several bodies"},
+    {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
+     "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
+    {NULL}
+};
+
+static PyGetSetDef Direction_getset[] = {
+    {"nonce", (getter)Direction_getNonce, NULL, "N: a cell whose T equals it is for this end", NULL},
+    {"tprime", (getter)Direction_getTprime, NULL, "T': the chained tag", NULL},
+    {NULL}
+};
+
+static PyTypeObject DirectionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshvpn.onion._cgodirection.Direction",
+    .tp_doc = "Direction(seed, decrypting): one direction of one hop's CGO layer",
+    .tp_basicsize = sizeof(Direction),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Direction_init,
+    .tp_dealloc = (destructor)Direction_dealloc,
+    .tp_methods = Direction_methods,
+    .tp_getset = Direction_getset,
+};
+
+static PyMethodDef module_methods[] = {
+    {"unwrapRun", (PyCFunction)(void (*)(void))unwrapRun, METH_FASTCALL,
+     "unwrapRun(cmd, payloads, directions, pad) -> [(hop, pad + body, tag), ...] (None ends it)"},
+    {NULL}
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cgodirection", "One direction of a CGO layer over OpenSSL (see cgo.py).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__cgodirection(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&DirectionType) < 0)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&DirectionType);
+    if (PyModule_AddObject(m, "Direction", (PyObject *)&DirectionType) < 0) {
+        Py_DECREF(&DirectionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
