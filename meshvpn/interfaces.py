@@ -1106,10 +1106,21 @@ class ICircuitManager(Interface):
         @return: C{True} if C{circuit} was in use and is now retired.
         """
 
+    def circuitUnanswered(circuit):
+        """
+        C{circuit} answered no end-to-end probe (a hung middle or exit): as
+        L{streamTimedOut}, and its middle and exit are avoided for a while,
+        within the manager's bounds.
+
+        @return: C{True} if C{circuit} was in use and is now retired.
+        """
+
     def whenSuspect(circuit):
         """
-        @return: a Deferred firing (with C{None}) once C{circuit}'s guard is
-            suspected of being hung or cut (at once if it is now), so a
+        @return: a Deferred firing (with C{None}) once C{circuit}'s guard, or
+            a relay past it, is suspected of being hung or cut (at once if
+            it is now; a relay past the guard: its previous hop said so,
+            NEXT_HOP_SUSPECTED), so a
             stream still waiting for an answer on it can move; it never
             fails.  Cancel it when the answer came.
         """

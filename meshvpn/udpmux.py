@@ -129,9 +129,13 @@ class DatagramMultiplexer(DatagramProtocol):
                 self.log.failure("{name} handler failed on a datagram; further failures only counted", name=name)
 
     def setEgressGate(self, gate):
-        """Consult C{gate} (an L{IDirectEgress}) before each send; C{None} drops what it held."""
+        """
+        Consult C{gate} (an L{IDirectEgress}) before each send; C{None} drops
+        what it held.  Another gate keeps it: what waits on the old one's
+        C{allow} (a VPN's hold before its gate is up) goes when that fires.
+        """
         self._gate = gate
-        if self._held:
+        if gate is None and self._held:
             self._counters["egress_dropped"] += self._heldCount
             self._held, self._heldCount = {}, 0
 

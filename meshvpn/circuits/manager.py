@@ -54,7 +54,25 @@ Recovery (the chaos bench's faults):
   no new stream and the streams waiting on them move
   (L{whenSuspect}, used by the stream opener), a VPN's packet circuit
   through it is closed once a circuit through another guard is ready, and
-  new circuits enter through the next guard instead (L{backup}).
+  new circuits enter through the next guard instead (L{backup});
+- a middle or exit whose previous hop says its link to it is suspected
+  (NEXT_HOP_SUSPECTED, L{meshvpn.onion.nexthop}: the relay's own PING went
+  unanswered) is a I{suspected relay} until that hop hears it again (at
+  most L{HOP_SUSPECT_S}): every circuit through it takes no new stream
+  and its waiting streams move at once (not one probe per circuit), idle
+  spares through it close and are rebuilt without it; nothing carrying
+  streams is closed (on a loaded machine a suspicion is often wrong).  A
+  circuit whose end-to-end probe went unanswered (L{circuitUnanswered})
+  is retired and its middle and exit avoided for new paths.
+
+What a hostile hop gets from NEXT_HOP_SUSPECTED, as the attacker sees it:
+at most the circuit that carried it is retired, which the hop could always
+do by destroying it; beyond that, a suspected relay is avoided only if the
+avoidance list takes it (L{meshvpn.circuits.avoid}: 60 s, three relays at
+once, three per reporting hop per ten minutes; the same budget a hop's
+"cannot extend" already spends), never as a guard, never dropped from the
+directory, and still used when nothing else fits.  So a liar removes at
+most the three relays a false CONNECTFAILED already removes, for as long.
 
 The backup guard, bounded (a hostile network that drops packets must not
 make the client walk through its guards): it is the guard set's next
@@ -88,6 +106,7 @@ from meshvpn.circuits.pathselect import choosePath
 
 SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its replacement
 LOST_GUARD_S = 30.0  # a guard whose link went is passed over this long (the primary guards' first retry)
+HOP_SUSPECT_S = 30.0  # a relay its previous hop suspects is passed over this long, unless heard again sooner
 
 
 class CircuitBuildFailed(MeshVPNError):
@@ -103,6 +122,7 @@ class CircuitBuildFailed(MeshVPNError):
 
 RECENT_TIMES = 20  # build and rebuild times kept for status
 SELF = b""  # the reporter of what this client saw itself, in the avoidance list
+PROBE = b"probe"  # the reporter of circuits whose end-to-end probe went unanswered (its own budget)
 
 
 @implementer(ICircuitManager, ICircuitSteering, ILinkLivenessObserver, IStatusSource)
@@ -153,6 +173,9 @@ class CircuitManager(service.Service):
         self._packetCircuits = {}  # circuit -> path, handed out for packets (a VPN holds one until it closes)
         self.suspicions = 0
         self.movedOnSuspicion = 0
+        # relays a circuit's hop says it cannot hear (NEXT_HOP_SUSPECTED): node id -> (reporter, end call)
+        self._hopSuspects = {}
+        self.nextHopSuspicions = 0
 
     # -- observers
 
@@ -192,10 +215,11 @@ class CircuitManager(service.Service):
             circuit.close("finished")
         if self.backup is not None:
             self.backup[0].close("finished")
-        for call in self._lost.values():
+        for call in [*self._lost.values(), *(call for _, call in self._hopSuspects.values())]:
             if call.active():
                 call.cancel()
         self._lost.clear()
+        self._hopSuspects.clear()
 
     def _loopFailed(self, failure):
         self.log.failure("circuit maintenance stopped", failure)
@@ -253,11 +277,12 @@ class CircuitManager(service.Service):
         return circuit
 
     def _getCircuit(self, target, isolation, packets):
+        bad = self._badHops()
         for circuit, path in self._assigned.get(isolation, []):
-            if _accepts(path, target, packets) and not self._suspected(path):
+            if _accepts(path, target, packets) and not self._suspected(path, bad):
                 return defer.succeed(circuit)
         for i, (circuit, path) in enumerate(self._spare):
-            if _accepts(path, target, packets) and not self._suspected(path):
+            if _accepts(path, target, packets) and not self._suspected(path, bad):
                 del self._spare[i]
                 self._assign(isolation, (circuit, path))
                 # The replacement spare starts a moment later: built at once, its
@@ -308,6 +333,7 @@ class CircuitManager(service.Service):
         path = chooseSecondLeg(relays, first, guard=guard, rng=self.rng)
         built = await self._build(path).addTimeout(self.timeouts.current(), self.reactor)
         self._countThroughGuard(path[0], failed=False)
+        self._watchNextHops(built)
         return built
 
     def _assign(self, isolation, pair):
@@ -368,6 +394,22 @@ class CircuitManager(service.Service):
             self.guards.markDown(nodeId)
         self.avoid.failed(SELF, nodeId)
 
+    def circuitUnanswered(self, circuit):
+        """
+        C{circuit} answered no end-to-end probe (the stream opener's): a
+        hung middle or exit.  It is retired as L{streamTimedOut} does, and
+        its middle and exit are avoided for a while (either may hang; the
+        probe's own reporter budget, L{meshvpn.circuits.avoid}), so the
+        stream that moves and the spares built next go elsewhere.
+        """
+        pair = self._pairOf(circuit)
+        retired = self.streamTimedOut(circuit)
+        if pair is not None:
+            for relay in pair[1][1:]:
+                self.avoid.failed(PROBE, relay.nodeId)
+            self._closeSparesThrough(set(self.avoid.avoided()))
+        return retired
+
     def streamTimedOut(self, circuit):
         """
         A stream on C{circuit} got no answer in time (Tor's
@@ -375,6 +417,10 @@ class CircuitManager(service.Service):
         streams on and closes once it has none.
         """
         self.streamTimeouts += 1
+        return self._retire(circuit, "left a stream unanswered")
+
+    def _retire(self, circuit, why):
+        """No new stream uses C{circuit} (in use); it closes once it carries none. @return: C{True} if it was in use."""
         for key, pairs in list(self._assigned.items()):
             for pair in pairs:
                 if pair[0] is circuit:
@@ -382,8 +428,7 @@ class CircuitManager(service.Service):
                     if not pairs:
                         del self._assigned[key]
                     self._retired.append(pair)
-                    self.log.info("circuit through {path} left a stream unanswered; no new streams on it",
-                                  path=_describe(pair[1]))
+                    self.log.info("circuit through {path} {why}; no new streams on it", path=_describe(pair[1]), why=why)
                     return True
         return False
 
@@ -503,6 +548,7 @@ class CircuitManager(service.Service):
                         self._countThroughGuard(path[0], failed=True)
                         self.avoid.failed(path[e.extending - 1].nodeId, path[e.extending].nodeId)
                     continue
+                self._watchNextHops(circuit)
                 if self.guards is not None:
                     self.guards.succeeded(path[0].nodeId)
                     if self.backup is None and self.warmBackup:
@@ -534,9 +580,94 @@ class CircuitManager(service.Service):
 
     # -- suspicion (ILinkLivenessObserver)
 
-    def _suspected(self, path):
-        """Any hop of C{path} is a suspected guard (a backup may have the first guard as its middle)."""
-        return any(r.nodeId in self._suspects for r in path)
+    def _suspected(self, path, bad=None):
+        """
+        Any hop of C{path} is a suspected guard (a backup may have the first
+        guard as its middle), or a hop past the guard is a suspected or
+        avoided relay (L{_badHops}).
+        """
+        if any(r.nodeId in self._suspects for r in path):
+            return True
+        if bad is None:
+            bad = self._badHops()
+        return bool(bad) and any(r.nodeId in bad for r in path[1:])
+
+    def _badHops(self):
+        """
+        Relays no new stream goes through as a middle or exit now: those a
+        hop suspects (until it hears them again; bounded, see
+        L{meshvpn.circuits.avoid}).  The avoidance list itself only steers
+        new paths: on a starved machine relays suspect each other for a
+        moment, and every user behind a client rebuilding at once (the
+        circuits through a relay heard again) is a build storm.
+        """
+        return self._hopSuspects
+
+    def _pairOf(self, circuit):
+        pair = next((p for p in self._all() if p[0] is circuit), None)
+        if pair is None and self.backup is not None and self.backup[0] is circuit:
+            pair = self.backup
+        return pair
+
+    def _watchNextHops(self, circuit):
+        try:
+            circuit.onNextHopSuspected = self._nextHopSuspected
+        except AttributeError:
+            pass  # a circuit that carries no relay's word (a test's stand-in)
+
+    def _nextHopSuspected(self, circuit, hop, suspected):
+        """
+        Hop C{hop} of C{circuit} says its link to hop C{hop + 1} is
+        suspected (or heard again).  See the module docstring for what
+        follows and why a liar gains nothing.
+        """
+        pair = self._pairOf(circuit)
+        if pair is None or hop + 1 >= len(pair[1]):
+            return
+        reporter, target = pair[1][hop].nodeId, pair[1][hop + 1].nodeId
+        if not suspected:
+            held = self._hopSuspects.get(target)
+            if held is not None and held[0] == reporter:
+                self._endHopSuspicion(target)
+            return
+        self.nextHopSuspicions += 1
+        self.log.info("hop {h} of circuit {path} suspects its next hop {t}", h=hop, path=_describe(pair[1]),
+                      t=target.hex()[:8])
+        if target not in self._hopSuspects and not self.avoid.failed(reporter, target):
+            # over the bounds: nothing beyond this circuit, which its reporter could end anyway
+            self._retire(circuit, "has a hop that cannot hear the next")
+            self._wakeSuspectWaiters([circuit])
+            return
+        if target not in self._hopSuspects:
+            call = self.reactor.callLater(HOP_SUSPECT_S, self._endHopSuspicion, target)
+            self._hopSuspects[target] = (reporter, call)
+        through = [c for c, path in [*self._all(), *([self.backup] if self.backup else [])]
+                   if any(r.nodeId == target for r in path[1:])]
+        self._wakeSuspectWaiters(through)
+        self._closeSparesThrough({target})
+        self._movePackets()
+        if self.running:
+            self.reactor.callLater(0, self._maintain)
+
+    def _endHopSuspicion(self, nodeId):
+        held = self._hopSuspects.pop(nodeId, None)
+        if held is not None and held[1].active():
+            held[1].cancel()
+
+    def _wakeSuspectWaiters(self, circuits):
+        for circuit in circuits:
+            for d in self._suspectWaiters.pop(circuit, []):
+                d.callback(None)
+
+    def _closeSparesThrough(self, bad):
+        """Idle spares (and the backup) through C{bad} relays close; L{_maintain} builds others without them."""
+        if not bad:
+            return
+        for circuit, path in list(self._spare):
+            if any(r.nodeId in bad for r in path[1:]):
+                circuit.close("finished")
+        if self.backup is not None and any(r.nodeId in bad for r in self.backup[1][1:]):
+            self.backup[0].close("finished")
 
     def _chooseGuard(self, relays, exclude, swap=True):
         """
@@ -705,6 +836,8 @@ class CircuitManager(service.Service):
         return {
             "circuits": [self._circuitStatus(c, path) for c, path in self._all()],
             "suspected_guards": [g.hex() for g in self._suspects],
+            "suspected_relays": len(self._hopSuspects),
+            "next_hop_suspicions": self.nextHopSuspicions,
             "suspicions": self.suspicions,
             "moved_on_suspicion": self.movedOnSuspicion,
             "backup_guard": self.backup[1][0].nodeId.hex() if self.backup is not None else None,

@@ -31,6 +31,7 @@ from meshvpn.interfaces import IDirectEgress, IStatusSource
 IDLE = 300.0
 MAX_ENTRIES = 1024
 TICK = 2.0
+MAX_HELD = 256  # requests an L{EgressHold} keeps before the gate is up (a start is one turn: a few dials)
 
 
 def _key(protocol, host, port):
@@ -218,3 +219,55 @@ class EgressGate:
 def _firstError(failure):
     failure.trap(defer.FirstError)
     return failure.value.subFailure
+
+
+@implementer(IDirectEgress)
+class EgressHold:
+    """
+    What a capturing VPN client's egress users consult from the moment it
+    is wired until its gate is up: nothing passes, every C{allow} waits.
+
+    Services start one after another in one reactor turn, and the circuit
+    manager starts before the VPN: with relays known at start (last run's,
+    or a bridge's), its first spare dialled the guard before the gate
+    existed, outside any host route, and the capture that followed cut
+    that half-open connection off.  Installed at wiring time
+    (L{meshvpn.client.vpn.TunClient}), the hold makes the order safe
+    whatever starts first: a dial waits for L{release}, which hands it to
+    the gate (or, C{None}: no capture after all, straight out).
+    """
+
+    def __init__(self):
+        self._waiting = {}  # Deferred -> destinations, in the order asked
+        self.held = 0
+
+    def start(self, already=()):
+        pass  # nothing to tick: the hold only waits for the gate
+
+    def stop(self):
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting:
+            d.errback(EgressRefused("the VPN is stopping"))
+
+    def status(self):
+        return {"held": self.held, "waiting": len(self._waiting)}
+
+    def passes(self, protocol, address):
+        return False
+
+    def allow(self, destinations):
+        if len(self._waiting) >= MAX_HELD:
+            return defer.fail(EgressRefused("the VPN is not capturing yet and too much waits for it"))
+        d = defer.Deferred(lambda d: self._waiting.pop(d, None))  # given up on (the dial timed out)
+        self._waiting[d] = list(destinations)
+        self.held += 1
+        return d
+
+    def release(self, gate):
+        """The gate is up (C{gate}), or there will be none (C{None}): what waited goes on."""
+        waiting, self._waiting = self._waiting, {}
+        for d, destinations in waiting.items():
+            if gate is None:
+                d.callback(None)
+            else:
+                gate.allow(destinations).chainDeferred(d)

@@ -49,6 +49,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshvpn.client.egress import EgressHold
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStatusSource
@@ -183,6 +184,13 @@ class TunClient(service.Service):
         self.routes = routes
         self.gate = gate
         self.egressUsers = list(egressUsers)
+        # From now until the gate is up nothing the users send leaves: a service started
+        # before this one (the circuit manager's first spare) waits instead of dialling outside it.
+        self._hold = None
+        if gate is not None:
+            self._hold = EgressHold()
+            for user in self.egressUsers:
+                user.setEgressGate(self._hold)
         self.census = census
         self.probe = probe
         self.probeTimeout = probeTimeout
@@ -242,6 +250,7 @@ class TunClient(service.Service):
                     for user in self.egressUsers:
                         user.setEgressGate(self.gate)
                     self._gated = True
+                    self._releaseHold(self.gate)
             if self.opener is not None:
                 from meshvpn.client.vpndns import listenDNS
 
@@ -266,6 +275,11 @@ class TunClient(service.Service):
                       "traffic", tun=self.tun.name, a=self.address, mtu=self.mtu)
         self._waitingState()  # also when a request from before a stop is still out
         self._ensureCircuit()
+
+    def _releaseHold(self, gate):
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release(gate)
 
     def _configure6(self):
         if not self.ipv6:
@@ -297,10 +311,11 @@ class TunClient(service.Service):
         for port in self._ports:
             port.stopListening()
         self._ports = []
-        if self._gated:
+        if self._gated or self._hold is not None:
             for user in self.egressUsers:
                 user.setEgressGate(None)
             self._gated = False
+        self._releaseHold(None)  # not capturing (stopped, or the start failed): straight out
         if self.gate is not None:
             self.gate.stop()
         if self.routes is not None:

@@ -25,6 +25,23 @@ Suspicion is cheap to be wrong about (new streams take another circuit for
 a moment), the verdict is not (open streams die, the guard is marked down),
 so the first is tight and the second keeps its wide margin: on a starved
 machine a live peer answers late, and one stall is not a trend.
+
+A relay's link to an I{anonymous} peer (a client) waits far longer for its
+verdict, L{CLIENT_VERDICT_S}: the relay routes nothing through a client, so
+finding a hung one early buys it nothing, while closing the link ends
+every circuit of every user behind that client at once.  That was the
+1000-user soak's one event: a client process starved for 4-7 s (load
+average 15-20) had its guard links closed as silent, and hundreds of
+streams failed together (C{closed-header}, C{short-body}), their guards
+then counted down.  What a hung client holds meanwhile is bounded by the
+link's queues, as for a client that merely reads slowly.
+
+And a bound is judged only after a read: a reactor runs its due timers
+before it reads its sockets, so a process that was itself starved for
+seconds woke, found its PING unanswered past the verdict and closed a live
+peer's link whose PONG sat unread (a client at load 17 counted its guards
+down that way).  When a bound is crossed the link takes one more turn
+(C{callLater(0)}: the reads come first) and then judges.
 """
 
 PROBE_FLOOR_S = 0.3
@@ -32,6 +49,7 @@ PROBE_RTT_FACTOR = 4
 SUSPECT_FLOOR_S = 0.5
 VERDICT_RTT_FACTOR = 3
 SAMPLES = 8  # PONG round trips remembered for the verdict
+CLIENT_VERDICT_S = 30.0  # the least a relay waits on a silent anonymous peer (a client) before closing
 # RFC 6298's gains
 _ALPHA = 1 / 8
 _BETA = 1 / 4
@@ -61,11 +79,15 @@ class RoundTrips:
             return ceiling
         return min(ceiling, max(PROBE_FLOOR_S, PROBE_RTT_FACTOR * self.srtt))
 
-    def verdict(self, floor, ceiling):
-        """Seconds a PING waits for any answer before the peer counts as hung."""
+    def verdict(self, floor, ceiling, anonymous=False):
+        """
+        Seconds a PING waits for any answer before the peer counts as hung;
+        C{anonymous}: the peer is a client (at least L{CLIENT_VERDICT_S}).
+        """
         ordered = sorted(self.samples)
         slow = ordered[-2] if len(ordered) >= 2 else (ordered[0] if ordered else 0.0)
-        return min(ceiling, max(floor, VERDICT_RTT_FACTOR * slow))
+        bound = min(ceiling, max(floor, VERDICT_RTT_FACTOR * slow))
+        return max(bound, CLIENT_VERDICT_S) if anonymous else bound
 
     def suspectAfter(self, verdict):
         """Seconds a PING waits for any answer before the link is suspected."""

@@ -97,6 +97,9 @@ class RelayCommand:
     MP_DATA = 138
     MP_FIN = 139
     MP_REFUSED = 140
+    # A relay tells the origin its link to the circuit's next hop is suspected of hanging, or heard
+    # again (body: meshvpn.onion.nexthop); stream id 0, from any hop but the last.
+    NEXT_HOP_SUSPECTED = 146
     # Directory through circuits (meshvpn.onion.dhtmsgs): one DHT datagram per message run, stream id 0,
     # between the origin and the circuit's last hop, which sends it from its own DHT socket.
     DHT_SEND = 147
@@ -109,7 +112,7 @@ class RelayCommand:
         15: "EXTENDED2", 43: "XOFF", 44: "XON", 128: "PACKET", 129: "PAYMENT",
         130: "FLOW_NEGOTIATE", 131: "FLOW_NEGOTIATED", 132: "FRAGMENT",
         133: "MP_LINK", 134: "MP_LINKED", 135: "MP_LINKED_ACK", 136: "MP_SWITCH", 137: "MP_ACK",
-        138: "MP_DATA", 139: "MP_FIN", 140: "MP_REFUSED",
+        138: "MP_DATA", 139: "MP_FIN", 140: "MP_REFUSED", 146: "NEXT_HOP_SUSPECTED",
         147: "DHT_SEND", 148: "DHT_RECEIVED", 149: "DHT_REFUSED",
     }
     ALL = frozenset(NAMES)

@@ -15,7 +15,7 @@ from zope.interface import implementer
 from meshvpn.errors import LinkError, LinkSilent, MeshVPNError
 from meshvpn.interfaces import ICircuit, ICircuitEnd
 from meshvpn.observer import OneShotObserver
-from meshvpn.onion import circhandshake, circversions
+from meshvpn.onion import circhandshake, circversions, nexthop
 from meshvpn.onion.fragments import MessageAssembler, create2Cells, splitMessage
 from meshvpn.onion.ntor import HandshakeError
 from meshvpn.onion.cells import (
@@ -457,6 +457,25 @@ class OriginCircuit(RelayDispatcher):
         if reply is not None:
             reply.callback(reason)
 
+    # callable(circuit, hop, suspected), set by whoever watches this circuit (the circuit manager)
+    onNextHopSuspected = None
+
+    def _onNextHopSuspected(self, cellCommand, hdr, hop):
+        """
+        Hop C{hop} says its link to the hop after it is suspected (or heard
+        again): L{meshvpn.onion.nexthop}.  From the hop asked to extend, a
+        build waiting for that hop fails now, as a TRUNCATED would (charged
+        to no hop); an open circuit tells its watcher.
+        """
+        if hop >= len(self.path) - 1:
+            raise CellError(f"NEXT_HOP_SUSPECTED from hop {hop}, which has no next hop")
+        suspected = nexthop.decode(hdr.data)
+        if suspected and hop == self._asked and self.state is OriginState.BUILDING:
+            self._destroy(DestroyReason.TIMEOUT, f"hop {hop}'s link to the next hop is suspected", True)
+            return
+        if self.onNextHopSuspected is not None:
+            self.onNextHopSuspected(self, hop, suspected)
+
     def onCreated2(self, payload):
         if self.crypto.hops:
             raise CellError("CREATED2 after the first hop was created")
@@ -476,7 +495,7 @@ class OriginCircuit(RelayDispatcher):
     # The dispatcher's table (after the handlers it names).
     ACCEPTS = {**dict.fromkeys(_STREAM_COMMANDS, STREAM),
                RelayCommand.EXTENDED2: _onExtended2, RelayCommand.TRUNCATED: _onTruncated,
-               RelayCommand.FRAGMENT: _onFragment,
+               RelayCommand.FRAGMENT: _onFragment, RelayCommand.NEXT_HOP_SUSPECTED: _onNextHopSuspected,
                RelayCommand.DHT_RECEIVED: _onDatagram, RelayCommand.DHT_REFUSED: _onDatagram,
                RelayCommand.FLOW_NEGOTIATED: RelayDispatcher._onFlowNegotiated}
 

@@ -21,6 +21,7 @@ from meshvpn.dht.descriptor import IPV6_EXIT
 from meshvpn.dht.service import onionKeysFromRing
 from meshvpn.localaddrs import LocalAddresses
 from meshvpn.onion.service import OnionService, linkManagerConnector
+from meshvpn.onion.nexthop import NextHopWatch
 from meshvpn.onion.switch import SwitchLimits
 from meshvpn.roles.common import addService
 
@@ -62,8 +63,12 @@ def addOnionRelay(node, settings, flags, links):
     )
     addHostility(node, settings, onion)
     links.setCellHandler(onion.switch)
+    # a suspected link to a next hop is told to every circuit through it (meshvpn.onion.nexthop)
+    nextHops = NextHopWatch(onion.switch)
+    links.addLivenessObserver(nextHops)
     addService(node, "onion", onion)
     node.status.addSource("onion", onion.switch)
+    node.status.addSource("next-hops", nextHops)
     return onion, exitParts
 
 

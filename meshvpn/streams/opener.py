@@ -26,8 +26,12 @@ circuit, as any attempt.
 A hung middle or exit is not seen by the client's link PING (its guard
 answers): a stream that waits past a bound from the measured circuit round
 trip gets its circuit probed end to end (L{meshvpn.streams.circuitprobe});
-no answer, and the circuit is retired and the stream moved, in about 2 s
-instead of the attach timeout.
+no answer, and the circuit is retired, its middle and exit avoided for a
+while (L{meshvpn.interfaces.ICircuitManager.circuitUnanswered}) and the
+stream moved, in about 2 s instead of the attach timeout.  Sooner, as a
+rule: the relay before a hung one tells every circuit through it
+(NEXT_HOP_SUSPECTED, L{meshvpn.onion.nexthop}), and the manager's
+L{whenSuspect} fires for all of them at once.
 """
 
 import ipaddress
@@ -144,8 +148,9 @@ class CircuitStreamOpener:
                     raise
                 self.moved += 1
                 if moved[0] == "hung":
-                    # the exit did not answer the probe: a hung middle or exit; no new streams on it
-                    self.circuits.streamTimedOut(circuit)
+                    # the exit did not answer the probe: a hung middle or exit; no new streams on it,
+                    # and the manager avoids both for a while (the stream's next circuit too)
+                    self.circuits.circuitUnanswered(circuit)
                 else:
                     getattr(self.circuits, "streamMoved", lambda: None)()
                 continue  # the manager hands out a circuit through other relays

@@ -10,6 +10,9 @@ seconds apart:
 - C{kill_exit}: kill -9 the exit carrying the most circuits (restarted likewise);
 - C{sigstop_relay}: SIGSTOP the busiest remaining guard for C{--stop-seconds}
   (a hung relay: its links stay open), then SIGCONT;
+- C{sigstop_middle}: the same for the relay that is the middle of the most
+  users' circuits and the guard of none (the clients' own link PINGs see
+  nothing: only the guards before it do, NEXT_HOP_SUSPECTED);
 - C{restart_relay}: SIGTERM and restart the busiest middle/guard;
 - C{restart_bootstrap}: kill -9 the DHT bootstrap node and restart it.
 
@@ -33,7 +36,7 @@ import time
 from meshvpn.tools.benchloadnet import LoadNet, findKey, statusOf
 from meshvpn.roles.node import NODE_FILE
 
-FAULTS = ("kill_guard", "kill_exit", "sigstop_relay", "restart_relay", "restart_bootstrap")
+FAULTS = ("kill_guard", "kill_exit", "sigstop_relay", "sigstop_middle", "restart_relay", "restart_bootstrap")
 
 
 def addArguments(p):
@@ -60,6 +63,22 @@ def _busiest(nodes, exclude=()):
         if ends > most:
             best, most = node, ends
     return best, most
+
+
+def _middleOfMost(net):
+    """The relay in the middle of the most circuits clients use now that is none's guard, and that count."""
+    middles, guards = {}, set()
+    for client in net.clientNodes:
+        for circuit in (statusOf(client).get("circuits") or {}).get("circuits") or []:
+            path = circuit.get("path") or []
+            if len(path) >= 3:
+                guards.add(path[0])
+                middles[path[1]] = middles.get(path[1], 0) + 1
+    byId = {n.info["node_id"]: n for n in net.relays if n.process.poll() is None}
+    ranked = sorted(((n, i) for i, n in middles.items() if i not in guards and i in byId), reverse=True)
+    if not ranked:
+        return None, 0
+    return byId[ranked[0][1]], ranked[0][0]
 
 
 def _restart(node):
@@ -100,8 +119,13 @@ class Script:
             node.process.wait()
             self.killed.append(node)
             return {"fault": kind, "node": node.name, "circuits_through_it": circuits, "at": at}
-        if kind == "sigstop_relay":
-            node, circuits = _busiest(self._guards())
+        if kind in ("sigstop_relay", "sigstop_middle"):
+            if kind == "sigstop_middle":
+                node, circuits = _middleOfMost(self.net)
+                if node is None:
+                    return {"fault": kind, "node": None, "at": time.time(), "skipped": "no relay is only a middle"}
+            else:
+                node, circuits = _busiest(self._guards())
             at = time.time()
             node.process.send_signal(signal.SIGSTOP)
             time.sleep(self.args.stop_seconds)

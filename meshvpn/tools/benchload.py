@@ -40,6 +40,8 @@ def addArguments(p):
     p.add_argument("--exits", type=int, default=4, help="exit relays (default 4)")
     p.add_argument("--clients", type=int, default=None, help="client processes the users share (default: users/250, >= 2)")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS samples (default 10)")
+    p.add_argument("--fetches-out", default=None, help="also write every fetch (user, start, connect, total, bytes, "
+                   "error, first, bulk) to this JSON file")
 
 
 def _pct(values, q):
@@ -47,6 +49,28 @@ def _pct(values, q):
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _histogram(times, width):
+    counts = {}
+    for t in times:
+        start = int(t // width * width)
+        counts[start] = counts.get(start, 0) + 1
+    return {f"{k}-{k + int(width)}": counts[k] for k in sorted(counts)}
+
+
+# what each relay's links and circuits went through (a link closed as silent takes every circuit on it)
+RELAY_EVENTS = ("closed_silent", "suspected", "protocol_errors", "queue_overflows", "circuits_destroyed",
+                "next_hop_warned_circuits")
+
+
+def relayEvents(status):
+    found = {}
+    for key in RELAY_EVENTS:
+        value = findKey(status, key)
+        if isinstance(value, int) and value:
+            found[key] = value
+    return found
 
 
 def summarise(result, wall):
@@ -70,6 +94,8 @@ def summarise(result, wall):
         # which fetches failed, and when: a first fetch, a bulk one, in the ramp or at the end
         "failure_examples": [{"kind": f[5], "user": f[0], "at_s": round(f[1], 1), "took_s": round(f[3], 1),
                               "first": f[6], "bulk": f[7]} for f in fetches if f[5] is not None][:10],
+        # failures by the 10 s window they started in: one event shows as one tall bar
+        "failures_by_start_10s": _histogram([f[1] for f in fetches if f[5] is not None], 10.0),
         "hung_streams": failures.get("hung", 0) + failures.get("stalled", 0),
         "circuits_per_s": round(len(firsts) / arrival, 2) if arrival else None,
         "build_ms": {"p50": ms(_pct(builds, 0.5)), "p95": ms(_pct(builds, 0.95)), "p99": ms(_pct(builds, 0.99))},
@@ -113,11 +139,15 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
                 sampler.sample()
                 nextSample += args.sample_every
         wall = sampler.stop()
+        events = {node.name: relayEvents(statusOf(node)) for node in [*net.relays, *net.clientNodes]}
         if gen.returncode != 0:
             with open(os.path.join(net.net.base, "loadgen.log"), errors="replace") as f:
                 raise RuntimeError(f"load generator exited {gen.returncode}: {f.read()[-2000:]}")
         with open(resultPath) as f:
             result = json.load(f)
+        if args.fetches_out:
+            with open(args.fetches_out, "w") as f:
+                json.dump(result["fetches"], f)
         summary = summarise(result, result["wall_s"])
         relayNames = list(pids)
         summary.update({
@@ -129,6 +159,7 @@ def run(args, out=lambda line: print(line, file=sys.stderr, flush=True)):
             "relay_cpu_percent": {n: sampler.cpu.get(n) for n in relayNames},
             "relay_rss_slope_mb_per_min": {n: sampler.slopeMBPerMin(n, after=ramp) for n in relayNames},
             "relay_circuits_max": mostCircuits,
+            "link_events": events,
             "rss_samples_every_s": args.sample_every,
             "loadgen_cpu_percent": sampler.cpu.get("loadgen"),
             "client_cpu_percent": {c.name: sampler.cpu.get(c.name) for c in net.clientNodes},

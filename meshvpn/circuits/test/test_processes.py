@@ -5,6 +5,7 @@ import time
 
 from twisted.trial import unittest
 
+from meshvpn.client.socksparse import SocksError
 from meshvpn.tools import socksclient, webfixture
 from meshvpn.control.status import STATUS_FILE, readStatus
 from meshvpn.tools.testnet import Testnet
@@ -119,3 +120,68 @@ class HungRelayTests(unittest.TestCase):
         self.assertGreaterEqual(circuits.get("suspicions", 0), 1, circuits)
         print(f"\n    guard {guard.name} stopped; the next fetch took {took:.1f} s "
               f"(suspicions {circuits['suspicions']}, moved {circuits['moved_on_suspicion']})")
+
+
+class HungMiddleTests(unittest.TestCase):
+    """
+    The fault: the MIDDLE of the client's circuit is SIGSTOPped.  The
+    client's own link PING sees nothing (its guard answers); the guard's
+    link to the middle goes unanswered, so the guard tells every circuit
+    through it (NEXT_HOP_SUSPECTED) and the client moves the fetch to a
+    circuit that avoids the hung relay.
+    """
+
+    def test_stoppedMiddleIsToldByTheGuardAndAvoided(self):
+        import signal
+
+        lines = []
+        net = Testnet(lines.append)
+        self.addCleanup(net.stop)
+        net.start()
+        host, port = net.startWeb()
+        proxy = net.socksAddress()
+        self.assertEqual(socksclient.httpGet(proxy, host, port, "/bytes/2000")[1], webfixture.body(2000))
+        deadline = time.monotonic() + 10
+        while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [circuit] = usedCircuits(net.client)[0]
+        guardId, middleId = circuit["path"][0], circuit["path"][1]
+        guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
+        middle = next(n for n in net.nodes if n.info["node_id"] == middleId)
+        # an open stream keeps the circuit (a retired circuit closes once idle): on a slow
+        # machine the client's own probe may move the fetch before the guard's word arrives
+        held = socksclient.connect(proxy, host, port)
+        self.addCleanup(held.close)
+        middle.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(middle.process.send_signal, signal.SIGCONT)  # before net.stop (cleanups run last-first)
+        started = time.monotonic()
+        status, body, _, _ = socksclient.httpGet(proxy, host, port, "/bytes/2000", timeout=60)
+        took = time.monotonic() - started
+        self.assertEqual(body, webfixture.body(2000))
+        self.assertLess(took, 20, f"client log:\n{net.client.logTail()}")
+        # the guard told the circuit, and the client heard it (status files are rewritten every second)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            told = ((readStatus(guard.dataDir) or {}).get("next-hops") or {}).get("next_hop_warned_circuits", 0)
+            _, circuits = usedCircuits(net.client)
+            if told >= 1 and circuits.get("next_hop_suspicions", 0) >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            self.fail(f"the guard told {told} circuits; client status {circuits}; guard log:\n{guard.logTail()}")
+        # and the fetches after go through circuits without the hung middle (a build on a
+        # loaded machine may fail and be answered GENERAL_FAILURE: the next attempt builds again)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                body = socksclient.httpGet(proxy, host, port, "/bytes/2000", timeout=60)[1]
+                break
+            except SocksError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        self.assertEqual(body, webfixture.body(2000))
+        used, _ = usedCircuits(net.client)
+        self.assertTrue(any(middleId not in c["path"] for c in used), used)
+        print(f"\n    middle {middle.name} stopped; the next fetch took {took:.1f} s "
+              f"(guard told {told} circuits, moved {circuits['moved_on_suspicion']})")

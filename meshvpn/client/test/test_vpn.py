@@ -16,6 +16,7 @@ from twisted.names import error
 from twisted.trial import unittest
 
 from meshvpn.client import capture as tunroutes
+from meshvpn.client.egress import EgressHold
 from meshvpn.client.vpn import TunClient, circuitPacketAllowed
 from meshvpn.client.vpndns import ExitResolverClient
 from meshvpn.client.vpncli import clientTables
@@ -341,9 +342,11 @@ class VpnStateTests(unittest.TestCase):
         routes, gate, users = FakeRoutes(), Recorder(), [Recorder(), Recorder()]
         client = self.start(routes=routes, gate=gate, egressUsers=users)
         self.assertEqual((routes.captured, gate.started), (1, 1))
-        self.assertEqual([u.gates for u in users], [[gate], [gate]])
+        [hold] = {type(u.gates[0]) for u in users}
+        self.assertIs(hold, EgressHold)  # from wiring time until the gate is up
+        self.assertEqual([u.gates[1:] for u in users], [[gate], [gate]])
         client.stopService()
-        self.assertEqual([u.gates for u in users], [[gate, None], [gate, None]])
+        self.assertEqual([u.gates[1:] for u in users], [[gate, None], [gate, None]])
         self.assertEqual((gate.stopped, routes.restored), (1, 1))
         self.assertEqual(client.status()["state"], "stopped")
 

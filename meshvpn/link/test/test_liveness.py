@@ -236,3 +236,122 @@ class PingRecordTests(unittest.TestCase):
             self.assertEqual(wire.checkPing(body), body)
         else:
             self.assertRaises(wire.LinkProtocolError, wire.checkPing, body)
+
+
+class AnonymousPeerTests(unittest.TestCase):
+    """
+    The soak's one event: a starved client process (4-7 s without a turn)
+    had its guard links closed as silent by the relays, and every stream of
+    the users behind it failed at once.  A relay now waits
+    C{CLIENT_VERDICT_S} on a silent client, as it would on one that reads slowly.
+    """
+
+    def pair(self):
+        clock = task.Clock()
+        client, server, pump, _, _ = linkPair(clock, LinkSettings(keepaliveInterval=30, deadAfter=95, idleTimeout=0,
+                                                                  probeAfter=1.0, probeTimeout=4.0,
+                                                                  authenticate=False), FAST)
+        self.assertIsNone(server.peerId)  # the relay's side of a client's link
+        return clock, client, server, pump
+
+    def test_aStalledClientKeepsItsLink(self):
+        from meshvpn.link.liveness import CLIENT_VERDICT_S
+
+        clock, client, server, pump = self.pair()
+        server.sendCells([cell(1)])  # the client stops reading from now on
+        for _ in range(int(CLIENT_VERDICT_S) - 2):
+            clock.advance(1)
+        self.assertIs(server.state, State.OPEN)  # a 7 s stall (the soak's) and far more: kept
+        for _ in range(4):
+            clock.advance(1)
+        self.assertIs(server.state, State.CLOSED)  # a client gone for good is still let go
+        self.assertIsInstance(server.closeReason, LinkSilent)
+
+    def test_theClientStillFindsAHungGuardInSeconds(self):
+        clock, client, server, pump = self.pair()
+        client.sendCells([cell(1)])
+        for _ in range(5):
+            clock.advance(1)
+        self.assertIs(client.state, State.CLOSED)
+
+
+class TurnClock(task.Clock):
+    """A reactor's timer pass: only the calls due when it starts run; a call added meanwhile waits for the next."""
+
+    def advance(self, amount):
+        self.rightNow += amount
+        self._sortCalls()
+        due = [c for c in self.calls if c.getTime() <= self.seconds()]
+        for call in due:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+class OwnStallTests(unittest.TestCase):
+    """
+    A starved process (ours, not the peer) wakes after seconds: the reactor
+    runs its due timers before it reads, so the PING's verdict came before the
+    PONG waiting in the socket was read, and a live guard was closed as silent
+    (a client at load 17: its guard links closed, its guards counted down).
+    """
+
+    def test_aStalledNodeReadsBeforeItJudges(self):
+        clock = TurnClock()
+        client, server, pump, _, _ = linkPair(clock, FAST, FAST)
+        client.sendCells([cell(1)])
+        pump.flush()
+        clock.advance(1.0)  # the PING after unanswered cells goes out...
+        self.assertIsNotNone(client._pingAt)
+        clock.advance(6.0)  # ...and this process stalls past the verdict before reading anything
+        self.assertIs(client.state, State.OPEN)  # not judged yet: a turn to read first
+        pump.flush(advanceClock=False)  # the peer (another process) read the PING...
+        for call in [c for c in clock.calls if c.func.__name__ == "_scheduledFlush"]:
+            clock.calls.remove(call)  # ...and wrote its PONG (its own turn, not ours)
+            call.func(*call.args, **call.kw)
+        pump.flush(advanceClock=False)  # our read: the PONG waited in the socket
+        clock.advance(0)
+        self.assertIs(client.state, State.OPEN)
+        self.assertFalse(client.suspected)
+
+    def test_aHungPeerIsStillClosedOneTurnLater(self):
+        clock = TurnClock()
+        client, server, pump, _, _ = linkPair(clock, FAST, FAST)
+        client.sendCells([cell(1)])
+        clock.advance(1.0)
+        clock.advance(6.0)
+        clock.advance(0)  # the turn to read brought nothing
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsInstance(client.closeReason, LinkSilent)
+
+
+class PausedReadingTests(unittest.TestCase):
+    """
+    The 1000-user soak's one event: a link whose reading was paused held
+    what kept arriving; on resume, if the first held chunk's cells paused it
+    again, the rest was dropped, the byte stream was cut mid-record
+    ("unknown record type 0xf1"), and the link and every circuit on it went.
+    """
+
+    def test_heldDataSurvivesAPauseDuringTheResume(self):
+        from meshvpn.link import wire
+
+        clock, client, server, pump = LivenessTests.pair(self)
+        got = []
+
+        def receiver(cells):
+            got.extend(cells)
+            if len(got) == 1:
+                server.pauseProducing()  # the first cell's circuit fills an output queue
+
+        server.setCellReceiver(receiver)
+        server.pauseProducing()
+        stream = b"".join(wire.encodeCells([cell(i)]) for i in range(1, 7))
+        for k in range(0, len(stream), 700):  # chunks that cut records, as TCP does
+            server.dataReceived(stream[k:k + 700])
+        server.resumeProducing()
+        self.assertEqual(got, [cell(1)])  # paused again after the first: the rest waits
+        server.resumeProducing()
+        self.assertEqual(got, [cell(i) for i in range(1, 7)])  # all of it, in order
+        self.assertIs(server.state, State.OPEN)

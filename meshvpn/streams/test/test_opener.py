@@ -61,10 +61,15 @@ class FakeManager:
         self.circuits = circuits
         self.asked = []
         self.retired = []
+        self.unanswered = []
 
     def streamTimedOut(self, circuit):
         self.retired.append(circuit)
         return True
+
+    def circuitUnanswered(self, circuit):
+        self.unanswered.append(circuit)
+        return self.streamTimedOut(circuit)
 
     def getCircuit(self, target=None, isolation=None):
         self.asked.append((target, isolation))
@@ -284,6 +289,7 @@ class HungMiddleTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), "stream")  # about 2 s, not the attach timeout's 10
         self.assertEqual(hung.cancelled, [("example.com", 443)])
         self.assertEqual(m.retired, [hung])  # takes no new streams
+        self.assertEqual(m.unanswered, [hung])  # and the manager avoids its middle and exit
         self.assertEqual((opener.moved, opener.probe.unanswered), (1, 1))
 
     def test_slowExitAnsweringTheProbeKeepsTheStream(self):
