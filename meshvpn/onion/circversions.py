@@ -12,7 +12,9 @@ whose version is older (L{CircuitVersionTooOld}): an older hop would take
 it for an unknown command and tear the circuit down, so the caller falls
 back instead (another exit, or the older way).  Every command of this
 release is version 1; the next release that adds one lists it here and
-adds its version to L{meshvpn.link.protocol.CIRCUIT_VERSIONS}.
+adds its version to L{meshvpn.link.protocol.CIRCUIT_VERSIONS}.  Version 2
+added no command but a flow flag (optimistic data,
+L{meshvpn.onion.flow.FLAG_SINCE}), proposed only to last hops that list it.
 """
 
 from meshvpn.errors import MeshVPNError

@@ -33,6 +33,18 @@ FLOW_CC = 0x01  # congestion control on the circuit's sending windows (both ends
 FLOW_XON = 0x02  # streams use XON/XOFF from the receiving edge instead of stream SENDMEs
 FLOW_EARLY = 0x04  # the origin may send DATA right after BEGIN, before CONNECTED (optimistic data)
 FLOW_ALL = FLOW_CC | FLOW_XON | FLOW_EARLY
+# The circuit version (L{meshvpn.onion.circversions}) whose last hops know each
+# flag newer than version 1: a last hop of an earlier release refuses a flag
+# it does not know by destroying the circuit, so it is never proposed one.
+FLAG_SINCE = {FLOW_EARLY: 2}
+
+
+def flagsFor(flags, version):
+    """C{flags} without those a last hop speaking circuit C{version} does not know."""
+    for flag, since in FLAG_SINCE.items():
+        if version < since:
+            flags &= ~flag
+    return flags
 
 # Optimistic data (FLOW_EARLY): stream bytes the origin may send after BEGIN
 # and before CONNECTED.  The exit holds them until its connection is made;

@@ -24,7 +24,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.destroy import CircuitDestroyed, reasonCode
 from meshvpn.onion.dispatch import STREAM, RelayDispatcher
-from meshvpn.onion.flow import FLOW_ALL, FlowError
+from meshvpn.onion.flow import FLOW_ALL, FlowError, flagsFor
 from meshvpn.onion.lifecycle import ORIGIN, OriginEvent, OriginState
 from meshvpn.onion.relaycrypto import OriginCrypto
 
@@ -138,8 +138,9 @@ class OriginCircuit(RelayDispatcher):
             for hop in self.path[1:]:
                 await self._extendTo(hop)
             self._request(OriginEvent.BUILT)
-            if self.flowProposal:
-                self.negotiateFlow(self.flowProposal)
+            proposal = flagsFor(self.flowProposal, circversions.hopVersion(self.path[-1].handshakes))
+            if proposal:
+                self.negotiateFlow(proposal)
         finally:
             if timer.active():
                 timer.cancel()

@@ -20,7 +20,7 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2))
+NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2, 3))
 BEFORE_DIRECTORY = LinkSettings(versions=(1, 2, 3))
 
 
@@ -57,6 +57,12 @@ class SideBySideTests(unittest.TestCase):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
             self.assertEqual((client.version, server.version), (4, 4))
+            self.assertEqual((client.circuitVersion, server.circuitVersion), (2, 2))
+
+    def test_thisMeetsTheReleaseBeforeCircuitVersion2(self):
+        previous = LinkSettings(circuitVersions=(1,))
+        for a, b in ((THIS, previous), (previous, THIS)):
+            client, server, _ = self.pair(a, b)
             self.assertEqual((client.circuitVersion, server.circuitVersion), (1, 1))
 
     def test_twoReleasesApartRefusedClearly(self):
@@ -66,9 +72,9 @@ class SideBySideTests(unittest.TestCase):
         self.assertIn("no common link version (peer offers [1])", str(server.closeReason))
 
     def test_noCommonCircuitVersionRefused(self):
-        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(2,)), serverSettings=THIS)
+        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(3,)), serverSettings=THIS)
         self.assertIs(server.state, State.CLOSED)
-        self.assertIn("no common circuit version (peer offers [2])", str(server.closeReason))
+        self.assertIn("no common circuit version (peer offers [3])", str(server.closeReason))
 
     def test_closeSaysWhyOnVersion2(self):
         client, server, pump = self.pair(THIS, THIS)

@@ -8,6 +8,7 @@ from meshvpn.identity import NodeIdentity
 from meshvpn.onion import circversions
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.circversions import CircuitVersionTooOld, descriptorNames, hopVersion
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, flagsFor
 from meshvpn.onion.test.test_circuit import Net
 
 NEXT_RELEASE_COMMAND = 250  # a stand-in for a command the next circuit version adds
@@ -35,7 +36,7 @@ class NamesTests(unittest.TestCase):
 
 class OriginRefusesNewerCommandsTests(unittest.TestCase):
     def setUp(self):
-        self.patch(circversions, "COMMAND_SINCE", {NEXT_RELEASE_COMMAND: 2})
+        self.patch(circversions, "COMMAND_SINCE", {NEXT_RELEASE_COMMAND: 3})
         self.n = Net(self)
 
     def build(self, exitNames):
@@ -46,7 +47,7 @@ class OriginRefusesNewerCommandsTests(unittest.TestCase):
         return circ
 
     def test_olderExitIsNotSentTheCommand(self):
-        circ = self.build(("ntor", "ntor3"))  # what a release before circuit version 2 lists
+        circ = self.build(("ntor", "ntor3", "circuit-2"))  # what a release before circuit version 3 lists
         self.assertRaises(CircuitVersionTooOld, circ.sendRelay, NEXT_RELEASE_COMMAND, 0, b"x")
         self.n.net.pump()
         self.assertEqual(self.n.edge.relay, [])
@@ -54,16 +55,62 @@ class OriginRefusesNewerCommandsTests(unittest.TestCase):
         self.assertTrue(circ.sendRelay(RelayCommand.DROP, 0, b""))
 
     def test_newerExitIsSentTheCommand(self):
-        circ = self.build(("ntor", "ntor3", "circuit-2"))
+        circ = self.build(("ntor", "ntor3", "circuit-2", "circuit-3"))
         self.assertTrue(circ.sendRelay(NEXT_RELEASE_COMMAND, 0, b"x"))
 
     def test_relayListsTheVersionsItSpeaks(self):
         from meshvpn.onion import switch
 
-        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 1)  # this release: version 1 only
-        self.patch(switch, "CIRCUIT_VERSIONS", (1, 2))  # the next release, beside it
-        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 2)
+        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 2)  # this release: 1 and 2
+        self.patch(switch, "CIRCUIT_VERSIONS", (1, 2, 3))  # the next release, beside it
+        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 3)
 
     def test_middleCountsForCommandsToTheMiddle(self):
-        circ = self.build(("ntor", "circuit-2"))
+        circ = self.build(("ntor", "circuit-2", "circuit-3"))
         self.assertRaises(CircuitVersionTooOld, circ.sendRelay, NEXT_RELEASE_COMMAND, 0, b"x", hop=1)
+
+
+class FlowFlagsByVersionTests(unittest.TestCase):
+    """Optimistic data (FLOW_EARLY) is proposed only to a last hop that lists circuit version 2."""
+
+    def setUp(self):
+        self.n = Net(self)
+
+    def build(self, exitNames):
+        n = self.n
+        circ, d = n.circuit([n.guard.hopSpec(), n.middle.hopSpec(), n.exit.hopSpec(handshakes=exitNames)])
+        self.assertIs(self.successResultOf(d), circ)
+        n.net.pump()
+        return circ
+
+    def olderExit(self):
+        # an exit of the release before version 2: it knows CC and XON only and
+        # destroys a circuit proposing anything else
+        from meshvpn.onion import cells
+
+        self.patch(cells, "FLOW_KNOWN_FLAGS", FLOW_CC | FLOW_XON)
+
+    def test_olderExitIsNotProposedEarlyData(self):
+        self.olderExit()
+        circ = self.build(("ntor", "ntor3"))
+        self.assertFalse(circ.closed)
+        self.assertEqual(circ.flowFlags, FLOW_CC | FLOW_XON)
+
+    def test_withoutTheVersionCheckTheOlderExitDestroysTheCircuit(self):
+        # what the check prevents: every circuit to an older exit died
+        from meshvpn.onion import flow
+
+        self.olderExit()
+        self.patch(flow, "FLAG_SINCE", {})
+        circ = self.build(("ntor", "ntor3"))
+        self.assertTrue(circ.closed)
+
+    def test_exitOfThisReleaseGetsEverything(self):
+        circ = self.build(self.n.exit.switch.advertisedHandshakes())
+        self.assertFalse(circ.closed)
+        self.assertEqual(circ.flowFlags, FLOW_ALL)
+
+    def test_flagsFor(self):
+        self.assertEqual(flagsFor(FLOW_ALL, 1), FLOW_CC | FLOW_XON)
+        self.assertEqual(flagsFor(FLOW_ALL, 2), FLOW_ALL)
+        self.assertEqual(flagsFor(FLOW_CC, 1), FLOW_CC)
