@@ -88,6 +88,7 @@ backup is built at the first suspicion.
 """
 
 import collections
+import random
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -103,8 +104,12 @@ from meshvpn.circuits.guards import N_PRIMARY
 from meshvpn.circuits.mppath import chooseSecondLeg
 from meshvpn.circuits.pathselect import choosePath
 
+_SYSTEM_RANDOM = random.SystemRandom()  # path and guard choices an observer must not predict
+
 
 SPARE_REPLACE_DELAY = 0.25  # seconds between taking a spare and building its replacement
+FALLBACK_BUILD_FLOOR_S = 2.0  # the least a build through a fallback guard (first one suspected) may take
+FALLBACK_BUILD_FACTOR = 4  # times the median recent build a build through a fallback guard may take
 LOST_GUARD_S = 30.0  # a guard whose link went is passed over this long (the primary guards' first retry)
 HOP_SUSPECT_S = 30.0  # a relay its previous hop suspects is passed over this long, unless heard again sooner
 
@@ -153,6 +158,7 @@ class CircuitManager(service.Service):
         self.buildTimes = collections.deque(maxlen=RECENT_TIMES)
         self.rebuildTimes = collections.deque(maxlen=RECENT_TIMES)
         self.failedPastGuard = 0
+        self.fallbackGuardsTimedOut = 0  # builds through a fallback guard past their short deadline
         self._throughGuard = {}  # guard node id -> [built, failed past it]
         self.timeouts = BuildTimeout(buildTimeout)
         self.avoid = ExtendAvoidance(reactor)
@@ -515,12 +521,15 @@ class CircuitManager(service.Service):
             for attempt in range(self.attempts):
                 relays = await self._relaySource()
                 guard = None
+                fallback = False
                 if self.guards is not None:
                     # Never a random guard instead: that is how a network that
                     # makes guards fail gets a client to try all of them.
                     guard = self._chooseGuard(relays, exclude, swap)
                     if guard is None:
                         raise NoPath(f"no usable guard: {self.guards.refusal}")
+                    first = self.guards.choose(relays, exclude=exclude)
+                    fallback = first is not None and first.nodeId != guard.nodeId
                 if spare and path is not None:
                     self._spareExits.remove(path[-1].nodeId)
                 path = None
@@ -529,9 +538,22 @@ class CircuitManager(service.Service):
                     self._spareExits.append(path[-1].nodeId)
                 started = self.reactor.seconds()
                 timeout = self.timeouts.current()
+                if fallback:
+                    # A guard taken because the first is suspected: the same cut
+                    # may have silenced it (a dial to a host that drops SYNs waits
+                    # for the connect timeout), so it gets a short deadline and,
+                    # past it, counts as lost like a guard whose link went; the
+                    # next attempt takes another primary guard.
+                    timeout = min(timeout, max(FALLBACK_BUILD_FLOOR_S, FALLBACK_BUILD_FACTOR * self._typicalBuild()))
                 try:
                     circuit = await self._build(path).addTimeout(timeout, self.reactor)
                 except defer.TimeoutError:
+                    if fallback:
+                        self.fallbackGuardsTimedOut += 1
+                        self._linkLost(path[0].nodeId)
+                        lastError = CircuitBuildFailed(f"build through the fallback guard of {_describe(path)} "
+                                                       f"timed out after {timeout:.1f}s")
+                        continue
                     # Charged to no relay: on a starved machine every build is slow.
                     self.timeouts.timedOut()
                     lastError = CircuitBuildFailed(f"build through {_describe(path)} timed out after {timeout:.1f}s")
@@ -564,6 +586,11 @@ class CircuitManager(service.Service):
             self._building -= 1
             if spare and path is not None:
                 self._spareExits.remove(path[-1].nodeId)
+
+    def _typicalBuild(self):
+        """The median of the recent build times (0 before the first)."""
+        recent = sorted(list(self.buildTimes)[-20:])
+        return recent[len(recent) // 2] if recent else 0.0
 
     def _countThroughGuard(self, guard, failed):
         if guard.nodeId not in self._throughGuard and len(self._throughGuard) >= 64:
@@ -680,14 +707,22 @@ class CircuitManager(service.Service):
         if guard is None or not swap or guard.nodeId not in self._suspects:
             return guard
         passed = [guard.nodeId]
+        candidates = []
         while len(passed) < N_PRIMARY:
             other = self.guards.choose(relays, exclude=[*exclude, *passed])
             if other is None or not self.guards.isPrimary(other.nodeId):
                 break
             if other.nodeId not in self._suspects:
-                return other
+                candidates.append(other)
             passed.append(other.nodeId)
-        return guard
+        if not candidates:
+            return guard
+        # Spread over every primary guard not suspected, not always the next
+        # one: a network that cuts two guards silently (SYNs dropped) would
+        # otherwise hold every rebuild on a dial to the second cut guard until
+        # its 30 s connect timeout, while the third was reachable.  Still only
+        # primary guards: nothing new is exposed.
+        return (self.rng or _SYSTEM_RANDOM).choice(candidates)
 
     def peerSuspected(self, nodeId, suspected):
         if not suspected:
@@ -843,6 +878,7 @@ class CircuitManager(service.Service):
             "backup_guard": self.backup[1][0].nodeId.hex() if self.backup is not None else None,
             "building": self._building,
             "failed_past_guard": self.failedPastGuard,
+            "fallback_guards_timed_out": self.fallbackGuardsTimedOut,
             "build_timeout_s": round(self.timeouts.current(), 2),
             "stream_timeouts": self.streamTimeouts,
             **self.avoid.status(),

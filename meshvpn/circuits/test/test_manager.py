@@ -43,6 +43,7 @@ class Builder:
         self.failHop = {}  # node id -> hop index to fail at
         self.failExtendTo = set()  # node ids an extension to fails (a TRUNCATED, charged to no hop)
         self.hang = False
+        self.hangThrough = set()  # guard node ids whose builds never finish (a dial to a host that drops SYNs)
         self.delay = 0.01
 
     def __call__(self, path):
@@ -52,7 +53,7 @@ class Builder:
                 return defer.fail(CircuitBuildFailed("hop refused", hop=hop))
             if hop and r.nodeId in self.failExtendTo:
                 return defer.fail(CircuitBuildFailed("TRUNCATED: CONNECTFAILED", extending=hop))
-        if self.hang:
+        if self.hang or path[0].nodeId in self.hangThrough:
             return defer.Deferred()
         d = defer.Deferred()
         self.clock.callLater(self.delay, d.callback, FakeCircuit(path))

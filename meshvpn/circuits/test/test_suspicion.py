@@ -170,6 +170,45 @@ class HostileNetworkTests(unittest.TestCase):
         self.assertTrue(m.guards.isPrimary(guardOf(third)))
 
 
+    def test_rebuildsSpreadOverTheOtherPrimaries(self):
+        """
+        The first guard suspected: rebuilds go through both other primary
+        guards, not all through the next one (which the same cut may have
+        silenced: its dial would hold them all until it timed out).
+        """
+        clock, builder, m = manager(self, warmBackup=False)
+        first = circuitFor(self, clock, m, "a")
+        m.peerSuspected(guardOf(first), True)
+        chosen = {m._chooseGuard([relay(i, ROLES) for i in range(1, 11)], []).nodeId for _ in range(40)}
+        self.assertEqual(len(chosen), N_PRIMARY - 1, chosen)
+        self.assertNotIn(guardOf(first), chosen)
+        self.assertTrue(all(m.guards.isPrimary(g) for g in chosen))
+        m.rng = None  # as nodes run: the system's randomness
+        self.assertIn(m._chooseGuard([relay(i, ROLES) for i in range(1, 11)], []).nodeId, chosen)
+
+
+    def test_silentFallbackGuardIsPassedOverWithinSeconds(self):
+        """
+        The chaos bench's fault: two of the three primary guards cut
+        silently.  The first is suspected; a build through the second hangs
+        (its SYNs are dropped) and is given up after the short fallback
+        deadline, not the build timeout; the third carries the stream.
+        """
+        clock, builder, m = manager(self, warmBackup=False)
+        relays = [relay(i, ROLES) for i in range(1, 11)]
+        first = circuitFor(self, clock, m, "a")
+        second = m.guards.choose(relays, exclude=[guardOf(first)])
+        builder.hangThrough = {guardOf(first), second.nodeId}
+        m.peerSuspected(guardOf(first), True)
+        d = m.getCircuit(isolation="b")
+        for _ in range(25):
+            clock.advance(0.1)  # 2.5 s: the fallback deadline (2 s here) and a build, far below the build timeout
+        c = self.successResultOf(d)
+        self.assertNotIn(guardOf(c), (guardOf(first), second.nodeId))
+        self.assertTrue(m.guards.isPrimary(guardOf(c)))
+        self.assertLessEqual(m.fallbackGuardsTimedOut, 1)
+
+
 class LostGuardLinkTests(unittest.TestCase):
     def test_killedGuardMovesToTheBackupWithNoBuild(self):
         """The fault: the guard is killed (its link resets).  The retried streams take the warm backup at once."""
