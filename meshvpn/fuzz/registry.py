@@ -44,6 +44,7 @@ TARGETS = {
     "multipath": "multipath",
     "cgo": "cgo",
     "dht-circuit": "dhtcircuit",
+    "tun-coalesce": "tuncoalesce",
 }
 
 

@@ -17,6 +17,7 @@ from meshvpn.onion.cells import (
 )
 from meshvpn.onion.fragments import MessageAssembler
 from meshvpn.onion.multipathmsgs import MpAck, MpLink, MpSwitch
+from meshvpn.onion import nexthop
 from meshvpn.onion.packets import PacketReader, framePackets
 from meshvpn.onion.streammsgs import STREAM_BODY_TYPES, Begin, Connected, End, Resolve, Resolved
 from meshvpn.payments.paymsg import Needed, Receipt, parsePayment
@@ -31,6 +32,7 @@ BODY_TYPES = {
     RelayCommand.MP_LINKED: MpLink.decode,
     RelayCommand.MP_SWITCH: MpSwitch.decode,
     RelayCommand.MP_ACK: MpAck.decode,
+    RelayCommand.NEXT_HOP_SUSPECTED: nexthop.decode,
 }
 # Multipath commands whose body must be empty (MP_LINKED_ACK, MP_REFUSED) or is
 # stream data (MP_DATA, MP_FIN) have no codec: the multipath target fuzzes their handling.
@@ -105,6 +107,8 @@ def bodySeeds():
         (RelayCommand.MP_LINKED, MpLink(bytes(range(32)), 1200, 77).encode()),
         (RelayCommand.MP_SWITCH, MpSwitch(1201).encode()),
         (RelayCommand.MP_ACK, MpAck(1200).encode()),
+        (RelayCommand.NEXT_HOP_SUSPECTED, nexthop.encode(True)),
+        (RelayCommand.NEXT_HOP_SUSPECTED, nexthop.encode(False)),
     ]
 
 
