@@ -222,23 +222,34 @@ Direction_dealloc(Direction *d)
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
+/* The cell command argument: one byte (RELAY or RELAY_EARLY). */
+static int
+parseCmd(PyObject *arg, unsigned char *cmd)
+{
+    Py_buffer c;
+    int ok;
+    if (PyObject_GetBuffer(arg, &c, PyBUF_SIMPLE) < 0)
+        return -1;
+    ok = c.len == 1;
+    if (ok)
+        *cmd = ((unsigned char *)c.buf)[0];
+    PyBuffer_Release(&c);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
+        return -1;
+    }
+    return 0;
+}
+
 static int
 parseCell(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, Py_buffer *cell)
 {
-    Py_buffer c;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, cell)");
         return -1;
     }
-    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+    if (parseCmd(args[0], cmd) < 0)
         return -1;
-    if (c.len != 1) {
-        PyBuffer_Release(&c);
-        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
-        return -1;
-    }
-    *cmd = ((unsigned char *)c.buf)[0];
-    PyBuffer_Release(&c);
     if (PyObject_GetBuffer(args[1], cell, PyBUF_SIMPLE) < 0)
         return -1;
     if (cell->len != CELL_LEN) {
@@ -395,22 +406,14 @@ static PyObject *
 Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd, in[CELL_LEN], nonce[BLOCK], *o;
-    Py_buffer c, body;
+    Py_buffer body;
     PyObject *out;
-    int rc;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, body)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+    if (parseCmd(args[0], &cmd) < 0)
         return NULL;
-    rc = c.len == 1;
-    cmd = rc ? ((unsigned char *)c.buf)[0] : 0;
-    PyBuffer_Release(&c);
-    if (!rc) {
-        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
-        return NULL;
-    }
     if (PyObject_GetBuffer(args[1], &body, PyBUF_SIMPLE) < 0)
         return NULL;
     if (body.len != BODY_LEN) {
@@ -439,22 +442,15 @@ static PyObject *
 Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
-    Py_buffer c, head, body;
+    Py_buffer head, body;
     PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
     Py_ssize_t n, i;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+    if (parseCmd(args[0], &cmd) < 0)
         return NULL;
-    if (c.len != 1) {
-        PyBuffer_Release(&c);
-        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
-        return NULL;
-    }
-    cmd = ((unsigned char *)c.buf)[0];
-    PyBuffer_Release(&c);
     if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
         return NULL;
     seq = PySequence_Fast(args[1], "bodies must be a sequence");
@@ -507,22 +503,15 @@ static PyObject *
 Direction_passRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd;
-    Py_buffer c, head, cell;
+    Py_buffer head, cell;
     PyObject *seq, *list = NULL;
     Py_ssize_t n, i;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, head)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+    if (parseCmd(args[0], &cmd) < 0)
         return NULL;
-    if (c.len != 1) {
-        PyBuffer_Release(&c);
-        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
-        return NULL;
-    }
-    cmd = ((unsigned char *)c.buf)[0];
-    PyBuffer_Release(&c);
     if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0)
         return NULL;
     seq = PySequence_Fast(args[1], "payloads must be a sequence");
@@ -574,22 +563,15 @@ static PyObject *
 unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd, a[CELL_LEN], b[CELL_LEN], inTag[BLOCK];
-    Py_buffer c, pad, cell;
+    Py_buffer pad, cell;
     PyObject *seq = NULL, *dirs = NULL, *list = NULL;
     Py_ssize_t n, hops, i, h;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &c, PyBUF_SIMPLE) < 0)
+    if (parseCmd(args[0], &cmd) < 0)
         return NULL;
-    if (c.len != 1) {
-        PyBuffer_Release(&c);
-        PyErr_SetString(PyExc_ValueError, "CGO cell command must be one byte");
-        return NULL;
-    }
-    cmd = ((unsigned char *)c.buf)[0];
-    PyBuffer_Release(&c);
     if (PyObject_GetBuffer(args[3], &pad, PyBUF_SIMPLE) < 0)
         return NULL;
     seq = PySequence_Fast(args[1], "payloads must be a sequence");

@@ -16,6 +16,31 @@ def usedCircuits(client):
     return [c for c in circuits.get("circuits", []) if not c.get("spare")], circuits
 
 
+def oneFetch(test, size, **testnetArgs):
+    """
+    A testnet (stopped at cleanup), its web server, and one fetch of
+    C{size} bytes through the client's SOCKS port.
+
+    @return: C{(net, proxy, host, port, circuit)}: C{circuit} the one the
+        fetch used, as the client's status shows it.
+    """
+    net = Testnet(lambda line: None, **testnetArgs)
+    test.addCleanup(net.stop)
+    net.start()
+    host, port = net.startWeb()
+    proxy = net.socksAddress()
+    test.assertEqual(socksclient.httpGet(proxy, host, port, f"/bytes/{size}")[1], webfixture.body(size))
+    deadline = time.monotonic() + 10
+    while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
+        time.sleep(0.1)  # the status file is rewritten every second
+    [circuit] = usedCircuits(net.client)[0]
+    return net, proxy, host, port, circuit
+
+
+def nodeWithId(net, nodeId):
+    return next(n for n in net.nodes if n.info["node_id"] == nodeId)
+
+
 class MiddleDiesTests(unittest.TestCase):
     def assertNoHistoryOnDisk(self, net, proxy, host, port):
         """While a stream is open, status.json shows it, but not where it goes (no --status-history)."""
@@ -37,22 +62,11 @@ class MiddleDiesTests(unittest.TestCase):
         held.close()
 
     def test_killMiddleYieldsNewWorkingCircuit(self):
-        lines = []
-        net = Testnet(lines.append)
-        self.addCleanup(net.stop)
-        net.start()
-        host, port = net.startWeb()
-        proxy = net.socksAddress()
-        status, body, _, _ = socksclient.httpGet(proxy, host, port, "/bytes/5000")
-        self.assertEqual(body, webfixture.body(5000))
-        deadline = time.monotonic() + 10
-        while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
-            time.sleep(0.1)  # the status file is rewritten every second
-        [circuit] = usedCircuits(net.client)[0]
+        net, proxy, host, port, circuit = oneFetch(self, 5000)
         self.assertNoHistoryOnDisk(net, proxy, host, port)
         names = net.names()
         middleId = circuit["path"][1]
-        middle = next(n for n in net.nodes if n.info["node_id"] == middleId)
+        middle = nodeWithId(net, middleId)
         self.assertIn(middle.name, names.values())
         middle.process.kill()  # no goodbye: its links just drop
         deadline = time.monotonic() + 60
@@ -84,20 +98,11 @@ class HungRelayTests(unittest.TestCase):
     def test_stoppedGuardDoesNotHangTheNextFetch(self):
         import signal
 
-        lines = []
         # the client keeps its warm backup circuit (off by default: a second guard link)
-        net = Testnet(lines.append, nodeArgs=lambda name, host: ["--warm-backup-guard", "true"] if name == "client" else [])
-        self.addCleanup(net.stop)
-        net.start()
-        host, port = net.startWeb()
-        proxy = net.socksAddress()
-        self.assertEqual(socksclient.httpGet(proxy, host, port, "/bytes/2000")[1], webfixture.body(2000))
-        deadline = time.monotonic() + 10
-        while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        [circuit] = usedCircuits(net.client)[0]
+        net, proxy, host, port, circuit = oneFetch(
+            self, 2000, nodeArgs=lambda name, host: ["--warm-backup-guard", "true"] if name == "client" else [])
         guardId = circuit["path"][0]
-        guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
+        guard = nodeWithId(net, guardId)
         # the warm circuit through another guard, built once the directory holds a path without this one
         deadline = time.monotonic() + 30
         while not usedCircuits(net.client)[1].get("backup_guard") and time.monotonic() < deadline:
@@ -134,20 +139,10 @@ class HungMiddleTests(unittest.TestCase):
     def test_stoppedMiddleIsToldByTheGuardAndAvoided(self):
         import signal
 
-        lines = []
-        net = Testnet(lines.append)
-        self.addCleanup(net.stop)
-        net.start()
-        host, port = net.startWeb()
-        proxy = net.socksAddress()
-        self.assertEqual(socksclient.httpGet(proxy, host, port, "/bytes/2000")[1], webfixture.body(2000))
-        deadline = time.monotonic() + 10
-        while not usedCircuits(net.client)[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        [circuit] = usedCircuits(net.client)[0]
+        net, proxy, host, port, circuit = oneFetch(self, 2000)
         guardId, middleId = circuit["path"][0], circuit["path"][1]
-        guard = next(n for n in net.nodes if n.info["node_id"] == guardId)
-        middle = next(n for n in net.nodes if n.info["node_id"] == middleId)
+        guard = nodeWithId(net, guardId)
+        middle = nodeWithId(net, middleId)
         # an open stream keeps the circuit (a retired circuit closes once idle): on a slow
         # machine the client's own probe may move the fetch before the guard's word arrives
         held = socksclient.connect(proxy, host, port)
