@@ -52,9 +52,16 @@ def click(driver, element):
 
 
 def waitUntil(predicate, timeout=30.0, what="condition"):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except (StaleElementReferenceException, NoSuchElementException):
+            # the live page re-renders every second: an element found a moment
+            # ago may be gone, or not drawn yet; look again
+            value = None
         if value:
             return value
         time.sleep(0.2)
