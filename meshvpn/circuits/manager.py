@@ -525,11 +525,9 @@ class CircuitManager(service.Service):
                 if self.guards is not None:
                     # Never a random guard instead: that is how a network that
                     # makes guards fail gets a client to try all of them.
-                    guard = self._chooseGuard(relays, exclude, swap)
+                    guard, fallback = self._guardChoice(relays, exclude, swap)
                     if guard is None:
                         raise NoPath(f"no usable guard: {self.guards.refusal}")
-                    first = self.guards.choose(relays, exclude=exclude)
-                    fallback = first is not None and first.nodeId != guard.nodeId
                 if spare and path is not None:
                     self._spareExits.remove(path[-1].nodeId)
                 path = None
@@ -698,14 +696,18 @@ class CircuitManager(service.Service):
 
     def _chooseGuard(self, relays, exclude, swap=True):
         """
-        The guard set's choice, or, if its link is suspected, the next
+        The guard set's choice, or, if its link is suspected, another
         primary guard whose link is not: suspicion moves only within the
         primary guards, never to a guard outside them (bounded; see the
         module docstring).
         """
+        return self._guardChoice(relays, exclude, swap)[0]
+
+    def _guardChoice(self, relays, exclude, swap=True):
+        """@return: C{(guard, fallback)}: L{_chooseGuard}'s guard, and whether it stands in for a suspected first."""
         guard = self.guards.choose(relays, exclude=exclude)
         if guard is None or not swap or guard.nodeId not in self._suspects:
-            return guard
+            return guard, False
         passed = [guard.nodeId]
         candidates = []
         while len(passed) < N_PRIMARY:
@@ -716,13 +718,13 @@ class CircuitManager(service.Service):
                 candidates.append(other)
             passed.append(other.nodeId)
         if not candidates:
-            return guard
+            return guard, False
         # Spread over every primary guard not suspected, not always the next
         # one: a network that cuts two guards silently (SYNs dropped) would
         # otherwise hold every rebuild on a dial to the second cut guard until
         # its 30 s connect timeout, while the third was reachable.  Still only
         # primary guards: nothing new is exposed.
-        return (self.rng or _SYSTEM_RANDOM).choice(candidates)
+        return (self.rng or _SYSTEM_RANDOM).choice(candidates), True
 
     def peerSuspected(self, nodeId, suspected):
         if not suspected:
