@@ -583,6 +583,7 @@ class CircuitManager(service.Service):
                                                        f"timed out after {timeout:.1f}s")
                         continue
                     # Charged to no relay: on a starved machine every build is slow.
+                    self.log.info("build through {path} timed out after {t:.1f}s", path=_describe(path), t=timeout)
                     self.timeouts.timedOut()
                     lastError = CircuitBuildFailed(f"build through {_describe(path)} timed out after {timeout:.1f}s")
                     continue
