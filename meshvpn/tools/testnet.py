@@ -156,6 +156,23 @@ class Testnet:
         self.out(f"testnet: dashboard of the client: {self.dashboardURL()}")
         self.out(f"testnet:   (a one-time login link; another: meshvpn dashboard --data-dir {self.client.dataDir})")
 
+    def waitForDirectory(self, timeout=90.0):
+        """
+        Wait until the client's directory lists every relay of the network
+        (the client starts as soon as one path fits; a test of a relay's
+        death wants the alternatives a real network's client would know).
+        """
+        wanted = {n.info["node_id"] for n in self.nodes if n.role == "relay" and n.name != "bootstrap" and n.info}
+        deadline = time.monotonic() + timeout
+        while True:
+            known = {r.get("node_id") for r in _relaysKnown(self.client.dataDir)}
+            if wanted <= known:
+                return
+            if time.monotonic() > deadline:
+                raise MeshVPNError(f"the client's directory lists {len(wanted & known)} of {len(wanted)} "
+                                   f"nodes after {timeout:.0f}s")
+            time.sleep(0.2)
+
     def dashboardURL(self):
         """A one-time login link to the client's dashboard (from its control API)."""
         from meshvpn.control.client import ControlClient

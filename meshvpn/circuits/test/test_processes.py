@@ -27,6 +27,9 @@ def oneFetch(test, size, **testnetArgs):
     net = Testnet(lambda line: None, **testnetArgs)
     test.addCleanup(net.stop)
     net.start()
+    # Each test here kills or stops a relay: the client knows every other one, as a
+    # client of a real network would (with four, every path ran through the dead one).
+    net.waitForDirectory()
     host, port = net.startWeb()
     proxy = net.socksAddress()
     test.assertEqual(socksclient.httpGet(proxy, host, port, f"/bytes/{size}")[1], webfixture.body(size))
