@@ -44,7 +44,8 @@ says alone is believed:
   service (its streak: the weighted median of the streaks its confirming
   partners give it), so a new relay does not draw its full share at once;
 - flags: C{measured} (confirmed by at least L{Params.minReporters}
-  partners), C{fast} (measured, not in the slowest eighth), C{guard}
+  partners, or all but one of its possible partners in a smaller network:
+  L{partnersNeeded}), C{fast} (measured, not in the slowest eighth), C{guard}
   (measured, a streak of at least L{Params.guardEpochs} epochs and at least
   the median measured bandwidth: guard status is earned over time).
 
@@ -183,7 +184,69 @@ def startingPoint(reporters, raw, prior, newcomer):
     return [(h if h > 0 else fresh) * scale for h in held]
 
 
-def partnersMedian(traffic, table, live, counted, q=0.5):
+POSITIONS = ("guard", "middle", "exit")
+
+
+def positionsOf(reporters, roles):
+    """
+    Which positions each reporter may hold, as a class index (bits: guard 1,
+    middle 2, exit 4; every position when C{roles} does not say).
+    """
+    out = []
+    for rid in reporters:
+        flags = POSITIONS if roles is None or rid not in roles else roles[rid]
+        out.append(sum(1 << b for b, p in enumerate(POSITIONS) if p in flags))
+    return out
+
+
+def _adjacent(a, b):
+    """Whether relays of position classes C{a} and C{b} can sit next to each other on a guard-middle-exit path."""
+    return bool((a & 1 and b & 2) or (a & 2 and b & 1) or (a & 2 and b & 4) or (a & 4 and b & 2))
+
+
+ADJACENT = [[_adjacent(a, b) for b in range(8)] for a in range(8)]
+
+
+def neighbourPools(traffic, classes, mask=None):
+    """
+    For each relay j, the traffic of the relays that could share a link
+    with it (sit next to it on some path), itself excluded; only relays
+    with C{mask} true count (default: all).  A relay that can only be a
+    middle never links with another middle-only relay, a guard-only never
+    with an exit-only: neither is evidence about the other.
+    """
+    sums = [0.0] * 8
+    for t, c, ok in zip(traffic, classes, mask if mask is not None else [True] * len(traffic)):
+        if ok:
+            sums[c] += t
+    byClass = [sum(sums[b] for b in range(8) if ADJACENT[a][b]) for a in range(8)]
+    return [byClass[c] - (t if ADJACENT[c][c] and (mask is None or mask[j]) else 0.0)
+            for j, (t, c) in enumerate(zip(traffic, classes))]
+
+
+def partnersNeeded(classes, minReporters):
+    """
+    How many confirming partners make each relay C{measured}:
+    C{minReporters}, or all but one of the reporters it could share a link
+    with (L{positionsOf}) where there are fewer.  In a network of one guard,
+    three middles and two exits a middle has three possible partners:
+    asking for all three every epoch left a middle unmeasured whenever its
+    circuits of that epoch missed one exit, and path selection then gave it
+    less traffic (a small network's trap: see doc/measurement.md).  Only
+    small networks are concerned; from minReporters + 1 possible partners
+    on, nothing changes.
+    """
+    counts = [0] * 8
+    for c in classes:
+        counts[c] += 1
+    out = []
+    for c in classes:
+        possible = sum(counts[b] for b in range(8) if ADJACENT[c][b]) - (1 if ADJACENT[c][c] else 0)
+        out.append(min(minReporters, max(1, possible - 1)))
+    return out
+
+
+def partnersMedian(traffic, table, live, counted, q=0.5, middles=None, classes=None):
     """
     What each relay's partners say it carries: every counted relay i reads
     relay j's traffic off their link as c_ij * (E - T_j) / T_i (the link's
@@ -192,24 +255,42 @@ def partnersMedian(traffic, table, live, counted, q=0.5):
     own estimates, a relay with no link with j reading 0.  Colluders that
     hold less than half the weight cannot move a median past what the
     honest relays read, whatever they claim among themselves.
+
+    Only relays that could hold a link with j read it (L{neighbourPools}
+    of the counted relays, by C{classes}, L{positionsOf}): a guard-only
+    relay never reads an exit-only one as 0, nor a middle-only relay
+    another.  (They did: an exit of a six-relay network was cut to the
+    floor by a guard and another exit that held half the weight and could
+    never carry a byte with it.)  A link with a relay that cannot be a
+    middle is read off E = C{middles}: its two ends' partners are disjoint
+    sets, so nothing is subtracted.
     """
     n = len(traffic)
+    if classes is None:
+        classes = [7] * n
+    if middles is None:
+        middles = counted
     readings = [[] for _ in range(n)]
-    for k, m, c, _ in table:
-        if not (live[k] and live[m]):
+    for k, m, c, kind in table:
+        if not (live[k] and live[m]) or kind == 2:
             continue
-        readings[m].append((c * max(counted - traffic[m], traffic[m]) / traffic[k], traffic[k], k))
-        readings[k].append((c * max(counted - traffic[k], traffic[k]) / traffic[m], traffic[m], m))
+        if kind == 0:
+            readings[m].append((c * max(counted - traffic[m], traffic[m]) / traffic[k], traffic[k], k))
+            readings[k].append((c * max(counted - traffic[k], traffic[k]) / traffic[m], traffic[m], m))
+        else:
+            readings[m].append((c * middles / traffic[k], traffic[k], k))
+            readings[k].append((c * middles / traffic[m], traffic[m], m))
+    pools = neighbourPools(traffic, classes, live)
     out = [0.0] * n
     for j in range(n):
         if not live[j]:
             continue
         held = sum(w for _, w, _ in readings[j])
-        out[j] = weightedMedian(readings[j], zeroWeight=max(counted - traffic[j] - held, 0.0), q=q)
+        out[j] = weightedMedian(readings[j], zeroWeight=max(pools[j] - held, 0.0), q=q)
     return out
 
 
-def iterate(traffic, order, links, middle, params, kappa, coverage):
+def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None):
     """
     Recompute every relay's capped sum of confirmed links from C{traffic}
     until no estimate moves by more than C{params.tolerance} of the total
@@ -220,6 +301,8 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
         the rounds run.
     """
     n = len(traffic)
+    if classes is None:
+        classes = [7] * n
     live = [True] * n
     rounds = 0
     robust = None
@@ -238,12 +321,19 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
         # carries nothing is confirmed only by its colluders.  Left out, it
         # keeps the floor (so it can come back once its partners' weight is
         # there), and neither it nor its links count in any sum or in E.
+        # "The others" are the relays that could share a link with it
+        # (L{neighbourPools}): in a small network a guard and the exits held
+        # more than the coverage of the weight and could never confirm an
+        # exit, nor the other middles a middle-only relay.
         if coverage > 0:
             seen = [0.0] * n
-            for k, m in order:
+            for k, m, _, kind in table:
+                if kind == 2:
+                    continue
                 seen[k] += traffic[m]
                 seen[m] += traffic[k]
-            live = [seen[k] >= coverage * (total - traffic[k]) for k in range(n)]
+            pools = neighbourPools(traffic, classes)
+            live = [seen[k] >= coverage * pools[k] for k in range(n)]
         counted = sum(t for t, ok in zip(traffic, live) if ok)
         middles = sum(t for t, mid, ok in zip(traffic, middle, live) if mid and ok)
         if counted <= 0:
@@ -274,7 +364,8 @@ def iterate(traffic, order, links, middle, params, kappa, coverage):
             # the partners' reading, as a share of E: read every few rounds (it sorts every relay's
             # readings), applied every round
             if rounds % params.medianEvery == 0 or robust is None:
-                robust = [r / counted for r in partnersMedian(traffic, table, live, counted, params.medianQuantile)]
+                robust = [r / counted for r in partnersMedian(traffic, table, live, counted, params.medianQuantile,
+                                                                   middles, classes)]
             limit = params.medianSlack * counted
             nxt = [t if not ok or t <= limit * r else limit * r for t, r, ok in zip(nxt, robust, live)]
         floor = sum(nxt) / n * params.floor
@@ -338,7 +429,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     fresh = not (prior and any(prior.get(rid, 0.0) > 0 for rid in reporters))
     coverage = params.freshCoverage if fresh else params.coverage
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
-    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage)
+    classes = positionsOf(reporters, roles)
+    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage, classes)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown
@@ -361,16 +453,19 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
         confirmed = partners[k]
         streak = int(weightedMedian(confirmed)) if confirmed else 0
         out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed), live[k]]
-    measured = sorted(v[0] for v in out.values() if v[2] >= params.minReporters and v[0] > 0 and v[3])
+    needed = partnersNeeded(classes, params.minReporters)
+    for k, nodeId in enumerate(reporters):
+        out[nodeId].append(needed[k])
+    measured = sorted(v[0] for v in out.values() if v[2] >= v[4] and v[0] > 0 and v[3])
     median = measured[(len(measured) - 1) // 2] if measured else 0.0
     slowEighth = measured[len(measured) // 8] if measured else 0.0
     if stats is not None:
         stats["rounds"] = rounds
     result = {}
-    for nodeId, (bandwidth, streak, count, counted) in out.items():
+    for nodeId, (bandwidth, streak, count, counted, need) in out.items():
         flags = set()
         weight = 0
-        if count >= params.minReporters and bandwidth > 0:
+        if count >= need and bandwidth > 0:
             # measured: path selection draws it by this weight, never as "new"
             flags.add("measured")
             weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))

@@ -4,7 +4,8 @@ import random
 
 from twisted.trial import unittest
 
-from meshvpn.measure.aggregate import Params, computeWeights, startingPoint, weightedMedian
+from meshvpn.measure.aggregate import (Params, computeWeights, neighbourPools, partnersNeeded, startingPoint,
+                                       weightedMedian)
 from meshvpn.measure.reports import Report, prefixOf
 from meshvpn.tools.benchweights import HUGE, _attack, _ids, _pearson, _reportsOf, _traffic
 
@@ -86,6 +87,71 @@ class HonestTests(unittest.TestCase):
         rs = reports(ids, traffic)
         rs[0] = Report(ids[0], b"", 1, 60, traffic[0], ())
         self.assertRaises(ValueError, computeWeights, rs)
+
+
+class SmallNetworkTests(unittest.TestCase):
+    """
+    The real-process testnet's shape: one guard-only relay, three
+    middle-only relays at 12, 36 and 108 and two exit-only relays; a path is
+    guard -> middle -> exit, so a middle links only with the guard and the
+    exits, an exit only with the middles.
+    """
+
+    def measure(self, toFirstExit, prior=None, params=Params()):
+        """@param toFirstExit: per middle (12, 36, 108), the share of its exit traffic that went to exit1."""
+        ids = sorted(_ids(6, random.Random(3), 0))
+        guard, exit1, exit2 = ids[0], ids[4], ids[5]
+        middles = ids[1:4]
+        roles = {guard: {"guard"}, exit1: {"exit"}, exit2: {"exit"}, **{m: {"middle"} for m in middles}}
+        t = {i: {} for i in ids}
+
+        def link(a, b, n):
+            if n > 0:
+                t[a][prefixOf(b)] = t[b][prefixOf(a)] = (int(n), 3)
+
+        for m, rate, share in zip(middles, (12e3, 36e3, 108e3), toFirstExit):
+            link(guard, m, 2 * rate)
+            link(m, exit1, 2 * rate * share)
+            link(m, exit2, 2 * rate * (1 - share))
+        out = computeWeights([Report(i, b"", 1, 1, t[i], ()) for i in ids], roles=roles, prior=prior, params=params)
+        return [out[i] for i in (guard, *middles, exit1, exit2)]
+
+    def test_exitsAreReadOnlyByTheRelaysTheyCanLinkWith(self):
+        # what the testnet showed: each exit links with two of the three middles this epoch.  The guard
+        # and the other exit never share a link with an exit; they used to read it as 0 and count among
+        # "the others" its partners must cover: an exit was cut to the floor, a middle with it, and the
+        # guard and the big middle took 144 MB/s each (their links' caps fed each other)
+        fresh = self.measure((1.0, 0.0, 0.5))
+        history = self.measure((1.0, 0.0, 0.5), prior={m.nodeId: m.bandwidth for m in fresh})
+        for g, m12, m36, m108, e1, e2 in (fresh, history):
+            self.assertTrue(all("measured" in m.flags and "isolated" not in m.flags for m in (g, m12, m36, m108, e1, e2)))
+            got = [m.bandwidth for m in (m12, m36, m108)]
+            self.assertEqual(got, sorted(got))
+            for m, rate in zip((m36, m108), (36e3, 108e3)):
+                self.assertLess(abs(m.bandwidth / (4 * rate) - 1), 0.05)
+            # the 12 middle is read 26% low (its only exit link is with the exit that links the big middle
+            # less): coarse, but ranked; the guard carries what the middles do
+            self.assertLess(abs(m12.bandwidth / 48e3 - 1), 0.3)
+            self.assertLess(abs(g.bandwidth / (2 * 156e3) - 1), 0.05)
+            self.assertLess(abs(e1.bandwidth / 132e3 - 1), 0.1)  # 24 + 108
+            self.assertLess(abs(e2.bandwidth / 180e3 - 1), 0.05)  # 72 + 108
+
+    def test_aMiddleWhoseCircuitsMissedAnExitIsStillMeasured(self):
+        # the 36 middle's circuits all went to the second exit this epoch: two of its three possible partners
+        g, m12, m36, m108, e1, e2 = self.measure((0.5, 0.0, 0.5))
+        self.assertEqual(m36.reporters, 2)
+        self.assertIn("measured", m36.flags)
+        self.assertNotIn("isolated", m36.flags)
+        self.assertEqual([m.bandwidth for m in (m12, m36, m108)], sorted(m.bandwidth for m in (m12, m36, m108)))
+        # the rule is for small networks: with three required, it was not
+        self.assertEqual(partnersNeeded([2] * 3 + [1] + [4] * 2, 3), [2, 2, 2, 2, 2, 2])
+        self.assertEqual(partnersNeeded([7] * 10, 3), [3] * 10)
+        self.assertEqual(partnersNeeded([2, 1, 4], 3), [1, 1, 1])
+
+    def test_aMiddleOnlyRelayIsNotReadByTheOtherMiddles(self):
+        self.assertEqual(neighbourPools([1.0, 2.0, 4.0, 8.0], [2, 2, 1, 4]), [12.0, 12.0, 3.0, 3.0])
+        self.assertEqual(neighbourPools([1.0, 2.0, 4.0], [7, 7, 7]), [6.0, 5.0, 3.0])
+        self.assertEqual(neighbourPools([1.0, 2.0, 4.0], [7, 7, 7], [True, False, True]), [4.0, 5.0, 1.0])
 
 
 class ReputationTests(unittest.TestCase):
