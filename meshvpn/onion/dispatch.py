@@ -221,25 +221,28 @@ class RelayDispatcher:
         @param last: the hop index of the circuit's edge.
         """
         xon = self.flowFlags & FLOW_XON
-        parts, sid, packets = [], 0, []
+        parts, sid, bodies = [], 0, []
+        onReceived = self.deliverWindow.onReceived
         for hop, plain, tag in entries:
             c = plain[10]
             if c == _PACKET and hop == last:
-                # Packets completed by a run of PACKET cells go out as one batch.
+                # A run of PACKET cells is parsed in place (the checks are
+                # unpackRelay's for PACKET) and reassembled as one byte
+                # stream: one pass over the run, its packets one TUN batch.
+                n = (plain[13] << 8) | plain[14]
+                if n > _MAX_DATA or plain[11] or plain[12]:
+                    unpackRelay(plain)  # raises the precise error
                 if parts:
                     self._streamArrived(_DATA, sid, b"".join(parts))
                     parts = []
-                hdr = unpackRelay(plain)
-                ack = self.deliverWindow.onReceived(tag)
+                ack = onReceived(tag)
                 if ack is not None:
                     self.sendRelay(_SENDME, 0, Sendme(ack).encode())
-                got = self.packetReader.feed(hdr.data)
-                if got:
-                    packets.extend(got)
+                bodies.append(plain[15:15 + n])
                 continue
-            if packets:
-                self._packetsArrived(packets)
-                packets = []
+            if bodies:
+                self._deliverPacketBodies(bodies)
+                bodies = []
             if not xon:
                 self._dispatch(cellCommand, plain, tag, hop == last, hop)
                 continue
@@ -247,7 +250,7 @@ class RelayDispatcher:
                 s = (plain[11] << 8) | plain[12]
                 n = (plain[13] << 8) | plain[14]
                 if n <= _MAX_DATA and s != 0:
-                    ack = self.deliverWindow.onReceived(tag)
+                    ack = onReceived(tag)
                     if ack is not None:
                         self.sendRelay(_SENDME, 0, Sendme(ack).encode())
                     if s != sid and parts:
@@ -262,6 +265,11 @@ class RelayDispatcher:
             self._dispatch(cellCommand, plain, tag, hop == last, hop)
         if parts:
             self._streamArrived(_DATA, sid, b"".join(parts))
+        if bodies:
+            self._deliverPacketBodies(bodies)
+
+    def _deliverPacketBodies(self, bodies):
+        packets = self.packetReader.feed(b"".join(bodies) if len(bodies) > 1 else bodies[0])
         if packets:
             self._packetsArrived(packets)
 
