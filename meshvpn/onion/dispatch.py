@@ -309,10 +309,20 @@ class RelayDispatcher:
 
     def _sendPacketStream(self, stream):
         size = self.maxData
-        if len(stream) > size:
-            self._sendRun([packRelay(_PACKET, 0, stream[i:i + size]) for i in range(0, len(stream), size)])
-        elif stream:
-            self.sendRelay(_PACKET, 0, stream)
+        n = len(stream)
+        if n <= size:
+            if stream:
+                self.sendRelay(_PACKET, 0, stream)
+            return
+        # Full cells share one prepared header (packRelay's bytes, without
+        # its per-cell packing); only the last, short one is packed.
+        whole = n - n % size
+        full = _HEAD_PAD + _DATA_HEADER.pack(_PACKET, 0, size)
+        tail = bytes(_MAX_DATA - size)
+        plains = [b"".join((full, stream[i:i + size], tail)) for i in range(0, whole, size)]
+        if whole < n:
+            plains.append(packRelay(_PACKET, 0, stream[whole:]))
+        self._sendRun(plains)
 
     def _queuePackets(self, packets):
         backlog = self._backlog
