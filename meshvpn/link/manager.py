@@ -25,7 +25,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from meshvpn.errors import LinkError, LinkSilent
@@ -79,12 +79,6 @@ class _BoundedTLSFactory(TLSMemoryBIOFactory):
     """Refuses connections (closes them at once) while the manager is full or the source over its limits."""
 
     noisy = False  # no log line per outgoing link
-    # Twisted's default TLS protocol holds every write back to the next
-    # reactor turn and copies it twice to join small writes; a link's cells
-    # are already joined into one write per turn (meshvpn.onion.flusher), so
-    # that only cost a timer and two copies per write and delayed each cell
-    # by a turn.  Writes go to TLS at once.
-    protocol = TLSMemoryBIOProtocol
 
     def __init__(self, manager, *args, incoming=False, **kwargs):
         super().__init__(*args, **kwargs)
