@@ -35,7 +35,9 @@ Recovery (the chaos bench's faults):
   network) is replaced at once through a path that avoids both its middle
   and its exit (either may be the dead relay: a killed exit used to be
   chosen again, one build in four), softly: when nothing else fits they
-  are used;
+  are used; a replacement whose every attempt failed (a small directory
+  that knew no path without the dead relay yet) is tried again after 2, 4,
+  8, 16 and 30 s, not given up at once;
 - a request for an isolation key whose replacement is being built waits
   for that build instead of starting a second one (a dead exit's users
   used to double the build load just when it mattered), unless a spare fits;
@@ -112,6 +114,9 @@ FALLBACK_BUILD_FLOOR_S = 2.0  # the least a build through a fallback guard (firs
 FALLBACK_BUILD_FACTOR = 4  # times the median recent build a build through a fallback guard may take
 LOST_GUARD_S = 30.0  # a guard whose link went is passed over this long (the primary guards' first retry)
 HOP_SUSPECT_S = 30.0  # a relay its previous hop suspects is passed over this long, unless heard again sooner
+# After a replacement's every attempt failed, it is tried again this long later (then given up:
+# the next stream builds its own); about a minute in all, the directory's sampling period when hurried.
+REPLACE_RETRY_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 class CircuitBuildFailed(MeshVPNError):
@@ -163,6 +168,7 @@ class CircuitManager(service.Service):
         self.timeouts = BuildTimeout(buildTimeout)
         self.avoid = ExtendAvoidance(reactor)
         self._replacing = {}  # isolation key -> requests waiting for its replacement circuit
+        self._replaceLater = {}  # isolation key -> the pending retry of its failed replacement
         self._spareExits = []  # exits of spares being built
         self.streamTimeouts = 0
         self._loop = None
@@ -221,11 +227,13 @@ class CircuitManager(service.Service):
             circuit.close("finished")
         if self.backup is not None:
             self.backup[0].close("finished")
-        for call in [*self._lost.values(), *(call for _, call in self._hopSuspects.values())]:
+        for call in [*self._lost.values(), *(call for _, call in self._hopSuspects.values()),
+                     *self._replaceLater.values()]:
             if call.active():
                 call.cancel()
         self._lost.clear()
         self._hopSuspects.clear()
+        self._replaceLater.clear()
 
     def _loopFailed(self, failure):
         self.log.failure("circuit maintenance stopped", failure)
@@ -364,10 +372,25 @@ class CircuitManager(service.Service):
         if not self.running:
             return
         # A circuit in use died: replace it now so the next stream does not wait.
-        started = self.reactor.seconds()
         self.log.info(
             "circuit through {path} closed ({reason}); rebuilding", path=_describe(pair[1]), reason=_reason(reason)
         )
+        old = self._replaceLater.pop(isolation, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._replace(isolation, pair[1], _suspect(err, pair[1]), self.reactor.seconds(), 0)
+
+    def _replace(self, isolation, deadPath, avoid, started, tries):
+        """
+        Build the replacement of the circuit on C{deadPath}; when every
+        attempt fails, try again after L{REPLACE_RETRY_S} (the directory may
+        know only paths through the dead relay until its next sampling,
+        which the failed choice asked for), unless a stream's own build
+        gave C{isolation} a circuit meanwhile.
+        """
+        self._replaceLater.pop(isolation, None)
+        if not self.running or (tries and self._assigned.get(isolation)):
+            return
 
         def replaced(newPair):
             took = self.reactor.seconds() - started
@@ -377,16 +400,23 @@ class CircuitManager(service.Service):
             self._announce(newPair[0])
 
         def failed(f):
-            self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage())
+            if tries < len(REPLACE_RETRY_S) and self.running:
+                delay = REPLACE_RETRY_S[tries]
+                self.log.warn("replacement circuit failed: {why}; trying again in {delay:g}s",
+                              why=f.getErrorMessage(), delay=delay)
+                self._replaceLater[isolation] = self.reactor.callLater(
+                    delay, self._replace, isolation, deadPath, avoid, started, tries + 1)
+            else:
+                self.log.warn("replacement circuit failed: {why}", why=f.getErrorMessage())
 
         def done(_):
             for waiter in self._replacing.pop(isolation, []):
                 waiter.callback(None)
 
         # Same kind of exit as the dead one (a VPN circuit needs a packet exit).
-        packets = "packet-exit" in pair[1][-1].roles
+        packets = "packet-exit" in deadPath[-1].roles
         self._replacing.setdefault(isolation, [])
-        d = self._buildWithRetries(None, avoid=_suspect(err, pair[1]), packets=packets)
+        d = self._buildWithRetries(None, avoid=avoid, packets=packets)
         d.addCallbacks(replaced, failed).addBoth(done)
 
     def _hangs(self, nodeId):

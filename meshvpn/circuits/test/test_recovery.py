@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from meshvpn.circuits import avoid as A
+from meshvpn.circuits import manager as M
 from meshvpn.circuits.guards import GuardSet
 from meshvpn.circuits.manager import CircuitManager
 from meshvpn.circuits.test.test_manager import Builder, relay
@@ -242,6 +243,69 @@ class SmallDirectoryTests(unittest.TestCase):
         m.avoid.failed(b"r" * 32, relays[1].nodeId)
         circuitFor(self, clock, m, "b")
         self.assertGreater(source.asked, 0)
+
+
+    def test_failedReplacementIsTriedAgainOnceTheDirectoryGrows(self):
+        """
+        The fault (MiddleDiesTests, flaky in CI): the killed middle was in
+        every path the client knew, so the replacement's four attempts all
+        failed in a second and it was given up; the relay finder learned
+        more relays 20 s later, but nothing asked for a replacement again.
+        Now it is tried again after 2, 4, 8, 16 and 30 s.
+        """
+        guard, middle, exit = relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",))
+        relays = [guard, middle, exit]
+        clock = Clock()
+        builder = Builder(clock)
+        m = CircuitManager(clock, lambda: defer.succeed(list(relays)), builder, spares=0, rng=random.Random(1))
+        m.startService()
+        self.addCleanup(m.stopService)
+        first = circuitFor(self, clock, m, "k")
+        builder.failExtendTo = {middle.nodeId}
+        first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED, "destroyed by the network"))
+        clock.advance(0.01)
+        self.assertEqual(list(m.rebuildTimes), [])
+        self.assertNotIn("k", m._assigned)
+        relays.append(relay(4, ("middle",)))  # the directory's next sampling
+        clock.advance(M.REPLACE_RETRY_S[0])
+        clock.advance(0.01)
+        [(second, path)] = m._assigned["k"]
+        self.assertEqual([r.nodeId for r in path], [guard.nodeId, relays[3].nodeId, exit.nodeId])
+        self.assertEqual(len(m.rebuildTimes), 1)
+
+    def test_replacementRetriesAreBounded(self):
+        """Nothing ever fits: the replacement is tried len(REPLACE_RETRY_S) more times, then left to the next stream."""
+        clock, builder, m, relays = manager(self, guards=False)
+        first = circuitFor(self, clock, m, "k")
+        builder.failHop = {r.nodeId: 0 for r in relays}
+        before = len(builder.calls)
+        first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED))
+        for delay in [0.01, *M.REPLACE_RETRY_S, 120]:
+            clock.advance(delay)
+        rounds = (len(builder.calls) - before) / m.attempts
+        self.assertEqual(rounds, 1 + len(M.REPLACE_RETRY_S))
+        self.assertEqual(m._replaceLater, {})
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.func == m._replace], [])
+
+    def test_aStreamsOwnCircuitEndsTheRetries(self):
+        """A stream built its own circuit for the key while the retry waited: the retry builds nothing."""
+        guard, middle, exit = relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",))
+        relays = [guard, middle, exit]
+        clock = Clock()
+        builder = Builder(clock)
+        m = CircuitManager(clock, lambda: defer.succeed(list(relays)), builder, spares=0, rng=random.Random(1))
+        m.startService()
+        self.addCleanup(m.stopService)
+        first = circuitFor(self, clock, m, "k")
+        builder.failExtendTo = {middle.nodeId}
+        first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED))
+        clock.advance(0.01)
+        relays.append(relay(4, ("middle",)))
+        circuitFor(self, clock, m, "k")
+        before = len(builder.calls)
+        clock.advance(M.REPLACE_RETRY_S[0] + 0.01)
+        self.assertEqual(len(builder.calls), before)
+        self.assertEqual(len(m._assigned["k"]), 1)
 
 
 class AvoidanceBoundsTests(unittest.TestCase):
