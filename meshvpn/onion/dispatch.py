@@ -23,7 +23,7 @@ import struct
 
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
-from meshvpn.onion.packets import PacketReader, framePackets
+from meshvpn.onion.packets import MAX_PACKET, PacketReader, framePackets
 
 _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
@@ -85,6 +85,7 @@ class RelayDispatcher:
         self.packetsDropped = 0
         self._backlog = []  # packets waiting for the window (packet mode)
         self._backlogBytes = 0
+        self._tail = b""  # the framed rest of a packet whose start filled the window
         self.flowClock = clock
         self.flowFlags = 0  # what the circuit negotiated (meshvpn.onion.flow FLOW_*)
         self._flowState = None  # None, "proposed" (origin), "agreed"
@@ -168,7 +169,7 @@ class RelayDispatcher:
             if not atEdge:
                 raise CellError(f"circuit SENDME {self.NOT_AT_EDGE}")
             self.packWindow.onSendme(Sendme.decode(hdr.data).tag)
-            if self._backlog:
+            if self._backlog or self._tail:
                 self._drainPackets()
             self._windowOpened()
         elif c == _DROP:
@@ -220,25 +221,28 @@ class RelayDispatcher:
         @param last: the hop index of the circuit's edge.
         """
         xon = self.flowFlags & FLOW_XON
-        parts, sid, packets = [], 0, []
+        parts, sid, bodies = [], 0, []
+        onReceived = self.deliverWindow.onReceived
         for hop, plain, tag in entries:
             c = plain[10]
             if c == _PACKET and hop == last:
-                # Packets completed by a run of PACKET cells go out as one batch.
+                # A run of PACKET cells is parsed in place (the checks are
+                # unpackRelay's for PACKET) and reassembled as one byte
+                # stream: one pass over the run, its packets one TUN batch.
+                n = (plain[13] << 8) | plain[14]
+                if n > _MAX_DATA or plain[11] or plain[12]:
+                    unpackRelay(plain)  # raises the precise error
                 if parts:
                     self._streamArrived(_DATA, sid, b"".join(parts))
                     parts = []
-                hdr = unpackRelay(plain)
-                ack = self.deliverWindow.onReceived(tag)
+                ack = onReceived(tag)
                 if ack is not None:
                     self.sendRelay(_SENDME, 0, Sendme(ack).encode())
-                got = self.packetReader.feed(hdr.data)
-                if got:
-                    packets.extend(got)
+                bodies.append(plain[15:15 + n])
                 continue
-            if packets:
-                self._packetsArrived(packets)
-                packets = []
+            if bodies:
+                self._deliverPacketBodies(bodies)
+                bodies = []
             if not xon:
                 self._dispatch(cellCommand, plain, tag, hop == last, hop)
                 continue
@@ -246,7 +250,7 @@ class RelayDispatcher:
                 s = (plain[11] << 8) | plain[12]
                 n = (plain[13] << 8) | plain[14]
                 if n <= _MAX_DATA and s != 0:
-                    ack = self.deliverWindow.onReceived(tag)
+                    ack = onReceived(tag)
                     if ack is not None:
                         self.sendRelay(_SENDME, 0, Sendme(ack).encode())
                     if s != sid and parts:
@@ -261,6 +265,11 @@ class RelayDispatcher:
             self._dispatch(cellCommand, plain, tag, hop == last, hop)
         if parts:
             self._streamArrived(_DATA, sid, b"".join(parts))
+        if bodies:
+            self._deliverPacketBodies(bodies)
+
+    def _deliverPacketBodies(self, bodies):
+        packets = self.packetReader.feed(b"".join(bodies) if len(bodies) > 1 else bodies[0])
         if packets:
             self._packetsArrived(packets)
 
@@ -274,25 +283,46 @@ class RelayDispatcher:
         C{packetsDropped}), as a full router queue drops them, and TCP
         inside recovers.
 
+        The window is always filled to its last cell, the next packet cut
+        across it if need be (records are a byte stream, the reader joins
+        them): a packet needing more cells than are left must not wait for
+        the window to open, because a SENDME comes only every C{increment}
+        cells received, and with a congestion window near its minimum the
+        cells still unacknowledged may be fewer -- no SENDME would ever come.
+
         @return: the number of packets sent or queued.
         """
-        if self._backlog:
+        if self._backlog or self._tail:
             # Packets keep their order: new ones wait behind the backlog.
             return self._queuePackets(packets)
         fit = _fitting(packets, self.packWindow.window, self.maxData)
         if fit:
             self._sendPacketCells(packets[:fit])
         if fit < len(packets):
-            return fit + self._queuePackets(packets[fit:])
+            queued = self._queuePackets(packets[fit:])
+            self._drainPackets()
+            return fit + queued
         return fit
 
     def _sendPacketCells(self, packets):
-        bodies = framePackets(packets, self.maxData)
-        if len(bodies) > 1:
-            self._sendRun([packRelay(_PACKET, 0, body) for body in bodies])
-        else:
-            for body in bodies:
-                self.sendRelay(_PACKET, 0, body)
+        self._sendPacketStream(b"".join(framePackets(packets, self.maxData)))
+
+    def _sendPacketStream(self, stream):
+        size = self.maxData
+        n = len(stream)
+        if n <= size:
+            if stream:
+                self.sendRelay(_PACKET, 0, stream)
+            return
+        # Full cells share one prepared header (packRelay's bytes, without
+        # its per-cell packing); only the last, short one is packed.
+        whole = n - n % size
+        full = _HEAD_PAD + _DATA_HEADER.pack(_PACKET, 0, size)
+        tail = bytes(_MAX_DATA - size)
+        plains = [b"".join((full, stream[i:i + size], tail)) for i in range(0, whole, size)]
+        if whole < n:
+            plains.append(packRelay(_PACKET, 0, stream[whole:]))
+        self._sendRun(plains)
 
     def _queuePackets(self, packets):
         backlog = self._backlog
@@ -301,20 +331,51 @@ class RelayDispatcher:
             if self._backlogBytes + len(p) > PACKET_BACKLOG:
                 self.packetsDropped += len(packets) - queued
                 break
+            queued += 1
+            if not 0 < len(p) <= MAX_PACKET:
+                self.packetsDropped += 1  # cannot be framed (what framePackets refuses)
+                continue
             backlog.append(p)
             self._backlogBytes += len(p)
-            queued += 1
         return queued
 
     def _drainPackets(self):
-        """The window opened: send what the backlog holds, as far as it fits."""
+        """
+        The window has room: send the rest of a cut packet, then whole
+        packets from the backlog, then the start of the next one in the
+        window's last cells.
+        """
+        room = self.packWindow.window
+        if room <= 0:
+            return
+        space = room * self.maxData
+        tail = self._tail
+        if len(tail) >= space:
+            self._tail = tail[space:]
+            self._sendPacketStream(tail[:space])
+            return
         backlog = self._backlog
-        fit = _fitting(backlog, self.packWindow.window, self.maxData)
-        if fit:
-            out = backlog[:fit]
-            del backlog[:fit]
-            self._backlogBytes -= sum(len(p) for p in out)
-            self._sendPacketCells(out)
+        used, n = len(tail), 0
+        for p in backlog:
+            if used + 2 + len(p) > space:
+                break
+            used += 2 + len(p)
+            n += 1
+        parts = [tail]
+        for p in backlog[:n]:
+            parts.append(len(p).to_bytes(2, "big"))
+            parts.append(p)
+            self._backlogBytes -= len(p)
+        del backlog[:n]
+        if backlog and used < space:
+            p = backlog.pop(0)
+            self._backlogBytes -= len(p)
+            record = len(p).to_bytes(2, "big") + p
+            parts.append(record[:space - used])
+            self._tail = record[space - used:]
+        else:
+            self._tail = b""
+        self._sendPacketStream(b"".join(parts))
 
     def sendDataRun(self, streamId, chunks):
         """

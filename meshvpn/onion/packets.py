@@ -1,8 +1,8 @@
 """Packet mode framing: IP packets in RELAY PACKET cells.
 
 Packets are written as a byte stream of C{length(2) | packet} records, cut
-into cell bodies of the circuit's data size (494 bytes, 488 to a CGO hop); a batch always ends on a packet boundary (the last
-cell is short), so nothing waits for more traffic.  Small packets (TCP ACKs)
+into cell bodies of the circuit's data size (494 bytes, 488 to a CGO hop); a batch ends on a packet boundary (the last
+cell is short) unless the circuit window cuts it, so nothing waits for more traffic.  Small packets (TCP ACKs)
 share cells; a 1420-byte packet takes 2.88 cells on average.  The reader
 reassembles across cells; its buffer never exceeds one maximum-size packet.
 """

@@ -164,6 +164,7 @@ def benchVPN(size, pings):
             "pings_answered": len(tunnel),
             "cpu_s_per_gb": total,
             "cpu_s_per_gb_by_process": perProcess,
+            "load_average_1m": round(os.getloadavg()[0], 2),  # Mbit/s on a shared machine means little without it
             "client_status": _dropCounters(status),
         }
 
@@ -207,6 +208,7 @@ def benchMesh(size, pings):
             "mesh_path": peers.get(infos[b]["address"], {}).get("path"),
             "mesh_cpu_s_per_gb": total,
             "mesh_cpu_s_per_gb_by_process": perProcess,
+            "mesh_load_average_1m": round(os.getloadavg()[0], 2),
             "mesh_receiver_status": receiver,
         }
 

@@ -130,6 +130,24 @@ def _adjust(csum, old, new):
     return ~s & 0xFFFF
 
 
+def _delta4(old, new):
+    """
+    RFC 1624 eqn. 3's address terms for a 4-byte address: the sum of ~m over
+    C{old}'s two 16-bit words and of m' over C{new}'s (~x is 0xFFFF - x).
+    The same for the IP and the TCP/UDP checksum: computed once per change.
+    """
+    return (0x1FFFE - ((old[0] << 8) | old[1]) - ((old[2] << 8) | old[3])
+            + ((new[0] << 8) | new[1]) + ((new[2] << 8) | new[3]))
+
+
+def _apply(csum, delta):
+    """C{_adjust} with the address terms already summed: HC' = ~(~HC + delta)."""
+    s = 0xFFFF - csum + delta
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return 0xFFFF - s
+
+
 def rewrite(packet, info, src=None, dst=None):
     """
     @return: C{packet} with its source and/or destination replaced (4-byte
@@ -146,19 +164,22 @@ def rewrite(packet, info, src=None, dst=None):
         changes.append((16, info.dst, dst))
     if not changes:
         return packet
+    # Per packet at an exit and a client: plain integer arithmetic, no struct calls.
+    transport = info.fragOffset == 0 and info.proto in (PROTO_TCP, PROTO_UDP)
+    at = ihl + (16 if info.proto == PROTO_TCP else 6)
     for offset, old, new in changes:
         buf[offset:offset + 4] = new
-        ipc = _adjust(struct.unpack_from("!H", buf, 10)[0], old, new)
-        struct.pack_into("!H", buf, 10, ipc)
-        if info.fragOffset == 0 and info.proto in (PROTO_TCP, PROTO_UDP):
-            at = ihl + (16 if info.proto == PROTO_TCP else 6)
-            old4 = struct.unpack_from("!H", buf, at)[0]
+        delta = _delta4(old, new)
+        ipc = _apply((buf[10] << 8) | buf[11], delta)
+        buf[10], buf[11] = ipc >> 8, ipc & 0xFF
+        if transport:
+            old4 = (buf[at] << 8) | buf[at + 1]
             if info.proto == PROTO_UDP and old4 == 0:
                 continue  # no UDP checksum sent: keep none
-            new4 = _adjust(old4, old, new)
+            new4 = _apply(old4, delta)
             if info.proto == PROTO_UDP and new4 == 0:
                 new4 = 0xFFFF
-            struct.pack_into("!H", buf, at, new4)
+            buf[at], buf[at + 1] = new4 >> 8, new4 & 0xFF
     if info.proto == PROTO_ICMP and info.icmpType in ICMP_ERRORS and info.fragOffset == 0:
         _rewriteQuoted(buf, ihl, src, dst)
     return bytes(buf)

@@ -139,6 +139,52 @@ class Build(unittest.TestCase):
         self.assertEqual(circ._backlogBytes, 0)
 
 
+    def test_packetLargerThanTheLeftWindowIsNotStuck(self):
+        """
+        The attack of a slow path on packet mode: a congestion window at
+        its minimum (one SENDME's worth) with 98 cells unacknowledged
+        leaves room for 2, and the next packet needs 4.  No SENDME can come
+        (the exit acknowledges every 100th cell), so a packet that waited
+        for the window whole would wait for ever, and every packet after it;
+        instead the window's last cells carry its start and the exit's
+        SENDME lets the rest follow.
+        """
+        from meshvpn.onion.flow import VegasParams, VegasWindow
+
+        class Slow(VegasParams):
+            initial = minimum = 100
+
+        n = Net(self)
+        circ = n.built(self)
+        circ.packWindow = VegasWindow(n.clock, Slow)
+        one = circ.maxData - 2  # a record that fills one cell exactly
+        small = [bytes([i]) * one for i in range(98)]
+        self.assertEqual(circ.sendPackets(small), 98)
+        n.net.pump()
+        self.assertEqual(circ.circuitRoom(), 2)
+        big = b"\x45" + b"B" * (3 * circ.maxData)
+        after = [b"after-%d" % i for i in range(5)]
+        self.assertEqual(circ.sendPackets([big]), 1)
+        self.assertEqual(circ.sendPackets(after), 5)
+        n.net.pump()
+        self.assertEqual(n.edge.packets, small + [big] + after)
+        self.assertEqual(circ.packetsDropped, 0)
+        self.assertEqual((circ._backlog, circ._tail, circ._backlogBytes), ([], b"", 0))
+
+    def test_unframeablePacketInTheBacklogIsDropped(self):
+        """An empty packet waiting for the window is counted dropped, not a broken circuit when the window opens."""
+        n = Net(self)
+        circ = n.built(self)
+        for i in range(1000):
+            circ.sendPacket(b"w" * (circ.maxData - 2))
+        self.assertEqual(circ.circuitRoom(), 0)
+        self.assertEqual(circ.sendPackets([b"", b"late"]), 2)
+        self.assertEqual(circ.packetsDropped, 1)
+        n.net.pump()
+        self.assertEqual(n.edge.packets[-1], b"late")
+        self.assertEqual(len(n.edge.packets), 1001)
+
+
 class Confidentiality(unittest.TestCase):
     def test_guardAndMiddleCannotRead(self):
         """

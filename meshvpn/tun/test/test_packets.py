@@ -83,6 +83,19 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(pp.ipStr(info2.src), "100.64.3.4")
         self.assertTrue(transportChecksumOK(out))
 
+    @given(st.integers(0, 0xFFFF), st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4))
+    def test_addressDeltaIsRfc1624(self, csum, old, new):
+        """The per-packet shortcut gives what the word-by-word RFC 1624 update gives, for any checksum and addresses."""
+        self.assertEqual(pp._apply(csum, pp._delta4(old, new)), pp._adjust(csum, old, new))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(max_size=100), st.integers(1, 65535), st.booleans(), st.binary(min_size=4, max_size=4))
+    def test_rewriteDestinationKeepsChecksums(self, payload, port, isTcp, dst):
+        packet = tcp("198.18.0.9", "100.64.3.4", 80, port, payload) if isTcp else udp("198.18.0.9", "100.64.3.4", 53, port, payload)
+        out = pp.rewrite(packet, pp.parseIPv4(packet), dst=dst)
+        self.assertEqual(pp.parseIPv4(out).dst, dst)
+        self.assertTrue(transportChecksumOK(out))
+
     def test_icmpError(self):
         packet = tcp("10.1.2.3", "198.18.0.9", 5555, 25)
         info = pp.parseIPv4(packet)
