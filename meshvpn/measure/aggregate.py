@@ -81,6 +81,7 @@ class Params:
     medianSlack: float = 1.0  # a relay's estimate is at most this times what its partners' median reads (None: off)
     medianQuantile: float = 0.5  # which weighted quantile of the partners' estimates
     medianEvery: int = 5  # rounds between two readings of the partners' median
+    probeMargin: float = 1.25  # with probes: an estimate is at most this times the network's bytes per probed unit
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -290,7 +291,30 @@ def partnersMedian(traffic, table, live, counted, q=0.5, middles=None, classes=N
     return out
 
 
-def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None):
+def probeCap(traffic, live, probed, margin):
+    """
+    Cap each estimate by the relay's probed capacity (a design study: the
+    bench's C{--probes}; no relay runs probes yet).
+
+    The network's bytes per probed unit, C{S}, is the median of
+    C{T_k / P_k} weighted by C{P_k} over counted relays with a probe: a
+    relay cannot be probed above what it really forwards, and an identity
+    weighs by what it was probed at, not by being one.  Each relay with a
+    probe is then held to C{margin * S * P_k}; a relay with C{P_k = 0}
+    (probed at nothing) to 0, i.e. the floor; C{None} leaves a relay as it
+    is.
+
+    @param probed: per relay, its probed capacity or C{None}.
+    """
+    samples = [(t / p, p, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
+               if ok and p is not None and p > 0]
+    if not samples:
+        return traffic
+    perUnit = weightedMedian(samples) * margin
+    return [t if p is None or t <= perUnit * p else perUnit * p for t, p in zip(traffic, probed)]
+
+
+def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None, probed=None):
     """
     Recompute every relay's capped sum of confirmed links from C{traffic}
     until no estimate moves by more than C{params.tolerance} of the total
@@ -368,6 +392,10 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
                                                                    middles, classes)]
             limit = params.medianSlack * counted
             nxt = [t if not ok or t <= limit * r else limit * r for t, r, ok in zip(nxt, robust, live)]
+        if probed is not None:
+            # inside the loop, not after it: a colluder held to its probe also votes (in the caps and the
+            # partners' reading) with no more than that, so the gain cannot feed itself
+            nxt = probeCap(nxt, live, probed, params.probeMargin)
         floor = sum(nxt) / n * params.floor
         if floor <= 0:
             traffic = nxt
@@ -383,7 +411,7 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
     return traffic, live, rounds
 
 
-def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None):
+def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None, probed=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
         most one per reporter (later duplicates are ignored) and all of the
@@ -401,6 +429,10 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
         where the iteration starts (L{startingPoint}); a relay it does not
         hold starts small and must earn its weight from partners that hold
         weight.
+    @param probed: C{{nodeId: probed capacity}} or C{None}: a design study
+        of active capacity probes (L{probeCap}; the bench's C{--probes}),
+        not yet measured by any relay.  C{None} computes what the network
+        computes.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
@@ -430,7 +462,9 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     coverage = params.freshCoverage if fresh else params.coverage
     middle = [roles is None or rid not in roles or "middle" in roles[rid] for rid in reporters]
     classes = positionsOf(reporters, roles)
-    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage, classes)
+    probedList = None if probed is None else [probed.get(rid) for rid in reporters]
+    traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage, classes,
+                                    probedList)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown

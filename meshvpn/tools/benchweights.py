@@ -55,10 +55,14 @@ import math
 import random
 import time
 
+import attrs
+
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 
 STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate")
+PROBE_STRATEGIES = ("probedeflate",)  # only with --probes: attacks on the probes themselves
+EPOCH = 3600  # the bench's epoch length, seconds (the reports say so)
 HUGE = 2**50
 TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
 
@@ -83,6 +87,17 @@ def addArguments(p):
                    help="the first swarm model: 1 MB per trickle, not charged to the hostile relays' capacity")
     p.add_argument("--no-history", action="store_true",
                    help="attack a network without history (every epoch starts equal): the old scheme")
+    p.add_argument("--probes", type=int, default=0,
+                   help="DESIGN STUDY, not run by the network: active capacity probes, this many measurers per "
+                        "relay per epoch (default 0: off, the bench computes what the network computes)")
+    p.add_argument("--probe-window", type=int, default=6,
+                   help="epochs of probes a relay's probed capacity is the median of (default 6)")
+    p.add_argument("--probe-seconds", type=float, default=20.0,
+                   help="how long a relay is probed at full rate each epoch (default 20 s of 3600)")
+    p.add_argument("--probe-pick", choices=("weight", "identity"), default="weight",
+                   help="draw measurers by the history's weights (default) or one identity, one chance")
+    p.add_argument("--probe-margin", type=float, default=Params().probeMargin,
+                   help=f"an estimate is at most this times the bytes per probed unit (default {Params().probeMargin})")
 
 
 def _ids(n, rng, tag):
@@ -146,19 +161,63 @@ def _share(weights, ids, members):
     return sum(weights.get(ids[k], 0) for k in members) / total if total else 0.0
 
 
-def _idle(hostile, pairs, utilization):
-    """What each hostile relay could still send: its capacity less what it carries, at the honest utilisation."""
+def _idle(hostile, pairs, utilization, probeShare=0.0):
+    """
+    What each hostile relay could still send: its capacity less what it carries, at the honest
+    utilisation, less what probes take (C{probeShare} of its capacity: being probed and probing others).
+    """
     carried = dict.fromkeys(hostile, 0)
     for (a, b), v in pairs.items():
         if a in carried:
             carried[a] += v
         if b in carried:
             carried[b] += v
-    return [carried[h] * (1 / utilization - 1) for h in hostile]
+    return [max(0.0, carried[h] * (1 / utilization - 1) - carried[h] / utilization * probeShare) for h in hostile]
+
+
+def _probeShare(probes):
+    """
+    The share of every relay's capacity an epoch of probes takes: it is probed at full rate for
+    C{probes.seconds}, and the teams it measures in carry, over the network, as many bytes again.
+    """
+    return 2 * probes.seconds / EPOCH if probes else 0.0
+
+
+def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
+    """
+    Each identity's probed capacity: the lower median of C{probes.count * probes.window} readings by
+    measurers drawn from C{pick} (C{{index: chance}}; the epoch's randomness, so no relay picks its
+    measurers).
+
+    An honest measurer reads what the target really forwards: its true capacity (a hostile relay
+    could throttle, which only lowers it; a sybil is probed at its host's whole capacity, the worst
+    case: its host's identities probed at different times).  A hostile measurer (C{lie}) reads an
+    honest target at 0 and a colluder at any size it likes.
+    """
+    population = sorted(pick)
+    cum, acc = [], 0.0
+    for k in population:
+        acc += pick[k]
+        cum.append(acc)
+    draws = probes.count * probes.window
+    out = {}
+    for j, nodeId in enumerate(allIds):
+        readings = []
+        while len(readings) < draws:
+            i = rng.choices(population, cum_weights=cum)[0]
+            if i == j:
+                continue
+            if i in hostileIdx and lie:
+                readings.append(float(HUGE) if j in hostileIdx else 0.0)
+            else:
+                readings.append(caps[host[j]])
+        readings.sort()
+        out[nodeId] = readings[(len(readings) - 1) // 2]
+    return out
 
 
 def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1, prior=None,
-            epochs=1, freeTrickles=False):
+            epochs=1, freeTrickles=False, probes=None):
     """
     Hostile share of weight over hostile share of capacity under C{strategy}.
 
@@ -166,6 +225,8 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
         estimate}}), or C{None} for none; the attack then runs C{epochs}
         epochs in a row, each starting from the one before, and the worst
         epoch counts.
+    @param probes: C{None} (what the network runs) or the probes' design
+        study (L{Probes}): hostile measurers lie in every strategy.
     """
     n = len(ids)
     hostileSet = set(hostile)
@@ -193,7 +254,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
             # the bytes are real: each hostile relay's sybils run on it and share its idle capacity
             # (what it does not carry for clients, at the honest utilisation), spread over the targets
             # by capacity, so that no trickle is wasted above its link's cap
-            idle = _idle(hostile, pairs, utilization)
+            idle = _idle(hostile, pairs, utilization, _probeShare(probes))
             bigCap = sum(caps[k] for k in big)
             sent = [{k: max(1, int(idle[s // swarm] / swarm * caps[k] / bigCap)) for k in big}
                     for s in range(len(sybils))]
@@ -208,12 +269,12 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
         honest = [k for k in range(n) if k not in hostileSet]
         hw = [caps[k] for k in honest]
         hwTotal = sum(hw)
-        for h, extra in zip(hostile, _idle(hostile, pairs, utilization)):
+        for h, extra in zip(hostile, _idle(hostile, pairs, utilization, _probeShare(probes))):
             for k, w in zip(honest, hw):
                 key = (h, k) if h < k else (k, h)
                 pairs[key] = pairs.get(key, 0) + int(extra * w / hwTotal)
         traffic = _reportsOf(ids, pairs)
-    if strategy != "junk":
+    if strategy not in ("junk", "probedeflate"):
         topVoters = set()
         if strategy == "targeted":
             honestByCap = sorted((k for k in range(n) if k not in hostileSet), key=lambda k: -caps[k])
@@ -232,14 +293,34 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
             traffic[k] = t
     reports = _build(allIds, traffic)
     hostileCap = sum(caps[k] for k in hostile) / sum(caps)
+    # a sybil's machine is its hostile relay's
+    host = list(range(n)) + [hostile[(s // swarm) if strategy.startswith("swarm") else s]
+                             for s in range(len(allIds) - n)]
     worst = 0.0
     for _ in range(epochs):
-        measured = computeWeights(reports, known=allIds, params=params, prior=prior)
+        probed = None
+        if probes:
+            if probes.pick == "identity" or prior is None:
+                pick = dict.fromkeys(range(len(allIds)), 1.0)
+            else:
+                pick = {k: prior.get(i, 0.0) for k, i in enumerate(allIds) if prior.get(i, 0.0) > 0}
+            probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk")
+        measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed)
         prior = {i: m.bandwidth for i, m in measured.items()}
         weights = {i: m.weight for i, m in measured.items()}
         total = sum(weights.values())
         worst = max(worst, sum(weights.get(allIds[k], 0) for k in hostileIdx) / total if total else 0.0)
     return worst / hostileCap if hostileCap else 0.0, worst, hostileCap
+
+
+@attrs.frozen
+class Probes:
+    """The probes' design study: measurers per relay per epoch, epochs pooled, seconds probed, how measurers are drawn."""
+
+    count: int
+    window: int
+    seconds: float
+    pick: str
 
 
 def run(args, out=print):
@@ -250,11 +331,14 @@ def run(args, out=print):
     caps = [rng.lognormvariate(0.0, args.sigma) for _ in range(n)]
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
-    params = Params(kappa=args.kappa, medianSlack=args.median_slack or None)
+    params = Params(kappa=args.kappa, medianSlack=args.median_slack or None, probeMargin=args.probe_margin)
+    probes = Probes(args.probes, args.probe_window, args.probe_seconds, args.probe_pick) if args.probes > 0 else None
     # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
-    measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params)
+    # with probes and nobody lying, every measurer reads a relay's true capacity
+    probedHonest = dict(zip(ids, caps)) if probes else None
+    measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params, probed=probedHonest)
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params,
-                              prior={i: m.bandwidth for i, m in measured.items()})
+                              prior={i: m.bandwidth for i, m in measured.items()}, probed=probedHonest)
     history = {i: m.bandwidth for i, m in measured.items()}
     weights = [measured[i].weight if i in measured else 0 for i in ids]
     isolated = [k for k, i in enumerate(ids) if i in measured and "isolated" in measured[i].flags]
@@ -275,15 +359,16 @@ def run(args, out=print):
     hostile = sorted(random.Random(args.seed + 1).sample(range(n), int(round(args.hostile * n))))
     if hostile:
         strategies = {}
-        for s in STRATEGIES + ("junk",):
+        lies = STRATEGIES + (PROBE_STRATEGIES if probes else ())
+        for s in lies + ("junk",):
             ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
                                              random.Random(args.seed + 2), params, args.swarm,
                                              prior=None if args.no_history else history, epochs=args.epochs,
-                                             freeTrickles=args.free_trickles)
+                                             freeTrickles=args.free_trickles, probes=probes)
             strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
         result["hostile_capacity_share"] = round(capShare, 4)
         result["strategies"] = strategies
-        worst = max(STRATEGIES, key=lambda s: strategies[s]["ratio"])
+        worst = max(lies, key=lambda s: strategies[s]["ratio"])
         result["hostile_weight_share_ratio"] = strategies[worst]["ratio"]
         result["worst_strategy"] = worst
         result["junk_traffic_ratio"] = strategies["junk"]["ratio"]
@@ -292,6 +377,12 @@ def run(args, out=print):
         result["swarm_trickles"] = "free" if args.free_trickles else "idle capacity"
         result["history"] = not args.no_history
         result["attack_epochs"] = args.epochs
+    if probes:
+        # a design study: no relay runs probes yet (doc/measurement.md, "Active capacity probes")
+        result["probes"] = {"design_study_not_in_network": True, "measurers_per_relay_epoch": probes.count,
+                            "window_epochs": probes.window, "seconds_per_epoch": probes.seconds,
+                            "pick": probes.pick, "margin": args.probe_margin,
+                            "capacity_share_per_epoch": round(_probeShare(probes), 5)}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
         out(json.dumps(result))
