@@ -297,16 +297,17 @@ def probeCap(traffic, live, probed, margin):
     bench's C{--probes}; no relay runs probes yet).
 
     The network's bytes per probed unit, C{S}, is the median of
-    C{T_k / P_k} weighted by C{P_k} over counted relays with a probe: a
-    relay cannot be probed above what it really forwards, and an identity
-    weighs by what it was probed at, not by being one.  Each relay with a
-    probe is then held to C{margin * S * P_k}; a relay with C{P_k = 0}
-    (probed at nothing) to 0, i.e. the floor; C{None} leaves a relay as it
-    is.
+    C{T_k / P_k} weighted by the estimate C{T_k} over counted relays with
+    a probe.  Not weighted by C{P_k}: colluding measurers can report a
+    colluder probed at any size, and one such probe then held all the
+    weight of the median, put C{S} near 0 and capped every other relay to
+    nothing (80 relays: a takeover).  Each relay with a probe is then held
+    to C{margin * S * P_k}; a relay with C{P_k = 0} (probed at nothing) to
+    0, i.e. the floor; C{None} leaves a relay as it is.
 
     @param probed: per relay, its probed capacity or C{None}.
     """
-    samples = [(t / p, p, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
+    samples = [(t / p, t, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
                if ok and p is not None and p > 0]
     if not samples:
         return traffic
