@@ -49,3 +49,13 @@ class BenchWeightsTests(unittest.TestCase):
         code, result = run("--hostile", "0")
         self.assertEqual(code, 0)
         self.assertNotIn("hostile_weight_share_ratio", result)
+
+    def test_probesAreADesignStudyBehindAnOption(self):
+        # default off: the default bench computes what the network computes, and says nothing of probes
+        self.assertNotIn("probes", run("--seed", "3", "--epochs", "1")[1])
+        self.assertNotIn("probedeflate", run("--seed", "3", "--epochs", "1")[1]["strategies"])
+        code, result = run("--seed", "3", "--epochs", "1", "--probes", "3", "--probe-window", "2")
+        self.assertEqual(code, 0)
+        self.assertTrue(result["probes"]["design_study_not_in_network"])
+        self.assertEqual(result["probes"]["measurers_per_relay_epoch"], 3)
+        self.assertIn("probedeflate", result["strategies"])
