@@ -81,7 +81,8 @@ class Params:
     medianSlack: float = 1.0  # a relay's estimate is at most this times what its partners' median reads (None: off)
     medianQuantile: float = 0.5  # which weighted quantile of the partners' estimates
     medianEvery: int = 5  # rounds between two readings of the partners' median
-    probeMargin: float = 1.25  # with probes: an estimate is at most this times the network's bytes per probed unit
+    probeMargin: float = 0.8  # with probes: an estimate is at most this times the network's bytes per probed unit
+    probeScaleBy: str = "probe"  # with probes: the bytes-per-probed-unit median weighs relays by "probe" or "estimate"
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
@@ -291,7 +292,7 @@ def partnersMedian(traffic, table, live, counted, q=0.5, middles=None, classes=N
     return out
 
 
-def probeCap(traffic, live, probed, margin):
+def probeCap(traffic, live, probed, margin, scaleBy="estimate"):
     """
     Cap each estimate by the relay's probed capacity (a design study: the
     bench's C{--probes}; no relay runs probes yet).
@@ -307,7 +308,7 @@ def probeCap(traffic, live, probed, margin):
 
     @param probed: per relay, its probed capacity or C{None}.
     """
-    samples = [(t / p, t, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
+    samples = [(t / p, t if scaleBy == "estimate" else p, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
                if ok and p is not None and p > 0]
     if not samples:
         return traffic
@@ -396,7 +397,7 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
         if probed is not None:
             # inside the loop, not after it: a colluder held to its probe also votes (in the caps and the
             # partners' reading) with no more than that, so the gain cannot feed itself
-            nxt = probeCap(nxt, live, probed, params.probeMargin)
+            nxt = probeCap(nxt, live, probed, params.probeMargin, params.probeScaleBy)
         floor = sum(nxt) / n * params.floor
         if floor <= 0:
             traffic = nxt

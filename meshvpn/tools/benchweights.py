@@ -96,6 +96,9 @@ def addArguments(p):
                    help="how long a relay is probed at full rate each epoch (default 20 s of 3600)")
     p.add_argument("--probe-pick", choices=("weight", "identity"), default="weight",
                    help="draw measurers by the history's weights (default) or one identity, one chance")
+    p.add_argument("--probe-schedule", choices=("together", "apart"), default="together",
+                   help="probe every relay in one network-wide slot (default; a machine's identities share its "
+                        "capacity) or each at its own time (each sybil shows its machine's whole capacity)")
     p.add_argument("--probe-margin", type=float, default=Params().probeMargin,
                    help=f"an estimate is at most this times the bytes per probed unit (default {Params().probeMargin})")
 
@@ -183,7 +186,7 @@ def _probeShare(probes):
     return 2 * probes.seconds / EPOCH if probes else 0.0
 
 
-def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
+def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True, clip=False):
     """
     Each identity's probed capacity: the lower median of C{probes.count * probes.window} readings by
     measurers drawn from C{pick} (C{{index: chance}}; the epoch's randomness, so no relay picks its
@@ -200,6 +203,16 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
         acc += pick[k]
         cum.append(acc)
     draws = probes.count * probes.window
+    # what each identity can show an honest measurer: its machine's capacity (probes.together: one
+    # network-wide slot, a machine's identities share it; apart, each identity probed at its own time shows
+    # all of it); a hostile machine also sends only to the honest measurers of its team, which the team's
+    # median then reads 1 / (1 - f) high (f: the measurers' hostile share)
+    identities = {}
+    for j in range(len(allIds)):
+        identities[host[j]] = identities.get(host[j], 0) + 1
+    hostileShare = sum(pick.get(k, 0.0) for k in hostileIdx) / sum(pick.values())
+    shown = [caps[host[j]] / (identities[host[j]] if probes.together else 1)
+             / (1 - hostileShare if j in hostileIdx and lie else 1.0) for j in range(len(allIds))]
     out = {}
     for j, nodeId in enumerate(allIds):
         readings = []
@@ -208,9 +221,9 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
             if i == j:
                 continue
             if i in hostileIdx and lie:
-                readings.append(float(HUGE) if j in hostileIdx else 0.0)
+                readings.append((probes.count * caps[host[i]] if clip else float(HUGE)) if j in hostileIdx else 0.0)
             else:
-                readings.append(caps[host[j]])
+                readings.append(shown[j])
         readings.sort()
         out[nodeId] = readings[(len(readings) - 1) // 2]
     return out
@@ -304,7 +317,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 pick = dict.fromkeys(range(len(allIds)), 1.0)
             else:
                 pick = {k: prior.get(i, 0.0) for k, i in enumerate(allIds) if prior.get(i, 0.0) > 0}
-            probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk")
+            probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk", clip=probes.clip)
         measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed)
         prior = {i: m.bandwidth for i, m in measured.items()}
         weights = {i: m.weight for i, m in measured.items()}
@@ -321,6 +334,8 @@ class Probes:
     window: int
     seconds: float
     pick: str
+    clip: bool = True  # a reading is at most the team's size times the measurer's own capacity
+    together: bool = True  # one network-wide slot: a machine's identities share its capacity in the probe
 
 
 def run(args, out=print):
@@ -332,7 +347,8 @@ def run(args, out=print):
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
     params = Params(kappa=args.kappa, medianSlack=args.median_slack or None, probeMargin=args.probe_margin)
-    probes = Probes(args.probes, args.probe_window, args.probe_seconds, args.probe_pick) if args.probes > 0 else None
+    probes = (Probes(args.probes, args.probe_window, args.probe_seconds, args.probe_pick,
+                     together=args.probe_schedule == "together") if args.probes > 0 else None)
     # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
     # with probes and nobody lying, every measurer reads a relay's true capacity
     probedHonest = dict(zip(ids, caps)) if probes else None
@@ -382,6 +398,7 @@ def run(args, out=print):
         result["probes"] = {"design_study_not_in_network": True, "measurers_per_relay_epoch": probes.count,
                             "window_epochs": probes.window, "seconds_per_epoch": probes.seconds,
                             "pick": probes.pick, "margin": args.probe_margin,
+                            "schedule": "together" if probes.together else "apart",
                             "capacity_share_per_epoch": round(_probeShare(probes), 5)}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
