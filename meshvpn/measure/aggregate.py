@@ -292,24 +292,30 @@ def partnersMedian(traffic, table, live, counted, q=0.5, middles=None, classes=N
     return out
 
 
-def probeCap(traffic, live, probed, margin, scaleBy="estimate"):
+def probeCap(traffic, live, probed, margin, scaleBy="probe"):
     """
     Cap each estimate by the relay's probed capacity (a design study: the
     bench's C{--probes}; no relay runs probes yet).
 
     The network's bytes per probed unit, C{S}, is the median of
-    C{T_k / P_k} weighted by the estimate C{T_k} over counted relays with
-    a probe.  Not weighted by C{P_k}: colluding measurers can report a
-    colluder probed at any size, and one such probe then held all the
-    weight of the median, put C{S} near 0 and capped every other relay to
-    nothing (80 relays: a takeover).  Each relay with a probe is then held
-    to C{margin * S * P_k}; a relay with C{P_k = 0} (probed at nothing) to
-    0, i.e. the floor; C{None} leaves a relay as it is.
+    C{T_k / P_k} over counted relays with a probe, weighted by the probes
+    C{P_k} (C{scaleBy="probe"}): a machine cannot be probed above what it
+    really forwards, and its identities probed in one slot share it, so
+    no one gains a vote by inflating its estimate.  Weighted by the
+    estimates instead (C{"estimate"}), the colluders' inflated estimates
+    pulled C{S} up round after round until they held half the weight and
+    took over (bench, 500 relays).  Weighting by the probes needs every
+    reading clipped (a measurer cannot read more than its own capacity
+    allows): one colluder read at 2**50 would hold the whole median.  Each
+    relay with a probe is then held to C{margin * S * P_k}; below 1, most
+    honest relays sit at their cap and weights follow probed capacity.  A
+    relay with C{P_k = 0} (probed at nothing) is held to 0, i.e. the
+    floor; C{None} leaves a relay as it is.
 
     @param probed: per relay, its probed capacity or C{None}.
     """
-    samples = [(t / p, t if scaleBy == "estimate" else p, k) for k, (t, p, ok) in enumerate(zip(traffic, probed, live))
-               if ok and p is not None and p > 0]
+    samples = [(t / p, t if scaleBy == "estimate" else p, k)
+               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0]
     if not samples:
         return traffic
     perUnit = weightedMedian(samples) * margin

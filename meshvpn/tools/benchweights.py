@@ -186,7 +186,7 @@ def _probeShare(probes):
     return 2 * probes.seconds / EPOCH if probes else 0.0
 
 
-def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True, clip=False):
+def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
     """
     Each identity's probed capacity: the lower median of C{probes.count * probes.window} readings by
     measurers drawn from C{pick} (C{{index: chance}}; the epoch's randomness, so no relay picks its
@@ -212,7 +212,7 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True, clip=Fa
         identities[host[j]] = identities.get(host[j], 0) + 1
     hostileShare = sum(pick.get(k, 0.0) for k in hostileIdx) / sum(pick.values())
     shown = [caps[host[j]] / (identities[host[j]] if probes.together else 1)
-             / (1 - hostileShare if j in hostileIdx and lie else 1.0) for j in range(len(allIds))]
+             / ((1 - hostileShare) or 1.0 if j in hostileIdx and lie else 1.0) for j in range(len(allIds))]
     out = {}
     for j, nodeId in enumerate(allIds):
         readings = []
@@ -221,7 +221,7 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True, clip=Fa
             if i == j:
                 continue
             if i in hostileIdx and lie:
-                readings.append((probes.count * caps[host[i]] if clip else float(HUGE)) if j in hostileIdx else 0.0)
+                readings.append((probes.count * caps[host[i]] if probes.clip else float(HUGE)) if j in hostileIdx else 0.0)
             else:
                 readings.append(shown[j])
         readings.sort()
@@ -317,7 +317,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                 pick = dict.fromkeys(range(len(allIds)), 1.0)
             else:
                 pick = {k: prior.get(i, 0.0) for k, i in enumerate(allIds) if prior.get(i, 0.0) > 0}
-            probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk", clip=probes.clip)
+            probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk")
         measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed)
         prior = {i: m.bandwidth for i, m in measured.items()}
         weights = {i: m.weight for i, m in measured.items()}
