@@ -44,6 +44,15 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   worst epoch counts.  C{--no-history} attacks from the equal start (what a
   node without history computes).
 
+- C{--probes N} is a design study of active capacity probes, which no
+  relay runs (doc/measurement.md, *Active capacity probes*): every
+  identity is probed each epoch by N measurers drawn by the history's
+  weights, hostile measurers lie in every strategy, and the weights are
+  capped by the probes (L{meshvpn.measure.aggregate.probeCap}); it adds
+  the strategy C{probedeflate} and a C{probes} object saying it is a
+  design study.  Off by default: the default bench computes what the
+  network computes.
+
 It prints C{capacity_correlation_honest} (Pearson correlation of weights
 with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
 worst lying strategy's hostile share of weight over its share of true
