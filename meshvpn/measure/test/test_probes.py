@@ -6,6 +6,8 @@ hostile, as the bench models it; no relay runs probes yet).
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from meshvpn.measure.aggregate import Params, computeWeights, probeCap
@@ -36,6 +38,20 @@ class ProbeCapTests(unittest.TestCase):
     def test_unprobedLeftAloneProbedAtNothingHeldToNothing(self):
         self.assertEqual(probeCap([10.0, 20.0, 30.0, 99.0], [True] * 4, [1.0, 2.0, None, 0.0], 1.0),
                          [10.0, 20.0, 30.0, 0.0])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.floats(0.001, 1e12), st.one_of(st.none(), st.floats(0.0, 1e12)), st.booleans()),
+                    max_size=30),
+           st.floats(0.1, 2.0))
+    def test_neverRaisesAnEstimate(self, rows, margin):
+        traffic = [t for t, _, _ in rows]
+        capped = probeCap(traffic, [ok for _, _, ok in rows], [p for _, p, _ in rows], margin)
+        self.assertEqual(len(capped), len(traffic))
+        for before, after, (_, p, _) in zip(traffic, capped, rows):
+            self.assertLessEqual(after, before)
+            self.assertGreaterEqual(after, 0.0)
+            if p is None:
+                self.assertEqual(after, before)
 
     def test_nothingProbedChangesNothing(self):
         self.assertEqual(probeCap([1.0, 2.0], [True, True], [None, None], 1.0), [1.0, 2.0])
