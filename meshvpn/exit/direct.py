@@ -274,7 +274,9 @@ class DirectStreamOpener:
     def openStream(self, host, port, isolationKey, early=None):
         # No circuit round trip to save: the caller writes the early bytes once connected.
         throttle = self.throttleFor(isolationKey) if self.throttleFor else None
-        return self.connector.connect(host, port, Factory.forProtocol(lambda: TCPStream(throttle)))
+        factory = Factory.forProtocol(lambda: TCPStream(throttle))
+        factory.noisy = False  # no "Starting factory" line per stream
+        return self.connector.connect(host, port, factory)
 
     def resolve(self, name, isolationKey):
         return defer.maybeDeferred(self.resolver.resolve, name).addErrback(_refusal)
