@@ -25,6 +25,7 @@ from zope.interface import implementer
 from meshvpn.errors import ResolveFailed, StreamRefused
 from meshvpn.interfaces import IStream, IStreamOpener
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.streams.socketpush import TurnEndPush
 
 MAX_HELD = 256 * 1024  # read while paused or before a receiver is set
 
@@ -92,6 +93,8 @@ class TCPStream(Protocol):
         self._pauses = set()
         self._producer = None  # what feeds our socket, through registerProducer
         self._throttleSource = _PauseSource(self, "throttle")
+        # What the circuit wrote this turn (the request) leaves at its end, not at the next poll.
+        self._push = TurnEndPush(None)
 
     def _go(self, event):
         try:
@@ -123,6 +126,7 @@ class TCPStream(Protocol):
                 self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
+        self._push = TurnEndPush(self.transport)
         if self.throttle is not None:
             self.throttle.addProducer(self._throttleSource)
         if self.receiver is None:
@@ -167,6 +171,7 @@ class TCPStream(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
+        self._push.stop()
         if self.throttle is not None:
             self.throttle.removeProducer(self._throttleSource)
         clean = self.state is TCPState.CLOSING or reason.check(error.ConnectionDone)
@@ -217,6 +222,7 @@ class TCPStream(Protocol):
         if self.throttle is not None:
             self.throttle.account(len(data), "out")
         self.transport.write(data)
+        self._push.soon()
 
     def halfClose(self):
         if self.state is TCPState.OPEN or self.state is TCPState.READ_ENDED:
