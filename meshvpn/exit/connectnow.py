@@ -102,8 +102,8 @@ class _Attempt:
         """Stop waiting; C{failure} (or C{None}: connected) decides the outcome."""
         if self.state is AttemptState.DONE:
             return
+        self.reactor.removeWriter(self)  # while fileno() still names the socket
         self.state = AttemptState.DONE
-        self.reactor.removeWriter(self)
         if self._timer.active():
             self._timer.cancel()
         skt, self.skt = self.skt, None
