@@ -82,10 +82,12 @@ class _PauseSource:
 class TCPStream(Protocol):
     """
     @param throttle: a L{meshvpn.ratelimit.CircuitThrottle} or C{None}.
+    @param clock: what times the end-of-turn send (C{None}: the socket's reactor).
     """
 
-    def __init__(self, throttle=None):
+    def __init__(self, throttle=None, clock=None):
         self.throttle = throttle
+        self._clock = clock
         self.state = TCPState.OPEN
         self.receiver = None
         self._held = []  # bytes, then perhaps _READ_ENDED, then perhaps the EndReason
@@ -126,7 +128,7 @@ class TCPStream(Protocol):
                 self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
-        self._push = TurnEndPush(self.transport)
+        self._push = TurnEndPush(self.transport, self._clock)
         if self.throttle is not None:
             self.throttle.addProducer(self._throttleSource)
         if self.receiver is None:
