@@ -40,6 +40,7 @@ from meshvpn.interfaces import IStatusSource, IStreamReceiver
 from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.streams.optimistic import OptimisticData
+from meshvpn.streams.socketpush import TurnEndPush, pushNow
 
 MAX_EARLY_DATA = 64 * 1024
 # Reading pauses at MAX_EARLY_DATA; a transport that keeps delivering past
@@ -166,6 +167,8 @@ class SOCKSServerProtocol(Protocol):
         self._pausedForEarly = False
         self._pending = None
         self._timer = None
+        # The stream's bytes for the app leave at the end of the turn (streams.socketpush).
+        self._push = TurnEndPush(None)
 
     def _go(self, event):
         try:
@@ -178,12 +181,14 @@ class SOCKSServerProtocol(Protocol):
 
     def connectionMade(self):
         _noDelay(self.transport)
+        self._push = TurnEndPush(self.transport, self.reactor)
         self._arm(HANDSHAKE_TIMEOUT)
 
     def connectionLost(self, reason=None):
         if self.state is not State.CLOSED:
             self._go(Event.CLOSE)
         self._disarm()
+        self._push.stop()
         self._buffer = bytearray()
         self._early.clear()
         if self._pending is not None:
@@ -242,6 +247,9 @@ class SOCKSServerProtocol(Protocol):
                 if self.state is State.AUTH:
                     self.transport.write(sp.encodeAuthReply(False))
                 self._fail(e.reply, str(e))
+            else:
+                # The app waits for this reply before its next message: it leaves now.
+                pushNow(self.transport)
         elif state is State.CONNECTING:
             self._earlyData(data)
         elif state is State.RESOLVING:
@@ -354,6 +362,8 @@ class SOCKSServerProtocol(Protocol):
             stream.halfClose()
         # Last: what the stream already holds may arrive at once, even its end.
         stream.setReceiver(self)
+        # The app waits for the reply to send its request: it leaves now, not at the next poll.
+        pushNow(self.transport)
 
     def _resolved(self, answers):
         self._pending = None
@@ -380,6 +390,7 @@ class SOCKSServerProtocol(Protocol):
     def streamDataReceived(self, data):
         if self.state in _APP_RECEIVES:
             self.transport.write(data)
+            self._push.soon()
 
     def streamReadEnded(self):
         if self.state not in _APP_RECEIVES:

@@ -12,10 +12,12 @@ import errno
 import ipaddress
 
 from twisted.internet import defer, endpoints, error
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from meshvpn.errors import ResolveFailed, StreamRefused
+from meshvpn.exit import connectnow
 from meshvpn.onion.endreasons import EndReason
 
 CONNECT_TIMEOUT = 30.0
@@ -98,13 +100,19 @@ class ExitConnector:
             raise StreamRefused(EndReason.EXITPOLICY, "the exit policy rejects this target")
         reason = EndReason.MISC
         for address in allowed[: self.maxAttempts]:
-            cls = endpoints.TCP6ClientEndpoint if ":" in address else endpoints.TCP4ClientEndpoint
-            endpoint = cls(self.reactor, address, port, timeout=self.connectTimeout)
             try:
-                return await endpoint.connect(protocolFactory)
+                return await self._connectTCP(address, port, protocolFactory)
             except (error.ConnectError, error.ConnectionLost, error.ConnectionDone, defer.TimeoutError) as e:
                 reason = reasonForConnectError(Failure(e))
         raise StreamRefused(reason)
+
+    def _connectTCP(self, address, port, protocolFactory):
+        if isinstance(self.reactor, PosixReactorBase):
+            # A real reactor: connect in this turn (meshvpn.exit.connectnow).
+            return connectnow.connectTCP(self.reactor, address, port, protocolFactory, self.connectTimeout)
+        # Any other reactor (a test's memory reactor) gets Twisted's own connect.
+        cls = endpoints.TCP6ClientEndpoint if ":" in address else endpoints.TCP4ClientEndpoint
+        return cls(self.reactor, address, port, timeout=self.connectTimeout).connect(protocolFactory)
 
     async def resolveTarget(self, host):
         """

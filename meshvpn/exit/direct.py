@@ -25,6 +25,7 @@ from zope.interface import implementer
 from meshvpn.errors import ResolveFailed, StreamRefused
 from meshvpn.interfaces import IStream, IStreamOpener
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.streams.socketpush import TurnEndPush
 
 MAX_HELD = 256 * 1024  # read while paused or before a receiver is set
 
@@ -81,10 +82,12 @@ class _PauseSource:
 class TCPStream(Protocol):
     """
     @param throttle: a L{meshvpn.ratelimit.CircuitThrottle} or C{None}.
+    @param clock: what times the end-of-turn send (C{None}: the socket's reactor).
     """
 
-    def __init__(self, throttle=None):
+    def __init__(self, throttle=None, clock=None):
         self.throttle = throttle
+        self._clock = clock
         self.state = TCPState.OPEN
         self.receiver = None
         self._held = []  # bytes, then perhaps _READ_ENDED, then perhaps the EndReason
@@ -92,6 +95,8 @@ class TCPStream(Protocol):
         self._pauses = set()
         self._producer = None  # what feeds our socket, through registerProducer
         self._throttleSource = _PauseSource(self, "throttle")
+        # What the circuit wrote this turn (the request) leaves at its end, not at the next poll.
+        self._push = TurnEndPush(None)
 
     def _go(self, event):
         try:
@@ -123,6 +128,7 @@ class TCPStream(Protocol):
                 self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
+        self._push = TurnEndPush(self.transport, self._clock)
         if self.throttle is not None:
             self.throttle.addProducer(self._throttleSource)
         if self.receiver is None:
@@ -167,6 +173,7 @@ class TCPStream(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
+        self._push.stop()
         if self.throttle is not None:
             self.throttle.removeProducer(self._throttleSource)
         clean = self.state is TCPState.CLOSING or reason.check(error.ConnectionDone)
@@ -217,6 +224,7 @@ class TCPStream(Protocol):
         if self.throttle is not None:
             self.throttle.account(len(data), "out")
         self.transport.write(data)
+        self._push.soon()
 
     def halfClose(self):
         if self.state is TCPState.OPEN or self.state is TCPState.READ_ENDED:
@@ -274,7 +282,9 @@ class DirectStreamOpener:
     def openStream(self, host, port, isolationKey, early=None):
         # No circuit round trip to save: the caller writes the early bytes once connected.
         throttle = self.throttleFor(isolationKey) if self.throttleFor else None
-        return self.connector.connect(host, port, Factory.forProtocol(lambda: TCPStream(throttle)))
+        factory = Factory.forProtocol(lambda: TCPStream(throttle))
+        factory.noisy = False  # no "Starting factory" line per stream
+        return self.connector.connect(host, port, factory)
 
     def resolve(self, name, isolationKey):
         return defer.maybeDeferred(self.resolver.resolve, name).addErrback(_refusal)

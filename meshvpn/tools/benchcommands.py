@@ -29,6 +29,11 @@ def addBenchCommands(sub):
 
     benchthroughput.addArguments(p)
     p.set_defaults(func=lambda args: benchthroughput.run(args))
+    p = benchSub.add_parser("exit-begin", help="the exit's BEGIN -> CONNECTED on loopback (in process, real reactor)")
+    from meshvpn.tools import benchexitbegin
+
+    benchexitbegin.addArguments(p)
+    p.set_defaults(func=benchexitbegin.run)
     p = benchSub.add_parser("dht", help="simulated DHT network with churn and loss (real DHT code)")
     from meshvpn.tools.benchdht import addArguments
 

@@ -228,3 +228,20 @@ class _Producer:
 
     def stopProducing(self):
         self.stopped = True
+
+
+class TCPStreamSendsAtTurnEndTests(unittest.TestCase):
+    """What the circuit writes to the target leaves at the end of the turn, in one send, not at the next poll."""
+
+    def test_requestLeavesAtTheEndOfTheTurn(self):
+        from twisted.internet import protocol
+
+        from meshvpn.streams.test.test_socketpush import adoptedPair, received
+
+        clock = task.Clock()
+        stream, target = adoptedPair(self, protocol.Factory.forProtocol(lambda: TCPStream(clock=clock)))
+        stream.write(b"GET / HTTP/1.1\r\n")
+        stream.write(b"\r\n")
+        self.assertEqual(received(target), b"")
+        clock.advance(0)
+        self.assertEqual(received(target), b"GET / HTTP/1.1\r\n\r\n")
