@@ -245,6 +245,16 @@ class SmallDirectoryTests(unittest.TestCase):
         self.assertGreater(source.asked, 0)
 
 
+    def onePathKnown(self):
+        """A manager whose directory holds one path (C{relays}, which the test may grow)."""
+        relays = [relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",))]
+        clock = Clock()
+        builder = Builder(clock)
+        m = CircuitManager(clock, lambda: defer.succeed(list(relays)), builder, spares=0, rng=random.Random(1))
+        m.startService()
+        self.addCleanup(m.stopService)
+        return clock, builder, m, relays
+
     def test_failedReplacementIsTriedAgainOnceTheDirectoryGrows(self):
         """
         The fault (MiddleDiesTests, flaky in CI): the killed middle was in
@@ -253,13 +263,8 @@ class SmallDirectoryTests(unittest.TestCase):
         more relays 20 s later, but nothing asked for a replacement again.
         Now it is tried again after 2, 4, 8, 16 and 30 s.
         """
-        guard, middle, exit = relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",))
-        relays = [guard, middle, exit]
-        clock = Clock()
-        builder = Builder(clock)
-        m = CircuitManager(clock, lambda: defer.succeed(list(relays)), builder, spares=0, rng=random.Random(1))
-        m.startService()
-        self.addCleanup(m.stopService)
+        clock, builder, m, relays = self.onePathKnown()
+        guard, middle, exit = relays
         first = circuitFor(self, clock, m, "k")
         builder.failExtendTo = {middle.nodeId}
         first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED, "destroyed by the network"))
@@ -289,13 +294,8 @@ class SmallDirectoryTests(unittest.TestCase):
 
     def test_aStreamsOwnCircuitEndsTheRetries(self):
         """A stream built its own circuit for the key while the retry waited: the retry builds nothing."""
-        guard, middle, exit = relay(1, ("guard",)), relay(2, ("middle",)), relay(3, ("exit",))
-        relays = [guard, middle, exit]
-        clock = Clock()
-        builder = Builder(clock)
-        m = CircuitManager(clock, lambda: defer.succeed(list(relays)), builder, spares=0, rng=random.Random(1))
-        m.startService()
-        self.addCleanup(m.stopService)
+        clock, builder, m, relays = self.onePathKnown()
+        guard, middle, exit = relays
         first = circuitFor(self, clock, m, "k")
         builder.failExtendTo = {middle.nodeId}
         first.close(CircuitDestroyed(DestroyReason.CHANNEL_CLOSED))
