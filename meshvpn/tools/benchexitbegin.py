@@ -14,7 +14,6 @@ answered in the very call that delivered them (no reactor turn between:
 L{meshvpn.exit.connectnow}).
 """
 
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from meshvpn.exit.streams import ExitStreamEdge
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.onion.streammsgs import Begin
+from meshvpn.tools.benchoutput import report
 
 _SERVER = """
 import socket, sys
@@ -120,9 +120,5 @@ def run(args):
     if failure:
         print(failure[0].getTraceback(), file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key}: {value}")
+    report(out, args.json)
     return 0
