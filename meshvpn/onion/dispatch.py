@@ -23,7 +23,7 @@ import struct
 
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
 from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
-from meshvpn.onion.packets import MAX_PACKET, PacketReader, framePackets
+from meshvpn.onion.packets import MAX_PACKET, PacketReader, packetRecords
 
 _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
@@ -305,7 +305,7 @@ class RelayDispatcher:
         return fit
 
     def _sendPacketCells(self, packets):
-        self._sendPacketStream(b"".join(framePackets(packets, self.maxData)))
+        self._sendPacketStream(packetRecords(packets))
 
     def _sendPacketStream(self, stream):
         size = self.maxData
@@ -333,7 +333,7 @@ class RelayDispatcher:
                 break
             queued += 1
             if not 0 < len(p) <= MAX_PACKET:
-                self.packetsDropped += 1  # cannot be framed (what framePackets refuses)
+                self.packetsDropped += 1  # cannot be framed (what packetRecords refuses)
                 continue
             backlog.append(p)
             self._backlogBytes += len(p)
@@ -361,16 +361,13 @@ class RelayDispatcher:
                 break
             used += 2 + len(p)
             n += 1
-        parts = [tail]
-        for p in backlog[:n]:
-            parts.append(len(p).to_bytes(2, "big"))
-            parts.append(p)
-            self._backlogBytes -= len(p)
+        parts = [tail, packetRecords(backlog[:n])]
+        self._backlogBytes -= used - len(tail) - 2 * n
         del backlog[:n]
         if backlog and used < space:
             p = backlog.pop(0)
             self._backlogBytes -= len(p)
-            record = len(p).to_bytes(2, "big") + p
+            record = packetRecords((p,))
             parts.append(record[:space - used])
             self._tail = record[space - used:]
         else:

@@ -18,9 +18,9 @@ def packetCellCount(packets, size=RELAY_DATA_LEN):
     return -(-total // size)
 
 
-def framePackets(packets, size=RELAY_DATA_LEN):
+def packetRecords(packets):
     """
-    @return: a list of cell bodies (each <= C{size} bytes) carrying C{packets}.
+    @return: the byte stream of C{length(2) | packet} records carrying C{packets}.
     @raise CellError: a packet is empty or larger than 65535 bytes.
     """
     parts = []
@@ -30,7 +30,15 @@ def framePackets(packets, size=RELAY_DATA_LEN):
             raise CellError(f"packet of {n} bytes cannot be framed")
         parts.append(n.to_bytes(2, "big"))
         parts.append(p)
-    stream = b"".join(parts)
+    return b"".join(parts)
+
+
+def framePackets(packets, size=RELAY_DATA_LEN):
+    """
+    @return: a list of cell bodies (each <= C{size} bytes) carrying C{packets}.
+    @raise CellError: a packet is empty or larger than 65535 bytes.
+    """
+    stream = packetRecords(packets)
     return [stream[i:i + size] for i in range(0, len(stream), size)]
 
 
