@@ -49,9 +49,18 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   identity is probed each epoch by N measurers drawn by the history's
   weights, hostile measurers lie in every strategy, and the weights are
   capped by the probes (L{meshvpn.measure.aggregate.probeCap}); it adds
-  the strategy C{probedeflate} and a C{probes} object saying it is a
-  design study.  Off by default: the default bench computes what the
-  network computes.
+  the strategies C{probedeflate} (reports honest, measurers lie) and
+  C{unprobed} (junkinflate from the hostile identities a probe would show
+  small, all claiming a version that cannot be probed), and a C{probes}
+  object saying it is a design study, what it models and what it
+  assumes.  All relays are probed in one network-wide slot, each a target
+  and a measurer at once: C{--probe-contention} says what a hostile relay
+  does with its measuring duties there (C{readback}, the default: its
+  targets read it back and its probe is the lower of its two roles';
+  C{skip}: nobody checks and it drops them; C{none}: no contention, the
+  first model).  C{--probe-old} leaves a fraction of honest relays
+  unprobed.  Off by default: the default bench computes what the network
+  computes.
 
 It prints C{capacity_correlation_honest} (Pearson correlation of weights
 with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
@@ -66,11 +75,12 @@ import time
 
 import attrs
 
-from meshvpn.measure.aggregate import Params, computeWeights
+from meshvpn.measure.aggregate import UNPROBED_QUANTILE, Params, computeWeights, weightedMedian
 from meshvpn.measure.reports import Report, prefixOf
 
 STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate")
-PROBE_STRATEGIES = ("probedeflate",)  # only with --probes: attacks on the probes themselves
+PROBE_STRATEGIES = ("probedeflate", "unprobed")  # only with --probes: attacks on the probes themselves
+CONTENTION = ("none", "skip", "readback")
 EPOCH = 3600  # the bench's epoch length, seconds (the reports say so)
 HUGE = 2**50
 TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
@@ -108,6 +118,16 @@ def addArguments(p):
     p.add_argument("--probe-schedule", choices=("together", "apart"), default="together",
                    help="probe every relay in one network-wide slot (default; a machine's identities share its "
                         "capacity) or each at its own time (each sybil shows its machine's whole capacity)")
+    p.add_argument("--probe-contention", choices=CONTENTION, default="readback",
+                   help="one slot, each relay target and measurer at once: a hostile relay skips no duty (none: the "
+                        "first model), skips all of them and shows up to 2x as a target (skip), or, its targets "
+                        "reading it back and a probe the lower of its two roles, skips only its duties to colluders "
+                        "(readback, default)")
+    p.add_argument("--probe-old", type=float, default=0.0,
+                   help="fraction of honest relays whose version knows no probe (never probed; default 0)")
+    p.add_argument("--probe-unprobed", choices=("median", "quartile", "floor", "free"), default=Params().probeUnprobed,
+                   help="once most relays are probed, an unprobed relay is held at the median probe (default), at "
+                        "the floor, or left alone (free: the first model)")
     p.add_argument("--probe-margin", type=float, default=Params().probeMargin,
                    help=f"an estimate is at most this times the bytes per probed unit (default {Params().probeMargin})")
 
@@ -205,6 +225,11 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
     could throttle, which only lowers it; a sybil is probed at its host's whole capacity, the worst
     case: its host's identities probed at different times).  A hostile measurer (C{lie}) reads an
     honest target at 0 and a colluder at any size it likes.
+
+    Readings are in capacity units: each role's bytes over the share of the slot the protocol asks
+    that role for (the demand of both roles is known from the public draw), so an honest relay,
+    splitting its capacity between them, reads its capacity in both.  C{probes.contention} says
+    what a hostile relay does with its measuring duties (L{CONTENTION}).
     """
     population = sorted(pick)
     cum, acc = [], 0.0
@@ -220,9 +245,20 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
     for j in range(len(allIds)):
         identities[host[j]] = identities.get(host[j], 0) + 1
     hostileShare = sum(pick.get(k, 0.0) for k in hostileIdx) / sum(pick.values())
-    shown = [caps[host[j]] / (identities[host[j]] if probes.together else 1)
-             / ((1 - hostileShare) or 1.0 if j in hostileIdx and lie else 1.0) for j in range(len(allIds))]
+    machine = [caps[host[j]] / (identities[host[j]] if probes.together else 1) for j in range(len(allIds))]
+    # a hostile relay also sends only to the honest measurers of its team, and serves only its honest targets:
+    # its dropped duties towards colluders are what lets each role read 1 / (1 - f) high.  With nobody
+    # checking its measuring ("skip") it drops every duty and gives the whole slot to its target role, which
+    # then reads 1 / (1 - measureShare) high on top; read back ("readback") by its targets and held to the
+    # lower of its roles, it does best splitting the slot as an honest relay does, both roles reading
+    # c / (1 - f)
+    freed = 1.0 / (1.0 - probes.measureShare) if probes.contention == "skip" else 1.0
+    shown = [machine[j] / ((1 - hostileShare) or 1.0) * freed if j in hostileIdx and lie else machine[j]
+             for j in range(len(allIds))]
+    asShown = [machine[i] / ((1 - hostileShare) or 1.0) if i in hostileIdx and lie else machine[i]
+               for i in range(len(allIds))]
     out = {}
+    asMeasurer = {}  # measurer index -> [(what its target read it at, the target's weight, target index)]
     for j, nodeId in enumerate(allIds):
         readings = []
         while len(readings) < draws:
@@ -233,9 +269,32 @@ def _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=True):
                 readings.append((probes.count * caps[host[i]] if probes.clip else float(HUGE)) if j in hostileIdx else 0.0)
             else:
                 readings.append(shown[j])
+            if probes.contention == "readback":
+                # the target reads its measurer back: an honest target what the measurer sent, a hostile one
+                # 0 for an honest measurer and its clip for a colluder
+                if j in hostileIdx and lie:
+                    back = probes.count * caps[host[j]] if i in hostileIdx else 0.0
+                else:
+                    back = asShown[i]
+                asMeasurer.setdefault(i, []).append((back, pick.get(j, 0.0), j))
         readings.sort()
         out[nodeId] = readings[(len(readings) - 1) // 2]
+    if probes.contention == "readback":
+        for i, back in asMeasurer.items():
+            # the lower of the two roles' readings, but never below what the target role alone shows for an
+            # honest split: a measurer read at 0 by hostile targets loses its measuring share, not everything
+            target = out[allIds[i]]
+            measurer = weightedMedian(back)
+            out[allIds[i]] = max(target * (1 - probes.measureShare), min(target, measurer))
     return out
+
+
+def _withoutProbes(probed, liars, old):
+    """
+    C{probed} less the relays that cannot be probed: the C{liars}, and the C{old} honest relays (C{{nodeId}},
+    running a version that knows no probe); a relay without a probe is C{None}, as for the weights.
+    """
+    return {i: None if i in old or i in liars else p for i, p in probed.items()}
 
 
 def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1, prior=None,
@@ -250,6 +309,10 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
     @param probes: C{None} (what the network runs) or the probes' design
         study (L{Probes}): hostile measurers lie in every strategy.
     """
+    unprobed = strategy == "unprobed"
+    if unprobed:
+        # junkinflate from identities that claim a version too old to be probed
+        strategy = "junkinflate"
     n = len(ids)
     hostileSet = set(hostile)
     traffic = [dict(t) for t in honestTraffic]
@@ -327,6 +390,17 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
             else:
                 pick = {k: prior.get(i, 0.0) for k, i in enumerate(allIds) if prior.get(i, 0.0) > 0}
             probed = _probed(allIds, caps, host, hostileIdx, probes, pick, rng, lie=strategy != "junk")
+            liars = ()
+            if unprobed:
+                # the identities a probe would show below what an unprobed relay is held at once most are
+                # probed claim an old version (every one while unprobed relays are left alone, none if they
+                # are held at the floor); the larger ones are better off probed
+                values = sorted(p for p in probed.values())
+                quantile = UNPROBED_QUANTILE.get(params.probeUnprobed)
+                stand = (float("inf") if params.probeUnprobed == "free" else
+                         values[int((len(values) - 1) * quantile)] if quantile is not None else 0.0)
+                liars = [allIds[k] for k in sorted(hostileIdx) if probed[allIds[k]] < stand]
+            probed = _withoutProbes(probed, liars, probes.old)
         measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed)
         prior = {i: m.bandwidth for i, m in measured.items()}
         weights = {i: m.weight for i, m in measured.items()}
@@ -345,6 +419,9 @@ class Probes:
     pick: str
     clip: bool = True  # a reading is at most the team's size times the measurer's own capacity
     together: bool = True  # one network-wide slot: a machine's identities share its capacity in the probe
+    contention: str = "readback"  # what a hostile relay does with its measuring duties in the slot (CONTENTION)
+    measureShare: float = 0.5  # the share of a relay's slot its measuring duties take (asks balanced with its own probe)
+    old: frozenset = frozenset()  # honest relays whose version knows no probe (never probed)
 
 
 def run(args, out=print):
@@ -355,12 +432,19 @@ def run(args, out=print):
     caps = [rng.lognormvariate(0.0, args.sigma) for _ in range(n)]
     pairs = _traffic(caps, args.circuits, rng)
     honestTraffic = _reportsOf(ids, pairs)
-    params = Params(kappa=args.kappa, medianSlack=args.median_slack or None, probeMargin=args.probe_margin)
-    probes = (Probes(args.probes, args.probe_window, args.probe_seconds, args.probe_pick,
-                     together=args.probe_schedule == "together") if args.probes > 0 else None)
+    params = Params(kappa=args.kappa, medianSlack=args.median_slack or None, probeMargin=args.probe_margin,
+                    probeUnprobed=args.probe_unprobed)
+    hostile = sorted(random.Random(args.seed + 1).sample(range(n), int(round(args.hostile * n))))
+    probes = None
+    if args.probes > 0:
+        honest = [k for k in range(n) if k not in set(hostile)]
+        old = random.Random(args.seed + 3).sample(honest, int(round(args.probe_old * len(honest))))
+        probes = Probes(args.probes, args.probe_window, args.probe_seconds, args.probe_pick,
+                        together=args.probe_schedule == "together", contention=args.probe_contention,
+                        old=frozenset(ids[k] for k in old))
     # the network's history: it began honest (one epoch from the equal start), then one more honest epoch
     # with probes and nobody lying, every measurer reads a relay's true capacity
-    probedHonest = dict(zip(ids, caps)) if probes else None
+    probedHonest = _withoutProbes(dict(zip(ids, caps)), (), probes.old) if probes else None
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params, probed=probedHonest)
     measured = computeWeights(_build(ids, honestTraffic), known=ids, params=params,
                               prior={i: m.bandwidth for i, m in measured.items()}, probed=probedHonest)
@@ -381,7 +465,6 @@ def run(args, out=print):
         "isolated_honest": len(isolated),
         "isolated_honest_capacity_share": round(sum(caps[k] for k in isolated) / sum(caps), 5),
     }
-    hostile = sorted(random.Random(args.seed + 1).sample(range(n), int(round(args.hostile * n))))
     if hostile:
         strategies = {}
         lies = STRATEGIES + (PROBE_STRATEGIES if probes else ())
@@ -408,7 +491,13 @@ def run(args, out=print):
                             "window_epochs": probes.window, "seconds_per_epoch": probes.seconds,
                             "pick": probes.pick, "margin": args.probe_margin,
                             "schedule": "together" if probes.together else "apart",
-                            "capacity_share_per_epoch": round(_probeShare(probes), 5)}
+                            "capacity_share_per_epoch": round(_probeShare(probes), 5),
+                            "contention": probes.contention, "measure_share": probes.measureShare,
+                            "old_honest_fraction": args.probe_old, "unprobed_held_at": args.probe_unprobed,
+                            # what the model takes as given and does not test (doc/measurement.md)
+                            "assumed_not_modelled": ["teams big enough to fill their targets",
+                                                     "measurers and slot from randomness no relay chooses",
+                                                     "each role's reading scaled by its demand, known to all"]}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
         out(json.dumps(result))

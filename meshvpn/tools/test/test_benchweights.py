@@ -59,3 +59,18 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertTrue(result["probes"]["design_study_not_in_network"])
         self.assertEqual(result["probes"]["measurers_per_relay_epoch"], 3)
         self.assertIn("probedeflate", result["strategies"])
+        # what the model runs, said in the JSON: the one slot's contention read back, unprobed relays held at
+        # the quartile, and what it still assumes
+        self.assertEqual(result["probes"]["contention"], "readback")
+        self.assertEqual(result["probes"]["unprobed_held_at"], "quartile")
+        self.assertIn("unprobed", result["strategies"])
+        self.assertTrue(result["probes"]["assumed_not_modelled"])
+
+    def test_probeContentionAndOldRelays(self):
+        code, result = run("--seed", "3", "--epochs", "1", "--probes", "3", "--probe-window", "2",
+                           "--probe-contention", "skip", "--probe-old", "0.25", "--probe-unprobed", "floor")
+        self.assertEqual(code, 0)
+        self.assertEqual(result["probes"]["contention"], "skip")
+        self.assertEqual(result["probes"]["old_honest_fraction"], 0.25)
+        self.assertEqual(result["probes"]["unprobed_held_at"], "floor")
+        self.assertTrue(result["probes"]["design_study_not_in_network"])
