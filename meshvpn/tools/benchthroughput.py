@@ -166,6 +166,9 @@ def measure(args, net, pipe, extra):
         "ttfb_ms_first_stream": round(first.ttfb * 1000, 2),
         "ttfb_ms_first_stream_fresh_circuit": _median_ms(fresh) if fresh else None,
         "ttfb_ms_loaded_median": round(statistics.median(f.ttfb for f in loaded) * 1000, 2) if loaded else None,
+        # The goal: an interactive stream beside a download stays within 2x its unloaded time to first byte.
+        "ttfb_loaded_ratio": round(statistics.median(f.ttfb for f in loaded) / ttfb, 2) if loaded else None,
+        "loaded_fetches": len(loaded),
         "parallel_streams": len(parallel),
         "parallel_mbps_each": [round(f.bytes * 8 / f.total / 1e6, 1) for f in parallel],
         "parallel_spread": round(max(f.total for f in parallel) / min(f.total for f in parallel), 3) if parallel else None,
