@@ -19,7 +19,7 @@ one); the next request, a moment later, sees the real rate.
 """
 
 BULK_BYTES_PER_S = 256 * 1024  # a circuit moving more than this is carrying a bulk transfer
-MIN_SPAN_S = 0.05  # a shorter interval keeps the last rate (a burst of requests in one turn)
+MIN_SPAN_S = 0.2  # a shorter interval keeps the last rate: a relay stalled for tens of ms on a busy CPU is no end of a transfer
 MAX_CIRCUITS_PER_KEY = 2  # an isolation key takes a spare for quiet streams only while it has fewer circuits
 
 

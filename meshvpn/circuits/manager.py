@@ -305,7 +305,7 @@ class CircuitManager(service.Service):
             # VPN keeps on one circuit).
             if not busy or packets or len(mine) >= MAX_CIRCUITS_PER_KEY:
                 return defer.succeed(pair[0])
-            quiet = self._takeSpare(target, packets, bad)
+            quiet = self._takeSpare(target, packets, bad, apart=pair[1])
             if quiet is None:
                 return defer.succeed(pair[0])
             self.log.info("a quiet circuit for a new stream: the key's circuit carries a bulk transfer")
@@ -367,11 +367,18 @@ class CircuitManager(service.Service):
         self._watchNextHops(built)
         return built
 
-    def _takeSpare(self, target, packets, bad):
-        for i, (circuit, path) in enumerate(self._spare):
-            if _accepts(path, target, packets) and not self._suspected(path, bad):
-                return self._spare.pop(i)
-        return None
+    def _takeSpare(self, target, packets, bad, apart):
+        """
+        A fitting spare, the one sharing the fewest relays with C{apart} (the
+        busy circuit's path: every relay both use is a queue and a busy
+        process the new stream would wait in), or C{None}.
+        """
+        busyRelays = {r.nodeId for r in apart}
+        fitting = [(sum(r.nodeId in busyRelays for r in path), i) for i, (_, path) in enumerate(self._spare)
+                   if _accepts(path, target, packets) and not self._suspected(path, bad)]
+        if not fitting:
+            return None
+        return self._spare.pop(min(fitting)[1])
 
     def _assign(self, isolation, pair):
         self._assigned.setdefault(isolation, []).append(pair)

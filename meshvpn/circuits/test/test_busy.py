@@ -173,3 +173,16 @@ class ManagerAvoidsBulkTests(unittest.TestCase):
         vpn = self.get(packets=True)
         self.download(vpn)
         self.assertIs(self.get(packets=True), vpn)
+
+
+class SpareApartTests(unittest.TestCase):
+    def test_spareSharingFewestRelaysWithTheBusyCircuit(self):
+        clock = Clock()
+        manager = CircuitManager(clock, lambda: defer.succeed([]), CountingBuilder(clock), spares=0)
+        busy = [relay(1), relay(2), relay(3)]
+        near = counted(FakeCircuit([relay(1), relay(2), relay(4)]))
+        far = counted(FakeCircuit([relay(1), relay(5), relay(6)]))
+        manager._spare = [(near, near.path), (far, far.path)]
+        circuit, _ = manager._takeSpare(None, False, set(), apart=busy)
+        self.assertIs(circuit, far)
+        self.assertEqual(manager._spare, [(near, near.path)])
