@@ -178,6 +178,7 @@ def measure(args, net, pipe, extra):
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     result.update(_perHop(net, cpuEach, nbytes))
+    result["quiet_circuits_taken"] = _quietCircuitsTaken(net)
     result.update(extra)
     return result
 
@@ -320,6 +321,19 @@ def _linkedStreams(net):
     try:
         with open(net.client.logPath) as f:
             return sum(1 for line in f if "carried by two circuits" in line)
+    except OSError:
+        return None
+
+
+def _quietCircuitsTaken(net):
+    """
+    Times the client gave a new stream a circuit of its own because the one
+    it would have shared carried a bulk transfer (doc/socks.md, from its
+    log): 0 means the loaded fetches shared the download's circuit.
+    """
+    try:
+        with open(net.client.logPath) as f:
+            return sum(1 for line in f if "a quiet circuit for a new stream" in line)
     except OSError:
         return None
 
