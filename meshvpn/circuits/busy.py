@@ -24,11 +24,14 @@ MAX_CIRCUITS_PER_KEY = 2  # an isolation key takes a spare for quiet streams onl
 
 
 def movedBytes(circuit):
-    """Stream bytes C{circuit} has carried both ways (0 without a stream layer)."""
-    handler = circuit.streamHandler
+    """
+    Stream bytes C{circuit} has carried both ways: 0 without a stream layer,
+    or with one that keeps no counters (it reads as quiet, the old choice).
+    """
+    handler = getattr(circuit, "streamHandler", None)
     if handler is None:
         return 0
-    return handler.bytesSent + handler.bytesReceived
+    return getattr(handler, "bytesSent", 0) + getattr(handler, "bytesReceived", 0)
 
 
 class BusyCircuits:
