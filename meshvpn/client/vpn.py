@@ -53,6 +53,8 @@ from meshvpn.client.egress import EgressHold
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStatusSource
+from meshvpn.onion.flow import FLOW_GSO
+from meshvpn.tun.offload import plainPackets
 
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
@@ -486,7 +488,7 @@ class TunClient(service.Service):
         if toExit:
             self._send(toExit)
         if toMesh:
-            errors = self.mesh.sendPackets(toMesh)
+            errors = self.mesh.sendPackets(plainPackets(toMesh))
             if errors:
                 self.tun.writePackets(errors)
 
@@ -501,6 +503,8 @@ class TunClient(service.Service):
             self.counters["no_circuit_dropped"] += max(0, len(packets) - room)
             self._ensureCircuit()
             return
+        if not getattr(circuit, "flowFlags", 0) & FLOW_GSO:
+            packets = plainPackets(packets)  # an exit without offload records: cut here, as the kernel would
         self.counters["to_circuit"] += circuit.sendPackets(packets)
 
     def status(self):
