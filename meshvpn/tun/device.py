@@ -111,7 +111,7 @@ class TunDevice:
 
     log = Logger()
 
-    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False):
+    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False, join=True):
         self.reactor = reactor
         try:
             self.fd, self.name = openTun(name, vnetHeader=offload)
@@ -122,7 +122,9 @@ class TunDevice:
             self.fd, self.name = openTun(name)
             offload = False
         self.offload = offload  # every read and write carries a virtio_net_hdr
-        self.joining = offload  # writes may join TCP segments (until the kernel refuses one)
+        # Writes may join plain TCP segments (until the kernel refuses one); not where the kernel forwards
+        # them (the exit): it would cut them again with fresh checksums, dropping each segment's own.
+        self.joining = offload and join
         self.readOffload = offload and enableOffload(self.fd)  # reads may be 64 KB segments, checksums unfinished
         self.offloadWrites = offload  # OffloadPackets are written as they are (until the kernel refuses one)
         self.packetsJoined = 0
