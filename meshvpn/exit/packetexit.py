@@ -424,7 +424,7 @@ table ip {self.table} {{
 
     def status(self):
         return {"pool": str(self.pool), "pool6": str(self.pool6) if self.pool6 else None, "leases": len(self._byAddress),
-                "mtu": self.mtu, **self.counters}
+                "mtu": self.mtu, "tun": self.tun.status() if self.tun is not None else None, **self.counters}
 
 
 @implementer(ICircuitEdge)
