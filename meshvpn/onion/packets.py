@@ -25,6 +25,9 @@ OFFLOAD_CSUM = 0x01  # the transport checksum holds only the pseudo-header sum; 
 OFFLOAD_TCP = 0x02  # a TCP segment to be cut into gso_size-byte segments (needs OFFLOAD_CSUM)
 _OFFLOAD_KINDS = (OFFLOAD_CSUM, OFFLOAD_CSUM | OFFLOAD_TCP)
 OFFLOAD_OVERHEAD = 5  # the extra bytes of an offload record
+# The smallest gso_size carried (IPv4's default MSS): smaller would let 64 KB of cells become
+# thousands of packets on the far side's wire; an edge cuts such segments itself instead.
+MIN_GSO_SIZE = 536
 _OFFLOAD_HEAD = 7
 
 
@@ -71,7 +74,7 @@ def packetRecords(packets):
             raise CellError(f"packet of {n} bytes cannot be framed")
         if type(p) is OffloadPacket:
             kind, gso = p.offload, p.gsoSize
-            if kind not in _OFFLOAD_KINDS or not (0 < gso <= MAX_PACKET if kind & OFFLOAD_TCP else gso == 0):
+            if kind not in _OFFLOAD_KINDS or not (MIN_GSO_SIZE <= gso <= MAX_PACKET if kind & OFFLOAD_TCP else gso == 0):
                 raise CellError(f"offload {kind:#x} with gso_size {gso} cannot be framed")
             parts.append(bytes((0, 0, kind, gso >> 8, gso & 0xFF, n >> 8, n & 0xFF)))
         else:
@@ -121,7 +124,7 @@ class PacketReader:
                 size = (buf[pos + 5] << 8) | buf[pos + 6]
                 if kind not in _OFFLOAD_KINDS:
                     raise CellError(f"offload record of kind {kind:#04x}")
-                if (gso == 0) == bool(kind & OFFLOAD_TCP):
+                if not (gso >= MIN_GSO_SIZE if kind & OFFLOAD_TCP else gso == 0):
                     raise CellError(f"offload record of kind {kind:#04x} with gso_size {gso}")
                 if size == 0:
                     raise CellError("zero-length offload record")

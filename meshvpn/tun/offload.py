@@ -25,7 +25,7 @@ finished here in software, and anything else a peer sends is dropped.
 
 import struct
 
-from meshvpn.onion.packets import MAX_PACKET, OFFLOAD_CSUM, OFFLOAD_TCP, OffloadPacket
+from meshvpn.onion.packets import MAX_PACKET, MIN_GSO_SIZE, OFFLOAD_CSUM, OFFLOAD_TCP, OffloadPacket
 
 VNET_HDR_LEN = 10
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -127,7 +127,7 @@ def fromRead(raw, out):
     kind = OFFLOAD_CSUM | (OFFLOAD_TCP if gsoType != GSO_NONE else 0)
     if (info is not None and flags & NEEDS_CSUM and gsoType in (GSO_NONE, GSO_TCPV4, GSO_TCPV6)
             and start == info[1] and offset == (16 if info[2] == _TCP else 6) and len(p) <= MAX_PACKET
-            and (gsoType == GSO_NONE or (info[2] == _TCP and gsoSize > 0
+            and (gsoType == GSO_NONE or (info[2] == _TCP and gsoSize >= MIN_GSO_SIZE
                                          and gsoType == (GSO_TCPV4 if info[0] == 4 else GSO_TCPV6)))):
         out.append(OffloadPacket(p, kind, gsoSize if gsoType != GSO_NONE else 0))
         return 0
@@ -165,6 +165,8 @@ def segment(p):
     if proto != _TCP:
         raise OffloadError("segmentation of a non-TCP packet")
     mss = p.gsoSize
+    if mss <= 0:
+        raise OffloadError("segmentation with gso_size 0")
     ip = bytearray(p[:at])
     tcp = bytearray(p[at:end])
     flags = tcp[13]

@@ -5,6 +5,7 @@ from twisted.trial import unittest
 
 from meshvpn.onion.cells import RELAY_DATA_LEN, CellError
 from meshvpn.onion.packets import (
+    MIN_GSO_SIZE,
     OFFLOAD_CSUM,
     OFFLOAD_TCP,
     OffloadPacket,
@@ -16,7 +17,7 @@ from meshvpn.onion.packets import (
 
 packet = st.binary(min_size=1, max_size=3000)
 offloaded = st.builds(lambda p, tcp, gso: OffloadPacket(p, OFFLOAD_CSUM | OFFLOAD_TCP, gso) if tcp
-                      else OffloadPacket(p, OFFLOAD_CSUM), packet, st.booleans(), st.integers(1, 65535))
+                      else OffloadPacket(p, OFFLOAD_CSUM), packet, st.booleans(), st.integers(MIN_GSO_SIZE, 65535))
 
 
 class OffloadRecordTests(unittest.TestCase):
@@ -44,10 +45,11 @@ class OffloadRecordTests(unittest.TestCase):
         for bad in (b"\0\0\x04\0\0\0\x05xxxxx",  # unknown kind
                     b"\0\0\x02\x05\0\0\x05xxxxx",  # segmentation without the checksum left open
                     b"\0\0\x03\0\0\0\x05xxxxx",  # segmentation with gso_size 0
+                    b"\0\0\x03\x02\x17\0\x05xxxxx",  # gso_size 535: 64 KB would be 120+ packets on the far wire
                     b"\0\0\x01\x05\0\0\x05xxxxx",  # gso_size without segmentation
                     b"\0\0\x01\0\0\0\0"):  # empty
             self.assertRaises(CellError, PacketReader(offload=True).feed, bad)
-        for kind, gso in ((0x04, 0), (OFFLOAD_CSUM, 3), (OFFLOAD_CSUM | OFFLOAD_TCP, 0)):
+        for kind, gso in ((0x04, 0), (OFFLOAD_CSUM, 3), (OFFLOAD_CSUM | OFFLOAD_TCP, 0), (OFFLOAD_CSUM | OFFLOAD_TCP, 100)):
             self.assertRaises(CellError, packetRecords, [OffloadPacket(b"x", kind, gso)])
 
     @settings(max_examples=300, deadline=None)
@@ -104,3 +106,19 @@ class OffloadOnCircuitTests(unittest.TestCase):
         self.assertFalse(circ.closed)
         self.assertEqual(n.edge.packets, [b"one", b"two"])
         self.assertEqual(circ.packetsDropped, 1)
+
+    def test_tinySegmentsFromAHostileOriginKillTheCircuit(self):
+        """The amplification attack: 64 KB cut at gso_size 1 would leave the exit as 65,000 packets."""
+        from meshvpn.onion.test.test_circuit import Net
+
+        n = Net(self)
+        circ = n.built(self)
+        n.net.pump()
+        packet = b"\x45" + bytes(20000)
+        # Framed by hand, past packetRecords' own check, as a hostile client would.
+        circ._sendPacketStream(b"\0\0\x03\0\x01" + len(packet).to_bytes(2, "big") + packet)
+        for _ in range(5):
+            n.net.pump()
+            n.clock.advance(0.1)
+        self.assertEqual(n.edge.packets, [])
+        self.assertTrue(circ.closed)

@@ -181,6 +181,15 @@ class FromReadTests(unittest.TestCase):
         (p,) = out
         self.assertEqual((type(p), p.offload, p.gsoSize, bytes(p)), (OffloadPacket, OFFLOAD_CSUM | OFFLOAD_TCP, 1000, big))
 
+    def test_smallSegmentsAreCutHere(self):
+        """A path MSS under MIN_GSO_SIZE: cut by the edge that read it, never sent on as one record."""
+        big = build(4, 6, b"q" * 3000, self.a, self.b)
+        out = []
+        ol.fromRead(ol.VNET_HDR.pack(ol.NEEDS_CSUM, ol.GSO_TCPV4, 40, 500, 20, 16) + big, out)
+        self.assertEqual(len(out), 6)
+        self.assertTrue(all(type(p) is bytes and transportValid(p) for p in out))
+        self.assertEqual(ol.fromRead(ol.VNET_HDR.pack(ol.NEEDS_CSUM, ol.GSO_TCPV4, 40, 0, 20, 16) + big, []), 1)
+
     def test_whatWeDoNotCarryIsFinishedHere(self):
         big = build(4, 6, b"q" * 3000, self.a, self.b, flags=ACK | CWR)
         out = []
