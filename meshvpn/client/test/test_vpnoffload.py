@@ -58,3 +58,14 @@ class VpnOffloadTests(unittest.TestCase):
         self.assertEqual(client.tun.written, [good])
         self.assertIs(type(client.tun.written[0]), OffloadPacket)
         self.assertEqual(client.counters["from_circuit_refused"], 2)
+
+    def test_waitingQueueBoundedInBytes(self):
+        """Before the first circuit, 64 KB reads do not make the bounded queue hold 16 MB."""
+        from meshvpn.client.vpn import MAX_WAITING_BYTES
+
+        client = self.start()
+        big = self.upload(client)
+        client.tun.receiver([big] * 200)
+        held = sum(len(p) for p in client._waiting)
+        self.assertLessEqual(held, MAX_WAITING_BYTES)
+        self.assertEqual(client.counters["no_circuit_dropped"], 200 - len(client._waiting))

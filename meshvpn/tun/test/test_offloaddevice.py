@@ -13,9 +13,20 @@ from meshvpn.tools.netns import Netns, requireRoot
 SIZE = 16_000_000
 # The receiver prints how many bytes came and their SHA-256; the sender sends a pattern both know.
 SERVER = """
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.78.0.2", 5001)); s.listen(1); s.settimeout(60)
+import hashlib, socket, sys, time
+host = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+deadline = time.monotonic() + 30
+while True:
+    try:
+        s.bind((host, 5001))
+        break
+    except OSError:  # an IPv6 address is usable once duplicate address detection is done
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+s.listen(1); s.settimeout(60)
 c, _ = s.accept(); c.settimeout(60)
 h, n = hashlib.sha256(), 0
 while True:
@@ -27,12 +38,12 @@ print(n, h.hexdigest())
 """
 CLIENT = """
 import hashlib, socket, sys, time
-size = int(sys.argv[1])
+host, size = sys.argv[1], int(sys.argv[2])
 block = hashlib.sha256(b"offload").digest() * 4096
 deadline = time.monotonic() + 30
 while True:
     try:
-        c = socket.create_connection(("10.78.0.2", 5001), timeout=5)
+        c = socket.create_connection((host, 5001), timeout=5)
         break
     except OSError:
         if time.monotonic() > deadline:
@@ -64,30 +75,31 @@ def bridge(src, dst):
 class OffloadDeviceTests(unittest.TestCase):
     timeout = 240
 
-    def _pair(self):
+    def _pair(self, family=4):
         requireRoot(self)
         from meshvpn.tools.netnsenter import netnsEntered
         from meshvpn.tun.device import TunDevice
 
         nets = Netns(self, "mvo")
         tuns = []
-        for short, me, peer in (("a", "10.78.0.1", "10.78.0.2"), ("b", "10.78.0.2", "10.78.0.1")):
+        a, b, bits = ("10.78.0.1", "10.78.0.2", 32) if family == 4 else ("fd78::1", "fd78::2", 128)
+        for short, me, peer in (("a", a, b), ("b", b, a)):
             ns = nets.add(short)
             with netnsEntered(ns):
                 tun = TunDevice(reactor, "mvo%d", mtu=1480, offload=True)
                 self.addCleanup(tun.close)
-                tun.configure(addresses=[f"{me}/32"], routes=[f"{peer}/32"])
+                tun.configure(addresses=[f"{me}/{bits}"], routes=[f"{peer}/{bits}"])
             tuns.append((ns, tun))
         return tuns
 
     @defer.inlineCallbacks
-    def _transfer(self, tuns):
+    def _transfer(self, tuns, host="10.78.0.2"):
         (nsA, a), (nsB, b) = tuns
         bridge(a, b)
         bridge(b, a)
-        server = utils.getProcessOutputAndValue("/usr/sbin/ip", ["netns", "exec", nsB, sys.executable, "-c", SERVER])
+        server = utils.getProcessOutputAndValue("/usr/sbin/ip", ["netns", "exec", nsB, sys.executable, "-c", SERVER, host])
         client = utils.getProcessOutputAndValue("/usr/sbin/ip", ["netns", "exec", nsA, sys.executable, "-c", CLIENT,
-                                                                 str(SIZE)])
+                                                                 host, str(SIZE)])
         (sOut, sErr, sCode), (cOut, cErr, cCode) = yield defer.gatherResults([server, client])
         self.assertEqual((sCode, cCode), (0, 0), (sErr + cErr).decode())
         self.assertEqual(sOut.split(), cOut.split())
@@ -103,6 +115,15 @@ class OffloadDeviceTests(unittest.TestCase):
         self.assertGreater(a.offloadRead, 0)
         self.assertGreater(b.offloadWritten, 0)
         self.assertLess(a.packetsRead, SIZE // 1440 // 4)
+        self.assertEqual(a.offloadDrops + b.offloadDrops, 0)
+
+    @defer.inlineCallbacks
+    def test_offloadedIPv6(self):
+        tuns = self._pair(family=6)
+        (_, a), (_, b) = tuns
+        yield self._transfer(tuns, host="fd78::2")
+        self.assertGreater(a.offloadRead, 0)
+        self.assertGreater(b.offloadWritten, 0)
         self.assertEqual(a.offloadDrops + b.offloadDrops, 0)
 
     @defer.inlineCallbacks
