@@ -20,7 +20,7 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2, 3))
+NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2, 3, 4))
 BEFORE_DIRECTORY = LinkSettings(versions=(1, 2, 3))
 
 
@@ -57,7 +57,7 @@ class SideBySideTests(unittest.TestCase):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
             self.assertEqual((client.version, server.version), (4, 4))
-            self.assertEqual((client.circuitVersion, server.circuitVersion), (2, 2))
+            self.assertEqual((client.circuitVersion, server.circuitVersion), (3, 3))
 
     def test_thisMeetsTheReleaseBeforeCircuitVersion2(self):
         previous = LinkSettings(circuitVersions=(1,))
@@ -72,9 +72,9 @@ class SideBySideTests(unittest.TestCase):
         self.assertIn("no common link version (peer offers [1])", str(server.closeReason))
 
     def test_noCommonCircuitVersionRefused(self):
-        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(3,)), serverSettings=THIS)
+        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(4,)), serverSettings=THIS)
         self.assertIs(server.state, State.CLOSED)
-        self.assertIn("no common circuit version (peer offers [3])", str(server.closeReason))
+        self.assertIn("no common circuit version (peer offers [4])", str(server.closeReason))
 
     def test_closeSaysWhyOnVersion2(self):
         client, server, pump = self.pair(THIS, THIS)
