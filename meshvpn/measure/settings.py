@@ -1,4 +1,4 @@
-"""The one setting both ends of measurement share: how long an epoch is."""
+"""Measurement settings: how long an epoch is (every node), how long a relay's capacity probes run (relays)."""
 
 from meshvpn.config import Setting
 from meshvpn.measure.epoch import DEFAULT_LENGTH
@@ -21,4 +21,26 @@ def measureSettings():
         Setting("measure-epoch", parseEpoch, DEFAULT_LENGTH,
                 "Seconds per bandwidth-measurement epoch (relays report, clients weigh, per epoch; "
                 "every node of a network must agree)."),
+    ]
+
+
+DEFAULT_PROBE_SECONDS = 20
+
+
+def parseProbeSeconds(raw):
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not (value == 0 or 1 <= value <= 600):
+        raise ValueError("seconds between 1 and 600, or 0 (no probes)")
+    return value
+
+
+def probeSettings():
+    return [
+        Setting("probe-seconds", parseProbeSeconds, DEFAULT_PROBE_SECONDS,
+                "Seconds a relay's capacity probes run in each epoch's probe slot, as measurer and as target "
+                "(every relay of a network should agree; capped to 65% of the epoch); 0: this relay neither "
+                "probes nor echoes."),
     ]

@@ -24,7 +24,8 @@ DIRECTORY_SAMPLE = 1024
 def _weights(node, settings, dht, dataDir=None):
     finder = addService(dht, "payout-finder", RelayFinder(dht, 300.0, perRole=DIRECTORY_SAMPLE))
     weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()},
-                              settings["measure_epoch"], dataDir=dataDir, compute=inThread(node.reactor))
+                              settings["measure_epoch"], dataDir=dataDir, compute=inThread(node.reactor),
+                              directory=lambda: dict(finder.relays))
     return addService(dht, "payout-weights", weights)
 
 

@@ -1,0 +1,73 @@
+"""A target's side of a capacity probe: echo the measurers the plan assigns it, inside the slot, and no one else.
+
+An echo goes back on the link the probe came in on, byte for byte, so a
+target is never a reflector towards a third party; and it echoes only
+when all of these hold, else it drops the record and counts why:
+
+ - the link's peer authenticated as a node the epoch's probe plan puts in
+   this relay's team (an anonymous client, or any other relay, gets nothing);
+ - the epoch's slot is open (with L{GRACE} seconds either side for clocks);
+ - that measurer has drawn less than L{MAX_RATE} times the slot's length
+   this epoch (a sanity bound per peer: a team member cannot make the
+   target send without end);
+ - the node's bandwidth limit, the token bucket its cells are charged to,
+   has room for it (a relay throttled to R echoes about R in all, so its
+   probe reads what it really forwards);
+ - the link's writes are not blocked (an echo is never queued: a queue
+   would only hide the path's capacity and grow).
+
+A malformed PROBE record never gets here: the link refuses it and closes
+(L{meshvpn.link.probewire}).
+"""
+
+from meshvpn.measure.epoch import epochOf
+
+GRACE = 2.0  # seconds of clock difference tolerated at each end of the slot
+MAX_RATE = 125_000_000  # bytes/s one measurer may draw from a target (1 Gbit/s), over the slot
+
+
+class ProbeEcho:
+    """
+    @param planOf: C{epoch -> Plan} (L{meshvpn.measure.probeplan}) or C{None} when none is known.
+    @param bucket: the node's L{meshvpn.ratelimit.TokenBucket} or C{None} (no limit).
+    """
+
+    def __init__(self, clock, nodeId, planOf, epochLength, bucket=None):
+        self.clock = clock
+        self.nodeId = nodeId
+        self.planOf = planOf
+        self.epochLength = epochLength
+        self.bucket = bucket
+        self.counters = {"echoed": 0, "echoed_bytes": 0, "unassigned": 0, "outside_slot": 0, "over_budget": 0,
+                         "no_capacity": 0, "blocked": 0}
+        self._epoch = None
+        self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
+
+    def probeReceived(self, link, seq, data):
+        now = self.clock.seconds()
+        epoch = epochOf(now, self.epochLength)
+        if epoch != self._epoch:
+            self._epoch, self._drawn = epoch, {}
+        plan = self.planOf(epoch)
+        peer = link.peerId
+        if plan is None or peer is None or not plan.assigned(peer, self.nodeId):
+            self.counters["unassigned"] += 1
+            return False
+        offset = now - epoch * self.epochLength
+        if not plan.slotStart - GRACE <= offset <= plan.slotStart + plan.slotLength + GRACE:
+            self.counters["outside_slot"] += 1
+            return False
+        drawn = self._drawn.get(peer, 0) + len(data)
+        if drawn > MAX_RATE * (plan.slotLength + 2 * GRACE):
+            self.counters["over_budget"] += 1
+            return False
+        if self.bucket is not None and not self.bucket.tryConsume(len(data)):
+            self.counters["no_capacity"] += 1
+            return False
+        if not link.sendProbe(seq, data, echo=True):
+            self.counters["blocked"] += 1
+            return False
+        self._drawn[peer] = drawn
+        self.counters["echoed"] += 1
+        self.counters["echoed_bytes"] += len(data)
+        return True
