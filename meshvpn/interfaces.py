@@ -1555,6 +1555,13 @@ class IRelayWeights(Interface):
             L{meshvpn.measure.reports.Report}) the weights used, or C{None}.
         """
 
+    def probedCapacity(nodeId):
+        """
+        @return: the relay's probed capacity (bytes/s: what its capacity
+            probes' teams read it forwarding, L{meshvpn.measure.probed})
+            the weights used, or C{None} if no assigned measurer read it.
+        """
+
 
 # --------------------------------------------------------------------------
 # the node (roles/)

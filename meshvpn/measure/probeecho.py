@@ -12,7 +12,11 @@ when all of these hold, else it drops the record and counts why:
    target send without end);
  - the node's bandwidth limit, the token bucket its cells are charged to,
    has room for it (a relay throttled to R echoes about R in all, so its
-   probe reads what it really forwards);
+   probe reads what it really forwards), and so has the measurer's equal
+   share of that limit (R over the team's size: a client reads each
+   reading as that share, and without shares the measurer whose records
+   came first after each refill took nearly all of it, the others reading
+   0 -- measured on in-memory links);
  - the link's writes are not blocked (an echo is never queued: a queue
    would only hide the path's capacity and grow).
 
@@ -21,6 +25,7 @@ A malformed PROBE record never gets here: the link refuses it and closes
 """
 
 from meshvpn.measure.epoch import epochOf
+from meshvpn.ratelimit import TokenBucket
 
 GRACE = 2.0  # seconds of clock difference tolerated at each end of the slot
 MAX_RATE = 125_000_000  # bytes/s one measurer may draw from a target (1 Gbit/s), over the slot
@@ -42,12 +47,13 @@ class ProbeEcho:
                          "no_capacity": 0, "blocked": 0}
         self._epoch = None
         self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
+        self._shares = {}  # measurer -> its TokenBucket share of the node's limit this epoch
 
     def probeReceived(self, link, seq, data):
         now = self.clock.seconds()
         epoch = epochOf(now, self.epochLength)
         if epoch != self._epoch:
-            self._epoch, self._drawn = epoch, {}
+            self._epoch, self._drawn, self._shares = epoch, {}, {}
         plan = self.planOf(epoch)
         peer = link.peerId
         if plan is None or peer is None or not plan.assigned(peer, self.nodeId):
@@ -61,9 +67,15 @@ class ProbeEcho:
         if drawn > MAX_RATE * (plan.slotLength + 2 * GRACE):
             self.counters["over_budget"] += 1
             return False
-        if self.bucket is not None and not self.bucket.tryConsume(len(data)):
-            self.counters["no_capacity"] += 1
-            return False
+        if self.bucket is not None and self.bucket.rate is not None:
+            share = self._shares.get(peer)
+            if share is None:
+                team = len(plan.teams.get(self.nodeId, ())) or 1
+                share = self._shares[peer] = TokenBucket(self.clock, self.bucket.rate / team, self.bucket.burst / team)
+            if share.available() < len(data) or not self.bucket.tryConsume(len(data)):
+                self.counters["no_capacity"] += 1
+                return False
+            share.consume(len(data))
         if not link.sendProbe(seq, data, echo=True):
             self.counters["blocked"] += 1
             return False
