@@ -5,7 +5,9 @@ target is never a reflector towards a third party; and it echoes only
 when all of these hold, else it drops the record and counts why:
 
  - the link's peer authenticated as a node the epoch's probe plan puts in
-   this relay's team (an anonymous client, or any other relay, gets nothing);
+   this relay's team, or close to it (L{meshvpn.measure.probeplan.ECHO_SLACK}:
+   directories differ a little; an anonymous client, or any other relay,
+   gets nothing);
  - the epoch's slot is open (with L{GRACE} seconds either side for clocks);
  - that measurer has drawn less than L{MAX_RATE} times the slot's length
    this epoch (a sanity bound per peer: a team member cannot make the
@@ -56,7 +58,7 @@ class ProbeEcho:
             self._epoch, self._drawn, self._shares = epoch, {}, {}
         plan = self.planOf(epoch)
         peer = link.peerId
-        if plan is None or peer is None or not plan.assigned(peer, self.nodeId):
+        if plan is None or peer is None or not plan.echoes(peer, self.nodeId):
             self.counters["unassigned"] += 1
             return False
         offset = now - epoch * self.epochLength

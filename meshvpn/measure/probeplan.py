@@ -40,6 +40,12 @@ import attrs
 
 DOMAIN = b"meshvpn-probe-plan-v1\x00"
 TEAM_SIZE = 5
+# A target echoes any measurer whose key is within its first TEAM_SIZE + ECHO_SLACK
+# keys, the measurer known to its directory or not: a measurer and a target whose
+# directories differ by a relay or two still agree that the probe is wanted
+# (without it, in a real six-relay testnet, a target refused measurers its
+# directory ranked sixth and the probe read 0).  Clients keep TEAM_SIZE.
+ECHO_SLACK = 2
 SLOT_FROM = 0.2  # the slot starts between this fraction of the epoch ...
 SLOT_UNTIL = 0.85  # ... and ends by this one (reports go out at the epoch's end)
 
@@ -60,6 +66,8 @@ class Plan:
     slotStart: float  # seconds after the epoch's start
     slotLength: float
     teams: dict  # target node id -> tuple of measurer node ids (smallest key first)
+    seed: bytes = b""
+    echoBound: dict = attrs.Factory(dict)  # target node id -> the largest key it echoes (see ECHO_SLACK)
 
     def targetsOf(self, measurer):
         """The targets C{measurer} must probe this epoch, sorted."""
@@ -67,6 +75,20 @@ class Plan:
 
     def assigned(self, measurer, target):
         return measurer in self.teams.get(target, ())
+
+    def echoes(self, measurer, target):
+        """
+        Whether C{target} echoes C{measurer}: it is in the team, or its key
+        (one vote: it may be missing from the target's directory) is within
+        the target's first C{TEAM_SIZE + ECHO_SLACK} keys.  Never the target
+        itself; an unknown measurer's /16 and family cannot be checked.
+        """
+        if measurer == target:
+            return False
+        if self.assigned(measurer, target):
+            return True
+        bound = self.echoBound.get(target)
+        return bound is not None and keyOf(self.seed, self.epoch, target, measurer, 1.0) <= bound
 
 
 def subnetOf(host):
@@ -97,6 +119,11 @@ def _unit(seed, epoch, target, measurer):
     return ((int.from_bytes(h[:8], "big") >> 11) + 1) / float(2**53 + 1)
 
 
+def keyOf(seed, epoch, target, measurer, vote):
+    """The measurer's key for the target's team: the smallest keys are drawn."""
+    return -math.log(_unit(seed, epoch, target, measurer)) / vote
+
+
 def slotStart(seed, epoch, epochLength, slotLength):
     """Seconds after the epoch's start at which the network's probe slot opens."""
     slotLength = min(slotLength, epochLength * (SLOT_UNTIL - SLOT_FROM))
@@ -113,7 +140,7 @@ def excluded(a, b):
     return a.nodeId in b.family or b.nodeId in a.family
 
 
-def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM_SIZE):
+def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM_SIZE, slack=ECHO_SLACK):
     """
     The probe plan of C{epoch}.
 
@@ -126,17 +153,19 @@ def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM
     for c in candidates:
         byId.setdefault(bytes(c.nodeId), c)
     ordered = [byId[k] for k in sorted(byId)]
-    teams = {}
+    teams, bounds = {}, {}
     for target in ordered:
         keyed = []
         for m in ordered:
             if m.vote <= 0 or not math.isfinite(m.vote) or excluded(m, target):
                 continue
-            keyed.append((-math.log(_unit(seed, epoch, target.nodeId, m.nodeId)) / m.vote, m.nodeId))
+            keyed.append((keyOf(seed, epoch, target.nodeId, m.nodeId, m.vote), m.nodeId))
         keyed.sort()
         teams[target.nodeId] = tuple(n for _, n in keyed[:teamSize])
+        # with fewer candidates than the slack covers, any key is close enough
+        bounds[target.nodeId] = keyed[teamSize + slack - 1][0] if len(keyed) >= teamSize + slack else math.inf
     slotLength = min(float(slotLength), epochLength * (SLOT_UNTIL - SLOT_FROM))
-    return Plan(epoch, slotStart(seed, epoch, epochLength, slotLength), slotLength, teams)
+    return Plan(epoch, slotStart(seed, epoch, epochLength, slotLength), slotLength, teams, bytes(seed), bounds)
 
 
 def candidatesFrom(descriptors, votes=None):

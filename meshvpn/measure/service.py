@@ -42,7 +42,7 @@ from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.collect import ProbeReportCollector, ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
 from meshvpn.measure.probed import PROBE_WINDOW, probedCapacities
-from meshvpn.measure.probeservice import PlanCache
+from meshvpn.measure.probeplan import Candidate, candidatesFrom, makePlan
 from meshvpn.measure.window import Chain, anchorsFor
 from meshvpn.secretfile import writeSecretFile
 
@@ -114,9 +114,7 @@ class MeasuredWeights(service.Service):
         self.directory = directory
         self.probed = {}  # {nodeId: probed capacity} of the epoch in use
         self.probeReports = {}  # {epoch: [ProbeReport]} of complete epochs, for the window
-        # (the plan's teams do not depend on the slot's length: 1 s will do; kept for the whole window)
-        self._planOf = None if directory is None else PlanCache(directory, epochLength, 1.0,
-                                                                  keep=2 * PROBE_WINDOW + 12)
+        self._plans = {}  # epoch -> (relays it was drawn from, Plan)
         self.known = known
         self.epochLength = epochLength
         self.dataDir = dataDir
@@ -147,6 +145,23 @@ class MeasuredWeights(service.Service):
         return self.probed.get(nodeId)
 
     # capacity probes
+    def _planOf(self, epoch):
+        """
+        The plan of C{epoch} from the relays the directory holds and the
+        measurers that published probe reports of it (a relay the
+        directory's sample misses is still a relay every other one drew
+        from; left out, it would change the teams it ranks in).
+        """
+        known = self.directory()
+        extra = sorted({r.measurer for r in self.probeReports.get(epoch, ())} - set(known))
+        relays = frozenset(known) | frozenset(extra)
+        got = self._plans.get(epoch)
+        if got is None or got[0] != relays:
+            # (the teams do not depend on the slot's length: 1 s will do)
+            plan = makePlan(epoch, self.epochLength, 1.0, candidatesFrom(known.values()) + [Candidate(m) for m in extra])
+            got = self._plans[epoch] = (relays, plan)
+        return got[1]
+
     @defer.inlineCallbacks
     def probedFor(self, epoch, nodeIds):
         """
@@ -164,6 +179,8 @@ class MeasuredWeights(service.Service):
         keep = epoch - 2 * PROBE_WINDOW - 12
         for old in [e for e in self.probeReports if e < keep]:
             del self.probeReports[old]
+        for old in [e for e in self._plans if e < keep]:
+            del self._plans[old]
         return probedCapacities({e: self.probeReports[e] for e in window}, self._planOf)
 
     # the epoch loop

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from meshvpn.measure.probeplan import TEAM_SIZE, Candidate, candidatesFrom, makePlan, subnetOf
+from meshvpn.measure.probeplan import TEAM_SIZE, Candidate, candidatesFrom, keyOf, makePlan, subnetOf
 
 
 def nid(i):
@@ -101,3 +101,23 @@ class PlanTests(unittest.TestCase):
         self.assertEqual(got[1], Candidate(nid(2), 0.0, "2001:db8::/32", frozenset()))
         plan = makePlan(1, 3600, 20, got)
         self.assertEqual(plan.teams, {nid(1): (), nid(2): ()})
+
+
+class EchoBoundTests(unittest.TestCase):
+    def test_aTargetEchoesItsTeamAndTheNextTwoKnownOrNot(self):
+        cands = [Candidate(nid(i), 1.0) for i in range(30)]
+        target = nid(0)
+        full = makePlan(4, 3600, 20, cands)
+        keyed = sorted((keyOf(b"", 4, target, c.nodeId, 1.0), c.nodeId) for c in cands[1:])
+        order = [n for _, n in keyed]
+        self.assertEqual(full.teams[target], tuple(order[:TEAM_SIZE]))
+        for rank, m in enumerate(order):
+            self.assertEqual(full.echoes(m, target), rank < TEAM_SIZE + 2, rank)
+        self.assertFalse(full.echoes(target, target))
+        # a target whose directory lacks the 6th measurer still echoes it
+        less = makePlan(4, 3600, 20, [c for c in cands if c.nodeId != order[5]])
+        self.assertTrue(less.echoes(order[5], target))
+        self.assertFalse(less.echoes(order[9], target))
+        # a stranger's key is what it is: about 7 in 30 land within the bound, the rest are refused
+        strangers = [hashlib.sha256(b"stranger%d" % i).digest() for i in range(200)]
+        self.assertLess(sum(full.echoes(s, target) for s in strangers), 80)

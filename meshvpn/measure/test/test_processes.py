@@ -8,6 +8,13 @@ relay meters its links and publishes a signed report per 20-second epoch;
 the client reads them from the DHT and computes the weights
 (``weights.json``).  The middles must come out measured and in the order
 of their rates.
+
+Every relay also runs capacity probes (``--probe-seconds``): in each
+epoch's slot it sends random bytes to the relays the plan makes it
+measure (here every other relay: six relays, teams of five) and echoes
+its own measurers within its ``--bandwidth-rate``; the readings go into
+the DHT beside the traffic reports, and the client's probed capacities
+must rank the middles in the order of their rates too.
 """
 
 import json
@@ -23,6 +30,7 @@ from meshvpn.tools import socksclient
 from meshvpn.tools.testnet import Testnet
 
 EPOCH = 20
+PROBE_SECONDS = 4  # of each 20 s epoch: the rest carries the test's traffic undisturbed
 # three times apart, and low enough to be the bottleneck on a loaded machine
 RATES = {"relay2": "12K", "relay3": "36K", "relay4": "108K"}
 WORKERS = 15
@@ -30,6 +38,8 @@ WORKERS = 15
 
 def nodeArgs(name, host):
     args = ["--measure-epoch", str(EPOCH)]
+    if name != "client":
+        args += ["--probe-seconds", str(PROBE_SECONDS)]
     if name == "relay1":
         args += ["--flags", "guard"]
     elif name in RATES:
@@ -77,7 +87,7 @@ class ThrottledTestnetTests(unittest.TestCase):
             if (body.get("epoch") or 0) >= firstFull:
                 byId = {r["node_id"]: r for r in body["relays"]}
                 middles = [byId.get(ids[name]) for name in RATES]
-                if all(m is not None and "measured" in m["flags"] for m in middles):
+                if all(m is not None and "measured" in m["flags"] and m.get("probed") for m in middles):
                     got = body
                     break
             time.sleep(1)
@@ -89,6 +99,10 @@ class ThrottledTestnetTests(unittest.TestCase):
         print(f"\nepoch {got['epoch']}: measured middles (B/s, both directions, both links) "
               + ", ".join(f"{name} ({RATES[name]}B/s) {bw:.0f}" for name, bw in zip(RATES, measured)))
         self.assertEqual(measured, sorted(measured), json.dumps(got, indent=1))
+        probed = [byId[ids[name]]["probed"] for name in RATES]
+        print(f"probed middles (B/s, each of 5 measurers' share times 5, lower median over the window): "
+              + ", ".join(f"{name} ({RATES[name]}B/s) {p:.0f}" for name, p in zip(RATES, probed)))
+        self.assertEqual(probed, sorted(probed), json.dumps(got, indent=1))
         self.controlShowsTheWeights(net, ids, firstFull)
         # (the weights also ramp with each relay's streak, which depends on when its first circuit came)
 
