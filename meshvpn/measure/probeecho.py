@@ -12,13 +12,16 @@ when all of these hold, else it drops the record and counts why:
  - that measurer has drawn less than L{MAX_RATE} times the slot's length
    this epoch (a sanity bound per peer: a team member cannot make the
    target send without end);
- - the node's bandwidth limit, the token bucket its cells are charged to,
-   has room for it (a relay throttled to R echoes about R in all, so its
-   probe reads what it really forwards), and so has the measurer's equal
-   share of that limit (R over the team's size: a client reads each
-   reading as that share, and without shares the measurer whose records
+ - the measurer's equal share of the node's bandwidth limit has room for
+   it (R over the team's size, for a relay throttled to R: a client reads
+   each reading as that share; without shares the measurer whose records
    came first after each refill took nearly all of it, the others reading
-   0 -- measured on in-memory links);
+   0, on in-memory links).  The echo is then charged to the node's token
+   bucket, the one its cells are charged to, even into debt: in the slot
+   the probe goes first and the cells wait (the limiter pauses reading
+   while the bucket is in debt), as FlashFlow holds clients back while a
+   relay is measured.  Taking only what cells left, a relay its clients
+   keep busy read 0 (the real testnet's throttled middles, every epoch);
  - the link's writes are not blocked (an echo is never queued: a queue
    would only hide the path's capacity and grow).
 
@@ -74,10 +77,10 @@ class ProbeEcho:
             if share is None:
                 team = len(plan.teams.get(self.nodeId, ())) or 1
                 share = self._shares[peer] = TokenBucket(self.clock, self.bucket.rate / team, self.bucket.burst / team)
-            if share.available() < len(data) or not self.bucket.tryConsume(len(data)):
+            if not share.tryConsume(len(data)):
                 self.counters["no_capacity"] += 1
                 return False
-            share.consume(len(data))
+            self.bucket.consume(len(data))
         if not link.sendProbe(seq, data, echo=True):
             self.counters["blocked"] += 1
             return False

@@ -41,7 +41,7 @@ from meshvpn.interfaces import IRelayWeights, IStatusSource
 from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.collect import ProbeReportCollector, ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
-from meshvpn.measure.probed import PROBE_WINDOW, probedCapacities
+from meshvpn.measure.probed import PROBE_WINDOW, probedCapacities, readingsByTarget
 from meshvpn.measure.probeplan import Candidate, candidatesFrom, makePlan
 from meshvpn.measure.window import Chain, anchorsFor
 from meshvpn.secretfile import writeSecretFile
@@ -181,7 +181,12 @@ class MeasuredWeights(service.Service):
             del self.probeReports[old]
         for old in [e for e in self._plans if e < keep]:
             del self._plans[old]
-        return probedCapacities({e: self.probeReports[e] for e in window}, self._planOf)
+        probed = probedCapacities({e: self.probeReports[e] for e in window}, self._planOf)
+        kept = readingsByTarget({epoch: self.probeReports[epoch]}, self._planOf)
+        self.log.info("probes of epoch {e}: {r} reports, {k} of {n} readings the plan asked for; {p} relays probed "
+                      "over the window", e=epoch, r=len(self.probeReports[epoch]), k=sum(map(len, kept.values())),
+                      n=sum(len(r.readings) for r in self.probeReports[epoch]), p=len(probed))
+        return probed
 
     # the epoch loop
     def startService(self):

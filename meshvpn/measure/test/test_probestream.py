@@ -84,12 +84,22 @@ class EchoTests(unittest.TestCase):
         self.assertEqual(self.send(self.here, 2), [True, False])
         self.assertEqual(self.echo.counters["over_budget"], 1)
 
-    def test_withinTheNodesBandwidthLimit(self):
-        self.echo.bucket = TokenBucket(self.clock, 1000, 1000)
+    def test_withinTheNodesBandwidthLimitAheadOfItsCells(self):
+        self.echo.bucket = bucket = TokenBucket(self.clock, 1000, 1000)
+        bucket.consume(1000)  # the cells took it all
         self.assertEqual(self.send(self.here, 12), [True] * 10 + [False] * 2)
         self.assertEqual(self.echo.counters["no_capacity"], 2)
+        # the probe went first: the cells now wait for the debt to be paid
+        self.assertLess(bucket.available(), -900)
         self.clock.advance(0.5)
         self.assertEqual(self.send(self.here, 6), [True] * 5 + [False])
+
+    def test_eachMeasurerGetsItsShare(self):
+        self.plans[0] = plan(team=(MEASURER, STRANGER))
+        self.echo.bucket = TokenBucket(self.clock, 1000, 1000)
+        other, _ = self.pair(STRANGER)
+        self.assertEqual(self.send(self.here, 6), [True] * 5 + [False])
+        self.assertEqual(self.send(other, 6), [True] * 5 + [False])
 
     def test_neverQueued(self):
         self.here.blocked = True

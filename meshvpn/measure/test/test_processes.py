@@ -78,6 +78,7 @@ class ThrottledTestnetTests(unittest.TestCase):
         path = os.path.join(net.client.dataDir, WEIGHTS_FILE)
         deadline = time.monotonic() + 5 * EPOCH + 60
         got = None
+        history = []  # (epoch, reports, the middles' (bandwidth, probed, flags)) as weights.json changed
         while time.monotonic() < deadline:
             try:
                 with open(path) as f:
@@ -87,12 +88,15 @@ class ThrottledTestnetTests(unittest.TestCase):
             if (body.get("epoch") or 0) >= firstFull:
                 byId = {r["node_id"]: r for r in body["relays"]}
                 middles = [byId.get(ids[name]) for name in RATES]
+                seen = (body["epoch"], body.get("reports"), [None if m is None else (m["bandwidth"], m["probed"], m["flags"]) for m in middles])
+                if not history or history[-1] != seen:
+                    history.append(seen)
                 if all(m is not None and "measured" in m["flags"] and m.get("probed") for m in middles):
                     got = body
                     break
             time.sleep(1)
         stop.set()
-        self.assertIsNotNone(got, f"no epoch measured every middle; last weights: {body}; downloads {len(done)}\n"
+        self.assertIsNotNone(got, f"no epoch measured every middle; epochs seen: {history}; downloads {len(done)}\n"
                                   + "\n".join(lines))
         byId = {r["node_id"]: r for r in got["relays"]}
         measured = [byId[ids[name]]["bandwidth"] for name in RATES]
