@@ -883,6 +883,8 @@ class ICircuitStreamHandler(Interface):
         """
 
     closedReason = Attribute("C{None} while the circuit lives; why the stream layer closed after.")
+    bytesSent = Attribute("C{int}: stream data sent on the circuit, all streams ever.")
+    bytesReceived = Attribute("C{int}: stream data received on the circuit, all streams ever.")
 
     def resolve(name):
         """

@@ -101,6 +101,7 @@ from zope.interface import implementer
 from meshvpn.errors import MeshVPNError, NoPath
 from meshvpn.interfaces import ICircuitManager, ICircuitSteering, ILinkLivenessObserver, IStatusSource
 from meshvpn.circuits.avoid import ExtendAvoidance
+from meshvpn.circuits.busy import MAX_CIRCUITS_PER_KEY, BusyCircuits
 from meshvpn.circuits.buildtimeout import BuildTimeout
 from meshvpn.circuits.guards import N_PRIMARY
 from meshvpn.circuits.mppath import chooseSecondLeg
@@ -168,6 +169,7 @@ class CircuitManager(service.Service):
         self.timeouts = BuildTimeout(buildTimeout)
         self.avoid = ExtendAvoidance(reactor)
         self._replacing = {}  # isolation key -> requests waiting for its replacement circuit
+        self._busy = BusyCircuits(self.reactor)  # which circuits carry a bulk transfer (new streams avoid them)
         self._replaceLater = {}  # isolation key -> the pending retry of its failed replacement
         self._spareExits = []  # exits of spares being built
         self.streamTimeouts = 0
@@ -292,9 +294,24 @@ class CircuitManager(service.Service):
 
     def _getCircuit(self, target, isolation, packets):
         bad = self._badHops()
-        for circuit, path in self._assigned.get(isolation, []):
-            if _accepts(path, target, packets) and not self._suspected(path, bad):
-                return defer.succeed(circuit)
+        mine = self._assigned.get(isolation, [])
+        fitting = [pair for pair in mine if _accepts(pair[1], target, packets) and not self._suspected(pair[1], bad)]
+        if fitting:
+            pair, busy = self._busy.choose(fitting)
+            # Every fitting circuit of this key carries a bulk transfer: a new
+            # stream there waits behind its cells in flight, so it takes a
+            # spare as a second circuit of the same key (never another key's;
+            # never a build on the stream's path; not for packets, which the
+            # VPN keeps on one circuit).
+            if not busy or packets or len(mine) >= MAX_CIRCUITS_PER_KEY:
+                return defer.succeed(pair[0])
+            quiet = self._takeSpare(target, packets, bad, apart=pair[1])
+            if quiet is None:
+                return defer.succeed(pair[0])
+            self.log.info("a quiet circuit for a new stream: the key's circuit carries a bulk transfer")
+            self._assign(isolation, quiet)
+            self.reactor.callLater(SPARE_REPLACE_DELAY, self._maintain)
+            return defer.succeed(quiet[0])
         for i, (circuit, path) in enumerate(self._spare):
             if _accepts(path, target, packets) and not self._suspected(path, bad):
                 del self._spare[i]
@@ -350,12 +367,27 @@ class CircuitManager(service.Service):
         self._watchNextHops(built)
         return built
 
+    def _takeSpare(self, target, packets, bad, apart):
+        """
+        A fitting spare, the one sharing the fewest relays with C{apart} (the
+        busy circuit's path: every relay both use is a queue and a busy
+        process the new stream would wait in), or C{None}.
+        """
+        busyRelays = {r.nodeId for r in apart}
+        fitting = [(sum(r.nodeId in busyRelays for r in path), i) for i, (_, path) in enumerate(self._spare)
+                   if _accepts(path, target, packets) and not self._suspected(path, bad)]
+        if not fitting:
+            return None
+        return self._spare.pop(min(fitting)[1])
+
     def _assign(self, isolation, pair):
         self._assigned.setdefault(isolation, []).append(pair)
         circuit, path = pair
+        self._busy.rate(circuit)  # its first sample: the next request reads its rate from here
         circuit.whenClosed().addBoth(self._closed, isolation, pair)
 
     def _closed(self, reason, isolation, pair):
+        self._busy.forget(pair[0])
         err = getattr(reason, "value", reason)
         if getattr(err, "silent", False):
             self._hangs(pair[1][0].nodeId)

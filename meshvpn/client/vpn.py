@@ -53,9 +53,12 @@ from meshvpn.client.egress import EgressHold
 from meshvpn.client.mesh import MESH_MTU, MESH_NET, MeshRouter, isMesh, meshAddress
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStatusSource
+from meshvpn.onion.flow import FLOW_GSO
+from meshvpn.tun.offload import plainPackets
 
 DEFAULT_MTU = 1480
 MAX_WAITING = 256
+MAX_WAITING_BYTES = MAX_WAITING * DEFAULT_MTU  # offloaded reads are up to 64 KB: the count alone would hold 16 MB
 ISOLATION = ("tun",)
 
 # First octets of sources never allowed from a circuit: 0/8, 10/8, 127/8,
@@ -486,7 +489,7 @@ class TunClient(service.Service):
         if toExit:
             self._send(toExit)
         if toMesh:
-            errors = self.mesh.sendPackets(toMesh)
+            errors = self.mesh.sendPackets(plainPackets(toMesh))
             if errors:
                 self.tun.writePackets(errors)
 
@@ -497,10 +500,19 @@ class TunClient(service.Service):
             return
         if circuit is None:
             room = MAX_WAITING - len(self._waiting)
-            self._waiting.extend(packets[:room])
-            self.counters["no_circuit_dropped"] += max(0, len(packets) - room)
+            held = sum(len(p) for p in self._waiting)
+            kept = 0
+            for p in packets[:max(room, 0)]:
+                held += len(p)
+                if held > MAX_WAITING_BYTES:
+                    break
+                kept += 1
+            self._waiting.extend(packets[:kept])
+            self.counters["no_circuit_dropped"] += len(packets) - kept
             self._ensureCircuit()
             return
+        if not getattr(circuit, "flowFlags", 0) & FLOW_GSO:
+            packets = plainPackets(packets)  # an exit without offload records: cut here, as the kernel would
         self.counters["to_circuit"] += circuit.sendPackets(packets)
 
     def status(self):

@@ -271,7 +271,12 @@ class IterativeLookup:
     def _stalled(self, e):
         e.stallCall = None
         if e.state is State.ACTIVE:
-            e.state = State.STALLED
+            # An address that timed out on us lately is not waited for: its
+            # query goes on, and an answer still counts if it comes.
+            silent = self.node.recentlySilent(e.peer.address)
+            e.state = State.FAILED if silent else State.STALLED
+            if silent:
+                self.node.counters["lookup_silent_passed"] += 1
             e.path.active -= 1
             self._step()
 

@@ -32,7 +32,7 @@ thousand, inside the simulator (L{meshvpn.tools.dhtsim}).
 import hashlib
 import os
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import attrs
 from nacl.exceptions import BadSignatureError
@@ -55,6 +55,11 @@ from meshvpn.interfaces import IDHT, IDatagramHandler
 from meshvpn.ratelimit import sourceKey
 
 # A first request to a node (no token yet) is padded so the whole answer fits.
+# How long an address that let a request time out is passed over once its
+# lookup query stalls, and how many such addresses are remembered.
+SILENT_FOR = 60.0
+MAX_SILENT = 1024
+
 _NODES_FULL = wire.HEADER_LEN + 1 + wire.MAX_CONTACTS * wire.CONTACT_V4_LEN + wire.SIG_LEN
 _PAD = {wire.FIND_NODE: _NODES_FULL, wire.FIND_VALUE: wire.MAX_DATAGRAM, wire.SAMPLE: wire.MAX_DATAGRAM}
 
@@ -166,6 +171,10 @@ class DHTNode:
         self.answerBudget = Bucket(c.answerRate, c.answerBurst, now)
         self.cryptoBudget = Bucket(c.cryptoRate, c.cryptoBurst, now)
         self.pending = {}
+        # address -> when a request to it last went unanswered after every
+        # attempt: a lookup stops waiting for such an address once its query
+        # stalls (see L{recentlySilent}).  Bounded; an answer clears it.
+        self._silent = OrderedDict()
         self.counters = Counter()
         # callables given each finished lookup's LookupResult (metrics: its duration)
         self.lookupObservers = []
@@ -253,6 +262,7 @@ class DHTNode:
             return
         del self.pending[msg.txid]
         p.call.cancel()
+        self._silent.pop(addr, None)
         self.counters["responses"] += 1
         self.peerTokens.remember(addr, msg.token)
         if proven:
@@ -420,11 +430,28 @@ class DHTNode:
             return
         del self.pending[txid]
         self.counters["timeouts"] += 1
+        self._silent.pop(p.addr, None)
+        self._silent[p.addr] = self.clock.seconds()
+        if len(self._silent) > MAX_SILENT:
+            self._silent.popitem(last=False)
         if p.expectedId is not None:
             c = self.table.get(p.expectedId)
             if c is not None and c.address == p.addr:
                 self.table.failed(p.expectedId)
         p.d.errback(DHTError(f"no answer from {p.addr[0]}:{p.addr[1]}"))
+
+    def recentlySilent(self, addr):
+        """
+        Whether a request to C{addr} went unanswered after all its attempts
+        within the last L{SILENT_FOR} seconds, and nothing has answered from
+        there since.  A dead node stays in routing tables until it has
+        failed a few times; meanwhile every lookup that asks it waited out
+        its whole timeout (a small network's client refreshing its relays
+        after one died waited about 20 s).  Only this node's own timeouts
+        set it, so no peer can make an honest node look silent.
+        """
+        t = self._silent.get(addr)
+        return t is not None and self.clock.seconds() - t < SILENT_FOR
 
     def _pingContact(self, contact):
         # ping-before-evict and move checks: the long-lived address must prove itself

@@ -45,6 +45,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.interfaces import ICircuitEdge, IStatusSource
+from meshvpn.onion.flow import FLOW_GSO
+from meshvpn.onion.packets import OffloadPacket
+from meshvpn.tun.offload import plainPackets, segmentPayloadSize
 
 from meshvpn.tun.privileges import privilegeProblem
 from meshvpn.tun.packets import (
@@ -181,7 +184,8 @@ class PacketExit(service.Service):
             from meshvpn.tun.device import TunDevice
 
             def factory(reactor, name, mtu):
-                return TunDevice(reactor, name, mtu)
+                # Offload for the 64 KB segments circuits with FLOW_GSO carry; plain packets are never joined.
+                return TunDevice(reactor, name, mtu, offload=True, join=False)
 
             self._tunFactory = factory
         self.tun = self._tunFactory(self.reactor, self.tunName, self.mtu)
@@ -263,7 +267,8 @@ table ip {self.table} {{
             except PacketError:
                 self.counters["malformed"] += 1
                 continue
-            if info.total > self.mtu:
+            offloaded = type(packet) is OffloadPacket
+            if (segmentPayloadSize(packet) if offloaded else info.total) > self.mtu:
                 if info.dontFragment:
                     err = icmpError(packet, info, ICMP_UNREACH, UNREACH_FRAG_NEEDED, self._gatewayBytes, self.mtu)
                     if err is not None:
@@ -279,7 +284,8 @@ table ip {self.table} {{
             if lease is None:
                 lease = self._lease(circuit)
             lease.clientAddress = info.src
-            out.append(rewrite(packet, info, src=lease.address))
+            rewritten = rewrite(packet, info, src=lease.address, partial=offloaded)
+            out.append(OffloadPacket(rewritten, packet.offload, packet.gsoSize) if offloaded else rewritten)
         out += out6
         if out:
             lease.lastUsed = self.reactor.seconds()
@@ -302,7 +308,8 @@ table ip {self.table} {{
             if err is not None:
                 errors.append(err)
             return lease
-        if len(packet) > self.mtu:
+        offloaded = type(packet) is OffloadPacket
+        if (segmentPayloadSize(packet) if offloaded else len(packet)) > self.mtu:
             self.counters["oversize6"] += 1
             err = icmp6Error(packet, info, ICMP6_PACKET_TOO_BIG, 0, self._gateway6Bytes, self.mtu)
             if err is not None:
@@ -311,7 +318,8 @@ table ip {self.table} {{
         if lease is None:
             lease = self._lease(circuit)
         lease.clientAddress6 = info.src
-        out.append(rewrite6(packet, info, src=lease.address6))
+        rewritten = rewrite6(packet, info, src=lease.address6, partial=offloaded)
+        out.append(OffloadPacket(rewritten, packet.offload, packet.gsoSize) if offloaded else rewritten)
         return lease
 
     def circuitClosed(self, circuit):
@@ -378,7 +386,11 @@ table ip {self.table} {{
                 if lease is None or lease.clientAddress is None:
                     self.counters["no_lease"] += 1
                     continue
-                rewritten = rewrite(packet, info, dst=lease.clientAddress)
+                if type(packet) is OffloadPacket:
+                    rewritten = OffloadPacket(rewrite(packet, info, dst=lease.clientAddress, partial=True),
+                                              packet.offload, packet.gsoSize)
+                else:
+                    rewritten = rewrite(packet, info, dst=lease.clientAddress)
             batch = batches.get(lease)
             if batch is None:
                 batch = batches[lease] = []
@@ -390,6 +402,8 @@ table ip {self.table} {{
                 batch = allowed
                 if not batch:
                     continue
+            if not getattr(lease.circuit, "flowFlags", 0) & FLOW_GSO:
+                batch = plainPackets(batch)  # a client without offload records: cut here, as the kernel would
             self.counters["from_internet"] += len(batch)
             lease.circuit.sendPackets(batch)
 
@@ -403,11 +417,14 @@ table ip {self.table} {{
         if lease is None or lease.clientAddress6 is None:
             self.counters["no_lease"] += 1
             return None
+        if type(packet) is OffloadPacket:
+            return lease, OffloadPacket(rewrite6(packet, info, dst=lease.clientAddress6, partial=True), packet.offload,
+                                        packet.gsoSize)
         return lease, rewrite6(packet, info, dst=lease.clientAddress6)
 
     def status(self):
         return {"pool": str(self.pool), "pool6": str(self.pool6) if self.pool6 else None, "leases": len(self._byAddress),
-                "mtu": self.mtu, **self.counters}
+                "mtu": self.mtu, "tun": self.tun.status() if self.tun is not None else None, **self.counters}
 
 
 @implementer(ICircuitEdge)

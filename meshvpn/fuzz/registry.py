@@ -45,6 +45,7 @@ TARGETS = {
     "cgo": "cgo",
     "dht-circuit": "dhtcircuit",
     "tun-coalesce": "tuncoalesce",
+    "tun-offload": "tunoffload",
 }
 
 

@@ -38,7 +38,7 @@ from meshvpn.link.liveness import RoundTrips
 SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 # Circuit protocol versions, offered in the same VERSIONS record (see
 # wire.CIRCUIT_VERSION_BASE); a peer that lists none speaks circuit version 1.
-CIRCUIT_VERSIONS = (1, 2)  # 2: optimistic data (FLOW_EARLY, meshvpn.onion.flow.FLAG_SINCE)
+CIRCUIT_VERSIONS = (1, 2, 3)  # 2: optimistic data (FLOW_EARLY), 3: offload records (FLOW_GSO); meshvpn.onion.flow.FLAG_SINCE
 
 
 class State(enum.Enum):

@@ -444,7 +444,7 @@ class Sendme:
 
 
 FLOW_VERSION = 1
-FLOW_KNOWN_FLAGS = 0x07  # meshvpn.onion.flow: FLOW_CC | FLOW_XON | FLOW_EARLY
+FLOW_KNOWN_FLAGS = 0x0F  # meshvpn.onion.flow: FLOW_CC | FLOW_XON | FLOW_EARLY | FLOW_GSO
 
 
 @attrs.frozen

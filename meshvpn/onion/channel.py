@@ -13,6 +13,9 @@ fed it is paused in turn (Twisted push producers) and resumed below the
 low-water mark.  A send that would overfill the queue (its peer ignored the
 pause) is refused, and the circuit that made it is destroyed with
 RESOURCELIMIT by its owner, so memory stays bounded whatever peers do.
+A queue held while the link was paused leaves light circuits first
+(L{meshvpn.onion.lightfirst}): a bulk circuit's backlog does not hold an
+interactive circuit's cells behind it.
 
 CREATE2 and CREATED2 bodies longer than one cell (the hybrid handshake)
 arrive as a first cell and CREATE2_MORE / CREATED2_MORE continuations; the
@@ -33,6 +36,7 @@ from meshvpn.onion.cells import INITIATOR_BIT, CellError, Command, DestroyReason
 from meshvpn.onion.destroy import destroyCell
 from meshvpn.onion.flow import FlowError
 from meshvpn.onion.fragments import PendingBodies
+from meshvpn.onion.lightfirst import lightFirst
 
 log = Logger()
 
@@ -197,6 +201,9 @@ class Channel:
 
     def resumeProducing(self):
         self._paused = False
+        if len(self._queue) > 1:
+            # held while the link was paused: light circuits leave first
+            self._queue = lightFirst(self._queue)
         self.flush()
 
     def stopProducing(self):

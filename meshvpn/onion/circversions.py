@@ -14,7 +14,8 @@ back instead (another exit, or the older way).  Every command of this
 release is version 1; the next release that adds one lists it here and
 adds its version to L{meshvpn.link.protocol.CIRCUIT_VERSIONS}.  Version 2
 added no command but a flow flag (optimistic data,
-L{meshvpn.onion.flow.FLAG_SINCE}), proposed only to last hops that list it.
+L{meshvpn.onion.flow.FLAG_SINCE}), proposed only to last hops that list it;
+version 3 likewise (packet mode's offload records, C{FLOW_GSO}).
 """
 
 from meshvpn.errors import MeshVPNError

@@ -22,8 +22,8 @@ from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
 import struct
 
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
-from meshvpn.onion.packets import MAX_PACKET, PacketReader, packetRecords
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_GSO, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
+from meshvpn.onion.packets import MAX_PACKET, OffloadPacket, PacketReader, packetRecords, recordSize
 
 _DATA = RelayCommand.DATA
 _PACKET = RelayCommand.PACKET
@@ -41,7 +41,7 @@ def _fitting(packets, room, size):
     """How many of C{packets}, from the front, fit C{room} cells of C{size} data bytes framed together."""
     total = 0
     for i, p in enumerate(packets):
-        total += 2 + len(p)
+        total += recordSize(p)
         if -(-total // size) > room:
             return i
     return len(packets)
@@ -108,6 +108,7 @@ class RelayDispatcher:
 
     def _useFlow(self, flags):
         self.flowFlags = flags
+        self.packetReader.offload = bool(flags & FLOW_GSO)
         if flags & FLOW_CC:
             self.packWindow = VegasWindow(self.flowClock)
 
@@ -292,6 +293,12 @@ class RelayDispatcher:
 
         @return: the number of packets sent or queued.
         """
+        if not self.flowFlags & FLOW_GSO:
+            kept = [p for p in packets if type(p) is not OffloadPacket]
+            if len(kept) != len(packets):
+                # The edge segments them for such a circuit (meshvpn.tun.offload); never framed as plain.
+                self.packetsDropped += len(packets) - len(kept)
+                packets = kept
         if self._backlog or self._tail:
             # Packets keep their order: new ones wait behind the backlog.
             return self._queuePackets(packets)
@@ -357,12 +364,13 @@ class RelayDispatcher:
         backlog = self._backlog
         used, n = len(tail), 0
         for p in backlog:
-            if used + 2 + len(p) > space:
+            size = recordSize(p)
+            if used + size > space:
                 break
-            used += 2 + len(p)
+            used += size
             n += 1
         parts = [tail, packetRecords(backlog[:n])]
-        self._backlogBytes -= used - len(tail) - 2 * n
+        self._backlogBytes -= sum(len(p) for p in backlog[:n])
         del backlog[:n]
         if backlog and used < space:
             p = backlog.pop(0)

@@ -32,11 +32,12 @@ STREAM_INCREMENT = 50
 FLOW_CC = 0x01  # congestion control on the circuit's sending windows (both ends)
 FLOW_XON = 0x02  # streams use XON/XOFF from the receiving edge instead of stream SENDMEs
 FLOW_EARLY = 0x04  # the origin may send DATA right after BEGIN, before CONNECTED (optimistic data)
-FLOW_ALL = FLOW_CC | FLOW_XON | FLOW_EARLY
+FLOW_GSO = 0x08  # packet mode may carry offload records (64 KB TCP segments, checksum left to the kernel; onion/packets.py)
+FLOW_ALL = FLOW_CC | FLOW_XON | FLOW_EARLY | FLOW_GSO
 # The circuit version (L{meshvpn.onion.circversions}) whose last hops know each
 # flag newer than version 1: a last hop of an earlier release refuses a flag
 # it does not know by destroying the circuit, so it is never proposed one.
-FLAG_SINCE = {FLOW_EARLY: 2}
+FLAG_SINCE = {FLOW_EARLY: 2, FLOW_GSO: 3}
 
 
 def flagsFor(flags, version):

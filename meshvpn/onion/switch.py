@@ -36,6 +36,12 @@ EXTEND2 targets are checked before any dial (L{checkExtendTarget}): a
 client must not make a relay connect to its own host or its private
 network, nor learn which of their ports are open from the answer or its
 timing.
+
+An EXTEND2 to a peer whose link is suspected (a PING unanswered: the peer
+hung, or the path to it cut) is answered TRUNCATED at once rather than sent
+into that link: the CREATE2 would wait there until the client's build
+timeout (10 s under load), where a quick refusal lets it build around the
+peer now.  A client learns nothing it could not see by trying.
 """
 
 import collections
@@ -91,6 +97,10 @@ class SwitchLimits:
 
 class ExtendRefused(LinkError):
     """An EXTEND2 named no target this relay may dial."""
+
+
+class NextHopSuspected(LinkError):
+    """An EXTEND2 named a peer whose link is suspected of being hung or cut."""
 
 
 def peerKey(link):
@@ -189,7 +199,7 @@ class CircuitSwitch:
         self._drainCall = None
         self.counters = {
             "circuits_created": 0, "circuits_destroyed": 0, "create_refused": 0,
-            "create_queued": 0, "create_expired": 0, "extend_refused": 0,
+            "create_queued": 0, "create_expired": 0, "extend_refused": 0, "extend_suspected": 0,
             "cells_unknown_circuit": 0, "protocol_errors": 0, "link_pauses": 0,
             "queue_overflows": 0, "handshakes_expired": 0, "created_ntor": 0, "created_ntor3": 0,
             "created_hybrid": 0, "created_cgo": 0, "cells_relayed_forward": 0, "cells_relayed_backward": 0,
@@ -242,11 +252,15 @@ class CircuitSwitch:
     def connectTo(self, ext):
         """
         @return: a Deferred link to the target of the L{Extend2} C{ext},
-            reusing an open one; fails with L{ExtendRefused} at once when
-            it names no address this relay may dial.
+            reusing an open one; fails at once with L{ExtendRefused} when
+            it names no address this relay may dial, and with
+            L{NextHopSuspected} when the open link to it is suspected.
         """
         existing = self.linkToPeer(ext.nodeId)
         if existing is not None:
+            if getattr(existing, "suspected", False):
+                self.counters["extend_suspected"] += 1
+                return defer.fail(NextHopSuspected("the link to the next hop answers no PING"))
             return defer.succeed(existing)
         if self.connector is None:
             return defer.fail(LinkError("no link to the EXTEND2 target and no connector"))

@@ -29,6 +29,11 @@ def addBenchCommands(sub):
 
     benchthroughput.addArguments(p)
     p.set_defaults(func=lambda args: benchthroughput.run(args))
+    p = benchSub.add_parser("multipath", help="a download with multipath off and on through throttled relays (real processes)")
+    from meshvpn.tools import benchmultipath
+
+    benchmultipath.addArguments(p)
+    p.set_defaults(func=benchmultipath.run)
     p = benchSub.add_parser("exit-begin", help="the exit's BEGIN -> CONNECTED on loopback (in process, real reactor)")
     from meshvpn.tools import benchexitbegin
 

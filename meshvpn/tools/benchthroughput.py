@@ -166,6 +166,9 @@ def measure(args, net, pipe, extra):
         "ttfb_ms_first_stream": round(first.ttfb * 1000, 2),
         "ttfb_ms_first_stream_fresh_circuit": _median_ms(fresh) if fresh else None,
         "ttfb_ms_loaded_median": round(statistics.median(f.ttfb for f in loaded) * 1000, 2) if loaded else None,
+        # The goal: an interactive stream beside a download stays within 2x its unloaded time to first byte.
+        "ttfb_loaded_ratio": round(statistics.median(f.ttfb for f in loaded) / ttfb, 2) if loaded else None,
+        "loaded_fetches": len(loaded),
         "parallel_streams": len(parallel),
         "parallel_mbps_each": [round(f.bytes * 8 / f.total / 1e6, 1) for f in parallel],
         "parallel_spread": round(max(f.total for f in parallel) / min(f.total for f in parallel), 3) if parallel else None,
@@ -175,6 +178,7 @@ def measure(args, net, pipe, extra):
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     result.update(_perHop(net, cpuEach, nbytes))
+    result["quiet_circuits_taken"] = _quietCircuitsTaken(net)
     result.update(extra)
     return result
 
@@ -317,6 +321,19 @@ def _linkedStreams(net):
     try:
         with open(net.client.logPath) as f:
             return sum(1 for line in f if "carried by two circuits" in line)
+    except OSError:
+        return None
+
+
+def _quietCircuitsTaken(net):
+    """
+    Times the client gave a new stream a circuit of its own because the one
+    it would have shared carried a bulk transfer (doc/socks.md, from its
+    log): 0 means the loaded fetches shared the download's circuit.
+    """
+    try:
+        with open(net.client.logPath) as f:
+            return sum(1 for line in f if "a quiet circuit for a new stream" in line)
     except OSError:
         return None
 

@@ -155,6 +155,8 @@ def benchVPN(size, pings):
         from meshvpn.control.status import readStatus
 
         status = readStatus(w.dataDirs["client"]) or {}
+        # The exit's side: how many packets crossed its TUN offloaded (64 KB segments) and what it dropped.
+        exitStatus = (readStatus(w.dataDirs["exit"]) or {}).get("packet_exit") or {}
         return {
             "throughput_mbps": round(got * 8 / seconds / 1e6, 2),
             "bytes": got,
@@ -166,6 +168,9 @@ def benchVPN(size, pings):
             "cpu_s_per_gb_by_process": perProcess,
             "load_average_1m": round(os.getloadavg()[0], 2),  # Mbit/s on a shared machine means little without it
             "client_status": _dropCounters(status),
+            "exit_status": _dropCounters(exitStatus, keys=("malformed", "oversize", "rejected", "no_lease", "gated",
+                                                           "to_internet", "from_internet", "offload", "packets_read",
+                                                           "packets_written", "write_drops")),
         }
 
 

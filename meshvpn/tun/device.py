@@ -14,12 +14,16 @@ is full); a dropped IP packet is what a congested router does, so we count
 it and go on instead of buffering without bound.
 
 With C{offload}, the device is opened with C{IFF_VNET_HDR}: every packet
-read or written carries a 10-byte C{virtio_net_hdr}.  Reads stay one
-packet each (no offload is turned on for what the kernel sends us; the
-header is stripped), and a write joins each burst of TCP segments that
-Linux's GRO would join into one (L{meshvpn.tun.coalesce}), with a complete
-checksum the kernel checks.  A kernel that refuses a joined write makes
-the device write one packet per call from then on.
+read or written carries a 10-byte C{virtio_net_hdr}.  Reads ask for
+offload too (C{TUNSETOFFLOAD}: checksum, TSO for IPv4 and IPv6): the
+kernel then hands us TCP segments of up to 64 KB and checksums left
+unfinished, as it would a NIC that segments (L{meshvpn.tun.offload});
+they come out as L{OffloadPacket}s, written back to a TUN the same way.
+A write joins each burst of plain TCP segments that Linux's GRO would join
+into one (L{meshvpn.tun.coalesce}), with a complete checksum the kernel
+checks.  A kernel that refuses read offload leaves reads one packet each;
+one that refuses a joined or offloaded write makes the device cut them in
+software from then on.
 
 The device exists as long as the fd is open: L{TunDevice.close} (or the
 process dying) removes it together with its addresses and routes.
@@ -30,7 +34,19 @@ import fcntl
 import os
 import struct
 
+from meshvpn.onion.packets import OffloadPacket
 from meshvpn.tun.coalesce import PLAIN_HDR, VNET_HDR_LEN, coalesce
+from meshvpn.tun.offload import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUNSETOFFLOAD,
+    OffloadError,
+    fromRead,
+    plainPackets,
+    segment,
+    vnetHeader,
+)
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
@@ -45,12 +61,25 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 READ_BATCH = 256
 MAX_READ = 65535
+# No TSO_ECN: the kernel cuts segments with CWR itself; no USO: UDP keeps its datagrams (a tunnel's own pacing).
+OFFLOAD_FLAGS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+MAX_OFFLOAD_READ = VNET_HDR_LEN + 65536 + 256  # a 64 KB TSO segment, its header and room to spare
 # EINVAL: a malformed packet the kernel refused; ENOBUFS: full.
 _WRITE_DROPS = (errno.EINVAL, errno.ENOBUFS, errno.EIO, errno.EMSGSIZE)
 
 
 class TunError(MeshVPNError):
     """The TUN device could not be created or configured."""
+
+
+def enableOffload(fd):
+    """Ask the kernel for offloaded reads (L{OFFLOAD_FLAGS}) on a TUN opened with C{IFF_VNET_HDR}.  @return: whether it agreed."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOAD_FLAGS)
+    except OSError as e:
+        TunDevice.log.warn("TUN offload refused ({e}): one packet per read", e=e.strerror)
+        return False
+    return True
 
 
 def openTun(name="mvtun%d", vnetHeader=False):
@@ -82,7 +111,7 @@ class TunDevice:
 
     log = Logger()
 
-    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False):
+    def __init__(self, reactor, name="mvtun%d", mtu=1500, ipr=None, offload=False, join=True):
         self.reactor = reactor
         try:
             self.fd, self.name = openTun(name, vnetHeader=offload)
@@ -93,8 +122,15 @@ class TunDevice:
             self.fd, self.name = openTun(name)
             offload = False
         self.offload = offload  # every read and write carries a virtio_net_hdr
-        self.joining = offload  # writes may join TCP segments (until the kernel refuses one)
+        # Writes may join plain TCP segments (until the kernel refuses one); not where the kernel forwards
+        # them (the exit): it would cut them again with fresh checksums, dropping each segment's own.
+        self.joining = offload and join
+        self.readOffload = offload and enableOffload(self.fd)  # reads may be 64 KB segments, checksums unfinished
+        self.offloadWrites = offload  # OffloadPackets are written as they are (until the kernel refuses one)
         self.packetsJoined = 0
+        self.offloadRead = 0  # reads that were offloaded packets
+        self.offloadWritten = 0
+        self.offloadDrops = 0  # offloaded packets whose headers did not hold what their offload needs
         self.mtu = mtu
         self._receiver = None
         self._reading = False
@@ -164,6 +200,7 @@ class TunDevice:
         if self.offload:
             self._writeWithHeaders(fd, packets)
             return
+        packets = plainPackets(packets)
         write = os.write
         for p in packets:
             try:
@@ -179,6 +216,10 @@ class TunDevice:
 
     def _writeWithHeaders(self, fd, packets):
         writev = os.writev
+        if any(type(p) is OffloadPacket for p in packets):
+            packets = self._writeOffloaded(fd, packets)
+            if not packets:
+                return
         if self.joining and len(packets) > 1:
             writes, joined = coalesce(packets)
         else:
@@ -200,6 +241,52 @@ class TunDevice:
                                   "on", tun=self.name, e=e.strerror)
         self.packetsJoined += joined
         self.packetsWritten += len(packets)
+
+    def _writeOffloaded(self, fd, packets):
+        """
+        Write the L{OffloadPacket}s of C{packets} with their own headers, in
+        runs between the plain packets, which go through L{coalesce} as
+        before.  @return: the plain packets after the last offloaded one.
+        """
+        plain = []
+        for p in packets:
+            if type(p) is not OffloadPacket:
+                plain.append(p)
+                continue
+            if plain:
+                self._writeWithHeaders(fd, plain)
+                plain = []
+            if not self.offloadWrites:
+                try:
+                    pieces = segment(p)
+                except OffloadError:
+                    self.offloadDrops += 1
+                    continue
+                self._writeWithHeaders(fd, pieces)
+                continue
+            try:
+                header = vnetHeader(p)
+            except OffloadError:
+                self.offloadDrops += 1
+                continue
+            try:
+                os.writev(fd, (header, p))
+            except BlockingIOError:
+                self.writeDrops += 1
+                continue
+            except OSError as e:
+                if e.errno not in _WRITE_DROPS:
+                    raise
+                self.writeDrops += 1
+                if e.errno != errno.ENOBUFS:
+                    # This one is lost, as a congested queue's would be; cut in software from now on.
+                    self.offloadWrites = False
+                    self.log.warn("{tun}: the kernel refused an offloaded write ({e}); segmenting in software from "
+                                  "now on", tun=self.name, e=e.strerror)
+                continue
+            self.offloadWritten += 1
+            self.packetsWritten += 1
+        return plain
 
     def close(self):
         if self.fd is None:
@@ -227,8 +314,10 @@ class TunDevice:
             return
         read = os.read
         packets = []
+        if self.readOffload:
+            self._readOffloaded(fd, packets)
         skip = VNET_HDR_LEN if self.offload else 0
-        for _ in range(READ_BATCH):
+        for _ in range(0 if self.readOffload else READ_BATCH):
             try:
                 packets.append(read(fd, MAX_READ + skip)[skip:] if skip else read(fd, MAX_READ))
             except BlockingIOError:
@@ -247,6 +336,26 @@ class TunDevice:
                     # One bad batch must not unregister the device from the reactor.
                     self.log.failure("packet receiver failed on {tun}", tun=self.name)
 
+    def _readOffloaded(self, fd, packets):
+        read = os.read
+        reads = 0
+        for _ in range(READ_BATCH):
+            try:
+                raw = read(fd, MAX_OFFLOAD_READ)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            if raw[0] & 1 or raw[1]:
+                self.offloadRead += 1
+                self.offloadDrops += fromRead(raw, packets)
+            else:
+                packets.append(raw[VNET_HDR_LEN:])
+            reads += 1
+        return reads
+
     def connectionLost(self, reason):
         self.close()
 
@@ -258,4 +367,8 @@ class TunDevice:
             "packets_written": self.packetsWritten,
             "write_drops": self.writeDrops,
             "packets_joined": self.packetsJoined,
+            "read_offload": self.readOffload,
+            "offload_read": self.offloadRead,
+            "offload_written": self.offloadWritten,
+            "offload_drops": self.offloadDrops,
         }

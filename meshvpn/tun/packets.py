@@ -148,8 +148,12 @@ def _apply(csum, delta):
     return 0xFFFF - s
 
 
-def rewrite(packet, info, src=None, dst=None):
+def rewrite(packet, info, src=None, dst=None, partial=False):
     """
+    @param partial: the TCP/UDP checksum is unfinished (offload,
+        L{meshvpn.tun.offload}): it holds the pseudo-header sum itself, not
+        its complement, so the address change is added, not subtracted, and
+        UDP's "no checksum" 0 does not apply.
     @return: C{packet} with its source and/or destination replaced (4-byte
         C{bytes}), IP and TCP/UDP checksums fixed, and for an ICMP error the
         quoted packet's matching address rewritten too (so the receiver
@@ -174,6 +178,11 @@ def rewrite(packet, info, src=None, dst=None):
         buf[10], buf[11] = ipc >> 8, ipc & 0xFF
         if transport:
             old4 = (buf[at] << 8) | buf[at + 1]
+            if partial:
+                # HC holds the sum S, not ~S: ~HC' = ~(~S + delta) gives S' = S + delta.
+                new4 = 0xFFFF - _apply(0xFFFF - old4, delta)
+                buf[at], buf[at + 1] = new4 >> 8, new4 & 0xFF
+                continue
             if info.proto == PROTO_UDP and old4 == 0:
                 continue  # no UDP checksum sent: keep none
             new4 = _apply(old4, delta)

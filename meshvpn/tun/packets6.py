@@ -129,8 +129,10 @@ def _checksumOffset(info):
     return None
 
 
-def rewrite6(packet, info, src=None, dst=None):
+def rewrite6(packet, info, src=None, dst=None, partial=False):
     """
+    @param partial: the checksum is unfinished (holds the pseudo-header sum;
+        L{meshvpn.tun.packets.rewrite}).
     @return: C{packet} with its source and/or destination (16-byte C{bytes})
         replaced and its upper-layer checksum fixed.
     """
@@ -143,6 +145,10 @@ def rewrite6(packet, info, src=None, dst=None):
             raise ValueError("an IPv6 address is 16 bytes")
         buf[offset:offset + 16] = new
         if at is not None:
+            if partial:
+                fixed = 0xFFFF - _adjust(0xFFFF - struct.unpack_from("!H", buf, at)[0], old, new)
+                struct.pack_into("!H", buf, at, fixed)
+                continue
             fixed = _adjust(struct.unpack_from("!H", buf, at)[0], old, new)
             if info.proto == PROTO_UDP and fixed == 0:
                 fixed = 0xFFFF

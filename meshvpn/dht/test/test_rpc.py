@@ -279,6 +279,39 @@ class LookupTests(unittest.TestCase):
         self.assertTrue(set(got) <= set(alive))
         self.assertGreaterEqual(len(set(got) & set(expected)), 16)
 
+    def test_aSilentAddressIsNotWaitedForTwice(self):
+        """
+        A node dies: the first lookup near it waits out its timeout (the
+        looker cannot know yet); later lookups within a minute pass over it
+        once its query stalls, and still find the live closest nodes.  An
+        answer from that address makes it count again.
+        """
+        net = Net(self, 30, lookupTimeout=2.0)
+        looker = net.nodes[-1]
+        dead = net.nodes[5]
+        handler = net.net.handlers[dead.address]
+        net.net.unbind(dead.address)
+
+        def timed(target):
+            t0 = net.clock.seconds()
+            result = net.run(looker.lookup(target), 30)
+            return net.clock.seconds() - t0, [c[0] for c in result.contacts]
+
+        near = dead.nodeId[:-1] + bytes([dead.nodeId[-1] ^ 1])
+        first, contacts = timed(near)
+        self.assertGreaterEqual(first, 2.0)
+        self.assertNotIn(dead.nodeId, contacts)
+        self.assertTrue(looker.recentlySilent(dead.address))
+        again = dead.nodeId[:-1] + bytes([dead.nodeId[-1] ^ 2])
+        second, contacts = timed(again)
+        self.assertLess(second, 1.0)
+        self.assertNotIn(dead.nodeId, contacts)
+        self.assertGreaterEqual(len(contacts), 20)
+        self.assertGreaterEqual(looker.counters["lookup_silent_passed"], 1)
+        net.net.bind(dead.address, handler)  # back: its next answer clears the mark
+        self.assertEqual(net.run(looker.ping(dead.address))[0], dead.nodeId)
+        self.assertFalse(looker.recentlySilent(dead.address))
+
     def test_lossyLookupsStillSucceed(self):
         net = Net(self, 40, loss=0.1)
         target = hashlib.sha256(b"t3").digest()

@@ -3,9 +3,9 @@
  - the older release speaks link version 1 and lists no circuit versions
    (exactly the first release's VERSIONS record: C{00 01});
  - this release speaks link versions 1 to 5 (2 adds CLOSE, 3 PING/PONG, 4 DIRECTORY, 5 PROBE) and circuit
-   versions 1 and 2;
+   versions 1 to 3;
  - a newer release is modelled by what it puts on the wire: link versions
-   3 to 6 (it dropped 1 and 2) and circuit versions 1 to 3.
+   3 to 6 (it dropped 1 and 2) and circuit versions 1 to 4.
 
 Each pair opens at the highest version both speak and carries cells; what
 version 2 adds is used only on version 2 links; a node two releases apart
@@ -21,7 +21,7 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(3, 4, 5, 6), circuitVersions=(1, 2, 3))
+NEWER = LinkSettings(versions=(3, 4, 5, 6), circuitVersions=(1, 2, 3, 4))
 BEFORE_DIRECTORY = LinkSettings(versions=(1, 2, 3))
 
 
@@ -58,7 +58,7 @@ class SideBySideTests(unittest.TestCase):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
             self.assertEqual((client.version, server.version), (5, 5))
-            self.assertEqual((client.circuitVersion, server.circuitVersion), (2, 2))
+            self.assertEqual((client.circuitVersion, server.circuitVersion), (3, 3))
 
     def test_thisMeetsTheReleaseBeforeCircuitVersion2(self):
         previous = LinkSettings(circuitVersions=(1,))
@@ -73,9 +73,9 @@ class SideBySideTests(unittest.TestCase):
         self.assertIn("no common link version (peer offers [1])", str(server.closeReason))
 
     def test_noCommonCircuitVersionRefused(self):
-        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(3,)), serverSettings=THIS)
+        client, server, _, _, _ = linkPair(clientSettings=LinkSettings(circuitVersions=(4,)), serverSettings=THIS)
         self.assertIs(server.state, State.CLOSED)
-        self.assertIn("no common circuit version (peer offers [3])", str(server.closeReason))
+        self.assertIn("no common circuit version (peer offers [4])", str(server.closeReason))
 
     def test_closeSaysWhyOnVersion2(self):
         client, server, pump = self.pair(THIS, THIS)

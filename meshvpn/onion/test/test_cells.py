@@ -151,11 +151,11 @@ class Malformed(unittest.TestCase):
 
 class FlowNegotiateBody(unittest.TestCase):
     def test_roundTrip(self):
-        for flags in range(8):
+        for flags in range(16):
             self.assertEqual(C.FlowNegotiate.decode(C.FlowNegotiate(flags).encode()).flags, flags)
 
     def test_malformedRefused(self):
-        for bad in (b"", b"\x01", b"\x01\x03\x00", b"\x02\x03", b"\x01\x08", b"\x01\xff"):
+        for bad in (b"", b"\x01", b"\x01\x03\x00", b"\x02\x03", b"\x01\x10", b"\x01\xff"):
             self.assertRaises(C.CellError, C.FlowNegotiate.decode, bad)
 
     @given(st.binary(max_size=8))

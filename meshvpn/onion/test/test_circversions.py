@@ -8,7 +8,7 @@ from meshvpn.identity import NodeIdentity
 from meshvpn.onion import circversions
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.circversions import CircuitVersionTooOld, descriptorNames, hopVersion
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_XON, flagsFor
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_EARLY, FLOW_GSO, FLOW_XON, flagsFor
 from meshvpn.onion.test.test_circuit import Net
 
 NEXT_RELEASE_COMMAND = 250  # a stand-in for a command the next circuit version adds
@@ -36,7 +36,7 @@ class NamesTests(unittest.TestCase):
 
 class OriginRefusesNewerCommandsTests(unittest.TestCase):
     def setUp(self):
-        self.patch(circversions, "COMMAND_SINCE", {NEXT_RELEASE_COMMAND: 3})
+        self.patch(circversions, "COMMAND_SINCE", {NEXT_RELEASE_COMMAND: 4})
         self.n = Net(self)
 
     def build(self, exitNames):
@@ -47,7 +47,7 @@ class OriginRefusesNewerCommandsTests(unittest.TestCase):
         return circ
 
     def test_olderExitIsNotSentTheCommand(self):
-        circ = self.build(("ntor", "ntor3", "circuit-2"))  # what a release before circuit version 3 lists
+        circ = self.build(("ntor", "ntor3", "circuit-2", "circuit-3"))  # what a release before circuit version 4 lists
         self.assertRaises(CircuitVersionTooOld, circ.sendRelay, NEXT_RELEASE_COMMAND, 0, b"x")
         self.n.net.pump()
         self.assertEqual(self.n.edge.relay, [])
@@ -55,18 +55,18 @@ class OriginRefusesNewerCommandsTests(unittest.TestCase):
         self.assertTrue(circ.sendRelay(RelayCommand.DROP, 0, b""))
 
     def test_newerExitIsSentTheCommand(self):
-        circ = self.build(("ntor", "ntor3", "circuit-2", "circuit-3"))
+        circ = self.build(("ntor", "ntor3", "circuit-2", "circuit-3", "circuit-4"))
         self.assertTrue(circ.sendRelay(NEXT_RELEASE_COMMAND, 0, b"x"))
 
     def test_relayListsTheVersionsItSpeaks(self):
         from meshvpn.onion import switch
 
-        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 2)  # this release: 1 and 2
-        self.patch(switch, "CIRCUIT_VERSIONS", (1, 2, 3))  # the next release, beside it
-        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 3)
+        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 3)  # this release: 1 to 3
+        self.patch(switch, "CIRCUIT_VERSIONS", (1, 2, 3, 4))  # the next release, beside it
+        self.assertEqual(hopVersion(self.n.exit.switch.advertisedHandshakes()), 4)
 
     def test_middleCountsForCommandsToTheMiddle(self):
-        circ = self.build(("ntor", "circuit-2", "circuit-3"))
+        circ = self.build(("ntor", "circuit-2", "circuit-3", "circuit-4"))
         self.assertRaises(CircuitVersionTooOld, circ.sendRelay, NEXT_RELEASE_COMMAND, 0, b"x", hop=1)
 
 
@@ -90,6 +90,15 @@ class FlowFlagsByVersionTests(unittest.TestCase):
 
         self.patch(cells, "FLOW_KNOWN_FLAGS", FLOW_CC | FLOW_XON)
 
+    def test_version2ExitIsNotProposedOffloadRecords(self):
+        from meshvpn.onion import cells
+
+        self.patch(cells, "FLOW_KNOWN_FLAGS", FLOW_CC | FLOW_XON | FLOW_EARLY)  # a release before version 3
+        circ = self.build(("ntor", "ntor3", "circuit-2"))
+        self.assertFalse(circ.closed)
+        self.assertEqual(circ.flowFlags, FLOW_CC | FLOW_XON | FLOW_EARLY)
+        self.assertFalse(circ.packetReader.offload)
+
     def test_olderExitIsNotProposedEarlyData(self):
         self.olderExit()
         circ = self.build(("ntor", "ntor3"))
@@ -112,5 +121,6 @@ class FlowFlagsByVersionTests(unittest.TestCase):
 
     def test_flagsFor(self):
         self.assertEqual(flagsFor(FLOW_ALL, 1), FLOW_CC | FLOW_XON)
-        self.assertEqual(flagsFor(FLOW_ALL, 2), FLOW_ALL)
+        self.assertEqual(flagsFor(FLOW_ALL, 2), FLOW_CC | FLOW_XON | FLOW_EARLY)
+        self.assertEqual(flagsFor(FLOW_ALL, 3), FLOW_ALL)
         self.assertEqual(flagsFor(FLOW_CC, 1), FLOW_CC)

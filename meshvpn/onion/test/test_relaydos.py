@@ -223,6 +223,29 @@ class ExtendTargets(unittest.TestCase):
         net.pump()
         return results[0]
 
+    def test_extendIntoASuspectedLinkIsTruncatedAtOnce(self):
+        """
+        The relay's link to the target answers no PING: a new EXTEND2 to it
+        is answered TRUNCATED in the same turn, no CREATE2 goes into that
+        link, and nothing is dialled; once the link answers again, it
+        extends as before.
+        """
+        net, relay, target, client, dialled = self._world(own=("198.18.0.5",))
+        first = self._extend(net, relay, target, client, addresses=(("198.18.0.7", 9001),))
+        self.assertIsInstance(first, OriginCircuit)
+        link = relay.switch.linkToPeer(target.nodeId)
+        link.suspected = True
+        creates = target.switch.counters["circuits_created"]
+        dialled.clear()
+        second = self._extend(net, relay, target, client, addresses=(("198.18.0.7", 9001),))
+        self.assertNotIsInstance(second, OriginCircuit)
+        self.assertEqual(relay.switch.counters["extend_suspected"], 1)
+        self.assertEqual(target.switch.counters["circuits_created"], creates)
+        self.assertEqual(dialled, [])
+        link.suspected = False
+        third = self._extend(net, relay, target, client, addresses=(("198.18.0.7", 9001),))
+        self.assertIsInstance(third, OriginCircuit)
+
     def test_privateAndLoopbackTargetsAreNeverDialled(self):
         """
         A client names the relay's own loopback service, a private network
