@@ -41,7 +41,9 @@ WORKERS = 15
 
 
 def nodeArgs(name, host):
-    args = ["--measure-epoch", str(EPOCH), "--probe-seconds", "0"]
+    args = ["--measure-epoch", str(EPOCH)]
+    if name != "client":
+        args += ["--probe-seconds", "0"]
     if name == "relay1":
         args += ["--flags", "guard"]
     elif name in RATES:
