@@ -441,6 +441,14 @@ class ILink(IPushProducer):
         @return: C{False} if the link is not open.
         """
 
+    def sendProbe(seq, data, echo=False):
+        """
+        Send one PROBE record (a capacity probe's C{data} under C{seq}, or
+        with C{echo} their echo: meshvpn/link/probewire.py); never queued.
+        @return: C{False} if the link is not open, too old for PROBE, or
+            its writes are blocked.
+        """
+
     def close(reason):
         """
         Close the link.  Every circuit on it is torn down with C{reason}.
@@ -679,6 +687,12 @@ class ILinkManager(Interface):
     def setDirectoryHandler(handler):
         """
         C{handler.directoryReceived(link, payload)} gets every DIRECTORY
+        record any link receives (C{None}: they are ignored).
+        """
+
+    def setProbeHandler(handler):
+        """
+        C{handler.probeReceived(link, seq, data, echo)} gets every PROBE
         record any link receives (C{None}: they are ignored).
         """
 
@@ -1541,6 +1555,13 @@ class IRelayWeights(Interface):
         """
         @return: the relay's own last report (a
             L{meshvpn.measure.reports.Report}) the weights used, or C{None}.
+        """
+
+    def probedCapacity(nodeId):
+        """
+        @return: the relay's probed capacity (bytes/s: what its capacity
+            probes' teams read it forwarding, L{meshvpn.measure.probed})
+            the weights used, or C{None} if no assigned measurer read it.
         """
 
 

@@ -164,6 +164,8 @@ def formatRelays(value):
     head = f"{len(relays)} relays known"
     if weights and weights.get("epoch") is not None:
         head += f"; weights of epoch {weights['epoch']}: {weights['reports']} reports, {weights['measured']} measured"
+        if weights.get("probed"):
+            head += f", {weights['probed']} probed"
     lines = [head]
     for r in relays:
         mark = "pinned " + ",".join(r["pinned"]) if r.get("pinned") else "excluded" if r.get("excluded") else ""
@@ -178,8 +180,10 @@ def formatMeasured(m):
         return f"{'not measured':>10}"
     report = m.get("report")
     last = f"report {report['epoch']}: {report['neighbours']} nb" if report else "no report"
+    probed = f"probed {_rate(m['probed'])}" if m.get("probed") is not None else "not probed"
     return (f"{_rate(m['bandwidth']):>13} {100 * m['share']:6.2f}% {_duration(m['uptime_s']):>7} "
-            f"{m['partners']:3} partners {','.join(f for f in m['flags'] if f != 'measured') or '-':14} {last}")
+            f"{m['partners']:3} partners {','.join(f for f in m['flags'] if f != 'measured') or '-':14} {last}  "
+            f"{probed}")
 
 
 

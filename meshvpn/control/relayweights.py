@@ -4,7 +4,8 @@ A client computes relay weights from the relays' signed traffic reports
 once per epoch (L{meshvpn.measure}); the API's C{/v1/relays} adds to each
 relay its measured bandwidth, its share of path weight among the relays
 listed, its uptime (streak x epoch length), its earned flags, the partners
-that confirmed it and its own last report.  Everything here is public (the
+that confirmed it, its own last report and its probed capacity (what its
+capacity probes read it forwarding).  Everything here is public (the
 reports are in the DHT for anyone to recompute).
 """
 
@@ -34,7 +35,11 @@ def measuredEntries(weights, nodeIds):
             "partners": m.reporters,
             "flags": sorted(m.flags),
             "report": None,
+            "probed": None,
         }
+        probed = getattr(weights, "probedCapacity", lambda n: None)(n)
+        if probed is not None:
+            entry["probed"] = round(probed, 1)
         report = weights.report(n)
         if report is not None:
             entry["report"] = {"epoch": report.epoch, "neighbours": len(report.traffic),
@@ -48,4 +53,4 @@ def weightsSummary(weights):
     if weights is None:
         return None
     state = weights.status()
-    return {k: state.get(k) for k in ("epoch", "epoch_length", "reports", "measured", "rejected")}
+    return {k: state.get(k) for k in ("epoch", "epoch_length", "reports", "measured", "rejected", "probed")}

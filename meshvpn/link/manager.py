@@ -148,6 +148,7 @@ class LinkManager(service.Service):
         self._all = set()
         self._handler = None
         self._directory = None  # where DIRECTORY records go (meshvpn/link/bridgedir.py)
+        self._probe = None  # where PROBE records go (meshvpn/measure/probeecho.py)
         self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
         self._livenessObservers = []
@@ -186,6 +187,14 @@ class LinkManager(service.Service):
     def _directoryReceived(self, link, payload):
         if self._directory is not None:
             self._directory.directoryReceived(link, payload)
+
+    def setProbeHandler(self, handler):
+        """C{handler.probeReceived(link, seq, data, echo)} gets every PROBE record; C{None}: ignored."""
+        self._probe = handler
+
+    def _probeReceived(self, link, seq, data, echo):
+        if self._probe is not None:
+            self._probe.probeReceived(link, seq, data, echo)
 
     def setEgressGate(self, gate):
         self._egress = gate
@@ -332,6 +341,7 @@ class LinkManager(service.Service):
         # (L{meshvpn.onion.switch.peerKey}), so many links from one address share them.
         link.remoteHost = host
         link.onDirectory = self._directoryReceived
+        link.onProbe = self._probeReceived
         link.onSuspicion = self._suspicion
         if not link.isInitiator:
             self._incoming += 1

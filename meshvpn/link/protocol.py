@@ -25,16 +25,17 @@ from zope.interface import implementer
 
 from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILink
-from meshvpn.link import auth, wire
+from meshvpn.link import auth, probewire, wire
 from meshvpn.link.liveness import RoundTrips
 
 # Link versions this release speaks.  Version 2 adds the CLOSE record (a
 # link says why it is closing: a stopping relay tells its peers at once);
 # version 3 adds PING/PONG (liveness: a hung peer is found in seconds);
-# version 4 adds DIRECTORY (a bridged client reads the directory over its link).
+# version 4 adds DIRECTORY (a bridged client reads the directory over its link);
+# version 5 adds PROBE (capacity probes: a measurer's bytes echoed by its target).
 # Each release keeps the previous one's version, so a node one release older
 # and one newer both meet this one (doc/protocol.md, "Versions").
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 # Circuit protocol versions, offered in the same VERSIONS record (see
 # wire.CIRCUIT_VERSION_BASE); a peer that lists none speaks circuit version 1.
 CIRCUIT_VERSIONS = (1, 2, 3)  # 2: optimistic data (FLOW_EARLY), 3: offload records (FLOW_GSO); meshvpn.onion.flow.FLAG_SINCE
@@ -146,6 +147,8 @@ class LinkProtocol(Protocol):
         self._receiver = cellReceiver
         # Set by the link manager: where DIRECTORY records go (None: ignored).
         self.onDirectory = None
+        # Set by the link manager: where PROBE records go (None: ignored).
+        self.onProbe = None
         self._openWaiters = []
         self._closedWaiters = []
         self._timer = None
@@ -220,6 +223,19 @@ class LinkProtocol(Protocol):
             self._queue.append(data)
         else:
             self.transport.write(data)
+        return True
+
+    def sendProbe(self, seq, data, echo=False):
+        """
+        One PROBE record to the peer (L{meshvpn.link.probewire}).  Never
+        queued: C{False} if the link is not open, its version has no PROBE
+        record, or its writes are blocked (a probe measures what the path
+        carries now; a queue would only hide it and grow).
+        """
+        if self.state is not State.OPEN or self.version < wire.PROBE_LINK_VERSION or self._writeBlocked:
+            return False
+        self._lastOut = self._reactor.seconds()
+        self.transport.write(probewire.encodeProbe(seq, data, echo))
         return True
 
     def close(self, reason="closed"):
@@ -406,6 +422,13 @@ class LinkProtocol(Protocol):
                 raise wire.LinkProtocolError(f"DIRECTORY on a version {self.version} link")
             if self.onDirectory is not None:
                 self.onDirectory(self, payload)
+            return
+        if kind == wire.PROBE:
+            if self.state is not State.OPEN or self.version < wire.PROBE_LINK_VERSION:
+                raise wire.LinkProtocolError(f"PROBE in state {self.state.value} on a version {self.version} link")
+            seq, data, echo = probewire.decodeProbe(payload)
+            if self.onProbe is not None:
+                self.onProbe(self, seq, data, echo)
             return
         if kind == wire.CLOSE:
             return self._closeArrived(payload)

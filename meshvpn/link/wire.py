@@ -35,7 +35,15 @@ PING = 0x07
 PONG = 0x08
 PING_MAX_BODY = 8
 
-CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY, PING, PONG))
+# Link version 5 and later: a capacity probe (meshvpn/link/probewire.py), a
+# measurer's random bytes that the target echoes back on the same link,
+# only to the measurers the epoch's probe plan gives it and only inside
+# the plan's slot (meshvpn/measure/probeecho.py).  Never sent on a link
+# below version 5; a protocol violation when received on one.
+PROBE = 0x09
+PROBE_LINK_VERSION = 5
+
+CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY, PING, PONG, PROBE))
 
 # VERSIONS entries from here up name circuit protocol versions (0x8000 + n),
 # below it link versions.  A node of the first release intersects every

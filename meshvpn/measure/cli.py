@@ -32,14 +32,15 @@ def formatWeights(body, everyone=False):
     length = body.get("epoch_length") or 1
     lines = [f"epoch {body.get('epoch')} ({length} s epochs): {body.get('reports', 0)} reports, "
              f"{sum(1 for r in relays if 'measured' in r['flags'])} relays measured"]
-    lines.append(f"  {'relay':16}  {'bandwidth':>10}  {'weight':>7}  {'uptime':>8}  {'partners':>8}  "
+    lines.append(f"  {'relay':16}  {'bandwidth':>10}  {'probed':>10}  {'weight':>7}  {'uptime':>8}  {'partners':>8}  "
                  f"{'flags':22}  last report")
     for r in sorted(relays, key=lambda r: -r["weight"]):
         if not everyone and "measured" not in r["flags"]:
             continue
         rep = r.get("report")
         last = f"epoch {rep['epoch']}: {rep['neighbours']} neighbours, {_size(rep['bytes'])}" if rep else "-"
-        lines.append(f"  {r['node_id'][:16]}  {_size(r['bandwidth']) + '/s':>10}  {100 * r['weight'] / total:6.2f}%  "
+        probed = "-" if r.get("probed") is None else _size(r["probed"]) + "/s"
+        lines.append(f"  {r['node_id'][:16]}  {_size(r['bandwidth']) + '/s':>10}  {probed:>10}  {100 * r['weight'] / total:6.2f}%  "
                      f"{r['uptime'] / 3600:7.1f}h  {r['reporters']:>8}  {','.join(r['flags']) or '-':22}  {last}")
     return "\n".join(lines)
 

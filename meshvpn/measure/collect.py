@@ -10,7 +10,8 @@ flood the DHT.
 from twisted.internet import defer
 
 from meshvpn.dht.records import ownedKey
-from meshvpn.measure.publish import reportSalt
+from meshvpn.measure.probereports import ProbeReportError, parseProbeReport
+from meshvpn.measure.publish import probeSalt, reportSalt
 from meshvpn.measure.reports import ReportError, joinParts, parsePart
 
 
@@ -64,6 +65,45 @@ class ReportCollector:
 
     def fetchAll(self, nodeIds, epoch):
         """@return: Deferred firing with the list of L{Report}s found, sorted by reporter."""
+        ds = [self.fetch(n, epoch).addErrback(lambda f: None) for n in sorted(set(nodeIds))]
+        d = defer.gatherResults(ds)
+        return d.addCallback(lambda found: [r for r in found if r is not None])
+
+
+class ProbeReportCollector:
+    """
+    The probe reports of one epoch: one owned record per measurer, kept
+    only if it parses, is signed by the key that published the record, is
+    the asked measurer's and of the asked epoch.
+
+    @param dht: a callable returning the L{meshvpn.interfaces.IDHT}.
+    """
+
+    def __init__(self, dht, concurrency=8):
+        self.dht = dht
+        self._limit = defer.DeferredSemaphore(concurrency)
+        self.rejected = 0
+
+    def _check(self, record, nodeId, epoch):
+        if record is None:
+            return None
+        try:
+            report = parseProbeReport(record.value)
+        except ProbeReportError:
+            self.rejected += 1
+            return None
+        if record.publisherKey != report.identityKey or report.measurer != nodeId:
+            self.rejected += 1
+            return None
+        return report if report.epoch == epoch else None
+
+    def fetch(self, nodeId, epoch):
+        """@return: Deferred firing with the measurer's L{ProbeReport} of C{epoch}, or C{None}."""
+        d = self._limit.run(self.dht().get, ownedKey(nodeId, probeSalt(epoch)))
+        return d.addCallback(self._check, nodeId, epoch)
+
+    def fetchAll(self, nodeIds, epoch):
+        """@return: Deferred firing with the list of L{ProbeReport}s found, sorted by measurer."""
         ds = [self.fetch(n, epoch).addErrback(lambda f: None) for n in sorted(set(nodeIds))]
         d = defer.gatherResults(ds)
         return d.addCallback(lambda found: [r for r in found if r is not None])

@@ -9,6 +9,11 @@ with the epoch, so the report of a newer epoch in the same slot replaces
 the older one on every storing node, and a record lives until its slot is
 reused, so a client finds every epoch its agreed weights are computed from.
 
+With capacity probes (L{meshvpn.measure.probeservice}), the relay's
+signed probe readings of the epoch go beside the report, one owned record
+under C{ownedKey(nodeId, b"meshvpn-probe:" + slot)} (at most 32 targets,
+one record), with the same sequence number and lifetime.
+
 The streak of a neighbour (epochs in a row it carried traffic with us) is
 kept in memory: a restarted relay starts its neighbours' streaks again,
 which can only make them look younger, never older.
@@ -22,15 +27,22 @@ from zope.interface import implementer
 from meshvpn.dht.records import makeRecord
 from meshvpn.interfaces import IStatusSource
 from meshvpn.measure.epoch import epochOf, nextBoundary
+from meshvpn.measure.probereports import signProbeReport
 from meshvpn.measure.reports import MAX_STREAK, makeReport
 from meshvpn.measure.window import SLOTS
 
 SALT_PREFIX = b"meshvpn-bw:"
+PROBE_SALT_PREFIX = b"meshvpn-probe:"
 
 
 def reportSalt(part, epoch):
     """The salt of part C{part} of the report of C{epoch}."""
     return SALT_PREFIX + bytes([epoch % SLOTS, part])
+
+
+def probeSalt(epoch):
+    """The salt of the probe report of C{epoch}."""
+    return PROBE_SALT_PREFIX + bytes([epoch % SLOTS])
 
 
 @implementer(IStatusSource)
@@ -39,12 +51,16 @@ class ReportPublisher(service.Service):
     @param dht: an L{meshvpn.interfaces.IDHT} (a callable returning it, as
         the DHT exists only once its service started).
     @param meter: an L{meshvpn.interfaces.ITrafficMeter}.
+    @param probes: what holds the relay's probe readings (C{readingsOf(epoch)}:
+        L{meshvpn.measure.probeservice.ProbeService}), or C{None}: no probe report.
     """
 
     log = Logger()
 
-    def __init__(self, clock, identity, dht, meter, epochLength):
+    def __init__(self, clock, identity, dht, meter, epochLength, probes=None):
         self.clock = clock
+        self.probes = probes
+        self.lastProbes = None  # (epoch, targets) of the last probe report stored
         self.identity = identity
         self.dht = dht
         self.meter = meter
@@ -103,7 +119,24 @@ class ReportPublisher(service.Service):
             self.log.warn("bandwidth report of epoch {e}: {n} of {m} parts not stored", e=epoch, n=failed, m=len(parts))
         else:
             self.log.info("bandwidth report of epoch {e} published: {k} neighbours", e=epoch, k=len(self.last[1]))
+        if self.probes is not None:
+            yield self.publishProbes(epoch, expires)
         return len(parts) - failed
+
+    @defer.inlineCallbacks
+    def publishProbes(self, epoch, expires):
+        readings = self.probes.readingsOf(epoch)
+        if not readings:
+            return
+        report = signProbeReport(self.identity, epoch, self.epochLength, readings)
+        try:
+            yield self.dht().put(makeRecord(self.identity, probeSalt(epoch), report.raw, epoch, expires))
+        except Exception as e:
+            self.failures += 1
+            self.log.warn("probe report of epoch {e} not stored: {why}", e=epoch, why=e)
+            return
+        self.lastProbes = (epoch, len(readings))
+        self.log.info("probe report of epoch {e} published: {n} targets", e=epoch, n=len(readings))
 
     def status(self):
         out = {"epoch_length": self.epochLength, "failures": self.failures}
@@ -111,4 +144,6 @@ class ReportPublisher(service.Service):
             epoch, table, parts = self.last
             out.update(last_epoch=epoch, neighbours=len(table), parts=parts,
                        bytes=sum(b for b, _ in table.values()))
+        if self.lastProbes is not None:
+            out.update(last_probe_epoch=self.lastProbes[0], probe_targets=self.lastProbes[1])
         return out

@@ -52,6 +52,45 @@ class ReportError(ValueError):
     """A report is malformed, not canonical or badly signed; the text says which."""
 
 
+# The signed-record code every measurement report shares (traffic reports
+# here, probe reports in L{meshvpn.measure.probereports}): a body that
+# starts with a 4-byte magic and the signer's 32-byte identity key, then an
+# Ed25519 signature over a domain string and the body.
+
+
+def signBody(identity, domain, body):
+    """C{body} followed by C{identity}'s signature over C{domain + body}."""
+    return body + identity.sign(domain + body)
+
+
+def splitSigned(raw, error, what, minBody, maxSize):
+    """
+    The bounds every signed report checks before it is parsed.
+
+    @return: C{raw} as bytes.
+    @raise error: shorter than C{minBody} plus a signature, or longer than C{maxSize}.
+    """
+    raw = bytes(raw)
+    if len(raw) < minBody + SIG_LEN:
+        raise error(f"{what} too short")
+    if len(raw) > maxSize:
+        raise error(f"{what} longer than one record may be")
+    return raw
+
+
+def verifySigned(raw, domain, key, error, what):
+    """
+    @return: the signature (the last L{SIG_LEN} bytes of C{raw}).
+    @raise error: not C{key}'s signature over C{domain} and the rest of C{raw}.
+    """
+    body, sig = raw[:-SIG_LEN], raw[-SIG_LEN:]
+    try:
+        VerifyKey(key).verify(domain + body, sig)
+    except (BadSignatureError, ValueError, TypeError):
+        raise error(f"bad {what} signature") from None
+    return sig
+
+
 def prefixOf(nodeId):
     """The part of a node id a report names it by."""
     return bytes(nodeId[:PREFIX])
@@ -128,7 +167,7 @@ def signPart(identity, epoch, epochLength, part, parts, entries):
     entries = tuple(entries)
     _check(identity.identityPublicKey, epoch, epochLength, part, parts, entries)
     body = _body(identity.identityPublicKey, epoch, epochLength, part, parts, entries)
-    return parsePart(body + identity.sign(SIG_DOMAIN + body))
+    return parsePart(signBody(identity, SIG_DOMAIN, body))
 
 
 def makeReport(identity, epoch, epochLength, traffic):
@@ -156,11 +195,7 @@ def parsePart(raw, verify=True):
 
     @raise ReportError: malformed, not canonical, trailing bytes or bad signature.
     """
-    raw = bytes(raw)
-    if len(raw) < _HEAD.size + SIG_LEN:
-        raise ReportError("report too short")
-    if len(raw) > MAX_SIZE:
-        raise ReportError("report longer than one part may be")
+    raw = splitSigned(raw, ReportError, "report", _HEAD.size, MAX_SIZE)
     magic, key, epoch, length, part, parts, count = _HEAD.unpack_from(raw)
     if magic != MAGIC:
         raise ReportError("not a bandwidth report (bad magic)")
@@ -168,12 +203,7 @@ def parsePart(raw, verify=True):
         raise ReportError("report length does not match its entry count")
     entries = tuple(Entry(*_ENTRY.unpack_from(raw, _HEAD.size + i * _ENTRY.size)) for i in range(count))
     _check(key, epoch, length, part, parts, entries)
-    body, sig = raw[:-SIG_LEN], raw[-SIG_LEN:]
-    if verify:
-        try:
-            VerifyKey(key).verify(SIG_DOMAIN + body, sig)
-        except (BadSignatureError, ValueError, TypeError):
-            raise ReportError("bad report signature") from None
+    sig = verifySigned(raw, SIG_DOMAIN, key, ReportError, "report") if verify else raw[-SIG_LEN:]
     return ReportPart(key, epoch, length, part, parts, entries, sig, raw)
 
 

@@ -19,6 +19,14 @@ of computations over the reports of a bounded window of past epochs, read
 from the DHT, from a fixed start, so every node that reads the same
 reports computes the same weights, whenever it started.  A restarted node
 computes its chains again from the DHT.
+
+With capacity probes, each epoch's computation also reads the probe
+reports of the relays it reads, over the L{PROBE_WINDOW} epochs up to it,
+keeps the readings the epoch's plan asked for (the plan from this node's
+directory: L{meshvpn.measure.probeservice.planFromDirectory}) and passes
+each relay's probed capacity (L{meshvpn.measure.probed}) to
+C{computeWeights(probed=...)}: a relay's weight is then held to what it
+really forwarded when probed, whatever its partners vouch for.
 """
 
 import json
@@ -31,8 +39,10 @@ from zope.interface import implementer
 
 from meshvpn.interfaces import IRelayWeights, IStatusSource
 from meshvpn.measure.aggregate import Params, computeWeights
-from meshvpn.measure.collect import ReportCollector
+from meshvpn.measure.collect import ProbeReportCollector, ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
+from meshvpn.measure.probed import PROBE_WINDOW, probedCapacities, readingsByTarget
+from meshvpn.measure.probeplan import Candidate, candidatesFrom, makePlan
 from meshvpn.measure.window import Chain, anchorsFor
 from meshvpn.secretfile import writeSecretFile
 
@@ -57,20 +67,22 @@ def inThread(reactor):
     return compute
 
 
-def weightsJSON(epoch, epochLength, measures, reports, updated):
+def weightsJSON(epoch, epochLength, measures, reports, updated, probed=None):
     """The public summary C{weights.json} holds."""
     byReporter = {r.reporter: r for r in reports}
+    probed = probed or {}
     relays = []
     for nodeId, m in sorted(measures.items()):
         entry = m.toJSON()
         entry["uptime"] = m.streak * epochLength
+        entry["probed"] = None if nodeId not in probed else round(probed[nodeId], 1)
         r = byReporter.get(nodeId)
         if r is not None:
             entry["report"] = {"epoch": r.epoch, "neighbours": len(r.traffic),
                                "bytes": sum(b for b, _ in r.traffic.values()), "parts": len(r.parts)}
         relays.append(entry)
     return {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
-            "relays": relays}
+            "probed": len(probed), "relays": relays}
 
 
 @implementer(IRelayWeights, IStatusSource)
@@ -81,11 +93,14 @@ class MeasuredWeights(service.Service):
         read (the flags, from their descriptors, say which positions each
         may hold).
     @param dataDir: where to write C{weights.json} (C{None}: nowhere).
+    @param directory: a callable returning C{{nodeId: descriptor}} of the
+        relays known, for the probe plans; C{None}: probe reports are not read.
     """
 
     log = Logger()
 
-    def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params(), compute=computeWeights):
+    def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params(), compute=computeWeights,
+                 directory=None):
         """
         @param compute: C{computeWeights} or a stand-in with its signature
             that may return a Deferred: roles pass L{inThread}, since at
@@ -95,6 +110,11 @@ class MeasuredWeights(service.Service):
         self.clock = clock
         self.compute = compute
         self.collector = ReportCollector(dht)
+        self.probeCollector = ProbeReportCollector(dht)
+        self.directory = directory
+        self.probed = {}  # {nodeId: probed capacity} of the epoch in use
+        self.probeReports = {}  # {epoch: [ProbeReport]} of complete epochs, for the window
+        self._plans = {}  # epoch -> (relays it was drawn from, Plan)
         self.known = known
         self.epochLength = epochLength
         self.dataDir = dataDir
@@ -119,6 +139,54 @@ class MeasuredWeights(service.Service):
 
     def report(self, nodeId):
         return self.reports.get(nodeId)
+
+    def probedCapacity(self, nodeId):
+        """The relay's probed capacity (bytes/s) in the epoch in use, or C{None}."""
+        return self.probed.get(nodeId)
+
+    # capacity probes
+    def _planOf(self, epoch):
+        """
+        The plan of C{epoch} from the relays the directory holds and the
+        measurers that published probe reports of it (a relay the
+        directory's sample misses is still a relay every other one drew
+        from; left out, it would change the teams it ranks in).
+        """
+        known = self.directory()
+        extra = sorted({r.measurer for r in self.probeReports.get(epoch, ())} - set(known))
+        relays = frozenset(known) | frozenset(extra)
+        got = self._plans.get(epoch)
+        if got is None or got[0] != relays:
+            # (the teams do not depend on the slot's length: 1 s will do)
+            plan = makePlan(epoch, self.epochLength, 1.0, candidatesFrom(known.values()) + [Candidate(m) for m in extra])
+            got = self._plans[epoch] = (relays, plan)
+        return got[1]
+
+    @defer.inlineCallbacks
+    def probedFor(self, epoch, nodeIds):
+        """
+        The probed capacities of C{epoch}: the probe reports of the
+        L{PROBE_WINDOW} epochs up to it, from the measurers C{nodeIds}
+        (an epoch before the last is read once and kept).
+        @return: Deferred firing with C{{nodeId: bytes/s}} (empty without probes).
+        """
+        if self.directory is None:
+            return {}
+        window = range(max(epoch - PROBE_WINDOW + 1, 0), epoch + 1)
+        for e in window:
+            if e not in self.probeReports or e == epoch:
+                self.probeReports[e] = yield self.probeCollector.fetchAll(nodeIds, e)
+        keep = epoch - 2 * PROBE_WINDOW - 12
+        for old in [e for e in self.probeReports if e < keep]:
+            del self.probeReports[old]
+        for old in [e for e in self._plans if e < keep]:
+            del self._plans[old]
+        probed = probedCapacities({e: self.probeReports[e] for e in window}, self._planOf)
+        kept = readingsByTarget({epoch: self.probeReports[epoch]}, self._planOf)
+        self.log.info("probes of epoch {e}: {r} reports, {k} of {n} readings the plan asked for; {p} relays probed "
+                      "over the window", e=epoch, r=len(self.probeReports[epoch]), k=sum(map(len, kept.values())),
+                      n=sum(len(r.readings) for r in self.probeReports[epoch]), p=len(probed))
+        return probed
 
     # the epoch loop
     def startService(self):
@@ -186,21 +254,24 @@ class MeasuredWeights(service.Service):
             epoch = lastComplete(now, self.epochLength)
         roles = self.toRead(epoch)
         chains = [self._chain(anchor, epoch) for anchor in anchorsFor(epoch)]
-        reports = []
+        reports, probed = [], {}
         for e in range(max(min(c.last for c in chains) + 1, 0), epoch + 1):
             reports = yield self.collector.fetchAll(list(roles), e)
             reports = [r for r in reports if r.epochLength == self.epochLength]
+            probed = yield self.probedFor(e, list(roles))
             for c in chains:
                 if c.last == e - 1:
                     measures = {}
                     if reports:
                         measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles),
-                                                             params=self.params, roles=roles, prior=c.prior)
+                                                             params=self.params, roles=roles, prior=c.prior,
+                                                             probed=probed or None)
                         self.computations += 1
                     c.step(e, measures)
         self.chains = {c.anchor: c for c in chains}
         self.measures = chains[0].current
         self.reports = {r.reporter: r for r in reports}
+        self.probed = probed
         self.epoch = epoch
         measured = sum(1 for m in self.measures.values() if "measured" in m.flags)
         self.log.info("relay weights of epoch {e}: {n} reports, {m} relays measured", e=epoch, n=len(reports),
@@ -217,7 +288,7 @@ class MeasuredWeights(service.Service):
         if self.dataDir is None:
             return
         body = weightsJSON(self.epoch, self.epochLength, self.measures, list(self.reports.values()),
-                           self.clock.seconds())
+                           self.clock.seconds(), self.probed)
         writeSecretFile(os.path.join(self.dataDir, WEIGHTS_FILE), json.dumps(body, indent=1).encode())
 
     def status(self):
@@ -228,4 +299,6 @@ class MeasuredWeights(service.Service):
             "reports": len(self.reports),
             "measured": sum(1 for m in self.measures.values() if "measured" in m.flags),
             "rejected": self.collector.rejected,
+            "probed": len(self.probed),
+            "probe_reports_rejected": self.probeCollector.rejected,
         }

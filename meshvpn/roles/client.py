@@ -17,7 +17,7 @@ from meshvpn.client.meshlink import MeshLinkService, meshSettings
 from meshvpn.roles.links import addDatagramLinks, addLinkManager
 from meshvpn.roles.onionclient import addOnionClient
 from meshvpn.roles.measure import addMeasuredWeights
-from meshvpn.measure.settings import measureSettings
+from meshvpn.measure.settings import measureSettings, probeWeightSettings
 from meshvpn.circuits.relayinfo import pathPossible
 from meshvpn.control.options import controlSettings
 from meshvpn.client.paying import paymentClientSettings
@@ -76,6 +76,7 @@ class Options(RoleOptions):
         *controlSettings(),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
+        *probeWeightSettings(),
         # Paying token-gated exits (meshvpn/client/paying.py, doc/payments.md)
         *paymentClientSettings(),
         # Managed pluggable transports and bridges (meshvpn/link/pt/, doc/censorship.md)

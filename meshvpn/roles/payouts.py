@@ -8,6 +8,9 @@ publishes it; with C{--payout-payer} and C{--payout-wallet-rpc} as well it
 recomputes the plan and checks its wallet (L{meshvpn.payments.payoutcheck}).
 Both sample the whole directory they can see (up to 1024 relays per role),
 not a client's path-building sample, so they read the same reports.
+Neither reads capacity probes yet (a client's C{--probe-weights} is off by
+default, and payer and relay must compute alike): pay follows the traffic
+reports alone.
 """
 
 from meshvpn.dht.service import RelayFinder

@@ -16,7 +16,7 @@ from meshvpn.roles.onionrelay import addOnionRelay, publisherOptions
 from meshvpn.roles.measure import addTrafficReports
 from meshvpn.roles.payouts import addRelayPayouts
 from meshvpn.payments.payoutsettings import relayPayoutSettings
-from meshvpn.measure.settings import measureSettings
+from meshvpn.measure.settings import measureSettings, probeSettings
 from meshvpn.roles.payments import addPaidExit
 from meshvpn.control.options import controlSettings
 from meshvpn.roles.transports import announceBridgeLine, appendOption, bridgeModeSetting, serverTransports, transportSetting
@@ -85,6 +85,7 @@ class Options(RoleOptions):
         ),
         # Peer-measured bandwidth (meshvpn/measure/, doc/measurement.md)
         *measureSettings(),
+        *probeSettings(),
         # Payouts by measured traffic (meshvpn/payments/payout*.py, doc/measurement.md)
         *relayPayoutSettings(),
         *controlSettings(),

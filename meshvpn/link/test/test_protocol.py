@@ -34,7 +34,7 @@ class IdentityBindingTests(unittest.TestCase):
         self.assertIs(server.state, State.OPEN)
         self.assertEqual(client.peerId, sid.nodeId)
         self.assertEqual(server.peerId, cid.nodeId)
-        self.assertEqual((client.version, server.version), (4, 4))
+        self.assertEqual((client.version, server.version), (5, 5))
         atServer, atClient = collect(server), collect(client)
         cells = [cell(i) for i in range(600)]
         self.assertTrue(client.sendCells(cells))
@@ -146,7 +146,7 @@ class VersionTests(unittest.TestCase):
         self.assertIs(client.state, State.OPEN)
 
     def test_noCommonVersion(self):
-        client, server, pump, _, _ = linkPair(serverSettings=LinkSettings(versions=(5, 6)))
+        client, server, pump, _, _ = linkPair(serverSettings=LinkSettings(versions=(6, 7)))
         self.assertIs(client.state, State.CLOSED)
         self.assertIs(server.state, State.CLOSED)
         self.assertIn("no common link version", str(server.closeReason))

@@ -2,9 +2,10 @@
 
  - the older release speaks link version 1 and lists no circuit versions
    (exactly the first release's VERSIONS record: C{00 01});
- - this release speaks link versions 1, 2, 3 and 4 (2 adds CLOSE, 3 PING/PONG, 4 DIRECTORY) and circuit version 1;
+ - this release speaks link versions 1 to 5 (2 adds CLOSE, 3 PING/PONG, 4 DIRECTORY, 5 PROBE) and circuit
+   versions 1 to 3;
  - a newer release is modelled by what it puts on the wire: link versions
-   3, 4 and 5 (it dropped 1 and 2) and circuit versions 1 and 2.
+   3 to 6 (it dropped 1 and 2) and circuit versions 1 to 4.
 
 Each pair opens at the highest version both speak and carries cells; what
 version 2 adds is used only on version 2 links; a node two releases apart
@@ -20,7 +21,7 @@ from meshvpn.link.test.helpers import cell, linkPair
 
 OLDER = LinkSettings(versions=(1,), circuitVersions=())
 THIS = LinkSettings()
-NEWER = LinkSettings(versions=(3, 4, 5), circuitVersions=(1, 2, 3, 4))
+NEWER = LinkSettings(versions=(3, 4, 5, 6), circuitVersions=(1, 2, 3, 4))
 BEFORE_DIRECTORY = LinkSettings(versions=(1, 2, 3))
 
 
@@ -56,7 +57,7 @@ class SideBySideTests(unittest.TestCase):
     def test_thisMeetsNewer(self):
         for a, b in ((THIS, NEWER), (NEWER, THIS)):
             client, server, _ = self.pair(a, b)
-            self.assertEqual((client.version, server.version), (4, 4))
+            self.assertEqual((client.version, server.version), (5, 5))
             self.assertEqual((client.circuitVersion, server.circuitVersion), (3, 3))
 
     def test_thisMeetsTheReleaseBeforeCircuitVersion2(self):
@@ -114,7 +115,7 @@ class SideBySideTests(unittest.TestCase):
         pump.flush()
         self.assertIs(server.state, State.OPEN)
         client, server, pump = self.pair(THIS, THIS)
-        self.assertEqual(client.version, 4)
+        self.assertEqual(client.version, 5)
         self.assertTrue(client.sendDirectory(b"\x01" + bytes(8)))
 
     def test_directoryOnAVersion3LinkIsAViolation(self):

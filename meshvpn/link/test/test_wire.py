@@ -63,7 +63,7 @@ class ParserTests(unittest.TestCase):
         for bad, why in [
             (b"\x01\x00\x00", "count 0"),
             (b"\x01\x01\x01", "count 257"),
-            (b"\x09\x00\x00", "unknown record type 0x09"),
+            (b"\x0a\x00\x00", "unknown record type 0x0a"),
             (b"\x04\x04\x01" + b"x" * 1025, "control record of 1025 bytes"),
         ]:
             p, _, _ = self.parser()

@@ -1,0 +1,90 @@
+"""A target's side of a capacity probe: echo the measurers the plan assigns it, inside the slot, and no one else.
+
+An echo goes back on the link the probe came in on, byte for byte, so a
+target is never a reflector towards a third party; and it echoes only
+when all of these hold, else it drops the record and counts why:
+
+ - the link's peer authenticated as a node the epoch's probe plan puts in
+   this relay's team, or close to it (L{meshvpn.measure.probeplan.ECHO_SLACK}:
+   directories differ a little; an anonymous client, or any other relay,
+   gets nothing);
+ - the epoch's slot is open (with L{GRACE} seconds either side for clocks);
+ - that measurer has drawn less than L{MAX_RATE} times the slot's length
+   this epoch (a sanity bound per peer: a team member cannot make the
+   target send without end);
+ - the measurer's equal share of the node's bandwidth limit has room for
+   it (R over the team's size, for a relay throttled to R: a client reads
+   each reading as that share; without shares the measurer whose records
+   came first after each refill took nearly all of it, the others reading
+   0, on in-memory links).  The echo is then charged to the node's token
+   bucket, the one its cells are charged to, even into debt: in the slot
+   the probe goes first and the cells wait (the limiter pauses reading
+   while the bucket is in debt), as FlashFlow holds clients back while a
+   relay is measured.  Taking only what cells left, a relay its clients
+   keep busy read 0 (the real testnet's throttled middles, every epoch);
+ - the link's writes are not blocked (an echo is never queued: a queue
+   would only hide the path's capacity and grow).
+
+A malformed PROBE record never gets here: the link refuses it and closes
+(L{meshvpn.link.probewire}).
+"""
+
+from meshvpn.measure.epoch import epochOf
+from meshvpn.ratelimit import TokenBucket
+
+GRACE = 2.0  # seconds of clock difference tolerated at each end of the slot
+MAX_RATE = 125_000_000  # bytes/s one measurer may draw from a target (1 Gbit/s), over the slot
+
+
+class ProbeEcho:
+    """
+    @param planOf: C{epoch -> Plan} (L{meshvpn.measure.probeplan}) or C{None} when none is known.
+    @param bucket: the node's L{meshvpn.ratelimit.TokenBucket} or C{None} (no limit).
+    """
+
+    def __init__(self, clock, nodeId, planOf, epochLength, bucket=None):
+        self.clock = clock
+        self.nodeId = nodeId
+        self.planOf = planOf
+        self.epochLength = epochLength
+        self.bucket = bucket
+        self.counters = {"echoed": 0, "echoed_bytes": 0, "unassigned": 0, "outside_slot": 0, "over_budget": 0,
+                         "no_capacity": 0, "blocked": 0}
+        self._epoch = None
+        self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
+        self._shares = {}  # measurer -> its TokenBucket share of the node's limit this epoch
+
+    def probeReceived(self, link, seq, data):
+        now = self.clock.seconds()
+        epoch = epochOf(now, self.epochLength)
+        if epoch != self._epoch:
+            self._epoch, self._drawn, self._shares = epoch, {}, {}
+        plan = self.planOf(epoch)
+        peer = link.peerId
+        if plan is None or peer is None or not plan.echoes(peer, self.nodeId):
+            self.counters["unassigned"] += 1
+            return False
+        offset = now - epoch * self.epochLength
+        if not plan.slotStart - GRACE <= offset <= plan.slotStart + plan.slotLength + GRACE:
+            self.counters["outside_slot"] += 1
+            return False
+        drawn = self._drawn.get(peer, 0) + len(data)
+        if drawn > MAX_RATE * (plan.slotLength + 2 * GRACE):
+            self.counters["over_budget"] += 1
+            return False
+        if self.bucket is not None and self.bucket.rate is not None:
+            share = self._shares.get(peer)
+            if share is None:
+                team = len(plan.teams.get(self.nodeId, ())) or 1
+                share = self._shares[peer] = TokenBucket(self.clock, self.bucket.rate / team, self.bucket.burst / team)
+            if not share.tryConsume(len(data)):
+                self.counters["no_capacity"] += 1
+                return False
+            self.bucket.consume(len(data))
+        if not link.sendProbe(seq, data, echo=True):
+            self.counters["blocked"] += 1
+            return False
+        self._drawn[peer] = drawn
+        self.counters["echoed"] += 1
+        self.counters["echoed_bytes"] += len(data)
+        return True

@@ -1,0 +1,183 @@
+"""A relay's capacity probes, each epoch: probe the targets the plan gives it, echo the measurers it is given.
+
+The plan of an epoch (L{meshvpn.measure.probeplan}) comes from the
+relays this node's directory holds, one vote each (relays do not compute
+the agreed weights; see doc/measurement.md), computed when the slot
+opens (the measurer side) or a probe arrives (the target side) and again
+only if the directory changed; a client computes the same from the same
+directory.  At the slot's start the relay opens a link to each
+of its targets (link version 5 and later) and runs one
+L{meshvpn.measure.prober.ProbeStream} on it for C{--probe-seconds}; the
+readings (bytes echoed, milliseconds) wait for the epoch's end, when the
+publisher signs and stores them beside the traffic report.  A target that
+could not be reached reads 0 (it forwarded nothing that slot); one whose
+link is older than version 5 is left out (it cannot be probed).
+"""
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshvpn.interfaces import IStatusSource
+from meshvpn.measure.epoch import epochOf
+from meshvpn.measure.probeecho import ProbeEcho
+from meshvpn.measure.probeplan import TEAM_SIZE, candidatesFrom, makePlan, slotStart
+from meshvpn.measure.prober import ProbeStream
+from meshvpn.measure.probereports import MAX_TARGETS, Reading
+from meshvpn.measure.reports import prefixOf
+
+PROBE_LINK_VERSION = 5  # the link version that knows the PROBE record (link/wire.py)
+KEEP = 3  # epochs of plans and readings kept
+
+
+def planFromDirectory(directory, epoch, epochLength, probeSeconds, teamSize=TEAM_SIZE):
+    """The plan of C{epoch} from C{{nodeId: descriptor}}, one vote per relay."""
+    return makePlan(epoch, epochLength, probeSeconds, candidatesFrom(directory.values()), teamSize=teamSize)
+
+
+class PlanCache:
+    """
+    The plans of the last few epochs, each computed again only when the
+    directory's relays changed (a plan costs a hash per pair of relays).
+    """
+
+    def __init__(self, directory, epochLength, probeSeconds, teamSize=TEAM_SIZE, keep=KEEP):
+        self.directory = directory
+        self.epochLength = epochLength
+        self.probeSeconds = probeSeconds
+        self.teamSize = teamSize
+        self.keep = keep
+        self._plans = {}  # epoch -> (relays it was computed from, Plan)
+
+    def __call__(self, epoch):
+        known = self.directory()
+        relays = frozenset(known)
+        got = self._plans.get(epoch)
+        if got is None or got[0] != relays:
+            got = self._plans[epoch] = (relays, planFromDirectory(known, epoch, self.epochLength, self.probeSeconds,
+                                                                  self.teamSize))
+        for old in sorted(self._plans)[: -self.keep]:
+            del self._plans[old]
+        return got[1]
+
+
+@implementer(IStatusSource)
+class ProbeService(service.Service):
+    """
+    @param links: an L{meshvpn.interfaces.ILinkManager} (its probe handler is set to this service).
+    @param directory: a callable returning C{{nodeId: descriptor}} of the relays known.
+    @param bucket: the node's bandwidth L{meshvpn.ratelimit.TokenBucket}, or C{None}.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, identity, links, directory, epochLength, probeSeconds, bucket=None,
+                 teamSize=TEAM_SIZE):
+        self.clock = clock
+        self.identity = identity
+        self.links = links
+        self.directory = directory
+        self.epochLength = epochLength
+        self.probeSeconds = probeSeconds
+        self.teamSize = teamSize
+        self.planOf = PlanCache(directory, epochLength, probeSeconds, teamSize)
+        self.echo = ProbeEcho(clock, identity.nodeId, self.planOf, epochLength, bucket)
+        self.readings = {}  # epoch -> {target nodeId: Reading}
+        self.counters = {"probes": 0, "unreachable": 0, "too_old": 0, "stray_echoes": 0}
+        self._streams = {}  # link -> ProbeStream running on it
+        self._call = None
+        links.setProbeHandler(self)
+
+    # the link's PROBE records
+    def probeReceived(self, link, seq, data, echo):
+        if not echo:
+            self.echo.probeReceived(link, seq, data)
+            return
+        stream = self._streams.get(link)
+        if stream is None:
+            self.counters["stray_echoes"] += 1
+            return
+        stream.echoReceived(seq, data)
+
+    # the slot
+    def startService(self):
+        super().startService()
+        self._schedule(epochOf(self.clock.seconds(), self.epochLength))
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        for stream in list(self._streams.values()):
+            stream.stop()
+
+    def _schedule(self, epoch):
+        now = self.clock.seconds()
+        while True:
+            # (the slot's time does not depend on the relays: no plan needed yet)
+            at = epoch * self.epochLength + slotStart(b"", epoch, self.epochLength, self.probeSeconds)
+            if at >= now:
+                break
+            epoch += 1
+        self._call = self.clock.callLater(at - now, self._slot, epoch)
+
+    def _slot(self, epoch):
+        self._schedule(epoch + 1)
+        d = self.probeEpoch(epoch)
+        d.addErrback(lambda f: self.log.failure("capacity probes of epoch {e} failed", f, e=epoch))
+
+    def probeEpoch(self, epoch):
+        """Probe every target the plan of C{epoch} gives this relay. @return: Deferred firing when all are done."""
+        plan = self.planOf(epoch)
+        end = epoch * self.epochLength + plan.slotStart + plan.slotLength
+        known = self.directory()
+        targets = [t for t in plan.targetsOf(self.identity.nodeId) if t in known][:MAX_TARGETS]
+        self.readings.setdefault(epoch, {})
+        for old in [e for e in self.readings if e < epoch - KEEP + 1]:
+            del self.readings[old]
+        return defer.gatherResults([self._probe(epoch, known[t], end) for t in targets])
+
+    @defer.inlineCallbacks
+    def _probe(self, epoch, descriptor, end):
+        target = descriptor.nodeId
+        millis = max(1, int(round(self.probeSeconds * 1000)))
+        try:
+            link = yield self.links.getLink(descriptor)
+        except Exception as e:
+            self.counters["unreachable"] += 1
+            self.log.info("probe target {t} unreachable: {why}", t=target.hex()[:16], why=e)
+            self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
+            return
+        if (getattr(link, "version", None) or 0) < PROBE_LINK_VERSION:
+            self.counters["too_old"] += 1
+            return
+        seconds = end - self.clock.seconds()
+        if seconds <= 0:
+            self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
+            return
+        stream = ProbeStream(self.clock, link, seconds)
+        self._streams[link] = stream
+        self.counters["probes"] += 1
+        try:
+            echoed, took = yield stream.start()
+        finally:
+            if self._streams.get(link) is stream:
+                del self._streams[link]
+        self.readings[epoch][target] = Reading(prefixOf(target), echoed, took)
+        self.log.info("probe of {t}: {b} bytes echoed in {ms} ms", t=target.hex()[:16], b=echoed, ms=took)
+
+    def readingsOf(self, epoch):
+        """The readings of C{epoch}, sorted by target (for the signed probe report)."""
+        return sorted(self.readings.get(epoch, {}).values(), key=lambda r: r.target)
+
+    def status(self):
+        out = dict(self.counters)
+        out.update({"echo_" + k: v for k, v in self.echo.counters.items()})
+        out["probe_seconds"] = self.probeSeconds
+        done = [e for e in self.readings if self.readings[e]]
+        if done:
+            last = max(done)
+            out["last_epoch"] = last
+            out["last_targets"] = len(self.readings[last])
+        return out

@@ -1,0 +1,142 @@
+"""Capacity probes end to end over a simulated DHT: relays probe each other in the slot, publish signed readings, a client's weights follow them.
+
+Six relays throttled to different rates (each its own token bucket, as
+--bandwidth-rate gives) run ProbeServices over in-memory links; their
+publishers store the traffic and probe reports in a simulated DHT; a
+client's weights service reads both.  The attack: the two slowest relays'
+links show eight times the traffic their rates allow, confirmed at both
+ends (junk they paid honest relays to exchange, or bursts outside the
+slot: whatever it is, the reports cannot tell it from capacity); the
+probes hold them to what they really forwarded.  (Two relays reporting
+huge traffic only with each other gain nothing here even without probes:
+the caps and the partners' reading hold them in a network this small and
+this regular; doc/measurement.md.)
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from meshvpn.dht.test.test_rpc import Net
+from meshvpn.measure.epoch import epochOf, lastComplete
+from meshvpn.measure.probeservice import ProbeService
+from meshvpn.measure.publish import ReportPublisher
+from meshvpn.measure.service import MeasuredWeights, weightsJSON
+from meshvpn.measure.test.probefakes import Descriptor, linkPair
+from meshvpn.measure.test.test_publish import FixedMeter
+from meshvpn.ratelimit import TokenBucket
+
+EPOCH = 60
+PROBE_SECONDS = 5.0
+RATES = [10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
+
+
+class FakeLinks:
+    """An ILinkManager's probe side: one open link to every other relay."""
+
+    def __init__(self):
+        self.handler = None
+        self.ends = {}
+
+    def setProbeHandler(self, handler):
+        self.handler = handler
+
+    def getLink(self, descriptor):
+        end = self.ends.get(descriptor.nodeId)
+        return defer.succeed(end) if end is not None else defer.fail(ConnectionRefusedError("no link"))
+
+
+class ProbeFlowTests(unittest.TestCase):
+    def setUp(self):
+        self.net = Net(self, n=12)
+        self.relays = self.net.nodes[:6]
+        self.ids = [n.identity.nodeId for n in self.relays]
+        self.directory = {i: Descriptor(i) for i in self.ids}
+        self.meters, self.probes, managers = {}, [], []
+        clock = self.net.clock
+        for node, rate in zip(self.relays, RATES):
+            links = FakeLinks()
+            probes = ProbeService(clock, node.identity, links, lambda: self.directory, EPOCH, PROBE_SECONDS,
+                                  bucket=TokenBucket(clock, rate, rate))
+            meter = FixedMeter()
+            pub = ReportPublisher(clock, node.identity, lambda node=node: node, meter, EPOCH, probes=probes)
+            for s in (probes, pub):
+                s.startService()
+                self.addCleanup(s.stopService)
+            self.meters[node.identity.nodeId] = meter
+            self.probes.append(probes)
+            managers.append(links)
+        for i, a in enumerate(self.ids):
+            for j, b in enumerate(self.ids[i + 1 :], i + 1):
+                ab, ba = linkPair(clock, a, b, managers[i].handler, managers[j].handler, delay=0.02)
+                managers[i].ends[b], managers[j].ends[a] = ab, ba
+        self.client = self.net.add(clientMode=True)
+
+    def carry(self, inflated=()):
+        """Every pair exchanges bytes in proportion to both rates; links of the C{inflated} relays carry 8 times that."""
+        def rate(k):
+            return RATES[k] * (8 if k in inflated else 1)
+
+        for i, a in enumerate(self.ids):
+            self.meters[a].next = {b: rate(i) * rate(j) // 100 * EPOCH // 100 for j, b in enumerate(self.ids) if b != a}
+
+    def nextEpoch(self):
+        now = self.net.clock.seconds()
+        self.net.pump((epochOf(now, EPOCH) + 1) * EPOCH - now + 15)
+
+    def weights(self, probes=True):
+        w = MeasuredWeights(self.net.clock, lambda: self.client, lambda: {i: frozenset({"middle"}) for i in self.ids},
+                            EPOCH, directory=(lambda: self.directory) if probes else None)
+        self.net.run(w.refresh(), 30)
+        return w
+
+    def test_probesReadEveryRelayAtItsRate(self):
+        self.nextEpoch()
+        self.carry()
+        self.nextEpoch()
+        w = self.weights()
+        self.assertEqual(w.epoch, lastComplete(self.net.clock.seconds(), EPOCH))
+        probed = [w.probedCapacity(i) for i in self.ids]
+        self.assertNotIn(None, probed, w.probed)
+        self.assertEqual(probed, sorted(probed))
+        for got, rate in zip(probed, RATES):
+            # a team of 5 shares the rate, plus the burst each bucket held when the slot opened
+            self.assertGreater(got, 0.8 * rate)
+            self.assertLess(got, 1.4 * rate)
+        for p in self.probes:
+            s = p.status()
+            self.assertEqual((s["last_targets"], s["echo_unassigned"], s["stray_echoes"]), (5, 0, 0))
+        # the public summary shows it
+        body = weightsJSON(w.epoch, EPOCH, w.measures, list(w.reports.values()), 0, w.probed)
+        self.assertEqual({r["node_id"]: r["probed"] for r in body["relays"]},
+                         {i.hex(): round(p, 1) for i, p in zip(self.ids, probed)})
+
+    def test_sameReportsSameWeights(self):
+        self.nextEpoch()
+        self.carry()
+        self.nextEpoch()
+        a, b = self.weights(), self.weights()
+        self.assertEqual(a.probed, b.probed)
+        self.assertEqual({i: m.weight for i, m in a.measures.items()}, {i: m.weight for i, m in b.measures.items()})
+
+    def test_relaysWhoseLinksShowMoreThanTheyForwardAreHeldToTheirProbes(self):
+        """The attack: the two slowest relays' links show 8 times what they can forward, confirmed at both ends."""
+        self.nextEpoch()
+        self.carry(inflated=(0, 1))
+        self.nextEpoch()
+        without, withProbes = self.weights(probes=False), self.weights()
+
+        def share(w, k):
+            total = sum(m.weight for m in w.measures.values())
+            return sum(w.measures[self.ids[i]].weight for i in k) / total
+
+        capacityShare = sum(RATES[:2]) / sum(RATES)
+        liars, honest = share(without, [0, 1]), share(withProbes, [0, 1])
+        print(f"\ninflated pair: capacity share {capacityShare:.3f}, weight share without probes {liars:.3f}, "
+              f"with probes {honest:.3f}")
+        # without probes the two take top weights; with them they hold about their capacity's share
+        ranked = sorted(self.ids, key=lambda i: -without.measures[i].weight)
+        self.assertEqual(set(ranked[:2]), set(self.ids[:2]))
+        self.assertGreater(liars, 3 * capacityShare)
+        self.assertLessEqual(honest, 1.25 * capacityShare)
+        ranked = sorted(self.ids, key=lambda i: withProbes.measures[i].weight)
+        self.assertEqual(ranked, self.ids)
