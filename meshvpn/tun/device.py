@@ -102,6 +102,23 @@ def openTun(name="mvtun%d", vnetHeader=False):
     return fd, ifr[:16].rstrip(b"\0").decode()
 
 
+def _drain(fd, size):
+    """
+    Up to L{READ_BATCH} reads of at most C{size} bytes each from the
+    non-blocking C{fd}, until it has nothing left (an interrupted read
+    counts as one of them).
+    """
+    read = os.read
+    for _ in range(READ_BATCH):
+        try:
+            yield read(fd, size)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
+
+
 @implementer(ITunDevice, IReadDescriptor)
 class TunDevice:
     """
@@ -312,20 +329,13 @@ class TunDevice:
         fd = self.fd
         if fd is None:
             return
-        read = os.read
         packets = []
         if self.readOffload:
             self._readOffloaded(fd, packets)
-        skip = VNET_HDR_LEN if self.offload else 0
-        for _ in range(0 if self.readOffload else READ_BATCH):
-            try:
-                packets.append(read(fd, MAX_READ + skip)[skip:] if skip else read(fd, MAX_READ))
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
+        elif self.offload:
+            packets.extend(raw[VNET_HDR_LEN:] for raw in _drain(fd, MAX_READ + VNET_HDR_LEN))
+        else:
+            packets.extend(_drain(fd, MAX_READ))
         if packets:
             self.packetsRead += len(packets)
             receiver = self._receiver
@@ -337,17 +347,8 @@ class TunDevice:
                     self.log.failure("packet receiver failed on {tun}", tun=self.name)
 
     def _readOffloaded(self, fd, packets):
-        read = os.read
         reads = 0
-        for _ in range(READ_BATCH):
-            try:
-                raw = read(fd, MAX_OFFLOAD_READ)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
+        for raw in _drain(fd, MAX_OFFLOAD_READ):
             if raw[0] & 1 or raw[1]:
                 self.offloadRead += 1
                 self.offloadDrops += fromRead(raw, packets)

@@ -60,6 +60,18 @@ def layout(p):
     return None
 
 
+def _headers(p):
+    """
+    @return: C{(version, transport offset, protocol, end of the transport
+        header)} of C{p}.  @raise OffloadError: this module cannot offload it.
+    """
+    info = layout(p)
+    if info is None:
+        raise OffloadError("not an IPv4 or IPv6 TCP/UDP packet this offload handles")
+    version, at, proto = info
+    return version, at, proto, _transportEnd(p, at, proto)
+
+
 def _transportEnd(p, at, proto):
     """The end of the TCP/UDP header at C{at}; @raise OffloadError: it does not fit."""
     if proto == _TCP:
@@ -79,11 +91,7 @@ def vnetHeader(p):
     The C{virtio_net_hdr} that writes L{OffloadPacket} C{p} to a TUN.
     @raise OffloadError: its headers do not allow its offload.
     """
-    info = layout(p)
-    if info is None:
-        raise OffloadError("not an IPv4 or IPv6 TCP/UDP packet this offload handles")
-    version, at, proto = info
-    end = _transportEnd(p, at, proto)
+    version, at, proto, end = _headers(p)
     if p.offload & OFFLOAD_TCP:
         if proto != _TCP:
             raise OffloadError("segmentation of a non-TCP packet")
@@ -151,11 +159,7 @@ def segment(p):
     Linux's GSO would cut it.
     @raise OffloadError: its headers do not allow its offload.
     """
-    info = layout(p)
-    if info is None:
-        raise OffloadError("not an IPv4 or IPv6 TCP/UDP packet this offload handles")
-    version, at, proto = info
-    end = _transportEnd(p, at, proto)
+    version, at, proto, end = _headers(p)
     if not p.offload & OFFLOAD_TCP or len(p) - end <= p.gsoSize:
         if proto != _TCP and p.offload & OFFLOAD_TCP:
             raise OffloadError("segmentation of a non-TCP packet")
