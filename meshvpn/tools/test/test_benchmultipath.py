@@ -1,4 +1,10 @@
-"""`meshvpn bench multipath` runs end to end and links the stream (small sizes; timings are never checked)."""
+"""`meshvpn bench multipath` runs end to end and links the stream (small sizes; timings are never checked).
+
+The download must outlast the second leg's build and link: with relays at
+0.5 MB/s, 6 MB take about 12 s on one path, and the stream is linked after
+its first MB.  (3 MB at 2 MB/s finished inside the relays' first-second
+burst, before the second leg was linked, in a CI run.)
+"""
 
 import json
 import subprocess
@@ -10,7 +16,7 @@ from twisted.trial import unittest
 class MultipathBenchTests(unittest.TestCase):
     def test_runsAndReports(self):
         out = subprocess.run(
-            [sys.executable, "-m", "meshvpn", "bench", "multipath", "--json", "--megabytes", "3"],
+            [sys.executable, "-m", "meshvpn", "bench", "multipath", "--json", "--megabytes", "6", "--relay-rate", "500000"],
             capture_output=True, text=True, timeout=500,
         )
         self.assertEqual(out.returncode, 0, out.stdout[-2000:] + out.stderr[-2000:])
