@@ -586,7 +586,6 @@ class LinkProtocol(Protocol):
         if self.state is not State.OPEN:
             return
         now = self._reactor.seconds()
-        s = self._settings
         if self._pingAt is not None:
             if self._heardAt < self._pingAt and not self._readPaused:
                 waited = now - self._pingAt

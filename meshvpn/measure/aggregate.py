@@ -382,7 +382,6 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
         kind = 0 if middle[k] and middle[m] else 1 if middle[k] or middle[m] else 2
         table.append((k, m, float(links[(k, m)]), kind))
     for _ in range(params.iterations):
-        total = sum(traffic)
         # A relay counts only while its confirmed partners hold at least
         # params.coverage of everyone else's weight: an honest relay's
         # links reach the relays that carry most traffic, an identity that

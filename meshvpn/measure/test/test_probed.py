@@ -1,6 +1,5 @@
 """A relay's probed capacity from the window's probe reports: only the plan's readings, clipped to their measurer, the same in any order."""
 
-import hashlib
 import random
 
 from nacl.public import PrivateKey

@@ -1,7 +1,6 @@
 """The probe plan: the same inputs give the same plan on every node, teams within bounds and never self, /16 or family."""
 
 import hashlib
-import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st

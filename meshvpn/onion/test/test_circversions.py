@@ -8,7 +8,7 @@ from meshvpn.identity import NodeIdentity
 from meshvpn.onion import circversions
 from meshvpn.onion.cells import RelayCommand
 from meshvpn.onion.circversions import CircuitVersionTooOld, descriptorNames, hopVersion
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_EARLY, FLOW_GSO, FLOW_XON, flagsFor
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_EARLY, FLOW_XON, flagsFor
 from meshvpn.onion.test.test_circuit import Net
 
 NEXT_RELEASE_COMMAND = 250  # a stand-in for a command the next circuit version adds
