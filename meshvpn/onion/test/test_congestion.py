@@ -184,6 +184,36 @@ class Controller(unittest.TestCase):
             if rtt > 0.01:
                 self.assertGreater(carried[VegasParams], 0.85 * rate)
 
+    def test_slowStartRidesOutLateSendmes(self):
+        """
+        Every tenth SENDME 8 ms late (a relay's batch, a busy CPU) on an
+        80 ms path: no three samples in a row show a queue, so slow start
+        runs on to the path's BDP instead of ending at the first late one.
+        """
+        class Jittery(Path):
+            lastAck = 0.0
+
+            def pump(self):
+                now = self.clock.seconds()
+                while self.w.window > 0:
+                    self.sent += 1
+                    tag = self.sent.to_bytes(8, "big")
+                    self.w.onSent(tag)
+                    leaves = self._depart(now)
+                    if self.sent % self.w.increment == 0:
+                        late = 0.008 if self.sent % (10 * self.w.increment) == 0 else 0.0
+                        # a late SENDME is not overtaken by the next one
+                        self.lastAck = max(self.lastAck, leaves + self.rtt + late)
+                        self.clock.callLater(self.lastAck - now, self._sendme, tag)
+
+        p = Jittery(50_000, 0.080)
+        ended = None
+        while ended is None and p.clock.seconds() < 2.0:
+            p.run(0.01)
+            if not p.w.slowStart:
+                ended = p.w.cwnd
+        self.assertGreaterEqual(ended, p.bdp())
+
     def test_recoversAfterLinkStall(self):
         """The bottleneck serves nothing for 2 s (a link lost and re-made): afterwards the path is full again within seconds."""
         p = Path(50_000, 0.080)
