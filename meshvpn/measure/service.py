@@ -80,22 +80,38 @@ def inThread(reactor):
     return compute
 
 
-def weightsJSON(epoch, epochLength, measures, reports, updated, probed=None):
-    """The public summary C{weights.json} holds."""
+def weightsJSON(epoch, epochLength, measures, reports, updated, probed=None, probeRoles=None, probesCap=None):
+    """
+    The public summary C{weights.json} holds.
+
+    @param probeRoles: C{{nodeId: (target role, measurer role or None)}}:
+        shown as C{probed_as_target} and C{probed_as_measurer} (C{null}: no
+        read-back; C{"not limiting"}: its targets could not keep up with it).
+    @param probesCap: whether the probes capped these weights (the version deadline), or C{None}: not shown.
+    """
     byReporter = {r.reporter: r for r in reports}
     probed = probed or {}
+    probeRoles = probeRoles or {}
     relays = []
     for nodeId, m in sorted(measures.items()):
         entry = m.toJSON()
         entry["uptime"] = m.streak * epochLength
         entry["probed"] = None if nodeId not in probed else round(probed[nodeId], 1)
+        if nodeId in probeRoles:
+            target, measurer = probeRoles[nodeId]
+            entry["probed_as_target"] = round(target, 1)
+            entry["probed_as_measurer"] = (None if measurer is None else "not limiting" if measurer == float("inf")
+                                           else round(measurer, 1))
         r = byReporter.get(nodeId)
         if r is not None:
             entry["report"] = {"epoch": r.epoch, "neighbours": len(r.traffic),
                                "bytes": sum(b for b, _ in r.traffic.values()), "parts": len(r.parts)}
         relays.append(entry)
-    return {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
+    body = {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
             "probed": len(probed), "relays": relays}
+    if probesCap is not None:
+        body["probes_cap"] = probesCap
+    return body
 
 
 @implementer(IRelayWeights, IStatusSource)
@@ -322,7 +338,8 @@ class MeasuredWeights(service.Service):
         if self.dataDir is None:
             return
         body = weightsJSON(self.epoch, self.epochLength, self.measures, list(self.reports.values()),
-                           self.clock.seconds(), self.probed)
+                           self.clock.seconds(), self.probed, self.probeRoles,
+                           bool(self.probed) and self.probesCap(self.epoch))
         writeSecretFile(os.path.join(self.dataDir, WEIGHTS_FILE), json.dumps(body, indent=1).encode())
 
     def status(self):

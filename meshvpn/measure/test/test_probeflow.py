@@ -133,9 +133,12 @@ class ProbeFlowTests(Flow):
         self.assertEqual(w.status()["readbacks_rejected"], 0)
         self.assertTrue(w.status()["probes_cap"])
         # the public summary shows it
-        body = weightsJSON(w.epoch, EPOCH, w.measures, list(w.reports.values()), 0, w.probed)
+        body = weightsJSON(w.epoch, EPOCH, w.measures, list(w.reports.values()), 0, w.probed, w.probeRoles, True)
         self.assertEqual({r["node_id"]: r["probed"] for r in body["relays"]},
                          {i.hex(): round(p, 1) for i, p in zip(self.ids, probed)})
+        self.assertEqual({r["probed_as_measurer"] for r in body["relays"]}, {"not limiting"})
+        self.assertEqual([r["probed_as_target"] for r in body["relays"]], [r["probed"] for r in body["relays"]])
+        self.assertTrue(body["probes_cap"])
 
     def test_sameReportsSameWeights(self):
         self.nextEpoch()
