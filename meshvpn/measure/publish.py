@@ -62,7 +62,8 @@ class ReportPublisher(service.Service):
     @param dht: an L{meshvpn.interfaces.IDHT} (a callable returning it, as
         the DHT exists only once its service started).
     @param meter: an L{meshvpn.interfaces.ITrafficMeter}.
-    @param probes: what holds the relay's probe readings (C{readingsOf(epoch)}:
+    @param probes: what holds the relay's probe readings and read-backs
+        (C{readingsOf(epoch)}, C{readBackOf(epoch)}:
         L{meshvpn.measure.probeservice.ProbeService}), or C{None}: no probe report.
     """
 
