@@ -10,8 +10,14 @@ from nacl.signing import SigningKey
 from twisted.internet import task
 from twisted.trial import unittest
 
+from meshvpn.dht.records import makeRecord
+from meshvpn.dht.test.test_rpc import Net
 from meshvpn.identity import NodeIdentity
+from meshvpn.measure.collect import ReadBackCollector
 from meshvpn.measure.probeecho import GRACE, ProbeEcho
+from meshvpn.measure.probeservice import ProbeService
+from meshvpn.measure.publish import readBackSalt
+from meshvpn.measure.window import SLOTS
 from meshvpn.measure.probereadback import MAX_MEASURERS, MAX_SIZE, ReadBackError, Sent, _body, parseReadBack, signReadBack
 from meshvpn.measure.reports import prefixOf
 from meshvpn.measure.test.probefakes import linkPair
@@ -182,3 +188,51 @@ class CountingTests(unittest.TestCase):
         self.plans[4] = plan(epoch=4, team=team)
         self.send(self.link(team[0]), 1)
         self.assertEqual(sorted(self.echo._back), [4])
+
+
+class PublishedTests(unittest.TestCase):
+    """The record in the DHT: only its target's, only of its epoch, only for a slot the relay saw."""
+
+    def setUp(self):
+        self.net = Net(self, n=8)
+        self.relays = self.net.nodes[:2]
+        self.client = self.net.add(clientMode=True)
+        self.collector = ReadBackCollector(lambda: self.client)
+
+    def epoch(self):
+        return int(self.net.clock.seconds() // EPOCH) - 1
+
+    def put(self, node, salt, raw, epoch):
+        self.net.run(node.put(makeRecord(node.identity, salt, raw, epoch, self.net.clock.seconds() + 3600)))
+
+    def test_aTargetsReadBackIsFoundUnderItsKeyAndEpoch(self):
+        node, epoch = self.relays[0], self.epoch()
+        back = signReadBack(node.identity, epoch, EPOCH, 5000, [Sent(prefixOf(MEASURER), 10, 0)])
+        self.put(node, readBackSalt(epoch), back.raw, epoch)
+        self.assertEqual(self.net.run(self.collector.fetch(node.identity.nodeId, epoch), 30), back)
+        self.assertIsNone(self.net.run(self.collector.fetch(node.identity.nodeId, epoch + SLOTS), 30))
+        self.assertEqual(self.collector.rejected, 0)
+
+    def test_anotherRelaysReadBackUnderMyKeyIsRefused(self):
+        """The attack: a relay copies another target's signed read-back into its own record."""
+        liar, honest = self.relays
+        epoch = self.epoch()
+        stolen = signReadBack(honest.identity, epoch, EPOCH, 5000, [])
+        self.put(liar, readBackSalt(epoch), stolen.raw, epoch)
+        self.assertIsNone(self.net.run(self.collector.fetch(liar.identity.nodeId, epoch), 30))
+        self.put(liar, readBackSalt(epoch + 1), b"not a read-back", epoch + 1)
+        self.assertIsNone(self.net.run(self.collector.fetch(liar.identity.nodeId, epoch + 1), 30))
+        self.assertEqual(self.collector.rejected, 2)
+
+    def test_onlyForASlotTheRelaySaw(self):
+        """A relay that started after the slot saw none of its measurers: it signs no read-back of nobody."""
+        class Links:
+            def setProbeHandler(self, handler):
+                pass
+
+        clock = task.Clock()
+        clock.advance(10 * EPOCH + 1)
+        service = ProbeService(clock, ME, Links(), dict, EPOCH, 5.0)
+        self.assertIsNone(service.readBackOf(10))
+        self.successResultOf(service.probeEpoch(10))
+        self.assertEqual(service.readBackOf(10), (5000, []))
