@@ -78,6 +78,41 @@ def readingsByTarget(reportsByEpoch, planOf):
     return samples
 
 
+def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
+    """
+    @param readBacksByEpoch: C{{epoch: [ReadBack]}} or C{None} (no
+        read-back: a relay's capacity is its target role).
+    @param roles: a dict to fill with C{{nodeId: (target role, measurer
+        role or None)}}, or C{None}.
+    @return: C{{nodeId: probed capacity in bytes/s}} for every relay some
+        assigned measurer with a capacity of its own read.
+    """
+    samples = readingsByTarget(reportsByEpoch, planOf)
+    first = {t: _lowerMedian([n * rate for rate, _, n in s]) for t, s in sorted(samples.items())}
+    out = {}
+    for t, s in sorted(samples.items()):
+        clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
+        if clipped:
+            out[t] = _lowerMedian(clipped)
+    return withMeasurerRole(out, readBacksByEpoch, planOf, roles)
+
+
+def withMeasurerRole(targetRole, readBacksByEpoch, planOf, roles=None):
+    """
+    @param targetRole: C{{nodeId: target-role capacity}}.
+    @return: C{{nodeId: probed capacity}}: each target role combined with
+        the relay's measurer role read back by its targets (L{combine}).
+    """
+    backs = readBacksByMeasurer(readBacksByEpoch or {}, planOf, targetRole)
+    out = {}
+    for t, capacity in sorted(targetRole.items()):
+        measurer = weightedMedian(backs[t]) if t in backs else None
+        out[t] = combine(capacity, measurer)
+        if roles is not None:
+            roles[t] = (capacity, measurer)
+    return out
+
+
 def readBacksByMeasurer(readBacksByEpoch, planOf, targetRole):
     """
     @param readBacksByEpoch: C{{epoch: [ReadBack]}}.
@@ -122,29 +157,3 @@ def combine(target, measurer):
     if measurer is None:
         return target
     return max(target * (1 - MEASURE_SHARE), min(target, measurer))
-
-
-def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
-    """
-    @param readBacksByEpoch: C{{epoch: [ReadBack]}} or C{None} (no
-        read-back: a relay's capacity is its target role).
-    @param roles: a dict to fill with C{{nodeId: (target role, measurer
-        role or None)}}, or C{None}.
-    @return: C{{nodeId: probed capacity in bytes/s}} for every relay some
-        assigned measurer with a capacity of its own read.
-    """
-    samples = readingsByTarget(reportsByEpoch, planOf)
-    first = {t: _lowerMedian([n * rate for rate, _, n in s]) for t, s in sorted(samples.items())}
-    targetRole = {}
-    for t, s in sorted(samples.items()):
-        clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
-        if clipped:
-            targetRole[t] = _lowerMedian(clipped)
-    backs = readBacksByMeasurer(readBacksByEpoch or {}, planOf, targetRole)
-    out = {}
-    for t, capacity in sorted(targetRole.items()):
-        measurer = weightedMedian(backs[t]) if t in backs else None
-        out[t] = combine(capacity, measurer)
-        if roles is not None:
-            roles[t] = (capacity, measurer)
-    return out
