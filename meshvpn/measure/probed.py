@@ -23,8 +23,9 @@ its small targets and skips its big ones is still read at what it
 skipped).  A read-back is the measurer's sending rate to that target
 times its number of targets (a measurer splits its part of the slot among
 them, so each sees about that fraction: the same units as the target
-role, C{team size x rate}); a target that could not keep up with it (it
-dropped what it could not echo) reads it as not limiting; a target whose
+role, C{team size x rate}); a target that could not keep up with it for
+most of the slot (it dropped what it could not echo in at least 3/4 of
+the slot's seconds) reads it as not limiting; a target whose
 read-back names it not at all read it sending nothing, 0.  The relay's
 probed capacity is then the bench's C{readback} rule
 (L{meshvpn.tools.benchweights}): the lower of its two roles, never below
@@ -144,7 +145,7 @@ def readBacksByMeasurer(readBacksByEpoch, planOf, targetRole):
                 sent = back.of(m)
                 if sent is None:
                     reading = 0.0
-                elif sent.filled:
+                elif sent.filled(back.millis):
                     reading = math.inf
                 else:
                     reading = len(mine) * sent.received * 1000 / back.millis

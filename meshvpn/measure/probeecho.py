@@ -27,9 +27,9 @@ when all of these hold, else it drops the record and counts why:
 
 While it echoes, the target also reads its measurers back
 (L{meshvpn.measure.probereadback}): for every measurer it echoes, the
-bytes of PROBE data received in the slot, and those it did not echo
-because it was itself the bottleneck (no capacity left, link blocked, the
-sanity bound).  Records from anyone else, or outside the slot, count for
+bytes of PROBE data received in the slot, those it did not echo because
+it was itself the bottleneck (no capacity left, link blocked, the sanity
+bound), and in how many distinct seconds that happened.  Records from anyone else, or outside the slot, count for
 nothing: they are not the measurer's duty.
 
 A malformed PROBE record never gets here: the link refuses it and closes
@@ -63,7 +63,8 @@ class ProbeEcho:
         self._epoch = None
         self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
         self._shares = {}  # measurer -> its TokenBucket share of the node's limit this epoch
-        # epoch -> {measurer: [bytes received, bytes not echoed for want of our capacity]}; only
+        # epoch -> {measurer: [bytes received, bytes not echoed for want of our capacity, seconds that
+        # happened in, the last such second]}; only
         # measurers the plan lets us echo, at most MAX_MEASURERS of them an epoch
         self._back = {}
 
@@ -109,7 +110,7 @@ class ProbeEcho:
             del self._back[old]
         got = counts.get(peer)
         if got is None and len(counts) < MAX_MEASURERS:
-            got = counts[peer] = [0, 0]
+            got = counts[peer] = [0, 0, 0, None]
         return got
 
     def _targetBound(self, back, data, why):
@@ -117,6 +118,9 @@ class ProbeEcho:
         self.counters[why] += 1
         if back is not None:
             back[1] += len(data)
+            second = int(self.clock.seconds())
+            if second != back[3]:
+                back[2], back[3] = back[2] + 1, second
         return False
 
     def readBackOf(self, epoch):
@@ -125,4 +129,5 @@ class ProbeEcho:
         anything in the slot, sorted by measurer prefix.
         """
         counts = self._back.get(epoch, {})
-        return sorted((Sent(prefixOf(m), r, b) for m, (r, b) in counts.items() if r > 0), key=lambda s: s.measurer)
+        return sorted((Sent(prefixOf(m), r, b, n) for m, (r, b, n, _) in counts.items() if r > 0),
+                      key=lambda s: s.measurer)

@@ -13,20 +13,25 @@ reading it unchanged).  A client turns them into the measurer's reading
 in its measurer role (L{meshvpn.measure.probed}).
 
 Per measurer: the bytes of PROBE data received from it inside the slot,
-and how many of those the target did not echo because the target itself
-was the bottleneck (its share of its bandwidth limit was spent, its link
-blocked, or the measurer went past the sanity bound): a measurer the
-target could not keep up with has shown all the target could read of it.
+how many of those the target did not echo because the target itself was
+the bottleneck (its share of its bandwidth limit was spent, its link
+blocked, or the measurer went past the sanity bound), and in how many
+distinct seconds of the slot that happened.  A measurer that kept the
+target its bottleneck for most of the slot (L{FILLED}) has shown all the
+target could read of it; one burst at the slot's start does not (it
+costs one window, not the duty).
 
 Layout (network byte order), one encoding only:
 
     magic "MVR1" | identity key (32) | epoch u32 | epoch length u32 (s) | slot milliseconds u32 | count u8
-    | count x ( measurer id prefix (16) | bytes received u64 | bytes not echoed, target-bound u64 )
+    | count x ( measurer id prefix (16) | bytes received u64 | bytes not echoed, target-bound u64
+                | seconds target-bound u32 )
     | Ed25519 signature (64) over "meshvpn-probe-readback-v1\\0" + everything before it
 
 Sorted strictly by prefix, never the target itself, received at least 1
 byte (a silent measurer is absent: the target read it at nothing) and
-at least the bytes not echoed, at most L{MAX_MEASURERS} entries; the
+at least the bytes not echoed, seconds target-bound 0 exactly when no byte
+was, and at most the epoch's, at most L{MAX_MEASURERS} entries; the
 parser refuses anything else with a L{ReadBackError}.  The signed-record
 code is the traffic report's (L{meshvpn.measure.reports}).
 """
@@ -40,9 +45,10 @@ from meshvpn.measure.reports import MAX_EPOCH_LENGTH, PREFIX, SIG_LEN, prefixOf,
 
 MAGIC = b"MVR1"
 SIG_DOMAIN = b"meshvpn-probe-readback-v1\x00"
-MAX_MEASURERS = 28  # 49 + 28 * 32 + 64 = 1009 bytes: one DHT record value (a target echoes a team of 5 and 2 more)
+MAX_MEASURERS = 25  # 49 + 25 * 36 + 64 = 1013 bytes: one DHT record value (a target echoes a team of 5 and 2 more)
+FILLED = 0.75  # of the slot's seconds a target must have been the bottleneck in for its measurer to count as filling it
 _HEAD = struct.Struct("!4s32sIIIB")
-_ENTRY = struct.Struct("!16sQQ")
+_ENTRY = struct.Struct("!16sQQI")
 MAX_SIZE = _HEAD.size + MAX_MEASURERS * _ENTRY.size + SIG_LEN
 
 
@@ -55,11 +61,15 @@ class Sent:
     measurer: bytes  # 16-byte node id prefix
     received: int  # bytes of PROBE data the target received from it in the slot
     targetBound: int  # of those, bytes the target did not echo because it could not (it was the bottleneck)
+    boundSeconds: int = 0  # distinct seconds of the slot in which that happened
 
-    @property
-    def filled(self):
-        """Whether the measurer sent more than the target could take: it showed all the target could read."""
-        return self.targetBound > 0
+    def filled(self, millis):
+        """
+        Whether the measurer kept sending more than the target could take,
+        in at least L{FILLED} of the C{millis} slot's seconds: it showed all
+        the target could read of it.
+        """
+        return self.boundSeconds * 1000 >= FILLED * millis
 
 
 @attrs.frozen
@@ -110,12 +120,14 @@ def _check(identityKey, epoch, epochLength, millis, sent):
             raise ReadBackError("received bytes must be 1..2**64-1 (a silent measurer is left out)")
         if not 0 <= s.targetBound <= s.received:
             raise ReadBackError("more bytes not echoed than received")
+        if (s.boundSeconds > 0) != (s.targetBound > 0) or s.boundSeconds > epochLength:
+            raise ReadBackError("seconds target-bound must be 1..epoch length exactly when bytes were")
         last = s.measurer
 
 
 def _body(identityKey, epoch, epochLength, millis, sent):
     return b"".join([_HEAD.pack(MAGIC, identityKey, epoch, epochLength, millis, len(sent))]
-                    + [_ENTRY.pack(s.measurer, s.received, s.targetBound) for s in sent])
+                    + [_ENTRY.pack(s.measurer, s.received, s.targetBound, s.boundSeconds) for s in sent])
 
 
 def signReadBack(identity, epoch, epochLength, millis, sent):

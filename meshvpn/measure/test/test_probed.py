@@ -55,9 +55,9 @@ class ProbedTests(unittest.TestCase):
 
 
 def readBack(k, epoch, sent, millis=1000):
-    """Target k's signed read-back: {measurer index: (bytes received, bytes it could not echo)}."""
+    """Target k's signed read-back: {measurer index: (bytes received, bytes it could not echo, in the whole 1 s slot)}."""
     return signReadBack(NODES[k], epoch, 60, millis,
-                        [Sent(prefixOf(IDS[m]), r, b) for m, (r, b) in sent.items()])
+                        [Sent(prefixOf(IDS[m]), r, b, 1 if b else 0) for m, (r, b) in sent.items()])
 
 
 class ReadBackTests(unittest.TestCase):

@@ -20,6 +20,8 @@ at most half, and not at all while they hold less than half of its
 targets' weight.  And probes cap the weights only past the deadline.
 """
 
+import os
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -71,7 +73,7 @@ class Flow(unittest.TestCase):
             probes = ProbeService(clock, node.identity, links, lambda: self.directory, EPOCH, PROBE_SECONDS,
                                   bucket=TokenBucket(clock, echoRate, echoRate))
             if k == self.skipper:
-                probes.probeEpoch = lambda epoch: defer.succeed(None)
+                probes.probeEpoch = lambda epoch, probes=probes, links=links: self.skipSlot(probes, links, epoch)
             meter = FixedMeter()
             pub = ReportPublisher(clock, node.identity, lambda node=node: node, meter, EPOCH, probes=probes)
             for s in (probes, pub):
@@ -107,6 +109,10 @@ class Flow(unittest.TestCase):
     def share(self, w, k):
         total = sum(m.weight for m in w.measures.values())
         return sum(w.measures[self.ids[i]].weight for i in k) / total
+
+    def skipSlot(self, probes, links, epoch):
+        """The skipper's slot: nothing for its targets."""
+        return defer.succeed(None)
 
 
 class ProbeFlowTests(Flow):
@@ -202,7 +208,9 @@ class SkippedMeasuringTests(Flow):
         rate = RATES[5]
         # as a target it shows its whole link (twice its rate); every target read it back sending nothing
         self.assertGreater(target, 1.6 * rate)
-        self.assertEqual(measurer, 0.0)
+        # (the burst: its 64 KB a target over the 5 s slot, times its 5 targets, and never "not limiting")
+        self.assertLessEqual(measurer, 64_000 * 5 / PROBE_SECONDS)
+        self.assertLess(measurer, target * (1 - MEASURE_SHARE))
         probed = w.probedCapacity(self.ids[5])
         self.assertEqual(probed, target * (1 - MEASURE_SHARE))
         self.assertLess(probed, 1.4 * rate)
@@ -217,11 +225,21 @@ class SkippedMeasuringTests(Flow):
         w.readBackCollector.fetchAll = lambda nodeIds, epoch: defer.succeed([])
         self.net.run(w.refresh(), 30)
         unchecked = self.share(w, [5])
-        print(f"\nskipper: capacity share {capacityShare:.3f}, weight share without probes {without:.3f}, "
+        print(f"\n{type(self).__name__}: measurer role {measurer:.0f} B/s; skipper: capacity share {capacityShare:.3f}, weight share without probes {without:.3f}, "
               f"probes without read-back {unchecked:.3f}, read back {held:.3f}; target role {target / rate:.2f}x "
               f"its rate, probed {probed / rate:.2f}x")
         self.assertGreater(unchecked, held)
         self.assertLessEqual(held, 1.25 * capacityShare)
+
+
+class BurstThenSkipTests(SkippedMeasuringTests):
+    """The attack, refined: the skipper sends each target one window at the slot's start (more than its share), then nothing."""
+
+    def skipSlot(self, probes, links, epoch):
+        for t in probes.planOf(epoch).targetsOf(probes.identity.nodeId):
+            for seq in range(64):
+                links.ends[t].sendProbe(seq, os.urandom(1000))
+        return defer.succeed(None)
 
 
 class LyingTargetTests(Flow):

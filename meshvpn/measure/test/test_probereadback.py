@@ -40,15 +40,17 @@ def measurer(i):
 
 class RoundTripTests(unittest.TestCase):
     def test_roundTrip(self):
-        sent = [Sent(measurer(i), 1000 * (i + 1), 10 * i) for i in range(5)]
+        sent = [Sent(measurer(i), 1000 * (i + 1), 10 * i, i) for i in range(5)]
         r = signReadBack(ME, 7, 3600, 20_000, sent)
         again = parseReadBack(r.raw)
         self.assertEqual(again, r)
         self.assertEqual(again.target, ME.nodeId)
         self.assertEqual([s.measurer for s in again.sent], sorted(s.measurer for s in sent))
-        self.assertEqual(again.of(measurer(3) + bytes(16)), Sent(measurer(3), 4000, 30))
-        self.assertTrue(again.of(measurer(3)).filled)
-        self.assertFalse(again.of(measurer(0)).filled)
+        self.assertEqual(again.of(measurer(3) + bytes(16)), Sent(measurer(3), 4000, 30, 3))
+        # the target was the bottleneck in 3 seconds: of a 4 s slot, filled; of a 20 s slot, not
+        self.assertTrue(again.of(measurer(3)).filled(4000))
+        self.assertFalse(again.of(measurer(3)).filled(20_000))
+        self.assertFalse(again.of(measurer(0)).filled(1))
         self.assertIsNone(again.of(measurer(9)))
 
     def test_anEmptyReadBackIsOne(self):
@@ -57,7 +59,7 @@ class RoundTripTests(unittest.TestCase):
         self.assertEqual(parseReadBack(r.raw).sent, ())
 
     def test_theMostMeasurersFitOneDHTRecord(self):
-        r = signReadBack(ME, 1, 3600, 1, [Sent(measurer(i), 2**64 - 1, 2**64 - 1) for i in range(MAX_MEASURERS)])
+        r = signReadBack(ME, 1, 3600, 1, [Sent(measurer(i), 2**64 - 1, 2**64 - 1, 3600) for i in range(MAX_MEASURERS)])
         self.assertEqual(len(r.raw), MAX_SIZE)
         self.assertLessEqual(len(r.raw), 1024)
 
@@ -74,7 +76,10 @@ class RefusalTests(unittest.TestCase):
     def test_whatItCannotSign(self):
         self.refused([Sent(prefixOf(ME.nodeId), 1, 0)], why="itself")
         self.refused([Sent(measurer(1), 0, 0)], why="silent")
-        self.refused([Sent(measurer(1), 5, 6)], why="not echoed")
+        self.refused([Sent(measurer(1), 5, 6, 1)], why="not echoed")
+        self.refused([Sent(measurer(1), 5, 5, 0)], why="seconds")
+        self.refused([Sent(measurer(1), 5, 0, 1)], why="seconds")
+        self.refused([Sent(measurer(1), 5, 5, 3601)], why="seconds")
         self.refused([Sent(measurer(1), 2**64, 0)], why="received")
         self.refused([Sent(b"short", 1, 0)], why="prefix")
         self.refused([], millis=0, why="slot")
@@ -89,7 +94,7 @@ class RefusalTests(unittest.TestCase):
             self.assertIn("sorted", str(self.assertRaises(ReadBackError, parseReadBack, raw)))
 
     def test_forgedOrAnotherKind(self):
-        raw = signReadBack(ME, 1, 3600, 1000, [Sent(measurer(1), 5, 5)]).raw
+        raw = signReadBack(ME, 1, 3600, 1000, [Sent(measurer(1), 5, 5, 1)]).raw
         self.assertIn("signature", str(self.assertRaises(ReadBackError, parseReadBack, raw[:-1] + bytes([raw[-1] ^ 1]))))
         self.assertIn("magic", str(self.assertRaises(ReadBackError, parseReadBack, b"MVQ1" + raw[4:])))
         self.assertIn("length", str(self.assertRaises(ReadBackError, parseReadBack, raw + b"\0")))
@@ -114,7 +119,7 @@ class FuzzTests(unittest.TestCase):
     @given(st.data())
     def test_aChangedReadBackIsRefusedOrTheSame(self, data):
         n = data.draw(st.integers(0, 10))
-        raw = signReadBack(ME, 5, 600, 20_000, [Sent(measurer(i), i + 1, i) for i in range(n)]).raw
+        raw = signReadBack(ME, 5, 600, 20_000, [Sent(measurer(i), i + 1, i, i) for i in range(n)]).raw
         pos = data.draw(st.integers(0, len(raw) - 1))
         new = raw[:pos] + bytes([data.draw(st.integers(0, 255))]) + raw[pos + 1 :]
         try:
@@ -124,10 +129,10 @@ class FuzzTests(unittest.TestCase):
         self.assertEqual(p.raw, raw)
 
     @settings(max_examples=200, deadline=None)
-    @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1)),
-                    max_size=40, unique_by=lambda t: t[0]))
+    @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1),
+                              st.integers(1, 60)), max_size=40, unique_by=lambda t: t[0]))
     def test_whateverItCountedItCanSign(self, entries):
-        sent = [Sent(measurer(i), r, min(b, r)) for i, r, b in entries]
+        sent = [Sent(measurer(i), r, min(b, r), n if min(b, r) else 0) for i, r, b, n in entries]
         r = signReadBack(ME, 3, 60, 5000, sent)
         self.assertEqual(parseReadBack(r.raw), r)
         self.assertLessEqual(len(r.sent), MAX_MEASURERS)
@@ -155,8 +160,8 @@ class CountingTests(unittest.TestCase):
     def test_countsEachMeasurersBytesExactly(self):
         self.send(self.link(MEASURER), 3, 700)
         self.send(self.link(STRANGER), 1, 1)
-        self.assertEqual(self.echo.readBackOf(0), sorted([Sent(prefixOf(MEASURER), 2100, 0),
-                                                         Sent(prefixOf(STRANGER), 1, 0)], key=lambda s: s.measurer))
+        self.assertEqual(self.echo.readBackOf(0), sorted([Sent(prefixOf(MEASURER), 2100, 0, 0),
+                                                         Sent(prefixOf(STRANGER), 1, 0, 0)], key=lambda s: s.measurer))
         self.assertEqual(self.echo.readBackOf(1), [])
 
     def test_whatTheTargetCouldNotTakeIsMarkedItsOwn(self):
@@ -167,8 +172,22 @@ class CountingTests(unittest.TestCase):
         blocked.blocked = True
         self.send(blocked, 2)
         got = {s.measurer: s for s in self.echo.readBackOf(0)}
-        self.assertEqual(got[prefixOf(MEASURER)], Sent(prefixOf(MEASURER), 8000, 3000))
-        self.assertEqual(got[prefixOf(STRANGER)], Sent(prefixOf(STRANGER), 2000, 2000))
+        self.assertEqual(got[prefixOf(MEASURER)], Sent(prefixOf(MEASURER), 8000, 3000, 1))
+        self.assertEqual(got[prefixOf(STRANGER)], Sent(prefixOf(STRANGER), 2000, 2000, 1))
+
+    def test_oneBurstIsNotTheDuty(self):
+        """The attack: a skipper sends one window at the slot's start, more than the target takes, then nothing."""
+        self.echo.bucket = TokenBucket(self.clock, 10_000, 10_000)
+        self.send(self.link(MEASURER), 64)
+        honest = self.link(STRANGER)
+        for _ in range(10):  # an honest measurer keeps sending more than its share, every second of the slot
+            self.send(honest, 8)
+            self.clock.advance(1)
+        got = {s.measurer: s for s in self.echo.readBackOf(0)}
+        self.assertEqual(got[prefixOf(MEASURER)].boundSeconds, 1)
+        self.assertFalse(got[prefixOf(MEASURER)].filled(10_000))
+        self.assertEqual(got[prefixOf(STRANGER)].boundSeconds, 10)
+        self.assertTrue(got[prefixOf(STRANGER)].filled(10_000))
 
     def test_onlyTheMeasurersItEchoesAndOnlyInTheSlot(self):
         """Records from outside the team, or outside the slot, are no measurer's duty: not counted."""
@@ -207,7 +226,7 @@ class PublishedTests(unittest.TestCase):
 
     def test_aTargetsReadBackIsFoundUnderItsKeyAndEpoch(self):
         node, epoch = self.relays[0], self.epoch()
-        back = signReadBack(node.identity, epoch, EPOCH, 5000, [Sent(prefixOf(MEASURER), 10, 0)])
+        back = signReadBack(node.identity, epoch, EPOCH, 5000, [Sent(prefixOf(MEASURER), 10, 0, 0)])
         self.put(node, readBackSalt(epoch), back.raw, epoch)
         self.assertEqual(self.net.run(self.collector.fetch(node.identity.nodeId, epoch), 30), back)
         self.assertIsNone(self.net.run(self.collector.fetch(node.identity.nodeId, epoch + SLOTS), 30))
