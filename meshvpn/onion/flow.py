@@ -160,12 +160,12 @@ class VegasParams:
       fast path the cap is above the fixed counts and changes nothing;
     - C{queueShare}: C{alpha} and C{beta} are also at most what the path
       drains in this share of its minimum round trip, if that is shorter
-      than C{queueTime}.  A stream's first byte takes
-      about two round trips, each one longer by the queue a download keeps
-      on the same relays: a queue of half the round trip keeps it within
-      2x.  On loopback (a round trip of 2-3 ms) 10 ms let 400 cells stand,
-      several round trips; from about 20 ms up (every real path) queueTime
-      is the shorter and nothing changes;
+      than C{queueTime}.  A stream's first byte takes about two round
+      trips, each one longer by the queue a download keeps on the same
+      relays: a queue of half the round trip keeps it within 2x.  On
+      loopback (a round trip of 2-3 ms) 10 ms let 400 cells stand, several
+      round trips; from 20 ms up (every real path) queueTime is the shorter
+      and nothing changes;
     - C{slowStartSamples}: slow start sees a queue in the minimum of this
       many latest samples, not in the standing round trip (0: the standing
       round trip, which lags a doubling window by a whole round trip).
