@@ -274,6 +274,7 @@ def run(args):
         try:
             net.start()
             result = measure(args, net, net.startWeb("127.4.0.1"), {})
+            result.update(_multipathChoice(net))
         finally:
             net.stop()
     if args.multipath:
@@ -316,13 +317,27 @@ def _multipath(args, log):
     }
 
 
-def _linkedStreams(net):
-    """Streams the client handed to a multipath set (from its log): 0 means the download stayed single-path."""
+def _multipathChoice(net):
+    """
+    What the client's automatic multipath rule (its default, doc/protocol.md
+    "When") did with this run's streams, from its log: second legs linked,
+    and bulk streams it kept on one circuit because the client itself was
+    the bottleneck.  On loopback the client's CPU is, so 0 legs is right.
+    """
+    return {"multipath_legs_linked": _linkedStreams(net), "multipath_stayed_single_busy": _logCount(net, "multipath: staying on one circuit")}
+
+
+def _logCount(net, text):
     try:
         with open(net.client.logPath) as f:
-            return sum(1 for line in f if "carried by two circuits" in line)
+            return sum(1 for line in f if text in line)
     except OSError:
         return None
+
+
+def _linkedStreams(net):
+    """Second legs the client linked (from its log): 0 means every stream stayed on one circuit."""
+    return _logCount(net, "carried by two circuits")
 
 
 def _quietCircuitsTaken(net):
@@ -354,6 +369,7 @@ def _runDelayed(args, log):
             try:
                 net.start(timeout=180.0)
                 result = measure(args, net, net.startWeb(delaynet.PIPE_HOST), {})
+                result.update(_multipathChoice(net))
                 hops.check()
             finally:
                 net.stop()

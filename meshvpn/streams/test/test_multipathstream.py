@@ -338,3 +338,72 @@ class Ending(unittest.TestCase):
         w.open(self, again)
         w.pump(20)
         self.assertEqual(again.n, size)
+
+
+class FixedLoad:
+    """The reactor thread's busy share, as the test wants it (circuits/mpload.py measures the real one)."""
+
+    def __init__(self, share):
+        self.value = share
+
+    def share(self):
+        return self.value
+
+
+class AutomaticRule(unittest.TestCase):
+    """The default rule (circuits/mpauto.py) driving a real stream on two real circuits, a second a tick."""
+
+    def download(self, load, minGain, size=20_000_000, step=lambda bulk: 0.1):
+        from meshvpn.circuits.mpauto import MultipathRule
+        from meshvpn.streams.bulkstream import BulkStream
+
+        w = TwoPaths(self, size, push=False)
+        reader = Reader()
+        d = w.a.openStream("198.18.0.9", 80)
+        w.pump()
+        legs = SecondLegs(w.b)
+        bulk = BulkStream(self.successResultOf(d), w.a, legs, rule=MultipathRule(minGain=minGain), load=load)
+        bulk.setReceiver(reader)
+        w.sources[0].push()
+        for _ in range(400000):
+            if reader.n >= size and bulk._ticker is False:
+                break
+            w.n.net.pump(maxSteps=1)
+            w.n.clock.advance(step(bulk))  # a path whose every delivery takes this long: ~1 MB/s at 0.1
+        self.assertEqual(reader.n, size)
+        self.assertEqual(reader.digest.digest(), w.sources[0].sentDigest.digest())
+        return w, bulk, legs
+
+    def test_slowPathIdleClientLinksAndKeeps(self):
+        """Each leg a slow path: two carry twice what one did, and the trial keeps the second."""
+        twoLegs = lambda bulk: 0.1 if bulk.multipath is not None and len(bulk.multipath.mpset.linkedLegs) == 2 else 0.2  # noqa: E731
+        w, bulk, legs = self.download(FixedLoad(0.1), minGain=1.15, step=twoLegs)
+        self.assertEqual(legs.asked, [w.a])
+        self.assertEqual(bulk.rule.phase.value, "multipath")
+        self.assertGreaterEqual(bulk.rule.gain, 1.15)
+        (exitSet,) = w.edge._multipath.registry.sets.values()
+        self.assertTrue(all(n > 0 for n in exitSet.sender.cellsPerLeg()), exitSet.sender.cellsPerLeg())
+
+    def test_busyClientStaysOnOneCircuit(self):
+        w, bulk, legs = self.download(FixedLoad(0.9), minGain=0.0)
+        self.assertEqual(legs.asked, [])
+        self.assertEqual((bulk.state, bulk.rule.phase.value, bulk.rule.stayed), ("single", "single", True))
+        self.assertFalse(w.b.closed)  # never touched
+
+    def test_legThatDoesNotPayIsGivenBack(self):
+        """
+        Both legs share one bottleneck (in memory, a delivery per step either
+        way): the trial finds no gain, the second circuit closes mid-transfer,
+        and the stream goes on whole on the first.
+        """
+        w, bulk, legs = self.download(FixedLoad(0.1), minGain=1.15)
+        self.assertEqual(legs.asked, [w.a])
+        self.assertEqual(bulk.rule.phase.value, "done")
+        self.assertIn("does not pay", bulk.rule.why)
+        self.assertTrue(w.b.closed)
+        self.assertFalse(w.a.closed)
+
+    def test_theEndStopsTheTicks(self):
+        w, bulk, legs = self.download(FixedLoad(0.9), minGain=0.0, size=1_000_000)
+        self.assertIs(bulk._ticker, False)
+        self.assertFalse([c for c in w.n.clock.getDelayedCalls() if "LoopingCall" in repr(c.func)])
