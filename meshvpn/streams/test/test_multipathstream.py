@@ -350,10 +350,22 @@ class FixedLoad:
         return self.value
 
 
+class LegQueue(SecondLegs):
+    """getSecondLeg answering with each of C{circuits} in turn."""
+
+    def __init__(self, circuits):
+        super().__init__(None)
+        self.circuits = list(circuits)
+
+    def getSecondLeg(self, first):
+        self.circuit = self.circuits.pop(0)
+        return super().getSecondLeg(first)
+
+
 class AutomaticRule(unittest.TestCase):
     """The default rule (circuits/mpauto.py) driving a real stream on two real circuits, a second a tick."""
 
-    def download(self, load, minGain, size=20_000_000, step=lambda bulk: 0.1):
+    def download(self, load, minGain, size=20_000_000, step=lambda bulk: 0.1, third=False):
         from meshvpn.circuits.mpauto import MultipathRule
         from meshvpn.streams.bulkstream import BulkStream
 
@@ -362,6 +374,11 @@ class AutomaticRule(unittest.TestCase):
         d = w.a.openStream("198.18.0.9", 80)
         w.pump()
         legs = SecondLegs(w.b)
+        if third:
+            n = w.n
+            w.c = w.build(self, [TestRelay(n.net, n.clock, "guard3", directory=n.dir),
+                                 TestRelay(n.net, n.clock, "middle3", directory=n.dir), n.exit])
+            legs = LegQueue([w.b, w.c])
         bulk = BulkStream(self.successResultOf(d), w.a, legs, rule=MultipathRule(minGain=minGain), load=load)
         bulk.setReceiver(reader)
         w.sources[0].push()
@@ -407,3 +424,32 @@ class AutomaticRule(unittest.TestCase):
         w, bulk, legs = self.download(FixedLoad(0.9), minGain=0.0, size=1_000_000)
         self.assertIs(bulk._ticker, False)
         self.assertFalse([c for c in w.n.clock.getDelayedCalls() if "LoopingCall" in repr(c.func)])
+
+    def test_saturatedClientGivesTheLegBackAndLinksAnotherLater(self):
+        """
+        Kept, then the client saturates for 3 s (the leg goes: its circuit
+        closes mid-transfer), then has room again: a new leg on a third
+        circuit joins the same set at the exit, and the stream arrives whole.
+        """
+        from meshvpn.circuits.mpauto import Phase
+
+        load = FixedLoad(0.1)
+        seen = []
+
+        def step(bulk):
+            phase = bulk.rule.phase
+            if not seen or seen[-1] is not phase:
+                seen.append(phase)
+            load.value = 0.95 if phase is Phase.MULTIPATH and bulk.rule.links == 1 else 0.1
+            two = bulk.multipath is not None and len(bulk.multipath.mpset.linkedLegs) == 2
+            return 0.1 if two else 0.2
+
+        w, bulk, legs = self.download(load, minGain=1.15, size=30_000_000, step=step, third=True)
+        self.assertEqual(legs.asked, [w.a, w.a])
+        self.assertTrue(w.b.closed)
+        self.assertFalse(w.a.closed)
+        self.assertEqual(bulk.rule.links, 2)
+        # The new leg joined the same set (its trial began at MP_LINKED); whether it is kept is
+        # the trial's to say, from rates this in-memory path does not make meaningful.
+        self.assertEqual(seen[:7], [Phase.SINGLE, Phase.LINKING, Phase.TRIAL, Phase.MULTIPATH,
+                                    Phase.SINGLE, Phase.LINKING, Phase.TRIAL])
