@@ -142,16 +142,16 @@ class BulkStream:
 
     def _tick(self):
         now = self.circuit.clock.seconds()
-        then, before = self._lastTick
+        then, moved = self._lastTick
         self._lastTick = (now, self.detector.moved)
-        rate = (self.detector.moved - before) / max(now - then, 1e-3)
+        rate = (self.detector.moved - moved) / max(now - then, 1e-3)
         share = self.load.share() if self.load is not None else None
-        before = self.rule.phase
+        phase = self.rule.phase
         action = self.rule.tick(rate, share)
         if action is Action.STAY:
             log.info("multipath: staying on one circuit ({why})", why=self.rule.why)
-        elif self.rule.phase is not before:
-            log.info("multipath rule: {before} -> {after} ({why})", before=before.value, after=self.rule.phase.value, why=self.rule.why)
+        elif self.rule.phase is not phase:
+            log.info("multipath rule: {before} -> {after} ({why})", before=phase.value, after=self.rule.phase.value, why=self.rule.why)
         if action is Action.LINK:
             if self.multipath is None:
                 self.upgrade()
