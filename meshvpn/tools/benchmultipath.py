@@ -16,9 +16,7 @@ gain it measured (``multipath_rule_gain``, the set's rate over the single
 path's in the seconds before it linked).
 """
 
-import re
-
-from meshvpn.tools.benchthroughput import _linkedStreams, _logCount, _viaSocks
+from meshvpn.tools.benchthroughput import _linkedStreams, _ruleOutcome, _viaSocks
 from meshvpn.tools.benchoutput import report
 
 THROTTLED = ("relay1", "relay2", "relay3", "relay4")
@@ -51,25 +49,6 @@ def _download(args, log, multipath):
     finally:
         net.stop()
     return fetch, nbytes, legs, rule
-
-
-def _ruleOutcome(net):
-    """What the client's rule decided (from its log): links asked for, legs kept or given back, its measured gain."""
-    gains = []
-    try:
-        with open(net.client.logPath) as f:
-            for line in f:
-                m = re.search(r"\(two legs move ([0-9.]+)x|does not pay: ([0-9.]+)x", line)
-                if m:
-                    gains.append(float(m.group(1) or m.group(2)))
-    except OSError:
-        pass
-    return {
-        "multipath_rule_links": _logCount(net, "-> linking"),
-        "multipath_rule_kept": _logCount(net, "-> multipath"),
-        "multipath_rule_gave_back": sum(_logCount(net, t) or 0 for t in ("(the second leg does not pay", "(client busy", "(two legs now move")),
-        "multipath_rule_gain": gains[-1] if gains else None,
-    }
 
 
 def run(args):

@@ -26,6 +26,7 @@ the request then follows BEGIN at once (optimistic data).
 import hashlib
 import json
 import os
+import re
 import socket
 import statistics
 import time
@@ -324,7 +325,27 @@ def _multipathChoice(net):
     and bulk streams it kept on one circuit because the client itself was
     the bottleneck.  On loopback the client's CPU is, so 0 legs is right.
     """
-    return {"multipath_legs_linked": _linkedStreams(net), "multipath_stayed_single_busy": _logCount(net, "multipath: staying on one circuit")}
+    return {"multipath_legs_linked": _linkedStreams(net), "multipath_stayed_single_busy": _logCount(net, "multipath: staying on one circuit"),
+            **_ruleOutcome(net)}
+
+
+def _ruleOutcome(net):
+    """What the client's rule decided (from its log): links asked for, legs kept or given back, its measured gain."""
+    gains = []
+    try:
+        with open(net.client.logPath) as f:
+            for line in f:
+                m = re.search(r"\(two legs move ([0-9.]+)x|does not pay: ([0-9.]+)x", line)
+                if m:
+                    gains.append(float(m.group(1) or m.group(2)))
+    except OSError:
+        pass
+    return {
+        "multipath_rule_links": _logCount(net, "-> linking"),
+        "multipath_rule_kept": _logCount(net, "-> multipath"),
+        "multipath_rule_gave_back": sum(_logCount(net, t) or 0 for t in ("(the second leg does not pay", "(client busy", "(two legs now move")),
+        "multipath_rule_gain": gains[-1] if gains else None,
+    }
 
 
 def _logCount(net, text):
