@@ -154,9 +154,9 @@ class BulkStream:
             log.info("multipath rule: {before} -> {after} ({why})", before=phase.value, after=self.rule.phase.value, why=self.rule.why)
         if action is Action.LINK:
             if self.multipath is None:
-                self.upgrade()
-                if self.state == "single":  # the stream is ending: nothing was asked for
-                    self.rule.failed("the stream is ending")
+                why = self.upgrade()
+                if why is not None and self.rule.phase is Phase.LINKING:
+                    self.rule.failed(why)
             else:
                 self._relink()
         elif action is Action.UNLINK:
@@ -190,12 +190,24 @@ class BulkStream:
             self.rule.legLost()
 
     def upgrade(self):
-        """Build a second leg and move the stream to the set (once; no-op if it cannot)."""
+        """
+        Build a second leg and move the stream to the set (once; no-op if it cannot).
+
+        @return: why nothing was asked for, or C{None}.
+        """
         if self.state != "single" or self._readEnded or self._halfClosed or self.inner.state is not StreamState.OPEN:
-            return
+            return "the stream is ending"
+        if self.inner.mux.multipath is not None:
+            # A circuit is a leg of one set at most: the exit takes a second MP_LINK on it as a
+            # violation and destroys it, with every stream it carries (8 parallel downloads on one
+            # circuit, each bulk, did exactly that before this check).
+            self.state = "failed"
+            log.info("stream stays single-path: its circuit already carries another stream's multipath set")
+            return "its circuit already carries another stream's multipath set"
         self.state = "building"
         d = self.manager.getSecondLeg(self.circuit)
         d.addCallbacks(self._haveLeg, self._noLeg)
+        return None
 
     def _noLeg(self, failure):
         log.info("stream stays single-path: {why}", why=failure.getErrorMessage())
@@ -205,11 +217,13 @@ class BulkStream:
             self.rule.failed(failure.getErrorMessage())
 
     def _haveLeg(self, second):
-        if self.inner.state is not StreamState.OPEN or self._readEnded or self._halfClosed:
+        ending = self.inner.state is not StreamState.OPEN or self._readEnded or self._halfClosed
+        if ending or self.inner.mux.multipath is not None:  # another stream's set took the circuit meanwhile
             second.close()
             self.state = "failed"
             if self.rule is not None and self.rule.phase is Phase.LINKING:
-                self.rule.failed("the stream ended while its second leg was built")
+                self.rule.failed("the stream ended while its second leg was built" if ending
+                                 else "its circuit already carries another stream's multipath set")
             return
         self.state = "upgrading"
         self.multipath, self.linked = upgradeStream(self.inner, self.circuit, second, secrets.token_bytes(32), self.circuit.clock)

@@ -453,3 +453,42 @@ class AutomaticRule(unittest.TestCase):
         # the trial's to say, from rates this in-memory path does not make meaningful.
         self.assertEqual(seen[:7], [Phase.SINGLE, Phase.LINKING, Phase.TRIAL, Phase.MULTIPATH,
                                     Phase.SINGLE, Phase.LINKING, Phase.TRIAL])
+
+    def test_twoBulkStreamsOnOneCircuitLinkOne(self):
+        """
+        A circuit is a leg of one set at most: of two bulk streams sharing it,
+        one links and the other stays single (a second MP_LINK on the circuit
+        would make the exit destroy it, with both streams).
+        """
+        from meshvpn.circuits.mpauto import MultipathRule
+        from meshvpn.streams.bulkstream import BulkStream
+
+        size = 12_000_000
+        w = TwoPaths(self, size, push=False)
+        third = w.build(self, [TestRelay(w.n.net, w.n.clock, "guard3", directory=w.n.dir),
+                               TestRelay(w.n.net, w.n.clock, "middle3", directory=w.n.dir), w.n.exit])
+        legs = LegQueue([w.b, third])
+        readers, bulks = [], []
+        for _ in range(2):
+            d = w.a.openStream("198.18.0.9", 80)
+            w.pump()
+            reader = Reader()
+            bulk = BulkStream(self.successResultOf(d), w.a, legs, rule=MultipathRule(minGain=0.0), load=FixedLoad(0.1))
+            bulk.setReceiver(reader)
+            readers.append(reader)
+            bulks.append(bulk)
+        for src in w.sources:
+            src.push()
+        for _ in range(400000):
+            if all(r.n >= size for r in readers) and all(b._ticker is False for b in bulks):
+                break
+            w.n.net.pump(maxSteps=1)
+            w.n.clock.advance(0.1)
+        for reader, src in zip(readers, w.sources):
+            self.assertEqual(reader.n, size)
+            self.assertEqual(reader.digest.digest(), src.sentDigest.digest())
+        self.assertFalse(w.a.closed)
+        self.assertEqual(sorted(b.state for b in bulks), ["failed", "multipath"])
+        (stayed,) = [b for b in bulks if b.state == "failed"]
+        self.assertIn("already carries another stream's multipath set", stayed.rule.why)
+        self.assertIsNone(stayed.multipath)
