@@ -145,6 +145,8 @@ class BulkStream:
         then, moved = self._lastTick
         self._lastTick = (now, self.detector.moved)
         rate = (self.detector.moved - moved) / max(now - then, 1e-3)
+        if self.multipath is None and self.inner.mux.multipath is not None:
+            return  # another stream's set holds the circuit (one set per circuit): not a candidate while it does
         share = self.load.share() if self.load is not None else None
         phase = self.rule.phase
         action = self.rule.tick(rate, share)

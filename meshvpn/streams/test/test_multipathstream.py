@@ -488,7 +488,6 @@ class AutomaticRule(unittest.TestCase):
             self.assertEqual(reader.n, size)
             self.assertEqual(reader.digest.digest(), src.sentDigest.digest())
         self.assertFalse(w.a.closed)
-        self.assertEqual(sorted(b.state for b in bulks), ["failed", "multipath"])
-        (stayed,) = [b for b in bulks if b.state == "failed"]
-        self.assertIn("already carries another stream's multipath set", stayed.rule.why)
-        self.assertIsNone(stayed.multipath)
+        self.assertEqual(sorted(b.state for b in bulks), ["multipath", "single"])
+        (stayed,) = [b for b in bulks if b.state == "single"]
+        self.assertEqual((stayed.rule.links, stayed.multipath), (0, None))  # not even a candidate while the set holds the circuit
