@@ -367,8 +367,17 @@ class AutomaticRule(unittest.TestCase):
 
     def download(self, load, minGain, size=20_000_000, step=lambda bulk: 0.1, third=False):
         from meshvpn.circuits.mpauto import MultipathRule
+        from meshvpn.onion.flow import VegasParams
         from meshvpn.streams.bulkstream import BulkStream
 
+        # This path's round trip is a count of pump steps, each 0.1 or 0.2 s of
+        # the clock: it halves or doubles from one SENDME to the next, which the
+        # controller's slow start (the minimum of its last 3 samples) reads as
+        # a queue and leaves at once, so a second leg never grows.  Slow start
+        # judged on the standing round trip, as before, keeps this test about
+        # the multipath rule; the real controller with a second leg is shown on
+        # real processes by `meshvpn bench multipath` (test_benchmultipath).
+        self.patch(VegasParams, "slowStartSamples", 0)
         w = TwoPaths(self, size, push=False)
         reader = Reader()
         d = w.a.openStream("198.18.0.9", 80)
