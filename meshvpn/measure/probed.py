@@ -13,6 +13,7 @@ its own (nobody could read it) does not count.  Everything is processed
 sorted by id, so the same reports give the same capacities anywhere.
 """
 
+from meshvpn.measure.probeshare import shareCapacities
 from meshvpn.measure.reports import prefixOf
 
 PROBE_WINDOW = 6  # epochs of probe readings a capacity is read from (the agreed history's window)
@@ -53,9 +54,5 @@ def probedCapacities(reportsByEpoch, planOf):
     """
     samples = readingsByTarget(reportsByEpoch, planOf)
     first = {t: _lowerMedian([n * rate for rate, _, n in s]) for t, s in sorted(samples.items())}
-    out = {}
-    for t, s in sorted(samples.items()):
-        clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
-        if clipped:
-            out[t] = _lowerMedian(clipped)
-    return out
+    # (a reading its busy or small measurer bounded is only a lower bound: probeshare)
+    return shareCapacities({e: readingsByTarget({e: reportsByEpoch[e]}, planOf) for e in reportsByEpoch}, first)
