@@ -3,7 +3,7 @@
 Active capacity probes (doc/measurement.md, *Active capacity probes*)
 need each relay probed by a team of measurers that neither the relay nor
 its friends choose.  The plan is a pure function of the epoch, a seed and
-the candidates (node id, vote, /16, family), so a relay computes which
+the candidates (node id, vote, /16, family, capacity), so a relay computes which
 targets it must probe and which measurers it must echo to, and a client
 computes which readings to believe, without talking to anyone.
 
@@ -33,8 +33,8 @@ capacities every team is L{TEAM_SIZE}, as before.
 The seed (L{planSeed}) is what keeps the plan from being chosen.  With
 none (the epoch alone, what the network passes today) the plan is public
 ahead of time and an identity key can be ground offline to land in a
-chosen target's team in a chosen epoch (a few hundred keys in a network
-of a hundred: test_probeplan shows it).  A hash over the previous
+chosen target's team in a chosen epoch (750 keys, among 40 relays, for
+a team holding three of a liar's four friends: test_probeplan).  A hash over the previous
 window's agreed reports is no better: a reporter chooses its report's
 content (its readings, its byte counts), so the last one to publish can
 try as many variants as it likes.  A commit and reveal leaves only
@@ -67,7 +67,7 @@ CAPACITY_MULTIPLE = 2.0
 # keys, the measurer known to its directory or not: a measurer and a target whose
 # directories differ by a relay or two still agree that the probe is wanted
 # (without it, in a real six-relay testnet, a target refused measurers its
-# directory ranked sixth and the probe read 0).  Clients keep TEAM_SIZE.
+# directory ranked sixth and the probe read 0).  Clients keep the team itself.
 ECHO_SLACK = 2
 SLOT_FROM = 0.2  # the slot starts between this fraction of the epoch ...
 SLOT_UNTIL = 0.85  # ... and ends by this one (reports go out at the epoch's end)
