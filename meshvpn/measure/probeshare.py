@@ -36,8 +36,10 @@ What a hostile measurer can do with it (tested in test_probeshare):
    taken for a busy measurer and loses even the vote it had;
  - inflate: a value above the plain lower median needs two readings that
    reach it, so a lone liar lifts a target at most to the highest honest
-   reading; with two or more it needs more liars than honest uncensored
-   readings above the truth.  Every reading is still clipped to the
+   reading; two or more need to outnumber the target's uncensored honest
+   readings.  Censoring an honest reading takes liars too: to make M look
+   busy, two of them in the teams of most of M's targets; to make M look
+   small, most of M's own team.  Every reading is still clipped to the
    team's size times its measurer's own capacity, and a probe only caps
    a weight (C{aggregate.probeCap}): it never gives weight.
 """
