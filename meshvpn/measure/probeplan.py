@@ -255,16 +255,19 @@ def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM
     return Plan(epoch, slotStart(seed, epoch, epochLength, slotLength), slotLength, teams, bytes(seed), bounds)
 
 
-def candidatesFrom(descriptors, votes=None):
+def candidatesFrom(descriptors, votes=None, capacities=None):
     """
     L{Candidate}s from relay descriptors (L{meshvpn.dht.descriptor.RelayDescriptor}).
 
     @param votes: C{{nodeId: agreed weight}} or C{None}: one vote per relay.
+    @param capacities: C{{nodeId: expected capacity}} (agreed or probed
+        bytes/s) to size teams by, or C{None}: teams of L{TEAM_SIZE}.
     """
     out = []
     for d in descriptors:
         hosts = [a.rsplit(":", 1)[0] for t, a in d.addresses if t != "udp"]
         subnet = min((s for s in map(subnetOf, hosts) if s), default="")
         vote = 1.0 if votes is None else float(votes.get(d.nodeId, 0.0))
-        out.append(Candidate(d.nodeId, vote, subnet, frozenset(d.family)))
+        capacity = 0.0 if capacities is None else float(capacities.get(d.nodeId, 0.0))
+        out.append(Candidate(d.nodeId, vote, subnet, frozenset(d.family), capacity))
     return out

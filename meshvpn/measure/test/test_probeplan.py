@@ -106,6 +106,8 @@ class PlanTests(unittest.TestCase):
         self.assertEqual(got[1], Candidate(nid(2), 0.0, "2001:db8::/32", frozenset()))
         plan = makePlan(1, 3600, 20, got)
         self.assertEqual(plan.teams, {nid(1): (), nid(2): ()})
+        sized = candidatesFrom([D(1, "198.18.0.1:9001")], {nid(1): 3.0}, {nid(1): 5e6})
+        self.assertEqual(sized[0].capacity, 5e6)
 
 
 class CapacityTeamsTests(unittest.TestCase):
