@@ -273,7 +273,8 @@ def probeLines(net):
 # its cells while its bucket is in debt, probes included, so the guard and exits
 # that share its circuits read it at 0 while measurers on other links read its
 # share; with three such measurers of six the lower median is a coin toss each
-# epoch (5 of 8 runs in order at a load average of 15 to 18 on 2 cores).
+# epoch (6 of 9 runs in order at a load average of 11 to 18 on 2 cores; 2 of 3
+# with the plain lower median, whose misreads of the guard and exits are gone).
 # Giving probe records priority over the read pause is what remains.
 LOADED_PROBES = os.environ.get("MESHVPN_LOADED_PROBES") == "1"
 
