@@ -276,8 +276,9 @@ def probeLines(net):
 # its cells while its bucket is in debt, probes included, so the guard and exits
 # that share its circuits read it at 0 while measurers on other links read its
 # share; with three such measurers of six the lower median is a coin toss each
-# epoch (6 of 9 runs in order at a load average of 11 to 18 on 2 cores; 2 of 3
-# with the plain lower median, whose misreads of the guard and exits are gone).
+# epoch (6 of 9 runs in order at a load average of 11 to 21 on 2 cores, 5 of 5
+# at 6 to 15 with the read-back; 2 of 3 with the plain lower median, whose
+# misreads of the guard and exits are gone).
 # Giving probe records priority over the read pause is what remains.
 LOADED_PROBES = os.environ.get("MESHVPN_LOADED_PROBES") == "1"
 
