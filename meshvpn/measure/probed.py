@@ -41,6 +41,7 @@ import math
 
 from meshvpn.measure.aggregate import weightedMedian
 from meshvpn.measure.probereports import MAX_TARGETS
+from meshvpn.measure.probeshare import shareCapacities
 from meshvpn.measure.reports import prefixOf
 
 PROBE_WINDOW = 6  # epochs of probe readings a capacity is read from (the agreed history's window)
@@ -90,11 +91,8 @@ def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
     """
     samples = readingsByTarget(reportsByEpoch, planOf)
     first = {t: _lowerMedian([n * rate for rate, _, n in s]) for t, s in sorted(samples.items())}
-    out = {}
-    for t, s in sorted(samples.items()):
-        clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
-        if clipped:
-            out[t] = _lowerMedian(clipped)
+    # (a reading its busy or small measurer bounded is only a lower bound: probeshare)
+    out = shareCapacities({e: readingsByTarget({e: reportsByEpoch[e]}, planOf) for e in reportsByEpoch}, first)
     return withMeasurerRole(out, readBacksByEpoch, planOf, roles)
 
 

@@ -3,7 +3,7 @@
 Active capacity probes (doc/measurement.md, *Active capacity probes*)
 need each relay probed by a team of measurers that neither the relay nor
 its friends choose.  The plan is a pure function of the epoch, a seed and
-the candidates (node id, vote, /16, family), so a relay computes which
+the candidates (node id, vote, /16, family, capacity), so a relay computes which
 targets it must probe and which measurers it must echo to, and a client
 computes which readings to believe, without talking to anyone.
 
@@ -21,14 +21,28 @@ named by it) as family.
 
 The slot, one for the whole network (the bench's model holds with one
 slot and not with several: doc/measurement.md), starts at a point of the
-epoch read off the same hash.  What it can be ground by: the seed is
-public ahead of time (the network passes none, so it is the epoch
-alone), so an identity key can be ground offline to land in a chosen
-target's team in a chosen epoch: each epoch's draw is independent, so one
-key buys seats in a few epochs, not all of them, and a liar needs three
-seats of five to move the lower median.  Mixing in the hash of the
-agreed weights of an earlier epoch (L{planSeed}) leaves grinding to
-reporters withholding reports, a bit each.
+epoch read off the same hash.
+
+Teams are sized by capacity when the candidates carry one (agreed or
+probed): a target's team takes the smallest keys until their shares (a
+measurer's expected capacity over the number of targets it measures)
+add up to L{CAPACITY_MULTIPLE} times the target's expected capacity,
+never fewer than L{TEAM_SIZE} and never more than L{MAX_TEAM}.  Without
+capacities every team is L{TEAM_SIZE}, as before.
+
+The seed (L{planSeed}) is what keeps the plan from being chosen.  With
+none (the epoch alone, what the network passes today) the plan is public
+ahead of time and an identity key can be ground offline to land in a
+chosen target's team in a chosen epoch (750 keys, among 40 relays, for
+a team holding three of a liar's four friends: test_probeplan).  A hash over the previous
+window's agreed reports is no better: a reporter chooses its report's
+content (its readings, its byte counts), so the last one to publish can
+try as many variants as it likes.  A commit and reveal leaves only
+withholding: each relay commits to a random secret a window ahead and
+reveals it with its reports of the epoch before; the seed is the hash of
+the reveals that match, so the plan is known from the epoch's start, at
+most 0.85 of an epoch before its slot ends, and a relay that withholds
+chooses between two plans, not among many.
 """
 
 import hashlib
@@ -39,12 +53,21 @@ import struct
 import attrs
 
 DOMAIN = b"meshvpn-probe-plan-v1\x00"
-TEAM_SIZE = 5
+SEED_DOMAIN = b"meshvpn-probe-seed-v1\x00"
+COMMIT_DOMAIN = b"meshvpn-probe-commit-v1\x00"
+SECRET_BYTES = 32
+TEAM_SIZE = 5  # the smallest team (a liar needs 3 of 5 seats to move a lower median)
+MAX_TEAM = 9  # the largest: a target splits its rate among its team, and each member is a probe stream to run
+# A team can take in at least this many times its target's expected capacity: a
+# reading is censored at 0.8 of its measurer's share (probeshare.NEAR), so a
+# target at its expected capacity fills about half of each member's share and
+# one up to 1.6 times it is still measured, not only bounded below.
+CAPACITY_MULTIPLE = 2.0
 # A target echoes any measurer whose key is within its first TEAM_SIZE + ECHO_SLACK
 # keys, the measurer known to its directory or not: a measurer and a target whose
 # directories differ by a relay or two still agree that the probe is wanted
 # (without it, in a real six-relay testnet, a target refused measurers its
-# directory ranked sixth and the probe read 0).  Clients keep TEAM_SIZE.
+# directory ranked sixth and the probe read 0).  Clients keep the team itself.
 ECHO_SLACK = 2
 SLOT_FROM = 0.2  # the slot starts between this fraction of the epoch ...
 SLOT_UNTIL = 0.85  # ... and ends by this one (reports go out at the epoch's end)
@@ -58,6 +81,7 @@ class Candidate:
     vote: float = 1.0  # agreed weight, or 1: one vote per relay
     subnet: str = ""  # "/16 or /32" of its address ("" : none, or loopback: shares with nobody)
     family: frozenset = frozenset()  # node ids it names as family
+    capacity: float = 0.0  # expected capacity (bytes/s: agreed or probed), 0 when not known
 
 
 @attrs.frozen
@@ -107,9 +131,34 @@ def subnetOf(host):
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
-def planSeed(weightsDigest=b""):
-    """The seed of the plan: the digest of agreed weights when a network has them, else nothing."""
-    return bytes(weightsDigest)
+def commitmentOf(nodeId, epoch, secret):
+    """What a relay publishes a window ahead: binds it to the C{secret} it reveals for C{epoch}'s plan."""
+    return hashlib.sha256(COMMIT_DOMAIN + bytes(nodeId) + struct.pack("!I", epoch) + bytes(secret)).digest()
+
+
+def planSeed(epoch, reveals, commitments):
+    """
+    The seed of C{epoch}'s plan, by commit and reveal.
+
+    @param reveals: C{{nodeId: secret}} revealed at the end of the epoch
+        before (so the plan is known from C{epoch}'s start, not earlier).
+    @param commitments: C{{nodeId: commitment}} the same relays published
+        with their reports of an earlier epoch, before any of these reveals.
+    @return: the SHA-256 over the revealed secrets whose commitment
+        matches, sorted by node id; C{b""} (the epoch alone) when none does.
+
+    A revealing relay cannot choose its secret once the others' are known
+    (the commitment binds it); all it can do is withhold it, one bit of
+    choice per relay that withholds.
+    """
+    kept = sorted((bytes(n), bytes(s)) for n, s in reveals.items()
+                  if len(s) == SECRET_BYTES and commitments.get(n) == commitmentOf(n, epoch, s))
+    if not kept:
+        return b""
+    h = hashlib.sha256(SEED_DOMAIN + struct.pack("!I", epoch))
+    for nodeId, secret in kept:
+        h.update(nodeId + secret)
+    return h.digest()
 
 
 def _unit(seed, epoch, target, measurer):
@@ -140,20 +189,51 @@ def excluded(a, b):
     return a.nodeId in b.family or b.nodeId in a.family
 
 
-def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM_SIZE, slack=ECHO_SLACK):
+def measurerShares(ordered, keyedByTarget, teamSize):
+    """
+    What each measurer can give one target: its expected capacity over the
+    number of targets it measures in a plan of fixed C{teamSize} teams
+    (its load; a measurer reads all its targets in the one slot).
+    """
+    load = {}
+    for keyed in keyedByTarget.values():
+        for _, m in keyed[:teamSize]:
+            load[m] = load.get(m, 0) + 1
+    return {c.nodeId: c.capacity / load.get(c.nodeId, 1) for c in ordered
+            if c.capacity > 0 and math.isfinite(c.capacity)}
+
+
+def teamLength(keyed, need, shares, teamSize, maxTeam):
+    """
+    How many of C{keyed} (smallest key first) a target's team takes: at
+    least C{teamSize}, then more until their shares add up to C{need}, at
+    most C{maxTeam}, never more than there are.
+    """
+    n = min(teamSize, len(keyed))
+    got = sum(shares.get(m, 0.0) for _, m in keyed[:n])
+    while n < min(maxTeam, len(keyed)) and got < need:
+        got += shares.get(keyed[n][1], 0.0)
+        n += 1
+    return n
+
+
+def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM_SIZE, slack=ECHO_SLACK,
+             maxTeam=MAX_TEAM, multiple=CAPACITY_MULTIPLE):
     """
     The probe plan of C{epoch}.
 
     @param candidates: L{Candidate}s (any order; duplicates of a node id
         keep the first); a vote of 0 or less never measures.
-    @return: a L{Plan}: every candidate a target, with at most C{teamSize}
-        measurers.
+    @return: a L{Plan}: every candidate a target, with C{teamSize}
+        measurers (fewer if there are not so many), more (up to
+        C{maxTeam}) for a target whose expected capacity C{teamSize}
+        members' shares cannot take in C{multiple} times over.
     """
     byId = {}
     for c in candidates:
         byId.setdefault(bytes(c.nodeId), c)
     ordered = [byId[k] for k in sorted(byId)]
-    teams, bounds = {}, {}
+    keyedByTarget = {}
     for target in ordered:
         keyed = []
         for m in ordered:
@@ -161,23 +241,33 @@ def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM
                 continue
             keyed.append((keyOf(seed, epoch, target.nodeId, m.nodeId, m.vote), m.nodeId))
         keyed.sort()
-        teams[target.nodeId] = tuple(n for _, n in keyed[:teamSize])
+        keyedByTarget[target.nodeId] = keyed
+    shares = measurerShares(ordered, keyedByTarget, teamSize)
+    teams, bounds = {}, {}
+    for target in ordered:
+        keyed = keyedByTarget[target.nodeId]
+        need = multiple * target.capacity if target.capacity > 0 and math.isfinite(target.capacity) else 0.0
+        n = teamLength(keyed, need, shares, teamSize, max(teamSize, maxTeam))
+        teams[target.nodeId] = tuple(m for _, m in keyed[:n])
         # with fewer candidates than the slack covers, any key is close enough
-        bounds[target.nodeId] = keyed[teamSize + slack - 1][0] if len(keyed) >= teamSize + slack else math.inf
+        bounds[target.nodeId] = keyed[n + slack - 1][0] if len(keyed) >= n + slack else math.inf
     slotLength = min(float(slotLength), epochLength * (SLOT_UNTIL - SLOT_FROM))
     return Plan(epoch, slotStart(seed, epoch, epochLength, slotLength), slotLength, teams, bytes(seed), bounds)
 
 
-def candidatesFrom(descriptors, votes=None):
+def candidatesFrom(descriptors, votes=None, capacities=None):
     """
     L{Candidate}s from relay descriptors (L{meshvpn.dht.descriptor.RelayDescriptor}).
 
     @param votes: C{{nodeId: agreed weight}} or C{None}: one vote per relay.
+    @param capacities: C{{nodeId: expected capacity}} (agreed or probed
+        bytes/s) to size teams by, or C{None}: teams of L{TEAM_SIZE}.
     """
     out = []
     for d in descriptors:
         hosts = [a.rsplit(":", 1)[0] for t, a in d.addresses if t != "udp"]
         subnet = min((s for s in map(subnetOf, hosts) if s), default="")
         vote = 1.0 if votes is None else float(votes.get(d.nodeId, 0.0))
-        out.append(Candidate(d.nodeId, vote, subnet, frozenset(d.family)))
+        capacity = 0.0 if capacities is None else float(capacities.get(d.nodeId, 0.0))
+        out.append(Candidate(d.nodeId, vote, subnet, frozenset(d.family), capacity))
     return out

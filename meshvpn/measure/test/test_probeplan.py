@@ -1,12 +1,15 @@
 """The probe plan: the same inputs give the same plan on every node, teams within bounds and never self, /16 or family."""
 
 import hashlib
+import math
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from meshvpn.measure.probeplan import TEAM_SIZE, Candidate, candidatesFrom, keyOf, makePlan, subnetOf
+from meshvpn.measure.probeplan import (CAPACITY_MULTIPLE, MAX_TEAM, TEAM_SIZE, Candidate, candidatesFrom,
+                                       commitmentOf, keyOf, makePlan, measurerShares, planSeed, subnetOf)
 
 
 def nid(i):
@@ -15,10 +18,11 @@ def nid(i):
 
 candidateLists = st.lists(
     st.builds(
-        lambda i, vote, net, fam: Candidate(nid(i), vote, f"198.{18 + net}.0.0/16" if net < 2 else "",
-                                            frozenset(nid(f) for f in fam)),
+        lambda i, vote, net, fam, cap: Candidate(nid(i), vote, f"198.{18 + net}.0.0/16" if net < 2 else "",
+                                                 frozenset(nid(f) for f in fam), cap),
         st.integers(0, 60), st.sampled_from([0.0, 1.0, 2.5, 1000.0]), st.integers(0, 4),
-        st.lists(st.integers(0, 60), max_size=2)),
+        st.lists(st.integers(0, 60), max_size=2),
+        st.sampled_from([0.0, 1e3, 1e5, 1e7, float("inf"), float("nan")])),
     max_size=25)
 
 
@@ -47,7 +51,6 @@ class PlanTests(unittest.TestCase):
             byId.setdefault(c.nodeId, c)
         self.assertEqual(set(plan.teams), set(byId))
         for target, team in plan.teams.items():
-            self.assertLessEqual(len(team), TEAM_SIZE)
             self.assertEqual(len(set(team)), len(team))
             t = byId[target]
             for m in team:
@@ -60,7 +63,10 @@ class PlanTests(unittest.TestCase):
                 self.assertNotIn(target, c.family)
             eligible = [c for c in byId.values() if c.nodeId != target and c.vote > 0 and not
                         (c.subnet and c.subnet == t.subnet) and c.nodeId not in t.family and target not in c.family]
-            self.assertEqual(len(team), min(TEAM_SIZE, len(eligible)))
+            self.assertGreaterEqual(len(team), min(TEAM_SIZE, len(eligible)))
+            self.assertLessEqual(len(team), min(MAX_TEAM, len(eligible)))
+            if not any(c.capacity > 0 for c in byId.values()):
+                self.assertEqual(len(team), min(TEAM_SIZE, len(eligible)))
         self.assertGreaterEqual(plan.slotStart, 0.2 * length - 1e-9)
         self.assertLessEqual(plan.slotStart + plan.slotLength, 0.85 * length + 1e-9)
 
@@ -100,6 +106,63 @@ class PlanTests(unittest.TestCase):
         self.assertEqual(got[1], Candidate(nid(2), 0.0, "2001:db8::/32", frozenset()))
         plan = makePlan(1, 3600, 20, got)
         self.assertEqual(plan.teams, {nid(1): (), nid(2): ()})
+        sized = candidatesFrom([D(1, "198.18.0.1:9001")], {nid(1): 3.0}, {nid(1): 5e6})
+        self.assertEqual(sized[0].capacity, 5e6)
+
+
+class CapacityTeamsTests(unittest.TestCase):
+    """Teams sized by capacity: a team can take in CAPACITY_MULTIPLE times its target's expected capacity."""
+
+    def network(self, seed, count=60):
+        rnd = random.Random(seed)
+        # a realistic spread: most relays small, a few a hundred times larger
+        caps = [rnd.lognormvariate(math.log(2e6), 1.3) for _ in range(count)]
+        return [Candidate(nid(i), c, capacity=c) for i, c in enumerate(caps)]
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+    def test_teamsTakeInAMultipleOfTheirTarget(self, seed, epoch):
+        cands = self.network(seed)
+        plan = makePlan(epoch, 3600, 20, cands)
+        self.assertEqual(makePlan(epoch, 3600, 20, list(reversed(cands))), plan)
+        # (the shares of a plan of fixed teams: what sized these)
+        fixed = makePlan(epoch, 3600, 20, cands, maxTeam=TEAM_SIZE)
+        load = {}
+        for team in fixed.teams.values():
+            for m in team:
+                load[m] = load.get(m, 0) + 1
+        byId = {c.nodeId: c for c in cands}
+        for target, team in plan.teams.items():
+            self.assertGreaterEqual(len(team), TEAM_SIZE)
+            self.assertLessEqual(len(team), MAX_TEAM)
+            self.assertNotIn(target, team)
+            got = sum(byId[m].capacity / load.get(m, 1) for m in team)
+            if len(team) < MAX_TEAM:
+                self.assertGreaterEqual(got, CAPACITY_MULTIPLE * byId[target].capacity)
+            if len(team) > TEAM_SIZE:
+                # the smallest team that does it
+                self.assertLess(got - byId[team[-1]].capacity / load.get(team[-1], 1),
+                                CAPACITY_MULTIPLE * byId[target].capacity)
+            # the team is the smallest keys, in order: sizing only cuts the list later
+            self.assertEqual(team[:TEAM_SIZE], fixed.teams[target])
+
+    def test_biggerTargetsGetBiggerTeamsByVote(self):
+        cands = self.network(3)
+        plan = makePlan(11, 3600, 20, cands)
+        byCap = sorted(cands, key=lambda c: c.capacity)
+        small = [len(plan.teams[c.nodeId]) for c in byCap[:20]]
+        big = [len(plan.teams[c.nodeId]) for c in byCap[-5:]]
+        self.assertEqual(set(small), {TEAM_SIZE})
+        self.assertGreater(sum(big) / len(big), TEAM_SIZE)
+
+    def test_sharesFollowLoad(self):
+        cands = [Candidate(nid(i), 1.0, capacity=1000.0 * (i + 1)) for i in range(10)]
+        plan = makePlan(2, 3600, 20, cands, maxTeam=TEAM_SIZE)
+        keyed = {c.nodeId: sorted((keyOf(b"", 2, c.nodeId, m.nodeId, 1.0), m.nodeId) for m in cands if m is not c)
+                 for c in cands}
+        shares = measurerShares(sorted(cands, key=lambda c: c.nodeId), keyed, TEAM_SIZE)
+        for c in cands:
+            self.assertAlmostEqual(shares[c.nodeId], c.capacity / len(plan.targetsOf(c.nodeId)))
 
 
 class EchoBoundTests(unittest.TestCase):
@@ -120,3 +183,68 @@ class EchoBoundTests(unittest.TestCase):
         # a stranger's key is what it is: about 7 in 30 land within the bound, the rest are refused
         strangers = [hashlib.sha256(b"stranger%d" % i).digest() for i in range(200)]
         self.assertLess(sum(full.echoes(s, target) for s in strangers), 80)
+
+
+class SeedTests(unittest.TestCase):
+    """Who can choose a team: with the epoch alone as seed, anyone who grinds keys; by commit and reveal, nobody."""
+
+    def setUp(self):
+        rnd = random.Random(7)
+        self.ids = [nid(i) for i in range(40)]
+        self.liar, self.friends = self.ids[0], set(self.ids[1:5])
+        self.secrets = {e: {n: rnd.randbytes(32) for n in self.ids} for e in range(120)}
+        self.commitments = {e: {n: commitmentOf(n, e, s) for n, s in self.secrets[e].items()} for e in range(120)}
+
+    def friendsInTeam(self, ids, seed, epoch, target):
+        plan = makePlan(epoch, 3600, 20, [Candidate(n) for n in ids], seed)
+        return sum(m in self.friends for m in plan.teams[target])
+
+    def test_aPublicSeedIsGroundByKeys(self):
+        """The attack: a liar grinds identity keys offline until three of its four friends measure it."""
+        others = self.ids[1:]
+        for tries in range(20_000):
+            key = hashlib.sha256(b"ground%d" % tries).digest()
+            if self.friendsInTeam(others + [key], b"", 77, key) >= 3:
+                break
+        else:
+            self.fail("no key ground")
+        print(f"\nground in {tries + 1} keys")
+
+    def test_byCommitAndRevealTheLiarCannotChooseItsTeam(self):
+        """
+        The same liar and its four friends each reveal or withhold (32
+        seeds an epoch): in most epochs no choice gives it three friends,
+        where a public seed let it grind one every time.
+        """
+        import itertools
+
+        chosen = 0
+        epochs = range(40)
+        colluders = [self.liar] + sorted(self.friends)
+        for e in epochs:
+            best = 0
+            for withheld in itertools.product((False, True), repeat=len(colluders)):
+                skip = {n for n, w in zip(colluders, withheld) if w}
+                reveals = {n: s for n, s in self.secrets[e].items() if n not in skip}
+                seed = planSeed(e, reveals, self.commitments[e])
+                best = max(best, self.friendsInTeam(self.ids, seed, e, self.liar))
+            chosen += best >= 3
+        print(f"\nthree friends could be chosen in {chosen} of {len(epochs)} epochs")
+        # about 13% of epochs (32 tries of a 0.4% chance); a lower median over six epochs needs more
+        self.assertLess(chosen / len(epochs), 0.35)
+
+    def test_onlyRevealsMatchingTheirCommitmentCount(self):
+        e = 5
+        reveals = dict(self.secrets[e])
+        seed = planSeed(e, reveals, self.commitments[e])
+        self.assertEqual(len(seed), 32)
+        self.assertEqual(planSeed(e, dict(reversed(list(reveals.items()))), self.commitments[e]), seed)
+        # the liar changes its secret after seeing the others': ignored, as if withheld
+        changed = {**reveals, self.liar: b"\x01" * 32}
+        withheld = {n: s for n, s in reveals.items() if n != self.liar}
+        self.assertEqual(planSeed(e, changed, self.commitments[e]), planSeed(e, withheld, self.commitments[e]))
+        self.assertNotEqual(planSeed(e, withheld, self.commitments[e]), seed)
+        # a commitment of another epoch, a short secret, nothing: no reveal counts
+        self.assertEqual(planSeed(e + 1, reveals, self.commitments[e]), b"")
+        self.assertEqual(planSeed(e, {self.liar: b"x"}, {self.liar: commitmentOf(self.liar, e, b"x")}), b"")
+        self.assertEqual(planSeed(e, {}, {}), b"")
