@@ -437,17 +437,36 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     return pairOf(out, o);
 }
 
-/* originateRun(cmd, bodies, head) -> ([head + cell, ...], [tag, ...]): originate for several bodies in order. */
+/*
+ * originateRun(cmd, bodies, head[, at, maxData]) -> ([head + cell, ...], [tag, ...]): originate for
+ * several bodies in order.  With `at`, each item is a common-layout relay payload (PAYLOAD_LEN
+ * bytes) whose body starts at byte `at`; its data length (bytes 3-4 of the body) must be at most
+ * maxData.  Every item is checked before any is sealed, so a bad one leaves the keys as they were.
+ */
+#define PAYLOAD_LEN 509
+#define LEN_AT 3
+
 static PyObject *
 Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
     Py_buffer head, body;
     PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
-    Py_ssize_t n, i;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head)");
+    Py_ssize_t n, i, at = -1, maxData = 0, itemLen = BODY_LEN;
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head[, at, maxData])");
         return NULL;
+    }
+    if (nargs == 5) {
+        at = PyLong_AsSsize_t(args[3]);
+        maxData = PyLong_AsSsize_t(args[4]);
+        if ((at == -1 || maxData == -1) && PyErr_Occurred())
+            return NULL;
+        if (at < 0 || at + BODY_LEN > PAYLOAD_LEN) {
+            PyErr_SetString(PyExc_ValueError, "body offset outside the relay payload");
+            return NULL;
+        }
+        itemLen = PAYLOAD_LEN;
     }
     if (parseCmd(args[0], &cmd) < 0)
         return NULL;
@@ -457,6 +476,24 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL)
         goto done;
     n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        const unsigned char *b;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
+            goto done;
+        b = body.buf;
+        if (body.len != itemLen) {
+            PyErr_Format(PyExc_ValueError, at < 0 ? "CGO body of %zd bytes, expected %zd"
+                                                  : "relay payload of %zd bytes, expected %zd", body.len, itemLen);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        if (at >= 0 && ((Py_ssize_t)b[at + LEN_AT] << 8 | b[at + LEN_AT + 1]) > maxData) {
+            PyErr_Format(PyExc_ValueError, "relay data over %zd bytes on a CGO hop", maxData);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        PyBuffer_Release(&body);
+    }
     cells = PyList_New(n);
     tags = PyList_New(n);
     if (cells == NULL || tags == NULL)
@@ -466,13 +503,13 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
         unsigned char *o;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
             goto done;
-        if (body.len != BODY_LEN) {
-            PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+        if (body.len != itemLen) { /* changed under us (a bytearray resized by another thread) */
+            PyErr_SetString(PyExc_ValueError, "a body changed size while it was sealed");
             PyBuffer_Release(&body);
             goto done;
         }
         memcpy(in, d->nonce, BLOCK);
-        memcpy(in + BLOCK, body.buf, BODY_LEN);
+        memcpy(in + BLOCK, (unsigned char *)body.buf + (at < 0 ? 0 : at), BODY_LEN);
         PyBuffer_Release(&body);
         memcpy(nonce, d->nonce, BLOCK);
         out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
@@ -552,6 +589,219 @@ done:
     Py_XDECREF(seq);
     PyBuffer_Release(&head);
     return list;
+}
+
+/*
+ * The link side of a relay's hot path: cells as the link hands them over, each a whole
+ * LINK_CELL-byte cell (circuit id 4 | command 1 | payload 509), one Python object each.
+ * A run is the cells from `start` on that have the first one's circuit id and command and the
+ * right size; the channel finds it (runEnd) and gives it to its circuit's end, which puts the
+ * run through its layer straight from the link's cells (passCells, forwardCells): no slice per
+ * cell, and the output cells already carry the next link's circuit id and command.
+ */
+#define LINK_CELL (5 + CELL_LEN)
+#define LINK_HEAD 5
+
+/* cells[i] as a buffer when it is a whole link cell, else buf->buf == NULL (no error set). */
+static int
+linkCell(PyObject *seq, Py_ssize_t i, Py_buffer *buf)
+{
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (buf->len != LINK_CELL) {
+        PyBuffer_Release(buf);
+        buf->buf = NULL;
+    }
+    return 0;
+}
+
+/* runEnd(cells, start) -> stop: cells[start:stop] are whole cells with cells[start]'s first 5 bytes. */
+static PyObject *
+runEnd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char head[LINK_HEAD];
+    PyObject *seq;
+    Py_ssize_t start, n, j;
+    Py_buffer c;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cells, start)");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    seq = PySequence_Fast(args[0], "cells must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (start < 0 || start >= n) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_IndexError, "run start outside the cells");
+        return NULL;
+    }
+    if (linkCell(seq, start, &c) < 0)
+        goto fail;
+    if (c.buf == NULL) {
+        PyErr_Format(PyExc_ValueError, "a run starts with a whole %d-byte cell", LINK_CELL);
+        goto fail;
+    }
+    memcpy(head, c.buf, LINK_HEAD);
+    PyBuffer_Release(&c);
+    for (j = start + 1; j < n; j++) {
+        int same;
+        if (linkCell(seq, j, &c) < 0)
+            goto fail;
+        if (c.buf == NULL)
+            break;
+        same = memcmp(c.buf, head, LINK_HEAD) == 0;
+        PyBuffer_Release(&c);
+        if (!same)
+            break;
+    }
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(j);
+fail:
+    Py_DECREF(seq);
+    return NULL;
+}
+
+/* The run arguments (cmd, cells, start, stop, head) shared by passCells and forwardCells. */
+static int
+parseRun(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, PyObject **seq, Py_ssize_t *start,
+         Py_ssize_t *stop, Py_buffer *head)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, cells, start, stop, head)");
+        return -1;
+    }
+    if (parseCmd(args[0], cmd) < 0)
+        return -1;
+    *start = PyLong_AsSsize_t(args[2]);
+    *stop = PyLong_AsSsize_t(args[3]);
+    if ((*start == -1 || *stop == -1) && PyErr_Occurred())
+        return -1;
+    *seq = PySequence_Fast(args[1], "cells must be a sequence");
+    if (*seq == NULL)
+        return -1;
+    if (*start < 0 || *stop < *start || *stop > PySequence_Fast_GET_SIZE(*seq)) {
+        PyErr_SetString(PyExc_IndexError, "run outside the cells");
+        Py_CLEAR(*seq);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[4], head, PyBUF_SIMPLE) < 0) {
+        Py_CLEAR(*seq);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+runCell(PyObject *seq, Py_ssize_t i, Py_buffer *c)
+{
+    if (linkCell(seq, i, c) < 0)
+        return -1;
+    if (c->buf == NULL) {
+        PyErr_Format(PyExc_ValueError, "a run holds whole %d-byte cells only", LINK_CELL);
+        return -1;
+    }
+    return 0;
+}
+
+/* passCells(cmd, cells, start, stop, head) -> [head + layer(cell[5:]) for cell in cells[start:stop]]. */
+static PyObject *
+Direction_passCells(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd;
+    Py_buffer head, c;
+    PyObject *seq, *list = NULL;
+    Py_ssize_t start, stop, i;
+    if (parseRun(args, nargs, &cmd, &seq, &start, &stop, &head) < 0)
+        return NULL;
+    list = PyList_New(stop - start);
+    if (list == NULL)
+        goto done;
+    for (i = start; i < stop; i++) {
+        PyObject *out;
+        unsigned char *o;
+        if (runCell(seq, i, &c) < 0)
+            goto fail;
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL) {
+            PyBuffer_Release(&c);
+            goto fail;
+        }
+        PyList_SET_ITEM(list, i - start, out);
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        if (layer(d, cmd, (unsigned char *)c.buf + LINK_HEAD, o + head.len) < 0) {
+            PyBuffer_Release(&c);
+            goto fail;
+        }
+        PyBuffer_Release(&c);
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_DECREF(seq);
+    PyBuffer_Release(&head);
+    return list;
+}
+
+/*
+ * forwardCells(cmd, cells, start, stop, head) -> (next, [head + out, ...], mine): the layer with
+ * recognition on cells[start:stop] in order, up to and including the first cell for this end.
+ * The list holds the cells before it, to pass on; mine is None, or (out, tag) for that cell
+ * (as layer() returns it); next is the index after the last cell taken.
+ */
+static PyObject *
+Direction_forwardCells(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, inTag[BLOCK], o[CELL_LEN];
+    Py_buffer head, c;
+    PyObject *seq, *list = NULL, *mine = NULL, *result = NULL;
+    Py_ssize_t start, stop, i;
+    if (parseRun(args, nargs, &cmd, &seq, &start, &stop, &head) < 0)
+        return NULL;
+    list = PyList_New(0);
+    if (list == NULL)
+        goto done;
+    for (i = start; i < stop && mine == NULL; i++) {
+        int ours;
+        if (runCell(seq, i, &c) < 0)
+            goto done;
+        memcpy(inTag, (unsigned char *)c.buf + LINK_HEAD, BLOCK);
+        ours = 0;
+        if (layerRecognize(d, cmd, (unsigned char *)c.buf + LINK_HEAD, o, &ours) < 0) {
+            PyBuffer_Release(&c);
+            goto done;
+        }
+        PyBuffer_Release(&c);
+        if (ours) {
+            PyObject *out = PyBytes_FromStringAndSize((const char *)o, CELL_LEN);
+            if (out == NULL || (mine = pairOf(out, inTag)) == NULL)
+                goto done;
+        } else {
+            PyObject *out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+            int rc;
+            if (out == NULL)
+                goto done;
+            memcpy(PyBytes_AS_STRING(out), head.buf, head.len);
+            memcpy(PyBytes_AS_STRING(out) + head.len, o, CELL_LEN);
+            rc = PyList_Append(list, out);
+            Py_DECREF(out);
+            if (rc < 0)
+                goto done;
+        }
+    }
+    result = Py_BuildValue("(nOO)", i, list, mine == NULL ? Py_None : mine);
+done:
+    OPENSSL_cleanse(o, CELL_LEN);
+    Py_XDECREF(list);
+    Py_XDECREF(mine);
+    Py_DECREF(seq);
+    PyBuffer_Release(&head);
+    return result;
 }
 
 /*
@@ -668,6 +918,10 @@ static PyMethodDef Direction_methods[] = {
      "originateRun(cmd, bodies, head) -> ([head + cell], [tag]): originate for several bodies"},
     {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
      "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
+    {"passCells", (PyCFunction)(void (*)(void))Direction_passCells, METH_FASTCALL,
+     "passCells(cmd, cells, start, stop, head) -> [head + layer(cell[5:])]: link cells passing through"},
+    {"forwardCells", (PyCFunction)(void (*)(void))Direction_forwardCells, METH_FASTCALL,
+     "forwardCells(cmd, cells, start, stop, head) -> (next, [head + out], None or (out, tag)): up to the first for this end"},
     {NULL}
 };
 
@@ -691,6 +945,8 @@ static PyTypeObject DirectionType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"runEnd", (PyCFunction)(void (*)(void))runEnd, METH_FASTCALL,
+     "runEnd(cells, start) -> stop: the whole cells from start on with its circuit id and command"},
     {"unwrapRun", (PyCFunction)(void (*)(void))unwrapRun, METH_FASTCALL,
      "unwrapRun(cmd, payloads, directions, pad) -> [(hop, pad + body, tag), ...] (None ends it)"},
     {NULL}

@@ -61,6 +61,10 @@ BODY_LEN = 493
 CELL_LEN = TAG_LEN + BODY_LEN  # the 509-byte cell payload
 STATE_SEED_LEN = 4 * BLOCK  # KB | KU | KS | N
 KEY_MATERIAL_LEN = 2 * STATE_SEED_LEN  # forward, then backward
+PAYLOAD_LEN = 509  # a common-layout relay payload (meshvpn.onion.cells), what originateRun's `at` reads
+_LEN_AT = 3  # the data length's offset in a body (command 1, stream 2)
+_LINK_HEAD = 5  # circuit id and command, before a cell's payload on the link
+LINK_CELL = _LINK_HEAD + CELL_LEN  # a whole cell as the link hands it over (meshvpn.link.cellsize)
 _ECB = modes.ECB()
 _UPDATE = b"\x01"
 _SEED_ZEROS = bytes(STATE_SEED_LEN)
@@ -144,8 +148,23 @@ class PyDirection:
             self.update(out[:TAG_LEN])
         return out, out[:TAG_LEN]
 
-    def originateRun(self, cmd, bodies, head):
-        """L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}."""
+    def originateRun(self, cmd, bodies, head, at=None, maxData=None):
+        """
+        L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}.
+
+        With C{at}, each item is a common-layout relay payload (L{PAYLOAD_LEN}
+        bytes) whose body starts at byte C{at}, its data length at most
+        C{maxData}; every item is checked before any is sealed.
+
+        @raise ValueError: an item of the wrong size or length field.
+        """
+        if at is not None:
+            for plain in bodies:
+                if len(plain) != PAYLOAD_LEN:
+                    raise ValueError(f"relay payload of {len(plain)} bytes, expected {PAYLOAD_LEN}")
+                if ((plain[at + _LEN_AT] << 8) | plain[at + _LEN_AT + 1]) > maxData:
+                    raise ValueError(f"relay data over {maxData} bytes on a CGO hop")
+            bodies = [plain[at:at + BODY_LEN] for plain in bodies]
         cells, tags = [], []
         for body in bodies:
             cell, tag = self.originate(cmd, body)
@@ -157,6 +176,34 @@ class PyDirection:
         """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
         step = self.decrypt if self._decrypting else self.encrypt
         return [head + step(cmd, payload) for payload in payloads]
+
+    def passCells(self, cmd, cells, start, stop, head):
+        """L{passRun} on the payloads of the link cells C{cells[start:stop]} (each L{LINK_CELL} bytes)."""
+        _checkRun(cells, start, stop)
+        return self.passRun(cmd, [cell[_LINK_HEAD:] for cell in cells[start:stop]], head)
+
+    def forwardCells(self, cmd, cells, start, stop, head):
+        """
+        L{layer} on the payloads of the link cells C{cells[start:stop]} in
+        order, up to and including the first one for this end.
+
+        @return: C{(next, [head + out, ...], mine)}: the cells before that one,
+            to pass on; C{mine} is C{None} or that one's C{(out, tag)}; C{next}
+            the index after the last cell taken.
+        """
+        _checkRun(cells, start, stop)
+        out = []
+        i = start
+        while i < stop:
+            cell = cells[i]
+            if len(cell) != LINK_CELL:
+                raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+            i += 1
+            plain, tag = self.layer(cmd, cell[_LINK_HEAD:])
+            if tag is not None:
+                return i, out, (plain, tag)
+            out.append(head + plain)
+        return i, out, None
 
 
 def pyUnwrapRun(cmd, payloads, directions, pad):
@@ -180,10 +227,35 @@ def pyUnwrapRun(cmd, payloads, directions, pad):
     return out
 
 
+def _checkRun(cells, start, stop):
+    if not 0 <= start <= stop <= len(cells):
+        raise IndexError("run outside the cells")
+    for cell in cells[start:stop]:
+        if len(cell) != LINK_CELL:
+            raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+
+
+def pyRunEnd(cells, start):
+    """
+    The end of the run that starts at C{cells[start]}: the whole link cells
+    from there on with its circuit id and command (its first 5 bytes).
+    """
+    if not 0 <= start < len(cells):
+        raise IndexError("run start outside the cells")
+    first = cells[start]
+    if len(first) != LINK_CELL:
+        raise ValueError(f"a run starts with a whole {LINK_CELL}-byte cell")
+    head = first[:_LINK_HEAD]
+    j = start + 1
+    while j < len(cells) and len(cells[j]) == LINK_CELL and cells[j][:_LINK_HEAD] == head:
+        j += 1
+    return j
+
+
 try:
-    from meshvpn.onion._cgodirection import Direction as _Direction, unwrapRun as _unwrapRun
+    from meshvpn.onion._cgodirection import Direction as _Direction, runEnd, unwrapRun as _unwrapRun
 except ImportError:  # built without a C compiler or OpenSSL's headers
-    _Direction, _unwrapRun = PyDirection, pyUnwrapRun
+    _Direction, _unwrapRun, runEnd = PyDirection, pyUnwrapRun, pyRunEnd
 
 
 def unwrapRun(cmd, payloads, directions, pad):

@@ -62,13 +62,15 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer", "_passRun", "_originateRun")
+    __slots__ = ("_layer", "_passRun", "_originateRun", "_passCells", "_forwardCells")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
         self._passRun = self._layer.back.passRun
         self._originateRun = self._layer.back.originateRun
+        self._passCells = self._layer.back.passCells
+        self._forwardCells = self._layer.fwd.forwardCells
 
     def backwardRun(self, payloads, head):
         """Cells toward the origin passing through, in order: C{[head + cell with this layer, ...]}."""
@@ -98,8 +100,33 @@ class CgoRelayHop:
         return self._layer.originate(_RELAY, toBody(plain))
 
     def originateBackwardCells(self, plains, head):
-        """Payloads this hop sends toward the origin, in order, each behind C{head}. @return: C{(cells, tags)}."""
-        return self._originateRun(_RELAY, [toBody(plain) for plain in plains], head)
+        """
+        Payloads this hop sends toward the origin, in order, each behind
+        C{head} (L{toBody} of each, done in the one call). @return: C{(cells, tags)}.
+        """
+        try:
+            return self._originateRun(_RELAY, plains, head, CGO_BODY_AT, CGO_RELAY_DATA_LEN)
+        except ValueError as e:
+            raise CellError(str(e)) from None
+
+    def passCells(self, cells, start, stop, head):
+        """
+        Link cells C{cells[start:stop]} toward the origin passing through (a
+        run of one circuit, L{meshvpn.onion.cgo.runEnd}): C{[head + their
+        payloads with this layer, ...]}, without a slice per cell.
+        """
+        return self._passCells(_RELAY, cells, start, stop, head)
+
+    def forwardCells(self, cells, start, stop, head):
+        """
+        Link cells C{cells[start:stop]} away from the origin, through this
+        layer up to and including the first one for this hop.
+
+        @return: C{(next, [head + cell to pass on, ...], mine)}: C{mine} is
+            C{None}, or C{(cell, tag)} of the one for this hop as the layer
+            returns it (L{fromCell} makes it a relay payload).
+        """
+        return self._forwardCells(_RELAY, cells, start, stop, head)
 
     def originateBackwardRun(self, plains):
         """L{originateBackward} for several payloads in order. @return: C{(cells joined, tags)}."""

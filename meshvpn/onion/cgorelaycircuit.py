@@ -12,6 +12,7 @@ layout, 488 data bytes per message).
 """
 
 from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, MAX_RELAY_EARLY, CellError, Command, DestroyReason
+from meshvpn.onion.cgohops import fromCell
 from meshvpn.onion.lifecycle import HopState
 from meshvpn.onion.relaycircuit import NextHopEnd, RelayCircuit
 
@@ -25,10 +26,20 @@ class CgoNextHopEnd(NextHopEnd):
 
     __slots__ = ()
 
+    TAKES_CELLS = True
+
     def onRelayRun(self, payloads):
         c = self.c
         if c.prev.sendCells(c.layer.backwardRun(payloads, c.prevPrefix + _RELAY)):
             c.counts["cells_relayed_backward"] += len(payloads)
+        else:
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+
+    def onRelayCells(self, cells, start, stop):
+        """L{onRelayRun} on the link's cells themselves (one C call: layer and the next link's header)."""
+        c = self.c
+        if c.prev.sendCells(c.layer.passCells(cells, start, stop, c.prevPrefix + _RELAY)):
+            c.counts["cells_relayed_backward"] += stop - start
         else:
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
@@ -57,6 +68,32 @@ class CgoRelayCircuit(RelayCircuit):
         else:
             self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
 
+    TAKES_CELLS = True
+
+    def onRelayCells(self, cells, start, stop):
+        """
+        L{onRelayRun} on the link's cells themselves: at a middle hop, one C
+        call takes the layer off every cell up to the first for this hop (if
+        any) and gives the others the next link's header; the last hop, and
+        a run whose message truncated the circuit, go the payload way.
+        """
+        if self.next is None:
+            self.onRelayRun([cell[5:] for cell in cells[start:stop]])
+            return
+        k = start
+        while k < stop:
+            if self.state is _CLOSED:
+                return  # a message destroyed the circuit: the rest is for no one
+            if self.next is None:  # truncated by a message of this run
+                self._forwardEach([cell[5:] for cell in cells[k:stop]])
+                return
+            k, out, mine = self.layer.forwardCells(cells, k, stop, self.nextPrefix + _RELAY)
+            plain = None if mine is None else fromCell(mine[0])  # a bad one: the cells before it stay too
+            if out and not self._passOn(out):
+                return
+            if mine is not None:
+                self._dispatch(Command.RELAY, plain, mine[1], self.next is None, 0)
+
     def onRelayRun(self, payloads):
         """Consecutive RELAY cells from the previous hop: through the layer in order, passed on in one append."""
         forward = self.layer.forward
@@ -72,6 +109,11 @@ class CgoRelayCircuit(RelayCircuit):
                 entries.append((0, plain, tag))
             self._dispatchRun(Command.RELAY, entries, 0)
             return
+        self._forwardEach(payloads)
+
+    def _forwardEach(self, payloads):
+        """A middle hop's run, cell by cell (the reference L{onRelayCells} matches)."""
+        forward = self.layer.forward
         out = []
         for payload in payloads:
             if self.state is _CLOSED:
