@@ -47,6 +47,9 @@ typedef struct {
 
 static PyTypeObject DirectionType;
 
+/* A recognized or sealed relay payload whose data length field is over the CGO bound (a protocol error). */
+static PyObject *RelayLengthError;
+
 static int
 failed(const char *what)
 {
@@ -488,7 +491,7 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         if (at >= 0 && ((Py_ssize_t)b[at + LEN_AT] << 8 | b[at + LEN_AT + 1]) > maxData) {
-            PyErr_Format(PyExc_ValueError, "relay data over %zd bytes on a CGO hop", maxData);
+            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
             PyBuffer_Release(&body);
             goto done;
         }
@@ -807,7 +810,8 @@ done:
 /*
  * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
  * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
- * ends the list with None (the chain is broken from there on).
+ * ends the list with None (the chain is broken from there on).  With maxData, a recognized
+ * cell whose data length is over it raises RelayLengthError once the whole run is through.
  */
 static PyObject *
 unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -815,9 +819,14 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char cmd, a[CELL_LEN], b[CELL_LEN], inTag[BLOCK];
     Py_buffer pad, cell;
     PyObject *seq = NULL, *dirs = NULL, *list = NULL;
-    Py_ssize_t n, hops, i, h;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad)");
+    Py_ssize_t n, hops, i, h, maxData = -1, tooLong = -1;
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad[, maxData])");
+        return NULL;
+    }
+    if (nargs == 5 && (maxData = PyLong_AsSsize_t(args[4])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "maxData must not be negative");
         return NULL;
     }
     if (parseCmd(args[0], &cmd) < 0)
@@ -861,6 +870,9 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             in = out;
             out = swap;
         }
+        if (mine && maxData >= 0 && tooLong < 0
+            && ((Py_ssize_t)in[BLOCK + LEN_AT] << 8 | in[BLOCK + LEN_AT + 1]) > maxData)
+            tooLong = i;
         if (mine) {
             PyObject *body = PyBytes_FromStringAndSize(NULL, pad.len + BODY_LEN);
             if (body == NULL)
@@ -879,6 +891,11 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(entry);
         if (!mine)
             break;
+    }
+    if (tooLong >= 0) {
+        /* Raised once the whole run went through the layers, as a check after the run would be. */
+        PyErr_Format(RelayLengthError, "relay length over %zd on a CGO hop", maxData);
+        goto fail;
     }
     goto done;
 fail:
@@ -948,7 +965,7 @@ static PyMethodDef module_methods[] = {
     {"runEnd", (PyCFunction)(void (*)(void))runEnd, METH_FASTCALL,
      "runEnd(cells, start) -> stop: the whole cells from start on with its circuit id and command"},
     {"unwrapRun", (PyCFunction)(void (*)(void))unwrapRun, METH_FASTCALL,
-     "unwrapRun(cmd, payloads, directions, pad) -> [(hop, pad + body, tag), ...] (None ends it)"},
+     "unwrapRun(cmd, payloads, directions, pad[, maxData]) -> [(hop, pad + body, tag), ...] (None ends it)"},
     {NULL}
 };
 
@@ -969,6 +986,14 @@ PyInit__cgodirection(void)
     Py_INCREF(&DirectionType);
     if (PyModule_AddObject(m, "Direction", (PyObject *)&DirectionType) < 0) {
         Py_DECREF(&DirectionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    RelayLengthError = PyErr_NewExceptionWithDoc("meshvpn.onion._cgodirection.RelayLengthError",
+                                                 "a relay payload's data length is over the CGO bound",
+                                                 PyExc_ValueError, NULL);
+    if (RelayLengthError == NULL || PyModule_AddObject(m, "RelayLengthError", Py_NewRef(RelayLengthError)) < 0) {
+        Py_XDECREF(RelayLengthError);
         Py_DECREF(m);
         return NULL;
     }

@@ -156,14 +156,15 @@ class PyDirection:
         bytes) whose body starts at byte C{at}, its data length at most
         C{maxData}; every item is checked before any is sealed.
 
-        @raise ValueError: an item of the wrong size or length field.
+        @raise ValueError: an item of the wrong size.
+        @raise RelayLengthError: an item's data length is over C{maxData}.
         """
         if at is not None:
             for plain in bodies:
                 if len(plain) != PAYLOAD_LEN:
                     raise ValueError(f"relay payload of {len(plain)} bytes, expected {PAYLOAD_LEN}")
                 if ((plain[at + _LEN_AT] << 8) | plain[at + _LEN_AT + 1]) > maxData:
-                    raise ValueError(f"relay data over {maxData} bytes on a CGO hop")
+                    raise RelayLengthError(f"relay data over {maxData} bytes on a CGO hop")
             bodies = [plain[at:at + BODY_LEN] for plain in bodies]
         cells, tags = [], []
         for body in bodies:
@@ -178,9 +179,17 @@ class PyDirection:
         return [head + step(cmd, payload) for payload in payloads]
 
     def passCells(self, cmd, cells, start, stop, head):
-        """L{passRun} on the payloads of the link cells C{cells[start:stop]} (each L{LINK_CELL} bytes)."""
+        """
+        L{passRun} on the payloads of the link cells C{cells[start:stop]}.
+
+        @raise ValueError: a cell is not L{LINK_CELL} bytes (the ones before it went through the layer).
+        """
         _checkRun(cells, start, stop)
-        return self.passRun(cmd, [cell[_LINK_HEAD:] for cell in cells[start:stop]], head)
+        step = self.decrypt if self._decrypting else self.encrypt
+        out = []
+        for cell in cells[start:stop]:
+            out.append(head + step(cmd, _payload(cell)))
+        return out
 
     def forwardCells(self, cmd, cells, start, stop, head):
         """
@@ -195,44 +204,57 @@ class PyDirection:
         out = []
         i = start
         while i < stop:
-            cell = cells[i]
-            if len(cell) != LINK_CELL:
-                raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+            payload = _payload(cells[i])
             i += 1
-            plain, tag = self.layer(cmd, cell[_LINK_HEAD:])
+            plain, tag = self.layer(cmd, payload)
             if tag is not None:
                 return i, out, (plain, tag)
             out.append(head + plain)
         return i, out, None
 
 
-def pyUnwrapRun(cmd, payloads, directions, pad):
+class PyRelayLengthError(ValueError):
+    """A relay payload's data length is over the CGO bound (C{RelayLengthError}, what callers catch)."""
+
+
+def pyUnwrapRun(cmd, payloads, directions, pad, maxData=None):
     """
     The client's backward layers (C{directions}, guard first) on each cell
     until one recognizes it.
 
     @return: C{[(hop index, pad + body, tag), ...]}; a cell no layer
         recognizes ends the list with C{None} (the chain is broken from it on).
+    @raise RelayLengthError: C{maxData} given and a recognized cell's data
+        length is over it (raised once the whole run went through the layers).
     """
     out = []
+    tooLong = False
     for cell in payloads:
         for i, direction in enumerate(directions):
             cell, tag = direction.layer(cmd, cell)
             if tag is not None:
+                if maxData is not None and ((cell[TAG_LEN + _LEN_AT] << 8) | cell[TAG_LEN + _LEN_AT + 1]) > maxData:
+                    tooLong = True
                 out.append((i, pad + cell[TAG_LEN:], tag))
                 break
         else:
             out.append(None)
             break
+    if tooLong:
+        raise RelayLengthError(f"relay length over {maxData} on a CGO hop")
     return out
 
 
 def _checkRun(cells, start, stop):
     if not 0 <= start <= stop <= len(cells):
         raise IndexError("run outside the cells")
-    for cell in cells[start:stop]:
-        if len(cell) != LINK_CELL:
-            raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+
+
+def _payload(cell):
+    """A whole link cell's payload. @raise ValueError: not L{LINK_CELL} bytes."""
+    if len(cell) != LINK_CELL:
+        raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+    return cell[_LINK_HEAD:]
 
 
 def pyRunEnd(cells, start):
@@ -253,16 +275,20 @@ def pyRunEnd(cells, start):
 
 
 try:
-    from meshvpn.onion._cgodirection import Direction as _Direction, runEnd, unwrapRun as _unwrapRun
+    from meshvpn.onion._cgodirection import (
+        Direction as _Direction, RelayLengthError, runEnd, unwrapRun as _unwrapRun,
+    )
 except ImportError:  # built without a C compiler or OpenSSL's headers
-    _Direction, _unwrapRun, runEnd = PyDirection, pyUnwrapRun, pyRunEnd
+    _Direction, _unwrapRun, runEnd, RelayLengthError = PyDirection, pyUnwrapRun, pyRunEnd, PyRelayLengthError
 
 
-def unwrapRun(cmd, payloads, directions, pad):
+def unwrapRun(cmd, payloads, directions, pad, maxData=None):
     """L{pyUnwrapRun}, in C when the directions are (they are built together)."""
     if _unwrapRun is not pyUnwrapRun and directions and type(directions[0]) is not _Direction:
-        return pyUnwrapRun(cmd, payloads, directions, pad)  # a test swapped in the Python reference
-    return _unwrapRun(cmd, payloads, directions, pad)
+        return pyUnwrapRun(cmd, payloads, directions, pad, maxData)  # a test swapped in the Python reference
+    if maxData is None:
+        return _unwrapRun(cmd, payloads, directions, pad)
+    return _unwrapRun(cmd, payloads, directions, pad, maxData)
 
 
 def _split(material, decrypting):

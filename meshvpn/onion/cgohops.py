@@ -39,13 +39,11 @@ def unwrapRun(payloads, views):
     @return: C{[(hop index, common-layout payload, tag), ...]}, ended by
         C{None} at the first cell no hop recognizes.
     """
-    out = cgo.unwrapRun(_RELAY, payloads, [view.back for view in views], _PAD)
-    for entry in out:
-        if entry is not None:
-            plain = entry[1]
-            if ((plain[_LEN_AT + CGO_BODY_AT] << 8) | plain[_LEN_AT + CGO_BODY_AT + 1]) > CGO_RELAY_DATA_LEN:
-                raise CellError(f"relay length over {CGO_RELAY_DATA_LEN} on a CGO hop")
-    return out
+    try:
+        # The length bound is checked in the same call, once the whole run went through the layers.
+        return cgo.unwrapRun(_RELAY, payloads, [view.back for view in views], _PAD, CGO_RELAY_DATA_LEN)
+    except cgo.RelayLengthError as e:
+        raise CellError(str(e)) from None
 
 
 def fromCell(cell):
@@ -106,7 +104,7 @@ class CgoRelayHop:
         """
         try:
             return self._originateRun(_RELAY, plains, head, CGO_BODY_AT, CGO_RELAY_DATA_LEN)
-        except ValueError as e:
+        except cgo.RelayLengthError as e:
             raise CellError(str(e)) from None
 
     def passCells(self, cells, start, stop, head):
