@@ -538,6 +538,112 @@ done:
     return result;
 }
 
+/* The cell sealed from `in` (T = N | body) at index i of cells and tags: head + the layer, the update. */
+static int
+sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_buffer *head, PyObject *cells,
+         PyObject *tags, Py_ssize_t i)
+{
+    unsigned char nonce[BLOCK], *o;
+    PyObject *out, *tag;
+    memcpy(nonce, d->nonce, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, head->len + CELL_LEN);
+    if (out == NULL)
+        return -1;
+    PyList_SET_ITEM(cells, i, out);
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(o, head->buf, head->len);
+    o += head->len;
+    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
+        return -1;
+    tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
+    if (tag == NULL)
+        return -1;
+    PyList_SET_ITEM(tags, i, tag);
+    return 0;
+}
+
+/*
+ * originateData(cmd, relayCmd, streamId, chunks, maxData, head) -> ([head + cell, ...], [tag, ...]):
+ * one relay message per chunk (at most maxData bytes each), sealed as originateRun seals bodies;
+ * the body is relayCmd 1 | streamId 2 | length 2 | chunk | zeros (the common relay layout from
+ * its command on).  Every chunk is checked before any is sealed.
+ */
+static PyObject *
+Direction_originateData(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN];
+    Py_buffer head, chunk;
+    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
+    long relayCmd, streamId;
+    Py_ssize_t n, i, maxData;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, relayCmd, streamId, chunks, maxData, head)");
+        return NULL;
+    }
+    if (parseCmd(args[0], &cmd) < 0)
+        return NULL;
+    relayCmd = PyLong_AsLong(args[1]);
+    streamId = PyLong_AsLong(args[2]);
+    maxData = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (relayCmd < 0 || relayCmd > 0xff || streamId < 0 || streamId > 0xffff || maxData < 0
+        || maxData > BODY_LEN - LEN_AT - 2) {
+        PyErr_SetString(PyExc_ValueError, "relay command, stream id or data bound out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[5], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[3], "chunks must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        Py_ssize_t len;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &chunk, PyBUF_SIMPLE) < 0)
+            goto done;
+        len = chunk.len;
+        PyBuffer_Release(&chunk);
+        if (len > maxData) {
+            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
+            goto done;
+        }
+    }
+    cells = PyList_New(n);
+    tags = PyList_New(n);
+    if (cells == NULL || tags == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        unsigned char *b = in + BLOCK;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &chunk, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (chunk.len > maxData) { /* changed under us */
+            PyErr_SetString(PyExc_ValueError, "a chunk changed size while it was sealed");
+            PyBuffer_Release(&chunk);
+            goto done;
+        }
+        memcpy(in, d->nonce, BLOCK);
+        b[0] = (unsigned char)relayCmd;
+        b[1] = (unsigned char)(streamId >> 8);
+        b[2] = (unsigned char)streamId;
+        b[LEN_AT] = (unsigned char)(chunk.len >> 8);
+        b[LEN_AT + 1] = (unsigned char)chunk.len;
+        memcpy(b + LEN_AT + 2, chunk.buf, chunk.len);
+        memset(b + LEN_AT + 2 + chunk.len, 0, BODY_LEN - LEN_AT - 2 - chunk.len);
+        PyBuffer_Release(&chunk);
+        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
+            goto done;
+    }
+    result = PyTuple_Pack(2, cells, tags);
+done:
+    OPENSSL_cleanse(in, CELL_LEN);
+    Py_XDECREF(seq);
+    Py_XDECREF(cells);
+    Py_XDECREF(tags);
+    PyBuffer_Release(&head);
+    return result;
+}
+
 /* passRun(cmd, payloads, head) -> [head + layer(payload), ...]: cells passing through, none for this end. */
 static PyObject *
 Direction_passRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
@@ -935,6 +1041,8 @@ static PyMethodDef Direction_methods[] = {
      "originateRun(cmd, bodies, head) -> ([head + cell], [tag]): originate for several bodies"},
     {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
      "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
+    {"originateData", (PyCFunction)(void (*)(void))Direction_originateData, METH_FASTCALL,
+     "originateData(cmd, relayCmd, streamId, chunks, maxData, head) -> ([head + cell], [tag]): a message per chunk"},
     {"passCells", (PyCFunction)(void (*)(void))Direction_passCells, METH_FASTCALL,
      "passCells(cmd, cells, start, stop, head) -> [head + layer(cell[5:])]: link cells passing through"},
     {"forwardCells", (PyCFunction)(void (*)(void))Direction_forwardCells, METH_FASTCALL,

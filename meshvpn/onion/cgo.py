@@ -173,6 +173,22 @@ class PyDirection:
             tags.append(tag)
         return cells, tags
 
+    def originateData(self, cmd, relayCmd, streamId, chunks, maxData, head):
+        """
+        L{originateRun} for one relay message per chunk: each body is
+        C{relayCmd} 1 | C{streamId} 2 | length 2 | chunk | zeros.
+
+        @raise RelayLengthError: a chunk is over C{maxData} bytes (nothing sealed).
+        """
+        if not (0 <= relayCmd <= 0xff and 0 <= streamId <= 0xffff and 0 <= maxData <= BODY_LEN - _LEN_AT - 2):
+            raise ValueError("relay command, stream id or data bound out of range")
+        if any(len(chunk) > maxData for chunk in chunks):
+            raise RelayLengthError(f"relay data over {maxData} bytes on a CGO hop")
+        room = BODY_LEN - _LEN_AT - 2
+        bodies = [bytes((relayCmd, streamId >> 8, streamId & 0xff, len(chunk) >> 8, len(chunk) & 0xff))
+                  + bytes(chunk) + bytes(room - len(chunk)) for chunk in chunks]
+        return self.originateRun(cmd, bodies, head)
+
     def passRun(self, cmd, payloads, head):
         """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
         step = self.decrypt if self._decrypting else self.encrypt

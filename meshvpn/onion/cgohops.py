@@ -15,7 +15,7 @@ the old scheme's and would let bytes past the body through.
 """
 
 from meshvpn.onion import cgo
-from meshvpn.onion.cells import CGO_BODY_AT, CGO_BODY_LEN, CGO_RELAY_DATA_LEN, PAYLOAD_LEN, CellError
+from meshvpn.onion.cells import CGO_BODY_AT, CGO_BODY_LEN, CGO_RELAY_DATA_LEN, PAYLOAD_LEN, CellError, RelayCommand
 from meshvpn.onion.circhandshake import CGO
 
 _BODY_END = CGO_BODY_AT + CGO_BODY_LEN  # 503
@@ -60,13 +60,14 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer", "_passRun", "_originateRun", "_passCells", "_forwardCells")
+    __slots__ = ("_layer", "_passRun", "_originateRun", "_originateData", "_passCells", "_forwardCells")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
         self._passRun = self._layer.back.passRun
         self._originateRun = self._layer.back.originateRun
+        self._originateData = self._layer.back.originateData
         self._passCells = self._layer.back.passCells
         self._forwardCells = self._layer.fwd.forwardCells
 
@@ -104,6 +105,18 @@ class CgoRelayHop:
         """
         try:
             return self._originateRun(_RELAY, plains, head, CGO_BODY_AT, CGO_RELAY_DATA_LEN)
+        except cgo.RelayLengthError as e:
+            raise CellError(str(e)) from None
+
+    def originateDataCells(self, streamId, chunks, head):
+        """
+        DATA messages for C{streamId}, one per chunk (at most 488 bytes),
+        sealed toward the origin behind C{head} in one C call: what
+        L{originateBackwardCells} does with the payloads the dispatcher
+        would pack for them. @return: C{(cells, tags)}.
+        """
+        try:
+            return self._originateData(_RELAY, RelayCommand.DATA, streamId, chunks, CGO_RELAY_DATA_LEN, head)
         except cgo.RelayLengthError as e:
             raise CellError(str(e)) from None
 

@@ -134,6 +134,22 @@ class CgoRelayCircuit(RelayCircuit):
         if out:
             self._passOn(out)
 
+    def sendDataRun(self, streamId, chunks):
+        """
+        The dispatcher's L{sendDataRun} (the exit's downloads) with the
+        payloads packed in C with the sealing, not a Python concatenation per cell.
+        """
+        if self.state is _CLOSED:
+            return False
+        cells, tags = self.layer.originateDataCells(streamId, chunks, self.prevPrefix + _RELAY)
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        if self.prev.sendCells(cells):
+            return True
+        self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+        return False
+
     def _passOn(self, cells):
         if self.next.sendCells(cells):
             self.counts["cells_relayed_forward"] += len(cells)

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from meshvpn.onion import cgo
 from meshvpn.onion.cells import CGO_BODY_AT, CGO_RELAY_DATA_LEN, CellError
 from meshvpn.onion.cgohops import CgoRelayHop
+from meshvpn.onion.dispatch import RelayDispatcher
 from meshvpn.onion.test import test_cgo
 from meshvpn.onion.test.test_cgodirection import _fromOtherEnd
 
@@ -23,6 +24,10 @@ except ImportError:
 
 _NOT_BUILT = "meshvpn.onion._cgodirection was not built (no C compiler or OpenSSL headers)"
 _SEED = st.binary(min_size=cgo.STATE_SEED_LEN, max_size=cgo.STATE_SEED_LEN)
+
+
+class _Sized:
+    maxData = CGO_RELAY_DATA_LEN
 
 
 def _outcome(f, *args):
@@ -155,6 +160,26 @@ class RunTests(unittest.TestCase):
         e = self.assertRaises(C.RelayLengthError, C.Direction(bytes(64), False).originateRun, b"\x03", [plain], b"h",
                               CGO_BODY_AT, CGO_RELAY_DATA_LEN)
         self.assertIn("488", str(e))
+
+    @settings(max_examples=100, deadline=None)
+    @given(seed=_SEED, sid=st.integers(0, 0xffff), chunks=st.lists(st.binary(max_size=CGO_RELAY_DATA_LEN + 2), max_size=5))
+    def test_originateData(self, seed, sid, chunks):
+        """Stream chunks (some maybe too long): the same cells and tags, or the same error and nothing sealed."""
+        c, p = C.Direction(seed, False), cgo.PyDirection(seed, False)
+        got = _outcome(c.originateData, b"\x03", 2, sid, [memoryview(x) for x in chunks], CGO_RELAY_DATA_LEN, b"h")
+        want = _outcome(p.originateData, b"\x03", 2, sid, chunks, CGO_RELAY_DATA_LEN, b"h")
+        self.assertEqual(got, want)
+        self.assertEqual((c.tprime, c.nonce), (p.tprime, p.nonce))
+        self.assertEqual(got[0] == "error", any(len(x) > CGO_RELAY_DATA_LEN for x in chunks))
+
+    @settings(max_examples=50, deadline=None)
+    @given(sid=st.integers(1, 0xffff), chunks=st.lists(st.binary(max_size=CGO_RELAY_DATA_LEN), min_size=1, max_size=5))
+    def test_dataCellsAsTheDispatcherPacksThem(self, sid, chunks):
+        """The exit's DATA cells from C are the ones the dispatcher's payloads sealed one by one give."""
+        fast, ref = CgoRelayHop(test_cgo.material(1)), CgoRelayHop(test_cgo.material(1))
+        plains = RelayDispatcher._dataCells(_Sized(), sid, chunks)
+        self.assertEqual(fast.originateDataCells(sid, chunks, b"head"), ref.originateBackwardCells(plains, b"head"))
+        self.assertRaises(CellError, fast.originateDataCells, sid, [bytes(CGO_RELAY_DATA_LEN + 1)], b"head")
 
     @settings(max_examples=60, deadline=None)
     @given(hopFor=st.lists(st.integers(0, 2), min_size=1, max_size=6), longAt=st.integers(0, 7))
