@@ -11,6 +11,9 @@ as does the dispatch of what is recognized (the common relay payload
 layout, 488 data bytes per message).
 """
 
+from zope.interface import implementer
+
+from meshvpn.interfaces import ICellRunEnd
 from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, MAX_RELAY_EARLY, CellError, Command, DestroyReason
 from meshvpn.onion.cgohops import fromCell
 from meshvpn.onion.lifecycle import HopState
@@ -21,6 +24,7 @@ _CMDBYTE = {Command.RELAY: _RELAY, Command.RELAY_EARLY: bytes([Command.RELAY_EAR
 _CLOSED = HopState.CLOSED
 
 
+@implementer(ICellRunEnd)
 class CgoNextHopEnd(NextHopEnd):
     """The CGO hop's end on its next hop's channel: cells toward the origin, a cell at a time through the layer."""
 
@@ -44,6 +48,7 @@ class CgoNextHopEnd(NextHopEnd):
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
 
+@implementer(ICellRunEnd)
 class CgoRelayCircuit(RelayCircuit):
     """This relay's CGO hop of someone's circuit (C{layer}: a L{meshvpn.onion.cgohops.CgoRelayHop})."""
 

@@ -265,3 +265,17 @@ class MalformedInARun(unittest.TestCase):
         self.assertTrue(first.closed)
         self.assertFalse(second.closed)
         self.assertIn(second.circId, guardChannel.circuits)
+
+    def test_cgoEndsTakeCells(self):
+        """A relay's CGO hop and its end on the next hop's channel provide ICellRunEnd; the channel uses it."""
+        from zope.interface.verify import verifyObject
+
+        from meshvpn.interfaces import ICellRunEnd
+        from meshvpn.onion.test.test_circuit import Net
+
+        n = Net(self)
+        n.built(self)
+        hop = n.relayCircuit(n.middle)
+        self.assertTrue(verifyObject(ICellRunEnd, hop))
+        self.assertTrue(verifyObject(ICellRunEnd, n.channel(n.middle, n.exit).circuits[hop.nextId]))
+        self.assertTrue(hop.TAKES_CELLS)
