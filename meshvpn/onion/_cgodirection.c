@@ -15,6 +15,10 @@
  *   UH(KU, V, x) = AES-128-GCM(KU) tag of (nonce V, AAD x, no plaintext)
  *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
  *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
+ *
+ * Runs cross into C in one call, not a call per cell: a relay's run straight from the link's
+ * cells (runEnd, passCells, forwardCells), the ends' runs (originateRun, originateData,
+ * unwrapRun).  Each has its Python reference in cgo.py (meshvpn/onion/test/test_cgoruns.py).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -440,6 +444,30 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     return pairOf(out, o);
 }
 
+/* The cell sealed from `in` (T = N | body) at index i of cells and tags: head + the layer, the update. */
+static int
+sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_buffer *head, PyObject *cells,
+         PyObject *tags, Py_ssize_t i)
+{
+    unsigned char nonce[BLOCK], *o;
+    PyObject *out, *tag;
+    memcpy(nonce, d->nonce, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, head->len + CELL_LEN);
+    if (out == NULL)
+        return -1;
+    PyList_SET_ITEM(cells, i, out);
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(o, head->buf, head->len);
+    o += head->len;
+    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
+        return -1;
+    tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
+    if (tag == NULL)
+        return -1;
+    PyList_SET_ITEM(tags, i, tag);
+    return 0;
+}
+
 /*
  * originateRun(cmd, bodies, head[, at, maxData]) -> ([head + cell, ...], [tag, ...]): originate for
  * several bodies in order.  With `at`, each item is a common-layout relay payload (PAYLOAD_LEN
@@ -452,7 +480,7 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
+    unsigned char cmd, in[CELL_LEN];
     Py_buffer head, body;
     PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
     Py_ssize_t n, i, at = -1, maxData = 0, itemLen = BODY_LEN;
@@ -502,8 +530,6 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     if (cells == NULL || tags == NULL)
         goto done;
     for (i = 0; i < n; i++) {
-        PyObject *out, *tag;
-        unsigned char *o;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
             goto done;
         if (body.len != itemLen) { /* changed under us (a bytearray resized by another thread) */
@@ -514,20 +540,8 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
         memcpy(in, d->nonce, BLOCK);
         memcpy(in + BLOCK, (unsigned char *)body.buf + (at < 0 ? 0 : at), BODY_LEN);
         PyBuffer_Release(&body);
-        memcpy(nonce, d->nonce, BLOCK);
-        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
-        if (out == NULL)
+        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
             goto done;
-        PyList_SET_ITEM(cells, i, out);
-        o = (unsigned char *)PyBytes_AS_STRING(out);
-        memcpy(o, head.buf, head.len);
-        o += head.len;
-        if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
-            goto done;
-        tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
-        if (tag == NULL)
-            goto done;
-        PyList_SET_ITEM(tags, i, tag);
     }
     result = PyTuple_Pack(2, cells, tags);
 done:
@@ -536,30 +550,6 @@ done:
     Py_XDECREF(tags);
     PyBuffer_Release(&head);
     return result;
-}
-
-/* The cell sealed from `in` (T = N | body) at index i of cells and tags: head + the layer, the update. */
-static int
-sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_buffer *head, PyObject *cells,
-         PyObject *tags, Py_ssize_t i)
-{
-    unsigned char nonce[BLOCK], *o;
-    PyObject *out, *tag;
-    memcpy(nonce, d->nonce, BLOCK);
-    out = PyBytes_FromStringAndSize(NULL, head->len + CELL_LEN);
-    if (out == NULL)
-        return -1;
-    PyList_SET_ITEM(cells, i, out);
-    o = (unsigned char *)PyBytes_AS_STRING(out);
-    memcpy(o, head->buf, head->len);
-    o += head->len;
-    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
-        return -1;
-    tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
-    if (tag == NULL)
-        return -1;
-    PyList_SET_ITEM(tags, i, tag);
-    return 0;
 }
 
 /*
