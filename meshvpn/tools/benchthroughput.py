@@ -231,7 +231,8 @@ def _parallel(proxy, host, port, count, each):
 def _perHop(net, cpuEach, nbytes):
     """
     CPU seconds per GB of each process on the bulk circuit (the client's
-    circuit that received the most), and what the middle relay switched
+    circuit that received the most) and of the four together
+    (C{cpu_s_per_gb_path}), and what the middle relay switched
     per CPU second through real sockets and TLS: the counterpart of
     ``bench circuit``'s in-memory C{relay_cells_per_s_inmemory}.
     """
@@ -254,6 +255,9 @@ def _perHop(net, cpuEach, nbytes):
     # The processes off the circuit (the other relays, the DHT bootstrap): their
     # CPU grows with the transfer's duration, not its bytes.
     out["cpu_s_per_gb_others"] = round(sum(c for i, c in enumerate(cpuEach) if i not in onPath) / (nbytes / 1e9), 2)
+    if len(onPath) == 4:
+        # What the bytes cost: the four processes they crossed (steadier than the total on a loaded machine).
+        out["cpu_s_per_gb_path"] = round(sum(cpuEach[i] for i in onPath) / (nbytes / 1e9), 2)
     middleCpu = cpuEach[byId[busiest["path"][1]]] if len(busiest["path"]) == 3 and busiest["path"][1] in byId else 0
     if middleCpu > 0:
         # Both directions: the data cells down and their acknowledgements up are few; count the data.
