@@ -861,6 +861,22 @@ class ICircuitEnd(Interface):
         """
 
 
+class ICellRunEnd(ICircuitEnd):
+    """
+    A circuit end that takes a run of RELAY cells straight from the link's
+    cells, without a slice per cell (a relay's CGO hop: one C call per run).
+    """
+
+    TAKES_CELLS = Attribute("C{True}: the channel hands runs over with L{onRelayCells} instead of L{onRelayRun}")
+
+    def onRelayCells(cells, start, stop):
+        """
+        The run C{cells[start:stop]}: whole link cells (circuit id, command
+        RELAY, payload) of this circuit, as the channel received them; the
+        same as L{onRelayRun} on their payloads.  An error stops the run there.
+        """
+
+
 class ICircuitStreamHandler(Interface):
     """
     The stream layer on an origin circuit (its C{streamHandler}): a

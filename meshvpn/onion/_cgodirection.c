@@ -15,6 +15,10 @@
  *   UH(KU, V, x) = AES-128-GCM(KU) tag of (nonce V, AAD x, no plaintext)
  *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
  *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
+ *
+ * Runs cross into C in one call, not a call per cell: a relay's run straight from the link's
+ * cells (runEnd, passCells, forwardCells), the ends' runs (originateRun, originateData,
+ * unwrapRun).  Each has its Python reference in cgo.py (meshvpn/onion/test/test_cgoruns.py).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -46,6 +50,9 @@ typedef struct {
 } Direction;
 
 static PyTypeObject DirectionType;
+
+/* A recognized or sealed relay payload whose data length field is over the CGO bound (a protocol error). */
+static PyObject *RelayLengthError;
 
 static int
 failed(const char *what)
@@ -437,17 +444,60 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     return pairOf(out, o);
 }
 
-/* originateRun(cmd, bodies, head) -> ([head + cell, ...], [tag, ...]): originate for several bodies in order. */
+/* The cell sealed from `in` (T = N | body) at index i of cells and tags: head + the layer, the update. */
+static int
+sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_buffer *head, PyObject *cells,
+         PyObject *tags, Py_ssize_t i)
+{
+    unsigned char nonce[BLOCK], *o;
+    PyObject *out, *tag;
+    memcpy(nonce, d->nonce, BLOCK);
+    out = PyBytes_FromStringAndSize(NULL, head->len + CELL_LEN);
+    if (out == NULL)
+        return -1;
+    PyList_SET_ITEM(cells, i, out);
+    o = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(o, head->buf, head->len);
+    o += head->len;
+    if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
+        return -1;
+    tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
+    if (tag == NULL)
+        return -1;
+    PyList_SET_ITEM(tags, i, tag);
+    return 0;
+}
+
+/*
+ * originateRun(cmd, bodies, head[, at, maxData]) -> ([head + cell, ...], [tag, ...]): originate for
+ * several bodies in order.  With `at`, each item is a common-layout relay payload (PAYLOAD_LEN
+ * bytes) whose body starts at byte `at`; its data length (bytes 3-4 of the body) must be at most
+ * maxData.  Every item is checked before any is sealed, so a bad one leaves the keys as they were.
+ */
+#define PAYLOAD_LEN 509
+#define LEN_AT 3
+
 static PyObject *
 Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, in[CELL_LEN], nonce[BLOCK];
+    unsigned char cmd, in[CELL_LEN];
     Py_buffer head, body;
     PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
-    Py_ssize_t n, i;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head)");
+    Py_ssize_t n, i, at = -1, maxData = 0, itemLen = BODY_LEN;
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head[, at, maxData])");
         return NULL;
+    }
+    if (nargs == 5) {
+        at = PyLong_AsSsize_t(args[3]);
+        maxData = PyLong_AsSsize_t(args[4]);
+        if ((at == -1 || maxData == -1) && PyErr_Occurred())
+            return NULL;
+        if (at < 0 || at + BODY_LEN > PAYLOAD_LEN) {
+            PyErr_SetString(PyExc_ValueError, "body offset outside the relay payload");
+            return NULL;
+        }
+        itemLen = PAYLOAD_LEN;
     }
     if (parseCmd(args[0], &cmd) < 0)
         return NULL;
@@ -457,40 +507,126 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL)
         goto done;
     n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        const unsigned char *b;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
+            goto done;
+        b = body.buf;
+        if (body.len != itemLen) {
+            PyErr_Format(PyExc_ValueError, at < 0 ? "CGO body of %zd bytes, expected %zd"
+                                                  : "relay payload of %zd bytes, expected %zd", body.len, itemLen);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        if (at >= 0 && ((Py_ssize_t)b[at + LEN_AT] << 8 | b[at + LEN_AT + 1]) > maxData) {
+            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        PyBuffer_Release(&body);
+    }
     cells = PyList_New(n);
     tags = PyList_New(n);
     if (cells == NULL || tags == NULL)
         goto done;
     for (i = 0; i < n; i++) {
-        PyObject *out, *tag;
-        unsigned char *o;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
             goto done;
-        if (body.len != BODY_LEN) {
-            PyErr_Format(PyExc_ValueError, "CGO body of %zd bytes, expected %d", body.len, BODY_LEN);
+        if (body.len != itemLen) { /* changed under us (a bytearray resized by another thread) */
+            PyErr_SetString(PyExc_ValueError, "a body changed size while it was sealed");
             PyBuffer_Release(&body);
             goto done;
         }
         memcpy(in, d->nonce, BLOCK);
-        memcpy(in + BLOCK, body.buf, BODY_LEN);
+        memcpy(in + BLOCK, (unsigned char *)body.buf + (at < 0 ? 0 : at), BODY_LEN);
         PyBuffer_Release(&body);
-        memcpy(nonce, d->nonce, BLOCK);
-        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
-        if (out == NULL)
+        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
             goto done;
-        PyList_SET_ITEM(cells, i, out);
-        o = (unsigned char *)PyBytes_AS_STRING(out);
-        memcpy(o, head.buf, head.len);
-        o += head.len;
-        if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
-            goto done;
-        tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
-        if (tag == NULL)
-            goto done;
-        PyList_SET_ITEM(tags, i, tag);
     }
     result = PyTuple_Pack(2, cells, tags);
 done:
+    Py_XDECREF(seq);
+    Py_XDECREF(cells);
+    Py_XDECREF(tags);
+    PyBuffer_Release(&head);
+    return result;
+}
+
+/*
+ * originateData(cmd, relayCmd, streamId, chunks, maxData, head) -> ([head + cell, ...], [tag, ...]):
+ * one relay message per chunk (at most maxData bytes each), sealed as originateRun seals bodies;
+ * the body is relayCmd 1 | streamId 2 | length 2 | chunk | zeros (the common relay layout from
+ * its command on).  Every chunk is checked before any is sealed.
+ */
+static PyObject *
+Direction_originateData(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, in[CELL_LEN];
+    Py_buffer head, chunk;
+    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
+    long relayCmd, streamId;
+    Py_ssize_t n, i, maxData;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, relayCmd, streamId, chunks, maxData, head)");
+        return NULL;
+    }
+    if (parseCmd(args[0], &cmd) < 0)
+        return NULL;
+    relayCmd = PyLong_AsLong(args[1]);
+    streamId = PyLong_AsLong(args[2]);
+    maxData = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (relayCmd < 0 || relayCmd > 0xff || streamId < 0 || streamId > 0xffff || maxData < 0
+        || maxData > BODY_LEN - LEN_AT - 2) {
+        PyErr_SetString(PyExc_ValueError, "relay command, stream id or data bound out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[5], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[3], "chunks must be a sequence");
+    if (seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        Py_ssize_t len;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &chunk, PyBUF_SIMPLE) < 0)
+            goto done;
+        len = chunk.len;
+        PyBuffer_Release(&chunk);
+        if (len > maxData) {
+            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
+            goto done;
+        }
+    }
+    cells = PyList_New(n);
+    tags = PyList_New(n);
+    if (cells == NULL || tags == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        unsigned char *b = in + BLOCK;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &chunk, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (chunk.len > maxData) { /* changed under us */
+            PyErr_SetString(PyExc_ValueError, "a chunk changed size while it was sealed");
+            PyBuffer_Release(&chunk);
+            goto done;
+        }
+        memcpy(in, d->nonce, BLOCK);
+        b[0] = (unsigned char)relayCmd;
+        b[1] = (unsigned char)(streamId >> 8);
+        b[2] = (unsigned char)streamId;
+        b[LEN_AT] = (unsigned char)(chunk.len >> 8);
+        b[LEN_AT + 1] = (unsigned char)chunk.len;
+        memcpy(b + LEN_AT + 2, chunk.buf, chunk.len);
+        memset(b + LEN_AT + 2 + chunk.len, 0, BODY_LEN - LEN_AT - 2 - chunk.len);
+        PyBuffer_Release(&chunk);
+        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
+            goto done;
+    }
+    result = PyTuple_Pack(2, cells, tags);
+done:
+    OPENSSL_cleanse(in, CELL_LEN);
     Py_XDECREF(seq);
     Py_XDECREF(cells);
     Py_XDECREF(tags);
@@ -555,9 +691,223 @@ done:
 }
 
 /*
+ * The link side of a relay's hot path: cells as the link hands them over, each a whole
+ * LINK_CELL-byte cell (circuit id 4 | command 1 | payload 509), one Python object each.
+ * A run is the cells from `start` on that have the first one's circuit id and command and the
+ * right size; the channel finds it (runEnd) and gives it to its circuit's end, which puts the
+ * run through its layer straight from the link's cells (passCells, forwardCells): no slice per
+ * cell, and the output cells already carry the next link's circuit id and command.
+ */
+#define LINK_CELL (5 + CELL_LEN)
+#define LINK_HEAD 5
+
+/* cells[i] as a buffer when it is a whole link cell, else buf->buf == NULL (no error set). */
+static int
+linkCell(PyObject *seq, Py_ssize_t i, Py_buffer *buf)
+{
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (buf->len != LINK_CELL) {
+        PyBuffer_Release(buf);
+        buf->buf = NULL;
+    }
+    return 0;
+}
+
+/* runEnd(cells, start) -> stop: cells[start:stop] are whole cells with cells[start]'s first 5 bytes. */
+static PyObject *
+runEnd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char head[LINK_HEAD];
+    PyObject *seq;
+    Py_ssize_t start, n, j;
+    Py_buffer c;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (cells, start)");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    seq = PySequence_Fast(args[0], "cells must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (start < 0 || start >= n) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_IndexError, "run start outside the cells");
+        return NULL;
+    }
+    if (linkCell(seq, start, &c) < 0)
+        goto fail;
+    if (c.buf == NULL) {
+        PyErr_Format(PyExc_ValueError, "a run starts with a whole %d-byte cell", LINK_CELL);
+        goto fail;
+    }
+    memcpy(head, c.buf, LINK_HEAD);
+    PyBuffer_Release(&c);
+    for (j = start + 1; j < n; j++) {
+        int same;
+        if (linkCell(seq, j, &c) < 0)
+            goto fail;
+        if (c.buf == NULL)
+            break;
+        same = memcmp(c.buf, head, LINK_HEAD) == 0;
+        PyBuffer_Release(&c);
+        if (!same)
+            break;
+    }
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(j);
+fail:
+    Py_DECREF(seq);
+    return NULL;
+}
+
+/* The run arguments (cmd, cells, start, stop, head) shared by passCells and forwardCells. */
+static int
+parseRun(PyObject *const *args, Py_ssize_t nargs, unsigned char *cmd, PyObject **seq, Py_ssize_t *start,
+         Py_ssize_t *stop, Py_buffer *head)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, cells, start, stop, head)");
+        return -1;
+    }
+    if (parseCmd(args[0], cmd) < 0)
+        return -1;
+    *start = PyLong_AsSsize_t(args[2]);
+    *stop = PyLong_AsSsize_t(args[3]);
+    if ((*start == -1 || *stop == -1) && PyErr_Occurred())
+        return -1;
+    *seq = PySequence_Fast(args[1], "cells must be a sequence");
+    if (*seq == NULL)
+        return -1;
+    if (*start < 0 || *stop < *start || *stop > PySequence_Fast_GET_SIZE(*seq)) {
+        PyErr_SetString(PyExc_IndexError, "run outside the cells");
+        Py_CLEAR(*seq);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[4], head, PyBUF_SIMPLE) < 0) {
+        Py_CLEAR(*seq);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+runCell(PyObject *seq, Py_ssize_t i, Py_buffer *c)
+{
+    if (linkCell(seq, i, c) < 0)
+        return -1;
+    if (c->buf == NULL) {
+        PyErr_Format(PyExc_ValueError, "a run holds whole %d-byte cells only", LINK_CELL);
+        return -1;
+    }
+    return 0;
+}
+
+/* passCells(cmd, cells, start, stop, head) -> [head + layer(cell[5:]) for cell in cells[start:stop]]. */
+static PyObject *
+Direction_passCells(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd;
+    Py_buffer head, c;
+    PyObject *seq, *list = NULL;
+    Py_ssize_t start, stop, i;
+    if (parseRun(args, nargs, &cmd, &seq, &start, &stop, &head) < 0)
+        return NULL;
+    list = PyList_New(stop - start);
+    if (list == NULL)
+        goto done;
+    for (i = start; i < stop; i++) {
+        PyObject *out;
+        unsigned char *o;
+        if (runCell(seq, i, &c) < 0)
+            goto fail;
+        out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+        if (out == NULL) {
+            PyBuffer_Release(&c);
+            goto fail;
+        }
+        PyList_SET_ITEM(list, i - start, out);
+        o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, head.buf, head.len);
+        if (layer(d, cmd, (unsigned char *)c.buf + LINK_HEAD, o + head.len) < 0) {
+            PyBuffer_Release(&c);
+            goto fail;
+        }
+        PyBuffer_Release(&c);
+    }
+    goto done;
+fail:
+    Py_CLEAR(list);
+done:
+    Py_DECREF(seq);
+    PyBuffer_Release(&head);
+    return list;
+}
+
+/*
+ * forwardCells(cmd, cells, start, stop, head) -> (next, [head + out, ...], mine): the layer with
+ * recognition on cells[start:stop] in order, up to and including the first cell for this end.
+ * The list holds the cells before it, to pass on; mine is None, or (out, tag) for that cell
+ * (as layer() returns it); next is the index after the last cell taken.
+ */
+static PyObject *
+Direction_forwardCells(Direction *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char cmd, inTag[BLOCK], o[CELL_LEN];
+    Py_buffer head, c;
+    PyObject *seq, *list = NULL, *mine = NULL, *result = NULL;
+    Py_ssize_t start, stop, i;
+    if (parseRun(args, nargs, &cmd, &seq, &start, &stop, &head) < 0)
+        return NULL;
+    list = PyList_New(0);
+    if (list == NULL)
+        goto done;
+    for (i = start; i < stop && mine == NULL; i++) {
+        int ours;
+        if (runCell(seq, i, &c) < 0)
+            goto done;
+        memcpy(inTag, (unsigned char *)c.buf + LINK_HEAD, BLOCK);
+        ours = 0;
+        if (layerRecognize(d, cmd, (unsigned char *)c.buf + LINK_HEAD, o, &ours) < 0) {
+            PyBuffer_Release(&c);
+            goto done;
+        }
+        PyBuffer_Release(&c);
+        if (ours) {
+            PyObject *out = PyBytes_FromStringAndSize((const char *)o, CELL_LEN);
+            if (out == NULL || (mine = pairOf(out, inTag)) == NULL)
+                goto done;
+        } else {
+            PyObject *out = PyBytes_FromStringAndSize(NULL, head.len + CELL_LEN);
+            int rc;
+            if (out == NULL)
+                goto done;
+            memcpy(PyBytes_AS_STRING(out), head.buf, head.len);
+            memcpy(PyBytes_AS_STRING(out) + head.len, o, CELL_LEN);
+            rc = PyList_Append(list, out);
+            Py_DECREF(out);
+            if (rc < 0)
+                goto done;
+        }
+    }
+    result = Py_BuildValue("(nOO)", i, list, mine == NULL ? Py_None : mine);
+done:
+    OPENSSL_cleanse(o, CELL_LEN);
+    Py_XDECREF(list);
+    Py_XDECREF(mine);
+    Py_DECREF(seq);
+    PyBuffer_Release(&head);
+    return result;
+}
+
+/*
  * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
  * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
- * ends the list with None (the chain is broken from there on).
+ * ends the list with None (the chain is broken from there on).  With maxData, a recognized
+ * cell whose data length is over it raises RelayLengthError once the whole run is through.
  */
 static PyObject *
 unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -565,9 +915,14 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char cmd, a[CELL_LEN], b[CELL_LEN], inTag[BLOCK];
     Py_buffer pad, cell;
     PyObject *seq = NULL, *dirs = NULL, *list = NULL;
-    Py_ssize_t n, hops, i, h;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad)");
+    Py_ssize_t n, hops, i, h, maxData = -1, tooLong = -1;
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expected (cmd, payloads, directions, pad[, maxData])");
+        return NULL;
+    }
+    if (nargs == 5 && (maxData = PyLong_AsSsize_t(args[4])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "maxData must not be negative");
         return NULL;
     }
     if (parseCmd(args[0], &cmd) < 0)
@@ -611,6 +966,9 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             in = out;
             out = swap;
         }
+        if (mine && maxData >= 0 && tooLong < 0
+            && ((Py_ssize_t)in[BLOCK + LEN_AT] << 8 | in[BLOCK + LEN_AT + 1]) > maxData)
+            tooLong = i;
         if (mine) {
             PyObject *body = PyBytes_FromStringAndSize(NULL, pad.len + BODY_LEN);
             if (body == NULL)
@@ -629,6 +987,11 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(entry);
         if (!mine)
             break;
+    }
+    if (tooLong >= 0) {
+        /* Raised once the whole run went through the layers, as a check after the run would be. */
+        PyErr_Format(RelayLengthError, "relay length over %zd on a CGO hop", maxData);
+        goto fail;
     }
     goto done;
 fail:
@@ -668,6 +1031,12 @@ static PyMethodDef Direction_methods[] = {
      "originateRun(cmd, bodies, head) -> ([head + cell], [tag]): originate for several bodies"},
     {"passRun", (PyCFunction)(void (*)(void))Direction_passRun, METH_FASTCALL,
      "passRun(cmd, payloads, head) -> [head + layer(payload)]: cells passing through"},
+    {"originateData", (PyCFunction)(void (*)(void))Direction_originateData, METH_FASTCALL,
+     "originateData(cmd, relayCmd, streamId, chunks, maxData, head) -> ([head + cell], [tag]): a message per chunk"},
+    {"passCells", (PyCFunction)(void (*)(void))Direction_passCells, METH_FASTCALL,
+     "passCells(cmd, cells, start, stop, head) -> [head + layer(cell[5:])]: link cells passing through"},
+    {"forwardCells", (PyCFunction)(void (*)(void))Direction_forwardCells, METH_FASTCALL,
+     "forwardCells(cmd, cells, start, stop, head) -> (next, [head + out], None or (out, tag)): up to the first for this end"},
     {NULL}
 };
 
@@ -691,8 +1060,10 @@ static PyTypeObject DirectionType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"runEnd", (PyCFunction)(void (*)(void))runEnd, METH_FASTCALL,
+     "runEnd(cells, start) -> stop: the whole cells from start on with its circuit id and command"},
     {"unwrapRun", (PyCFunction)(void (*)(void))unwrapRun, METH_FASTCALL,
-     "unwrapRun(cmd, payloads, directions, pad) -> [(hop, pad + body, tag), ...] (None ends it)"},
+     "unwrapRun(cmd, payloads, directions, pad[, maxData]) -> [(hop, pad + body, tag), ...] (None ends it)"},
     {NULL}
 };
 
@@ -713,6 +1084,14 @@ PyInit__cgodirection(void)
     Py_INCREF(&DirectionType);
     if (PyModule_AddObject(m, "Direction", (PyObject *)&DirectionType) < 0) {
         Py_DECREF(&DirectionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    RelayLengthError = PyErr_NewExceptionWithDoc("meshvpn.onion._cgodirection.RelayLengthError",
+                                                 "a relay payload's data length is over the CGO bound",
+                                                 PyExc_ValueError, NULL);
+    if (RelayLengthError == NULL || PyModule_AddObject(m, "RelayLengthError", Py_NewRef(RelayLengthError)) < 0) {
+        Py_XDECREF(RelayLengthError);
         Py_DECREF(m);
         return NULL;
     }

@@ -61,6 +61,10 @@ BODY_LEN = 493
 CELL_LEN = TAG_LEN + BODY_LEN  # the 509-byte cell payload
 STATE_SEED_LEN = 4 * BLOCK  # KB | KU | KS | N
 KEY_MATERIAL_LEN = 2 * STATE_SEED_LEN  # forward, then backward
+PAYLOAD_LEN = 509  # a common-layout relay payload (meshvpn.onion.cells), what originateRun's `at` reads
+_LEN_AT = 3  # the data length's offset in a body (command 1, stream 2)
+_LINK_HEAD = 5  # circuit id and command, before a cell's payload on the link
+LINK_CELL = _LINK_HEAD + CELL_LEN  # a whole cell as the link hands it over (meshvpn.link.cellsize)
 _ECB = modes.ECB()
 _UPDATE = b"\x01"
 _SEED_ZEROS = bytes(STATE_SEED_LEN)
@@ -144,8 +148,24 @@ class PyDirection:
             self.update(out[:TAG_LEN])
         return out, out[:TAG_LEN]
 
-    def originateRun(self, cmd, bodies, head):
-        """L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}."""
+    def originateRun(self, cmd, bodies, head, at=None, maxData=None):
+        """
+        L{originate} for several bodies in order. @return: C{([head + cell, ...], [tag, ...])}.
+
+        With C{at}, each item is a common-layout relay payload (L{PAYLOAD_LEN}
+        bytes) whose body starts at byte C{at}, its data length at most
+        C{maxData}; every item is checked before any is sealed.
+
+        @raise ValueError: an item of the wrong size.
+        @raise RelayLengthError: an item's data length is over C{maxData}.
+        """
+        if at is not None:
+            for plain in bodies:
+                if len(plain) != PAYLOAD_LEN:
+                    raise ValueError(f"relay payload of {len(plain)} bytes, expected {PAYLOAD_LEN}")
+                if ((plain[at + _LEN_AT] << 8) | plain[at + _LEN_AT + 1]) > maxData:
+                    raise RelayLengthError(f"relay data over {maxData} bytes on a CGO hop")
+            bodies = [plain[at:at + BODY_LEN] for plain in bodies]
         cells, tags = [], []
         for body in bodies:
             cell, tag = self.originate(cmd, body)
@@ -153,44 +173,138 @@ class PyDirection:
             tags.append(tag)
         return cells, tags
 
+    def originateData(self, cmd, relayCmd, streamId, chunks, maxData, head):
+        """
+        L{originateRun} for one relay message per chunk: each body is
+        C{relayCmd} 1 | C{streamId} 2 | length 2 | chunk | zeros.
+
+        @raise RelayLengthError: a chunk is over C{maxData} bytes (nothing sealed).
+        """
+        if not (0 <= relayCmd <= 0xff and 0 <= streamId <= 0xffff and 0 <= maxData <= BODY_LEN - _LEN_AT - 2):
+            raise ValueError("relay command, stream id or data bound out of range")
+        if any(len(chunk) > maxData for chunk in chunks):
+            raise RelayLengthError(f"relay data over {maxData} bytes on a CGO hop")
+        room = BODY_LEN - _LEN_AT - 2
+        bodies = [bytes((relayCmd, streamId >> 8, streamId & 0xff, len(chunk) >> 8, len(chunk) & 0xff))
+                  + bytes(chunk) + bytes(room - len(chunk)) for chunk in chunks]
+        return self.originateRun(cmd, bodies, head)
+
     def passRun(self, cmd, payloads, head):
         """Cells passing through, none for this end: C{[head + layer(payload), ...]}."""
         step = self.decrypt if self._decrypting else self.encrypt
         return [head + step(cmd, payload) for payload in payloads]
 
+    def passCells(self, cmd, cells, start, stop, head):
+        """
+        L{passRun} on the payloads of the link cells C{cells[start:stop]}.
 
-def pyUnwrapRun(cmd, payloads, directions, pad):
+        @raise ValueError: a cell is not L{LINK_CELL} bytes (the ones before it went through the layer).
+        """
+        _checkRun(cells, start, stop)
+        step = self.decrypt if self._decrypting else self.encrypt
+        out = []
+        for cell in cells[start:stop]:
+            out.append(head + step(cmd, _payload(cell)))
+        return out
+
+    def forwardCells(self, cmd, cells, start, stop, head):
+        """
+        L{layer} on the payloads of the link cells C{cells[start:stop]} in
+        order, up to and including the first one for this end.
+
+        @return: C{(next, [head + out, ...], mine)}: the cells before that one,
+            to pass on; C{mine} is C{None} or that one's C{(out, tag)}; C{next}
+            the index after the last cell taken.
+        """
+        _checkRun(cells, start, stop)
+        out = []
+        i = start
+        while i < stop:
+            payload = _payload(cells[i])
+            i += 1
+            plain, tag = self.layer(cmd, payload)
+            if tag is not None:
+                return i, out, (plain, tag)
+            out.append(head + plain)
+        return i, out, None
+
+
+class PyRelayLengthError(ValueError):
+    """A relay payload's data length is over the CGO bound (C{RelayLengthError}, what callers catch)."""
+
+
+def pyUnwrapRun(cmd, payloads, directions, pad, maxData=None):
     """
     The client's backward layers (C{directions}, guard first) on each cell
     until one recognizes it.
 
     @return: C{[(hop index, pad + body, tag), ...]}; a cell no layer
         recognizes ends the list with C{None} (the chain is broken from it on).
+    @raise RelayLengthError: C{maxData} given and a recognized cell's data
+        length is over it (raised once the whole run went through the layers).
     """
     out = []
+    tooLong = False
     for cell in payloads:
         for i, direction in enumerate(directions):
             cell, tag = direction.layer(cmd, cell)
             if tag is not None:
+                if maxData is not None and ((cell[TAG_LEN + _LEN_AT] << 8) | cell[TAG_LEN + _LEN_AT + 1]) > maxData:
+                    tooLong = True
                 out.append((i, pad + cell[TAG_LEN:], tag))
                 break
         else:
             out.append(None)
             break
+    if tooLong:
+        raise RelayLengthError(f"relay length over {maxData} on a CGO hop")
     return out
 
 
+def _checkRun(cells, start, stop):
+    if not 0 <= start <= stop <= len(cells):
+        raise IndexError("run outside the cells")
+
+
+def _payload(cell):
+    """A whole link cell's payload. @raise ValueError: not L{LINK_CELL} bytes."""
+    if len(cell) != LINK_CELL:
+        raise ValueError(f"a run holds whole {LINK_CELL}-byte cells only")
+    return cell[_LINK_HEAD:]
+
+
+def pyRunEnd(cells, start):
+    """
+    The end of the run that starts at C{cells[start]}: the whole link cells
+    from there on with its circuit id and command (its first 5 bytes).
+    """
+    if not 0 <= start < len(cells):
+        raise IndexError("run start outside the cells")
+    first = cells[start]
+    if len(first) != LINK_CELL:
+        raise ValueError(f"a run starts with a whole {LINK_CELL}-byte cell")
+    head = first[:_LINK_HEAD]
+    j = start + 1
+    while j < len(cells) and len(cells[j]) == LINK_CELL and cells[j][:_LINK_HEAD] == head:
+        j += 1
+    return j
+
+
 try:
-    from meshvpn.onion._cgodirection import Direction as _Direction, unwrapRun as _unwrapRun
+    from meshvpn.onion._cgodirection import (
+        Direction as _Direction, RelayLengthError, runEnd, unwrapRun as _unwrapRun,
+    )
 except ImportError:  # built without a C compiler or OpenSSL's headers
-    _Direction, _unwrapRun = PyDirection, pyUnwrapRun
+    _Direction, _unwrapRun, runEnd, RelayLengthError = PyDirection, pyUnwrapRun, pyRunEnd, PyRelayLengthError
 
 
-def unwrapRun(cmd, payloads, directions, pad):
+def unwrapRun(cmd, payloads, directions, pad, maxData=None):
     """L{pyUnwrapRun}, in C when the directions are (they are built together)."""
     if _unwrapRun is not pyUnwrapRun and directions and type(directions[0]) is not _Direction:
-        return pyUnwrapRun(cmd, payloads, directions, pad)  # a test swapped in the Python reference
-    return _unwrapRun(cmd, payloads, directions, pad)
+        return pyUnwrapRun(cmd, payloads, directions, pad, maxData)  # a test swapped in the Python reference
+    if maxData is None:
+        return _unwrapRun(cmd, payloads, directions, pad)
+    return _unwrapRun(cmd, payloads, directions, pad, maxData)
 
 
 def _split(material, decrypting):

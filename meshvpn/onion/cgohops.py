@@ -15,7 +15,7 @@ the old scheme's and would let bytes past the body through.
 """
 
 from meshvpn.onion import cgo
-from meshvpn.onion.cells import CGO_BODY_AT, CGO_BODY_LEN, CGO_RELAY_DATA_LEN, PAYLOAD_LEN, CellError
+from meshvpn.onion.cells import CGO_BODY_AT, CGO_BODY_LEN, CGO_RELAY_DATA_LEN, PAYLOAD_LEN, CellError, RelayCommand
 from meshvpn.onion.circhandshake import CGO
 
 _BODY_END = CGO_BODY_AT + CGO_BODY_LEN  # 503
@@ -39,13 +39,11 @@ def unwrapRun(payloads, views):
     @return: C{[(hop index, common-layout payload, tag), ...]}, ended by
         C{None} at the first cell no hop recognizes.
     """
-    out = cgo.unwrapRun(_RELAY, payloads, [view.back for view in views], _PAD)
-    for entry in out:
-        if entry is not None:
-            plain = entry[1]
-            if ((plain[_LEN_AT + CGO_BODY_AT] << 8) | plain[_LEN_AT + CGO_BODY_AT + 1]) > CGO_RELAY_DATA_LEN:
-                raise CellError(f"relay length over {CGO_RELAY_DATA_LEN} on a CGO hop")
-    return out
+    try:
+        # The length bound is checked in the same call, once the whole run went through the layers.
+        return cgo.unwrapRun(_RELAY, payloads, [view.back for view in views], _PAD, CGO_RELAY_DATA_LEN)
+    except cgo.RelayLengthError as e:
+        raise CellError(str(e)) from None
 
 
 def fromCell(cell):
@@ -62,13 +60,16 @@ class CgoRelayHop:
     cells toward the origin always travel as RELAY.
     """
 
-    __slots__ = ("_layer", "_passRun", "_originateRun")
+    __slots__ = ("_layer", "_passRun", "_originateRun", "_originateData", "_passCells", "_forwardCells")
     maxData = CGO_RELAY_DATA_LEN
 
     def __init__(self, material):
         self._layer = cgo.CgoRelayLayer(material)
         self._passRun = self._layer.back.passRun
         self._originateRun = self._layer.back.originateRun
+        self._originateData = self._layer.back.originateData
+        self._passCells = self._layer.back.passCells
+        self._forwardCells = self._layer.fwd.forwardCells
 
     def backwardRun(self, payloads, head):
         """Cells toward the origin passing through, in order: C{[head + cell with this layer, ...]}."""
@@ -98,8 +99,45 @@ class CgoRelayHop:
         return self._layer.originate(_RELAY, toBody(plain))
 
     def originateBackwardCells(self, plains, head):
-        """Payloads this hop sends toward the origin, in order, each behind C{head}. @return: C{(cells, tags)}."""
-        return self._originateRun(_RELAY, [toBody(plain) for plain in plains], head)
+        """
+        Payloads this hop sends toward the origin, in order, each behind
+        C{head} (L{toBody} of each, done in the one call). @return: C{(cells, tags)}.
+        """
+        try:
+            return self._originateRun(_RELAY, plains, head, CGO_BODY_AT, CGO_RELAY_DATA_LEN)
+        except cgo.RelayLengthError as e:
+            raise CellError(str(e)) from None
+
+    def originateDataCells(self, streamId, chunks, head):
+        """
+        DATA messages for C{streamId}, one per chunk (at most 488 bytes),
+        sealed toward the origin behind C{head} in one C call: what
+        L{originateBackwardCells} does with the payloads the dispatcher
+        would pack for them. @return: C{(cells, tags)}.
+        """
+        try:
+            return self._originateData(_RELAY, RelayCommand.DATA, streamId, chunks, CGO_RELAY_DATA_LEN, head)
+        except cgo.RelayLengthError as e:
+            raise CellError(str(e)) from None
+
+    def passCells(self, cells, start, stop, head):
+        """
+        Link cells C{cells[start:stop]} toward the origin passing through (a
+        run of one circuit, L{meshvpn.onion.cgo.runEnd}): C{[head + their
+        payloads with this layer, ...]}, without a slice per cell.
+        """
+        return self._passCells(_RELAY, cells, start, stop, head)
+
+    def forwardCells(self, cells, start, stop, head):
+        """
+        Link cells C{cells[start:stop]} away from the origin, through this
+        layer up to and including the first one for this hop.
+
+        @return: C{(next, [head + cell to pass on, ...], mine)}: C{mine} is
+            C{None}, or C{(cell, tag)} of the one for this hop as the layer
+            returns it (L{fromCell} makes it a relay payload).
+        """
+        return self._forwardCells(_RELAY, cells, start, stop, head)
 
     def originateBackwardRun(self, plains):
         """L{originateBackward} for several payloads in order. @return: C{(cells joined, tags)}."""

@@ -11,7 +11,11 @@ as does the dispatch of what is recognized (the common relay payload
 layout, 488 data bytes per message).
 """
 
+from zope.interface import implementer
+
+from meshvpn.interfaces import ICellRunEnd
 from meshvpn.onion.cells import CGO_RELAY_DATA_LEN, MAX_RELAY_EARLY, CellError, Command, DestroyReason
+from meshvpn.onion.cgohops import fromCell
 from meshvpn.onion.lifecycle import HopState
 from meshvpn.onion.relaycircuit import NextHopEnd, RelayCircuit
 
@@ -20,10 +24,13 @@ _CMDBYTE = {Command.RELAY: _RELAY, Command.RELAY_EARLY: bytes([Command.RELAY_EAR
 _CLOSED = HopState.CLOSED
 
 
+@implementer(ICellRunEnd)
 class CgoNextHopEnd(NextHopEnd):
     """The CGO hop's end on its next hop's channel: cells toward the origin, a cell at a time through the layer."""
 
     __slots__ = ()
+
+    TAKES_CELLS = True
 
     def onRelayRun(self, payloads):
         c = self.c
@@ -32,7 +39,16 @@ class CgoNextHopEnd(NextHopEnd):
         else:
             c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
+    def onRelayCells(self, cells, start, stop):
+        """L{onRelayRun} on the link's cells themselves (one C call: layer and the next link's header)."""
+        c = self.c
+        if c.prev.sendCells(c.layer.passCells(cells, start, stop, c.prevPrefix + _RELAY)):
+            c.counts["cells_relayed_backward"] += stop - start
+        else:
+            c.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
 
+
+@implementer(ICellRunEnd)
 class CgoRelayCircuit(RelayCircuit):
     """This relay's CGO hop of someone's circuit (C{layer}: a L{meshvpn.onion.cgohops.CgoRelayHop})."""
 
@@ -57,6 +73,32 @@ class CgoRelayCircuit(RelayCircuit):
         else:
             self.destroy(DestroyReason.RESOURCELIMIT, "forward queue full")
 
+    TAKES_CELLS = True
+
+    def onRelayCells(self, cells, start, stop):
+        """
+        L{onRelayRun} on the link's cells themselves: at a middle hop, one C
+        call takes the layer off every cell up to the first for this hop (if
+        any) and gives the others the next link's header; the last hop, and
+        a run whose message truncated the circuit, go the payload way.
+        """
+        if self.next is None:
+            self.onRelayRun([cell[5:] for cell in cells[start:stop]])
+            return
+        k = start
+        while k < stop:
+            if self.state is _CLOSED:
+                return  # a message destroyed the circuit: the rest is for no one
+            if self.next is None:  # truncated by a message of this run
+                self._forwardEach([cell[5:] for cell in cells[k:stop]])
+                return
+            k, out, mine = self.layer.forwardCells(cells, k, stop, self.nextPrefix + _RELAY)
+            plain = None if mine is None else fromCell(mine[0])  # a bad one: the cells before it stay too
+            if out and not self._passOn(out):
+                return
+            if mine is not None:
+                self._dispatch(Command.RELAY, plain, mine[1], self.next is None, 0)
+
     def onRelayRun(self, payloads):
         """Consecutive RELAY cells from the previous hop: through the layer in order, passed on in one append."""
         forward = self.layer.forward
@@ -72,6 +114,11 @@ class CgoRelayCircuit(RelayCircuit):
                 entries.append((0, plain, tag))
             self._dispatchRun(Command.RELAY, entries, 0)
             return
+        self._forwardEach(payloads)
+
+    def _forwardEach(self, payloads):
+        """A middle hop's run, cell by cell (the reference L{onRelayCells} matches)."""
+        forward = self.layer.forward
         out = []
         for payload in payloads:
             if self.state is _CLOSED:
@@ -91,6 +138,22 @@ class CgoRelayCircuit(RelayCircuit):
             self._dispatch(Command.RELAY, cell, tag, self.next is None, 0)
         if out:
             self._passOn(out)
+
+    def sendDataRun(self, streamId, chunks):
+        """
+        The dispatcher's L{sendDataRun} (the exit's downloads) with the
+        payloads packed in C with the sealing, not a Python concatenation per cell.
+        """
+        if self.state is _CLOSED:
+            return False
+        cells, tags = self.layer.originateDataCells(streamId, chunks, self.prevPrefix + _RELAY)
+        onSent = self.packWindow.onSent
+        for tag in tags:
+            onSent(tag)
+        if self.prev.sendCells(cells):
+            return True
+        self.destroy(DestroyReason.RESOURCELIMIT, "backward queue full")
+        return False
 
     def _passOn(self, cells):
         if self.next.sendCells(cells):

@@ -33,6 +33,7 @@ from meshvpn.interfaces import IChannel
 from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.onion import ntor
 from meshvpn.onion.cells import INITIATOR_BIT, CellError, Command, DestroyReason
+from meshvpn.onion.cgo import runEnd
 from meshvpn.onion.destroy import destroyCell
 from meshvpn.onion.flow import FlowError
 from meshvpn.onion.fragments import PendingBodies
@@ -242,17 +243,18 @@ class Channel:
                         continue
                     if cmd == 3 and end.TAKES_RUNS and i < n:
                         # A run of RELAY cells of one circuit goes to its end at
-                        # once (one AES call per layer, not per cell).
-                        head = cell[:5]
-                        j = i
-                        while j < n and cells[j].startswith(head) and len(cells[j]) == CELL_SIZE:
-                            j += 1
+                        # once (one AES call per layer, not per cell); an end
+                        # that takes the link's cells themselves is spared a
+                        # slice per cell (the CGO hops: one C call per run).
+                        j = runEnd(cells, i - 1)
                         if j > i:
-                            run = [c[5:] for c in cells[i - 1:j]]
-                            i = j
+                            start, i = i - 1, j
                             if perCircuit is not None:
-                                perCircuit[end] = perCircuit.get(end, 0) + len(run)
-                            end.onRelayRun(run)
+                                perCircuit[end] = perCircuit.get(end, 0) + j - start
+                            if getattr(end, "TAKES_CELLS", False):
+                                end.onRelayCells(cells, start, j)
+                            else:
+                                end.onRelayRun([c[5:] for c in cells[start:j]])
                             continue
                     if perCircuit is not None:
                         perCircuit[end] = perCircuit.get(end, 0) + 1

@@ -117,10 +117,12 @@ def measure(args, net, pipe, extra):
     if not first.matches(1000):
         raise RuntimeError("first fetch through the circuit failed")
     nbytes = args.megabytes * 1_000_000
+    circuitsBefore = _circuitBytes(net)
     cpuBefore = [_cpuSeconds(p) for p in pids]
     bulk = _viaSocks(proxy, host, port, f"/bytes/{nbytes}")
     cpuEach = [_cpuSeconds(p) - b for p, b in zip(pids, cpuBefore)]
     cpuUsed = sum(cpuEach)
+    bulkPath = _grewMost(circuitsBefore, net)
     pipeBulk = _direct(pipeHost, pipePort, f"/bytes/{nbytes}")
     small = [_viaSocks(proxy, host, port, "/bytes/100") for _ in range(args.fetches)]
     optimistic = [_viaSocks(proxy, host, port, "/bytes/100", optimistic=True) for _ in range(args.fetches)]
@@ -178,7 +180,7 @@ def measure(args, net, pipe, extra):
         "processes": len(pids),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    result.update(_perHop(net, cpuEach, nbytes))
+    result.update(_perHop(net, cpuEach, nbytes, bulkPath))
     result["quiet_circuits_taken"] = _quietCircuitsTaken(net)
     result.update(extra)
     return result
@@ -229,10 +231,33 @@ def _parallel(proxy, host, port, count, each):
     return out
 
 
-def _perHop(net, cpuEach, nbytes):
+def _circuitBytes(net):
+    """What each of the client's circuits received so far (its status file), by path."""
+    from meshvpn.control.status import readStatus
+
+    circuits = (readStatus(net.client.dataDir) or {}).get("circuits", {}).get("circuits", [])
+    return {tuple(c["path"]): c.get("bytes_received", 0) for c in circuits if c.get("path")}
+
+
+def _grewMost(before, net):
     """
-    CPU seconds per GB of each process on the bulk circuit (the client's
-    circuit that received the most), and what the middle relay switched
+    The path of the circuit that received the most since C{before}: the one
+    the measured download took (later downloads may take another circuit, so
+    the busiest one at the end need not be it).
+    """
+    time.sleep(1.2)  # the client rewrites its status file every second
+    after = _circuitBytes(net)
+    if not after:
+        return None
+    return list(max(after, key=lambda path: after[path] - before.get(path, 0)))
+
+
+def _perHop(net, cpuEach, nbytes, path=None):
+    """
+    CPU seconds per GB of each process on the bulk circuit (C{path}, the
+    circuit the measured download took; else the client's circuit that
+    received the most) and of the four together
+    (C{cpu_s_per_gb_path}), and what the middle relay switched
     per CPU second through real sockets and TLS: the counterpart of
     ``bench circuit``'s in-memory C{relay_cells_per_s_inmemory}.
     """
@@ -243,6 +268,8 @@ def _perHop(net, cpuEach, nbytes):
     if not circuits:
         return {}
     busiest = max(circuits, key=lambda c: c.get("bytes_received", 0))
+    if path is not None:
+        busiest = {"path": path}
     byId = {n.info["node_id"]: i for i, n in enumerate(net.nodes) if n.info}
     out = {}
     clientIndex = net.nodes.index(net.client)
@@ -255,6 +282,9 @@ def _perHop(net, cpuEach, nbytes):
     # The processes off the circuit (the other relays, the DHT bootstrap): their
     # CPU grows with the transfer's duration, not its bytes.
     out["cpu_s_per_gb_others"] = round(sum(c for i, c in enumerate(cpuEach) if i not in onPath) / (nbytes / 1e9), 2)
+    if len(onPath) == 4:
+        # What the bytes cost: the four processes they crossed (steadier than the total on a loaded machine).
+        out["cpu_s_per_gb_path"] = round(sum(cpuEach[i] for i in onPath) / (nbytes / 1e9), 2)
     middleCpu = cpuEach[byId[busiest["path"][1]]] if len(busiest["path"]) == 3 and busiest["path"][1] in byId else 0
     if middleCpu > 0:
         # Both directions: the data cells down and their acknowledgements up are few; count the data.
