@@ -269,3 +269,29 @@ class Authenticated(unittest.TestCase):
             w.onSent(bytes(8))
         self.assertEqual(w.window, 0)
         self.assertRaises(FlowError, w.onSent, bytes(8))
+
+
+class PacketCircuitParams(unittest.TestCase):
+    """
+    A circuit end that sends IP packets keeps its queue uncapped by the round
+    trip (PacketVegasParams: TCP inside the VPN needs it); ends that carry
+    only streams keep the cap that keeps a fetch beside a download fast.
+    """
+
+    def test_endsThatSendPacketsSwitch(self):
+        from meshvpn.onion.flow import PacketVegasParams, VegasParams, VegasWindow
+        from meshvpn.onion.test.test_circuit import SECRET, Net
+
+        n = Net(self)
+        circ = n.built(self)
+        exitEnd = n.relayCircuit(n.exit)
+        self.assertIs(type(circ.packWindow), VegasWindow)
+        self.assertIs(circ.packWindow.params, VegasParams)
+        self.assertIs(exitEnd.packWindow.params, VegasParams)
+        circ.setPacketReceiver(lambda packets: None)
+        circ.sendPackets([SECRET])
+        n.net.pump()
+        self.assertIs(circ.packWindow.params, PacketVegasParams)
+        self.assertIs(exitEnd.packWindow.params, PacketVegasParams)  # it echoed them: it sends packets too
+        self.assertEqual(PacketVegasParams.queueShare, float("inf"))
+        self.assertEqual(PacketVegasParams.slowStartSamples, VegasParams.slowStartSamples)
