@@ -73,6 +73,11 @@ class ClientIsBusy(unittest.TestCase):
         self.assertEqual(actions.count(Action.STAY), 1)  # said once, for the log
         self.assertEqual(rule.phase, Phase.SINGLE)
 
+    def test_aQuietLoopbackClientDoesNotLink(self):
+        """About 40% busy (a quiet machine's loopback client at ~37 MB/s): relays on the same host gain nothing."""
+        self.assertNotIn(Action.LINK, run(MultipathRule(), [(37 * MB, 0.4)] * 30))
+        self.assertIn(Action.LINK, run(MultipathRule(), [(2 * MB, 0.2)] * 3))  # throttled relays: 11-21% busy
+
     def test_unknownShareNeverLinks(self):
         """Before the thread was sampled twice the share is unknown: no link on a guess."""
         self.assertNotIn(Action.LINK, run(MultipathRule(), [(20 * MB, None)] * 10))
