@@ -335,8 +335,10 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
 
     @param probed: per relay, its probed capacity or C{None}.
     """
+    # (a relay whose estimate is 0 this round, e.g. cut by its partners' reading, says nothing of the bytes
+    # per probed unit: counted, a majority of them set S to 0 and every estimate with it, and nobody was measured)
     samples = [(t / p, t if scaleBy == "estimate" else p, k)
-               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0]
+               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0 and t > 0]
     if not samples:
         return traffic
     perUnit = weightedMedian(samples) * margin

@@ -23,7 +23,11 @@ carry a few KB/s, the pair's link holds at its cap and the pair ran away
 with nearly all the weight and the guard flag (measured 9.8 MB/s each
 against 2.8 KB/s for every honest relay, in one run); with probes each
 relay is held to what it echoed when probed and the pair stays at or
-below its probed share.
+below its probed share.  An epoch in which the client with probes measured
+no honest relay is not compared: it happened (every weight 0, so path
+selection falls back to uniform, which gives the pair a third of the
+draws), and is a weakness of the probed computation left to its owners,
+not a defence.
 """
 
 import json
@@ -164,6 +168,12 @@ def shares(body, ids):
     return out
 
 
+def joinAll(threadList, seconds):
+    end = time.monotonic() + seconds
+    for t in threadList:
+        t.join(max(0.0, end - time.monotonic()))
+
+
 def forgeriesRead(view):
     """The forged pair's reports in C{view} are the forgeries."""
     return all(n in view and (view[n][2] or 0) >= HUGE for n in FORGED)
@@ -226,13 +236,14 @@ class ForgedReportsTests(unittest.TestCase):
         workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WORKERS)]
         for t in workers:
             t.start()
-        self.addCleanup(lambda: [t.join(30) for t in workers])
+        self.addCleanup(joinAll, workers, 30)
         self.addCleanup(stop.set)  # (cleanups run last first: the workers are told before they are joined)
 
-        # both clients' weights of the same epochs, computed from the forgeries and every honest report
+        # both clients' weights of the same epochs, both computed from the forgeries
         seen = {"probes": {}, "blind": {}}
         deadline = time.monotonic() + (FORGE_EPOCHS + 1) * EPOCH + 30
         got = {}
+        unweighted = set()  # epochs the client with probes measured nobody honest in
         while time.monotonic() < deadline and len(got) < WANTED_EPOCHS:
             for which, dataDir in (("probes", net.client.dataDir), ("blind", blind.dataDir)):
                 body = readWeights(dataDir)
@@ -241,14 +252,19 @@ class ForgedReportsTests(unittest.TestCase):
             for epoch in sorted(set(seen["probes"]) & set(seen["blind"]) - set(got)):
                 views = [seen[w][epoch] for w in ("probes", "blind")]
                 probes, blindView = views
-                # the attack took (the client without probes measured one of the pair at least) and the
-                # client with probes has read the pair's capacity
+                # the attack took (the client without probes measured one of the pair at least), and the
+                # client with probes read the pair's capacity and measured someone (all at 0 would be a
+                # network without weights, not a defence)
                 if (all(forgeriesRead(v) for v in views) and any("measured" in blindView[n][3] for n in FORGED)
                         and all(probes[n][1] is not None for n in FORGED)):
-                    got[epoch] = views
+                    if any("measured" in probes[n][3] for n in probes if n not in FORGED):
+                        got[epoch] = views
+                    else:
+                        unweighted.add(epoch)
             yield task.deferLater(reactor, 1, lambda: None)
         stop.set()
-        self.assertTrue(got, f"no epoch where both clients used the forgeries and every honest report: {seen}; "
+        self.assertTrue(got, f"no epoch where both clients used the forgeries (and the client with probes measured "
+                             f"someone: not in {sorted(unweighted)}): {seen}; "
                              f"downloads {len(done)}\n" + "\n".join(lines[-30:]) + "\n" + refusedReports(net))
         capacity = {n: rateOf(r) for n, r in RATES_ALL.items()}
         capacityShare = sum(capacity[n] for n in FORGED) / sum(capacity.values())
@@ -265,6 +281,8 @@ class ForgedReportsTests(unittest.TestCase):
                   f"probed share {probedShare:.3f}; per relay (rate, probed B/s, share without / with): "
                   + ", ".join(f"{n} {RATES_ALL[n]} {probes.get(n, (0, 0))[1] or 0:.0f} "
                               f"{blindView.get(n, (0,))[0]:.3f}/{probes.get(n, (0,))[0]:.3f}" for n in ids))
+        if unweighted:
+            print(f"  not compared: epochs {sorted(unweighted)}, where the client with probes measured no honest relay")
         probedShare, without, withProbes = (sum(r[k] for r in rows) / len(rows) for k in range(3))
         print(f"  mean of {len(rows)} epochs: without probes {without:.3f} ({without / capacityShare:.2f} x capacity "
               f"share), with probes {withProbes:.3f} ({withProbes / max(probedShare, 1e-9):.2f} x probed share)")
@@ -315,3 +333,23 @@ class PublisherCapTests(unittest.TestCase):
     test_everyEpochOfAProbingRelayIsStored.todo = (
         "a storing node's 16 records per publisher do not hold a probing relay's 14 slots of reports and probe "
         "reports (doc/dht.md, meshvpn/dht/records.py): refused from the 7th epoch on")
+
+
+class ProbeCapScaleTests(unittest.TestCase):
+    """
+    Found by the real-process run above: with the forgeries, the client
+    with probes measured nobody in about half the runs (every weight 0, so
+    path selection fell back to uniform draws).  The honest relays' estimates
+    had been cut to 0 in a round, and they held most of the probed capacity,
+    so the bytes per probed unit (the median of estimate over probe) was 0
+    and L{probeCap} held every relay at 0.
+    """
+
+    def test_relaysAtZeroDoNotSetTheScale(self):
+        from meshvpn.measure.aggregate import probeCap
+
+        traffic = [0.0, 0.0, 0.0, 10.0, 30.0]
+        out = probeCap(traffic, [True] * 5, [100.0, 100.0, 100.0, 10.0, 10.0], 0.8)
+        # the scale comes from the two relays with an estimate (3 and 1 bytes per probed unit: the lower
+        # median, 1): each is held to 0.8 x 1 x its probe
+        self.assertEqual(out, [0.0, 0.0, 0.0, 8.0, 8.0])
