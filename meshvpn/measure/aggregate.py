@@ -302,7 +302,7 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
     bench's C{--probes}; no relay runs probes yet).
 
     The network's bytes per probed unit, C{S}, is the median of
-    C{T_k / P_k} over counted relays with a probe, weighted by the probes
+    C{T_k / P_k} over counted relays with a probe and an estimate above 0, weighted by the probes
     C{P_k} (C{scaleBy="probe"}): a machine cannot be probed above what it
     really forwards, and its identities probed in one slot share it, so
     no one gains a vote by inflating its estimate.  Weighted by the
