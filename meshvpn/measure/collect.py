@@ -10,8 +10,9 @@ flood the DHT.
 from twisted.internet import defer
 
 from meshvpn.dht.records import ownedKey
+from meshvpn.measure.probereadback import ReadBackError, parseReadBack
 from meshvpn.measure.probereports import ProbeReportError, parseProbeReport
-from meshvpn.measure.publish import probeSalt, reportSalt
+from meshvpn.measure.publish import probeSalt, readBackSalt, reportSalt
 from meshvpn.measure.reports import ReportError, joinParts, parsePart
 
 
@@ -79,27 +80,35 @@ class ProbeReportCollector:
     @param dht: a callable returning the L{meshvpn.interfaces.IDHT}.
     """
 
+    parse = staticmethod(parseProbeReport)
+    error = ProbeReportError
+    salt = staticmethod(probeSalt)
+
     def __init__(self, dht, concurrency=8):
         self.dht = dht
         self._limit = defer.DeferredSemaphore(concurrency)
         self.rejected = 0
 
+    @staticmethod
+    def owner(report):
+        return report.measurer
+
     def _check(self, record, nodeId, epoch):
         if record is None:
             return None
         try:
-            report = parseProbeReport(record.value)
-        except ProbeReportError:
+            report = self.parse(record.value)
+        except self.error:
             self.rejected += 1
             return None
-        if record.publisherKey != report.identityKey or report.measurer != nodeId:
+        if record.publisherKey != report.identityKey or self.owner(report) != nodeId:
             self.rejected += 1
             return None
         return report if report.epoch == epoch else None
 
     def fetch(self, nodeId, epoch):
-        """@return: Deferred firing with the measurer's L{ProbeReport} of C{epoch}, or C{None}."""
-        d = self._limit.run(self.dht().get, ownedKey(nodeId, probeSalt(epoch)))
+        """@return: Deferred firing with the relay's report of C{epoch}, or C{None}."""
+        d = self._limit.run(self.dht().get, ownedKey(nodeId, self.salt(epoch)))
         return d.addCallback(self._check, nodeId, epoch)
 
     def fetchAll(self, nodeIds, epoch):
@@ -107,3 +116,15 @@ class ProbeReportCollector:
         ds = [self.fetch(n, epoch).addErrback(lambda f: None) for n in sorted(set(nodeIds))]
         d = defer.gatherResults(ds)
         return d.addCallback(lambda found: [r for r in found if r is not None])
+
+
+class ReadBackCollector(ProbeReportCollector):
+    """The read-backs of one epoch (L{meshvpn.measure.probereadback}): one owned record per target, checked alike."""
+
+    parse = staticmethod(parseReadBack)
+    error = ReadBackError
+    salt = staticmethod(readBackSalt)
+
+    @staticmethod
+    def owner(report):
+        return report.target

@@ -11,11 +11,44 @@ from a first pass without clipping): unclipped, a few colluding measurers
 would read a colluder at any size.  A measurer with no probed capacity of
 its own (nobody could read it) does not count.  Everything is processed
 sorted by id, so the same reports give the same capacities anywhere.
+
+That is the relay's reading in its *target* role.  In the one slot it is
+a measurer too, and a relay that skipped measuring would keep its whole
+link for its echoes and be read up to twice its share as a target.  So
+its targets read it back (L{meshvpn.measure.probereadback}), and its
+reading in the *measurer* role is the lower median of those read-backs
+over the window, weighted by each target's own target-role capacity (the
+targets hold the weight of what they can absorb: a measurer that serves
+its small targets and skips its big ones is still read at what it
+skipped).  A read-back is the measurer's sending rate to that target
+times its number of targets (a measurer splits its part of the slot among
+them, so each sees about that fraction: the same units as the target
+role, C{team size x rate}); a target that could not keep up with it for
+most of the slot (it dropped what it could not echo in at least 3/4 of
+the slot's seconds) reads it as not limiting; a target whose
+read-back names it not at all read it sending nothing, 0.  The relay's
+probed capacity is then the bench's C{readback} rule
+(L{meshvpn.tools.benchweights}): the lower of its two roles, never below
+its target role times C{1 - MEASURE_SHARE}, what an honest split shows as
+a target.  A skipper (all its read-backs 0) is held to that, which is
+what it would show had it measured; hostile targets reading an honest
+measurer back at 0 cut it by at most C{MEASURE_SHARE}, and only if they
+hold more than half of its targets' weight.  A relay no target read back
+(its targets run a version without read-backs) keeps its target role.
 """
 
+import math
+
+from meshvpn.measure.aggregate import weightedMedian
+from meshvpn.measure.probereports import MAX_TARGETS
 from meshvpn.measure.reports import prefixOf
 
 PROBE_WINDOW = 6  # epochs of probe readings a capacity is read from (the agreed history's window)
+MEASURE_SHARE = 0.5  # the part of a relay's slot its measuring duties take (the bench's measureShare)
+# The version deadline: probes cap the weights of epochs starting at or after this Unix time
+# (2027-03-01 00:00 UTC).  Until then relays of versions that cannot be probed are too common for
+# the unprobed rule (doc/measurement.md, *A relay without a probe*); a release moves it.
+PROBES_CAP_FROM = 1_803_859_200
 
 
 def _lowerMedian(values):
@@ -46,8 +79,12 @@ def readingsByTarget(reportsByEpoch, planOf):
     return samples
 
 
-def probedCapacities(reportsByEpoch, planOf):
+def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
     """
+    @param readBacksByEpoch: C{{epoch: [ReadBack]}} or C{None} (no
+        read-back: a relay's capacity is its target role).
+    @param roles: a dict to fill with C{{nodeId: (target role, measurer
+        role or None)}}, or C{None}.
     @return: C{{nodeId: probed capacity in bytes/s}} for every relay some
         assigned measurer with a capacity of its own read.
     """
@@ -58,4 +95,66 @@ def probedCapacities(reportsByEpoch, planOf):
         clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
         if clipped:
             out[t] = _lowerMedian(clipped)
+    return withMeasurerRole(out, readBacksByEpoch, planOf, roles)
+
+
+def withMeasurerRole(targetRole, readBacksByEpoch, planOf, roles=None):
+    """
+    @param targetRole: C{{nodeId: target-role capacity}}.
+    @return: C{{nodeId: probed capacity}}: each target role combined with
+        the relay's measurer role read back by its targets (L{combine}).
+    """
+    backs = readBacksByMeasurer(readBacksByEpoch or {}, planOf, targetRole)
+    out = {}
+    for t, capacity in sorted(targetRole.items()):
+        measurer = weightedMedian(backs[t]) if t in backs else None
+        out[t] = combine(capacity, measurer)
+        if roles is not None:
+            roles[t] = (capacity, measurer)
     return out
+
+
+def readBacksByMeasurer(readBacksByEpoch, planOf, targetRole):
+    """
+    @param readBacksByEpoch: C{{epoch: [ReadBack]}}.
+    @param targetRole: C{{nodeId: target-role capacity}}: a target's
+        weight in its measurers' medians (a target without one has no say).
+    @return: C{{measurer nodeId: [(reading, target's weight, target nodeId)]}}
+        for every measurer the plans gave a target that published a read-back.
+    """
+    samples = {}
+    for epoch in sorted(readBacksByEpoch):
+        plan = planOf(epoch)
+        duties = {}  # measurer -> its targets, sorted (it probes the first MAX_TARGETS)
+        for t in sorted(plan.teams):
+            for m in plan.teams[t]:
+                duties.setdefault(m, []).append(t)
+        seen = set()
+        for back in sorted(readBacksByEpoch[epoch], key=lambda b: b.target):
+            t = back.target
+            if back.epoch != epoch or t in seen or t not in plan.teams:
+                continue
+            seen.add(t)
+            weight = targetRole.get(t)
+            if not weight:
+                continue
+            for m in plan.teams[t]:
+                mine = duties[m][:MAX_TARGETS]
+                if t not in mine:
+                    continue  # beyond what a measurer probes: no duty
+                sent = back.of(m)
+                if sent is None:
+                    reading = 0.0
+                elif sent.filled(back.millis):
+                    reading = math.inf
+                else:
+                    reading = len(mine) * sent.received * 1000 / back.millis
+                samples.setdefault(m, []).append((reading, weight, t))
+    return samples
+
+
+def combine(target, measurer):
+    """The bench's C{readback} rule: the lower role, never below an honest split's target role."""
+    if measurer is None:
+        return target
+    return max(target * (1 - MEASURE_SHARE), min(target, measurer))

@@ -25,15 +25,25 @@ when all of these hold, else it drops the record and counts why:
  - the link's writes are not blocked (an echo is never queued: a queue
    would only hide the path's capacity and grow).
 
+While it echoes, the target also reads its measurers back
+(L{meshvpn.measure.probereadback}): for every measurer it echoes, the
+bytes of PROBE data received in the slot, those it did not echo because
+it was itself the bottleneck (no capacity left, link blocked, the sanity
+bound), and in how many distinct seconds that happened.  Records from anyone else, or outside the slot, count for
+nothing: they are not the measurer's duty.
+
 A malformed PROBE record never gets here: the link refuses it and closes
 (L{meshvpn.link.probewire}).
 """
 
 from meshvpn.measure.epoch import epochOf
+from meshvpn.measure.probereadback import MAX_MEASURERS, Sent
+from meshvpn.measure.reports import prefixOf
 from meshvpn.ratelimit import TokenBucket
 
 GRACE = 2.0  # seconds of clock difference tolerated at each end of the slot
 MAX_RATE = 125_000_000  # bytes/s one measurer may draw from a target (1 Gbit/s), over the slot
+KEEP = 3  # epochs of read-backs kept (the publisher asks for the one that just ended)
 
 
 class ProbeEcho:
@@ -53,6 +63,10 @@ class ProbeEcho:
         self._epoch = None
         self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
         self._shares = {}  # measurer -> its TokenBucket share of the node's limit this epoch
+        # epoch -> {measurer: [bytes received, bytes not echoed for want of our capacity, seconds that
+        # happened in, the last such second]}; only
+        # measurers the plan lets us echo, at most MAX_MEASURERS of them an epoch
+        self._back = {}
 
     def probeReceived(self, link, seq, data):
         now = self.clock.seconds()
@@ -68,23 +82,52 @@ class ProbeEcho:
         if not plan.slotStart - GRACE <= offset <= plan.slotStart + plan.slotLength + GRACE:
             self.counters["outside_slot"] += 1
             return False
+        back = self._readBack(epoch, peer)
+        if back is not None:
+            back[0] += len(data)
         drawn = self._drawn.get(peer, 0) + len(data)
         if drawn > MAX_RATE * (plan.slotLength + 2 * GRACE):
-            self.counters["over_budget"] += 1
-            return False
+            return self._targetBound(back, data, "over_budget")
         if self.bucket is not None and self.bucket.rate is not None:
             share = self._shares.get(peer)
             if share is None:
                 team = len(plan.teams.get(self.nodeId, ())) or 1
                 share = self._shares[peer] = TokenBucket(self.clock, self.bucket.rate / team, self.bucket.burst / team)
             if not share.tryConsume(len(data)):
-                self.counters["no_capacity"] += 1
-                return False
+                return self._targetBound(back, data, "no_capacity")
             self.bucket.consume(len(data))
         if not link.sendProbe(seq, data, echo=True):
-            self.counters["blocked"] += 1
-            return False
+            return self._targetBound(back, data, "blocked")
         self._drawn[peer] = drawn
         self.counters["echoed"] += 1
         self.counters["echoed_bytes"] += len(data)
         return True
+
+    def _readBack(self, epoch, peer):
+        """The read-back counters of C{peer} this epoch (C{None} once the epoch holds L{MAX_MEASURERS} others)."""
+        counts = self._back.setdefault(epoch, {})
+        for old in [e for e in self._back if e <= epoch - KEEP]:
+            del self._back[old]
+        got = counts.get(peer)
+        if got is None and len(counts) < MAX_MEASURERS:
+            got = counts[peer] = [0, 0, 0, None]
+        return got
+
+    def _targetBound(self, back, data, why):
+        """Drop a record we could not echo: the measurer sent more than we could take."""
+        self.counters[why] += 1
+        if back is not None:
+            back[1] += len(data)
+            second = int(self.clock.seconds())
+            if second != back[3]:
+                back[2], back[3] = back[2] + 1, second
+        return False
+
+    def readBackOf(self, epoch):
+        """
+        The read-back of C{epoch}: a L{Sent} per measurer that sent us
+        anything in the slot, sorted by measurer prefix.
+        """
+        counts = self._back.get(epoch, {})
+        return sorted((Sent(prefixOf(m), r, b, n) for m, (r, b, n, _) in counts.items() if r > 0),
+                      key=lambda s: s.measurer)

@@ -12,6 +12,12 @@ readings (bytes echoed, milliseconds) wait for the epoch's end, when the
 publisher signs and stores them beside the traffic report.  A target that
 could not be reached reads 0 (it forwarded nothing that slot); one whose
 link is older than version 5 is left out (it cannot be probed).
+
+As a target it also reads its measurers back (L{ProbeEcho}), and the
+publisher signs that beside the readings (L{readBackOf}), but only for an
+epoch whose slot opened while the service ran: a relay that started after
+the slot saw none of its measurers, and a read-back of nobody would read
+them all at nothing.
 """
 
 from twisted.application import service
@@ -84,6 +90,7 @@ class ProbeService(service.Service):
         self.planOf = PlanCache(directory, epochLength, probeSeconds, teamSize)
         self.echo = ProbeEcho(clock, identity.nodeId, self.planOf, epochLength, bucket)
         self.readings = {}  # epoch -> {target nodeId: Reading}
+        self.attended = set()  # epochs whose slot opened while this service ran (a read-back is worth signing)
         self.counters = {"probes": 0, "unreachable": 0, "too_old": 0, "stray_echoes": 0}
         self._streams = {}  # link -> ProbeStream running on it
         self._call = None
@@ -136,6 +143,7 @@ class ProbeService(service.Service):
         self.readings.setdefault(epoch, {})
         for old in [e for e in self.readings if e < epoch - KEEP + 1]:
             del self.readings[old]
+        self.attended = {e for e in self.attended if e >= epoch - KEEP + 1} | {epoch}
         return defer.gatherResults([self._probe(epoch, known[t], end) for t in targets])
 
     @defer.inlineCallbacks
@@ -170,6 +178,17 @@ class ProbeService(service.Service):
     def readingsOf(self, epoch):
         """The readings of C{epoch}, sorted by target (for the signed probe report)."""
         return sorted(self.readings.get(epoch, {}).values(), key=lambda r: r.target)
+
+    def readBackOf(self, epoch):
+        """
+        C{(slot milliseconds, [Sent])}: what each measurer sent this relay in
+        the slot of C{epoch} (L{meshvpn.measure.probereadback}), or C{None}
+        if the slot did not open while this service ran.
+        """
+        if epoch not in self.attended:
+            return None
+        plan = self.planOf(epoch)
+        return max(1, int(round(plan.slotLength * 1000))), self.echo.readBackOf(epoch)
 
     def status(self):
         out = dict(self.counters)

@@ -12,7 +12,11 @@ reused, so a client finds every epoch its agreed weights are computed from.
 With capacity probes (L{meshvpn.measure.probeservice}), the relay's
 signed probe readings of the epoch go beside the report, one owned record
 under C{ownedKey(nodeId, b"meshvpn-probe:" + slot)} (at most 32 targets,
-one record), with the same sequence number and lifetime.
+one record), with the same sequence number and lifetime; and its signed
+read-back of the epoch (what each of its measurers sent it in the slot:
+L{meshvpn.measure.probereadback}) under
+C{ownedKey(nodeId, b"meshvpn-probeback:" + slot)}, even when nobody sent
+anything (that is the point: a measurer that skipped is read at nothing).
 
 The streak of a neighbour (epochs in a row it carried traffic with us) is
 kept in memory: a restarted relay starts its neighbours' streaks again,
@@ -27,12 +31,14 @@ from zope.interface import implementer
 from meshvpn.dht.records import makeRecord
 from meshvpn.interfaces import IStatusSource
 from meshvpn.measure.epoch import epochOf, nextBoundary
+from meshvpn.measure.probereadback import signReadBack
 from meshvpn.measure.probereports import signProbeReport
 from meshvpn.measure.reports import MAX_STREAK, makeReport
 from meshvpn.measure.window import SLOTS
 
 SALT_PREFIX = b"meshvpn-bw:"
 PROBE_SALT_PREFIX = b"meshvpn-probe:"
+READBACK_SALT_PREFIX = b"meshvpn-probeback:"
 
 
 def reportSalt(part, epoch):
@@ -45,13 +51,19 @@ def probeSalt(epoch):
     return PROBE_SALT_PREFIX + bytes([epoch % SLOTS])
 
 
+def readBackSalt(epoch):
+    """The salt of the read-back of C{epoch}."""
+    return READBACK_SALT_PREFIX + bytes([epoch % SLOTS])
+
+
 @implementer(IStatusSource)
 class ReportPublisher(service.Service):
     """
     @param dht: an L{meshvpn.interfaces.IDHT} (a callable returning it, as
         the DHT exists only once its service started).
     @param meter: an L{meshvpn.interfaces.ITrafficMeter}.
-    @param probes: what holds the relay's probe readings (C{readingsOf(epoch)}:
+    @param probes: what holds the relay's probe readings and read-backs
+        (C{readingsOf(epoch)}, C{readBackOf(epoch)}:
         L{meshvpn.measure.probeservice.ProbeService}), or C{None}: no probe report.
     """
 
@@ -61,6 +73,7 @@ class ReportPublisher(service.Service):
         self.clock = clock
         self.probes = probes
         self.lastProbes = None  # (epoch, targets) of the last probe report stored
+        self.lastReadBack = None  # (epoch, measurers) of the last read-back stored
         self.identity = identity
         self.dht = dht
         self.meter = meter
@@ -121,6 +134,7 @@ class ReportPublisher(service.Service):
             self.log.info("bandwidth report of epoch {e} published: {k} neighbours", e=epoch, k=len(self.last[1]))
         if self.probes is not None:
             yield self.publishProbes(epoch, expires)
+            yield self.publishReadBack(epoch, expires)
         return len(parts) - failed
 
     @defer.inlineCallbacks
@@ -138,6 +152,22 @@ class ReportPublisher(service.Service):
         self.lastProbes = (epoch, len(readings))
         self.log.info("probe report of epoch {e} published: {n} targets", e=epoch, n=len(readings))
 
+    @defer.inlineCallbacks
+    def publishReadBack(self, epoch, expires):
+        got = self.probes.readBackOf(epoch)
+        if got is None:
+            return
+        millis, sent = got
+        readBack = signReadBack(self.identity, epoch, self.epochLength, millis, sent)
+        try:
+            yield self.dht().put(makeRecord(self.identity, readBackSalt(epoch), readBack.raw, epoch, expires))
+        except Exception as e:
+            self.failures += 1
+            self.log.warn("read-back of epoch {e} not stored: {why}", e=epoch, why=e)
+            return
+        self.lastReadBack = (epoch, len(readBack.sent))
+        self.log.info("read-back of epoch {e} published: {n} measurers sent to us", e=epoch, n=len(readBack.sent))
+
     def status(self):
         out = {"epoch_length": self.epochLength, "failures": self.failures}
         if self.last is not None:
@@ -146,4 +176,6 @@ class ReportPublisher(service.Service):
                        bytes=sum(b for b, _ in table.values()))
         if self.lastProbes is not None:
             out.update(last_probe_epoch=self.lastProbes[0], probe_targets=self.lastProbes[1])
+        if self.lastReadBack is not None:
+            out.update(last_readback_epoch=self.lastReadBack[0], readback_measurers=self.lastReadBack[1])
         return out

@@ -26,7 +26,20 @@ keeps the readings the epoch's plan asked for (the plan from this node's
 directory: L{meshvpn.measure.probeservice.planFromDirectory}) and passes
 each relay's probed capacity (L{meshvpn.measure.probed}) to
 C{computeWeights(probed=...)}: a relay's weight is then held to what it
-really forwarded when probed, whatever its partners vouch for.
+really forwarded when probed, whatever its partners vouch for.  It reads
+the targets' read-backs of their measurers too (a relay that skipped
+measuring is held to what it would show had it measured).
+
+Probes cap the weights only of epochs that start at or after
+L{meshvpn.measure.probed.PROBES_CAP_FROM}, a constant of the code, the
+same on every node of a release, not a setting: two clients with
+different deadlines would compute different weights from the same
+reports.  Before it the probed capacities are read and shown, but the
+weights are the reports' alone: while relays of versions that cannot be
+probed are common, holding them at the lower quartile probe costs honest
+ones more than it takes from liars (bench: a fifth of the honest relays
+unprobed, 1.83 against 1.39; doc/measurement.md), and leaving them free
+lets liars claim an old version (5.41).
 """
 
 import json
@@ -39,9 +52,9 @@ from zope.interface import implementer
 
 from meshvpn.interfaces import IRelayWeights, IStatusSource
 from meshvpn.measure.aggregate import Params, computeWeights
-from meshvpn.measure.collect import ProbeReportCollector, ReportCollector
+from meshvpn.measure.collect import ProbeReportCollector, ReadBackCollector, ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
-from meshvpn.measure.probed import PROBE_WINDOW, probedCapacities, readingsByTarget
+from meshvpn.measure.probed import PROBE_WINDOW, PROBES_CAP_FROM, probedCapacities, readingsByTarget
 from meshvpn.measure.probeplan import Candidate, candidatesFrom, makePlan
 from meshvpn.measure.window import Chain, anchorsFor
 from meshvpn.secretfile import writeSecretFile
@@ -67,22 +80,38 @@ def inThread(reactor):
     return compute
 
 
-def weightsJSON(epoch, epochLength, measures, reports, updated, probed=None):
-    """The public summary C{weights.json} holds."""
+def weightsJSON(epoch, epochLength, measures, reports, updated, probed=None, probeRoles=None, probesCap=None):
+    """
+    The public summary C{weights.json} holds.
+
+    @param probeRoles: C{{nodeId: (target role, measurer role or None)}}:
+        shown as C{probed_as_target} and C{probed_as_measurer} (C{null}: no
+        read-back; C{"not limiting"}: its targets could not keep up with it).
+    @param probesCap: whether the probes capped these weights (the version deadline), or C{None}: not shown.
+    """
     byReporter = {r.reporter: r for r in reports}
     probed = probed or {}
+    probeRoles = probeRoles or {}
     relays = []
     for nodeId, m in sorted(measures.items()):
         entry = m.toJSON()
         entry["uptime"] = m.streak * epochLength
         entry["probed"] = None if nodeId not in probed else round(probed[nodeId], 1)
+        if nodeId in probeRoles:
+            target, measurer = probeRoles[nodeId]
+            entry["probed_as_target"] = round(target, 1)
+            entry["probed_as_measurer"] = (None if measurer is None else "not limiting" if measurer == float("inf")
+                                           else round(measurer, 1))
         r = byReporter.get(nodeId)
         if r is not None:
             entry["report"] = {"epoch": r.epoch, "neighbours": len(r.traffic),
                                "bytes": sum(b for b, _ in r.traffic.values()), "parts": len(r.parts)}
         relays.append(entry)
-    return {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
+    body = {"epoch": epoch, "epoch_length": epochLength, "updated": updated, "reports": len(reports),
             "probed": len(probed), "relays": relays}
+    if probesCap is not None:
+        body["probes_cap"] = probesCap
+    return body
 
 
 @implementer(IRelayWeights, IStatusSource)
@@ -100,13 +129,19 @@ class MeasuredWeights(service.Service):
     log = Logger()
 
     def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params(), compute=computeWeights,
-                 directory=None):
+                 directory=None, probesCapFrom=PROBES_CAP_FROM):
         """
         @param compute: C{computeWeights} or a stand-in with its signature
             that may return a Deferred: roles pass L{inThread}, since at
             hundreds of relays the computation takes seconds of CPU, which
             must not stall the reactor that carries circuits.
+        @param probesCapFrom: the Unix time from which epochs' weights are
+            capped by probes (tests move it; nodes keep the constant).
         """
+        self.probesCapFrom = probesCapFrom
+        self.readBackCollector = ReadBackCollector(dht)
+        self.readBacks = {}  # {epoch: [ReadBack]} of complete epochs, for the window
+        self.probeRoles = {}  # {nodeId: (target role, measurer role or None)} of the epoch in use
         self.clock = clock
         self.compute = compute
         self.collector = ReportCollector(dht)
@@ -176,17 +211,32 @@ class MeasuredWeights(service.Service):
         for e in window:
             if e not in self.probeReports or e == epoch:
                 self.probeReports[e] = yield self.probeCollector.fetchAll(nodeIds, e)
+            if e not in self.readBacks or e == epoch:
+                self.readBacks[e] = yield self.readBackCollector.fetchAll(nodeIds, e)
         keep = epoch - 2 * PROBE_WINDOW - 12
         for old in [e for e in self.probeReports if e < keep]:
             del self.probeReports[old]
+        for old in [e for e in self.readBacks if e < keep]:
+            del self.readBacks[old]
         for old in [e for e in self._plans if e < keep]:
             del self._plans[old]
-        probed = probedCapacities({e: self.probeReports[e] for e in window}, self._planOf)
+        roles = {}
+        probed = probedCapacities({e: self.probeReports[e] for e in window}, self._planOf,
+                                  {e: self.readBacks[e] for e in window}, roles=roles)
+        self.probeRoles = roles
         kept = readingsByTarget({epoch: self.probeReports[epoch]}, self._planOf)
         self.log.info("probes of epoch {e}: {r} reports, {k} of {n} readings the plan asked for; {p} relays probed "
                       "over the window", e=epoch, r=len(self.probeReports[epoch]), k=sum(map(len, kept.values())),
                       n=sum(len(r.readings) for r in self.probeReports[epoch]), p=len(probed))
         return probed
+
+    def probesCap(self, epoch):
+        """Whether probes cap the weights of C{epoch} (it starts at or after the deadline)."""
+        return epoch * self.epochLength >= self.probesCapFrom
+
+    def capsOf(self, epoch, probed):
+        """What C{computeWeights(probed=...)} gets for C{epoch}: the probes once past the deadline, else C{None}."""
+        return probed if probed and self.probesCap(epoch) else None
 
     # the epoch loop
     def startService(self):
@@ -265,7 +315,7 @@ class MeasuredWeights(service.Service):
                     if reports:
                         measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles),
                                                              params=self.params, roles=roles, prior=c.prior,
-                                                             probed=probed or None)
+                                                             probed=self.capsOf(e, probed))
                         self.computations += 1
                     c.step(e, measures)
         self.chains = {c.anchor: c for c in chains}
@@ -288,7 +338,8 @@ class MeasuredWeights(service.Service):
         if self.dataDir is None:
             return
         body = weightsJSON(self.epoch, self.epochLength, self.measures, list(self.reports.values()),
-                           self.clock.seconds(), self.probed)
+                           self.clock.seconds(), self.probed, self.probeRoles,
+                           bool(self.probed) and self.probesCap(self.epoch))
         writeSecretFile(os.path.join(self.dataDir, WEIGHTS_FILE), json.dumps(body, indent=1).encode())
 
     def status(self):
@@ -300,5 +351,7 @@ class MeasuredWeights(service.Service):
             "measured": sum(1 for m in self.measures.values() if "measured" in m.flags),
             "rejected": self.collector.rejected,
             "probed": len(self.probed),
+            "probes_cap": self.epoch is not None and bool(self.probed) and self.probesCap(self.epoch),
             "probe_reports_rejected": self.probeCollector.rejected,
+            "readbacks_rejected": self.readBackCollector.rejected,
         }

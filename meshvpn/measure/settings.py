@@ -56,5 +56,6 @@ def probeWeightSettings():
     return [
         Setting("probe-weights", parseBool, False,
                 "Cap relay weights by the relays' published capacity probes (only when the network's relays "
-                "run --probe-seconds; off: probe reports are not read)."),
+                "run --probe-seconds; off: probe reports are not read).  Weights of epochs before the version "
+                "deadline (2027-03-01 UTC, doc/measurement.md) are not capped: the probes are only read and shown."),
     ]

@@ -19,6 +19,7 @@ window.
 """
 
 import hmac
+import itertools
 from collections import deque
 
 from meshvpn.errors import MeshVPNError
@@ -156,7 +157,18 @@ class VegasParams:
       8 ms at 200 Mbit/s but 66 ms on a circuit that a busy CPU holds to
       24 Mbit/s, where an interactive stream sharing the circuit with a
       download then waited 13-30x its unloaded time to first byte.  On a
-      fast path the cap is above the fixed counts and changes nothing.
+      fast path the cap is above the fixed counts and changes nothing;
+    - C{queueShare}: C{alpha} and C{beta} are also at most what the path
+      drains in this share of its minimum round trip, if that is shorter
+      than C{queueTime}.  A stream's first byte takes about two round
+      trips, each one longer by the queue a download keeps on the same
+      relays: a queue of half the round trip keeps it within 2x.  On
+      loopback (a round trip of 2-3 ms) 10 ms let 400 cells stand, several
+      round trips; from 20 ms up (every real path) queueTime is the shorter
+      and nothing changes;
+    - C{slowStartSamples}: slow start sees a queue in the minimum of this
+      many latest samples, not in the standing round trip (0: the standing
+      round trip, which lags a doubling window by a whole round trip).
     """
 
     initial = CIRCUIT_WINDOW
@@ -169,6 +181,8 @@ class VegasParams:
     share = (10, 5, 5, 2)  # alpha, beta, gamma, delta as at least cwnd // n
     minRttWindow = 10.0
     queueTime = 0.01
+    queueShare = 0.5
+    slowStartSamples = 3
 
 
 class VegasWindow:
@@ -275,14 +289,27 @@ class VegasWindow:
         p, inc = self.params, self.increment
         bdp = self.bdp()
         cwnd = self.cwnd
+        recent = self._recent
+        last = p.slowStartSamples
+        if self.slowStart and last and len(recent) >= last:
+            # The window doubles each round trip in slow start, so the
+            # standing round trip (the minimum of the last round trip's
+            # samples) shows a queue a whole window late: on loopback the
+            # window overshot from 1,000 to 3,100 cells (100 ms of queue at
+            # 30,000 cells/s) before slow start ended.  A queue that lasts
+            # shows in a few samples in a row; one jittery sample does not.
+            bdp = cwnd * self.minRtt / min(itertools.islice(recent, len(recent) - last, None))
         queue = cwnd - bdp
         sa, sb, sg, sd = p.share
         alpha, beta, gamma, delta = (max(p.alpha, cwnd // sa), max(p.beta, cwnd // sb),
                                      max(p.gamma, cwnd // sg), max(p.delta, cwnd // sd))
         if p.queueTime and self.ewmaRtt:
-            # What the path drains in queueTime: on a slow path a fixed cell
-            # count is a long wait for every other stream of the circuit.
-            drained = cwnd / self.ewmaRtt * p.queueTime
+            # What the path drains in queueTime, or in a share of its own
+            # unloaded round trip if that is shorter: on a slow path a fixed
+            # cell count is a long wait for every other stream of the
+            # circuit, and on a short one any queue longer than the round
+            # trip itself multiplies their time to first byte.
+            drained = cwnd / self.ewmaRtt * min(p.queueTime, self.minRtt * p.queueShare)
             alpha = max(min(alpha, drained / 2), cwnd // sa, inc // 2)
             beta = max(min(beta, drained), cwnd // sb, inc)
         if queue > delta:

@@ -33,6 +33,16 @@ def parseDhtThroughCircuits(raw):
     return value
 
 
+def parseMultipathAfter(raw):
+    """C{"auto"} (the default: meshvpn.circuits.mpauto decides), a byte count, or C{None} for off."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parseBytesOrOff(raw)
+    except ValueError:
+        raise ValueError("auto, off or a byte count 0 or more") from None
+
+
 class Options(RoleOptions):
     """Options for ``twistd meshvpn-client``."""
 
@@ -52,9 +62,10 @@ class Options(RoleOptions):
                 "Keep a circuit built through a second guard, used only while the first is suspected of "
                 "hanging or being cut (moving then needs no build); off: the second guard is dialled only "
                 "after the first is suspected."),
-        Setting("multipath-after", parseBytesOrOff, None,
-                "Bytes a stream moves before it gets a second circuit to its exit (multipath; 0: at once; "
-                "off: never, the default until measured through real processes)."),
+        Setting("multipath-after", parseMultipathAfter, "auto",
+                "When a stream gets a second circuit to its exit (multipath): auto (the default: a stream "
+                "moving over 256 KB/s for 2 s while this client has CPU to spare, kept only while it beats "
+                "one circuit by 15%), a byte count (after that many bytes; 0: at once), or off."),
         Setting("socks-listen", parseHostPort, ("127.0.0.1", 1080), "HOST:PORT of the SOCKS5 server for applications."),
         Setting(
             "socks-allow-remote",

@@ -111,6 +111,9 @@ class MultipathStream:
         self._producer = None
         self._producerPaused = False
         self.bytesSent = self.bytesReceived = 0
+        self.built = []  # the legs built for this set (every one but the stream's own circuit)
+        self.legLinked = None  # callable(leg): a built leg finished its handshake
+        self.legLost = None  # callable(leg): a leg left the set (closed, refused, timed out) while the set lives
 
     # what the set delivers, in order
 
@@ -215,16 +218,19 @@ def upgradeStream(stream, circuit, second, nonce, clock):
     for data in stream.takePending():
         mpset.write(data)
     done = defer.Deferred()
-    first = CircuitLeg(circuit, stream.mux, _originMessage)
-    other = CircuitLeg(second, _muxOf(second), _originMessage)
+    joined = []
+    first = CircuitLeg(circuit, stream.mux, _originMessage, onClosed=lambda leg: _legClosed(mstream, leg))
     streamId = stream.streamId
 
     def linked(leg):
-        if leg is first and not mpset.closed:
+        if leg is not first:
+            if mstream.legLinked is not None:
+                mstream.legLinked(leg)
+            return
+        if not mpset.closed:
             # The second leg joins by nonce, so it links once the set exists at the exit.
-            other.mpset = mpset
-            mpset.addLeg(other, 0)
-        if leg is first and not done.called:
+            joined.append(joinLeg(mstream, second))
+        if not done.called:
             _pending, held, receiver, producer = stream.detach()
             mstream._early[:0] = held
             if producer is not None:
@@ -236,14 +242,19 @@ def upgradeStream(stream, circuit, second, nonce, clock):
 
     def closed(why):
         first.mux.multipath = None
-        other.close()  # the second circuit was built for the set
+        if not joined:
+            second.close()  # built for the set, and the set ended before it could join
+        for leg in mstream.built:
+            leg.close()
         if not done.called:
             done.errback(StreamRefused(EndReason.DESTROY, f"multipath link failed: {why}"))
         mstream._setClosed(why)
 
     def refused(leg):
-        if leg is other:
-            other.close()
+        if leg in mstream.built:
+            leg.close()
+            if not mpset.closed and mstream.legLost is not None:
+                mstream.legLost(leg)
 
     mpset._onLinked = linked
     mpset._onClose = closed
@@ -251,6 +262,49 @@ def upgradeStream(stream, circuit, second, nonce, clock):
     first.mpset = mpset
     mpset.addLeg(first, streamId)
     return mstream, done
+
+
+def joinLeg(mstream, circuit):
+    """
+    At the origin: link the circuit C{circuit} (to the set's exit) as one
+    more leg of C{mstream}'s set; C{mstream.legLinked} hears when it is
+    linked, C{mstream.legLost} if it is refused or closes.
+
+    @return: its L{CircuitLeg}.
+    """
+    leg = CircuitLeg(circuit, _muxOf(circuit), _originMessage, onClosed=lambda leg: _legClosed(mstream, leg))
+    leg.mpset = mstream.mpset
+    mstream.built.append(leg)
+    mstream.mpset.addLeg(leg, 0)
+    return leg
+
+
+def unlinkLeg(mstream):
+    """
+    Give back the newest built leg while another leg is linked: its circuit
+    closes, and what it carried and was not acknowledged is sent again on
+    the other (the set's own answer to a leg that dies).
+
+    @return: C{True} if a leg was closed.
+    """
+    mpset = mstream.mpset
+    if mpset.closed or len(mpset.linkedLegs) < 2:
+        return False
+    for leg in reversed(mstream.built):
+        if leg in mpset.legs and not leg.isClosed:
+            leg.close()
+            return True
+    return False
+
+
+def _legClosed(mstream, leg):
+    mpset = mstream.mpset
+    member = leg in mpset.legs
+    mpset.legClosed(leg)
+    if leg in mstream.built:
+        mstream.built.remove(leg)
+    if member and not mpset.closed and mstream.legLost is not None:
+        mstream.legLost(leg)
 
 
 def _muxOf(circuit):

@@ -39,7 +39,9 @@ import ipaddress
 from twisted.internet import defer
 from zope.interface import implementer
 
-from meshvpn.circuits.mpbulk import BULK_BYTES, BulkDetector
+from meshvpn.circuits.mpauto import MultipathRule
+from meshvpn.circuits.mpbulk import BulkDetector
+from meshvpn.circuits.mpload import ThreadBusy
 from meshvpn.errors import StreamRefused
 from meshvpn.interfaces import IStreamOpener
 from meshvpn.onion.endreasons import EndReason
@@ -75,11 +77,13 @@ def _names(address, answers):
 class CircuitStreamOpener:
     """
     @param circuits: an L{meshvpn.interfaces.ICircuitManager}.
-    @param multipath: bytes a stream moves before it is given a second path
-        (L{meshvpn.streams.bulkstream}); 0 at once, C{None} never.
+    @param multipath: C{"auto"} (L{meshvpn.circuits.mpauto}: a bulk stream
+        gets a second path while the client has CPU to spare and keeps it
+        while it pays), or bytes a stream moves before it is given a
+        second path (L{meshvpn.streams.bulkstream}; 0 at once), or C{None}: never.
     """
 
-    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, multipath=BULK_BYTES, reactor=None):
+    def __init__(self, circuits, maxAttempts=MAX_ATTEMPTS, multipath="auto", reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -90,6 +94,7 @@ class CircuitStreamOpener:
         self.timedOut = 0  # attaches given up on one circuit and tried on another
         self.moved = 0  # attaches moved off a circuit whose guard became suspected, or that answered no probe
         self.probe = CircuitProbe(reactor)
+        self.load = ThreadBusy(reactor) if multipath == "auto" else None  # one reading of the reactor thread for all streams
 
     def openStream(self, host, port, isolationKey, early=None):
         def action(circuit):
@@ -105,6 +110,8 @@ class CircuitStreamOpener:
         return defer.Deferred.fromCoroutine(self._withRetry(action, (host, port), isolationKey))
 
     def _bulk(self, stream, circuit):
+        if self.multipath == "auto":
+            return BulkStream(stream, circuit, self.circuits, rule=MultipathRule(), load=self.load)
         # A stream that moves multipath bytes gets a second path (0: at once).
         return BulkStream(stream, circuit, self.circuits, BulkDetector(threshold=self.multipath, want=True if self.multipath == 0 else None))
 

@@ -98,7 +98,12 @@ class MultipathSettingTests(unittest.TestCase):
         for bad in ("-1", "lots", -5):
             self.assertRaises(ValueError, parseBytesOrOff, bad)
 
-    def test_clientDefaultIsOff(self):
+    def test_clientDefaultIsAuto(self):
         opts = client.Options()
         opts.parseOptions([])
-        self.assertIsNone(opts.settings["multipath_after"])
+        self.assertEqual(opts.settings["multipath_after"], "auto")
+        for raw, want in (("off", None), ("1000000", 1_000_000), ("0", 0), ("AUTO", "auto")):
+            opts = client.Options()
+            opts.parseOptions(["--multipath-after", raw])
+            self.assertEqual(opts.settings["multipath_after"], want)
+        self.assertRaises(ValueError, client.parseMultipathAfter, "sometimes")

@@ -26,6 +26,7 @@ the request then follows BEGIN at once (optimistic data).
 import hashlib
 import json
 import os
+import re
 import socket
 import statistics
 import time
@@ -274,6 +275,7 @@ def run(args):
         try:
             net.start()
             result = measure(args, net, net.startWeb("127.4.0.1"), {})
+            result.update(_multipathChoice(net))
         finally:
             net.stop()
     if args.multipath:
@@ -316,13 +318,47 @@ def _multipath(args, log):
     }
 
 
-def _linkedStreams(net):
-    """Streams the client handed to a multipath set (from its log): 0 means the download stayed single-path."""
+def _multipathChoice(net):
+    """
+    What the client's automatic multipath rule (its default, doc/protocol.md
+    "When") did with this run's streams, from its log: second legs linked,
+    and bulk streams it kept on one circuit because the client itself was
+    the bottleneck.  On loopback the client's CPU is, so 0 legs is right.
+    """
+    return {"multipath_legs_linked": _linkedStreams(net), "multipath_stayed_single_busy": _logCount(net, "multipath: staying on one circuit"),
+            **_ruleOutcome(net)}
+
+
+def _ruleOutcome(net):
+    """What the client's rule decided (from its log): links asked for, legs kept or given back, its measured gain."""
+    gains = []
     try:
         with open(net.client.logPath) as f:
-            return sum(1 for line in f if "carried by two circuits" in line)
+            for line in f:
+                m = re.search(r"\(two legs move ([0-9.]+)x|does not pay: ([0-9.]+)x", line)
+                if m:
+                    gains.append(float(m.group(1) or m.group(2)))
+    except OSError:
+        pass
+    return {
+        "multipath_rule_links": _logCount(net, "-> linking"),
+        "multipath_rule_kept": _logCount(net, "-> multipath"),
+        "multipath_rule_gave_back": sum(_logCount(net, t) or 0 for t in ("(the second leg does not pay", "(client busy", "(two legs now move")),
+        "multipath_rule_gain": gains[-1] if gains else None,
+    }
+
+
+def _logCount(net, text):
+    try:
+        with open(net.client.logPath) as f:
+            return sum(1 for line in f if text in line)
     except OSError:
         return None
+
+
+def _linkedStreams(net):
+    """Second legs the client linked (from its log): 0 means every stream stayed on one circuit."""
+    return _logCount(net, "carried by two circuits")
 
 
 def _quietCircuitsTaken(net):
@@ -354,6 +390,7 @@ def _runDelayed(args, log):
             try:
                 net.start(timeout=180.0)
                 result = measure(args, net, net.startWeb(delaynet.PIPE_HOST), {})
+                result.update(_multipathChoice(net))
                 hops.check()
             finally:
                 net.stop()

@@ -219,7 +219,10 @@ class ProbedTestnetTests(unittest.TestCase):
             time.sleep(1)
         self.assertIsNotNone(got, f"no epoch probed every middle; epochs seen: {history}\n" + "\n".join(lines))
         print(f"\nepoch {body['epoch']}: probed middles (B/s) "
-              + ", ".join(f"{name} ({RATES[name]}B/s) {p:.0f}" for name, p in zip(RATES, got)))
+              + ", ".join(f"{name} ({RATES[name]}B/s) {p:.0f}" for name, p in zip(RATES, got))
+              + "; as target / as measurer: " + ", ".join(
+                  f"{name} {byId[ids[name]].get('probed_as_target')} / {byId[ids[name]].get('probed_as_measurer')}"
+                  for name in RATES))
         self.assertEqual(got, sorted(got), history)
         for p, rate in zip(got, (12_000, 36_000, 108_000)):
             self.assertLess(p, 1.5 * rate)

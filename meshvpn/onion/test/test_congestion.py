@@ -130,6 +130,90 @@ class Controller(unittest.TestCase):
             windows.append(p.w.cwnd)
         self.assertEqual(windows[0], windows[1])
 
+    def test_shortPathKeepsQueueUnderItsRoundTrip(self):
+        """
+        Loopback at 340 Mbit/s (85,000 cells/s, 1.5 ms): the drained-in-10-ms
+        cap alone let 400 cells (4.7 ms, three round trips) stand in the
+        path.  At most what drains in half the minimum round trip (never
+        below the one-increment floors), the queue stays under the round
+        trip itself, and the download still fills the path.
+        """
+        class Unshared(VegasParams):
+            queueShare = float("inf")
+
+        waits = {}
+        for params in (VegasParams, Unshared):
+            p = Path(85_000, 0.0015)
+            p.w = VegasWindow(p.clock, params)
+            p.run(1.0, 0.0001)
+            acked, samples = p.acked, []
+            for _ in range(50):
+                p.run(0.01, 0.0001)
+                samples.append(p.queue() / p.rate)
+            self.assertGreater((p.acked - acked) / 0.5, 0.97 * p.rate)
+            waits[params] = sum(samples) / len(samples)
+        self.assertLess(waits[VegasParams], 0.75 * waits[Unshared])
+        self.assertLess(waits[VegasParams], 0.003)
+
+    def test_slowStartEndsAtTheQueue(self):
+        """
+        Slow start on a short path ends within a few round trips of the
+        queue showing, not a whole window later (the window overshot to
+        2,500 cells on a 128-cell path); on a long one the window stops
+        near the path instead of at the 10,000-cell maximum and the path
+        carries more in its first 1.5 s.
+        """
+        class Lagging(VegasParams):
+            slowStartSamples = 0
+
+        for rate, rtt, step, most in ((85_000, 0.0015, 0.0001, 1300), (50_000, 0.080, 0.001, 6500)):
+            carried = {}
+            for params in (VegasParams, Lagging):
+                p = Path(rate, rtt)
+                p.w = VegasWindow(p.clock, params)
+                largest = 0
+                for _ in range(150):
+                    p.run(0.01, step)
+                    largest = max(largest, p.w.cwnd)
+                carried[params] = p.acked / 1.5
+                if params is VegasParams:
+                    self.assertLess(largest, most)
+                else:
+                    self.assertGreater(largest, most)
+            self.assertGreaterEqual(carried[VegasParams], 0.97 * carried[Lagging])
+            if rtt > 0.01:
+                self.assertGreater(carried[VegasParams], 0.85 * rate)
+
+    def test_slowStartRidesOutLateSendmes(self):
+        """
+        Every tenth SENDME 8 ms late (a relay's batch, a busy CPU) on an
+        80 ms path: no three samples in a row show a queue, so slow start
+        runs on to the path's BDP instead of ending at the first late one.
+        """
+        class Jittery(Path):
+            lastAck = 0.0
+
+            def pump(self):
+                now = self.clock.seconds()
+                while self.w.window > 0:
+                    self.sent += 1
+                    tag = self.sent.to_bytes(8, "big")
+                    self.w.onSent(tag)
+                    leaves = self._depart(now)
+                    if self.sent % self.w.increment == 0:
+                        late = 0.008 if self.sent % (10 * self.w.increment) == 0 else 0.0
+                        # a late SENDME is not overtaken by the next one
+                        self.lastAck = max(self.lastAck, leaves + self.rtt + late)
+                        self.clock.callLater(self.lastAck - now, self._sendme, tag)
+
+        p = Jittery(50_000, 0.080)
+        ended = None
+        while ended is None and p.clock.seconds() < 2.0:
+            p.run(0.01)
+            if not p.w.slowStart:
+                ended = p.w.cwnd
+        self.assertGreaterEqual(ended, p.bdp())
+
     def test_recoversAfterLinkStall(self):
         """The bottleneck serves nothing for 2 s (a link lost and re-made): afterwards the path is full again within seconds."""
         p = Path(50_000, 0.080)
