@@ -46,6 +46,9 @@ TARGETS = {
     "dht-circuit": "dhtcircuit",
     "tun-coalesce": "tuncoalesce",
     "tun-offload": "tunoffload",
+    "probe-record": "probewire",
+    "probe-report": "probereport",
+    "bw-report": "bwreport",
 }
 
 

@@ -302,7 +302,7 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
     bench's C{--probes}; no relay runs probes yet).
 
     The network's bytes per probed unit, C{S}, is the median of
-    C{T_k / P_k} over counted relays with a probe, weighted by the probes
+    C{T_k / P_k} over counted relays with a probe and an estimate above 0, weighted by the probes
     C{P_k} (C{scaleBy="probe"}): a machine cannot be probed above what it
     really forwards, and its identities probed in one slot share it, so
     no one gains a vote by inflating its estimate.  Weighted by the
@@ -335,8 +335,10 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
 
     @param probed: per relay, its probed capacity or C{None}.
     """
+    # (a relay whose estimate is 0 this round, e.g. cut by its partners' reading, says nothing of the bytes
+    # per probed unit: counted, a majority of them set S to 0 and every estimate with it, and nobody was measured)
     samples = [(t / p, t if scaleBy == "estimate" else p, k)
-               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0]
+               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0 and t > 0]
     if not samples:
         return traffic
     perUnit = weightedMedian(samples) * margin

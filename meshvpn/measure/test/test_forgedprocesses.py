@@ -1,0 +1,372 @@
+"""Real processes: two relays publish forged traffic reports that vouch for each other; what the clients' weights give them.
+
+The probed testnet of L{meshvpn.measure.test.test_processes} (capacity
+probes in each 20-second epoch), with every relay throttled
+(``--bandwidth-rate``) so that its capacity is known, the test's downloads
+keeping the relays busy, and a second client that reads no probes.  Relays
+relay2 (12 KB/s) and relay3 (36 KB/s) are taken over: the test reads their
+identity keys from their data directories and, for the coming epochs,
+publishes in the DHT, signed with those keys, the traffic reports a
+colluding pair would: 2**40 bytes with each other, and 2**40 with every
+other relay (a link counts as much as its two ends confirm, so the pair's
+links with honest relays keep what the honest ends report, and no more).
+The forgeries are stored before the relays' own reports of those epochs,
+at every node the forger knows, so the DHT refuses the relays' own (same
+sequence number, not newer).
+
+The same run gives both answers: the client with ``--probe-weights`` and
+the one without read the same reports, and each writes its weights.  The
+test prints, for two epochs, the pair's share of the path weight in each,
+beside its share of the relays' rates and of their probed capacities.
+Without probes the attack takes: in a loaded testnet the honest links
+carry a few KB/s, the pair's link holds at its cap and the pair ran away
+with nearly all the weight and the guard flag (measured 9.8 MB/s each
+against 2.8 KB/s for every honest relay, in one run); with probes each
+relay should be held to what it echoed when probed: the test prints, per
+epoch, whether the pair's bandwidth per probed byte stayed within the
+network's (it did not in 3 compared epochs of the last 7 runs).  Only that
+the forgeries were in force is asserted: the shares are a measurement (on
+a quiet machine, once, the pair took half its capacity share without
+probes and both clients' weights were equal).  An epoch in which the client with probes measured no honest
+relay is not compared, and is printed: before L{ProbeCapScaleTests}'s fix
+that happened in 2 of 5 runs (every weight 0, so path selection fell back
+to uniform draws, a third of them the pair's).
+"""
+
+import json
+import os
+import threading
+import time
+
+from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.trial import unittest
+
+from meshvpn.dht import wire
+from meshvpn.dht.records import RecordStore, makeRecord
+from meshvpn.dht.rpc import DHTConfig, DHTNode
+from meshvpn.identity import NodeIdentity
+from meshvpn.measure.epoch import epochOf
+from meshvpn.measure.publish import reportSalt
+from meshvpn.measure.reports import makeReport
+from meshvpn.measure.service import WEIGHTS_FILE
+from meshvpn.measure.test.test_processes import EPOCH, RATES, probedNodeArgs
+from meshvpn.measure.window import SLOTS
+from meshvpn.tools import socksclient
+from meshvpn.tools.testnet import Testnet
+
+FORGED = ("relay2", "relay3")
+# relay2..relay4 keep test_processes' rates; the others are throttled too, so every capacity is known
+RATES_ALL = {"relay1": "200K", **RATES, "exit1": "200K", "exit2": "200K"}
+BLIND = "blind"  # the client that reads no probe reports
+BLIND_HOST = "127.1.0.2"
+HUGE = 2**40  # bytes a forged report claims on every link
+# Epochs forged ahead, at once.  Few: a storing node keeps 16 records of one publisher, and from about the
+# seventh epoch on the relays' own reports no longer fit (PublisherCapTests): the comparison is made before.
+FORGE_EPOCHS = 6
+WORKERS = 10
+WANTED_EPOCHS = 2  # epochs of both clients' weights compared, at most
+
+
+def rateOf(text):
+    return int(text.rstrip("K")) * 1000
+
+
+def forgedNodeArgs(name, host):
+    if name == BLIND:
+        return ["--measure-epoch", str(EPOCH)]
+    args = probedNodeArgs(name, host)
+    if name in RATES_ALL and name not in RATES:
+        args += ["--bandwidth-rate", RATES_ALL[name], "--bandwidth-burst", RATES_ALL[name]]
+    return args
+
+
+class _Datagrams(protocol.DatagramProtocol):
+    def __init__(self, node):
+        self.node = node
+
+    def datagramReceived(self, data, addr):
+        self.node.datagramReceived(data, addr)
+
+
+class Forger:
+    """A DHT client in the test's reactor that stores, under a pair of relays' keys, the reports they did not write."""
+
+    def __init__(self, identities):
+        self.identities = identities  # {name: NodeIdentity}
+        self.node = None
+        self.port = None
+
+    @defer.inlineCallbacks
+    def start(self, bootstrap):
+        self.node = DHTNode(reactor, NodeIdentity.generate(), lambda data, addr: self.port.write(data, addr),
+                            RecordStore(), config=DHTConfig(), clientMode=True)
+        self.port = reactor.listenUDP(0, _Datagrams(self.node), interface="127.4.0.1")
+        yield self.node.bootstrap([bootstrap])
+
+    def report(self, name, epoch, everyone):
+        """The forged report of C{name}: HUGE bytes with every other relay, its partner among them."""
+        me = self.identities[name]
+        table = {nodeId: (HUGE, 100) for nodeId in everyone if nodeId != me.nodeId}
+        return makeReport(me, epoch, EPOCH, table)
+
+    @defer.inlineCallbacks
+    def publish(self, epochs, everyone):
+        """
+        Store each forgery at the nodes closest to its key, and at every
+        other node the forger knows (a node a loaded lookup missed would
+        take the relay's own report of that epoch instead).
+        @return: Deferred firing with C{{(name, epoch): nodes holding it}}.
+        """
+        stored = {}
+        for epoch in epochs:
+            for name, me in sorted(self.identities.items()):
+                for part in self.report(name, epoch, everyone):
+                    record = makeRecord(me, reportSalt(part.part, epoch), part.raw, epoch, (epoch + SLOTS) * EPOCH)
+                    yield self.node.put(record)
+                    stored[(name, epoch)] = yield self.storeEverywhere(record)
+        return stored
+
+    @defer.inlineCallbacks
+    def storeEverywhere(self, record, attempts=3):
+        holding = set()
+        for _ in range(attempts):
+            contacts = [c for c in self.node.table.contacts() if c.nodeId not in holding]
+            results = yield defer.DeferredList([self.node.storeAt(c.address, c.nodeId, record) for c in contacts],
+                                               consumeErrors=True)
+            # STALE: it holds this forgery already (the put stored it)
+            holding |= {c.nodeId for c, (ok, code) in zip(contacts, results) if ok and code in (wire.STORED, wire.STALE)}
+            if len(holding) == len(self.node.table.contacts()):
+                break
+        return len(holding)
+
+    def stop(self):
+        if self.node is not None:
+            self.node.stop()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+def readWeights(dataDir):
+    try:
+        with open(os.path.join(dataDir, WEIGHTS_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def shares(body, ids):
+    """
+    C{{name: (weight share, probed capacity or None, report bytes or None,
+    flags, measured bandwidth share, streak)}} of C{body}'s relays.
+    """
+    byId = {r["node_id"]: r for r in body.get("relays", [])}
+    total = sum(r["weight"] for r in byId.values()) or 1
+    bandwidth = sum(r["bandwidth"] for r in byId.values()) or 1
+    out = {}
+    for name, nodeId in ids.items():
+        r = byId.get(nodeId)
+        if r is not None:
+            out[name] = (r["weight"] / total, r["probed"], (r.get("report") or {}).get("bytes"), r["flags"],
+                         r["bandwidth"] / bandwidth, r["streak"])
+    return out
+
+
+def joinAll(threadList, seconds):
+    end = time.monotonic() + seconds
+    for t in threadList:
+        t.join(max(0.0, end - time.monotonic()))
+
+
+def forgeriesRead(view):
+    """The forged pair's reports in C{view} are the forgeries."""
+    return all(n in view and (view[n][2] or 0) >= HUGE for n in FORGED)
+
+
+def honestRead(view):
+    """Every honest relay's own report was read too."""
+    return set(view) == set(RATES_ALL) and all(view[n][2] is not None for n in view)
+
+
+def refusedReports(net):
+    """The relays' log lines saying a report was not stored (for a failure's message)."""
+    out = []
+    for n in net.nodes:
+        for line in n.logTail(200_000).splitlines():
+            if "not stored" in line:
+                out.append(f"{n.name}: {line[-160:]}")
+    return "\n".join(out[-30:])
+
+
+class ForgedReportsTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_forgedPairAgainstTheWeights(self):
+        lines = []
+        net = Testnet(lines.append, nodeArgs=forgedNodeArgs)
+        self.addCleanup(net.stop)
+        yield threads.deferToThread(net.start)
+        bootUdp = net.nodes[0].info["udp"]
+        blind = net.node(BLIND, "client", BLIND_HOST, ["--bootstrap", bootUdp])
+        yield threads.deferToThread(blind.waitReady)
+        ids = {n.name: n.info["node_id"] for n in net.nodes if n.name in RATES_ALL}
+        everyone = [bytes.fromhex(i) for i in ids.values()] + [bytes.fromhex(net.nodes[0].info["node_id"])]
+        identities = {}
+        for n in net.nodes:
+            if n.name in FORGED:
+                identities[n.name] = NodeIdentity.loadOrCreate(n.dataDir)
+                self.assertEqual(identities[n.name].nodeIdHex, n.info["node_id"])
+        forger = Forger(identities)
+        self.addCleanup(forger.stop)
+        host, port = bootUdp.rsplit(":", 1)
+        yield forger.start((host, int(port)))
+        firstForged = epochOf(time.time(), EPOCH) + 1
+        stored = yield forger.publish(range(firstForged, firstForged + FORGE_EPOCHS), everyone)
+        self.assertTrue(all(stored.values()), stored)
+        lines.append(f"forged reports of epochs {firstForged}..{firstForged + FORGE_EPOCHS - 1} stored: {stored}")
+
+        webHost, webPort = net.startWeb()
+        stop = threading.Event()
+        done = []
+
+        def worker(i):
+            while not stop.is_set():
+                try:
+                    socksclient.httpGet(net.socksAddress(), webHost, webPort, "/bytes/100000", sink=lambda chunk: None,
+                                        username=f"load{i}", password="x", timeout=60)
+                    done.append(i)
+                except Exception:
+                    time.sleep(0.5)
+
+        workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WORKERS)]
+        for t in workers:
+            t.start()
+        self.addCleanup(joinAll, workers, 30)
+        self.addCleanup(stop.set)  # (cleanups run last first: the workers are told before they are joined)
+
+        # both clients' weights of the same epochs, both computed from the forgeries
+        seen = {"probes": {}, "blind": {}}
+        deadline = time.monotonic() + (FORGE_EPOCHS + 1) * EPOCH + 30
+        got = {}
+        unweighted = set()  # epochs the client with probes measured nobody honest in
+        while time.monotonic() < deadline and len(got) < WANTED_EPOCHS:
+            for which, dataDir in (("probes", net.client.dataDir), ("blind", blind.dataDir)):
+                body = readWeights(dataDir)
+                if (body.get("epoch") or 0) >= firstForged:
+                    seen[which][body["epoch"]] = shares(body, ids)
+            for epoch in sorted(set(seen["probes"]) & set(seen["blind"]) - set(got)):
+                views = [seen[w][epoch] for w in ("probes", "blind")]
+                probes, blindView = views
+                # both clients computed from the forgeries, and the client with probes read the pair's capacity
+                if all(forgeriesRead(v) for v in views) and all(probes[n][1] is not None for n in FORGED):
+                    got[epoch] = views
+                    if not any("measured" in probes[n][3] for n in probes if n not in FORGED):
+                        unweighted.add(epoch)
+            yield task.deferLater(reactor, 1, lambda: None)
+        stop.set()
+        self.assertTrue(got, f"no epoch where both clients used the forgeries and read the pair's probes: {seen}; "
+                             f"downloads {len(done)}\n" + "\n".join(lines[-30:]) + "\n" + refusedReports(net))
+        capacity = {n: rateOf(r) for n, r in RATES_ALL.items()}
+        capacityShare = sum(capacity[n] for n in FORGED) / sum(capacity.values())
+        rows = []
+        print(f"\nforged pair {' and '.join(FORGED)} (load {os.getloadavg()[0]:.1f}), capacity share {capacityShare:.3f}:")
+        for epoch, (probes, blindView) in sorted(got.items()):
+            # of the relays the client with probes measured (the others hold no weight whatever their probe)
+            holding = [n for n in probes if "measured" in probes[n][3]] + [n for n in FORGED]
+            probedShare = sum(probes[n][1] for n in FORGED) / (sum(probes[n][1] or 0 for n in set(holding)) or 1)
+            without = sum(blindView[n][0] for n in FORGED)
+            withProbes = sum(probes[n][0] for n in FORGED)
+            rows.append((probedShare, without, withProbes))
+            honest = "every honest report read" if all(honestRead(v) for v in (probes, blindView)) else \
+                "honest reports missing"
+            print(f"  epoch {epoch} ({honest}): weight share without probes {without:.3f}, with probes {withProbes:.3f}, "
+                  f"probed share (of the relays it measured) {probedShare:.3f}; per relay (rate, probed B/s, share without / with): "
+                  + ", ".join(f"{n} {RATES_ALL[n]} {probes.get(n, (0, 0))[1] or 0:.0f} "
+                              f"{blindView.get(n, (0,))[0]:.3f}/{probes.get(n, (0,))[0]:.3f}" for n in ids))
+        if unweighted:
+            print(f"  epochs {sorted(unweighted)}: the client with probes measured no honest relay (uniform draws)")
+        probedShare, without, withProbes = (sum(r[k] for r in rows) / len(rows) for k in range(3))
+        print(f"  mean of {len(rows)} epochs: without probes {without:.3f} ({without / capacityShare:.2f} x capacity "
+              f"share), with probes {withProbes:.3f} ({withProbes / max(probedShare, 1e-9):.2f} x probed share)")
+        # the defence, as the client with probes computed it should hold: every relay is held to the margin (0.8)
+        # times the network's bytes per probed unit S (the median of estimate over probe, weighted by the
+        # probes), so the pair gets no more measured bandwidth per probed byte than that, whatever the
+        # 2**40 bytes it vouches for.  (Its weight share can still be above its probed share: honest
+        # relays that carry less than their probe sit below the cap, and new ones ramp up.)
+        for epoch, (probes, _) in sorted(got.items()):
+            perProbe = sorted((probes[n][4] / probes[n][1], probes[n][1], n) for n in probes
+                              if probes[n][1] and probes[n][4] > 0)
+            half, acc, scale = sum(p for _, p, _ in perProbe) / 2, 0.0, None
+            for ratio, p, _ in perProbe:
+                acc += p
+                if acc >= half:
+                    scale = ratio
+                    break
+            if scale is None:
+                continue  # nobody measured: no bytes per probed unit
+            held = all(ratio <= 1.25 * scale for ratio, _, n in perProbe if n in FORGED)
+            print(f"  epoch {epoch}: the pair's bandwidth per probed byte "
+                  + ", ".join(f"{n} {ratio / scale:.2f}" for ratio, _, n in perProbe if n in FORGED)
+                  + f" x the network's: {'held' if held else 'NOT HELD'} by the probes")
+        # (printed, not asserted: not held in 3 compared epochs of the last 7 runs, twice with both clients'
+        # weights equal as if no probe had been applied, not understood yet; and the shares are a
+        # measurement: loaded, the pair took 1.4 to 16 times its capacity share without probes, on a quiet
+        # machine once half of it; doc/measurement.md)
+
+    test_forgedPairAgainstTheWeights.timeout = 900
+
+
+class PublisherCapTests(unittest.TestCase):
+    """
+    What the forgery above rides on, in memory: a storing node keeps at most
+    16 records of one publisher key (L{RecordStore}), and a relay with
+    capacity probes publishes two a epoch (its report and its probe report),
+    each living its slot's 14 epochs, beside its descriptor and role
+    announcements.  From about the seventh epoch on every storing node
+    refuses the relay's own reports (FULL) until old ones expire, so half of
+    every 14 epochs have no honest report in the DHT, while reports stored
+    ahead of time (the forger's) are there.  In the real run above, from
+    then on the client without probes gave the forged pair all the weight
+    and the guard flag.
+    """
+
+    def test_everyEpochOfAProbingRelayIsStored(self):
+        from meshvpn.measure.publish import probeSalt
+
+        me = NodeIdentity.generate()
+        store = RecordStore()
+        first = 1000
+        now = first * EPOCH
+        # the descriptor and two role announcements (guard, middle) of a relay
+        for salt in (b"descriptor", b"role:guard", b"role:middle"):
+            self.assertEqual(store.store(makeRecord(me, salt, b"x", 1, now + 3600), now), wire.STORED)
+        refused = []
+        for epoch in range(first, first + 2 * SLOTS):
+            now = (epoch + 1) * EPOCH
+            store.expire(now)
+            for salt in (reportSalt(0, epoch), probeSalt(epoch)):
+                if store.store(makeRecord(me, salt, b"r", epoch, (epoch + SLOTS) * EPOCH), now) != wire.STORED:
+                    refused.append(epoch - first)
+        self.assertEqual(refused, [])
+
+    test_everyEpochOfAProbingRelayIsStored.todo = (
+        "a storing node's 16 records per publisher do not hold a probing relay's 14 slots of reports and probe "
+        "reports (doc/dht.md, meshvpn/dht/records.py): refused from the 7th epoch on")
+
+
+class ProbeCapScaleTests(unittest.TestCase):
+    """
+    Found by the real-process run above: with the forgeries, the client
+    with probes measured nobody in about half the runs (every weight 0, so
+    path selection fell back to uniform draws).  The honest relays' estimates
+    had been cut to 0 in a round, and they held most of the probed capacity,
+    so the bytes per probed unit (the median of estimate over probe) was 0
+    and L{probeCap} held every relay at 0.
+    """
+
+    def test_relaysAtZeroDoNotSetTheScale(self):
+        from meshvpn.measure.aggregate import probeCap
+
+        traffic = [0.0, 0.0, 0.0, 10.0, 30.0]
+        out = probeCap(traffic, [True] * 5, [100.0, 100.0, 100.0, 10.0, 10.0], 0.8)
+        # the scale comes from the two relays with an estimate (3 and 1 bytes per probed unit: the lower
+        # median, 1): each is held to 0.8 x 1 x its probe
+        self.assertEqual(out, [0.0, 0.0, 0.0, 8.0, 8.0])
