@@ -187,7 +187,7 @@ class RecordStore:
     point, one per key.
     """
 
-    def __init__(self, maxRecords=20000, maxPerKey=64, maxPerPublisher=16, admit=None, sharedTTL=SHARED_TTL):
+    def __init__(self, maxRecords=20000, maxPerKey=64, maxPerPublisher=512, admit=None, sharedTTL=SHARED_TTL):
         self.maxRecords = maxRecords
         self.maxPerKey = maxPerKey
         self.maxPerPublisher = maxPerPublisher

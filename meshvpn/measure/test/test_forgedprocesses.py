@@ -316,23 +316,25 @@ class ForgedReportsTests(unittest.TestCase):
 
 class PublisherCapTests(unittest.TestCase):
     """
-    What the forgery above rides on, in memory: a storing node keeps at most
-    16 records of one publisher key (L{RecordStore}), and a relay with
-    capacity probes publishes two a epoch (its report and its probe report),
-    each living its slot's 14 epochs, beside its descriptor and role
-    announcements.  From about the seventh epoch on every storing node
-    refuses the relay's own reports (FULL) until old ones expire, so half of
-    every 14 epochs have no honest report in the DHT, while reports stored
-    ahead of time (the forger's) are there.  In the real run above, from
-    then on the client without probes gave the forged pair all the weight
-    and the guard flag.
+    What the forgery above rode on: a storing node kept at most 16 records
+    of one publisher key, and a relay with capacity probes publishes three
+    an epoch (report, probe report, read-back), each living its slot's 14
+    epochs, beside its descriptor and role announcements.  From about the
+    seventh epoch on every storing node refused the relay's own reports
+    (FULL) until old ones expired, while reports stored ahead of time (the
+    forger's) were there; in the real run the client without probes then
+    gave the forged pair all the weight and the guard flag.  The cap is now
+    512 (meshvpn/dht/rpc.py): a relay's largest set of records fits.
     """
 
     def test_everyEpochOfAProbingRelayIsStored(self):
-        from meshvpn.measure.publish import probeSalt
+        """Two windows of epochs at the largest report (every part), its probe report and read-back: none refused."""
+        from meshvpn.dht.rpc import DHTConfig
+        from meshvpn.measure.publish import probeSalt, readBackSalt
+        from meshvpn.measure.reports import MAX_PARTS
 
         me = NodeIdentity.generate()
-        store = RecordStore()
+        store = RecordStore(maxPerPublisher=DHTConfig().maxPerPublisher)  # what a node runs
         first = 1000
         now = first * EPOCH
         # the descriptor and two role announcements (guard, middle) of a relay
@@ -342,14 +344,11 @@ class PublisherCapTests(unittest.TestCase):
         for epoch in range(first, first + 2 * SLOTS):
             now = (epoch + 1) * EPOCH
             store.expire(now)
-            for salt in (reportSalt(0, epoch), probeSalt(epoch)):
+            salts = [reportSalt(part, epoch) for part in range(MAX_PARTS)] + [probeSalt(epoch), readBackSalt(epoch)]
+            for salt in salts:
                 if store.store(makeRecord(me, salt, b"r", epoch, (epoch + SLOTS) * EPOCH), now) != wire.STORED:
                     refused.append(epoch - first)
         self.assertEqual(refused, [])
-
-    test_everyEpochOfAProbingRelayIsStored.todo = (
-        "a storing node's 16 records per publisher do not hold a probing relay's 14 slots of reports and probe "
-        "reports (doc/dht.md, meshvpn/dht/records.py): refused from the 7th epoch on")
 
 
 class ProbeCapScaleTests(unittest.TestCase):
