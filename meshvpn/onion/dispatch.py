@@ -22,7 +22,7 @@ from meshvpn.onion.cells import RELAY_DATA_LEN as _MAX_DATA
 import struct
 
 from meshvpn.onion.cells import CellError, FlowNegotiate, RelayCommand, Sendme, packRelay, unpackRelay
-from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_GSO, FLOW_XON, PacketVegasParams, ReceiveWindow, SendWindow, VegasWindow
+from meshvpn.onion.flow import FLOW_ALL, FLOW_CC, FLOW_GSO, FLOW_XON, ReceiveWindow, SendWindow, VegasWindow
 from meshvpn.onion.packets import MAX_PACKET, OffloadPacket, PacketReader, packetRecords, recordSize
 
 _DATA = RelayCommand.DATA
@@ -293,9 +293,6 @@ class RelayDispatcher:
 
         @return: the number of packets sent or queued.
         """
-        window = self.packWindow
-        if type(window) is VegasWindow and window.params is not PacketVegasParams:
-            window.params = PacketVegasParams  # this end sends packets: TCP inside wants its queue (flow.py)
         if not self.flowFlags & FLOW_GSO:
             kept = [p for p in packets if type(p) is not OffloadPacket]
             if len(kept) != len(packets):

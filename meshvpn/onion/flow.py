@@ -158,14 +158,6 @@ class VegasParams:
       24 Mbit/s, where an interactive stream sharing the circuit with a
       download then waited 13-30x its unloaded time to first byte.  On a
       fast path the cap is above the fixed counts and changes nothing;
-    - C{queueShare}: C{alpha} and C{beta} are also at most what the path
-      drains in this share of its minimum round trip, if that is shorter
-      than C{queueTime}.  A stream's first byte takes about two round
-      trips, each one longer by the queue a download keeps on the same
-      relays: a queue of half the round trip keeps it within 2x.  On
-      loopback (a round trip of 2-3 ms) 10 ms let 400 cells stand, several
-      round trips; from 20 ms up (every real path) queueTime is the shorter
-      and nothing changes;
     - C{slowStartSamples}: slow start sees a queue in the minimum of this
       many latest samples, not in the standing round trip (0: the standing
       round trip, which lags a doubling window by a whole round trip).
@@ -181,24 +173,7 @@ class VegasParams:
     share = (10, 5, 5, 2)  # alpha, beta, gamma, delta as at least cwnd // n
     minRttWindow = 10.0
     queueTime = 0.01
-    queueShare = 0.5
     slowStartSamples = 3
-
-
-class PacketVegasParams(VegasParams):
-    """
-    The constants of a circuit end that sends IP packets (VPN mode): the
-    queue is not capped below C{queueTime} by C{queueShare}.  The TCP
-    connections inside see a circuit window held under half its round
-    trip as a thin pipe with a small buffer in front (the packet backlog):
-    on loopback, VPN through TUN fell from 228-257 to 111-167 Mbit/s with
-    the cap and came back to 241-300 without it (quiet machine, bench
-    tun).  Streams keep the cap: their bytes wait in the circuit, not in
-    a TCP stack behind it, and a short queue is what keeps a fetch beside a
-    download fast.
-    """
-
-    queueShare = float("inf")
 
 
 class VegasWindow:
@@ -320,12 +295,9 @@ class VegasWindow:
         alpha, beta, gamma, delta = (max(p.alpha, cwnd // sa), max(p.beta, cwnd // sb),
                                      max(p.gamma, cwnd // sg), max(p.delta, cwnd // sd))
         if p.queueTime and self.ewmaRtt:
-            # What the path drains in queueTime, or in a share of its own
-            # unloaded round trip if that is shorter: on a slow path a fixed
-            # cell count is a long wait for every other stream of the
-            # circuit, and on a short one any queue longer than the round
-            # trip itself multiplies their time to first byte.
-            drained = cwnd / self.ewmaRtt * min(p.queueTime, self.minRtt * p.queueShare)
+            # What the path drains in queueTime: on a slow path a fixed cell
+            # count is a long wait for every other stream of the circuit.
+            drained = cwnd / self.ewmaRtt * p.queueTime
             alpha = max(min(alpha, drained / 2), cwnd // sa, inc // 2)
             beta = max(min(beta, drained), cwnd // sb, inc)
         if queue > delta:

@@ -130,31 +130,6 @@ class Controller(unittest.TestCase):
             windows.append(p.w.cwnd)
         self.assertEqual(windows[0], windows[1])
 
-    def test_shortPathKeepsQueueUnderItsRoundTrip(self):
-        """
-        Loopback at 340 Mbit/s (85,000 cells/s, 1.5 ms): the drained-in-10-ms
-        cap alone let 400 cells (4.7 ms, three round trips) stand in the
-        path.  At most what drains in half the minimum round trip (never
-        below the one-increment floors), the queue stays under the round
-        trip itself, and the download still fills the path.
-        """
-        class Unshared(VegasParams):
-            queueShare = float("inf")
-
-        waits = {}
-        for params in (VegasParams, Unshared):
-            p = Path(85_000, 0.0015)
-            p.w = VegasWindow(p.clock, params)
-            p.run(1.0, 0.0001)
-            acked, samples = p.acked, []
-            for _ in range(50):
-                p.run(0.01, 0.0001)
-                samples.append(p.queue() / p.rate)
-            self.assertGreater((p.acked - acked) / 0.5, 0.97 * p.rate)
-            waits[params] = sum(samples) / len(samples)
-        self.assertLess(waits[VegasParams], 0.75 * waits[Unshared])
-        self.assertLess(waits[VegasParams], 0.003)
-
     def test_slowStartEndsAtTheQueue(self):
         """
         Slow start on a short path ends within a few round trips of the
@@ -270,28 +245,3 @@ class Authenticated(unittest.TestCase):
         self.assertEqual(w.window, 0)
         self.assertRaises(FlowError, w.onSent, bytes(8))
 
-
-class PacketCircuitParams(unittest.TestCase):
-    """
-    A circuit end that sends IP packets keeps its queue uncapped by the round
-    trip (PacketVegasParams: TCP inside the VPN needs it); ends that carry
-    only streams keep the cap that keeps a fetch beside a download fast.
-    """
-
-    def test_endsThatSendPacketsSwitch(self):
-        from meshvpn.onion.flow import PacketVegasParams, VegasParams, VegasWindow
-        from meshvpn.onion.test.test_circuit import SECRET, Net
-
-        n = Net(self)
-        circ = n.built(self)
-        exitEnd = n.relayCircuit(n.exit)
-        self.assertIs(type(circ.packWindow), VegasWindow)
-        self.assertIs(circ.packWindow.params, VegasParams)
-        self.assertIs(exitEnd.packWindow.params, VegasParams)
-        circ.setPacketReceiver(lambda packets: None)
-        circ.sendPackets([SECRET])
-        n.net.pump()
-        self.assertIs(circ.packWindow.params, PacketVegasParams)
-        self.assertIs(exitEnd.packWindow.params, PacketVegasParams)  # it echoed them: it sends packets too
-        self.assertEqual(PacketVegasParams.queueShare, float("inf"))
-        self.assertEqual(PacketVegasParams.slowStartSamples, VegasParams.slowStartSamples)
