@@ -59,9 +59,9 @@ SECRET_BYTES = 32
 TEAM_SIZE = 5  # the smallest team (a liar needs 3 of 5 seats to move a lower median)
 MAX_TEAM = 9  # the largest: a target splits its rate among its team, and each member is a probe stream to run
 # A team can take in at least this many times its target's expected capacity: a
-# reading is censored at 0.8 of its measurer's share (probeshare.NEAR), so a
-# target at its expected capacity fills about half of each member's share and
-# one up to 1.6 times it is still measured, not only bounded below.
+# target at its expected capacity then fills about half of each member's share,
+# so one up to about twice it is still measured by measurers that are not its
+# bottleneck.
 CAPACITY_MULTIPLE = 2.0
 # A target echoes any measurer whose key is within its first TEAM_SIZE + ECHO_SLACK
 # keys, the measurer known to its directory or not: a measurer and a target whose
