@@ -356,7 +356,8 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
     for t, p in zip(traffic, probed):
         if p is None:
             p = stand
-        out.append(t if p is None or t <= perUnit * p else perUnit * p)
+        # (probed at nothing: 0, not perUnit * 0, which is NaN when a subnormal probe made perUnit infinite)
+        out.append(t if p is None else 0.0 if p <= 0 else min(t, perUnit * p))
     return out
 
 

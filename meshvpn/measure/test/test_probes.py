@@ -79,6 +79,10 @@ class ProbeCapTests(unittest.TestCase):
             if p is None and (unprobed == "free" or fewProbed):
                 self.assertEqual(after, before)
 
+    def test_noNaNFromAnInfiniteScale(self):
+        """A subnormal probe makes the bytes per probed unit infinite; a relay probed at 0 is still held to 0."""
+        self.assertEqual(probeCap([1.0, 4.0], [True, True], [0.0, 1e-320], 1.0), [0.0, 4.0])  # was [nan, 4.0]
+
     def test_nothingProbedChangesNothing(self):
         self.assertEqual(probeCap([1.0, 2.0], [True, True], [None, None], 1.0), [1.0, 2.0])
 
