@@ -90,8 +90,8 @@ def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
     """
     samples = readingsByTarget(reportsByEpoch, planOf)
     first = {t: _lowerMedian([n * rate for rate, _, n in s]) for t, s in sorted(samples.items())}
-    # (i19t's censored estimate, which lifted a target above the lower median when two readings reached
-    # higher, read the 108 KB/s relay at 289 KB/s in a CI run: doc/measurement.md; not kept)
+    # (a censored estimate that lifted a target above the lower median when two readings reached higher
+    # read a 108 KB/s relay at 289 KB/s: doc/measurement.md, not kept)
     out = {}
     for t, s in sorted(samples.items()):
         clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
