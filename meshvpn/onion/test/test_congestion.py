@@ -45,8 +45,12 @@ class Path:
             self.w.onSent(tag)
             leaves = self._depart(now)
             if self.sent % self.w.increment == 0:
-                self.clock.callLater(leaves + self.rtt - now, self._sendme, tag)
+                self.clock.callLater(self._sendmeAt(leaves) - now, self._sendme, tag)
         self.maxQueue = max(self.maxQueue, self.queue())
+
+    def _sendmeAt(self, leaves):
+        """When the SENDME of a cell leaving the bottleneck at C{leaves} reaches the sender."""
+        return leaves + self.rtt
 
     def _sendme(self, tag):
         self.acked += self.w.increment
@@ -168,18 +172,11 @@ class Controller(unittest.TestCase):
         class Jittery(Path):
             lastAck = 0.0
 
-            def pump(self):
-                now = self.clock.seconds()
-                while self.w.window > 0:
-                    self.sent += 1
-                    tag = self.sent.to_bytes(8, "big")
-                    self.w.onSent(tag)
-                    leaves = self._depart(now)
-                    if self.sent % self.w.increment == 0:
-                        late = 0.008 if self.sent % (10 * self.w.increment) == 0 else 0.0
-                        # a late SENDME is not overtaken by the next one
-                        self.lastAck = max(self.lastAck, leaves + self.rtt + late)
-                        self.clock.callLater(self.lastAck - now, self._sendme, tag)
+            def _sendmeAt(self, leaves):
+                late = 0.008 if self.sent % (10 * self.w.increment) == 0 else 0.0
+                # a late SENDME is not overtaken by the next one
+                self.lastAck = max(self.lastAck, leaves + self.rtt + late)
+                return self.lastAck
 
         p = Jittery(50_000, 0.080)
         ended = None
