@@ -10,7 +10,8 @@ from twisted.trial import unittest
 from meshvpn.tools.netns import requireRoot
 
 KEYS = ("throughput_mbps", "pipe_throughput_mbps", "rtt_ms_measured", "ttfb_ms_median", "ttfb_ms_direct_median",
-        "cpu_s_per_gb", "quiet_circuits_taken")
+        "cpu_s_per_gb", "quiet_circuits_taken", "ttfb_ms_first_stream_fresh_circuit", "ttfb_ms_warm_circuit_after_pause",
+        "ttfb_ms_direct_after_pause")
 
 
 def _bench(*extra):
