@@ -49,7 +49,7 @@ from meshvpn.measure.epoch import epochOf
 from meshvpn.measure.publish import reportSalt
 from meshvpn.measure.reports import makeReport
 from meshvpn.measure.service import WEIGHTS_FILE
-from meshvpn.measure.test.test_processes import EPOCH, RATES, probedNodeArgs
+from meshvpn.measure.test.test_processes import EPOCH, RATES
 from meshvpn.measure.window import SLOTS
 from meshvpn.tools import socksclient
 from meshvpn.tools.testnet import Testnet
@@ -64,7 +64,8 @@ HUGE = 2**40  # bytes a forged report claims on every link
 # seventh epoch on the relays' own reports no longer fit (PublisherCapTests): the comparison is made before.
 FORGE_EPOCHS = 6
 WORKERS = 10
-WANTED_EPOCHS = 2  # epochs of both clients' weights compared, at most
+WANTED_EPOCHS = 2  # epochs of both clients' weights compared in which the client with probes measured someone
+PROMISED = 2.0  # the pair's path weight over its probed share the defaults' cap promises at most (see the test)
 
 
 def rateOf(text):
@@ -72,10 +73,11 @@ def rateOf(text):
 
 
 def forgedNodeArgs(name, host):
+    """The network's defaults (relays probe, the client applies the probes), only the epoch shortened."""
+    args = ["--measure-epoch", str(EPOCH)]
     if name == BLIND:
-        return ["--measure-epoch", str(EPOCH)]
-    args = probedNodeArgs(name, host)
-    if name in RATES_ALL and name not in RATES:
+        return args + ["--probe-weights", "false"]
+    if name in RATES_ALL:
         args += ["--bandwidth-rate", RATES_ALL[name], "--bandwidth-burst", RATES_ALL[name]]
     return args
 
@@ -247,7 +249,7 @@ class ForgedReportsTests(unittest.TestCase):
         deadline = time.monotonic() + (FORGE_EPOCHS + 1) * EPOCH + 30
         got = {}
         unweighted = set()  # epochs the client with probes measured nobody honest in
-        while time.monotonic() < deadline and len(got) < WANTED_EPOCHS:
+        while time.monotonic() < deadline and len(set(got) - unweighted) < WANTED_EPOCHS:
             for which, dataDir in (("probes", net.client.dataDir), ("blind", blind.dataDir)):
                 body = readWeights(dataDir)
                 if (body.get("epoch") or 0) >= firstForged:
@@ -289,8 +291,7 @@ class ForgedReportsTests(unittest.TestCase):
         # the defence, as the client with probes computed it should hold: every relay is held to the margin (0.8)
         # times the network's bytes per probed unit S (the median of estimate over probe, weighted by the
         # probes), so the pair gets no more measured bandwidth per probed byte than that, whatever the
-        # 2**40 bytes it vouches for.  (Its weight share can still be above its probed share: honest
-        # relays that carry less than their probe sit below the cap, and new ones ramp up.)
+        # 2**40 bytes it vouches for.
         for epoch, (probes, _) in sorted(got.items()):
             perProbe = sorted((probes[n][4] / probes[n][1], probes[n][1], n) for n in probes
                               if probes[n][1] and probes[n][4] > 0)
@@ -306,10 +307,18 @@ class ForgedReportsTests(unittest.TestCase):
             print(f"  epoch {epoch}: the pair's bandwidth per probed byte "
                   + ", ".join(f"{n} {ratio / scale:.2f}" for ratio, _, n in perProbe if n in FORGED)
                   + f" x the network's: {'held' if held else 'NOT HELD'} by the probes")
-        # (printed, not asserted: not held in 3 compared epochs of the last 7 runs, twice with both clients'
-        # weights equal as if no probe had been applied, not understood yet; and the shares are a
-        # measurement: loaded, the pair took 1.4 to 16 times its capacity share without probes, on a quiet
-        # machine once half of it; doc/measurement.md)
+        # What the design promises, asserted per epoch the client measured an honest relay in: held to 0.8 S
+        # times its probe, while the relays at or above the median (half the probed capacity) carry at
+        # least S times theirs, the pair's share of the measured bandwidth is at most about 1.6 times its
+        # share of the probes (0.8 x / (0.8 x + (1 - x) / 2), x its probed share, small); weights are the
+        # bandwidths ramped by each relay's streak, alike in a network started at once: at most PROMISED.
+        weighed = {e: v for e, v in got.items() if e not in unweighted}
+        self.assertTrue(weighed, f"the client with probes measured no honest relay in any epoch compared: {seen}")
+        for (epoch, _), (probedShare, without, withProbes) in zip(sorted(got.items()), rows):
+            if epoch in weighed:
+                self.assertLessEqual(withProbes, PROMISED * probedShare,
+                                     f"epoch {epoch}: the forged pair took {withProbes:.3f} of the path weight "
+                                     f"with probes, its probed share {probedShare:.3f}")
 
     test_forgedPairAgainstTheWeights.timeout = 900
 
