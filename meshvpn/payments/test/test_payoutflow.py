@@ -245,8 +245,13 @@ class RoleWiringTests(unittest.TestCase):
         for name in ("payout-address", "payout-check"):
             verifyObject(IStatusSource, dht.getServiceNamed(name))
         self.assertEqual(dht.getServiceNamed("payout-check").addressIndex, 3)
+        # the check reads probes, planned from the directory it reads; the relay probes by default (auto: 20 s
+        # of an hourly epoch)
+        self.assertIsNotNone(dht.getServiceNamed("payout-weights").directory)
+        self.assertEqual(dht.getServiceNamed("probes").probeSeconds, 20.0)
         plain = build()
         self.assertRaises(KeyError, plain.getServiceNamed, "payout-address")
+        self.assertRaises(KeyError, build("--probe-seconds", "0").getServiceNamed, "probes")
 
     def test_issuerPaysOnlyWithABudget(self):
         from meshvpn.roles import issuer
@@ -257,7 +262,9 @@ class RoleWiringTests(unittest.TestCase):
                                   "tcp:0:interface=127.0.0.1", *extra])
             return issuer.makeService(options).getServiceNamed("dht")
 
-        self.assertEqual(build("--payout-budget", "1000000").getServiceNamed("payouts").budget, 1000000)
+        payer = build("--payout-budget", "1000000")
+        self.assertEqual(payer.getServiceNamed("payouts").budget, 1000000)
+        self.assertIsNotNone(payer.getServiceNamed("payout-weights").directory)  # it reads probes as the checks do
         self.assertRaises(KeyError, build().getServiceNamed, "payouts")
 
     def test_badSettingsRefused(self):
