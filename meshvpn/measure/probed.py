@@ -46,9 +46,11 @@ from meshvpn.measure.reports import prefixOf
 PROBE_WINDOW = 6  # epochs of probe readings a capacity is read from (the agreed history's window)
 MEASURE_SHARE = 0.5  # the part of a relay's slot its measuring duties take (the bench's measureShare)
 # The version deadline: probes cap the weights of epochs starting at or after this Unix time
-# (2027-03-01 00:00 UTC).  Until then relays of versions that cannot be probed are too common for
-# the unprobed rule (doc/measurement.md, *A relay without a probe*); a release moves it.
-PROBES_CAP_FROM = 1_803_859_200
+# (2026-11-30 00:00 UTC, the release whose relays probe by default and whose clients, payer and
+# payout checks read probes by default).  Every node of a release must agree on it, or two nodes would
+# compute different weights from the same reports; a later release that changes what the probes mean
+# moves it to when that release is expected everywhere (doc/measurement.md, *The version deadline*).
+PROBES_CAP_FROM = 1_795_996_800
 
 
 def _lowerMedian(values):

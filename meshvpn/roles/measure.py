@@ -6,6 +6,7 @@ from meshvpn.measure.meter import TrafficMeter
 from meshvpn.measure.probeservice import ProbeService
 from meshvpn.measure.publish import ReportPublisher
 from meshvpn.measure.service import MeasuredWeights, inThread
+from meshvpn.measure.settings import probeSecondsFor
 from meshvpn.roles.common import addService
 
 PROBE_DIRECTORY_SAMPLE = 1024  # relays per role a relay's probe plan is drawn from (the payer's sample)
@@ -13,9 +14,10 @@ PROBE_DIRECTORY_SAMPLE = 1024  # relays per role a relay's probe plan is drawn f
 
 def addCapacityProbes(node, settings, links, switch, dht):
     """
-    The relay's C{"probes"} service (unless C{--probe-seconds} is 0): it
-    handles the links' PROBE records, echoes its assigned measurers within
-    the node's bandwidth limit and probes its targets in each epoch's slot.
+    The relay's C{"probes"} service (unless C{--probe-seconds} is 0; by
+    default C{auto}, a share of the epoch): it handles the links' PROBE
+    records, echoes its assigned measurers within the node's bandwidth
+    limit and probes its targets in each epoch's slot.
     @return: the L{ProbeService} or C{None}.
     """
     if not settings.get("probe_seconds"):
@@ -24,7 +26,8 @@ def addCapacityProbes(node, settings, links, switch, dht):
     finder = addService(dht, "probe-finder", RelayFinder(dht, min(300.0, float(epoch)), perRole=PROBE_DIRECTORY_SAMPLE))
     limiter = getattr(switch, "readLimiter", None)
     probes = ProbeService(node.reactor, node.identity, links, lambda: dict(finder.relays), epoch,
-                          settings["probe_seconds"], bucket=None if limiter is None else limiter.bucket)
+                          probeSecondsFor(settings["probe_seconds"], epoch),
+                          bucket=None if limiter is None else limiter.bucket)
     addService(dht, "probes", probes)
     node.status.addSource("probes", probes)
     return probes
@@ -50,9 +53,10 @@ def addTrafficReports(node, settings, links, switch, dht):
 def addMeasuredWeights(node, settings, dht, finder):
     """
     The client's C{"weights"} service: reads the reports of the relays
-    C{finder} knows, each epoch, and their probe reports with C{--probe-weights}.
+    C{finder} knows, each epoch, and their probe reports with C{--probe-weights}
+    (the default).
     """
-    probes = settings.get("probe_weights", False)
+    probes = settings.get("probe_weights", True)
     weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()},
                               settings["measure_epoch"], dataDir=node.dataDir, compute=inThread(node.reactor),
                               directory=(lambda: dict(finder.relays)) if probes else None)

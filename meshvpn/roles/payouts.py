@@ -8,12 +8,16 @@ publishes it; with C{--payout-payer} and C{--payout-wallet-rpc} as well it
 recomputes the plan and checks its wallet (L{meshvpn.payments.payoutcheck}).
 Both sample the whole directory they can see (up to 1024 relays per role),
 not a client's path-building sample, so they read the same reports.
-Neither reads capacity probes yet (a client's C{--probe-weights} is off by
-default, and payer and relay must compute alike): pay follows the traffic
-reports alone.
+Both read the relays' capacity probes as a client with the default
+C{--probe-weights} does: the probe reports of the same relays, kept by the
+plan drawn from the same directory, so that a relay's pay, like its
+weight, is held to what it forwarded when probed (past the version
+deadline, L{meshvpn.measure.probed.PROBES_CAP_FROM}).  Neither has a
+setting to turn them off: payer and relay must compute alike.
 """
 
 from meshvpn.dht.service import RelayFinder
+from meshvpn.measure.aggregate import computeWeights
 from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.payments.monero import MoneroRPC, MoneroWallet
 from meshvpn.payments.payoutaddress import PayoutAddressBook, PayoutAddressPublisher
@@ -24,10 +28,20 @@ from meshvpn.roles.common import addService
 DIRECTORY_SAMPLE = 1024
 
 
+def payoutWeights(clock, dht, relays, epochLength, dataDir=None, compute=computeWeights):
+    """
+    The weights payer and relay compute, alike: every relay of C{relays()}
+    (C{{nodeId: descriptor}}) read, with the probe reports kept by the plans
+    drawn from that same directory, as a client with C{--probe-weights} does.
+    """
+    return MeasuredWeights(clock, dht, lambda: {i: d.flags for i, d in relays().items()}, epochLength,
+                           dataDir=dataDir, compute=compute, directory=lambda: dict(relays()))
+
+
 def _weights(node, settings, dht, dataDir=None):
     finder = addService(dht, "payout-finder", RelayFinder(dht, 300.0, perRole=DIRECTORY_SAMPLE))
-    weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()},
-                              settings["measure_epoch"], dataDir=dataDir, compute=inThread(node.reactor))
+    weights = payoutWeights(node.reactor, dht.everyFamily, lambda: finder.relays, settings["measure_epoch"],
+                            dataDir=dataDir, compute=inThread(node.reactor))
     return addService(dht, "payout-weights", weights)
 
 

@@ -44,23 +44,25 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
   worst epoch counts.  C{--no-history} attacks from the equal start (what a
   node without history computes).
 
-- C{--probes N} is a design study of active capacity probes, which no
-  relay runs (doc/measurement.md, *Active capacity probes*): every
-  identity is probed each epoch by N measurers drawn by the history's
-  weights, hostile measurers lie in every strategy, and the weights are
-  capped by the probes (L{meshvpn.measure.aggregate.probeCap}); it adds
-  the strategies C{probedeflate} (reports honest, measurers lie) and
-  C{unprobed} (junkinflate from the hostile identities a probe would show
-  small, all claiming a version that cannot be probed), and a C{probes}
-  object saying it is a design study, what it models and what it
-  assumes.  All relays are probed in one network-wide slot, each a target
-  and a measurer at once: C{--probe-contention} says what a hostile relay
-  does with its measuring duties there (C{readback}, the default: its
-  targets read it back and its probe is the lower of its two roles';
-  C{skip}: nobody checks and it drops them; C{none}: no contention, the
-  first model).  C{--probe-old} leaves a fraction of honest relays
-  unprobed.  Off by default: the default bench computes what the network
-  computes.
+- C{--probes N} (default 5, as the network) models the active capacity
+  probes every relay runs (doc/measurement.md, *Active capacity probes*):
+  every identity is probed each epoch by N measurers, drawn one vote per
+  identity (C{--probe-pick identity}, the network's plan) or by the
+  history's weights, hostile measurers lie in every strategy, and the
+  weights are capped by the probes (L{meshvpn.measure.aggregate.probeCap});
+  it adds the strategies C{probedeflate} (reports honest, measurers lie)
+  and C{unprobed} (junkinflate from the hostile identities a probe would
+  show small, all claiming a version that cannot be probed), and a
+  C{probes} object saying what it models and what it takes as given.  All
+  relays are probed in one network-wide slot, each a target and a
+  measurer at once: C{--probe-contention} says what a hostile relay does
+  with its measuring duties there (C{readback}, the default and the
+  network's rule: its targets read it back and its probe is the lower of
+  its two roles'; C{skip}: nobody checks and it drops them; C{none}: no
+  contention, the first model).  C{--probe-old} leaves a fraction of
+  honest relays unprobed.  C{--probes 0} models a network without probes.
+  Every default is the network's (L{NETWORK_DEFAULTS} says where each
+  comes from), so the default bench computes what the network computes.
 
 It prints C{capacity_correlation_honest} (Pearson correlation of weights
 with true capacity when nobody lies), C{hostile_weight_share_ratio} (the
@@ -76,7 +78,10 @@ import time
 import attrs
 
 from meshvpn.measure.aggregate import UNPROBED_QUANTILE, Params, computeWeights, weightedMedian
+from meshvpn.measure.probed import MEASURE_SHARE, PROBE_WINDOW
+from meshvpn.measure.probeplan import TEAM_SIZE
 from meshvpn.measure.reports import Report, prefixOf
+from meshvpn.measure.settings import AUTO, probeSecondsFor
 
 STRATEGIES = ("inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate")
 PROBE_STRATEGIES = ("probedeflate", "unprobed")  # only with --probes: attacks on the probes themselves
@@ -84,6 +89,21 @@ CONTENTION = ("none", "skip", "readback")
 EPOCH = 3600  # the bench's epoch length, seconds (the reports say so)
 HUGE = 2**50
 TRICKLE = 10**6  # bytes a swarm identity really exchanges with each big honest relay
+# where each probe default comes from in the network's code, and where the model differs from it
+NETWORK_DEFAULTS = {
+    "probes": "probeplan.TEAM_SIZE (teams of 5; the network sizes them by capacity only when given one, "
+              "and gives none)",
+    "window": "probed.PROBE_WINDOW",
+    "seconds": "settings.probeSecondsFor(auto, 3600)",
+    "pick": "identity: probeservice.planFromDirectory draws one vote per relay",
+    "contention": "readback: probed.probedCapacities (max(target x (1 - MEASURE_SHARE), min(target, measurer)))",
+    "measure_share": "probed.MEASURE_SHARE",
+    "margin": "aggregate.Params().probeMargin",
+    "unprobed": "aggregate.Params().probeUnprobed",
+    "clip": "probed: each reading at most team size x its measurer's probed capacity (the model clips at its "
+            "true capacity)",
+    "schedule": "together: one slot per epoch for every relay (probeplan.slotStart)",
+}
 
 
 def addArguments(p):
@@ -106,15 +126,17 @@ def addArguments(p):
                    help="the first swarm model: 1 MB per trickle, not charged to the hostile relays' capacity")
     p.add_argument("--no-history", action="store_true",
                    help="attack a network without history (every epoch starts equal): the old scheme")
-    p.add_argument("--probes", type=int, default=0,
-                   help="DESIGN STUDY, not run by the network: active capacity probes, this many measurers per "
-                        "relay per epoch (default 0: off, the bench computes what the network computes)")
-    p.add_argument("--probe-window", type=int, default=6,
-                   help="epochs of probes a relay's probed capacity is the median of (default 6)")
-    p.add_argument("--probe-seconds", type=float, default=20.0,
-                   help="how long a relay is probed at full rate each epoch (default 20 s of 3600)")
-    p.add_argument("--probe-pick", choices=("weight", "identity"), default="weight",
-                   help="draw measurers by the history's weights (default) or one identity, one chance")
+    p.add_argument("--probes", type=int, default=TEAM_SIZE,
+                   help=f"active capacity probes, this many measurers per relay per epoch (default {TEAM_SIZE}, the "
+                        "network's team; 0: a network without probes)")
+    p.add_argument("--probe-window", type=int, default=PROBE_WINDOW,
+                   help=f"epochs of probes a relay's probed capacity is the median of (default {PROBE_WINDOW})")
+    p.add_argument("--probe-seconds", type=float, default=probeSecondsFor(AUTO, EPOCH),
+                   help="how long a relay is probed at full rate each epoch (default "
+                        f"{probeSecondsFor(AUTO, EPOCH):g} s of {EPOCH}, a relay's auto)")
+    p.add_argument("--probe-pick", choices=("weight", "identity"), default="identity",
+                   help="draw measurers one identity, one chance (default: the network's plan) or by the "
+                        "history's weights")
     p.add_argument("--probe-schedule", choices=("together", "apart"), default="together",
                    help="probe every relay in one network-wide slot (default; a machine's identities share its "
                         "capacity) or each at its own time (each sybil shows its machine's whole capacity)")
@@ -126,8 +148,8 @@ def addArguments(p):
     p.add_argument("--probe-old", type=float, default=0.0,
                    help="fraction of honest relays whose version knows no probe (never probed; default 0)")
     p.add_argument("--probe-unprobed", choices=("median", "quartile", "floor", "free"), default=Params().probeUnprobed,
-                   help="once most relays are probed, an unprobed relay is held at the median probe (default), at "
-                        "the floor, or left alone (free: the first model)")
+                   help="once most relays are probed, an unprobed relay is held at the median or lower quartile "
+                        f"probe (default {Params().probeUnprobed}), at the floor, or left alone (free: the first model)")
     p.add_argument("--probe-margin", type=float, default=Params().probeMargin,
                    help=f"an estimate is at most this times the bytes per probed unit (default {Params().probeMargin})")
 
@@ -420,7 +442,7 @@ class Probes:
     clip: bool = True  # a reading is at most the team's size times the measurer's own capacity
     together: bool = True  # one network-wide slot: a machine's identities share its capacity in the probe
     contention: str = "readback"  # what a hostile relay does with its measuring duties in the slot (CONTENTION)
-    measureShare: float = 0.5  # the share of a relay's slot its measuring duties take (asks balanced with its own probe)
+    measureShare: float = MEASURE_SHARE  # the share of a relay's slot its measuring duties take (asks balanced with its own probe)
     old: frozenset = frozenset()  # honest relays whose version knows no probe (never probed)
 
 
@@ -486,8 +508,8 @@ def run(args, out=print):
         result["history"] = not args.no_history
         result["attack_epochs"] = args.epochs
     if probes:
-        # a design study: no relay runs probes yet (doc/measurement.md, "Active capacity probes")
-        result["probes"] = {"design_study_not_in_network": True, "measurers_per_relay_epoch": probes.count,
+        # what the network runs with the defaults (doc/measurement.md, "Active capacity probes")
+        result["probes"] = {"measurers_per_relay_epoch": probes.count,
                             "window_epochs": probes.window, "seconds_per_epoch": probes.seconds,
                             "pick": probes.pick, "margin": args.probe_margin,
                             "schedule": "together" if probes.together else "apart",
@@ -497,7 +519,10 @@ def run(args, out=print):
                             # what the model takes as given and does not test (doc/measurement.md)
                             "assumed_not_modelled": ["teams big enough to fill their targets",
                                                      "measurers and slot from randomness no relay chooses",
-                                                     "each role's reading scaled by its demand, known to all"]}
+                                                     "each role's reading scaled by its demand, known to all",
+                                                     "a hostile measurer's clip is its true capacity, not its "
+                                                     "probed one"],
+                            "network_defaults": NETWORK_DEFAULTS}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     if args.json:
         out(json.dumps(result))

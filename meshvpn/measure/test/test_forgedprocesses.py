@@ -1,36 +1,36 @@
 """Real processes: two relays publish forged traffic reports that vouch for each other; what the clients' weights give them.
 
-The probed testnet of L{meshvpn.measure.test.test_processes} (capacity
-probes in each 20-second epoch), with every relay throttled
-(``--bandwidth-rate``) so that its capacity is known, the test's downloads
-keeping the relays busy, and a second client that reads no probes.  Relays
-relay2 (12 KB/s) and relay3 (36 KB/s) are taken over: the test reads their
-identity keys from their data directories and, for the coming epochs,
-publishes in the DHT, signed with those keys, the traffic reports a
-colluding pair would: 2**40 bytes with each other, and 2**40 with every
-other relay (a link counts as much as its two ends confirm, so the pair's
-links with honest relays keep what the honest ends report, and no more).
-The forgeries are stored before the relays' own reports of those epochs,
-at every node the forger knows, so the DHT refuses the relays' own (same
-sequence number, not newer).
+The testnet of L{meshvpn.measure.test.test_processes} with the network's
+defaults, only the epoch shortened to 20 s: relays probe (C{auto}: 2 s
+per epoch) and the client applies the probes (C{--probe-weights} is on).
+Every relay is throttled (``--bandwidth-rate``) so that its capacity is
+known, the test's downloads keep the relays busy, and a second client
+runs with ``--probe-weights false``.  Relays relay2 (12 KB/s) and relay3
+(36 KB/s) are taken over: the test reads their identity keys from their
+data directories and, for the coming epochs, publishes in the DHT, signed
+with those keys, the traffic reports a colluding pair would: 2**40 bytes
+with each other, and 2**40 with every other relay (a link counts as much
+as its two ends confirm, so the pair's links with honest relays keep
+what the honest ends report, and no more).  The forgeries are stored
+before the relays' own reports of those epochs, at every node the forger
+knows, so the DHT refuses the relays' own (same sequence number, not
+newer).
 
-The same run gives both answers: the client with ``--probe-weights`` and
-the one without read the same reports, and each writes its weights.  The
-test prints, for two epochs, the pair's share of the path weight in each,
-beside its share of the relays' rates and of their probed capacities.
-Without probes the attack takes: in a loaded testnet the honest links
-carry a few KB/s, the pair's link holds at its cap and the pair ran away
-with nearly all the weight and the guard flag (measured 9.8 MB/s each
-against 2.8 KB/s for every honest relay, in one run); with probes each
-relay should be held to what it echoed when probed: the test prints, per
-epoch, whether the pair's bandwidth per probed byte stayed within the
-network's (it did not in 3 compared epochs of the last 7 runs).  Only that
-the forgeries were in force is asserted: the shares are a measurement (on
-a quiet machine, once, the pair took half its capacity share without
-probes and both clients' weights were equal).  An epoch in which the client with probes measured no honest
-relay is not compared, and is printed: before L{ProbeCapScaleTests}'s fix
-that happened in 2 of 5 runs (every weight 0, so path selection fell back
-to uniform draws, a third of them the pair's).
+The same run gives both answers: the two clients read the same reports,
+and each writes its weights.  The test prints, per epoch, the pair's
+share of the path weight in each, beside its share of the relays' rates
+and of their probed capacities.  Without probes the attack takes: in a
+loaded testnet the honest links carry a few KB/s and the pair ran away
+with nearly all the weight and the guard flag.  With the defaults it
+asserts what the cap promises (L{PROMISED}): in each compared epoch the
+pair's path weight (uniform draws, a third of them the pair's, when every
+weight is 0) is at most twice its share of the relays' probed capacity.
+Measured, that holds in half the runs: in this small loaded testnet the
+honest estimates collapse in the others (every estimate 0, or one relay
+holding all the weight, the pair's or an honest one), with and without
+probes, for reasons not yet understood; so the test is marked C{todo} and prints
+every epoch's numbers (doc/measurement.md, *Forged reports, in real
+processes*).
 """
 
 import json
@@ -49,7 +49,7 @@ from meshvpn.measure.epoch import epochOf
 from meshvpn.measure.publish import reportSalt
 from meshvpn.measure.reports import makeReport
 from meshvpn.measure.service import WEIGHTS_FILE
-from meshvpn.measure.test.test_processes import EPOCH, RATES, probedNodeArgs
+from meshvpn.measure.test.test_processes import EPOCH, RATES
 from meshvpn.measure.window import SLOTS
 from meshvpn.tools import socksclient
 from meshvpn.tools.testnet import Testnet
@@ -65,6 +65,7 @@ HUGE = 2**40  # bytes a forged report claims on every link
 FORGE_EPOCHS = 6
 WORKERS = 10
 WANTED_EPOCHS = 2  # epochs of both clients' weights compared, at most
+PROMISED = 2.0  # the pair's path weight over its probed share the defaults' cap promises at most (see the test)
 
 
 def rateOf(text):
@@ -72,10 +73,11 @@ def rateOf(text):
 
 
 def forgedNodeArgs(name, host):
+    """The network's defaults (relays probe, the client applies the probes), only the epoch shortened."""
+    args = ["--measure-epoch", str(EPOCH)]
     if name == BLIND:
-        return ["--measure-epoch", str(EPOCH)]
-    args = probedNodeArgs(name, host)
-    if name in RATES_ALL and name not in RATES:
+        return args + ["--probe-weights", "false"]
+    if name in RATES_ALL:
         args += ["--bandwidth-rate", RATES_ALL[name], "--bandwidth-burst", RATES_ALL[name]]
     return args
 
@@ -282,15 +284,14 @@ class ForgedReportsTests(unittest.TestCase):
                   + ", ".join(f"{n} {RATES_ALL[n]} {probes.get(n, (0, 0))[1] or 0:.0f} "
                               f"{blindView.get(n, (0,))[0]:.3f}/{probes.get(n, (0,))[0]:.3f}" for n in ids))
         if unweighted:
-            print(f"  epochs {sorted(unweighted)}: the client with probes measured no honest relay (uniform draws)")
+            print(f"  epochs {sorted(unweighted)}: the client with probes measured no honest relay")
         probedShare, without, withProbes = (sum(r[k] for r in rows) / len(rows) for k in range(3))
         print(f"  mean of {len(rows)} epochs: without probes {without:.3f} ({without / capacityShare:.2f} x capacity "
               f"share), with probes {withProbes:.3f} ({withProbes / max(probedShare, 1e-9):.2f} x probed share)")
         # the defence, as the client with probes computed it should hold: every relay is held to the margin (0.8)
         # times the network's bytes per probed unit S (the median of estimate over probe, weighted by the
         # probes), so the pair gets no more measured bandwidth per probed byte than that, whatever the
-        # 2**40 bytes it vouches for.  (Its weight share can still be above its probed share: honest
-        # relays that carry less than their probe sit below the cap, and new ones ramp up.)
+        # 2**40 bytes it vouches for.
         for epoch, (probes, _) in sorted(got.items()):
             perProbe = sorted((probes[n][4] / probes[n][1], probes[n][1], n) for n in probes
                               if probes[n][1] and probes[n][4] > 0)
@@ -306,10 +307,32 @@ class ForgedReportsTests(unittest.TestCase):
             print(f"  epoch {epoch}: the pair's bandwidth per probed byte "
                   + ", ".join(f"{n} {ratio / scale:.2f}" for ratio, _, n in perProbe if n in FORGED)
                   + f" x the network's: {'held' if held else 'NOT HELD'} by the probes")
-        # (printed, not asserted: not held in 3 compared epochs of the last 7 runs, twice with both clients'
-        # weights equal as if no probe had been applied, not understood yet; and the shares are a
-        # measurement: loaded, the pair took 1.4 to 16 times its capacity share without probes, on a quiet
-        # machine once half of it; doc/measurement.md)
+        # What the design promises: held to 0.8 S times its probe, while the relays at or above the median
+        # (half the probed capacity) carry at least S times theirs, the pair's share of the measured bandwidth
+        # is at most about 1.6 times its share of the probes (0.8 x / (0.8 x + (1 - x) / 2), x its probed
+        # share, small); weights are the bandwidths ramped by each relay's streak, alike in a network started
+        # at once: at most PROMISED times.  The share is of every relay's probe (the network's capacity as the
+        # probes read it), and the pair's path weight is what path selection draws by: uniform when every
+        # weight is 0.
+        broken = []
+        for epoch, (probes, _) in sorted(got.items()):
+            probedAll = sum(probes[n][1] or 0 for n in probes)
+            probedShare = sum(probes[n][1] or 0 for n in FORGED) / (probedAll or 1)
+            weights = [probes[n][0] for n in probes]
+            drawn = sum(probes[n][0] for n in FORGED) if any(weights) else len(FORGED) / len(probes)
+            print(f"  epoch {epoch}: the pair's path weight {drawn:.3f}{'' if any(weights) else ' (uniform)'}, "
+                  f"its share of every relay's probe {probedShare:.3f}: {drawn / max(probedShare, 1e-9):.2f} x")
+            if drawn > PROMISED * probedShare:
+                broken.append(f"epoch {epoch}: {drawn:.3f} > {PROMISED} x {probedShare:.3f}"
+                              + (" (no honest relay measured)" if epoch in unweighted else ""))
+        self.assertEqual(broken, [], "the forged pair's path weight with the default probes")
+
+    # Measured: held in 4 of 8 runs (load average 1.4 to 10.3 on 2 cores; in 3 of the 4 the forgery took
+    # nothing without probes either): in the others the client's honest estimates collapse in this small
+    # loaded testnet (every estimate 0, so uniform draws; or one relay, or the pair, holding all the weight:
+    # 0.998 once), with and without probes; doc/measurement.md.
+    test_forgedPairAgainstTheWeights.todo = ("the defence does not hold when the honest estimates collapse (every "
+                                             "estimate 0, or a few relays holding all): measured, not understood yet")
 
     test_forgedPairAgainstTheWeights.timeout = 900
 

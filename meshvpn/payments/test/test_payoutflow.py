@@ -1,8 +1,11 @@
 """Payouts end to end: relays publish reports and addresses, the payer pays by the weights, each relay checks its pay.
 
 The DHT is the in-memory one of the payments tests; the reports, the
-weights, the records and the Monero transfers are the real ones (a real
-monerod --regtest with wallet RPC servers).
+probe reports, the weights, the records and the Monero transfers are the
+real ones (a real monerod --regtest with wallet RPC servers).  Payer and
+relays compute their weights as the roles build them
+(L{meshvpn.roles.payouts.payoutWeights}): probes read and, the epochs being
+past the version deadline, applied.
 """
 
 from hypothesis import given, settings
@@ -12,39 +15,58 @@ from twisted.trial import unittest
 
 from meshvpn.dht.records import makeRecord
 from meshvpn.identity import NodeIdentity
-from meshvpn.measure.publish import reportSalt
-from meshvpn.measure.reports import makeReport
-from meshvpn.measure.service import MeasuredWeights
+from meshvpn.measure.probed import PROBES_CAP_FROM
+from meshvpn.measure.probereports import Reading, signProbeReport
+from meshvpn.measure.publish import probeSalt, reportSalt
+from meshvpn.measure.reports import makeReport, prefixOf
+from meshvpn.measure.test.probefakes import Descriptor
 from meshvpn.payments.monero import MoneroDaemon, MoneroRPC, MoneroWallet
 from meshvpn.payments.payoutaddress import PayoutAddressBook, PayoutAddressPublisher
 from meshvpn.payments.payoutcheck import PayoutCheck
 from meshvpn.payments.payoutepoch import EpochPayer
 from meshvpn.payments.payouts import ADDRESS_SALT, PayoutError, Statement, parseStatement
 from meshvpn.payments.test.fakes import FakeDHT
+from meshvpn.roles.payouts import payoutWeights
 from meshvpn.tools.moneroregtest import SharedRegtest
 
 EPOCH = 600
 ADDRESS = "4" + "A" * 94
+FIRST_CAPPED = PROBES_CAP_FROM // EPOCH + 1  # an epoch whose weights the probes cap
+PROBE_MILLIS = 5000
+PROBE_UNIT = 10_000  # bytes/s of a probed capacity of 1
 
 
 class Network:
-    """Relays carrying traffic in proportion to both ends' rates, their signed reports of epoch C{epoch} in the DHT."""
+    """
+    Relays carrying traffic in proportion to both ends' rates, their signed
+    reports of epoch C{epoch} in the DHT, and with C{probed} (a capacity
+    per relay, in L{PROBE_UNIT}s) the probe reports of that epoch: every
+    other relay (a team of 3 of 4) read each target at its share.
+    """
 
-    def __init__(self, rates, epoch=100):
+    def __init__(self, rates, epoch=FIRST_CAPPED, probed=None):
         self.clock = task.Clock()
         self.clock.advance((epoch + 1) * EPOCH + 200)
         self.dht = FakeDHT(self.clock)
         self.epoch = epoch
         self.relays = [NodeIdentity.generate() for _ in rates]
         ids = [r.nodeId for r in self.relays]
+        self.directory = {i: Descriptor(i) for i in ids}
         for i, identity in enumerate(self.relays):
             table = {ids[j]: (rates[i] * rates[j] * 10**6, 3) for j in range(len(ids)) if j != i}
             for part in makeReport(identity, epoch, EPOCH, table):
                 self.dht.put(makeRecord(identity, reportSalt(part.part, epoch), part.raw, epoch, (epoch + 3) * EPOCH))
+        if probed is not None:
+            team = len(ids) - 1
+            for i, identity in enumerate(self.relays):
+                readings = [Reading(prefixOf(ids[j]), int(probed[j] * PROBE_UNIT / team * PROBE_MILLIS / 1000),
+                                    PROBE_MILLIS) for j in range(len(ids)) if j != i]
+                report = signProbeReport(identity, epoch, EPOCH, readings)
+                self.dht.put(makeRecord(identity, probeSalt(epoch), report.raw, epoch, (epoch + 3) * EPOCH))
 
     def weights(self):
-        return MeasuredWeights(self.clock, lambda: self.dht, lambda: {r.nodeId: frozenset({"middle"}) for r in self.relays},
-                               EPOCH)
+        """The weights the payer and each relay's check compute (the roles' construction)."""
+        return payoutWeights(self.clock, lambda: self.dht, lambda: self.directory, EPOCH)
 
 
 class FakeWallet:
@@ -113,6 +135,43 @@ class EpochLoopTests(unittest.TestCase):
         self.assertEqual(payer.status()["paid"], 6000)
 
 
+class ProbedPayTests(unittest.TestCase):
+    """Payer and relays read the probes alike: a relay whose links show more than it forwards when probed is paid less."""
+
+    def plan(self, net):
+        weights = net.weights()
+        wallet = FakeWallet()
+        payer = EpochPayer(net.clock, NodeIdentity.generate(), lambda: net.dht, weights, wallet,
+                           lambda nodeId: defer.succeed(ADDRESS), 10**6)
+        payer.startService()
+        self.addCleanup(payer.stopService)
+        self.successResultOf(weights.refresh(net.epoch))
+        epoch, plan = self.successResultOf(payer.whenIdle())
+        self.assertEqual(epoch, net.epoch)
+        return payer, weights, {p.nodeId: p.amount for p in plan}
+
+    def test_payerAndRelaysAgreeWithProbes(self):
+        # relay 3's links show rate 8, its probe 3: it is held to its probe, below relay 2 (rate 4, probe 4)
+        net = Network([1, 2, 4, 8], probed=[1, 2, 4, 3])
+        payer, weights, amounts = self.plan(net)
+        ids = [r.nodeId for r in net.relays]
+        self.assertEqual([round(weights.probedCapacity(i) / PROBE_UNIT, 2) for i in ids], [1, 2, 4, 3])
+        self.assertTrue(weights.status()["probes_cap"])
+        self.assertLess(amounts[ids[3]], amounts[ids[2]])
+        self.assertEqual(sorted(amounts, key=amounts.get), [ids[0], ids[1], ids[3], ids[2]])
+        # without probes the same reports pay relay 3 the most
+        blind = Network([1, 2, 4, 8])
+        unprobed = self.plan(blind)[2]
+        self.assertEqual(max(unprobed, key=unprobed.get), blind.relays[3].nodeId)
+        # each relay's check, computing its own weights from the same records, expects exactly its line
+        payerId = payer.identity.nodeId
+        for identity in net.relays:
+            check = PayoutCheck(identity.nodeId, lambda: net.dht, net.weights(), payerId,
+                                lambda nodeId: defer.succeed(ADDRESS), FakeWallet())
+            self.successResultOf(check.weights.refresh(net.epoch))
+            self.assertEqual(self.successResultOf(check.expectedFor(net.epoch)), amounts[identity.nodeId])
+
+
 REGTEST = SharedRegtest(wallets=("payer", "relays"), fund="payer", expected=1)
 
 
@@ -127,7 +186,8 @@ class RegtestFlowTests(unittest.TestCase):
         payerWallet = MoneroWallet(MoneroRPC(reactor, regtest.walletURL("payer")))
         relayWallet = MoneroWallet(MoneroRPC(reactor, regtest.walletURL("relays")))
         daemon = MoneroDaemon(MoneroRPC(reactor, regtest.daemonURL()))
-        net = Network([1, 2, 4, 8])
+        # probed in the order of the rates (relay 3 at 6, below its links' 8): the probes apply, the order holds
+        net = Network([1, 2, 4, 8], probed=[1, 2, 4, 6])
         indices = {}
         for identity in net.relays:
             index, address = yield relayWallet.createAddress(identity.nodeId.hex()[:16])
@@ -185,8 +245,13 @@ class RoleWiringTests(unittest.TestCase):
         for name in ("payout-address", "payout-check"):
             verifyObject(IStatusSource, dht.getServiceNamed(name))
         self.assertEqual(dht.getServiceNamed("payout-check").addressIndex, 3)
+        # the check reads probes, planned from the directory it reads; the relay probes by default (auto: 20 s
+        # of an hourly epoch)
+        self.assertIsNotNone(dht.getServiceNamed("payout-weights").directory)
+        self.assertEqual(dht.getServiceNamed("probes").probeSeconds, 20.0)
         plain = build()
         self.assertRaises(KeyError, plain.getServiceNamed, "payout-address")
+        self.assertRaises(KeyError, build("--probe-seconds", "0").getServiceNamed, "probes")
 
     def test_issuerPaysOnlyWithABudget(self):
         from meshvpn.roles import issuer
@@ -197,7 +262,9 @@ class RoleWiringTests(unittest.TestCase):
                                   "tcp:0:interface=127.0.0.1", *extra])
             return issuer.makeService(options).getServiceNamed("dht")
 
-        self.assertEqual(build("--payout-budget", "1000000").getServiceNamed("payouts").budget, 1000000)
+        payer = build("--payout-budget", "1000000")
+        self.assertEqual(payer.getServiceNamed("payouts").budget, 1000000)
+        self.assertIsNotNone(payer.getServiceNamed("payout-weights").directory)  # it reads probes as the checks do
         self.assertRaises(KeyError, build().getServiceNamed, "payouts")
 
     def test_badSettingsRefused(self):

@@ -26,7 +26,7 @@ class BenchWeightsTests(unittest.TestCase):
             self.assertIn(key, result)
         self.assertEqual(set(result["strategies"]),
                          {"inflate", "deflate", "both", "sybil", "clique", "targeted", "swarm", "swarmall", "junkinflate",
-                          "junk"})
+                          "junk", "probedeflate", "unprobed"})
         self.assertEqual(result["swarm_trickles"], "idle capacity")
         self.assertTrue(result["history"])
         again = run("--seed", "3")[1]
@@ -50,13 +50,22 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertNotIn("hostile_weight_share_ratio", result)
 
-    def test_probesAreADesignStudyBehindAnOption(self):
-        # default off: the default bench computes what the network computes, and says nothing of probes
-        self.assertNotIn("probes", run("--seed", "3", "--epochs", "1")[1])
-        self.assertNotIn("probedeflate", run("--seed", "3", "--epochs", "1")[1]["strategies"])
+    def test_probesOnByDefaultAsInTheNetwork(self):
+        # the default bench computes what the network computes: probes on, the network's team, window, pick
+        code, result = run("--seed", "3", "--epochs", "1")
+        self.assertEqual(code, 0)
+        self.assertNotIn("design_study_not_in_network", result["probes"])
+        self.assertEqual(result["probes"]["measurers_per_relay_epoch"], 5)
+        self.assertEqual(result["probes"]["window_epochs"], 6)
+        self.assertEqual(result["probes"]["pick"], "identity")
+        self.assertEqual(result["probes"]["seconds_per_epoch"], 20.0)
+        self.assertIn("probedeflate", result["strategies"])
+        # --probes 0: a network without probes
+        off = run("--seed", "3", "--epochs", "1", "--probes", "0")[1]
+        self.assertNotIn("probes", off)
+        self.assertNotIn("probedeflate", off["strategies"])
         code, result = run("--seed", "3", "--epochs", "1", "--probes", "3", "--probe-window", "2")
         self.assertEqual(code, 0)
-        self.assertTrue(result["probes"]["design_study_not_in_network"])
         self.assertEqual(result["probes"]["measurers_per_relay_epoch"], 3)
         self.assertIn("probedeflate", result["strategies"])
         # what the model runs, said in the JSON: the one slot's contention read back, unprobed relays held at
@@ -73,4 +82,3 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertEqual(result["probes"]["contention"], "skip")
         self.assertEqual(result["probes"]["old_honest_fraction"], 0.25)
         self.assertEqual(result["probes"]["unprobed_held_at"], "floor")
-        self.assertTrue(result["probes"]["design_study_not_in_network"])
