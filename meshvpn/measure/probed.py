@@ -9,7 +9,10 @@ lower median of its readings over the window, each first clipped to what
 its measurer can take in (C{n} times the measurer's own probed capacity,
 from a first pass without clipping): unclipped, a few colluding measurers
 would read a colluder at any size.  A measurer with no probed capacity of
-its own (nobody could read it) does not count.  Everything is processed
+its own (nobody could read it), or one read at 0, does not count: clipped
+to 0, the readings of a relay too busy to be read would zero its targets,
+and theirs the next (a hostile measurer read at 0 loses its say, nothing
+more).  Everything is processed
 sorted by id, so the same reports give the same capacities anywhere.
 
 That is the relay's reading in its *target* role.  In the one slot it is
@@ -96,7 +99,9 @@ def probedCapacities(reportsByEpoch, planOf, readBacksByEpoch=None, roles=None):
     # read a 108 KB/s relay at 289 KB/s: doc/measurement.md, not kept)
     out = {}
     for t, s in sorted(samples.items()):
-        clipped = [n * min(rate, first[m]) for rate, m, n in s if m in first]
+        # (a measurer read at 0 says nothing of its targets either: clipped to its 0, a busy relay's
+        # readings zeroed every target it read, and theirs the next, until no relay had a probe)
+        clipped = [n * min(rate, first[m]) for rate, m, n in s if first.get(m, 0) > 0]
         if clipped:
             out[t] = _lowerMedian(clipped)
     return withMeasurerRole(out, readBacksByEpoch, planOf, roles)

@@ -53,6 +53,22 @@ class ProbedTests(unittest.TestCase):
         # their readings count at most their own capacity (30), times the team (3)
         self.assertEqual(got[IDS[0]], 3 * 30)
 
+    def test_aMeasurerReadAtZeroDoesNotZeroItsTargets(self):
+        """
+        Relays 4 and 5 were read at 0 (busy, or they refused their echoes)
+        and are two of relay 0's team of three: their readings of 0 do not
+        count, where clipped to their 0 they held 0 at 0 (and, through it,
+        its own targets next: every relay at 0 in a loaded testnet).
+        """
+        p = plan({0: (1, 4, 5), 1: (0, 2, 3), 2: (0, 1, 3), 3: (0, 1, 2), 4: (0, 1, 2), 5: (0, 1, 2)})
+        reports = [report(0, 5, {1: 200, 2: 300, 3: 400, 4: 0, 5: 0}), report(1, 5, {0: 100, 2: 310, 3: 410, 4: 0, 5: 0}),
+                   report(2, 5, {1: 210, 3: 390, 4: 0, 5: 0}), report(3, 5, {1: 190, 2: 290}),
+                   report(4, 5, {0: 90}), report(5, 5, {0: 95})]
+        got = probedCapacities({5: reports}, {5: p}.get)
+        self.assertEqual((got[IDS[4]], got[IDS[5]]), (0, 0))
+        self.assertEqual(got[IDS[0]], 3 * 100)  # 1's reading alone
+        self.assertEqual(got[IDS[1]], 3 * 200)
+
 
 def readBack(k, epoch, sent, millis=1000):
     """Target k's signed read-back: {measurer index: (bytes received, bytes it could not echo, in the whole 1 s slot)}."""
