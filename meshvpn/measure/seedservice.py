@@ -34,6 +34,9 @@ from meshvpn.measure.seedbook import SeedBook
 from meshvpn.measure.window import SLOTS
 
 READ_AT = 0.1  # fraction of the epoch at which a relay reads the epoch's seed records
+# ... and reads again those it did not find: a relay that started during the epoch
+# published its first commitment then, still in time for the next epoch
+READ_AGAIN_AT = 0.9
 REVEAL_BY = SLOT_FROM  # a reveal read later than this fraction of its epoch does not count for a relay
 
 
@@ -64,7 +67,8 @@ class SeedService(service.Service):
         self.book = SeedBook(epochLength, lateUntil=epochOf(clock.seconds(), epochLength),
                              revealBy=REVEAL_BY if identity is not None else None)
         self._limit = defer.DeferredSemaphore(concurrency)
-        self._read = {}  # epoch -> node ids whose record of it was read (each read once)
+        self._read = {}  # epoch -> node ids whose record of it was asked for (each once)
+        self._found = {}  # epoch -> node ids whose record of it was found
         self.rejected = 0
         self.published = None  # the epoch of the last record stored
         self._calls = []
@@ -74,13 +78,19 @@ class SeedService(service.Service):
         return self.book.planInputs(epoch, attested)
 
     @defer.inlineCallbacks
-    def read(self, epoch, nodeIds):
-        """Read (once) the seed record of C{epoch} of each of C{nodeIds} into the book. @return: Deferred."""
-        done = self._read.setdefault(epoch, set())
-        todo = sorted(set(nodeIds) - done)
-        done.update(todo)
+    def read(self, epoch, nodeIds, retry=False):
+        """
+        Read the seed record of C{epoch} of each of C{nodeIds} into the book,
+        each once (with C{retry}: again for those whose record was not found).
+        @return: Deferred.
+        """
+        asked = self._read.setdefault(epoch, set())
+        found = self._found.setdefault(epoch, set())
+        todo = sorted(set(nodeIds) - (found if retry else asked))
+        asked.update(todo)
         for old in [e for e in self._read if e < epoch - SLOTS]:
             del self._read[old]
+            self._found.pop(old, None)
         yield defer.gatherResults([self._fetch(n, epoch).addErrback(lambda f: None) for n in todo])
 
     def _fetch(self, nodeId, epoch):
@@ -100,6 +110,7 @@ class SeedService(service.Service):
             return
         if got.epoch != epoch:
             return  # an older epoch's record still in the slot: a replay counts for nothing
+        self._found.setdefault(epoch, set()).add(nodeId)
         self.book.add(got, self.clock.seconds())
 
     # a relay's loop
@@ -141,8 +152,10 @@ class SeedService(service.Service):
         if readPrevious:
             # started mid-way: the commitments of this epoch are in the record of the one before
             self._loop(self.read(epoch - 1, self._relays()), epoch - 1)
-        when = max(start + READ_AT * self.epochLength, self.clock.seconds())
-        self._at(when, lambda: self._loop(self.read(epoch, self._relays()), epoch))
+        now = self.clock.seconds()
+        self._at(max(start + READ_AT * self.epochLength, now), lambda: self._loop(self.read(epoch, self._relays()), epoch))
+        self._at(max(start + READ_AGAIN_AT * self.epochLength, now),
+                 lambda: self._loop(self.read(epoch, self._relays(), retry=True), epoch))
 
     def _loop(self, d, epoch):
         d.addErrback(lambda f: self.log.failure("reading the seed records of epoch {e} failed", f, e=epoch))
