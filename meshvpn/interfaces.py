@@ -1599,9 +1599,10 @@ class IProbeSeeds(Interface):
             every relay: a network that carries no seed).
         """
 
-    def read(epoch, nodeIds):
+    def read(epoch, nodeIds, retry=False):
         """
-        Read the seed records of C{epoch} of C{nodeIds} (each once).
+        Read the seed records of C{epoch} of C{nodeIds} (each once; with
+        C{retry}, again those not found before).
         @return: a Deferred firing when done (never failing).
         """
 

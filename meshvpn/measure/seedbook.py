@@ -9,9 +9,15 @@ the book goes by when this node I{read} it:
   - a commitment to the secret of e counts only if this node read it
     before e started (so before anyone revealed a secret of e: it cannot
     have been chosen knowing them; a relay whose record appears later,
-    however it is dated, is not a candidate of e).  The one exception is
-    an epoch this node could not have read live (it started after it
-    began, L{lateUntil}): it takes what it finds, and says so;
+    however it is dated, is not a candidate of e); a relay asks more,
+    C{commitBy}: read by the point of e - 1 at which it reads the
+    records of e - 1, the same point as the reveals, so relays that read
+    the same records at that point agree (a commitment stored later,
+    by a relay that started mid-epoch, would otherwise be counted by
+    those that happened to read it and not by the others, and a reveal
+    counted by some changes every team).  The one exception is an
+    epoch whose records this node could not read in time (it started in
+    it, L{lateUntil}): it takes what it finds, and says so;
   - the first commitment read for (relay, epoch) is the one kept; one
     that differs later marks the relay as changing its commitment, and its
     reveal of that epoch is not counted (withheld);
@@ -30,13 +36,16 @@ KEEP = 16  # epochs of commitments, reveals and attestations kept (the probe win
 
 
 class SeedBook:
-    def __init__(self, epochLength, lateUntil=-1, revealBy=None):
+    def __init__(self, epochLength, lateUntil=-1, revealBy=None, commitBy=1.0):
         """
-        @param lateUntil: the last epoch whose commitments this node could
-            not read live (the one it started in): taken as found.
+        @param lateUntil: the last epoch whose records this node could not
+            read in time (the one it started in): taken as found.
         @param revealBy: the fraction of an epoch by which a reveal must be
             read to count (C{None}: whenever).
+        @param commitBy: the fraction of the epoch before by which a
+            commitment must be read to count (1: before the epoch starts).
         """
+        self.commitBy = commitBy
         self.epochLength = epochLength
         self.lateUntil = lateUntil
         self.revealBy = revealBy
@@ -48,7 +57,7 @@ class SeedBook:
                          "bad_reveals": 0}
 
     def add(self, record, now):
-        """Take one verified L{meshvpn.measure.probeseed.SeedRecord}, read at C{now}."""
+        """Take one verified L{meshvpn.measure.probeseed.SeedRecord}, read (or, a relay's own, stored) at C{now}."""
         e, node = record.epoch, record.publisher
         self.counters["records"] += 1
         self._commit(e + 1, node, record.commitment, now)
@@ -58,7 +67,7 @@ class SeedBook:
         self._prune(e)
 
     def _commit(self, epoch, node, commitment, now):
-        if now >= epoch * self.epochLength and epoch > self.lateUntil:
+        if now > (epoch - 1 + self.commitBy) * self.epochLength and epoch - 1 > self.lateUntil:
             self.counters["late_commitments"] += 1
             return
         known = self.commitments.setdefault(epoch, {})

@@ -2,16 +2,17 @@
 
 A probing relay, at each epoch's start, publishes its seed record
 (L{meshvpn.measure.probeseed}): the secret of the new epoch, the
-commitment to the next one's (a window W of one epoch: the commitment is
-stored and read a whole epoch before anyone reveals a secret of the epoch
-it is for, the smallest W for which a relay's commitment cannot depend on
-the others' secrets; a longer one only delays a new relay's first plan)
-and the seed its plan of the epoch before used.  At L{READ_AT} of each
-epoch, before the slot can open (L{meshvpn.measure.probeplan.SLOT_FROM}),
-it reads the record of every relay its probe directory holds; its
-L{SeedBook} says which commitments and reveals count (read in time), and
-the plan of the epoch (L{meshvpn.measure.probeservice.PlanCache}) draws
-from them.
+commitment to the next one's and the seed its plan of the epoch before
+used.  The window W is one epoch: the commitment is stored at the start
+of the epoch before and read by 20% of it, before anyone reveals a secret
+of the epoch it is for, the smallest W for which a relay's commitment
+cannot depend on the others' secrets (a longer one only delays a new
+relay's first plan).  At L{READ_AT} of each epoch, before the slot can
+open (L{meshvpn.measure.probeplan.SLOT_FROM}), it reads the record of
+every relay its probe directory holds (and at L{READ_REVEALS_AGAIN_AT}
+those it did not find); its L{SeedBook} says which commitments and
+reveals count (read in time), and the plan of the epoch
+(L{meshvpn.measure.probeservice.PlanCache}) draws from them.
 
 A client reads the same records when it computes an epoch's weights
 (L{read}, from L{meshvpn.measure.service.MeasuredWeights}): the record of
@@ -34,9 +35,7 @@ from meshvpn.measure.seedbook import SeedBook
 from meshvpn.measure.window import SLOTS
 
 READ_AT = 0.1  # fraction of the epoch at which a relay reads the epoch's seed records
-# ... and reads again those it did not find: a relay that started during the epoch
-# published its first commitment then, still in time for the next epoch
-READ_AGAIN_AT = 0.9
+READ_REVEALS_AGAIN_AT = 0.15  # ... again those it did not find, still before REVEAL_BY (a slow store)
 REVEAL_BY = SLOT_FROM  # a reveal read later than this fraction of its epoch does not count for a relay
 
 
@@ -64,8 +63,9 @@ class SeedService(service.Service):
         self.directory = directory
         self.identity = identity
         self.secrets = secrets
+        relay = identity is not None
         self.book = SeedBook(epochLength, lateUntil=epochOf(clock.seconds(), epochLength),
-                             revealBy=REVEAL_BY if identity is not None else None)
+                             revealBy=REVEAL_BY if relay else None, commitBy=REVEAL_BY if relay else 1.0)
         self._limit = defer.DeferredSemaphore(concurrency)
         self._read = {}  # epoch -> node ids whose record of it was asked for (each once)
         self._found = {}  # epoch -> node ids whose record of it was found
@@ -153,8 +153,9 @@ class SeedService(service.Service):
             # started mid-way: the commitments of this epoch are in the record of the one before
             self._loop(self.read(epoch - 1, self._relays()), epoch - 1)
         now = self.clock.seconds()
-        self._at(max(start + READ_AT * self.epochLength, now), lambda: self._loop(self.read(epoch, self._relays()), epoch))
-        self._at(max(start + READ_AGAIN_AT * self.epochLength, now),
+        self._at(max(start + READ_AT * self.epochLength, now),
+                 lambda: self._loop(self.read(epoch, self._relays()), epoch))
+        self._at(max(start + READ_REVEALS_AGAIN_AT * self.epochLength, now),
                  lambda: self._loop(self.read(epoch, self._relays(), retry=True), epoch))
 
     def _loop(self, d, epoch):
@@ -175,13 +176,15 @@ class SeedService(service.Service):
         if epoch >= 1 and self.book.committed(epoch - 1) is not None:
             used = self.book.seedOf(epoch - 1)
         record = signSeedRecord(self.identity, epoch, self.epochLength, secret, commitment, used)
-        self.book.add(record, self.clock.seconds())  # its own, known without a read
         expires = (epoch + SLOTS) * self.epochLength
         try:
             yield self.dht().put(makeRecord(self.identity, seedSalt(epoch), record.raw, epoch, expires))
         except Exception as e:
             self.log.warn("seed record of epoch {e} not stored: {why}", e=epoch, why=e)
             return
+        # its own, known without a read, by the rules of the others' (stored after the others read
+        # it, not counted; in the epoch it started in, counted as what it found of the others')
+        self.book.add(record, self.clock.seconds())
         self.published = epoch
 
     def status(self):
@@ -189,4 +192,11 @@ class SeedService(service.Service):
         out["rejected"] = self.rejected
         if self.published is not None:
             out["last_published"] = self.published
+        # the epoch's plan inputs: how many candidates, whether a seed (its bytes are public, but not needed here)
+        epoch = epochOf(self.clock.seconds(), self.epochLength)
+        seed, candidates = self.book.planInputs(epoch)
+        out.update(epoch=epoch, candidates=0 if candidates is None else len(candidates), seeded=bool(seed),
+                   reveals=len(self.book.reveals.get(epoch, {})))
+        # which plan each recent epoch drew (a seed's first bytes, "" for the epoch alone): to compare nodes
+        out["plans"] = {str(e): self.book.planInputs(e)[0].hex()[:8] for e in range(epoch - 3, epoch + 1)}
         return out

@@ -205,8 +205,8 @@ class MeasuredWeights(service.Service):
         got = self._plans.get(epoch)
         if got is None or got[0] != relays:
             # (the teams do not depend on the slot's length: 1 s will do)
-            plan = makePlan(epoch, self.epochLength, 1.0,
-                            candidatesFrom([known[i] for i in sorted(known)]) + [Candidate(m) for m in extra], seed=seed)
+            drawn = candidatesFrom([known[i] for i in sorted(known)]) + [Candidate(m) for m in extra]
+            plan = makePlan(epoch, self.epochLength, 1.0, drawn, seed=seed)
             got = self._plans[epoch] = (relays, plan)
         return got[1]
 
@@ -225,7 +225,8 @@ class MeasuredWeights(service.Service):
             # an epoch's commitments are in the record of the one before, the seed its relays used in
             # the one after (read as soon as it starts: so the commitments for the next epoch in time)
             for e in range(max(window[0] - 1, 0), epoch + 2):
-                yield self.seeds.read(e, nodeIds)
+                # (the epoch just started again for relays whose record was not stored yet)
+                yield self.seeds.read(e, nodeIds, retry=e == epoch + 1)
         for e in window:
             if e not in self.probeReports or e == epoch:
                 self.probeReports[e] = yield self.probeCollector.fetchAll(nodeIds, e)

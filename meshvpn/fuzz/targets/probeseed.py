@@ -26,5 +26,6 @@ def _seeds():
     ]
 
 
-TARGET = FuzzTarget("probe-seed", "measure/probeseed.py parseSeedRecord (MVS1: a relay's commit and reveal, from the DHT)",
+TARGET = FuzzTarget("probe-seed",
+                    "measure/probeseed.py parseSeedRecord (MVS1: a relay's commit and reveal, from the DHT)",
                     (SeedRecordError,), _run, _seeds)

@@ -119,7 +119,7 @@ class BookTests(unittest.TestCase):
         rnd = random.Random(11)
         self.relays = [Relay(rnd) for _ in range(10)]
         self.liar = self.relays[0]
-        self.book = SeedBook(L, lateUntil=-1, revealBy=0.2)
+        self.book = SeedBook(L, lateUntil=-1, revealBy=0.2, commitBy=0.2)
         for r in self.relays:  # the records of epoch 4, read in time: commitments for epoch 5
             self.book.add(r.record(4), 4 * L + 360)
 
@@ -154,7 +154,7 @@ class BookTests(unittest.TestCase):
     def test_aCommitmentChangedAfterTheFactWithholds(self):
         # the liar's record of epoch 4 again, with another commitment for 5 and a secret to match
         other = b"\x02" * 32
-        self.book.add(self.liar.record(4, commitment=commitmentOf(self.liar.nodeId, 5, other)), 4 * L + 900)
+        self.book.add(self.liar.record(4, commitment=commitmentOf(self.liar.nodeId, 5, other)), 4 * L + 500)
         self.read5(skip=[self.liar])
         self.book.add(self.liar.record(5, secret=other), 5 * L + 360)
         self.book.add(self.liar.record(5), 5 * L + 360)
@@ -163,7 +163,7 @@ class BookTests(unittest.TestCase):
 
     def test_aBackdatedCommitmentIsNoCandidate(self):
         """The liar withholds its record of epoch 4 and publishes one after the reveals of 5: not counted."""
-        book = SeedBook(L, lateUntil=-1, revealBy=0.2)
+        book = SeedBook(L, lateUntil=-1, revealBy=0.2, commitBy=0.2)
         for r in self.relays[1:]:
             book.add(r.record(4), 4 * L + 360)
         self.read5(book, skip=[self.liar])
@@ -183,7 +183,7 @@ class BookTests(unittest.TestCase):
         self.assertEqual(self.book.counters["late_reveals"], 1)
 
     def test_aNodeThatStartedLateTakesWhatItFinds(self):
-        book = SeedBook(L, lateUntil=5, revealBy=0.2)
+        book = SeedBook(L, lateUntil=5, revealBy=0.2, commitBy=0.2)
         for r in self.relays:
             book.add(r.record(4), 5 * L + 2000)
         self.read5(book, at=5 * L + 2000)
@@ -269,7 +269,7 @@ class GrindingTests(unittest.TestCase):
             liar, _ = self.grind(colluderGuess, e, others, self.TRIES)
             plain = Relay(self.rnd)  # a key drawn without grinding: chance
             for candidate in (liar, plain):
-                book = SeedBook(L, revealBy=0.2)
+                book = SeedBook(L, revealBy=0.2, commitBy=0.2)
                 for r in self.honest + self.friends + [candidate]:
                     book.add(r.record(e - 1), (e - 1) * L + 360)
                     book.add(r.record(e), e * L + 360)

@@ -9,6 +9,7 @@ follows the seed the relays say they used.
 """
 
 from meshvpn.measure.epoch import epochOf, lastComplete
+from meshvpn.measure.probed import readingsByTarget
 from meshvpn.measure.test.test_probeflow import EPOCH, RATES, Flow
 
 
@@ -99,11 +100,11 @@ class SplitRevealTests(Flow):
         self.assertEqual(w._planOf(epoch).teams, plans[0].teams)
         kept = readingsKept(w, epoch)
         probed = [w.probedCapacity(i) for i in self.ids]
-        print(f"\nno split: {kept} readings kept of {sum(len(r.readings) for r in w.probeReports[epoch])}; probed / rate: "
+        published = sum(len(r.readings) for r in w.probeReports[epoch])
+        print(f"\nno split: {kept} readings kept of {published}; probed / rate: "
               + ", ".join("-" if p is None else f"{p / r:.2f}" for p, r in zip(probed, self.rates)))
         self.assertEqual(kept, 5 * len(self.ids))
 
 
 def readingsKept(w, epoch):
-    from meshvpn.measure.probed import readingsByTarget
     return sum(map(len, readingsByTarget({epoch: w.probeReports[epoch]}, w._planOf).values()))
