@@ -15,9 +15,11 @@ the book goes by when this node I{read} it:
     the same records at that point agree (a commitment stored later,
     by a relay that started mid-epoch, would otherwise be counted by
     those that happened to read it and not by the others, and a reveal
-    counted by some changes every team).  The one exception is an
-    epoch whose records this node could not read in time (it started in
-    it, L{lateUntil}): it takes what it finds, and says so;
+    counted by some changes every team).  The one exception is
+    the records of epochs up to L{lateUntil}, which this node could not
+    read in time (it had not started; a relay sets it to the epoch
+    before the one it started in, a client to that one): it takes what
+    it finds;
   - the first commitment read for (relay, epoch) is the one kept; one
     that differs later marks the relay as changing its commitment, and its
     reveal of that epoch is not counted (withheld);
@@ -39,7 +41,7 @@ class SeedBook:
     def __init__(self, epochLength, lateUntil=-1, revealBy=None, commitBy=1.0):
         """
         @param lateUntil: the last epoch whose records this node could not
-            read in time (the one it started in): taken as found.
+            read in time: taken as found.
         @param revealBy: the fraction of an epoch by which a reveal must be
             read to count (C{None}: whenever).
         @param commitBy: the fraction of the epoch before by which a

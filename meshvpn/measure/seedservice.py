@@ -126,6 +126,12 @@ class SeedService(service.Service):
     def _begin(self, passThrough=None):
         if self.running and not self._calls:
             epoch = epochOf(self.clock.seconds(), self.epochLength)
+            # The records of the epoch before are taken as found (the others read them in time, and
+            # found what this relay finds now); this epoch's, read late, count for nothing: else a
+            # relay that started after the others read them would count commitments they did not
+            # (its own first of all) and draw the next plan from another seed.  Started together,
+            # late, all draw the next epoch from the epoch alone, and agree.
+            self.book.lateUntil = epoch - 1
             self._publishAndRead(epoch, readPrevious=True)
             self._at((epoch + 1) * self.epochLength, self._boundary, epoch + 1)
         return passThrough  # others wait on the same Deferred
@@ -182,9 +188,8 @@ class SeedService(service.Service):
         except Exception as e:
             self.log.warn("seed record of epoch {e} not stored: {why}", e=epoch, why=e)
             return
-        # its own, known without a read, by the rules of the others' (stored after the others read
-        # it, not counted; in the epoch it started in, counted as what it found of the others')
-        self.book.add(record, self.clock.seconds())
+        # (its own is read back from the DHT with the others', not added here: known when they know it,
+        # a slow store counts for it as for them)
         self.published = epoch
 
     def status(self):

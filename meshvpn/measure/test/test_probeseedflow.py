@@ -17,6 +17,7 @@ class SeededFlowTests(Flow):
     seeded = True
 
     def probedEpoch(self):
+        self.nextEpoch()  # (started after 20% of an epoch: the next one is drawn from the epoch alone)
         self.nextEpoch()
         self.carry()
         self.nextEpoch()
@@ -43,8 +44,9 @@ class SeededFlowTests(Flow):
             self.assertEqual((s["last_targets"], s["echo_unassigned"], s["stray_echoes"]), (5, 0, 0))
         for s in self.seeds:
             st = s.status()
-            self.assertEqual((st["bad_reveals"], st["changed_commitments"], st["late_reveals"], st["rejected"]),
-                             (0, 0, 0, 0))
+            self.assertEqual((st["bad_reveals"], st["changed_commitments"], st["rejected"]), (0, 0, 0))
+            # only the records of the epoch they started in, read after 20% of it (they count for nothing)
+            self.assertLessEqual(st["late_reveals"], 2 * len(self.ids))  # (read, and read again)
         print(f"\nseed of epoch {epoch}: {plans[0].seed.hex()[:16]}..., every relay read at "
               + ", ".join(f"{g / r:.2f}" for g, r in zip(probed, RATES)) + " x its rate")
 
@@ -63,6 +65,7 @@ class SplitRevealTests(Flow):
         halves draw unrelated plans.  Measured, not hoped: what the echo
         slack refuses, what the client keeps.
         """
+        self.nextEpoch()  # (started after 20% of an epoch: the next one is drawn from the epoch alone)
         self.nextEpoch()
         self.carry()
         liar = self.ids[0]
@@ -90,6 +93,7 @@ class SplitRevealTests(Flow):
         self.assertIn(len(agreeing), (0, half, len(self.ids) - half))
 
     def test_withoutTheSplitTwelveRelaysAgree(self):
+        self.nextEpoch()
         self.nextEpoch()
         self.carry()
         self.nextEpoch()
