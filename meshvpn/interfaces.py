@@ -1581,6 +1581,32 @@ class IRelayWeights(Interface):
         """
 
 
+class IProbeSeeds(Interface):
+    """
+    The probe plan's seed as the network carries it: the relays'
+    commitments and reveals (L{meshvpn.measure.seedservice}), so every
+    relay and client draws an epoch's probe plan from the same seed and
+    candidates, and nobody can choose it ahead of time.
+    """
+
+    def planInputs(epoch, attested=False):
+        """
+        @param attested: follow the seed most of the epoch's candidates
+            say their plan used, when they agree (a client, after the fact).
+        @return: C{(seed, candidates)}: the bytes to draw C{epoch}'s plan
+            from and the frozenset of node ids that may be in it, or
+            C{(b"", None)} when no commitment is known (the epoch alone,
+            every relay: a network that carries no seed).
+        """
+
+    def read(epoch, nodeIds, retry=False):
+        """
+        Read the seed records of C{epoch} of C{nodeIds} (each once; with
+        C{retry}, again those not found before).
+        @return: a Deferred firing when done (never failing).
+        """
+
+
 # --------------------------------------------------------------------------
 # the node (roles/)
 

@@ -48,6 +48,7 @@ TARGETS = {
     "tun-offload": "tunoffload",
     "probe-record": "probewire",
     "probe-report": "probereport",
+    "probe-seed": "probeseed",
     "bw-report": "bwreport",
 }
 

@@ -21,7 +21,9 @@ named by it) as family.
 
 The slot, one for the whole network (the bench's model holds with one
 slot and not with several: doc/measurement.md), starts at a point of the
-epoch read off the same hash.
+epoch read off the same hash with no seed: the epoch's alone, public
+ahead of time, since relays schedule the slot before they have read the
+epoch's reveals (knowing when the slot opens chooses no team).
 
 Teams are sized by capacity when the candidates carry one (agreed or
 probed): a target's team takes the smallest keys until their shares (a
@@ -31,7 +33,7 @@ never fewer than L{TEAM_SIZE} and never more than L{MAX_TEAM}.  Without
 capacities every team is L{TEAM_SIZE}, as before.
 
 The seed (L{planSeed}) is what keeps the plan from being chosen.  With
-none (the epoch alone, what the network passes today) the plan is public
+none (the epoch alone, what a network carrying no seed passes) the plan is public
 ahead of time and an identity key can be ground offline to land in a
 chosen target's team in a chosen epoch (750 keys, among 40 relays, for
 a team holding three of a liar's four friends: test_probeplan).  A hash over the previous
@@ -42,7 +44,8 @@ withholding: each relay commits to a random secret a window ahead and
 reveals it with its reports of the epoch before; the seed is the hash of
 the reveals that match, so the plan is known from the epoch's start, at
 most 0.85 of an epoch before its slot ends, and a relay that withholds
-chooses between two plans, not among many.
+chooses between two plans, not among many.  The network carries them in
+seed records (L{meshvpn.measure.probeseed}, L{meshvpn.measure.seedservice}).
 """
 
 import hashlib
@@ -252,7 +255,8 @@ def makePlan(epoch, epochLength, slotLength, candidates, seed=b"", teamSize=TEAM
         # with fewer candidates than the slack covers, any key is close enough
         bounds[target.nodeId] = keyed[n + slack - 1][0] if len(keyed) >= n + slack else math.inf
     slotLength = min(float(slotLength), epochLength * (SLOT_UNTIL - SLOT_FROM))
-    return Plan(epoch, slotStart(seed, epoch, epochLength, slotLength), slotLength, teams, bytes(seed), bounds)
+    # the slot is the epoch's alone: relays schedule it before they have read the epoch's reveals
+    return Plan(epoch, slotStart(b"", epoch, epochLength, slotLength), slotLength, teams, bytes(seed), bounds)
 
 
 def candidatesFrom(descriptors, votes=None, capacities=None):

@@ -37,18 +37,30 @@ PROBE_LINK_VERSION = 5  # the link version that knows the PROBE record (link/wir
 KEEP = 3  # epochs of plans and readings kept
 
 
-def planFromDirectory(directory, epoch, epochLength, probeSeconds, teamSize=TEAM_SIZE):
-    """The plan of C{epoch} from C{{nodeId: descriptor}}, one vote per relay."""
-    return makePlan(epoch, epochLength, probeSeconds, candidatesFrom(directory.values()), teamSize=teamSize)
+def planFromDirectory(directory, epoch, epochLength, probeSeconds, teamSize=TEAM_SIZE, seed=b"", candidates=None):
+    """
+    The plan of C{epoch} from C{{nodeId: descriptor}}, one vote per relay.
+
+    @param seed: the epoch's seed (L{meshvpn.interfaces.IProbeSeeds}); C{b""}: the epoch alone.
+    @param candidates: the node ids that may be drawn (those with a
+        commitment in time), or C{None}: every relay of the directory.
+    """
+    relays = [d for i, d in sorted(directory.items()) if candidates is None or i in candidates]
+    return makePlan(epoch, epochLength, probeSeconds, candidatesFrom(relays), seed=seed, teamSize=teamSize)
 
 
 class PlanCache:
     """
     The plans of the last few epochs, each computed again only when the
-    directory's relays changed (a plan costs a hash per pair of relays).
+    directory's relays or the epoch's seed changed (a plan costs a hash per
+    pair of relays).
+
+    @param seeds: an L{meshvpn.interfaces.IProbeSeeds}, or C{None}: the
+        epoch alone (what a network carrying no seed draws from).
     """
 
-    def __init__(self, directory, epochLength, probeSeconds, teamSize=TEAM_SIZE, keep=KEEP):
+    def __init__(self, directory, epochLength, probeSeconds, teamSize=TEAM_SIZE, keep=KEEP, seeds=None):
+        self.seeds = seeds
         self.directory = directory
         self.epochLength = epochLength
         self.probeSeconds = probeSeconds
@@ -58,11 +70,12 @@ class PlanCache:
 
     def __call__(self, epoch):
         known = self.directory()
-        relays = frozenset(known)
+        seed, candidates = (b"", None) if self.seeds is None else self.seeds.planInputs(epoch)
+        relays = (frozenset(known), seed, candidates)
         got = self._plans.get(epoch)
         if got is None or got[0] != relays:
             got = self._plans[epoch] = (relays, planFromDirectory(known, epoch, self.epochLength, self.probeSeconds,
-                                                                  self.teamSize))
+                                                                  self.teamSize, seed, candidates))
         for old in sorted(self._plans)[: -self.keep]:
             del self._plans[old]
         return got[1]
@@ -79,7 +92,7 @@ class ProbeService(service.Service):
     log = Logger()
 
     def __init__(self, clock, identity, links, directory, epochLength, probeSeconds, bucket=None,
-                 teamSize=TEAM_SIZE):
+                 teamSize=TEAM_SIZE, seeds=None):
         self.clock = clock
         self.identity = identity
         self.links = links
@@ -87,7 +100,7 @@ class ProbeService(service.Service):
         self.epochLength = epochLength
         self.probeSeconds = probeSeconds
         self.teamSize = teamSize
-        self.planOf = PlanCache(directory, epochLength, probeSeconds, teamSize)
+        self.planOf = PlanCache(directory, epochLength, probeSeconds, teamSize, seeds=seeds)
         self.echo = ProbeEcho(clock, identity.nodeId, self.planOf, epochLength, bucket)
         self.readings = {}  # epoch -> {target nodeId: Reading}
         self.attended = set()  # epochs whose slot opened while this service ran (a read-back is worth signing)
@@ -122,7 +135,8 @@ class ProbeService(service.Service):
     def _schedule(self, epoch):
         now = self.clock.seconds()
         while True:
-            # (the slot's time does not depend on the relays: no plan needed yet)
+            # (the slot's time does not depend on the relays, nor on the seed, read only at
+            # 10% of the epoch: it is the epoch's alone, public, and no plan is needed yet)
             at = epoch * self.epochLength + slotStart(b"", epoch, self.epochLength, self.probeSeconds)
             if at >= now:
                 break

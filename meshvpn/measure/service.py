@@ -23,7 +23,8 @@ computes its chains again from the DHT.
 With capacity probes, each epoch's computation also reads the probe
 reports of the relays it reads, over the L{PROBE_WINDOW} epochs up to it,
 keeps the readings the epoch's plan asked for (the plan from this node's
-directory: L{meshvpn.measure.probeservice.planFromDirectory}) and passes
+directory, drawn from the seed the relays' seed records carry:
+L{meshvpn.measure.seedservice}) and passes
 each relay's probed capacity (L{meshvpn.measure.probed}) to
 C{computeWeights(probed=...)}: a relay's weight is then held to what it
 really forwarded when probed, whatever its partners vouch for.  It reads
@@ -124,12 +125,15 @@ class MeasuredWeights(service.Service):
     @param dataDir: where to write C{weights.json} (C{None}: nowhere).
     @param directory: a callable returning C{{nodeId: descriptor}} of the
         relays known, for the probe plans; C{None}: probe reports are not read.
+    @param seeds: an L{meshvpn.interfaces.IProbeSeeds} the plans' seeds
+        and candidates come from (L{meshvpn.measure.seedservice}); C{None}:
+        the epoch alone, every relay (a network that carries no seed).
     """
 
     log = Logger()
 
     def __init__(self, clock, dht, known, epochLength, dataDir=None, params=Params(), compute=computeWeights,
-                 directory=None, probesCapFrom=PROBES_CAP_FROM):
+                 directory=None, probesCapFrom=PROBES_CAP_FROM, seeds=None):
         """
         @param compute: C{computeWeights} or a stand-in with its signature
             that may return a Deferred: roles pass L{inThread}, since at
@@ -139,6 +143,7 @@ class MeasuredWeights(service.Service):
             capped by probes (tests move it; nodes keep the constant).
         """
         self.probesCapFrom = probesCapFrom
+        self.seeds = seeds
         self.readBackCollector = ReadBackCollector(dht)
         self.readBacks = {}  # {epoch: [ReadBack]} of complete epochs, for the window
         self.probeRoles = {}  # {nodeId: (target role, measurer role or None)} of the epoch in use
@@ -185,15 +190,23 @@ class MeasuredWeights(service.Service):
         The plan of C{epoch} from the relays the directory holds and the
         measurers that published probe reports of it (a relay the
         directory's sample misses is still a relay every other one drew
-        from; left out, it would change the teams it ranks in).
+        from; left out, it would change the teams it ranks in), drawn from
+        the seed the relays' plans used and among the relays with a
+        commitment in time (L{meshvpn.interfaces.IProbeSeeds}).
         """
         known = self.directory()
+        seed, allowed = (b"", None) if self.seeds is None else self.seeds.planInputs(epoch, attested=True)
+        if allowed is not None:
+            known = {i: d for i, d in known.items() if i in allowed}
         extra = sorted({r.measurer for r in self.probeReports.get(epoch, ())} - set(known))
-        relays = frozenset(known) | frozenset(extra)
+        if allowed is not None:
+            extra = [m for m in extra if m in allowed]
+        relays = (frozenset(known) | frozenset(extra), seed)
         got = self._plans.get(epoch)
         if got is None or got[0] != relays:
             # (the teams do not depend on the slot's length: 1 s will do)
-            plan = makePlan(epoch, self.epochLength, 1.0, candidatesFrom(known.values()) + [Candidate(m) for m in extra])
+            drawn = candidatesFrom([known[i] for i in sorted(known)]) + [Candidate(m) for m in extra]
+            plan = makePlan(epoch, self.epochLength, 1.0, drawn, seed=seed)
             got = self._plans[epoch] = (relays, plan)
         return got[1]
 
@@ -208,6 +221,12 @@ class MeasuredWeights(service.Service):
         if self.directory is None:
             return {}
         window = range(max(epoch - PROBE_WINDOW + 1, 0), epoch + 1)
+        if self.seeds is not None:
+            # an epoch's commitments are in the record of the one before, the seed its relays used in
+            # the one after (read as soon as it starts: so the commitments for the next epoch in time)
+            for e in range(max(window[0] - 1, 0), epoch + 2):
+                # (the epoch just started again for relays whose record was not stored yet)
+                yield self.seeds.read(e, nodeIds, retry=e == epoch + 1)
         for e in window:
             if e not in self.probeReports or e == epoch:
                 self.probeReports[e] = yield self.probeCollector.fetchAll(nodeIds, e)

@@ -4,7 +4,9 @@ from meshvpn.dht.service import RelayFinder
 from meshvpn.link.cellsize import CELL_SIZE
 from meshvpn.measure.meter import TrafficMeter
 from meshvpn.measure.probeservice import ProbeService
+from meshvpn.measure.probesecrets import ProbeSecrets
 from meshvpn.measure.publish import ReportPublisher
+from meshvpn.measure.seedservice import SeedService
 from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.measure.settings import probeSecondsFor
 from meshvpn.roles.common import addService
@@ -25,9 +27,13 @@ def addCapacityProbes(node, settings, links, switch, dht):
     epoch = settings["measure_epoch"]
     finder = addService(dht, "probe-finder", RelayFinder(dht, min(300.0, float(epoch)), perRole=PROBE_DIRECTORY_SAMPLE))
     limiter = getattr(switch, "readLimiter", None)
+    seeds = addService(dht, "probe-seeds", SeedService(node.reactor, dht.everyFamily, epoch,
+                                                       lambda: dict(finder.relays), node.identity,
+                                                       ProbeSecrets(node.dataDir), joined=dht.joined))
+    node.status.addSource("probe_seeds", seeds)
     probes = ProbeService(node.reactor, node.identity, links, lambda: dict(finder.relays), epoch,
                           probeSecondsFor(settings["probe_seconds"], epoch),
-                          bucket=None if limiter is None else limiter.bucket)
+                          bucket=None if limiter is None else limiter.bucket, seeds=seeds)
     addService(dht, "probes", probes)
     node.status.addSource("probes", probes)
     return probes
@@ -57,9 +63,10 @@ def addMeasuredWeights(node, settings, dht, finder):
     (the default).
     """
     probes = settings.get("probe_weights", True)
+    seeds = SeedService(node.reactor, dht.everyFamily, settings["measure_epoch"]) if probes else None
     weights = MeasuredWeights(node.reactor, dht.everyFamily, lambda: {i: d.flags for i, d in finder.relays.items()},
                               settings["measure_epoch"], dataDir=node.dataDir, compute=inThread(node.reactor),
-                              directory=(lambda: dict(finder.relays)) if probes else None)
+                              directory=(lambda: dict(finder.relays)) if probes else None, seeds=seeds)
     addService(dht, "weights", weights)
     node.status.addSource("weights", weights)
     return weights

@@ -10,7 +10,7 @@ Both sample the whole directory they can see (up to 1024 relays per role),
 not a client's path-building sample, so they read the same reports.
 Both read the relays' capacity probes as a client with the default
 C{--probe-weights} does: the probe reports of the same relays, kept by the
-plan drawn from the same directory, so that a relay's pay, like its
+plan drawn from the same directory and the same seed records, so that a relay's pay, like its
 weight, is held to what it forwarded when probed (past the version
 deadline, L{meshvpn.measure.probed.PROBES_CAP_FROM}).  Neither has a
 setting to turn them off: payer and relay must compute alike.
@@ -18,6 +18,7 @@ setting to turn them off: payer and relay must compute alike.
 
 from meshvpn.dht.service import RelayFinder
 from meshvpn.measure.aggregate import computeWeights
+from meshvpn.measure.seedservice import SeedService
 from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.payments.monero import MoneroRPC, MoneroWallet
 from meshvpn.payments.payoutaddress import PayoutAddressBook, PayoutAddressPublisher
@@ -35,7 +36,8 @@ def payoutWeights(clock, dht, relays, epochLength, dataDir=None, compute=compute
     drawn from that same directory, as a client with C{--probe-weights} does.
     """
     return MeasuredWeights(clock, dht, lambda: {i: d.flags for i, d in relays().items()}, epochLength,
-                           dataDir=dataDir, compute=compute, directory=lambda: dict(relays()))
+                           dataDir=dataDir, compute=compute, directory=lambda: dict(relays()),
+                           seeds=SeedService(clock, dht, epochLength))
 
 
 def _weights(node, settings, dht, dataDir=None):

@@ -29,7 +29,9 @@ from meshvpn.dht.test.test_rpc import Net
 from meshvpn.measure.epoch import epochOf, lastComplete
 from meshvpn.measure.probed import MEASURE_SHARE
 from meshvpn.measure.probeservice import ProbeService
+from meshvpn.measure.probesecrets import ProbeSecrets
 from meshvpn.measure.publish import ReportPublisher
+from meshvpn.measure.seedservice import SeedService
 from meshvpn.measure.service import MeasuredWeights, weightsJSON
 from meshvpn.measure.test.probefakes import Descriptor, linkPair
 from meshvpn.measure.test.test_publish import FixedMeter
@@ -59,19 +61,28 @@ class Flow(unittest.TestCase):
     """Six relays, their publishers and a client over a simulated DHT; the tests are in the classes below."""
 
     skipper = None  # a relay that skips measuring: it probes nobody and echoes with twice its rate
+    seeded = False  # relays and the client draw the plans from the seed records (test_probeseedflow)
+    rates = RATES
 
     def setUp(self):
-        self.net = Net(self, n=12)
-        self.relays = self.net.nodes[:6]
+        self.net = Net(self, n=len(self.rates) + 6)
+        self.relays = self.net.nodes[:len(self.rates)]
         self.ids = [n.identity.nodeId for n in self.relays]
         self.directory = {i: Descriptor(i) for i in self.ids}
-        self.meters, self.probes, managers = {}, [], []
+        self.meters, self.probes, self.seeds, managers = {}, [], [], []
         clock = self.net.clock
-        for k, (node, rate) in enumerate(zip(self.relays, RATES)):
+        for k, (node, rate) in enumerate(zip(self.relays, self.rates)):
             links = FakeLinks()
             echoRate = 2 * rate if k == self.skipper else rate
+            seeds = None
+            if self.seeded:
+                seeds = SeedService(clock, lambda node=node: node, EPOCH, lambda: self.directory, node.identity,
+                                    ProbeSecrets())
+                seeds.startService()
+                self.addCleanup(seeds.stopService)
+                self.seeds.append(seeds)
             probes = ProbeService(clock, node.identity, links, lambda: self.directory, EPOCH, PROBE_SECONDS,
-                                  bucket=TokenBucket(clock, echoRate, echoRate))
+                                  bucket=TokenBucket(clock, echoRate, echoRate), seeds=seeds)
             if k == self.skipper:
                 probes.probeEpoch = lambda epoch, probes=probes, links=links: self.skipSlot(probes, links, epoch)
             meter = FixedMeter()
@@ -91,7 +102,7 @@ class Flow(unittest.TestCase):
     def carry(self, inflated=()):
         """Every pair exchanges bytes in proportion to both rates; links of the C{inflated} relays carry 8 times that."""
         def rate(k):
-            return RATES[k] * (8 if k in inflated else 1)
+            return self.rates[k] * (8 if k in inflated else 1)
 
         for i, a in enumerate(self.ids):
             self.meters[a].next = {b: rate(i) * rate(j) // 100 * EPOCH // 100 for j, b in enumerate(self.ids) if b != a}
@@ -101,8 +112,10 @@ class Flow(unittest.TestCase):
         self.net.pump((epochOf(now, EPOCH) + 1) * EPOCH - now + 15)
 
     def weights(self, probes=True, capFrom=0):
+        seeds = SeedService(self.net.clock, lambda: self.client, EPOCH) if self.seeded and probes else None
         w = MeasuredWeights(self.net.clock, lambda: self.client, lambda: {i: frozenset({"middle"}) for i in self.ids},
-                            EPOCH, directory=(lambda: self.directory) if probes else None, probesCapFrom=capFrom)
+                            EPOCH, directory=(lambda: self.directory) if probes else None, probesCapFrom=capFrom,
+                            seeds=seeds)
         self.net.run(w.refresh(), 30)
         return w
 

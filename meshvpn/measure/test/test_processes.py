@@ -32,6 +32,7 @@ import time
 
 from twisted.trial import unittest
 
+from meshvpn.control.status import readStatus
 from meshvpn.measure.epoch import epochOf
 from meshvpn.measure.service import WEIGHTS_FILE
 from meshvpn.tools import socksclient
@@ -235,6 +236,13 @@ class ProbedTestnetTests(unittest.TestCase):
                     break
             time.sleep(1)
         self.assertIsNotNone(got, f"no epoch probed every middle; epochs seen: {history}\n" + "\n".join(lines))
+        seeds = [(readStatus(n.dataDir) or {}).get("probe_seeds") for n in net.nodes if n is not net.client]
+        print("\nseed records (epoch, candidates, reveals, seeded) per relay: "
+              + "; ".join("-" if s is None else f"{s['epoch']} {s['candidates']} {s['reveals']} {s['seeded']}"
+                          for s in seeds))
+        for e in range(body["epoch"] - 1, body["epoch"] + 2):
+            print(f"plan seeds of epoch {e} per relay: "
+                  + " ".join("-" if s is None else s["plans"].get(str(e), "?") or "(epoch alone)" for s in seeds))
         print(f"\nepoch {body['epoch']}: probed middles (B/s) "
               + ", ".join(f"{name} ({RATES[name]}B/s) {p:.0f}" for name, p in zip(RATES, got))
               + "; as target / as measurer: " + ", ".join(
