@@ -1,5 +1,8 @@
 """Probe-only links (LinkManager.openLink): their own, never routed over, bounded per peer, closed at the slot's end; each attack run."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -7,8 +10,9 @@ from meshvpn.errors import LinkError
 from meshvpn.interfaces import ILinkManager
 from meshvpn.link import wire
 from meshvpn.link.manager import LinkLimits
-from meshvpn.link.protocol import LinkSettings, State
-from meshvpn.link.test.helpers import cell
+from meshvpn.identity import NodeIdentity
+from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
+from meshvpn.link.test.helpers import cell, connectLinks, linkPair
 from meshvpn.link.test.test_manager import Harness, RecordingHandler, result
 
 
@@ -201,3 +205,45 @@ class ProbeLinkTests(unittest.TestCase):
         h = Harness(2)
         f = opened(h, h.managers[0].openLink(h.target(1), purpose="cells"))
         self.assertIsInstance(f.value, LinkError)
+
+
+class _EarlierResponder(LinkProtocol):
+    """A responder of a release that knows no probe-only link: it never sees the entry (so never lists it back)."""
+
+    def _versionsArrived(self, payload):
+        entries = [v for v in wire.decodeVersions(payload) if v != wire.PROBE_ONLY_ENTRY]
+        return super()._versionsArrived(b"".join(v.to_bytes(2, "big") for v in entries))
+
+
+class HandshakeTests(unittest.TestCase):
+    def test_bothEndsKnowTheKind(self):
+        clock = task.Clock()
+        cid, sid = NodeIdentity.generate(), NodeIdentity.generate()
+        client = LinkProtocol(clock, cid, LinkSettings(), True, sid.nodeId, probeOnly=True)
+        server = LinkProtocol(clock, sid, LinkSettings(), False)
+        connectLinks(clock, client, server)
+        self.assertEqual((client.state, server.state), (State.OPEN, State.OPEN))
+        self.assertEqual((client.probeOnly, server.probeOnly), (True, True))
+        plain, plainServer, _, _, _ = linkPair(clock)
+        self.assertEqual((plain.probeOnly, plainServer.probeOnly), (False, False))
+
+    def test_aResponderThatDoesNotListItBackFailsTheLink(self):
+        clock = task.Clock()
+        cid, sid = NodeIdentity.generate(), NodeIdentity.generate()
+        client = LinkProtocol(clock, cid, LinkSettings(), True, sid.nodeId, probeOnly=True)
+        server = _EarlierResponder(clock, sid, LinkSettings(), False)
+        failed = []
+        client.whenOpen().addErrback(failed.append)
+        connectLinks(clock, client, server)
+        self.assertEqual(client.state, State.CLOSED)
+        self.assertIn("does not take probe-only links", str(failed[0].value))
+
+
+class VersionsEntryTests(unittest.TestCase):
+    @given(st.lists(st.integers(1, 0x7FFF), min_size=1, max_size=20), st.lists(st.integers(1, 0x7FFF), max_size=20),
+           st.booleans())
+    def test_theEntryIsNeitherALinkNorACircuitVersion(self, links, circuits, probeOnly):
+        entries = wire.decodeVersions(wire.encodeVersions(links, circuits, probeOnly)[3:])
+        self.assertEqual(wire.PROBE_ONLY_ENTRY in entries, probeOnly)
+        offered, circuitVersions = wire.splitVersions(entries)
+        self.assertEqual((offered, circuitVersions), (links, circuits))
