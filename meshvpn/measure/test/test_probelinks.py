@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from meshvpn.link.protocol import LinkSettings, State
 from meshvpn.link.test.test_manager import Harness, RecordingHandler, result
+from meshvpn.measure.probeecho import GRACE
 from meshvpn.measure.probeplan import Plan
 from meshvpn.measure.probeservice import ProbeService
 from meshvpn.onion.readlimit import LinkReadLimiter
@@ -138,3 +139,13 @@ class BusyTargetTests(unittest.TestCase):
         self.assertIs(link.state, State.CLOSED)
         self.assertEqual(h.managers[1].counters["probe_links_unassigned"], 1)
         self.assertEqual(self.target.echo.counters["links_unassigned"], 1)
+
+    def test_aProbeLinkLivesOnlyInTheSlot(self):
+        """The target's own rule: admitted from a team member inside the slot, until its end and the grace."""
+        echo = self.target.echo
+        self.assertEqual(echo.linkUntil(self.measurerId), START + LENGTH + GRACE)
+        self.assertIsNone(echo.linkUntil(None))
+        self.assertIsNone(echo.linkUntil(self.targetId))
+        self.h.clock.advance(LENGTH + GRACE + 0.1)
+        self.assertIsNone(echo.linkUntil(self.measurerId))
+        self.assertEqual(echo.counters["links_outside_slot"], 1)
