@@ -673,6 +673,21 @@ class ILinkManager(Interface):
             in the descriptor or it cannot be reached.
         """
 
+    def openLink(descriptor, purpose="probe"):
+        """
+        A fresh link of its own to the relay C{descriptor} describes, for one
+        C{purpose}; the only one is C{"probe"}: a probe-only link (PROBE
+        records and liveness, never cells), authenticated as L{getLink}'s,
+        never shared, never entered as the peer's link nor given to the cell
+        handler, so no read limiter or backpressure pauses it.  The caller
+        closes it.  The responder takes it only from a node its probe
+        handler lets it echo now, until the handler's time, and a bounded
+        number per peer.
+        @return: a Deferred firing with the open L{ILink}; fails with
+            L{meshvpn.errors.LinkError} if it cannot be opened (unreachable,
+            wrong identity, or a peer that takes no probe-only links).
+        """
+
     def setCellHandler(handler):
         """
         Route the cells of every link to C{handler}, an L{ICellHandler}.
@@ -693,7 +708,10 @@ class ILinkManager(Interface):
     def setProbeHandler(handler):
         """
         C{handler.probeReceived(link, seq, data, echo)} gets every PROBE
-        record any link receives (C{None}: they are ignored).
+        record any link receives (C{None}: they are ignored), and
+        C{handler.probeLinkUntil(peerId)}, if it has it, decides on each
+        incoming probe-only link: the time (the reactor's seconds) until
+        which it may stay open, or C{None} to refuse it.
         """
 
     def serverFactory(transportName):

@@ -17,6 +17,14 @@ Incoming links are bounded the way Tor's DoS subsystem bounds connections
 second; and incoming links never take the last C{outgoingReserve} places
 of C{maxLinks}, so a relay whose table strangers filled can still open the
 links its own circuits extend over.
+
+A capacity probe gets a link of its own (L{LinkManager.openLink}): a fresh,
+authenticated, probe-only link (L{meshvpn.link.protocol}) that is never
+entered in the table, never announced to the cell handler and so never paused
+by a read limiter or backpressure; a responder takes one only from a peer its
+probe handler lets it echo now, for as long as the handler says (the slot),
+and at most L{LinkLimits.probeLinksPerPeer} per peer and
+L{LinkLimits.probeLinks} in all.
 """
 
 import attrs
@@ -45,6 +53,12 @@ class LinkLimits:
     connectBurst: int = 40
     maxAddresses: int = 16384       # addresses whose connect rate is remembered
     outgoingReserve: int = 512      # places of maxLinks incoming links never take (at most a quarter)
+    # Incoming probe-only links: an honest measurer opens one per target and
+    # slot; the second covers one being replaced (a drop, a slot's end racing
+    # the next), so more is abuse.  A target's measurers are at most a team
+    # of 9 and its slack, so 64 in all leaves room for plans that disagree.
+    probeLinksPerPeer: int = 2
+    probeLinks: int = 64
 
 
 @attrs.frozen
@@ -107,16 +121,18 @@ class _LinkFactory(Factory):
 
     noisy = False
 
-    def __init__(self, manager, initiator, expectedId=None, transportName="tls"):
+    def __init__(self, manager, initiator, expectedId=None, transportName="tls", probeOnly=False):
         self._manager = manager
         self._initiator = initiator
         self._expectedId = expectedId
         self._transportName = transportName
+        self._probeOnly = probeOnly
         self.built = None
 
     def buildProtocol(self, addr):
         m = self._manager
-        link = LinkProtocol(m.reactor, m.identity, m.settings, self._initiator, self._expectedId, self._transportName)
+        link = LinkProtocol(m.reactor, m.identity, m.settings, self._initiator, self._expectedId, self._transportName,
+                            probeOnly=self._probeOnly)
         m._linkBuilt(link, _hostOf(addr))
         self.built = link
         return link
@@ -152,8 +168,13 @@ class LinkManager(service.Service):
         self._egress = None  # an IDirectEgress while a --tun client captures the machine
         self._announced = set()
         self._livenessObservers = []
+        self._probeLinks = {}  # peer id -> its open probe-only links (both directions)
+        self._probeLinksIn = 0
+        self._probeLinkEnds = {}  # incoming probe-only link -> the call that closes it when its slot ends
         self.counters = {"opened_out": 0, "opened_in": 0, "failed": 0, "refused_full": 0, "refused_address": 0,
-                         "refused_rate": 0, "cells_unhandled": 0, "closed_silent": 0, "suspected": 0}
+                         "refused_rate": 0, "cells_unhandled": 0, "closed_silent": 0, "suspected": 0,
+                         "probe_links_out": 0, "probe_links_in": 0, "probe_links_failed": 0,
+                         "probe_links_refused": 0, "probe_links_unassigned": 0, "probe_links_expired": 0}
 
     # ---- ILinkManager
 
@@ -177,6 +198,23 @@ class LinkManager(service.Service):
             waiters.append(d)
         return d
 
+    def openLink(self, descriptor, purpose="probe"):
+        if purpose != "probe":
+            return defer.fail(LinkError(f"unknown link purpose {purpose!r}"))
+        try:
+            target = LinkTarget.of(descriptor)
+        except LinkError:
+            return defer.fail()
+        if target.nodeId == self.identity.nodeId:
+            return defer.fail(LinkError("refusing a link to ourselves"))
+        d = defer.Deferred.fromCoroutine(self._connect(target, probeOnly=True))
+        d.addErrback(self._probeLinkFailed)
+        return d
+
+    def _probeLinkFailed(self, failure):
+        self.counters["probe_links_failed"] += 1
+        return failure
+
     def setCellHandler(self, handler):
         self._handler = handler
 
@@ -189,7 +227,11 @@ class LinkManager(service.Service):
             self._directory.directoryReceived(link, payload)
 
     def setProbeHandler(self, handler):
-        """C{handler.probeReceived(link, seq, data, echo)} gets every PROBE record; C{None}: ignored."""
+        """
+        C{handler.probeReceived(link, seq, data, echo)} gets every PROBE
+        record; C{None}: ignored.  C{handler.probeLinkUntil(peerId)}, if
+        the handler has it, admits incoming probe-only links (else none is).
+        """
         self._probe = handler
 
     def _probeReceived(self, link, seq, data, echo):
@@ -245,6 +287,7 @@ class LinkManager(service.Service):
             # liveness (link version 3): the slowest recent PONG over every open link
             "ping_rtt_max_ms": round(1000 * max((max(l.pingRtts, default=0.0) for l in self._all
                                                  if getattr(l, "pingRtts", None)), default=0.0), 1),
+            "probe_links_open": sum(len(v) for v in self._probeLinks.values()),
             **self.counters,
         }
 
@@ -264,7 +307,7 @@ class LinkManager(service.Service):
             self._transports = availableTransports()
         return self._transports.get(name)
 
-    async def _connect(self, target):
+    async def _connect(self, target, probeOnly=False):
         errors = []
         for name, address in target.addresses:
             transport = self._transport(name)
@@ -274,7 +317,7 @@ class LinkManager(service.Service):
             try:
                 await self._allowEgress(address)
                 endpoint = transport.clientEndpoint(self.reactor, address, self._transportOptions.get(name, {}))
-                links = _LinkFactory(self, True, target.nodeId, name)
+                links = _LinkFactory(self, True, target.nodeId, name, probeOnly)
                 connecting = endpoint.connect(_BoundedTLSFactory(self, self._tls, True, links, clock=self.reactor))
                 connecting.addTimeout(self.settings.connectTimeout, self.reactor)
                 await connecting
@@ -353,6 +396,9 @@ class LinkManager(service.Service):
 
     def _linkOpened(self, link):
         self.counters["opened_out" if link.isInitiator else "opened_in"] += 1
+        if link.probeOnly:
+            self._probeLinkOpened(link)
+            return
         if link._receiver is None:
             link.setCellReceiver(self._receiverFor(link))
         if link.peerId is not None:
@@ -362,6 +408,42 @@ class LinkManager(service.Service):
         if self._handler is not None:
             self._announced.add(link)
             self._handler.linkOpened(link)
+
+    def _probeLinkOpened(self, link):
+        """A probe-only link: never in the table nor the cell handler's; an incoming one only within the bounds."""
+        peer = link.peerId
+        if not link.isInitiator:
+            refused, until = self._refuseProbeLink(peer)
+            if refused:
+                self.counters[refused] += 1
+                self.log.info("probe-only link from {peer} refused ({why})", peer=(peer or b"").hex()[:16], why=refused)
+                link.close(LinkError("probe-only link refused"))
+                return
+            self._probeLinksIn += 1
+            self._probeLinkEnds[link] = self.reactor.callLater(max(0.0, until - self.reactor.seconds()),
+                                                               self._probeLinkExpired, link)
+        self._probeLinks.setdefault(peer, set()).add(link)
+        self.counters["probe_links_out" if link.isInitiator else "probe_links_in"] += 1
+
+    def _refuseProbeLink(self, peer):
+        """@return: C{(None, until)} to take an incoming probe-only link from C{peer}, else C{(counter, None)}."""
+        if peer is None:
+            return "probe_links_unassigned", None  # anonymous: nobody's measurer
+        incoming = sum(1 for l in self._probeLinks.get(peer, ()) if not l.isInitiator)
+        if incoming >= self.limits.probeLinksPerPeer \
+                or self._probeLinksIn >= self.limits.probeLinks:
+            return "probe_links_refused", None
+        until = getattr(self._probe, "probeLinkUntil", None)
+        until = until(peer) if until is not None else None
+        if until is None:
+            return "probe_links_unassigned", None
+        return None, until
+
+    def _probeLinkExpired(self, link):
+        self._probeLinkEnds.pop(link, None)
+        if link.state is not State.CLOSED:
+            self.counters["probe_links_expired"] += 1
+            link.close(LinkError("probe slot over"))
 
     def _receiverFor(self, link):
         def receive(cells):
@@ -386,6 +468,16 @@ class LinkManager(service.Service):
                 else:
                     del self._incomingByHost[host]
         self._all.discard(link)
+        probeLinks = self._probeLinks.get(link.peerId)
+        if probeLinks is not None and link in probeLinks:
+            probeLinks.discard(link)
+            if not probeLinks:
+                del self._probeLinks[link.peerId]
+            if not link.isInitiator:
+                self._probeLinksIn -= 1
+        end = self._probeLinkEnds.pop(link, None)
+        if end is not None and end.active():
+            end.cancel()
         if link.peerId is not None and self._byPeer.get(link.peerId) is link:
             del self._byPeer[link.peerId]
             if link.suspected:  # gone (closed as silent, or otherwise): the next link starts clean

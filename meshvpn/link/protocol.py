@@ -6,6 +6,12 @@ an initiator reaches only after verifying that the responder's AUTH names
 the node id it expected and is bound to this TLS session; a responder
 reaches it only after the initiator's AUTH (authenticated or anonymous).
 
+A link may be *probe-only* (L{wire.PROBE_ONLY_ENTRY} in both VERSIONS
+records, under both AUTH signatures): it carries PROBE records and liveness,
+never cells or DIRECTORY records (either is a protocol violation that closes
+it), so a measurer's probe and the target's echo never wait behind cells
+that a read limiter or backpressure paused.
+
 The link is three Twisted roles at once, all of them in L{ILink}:
  - what the onion layer sends cells on and receives batches of cells from;
  - a consumer of cells: circuits register producers and are paused while
@@ -122,7 +128,8 @@ class LinkProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, reactor, identity, settings, initiator, expectedId=None, transportName="tls", cellReceiver=None):
+    def __init__(self, reactor, identity, settings, initiator, expectedId=None, transportName="tls", cellReceiver=None,
+                 probeOnly=False):
         self._reactor = reactor
         self._identity = identity
         self._settings = settings
@@ -141,7 +148,9 @@ class LinkProtocol(Protocol):
         self.onSuspicion = None
         self.suspected = False
         self._exporter = None
-        self._myVersions = wire.encodeVersions(settings.versions, settings.circuitVersions)[3:]
+        # An initiator asks for a probe-only link; a responder learns it from the initiator's VERSIONS.
+        self.probeOnly = bool(probeOnly and initiator)
+        self._myVersions = wire.encodeVersions(settings.versions, settings.circuitVersions, self.probeOnly)[3:]
         self._peerVersions = None
         self._parser = wire.RecordParser(self._cellsArrived, self._controlArrived)
         self._receiver = cellReceiver
@@ -188,7 +197,7 @@ class LinkProtocol(Protocol):
             (the cells are dropped; watch L{whenClosed}).
         @raise ValueError: a cell has the wrong size.
         """
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN or self.probeOnly:
             return False
         data = wire.encodeCells(cells)
         n = len(cells)
@@ -215,7 +224,7 @@ class LinkProtocol(Protocol):
         One DIRECTORY record to the peer (L{meshvpn.link.dirwire}); C{False}
         if the link is not open or its version has no DIRECTORY record.
         """
-        if self.state is not State.OPEN or self.version < wire.DIRECTORY_LINK_VERSION:
+        if self.state is not State.OPEN or self.version < wire.DIRECTORY_LINK_VERSION or self.probeOnly:
             return False
         data = wire.encodeControl(wire.DIRECTORY, payload)
         self._lastOut = self._reactor.seconds()
@@ -403,6 +412,8 @@ class LinkProtocol(Protocol):
     def _cellsArrived(self, cells):
         if self.state is not State.OPEN:
             raise wire.LinkProtocolError("cells before the link was authenticated")
+        if self.probeOnly:
+            raise wire.LinkProtocolError("cells on a probe-only link")
         self.cellsIn += len(cells)
         self._lastCells = self._lastIn
         if self._receiver is not None:
@@ -420,6 +431,8 @@ class LinkProtocol(Protocol):
                 raise wire.LinkProtocolError("DIRECTORY before the link was authenticated")
             if self.version < wire.DIRECTORY_LINK_VERSION:
                 raise wire.LinkProtocolError(f"DIRECTORY on a version {self.version} link")
+            if self.probeOnly:
+                raise wire.LinkProtocolError("DIRECTORY on a probe-only link")
             if self.onDirectory is not None:
                 self.onDirectory(self, payload)
             return
@@ -470,7 +483,8 @@ class LinkProtocol(Protocol):
     def _versionsArrived(self, payload):
         if self.state is not State.VERSIONS:
             raise wire.LinkProtocolError(f"VERSIONS in state {self.state.value}")
-        offered, circuits = wire.splitVersions(wire.decodeVersions(payload))
+        entries = wire.decodeVersions(payload)
+        offered, circuits = wire.splitVersions(entries)
         common = set(offered) & set(self._settings.versions)
         if not common:
             raise wire.LinkProtocolError(f"no common link version (peer offers {sorted(offered)[:8]})")
@@ -480,6 +494,14 @@ class LinkProtocol(Protocol):
             raise wire.LinkProtocolError(f"no common circuit version (peer offers {sorted(circuits)[:8]})")
         self.version = max(common)
         self.circuitVersion = max(commonCircuits)
+        marked = wire.PROBE_ONLY_ENTRY in entries
+        if self.isInitiator and self.probeOnly and not marked:
+            raise LinkError("peer does not take probe-only links")
+        if marked and not self.isInitiator:
+            self.probeOnly = True
+            self._myVersions = wire.encodeVersions(self._settings.versions, self._settings.circuitVersions, True)[3:]
+        if self.probeOnly and self.version < wire.PROBE_LINK_VERSION:
+            raise wire.LinkProtocolError(f"a probe-only link on version {self.version}")
         self._peerVersions = payload
         self.state = State.AUTH
         if not self.isInitiator:

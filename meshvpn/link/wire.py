@@ -49,6 +49,12 @@ CONTROL_TYPES = frozenset((KEEPALIVE, VERSIONS, AUTH, CLOSE, DIRECTORY, PING, PO
 # below it link versions.  A node of the first release intersects every
 # entry with its link versions, so it ignores these without a change.
 CIRCUIT_VERSION_BASE = 0x8000
+# The entry 0x8000 itself ("circuit version 0", which no node speaks) marks a
+# probe-only link (link version 5 and later): an initiator that lists it asks
+# for a link that carries only PROBE records and liveness, never cells, so no
+# cell batch can pause it at either end; a responder that takes it lists it back.
+# Earlier releases ignore it (neither a link nor a circuit version to them).
+PROBE_ONLY_ENTRY = CIRCUIT_VERSION_BASE
 
 # Why a link is closed (the CLOSE record's one byte).  A code this node does
 # not know is shown by number: a newer peer may have more.
@@ -112,12 +118,15 @@ def encodeCells(cells):
     return out
 
 
-def encodeVersions(versions, circuitVersions=()):
+def encodeVersions(versions, circuitVersions=(), probeOnly=False):
     """
     A VERSIONS record offering link C{versions} (1-0x7fff) and circuit
-    protocol C{circuitVersions} (1-0x7fff, sent as 0x8000 + n).
+    protocol C{circuitVersions} (1-0x7fff, sent as 0x8000 + n); with
+    C{probeOnly}, the L{PROBE_ONLY_ENTRY} too.
     """
     entries = list(versions) + [CIRCUIT_VERSION_BASE + v for v in circuitVersions]
+    if probeOnly:
+        entries.append(PROBE_ONLY_ENTRY)
     if not all(0 < v < 0x10000 for v in entries) or not all(0 < v < CIRCUIT_VERSION_BASE for v in versions):
         raise ValueError("versions must be 1-32767")
     return encodeControl(VERSIONS, b"".join(struct.pack(">H", v) for v in entries))

@@ -32,6 +32,11 @@ it was itself the bottleneck (no capacity left, link blocked, the sanity
 bound), and in how many distinct seconds that happened.  Records from anyone else, or outside the slot, count for
 nothing: they are not the measurer's duty.
 
+A measurer probes on a probe-only link of its own (L{meshvpn.link.manager}),
+which no cell batch pauses; L{ProbeEcho.linkUntil} admits one only from a
+node this relay echoes, inside the slot, and until the slot's end: the
+same rules as the echo, so the link gives a peer nothing the echo does not.
+
 A malformed PROBE record never gets here: the link refuses it and closes
 (L{meshvpn.link.probewire}).
 """
@@ -59,7 +64,8 @@ class ProbeEcho:
         self.epochLength = epochLength
         self.bucket = bucket
         self.counters = {"echoed": 0, "echoed_bytes": 0, "unassigned": 0, "outside_slot": 0, "over_budget": 0,
-                         "no_capacity": 0, "blocked": 0}
+                         "no_capacity": 0, "blocked": 0, "links_admitted": 0, "links_unassigned": 0,
+                         "links_outside_slot": 0}
         self._epoch = None
         self._drawn = {}  # measurer -> bytes echoed to it this epoch (only assigned measurers: at most a team)
         self._shares = {}  # measurer -> its TokenBucket share of the node's limit this epoch
@@ -102,6 +108,26 @@ class ProbeEcho:
         self.counters["echoed"] += 1
         self.counters["echoed_bytes"] += len(data)
         return True
+
+    def linkUntil(self, peer):
+        """
+        Until when (the clock's seconds) a probe-only link from C{peer} may
+        stay open: the slot's end and its L{GRACE}, if the plan lets us
+        echo C{peer} and the slot is open now; else C{None} (refused).
+        """
+        now = self.clock.seconds()
+        epoch = epochOf(now, self.epochLength)
+        plan = self.planOf(epoch)
+        if plan is None or peer is None or not plan.echoes(peer, self.nodeId):
+            self.counters["links_unassigned"] += 1
+            return None
+        start = epoch * self.epochLength + plan.slotStart
+        end = start + plan.slotLength
+        if not start - GRACE <= now <= end + GRACE:
+            self.counters["links_outside_slot"] += 1
+            return None
+        self.counters["links_admitted"] += 1
+        return end + GRACE
 
     def _readBack(self, epoch, peer):
         """The read-back counters of C{peer} this epoch (C{None} once the epoch holds L{MAX_MEASURERS} others)."""

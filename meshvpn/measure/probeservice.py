@@ -5,9 +5,14 @@ relays this node's directory holds, one vote each (relays do not compute
 the agreed weights; see doc/measurement.md), computed when the slot
 opens (the measurer side) or a probe arrives (the target side) and again
 only if the directory changed; a client computes the same from the same
-directory.  At the slot's start the relay opens a link to each
-of its targets (link version 5 and later) and runs one
-L{meshvpn.measure.prober.ProbeStream} on it for C{--probe-seconds}; the
+directory.  At the slot's start the relay opens a probe-only link to each
+of its targets (L{meshvpn.interfaces.ILinkManager.openLink}; link version 5
+and later), runs one L{meshvpn.measure.prober.ProbeStream} on it for
+C{--probe-seconds} and closes it.  The link is its own so that no cell batch
+pauses it at either end: on the shared link, a busy relay's read limiter
+held the records and their echoes behind its cells, and read it at 0.  A
+target that takes no such link (an older release) is probed on the shared
+link, and counted (C{shared_fallback}).  The
 readings (bytes echoed, milliseconds) wait for the epoch's end, when the
 publisher signs and stores them beside the traffic report.  A target that
 could not be reached reads 0 (it forwarded nothing that slot); one whose
@@ -26,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.interfaces import IStatusSource
+from meshvpn.link.protocol import State
 from meshvpn.measure.epoch import epochOf
 from meshvpn.measure.probeecho import ProbeEcho
 from meshvpn.measure.probeplan import TEAM_SIZE, candidatesFrom, makePlan, slotStart
@@ -104,7 +110,8 @@ class ProbeService(service.Service):
         self.echo = ProbeEcho(clock, identity.nodeId, self.planOf, epochLength, bucket)
         self.readings = {}  # epoch -> {target nodeId: Reading}
         self.attended = set()  # epochs whose slot opened while this service ran (a read-back is worth signing)
-        self.counters = {"probes": 0, "unreachable": 0, "too_old": 0, "stray_echoes": 0}
+        self.counters = {"probes": 0, "unreachable": 0, "too_old": 0, "stray_echoes": 0, "dedicated": 0,
+                         "shared_fallback": 0, "dedicated_lost": 0}
         self._streams = {}  # link -> ProbeStream running on it
         self._call = None
         links.setProbeHandler(self)
@@ -119,6 +126,10 @@ class ProbeService(service.Service):
             self.counters["stray_echoes"] += 1
             return
         stream.echoReceived(seq, data)
+
+    def probeLinkUntil(self, peerId):
+        """The link manager asks before taking a probe-only link from C{peerId} (L{ProbeEcho.linkUntil})."""
+        return self.echo.linkUntil(peerId)
 
     # the slot
     def startService(self):
@@ -165,29 +176,52 @@ class ProbeService(service.Service):
         target = descriptor.nodeId
         millis = max(1, int(round(self.probeSeconds * 1000)))
         try:
-            link = yield self.links.getLink(descriptor)
+            link, dedicated = yield self._linkTo(descriptor)
         except Exception as e:
             self.counters["unreachable"] += 1
             self.log.info("probe target {t} unreachable: {why}", t=target.hex()[:16], why=e)
             self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
             return
-        if (getattr(link, "version", None) or 0) < PROBE_LINK_VERSION:
-            self.counters["too_old"] += 1
-            return
-        seconds = end - self.clock.seconds()
-        if seconds <= 0:
-            self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
-            return
-        stream = ProbeStream(self.clock, link, seconds)
-        self._streams[link] = stream
-        self.counters["probes"] += 1
         try:
-            echoed, took = yield stream.start()
+            if (getattr(link, "version", None) or 0) < PROBE_LINK_VERSION:
+                self.counters["too_old"] += 1
+                return
+            seconds = end - self.clock.seconds()
+            if seconds <= 0:
+                self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
+                return
+            stream = ProbeStream(self.clock, link, seconds)
+            self._streams[link] = stream
+            self.counters["probes"] += 1
+            try:
+                echoed, took = yield stream.start()
+            finally:
+                if self._streams.get(link) is stream:
+                    del self._streams[link]
+            if dedicated and link.state is State.CLOSED:
+                self.counters["dedicated_lost"] += 1  # the target closed it (refused, or its slot ended first)
         finally:
-            if self._streams.get(link) is stream:
-                del self._streams[link]
+            if dedicated:
+                link.close("probe slot over")
         self.readings[epoch][target] = Reading(prefixOf(target), echoed, took)
         self.log.info("probe of {t}: {b} bytes echoed in {ms} ms", t=target.hex()[:16], b=echoed, ms=took)
+
+    @defer.inlineCallbacks
+    def _linkTo(self, descriptor):
+        """C{(link, dedicated)}: a probe-only link of our own to the target, else the shared one."""
+        openLink = getattr(self.links, "openLink", None)
+        if openLink is not None:
+            try:
+                link = yield openLink(descriptor, purpose="probe")
+            except Exception as e:
+                self.log.info("no probe-only link to {t} ({why}); probing on the shared link",
+                              t=descriptor.nodeId.hex()[:16], why=e)
+            else:
+                self.counters["dedicated"] += 1
+                return link, True
+        self.counters["shared_fallback"] += 1
+        link = yield self.links.getLink(descriptor)
+        return link, False
 
     def readingsOf(self, epoch):
         """The readings of C{epoch}, sorted by target (for the signed probe report)."""
