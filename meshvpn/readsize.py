@@ -9,9 +9,9 @@ application.  A relay that was not scheduled for a while finds more than
 for it.  Reading up to L{BULK_READ} lets one turn take what is there.
 
 Measured on a 3-hop download through real processes on loopback (C{meshvpn
-bench throughput}, paired runs, doc/protocol.md "Per-cell work"): the
-path's CPU seconds per GB went from 30.4-33.6 at 64 KiB to 27.7-28.5 at
-256 KiB.
+bench throughput}, paired runs; doc/protocol.md, "Per-cell and per-turn
+work on a download"): the path's CPU seconds per GB went from 30.4-35.7 at
+64 KiB to 26.7-28.5 at 256 KiB.
 
 The same attribute is Twisted's bound on what a connection buffers for
 writing before it pauses its producer; that bound is now 256 KiB per
