@@ -25,6 +25,7 @@ from zope.interface import implementer
 from meshvpn.errors import ResolveFailed, StreamRefused
 from meshvpn.interfaces import IStream, IStreamOpener
 from meshvpn.onion.endreasons import EndReason
+from meshvpn.readsize import readInBulk
 from meshvpn.streams.socketpush import TurnEndPush
 
 MAX_HELD = 256 * 1024  # read while paused or before a receiver is set
@@ -128,6 +129,9 @@ class TCPStream(Protocol):
                 self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
+        # The target's bytes become runs of DATA cells: the larger a read, the
+        # fewer runs the whole path handles per byte (meshvpn/readsize.py).
+        readInBulk(self.transport)
         self._push = TurnEndPush(self.transport, self._clock)
         if self.throttle is not None:
             self.throttle.addProducer(self._throttleSource)

@@ -33,6 +33,7 @@ from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILink
 from meshvpn.link import auth, probewire, wire
 from meshvpn.link.liveness import RoundTrips
+from meshvpn.readsize import readInBulk
 
 # Link versions this release speaks.  Version 2 adds the CLOSE record (a
 # link says why it is closing: a stopping relay tells its peers at once);
@@ -352,6 +353,8 @@ class LinkProtocol(Protocol):
                 self.transport.setTcpNoDelay(True)
             except Exception:
                 pass  # claims TCP but has no socket underneath (in-memory test transports)
+        # A link carries runs of cells: one turn takes what waits (meshvpn/readsize.py).
+        readInBulk(self.transport)
         self._timer = self._reactor.callLater(self._settings.handshakeTimeout, self._handshakeTimedOut)
         self.transport.registerProducer(_WriteSide(self), True)
         if self.isInitiator:

@@ -133,10 +133,13 @@ et(Direction *d, const unsigned char *x, const unsigned char *m, unsigned char *
     int outl, i;
     for (i = 0; i < BLOCK; i++)
         b[i] = x[i] ^ m[i];
-    if (EVP_CipherUpdate(d->kb, y, &outl, b, BLOCK) != 1 || outl != BLOCK)
+    if (EVP_CipherUpdate(d->kb, y, &outl, b, BLOCK) != 1 || outl != BLOCK) {
+        OPENSSL_cleanse(b, BLOCK);
         return failed("AES block");
+    }
     for (i = 0; i < BLOCK; i++)
         y[i] ^= m[i];
+    OPENSSL_cleanse(b, BLOCK);
     return 0;
 }
 
@@ -272,18 +275,23 @@ static int
 layer(Direction *d, unsigned char cmd, const unsigned char *in, unsigned char *o)
 {
     unsigned char m[BLOCK];
+    int rc = -1;
     if (d->decrypting) {
-        if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0 || uh(d, cmd, o + BLOCK, m) < 0
-            || et(d, in, m, o) < 0)
-            return -1;
-        memcpy(d->tprime, in, BLOCK);
+        if (prf(d, in, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) == 0 && uh(d, cmd, o + BLOCK, m) == 0
+            && et(d, in, m, o) == 0) {
+            memcpy(d->tprime, in, BLOCK);
+            rc = 0;
+        }
     } else {
-        if (uh(d, cmd, in + BLOCK, m) < 0 || et(d, in, m, o) < 0
-            || prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) < 0)
-            return -1;
-        memcpy(d->tprime, o, BLOCK);
+        if (uh(d, cmd, in + BLOCK, m) == 0 && et(d, in, m, o) == 0
+            && prf(d, o, BLOCK, in + BLOCK, BODY_LEN, o + BLOCK) == 0) {
+            memcpy(d->tprime, o, BLOCK);
+            rc = 0;
+        }
     }
-    return 0;
+    /* m is the hash of the plaintext under KU: wiped on every return. */
+    OPENSSL_cleanse(m, BLOCK);
+    return rc;
 }
 
 static int
@@ -298,6 +306,7 @@ updateWith(Direction *d, const unsigned char *nonce)
     if (rc == 0)
         rc = rekey(d, seed);
     OPENSSL_cleanse(seed, SEED_LEN);
+    OPENSSL_cleanse(iv, BLOCK + 1);
     return rc;
 }
 
@@ -414,7 +423,7 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned char cmd, in[CELL_LEN], nonce[BLOCK], *o;
     Py_buffer body;
-    PyObject *out;
+    PyObject *out, *result = NULL;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, body)");
         return NULL;
@@ -434,14 +443,19 @@ Direction_originate(Direction *d, PyObject *const *args, Py_ssize_t nargs)
     memcpy(nonce, d->nonce, BLOCK);
     out = PyBytes_FromStringAndSize(NULL, CELL_LEN);
     if (out == NULL)
-        return NULL;
+        goto done;
     o = (unsigned char *)PyBytes_AS_STRING(out);
     /* The client (sealing for a hop) updates with N, a relay with its output T. */
     if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0) {
         Py_DECREF(out);
-        return NULL;
+        goto done;
     }
-    return pairOf(out, o);
+    result = pairOf(out, o);
+done:
+    /* As sealRun: the plaintext cell and N do not stay on the stack. */
+    OPENSSL_cleanse(in, CELL_LEN);
+    OPENSSL_cleanse(nonce, BLOCK);
+    return result;
 }
 
 /* The cell sealed from `in` (T = N | body) at index i of cells and tags: head + the layer, the update. */
@@ -451,21 +465,67 @@ sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_b
 {
     unsigned char nonce[BLOCK], *o;
     PyObject *out, *tag;
+    int rc = -1;
     memcpy(nonce, d->nonce, BLOCK);
     out = PyBytes_FromStringAndSize(NULL, head->len + CELL_LEN);
     if (out == NULL)
-        return -1;
+        goto done;
     PyList_SET_ITEM(cells, i, out);
     o = (unsigned char *)PyBytes_AS_STRING(out);
     memcpy(o, head->buf, head->len);
     o += head->len;
     if (layer(d, cmd, in, o) < 0 || updateWith(d, d->decrypting ? nonce : o) < 0)
-        return -1;
+        goto done;
     tag = PyBytes_FromStringAndSize((const char *)o, BLOCK);
     if (tag == NULL)
-        return -1;
+        goto done;
     PyList_SET_ITEM(tags, i, tag);
-    return 0;
+    rc = 0;
+done:
+    /* N keyed this cell's recognition; it is not left on the stack. */
+    OPENSSL_cleanse(nonce, BLOCK);
+    return rc;
+}
+
+/*
+ * How one item of an end's run becomes the body it seals (BODY_LEN bytes): originateRun's bodies
+ * or payloads, originateData's chunks.  Items were checked before any is sealed; fill refuses an
+ * item that changed since (it returns -1 with an exception set), and may have written part of body.
+ */
+typedef struct Filler Filler;
+struct Filler {
+    int (*fill)(const Filler *f, PyObject *item, unsigned char body[BODY_LEN]);
+    Py_ssize_t at, itemLen;          /* originateRun: where the body starts in an item, its size */
+    long relayCmd, streamId;         /* originateData: the relay header each chunk is sealed under */
+    Py_ssize_t maxData;
+};
+
+/*
+ * The one sealing loop of the ends' runs: T = N | fill(item), sealed in order.  Its one exit wipes
+ * the plaintext cell, on success and on every error, so no run leaves a body on the stack.
+ */
+static PyObject *
+sealRun(Direction *d, unsigned char cmd, PyObject *seq, const Py_buffer *head, const Filler *f)
+{
+    unsigned char in[CELL_LEN];
+    PyObject *cells, *tags, *result = NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i;
+    cells = PyList_New(n);
+    tags = PyList_New(n);
+    if (cells == NULL || tags == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        memcpy(in, d->nonce, BLOCK);
+        if (f->fill(f, PySequence_Fast_GET_ITEM(seq, i), in + BLOCK) < 0
+            || sealInto(d, cmd, in, head, cells, tags, i) < 0)
+            goto done;
+    }
+    result = PyTuple_Pack(2, cells, tags);
+done:
+    OPENSSL_cleanse(in, CELL_LEN);
+    Py_XDECREF(cells);
+    Py_XDECREF(tags);
+    return result;
 }
 
 /*
@@ -477,27 +537,44 @@ sealInto(Direction *d, unsigned char cmd, unsigned char in[CELL_LEN], const Py_b
 #define PAYLOAD_LEN 509
 #define LEN_AT 3
 
+static int
+fillBody(const Filler *f, PyObject *item, unsigned char body[BODY_LEN])
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(item, &b, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (b.len != f->itemLen) { /* changed under us (a bytearray resized by another thread) */
+        PyErr_SetString(PyExc_ValueError, "a body changed size while it was sealed");
+        PyBuffer_Release(&b);
+        return -1;
+    }
+    memcpy(body, (unsigned char *)b.buf + (f->at < 0 ? 0 : f->at), BODY_LEN);
+    PyBuffer_Release(&b);
+    return 0;
+}
+
 static PyObject *
 Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, in[CELL_LEN];
+    unsigned char cmd;
     Py_buffer head, body;
-    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
-    Py_ssize_t n, i, at = -1, maxData = 0, itemLen = BODY_LEN;
+    PyObject *seq = NULL, *result = NULL;
+    Py_ssize_t n, i, maxData = 0;
+    Filler f = {fillBody, -1, BODY_LEN, 0, 0, 0};
     if (nargs != 3 && nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, bodies, head[, at, maxData])");
         return NULL;
     }
     if (nargs == 5) {
-        at = PyLong_AsSsize_t(args[3]);
+        f.at = PyLong_AsSsize_t(args[3]);
         maxData = PyLong_AsSsize_t(args[4]);
-        if ((at == -1 || maxData == -1) && PyErr_Occurred())
+        if ((f.at == -1 || maxData == -1) && PyErr_Occurred())
             return NULL;
-        if (at < 0 || at + BODY_LEN > PAYLOAD_LEN) {
+        if (f.at < 0 || f.at + BODY_LEN > PAYLOAD_LEN) {
             PyErr_SetString(PyExc_ValueError, "body offset outside the relay payload");
             return NULL;
         }
-        itemLen = PAYLOAD_LEN;
+        f.itemLen = PAYLOAD_LEN;
     }
     if (parseCmd(args[0], &cmd) < 0)
         return NULL;
@@ -512,42 +589,22 @@ Direction_originateRun(Direction *d, PyObject *const *args, Py_ssize_t nargs)
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
             goto done;
         b = body.buf;
-        if (body.len != itemLen) {
-            PyErr_Format(PyExc_ValueError, at < 0 ? "CGO body of %zd bytes, expected %zd"
-                                                  : "relay payload of %zd bytes, expected %zd", body.len, itemLen);
+        if (body.len != f.itemLen) {
+            PyErr_Format(PyExc_ValueError, f.at < 0 ? "CGO body of %zd bytes, expected %zd"
+                                                    : "relay payload of %zd bytes, expected %zd", body.len, f.itemLen);
             PyBuffer_Release(&body);
             goto done;
         }
-        if (at >= 0 && ((Py_ssize_t)b[at + LEN_AT] << 8 | b[at + LEN_AT + 1]) > maxData) {
+        if (f.at >= 0 && ((Py_ssize_t)b[f.at + LEN_AT] << 8 | b[f.at + LEN_AT + 1]) > maxData) {
             PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
             PyBuffer_Release(&body);
             goto done;
         }
         PyBuffer_Release(&body);
     }
-    cells = PyList_New(n);
-    tags = PyList_New(n);
-    if (cells == NULL || tags == NULL)
-        goto done;
-    for (i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &body, PyBUF_SIMPLE) < 0)
-            goto done;
-        if (body.len != itemLen) { /* changed under us (a bytearray resized by another thread) */
-            PyErr_SetString(PyExc_ValueError, "a body changed size while it was sealed");
-            PyBuffer_Release(&body);
-            goto done;
-        }
-        memcpy(in, d->nonce, BLOCK);
-        memcpy(in + BLOCK, (unsigned char *)body.buf + (at < 0 ? 0 : at), BODY_LEN);
-        PyBuffer_Release(&body);
-        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
-            goto done;
-    }
-    result = PyTuple_Pack(2, cells, tags);
+    result = sealRun(d, cmd, seq, &head, &f);
 done:
     Py_XDECREF(seq);
-    Py_XDECREF(cells);
-    Py_XDECREF(tags);
     PyBuffer_Release(&head);
     return result;
 }
@@ -558,27 +615,49 @@ done:
  * the body is relayCmd 1 | streamId 2 | length 2 | chunk | zeros (the common relay layout from
  * its command on).  Every chunk is checked before any is sealed.
  */
+static int
+fillData(const Filler *f, PyObject *item, unsigned char b[BODY_LEN])
+{
+    Py_buffer chunk;
+    if (PyObject_GetBuffer(item, &chunk, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (chunk.len > f->maxData) { /* changed under us */
+        PyErr_SetString(PyExc_ValueError, "a chunk changed size while it was sealed");
+        PyBuffer_Release(&chunk);
+        return -1;
+    }
+    b[0] = (unsigned char)f->relayCmd;
+    b[1] = (unsigned char)(f->streamId >> 8);
+    b[2] = (unsigned char)f->streamId;
+    b[LEN_AT] = (unsigned char)(chunk.len >> 8);
+    b[LEN_AT + 1] = (unsigned char)chunk.len;
+    memcpy(b + LEN_AT + 2, chunk.buf, chunk.len);
+    memset(b + LEN_AT + 2 + chunk.len, 0, BODY_LEN - LEN_AT - 2 - chunk.len);
+    PyBuffer_Release(&chunk);
+    return 0;
+}
+
 static PyObject *
 Direction_originateData(Direction *d, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char cmd, in[CELL_LEN];
+    unsigned char cmd;
     Py_buffer head, chunk;
-    PyObject *seq = NULL, *cells = NULL, *tags = NULL, *result = NULL;
-    long relayCmd, streamId;
-    Py_ssize_t n, i, maxData;
+    PyObject *seq = NULL, *result = NULL;
+    Py_ssize_t n, i;
+    Filler f = {fillData, -1, 0, 0, 0, 0};
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "expected (cmd, relayCmd, streamId, chunks, maxData, head)");
         return NULL;
     }
     if (parseCmd(args[0], &cmd) < 0)
         return NULL;
-    relayCmd = PyLong_AsLong(args[1]);
-    streamId = PyLong_AsLong(args[2]);
-    maxData = PyLong_AsSsize_t(args[4]);
+    f.relayCmd = PyLong_AsLong(args[1]);
+    f.streamId = PyLong_AsLong(args[2]);
+    f.maxData = PyLong_AsSsize_t(args[4]);
     if (PyErr_Occurred())
         return NULL;
-    if (relayCmd < 0 || relayCmd > 0xff || streamId < 0 || streamId > 0xffff || maxData < 0
-        || maxData > BODY_LEN - LEN_AT - 2) {
+    if (f.relayCmd < 0 || f.relayCmd > 0xff || f.streamId < 0 || f.streamId > 0xffff || f.maxData < 0
+        || f.maxData > BODY_LEN - LEN_AT - 2) {
         PyErr_SetString(PyExc_ValueError, "relay command, stream id or data bound out of range");
         return NULL;
     }
@@ -594,42 +673,14 @@ Direction_originateData(Direction *d, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         len = chunk.len;
         PyBuffer_Release(&chunk);
-        if (len > maxData) {
-            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", maxData);
+        if (len > f.maxData) {
+            PyErr_Format(RelayLengthError, "relay data over %zd bytes on a CGO hop", f.maxData);
             goto done;
         }
     }
-    cells = PyList_New(n);
-    tags = PyList_New(n);
-    if (cells == NULL || tags == NULL)
-        goto done;
-    for (i = 0; i < n; i++) {
-        unsigned char *b = in + BLOCK;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &chunk, PyBUF_SIMPLE) < 0)
-            goto done;
-        if (chunk.len > maxData) { /* changed under us */
-            PyErr_SetString(PyExc_ValueError, "a chunk changed size while it was sealed");
-            PyBuffer_Release(&chunk);
-            goto done;
-        }
-        memcpy(in, d->nonce, BLOCK);
-        b[0] = (unsigned char)relayCmd;
-        b[1] = (unsigned char)(streamId >> 8);
-        b[2] = (unsigned char)streamId;
-        b[LEN_AT] = (unsigned char)(chunk.len >> 8);
-        b[LEN_AT + 1] = (unsigned char)chunk.len;
-        memcpy(b + LEN_AT + 2, chunk.buf, chunk.len);
-        memset(b + LEN_AT + 2 + chunk.len, 0, BODY_LEN - LEN_AT - 2 - chunk.len);
-        PyBuffer_Release(&chunk);
-        if (sealInto(d, cmd, in, &head, cells, tags, i) < 0)
-            goto done;
-    }
-    result = PyTuple_Pack(2, cells, tags);
+    result = sealRun(d, cmd, seq, &head, &f);
 done:
-    OPENSSL_cleanse(in, CELL_LEN);
     Py_XDECREF(seq);
-    Py_XDECREF(cells);
-    Py_XDECREF(tags);
     PyBuffer_Release(&head);
     return result;
 }

@@ -245,3 +245,15 @@ class TCPStreamSendsAtTurnEndTests(unittest.TestCase):
         self.assertEqual(received(target), b"")
         clock.advance(0)
         self.assertEqual(received(target), b"GET / HTTP/1.1\r\n\r\n")
+
+
+class TCPStreamReadsInBulkTests(unittest.TestCase):
+    def test_targetSocketReadInBulk(self):
+        """The target's bytes are read up to BULK_READ a turn (meshvpn/readsize.py): fewer, longer runs of DATA cells."""
+        from twisted.internet import protocol
+
+        from meshvpn.readsize import BULK_READ
+        from meshvpn.streams.test.test_socketpush import adoptedPair
+
+        stream, _ = adoptedPair(self, protocol.Factory.forProtocol(lambda: TCPStream(clock=task.Clock())))
+        self.assertEqual(stream.transport.bufferSize, BULK_READ)

@@ -169,3 +169,41 @@ class BackpressureLoopbackTests(unittest.TestCase):
         # The resumed sender may have sent more since; what was held arrives whole and in order.
         self.assertGreaterEqual(len(got), sentWhenPaused)
         self.assertEqual(got[:sentWhenPaused], [cell(i) for i in range(sentWhenPaused)])
+
+
+class BulkReadTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_bothEndsReadInBulk(self):
+        """Both ends of a TLS link on loopback read their TCP socket up to BULK_READ a turn (meshvpn/readsize.py)."""
+        from twisted.internet import endpoints
+
+        from meshvpn.readsize import BULK_READ, socketOf
+
+        transports = {"tls": TCPTransport()}
+        server = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
+        client = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
+        self.addCleanup(server.stopService)
+        self.addCleanup(client.stopService)
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.serverFactory("tls"))
+        self.addCleanup(port.stopListening)
+        opened = defer.Deferred()
+
+        class Handler:
+            def linkOpened(self, link):
+                opened.callback(link)
+
+            def cellsReceived(self, link, cells):
+                pass
+
+            def linkClosed(self, link, reason):
+                pass
+
+        server.setCellHandler(Handler())
+        link = yield client.getLink(LinkTarget(server.identity.nodeId, (("tls", f"127.0.0.1:{port.getHost().port}"),)))
+        incoming = yield opened
+        for end in (link, incoming):
+            sock = socketOf(end.transport)
+            self.assertIsNotNone(sock)
+            self.assertEqual(sock.bufferSize, BULK_READ)
