@@ -433,7 +433,7 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
 
 @attrs.frozen
 class Probes:
-    """The probes' design study: measurers per relay per epoch, epochs pooled, seconds probed, how measurers are drawn."""
+    """The probes the bench models (by default the network's): measurers per relay per epoch, epochs pooled, seconds probed, how measurers are drawn."""
 
     count: int
     window: int
