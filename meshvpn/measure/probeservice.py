@@ -31,7 +31,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.interfaces import IStatusSource
-from meshvpn.link.protocol import State
 from meshvpn.measure.epoch import epochOf
 from meshvpn.measure.probeecho import ProbeEcho
 from meshvpn.measure.probeplan import TEAM_SIZE, candidatesFrom, makePlan, slotStart
@@ -190,6 +189,7 @@ class ProbeService(service.Service):
             if seconds <= 0:
                 self.readings[epoch][target] = Reading(prefixOf(target), 0, millis)
                 return
+            closed = link.whenClosed() if dedicated else None  # (fires if the target closes it under the probe)
             stream = ProbeStream(self.clock, link, seconds)
             self._streams[link] = stream
             self.counters["probes"] += 1
@@ -198,7 +198,7 @@ class ProbeService(service.Service):
             finally:
                 if self._streams.get(link) is stream:
                     del self._streams[link]
-            if dedicated and link.state is State.CLOSED:
+            if closed is not None and closed.called:
                 self.counters["dedicated_lost"] += 1  # the target closed it (refused, or its slot ended first)
         finally:
             if dedicated:
