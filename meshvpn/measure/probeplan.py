@@ -81,7 +81,7 @@ class Candidate:
     """One relay as the plan sees it."""
 
     nodeId: bytes
-    vote: float = 1.0  # agreed weight, or 1: one vote per relay
+    vote: float = 1.0  # agreed weight, or its share of one vote per address group (candidatesFrom)
     subnet: str = ""  # "/16 or /32" of its address ("" : none, or loopback: shares with nobody)
     family: frozenset = frozenset()  # node ids it names as family
     capacity: float = 0.0  # expected capacity (bytes/s: agreed or probed), 0 when not known
@@ -131,6 +131,23 @@ def subnetOf(host):
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
         return ""
     prefix = 16 if ip.version == 4 else 32
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def addressGroupOf(host):
+    """
+    The group of addresses that shares one vote in the plan: the IPv4 /24 or
+    IPv6 /48, the least a host's operator is given; C{""} for loopback and
+    anything unparsable (a test network of one machine: every relay its
+    own vote).
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+        return ""
+    prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
@@ -263,15 +280,31 @@ def candidatesFrom(descriptors, votes=None, capacities=None):
     """
     L{Candidate}s from relay descriptors (L{meshvpn.dht.descriptor.RelayDescriptor}).
 
-    @param votes: C{{nodeId: agreed weight}} or C{None}: one vote per relay.
+    @param votes: C{{nodeId: agreed weight}} or C{None}: one vote per
+        address group (L{addressGroupOf}), shared by the relays in it, so
+        that identities run from one machine's address, or its /24, are
+        drawn as measurers no more often than one relay (the bench's
+        C{swarm}: with one vote per identity, 2 sybils per hostile relay
+        took 2.89 times their capacity share, 4 took over).
     @param capacities: C{{nodeId: expected capacity}} (agreed or probed
         bytes/s) to size teams by, or C{None}: teams of L{TEAM_SIZE}.
     """
-    out = []
+    rows = []
     for d in descriptors:
         hosts = [a.rsplit(":", 1)[0] for t, a in d.addresses if t != "udp"]
         subnet = min((s for s in map(subnetOf, hosts) if s), default="")
-        vote = 1.0 if votes is None else float(votes.get(d.nodeId, 0.0))
+        group = min((g for g in map(addressGroupOf, hosts) if g), default="")
+        rows.append((d, subnet, group))
+    sharing = {}
+    for _, _, group in rows:
+        if group:
+            sharing[group] = sharing.get(group, 0) + 1
+    out = []
+    for d, subnet, group in rows:
+        if votes is None:
+            vote = 1.0 / sharing[group] if group else 1.0
+        else:
+            vote = float(votes.get(d.nodeId, 0.0))
         capacity = 0.0 if capacities is None else float(capacities.get(d.nodeId, 0.0))
         out.append(Candidate(d.nodeId, vote, subnet, frozenset(d.family), capacity))
     return out

@@ -47,8 +47,10 @@ aggregation code (L{meshvpn.measure.aggregate.computeWeights}):
 - C{--probes N} (default 5, as the network) models the active capacity
   probes every relay runs (doc/measurement.md, *Active capacity probes*):
   every identity is probed each epoch by N measurers, drawn one vote per
-  identity (C{--probe-pick identity}, the network's plan) or by the
-  history's weights, hostile measurers lie in every strategy, and the
+  machine, shared by the identities on its address (C{--probe-pick
+  address}, the network's plan: one vote per /24, the sybils of a swarm on
+  their hostile relay's), one vote per identity (C{identity}: an attacker
+  with a /24 for each identity) or by the history's weights, hostile measurers lie in every strategy, and the
   weights are capped by the probes (L{meshvpn.measure.aggregate.probeCap});
   it adds the strategies C{probedeflate} (reports honest, measurers lie)
   and C{unprobed} (junkinflate from the hostile identities a probe would
@@ -95,7 +97,8 @@ NETWORK_DEFAULTS = {
               "and gives none)",
     "window": "probed.PROBE_WINDOW",
     "seconds": "settings.probeSecondsFor(auto, 3600)",
-    "pick": "identity: probeservice.planFromDirectory draws one vote per relay",
+    "pick": "address: probeplan.candidatesFrom gives one vote per /24, shared by the relays in it (a swarm's "
+            "sybils on their hostile relay's address share its vote)",
     "contention": "readback: probed.probedCapacities (max(target x (1 - MEASURE_SHARE), min(target, measurer)))",
     "measure_share": "probed.MEASURE_SHARE",
     "margin": "aggregate.Params().probeMargin",
@@ -134,9 +137,10 @@ def addArguments(p):
     p.add_argument("--probe-seconds", type=float, default=probeSecondsFor(AUTO, EPOCH),
                    help="how long a relay is probed at full rate each epoch (default "
                         f"{probeSecondsFor(AUTO, EPOCH):g} s of {EPOCH}, a relay's auto)")
-    p.add_argument("--probe-pick", choices=("weight", "identity"), default="identity",
-                   help="draw measurers one identity, one chance (default: the network's plan) or by the "
-                        "history's weights")
+    p.add_argument("--probe-pick", choices=("weight", "address", "identity"), default="address",
+                   help="draw measurers one machine's address, one chance, shared by its identities (default: "
+                        "the network's plan, one vote per /24), one identity, one chance (an attacker with a /24 "
+                        "per identity), or by the history's weights")
     p.add_argument("--probe-schedule", choices=("together", "apart"), default="together",
                    help="probe every relay in one network-wide slot (default; a machine's identities share its "
                         "capacity) or each at its own time (each sybil shows its machine's whole capacity)")
@@ -407,7 +411,13 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
     for _ in range(epochs):
         probed = None
         if probes:
-            if probes.pick == "identity" or prior is None:
+            if probes.pick == "address":
+                # the identities on one machine's address share its vote
+                sharing = {}
+                for h in host:
+                    sharing[h] = sharing.get(h, 0) + 1
+                pick = {k: 1.0 / sharing[host[k]] for k in range(len(allIds))}
+            elif probes.pick == "identity" or prior is None:
                 pick = dict.fromkeys(range(len(allIds)), 1.0)
             else:
                 pick = {k: prior.get(i, 0.0) for k, i in enumerate(allIds) if prior.get(i, 0.0) > 0}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from meshvpn.measure.probeplan import (CAPACITY_MULTIPLE, MAX_TEAM, TEAM_SIZE, Candidate, candidatesFrom,
+from meshvpn.measure.probeplan import (CAPACITY_MULTIPLE, MAX_TEAM, TEAM_SIZE, Candidate, addressGroupOf, candidatesFrom,
                                        commitmentOf, keyOf, makePlan, measurerShares, planSeed, subnetOf)
 
 
@@ -108,6 +108,35 @@ class PlanTests(unittest.TestCase):
         self.assertEqual(plan.teams, {nid(1): (), nid(2): ()})
         sized = candidatesFrom([D(1, "198.18.0.1:9001")], {nid(1): 3.0}, {nid(1): 5e6})
         self.assertEqual(sized[0].capacity, 5e6)
+
+    def test_oneVotePerAddressGroup(self):
+        """
+        The swarm: a hostile machine runs 4 identities on addresses of one
+        /24; they share one vote, and are drawn into teams about as often as
+        one honest relay with a vote of its own, not 4 times as often.
+        """
+        class D:
+            def __init__(self, i, addr):
+                self.nodeId, self.addresses, self.family = nid(i), (("tls", addr),), ()
+
+        self.assertEqual(addressGroupOf("198.18.3.4"), "198.18.3.0/24")
+        self.assertEqual(addressGroupOf("[2001:db8:1:2::1]"), "2001:db8:1::/48")
+        self.assertEqual(addressGroupOf("127.0.0.5"), "")
+        # (addresses only: nothing is sent; each honest relay in a /16 of its own, as the swarm's is)
+        honest = [D(i, f"10.{i}.0.1:9001") for i in range(40)]
+        swarm = [D(100 + i, f"203.0.113.{i + 1}:9001") for i in range(4)]
+        cands = candidatesFrom(honest + swarm)
+        self.assertEqual([c.vote for c in cands[-4:]], [0.25] * 4)
+        self.assertEqual({c.vote for c in cands[:-4]}, {1.0})
+        self.assertEqual(candidatesFrom([D(1, "127.0.0.2:1"), D(2, "127.0.0.3:1")])[0].vote, 1.0)
+        seats = {"swarm": 0, "honest": 0}
+        for epoch in range(60):
+            for team in makePlan(epoch, 3600, 20, cands).teams.values():
+                for m in team:
+                    seats["swarm" if m in {d.nodeId for d in swarm} else "honest"] += 1
+        perHonest = seats["honest"] / 40
+        print(f"\nseats in 60 epochs: the swarm of 4 on one /24 {seats['swarm']}, an honest relay {perHonest:.1f}")
+        self.assertLess(seats["swarm"], 2 * perHonest)
 
 
 class CapacityTeamsTests(unittest.TestCase):

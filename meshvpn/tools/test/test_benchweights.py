@@ -57,7 +57,7 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertNotIn("design_study_not_in_network", result["probes"])
         self.assertEqual(result["probes"]["measurers_per_relay_epoch"], 5)
         self.assertEqual(result["probes"]["window_epochs"], 6)
-        self.assertEqual(result["probes"]["pick"], "identity")
+        self.assertEqual(result["probes"]["pick"], "address")
         self.assertEqual(result["probes"]["seconds_per_epoch"], 20.0)
         self.assertIn("probedeflate", result["strategies"])
         # --probes 0: a network without probes
