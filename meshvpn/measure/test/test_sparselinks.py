@@ -93,7 +93,8 @@ class SparseEpochTests(unittest.TestCase):
         self.assertLess(pairShare(without), 0.5)
         self.assertLessEqual(pairShare(withProbes), 2 * PROBED_SHARE)
 
-    test_forgedPairInASparseEpoch.todo = ("the proportional-link model reads sparse honest links low, and the pair's "
+    # (only the assertion is expected to fail: a testnet that does not start, or any other error, fails)
+    test_forgedPairInASparseEpoch.todo = (unittest.FailTest, "the proportional-link model reads sparse honest links low, and the pair's "
                                           "own link at its cap: doc/measurement.md, Sparse epochs")
 
     def test_denseLinksHoldThePair(self):
