@@ -298,8 +298,8 @@ UNPROBED_QUANTILE = {"median": 0.5, "quartile": 0.25}  # which probe an unprobed
 
 def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"):
     """
-    Cap each estimate by the relay's probed capacity (a design study: the
-    bench's C{--probes}; no relay runs probes yet).
+    Cap each estimate by the relay's probed capacity (relays probe one
+    another by default: L{meshvpn.measure.probed}; the bench's C{--probes}).
 
     The network's bytes per probed unit, C{S}, is the median of
     C{T_k / P_k} over counted relays with a probe and an estimate above 0, weighted by the probes
@@ -475,10 +475,10 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
         where the iteration starts (L{startingPoint}); a relay it does not
         hold starts small and must earn its weight from partners that hold
         weight.
-    @param probed: C{{nodeId: probed capacity}} or C{None}: a design study
-        of active capacity probes (L{probeCap}; the bench's C{--probes}),
-        not yet measured by any relay.  C{None} computes what the network
-        computes.
+    @param probed: C{{nodeId: probed capacity}} (L{meshvpn.measure.probed},
+        what a client with C{--probe-weights}, the default, passes for
+        epochs past the version deadline; the bench's C{--probes}) or
+        C{None}: the reports alone, what a client without probes computes.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
