@@ -178,13 +178,18 @@ class LinkManager(service.Service):
 
     # ---- ILinkManager
 
+    def _targetOf(self, descriptor):
+        """@return: the L{LinkTarget} to dial; @raise LinkError: none, or ourselves."""
+        target = LinkTarget.of(descriptor)
+        if target.nodeId == self.identity.nodeId:
+            raise LinkError("refusing a link to ourselves")
+        return target
+
     def getLink(self, descriptor):
         try:
-            target = LinkTarget.of(descriptor)
+            target = self._targetOf(descriptor)
         except LinkError:
             return defer.fail()
-        if target.nodeId == self.identity.nodeId:
-            return defer.fail(LinkError("refusing a link to ourselves"))
         link = self._byPeer.get(target.nodeId)
         if link is not None and link.state is State.OPEN:
             return defer.succeed(link)
@@ -202,11 +207,9 @@ class LinkManager(service.Service):
         if purpose != "probe":
             return defer.fail(LinkError(f"unknown link purpose {purpose!r}"))
         try:
-            target = LinkTarget.of(descriptor)
+            target = self._targetOf(descriptor)
         except LinkError:
             return defer.fail()
-        if target.nodeId == self.identity.nodeId:
-            return defer.fail(LinkError("refusing a link to ourselves"))
         d = defer.Deferred.fromCoroutine(self._connect(target, probeOnly=True))
         d.addErrback(self._probeLinkFailed)
         return d

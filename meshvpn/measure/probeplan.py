@@ -118,20 +118,24 @@ class Plan:
         return bound is not None and keyOf(self.seed, self.epoch, target, measurer, 1.0) <= bound
 
 
-def subnetOf(host):
-    """
-    The network a relay's address puts it in for the plan: the IPv4 /16 or
-    IPv6 /32; C{""} for loopback, private test addresses and anything
-    unparsable (a test network of one machine shares no subnet).
-    """
+def _networkOf(host, v4, v6):
+    """The C{/v4} (IPv4) or C{/v6} (IPv6) network of C{host}; C{""} for loopback and anything unparsable."""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return ""
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
         return ""
-    prefix = 16 if ip.version == 4 else 32
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return str(ipaddress.ip_network(f"{ip}/{v4 if ip.version == 4 else v6}", strict=False))
+
+
+def subnetOf(host):
+    """
+    The network a relay's address puts it in for the plan: the IPv4 /16 or
+    IPv6 /32; C{""} for loopback, private test addresses and anything
+    unparsable (a test network of one machine shares no subnet).
+    """
+    return _networkOf(host, 16, 32)
 
 
 def addressGroupOf(host):
@@ -141,14 +145,7 @@ def addressGroupOf(host):
     anything unparsable (a test network of one machine: every relay its
     own vote).
     """
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return ""
-    if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
-        return ""
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return _networkOf(host, 24, 48)
 
 
 def commitmentOf(nodeId, epoch, secret):
