@@ -1576,7 +1576,8 @@ class IRelayWeights(Interface):
         """
         @return: the relay's L{meshvpn.measure.aggregate.RelayMeasure}
             (measured bandwidth, weight, streak, flags), or C{None} if the
-            reports do not measure it.
+            reports do not measure it and no probe stands in for them
+            (flags C{measured} or C{probed}).
         """
 
     def weightOf(nodeId):

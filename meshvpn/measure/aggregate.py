@@ -43,6 +43,11 @@ says alone is believed:
 - a relay's weight ramps up over its first L{Params.rampEpochs} epochs of
   service (its streak: the weighted median of the streaks its confirming
   partners give it), so a new relay does not draw its full share at once;
+- with probes, a relay with a probe that its reports do not measure (too
+  few partners, or partners with too little weight) is held at what its
+  probe says, the most the probe cap lets any relay hold, and flagged
+  C{probed} (L{probeStandIn}): in an epoch of few clients honest relays
+  meet few partners, and a pair vouching for itself took their weight;
 - flags: C{measured} (confirmed by at least L{Params.minReporters}
   partners, or all but one of its possible partners in a smaller network:
   L{partnersNeeded}), C{fast} (measured, not in the slowest eighth), C{guard}
@@ -87,6 +92,9 @@ class Params:
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
+
+
+WEIGHED = frozenset({"measured", "probed"})  # the flags that give a relay a path weight (either is enough)
 
 
 @attrs.frozen
@@ -296,6 +304,54 @@ def partnersMedian(traffic, table, live, counted, q=0.5, middles=None, classes=N
 UNPROBED_QUANTILE = {"median": 0.5, "quartile": 0.25}  # which probe an unprobed relay is held at, once most are probed
 
 
+def bytesPerProbe(traffic, live, probed, scaleBy="probe"):
+    """
+    The network's bytes per probed unit C{S} (L{probeCap}): the median of
+    C{T_k / P_k} over the relays C{live} marks with a probe and an estimate
+    above 0, weighted by the probes (or by the estimates); C{None} when
+    there is none.
+    """
+    # (a relay whose estimate is 0 this round, e.g. cut by its partners' reading, says nothing of the bytes
+    # per probed unit: counted, a majority of them set S to 0 and every estimate with it, and nobody was measured)
+    samples = [(t / p, t if scaleBy == "estimate" else p, k)
+               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0 and t > 0]
+    return weightedMedian(samples) if samples else None
+
+
+def probeStandIn(traffic, live, probed, dense, margin, scaleBy="probe"):
+    """
+    Where the reports are sparse, the probe stands in for the traffic.
+
+    The caps and the partners' reading read a relay by the links it had;
+    in an epoch where few clients built few circuits a relay has had
+    links with few of the relays it could share one with, and the
+    reading takes that for a relay carrying little (doc/measurement.md,
+    *Sparse epochs*): honest relays fell to the floor and a pair that
+    vouched for each other kept the weight.  So a relay with a probe above
+    0 that its reports do not measure (C{dense} false: fewer confirming
+    partners than L{partnersNeeded} asks, or its partners hold too little
+    of the weight to count it) is held at what its probe says, C{margin *
+    S * P_k}: the most any relay can hold (L{probeCap}), so a relay gains
+    nothing by looking sparse, and an honest one is not read as small for
+    having met few partners.  C{S} is read from the relays the reports
+    measure (L{bytesPerProbe}), whose estimates mean something; when there
+    is none, every probed relay stands at its probe (C{S} = 1, the unit is
+    the probe's).  A relay its reports measure keeps its estimate, held to
+    the same C{margin * S * P_k}: in a sparse epoch the relays the reports
+    measure may be few and hostile (a pair vouching for itself), and then
+    their own ratio is C{S}; held to C{margin} times it, they get no more
+    per probed byte than the honest relays standing at their probes.
+
+    @param dense: per relay, whether its reports measure it.
+    @return: C{(traffic, stood)}: the estimates, and per relay whether its probe stands in.
+    """
+    perUnit = bytesPerProbe(traffic, dense, probed, scaleBy)
+    perUnit = (1.0 if perUnit is None else perUnit) * margin
+    stood = [not d and p is not None and p > 0 for d, p in zip(dense, probed)]
+    return [perUnit * p if s else t if p is None or p <= 0 else min(t, perUnit * p)
+            for t, p, s in zip(traffic, probed, stood)], stood
+
+
 def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"):
     """
     Cap each estimate by the relay's probed capacity (relays probe one
@@ -335,13 +391,10 @@ def probeCap(traffic, live, probed, margin, scaleBy="probe", unprobed="quartile"
 
     @param probed: per relay, its probed capacity or C{None}.
     """
-    # (a relay whose estimate is 0 this round, e.g. cut by its partners' reading, says nothing of the bytes
-    # per probed unit: counted, a majority of them set S to 0 and every estimate with it, and nobody was measured)
-    samples = [(t / p, t if scaleBy == "estimate" else p, k)
-               for k, (t, p, ok) in enumerate(zip(traffic, probed, live)) if ok and p is not None and p > 0 and t > 0]
-    if not samples:
+    perUnit = bytesPerProbe(traffic, live, probed, scaleBy)
+    if perUnit is None:
         return traffic
-    perUnit = weightedMedian(samples) * margin
+    perUnit *= margin
     stand = None  # what an unprobed relay is held as if probed at; None: left alone
     if unprobed != "free":
         counted = [(t, p) for t, p, ok in zip(traffic, probed, live) if ok]
@@ -511,12 +564,21 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     probedList = None if probed is None else [probed.get(rid) for rid in reporters]
     traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage, classes,
                                     probedList)
+    count = [0] * n
+    for k, m in order:
+        count[k] += 1
+        count[m] += 1
+    needed = partnersNeeded(classes, params.minReporters)
+    stood = [False] * n
+    if probedList is not None:
+        dense = [ok and c >= need for ok, c, need in zip(live, count, needed)]
+        traffic, stood = probeStandIn(traffic, live, probedList, dense, params.probeMargin, params.probeScaleBy)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown
     # is scaled back so that the median reporter's estimate is what its
     # links confirm.
-    ratios = sorted(raw[k] / traffic[k] for k in range(n) if traffic[k] > 0 and raw[k] > 0 and live[k])
+    ratios = sorted(raw[k] / traffic[k] for k in range(n) if traffic[k] > 0 and raw[k] > 0 and live[k] and not stood[k])
     # (raw counts links that cannot exist too; the median reporter has few)
     if ratios:
         scale = ratios[(len(ratios) - 1) // 2]
@@ -532,19 +594,20 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     for k, nodeId in enumerate(reporters):
         confirmed = partners[k]
         streak = int(weightedMedian(confirmed)) if confirmed else 0
-        out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed), live[k]]
-    needed = partnersNeeded(classes, params.minReporters)
-    for k, nodeId in enumerate(reporters):
-        out[nodeId].append(needed[k])
+        out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed), live[k], needed[k], stood[k]]
     measured = sorted(v[0] for v in out.values() if v[2] >= v[4] and v[0] > 0 and v[3])
     median = measured[(len(measured) - 1) // 2] if measured else 0.0
     slowEighth = measured[len(measured) // 8] if measured else 0.0
     if stats is not None:
         stats["rounds"] = rounds
     result = {}
-    for nodeId, (bandwidth, streak, count, counted, need) in out.items():
+    for nodeId, (bandwidth, streak, count, counted, need, standIn) in out.items():
         flags = set()
         weight = 0
+        if standIn and bandwidth > 0:
+            # its probe stands in for reports too sparse to read it: drawn by it, neither paid nor a guard for it
+            flags.add("probed")
+            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
         if count >= need and bandwidth > 0:
             # measured: path selection draws it by this weight, never as "new"
             flags.add("measured")

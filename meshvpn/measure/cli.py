@@ -9,6 +9,7 @@ import json
 import os
 
 from meshvpn.errors import MeshVPNError
+from meshvpn.measure.aggregate import WEIGHED
 from meshvpn.measure.service import WEIGHTS_FILE
 
 
@@ -30,12 +31,14 @@ def formatWeights(body, everyone=False):
     relays = body.get("relays", [])
     total = sum(r["weight"] for r in relays) or 1
     length = body.get("epoch_length") or 1
+    stood = sum(1 for r in relays if "probed" in r["flags"] and "measured" not in r["flags"])
     lines = [f"epoch {body.get('epoch')} ({length} s epochs): {body.get('reports', 0)} reports, "
-             f"{sum(1 for r in relays if 'measured' in r['flags'])} relays measured"]
+             f"{sum(1 for r in relays if 'measured' in r['flags'])} relays measured"
+             + (f", {stood} weighed by their probes" if stood else "")]
     lines.append(f"  {'relay':16}  {'bandwidth':>10}  {'probed':>10}  {'weight':>7}  {'uptime':>8}  {'partners':>8}  "
                  f"{'flags':22}  last report")
     for r in sorted(relays, key=lambda r: -r["weight"]):
-        if not everyone and "measured" not in r["flags"]:
+        if not everyone and not WEIGHED.intersection(r["flags"]):
             continue
         rep = r.get("report")
         last = f"epoch {rep['epoch']}: {rep['neighbours']} neighbours, {_size(rep['bytes'])}" if rep else "-"

@@ -52,7 +52,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshvpn.interfaces import IRelayWeights, IStatusSource
-from meshvpn.measure.aggregate import Params, computeWeights
+from meshvpn.measure.aggregate import WEIGHED, Params, computeWeights
 from meshvpn.measure.collect import ProbeReportCollector, ReadBackCollector, ReportCollector
 from meshvpn.measure.epoch import PUBLISH_DELAY, epochOf, lastComplete, nextBoundary
 from meshvpn.measure.probed import PROBE_WINDOW, PROBES_CAP_FROM, probedCapacities, readingsByTarget
@@ -171,7 +171,8 @@ class MeasuredWeights(service.Service):
     # IRelayWeights
     def measurement(self, nodeId):
         m = self.measures.get(nodeId)
-        return m if m is not None and "measured" in m.flags else None
+        # (a relay its probe weighs, its reports too sparse to measure it, is drawn by that weight too)
+        return m if m is not None and m.flags & WEIGHED else None
 
     def weightOf(self, nodeId):
         m = self.measures.get(nodeId)
