@@ -118,6 +118,14 @@ class BookTests(unittest.TestCase):
         return planSeed(5, {r.nodeId: r.secret(5) for r in self.relays if r not in skip},
                         {r.nodeId: commitmentOf(r.nodeId, 5, r.secret(5)) for r in self.relays})
 
+    def clientBook(self):
+        """A client's book (no deadline for reveals) that read every relay's records of epoch 4 in time, of epoch 5 at 55% of it."""
+        book = SeedBook(L, lateUntil=-1, revealBy=None)
+        for r in self.relays:
+            book.add(r.record(4), 4 * L + 720)
+        self.read5(book, at=5 * L + 2000)
+        return book
+
     def test_revealsInTimeGiveTheCommitAndRevealSeed(self):
         self.read5()
         seed, candidates = self.book.planInputs(5)
@@ -180,20 +188,14 @@ class BookTests(unittest.TestCase):
         A liar reveals late, to a client only: the relays' plans did not use
         its reveal and say so; the client follows them, not its own view.
         """
-        client = SeedBook(L, lateUntil=-1, revealBy=None)
-        for r in self.relays:
-            client.add(r.record(4), 4 * L + 720)
-        self.read5(client, at=5 * L + 2000)
+        client = self.clientBook()
         used = self.honestSeed(skip=[self.liar])
         self.assertNotEqual(client.seedOf(5), used)  # the client read the late reveal
         for r in self.relays:
             client.add(r.record(6, used=used if r is not self.liar else b"\x04" * 32), 6 * L + 720)
         self.assertEqual(client.planInputs(5, attested=True)[0], used)
         # no majority (the relays split): its own view
-        split = SeedBook(L, lateUntil=-1, revealBy=None)
-        for r in self.relays:
-            split.add(r.record(4), 4 * L + 720)
-        self.read5(split, at=5 * L + 2000)
+        split = self.clientBook()
         for i, r in enumerate(self.relays):
             split.add(r.record(6, used=used if i % 2 else self.honestSeed()), 6 * L + 720)
         self.assertEqual(split.planInputs(5, attested=True)[0], split.seedOf(5))
