@@ -123,6 +123,25 @@ class Flow(unittest.TestCase):
         total = sum(m.weight for m in w.measures.values())
         return sum(w.measures[self.ids[i]].weight for i in k) / total
 
+    def assertEveryRelayReadAtItsRate(self, w):
+        """
+        C{w} read every relay at about its rate, in their order, and every
+        relay probed 5 targets and echoed only what its plan assigned.
+
+        @return: the probed capacities, in the order of C{self.ids}.
+        """
+        probed = [w.probedCapacity(i) for i in self.ids]
+        self.assertNotIn(None, probed, w.probed)
+        self.assertEqual(probed, sorted(probed))
+        for got, rate in zip(probed, self.rates):
+            # a team of 5 shares the rate, plus the burst each bucket held when the slot opened
+            self.assertGreater(got, 0.8 * rate)
+            self.assertLess(got, 1.4 * rate)
+        for p in self.probes:
+            s = p.status()
+            self.assertEqual((s["last_targets"], s["echo_unassigned"], s["stray_echoes"]), (5, 0, 0))
+        return probed
+
     def skipSlot(self, probes, links, epoch):
         """The skipper's slot: nothing for its targets."""
         return defer.succeed(None)
@@ -135,16 +154,7 @@ class ProbeFlowTests(Flow):
         self.nextEpoch()
         w = self.weights()
         self.assertEqual(w.epoch, lastComplete(self.net.clock.seconds(), EPOCH))
-        probed = [w.probedCapacity(i) for i in self.ids]
-        self.assertNotIn(None, probed, w.probed)
-        self.assertEqual(probed, sorted(probed))
-        for got, rate in zip(probed, RATES):
-            # a team of 5 shares the rate, plus the burst each bucket held when the slot opened
-            self.assertGreater(got, 0.8 * rate)
-            self.assertLess(got, 1.4 * rate)
-        for p in self.probes:
-            s = p.status()
-            self.assertEqual((s["last_targets"], s["echo_unassigned"], s["stray_echoes"]), (5, 0, 0))
+        probed = self.assertEveryRelayReadAtItsRate(w)
         # every target read each of its five measurers back as sending more than it could echo
         for t in self.ids:
             target, measurer = w.probeRoles[t]
@@ -173,13 +183,8 @@ class ProbeFlowTests(Flow):
         self.carry(inflated=(0, 1))
         self.nextEpoch()
         without, withProbes = self.weights(probes=False), self.weights()
-
-        def share(w, k):
-            total = sum(m.weight for m in w.measures.values())
-            return sum(w.measures[self.ids[i]].weight for i in k) / total
-
         capacityShare = sum(RATES[:2]) / sum(RATES)
-        liars, honest = share(without, [0, 1]), share(withProbes, [0, 1])
+        liars, honest = self.share(without, [0, 1]), self.share(withProbes, [0, 1])
         print(f"\ninflated pair: capacity share {capacityShare:.3f}, weight share without probes {liars:.3f}, "
               f"with probes {honest:.3f}")
         # without probes the two take top weights; with them they hold about their capacity's share

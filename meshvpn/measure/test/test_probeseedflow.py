@@ -13,16 +13,21 @@ from meshvpn.measure.probed import readingsByTarget
 from meshvpn.measure.test.test_probeflow import EPOCH, RATES, Flow
 
 
-class SeededFlowTests(Flow):
+class SeededFlow(Flow):
+    """L{Flow} with the plans drawn from the seed records; the tests are in the classes below."""
+
     seeded = True
 
     def probedEpoch(self):
+        """Runs to the end of the first epoch whose plan is drawn from reveals and whose links carried traffic."""
         self.nextEpoch()  # (started after 20% of an epoch: the next one is drawn from the epoch alone)
         self.nextEpoch()
         self.carry()
         self.nextEpoch()
         return lastComplete(self.net.clock.seconds(), EPOCH)
 
+
+class SeededFlowTests(SeededFlow):
     def test_relaysAndTheClientDrawTheSamePlanFromTheRevealsAndReadEveryRelay(self):
         epoch = self.probedEpoch()
         plans = [p.planOf(epoch) for p in self.probes]
@@ -33,15 +38,7 @@ class SeededFlowTests(Flow):
         w = self.weights()
         self.assertEqual(w.epoch, epoch)
         self.assertEqual(w._planOf(epoch).teams, plans[0].teams)
-        probed = [w.probedCapacity(i) for i in self.ids]
-        self.assertNotIn(None, probed, w.probed)
-        self.assertEqual(probed, sorted(probed))
-        for got, rate in zip(probed, RATES):
-            self.assertGreater(got, 0.8 * rate)
-            self.assertLess(got, 1.4 * rate)
-        for p in self.probes:
-            s = p.status()
-            self.assertEqual((s["last_targets"], s["echo_unassigned"], s["stray_echoes"]), (5, 0, 0))
+        probed = self.assertEveryRelayReadAtItsRate(w)
         for s in self.seeds:
             st = s.status()
             self.assertEqual((st["bad_reveals"], st["changed_commitments"], st["rejected"]), (0, 0, 0))
@@ -52,10 +49,9 @@ class SeededFlowTests(Flow):
 
 
 
-class SplitRevealTests(Flow):
+class SplitRevealTests(SeededFlow):
     """Twelve relays (teams of 5 among 11: a seed changes them), for the attack on agreement."""
 
-    seeded = True
     rates = [10_000 * (k + 1) for k in range(12)]
 
     def test_aRevealHalfTheRelaysMissed(self):
@@ -93,11 +89,7 @@ class SplitRevealTests(Flow):
         self.assertIn(len(agreeing), (0, half, len(self.ids) - half))
 
     def test_withoutTheSplitTwelveRelaysAgree(self):
-        self.nextEpoch()
-        self.nextEpoch()
-        self.carry()
-        self.nextEpoch()
-        epoch = lastComplete(self.net.clock.seconds(), EPOCH)
+        epoch = self.probedEpoch()
         plans = [p.planOf(epoch) for p in self.probes]
         self.assertEqual(len({p.seed for p in plans}), 1)
         w = self.weights()
