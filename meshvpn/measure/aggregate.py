@@ -564,7 +564,7 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     probedList = None if probed is None else [probed.get(rid) for rid in reporters]
     traffic, live, rounds = iterate(traffic, order, links, middle, params, params.kappa, coverage, classes,
                                     probedList)
-    count = [0] * n
+    count = [0] * n  # confirming partners per relay (what `measured` counts)
     for k, m in order:
         count[k] += 1
         count[m] += 1
@@ -594,7 +594,7 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     for k, nodeId in enumerate(reporters):
         confirmed = partners[k]
         streak = int(weightedMedian(confirmed)) if confirmed else 0
-        out[nodeId] = [traffic[k] / epochLength, streak, len(confirmed), live[k], needed[k], stood[k]]
+        out[nodeId] = [traffic[k] / epochLength, streak, count[k], live[k], needed[k], stood[k]]
     measured = sorted(v[0] for v in out.values() if v[2] >= v[4] and v[0] > 0 and v[3])
     median = measured[(len(measured) - 1) // 2] if measured else 0.0
     slowEighth = measured[len(measured) // 8] if measured else 0.0
