@@ -88,6 +88,7 @@ class Params:
     medianEvery: int = 5  # rounds between two readings of the partners' median
     probeMargin: float = 0.8  # with probes: an estimate is at most this times the network's bytes per probed unit
     probeScaleBy: str = "probe"  # with probes: the bytes-per-probed-unit median weighs relays by "probe" or "estimate"
+    probeFloor: float = 0.5  # with probes: a relay with a probe is held to at least this share of its probe's cap (probeStandIn)
     probeUnprobed: str = "quartile"  # with probes, once most are probed: an unprobed relay is held at the "quartile" or "median" probe, the "floor", or left "free"
     minReporters: int = 3
     rampEpochs: int = 6
@@ -318,7 +319,7 @@ def bytesPerProbe(traffic, live, probed, scaleBy="probe"):
     return weightedMedian(samples) if samples else None
 
 
-def probeStandIn(traffic, live, probed, dense, margin, scaleBy="probe"):
+def probeStandIn(traffic, live, probed, dense, margin, scaleBy="probe", floor=0.5):
     """
     Where the reports are sparse, the probe stands in for the traffic.
 
@@ -340,7 +341,12 @@ def probeStandIn(traffic, live, probed, dense, margin, scaleBy="probe"):
     the same C{margin * S * P_k}: in a sparse epoch the relays the reports
     measure may be few and hostile (a pair vouching for itself), and then
     their own ratio is C{S}; held to C{margin} times it, they get no more
-    per probed byte than the honest relays standing at their probes.
+    per probed byte than the honest relays standing at their probes.  And
+    it is held to at least C{floor} times that: a relay's partners can
+    make it dense by confirming a byte of a link each, and their tiny
+    links then read it low (an honest exit of the replayed epoch fell to
+    0.01% of its probe's weight that way); with the floor, deflating a
+    relay that has a probe costs it at most C{1 / floor} of its weight.
 
     @param dense: per relay, whether its reports measure it.
     @return: C{(traffic, stood)}: the estimates, and per relay whether its probe stands in.
@@ -348,7 +354,8 @@ def probeStandIn(traffic, live, probed, dense, margin, scaleBy="probe"):
     perUnit = bytesPerProbe(traffic, dense, probed, scaleBy)
     perUnit = (1.0 if perUnit is None else perUnit) * margin
     stood = [not d and p is not None and p > 0 for d, p in zip(dense, probed)]
-    return [perUnit * p if s else t if p is None or p <= 0 else min(t, perUnit * p)
+    low = perUnit * floor
+    return [perUnit * p if s else t if p is None or p <= 0 else min(max(t, low * p), perUnit * p)
             for t, p, s in zip(traffic, probed, stood)], stood
 
 
@@ -572,7 +579,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     stood = [False] * n
     if probedList is not None:
         dense = [ok and c >= need for ok, c, need in zip(live, count, needed)]
-        traffic, stood = probeStandIn(traffic, live, probedList, dense, params.probeMargin, params.probeScaleBy)
+        traffic, stood = probeStandIn(traffic, live, probedList, dense, params.probeMargin, params.probeScaleBy,
+                                      params.probeFloor)
     # The caps assume links in proportion to both ends' weights; where roles
     # make traffic flow otherwise (a guard talks only to middles) every
     # estimate shrinks alike.  Shares are what paths use; the bandwidth shown

@@ -30,7 +30,7 @@ import random
 
 from twisted.trial import unittest
 
-from meshvpn.measure.aggregate import computeWeights
+from meshvpn.measure.aggregate import Params, computeWeights
 from meshvpn.measure.reports import Report, prefixOf
 from meshvpn.tools.benchweights import _ids
 
@@ -46,14 +46,18 @@ ROLES = {"relay1": GM, "relay2": GM, "relay3": GM, "relay4": GM, "exit1": EM, "e
 # the probed capacities (bytes/s) the client with probes read in that run's epochs
 PROBED = {"relay1": 190e3, "relay4": 120e3, "relay2": 11e3, "relay3": 40e3, "exit1": 230e3, "exit2": 230e3}
 PAIR = ("relay2", "relay3")
+DENSIFY_BYTES = 20_000  # what an honest relay counts of the circuits the pair builds through it to become its partner
 DENSE_LINK = 300_000  # a middling link of the testnet, on every link the sparse epoch missed
 
 
-def epoch(dense=False, forged=True, probed=False, hide=None):
+def epoch(dense=False, forged=True, probed=False, hide=None, densify=False):
     """
     The replayed epoch's reports, computed from the equal start.
     @param dense: every pair of relays that may share a link carries some traffic too.
     @param hide: a relay whose report names none of its links.
+    @param densify: the pair also builds circuits through every honest relay it had no link with (the honest
+        relay reports L{DENSIFY_BYTES} with it) and confirms 1 byte of each: the honest relays' partners
+        count, and each such link reads them low.
     @return: C{{name: RelayMeasure}}.
     """
     names = sorted(ROLES)
@@ -71,6 +75,13 @@ def epoch(dense=False, forged=True, probed=False, hide=None):
     if forged:
         for p in PAIR:
             traffic[p] = {prefixOf(ids[o]): (HUGE, 100) for o in names if o != p}
+    if densify:
+        have = {frozenset(link[:2]) for link in links}
+        for p in PAIR:
+            for o in names:
+                if o not in PAIR and o != "bootstrap" and frozenset((p, o)) not in have:
+                    traffic[o][prefixOf(ids[p])] = (DENSIFY_BYTES, 3)
+                    traffic[p][prefixOf(ids[o])] = (1, 100)
     if hide is not None:
         traffic[hide] = {}
     reports = [Report(ids[n], b"", 1, EPOCH, traffic[n], ()) for n in names]
@@ -99,6 +110,22 @@ class SparseEpochTests(unittest.TestCase):
         self.assertLessEqual(pairShare(measures), PROMISED * PROBED_SHARE)
         self.assertEqual(sorted(n for n, m in measures.items() if "probed" in m.flags), ["exit1", "exit2", "relay4"])
         self.assertTrue(all(measures[n].weight > 0 for n in PROBED))
+
+    def test_forgedPairThatMakesTheHonestRelaysDense(self):
+        """
+        The pair builds circuits through every honest relay it had no link with and confirms 1 byte of each:
+        the honest relays then have partners enough to be measured, so their probes no longer stand in, and
+        the tiny links read them low.  The pair must still get no more than its probes give it.
+        """
+        measures = epoch(probed=True, densify=True)
+        print(f"\nforged pair that made the honest relays dense, with probes: {pairShare(measures):.3f} of the weight, "
+              f"its share of the probes {PROBED_SHARE:.3f}; "
+              + ", ".join(f"{n} {sorted(m.flags)} {m.weight}" for n, m in sorted(measures.items())))
+        self.assertLessEqual(pairShare(measures), PROMISED * PROBED_SHARE)
+        # and no honest relay is read below half of its probe's cap (an exit fell to 0.01% of it without the floor)
+        perProbe = {n: measures[n].bandwidth / PROBED[n] for n in PROBED}
+        self.assertGreaterEqual(min(perProbe[n] for n in PROBED if n not in PAIR),
+                                Params().probeFloor * max(perProbe.values()) * (1 - 1e-9))
 
     def test_forgedPairInASparseEpochWithoutProbes(self):
         """The same attack against a client that reads no probes: the pair must not take the honest relays' weight."""
