@@ -16,6 +16,9 @@
  *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
  *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
  *
+ * The PRF takes only GCM's first counter block from OpenSSL's GCM and runs the counter mode
+ * itself (prf): GCM would also hash the output for a tag the PRF never uses.
+ *
  * Runs cross into C in one call, not a call per cell: a relay's run straight from the link's
  * cells (runEnd, passCells, forwardCells), the ends' runs (originateRun, originateData,
  * unwrapRun).  Each has its Python reference in cgo.py (meshvpn/onion/test/test_cgoruns.py).
@@ -37,6 +40,7 @@
 typedef struct {
     EVP_CIPHER_CTX *ecb;
     int failed;
+    unsigned char ctr[16]; /* KS only: the PRF's first counter block, as GCM derived it (keepCounter) */
 } BlockKey;
 
 typedef struct {
@@ -72,19 +76,22 @@ aesBlock(const unsigned char in[16], unsigned char out[16], const void *key)
 
 #define CTR_RUN 32 /* counter blocks encrypted per EVP call */
 
-/* GCM's counter mode: blocks of keystream from ivec (a 32-bit big-endian counter last) XORed into in. */
+/*
+ * in ^ the CTR keystream of k from counter block ctr, len bytes into out: GCM's counter mode
+ * (the last word a 32-bit big-endian counter that wraps without carrying into the other 96
+ * bits), without GCM's GHASH of the output, which the PRF never uses.
+ */
 static void
-aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
+ctrXor(BlockKey *k, const unsigned char ctr[BLOCK], const unsigned char *in, unsigned char *out, size_t len)
 {
-    BlockKey *k = (BlockKey *)key;
     unsigned char ctrs[CTR_RUN * BLOCK], ks[CTR_RUN * BLOCK];
-    uint32_t c = ((uint32_t)ivec[12] << 24) | ((uint32_t)ivec[13] << 16) | ((uint32_t)ivec[14] << 8) | ivec[15];
-    while (blocks) {
-        size_t n = blocks < CTR_RUN ? blocks : CTR_RUN, i;
+    uint32_t c = ((uint32_t)ctr[12] << 24) | ((uint32_t)ctr[13] << 16) | ((uint32_t)ctr[14] << 8) | ctr[15];
+    while (len) {
+        size_t bytes = len < sizeof ks ? len : sizeof ks, n = (bytes + BLOCK - 1) / BLOCK, i;
         int outl;
         for (i = 0; i < n; i++, c++) {
             unsigned char *b = ctrs + i * BLOCK;
-            memcpy(b, ivec, 12);
+            memcpy(b, ctr, 12);
             b[12] = (unsigned char)(c >> 24);
             b[13] = (unsigned char)(c >> 16);
             b[14] = (unsigned char)(c >> 8);
@@ -92,23 +99,42 @@ aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void 
         }
         if (EVP_EncryptUpdate(k->ecb, ks, &outl, ctrs, (int)(n * BLOCK)) != 1 || outl != (int)(n * BLOCK))
             k->failed = 1;
-        for (i = 0; i < n * BLOCK; i++)
+        for (i = 0; i < bytes; i++)
             out[i] = in[i] ^ ks[i];
-        in += n * BLOCK;
-        out += n * BLOCK;
-        blocks -= n;
+        in += bytes;
+        out += bytes;
+        len -= bytes;
     }
     OPENSSL_cleanse(ks, sizeof ks);
 }
 
-/* The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption, its tag unused. */
+/*
+ * The ctr128_f that GCM hands its first counter block inc32(J0) (prf): kept in the key, no
+ * block encrypted; the block GCM then hashes is zeros.
+ */
+static void
+keepCounter(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
+{
+    memcpy(((BlockKey *)key)->ctr, ivec, BLOCK);
+    memset(out, 0, blocks * BLOCK);
+}
+
+/*
+ * The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption without
+ * its tag.  GCM derives the first counter block from a nonce that is not 96 bits through
+ * GHASH; setiv does that, one block through encrypt_ctr32 shows it to keepCounter, and the
+ * keystream itself is plain CTR from there (ctrXor), so GCM hashes one block, not the output.
+ */
 static int
 prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
 {
+    static const unsigned char zeros[BLOCK];
+    unsigned char hashed[BLOCK];
     CRYPTO_gcm128_setiv(d->gs, iv, ivlen);
-    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, in, out, len, aesCtr32) != 0 || d->ks.failed)
+    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, zeros, hashed, BLOCK, keepCounter) != 0)
         return failed("PRF");
-    return 0;
+    ctrXor(&d->ks, d->ks.ctr, in, out, (size_t)len);
+    return d->ks.failed ? failed("PRF") : 0;
 }
 
 /* UH(KU, T' | cmd, x) into m: GCM's tag with no plaintext. */
@@ -229,6 +255,7 @@ Direction_dealloc(Direction *d)
         CRYPTO_gcm128_release(d->gs);
     OPENSSL_cleanse(d->nonce, BLOCK);
     OPENSSL_cleanse(d->tprime, BLOCK);
+    OPENSSL_cleanse(d->ks.ctr, BLOCK);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
