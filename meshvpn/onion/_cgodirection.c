@@ -16,8 +16,8 @@
  *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
  *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
  *
- * The PRF takes only GCM's first counter block from OpenSSL's GCM and runs the counter mode
- * itself (prf): GCM would also hash the output for a tag the PRF never uses.
+ * The PRF takes only J0 from OpenSSL's GCM (its GHASH of the nonce) and runs the counter mode
+ * itself (prf): GCM would also hash the output, and encrypt J0, for a tag the PRF never uses.
  *
  * Runs cross into C in one call, not a call per cell: a relay's run straight from the link's
  * cells (runEnd, passCells, forwardCells), the ends' runs (originateRun, originateData,
@@ -40,7 +40,8 @@
 typedef struct {
     EVP_CIPHER_CTX *ecb;
     int failed;
-    unsigned char ctr[16]; /* KS only: the PRF's first counter block, as GCM derived it (keepCounter) */
+    unsigned char j0[16]; /* KS only: the PRF's J0, as GCM derived it from the nonce (prfBlock) */
+    int keepJ0;           /* KS only: set while GCM derives it */
 } BlockKey;
 
 typedef struct {
@@ -74,24 +75,55 @@ aesBlock(const unsigned char in[16], unsigned char out[16], const void *key)
         k->failed = 1;
 }
 
+/*
+ * GCM's block function for KS.  At re-key it is AES (GCM's hash key H = AES_KS(0)); in the
+ * PRF's setiv (keepJ0 set) the one block GCM encrypts is J0, for the tag (EK0 = AES_KS(J0)),
+ * which the PRF never makes: that block is kept instead of encrypted, and is where the
+ * keystream starts (prf).
+ */
+static void
+prfBlock(const unsigned char in[16], unsigned char out[16], const void *key)
+{
+    BlockKey *k = (BlockKey *)key;
+    if (k->keepJ0) {
+        memcpy(k->j0, in, BLOCK);
+        memset(out, 0, BLOCK);
+    } else
+        aesBlock(in, out, key);
+}
+
 #define CTR_RUN 32 /* counter blocks encrypted per EVP call */
 
 /*
- * in ^ the CTR keystream of k from counter block ctr, len bytes into out: GCM's counter mode
- * (the last word a 32-bit big-endian counter that wraps without carrying into the other 96
- * bits), without GCM's GHASH of the output, which the PRF never uses.
+ * The wipe of the keystream after every PRF: glibc's explicit_bzero is a memset the compiler
+ * may not drop, several times faster on a few hundred bytes than OPENSSL_cleanse, which
+ * stores a word at a time.
+ */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+#define wipeKeystream explicit_bzero
+#else
+#define wipeKeystream OPENSSL_cleanse
+#endif
+
+/*
+ * in ^ the keystream GCM encrypts a message with under k, len bytes into out: AES_K of
+ * inc32(J0), inc32^2(J0), ..., where the last word of J0 is a 32-bit big-endian counter that
+ * wraps without carrying into the other 96 bits.  GCM would also hash the output (for the
+ * tag), which the PRF never uses.
  */
 static void
-ctrXor(BlockKey *k, const unsigned char ctr[BLOCK], const unsigned char *in, unsigned char *out, size_t len)
+ctrXor(BlockKey *k, const unsigned char j0[BLOCK], const unsigned char *in, unsigned char *out, size_t len)
 {
     unsigned char ctrs[CTR_RUN * BLOCK], ks[CTR_RUN * BLOCK];
-    uint32_t c = ((uint32_t)ctr[12] << 24) | ((uint32_t)ctr[13] << 16) | ((uint32_t)ctr[14] << 8) | ctr[15];
+    uint32_t c = ((uint32_t)j0[12] << 24) | ((uint32_t)j0[13] << 16) | ((uint32_t)j0[14] << 8) | j0[15];
+    size_t used = 0;
     while (len) {
         size_t bytes = len < sizeof ks ? len : sizeof ks, n = (bytes + BLOCK - 1) / BLOCK, i;
         int outl;
-        for (i = 0; i < n; i++, c++) {
+        for (i = 0; i < n; i++) {
             unsigned char *b = ctrs + i * BLOCK;
-            memcpy(b, ctr, 12);
+            c++;
+            memcpy(b, j0, 12);
             b[12] = (unsigned char)(c >> 24);
             b[13] = (unsigned char)(c >> 16);
             b[14] = (unsigned char)(c >> 8);
@@ -101,39 +133,27 @@ ctrXor(BlockKey *k, const unsigned char ctr[BLOCK], const unsigned char *in, uns
             k->failed = 1;
         for (i = 0; i < bytes; i++)
             out[i] = in[i] ^ ks[i];
+        if (n * BLOCK > used)
+            used = n * BLOCK;
         in += bytes;
         out += bytes;
         len -= bytes;
     }
-    OPENSSL_cleanse(ks, sizeof ks);
-}
-
-/*
- * The ctr128_f that GCM hands its first counter block inc32(J0) (prf): kept in the key, no
- * block encrypted; the block GCM then hashes is zeros.
- */
-static void
-keepCounter(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
-{
-    memcpy(((BlockKey *)key)->ctr, ivec, BLOCK);
-    memset(out, 0, blocks * BLOCK);
+    wipeKeystream(ks, used);
 }
 
 /*
  * The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption without
- * its tag.  GCM derives the first counter block from a nonce that is not 96 bits through
- * GHASH; setiv does that, one block through encrypt_ctr32 shows it to keepCounter, and the
- * keystream itself is plain CTR from there (ctrXor), so GCM hashes one block, not the output.
+ * its tag.  GCM turns a nonce that is not 96 bits into J0 through GHASH; setiv does that (and
+ * shows J0 to prfBlock), and the keystream is counter mode from there (ctrXor).
  */
 static int
 prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
 {
-    static const unsigned char zeros[BLOCK];
-    unsigned char hashed[BLOCK];
+    d->ks.keepJ0 = 1;
     CRYPTO_gcm128_setiv(d->gs, iv, ivlen);
-    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, zeros, hashed, BLOCK, keepCounter) != 0)
-        return failed("PRF");
-    ctrXor(&d->ks, d->ks.ctr, in, out, (size_t)len);
+    d->ks.keepJ0 = 0;
+    ctrXor(&d->ks, d->ks.j0, in, out, (size_t)len);
     return d->ks.failed ? failed("PRF") : 0;
 }
 
@@ -178,7 +198,7 @@ rekey(Direction *d, const unsigned char *seed)
         return failed("key schedule");
     /* Re-initialized in place: the hash key H and its tables are overwritten. */
     CRYPTO_gcm128_init(d->gu, &d->ku, aesBlock);
-    CRYPTO_gcm128_init(d->gs, &d->ks, aesBlock);
+    CRYPTO_gcm128_init(d->gs, &d->ks, prfBlock);
     if (d->ku.failed || d->ks.failed)
         return failed("key schedule");
     memcpy(d->nonce, seed + 3 * BLOCK, BLOCK);
@@ -222,7 +242,7 @@ Direction_init(Direction *d, PyObject *args, PyObject *kwds)
             goto done;
         }
         d->gu = CRYPTO_gcm128_new(&d->ku, aesBlock);
-        d->gs = CRYPTO_gcm128_new(&d->ks, aesBlock);
+        d->gs = CRYPTO_gcm128_new(&d->ks, prfBlock);
         if (d->gu == NULL || d->gs == NULL) {
             PyErr_NoMemory();
             goto done;
@@ -255,7 +275,7 @@ Direction_dealloc(Direction *d)
         CRYPTO_gcm128_release(d->gs);
     OPENSSL_cleanse(d->nonce, BLOCK);
     OPENSSL_cleanse(d->tprime, BLOCK);
-    OPENSSL_cleanse(d->ks.ctr, BLOCK);
+    OPENSSL_cleanse(d->ks.j0, BLOCK);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
