@@ -1001,6 +1001,24 @@ done:
     return result;
 }
 
+/* unwrapRun's (hop, body, tag) for a recognized cell, built directly rather than by
+   Py_BuildValue, which parses its format string for every cell.  Takes body's reference. */
+static PyObject *
+unwrapEntry(Py_ssize_t hop, PyObject *body, const unsigned char *tag)
+{
+    PyObject *h = PyLong_FromSsize_t(hop), *t = PyBytes_FromStringAndSize((const char *)tag, BLOCK), *entry;
+    if (h != NULL && t != NULL && (entry = PyTuple_New(3)) != NULL) {
+        PyTuple_SET_ITEM(entry, 0, h);
+        PyTuple_SET_ITEM(entry, 1, body);
+        PyTuple_SET_ITEM(entry, 2, t);
+        return entry;
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(t);
+    Py_DECREF(body);
+    return NULL;
+}
+
 /*
  * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
  * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
@@ -1073,7 +1091,7 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto fail;
             memcpy(PyBytes_AS_STRING(body), pad.buf, pad.len);
             memcpy(PyBytes_AS_STRING(body) + pad.len, in + BLOCK, BODY_LEN);
-            entry = Py_BuildValue("(nNy#)", h - 1, body, (const char *)inTag, (Py_ssize_t)BLOCK);
+            entry = unwrapEntry(h - 1, body, inTag);
         } else {
             entry = Py_None;
             Py_INCREF(entry);
