@@ -16,6 +16,9 @@
  *   ET: Y = UH ^ AES_KB(X ^ UH)          PRF(KS, T) = AES-128-GCM(KS) keystream, nonce T
  *   UPDATE: KB | KU | KS | N = PRF(KS, N | 0x01) over 64 zero bytes
  *
+ * The PRF takes only J0 from OpenSSL's GCM (its GHASH of the nonce) and runs the counter mode
+ * itself (prf): GCM would also hash the output, and encrypt J0, for a tag the PRF never uses.
+ *
  * Runs cross into C in one call, not a call per cell: a relay's run straight from the link's
  * cells (runEnd, passCells, forwardCells), the ends' runs (originateRun, originateData,
  * unwrapRun).  Each has its Python reference in cgo.py (meshvpn/onion/test/test_cgoruns.py).
@@ -37,6 +40,8 @@
 typedef struct {
     EVP_CIPHER_CTX *ecb;
     int failed;
+    unsigned char j0[16]; /* KS only: the PRF's J0, as GCM derived it from the nonce (prfBlock) */
+    int keepJ0;           /* KS only: set while GCM derives it */
 } BlockKey;
 
 typedef struct {
@@ -70,21 +75,55 @@ aesBlock(const unsigned char in[16], unsigned char out[16], const void *key)
         k->failed = 1;
 }
 
-#define CTR_RUN 32 /* counter blocks encrypted per EVP call */
-
-/* GCM's counter mode: blocks of keystream from ivec (a 32-bit big-endian counter last) XORed into in. */
+/*
+ * GCM's block function for KS.  At re-key it is AES (GCM's hash key H = AES_KS(0)); in the
+ * PRF's setiv (keepJ0 set) the one block GCM encrypts is J0, for the tag (EK0 = AES_KS(J0)),
+ * which the PRF never makes: that block is kept instead of encrypted, and is where the
+ * keystream starts (prf).
+ */
 static void
-aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void *key, const unsigned char ivec[16])
+prfBlock(const unsigned char in[16], unsigned char out[16], const void *key)
 {
     BlockKey *k = (BlockKey *)key;
+    if (k->keepJ0) {
+        memcpy(k->j0, in, BLOCK);
+        memset(out, 0, BLOCK);
+    } else
+        aesBlock(in, out, key);
+}
+
+#define CTR_RUN 32 /* counter blocks encrypted per EVP call */
+
+/*
+ * The wipe of the keystream after every PRF: glibc's explicit_bzero is a memset the compiler
+ * may not drop, several times faster on a few hundred bytes than OPENSSL_cleanse, which
+ * stores a word at a time.
+ */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+#define wipeKeystream explicit_bzero
+#else
+#define wipeKeystream OPENSSL_cleanse
+#endif
+
+/*
+ * in ^ the keystream GCM encrypts a message with under k, len bytes into out: AES_K of
+ * inc32(J0), inc32^2(J0), ..., where the last word of J0 is a 32-bit big-endian counter that
+ * wraps without carrying into the other 96 bits.  GCM would also hash the output (for the
+ * tag), which the PRF never uses.
+ */
+static void
+ctrXor(BlockKey *k, const unsigned char j0[BLOCK], const unsigned char *in, unsigned char *out, size_t len)
+{
     unsigned char ctrs[CTR_RUN * BLOCK], ks[CTR_RUN * BLOCK];
-    uint32_t c = ((uint32_t)ivec[12] << 24) | ((uint32_t)ivec[13] << 16) | ((uint32_t)ivec[14] << 8) | ivec[15];
-    while (blocks) {
-        size_t n = blocks < CTR_RUN ? blocks : CTR_RUN, i;
+    uint32_t c = ((uint32_t)j0[12] << 24) | ((uint32_t)j0[13] << 16) | ((uint32_t)j0[14] << 8) | j0[15];
+    size_t used = 0;
+    while (len) {
+        size_t bytes = len < sizeof ks ? len : sizeof ks, n = (bytes + BLOCK - 1) / BLOCK, i;
         int outl;
-        for (i = 0; i < n; i++, c++) {
+        for (i = 0; i < n; i++) {
             unsigned char *b = ctrs + i * BLOCK;
-            memcpy(b, ivec, 12);
+            c++;
+            memcpy(b, j0, 12);
             b[12] = (unsigned char)(c >> 24);
             b[13] = (unsigned char)(c >> 16);
             b[14] = (unsigned char)(c >> 8);
@@ -92,23 +131,30 @@ aesCtr32(const unsigned char *in, unsigned char *out, size_t blocks, const void 
         }
         if (EVP_EncryptUpdate(k->ecb, ks, &outl, ctrs, (int)(n * BLOCK)) != 1 || outl != (int)(n * BLOCK))
             k->failed = 1;
-        for (i = 0; i < n * BLOCK; i++)
+        for (i = 0; i < bytes; i++)
             out[i] = in[i] ^ ks[i];
-        in += n * BLOCK;
-        out += n * BLOCK;
-        blocks -= n;
+        if (n * BLOCK > used)
+            used = n * BLOCK;
+        in += bytes;
+        out += bytes;
+        len -= bytes;
     }
-    OPENSSL_cleanse(ks, sizeof ks);
+    wipeKeystream(ks, used);
 }
 
-/* The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption, its tag unused. */
+/*
+ * The keystream of KS for nonce iv (16 or 17 bytes) XORed into in: GCM's encryption without
+ * its tag.  GCM turns a nonce that is not 96 bits into J0 through GHASH; setiv does that (and
+ * shows J0 to prfBlock), and the keystream is counter mode from there (ctrXor).
+ */
 static int
 prf(Direction *d, const unsigned char *iv, int ivlen, const unsigned char *in, int len, unsigned char *out)
 {
+    d->ks.keepJ0 = 1;
     CRYPTO_gcm128_setiv(d->gs, iv, ivlen);
-    if (CRYPTO_gcm128_encrypt_ctr32(d->gs, in, out, len, aesCtr32) != 0 || d->ks.failed)
-        return failed("PRF");
-    return 0;
+    d->ks.keepJ0 = 0;
+    ctrXor(&d->ks, d->ks.j0, in, out, (size_t)len);
+    return d->ks.failed ? failed("PRF") : 0;
 }
 
 /* UH(KU, T' | cmd, x) into m: GCM's tag with no plaintext. */
@@ -152,7 +198,7 @@ rekey(Direction *d, const unsigned char *seed)
         return failed("key schedule");
     /* Re-initialized in place: the hash key H and its tables are overwritten. */
     CRYPTO_gcm128_init(d->gu, &d->ku, aesBlock);
-    CRYPTO_gcm128_init(d->gs, &d->ks, aesBlock);
+    CRYPTO_gcm128_init(d->gs, &d->ks, prfBlock);
     if (d->ku.failed || d->ks.failed)
         return failed("key schedule");
     memcpy(d->nonce, seed + 3 * BLOCK, BLOCK);
@@ -196,7 +242,7 @@ Direction_init(Direction *d, PyObject *args, PyObject *kwds)
             goto done;
         }
         d->gu = CRYPTO_gcm128_new(&d->ku, aesBlock);
-        d->gs = CRYPTO_gcm128_new(&d->ks, aesBlock);
+        d->gs = CRYPTO_gcm128_new(&d->ks, prfBlock);
         if (d->gu == NULL || d->gs == NULL) {
             PyErr_NoMemory();
             goto done;
@@ -229,6 +275,7 @@ Direction_dealloc(Direction *d)
         CRYPTO_gcm128_release(d->gs);
     OPENSSL_cleanse(d->nonce, BLOCK);
     OPENSSL_cleanse(d->tprime, BLOCK);
+    OPENSSL_cleanse(d->ks.j0, BLOCK);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
@@ -954,6 +1001,24 @@ done:
     return result;
 }
 
+/* unwrapRun's (hop, body, tag) for a recognized cell, built directly rather than by
+   Py_BuildValue, which parses its format string for every cell.  Takes body's reference. */
+static PyObject *
+unwrapEntry(Py_ssize_t hop, PyObject *body, const unsigned char *tag)
+{
+    PyObject *h = PyLong_FromSsize_t(hop), *t = PyBytes_FromStringAndSize((const char *)tag, BLOCK), *entry;
+    if (h != NULL && t != NULL && (entry = PyTuple_New(3)) != NULL) {
+        PyTuple_SET_ITEM(entry, 0, h);
+        PyTuple_SET_ITEM(entry, 1, body);
+        PyTuple_SET_ITEM(entry, 2, t);
+        return entry;
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(t);
+    Py_DECREF(body);
+    return NULL;
+}
+
 /*
  * unwrapRun(cmd, payloads, directions, pad) -> [(index, pad + body, tag), ...]: the client's
  * backward layers (guard first) on each cell until one recognizes it; a cell none recognizes
@@ -1026,7 +1091,7 @@ unwrapRun(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto fail;
             memcpy(PyBytes_AS_STRING(body), pad.buf, pad.len);
             memcpy(PyBytes_AS_STRING(body) + pad.len, in + BLOCK, BODY_LEN);
-            entry = Py_BuildValue("(nNy#)", h - 1, body, (const char *)inTag, (Py_ssize_t)BLOCK);
+            entry = unwrapEntry(h - 1, body, inTag);
         } else {
             entry = Py_None;
             Py_INCREF(entry);
