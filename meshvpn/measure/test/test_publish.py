@@ -1,7 +1,5 @@
 """Reports through a real (simulated) DHT: a relay publishes each epoch, a client reads and weighs them."""
 
-import os
-
 from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -12,7 +10,7 @@ from meshvpn.interfaces import IRelayWeights
 from meshvpn.measure.collect import ReportCollector
 from meshvpn.measure.epoch import epochOf, lastComplete
 from meshvpn.measure.publish import ReportPublisher, reportSalt
-from meshvpn.measure.reports import MAX_ENTRIES, makeReport, prefixOf
+from meshvpn.measure.reports import MAX_ENTRIES, makeReport
 from meshvpn.measure.aggregate import computeWeights
 from meshvpn.measure.service import MeasuredWeights, inThread
 from meshvpn.measure.window import SLOTS, WINDOW, anchorOf, chainWeights
