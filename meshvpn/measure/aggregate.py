@@ -517,7 +517,8 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
     return traffic, live, rounds
 
 
-def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None, probed=None):
+def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None, probed=None,
+                   confirmedEpochs=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
         most one per reporter (later duplicates are ignored) and all of the
@@ -539,6 +540,15 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
         what a client with C{--probe-weights}, the default, passes for
         epochs past the version deadline; the bench's C{--probes}) or
         C{None}: the reports alone, what a client without probes computes.
+    @param confirmedEpochs: C{{nodeId: epochs}}, the epochs of the chain before
+        this one in which each relay had a confirming partner
+        (L{meshvpn.measure.window.confirmedAfter}), or C{None}.  With it a
+        weight ramps by those epochs (this one counted) instead of by the
+        streak: the streak is what a relay's partners say, and where its
+        partners are few (a sparse epoch) a colluder can be the weightier of
+        them and name any streak, lifting a pair's weight above what its
+        probes allow while the honest relays still ramp (doc/measurement.md,
+        *Reputation*).  The streak still decides the guard flag.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
@@ -612,14 +622,16 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     for nodeId, (bandwidth, streak, count, counted, need, standIn) in out.items():
         flags = set()
         weight = 0
+        aged = streak if confirmedEpochs is None else confirmedEpochs.get(nodeId, 0) + (count > 0)
+        ramp = min(1.0, max(aged, 1) / params.rampEpochs)
         if standIn and bandwidth > 0:
             # its probe stands in for reports too sparse to read it: drawn by it, neither paid nor a guard for it
             flags.add("probed")
-            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
+            weight = max(1, int(bandwidth * ramp))
         if count >= need and bandwidth > 0:
             # measured: path selection draws it by this weight, never as "new"
             flags.add("measured")
-            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
+            weight = max(1, int(bandwidth * ramp))
             if not counted:
                 # its partners hold too little of the weight: kept at the floor
                 flags.add("isolated")
