@@ -21,6 +21,8 @@ epochs once.  Reports are stored in the DHT under L{SLOTS} epoch slots,
 so the whole window is there to read.
 """
 
+from meshvpn.measure.aggregate import seenIn
+
 WINDOW = 6  # epochs a chain holds at least behind the epoch it computes
 SLOTS = 2 * WINDOW + 2  # report slots in the DHT: a chain's epochs, plus the one being written and a spare
 
@@ -43,7 +45,8 @@ def priorOf(measures):
 
 def confirmedAfter(confirmed, measures):
     """
-    The epochs of the chain in which each relay had a confirming partner,
+    The epochs of the chain in which each relay had a confirming partner or
+    was read by the probes (L{meshvpn.measure.aggregate.seenIn}),
     C{measures}' epoch counted: what its weight ramps by
     (C{computeWeights(confirmedEpochs=...)}).  Agreed like the rest of the chain,
     and never more than the epochs it spans: a relay's partners cannot make
@@ -51,7 +54,7 @@ def confirmedAfter(confirmed, measures):
     """
     out = dict(confirmed)
     for i, m in measures.items():
-        if m.reporters > 0:
+        if seenIn(m.reporters, "probed" in m.flags, m.bandwidth):
             out[i] = out.get(i, 0) + 1
     return out
 

@@ -6,8 +6,9 @@ weightier of them and name any streak: in the forged-reports testnet the
 pair gave relay3 a streak of 100 while the honest relays stood at 0 to 3,
 and relay3's path weight rose to 2.33 times its share of the probes while
 its bandwidth was held at the network's (doc/measurement.md, *Limits*).
-The epochs of the chain a relay was confirmed in are agreed from the
-reports and never exceed the epochs the chain spans, whatever anyone says.
+The epochs of the chain a relay was confirmed in (by a partner, or read
+by the probes) are agreed from the reports and never exceed the epochs the
+chain spans, whatever anyone says.
 """
 
 from twisted.trial import unittest
@@ -99,3 +100,55 @@ class ChainRampTests(unittest.TestCase):
         m = computeWeights(reports(ids, traffic))
         lonely = {ids[0]: m[ids[0]].__class__(ids[0], 0.0, 0, 0, 0, frozenset())}
         self.assertEqual(confirmedAfter({ids[0]: 3}, lonely), {ids[0]: 3})
+
+
+class ProbedEpochTests(unittest.TestCase):
+    """An epoch in which the probes read a relay counts toward its age, as a confirming partner does."""
+
+    def quiet(self):
+        """A network in which C{ids[0]} carried nothing this epoch (no link, still reporting) but was probed."""
+        ids, caps, _, traffic = network(n=20, circuits=1500)
+        table = [dict(t) for t in traffic]
+        p0 = prefixOf(ids[0])
+        table[0] = {}
+        for t in table[1:]:
+            t.pop(p0, None)
+        probed = {i: c * 1000 for i, c in zip(ids, caps)}
+        return ids, reports(ids, table), probed
+
+    def test_aProbedEpochCounts(self):
+        ids, rs, probed = self.quiet()
+        m = computeWeights(rs, probed=probed, confirmedEpochs={i: 1 for i in ids})
+        self.assertEqual(m[ids[0]].reporters, 0)
+        self.assertIn("probed", m[ids[0]].flags)
+        self.assertEqual(confirmedAfter({i: 1 for i in ids}, m)[ids[0]], 2)
+        # it ramps as the relays with partners do: 2 of 6
+        self.assertAlmostEqual(perBandwidth(m, ids[0]), 2 / 6, places=2)
+        self.assertAlmostEqual(perBandwidth(m, ids[1]), 2 / 6, places=2)
+
+    def test_aProbeOfNothingDoesNotCount(self):
+        ids, rs, probed = self.quiet()
+        probed[ids[0]] = 0
+        m = computeWeights(rs, probed=probed, confirmedEpochs={i: 1 for i in ids})
+        self.assertNotIn("probed", m[ids[0]].flags)
+        self.assertEqual(confirmedAfter({i: 1 for i in ids}, m)[ids[0]], 1)
+
+
+class GuardSeenTests(unittest.TestCase):
+    """A streak its partners name earns the guard flag only for a relay the chain saw long enough."""
+
+    def test_aNamedStreakWithoutTheChainsEpochsIsNoGuard(self):
+        ids, _, _, traffic = network(n=20, circuits=1500)
+        old = [{p: (b, 30) for p, (b, _) in t.items()} for t in traffic]  # every partner says 30 epochs
+        rs = reports(ids, old)
+        params = Params(guardEpochs=24)
+        everyEpoch = computeWeights(rs, params=params, confirmedEpochs={i: 6 for i in ids})
+        guards = {i for i, m in everyEpoch.items() if "guard" in m.flags}
+        self.assertTrue(guards)
+        # the same streaks, named for relays the chain saw in 2 of its epochs: no guard
+        young = computeWeights(rs, params=params, confirmedEpochs={i: 1 for i in ids})
+        self.assertFalse([i for i, m in young.items() if "guard" in m.flags])
+        # and one epoch short of the bound (7): none either; the streak alone (no chain) gives them all
+        short = computeWeights(rs, params=params, confirmedEpochs={i: 5 for i in ids})
+        self.assertFalse([i for i, m in short.items() if "guard" in m.flags])
+        self.assertEqual({i for i, m in computeWeights(rs, params=params).items() if "guard" in m.flags}, guards)
