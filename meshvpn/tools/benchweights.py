@@ -116,8 +116,9 @@ def addArguments(p):
     p.add_argument("--circuits", type=int, default=100_000, help="circuits in the epoch (default 100000)")
     p.add_argument("--sigma", type=float, default=1.2, help="log-normal spread of capacities (default 1.2)")
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
-    p.add_argument("--sybil-age", type=int, default=1,
-                   help="epochs of the chain the sybil identities were seen in (default 1: new, weighed at 1/6 of the ramp)")
+    p.add_argument("--sybil-age", type=int, default=Params().rampEpochs,
+                   help="epochs of the chain the sybil identities were seen in (default: the whole ramp, the worst case; "
+                        "1: new, weighed at 1/6 of it)")
     p.add_argument("--swarm", type=int, default=1, help="sybil identities per hostile relay in the swarm attack (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--epochs", type=int, default=3,
