@@ -93,6 +93,9 @@ class Params:
     minReporters: int = 3
     rampEpochs: int = 6
     guardEpochs: int = 24
+    # with a chain: a guard was also seen in at least min(guardEpochs, this) of its epochs, the most the
+    # chain in use always holds (window.WINDOW + 1): a streak its partners name is no older than that
+    guardSeenEpochs: int = 7
 
 
 WEIGHED = frozenset({"measured", "probed"})  # the flags that give a relay a path weight (either is enough)
@@ -517,7 +520,20 @@ def iterate(traffic, order, links, middle, params, kappa, coverage, classes=None
     return traffic, live, rounds
 
 
-def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None, probed=None):
+def seenIn(reporters, standIn, bandwidth):
+    """
+    Whether an epoch counts toward a relay's age in the chain (its ramp):
+    a partner confirmed a link with it, or the probes read it (its probe
+    stood in, above 0).  Both need someone else: a relay cannot make
+    itself older, and a colluding pair, which confirms each other every
+    epoch, is no older than an honest relay the probes read every epoch
+    while it carried little.
+    """
+    return reporters > 0 or (standIn and bandwidth > 0)
+
+
+def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, stats=None, probed=None,
+                   confirmedEpochs=None):
     """
     @param reports: L{meshvpn.measure.reports.Report}s of one epoch, at
         most one per reporter (later duplicates are ignored) and all of the
@@ -539,6 +555,16 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
         what a client with C{--probe-weights}, the default, passes for
         epochs past the version deadline; the bench's C{--probes}) or
         C{None}: the reports alone, what a client without probes computes.
+    @param confirmedEpochs: C{{nodeId: epochs}}, the epochs of the chain before
+        this one in which each relay had a confirming partner or was read by
+        the probes (L{seenIn}, L{meshvpn.measure.window.confirmedAfter}), or
+        C{None}.  With it a
+        weight ramps by those epochs (this one counted) instead of by the
+        streak: the streak is what a relay's partners say, and where its
+        partners are few (a sparse epoch) a colluder can be the weightier of
+        them and name any streak, lifting a pair's weight above what its
+        probes allow while the honest relays still ramp (doc/measurement.md,
+        *Reputation*).  The streak still decides the guard flag.
     @return: C{{nodeId: RelayMeasure}} for every reporter.
     """
     reports = list(reports)
@@ -612,20 +638,23 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
     for nodeId, (bandwidth, streak, count, counted, need, standIn) in out.items():
         flags = set()
         weight = 0
+        aged = streak if confirmedEpochs is None else confirmedEpochs.get(nodeId, 0) + seenIn(count, standIn, bandwidth)
+        ramp = min(1.0, max(aged, 1) / params.rampEpochs)
         if standIn and bandwidth > 0:
             # its probe stands in for reports too sparse to read it: drawn by it, neither paid nor a guard for it
             flags.add("probed")
-            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
+            weight = max(1, int(bandwidth * ramp))
         if count >= need and bandwidth > 0:
             # measured: path selection draws it by this weight, never as "new"
             flags.add("measured")
-            weight = max(1, int(bandwidth * min(1.0, max(streak, 1) / params.rampEpochs)))
+            weight = max(1, int(bandwidth * ramp))
             if not counted:
                 # its partners hold too little of the weight: kept at the floor
                 flags.add("isolated")
             elif bandwidth >= slowEighth:
                 flags.add("fast")
-            if counted and streak >= params.guardEpochs and bandwidth >= median:
+            seen = confirmedEpochs is None or aged >= min(params.guardEpochs, params.guardSeenEpochs)
+            if counted and streak >= params.guardEpochs and seen and bandwidth >= median:
                 flags.add("guard")
         result[nodeId] = RelayMeasure(nodeId, bandwidth, weight, count, streak, frozenset(flags))
     return result

@@ -335,7 +335,7 @@ class MeasuredWeights(service.Service):
                     if reports:
                         measures = yield defer.maybeDeferred(self.compute, reports, known=list(roles),
                                                              params=self.params, roles=roles, prior=c.prior,
-                                                             probed=self.capsOf(e, probed))
+                                                             confirmedEpochs=c.confirmed, probed=self.capsOf(e, probed))
                         self.computations += 1
                     c.step(e, measures)
         self.chains = {c.anchor: c for c in chains}

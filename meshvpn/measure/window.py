@@ -21,6 +21,8 @@ epochs once.  Reports are stored in the DHT under L{SLOTS} epoch slots,
 so the whole window is there to read.
 """
 
+from meshvpn.measure.aggregate import seenIn
+
 WINDOW = 6  # epochs a chain holds at least behind the epoch it computes
 SLOTS = 2 * WINDOW + 2  # report slots in the DHT: a chain's epochs, plus the one being written and a spare
 
@@ -41,6 +43,22 @@ def priorOf(measures):
     return {i: m.bandwidth for i, m in measures.items() if m.bandwidth > 0}
 
 
+def confirmedAfter(confirmed, measures):
+    """
+    The epochs of the chain in which each relay had a confirming partner or
+    was read by the probes (L{meshvpn.measure.aggregate.seenIn}),
+    C{measures}' epoch counted: what its weight ramps by
+    (C{computeWeights(confirmedEpochs=...)}).  Agreed like the rest of the chain,
+    and never more than the epochs it spans: a relay's partners cannot make
+    it older than that, as they can its streak.
+    """
+    out = dict(confirmed)
+    for i, m in measures.items():
+        if seenIn(m.reporters, "probed" in m.flags, m.bandwidth):
+            out[i] = out.get(i, 0) + 1
+    return out
+
+
 class Chain:
     """
     One chain's state: the last epoch computed, the history it hands on
@@ -52,6 +70,7 @@ class Chain:
         self.anchor = anchor
         self.last = anchor - 1
         self.prior = None
+        self.confirmed = {}  # {nodeId: epochs of this chain it had a confirming partner in} (confirmedAfter)
         self.measures = {}
         self.current = {}  # the result of the last epoch itself (empty when it had no reports)
         self._before = None
@@ -59,18 +78,19 @@ class Chain:
     def step(self, epoch, measures):
         if epoch != self.last + 1:
             raise ValueError(f"chain at {self.last} cannot take epoch {epoch}")
-        self._before = (self.last, self.prior, self.measures, self.current)
+        self._before = (self.last, self.prior, self.confirmed, self.measures, self.current)
         self.last = epoch
         self.current = measures
         if measures:
             self.measures = measures
             self.prior = priorOf(measures)
+            self.confirmed = confirmedAfter(self.confirmed, measures)
 
     def rewind(self):
         """Undo the last step (to compute that epoch again, with reports that came late). @return: whether it could."""
         if self._before is None:
             return False
-        self.last, self.prior, self.measures, self.current = self._before
+        self.last, self.prior, self.confirmed, self.measures, self.current = self._before
         self._before = None
         return True
 
@@ -86,5 +106,5 @@ def chainWeights(reportsOf, epoch, compute, window=WINDOW, **kw):
     chain = Chain(anchorOf(epoch, window))
     for e in range(chain.anchor, epoch + 1):
         reports = reportsOf(e)
-        chain.step(e, compute(reports, prior=chain.prior, **kw) if reports else {})
+        chain.step(e, compute(reports, prior=chain.prior, confirmedEpochs=chain.confirmed, **kw) if reports else {})
     return chain.measures

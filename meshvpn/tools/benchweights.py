@@ -116,6 +116,9 @@ def addArguments(p):
     p.add_argument("--circuits", type=int, default=100_000, help="circuits in the epoch (default 100000)")
     p.add_argument("--sigma", type=float, default=1.2, help="log-normal spread of capacities (default 1.2)")
     p.add_argument("--utilization", type=float, default=0.6, help="honest relays' load, for the junk attack (default 0.6)")
+    p.add_argument("--sybil-age", type=int, default=Params().rampEpochs,
+                   help="epochs of the chain the sybil identities were seen in (default: the whole ramp, the worst case; "
+                        "1: new, weighed at 1/6 of it)")
     p.add_argument("--swarm", type=int, default=1, help="sybil identities per hostile relay in the swarm attack (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--epochs", type=int, default=3,
@@ -324,7 +327,7 @@ def _withoutProbes(probed, liars, old):
 
 
 def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng, params, swarm=1, prior=None,
-            epochs=1, freeTrickles=False, probes=None):
+            epochs=1, freeTrickles=False, probes=None, sybilAge=1):
     """
     Hostile share of weight over hostile share of capacity under C{strategy}.
 
@@ -334,6 +337,9 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
         epoch counts.
     @param probes: C{None} (what the network runs) or the probes' design
         study (L{Probes}): hostile measurers lie in every strategy.
+    @param sybilAge: the epochs of the chain the sybil identities were seen
+        in, this one counted (their ramp: 1 is a new identity's 1/6); the
+        relays, hostile and honest, were seen in all of it.
     """
     unprobed = strategy == "unprobed"
     if unprobed:
@@ -433,7 +439,11 @@ def _attack(strategy, ids, caps, honestTraffic, hostile, pairs, utilization, rng
                          values[int((len(values) - 1) * quantile)] if quantile is not None else 0.0)
                 liars = [allIds[k] for k in sorted(hostileIdx) if probed[allIds[k]] < stand]
             probed = _withoutProbes(probed, liars, probes.old)
-        measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed)
+        # an old network: every relay, hostile or not, was seen in every epoch of the chain (the full ramp,
+        # whatever streak the liars name); the sybils in sybilAge of them
+        seen = {i: (params.rampEpochs if k < n else sybilAge - 1) for k, i in enumerate(allIds)}
+        measured = computeWeights(reports, known=allIds, params=params, prior=prior, probed=probed,
+                                  confirmedEpochs=seen)
         prior = {i: m.bandwidth for i, m in measured.items()}
         weights = {i: m.weight for i, m in measured.items()}
         total = sum(weights.values())
@@ -504,8 +514,9 @@ def run(args, out=print):
             ratio, share, capShare = _attack(s, ids, caps, honestTraffic, hostile, pairs, args.utilization,
                                              random.Random(args.seed + 2), params, args.swarm,
                                              prior=None if args.no_history else history, epochs=args.epochs,
-                                             freeTrickles=args.free_trickles, probes=probes)
+                                             freeTrickles=args.free_trickles, probes=probes, sybilAge=args.sybil_age)
             strategies[s] = {"ratio": round(ratio, 3), "weight_share": round(share, 4)}
+        result["sybil_age_epochs"] = args.sybil_age
         result["hostile_capacity_share"] = round(capShare, 4)
         result["strategies"] = strategies
         worst = max(lies, key=lambda s: strategies[s]["ratio"])

@@ -48,7 +48,7 @@ class ChainTests(unittest.TestCase):
         for e in range(anchorOf(epoch), epoch + 1):
             rs = list(byEpoch[e])
             random.Random(e).shuffle(rs)  # the order reports arrive in does not matter
-            chain.step(e, computeWeights(rs, prior=chain.prior))
+            chain.step(e, computeWeights(rs, prior=chain.prior, confirmedEpochs=chain.confirmed))
         self.assertEqual(chain.measures, scratch)
         self.assertEqual(priorOf(scratch), chain.prior)
 

@@ -82,3 +82,12 @@ class BenchWeightsTests(unittest.TestCase):
         self.assertEqual(result["probes"]["contention"], "skip")
         self.assertEqual(result["probes"]["old_honest_fraction"], 0.25)
         self.assertEqual(result["probes"]["unprobed_held_at"], "floor")
+
+    def test_sybilsAgeAsTheChainSawThem(self):
+        # by default the sybils were seen in the whole ramp (the worst case); new ones weigh 1/6 of it
+        code, old = run("--seed", "3", "--epochs", "1")
+        self.assertEqual(code, 0)
+        self.assertEqual(old["sybil_age_epochs"], 6)
+        code, new = run("--seed", "3", "--epochs", "1", "--sybil-age", "1")
+        self.assertEqual(code, 0)
+        self.assertLess(new["strategies"]["sybil"]["weight_share"], old["strategies"]["sybil"]["weight_share"])
