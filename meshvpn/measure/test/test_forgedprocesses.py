@@ -28,7 +28,7 @@ twice its share of the relays' probed capacity.  The path weight ramps that band
 epochs of the chain each relay was confirmed in; it ramped by the streak,
 which the pair can name for itself, until a run of this test showed the
 pair's path weight at 2.33 times its probed share with relay3 at streak
-100; ramped by the chain, four runs gave 0.60 to 0.99 times, one with
+100; ramped by the chain, six runs gave 0.58 to 1.39 times, one with
 relay2 at streak 100.  The test prints every relay's streak beside the
 path weight (doc/measurement.md, *Limits*).
 One client builds every circuit through its one guard, so in an epoch
