@@ -175,13 +175,16 @@ def formatRelays(value):
 
 
 def formatMeasured(m):
-    """One relay's measurement in a line: bandwidth, weight share, uptime, partners, earned flags, last report."""
+    """One relay's measurement in a line: bandwidth, weight share, uptime (and the chain's epochs it was seen in), partners, earned flags, last report."""
     if not m:
         return f"{'not measured':>10}"
     report = m.get("report")
     last = f"report {report['epoch']}: {report['neighbours']} nb" if report else "no report"
     probed = f"probed {_rate(m['probed'])}" if m.get("probed") is not None else "not probed"
-    return (f"{_rate(m['bandwidth']):>13} {100 * m['share']:6.2f}% {_duration(m['uptime_s']):>7} "
+    # the uptime is what its partners say; the seen epochs are the agreed chain's count, which nobody can name
+    seen = m.get("seen_epochs")
+    seen = f"seen {seen:>2}" if seen is not None else "seen  -"
+    return (f"{_rate(m['bandwidth']):>13} {100 * m['share']:6.2f}% {_duration(m['uptime_s']):>7} {seen} "
             f"{m['partners']:3} partners {','.join(f for f in m['flags'] if f != 'measured') or '-':14} {last}  "
             f"{probed}")
 

@@ -32,6 +32,7 @@ def measuredEntries(weights, nodeIds):
             "weight": m.weight,
             "share": round(m.weight / total, 6),
             "uptime_s": m.streak * length,
+            "seen_epochs": m.seen,
             "partners": m.reporters,
             "flags": sorted(m.flags),
             "report": None,

@@ -109,8 +109,9 @@ class RelayMeasure:
     bandwidth: float  # measured, bytes per second (before the ramp)
     weight: int  # what path selection draws by
     reporters: int  # reporters that named it with traffic
-    streak: int  # epochs of continuous service, as its reporters see it
+    streak: int  # epochs of continuous service, as its reporters see it (their word: a colluder can name any)
     flags: frozenset
+    seen: int = None  # epochs of the agreed chain it was seen in, this one counted (seenIn); None: no chain given
 
     def toJSON(self):
         return {
@@ -119,6 +120,7 @@ class RelayMeasure:
             "weight": self.weight,
             "reporters": self.reporters,
             "streak": self.streak,
+            "seen_epochs": self.seen,
             "flags": sorted(self.flags),
         }
 
@@ -656,5 +658,6 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
             seen = confirmedEpochs is None or aged >= min(params.guardEpochs, params.guardSeenEpochs)
             if counted and streak >= params.guardEpochs and seen and bandwidth >= median:
                 flags.add("guard")
-        result[nodeId] = RelayMeasure(nodeId, bandwidth, weight, count, streak, frozenset(flags))
+        result[nodeId] = RelayMeasure(nodeId, bandwidth, weight, count, streak, frozenset(flags),
+                                      None if confirmedEpochs is None else aged)
     return result

@@ -35,7 +35,7 @@ def formatWeights(body, everyone=False):
     lines = [f"epoch {body.get('epoch')} ({length} s epochs): {body.get('reports', 0)} reports, "
              f"{sum(1 for r in relays if 'measured' in r['flags'])} relays measured"
              + (f", {stood} weighed by their probes" if stood else "")]
-    lines.append(f"  {'relay':16}  {'bandwidth':>10}  {'probed':>10}  {'weight':>7}  {'uptime':>8}  {'partners':>8}  "
+    lines.append(f"  {'relay':16}  {'bandwidth':>10}  {'probed':>10}  {'weight':>7}  {'uptime':>8}  {'seen':>4}  {'partners':>8}  "
                  f"{'flags':22}  last report")
     for r in sorted(relays, key=lambda r: -r["weight"]):
         if not everyone and not WEIGHED.intersection(r["flags"]):
@@ -43,8 +43,10 @@ def formatWeights(body, everyone=False):
         rep = r.get("report")
         last = f"epoch {rep['epoch']}: {rep['neighbours']} neighbours, {_size(rep['bytes'])}" if rep else "-"
         probed = "-" if r.get("probed") is None else _size(r["probed"]) + "/s"
+        # uptime: what its partners say; seen: the epochs of the agreed chain it was seen in, which nobody can name
+        seen = "-" if r.get("seen_epochs") is None else str(r["seen_epochs"])
         lines.append(f"  {r['node_id'][:16]}  {_size(r['bandwidth']) + '/s':>10}  {probed:>10}  {100 * r['weight'] / total:6.2f}%  "
-                     f"{r['uptime'] / 3600:7.1f}h  {r['reporters']:>8}  {','.join(r['flags']) or '-':22}  {last}")
+                     f"{r['uptime'] / 3600:7.1f}h  {seen:>4}  {r['reporters']:>8}  {','.join(r['flags']) or '-':22}  {last}")
     return "\n".join(lines)
 
 

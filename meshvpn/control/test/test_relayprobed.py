@@ -12,7 +12,7 @@ class Weights:
     epoch = 7
 
     def __init__(self):
-        self.m = {b"a": RelayMeasure(b"a", 1000.0, 10, 3, 2, frozenset({"measured"})),
+        self.m = {b"a": RelayMeasure(b"a", 1000.0, 10, 3, 2, frozenset({"measured"}), 5),
                   b"b": RelayMeasure(b"b", 3000.0, 30, 3, 2, frozenset({"measured"}))}
         self.p = {b"a": 12345.6}
 
@@ -36,3 +36,10 @@ class ProbedEntryTests(unittest.TestCase):
         self.assertIn("probed 12.3 KB/s", formatMeasured(got[b"a"]))
         self.assertIn("not probed", formatMeasured(got[b"b"]))
         self.assertEqual(weightsSummary(Weights())["probed"], 1)
+
+    def test_seenBesideTheUptime(self):
+        """The uptime is its partners' word (a colluder names any); beside it, the chain's epochs it was seen in."""
+        got = measuredEntries(Weights(), [b"a", b"b"])
+        self.assertEqual((got[b"a"]["uptime_s"], got[b"a"]["seen_epochs"], got[b"b"]["seen_epochs"]), (40, 5, None))
+        self.assertIn("seen  5", formatMeasured(got[b"a"]))
+        self.assertIn("seen  -", formatMeasured(got[b"b"]))

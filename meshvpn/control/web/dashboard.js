@@ -253,7 +253,8 @@ function measuredCells(m) {
   const title = `${m.partners} partners confirm it; ${earned.length ? earned.join(", ") : "no earned flags"}; ${report}`;
   return [el("td", { class: "mono", title, text: rate(m.bandwidth) }),
     el("td", { class: "mono", text: (100 * m.share).toFixed(1) + "%" }),
-    el("td", { class: "mono", text: duration(m.uptime_s) })];
+    el("td", { class: "mono", text: duration(m.uptime_s),
+      title: m.seen_epochs == null ? "" : `seen in ${m.seen_epochs} epochs of the agreed chain` })];
 }
 
 async function loadRelays() {

@@ -19,7 +19,7 @@ class WeightsCommandTests(unittest.TestCase):
         os.makedirs(self.dir)
         a, b = b"\xaa" * 32, b"\xbb" * 32
         measures = {
-            a: RelayMeasure(a, 125000.0, 125000, 5, 30, frozenset({"measured", "fast", "guard"})),
+            a: RelayMeasure(a, 125000.0, 125000, 5, 30, frozenset({"measured", "fast", "guard"}), 9),
             b: RelayMeasure(b, 0.0, 0, 1, 1, frozenset()),
         }
         reports = [Report(a, b"", 9, 3600, {b"\x01" * 16: (4000, 3)}, ())]
@@ -38,7 +38,7 @@ class WeightsCommandTests(unittest.TestCase):
         self.assertIn("1 relays measured", text)
         self.assertIn("aaaaaaaaaaaaaaaa", text)
         self.assertIn("125.0 KB/s", text)
-        self.assertIn("30.0h", text)
+        self.assertIn("30.0h     9", text)  # the streak its partners say, the chain's epochs it was seen in
         self.assertIn("fast,guard,measured", text)
         self.assertIn("epoch 9: 1 neighbours, 4.0 KB", text)
         self.assertNotIn("bbbbbbbb", text)
@@ -47,6 +47,7 @@ class WeightsCommandTests(unittest.TestCase):
     def test_json(self):
         body = json.loads(self.run_("--json")[1])
         self.assertEqual(body["relays"][0]["uptime"], 30 * 3600)
+        self.assertEqual(body["relays"][0]["seen_epochs"], 9)
 
     def test_noWeightsYet(self):
         err = io.StringIO()

@@ -158,7 +158,7 @@ class ThrottledTestnetTests(unittest.TestCase):
         self.assertIn(f"weights of epoch {answer['weights']['epoch']}", text)
         for name in RATES:
             line = next(l for l in text.splitlines() if l.strip().startswith(ids[name][:16]))
-            self.assertRegex(line, r"(\d+(\.\d+)? [KM]?B/s|\d+\.\d\d Mbit/s) +\d+\.\d\d% +\S+ +\d+ partners")
+            self.assertRegex(line, r"(\d+(\.\d+)? [KM]?B/s|\d+\.\d\d Mbit/s) +\d+\.\d\d% +\S+ seen +\d+ +\d+ partners")
         self.dashboardShowsTheWeights(api, ids)
 
     def dashboardShowsTheWeights(self, api, ids):

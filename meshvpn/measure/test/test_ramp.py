@@ -152,3 +152,14 @@ class GuardSeenTests(unittest.TestCase):
         short = computeWeights(rs, params=params, confirmedEpochs={i: 5 for i in ids})
         self.assertFalse([i for i, m in short.items() if "guard" in m.flags])
         self.assertEqual({i for i, m in computeWeights(rs, params=params).items() if "guard" in m.flags}, guards)
+
+
+class SeenShownTests(unittest.TestCase):
+    def test_theChainsEpochsAreInTheMeasure(self):
+        """What C{meshvpn weights} and C{meshvpn relays} show beside the uptime: the chain's count, not the partners' word."""
+        ids, rs, _, target, _ = sparsePair()
+        m = computeWeights(rs, params=Params(), confirmedEpochs={i: 1 for i in ids})
+        self.assertEqual(m[target].streak, NAMED)
+        self.assertEqual(m[target].seen, 2)
+        self.assertEqual(m[target].toJSON()["seen_epochs"], 2)
+        self.assertIsNone(computeWeights(rs, params=Params())[target].seen)
