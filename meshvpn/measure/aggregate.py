@@ -655,8 +655,8 @@ def computeWeights(reports, known=(), params=Params(), roles=None, prior=None, s
                 flags.add("isolated")
             elif bandwidth >= slowEighth:
                 flags.add("fast")
-            seen = confirmedEpochs is None or aged >= min(params.guardEpochs, params.guardSeenEpochs)
-            if counted and streak >= params.guardEpochs and seen and bandwidth >= median:
+            seenLongEnough = confirmedEpochs is None or aged >= min(params.guardEpochs, params.guardSeenEpochs)
+            if counted and streak >= params.guardEpochs and seenLongEnough and bandwidth >= median:
                 flags.add("guard")
         result[nodeId] = RelayMeasure(nodeId, bandwidth, weight, count, streak, frozenset(flags),
                                       None if confirmedEpochs is None else aged)
