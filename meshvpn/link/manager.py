@@ -40,6 +40,7 @@ from meshvpn.errors import LinkError, LinkSilent
 from meshvpn.interfaces import ILinkManager, IStatusSource
 from meshvpn.link.protocol import LinkProtocol, LinkSettings, State
 from meshvpn.link.tlsctx import sharedLinkTLS
+from meshvpn.link.tlsturn import LinkTLSProtocol
 from meshvpn.link.transports import availableTransports, splitHostPort
 from meshvpn.ratelimit import BucketTable, sourceKey
 
@@ -93,6 +94,7 @@ class _BoundedTLSFactory(TLSMemoryBIOFactory):
     """Refuses connections (closes them at once) while the manager is full or the source over its limits."""
 
     noisy = False  # no log line per outgoing link
+    protocol = LinkTLSProtocol  # writes leave in their turn (meshvpn.link.tlsturn)
 
     def __init__(self, manager, *args, incoming=False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -155,6 +155,7 @@ class LinkProtocol(Protocol):
         self._peerVersions = None
         self._parser = wire.RecordParser(self._cellsArrived, self._controlArrived)
         self._receiver = cellReceiver
+        self._readDone = None
         # Set by the link manager: where DIRECTORY records go (None: ignored).
         self.onDirectory = None
         # Set by the link manager: where PROBE records go (None: ignored).
@@ -219,6 +220,18 @@ class LinkProtocol(Protocol):
 
     def setCellReceiver(self, receiver):
         self._receiver = receiver
+
+    def setReadDone(self, readDone):
+        """C{readDone()} is called once a TCP read's cells have all been delivered (L{readDone})."""
+        self._readDone = readDone
+
+    def readDone(self):
+        """
+        The transport under us delivered one read (L{meshvpn.link.tlsturn}):
+        whatever its cells made for other links may leave now.
+        """
+        if self._readDone is not None:
+            self._readDone()
 
     def sendDirectory(self, payload):
         """

@@ -9,6 +9,12 @@ TLS write, one system call) per turn, not one per cell or per batch.  A
 link read in one turn often arrives as several batches (one per TLS
 record run); writing once for all of them halves the writes of a relay.
 
+When a link's TCP read is over (C{readDone}, from
+L{meshvpn.link.tlsturn}), what it made leaves at once rather than at the
+end of the turn: the read's batches are still joined, and a cell crossing a
+relay does not wait behind another link's read (under a bulk transfer,
+a quarter megabyte of other cells) before it is sent.
+
 At the end of each incoming batch, a channel that holds at least
 C{WRITE_EARLY} cells writes at once (little is gained by waiting, and the
 next hop starts sooner), and one whose queue is still above the high-water
@@ -45,6 +51,18 @@ class ChannelFlusher:
         dirty, self._dirty = self._dirty, []
         for channel in dirty:
             channel.flush(None)
+
+    def readDone(self):
+        """
+        A link's read is over: every channel with cells waiting writes now,
+        in this turn (their link sends at once: L{meshvpn.link.tlsturn}),
+        not at the end of it, where a bulk transfer's next read may come
+        first.
+        """
+        if self._dirty:
+            if self._call is not None:
+                self._call.cancel()
+            self._endOfTurn()
 
     def flush(self, source):
         """

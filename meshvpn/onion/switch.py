@@ -215,6 +215,9 @@ class CircuitSwitch:
         channel = Channel(self, link)
         self._channels[link] = channel
         link.setCellReceiver(channel.receive)
+        setReadDone = getattr(link, "setReadDone", None)
+        if setReadDone is not None:
+            setReadDone(self.flusher.readDone)
         if IConsumer.providedBy(link):
             link.registerProducer(channel, True)
         link.whenClosed().addBoth(channel.linkClosed)

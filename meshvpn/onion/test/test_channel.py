@@ -298,3 +298,47 @@ class Runs(unittest.TestCase):
         self.assertEqual(n.edge.packets, [b"\x45" + bytes([i]) * 30 for i in range(6)])
         self.assertFalse(circ.closed)
         self.assertEqual(taken, [RelayCommand.DROP])
+
+
+class ReadDone(unittest.TestCase):
+    """
+    When a link's read is over, the cells it made leave in that turn: a
+    relayed cell does not wait for the end-of-turn call (under a bulk
+    transfer, behind the next read of another link).
+    """
+
+    def setUp(self):
+        self.n = Net(self)
+        self.circ = self.n.built(self)
+        self.n.net.pump()
+
+    def test_aRelayedCellLeavesWhenTheReadIsDone(self):
+        n = self.n
+        toMiddle = n.channel(n.guard, n.middle).link
+        before = toMiddle.batchesSent
+        calls = len(n.clock.getDelayedCalls())
+        self.circ.sendRelay(RelayCommand.DROP, 0, b"")
+        n.net.endTurn()  # the client writes
+        n.guardLink.peer.deliver()  # the guard reads it
+        self.assertEqual(toMiddle.batchesSent, before, "without readDone the cell waits for the end of the turn")
+        self.assertEqual(len(n.clock.getDelayedCalls()), calls + 1)
+        n.guard.switch.flusher.readDone()
+        self.assertEqual(toMiddle.batchesSent, before + 1)
+        self.assertEqual(len(n.clock.getDelayedCalls()), calls, "the end-of-turn call is cancelled")
+        n.guard.switch.flusher.readDone()  # nothing waiting: nothing written, nothing scheduled
+        self.assertEqual(toMiddle.batchesSent, before + 1)
+
+    def test_theSwitchHearsItsLinksReads(self):
+        """A link that says when a read is over (a TLS link: meshvpn.link.tlsturn) is wired to the switch's flusher."""
+        from meshvpn.tools.onionfakes import MemoryLink
+
+        heard = []
+
+        class ReadingLink(MemoryLink):
+            def setReadDone(self, readDone):
+                heard.append(readDone)
+
+        a, b = ReadingLink(self.n.net, b"a" * 32, b"b" * 32, True), MemoryLink(self.n.net, b"b" * 32, b"a" * 32, False)
+        a.peer, b.peer = b, a
+        self.n.middle.switch.attachLink(a)
+        self.assertEqual(heard, [self.n.middle.switch.flusher.readDone])
