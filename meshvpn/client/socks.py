@@ -40,7 +40,7 @@ from meshvpn.interfaces import IStatusSource, IStreamReceiver
 from meshvpn.ports import StreamListenerService
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.streams.optimistic import OptimisticData
-from meshvpn.streams.socketpush import TurnEndPush, pushNow
+from meshvpn.socketpush import TurnEndPush, pushNow
 
 MAX_EARLY_DATA = 64 * 1024
 # Reading pauses at MAX_EARLY_DATA; a transport that keeps delivering past
@@ -167,7 +167,7 @@ class SOCKSServerProtocol(Protocol):
         self._pausedForEarly = False
         self._pending = None
         self._timer = None
-        # The stream's bytes for the app leave at the end of the turn (streams.socketpush).
+        # The stream's bytes for the app leave at the end of the turn (meshvpn.socketpush).
         self._push = TurnEndPush(None)
 
     def _go(self, event):

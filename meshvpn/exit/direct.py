@@ -26,7 +26,7 @@ from meshvpn.errors import ResolveFailed, StreamRefused
 from meshvpn.interfaces import IStream, IStreamOpener
 from meshvpn.onion.endreasons import EndReason
 from meshvpn.readsize import readInBulk
-from meshvpn.streams.socketpush import TurnEndPush
+from meshvpn.socketpush import TurnEndPush
 
 MAX_HELD = 256 * 1024  # read while paused or before a receiver is set
 

@@ -11,33 +11,19 @@ behind up to three of them in every process it crossed.
 
 Channels already write one batch per link per read, so the aggregator has
 nothing left to join: L{LinkTLSProtocol} encrypts each write at once and
-hands the TCP transport's buffer to the kernel right away (the transport
-keeps whatever the kernel does not take and sends it when writable, as
-before).  It also tells its link when a TCP read has been delivered
+hands the TCP transport's buffer to the kernel right away
+(L{meshvpn.socketpush.pushNow}: the transport keeps whatever the kernel
+does not take and sends it when writable, as before; a closing socket, a
+paused producer and a link over a wrapped transport are left to the
+reactor).  It also tells its link when a TCP read has been delivered
 (C{readDone}), so the cells that read made for other links leave in the
-same turn rather than the next (L{meshvpn.onion.flusher.ChannelFlusher.readDone}).
+same turn rather than the next
+(L{meshvpn.onion.flusher.ChannelFlusher.readDone}).
 """
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-
-def sendNow(transport):
-    """
-    Give C{transport}'s buffered bytes to the kernel now instead of at the
-    reactor's next writable event, if it is a socket that is open for
-    writing.
-
-    A failure is not handled here: the bytes stay buffered, the transport
-    stays registered for writing, and the reactor meets the same error on
-    its next C{doWrite} and closes the connection as it always does.
-    """
-    if not isinstance(transport, FileDescriptor):
-        return
-    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
-        return
-    if transport.dataBuffer or transport._tempDataBuffer:
-        transport.doWrite()
+from meshvpn.socketpush import pushNow
 
 
 class LinkTLSProtocol(TLSMemoryBIOProtocol):
@@ -51,4 +37,4 @@ class LinkTLSProtocol(TLSMemoryBIOProtocol):
 
     def write(self, data):
         TLSMemoryBIOProtocol.write(self, data)
-        sendNow(self.transport)
+        pushNow(self.transport)

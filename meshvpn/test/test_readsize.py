@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from meshvpn.readsize import BULK_READ, readInBulk, socketOf
-from meshvpn.streams.test.test_socketpush import adoptedPair
+from meshvpn.test.test_socketpush import adoptedPair
 
 
 class _Wrapper:

@@ -1,4 +1,4 @@
-"""The SOCKS server's replies leave in the reactor turn that made them (meshvpn.streams.socketpush).
+"""The SOCKS server's replies leave in the reactor turn that made them (meshvpn.socketpush).
 
 Each test drives a SOCKS session on a real loopback socket by calling its
 protocol directly, so the reactor never runs between the request and the
@@ -13,7 +13,7 @@ from zope.interface import implementer
 from meshvpn.client import socksparse as sp
 from meshvpn.client.socks import SOCKSServerFactory
 from meshvpn.interfaces import IStream
-from meshvpn.streams.test.test_socketpush import adoptedPair, received
+from meshvpn.test.test_socketpush import adoptedPair, received
 
 
 @implementer(IStream, IPushProducer)

@@ -236,7 +236,7 @@ class TCPStreamSendsAtTurnEndTests(unittest.TestCase):
     def test_requestLeavesAtTheEndOfTheTurn(self):
         from twisted.internet import protocol
 
-        from meshvpn.streams.test.test_socketpush import adoptedPair, received
+        from meshvpn.test.test_socketpush import adoptedPair, received
 
         clock = task.Clock()
         stream, target = adoptedPair(self, protocol.Factory.forProtocol(lambda: TCPStream(clock=clock)))
@@ -253,7 +253,7 @@ class TCPStreamReadsInBulkTests(unittest.TestCase):
         from twisted.internet import protocol
 
         from meshvpn.readsize import BULK_READ
-        from meshvpn.streams.test.test_socketpush import adoptedPair
+        from meshvpn.test.test_socketpush import adoptedPair
 
         stream, _ = adoptedPair(self, protocol.Factory.forProtocol(lambda: TCPStream(clock=task.Clock())))
         self.assertEqual(stream.transport.bufferSize, BULK_READ)

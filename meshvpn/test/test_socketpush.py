@@ -1,11 +1,11 @@
-"""Tests for meshvpn.streams.socketpush: an edge's bytes reach the kernel without waiting for the reactor's next poll."""
+"""Tests for meshvpn.socketpush: an edge's bytes reach the kernel without waiting for the reactor's next poll."""
 
 import socket
 
 from twisted.internet import protocol, reactor, task
 from twisted.trial import unittest
 
-from meshvpn.streams.socketpush import TurnEndPush, pushNow
+from meshvpn.socketpush import TurnEndPush, pushNow
 
 
 def adoptedPair(testCase, factory=None):

@@ -1,4 +1,4 @@
-"""Bytes a stream's edge wrote, handed to the kernel this reactor turn instead of at the next poll.
+"""Bytes a node wrote, handed to the kernel this reactor turn instead of at the next poll.
 
 A Twisted TCP transport buffers a write and sends it when the reactor next
 finds the socket writable: one more pass through the event loop, in which
@@ -6,7 +6,8 @@ every other ready socket (at a busy client or exit, other circuits' cells)
 is served first.  For the bytes a stream's first byte waits on that pass
 is pure delay: the SOCKS replies the application waits for before it sends
 its request, the request the exit writes to the target, the answer the
-client writes to the application.
+client writes to the application, and every link's TLS records
+(L{meshvpn.link.tlsturn}).
 
   - L{pushNow}: after a write that is the whole of what the session has to
     say now (a SOCKS reply): send it at once.
