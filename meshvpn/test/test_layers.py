@@ -17,7 +17,7 @@ import meshvpn
 
 # The ground: top-level modules every plane may use.
 GROUND = {"interfaces", "identity", "errors", "secretfile", "ratelimit", "config", "udpmux", "ports", "hostport",
-          "hybridkem", "observer", "localaddrs", "sdnotify", "logoutput", "readsize"}
+          "hybridkem", "observer", "localaddrs", "sdnotify", "logoutput", "readsize", "socketpush"}
 
 # Plane -> rank.  Lower ranks never import higher ones.
 PLANES = {
