@@ -1,6 +1,6 @@
-"""In-memory link fixtures shared by the link tests: real TLS, iosim pumps, task.Clock."""
+"""Link fixtures shared by the link tests: real TLS over iosim pumps and task.Clock, or over TCP on loopback."""
 
-from twisted.internet import defer, task
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -9,10 +9,12 @@ from zope.interface import implementer
 
 from meshvpn.errors import LinkError
 from meshvpn.identity import NodeIdentity
-from meshvpn.interfaces import IPluggableTransport
+from meshvpn.interfaces import ICellHandler, IPluggableTransport
+from meshvpn.link.manager import LinkManager, LinkTarget
 from meshvpn.link.protocol import LinkProtocol, LinkSettings
 from meshvpn.link.tlsctx import sharedLinkTLS
 from meshvpn.link.cellsize import CELL_SIZE
+from meshvpn.link.transports import TCPTransport
 
 
 def cell(i):
@@ -105,3 +107,47 @@ class MemoryTransport:
 
     def describeAddress(self, port):
         raise NotImplementedError
+
+
+@implementer(ICellHandler)
+class IncomingEnd:
+    """The listening manager's cell handler: hands over the first link opened to it and keeps every cell it gets."""
+
+    def __init__(self, onOpened):
+        self._onOpened = onOpened
+        self.opened = defer.Deferred()
+        self.cells = []
+
+    def linkOpened(self, link):
+        self._onOpened(link)
+        self.opened.callback(link)
+
+    def cellsReceived(self, link, cells):
+        self.cells.extend(cells)
+
+    def linkClosed(self, link, reason):
+        pass
+
+
+@defer.inlineCallbacks
+def linkOnLoopback(testCase, onOpened=lambda link: None):
+    """
+    Two link managers, one listening on loopback, and a TLS link from the
+    other to it; C{onOpened} sees the listening end before any cell arrives.
+    Both managers and the port are cleaned up with C{testCase}.
+
+    @return: a Deferred of (the dialling end, the listening end, the list
+        the listening end's cells go to).
+    """
+    transports = {"tls": TCPTransport()}
+    server = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
+    client = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
+    testCase.addCleanup(server.stopService)
+    testCase.addCleanup(client.stopService)
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.serverFactory("tls"))
+    testCase.addCleanup(port.stopListening)
+    handler = IncomingEnd(onOpened)
+    server.setCellHandler(handler)
+    link = yield client.getLink(LinkTarget(server.identity.nodeId, (("tls", f"127.0.0.1:{port.getHost().port}"),)))
+    incoming = yield handler.opened
+    return link, incoming, handler.cells

@@ -4,19 +4,17 @@ import json
 import os
 import sys
 
-from twisted.internet import defer, endpoints, reactor, task, utils
+from twisted.internet import defer, reactor, task, utils
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from meshvpn.errors import LinkError
 from meshvpn.identity import NodeIdentity
-from meshvpn.interfaces import ICellHandler
 from meshvpn.tools.benchlink import runLinkBench
 from meshvpn.link.manager import LinkManager, LinkTarget
 from meshvpn.link.protocol import LinkSettings
 from meshvpn.link.transports import TCPTransport
 from meshvpn.tools.processes import NodeProcess
-from meshvpn.link.test.helpers import cell
+from meshvpn.link.test.helpers import cell, linkOnLoopback
 
 
 class LoopbackTests(unittest.TestCase):
@@ -111,50 +109,6 @@ class _PausingSender:
         pass
 
 
-@implementer(ICellHandler)
-class _IncomingEnd:
-    """The listening manager's cell handler: hands over the first link opened to it and keeps every cell it gets."""
-
-    def __init__(self, onOpened):
-        self._onOpened = onOpened
-        self.opened = defer.Deferred()
-        self.cells = []
-
-    def linkOpened(self, link):
-        self._onOpened(link)
-        self.opened.callback(link)
-
-    def cellsReceived(self, link, cells):
-        self.cells.extend(cells)
-
-    def linkClosed(self, link, reason):
-        pass
-
-
-@defer.inlineCallbacks
-def _linkOnLoopback(testCase, onOpened=lambda link: None):
-    """
-    Two link managers, one listening on loopback, and a TLS link from the
-    other to it; C{onOpened} sees the listening end before any cell arrives.
-    Both managers and the port are cleaned up with C{testCase}.
-
-    @return: a Deferred of (the dialling end, the listening end, the list
-        the listening end's cells go to).
-    """
-    transports = {"tls": TCPTransport()}
-    server = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
-    client = LinkManager(reactor, NodeIdentity.generate(), transports=transports)
-    testCase.addCleanup(server.stopService)
-    testCase.addCleanup(client.stopService)
-    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.serverFactory("tls"))
-    testCase.addCleanup(port.stopListening)
-    handler = _IncomingEnd(onOpened)
-    server.setCellHandler(handler)
-    link = yield client.getLink(LinkTarget(server.identity.nodeId, (("tls", f"127.0.0.1:{port.getHost().port}"),)))
-    incoming = yield handler.opened
-    return link, incoming, handler.cells
-
-
 class BackpressureLoopbackTests(unittest.TestCase):
     timeout = 60
 
@@ -165,7 +119,7 @@ class BackpressureLoopbackTests(unittest.TestCase):
         pause the sending circuit's producer: nothing queues without bound.
         """
         # a reader that has stopped, from its link's first moment
-        link, incoming, got = yield _linkOnLoopback(self, onOpened=lambda link: link.pauseProducing())
+        link, incoming, got = yield linkOnLoopback(self, onOpened=lambda link: link.pauseProducing())
         sender = _PausingSender(link)
         sender.pump(limit=200_000)  # ~100 MB if nothing stopped it
         yield sender.firstPause
@@ -201,7 +155,7 @@ class BulkReadTests(unittest.TestCase):
         """Both ends of a TLS link on loopback read their TCP socket up to BULK_READ a turn (meshvpn/readsize.py)."""
         from meshvpn.readsize import BULK_READ, socketOf
 
-        link, incoming, _ = yield _linkOnLoopback(self)
+        link, incoming, _ = yield linkOnLoopback(self)
         for end in (link, incoming):
             sock = socketOf(end.transport)
             self.assertIsNotNone(sock)

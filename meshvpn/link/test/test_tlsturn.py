@@ -6,8 +6,7 @@ import termios
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from meshvpn.link.test.helpers import cell
-from meshvpn.link.test.test_loopback import _linkOnLoopback
+from meshvpn.link.test.helpers import cell, linkOnLoopback
 from meshvpn.link.tlsturn import LinkTLSProtocol
 from meshvpn.readsize import socketOf
 
@@ -27,7 +26,7 @@ class SameTurnTests(unittest.TestCase):
         Before, TLS held a write one turn and TCP another: the peer's socket
         was still empty when C{sendCells} returned.
         """
-        link, incoming, got = yield _linkOnLoopback(self)
+        link, incoming, got = yield linkOnLoopback(self)
         self.assertIsInstance(link.transport, LinkTLSProtocol)
         yield task.deferLater(reactor, 0.05, lambda: None)  # the handshake's last bytes are read
         self.assertEqual(_unread(incoming.transport), 0)
@@ -41,7 +40,7 @@ class SameTurnTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_theLinkHearsEachReadAfterItsCells(self):
-        link, incoming, got = yield _linkOnLoopback(self)
+        link, incoming, got = yield linkOnLoopback(self)
         heard = []
         incoming.setReadDone(lambda: heard.append(len(got)))
         link.sendCells([cell(i) for i in range(5)])
